@@ -1,0 +1,582 @@
+//! The configuration file (`sealmail.toml`): its schema, its secure defaults, and validation.
+//!
+//! The file is read in two steps. Serde reads it into `Raw*` structs that refuse unknown keys
+//! but keep enumerated values as strings; [`Config::from_toml`] then turns them into typed values,
+//! so that every mistake is reported in our words: the key, the bad value, and the fix. There is
+//! deliberately no way to express a listener without TLS.
+//! Every key is documented, with its default, in docs/CONFIG.md.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use sealmail_types::Domain;
+
+/// Errors found in a configuration file; each message names the key, the value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; create it with `sealmail init` or pass --config PATH")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Receives mail from other servers (port 25).
+    Mx,
+    /// Accepts mail from our own authenticated users (ports 465 and 587).
+    Submission,
+    /// Lets our users read their mail (ports 143 and 993).
+    Imap,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mx => "mx",
+            Role::Submission => "submission",
+            Role::Imap => "imap",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a listener starts TLS. Plaintext is not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// Plaintext greeting, then the STARTTLS command (RFC 3207, RFC 3501 section 6.2.1).
+    StartTls,
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::StartTls => "starttls",
+            TlsMode::Implicit => "implicit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub role: Role,
+    pub bind: SocketAddr,
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); must not be readable by group or others.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub tls_handshake_timeout: Duration,
+    pub command_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 2048,
+            max_connections_per_ip: 32,
+            tls_handshake_timeout: Duration::from_secs(30),
+            // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
+            command_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Most writes that one commit (one fsync) may carry.
+    pub group_commit_max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            group_commit_max_batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A validated configuration. Relative paths have been resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: Domain,
+    pub data_dir: PathBuf,
+    pub certificates: Vec<CertificateFiles>,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+    pub store: StoreConfig,
+    pub log_format: LogFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: String,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    log: RawLog,
+}
+
+fn default_data_dir() -> String {
+    ".".to_string()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    certificate: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    role: String,
+    bind: String,
+    tls: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<i64>,
+    max_connections_per_ip: Option<i64>,
+    tls_handshake_timeout_secs: Option<i64>,
+    command_timeout_secs: Option<i64>,
+    shutdown_grace_secs: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    group_commit_max_batch: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses and validates config text; `origin` names it in messages and relative paths are
+    /// resolved against `base`.
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: describe_toml_error(&e),
+        })?;
+        let mut problems = Vec::new();
+
+        let hostname = match Domain::parse(&raw.hostname) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!(
+                    "hostname = {:?} is not a valid host name ({e}); use the fully qualified name clients connect to, e.g. \"mail.example.org\"",
+                    raw.hostname
+                ));
+                None
+            }
+        };
+
+        let resolve = |p: &str| -> PathBuf {
+            match Path::new(p) {
+                p if p.is_absolute() => p.to_path_buf(),
+                p if p == Path::new(".") => base.to_path_buf(),
+                p => base.join(p),
+            }
+        };
+        let data_dir = resolve(&raw.data_dir);
+
+        if raw.tls.certificate.is_empty() {
+            problems.push(
+                "tls.certificate is empty; add [[tls.certificate]] with cert = \"PATH\" and key = \"PATH\", or run `sealmail init` to create a self-signed one".to_string(),
+            );
+        }
+        let certificates = raw
+            .tls
+            .certificate
+            .iter()
+            .map(|c| CertificateFiles {
+                cert: resolve(&c.cert),
+                key: resolve(&c.key),
+            })
+            .collect();
+
+        let mut listeners = Vec::new();
+        if raw.listener.is_empty() {
+            problems.push(
+                "no [[listener]] is configured; add one, e.g. role = \"mx\", bind = \"0.0.0.0:25\", tls = \"starttls\"".to_string(),
+            );
+        }
+        for (i, l) in raw.listener.iter().enumerate() {
+            match validate_listener(i, l) {
+                Ok(listener) => {
+                    if let Some(j) = listeners.iter().position(|o: &Listener| o.bind == listener.bind) {
+                        problems.push(format!(
+                            "listener[{i}].bind = {:?} is already used by listener[{j}]; give each listener its own address and port",
+                            l.bind
+                        ));
+                    }
+                    listeners.push(listener);
+                }
+                Err(message) => problems.push(message),
+            }
+        }
+
+        let limits = validate_limits(&raw.limits, &mut problems);
+
+        let store = StoreConfig {
+            group_commit_max_batch: positive(
+                "store.group_commit_max_batch",
+                raw.store.group_commit_max_batch,
+                StoreConfig::default().group_commit_max_batch as i64,
+                1..=100_000,
+                &mut problems,
+            ) as usize,
+        };
+
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                problems.push(format!("log.format = {other:?} is not a log format; use \"human\" or \"json\""));
+                LogFormat::Human
+            }
+        };
+
+        match hostname {
+            Some(hostname) if problems.is_empty() => Ok(Config {
+                hostname,
+                data_dir,
+                certificates,
+                listeners,
+                limits,
+                store,
+                log_format,
+            }),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+}
+
+fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
+    let role = match l.role.as_str() {
+        "mx" => Role::Mx,
+        "submission" => Role::Submission,
+        "imap" => Role::Imap,
+        other => {
+            return Err(format!(
+                "listener[{i}].role = {other:?} is not a role; use \"mx\", \"submission\" or \"imap\""
+            ));
+        }
+    };
+    let tls = match (role, l.tls.as_str()) {
+        (Role::Mx, "starttls") => TlsMode::StartTls,
+        (Role::Mx, "implicit") => {
+            return Err(format!(
+                "listener[{i}].tls = \"implicit\" is not allowed for role \"mx\"; other mail servers connect in plaintext and upgrade, use \"starttls\""
+            ));
+        }
+        (Role::Mx, other) => {
+            return Err(format!(
+                "listener[{i}].tls = {other:?} is not allowed for role \"mx\"; use \"starttls\""
+            ));
+        }
+        (_, "starttls") => TlsMode::StartTls,
+        (_, "implicit") => TlsMode::Implicit,
+        (_, other) => {
+            return Err(format!(
+                "listener[{i}].tls = {other:?} is not allowed for role \"{role}\"; use \"starttls\" or \"implicit\""
+            ));
+        }
+    };
+    let bind: SocketAddr = l.bind.parse().map_err(|_| {
+        format!(
+            "listener[{i}].bind = {:?} is not an IP address with a port; use e.g. \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:993\"",
+            l.bind
+        )
+    })?;
+    Ok(Listener { role, bind, tls })
+}
+
+fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
+    let d = Limits::default();
+    let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
+        Duration::from_secs(positive(key, value, default.as_secs() as i64, 1..=86_400, problems) as u64)
+    };
+    let limits = Limits {
+        max_connections: positive(
+            "limits.max_connections",
+            raw.max_connections,
+            d.max_connections as i64,
+            1..=1_000_000,
+            problems,
+        ) as usize,
+        max_connections_per_ip: positive(
+            "limits.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            d.max_connections_per_ip as i64,
+            1..=1_000_000,
+            problems,
+        ) as usize,
+        tls_handshake_timeout: secs(
+            "limits.tls_handshake_timeout_secs",
+            raw.tls_handshake_timeout_secs,
+            d.tls_handshake_timeout,
+            problems,
+        ),
+        command_timeout: secs(
+            "limits.command_timeout_secs",
+            raw.command_timeout_secs,
+            d.command_timeout,
+            problems,
+        ),
+        shutdown_grace: secs(
+            "limits.shutdown_grace_secs",
+            raw.shutdown_grace_secs,
+            d.shutdown_grace,
+            problems,
+        ),
+    };
+    if limits.max_connections_per_ip > limits.max_connections {
+        problems.push(format!(
+            "limits.max_connections_per_ip = {} is larger than limits.max_connections = {}; lower it or raise limits.max_connections",
+            limits.max_connections_per_ip, limits.max_connections
+        ));
+    }
+    limits
+}
+
+fn positive(
+    key: &str,
+    value: Option<i64>,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+    problems: &mut Vec<String>,
+) -> i64 {
+    match value {
+        None => default,
+        Some(v) if range.contains(&v) => v,
+        Some(v) => {
+            problems.push(format!(
+                "{key} = {v} is out of range; use a number from {} to {} (default {default})",
+                range.start(),
+                range.end()
+            ));
+            default
+        }
+    }
+}
+
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    // toml's message already names the unknown or missing key and shows the line; we add the fix.
+    let message = e.message();
+    let hint = if message.contains("unknown field") {
+        "; remove the key or check its spelling against docs/CONFIG.md"
+    } else if message.contains("missing field") {
+        "; add the key (see docs/CONFIG.md)"
+    } else {
+        ""
+    };
+    match e.span() {
+        Some(span) => format!("{message}{hint} (at byte {})", span.start),
+        None => format!("{message}{hint}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "[[tls.certificate]]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n";
+
+    fn listener(role: &str, bind: &str, tls: &str) -> String {
+        format!("[[listener]]\nrole = \"{role}\"\nbind = \"{bind}\"\ntls = \"{tls}\"\n")
+    }
+
+    fn good() -> String {
+        format!(
+            "hostname = \"mail.example.test\"\n{CERT}{}{}{}",
+            listener("mx", "127.0.0.1:2525", "starttls"),
+            listener("submission", "127.0.0.1:2465", "implicit"),
+            listener("imap", "127.0.0.1:2993", "implicit"),
+        )
+    }
+
+    fn error_of(text: &str) -> String {
+        match Config::from_toml(text, "test.toml", Path::new("/etc/sealmail")) {
+            Ok(_) => panic!("config accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults_and_resolved_paths() {
+        let config = Config::from_toml(&good(), "test.toml", Path::new("/etc/sealmail")).map_err(|e| e.to_string());
+        let config = match config {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.hostname.as_str(), "mail.example.test");
+        assert_eq!(config.data_dir, Path::new("/etc/sealmail"));
+        assert_eq!(config.certificates[0].key, Path::new("/etc/sealmail/tls/key.pem"));
+        assert_eq!(config.listeners.len(), 3);
+        assert_eq!(config.listeners[1].tls, TlsMode::Implicit);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn bad_configs_get_messages_that_name_key_value_and_fix() {
+        let head = format!("hostname = \"mail.example.test\"\n{CERT}");
+        let table: Vec<(String, &str)> = vec![
+            (
+                format!("{head}{}{}{}", listener("mx", "127.0.0.1:25", "starttls"), listener("imap", "127.0.0.1:993", "implicit"), listener("submission", "127.0.0.1:587", "none")),
+                "listener[2].tls = \"none\" is not allowed for role \"submission\"; use \"starttls\" or \"implicit\"",
+            ),
+            (
+                format!("{head}{}", listener("imap", "127.0.0.1:143", "plain")),
+                "listener[0].tls = \"plain\" is not allowed for role \"imap\"; use \"starttls\" or \"implicit\"",
+            ),
+            (
+                format!("{head}{}", listener("mx", "127.0.0.1:25", "none")),
+                "listener[0].tls = \"none\" is not allowed for role \"mx\"; use \"starttls\"",
+            ),
+            (
+                format!("{head}{}", listener("mx", "127.0.0.1:25", "implicit")),
+                "listener[0].tls = \"implicit\" is not allowed for role \"mx\"; other mail servers connect in plaintext and upgrade, use \"starttls\"",
+            ),
+            (
+                format!("{head}{}", listener("pop3", "127.0.0.1:110", "starttls")),
+                "listener[0].role = \"pop3\" is not a role; use \"mx\", \"submission\" or \"imap\"",
+            ),
+            (
+                format!("{head}{}", listener("mx", "localhost:25", "starttls")),
+                "listener[0].bind = \"localhost:25\" is not an IP address with a port; use e.g. \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:993\"",
+            ),
+            (
+                format!("{head}{}{}", listener("mx", "127.0.0.1:25", "starttls"), listener("imap", "127.0.0.1:25", "starttls")),
+                "listener[1].bind = \"127.0.0.1:25\" is already used by listener[0]; give each listener its own address and port",
+            ),
+            (
+                head.clone(),
+                "no [[listener]] is configured; add one, e.g. role = \"mx\", bind = \"0.0.0.0:25\", tls = \"starttls\"",
+            ),
+            (
+                format!("hostname = \"mail.example.test\"\n{}", listener("mx", "127.0.0.1:25", "starttls")),
+                "tls.certificate is empty; add [[tls.certificate]] with cert = \"PATH\" and key = \"PATH\", or run `sealmail init` to create a self-signed one",
+            ),
+            (
+                good().replace("mail.example.test", "mail"),
+                "hostname = \"mail\" is not a valid host name (domain \"mail\" needs at least two labels (like example.org)); use the fully qualified name clients connect to, e.g. \"mail.example.org\"",
+            ),
+            (
+                format!("{}[limits]\nmax_connections = 0\n", good()),
+                "limits.max_connections = 0 is out of range; use a number from 1 to 1000000 (default 2048)",
+            ),
+            (
+                format!("{}[limits]\nmax_connections = 10\nmax_connections_per_ip = 20\n", good()),
+                "limits.max_connections_per_ip = 20 is larger than limits.max_connections = 10; lower it or raise limits.max_connections",
+            ),
+            (
+                format!("{}[limits]\ncommand_timeout_secs = -5\n", good()),
+                "limits.command_timeout_secs = -5 is out of range; use a number from 1 to 86400 (default 300)",
+            ),
+            (
+                format!("{}[log]\nformat = \"xml\"\n", good()),
+                "log.format = \"xml\" is not a log format; use \"human\" or \"json\"",
+            ),
+        ];
+        for (text, expected) in table {
+            assert_eq!(error_of(&text), expected, "config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_refused_by_name() {
+        let unknown = error_of(&format!("{}relay_everything = true\n", good()));
+        assert!(unknown.starts_with("test.toml: unknown field `relay_everything`"), "{unknown}");
+        assert!(unknown.contains("remove the key or check its spelling"), "{unknown}");
+
+        let nested = error_of(&good().replace("tls = \"implicit\"", "tls = \"implicit\"\nverify = false"));
+        assert!(nested.contains("unknown field `verify`"), "{nested}");
+
+        let missing = error_of(&good().replace("hostname = \"mail.example.test\"\n", ""));
+        assert!(missing.contains("missing field `hostname`"), "{missing}");
+        assert!(missing.contains("add the key"), "{missing}");
+    }
+
+    #[test]
+    fn several_problems_are_reported_together() {
+        let text = format!(
+            "hostname = \"mail.example.test\"\n{CERT}{}{}",
+            listener("mx", "127.0.0.1:25", "none"),
+            listener("imap", "nowhere", "implicit")
+        );
+        let message = error_of(&text);
+        assert_eq!(message.lines().count(), 2, "{message}");
+    }
+}

@@ -1,0 +1,345 @@
+//! One client connection: bounded line reads with a deadline, writes, and the STARTTLS upgrade.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use sealmail_config::{Role, TlsMode};
+
+/// Bytes read from the socket at a time; also the most a client can make us buffer ahead.
+const READ_BUFFER: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("the client closed the connection")]
+    Closed,
+    #[error("the client sent nothing for {0:?}")]
+    Timeout(Duration),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("TLS is already active")]
+    AlreadyTls,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Facts about a connection that do not change during it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub role: Role,
+    pub tls_mode: TlsMode,
+}
+
+/// Proof that the connection runs over TLS, with what was negotiated. Only this crate makes it.
+#[derive(Debug, Clone)]
+pub struct TlsActive {
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub server_name: Option<String>,
+    _private: (),
+}
+
+/// A line read from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// The line without its line ending (CRLF or, leniently here, LF: the protocol decides).
+    Complete(Vec<u8>),
+    /// The line was longer than the limit; it was read to its end and thrown away.
+    TooLong,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Timeouts that apply to one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub handshake: Duration,
+    pub command: Duration,
+}
+
+pub struct Connection {
+    info: ConnectionInfo,
+    stream: BufReader<Stream>,
+    tls: Option<TlsActive>,
+    acceptor: TlsAcceptor,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    pub(crate) fn plain(
+        info: ConnectionInfo,
+        tcp: TcpStream,
+        acceptor: TlsAcceptor,
+        timeouts: Timeouts,
+        shutdown: CancellationToken,
+    ) -> Connection {
+        Connection {
+            info,
+            stream: BufReader::with_capacity(READ_BUFFER, Stream::Plain(tcp)),
+            tls: None,
+            acceptor,
+            timeouts,
+            shutdown,
+        }
+    }
+
+    /// Runs the TLS handshake on a fresh TCP connection (implicit TLS).
+    pub(crate) async fn implicit_tls(
+        info: ConnectionInfo,
+        tcp: TcpStream,
+        acceptor: TlsAcceptor,
+        timeouts: Timeouts,
+        shutdown: CancellationToken,
+    ) -> Result<Connection, ConnError> {
+        let (tls, active) = handshake(&acceptor, tcp, timeouts.handshake).await?;
+        Ok(Connection {
+            info,
+            stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
+            tls: Some(active),
+            acceptor,
+            timeouts,
+            shutdown,
+        })
+    }
+
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// The proof that TLS is active, if it is.
+    pub fn tls(&self) -> Option<&TlsActive> {
+        self.tls.as_ref()
+    }
+
+    /// Cancelled when the server starts shutting down.
+    pub fn shutdown_signal(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Upgrades a plaintext connection to TLS. Call it after sending the protocol's "go ahead"
+    /// reply. Every byte the client sent before the handshake is discarded, never processed.
+    pub async fn start_tls(self) -> Result<Connection, ConnError> {
+        if self.tls.is_some() {
+            return Err(ConnError::AlreadyTls);
+        }
+        let pipelined = self.stream.buffer().len();
+        if pipelined > 0 {
+            tracing::warn!(
+                peer = %self.info.peer,
+                bytes = pipelined,
+                "discarded bytes sent before the TLS handshake (possible STARTTLS command injection)"
+            );
+        }
+        // into_inner() drops the read buffer, and with it anything pipelined after STARTTLS.
+        let Stream::Plain(tcp) = self.stream.into_inner() else {
+            return Err(ConnError::AlreadyTls);
+        };
+        let (tls, active) = handshake(&self.acceptor, tcp, self.timeouts.handshake).await?;
+        Ok(Connection {
+            info: self.info,
+            stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
+            tls: Some(active),
+            acceptor: self.acceptor,
+            timeouts: self.timeouts,
+            shutdown: self.shutdown,
+        })
+    }
+
+    /// Reads one line of at most `max` octets (line ending excluded) within the command timeout.
+    /// Returns [`ConnError::ShuttingDown`] if the server starts shutting down while waiting.
+    pub async fn read_line(&mut self, max: usize) -> Result<Line, ConnError> {
+        let limit = self.timeouts.command;
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            biased;
+            result = tokio::time::timeout(limit, read_bounded_line(&mut self.stream, max)) => {
+                result.map_err(|_| ConnError::Timeout(limit))?
+            }
+            _ = shutdown.cancelled() => Err(ConnError::ShuttingDown),
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes within the command timeout (for literals and chunks).
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnError> {
+        let limit = self.timeouts.command;
+        match tokio::time::timeout(limit, self.stream.read_exact(buf)).await {
+            Err(_) => Err(ConnError::Timeout(limit)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
+            Ok(Err(e)) => Err(ConnError::Io(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Writes and flushes a reply.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let limit = self.timeouts.command;
+        let write = async {
+            self.stream.get_mut().write_all(bytes).await?;
+            self.stream.get_mut().flush().await
+        };
+        tokio::time::timeout(limit, write)
+            .await
+            .map_err(|_| ConnError::Timeout(limit))?
+            .map_err(ConnError::Io)
+    }
+
+    /// Closes the connection cleanly (TLS close_notify where TLS is active).
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.get_mut().shutdown()).await;
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<(TlsStream<TcpStream>, TlsActive), ConnError> {
+    let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
+        .await
+        .map_err(|_| ConnError::Timeout(limit))?
+        .map_err(ConnError::Handshake)?;
+    let (_, session) = tls.get_ref();
+    let active = TlsActive {
+        version: session.protocol_version().map(sealmail_tls::version_name).unwrap_or("TLS"),
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(sealmail_tls::suite_name)
+            .unwrap_or("unknown"),
+        server_name: session.server_name().map(str::to_string),
+        _private: (),
+    };
+    Ok((tls, active))
+}
+
+/// Reads up to and including '\n'; keeps at most `max` octets of content. A longer line is
+/// consumed to its end (so the session can go on) and reported as [`Line::TooLong`].
+async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> Result<Line, ConnError> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Err(ConnError::Closed);
+        }
+        let (chunk, found_end) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let used = chunk.len();
+        if !too_long {
+            // +2 leaves room for the CRLF that is stripped below.
+            if line.len() + used > max + 2 {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(used);
+        if found_end {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Line::TooLong);
+    }
+    line.pop(); // '\n'
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.len() > max {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Complete(line))
+}
+
+/// Keeps the acceptor type nameable in signatures of this crate.
+pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<Line, String>> {
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            match read_bounded_line(&mut reader, max).await {
+                Err(ConnError::Closed) => break,
+                other => out.push(other.map_err(|e| e.to_string())),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        let got = lines(b"EHLO a\r\nNOOP\nXXXXXXXXXXXXXXXXXXXXXXXXX\r\nQUIT\r\n", 10).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(Line::Complete(b"EHLO a".to_vec())),
+                Ok(Line::Complete(b"NOOP".to_vec())),
+                Ok(Line::TooLong),
+                Ok(Line::Complete(b"QUIT".to_vec())),
+            ]
+        );
+        // Exactly at the limit is allowed; one more octet is not.
+        let got = lines(b"0123456789\r\n0123456789a\r\n", 10).await;
+        assert_eq!(got, vec![Ok(Line::Complete(b"0123456789".to_vec())), Ok(Line::TooLong)]);
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_line_ends_as_closed_without_growing() {
+        let got = lines(&vec![b'a'; 100_000], 10).await;
+        assert!(got.is_empty());
+    }
+}

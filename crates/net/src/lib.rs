@@ -1,0 +1,15 @@
+//! The listener framework every protocol uses: bind, accept, cap connections (globally and per
+//! client IP), run implicit TLS or hand out a STARTTLS upgrade, bound every read in time and
+//! size, and shut down gracefully.
+//!
+//! A protocol implements [`Handler`] and receives a [`Connection`]. The only way from plaintext
+//! to TLS is [`Connection::start_tls`], which consumes the plaintext connection and throws away
+//! every byte the client sent before the handshake: a command pipelined after STARTTLS is never
+//! executed inside the TLS session (CVE-2011-0411 class; RFC 3207 section 4.2, RFC 3501 6.2.1).
+//! [`TlsActive`] is the proof that TLS is up; only this crate can make one.
+
+mod connection;
+mod listener;
+
+pub use connection::{ConnError, Connection, ConnectionInfo, Line, TlsActive};
+pub use listener::{BoundListener, Handler, Server, bind};

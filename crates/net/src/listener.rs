@@ -1,0 +1,217 @@
+//! Binding, accepting, connection caps and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use sealmail_config::{Limits, Listener as ListenerSpec, TlsMode};
+
+use crate::connection::{Connection, ConnectionInfo, Timeouts, acceptor};
+
+/// A protocol that serves connections.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one connection until it ends. On implicit-TLS listeners TLS is already active.
+    async fn handle(&self, conn: Connection);
+
+    /// The line sent, in plaintext and only on STARTTLS listeners, to a client turned away
+    /// because a connection cap is reached (e.g. SMTP "421 4.7.0 ...\r\n").
+    fn busy_reply(&self) -> &'static [u8];
+}
+
+/// A listening socket with the protocol that serves it.
+pub struct BoundListener {
+    pub spec: ListenerSpec,
+    pub socket: TcpListener,
+    pub handler: Arc<dyn Handler>,
+}
+
+/// Binds every listener before anything is served, so that a port in use fails start-up whole
+/// (and so that privileges can be dropped after binding).
+pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<(ListenerSpec, TcpListener)>, String> {
+    let mut bound = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let socket = TcpListener::bind(spec.bind).await.map_err(|e| {
+            format!(
+                "cannot listen on listener[{i}] {} ({} {}): {e}; stop whatever uses that port or change listener[{i}].bind",
+                spec.bind,
+                spec.role,
+                spec.tls.as_str()
+            )
+        })?;
+        bound.push((spec.clone(), socket));
+    }
+    Ok(bound)
+}
+
+/// Counts connections per client IP.
+#[derive(Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Runs listeners until shut down.
+pub struct Server {
+    limits: Limits,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    global: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+impl Server {
+    pub fn new(limits: Limits, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) -> Server {
+        Server {
+            global: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            acceptor: acceptor(tls),
+            shutdown,
+            sessions: TaskTracker::new(),
+            per_ip: Arc::default(),
+        }
+    }
+
+    /// Accepts on every listener until the shutdown token is cancelled, then stops accepting and
+    /// waits up to `limits.shutdown_grace` for sessions to finish. Sessions still running after
+    /// that are dropped (their sockets closed) when the caller's runtime ends.
+    pub async fn run(self, listeners: Vec<BoundListener>) {
+        let server = Arc::new(self);
+        let mut accept_loops = Vec::new();
+        for listener in listeners {
+            let server = server.clone();
+            accept_loops.push(tokio::spawn(async move { server.accept_loop(listener).await }));
+        }
+        server.shutdown.cancelled().await;
+        for task in &accept_loops {
+            task.abort();
+        }
+        server.sessions.close();
+        let open = server.sessions.len();
+        if open > 0 {
+            tracing::info!(sessions = open, grace = ?server.limits.shutdown_grace, "shutting down: waiting for sessions to finish");
+        }
+        if tokio::time::timeout(server.limits.shutdown_grace, server.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(sessions = server.sessions.len(), "shutdown grace period over; closing remaining sessions");
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: BoundListener) {
+        let local = listener.socket.local_addr().ok();
+        tracing::info!(role = %listener.spec.role, tls = listener.spec.tls.as_str(), addr = ?local, "listening");
+        loop {
+            let (tcp, peer) = match listener.socket.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(slots) = self.take_slots(peer) else {
+                let reply = listener.handler.busy_reply();
+                let plaintext = listener.spec.tls == TlsMode::StartTls;
+                self.sessions.spawn(turn_away(tcp, plaintext.then_some(reply)));
+                continue;
+            };
+            let info = ConnectionInfo {
+                peer,
+                local: local.unwrap_or(listener.spec.bind),
+                role: listener.spec.role,
+                tls_mode: listener.spec.tls,
+            };
+            let handler = listener.handler.clone();
+            let server = self.clone();
+            self.sessions.spawn(async move {
+                let _slots = slots;
+                server.serve_one(info, tcp, handler).await;
+            });
+        }
+    }
+
+    fn take_slots(&self, peer: SocketAddr) -> Option<(OwnedSemaphorePermit, IpSlot)> {
+        let permit = self.global.clone().try_acquire_owned().ok();
+        let Some(permit) = permit else {
+            tracing::warn!(%peer, "connection refused: global connection cap reached");
+            return None;
+        };
+        let Some(slot) = self.per_ip.try_take(peer.ip(), self.limits.max_connections_per_ip) else {
+            tracing::warn!(%peer, "connection refused: per-IP connection cap reached");
+            return None;
+        };
+        Some((permit, slot))
+    }
+
+    async fn serve_one(&self, info: ConnectionInfo, tcp: TcpStream, handler: Arc<dyn Handler>) {
+        let timeouts = Timeouts {
+            handshake: self.limits.tls_handshake_timeout,
+            command: self.limits.command_timeout,
+        };
+        let shutdown = self.shutdown.child_token();
+        let peer = info.peer;
+        let conn = match info.tls_mode {
+            TlsMode::StartTls => Connection::plain(info, tcp, self.acceptor.clone(), timeouts, shutdown),
+            TlsMode::Implicit => {
+                match Connection::implicit_tls(info, tcp, self.acceptor.clone(), timeouts, shutdown).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                }
+            }
+        };
+        handler.handle(conn).await;
+    }
+}
+
+async fn turn_away(mut tcp: TcpStream, reply: Option<&'static [u8]>) {
+    if let Some(reply) = reply {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.write_all(reply)).await;
+    }
+    let _ = tcp.shutdown().await;
+}

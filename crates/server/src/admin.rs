@@ -1,0 +1,140 @@
+//! Administration commands: `config check`, `domain`, `user`, `migrate`.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use sealmail_identity::{Identity, Password, generate_password};
+use sealmail_store::{SqliteStore, Store};
+use sealmail_types::{Domain, EmailAddress};
+
+use crate::cli::{DomainCommand, UserCommand, usage};
+use crate::serve::{load_config, open_store};
+
+pub fn config_check(config_path: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    // The certificates are part of a working configuration: load them as `serve` would.
+    sealmail_tls::CertSet::load(&config.certificates).map_err(|e| usage(e.to_string()))?;
+    println!(
+        "{}: OK ({} listener(s), {} certificate(s), data in {})",
+        config_path.display(),
+        config.listeners.len(),
+        config.certificates.len(),
+        config.data_dir.display()
+    );
+    Ok(())
+}
+
+fn parse_domain(input: &str) -> anyhow::Result<Domain> {
+    Domain::parse(input).map_err(|e| usage(format!("{input:?} is not a valid domain: {e}")))
+}
+
+fn parse_address(input: &str) -> anyhow::Result<EmailAddress> {
+    EmailAddress::parse(input).map_err(|e| usage(format!("{input:?} is not a valid address: {e}")))
+}
+
+async fn store_for(config_path: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+    let config = load_config(config_path)?;
+    open_store(&config).await
+}
+
+pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Result<()> {
+    let store = store_for(config_path).await?;
+    match command {
+        DomainCommand::Add { domain } => {
+            let domain = parse_domain(&domain)?;
+            store.add_domain(&domain).await?;
+            println!("added domain {domain}");
+        }
+        DomainCommand::List => {
+            for domain in store.list_domains().await? {
+                println!("{domain}");
+            }
+        }
+        DomainCommand::Remove { domain } => {
+            let domain = parse_domain(&domain)?;
+            store.remove_domain(&domain).await?;
+            println!("removed domain {domain}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads one line from standard input as a password (the line ending is not part of it).
+fn password_from_stdin() -> anyhow::Result<Password> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let trimmed = line.trim_end_matches(['\r', '\n']).to_string();
+    if trimmed.is_empty() {
+        return Err(usage("no password on standard input"));
+    }
+    Ok(Password::new(trimmed))
+}
+
+pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = store_for(config_path).await?;
+    let identity = Identity::new(store.clone())?;
+    match command {
+        UserCommand::Add { address, password_stdin } => {
+            let address = parse_address(&address)?;
+            let (password, generated) = match password_stdin {
+                true => (password_from_stdin()?, false),
+                false => (generate_password()?, true),
+            };
+            identity.add_user(&address, &password).await?;
+            println!("added user {address}");
+            if generated {
+                println!("password (shown once): {}", password.expose());
+            }
+        }
+        UserCommand::List => {
+            for account in store.list_accounts().await? {
+                println!("{}", account.address);
+            }
+        }
+        UserCommand::Remove { address } => {
+            let address = parse_address(&address)?;
+            store.remove_account(&address).await?;
+            println!("removed user {address} and all their mail");
+        }
+        UserCommand::Passwd { address, password_stdin } => {
+            let address = parse_address(&address)?;
+            let (password, generated) = match password_stdin {
+                true => (password_from_stdin()?, false),
+                false => (generate_password()?, true),
+            };
+            identity.set_password(&address, &password).await?;
+            println!("password changed for {address}");
+            if generated {
+                println!("new password (shown once): {}", password.expose());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn migrate(config_path: &Path, dry_run: bool) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let pending = SqliteStore::pending_migrations(&config.data_dir).await?;
+    if pending.is_empty() {
+        println!("the store is up to date");
+        return Ok(());
+    }
+    let verb = if dry_run { "would apply" } else { "applying" };
+    for m in &pending {
+        println!("{verb} migration {} {}", m.version, m.description);
+    }
+    if dry_run {
+        println!("(dry run: nothing changed; a snapshot is written to backups/ before migrations run)");
+        return Ok(());
+    }
+    let _lock = crate::serve::lock_data_dir(&config.data_dir)?;
+    open_store(&config).await?;
+    println!("the store is up to date");
+    Ok(())
+}

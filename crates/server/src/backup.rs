@@ -1,0 +1,166 @@
+//! `sealmail backup DIR` and `sealmail restore DIR`.
+//!
+//! A backup is a folder holding a consistent snapshot of the store (SQLite `VACUUM INTO`, safe
+//! while the server writes), the configuration file, every certificate and key it names, and a
+//! `MANIFEST` of SHA-256 sums written last: a backup without a MANIFEST is incomplete.
+//! Restore checks every sum first, needs the server stopped (it takes the data folder's lock),
+//! and never destroys what it replaces: the current store is snapshotted to `backups/` and
+//! replaced files are kept beside themselves as `*.pre-restore-TIME`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use sealmail_config::Config;
+use sealmail_store::{DB_FILE, SqliteStore};
+
+use crate::cli::usage;
+use crate::serve::{load_config, lock_data_dir};
+
+const MANIFEST: &str = "MANIFEST";
+const CONFIG_NAME: &str = "sealmail.toml";
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+fn cert_names(i: usize) -> (String, String) {
+    (format!("tls/{i}/cert.pem"), format!("tls/{i}/key.pem"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(usage(format!("{} is not empty; back up into a new folder", dir.display())));
+    }
+    sealmail_safeio::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    let mut files: Vec<String> = Vec::new();
+    SqliteStore::backup_database(&config.data_dir, &dir.join(DB_FILE)).await?;
+    files.push(DB_FILE.to_string());
+
+    let copy = |from: &Path, name: &str| -> anyhow::Result<()> {
+        let bytes = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+        let to = dir.join(name);
+        if let Some(parent) = to.parent() {
+            sealmail_safeio::create_private_dir(parent)?;
+        }
+        // Everything in a backup is private: it holds keys and the whole mail store.
+        sealmail_safeio::write_private(&to, &bytes).with_context(|| format!("cannot write {}", to.display()))
+    };
+    copy(config_path, CONFIG_NAME)?;
+    files.push(CONFIG_NAME.to_string());
+    for (i, cert) in config.certificates.iter().enumerate() {
+        let (cert_name, key_name) = cert_names(i);
+        copy(&cert.cert, &cert_name)?;
+        copy(&cert.key, &key_name)?;
+        files.extend([cert_name, key_name]);
+    }
+
+    let mut manifest = String::new();
+    for name in &files {
+        writeln!(manifest, "{}  {name}", sha256_file(&dir.join(name))?)?;
+    }
+    sealmail_safeio::write_private(&dir.join(MANIFEST), manifest.as_bytes())?;
+    println!("backup written to {} ({} files)", dir.display(), files.len());
+    Ok(())
+}
+
+/// Reads the manifest and checks every file against it.
+fn verified_manifest(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST))
+        .with_context(|| format!("{} has no {MANIFEST}; it is not a complete sealmail backup", dir.display()))?;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some((sum, name)) = line.split_once("  ") else {
+            bail!("{MANIFEST} line {line:?} is malformed");
+        };
+        if name.contains("..") || name.starts_with('/') {
+            bail!("{MANIFEST} names {name:?}, which is outside the backup");
+        }
+        let actual = sha256_file(&dir.join(name))?;
+        if actual != sum {
+            bail!("{name} in the backup is damaged: its SHA-256 is {actual}, the manifest says {sum}; nothing was restored");
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
+/// Replaces `target` with `bytes`, keeping a differing old file as `target.pre-restore-TIME`.
+fn replace_keeping_old(target: &Path, bytes: &[u8], stamp: u64) -> anyhow::Result<()> {
+    if let Ok(old) = std::fs::read(target) {
+        if old == bytes {
+            return Ok(());
+        }
+        let mut aside = target.as_os_str().to_owned();
+        aside.push(format!(".pre-restore-{stamp}"));
+        sealmail_safeio::write_private(Path::new(&aside), &old)?;
+    }
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    sealmail_safeio::write_private(target, bytes).with_context(|| format!("cannot write {}", target.display()))
+}
+
+pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
+    let names = verified_manifest(dir)?;
+    for required in [DB_FILE, CONFIG_NAME] {
+        if !names.iter().any(|n| n == required) {
+            bail!("the backup lacks {required}");
+        }
+    }
+    let stamp = now();
+    let config_bytes = std::fs::read(dir.join(CONFIG_NAME))?;
+    // Check the configuration before touching anything.
+    let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let text = String::from_utf8(config_bytes.clone()).context("the backup's configuration is not UTF-8")?;
+    let config: Config = Config::from_toml(&text, &config_path.display().to_string(), base).map_err(|e| usage(e.to_string()))?;
+
+    if !config.data_dir.exists() {
+        sealmail_safeio::create_private_dir(&config.data_dir)?;
+    }
+    let _lock = lock_data_dir(&config.data_dir).context("restore needs the server stopped")?;
+    replace_keeping_old(config_path, &config_bytes, stamp)?;
+
+    let db = config.data_dir.join(DB_FILE);
+    if db.exists() {
+        let aside_dir = config.data_dir.join("backups");
+        sealmail_safeio::create_private_dir(&aside_dir)?;
+        let aside = aside_dir.join(format!("pre-restore-{stamp}.db"));
+        SqliteStore::backup_database(&config.data_dir, &aside).await?;
+        println!("the store being replaced was saved to {}", aside.display());
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = db.as_os_str().to_owned();
+            path.push(suffix);
+            let path = PathBuf::from(path);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    let db_bytes = std::fs::read(dir.join(DB_FILE))?;
+    sealmail_safeio::write_private(&db, &db_bytes)?;
+
+    for (i, cert) in config.certificates.iter().enumerate() {
+        let (cert_name, key_name) = cert_names(i);
+        if names.contains(&cert_name) && names.contains(&key_name) {
+            replace_keeping_old(&cert.cert, &std::fs::read(dir.join(&cert_name))?, stamp)?;
+            replace_keeping_old(&cert.key, &std::fs::read(dir.join(&key_name))?, stamp)?;
+        }
+    }
+    // Opening checks the schema (and migrates an older backup, snapshot first).
+    SqliteStore::open(&config.data_dir, config.store.group_commit_max_batch).await?;
+    println!("restored {} into {}", dir.display(), config.data_dir.display());
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The command line (clap derive) and logging set-up.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A command-line or configuration mistake: exits with status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+#[derive(Parser)]
+#[command(name = "sealmail", version, about = "A mail server that is secure by default")]
+pub struct Cli {
+    /// Configuration file [default: ./sealmail.toml, or $SEALMAIL_CONFIG]
+    #[arg(long, global = true, env = "SEALMAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on standard error [default: log.format from the config, else human]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from("sealmail.toml"))
+    }
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum LogFormatArg {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a self-contained test installation in ./sealmail-data (first run) and serve it on 127.0.0.1
+    Quickstart(QuickstartArgs),
+    /// Write a new configuration, a self-signed certificate (unless given) and an empty store
+    Init(InitArgs),
+    /// Run the server with the configuration file
+    Serve,
+    /// Validate the configuration file
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage the domains sealmail receives mail for
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Manage user accounts
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Bring the store's schema up to date (a snapshot is taken first)
+    Migrate {
+        /// Only list the migrations that would run
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write a consistent copy of store, keys and configuration to DIR (safe while serving)
+    Backup { dir: PathBuf },
+    /// Restore a backup made by `sealmail backup` (stop the server first)
+    Restore { dir: PathBuf },
+}
+
+#[derive(Args)]
+pub struct QuickstartArgs {
+    /// Folder for configuration, certificate, store and credentials
+    #[arg(long, default_value = "sealmail-data")]
+    pub data_dir: PathBuf,
+    /// Added to every listener port (2525, 2465, 2587, 2143, 2993)
+    #[arg(long, default_value_t = 0)]
+    pub port_offset: u16,
+    /// Mail domain; users are alice@DOMAIN and bob@DOMAIN, the certificate is for mail.DOMAIN
+    #[arg(long, default_value = "example.test")]
+    pub domain: String,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Host name clients and other servers use to reach this server
+    #[arg(long)]
+    pub hostname: String,
+    /// Folder for the store and generated keys, relative to the configuration file
+    #[arg(long, default_value = "sealmail-data")]
+    pub data_dir: PathBuf,
+    /// Existing PEM certificate chain (with --key); without it a self-signed one is made
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Existing PEM private key (mode 0600) for --cert
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// IP address the standard listeners bind to (ports 25, 465, 587, 143, 993)
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check the configuration file and print every problem found
+    Check,
+}
+
+#[derive(Subcommand)]
+pub enum DomainCommand {
+    /// Start receiving mail for DOMAIN
+    Add { domain: String },
+    /// List the domains
+    List,
+    /// Stop receiving mail for DOMAIN (it must have no users)
+    Remove { domain: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints a generated password unless --password-stdin is given
+    Add {
+        address: String,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users
+    List,
+    /// Delete a user with all their mail
+    Remove { address: String },
+    /// Set a new password; prints a generated one unless --password-stdin is given
+    Passwd {
+        address: String,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// Sets up tracing on standard error. `RUST_LOG` refines the level (default `info`).
+pub fn init_logging(format: LogFormatArg) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormatArg::Human => builder.try_init(),
+        LogFormatArg::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,129 @@
+//! `sealmail serve`: start-up in a fixed order (config, lock, certificates, store, sockets),
+//! then serve until SIGTERM/SIGINT; SIGHUP reloads the certificates.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use sealmail_config::{Config, LogFormat, Role};
+use sealmail_net::{BoundListener, Handler, Server};
+use sealmail_store::{SqliteStore, Store};
+use sealmail_tls::{CertResolver, CertSet};
+
+use crate::cli::{LogFormatArg, init_logging, usage};
+
+/// The lock file that keeps two servers (or a restore) off one data folder.
+pub const LOCK_FILE: &str = "sealmail.lock";
+
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| usage(e.to_string()))
+}
+
+/// Holds an exclusive lock on the data folder while it lives.
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Locks the data folder, or says who holds it.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    let path: PathBuf = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another sealmail is already running on {} (lock {} is held); stop it first",
+            data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display()))),
+    }
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    let store = SqliteStore::open(&config.data_dir, config.store.group_commit_max_batch)
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub async fn serve(config_path: &Path, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let format = log_format.unwrap_or(match config.log_format {
+        LogFormat::Human => LogFormatArg::Human,
+        LogFormat::Json => LogFormatArg::Json,
+    });
+    init_logging(format);
+    run(config).await
+}
+
+/// Runs a validated configuration until a shutdown signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if !config.data_dir.exists() {
+        sealmail_safeio::create_private_dir(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+    }
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let certs = CertSet::load(&config.certificates)?;
+    let resolver = CertResolver::new(certs);
+    let tls = sealmail_tls::server_config(resolver.clone())?;
+    let store = open_store(&config).await?;
+    let _store: Arc<dyn Store> = store;
+
+    let bound = sealmail_net::bind(&config.listeners).await.map_err(anyhow::Error::msg)?;
+    let hostname = config.hostname.to_string();
+    let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(&hostname));
+    let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(&hostname));
+    let listeners = bound
+        .into_iter()
+        .map(|(spec, socket)| BoundListener {
+            handler: match spec.role {
+                Role::Mx | Role::Submission => smtp.clone(),
+                Role::Imap => imap.clone(),
+            },
+            spec,
+            socket,
+        })
+        .collect();
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
+    tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
+    Server::new(config.limits.clone(), tls, shutdown).run(listeners).await;
+    tracing::info!("sealmail stopped");
+    Ok(())
+}
+
+fn spawn_signal_handlers(
+    shutdown: CancellationToken,
+    resolver: Arc<CertResolver>,
+    certificates: Vec<sealmail_config::CertificateFiles>,
+) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match resolver.reload(&certificates) {
+                Ok(()) => tracing::info!("certificates reloaded; new connections use them"),
+                Err(e) => tracing::error!(error = %e, "certificate reload failed; still serving the previous certificates"),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Where everything sealmail must not lose lives: domains, accounts, mailboxes, messages.
+//!
+//! Protocol code talks to the [`Store`] trait only, so the backend can change (SQLite embedded
+//! by default; PostgreSQL for several nodes, later) without touching it. Every backend promises:
+//! - a write that returned `Ok` is durable (fsynced);
+//! - concurrent writes share commits (group commit), so N writers do not cost N fsyncs;
+//! - every message's SHA-256 is recorded when it is stored and checked whenever it is read:
+//!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
+
+pub use sqlite::{SqliteStore, Migration, DB_FILE};
+
+/// The mailboxes every account gets, with their RFC 6154 special-use attributes.
+pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
+    ("INBOX", None),
+    ("Sent", Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Trash", Some("\\Trash")),
+    ("Junk", Some("\\Junk")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("domain {0} is not served here; add it first with `sealmail domain add {0}`")]
+    UnknownDomain(Domain),
+    #[error("domain {domain} still has {accounts} account(s); remove them first with `sealmail user remove`")]
+    DomainInUse { domain: Domain, accounts: i64 },
+    #[error(
+        "integrity check failed for message {message:?}: stored SHA-256 {expected} but the content hashes to {actual}; the message is not served"
+    )]
+    Integrity {
+        message: MessageId,
+        expected: String,
+        actual: String,
+    },
+    #[error("store database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("store file error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store has schema migration {0}, which this sealmail does not know (a newer version wrote it); upgrade sealmail or restore a backup")]
+    NewerSchema(i64),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub address: EmailAddress,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub account: AccountId,
+    pub name: String,
+    pub special_use: Option<String>,
+    pub uid_validity: u32,
+    pub uid_next: u32,
+}
+
+/// A message to store into one or more mailboxes, all or nothing.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub content: Vec<u8>,
+    pub mailboxes: Vec<MailboxId>,
+    /// Unix seconds.
+    pub internal_date: i64,
+    pub flags: Vec<String>,
+}
+
+/// A message as one mailbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub mailbox: MailboxId,
+    pub uid: u32,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    pub internal_date: i64,
+    pub flags: Vec<String>,
+}
+
+/// Counters that show how writes were batched into commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub writes: u64,
+    pub commits: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn add_domain(&self, domain: &Domain) -> Result<(), StoreError>;
+    /// Refuses while the domain still has accounts.
+    async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError>;
+    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
+
+    /// Creates the account and its [`DEFAULT_MAILBOXES`]; the domain must exist.
+    async fn add_account(&self, address: &EmailAddress, password_hash: &str) -> Result<AccountId, StoreError>;
+    async fn set_password_hash(&self, address: &EmailAddress, password_hash: &str) -> Result<(), StoreError>;
+    /// Removes the account with its mailboxes and messages.
+    async fn remove_account(&self, address: &EmailAddress) -> Result<(), StoreError>;
+    async fn account(&self, address: &EmailAddress) -> Result<Option<Account>, StoreError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+
+    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;
+    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError>;
+
+    /// Stores a message durably in every listed mailbox, or in none.
+    async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError>;
+    async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
+    async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;
+
+    /// Writes a consistent copy of the whole store to `dest` (a new file), while the store is in use.
+    async fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError>;
+    fn commit_stats(&self) -> CommitStats;
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,606 @@
+//! The embedded backend: one SQLite database file in WAL mode in the data folder.
+//!
+//! Durability and group commit: `synchronous = FULL` makes every commit fsync the WAL. All writes
+//! go through one writer task that owns the only write connection. It takes every write that is
+//! waiting (up to `group_commit_max_batch`), applies each inside its own SAVEPOINT, and commits
+//! them together: one fsync for the whole batch, and a failed write rolls back alone. While one
+//! batch is being fsynced the next one queues up, so the batch size follows the load by itself.
+//! Readers use a separate pool; WAL lets them run while the writer commits.
+//!
+//! Migrations are sqlx's, embedded in the binary. Before any migration runs on a store that
+//! already has data, a consistent snapshot is written to `backups/` (see [`SqliteStore::open`]).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
+
+use crate::{Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix, sha256_hex};
+
+/// The database file's name inside the data folder.
+pub const DB_FILE: &str = "sealmail.db";
+/// How long a write waits for another process (e.g. the admin CLI) to release the lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const READERS: u32 = 4;
+const WRITE_QUEUE: usize = 4096;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A schema migration, as `sealmail migrate --dry-run` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i64,
+    pub description: String,
+}
+
+enum WriteOp {
+    AddDomain(Domain),
+    RemoveDomain(Domain),
+    AddAccount { address: EmailAddress, hash: String },
+    SetPassword { address: EmailAddress, hash: String },
+    RemoveAccount(EmailAddress),
+    StoreMessage { message: NewMessage, sha256: String },
+}
+
+enum WriteDone {
+    Unit,
+    Account(AccountId),
+    Stored(Vec<StoredMessage>),
+}
+
+type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    commits: AtomicU64,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: SqlitePool,
+    writer: mpsc::Sender<(WriteOp, Reply)>,
+    counters: Arc<Counters>,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        .log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// For reading a store that may belong to another process, without changing its settings.
+fn read_only(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and brings its schema up to date.
+    /// If migrations are pending on a store that has data, a snapshot is written first to
+    /// `data_dir/backups/pre-migration-vN-TIME.db`.
+    pub async fn open(data_dir: &Path, group_commit_max_batch: usize) -> Result<SqliteStore, StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        if !data_dir.exists() {
+            sealmail_safeio::create_private_dir(data_dir).map_err(io(data_dir))?;
+        }
+        let path = data_dir.join(DB_FILE);
+        let mut writer = options(&path).create_if_missing(true).connect().await?;
+
+        let applied = applied_versions(&mut writer).await?;
+        let known: BTreeSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        if let Some(newer) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(StoreError::NewerSchema(*newer));
+        }
+        let pending = known.difference(&applied).count();
+        if pending > 0 && !applied.is_empty() {
+            let backups = data_dir.join("backups");
+            sealmail_safeio::create_private_dir(&backups).map_err(io(&backups))?;
+            let current = applied.iter().max().copied().unwrap_or(0);
+            let snapshot = backups.join(format!("pre-migration-v{current}-{}.db", now_unix()));
+            vacuum_into(&mut writer, &snapshot).await?;
+            tracing::info!(snapshot = %snapshot.display(), from = current, pending, "snapshot taken before migrating the store");
+        }
+        MIGRATOR.run(&mut writer).await?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options(&path))
+            .await?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer_loop(writer, rx, group_commit_max_batch.max(1), counters.clone()));
+        Ok(SqliteStore {
+            path,
+            readers,
+            writer: tx,
+            counters,
+        })
+    }
+
+    /// The migrations that [`SqliteStore::open`] would apply, without changing anything.
+    pub async fn pending_migrations(data_dir: &Path) -> Result<Vec<Migration>, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let applied = if path.exists() {
+            let mut conn = read_only(&path).connect().await?;
+            applied_versions(&mut conn).await?
+        } else {
+            BTreeSet::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| Migration {
+                version: m.version,
+                description: m.description.to_string(),
+            })
+            .collect())
+    }
+
+    /// Writes a consistent copy of the database in `data_dir` to `dest`, without migrating it
+    /// and while other processes keep writing (for `sealmail backup`).
+    pub async fn backup_database(data_dir: &Path, dest: &Path) -> Result<(), StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::NotFound(format!("store {}", path.display())));
+        }
+        let mut conn = read_only(&path).connect().await?;
+        vacuum_into(&mut conn, dest).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteDone, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.writer.send((op, reply)).await.map_err(|_| StoreError::WriterGone)?;
+        done.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+async fn applied_versions(conn: &mut SqliteConnection) -> Result<BTreeSet<i64>, StoreError> {
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_none() {
+        return Ok(BTreeSet::new());
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(versions.into_iter().collect())
+}
+
+/// Writes a consistent copy of the database to `dest` and makes it durable.
+async fn vacuum_into(conn: &mut SqliteConnection, dest: &Path) -> Result<(), StoreError> {
+    let dest_str = dest.to_str().ok_or_else(|| StoreError::Io {
+        path: dest.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"),
+    })?;
+    sqlx::query("VACUUM INTO ?1").bind(dest_str).execute(&mut *conn).await?;
+    // VACUUM INTO does not fsync its output.
+    let sync = || -> std::io::Result<()> {
+        std::fs::File::open(dest)?.sync_all()?;
+        sealmail_safeio::sync_dir(dest.parent().unwrap_or(Path::new(".")))
+    };
+    sync().map_err(|source| StoreError::Io {
+        path: dest.to_path_buf(),
+        source,
+    })
+}
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::Receiver<(WriteOp, Reply)>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await;
+        let committed = match begun {
+            Err(e) => Err(e.to_string()),
+            Ok(_) => {
+                for (op, _) in batch.iter_mut() {
+                    results.push(apply_in_savepoint(&mut conn, op).await);
+                }
+                match sqlx::query("COMMIT").execute(&mut conn).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                        Err(e.to_string())
+                    }
+                }
+            }
+        };
+        counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        match committed {
+            Ok(()) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(message) => {
+                tracing::error!(error = %message, writes = batch.len(), "store commit failed; no write in the batch was stored");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(format!("commit failed: {message}")))));
+                }
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+async fn apply_in_savepoint(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDone, StoreError> {
+    sqlx::query("SAVEPOINT op").execute(&mut *conn).await?;
+    let result = apply(conn, op).await;
+    if result.is_err() {
+        sqlx::query("ROLLBACK TO op").execute(&mut *conn).await?;
+    }
+    sqlx::query("RELEASE op").execute(&mut *conn).await?;
+    result
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn domain_id(conn: &mut SqliteConnection, domain: &Domain) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT id FROM domains WHERE name = ?1")
+        .bind(domain.as_str())
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDone, StoreError> {
+    match op {
+        WriteOp::AddDomain(domain) => {
+            let inserted = sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2)")
+                .bind(domain.as_str())
+                .bind(now_unix())
+                .execute(&mut *conn)
+                .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate(format!("domain {domain}"))),
+                other => other.map(|_| WriteDone::Unit).map_err(Into::into),
+            }
+        }
+        WriteOp::RemoveDomain(domain) => {
+            let Some(id) = domain_id(conn, domain).await? else {
+                return Err(StoreError::NotFound(format!("domain {domain}")));
+            };
+            let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain_id = ?1")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?;
+            if accounts > 0 {
+                return Err(StoreError::DomainInUse {
+                    domain: domain.clone(),
+                    accounts,
+                });
+            }
+            sqlx::query("DELETE FROM domains WHERE id = ?1").bind(id).execute(&mut *conn).await?;
+            Ok(WriteDone::Unit)
+        }
+        WriteOp::AddAccount { address, hash } => {
+            let Some(domain) = domain_id(conn, address.domain()).await? else {
+                return Err(StoreError::UnknownDomain(address.domain().clone()));
+            };
+            let now = now_unix();
+            let inserted = sqlx::query(
+                "INSERT INTO accounts (domain_id, address, password_hash, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            )
+            .bind(domain)
+            .bind(address.to_string())
+            .bind(hash.as_str())
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await;
+            let id: i64 = match inserted {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::Duplicate(format!("user {address}"))),
+                other => other?.try_get("id")?,
+            };
+            // RFC 3501 2.3.1.1: UIDVALIDITY; the creation time is unique enough per account and
+            // never repeats for a re-created mailbox of the same name.
+            let uid_validity = (now as u64 & 0xffff_ffff) as i64;
+            for (name, special_use) in DEFAULT_MAILBOXES {
+                sqlx::query(
+                    "INSERT INTO mailboxes (account_id, name, special_use, uid_validity) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(id)
+                .bind(*name)
+                .bind(*special_use)
+                .bind(uid_validity)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(WriteDone::Account(AccountId(id)))
+        }
+        WriteOp::SetPassword { address, hash } => {
+            let updated = sqlx::query("UPDATE accounts SET password_hash = ?1 WHERE address = ?2")
+                .bind(hash.as_str())
+                .bind(address.to_string())
+                .execute(&mut *conn)
+                .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("user {address}")));
+            }
+            Ok(WriteDone::Unit)
+        }
+        WriteOp::RemoveAccount(address) => {
+            let removed = sqlx::query("DELETE FROM accounts WHERE address = ?1")
+                .bind(address.to_string())
+                .execute(&mut *conn)
+                .await?;
+            if removed.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("user {address}")));
+            }
+            delete_orphan_blobs(conn).await?;
+            Ok(WriteDone::Unit)
+        }
+        WriteOp::StoreMessage { message, sha256 } => {
+            let content = std::mem::take(&mut message.content);
+            let size = content.len() as i64;
+            let blob: i64 = sqlx::query_scalar("INSERT INTO blobs (sha256, size, data) VALUES (?1, ?2, ?3) RETURNING id")
+                .bind(sha256.as_bytes())
+                .bind(size)
+                .bind(content)
+                .fetch_one(&mut *conn)
+                .await?;
+            let flags = message.flags.join(" ");
+            let mut stored = Vec::with_capacity(message.mailboxes.len());
+            for mailbox in &message.mailboxes {
+                let uid: Option<i64> =
+                    sqlx::query_scalar("UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1")
+                        .bind(mailbox.0)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let Some(uid) = uid else {
+                    return Err(StoreError::NotFound(format!("mailbox {}", mailbox.0)));
+                };
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                )
+                .bind(mailbox.0)
+                .bind(uid)
+                .bind(blob)
+                .bind(&flags)
+                .bind(message.internal_date)
+                .fetch_one(&mut *conn)
+                .await?;
+                stored.push(StoredMessage {
+                    id: MessageId(id),
+                    mailbox: *mailbox,
+                    uid: uid as u32,
+                    size: size as u64,
+                    sha256: sha256.clone(),
+                    internal_date: message.internal_date,
+                    flags: message.flags.clone(),
+                });
+            }
+            Ok(WriteDone::Stored(stored))
+        }
+    }
+}
+
+async fn delete_orphan_blobs(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM blobs WHERE id NOT IN (SELECT blob_id FROM messages) AND id NOT IN (SELECT blob_id FROM queue_messages)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn unexpected(done: WriteDone) -> StoreError {
+    let what = match done {
+        WriteDone::Unit => "nothing",
+        WriteDone::Account(_) => "an account",
+        WriteDone::Stored(_) => "stored messages",
+    };
+    StoreError::Database(sqlx::Error::Protocol(format!("store writer returned {what} unexpectedly")))
+}
+
+fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Account, StoreError> {
+    let address: String = row.try_get("address")?;
+    Ok(Account {
+        id: AccountId(row.try_get("id")?),
+        address: EmailAddress::parse(&address)
+            .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+        password_hash: row.try_get("password_hash")?,
+    })
+}
+
+fn mailbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Mailbox, StoreError> {
+    Ok(Mailbox {
+        id: MailboxId(row.try_get("id")?),
+        account: AccountId(row.try_get("account_id")?),
+        name: row.try_get("name")?,
+        special_use: row.try_get("special_use")?,
+        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
+        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
+    })
+}
+
+fn flags_of(text: &str) -> Vec<String> {
+    text.split_ascii_whitespace().map(str::to_string).collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_domain(&self, domain: &Domain) -> Result<(), StoreError> {
+        self.write(WriteOp::AddDomain(domain.clone())).await.map(|_| ())
+    }
+
+    async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError> {
+        self.write(WriteOp::RemoveDomain(domain.clone())).await.map(|_| ())
+    }
+
+    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM domains ORDER BY name")
+            .fetch_all(&self.readers)
+            .await?;
+        names
+            .iter()
+            .map(|n| Domain::parse(n).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e)))))
+            .collect()
+    }
+
+    async fn add_account(&self, address: &EmailAddress, password_hash: &str) -> Result<AccountId, StoreError> {
+        match self
+            .write(WriteOp::AddAccount {
+                address: address.clone(),
+                hash: password_hash.to_string(),
+            })
+            .await?
+        {
+            WriteDone::Account(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_password_hash(&self, address: &EmailAddress, password_hash: &str) -> Result<(), StoreError> {
+        self.write(WriteOp::SetPassword {
+            address: address.clone(),
+            hash: password_hash.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn remove_account(&self, address: &EmailAddress) -> Result<(), StoreError> {
+        self.write(WriteOp::RemoveAccount(address.clone())).await.map(|_| ())
+    }
+
+    async fn account(&self, address: &EmailAddress) -> Result<Option<Account>, StoreError> {
+        let row = sqlx::query("SELECT id, address, password_hash FROM accounts WHERE address = ?1")
+            .bind(address.to_string())
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let rows = sqlx::query("SELECT id, address, password_hash FROM accounts ORDER BY address")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, name, special_use, uid_validity, uid_next FROM mailboxes WHERE account_id = ?1 ORDER BY id",
+        )
+        .bind(account.0)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(mailbox_from_row).collect()
+    }
+
+    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, special_use, uid_validity, uid_next FROM mailboxes WHERE account_id = ?1 AND name = ?2",
+        )
+        .bind(account.0)
+        .bind(name)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.as_ref().map(mailbox_from_row).transpose()
+    }
+
+    async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError> {
+        // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
+        let sha256 = sha256_hex(&message.content);
+        match self.write(WriteOp::StoreMessage { message, sha256 }).await? {
+            WriteDone::Stored(stored) => Ok(stored),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.uid, m.flags, m.internal_date, b.size, b.sha256 FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid",
+        )
+        .bind(mailbox.0)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let sha: Vec<u8> = row.try_get("sha256")?;
+                Ok(StoredMessage {
+                    id: MessageId(row.try_get("id")?),
+                    mailbox,
+                    uid: row.try_get::<i64, _>("uid")? as u32,
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    sha256: String::from_utf8_lossy(&sha).into_owned(),
+                    internal_date: row.try_get("internal_date")?,
+                    flags: flags_of(&row.try_get::<String, _>("flags")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError> {
+        let row = sqlx::query("SELECT b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id = ?1")
+            .bind(message.0)
+            .fetch_optional(&self.readers)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
+        let expected: Vec<u8> = row.try_get("sha256")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        let actual = sha256_hex(&data);
+        if actual.as_bytes() != expected.as_slice() {
+            let error = StoreError::Integrity {
+                message,
+                expected: String::from_utf8_lossy(&expected).into_owned(),
+                actual,
+            };
+            tracing::error!(error = %error, "message failed its integrity check");
+            return Err(error);
+        }
+        Ok(data)
+    }
+
+    async fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        vacuum_into(&mut conn, dest).await
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+}

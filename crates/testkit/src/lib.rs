@@ -1,0 +1,321 @@
+//! Helpers for sealmail's tests (never linked into the server): TLS clients that trust a given
+//! certificate, hand-made ClientHello records for refused protocol versions and suites, a
+//! process wrapper that runs the real `sealmail` binary, and line-based protocol clients.
+//! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+pub type TestResult<T = ()> = Result<T, String>;
+
+/// Turns any error into the test's error string, with context.
+pub fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> TestResult<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// A rustls client that trusts exactly the certificates in `pem_files`, for `versions`, with
+/// `suites` (all of the provider's when empty).
+pub fn client_config(
+    pem_files: &[&Path],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[rustls::SupportedCipherSuite],
+) -> TestResult<Arc<ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for file in pem_files {
+        for cert in CertificateDer::pem_file_iter(file).map_err(|e| format!("{}: {e}", file.display()))? {
+            let cert = cert.map_err(|e| format!("{}: {e}", file.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+    }
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !suites.is_empty() {
+        provider.cipher_suites = suites.to_vec();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Connects with TLS from the first byte and returns the stream after the handshake.
+pub async fn tls_connect(addr: SocketAddr, config: Arc<ClientConfig>, server_name: &str) -> TestResult<TlsStream<TcpStream>> {
+    let tcp = ctx(TcpStream::connect(addr).await, "connect")?;
+    tls_upgrade(tcp, config, server_name).await
+}
+
+/// Runs a TLS client handshake over an existing connection.
+pub async fn tls_upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: S, config: Arc<ClientConfig>, server_name: &str) -> TestResult<TlsStream<S>> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let connector = TlsConnector::from(config);
+    ctx(
+        tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?,
+        "TLS handshake",
+    )
+}
+
+/// TLS record and handshake versions: 0x0301 = TLS 1.0, 0x0302 = 1.1, 0x0303 = 1.2.
+pub const TLS1_0: u16 = 0x0301;
+pub const TLS1_1: u16 = 0x0302;
+pub const TLS1_2: u16 = 0x0303;
+
+/// Builds a ClientHello record offering `version` (in the legacy version field, without a
+/// supported_versions extension) and `suites`, with the extensions a TLS 1.2 server needs for
+/// ECDHE (SNI, groups, point formats, signature algorithms).
+pub fn client_hello(version: u16, suites: &[u16], server_name: &str) -> Vec<u8> {
+    let mut ext = Vec::new();
+    let mut push_ext = |kind: u16, body: &[u8]| {
+        ext.extend_from_slice(&kind.to_be_bytes());
+        ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        ext.extend_from_slice(body);
+    };
+    let name = server_name.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    push_ext(0x0000, &sni);
+    push_ext(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // x25519, secp256r1
+    push_ext(0x000b, &[0x01, 0x00]); // uncompressed points
+    push_ext(0x000d, &[0x00, 0x08, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03]);
+
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+
+    let mut record = vec![0x16];
+    record.extend_from_slice(&version.min(TLS1_2).to_be_bytes());
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// What a server sent back to a ClientHello.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloAnswer {
+    ServerHello,
+    /// A TLS alert with its description code (70 = protocol_version, 40 = handshake_failure).
+    Alert(u8),
+    Closed,
+    Other(Vec<u8>),
+}
+
+/// Sends a ClientHello record and classifies the first record that comes back.
+pub async fn send_client_hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, hello: &[u8]) -> TestResult<HelloAnswer> {
+    ctx(stream.write_all(hello).await, "send ClientHello")?;
+    let mut header = [0u8; 5];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header)).await;
+    match read {
+        Err(_) => return Err("no answer to ClientHello within 10 s".into()),
+        Ok(Err(_)) => return Ok(HelloAnswer::Closed),
+        Ok(Ok(_)) => {}
+    }
+    let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+    let mut body = vec![0u8; len.min(16 * 1024)];
+    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body)).await.is_err() {
+        return Err("truncated record".into());
+    }
+    Ok(match (header[0], body.first()) {
+        (0x16, Some(2)) => HelloAnswer::ServerHello,
+        (0x15, _) if body.len() >= 2 => HelloAnswer::Alert(body[1]),
+        _ => HelloAnswer::Other(header.iter().chain(body.iter()).copied().collect()),
+    })
+}
+
+/// A line-oriented client for SMTP and IMAP dialogs.
+pub struct LineClient<S> {
+    stream: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
+    pub fn new(stream: S) -> Self {
+        LineClient { stream: BufReader::new(stream) }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream.into_inner()
+    }
+
+    pub async fn send(&mut self, text: &str) -> TestResult {
+        ctx(self.stream.get_mut().write_all(text.as_bytes()).await, "send")?;
+        ctx(self.stream.get_mut().flush().await, "flush")
+    }
+
+    /// One line without its CRLF; an error on EOF or after 10 s.
+    pub async fn line(&mut self) -> TestResult<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut line))
+            .await
+            .map_err(|_| "no line within 10 s".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    /// A whole SMTP reply (all its lines), joined by '\n'.
+    pub async fn smtp_reply(&mut self) -> TestResult<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Ok(lines.join("\n"));
+            }
+        }
+    }
+
+    /// True when the server closed the connection (EOF) within 10 s.
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr, limit: Duration) -> TestResult {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nothing listens on {addr} after {limit:?}"))
+}
+
+/// A port offset under which the quickstart ports (2143..=2993 plus offset) are free now.
+pub fn free_port_offset() -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0));
+    loop {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let offset = 10_000 + ((x >> 33) % 50_000) as u16;
+        let free = [2525u16, 2465, 2587, 2143, 2993]
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok());
+        if free {
+            return offset;
+        }
+    }
+}
+
+/// A running `sealmail` process; killed when dropped. Standard output and error go to files
+/// in `log_dir` so tests can read what it printed.
+pub struct Sealmail {
+    child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Sealmail {
+    pub fn spawn(binary: &Path, args: &[&str], cwd: &Path, log_dir: &Path) -> TestResult<Sealmail> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stdout = log_dir.join(format!("sealmail-{n}.out"));
+        let stderr = log_dir.join(format!("sealmail-{n}.err"));
+        let child = Command::new(binary)
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("SEALMAIL_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(ctx(std::fs::File::create(&stdout), "stdout file")?)
+            .stderr(ctx(std::fs::File::create(&stderr), "stderr file")?)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
+        Ok(Sealmail {
+            child: Some(child),
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> TestResult {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).map_err(|e| e.to_string())
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the process has exited, returning its exit code (None when killed by a signal).
+    pub async fn wait_exit(&mut self, limit: Duration) -> TestResult<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = ctx(child.try_wait(), "wait")?
+            {
+                self.child = None;
+                return Ok(status.code());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("sealmail still running after {limit:?}"))
+    }
+
+    /// Waits until a line of standard error contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) -> TestResult {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.errors().contains(needle) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("{needle:?} not logged within {limit:?}; stderr:\n{}", self.errors()))
+    }
+}
+
+impl Drop for Sealmail {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! TLS for every listener: one rustls server configuration, built on the aws-lc-rs provider.
+//!
+//! - Versions: TLS 1.3 and TLS 1.2 only (RFC 8996 deprecates 1.0 and 1.1).
+//! - Cipher suites: forward-secret AEAD only, listed in [`ALLOWED_CIPHER_SUITES`] and docs/SECURITY.md.
+//! - Certificates: one or more chain+key pairs from PEM files; the one whose names match the
+//!   client's SNI is served, else the first ([`CertResolver`]). [`CertResolver::reload`] swaps the
+//!   whole set atomically: handshakes that start afterwards see the new certificates, sessions in
+//!   flight keep theirs.
+//! - Loading fails with a message that names the file and the fix for a missing, unreadable,
+//!   unparsable or mismatched certificate or key, and for a private key readable by others.
+
+pub mod selfsigned;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs as provider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedCipherSuite};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use sealmail_config::CertificateFiles;
+
+/// The only cipher suites sealmail negotiates: ECDHE (forward secrecy) with an AEAD.
+/// TLS 1.3 suites are all forward-secret AEAD by construction (RFC 8446).
+pub const ALLOWED_CIPHER_SUITES: &[SupportedCipherSuite] = &[
+    provider::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    provider::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    provider::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    provider::cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} file {path} does not exist; check [[tls.certificate]] in the config or run `sealmail init`")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("{what} file {path} cannot be read: {source}; make it readable by the user sealmail runs as")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("private key {path} is readable by other users (mode {mode:04o}); run `chmod 600 {path}`")]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error("certificate file {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); {detail}")]
+    NoCertificate { path: PathBuf, detail: String },
+    #[error("certificate file {path} cannot be parsed: {detail}")]
+    BadCertificate { path: PathBuf, detail: String },
+    #[error("private key file {path} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {detail}")]
+    BadKey { path: PathBuf, detail: String },
+    #[error("private key {key} does not belong to certificate {cert}; give the key that was issued with this certificate")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("no certificate is configured; add [[tls.certificate]] to the config")]
+    NoCertificates,
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot create a certificate: {0}")]
+    Generate(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The crypto provider restricted to [`ALLOWED_CIPHER_SUITES`].
+pub fn restricted_provider() -> CryptoProvider {
+    CryptoProvider {
+        cipher_suites: ALLOWED_CIPHER_SUITES.to_vec(),
+        ..provider::default_provider()
+    }
+}
+
+/// A certificate chain with its key, and the names it may be served for.
+#[derive(Debug)]
+pub struct LoadedCertificate {
+    pub key: Arc<CertifiedKey>,
+    /// Lower-case DNS names from the subjectAltName (or the CN when there is none).
+    pub names: Vec<String>,
+    /// Seconds since the Unix epoch after which the leaf certificate is no longer valid.
+    pub not_after: i64,
+}
+
+impl LoadedCertificate {
+    pub fn is_expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.not_after < now
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => TlsError::Missing {
+            what,
+            path: path.to_path_buf(),
+        },
+        _ => TlsError::Unreadable {
+            what,
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Loads one certificate chain and its private key, checking the key's permissions, that the
+/// two belong together, and warning loudly when the certificate has expired.
+pub fn load_certificate(files: &CertificateFiles) -> Result<LoadedCertificate, TlsError> {
+    let cert_pem = read_file("certificate", &files.cert)?;
+    let key_pem = read_file("private key", &files.key)?;
+    match sealmail_safeio::check_private(&files.key) {
+        Ok(()) => {}
+        Err(sealmail_safeio::UnsafeFile::TooOpen { mode }) => {
+            return Err(TlsError::KeyTooOpen {
+                path: files.key.clone(),
+                mode,
+            });
+        }
+        Err(sealmail_safeio::UnsafeFile::Io(source)) => {
+            return Err(TlsError::Unreadable {
+                what: "private key",
+                path: files.key.clone(),
+                source,
+            });
+        }
+    }
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::NoCertificate {
+            path: files.cert.clone(),
+            detail: e.to_string(),
+        })?;
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError::NoCertificate {
+            path: files.cert.clone(),
+            detail: "the file is empty or holds something else".to_string(),
+        });
+    };
+    let (names, not_after) = leaf_names_and_expiry(leaf).map_err(|detail| TlsError::BadCertificate {
+        path: files.cert.clone(),
+        detail,
+    })?;
+
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        path: files.key.clone(),
+        detail: e.to_string(),
+    })?;
+    let provider = restricted_provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::BadKey {
+            path: files.key.clone(),
+            detail: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    if certified.keys_match().is_err() {
+        return Err(TlsError::Mismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        });
+    }
+    let loaded = LoadedCertificate {
+        key: Arc::new(certified),
+        names,
+        not_after,
+    };
+    if loaded.is_expired() {
+        tracing::warn!(
+            certificate = %files.cert.display(),
+            "CERTIFICATE EXPIRED: {} expired at unix time {}; clients that verify certificates will refuse to connect. Renew it and send SIGHUP to reload.",
+            files.cert.display(),
+            loaded.not_after
+        );
+    }
+    Ok(loaded)
+}
+
+fn leaf_names_and_expiry(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(cn) = cn.as_str() {
+                names.push(cn.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// The certificates currently served, indexed by name.
+#[derive(Debug)]
+pub struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.org` stored as `example.org`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl CertSet {
+    pub fn load(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {
+        let mut loaded = Vec::new();
+        for f in files {
+            loaded.push(load_certificate(f)?);
+        }
+        CertSet::from_loaded(loaded)
+    }
+
+    pub fn from_loaded(loaded: Vec<LoadedCertificate>) -> Result<CertSet, TlsError> {
+        let default = loaded.first().ok_or(TlsError::NoCertificates)?.key.clone();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for cert in &loaded {
+            for name in &cert.names {
+                let target = match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()),
+                    None => exact.entry(name.clone()),
+                };
+                // The first certificate listed for a name wins.
+                target.or_insert_with(|| cert.key.clone());
+            }
+        }
+        Ok(CertSet {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        if let Some(key) = self.exact.get(&name) {
+            return key.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(key) = self.wildcard.get(parent)
+        {
+            return key.clone();
+        }
+        self.default.clone()
+    }
+}
+
+/// Chooses the certificate for each handshake by SNI; reloadable while the server runs.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertSet>,
+}
+
+impl CertResolver {
+    pub fn new(set: CertSet) -> Arc<CertResolver> {
+        Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(set),
+        })
+    }
+
+    /// Loads the files again and swaps them in; on any error the old set stays in service.
+    pub fn reload(&self, files: &[CertificateFiles]) -> Result<(), TlsError> {
+        let set = CertSet::load(files)?;
+        self.current.store(Arc::new(set));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().select(client_hello.server_name()))
+    }
+}
+
+/// The server configuration every listener uses.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = ServerConfig::builder_with_provider(Arc::new(restricted_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    Ok(Arc::new(config))
+}
+
+/// "TLSv1.3" / "TLSv1.2", as Postfix writes it in Received headers and logs.
+pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS(other)",
+    }
+}
+
+/// The IANA name of a negotiated suite, e.g. "TLS13_AES_256_GCM_SHA384".
+pub fn suite_name(suite: SupportedCipherSuite) -> &'static str {
+    suite.suite().as_str().unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn files_in(dir: &Path, name: &str) -> CertificateFiles {
+        CertificateFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+
+    fn error_of(files: &CertificateFiles) -> String {
+        match load_certificate(files) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loading_errors_name_the_file_and_the_fix() -> Result<(), Box<dyn std::error::Error>> {
+        let _ = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+        let dir = tempfile::tempdir()?;
+        let a = files_in(dir.path(), "a");
+        let b = files_in(dir.path(), "b");
+        selfsigned::generate(&["mail.a.test".to_string()], &a, 365)?;
+        selfsigned::generate(&["mail.b.test".to_string()], &b, 365)?;
+        let loaded = load_certificate(&a)?;
+        assert_eq!(loaded.names, vec!["mail.a.test"]);
+        assert!(!loaded.is_expired());
+
+        let missing = files_in(dir.path(), "nothere");
+        assert!(error_of(&missing).contains("does not exist"));
+
+        let mismatched = CertificateFiles {
+            cert: a.cert.clone(),
+            key: b.key.clone(),
+        };
+        assert!(error_of(&mismatched).contains("does not belong to certificate"), "{}", error_of(&mismatched));
+
+        std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o644))?;
+        let open = error_of(&a);
+        assert!(open.contains("readable by other users (mode 0644)") && open.contains("chmod 600"), "{open}");
+        std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o600))?;
+
+        let garbage = files_in(dir.path(), "garbage");
+        std::fs::write(&garbage.cert, "not a certificate")?;
+        std::fs::copy(&a.key, &garbage.key)?;
+        std::fs::set_permissions(&garbage.key, std::fs::Permissions::from_mode(0o600))?;
+        assert!(error_of(&garbage).contains("holds no PEM certificate"), "{}", error_of(&garbage));
+
+        let badkey = CertificateFiles {
+            cert: a.cert.clone(),
+            key: garbage.cert.clone(),
+        };
+        std::fs::set_permissions(&badkey.key, std::fs::Permissions::from_mode(0o600))?;
+        assert!(error_of(&badkey).contains("no usable PEM private key"), "{}", error_of(&badkey));
+        Ok(())
+    }
+
+    #[test]
+    fn expired_certificates_load_but_say_so() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let old = files_in(dir.path(), "old");
+        selfsigned::generate_with_validity(&["mail.old.test".to_string()], &old, -30, -1)?;
+        assert!(load_certificate(&old)?.is_expired());
+        Ok(())
+    }
+
+    #[test]
+    fn sni_selects_exact_then_wildcard_then_default() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = files_in(dir.path(), "a");
+        let b = files_in(dir.path(), "b");
+        selfsigned::generate(&["mail.a.test".to_string()], &a, 365)?;
+        selfsigned::generate(&["*.b.test".to_string()], &b, 365)?;
+        let set = CertSet::load(&[a.clone(), b.clone()])?;
+        let a_key = load_certificate(&a)?.key;
+        let b_key = load_certificate(&b)?.key;
+        let same = |x: &Arc<CertifiedKey>, y: &Arc<CertifiedKey>| x.cert == y.cert;
+        assert!(same(&set.select(Some("MAIL.A.TEST")), &a_key));
+        assert!(same(&set.select(Some("imap.b.test")), &b_key));
+        assert!(same(&set.select(Some("x.imap.b.test")), &a_key), "wildcards cover one label only");
+        assert!(same(&set.select(Some("other.test")), &a_key));
+        assert!(same(&set.select(None), &a_key));
+        Ok(())
+    }
+
+    #[test]
+    fn only_forward_secret_aead_suites_are_allowed() {
+        for suite in ALLOWED_CIPHER_SUITES {
+            let name = suite_name(*suite);
+            let tls13 = name.starts_with("TLS13_");
+            let ecdhe = name.starts_with("TLS_ECDHE_");
+            let aead = name.contains("_GCM_") || name.contains("CHACHA20_POLY1305");
+            assert!((tls13 || ecdhe) && aead, "{name}");
+        }
+        assert_eq!(restricted_provider().cipher_suites.len(), ALLOWED_CIPHER_SUITES.len());
+    }
+}
