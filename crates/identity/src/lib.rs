@@ -219,3 +219,46 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use sealmail_store::SqliteStore;
+    use sealmail_types::Domain;
+
+    #[tokio::test]
+    async fn users_are_created_verified_and_refused_against_a_real_store() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        store.add_domain(&Domain::parse("example.test")?).await?;
+        let identity = Identity::new(store.clone())?;
+        let alice = EmailAddress::parse("alice@example.test")?;
+        let password = Password::new("a long enough password".to_string());
+        identity.add_user(&alice, &password).await?;
+
+        let stored = store.account(&alice).await?.ok_or("alice missing")?;
+        assert!(stored.password_hash.starts_with("$argon2id$"));
+        assert!(!stored.password_hash.contains("a long enough password"));
+
+        let ok = identity.verify_password(&EmailAddress::parse("Alice@EXAMPLE.test")?, &password).await?;
+        assert_eq!(ok.map(|a| a.address), Some(alice.clone()));
+        let wrong = identity.verify_password(&alice, &Password::new("a long enough passwore".to_string())).await?;
+        assert!(wrong.is_none());
+        let nobody = identity.verify_password(&EmailAddress::parse("nobody@example.test")?, &password).await?;
+        assert!(nobody.is_none());
+
+        let duplicate = identity.add_user(&alice, &password).await;
+        assert!(
+            matches!(duplicate, Err(IdentityError::Store(StoreError::Duplicate(_)))),
+            "{duplicate:?}"
+        );
+        let unknown_domain = identity.add_user(&EmailAddress::parse("carol@nowhere.test")?, &password).await;
+        assert!(matches!(unknown_domain, Err(IdentityError::Store(StoreError::UnknownDomain(_)))));
+
+        let new_password = Password::new("another long password".to_string());
+        identity.set_password(&alice, &new_password).await?;
+        assert!(identity.verify_password(&alice, &password).await?.is_none());
+        assert!(identity.verify_password(&alice, &new_password).await?.is_some());
+        Ok(())
+    }
+}

@@ -50,6 +50,66 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The DER bytes of the first certificate in a PEM file.
+pub fn pem_certificate_der(path: &Path) -> TestResult<Vec<u8>> {
+    let cert = CertificateDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cert.as_ref().to_vec())
+}
+
+/// Accepts any certificate: only for reading which certificate a server serves.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The leaf certificate (DER) a server presents for `server_name` on an implicit-TLS port,
+/// read without verifying it; tests compare it byte for byte instead.
+pub async fn served_certificate(addr: SocketAddr, server_name: &str) -> TestResult<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    let tls = tls_connect(addr, Arc::new(config), server_name).await?;
+    let certs = tls.get_ref().1.peer_certificates().ok_or("no certificate")?;
+    Ok(certs.first().ok_or("empty chain")?.as_ref().to_vec())
+}
+
 /// Connects with TLS from the first byte and returns the stream after the handshake.
 pub async fn tls_connect(addr: SocketAddr, config: Arc<ClientConfig>, server_name: &str) -> TestResult<TlsStream<TcpStream>> {
     let tcp = ctx(TcpStream::connect(addr).await, "connect")?;

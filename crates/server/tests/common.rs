@@ -1,0 +1,119 @@
+//! Shared set-up for the server's end-to-end tests: real `sealmail` processes, real sockets,
+//! real TLS, real SQLite files in temporary folders.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealmail_testkit::{Sealmail, TestResult, ctx, wait_for_port};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sealmail");
+
+pub fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// Runs a sealmail command to completion: (exit code, stdout, stderr).
+pub fn run(cwd: &Path, args: &[&str], stdin: Option<&str>) -> TestResult<(i32, String, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SEALMAIL_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut input) = child.stdin.take()
+        && let Some(text) = stdin
+    {
+        ctx(input.write_all(text.as_bytes()), "stdin")?;
+    }
+    let out = ctx(child.wait_with_output(), "wait")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The quickstart's five ports, in its order: mx, submission/implicit, submission/starttls,
+/// imap/starttls, imap/implicit.
+pub const QUICKSTART_PORTS: [u16; 5] = [2525, 2465, 2587, 2143, 2993];
+
+pub struct Instance {
+    pub process: Sealmail,
+    pub root: tempfile::TempDir,
+    pub offset: u16,
+}
+
+impl Instance {
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("sealmail-data")
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.data_dir().join("tls/cert.pem")
+    }
+
+    pub fn addr(&self, base_port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], base_port + self.offset))
+    }
+
+    /// Starts `sealmail quickstart` in a new temporary folder and waits until it serves.
+    pub async fn quickstart() -> TestResult<Instance> {
+        let root = ctx(tempfile::tempdir(), "tempdir")?;
+        let offset = sealmail_testkit::free_port_offset();
+        let offset_arg = offset.to_string();
+        let process = Sealmail::spawn(bin(), &["quickstart", "--port-offset", &offset_arg], root.path(), root.path())?;
+        let instance = Instance { process, root, offset };
+        instance.process.wait_for_log("sealmail ready", Duration::from_secs(60)).await?;
+        for port in QUICKSTART_PORTS {
+            wait_for_port(instance.addr(port), Duration::from_secs(10)).await?;
+        }
+        Ok(instance)
+    }
+
+    pub fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> TestResult<Arc<rustls::ClientConfig>> {
+        sealmail_testkit::client_config(&[&self.cert()], versions, &[])
+    }
+}
+
+/// Writes a config with one certificate per host name (generated) and the given listeners
+/// and extra TOML; returns the config path.
+pub fn write_config(dir: &Path, hostnames: &[&str], listeners: &[(&str, SocketAddr, &str)], extra: &str) -> TestResult<PathBuf> {
+    let mut text = format!("hostname = {:?}\ndata_dir = \"data\"\n", hostnames[0]);
+    for (i, host) in hostnames.iter().enumerate() {
+        let files = sealmail_config::CertificateFiles {
+            cert: dir.join(format!("tls/{i}.pem")),
+            key: dir.join(format!("tls/{i}.key")),
+        };
+        ctx(sealmail_tls::selfsigned::generate(&[host.to_string()], &files, 30), "generate certificate")?;
+        text.push_str(&format!("[[tls.certificate]]\ncert = \"tls/{i}.pem\"\nkey = \"tls/{i}.key\"\n"));
+    }
+    for (role, addr, tls) in listeners {
+        text.push_str(&format!("[[listener]]\nrole = {role:?}\nbind = \"{addr}\"\ntls = {tls:?}\n"));
+    }
+    text.push_str(extra);
+    let path = dir.join("sealmail.toml");
+    ctx(std::fs::write(&path, text), "write config")?;
+    Ok(path)
+}
+
+/// A free loopback address.
+pub fn free_addr() -> TestResult<SocketAddr> {
+    let socket = ctx(std::net::TcpListener::bind("127.0.0.1:0"), "bind")?;
+    ctx(socket.local_addr(), "local_addr")
+}
+
+/// Starts `sealmail serve` with a config and waits until it serves.
+pub async fn serve(dir: &Path, config: &Path) -> TestResult<Sealmail> {
+    let config = config.to_string_lossy().into_owned();
+    let process = Sealmail::spawn(bin(), &["--config", &config, "serve"], dir, dir)?;
+    process.wait_for_log("sealmail ready", Duration::from_secs(60)).await?;
+    Ok(process)
+}
