@@ -19,10 +19,7 @@ use sealmail_types::Domain;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}; create it with `sealmail init` or pass --config PATH")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("{}", .0.join("\n"))]
@@ -302,7 +299,9 @@ impl Config {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                problems.push(format!("log.format = {other:?} is not a log format; use \"human\" or \"json\""));
+                problems.push(format!(
+                    "log.format = {other:?} is not a log format; use \"human\" or \"json\""
+                ));
                 LogFormat::Human
             }
         };
@@ -475,7 +474,8 @@ mod tests {
 
     #[test]
     fn a_good_config_loads_with_defaults_and_resolved_paths() {
-        let config = Config::from_toml(&good(), "test.toml", Path::new("/etc/sealmail")).map_err(|e| e.to_string());
+        let config =
+            Config::from_toml(&good(), "test.toml", Path::new("/etc/sealmail")).map_err(|e| e.to_string());
         let config = match config {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
@@ -494,7 +494,12 @@ mod tests {
         let head = format!("hostname = \"mail.example.test\"\n{CERT}");
         let table: Vec<(String, &str)> = vec![
             (
-                format!("{head}{}{}{}", listener("mx", "127.0.0.1:25", "starttls"), listener("imap", "127.0.0.1:993", "implicit"), listener("submission", "127.0.0.1:587", "none")),
+                format!(
+                    "{head}{}{}{}",
+                    listener("mx", "127.0.0.1:25", "starttls"),
+                    listener("imap", "127.0.0.1:993", "implicit"),
+                    listener("submission", "127.0.0.1:587", "none")
+                ),
                 "listener[2].tls = \"none\" is not allowed for role \"submission\"; use \"starttls\" or \"implicit\"",
             ),
             (
@@ -518,7 +523,11 @@ mod tests {
                 "listener[0].bind = \"localhost:25\" is not an IP address with a port; use e.g. \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:993\"",
             ),
             (
-                format!("{head}{}{}", listener("mx", "127.0.0.1:25", "starttls"), listener("imap", "127.0.0.1:25", "starttls")),
+                format!(
+                    "{head}{}{}",
+                    listener("mx", "127.0.0.1:25", "starttls"),
+                    listener("imap", "127.0.0.1:25", "starttls")
+                ),
                 "listener[1].bind = \"127.0.0.1:25\" is already used by listener[0]; give each listener its own address and port",
             ),
             (
@@ -526,7 +535,10 @@ mod tests {
                 "no [[listener]] is configured; add one, e.g. role = \"mx\", bind = \"0.0.0.0:25\", tls = \"starttls\"",
             ),
             (
-                format!("hostname = \"mail.example.test\"\n{}", listener("mx", "127.0.0.1:25", "starttls")),
+                format!(
+                    "hostname = \"mail.example.test\"\n{}",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
                 "tls.certificate is empty; add [[tls.certificate]] with cert = \"PATH\" and key = \"PATH\", or run `sealmail init` to create a self-signed one",
             ),
             (
@@ -538,7 +550,10 @@ mod tests {
                 "limits.max_connections = 0 is out of range; use a number from 1 to 1000000 (default 2048)",
             ),
             (
-                format!("{}[limits]\nmax_connections = 10\nmax_connections_per_ip = 20\n", good()),
+                format!(
+                    "{}[limits]\nmax_connections = 10\nmax_connections_per_ip = 20\n",
+                    good()
+                ),
                 "limits.max_connections_per_ip = 20 is larger than limits.max_connections = 10; lower it or raise limits.max_connections",
             ),
             (
@@ -558,8 +573,14 @@ mod tests {
     #[test]
     fn unknown_and_missing_keys_are_refused_by_name() {
         let unknown = error_of(&format!("{}relay_everything = true\n", good()));
-        assert!(unknown.starts_with("test.toml: unknown field `relay_everything`"), "{unknown}");
-        assert!(unknown.contains("remove the key or check its spelling"), "{unknown}");
+        assert!(
+            unknown.starts_with("test.toml: unknown field `relay_everything`"),
+            "{unknown}"
+        );
+        assert!(
+            unknown.contains("remove the key or check its spelling"),
+            "{unknown}"
+        );
 
         let nested = error_of(&good().replace("tls = \"implicit\"", "tls = \"implicit\"\nverify = false"));
         assert!(nested.contains("unknown field `verify`"), "{nested}");

@@ -139,13 +139,21 @@ impl Identity {
         })
     }
 
-    pub async fn add_user(&self, address: &EmailAddress, password: &Password) -> Result<AccountId, IdentityError> {
+    pub async fn add_user(
+        &self,
+        address: &EmailAddress,
+        password: &Password,
+    ) -> Result<AccountId, IdentityError> {
         check_new_password(password)?;
         let hash = hash_off_thread(password.clone()).await?;
         Ok(self.store.add_account(address, &hash).await?)
     }
 
-    pub async fn set_password(&self, address: &EmailAddress, password: &Password) -> Result<(), IdentityError> {
+    pub async fn set_password(
+        &self,
+        address: &EmailAddress,
+        password: &Password,
+    ) -> Result<(), IdentityError> {
         check_new_password(password)?;
         let hash = hash_off_thread(password.clone()).await?;
         Ok(self.store.set_password_hash(address, &hash).await?)
@@ -153,7 +161,11 @@ impl Identity {
 
     /// The account, if `address` exists and `password` is its password. Takes the same time
     /// whether or not the account exists.
-    pub async fn verify_password(&self, address: &EmailAddress, password: &Password) -> Result<Option<Account>, IdentityError> {
+    pub async fn verify_password(
+        &self,
+        address: &EmailAddress,
+        password: &Password,
+    ) -> Result<Option<Account>, IdentityError> {
         if password.expose().len() > MAX_PASSWORD_BYTES {
             return Ok(None);
         }
@@ -187,7 +199,10 @@ mod tests {
         let hash = hash_password(&password)?;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         assert!(verify_hash(&password, &hash));
-        assert!(!verify_hash(&Password::new("correct horse battery stapl".to_string()), &hash));
+        assert!(!verify_hash(
+            &Password::new("correct horse battery stapl".to_string()),
+            &hash
+        ));
         assert!(!verify_hash(&password, "not a hash"));
         // Same password, new salt: different hash.
         assert_ne!(hash, hash_password(&password)?);
@@ -212,7 +227,10 @@ mod tests {
 
     #[test]
     fn weak_passwords_are_refused() {
-        assert!(matches!(check_new_password(&Password::new("short".into())), Err(IdentityError::PasswordTooShort)));
+        assert!(matches!(
+            check_new_password(&Password::new("short".into())),
+            Err(IdentityError::PasswordTooShort)
+        ));
         assert!(matches!(
             check_new_password(&Password::new("x".repeat(MAX_PASSWORD_BYTES + 1))),
             Err(IdentityError::PasswordTooLong)
@@ -227,7 +245,8 @@ mod store_tests {
     use sealmail_types::Domain;
 
     #[tokio::test]
-    async fn users_are_created_verified_and_refused_against_a_real_store() -> Result<(), Box<dyn std::error::Error>> {
+    async fn users_are_created_verified_and_refused_against_a_real_store()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = Arc::new(SqliteStore::open(dir.path(), 16).await?);
         store.add_domain(&Domain::parse("example.test")?).await?;
@@ -240,11 +259,17 @@ mod store_tests {
         assert!(stored.password_hash.starts_with("$argon2id$"));
         assert!(!stored.password_hash.contains("a long enough password"));
 
-        let ok = identity.verify_password(&EmailAddress::parse("Alice@EXAMPLE.test")?, &password).await?;
+        let ok = identity
+            .verify_password(&EmailAddress::parse("Alice@EXAMPLE.test")?, &password)
+            .await?;
         assert_eq!(ok.map(|a| a.address), Some(alice.clone()));
-        let wrong = identity.verify_password(&alice, &Password::new("a long enough passwore".to_string())).await?;
+        let wrong = identity
+            .verify_password(&alice, &Password::new("a long enough passwore".to_string()))
+            .await?;
         assert!(wrong.is_none());
-        let nobody = identity.verify_password(&EmailAddress::parse("nobody@example.test")?, &password).await?;
+        let nobody = identity
+            .verify_password(&EmailAddress::parse("nobody@example.test")?, &password)
+            .await?;
         assert!(nobody.is_none());
 
         let duplicate = identity.add_user(&alice, &password).await;
@@ -252,8 +277,13 @@ mod store_tests {
             matches!(duplicate, Err(IdentityError::Store(StoreError::Duplicate(_)))),
             "{duplicate:?}"
         );
-        let unknown_domain = identity.add_user(&EmailAddress::parse("carol@nowhere.test")?, &password).await;
-        assert!(matches!(unknown_domain, Err(IdentityError::Store(StoreError::UnknownDomain(_)))));
+        let unknown_domain = identity
+            .add_user(&EmailAddress::parse("carol@nowhere.test")?, &password)
+            .await;
+        assert!(matches!(
+            unknown_domain,
+            Err(IdentityError::Store(StoreError::UnknownDomain(_)))
+        ));
 
         let new_password = Password::new("another long password".to_string());
         identity.set_password(&alice, &new_password).await?;

@@ -24,7 +24,11 @@ impl ImapHandler {
 }
 
 fn capabilities(tls: bool) -> &'static str {
-    if tls { "IMAP4rev1" } else { "IMAP4rev1 STARTTLS LOGINDISABLED" }
+    if tls {
+        "IMAP4rev1"
+    } else {
+        "IMAP4rev1 STARTTLS LOGINDISABLED"
+    }
 }
 
 enum Next {
@@ -57,7 +61,9 @@ impl Handler for ImapHandler {
                     continue;
                 }
                 Err(ConnError::ShuttingDown) => {
-                    let _ = conn.write_all(b"* BYE [UNAVAILABLE] Server shutting down\r\n").await;
+                    let _ = conn
+                        .write_all(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+                        .await;
                     break;
                 }
                 Err(ConnError::Timeout(_)) => {
@@ -116,14 +122,22 @@ fn command(conn: &Connection, line: &[u8]) -> (String, Next) {
     let done = |s: &str| (format!("{tag} {s}\r\n"), Next::Continue);
     match verb.as_str() {
         "CAPABILITY" => (
-            format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", capabilities(tls)),
+            format!(
+                "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
+                capabilities(tls)
+            ),
             Next::Continue,
         ),
         "NOOP" => done("OK NOOP completed"),
-        "LOGOUT" => (format!("* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n"), Next::Close),
+        "LOGOUT" => (
+            format!("* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n"),
+            Next::Close,
+        ),
         "STARTTLS" if tls => done("BAD TLS is already active"),
         "STARTTLS" => (format!("{tag} OK Begin TLS negotiation now\r\n"), Next::StartTls),
-        "LOGIN" | "AUTHENTICATE" if !tls => done("NO [PRIVACYREQUIRED] Use STARTTLS first; passwords are never sent in the clear"),
+        "LOGIN" | "AUTHENTICATE" if !tls => {
+            done("NO [PRIVACYREQUIRED] Use STARTTLS first; passwords are never sent in the clear")
+        }
         "LOGIN" | "AUTHENTICATE" => done("NO [UNAVAILABLE] Authentication is not available yet"),
         _ => done("BAD Command unknown or not available yet"),
     }

@@ -43,12 +43,13 @@ pub struct ConnectionInfo {
 }
 
 /// Proof that the connection runs over TLS, with what was negotiated. Only this crate makes it.
+/// `non_exhaustive` keeps other crates from constructing it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TlsActive {
     pub version: &'static str,
     pub cipher: &'static str,
     pub server_name: Option<String>,
-    _private: (),
 }
 
 /// A line read from the client.
@@ -66,7 +67,11 @@ enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -246,20 +251,25 @@ async fn handshake(
         .map_err(ConnError::Handshake)?;
     let (_, session) = tls.get_ref();
     let active = TlsActive {
-        version: session.protocol_version().map(sealmail_tls::version_name).unwrap_or("TLS"),
+        version: session
+            .protocol_version()
+            .map(sealmail_tls::version_name)
+            .unwrap_or("TLS"),
         cipher: session
             .negotiated_cipher_suite()
             .map(sealmail_tls::suite_name)
             .unwrap_or("unknown"),
         server_name: session.server_name().map(str::to_string),
-        _private: (),
     };
     Ok((tls, active))
 }
 
 /// Reads up to and including '\n'; keeps at most `max` octets of content. A longer line is
 /// consumed to its end (so the session can go on) and reported as [`Line::TooLong`].
-async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> Result<Line, ConnError> {
+async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Line, ConnError> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -334,7 +344,10 @@ mod tests {
         );
         // Exactly at the limit is allowed; one more octet is not.
         let got = lines(b"0123456789\r\n0123456789a\r\n", 10).await;
-        assert_eq!(got, vec![Ok(Line::Complete(b"0123456789".to_vec())), Ok(Line::TooLong)]);
+        assert_eq!(
+            got,
+            vec![Ok(Line::Complete(b"0123456789".to_vec())), Ok(Line::TooLong)]
+        );
     }
 
     #[tokio::test]

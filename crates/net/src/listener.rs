@@ -134,7 +134,10 @@ impl Server {
             .await
             .is_err()
         {
-            tracing::warn!(sessions = server.sessions.len(), "shutdown grace period over; closing remaining sessions");
+            tracing::warn!(
+                sessions = server.sessions.len(),
+                "shutdown grace period over; closing remaining sessions"
+            );
         }
     }
 
@@ -179,7 +182,10 @@ impl Server {
             tracing::warn!(%peer, "connection refused: global connection cap reached");
             return None;
         };
-        let Some(slot) = self.per_ip.try_take(peer.ip(), self.limits.max_connections_per_ip) else {
+        let Some(slot) = self
+            .per_ip
+            .try_take(peer.ip(), self.limits.max_connections_per_ip)
+        else {
             tracing::warn!(%peer, "connection refused: per-IP connection cap reached");
             return None;
         };

@@ -71,7 +71,9 @@ fn parent_of(path: &Path) -> PathBuf {
 #[derive(Debug)]
 pub enum UnsafeFile {
     /// Group or others may read or write it; `mode` holds the permission bits found.
-    TooOpen { mode: u32 },
+    TooOpen {
+        mode: u32,
+    },
     Io(io::Error),
 }
 
@@ -108,9 +110,15 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("key.pem");
         write_public(&path, b"x")?;
-        assert!(matches!(check_private(&path), Err(UnsafeFile::TooOpen { mode: 0o644 })));
+        assert!(matches!(
+            check_private(&path),
+            Err(UnsafeFile::TooOpen { mode: 0o644 })
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640))?;
-        assert!(matches!(check_private(&path), Err(UnsafeFile::TooOpen { mode: 0o640 })));
+        assert!(matches!(
+            check_private(&path),
+            Err(UnsafeFile::TooOpen { mode: 0o640 })
+        ));
         Ok(())
     }
 }

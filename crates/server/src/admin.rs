@@ -80,7 +80,10 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
     let store: Arc<dyn Store> = store_for(config_path).await?;
     let identity = Identity::new(store.clone())?;
     match command {
-        UserCommand::Add { address, password_stdin } => {
+        UserCommand::Add {
+            address,
+            password_stdin,
+        } => {
             let address = parse_address(&address)?;
             let (password, generated) = match password_stdin {
                 true => (password_from_stdin()?, false),
@@ -102,7 +105,10 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
             store.remove_account(&address).await?;
             println!("removed user {address} and all their mail");
         }
-        UserCommand::Passwd { address, password_stdin } => {
+        UserCommand::Passwd {
+            address,
+            password_stdin,
+        } => {
             let address = parse_address(&address)?;
             let (password, generated) = match password_stdin {
                 true => (password_from_stdin()?, false),

@@ -41,7 +41,10 @@ fn now() -> u64 {
 pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        return Err(usage(format!("{} is not empty; back up into a new folder", dir.display())));
+        return Err(usage(format!(
+            "{} is not empty; back up into a new folder",
+            dir.display()
+        )));
     }
     sealmail_safeio::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
@@ -78,8 +81,12 @@ pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// Reads the manifest and checks every file against it.
 fn verified_manifest(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(dir.join(MANIFEST))
-        .with_context(|| format!("{} has no {MANIFEST}; it is not a complete sealmail backup", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join(MANIFEST)).with_context(|| {
+        format!(
+            "{} has no {MANIFEST}; it is not a complete sealmail backup",
+            dir.display()
+        )
+    })?;
     let mut names = Vec::new();
     for line in text.lines() {
         let Some((sum, name)) = line.split_once("  ") else {
@@ -90,7 +97,9 @@ fn verified_manifest(dir: &Path) -> anyhow::Result<Vec<String>> {
         }
         let actual = sha256_file(&dir.join(name))?;
         if actual != sum {
-            bail!("{name} in the backup is damaged: its SHA-256 is {actual}, the manifest says {sum}; nothing was restored");
+            bail!(
+                "{name} in the backup is damaged: its SHA-256 is {actual}, the manifest says {sum}; nothing was restored"
+            );
         }
         names.push(name.to_string());
     }
@@ -110,7 +119,8 @@ fn replace_keeping_old(target: &Path, bytes: &[u8], stamp: u64) -> anyhow::Resul
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    sealmail_safeio::write_private(target, bytes).with_context(|| format!("cannot write {}", target.display()))
+    sealmail_safeio::write_private(target, bytes)
+        .with_context(|| format!("cannot write {}", target.display()))
 }
 
 pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
@@ -123,9 +133,13 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
     let stamp = now();
     let config_bytes = std::fs::read(dir.join(CONFIG_NAME))?;
     // Check the configuration before touching anything.
-    let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let text = String::from_utf8(config_bytes.clone()).context("the backup's configuration is not UTF-8")?;
-    let config: Config = Config::from_toml(&text, &config_path.display().to_string(), base).map_err(|e| usage(e.to_string()))?;
+    let config: Config = Config::from_toml(&text, &config_path.display().to_string(), base)
+        .map_err(|e| usage(e.to_string()))?;
 
     if !config.data_dir.exists() {
         sealmail_safeio::create_private_dir(&config.data_dir)?;

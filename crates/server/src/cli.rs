@@ -37,7 +37,9 @@ pub struct Cli {
 
 impl Cli {
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(|| PathBuf::from("sealmail.toml"))
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("sealmail.toml"))
     }
 }
 

@@ -40,9 +40,20 @@ const STANDARD_LISTENERS: &[(&str, &str, u16)] = &[
 
 /// The text of a new configuration file. Paths are written as given (relative paths are
 /// relative to the configuration file's folder).
-fn config_text(hostname: &Domain, data_dir: &str, cert: &str, key: &str, bind: IpAddr, ports: &[(&str, &str, u16)], offset: u16) -> anyhow::Result<String> {
+fn config_text(
+    hostname: &Domain,
+    data_dir: &str,
+    cert: &str,
+    key: &str,
+    bind: IpAddr,
+    ports: &[(&str, &str, u16)],
+    offset: u16,
+) -> anyhow::Result<String> {
     let mut text = String::new();
-    writeln!(text, "# sealmail configuration; every key is described in docs/CONFIG.md")?;
+    writeln!(
+        text,
+        "# sealmail configuration; every key is described in docs/CONFIG.md"
+    )?;
     writeln!(text, "hostname = {:?}", hostname.as_str())?;
     writeln!(text, "data_dir = {data_dir:?}")?;
     writeln!(text, "\n[[tls.certificate]]\ncert = {cert:?}\nkey = {key:?}")?;
@@ -51,7 +62,10 @@ fn config_text(hostname: &Domain, data_dir: &str, cert: &str, key: &str, bind: I
             .checked_add(offset)
             .ok_or_else(|| usage(format!("--port-offset {offset} pushes port {port} past 65535")))?;
         let bind = SocketAddr::new(bind, port);
-        writeln!(text, "\n[[listener]]\nrole = {role:?}\nbind = \"{bind}\"\ntls = {tls:?}")?;
+        writeln!(
+            text,
+            "\n[[listener]]\nrole = {role:?}\nbind = \"{bind}\"\ntls = {tls:?}"
+        )?;
     }
     Ok(text)
 }
@@ -78,25 +92,44 @@ fn generate_certificate(hostname: &Domain, files: &CertificateFiles) -> anyhow::
 }
 
 pub async fn init(config_path: &Path, args: InitArgs) -> anyhow::Result<()> {
-    let hostname = Domain::parse(&args.hostname).map_err(|e| usage(format!("--hostname {:?}: {e}", args.hostname)))?;
+    let hostname =
+        Domain::parse(&args.hostname).map_err(|e| usage(format!("--hostname {:?}: {e}", args.hostname)))?;
     let data_dir = args.data_dir.to_string_lossy().into_owned();
     let (cert, key, generate) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => (absolute(cert)?, absolute(key)?, false),
-        _ => (format!("{data_dir}/tls/cert.pem"), format!("{data_dir}/tls/key.pem"), true),
+        _ => (
+            format!("{data_dir}/tls/cert.pem"),
+            format!("{data_dir}/tls/key.pem"),
+            true,
+        ),
     };
-    let text = config_text(&hostname, &data_dir, &cert, &key, args.bind, STANDARD_LISTENERS, 0)?;
+    let text = config_text(
+        &hostname,
+        &data_dir,
+        &cert,
+        &key,
+        args.bind,
+        STANDARD_LISTENERS,
+        0,
+    )?;
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
     sealmail_safeio::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     if generate {
         generate_certificate(&hostname, &config.certificates[0])?;
-        println!("created a self-signed certificate for {hostname}: {}", config.certificates[0].cert.display());
+        println!(
+            "created a self-signed certificate for {hostname}: {}",
+            config.certificates[0].cert.display()
+        );
     } else {
         sealmail_tls::CertSet::load(&config.certificates).map_err(|e| usage(e.to_string()))?;
     }
     open_store(&config).await?;
-    println!("wrote {}; next: `sealmail domain add DOMAIN`, `sealmail user add ADDRESS`, `sealmail serve`", config_path.display());
+    println!(
+        "wrote {}; next: `sealmail domain add DOMAIN`, `sealmail user add ADDRESS`, `sealmail serve`",
+        config_path.display()
+    );
     Ok(())
 }
 
@@ -107,7 +140,8 @@ fn absolute(path: &Path) -> anyhow::Result<String> {
 
 pub async fn quickstart(args: QuickstartArgs, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     init_logging(log_format.unwrap_or_default());
-    let domain = Domain::parse(&args.domain).map_err(|e| usage(format!("--domain {:?}: {e}", args.domain)))?;
+    let domain =
+        Domain::parse(&args.domain).map_err(|e| usage(format!("--domain {:?}: {e}", args.domain)))?;
     let config_path = args.data_dir.join(CONFIG_FILE);
     if config_path.exists() {
         println!(
@@ -129,7 +163,8 @@ pub async fn quickstart(args: QuickstartArgs, log_format: Option<LogFormatArg>) 
 }
 
 async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> anyhow::Result<()> {
-    let hostname = Domain::parse(&format!("mail.{domain}")).map_err(|e| usage(format!("--domain {domain}: {e}")))?;
+    let hostname =
+        Domain::parse(&format!("mail.{domain}")).map_err(|e| usage(format!("--domain {domain}: {e}")))?;
     sealmail_safeio::create_private_dir(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let text = config_text(
@@ -160,8 +195,14 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         .with_context(|| format!("cannot write {}", credentials_path.display()))?;
 
     println!("sealmail quickstart: created {}", args.data_dir.display());
-    println!("  domain {domain}, self-signed certificate for {hostname} in {}", config.certificates[0].cert.display());
-    println!("  users (passwords shown once; kept in {}):", credentials_path.display());
+    println!(
+        "  domain {domain}, self-signed certificate for {hostname} in {}",
+        config.certificates[0].cert.display()
+    );
+    println!(
+        "  users (passwords shown once; kept in {}):",
+        credentials_path.display()
+    );
     for line in credentials.lines() {
         println!("    {line}");
     }

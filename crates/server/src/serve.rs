@@ -44,7 +44,9 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
             data_dir.display(),
             path.display()
         )),
-        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display()))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+        }
     }
 }
 
@@ -78,7 +80,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let _store: Arc<dyn Store> = store;
 
-    let bound = sealmail_net::bind(&config.listeners).await.map_err(anyhow::Error::msg)?;
+    let bound = sealmail_net::bind(&config.listeners)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let hostname = config.hostname.to_string();
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(&hostname));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(&hostname));
@@ -97,7 +101,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
-    Server::new(config.limits.clone(), tls, shutdown).run(listeners).await;
+    Server::new(config.limits.clone(), tls, shutdown)
+        .run(listeners)
+        .await;
     tracing::info!("sealmail stopped");
     Ok(())
 }
@@ -114,7 +120,9 @@ fn spawn_signal_handlers(
         while hup.recv().await.is_some() {
             match resolver.reload(&certificates) {
                 Ok(()) => tracing::info!("certificates reloaded; new connections use them"),
-                Err(e) => tracing::error!(error = %e, "certificate reload failed; still serving the previous certificates"),
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate reload failed; still serving the previous certificates")
+                }
             }
         }
     });

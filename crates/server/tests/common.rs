@@ -69,34 +69,61 @@ impl Instance {
         let root = ctx(tempfile::tempdir(), "tempdir")?;
         let offset = sealmail_testkit::free_port_offset();
         let offset_arg = offset.to_string();
-        let process = Sealmail::spawn(bin(), &["quickstart", "--port-offset", &offset_arg], root.path(), root.path())?;
-        let instance = Instance { process, root, offset };
-        instance.process.wait_for_log("sealmail ready", Duration::from_secs(60)).await?;
+        let process = Sealmail::spawn(
+            bin(),
+            &["quickstart", "--port-offset", &offset_arg],
+            root.path(),
+            root.path(),
+        )?;
+        let instance = Instance {
+            process,
+            root,
+            offset,
+        };
+        instance
+            .process
+            .wait_for_log("sealmail ready", Duration::from_secs(60))
+            .await?;
         for port in QUICKSTART_PORTS {
             wait_for_port(instance.addr(port), Duration::from_secs(10)).await?;
         }
         Ok(instance)
     }
 
-    pub fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> TestResult<Arc<rustls::ClientConfig>> {
+    pub fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TestResult<Arc<rustls::ClientConfig>> {
         sealmail_testkit::client_config(&[&self.cert()], versions, &[])
     }
 }
 
 /// Writes a config with one certificate per host name (generated) and the given listeners
 /// and extra TOML; returns the config path.
-pub fn write_config(dir: &Path, hostnames: &[&str], listeners: &[(&str, SocketAddr, &str)], extra: &str) -> TestResult<PathBuf> {
+pub fn write_config(
+    dir: &Path,
+    hostnames: &[&str],
+    listeners: &[(&str, SocketAddr, &str)],
+    extra: &str,
+) -> TestResult<PathBuf> {
     let mut text = format!("hostname = {:?}\ndata_dir = \"data\"\n", hostnames[0]);
     for (i, host) in hostnames.iter().enumerate() {
         let files = sealmail_config::CertificateFiles {
             cert: dir.join(format!("tls/{i}.pem")),
             key: dir.join(format!("tls/{i}.key")),
         };
-        ctx(sealmail_tls::selfsigned::generate(&[host.to_string()], &files, 30), "generate certificate")?;
-        text.push_str(&format!("[[tls.certificate]]\ncert = \"tls/{i}.pem\"\nkey = \"tls/{i}.key\"\n"));
+        ctx(
+            sealmail_tls::selfsigned::generate(&[host.to_string()], &files, 30),
+            "generate certificate",
+        )?;
+        text.push_str(&format!(
+            "[[tls.certificate]]\ncert = \"tls/{i}.pem\"\nkey = \"tls/{i}.key\"\n"
+        ));
     }
     for (role, addr, tls) in listeners {
-        text.push_str(&format!("[[listener]]\nrole = {role:?}\nbind = \"{addr}\"\ntls = {tls:?}\n"));
+        text.push_str(&format!(
+            "[[listener]]\nrole = {role:?}\nbind = \"{addr}\"\ntls = {tls:?}\n"
+        ));
     }
     text.push_str(extra);
     let path = dir.join("sealmail.toml");
@@ -114,6 +141,8 @@ pub fn free_addr() -> TestResult<SocketAddr> {
 pub async fn serve(dir: &Path, config: &Path) -> TestResult<Sealmail> {
     let config = config.to_string_lossy().into_owned();
     let process = Sealmail::spawn(bin(), &["--config", &config, "serve"], dir, dir)?;
-    process.wait_for_log("sealmail ready", Duration::from_secs(60)).await?;
+    process
+        .wait_for_log("sealmail ready", Duration::from_secs(60))
+        .await?;
     Ok(process)
 }

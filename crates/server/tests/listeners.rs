@@ -14,8 +14,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use common::{Instance, QUICKSTART_PORTS, free_addr, serve, write_config};
 use sealmail_testkit::{
-    HelloAnswer, LineClient, TLS1_0, TLS1_1, TLS1_2, TestResult, client_hello, ctx, send_client_hello, tls_connect,
-    tls_upgrade,
+    HelloAnswer, LineClient, TLS1_0, TLS1_1, TLS1_2, TestResult, client_hello, ctx, send_client_hello,
+    tls_connect, tls_upgrade,
 };
 
 const MX: u16 = 2525;
@@ -45,7 +45,10 @@ async fn smtp_to_starttls(addr: SocketAddr) -> TestResult<TcpStream> {
 async fn imap_to_starttls(addr: SocketAddr) -> TestResult<TcpStream> {
     let mut c = plain(addr).await?;
     let greeting = c.line().await?;
-    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED]"), "{greeting}");
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED]"),
+        "{greeting}"
+    );
     c.send("a1 STARTTLS\r\n").await?;
     assert_eq!(c.line().await?, "a1 OK Begin TLS negotiation now");
     Ok(c.into_inner())
@@ -57,7 +60,10 @@ async fn quickstart_prints_credentials_listens_on_five_ports_and_reuses_its_fold
     let output = instance.process.output();
     let credentials_path = instance.data_dir().join("quickstart-credentials.txt");
     let credentials = ctx(std::fs::read_to_string(&credentials_path), "credentials file")?;
-    let mode = ctx(std::fs::metadata(&credentials_path), "stat")?.permissions().mode() & 0o777;
+    let mode = ctx(std::fs::metadata(&credentials_path), "stat")?
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let lines: Vec<&str> = credentials.lines().collect();
     assert_eq!(lines.len(), 2, "{credentials}");
@@ -67,14 +73,19 @@ async fn quickstart_prints_credentials_listens_on_five_ports_and_reuses_its_fold
         assert!(password.len() >= 20, "weak password {password}");
         assert!(output.contains(line), "credentials not printed: {output}");
     }
-    let key_mode = ctx(std::fs::metadata(instance.data_dir().join("tls/key.pem")), "stat")?.permissions().mode();
+    let key_mode = ctx(std::fs::metadata(instance.data_dir().join("tls/key.pem")), "stat")?
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     for port in QUICKSTART_PORTS {
         ctx(TcpStream::connect(instance.addr(port)).await, "connect")?;
     }
 
     instance.process.signal(Signal::SIGTERM)?;
-    assert_eq!(instance.process.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    assert_eq!(
+        instance.process.wait_exit(Duration::from_secs(30)).await?,
+        Some(0)
+    );
     // A second run reuses the folder: same credentials, nothing printed again.
     let offset = instance.offset.to_string();
     let again = sealmail_testkit::Sealmail::spawn(
@@ -83,10 +94,15 @@ async fn quickstart_prints_credentials_listens_on_five_ports_and_reuses_its_fold
         instance.root.path(),
         instance.root.path(),
     )?;
-    again.wait_for_log("sealmail ready", Duration::from_secs(60)).await?;
+    again
+        .wait_for_log("sealmail ready", Duration::from_secs(60))
+        .await?;
     assert!(again.output().contains("reusing"), "{}", again.output());
     assert!(!again.output().contains(lines[0]), "password printed twice");
-    assert_eq!(ctx(std::fs::read_to_string(&credentials_path), "credentials")?, credentials);
+    assert_eq!(
+        ctx(std::fs::read_to_string(&credentials_path), "credentials")?,
+        credentials
+    );
     Ok(())
 }
 
@@ -97,7 +113,10 @@ async fn every_tls_listener_completes_tls12_and_tls13_handshakes() -> TestResult
         let config = instance.client(&[version])?;
         // Implicit TLS: SMTP submission and IMAP.
         let tls = tls_connect(instance.addr(SUBMISSION_TLS), config.clone(), SERVER_NAME).await?;
-        assert_eq!(format!("{:?}", tls.get_ref().1.protocol_version().ok_or("no version")?), name);
+        assert_eq!(
+            format!("{:?}", tls.get_ref().1.protocol_version().ok_or("no version")?),
+            name
+        );
         let mut c = LineClient::new(tls);
         assert!(c.smtp_reply().await?.starts_with("220 mail.example.test ESMTP"));
         let tls = tls_connect(instance.addr(IMAP_TLS), config.clone(), SERVER_NAME).await?;
@@ -108,11 +127,17 @@ async fn every_tls_listener_completes_tls12_and_tls13_handshakes() -> TestResult
         for port in [MX, SUBMISSION_STARTTLS] {
             let tcp = smtp_to_starttls(instance.addr(port)).await?;
             let tls = tls_upgrade(tcp, config.clone(), SERVER_NAME).await?;
-            assert_eq!(format!("{:?}", tls.get_ref().1.protocol_version().ok_or("no version")?), name);
+            assert_eq!(
+                format!("{:?}", tls.get_ref().1.protocol_version().ok_or("no version")?),
+                name
+            );
             let mut c = LineClient::new(tls);
             c.send("EHLO client.test\r\n").await?;
             let ehlo = c.smtp_reply().await?;
-            assert!(ehlo.starts_with("250-mail.example.test") && !ehlo.contains("STARTTLS"), "{ehlo}");
+            assert!(
+                ehlo.starts_with("250-mail.example.test") && !ehlo.contains("STARTTLS"),
+                "{ehlo}"
+            );
         }
         let tcp = imap_to_starttls(instance.addr(IMAP_STARTTLS)).await?;
         let mut c = LineClient::new(tls_upgrade(tcp, config.clone(), SERVER_NAME).await?);
@@ -133,19 +158,33 @@ const TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: u16 = 0xc02b;
 #[tokio::test]
 async fn legacy_versions_and_weak_suites_never_get_a_server_hello() -> TestResult {
     let instance = Instance::quickstart().await?;
-    let legacy_suites = [TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
+    let legacy_suites = [
+        TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
     let cases: Vec<(u16, Vec<u16>, bool)> = vec![
         (TLS1_0, legacy_suites.to_vec(), false),
         (TLS1_1, legacy_suites.to_vec(), false),
         (TLS1_2, vec![TLS_RSA_WITH_AES_128_GCM_SHA256], false),
-        (TLS1_2, vec![TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256], false),
+        (
+            TLS1_2,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+                TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256,
+            ],
+            false,
+        ),
         (TLS1_2, vec![TLS_DHE_RSA_WITH_AES_128_CBC_SHA], false),
         // The control case: the same hand-made hello with a good suite is answered.
         (TLS1_2, vec![TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], true),
     ];
     for (version, suites, accepted) in cases {
         let hello = client_hello(version, &suites, SERVER_NAME);
-        for (label, port) in [("implicit smtp", SUBMISSION_TLS), ("implicit imap", IMAP_TLS), ("starttls smtp", MX)] {
+        for (label, port) in [
+            ("implicit smtp", SUBMISSION_TLS),
+            ("implicit imap", IMAP_TLS),
+            ("starttls smtp", MX),
+        ] {
             let mut stream = if port == MX {
                 smtp_to_starttls(instance.addr(port)).await?
             } else {
@@ -156,7 +195,10 @@ async fn legacy_versions_and_weak_suites_never_get_a_server_hello() -> TestResul
             if accepted {
                 assert_eq!(answer, HelloAnswer::ServerHello, "{what}");
             } else {
-                assert!(matches!(answer, HelloAnswer::Alert(_) | HelloAnswer::Closed), "{what}");
+                assert!(
+                    matches!(answer, HelloAnswer::Alert(_) | HelloAnswer::Closed),
+                    "{what}"
+                );
             }
         }
     }
@@ -166,7 +208,14 @@ async fn legacy_versions_and_weak_suites_never_get_a_server_hello() -> TestResul
 /// Runs `openssl s_client` with a version flag; returns whether a session was established.
 fn openssl_handshake(addr: SocketAddr, version_flag: &str, starttls: Option<&str>) -> TestResult<bool> {
     let mut cmd = std::process::Command::new("openssl");
-    cmd.args(["s_client", "-connect", &addr.to_string(), "-servername", SERVER_NAME, version_flag]);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        SERVER_NAME,
+        version_flag,
+    ]);
     if version_flag == "-tls1_1" {
         // Let the client really offer TLS 1.1 (OpenSSL 3 refuses it at its default level).
         cmd.args(["-cipher", "DEFAULT@SECLEVEL=0"]);
@@ -194,9 +243,18 @@ async fn openssl_s_client_connects_with_tls12_and_tls13_but_not_tls11() -> TestR
     ];
     for (port, starttls) in targets {
         let addr = instance.addr(port);
-        assert!(!openssl_handshake(addr, "-tls1_1", starttls)?, "TLS 1.1 accepted on {port}");
-        assert!(openssl_handshake(addr, "-tls1_2", starttls)?, "TLS 1.2 refused on {port}");
-        assert!(openssl_handshake(addr, "-tls1_3", starttls)?, "TLS 1.3 refused on {port}");
+        assert!(
+            !openssl_handshake(addr, "-tls1_1", starttls)?,
+            "TLS 1.1 accepted on {port}"
+        );
+        assert!(
+            openssl_handshake(addr, "-tls1_2", starttls)?,
+            "TLS 1.2 refused on {port}"
+        );
+        assert!(
+            openssl_handshake(addr, "-tls1_3", starttls)?,
+            "TLS 1.3 refused on {port}"
+        );
     }
     Ok(())
 }
@@ -217,13 +275,19 @@ async fn negotiated_suites_are_only_the_documented_ones() -> TestResult {
             negotiated.push(sealmail_tls::suite_name(chosen));
         }
     }
-    let allowed: Vec<&str> = sealmail_tls::ALLOWED_CIPHER_SUITES.iter().map(|s| sealmail_tls::suite_name(*s)).collect();
+    let allowed: Vec<&str> = sealmail_tls::ALLOWED_CIPHER_SUITES
+        .iter()
+        .map(|s| sealmail_tls::suite_name(*s))
+        .collect();
     assert!(!negotiated.is_empty());
     for name in &negotiated {
         assert!(allowed.contains(name), "{name} negotiated but not documented");
     }
     // The docs list every suite: check docs/SECURITY.md names each allowed one.
-    let security = ctx(std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/SECURITY.md")), "docs")?;
+    let security = ctx(
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/SECURITY.md")),
+        "docs",
+    )?;
     for name in &allowed {
         assert!(security.contains(name), "{name} missing from docs/SECURITY.md");
     }
@@ -244,7 +308,11 @@ async fn bytes_pipelined_after_starttls_are_discarded() -> TestResult {
     assert!(c.smtp_reply().await?.starts_with("220 2.0.0"));
     let mut c = LineClient::new(tls_upgrade(c.into_inner(), config.clone(), SERVER_NAME).await?);
     c.send("NOOP\r\n").await?;
-    assert_eq!(c.smtp_reply().await?, "250 2.0.0 OK", "the injected command was executed");
+    assert_eq!(
+        c.smtp_reply().await?,
+        "250 2.0.0 OK",
+        "the injected command was executed"
+    );
 
     // IMAP: the same with a pipelined tagged command.
     let mut c = plain(instance.addr(IMAP_STARTTLS)).await?;
@@ -253,7 +321,11 @@ async fn bytes_pipelined_after_starttls_are_discarded() -> TestResult {
     assert_eq!(c.line().await?, "a1 OK Begin TLS negotiation now");
     let mut c = LineClient::new(tls_upgrade(c.into_inner(), config, SERVER_NAME).await?);
     c.send("a2 NOOP\r\n").await?;
-    assert_eq!(c.line().await?, "a2 OK NOOP completed", "the injected command was executed");
+    assert_eq!(
+        c.line().await?,
+        "a2 OK NOOP completed",
+        "the injected command was executed"
+    );
     Ok(())
 }
 
@@ -285,7 +357,12 @@ async fn submission_refuses_mail_before_tls_and_long_lines_get_500() -> TestResu
 async fn sni_selects_the_certificate_for_the_requested_name() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let addr = free_addr()?;
-    let config = write_config(dir.path(), &["mail.a.test", "mail.b.test"], &[("imap", addr, "implicit")], "")?;
+    let config = write_config(
+        dir.path(),
+        &["mail.a.test", "mail.b.test"],
+        &[("imap", addr, "implicit")],
+        "",
+    )?;
     let _server = serve(dir.path(), &config).await?;
     let certs = [dir.path().join("tls/0.pem"), dir.path().join("tls/1.pem")];
     let client = sealmail_testkit::client_config(&[&certs[0], &certs[1]], &[&TLS13], &[])?;
@@ -298,7 +375,9 @@ async fn sni_selects_the_certificate_for_the_requested_name() -> TestResult {
             continue;
         }
         let tls = tls_connect(addr, client.clone(), name).await?;
-        let served = tls.get_ref().1.peer_certificates().ok_or("no certificate")?[0].as_ref().to_vec();
+        let served = tls.get_ref().1.peer_certificates().ok_or("no certificate")?[0]
+            .as_ref()
+            .to_vec();
         assert_eq!(served, expected_der, "{name}");
     }
     Ok(())
@@ -313,31 +392,47 @@ async fn sighup_reloads_certificates_for_new_handshakes_while_sessions_continue(
     ctx(std::fs::copy(&old_cert, &old_copy), "copy")?;
 
     let config = instance.client(&[&TLS13])?;
-    let mut in_flight = LineClient::new(tls_connect(instance.addr(SUBMISSION_TLS), config, SERVER_NAME).await?);
+    let mut in_flight =
+        LineClient::new(tls_connect(instance.addr(SUBMISSION_TLS), config, SERVER_NAME).await?);
     in_flight.smtp_reply().await?;
 
     let files = sealmail_config::CertificateFiles {
         cert: old_cert.clone(),
         key: instance.data_dir().join("tls/key.pem"),
     };
-    ctx(sealmail_tls::selfsigned::generate(&[SERVER_NAME.to_string()], &files, 10), "new certificate")?;
+    ctx(
+        sealmail_tls::selfsigned::generate(&[SERVER_NAME.to_string()], &files, 10),
+        "new certificate",
+    )?;
     let new_der = sealmail_testkit::pem_certificate_der(&old_cert)?;
     assert_ne!(old_der, new_der);
     instance.process.signal(Signal::SIGHUP)?;
-    instance.process.wait_for_log("certificates reloaded", Duration::from_secs(10)).await?;
+    instance
+        .process
+        .wait_for_log("certificates reloaded", Duration::from_secs(10))
+        .await?;
 
     let both = sealmail_testkit::client_config(&[&old_copy, &old_cert], &[&TLS13], &[])?;
     let fresh = tls_connect(instance.addr(SUBMISSION_TLS), both, SERVER_NAME).await?;
-    let served = fresh.get_ref().1.peer_certificates().ok_or("no certificate")?[0].as_ref().to_vec();
+    let served = fresh.get_ref().1.peer_certificates().ok_or("no certificate")?[0]
+        .as_ref()
+        .to_vec();
     assert_eq!(served, new_der, "a new handshake still got the old certificate");
 
     in_flight.send("NOOP\r\n").await?;
-    assert_eq!(in_flight.smtp_reply().await?, "250 2.0.0 OK", "the session in flight broke");
+    assert_eq!(
+        in_flight.smtp_reply().await?,
+        "250 2.0.0 OK",
+        "the session in flight broke"
+    );
 
     // A broken replacement is refused and the server keeps serving the last good certificate.
     ctx(std::fs::write(&old_cert, "garbage"), "write")?;
     instance.process.signal(Signal::SIGHUP)?;
-    instance.process.wait_for_log("certificate reload failed", Duration::from_secs(10)).await?;
+    instance
+        .process
+        .wait_for_log("certificate reload failed", Duration::from_secs(10))
+        .await?;
     let still = sealmail_testkit::served_certificate(instance.addr(SUBMISSION_TLS), SERVER_NAME).await?;
     assert_eq!(still, new_der);
     Ok(())
@@ -347,7 +442,12 @@ async fn sighup_reloads_certificates_for_new_handshakes_while_sessions_continue(
 async fn bad_certificates_stop_start_up_with_a_clear_message() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let addr = free_addr()?;
-    let config = write_config(dir.path(), &["mail.a.test", "mail.b.test"], &[("mx", addr, "starttls")], "")?;
+    let config = write_config(
+        dir.path(),
+        &["mail.a.test", "mail.b.test"],
+        &[("mx", addr, "starttls")],
+        "",
+    )?;
     let config_arg = config.to_string_lossy().into_owned();
     let key = dir.path().join("tls/0.key");
     let cert = dir.path().join("tls/0.pem");
@@ -358,24 +458,50 @@ async fn bad_certificates_stop_start_up_with_a_clear_message() -> TestResult {
         Ok(())
     };
 
-    ctx(std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)), "chmod")?;
-    start(&format!("private key {} is readable by other users (mode 0644); run `chmod 600 {}`", key.display(), key.display()))?;
-    ctx(std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)), "chmod")?;
+    ctx(
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)),
+        "chmod",
+    )?;
+    start(&format!(
+        "private key {} is readable by other users (mode 0644); run `chmod 600 {}`",
+        key.display(),
+        key.display()
+    ))?;
+    ctx(
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)),
+        "chmod",
+    )?;
 
     let good_cert = ctx(std::fs::read(&cert), "read")?;
     ctx(std::fs::copy(dir.path().join("tls/1.pem"), &cert), "copy")?;
     start("does not belong to certificate")?;
-    ctx(std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"), "write")?;
+    ctx(
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        ),
+        "write",
+    )?;
     start(&format!("certificate file {}", cert.display()))?;
     ctx(std::fs::remove_file(&cert), "rm")?;
     start(&format!("certificate file {} does not exist", cert.display()))?;
     ctx(std::fs::write(&cert, &good_cert), "restore")?;
 
     // An expired certificate starts, with a loud warning.
-    let files = sealmail_config::CertificateFiles { cert: cert.clone(), key: key.clone() };
-    ctx(sealmail_tls::selfsigned::generate_with_validity(&["mail.a.test".to_string()], &files, -60, -1), "expired")?;
+    let files = sealmail_config::CertificateFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    ctx(
+        sealmail_tls::selfsigned::generate_with_validity(&["mail.a.test".to_string()], &files, -60, -1),
+        "expired",
+    )?;
     let server = serve(dir.path(), &config).await?;
-    assert!(server.errors().contains("CERTIFICATE EXPIRED"), "{}", server.errors());
+    assert!(
+        server.errors().contains("CERTIFICATE EXPIRED"),
+        "{}",
+        server.errors()
+    );
     Ok(())
 }
 
@@ -399,12 +525,21 @@ async fn connection_caps_apply_per_ip_and_globally() -> TestResult {
         assert!(c.smtp_reply().await?.starts_with("220 "));
     }
     let mut a3 = connect_from([127, 0, 0, 1], addr).await?;
-    assert!(a3.smtp_reply().await?.starts_with("421 4.7.0"), "per-IP cap not applied");
+    assert!(
+        a3.smtp_reply().await?.starts_with("421 4.7.0"),
+        "per-IP cap not applied"
+    );
     assert!(a3.closed().await);
     let mut b1 = connect_from([127, 0, 0, 2], addr).await?;
-    assert!(b1.smtp_reply().await?.starts_with("220 "), "another IP was refused");
+    assert!(
+        b1.smtp_reply().await?.starts_with("220 "),
+        "another IP was refused"
+    );
     let mut c1 = connect_from([127, 0, 0, 3], addr).await?;
-    assert!(c1.smtp_reply().await?.starts_with("421 4.7.0"), "global cap not applied");
+    assert!(
+        c1.smtp_reply().await?.starts_with("421 4.7.0"),
+        "global cap not applied"
+    );
     // A slot freed is a slot available again.
     a1.send("QUIT\r\n").await?;
     a1.smtp_reply().await?;
@@ -420,7 +555,12 @@ async fn idle_sessions_time_out_with_a_protocol_reply() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let (mx, imap) = (free_addr()?, free_addr()?);
     let limits = "[limits]\ncommand_timeout_secs = 1\ntls_handshake_timeout_secs = 1\n";
-    let config = write_config(dir.path(), &["mail.a.test"], &[("mx", mx, "starttls"), ("imap", imap, "implicit")], limits)?;
+    let config = write_config(
+        dir.path(),
+        &["mail.a.test"],
+        &[("mx", mx, "starttls"), ("imap", imap, "implicit")],
+        limits,
+    )?;
     let _server = serve(dir.path(), &config).await?;
     let mut c = plain(mx).await?;
     c.smtp_reply().await?;
@@ -440,8 +580,17 @@ async fn sigterm_stops_accepting_and_lets_sessions_finish() -> TestResult {
     let mut idle = plain(instance.addr(MX)).await?;
     idle.smtp_reply().await?;
     instance.process.signal(Signal::SIGTERM)?;
-    assert!(idle.smtp_reply().await?.starts_with("421 4.3.2"), "idle session not told");
-    assert_eq!(instance.process.wait_exit(Duration::from_secs(30)).await?, Some(0));
-    assert!(TcpStream::connect(instance.addr(MX)).await.is_err(), "still accepting after shutdown");
+    assert!(
+        idle.smtp_reply().await?.starts_with("421 4.3.2"),
+        "idle session not told"
+    );
+    assert_eq!(
+        instance.process.wait_exit(Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    assert!(
+        TcpStream::connect(instance.addr(MX)).await.is_err(),
+        "still accepting after shutdown"
+    );
     Ok(())
 }

@@ -48,7 +48,10 @@ impl Handler for SmtpHandler {
                 Ok(Line::Complete(line)) => line,
                 Ok(Line::TooLong) => {
                     errors += 1;
-                    if self.reply_error(&mut conn, errors, "500 5.5.2 Line too long\r\n").await {
+                    if self
+                        .reply_error(&mut conn, errors, "500 5.5.2 Line too long\r\n")
+                        .await
+                    {
                         break;
                     }
                     continue;
@@ -101,7 +104,10 @@ impl SmtpHandler {
     /// Sends an error reply; returns true when the session must end because of too many errors.
     async fn reply_error(&self, conn: &mut Connection, errors: u32, reply: &str) -> bool {
         if errors >= MAX_ERRORS {
-            let bye = format!("421 4.7.0 {} Too many errors, closing connection\r\n", self.hostname);
+            let bye = format!(
+                "421 4.7.0 {} Too many errors, closing connection\r\n",
+                self.hostname
+            );
             let _ = conn.write_all(bye.as_bytes()).await;
             return true;
         }
@@ -133,12 +139,19 @@ impl SmtpHandler {
             "STARTTLS" => ("220 2.0.0 Ready to start TLS\r\n".to_string(), Next::StartTls),
             "NOOP" => reply("250 2.0.0 OK"),
             "RSET" => reply("250 2.0.0 OK"),
-            "VRFY" | "EXPN" => reply("252 2.5.0 Cannot verify the user; send mail and delivery will be attempted"),
-            "QUIT" => (format!("221 2.0.0 {} closing connection\r\n", self.hostname), Next::Close),
+            "VRFY" | "EXPN" => {
+                reply("252 2.5.0 Cannot verify the user; send mail and delivery will be attempted")
+            }
+            "QUIT" => (
+                format!("221 2.0.0 {} closing connection\r\n", self.hostname),
+                Next::Close,
+            ),
             "MAIL" | "RCPT" | "DATA" | "BDAT" | "AUTH" if submission && !tls => {
                 reply("530 5.7.0 Must issue a STARTTLS command first")
             }
-            "MAIL" | "RCPT" | "DATA" | "BDAT" | "AUTH" | "HELP" => reply("502 5.5.1 Command not implemented yet"),
+            "MAIL" | "RCPT" | "DATA" | "BDAT" | "AUTH" | "HELP" => {
+                reply("502 5.5.1 Command not implemented yet")
+            }
             _ => reply("500 5.5.1 Command unrecognised"),
         }
     }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-pub use sqlite::{SqliteStore, Migration, DB_FILE};
+pub use sqlite::{DB_FILE, Migration, SqliteStore};
 
 /// The mailboxes every account gets, with their RFC 6154 special-use attributes.
 pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
@@ -51,7 +51,9 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("the store has schema migration {0}, which this sealmail does not know (a newer version wrote it); upgrade sealmail or restore a backup")]
+    #[error(
+        "the store has schema migration {0}, which this sealmail does not know (a newer version wrote it); upgrade sealmail or restore a backup"
+    )]
     NewerSchema(i64),
     #[error("the store's writer has stopped")]
     WriterGone,
@@ -112,7 +114,8 @@ pub trait Store: Send + Sync {
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
 
     /// Creates the account and its [`DEFAULT_MAILBOXES`]; the domain must exist.
-    async fn add_account(&self, address: &EmailAddress, password_hash: &str) -> Result<AccountId, StoreError>;
+    async fn add_account(&self, address: &EmailAddress, password_hash: &str)
+    -> Result<AccountId, StoreError>;
     async fn set_password_hash(&self, address: &EmailAddress, password_hash: &str) -> Result<(), StoreError>;
     /// Removes the account with its mailboxes and messages.
     async fn remove_account(&self, address: &EmailAddress) -> Result<(), StoreError>;

@@ -17,13 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-use crate::{Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix, sha256_hex};
+use crate::{
+    Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
+    sha256_hex,
+};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -126,7 +132,12 @@ impl SqliteStore {
             .await?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer_loop(writer, rx, group_commit_max_batch.max(1), counters.clone()));
+        tokio::spawn(writer_loop(
+            writer,
+            rx,
+            group_commit_max_batch.max(1),
+            counters.clone(),
+        ));
         Ok(SqliteStore {
             path,
             readers,
@@ -174,16 +185,20 @@ impl SqliteStore {
 
     async fn write(&self, op: WriteOp) -> Result<WriteDone, StoreError> {
         let (reply, done) = oneshot::channel();
-        self.writer.send((op, reply)).await.map_err(|_| StoreError::WriterGone)?;
+        self.writer
+            .send((op, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         done.await.map_err(|_| StoreError::WriterGone)?
     }
 }
 
 async fn applied_versions(conn: &mut SqliteConnection) -> Result<BTreeSet<i64>, StoreError> {
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-            .fetch_optional(&mut *conn)
-            .await?;
+    let exists: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     if exists.is_none() {
         return Ok(BTreeSet::new());
     }
@@ -199,7 +214,10 @@ async fn vacuum_into(conn: &mut SqliteConnection, dest: &Path) -> Result<(), Sto
         path: dest.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"),
     })?;
-    sqlx::query("VACUUM INTO ?1").bind(dest_str).execute(&mut *conn).await?;
+    sqlx::query("VACUUM INTO ?1")
+        .bind(dest_str)
+        .execute(&mut *conn)
+        .await?;
     // VACUUM INTO does not fsync its output.
     let sync = || -> std::io::Result<()> {
         std::fs::File::open(dest)?.sync_all()?;
@@ -254,7 +272,9 @@ async fn writer_loop(
             Err(message) => {
                 tracing::error!(error = %message, writes = batch.len(), "store commit failed; no write in the batch was stored");
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(format!("commit failed: {message}")))));
+                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "commit failed: {message}"
+                    )))));
                 }
             }
         }
@@ -310,7 +330,10 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
                     accounts,
                 });
             }
-            sqlx::query("DELETE FROM domains WHERE id = ?1").bind(id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM domains WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             Ok(WriteDone::Unit)
         }
         WriteOp::AddAccount { address, hash } => {
@@ -328,7 +351,9 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .fetch_one(&mut *conn)
             .await;
             let id: i64 = match inserted {
-                Err(e) if is_unique_violation(&e) => return Err(StoreError::Duplicate(format!("user {address}"))),
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Duplicate(format!("user {address}")));
+                }
                 other => other?.try_get("id")?,
             };
             // RFC 3501 2.3.1.1: UIDVALIDITY; the creation time is unique enough per account and
@@ -372,20 +397,22 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::StoreMessage { message, sha256 } => {
             let content = std::mem::take(&mut message.content);
             let size = content.len() as i64;
-            let blob: i64 = sqlx::query_scalar("INSERT INTO blobs (sha256, size, data) VALUES (?1, ?2, ?3) RETURNING id")
-                .bind(sha256.as_bytes())
-                .bind(size)
-                .bind(content)
-                .fetch_one(&mut *conn)
-                .await?;
+            let blob: i64 =
+                sqlx::query_scalar("INSERT INTO blobs (sha256, size, data) VALUES (?1, ?2, ?3) RETURNING id")
+                    .bind(sha256.as_bytes())
+                    .bind(size)
+                    .bind(content)
+                    .fetch_one(&mut *conn)
+                    .await?;
             let flags = message.flags.join(" ");
             let mut stored = Vec::with_capacity(message.mailboxes.len());
             for mailbox in &message.mailboxes {
-                let uid: Option<i64> =
-                    sqlx::query_scalar("UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1")
-                        .bind(mailbox.0)
-                        .fetch_optional(&mut *conn)
-                        .await?;
+                let uid: Option<i64> = sqlx::query_scalar(
+                    "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1",
+                )
+                .bind(mailbox.0)
+                .fetch_optional(&mut *conn)
+                .await?;
                 let Some(uid) = uid else {
                     return Err(StoreError::NotFound(format!("mailbox {}", mailbox.0)));
                 };
@@ -429,7 +456,9 @@ fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Account(_) => "an account",
         WriteDone::Stored(_) => "stored messages",
     };
-    StoreError::Database(sqlx::Error::Protocol(format!("store writer returned {what} unexpectedly")))
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "store writer returned {what} unexpectedly"
+    )))
 }
 
 fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Account, StoreError> {
@@ -464,7 +493,9 @@ impl Store for SqliteStore {
     }
 
     async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError> {
-        self.write(WriteOp::RemoveDomain(domain.clone())).await.map(|_| ())
+        self.write(WriteOp::RemoveDomain(domain.clone()))
+            .await
+            .map(|_| ())
     }
 
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
@@ -477,7 +508,11 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn add_account(&self, address: &EmailAddress, password_hash: &str) -> Result<AccountId, StoreError> {
+    async fn add_account(
+        &self,
+        address: &EmailAddress,
+        password_hash: &str,
+    ) -> Result<AccountId, StoreError> {
         match self
             .write(WriteOp::AddAccount {
                 address: address.clone(),
@@ -500,7 +535,9 @@ impl Store for SqliteStore {
     }
 
     async fn remove_account(&self, address: &EmailAddress) -> Result<(), StoreError> {
-        self.write(WriteOp::RemoveAccount(address.clone())).await.map(|_| ())
+        self.write(WriteOp::RemoveAccount(address.clone()))
+            .await
+            .map(|_| ())
     }
 
     async fn account(&self, address: &EmailAddress) -> Result<Option<Account>, StoreError> {
@@ -572,11 +609,13 @@ impl Store for SqliteStore {
     }
 
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError> {
-        let row = sqlx::query("SELECT b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id = ?1")
-            .bind(message.0)
-            .fetch_optional(&self.readers)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
+        let row = sqlx::query(
+            "SELECT b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id = ?1",
+        )
+        .bind(message.0)
+        .fetch_optional(&self.readers)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
         let expected: Vec<u8> = row.try_get("sha256")?;
         let data: Vec<u8> = row.try_get("data")?;
         let actual = sha256_hex(&data);

@@ -22,7 +22,9 @@ fn address(s: &str) -> TestResult<EmailAddress> {
 async fn store_with_alice(dir: &Path) -> TestResult<(SqliteStore, MailboxId)> {
     let store = SqliteStore::open(dir, 256).await?;
     store.add_domain(&domain("example.test")?).await?;
-    let alice = store.add_account(&address("alice@example.test")?, "$argon2id$fake").await?;
+    let alice = store
+        .add_account(&address("alice@example.test")?, "$argon2id$fake")
+        .await?;
     let inbox = store.mailbox(alice, "INBOX").await?.ok_or("no INBOX")?;
     Ok((store, inbox.id))
 }
@@ -40,20 +42,40 @@ fn message(body: &str, mailbox: MailboxId) -> NewMessage {
 async fn accounts_get_default_mailboxes_and_clear_errors() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (store, _) = store_with_alice(dir.path()).await?;
-    let alice = store.account(&address("ALICE@Example.test")?).await?.ok_or("alice missing")?;
-    let names: Vec<String> = store.mailboxes(alice.id).await?.into_iter().map(|m| m.name).collect();
+    let alice = store
+        .account(&address("ALICE@Example.test")?)
+        .await?
+        .ok_or("alice missing")?;
+    let names: Vec<String> = store
+        .mailboxes(alice.id)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     assert_eq!(names, ["INBOX", "Sent", "Drafts", "Trash", "Junk"]);
     let sent = store.mailbox(alice.id, "Sent").await?.ok_or("no Sent")?;
     assert_eq!(sent.special_use.as_deref(), Some("\\Sent"));
 
     let dup = store.add_account(&address("alice@example.test")?, "x").await;
-    assert!(matches!(dup, Err(StoreError::Duplicate(ref what)) if what == "user alice@example.test"), "{dup:?}");
+    assert!(
+        matches!(dup, Err(StoreError::Duplicate(ref what)) if what == "user alice@example.test"),
+        "{dup:?}"
+    );
     let unknown = store.add_account(&address("carol@other.test")?, "x").await;
-    assert!(matches!(unknown, Err(StoreError::UnknownDomain(ref d)) if d.as_str() == "other.test"), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(StoreError::UnknownDomain(ref d)) if d.as_str() == "other.test"),
+        "{unknown:?}"
+    );
     let dup_domain = store.add_domain(&domain("EXAMPLE.test")?).await;
-    assert!(matches!(dup_domain, Err(StoreError::Duplicate(_))), "{dup_domain:?}");
+    assert!(
+        matches!(dup_domain, Err(StoreError::Duplicate(_))),
+        "{dup_domain:?}"
+    );
     let in_use = store.remove_domain(&domain("example.test")?).await;
-    assert!(matches!(in_use, Err(StoreError::DomainInUse { accounts: 1, .. })), "{in_use:?}");
+    assert!(
+        matches!(in_use, Err(StoreError::DomainInUse { accounts: 1, .. })),
+        "{in_use:?}"
+    );
 
     // A failed write in a batch does not disturb the others: the store is still consistent.
     store.remove_account(&address("alice@example.test")?).await?;
@@ -94,14 +116,19 @@ fn corrupt_on_disk(path: &Path, needle: &[u8]) -> TestResult {
 async fn a_blob_corrupted_on_disk_is_detected_on_read() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (store, inbox) = store_with_alice(dir.path()).await?;
-    let stored = store.store_message(message("MARKER-0123456789-integrity", inbox)).await?;
+    let stored = store
+        .store_message(message("MARKER-0123456789-integrity", inbox))
+        .await?;
     let good = store.store_message(message("untouched", inbox)).await?;
     drop(store);
     // Let the last connection close and checkpoint the WAL into the main file.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let db = dir.path().join(DB_FILE);
     let wal = dir.path().join(format!("{DB_FILE}-wal"));
-    let target = if std::fs::read(&wal).map(|w| w.windows(6).any(|x| x == b"MARKER")).unwrap_or(false) {
+    let target = if std::fs::read(&wal)
+        .map(|w| w.windows(6).any(|x| x == b"MARKER"))
+        .unwrap_or(false)
+    {
         wal
     } else {
         db
@@ -131,19 +158,28 @@ async fn concurrent_writers_share_commits() -> TestResult {
     let mut tasks = Vec::new();
     for i in 0..writers {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.store_message(message(&format!("m{i}"), inbox)).await }));
+        tasks.push(tokio::spawn(async move {
+            store.store_message(message(&format!("m{i}"), inbox)).await
+        }));
     }
     let mut uids = Vec::new();
     for task in tasks {
         uids.push(task.await??[0].uid);
     }
     uids.sort_unstable();
-    assert_eq!(uids, (1..=writers).collect::<Vec<u32>>(), "every write stored once with its own UID");
+    assert_eq!(
+        uids,
+        (1..=writers).collect::<Vec<u32>>(),
+        "every write stored once with its own UID"
+    );
     let after = store.commit_stats();
     let writes = after.writes - before.writes;
     let commits = after.commits - before.commits;
     assert_eq!(writes, writers as u64);
-    assert!(commits * 4 <= writes, "{writes} writes took {commits} commits: writers were not grouped");
+    assert!(
+        commits * 4 <= writes,
+        "{writes} writes took {commits} commits: writers were not grouped"
+    );
     Ok(())
 }
 
@@ -164,13 +200,22 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("backups"))?.collect::<Result<_, _>>()?;
     assert_eq!(snapshots.len(), 1);
     let name = snapshots[0].file_name().to_string_lossy().into_owned();
-    assert!(name.starts_with("pre-migration-v1-") && name.ends_with(".db"), "{name}");
+    assert!(
+        name.starts_with("pre-migration-v1-") && name.ends_with(".db"),
+        "{name}"
+    );
     // The snapshot is a store of version 1 with the same data.
     let snapshot_dir = tempfile::tempdir()?;
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
-    assert_eq!(SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(), 1);
+    assert_eq!(
+        SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
+        1
+    );
 
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("alice lost in migration")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice lost in migration")?;
     let inbox = store.mailbox(alice.id, "INBOX").await?.ok_or("INBOX lost")?;
     let messages = store.messages(inbox.id).await?;
     assert_eq!(messages.len(), 1);
@@ -202,7 +247,12 @@ async fn assert_consistent(store: &SqliteStore) -> TestResult<usize> {
             for m in &messages {
                 let bytes = store.read_message(m.id).await?;
                 assert_eq!(bytes.len() as u64, m.size);
-                assert!(m.uid < mailbox.uid_next, "uid {} not below UIDNEXT {}", m.uid, mailbox.uid_next);
+                assert!(
+                    m.uid < mailbox.uid_next,
+                    "uid {} not below UIDNEXT {}",
+                    m.uid,
+                    mailbox.uid_next
+                );
             }
             total += messages.len();
         }
@@ -222,7 +272,12 @@ async fn a_snapshot_taken_under_write_load_is_consistent() -> TestResult {
         writers.push(tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                store.store_message(message(&format!("writer {w} message {n} {}", "x".repeat(2000)), inbox)).await?;
+                store
+                    .store_message(message(
+                        &format!("writer {w} message {n} {}", "x".repeat(2000)),
+                        inbox,
+                    ))
+                    .await?;
                 n += 1;
             }
             Ok::<u32, StoreError>(n)
@@ -239,7 +294,10 @@ async fn a_snapshot_taken_under_write_load_is_consistent() -> TestResult {
     }
     let copy = SqliteStore::open(copy_dir.path(), 16).await?;
     let in_copy = assert_consistent(&copy).await?;
-    assert!(in_copy > 0 && in_copy < written, "copy has {in_copy} of {written} messages");
+    assert!(
+        in_copy > 0 && in_copy < written,
+        "copy has {in_copy} of {written} messages"
+    );
     assert_eq!(assert_consistent(&store).await?, written);
     Ok(())
 }
@@ -254,7 +312,10 @@ async fn child_writer_for_sigkill_test() -> TestResult {
         return Ok(()); // Only meaningful as the child process.
     };
     let store = SqliteStore::open(Path::new(&dir), 64).await?;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     let inbox = store.mailbox(alice.id, "INBOX").await?.ok_or("no inbox")?;
     let store = Arc::new(store);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -262,7 +323,10 @@ async fn child_writer_for_sigkill_test() -> TestResult {
         let (store, tx) = (store.clone(), tx.clone());
         tokio::spawn(async move {
             for n in 0.. {
-                match store.store_message(message(&format!("w{w} n{n}"), inbox.id)).await {
+                match store
+                    .store_message(message(&format!("w{w} n{n}"), inbox.id))
+                    .await
+                {
                     Ok(stored) => {
                         let _ = tx.send(stored[0].uid);
                     }
@@ -286,7 +350,12 @@ async fn acknowledged_writes_survive_sigkill() -> TestResult {
     let dir = tempfile::tempdir()?;
     drop(store_with_alice(dir.path()).await?);
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--exact", "child_writer_for_sigkill_test", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer_for_sigkill_test",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -306,9 +375,13 @@ async fn acknowledged_writes_survive_sigkill() -> TestResult {
     assert_eq!(acked.len(), 300, "the child stopped early");
 
     let store = SqliteStore::open(dir.path(), 16).await?;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     let inbox = store.mailbox(alice.id, "INBOX").await?.ok_or("no inbox")?;
-    let stored: std::collections::BTreeSet<u32> = store.messages(inbox.id).await?.iter().map(|m| m.uid).collect();
+    let stored: std::collections::BTreeSet<u32> =
+        store.messages(inbox.id).await?.iter().map(|m| m.uid).collect();
     for uid in &acked {
         assert!(stored.contains(uid), "acknowledged message {uid} was lost");
     }
@@ -335,7 +408,10 @@ async fn make_v1_fixture() -> TestResult {
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Delete)
         .connect()
         .await?;
-    sqlx::migrate::Migrator::new(migrations.path()).await?.run(&mut conn).await?;
+    sqlx::migrate::Migrator::new(migrations.path())
+        .await?
+        .run(&mut conn)
+        .await?;
     for sql in [
         "INSERT INTO domains (id, name, created_at) VALUES (1, 'example.test', 1700000000)",
         "INSERT INTO accounts (id, domain_id, address, password_hash, created_at) VALUES (1, 1, 'alice@example.test', '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$8vJH5cV0xUo3y0mQ1hY5q1m5Zl0eZC3gKp3n6cZrXbM', 1700000000)",

@@ -111,13 +111,21 @@ pub async fn served_certificate(addr: SocketAddr, server_name: &str) -> TestResu
 }
 
 /// Connects with TLS from the first byte and returns the stream after the handshake.
-pub async fn tls_connect(addr: SocketAddr, config: Arc<ClientConfig>, server_name: &str) -> TestResult<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> TestResult<TlsStream<TcpStream>> {
     let tcp = ctx(TcpStream::connect(addr).await, "connect")?;
     tls_upgrade(tcp, config, server_name).await
 }
 
 /// Runs a TLS client handshake over an existing connection.
-pub async fn tls_upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: S, config: Arc<ClientConfig>, server_name: &str) -> TestResult<TlsStream<S>> {
+pub async fn tls_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> TestResult<TlsStream<S>> {
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
     let connector = TlsConnector::from(config);
     ctx(
@@ -152,7 +160,10 @@ pub fn client_hello(version: u16, suites: &[u16], server_name: &str) -> Vec<u8> 
     push_ext(0x0000, &sni);
     push_ext(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // x25519, secp256r1
     push_ext(0x000b, &[0x01, 0x00]); // uncompressed points
-    push_ext(0x000d, &[0x00, 0x08, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03]);
+    push_ext(
+        0x000d,
+        &[0x00, 0x08, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03],
+    );
 
     let mut body = Vec::new();
     body.extend_from_slice(&version.to_be_bytes());
@@ -188,7 +199,10 @@ pub enum HelloAnswer {
 }
 
 /// Sends a ClientHello record and classifies the first record that comes back.
-pub async fn send_client_hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, hello: &[u8]) -> TestResult<HelloAnswer> {
+pub async fn send_client_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    hello: &[u8],
+) -> TestResult<HelloAnswer> {
     ctx(stream.write_all(hello).await, "send ClientHello")?;
     let mut header = [0u8; 5];
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header)).await;
@@ -199,7 +213,10 @@ pub async fn send_client_hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S
     }
     let len = u16::from_be_bytes([header[3], header[4]]) as usize;
     let mut body = vec![0u8; len.min(16 * 1024)];
-    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body)).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body))
+        .await
+        .is_err()
+    {
         return Err("truncated record".into());
     }
     Ok(match (header[0], body.first()) {
@@ -216,7 +233,9 @@ pub struct LineClient<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
     pub fn new(stream: S) -> Self {
-        LineClient { stream: BufReader::new(stream) }
+        LineClient {
+            stream: BufReader::new(stream),
+        }
     }
 
     pub fn into_inner(self) -> S {
@@ -279,13 +298,17 @@ pub async fn wait_for_port(addr: SocketAddr, limit: Duration) -> TestResult {
 /// A port offset under which the quickstart ports (2143..=2993 plus offset) are free now.
 pub fn free_port_offset() -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
         ^ (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0));
     loop {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let offset = 10_000 + ((x >> 33) % 50_000) as u16;
         let free = [2525u16, 2465, 2587, 2143, 2993]
             .iter()
@@ -367,7 +390,10 @@ impl Sealmail {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("{needle:?} not logged within {limit:?}; stderr:\n{}", self.errors()))
+        Err(format!(
+            "{needle:?} not logged within {limit:?}; stderr:\n{}",
+            self.errors()
+        ))
     }
 }
 

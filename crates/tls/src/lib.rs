@@ -42,7 +42,9 @@ pub const ALLOWED_CIPHER_SUITES: &[SupportedCipherSuite] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{what} file {path} does not exist; check [[tls.certificate]] in the config or run `sealmail init`")]
+    #[error(
+        "{what} file {path} does not exist; check [[tls.certificate]] in the config or run `sealmail init`"
+    )]
     Missing { what: &'static str, path: PathBuf },
     #[error("{what} file {path} cannot be read: {source}; make it readable by the user sealmail runs as")]
     Unreadable {
@@ -58,7 +60,9 @@ pub enum TlsError {
     BadCertificate { path: PathBuf, detail: String },
     #[error("private key file {path} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {detail}")]
     BadKey { path: PathBuf, detail: String },
-    #[error("private key {key} does not belong to certificate {cert}; give the key that was issued with this certificate")]
+    #[error(
+        "private key {key} does not belong to certificate {cert}; give the key that was issued with this certificate"
+    )]
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("no certificate is configured; add [[tls.certificate]] to the config")]
     NoCertificates,
@@ -67,10 +71,7 @@ pub enum TlsError {
     #[error("cannot create a certificate: {0}")]
     Generate(String),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// The crypto provider restricted to [`ALLOWED_CIPHER_SUITES`].
@@ -353,25 +354,40 @@ mod tests {
             cert: a.cert.clone(),
             key: b.key.clone(),
         };
-        assert!(error_of(&mismatched).contains("does not belong to certificate"), "{}", error_of(&mismatched));
+        assert!(
+            error_of(&mismatched).contains("does not belong to certificate"),
+            "{}",
+            error_of(&mismatched)
+        );
 
         std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o644))?;
         let open = error_of(&a);
-        assert!(open.contains("readable by other users (mode 0644)") && open.contains("chmod 600"), "{open}");
+        assert!(
+            open.contains("readable by other users (mode 0644)") && open.contains("chmod 600"),
+            "{open}"
+        );
         std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o600))?;
 
         let garbage = files_in(dir.path(), "garbage");
         std::fs::write(&garbage.cert, "not a certificate")?;
         std::fs::copy(&a.key, &garbage.key)?;
         std::fs::set_permissions(&garbage.key, std::fs::Permissions::from_mode(0o600))?;
-        assert!(error_of(&garbage).contains("holds no PEM certificate"), "{}", error_of(&garbage));
+        assert!(
+            error_of(&garbage).contains("holds no PEM certificate"),
+            "{}",
+            error_of(&garbage)
+        );
 
         let badkey = CertificateFiles {
             cert: a.cert.clone(),
             key: garbage.cert.clone(),
         };
         std::fs::set_permissions(&badkey.key, std::fs::Permissions::from_mode(0o600))?;
-        assert!(error_of(&badkey).contains("no usable PEM private key"), "{}", error_of(&badkey));
+        assert!(
+            error_of(&badkey).contains("no usable PEM private key"),
+            "{}",
+            error_of(&badkey)
+        );
         Ok(())
     }
 
@@ -397,7 +413,10 @@ mod tests {
         let same = |x: &Arc<CertifiedKey>, y: &Arc<CertifiedKey>| x.cert == y.cert;
         assert!(same(&set.select(Some("MAIL.A.TEST")), &a_key));
         assert!(same(&set.select(Some("imap.b.test")), &b_key));
-        assert!(same(&set.select(Some("x.imap.b.test")), &a_key), "wildcards cover one label only");
+        assert!(
+            same(&set.select(Some("x.imap.b.test")), &a_key),
+            "wildcards cover one label only"
+        );
         assert!(same(&set.select(Some("other.test")), &a_key));
         assert!(same(&set.select(None), &a_key));
         Ok(())
@@ -412,6 +431,9 @@ mod tests {
             let aead = name.contains("_GCM_") || name.contains("CHACHA20_POLY1305");
             assert!((tls13 || ecdhe) && aead, "{name}");
         }
-        assert_eq!(restricted_provider().cipher_suites.len(), ALLOWED_CIPHER_SUITES.len());
+        assert_eq!(
+            restricted_provider().cipher_suites.len(),
+            ALLOWED_CIPHER_SUITES.len()
+        );
     }
 }

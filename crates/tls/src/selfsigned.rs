@@ -49,11 +49,9 @@ pub fn generate_with_validity(
             source,
         }
     })?;
-    sealmail_safeio::write_public(&files.cert, cert.pem().as_bytes()).map_err(|source| {
-        TlsError::Write {
-            path: files.cert.clone(),
-            source,
-        }
+    sealmail_safeio::write_public(&files.cert, cert.pem().as_bytes()).map_err(|source| TlsError::Write {
+        path: files.cert.clone(),
+        source,
     })?;
     Ok(())
 }

@@ -28,7 +28,9 @@ pub enum AddressError {
     DomainTooLong(String),
     #[error("domain {0:?} has an empty label or a label longer than {MAX_LABEL_OCTETS} octets")]
     BadLabel(String),
-    #[error("domain {0:?} may only contain letters, digits and hyphens, and no label may start or end with a hyphen")]
+    #[error(
+        "domain {0:?} may only contain letters, digits and hyphens, and no label may start or end with a hyphen"
+    )]
     BadDomainCharacter(String),
     #[error("domain {0:?} needs at least two labels (like example.org)")]
     SingleLabel(String),
@@ -38,7 +40,9 @@ pub enum AddressError {
     EmptyLocalPart(String),
     #[error("address {0:?} has a local part longer than {MAX_LOCAL_PART_OCTETS} octets")]
     LocalPartTooLong(String),
-    #[error("address {0:?} has a character not allowed in a local part (spaces, control characters, quotes, brackets, commas, or misplaced dots)")]
+    #[error(
+        "address {0:?} has a character not allowed in a local part (spaces, control characters, quotes, brackets, commas, or misplaced dots)"
+    )]
     BadLocalPart(String),
 }
 
@@ -65,9 +69,7 @@ impl Domain {
             if label.is_empty() || label.len() > MAX_LABEL_OCTETS {
                 return Err(AddressError::BadLabel(input.to_string()));
             }
-            let ldh = label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let ldh = label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if !ldh || label.starts_with('-') || label.ends_with('-') {
                 return Err(AddressError::BadDomainCharacter(input.to_string()));
             }
@@ -202,7 +204,11 @@ mod tests {
             ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
         ];
         for (input, expected) in cases {
-            assert_eq!(Domain::parse(input).map(String::from), Ok(expected.to_string()), "{input}");
+            assert_eq!(
+                Domain::parse(input).map(String::from),
+                Ok(expected.to_string()),
+                "{input}"
+            );
         }
         assert_eq!(
             Domain::parse("xn--bcher-kva.example").map(|d| d.to_unicode()),
@@ -248,13 +254,18 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused_with_the_reason() {
-        let cases: [(&str, fn(&AddressError) -> bool); 7] = [
+        type Check = fn(&AddressError) -> bool;
+        let cases: [(&str, Check); 7] = [
             ("alice", |e| matches!(e, AddressError::MissingAt(_))),
             ("@example.test", |e| matches!(e, AddressError::EmptyLocalPart(_))),
             ("a b@example.test", |e| matches!(e, AddressError::BadLocalPart(_))),
             (".a@example.test", |e| matches!(e, AddressError::BadLocalPart(_))),
-            ("a..b@example.test", |e| matches!(e, AddressError::BadLocalPart(_))),
-            ("a\"b@example.test", |e| matches!(e, AddressError::BadLocalPart(_))),
+            ("a..b@example.test", |e| {
+                matches!(e, AddressError::BadLocalPart(_))
+            }),
+            ("a\"b@example.test", |e| {
+                matches!(e, AddressError::BadLocalPart(_))
+            }),
             ("alice@localhost", |e| matches!(e, AddressError::SingleLabel(_))),
         ];
         for (input, check) in cases {
@@ -264,6 +275,9 @@ mod tests {
             }
         }
         let long = format!("{}@example.test", "a".repeat(65));
-        assert!(matches!(EmailAddress::parse(&long), Err(AddressError::LocalPartTooLong(_))));
+        assert!(matches!(
+            EmailAddress::parse(&long),
+            Err(AddressError::LocalPartTooLong(_))
+        ));
     }
 }

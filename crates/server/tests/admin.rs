@@ -1,0 +1,348 @@
+//! The administration commands end to end: config check, domain and user management,
+//! migrate --dry-run, and backup/restore under write load, all against real SQLite files.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{free_addr, run, write_config};
+use sealmail_store::{DB_FILE, NewMessage, SqliteStore, Store};
+use sealmail_testkit::{TestResult, ctx};
+use sealmail_types::EmailAddress;
+
+fn config_dir() -> TestResult<(tempfile::TempDir, String)> {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let config = write_config(
+        dir.path(),
+        &["mail.example.test"],
+        &[("mx", free_addr()?, "starttls")],
+        "",
+    )?;
+    Ok((dir, config.to_string_lossy().into_owned()))
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let (code, out, err) = run(dir.path(), &["--config", &config, "config", "check"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": OK (1 listener(s), 1 certificate(s)"), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    let text = ctx(std::fs::read_to_string(&config), "read")?
+        .replace("tls = \"starttls\"", "tls = \"none\"")
+        .replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\n[limits]\nmax_connections = 0",
+        );
+    ctx(std::fs::write(&bad, text), "write")?;
+    let bad_arg = bad.to_string_lossy().into_owned();
+    let (code, _, err) = run(dir.path(), &["--config", &bad_arg, "config", "check"], None)?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("listener[0].tls = \"none\" is not allowed for role \"mx\"; use \"starttls\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("limits.max_connections = 0 is out of range"),
+        "{err}"
+    );
+
+    // $SEALMAIL_CONFIG is the default when --config is absent; a missing file is explained.
+    let out = ctx(
+        std::process::Command::new(common::BIN)
+            .args(["config", "check"])
+            .env("SEALMAIL_CONFIG", &bad_arg)
+            .output(),
+        "run",
+    )?;
+    assert_eq!(out.status.code(), Some(2));
+    let (code, _, err) = run(dir.path(), &["--config", "missing.toml", "config", "check"], None)?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot read config file missing.toml") && err.contains("sealmail init"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn domains_and_users_are_managed_from_the_command_line() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let sealmail = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        run(dir.path(), &all, stdin)
+    };
+
+    assert_eq!(sealmail(&["domain", "add", "Example.TEST"], None)?.0, 0);
+    assert_eq!(sealmail(&["domain", "add", "bücher.example"], None)?.0, 0);
+    let (_, out, _) = sealmail(&["domain", "list"], None)?;
+    assert_eq!(out, "example.test\nxn--bcher-kva.example\n");
+    let (code, _, err) = sealmail(&["domain", "add", "example.test"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("domain example.test already exists"), "{err}");
+    let (code, _, err) = sealmail(&["domain", "add", "not a domain"], None)?;
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = sealmail(
+        &["user", "add", "Alice@example.test", "--password-stdin"],
+        Some("correct horse battery\n"),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("added user alice@example.test") && !out.contains("password"),
+        "{out}"
+    );
+    let (code, out, _) = sealmail(&["user", "add", "bob@example.test"], None)?;
+    assert_eq!(code, 0);
+    let generated = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown once): "))
+        .ok_or("no generated password printed")?
+        .to_string();
+    let (code, _, err) = sealmail(
+        &["user", "add", "alice@EXAMPLE.test", "--password-stdin"],
+        Some("another long password\n"),
+    )?;
+    assert_ne!(code, 0);
+    assert!(err.contains("user alice@example.test already exists"), "{err}");
+    let (code, _, err) = sealmail(
+        &["user", "add", "carol@unknown.test", "--password-stdin"],
+        Some("another long password\n"),
+    )?;
+    assert_ne!(code, 0);
+    assert!(err.contains("domain unknown.test is not served here"), "{err}");
+    let (code, _, err) = sealmail(
+        &["user", "add", "no-at-sign", "--password-stdin"],
+        Some("another long password\n"),
+    )?;
+    assert_eq!(code, 2);
+    assert!(err.contains("has no @"), "{err}");
+    let (code, _, err) = sealmail(
+        &["user", "add", "dave@example.test", "--password-stdin"],
+        Some("short\n"),
+    )?;
+    assert_ne!(code, 0);
+    assert!(err.contains("at least 12 characters"), "{err}");
+    let (code, _, err) = sealmail(&["domain", "remove", "example.test"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("still has 2 account(s)"), "{err}");
+
+    let (_, out, _) = sealmail(&["user", "list"], None)?;
+    assert_eq!(out, "alice@example.test\nbob@example.test\n");
+
+    // The stored credentials verify (and the old ones stop working after passwd).
+    let config_parsed = ctx(sealmail_config::Config::load(Path::new(&config)), "config")?;
+    let check = |address: &str, password: &str| {
+        let data_dir = config_parsed.data_dir.clone();
+        let (address, password) = (address.to_string(), password.to_string());
+        async move {
+            let store = Arc::new(ctx(SqliteStore::open(&data_dir, 16).await, "open")?);
+            let identity = ctx(sealmail_identity::Identity::new(store), "identity")?;
+            let address = ctx(EmailAddress::parse(&address), "address")?;
+            let ok = ctx(
+                identity
+                    .verify_password(&address, &sealmail_identity::Password::new(password))
+                    .await,
+                "verify",
+            )?;
+            Ok::<bool, String>(ok.is_some())
+        }
+    };
+    assert!(check("alice@example.test", "correct horse battery").await?);
+    assert!(check("bob@example.test", &generated).await?);
+    assert!(!check("bob@example.test", "correct horse battery").await?);
+    assert_eq!(
+        sealmail(
+            &["user", "passwd", "bob@example.test", "--password-stdin"],
+            Some("bob's new long password\n")
+        )?
+        .0,
+        0
+    );
+    assert!(check("bob@example.test", "bob's new long password").await?);
+    assert!(!check("bob@example.test", &generated).await?);
+
+    assert_eq!(sealmail(&["user", "remove", "bob@example.test"], None)?.0, 0);
+    let (code, _, err) = sealmail(&["user", "remove", "bob@example.test"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("user bob@example.test does not exist"), "{err}");
+    let (_, out, _) = sealmail(&["user", "list"], None)?;
+    assert_eq!(out, "alice@example.test\n");
+    Ok(())
+}
+
+#[test]
+fn migrate_dry_run_reports_pending_migrations_and_changes_nothing() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let data = dir.path().join("data");
+    ctx(std::fs::create_dir_all(&data), "mkdir")?;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../store/tests/fixtures/store-v1.db");
+    ctx(std::fs::copy(fixture, data.join(DB_FILE)), "copy fixture")?;
+    let before = ctx(std::fs::read(data.join(DB_FILE)), "read")?;
+
+    let (code, out, err) = run(dir.path(), &["--config", &config, "migrate", "--dry-run"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would apply migration 2 outbound queue"), "{out}");
+    assert_eq!(
+        ctx(std::fs::read(data.join(DB_FILE)), "read")?,
+        before,
+        "dry run changed the store"
+    );
+    assert!(!data.join("backups").exists());
+
+    let (code, out, err) = run(dir.path(), &["--config", &config, "migrate"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applying migration 2 outbound queue"), "{out}");
+    assert_eq!(
+        ctx(std::fs::read_dir(data.join("backups")), "backups")?.count(),
+        1
+    );
+    let (_, out, _) = run(dir.path(), &["--config", &config, "migrate", "--dry-run"], None)?;
+    assert!(out.contains("up to date"), "{out}");
+    let (_, out, _) = run(dir.path(), &["--config", &config, "user", "list"], None)?;
+    assert_eq!(out, "alice@example.test\n", "data lost in migration");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_write_load_restores_to_a_consistent_store() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let sealmail = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        run(dir.path(), &all, stdin)
+    };
+    assert_eq!(sealmail(&["domain", "add", "example.test"], None)?.0, 0);
+    assert_eq!(
+        sealmail(
+            &["user", "add", "alice@example.test", "--password-stdin"],
+            Some("a long enough password\n")
+        )?
+        .0,
+        0
+    );
+
+    // Writers keep storing messages (as a running server would) while the backup is taken.
+    let data = dir.path().join("data");
+    let store = Arc::new(ctx(SqliteStore::open(&data, 64).await, "open")?);
+    let alice = ctx(
+        store
+            .account(&ctx(EmailAddress::parse("alice@example.test"), "addr")?)
+            .await,
+        "account",
+    )?
+    .ok_or("no alice")?;
+    let inbox = ctx(store.mailbox(alice.id, "INBOX").await, "mailbox")?.ok_or("no inbox")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (store, stop) = (store.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let content = format!("Subject: {w}/{n}\r\n\r\n{}\r\n", "y".repeat(4000)).into_bytes();
+                let message = NewMessage {
+                    content,
+                    mailboxes: vec![inbox.id],
+                    internal_date: 1_700_000_000,
+                    flags: vec![],
+                };
+                store.store_message(message).await.map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Ok::<usize, String>(n)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let backup = dir.path().join("backup");
+    let backup_arg = backup.to_string_lossy().into_owned();
+    // The CLI runs on a blocking thread so that the writers keep writing meanwhile.
+    let (cwd, config_arg) = (dir.path().to_path_buf(), config.clone());
+    let backup_args = backup_arg.clone();
+    let (code, out, err) = ctx(
+        tokio::task::spawn_blocking(move || {
+            run(&cwd, &["--config", &config_arg, "backup", &backup_args], None)
+        })
+        .await,
+        "join",
+    )??;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("backup written"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += ctx(w.await, "join")??;
+    }
+    let manifest = ctx(std::fs::read_to_string(backup.join("MANIFEST")), "manifest")?;
+    for name in ["sealmail.db", "sealmail.toml", "tls/0/cert.pem", "tls/0/key.pem"] {
+        assert!(
+            manifest.lines().any(|l| l.ends_with(&format!("  {name}"))),
+            "{name} missing from:\n{manifest}"
+        );
+    }
+    let key_mode = ctx(std::fs::metadata(backup.join("tls/0/key.pem")), "stat")?
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o077, 0, "backup key readable by others");
+
+    // Restore into a fresh installation elsewhere.
+    let elsewhere = ctx(tempfile::tempdir(), "tempdir")?;
+    let new_config = elsewhere.path().join("sealmail.toml");
+    let new_config_arg = new_config.to_string_lossy().into_owned();
+    let (code, out, err) = run(
+        elsewhere.path(),
+        &["--config", &new_config_arg, "restore", &backup_arg],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored"), "{out}");
+    let restored = ctx(
+        SqliteStore::open(&elsewhere.path().join("data"), 16).await,
+        "open restored",
+    )?;
+    let alice = ctx(restored.account(&alice.address).await, "account")?.ok_or("alice not restored")?;
+    let inbox = ctx(restored.mailbox(alice.id, "INBOX").await, "mailbox")?.ok_or("no inbox")?;
+    let messages = ctx(restored.messages(inbox.id).await, "messages")?;
+    assert!(
+        !messages.is_empty() && messages.len() < written,
+        "restored {} of {written}",
+        messages.len()
+    );
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.uid as usize, i + 1, "UIDs not dense");
+        ctx(
+            restored.read_message(m.id).await,
+            "restored message fails its integrity check",
+        )?;
+    }
+    assert!(m_uid_next_ok(inbox.uid_next, messages.len()));
+    let (code, _, err) = run(
+        elsewhere.path(),
+        &["--config", &new_config_arg, "config", "check"],
+        None,
+    )?;
+    assert_eq!(code, 0, "restored configuration does not check: {err}");
+
+    // A damaged backup is refused before anything is touched.
+    let db = backup.join(DB_FILE);
+    let mut bytes = ctx(std::fs::read(&db), "read")?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    ctx(std::fs::write(&db, bytes), "write")?;
+    let (code, _, err) = run(
+        elsewhere.path(),
+        &["--config", &new_config_arg, "restore", &backup_arg],
+        None,
+    )?;
+    assert_ne!(code, 0);
+    assert!(err.contains("sealmail.db in the backup is damaged"), "{err}");
+    Ok(())
+}
+
+fn m_uid_next_ok(uid_next: u32, count: usize) -> bool {
+    uid_next as usize == count + 1
+}
