@@ -346,3 +346,138 @@ async fn backup_under_write_load_restores_to_a_consistent_store() -> TestResult 
 fn m_uid_next_ok(uid_next: u32, count: usize) -> bool {
     uid_next as usize == count + 1
 }
+
+#[test]
+fn init_writes_a_checked_configuration_and_never_overwrites_one() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (code, out, err) = run(
+        dir.path(),
+        &["init", "--hostname", "Mail.Example.ORG", "--bind", "127.0.0.1"],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("self-signed certificate for mail.example.org"),
+        "{out}"
+    );
+    let text = ctx(
+        std::fs::read_to_string(dir.path().join("sealmail.toml")),
+        "config",
+    )?;
+    for port in [
+        "127.0.0.1:25",
+        "127.0.0.1:465",
+        "127.0.0.1:587",
+        "127.0.0.1:143",
+        "127.0.0.1:993",
+    ] {
+        assert!(text.contains(port), "{port} missing:\n{text}");
+    }
+    let key = dir.path().join("sealmail-data/tls/key.pem");
+    assert_eq!(
+        ctx(std::fs::metadata(&key), "key")?.permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(dir.path().join("sealmail-data").join(DB_FILE).exists());
+    assert_eq!(run(dir.path(), &["config", "check"], None)?.0, 0);
+
+    let (code, _, err) = run(dir.path(), &["init", "--hostname", "other.example.org"], None)?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("already exists; sealmail never overwrites a configuration"),
+        "{err}"
+    );
+    assert_eq!(
+        ctx(
+            std::fs::read_to_string(dir.path().join("sealmail.toml")),
+            "config"
+        )?,
+        text
+    );
+
+    // An existing certificate and key are used as they are.
+    let other = ctx(tempfile::tempdir(), "tempdir")?;
+    let cert = dir
+        .path()
+        .join("sealmail-data/tls/cert.pem")
+        .to_string_lossy()
+        .into_owned();
+    let key = key.to_string_lossy().into_owned();
+    let (code, out, err) = run(
+        other.path(),
+        &[
+            "init",
+            "--hostname",
+            "mail.example.org",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("self-signed"), "{out}");
+    assert!(!other.path().join("sealmail-data/tls").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_data_folder_serves_one_server_and_restore_waits_for_it_to_stop() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let mut server = common::serve(dir.path(), Path::new(&config)).await?;
+    let (code, _, err) = run(dir.path(), &["--config", &config, "serve"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("another sealmail is already running"), "{err}");
+
+    let backup = dir.path().join("backup").to_string_lossy().into_owned();
+    assert_eq!(
+        run(dir.path(), &["--config", &config, "backup", &backup], None)?.0,
+        0,
+        "backup while serving"
+    );
+    let (code, _, err) = run(dir.path(), &["--config", &config, "restore", &backup], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("restore needs the server stopped"), "{err}");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM)?;
+    assert_eq!(
+        server.wait_exit(std::time::Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    let (code, _, err) = run(dir.path(), &["--config", &config, "restore", &backup], None)?;
+    assert_eq!(code, 0, "{err}");
+    // What restore replaced is kept.
+    let kept: Vec<String> = ctx(std::fs::read_dir(dir.path().join("data/backups")), "backups")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.iter().any(|n| n.starts_with("pre-restore-")), "{kept:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() -> TestResult {
+    let (dir, config) = config_dir()?;
+    let process = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &["--config", &config, "--log-format", "json", "serve"],
+        dir.path(),
+        dir.path(),
+    )?;
+    process
+        .wait_for_log("sealmail ready", std::time::Duration::from_secs(60))
+        .await?;
+    let logs = process.errors();
+    let mut lines = 0;
+    for line in logs.lines() {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not JSON: {line}");
+        assert!(
+            line.contains("\"level\":") && line.contains("\"timestamp\":"),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 2, "{logs}");
+    Ok(())
+}

@@ -594,3 +594,41 @@ async fn sigterm_stops_accepting_and_lets_sessions_finish() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn quickstart_domain_and_data_dir_options_make_a_separate_instance() -> TestResult {
+    let root = ctx(tempfile::tempdir(), "tempdir")?;
+    let offset = sealmail_testkit::free_port_offset().to_string();
+    let process = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &[
+            "quickstart",
+            "--data-dir",
+            "b-data",
+            "--domain",
+            "b.test",
+            "--port-offset",
+            &offset,
+        ],
+        root.path(),
+        root.path(),
+    )?;
+    process
+        .wait_for_log("sealmail ready", Duration::from_secs(60))
+        .await?;
+    let credentials = ctx(
+        std::fs::read_to_string(root.path().join("b-data/quickstart-credentials.txt")),
+        "credentials",
+    )?;
+    assert!(
+        credentials.starts_with("alice@b.test ") && credentials.contains("\nbob@b.test "),
+        "{credentials}"
+    );
+    let cert = root.path().join("b-data/tls/cert.pem");
+    let client = sealmail_testkit::client_config(&[&cert], &[&TLS13], &[])?;
+    let port: u16 = offset.parse::<u16>().map_err(|e| e.to_string())? + SUBMISSION_TLS;
+    let mut c =
+        LineClient::new(tls_connect(SocketAddr::from(([127, 0, 0, 1], port)), client, "mail.b.test").await?);
+    assert!(c.smtp_reply().await?.starts_with("220 mail.b.test ESMTP"));
+    Ok(())
+}
