@@ -122,6 +122,34 @@ impl Default for StoreConfig {
     }
 }
 
+/// SMTP limits (RFC 5321 section 4.5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    /// Largest message accepted, in octets; advertised with SIZE (RFC 1870).
+    pub max_message_size: usize,
+    /// Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100).
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4: 512).
+    pub max_line_length: usize,
+    /// Bad commands after which the session is closed with 421.
+    pub max_errors: u32,
+    /// Time allowed for the whole DATA or BDAT transfer of one message.
+    pub data_timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 512,
+            max_errors: 10,
+            // RFC 5321 4.5.3.2.6: 10 minutes for the data termination.
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
@@ -138,6 +166,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub limits: Limits,
     pub store: StoreConfig,
+    pub smtp: SmtpConfig,
     pub log_format: LogFormat,
 }
 
@@ -156,7 +185,19 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    max_message_size: Option<i64>,
+    max_recipients: Option<i64>,
+    max_line_length: Option<i64>,
+    max_errors: Option<i64>,
+    data_timeout_secs: Option<i64>,
 }
 
 fn default_data_dir() -> String {
@@ -295,6 +336,45 @@ impl Config {
             ) as usize,
         };
 
+        let d = SmtpConfig::default();
+        let smtp = SmtpConfig {
+            max_message_size: positive(
+                "smtp.max_message_size",
+                raw.smtp.max_message_size,
+                d.max_message_size as i64,
+                1024..=1024 * 1024 * 1024,
+                &mut problems,
+            ) as usize,
+            max_recipients: positive(
+                "smtp.max_recipients",
+                raw.smtp.max_recipients,
+                d.max_recipients as i64,
+                1..=100_000,
+                &mut problems,
+            ) as usize,
+            max_line_length: positive(
+                "smtp.max_line_length",
+                raw.smtp.max_line_length,
+                d.max_line_length as i64,
+                512..=65_536,
+                &mut problems,
+            ) as usize,
+            max_errors: positive(
+                "smtp.max_errors",
+                raw.smtp.max_errors,
+                d.max_errors as i64,
+                1..=1000,
+                &mut problems,
+            ) as u32,
+            data_timeout: Duration::from_secs(positive(
+                "smtp.data_timeout_secs",
+                raw.smtp.data_timeout_secs,
+                d.data_timeout.as_secs() as i64,
+                1..=86_400,
+                &mut problems,
+            ) as u64),
+        };
+
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -314,6 +394,7 @@ impl Config {
                 listeners,
                 limits,
                 store,
+                smtp,
                 log_format,
             }),
             _ => Err(ConfigError::Invalid(problems)),
@@ -559,6 +640,10 @@ mod tests {
             (
                 format!("{}[limits]\ncommand_timeout_secs = -5\n", good()),
                 "limits.command_timeout_secs = -5 is out of range; use a number from 1 to 86400 (default 300)",
+            ),
+            (
+                format!("{}[smtp]\nmax_line_length = 100\n", good()),
+                "smtp.max_line_length = 100 is out of range; use a number from 512 to 65536 (default 512)",
             ),
             (
                 format!("{}[log]\nformat = \"xml\"\n", good()),

@@ -8,6 +8,8 @@
 //! SASL mechanisms (PLAIN, LOGIN now; SCRAM, TOTP and client certificates later) sit on
 //! [`Identity::verify_password`].
 
+pub mod sasl;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::Zeroizing;
 
 use sealmail_store::{Account, Store, StoreError};
+use sealmail_tls::TlsActive;
 use sealmail_types::{AccountId, EmailAddress};
 
 /// OWASP password storage cheat sheet, Argon2id option 2: 19 MiB, 2 iterations, 1 lane.
@@ -122,6 +125,13 @@ pub fn generate_password() -> Result<Password, IdentityError> {
     Ok(Password(out))
 }
 
+/// Proof that a session has authenticated as `account`. Only [`Identity::authenticate`] makes it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Authenticated {
+    pub account: Account,
+}
+
 /// Account management and password checks on top of a [`Store`].
 #[derive(Clone)]
 pub struct Identity {
@@ -159,6 +169,36 @@ impl Identity {
         Ok(self.store.set_password_hash(address, &hash).await?)
     }
 
+    /// Checks credentials from a SASL exchange; only over TLS (the `TlsActive` proof).
+    /// A username that is not an address, an authorization identity other than the user
+    /// (no proxy authorization), or a wrong password all fail the same way.
+    pub async fn authenticate(
+        &self,
+        _over: &TlsActive,
+        credentials: &sasl::Credentials,
+    ) -> Result<Option<Authenticated>, IdentityError> {
+        let Ok(address) = EmailAddress::parse(&credentials.username) else {
+            self.spend_one_hash(&credentials.password).await;
+            return Ok(None);
+        };
+        if let Some(authzid) = &credentials.authorize_as
+            && EmailAddress::parse(authzid).ok().as_ref() != Some(&address)
+        {
+            self.spend_one_hash(&credentials.password).await;
+            return Ok(None);
+        }
+        Ok(self
+            .verify_password(&address, &credentials.password)
+            .await?
+            .map(|account| Authenticated { account }))
+    }
+
+    /// Costs what a real verification costs, so that failures all take the same time.
+    async fn spend_one_hash(&self, password: &Password) {
+        let (password, hash) = (password.clone(), self.dummy_hash.clone());
+        let _ = tokio::task::spawn_blocking(move || verify_hash(&password, &hash)).await;
+    }
+
     /// The account, if `address` exists and `password` is its password. Takes the same time
     /// whether or not the account exists.
     pub async fn verify_password(
@@ -174,6 +214,7 @@ impl Identity {
             Some(a) => a.password_hash.clone(),
             None => self.dummy_hash.as_str().to_string(),
         };
+        // The dummy hash has the same parameters as real ones, so both paths cost one hash.
         let password = password.clone();
         let matches = tokio::task::spawn_blocking(move || verify_hash(&password, &hash))
             .await

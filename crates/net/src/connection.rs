@@ -13,6 +13,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use sealmail_config::{Role, TlsMode};
+use sealmail_tls::TlsActive;
 
 /// Bytes read from the socket at a time; also the most a client can make us buffer ahead.
 const READ_BUFFER: usize = 8 * 1024;
@@ -40,16 +41,6 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     pub role: Role,
     pub tls_mode: TlsMode,
-}
-
-/// Proof that the connection runs over TLS, with what was negotiated. Only this crate makes it.
-/// `non_exhaustive` keeps other crates from constructing it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct TlsActive {
-    pub version: &'static str,
-    pub cipher: &'static str,
-    pub server_name: Option<String>,
 }
 
 /// A line read from the client.
@@ -110,6 +101,8 @@ pub(crate) struct Timeouts {
 pub struct Connection {
     info: ConnectionInfo,
     stream: BufReader<Stream>,
+    /// Replies held back while the client has more pipelined commands waiting (RFC 2920).
+    pending: Vec<u8>,
     tls: Option<TlsActive>,
     acceptor: TlsAcceptor,
     timeouts: Timeouts,
@@ -127,6 +120,7 @@ impl Connection {
         Connection {
             info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Plain(tcp)),
+            pending: Vec::new(),
             tls: None,
             acceptor,
             timeouts,
@@ -146,6 +140,7 @@ impl Connection {
         Ok(Connection {
             info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
+            pending: Vec::new(),
             tls: Some(active),
             acceptor,
             timeouts,
@@ -169,10 +164,11 @@ impl Connection {
 
     /// Upgrades a plaintext connection to TLS. Call it after sending the protocol's "go ahead"
     /// reply. Every byte the client sent before the handshake is discarded, never processed.
-    pub async fn start_tls(self) -> Result<Connection, ConnError> {
+    pub async fn start_tls(mut self) -> Result<Connection, ConnError> {
         if self.tls.is_some() {
             return Err(ConnError::AlreadyTls);
         }
+        self.flush_pending().await?;
         let pipelined = self.stream.buffer().len();
         if pipelined > 0 {
             tracing::warn!(
@@ -189,6 +185,7 @@ impl Connection {
         Ok(Connection {
             info: self.info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
+            pending: Vec::new(),
             tls: Some(active),
             acceptor: self.acceptor,
             timeouts: self.timeouts,
@@ -199,6 +196,9 @@ impl Connection {
     /// Reads one line of at most `max` octets (line ending excluded) within the command timeout.
     /// Returns [`ConnError::ShuttingDown`] if the server starts shutting down while waiting.
     pub async fn read_line(&mut self, max: usize) -> Result<Line, ConnError> {
+        if !self.has_complete_line() {
+            self.flush_pending().await?;
+        }
         let limit = self.timeouts.command;
         let shutdown = self.shutdown.clone();
         tokio::select! {
@@ -221,10 +221,57 @@ impl Connection {
         }
     }
 
-    /// Writes and flushes a reply.
+    fn has_complete_line(&self) -> bool {
+        self.stream.buffer().contains(&b'\n')
+    }
+
+    /// Queues a reply; it is sent at once unless the client has already sent the next command
+    /// (pipelining, RFC 2920 section 3.1: replies may be grouped), and at the latest before
+    /// the next read waits for the network.
+    pub async fn reply(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.pending.extend_from_slice(bytes);
+        if self.has_complete_line() && self.pending.len() < READ_BUFFER {
+            return Ok(());
+        }
+        self.flush_pending().await
+    }
+
+    async fn flush_pending(&mut self) -> Result<(), ConnError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.write_all(&pending).await
+    }
+
+    /// Waits up to `limit` for input and returns what is buffered (at least one byte).
+    /// Use [`Connection::consume`] to mark bytes as processed. For bulk data (SMTP DATA, BDAT,
+    /// IMAP literals) where the caller enforces its own size limit.
+    pub async fn fill(&mut self, limit: Duration) -> Result<&[u8], ConnError> {
+        if self.stream.buffer().is_empty() {
+            self.flush_pending().await?;
+        }
+        match tokio::time::timeout(limit, self.stream.fill_buf()).await {
+            Err(_) => Err(ConnError::Timeout(limit)),
+            Ok(Err(e)) => Err(ConnError::Io(e)),
+            Ok(Ok([])) => Err(ConnError::Closed),
+            Ok(Ok(bytes)) => Ok(bytes),
+        }
+    }
+
+    /// Marks `n` bytes returned by [`Connection::fill`] as processed.
+    pub fn consume(&mut self, n: usize) {
+        self.stream.consume(n);
+    }
+
+    /// Writes and flushes a reply (after any queued ones).
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let limit = self.timeouts.command;
+        let pending = std::mem::take(&mut self.pending);
         let write = async {
+            if !pending.is_empty() {
+                self.stream.get_mut().write_all(&pending).await?;
+            }
             self.stream.get_mut().write_all(bytes).await?;
             self.stream.get_mut().flush().await
         };
@@ -236,6 +283,7 @@ impl Connection {
 
     /// Closes the connection cleanly (TLS close_notify where TLS is active).
     pub async fn close(mut self) {
+        let _ = self.flush_pending().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.get_mut().shutdown()).await;
     }
 }
@@ -249,18 +297,9 @@ async fn handshake(
         .await
         .map_err(|_| ConnError::Timeout(limit))?
         .map_err(ConnError::Handshake)?;
-    let (_, session) = tls.get_ref();
-    let active = TlsActive {
-        version: session
-            .protocol_version()
-            .map(sealmail_tls::version_name)
-            .unwrap_or("TLS"),
-        cipher: session
-            .negotiated_cipher_suite()
-            .map(sealmail_tls::suite_name)
-            .unwrap_or("unknown"),
-        server_name: session.server_name().map(str::to_string),
-    };
+    let active = TlsActive::from_session(tls.get_ref().1).ok_or_else(|| {
+        ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
+    })?;
     Ok((tls, active))
 }
 

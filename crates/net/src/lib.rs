@@ -6,10 +6,11 @@
 //! to TLS is [`Connection::start_tls`], which consumes the plaintext connection and throws away
 //! every byte the client sent before the handshake: a command pipelined after STARTTLS is never
 //! executed inside the TLS session (CVE-2011-0411 class; RFC 3207 section 4.2, RFC 3501 6.2.1).
-//! [`TlsActive`] is the proof that TLS is up; only this crate can make one.
+//! [`TlsActive`] is the proof that TLS is up; it can only be made from a completed handshake.
 
 mod connection;
 mod listener;
 
-pub use connection::{ConnError, Connection, ConnectionInfo, Line, TlsActive};
+pub use connection::{ConnError, Connection, ConnectionInfo, Line};
 pub use listener::{BoundListener, Handler, Server, bind};
+pub use sealmail_tls::TlsActive;

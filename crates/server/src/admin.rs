@@ -144,3 +144,30 @@ pub async fn migrate(config_path: &Path, dry_run: bool) -> anyhow::Result<()> {
     println!("the store is up to date");
     Ok(())
 }
+
+pub async fn queue_list(config_path: &Path) -> anyhow::Result<()> {
+    let store = store_for(config_path).await?;
+    let queue = store.queue().await?;
+    if queue.is_empty() {
+        println!("the queue is empty");
+    }
+    for entry in queue {
+        let sender = if entry.sender.is_empty() {
+            "<>"
+        } else {
+            entry.sender.as_str()
+        };
+        println!(
+            "{} {} bytes from {} queued at {}",
+            entry.id, entry.size, sender, entry.created_at
+        );
+        for rcpt in entry.recipients {
+            let error = rcpt.last_error.map(|e| format!(" ({e})")).unwrap_or_default();
+            println!(
+                "  {} {} attempts={} next={}{error}",
+                rcpt.address, rcpt.status, rcpt.attempts, rcpt.next_attempt_at
+            );
+        }
+    }
+    Ok(())
+}

@@ -67,6 +67,9 @@ pub enum Command {
     /// Manage user accounts
     #[command(subcommand)]
     User(UserCommand),
+    /// Inspect the outbound queue
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Bring the store's schema up to date (a snapshot is taken first)
     Migrate {
         /// Only list the migrations that would run
@@ -109,6 +112,12 @@ pub struct InitArgs {
     /// IP address the standard listeners bind to (ports 25, 465, 587, 143, 993)
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages with their recipients and state
+    List,
 }
 
 #[derive(Subcommand)]

@@ -178,7 +178,13 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
     )?;
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
-    generate_certificate(&hostname, &config.certificates[0])?;
+    // A local test installation: clients on this machine may connect by name or by address.
+    let names = [
+        hostname.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    sealmail_tls::selfsigned::generate(&names, &config.certificates[0], CERT_DAYS)?;
 
     let store: Arc<dyn Store> = open_store(&config).await?;
     store.add_domain(domain).await?;

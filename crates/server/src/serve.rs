@@ -77,14 +77,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = CertSet::load(&config.certificates)?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
-    let store = open_store(&config).await?;
-    let _store: Arc<dyn Store> = store;
+    let store: Arc<dyn Store> = open_store(&config).await?;
+    let identity = sealmail_identity::Identity::new(store.clone())?;
 
     let bound = sealmail_net::bind(&config.listeners)
         .await
         .map_err(anyhow::Error::msg)?;
     let hostname = config.hostname.to_string();
-    let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(&hostname));
+    let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
+        hostname: hostname.clone(),
+        config: config.smtp.clone(),
+        store: store.clone(),
+        identity,
+    }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(&hostname));
     let listeners = bound
         .into_iter()

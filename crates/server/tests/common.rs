@@ -146,3 +146,33 @@ pub async fn serve(dir: &Path, config: &Path) -> TestResult<Sealmail> {
         .await?;
     Ok(process)
 }
+
+/// The quickstart users' passwords, by address.
+pub fn credentials(instance: &Instance) -> TestResult<std::collections::HashMap<String, String>> {
+    let text = ctx(
+        std::fs::read_to_string(instance.data_dir().join("quickstart-credentials.txt")),
+        "credentials",
+    )?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, p)| (a.to_string(), p.to_string()))
+        .collect())
+}
+
+/// The messages in a user's mailbox, read from the running instance's store.
+pub async fn mailbox_contents(data_dir: &Path, user: &str, mailbox: &str) -> TestResult<Vec<Vec<u8>>> {
+    use sealmail_store::Store;
+    let store = ctx(
+        sealmail_store::SqliteStore::open(data_dir, 16).await,
+        "open store",
+    )?;
+    let address = ctx(sealmail_types::EmailAddress::parse(user), "address")?;
+    let account = ctx(store.account(&address).await, "account")?.ok_or("no such account")?;
+    let mailbox = ctx(store.mailbox(account.id, mailbox).await, "mailbox")?.ok_or("no such mailbox")?;
+    let mut out = Vec::new();
+    for message in ctx(store.messages(mailbox.id).await, "messages")? {
+        out.push(ctx(store.read_message(message.id).await, "read")?);
+    }
+    Ok(out)
+}

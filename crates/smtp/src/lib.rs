@@ -1,98 +1,62 @@
-//! SMTP server for the `mx` and `submission` roles (RFC 5321, STARTTLS RFC 3207, RFC 8314).
+//! SMTP server for the `mx` and `submission` roles: RFC 5321 with STARTTLS (RFC 3207), AUTH
+//! (RFC 4954), SIZE (RFC 1870), PIPELINING (RFC 2920), 8BITMIME, SMTPUTF8 (RFC 6531),
+//! ENHANCEDSTATUSCODES (RFC 2034/3463), CHUNKING (RFC 3030) and DSN parameters (RFC 3461).
 //!
-//! This is the foundation's greeter: it greets, answers EHLO/HELO, NOOP, RSET, VRFY, QUIT and
-//! upgrades with STARTTLS, so that every listener is protocol-correct from the start. Mail
-//! transactions (MAIL, RCPT, DATA, BDAT, AUTH) answer `502 5.5.1` until the SMTP issue lands;
-//! on a submission listener without TLS they already answer `530 5.7.0` (RFC 3207 section 4).
+//! `session` decides every answer without touching a socket; this module is the driver: it
+//! reads command lines (bounded, with timeouts), DATA through the strict [`data::DataReceiver`],
+//! BDAT chunks byte-exact, runs SASL exchanges, and writes replies (grouped while the client
+//! pipelines). `mx` receives for local users and never relays; `submission` requires TLS and
+//! AUTH and accepts mail only from the user's own address. A message gets `250` only after the
+//! store has made it durable.
 
-use sealmail_config::Role;
+pub mod data;
+pub mod message;
+pub mod reply;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use sealmail_identity::sasl;
 use sealmail_net::{ConnError, Connection, Handler, Line};
 
-/// RFC 5321 section 4.5.3.1.4: a command line is at most 512 octets including CRLF.
-pub const MAX_COMMAND_LINE: usize = 510;
-/// Errors after which a session is ended with 421.
-pub const MAX_ERRORS: u32 = 10;
+use crate::data::DataReceiver;
+use crate::reply::Reply;
+use crate::session::{Action, Chunk, Session};
+
+pub use session::SmtpContext;
+
+/// A SASL response line is at most this long (base64 of sasl::MAX_RESPONSE plus slack).
+const MAX_AUTH_LINE: usize = 12 * 1024;
 
 pub struct SmtpHandler {
-    hostname: String,
+    ctx: Arc<SmtpContext>,
 }
 
 impl SmtpHandler {
-    pub fn new(hostname: &str) -> SmtpHandler {
-        SmtpHandler {
-            hostname: hostname.to_string(),
-        }
+    pub fn new(ctx: SmtpContext) -> SmtpHandler {
+        SmtpHandler { ctx: Arc::new(ctx) }
     }
 }
 
-enum Next {
-    Continue,
-    StartTls,
-    Close,
+/// How a session ended, for the log.
+enum End {
+    Quit,
+    Dropped(ConnError),
 }
 
 #[async_trait::async_trait]
 impl Handler for SmtpHandler {
-    async fn handle(&self, mut conn: Connection) {
+    async fn handle(&self, conn: Connection) {
         let peer = conn.info().peer;
-        if conn
-            .write_all(format!("220 {} ESMTP sealmail\r\n", self.hostname).as_bytes())
-            .await
-            .is_err()
-        {
-            return;
+        let session = Session::new(self.ctx.clone(), conn.info().role, peer, conn.tls().cloned());
+        match serve(&self.ctx, conn, session).await {
+            End::Quit => tracing::debug!(%peer, "SMTP session ended"),
+            End::Dropped(e) => tracing::debug!(%peer, error = %e, "SMTP session dropped"),
         }
-        let mut errors = 0;
-        loop {
-            let line = match conn.read_line(MAX_COMMAND_LINE).await {
-                Ok(Line::Complete(line)) => line,
-                Ok(Line::TooLong) => {
-                    errors += 1;
-                    if self
-                        .reply_error(&mut conn, errors, "500 5.5.2 Line too long\r\n")
-                        .await
-                    {
-                        break;
-                    }
-                    continue;
-                }
-                Err(ConnError::ShuttingDown) => {
-                    let bye = format!("421 4.3.2 {} Service shutting down\r\n", self.hostname);
-                    let _ = conn.write_all(bye.as_bytes()).await;
-                    break;
-                }
-                Err(ConnError::Timeout(_)) => {
-                    let bye = format!("421 4.4.2 {} Timeout, closing connection\r\n", self.hostname);
-                    let _ = conn.write_all(bye.as_bytes()).await;
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "SMTP session ended");
-                    return;
-                }
-            };
-            let (reply, next) = self.command(&conn, &line);
-            if reply.starts_with('5') {
-                errors += 1;
-                if self.reply_error(&mut conn, errors, &reply).await {
-                    break;
-                }
-            } else if conn.write_all(reply.as_bytes()).await.is_err() {
-                return;
-            }
-            match next {
-                Next::Continue => {}
-                Next::Close => break,
-                Next::StartTls => match conn.start_tls().await {
-                    Ok(upgraded) => conn = upgraded,
-                    Err(e) => {
-                        tracing::info!(%peer, error = %e, "STARTTLS handshake failed");
-                        return;
-                    }
-                },
-            }
-        }
-        conn.close().await;
     }
 
     fn busy_reply(&self) -> &'static [u8] {
@@ -100,59 +64,192 @@ impl Handler for SmtpHandler {
     }
 }
 
-impl SmtpHandler {
-    /// Sends an error reply; returns true when the session must end because of too many errors.
-    async fn reply_error(&self, conn: &mut Connection, errors: u32, reply: &str) -> bool {
-        if errors >= MAX_ERRORS {
-            let bye = format!(
-                "421 4.7.0 {} Too many errors, closing connection\r\n",
-                self.hostname
-            );
-            let _ = conn.write_all(bye.as_bytes()).await;
-            return true;
-        }
-        conn.write_all(reply.as_bytes()).await.is_err()
+async fn send(conn: &mut Connection, session: &mut Session, reply: &Reply) -> Result<bool, ConnError> {
+    conn.reply(&reply.to_bytes()).await?;
+    if let Some(bye) = session.count_error(reply) {
+        conn.write_all(&bye.to_bytes()).await?;
+        return Ok(false);
     }
+    Ok(true)
+}
 
-    fn command(&self, conn: &Connection, line: &[u8]) -> (String, Next) {
-        let text = String::from_utf8_lossy(line);
-        let (verb, arg) = match text.split_once(' ') {
-            Some((v, a)) => (v.to_ascii_uppercase(), a.trim()),
-            None => (text.to_ascii_uppercase(), ""),
-        };
-        let tls = conn.tls().is_some();
-        let submission = conn.info().role == Role::Submission;
-        let reply = |s: &str| (format!("{s}\r\n"), Next::Continue);
-        match verb.as_str() {
-            "EHLO" | "HELO" if arg.is_empty() => reply("501 5.5.4 Syntax: EHLO hostname"),
-            "EHLO" => {
-                let mut r = format!("250-{} greets {}\r\n", self.hostname, arg);
-                if !tls {
-                    r.push_str("250-STARTTLS\r\n");
+async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) -> End {
+    if let Err(e) = conn.write_all(&session.greeting().to_bytes()).await {
+        return End::Dropped(e);
+    }
+    let max_line = ctx.config.max_line_length.saturating_sub(2);
+    loop {
+        let line = match conn.read_line(max_line).await {
+            Ok(Line::Complete(line)) => line,
+            Ok(Line::TooLong) => {
+                let too_long = session.line_too_long();
+                match send(&mut conn, &mut session, &too_long).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => return End::Dropped(e),
                 }
-                r.push_str("250 ENHANCEDSTATUSCODES\r\n");
-                (r, Next::Continue)
             }
-            "HELO" => reply(&format!("250 {}", self.hostname)),
-            "STARTTLS" if tls => reply("503 5.5.1 TLS already active"),
-            "STARTTLS" if !arg.is_empty() => reply("501 5.5.4 STARTTLS takes no parameters"),
-            "STARTTLS" => ("220 2.0.0 Ready to start TLS\r\n".to_string(), Next::StartTls),
-            "NOOP" => reply("250 2.0.0 OK"),
-            "RSET" => reply("250 2.0.0 OK"),
-            "VRFY" | "EXPN" => {
-                reply("252 2.5.0 Cannot verify the user; send mail and delivery will be attempted")
+            Err(ConnError::ShuttingDown) => {
+                let bye = Reply::new(421, "4.3.2", format!("{} Service shutting down", ctx.hostname));
+                let _ = conn.write_all(&bye.to_bytes()).await;
+                break;
             }
-            "QUIT" => (
-                format!("221 2.0.0 {} closing connection\r\n", self.hostname),
-                Next::Close,
-            ),
-            "MAIL" | "RCPT" | "DATA" | "BDAT" | "AUTH" if submission && !tls => {
-                reply("530 5.7.0 Must issue a STARTTLS command first")
+            Err(ConnError::Timeout(_)) => {
+                let bye = Reply::new(
+                    421,
+                    "4.4.2",
+                    format!("{} Timeout, closing connection", ctx.hostname),
+                );
+                let _ = conn.write_all(&bye.to_bytes()).await;
+                break;
             }
-            "MAIL" | "RCPT" | "DATA" | "BDAT" | "AUTH" | "HELP" => {
-                reply("502 5.5.1 Command not implemented yet")
+            Err(e) => return End::Dropped(e),
+        };
+        let reply = match session.command(&line).await {
+            Action::Reply(reply) => reply,
+            Action::Close(reply) => {
+                let _ = conn.write_all(&reply.to_bytes()).await;
+                break;
             }
-            _ => reply("500 5.5.1 Command unrecognised"),
+            Action::StartTls(reply) => {
+                if let Err(e) = conn.write_all(&reply.to_bytes()).await {
+                    return End::Dropped(e);
+                }
+                match conn.start_tls().await {
+                    Ok(upgraded) => conn = upgraded,
+                    Err(e) => return End::Dropped(e),
+                }
+                session.tls_started(conn.tls().cloned());
+                continue;
+            }
+            Action::ReceiveData => {
+                if let Err(e) = conn
+                    .write_all(&Reply::bare(354, "End data with <CR><LF>.<CR><LF>").to_bytes())
+                    .await
+                {
+                    return End::Dropped(e);
+                }
+                match receive_data(ctx, &mut conn).await {
+                    Ok(data) => session.data_received(data).await,
+                    Err(ConnError::Timeout(_)) => {
+                        let bye = Reply::new(421, "4.4.2", format!("{} Timeout during DATA", ctx.hostname));
+                        let _ = conn.write_all(&bye.to_bytes()).await;
+                        break;
+                    }
+                    Err(e) => return End::Dropped(e),
+                }
+            }
+            Action::ReceiveChunk { size, last, keep } => {
+                match receive_chunk(ctx, &mut conn, size, keep).await {
+                    Ok(chunk) => session.chunk_received(chunk, last).await,
+                    Err(ConnError::Timeout(_)) => {
+                        let bye = Reply::new(421, "4.4.2", format!("{} Timeout during BDAT", ctx.hostname));
+                        let _ = conn.write_all(&bye.to_bytes()).await;
+                        break;
+                    }
+                    Err(e) => return End::Dropped(e),
+                }
+            }
+            Action::Authenticate(exchange, step) => {
+                match authenticate(&mut conn, &mut session, exchange, step).await {
+                    Ok(reply) => reply,
+                    Err(e) => return End::Dropped(e),
+                }
+            }
+        };
+        match send(&mut conn, &mut session, &reply).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return End::Dropped(e),
+        }
+    }
+    conn.close().await;
+    End::Quit
+}
+
+/// Reads DATA to its end marker within the data timeout, never holding more than the size limit.
+async fn receive_data(ctx: &SmtpContext, conn: &mut Connection) -> Result<data::Data, ConnError> {
+    let deadline = Instant::now() + ctx.config.data_timeout;
+    let mut receiver = DataReceiver::new(ctx.config.max_message_size);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let input = conn.fill(left).await?;
+        let (used, done) = receiver.feed(input);
+        conn.consume(used);
+        if let Some(data) = done {
+            return Ok(data);
+        }
+    }
+}
+
+/// Reads exactly `size` octets of a BDAT chunk (RFC 3030: the server reads a chunk even when it
+/// refuses it, to stay in step); keeps them only when `keep` and within the size limit.
+async fn receive_chunk(
+    ctx: &SmtpContext,
+    conn: &mut Connection,
+    size: usize,
+    keep: bool,
+) -> Result<Chunk, ConnError> {
+    let deadline = Instant::now() + ctx.config.data_timeout;
+    let too_big = size > ctx.config.max_message_size;
+    let keep = keep && !too_big;
+    let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });
+    let mut left = size;
+    while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let input = conn.fill(wait).await?;
+        let take = input.len().min(left);
+        if keep {
+            chunk.extend_from_slice(&input[..take]);
+        }
+        conn.consume(take);
+        left -= take;
+    }
+    Ok(match (keep, too_big) {
+        (true, _) => Chunk::Data(chunk),
+        (false, true) => Chunk::TooBig,
+        (false, false) => Chunk::Dropped,
+    })
+}
+
+/// Runs a SASL exchange: 334 challenges, base64 responses, "*" cancels (RFC 4954 section 4).
+async fn authenticate(
+    conn: &mut Connection,
+    session: &mut Session,
+    mut exchange: sasl::Exchange,
+    mut step: sasl::Step,
+) -> Result<Reply, ConnError> {
+    loop {
+        match step {
+            sasl::Step::Done(credentials) => return Ok(session.check_credentials(credentials).await),
+            sasl::Step::Malformed(why) => {
+                return Ok(Reply::new(501, "5.5.2", format!("Authentication failed: {why}")));
+            }
+            sasl::Step::Challenge(challenge) => {
+                conn.write_all(format!("334 {}\r\n", BASE64.encode(challenge)).as_bytes())
+                    .await?;
+                let line = match conn.read_line(MAX_AUTH_LINE).await? {
+                    Line::Complete(line) => line,
+                    Line::TooLong => {
+                        return Ok(Reply::new(
+                            500,
+                            "5.5.6",
+                            "Authentication exchange line is too long",
+                        ));
+                    }
+                };
+                if line == b"*" {
+                    return Ok(Reply::new(501, "5.0.0", "Authentication cancelled"));
+                }
+                let Ok(response) = BASE64.decode(&line) else {
+                    return Ok(Reply::new(
+                        501,
+                        "5.5.2",
+                        "Invalid base64 in authentication response",
+                    ));
+                };
+                step = exchange.respond(&response);
+            }
         }
     }
 }

@@ -99,6 +99,71 @@ pub struct StoredMessage {
     pub flags: Vec<String>,
 }
 
+/// A message accepted over SMTP: a copy for local mailboxes and/or a copy queued for remote
+/// recipients, stored together in one commit or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedMessage {
+    pub local: Option<LocalCopy>,
+    pub outbound: Option<OutboundCopy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalCopy {
+    pub content: Vec<u8>,
+    pub mailboxes: Vec<MailboxId>,
+    /// Unix seconds.
+    pub internal_date: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundCopy {
+    pub content: Vec<u8>,
+    /// Envelope sender; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<QueueRecipient>,
+    /// RFC 3461 ENVID and RET.
+    pub dsn_envid: Option<String>,
+    pub dsn_ret: Option<String>,
+    /// RFC 8689 REQUIRETLS.
+    pub require_tls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecipient {
+    pub address: EmailAddress,
+    /// RFC 3461 NOTIFY (e.g. "SUCCESS,FAILURE") and ORCPT, as received.
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+}
+
+/// Where an accepted message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub stored: Vec<StoredMessage>,
+    pub queue_id: Option<i64>,
+}
+
+/// A queued message, as `sealmail queue list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: i64,
+    pub sender: String,
+    pub size: u64,
+    pub created_at: i64,
+    pub recipients: Vec<QueueRecipientState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecipientState {
+    pub address: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+}
+
 /// Counters that show how writes were batched into commits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -112,6 +177,7 @@ pub trait Store: Send + Sync {
     /// Refuses while the domain still has accounts.
     async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError>;
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
+    async fn domain_exists(&self, domain: &Domain) -> Result<bool, StoreError>;
 
     /// Creates the account and its [`DEFAULT_MAILBOXES`]; the domain must exist.
     async fn add_account(&self, address: &EmailAddress, password_hash: &str)
@@ -127,6 +193,10 @@ pub trait Store: Send + Sync {
 
     /// Stores a message durably in every listed mailbox, or in none.
     async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Stores an accepted message's local copy and queues its outbound copy, atomically.
+    async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError>;
+    /// The outbound queue, oldest first.
+    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
     /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
+use crate::{Accepted, AcceptedMessage, QueueEntry, QueueRecipientState};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
@@ -50,16 +51,31 @@ pub struct Migration {
 enum WriteOp {
     AddDomain(Domain),
     RemoveDomain(Domain),
-    AddAccount { address: EmailAddress, hash: String },
-    SetPassword { address: EmailAddress, hash: String },
+    AddAccount {
+        address: EmailAddress,
+        hash: String,
+    },
+    SetPassword {
+        address: EmailAddress,
+        hash: String,
+    },
     RemoveAccount(EmailAddress),
-    StoreMessage { message: NewMessage, sha256: String },
+    StoreMessage {
+        message: NewMessage,
+        sha256: String,
+    },
+    Accept {
+        message: AcceptedMessage,
+        local_sha256: Option<String>,
+        outbound_sha256: Option<String>,
+    },
 }
 
 enum WriteDone {
     Unit,
     Account(AccountId),
     Stored(Vec<StoredMessage>),
+    Accepted(Accepted),
 }
 
 type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
@@ -396,49 +412,123 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         }
         WriteOp::StoreMessage { message, sha256 } => {
             let content = std::mem::take(&mut message.content);
-            let size = content.len() as i64;
-            let blob: i64 =
-                sqlx::query_scalar("INSERT INTO blobs (sha256, size, data) VALUES (?1, ?2, ?3) RETURNING id")
-                    .bind(sha256.as_bytes())
-                    .bind(size)
-                    .bind(content)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            let flags = message.flags.join(" ");
-            let mut stored = Vec::with_capacity(message.mailboxes.len());
-            for mailbox in &message.mailboxes {
-                let uid: Option<i64> = sqlx::query_scalar(
-                    "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1",
-                )
-                .bind(mailbox.0)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some(uid) = uid else {
-                    return Err(StoreError::NotFound(format!("mailbox {}", mailbox.0)));
-                };
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-                )
-                .bind(mailbox.0)
-                .bind(uid)
-                .bind(blob)
-                .bind(&flags)
-                .bind(message.internal_date)
-                .fetch_one(&mut *conn)
-                .await?;
-                stored.push(StoredMessage {
-                    id: MessageId(id),
-                    mailbox: *mailbox,
-                    uid: uid as u32,
-                    size: size as u64,
-                    sha256: sha256.clone(),
-                    internal_date: message.internal_date,
-                    flags: message.flags.clone(),
-                });
-            }
+            let stored = store_in_mailboxes(
+                conn,
+                content,
+                sha256,
+                &message.mailboxes,
+                message.internal_date,
+                &message.flags,
+            )
+            .await?;
             Ok(WriteDone::Stored(stored))
         }
+        WriteOp::Accept {
+            message,
+            local_sha256,
+            outbound_sha256,
+        } => {
+            let mut accepted = Accepted {
+                stored: Vec::new(),
+                queue_id: None,
+            };
+            if let (Some(local), Some(sha256)) = (message.local.as_mut(), local_sha256.as_ref()) {
+                let content = std::mem::take(&mut local.content);
+                accepted.stored =
+                    store_in_mailboxes(conn, content, sha256, &local.mailboxes, local.internal_date, &[])
+                        .await?;
+            }
+            if let (Some(outbound), Some(sha256)) = (message.outbound.as_mut(), outbound_sha256.as_ref()) {
+                let content = std::mem::take(&mut outbound.content);
+                let blob = insert_blob(conn, content, sha256).await?;
+                let now = now_unix();
+                let queue_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO queue_messages (blob_id, sender, created_at, require_tls, dsn_envid, dsn_ret) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                )
+                .bind(blob)
+                .bind(&outbound.sender)
+                .bind(now)
+                .bind(outbound.require_tls)
+                .bind(&outbound.dsn_envid)
+                .bind(&outbound.dsn_ret)
+                .fetch_one(&mut *conn)
+                .await?;
+                for rcpt in &outbound.recipients {
+                    sqlx::query(
+                        "INSERT INTO queue_recipients (queue_id, address, domain, next_attempt_at, dsn_notify, dsn_orcpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .bind(queue_id)
+                    .bind(rcpt.address.to_string())
+                    .bind(rcpt.address.domain().as_str())
+                    .bind(now)
+                    .bind(&rcpt.dsn_notify)
+                    .bind(&rcpt.dsn_orcpt)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                accepted.queue_id = Some(queue_id);
+            }
+            Ok(WriteDone::Accepted(accepted))
+        }
     }
+}
+
+async fn insert_blob(conn: &mut SqliteConnection, content: Vec<u8>, sha256: &str) -> Result<i64, StoreError> {
+    let size = content.len() as i64;
+    Ok(
+        sqlx::query_scalar("INSERT INTO blobs (sha256, size, data) VALUES (?1, ?2, ?3) RETURNING id")
+            .bind(sha256.as_bytes())
+            .bind(size)
+            .bind(content)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// Stores one blob and places it in each mailbox with the mailbox's next UID.
+async fn store_in_mailboxes(
+    conn: &mut SqliteConnection,
+    content: Vec<u8>,
+    sha256: &str,
+    mailboxes: &[MailboxId],
+    internal_date: i64,
+    flags: &[String],
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let size = content.len() as u64;
+    let blob = insert_blob(conn, content, sha256).await?;
+    let flag_text = flags.join(" ");
+    let mut stored = Vec::with_capacity(mailboxes.len());
+    for mailbox in mailboxes {
+        let uid: Option<i64> = sqlx::query_scalar(
+            "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1",
+        )
+        .bind(mailbox.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(uid) = uid else {
+            return Err(StoreError::NotFound(format!("mailbox {}", mailbox.0)));
+        };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        )
+        .bind(mailbox.0)
+        .bind(uid)
+        .bind(blob)
+        .bind(&flag_text)
+        .bind(internal_date)
+        .fetch_one(&mut *conn)
+        .await?;
+        stored.push(StoredMessage {
+            id: MessageId(id),
+            mailbox: *mailbox,
+            uid: uid as u32,
+            size,
+            sha256: sha256.to_string(),
+            internal_date,
+            flags: flags.to_vec(),
+        });
+    }
+    Ok(stored)
 }
 
 async fn delete_orphan_blobs(conn: &mut SqliteConnection) -> Result<(), StoreError> {
@@ -455,6 +545,7 @@ fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Unit => "nothing",
         WriteDone::Account(_) => "an account",
         WriteDone::Stored(_) => "stored messages",
+        WriteDone::Accepted(_) => "an accepted message",
     };
     StoreError::Database(sqlx::Error::Protocol(format!(
         "store writer returned {what} unexpectedly"
@@ -506,6 +597,70 @@ impl Store for SqliteStore {
             .iter()
             .map(|n| Domain::parse(n).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e)))))
             .collect()
+    }
+
+    async fn domain_exists(&self, domain: &Domain) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?1")
+            .bind(domain.as_str())
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError> {
+        // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
+        let local_sha256 = message.local.as_ref().map(|l| sha256_hex(&l.content));
+        let outbound_sha256 = message.outbound.as_ref().map(|o| sha256_hex(&o.content));
+        match self
+            .write(WriteOp::Accept {
+                message,
+                local_sha256,
+                outbound_sha256,
+            })
+            .await?
+        {
+            WriteDone::Accepted(accepted) => Ok(accepted),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let messages = sqlx::query(
+            "SELECT q.id, q.sender, q.created_at, b.size FROM queue_messages q JOIN blobs b ON b.id = q.blob_id ORDER BY q.id",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut entries = Vec::with_capacity(messages.len());
+        for row in &messages {
+            let id: i64 = row.try_get("id")?;
+            let recipients = sqlx::query(
+                "SELECT address, status, attempts, next_attempt_at, last_error, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(&self.readers)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(QueueRecipientState {
+                    address: r.try_get("address")?,
+                    status: r.try_get("status")?,
+                    attempts: r.try_get("attempts")?,
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                    last_error: r.try_get("last_error")?,
+                    dsn_notify: r.try_get("dsn_notify")?,
+                    dsn_orcpt: r.try_get("dsn_orcpt")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            entries.push(QueueEntry {
+                id,
+                sender: row.try_get("sender")?,
+                size: row.try_get::<i64, _>("size")? as u64,
+                created_at: row.try_get("created_at")?,
+                recipients,
+            });
+        }
+        Ok(entries)
     }
 
     async fn add_account(

@@ -247,6 +247,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
         ctx(self.stream.get_mut().flush().await, "flush")
     }
 
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> TestResult {
+        ctx(self.stream.get_mut().write_all(bytes).await, "send")?;
+        ctx(self.stream.get_mut().flush().await, "flush")
+    }
+
     /// One line without its CRLF; an error on EOF or after 10 s.
     pub async fn line(&mut self) -> TestResult<String> {
         let mut line = String::new();

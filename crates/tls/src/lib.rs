@@ -302,6 +302,31 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
+/// Proof that a connection runs over TLS, with what was negotiated. The only way to get one
+/// is [`TlsActive::from_session`] on a rustls session whose handshake is complete, so code that
+/// takes `&TlsActive` (password authentication, for one) cannot be reached in plaintext.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TlsActive {
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub server_name: Option<String>,
+}
+
+impl TlsActive {
+    /// `None` while the handshake is still running.
+    pub fn from_session(session: &rustls::ServerConnection) -> Option<TlsActive> {
+        if session.is_handshaking() {
+            return None;
+        }
+        Some(TlsActive {
+            version: version_name(session.protocol_version()?),
+            cipher: suite_name(session.negotiated_cipher_suite()?),
+            server_name: session.server_name().map(str::to_string),
+        })
+    }
+}
+
 /// "TLSv1.3" / "TLSv1.2", as Postfix writes it in Received headers and logs.
 pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
     match version {

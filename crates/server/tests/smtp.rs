@@ -1,0 +1,571 @@
+//! SMTP end to end over real TLS sockets against a real `sealmail` process: policy (relay,
+//! unknown users, spoofing, AUTH and MAIL before TLS), limits, smuggling variants, pipelining,
+//! BDAT, SMTPUTF8, byte-exact storage, the queue, and kill -9 during a burst of submissions.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rustls::version::TLS13;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use common::{Instance, credentials, mailbox_contents};
+use sealmail_testkit::{LineClient, TestResult, ctx, tls_connect, tls_upgrade};
+
+const MX: u16 = 2525;
+const SUBMISSION_TLS: u16 = 2465;
+const SUBMISSION_STARTTLS: u16 = 2587;
+const NAME: &str = "mail.example.test";
+
+type Client = LineClient<TlsStream<TcpStream>>;
+
+/// An SMTP dialog helper: sends a line and checks the reply code.
+async fn expect(c: &mut Client, line: &str, code: &str) -> TestResult<String> {
+    c.send(&format!("{line}\r\n")).await?;
+    let reply = c.smtp_reply().await?;
+    if !reply.starts_with(code) {
+        return Err(format!("{line:?}: expected {code}, got {reply:?}"));
+    }
+    Ok(reply)
+}
+
+/// MX over STARTTLS, greeted with EHLO after the upgrade.
+async fn mx(instance: &Instance) -> TestResult<Client> {
+    let mut c = LineClient::new(ctx(TcpStream::connect(instance.addr(MX)).await, "connect")?);
+    c.smtp_reply().await?;
+    c.send("EHLO sender.test\r\n").await?;
+    c.smtp_reply().await?;
+    c.send("STARTTLS\r\n").await?;
+    let ready = c.smtp_reply().await?;
+    assert!(ready.starts_with("220"), "{ready}");
+    let tls = tls_upgrade(c.into_inner(), instance.client(&[&TLS13])?, NAME).await?;
+    let mut c = LineClient::new(tls);
+    expect(&mut c, "EHLO sender.test", "250").await?;
+    Ok(c)
+}
+
+/// Submission over implicit TLS, authenticated as `user`.
+async fn submission(instance: &Instance, user: &str) -> TestResult<Client> {
+    let password = credentials(instance)?.get(user).cloned().ok_or("no password")?;
+    let tls = tls_connect(instance.addr(SUBMISSION_TLS), instance.client(&[&TLS13])?, NAME).await?;
+    let mut c = LineClient::new(tls);
+    c.smtp_reply().await?;
+    let ehlo = expect(&mut c, "EHLO client.test", "250").await?;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    expect(&mut c, &format!("AUTH PLAIN {token}"), "235 2.7.0").await?;
+    Ok(c)
+}
+
+async fn send_message(c: &mut Client, from: &str, to: &str, body: &[u8]) -> TestResult<String> {
+    expect(c, &format!("MAIL FROM:<{from}>"), "250").await?;
+    expect(c, &format!("RCPT TO:<{to}>"), "250").await?;
+    expect(c, "DATA", "354").await?;
+    c.send_bytes(body).await?;
+    c.send(".\r\n").await?;
+    c.smtp_reply().await
+}
+
+/// The part of a stored message after the headers sealmail added (Return-Path, Received).
+fn original(stored: &[u8]) -> &[u8] {
+    let mut rest = stored;
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| i + 2)
+            .unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        let folded = line.starts_with(b"\t") || line.starts_with(b" ");
+        if line.starts_with(b"Return-Path:") || line.starts_with(b"Received:") || folded {
+            rest = &rest[line_end..];
+        } else {
+            return rest;
+        }
+    }
+}
+
+#[tokio::test]
+async fn mx_delivers_8bit_mail_byte_for_byte_with_trace_headers() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    let body = "From: sender@remote.test\r\nTo: alice@example.test\r\nSubject: 8-bit\r\n\r\nGrüße aus Köln, ça va? \u{1F600}\r\n..a line that starts with a dot\r\n".as_bytes();
+    // Dot-stuff the body as a client must.
+    let stuffed = String::from_utf8_lossy(body).replace("\r\n.", "\r\n..");
+    let reply = send_message(
+        &mut c,
+        "sender@remote.test",
+        "alice@example.test",
+        stuffed.as_bytes(),
+    )
+    .await?;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    expect(&mut c, "QUIT", "221").await?;
+
+    let stored = mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX").await?;
+    assert_eq!(stored.len(), 1);
+    let message = &stored[0];
+    assert!(message.starts_with(b"Return-Path: <sender@remote.test>\r\nReceived: from sender.test ([127.0.0.1])\r\n\tby mail.example.test (sealmail) with ESMTPS (TLSv1.3) tls TLS_"), "{}", String::from_utf8_lossy(message));
+    assert!(String::from_utf8_lossy(message).contains("\tfor <alice@example.test>;"));
+    assert_eq!(original(message), body, "content changed in storage");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mx_refuses_relay_and_unknown_users_and_offers_no_auth() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    let ehlo = expect(&mut c, "EHLO again.test", "250").await?;
+    assert!(!ehlo.contains("AUTH"), "AUTH offered on mx: {ehlo}");
+    expect(&mut c, "AUTH PLAIN AGFsaWNlAHg=", "503 5.5.1").await?;
+    expect(&mut c, "MAIL FROM:<spammer@remote.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<victim@elsewhere.test>", "550 5.7.1").await?;
+    expect(&mut c, "RCPT TO:<nobody@example.test>", "550 5.1.1").await?;
+    expect(&mut c, "RCPT TO:<Alice@EXAMPLE.test>", "250").await?;
+    expect(&mut c, "RSET", "250").await?;
+    expect(&mut c, "VRFY alice", "252").await?;
+    expect(&mut c, "EXPN staff", "252").await?;
+    expect(&mut c, "HELP", "214").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn submission_requires_tls_then_auth_and_refuses_spoofing() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    // STARTTLS submission: nothing before TLS.
+    let mut plain = LineClient::new(ctx(
+        TcpStream::connect(instance.addr(SUBMISSION_STARTTLS)).await,
+        "connect",
+    )?);
+    plain.smtp_reply().await?;
+    plain.send("EHLO c.test\r\n").await?;
+    let ehlo = plain.smtp_reply().await?;
+    assert!(!ehlo.contains("AUTH"), "AUTH offered before TLS: {ehlo}");
+    for (line, code) in [
+        ("AUTH PLAIN AGFsaWNlAHg=", "530 5.7.0"),
+        ("MAIL FROM:<alice@example.test>", "530 5.7.0"),
+    ] {
+        plain.send(&format!("{line}\r\n")).await?;
+        let reply = plain.smtp_reply().await?;
+        assert!(reply.starts_with(code), "{line}: {reply}");
+    }
+
+    // After TLS, MAIL still needs AUTH; a wrong password fails.
+    let tls = tls_connect(instance.addr(SUBMISSION_TLS), instance.client(&[&TLS13])?, NAME).await?;
+    let mut c = LineClient::new(tls);
+    c.smtp_reply().await?;
+    expect(&mut c, "EHLO c.test", "250").await?;
+    expect(&mut c, "MAIL FROM:<alice@example.test>", "530 5.7.0").await?;
+    let wrong = base64::engine::general_purpose::STANDARD.encode("\0alice@example.test\0wrong-password");
+    expect(&mut c, &format!("AUTH PLAIN {wrong}"), "535 5.7.8").await?;
+    // LOGIN, step by step.
+    let password = credentials(&instance)?
+        .get("alice@example.test")
+        .cloned()
+        .ok_or("no password")?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    expect(&mut c, "AUTH LOGIN", "334 VXNlcm5hbWU6").await?;
+    expect(&mut c, &b64("alice@example.test"), "334 UGFzc3dvcmQ6").await?;
+    expect(&mut c, &b64(&password), "235").await?;
+
+    expect(&mut c, "MAIL FROM:<bob@example.test>", "553 5.7.1").await?;
+    expect(&mut c, "MAIL FROM:<>", "553 5.7.1").await?;
+    // Envelope right, header From someone else's: refused after DATA.
+    let forged = b"From: Bob <bob@example.test>\r\nSubject: pay this invoice\r\n\r\nx\r\n";
+    let reply = send_message(&mut c, "alice@example.test", "bob@example.test", forged).await?;
+    assert!(reply.starts_with("553 5.7.1"), "{reply}");
+    assert!(
+        mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = submission(&instance, "alice@example.test").await?;
+    let body = b"From: Alice <alice@example.test>\r\nTo: bob@example.test, carol@remote.test\r\nSubject: hello\r\n\r\nHi!\r\n";
+    expect(
+        &mut c,
+        "MAIL FROM:<alice@example.test> BODY=8BITMIME RET=HDRS ENVID=env-123",
+        "250",
+    )
+    .await?;
+    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
+    expect(
+        &mut c,
+        "RCPT TO:<carol@remote.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;carol@remote.test",
+        "250",
+    )
+    .await?;
+    expect(&mut c, "DATA", "354").await?;
+    c.send_bytes(body).await?;
+    expect(&mut c, ".", "250 2.0.0").await?;
+
+    let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
+    assert_eq!(stored.len(), 1);
+    let text = String::from_utf8_lossy(&stored[0]).into_owned();
+    assert!(text.contains("with ESMTPSA (TLSv1.3)"), "{text}");
+    assert!(
+        text.contains("\r\nMessage-ID: <") && text.contains("@mail.example.test>\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\r\nDate: "), "{text}");
+    assert!(text.ends_with("Subject: hello\r\n\r\nHi!\r\n"), "{text}");
+
+    let config = instance
+        .data_dir()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, out, err) = common::run(
+        instance.root.path(),
+        &["--config", &config, "queue", "list"],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from alice@example.test"), "{out}");
+    assert!(out.contains("carol@remote.test pending attempts=0"), "{out}");
+    assert!(
+        !out.contains("bob@example.test pending"),
+        "local recipient queued: {out}"
+    );
+    // DSN parameters are kept with the queued recipient.
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&instance.data_dir(), 16).await,
+        "open",
+    )?;
+    let queue = ctx(sealmail_store::Store::queue(&store).await, "queue")?;
+    assert_eq!(
+        queue[0].recipients[0].dsn_notify.as_deref(),
+        Some("FAILURE,DELAY")
+    );
+    assert_eq!(
+        queue[0].recipients[0].dsn_orcpt.as_deref(),
+        Some("rfc822;carol@remote.test")
+    );
+    Ok(())
+}
+
+/// Sends raw bytes after MAIL/RCPT/DATA and returns every reply line that follows, until the
+/// server goes quiet; the caller judges them.
+async fn raw_data_exchange(c: &mut Client, payload: &[u8]) -> TestResult<Vec<String>> {
+    expect(c, "MAIL FROM:<sender@remote.test>", "250").await?;
+    expect(c, "RCPT TO:<alice@example.test>", "250").await?;
+    expect(c, "DATA", "354").await?;
+    c.send_bytes(payload).await?;
+    let mut replies = Vec::new();
+    while let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(700), c.line()).await {
+        replies.push(line);
+    }
+    Ok(replies)
+}
+
+#[tokio::test]
+async fn smtp_smuggling_variants_never_create_a_second_message() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let variants: [&[u8]; 7] = [
+        b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b".\n",
+    ];
+    for (i, fake_end) in variants.iter().enumerate() {
+        let mut c = mx(&instance).await?;
+        let mut payload = format!("Subject: variant {i}\r\n\r\nhello").into_bytes();
+        payload.extend_from_slice(fake_end);
+        payload.extend_from_slice(
+            b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: SMUGGLED\r\n\r\nwire money\r\n.\r\n",
+        );
+        let replies = raw_data_exchange(&mut c, &payload).await?;
+        let what = format!("variant {fake_end:?}: {replies:?}");
+        assert_eq!(replies.len(), 1, "{what}");
+        assert!(replies[0].starts_with("550 5.5.2"), "{what}");
+        expect(&mut c, "NOOP", "250").await?;
+    }
+    let stored = mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX").await?;
+    assert!(stored.is_empty(), "{} message(s) stored", stored.len());
+
+    // The honest ending still works on the same kind of session.
+    let mut c = mx(&instance).await?;
+    let reply = send_message(
+        &mut c,
+        "sender@remote.test",
+        "alice@example.test",
+        b"Subject: fine\r\n\r\nok\r\n",
+    )
+    .await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX")
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pipelined_transactions_get_their_replies_in_order() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+    .await?;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(c.smtp_reply().await?[..3].to_string());
+    }
+    assert_eq!(codes, ["250", "250", "550", "250", "354"]);
+    c.send("Subject: pipelined\r\n\r\nbody\r\n.\r\nMAIL FROM:<b@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n").await?;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(c.smtp_reply().await?[..3].to_string());
+    }
+    assert_eq!(codes, ["250", "250", "250", "354"]);
+    c.send("Subject: second\r\n\r\nx\r\n.\r\nQUIT\r\n").await?;
+    assert!(c.smtp_reply().await?.starts_with("250"));
+    assert!(c.smtp_reply().await?.starts_with("221"));
+    assert_eq!(
+        mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX")
+            .await?
+            .len(),
+        2
+    );
+    assert_eq!(
+        mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX")
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bdat_chunks_are_stored_verbatim() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    let part1 = b"Subject: chunked\r\n\r\nline one\r\n.not stuffed\r\n";
+    let part2 = b"bare\nLF is fine in BDAT\r\n.\r\nstill data\r\n";
+    expect(&mut c, "MAIL FROM:<a@remote.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
+    c.send(&format!("BDAT {}\r\n", part1.len())).await?;
+    c.send_bytes(part1).await?;
+    assert!(c.smtp_reply().await?.starts_with("250"));
+    c.send(&format!("BDAT {} LAST\r\n", part2.len())).await?;
+    c.send_bytes(part2).await?;
+    let reply = c.smtp_reply().await?;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    // BDAT without a transaction: the chunk is read (the session stays in step) and refused.
+    c.send("BDAT 5 LAST\r\nhello").await?;
+    assert!(c.smtp_reply().await?.starts_with("503"));
+    expect(&mut c, "NOOP", "250").await?;
+
+    let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
+    let mut expected = part1.to_vec();
+    expected.extend_from_slice(part2);
+    assert_eq!(original(&stored[0]), expected.as_slice());
+    Ok(())
+}
+
+#[tokio::test]
+async fn limits_on_size_lines_recipients_and_errors() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx_addr = common::free_addr()?;
+    let extra = "[smtp]\nmax_message_size = 2048\nmax_recipients = 2\nmax_errors = 4\n";
+    let config = common::write_config(
+        dir.path(),
+        &["mail.example.test"],
+        &[("mx", mx_addr, "starttls")],
+        extra,
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let sealmail = |args: &[&str]| {
+        let mut all = vec!["--config", config_arg.as_str()];
+        all.extend_from_slice(args);
+        common::run(dir.path(), &all, Some("a long enough password\n"))
+    };
+    assert_eq!(sealmail(&["domain", "add", "example.test"])?.0, 0);
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(
+            sealmail(&["user", "add", &format!("{user}@example.test"), "--password-stdin"])?.0,
+            0
+        );
+    }
+    let _server = common::serve(dir.path(), &config).await?;
+    let client = sealmail_testkit::client_config(&[&dir.path().join("tls/0.pem")], &[&TLS13], &[])?;
+    let connect = || async {
+        let mut c = LineClient::new(ctx(TcpStream::connect(mx_addr).await, "connect")?);
+        c.smtp_reply().await?;
+        c.send("STARTTLS\r\n").await?;
+        c.smtp_reply().await?;
+        let mut c = LineClient::new(tls_upgrade(c.into_inner(), client.clone(), NAME).await?);
+        expect(&mut c, "EHLO s.test", "250-mail.example.test").await?;
+        Ok::<Client, String>(c)
+    };
+
+    let mut c = connect().await?;
+    let ehlo = expect(&mut c, "EHLO s.test", "250").await?;
+    assert!(ehlo.contains("SIZE 2048"), "{ehlo}");
+    expect(&mut c, "MAIL FROM:<a@remote.test> SIZE=4096", "552 5.3.4").await?;
+    expect(&mut c, "MAIL FROM:<a@remote.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<alice@example.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<carol@example.test>", "452 4.5.3").await?;
+    expect(&mut c, "DATA", "354").await?;
+    c.send(&format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)))
+        .await?;
+    assert!(c.smtp_reply().await?.starts_with("552 5.3.4"));
+    expect(&mut c, &format!("NOOP {}", "y".repeat(600)), "500 5.5.2").await?;
+    expect(&mut c, "NOOP", "250").await?;
+    // Errors add up to a 421 and a closed connection.
+    expect(&mut c, "BOGUS", "500").await?;
+    c.send("BOGUS\r\n").await?;
+    let last = c.smtp_reply().await?;
+    assert!(last.contains("421 4.7.0"), "{last}");
+    assert!(c.closed().await);
+    assert!(
+        mailbox_contents(&dir.path().join("data"), "alice@example.test", "INBOX")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn smtputf8_addresses_are_accepted_only_with_smtputf8() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let config = instance
+        .data_dir()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, _, err) = common::run(
+        instance.root.path(),
+        &[
+            "--config",
+            &config,
+            "user",
+            "add",
+            "jörg@example.test",
+            "--password-stdin",
+        ],
+        Some("a long enough password\n"),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let mut c = mx(&instance).await?;
+    let ehlo = expect(&mut c, "EHLO s.test", "250").await?;
+    assert!(ehlo.contains("SMTPUTF8"));
+    expect(&mut c, "MAIL FROM:<sender@remote.test>", "250").await?;
+    expect(&mut c, "RCPT TO:<jörg@example.test>", "553 5.6.7").await?;
+    expect(&mut c, "RSET", "250").await?;
+    expect(&mut c, "MAIL FROM:<sénder@remote.test> SMTPUTF8", "250").await?;
+    expect(&mut c, "RCPT TO:<jörg@example.test>", "250").await?;
+    expect(&mut c, "DATA", "354").await?;
+    c.send("Subject: Grüße\r\n\r\nhallo\r\n.\r\n").await?;
+    assert!(c.smtp_reply().await?.starts_with("250"));
+    let stored = mailbox_contents(&instance.data_dir(), "jörg@example.test", "INBOX").await?;
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0]).contains("with UTF8SMTPS"));
+    Ok(())
+}
+
+/// Submits messages as fast as possible on several sessions; returns every Subject that got 250.
+async fn burst(
+    instance: &Instance,
+    sessions: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let addr: SocketAddr = instance.addr(SUBMISSION_TLS);
+        let client = instance.client(&[&TLS13]);
+        let password = credentials(instance)
+            .ok()
+            .and_then(|c| c.get("alice@example.test").cloned());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let (Ok(client), Some(password)) = (client, password) else {
+                return acked;
+            };
+            let Ok(tls) = tls_connect(addr, client, NAME).await else {
+                return acked;
+            };
+            let mut c = LineClient::new(tls);
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{password}"));
+            if c.smtp_reply().await.is_err()
+                || expect(&mut c, "EHLO b.test", "250").await.is_err()
+                || expect(&mut c, &format!("AUTH PLAIN {token}"), "235")
+                    .await
+                    .is_err()
+            {
+                return acked;
+            }
+            for n in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let subject = format!("burst-{s}-{n}");
+                let body = format!("From: alice@example.test\r\nSubject: {subject}\r\n\r\nx\r\n");
+                match send_message(&mut c, "alice@example.test", "bob@example.test", body.as_bytes()).await {
+                    Ok(reply) if reply.starts_with("250") => acked.push(subject),
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(acked) = t.await {
+            all.extend(acked);
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_no_acknowledged_message() -> TestResult {
+    let mut instance = Instance::quickstart().await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders = {
+        let burst = burst(&instance, 8, stop.clone());
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let killed = instance.process.signal(nix::sys::signal::Signal::SIGKILL);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            killed
+        };
+        let (acked, killed) = tokio::join!(burst, killer);
+        killed?;
+        acked
+    };
+    instance.process.wait_exit(Duration::from_secs(10)).await?;
+    assert!(
+        senders.len() > 20,
+        "only {} messages acknowledged before the kill",
+        senders.len()
+    );
+
+    let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
+    let subjects: Vec<String> = stored
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(m);
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    for subject in &senders {
+        assert!(
+            subjects.contains(subject),
+            "{subject} got 250 but is not in the store"
+        );
+    }
+    let unique: std::collections::HashSet<&String> = subjects.iter().collect();
+    assert_eq!(unique.len(), subjects.len(), "a message was stored twice");
+    Ok(())
+}

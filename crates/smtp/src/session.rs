@@ -1,0 +1,688 @@
+//! One SMTP session's state and its answers to commands, without sockets: the driver in
+//! `lib.rs` reads lines and data, hands them here, and carries out the returned [`Action`].
+//!
+//! State is explicit: no greeting yet, greeted (EHLO/HELO), in a mail transaction. After
+//! STARTTLS everything is forgotten (RFC 3207 section 4.2). On `submission`, MAIL needs an
+//! [`Authenticated`] proof, which only needs TLS to get (RFC 8314, RFC 4954 section 4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
+    RCPT_NOTIFY_SUCCESS, Request,
+};
+
+use sealmail_config::{Role, SmtpConfig};
+use sealmail_identity::sasl::{self, Mechanism};
+use sealmail_identity::{Authenticated, Identity};
+use sealmail_net::TlsActive;
+use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Store};
+use sealmail_types::{EmailAddress, MailboxId};
+
+use crate::message;
+use crate::reply::Reply;
+
+/// What the server shares with every SMTP session.
+pub struct SmtpContext {
+    pub hostname: String,
+    pub config: SmtpConfig,
+    pub store: Arc<dyn Store>,
+    pub identity: Identity,
+}
+
+/// What the driver must do after a command.
+pub enum Action {
+    Reply(Reply),
+    /// Send the reply, then upgrade to TLS.
+    StartTls(Reply),
+    /// Send the reply, then close.
+    Close(Reply),
+    /// Send 354 and read the message with the DATA receiver.
+    ReceiveData,
+    /// Read a BDAT chunk of `size` octets; `keep` is false when it must be read and dropped.
+    ReceiveChunk {
+        size: usize,
+        last: bool,
+        keep: bool,
+    },
+    /// Run a SASL exchange starting with this step.
+    Authenticate(sasl::Exchange, sasl::Step),
+}
+
+/// A BDAT chunk as the driver read it.
+pub enum Chunk {
+    Data(Vec<u8>),
+    /// Read and dropped because the transaction could not take it.
+    Dropped,
+    /// Read and dropped because it alone exceeds the size limit.
+    TooBig,
+}
+
+enum Target {
+    Local { mailbox: MailboxId },
+    Remote(QueueRecipient),
+}
+
+struct Recipient {
+    address: EmailAddress,
+    target: Target,
+}
+
+struct Transaction {
+    /// `None` is the null reverse-path `<>`.
+    sender: Option<EmailAddress>,
+    smtputf8: bool,
+    eight_bit: bool,
+    dsn_ret: Option<String>,
+    dsn_envid: Option<String>,
+    recipients: Vec<Recipient>,
+    /// Chunks received so far with BDAT (RFC 3030).
+    chunks: Option<Vec<u8>>,
+    chunks_too_big: bool,
+}
+
+pub struct Session {
+    ctx: Arc<SmtpContext>,
+    role: Role,
+    peer: SocketAddr,
+    tls: Option<TlsActive>,
+    helo: Option<String>,
+    esmtp: bool,
+    auth: Option<Authenticated>,
+    transaction: Option<Transaction>,
+    /// A failed BDAT transaction: further chunks are read and dropped until LAST or RSET.
+    bdat_failed: bool,
+    errors: u32,
+}
+
+fn reply(code: u16, status: &'static str, text: impl Into<String>) -> Action {
+    Action::Reply(Reply::new(code, status, text))
+}
+
+impl Session {
+    pub fn new(ctx: Arc<SmtpContext>, role: Role, peer: SocketAddr, tls: Option<TlsActive>) -> Session {
+        Session {
+            ctx,
+            role,
+            peer,
+            tls,
+            helo: None,
+            esmtp: false,
+            auth: None,
+            transaction: None,
+            bdat_failed: false,
+            errors: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::bare(220, format!("{} ESMTP sealmail", self.ctx.hostname))
+    }
+
+    /// Counts an error reply; returns the 421 that ends the session when there were too many.
+    pub fn count_error(&mut self, sent: &Reply) -> Option<Reply> {
+        if !sent.is_error() {
+            return None;
+        }
+        self.errors += 1;
+        (self.errors >= self.ctx.config.max_errors).then(|| {
+            Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Too many errors, closing connection", self.ctx.hostname),
+            )
+        })
+    }
+
+    /// RFC 3207 section 4.2: after the handshake the server discards all knowledge from before.
+    pub fn tls_started(&mut self, tls: Option<TlsActive>) {
+        self.tls = tls;
+        self.helo = None;
+        self.esmtp = false;
+        self.auth = None;
+        self.transaction = None;
+        self.bdat_failed = false;
+    }
+
+    pub fn line_too_long(&self) -> Reply {
+        Reply::new(500, "5.5.2", "Line too long")
+    }
+
+    pub fn authenticated(&self) -> Option<&Authenticated> {
+        self.auth.as_ref()
+    }
+
+    /// Answers one command line (without its CRLF).
+    pub async fn command(&mut self, line: &[u8]) -> Action {
+        let mut with_crlf = Vec::with_capacity(line.len() + 2);
+        with_crlf.extend_from_slice(line);
+        with_crlf.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut with_crlf.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(e) => return parse_error(e),
+        };
+        match request {
+            Request::Ehlo { host } => self.ehlo(host, true),
+            Request::Helo { host } => self.ehlo(host, false),
+            Request::Lhlo { .. } => reply(500, "5.5.1", "LHLO is for LMTP"),
+            Request::StartTls => self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Data => self.data(),
+            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.transaction = None;
+                self.bdat_failed = false;
+                reply(250, "2.0.0", "OK")
+            }
+            Request::Noop { .. } => reply(250, "2.0.0", "OK"),
+            Request::Quit => Action::Close(Reply::new(
+                221,
+                "2.0.0",
+                format!("{} closing connection", self.ctx.hostname),
+            )),
+            // RFC 5321 3.5.3: 252 when the server will not say whether a user exists.
+            Request::Vrfy { .. } | Request::Expn { .. } => reply(
+                252,
+                "2.5.0",
+                "Cannot verify the user; send mail and delivery will be attempted",
+            ),
+            Request::Help { .. } => reply(
+                214,
+                "2.0.0",
+                "See RFC 5321; sealmail supports ESMTP with the extensions EHLO lists",
+            ),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                reply(502, "5.5.1", "Command not implemented")
+            }
+        }
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) -> Action {
+        if host.is_empty() || host.len() > 255 || host.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return reply(501, "5.5.4", "Syntax: EHLO domain-or-address-literal");
+        }
+        // RFC 5321 4.1.4: EHLO also resets any transaction.
+        self.transaction = None;
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        if !esmtp {
+            return Action::Reply(Reply::bare(250, self.ctx.hostname.clone()));
+        }
+        let mut lines = vec![
+            format!("{} greets {host}", self.ctx.hostname),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.ctx.config.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+            "DSN".to_string(),
+        ];
+        if self.tls.is_none() {
+            lines.push("STARTTLS".to_string());
+        }
+        // RFC 4954 section 4 and RFC 8314: password mechanisms only over TLS, only for our users.
+        if self.role == Role::Submission && self.tls.is_some() {
+            let names: Vec<&str> = sasl::PASSWORD_MECHANISMS.iter().map(|m| m.name()).collect();
+            lines.push(format!("AUTH {}", names.join(" ")));
+        }
+        lines.push("HELP".to_string());
+        Action::Reply(Reply::multiline(250, lines))
+    }
+
+    fn starttls(&mut self) -> Action {
+        if self.tls.is_some() {
+            return reply(503, "5.5.1", "TLS already active");
+        }
+        Action::StartTls(Reply::new(220, "2.0.0", "Ready to start TLS"))
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str) -> Action {
+        if self.role != Role::Submission {
+            return reply(
+                503,
+                "5.5.1",
+                "AUTH is not available on this port; use the submission port",
+            );
+        }
+        let Some(_) = &self.tls else {
+            return reply(530, "5.7.0", "Must issue a STARTTLS command first");
+        };
+        if self.helo.is_none() {
+            return reply(503, "5.5.1", "Send EHLO first");
+        }
+        if self.auth.is_some() {
+            return reply(503, "5.5.1", "Already authenticated");
+        }
+        if self.transaction.is_some() {
+            return reply(503, "5.5.1", "AUTH is not allowed during a mail transaction");
+        }
+        let mechanism = match mechanism {
+            AUTH_PLAIN => Mechanism::Plain,
+            AUTH_LOGIN => Mechanism::Login,
+            _ => return reply(504, "5.5.4", "Mechanism not supported; use PLAIN or LOGIN"),
+        };
+        // RFC 4954 section 4: "=" is an empty initial response.
+        let initial = match initial {
+            "" => None,
+            "=" => Some(Vec::new()),
+            encoded => match BASE64.decode(encoded) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => return reply(501, "5.5.2", "Initial response is not valid base64"),
+            },
+        };
+        let (exchange, step) = sasl::Exchange::start(mechanism, initial.as_deref());
+        Action::Authenticate(exchange, step)
+    }
+
+    /// Finishes AUTH with the credentials the exchange produced.
+    pub async fn check_credentials(&mut self, credentials: sasl::Credentials) -> Reply {
+        let Some(tls) = &self.tls else {
+            return Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+        };
+        match self.ctx.identity.authenticate(tls, &credentials).await {
+            Ok(Some(authenticated)) => {
+                tracing::info!(peer = %self.peer, user = %authenticated.account.address, "authenticated");
+                self.auth = Some(authenticated);
+                Reply::new(235, "2.7.0", "Authentication successful")
+            }
+            Ok(None) => {
+                tracing::warn!(peer = %self.peer, user = %credentials.username, "authentication failed");
+                Reply::new(535, "5.7.8", "Authentication credentials invalid")
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "authentication could not be checked");
+                Reply::new(454, "4.7.0", "Temporary authentication failure")
+            }
+        }
+    }
+
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Action {
+        if self.helo.is_none() {
+            return reply(503, "5.5.1", "Send EHLO first");
+        }
+        if self.transaction.is_some() {
+            return reply(503, "5.5.1", "Nested MAIL command");
+        }
+        if self.role == Role::Submission {
+            if self.tls.is_none() {
+                return reply(530, "5.7.0", "Must issue a STARTTLS command first");
+            }
+            if self.auth.is_none() {
+                return reply(530, "5.7.0", "Authentication required");
+            }
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return reply(555, "5.5.4", "BODY=BINARYMIME is not supported");
+        }
+        if from.flags & MAIL_REQUIRETLS != 0 {
+            return reply(555, "5.5.4", "REQUIRETLS is not supported yet");
+        }
+        if from.size > self.ctx.config.max_message_size {
+            return reply(
+                552,
+                "5.3.4",
+                format!(
+                    "Message too big; the limit is {} octets",
+                    self.ctx.config.max_message_size
+                ),
+            );
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        let sender = if from.address.is_empty() {
+            None
+        } else {
+            match EmailAddress::parse(&from.address) {
+                Ok(address) => Some(address),
+                Err(e) => return reply(501, "5.1.7", format!("Bad sender address: {e}")),
+            }
+        };
+        // RFC 6531 section 3.4: a non-ASCII address needs SMTPUTF8.
+        if !smtputf8 && !from.address.is_ascii() {
+            return reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+        }
+        if let Some(auth) = &self.auth {
+            // No spoofing of colleagues: a user sends as themself only (aliases come later).
+            match &sender {
+                Some(address) if *address == auth.account.address => {}
+                Some(address) => {
+                    return reply(
+                        553,
+                        "5.7.1",
+                        format!("Sender address rejected: {address} is not yours"),
+                    );
+                }
+                None => return reply(553, "5.7.1", "The null sender is not allowed for users"),
+            }
+        }
+        let dsn_ret = match from.flags {
+            f if f & MAIL_RET_FULL != 0 => Some("FULL".to_string()),
+            f if f & MAIL_RET_HDRS != 0 => Some("HDRS".to_string()),
+            _ => None,
+        };
+        self.transaction = Some(Transaction {
+            sender,
+            smtputf8,
+            eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            dsn_ret,
+            dsn_envid: from.env_id,
+            recipients: Vec::new(),
+            chunks: None,
+            chunks_too_big: false,
+        });
+        reply(250, "2.1.0", "Sender OK")
+    }
+
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Action {
+        let role = self.role;
+        let max_recipients = self.ctx.config.max_recipients;
+        let store = self.ctx.store.clone();
+        let Some(transaction) = self.transaction.as_mut() else {
+            return reply(503, "5.5.1", "Need MAIL before RCPT");
+        };
+        if transaction.recipients.len() >= max_recipients {
+            // RFC 5321 4.5.3.1.10: 452 for too many recipients.
+            return reply(452, "4.5.3", "Too many recipients");
+        }
+        if !transaction.smtputf8 && !to.address.is_ascii() {
+            return reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+        }
+        let address = match EmailAddress::parse(&to.address) {
+            Ok(address) => address,
+            Err(e) => return reply(501, "5.1.3", format!("Bad recipient address: {e}")),
+        };
+        if transaction.recipients.iter().any(|r| r.address == address) {
+            return reply(250, "2.1.5", "Recipient OK (duplicate ignored)");
+        }
+        let local_domain = match store.domain_exists(address.domain()).await {
+            Ok(local) => local,
+            Err(e) => return temporary_failure(&e),
+        };
+        let target = if local_domain {
+            let account = match store.account(&address).await {
+                Ok(account) => account,
+                Err(e) => return temporary_failure(&e),
+            };
+            let Some(account) = account else {
+                return reply(550, "5.1.1", format!("No such user here: {address}"));
+            };
+            match store.mailbox(account.id, "INBOX").await {
+                Ok(Some(inbox)) => Target::Local { mailbox: inbox.id },
+                Ok(None) => return reply(450, "4.2.0", "Mailbox unavailable"),
+                Err(e) => return temporary_failure(&e),
+            }
+        } else if role == Role::Submission {
+            Target::Remote(QueueRecipient {
+                address: address.clone(),
+                dsn_notify: notify_text(to.flags),
+                // smtp-proto accepts only the rfc822 address type and decodes the xtext.
+                dsn_orcpt: to.orcpt.map(|address| format!("rfc822;{address}")),
+            })
+        } else {
+            // mx never relays.
+            return reply(
+                550,
+                "5.7.1",
+                format!("Relaying denied: {} is not served here", address.domain()),
+            );
+        };
+        transaction.recipients.push(Recipient { address, target });
+        reply(250, "2.1.5", "Recipient OK")
+    }
+
+    fn data(&mut self) -> Action {
+        match &self.transaction {
+            None => reply(503, "5.5.1", "Need MAIL before DATA"),
+            Some(t) if t.chunks.is_some() => reply(503, "5.5.1", "DATA cannot follow BDAT"),
+            Some(t) if t.recipients.is_empty() => reply(554, "5.5.1", "No valid recipients"),
+            Some(_) => Action::ReceiveData,
+        }
+    }
+
+    fn bdat(&mut self, size: usize, last: bool) -> Action {
+        let keep = match &mut self.transaction {
+            Some(t) if !t.recipients.is_empty() && !self.bdat_failed => {
+                t.chunks.get_or_insert_with(Vec::new);
+                true
+            }
+            _ => false,
+        };
+        Action::ReceiveChunk { size, last, keep }
+    }
+
+    /// The answer after a BDAT chunk was read.
+    pub async fn chunk_received(&mut self, chunk: Chunk, last: bool) -> Reply {
+        let chunk = match chunk {
+            Chunk::Data(bytes) => Some(bytes),
+            Chunk::TooBig => None,
+            Chunk::Dropped => return self.chunk_refused(last),
+        };
+        let max = self.ctx.config.max_message_size;
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Reply::new(503, "5.5.1", "Need MAIL before BDAT");
+        };
+        let buffer = transaction.chunks.get_or_insert_with(Vec::new);
+        let received = chunk.as_ref().map(Vec::len).unwrap_or(0);
+        match chunk {
+            Some(bytes) if !transaction.chunks_too_big && buffer.len() + bytes.len() <= max => {
+                buffer.extend_from_slice(&bytes);
+            }
+            _ => {
+                transaction.chunks_too_big = true;
+                *buffer = Vec::new();
+            }
+        }
+        if !last {
+            return Reply::new(250, "2.0.0", format!("{received} octets received"));
+        }
+        let too_big = transaction.chunks_too_big;
+        let content = std::mem::take(buffer);
+        if too_big {
+            self.transaction = None;
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("Message too big; the limit is {max} octets"),
+            );
+        }
+        self.finish_message(content).await
+    }
+
+    fn chunk_refused(&mut self, last: bool) -> Reply {
+        let no_transaction = self.transaction.as_ref().is_none_or(|t| t.recipients.is_empty());
+        if last {
+            self.bdat_failed = false;
+            self.transaction = None;
+        } else if !no_transaction {
+            self.bdat_failed = true;
+        }
+        match no_transaction {
+            true => Reply::new(503, "5.5.1", "Need MAIL and RCPT before BDAT"),
+            false => Reply::new(554, "5.5.0", "Earlier BDAT failed; send RSET"),
+        }
+    }
+
+    /// The answer after DATA was read to its end marker.
+    pub async fn data_received(&mut self, data: crate::data::Data) -> Reply {
+        if data.bare_line_ending {
+            self.transaction = None;
+            return Reply::new(
+                550,
+                "5.5.2",
+                "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
+            );
+        }
+        if data.too_big {
+            self.transaction = None;
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message too big; the limit is {} octets",
+                    self.ctx.config.max_message_size
+                ),
+            );
+        }
+        self.finish_message(data.content).await
+    }
+
+    /// Checks, adds trace headers, and stores the message durably before saying 250.
+    async fn finish_message(&mut self, content: Vec<u8>) -> Reply {
+        let Some(transaction) = self.transaction.take() else {
+            return Reply::new(503, "5.5.1", "Need MAIL first");
+        };
+        let id = message::new_id();
+        let mut added = Vec::new();
+        if let Some(auth) = &self.auth {
+            match message::check_submission(&content, &auth.account.address) {
+                Ok(missing) => {
+                    if missing.message_id {
+                        added.extend_from_slice(
+                            format!("Message-ID: <{id}@{}>\r\n", self.ctx.hostname).as_bytes(),
+                        );
+                    }
+                    if missing.date {
+                        added.extend_from_slice(format!("Date: {}\r\n", message::rfc5322_now()).as_bytes());
+                    }
+                }
+                Err(refusal) => return refusal,
+            }
+        }
+        let single_rcpt = match transaction.recipients.as_slice() {
+            [only] => Some(&only.address),
+            _ => None,
+        };
+        let received = message::received_header(&message::Trace {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            peer: self.peer,
+            hostname: &self.ctx.hostname,
+            esmtp: self.esmtp,
+            tls: self.tls.as_ref(),
+            authenticated: self.auth.is_some(),
+            smtputf8: transaction.smtputf8,
+            id: &id,
+            single_recipient: single_rcpt,
+        });
+
+        let sender_text = transaction
+            .sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut local_mailboxes = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in transaction.recipients {
+            match rcpt.target {
+                Target::Local { mailbox } => local_mailboxes.push(mailbox),
+                Target::Remote(queued) => remote.push(queued),
+            }
+        }
+        let mut trace = received.into_bytes();
+        trace.extend_from_slice(&added);
+        let local = (!local_mailboxes.is_empty()).then(|| {
+            // RFC 5321 4.4: the delivering server adds Return-Path.
+            let mut copy = format!("Return-Path: <{sender_text}>\r\n").into_bytes();
+            copy.extend_from_slice(&trace);
+            copy.extend_from_slice(&content);
+            LocalCopy {
+                content: copy,
+                mailboxes: local_mailboxes,
+                internal_date: message::now_unix(),
+            }
+        });
+        let outbound = (!remote.is_empty()).then(|| {
+            let mut copy = trace.clone();
+            copy.extend_from_slice(&content);
+            OutboundCopy {
+                content: copy,
+                sender: sender_text.clone(),
+                recipients: remote,
+                dsn_envid: transaction.dsn_envid.clone(),
+                dsn_ret: transaction.dsn_ret.clone(),
+                require_tls: false,
+            }
+        });
+        let size = content.len();
+        match self
+            .ctx
+            .store
+            .accept_message(AcceptedMessage { local, outbound })
+            .await
+        {
+            Ok(accepted) => {
+                tracing::info!(
+                    id = %id,
+                    peer = %self.peer,
+                    from = %sender_text,
+                    size,
+                    stored = accepted.stored.len(),
+                    queued = ?accepted.queue_id,
+                    eight_bit = transaction.eight_bit,
+                    tls = self.tls.as_ref().map(|t| t.version).unwrap_or("none"),
+                    "message accepted"
+                );
+                Reply::new(250, "2.0.0", format!("OK: message {id} accepted"))
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "message could not be stored");
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary failure storing the message; try again later",
+                )
+            }
+        }
+    }
+}
+
+fn temporary_failure(e: &sealmail_store::StoreError) -> Action {
+    tracing::error!(error = %e, "store lookup failed");
+    reply(451, "4.3.0", "Temporary lookup failure; try again later")
+}
+
+fn notify_text(flags: u64) -> Option<String> {
+    if flags & RCPT_NOTIFY_NEVER != 0 {
+        return Some("NEVER".to_string());
+    }
+    let names: Vec<&str> = [
+        (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (RCPT_NOTIFY_DELAY, "DELAY"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+fn parse_error(e: smtp_proto::Error) -> Action {
+    use smtp_proto::Error;
+    match e {
+        Error::UnknownCommand => reply(500, "5.5.1", "Command unrecognised"),
+        Error::InvalidSenderAddress => reply(501, "5.1.7", "Bad sender address syntax"),
+        Error::InvalidRecipientAddress => reply(501, "5.1.3", "Bad recipient address syntax"),
+        Error::SyntaxError { syntax } => reply(501, "5.5.4", format!("Syntax: {syntax}")),
+        Error::InvalidParameter { param } => reply(501, "5.5.4", format!("Invalid value for {param}")),
+        Error::UnsupportedParameter { param } => reply(
+            555,
+            "5.5.4",
+            format!(
+                "Unsupported parameter {}",
+                param.chars().take(32).collect::<String>()
+            ),
+        ),
+        Error::NeedsMoreData { .. } | Error::ResponseTooLong | Error::InvalidResponse { .. } => {
+            reply(500, "5.5.2", "Syntax error")
+        }
+    }
+}
