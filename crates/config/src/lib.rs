@@ -150,6 +150,22 @@ impl Default for SmtpConfig {
     }
 }
 
+/// Password logins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// How long a successful login is remembered so that reconnecting clients skip Argon2;
+    /// zero turns the cache off.
+    pub login_cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            login_cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
@@ -167,6 +183,7 @@ pub struct Config {
     pub limits: Limits,
     pub store: StoreConfig,
     pub smtp: SmtpConfig,
+    pub auth: AuthConfig,
     pub log_format: LogFormat,
 }
 
@@ -187,7 +204,15 @@ struct RawConfig {
     #[serde(default)]
     smtp: RawSmtp,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    login_cache_ttl_secs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,6 +400,16 @@ impl Config {
             ) as u64),
         };
 
+        let auth = AuthConfig {
+            login_cache_ttl: Duration::from_secs(positive(
+                "auth.login_cache_ttl_secs",
+                raw.auth.login_cache_ttl_secs,
+                AuthConfig::default().login_cache_ttl.as_secs() as i64,
+                0..=86_400,
+                &mut problems,
+            ) as u64),
+        };
+
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -395,6 +430,7 @@ impl Config {
                 limits,
                 store,
                 smtp,
+                auth,
                 log_format,
             }),
             _ => Err(ConfigError::Invalid(problems)),

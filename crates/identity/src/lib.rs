@@ -7,14 +7,26 @@
 //! Passwords are held in [`Password`], which zeroizes itself and never prints.
 //! SASL mechanisms (PLAIN, LOGIN now; SCRAM, TOTP and client certificates later) sit on
 //! [`Identity::verify_password`].
+//!
+//! Hashing runs on a bounded pool of threads (see `hashing`). A successful login may be
+//! remembered for a short time (`[auth] cache_ttl_secs`) as an HMAC of address and password
+//! under a per-process random key, so that clients that reconnect often (phones, IMAP clients,
+//! scripts submitting mail) do not pay Argon2 on every connection. Only successes are cached,
+//! an entry is used only while the account's stored hash is unchanged (a password change
+//! invalidates it at once), and failures always cost a full hash.
 
+mod hashing;
 pub mod sasl;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use argon2::password_hash::PasswordHasher;
 use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::Zeroizing;
 
@@ -59,6 +71,8 @@ pub enum IdentityError {
     PasswordTooLong,
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("too many logins are being checked; try again later")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -77,16 +91,10 @@ pub fn hash_password(password: &Password) -> Result<String, IdentityError> {
     Ok(hash.to_string())
 }
 
-/// True when `password` matches the PHC string `hash` (constant-time comparison).
+/// True when `password` matches the Argon2id PHC string `hash` (constant-time comparison),
+/// using the parameters recorded in the hash itself.
 pub fn verify_hash(password: &Password, hash: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        tracing::error!("a stored password hash cannot be parsed; the account cannot log in");
-        return false;
-    };
-    // Verification uses the parameters recorded in the hash itself.
-    Argon2::default()
-        .verify_password(password.expose().as_bytes(), &parsed)
-        .is_ok()
+    hashing::verify_in(password, hash, &mut Vec::new())
 }
 
 /// Checks a password a person chose.
@@ -132,20 +140,82 @@ pub struct Authenticated {
     pub account: Account,
 }
 
+/// Recently verified logins, keyed by HMAC-SHA256(process key, address NUL password).
+struct LoginCache {
+    key: [u8; 32],
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+/// Most remembered logins; past it, expired ones are dropped, then all.
+const LOGIN_CACHE_MAX: usize = 10_000;
+
+impl LoginCache {
+    fn new(ttl: Duration) -> Result<LoginCache, IdentityError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| IdentityError::Hash(e.to_string()))?;
+        Ok(LoginCache {
+            key,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn fingerprint(&self, address: &EmailAddress, password: &Password) -> Option<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).ok()?;
+        mac.update(address.to_string().as_bytes());
+        mac.update(&[0]);
+        mac.update(password.expose().as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// True when this address and password were verified against exactly `stored_hash` lately.
+    fn recalls(&self, fingerprint: &[u8; 32], stored_hash: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(entries.get(fingerprint), Some((hash, expires)) if hash == stored_hash && *expires > Instant::now())
+    }
+
+    fn remember(&self, fingerprint: [u8; 32], stored_hash: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= LOGIN_CACHE_MAX {
+            let now = Instant::now();
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(fingerprint, (stored_hash.to_string(), Instant::now() + self.ttl));
+    }
+}
+
 /// Account management and password checks on top of a [`Store`].
 #[derive(Clone)]
 pub struct Identity {
     store: Arc<dyn Store>,
     /// Verified against when the user does not exist, so that both cases cost one hash.
     dummy_hash: Arc<String>,
+    pool: Arc<hashing::HashPool>,
+    cache: Option<Arc<LoginCache>>,
 }
 
 impl Identity {
+    /// Without a login cache (the admin commands).
     pub fn new(store: Arc<dyn Store>) -> Result<Identity, IdentityError> {
+        Identity::with_login_cache(store, Duration::ZERO)
+    }
+
+    /// With a login cache keeping successful logins for `ttl` (zero: no cache).
+    pub fn with_login_cache(store: Arc<dyn Store>, ttl: Duration) -> Result<Identity, IdentityError> {
         let dummy = hash_password(&Password::new("sealmail-dummy-password".to_string()))?;
+        let cache = match ttl.is_zero() {
+            true => None,
+            false => Some(Arc::new(LoginCache::new(ttl)?)),
+        };
         Ok(Identity {
             store,
             dummy_hash: Arc::new(dummy),
+            pool: hashing::HashPool::new()?,
+            cache,
         })
     }
 
@@ -155,7 +225,7 @@ impl Identity {
         password: &Password,
     ) -> Result<AccountId, IdentityError> {
         check_new_password(password)?;
-        let hash = hash_off_thread(password.clone()).await?;
+        let hash = self.hash_off_thread(password.clone()).await?;
         Ok(self.store.add_account(address, &hash).await?)
     }
 
@@ -165,7 +235,7 @@ impl Identity {
         password: &Password,
     ) -> Result<(), IdentityError> {
         check_new_password(password)?;
-        let hash = hash_off_thread(password.clone()).await?;
+        let hash = self.hash_off_thread(password.clone()).await?;
         Ok(self.store.set_password_hash(address, &hash).await?)
     }
 
@@ -195,8 +265,18 @@ impl Identity {
 
     /// Costs what a real verification costs, so that failures all take the same time.
     async fn spend_one_hash(&self, password: &Password) {
-        let (password, hash) = (password.clone(), self.dummy_hash.clone());
-        let _ = tokio::task::spawn_blocking(move || verify_hash(&password, &hash)).await;
+        let _ = self.verify_off_thread(password, self.dummy_hash.as_str()).await;
+    }
+
+    async fn verify_off_thread(&self, password: &Password, hash: &str) -> Result<bool, IdentityError> {
+        let (password, hash) = (password.clone(), hash.to_string());
+        self.pool
+            .run(move |blocks| hashing::verify_in(&password, &hash, blocks))
+            .await
+    }
+
+    async fn hash_off_thread(&self, password: Password) -> Result<String, IdentityError> {
+        self.pool.run(move |_| hash_password(&password)).await?
     }
 
     /// The account, if `address` exists and `password` is its password. Takes the same time
@@ -210,24 +290,28 @@ impl Identity {
             return Ok(None);
         }
         let account = self.store.account(address).await?;
-        let hash = match &account {
-            Some(a) => a.password_hash.clone(),
-            None => self.dummy_hash.as_str().to_string(),
-        };
+        let fingerprint = self.cache.as_ref().and_then(|c| c.fingerprint(address, password));
+        if let (Some(cache), Some(fingerprint), Some(account)) = (&self.cache, &fingerprint, &account)
+            && cache.recalls(fingerprint, &account.password_hash)
+        {
+            return Ok(Some(account.clone()));
+        }
         // The dummy hash has the same parameters as real ones, so both paths cost one hash.
-        let password = password.clone();
-        let matches = tokio::task::spawn_blocking(move || verify_hash(&password, &hash))
-            .await
-            .unwrap_or(false);
-        Ok(account.filter(|_| matches))
+        let hash = match &account {
+            Some(a) => a.password_hash.as_str(),
+            None => self.dummy_hash.as_str(),
+        };
+        let matches = self.verify_off_thread(password, hash).await?;
+        match account {
+            Some(account) if matches => {
+                if let (Some(cache), Some(fingerprint)) = (&self.cache, fingerprint) {
+                    cache.remember(fingerprint, &account.password_hash);
+                }
+                Ok(Some(account))
+            }
+            _ => Ok(None),
+        }
     }
-}
-
-/// Argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-async fn hash_off_thread(password: Password) -> Result<String, IdentityError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| IdentityError::Hash(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -330,6 +414,94 @@ mod store_tests {
         identity.set_password(&alice, &new_password).await?;
         assert!(identity.verify_password(&alice, &password).await?.is_none());
         assert!(identity.verify_password(&alice, &new_password).await?.is_some());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use sealmail_store::SqliteStore;
+    use sealmail_types::Domain;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_login_cache_remembers_successes_only_until_the_password_changes()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        store.add_domain(&Domain::parse("example.test")?).await?;
+        let identity = Identity::with_login_cache(store.clone(), Duration::from_secs(60))?;
+        let alice = EmailAddress::parse("alice@example.test")?;
+        let old = Password::new("the first long password".to_string());
+        identity.add_user(&alice, &old).await?;
+
+        assert!(identity.verify_password(&alice, &old).await?.is_some());
+        let cache = identity.cache.clone().ok_or("no cache")?;
+        assert_eq!(
+            cache.entries.lock().map(|e| e.len()).unwrap_or(0),
+            1,
+            "success remembered"
+        );
+        // A cached login is answered without Argon2: much faster than a full verification.
+        let started = Instant::now();
+        for _ in 0..20 {
+            assert!(identity.verify_password(&alice, &old).await?.is_some());
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "cache not used: {:?}",
+            started.elapsed()
+        );
+
+        // Failures are never remembered and always fail.
+        let wrong = Password::new("not the password at all".to_string());
+        assert!(identity.verify_password(&alice, &wrong).await?.is_none());
+        assert_eq!(cache.entries.lock().map(|e| e.len()).unwrap_or(0), 1);
+
+        // A password change (here through another Identity, as the admin CLI does) ends the
+        // cached login at once.
+        let new = Password::new("the second long password".to_string());
+        Identity::new(store.clone())?.set_password(&alice, &new).await?;
+        assert!(
+            identity.verify_password(&alice, &old).await?.is_none(),
+            "old password still accepted"
+        );
+        assert!(identity.verify_password(&alice, &new).await?.is_some());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_logins_are_all_answered_by_the_bounded_pool()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        store.add_domain(&Domain::parse("example.test")?).await?;
+        let identity = Identity::new(store)?;
+        let alice = EmailAddress::parse("alice@example.test")?;
+        let password = Password::new("a long enough password".to_string());
+        identity.add_user(&alice, &password).await?;
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let (identity, alice, password) = (identity.clone(), alice.clone(), password.clone());
+            tasks.push(tokio::spawn(async move {
+                let attempt = if i % 2 == 0 {
+                    password
+                } else {
+                    Password::new("wrong wrong wrong".into())
+                };
+                identity
+                    .verify_password(&alice, &attempt)
+                    .await
+                    .map(|a| a.is_some())
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            if task.await?? {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 12);
         Ok(())
     }
 }

@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let store: Arc<dyn Store> = open_store(&config).await?;
-    let identity = sealmail_identity::Identity::new(store.clone())?;
+    let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
 
     let bound = sealmail_net::bind(&config.listeners)
         .await

@@ -1,0 +1,486 @@
+//! `sealmail-bench`: measures an SMTP server the way the SMTP issue asks, so that sealmail and
+//! the Postfix + Dovecot peer are measured by the same client in the same run.
+//!
+//! `smtp`: N concurrent sessions, each message on a new TCP + TLS connection (one handshake per
+//! message): EHLO, AUTH PLAIN, MAIL, RCPT, DATA, QUIT. Reports messages/s, latency p50/p99
+//! (connect to the 250 after DATA), server CPU (all CPU time on the machine minus this
+//! client's, so multi-process servers are counted whole) and the servers' peak RSS.
+//! `crypto`: the raw server-side cost of one TLS handshake, of decrypting and of hashing a
+//! message of the same size, in process, as the baseline for "CPU per message".
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per run; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Submit messages over implicit TLS with AUTH, one connection per message
+    Smtp {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "mail.example.test")]
+        server_name: String,
+        /// PEM file with the certificate to trust
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        #[arg(long, default_value_t = 50)]
+        messages_per_session: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        /// Process names (comm) whose resident memory is summed for the peak RSS
+        #[arg(long, value_delimiter = ',')]
+        server_processes: Vec<String>,
+        /// A label for the report
+        #[arg(long, default_value = "server")]
+        label: String,
+    },
+    /// Measure the in-process cost of a server TLS handshake, AEAD decryption and SHA-256
+    Crypto {
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crypto { size, iterations } => crypto(size, iterations),
+        Command::Smtp { .. } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(smtp(cli.command))
+        }
+    }
+}
+
+/// Total busy CPU time of the machine, in clock ticks (from /proc/stat).
+fn machine_busy_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Ok(busy)
+}
+
+/// CPU time of this process, in clock ticks.
+fn own_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Sum of VmRSS (KiB) of processes whose name is in `names`.
+fn rss_of(names: &[String]) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !names.iter().any(|n| n == comm.trim()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += kb;
+        }
+    }
+    total
+}
+
+fn ticks_per_second() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on (sysconf is unsafe to call without libc).
+    100.0
+}
+
+async fn expect(
+    reader: &mut BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
+    code: &str,
+) -> anyhow::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            bail!("connection closed while waiting for {code}");
+        }
+        if line.len() >= 4 && &line[3..4] == "-" {
+            continue;
+        }
+        if !line.starts_with(code) {
+            bail!("expected {code}, got {}", line.trim_end());
+        }
+        return Ok(());
+    }
+}
+
+struct Job {
+    addr: std::net::SocketAddr,
+    server_name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    auth: String,
+    from: String,
+    to: String,
+    body: Vec<u8>,
+}
+
+async fn one_message(job: &Job) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let tcp = TcpStream::connect(job.addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = job.connector.connect(job.server_name.clone(), tcp).await?;
+    let mut conn = BufReader::new(tls);
+    expect(&mut conn, "220").await?;
+    conn.get_mut().write_all(b"EHLO bench.test\r\n").await?;
+    expect(&mut conn, "250").await?;
+    conn.get_mut()
+        .write_all(format!("AUTH PLAIN {}\r\n", job.auth).as_bytes())
+        .await?;
+    expect(&mut conn, "235").await?;
+    let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", job.from, job.to);
+    conn.get_mut().write_all(envelope.as_bytes()).await?;
+    expect(&mut conn, "250").await?;
+    expect(&mut conn, "250").await?;
+    expect(&mut conn, "354").await?;
+    conn.get_mut().write_all(&job.body).await?;
+    expect(&mut conn, "250").await?;
+    let elapsed = started.elapsed();
+    conn.get_mut().write_all(b"QUIT\r\n").await?;
+    let _ = expect(&mut conn, "221").await;
+    Ok(elapsed)
+}
+
+fn body(from: &str, to: &str, size: usize) -> Vec<u8> {
+    let mut body = format!("From: {from}\r\nTo: {to}\r\nSubject: bench\r\n\r\n").into_bytes();
+    let line = b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz012345\r\n";
+    while body.len() < size {
+        body.extend_from_slice(line);
+    }
+    body.extend_from_slice(b".\r\n");
+    body
+}
+
+async fn smtp(command: Command) -> anyhow::Result<()> {
+    let Command::Smtp {
+        addr,
+        server_name,
+        ca,
+        user,
+        password,
+        to,
+        sessions,
+        messages_per_session,
+        size,
+        server_processes,
+        label,
+    } = command
+    else {
+        bail!("not the smtp command");
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let pinned: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&ca)?.collect::<Result<_, _>>()?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            certs: pinned,
+            provider,
+        }))
+        .with_no_client_auth();
+    // A full handshake for every message: no session resumption.
+    config.resumption = rustls::client::Resumption::disabled();
+    let job = Arc::new(Job {
+        addr,
+        server_name: ServerName::try_from(server_name)?,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        auth: base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}")),
+        body: body(&user, &to, size),
+        from: user,
+        to,
+    });
+
+    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(rss_of(&server_processes)));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak_rss, sampling, names) = (peak_rss.clone(), sampling.clone(), server_processes.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak_rss.fetch_max(rss_of(&names), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    let busy_before = machine_busy_ticks()?;
+    let own_before = own_ticks()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let job = job.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(messages_per_session);
+            let mut failures = 0usize;
+            for _ in 0..messages_per_session {
+                match one_message(&job).await {
+                    Ok(latency) => latencies.push(latency),
+                    Err(e) => {
+                        failures += 1;
+                        if failures <= 3 {
+                            eprintln!("message failed: {e:#}");
+                        }
+                    }
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (l, f) = task.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let wall = started.elapsed();
+    let busy = machine_busy_ticks()?.saturating_sub(busy_before);
+    let own = own_ticks()?.saturating_sub(own_before);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let delivered = latencies.len();
+    let server_cpu = busy.saturating_sub(own) as f64 / ticks_per_second();
+    println!(
+        "{label}: {delivered} messages ({failures} failed) of {size} bytes, {sessions} sessions, one TLS handshake each, in {:.2} s",
+        wall.as_secs_f64()
+    );
+    println!(
+        "{label}: throughput {:.1} msg/s",
+        delivered as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "{label}: latency p50 {:.1} ms, p99 {:.1} ms",
+        pct(0.50),
+        pct(0.99)
+    );
+    println!(
+        "{label}: server CPU {:.2} s total, {:.3} ms per message (machine CPU minus client CPU {:.2} s)",
+        server_cpu,
+        server_cpu * 1000.0 / delivered.max(1) as f64,
+        own as f64 / ticks_per_second()
+    );
+    println!(
+        "{label}: server peak RSS {:.1} MiB ({})",
+        peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        server_processes.join(",")
+    );
+    Ok(())
+}
+
+/// Accepts exactly the certificates in the --ca file (the peer's self-signed certificate is
+/// marked as a CA, which WebPKI refuses as a server certificate), with real signature checks.
+#[derive(Debug)]
+struct Pinned {
+    certs: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            false => Err(rustls::Error::General("certificate is not the pinned one".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Runs a complete in-memory TLS handshake and returns the time spent in server-side calls.
+fn server_handshake(
+    client_config: &Arc<rustls::ClientConfig>,
+    server_config: &Arc<rustls::ServerConfig>,
+) -> anyhow::Result<(Duration, rustls::ClientConnection, rustls::ServerConnection)> {
+    let mut client =
+        rustls::ClientConnection::new(client_config.clone(), ServerName::try_from("mail.example.test")?)?;
+    let mut server = rustls::ServerConnection::new(server_config.clone())?;
+    let mut server_time = Duration::ZERO;
+    let mut buf = Vec::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf)?;
+        }
+        let t = Instant::now();
+        let mut slice = buf.as_slice();
+        while !slice.is_empty() {
+            server.read_tls(&mut slice)?;
+            server.process_new_packets()?;
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf)?;
+        }
+        server_time += t.elapsed();
+        let mut slice = buf.as_slice();
+        while !slice.is_empty() {
+            client.read_tls(&mut slice)?;
+            client.process_new_packets()?;
+        }
+    }
+    Ok((server_time, client, server))
+}
+
+fn crypto(size: usize, iterations: usize) -> anyhow::Result<()> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["mail.example.test".to_string()])?.self_signed(&key)?;
+    let cert_der = cert.der().clone();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?;
+    let server_config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key_der)?,
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der)?;
+    let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.resumption = rustls::client::Resumption::disabled();
+    let client_config = Arc::new(client_config);
+
+    let message = vec![b'x'; size];
+    let mut handshake = Duration::ZERO;
+    let mut decrypt = Duration::ZERO;
+    let mut hashing = Duration::ZERO;
+    for _ in 0..iterations {
+        let (t, mut client, mut server) = server_handshake(&client_config, &server_config)?;
+        handshake += t;
+        client.writer().write_all(&message)?;
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire)?;
+        }
+        let t = Instant::now();
+        let mut slice = wire.as_slice();
+        let mut plain = vec![0u8; size];
+        while !slice.is_empty() {
+            server.read_tls(&mut slice)?;
+            server.process_new_packets()?;
+        }
+        server.reader().read_exact(&mut plain)?;
+        decrypt += t.elapsed();
+        let t = Instant::now();
+        let digest = sha2::Sha256::digest(&plain);
+        hashing += t.elapsed();
+        std::hint::black_box(digest);
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / iterations as f64;
+    println!(
+        "crypto baseline ({iterations} iterations, {size}-byte message): server handshake {:.3} ms, decrypt {:.4} ms, SHA-256 {:.4} ms; total {:.3} ms per message",
+        per(handshake),
+        per(decrypt),
+        per(hashing),
+        per(handshake + decrypt + hashing)
+    );
+    Ok(())
+}
