@@ -20,7 +20,7 @@ use sealmail_config::{Role, SmtpConfig};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
 use sealmail_net::TlsActive;
-use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Store};
+use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Recipient as Lookup, Store};
 use sealmail_types::{EmailAddress, MailboxId};
 
 use crate::message;
@@ -403,37 +403,24 @@ impl Session {
         if transaction.recipients.iter().any(|r| r.address == address) {
             return reply(250, "2.1.5", "Recipient OK (duplicate ignored)");
         }
-        let local_domain = match store.domain_exists(address.domain()).await {
-            Ok(local) => local,
+        let recipient = match store.resolve_recipient(&address).await {
+            Ok(recipient) => recipient,
             Err(e) => return temporary_failure(&e),
         };
-        let target = if local_domain {
-            let account = match store.account(&address).await {
-                Ok(account) => account,
-                Err(e) => return temporary_failure(&e),
-            };
-            let Some(account) = account else {
-                return reply(550, "5.1.1", format!("No such user here: {address}"));
-            };
-            match store.mailbox(account.id, "INBOX").await {
-                Ok(Some(inbox)) => Target::Local { mailbox: inbox.id },
-                Ok(None) => return reply(450, "4.2.0", "Mailbox unavailable"),
-                Err(e) => return temporary_failure(&e),
-            }
-        } else if role == Role::Submission {
-            Target::Remote(QueueRecipient {
+        let target = match (recipient, role) {
+            (Lookup::Local { inbox, .. }, _) => Target::Local { mailbox: inbox },
+            (Lookup::UnknownUser, _) => return reply(550, "5.1.1", format!("No such user here: {address}")),
+            (Lookup::NotLocal, Role::Submission) => Target::Remote(QueueRecipient {
                 address: address.clone(),
                 dsn_notify: notify_text(to.flags),
                 // smtp-proto accepts only the rfc822 address type and decodes the xtext.
                 dsn_orcpt: to.orcpt.map(|address| format!("rfc822;{address}")),
-            })
-        } else {
+            }),
             // mx never relays.
-            return reply(
-                550,
-                "5.7.1",
-                format!("Relaying denied: {} is not served here", address.domain()),
-            );
+            (Lookup::NotLocal, _) => {
+                let refusal = format!("Relaying denied: {} is not served here", address.domain());
+                return reply(550, "5.7.1", refusal);
+            }
         };
         transaction.recipients.push(Recipient { address, target });
         reply(250, "2.1.5", "Recipient OK")

@@ -164,6 +164,16 @@ pub struct QueueRecipientState {
     pub dsn_orcpt: Option<String>,
 }
 
+/// Where mail for an address goes, from one lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// The domain is not served here.
+    NotLocal,
+    /// The domain is ours but has no such user.
+    UnknownUser,
+    Local { account: AccountId, inbox: MailboxId },
+}
+
 /// Counters that show how writes were batched into commits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -178,6 +188,8 @@ pub trait Store: Send + Sync {
     async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError>;
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
     async fn domain_exists(&self, domain: &Domain) -> Result<bool, StoreError>;
+    /// Whether `address` is a local user, and its INBOX, in one lookup (SMTP RCPT).
+    async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Recipient, StoreError>;
 
     /// Creates the account and its [`DEFAULT_MAILBOXES`]; the domain must exist.
     async fn add_account(&self, address: &EmailAddress, password_hash: &str)

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-use crate::{Accepted, AcceptedMessage, QueueEntry, QueueRecipientState};
+use crate::{Accepted, AcceptedMessage, QueueEntry, QueueRecipientState, Recipient};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
@@ -265,15 +265,23 @@ async fn writer_loop(
         let committed = match begun {
             Err(e) => Err(e.to_string()),
             Ok(_) => {
-                for (op, _) in batch.iter_mut() {
-                    results.push(apply_in_savepoint(&mut conn, op).await);
-                }
-                match sqlx::query("COMMIT").execute(&mut conn).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
+                let mut rolled_back = false;
+                if let [(op, _)] = batch.as_mut_slice() {
+                    // A lone write needs no savepoint: if it fails, the whole transaction goes.
+                    let result = apply(&mut conn, op).await;
+                    if result.is_err() {
                         let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                        Err(e.to_string())
+                        rolled_back = true;
                     }
+                    results.push(result);
+                } else {
+                    for (op, _) in batch.iter_mut() {
+                        results.push(apply_in_savepoint(&mut conn, op).await);
+                    }
+                }
+                match rolled_back {
+                    true => Ok(()),
+                    false => commit(&mut conn).await,
                 }
             }
         };
@@ -296,6 +304,16 @@ async fn writer_loop(
         }
     }
     let _ = conn.close().await;
+}
+
+async fn commit(conn: &mut SqliteConnection) -> Result<(), String> {
+    match sqlx::query("COMMIT").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e.to_string())
+        }
+    }
 }
 
 async fn apply_in_savepoint(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDone, StoreError> {
@@ -605,6 +623,31 @@ impl Store for SqliteStore {
             .fetch_optional(&self.readers)
             .await?;
         Ok(found.is_some())
+    }
+
+    async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Recipient, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.id AS account_id, m.id AS inbox_id FROM domains d \
+             LEFT JOIN accounts a ON a.domain_id = d.id AND a.address = ?2 \
+             LEFT JOIN mailboxes m ON m.account_id = a.id AND m.name = 'INBOX' \
+             WHERE d.name = ?1",
+        )
+        .bind(address.domain().as_str())
+        .bind(address.to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Recipient::NotLocal);
+        };
+        let account: Option<i64> = row.try_get("account_id")?;
+        let inbox: Option<i64> = row.try_get("inbox_id")?;
+        Ok(match (account, inbox) {
+            (Some(account), Some(inbox)) => Recipient::Local {
+                account: AccountId(account),
+                inbox: MailboxId(inbox),
+            },
+            _ => Recipient::UnknownUser,
+        })
     }
 
     async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError> {
