@@ -223,4 +223,76 @@ mod tests {
         assert!(data.content.is_empty());
         assert_eq!(used, 21);
     }
+
+    /// A small deterministic generator (xorshift), so the test needs no extra crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_stuffed_data_comes_back_as_sent_at_any_split() {
+        let mut rng = Rng(0x5ea1_3a11_d00d_f00d);
+        let alphabet = b"ab.. \t.xyz";
+        for _ in 0..2000 {
+            let lines: Vec<Vec<u8>> = (0..rng.below(8))
+                .map(|_| {
+                    (0..rng.below(6))
+                        .map(|_| alphabet[rng.below(alphabet.len())])
+                        .collect()
+                })
+                .collect();
+            // What the client means, and what it sends (RFC 5321 4.5.2 dot stuffing).
+            let mut meant = Vec::new();
+            let mut wire = Vec::new();
+            for line in &lines {
+                meant.extend_from_slice(line);
+                meant.extend_from_slice(b"\r\n");
+                if line.starts_with(b".") {
+                    wire.push(b'.');
+                }
+                wire.extend_from_slice(line);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b".\r\nNEXT\r\n");
+            let step = 1 + rng.below(9);
+            let (data, rest) = receive(&wire, step);
+            let data = data.unwrap_or_else(|| panic!("no end in {:?}", String::from_utf8_lossy(&wire)));
+            assert!(!data.bare_line_ending);
+            assert_eq!(data.content, meant, "{:?}", String::from_utf8_lossy(&wire));
+            assert_eq!(rest, b"NEXT\r\n");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_bare_endings_are_always_flagged() {
+        let mut rng = Rng(0xbad_5eed);
+        let alphabet = b"\r\n.a";
+        for _ in 0..5000 {
+            let input: Vec<u8> = (0..rng.below(40))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let step = 1 + rng.below(7);
+            let (data, rest) = receive(&input, step);
+            if let Some(data) = data {
+                let used = &input[..input.len() - rest.len()];
+                // Whatever ended the data, it was a real CRLF "." CRLF.
+                assert!(used.ends_with(b"\r\n.\r\n") || used == b".\r\n", "{used:?}");
+                let bare = used
+                    .windows(2)
+                    .enumerate()
+                    .any(|(i, w)| (w[0] == b'\r' && w[1] != b'\n') || (w[1] == b'\n' && w[0] != b'\r'))
+                    || used.first() == Some(&b'\n');
+                assert_eq!(data.bare_line_ending, bare, "{used:?}");
+            }
+        }
+    }
 }

@@ -171,7 +171,10 @@ pub enum Recipient {
     NotLocal,
     /// The domain is ours but has no such user.
     UnknownUser,
-    Local { account: AccountId, inbox: MailboxId },
+    Local {
+        account: AccountId,
+        inbox: MailboxId,
+    },
 }
 
 /// Counters that show how writes were batched into commits.
