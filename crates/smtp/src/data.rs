@@ -288,8 +288,7 @@ mod tests {
                 assert!(used.ends_with(b"\r\n.\r\n") || used == b".\r\n", "{used:?}");
                 let bare = used
                     .windows(2)
-                    .enumerate()
-                    .any(|(i, w)| (w[0] == b'\r' && w[1] != b'\n') || (w[1] == b'\n' && w[0] != b'\r'))
+                    .any(|w| (w[0] == b'\r' && w[1] != b'\n') || (w[1] == b'\n' && w[0] != b'\r'))
                     || used.first() == Some(&b'\n');
                 assert_eq!(data.bare_line_ending, bare, "{used:?}");
             }
