@@ -150,6 +150,31 @@ impl Default for SmtpConfig {
     }
 }
 
+/// Intrusion prevention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// Authentication failures from one IP (IPv6: one /64) within `failure_window` that ban it.
+    pub auth_failures: u32,
+    pub failure_window: Duration,
+    /// Length of a first ban; each further ban within a week doubles it, up to `max_ban`.
+    pub ban: Duration,
+    pub max_ban: Duration,
+    /// Networks never banned (e.g. the office, a monitoring host); CIDR notation.
+    pub trusted: Vec<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            auth_failures: 5,
+            failure_window: Duration::from_secs(600),
+            ban: Duration::from_secs(900),
+            max_ban: Duration::from_secs(86_400),
+            trusted: Vec::new(),
+        }
+    }
+}
+
 /// Password logins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -184,6 +209,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub smtp: SmtpConfig,
     pub auth: AuthConfig,
+    pub security: SecurityConfig,
     pub log_format: LogFormat,
 }
 
@@ -206,7 +232,20 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    security: RawSecurity,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    auth_failures: Option<i64>,
+    failure_window_secs: Option<i64>,
+    ban_secs: Option<i64>,
+    max_ban_secs: Option<i64>,
+    #[serde(default)]
+    trusted: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -410,6 +449,44 @@ impl Config {
             ) as u64),
         };
 
+        let d = SecurityConfig::default();
+        let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
+            Duration::from_secs(
+                positive(key, value, default.as_secs() as i64, 1..=31_536_000, problems) as u64,
+            )
+        };
+        let security = SecurityConfig {
+            auth_failures: positive(
+                "security.auth_failures",
+                raw.security.auth_failures,
+                d.auth_failures as i64,
+                1..=10_000,
+                &mut problems,
+            ) as u32,
+            failure_window: secs(
+                "security.failure_window_secs",
+                raw.security.failure_window_secs,
+                d.failure_window,
+                &mut problems,
+            ),
+            ban: secs("security.ban_secs", raw.security.ban_secs, d.ban, &mut problems),
+            max_ban: secs(
+                "security.max_ban_secs",
+                raw.security.max_ban_secs,
+                d.max_ban,
+                &mut problems,
+            ),
+            trusted: raw.security.trusted.clone(),
+        };
+        for (i, net) in security.trusted.iter().enumerate() {
+            let valid = net.parse::<std::net::IpAddr>().is_ok() || is_cidr(net);
+            if !valid {
+                problems.push(format!(
+                    "security.trusted[{i}] = {net:?} is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\""
+                ));
+            }
+        }
+
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -431,6 +508,7 @@ impl Config {
                 store,
                 smtp,
                 auth,
+                security,
                 log_format,
             }),
             _ => Err(ConfigError::Invalid(problems)),
@@ -545,6 +623,17 @@ fn positive(
             default
         }
     }
+}
+
+/// "ADDRESS/PREFIX" with a prefix that fits the address family.
+fn is_cidr(text: &str) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let (Ok(address), Ok(prefix)) = (address.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) else {
+        return false;
+    };
+    prefix <= if address.is_ipv4() { 32 } else { 128 }
 }
 
 fn describe_toml_error(e: &toml::de::Error) -> String {

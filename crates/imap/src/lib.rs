@@ -104,6 +104,10 @@ impl Handler for ImapHandler {
     fn busy_reply(&self) -> &'static [u8] {
         b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
     }
+
+    fn banned_reply(&self) -> &'static [u8] {
+        b"* BYE [UNAVAILABLE] Access denied for this address; try again later\r\n"
+    }
 }
 
 fn command(conn: &Connection, line: &[u8]) -> (String, Next) {

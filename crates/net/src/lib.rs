@@ -12,5 +12,5 @@ mod connection;
 mod listener;
 
 pub use connection::{ConnError, Connection, ConnectionInfo, Line};
-pub use listener::{BoundListener, Handler, Server, bind};
+pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind};
 pub use sealmail_tls::TlsActive;

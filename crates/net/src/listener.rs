@@ -24,6 +24,14 @@ pub trait Handler: Send + Sync + 'static {
     /// The line sent, in plaintext and only on STARTTLS listeners, to a client turned away
     /// because a connection cap is reached (e.g. SMTP "421 4.7.0 ...\r\n").
     fn busy_reply(&self) -> &'static [u8];
+
+    /// The line sent, in plaintext and only on STARTTLS listeners, to a banned client.
+    fn banned_reply(&self) -> &'static [u8];
+}
+
+/// Decides at accept time, before any TLS work, whether a client is refused (banned).
+pub trait AcceptFilter: Send + Sync + 'static {
+    fn refuse(&self, ip: std::net::IpAddr) -> bool;
 }
 
 /// A listening socket with the protocol that serves it.
@@ -97,6 +105,7 @@ pub struct Server {
     sessions: TaskTracker,
     global: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    filter: Option<Arc<dyn AcceptFilter>>,
 }
 
 impl Server {
@@ -108,7 +117,14 @@ impl Server {
             shutdown,
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
+            filter: None,
         }
+    }
+
+    /// Refuses clients the filter names, at accept time.
+    pub fn with_filter(mut self, filter: Arc<dyn AcceptFilter>) -> Server {
+        self.filter = Some(filter);
+        self
     }
 
     /// Accepts on every listener until the shutdown token is cancelled, then stops accepting and
@@ -155,10 +171,18 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let plaintext_first = listener.spec.tls == TlsMode::StartTls;
+            if self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip())) {
+                tracing::debug!(%peer, "connection refused: banned");
+                let reply = listener.handler.banned_reply();
+                self.sessions
+                    .spawn(turn_away(tcp, plaintext_first.then_some(reply)));
+                continue;
+            }
             let Some(slots) = self.take_slots(peer) else {
                 let reply = listener.handler.busy_reply();
-                let plaintext = listener.spec.tls == TlsMode::StartTls;
-                self.sessions.spawn(turn_away(tcp, plaintext.then_some(reply)));
+                self.sessions
+                    .spawn(turn_away(tcp, plaintext_first.then_some(reply)));
                 continue;
             };
             let info = ConnectionInfo {

@@ -171,3 +171,94 @@ pub async fn queue_list(config_path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// "1700000000" (unix time) or an age: "90s", "30m", "12h", "7d".
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    if let Ok(unix) = text.parse::<i64>() {
+        return Ok(unix);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(usage(format!(
+                "--since {text:?}: use a unix time or an age like 30m, 12h, 7d"
+            )));
+        }
+    };
+    let n: i64 = number.parse().map_err(|_| {
+        usage(format!(
+            "--since {text:?}: use a unix time or an age like 30m, 12h, 7d"
+        ))
+    })?;
+    Ok(now_unix() - n.saturating_mul(seconds))
+}
+
+fn event_json(event: &sealmail_store::SecurityEvent) -> String {
+    serde_json::json!({
+        "at": event.at,
+        "kind": event.kind,
+        "address": event.address,
+        "account": event.account,
+        "listener": event.listener,
+        "detail": event.detail,
+    })
+    .to_string()
+}
+
+pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) -> anyhow::Result<()> {
+    use crate::cli::{BansCommand, SecurityCommand};
+    let config = load_config(config_path)?;
+    let store: Arc<dyn Store> = open_store(&config).await?;
+    match command {
+        SecurityCommand::Bans(BansCommand::List) => {
+            let bans = store.active_bans(now_unix()).await?;
+            if bans.is_empty() {
+                println!("no bans in force");
+            }
+            for ban in bans {
+                println!(
+                    "{} banned until {} (level {}, {} s left): {}",
+                    ban.address,
+                    ban.until,
+                    ban.level,
+                    ban.until - now_unix(),
+                    ban.reason
+                );
+                // Every ban is explainable: the events from its address in the window before it.
+                let since = ban.created_at - config.security.failure_window.as_secs() as i64;
+                for event in store.events(since, None).await? {
+                    let from_it = event
+                        .address
+                        .as_deref()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                        .is_some_and(|ip| sealmail_guard::ban_key(ip) == ban.address);
+                    if from_it && event.at <= ban.created_at {
+                        println!("  {}", event_json(&event));
+                    }
+                }
+            }
+        }
+        SecurityCommand::Unban { ip } => {
+            let guard = sealmail_guard::Guard::load(config.security.clone(), store).await?;
+            let lifted = guard.unban(ip).await?;
+            println!("lifted {lifted} ban(s) of {}", sealmail_guard::ban_key(ip));
+        }
+        SecurityCommand::Events { since } => {
+            for event in store.events(parse_since(&since)?, None).await? {
+                println!("{}", event_json(&event));
+            }
+        }
+    }
+    Ok(())
+}

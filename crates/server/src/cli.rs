@@ -67,6 +67,9 @@ pub enum Command {
     /// Manage user accounts
     #[command(subcommand)]
     User(UserCommand),
+    /// Intrusion prevention: bans and the security event log
+    #[command(subcommand)]
+    Security(SecurityCommand),
     /// Inspect the outbound queue
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -112,6 +115,27 @@ pub struct InitArgs {
     /// IP address the standard listeners bind to (ports 25, 465, 587, 143, 993)
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,
+}
+
+#[derive(Subcommand)]
+pub enum SecurityCommand {
+    /// Bans and what caused them
+    #[command(subcommand)]
+    Bans(BansCommand),
+    /// Lift the bans of an IP address (IPv6: its /64)
+    Unban { ip: std::net::IpAddr },
+    /// Print security events as JSON lines
+    Events {
+        /// Only events newer than this: a unix time, or an age like 30m, 12h, 7d [default: 24h]
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BansCommand {
+    /// List the bans in force, each with the events that caused it
+    List,
 }
 
 #[derive(Subcommand)]

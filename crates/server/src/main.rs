@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Config(cli::ConfigCommand::Check) => admin::config_check(&config_path),
                 Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
+                Command::Security(cmd) => admin::security(&config_path, cmd).await,
                 Command::Queue(cli::QueueCommand::List) => admin::queue_list(&config_path).await,
                 Command::Migrate { dry_run } => admin::migrate(&config_path, dry_run).await,
                 Command::Backup { dir } => backup::backup(&config_path, &dir).await,

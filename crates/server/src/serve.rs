@@ -79,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let store: Arc<dyn Store> = open_store(&config).await?;
     let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
+    let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
+    guard.spawn_refresh();
 
     let bound = sealmail_net::bind(&config.listeners)
         .await
@@ -89,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.smtp.clone(),
         store: store.clone(),
         identity,
+        guard: guard.clone(),
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(&hostname));
     let listeners = bound
@@ -107,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)
+        .with_filter(guard)
         .run(listeners)
         .await;
     tracing::info!("sealmail stopped");

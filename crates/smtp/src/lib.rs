@@ -62,6 +62,10 @@ impl Handler for SmtpHandler {
     fn busy_reply(&self) -> &'static [u8] {
         b"421 4.7.0 Too many connections, try again later\r\n"
     }
+
+    fn banned_reply(&self) -> &'static [u8] {
+        b"421 4.7.0 Access denied for this address; try again later\r\n"
+    }
 }
 
 async fn send(conn: &mut Connection, session: &mut Session, reply: &Reply) -> Result<bool, ConnError> {

@@ -17,6 +17,7 @@ use smtp_proto::{
 };
 
 use sealmail_config::{Role, SmtpConfig};
+use sealmail_guard::Guard;
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
 use sealmail_net::TlsActive;
@@ -32,6 +33,7 @@ pub struct SmtpContext {
     pub config: SmtpConfig,
     pub store: Arc<dyn Store>,
     pub identity: Identity,
+    pub guard: Arc<Guard>,
 }
 
 /// What the driver must do after a command.
@@ -97,6 +99,8 @@ pub struct Session {
     /// A failed BDAT transaction: further chunks are read and dropped until LAST or RSET.
     bdat_failed: bool,
     errors: u32,
+    /// The client was banned during this session; it is closed after the current reply.
+    banned: bool,
 }
 
 fn reply(code: u16, status: &'static str, text: impl Into<String>) -> Action {
@@ -116,6 +120,7 @@ impl Session {
             transaction: None,
             bdat_failed: false,
             errors: 0,
+            banned: false,
         }
     }
 
@@ -123,8 +128,16 @@ impl Session {
         Reply::bare(220, format!("{} ESMTP sealmail", self.ctx.hostname))
     }
 
-    /// Counts an error reply; returns the 421 that ends the session when there were too many.
+    /// Counts an error reply; returns the 421 that ends the session when there were too many
+    /// or when the client has just been banned.
     pub fn count_error(&mut self, sent: &Reply) -> Option<Reply> {
+        if self.banned {
+            return Some(Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Access denied for this address", self.ctx.hostname),
+            ));
+        }
         if !sent.is_error() {
             return None;
         }
@@ -291,12 +304,23 @@ impl Session {
         };
         match self.ctx.identity.authenticate(tls, &credentials).await {
             Ok(Some(authenticated)) => {
-                tracing::info!(peer = %self.peer, user = %authenticated.account.address, "authenticated");
+                let user = authenticated.account.address.to_string();
+                self.ctx
+                    .guard
+                    .auth_succeeded(self.peer.ip(), &user, self.role.as_str())
+                    .await;
                 self.auth = Some(authenticated);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }
             Ok(None) => {
-                tracing::warn!(peer = %self.peer, user = %credentials.username, "authentication failed");
+                let banned = self
+                    .ctx
+                    .guard
+                    .auth_failed(self.peer.ip(), &credentials.username, self.role.as_str())
+                    .await;
+                if banned.is_some() {
+                    self.banned = true;
+                }
                 Reply::new(535, "5.7.8", "Authentication credentials invalid")
             }
             Err(e) => {

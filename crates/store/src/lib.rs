@@ -177,6 +177,29 @@ pub enum Recipient {
     },
 }
 
+/// A ban of a client address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub id: i64,
+    /// An IP address, or an IPv6 network in CIDR form.
+    pub address: String,
+    pub created_at: i64,
+    pub until: i64,
+    pub level: i64,
+    pub reason: String,
+}
+
+/// One entry of the security event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub at: i64,
+    pub kind: String,
+    pub address: Option<String>,
+    pub account: Option<String>,
+    pub listener: Option<String>,
+    pub detail: Option<String>,
+}
+
 /// Counters that show how writes were batched into commits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -215,6 +238,18 @@ pub trait Store: Send + Sync {
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
     /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;
+
+    /// Records a ban; returns it with its id.
+    async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError>;
+    /// Bans still in force at `now`.
+    async fn active_bans(&self, now: i64) -> Result<Vec<Ban>, StoreError>;
+    /// The highest level of any ban of `address` created after `since` (for escalation).
+    async fn last_ban_level(&self, address: &str, since: i64) -> Result<i64, StoreError>;
+    /// Lifts every ban of `address`; returns how many were in force.
+    async fn lift_bans(&self, address: &str, now: i64) -> Result<u64, StoreError>;
+    async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError>;
+    /// Events at or after `since`, oldest first; `address` narrows them to one client.
+    async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
 
     /// Writes a consistent copy of the whole store to `dest` (a new file), while the store is in use.
     async fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError>;

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-use crate::{Accepted, AcceptedMessage, QueueEntry, QueueRecipientState, Recipient};
+use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, QueueRecipientState, Recipient, SecurityEvent};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
@@ -69,6 +69,17 @@ enum WriteOp {
         local_sha256: Option<String>,
         outbound_sha256: Option<String>,
     },
+    AddBan {
+        address: String,
+        until: i64,
+        level: i64,
+        reason: String,
+    },
+    LiftBans {
+        address: String,
+        now: i64,
+    },
+    Event(SecurityEvent),
 }
 
 enum WriteDone {
@@ -76,6 +87,8 @@ enum WriteDone {
     Account(AccountId),
     Stored(Vec<StoredMessage>),
     Accepted(Accepted),
+    Ban(Ban),
+    Count(u64),
 }
 
 type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
@@ -441,6 +454,9 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .await?;
             Ok(WriteDone::Stored(stored))
         }
+        WriteOp::AddBan { .. } | WriteOp::LiftBans { .. } | WriteOp::Event(_) => {
+            apply_security(conn, op).await
+        }
         WriteOp::Accept {
             message,
             local_sha256,
@@ -488,6 +504,63 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             }
             Ok(WriteDone::Accepted(accepted))
         }
+    }
+}
+
+async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDone, StoreError> {
+    match op {
+        WriteOp::AddBan {
+            address,
+            until,
+            level,
+            reason,
+        } => {
+            let now = now_unix();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO bans (address, created_at, until, level, reason) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            )
+            .bind(address.as_str())
+            .bind(now)
+            .bind(*until)
+            .bind(*level)
+            .bind(reason.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(WriteDone::Ban(Ban {
+                id,
+                address: address.clone(),
+                created_at: now,
+                until: *until,
+                level: *level,
+                reason: reason.clone(),
+            }))
+        }
+        WriteOp::LiftBans { address, now } => {
+            let lifted =
+                sqlx::query("UPDATE bans SET lifted = 1 WHERE address = ?1 AND lifted = 0 AND until > ?2")
+                    .bind(address.as_str())
+                    .bind(*now)
+                    .execute(&mut *conn)
+                    .await?;
+            Ok(WriteDone::Count(lifted.rows_affected()))
+        }
+        WriteOp::Event(event) => {
+            sqlx::query(
+                "INSERT INTO security_events (at, kind, address, account, listener, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(event.at)
+            .bind(&event.kind)
+            .bind(&event.address)
+            .bind(&event.account)
+            .bind(&event.listener)
+            .bind(&event.detail)
+            .execute(&mut *conn)
+            .await?;
+            Ok(WriteDone::Unit)
+        }
+        _ => Err(StoreError::Database(sqlx::Error::Protocol(
+            "not a security write".into(),
+        ))),
     }
 }
 
@@ -564,6 +637,8 @@ fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Account(_) => "an account",
         WriteDone::Stored(_) => "stored messages",
         WriteDone::Accepted(_) => "an accepted message",
+        WriteDone::Ban(_) => "a ban",
+        WriteDone::Count(_) => "a count",
     };
     StoreError::Database(sqlx::Error::Protocol(format!(
         "store writer returned {what} unexpectedly"
@@ -827,6 +902,90 @@ impl Store for SqliteStore {
             return Err(error);
         }
         Ok(data)
+    }
+
+    async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError> {
+        let op = WriteOp::AddBan {
+            address: address.to_string(),
+            until,
+            level,
+            reason: reason.to_string(),
+        };
+        match self.write(op).await? {
+            WriteDone::Ban(ban) => Ok(ban),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn active_bans(&self, now: i64) -> Result<Vec<Ban>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, address, created_at, until, level, reason FROM bans WHERE lifted = 0 AND until > ?1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Ban {
+                    id: r.try_get("id")?,
+                    address: r.try_get("address")?,
+                    created_at: r.try_get("created_at")?,
+                    until: r.try_get("until")?,
+                    level: r.try_get("level")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_ban_level(&self, address: &str, since: i64) -> Result<i64, StoreError> {
+        let level: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(level) FROM bans WHERE address = ?1 AND created_at >= ?2")
+                .bind(address)
+                .bind(since)
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(level.unwrap_or(0))
+    }
+
+    async fn lift_bans(&self, address: &str, now: i64) -> Result<u64, StoreError> {
+        match self
+            .write(WriteOp::LiftBans {
+                address: address.to_string(),
+                now,
+            })
+            .await?
+        {
+            WriteDone::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError> {
+        self.write(WriteOp::Event(event)).await.map(|_| ())
+    }
+
+    async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, kind, address, account, listener, detail FROM security_events \
+             WHERE at >= ?1 AND (?2 IS NULL OR address = ?2) ORDER BY id",
+        )
+        .bind(since)
+        .bind(address)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecurityEvent {
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    address: r.try_get("address")?,
+                    account: r.try_get("account")?,
+                    listener: r.try_get("listener")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 
     async fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {

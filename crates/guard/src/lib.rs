@@ -1,0 +1,351 @@
+//! Built-in intrusion prevention: counts authentication failures per client address, bans an
+//! address that fails too often (escalating: each ban within a week doubles the last, up to a
+//! cap), refuses banned addresses at accept time before any TLS work, and records every
+//! security event in the store.
+//!
+//! IPv4 addresses are counted one by one; IPv6 addresses by /64, since one host usually holds a
+//! whole /64. Bans live in the store so they survive restarts; each server keeps an in-memory
+//! copy (refreshed every few seconds, so `sealmail security unban` takes effect while it runs)
+//! and checks it on every accepted connection. Trusted networks are never banned.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use sealmail_config::SecurityConfig;
+use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
+
+/// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
+pub const REFRESH: Duration = Duration::from_secs(3);
+/// How far back an earlier ban makes the next one longer.
+const REPEAT_WINDOW_SECS: i64 = 7 * 86_400;
+
+/// Event kinds, as stored and shown by `sealmail security events`.
+pub mod kind {
+    pub const AUTH_FAILURE: &str = "auth_failure";
+    pub const AUTH_SUCCESS: &str = "auth_success";
+    pub const BAN_ADDED: &str = "ban_added";
+    pub const BAN_LIFTED: &str = "ban_lifted";
+}
+
+/// The key failures and bans are counted under: the address, or an IPv6 /64.
+pub fn ban_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let net = ipnet::Ipv6Net::new(v6, 64).map(|n| n.trunc());
+                net.map(|n| n.to_string()).unwrap_or_else(|_| v6.to_string())
+            }
+        },
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Guard {
+    config: SecurityConfig,
+    trusted: Vec<IpNet>,
+    store: Arc<dyn Store>,
+    /// Ban key -> until (unix seconds).
+    bans: RwLock<HashMap<String, i64>>,
+    /// Ban key -> times of recent failures.
+    failures: Mutex<HashMap<String, VecDeque<i64>>>,
+}
+
+impl Guard {
+    /// Builds the guard and loads the bans in force.
+    pub async fn load(config: SecurityConfig, store: Arc<dyn Store>) -> Result<Arc<Guard>, StoreError> {
+        let trusted = config
+            .trusted
+            .iter()
+            .filter_map(|t| {
+                t.parse::<IpNet>()
+                    .ok()
+                    .or_else(|| t.parse::<IpAddr>().ok().map(IpNet::from))
+            })
+            .collect();
+        let guard = Arc::new(Guard {
+            config,
+            trusted,
+            store,
+            bans: RwLock::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        });
+        guard.refresh().await?;
+        Ok(guard)
+    }
+
+    /// Rereads the bans in force from the store.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let active = self.store.active_bans(now_unix()).await?;
+        let mut map = HashMap::new();
+        for ban in active {
+            let until = map.entry(ban.address).or_insert(ban.until);
+            *until = (*until).max(ban.until);
+        }
+        *self.bans.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+
+    /// Keeps the in-memory bans in step with the store until the guard is dropped.
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REFRESH).await;
+                let Some(guard) = weak.upgrade() else { return };
+                if let Err(e) = guard.refresh().await {
+                    tracing::warn!(error = %e, "could not reread bans");
+                }
+            }
+        });
+    }
+
+    /// Lifts the bans of an address (or IPv6 /64) and records it; returns how many were in force.
+    pub async fn unban(&self, ip: IpAddr) -> Result<u64, StoreError> {
+        let key = ban_key(ip);
+        let lifted = self.store.lift_bans(&key, now_unix()).await?;
+        self.bans.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        self.event(
+            kind::BAN_LIFTED,
+            Some(ip),
+            None,
+            None,
+            Some(format!("{lifted} ban(s) lifted by an administrator")),
+        )
+        .await;
+        Ok(lifted)
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// True when connections from `ip` must be refused now. Cheap: a read lock and a lookup.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        if self.is_trusted(ip) {
+            return false;
+        }
+        let bans = self.bans.read().unwrap_or_else(|p| p.into_inner());
+        matches!(bans.get(&ban_key(ip)), Some(until) if *until > now_unix())
+    }
+
+    async fn event(
+        &self,
+        kind: &str,
+        ip: Option<IpAddr>,
+        account: Option<&str>,
+        listener: Option<&str>,
+        detail: Option<String>,
+    ) {
+        let event = SecurityEvent {
+            at: now_unix(),
+            kind: kind.to_string(),
+            address: ip.map(|ip| ip.to_string()),
+            account: account.map(str::to_string),
+            listener: listener.map(str::to_string),
+            detail,
+        };
+        tracing::info!(
+            target: "security",
+            kind = %event.kind,
+            address = event.address.as_deref().unwrap_or(""),
+            account = event.account.as_deref().unwrap_or(""),
+            listener = event.listener.as_deref().unwrap_or(""),
+            detail = event.detail.as_deref().unwrap_or(""),
+            "security event"
+        );
+        if let Err(e) = self.store.record_event(event).await {
+            tracing::error!(error = %e, "could not record a security event");
+        }
+    }
+
+    pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {
+        self.event(kind::AUTH_SUCCESS, Some(ip), Some(account), Some(listener), None)
+            .await;
+    }
+
+    /// Records a failed authentication; returns the ban it caused, if any. The username is
+    /// recorded as given (never the password).
+    pub async fn auth_failed(&self, ip: IpAddr, username: &str, listener: &str) -> Option<Ban> {
+        let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
+        self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
+            .await;
+        if self.is_trusted(ip) {
+            return None;
+        }
+        let key = ban_key(ip);
+        let now = now_unix();
+        let count = {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let window = self.config.failure_window.as_secs() as i64;
+            failures.retain(|_, times| times.back().is_some_and(|t| now - t < window));
+            let times = failures.entry(key.clone()).or_default();
+            times.push_back(now);
+            while times.front().is_some_and(|t| now - t >= window) {
+                times.pop_front();
+            }
+            times.len()
+        };
+        if count < self.config.auth_failures as usize {
+            return None;
+        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        self.ban(
+            &key,
+            ip,
+            now,
+            &format!(
+                "{count} authentication failures within {:?}",
+                self.config.failure_window
+            ),
+        )
+        .await
+    }
+
+    async fn ban(&self, key: &str, ip: IpAddr, now: i64, reason: &str) -> Option<Ban> {
+        let previous = self
+            .store
+            .last_ban_level(key, now - REPEAT_WINDOW_SECS)
+            .await
+            .unwrap_or(0);
+        let level = previous + 1;
+        let base = self.config.ban.as_secs() as i64;
+        let length = base
+            .saturating_mul(1i64 << (level - 1).clamp(0, 30))
+            .min(self.config.max_ban.as_secs() as i64);
+        let until = now + length;
+        match self.store.add_ban(key, until, level, reason).await {
+            Ok(ban) => {
+                self.bans
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.to_string(), until);
+                let detail = format!("{reason}; banned for {length} s (level {level})");
+                self.event(kind::BAN_ADDED, Some(ip), None, None, Some(detail))
+                    .await;
+                Some(ban)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, address = key, "could not record a ban");
+                None
+            }
+        }
+    }
+}
+
+impl sealmail_net::AcceptFilter for Guard {
+    fn refuse(&self, ip: IpAddr) -> bool {
+        self.is_banned(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealmail_store::SqliteStore;
+
+    #[test]
+    fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap_or(IpAddr::from([0; 4]));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(ban_key(a), "2001:db8:1:2::/64");
+        assert_eq!(ban_key(a), ban_key(b));
+        assert_ne!(ban_key(a), ban_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(ban_key(mapped), "192.0.2.7");
+    }
+
+    #[tokio::test]
+    async fn failures_ban_escalate_spare_trusted_networks_and_survive_a_reload()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let config = SecurityConfig {
+            auth_failures: 3,
+            ban: Duration::from_secs(100),
+            max_ban: Duration::from_secs(250),
+            trusted: vec!["10.0.0.0/8".into()],
+            ..SecurityConfig::default()
+        };
+        let guard = Guard::load(config.clone(), store.clone()).await?;
+        let attacker: IpAddr = "192.0.2.7".parse()?;
+        let bystander: IpAddr = "192.0.2.8".parse()?;
+        let office: IpAddr = "10.1.2.3".parse()?;
+        assert!(
+            guard
+                .auth_failed(attacker, "alice@example.test", "submission")
+                .await
+                .is_none()
+        );
+        assert!(
+            guard
+                .auth_failed(attacker, "alice@example.test", "submission")
+                .await
+                .is_none()
+        );
+        let ban = guard
+            .auth_failed(attacker, "bob@example.test", "submission")
+            .await
+            .ok_or("no ban")?;
+        assert_eq!((ban.level, ban.until - ban.created_at), (1, 100));
+        assert!(guard.is_banned(attacker) && !guard.is_banned(bystander));
+        for _ in 0..10 {
+            assert!(
+                guard
+                    .auth_failed(office, "alice@example.test", "imap")
+                    .await
+                    .is_none()
+            );
+        }
+        assert!(!guard.is_banned(office), "a trusted network was banned");
+
+        // Repeat offenders get longer bans, capped.
+        for _ in 0..3 {
+            guard.auth_failed(attacker, "x", "submission").await;
+        }
+        let second = store
+            .active_bans(now_unix())
+            .await?
+            .into_iter()
+            .max_by_key(|b| b.level)
+            .ok_or("none")?;
+        assert_eq!((second.level, second.until - second.created_at), (2, 200));
+        for _ in 0..3 {
+            guard.auth_failed(attacker, "x", "submission").await;
+        }
+        let third = store
+            .active_bans(now_unix())
+            .await?
+            .into_iter()
+            .max_by_key(|b| b.level)
+            .ok_or("none")?;
+        assert_eq!((third.level, third.until - third.created_at), (3, 250));
+
+        // A new guard (a restarted server) sees the bans; lifting them clears it.
+        let restarted = Guard::load(config, store.clone()).await?;
+        assert!(restarted.is_banned(attacker));
+        store.lift_bans("192.0.2.7", now_unix()).await?;
+        restarted.refresh().await?;
+        assert!(!restarted.is_banned(attacker));
+
+        let events = store.events(0, Some("192.0.2.7")).await?;
+        assert_eq!(events.iter().filter(|e| e.kind == kind::AUTH_FAILURE).count(), 9);
+        assert_eq!(events.iter().filter(|e| e.kind == kind::BAN_ADDED).count(), 3);
+        Ok(())
+    }
+}

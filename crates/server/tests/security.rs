@@ -1,0 +1,243 @@
+//! Intrusion prevention end to end: brute force from one loopback address gets it banned at
+//! accept time while another address logs in; the ban is explained, survives a restart, can be
+//! lifted while the server runs, and expires on time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use nix::sys::signal::Signal;
+use rustls::version::TLS13;
+use tokio::net::{TcpSocket, TcpStream};
+
+use common::{Instance, credentials};
+use sealmail_testkit::{LineClient, TestResult, ctx, tls_upgrade};
+
+const NAME: &str = "mail.example.test";
+
+async fn tcp_from(source: [u8; 4], addr: SocketAddr) -> TestResult<TcpStream> {
+    let socket = ctx(TcpSocket::new_v4(), "socket")?;
+    ctx(socket.bind(SocketAddr::from((source, 0))), "bind")?;
+    ctx(socket.connect(addr).await, "connect")
+}
+
+/// One AUTH PLAIN attempt on submission over implicit TLS from `source`; returns the replies
+/// after the AUTH line (the 235/535 and, when the session is ended, a 421).
+async fn try_login(
+    source: [u8; 4],
+    addr: SocketAddr,
+    instance_cert: &std::path::Path,
+    user: &str,
+    password: &str,
+) -> TestResult<Vec<String>> {
+    let client = sealmail_testkit::client_config(&[instance_cert], &[&TLS13], &[])?;
+    let tcp = tcp_from(source, addr).await?;
+    let mut c = LineClient::new(tls_upgrade(tcp, client, NAME).await?);
+    c.smtp_reply().await?;
+    c.send("EHLO attacker.test\r\n").await?;
+    c.smtp_reply().await?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    c.send(&format!("AUTH PLAIN {token}\r\n")).await?;
+    let mut replies = vec![c.smtp_reply().await?];
+    if let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(300), c.line()).await {
+        replies.push(line);
+    }
+    Ok(replies)
+}
+
+/// What a client from `source` gets on the STARTTLS MX port: the first line, or "" when closed.
+async fn greeting_from(source: [u8; 4], addr: SocketAddr) -> TestResult<String> {
+    let mut c = LineClient::new(tcp_from(source, addr).await?);
+    Ok(c.line().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn brute_force_bans_the_address_not_its_neighbours_and_the_ban_outlives_a_restart() -> TestResult {
+    let mut instance = Instance::quickstart().await?;
+    let submission = instance.addr(2465);
+    let mx = instance.addr(2525);
+    let alice = credentials(&instance)?["alice@example.test"].clone();
+    let attacker = [127, 0, 0, 2];
+    let bystander = [127, 0, 0, 3];
+
+    let mut banned_after = None;
+    for attempt in 1..=20 {
+        match try_login(
+            attacker,
+            submission,
+            &instance.cert(),
+            "alice@example.test",
+            "guess-{attempt}",
+        )
+        .await
+        {
+            Ok(replies) => {
+                assert!(
+                    replies[0].starts_with("535 5.7.8"),
+                    "attempt {attempt}: {replies:?}"
+                );
+                if replies.iter().any(|r| r.starts_with("421 4.7.0")) {
+                    banned_after = Some(attempt);
+                    break;
+                }
+            }
+            Err(e) => panic!("attempt {attempt} failed before AUTH: {e}"),
+        }
+    }
+    assert_eq!(banned_after, Some(5), "the default threshold is 5 failures");
+
+    // Refused at accept time, within a second: SMTP says 421 in plaintext, implicit TLS just closes.
+    let started = Instant::now();
+    let refusal = greeting_from(attacker, mx).await?;
+    assert!(refusal.starts_with("421 4.7.0"), "{refusal:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut implicit = tcp_from(attacker, submission).await?;
+    let hello = sealmail_testkit::client_hello(sealmail_testkit::TLS1_2, &[0xc02b], NAME);
+    let answer = sealmail_testkit::send_client_hello(&mut implicit, &hello).await?;
+    assert_eq!(
+        answer,
+        sealmail_testkit::HelloAnswer::Closed,
+        "a banned client got a TLS handshake"
+    );
+
+    // The bystander is unaffected.
+    let ok = try_login(
+        bystander,
+        submission,
+        &instance.cert(),
+        "alice@example.test",
+        &alice,
+    )
+    .await?;
+    assert!(ok[0].starts_with("235"), "{ok:?}");
+
+    // The ban is explained by the events that caused it.
+    let config = instance
+        .data_dir()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, out, err) = common::run(
+        instance.root.path(),
+        &["--config", &config, "security", "bans", "list"],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("127.0.0.2 banned until"), "{out}");
+    assert_eq!(out.matches("\"kind\":\"auth_failure\"").count(), 5, "{out}");
+    assert!(
+        !out.contains("guess-"),
+        "a password appeared in the event log: {out}"
+    );
+    let (_, events, _) = common::run(
+        instance.root.path(),
+        &["--config", &config, "security", "events", "--since", "1h"],
+        None,
+    )?;
+    assert!(
+        events.contains("\"kind\":\"ban_added\"") && events.contains("\"kind\":\"auth_success\""),
+        "{events}"
+    );
+
+    // A restart keeps the ban.
+    instance.process.signal(Signal::SIGTERM)?;
+    instance.process.wait_exit(Duration::from_secs(30)).await?;
+    let offset = instance.offset.to_string();
+    let restarted = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &["quickstart", "--port-offset", &offset],
+        instance.root.path(),
+        instance.root.path(),
+    )?;
+    restarted
+        .wait_for_log("sealmail ready", Duration::from_secs(60))
+        .await?;
+    assert!(
+        greeting_from(attacker, mx).await?.starts_with("421 4.7.0"),
+        "ban lost in a restart"
+    );
+
+    // Lifting the ban takes effect in the running server.
+    let (code, out, _) = common::run(
+        instance.root.path(),
+        &["--config", &config, "security", "unban", "127.0.0.2"],
+        None,
+    )?;
+    assert_eq!(code, 0);
+    assert!(out.contains("lifted 1 ban(s) of 127.0.0.2"), "{out}");
+    let deadline = Instant::now() + sealmail_guard::REFRESH + Duration::from_secs(3);
+    loop {
+        if greeting_from(attacker, mx).await?.starts_with("220 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unban not seen by the running server");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bans_expire_on_time_and_trusted_networks_are_never_banned() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (mx, submission) = (common::free_addr()?, common::free_addr()?);
+    let extra = "[security]\nauth_failures = 2\nban_secs = 2\ntrusted = [\"127.0.0.4/32\"]\n";
+    let config = common::write_config(
+        dir.path(),
+        &["mail.example.test"],
+        &[("mx", mx, "starttls"), ("submission", submission, "implicit")],
+        extra,
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    for args in [
+        vec!["domain", "add", "example.test"],
+        vec!["user", "add", "alice@example.test", "--password-stdin"],
+    ] {
+        let mut all = vec!["--config", config_arg.as_str()];
+        all.extend(args);
+        assert_eq!(
+            common::run(dir.path(), &all, Some("a long enough password\n"))?.0,
+            0
+        );
+    }
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+
+    for _ in 0..2 {
+        try_login(
+            [127, 0, 0, 5],
+            submission,
+            &cert,
+            "alice@example.test",
+            "wrong password",
+        )
+        .await?;
+    }
+    assert!(
+        greeting_from([127, 0, 0, 5], mx).await?.starts_with("421"),
+        "not banned"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        greeting_from([127, 0, 0, 5], mx).await?.starts_with("220 "),
+        "ban did not expire"
+    );
+
+    for _ in 0..6 {
+        let replies = try_login(
+            [127, 0, 0, 4],
+            submission,
+            &cert,
+            "alice@example.test",
+            "wrong password",
+        )
+        .await?;
+        assert!(
+            !replies.iter().any(|r| r.starts_with("421")),
+            "trusted address banned: {replies:?}"
+        );
+    }
+    assert!(greeting_from([127, 0, 0, 4], mx).await?.starts_with("220 "));
+    Ok(())
+}
