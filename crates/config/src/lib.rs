@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use sealmail_types::Domain;
@@ -76,6 +77,20 @@ pub struct Listener {
     pub role: Role,
     pub bind: SocketAddr,
     pub tls: TlsMode,
+    /// When not empty, only clients in these networks may connect.
+    pub allow: Vec<IpNet>,
+    /// Clients in these networks are refused; deny wins over allow.
+    pub deny: Vec<IpNet>,
+}
+
+impl Listener {
+    /// Whether a client at `ip` may connect to this listener.
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        if self.deny.iter().any(|net| net.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,8 +174,8 @@ pub struct SecurityConfig {
     /// Length of a first ban; each further ban within a week doubles it, up to `max_ban`.
     pub ban: Duration,
     pub max_ban: Duration,
-    /// Networks never banned (e.g. the office, a monitoring host); CIDR notation.
-    pub trusted: Vec<String>,
+    /// Networks never banned (e.g. the office, a monitoring host).
+    pub trusted: Vec<IpNet>,
 }
 
 impl Default for SecurityConfig {
@@ -288,6 +303,10 @@ struct RawListener {
     role: String,
     bind: String,
     tls: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,16 +495,8 @@ impl Config {
                 d.max_ban,
                 &mut problems,
             ),
-            trusted: raw.security.trusted.clone(),
+            trusted: networks("security.trusted", &raw.security.trusted, &mut problems),
         };
-        for (i, net) in security.trusted.iter().enumerate() {
-            let valid = net.parse::<std::net::IpAddr>().is_ok() || is_cidr(net);
-            if !valid {
-                problems.push(format!(
-                    "security.trusted[{i}] = {net:?} is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\""
-                ));
-            }
-        }
 
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
@@ -553,7 +564,13 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
             l.bind
         )
     })?;
-    Ok(Listener { role, bind, tls })
+    let mut problems = Vec::new();
+    let allow = networks(&format!("listener[{i}].allow"), &l.allow, &mut problems);
+    let deny = networks(&format!("listener[{i}].deny"), &l.deny, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    Ok(Listener { role, bind, tls, allow, deny })
 }
 
 fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
@@ -625,15 +642,18 @@ fn positive(
     }
 }
 
-/// "ADDRESS/PREFIX" with a prefix that fits the address family.
-fn is_cidr(text: &str) -> bool {
-    let Some((address, prefix)) = text.split_once('/') else {
-        return false;
-    };
-    let (Ok(address), Ok(prefix)) = (address.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) else {
-        return false;
-    };
-    prefix <= if address.is_ipv4() { 32 } else { 128 }
+/// Parses a list of networks ("192.0.2.0/24", "2001:db8::/48") or single addresses.
+fn networks(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.parse::<IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from)) {
+            Ok(net) => out.push(net),
+            Err(_) => problems.push(format!(
+                "{key}[{i}] = {item:?} is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\""
+            )),
+        }
+    }
+    out
 }
 
 fn describe_toml_error(e: &toml::de::Error) -> String {
@@ -771,6 +791,14 @@ mod tests {
                 "smtp.max_line_length = 100 is out of range; use a number from 512 to 65536 (default 512)",
             ),
             (
+                format!("{head}[[listener]]\nrole = \"imap\"\nbind = \"127.0.0.1:993\"\ntls = \"implicit\"\nallow = [\"10.0.0.0/33\"]\n"),
+                "listener[0].allow[0] = \"10.0.0.0/33\" is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\"",
+            ),
+            (
+                format!("{}[security]\ntrusted = [\"office\"]\n", good()),
+                "security.trusted[0] = \"office\" is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\"",
+            ),
+            (
                 format!("{}[log]\nformat = \"xml\"\n", good()),
                 "log.format = \"xml\" is not a log format; use \"human\" or \"json\"",
             ),
@@ -778,6 +806,23 @@ mod tests {
         for (text, expected) in table {
             assert_eq!(error_of(&text), expected, "config:\n{text}");
         }
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_an_empty_allow_admits_everyone() {
+        let parse = |s: &str| s.parse::<IpNet>().unwrap_or_else(|e| panic!("{e}"));
+        let listener = Listener {
+            role: Role::Submission,
+            bind: SocketAddr::from(([127, 0, 0, 1], 587)),
+            tls: TlsMode::StartTls,
+            allow: vec![parse("192.0.2.0/24")],
+            deny: vec![parse("192.0.2.66/32")],
+        };
+        assert!(listener.permits("192.0.2.10".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
+        assert!(!listener.permits("192.0.2.66".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
+        assert!(!listener.permits("198.51.100.1".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
+        let open = Listener { allow: vec![], deny: vec![], ..listener };
+        assert!(open.permits("198.51.100.1".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ipnet::IpNet;
 
 use sealmail_config::SecurityConfig;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
@@ -54,7 +53,6 @@ fn now_unix() -> i64 {
 
 pub struct Guard {
     config: SecurityConfig,
-    trusted: Vec<IpNet>,
     store: Arc<dyn Store>,
     /// Ban key -> until (unix seconds).
     bans: RwLock<HashMap<String, i64>>,
@@ -65,18 +63,8 @@ pub struct Guard {
 impl Guard {
     /// Builds the guard and loads the bans in force.
     pub async fn load(config: SecurityConfig, store: Arc<dyn Store>) -> Result<Arc<Guard>, StoreError> {
-        let trusted = config
-            .trusted
-            .iter()
-            .filter_map(|t| {
-                t.parse::<IpNet>()
-                    .ok()
-                    .or_else(|| t.parse::<IpAddr>().ok().map(IpNet::from))
-            })
-            .collect();
         let guard = Arc::new(Guard {
             config,
-            trusted,
             store,
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -128,7 +116,7 @@ impl Guard {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.config.trusted.iter().any(|net| net.contains(&ip))
     }
 
     /// True when connections from `ip` must be refused now. Cheap: a read lock and a lookup.
@@ -279,7 +267,7 @@ mod tests {
             auth_failures: 3,
             ban: Duration::from_secs(100),
             max_ban: Duration::from_secs(250),
-            trusted: vec!["10.0.0.0/8".into()],
+            trusted: vec!["10.0.0.0/8".parse()?],
             ..SecurityConfig::default()
         };
         let guard = Guard::load(config.clone(), store.clone()).await?;

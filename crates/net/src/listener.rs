@@ -172,8 +172,9 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let plaintext_first = listener.spec.tls == TlsMode::StartTls;
-            if self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip())) {
-                tracing::debug!(%peer, "connection refused: banned");
+            let refused = !listener.spec.permits(peer.ip()) || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
+            if refused {
+                tracing::debug!(%peer, "connection refused: address not allowed or banned");
                 let reply = listener.handler.banned_reply();
                 self.sessions
                     .spawn(turn_away(tcp, plaintext_first.then_some(reply)));

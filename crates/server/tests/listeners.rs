@@ -632,3 +632,21 @@ async fn quickstart_domain_and_data_dir_options_make_a_separate_instance() -> Te
     assert!(c.smtp_reply().await?.starts_with("220 mail.b.test ESMTP"));
     Ok(())
 }
+
+#[tokio::test]
+async fn listener_allow_and_deny_lists_admit_only_their_range_and_deny_wins() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let addr = free_addr()?;
+    let config = write_config(dir.path(), &["mail.a.test"], &[("mx", addr, "starttls")], "")?;
+    let text = ctx(std::fs::read_to_string(&config), "read")?
+        .replace("tls = \"starttls\"", "tls = \"starttls\"\nallow = [\"127.0.0.0/30\"]\ndeny = [\"127.0.0.2\"]");
+    ctx(std::fs::write(&config, text), "write")?;
+    let _server = serve(dir.path(), &config).await?;
+    let mut inside = connect_from([127, 0, 0, 1], addr).await?;
+    assert!(inside.smtp_reply().await?.starts_with("220 "));
+    let mut denied = connect_from([127, 0, 0, 2], addr).await?;
+    assert!(denied.smtp_reply().await?.starts_with("421 4.7.0"), "deny did not win");
+    let mut outside = connect_from([127, 0, 0, 5], addr).await?;
+    assert!(outside.smtp_reply().await?.starts_with("421 4.7.0"), "an address outside allow got in");
+    Ok(())
+}
