@@ -50,6 +50,24 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
     }
 }
 
+/// The data folder holds the store, keys and backups: only sealmail's user may enter it.
+fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot inspect the data folder {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the data folder {} is accessible by other users (mode {mode:04o}); run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     let store = SqliteStore::open(&config.data_dir, config.store.group_commit_max_batch)
         .await
@@ -73,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sealmail_safeio::create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
     }
+    check_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let certs = CertSet::load(&config.certificates)?;
     let resolver = CertResolver::new(certs);

@@ -487,6 +487,13 @@ async fn bad_certificates_stop_start_up_with_a_clear_message() -> TestResult {
     start(&format!("certificate file {} does not exist", cert.display()))?;
     ctx(std::fs::write(&cert, &good_cert), "restore")?;
 
+    // A data folder others can enter is refused, with the fix.
+    let data = dir.path().join("data");
+    ctx(std::fs::create_dir_all(&data), "mkdir")?;
+    ctx(std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)), "chmod")?;
+    start(&format!("the data folder {} is accessible by other users (mode 0755); run `chmod 700 {}`", data.display(), data.display()))?;
+    ctx(std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)), "chmod")?;
+
     // An expired certificate starts, with a loud warning.
     let files = sealmail_config::CertificateFiles {
         cert: cert.clone(),
