@@ -150,6 +150,11 @@ pub struct SmtpConfig {
     pub max_errors: u32,
     /// Time allowed for the whole DATA or BDAT transfer of one message.
     pub data_timeout: Duration,
+    /// Messages one authenticated account may start per hour (a stolen password must not
+    /// turn the server into a spam cannon).
+    pub messages_per_hour: u32,
+    /// Recipients one authenticated account may address per hour.
+    pub recipients_per_hour: u32,
 }
 
 impl Default for SmtpConfig {
@@ -161,6 +166,8 @@ impl Default for SmtpConfig {
             max_errors: 10,
             // RFC 5321 4.5.3.2.6: 10 minutes for the data termination.
             data_timeout: Duration::from_secs(600),
+            messages_per_hour: 500,
+            recipients_per_hour: 2000,
         }
     }
 }
@@ -277,6 +284,8 @@ struct RawSmtp {
     max_line_length: Option<i64>,
     max_errors: Option<i64>,
     data_timeout_secs: Option<i64>,
+    messages_per_hour: Option<i64>,
+    recipients_per_hour: Option<i64>,
 }
 
 fn default_data_dir() -> String {
@@ -456,6 +465,20 @@ impl Config {
                 1..=86_400,
                 &mut problems,
             ) as u64),
+            messages_per_hour: positive(
+                "smtp.messages_per_hour",
+                raw.smtp.messages_per_hour,
+                d.messages_per_hour as i64,
+                1..=10_000_000,
+                &mut problems,
+            ) as u32,
+            recipients_per_hour: positive(
+                "smtp.recipients_per_hour",
+                raw.smtp.recipients_per_hour,
+                d.recipients_per_hour as i64,
+                1..=10_000_000,
+                &mut problems,
+            ) as u32,
         };
 
         let auth = AuthConfig {
@@ -570,7 +593,13 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
     if !problems.is_empty() {
         return Err(problems.join("\n"));
     }
-    Ok(Listener { role, bind, tls, allow, deny })
+    Ok(Listener {
+        role,
+        bind,
+        tls,
+        allow,
+        deny,
+    })
 }
 
 fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
@@ -791,7 +820,9 @@ mod tests {
                 "smtp.max_line_length = 100 is out of range; use a number from 512 to 65536 (default 512)",
             ),
             (
-                format!("{head}[[listener]]\nrole = \"imap\"\nbind = \"127.0.0.1:993\"\ntls = \"implicit\"\nallow = [\"10.0.0.0/33\"]\n"),
+                format!(
+                    "{head}[[listener]]\nrole = \"imap\"\nbind = \"127.0.0.1:993\"\ntls = \"implicit\"\nallow = [\"10.0.0.0/33\"]\n"
+                ),
                 "listener[0].allow[0] = \"10.0.0.0/33\" is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\"",
             ),
             (
@@ -821,7 +852,11 @@ mod tests {
         assert!(listener.permits("192.0.2.10".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
         assert!(!listener.permits("192.0.2.66".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
         assert!(!listener.permits("198.51.100.1".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
-        let open = Listener { allow: vec![], deny: vec![], ..listener };
+        let open = Listener {
+            allow: vec![],
+            deny: vec![],
+            ..listener
+        };
         assert!(open.permits("198.51.100.1".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
     }
 

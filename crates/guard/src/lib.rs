@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-
 use sealmail_config::SecurityConfig;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 
@@ -28,6 +27,10 @@ pub mod kind {
     pub const AUTH_SUCCESS: &str = "auth_success";
     pub const BAN_ADDED: &str = "ban_added";
     pub const BAN_LIFTED: &str = "ban_lifted";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const RELAY_DENIED: &str = "relay_denied";
+    pub const UNKNOWN_RECIPIENT: &str = "unknown_recipient";
+    pub const PROTOCOL_ERRORS: &str = "protocol_errors";
 }
 
 /// The key failures and bans are counted under: the address, or an IPv6 /64.
@@ -51,6 +54,35 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Abuse that counts toward a ban, with its weight: an authentication failure, a relay attempt
+/// and a session ended for protocol errors count 2 points, an unknown recipient 1, so that
+/// directory harvesting needs twice as many tries as password guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abuse {
+    AuthFailure,
+    RelayAttempt,
+    UnknownRecipient,
+    ProtocolErrors,
+}
+
+impl Abuse {
+    fn points(self) -> usize {
+        match self {
+            Abuse::UnknownRecipient => 1,
+            Abuse::AuthFailure | Abuse::RelayAttempt | Abuse::ProtocolErrors => 2,
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Abuse::AuthFailure => kind::AUTH_FAILURE,
+            Abuse::RelayAttempt => kind::RELAY_DENIED,
+            Abuse::UnknownRecipient => kind::UNKNOWN_RECIPIENT,
+            Abuse::ProtocolErrors => kind::PROTOCOL_ERRORS,
+        }
+    }
+}
+
 pub struct Guard {
     config: SecurityConfig,
     store: Arc<dyn Store>,
@@ -58,6 +90,8 @@ pub struct Guard {
     bans: RwLock<HashMap<String, i64>>,
     /// Ban key -> times of recent failures.
     failures: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// (what, account) -> times of recent uses, for hourly rate limits.
+    usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
 }
 
 impl Guard {
@@ -68,6 +102,7 @@ impl Guard {
             store,
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
         });
         guard.refresh().await?;
         Ok(guard)
@@ -169,6 +204,26 @@ impl Guard {
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
             .await;
+        self.score(ip, Abuse::AuthFailure).await
+    }
+
+    /// Records other abuse (a relay attempt, an unknown recipient, a session ended for
+    /// protocol errors); returns the ban it caused, if any.
+    pub async fn abuse(&self, ip: IpAddr, abuse: Abuse, listener: &str, detail: &str) -> Option<Ban> {
+        self.event(
+            abuse.kind(),
+            Some(ip),
+            None,
+            Some(listener),
+            Some(detail.to_string()),
+        )
+        .await;
+        self.score(ip, abuse).await
+    }
+
+    /// Adds the abuse's points to the address's recent score; bans at the threshold
+    /// (`auth_failures` authentication failures, or the same number of points otherwise).
+    async fn score(&self, ip: IpAddr, abuse: Abuse) -> Option<Ban> {
         if self.is_trusted(ip) {
             return None;
         }
@@ -179,15 +234,17 @@ impl Guard {
             let window = self.config.failure_window.as_secs() as i64;
             failures.retain(|_, times| times.back().is_some_and(|t| now - t < window));
             let times = failures.entry(key.clone()).or_default();
-            times.push_back(now);
+            times.extend(std::iter::repeat_n(now, abuse.points()));
             while times.front().is_some_and(|t| now - t >= window) {
                 times.pop_front();
             }
             times.len()
         };
-        if count < self.config.auth_failures as usize {
+        let threshold = self.config.auth_failures as usize * Abuse::AuthFailure.points();
+        if count < threshold {
             return None;
         }
+        let count = count / Abuse::AuthFailure.points();
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -232,6 +289,47 @@ impl Guard {
                 None
             }
         }
+    }
+}
+
+impl Guard {
+    /// Takes `count` units of the hourly allowance `what` (e.g. "messages") of `account`;
+    /// returns false, records a `rate_limited` event and takes nothing when that would exceed
+    /// `per_hour`.
+    pub async fn take_hourly(
+        &self,
+        what: &'static str,
+        account: &str,
+        count: u32,
+        per_hour: u32,
+        ip: IpAddr,
+        listener: &str,
+    ) -> bool {
+        let now = now_unix();
+        let allowed = {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let times = usage.entry((what, account.to_string())).or_default();
+            while times.front().is_some_and(|t| now - t >= 3600) {
+                times.pop_front();
+            }
+            let fits = times.len() + count as usize <= per_hour as usize;
+            if fits {
+                times.extend(std::iter::repeat_n(now, count as usize));
+            }
+            fits
+        };
+        if !allowed {
+            let detail = format!("{what} per hour limit of {per_hour} reached");
+            self.event(
+                kind::RATE_LIMITED,
+                Some(ip),
+                Some(account),
+                Some(listener),
+                Some(detail),
+            )
+            .await;
+        }
+        allowed
     }
 }
 

@@ -172,7 +172,8 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let plaintext_first = listener.spec.tls == TlsMode::StartTls;
-            let refused = !listener.spec.permits(peer.ip()) || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
+            let refused = !listener.spec.permits(peer.ip())
+                || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
             if refused {
                 tracing::debug!(%peer, "connection refused: address not allowed or banned");
                 let reply = listener.handler.banned_reply();

@@ -490,9 +490,19 @@ async fn bad_certificates_stop_start_up_with_a_clear_message() -> TestResult {
     // A data folder others can enter is refused, with the fix.
     let data = dir.path().join("data");
     ctx(std::fs::create_dir_all(&data), "mkdir")?;
-    ctx(std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)), "chmod")?;
-    start(&format!("the data folder {} is accessible by other users (mode 0755); run `chmod 700 {}`", data.display(), data.display()))?;
-    ctx(std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)), "chmod")?;
+    ctx(
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)),
+        "chmod",
+    )?;
+    start(&format!(
+        "the data folder {} is accessible by other users (mode 0755); run `chmod 700 {}`",
+        data.display(),
+        data.display()
+    ))?;
+    ctx(
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)),
+        "chmod",
+    )?;
 
     // An expired certificate starts, with a loud warning.
     let files = sealmail_config::CertificateFiles {
@@ -645,15 +655,23 @@ async fn listener_allow_and_deny_lists_admit_only_their_range_and_deny_wins() ->
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let addr = free_addr()?;
     let config = write_config(dir.path(), &["mail.a.test"], &[("mx", addr, "starttls")], "")?;
-    let text = ctx(std::fs::read_to_string(&config), "read")?
-        .replace("tls = \"starttls\"", "tls = \"starttls\"\nallow = [\"127.0.0.0/30\"]\ndeny = [\"127.0.0.2\"]");
+    let text = ctx(std::fs::read_to_string(&config), "read")?.replace(
+        "tls = \"starttls\"",
+        "tls = \"starttls\"\nallow = [\"127.0.0.0/30\"]\ndeny = [\"127.0.0.2\"]",
+    );
     ctx(std::fs::write(&config, text), "write")?;
     let _server = serve(dir.path(), &config).await?;
     let mut inside = connect_from([127, 0, 0, 1], addr).await?;
     assert!(inside.smtp_reply().await?.starts_with("220 "));
     let mut denied = connect_from([127, 0, 0, 2], addr).await?;
-    assert!(denied.smtp_reply().await?.starts_with("421 4.7.0"), "deny did not win");
+    assert!(
+        denied.smtp_reply().await?.starts_with("421 4.7.0"),
+        "deny did not win"
+    );
     let mut outside = connect_from([127, 0, 0, 5], addr).await?;
-    assert!(outside.smtp_reply().await?.starts_with("421 4.7.0"), "an address outside allow got in");
+    assert!(
+        outside.smtp_reply().await?.starts_with("421 4.7.0"),
+        "an address outside allow got in"
+    );
     Ok(())
 }

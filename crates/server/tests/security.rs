@@ -241,3 +241,137 @@ async fn bans_expire_on_time_and_trusted_networks_are_never_banned() -> TestResu
     assert!(greeting_from([127, 0, 0, 4], mx).await?.starts_with("220 "));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_account_over_its_hourly_message_limit_gets_451_and_an_event() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let submission = common::free_addr()?;
+    let extra = "[smtp]\nmessages_per_hour = 3\nrecipients_per_hour = 4\n";
+    let config = common::write_config(
+        dir.path(),
+        &["mail.example.test"],
+        &[("submission", submission, "implicit")],
+        extra,
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let sealmail = |args: Vec<&str>| {
+        let mut all = vec!["--config", config_arg.as_str()];
+        all.extend(args);
+        common::run(dir.path(), &all, Some("a long enough password\n"))
+    };
+    assert_eq!(sealmail(vec!["domain", "add", "example.test"])?.0, 0);
+    for user in ["alice@example.test", "bob@example.test"] {
+        assert_eq!(sealmail(vec!["user", "add", user, "--password-stdin"])?.0, 0);
+    }
+    let _server = common::serve(dir.path(), &config).await?;
+    let client = sealmail_testkit::client_config(&[&dir.path().join("tls/0.pem")], &[&TLS13], &[])?;
+    let login = |user: &'static str| {
+        let client = client.clone();
+        async move {
+            let tcp = ctx(TcpStream::connect(submission).await, "connect")?;
+            let mut c = LineClient::new(tls_upgrade(tcp, client, NAME).await?);
+            c.smtp_reply().await?;
+            c.send("EHLO c.test\r\n").await?;
+            c.smtp_reply().await?;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0a long enough password"));
+            c.send(&format!("AUTH PLAIN {token}\r\n")).await?;
+            let reply = c.smtp_reply().await?;
+            if !reply.starts_with("235") {
+                return Err(format!("login failed: {reply}"));
+            }
+            Ok::<_, String>(c)
+        }
+    };
+    let mut alice = login("alice@example.test").await?;
+    let mail = async |c: &mut LineClient<_>, from: &str| -> TestResult<String> {
+        c.send(&format!("MAIL FROM:<{from}>\r\n")).await?;
+        let reply = c.smtp_reply().await?;
+        if !reply.starts_with("250") {
+            return Ok(reply);
+        }
+        c.send("RCPT TO:<bob@example.test>\r\n").await?;
+        let rcpt = c.smtp_reply().await?;
+        c.send("RSET\r\n").await?;
+        c.smtp_reply().await?;
+        Ok(rcpt)
+    };
+    for n in 1..=3 {
+        let reply = mail(&mut alice, "alice@example.test").await?;
+        assert!(reply.starts_with("250"), "message {n}: {reply}");
+    }
+    let over = mail(&mut alice, "alice@example.test").await?;
+    assert!(over.starts_with("451 4.7.1"), "{over}");
+    let mut bob = login("bob@example.test").await?;
+    assert!(
+        mail(&mut bob, "bob@example.test").await?.starts_with("250"),
+        "another account was limited"
+    );
+
+    let (_, events, _) = sealmail(vec!["security", "events"])?;
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"kind\":\"rate_limited\"") && l.contains("alice@example.test")),
+        "{events}"
+    );
+    Ok(())
+}
+
+/// Sends RCPT after RCPT on the MX from `source` until the session ends; returns how many
+/// RCPTs were answered before the 421.
+async fn probe_recipients(source: [u8; 4], mx: SocketAddr, domain: &str) -> TestResult<usize> {
+    let mut c = LineClient::new(tcp_from(source, mx).await?);
+    c.smtp_reply().await?;
+    c.send("EHLO prober.test\r\n").await?;
+    c.smtp_reply().await?;
+    c.send("MAIL FROM:<x@prober.test>\r\n").await?;
+    c.smtp_reply().await?;
+    for n in 0..40 {
+        c.send(&format!("RCPT TO:<user{n}@{domain}>\r\n")).await?;
+        let reply = c.smtp_reply().await?;
+        if reply.contains("421 4.7.0") {
+            return Ok(n + 1);
+        }
+        if !reply.starts_with("550") {
+            return Err(format!("unexpected {reply}"));
+        }
+        // A ban ends the session with a 421 right after the reply that caused it.
+        if let Ok(Ok(next)) = tokio::time::timeout(Duration::from_millis(200), c.line()).await {
+            if next.starts_with("421 4.7.0") {
+                return Ok(n + 1);
+            }
+            return Err(format!("unexpected {next}"));
+        }
+    }
+    Err("never banned".into())
+}
+
+#[tokio::test]
+async fn directory_harvesting_and_relay_probing_lead_to_a_ban() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mx = instance.addr(2525);
+    // Unknown recipients count half as much as a failed login: 10 of them ban.
+    assert_eq!(probe_recipients([127, 0, 0, 6], mx, "example.test").await?, 10);
+    assert!(greeting_from([127, 0, 0, 6], mx).await?.starts_with("421 4.7.0"));
+    // Relay attempts count like failed logins: 5 ban.
+    assert_eq!(probe_recipients([127, 0, 0, 7], mx, "elsewhere.test").await?, 5);
+    assert!(greeting_from([127, 0, 0, 7], mx).await?.starts_with("421 4.7.0"));
+    // Others still get mail through.
+    assert!(greeting_from([127, 0, 0, 8], mx).await?.starts_with("220 "));
+    let config = instance
+        .data_dir()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (_, events, _) = common::run(
+        instance.root.path(),
+        &["--config", &config, "security", "events"],
+        None,
+    )?;
+    assert!(
+        events.contains("\"kind\":\"unknown_recipient\"") && events.contains("\"kind\":\"relay_denied\""),
+        "{events}"
+    );
+    Ok(())
+}

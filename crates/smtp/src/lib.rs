@@ -70,7 +70,7 @@ impl Handler for SmtpHandler {
 
 async fn send(conn: &mut Connection, session: &mut Session, reply: &Reply) -> Result<bool, ConnError> {
     conn.reply(&reply.to_bytes()).await?;
-    if let Some(bye) = session.count_error(reply) {
+    if let Some(bye) = session.count_error(reply).await {
         conn.write_all(&bye.to_bytes()).await?;
         return Ok(false);
     }

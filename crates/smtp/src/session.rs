@@ -17,7 +17,7 @@ use smtp_proto::{
 };
 
 use sealmail_config::{Role, SmtpConfig};
-use sealmail_guard::Guard;
+use sealmail_guard::{Abuse, Guard};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
 use sealmail_net::TlsActive;
@@ -130,7 +130,7 @@ impl Session {
 
     /// Counts an error reply; returns the 421 that ends the session when there were too many
     /// or when the client has just been banned.
-    pub fn count_error(&mut self, sent: &Reply) -> Option<Reply> {
+    pub async fn count_error(&mut self, sent: &Reply) -> Option<Reply> {
         if self.banned {
             return Some(Reply::new(
                 421,
@@ -142,13 +142,19 @@ impl Session {
             return None;
         }
         self.errors += 1;
-        (self.errors >= self.ctx.config.max_errors).then(|| {
-            Reply::new(
-                421,
-                "4.7.0",
-                format!("{} Too many errors, closing connection", self.ctx.hostname),
-            )
-        })
+        if self.errors < self.ctx.config.max_errors {
+            return None;
+        }
+        let detail = format!("{} errors in one session", self.errors);
+        let guard = &self.ctx.guard;
+        guard
+            .abuse(self.peer.ip(), Abuse::ProtocolErrors, self.role.as_str(), &detail)
+            .await;
+        Some(Reply::new(
+            421,
+            "4.7.0",
+            format!("{} Too many errors, closing connection", self.ctx.hostname),
+        ))
     }
 
     /// RFC 3207 section 4.2: after the handshake the server discards all knowledge from before.
@@ -388,6 +394,29 @@ impl Session {
                 None => return reply(553, "5.7.1", "The null sender is not allowed for users"),
             }
         }
+        if let Some(auth) = &self.auth {
+            let account = auth.account.address.to_string();
+            let per_hour = self.ctx.config.messages_per_hour;
+            if !self
+                .ctx
+                .guard
+                .take_hourly(
+                    "messages",
+                    &account,
+                    1,
+                    per_hour,
+                    self.peer.ip(),
+                    self.role.as_str(),
+                )
+                .await
+            {
+                return reply(
+                    451,
+                    "4.7.1",
+                    "Too many messages from this account in the last hour; try again later",
+                );
+            }
+        }
         let dsn_ret = match from.flags {
             f if f & MAIL_RET_FULL != 0 => Some("FULL".to_string()),
             f if f & MAIL_RET_HDRS != 0 => Some("HDRS".to_string()),
@@ -433,7 +462,19 @@ impl Session {
         };
         let target = match (recipient, role) {
             (Lookup::Local { inbox, .. }, _) => Target::Local { mailbox: inbox },
-            (Lookup::UnknownUser, _) => return reply(550, "5.1.1", format!("No such user here: {address}")),
+            (Lookup::UnknownUser, _) => {
+                let detail = format!("RCPT TO:<{address}>");
+                if self
+                    .ctx
+                    .guard
+                    .abuse(self.peer.ip(), Abuse::UnknownRecipient, role.as_str(), &detail)
+                    .await
+                    .is_some()
+                {
+                    self.banned = true;
+                }
+                return reply(550, "5.1.1", format!("No such user here: {address}"));
+            }
             (Lookup::NotLocal, Role::Submission) => Target::Remote(QueueRecipient {
                 address: address.clone(),
                 dsn_notify: notify_text(to.flags),
@@ -442,10 +483,35 @@ impl Session {
             }),
             // mx never relays.
             (Lookup::NotLocal, _) => {
+                let detail = format!("RCPT TO:<{address}>");
+                if self
+                    .ctx
+                    .guard
+                    .abuse(self.peer.ip(), Abuse::RelayAttempt, role.as_str(), &detail)
+                    .await
+                    .is_some()
+                {
+                    self.banned = true;
+                }
                 let refusal = format!("Relaying denied: {} is not served here", address.domain());
                 return reply(550, "5.7.1", refusal);
             }
         };
+        if let Some(auth) = &self.auth {
+            let account = auth.account.address.to_string();
+            let per_hour = self.ctx.config.recipients_per_hour;
+            let guard = &self.ctx.guard;
+            if !guard
+                .take_hourly("recipients", &account, 1, per_hour, self.peer.ip(), role.as_str())
+                .await
+            {
+                return reply(
+                    451,
+                    "4.7.1",
+                    "Too many recipients from this account in the last hour; try again later",
+                );
+            }
+        }
         transaction.recipients.push(Recipient { address, target });
         reply(250, "2.1.5", "Recipient OK")
     }
