@@ -92,7 +92,22 @@ pub struct Guard {
     failures: Mutex<HashMap<String, VecDeque<i64>>>,
     /// (what, account) -> times of recent uses, for hourly rate limits.
     usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
+    /// Account -> recent failed logins and the earliest time its next login may be answered.
+    accounts: Mutex<HashMap<String, AccountThrottle>>,
+    /// The first throttling delay (1 s; tests shorten it).
+    throttle_unit: Duration,
 }
+
+#[derive(Default)]
+struct AccountThrottle {
+    failures: VecDeque<i64>,
+    next_slot: Option<tokio::time::Instant>,
+}
+
+/// Failed logins on one account (from anywhere) before its logins are slowed down.
+pub const THROTTLE_AFTER: usize = 3;
+/// The longest wait a login for a throttled account gets.
+pub const MAX_THROTTLE: Duration = Duration::from_secs(8);
 
 impl Guard {
     /// Builds the guard and loads the bans in force.
@@ -103,6 +118,8 @@ impl Guard {
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(HashMap::new()),
+            throttle_unit: Duration::from_secs(1),
         });
         guard.refresh().await?;
         Ok(guard)
@@ -204,7 +221,53 @@ impl Guard {
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
             .await;
+        self.account_failed(&shown);
         self.score(ip, Abuse::AuthFailure).await
+    }
+
+    /// Waits before a login attempt on `account` may be checked. Guessing spread over many
+    /// addresses is not stopped by address bans, and locking the account would let an attacker
+    /// lock the real user out; instead, after `THROTTLE_AFTER` recent failures the account's
+    /// logins are answered one at a time, each after a delay that doubles with every further
+    /// failure (1 s, 2 s, 4 s, up to `MAX_THROTTLE`). Parallel guesses queue behind each other.
+    pub async fn throttle_login(&self, account: &str) {
+        let key = account.to_lowercase();
+        let wait_until = {
+            let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = accounts.get_mut(&key) else {
+                return;
+            };
+            let now = now_unix();
+            let window = self.config.failure_window.as_secs() as i64;
+            while entry.failures.front().is_some_and(|t| now - t >= window) {
+                entry.failures.pop_front();
+            }
+            let excess = entry.failures.len().saturating_sub(THROTTLE_AFTER - 1);
+            if excess == 0 {
+                return;
+            }
+            let delay = (self.throttle_unit * (1u32 << (excess - 1).min(10))).min(MAX_THROTTLE);
+            let start = entry.next_slot.map_or_else(tokio::time::Instant::now, |slot| {
+                slot.max(tokio::time::Instant::now())
+            });
+            let slot = start + delay;
+            entry.next_slot = Some(slot);
+            slot
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+
+    fn account_failed(&self, account: &str) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if accounts.len() > 100_000 {
+            // Bounded memory against floods of made-up usernames.
+            accounts.clear();
+        }
+        accounts
+            .entry(account.to_lowercase())
+            .or_default()
+            .failures
+            .push_back(now_unix());
     }
 
     /// Records other abuse (a relay attempt, an unknown recipient, a session ended for
@@ -343,6 +406,55 @@ impl sealmail_net::AcceptFilter for Guard {
 mod tests {
     use super::*;
     use sealmail_store::SqliteStore;
+
+    #[tokio::test]
+    async fn an_account_under_attack_is_slowed_not_locked() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let mut guard = Guard::load(SecurityConfig::default(), store).await?;
+        const UNIT: Duration = Duration::from_millis(100);
+        Arc::get_mut(&mut guard).ok_or("shared")?.throttle_unit = UNIT;
+        // Waits are measured in units, rounded, so scheduling noise does not matter.
+        let units = |elapsed: Duration| (elapsed.as_secs_f64() / UNIT.as_secs_f64()).round() as u32;
+        let waited = |guard: Arc<Guard>| async move {
+            let started = tokio::time::Instant::now();
+            guard.throttle_login("alice@example.test").await;
+            units(started.elapsed())
+        };
+        assert_eq!(waited(guard.clone()).await, 0);
+        // Failures from many addresses (none reaches the per-address threshold).
+        for i in 0..2u8 {
+            guard
+                .auth_failed(IpAddr::from([192, 0, 2, i]), "alice@example.test", "submission")
+                .await;
+        }
+        assert_eq!(waited(guard.clone()).await, 0, "throttled too early");
+        guard
+            .auth_failed(IpAddr::from([192, 0, 2, 9]), "Alice@example.test", "submission")
+            .await;
+        assert_eq!(waited(guard.clone()).await, 1);
+        guard
+            .auth_failed(IpAddr::from([192, 0, 2, 10]), "alice@example.test", "submission")
+            .await;
+        assert_eq!(waited(guard.clone()).await, 2);
+        // Parallel attempts queue: three at once take 4, 8 and 12 units.
+        guard
+            .auth_failed(IpAddr::from([192, 0, 2, 11]), "alice@example.test", "submission")
+            .await;
+        let started = tokio::time::Instant::now();
+        let (a, b, c) = tokio::join!(
+            guard.throttle_login("alice@example.test"),
+            guard.throttle_login("alice@example.test"),
+            guard.throttle_login("alice@example.test")
+        );
+        let _ = (a, b, c);
+        assert_eq!(units(started.elapsed()), 12);
+        // Another account is not affected.
+        let started = tokio::time::Instant::now();
+        guard.throttle_login("bob@example.test").await;
+        assert_eq!(units(started.elapsed()), 0);
+        Ok(())
+    }
 
     #[test]
     fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {

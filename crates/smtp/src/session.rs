@@ -308,6 +308,7 @@ impl Session {
         let Some(tls) = &self.tls else {
             return Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
         };
+        self.ctx.guard.throttle_login(&credentials.username).await;
         match self.ctx.identity.authenticate(tls, &credentials).await {
             Ok(Some(authenticated)) => {
                 let user = authenticated.account.address.to_string();
