@@ -675,3 +675,78 @@ async fn listener_allow_and_deny_lists_admit_only_their_range_and_deny_wins() ->
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn slow_senders_are_cut_off_at_the_timeout_however_they_drip() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx = free_addr()?;
+    let extra = "[limits]\ncommand_timeout_secs = 1\n[smtp]\ndata_timeout_secs = 2\n";
+    let config = write_config(dir.path(), &["mail.a.test"], &[("mx", mx, "starttls")], extra)?;
+    let config_arg = config.to_string_lossy().into_owned();
+    for args in [
+        vec!["domain", "add", "a.test"],
+        vec!["user", "add", "alice@a.test", "--password-stdin"],
+    ] {
+        let mut all = vec!["--config", config_arg.as_str()];
+        all.extend(args);
+        assert_eq!(
+            common::run(dir.path(), &all, Some("a long enough password\n"))?.0,
+            0
+        );
+    }
+    let _server = serve(dir.path(), &config).await?;
+
+    // A command line dripped one byte at a time never completes within the command timeout.
+    let mut c = plain(mx).await?;
+    c.smtp_reply().await?;
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for byte in "NOOP and more and more and more".bytes() {
+        if c.send(&(byte as char).to_string()).await.is_err() {
+            cut = true;
+            break;
+        }
+        if let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(250), c.line()).await {
+            assert!(line.starts_with("421 4.4.2"), "{line}");
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a dripping client was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off late: {:?}",
+        started.elapsed()
+    );
+
+    // DATA dripped slowly, with lines completing, is bounded by the whole-transfer timeout.
+    let mut c = plain(mx).await?;
+    c.smtp_reply().await?;
+    for (line, code) in [
+        ("EHLO s.test", "250"),
+        ("MAIL FROM:<x@s.test>", "250"),
+        ("RCPT TO:<alice@a.test>", "250"),
+        ("DATA", "354"),
+    ] {
+        c.send(&format!("{line}\r\n")).await?;
+        assert!(c.smtp_reply().await?.starts_with(code));
+    }
+    let started = std::time::Instant::now();
+    let mut reply = String::new();
+    for n in 0..40 {
+        if c.send(&format!("line {n}\r\n")).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(200), c.line()).await {
+            reply = line;
+            break;
+        }
+    }
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut off late: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
