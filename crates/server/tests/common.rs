@@ -176,3 +176,41 @@ pub async fn mailbox_contents(data_dir: &Path, user: &str, mailbox: &str) -> Tes
     }
     Ok(out)
 }
+
+/// The password `config_with_users` gives every user.
+pub const TEST_PASSWORD: &str = "a long enough password";
+
+/// Runs `sealmail --config CONFIG ARGS...` in `dir`, with `TEST_PASSWORD` on standard input.
+pub fn admin(dir: &Path, config: &Path, args: &[&str]) -> TestResult<(i32, String, String)> {
+    let config = config.to_string_lossy().into_owned();
+    let mut all = vec!["--config", config.as_str()];
+    all.extend_from_slice(args);
+    run(dir, &all, Some(&format!("{TEST_PASSWORD}\n")))
+}
+
+/// `write_config` with one certificate for mail.DOMAIN, plus DOMAIN and `users` (password
+/// `TEST_PASSWORD`) added through the command line; returns the config path.
+pub fn config_with_users(
+    dir: &Path,
+    domain: &str,
+    users: &[&str],
+    listeners: &[(&str, SocketAddr, &str)],
+    extra: &str,
+) -> TestResult<PathBuf> {
+    let config = write_config(dir, &[&format!("mail.{domain}")], listeners, extra)?;
+    let (code, _, err) = admin(dir, &config, &["domain", "add", domain])?;
+    if code != 0 {
+        return Err(format!("domain add: {err}"));
+    }
+    for user in users {
+        let (code, _, err) = admin(
+            dir,
+            &config,
+            &["user", "add", &format!("{user}@{domain}"), "--password-stdin"],
+        )?;
+        if code != 0 {
+            return Err(format!("user add {user}: {err}"));
+        }
+    }
+    Ok(config)
+}

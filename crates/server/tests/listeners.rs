@@ -681,19 +681,8 @@ async fn slow_senders_are_cut_off_at_the_timeout_however_they_drip() -> TestResu
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx = free_addr()?;
     let extra = "[limits]\ncommand_timeout_secs = 1\n[smtp]\ndata_timeout_secs = 2\n";
-    let config = write_config(dir.path(), &["mail.a.test"], &[("mx", mx, "starttls")], extra)?;
-    let config_arg = config.to_string_lossy().into_owned();
-    for args in [
-        vec!["domain", "add", "a.test"],
-        vec!["user", "add", "alice@a.test", "--password-stdin"],
-    ] {
-        let mut all = vec!["--config", config_arg.as_str()];
-        all.extend(args);
-        assert_eq!(
-            common::run(dir.path(), &all, Some("a long enough password\n"))?.0,
-            0
-        );
-    }
+    let config =
+        common::config_with_users(dir.path(), "a.test", &["alice"], &[("mx", mx, "starttls")], extra)?;
     let _server = serve(dir.path(), &config).await?;
 
     // A command line dripped one byte at a time never completes within the command timeout.

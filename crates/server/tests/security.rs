@@ -183,24 +183,8 @@ async fn bans_expire_on_time_and_trusted_networks_are_never_banned() -> TestResu
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let (mx, submission) = (common::free_addr()?, common::free_addr()?);
     let extra = "[security]\nauth_failures = 2\nban_secs = 2\ntrusted = [\"127.0.0.4/32\"]\n";
-    let config = common::write_config(
-        dir.path(),
-        &["mail.example.test"],
-        &[("mx", mx, "starttls"), ("submission", submission, "implicit")],
-        extra,
-    )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    for args in [
-        vec!["domain", "add", "example.test"],
-        vec!["user", "add", "alice@example.test", "--password-stdin"],
-    ] {
-        let mut all = vec!["--config", config_arg.as_str()];
-        all.extend(args);
-        assert_eq!(
-            common::run(dir.path(), &all, Some("a long enough password\n"))?.0,
-            0
-        );
-    }
+    let listeners = [("mx", mx, "starttls"), ("submission", submission, "implicit")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, extra)?;
     let _server = common::serve(dir.path(), &config).await?;
     let cert = dir.path().join("tls/0.pem");
 
@@ -247,22 +231,8 @@ async fn an_account_over_its_hourly_message_limit_gets_451_and_an_event() -> Tes
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let submission = common::free_addr()?;
     let extra = "[smtp]\nmessages_per_hour = 3\nrecipients_per_hour = 4\n";
-    let config = common::write_config(
-        dir.path(),
-        &["mail.example.test"],
-        &[("submission", submission, "implicit")],
-        extra,
-    )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let sealmail = |args: Vec<&str>| {
-        let mut all = vec!["--config", config_arg.as_str()];
-        all.extend(args);
-        common::run(dir.path(), &all, Some("a long enough password\n"))
-    };
-    assert_eq!(sealmail(vec!["domain", "add", "example.test"])?.0, 0);
-    for user in ["alice@example.test", "bob@example.test"] {
-        assert_eq!(sealmail(vec!["user", "add", user, "--password-stdin"])?.0, 0);
-    }
+    let listeners = [("submission", submission, "implicit")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice", "bob"], &listeners, extra)?;
     let _server = common::serve(dir.path(), &config).await?;
     let client = sealmail_testkit::client_config(&[&dir.path().join("tls/0.pem")], &[&TLS13], &[])?;
     let login = |user: &'static str| {
@@ -308,7 +278,7 @@ async fn an_account_over_its_hourly_message_limit_gets_451_and_an_event() -> Tes
         "another account was limited"
     );
 
-    let (_, events, _) = sealmail(vec!["security", "events"])?;
+    let (_, events, _) = common::admin(dir.path(), &config, &["security", "events"])?;
     assert!(
         events
             .lines()

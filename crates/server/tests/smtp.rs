@@ -374,25 +374,14 @@ async fn limits_on_size_lines_recipients_and_errors() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx_addr = common::free_addr()?;
     let extra = "[smtp]\nmax_message_size = 2048\nmax_recipients = 2\nmax_errors = 4\n";
-    let config = common::write_config(
+    let listeners = [("mx", mx_addr, "starttls")];
+    let config = common::config_with_users(
         dir.path(),
-        &["mail.example.test"],
-        &[("mx", mx_addr, "starttls")],
+        "example.test",
+        &["alice", "bob", "carol"],
+        &listeners,
         extra,
     )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let sealmail = |args: &[&str]| {
-        let mut all = vec!["--config", config_arg.as_str()];
-        all.extend_from_slice(args);
-        common::run(dir.path(), &all, Some("a long enough password\n"))
-    };
-    assert_eq!(sealmail(&["domain", "add", "example.test"])?.0, 0);
-    for user in ["alice", "bob", "carol"] {
-        assert_eq!(
-            sealmail(&["user", "add", &format!("{user}@example.test"), "--password-stdin"])?.0,
-            0
-        );
-    }
     let _server = common::serve(dir.path(), &config).await?;
     let client = sealmail_testkit::client_config(&[&dir.path().join("tls/0.pem")], &[&TLS13], &[])?;
     let connect = || async {
