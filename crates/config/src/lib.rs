@@ -81,6 +81,8 @@ pub struct Listener {
     pub allow: Vec<IpNet>,
     /// Clients in these networks are refused; deny wins over allow.
     pub deny: Vec<IpNet>,
+    /// Connections from `security.proxies` start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 impl Listener {
@@ -183,6 +185,8 @@ pub struct SecurityConfig {
     pub max_ban: Duration,
     /// Networks never banned (e.g. the office, a monitoring host).
     pub trusted: Vec<IpNet>,
+    /// Load balancers whose PROXY protocol headers are believed; never banned themselves.
+    pub proxies: Vec<IpNet>,
 }
 
 impl Default for SecurityConfig {
@@ -193,6 +197,7 @@ impl Default for SecurityConfig {
             ban: Duration::from_secs(900),
             max_ban: Duration::from_secs(86_400),
             trusted: Vec::new(),
+            proxies: Vec::new(),
         }
     }
 }
@@ -268,6 +273,8 @@ struct RawSecurity {
     max_ban_secs: Option<i64>,
     #[serde(default)]
     trusted: Vec<String>,
+    #[serde(default)]
+    proxies: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +323,8 @@ struct RawListener {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -519,7 +528,15 @@ impl Config {
                 &mut problems,
             ),
             trusted: networks("security.trusted", &raw.security.trusted, &mut problems),
+            proxies: networks("security.proxies", &raw.security.proxies, &mut problems),
         };
+        if security.proxies.is_empty()
+            && let Some(i) = listeners.iter().position(|l: &Listener| l.proxy_protocol)
+        {
+            problems.push(format!(
+                "listener[{i}].proxy_protocol = true but security.proxies is empty; list the load balancers' addresses in security.proxies"
+            ));
+        }
 
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
@@ -599,6 +616,7 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         tls,
         allow,
         deny,
+        proxy_protocol: l.proxy_protocol,
     })
 }
 
@@ -830,6 +848,12 @@ mod tests {
                 "security.trusted[0] = \"office\" is not an IP address or network; use e.g. \"192.0.2.0/24\" or \"2001:db8::/48\"",
             ),
             (
+                format!(
+                    "{head}[[listener]]\nrole = \"mx\"\nbind = \"127.0.0.1:25\"\ntls = \"starttls\"\nproxy_protocol = true\n"
+                ),
+                "listener[0].proxy_protocol = true but security.proxies is empty; list the load balancers' addresses in security.proxies",
+            ),
+            (
                 format!("{}[log]\nformat = \"xml\"\n", good()),
                 "log.format = \"xml\" is not a log format; use \"human\" or \"json\"",
             ),
@@ -848,6 +872,7 @@ mod tests {
             tls: TlsMode::StartTls,
             allow: vec![parse("192.0.2.0/24")],
             deny: vec![parse("192.0.2.66/32")],
+            proxy_protocol: false,
         };
         assert!(listener.permits("192.0.2.10".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
         assert!(!listener.permits("192.0.2.66".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));

@@ -168,7 +168,12 @@ impl Guard {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.config.trusted.iter().any(|net| net.contains(&ip))
+        // A load balancer is never banned for what its clients do.
+        self.config
+            .trusted
+            .iter()
+            .chain(&self.config.proxies)
+            .any(|net| net.contains(&ip))
     }
 
     /// True when connections from `ip` must be refused now. Cheap: a read lock and a lookup.

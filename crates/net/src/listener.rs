@@ -106,6 +106,8 @@ pub struct Server {
     global: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
     filter: Option<Arc<dyn AcceptFilter>>,
+    /// Addresses whose PROXY protocol headers are believed.
+    proxies: Vec<ipnet::IpNet>,
 }
 
 impl Server {
@@ -118,7 +120,14 @@ impl Server {
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
             filter: None,
+            proxies: Vec::new(),
         }
+    }
+
+    /// Believes PROXY protocol headers from these addresses, on listeners that ask for them.
+    pub fn with_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Server {
+        self.proxies = proxies;
+        self
     }
 
     /// Refuses clients the filter names, at accept time.
@@ -171,35 +180,62 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let plaintext_first = listener.spec.tls == TlsMode::StartTls;
-            let refused = !listener.spec.permits(peer.ip())
-                || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
-            if refused {
-                tracing::debug!(%peer, "connection refused: address not allowed or banned");
-                let reply = listener.handler.banned_reply();
-                self.sessions
-                    .spawn(turn_away(tcp, plaintext_first.then_some(reply)));
-                continue;
-            }
-            let Some(slots) = self.take_slots(peer) else {
-                let reply = listener.handler.busy_reply();
-                self.sessions
-                    .spawn(turn_away(tcp, plaintext_first.then_some(reply)));
-                continue;
-            };
-            let info = ConnectionInfo {
-                peer,
-                local: local.unwrap_or(listener.spec.bind),
-                role: listener.spec.role,
-                tls_mode: listener.spec.tls,
-            };
-            let handler = listener.handler.clone();
+            let from_proxy =
+                listener.spec.proxy_protocol && self.proxies.iter().any(|net| net.contains(&peer.ip()));
             let server = self.clone();
-            self.sessions.spawn(async move {
-                let _slots = slots;
-                server.serve_one(info, tcp, handler).await;
-            });
+            let (spec, handler) = (listener.spec.clone(), listener.handler.clone());
+            let local = local.unwrap_or(listener.spec.bind);
+            if from_proxy {
+                // Reading the header takes a round trip: do it off the accept loop.
+                self.sessions.spawn(async move {
+                    let mut tcp = tcp;
+                    let limit = server.limits.tls_handshake_timeout;
+                    match tokio::time::timeout(limit, crate::proxy::read_header(&mut tcp)).await {
+                        Ok(Ok(client)) => {
+                            server
+                                .admit(tcp, client.unwrap_or(peer), local, spec, handler)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(proxy = %peer, error = %e, "PROXY protocol header refused")
+                        }
+                        Err(_) => tracing::info!(proxy = %peer, "no PROXY protocol header in time"),
+                    }
+                });
+            } else {
+                self.sessions
+                    .spawn(async move { server.admit(tcp, peer, local, spec, handler).await });
+            }
         }
+    }
+
+    /// Applies the listener's allow/deny lists, the ban filter and the connection caps to the
+    /// client's address (the real one, behind a proxy), then serves the connection.
+    async fn admit(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        spec: ListenerSpec,
+        handler: Arc<dyn Handler>,
+    ) {
+        let plaintext_first = spec.tls == TlsMode::StartTls;
+        let refused = !spec.permits(peer.ip()) || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
+        if refused {
+            tracing::debug!(%peer, "connection refused: address not allowed or banned");
+            return turn_away(tcp, plaintext_first.then_some(handler.banned_reply())).await;
+        }
+        let Some(slots) = self.take_slots(peer) else {
+            return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
+        };
+        let info = ConnectionInfo {
+            peer,
+            local,
+            role: spec.role,
+            tls_mode: spec.tls,
+        };
+        let _slots = slots;
+        self.serve_one(info, tcp, handler).await;
     }
 
     fn take_slots(&self, peer: SocketAddr) -> Option<(OwnedSemaphorePermit, IpSlot)> {

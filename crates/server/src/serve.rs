@@ -130,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)
         .with_filter(guard)
+        .with_proxies(config.security.proxies.clone())
         .run(listeners)
         .await;
     tracing::info!("sealmail stopped");

@@ -345,3 +345,109 @@ async fn directory_harvesting_and_relay_probing_lead_to_a_ban() -> TestResult {
     );
     Ok(())
 }
+
+/// A PROXY protocol v2 header for a TCP/IPv4 client.
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&25u16.to_be_bytes());
+    header
+}
+
+/// Connects from the proxy address with `header` first; returns the first line it gets.
+async fn via_proxy(mx: SocketAddr, header: &[u8]) -> TestResult<LineClient<TcpStream>> {
+    let mut c = LineClient::new(tcp_from([127, 0, 0, 1], mx).await?);
+    c.send_bytes(header).await?;
+    Ok(c)
+}
+
+#[tokio::test]
+async fn proxy_protocol_gives_the_real_address_which_alone_gets_banned() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx = common::free_addr()?;
+    let config = common::write_config(
+        dir.path(),
+        &["mail.example.test"],
+        &[("mx", mx, "starttls")],
+        "[security]\nproxies = [\"127.0.0.1\"]\n",
+    )?;
+    let text = ctx(std::fs::read_to_string(&config), "read")?
+        .replace("tls = \"starttls\"", "tls = \"starttls\"\nproxy_protocol = true");
+    ctx(std::fs::write(&config, text), "write")?;
+    assert_eq!(
+        common::admin(dir.path(), &config, &["domain", "add", "example.test"])?.0,
+        0
+    );
+    assert_eq!(
+        common::admin(
+            dir.path(),
+            &config,
+            &["user", "add", "alice@example.test", "--password-stdin"]
+        )?
+        .0,
+        0
+    );
+    let _server = common::serve(dir.path(), &config).await?;
+
+    // Version 1 and version 2 headers: the stored Received line names the real client.
+    for (header, client) in [
+        (
+            b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 25\r\n".to_vec(),
+            "[192.0.2.9]",
+        ),
+        (proxy_v2([198, 51, 100, 7], 5000), "[198.51.100.7]"),
+    ] {
+        let mut c = via_proxy(mx, &header).await?;
+        assert!(c.smtp_reply().await?.starts_with("220 "));
+        for (line, code) in [
+            ("EHLO client.test", "250"),
+            ("MAIL FROM:<x@remote.test>", "250"),
+            ("RCPT TO:<alice@example.test>", "250"),
+            ("DATA", "354"),
+        ] {
+            c.send(&format!("{line}\r\n")).await?;
+            let reply = c.smtp_reply().await?;
+            assert!(reply.starts_with(code), "{line}: {reply}");
+        }
+        c.send("Subject: via proxy\r\n\r\nhi\r\n.\r\n").await?;
+        assert!(c.smtp_reply().await?.starts_with("250"));
+        let stored =
+            common::mailbox_contents(&dir.path().join("data"), "alice@example.test", "INBOX").await?;
+        let last = String::from_utf8_lossy(stored.last().ok_or("nothing stored")?).into_owned();
+        assert!(last.contains(&format!("from client.test ({client})")), "{last}");
+    }
+
+    // Relay probing from one real client bans that client, not the proxy.
+    let mut c = via_proxy(mx, b"PROXY TCP4 192.0.2.66 127.0.0.1 5000 25\r\n").await?;
+    c.smtp_reply().await?;
+    c.send("EHLO p.test\r\nMAIL FROM:<x@p.test>\r\n").await?;
+    c.smtp_reply().await?;
+    c.smtp_reply().await?;
+    for n in 0..5 {
+        c.send(&format!("RCPT TO:<v{n}@elsewhere.test>\r\n")).await?;
+        c.smtp_reply().await?;
+    }
+    let mut banned = via_proxy(mx, b"PROXY TCP4 192.0.2.66 127.0.0.1 5001 25\r\n").await?;
+    assert!(
+        banned.line().await?.starts_with("421 4.7.0"),
+        "the real client was not banned"
+    );
+    let mut other = via_proxy(mx, b"PROXY TCP4 192.0.2.67 127.0.0.1 5002 25\r\n").await?;
+    assert!(
+        other.line().await?.starts_with("220 "),
+        "the proxy itself was banned"
+    );
+
+    // A PROXY header from an address that is not a configured proxy is not believed.
+    let mut direct = LineClient::new(tcp_from([127, 0, 0, 2], mx).await?);
+    direct.send("PROXY TCP4 192.0.2.9 127.0.0.1 5000 25\r\n").await?;
+    assert!(direct.smtp_reply().await?.starts_with("220 "));
+    assert!(
+        direct.smtp_reply().await?.starts_with("500"),
+        "a spoofed PROXY header was accepted"
+    );
+    Ok(())
+}
