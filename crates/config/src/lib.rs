@@ -237,6 +237,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub auth: AuthConfig,
     pub security: SecurityConfig,
+    /// Where the Prometheus endpoint listens; off when `None`.
+    pub metrics_bind: Option<SocketAddr>,
     pub log_format: LogFormat,
 }
 
@@ -261,7 +263,15 @@ struct RawConfig {
     #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    bind: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -538,6 +548,19 @@ impl Config {
             ));
         }
 
+        let metrics_bind = match raw.metrics.bind.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    problems.push(format!(
+                        "metrics.bind = {text:?} is not an IP address with a port; use e.g. \"127.0.0.1:9125\""
+                    ));
+                    None
+                }
+            },
+        };
+
         let log_format = match raw.log.format.as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -560,6 +583,7 @@ impl Config {
                 smtp,
                 auth,
                 security,
+                metrics_bind,
                 log_format,
             }),
             _ => Err(ConfigError::Invalid(problems)),

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
+use sealmail_net::metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
@@ -216,6 +217,7 @@ impl Guard {
     }
 
     pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {
+        metrics::AUTH_SUCCESSES.inc();
         self.event(kind::AUTH_SUCCESS, Some(ip), Some(account), Some(listener), None)
             .await;
     }
@@ -223,6 +225,7 @@ impl Guard {
     /// Records a failed authentication; returns the ban it caused, if any. The username is
     /// recorded as given (never the password).
     pub async fn auth_failed(&self, ip: IpAddr, username: &str, listener: &str) -> Option<Ban> {
+        metrics::AUTH_FAILURES.inc();
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
             .await;
@@ -278,6 +281,7 @@ impl Guard {
     /// Records other abuse (a relay attempt, an unknown recipient, a session ended for
     /// protocol errors); returns the ban it caused, if any.
     pub async fn abuse(&self, ip: IpAddr, abuse: Abuse, listener: &str, detail: &str) -> Option<Ban> {
+        metrics::ABUSE_EVENTS.inc();
         self.event(
             abuse.kind(),
             Some(ip),
@@ -343,6 +347,7 @@ impl Guard {
         let until = now + length;
         match self.store.add_ban(key, until, level, reason).await {
             Ok(ban) => {
+                metrics::BANS.inc();
                 self.bans
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -387,6 +392,7 @@ impl Guard {
             fits
         };
         if !allowed {
+            metrics::RATE_LIMITED.inc();
             let detail = format!("{what} per hour limit of {per_hour} reached");
             self.event(
                 kind::RATE_LIMITED,

@@ -293,10 +293,16 @@ async fn handshake(
     tcp: TcpStream,
     limit: Duration,
 ) -> Result<(TlsStream<TcpStream>, TlsActive), ConnError> {
-    let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
-        .await
-        .map_err(|_| ConnError::Timeout(limit))?
-        .map_err(ConnError::Handshake)?;
+    let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        failed => {
+            crate::metrics::TLS_HANDSHAKE_FAILURES.inc();
+            return Err(match failed {
+                Ok(Err(e)) => ConnError::Handshake(e),
+                _ => ConnError::Timeout(limit),
+            });
+        }
+    };
     let active = TlsActive::from_session(tls.get_ref().1).ok_or_else(|| {
         ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
     })?;

@@ -10,6 +10,7 @@
 
 mod connection;
 mod listener;
+pub mod metrics;
 pub mod proxy;
 
 pub use connection::{ConnError, Connection, ConnectionInfo, Line};

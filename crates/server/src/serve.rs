@@ -126,6 +126,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
 
     let shutdown = CancellationToken::new();
+    if let Some(address) = config.metrics_bind {
+        let socket = sealmail_net::metrics::bind(address)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(%address, "metrics endpoint listening");
+        tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
+    }
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)

@@ -451,3 +451,97 @@ async fn proxy_protocol_gives_the_real_address_which_alone_gets_banned() -> Test
     );
     Ok(())
 }
+
+async fn http_get(addr: SocketAddr, path: &str) -> TestResult<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = ctx(TcpStream::connect(addr).await, "connect")?;
+    ctx(
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await,
+        "send",
+    )?;
+    let mut response = String::new();
+    ctx(tcp.read_to_string(&mut response).await, "read")?;
+    Ok(response)
+}
+
+fn counter(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (submission, metrics) = (common::free_addr()?, common::free_addr()?);
+    let extra = format!("[metrics]\nbind = \"{metrics}\"\n");
+    let listeners = [("submission", submission, "implicit")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, &extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+
+    let failed = try_login(
+        [127, 0, 0, 1],
+        submission,
+        &cert,
+        "alice@example.test",
+        "wrong password",
+    )
+    .await?;
+    assert!(failed[0].starts_with("535"));
+    let client = sealmail_testkit::client_config(&[&cert], &[&TLS13], &[])?;
+    let mut c = LineClient::new(
+        tls_upgrade(
+            ctx(TcpStream::connect(submission).await, "connect")?,
+            client,
+            NAME,
+        )
+        .await?,
+    );
+    c.smtp_reply().await?;
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("\0alice@example.test\0{}", common::TEST_PASSWORD));
+    for (line, code) in [
+        ("EHLO c.test".to_string(), "250"),
+        (format!("AUTH PLAIN {token}"), "235"),
+        ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+        ("RCPT TO:<alice@example.test>".to_string(), "250"),
+        ("DATA".to_string(), "354"),
+        ("From: alice@example.test\r\n\r\nhi\r\n.".to_string(), "250"),
+    ] {
+        c.send(&format!("{line}\r\n")).await?;
+        let reply = c.smtp_reply().await?;
+        assert!(reply.starts_with(code), "{line}: {reply}");
+    }
+
+    let response = http_get(metrics, "/metrics").await?;
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK") && response.contains("text/plain; version=0.0.4"),
+        "{response}"
+    );
+    assert_eq!(
+        counter(&response, "sealmail_auth_failures_total"),
+        Some(1),
+        "{response}"
+    );
+    assert_eq!(
+        counter(&response, "sealmail_auth_successes_total"),
+        Some(1),
+        "{response}"
+    );
+    assert_eq!(
+        counter(&response, "sealmail_messages_accepted_total"),
+        Some(1),
+        "{response}"
+    );
+    assert_eq!(
+        counter(&response, "sealmail_connections_accepted_total"),
+        Some(2),
+        "{response}"
+    );
+    assert!(response.contains("# TYPE sealmail_bans_total counter"));
+    assert!(http_get(metrics, "/other").await?.starts_with("HTTP/1.1 404"));
+    Ok(())
+}

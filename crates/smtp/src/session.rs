@@ -591,6 +591,9 @@ impl Session {
 
     /// The answer after DATA was read to its end marker.
     pub async fn data_received(&mut self, data: crate::data::Data) -> Reply {
+        if data.bare_line_ending || data.too_big {
+            sealmail_net::metrics::MESSAGES_REFUSED.inc();
+        }
         if data.bare_line_ending {
             self.transaction = None;
             return Reply::new(
@@ -708,6 +711,7 @@ impl Session {
                     tls = self.tls.as_ref().map(|t| t.version).unwrap_or("none"),
                     "message accepted"
                 );
+                sealmail_net::metrics::MESSAGES_ACCEPTED.inc();
                 Reply::new(250, "2.0.0", format!("OK: message {id} accepted"))
             }
             Err(e) => {

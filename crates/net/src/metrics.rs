@@ -1,0 +1,130 @@
+//! Counters for the Prometheus `/metrics` endpoint (text format 0.0.4), and the endpoint.
+//!
+//! The counters are process-wide statics: every part of the server counts into them without
+//! threading a handle through each constructor, and a process serves one metrics endpoint.
+//! The endpoint is off unless `[metrics] bind` is set; it answers `GET /metrics` and nothing
+//! else, reads at most one bounded request per connection, and never blocks the mail path.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A monotonically increasing counter.
+pub struct Counter {
+    name: &'static str,
+    help: &'static str,
+    value: AtomicU64,
+}
+
+impl Counter {
+    const fn new(name: &'static str, help: &'static str) -> Counter {
+        Counter {
+            name,
+            help,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inc(&self) {
+        self.value.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+pub static CONNECTIONS_ACCEPTED: Counter = Counter::new(
+    "sealmail_connections_accepted_total",
+    "Connections accepted and served.",
+);
+pub static CONNECTIONS_REFUSED: Counter = Counter::new(
+    "sealmail_connections_refused_total",
+    "Connections refused at accept time (banned, not allowed, or over a cap).",
+);
+pub static TLS_HANDSHAKE_FAILURES: Counter = Counter::new(
+    "sealmail_tls_handshake_failures_total",
+    "TLS handshakes that failed or timed out.",
+);
+pub static AUTH_SUCCESSES: Counter = Counter::new("sealmail_auth_successes_total", "Successful logins.");
+pub static AUTH_FAILURES: Counter = Counter::new("sealmail_auth_failures_total", "Failed logins.");
+pub static BANS: Counter = Counter::new("sealmail_bans_total", "Bans added.");
+pub static ABUSE_EVENTS: Counter = Counter::new(
+    "sealmail_abuse_events_total",
+    "Relay attempts, unknown recipients and sessions closed for errors.",
+);
+pub static RATE_LIMITED: Counter =
+    Counter::new("sealmail_rate_limited_total", "Requests refused by a rate limit.");
+pub static MESSAGES_ACCEPTED: Counter = Counter::new(
+    "sealmail_messages_accepted_total",
+    "Messages accepted (250 after DATA or BDAT LAST).",
+);
+pub static MESSAGES_REFUSED: Counter = Counter::new(
+    "sealmail_messages_refused_total",
+    "Messages refused at the end of DATA or BDAT.",
+);
+
+const ALL: &[&Counter] = &[
+    &CONNECTIONS_ACCEPTED,
+    &CONNECTIONS_REFUSED,
+    &TLS_HANDSHAKE_FAILURES,
+    &AUTH_SUCCESSES,
+    &AUTH_FAILURES,
+    &BANS,
+    &ABUSE_EVENTS,
+    &RATE_LIMITED,
+    &MESSAGES_ACCEPTED,
+    &MESSAGES_REFUSED,
+];
+
+/// The exposition text.
+pub fn render() -> String {
+    let mut out = String::new();
+    for counter in ALL {
+        let _ = writeln!(out, "# HELP {} {}", counter.name, counter.help);
+        let _ = writeln!(out, "# TYPE {} counter", counter.name);
+        let _ = writeln!(out, "{} {}", counter.name, counter.get());
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `socket` until `shutdown`.
+pub async fn serve(socket: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok((mut tcp, peer)) = accepted else { continue };
+        tokio::spawn(async move {
+            let mut request = [0u8; 2048];
+            let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut request)).await;
+            let Ok(Ok(n)) = read else { return };
+            let response = if request[..n].starts_with(b"GET /metrics ") {
+                let body = render();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            if tcp.write_all(response.as_bytes()).await.is_err() {
+                tracing::debug!(%peer, "metrics client went away");
+            }
+            let _ = tcp.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(address).await.map_err(|e| {
+        format!("cannot listen on metrics.bind {address}: {e}; change metrics.bind or remove it")
+    })
+}
