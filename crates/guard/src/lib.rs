@@ -32,6 +32,21 @@ pub mod kind {
     pub const RELAY_DENIED: &str = "relay_denied";
     pub const UNKNOWN_RECIPIENT: &str = "unknown_recipient";
     pub const PROTOCOL_ERRORS: &str = "protocol_errors";
+    pub const TLS_FAILURE: &str = "tls_failure";
+    pub const BAN_EXPIRED: &str = "ban_expired";
+}
+
+/// One event as a JSON object (the event log's line format and `security events` output).
+pub fn event_json(event: &SecurityEvent) -> String {
+    serde_json::json!({
+        "at": event.at,
+        "kind": event.kind,
+        "address": event.address,
+        "account": event.account,
+        "listener": event.listener,
+        "detail": event.detail,
+    })
+    .to_string()
 }
 
 /// The key failures and bans are counted under: the address, or an IPv6 /64.
@@ -97,6 +112,8 @@ pub struct Guard {
     accounts: Mutex<HashMap<String, AccountThrottle>>,
     /// The first throttling delay (1 s; tests shorten it).
     throttle_unit: Duration,
+    /// The security event log, one JSON object per line, when configured.
+    log: Option<Mutex<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -121,20 +138,65 @@ impl Guard {
             usage: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
             throttle_unit: Duration::from_secs(1),
+            log: None,
         });
         guard.refresh().await?;
         Ok(guard)
     }
 
+    /// Also appends every event to `path` as a JSON line (created 0600).
+    pub async fn load_with_log(
+        config: SecurityConfig,
+        store: Arc<dyn Store>,
+        path: &std::path::Path,
+    ) -> Result<Arc<Guard>, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut guard = Guard::load(config, store).await?;
+        match Arc::get_mut(&mut guard) {
+            Some(only) => only.log = Some(Mutex::new(file)),
+            None => tracing::error!("security event log not attached"),
+        }
+        Ok(guard)
+    }
+
     /// Rereads the bans in force from the store.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let active = self.store.active_bans(now_unix()).await?;
+        let now = now_unix();
+        let active = self.store.active_bans(now).await?;
         let mut map = HashMap::new();
         for ban in active {
             let until = map.entry(ban.address).or_insert(ban.until);
             *until = (*until).max(ban.until);
         }
-        *self.bans.write().unwrap_or_else(|p| p.into_inner()) = map;
+        let expired: Vec<String> = {
+            let mut bans = self.bans.write().unwrap_or_else(|p| p.into_inner());
+            let expired = bans
+                .iter()
+                .filter(|(key, until)| **until <= now && !map.contains_key(*key))
+                .map(|(key, _)| key.clone())
+                .collect();
+            *bans = map;
+            expired
+        };
+        for key in expired {
+            self.event(
+                kind::BAN_EXPIRED,
+                None,
+                None,
+                None,
+                Some(format!("ban of {key} expired")),
+            )
+            .await;
+        }
         Ok(())
     }
 
@@ -211,6 +273,14 @@ impl Guard {
             detail = event.detail.as_deref().unwrap_or(""),
             "security event"
         );
+        if let Some(log) = &self.log {
+            use std::io::Write;
+            let line = event_json(&event);
+            let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = writeln!(file, "{line}") {
+                tracing::error!(error = %e, "could not write the security event log");
+            }
+        }
         if let Err(e) = self.store.record_event(event).await {
             tracing::error!(error = %e, "could not record a security event");
         }
@@ -410,6 +480,13 @@ impl Guard {
 impl sealmail_net::AcceptFilter for Guard {
     fn refuse(&self, ip: IpAddr) -> bool {
         self.is_banned(ip)
+    }
+
+    fn tls_failed(self: Arc<Self>, ip: IpAddr, listener: &'static str) {
+        tokio::spawn(async move {
+            self.event(kind::TLS_FAILURE, Some(ip), None, Some(listener), None)
+                .await
+        });
     }
 }
 

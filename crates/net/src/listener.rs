@@ -32,6 +32,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Decides at accept time, before any TLS work, whether a client is refused (banned).
 pub trait AcceptFilter: Send + Sync + 'static {
     fn refuse(&self, ip: std::net::IpAddr) -> bool;
+
+    /// Told when a client's TLS handshake on an implicit-TLS listener fails.
+    fn tls_failed(self: Arc<Self>, _ip: std::net::IpAddr, _listener: &'static str) {}
 }
 
 /// A listening socket with the protocol that serves it.
@@ -264,6 +267,7 @@ impl Server {
         };
         let shutdown = self.shutdown.child_token();
         let peer = info.peer;
+        let role = info.role.as_str();
         let conn = match info.tls_mode {
             TlsMode::StartTls => Connection::plain(info, tcp, self.acceptor.clone(), timeouts, shutdown),
             TlsMode::Implicit => {
@@ -271,6 +275,9 @@ impl Server {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        if let Some(filter) = &self.filter {
+                            filter.clone().tls_failed(peer.ip(), role);
+                        }
                         return;
                     }
                 }

@@ -204,18 +204,6 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     Ok(now_unix() - n.saturating_mul(seconds))
 }
 
-fn event_json(event: &sealmail_store::SecurityEvent) -> String {
-    serde_json::json!({
-        "at": event.at,
-        "kind": event.kind,
-        "address": event.address,
-        "account": event.account,
-        "listener": event.listener,
-        "detail": event.detail,
-    })
-    .to_string()
-}
-
 pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) -> anyhow::Result<()> {
     use crate::cli::{BansCommand, SecurityCommand};
     let config = load_config(config_path)?;
@@ -244,7 +232,7 @@ pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) 
                         .and_then(|a| a.parse::<std::net::IpAddr>().ok())
                         .is_some_and(|ip| sealmail_guard::ban_key(ip) == ban.address);
                     if from_it && event.at <= ban.created_at {
-                        println!("  {}", event_json(&event));
+                        println!("  {}", sealmail_guard::event_json(&event));
                     }
                 }
             }
@@ -256,7 +244,7 @@ pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) 
         }
         SecurityCommand::Events { since } => {
             for event in store.events(parse_since(&since)?, None).await? {
-                println!("{}", event_json(&event));
+                println!("{}", sealmail_guard::event_json(&event));
             }
         }
     }

@@ -16,6 +16,9 @@ use sealmail_tls::{CertResolver, CertSet};
 
 use crate::cli::{LogFormatArg, init_logging, usage};
 
+/// The security event log in the data folder: one JSON object per line.
+pub const SECURITY_LOG: &str = "security-events.jsonl";
+
 /// The lock file that keeps two servers (or a restore) off one data folder.
 pub const LOCK_FILE: &str = "sealmail.lock";
 
@@ -98,7 +101,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let store: Arc<dyn Store> = open_store(&config).await?;
     let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
-    let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
+    let event_log = config.data_dir.join(SECURITY_LOG);
+    let guard =
+        sealmail_guard::Guard::load_with_log(config.security.clone(), store.clone(), &event_log).await?;
     guard.spawn_refresh();
 
     let bound = sealmail_net::bind(&config.listeners)

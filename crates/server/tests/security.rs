@@ -141,6 +141,27 @@ async fn brute_force_bans_the_address_not_its_neighbours_and_the_ban_outlives_a_
         "{events}"
     );
 
+    // The same events are in the JSON lines event log in the data folder, which only sealmail reads.
+    let log_path = instance.data_dir().join("security-events.jsonl");
+    let log = ctx(std::fs::read_to_string(&log_path), "event log")?;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        ctx(std::fs::metadata(&log_path), "stat")?.permissions().mode() & 0o777,
+        0o600
+    );
+    for line in log.lines() {
+        assert!(
+            line.starts_with("{\"") && line.ends_with('}') && line.contains("\"kind\":"),
+            "{line}"
+        );
+    }
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("\"auth_failure\"") && l.contains("\"127.0.0.2\""))
+        .count();
+    assert_eq!(failures, 5, "{log}");
+    assert!(!log.contains("guess-"), "a password reached the event log");
+
     // A restart keeps the ban.
     instance.process.signal(Signal::SIGTERM)?;
     instance.process.wait_exit(Duration::from_secs(30)).await?;
@@ -516,7 +537,24 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
         assert!(reply.starts_with(code), "{line}: {reply}");
     }
 
+    // TLS garbage on the implicit-TLS port is counted and logged.
+    let mut garbage = ctx(TcpStream::connect(submission).await, "connect")?;
+    let legacy = sealmail_testkit::client_hello(sealmail_testkit::TLS1_0, &[0xc009], NAME);
+    sealmail_testkit::send_client_hello(&mut garbage, &legacy).await?;
+    drop(garbage);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = ctx(
+        std::fs::read_to_string(dir.path().join("data/security-events.jsonl")),
+        "log",
+    )?;
+    assert!(log.contains("\"kind\":\"tls_failure\""), "{log}");
+
     let response = http_get(metrics, "/metrics").await?;
+    assert_eq!(
+        counter(&response, "sealmail_tls_handshake_failures_total"),
+        Some(1),
+        "{response}"
+    );
     assert!(
         response.starts_with("HTTP/1.1 200 OK") && response.contains("text/plain; version=0.0.4"),
         "{response}"
@@ -536,9 +574,10 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
         Some(1),
         "{response}"
     );
+    // Two logins and the TLS garbage.
     assert_eq!(
         counter(&response, "sealmail_connections_accepted_total"),
-        Some(2),
+        Some(3),
         "{response}"
     );
     assert!(response.contains("# TYPE sealmail_bans_total counter"));
