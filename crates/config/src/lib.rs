@@ -174,6 +174,17 @@ impl Default for SmtpConfig {
     }
 }
 
+/// Who the server runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerConfig {
+    /// Started as root, switch to this user right after binding the listeners.
+    pub user: Option<String>,
+    /// The group to switch to (default: the user's primary group).
+    pub group: Option<String>,
+    /// Keep running as root when no user is set (refused otherwise).
+    pub allow_root: bool,
+}
+
 /// Intrusion prevention.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecurityConfig {
@@ -237,6 +248,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub auth: AuthConfig,
     pub security: SecurityConfig,
+    pub server: ServerConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -265,7 +277,18 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    user: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    allow_root: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -583,6 +606,11 @@ impl Config {
                 smtp,
                 auth,
                 security,
+                server: ServerConfig {
+                    user: raw.server.user.clone(),
+                    group: raw.server.group.clone(),
+                    allow_root: raw.server.allow_root,
+                },
                 metrics_bind,
                 log_format,
             }),

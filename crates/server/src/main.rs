@@ -4,6 +4,7 @@
 mod admin;
 mod backup;
 mod cli;
+mod privileges;
 mod quickstart;
 mod serve;
 

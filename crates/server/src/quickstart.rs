@@ -175,7 +175,7 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         QUICKSTART_LISTENERS,
         args.port_offset,
-    )?;
+    )? + quickstart_server_section();
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
     // A local test installation: clients on this machine may connect by name or by address.
@@ -213,4 +213,14 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         println!("    {line}");
     }
     Ok(())
+}
+
+/// The `[server]` section for a quickstart started as root: a local test installation keeps
+/// running as whoever started it, and says so in its configuration.
+fn quickstart_server_section() -> &'static str {
+    if nix::unistd::Uid::effective().is_root() {
+        "\n# quickstart was run as root; a real installation sets user = \"an unprivileged account\" instead.\n[server]\nallow_root = true\n"
+    } else {
+        ""
+    }
 }

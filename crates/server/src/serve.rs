@@ -131,10 +131,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
 
     let shutdown = CancellationToken::new();
-    if let Some(address) = config.metrics_bind {
-        let socket = sealmail_net::metrics::bind(address)
-            .await
-            .map_err(anyhow::Error::msg)?;
+    let metrics = match config.metrics_bind {
+        Some(address) => {
+            let socket = sealmail_net::metrics::bind(address)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Some((address, socket))
+        }
+        None => None,
+    };
+    // Every socket is bound: nothing below needs root.
+    crate::privileges::drop_privileges(&config)?;
+    if let Some((address, socket)) = metrics {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
     }

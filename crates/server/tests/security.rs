@@ -584,3 +584,71 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
     assert!(http_get(metrics, "/other").await?.starts_with("HTTP/1.1 404"));
     Ok(())
 }
+
+#[tokio::test]
+async fn started_as_root_it_refuses_to_stay_root_or_drops_to_the_configured_user() -> TestResult {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: privilege dropping needs the tests to run as root");
+        return Ok(());
+    }
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    // The unprivileged user must be able to reach the data folder inside.
+    use std::os::unix::fs::PermissionsExt;
+    ctx(
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)),
+        "chmod",
+    )?;
+    let mx = common::free_addr()?;
+    let listeners = [("mx", mx, "starttls")];
+
+    let root_config =
+        common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, "[server]\n")?;
+    let (code, _, err) = common::admin(dir.path(), &root_config, &["serve"])?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sealmail is running as root") && err.contains("[server] user"),
+        "{err}"
+    );
+
+    let nobody = ctx(nix::unistd::User::from_name("nobody"), "lookup")?.ok_or("no user nobody")?;
+    let text = ctx(std::fs::read_to_string(&root_config), "read")?
+        .replace("[server]\n", "[server]\nuser = \"nobody\"\n");
+    ctx(std::fs::write(&root_config, text), "write")?;
+    let server = common::serve(dir.path(), &root_config).await?;
+    let status = ctx(
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())),
+        "status",
+    )?;
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .ok_or("no Uid line")?;
+    let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+    assert!(
+        uids.iter().all(|u| *u == nobody.uid.to_string()),
+        "still privileged: {uid_line}"
+    );
+
+    // Still able to store mail after the switch.
+    let mut c = LineClient::new(ctx(TcpStream::connect(mx).await, "connect")?);
+    c.smtp_reply().await?;
+    for (line, code) in [
+        ("EHLO s.test", "250"),
+        ("MAIL FROM:<x@s.test>", "250"),
+        ("RCPT TO:<alice@example.test>", "250"),
+        ("DATA", "354"),
+        ("Subject: x\r\n\r\nafter the switch\r\n.", "250"),
+    ] {
+        c.send(&format!("{line}\r\n")).await?;
+        let reply = c.smtp_reply().await?;
+        assert!(reply.starts_with(code), "{line}: {reply}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = ctx(std::fs::metadata(dir.path().join("data/sealmail.db")), "stat")?.uid();
+    assert_eq!(
+        owner,
+        nobody.uid.as_raw(),
+        "the store was not handed to the server user"
+    );
+    Ok(())
+}

@@ -103,6 +103,7 @@ pub struct SqliteStore {
     path: PathBuf,
     readers: SqlitePool,
     writer: mpsc::Sender<(WriteOp, Reply)>,
+    writer_task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
 }
 
@@ -161,16 +162,13 @@ impl SqliteStore {
             .await?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer_loop(
-            writer,
-            rx,
-            group_commit_max_batch.max(1),
-            counters.clone(),
-        ));
+        let max_batch = group_commit_max_batch.max(1);
+        let writer_task = tokio::spawn(writer_loop(writer, rx, max_batch, counters.clone()));
         Ok(SqliteStore {
             path,
             readers,
             writer: tx,
+            writer_task,
             counters,
         })
     }
@@ -205,6 +203,15 @@ impl SqliteStore {
         vacuum_into(&mut conn, dest).await?;
         let _ = conn.close().await;
         Ok(())
+    }
+
+    /// Finishes the writes in flight and closes every connection (SQLite then checkpoints
+    /// the WAL into the database file).
+    pub async fn close(self) {
+        let SqliteStore { readers, writer, writer_task, .. } = self;
+        drop(writer);
+        let _ = writer_task.await;
+        readers.close().await;
     }
 
     /// The database file.

@@ -120,20 +120,14 @@ async fn a_blob_corrupted_on_disk_is_detected_on_read() -> TestResult {
         .store_message(message("MARKER-0123456789-integrity", inbox))
         .await?;
     let good = store.store_message(message("untouched", inbox)).await?;
-    drop(store);
-    // Let the last connection close and checkpoint the WAL into the main file.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Closing checkpoints the WAL into the database file; the marker is then on disk there.
+    store.close().await;
     let db = dir.path().join(DB_FILE);
+    corrupt_on_disk(&db, b"MARKER-0123456789")?;
     let wal = dir.path().join(format!("{DB_FILE}-wal"));
-    let target = if std::fs::read(&wal)
-        .map(|w| w.windows(6).any(|x| x == b"MARKER"))
-        .unwrap_or(false)
-    {
-        wal
-    } else {
-        db
-    };
-    corrupt_on_disk(&target, b"MARKER-0123456789")?;
+    if std::fs::read(&wal).is_ok_and(|w| w.windows(17).any(|x| x == b"MARKER-0123456789")) {
+        corrupt_on_disk(&wal, b"MARKER-0123456789")?;
+    }
 
     let store = SqliteStore::open(dir.path(), 256).await?;
     match store.read_message(stored[0].id).await {
