@@ -107,6 +107,8 @@ pub struct CertificateFiles {
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// New connections one IP address may open per minute.
+    pub max_connection_rate_per_ip: u32,
     pub tls_handshake_timeout: Duration,
     pub command_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -117,6 +119,7 @@ impl Default for Limits {
         Limits {
             max_connections: 2048,
             max_connections_per_ip: 32,
+            max_connection_rate_per_ip: 600,
             tls_handshake_timeout: Duration::from_secs(30),
             // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
             command_timeout: Duration::from_secs(300),
@@ -365,6 +368,7 @@ struct RawListener {
 struct RawLimits {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
+    max_connection_rate_per_ip: Option<i64>,
     tls_handshake_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
     shutdown_grace_secs: Option<i64>,
@@ -692,6 +696,13 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             1..=1_000_000,
             problems,
         ) as usize,
+        max_connection_rate_per_ip: positive(
+            "limits.max_connection_rate_per_ip",
+            raw.max_connection_rate_per_ip,
+            d.max_connection_rate_per_ip as i64,
+            1..=10_000_000,
+            problems,
+        ) as u32,
         tls_handshake_timeout: secs(
             "limits.tls_handshake_timeout_secs",
             raw.tls_handshake_timeout_secs,

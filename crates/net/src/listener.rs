@@ -100,6 +100,36 @@ impl Drop for IpSlot {
     }
 }
 
+/// Recent connection times per client IP, for the per-minute connection rate limit.
+#[derive(Default)]
+struct RecentConnections {
+    times: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+/// Addresses remembered at most; past it, addresses quiet for a minute are forgotten.
+const RATE_TRACKED: usize = 100_000;
+
+impl RecentConnections {
+    /// Records a connection from `ip`; false when it is over `per_minute`.
+    fn admit(&self, ip: IpAddr, per_minute: u32) -> bool {
+        let now = std::time::Instant::now();
+        let minute = std::time::Duration::from_secs(60);
+        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        if times.len() >= RATE_TRACKED {
+            times.retain(|_, t| t.back().is_some_and(|last| now.duration_since(*last) < minute));
+        }
+        let recent = times.entry(ip).or_default();
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= minute) {
+            recent.pop_front();
+        }
+        if recent.len() >= per_minute as usize {
+            return false;
+        }
+        recent.push_back(now);
+        true
+    }
+}
+
 /// Runs listeners until shut down.
 pub struct Server {
     limits: Limits,
@@ -108,6 +138,7 @@ pub struct Server {
     sessions: TaskTracker,
     global: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    rate: RecentConnections,
     filter: Option<Arc<dyn AcceptFilter>>,
     /// Addresses whose PROXY protocol headers are believed.
     proxies: Vec<ipnet::IpNet>,
@@ -122,6 +153,7 @@ impl Server {
             shutdown,
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
+            rate: RecentConnections::default(),
             filter: None,
             proxies: Vec::new(),
         }
@@ -228,6 +260,11 @@ impl Server {
             crate::metrics::CONNECTIONS_REFUSED.inc();
             tracing::debug!(%peer, "connection refused: address not allowed or banned");
             return turn_away(tcp, plaintext_first.then_some(handler.banned_reply())).await;
+        }
+        if !self.rate.admit(peer.ip(), self.limits.max_connection_rate_per_ip) {
+            crate::metrics::CONNECTIONS_REFUSED.inc();
+            tracing::warn!(%peer, "connection refused: per-IP connection rate limit reached");
+            return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
         }
         let Some(slots) = self.take_slots(peer) else {
             crate::metrics::CONNECTIONS_REFUSED.inc();

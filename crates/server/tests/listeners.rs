@@ -568,6 +568,30 @@ async fn connection_caps_apply_per_ip_and_globally() -> TestResult {
 }
 
 #[tokio::test]
+async fn the_per_ip_connection_rate_is_limited() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let addr = free_addr()?;
+    let limits = "[limits]\nmax_connection_rate_per_ip = 5\n";
+    let config = write_config(dir.path(), &["mail.a.test"], &[("mx", addr, "starttls")], limits)?;
+    let _server = serve(dir.path(), &config).await?;
+    for n in 1..=5 {
+        let mut c = connect_from([127, 0, 0, 1], addr).await?;
+        assert!(c.smtp_reply().await?.starts_with("220 "), "connection {n}");
+    }
+    let mut sixth = connect_from([127, 0, 0, 1], addr).await?;
+    assert!(
+        sixth.smtp_reply().await?.starts_with("421 4.7.0"),
+        "the sixth connection in a minute got in"
+    );
+    let mut other = connect_from([127, 0, 0, 2], addr).await?;
+    assert!(
+        other.smtp_reply().await?.starts_with("220 "),
+        "another address was limited"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn idle_sessions_time_out_with_a_protocol_reply() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let (mx, imap) = (free_addr()?, free_addr()?);

@@ -208,7 +208,12 @@ impl SqliteStore {
     /// Finishes the writes in flight and closes every connection (SQLite then checkpoints
     /// the WAL into the database file).
     pub async fn close(self) {
-        let SqliteStore { readers, writer, writer_task, .. } = self;
+        let SqliteStore {
+            readers,
+            writer,
+            writer_task,
+            ..
+        } = self;
         drop(writer);
         let _ = writer_task.await;
         readers.close().await;
