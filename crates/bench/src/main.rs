@@ -58,6 +58,27 @@ enum Command {
         #[arg(long, default_value = "server")]
         label: String,
     },
+    /// Intrusion prevention costs: refusing a banned address vs a TLS handshake, and login
+    /// latency with and without a flood of failed logins from other addresses
+    Security {
+        /// Implicit-TLS submission address
+        #[arg(long)]
+        submission: std::net::SocketAddr,
+        /// STARTTLS MX address (where a banned client is refused in plaintext)
+        #[arg(long)]
+        mx: std::net::SocketAddr,
+        #[arg(long, default_value = "mail.example.test")]
+        server_name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        /// Seconds for each measurement
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Measure the in-process cost of a server TLS handshake, AEAD decryption and SHA-256
     Crypto {
         #[arg(long, default_value_t = 4096)]
@@ -71,6 +92,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crypto { size, iterations } => crypto(size, iterations),
+        Command::Security { .. } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(security(cli.command))
+        }
         Command::Smtp { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(smtp(cli.command))
@@ -481,6 +506,194 @@ fn crypto(size: usize, iterations: usize) -> anyhow::Result<()> {
         per(decrypt),
         per(hashing),
         per(handshake + decrypt + hashing)
+    );
+    Ok(())
+}
+
+async fn tcp_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// One login over implicit TLS from `source`; returns whether it succeeded and how long it took.
+async fn login(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    name: &ServerName<'static>,
+    auth: &str,
+) -> anyhow::Result<(bool, Duration)> {
+    let started = Instant::now();
+    let tcp = tcp_from(source, addr).await?;
+    let tls = connector.connect(name.clone(), tcp).await?;
+    let mut conn = BufReader::new(tls);
+    expect(&mut conn, "220").await?;
+    conn.get_mut().write_all(b"EHLO bench.test\r\n").await?;
+    expect(&mut conn, "250").await?;
+    conn.get_mut()
+        .write_all(format!("AUTH PLAIN {auth}\r\n").as_bytes())
+        .await?;
+    let ok = expect(&mut conn, "235").await.is_ok();
+    Ok((ok, started.elapsed()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+async fn security(command: Command) -> anyhow::Result<()> {
+    let Command::Security {
+        submission,
+        mx,
+        server_name,
+        ca,
+        user,
+        password,
+        seconds,
+    } = command
+    else {
+        bail!("not the security command");
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let pinned: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&ca)?.collect::<Result<_, _>>()?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            certs: pinned,
+            provider,
+        }))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(server_name)?;
+    let good = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    // Unknown usernames, so that the user's own account is not throttled by this run.
+    let bad = base64::engine::general_purpose::STANDARD.encode("\0nobody@example.test\0not-the-password");
+    let window = Duration::from_secs(seconds);
+
+    // Get 127.0.0.9 banned the ordinary way.
+    let banned: std::net::IpAddr = [127, 0, 0, 9].into();
+    for _ in 0..10 {
+        if login(banned, submission, &connector, &name, &bad).await.is_err() {
+            break;
+        }
+    }
+
+    // 1. Refusing the banned address, as fast as one client can connect, on 4 tasks.
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let refused = refused.clone();
+        tasks.push(tokio::spawn(async move {
+            while started.elapsed() < window {
+                if let Ok(mut tcp) = tcp_from(banned, mx).await {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink).await;
+                    if sink.starts_with(b"421") {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let refusals =
+        refused.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // 2. Full TLS handshakes from an address in good standing, same concurrency.
+    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (handshakes, connector, name) = (handshakes.clone(), connector.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            while started.elapsed() < window {
+                let Ok(tcp) = tcp_from([127, 0, 0, 10].into(), submission).await else {
+                    continue;
+                };
+                if connector.connect(name.clone(), tcp).await.is_ok() {
+                    handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let tls_rate =
+        handshakes.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "refusing a banned address: {refusals:.0} connections/s; full TLS handshakes: {tls_rate:.0}/s; ratio {:.1}x",
+        refusals / tls_rate.max(1.0)
+    );
+
+    // 3. Legitimate login latency, without and then with a flood of failed logins from
+    // 127.0.1.0/24 that sprays a new username each time (so per-account throttling does not
+    // apply and every attempt costs a full Argon2id hash); each flooding address gets banned
+    // after a few tries and the flood moves on to the next.
+    let measure = |label: &'static str| {
+        let (connector, name, good) = (connector.clone(), name.clone(), good.clone());
+        async move {
+            let mut latencies = Vec::new();
+            let started = Instant::now();
+            let mut n = 0u8;
+            while started.elapsed() < window {
+                // Rotate legitimate addresses so that the per-IP connection rate limit is not the subject.
+                n = n.wrapping_add(1);
+                let source = std::net::IpAddr::from([127, 0, 2, n]);
+                if let Ok((true, latency)) = login(source, submission, &connector, &name, &good).await {
+                    latencies.push(latency);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies.sort();
+            println!(
+                "legitimate logins {label}: {} done, p50 {:.1} ms, p99 {:.1} ms",
+                latencies.len(),
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99)
+            );
+        }
+    };
+    measure("without a flood").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut flood = Vec::new();
+    for task in 0..16u8 {
+        let (connector, name, stop, attempts) =
+            (connector.clone(), name.clone(), stop.clone(), attempts.clone());
+        flood.push(tokio::spawn(async move {
+            let mut host = task;
+            let mut guess = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let source = std::net::IpAddr::from([127, 0, 1, host]);
+                guess += 1;
+                let sprayed = format!("\0user{task}x{guess}@example.test\0not-the-password");
+                let bad = base64::engine::general_purpose::STANDARD.encode(sprayed);
+                if login(source, submission, &connector, &name, &bad).await.is_err() {
+                    host = host.wrapping_add(16); // banned: move to another address
+                }
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    measure("during the flood").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in flood {
+        t.abort();
+    }
+    println!(
+        "flood: {} failed-login attempts in {seconds} s from 16 concurrent attackers",
+        attempts.load(std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }
