@@ -71,20 +71,22 @@ fn now_unix() -> i64 {
 }
 
 /// Abuse that counts toward a ban, with its weight: an authentication failure, a relay attempt
-/// and a session ended for protocol errors count 2 points, an unknown recipient 1, so that
-/// directory harvesting needs twice as many tries as password guessing.
+/// and a session ended for protocol errors count 2 points; an unknown recipient and a failed
+/// TLS handshake 1, so that harvesting or handshake garbage needs twice as many tries as
+/// password guessing (and a client with an old TLS stack that retries a few times is spared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abuse {
     AuthFailure,
     RelayAttempt,
     UnknownRecipient,
     ProtocolErrors,
+    TlsGarbage,
 }
 
 impl Abuse {
     fn points(self) -> usize {
         match self {
-            Abuse::UnknownRecipient => 1,
+            Abuse::UnknownRecipient | Abuse::TlsGarbage => 1,
             Abuse::AuthFailure | Abuse::RelayAttempt | Abuse::ProtocolErrors => 2,
         }
     }
@@ -95,6 +97,7 @@ impl Abuse {
             Abuse::RelayAttempt => kind::RELAY_DENIED,
             Abuse::UnknownRecipient => kind::UNKNOWN_RECIPIENT,
             Abuse::ProtocolErrors => kind::PROTOCOL_ERRORS,
+            Abuse::TlsGarbage => kind::TLS_FAILURE,
         }
     }
 }
@@ -484,8 +487,8 @@ impl sealmail_net::AcceptFilter for Guard {
 
     fn tls_failed(self: Arc<Self>, ip: IpAddr, listener: &'static str) {
         tokio::spawn(async move {
-            self.event(kind::TLS_FAILURE, Some(ip), None, Some(listener), None)
-                .await
+            self.abuse(ip, Abuse::TlsGarbage, listener, "TLS handshake failed")
+                .await;
         });
     }
 }

@@ -178,8 +178,10 @@ async fn legacy_versions_and_weak_suites_never_get_a_server_hello() -> TestResul
         // The control case: the same hand-made hello with a good suite is answered.
         (TLS1_2, vec![TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], true),
     ];
-    for (version, suites, accepted) in cases {
+    for (case, (version, suites, accepted)) in cases.into_iter().enumerate() {
         let hello = client_hello(version, &suites, SERVER_NAME);
+        // Failed handshakes count toward a ban: each case comes from its own address.
+        let source = [127, 0, 0, 20 + case as u8];
         for (label, port) in [
             ("implicit smtp", SUBMISSION_TLS),
             ("implicit imap", IMAP_TLS),
@@ -188,7 +190,9 @@ async fn legacy_versions_and_weak_suites_never_get_a_server_hello() -> TestResul
             let mut stream = if port == MX {
                 smtp_to_starttls(instance.addr(port)).await?
             } else {
-                ctx(TcpStream::connect(instance.addr(port)).await, "connect")?
+                let socket = ctx(TcpSocket::new_v4(), "socket")?;
+                ctx(socket.bind(SocketAddr::from((source, 0))), "bind")?;
+                ctx(socket.connect(instance.addr(port)).await, "connect")?
             };
             let answer = send_client_hello(&mut stream, &hello).await?;
             let what = format!("{label}: version {version:#06x} suites {suites:04x?}: {answer:?}");

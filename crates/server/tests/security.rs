@@ -348,6 +348,18 @@ async fn directory_harvesting_and_relay_probing_lead_to_a_ban() -> TestResult {
     // Relay attempts count like failed logins: 5 ban.
     assert_eq!(probe_recipients([127, 0, 0, 7], mx, "elsewhere.test").await?, 5);
     assert!(greeting_from([127, 0, 0, 7], mx).await?.starts_with("421 4.7.0"));
+    // TLS handshake garbage on an implicit-TLS port counts one point a try: 10 ban.
+    let submission = instance.addr(2465);
+    let garbage = sealmail_testkit::client_hello(sealmail_testkit::TLS1_0, &[0xc009], NAME);
+    for _ in 0..10 {
+        let mut tcp = tcp_from([127, 0, 0, 11], submission).await?;
+        sealmail_testkit::send_client_hello(&mut tcp, &garbage).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !greeting_from([127, 0, 0, 11], mx).await?.starts_with("421 4.7.0") {
+        assert!(Instant::now() < deadline, "TLS garbage did not lead to a ban");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Others still get mail through.
     assert!(greeting_from([127, 0, 0, 8], mx).await?.starts_with("220 "));
     let config = instance
