@@ -111,6 +111,8 @@ pub struct Limits {
     pub max_connection_rate_per_ip: u32,
     pub tls_handshake_timeout: Duration,
     pub command_timeout: Duration,
+    /// IMAP sessions idle longer than this are logged out (RFC 9051 5.4: at least 30 minutes).
+    pub imap_idle_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -123,6 +125,7 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(30),
             // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
             command_timeout: Duration::from_secs(300),
+            imap_idle_timeout: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -371,6 +374,7 @@ struct RawLimits {
     max_connection_rate_per_ip: Option<i64>,
     tls_handshake_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
+    imap_idle_timeout_secs: Option<i64>,
     shutdown_grace_secs: Option<i64>,
 }
 
@@ -713,6 +717,12 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             "limits.command_timeout_secs",
             raw.command_timeout_secs,
             d.command_timeout,
+            problems,
+        ),
+        imap_idle_timeout: secs(
+            "limits.imap_idle_timeout_secs",
+            raw.imap_idle_timeout_secs,
+            d.imap_idle_timeout,
             problems,
         ),
         shutdown_grace: secs(

@@ -13,12 +13,14 @@ pub const MAX_ERRORS: u32 = 10;
 
 pub struct ImapHandler {
     hostname: String,
+    idle_timeout: std::time::Duration,
 }
 
 impl ImapHandler {
-    pub fn new(hostname: &str) -> ImapHandler {
+    pub fn new(hostname: &str, idle_timeout: std::time::Duration) -> ImapHandler {
         ImapHandler {
             hostname: hostname.to_string(),
+            idle_timeout,
         }
     }
 }
@@ -51,7 +53,7 @@ impl Handler for ImapHandler {
         }
         let mut errors = 0;
         loop {
-            let line = match conn.read_line(MAX_COMMAND_LINE).await {
+            let line = match conn.read_line_within(MAX_COMMAND_LINE, self.idle_timeout).await {
                 Ok(Line::Complete(line)) => line,
                 Ok(Line::TooLong) => {
                     errors += 1;

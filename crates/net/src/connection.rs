@@ -196,10 +196,16 @@ impl Connection {
     /// Reads one line of at most `max` octets (line ending excluded) within the command timeout.
     /// Returns [`ConnError::ShuttingDown`] if the server starts shutting down while waiting.
     pub async fn read_line(&mut self, max: usize) -> Result<Line, ConnError> {
+        let limit = self.timeouts.command;
+        self.read_line_within(max, limit).await
+    }
+
+    /// As [`Connection::read_line`], with a protocol's own time limit (IMAP's idle autologout
+    /// is at least 30 minutes, RFC 9051 section 5.4).
+    pub async fn read_line_within(&mut self, max: usize, limit: Duration) -> Result<Line, ConnError> {
         if !self.has_complete_line() {
             self.flush_pending().await?;
         }
-        let limit = self.timeouts.command;
         let shutdown = self.shutdown.clone();
         tokio::select! {
             biased;

@@ -117,7 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identity,
         guard: guard.clone(),
     }));
-    let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(&hostname));
+    let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(
+        &hostname,
+        config.limits.imap_idle_timeout,
+    ));
     let listeners = bound
         .into_iter()
         .map(|(spec, socket)| BoundListener {

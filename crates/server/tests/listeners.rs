@@ -599,7 +599,8 @@ async fn the_per_ip_connection_rate_is_limited() -> TestResult {
 async fn idle_sessions_time_out_with_a_protocol_reply() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let (mx, imap) = (free_addr()?, free_addr()?);
-    let limits = "[limits]\ncommand_timeout_secs = 1\ntls_handshake_timeout_secs = 1\n";
+    let limits =
+        "[limits]\ncommand_timeout_secs = 1\ntls_handshake_timeout_secs = 1\nimap_idle_timeout_secs = 3\n";
     let config = write_config(
         dir.path(),
         &["mail.a.test"],
@@ -616,6 +617,18 @@ async fn idle_sessions_time_out_with_a_protocol_reply() -> TestResult {
     // A client that never starts its TLS handshake is dropped after the handshake timeout.
     let mut silent = plain(imap).await?;
     assert!(silent.closed().await, "silent TLS client kept open");
+    // IMAP has its own, longer idle limit (RFC 9051: at least 30 minutes by default).
+    let client = sealmail_testkit::client_config(&[&dir.path().join("tls/0.pem")], &[&TLS13], &[])?;
+    let mut c = LineClient::new(tls_connect(imap, client, "mail.a.test").await?);
+    assert!(c.line().await?.starts_with("* OK"));
+    let started = std::time::Instant::now();
+    let bye = c.line().await?;
+    assert!(bye.starts_with("* BYE Autologout"), "{bye}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_secs(2) && idle < Duration::from_secs(6),
+        "logged out after {idle:?}"
+    );
     Ok(())
 }
 

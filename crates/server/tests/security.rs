@@ -93,6 +93,11 @@ async fn brute_force_bans_the_address_not_its_neighbours_and_the_ban_outlives_a_
     let refusal = greeting_from(attacker, mx).await?;
     assert!(refusal.starts_with("421 4.7.0"), "{refusal:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
+    let mut imap = LineClient::new(tcp_from(attacker, instance.addr(2143)).await?);
+    assert!(
+        imap.line().await?.starts_with("* BYE"),
+        "IMAP did not refuse the banned address"
+    );
     let mut implicit = tcp_from(attacker, submission).await?;
     let hello = sealmail_testkit::client_hello(sealmail_testkit::TLS1_2, &[0xc02b], NAME);
     let answer = sealmail_testkit::send_client_hello(&mut implicit, &hello).await?;
