@@ -284,9 +284,14 @@ impl Guard {
                 tracing::error!(error = %e, "could not write the security event log");
             }
         }
-        if let Err(e) = self.store.record_event(event).await {
-            tracing::error!(error = %e, "could not record a security event");
-        }
+        // The event is a log entry: the session does not wait for its commit (it joins the
+        // next group commit). Bans themselves are written before they are acted on.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_event(event).await {
+                tracing::error!(error = %e, "could not record a security event");
+            }
+        });
     }
 
     pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {
