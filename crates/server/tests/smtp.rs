@@ -558,3 +558,81 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_message() -> TestResult {
     assert_eq!(unique.len(), subjects.len(), "a message was stored twice");
     Ok(())
 }
+
+/// Decodes the body of a Go string literal as Go's fuzz corpus writes it ([]byte("...")).
+fn go_string(literal: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut chars = literal.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        let escape = chars.next().ok_or("dangling backslash")?;
+        let mut hex = |n: usize| -> Result<u32, String> {
+            let digits: String = (0..n).filter_map(|_| chars.next()).collect();
+            u32::from_str_radix(&digits, 16).map_err(|e| format!("bad escape {digits:?}: {e}"))
+        };
+        match escape {
+            'n' => out.push(b'\n'),
+            'r' => out.push(b'\r'),
+            't' => out.push(b'\t'),
+            'a' => out.push(7),
+            'b' => out.push(8),
+            'f' => out.push(12),
+            'v' => out.push(11),
+            '\\' => out.push(b'\\'),
+            '"' => out.push(b'"'),
+            '\'' => out.push(b'\''),
+            'x' => out.push(hex(2)? as u8),
+            'u' | 'U' => {
+                let code = hex(if escape == 'u' { 4 } else { 8 })?;
+                let c = char::from_u32(code).ok_or("bad code point")?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            other => return Err(format!("unknown escape \\{other}")),
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn chasquid_fuzz_seeds_get_protocol_replies_and_leave_the_server_healthy() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/chasquid/internal/smtpsrv/testdata/fuzz/FuzzConnection");
+    let Ok(entries) = std::fs::read_dir(&seeds) else {
+        eprintln!("skipped: {} not present", seeds.display());
+        return Ok(());
+    };
+    let mut replayed = 0;
+    for entry in entries {
+        let path = ctx(entry, "dir entry")?.path();
+        let text = ctx(std::fs::read_to_string(&path), "seed")?;
+        let Some(literal) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("[]byte(\"").and_then(|l| l.strip_suffix("\")")))
+        else {
+            continue;
+        };
+        let input = go_string(literal)?;
+        let mut c = LineClient::new(ctx(TcpStream::connect(instance.addr(MX)).await, "connect")?);
+        c.smtp_reply().await?;
+        c.send_bytes(&input).await?;
+        // Every line the server sends back is a well-formed reply, until it goes quiet or closes.
+        while let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(500), c.line()).await {
+            let well_formed = line.len() >= 4
+                && line.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && matches!(line.as_bytes()[3], b' ' | b'-');
+            assert!(well_formed, "{}: malformed reply {line:?}", path.display());
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 10, "only {replayed} seeds replayed");
+    // The server is still healthy.
+    let mut c = mx(&instance).await?;
+    expect(&mut c, "NOOP", "250").await?;
+    Ok(())
+}
