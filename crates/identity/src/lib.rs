@@ -263,6 +263,32 @@ impl Identity {
             .map(|account| Authenticated { account }))
     }
 
+    /// The account, when these exact credentials logged in successfully within the login
+    /// cache's lifetime and the account's password has not changed since; no hashing, no wait.
+    /// Lets a user's known-good login skip per-account throttling caused by someone else's
+    /// guessing (only correct passwords are ever remembered).
+    pub async fn recalled_login(
+        &self,
+        _over: &TlsActive,
+        credentials: &sasl::Credentials,
+    ) -> Result<Option<Authenticated>, IdentityError> {
+        let (Some(cache), Ok(address)) = (&self.cache, EmailAddress::parse(&credentials.username)) else {
+            return Ok(None);
+        };
+        if credentials.authorize_as.is_some() {
+            return Ok(None);
+        }
+        let Some(fingerprint) = cache.fingerprint(&address, &credentials.password) else {
+            return Ok(None);
+        };
+        let Some(account) = self.store.account(&address).await? else {
+            return Ok(None);
+        };
+        Ok(cache
+            .recalls(&fingerprint, &account.password_hash)
+            .then_some(Authenticated { account }))
+    }
+
     /// Costs what a real verification costs, so that failures all take the same time.
     async fn spend_one_hash(&self, password: &Password) {
         let _ = self.verify_off_thread(password, self.dummy_hash.as_str()).await;

@@ -669,3 +669,40 @@ async fn started_as_root_it_refuses_to_stay_root_or_drops_to_the_configured_user
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn guessing_slows_an_account_but_not_its_owner_logging_in_with_the_right_password() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let submission = instance.addr(2465);
+    let cert = instance.cert();
+    let alice = credentials(&instance)?["alice@example.test"].clone();
+    let timed = |source: [u8; 4], password: String| {
+        let cert = cert.clone();
+        async move {
+            let started = Instant::now();
+            let replies = try_login(source, submission, &cert, "alice@example.test", &password).await?;
+            Ok::<_, String>((replies[0].clone(), started.elapsed()))
+        }
+    };
+    let (first, _) = timed([127, 0, 0, 30], alice.clone()).await?;
+    assert!(first.starts_with("235"), "{first}");
+    // Four guesses from four addresses: no address is banned, the account is now throttled.
+    for n in 0..4u8 {
+        let (reply, _) = timed([127, 0, 0, 31 + n], format!("guess {n}")).await?;
+        assert!(reply.starts_with("535"), "{reply}");
+    }
+    let (guess, waited) = timed([127, 0, 0, 40], "guess 5".to_string()).await?;
+    assert!(guess.starts_with("535"));
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "a guess was not slowed: {waited:?}"
+    );
+    // The owner, with the password that worked before, is not made to wait.
+    let (owner, waited) = timed([127, 0, 0, 41], alice).await?;
+    assert!(owner.starts_with("235"), "{owner}");
+    assert!(
+        waited < Duration::from_millis(1000),
+        "the owner was throttled: {waited:?}"
+    );
+    Ok(())
+}

@@ -308,8 +308,17 @@ impl Session {
         let Some(tls) = &self.tls else {
             return Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
         };
-        self.ctx.guard.throttle_login(&credentials.username).await;
-        match self.ctx.identity.authenticate(tls, &credentials).await {
+        // A login the cache recalls (a correct password seen lately) is not throttled; anything
+        // else waits its turn when the account is under attack.
+        let identity = &self.ctx.identity;
+        let result = match identity.recalled_login(tls, &credentials).await {
+            Ok(Some(recalled)) => Ok(Some(recalled)),
+            _ => {
+                self.ctx.guard.throttle_login(&credentials.username).await;
+                identity.authenticate(tls, &credentials).await
+            }
+        };
+        match result {
             Ok(Some(authenticated)) => {
                 let user = authenticated.account.address.to_string();
                 self.ctx
