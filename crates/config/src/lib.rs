@@ -163,6 +163,8 @@ pub struct SmtpConfig {
     pub messages_per_hour: u32,
     /// Recipients one authenticated account may address per hour.
     pub recipients_per_hour: u32,
+    /// Message bodies all sessions together may hold in memory while receiving them.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for SmtpConfig {
@@ -176,6 +178,7 @@ impl Default for SmtpConfig {
             data_timeout: Duration::from_secs(600),
             messages_per_hour: 500,
             recipients_per_hour: 2000,
+            max_buffered_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -332,6 +335,7 @@ struct RawSmtp {
     data_timeout_secs: Option<i64>,
     messages_per_hour: Option<i64>,
     recipients_per_hour: Option<i64>,
+    max_buffered_bytes: Option<i64>,
 }
 
 fn default_data_dir() -> String {
@@ -529,7 +533,20 @@ impl Config {
                 1..=10_000_000,
                 &mut problems,
             ) as u32,
+            max_buffered_bytes: positive(
+                "smtp.max_buffered_bytes",
+                raw.smtp.max_buffered_bytes,
+                d.max_buffered_bytes as i64,
+                1024..=1024 * 1024 * 1024 * 1024,
+                &mut problems,
+            ) as usize,
         };
+        if smtp.max_buffered_bytes < smtp.max_message_size {
+            problems.push(format!(
+                "smtp.max_buffered_bytes = {} is smaller than smtp.max_message_size = {}; no message of the maximum size could be received, raise it",
+                smtp.max_buffered_bytes, smtp.max_message_size
+            ));
+        }
 
         let auth = AuthConfig {
             login_cache_ttl: Duration::from_secs(positive(

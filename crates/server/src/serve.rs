@@ -116,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         identity,
         guard: guard.clone(),
+        body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(
         &hostname,

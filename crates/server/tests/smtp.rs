@@ -636,3 +636,73 @@ async fn chasquid_fuzz_seeds_get_protocol_replies_and_leave_the_server_healthy()
     expect(&mut c, "NOOP", "250").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx_addr = common::free_addr()?;
+    let extra = "[smtp]\nmax_message_size = 65536\nmax_buffered_bytes = 65536\n";
+    let listeners = [("mx", mx_addr, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let open = || async {
+        let mut c = LineClient::new(ctx(TcpStream::connect(mx_addr).await, "connect")?);
+        c.smtp_reply().await?;
+        for (line, code) in [
+            ("EHLO s.test", "250"),
+            ("MAIL FROM:<x@s.test>", "250"),
+            ("RCPT TO:<alice@example.test>", "250"),
+            ("DATA", "354"),
+        ] {
+            c.send(&format!("{line}\r\n")).await?;
+            let reply = c.smtp_reply().await?;
+            if !reply.starts_with(code) {
+                return Err(format!("{line}: {reply}"));
+            }
+        }
+        Ok::<_, String>(c)
+    };
+    let line = format!("{}\r\n", "x".repeat(78));
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(500));
+    assert!(body.len() > 40_000);
+
+    // A holds ~40 KiB while B sends another 40 KiB: B's would exceed the 64 KiB budget.
+    let mut a = open().await?;
+    a.send(&body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = open().await?;
+    b.send(&format!("{body}.\r\n")).await?;
+    let refused = b.smtp_reply().await?;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    a.send(".\r\n").await?;
+    assert!(
+        a.smtp_reply().await?.starts_with("250"),
+        "the first message was lost"
+    );
+    // With A's memory given back, B's retry goes through.
+    for (line, code) in [
+        ("MAIL FROM:<x@s.test>", "250"),
+        ("RCPT TO:<alice@example.test>", "250"),
+        ("DATA", "354"),
+    ] {
+        expect_plain(&mut b, line, code).await?;
+    }
+    b.send(&format!("{body}.\r\n")).await?;
+    assert!(b.smtp_reply().await?.starts_with("250"));
+    assert_eq!(
+        mailbox_contents(&dir.path().join("data"), "alice@example.test", "INBOX")
+            .await?
+            .len(),
+        2
+    );
+    Ok(())
+}
+
+async fn expect_plain(c: &mut LineClient<TcpStream>, line: &str, code: &str) -> TestResult<String> {
+    c.send(&format!("{line}\r\n")).await?;
+    let reply = c.smtp_reply().await?;
+    if !reply.starts_with(code) {
+        return Err(format!("{line:?}: expected {code}, got {reply:?}"));
+    }
+    Ok(reply)
+}

@@ -34,6 +34,8 @@ pub struct Data {
     pub too_big: bool,
     /// A bare CR or bare LF was seen.
     pub bare_line_ending: bool,
+    /// The server-wide memory budget for bodies ran out; `content` was dropped.
+    pub over_budget: bool,
 }
 
 pub struct DataReceiver {
@@ -42,9 +44,22 @@ pub struct DataReceiver {
     max_size: usize,
     too_big: bool,
     bare_line_ending: bool,
+    over_budget: bool,
 }
 
 impl DataReceiver {
+    /// Octets held so far.
+    pub fn buffered(&self) -> usize {
+        self.content.len()
+    }
+
+    /// Drops what was buffered and keeps nothing more (the memory budget ran out); the data is
+    /// still read to its end.
+    pub fn abandon(&mut self) {
+        self.over_budget = true;
+        self.content = Vec::new();
+    }
+
     pub fn new(max_size: usize) -> DataReceiver {
         DataReceiver {
             state: State::LineStart,
@@ -52,11 +67,12 @@ impl DataReceiver {
             max_size,
             too_big: false,
             bare_line_ending: false,
+            over_budget: false,
         }
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        if self.too_big {
+        if self.too_big || self.over_budget {
             return;
         }
         if self.content.len() + bytes.len() > self.max_size {
@@ -132,6 +148,7 @@ impl DataReceiver {
                         content: std::mem::take(&mut self.content),
                         too_big: self.too_big,
                         bare_line_ending: self.bare_line_ending,
+                        over_budget: self.over_budget,
                     };
                     return (i, Some(data));
                 }

@@ -9,6 +9,7 @@
 //! AUTH and accepts mail only from the user's own address. A message gets `250` only after the
 //! store has made it durable.
 
+pub mod budget;
 pub mod data;
 pub mod message;
 pub mod reply;
@@ -134,7 +135,8 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                     return End::Dropped(e);
                 }
                 match receive_data(ctx, &mut conn).await {
-                    Ok(data) => session.data_received(data).await,
+                    // The reservation is held until the message is stored.
+                    Ok((data, _reservation)) => session.data_received(data).await,
                     Err(ConnError::Timeout(_)) => {
                         let bye = Reply::new(421, "4.4.2", format!("{} Timeout during DATA", ctx.hostname));
                         let _ = conn.write_all(&bye.to_bytes()).await;
@@ -172,16 +174,23 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
 }
 
 /// Reads DATA to its end marker within the data timeout, never holding more than the size limit.
-async fn receive_data(ctx: &SmtpContext, conn: &mut Connection) -> Result<data::Data, ConnError> {
+async fn receive_data(
+    ctx: &SmtpContext,
+    conn: &mut Connection,
+) -> Result<(data::Data, budget::Reservation), ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let mut receiver = DataReceiver::new(ctx.config.max_message_size);
+    let mut reservation = ctx.body_budget.reservation();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let input = conn.fill(left).await?;
         let (used, done) = receiver.feed(input);
         conn.consume(used);
+        if !reservation.grow_to(receiver.buffered()) {
+            receiver.abandon();
+        }
         if let Some(data) = done {
-            return Ok(data);
+            return Ok((data, reservation));
         }
     }
 }
@@ -196,7 +205,9 @@ async fn receive_chunk(
 ) -> Result<Chunk, ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let too_big = size > ctx.config.max_message_size;
-    let keep = keep && !too_big;
+    let mut reservation = ctx.body_budget.reservation();
+    let no_memory = keep && !too_big && !reservation.grow_to(size);
+    let keep = keep && !too_big && !no_memory;
     let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });
     let mut left = size;
     while left > 0 {
@@ -209,10 +220,11 @@ async fn receive_chunk(
         conn.consume(take);
         left -= take;
     }
-    Ok(match (keep, too_big) {
-        (true, _) => Chunk::Data(chunk),
-        (false, true) => Chunk::TooBig,
-        (false, false) => Chunk::Dropped,
+    Ok(match (keep, too_big, no_memory) {
+        (true, _, _) => Chunk::Data(chunk),
+        (false, true, _) => Chunk::TooBig,
+        (false, false, true) => Chunk::NoMemory,
+        (false, false, false) => Chunk::Dropped,
     })
 }
 

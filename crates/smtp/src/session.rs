@@ -34,6 +34,7 @@ pub struct SmtpContext {
     pub store: Arc<dyn Store>,
     pub identity: Identity,
     pub guard: Arc<Guard>,
+    pub body_budget: crate::budget::BodyBudget,
 }
 
 /// What the driver must do after a command.
@@ -62,6 +63,8 @@ pub enum Chunk {
     Dropped,
     /// Read and dropped because it alone exceeds the size limit.
     TooBig,
+    /// Read and dropped because the server-wide body memory budget is spent.
+    NoMemory,
 }
 
 enum Target {
@@ -82,9 +85,11 @@ struct Transaction {
     dsn_ret: Option<String>,
     dsn_envid: Option<String>,
     recipients: Vec<Recipient>,
-    /// Chunks received so far with BDAT (RFC 3030).
+    /// Chunks received so far with BDAT (RFC 3030), and the memory they hold.
     chunks: Option<Vec<u8>>,
+    chunks_reservation: Option<crate::budget::Reservation>,
     chunks_too_big: bool,
+    chunks_over_budget: bool,
 }
 
 pub struct Session {
@@ -440,7 +445,9 @@ impl Session {
             dsn_envid: from.env_id,
             recipients: Vec::new(),
             chunks: None,
+            chunks_reservation: None,
             chunks_too_big: false,
+            chunks_over_budget: false,
         });
         reply(250, "2.1.0", "Sender OK")
     }
@@ -548,9 +555,11 @@ impl Session {
 
     /// The answer after a BDAT chunk was read.
     pub async fn chunk_received(&mut self, chunk: Chunk, last: bool) -> Reply {
-        let chunk = match chunk {
-            Chunk::Data(bytes) => Some(bytes),
-            Chunk::TooBig => None,
+        let budget = self.ctx.body_budget.clone();
+        let (chunk, over_budget) = match chunk {
+            Chunk::Data(bytes) => (Some(bytes), false),
+            Chunk::TooBig => (None, false),
+            Chunk::NoMemory => (None, true),
             Chunk::Dropped => return self.chunk_refused(last),
         };
         let max = self.ctx.config.max_message_size;
@@ -558,11 +567,26 @@ impl Session {
             return Reply::new(503, "5.5.1", "Need MAIL before BDAT");
         };
         let buffer = transaction.chunks.get_or_insert_with(Vec::new);
+        let reservation = transaction
+            .chunks_reservation
+            .get_or_insert_with(|| budget.reservation());
         let received = chunk.as_ref().map(Vec::len).unwrap_or(0);
+        transaction.chunks_over_budget |= over_budget;
         match chunk {
-            Some(bytes) if !transaction.chunks_too_big && buffer.len() + bytes.len() <= max => {
-                buffer.extend_from_slice(&bytes);
+            Some(bytes)
+                if !transaction.chunks_too_big
+                    && !transaction.chunks_over_budget
+                    && buffer.len() + bytes.len() <= max =>
+            {
+                if reservation.grow_to(buffer.len() + bytes.len()) {
+                    buffer.extend_from_slice(&bytes);
+                } else {
+                    transaction.chunks_over_budget = true;
+                    *buffer = Vec::new();
+                }
             }
+            Some(_) if transaction.chunks_over_budget => *buffer = Vec::new(),
+            _ if over_budget => *buffer = Vec::new(),
             _ => {
                 transaction.chunks_too_big = true;
                 *buffer = Vec::new();
@@ -580,6 +604,10 @@ impl Session {
                 "5.3.4",
                 format!("Message too big; the limit is {max} octets"),
             );
+        }
+        if transaction.chunks_over_budget {
+            self.transaction = None;
+            return insufficient_storage();
         }
         self.finish_message(content).await
     }
@@ -610,6 +638,10 @@ impl Session {
                 "5.5.2",
                 "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
             );
+        }
+        if data.over_budget {
+            self.transaction = None;
+            return insufficient_storage();
         }
         if data.too_big {
             self.transaction = None;
@@ -733,6 +765,12 @@ impl Session {
             }
         }
     }
+}
+
+fn insufficient_storage() -> Reply {
+    sealmail_net::metrics::MESSAGES_REFUSED.inc();
+    tracing::warn!("message refused: the memory budget for message bodies is spent");
+    Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
 }
 
 fn temporary_failure(e: &sealmail_store::StoreError) -> Action {
