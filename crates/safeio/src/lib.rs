@@ -77,7 +77,8 @@ pub enum UnsafeFile {
     Io(io::Error),
 }
 
-/// Checks that a secret file (a private key, a credential file) gives no access to group or others.
+/// Checks that a secret file (a private key, a credential file) or a private folder (the data
+/// folder) gives no access to group or others.
 pub fn check_private(path: &Path) -> Result<(), UnsafeFile> {
     let meta = fs::metadata(path).map_err(UnsafeFile::Io)?;
     let mode = meta.permissions().mode() & 0o777;

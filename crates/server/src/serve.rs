@@ -55,20 +55,17 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
 
 /// The data folder holds the store, keys and backups: only sealmail's user may enter it.
 fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("cannot inspect the data folder {}", dir.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
+    match sealmail_safeio::check_private(dir) {
+        Ok(()) => Ok(()),
+        Err(sealmail_safeio::UnsafeFile::TooOpen { mode }) => anyhow::bail!(
             "the data folder {} is accessible by other users (mode {mode:04o}); run `chmod 700 {}`",
             dir.display(),
             dir.display()
-        );
+        ),
+        Err(sealmail_safeio::UnsafeFile::Io(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot inspect the data folder {}", dir.display())))
+        }
     }
-    Ok(())
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
