@@ -22,16 +22,6 @@ const NAME: &str = "mail.example.test";
 
 type Client = LineClient<TlsStream<TcpStream>>;
 
-/// An SMTP dialog helper: sends a line and checks the reply code.
-async fn expect(c: &mut Client, line: &str, code: &str) -> TestResult<String> {
-    c.send(&format!("{line}\r\n")).await?;
-    let reply = c.smtp_reply().await?;
-    if !reply.starts_with(code) {
-        return Err(format!("{line:?}: expected {code}, got {reply:?}"));
-    }
-    Ok(reply)
-}
-
 /// MX over STARTTLS, greeted with EHLO after the upgrade.
 async fn mx(instance: &Instance) -> TestResult<Client> {
     let mut c = LineClient::new(ctx(TcpStream::connect(instance.addr(MX)).await, "connect")?);
@@ -43,7 +33,7 @@ async fn mx(instance: &Instance) -> TestResult<Client> {
     assert!(ready.starts_with("220"), "{ready}");
     let tls = tls_upgrade(c.into_inner(), instance.client(&[&TLS13])?, NAME).await?;
     let mut c = LineClient::new(tls);
-    expect(&mut c, "EHLO sender.test", "250").await?;
+    c.command("EHLO sender.test", "250").await?;
     Ok(c)
 }
 
@@ -53,17 +43,17 @@ async fn submission(instance: &Instance, user: &str) -> TestResult<Client> {
     let tls = tls_connect(instance.addr(SUBMISSION_TLS), instance.client(&[&TLS13])?, NAME).await?;
     let mut c = LineClient::new(tls);
     c.smtp_reply().await?;
-    let ehlo = expect(&mut c, "EHLO client.test", "250").await?;
+    let ehlo = c.command("EHLO client.test", "250").await?;
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    expect(&mut c, &format!("AUTH PLAIN {token}"), "235 2.7.0").await?;
+    c.command(&format!("AUTH PLAIN {token}"), "235 2.7.0").await?;
     Ok(c)
 }
 
 async fn send_message(c: &mut Client, from: &str, to: &str, body: &[u8]) -> TestResult<String> {
-    expect(c, &format!("MAIL FROM:<{from}>"), "250").await?;
-    expect(c, &format!("RCPT TO:<{to}>"), "250").await?;
-    expect(c, "DATA", "354").await?;
+    c.command(&format!("MAIL FROM:<{from}>"), "250").await?;
+    c.command(&format!("RCPT TO:<{to}>"), "250").await?;
+    c.command("DATA", "354").await?;
     c.send_bytes(body).await?;
     c.send(".\r\n").await?;
     c.smtp_reply().await
@@ -103,7 +93,7 @@ async fn mx_delivers_8bit_mail_byte_for_byte_with_trace_headers() -> TestResult 
     )
     .await?;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    expect(&mut c, "QUIT", "221").await?;
+    c.command("QUIT", "221").await?;
 
     let stored = mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX").await?;
     assert_eq!(stored.len(), 1);
@@ -118,17 +108,17 @@ async fn mx_delivers_8bit_mail_byte_for_byte_with_trace_headers() -> TestResult 
 async fn mx_refuses_relay_and_unknown_users_and_offers_no_auth() -> TestResult {
     let instance = Instance::quickstart().await?;
     let mut c = mx(&instance).await?;
-    let ehlo = expect(&mut c, "EHLO again.test", "250").await?;
+    let ehlo = c.command("EHLO again.test", "250").await?;
     assert!(!ehlo.contains("AUTH"), "AUTH offered on mx: {ehlo}");
-    expect(&mut c, "AUTH PLAIN AGFsaWNlAHg=", "503 5.5.1").await?;
-    expect(&mut c, "MAIL FROM:<spammer@remote.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<victim@elsewhere.test>", "550 5.7.1").await?;
-    expect(&mut c, "RCPT TO:<nobody@example.test>", "550 5.1.1").await?;
-    expect(&mut c, "RCPT TO:<Alice@EXAMPLE.test>", "250").await?;
-    expect(&mut c, "RSET", "250").await?;
-    expect(&mut c, "VRFY alice", "252").await?;
-    expect(&mut c, "EXPN staff", "252").await?;
-    expect(&mut c, "HELP", "214").await?;
+    c.command("AUTH PLAIN AGFsaWNlAHg=", "503 5.5.1").await?;
+    c.command("MAIL FROM:<spammer@remote.test>", "250").await?;
+    c.command("RCPT TO:<victim@elsewhere.test>", "550 5.7.1").await?;
+    c.command("RCPT TO:<nobody@example.test>", "550 5.1.1").await?;
+    c.command("RCPT TO:<Alice@EXAMPLE.test>", "250").await?;
+    c.command("RSET", "250").await?;
+    c.command("VRFY alice", "252").await?;
+    c.command("EXPN staff", "252").await?;
+    c.command("HELP", "214").await?;
     Ok(())
 }
 
@@ -144,35 +134,33 @@ async fn submission_requires_tls_then_auth_and_refuses_spoofing() -> TestResult 
     plain.send("EHLO c.test\r\n").await?;
     let ehlo = plain.smtp_reply().await?;
     assert!(!ehlo.contains("AUTH"), "AUTH offered before TLS: {ehlo}");
-    for (line, code) in [
-        ("AUTH PLAIN AGFsaWNlAHg=", "530 5.7.0"),
-        ("MAIL FROM:<alice@example.test>", "530 5.7.0"),
-    ] {
-        plain.send(&format!("{line}\r\n")).await?;
-        let reply = plain.smtp_reply().await?;
-        assert!(reply.starts_with(code), "{line}: {reply}");
-    }
+    plain
+        .dialog(&[
+            ("AUTH PLAIN AGFsaWNlAHg=", "530 5.7.0"),
+            ("MAIL FROM:<alice@example.test>", "530 5.7.0"),
+        ])
+        .await?;
 
     // After TLS, MAIL still needs AUTH; a wrong password fails.
     let tls = tls_connect(instance.addr(SUBMISSION_TLS), instance.client(&[&TLS13])?, NAME).await?;
     let mut c = LineClient::new(tls);
     c.smtp_reply().await?;
-    expect(&mut c, "EHLO c.test", "250").await?;
-    expect(&mut c, "MAIL FROM:<alice@example.test>", "530 5.7.0").await?;
+    c.command("EHLO c.test", "250").await?;
+    c.command("MAIL FROM:<alice@example.test>", "530 5.7.0").await?;
     let wrong = base64::engine::general_purpose::STANDARD.encode("\0alice@example.test\0wrong-password");
-    expect(&mut c, &format!("AUTH PLAIN {wrong}"), "535 5.7.8").await?;
+    c.command(&format!("AUTH PLAIN {wrong}"), "535 5.7.8").await?;
     // LOGIN, step by step.
     let password = credentials(&instance)?
         .get("alice@example.test")
         .cloned()
         .ok_or("no password")?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    expect(&mut c, "AUTH LOGIN", "334 VXNlcm5hbWU6").await?;
-    expect(&mut c, &b64("alice@example.test"), "334 UGFzc3dvcmQ6").await?;
-    expect(&mut c, &b64(&password), "235").await?;
+    c.command("AUTH LOGIN", "334 VXNlcm5hbWU6").await?;
+    c.command(&b64("alice@example.test"), "334 UGFzc3dvcmQ6").await?;
+    c.command(&b64(&password), "235").await?;
 
-    expect(&mut c, "MAIL FROM:<bob@example.test>", "553 5.7.1").await?;
-    expect(&mut c, "MAIL FROM:<>", "553 5.7.1").await?;
+    c.command("MAIL FROM:<bob@example.test>", "553 5.7.1").await?;
+    c.command("MAIL FROM:<>", "553 5.7.1").await?;
     // Envelope right, header From someone else's: refused after DATA.
     let forged = b"From: Bob <bob@example.test>\r\nSubject: pay this invoice\r\n\r\nx\r\n";
     let reply = send_message(&mut c, "alice@example.test", "bob@example.test", forged).await?;
@@ -190,22 +178,20 @@ async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail(
     let instance = Instance::quickstart().await?;
     let mut c = submission(&instance, "alice@example.test").await?;
     let body = b"From: Alice <alice@example.test>\r\nTo: bob@example.test, carol@remote.test\r\nSubject: hello\r\n\r\nHi!\r\n";
-    expect(
-        &mut c,
+    c.command(
         "MAIL FROM:<alice@example.test> BODY=8BITMIME RET=HDRS ENVID=env-123",
         "250",
     )
     .await?;
-    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
-    expect(
-        &mut c,
+    c.command("RCPT TO:<bob@example.test>", "250").await?;
+    c.command(
         "RCPT TO:<carol@remote.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;carol@remote.test",
         "250",
     )
     .await?;
-    expect(&mut c, "DATA", "354").await?;
+    c.command("DATA", "354").await?;
     c.send_bytes(body).await?;
-    expect(&mut c, ".", "250 2.0.0").await?;
+    c.command(".", "250 2.0.0").await?;
 
     let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
     assert_eq!(stored.len(), 1);
@@ -255,9 +241,9 @@ async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail(
 /// Sends raw bytes after MAIL/RCPT/DATA and returns every reply line that follows, until the
 /// server goes quiet; the caller judges them.
 async fn raw_data_exchange(c: &mut Client, payload: &[u8]) -> TestResult<Vec<String>> {
-    expect(c, "MAIL FROM:<sender@remote.test>", "250").await?;
-    expect(c, "RCPT TO:<alice@example.test>", "250").await?;
-    expect(c, "DATA", "354").await?;
+    c.command("MAIL FROM:<sender@remote.test>", "250").await?;
+    c.command("RCPT TO:<alice@example.test>", "250").await?;
+    c.command("DATA", "354").await?;
     c.send_bytes(payload).await?;
     let mut replies = Vec::new();
     while let Ok(Ok(line)) = tokio::time::timeout(Duration::from_millis(700), c.line()).await {
@@ -283,7 +269,7 @@ async fn smtp_smuggling_variants_never_create_a_second_message() -> TestResult {
         let what = format!("variant {fake_end:?}: {replies:?}");
         assert_eq!(replies.len(), 1, "{what}");
         assert!(replies[0].starts_with("550 5.5.2"), "{what}");
-        expect(&mut c, "NOOP", "250").await?;
+        c.command("NOOP", "250").await?;
     }
     let stored = mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX").await?;
     assert!(stored.is_empty(), "{} message(s) stored", stored.len());
@@ -348,8 +334,8 @@ async fn bdat_chunks_are_stored_verbatim() -> TestResult {
     let mut c = mx(&instance).await?;
     let part1 = b"Subject: chunked\r\n\r\nline one\r\n.not stuffed\r\n";
     let part2 = b"bare\nLF is fine in BDAT\r\n.\r\nstill data\r\n";
-    expect(&mut c, "MAIL FROM:<a@remote.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
+    c.command("MAIL FROM:<a@remote.test>", "250").await?;
+    c.command("RCPT TO:<bob@example.test>", "250").await?;
     c.send(&format!("BDAT {}\r\n", part1.len())).await?;
     c.send_bytes(part1).await?;
     assert!(c.smtp_reply().await?.starts_with("250"));
@@ -360,7 +346,7 @@ async fn bdat_chunks_are_stored_verbatim() -> TestResult {
     // BDAT without a transaction: the chunk is read (the session stays in step) and refused.
     c.send("BDAT 5 LAST\r\nhello").await?;
     assert!(c.smtp_reply().await?.starts_with("503"));
-    expect(&mut c, "NOOP", "250").await?;
+    c.command("NOOP", "250").await?;
 
     let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
     let mut expected = part1.to_vec();
@@ -390,26 +376,28 @@ async fn limits_on_size_lines_recipients_and_errors() -> TestResult {
         c.send("STARTTLS\r\n").await?;
         c.smtp_reply().await?;
         let mut c = LineClient::new(tls_upgrade(c.into_inner(), client.clone(), NAME).await?);
-        expect(&mut c, "EHLO s.test", "250-mail.example.test").await?;
+        c.command("EHLO s.test", "250-mail.example.test").await?;
         Ok::<Client, String>(c)
     };
 
     let mut c = connect().await?;
-    let ehlo = expect(&mut c, "EHLO s.test", "250").await?;
+    let ehlo = c.command("EHLO s.test", "250").await?;
     assert!(ehlo.contains("SIZE 2048"), "{ehlo}");
-    expect(&mut c, "MAIL FROM:<a@remote.test> SIZE=4096", "552 5.3.4").await?;
-    expect(&mut c, "MAIL FROM:<a@remote.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<alice@example.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<bob@example.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<carol@example.test>", "452 4.5.3").await?;
-    expect(&mut c, "DATA", "354").await?;
+    c.command("MAIL FROM:<a@remote.test> SIZE=4096", "552 5.3.4")
+        .await?;
+    c.command("MAIL FROM:<a@remote.test>", "250").await?;
+    c.command("RCPT TO:<alice@example.test>", "250").await?;
+    c.command("RCPT TO:<bob@example.test>", "250").await?;
+    c.command("RCPT TO:<carol@example.test>", "452 4.5.3").await?;
+    c.command("DATA", "354").await?;
     c.send(&format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)))
         .await?;
     assert!(c.smtp_reply().await?.starts_with("552 5.3.4"));
-    expect(&mut c, &format!("NOOP {}", "y".repeat(600)), "500 5.5.2").await?;
-    expect(&mut c, "NOOP", "250").await?;
+    c.command(&format!("NOOP {}", "y".repeat(600)), "500 5.5.2")
+        .await?;
+    c.command("NOOP", "250").await?;
     // Errors add up to a 421 and a closed connection.
-    expect(&mut c, "BOGUS", "500").await?;
+    c.command("BOGUS", "500").await?;
     c.send("BOGUS\r\n").await?;
     let last = c.smtp_reply().await?;
     assert!(last.contains("421 4.7.0"), "{last}");
@@ -444,14 +432,15 @@ async fn smtputf8_addresses_are_accepted_only_with_smtputf8() -> TestResult {
     )?;
     assert_eq!(code, 0, "{err}");
     let mut c = mx(&instance).await?;
-    let ehlo = expect(&mut c, "EHLO s.test", "250").await?;
+    let ehlo = c.command("EHLO s.test", "250").await?;
     assert!(ehlo.contains("SMTPUTF8"));
-    expect(&mut c, "MAIL FROM:<sender@remote.test>", "250").await?;
-    expect(&mut c, "RCPT TO:<jörg@example.test>", "553 5.6.7").await?;
-    expect(&mut c, "RSET", "250").await?;
-    expect(&mut c, "MAIL FROM:<sénder@remote.test> SMTPUTF8", "250").await?;
-    expect(&mut c, "RCPT TO:<jörg@example.test>", "250").await?;
-    expect(&mut c, "DATA", "354").await?;
+    c.command("MAIL FROM:<sender@remote.test>", "250").await?;
+    c.command("RCPT TO:<jörg@example.test>", "553 5.6.7").await?;
+    c.command("RSET", "250").await?;
+    c.command("MAIL FROM:<sénder@remote.test> SMTPUTF8", "250")
+        .await?;
+    c.command("RCPT TO:<jörg@example.test>", "250").await?;
+    c.command("DATA", "354").await?;
     c.send("Subject: Grüße\r\n\r\nhallo\r\n.\r\n").await?;
     assert!(c.smtp_reply().await?.starts_with("250"));
     let stored = mailbox_contents(&instance.data_dir(), "jörg@example.test", "INBOX").await?;
@@ -486,10 +475,8 @@ async fn burst(
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{password}"));
             if c.smtp_reply().await.is_err()
-                || expect(&mut c, "EHLO b.test", "250").await.is_err()
-                || expect(&mut c, &format!("AUTH PLAIN {token}"), "235")
-                    .await
-                    .is_err()
+                || c.command("EHLO b.test", "250").await.is_err()
+                || c.command(&format!("AUTH PLAIN {token}"), "235").await.is_err()
             {
                 return acked;
             }
@@ -633,7 +620,7 @@ async fn chasquid_fuzz_seeds_get_protocol_replies_and_leave_the_server_healthy()
     assert!(replayed >= 10, "only {replayed} seeds replayed");
     // The server is still healthy.
     let mut c = mx(&instance).await?;
-    expect(&mut c, "NOOP", "250").await?;
+    c.command("NOOP", "250").await?;
     Ok(())
 }
 
@@ -648,18 +635,13 @@ async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> Tes
     let open = || async {
         let mut c = LineClient::new(ctx(TcpStream::connect(mx_addr).await, "connect")?);
         c.smtp_reply().await?;
-        for (line, code) in [
+        c.dialog(&[
             ("EHLO s.test", "250"),
             ("MAIL FROM:<x@s.test>", "250"),
             ("RCPT TO:<alice@example.test>", "250"),
             ("DATA", "354"),
-        ] {
-            c.send(&format!("{line}\r\n")).await?;
-            let reply = c.smtp_reply().await?;
-            if !reply.starts_with(code) {
-                return Err(format!("{line}: {reply}"));
-            }
-        }
+        ])
+        .await?;
         Ok::<_, String>(c)
     };
     let line = format!("{}\r\n", "x".repeat(78));
@@ -680,13 +662,12 @@ async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> Tes
         "the first message was lost"
     );
     // With A's memory given back, B's retry goes through.
-    for (line, code) in [
+    b.dialog(&[
         ("MAIL FROM:<x@s.test>", "250"),
         ("RCPT TO:<alice@example.test>", "250"),
         ("DATA", "354"),
-    ] {
-        expect_plain(&mut b, line, code).await?;
-    }
+    ])
+    .await?;
     b.send(&format!("{body}.\r\n")).await?;
     assert!(b.smtp_reply().await?.starts_with("250"));
     assert_eq!(
@@ -696,13 +677,4 @@ async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> Tes
         2
     );
     Ok(())
-}
-
-async fn expect_plain(c: &mut LineClient<TcpStream>, line: &str, code: &str) -> TestResult<String> {
-    c.send(&format!("{line}\r\n")).await?;
-    let reply = c.smtp_reply().await?;
-    if !reply.starts_with(code) {
-        return Err(format!("{line:?}: expected {code}, got {reply:?}"));
-    }
-    Ok(reply)
 }

@@ -252,6 +252,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
         ctx(self.stream.get_mut().flush().await, "flush")
     }
 
+    /// Sends one command line and checks that the (SMTP) reply starts with `code`; returns it.
+    pub async fn command(&mut self, line: &str, code: &str) -> TestResult<String> {
+        self.send(&format!("{line}\r\n")).await?;
+        let reply = self.smtp_reply().await?;
+        if !reply.starts_with(code) {
+            return Err(format!("{line:?}: expected {code}, got {reply:?}"));
+        }
+        Ok(reply)
+    }
+
+    /// Runs `command` for each (line, expected code) in turn.
+    pub async fn dialog<L: AsRef<str>>(&mut self, steps: &[(L, &str)]) -> TestResult {
+        for (line, code) in steps {
+            self.command(line.as_ref(), code).await?;
+        }
+        Ok(())
+    }
+
     /// One line without its CRLF; an error on EOF or after 10 s.
     pub async fn line(&mut self) -> TestResult<String> {
         let mut line = String::new();
