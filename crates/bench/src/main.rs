@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -249,23 +248,12 @@ async fn smtp(command: Command) -> anyhow::Result<()> {
     else {
         bail!("not the smtp command");
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let pinned: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(&ca)?.collect::<Result<_, _>>()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            certs: pinned,
-            provider,
-        }))
-        .with_no_client_auth();
-    // A full handshake for every message: no session resumption.
-    config.resumption = rustls::client::Resumption::disabled();
+    // Pinned to the --ca file, a full handshake for every connection (no resumption).
+    let config = sealmail_testkit::pinned_client_config(&ca).map_err(anyhow::Error::msg)?;
     let job = Arc::new(Job {
         addr,
         server_name: ServerName::try_from(server_name)?,
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        connector: tokio_rustls::TlsConnector::from(config),
         auth: base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}")),
         body: body(&user, &to, size),
         from: user,
@@ -354,64 +342,6 @@ async fn smtp(command: Command) -> anyhow::Result<()> {
         server_processes.join(",")
     );
     Ok(())
-}
-
-/// Accepts exactly the certificates in the --ca file (the peer's self-signed certificate is
-/// marked as a CA, which WebPKI refuses as a server certificate), with real signature checks.
-#[derive(Debug)]
-struct Pinned {
-    certs: Vec<CertificateDer<'static>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
-            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            false => Err(rustls::Error::General("certificate is not the pinned one".into())),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Runs a complete in-memory TLS handshake and returns the time spent in server-side calls.
@@ -558,19 +488,9 @@ async fn security(command: Command) -> anyhow::Result<()> {
     else {
         bail!("not the security command");
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let pinned: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(&ca)?.collect::<Result<_, _>>()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            certs: pinned,
-            provider,
-        }))
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // Pinned to the --ca file, a full handshake for every connection (no resumption).
+    let config = sealmail_testkit::pinned_client_config(&ca).map_err(anyhow::Error::msg)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from(server_name)?;
     let good = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     // Unknown usernames, so that the user's own account is not throttled by this run.

@@ -1,4 +1,4 @@
-//! Helpers for sealmail's tests (never linked into the server): TLS clients that trust a given
+//! Helpers for sealmail's tests and benchmarks (never linked into the server): TLS clients that trust a given
 //! certificate, hand-made ClientHello records for refused protocol versions and suites, a
 //! process wrapper that runs the real `sealmail` binary, and line-based protocol clients.
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
@@ -56,20 +56,31 @@ pub fn pem_certificate_der(path: &Path) -> TestResult<Vec<u8>> {
     Ok(cert.as_ref().to_vec())
 }
 
-/// Accepts any certificate: only for reading which certificate a server serves.
+/// Accepts exactly the pinned certificates (or, with `None`, any certificate: only for reading
+/// which certificate a server serves), with real handshake signature checks. Self-signed
+/// certificates marked as a CA, like the reference peer's, are refused by WebPKI as server
+/// certificates; pinning checks them byte for byte instead.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct PinnedCertificates {
+    certs: Option<Vec<CertificateDer<'static>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificates {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        match &self.certs {
+            Some(certs) if !certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                Err(rustls::Error::General("certificate is not the pinned one".into()))
+            }
+            _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -78,7 +89,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -87,25 +103,47 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
+}
+
+fn pinning_config(certs: Option<Vec<CertificateDer<'static>>>) -> TestResult<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificates { certs, provider }))
+        .with_no_client_auth())
+}
+
+/// A client that trusts exactly the certificates in a PEM file, pinned byte for byte, and
+/// never resumes sessions (every connection makes a full handshake; for benchmarks).
+pub fn pinned_client_config(pem_file: &Path) -> TestResult<Arc<ClientConfig>> {
+    let certs = CertificateDer::pem_file_iter(pem_file)
+        .map_err(|e| format!("{}: {e}", pem_file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", pem_file.display()))?;
+    let mut config = pinning_config(Some(certs))?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// The leaf certificate (DER) a server presents for `server_name` on an implicit-TLS port,
 /// read without verifying it; tests compare it byte for byte instead.
 pub async fn served_certificate(addr: SocketAddr, server_name: &str) -> TestResult<Vec<u8>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    let tls = tls_connect(addr, Arc::new(config), server_name).await?;
+    let tls = tls_connect(addr, Arc::new(pinning_config(None)?), server_name).await?;
     let certs = tls.get_ref().1.peer_certificates().ok_or("no certificate")?;
     Ok(certs.first().ok_or("empty chain")?.as_ref().to_vec())
 }
