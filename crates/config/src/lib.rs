@@ -512,13 +512,13 @@ impl Config {
                 1..=1000,
                 &mut problems,
             ) as u32,
-            data_timeout: Duration::from_secs(positive(
+            data_timeout: seconds(
                 "smtp.data_timeout_secs",
                 raw.smtp.data_timeout_secs,
-                d.data_timeout.as_secs() as i64,
+                d.data_timeout,
                 1..=86_400,
                 &mut problems,
-            ) as u64),
+            ),
             messages_per_hour: positive(
                 "smtp.messages_per_hour",
                 raw.smtp.messages_per_hour,
@@ -549,20 +549,19 @@ impl Config {
         }
 
         let auth = AuthConfig {
-            login_cache_ttl: Duration::from_secs(positive(
+            login_cache_ttl: seconds(
                 "auth.login_cache_ttl_secs",
                 raw.auth.login_cache_ttl_secs,
-                AuthConfig::default().login_cache_ttl.as_secs() as i64,
+                AuthConfig::default().login_cache_ttl,
                 0..=86_400,
                 &mut problems,
-            ) as u64),
+            ),
         };
 
         let d = SecurityConfig::default();
+        // Up to a year.
         let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
-            Duration::from_secs(
-                positive(key, value, default.as_secs() as i64, 1..=31_536_000, problems) as u64,
-            )
+            seconds(key, value, default, 1..=31_536_000, problems)
         };
         let security = SecurityConfig {
             auth_failures: positive(
@@ -699,8 +698,9 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
 
 fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
     let d = Limits::default();
+    // Up to a day.
     let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
-        Duration::from_secs(positive(key, value, default.as_secs() as i64, 1..=86_400, problems) as u64)
+        seconds(key, value, default, 1..=86_400, problems)
     };
     let limits = Limits {
         max_connections: positive(
@@ -756,6 +756,17 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
         ));
     }
     limits
+}
+
+/// A duration given in whole seconds, checked like [`positive`].
+fn seconds(
+    key: &str,
+    value: Option<i64>,
+    default: Duration,
+    range: std::ops::RangeInclusive<i64>,
+    problems: &mut Vec<String>,
+) -> Duration {
+    Duration::from_secs(positive(key, value, default.as_secs() as i64, range, problems) as u64)
 }
 
 fn positive(
