@@ -14,13 +14,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
+use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
 use sealmail_net::metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
+use sealmail_tls::TlsActive;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
 pub const REFRESH: Duration = Duration::from_secs(3);
 /// How far back an earlier ban makes the next one longer.
 const REPEAT_WINDOW_SECS: i64 = 7 * 86_400;
+
+/// How a login attempt ended, for SMTP AUTH and IMAP LOGIN/AUTHENTICATE alike.
+pub enum LoginOutcome {
+    Success(Authenticated),
+    /// Wrong credentials (already counted); `banned` when this failure got the client banned.
+    Failed {
+        banned: bool,
+    },
+    /// The credentials could not be checked (store or hashing trouble); a temporary failure.
+    Unavailable,
+}
 
 /// Event kinds, as stored and shown by `sealmail security events`.
 pub mod kind {
@@ -292,6 +305,43 @@ impl Guard {
                 tracing::error!(error = %e, "could not record a security event");
             }
         });
+    }
+
+    /// Checks credentials the way every protocol must: a login the cache recalls (a correct
+    /// password seen lately) goes straight through; anything else first waits out the account's
+    /// throttle (when it is under attack), then is verified; the outcome is counted and logged.
+    pub async fn login(
+        &self,
+        identity: &Identity,
+        tls: &TlsActive,
+        ip: IpAddr,
+        listener: &str,
+        credentials: &Credentials,
+    ) -> LoginOutcome {
+        let result = match identity.recalled_login(tls, credentials).await {
+            Ok(Some(recalled)) => Ok(Some(recalled)),
+            _ => {
+                self.throttle_login(&credentials.username).await;
+                identity.authenticate(tls, credentials).await
+            }
+        };
+        match result {
+            Ok(Some(authenticated)) => {
+                let user = authenticated.account.address.to_string();
+                self.auth_succeeded(ip, &user, listener).await;
+                LoginOutcome::Success(authenticated)
+            }
+            Ok(None) => {
+                let banned = self.auth_failed(ip, &credentials.username, listener).await;
+                LoginOutcome::Failed {
+                    banned: banned.is_some(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(%ip, error = %e, "authentication could not be checked");
+                LoginOutcome::Unavailable
+            }
+        }
     }
 
     pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {

@@ -1,106 +1,65 @@
-//! IMAP server (RFC 3501 / RFC 9051, STARTTLS RFC 3501 section 6.2.1, RFC 8314).
+//! IMAP server: IMAP4rev1 (RFC 3501) with the IMAP4rev2 (RFC 9051) behaviour clients rely on,
+//! and the extensions ordinary clients use (IDLE, UIDPLUS, MOVE, LITERAL+, SASL-IR, ID, ENABLE,
+//! NAMESPACE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED/LIST-STATUS basics, CONDSTORE,
+//! APPENDLIMIT).
 //!
-//! This is the foundation's greeter: it greets with capabilities, answers CAPABILITY, NOOP and
-//! LOGOUT, and upgrades with STARTTLS. Before TLS it advertises LOGINDISABLED and refuses LOGIN
-//! and AUTHENTICATE with `NO [PRIVACYREQUIRED]`. Everything else answers until the IMAP issue lands.
+//! Layers: [`framing`] reads one whole command off the connection with limits; imap-codec
+//! decodes it; [`session`] runs it against the store. Unlike SMTP the session is not
+//! socket-free: nearly every IMAP command is store I/O, and FETCH streams its output, so it
+//! writes to the connection itself when its output grows large. This file is the driver: the
+//! greeting, the read-execute-write loop, STARTTLS, IDLE and the ends of a session.
+//!
+//! Before TLS only CAPABILITY, NOOP, LOGOUT, ID and STARTTLS are useful: LOGINDISABLED is
+//! advertised and LOGIN/AUTHENTICATE answer `NO [PRIVACYREQUIRED]`. `\Recent` is not kept
+//! (RFC 9051 dropped it): RECENT is always 0.
+
+pub mod fetch;
+pub mod framing;
+pub mod list;
+pub mod search;
+pub mod selected;
+pub mod sequence;
+pub mod session;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder;
 
 use sealmail_net::{ConnError, Connection, Handler, Line};
 
-/// Longest command line accepted (literals are not supported by the greeter).
-pub const MAX_COMMAND_LINE: usize = 8 * 1024;
-/// Errors after which a session is ended with BYE.
+pub use framing::Limits;
+pub use session::{ImapContext, Next, Session};
+
+use framing::{Frame, Refusal};
+
+/// Default limits for the command framing.
+pub const MAX_COMMAND_LINE: usize = 64 * 1024;
+pub const MAX_SMALL_LITERAL: u64 = 64 * 1024;
+pub const MAX_LITERALS_PER_COMMAND: usize = 64;
+/// BAD responses after which a session is ended with BYE.
 pub const MAX_ERRORS: u32 = 10;
 
 pub struct ImapHandler {
-    hostname: String,
-    idle_timeout: std::time::Duration,
+    ctx: Arc<ImapContext>,
 }
 
 impl ImapHandler {
-    pub fn new(hostname: &str, idle_timeout: std::time::Duration) -> ImapHandler {
-        ImapHandler {
-            hostname: hostname.to_string(),
-            idle_timeout,
-        }
+    pub fn new(ctx: ImapContext) -> ImapHandler {
+        ImapHandler { ctx: Arc::new(ctx) }
     }
-}
-
-fn capabilities(tls: bool) -> &'static str {
-    if tls {
-        "IMAP4rev1"
-    } else {
-        "IMAP4rev1 STARTTLS LOGINDISABLED"
-    }
-}
-
-enum Next {
-    Continue,
-    StartTls,
-    Close,
 }
 
 #[async_trait::async_trait]
 impl Handler for ImapHandler {
-    async fn handle(&self, mut conn: Connection) {
+    async fn handle(&self, conn: Connection) {
         let peer = conn.info().peer;
-        let greeting = format!(
-            "* OK [CAPABILITY {}] {} sealmail ready\r\n",
-            capabilities(conn.tls().is_some()),
-            self.hostname
-        );
-        if conn.write_all(greeting.as_bytes()).await.is_err() {
-            return;
+        let session = Session::new(self.ctx.clone(), peer, conn.tls().cloned());
+        if let Err(e) = serve(&self.ctx, conn, session).await {
+            tracing::debug!(%peer, error = %e, "IMAP session dropped");
         }
-        let mut errors = 0;
-        loop {
-            let line = match conn.read_line_within(MAX_COMMAND_LINE, self.idle_timeout).await {
-                Ok(Line::Complete(line)) => line,
-                Ok(Line::TooLong) => {
-                    errors += 1;
-                    if errors >= MAX_ERRORS || conn.write_all(b"* BAD Line too long\r\n").await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                Err(ConnError::ShuttingDown) => {
-                    let _ = conn
-                        .write_all(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
-                        .await;
-                    break;
-                }
-                Err(ConnError::Timeout(_)) => {
-                    let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "IMAP session ended");
-                    return;
-                }
-            };
-            let (reply, next) = command(&conn, &line);
-            if reply.contains(" BAD ") {
-                errors += 1;
-                if errors >= MAX_ERRORS {
-                    let _ = conn.write_all(b"* BYE Too many errors\r\n").await;
-                    break;
-                }
-            }
-            if conn.write_all(reply.as_bytes()).await.is_err() {
-                return;
-            }
-            match next {
-                Next::Continue => {}
-                Next::Close => break,
-                Next::StartTls => match conn.start_tls().await {
-                    Ok(upgraded) => conn = upgraded,
-                    Err(e) => {
-                        tracing::info!(%peer, error = %e, "STARTTLS handshake failed");
-                        return;
-                    }
-                },
-            }
-        }
-        conn.close().await;
     }
 
     fn busy_reply(&self) -> &'static [u8] {
@@ -112,39 +71,135 @@ impl Handler for ImapHandler {
     }
 }
 
-fn command(conn: &Connection, line: &[u8]) -> (String, Next) {
-    let text = String::from_utf8_lossy(line);
-    let mut words = text.splitn(3, ' ');
-    let tag = words.next().unwrap_or("");
-    let verb = words.next().unwrap_or("").to_ascii_uppercase();
-    let valid_tag = !tag.is_empty()
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b));
-    if !valid_tag || verb.is_empty() {
-        return ("* BAD Missing tag or command\r\n".to_string(), Next::Continue);
+fn refusal_text(reason: Refusal) -> &'static str {
+    match reason {
+        Refusal::LineTooLong => "Command line too long",
+        Refusal::LiteralTooLarge => "[TOOBIG] Literal too large",
+        Refusal::TooManyLiterals => "[LIMIT] Too many literals in one command",
     }
-    let tls = conn.tls().is_some();
-    let done = |s: &str| (format!("{tag} {s}\r\n"), Next::Continue);
-    match verb.as_str() {
-        "CAPABILITY" => (
-            format!(
-                "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
-                capabilities(tls)
-            ),
-            Next::Continue,
-        ),
-        "NOOP" => done("OK NOOP completed"),
-        "LOGOUT" => (
-            format!("* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n"),
-            Next::Close,
-        ),
-        "STARTTLS" if tls => done("BAD TLS is already active"),
-        "STARTTLS" => (format!("{tag} OK Begin TLS negotiation now\r\n"), Next::StartTls),
-        "LOGIN" | "AUTHENTICATE" if !tls => {
-            done("NO [PRIVACYREQUIRED] Use STARTTLS first; passwords are never sent in the clear")
+}
+
+async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) -> Result<(), ConnError> {
+    conn.write_all(session.greeting().as_bytes()).await?;
+    loop {
+        let frame = match framing::read_command(&mut conn, &ctx.limits).await {
+            Ok(frame) => frame,
+            Err(ConnError::ShuttingDown) => {
+                let _ = conn
+                    .write_all(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+                    .await;
+                break;
+            }
+            Err(ConnError::Timeout(_)) => {
+                let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let next = match frame {
+            Frame::Refused { tag, reason } => {
+                let keep_going = session.refuse(tag.as_deref(), refusal_text(reason)).await;
+                if keep_going { Next::Continue } else { Next::Close }
+            }
+            Frame::Command(bytes) => match CommandCodec::default().decode(&bytes) {
+                Ok((b"", command)) => session.execute(command, &mut conn).await?,
+                _ => match list::parse_extended(&bytes) {
+                    Some((tag, request)) => {
+                        session::run_list(&mut session, &tag, request).await;
+                        Next::Continue
+                    }
+                    None => {
+                        let tag = framing::tag_of(&bytes);
+                        let keep_going = session
+                            .refuse(tag.as_deref(), "Syntax error or unknown command")
+                            .await;
+                        if keep_going { Next::Continue } else { Next::Close }
+                    }
+                },
+            },
+        };
+        if !session.out.is_empty() {
+            conn.write_all(&session.out).await?;
+            session.out.clear();
         }
-        "LOGIN" | "AUTHENTICATE" => done("NO [UNAVAILABLE] Authentication is not available yet"),
-        _ => done("BAD Command unknown or not available yet"),
+        match next {
+            Next::Continue => {}
+            Next::Close => break,
+            Next::StartTls => {
+                conn = conn.start_tls().await?;
+                session.set_tls(conn.tls().cloned());
+            }
+            Next::Idle(tag) => {
+                if !idle(ctx, &mut conn, &mut session, &tag).await? {
+                    break;
+                }
+            }
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// RFC 2177 IDLE: report changes as they happen until the client sends DONE. Returns false
+/// when the session must end.
+async fn idle(
+    ctx: &ImapContext,
+    conn: &mut Connection,
+    session: &mut Session,
+    tag: &str,
+) -> Result<bool, ConnError> {
+    conn.write_all(b"+ idling\r\n").await?;
+    let shutdown = conn.shutdown_signal().clone();
+    let mut watch = session.selected.as_ref().map(|s| s.watch.clone());
+    let deadline = tokio::time::sleep(ctx.limits.idle);
+    tokio::pin!(deadline);
+    loop {
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => w.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                conn.write_all(b"* BYE [UNAVAILABLE] Server shutting down\r\n").await?;
+                return Ok(false);
+            }
+            _ = &mut deadline => {
+                conn.write_all(b"* BYE Autologout; idle for too long\r\n").await?;
+                return Ok(false);
+            }
+            alive = changed => {
+                if !alive {
+                    watch = None;
+                    continue;
+                }
+                if let Some(w) = watch.as_mut() {
+                    w.borrow_and_update();
+                }
+                session.idle_update().await;
+                if !session.out.is_empty() {
+                    conn.write_all(&session.out).await?;
+                    session.out.clear();
+                }
+            }
+            ready = conn.fill(ctx.limits.idle) => {
+                ready?;
+                let line = match conn.read_line_within(64, Duration::from_secs(60)).await? {
+                    Line::Complete(line) => line,
+                    Line::TooLong => Vec::new(),
+                };
+                let reply = if line.eq_ignore_ascii_case(b"DONE") {
+                    format!("{tag} OK IDLE terminated\r\n")
+                } else {
+                    format!("{tag} BAD Expected DONE\r\n")
+                };
+                session.idle_update().await;
+                session.out.extend_from_slice(reply.as_bytes());
+                conn.write_all(&session.out).await?;
+                session.out.clear();
+                return Ok(true);
+            }
+        }
     }
 }

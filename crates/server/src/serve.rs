@@ -111,14 +111,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
         store: store.clone(),
-        identity,
+        identity: identity.clone(),
         guard: guard.clone(),
         body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
     }));
-    let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(
-        &hostname,
-        config.limits.imap_idle_timeout,
-    ));
+    let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
+        hostname: hostname.clone(),
+        store: store.clone(),
+        identity,
+        guard: guard.clone(),
+        limits: sealmail_imap::Limits {
+            max_line: sealmail_imap::MAX_COMMAND_LINE,
+            // APPEND takes what SMTP would accept.
+            max_append: config.smtp.max_message_size as u64,
+            max_literal: sealmail_imap::MAX_SMALL_LITERAL,
+            max_literals: sealmail_imap::MAX_LITERALS_PER_COMMAND,
+            idle: config.limits.imap_idle_timeout,
+        },
+        max_errors: sealmail_imap::MAX_ERRORS,
+    }));
     let listeners = bound
         .into_iter()
         .map(|(spec, socket)| BoundListener {

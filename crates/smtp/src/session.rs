@@ -17,7 +17,7 @@ use smtp_proto::{
 };
 
 use sealmail_config::{Role, SmtpConfig};
-use sealmail_guard::{Abuse, Guard};
+use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
 use sealmail_net::TlsActive;
@@ -313,41 +313,27 @@ impl Session {
         let Some(tls) = &self.tls else {
             return Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
         };
-        // A login the cache recalls (a correct password seen lately) is not throttled; anything
-        // else waits its turn when the account is under attack.
-        let identity = &self.ctx.identity;
-        let result = match identity.recalled_login(tls, &credentials).await {
-            Ok(Some(recalled)) => Ok(Some(recalled)),
-            _ => {
-                self.ctx.guard.throttle_login(&credentials.username).await;
-                identity.authenticate(tls, &credentials).await
-            }
-        };
-        match result {
-            Ok(Some(authenticated)) => {
-                let user = authenticated.account.address.to_string();
-                self.ctx
-                    .guard
-                    .auth_succeeded(self.peer.ip(), &user, self.role.as_str())
-                    .await;
+        let ctx = &self.ctx;
+        match ctx
+            .guard
+            .login(
+                &ctx.identity,
+                tls,
+                self.peer.ip(),
+                self.role.as_str(),
+                &credentials,
+            )
+            .await
+        {
+            LoginOutcome::Success(authenticated) => {
                 self.auth = Some(authenticated);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }
-            Ok(None) => {
-                let banned = self
-                    .ctx
-                    .guard
-                    .auth_failed(self.peer.ip(), &credentials.username, self.role.as_str())
-                    .await;
-                if banned.is_some() {
-                    self.banned = true;
-                }
+            LoginOutcome::Failed { banned } => {
+                self.banned |= banned;
                 Reply::new(535, "5.7.8", "Authentication credentials invalid")
             }
-            Err(e) => {
-                tracing::error!(peer = %self.peer, error = %e, "authentication could not be checked");
-                Reply::new(454, "4.7.0", "Temporary authentication failure")
-            }
+            LoginOutcome::Unavailable => Reply::new(454, "4.7.0", "Temporary authentication failure"),
         }
     }
 

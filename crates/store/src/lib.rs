@@ -42,6 +42,10 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    #[error("{0}")]
+    LimitReached(String),
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("store database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("store migration error: {0}")]
@@ -74,7 +78,67 @@ pub struct Mailbox {
     pub special_use: Option<String>,
     pub uid_validity: u32,
     pub uid_next: u32,
+    pub subscribed: bool,
+    /// RFC 7162 HIGHESTMODSEQ: the mod-sequence of the mailbox's latest change.
+    pub highest_modseq: u64,
 }
+
+/// What STATUS and SELECT report about a mailbox, read in one consistent snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxStatus {
+    pub messages: u32,
+    pub unseen: u32,
+    pub deleted: u32,
+    /// Total octets of the messages.
+    pub size: u64,
+    pub uid_next: u32,
+    pub uid_validity: u32,
+    pub highest_modseq: u64,
+}
+
+/// Everything that changed in a mailbox after a mod-sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxChanges {
+    pub highest_modseq: u64,
+    /// Messages added or whose flags changed, in UID order.
+    pub changed: Vec<StoredMessage>,
+    /// UIDs expunged, in UID order.
+    pub expunged: Vec<u32>,
+}
+
+/// How STORE changes flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagChange {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// A message's flags after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFlags {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagUpdate {
+    /// Every message asked for that still exists, with its flags now (changed or not).
+    pub messages: Vec<MessageFlags>,
+    /// RFC 7162 UNCHANGEDSINCE: UIDs left alone because they changed after the given modseq.
+    pub modified: Vec<u32>,
+}
+
+/// Result of COPY or MOVE: the destination's UIDVALIDITY and (source UID, new UID) pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub uid_validity: u32,
+    pub uids: Vec<(u32, u32)>,
+}
+
+/// Most mailboxes one account may have (a bound on what a client can make us store).
+pub const MAX_MAILBOXES_PER_ACCOUNT: i64 = 1000;
 
 /// A message to store into one or more mailboxes, all or nothing.
 #[derive(Debug, Clone)]
@@ -97,6 +161,8 @@ pub struct StoredMessage {
     pub sha256: String,
     pub internal_date: i64,
     pub flags: Vec<String>,
+    /// RFC 7162 mod-sequence of the message's last change.
+    pub modseq: u64,
 }
 
 /// A message accepted over SMTP: a copy for local mailboxes and/or a copy queued for remote
@@ -236,6 +302,46 @@ pub trait Store: Send + Sync {
     /// The outbound queue, oldest first.
     async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
+    /// A new mailbox; `name` must not exist yet (any case for INBOX).
+    async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError>;
+    /// Deletes the mailbox and its messages (not INBOX; its children stay).
+    async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError>;
+    /// Renames the mailbox and every mailbox below it in the hierarchy (not INBOX).
+    async fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<(), StoreError>;
+    async fn set_subscribed(
+        &self,
+        account: AccountId,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<(), StoreError>;
+    async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError>;
+    /// What changed after `modseq` (new messages, flag changes, expunges), in one snapshot.
+    async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError>;
+    /// Changes the flags of the messages with these UIDs (missing UIDs are skipped).
+    async fn update_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: Vec<u32>,
+        change: FlagChange,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError>;
+    /// Removes the messages flagged `\Deleted` (only those among `uids` when given); returns
+    /// the UIDs removed.
+    async fn expunge(&self, mailbox: MailboxId, uids: Option<Vec<u32>>) -> Result<Vec<u32>, StoreError>;
+    /// Copies messages (flags and internal date kept) to `to`; with `remove_source` it is a
+    /// MOVE, done in the same commit.
+    async fn copy_messages(
+        &self,
+        from: MailboxId,
+        uids: Vec<u32>,
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Copied, StoreError>;
+    /// A receiver that wakes after every committed change to the mailbox (new mail from SMTP,
+    /// another session's flags or expunges). It carries no data: ask [`Store::changes_since`].
+    fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()>;
+
     /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;
 

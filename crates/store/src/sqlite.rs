@@ -26,11 +26,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
+mod mailboxes;
+use mailboxes::{Watchers, mailbox_columns, mailbox_from_row, message_columns, message_from_row};
+
 use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, QueueRecipientState, Recipient, SecurityEvent};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
 };
+use crate::{Copied, FlagChange, FlagUpdate, MailboxChanges, MailboxStatus};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -80,6 +84,58 @@ enum WriteOp {
         now: i64,
     },
     Event(SecurityEvent),
+    CreateMailbox {
+        account: AccountId,
+        name: String,
+    },
+    DeleteMailbox {
+        account: AccountId,
+        name: String,
+    },
+    RenameMailbox {
+        account: AccountId,
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        account: AccountId,
+        name: String,
+        subscribed: bool,
+    },
+    UpdateFlags {
+        mailbox: MailboxId,
+        uids: Vec<u32>,
+        change: FlagChange,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    },
+    Expunge {
+        mailbox: MailboxId,
+        uids: Option<Vec<u32>>,
+    },
+    Copy {
+        from: MailboxId,
+        uids: Vec<u32>,
+        to: MailboxId,
+        remove_source: bool,
+    },
+}
+
+impl WriteOp {
+    /// The mailboxes whose watchers must be woken once this write is committed.
+    fn touched_mailboxes(&self, into: &mut Vec<i64>) {
+        match self {
+            WriteOp::StoreMessage { message, .. } => into.extend(message.mailboxes.iter().map(|m| m.0)),
+            WriteOp::Accept { message, .. } => {
+                if let Some(local) = &message.local {
+                    into.extend(local.mailboxes.iter().map(|m| m.0));
+                }
+            }
+            WriteOp::UpdateFlags { mailbox, .. } | WriteOp::Expunge { mailbox, .. } => into.push(mailbox.0),
+            WriteOp::Copy { from, to, .. } => into.extend([from.0, to.0]),
+            _ => {}
+        }
+    }
 }
 
 enum WriteDone {
@@ -89,6 +145,10 @@ enum WriteDone {
     Accepted(Accepted),
     Ban(Ban),
     Count(u64),
+    Mailbox(Mailbox),
+    Flags(FlagUpdate),
+    Uids(Vec<u32>),
+    Copied(Copied),
 }
 
 type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
@@ -105,6 +165,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<(WriteOp, Reply)>,
     writer_task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
+    watchers: Arc<Watchers>,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -163,13 +224,21 @@ impl SqliteStore {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let max_batch = group_commit_max_batch.max(1);
-        let writer_task = tokio::spawn(writer_loop(writer, rx, max_batch, counters.clone()));
+        let watchers = Arc::new(Watchers::default());
+        let writer_task = tokio::spawn(writer_loop(
+            writer,
+            rx,
+            max_batch,
+            counters.clone(),
+            watchers.clone(),
+        ));
         Ok(SqliteStore {
             path,
             readers,
             writer: tx,
             writer_task,
             counters,
+            watchers,
         })
     }
 
@@ -275,8 +344,10 @@ async fn writer_loop(
     mut queue: mpsc::Receiver<(WriteOp, Reply)>,
     max_batch: usize,
     counters: Arc<Counters>,
+    watchers: Arc<Watchers>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut touched = Vec::new();
     while let Some(first) = queue.recv().await {
         batch.push(first);
         while batch.len() < max_batch {
@@ -314,6 +385,13 @@ async fn writer_loop(
         counters.commits.fetch_add(1, Ordering::Relaxed);
         match committed {
             Ok(()) => {
+                touched.clear();
+                for (op, _) in &batch {
+                    op.touched_mailboxes(&mut touched);
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                watchers.notify(&touched);
                 for ((_, reply), result) in batch.drain(..).zip(results) {
                     let _ = reply.send(result);
                 }
@@ -415,9 +493,8 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
                 }
                 other => other?.try_get("id")?,
             };
-            // RFC 3501 2.3.1.1: UIDVALIDITY; the creation time is unique enough per account and
-            // never repeats for a re-created mailbox of the same name.
-            let uid_validity = (now as u64 & 0xffff_ffff) as i64;
+            // RFC 3501 2.3.1.1: a UIDVALIDITY that never repeats for a re-created mailbox.
+            let uid_validity = mailboxes::next_uid_validity(conn, now).await?;
             for (name, special_use) in DEFAULT_MAILBOXES {
                 sqlx::query(
                     "INSERT INTO mailboxes (account_id, name, special_use, uid_validity) VALUES (?1, ?2, ?3, ?4)",
@@ -469,6 +546,42 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::AddBan { .. } | WriteOp::LiftBans { .. } | WriteOp::Event(_) => {
             apply_security(conn, op).await
         }
+        WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
+            .await
+            .map(WriteDone::Mailbox),
+        WriteOp::DeleteMailbox { account, name } => mailboxes::delete(conn, *account, name)
+            .await
+            .map(|_| WriteDone::Unit),
+        WriteOp::RenameMailbox { account, from, to } => mailboxes::rename(conn, *account, from, to)
+            .await
+            .map(|_| WriteDone::Unit),
+        WriteOp::Subscribe {
+            account,
+            name,
+            subscribed,
+        } => mailboxes::set_subscribed(conn, *account, name, *subscribed)
+            .await
+            .map(|_| WriteDone::Unit),
+        WriteOp::UpdateFlags {
+            mailbox,
+            uids,
+            change,
+            flags,
+            unchanged_since,
+        } => mailboxes::update_flags(conn, *mailbox, uids, *change, flags, *unchanged_since)
+            .await
+            .map(WriteDone::Flags),
+        WriteOp::Expunge { mailbox, uids } => mailboxes::expunge(conn, *mailbox, uids.as_deref())
+            .await
+            .map(WriteDone::Uids),
+        WriteOp::Copy {
+            from,
+            uids,
+            to,
+            remove_source,
+        } => mailboxes::copy(conn, *from, uids, *to, *remove_source)
+            .await
+            .map(WriteDone::Copied),
         WriteOp::Accept {
             message,
             local_sha256,
@@ -602,23 +715,25 @@ async fn store_in_mailboxes(
     let flag_text = flags.join(" ");
     let mut stored = Vec::with_capacity(mailboxes.len());
     for mailbox in mailboxes {
-        let uid: Option<i64> = sqlx::query_scalar(
-            "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1",
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1 \
+             WHERE id = ?1 RETURNING uid_next - 1, highest_modseq",
         )
         .bind(mailbox.0)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(uid) = uid else {
+        let Some((uid, modseq)) = row else {
             return Err(StoreError::NotFound(format!("mailbox {}", mailbox.0)));
         };
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date, modseq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
         )
         .bind(mailbox.0)
         .bind(uid)
         .bind(blob)
         .bind(&flag_text)
         .bind(internal_date)
+        .bind(modseq)
         .fetch_one(&mut *conn)
         .await?;
         stored.push(StoredMessage {
@@ -629,6 +744,7 @@ async fn store_in_mailboxes(
             sha256: sha256.to_string(),
             internal_date,
             flags: flags.to_vec(),
+            modseq: modseq as u64,
         });
     }
     Ok(stored)
@@ -651,6 +767,10 @@ fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Accepted(_) => "an accepted message",
         WriteDone::Ban(_) => "a ban",
         WriteDone::Count(_) => "a count",
+        WriteDone::Mailbox(_) => "a mailbox",
+        WriteDone::Flags(_) => "flags",
+        WriteDone::Uids(_) => "UIDs",
+        WriteDone::Copied(_) => "copied messages",
     };
     StoreError::Database(sqlx::Error::Protocol(format!(
         "store writer returned {what} unexpectedly"
@@ -665,21 +785,6 @@ fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Account, StoreError
             .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
         password_hash: row.try_get("password_hash")?,
     })
-}
-
-fn mailbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Mailbox, StoreError> {
-    Ok(Mailbox {
-        id: MailboxId(row.try_get("id")?),
-        account: AccountId(row.try_get("account_id")?),
-        name: row.try_get("name")?,
-        special_use: row.try_get("special_use")?,
-        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
-        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
-    })
-}
-
-fn flags_of(text: &str) -> Vec<String> {
-    text.split_ascii_whitespace().map(str::to_string).collect()
 }
 
 #[async_trait]
@@ -841,9 +946,11 @@ impl Store for SqliteStore {
     }
 
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, account_id, name, special_use, uid_validity, uid_next FROM mailboxes WHERE account_id = ?1 ORDER BY id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            mailbox_columns!(),
+            " FROM mailboxes WHERE account_id = ?1 ORDER BY name"
+        ))
         .bind(account.0)
         .fetch_all(&self.readers)
         .await?;
@@ -851,9 +958,16 @@ impl Store for SqliteStore {
     }
 
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, account_id, name, special_use, uid_validity, uid_next FROM mailboxes WHERE account_id = ?1 AND name = ?2",
-        )
+        let name = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            mailbox_columns!(),
+            " FROM mailboxes WHERE account_id = ?1 AND name = ?2"
+        ))
         .bind(account.0)
         .bind(name)
         .fetch_optional(&self.readers)
@@ -871,26 +985,117 @@ impl Store for SqliteStore {
     }
 
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.id, m.uid, m.flags, m.internal_date, b.size, b.sha256 FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid"
+        ))
         .bind(mailbox.0)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let sha: Vec<u8> = row.try_get("sha256")?;
-                Ok(StoredMessage {
-                    id: MessageId(row.try_get("id")?),
-                    mailbox,
-                    uid: row.try_get::<i64, _>("uid")? as u32,
-                    size: row.try_get::<i64, _>("size")? as u64,
-                    sha256: String::from_utf8_lossy(&sha).into_owned(),
-                    internal_date: row.try_get("internal_date")?,
-                    flags: flags_of(&row.try_get::<String, _>("flags")?),
-                })
-            })
-            .collect()
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError> {
+        let op = WriteOp::CreateMailbox {
+            account,
+            name: name.to_string(),
+        };
+        match self.write(op).await? {
+            WriteDone::Mailbox(mailbox) => Ok(mailbox),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        let op = WriteOp::DeleteMailbox {
+            account,
+            name: name.to_string(),
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<(), StoreError> {
+        let op = WriteOp::RenameMailbox {
+            account,
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn set_subscribed(
+        &self,
+        account: AccountId,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<(), StoreError> {
+        let op = WriteOp::Subscribe {
+            account,
+            name: name.to_string(),
+            subscribed,
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError> {
+        mailboxes::status(&self.readers, mailbox).await
+    }
+
+    async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        mailboxes::changes_since(&mut conn, mailbox, modseq).await
+    }
+
+    async fn update_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: Vec<u32>,
+        change: FlagChange,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError> {
+        let op = WriteOp::UpdateFlags {
+            mailbox,
+            uids,
+            change,
+            flags,
+            unchanged_since,
+        };
+        match self.write(op).await? {
+            WriteDone::Flags(update) => Ok(update),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expunge(&self, mailbox: MailboxId, uids: Option<Vec<u32>>) -> Result<Vec<u32>, StoreError> {
+        match self.write(WriteOp::Expunge { mailbox, uids }).await? {
+            WriteDone::Uids(uids) => Ok(uids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn copy_messages(
+        &self,
+        from: MailboxId,
+        uids: Vec<u32>,
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Copied, StoreError> {
+        let op = WriteOp::Copy {
+            from,
+            uids,
+            to,
+            remove_source,
+        };
+        match self.write(op).await? {
+            WriteDone::Copied(copied) => Ok(copied),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()> {
+        self.watchers.subscribe(mailbox)
     }
 
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError> {

@@ -1,0 +1,482 @@
+//! What FETCH returns from a message's bytes: body sections (RFC 3501 6.4.5), ENVELOPE and
+//! BODY/BODYSTRUCTURE (7.4.2). The MIME tree comes from mail-parser, whose part offsets point
+//! into the stored bytes, so every section is a slice of exactly what SMTP stored.
+
+use std::borrow::Cow;
+
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::fetch::{Part, Section};
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+
+use crate::wire::{nstring, string};
+
+/// Where the header ends: just after the empty line (CRLF CRLF, or LF LF from a sloppy
+/// sender), or the whole message when there is no body.
+pub fn header_end(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' {
+            if bytes.get(i + 1) == Some(&b'\n') {
+                return i + 2;
+            }
+            if bytes.get(i + 1) == Some(&b'\r') && bytes.get(i + 2) == Some(&b'\n') {
+                return i + 3;
+            }
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+/// The header fields whose names are (or, with `exclude`, are not) in `names`, each with its
+/// continuation lines, followed by the empty line (RFC 3501: HEADER.FIELDS includes it).
+pub fn header_fields(header: &[u8], names: &[AString<'_>], exclude: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            let name = trim(name);
+            let listed = names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
+            keep = listed != exclude;
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+pub fn parse(bytes: &[u8]) -> Option<Message<'_>> {
+    MessageParser::default().parse(bytes)
+}
+
+/// The part a section's part number names, and the message whose header a HEADER or TEXT
+/// after it refers to (for a message/rfc822 part, the embedded message).
+struct Located<'m, 'x> {
+    part: &'m MessagePart<'x>,
+    message: &'m Message<'x>,
+}
+
+/// Follows a part path (1.2.3) down the MIME tree.
+fn locate<'m, 'x>(message: &'m Message<'x>, path: &[std::num::NonZeroU32]) -> Option<Located<'m, 'x>> {
+    let mut current_message = message;
+    let mut part = message.parts.first()?;
+    for (depth, n) in path.iter().enumerate() {
+        let n = n.get() as usize;
+        // Entering an embedded message: its parts are numbered within it.
+        if depth > 0
+            && let PartType::Message(inner) = &part.body
+        {
+            current_message = inner;
+            part = inner.parts.first()?;
+        }
+        match &part.body {
+            PartType::Multipart(children) => {
+                let child = *children.get(n.checked_sub(1)?)?;
+                part = current_message.parts.get(child as usize)?;
+            }
+            // A non-multipart body has exactly one part: itself.
+            _ if n == 1 => {}
+            _ => return None,
+        }
+    }
+    let message = match &part.body {
+        PartType::Message(inner) => inner,
+        _ => current_message,
+    };
+    Some(Located { part, message })
+}
+
+fn slice(bytes: &[u8], start: u32, end: u32) -> &[u8] {
+    let end = (end as usize).min(bytes.len());
+    let start = (start as usize).min(end);
+    &bytes[start..end]
+}
+
+fn root_header_and_text<'b>(bytes: &'b [u8], message: &Message<'_>) -> (&'b [u8], &'b [u8]) {
+    match message.parts.first() {
+        Some(root) => (
+            slice(bytes, root.offset_header, root.offset_body),
+            slice(bytes, root.offset_body, root.offset_end),
+        ),
+        None => (&[], &[]),
+    }
+}
+
+/// The bytes of a body section, or `None` when the section does not exist in this message
+/// (RFC 3501 answers that with an empty string).
+pub fn section(bytes: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+    let Some(section) = section else {
+        return Some(bytes.to_vec());
+    };
+    // The top-level HEADER and TEXT need no MIME parsing.
+    match section {
+        Section::Header(None) => return Some(bytes[..header_end(bytes)].to_vec()),
+        Section::Text(None) => return Some(bytes[header_end(bytes)..].to_vec()),
+        Section::HeaderFields(None, names) => {
+            return Some(header_fields(&bytes[..header_end(bytes)], names.as_ref(), false));
+        }
+        Section::HeaderFieldsNot(None, names) => {
+            return Some(header_fields(&bytes[..header_end(bytes)], names.as_ref(), true));
+        }
+        _ => {}
+    }
+    let message = parse(bytes)?;
+    let path = |part: &Part| part.0.as_ref().to_vec();
+    match section {
+        Section::Part(part) => {
+            let found = locate(&message, &path(part))?;
+            Some(slice(bytes, found.part.offset_body, found.part.offset_end).to_vec())
+        }
+        Section::Mime(part) => {
+            let found = locate(&message, &path(part))?;
+            Some(slice(bytes, found.part.offset_header, found.part.offset_body).to_vec())
+        }
+        Section::Header(Some(part))
+        | Section::HeaderFields(Some(part), _)
+        | Section::HeaderFieldsNot(Some(part), _)
+        | Section::Text(Some(part)) => {
+            let found = locate(&message, &path(part))?;
+            if !matches!(found.part.body, PartType::Message(_)) {
+                return None;
+            }
+            let (header, text) = root_header_and_text(bytes, found.message);
+            Some(match section {
+                Section::Header(_) => header.to_vec(),
+                Section::HeaderFields(_, names) => header_fields(header, names.as_ref(), false),
+                Section::HeaderFieldsNot(_, names) => header_fields(header, names.as_ref(), true),
+                _ => text.to_vec(),
+            })
+        }
+        Section::Header(None)
+        | Section::Text(None)
+        | Section::HeaderFields(None, _)
+        | Section::HeaderFieldsNot(None, _) => None,
+    }
+}
+
+/// Header values as IMAP clients expect them in an ENVELOPE: the raw text, unfolded.
+fn raw_header(message: &Message<'_>, name: &str) -> Option<Vec<u8>> {
+    message.header_raw(name).map(|raw| {
+        let unfolded: Vec<u8> = raw.bytes().filter(|&b| b != b'\r' && b != b'\n').collect();
+        trim(&unfolded).to_vec()
+    })
+}
+
+/// A decoded display name back in ASCII: as is when it is ASCII, else one RFC 2047 encoded
+/// word, since an IMAP4rev1 quoted string may not carry 8-bit text.
+fn display_name(name: &str) -> Cow<'_, str> {
+    use base64::Engine as _;
+    if name.is_ascii() {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name)
+        ))
+    }
+}
+
+fn address(out: &mut Vec<u8>, name: Option<&str>, address: Option<&str>) {
+    out.push(b'(');
+    nstring(
+        out,
+        name.map(|n| display_name(n).into_owned().into_bytes()).as_deref(),
+    );
+    out.extend_from_slice(b" NIL ");
+    let (local, host) = match address.and_then(|a| a.rsplit_once('@')) {
+        Some((local, host)) => (Some(local), Some(host)),
+        None => (address, None),
+    };
+    nstring(out, local.map(str::as_bytes));
+    out.push(b' ');
+    nstring(out, host.map(str::as_bytes));
+    out.push(b')');
+}
+
+fn address_list(out: &mut Vec<u8>, value: Option<&Address<'_>>) {
+    let mut list = Vec::new();
+    match value {
+        Some(Address::List(addresses)) => {
+            for addr in addresses {
+                address(&mut list, addr.name.as_deref(), addr.address.as_deref());
+            }
+        }
+        Some(Address::Group(groups)) => {
+            for group in groups {
+                // RFC 3501: a group is (NIL NIL "name" NIL), its members, then (NIL NIL NIL NIL).
+                if let Some(name) = &group.name {
+                    list.extend_from_slice(b"(NIL NIL ");
+                    string(&mut list, display_name(name).as_bytes());
+                    list.extend_from_slice(b" NIL)");
+                }
+                for addr in &group.addresses {
+                    address(&mut list, addr.name.as_deref(), addr.address.as_deref());
+                }
+                if group.name.is_some() {
+                    list.extend_from_slice(b"(NIL NIL NIL NIL)");
+                }
+            }
+        }
+        None => {}
+    }
+    if list.is_empty() {
+        out.extend_from_slice(b"NIL");
+    } else {
+        out.push(b'(');
+        out.extend_from_slice(&list);
+        out.push(b')');
+    }
+}
+
+pub fn envelope(out: &mut Vec<u8>, message: &Message<'_>) {
+    out.push(b'(');
+    nstring(out, raw_header(message, "Date").as_deref());
+    out.push(b' ');
+    nstring(out, raw_header(message, "Subject").as_deref());
+    let from = message.from();
+    for value in [
+        from,
+        message.sender().or(from),
+        message.reply_to().or(from),
+        message.to(),
+        message.cc(),
+        message.bcc(),
+    ] {
+        out.push(b' ');
+        address_list(out, value);
+    }
+    out.push(b' ');
+    nstring(out, raw_header(message, "In-Reply-To").as_deref());
+    out.push(b' ');
+    nstring(out, raw_header(message, "Message-ID").as_deref());
+    out.push(b')');
+}
+
+fn upper_string(out: &mut Vec<u8>, s: &str) {
+    string(out, s.to_ascii_uppercase().as_bytes());
+}
+
+fn params(out: &mut Vec<u8>, attributes: Option<&[mail_parser::Attribute<'_>]>) {
+    match attributes {
+        Some(list) if !list.is_empty() => {
+            out.push(b'(');
+            for (i, attr) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                upper_string(out, &attr.name);
+                out.push(b' ');
+                string(out, attr.value.as_bytes());
+            }
+            out.push(b')');
+        }
+        _ => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn line_count(body: &[u8]) -> usize {
+    let lf = body.iter().filter(|&&b| b == b'\n').count();
+    lf + usize::from(!body.is_empty() && body.last() != Some(&b'\n'))
+}
+
+fn disposition(out: &mut Vec<u8>, part: &MessagePart<'_>) {
+    match part.content_disposition() {
+        Some(d) => {
+            out.push(b'(');
+            upper_string(out, d.ctype());
+            out.push(b' ');
+            params(out, d.attributes());
+            out.push(b')');
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn language(out: &mut Vec<u8>, part: &MessagePart<'_>) {
+    match part.content_language() {
+        HeaderValue::Text(t) => string(out, t.as_bytes()),
+        HeaderValue::TextList(list) if !list.is_empty() => {
+            out.push(b'(');
+            for (i, t) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                string(out, t.as_bytes());
+            }
+            out.push(b')');
+        }
+        _ => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// BODY (`extensible` false) or BODYSTRUCTURE (true) of one part, recursively.
+pub fn body_structure(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    message: &Message<'_>,
+    part_id: usize,
+    extensible: bool,
+    depth: usize,
+) {
+    let Some(part) = message.parts.get(part_id) else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    let content_type = part.content_type();
+    if let PartType::Multipart(children) = &part.body
+        && depth < 32
+    {
+        out.push(b'(');
+        for &child in children {
+            body_structure(out, bytes, message, child as usize, extensible, depth + 1);
+        }
+        if children.is_empty() {
+            // RFC 3501 needs at least one part; an empty multipart shows as an empty text part.
+            out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+        }
+        out.push(b' ');
+        upper_string(out, content_type.and_then(|c| c.subtype()).unwrap_or("MIXED"));
+        if extensible {
+            out.push(b' ');
+            params(out, content_type.and_then(|c| c.attributes()));
+            out.push(b' ');
+            disposition(out, part);
+            out.push(b' ');
+            language(out, part);
+            out.push(b' ');
+            nstring(out, part.content_location().map(str::as_bytes));
+        }
+        out.push(b')');
+        return;
+    }
+    let (main, sub) = match content_type {
+        Some(c) => (c.ctype().to_string(), c.subtype().unwrap_or("").to_string()),
+        None => ("text".to_string(), "plain".to_string()),
+    };
+    let body = slice(bytes, part.offset_body, part.offset_end);
+    out.push(b'(');
+    upper_string(out, &main);
+    out.push(b' ');
+    upper_string(out, if sub.is_empty() { "plain" } else { &sub });
+    out.push(b' ');
+    match content_type.and_then(|c| c.attributes()) {
+        Some(a) if !a.is_empty() => params(out, Some(a)),
+        _ if main.eq_ignore_ascii_case("text") => out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")"),
+        _ => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    nstring(out, part.content_id().map(str::as_bytes));
+    out.push(b' ');
+    nstring(out, part.content_description().map(str::as_bytes));
+    out.push(b' ');
+    upper_string(out, part.content_transfer_encoding().unwrap_or("7BIT"));
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    match &part.body {
+        PartType::Message(inner) if depth < 32 => {
+            out.push(b' ');
+            envelope(out, inner);
+            out.push(b' ');
+            body_structure(out, bytes, inner, 0, extensible, depth + 1);
+            out.extend_from_slice(format!(" {}", line_count(body)).as_bytes());
+        }
+        _ if main.eq_ignore_ascii_case("text") => {
+            out.extend_from_slice(format!(" {}", line_count(body)).as_bytes());
+        }
+        _ => {}
+    }
+    if extensible {
+        out.extend_from_slice(b" NIL ");
+        disposition(out, part);
+        out.push(b' ');
+        language(out, part);
+        out.push(b' ');
+        nstring(out, part.content_location().map(str::as_bytes));
+    }
+    out.push(b')');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    const NESTED: &[u8] = b"From: a@b.test\r\nSubject: t\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.test\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\n--YY\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--YY\r\nContent-Type: text/html\r\n\r\n<b>x</b>\r\n--YY--\r\n\r\n--XX--\r\nepilogue\r\n";
+
+    fn part(path: &[u32]) -> Part {
+        let parts: Vec<NonZeroU32> = path.iter().filter_map(|&n| NonZeroU32::new(n)).collect();
+        Part(parts.try_into().unwrap_or_else(|_| unreachable!()))
+    }
+
+    fn text(bytes: Option<Vec<u8>>) -> String {
+        String::from_utf8(bytes.unwrap_or_default()).unwrap_or_default()
+    }
+
+    #[test]
+    fn sections_are_exact_slices_of_the_stored_bytes() {
+        assert_eq!(
+            text(section(NESTED, Some(&Section::Part(part(&[1]))))),
+            "hello\r\nworld"
+        );
+        assert_eq!(
+            text(section(NESTED, Some(&Section::Mime(part(&[1]))))),
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        );
+        assert_eq!(
+            text(section(NESTED, Some(&Section::Part(part(&[2, 1]))))),
+            "inner text"
+        );
+        assert_eq!(
+            text(section(NESTED, Some(&Section::Part(part(&[2, 2]))))),
+            "<b>x</b>"
+        );
+        assert!(
+            text(section(NESTED, Some(&Section::Header(Some(part(&[2])))))).starts_with("From: c@d.test\r\n")
+        );
+        assert_eq!(section(NESTED, Some(&Section::Part(part(&[3])))), None);
+        assert_eq!(section(NESTED, Some(&Section::Header(Some(part(&[1]))))), None);
+        let header = text(section(NESTED, Some(&Section::Header(None))));
+        assert!(header.ends_with("boundary=\"XX\"\r\n\r\n"));
+    }
+
+    #[test]
+    fn header_fields_keep_continuations_and_end_with_an_empty_line() {
+        let header = b"Subject: a\r\n b\r\nFrom: x@y\r\nTo: z@w\r\n\r\n";
+        let names = [AString::try_from("subject").unwrap_or_else(|_| unreachable!())];
+        assert_eq!(header_fields(header, &names, false), b"Subject: a\r\n b\r\n\r\n");
+        assert_eq!(
+            header_fields(header, &names, true),
+            b"From: x@y\r\nTo: z@w\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn bodystructure_of_a_nested_message() {
+        let message = parse(NESTED).unwrap_or_else(|| unreachable!());
+        let mut out = Vec::new();
+        body_structure(&mut out, NESTED, &message, 0, false, 0);
+        let text = String::from_utf8(out).unwrap_or_default();
+        assert_eq!(
+            text,
+            "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 2)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 181 (NIL \"inner\" ((NIL NIL \"c\" \"d.test\")) ((NIL NIL \"c\" \"d.test\")) ((NIL NIL \"c\" \"d.test\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 10 1)(\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 8 1) \"ALTERNATIVE\") 13) \"MIXED\")"
+        );
+    }
+}

@@ -1,0 +1,1388 @@
+//! One IMAP session: its state (not authenticated, authenticated, selected; RFC 3501 section 3)
+//! and every command. Commands arrive decoded by imap-codec; responses are written into
+//! `out`, which the driver sends (FETCH flushes along the way, so a large FETCH never sits
+//! whole in memory).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody, FetchModifier, SelectParameter, StoreModifier};
+use imap_codec::imap_types::core::{AString, Charset};
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+
+use sealmail_guard::{Abuse, Guard, LoginOutcome};
+use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
+use sealmail_identity::{Identity, Password};
+use sealmail_net::{ConnError, Connection, Line, TlsActive};
+use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
+
+use crate::framing::Limits;
+use crate::list::{self, ListRequest};
+use crate::search::{self, Candidate};
+use crate::selected::{Selected, Text};
+use crate::{fetch, sequence, wire};
+
+/// Everything sessions share.
+pub struct ImapContext {
+    pub hostname: String,
+    pub store: Arc<dyn Store>,
+    pub identity: Identity,
+    pub guard: Arc<Guard>,
+    pub limits: Limits,
+    /// BAD responses after which the session is ended.
+    pub max_errors: u32,
+}
+
+/// What the driver does after a command.
+pub enum Next {
+    Continue,
+    StartTls,
+    Idle(String),
+    Close,
+}
+
+/// Output past this size is sent before the command goes on.
+const FLUSH_AT: usize = 256 * 1024;
+/// Longest line of an AUTHENTICATE exchange.
+const MAX_AUTH_LINE: usize = 12 * 1024;
+/// Most flags one message may carry (a bound on what STORE can make us keep).
+const MAX_FLAGS: usize = 64;
+
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
+pub struct Session {
+    ctx: Arc<ImapContext>,
+    peer: SocketAddr,
+    tls: Option<TlsActive>,
+    account: Option<Account>,
+    pub selected: Option<Selected>,
+    /// RFC 7162: once the client uses CONDSTORE, every FETCH with FLAGS also carries MODSEQ.
+    condstore: bool,
+    pub out: Vec<u8>,
+    errors: u32,
+}
+
+/// How a command ended, for its tagged response.
+enum Done {
+    Ok(String),
+    No(String),
+    Bad(String),
+}
+
+fn ok(text: impl Into<String>) -> Done {
+    Done::Ok(text.into())
+}
+fn no(text: impl Into<String>) -> Done {
+    Done::No(text.into())
+}
+fn bad(text: impl Into<String>) -> Done {
+    Done::Bad(text.into())
+}
+
+fn store_failure(e: &StoreError) -> Done {
+    match e {
+        StoreError::Integrity { .. } => no(
+            "[CORRUPTION] A message failed its integrity check (SHA-256 mismatch) and is not served; the administrator has been told",
+        ),
+        StoreError::NotFound(what) => no(format!("[NONEXISTENT] {what} does not exist")),
+        StoreError::Duplicate(what) => no(format!("[ALREADYEXISTS] {what} already exists")),
+        StoreError::LimitReached(why) => no(format!("[LIMIT] {why}")),
+        StoreError::NotAllowed(why) => no(format!("[CANNOT] {why}")),
+        other => {
+            tracing::error!(error = %other, "IMAP command failed in the store");
+            no("[SERVERBUG] The mail store failed; try again later")
+        }
+    }
+}
+
+fn flag_name(flag: &Flag<'_>) -> Option<String> {
+    match flag {
+        Flag::Answered => Some("\\Answered".into()),
+        Flag::Deleted => Some("\\Deleted".into()),
+        Flag::Draft => Some("\\Draft".into()),
+        Flag::Flagged => Some("\\Flagged".into()),
+        Flag::Seen => Some("\\Seen".into()),
+        Flag::Keyword(k) => Some(k.as_ref().to_string()),
+        // \Recent and unknown system flags cannot be set by a client.
+        Flag::Extension(_) => None,
+    }
+}
+
+fn astring_text(s: &AString<'_>) -> Option<String> {
+    String::from_utf8(s.as_ref().to_vec()).ok()
+}
+
+/// Mailbox names are the client's own (UTF-8 inside, modified UTF-7 on the wire). Every name
+/// is looked up inside the logged-in account only: there is no syntax for another user's
+/// mailbox, so no name can reach one.
+pub fn mailbox_name(mailbox: &WireMailbox<'_>) -> Option<String> {
+    match mailbox {
+        WireMailbox::Inbox => Some("INBOX".to_string()),
+        WireMailbox::Other(other) => wire::decode_mailbox_name(other.as_ref()),
+    }
+}
+
+/// Whether a name may be created: no empty levels, no wildcards or control characters, and
+/// bounded length and depth.
+fn valid_new_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').count() <= 16
+        && !name.split('/').any(str::is_empty)
+        && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+}
+
+fn section_text(section: &Option<Section<'_>>) -> String {
+    fn part(p: &imap_codec::imap_types::fetch::Part) -> String {
+        p.0.as_ref()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+    fn names(list: &[AString<'_>]) -> String {
+        let shown: Vec<String> = list
+            .iter()
+            .map(|n| {
+                let mut out = Vec::new();
+                wire::string(&mut out, n.as_ref());
+                let text = String::from_utf8_lossy(&out).into_owned();
+                // An atom needs no quotes.
+                match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                    Some(inner)
+                        if !inner.is_empty()
+                            && inner
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                    {
+                        inner.to_string()
+                    }
+                    _ => text,
+                }
+            })
+            .collect();
+        shown.join(" ")
+    }
+    let with = |p: &Option<imap_codec::imap_types::fetch::Part>, rest: &str| match p {
+        Some(p) => format!("{}.{rest}", part(p)),
+        None => rest.to_string(),
+    };
+    match section {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => with(p, "HEADER"),
+        Some(Section::HeaderFields(p, list)) => with(p, &format!("HEADER.FIELDS ({})", names(list.as_ref()))),
+        Some(Section::HeaderFieldsNot(p, list)) => {
+            with(p, &format!("HEADER.FIELDS.NOT ({})", names(list.as_ref())))
+        }
+        Some(Section::Text(p)) => with(p, "TEXT"),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+    }
+}
+
+impl Session {
+    pub fn new(ctx: Arc<ImapContext>, peer: SocketAddr, tls: Option<TlsActive>) -> Session {
+        Session {
+            ctx,
+            peer,
+            tls,
+            account: None,
+            selected: None,
+            condstore: false,
+            out: Vec::with_capacity(4096),
+            errors: 0,
+        }
+    }
+
+    pub fn set_tls(&mut self, tls: Option<TlsActive>) {
+        self.tls = tls;
+    }
+
+    /// Reports what changed in the selected mailbox (during IDLE).
+    pub async fn idle_update(&mut self) {
+        let condstore = self.condstore;
+        if let Some(selected) = self.selected.as_mut()
+            && let Err(e) = selected
+                .sync(self.ctx.store.as_ref(), &mut self.out, true, condstore)
+                .await
+        {
+            tracing::warn!(peer = %self.peer, error = %e, "IMAP mailbox sync failed during IDLE");
+        }
+    }
+
+    pub fn capabilities(&self) -> String {
+        if self.tls.is_none() {
+            return "IMAP4rev1 STARTTLS LOGINDISABLED".to_string();
+        }
+        if self.account.is_none() {
+            return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
+        }
+        format!(
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE APPENDLIMIT={}",
+            self.ctx.limits.max_append.min(u64::from(u32::MAX))
+        )
+    }
+
+    pub fn greeting(&self) -> String {
+        format!(
+            "* OK [CAPABILITY {}] {} sealmail ready\r\n",
+            self.capabilities(),
+            self.ctx.hostname
+        )
+    }
+
+    fn tagged(&mut self, tag: &str, done: Done) {
+        let (status, text) = match done {
+            Done::Ok(t) => ("OK", t),
+            Done::No(t) => ("NO", t),
+            Done::Bad(t) => {
+                self.errors += 1;
+                ("BAD", t)
+            }
+        };
+        let _ = write!(Text(&mut self.out), "{tag} {status} {text}\r\n");
+    }
+
+    /// A command that could not be read or decoded. Returns false when the session must end.
+    pub async fn refuse(&mut self, tag: Option<&str>, text: &str) -> bool {
+        self.tagged(tag.unwrap_or("*"), bad(text));
+        self.check_errors().await
+    }
+
+    async fn check_errors(&mut self) -> bool {
+        if self.errors < self.ctx.max_errors {
+            return true;
+        }
+        self.out.extend_from_slice(b"* BYE Too many errors\r\n");
+        self.ctx
+            .guard
+            .abuse(
+                self.peer.ip(),
+                Abuse::ProtocolErrors,
+                "imap",
+                "too many bad IMAP commands",
+            )
+            .await;
+        false
+    }
+
+    async fn flush_if_large(&mut self, conn: &mut Connection) -> Result<(), ConnError> {
+        if self.out.len() >= FLUSH_AT {
+            conn.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Runs one command; its responses are in `out`.
+    pub async fn execute(&mut self, command: Command<'_>, conn: &mut Connection) -> Result<Next, ConnError> {
+        let tag = command.tag.as_ref().to_string();
+        let mut next = Next::Continue;
+        // RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH by sequence number.
+        let mut allow_expunge = true;
+        let done = match command.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                let _ = write!(Text(&mut self.out), "* CAPABILITY {caps}\r\n");
+                ok("CAPABILITY completed")
+            }
+            CommandBody::Noop => ok("NOOP completed"),
+            CommandBody::Logout => {
+                self.out.extend_from_slice(b"* BYE Logging out\r\n");
+                next = Next::Close;
+                ok("LOGOUT completed")
+            }
+            CommandBody::Id { .. } => {
+                self.out.extend_from_slice(b"* ID (\"name\" \"sealmail\")\r\n");
+                ok("ID completed")
+            }
+            CommandBody::StartTLS if self.tls.is_some() => bad("TLS is already active"),
+            CommandBody::StartTLS => {
+                next = Next::StartTls;
+                ok("Begin TLS negotiation now")
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if self.tls.is_none() => {
+                no("[PRIVACYREQUIRED] Use STARTTLS first; passwords are never sent in the clear")
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if self.account.is_some() => {
+                bad("Already authenticated")
+            }
+            CommandBody::Login { username, password } => {
+                let credentials = match (astring_text(&username), astring_text(password.declassify())) {
+                    (Some(username), Some(password)) => Some(Credentials {
+                        authorize_as: None,
+                        username,
+                        password: Password::new(password),
+                    }),
+                    _ => None,
+                };
+                match credentials {
+                    Some(credentials) => self.login(credentials, &mut next).await,
+                    None => no("[AUTHENTICATIONFAILED] Authentication failed"),
+                }
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let mechanism = match mechanism {
+                    AuthMechanism::Plain => Some(Mechanism::Plain),
+                    AuthMechanism::Login => Some(Mechanism::Login),
+                    _ => None,
+                };
+                match mechanism {
+                    None => no("Unsupported mechanism; use PLAIN or LOGIN"),
+                    Some(mechanism) => {
+                        let initial = initial_response.map(|r| r.declassify().to_vec());
+                        self.authenticate(conn, mechanism, initial.as_deref(), &mut next)
+                            .await?
+                    }
+                }
+            }
+            body => match &self.account {
+                None => bad("Log in first"),
+                Some(_) => {
+                    allow_expunge = !matches!(
+                        body,
+                        CommandBody::Fetch { uid: false, .. }
+                            | CommandBody::Store { uid: false, .. }
+                            | CommandBody::Search { uid: false, .. }
+                    );
+                    self.authenticated(&tag, body, conn, &mut next).await?
+                }
+            },
+        };
+        if let (Some(selected), true) = (self.selected.as_mut(), matches!(next, Next::Continue)) {
+            let condstore = self.condstore;
+            if let Err(e) = selected
+                .sync(self.ctx.store.as_ref(), &mut self.out, allow_expunge, condstore)
+                .await
+            {
+                if matches!(e, StoreError::NotFound(_)) {
+                    self.out
+                        .extend_from_slice(b"* BYE [UNAVAILABLE] The selected mailbox was deleted\r\n");
+                    next = Next::Close;
+                } else {
+                    tracing::warn!(peer = %self.peer, error = %e, "IMAP mailbox sync failed");
+                }
+            }
+        }
+        self.tagged(&tag, done);
+        if !self.check_errors().await {
+            next = Next::Close;
+        }
+        Ok(next)
+    }
+
+    async fn login(&mut self, credentials: Credentials, next: &mut Next) -> Done {
+        let Some(tls) = self.tls.clone() else {
+            return no("[PRIVACYREQUIRED] Use STARTTLS first");
+        };
+        let ctx = self.ctx.clone();
+        match ctx
+            .guard
+            .login(&ctx.identity, &tls, self.peer.ip(), "imap", &credentials)
+            .await
+        {
+            LoginOutcome::Success(authenticated) => {
+                self.account = Some(authenticated.account);
+                ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
+            }
+            LoginOutcome::Failed { banned } => {
+                if banned {
+                    self.out.extend_from_slice(b"* BYE Too many failed logins\r\n");
+                    *next = Next::Close;
+                }
+                no("[AUTHENTICATIONFAILED] Authentication failed")
+            }
+            LoginOutcome::Unavailable => {
+                no("[UNAVAILABLE] Temporary authentication failure; try again later")
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        conn: &mut Connection,
+        mechanism: Mechanism,
+        initial: Option<&[u8]>,
+        next: &mut Next,
+    ) -> Result<Done, ConnError> {
+        let (mut exchange, mut step) = sasl::Exchange::start(mechanism, initial);
+        loop {
+            match step {
+                Step::Done(credentials) => return Ok(self.login(credentials, next).await),
+                Step::Malformed(why) => return Ok(bad(format!("Malformed SASL response: {why}"))),
+                Step::Challenge(challenge) => {
+                    let line = format!("+ {}\r\n", BASE64.encode(challenge));
+                    conn.write_all(line.as_bytes()).await?;
+                    let response = match conn.read_line(MAX_AUTH_LINE).await? {
+                        Line::Complete(line) => line,
+                        Line::TooLong => return Ok(bad("SASL response too long")),
+                    };
+                    if response == b"*" {
+                        return Ok(bad("Authentication cancelled"));
+                    }
+                    match BASE64.decode(&response) {
+                        Ok(decoded) => step = exchange.respond(&decoded),
+                        Err(_) => return Ok(bad("SASL response is not valid base64")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn account_id(&self) -> Option<sealmail_types::AccountId> {
+        self.account.as_ref().map(|a| a.id)
+    }
+
+    async fn find_mailbox(&self, name: &str) -> Result<Option<Mailbox>, StoreError> {
+        match self.account_id() {
+            Some(account) => self.ctx.store.mailbox(account, name).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn authenticated(
+        &mut self,
+        tag: &str,
+        body: CommandBody<'_>,
+        conn: &mut Connection,
+        next: &mut Next,
+    ) -> Result<Done, ConnError> {
+        let Some(account) = self.account_id() else {
+            return Ok(bad("Log in first"));
+        };
+        let store = self.ctx.store.clone();
+        Ok(match body {
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for capability in capabilities.as_ref() {
+                    if matches!(capability, CapabilityEnable::CondStore) {
+                        self.condstore = true;
+                        enabled.push("CONDSTORE");
+                    }
+                }
+                let _ = write!(Text(&mut self.out), "* ENABLED {}\r\n", enabled.join(" "));
+                ok("ENABLE completed")
+            }
+            CommandBody::Namespace => {
+                self.out
+                    .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                ok("NAMESPACE completed")
+            }
+            CommandBody::Select { mailbox, parameters } => self.select(&mailbox, false, &parameters).await,
+            CommandBody::Examine { mailbox, parameters } => self.select(&mailbox, true, &parameters).await,
+            CommandBody::Create { mailbox } => {
+                let Some(name) = mailbox_name(&mailbox) else {
+                    return Ok(no("[CANNOT] Mailbox name is not valid modified UTF-7"));
+                };
+                let name = name.trim_end_matches('/').to_string();
+                if name.eq_ignore_ascii_case("INBOX") {
+                    return Ok(no("[ALREADYEXISTS] INBOX always exists"));
+                }
+                if !valid_new_name(&name) {
+                    return Ok(no(
+                        "[CANNOT] Mailbox names need non-empty levels separated by \"/\", no wildcards or control characters, at most 255 bytes and 16 levels",
+                    ));
+                }
+                // RFC 3501 6.3.3: create the superior levels that do not exist yet.
+                let levels: Vec<&str> = name.split('/').collect();
+                for depth in 1..levels.len() {
+                    let parent = levels[..depth].join("/");
+                    match store.create_mailbox(account, &parent).await {
+                        Ok(_) | Err(StoreError::Duplicate(_)) => {}
+                        Err(e) => return Ok(store_failure(&e)),
+                    }
+                }
+                match store.create_mailbox(account, &name).await {
+                    Ok(_) => ok("CREATE completed"),
+                    Err(e) => store_failure(&e),
+                }
+            }
+            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
+                None => no("[NONEXISTENT] No such mailbox"),
+                Some(name) => {
+                    if self.selected.as_ref().is_some_and(|s| s.mailbox.name == name) {
+                        self.selected = None;
+                    }
+                    match store.delete_mailbox(account, &name).await {
+                        Ok(()) => ok("DELETE completed"),
+                        Err(e) => store_failure(&e),
+                    }
+                }
+            },
+            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
+                (Some(from), Some(to)) => {
+                    let to = to.trim_end_matches('/').to_string();
+                    if !valid_new_name(&to) {
+                        return Ok(no("[CANNOT] The new name is not a valid mailbox name"));
+                    }
+                    match store.rename_mailbox(account, &from, &to).await {
+                        Ok(()) => {
+                            if let Some(selected) = self.selected.as_mut()
+                                && selected.mailbox.name == from
+                            {
+                                selected.mailbox.name = to;
+                            }
+                            ok("RENAME completed")
+                        }
+                        Err(e) => store_failure(&e),
+                    }
+                }
+                _ => no("[NONEXISTENT] No such mailbox"),
+            },
+            CommandBody::Subscribe { ref mailbox } | CommandBody::Unsubscribe { ref mailbox } => {
+                let subscribe = matches!(body, CommandBody::Subscribe { .. });
+                match mailbox_name(mailbox) {
+                    None => no("[NONEXISTENT] No such mailbox"),
+                    Some(name) => match store.set_subscribed(account, &name, subscribe).await {
+                        Ok(()) => ok(if subscribe {
+                            "SUBSCRIBE completed"
+                        } else {
+                            "UNSUBSCRIBE completed"
+                        }),
+                        Err(e) => store_failure(&e),
+                    },
+                }
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => {
+                let request = ListRequest::plain(&reference, &mailbox_wildcard, false);
+                self.list(request).await
+            }
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => {
+                let request = ListRequest::plain(&reference, &mailbox_wildcard, true);
+                self.list(request).await
+            }
+            CommandBody::Status { mailbox, item_names } => {
+                let Some(name) = mailbox_name(&mailbox) else {
+                    return Ok(no("[NONEXISTENT] No such mailbox"));
+                };
+                match self.find_mailbox(&name).await {
+                    Ok(Some(found)) => match self.status_line(&found, item_names.as_ref()).await {
+                        Ok(()) => ok("STATUS completed"),
+                        Err(e) => store_failure(&e),
+                    },
+                    Ok(None) => no("[NONEXISTENT] No such mailbox"),
+                    Err(e) => store_failure(&e),
+                }
+            }
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let Some(name) = mailbox_name(&mailbox) else {
+                    return Ok(no("[TRYCREATE] No such mailbox"));
+                };
+                let target = match self.find_mailbox(&name).await {
+                    Ok(Some(found)) => found,
+                    Ok(None) => return Ok(no("[TRYCREATE] No such mailbox")),
+                    Err(e) => return Ok(store_failure(&e)),
+                };
+                let content = match &message {
+                    LiteralOrLiteral8::Literal(literal) => literal.as_ref().to_vec(),
+                    // Our framing never reads a literal8 (no BINARY), but refuse it plainly.
+                    LiteralOrLiteral8::Literal8(_) => return Ok(bad("BINARY is not supported")),
+                };
+                if content.is_empty() {
+                    return Ok(no("An empty message cannot be appended"));
+                }
+                let flags: Vec<String> = flags.iter().filter_map(flag_name).take(MAX_FLAGS).collect();
+                let internal_date = date
+                    .map(|d| d.as_ref().timestamp())
+                    .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+                let appended = store
+                    .store_message(NewMessage {
+                        content,
+                        mailboxes: vec![target.id],
+                        internal_date,
+                        flags,
+                    })
+                    .await;
+                match appended {
+                    Ok(stored) => match stored.first() {
+                        Some(m) => ok(format!(
+                            "[APPENDUID {} {}] APPEND completed",
+                            target.uid_validity, m.uid
+                        )),
+                        None => ok("APPEND completed"),
+                    },
+                    Err(e) => store_failure(&e),
+                }
+            }
+            CommandBody::Idle => {
+                *next = Next::Idle(tag.to_string());
+                // The tagged response comes when the client ends IDLE.
+                return Ok(ok("IDLE terminated"));
+            }
+            body => {
+                let Some(_) = self.selected else {
+                    return Ok(bad("Select a mailbox first"));
+                };
+                self.in_mailbox(body, conn).await?
+            }
+        })
+    }
+
+    async fn select(
+        &mut self,
+        mailbox: &WireMailbox<'_>,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> Done {
+        if self.selected.take().is_some() {
+            // RFC 7162 3.2.11: the previous mailbox is closed.
+            self.out
+                .extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
+        }
+        if parameters.iter().any(|p| matches!(p, SelectParameter::CondStore)) {
+            self.condstore = true;
+        }
+        let Some(name) = mailbox_name(mailbox) else {
+            return no("[NONEXISTENT] No such mailbox");
+        };
+        let found = match self.find_mailbox(&name).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return no("[NONEXISTENT] No such mailbox"),
+            Err(e) => return store_failure(&e),
+        };
+        let selected = match Selected::open(self.ctx.store.as_ref(), found, read_only).await {
+            Ok(selected) => selected,
+            Err(e) => return store_failure(&e),
+        };
+        let mut keywords: Vec<&str> = Vec::new();
+        for entry in &selected.entries {
+            for flag in &entry.flags {
+                if !flag.starts_with('\\') && !keywords.contains(&flag.as_str()) && keywords.len() < 256 {
+                    keywords.push(flag);
+                }
+            }
+        }
+        let extra = if keywords.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", keywords.join(" "))
+        };
+        let first_unseen = selected
+            .entries
+            .iter()
+            .position(|e| !e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")));
+        let uid_next = selected
+            .mailbox
+            .uid_next
+            .max(selected.max_uid().saturating_add(1));
+        let mut text = Text(&mut self.out);
+        let _ = write!(text, "* FLAGS ({SYSTEM_FLAGS}{extra})\r\n");
+        if read_only {
+            let _ = write!(text, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+        } else {
+            let _ = write!(
+                text,
+                "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{extra} \\*)] Flags permitted\r\n"
+            );
+        }
+        let _ = write!(text, "* {} EXISTS\r\n* 0 RECENT\r\n", selected.exists());
+        if let Some(index) = first_unseen {
+            let _ = write!(text, "* OK [UNSEEN {}] First unseen message\r\n", index + 1);
+        }
+        let _ = write!(
+            text,
+            "* OK [UIDVALIDITY {}] UIDs valid\r\n",
+            selected.mailbox.uid_validity
+        );
+        let _ = write!(text, "* OK [UIDNEXT {uid_next}] Predicted next UID\r\n");
+        let _ = write!(text, "* OK [HIGHESTMODSEQ {}] Highest\r\n", selected.known_modseq);
+        if let Some(special) = &selected.mailbox.special_use {
+            let _ = write!(text, "* LIST ({special}) \"/\" ");
+            let mut name_out = Vec::new();
+            wire::string(
+                &mut name_out,
+                wire::encode_mailbox_name(&selected.mailbox.name).as_bytes(),
+            );
+            self.out.extend_from_slice(&name_out);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.selected = Some(selected);
+        if read_only {
+            ok("[READ-ONLY] EXAMINE completed")
+        } else {
+            ok("[READ-WRITE] SELECT completed")
+        }
+    }
+
+    async fn status_line(
+        &mut self,
+        mailbox: &Mailbox,
+        items: &[StatusDataItemName],
+    ) -> Result<(), StoreError> {
+        let status = self.ctx.store.mailbox_status(mailbox.id).await?;
+        let mut parts = Vec::new();
+        for item in items {
+            match item {
+                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", status.messages)),
+                StatusDataItemName::Recent => parts.push("RECENT 0".to_string()),
+                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", status.uid_next)),
+                StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", status.uid_validity)),
+                StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", status.unseen)),
+                StatusDataItemName::Deleted => parts.push(format!("DELETED {}", status.deleted)),
+                StatusDataItemName::DeletedStorage => parts.push("DELETED-STORAGE 0".to_string()),
+                StatusDataItemName::HighestModSeq => {
+                    self.condstore = true;
+                    parts.push(format!("HIGHESTMODSEQ {}", status.highest_modseq));
+                }
+            }
+        }
+        self.out.extend_from_slice(b"* STATUS ");
+        wire::string(&mut self.out, wire::encode_mailbox_name(&mailbox.name).as_bytes());
+        let _ = write!(Text(&mut self.out), " ({})\r\n", parts.join(" "));
+        Ok(())
+    }
+
+    async fn list(&mut self, request: ListRequest) -> Done {
+        let Some(account) = self.account_id() else {
+            return bad("Log in first");
+        };
+        let mailboxes = match self.ctx.store.mailboxes(account).await {
+            Ok(m) => m,
+            Err(e) => return store_failure(&e),
+        };
+        let verb = if request.lsub { "LSUB" } else { "LIST" };
+        for listed in list::respond(&request, &mailboxes) {
+            self.out.extend_from_slice(&listed.line);
+            if let (Some(items), Some(mailbox)) = (&request.status, &listed.mailbox)
+                && let Err(e) = self.status_line(mailbox, items).await
+            {
+                return store_failure(&e);
+            }
+        }
+        ok(format!("{verb} completed"))
+    }
+
+    /// Indices into the selected mailbox named by a sequence set (or UID set).
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Done> {
+        let Some(selected) = &self.selected else {
+            return Err(bad("Select a mailbox first"));
+        };
+        if uid {
+            let max = selected.max_uid();
+            return Ok(selected
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| sequence::contains(set, e.uid, max))
+                .map(|(i, _)| i)
+                .collect());
+        }
+        let exists = selected.exists();
+        if !sequence::within(set, exists) {
+            return Err(bad("Invalid message sequence number"));
+        }
+        let mut indices = Vec::new();
+        for (lo, hi) in sequence::ranges(set, exists) {
+            indices.extend((lo as usize - 1)..(hi as usize));
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        Ok(indices)
+    }
+
+    async fn in_mailbox(&mut self, body: CommandBody<'_>, conn: &mut Connection) -> Result<Done, ConnError> {
+        let store = self.ctx.store.clone();
+        let Some(selected) = self.selected.as_ref() else {
+            return Ok(bad("Select a mailbox first"));
+        };
+        let (mailbox_id, read_only) = (selected.mailbox.id, selected.read_only);
+        Ok(match body {
+            CommandBody::Check => ok("CHECK completed"),
+            CommandBody::Unselect => {
+                self.selected = None;
+                ok("UNSELECT completed")
+            }
+            CommandBody::Close => {
+                if !read_only && let Err(e) = store.expunge(mailbox_id, None).await {
+                    return Ok(store_failure(&e));
+                }
+                self.selected = None;
+                ok("CLOSE completed")
+            }
+            CommandBody::Expunge | CommandBody::ExpungeUid { .. } if read_only => {
+                no("[READ-ONLY] Mailbox is read-only")
+            }
+            CommandBody::Expunge => self.expunge(None).await,
+            CommandBody::ExpungeUid { sequence_set } => match self.resolve(&sequence_set, true) {
+                Ok(indices) => {
+                    let uids = self.uids_of(&indices);
+                    self.expunge(Some(uids)).await
+                }
+                Err(done) => done,
+            },
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(charset.as_ref(), criteria.as_ref(), uid).await,
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => {
+                self.fetch(&sequence_set, macro_or_item_names, uid, &modifiers, conn)
+                    .await?
+            }
+            CommandBody::Store { .. } if read_only => no("[READ-ONLY] Mailbox is read-only"),
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => {
+                self.store_flags(&sequence_set, kind, response, &flags, uid, &modifiers)
+                    .await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move { .. } if read_only => no("[READ-ONLY] Mailbox is read-only"),
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            _ => bad("Command unknown or not supported"),
+        })
+    }
+
+    fn uids_of(&self, indices: &[usize]) -> Vec<u32> {
+        match &self.selected {
+            Some(s) => indices
+                .iter()
+                .filter_map(|&i| s.entries.get(i).map(|e| e.uid))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    async fn expunge(&mut self, uids: Option<Vec<u32>>) -> Done {
+        let Some(selected) = self.selected.as_mut() else {
+            return bad("Select a mailbox first");
+        };
+        match self.ctx.store.expunge(selected.mailbox.id, uids).await {
+            Ok(removed) => {
+                selected.remove_own(&removed, &mut self.out);
+                ok("EXPUNGE completed")
+            }
+            Err(e) => store_failure(&e),
+        }
+    }
+
+    async fn copy(
+        &mut self,
+        set: &SequenceSet,
+        mailbox: &WireMailbox<'_>,
+        uid: bool,
+        remove_source: bool,
+    ) -> Done {
+        let indices = match self.resolve(set, uid) {
+            Ok(i) => i,
+            Err(done) => return done,
+        };
+        let Some(name) = mailbox_name(mailbox) else {
+            return no("[TRYCREATE] No such mailbox");
+        };
+        let target = match self.find_mailbox(&name).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return no("[TRYCREATE] No such mailbox"),
+            Err(e) => return store_failure(&e),
+        };
+        let uids = self.uids_of(&indices);
+        let verb = if remove_source { "MOVE" } else { "COPY" };
+        if uids.is_empty() {
+            return ok(format!("{verb} completed (no messages)"));
+        }
+        let Some(selected) = self.selected.as_mut() else {
+            return bad("Select a mailbox first");
+        };
+        match self
+            .ctx
+            .store
+            .copy_messages(selected.mailbox.id, uids, target.id, remove_source)
+            .await
+        {
+            Ok(copied) => {
+                let source: Vec<u32> = copied.uids.iter().map(|(s, _)| *s).collect();
+                let dest: Vec<u32> = copied.uids.iter().map(|(_, d)| *d).collect();
+                let code = format!(
+                    "[COPYUID {} {} {}]",
+                    copied.uid_validity,
+                    sequence::compact(&source),
+                    sequence::compact(&dest)
+                );
+                if remove_source {
+                    // RFC 6851: COPYUID comes untagged, before the EXPUNGEs.
+                    let _ = write!(Text(&mut self.out), "* OK {code} Moved\r\n");
+                    selected.remove_own(&source, &mut self.out);
+                    ok("MOVE completed")
+                } else {
+                    ok(format!("{code} COPY completed"))
+                }
+            }
+            Err(e) => store_failure(&e),
+        }
+    }
+
+    async fn store_flags(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+        modifiers: &[StoreModifier],
+    ) -> Done {
+        let indices = match self.resolve(set, uid) {
+            Ok(i) => i,
+            Err(done) => return done,
+        };
+        let mut names = Vec::with_capacity(flags.len());
+        for flag in flags {
+            match flag_name(flag) {
+                Some(name) if name.len() <= 100 => names.push(name),
+                Some(_) => return bad("Keyword too long"),
+                None => return no("[CANNOT] That flag cannot be set"),
+            }
+        }
+        if names.len() > MAX_FLAGS {
+            return no(format!("[LIMIT] At most {MAX_FLAGS} flags per message"));
+        }
+        let change = match kind {
+            StoreType::Add => FlagChange::Add,
+            StoreType::Remove => FlagChange::Remove,
+            StoreType::Replace => FlagChange::Replace,
+        };
+        let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let uids = self.uids_of(&indices);
+        let Some(selected) = self.selected.as_mut() else {
+            return bad("Select a mailbox first");
+        };
+        let update = match self
+            .ctx
+            .store
+            .update_flags(selected.mailbox.id, uids, change, names, unchanged_since)
+            .await
+        {
+            Ok(update) => update,
+            Err(e) => return store_failure(&e),
+        };
+        for message in &update.messages {
+            let Some(index) = selected.apply_own_flags(message) else {
+                continue;
+            };
+            if matches!(response, StoreResponse::Silent) && !self.condstore {
+                continue;
+            }
+            let mut text = Text(&mut self.out);
+            let _ = write!(text, "* {} FETCH (", index + 1);
+            if uid {
+                let _ = write!(text, "UID {} ", message.uid);
+            }
+            if !matches!(response, StoreResponse::Silent) {
+                self.out.extend_from_slice(b"FLAGS ");
+                wire::flag_list(&mut self.out, &message.flags);
+                if self.condstore {
+                    self.out.push(b' ');
+                }
+            }
+            if self.condstore {
+                let _ = write!(Text(&mut self.out), "MODSEQ ({})", message.modseq);
+            }
+            self.out.extend_from_slice(b")\r\n");
+        }
+        if update.modified.is_empty() {
+            return ok("STORE completed");
+        }
+        let modified: Vec<u32> = if uid {
+            update.modified
+        } else {
+            update
+                .modified
+                .iter()
+                .filter_map(|u| selected.index_of_uid(*u).map(|i| i as u32 + 1))
+                .collect()
+        };
+        ok(format!(
+            "[MODIFIED {}] Conditional STORE failed",
+            sequence::compact(&modified)
+        ))
+    }
+
+    async fn search(&mut self, charset: Option<&Charset<'_>>, criteria: &[SearchKey<'_>], uid: bool) -> Done {
+        if let Some(charset) = charset {
+            let name = charset.as_ref();
+            if !name.eq_ignore_ascii_case("UTF-8") && !name.eq_ignore_ascii_case("US-ASCII") {
+                return no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+            }
+        }
+        let Some(selected) = &self.selected else {
+            return bad("Select a mailbox first");
+        };
+        let wants_content = criteria.iter().any(search::needs_content);
+        let uses_modseq = criteria.iter().any(uses_modseq);
+        if uses_modseq {
+            self.condstore = true;
+        }
+        let (max_seq, max_uid) = (selected.exists(), selected.max_uid());
+        let mut found = Vec::new();
+        let mut highest = 0;
+        for (i, entry) in selected.entries.iter().enumerate() {
+            let content = if wants_content {
+                match self.ctx.store.read_message(entry.id).await {
+                    Ok(bytes) => Some(bytes),
+                    Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return store_failure(&e),
+                }
+            } else {
+                None
+            };
+            let candidate = Candidate {
+                seq: i as u32 + 1,
+                entry,
+                content: content.as_deref(),
+                max_seq,
+                max_uid,
+            };
+            let mut parsed = None;
+            if criteria
+                .iter()
+                .all(|key| search::matches(key, &candidate, &mut parsed))
+            {
+                found.push(if uid { entry.uid } else { i as u32 + 1 });
+                highest = highest.max(entry.modseq);
+            }
+        }
+        let mut text = Text(&mut self.out);
+        let _ = write!(text, "* SEARCH");
+        for n in &found {
+            let _ = write!(text, " {n}");
+        }
+        if uses_modseq && !found.is_empty() {
+            let _ = write!(text, " (MODSEQ {highest})");
+        }
+        let _ = write!(text, "\r\n");
+        ok("SEARCH completed")
+    }
+
+    async fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        modifiers: &[FetchModifier],
+        conn: &mut Connection,
+    ) -> Result<Done, ConnError> {
+        let indices = match self.resolve(set, uid) {
+            Ok(i) => i,
+            Err(done) => return Ok(done),
+        };
+        let mut items = match items {
+            // RFC 3501 6.4.5 (Macro::expand borrows the macro, which this match consumes).
+            MacroOrMessageDataItemNames::Macro(m) => {
+                use MessageDataItemName::*;
+                match m {
+                    Macro::All => vec![Flags, InternalDate, Rfc822Size, Envelope],
+                    Macro::Full => vec![Flags, InternalDate, Rfc822Size, Envelope, Body],
+                    _ => vec![Flags, InternalDate, Rfc822Size],
+                }
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+        };
+        if items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            return Ok(bad("BINARY is not supported"));
+        }
+        if uid && !items.contains(&MessageDataItemName::Uid) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let changed_since = modifiers.iter().find_map(|m| match m {
+            FetchModifier::ChangedSince(n) => Some(n.get()),
+            FetchModifier::Vanished => None,
+        });
+        if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
+            self.condstore = true;
+        }
+        if self.condstore && changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        let wants_content = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Body
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Envelope
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let sets_seen = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let Some(selected) = self.selected.as_mut() else {
+            return Ok(bad("Select a mailbox first"));
+        };
+        let indices: Vec<usize> = match changed_since {
+            Some(since) => indices
+                .into_iter()
+                .filter(|&i| selected.entries.get(i).is_some_and(|e| e.modseq > since))
+                .collect(),
+            None => indices,
+        };
+        // RFC 3501 6.4.5: fetching a body section sets \Seen, in a read-write mailbox.
+        let mut newly_seen = std::collections::HashSet::new();
+        if sets_seen && !selected.read_only {
+            let unseen: Vec<u32> = indices
+                .iter()
+                .filter_map(|&i| selected.entries.get(i))
+                .filter(|e| !e.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
+                .map(|e| e.uid)
+                .collect();
+            if !unseen.is_empty() {
+                match self
+                    .ctx
+                    .store
+                    .update_flags(
+                        selected.mailbox.id,
+                        unseen,
+                        FlagChange::Add,
+                        vec!["\\Seen".into()],
+                        None,
+                    )
+                    .await
+                {
+                    Ok(update) => {
+                        for message in &update.messages {
+                            selected.apply_own_flags(message);
+                            newly_seen.insert(message.uid);
+                        }
+                    }
+                    Err(e) => return Ok(store_failure(&e)),
+                }
+            }
+        }
+        let mut vanished = false;
+        for index in indices {
+            let Some(selected) = self.selected.as_ref() else {
+                break;
+            };
+            let Some(entry) = selected.entries.get(index).cloned() else {
+                continue;
+            };
+            let content = if wants_content {
+                match self.ctx.store.read_message(entry.id).await {
+                    Ok(bytes) => Some(bytes),
+                    Err(StoreError::NotFound(_)) => {
+                        vanished = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        if matches!(e, StoreError::Integrity { .. }) {
+                            tracing::error!(peer = %self.peer, uid = entry.uid, mailbox = %selected.mailbox.name, "IMAP FETCH refused a message that failed its integrity check");
+                        }
+                        return Ok(store_failure(&e));
+                    }
+                }
+            } else {
+                None
+            };
+            let include_flags =
+                newly_seen.contains(&entry.uid) && !items.contains(&MessageDataItemName::Flags);
+            self.fetch_one(index, &entry, content.as_deref(), &items, include_flags);
+            self.flush_if_large(conn).await?;
+        }
+        Ok(if vanished {
+            no("[EXPUNGEISSUED] Some messages were expunged meanwhile")
+        } else {
+            ok("FETCH completed")
+        })
+    }
+
+    fn fetch_one(
+        &mut self,
+        index: usize,
+        entry: &crate::selected::Entry,
+        content: Option<&[u8]>,
+        items: &[MessageDataItemName<'_>],
+        include_flags: bool,
+    ) {
+        let condstore = self.condstore;
+        let out = &mut self.out;
+        let _ = write!(Text(out), "* {} FETCH (", index + 1);
+        let mut parsed: Option<Option<mail_parser::Message<'_>>> = None;
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b' ');
+            }
+        };
+        let mut modseq_written = false;
+        let mut all_items: Vec<&MessageDataItemName<'_>> = items.iter().collect();
+        let flags_item = MessageDataItemName::Flags;
+        if include_flags {
+            all_items.push(&flags_item);
+        }
+        for item in all_items {
+            sep(out);
+            match item {
+                MessageDataItemName::Uid => {
+                    let _ = write!(Text(out), "UID {}", entry.uid);
+                }
+                MessageDataItemName::Flags => {
+                    out.extend_from_slice(b"FLAGS ");
+                    wire::flag_list(out, &entry.flags);
+                    if condstore && !modseq_written && !items.contains(&MessageDataItemName::ModSeq) {
+                        let _ = write!(Text(out), " MODSEQ ({})", entry.modseq);
+                        modseq_written = true;
+                    }
+                }
+                MessageDataItemName::ModSeq => {
+                    let _ = write!(Text(out), "MODSEQ ({})", entry.modseq);
+                }
+                MessageDataItemName::InternalDate => {
+                    let _ = write!(
+                        Text(out),
+                        "INTERNALDATE {}",
+                        wire::internal_date(entry.internal_date)
+                    );
+                }
+                MessageDataItemName::Rfc822Size => {
+                    let _ = write!(Text(out), "RFC822.SIZE {}", entry.size);
+                }
+                MessageDataItemName::Rfc822 => {
+                    out.extend_from_slice(b"RFC822 ");
+                    wire::literal(out, content.unwrap_or_default());
+                }
+                MessageDataItemName::Rfc822Header => {
+                    let bytes = content.unwrap_or_default();
+                    out.extend_from_slice(b"RFC822.HEADER ");
+                    wire::literal(out, &bytes[..fetch::header_end(bytes)]);
+                }
+                MessageDataItemName::Rfc822Text => {
+                    let bytes = content.unwrap_or_default();
+                    out.extend_from_slice(b"RFC822.TEXT ");
+                    wire::literal(out, &bytes[fetch::header_end(bytes)..]);
+                }
+                MessageDataItemName::Envelope
+                | MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure => {
+                    let bytes = content.unwrap_or_default();
+                    if parsed.is_none() {
+                        parsed = Some(fetch::parse(bytes));
+                    }
+                    let label: &[u8] = match item {
+                        MessageDataItemName::Envelope => b"ENVELOPE ",
+                        MessageDataItemName::Body => b"BODY ",
+                        _ => b"BODYSTRUCTURE ",
+                    };
+                    out.extend_from_slice(label);
+                    match (&parsed, item) {
+                        (Some(Some(m)), MessageDataItemName::Envelope) => fetch::envelope(out, m),
+                        (Some(Some(m)), MessageDataItemName::Body) => {
+                            fetch::body_structure(out, bytes, m, 0, false, 0)
+                        }
+                        (Some(Some(m)), _) => fetch::body_structure(out, bytes, m, 0, true, 0),
+                        (_, MessageDataItemName::Envelope) => {
+                            out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                        }
+                        _ => out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)"),
+                    }
+                }
+                MessageDataItemName::BodyExt { section, partial, .. } => {
+                    let bytes = content.unwrap_or_default();
+                    let data = fetch::section(bytes, section.as_ref()).unwrap_or_default();
+                    let _ = write!(Text(out), "BODY[{}]", section_text(section));
+                    match partial {
+                        Some((origin, length)) => {
+                            let start = (*origin as usize).min(data.len());
+                            let end = start.saturating_add(length.get() as usize).min(data.len());
+                            let _ = write!(Text(out), "<{origin}> ");
+                            wire::literal(out, &data[start..end]);
+                        }
+                        None => {
+                            out.push(b' ');
+                            wire::literal(out, &data);
+                        }
+                    }
+                }
+                _ => {
+                    // Unsupported items were refused before any output.
+                    out.extend_from_slice(b"UID ");
+                    let _ = write!(Text(out), "{}", entry.uid);
+                }
+            }
+        }
+        out.extend_from_slice(b")\r\n");
+    }
+}
+
+fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        _ => false,
+    }
+}
+
+/// The LIST request the driver parsed itself (RFC 5258 extended syntax), run like LIST.
+pub async fn run_list(session: &mut Session, tag: &str, request: ListRequest) {
+    let done = if session.account.is_none() {
+        bad("Log in first")
+    } else {
+        session.list(request).await
+    };
+    session.tagged(tag, done);
+}
+
+pub fn list_mailbox_text(pattern: &ListMailbox<'_>) -> Vec<u8> {
+    match pattern {
+        ListMailbox::Token(t) => t.as_ref().to_vec(),
+        ListMailbox::String(s) => s.as_ref().to_vec(),
+    }
+}

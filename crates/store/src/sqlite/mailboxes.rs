@@ -1,0 +1,549 @@
+//! Mailbox state for IMAP in the SQLite backend: mailbox create/delete/rename, flags, expunge,
+//! copy/move, and the change log (mod-sequences and expunge tombstones) that lets every session
+//! see what the others did.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Row, SqliteExecutor};
+use tokio::sync::watch;
+
+use sealmail_types::{AccountId, MailboxId, MessageId};
+
+use crate::{
+    Copied, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, Mailbox, MailboxChanges, MailboxStatus,
+    MessageFlags, StoreError, StoredMessage,
+};
+
+// Column lists as macros so queries stay `&'static str` (sqlx only takes dynamic SQL through
+// an explicit AssertSqlSafe).
+macro_rules! mailbox_columns {
+    () => {
+        "id, account_id, name, special_use, uid_validity, uid_next, subscribed, highest_modseq"
+    };
+}
+pub(super) use mailbox_columns;
+
+/// Message columns; the query must join `messages m` with `blobs b`.
+macro_rules! message_columns {
+    () => {
+        "m.id, m.mailbox_id, m.uid, m.flags, m.internal_date, m.modseq, b.size, b.sha256"
+    };
+}
+pub(super) use message_columns;
+
+pub(super) fn mailbox_from_row(row: &SqliteRow) -> Result<Mailbox, StoreError> {
+    Ok(Mailbox {
+        id: MailboxId(row.try_get("id")?),
+        account: AccountId(row.try_get("account_id")?),
+        name: row.try_get("name")?,
+        special_use: row.try_get("special_use")?,
+        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
+        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
+        subscribed: row.try_get::<i64, _>("subscribed")? != 0,
+        highest_modseq: row.try_get::<i64, _>("highest_modseq")? as u64,
+    })
+}
+
+pub(super) fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
+    let sha: Vec<u8> = row.try_get("sha256")?;
+    Ok(StoredMessage {
+        id: MessageId(row.try_get("id")?),
+        mailbox: MailboxId(row.try_get("mailbox_id")?),
+        uid: row.try_get::<i64, _>("uid")? as u32,
+        size: row.try_get::<i64, _>("size")? as u64,
+        sha256: String::from_utf8_lossy(&sha).into_owned(),
+        internal_date: row.try_get("internal_date")?,
+        flags: flags_of(&row.try_get::<String, _>("flags")?),
+        modseq: row.try_get::<i64, _>("modseq")? as u64,
+    })
+}
+
+pub(super) fn flags_of(text: &str) -> Vec<String> {
+    text.split_ascii_whitespace().map(str::to_string).collect()
+}
+
+/// Wakes the sessions watching a mailbox after a commit that changed it.
+#[derive(Default)]
+pub(super) struct Watchers(Mutex<HashMap<i64, watch::Sender<()>>>);
+
+impl Watchers {
+    pub(super) fn subscribe(&self, mailbox: MailboxId) -> watch::Receiver<()> {
+        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(mailbox.0)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+
+    pub(super) fn notify(&self, mailboxes: &[i64]) {
+        if mailboxes.is_empty() {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for id in mailboxes {
+            if let Some(sender) = map.get(id) {
+                if sender.receiver_count() == 0 {
+                    map.remove(id);
+                } else {
+                    sender.send_replace(());
+                }
+            }
+        }
+    }
+}
+
+/// Takes the mailbox's next mod-sequence.
+pub(super) async fn next_modseq(conn: &mut SqliteConnection, mailbox: MailboxId) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1 RETURNING highest_modseq",
+    )
+    .bind(mailbox.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))
+}
+
+/// A UIDVALIDITY never handed out before in this store: the time in seconds, or one more than
+/// the last one if the clock has not moved on (or went back).
+pub(super) async fn next_uid_validity(conn: &mut SqliteConnection, now: i64) -> Result<i64, StoreError> {
+    let last: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'uid_validity'")
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(0);
+    let next = (now & 0xffff_ffff).max(last + 1);
+    if next > u32::MAX as i64 {
+        return Err(StoreError::LimitReached(
+            "UIDVALIDITY values are exhausted".into(),
+        ));
+    }
+    sqlx::query("INSERT INTO counters (name, value) VALUES ('uid_validity', ?1) ON CONFLICT(name) DO UPDATE SET value = ?1")
+        .bind(next)
+        .execute(&mut *conn)
+        .await?;
+    Ok(next)
+}
+
+fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+async fn find_mailbox(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    name: &str,
+) -> Result<Option<Mailbox>, StoreError> {
+    let name = if is_inbox(name) { "INBOX" } else { name };
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        mailbox_columns!(),
+        " FROM mailboxes WHERE account_id = ?1 AND name = ?2"
+    ))
+    .bind(account.0)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(mailbox_from_row).transpose()
+}
+
+pub(super) async fn create(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    name: &str,
+    now: i64,
+) -> Result<Mailbox, StoreError> {
+    if is_inbox(name) || find_mailbox(conn, account, name).await?.is_some() {
+        return Err(StoreError::Duplicate(format!("mailbox {name}")));
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1")
+        .bind(account.0)
+        .fetch_one(&mut *conn)
+        .await?;
+    if count >= MAX_MAILBOXES_PER_ACCOUNT {
+        return Err(StoreError::LimitReached(format!(
+            "an account may have at most {MAX_MAILBOXES_PER_ACCOUNT} mailboxes"
+        )));
+    }
+    let uid_validity = next_uid_validity(conn, now).await?;
+    let row = sqlx::query(concat!(
+        "INSERT INTO mailboxes (account_id, name, uid_validity) VALUES (?1, ?2, ?3) RETURNING ",
+        mailbox_columns!(),
+        ""
+    ))
+    .bind(account.0)
+    .bind(name)
+    .bind(uid_validity)
+    .fetch_one(&mut *conn)
+    .await?;
+    mailbox_from_row(&row)
+}
+
+pub(super) async fn delete(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    name: &str,
+) -> Result<(), StoreError> {
+    if is_inbox(name) {
+        return Err(StoreError::NotAllowed("INBOX cannot be deleted".into()));
+    }
+    let Some(mailbox) = find_mailbox(conn, account, name).await? else {
+        return Err(StoreError::NotFound(format!("mailbox {name}")));
+    };
+    sqlx::query("DELETE FROM mailboxes WHERE id = ?1")
+        .bind(mailbox.id.0)
+        .execute(&mut *conn)
+        .await?;
+    super::delete_orphan_blobs(conn).await
+}
+
+pub(super) async fn rename(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    from: &str,
+    to: &str,
+) -> Result<(), StoreError> {
+    if is_inbox(from) {
+        return Err(StoreError::NotAllowed(
+            "renaming INBOX is not supported; create a new mailbox and move the messages".into(),
+        ));
+    }
+    if find_mailbox(conn, account, from).await?.is_none() {
+        return Err(StoreError::NotFound(format!("mailbox {from}")));
+    }
+    if is_inbox(to) || find_mailbox(conn, account, to).await?.is_some() {
+        return Err(StoreError::Duplicate(format!("mailbox {to}")));
+    }
+    if to.starts_with(&format!("{from}/")) {
+        return Err(StoreError::NotAllowed(
+            "a mailbox cannot be moved below itself".into(),
+        ));
+    }
+    // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x".
+    let prefix_len = from.len() as i64;
+    sqlx::query(
+        "UPDATE mailboxes SET name = ?3 || substr(name, ?4 + 1) \
+         WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
+    )
+    .bind(account.0)
+    .bind(from)
+    .bind(to)
+    .bind(prefix_len)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Duplicate(format!("a mailbox below {to}"))
+        }
+        other => other.into(),
+    })?;
+    Ok(())
+}
+
+pub(super) async fn set_subscribed(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    name: &str,
+    subscribed: bool,
+) -> Result<(), StoreError> {
+    let Some(mailbox) = find_mailbox(conn, account, name).await? else {
+        return Err(StoreError::NotFound(format!("mailbox {name}")));
+    };
+    sqlx::query("UPDATE mailboxes SET subscribed = ?2 WHERE id = ?1")
+        .bind(mailbox.id.0)
+        .bind(subscribed)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Flag lists are kept in the order given, without duplicates (system flags compare without
+/// regard to case, as RFC 3501 says flags do).
+fn apply_change(current: &[String], change: FlagChange, flags: &[String]) -> Vec<String> {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    match change {
+        FlagChange::Replace => {
+            let mut out: Vec<String> = Vec::with_capacity(flags.len());
+            for f in flags {
+                if !out.iter().any(|o| same(o, f)) {
+                    out.push(f.clone());
+                }
+            }
+            out
+        }
+        FlagChange::Add => {
+            let mut out = current.to_vec();
+            for f in flags {
+                if !out.iter().any(|o| same(o, f)) {
+                    out.push(f.clone());
+                }
+            }
+            out
+        }
+        FlagChange::Remove => current
+            .iter()
+            .filter(|c| !flags.iter().any(|f| same(c, f)))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// SQLite caps the number of bound parameters; UID lists are sent in chunks of this size.
+const CHUNK: usize = 500;
+
+fn placeholders(n: usize, first: usize) -> String {
+    (0..n)
+        .map(|i| format!("?{}", first + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn messages_with_uids(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uids: &[u32],
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut out = Vec::with_capacity(uids.len());
+    for chunk in uids.chunks(CHUNK) {
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 AND m.uid IN ({}) ORDER BY m.uid"
+            ),
+            placeholders(chunk.len(), 2)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
+        for uid in chunk {
+            query = query.bind(*uid as i64);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            out.push(message_from_row(&row)?);
+        }
+    }
+    out.sort_by_key(|m| m.uid);
+    Ok(out)
+}
+
+pub(super) async fn update_flags(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uids: &[u32],
+    change: FlagChange,
+    flags: &[String],
+    unchanged_since: Option<u64>,
+) -> Result<FlagUpdate, StoreError> {
+    let current = messages_with_uids(conn, mailbox, uids).await?;
+    let mut update = FlagUpdate::default();
+    let mut modseq: Option<i64> = None;
+    for message in current {
+        if unchanged_since.is_some_and(|limit| message.modseq > limit) {
+            update.modified.push(message.uid);
+            continue;
+        }
+        let new_flags = apply_change(&message.flags, change, flags);
+        if new_flags == message.flags {
+            update.messages.push(MessageFlags {
+                uid: message.uid,
+                flags: message.flags,
+                modseq: message.modseq,
+            });
+            continue;
+        }
+        let seq = match modseq {
+            Some(seq) => seq,
+            None => *modseq.insert(next_modseq(conn, mailbox).await?),
+        };
+        sqlx::query("UPDATE messages SET flags = ?2, modseq = ?3 WHERE id = ?1")
+            .bind(message.id.0)
+            .bind(new_flags.join(" "))
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        update.messages.push(MessageFlags {
+            uid: message.uid,
+            flags: new_flags,
+            modseq: seq as u64,
+        });
+    }
+    Ok(update)
+}
+
+async fn remove_messages(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uids: &[u32],
+) -> Result<(), StoreError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let modseq = next_modseq(conn, mailbox).await?;
+    for chunk in uids.chunks(CHUNK) {
+        let list = placeholders(chunk.len(), 2);
+        let sql = format!("DELETE FROM messages WHERE mailbox_id = ?1 AND uid IN ({list})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
+        for uid in chunk {
+            query = query.bind(*uid as i64);
+        }
+        query.execute(&mut *conn).await?;
+        for uid in chunk {
+            sqlx::query("INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?1, ?2, ?3)")
+                .bind(mailbox.0)
+                .bind(*uid as i64)
+                .bind(modseq)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    super::delete_orphan_blobs(conn).await
+}
+
+pub(super) async fn expunge(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uids: Option<&[u32]>,
+) -> Result<Vec<u32>, StoreError> {
+    let candidates = match uids {
+        Some(uids) => messages_with_uids(conn, mailbox, uids).await?,
+        None => {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages m JOIN blobs b ON b.id = m.blob_id \
+                 WHERE m.mailbox_id = ?1 ORDER BY m.uid"
+            ))
+            .bind(mailbox.0)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(message_from_row).collect::<Result<_, _>>()?
+        }
+    };
+    let deleted: Vec<u32> = candidates
+        .into_iter()
+        .filter(|m| m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
+        .map(|m| m.uid)
+        .collect();
+    remove_messages(conn, mailbox, &deleted).await?;
+    Ok(deleted)
+}
+
+pub(super) async fn copy(
+    conn: &mut SqliteConnection,
+    from: MailboxId,
+    uids: &[u32],
+    to: MailboxId,
+    remove_source: bool,
+) -> Result<Copied, StoreError> {
+    let source = messages_with_uids(conn, from, uids).await?;
+    let (uid_validity,): (i64,) = sqlx::query_as("SELECT uid_validity FROM mailboxes WHERE id = ?1")
+        .bind(to.0)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", to.0)))?;
+    let mut copied = Copied {
+        uid_validity: uid_validity as u32,
+        uids: Vec::with_capacity(source.len()),
+    };
+    if source.is_empty() {
+        return Ok(copied);
+    }
+    let modseq = next_modseq(conn, to).await?;
+    for message in &source {
+        let uid: i64 = sqlx::query_scalar(
+            "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1",
+        )
+        .bind(to.0)
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO messages (mailbox_id, uid, blob_id, flags, internal_date, modseq) \
+             SELECT ?1, ?2, blob_id, flags, internal_date, ?3 FROM messages WHERE id = ?4",
+        )
+        .bind(to.0)
+        .bind(uid)
+        .bind(modseq)
+        .bind(message.id.0)
+        .execute(&mut *conn)
+        .await?;
+        copied.uids.push((message.uid, uid as u32));
+    }
+    if remove_source {
+        let moved: Vec<u32> = source.iter().map(|m| m.uid).collect();
+        remove_messages(conn, from, &moved).await?;
+    }
+    Ok(copied)
+}
+
+pub(super) async fn status<'e>(
+    executor: impl SqliteExecutor<'e>,
+    mailbox: MailboxId,
+) -> Result<MailboxStatus, StoreError> {
+    let row = sqlx::query(
+        "SELECT mb.uid_next, mb.uid_validity, mb.highest_modseq, \
+           COUNT(m.id) AS messages, \
+           COALESCE(SUM(CASE WHEN instr(' ' || m.flags || ' ', ' \\Seen ') = 0 THEN 1 ELSE 0 END), 0) AS unseen, \
+           COALESCE(SUM(CASE WHEN instr(' ' || m.flags || ' ', ' \\Deleted ') > 0 THEN 1 ELSE 0 END), 0) AS deleted, \
+           COALESCE(SUM(b.size), 0) AS size \
+         FROM mailboxes mb LEFT JOIN messages m ON m.mailbox_id = mb.id LEFT JOIN blobs b ON b.id = m.blob_id \
+         WHERE mb.id = ?1 GROUP BY mb.id",
+    )
+    .bind(mailbox.0)
+    .fetch_optional(executor)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
+    Ok(MailboxStatus {
+        messages: row.try_get::<i64, _>("messages")? as u32,
+        unseen: row.try_get::<i64, _>("unseen")? as u32,
+        deleted: row.try_get::<i64, _>("deleted")? as u32,
+        size: row.try_get::<i64, _>("size")? as u64,
+        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
+        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
+        highest_modseq: row.try_get::<i64, _>("highest_modseq")? as u64,
+    })
+}
+
+pub(super) async fn changes_since(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    modseq: u64,
+) -> Result<MailboxChanges, StoreError> {
+    // One read transaction: the rows and HIGHESTMODSEQ come from the same snapshot, so nothing
+    // committed in between can be skipped.
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    let result = async {
+        let highest: Option<i64> = sqlx::query_scalar("SELECT highest_modseq FROM mailboxes WHERE id = ?1")
+            .bind(mailbox.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let highest = highest.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m JOIN blobs b ON b.id = m.blob_id \
+             WHERE m.mailbox_id = ?1 AND m.modseq > ?2 ORDER BY m.uid"
+        ))
+        .bind(mailbox.0)
+        .bind(modseq as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        let changed = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut expunged: Vec<u32> =
+            sqlx::query_scalar::<_, i64>("SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2")
+                .bind(mailbox.0)
+                .bind(modseq as i64)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|uid| uid as u32)
+                .collect();
+        expunged.sort_unstable();
+        expunged.dedup();
+        Ok(MailboxChanges {
+            highest_modseq: highest as u64,
+            changed,
+            expunged,
+        })
+    }
+    .await;
+    let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
+    result
+}
