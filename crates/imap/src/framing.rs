@@ -104,9 +104,9 @@ pub async fn read_command(conn: &mut Connection, limits: &Limits) -> Result<Fram
         };
         let line = match conn.read_line_within(limits.max_line, wait).await? {
             Line::Complete(line) => line,
-            Line::TooLong => {
+            Line::TooLong(start) => {
                 return Ok(Frame::Refused {
-                    tag,
+                    tag: if first { tag_of(&start) } else { tag },
                     reason: Refusal::LineTooLong,
                 });
             }

@@ -39,7 +39,7 @@ use framing::{Frame, Refusal};
 pub const MAX_COMMAND_LINE: usize = 64 * 1024;
 pub const MAX_SMALL_LITERAL: u64 = 64 * 1024;
 pub const MAX_LITERALS_PER_COMMAND: usize = 64;
-/// BAD responses after which a session is ended with BYE.
+/// BAD responses in a row after which a session is ended with BYE.
 pub const MAX_ERRORS: u32 = 10;
 
 pub struct ImapHandler {
@@ -187,7 +187,7 @@ async fn idle(
                 ready?;
                 let line = match conn.read_line_within(64, Duration::from_secs(60)).await? {
                     Line::Complete(line) => line,
-                    Line::TooLong => Vec::new(),
+                    Line::TooLong(_) => Vec::new(),
                 };
                 let reply = if line.eq_ignore_ascii_case(b"DONE") {
                     format!("{tag} OK IDLE terminated\r\n")

@@ -40,7 +40,7 @@ pub struct ImapContext {
     pub identity: Identity,
     pub guard: Arc<Guard>,
     pub limits: Limits,
-    /// BAD responses after which the session is ended.
+    /// BAD responses in a row (no OK between them) after which the session is ended.
     pub max_errors: u32,
 }
 
@@ -244,7 +244,10 @@ impl Session {
 
     fn tagged(&mut self, tag: &str, done: Done) {
         let (status, text) = match done {
-            Done::Ok(t) => ("OK", t),
+            Done::Ok(t) => {
+                self.errors = 0;
+                ("OK", t)
+            }
             Done::No(t) => ("NO", t),
             Done::Bad(t) => {
                 self.errors += 1;
@@ -378,7 +381,10 @@ impl Session {
                 }
             }
         }
-        self.tagged(&tag, done);
+        // IDLE's tagged response comes when the client ends it.
+        if !matches!(next, Next::Idle(_)) {
+            self.tagged(&tag, done);
+        }
         if !self.check_errors().await {
             next = Next::Close;
         }
@@ -429,7 +435,7 @@ impl Session {
                     conn.write_all(line.as_bytes()).await?;
                     let response = match conn.read_line(MAX_AUTH_LINE).await? {
                         Line::Complete(line) => line,
-                        Line::TooLong => return Ok(bad("SASL response too long")),
+                        Line::TooLong(_) => return Ok(bad("SASL response too long")),
                     };
                     if response == b"*" {
                         return Ok(bad("Authentication cancelled"));
@@ -466,6 +472,10 @@ impl Session {
         };
         let store = self.ctx.store.clone();
         Ok(match body {
+            // RFC 5161 3.1: only in the authenticated state, before a mailbox is selected.
+            CommandBody::Enable { .. } if self.selected.is_some() => {
+                bad("ENABLE is not allowed once a mailbox is selected")
+            }
             CommandBody::Enable { capabilities } => {
                 let mut enabled = Vec::new();
                 for capability in capabilities.as_ref() {

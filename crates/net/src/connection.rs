@@ -43,13 +43,17 @@ pub struct ConnectionInfo {
     pub tls_mode: TlsMode,
 }
 
+/// How much of a too-long line is kept.
+pub const TOO_LONG_PREFIX: usize = 64;
+
 /// A line read from the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     /// The line without its line ending (CRLF or, leniently here, LF: the protocol decides).
     Complete(Vec<u8>),
-    /// The line was longer than the limit; it was read to its end and thrown away.
-    TooLong,
+    /// The line was longer than the limit; it was read to its end and thrown away, except its
+    /// first bytes (at most [`TOO_LONG_PREFIX`]), so that IMAP can still answer with the tag.
+    TooLong(Vec<u8>),
 }
 
 enum Stream {
@@ -333,14 +337,17 @@ async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
             None => (available, false),
         };
         let used = chunk.len();
-        if !too_long {
-            // +2 leaves room for the CRLF that is stripped below.
-            if line.len() + used > max + 2 {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
-            }
+        // +2 leaves room for the CRLF that is stripped below.
+        if !too_long && line.len() + used > max + 2 {
+            too_long = true;
+            line.truncate(TOO_LONG_PREFIX);
+            line.shrink_to_fit();
+        }
+        if too_long {
+            let keep = TOO_LONG_PREFIX.saturating_sub(line.len()).min(used);
+            line.extend_from_slice(&chunk[..keep]);
+        } else {
+            line.extend_from_slice(chunk);
         }
         reader.consume(used);
         if found_end {
@@ -348,14 +355,18 @@ async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
         }
     }
     if too_long {
-        return Ok(Line::TooLong);
+        while matches!(line.last(), Some(b'\r' | b'\n')) {
+            line.pop();
+        }
+        return Ok(Line::TooLong(line));
     }
     line.pop(); // '\n'
     if line.last() == Some(&b'\r') {
         line.pop();
     }
     if line.len() > max {
-        return Ok(Line::TooLong);
+        line.truncate(TOO_LONG_PREFIX);
+        return Ok(Line::TooLong(line));
     }
     Ok(Line::Complete(line))
 }
@@ -389,7 +400,7 @@ mod tests {
             vec![
                 Ok(Line::Complete(b"EHLO a".to_vec())),
                 Ok(Line::Complete(b"NOOP".to_vec())),
-                Ok(Line::TooLong),
+                Ok(Line::TooLong(b"XXXXXXXXXXXXXXXXXXXXXXXXX".to_vec())),
                 Ok(Line::Complete(b"QUIT".to_vec())),
             ]
         );
@@ -397,7 +408,10 @@ mod tests {
         let got = lines(b"0123456789\r\n0123456789a\r\n", 10).await;
         assert_eq!(
             got,
-            vec![Ok(Line::Complete(b"0123456789".to_vec())), Ok(Line::TooLong)]
+            vec![
+                Ok(Line::Complete(b"0123456789".to_vec())),
+                Ok(Line::TooLong(b"0123456789a".to_vec()))
+            ]
         );
     }
 

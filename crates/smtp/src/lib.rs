@@ -86,7 +86,7 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
     loop {
         let line = match conn.read_line(max_line).await {
             Ok(Line::Complete(line)) => line,
-            Ok(Line::TooLong) => {
+            Ok(Line::TooLong(_)) => {
                 let too_long = session.line_too_long();
                 match send(&mut conn, &mut session, &too_long).await {
                     Ok(true) => continue,
@@ -246,7 +246,7 @@ async fn authenticate(
                     .await?;
                 let line = match conn.read_line(MAX_AUTH_LINE).await? {
                     Line::Complete(line) => line,
-                    Line::TooLong => {
+                    Line::TooLong(_) => {
                         return Ok(Reply::new(
                             500,
                             "5.5.6",

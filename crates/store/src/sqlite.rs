@@ -949,7 +949,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             mailbox_columns!(),
-            " FROM mailboxes WHERE account_id = ?1 ORDER BY name"
+            " FROM mailboxes WHERE account_id = ?1 ORDER BY id"
         ))
         .bind(account.0)
         .fetch_all(&self.readers)

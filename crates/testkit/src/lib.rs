@@ -321,6 +321,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 
+    /// Sends `TAG COMMAND` (IMAP) and returns every response line up to and including the
+    /// tagged one (literals in responses come back as the lines they contain).
+    pub async fn imap(&mut self, tag: &str, command: &str) -> TestResult<Vec<String>> {
+        self.send(&format!("{tag} {command}\r\n")).await?;
+        self.imap_until(tag).await
+    }
+
+    /// Response lines up to and including the one tagged `tag`.
+    pub async fn imap_until(&mut self, tag: &str) -> TestResult<Vec<String>> {
+        let prefix = format!("{tag} ");
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let done = line.starts_with(&prefix);
+            lines.push(line);
+            if done {
+                return Ok(lines);
+            }
+        }
+    }
+
     /// A whole SMTP reply (all its lines), joined by '\n'.
     pub async fn smtp_reply(&mut self) -> TestResult<String> {
         let mut lines = Vec::new();

@@ -1,0 +1,563 @@
+//! IMAP against a real sealmail over real TLS: Python's imaplib and mbsync as independent
+//! clients, and raw sessions for what needs exact control (several sessions on one mailbox,
+//! IDLE timing, authorization, hostile input, integrity failures).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Instance, TEST_PASSWORD, credentials, mailbox_contents};
+use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tls_connect};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+type Client = LineClient<TlsStream<TcpStream>>;
+
+/// A server with users alice and bob of example.test, submission and IMAP over implicit TLS.
+struct Server {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    submission: SocketAddr,
+    imap: SocketAddr,
+    process: Option<sealmail_testkit::Sealmail>,
+}
+
+impl Server {
+    async fn start(extra: &str) -> TestResult<Server> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let (submission, imap) = (common::free_addr()?, common::free_addr()?);
+        let listeners = [("submission", submission, "implicit"), ("imap", imap, "implicit")];
+        let config =
+            common::config_with_users(dir.path(), "example.test", &["alice", "bob"], &listeners, extra)?;
+        let process = Some(common::serve(dir.path(), &config).await?);
+        Ok(Server {
+            dir,
+            config,
+            submission,
+            imap,
+            process,
+        })
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/0.pem")
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> TestResult<Client> {
+        let config = client_config(&[&self.cert()], rustls::DEFAULT_VERSIONS, &[])?;
+        Ok(LineClient::new(
+            tls_connect(addr, config, "mail.example.test").await?,
+        ))
+    }
+
+    /// An IMAP session logged in as `user`.
+    async fn login(&self, user: &str) -> TestResult<Client> {
+        let mut c = self.connect(self.imap).await?;
+        c.line().await?;
+        let reply = c
+            .imap("l", &format!("LOGIN {user}@example.test \"{TEST_PASSWORD}\""))
+            .await?;
+        expect_ok(&reply)?;
+        Ok(c)
+    }
+
+    /// Submits `body` from alice to `to` over SMTP.
+    async fn submit(&self, to: &str, body: &str) -> TestResult {
+        let mut c = self.connect(self.submission).await?;
+        c.smtp_reply().await?;
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0alice@example.test\0{TEST_PASSWORD}"));
+        c.dialog(&[
+            ("EHLO client.test".to_string(), "250"),
+            (format!("AUTH PLAIN {auth}"), "235"),
+            ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ])
+        .await?;
+        c.command(
+            &format!("From: alice@example.test\r\nTo: {to}\r\n{body}\r\n."),
+            "250",
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn expect_ok(reply: &[String]) -> TestResult {
+    match reply.last() {
+        Some(last) if last.split(' ').nth(1) == Some("OK") => Ok(()),
+        _ => Err(format!("expected OK, got {reply:?}")),
+    }
+}
+
+fn tagged(reply: &[String]) -> &str {
+    reply.last().map(String::as_str).unwrap_or("")
+}
+
+fn has_line(reply: &[String], needle: &str) -> bool {
+    reply.iter().any(|l| l.contains(needle))
+}
+
+#[tokio::test]
+async fn python_imaplib_reads_what_smtp_stored_byte_for_byte() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let passwords = credentials(&instance)?;
+    let out = ctx(tempfile::tempdir(), "tempdir")?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/imaplib_client.py");
+    let output = ctx(
+        std::process::Command::new("python3")
+            .arg(script)
+            .env("IMAP_TLS_PORT", instance.addr(2993).port().to_string())
+            .env("IMAP_STARTTLS_PORT", instance.addr(2143).port().to_string())
+            .env("SUBMISSION_TLS_PORT", instance.addr(2465).port().to_string())
+            .env("CA_FILE", instance.cert())
+            .env("OUT_DIR", out.path())
+            .env("ALICE_PASSWORD", &passwords["alice@example.test"])
+            .env("BOB_PASSWORD", &passwords["bob@example.test"])
+            .output(),
+        "python3",
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "imaplib scenarios failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all scenarios passed"));
+
+    // What imaplib fetched is exactly what the store holds (the messages now sit in Trash,
+    // Archive and INBOX after the script's MOVE, COPY and EXPUNGE; look everywhere).
+    let mut stored = Vec::new();
+    for mailbox in ["INBOX", "Trash", "Drafts"] {
+        stored.extend(mailbox_contents(&instance.data_dir(), "bob@example.test", mailbox).await?);
+    }
+    for name in ["multipart", "large", "small"] {
+        let fetched = ctx(
+            std::fs::read(out.path().join(format!("fetched-{name}.eml"))),
+            "fetched",
+        )?;
+        let sent = ctx(std::fs::read(out.path().join(format!("sent-{name}.eml"))), "sent")?;
+        assert!(
+            fetched.ends_with(&sent),
+            "{name}: fetched bytes do not end with the sent bytes"
+        );
+        let moved_or_kept = stored.contains(&fetched);
+        // "large" and "small" were expunged by the script; "multipart" was moved to Trash.
+        if name == "multipart" {
+            assert!(moved_or_kept, "{name}: fetched bytes differ from the store's");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_sessions_see_each_others_flags_expunges_and_moves() -> TestResult {
+    let server = Server::start("").await?;
+    for i in 1..=4 {
+        server
+            .submit("bob@example.test", &format!("Subject: m{i}\r\n\r\nbody {i}"))
+            .await?;
+    }
+    let mut a = server.login("bob").await?;
+    let mut b = server.login("bob").await?;
+    let selected = a.imap("s", "SELECT INBOX").await?;
+    assert!(has_line(&selected, "* 4 EXISTS"), "{selected:?}");
+    expect_ok(&b.imap("s", "SELECT INBOX").await?)?;
+
+    // A flags message 2: B hears about it on its next command.
+    let stored = a.imap("a1", "STORE 2 +FLAGS (\\Flagged)").await?;
+    assert!(has_line(&stored, "* 2 FETCH (FLAGS (\\Flagged))"), "{stored:?}");
+    let noop = b.imap("b1", "NOOP").await?;
+    assert!(has_line(&noop, "* 2 FETCH (UID 2 FLAGS (\\Flagged))"), "{noop:?}");
+    // A does not hear its own change twice.
+    let noop = a.imap("a2", "NOOP").await?;
+    assert_eq!(noop.len(), 1, "{noop:?}");
+
+    // A expunges message 1. B is told only when it may be: not during FETCH by sequence number.
+    expect_ok(&a.imap("a3", "STORE 1 +FLAGS.SILENT (\\Deleted)").await?)?;
+    let expunged = a.imap("a4", "EXPUNGE").await?;
+    assert!(has_line(&expunged, "* 1 EXPUNGE"), "{expunged:?}");
+    let fetch = b.imap("b2", "FETCH 1:4 (UID)").await?;
+    assert!(!has_line(&fetch, "EXPUNGE"), "EXPUNGE during FETCH: {fetch:?}");
+    assert!(
+        has_line(&fetch, "* 4 FETCH (UID 4)"),
+        "sequence numbers kept during FETCH: {fetch:?}"
+    );
+    let noop = b.imap("b3", "NOOP").await?;
+    assert!(has_line(&noop, "* 1 EXPUNGE"), "{noop:?}");
+    let fetch = b.imap("b4", "FETCH 1:* (UID FLAGS)").await?;
+    assert!(
+        has_line(&fetch, "* 1 FETCH (UID 2 FLAGS (\\Flagged))"),
+        "{fetch:?}"
+    );
+    assert!(has_line(&fetch, "* 3 FETCH (UID 4 FLAGS ())"), "{fetch:?}");
+
+    // B moves UID 3 to Archive; A sees it leave, and the copy is in Archive with a new UID.
+    expect_ok(&b.imap("b5", "CREATE Archive").await?)?;
+    let moved = b.imap("b6", "UID MOVE 3 Archive").await?;
+    assert!(
+        has_line(&moved, "[COPYUID ") && has_line(&moved, " 3 1]"),
+        "{moved:?}"
+    );
+    assert!(has_line(&moved, "* 2 EXPUNGE"), "{moved:?}");
+    let noop = a.imap("a5", "NOOP").await?;
+    assert!(has_line(&noop, "* 2 EXPUNGE"), "{noop:?}");
+    let status = a.imap("a6", "STATUS Archive (MESSAGES UIDNEXT)").await?;
+    assert!(has_line(&status, "(MESSAGES 1 UIDNEXT 2)"), "{status:?}");
+
+    // New mail appears in both.
+    server
+        .submit("bob@example.test", "Subject: m5\r\n\r\nbody 5")
+        .await?;
+    for (c, tag) in [(&mut a, "a7"), (&mut b, "b7")] {
+        let noop = c.imap(tag, "NOOP").await?;
+        assert!(has_line(&noop, "* 3 EXISTS"), "{noop:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sees_a_message_delivered_by_smtp_within_a_second() -> TestResult {
+    let server = Server::start("").await?;
+    let mut idle = server.login("bob").await?;
+    expect_ok(&idle.imap("s", "SELECT INBOX").await?)?;
+    idle.send("i IDLE\r\n").await?;
+    let continuation = idle.line().await?;
+    assert!(continuation.starts_with("+ "), "{continuation}");
+    for round in 1..=3 {
+        let started = Instant::now();
+        server
+            .submit("bob@example.test", &format!("Subject: push {round}\r\n\r\nhello"))
+            .await?;
+        let accepted = started.elapsed();
+        let line = idle.line().await?;
+        assert_eq!(line, format!("* {round} EXISTS"));
+        let seen = started.elapsed();
+        assert!(
+            seen - accepted < Duration::from_secs(1),
+            "EXISTS came {:?} after the 250",
+            seen - accepted
+        );
+        assert_eq!(idle.line().await?, "* 0 RECENT");
+    }
+    // Flag changes by another session also arrive during IDLE.
+    let mut other = server.login("bob").await?;
+    expect_ok(&other.imap("s", "SELECT INBOX").await?)?;
+    expect_ok(&other.imap("f", "STORE 2 +FLAGS (\\Seen)").await?)?;
+    assert_eq!(idle.line().await?, "* 2 FETCH (UID 2 FLAGS (\\Seen))");
+    idle.send("DONE\r\n").await?;
+    assert_eq!(idle.line().await?, "i OK IDLE terminated");
+    expect_ok(&idle.imap("n", "NOOP").await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_can_never_reach_another_users_mailboxes() -> TestResult {
+    let server = Server::start("").await?;
+    server
+        .submit("bob@example.test", "Subject: bob's secret\r\n\r\nfor bob only")
+        .await?;
+    let mut bob = server.login("bob").await?;
+    expect_ok(&bob.imap("c", "CREATE Private").await?)?;
+    let mut alice = server.login("alice").await?;
+    for name in [
+        "bob@example.test/INBOX",
+        "\"bob@example.test/INBOX\"",
+        "../bob@example.test/INBOX",
+        "\"#users/bob/INBOX\"",
+        "\"~bob/INBOX\"",
+        "\"Other Users/bob/INBOX\"",
+        "\"/INBOX/../bob\"",
+        "Private",
+        "\"bob/Private\"",
+        // INBOX spelled in modified UTF-7: refused, not resolved to anyone's INBOX.
+        "&AEkATgBCAE8AWA-",
+        "{22}\r\nbob@example.test/INBOX",
+    ] {
+        let name = if name.starts_with('{') {
+            // A literal: send it with LITERAL+ so no continuation is needed.
+            name.replacen("}", "+}", 1)
+        } else {
+            name.to_string()
+        };
+        let select = alice.imap("s", &format!("SELECT {name}")).await?;
+        assert!(tagged(&select).starts_with("s NO"), "SELECT {name}: {select:?}");
+        let status = alice.imap("t", &format!("STATUS {name} (MESSAGES)")).await?;
+        assert!(tagged(&status).starts_with("t NO"), "STATUS {name}: {status:?}");
+        let append = alice
+            .imap("a", &format!("APPEND {name} {{6+}}\r\nx: y\r\n"))
+            .await?;
+        assert!(tagged(&append).starts_with("a NO"), "APPEND {name}: {append:?}");
+    }
+    // Alice's own INBOX is hers: empty, and LIST shows only her mailboxes.
+    let select = alice.imap("s", "SELECT INBOX").await?;
+    assert!(has_line(&select, "* 0 EXISTS"), "{select:?}");
+    let copy = alice.imap("c", "COPY 1 \"bob@example.test/INBOX\"").await?;
+    assert!(
+        tagged(&copy).starts_with("c BAD") || tagged(&copy).starts_with("c NO"),
+        "{copy:?}"
+    );
+    let list = alice.imap("l", "LIST \"\" *").await?;
+    assert!(!has_line(&list, "Private") && !has_line(&list, "bob"), "{list:?}");
+    let search = alice.imap("q", "SEARCH TEXT secret").await?;
+    assert!(
+        has_line(&search, "* SEARCH") && !has_line(&search, "* SEARCH 1"),
+        "{search:?}"
+    );
+    // Bob's mail is untouched.
+    let mut bob_select = bob.imap("s", "SELECT INBOX").await?;
+    bob_select.retain(|l| l.contains("EXISTS"));
+    assert_eq!(bob_select, ["* 1 EXISTS"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_input_gets_bad_and_the_session_goes_on() -> TestResult {
+    let server = Server::start("[smtp]\nmax_message_size = 100000\n").await?;
+    let mut c = server.login("bob").await?;
+    for garbage in [
+        "x1 FROBNICATE",
+        "x2 FETCH",
+        "x3 SELECT",
+        "x4 FETCH 1:* (BODY[HEADER.FIELDS ()])",
+        "x5 SEARCH (((((((((((((((((((((((((((((((((((((((((((((((((ALL)))))))))))))))))))))))))))))))))))))))))))))))))",
+        "x6 LOGIN a b c d",
+        "x7 STORE 1 +FLAGS (\\Recent",
+    ] {
+        let tag = garbage.split(' ').next().unwrap_or_default();
+        let reply = c.imap(tag, garbage).await?;
+        assert!(
+            tagged(&reply).starts_with(&format!("{tag} BAD"))
+                || tagged(&reply).starts_with(&format!("{tag} NO")),
+            "{garbage}: {reply:?}"
+        );
+    }
+    expect_ok(&c.imap("ok1", "NOOP").await?)?;
+
+    // A line longer than the limit.
+    let long = format!("y1 SEARCH SUBJECT \"{}\"", "a".repeat(70 * 1024));
+    let reply = c.imap("y1", &long).await?;
+    assert!(tagged(&reply).starts_with("y1 BAD"), "{reply:?}");
+    // A synchronizing literal over the limit is refused before it is sent ...
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    c.send("y2 APPEND INBOX {200000}\r\n").await?;
+    let refused = c.line().await?;
+    assert!(refused.starts_with("y2 BAD [TOOBIG]"), "{refused}");
+    // ... and a non-synchronizing one is read and thrown away, keeping the session in step.
+    // The literal is full of commands; none of them may run.
+    let literal = format!("{}{}", "y3 LOGOUT\r\n".repeat(18181), "x".repeat(9));
+    assert_eq!(literal.len(), 200000);
+    let payload = format!("y3 APPEND INBOX {{200000+}}\r\n{literal}\r\n");
+    c.send(&payload).await?;
+    let reply = c.imap_until("y3").await?;
+    assert!(tagged(&reply).starts_with("y3 BAD [TOOBIG]"), "{reply:?}");
+    expect_ok(&c.imap("ok2", "NOOP").await?)?;
+    // An acceptable literal is taken after "+".
+    c.send("y4 APPEND INBOX {11}\r\n").await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send("x: y\r\n\r\nhi\r\n").await?;
+    let appended = c.imap_until("y4").await?;
+    assert!(tagged(&appended).starts_with("y4 OK [APPENDUID "), "{appended:?}");
+    // Sequence numbers past the end are an error, UIDs past the end are not.
+    assert!(tagged(&c.imap("z1", "FETCH 5 FLAGS").await?).starts_with("z1 BAD"));
+    expect_ok(&c.imap("z2", "UID FETCH 500:600 FLAGS").await?)?;
+    assert!(tagged(&c.imap("z3", "FETCH 1:4294967295 FLAGS").await?).starts_with("z3 BAD"));
+    expect_ok(&c.imap("z4", "UID FETCH 1:4294967295 FLAGS").await?)?;
+
+    // Enough errors end the session.
+    let mut errors = 0;
+    loop {
+        c.send("e BOGUS\r\n").await?;
+        let line = c.line().await?;
+        errors += 1;
+        if line.starts_with("* BYE") {
+            break;
+        }
+        assert!(errors <= 10, "no BYE after {errors} errors");
+    }
+    assert!(c.closed().await);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_that_fails_its_integrity_check_gives_no_and_a_log_entry() -> TestResult {
+    let mut server = Server::start("").await?;
+    server
+        .submit(
+            "bob@example.test",
+            "Subject: fragile\r\n\r\nMARKER-7f3a9 original",
+        )
+        .await?;
+    // Flip one byte of the stored message on disk while the server is stopped.
+    if let Some(mut process) = server.process.take() {
+        process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        process.wait_exit(Duration::from_secs(20)).await?;
+    }
+    // Opening and closing the store moves everything from the WAL into the database file.
+    let data = server.dir.path().join("data");
+    ctx(sealmail_store::SqliteStore::open(&data, 16).await, "open store")?
+        .close()
+        .await;
+    let db = data.join(sealmail_store::DB_FILE);
+    let mut bytes = ctx(std::fs::read(&db), "read db")?;
+    let mut flipped = 0;
+    for at in 0..bytes.len().saturating_sub(12) {
+        if &bytes[at..at + 12] == b"MARKER-7f3a9" {
+            bytes[at] ^= 0x20;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "marker not found in the database file");
+    ctx(std::fs::write(&db, bytes), "write db")?;
+    server.process = Some(common::serve(server.dir.path(), &server.config).await?);
+
+    let mut c = server.login("bob").await?;
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    let fetch = c.imap("f", "FETCH 1 BODY.PEEK[]").await?;
+    assert!(tagged(&fetch).starts_with("f NO [CORRUPTION]"), "{fetch:?}");
+    assert!(
+        !has_line(&fetch, "mARKER"),
+        "corrupted bytes were served: {fetch:?}"
+    );
+    // Metadata that needs no content is still served, and the session goes on.
+    let flags = c.imap("g", "FETCH 1 (UID RFC822.SIZE)").await?;
+    expect_ok(&flags)?;
+    let process = server.process.as_ref().ok_or("no server")?;
+    process
+        .wait_for_log("failed its integrity check", Duration::from_secs(5))
+        .await?;
+    Ok(())
+}
+
+/// mbsync's configuration for syncing bob's mailboxes into a local Maildir.
+fn mbsync_config(server: &Server, maildir: &Path, password_file: &Path) -> String {
+    format!(
+        "IMAPAccount bob\nHost 127.0.0.1\nPort {port}\nUser bob@example.test\nPassCmd \"cat {pass}\"\nSSLType IMAPS\nCertificateFile {cert}\nAuthMechs LOGIN\n\n\
+         IMAPStore remote\nAccount bob\n\n\
+         MaildirStore local\nPath {maildir}/\nInbox {maildir}/INBOX\nSubFolders Verbatim\n\n\
+         Channel bob\nFar :remote:\nNear :local:\nPatterns *\nCreate Near\nSync Pull\nSyncState *\n",
+        port = server.imap.port(),
+        pass = password_file.display(),
+        cert = server.cert().display(),
+        maildir = maildir.display(),
+    )
+}
+
+/// The messages in a Maildir folder, as mbsync wrote them less its two documented changes: it
+/// stores lines with LF endings (the local convention) and adds an `X-TUID:` header to track
+/// each new message. Both are undone here so the rest can be compared byte for byte.
+fn maildir_messages(dir: &Path) -> TestResult<Vec<Vec<u8>>> {
+    let mut messages = Vec::new();
+    for sub in ["cur", "new"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let bytes = ctx(std::fs::read(entry.path()), "read maildir file")?;
+            let mut message = Vec::with_capacity(bytes.len());
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if line.starts_with(b"X-TUID: ") {
+                    continue;
+                }
+                message.extend_from_slice(line);
+            }
+            messages.push(message);
+        }
+    }
+    messages.sort();
+    Ok(messages)
+}
+
+fn lf_endings(message: &[u8]) -> Vec<u8> {
+    message.split(|&b| b == b'\r').collect::<Vec<_>>().concat()
+}
+
+#[tokio::test]
+async fn mbsync_syncs_every_mailbox_into_an_identical_maildir() -> TestResult {
+    if std::process::Command::new("mbsync")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("mbsync (Debian package isync) is not installed; scripts/test.sh installs it".into());
+    }
+    let server = Server::start("").await?;
+    for i in 1..=3 {
+        server
+            .submit(
+                "bob@example.test",
+                &format!("Subject: sync {i}\r\n\r\nline {i}\r\nGr\u{fc}\u{df}e"),
+            )
+            .await?;
+    }
+    let mut c = server.login("bob").await?;
+    expect_ok(&c.imap("c", "CREATE Projects/Alpha").await?)?;
+    expect_ok(
+        &c.imap(
+            "a",
+            "APPEND Projects/Alpha (\\Seen \\Flagged) {26+}\r\nSubject: alpha\r\n\r\nnotes\r\n",
+        )
+        .await?,
+    )?;
+
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let maildir = work.path().join("Mail");
+    ctx(std::fs::create_dir(&maildir), "maildir")?;
+    let password = work.path().join("password");
+    ctx(std::fs::write(&password, TEST_PASSWORD), "password file")?;
+    let config = work.path().join("mbsyncrc");
+    ctx(
+        std::fs::write(&config, mbsync_config(&server, &maildir, &password)),
+        "mbsyncrc",
+    )?;
+    let output = ctx(
+        std::process::Command::new("mbsync")
+            .arg("-c")
+            .arg(&config)
+            .arg("-a")
+            .env("HOME", work.path())
+            .output(),
+        "mbsync",
+    )?;
+    assert!(
+        output.status.success(),
+        "mbsync failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let data = server.dir.path().join("data");
+    for (mailbox, folder) in [
+        ("INBOX", "INBOX"),
+        ("Projects/Alpha", "Projects/Alpha"),
+        ("Sent", "Sent"),
+    ] {
+        let mut stored: Vec<Vec<u8>> = mailbox_contents(&data, "bob@example.test", mailbox)
+            .await?
+            .iter()
+            .map(|m| lf_endings(m))
+            .collect();
+        stored.sort();
+        let synced = maildir_messages(&maildir.join(folder))?;
+        assert_eq!(synced.len(), stored.len(), "{mailbox}: message count");
+        for (synced, stored) in synced.iter().zip(&stored) {
+            assert!(
+                synced == stored,
+                "{mailbox}: a Maildir file differs from the stored message:\n{}\n---\n{}",
+                String::from_utf8_lossy(synced),
+                String::from_utf8_lossy(stored)
+            );
+        }
+    }
+    // Flags travel too: the appended message is seen and flagged ("FS" in the file name).
+    let alpha = std::fs::read_dir(maildir.join("Projects/Alpha/cur"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(alpha.iter().any(|name| name.ends_with(":2,FS")), "{alpha:?}");
+    Ok(())
+}
