@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sealmail_store::{DB_FILE, NewMessage, SqliteStore, Store, StoreError, StoredMessage};
+use sealmail_store::{DB_FILE, FlagChange, NewMessage, SqliteStore, Store, StoreError, StoredMessage};
 use sealmail_types::{Domain, EmailAddress, MailboxId};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -425,5 +425,140 @@ async fn make_v1_fixture() -> TestResult {
         .execute(&mut conn)
         .await?;
     sqlx::query("VACUUM").execute(&mut conn).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, inbox) = store_with_alice(dir.path()).await?;
+    let start = store.changes_since(inbox, 0).await?.highest_modseq;
+    let mut watch = store.watch_mailbox(inbox);
+    watch.mark_unchanged();
+    for body in ["one", "two", "three"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    assert!(watch.has_changed()?, "a commit to the mailbox wakes its watchers");
+
+    let changes = store.changes_since(inbox, start).await?;
+    assert_eq!(
+        changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let after_new = changes.highest_modseq;
+    assert!(after_new > start);
+
+    // Flags: only real changes take a new mod-sequence; UNCHANGEDSINCE protects later changes.
+    let seen = vec!["\\Seen".to_string()];
+    let update = store
+        .update_flags(inbox, vec![2, 3, 99], FlagChange::Add, seen.clone(), None)
+        .await?;
+    assert_eq!(update.messages.len(), 2, "UID 99 does not exist and is skipped");
+    let changes = store.changes_since(inbox, after_new).await?;
+    assert_eq!(changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(changes.changed[0].flags, seen);
+    let unchanged = store
+        .update_flags(inbox, vec![2], FlagChange::Add, seen.clone(), None)
+        .await?;
+    assert_eq!(unchanged.messages[0].modseq, changes.changed[0].modseq);
+    let refused = store
+        .update_flags(
+            inbox,
+            vec![1, 2],
+            FlagChange::Replace,
+            vec!["\\Flagged".into()],
+            Some(after_new),
+        )
+        .await?;
+    assert_eq!(refused.modified, [2]);
+    assert_eq!(refused.messages.len(), 1);
+
+    // Expunge removes only \Deleted messages (and only those asked for) and leaves tombstones.
+    let before_expunge = store.changes_since(inbox, 0).await?.highest_modseq;
+    let deleted = vec!["\\Deleted".to_string()];
+    store
+        .update_flags(inbox, vec![1, 3], FlagChange::Add, deleted, None)
+        .await?;
+    assert_eq!(store.expunge(inbox, Some(vec![3])).await?, [3]);
+    assert_eq!(store.expunge(inbox, None).await?, [1]);
+    let changes = store.changes_since(inbox, before_expunge).await?;
+    assert_eq!(changes.expunged, [1, 3]);
+    let left: Vec<u32> = store.messages(inbox).await?.iter().map(|m| m.uid).collect();
+    assert_eq!(left, [2]);
+    assert!(
+        store
+            .changes_since(inbox, changes.highest_modseq)
+            .await?
+            .changed
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, inbox) = store_with_alice(dir.path()).await?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    for body in ["a", "b", "c"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    let archive = store.create_mailbox(alice, "Archive").await?;
+    let copied = store.copy_messages(inbox, vec![1, 3], archive.id, false).await?;
+    assert_eq!(copied.uids, [(1, 1), (3, 2)]);
+    assert_eq!(copied.uid_validity, archive.uid_validity);
+    let moved = store.copy_messages(inbox, vec![2], archive.id, true).await?;
+    assert_eq!(moved.uids, [(2, 3)]);
+    assert_eq!(store.messages(inbox).await?.len(), 2);
+    let status = store.mailbox_status(archive.id).await?;
+    assert_eq!((status.messages, status.unseen, status.uid_next), (3, 3, 4));
+    // The copies are the same bytes (they share the blob), in copy order.
+    let mut copies = Vec::new();
+    for m in store.messages(archive.id).await? {
+        copies.push(store.read_message(m.id).await?);
+    }
+    assert!(
+        copies[0].ends_with(b"\r\na\r\n")
+            && copies[1].ends_with(b"\r\nc\r\n")
+            && copies[2].ends_with(b"\r\nb\r\n")
+    );
+    // Deleting the mailbox leaves the INBOX originals readable.
+    store.delete_mailbox(alice, "Archive").await?;
+    for m in store.messages(inbox).await? {
+        store.read_message(m.id).await?;
+    }
+    assert!(matches!(
+        store.delete_mailbox(alice, "INBOX").await,
+        Err(StoreError::NotAllowed(_))
+    ));
+
+    // A re-created mailbox never reuses a UIDVALIDITY; renames carry children along.
+    let again = store.create_mailbox(alice, "Archive").await?;
+    assert_ne!(again.uid_validity, archive.uid_validity);
+    store.create_mailbox(alice, "Archive/2025").await?;
+    store.rename_mailbox(alice, "Archive", "Old").await?;
+    let mut names: Vec<String> = store
+        .mailboxes(alice)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["Drafts", "INBOX", "Junk", "Old", "Old/2025", "Sent", "Trash"]
+    );
+    assert!(matches!(
+        store.create_mailbox(alice, "inbox").await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert!(matches!(
+        store.rename_mailbox(alice, "INBOX", "X").await,
+        Err(StoreError::NotAllowed(_))
+    ));
     Ok(())
 }
