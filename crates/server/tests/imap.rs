@@ -561,3 +561,54 @@ async fn mbsync_syncs_every_mailbox_into_an_identical_maildir() -> TestResult {
     assert!(alpha.iter().any(|name| name.ends_with(":2,FS")), "{alpha:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn imap_password_guessing_gets_the_address_banned() -> TestResult {
+    let server = Server::start("[security]\nauth_failures = 3\n").await?;
+    let config = client_config(&[&server.cert()], rustls::DEFAULT_VERSIONS, &[])?;
+    let attacker = [127, 0, 0, 6];
+    let mut c = LineClient::new(
+        sealmail_testkit::tls_upgrade(
+            sealmail_testkit::tcp_from(attacker, server.imap).await?,
+            config.clone(),
+            "mail.example.test",
+        )
+        .await?,
+    );
+    c.line().await?;
+    let mut last = Vec::new();
+    for attempt in 1..=3 {
+        last = c
+            .imap(
+                &format!("g{attempt}"),
+                &format!("LOGIN alice@example.test \"guess {attempt}\""),
+            )
+            .await?;
+        assert!(
+            tagged(&last).starts_with(&format!("g{attempt} NO [AUTHENTICATIONFAILED]")),
+            "{last:?}"
+        );
+    }
+    assert!(
+        has_line(&last, "* BYE"),
+        "the banning failure ends the session: {last:?}"
+    );
+    // A new connection from the same address is refused before TLS; a neighbour logs in.
+    let mut refused = LineClient::new(sealmail_testkit::tcp_from(attacker, server.imap).await?);
+    assert!(refused.closed().await, "banned address got a session");
+    let mut neighbour = LineClient::new(
+        sealmail_testkit::tls_upgrade(
+            sealmail_testkit::tcp_from([127, 0, 0, 7], server.imap).await?,
+            config,
+            "mail.example.test",
+        )
+        .await?,
+    );
+    neighbour.line().await?;
+    expect_ok(
+        &neighbour
+            .imap("l", &format!("LOGIN alice@example.test \"{TEST_PASSWORD}\""))
+            .await?,
+    )?;
+    Ok(())
+}

@@ -10,18 +10,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use nix::sys::signal::Signal;
 use rustls::version::TLS13;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use common::{Instance, credentials};
-use sealmail_testkit::{LineClient, TestResult, ctx, tls_upgrade};
+use sealmail_testkit::{LineClient, TestResult, ctx, tcp_from, tls_upgrade};
 
 const NAME: &str = "mail.example.test";
-
-async fn tcp_from(source: [u8; 4], addr: SocketAddr) -> TestResult<TcpStream> {
-    let socket = ctx(TcpSocket::new_v4(), "socket")?;
-    ctx(socket.bind(SocketAddr::from((source, 0))), "bind")?;
-    ctx(socket.connect(addr).await, "connect")
-}
 
 /// One AUTH PLAIN attempt on submission over implicit TLS from `source`; returns the replies
 /// after the AUTH line (the 235/535 and, when the session is ended, a 421).

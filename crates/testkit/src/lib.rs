@@ -148,6 +148,14 @@ pub async fn served_certificate(addr: SocketAddr, server_name: &str) -> TestResu
     Ok(certs.first().ok_or("empty chain")?.as_ref().to_vec())
 }
 
+/// A TCP connection to `addr` from the loopback address `source` (e.g. 127.0.0.2), so tests
+/// can play distinct clients.
+pub async fn tcp_from(source: [u8; 4], addr: SocketAddr) -> TestResult<TcpStream> {
+    let socket = ctx(tokio::net::TcpSocket::new_v4(), "socket")?;
+    ctx(socket.bind(SocketAddr::from((source, 0))), "bind")?;
+    ctx(socket.connect(addr).await, "connect")
+}
+
 /// Connects with TLS from the first byte and returns the stream after the handshake.
 pub async fn tls_connect(
     addr: SocketAddr,
