@@ -7,6 +7,9 @@
 //! client's, so multi-process servers are counted whole) and the servers' peak RSS.
 //! `crypto`: the raw server-side cost of one TLS handshake, of decrypting and of hashing a
 //! message of the same size, in process, as the baseline for "CPU per message".
+//! `imap-fetch` and `imap-idle`: see [`imap`].
+
+mod imap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +32,60 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// FETCH throughput (whole messages, headers only) over one TLS session on a mailbox of
+    /// N messages (filled with APPEND first when it has fewer)
+    ImapFetch {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "mail.example.test")]
+        server_name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',')]
+        server_processes: Vec<String>,
+        #[arg(long, default_value = "server")]
+        label: String,
+    },
+    /// Memory per IDLE session and the time until every IDLE session sees a delivered message
+    ImapIdle {
+        /// Implicit-TLS IMAP address
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "mail.example.test")]
+        server_name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        /// The user whose INBOX every session watches
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Implicit-TLS submission address for the deliveries
+        #[arg(long)]
+        submission: std::net::SocketAddr,
+        #[arg(long)]
+        sender: String,
+        #[arg(long)]
+        sender_password: String,
+        #[arg(long, default_value_t = 5)]
+        deliveries: usize,
+        #[arg(long, value_delimiter = ',')]
+        server_processes: Vec<String>,
+        #[arg(long, default_value = "server")]
+        label: String,
+    },
     /// Submit messages over implicit TLS with AUTH, one connection per message
     Smtp {
         #[arg(long)]
@@ -98,6 +155,68 @@ fn main() -> anyhow::Result<()> {
         Command::Smtp { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(smtp(cli.command))
+        }
+        Command::ImapFetch {
+            addr,
+            server_name,
+            ca,
+            user,
+            password,
+            messages,
+            size,
+            rounds,
+            server_processes,
+            label,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let target = imap::Target {
+                addr,
+                server_name,
+                ca,
+                user,
+                password,
+            };
+            runtime.block_on(imap::fetch(
+                target,
+                messages,
+                size,
+                rounds,
+                server_processes,
+                label,
+            ))
+        }
+        Command::ImapIdle {
+            addr,
+            server_name,
+            ca,
+            user,
+            password,
+            sessions,
+            submission,
+            sender,
+            sender_password,
+            deliveries,
+            server_processes,
+            label,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let target = imap::Target {
+                addr,
+                server_name,
+                ca,
+                user,
+                password,
+            };
+            runtime.block_on(imap::idle(
+                target,
+                sessions,
+                submission,
+                sender,
+                sender_password,
+                deliveries,
+                server_processes,
+                label,
+            ))
         }
     }
 }

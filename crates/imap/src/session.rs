@@ -56,6 +56,8 @@ pub enum Next {
 const FLUSH_AT: usize = 256 * 1024;
 /// Longest line of an AUTHENTICATE exchange.
 const MAX_AUTH_LINE: usize = 12 * 1024;
+/// Messages read from the store per query during FETCH.
+const FETCH_BATCH: usize = 128;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
 
@@ -1216,34 +1218,49 @@ impl Session {
             }
         }
         let mut vanished = false;
-        for index in indices {
+        // Messages are read in batches: one store query per batch instead of one per message.
+        for batch in indices.chunks(FETCH_BATCH) {
             let Some(selected) = self.selected.as_ref() else {
                 break;
             };
-            let Some(entry) = selected.entries.get(index).cloned() else {
-                continue;
+            let entries: Vec<(usize, crate::selected::Entry)> = batch
+                .iter()
+                .filter_map(|&i| selected.entries.get(i).map(|e| (i, e.clone())))
+                .collect();
+            let contents: Vec<Option<Result<Vec<u8>, StoreError>>> = if wants_content {
+                let ids: Vec<_> = entries.iter().map(|(_, e)| e.id).collect();
+                match self.ctx.store.read_messages(&ids).await {
+                    Ok(contents) => contents.into_iter().map(Some).collect(),
+                    Err(e) => return Ok(store_failure(&e)),
+                }
+            } else {
+                entries.iter().map(|_| None).collect()
             };
-            let content = if wants_content {
-                match self.ctx.store.read_message(entry.id).await {
-                    Ok(bytes) => Some(bytes),
-                    Err(StoreError::NotFound(_)) => {
+            for ((index, entry), content) in entries.iter().zip(contents) {
+                let content = match content {
+                    None => None,
+                    Some(Ok(bytes)) => Some(bytes),
+                    Some(Err(StoreError::NotFound(_))) => {
                         vanished = true;
                         continue;
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         if matches!(e, StoreError::Integrity { .. }) {
-                            tracing::error!(peer = %self.peer, uid = entry.uid, mailbox = %selected.mailbox.name, "IMAP FETCH refused a message that failed its integrity check");
+                            let mailbox = self
+                                .selected
+                                .as_ref()
+                                .map(|s| s.mailbox.name.clone())
+                                .unwrap_or_default();
+                            tracing::error!(peer = %self.peer, uid = entry.uid, %mailbox, "IMAP FETCH refused a message that failed its integrity check");
                         }
                         return Ok(store_failure(&e));
                     }
-                }
-            } else {
-                None
-            };
-            let include_flags =
-                newly_seen.contains(&entry.uid) && !items.contains(&MessageDataItemName::Flags);
-            self.fetch_one(index, &entry, content.as_deref(), &items, include_flags);
-            self.flush_if_large(conn).await?;
+                };
+                let include_flags =
+                    newly_seen.contains(&entry.uid) && !items.contains(&MessageDataItemName::Flags);
+                self.fetch_one(*index, entry, content.as_deref(), &items, include_flags);
+                self.flush_if_large(conn).await?;
+            }
         }
         Ok(if vanished {
             no("[EXPUNGEISSUED] Some messages were expunged meanwhile")

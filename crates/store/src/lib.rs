@@ -342,6 +342,12 @@ pub trait Store: Send + Sync {
     /// another session's flags or expunges). It carries no data: ask [`Store::changes_since`].
     fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()>;
 
+    /// Several messages' bytes in one query (FETCH of many messages), each checked like
+    /// [`Store::read_message`]; in the order asked, with a result per message.
+    async fn read_messages(
+        &self,
+        messages: &[MessageId],
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError>;
     /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;
 

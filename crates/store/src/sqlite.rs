@@ -759,6 +759,21 @@ async fn delete_orphan_blobs(conn: &mut SqliteConnection) -> Result<(), StoreErr
     Ok(())
 }
 
+/// The content, if it hashes to the SHA-256 recorded when it was stored.
+fn verified(message: MessageId, expected: &[u8], data: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let actual = sha256_hex(&data);
+    if actual.as_bytes() != expected {
+        let error = StoreError::Integrity {
+            message,
+            expected: String::from_utf8_lossy(expected).into_owned(),
+            actual,
+        };
+        tracing::error!(error = %error, "message failed its integrity check");
+        return Err(error);
+    }
+    Ok(data)
+}
+
 fn unexpected(done: WriteDone) -> StoreError {
     let what = match done {
         WriteDone::Unit => "nothing",
@@ -1098,6 +1113,37 @@ impl Store for SqliteStore {
         self.watchers.subscribe(mailbox)
     }
 
+    async fn read_messages(
+        &self,
+        messages: &[MessageId],
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
+        let mut found: std::collections::HashMap<i64, (Vec<u8>, Vec<u8>)> = std::collections::HashMap::new();
+        for chunk in messages.chunks(500) {
+            let list = (0..chunk.len())
+                .map(|i| format!("?{}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            // Only numbered placeholders are formatted into the SQL.
+            let sql = format!(
+                "SELECT m.id, b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id IN ({list})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.0);
+            }
+            for row in query.fetch_all(&self.readers).await? {
+                found.insert(row.try_get("id")?, (row.try_get("sha256")?, row.try_get("data")?));
+            }
+        }
+        Ok(messages
+            .iter()
+            .map(|id| match found.remove(&id.0) {
+                Some((expected, data)) => verified(*id, &expected, data),
+                None => Err(StoreError::NotFound(format!("message {}", id.0))),
+            })
+            .collect())
+    }
+
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError> {
         let row = sqlx::query(
             "SELECT b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id = ?1",
@@ -1107,18 +1153,7 @@ impl Store for SqliteStore {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
         let expected: Vec<u8> = row.try_get("sha256")?;
-        let data: Vec<u8> = row.try_get("data")?;
-        let actual = sha256_hex(&data);
-        if actual.as_bytes() != expected.as_slice() {
-            let error = StoreError::Integrity {
-                message,
-                expected: String::from_utf8_lossy(&expected).into_owned(),
-                actual,
-            };
-            tracing::error!(error = %error, "message failed its integrity check");
-            return Err(error);
-        }
-        Ok(data)
+        verified(message, &expected, row.try_get("data")?)
     }
 
     async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError> {
