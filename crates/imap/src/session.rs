@@ -1072,30 +1072,47 @@ impl Session {
         let (max_seq, max_uid) = (selected.exists(), selected.max_uid());
         let mut found = Vec::new();
         let mut highest = 0;
-        for (i, entry) in selected.entries.iter().enumerate() {
-            let content = if wants_content {
-                match self.ctx.store.read_message(entry.id).await {
-                    Ok(bytes) => Some(bytes),
-                    Err(StoreError::NotFound(_)) => continue,
+        for (batch_number, batch) in selected.entries.chunks(FETCH_BATCH).enumerate() {
+            let contents: Vec<Option<Vec<u8>>> = if wants_content {
+                let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+                let mut contents = Vec::with_capacity(batch.len());
+                match self.ctx.store.read_messages(&ids).await {
+                    Ok(results) => {
+                        for result in results {
+                            match result {
+                                Ok(bytes) => contents.push(Some(bytes)),
+                                // Expunged meanwhile: it matches nothing.
+                                Err(StoreError::NotFound(_)) => contents.push(None),
+                                Err(e) => return store_failure(&e),
+                            }
+                        }
+                    }
                     Err(e) => return store_failure(&e),
                 }
+                contents
             } else {
-                None
+                batch.iter().map(|_| None).collect()
             };
-            let candidate = Candidate {
-                seq: i as u32 + 1,
-                entry,
-                content: content.as_deref(),
-                max_seq,
-                max_uid,
-            };
-            let mut parsed = None;
-            if criteria
-                .iter()
-                .all(|key| search::matches(key, &candidate, &mut parsed))
-            {
-                found.push(if uid { entry.uid } else { i as u32 + 1 });
-                highest = highest.max(entry.modseq);
+            for (offset, (entry, content)) in batch.iter().zip(&contents).enumerate() {
+                if wants_content && content.is_none() {
+                    continue;
+                }
+                let seq = (batch_number * FETCH_BATCH + offset) as u32 + 1;
+                let candidate = Candidate {
+                    seq,
+                    entry,
+                    content: content.as_deref(),
+                    max_seq,
+                    max_uid,
+                };
+                let mut parsed = None;
+                if criteria
+                    .iter()
+                    .all(|key| search::matches(key, &candidate, &mut parsed))
+                {
+                    found.push(if uid { entry.uid } else { seq });
+                    highest = highest.max(entry.modseq);
+                }
             }
         }
         let mut text = Text(&mut self.out);

@@ -316,6 +316,7 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError>;
     /// What changed after `modseq` (new messages, flag changes, expunges), in one snapshot.
+    /// From 0 it is every message, without expunges (nothing was seen before them).
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError>;
     /// Changes the flags of the messages with these UIDs (missing UIDs are skipped).
     async fn update_flags(

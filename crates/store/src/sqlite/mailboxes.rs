@@ -526,7 +526,10 @@ pub(super) async fn changes_since(
         .fetch_all(&mut *conn)
         .await?;
         let changed = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
-        let mut expunged: Vec<u32> =
+        // From zero (a SELECT) nobody can need to hear of an expunge: skip the tombstones.
+        let mut expunged: Vec<u32> = if modseq == 0 {
+            Vec::new()
+        } else {
             sqlx::query_scalar::<_, i64>("SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2")
                 .bind(mailbox.0)
                 .bind(modseq as i64)
@@ -534,7 +537,8 @@ pub(super) async fn changes_since(
                 .await?
                 .into_iter()
                 .map(|uid| uid as u32)
-                .collect();
+                .collect()
+        };
         expunged.sort_unstable();
         expunged.dedup();
         Ok(MailboxChanges {
