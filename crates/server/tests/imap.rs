@@ -612,3 +612,67 @@ async fn imap_password_guessing_gets_the_address_banned() -> TestResult {
     )?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sasl_ir_login_mechanism_examine_unselect_and_check() -> TestResult {
+    let server = Server::start("").await?;
+    server
+        .submit("bob@example.test", "Subject: read only\r\n\r\nbody")
+        .await?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // AUTHENTICATE PLAIN with an initial response (SASL-IR): no round trip.
+    let mut c = server.connect(server.imap).await?;
+    c.line().await?;
+    let reply = c
+        .imap(
+            "a",
+            &format!(
+                "AUTHENTICATE PLAIN {}",
+                b64(&format!("\0bob@example.test\0{TEST_PASSWORD}"))
+            ),
+        )
+        .await?;
+    assert!(
+        tagged(&reply).starts_with("a OK [CAPABILITY IMAP4rev1 "),
+        "{reply:?}"
+    );
+
+    // AUTHENTICATE LOGIN: username and password challenges.
+    let mut l = server.connect(server.imap).await?;
+    l.line().await?;
+    l.send("b AUTHENTICATE LOGIN\r\n").await?;
+    assert_eq!(l.line().await?, format!("+ {}", b64("Username:")));
+    l.send(&format!("{}\r\n", b64("bob@example.test"))).await?;
+    assert_eq!(l.line().await?, format!("+ {}", b64("Password:")));
+    l.send(&format!("{}\r\n", b64(TEST_PASSWORD))).await?;
+    assert!(l.line().await?.starts_with("b OK "));
+    // A cancelled exchange is BAD and logs nobody in.
+    let mut x = server.connect(server.imap).await?;
+    x.line().await?;
+    x.send("c AUTHENTICATE PLAIN\r\n").await?;
+    assert_eq!(x.line().await?, "+ ");
+    x.send("*\r\n").await?;
+    assert!(x.line().await?.starts_with("c BAD"));
+    assert!(tagged(&x.imap("d", "SELECT INBOX").await?).starts_with("d BAD"));
+
+    // EXAMINE is read-only: no flag changes, and BODY[] does not set \Seen.
+    let examined = c.imap("e", "EXAMINE INBOX").await?;
+    assert!(tagged(&examined).starts_with("e OK [READ-ONLY]"), "{examined:?}");
+    assert!(has_line(&examined, "[PERMANENTFLAGS ()]"), "{examined:?}");
+    assert!(tagged(&c.imap("f", "STORE 1 +FLAGS (\\Flagged)").await?).starts_with("f NO [READ-ONLY]"));
+    assert!(tagged(&c.imap("g", "EXPUNGE").await?).starts_with("g NO [READ-ONLY]"));
+    let fetched = c.imap("h", "FETCH 1 (BODY[TEXT] FLAGS)").await?;
+    assert!(has_line(&fetched, "FLAGS ()"), "{fetched:?}");
+    expect_ok(&c.imap("i", "CHECK").await?)?;
+    expect_ok(&c.imap("j", "UNSELECT").await?)?;
+    assert!(
+        tagged(&c.imap("k", "FETCH 1 FLAGS").await?).starts_with("k BAD"),
+        "no mailbox after UNSELECT"
+    );
+    // Read-write again: BODY[] now sets \Seen.
+    expect_ok(&c.imap("m", "SELECT INBOX").await?)?;
+    let fetched = c.imap("n", "FETCH 1 (BODY[TEXT])").await?;
+    assert!(has_line(&fetched, "FLAGS (\\Seen)"), "{fetched:?}");
+    Ok(())
+}
