@@ -236,31 +236,7 @@ pub async fn fetch(
 /// Sum of PSS (KiB) of processes named in `names`: shared pages are split between the
 /// processes that share them, so a multi-process server is not counted several times over.
 fn pss_of(names: &[String]) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !names.iter().any(|n| n == comm.trim()) {
-            continue;
-        }
-        let Ok(rollup) = std::fs::read_to_string(path.join("smaps_rollup")) else {
-            continue;
-        };
-        if let Some(kb) = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            total += kb;
-        }
-    }
-    total
+    crate::memory_of(names, "smaps_rollup", "Pss:")
 }
 
 #[allow(clippy::too_many_arguments)]

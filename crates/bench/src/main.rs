@@ -252,6 +252,12 @@ fn own_ticks() -> anyhow::Result<u64> {
 
 /// Sum of VmRSS (KiB) of processes whose name is in `names`.
 fn rss_of(names: &[String]) -> u64 {
+    memory_of(names, "status", "VmRSS:")
+}
+
+/// Sum over processes named in `names` of a KiB figure from a /proc/PID file (`status` for
+/// VmRSS, `smaps_rollup` for Pss).
+fn memory_of(names: &[String], file: &str, field: &str) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -264,12 +270,12 @@ fn rss_of(names: &[String]) -> u64 {
         if !names.iter().any(|n| n == comm.trim()) {
             continue;
         }
-        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+        let Ok(text) = std::fs::read_to_string(path.join(file)) else {
             continue;
         };
-        if let Some(kb) = status
+        if let Some(kb) = text
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<u64>().ok())
         {

@@ -358,12 +358,7 @@ pub fn body_structure(
         if extensible {
             out.push(b' ');
             params(out, content_type.and_then(|c| c.attributes()));
-            out.push(b' ');
-            disposition(out, part);
-            out.push(b' ');
-            language(out, part);
-            out.push(b' ');
-            nstring(out, part.content_location().map(str::as_bytes));
+            extension_tail(out, part);
         }
         out.push(b')');
         return;
@@ -404,14 +399,21 @@ pub fn body_structure(
         _ => {}
     }
     if extensible {
-        out.extend_from_slice(b" NIL ");
-        disposition(out, part);
-        out.push(b' ');
-        language(out, part);
-        out.push(b' ');
-        nstring(out, part.content_location().map(str::as_bytes));
+        // body-fld-md5 is not computed.
+        out.extend_from_slice(b" NIL");
+        extension_tail(out, part);
     }
     out.push(b')');
+}
+
+/// Disposition, language and location: the extension data both kinds of part end with.
+fn extension_tail(out: &mut Vec<u8>, part: &MessagePart<'_>) {
+    out.push(b' ');
+    disposition(out, part);
+    out.push(b' ');
+    language(out, part);
+    out.push(b' ');
+    nstring(out, part.content_location().map(str::as_bytes));
 }
 
 #[cfg(test)]

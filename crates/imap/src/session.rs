@@ -1393,11 +1393,8 @@ impl Session {
                         }
                     }
                 }
-                _ => {
-                    // Unsupported items were refused before any output.
-                    out.extend_from_slice(b"UID ");
-                    let _ = write!(Text(out), "{}", entry.uid);
-                }
+                // Refused with BAD before any output (BINARY is not offered).
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {}
             }
         }
         out.extend_from_slice(b")\r\n");

@@ -218,3 +218,34 @@ pub fn config_with_users(
     }
     Ok(config)
 }
+
+/// Runs one of the independent Python clients in `tests/interop/` against a quickstart
+/// instance: ports, CA file, both users' passwords and `out` (where it writes what it sent and
+/// received) go in its environment. Fails unless it exits 0 and says "all scenarios passed".
+pub fn run_python_client(script: &str, instance: &Instance, out: &Path) -> TestResult<String> {
+    let passwords = credentials(instance)?;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let output = ctx(
+        std::process::Command::new("python3")
+            .arg(path)
+            .env("MX_PORT", instance.addr(2525).port().to_string())
+            .env("SUBMISSION_TLS_PORT", instance.addr(2465).port().to_string())
+            .env("SUBMISSION_STARTTLS_PORT", instance.addr(2587).port().to_string())
+            .env("IMAP_STARTTLS_PORT", instance.addr(2143).port().to_string())
+            .env("IMAP_TLS_PORT", instance.addr(2993).port().to_string())
+            .env("CA_FILE", instance.cert())
+            .env("OUT_DIR", out)
+            .env("ALICE_PASSWORD", &passwords["alice@example.test"])
+            .env("BOB_PASSWORD", &passwords["bob@example.test"])
+            .output(),
+        "python3",
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || !stdout.contains("all scenarios passed") {
+        return Err(format!("{script} failed:\n{stdout}\n{stderr}"));
+    }
+    Ok(stdout)
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Instance, TEST_PASSWORD, credentials, mailbox_contents};
+use common::{Instance, TEST_PASSWORD, mailbox_contents};
 use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tls_connect};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -105,29 +105,8 @@ fn has_line(reply: &[String], needle: &str) -> bool {
 #[tokio::test]
 async fn python_imaplib_reads_what_smtp_stored_byte_for_byte() -> TestResult {
     let instance = Instance::quickstart().await?;
-    let passwords = credentials(&instance)?;
     let out = ctx(tempfile::tempdir(), "tempdir")?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/imaplib_client.py");
-    let output = ctx(
-        std::process::Command::new("python3")
-            .arg(script)
-            .env("IMAP_TLS_PORT", instance.addr(2993).port().to_string())
-            .env("IMAP_STARTTLS_PORT", instance.addr(2143).port().to_string())
-            .env("SUBMISSION_TLS_PORT", instance.addr(2465).port().to_string())
-            .env("CA_FILE", instance.cert())
-            .env("OUT_DIR", out.path())
-            .env("ALICE_PASSWORD", &passwords["alice@example.test"])
-            .env("BOB_PASSWORD", &passwords["bob@example.test"])
-            .output(),
-        "python3",
-    )?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "imaplib scenarios failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all scenarios passed"));
+    common::run_python_client("imaplib_client.py", &instance, out.path())?;
 
     // What imaplib fetched is exactly what the store holds (the messages now sit in Trash,
     // Archive and INBOX after the script's MOVE, COPY and EXPUNGE; look everywhere).

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Instance, credentials, mailbox_contents};
+use common::{Instance, mailbox_contents};
 use sealmail_testkit::{TestResult, ctx};
 
 /// Checks that `stored` is exactly `sent` with only sealmail's own headers (Return-Path,
@@ -28,29 +28,8 @@ fn assert_stored_exactly(stored: &[u8], sent: &[u8], what: &str) {
 #[tokio::test]
 async fn python_smtplib_submits_and_delivers_and_the_store_holds_the_exact_bytes() -> TestResult {
     let instance = Instance::quickstart().await?;
-    let passwords = credentials(&instance)?;
     let out = ctx(tempfile::tempdir(), "tempdir")?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/smtplib_client.py");
-    let output = ctx(
-        std::process::Command::new("python3")
-            .arg(script)
-            .env("MX_PORT", instance.addr(2525).port().to_string())
-            .env("SUBMISSION_TLS_PORT", instance.addr(2465).port().to_string())
-            .env("SUBMISSION_STARTTLS_PORT", instance.addr(2587).port().to_string())
-            .env("CA_FILE", instance.cert())
-            .env("OUT_DIR", out.path())
-            .env("ALICE_PASSWORD", &passwords["alice@example.test"])
-            .env("BOB_PASSWORD", &passwords["bob@example.test"])
-            .output(),
-        "python3",
-    )?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "smtplib scenarios failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all scenarios passed"));
+    common::run_python_client("smtplib_client.py", &instance, out.path())?;
 
     let sent = |name: &str| std::fs::read(out.path().join(format!("{name}.eml"))).map_err(|e| e.to_string());
     let bob = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;

@@ -973,21 +973,7 @@ impl Store for SqliteStore {
     }
 
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
-        let name = if name.eq_ignore_ascii_case("INBOX") {
-            "INBOX"
-        } else {
-            name
-        };
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            mailbox_columns!(),
-            " FROM mailboxes WHERE account_id = ?1 AND name = ?2"
-        ))
-        .bind(account.0)
-        .bind(name)
-        .fetch_optional(&self.readers)
-        .await?;
-        row.as_ref().map(mailbox_from_row).transpose()
+        mailboxes::find_mailbox(&self.readers, account, name).await
     }
 
     async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError> {

@@ -128,8 +128,9 @@ fn is_inbox(name: &str) -> bool {
     name.eq_ignore_ascii_case("INBOX")
 }
 
-async fn find_mailbox(
-    conn: &mut SqliteConnection,
+/// The account's mailbox of that name (INBOX in any case).
+pub(super) async fn find_mailbox<'e>(
+    executor: impl SqliteExecutor<'e>,
     account: AccountId,
     name: &str,
 ) -> Result<Option<Mailbox>, StoreError> {
@@ -141,7 +142,7 @@ async fn find_mailbox(
     ))
     .bind(account.0)
     .bind(name)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(executor)
     .await?;
     row.as_ref().map(mailbox_from_row).transpose()
 }
@@ -152,7 +153,7 @@ pub(super) async fn create(
     name: &str,
     now: i64,
 ) -> Result<Mailbox, StoreError> {
-    if is_inbox(name) || find_mailbox(conn, account, name).await?.is_some() {
+    if is_inbox(name) || find_mailbox(&mut *conn, account, name).await?.is_some() {
         return Err(StoreError::Duplicate(format!("mailbox {name}")));
     }
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1")
@@ -186,7 +187,7 @@ pub(super) async fn delete(
     if is_inbox(name) {
         return Err(StoreError::NotAllowed("INBOX cannot be deleted".into()));
     }
-    let Some(mailbox) = find_mailbox(conn, account, name).await? else {
+    let Some(mailbox) = find_mailbox(&mut *conn, account, name).await? else {
         return Err(StoreError::NotFound(format!("mailbox {name}")));
     };
     sqlx::query("DELETE FROM mailboxes WHERE id = ?1")
@@ -207,10 +208,10 @@ pub(super) async fn rename(
             "renaming INBOX is not supported; create a new mailbox and move the messages".into(),
         ));
     }
-    if find_mailbox(conn, account, from).await?.is_none() {
+    if find_mailbox(&mut *conn, account, from).await?.is_none() {
         return Err(StoreError::NotFound(format!("mailbox {from}")));
     }
-    if is_inbox(to) || find_mailbox(conn, account, to).await?.is_some() {
+    if is_inbox(to) || find_mailbox(&mut *conn, account, to).await?.is_some() {
         return Err(StoreError::Duplicate(format!("mailbox {to}")));
     }
     if to.starts_with(&format!("{from}/")) {
@@ -245,7 +246,7 @@ pub(super) async fn set_subscribed(
     name: &str,
     subscribed: bool,
 ) -> Result<(), StoreError> {
-    let Some(mailbox) = find_mailbox(conn, account, name).await? else {
+    let Some(mailbox) = find_mailbox(&mut *conn, account, name).await? else {
         return Err(StoreError::NotFound(format!("mailbox {name}")));
     };
     sqlx::query("UPDATE mailboxes SET subscribed = ?2 WHERE id = ?1")
