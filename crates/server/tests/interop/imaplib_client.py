@@ -155,6 +155,15 @@ check(any(l.endswith('"Archive/2026"') for l in listing), f"Archive/2026 listed:
 check(ok(m.list('""', "%"), "LIST %") and all("/" not in l.decode().split('"/"')[1] for l in m.list('""', "%")[1]), "% stops at /")
 ok(m._simple_command("CREATE", "Entw&APw-rfe"), "CREATE modified UTF-7 name")
 check(any(b'"Entw&APw-rfe"' in l for l in ok(m.list(), "LIST")), "UTF-7 name listed")
+# LIST-EXTENDED / LIST-STATUS: statuses come with the listing; SPECIAL-USE selects.
+typ, data = m._simple_command("LIST", '""', '"*"', "RETURN", "(STATUS (MESSAGES UNSEEN))")
+check(typ == "OK", f"LIST RETURN STATUS: {typ} {data}")
+statuses = [s.decode() for s in m.untagged_responses.pop("STATUS", [])]
+check(any(s.startswith('"INBOX" (MESSAGES 3 UNSEEN 2)') for s in statuses), f"INBOX status in LIST: {statuses}")
+check(len(statuses) == len([l for l in m.untagged_responses.pop("LIST", []) if b"\\Noselect" not in l]), "a STATUS per selectable mailbox")
+typ, data = m._simple_command("LIST", "(SPECIAL-USE)", '""', '"*"')
+special = [l.decode() for l in m.untagged_responses.pop("LIST", [])]
+check(typ == "OK" and len(special) == 4 and not any("INBOX" in l for l in special), f"LIST (SPECIAL-USE): {special}")
 ok(m.rename("Archive/2026", "Archive/Old"), "RENAME")
 ok(m.subscribe("Archive/Old"), "SUBSCRIBE")
 check(any(b"Archive/Old" in l for l in ok(m.lsub(), "LSUB")), "LSUB shows the subscription")
