@@ -238,6 +238,35 @@ impl Default for AuthConfig {
     }
 }
 
+/// The resolver every DNS lookup goes through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Servers asked (UDP, then TCP when an answer is truncated); empty means the system's
+    /// (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one query waits for an answer before it is retried or given up.
+    pub timeout: Duration,
+    /// How many times a query is sent to each server before it is a temporary error.
+    pub attempts: usize,
+    /// Records kept in the cache.
+    pub cache_size: u64,
+    /// Whether clients' addresses are looked up by PTR (off: it costs a query per connection
+    /// and proves nothing).
+    pub reverse_lookups: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            cache_size: 4096,
+            reverse_lookups: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
@@ -257,6 +286,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub auth: AuthConfig,
     pub security: SecurityConfig,
+    pub dns: DnsConfig,
     pub server: ServerConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
@@ -283,6 +313,8 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     security: RawSecurity,
+    #[serde(default)]
+    dns: RawDns,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -317,6 +349,18 @@ struct RawSecurity {
     trusted: Vec<String>,
     #[serde(default)]
     proxies: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<String>,
+    timeout_secs: Option<i64>,
+    attempts: Option<i64>,
+    cache_size: Option<i64>,
+    #[serde(default)]
+    reverse_lookups: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -558,6 +602,48 @@ impl Config {
             ),
         };
 
+        let dd = DnsConfig::default();
+        let mut nameservers = Vec::new();
+        for (i, server) in raw.dns.nameservers.iter().enumerate() {
+            // "192.0.2.53" means port 53; "127.0.0.1:5353" and "[::1]:53" name the port.
+            let parsed = server.parse::<SocketAddr>().or_else(|_| {
+                server
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(addr) => nameservers.push(addr),
+                Err(_) => problems.push(format!(
+                    "dns.nameservers[{i}] = {server:?} is not an address; use e.g. \"127.0.0.1\", \"127.0.0.1:5353\" or \"[::1]:53\""
+                )),
+            }
+        }
+        let dns = DnsConfig {
+            nameservers,
+            timeout: seconds(
+                "dns.timeout_secs",
+                raw.dns.timeout_secs,
+                dd.timeout,
+                1..=60,
+                &mut problems,
+            ),
+            attempts: positive(
+                "dns.attempts",
+                raw.dns.attempts,
+                dd.attempts as i64,
+                1..=10,
+                &mut problems,
+            ) as usize,
+            cache_size: positive(
+                "dns.cache_size",
+                raw.dns.cache_size,
+                dd.cache_size as i64,
+                0..=10_000_000,
+                &mut problems,
+            ) as u64,
+            reverse_lookups: raw.dns.reverse_lookups,
+        };
+
         let d = SecurityConfig::default();
         // Up to a year.
         let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
@@ -630,6 +716,7 @@ impl Config {
                 smtp,
                 auth,
                 security,
+                dns,
                 server: ServerConfig {
                     user: raw.server.user.clone(),
                     group: raw.server.group.clone(),
@@ -907,6 +994,20 @@ mod tests {
             (
                 head.clone(),
                 "no [[listener]] is configured; add one, e.g. role = \"mx\", bind = \"0.0.0.0:25\", tls = \"starttls\"",
+            ),
+            (
+                format!(
+                    "{head}{}[dns]\nnameservers = [\"dns.example.test\"]\n",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
+                "dns.nameservers[0] = \"dns.example.test\" is not an address; use e.g. \"127.0.0.1\", \"127.0.0.1:5353\" or \"[::1]:53\"",
+            ),
+            (
+                format!(
+                    "{head}{}[dns]\ntimeout_secs = 0\n",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
+                "dns.timeout_secs = 0 is out of range; use a number from 1 to 60 (default 5)",
             ),
             (
                 format!(

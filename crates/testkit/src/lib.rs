@@ -1,7 +1,10 @@
 //! Helpers for sealmail's tests and benchmarks (never linked into the server): TLS clients that trust a given
 //! certificate, hand-made ClientHello records for refused protocol versions and suites, a
-//! process wrapper that runs the real `sealmail` binary, and line-based protocol clients.
+//! process wrapper that runs the real `sealmail` binary, line-based protocol clients, and a
+//! local DNS server ([`dns`]).
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
+
+pub mod dns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

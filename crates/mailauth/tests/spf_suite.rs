@@ -1,0 +1,309 @@
+//! The RFC 7208 SPF test suite (openspf, ../shared/testdata/spf-rfc7208) against our SPF path:
+//! each scenario's zone is served by the local DNS fixture, and `Authenticator` asks it through
+//! the same resolver set-up the server uses. Every case must pass, or be listed in `EXPECTED_TO_DIFFER`
+//! with the reason.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sealmail_config::DnsConfig;
+use sealmail_dns::Dns;
+use sealmail_mailauth::{Authenticator, spf_result_name};
+use sealmail_testkit::dns::{DnsServer, Rec};
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+/// Cases where mail-auth 0.13.3 (the SPF implementation we call) does not give the suite's
+/// result, grouped by reason. Measured 2026-11-29: 140 of 203 pass. Each group is a known gap
+/// to close in our SPF path (a strict RFC 7208 record/domain pre-check before mail-auth runs
+/// would settle the first three); until then they are listed here, and the test fails if a
+/// listed case starts passing, so the list only ever shrinks.
+const EXPECTED_TO_DIFFER: &[(&str, &[&str])] = &[
+    (
+        "malformed records are evaluated instead of giving permerror (bad CIDR lengths, control \
+         characters, non-ASCII, bad modifiers, several v=spf1 records, numeric top labels, the \
+         void-lookup limit)",
+        &[
+            "a-bad-cidr4",
+            "a-bad-cidr6",
+            "a-dual-cidr-ip4-err",
+            "badip4",
+            "cidr4-032",
+            "cidr4-33",
+            "cidr6-129",
+            "control-char-policy",
+            "empty-modifier-name",
+            "exp-syntax-error",
+            "invalid-modifier",
+            "redirect-syntax-error",
+            "mx-bad-cidr4",
+            "mx-bad-cidr6",
+            "non-ascii-mech",
+            "non-ascii-policy",
+            "multitxt1",
+            "multitxt2",
+            "a-numeric",
+            "a-numeric-toplabel",
+            "a-only-toplabel",
+            "a-only-toplabel-trailing-dot",
+            "mx-numeric-top-label",
+            "invalid-domain",
+            "void-over-limit",
+        ],
+    ),
+    (
+        "an invalid target name (empty or over-long label, bad macro expansion) is sent to the \
+         resolver, whose refusal becomes temperror instead of permerror/fail",
+        &[
+            "a-bad-domain",
+            "a-bad-toplabel",
+            "a-null",
+            "mx-bad-domain",
+            "mx-bad-toplab",
+            "mx-null",
+            "invalid-domain-empty-label",
+            "invalid-domain-long",
+            "invalid-domain-long-via-macro",
+            "invalid-hello-macro",
+            "hello-domain-literal",
+            "macro-mania-in-domain",
+            "p-macro-multiple",
+            "null-text",
+        ],
+    ),
+    (
+        "identities that are not domain names (domain literals, empty labels) give permerror \
+         where RFC 7208 4.3 says none",
+        &["domain-literal", "emptylabel", "helo-domain-literal"],
+    ),
+    (
+        "stricter than the suite: a modifier name with unusual characters and a redirect after \
+         mechanisms are permerror instead of being evaluated",
+        &["modifier-charset-good", "redirect-after-mechanisms2"],
+    ),
+    (
+        "IPv4-mapped IPv6 addresses and ip6-cidr on IPv4 clients, and `:` inside a domain-spec",
+        &[
+            "a-cidr6-0-ip4mapped",
+            "mx-cidr6-0-ip4mapped",
+            "cidr6-0-ip4",
+            "cidr6-ip4",
+            "exists-ip6only",
+            "a-colon-domain",
+            "a-colon-domain-ip4mapped",
+            "mx-colon-domain",
+            "mx-colon-domain-ip4mapped",
+        ],
+    ),
+    (
+        "exp= explanation text: macros inside it (%{p}, %{v}, upper-case URL escaping, truncation) \
+         expand differently; the result itself is right",
+        &[
+            "nolocalpart",
+            "p-macro-ip4-novalid",
+            "p-macro-ip4-valid",
+            "p-macro-ip6-novalid",
+            "p-macro-ip6-valid",
+            "upper-macro",
+            "v-macro-ip6",
+            "domain-name-truncation",
+        ],
+    ),
+    (
+        "the ptr mechanism does not match a validated name",
+        &["ptr-match-implicit", "ptr-match-ip6"],
+    ),
+];
+
+fn listed_as_differing(id: &str) -> Option<&'static str> {
+    EXPECTED_TO_DIFFER
+        .iter()
+        .find(|(_, cases)| cases.contains(&id))
+        .map(|(why, _)| *why)
+}
+
+/// The shared test data sits beside the project (`../shared/testdata`); SEALMAIL_TESTDATA
+/// points elsewhere.
+fn suite() -> String {
+    let testdata = std::env::var("SEALMAIL_TESTDATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
+    format!("{testdata}/spf-rfc7208/rfc7208-tests.yml")
+}
+
+fn strings(value: &Value) -> Vec<Vec<u8>> {
+    match value {
+        Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        Value::String(s) => vec![s.as_bytes().to_vec()],
+        other => vec![
+            serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .as_bytes()
+                .to_vec(),
+        ],
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Loads a scenario's zone into the DNS server (pyspf's driver conventions: SPF records stand
+/// in for TXT where a name has no TXT; unknown names starting "error." time out).
+fn load_zone(server: &DnsServer, zone: &Value) {
+    server.clear();
+    server.timeout_unknown_with_prefix("error.");
+    let Value::Mapping(names) = zone else { return };
+    for (name, records) in names {
+        let name = text(name);
+        let Value::Sequence(records) = records else {
+            continue;
+        };
+        let has_txt = records
+            .iter()
+            .any(|r| matches!(r, Value::Mapping(m) if m.contains_key("TXT")));
+        let mut spf = Vec::new();
+        // A name listed with only NONE records still exists (NODATA, not NXDOMAIN): give it a
+        // record of a type SPF never asks for.
+        server.add(&name, Rec::Tlsa(3, 1, 1, vec![0; 32]));
+        for record in records {
+            match record {
+                Value::String(s) if s == "TIMEOUT" => server.timeout(&name),
+                Value::Mapping(map) => {
+                    for (kind, value) in map {
+                        let kind = text(kind);
+                        if text(value) == "NONE" {
+                            continue;
+                        }
+                        match kind.as_str() {
+                            "TXT" => server.add(&name, Rec::Txt(strings(value))),
+                            "SPF" => spf.push(strings(value)),
+                            "A" => {
+                                if let Ok(ip) = text(value).parse() {
+                                    server.add(&name, Rec::A(ip));
+                                }
+                            }
+                            "AAAA" => {
+                                if let Ok(ip) = text(value).parse() {
+                                    server.add(&name, Rec::Aaaa(ip));
+                                }
+                            }
+                            "MX" => {
+                                if let Value::Sequence(mx) = value
+                                    && let [preference, host] = mx.as_slice()
+                                {
+                                    let preference = preference.as_u64().unwrap_or(0) as u16;
+                                    server.add(&name, Rec::Mx(preference, text(host)));
+                                }
+                            }
+                            "PTR" => server.add(&name, Rec::Ptr(text(value))),
+                            "CNAME" => server.add(&name, Rec::Cname(text(value))),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !has_txt {
+            for record in spf {
+                server.add(&name, Rec::Txt(record));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rfc7208_suite_passes_through_our_spf_path() -> Result<(), String> {
+    let raw = std::fs::read_to_string(suite()).map_err(|e| format!("{}: {e}", suite()))?;
+    let server = DnsServer::start().await?;
+    let config = DnsConfig {
+        nameservers: vec![server.addr()],
+        timeout: Duration::from_millis(200),
+        attempts: 1,
+        // Every scenario has its own zone: no answer may outlive it.
+        cache_size: 0,
+        ..DnsConfig::default()
+    };
+    let mut failures = BTreeMap::new();
+    let mut passed = 0;
+    let mut differ = 0;
+    let mut stale = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&raw) {
+        let scenario = Value::deserialize(document).map_err(|e| e.to_string())?;
+        let description = text(&scenario["description"]);
+        load_zone(&server, &scenario["zonedata"]);
+        let Value::Mapping(tests) = &scenario["tests"] else {
+            continue;
+        };
+        for (id, case) in tests {
+            let id = text(id);
+            let dns = Dns::new(&config).map_err(|e| e.to_string())?;
+            let authenticator = Authenticator::new(&dns, "localhost");
+            let ip = text(&case["host"])
+                .parse()
+                .map_err(|e| format!("{id}: host: {e}"))?;
+            let helo = text(&case["helo"]);
+            let mailfrom = text(&case["mailfrom"]);
+            let output = if mailfrom.is_empty() {
+                authenticator.spf_helo(ip, &helo).await
+            } else {
+                authenticator.spf_mail_from(ip, &helo, &mailfrom).await
+            };
+            let got = spf_result_name(output.result());
+            let expected: Vec<String> = match &case["result"] {
+                Value::Sequence(list) => list.iter().map(text).collect(),
+                other => vec![text(other)],
+            };
+            let mut ok = expected.iter().any(|e| e == got);
+            if ok
+                && got == "fail"
+                && let Some(explanation) = case.get("explanation").map(text)
+                && explanation != "DEFAULT"
+                && output.explanation() != Some(explanation.as_str())
+            {
+                ok = false;
+            }
+            if ok {
+                passed += 1;
+                if listed_as_differing(&id).is_some() {
+                    stale.push(id.clone());
+                }
+            } else if let Some(why) = listed_as_differing(&id) {
+                differ += 1;
+                println!("{id}: differs as expected ({why})");
+            } else {
+                failures.insert(
+                    id.clone(),
+                    format!(
+                        "[{description}] expected {expected:?}, got {got} (explanation {:?})",
+                        output.explanation()
+                    ),
+                );
+            }
+        }
+    }
+    println!("RFC 7208 suite: {passed} passed, {differ} listed as differing");
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        stale.is_empty(),
+        "these now pass; remove them from EXPECTED_TO_DIFFER: {stale:?}"
+    );
+    assert_eq!(passed + differ, 203, "every case of the suite ran");
+    Ok(())
+}
