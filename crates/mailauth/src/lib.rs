@@ -3,6 +3,8 @@
 //! resolver of `sealmail-dns` (so tests and admins control every lookup), with sealmail's host
 //! name as the SPF "host domain", and results in sealmail's own terms.
 
+pub mod inbound;
+
 use std::net::IpAddr;
 
 use mail_auth::spf::verify::SpfParameters;

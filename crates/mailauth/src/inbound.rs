@@ -1,0 +1,246 @@
+//! Inbound (role `mx`) sender authentication: SPF for HELO and MAIL FROM, every DKIM
+//! signature, ARC, and DMARC, turned into an `Authentication-Results` header (RFC 8601) and a
+//! decision: accept, deliver to Junk, refuse, or ask the sender to try again.
+//!
+//! Our policy on top of mail-auth's checks:
+//! - rsa-sha1 signatures never pass (RFC 8301), whatever the cryptography says: they are
+//!   reported as `dkim=policy` and left out of DMARC. RSA keys under 1024 bits already fail in
+//!   the cryptography layer.
+//! - DMARC `p=reject` failures are refused (550 5.7.1), `p=quarantine` failures go to Junk.
+//! - A temporary DNS failure that could change the outcome (the DMARC lookup itself, or SPF or
+//!   DKIM when DMARC did not pass) asks the sender to retry (451 4.7.x): never a silent pass.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use mail_auth::common::crypto::Algorithm;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, SpfResult,
+};
+
+use crate::Authenticator;
+
+/// What to do with DMARC failures and DNS trouble; the defaults are the secure ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundPolicy {
+    /// Refuse mail failing DMARC from a domain that publishes `p=reject`.
+    pub dmarc_reject: bool,
+    /// Deliver mail failing DMARC from a domain that publishes `p=quarantine` to Junk.
+    pub dmarc_quarantine: bool,
+    /// Answer 451 when a DNS failure could have changed the verdict.
+    pub tempfail_on_dns_error: bool,
+}
+
+impl Default for InboundPolicy {
+    fn default() -> Self {
+        InboundPolicy {
+            dmarc_reject: true,
+            dmarc_quarantine: true,
+            tempfail_on_dns_error: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Accept,
+    /// Deliver, to the recipients' Junk mailboxes.
+    Junk,
+    /// Refuse with 550 5.7.1 and this text.
+    Reject(String),
+    /// Refuse with 451 4.7.x and this text.
+    TempFail(String),
+}
+
+/// The outcome of the inbound checks.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The whole `Authentication-Results: ...\r\n` header to put on the message.
+    pub header: String,
+    pub disposition: Disposition,
+    /// `pass`, `fail`, `none`, `temperror`, `permerror`, as in the header.
+    pub dmarc: &'static str,
+    /// The RFC 5322.From domain DMARC was evaluated for.
+    pub from_domain: String,
+}
+
+fn dmarc_name(result: &DmarcResult) -> &'static str {
+    match result {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+/// Removes `Authentication-Results` header fields (and their continuation lines) whose
+/// authserv-id is ours (RFC 8601 5: a receiver must not trust, and should delete, results that
+/// claim to be its own and that it did not add). Only the header section is looked at.
+pub fn strip_forged_results<'m>(message: &'m [u8], authserv_id: &str) -> Cow<'m, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut dropping = false;
+    let mut offset = 0;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let start = offset;
+        offset += line.len();
+        if line == b"\r\n" || line == b"\n" {
+            // End of the header: the rest is copied unchanged.
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(&message[start..]);
+            }
+            break;
+        }
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            dropping = claims_our_id(line, authserv_id);
+        }
+        if dropping {
+            out.get_or_insert_with(|| message[..start].to_vec());
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(line);
+        }
+    }
+    match out {
+        Some(out) => Cow::Owned(out),
+        None => Cow::Borrowed(message),
+    }
+}
+
+fn claims_our_id(line: &[u8], authserv_id: &str) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    if !line[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"Authentication-Results")
+    {
+        return false;
+    }
+    // The authserv-id is the first token of the value (before ';' or whitespace).
+    let value = line[colon + 1..].trim_ascii_start();
+    let end = value
+        .iter()
+        .position(|&b| b == b';' || b.is_ascii_whitespace())
+        .unwrap_or(value.len());
+    value[..end].eq_ignore_ascii_case(authserv_id.as_bytes())
+}
+
+impl Authenticator {
+    /// Runs every check on a message received on `mx` from `ip`, which said `helo` and gave
+    /// `mail_from` (empty for `<>`). `message` is the message as received, without our trace
+    /// headers, with forged results already stripped.
+    pub async fn check_inbound(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+        policy: &InboundPolicy,
+    ) -> Verdict {
+        let spf_helo = self.spf_helo(ip, helo).await;
+        let spf_mail = self.spf_mail_from(ip, helo, mail_from).await;
+        let mail_from_domain = match mail_from.rsplit_once('@') {
+            Some((_, domain)) => domain.to_string(),
+            None => helo.to_string(),
+        };
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            let header = AuthenticationResults::new(&self.hostname)
+                .with_spf_ehlo_result(&spf_helo, ip, helo)
+                .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
+                .to_header();
+            return Verdict {
+                header,
+                disposition: Disposition::Reject("The message header cannot be parsed".into()),
+                dmarc: "permerror",
+                from_domain: String::new(),
+            };
+        };
+        let dkim = self.inner.verify_dkim(&parsed).await;
+        // RFC 8301: rsa-sha1 does not pass here, whatever the signature's validity.
+        let (weak, dkim): (Vec<DkimOutput<'_>>, Vec<DkimOutput<'_>>) = dkim.into_iter().partition(|d| {
+            matches!(d.result(), DkimResult::Pass) && d.signature().is_some_and(|s| s.a == Algorithm::RsaSha1)
+        });
+        let arc = self.inner.verify_arc(&parsed).await;
+        let from_domain = parsed
+            .from()
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let dmarc = self
+            .inner
+            .verify_dmarc(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
+            .await;
+
+        let mut results = AuthenticationResults::new(&self.hostname)
+            .with_dkim_results(&dkim, parsed.from())
+            .with_spf_ehlo_result(&spf_helo, ip, helo)
+            .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
+            .with_arc_result(&arc, ip)
+            .with_dmarc_result(&dmarc)
+            .to_header();
+        if !weak.is_empty() {
+            // Insert before the final CRLF: one `dkim=policy` per rsa-sha1 signature.
+            results.truncate(results.trim_end_matches("\r\n").len());
+            for signature in weak.iter().filter_map(|d| d.signature()) {
+                results.push_str(&format!(
+                    ";\r\n\tdkim=policy reason=\"rsa-sha1 is not accepted (RFC 8301)\" header.d={}",
+                    signature.d
+                ));
+            }
+            results.push_str("\r\n");
+        }
+
+        let result = dmarc.result();
+        let dns_trouble = matches!(result, DmarcResult::TempError(_))
+            || (!matches!(result, DmarcResult::Pass)
+                && (spf_mail.result() == SpfResult::TempError
+                    || dkim
+                        .iter()
+                        .any(|d| matches!(d.result(), DkimResult::TempError(_)))));
+        let disposition = if dns_trouble && policy.tempfail_on_dns_error {
+            Disposition::TempFail(format!(
+                "Sender authentication for {from_domain} could not be completed (temporary DNS failure); try again later"
+            ))
+        } else if matches!(result, DmarcResult::Fail(_)) {
+            match dmarc.policy() {
+                Policy::Reject if policy.dmarc_reject => Disposition::Reject(format!(
+                    "Message rejected: {from_domain} publishes a DMARC reject policy and this message fails it"
+                )),
+                Policy::Quarantine | Policy::Reject if policy.dmarc_quarantine => Disposition::Junk,
+                _ => Disposition::Accept,
+            }
+        } else {
+            Disposition::Accept
+        };
+        Verdict {
+            header: results,
+            disposition,
+            dmarc: dmarc_name(&result),
+            from_domain,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_results_claiming_our_id_are_stripped() {
+        let message = b"Received: x\r\nAuthentication-Results: mx.ours.test; dkim=pass\r\n\theader.d=bank.test\r\nAuthentication-Results: other.test; spf=fail\r\nauthentication-results:MX.OURS.TEST;spf=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.ours.test; body text\r\n";
+        let stripped = strip_forged_results(message, "mx.ours.test");
+        assert_eq!(
+            String::from_utf8_lossy(&stripped),
+            "Received: x\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.ours.test; body text\r\n"
+        );
+        let clean = b"Subject: hi\r\n\r\nbody\r\n";
+        assert!(matches!(
+            strip_forged_results(clean, "mx.ours.test"),
+            Cow::Borrowed(_)
+        ));
+    }
+}
