@@ -267,6 +267,24 @@ impl Default for DnsConfig {
     }
 }
 
+/// What the `mx` role does with sender-authentication results (docs/CONFIG.md `[inbound]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConfig {
+    pub dmarc_reject: bool,
+    pub dmarc_quarantine: bool,
+    pub tempfail_on_dns_error: bool,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            dmarc_reject: true,
+            dmarc_quarantine: true,
+            tempfail_on_dns_error: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
@@ -287,6 +305,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub security: SecurityConfig,
     pub dns: DnsConfig,
+    pub inbound: InboundConfig,
     pub server: ServerConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
@@ -315,6 +334,8 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    inbound: RawInbound,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -349,6 +370,14 @@ struct RawSecurity {
     trusted: Vec<String>,
     #[serde(default)]
     proxies: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    dmarc_reject: Option<bool>,
+    dmarc_quarantine: Option<bool>,
+    tempfail_on_dns_error: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -717,6 +746,11 @@ impl Config {
                 auth,
                 security,
                 dns,
+                inbound: InboundConfig {
+                    dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(true),
+                    dmarc_quarantine: raw.inbound.dmarc_quarantine.unwrap_or(true),
+                    tempfail_on_dns_error: raw.inbound.tempfail_on_dns_error.unwrap_or(true),
+                },
                 server: ServerConfig {
                     user: raw.server.user.clone(),
                     group: raw.server.group.clone(),

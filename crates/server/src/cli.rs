@@ -96,6 +96,10 @@ pub struct QuickstartArgs {
     /// Mail domain; users are alice@DOMAIN and bob@DOMAIN, the certificate is for mail.DOMAIN
     #[arg(long, default_value = "example.test")]
     pub domain: String,
+    /// DNS server to use instead of the system's (written to [dns] nameservers on creation),
+    /// e.g. 127.0.0.1:5353
+    #[arg(long)]
+    pub nameserver: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]

@@ -175,7 +175,11 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         QUICKSTART_LISTENERS,
         args.port_offset,
-    )? + quickstart_server_section();
+    )? + quickstart_server_section()
+        + &args
+            .nameserver
+            .map(|addr| format!("\n[dns]\nnameservers = [\"{addr}\"]\n"))
+            .unwrap_or_default();
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
     // A local test installation: clients on this machine may connect by name or by address.

@@ -107,6 +107,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let hostname = config.hostname.to_string();
+    let dns = sealmail_dns::Dns::new(&config.dns)?;
+    let authenticator = sealmail_mailauth::Authenticator::new(&dns, &hostname);
+    let inbound = sealmail_mailauth::inbound::InboundPolicy {
+        dmarc_reject: config.inbound.dmarc_reject,
+        dmarc_quarantine: config.inbound.dmarc_quarantine,
+        tempfail_on_dns_error: config.inbound.tempfail_on_dns_error,
+    };
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
@@ -114,6 +121,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identity: identity.clone(),
         guard: guard.clone(),
         body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
+        authenticator,
+        inbound,
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),

@@ -69,9 +69,16 @@ impl Instance {
         let root = ctx(tempfile::tempdir(), "tempdir")?;
         let offset = sealmail_testkit::free_port_offset();
         let offset_arg = offset.to_string();
+        let nameserver = sealmail_testkit::dns::empty_server()?.to_string();
         let process = Sealmail::spawn(
             bin(),
-            &["quickstart", "--port-offset", &offset_arg],
+            &[
+                "quickstart",
+                "--port-offset",
+                &offset_arg,
+                "--nameserver",
+                &nameserver,
+            ],
             root.path(),
             root.path(),
         )?;
@@ -126,6 +133,13 @@ pub fn write_config(
         ));
     }
     text.push_str(extra);
+    if !extra.contains("[dns]") {
+        // No test may ask the machine's resolver: an empty local server answers instead.
+        let dns = sealmail_testkit::dns::empty_server()?;
+        text.push_str(&format!(
+            "\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_secs = 1\nattempts = 1\n"
+        ));
+    }
     if !extra.contains("[server]") {
         // The tests run as root on CI machines.
         text.push_str("\n[server]\nallow_root = true\n");

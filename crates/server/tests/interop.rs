@@ -17,7 +17,14 @@ fn assert_stored_exactly(stored: &[u8], sent: &[u8], what: &str) {
     );
     let added = String::from_utf8_lossy(&stored[..stored.len() - sent.len()]).into_owned();
     for line in added.split_terminator("\r\n") {
-        let ours = ["Return-Path: ", "Received: ", "\t", "Message-ID: <", "Date: "];
+        let ours = [
+            "Return-Path: ",
+            "Authentication-Results: ",
+            "Received: ",
+            "\t",
+            "Message-ID: <",
+            "Date: ",
+        ];
         assert!(
             ours.iter().any(|p| line.starts_with(p)),
             "{what}: unexpected added line {line:?}"

@@ -20,9 +20,10 @@ use sealmail_config::{Role, SmtpConfig};
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
+use sealmail_mailauth::inbound::Disposition;
 use sealmail_net::TlsActive;
 use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Recipient as Lookup, Store};
-use sealmail_types::{EmailAddress, MailboxId};
+use sealmail_types::{AccountId, EmailAddress, MailboxId};
 
 use crate::message;
 use crate::reply::Reply;
@@ -35,6 +36,9 @@ pub struct SmtpContext {
     pub identity: Identity,
     pub guard: Arc<Guard>,
     pub body_budget: crate::budget::BodyBudget,
+    /// Sender authentication for mail received on `mx`.
+    pub authenticator: sealmail_mailauth::Authenticator,
+    pub inbound: sealmail_mailauth::inbound::InboundPolicy,
 }
 
 /// What the driver must do after a command.
@@ -68,7 +72,7 @@ pub enum Chunk {
 }
 
 enum Target {
-    Local { mailbox: MailboxId },
+    Local { account: AccountId, mailbox: MailboxId },
     Remote(QueueRecipient),
 }
 
@@ -464,7 +468,10 @@ impl Session {
             Err(e) => return temporary_failure(&e),
         };
         let target = match (recipient, role) {
-            (Lookup::Local { inbox, .. }, _) => Target::Local { mailbox: inbox },
+            (Lookup::Local { account, inbox }, _) => Target::Local {
+                account,
+                mailbox: inbox,
+            },
             (Lookup::UnknownUser, _) => {
                 let detail = format!("RCPT TO:<{address}>");
                 if self
@@ -686,15 +693,60 @@ impl Session {
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Mail from other servers is checked (SPF, DKIM, ARC, DMARC) before it is accepted;
+        // results that claim to be ours are removed first (RFC 8601 5).
+        let mut authentication = Vec::new();
+        let mut to_junk = false;
+        let content = if self.role == Role::Mx {
+            let content = match sealmail_mailauth::inbound::strip_forged_results(&content, &self.ctx.hostname)
+            {
+                std::borrow::Cow::Borrowed(_) => content,
+                std::borrow::Cow::Owned(stripped) => stripped,
+            };
+            let verdict = self
+                .ctx
+                .authenticator
+                .check_inbound(
+                    self.peer.ip(),
+                    self.helo.as_deref().unwrap_or(""),
+                    &sender_text,
+                    &content,
+                    &self.ctx.inbound,
+                )
+                .await;
+            tracing::info!(id = %id, peer = %self.peer, from_domain = %verdict.from_domain, dmarc = verdict.dmarc, disposition = ?verdict.disposition, "sender authentication");
+            match verdict.disposition {
+                Disposition::Accept => {}
+                Disposition::Junk => to_junk = true,
+                Disposition::Reject(why) => return Reply::new(550, "5.7.1", why),
+                Disposition::TempFail(why) => return Reply::new(451, "4.7.1", why),
+            }
+            authentication = verdict.header.into_bytes();
+            content
+        } else {
+            content
+        };
         let mut local_mailboxes = Vec::new();
         let mut remote = Vec::new();
         for rcpt in transaction.recipients {
             match rcpt.target {
-                Target::Local { mailbox } => local_mailboxes.push(mailbox),
+                Target::Local { account, mailbox } if to_junk => {
+                    // DMARC p=quarantine: the recipient's Junk, or the INBOX if it has none.
+                    match self.ctx.store.mailbox(account, "Junk").await {
+                        Ok(Some(junk)) => local_mailboxes.push(junk.id),
+                        Ok(None) => local_mailboxes.push(mailbox),
+                        Err(e) => {
+                            tracing::error!(error = %e, "store lookup failed");
+                            return Reply::new(451, "4.3.0", "Temporary lookup failure; try again later");
+                        }
+                    }
+                }
+                Target::Local { mailbox, .. } => local_mailboxes.push(mailbox),
                 Target::Remote(queued) => remote.push(queued),
             }
         }
-        let mut trace = received.into_bytes();
+        let mut trace = authentication;
+        trace.extend_from_slice(received.as_bytes());
         trace.extend_from_slice(&added);
         let local = (!local_mailboxes.is_empty()).then(|| {
             // RFC 5321 4.4: the delivering server adds Return-Path.

@@ -309,3 +309,37 @@ async fn serve_tcp(listener: TcpListener, zone: Arc<RwLock<Zone>>) {
         });
     }
 }
+
+/// A DNS server that knows no names (every lookup is NXDOMAIN), shared by every test in the
+/// process and kept on a thread of its own, so that any test configuration can point
+/// `[dns] nameservers` at it and no lookup ever reaches the machine's resolver.
+pub fn empty_server() -> TestResult<SocketAddr> {
+    static ADDR: std::sync::OnceLock<Result<SocketAddr, String>> = std::sync::OnceLock::new();
+    ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match DnsServer::start().await {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(server.addr()));
+                        // Serve for as long as the process lives.
+                        std::future::pending::<()>().await;
+                        drop(server);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        rx.recv().map_err(|e| e.to_string()).and_then(|r| r)
+    })
+    .clone()
+}

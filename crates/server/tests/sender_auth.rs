@@ -1,0 +1,164 @@
+//! Sender authentication on `mx`, end to end: a real sealmail whose resolver is pointed at the
+//! test's own DNS server, and messages sent over SMTP with STARTTLS from loopback addresses
+//! that the published SPF records allow or not. The signed message is RFC 8463's (dkimpy's
+//! test data), signed by football.example.com with Ed25519 and RSA.
+
+mod common;
+
+use std::time::Duration;
+
+use rustls::version::TLS13;
+use sealmail_testkit::dns::DnsServer;
+use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tcp_from, tls_upgrade};
+
+fn testdata() -> String {
+    std::env::var("SEALMAIL_TESTDATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string())
+}
+
+fn read(path: &str) -> TestResult<String> {
+    let path = format!("{}/{path}", testdata());
+    std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The RFC 8463 message with CRLF endings and `extra` header lines in front (unsigned, so the
+/// signatures still cover the same bytes).
+fn signed_message(extra: &str) -> TestResult<String> {
+    let text = read("dkimpy/data/rfc6376.signed.msg")?
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    Ok(format!("{extra}{text}"))
+}
+
+const ALLOWED: [u8; 4] = [127, 0, 0, 1];
+const ELSEWHERE: [u8; 4] = [127, 0, 0, 9];
+
+async fn send(
+    server: std::net::SocketAddr,
+    cert: &std::path::Path,
+    source: [u8; 4],
+    from: &str,
+    body: &str,
+) -> TestResult<String> {
+    let mut c = LineClient::new(tcp_from(source, server).await?);
+    c.smtp_reply().await?;
+    c.command("EHLO mail.football.example.com", "250").await?;
+    c.command("STARTTLS", "220").await?;
+    let config = client_config(&[cert], &[&TLS13], &[])?;
+    let mut c = LineClient::new(tls_upgrade(c.into_inner(), config, "mail.example.test").await?);
+    c.command("EHLO mail.football.example.com", "250").await?;
+    c.command(&format!("MAIL FROM:<{from}>"), "250").await?;
+    c.command("RCPT TO:<alice@example.test>", "250").await?;
+    c.command("DATA", "354").await?;
+    c.send(&format!("{}.\r\n", body.replace("\r\n.", "\r\n..")))
+        .await?;
+    c.smtp_reply().await
+}
+
+#[tokio::test]
+async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResult {
+    let dns = DnsServer::start().await?;
+    for line in read("mail-auth/resources/dkim/001.txt")?
+        .lines()
+        .take_while(|l| !l.is_empty())
+    {
+        if let Some((name, value)) = line.split_once(' ') {
+            dns.add_txt(name, value);
+        }
+    }
+    dns.add_txt("football.example.com", "v=spf1 ip4:127.0.0.1 -all");
+    dns.add_txt("_dmarc.football.example.com", "v=DMARC1; p=reject");
+    dns.add_txt("quarantined.test", "v=spf1 ip4:127.0.0.1 -all");
+    dns.add_txt("_dmarc.quarantined.test", "v=DMARC1; p=quarantine");
+    dns.add_txt("relaxed.test", "v=spf1 ip4:127.0.0.1 ~all");
+    dns.add_txt("_dmarc.relaxed.test", "v=DMARC1; p=none");
+    dns.add_txt("slow.test", "v=spf1 ip4:127.0.0.1 -all");
+    dns.timeout("_dmarc.slow.test");
+
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx = common::free_addr()?;
+    let extra = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n",
+        dns.addr()
+    );
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &[("mx", mx, "starttls")],
+        &extra,
+    )?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+    let data = dir.path().join("data");
+
+    // 1. Signed, from an address SPF allows: everything passes. A forged result claiming our
+    //    authserv-id is removed; a result from someone else stays.
+    let forged = "Authentication-Results: mail.example.test; dkim=pass header.d=bank.test\r\nAuthentication-Results: other.test; spf=pass\r\n";
+    let reply = send(
+        mx,
+        &cert,
+        ALLOWED,
+        "joe@football.example.com",
+        &signed_message(forged)?,
+    )
+    .await?;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
+    let stored = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
+    assert!(
+        stored.starts_with(
+            "Return-Path: <joe@football.example.com>\r\nAuthentication-Results: mail.example.test;\r\n"
+        ),
+        "{stored}"
+    );
+    assert_eq!(stored.matches("dkim=pass").count(), 2, "{stored}");
+    assert!(
+        stored.contains("spf=pass") && stored.contains("dmarc=pass header.from=football.example.com"),
+        "{stored}"
+    );
+    assert_eq!(
+        stored
+            .matches("Authentication-Results: mail.example.test")
+            .count(),
+        1,
+        "forged result kept: {stored}"
+    );
+    assert!(!stored.contains("bank.test"), "{stored}");
+    assert!(
+        stored.contains("Authentication-Results: other.test; spf=pass"),
+        "{stored}"
+    );
+
+    // 2. Altered in transit and sent from elsewhere: DKIM and SPF fail, p=reject refuses it.
+    let tampered = signed_message("")?.replace("We lost the game.", "We won the game.");
+    let reply = send(mx, &cert, ELSEWHERE, "joe@football.example.com", &tampered).await?;
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+
+    // 3. p=quarantine: delivered, to Junk.
+    let unsigned = "From: eve@quarantined.test\r\nTo: alice@example.test\r\nSubject: q\r\n\r\nhello\r\n";
+    let reply = send(mx, &cert, ELSEWHERE, "eve@quarantined.test", unsigned).await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    let junk = common::mailbox_contents(&data, "alice@example.test", "Junk").await?;
+    assert_eq!(junk.len(), 1);
+    assert!(String::from_utf8_lossy(&junk[0]).contains("policy.dmarc=quarantine"));
+
+    // 4. SPF softfail under p=none: delivered to the INBOX with the softfail recorded.
+    let relaxed = "From: ann@relaxed.test\r\nTo: alice@example.test\r\nSubject: r\r\n\r\nhello\r\n";
+    let reply = send(mx, &cert, ELSEWHERE, "ann@relaxed.test", relaxed).await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
+    let last = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
+    assert!(
+        last.contains("spf=softfail") && last.contains("dmarc=fail"),
+        "{last}"
+    );
+
+    // 5. The DMARC lookup times out: try again later, never a silent pass.
+    let slow = "From: sam@slow.test\r\nTo: alice@example.test\r\nSubject: s\r\n\r\nhello\r\n";
+    let started = std::time::Instant::now();
+    let reply = send(mx, &cert, ALLOWED, "sam@slow.test", slow).await?;
+    assert!(reply.starts_with("451 4.7.1"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
