@@ -17,6 +17,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
   fi
 fi
+# dkimpy (with dnspython) is the independent DKIM implementation the DKIM tests run against.
+venv=.test-venv
+if ! "$venv/bin/python" -c 'import dkim, dns.resolver, nacl' >/dev/null 2>&1; then
+  python3 -m venv "$venv" >/dev/null 2>&1 || {
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq python3-venv; else sudo apt-get install -y -qq python3-venv; fi
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2
+fi
+SEALMAIL_PYTHON="$(pwd)/$venv/bin/python"
+export SEALMAIL_PYTHON
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

@@ -47,6 +47,22 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
             let domain = parse_domain(&domain)?;
             store.add_domain(&domain).await?;
             println!("added domain {domain}");
+            let config = load_config(config_path)?;
+            let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+            if sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
+                let period = time::OffsetDateTime::now_utc();
+                let period = format!("{:04}{:02}", period.year(), u8::from(period.month()));
+                let selectors = sealmail_mailauth::signing::generate(&dkim_dir, domain.as_str(), &period)?;
+                println!(
+                    "DKIM keys made (selectors {}); publish them with: sealmail domain dns {domain}",
+                    selectors.join(", ")
+                );
+            }
+        }
+        DomainCommand::Dns { domain } => {
+            let domain = parse_domain(&domain)?;
+            let config = load_config(config_path)?;
+            print!("{}", dns_records(&config, &domain)?);
         }
         DomainCommand::List => {
             for domain in store.list_domains().await? {
@@ -249,4 +265,66 @@ pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) 
         }
     }
     Ok(())
+}
+
+/// The zone-file lines a domain should publish so that others can check its mail.
+fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let host = &config.hostname;
+    let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+    let mut out = String::new();
+    writeln!(out, "; DNS records for {domain} (sealmail)")?;
+    writeln!(out, "{domain}.\tIN\tMX\t10 {host}.")?;
+    writeln!(out, "{domain}.\tIN\tTXT\t\"v=spf1 mx -all\"")?;
+    for key in sealmail_mailauth::signing::published_keys(&dkim_dir, domain.as_str())? {
+        writeln!(
+            out,
+            "{}._domainkey.{domain}.\tIN\tTXT\t{}",
+            key.selector,
+            zone_txt(&key.txt_record())
+        )?;
+    }
+    writeln!(
+        out,
+        "_dmarc.{domain}.\tIN\tTXT\t\"v=DMARC1; p=reject; rua=mailto:postmaster@{domain}\""
+    )?;
+    // MTA-STS (RFC 8461): the id changes whenever the policy does; the policy names our MX.
+    let policy = format!("version: STSv1\r\nmode: enforce\r\nmx: {host}\r\nmax_age: 604800\r\n");
+    let id = &sealmail_store::sha256_hex(policy.as_bytes())[..16];
+    writeln!(out, "_mta-sts.{domain}.\tIN\tTXT\t\"v=STSv1; id={id}\"")?;
+    writeln!(
+        out,
+        "_smtp._tls.{domain}.\tIN\tTXT\t\"v=TLSRPTv1; rua=mailto:postmaster@{domain}\""
+    )?;
+    // DANE (RFC 7672): 3 1 1 = the SHA-256 of the current certificate's public key.
+    if let Some(files) = config.certificates.first() {
+        let der = sealmail_tls::leaf_spki(&files.cert)?;
+        writeln!(
+            out,
+            "_25._tcp.{host}.\tIN\tTLSA\t3 1 1 {}",
+            sealmail_store::sha256_hex(&der)
+        )?;
+    }
+    writeln!(
+        out,
+        "; MTA-STS policy, to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt:"
+    )?;
+    for line in policy.lines() {
+        writeln!(out, ";   {line}")?;
+    }
+    Ok(out)
+}
+
+/// A TXT value in zone-file syntax: quoted strings of at most 255 bytes each.
+fn zone_txt(value: &str) -> String {
+    let parts: Vec<String> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    if parts.len() == 1 {
+        parts.concat()
+    } else {
+        format!("( {} )", parts.join(" "))
+    }
 }

@@ -158,6 +158,9 @@ pub enum ConfigCommand {
 pub enum DomainCommand {
     /// Start receiving mail for DOMAIN
     Add { domain: String },
+    /// Print, in zone-file syntax, every DNS record DOMAIN should publish (MX, SPF, DKIM,
+    /// DMARC, MTA-STS, TLS-RPT, DANE TLSA)
+    Dns { domain: String },
     /// List the domains
     List,
     /// Stop receiving mail for DOMAIN (it must have no users)

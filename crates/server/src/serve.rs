@@ -114,6 +114,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dmarc_quarantine: config.inbound.dmarc_quarantine,
         tempfail_on_dns_error: config.inbound.tempfail_on_dns_error,
     };
+    let domains: Vec<String> = store
+        .list_domains()
+        .await?
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let signer = Arc::new(sealmail_mailauth::signing::Signer::load(
+        &config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR),
+        &domains,
+    )?);
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
@@ -122,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         guard: guard.clone(),
         body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
         authenticator,
+        signer,
         inbound,
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {

@@ -38,6 +38,8 @@ pub struct SmtpContext {
     pub body_budget: crate::budget::BodyBudget,
     /// Sender authentication for mail received on `mx`.
     pub authenticator: sealmail_mailauth::Authenticator,
+    /// DKIM keys of our domains, for submission.
+    pub signer: Arc<sealmail_mailauth::signing::Signer>,
     pub inbound: sealmail_mailauth::inbound::InboundPolicy,
 }
 
@@ -745,8 +747,30 @@ impl Session {
                 Target::Remote(queued) => remote.push(queued),
             }
         }
+        // Submission: sign as the user's domain (Ed25519 and RSA) over what we send, including
+        // the Message-ID and Date we added.
+        let mut signatures = Vec::new();
+        if let Some(auth) = &self.auth {
+            let domain = auth.account.address.domain().as_str().to_string();
+            if self.ctx.signer.signs_for(&domain) {
+                let mut signed = added.clone();
+                signed.extend_from_slice(&content);
+                match self.ctx.signer.sign(&domain, &signed) {
+                    Ok(headers) => signatures = headers,
+                    Err(e) => {
+                        tracing::error!(id = %id, error = %e, "DKIM signing failed");
+                        return Reply::new(
+                            451,
+                            "4.7.0",
+                            "Temporary failure signing the message; try again later",
+                        );
+                    }
+                }
+            }
+        }
         let mut trace = authentication;
         trace.extend_from_slice(received.as_bytes());
+        trace.extend_from_slice(&signatures);
         trace.extend_from_slice(&added);
         let local = (!local_mailboxes.is_empty()).then(|| {
             // RFC 5321 4.4: the delivering server adds Return-Path.

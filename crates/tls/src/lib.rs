@@ -190,6 +190,23 @@ pub fn load_certificate(files: &CertificateFiles) -> Result<LoadedCertificate, T
     Ok(loaded)
 }
 
+/// The DER SubjectPublicKeyInfo of the first (leaf) certificate in a PEM file: what a DANE
+/// `3 1 x` TLSA record hashes.
+pub fn leaf_spki(cert_file: &Path) -> Result<Vec<u8>, TlsError> {
+    use x509_parser::prelude::*;
+    let bad = |detail: String| TlsError::BadCertificate {
+        path: cert_file.to_path_buf(),
+        detail,
+    };
+    let leaf = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no certificate in the file".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
+    Ok(cert.public_key().raw.to_vec())
+}
+
 fn leaf_names_and_expiry(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;

@@ -1,0 +1,261 @@
+//! DKIM signing on submission, checked by two verifiers: sealmail's own inbound checks and
+//! dkimpy (the independent implementation, from scripts/test.sh's venv), both reading the keys
+//! from the records `sealmail domain dns` prints, served by the test's DNS server. And the other
+//! way: a message dkimpy signs verifies in sealmail.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sealmail_testkit::dns::{DnsServer, Rec};
+use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tls_connect};
+
+fn python() -> String {
+    std::env::var("SEALMAIL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs the dkimpy script without blocking the runtime (the test's DNS server runs on it).
+async fn dkimpy(args: &[&str]) -> TestResult<(bool, String)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/dkimpy_check.py");
+    let output = ctx(
+        tokio::process::Command::new(python())
+            .arg(script)
+            .args(args)
+            .output()
+            .await,
+        "python",
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if text.contains("No module named") {
+        return Err(format!(
+            "dkimpy is not installed for {}; scripts/test.sh sets up a venv with it and exports SEALMAIL_PYTHON: {text}",
+            python()
+        ));
+    }
+    Ok((output.status.success(), text))
+}
+
+/// Serves every TXT record of `sealmail domain dns` output in the DNS server.
+fn publish(dns: &DnsServer, zone: &str) {
+    for line in zone.lines().filter(|l| !l.starts_with(';')) {
+        let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        if let [name, "IN", "TXT", value] = fields.as_slice() {
+            let strings: Vec<Vec<u8>> = value
+                .split('"')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s.as_bytes().to_vec())
+                .collect();
+            dns.add(name, Rec::Txt(strings));
+        }
+    }
+}
+
+#[tokio::test]
+async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestResult {
+    let dns = DnsServer::start().await?;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let submission = common::free_addr()?;
+    let extra = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n",
+        dns.addr()
+    );
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice", "bob"],
+        &[("submission", submission, "implicit")],
+        &extra,
+    )?;
+    // `domain add` made the keys: private, and published by `domain dns`.
+    let keys: Vec<_> = ctx(
+        std::fs::read_dir(dir.path().join("data/dkim/example.test")),
+        "dkim dir",
+    )?
+    .flatten()
+    .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+    .collect();
+    assert_eq!(keys.len(), 2, "an Ed25519 and an RSA key");
+    for key in &keys {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = ctx(key.metadata(), "metadata")?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.path().display());
+    }
+    let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "example.test"])?;
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "example.test.\tIN\tMX\t10 mail.example.test.",
+        "example.test.\tIN\tTXT\t\"v=spf1 mx -all\"",
+        "_dmarc.example.test.\tIN\tTXT\t\"v=DMARC1; p=reject; rua=mailto:postmaster@example.test\"",
+        "_mta-sts.example.test.\tIN\tTXT\t\"v=STSv1; id=",
+        "_smtp._tls.example.test.\tIN\tTXT\t\"v=TLSRPTv1; rua=mailto:postmaster@example.test\"",
+        "_25._tcp.mail.example.test.\tIN\tTLSA\t3 1 1 ",
+        "; MTA-STS policy",
+    ] {
+        assert!(zone.contains(expected), "{expected:?} missing from:\n{zone}");
+    }
+    assert!(
+        zone.contains("._domainkey.example.test.\tIN\tTXT\t\"v=DKIM1; k=ed25519; p="),
+        "{zone}"
+    );
+    assert!(
+        zone.contains("._domainkey.example.test.\tIN\tTXT\t( \"v=DKIM1; k=rsa; p="),
+        "{zone}"
+    );
+    publish(&dns, &zone);
+    let _server = common::serve(dir.path(), &config).await?;
+
+    // Alice submits to Bob (delivered locally; the stored copy carries the signatures).
+    let cert = dir.path().join("tls/0.pem");
+    let mut c = LineClient::new(
+        tls_connect(
+            submission,
+            client_config(&[&cert], rustls::DEFAULT_VERSIONS, &[])?,
+            "mail.example.test",
+        )
+        .await?,
+    );
+    c.smtp_reply().await?;
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("\0alice@example.test\0{}", common::TEST_PASSWORD));
+    c.dialog(&[
+        ("EHLO client.test".to_string(), "250"),
+        (format!("AUTH PLAIN {auth}"), "235"),
+        ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "250"),
+        ("DATA".to_string(), "354"),
+    ])
+    .await?;
+    c.command(
+        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: signed\r\n\r\nHello Bob.\r\n.",
+        "250",
+    )
+    .await?;
+    let stored = common::mailbox_contents(&dir.path().join("data"), "bob@example.test", "INBOX").await?;
+    let message = stored.first().ok_or("not delivered")?.clone();
+    let text = String::from_utf8_lossy(&message).into_owned();
+    assert_eq!(text.matches("DKIM-Signature: ").count(), 2, "{text}");
+    assert!(
+        text.contains("a=ed25519-sha256") && text.contains("a=rsa-sha256"),
+        "{text}"
+    );
+    // From is listed twice in h= (over-signed: a second From added later breaks the signature).
+    let h_tag: String = text
+        .split("h=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .ok_or("no h= tag")?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let from_count = h_tag
+        .split(':')
+        .filter(|name| name.eq_ignore_ascii_case("From"))
+        .count();
+    assert_eq!(from_count, 2, "From over-signed: {h_tag}");
+
+    // sealmail's own verifier.
+    let resolver = sealmail_dns::Dns::new(&sealmail_config::DnsConfig {
+        nameservers: vec![dns.addr()],
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        ..sealmail_config::DnsConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
+    let verdict = authenticator
+        .check_inbound(
+            IpAddr::from([192, 0, 2, 1]),
+            "mail.example.test",
+            "alice@example.test",
+            &message,
+            &sealmail_mailauth::inbound::InboundPolicy::default(),
+        )
+        .await;
+    assert_eq!(
+        verdict.header.matches("dkim=pass").count(),
+        2,
+        "{}",
+        verdict.header
+    );
+    assert!(verdict.header.contains("dmarc=pass"), "{}", verdict.header);
+
+    // dkimpy, asking the same DNS server.
+    let out = ctx(tempfile::tempdir(), "tempdir")?;
+    let file = out.path().join("signed.eml");
+    ctx(std::fs::write(&file, &message), "write")?;
+    let port = dns.addr().port().to_string();
+    let (ok, report) = dkimpy(&["verify", &file.to_string_lossy(), "127.0.0.1", &port]).await?;
+    assert!(ok && report.matches("pass").count() == 2, "dkimpy: {report}");
+
+    // A broken body fails in dkimpy too (the check can fail).
+    let tampered = text.replace("Hello Bob.", "Hello Eve.");
+    ctx(std::fs::write(&file, tampered), "write")?;
+    let (ok, report) = dkimpy(&["verify", &file.to_string_lossy(), "127.0.0.1", &port]).await?;
+    assert!(!ok, "dkimpy accepted a changed body: {report}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_signed_by_dkimpy_verifies_in_sealmail() -> TestResult {
+    let testdata = std::env::var("SEALMAIL_TESTDATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
+    let key = format!("{testdata}/dkimpy/data/test.private");
+    let record = ctx(
+        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
+        "test.txt",
+    )?;
+    let dns = DnsServer::start().await?;
+    dns.add_txt("test._domainkey.example.com", record.trim());
+    let out = ctx(tempfile::tempdir(), "tempdir")?;
+    let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
+    ctx(
+        std::fs::write(
+            &source,
+            "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: from dkimpy\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@example.com>\r\n\r\nsigned elsewhere\r\n",
+        ),
+        "write",
+    )?;
+    let (ok, report) = dkimpy(&[
+        "sign",
+        &source.to_string_lossy(),
+        &target.to_string_lossy(),
+        &key,
+        "example.com",
+        "test",
+    ])
+    .await?;
+    assert!(ok, "{report}");
+    let signed = ctx(std::fs::read(&target), "read")?;
+    let resolver = sealmail_dns::Dns::new(&sealmail_config::DnsConfig {
+        nameservers: vec![dns.addr()],
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        ..sealmail_config::DnsConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
+    let verdict = authenticator
+        .check_inbound(
+            IpAddr::from([192, 0, 2, 1]),
+            "mail.example.com",
+            "someone@example.com",
+            &signed,
+            &sealmail_mailauth::inbound::InboundPolicy::default(),
+        )
+        .await;
+    assert!(
+        verdict
+            .header
+            .contains("dkim=pass header.i=@example.com header.s=test"),
+        "{}",
+        verdict.header
+    );
+    Ok(())
+}
