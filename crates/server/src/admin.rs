@@ -10,7 +10,7 @@ use sealmail_identity::{Identity, Password, generate_password};
 use sealmail_store::{SqliteStore, Store};
 use sealmail_types::{Domain, EmailAddress};
 
-use crate::cli::{DomainCommand, UserCommand, usage};
+use crate::cli::{DkimCommand, DomainCommand, UserCommand, usage};
 use crate::serve::{load_config, open_store};
 
 pub fn config_check(config_path: &Path) -> anyhow::Result<()> {
@@ -50,13 +50,7 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
             let config = load_config(config_path)?;
             let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
             if sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
-                let period = time::OffsetDateTime::now_utc();
-                let period = format!("{:04}{:02}", period.year(), u8::from(period.month()));
-                let selectors = sealmail_mailauth::signing::generate(&dkim_dir, domain.as_str(), &period)?;
-                println!(
-                    "DKIM keys made (selectors {}); publish them with: sealmail domain dns {domain}",
-                    selectors.join(", ")
-                );
+                make_dkim_keys(&dkim_dir, &domain)?;
             }
         }
         DomainCommand::Dns { domain } => {
@@ -327,4 +321,38 @@ fn zone_txt(value: &str) -> String {
     } else {
         format!("( {} )", parts.join(" "))
     }
+}
+
+/// New DKIM keys for `domain`, named after this month, made the active ones.
+fn make_dkim_keys(dkim_dir: &Path, domain: &Domain) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let period = format!("{:04}{:02}", now.year(), u8::from(now.month()));
+    let selectors = sealmail_mailauth::signing::generate(dkim_dir, domain.as_str(), &period)?;
+    println!(
+        "DKIM keys made (selectors {}); publish them with: sealmail domain dns {domain}",
+        selectors.join(", ")
+    );
+    Ok(())
+}
+
+pub fn dkim(config_path: &Path, command: DkimCommand) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+    match command {
+        DkimCommand::Rotate { domain } => {
+            let domain = parse_domain(&domain)?;
+            let old = sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str());
+            make_dkim_keys(&dkim_dir, &domain)?;
+            println!(
+                "Publish the new records now and restart sealmail to sign with them. The old keys ({}) stay published; delete their files from {} once mail signed with them has been delivered (a few days).",
+                if old.is_empty() {
+                    "none".to_string()
+                } else {
+                    old.join(", ")
+                },
+                dkim_dir.join(domain.as_str()).display()
+            );
+        }
+    }
+    Ok(())
 }

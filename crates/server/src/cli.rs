@@ -67,6 +67,9 @@ pub enum Command {
     /// Manage user accounts
     #[command(subcommand)]
     User(UserCommand),
+    /// DKIM signing keys
+    #[command(subcommand)]
+    Dkim(DkimCommand),
     /// Intrusion prevention: bans and the security event log
     #[command(subcommand)]
     Security(SecurityCommand),
@@ -165,6 +168,13 @@ pub enum DomainCommand {
     List,
     /// Stop receiving mail for DOMAIN (it must have no users)
     Remove { domain: String },
+}
+
+#[derive(Subcommand)]
+pub enum DkimCommand {
+    /// Make new keys (new selectors) for DOMAIN and sign with them from the next start; the
+    /// old keys stay published by `domain dns` until their files are removed
+    Rotate { domain: String },
 }
 
 #[derive(Subcommand)]

@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Init(args) => quickstart::init(&config_path, args).await,
                 Command::Config(cli::ConfigCommand::Check) => admin::config_check(&config_path),
                 Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
+                Command::Dkim(cmd) => admin::dkim(&config_path, cmd),
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
                 Command::Security(cmd) => admin::security(&config_path, cmd).await,
                 Command::Queue(cli::QueueCommand::List) => admin::queue_list(&config_path).await,

@@ -259,3 +259,42 @@ async fn a_message_signed_by_dkimpy_verifies_in_sealmail() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn dkim_rotate_makes_new_active_keys_and_keeps_the_old_ones_published() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let submission = common::free_addr()?;
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &[],
+        &[("submission", submission, "implicit")],
+        "",
+    )?;
+    let active = |dir: &std::path::Path| -> TestResult<Vec<String>> {
+        let text = ctx(
+            std::fs::read_to_string(dir.join("data/dkim/example.test/active")),
+            "active",
+        )?;
+        Ok(text.lines().map(String::from).collect())
+    };
+    let before = active(dir.path())?;
+    assert_eq!(before.len(), 2);
+    let (code, out, err) = common::admin(dir.path(), &config, &["dkim", "rotate", "example.test"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stay published"), "{out}");
+    let after = active(dir.path())?;
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|s| !before.contains(s)),
+        "{before:?} -> {after:?}"
+    );
+    let (_, zone, _) = common::admin(dir.path(), &config, &["domain", "dns", "example.test"])?;
+    for selector in before.iter().chain(&after) {
+        assert!(
+            zone.contains(&format!("{selector}._domainkey.example.test.")),
+            "{selector} not published:\n{zone}"
+        );
+    }
+    Ok(())
+}
