@@ -273,6 +273,7 @@ pub struct InboundConfig {
     pub dmarc_reject: bool,
     pub dmarc_quarantine: bool,
     pub tempfail_on_dns_error: bool,
+    pub phishing_warnings: bool,
 }
 
 impl Default for InboundConfig {
@@ -281,6 +282,7 @@ impl Default for InboundConfig {
             dmarc_reject: true,
             dmarc_quarantine: true,
             tempfail_on_dns_error: true,
+            phishing_warnings: true,
         }
     }
 }
@@ -378,6 +380,7 @@ struct RawInbound {
     dmarc_reject: Option<bool>,
     dmarc_quarantine: Option<bool>,
     tempfail_on_dns_error: Option<bool>,
+    phishing_warnings: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -750,6 +753,7 @@ impl Config {
                     dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(true),
                     dmarc_quarantine: raw.inbound.dmarc_quarantine.unwrap_or(true),
                     tempfail_on_dns_error: raw.inbound.tempfail_on_dns_error.unwrap_or(true),
+                    phishing_warnings: raw.inbound.phishing_warnings.unwrap_or(true),
                 },
                 server: ServerConfig {
                     user: raw.server.user.clone(),

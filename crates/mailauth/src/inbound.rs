@@ -32,6 +32,8 @@ pub struct InboundPolicy {
     pub dmarc_quarantine: bool,
     /// Answer 451 when a DNS failure could have changed the verdict.
     pub tempfail_on_dns_error: bool,
+    /// Mark suspicious mail (DMARC failure, look-alike sender) with a visible warning.
+    pub phishing_warnings: bool,
 }
 
 impl Default for InboundPolicy {
@@ -40,6 +42,7 @@ impl Default for InboundPolicy {
             dmarc_reject: true,
             dmarc_quarantine: true,
             tempfail_on_dns_error: true,
+            phishing_warnings: true,
         }
     }
 }

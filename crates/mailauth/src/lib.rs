@@ -4,6 +4,7 @@
 //! name as the SPF "host domain", and results in sealmail's own terms.
 
 pub mod inbound;
+pub mod phishing;
 pub mod signing;
 
 use std::net::IpAddr;

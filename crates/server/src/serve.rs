@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dmarc_reject: config.inbound.dmarc_reject,
         dmarc_quarantine: config.inbound.dmarc_quarantine,
         tempfail_on_dns_error: config.inbound.tempfail_on_dns_error,
+        phishing_warnings: config.inbound.phishing_warnings,
     };
     let domains: Vec<String> = store
         .list_domains()

@@ -153,6 +153,38 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
         last.contains("spf=softfail") && last.contains("dmarc=fail"),
         "{last}"
     );
+    // ... and it is marked: DMARC failed.
+    assert!(
+        last.contains(
+            "X-Sealmail-Warning: The sender's domain relaxed.test could not be verified (DMARC failed)"
+        ),
+        "{last}"
+    );
+    assert!(
+        last.contains("\r\n\r\n[sealmail warning: The sender's domain relaxed.test"),
+        "{last}"
+    );
+
+    // 4b. A look-alike of our own domain with our name in the display name: marked twice.
+    let lookalike = "From: Example IT Support <help@examp1e.test>\r\nTo: alice@example.test\r\nSubject: reset your password\r\n\r\nClick here.\r\n";
+    let reply = send(mx, &cert, ELSEWHERE, "help@examp1e.test", lookalike).await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
+    let last = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
+    assert!(
+        last.contains(
+            "X-Sealmail-Warning: The sender's domain examp1e.test (examp1e.test) imitates example.test"
+        ),
+        "{last}"
+    );
+    assert!(
+        last.contains("X-Sealmail-Warning: The sender's name mentions example.test"),
+        "{last}"
+    );
+    assert!(
+        last.ends_with("\r\n\r\n[sealmail warning: The sender's domain examp1e.test (examp1e.test) imitates example.test, but it is not example.test / The sender's name mentions example.test, but the message comes from examp1e.test]\r\n\r\nClick here.\r\n"),
+        "{last}"
+    );
 
     // 5. The DMARC lookup times out: try again later, never a silent pass.
     let slow = "From: sam@slow.test\r\nTo: alice@example.test\r\nSubject: s\r\n\r\nhello\r\n";

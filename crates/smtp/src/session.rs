@@ -700,11 +700,11 @@ impl Session {
         let mut authentication = Vec::new();
         let mut to_junk = false;
         let content = if self.role == Role::Mx {
-            let content = match sealmail_mailauth::inbound::strip_forged_results(&content, &self.ctx.hostname)
-            {
-                std::borrow::Cow::Borrowed(_) => content,
-                std::borrow::Cow::Owned(stripped) => stripped,
-            };
+            let mut content =
+                match sealmail_mailauth::inbound::strip_forged_results(&content, &self.ctx.hostname) {
+                    std::borrow::Cow::Borrowed(_) => content,
+                    std::borrow::Cow::Owned(stripped) => stripped,
+                };
             let verdict = self
                 .ctx
                 .authenticator
@@ -724,6 +724,26 @@ impl Session {
                 Disposition::TempFail(why) => return Reply::new(451, "4.7.1", why),
             }
             authentication = verdict.header.into_bytes();
+            if self.ctx.inbound.phishing_warnings {
+                let ours: Vec<String> = match self.ctx.store.list_domains().await {
+                    Ok(domains) => domains.iter().map(|d| d.to_string()).collect(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "store lookup failed");
+                        return Reply::new(451, "4.3.0", "Temporary lookup failure; try again later");
+                    }
+                };
+                let name = sealmail_mailauth::phishing::from_display_name(&content);
+                let warnings = sealmail_mailauth::phishing::warnings(
+                    &verdict.from_domain,
+                    name.as_deref(),
+                    verdict.dmarc,
+                    &ours,
+                );
+                if !warnings.is_empty() {
+                    tracing::info!(id = %id, warnings = ?warnings, "message marked as suspicious");
+                    content = sealmail_mailauth::phishing::add_warnings(&content, &warnings);
+                }
+            }
             content
         } else {
             content
