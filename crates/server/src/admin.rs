@@ -53,10 +53,18 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
                 make_dkim_keys(&dkim_dir, &domain)?;
             }
         }
-        DomainCommand::Dns { domain } => {
+        DomainCommand::Dns { domain, check } => {
             let domain = parse_domain(&domain)?;
             let config = load_config(config_path)?;
-            print!("{}", dns_records(&config, &domain)?);
+            if check {
+                if !check_records(&config, &domain).await? {
+                    anyhow::bail!(
+                        "some records are missing or differ; publish what `sealmail domain dns {domain}` prints"
+                    );
+                }
+            } else {
+                print!("{}", dns_records(&config, &domain)?);
+            }
         }
         DomainCommand::List => {
             for domain in store.list_domains().await? {
@@ -261,43 +269,77 @@ pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) 
     Ok(())
 }
 
-/// The zone-file lines a domain should publish so that others can check its mail.
-fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<String> {
-    use std::fmt::Write as _;
+/// One record a domain should publish.
+struct Published {
+    name: String,
+    kind: &'static str,
+    /// MX: "PREF HOST."; TXT: the text; TLSA: "3 1 1 HEX".
+    value: String,
+}
+
+/// Every record a domain should publish so that others can check its mail, and the MTA-STS
+/// policy body to serve.
+fn expected_records(
+    config: &sealmail_config::Config,
+    domain: &Domain,
+) -> anyhow::Result<(Vec<Published>, String)> {
     let host = &config.hostname;
     let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
-    let mut out = String::new();
-    writeln!(out, "; DNS records for {domain} (sealmail)")?;
-    writeln!(out, "{domain}.\tIN\tMX\t10 {host}.")?;
-    writeln!(out, "{domain}.\tIN\tTXT\t\"v=spf1 mx -all\"")?;
+    let record = |name: String, kind, value: String| Published { name, kind, value };
+    let mut records = vec![
+        record(format!("{domain}."), "MX", format!("10 {host}.")),
+        record(format!("{domain}."), "TXT", "v=spf1 mx -all".into()),
+    ];
     for key in sealmail_mailauth::signing::published_keys(&dkim_dir, domain.as_str())? {
-        writeln!(
-            out,
-            "{}._domainkey.{domain}.\tIN\tTXT\t{}",
-            key.selector,
-            zone_txt(&key.txt_record())
-        )?;
+        records.push(record(
+            format!("{}._domainkey.{domain}.", key.selector),
+            "TXT",
+            key.txt_record(),
+        ));
     }
-    writeln!(
-        out,
-        "_dmarc.{domain}.\tIN\tTXT\t\"v=DMARC1; p=reject; rua=mailto:postmaster@{domain}\""
-    )?;
+    records.push(record(
+        format!("_dmarc.{domain}."),
+        "TXT",
+        format!("v=DMARC1; p=reject; rua=mailto:postmaster@{domain}"),
+    ));
     // MTA-STS (RFC 8461): the id changes whenever the policy does; the policy names our MX.
     let policy = format!("version: STSv1\r\nmode: enforce\r\nmx: {host}\r\nmax_age: 604800\r\n");
     let id = &sealmail_store::sha256_hex(policy.as_bytes())[..16];
-    writeln!(out, "_mta-sts.{domain}.\tIN\tTXT\t\"v=STSv1; id={id}\"")?;
-    writeln!(
-        out,
-        "_smtp._tls.{domain}.\tIN\tTXT\t\"v=TLSRPTv1; rua=mailto:postmaster@{domain}\""
-    )?;
+    records.push(record(
+        format!("_mta-sts.{domain}."),
+        "TXT",
+        format!("v=STSv1; id={id}"),
+    ));
+    records.push(record(
+        format!("_smtp._tls.{domain}."),
+        "TXT",
+        format!("v=TLSRPTv1; rua=mailto:postmaster@{domain}"),
+    ));
     // DANE (RFC 7672): 3 1 1 = the SHA-256 of the current certificate's public key.
     if let Some(files) = config.certificates.first() {
         let der = sealmail_tls::leaf_spki(&files.cert)?;
-        writeln!(
-            out,
-            "_25._tcp.{host}.\tIN\tTLSA\t3 1 1 {}",
-            sealmail_store::sha256_hex(&der)
-        )?;
+        records.push(record(
+            format!("_25._tcp.{host}."),
+            "TLSA",
+            format!("3 1 1 {}", sealmail_store::sha256_hex(&der)),
+        ));
+    }
+    Ok((records, policy))
+}
+
+/// The zone-file lines a domain should publish.
+fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let (records, policy) = expected_records(config, domain)?;
+    let mut out = String::new();
+    writeln!(out, "; DNS records for {domain} (sealmail)")?;
+    for r in &records {
+        let value = if r.kind == "TXT" {
+            zone_txt(&r.value)
+        } else {
+            r.value.clone()
+        };
+        writeln!(out, "{}\tIN\t{}\t{value}", r.name, r.kind)?;
     }
     writeln!(
         out,
@@ -307,6 +349,75 @@ fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Res
         writeln!(out, ";   {line}")?;
     }
     Ok(out)
+}
+
+/// Asks DNS (through `[dns]`) for every record `domain dns` prints; one line per record: ok,
+/// missing or differs. False when any is not ok.
+async fn check_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<bool> {
+    use sealmail_dns::hickory_resolver::proto::rr::{RData, RecordType};
+    let (records, _) = expected_records(config, domain)?;
+    let dns = sealmail_dns::Dns::new(&config.dns)?;
+    let mut all_ok = true;
+    for r in &records {
+        let kind = match r.kind {
+            "MX" => RecordType::MX,
+            "TLSA" => RecordType::TLSA,
+            _ => RecordType::TXT,
+        };
+        let found: Vec<String> = match dns.resolver().lookup(r.name.as_str(), kind).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part).into_owned())
+                            .collect::<String>(),
+                    ),
+                    RData::MX(mx) => Some(format!(
+                        "{} {}",
+                        mx.preference,
+                        mx.exchange.to_ascii().to_ascii_lowercase()
+                    )),
+                    RData::TLSA(tlsa) => Some(format!(
+                        "{} {} {} {}",
+                        u8::from(tlsa.cert_usage),
+                        u8::from(tlsa.selector),
+                        u8::from(tlsa.matching),
+                        hex::encode(&tlsa.cert_data)
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        // A name may hold other TXT records (e.g. a site verification next to SPF): compare
+        // with those of the same kind only.
+        let prefix = r
+            .value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        let same_kind: Vec<&String> = found
+            .iter()
+            .filter(|f| r.kind != "TXT" || f.starts_with(prefix))
+            .collect();
+        let status = if same_kind.iter().any(|f| **f == r.value) {
+            "ok".to_string()
+        } else if same_kind.is_empty() {
+            all_ok = false;
+            "missing".to_string()
+        } else {
+            all_ok = false;
+            format!("differs: found {same_kind:?}")
+        };
+        println!("{}\t{}\t{status}", r.name, r.kind);
+    }
+    Ok(all_ok)
 }
 
 /// A TXT value in zone-file syntax: quoted strings of at most 255 bytes each.

@@ -163,7 +163,12 @@ pub enum DomainCommand {
     Add { domain: String },
     /// Print, in zone-file syntax, every DNS record DOMAIN should publish (MX, SPF, DKIM,
     /// DMARC, MTA-STS, TLS-RPT, DANE TLSA)
-    Dns { domain: String },
+    Dns {
+        domain: String,
+        /// Ask DNS instead and report, per record, ok, missing or differs (exit 1 unless all ok)
+        #[arg(long)]
+        check: bool,
+    },
     /// List the domains
     List,
     /// Stop receiving mail for DOMAIN (it must have no users)

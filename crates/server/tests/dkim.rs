@@ -109,6 +109,52 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
         "{zone}"
     );
     publish(&dns, &zone);
+    // `domain dns --check` asks the DNS server: the TXT records are there, MX and TLSA not yet.
+    let check = |config: std::path::PathBuf, dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            common::admin(&dir, &config, &["domain", "dns", "example.test", "--check"])
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
+    let (code, report, _) = check(config.clone(), dir.path().to_path_buf()).await?;
+    assert_ne!(code, 0, "{report}");
+    assert!(report.contains("example.test.\tMX\tmissing"), "{report}");
+    assert!(report.contains("_dmarc.example.test.\tTXT\tok"), "{report}");
+    assert_eq!(
+        report.matches("._domainkey.example.test.\tTXT\tok").count(),
+        2,
+        "{report}"
+    );
+    dns.add_mx("example.test", 10, "mail.example.test");
+    for line in zone.lines().filter(|l| l.contains("\tTLSA\t")) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let data: Vec<&str> = fields[3].split(' ').collect();
+        let hash = (0..data[3].len() / 2)
+            .map(|i| u8::from_str_radix(&data[3][2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u8>, String>>()?;
+        dns.add(fields[0], Rec::Tlsa(3, 1, 1, hash));
+    }
+    let (code, report, err) = check(config.clone(), dir.path().to_path_buf()).await?;
+    assert_eq!(code, 0, "{report}{err}");
+    assert!(
+        !report.contains("missing") && !report.contains("differs"),
+        "{report}"
+    );
+    // A changed record is reported as such.
+    dns.remove("_dmarc.example.test");
+    dns.add_txt("_dmarc.example.test", "v=DMARC1; p=none");
+    let (code, report, _) = check(config.clone(), dir.path().to_path_buf()).await?;
+    assert_ne!(code, 0);
+    assert!(
+        report.contains("_dmarc.example.test.\tTXT\tdiffers: found [\"v=DMARC1; p=none\"]"),
+        "{report}"
+    );
+    dns.remove("_dmarc.example.test");
+    dns.add_txt(
+        "_dmarc.example.test",
+        "v=DMARC1; p=reject; rua=mailto:postmaster@example.test",
+    );
     let _server = common::serve(dir.path(), &config).await?;
 
     // Alice submits to Bob (delivered locally; the stored copy carries the signatures).
