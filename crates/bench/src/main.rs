@@ -7,8 +7,9 @@
 //! client's, so multi-process servers are counted whole) and the servers' peak RSS.
 //! `crypto`: the raw server-side cost of one TLS handshake, of decrypting and of hashing a
 //! message of the same size, in process, as the baseline for "CPU per message".
-//! `imap-fetch` and `imap-idle`: see [`imap`].
+//! `imap-fetch` and `imap-idle`: see [`imap`]. `auth`: see [`auth`].
 
+mod auth;
 mod imap;
 
 use std::path::PathBuf;
@@ -32,6 +33,14 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// Sender-authentication cost per message (verification and DKIM signing) against the
+    /// raw cryptography of the same operations
+    Auth {
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
     /// FETCH throughput (whole messages, headers only) over one TLS session on a mailbox of
     /// N messages (filled with APPEND first when it has fewer)
     ImapFetch {
@@ -148,6 +157,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crypto { size, iterations } => crypto(size, iterations),
+        Command::Auth { size, iterations } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(auth::run(size, iterations))
+        }
         Command::Security { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(security(cli.command))
