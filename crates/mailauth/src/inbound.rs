@@ -18,7 +18,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, Parameters, SpfResult,
 };
 
 use crate::Authenticator;
@@ -162,12 +162,18 @@ impl Authenticator {
                 from_domain: String::new(),
             };
         };
-        let dkim = self.inner.verify_dkim(&parsed).await;
+        let dkim = self
+            .inner
+            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
+            .await;
         // RFC 8301: rsa-sha1 does not pass here, whatever the signature's validity.
         let (weak, dkim): (Vec<DkimOutput<'_>>, Vec<DkimOutput<'_>>) = dkim.into_iter().partition(|d| {
             matches!(d.result(), DkimResult::Pass) && d.signature().is_some_and(|s| s.a == Algorithm::RsaSha1)
         });
-        let arc = self.inner.verify_arc(&parsed).await;
+        let arc = self
+            .inner
+            .verify_arc(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
+            .await;
         let from_domain = parsed
             .from()
             .rsplit_once('@')
@@ -175,7 +181,10 @@ impl Authenticator {
             .unwrap_or_default();
         let dmarc = self
             .inner
-            .verify_dmarc(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
+            .verify_dmarc(
+                Parameters::new(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
+                    .with_txt_cache(&*self.txt_cache),
+            )
             .await;
 
         let mut results = AuthenticationResults::new(&self.hostname)

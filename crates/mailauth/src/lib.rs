@@ -7,10 +7,15 @@ pub mod inbound;
 pub mod phishing;
 pub mod signing;
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfOutput, SpfResult};
+use mail_auth::{MessageAuthenticator, Parameters, ResolverCache, SpfOutput, SpfResult, Txt};
 use sealmail_dns::Dns;
 
 pub use mail_auth;
@@ -21,6 +26,51 @@ pub struct Authenticator {
     inner: MessageAuthenticator,
     /// Our host name, used for SPF's %{r} macro.
     hostname: String,
+    /// Parsed SPF, DKIM key and DMARC records, until their TTL ends.
+    txt_cache: Arc<TxtCache>,
+}
+
+/// Most parsed TXT records kept; past it, expired ones are dropped, then all.
+const TXT_CACHE_MAX: usize = 10_000;
+
+/// TXT records already parsed (SPF policies, DKIM keys, DMARC policies), kept until their DNS
+/// TTL ends. The resolver caches the answer; this also saves parsing it (and, for DKIM, the
+/// public key) for every message.
+#[derive(Default)]
+pub struct TxtCache(Mutex<HashMap<Box<str>, (Txt, Instant)>>);
+
+impl ResolverCache<Box<str>, Txt> for TxtCache {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(value, _)| value.clone())
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(name).map(|(value, _)| value)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= TXT_CACHE_MAX {
+            let now = Instant::now();
+            map.retain(|_, (_, until)| *until > now);
+            if map.len() >= TXT_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (value, valid_until));
+    }
 }
 
 /// An SPF result as Authentication-Results writes it (RFC 8601 2.7.2).
@@ -41,13 +91,17 @@ impl Authenticator {
         Authenticator {
             inner: MessageAuthenticator(dns.resolver().clone()),
             hostname: hostname.to_string(),
+            txt_cache: Arc::new(TxtCache::default()),
         }
     }
 
     /// SPF for the HELO/EHLO identity (RFC 7208 2.3).
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfOutput {
         self.inner
-            .verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.hostname))
+            .verify_spf(
+                Parameters::new(SpfParameters::verify_ehlo(ip, helo, &self.hostname))
+                    .with_txt_cache(&*self.txt_cache),
+            )
             .await
     }
 
@@ -67,7 +121,10 @@ impl Authenticator {
                 .await;
         }
         self.inner
-            .verify_spf(SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender))
+            .verify_spf(
+                Parameters::new(SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender))
+                    .with_txt_cache(&*self.txt_cache),
+            )
             .await
     }
 }
