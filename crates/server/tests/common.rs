@@ -135,10 +135,8 @@ pub fn write_config(
     text.push_str(extra);
     if !extra.contains("[dns]") {
         // No test may ask the machine's resolver: an empty local server answers instead.
-        let dns = sealmail_testkit::dns::empty_server()?;
-        text.push_str(&format!(
-            "\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_secs = 1\nattempts = 1\n"
-        ));
+        text.push('\n');
+        text.push_str(&dns_section(sealmail_testkit::dns::empty_server()?));
     }
     if !extra.contains("[server]") {
         // The tests run as root on CI machines.
@@ -262,4 +260,9 @@ pub fn run_python_client(script: &str, instance: &Instance, out: &Path) -> TestR
         return Err(format!("{script} failed:\n{stdout}\n{stderr}"));
     }
     Ok(stdout)
+}
+
+/// The `[dns]` section that points a test server at the test's own DNS server.
+pub fn dns_section(server: SocketAddr) -> String {
+    format!("[dns]\nnameservers = [\"{server}\"]\ntimeout_secs = 1\nattempts = 1\n")
 }

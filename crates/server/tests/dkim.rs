@@ -41,6 +41,32 @@ async fn dkimpy(args: &[&str]) -> TestResult<(bool, String)> {
     Ok((output.status.success(), text))
 }
 
+/// sealmail's own inbound checks on `message`, with keys from `dns`.
+async fn verify_in_sealmail(
+    dns: &DnsServer,
+    helo: &str,
+    mail_from: &str,
+    message: &[u8],
+) -> TestResult<sealmail_mailauth::inbound::Verdict> {
+    let resolver = sealmail_dns::Dns::new(&sealmail_config::DnsConfig {
+        nameservers: vec![dns.addr()],
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        ..sealmail_config::DnsConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
+    Ok(authenticator
+        .check_inbound(
+            IpAddr::from([192, 0, 2, 1]),
+            helo,
+            mail_from,
+            message,
+            &sealmail_mailauth::inbound::InboundPolicy::default(),
+        )
+        .await)
+}
+
 /// Serves every TXT record of `sealmail domain dns` output in the DNS server.
 fn publish(dns: &DnsServer, zone: &str) {
     for line in zone.lines().filter(|l| !l.starts_with(';')) {
@@ -62,10 +88,7 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
     let dns = DnsServer::start().await?;
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let submission = common::free_addr()?;
-    let extra = format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n",
-        dns.addr()
-    );
+    let extra = common::dns_section(dns.addr());
     let config = common::config_with_users(
         dir.path(),
         "example.test",
@@ -207,23 +230,7 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
     assert_eq!(from_count, 2, "From over-signed: {h_tag}");
 
     // sealmail's own verifier.
-    let resolver = sealmail_dns::Dns::new(&sealmail_config::DnsConfig {
-        nameservers: vec![dns.addr()],
-        timeout: Duration::from_secs(1),
-        attempts: 1,
-        ..sealmail_config::DnsConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
-    let verdict = authenticator
-        .check_inbound(
-            IpAddr::from([192, 0, 2, 1]),
-            "mail.example.test",
-            "alice@example.test",
-            &message,
-            &sealmail_mailauth::inbound::InboundPolicy::default(),
-        )
-        .await;
+    let verdict = verify_in_sealmail(&dns, "mail.example.test", "alice@example.test", &message).await?;
     assert_eq!(
         verdict.header.matches("dkim=pass").count(),
         2,
@@ -279,23 +286,7 @@ async fn a_message_signed_by_dkimpy_verifies_in_sealmail() -> TestResult {
     .await?;
     assert!(ok, "{report}");
     let signed = ctx(std::fs::read(&target), "read")?;
-    let resolver = sealmail_dns::Dns::new(&sealmail_config::DnsConfig {
-        nameservers: vec![dns.addr()],
-        timeout: Duration::from_secs(1),
-        attempts: 1,
-        ..sealmail_config::DnsConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
-    let verdict = authenticator
-        .check_inbound(
-            IpAddr::from([192, 0, 2, 1]),
-            "mail.example.com",
-            "someone@example.com",
-            &signed,
-            &sealmail_mailauth::inbound::InboundPolicy::default(),
-        )
-        .await;
+    let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
     assert!(
         verdict
             .header

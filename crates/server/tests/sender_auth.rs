@@ -77,10 +77,7 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
 
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx = common::free_addr()?;
-    let extra = format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n",
-        dns.addr()
-    );
+    let extra = common::dns_section(dns.addr());
     let config = common::config_with_users(
         dir.path(),
         "example.test",
