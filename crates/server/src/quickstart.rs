@@ -192,6 +192,14 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
 
     let store: Arc<dyn Store> = open_store(&config).await?;
     store.add_domain(domain).await?;
+    // As `domain add` does: keys so that mail from the domain is DKIM-signed.
+    let now = time::OffsetDateTime::now_utc();
+    let period = format!("{:04}{:02}", now.year(), u8::from(now.month()));
+    sealmail_mailauth::signing::generate(
+        &config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR),
+        domain.as_str(),
+        &period,
+    )?;
     let identity = Identity::new(store.clone())?;
     let mut credentials = zeroize::Zeroizing::new(String::new());
     for user in ["alice", "bob"] {

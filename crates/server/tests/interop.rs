@@ -7,7 +7,8 @@ use common::{Instance, mailbox_contents};
 use sealmail_testkit::{TestResult, ctx};
 
 /// Checks that `stored` is exactly `sent` with only sealmail's own headers (Return-Path,
-/// Received, and on submission Message-ID and Date when missing) in front.
+/// Authentication-Results, Received, and on submission DKIM-Signature, Message-ID and Date
+/// when missing) in front.
 fn assert_stored_exactly(stored: &[u8], sent: &[u8], what: &str) {
     assert!(
         stored.ends_with(sent),
@@ -21,6 +22,7 @@ fn assert_stored_exactly(stored: &[u8], sent: &[u8], what: &str) {
             "Return-Path: ",
             "Authentication-Results: ",
             "Received: ",
+            "DKIM-Signature: ",
             "\t",
             "Message-ID: <",
             "Date: ",
@@ -44,6 +46,13 @@ async fn python_smtplib_submits_and_delivers_and_the_store_holds_the_exact_bytes
     assert_eq!(bob.len(), 2, "multipart + SMTPUTF8 message");
     assert_eq!(alice.len(), 2, "large + inbound message");
     assert_stored_exactly(&bob[0], &sent("multipart")?, "multipart 8-bit message");
+    // Submitted by alice@example.test: signed by the quickstart's keys, Ed25519 and RSA.
+    let signed = String::from_utf8_lossy(&bob[0]);
+    assert!(
+        signed.contains("DKIM-Signature: v=1; a=ed25519-sha256;")
+            && signed.contains("DKIM-Signature: v=1; a=rsa-sha256;"),
+        "{signed}"
+    );
     assert_stored_exactly(&alice[0], &sent("large")?, "large message");
     assert_stored_exactly(&alice[1], &sent("inbound")?, "inbound message");
     let utf8 = String::from_utf8_lossy(&bob[1]);

@@ -59,7 +59,8 @@ async fn send_message(c: &mut Client, from: &str, to: &str, body: &[u8]) -> Test
     c.smtp_reply().await
 }
 
-/// The part of a stored message after the headers sealmail added (Return-Path, Received).
+/// The part of a stored message after the headers sealmail added (Return-Path,
+/// Authentication-Results, Received, DKIM-Signature).
 fn original(stored: &[u8]) -> &[u8] {
     let mut rest = stored;
     loop {
@@ -70,7 +71,12 @@ fn original(stored: &[u8]) -> &[u8] {
             .unwrap_or(rest.len());
         let line = &rest[..line_end];
         let folded = line.starts_with(b"\t") || line.starts_with(b" ");
-        let ours = [&b"Return-Path:"[..], b"Authentication-Results:", b"Received:"];
+        let ours = [
+            &b"Return-Path:"[..],
+            b"Authentication-Results:",
+            b"Received:",
+            b"DKIM-Signature:",
+        ];
         if ours.iter().any(|p| line.starts_with(p)) || folded {
             rest = &rest[line_end..];
         } else {
