@@ -133,6 +133,22 @@ fn claims_our_id(line: &[u8], authserv_id: &str) -> bool {
 }
 
 impl Authenticator {
+    /// The ARC chain's validation state (RFC 8617 5.2): "pass", "fail" or "none" (no chain).
+    pub async fn arc_chain(&self, message: &[u8]) -> &'static str {
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            return "none";
+        };
+        let arc = self
+            .inner
+            .verify_arc(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
+            .await;
+        match arc.result() {
+            DkimResult::Pass => "pass",
+            DkimResult::None => "none",
+            _ => "fail",
+        }
+    }
+
     /// Runs every check on a message received on `mx` from `ip`, which said `helo` and gave
     /// `mail_from` (empty for `<>`). `message` is the message as received, without our trace
     /// headers, with forged results already stripped.

@@ -335,3 +335,55 @@ async fn dkim_rotate_makes_new_active_keys_and_keeps_the_old_ones_published() ->
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_rsa_sha1_signature_never_passes() -> TestResult {
+    // RFC 8301: rsa-sha1 must not be accepted, even when the signature is valid.
+    let testdata = std::env::var("SEALMAIL_TESTDATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
+    let key = format!("{testdata}/dkimpy/data/test.private");
+    let record = ctx(
+        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
+        "test.txt",
+    )?;
+    let dns = DnsServer::start().await?;
+    dns.add_txt("test._domainkey.example.com", record.trim());
+    dns.add_txt("_dmarc.example.com", "v=DMARC1; p=reject");
+    let out = ctx(tempfile::tempdir(), "tempdir")?;
+    let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
+    ctx(
+        std::fs::write(
+            &source,
+            "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: old crypto\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <y@example.com>\r\n\r\nsigned with sha1\r\n",
+        ),
+        "write",
+    )?;
+    let (ok, report) = dkimpy(&[
+        "sign",
+        &source.to_string_lossy(),
+        &target.to_string_lossy(),
+        &key,
+        "example.com",
+        "test",
+        "rsa-sha1",
+    ])
+    .await?;
+    assert!(ok, "{report}");
+    let signed = ctx(std::fs::read(&target), "read")?;
+    assert!(String::from_utf8_lossy(&signed).contains("a=rsa-sha1"));
+    let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
+    assert!(!verdict.header.contains("dkim=pass"), "{}", verdict.header);
+    assert!(
+        verdict
+            .header
+            .contains("dkim=policy reason=\"rsa-sha1 is not accepted (RFC 8301)\" header.d=example.com"),
+        "{}",
+        verdict.header
+    );
+    assert_eq!(verdict.dmarc, "fail");
+    assert!(matches!(
+        verdict.disposition,
+        sealmail_mailauth::inbound::Disposition::Reject(_)
+    ));
+    Ok(())
+}
