@@ -4,8 +4,8 @@
 //!
 //! Our policy on top of mail-auth's checks:
 //! - rsa-sha1 signatures never pass (RFC 8301), whatever the cryptography says: they are
-//!   reported as `dkim=policy` and left out of DMARC. RSA keys under 1024 bits already fail in
-//!   the cryptography layer.
+//!   reported as `dkim=policy` and left out of DMARC, and an ARC chain with an rsa-sha1 seal or
+//!   message signature fails. RSA keys under 1024 bits already fail in the cryptography layer.
 //! - DMARC `p=reject` failures are refused (550 5.7.1), `p=quarantine` failures go to Junk.
 //! - A temporary DNS failure that could change the outcome (the DMARC lookup itself, or SPF or
 //!   DKIM when DMARC did not pass) asks the sender to retry (451 4.7.x): never a silent pass.
@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use mail_auth::ArcOutput;
 use mail_auth::common::crypto::Algorithm;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy;
@@ -133,15 +134,32 @@ fn claims_our_id(line: &[u8], authserv_id: &str) -> bool {
 }
 
 impl Authenticator {
+    /// ARC validation with our RFC 8301 rule: a chain with any rsa-sha1 seal or message
+    /// signature does not pass.
+    async fn verify_arc<'x>(&'x self, parsed: &'x AuthenticatedMessage<'x>) -> ArcOutput<'x> {
+        let arc = self
+            .inner
+            .verify_arc(Parameters::new(parsed).with_txt_cache(&*self.txt_cache))
+            .await;
+        let weak = parsed
+            .ams_headers
+            .iter()
+            .any(|h| h.header.a == Algorithm::RsaSha1)
+            || parsed.as_headers.iter().any(|h| h.header.a == Algorithm::RsaSha1);
+        if weak && matches!(arc.result(), DkimResult::Pass) {
+            return arc.with_result(DkimResult::Fail(mail_auth::Error::Crypto(
+                mail_auth::common::crypto::CryptoError::Library("rsa-sha1 is not accepted (RFC 8301)".into()),
+            )));
+        }
+        arc
+    }
+
     /// The ARC chain's validation state (RFC 8617 5.2): "pass", "fail" or "none" (no chain).
     pub async fn arc_chain(&self, message: &[u8]) -> &'static str {
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             return "none";
         };
-        let arc = self
-            .inner
-            .verify_arc(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
-            .await;
+        let arc = self.verify_arc(&parsed).await;
         match arc.result() {
             DkimResult::Pass => "pass",
             DkimResult::None => "none",
@@ -186,10 +204,7 @@ impl Authenticator {
         let (weak, dkim): (Vec<DkimOutput<'_>>, Vec<DkimOutput<'_>>) = dkim.into_iter().partition(|d| {
             matches!(d.result(), DkimResult::Pass) && d.signature().is_some_and(|s| s.a == Algorithm::RsaSha1)
         });
-        let arc = self
-            .inner
-            .verify_arc(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
-            .await;
+        let arc = self.verify_arc(&parsed).await;
         let from_domain = parsed
             .from()
             .rsplit_once('@')
