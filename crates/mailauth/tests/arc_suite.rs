@@ -82,8 +82,7 @@ fn unique_test_ids(raw: &str) -> String {
 
 #[tokio::test]
 async fn arc_validation_suite_through_our_arc_path() -> Result<(), String> {
-    let testdata = std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
+    let testdata = sealmail_testkit::testdata();
     let path = format!("{testdata}/arc-test-suite/arc-draft-validation-tests.yml");
     let raw = unique_test_ids(&std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?);
     let server = DnsServer::start().await?;

@@ -11,21 +11,19 @@ use sealmail_mailauth::Authenticator;
 use sealmail_mailauth::inbound::{Disposition, InboundPolicy, Verdict};
 use sealmail_testkit::dns::DnsServer;
 
-fn testdata() -> String {
-    std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string())
-}
-
 /// The RFC 8463 message with CRLF line endings, as it travels.
 fn signed_message() -> Result<Vec<u8>, String> {
-    let path = format!("{}/dkimpy/data/rfc6376.signed.msg", testdata());
+    let path = format!("{}/dkimpy/data/rfc6376.signed.msg", sealmail_testkit::testdata());
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     Ok(text.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes())
 }
 
 /// The two RFC 8463 keys, as mail-auth's test data lists them ("NAME VALUE" lines).
 fn rfc8463_keys() -> Result<Vec<(String, String)>, String> {
-    let path = format!("{}/mail-auth/resources/dkim/001.txt", testdata());
+    let path = format!(
+        "{}/mail-auth/resources/dkim/001.txt",
+        sealmail_testkit::testdata()
+    );
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     Ok(text
         .lines()

@@ -125,8 +125,7 @@ fn listed_as_differing(id: &str) -> Option<&'static str> {
 /// The shared test data sits beside the project (`../shared/testdata`); SEALMAIL_TESTDATA
 /// points elsewhere.
 fn suite() -> String {
-    let testdata = std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
+    let testdata = sealmail_testkit::testdata();
     format!("{testdata}/spf-rfc7208/rfc7208-tests.yml")
 }
 

@@ -67,6 +67,35 @@ async fn verify_in_sealmail(
         .await)
 }
 
+/// `message` signed by dkimpy with its test key (selector test, example.com), the key's record
+/// served by `dns`.
+async fn signed_by_dkimpy(dns: &DnsServer, message: &str, algorithm: &str) -> TestResult<Vec<u8>> {
+    let testdata = sealmail_testkit::testdata();
+    let key = format!("{testdata}/dkimpy/data/test.private");
+    let record = ctx(
+        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
+        "test.txt",
+    )?;
+    dns.add_txt("test._domainkey.example.com", record.trim());
+    let out = ctx(tempfile::tempdir(), "tempdir")?;
+    let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
+    ctx(std::fs::write(&source, message), "write")?;
+    let (ok, report) = dkimpy(&[
+        "sign",
+        &source.to_string_lossy(),
+        &target.to_string_lossy(),
+        &key,
+        "example.com",
+        "test",
+        algorithm,
+    ])
+    .await?;
+    if !ok {
+        return Err(format!("dkimpy could not sign: {report}"));
+    }
+    ctx(std::fs::read(&target), "read")
+}
+
 /// Serves every TXT record of `sealmail domain dns` output in the DNS server.
 fn publish(dns: &DnsServer, zone: &str) {
     for line in zone.lines().filter(|l| !l.starts_with(';')) {
@@ -257,35 +286,13 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
 
 #[tokio::test]
 async fn a_message_signed_by_dkimpy_verifies_in_sealmail() -> TestResult {
-    let testdata = std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
-    let key = format!("{testdata}/dkimpy/data/test.private");
-    let record = ctx(
-        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
-        "test.txt",
-    )?;
     let dns = DnsServer::start().await?;
-    dns.add_txt("test._domainkey.example.com", record.trim());
-    let out = ctx(tempfile::tempdir(), "tempdir")?;
-    let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
-    ctx(
-        std::fs::write(
-            &source,
-            "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: from dkimpy\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@example.com>\r\n\r\nsigned elsewhere\r\n",
-        ),
-        "write",
-    )?;
-    let (ok, report) = dkimpy(&[
-        "sign",
-        &source.to_string_lossy(),
-        &target.to_string_lossy(),
-        &key,
-        "example.com",
-        "test",
-    ])
+    let signed = signed_by_dkimpy(
+        &dns,
+        "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: from dkimpy\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@example.com>\r\n\r\nsigned elsewhere\r\n",
+        "rsa-sha256",
+    )
     .await?;
-    assert!(ok, "{report}");
-    let signed = ctx(std::fs::read(&target), "read")?;
     let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
     assert!(
         verdict
@@ -339,37 +346,14 @@ async fn dkim_rotate_makes_new_active_keys_and_keeps_the_old_ones_published() ->
 #[tokio::test]
 async fn an_rsa_sha1_signature_never_passes() -> TestResult {
     // RFC 8301: rsa-sha1 must not be accepted, even when the signature is valid.
-    let testdata = std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string());
-    let key = format!("{testdata}/dkimpy/data/test.private");
-    let record = ctx(
-        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
-        "test.txt",
-    )?;
     let dns = DnsServer::start().await?;
-    dns.add_txt("test._domainkey.example.com", record.trim());
     dns.add_txt("_dmarc.example.com", "v=DMARC1; p=reject");
-    let out = ctx(tempfile::tempdir(), "tempdir")?;
-    let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
-    ctx(
-        std::fs::write(
-            &source,
-            "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: old crypto\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <y@example.com>\r\n\r\nsigned with sha1\r\n",
-        ),
-        "write",
-    )?;
-    let (ok, report) = dkimpy(&[
-        "sign",
-        &source.to_string_lossy(),
-        &target.to_string_lossy(),
-        &key,
-        "example.com",
-        "test",
+    let signed = signed_by_dkimpy(
+        &dns,
+        "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: old crypto\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <y@example.com>\r\n\r\nsigned with sha1\r\n",
         "rsa-sha1",
-    ])
+    )
     .await?;
-    assert!(ok, "{report}");
-    let signed = ctx(std::fs::read(&target), "read")?;
     assert!(String::from_utf8_lossy(&signed).contains("a=rsa-sha1"));
     let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
     assert!(!verdict.header.contains("dkim=pass"), "{}", verdict.header);

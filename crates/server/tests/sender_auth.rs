@@ -11,13 +11,8 @@ use rustls::version::TLS13;
 use sealmail_testkit::dns::DnsServer;
 use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tcp_from, tls_upgrade};
 
-fn testdata() -> String {
-    std::env::var("SEALMAIL_TESTDATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string())
-}
-
 fn read(path: &str) -> TestResult<String> {
-    let path = format!("{}/{path}", testdata());
+    let path = format!("{}/{path}", sealmail_testkit::testdata());
     std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
 }
 

@@ -22,6 +22,13 @@ use tokio_rustls::client::TlsStream;
 
 pub type TestResult<T = ()> = Result<T, String>;
 
+/// The shared third-party test data: `../shared/testdata` beside the project, or wherever
+/// SEALMAIL_TESTDATA points.
+pub fn testdata() -> String {
+    std::env::var("SEALMAIL_TESTDATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata").to_string())
+}
+
 /// Turns any error into the test's error string, with context.
 pub fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> TestResult<T> {
     r.map_err(|e| format!("{what}: {e}"))
