@@ -154,6 +154,56 @@ impl Authenticator {
         arc
     }
 
+    /// Every DKIM signature's result, with our RFC 8301 rule: valid rsa-sha1 signatures come
+    /// back separately (second list) and must not count as a pass.
+    async fn verify_dkim<'x>(
+        &'x self,
+        parsed: &'x AuthenticatedMessage<'x>,
+    ) -> (Vec<DkimOutput<'x>>, Vec<DkimOutput<'x>>) {
+        let dkim = self
+            .inner
+            .verify_dkim(Parameters::new(parsed).with_txt_cache(&*self.txt_cache))
+            .await;
+        let (weak, dkim) = dkim.into_iter().partition(|d| {
+            matches!(d.result(), DkimResult::Pass) && d.signature().is_some_and(|s| s.a == Algorithm::RsaSha1)
+        });
+        (dkim, weak)
+    }
+
+    /// Each DKIM signature's result as Authentication-Results names it (RFC 8601 2.7.1), with
+    /// its `d=` (empty when the signature could not be parsed); rsa-sha1 ones last. Signatures
+    /// with `l=` never pass (`neutral`): content could be appended after the signed part.
+    pub async fn dkim_results(&self, message: &[u8]) -> Vec<(String, &'static str)> {
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            return Vec::new();
+        };
+        let (dkim, weak) = self.verify_dkim(&parsed).await;
+        let mut results: Vec<(String, &'static str)> = dkim
+            .iter()
+            .map(|d| {
+                let domain = d
+                    .signature()
+                    .map(|s| s.d.to_ascii_lowercase())
+                    .unwrap_or_default();
+                let result = match d.result() {
+                    DkimResult::Pass => "pass",
+                    DkimResult::Neutral(_) => "neutral",
+                    DkimResult::Fail(_) => "fail",
+                    DkimResult::PermError(_) => "permerror",
+                    DkimResult::TempError(_) => "temperror",
+                    DkimResult::None => "none",
+                };
+                (domain, result)
+            })
+            .collect();
+        results.extend(
+            weak.iter()
+                .filter_map(|d| d.signature())
+                .map(|s| (s.d.to_ascii_lowercase(), "policy")),
+        );
+        results
+    }
+
     /// The ARC chain's validation state (RFC 8617 5.2): "pass", "fail" or "none" (no chain).
     pub async fn arc_chain(&self, message: &[u8]) -> &'static str {
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
@@ -196,14 +246,7 @@ impl Authenticator {
                 from_domain: String::new(),
             };
         };
-        let dkim = self
-            .inner
-            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*self.txt_cache))
-            .await;
-        // RFC 8301: rsa-sha1 does not pass here, whatever the signature's validity.
-        let (weak, dkim): (Vec<DkimOutput<'_>>, Vec<DkimOutput<'_>>) = dkim.into_iter().partition(|d| {
-            matches!(d.result(), DkimResult::Pass) && d.signature().is_some_and(|s| s.a == Algorithm::RsaSha1)
-        });
+        let (dkim, weak) = self.verify_dkim(&parsed).await;
         let arc = self.verify_arc(&parsed).await;
         let from_domain = parsed
             .from()
@@ -218,7 +261,13 @@ impl Authenticator {
             )
             .await;
 
-        let mut results = AuthenticationResults::new(&self.hostname)
+        let mut results = AuthenticationResults::new(&self.hostname);
+        if self.reverse_lookups {
+            // RFC 8601 3: iprev is informational here; it never decides delivery.
+            let iprev = self.inner.verify_iprev(ip).await;
+            results = results.with_iprev_result(&iprev, ip);
+        }
+        let mut results = results
             .with_dkim_results(&dkim, parsed.from())
             .with_spf_ehlo_result(&spf_helo, ip, helo)
             .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)

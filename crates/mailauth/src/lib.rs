@@ -28,6 +28,9 @@ pub struct Authenticator {
     hostname: String,
     /// Parsed SPF, DKIM key and DMARC records, until their TTL ends.
     txt_cache: Arc<TxtCache>,
+    /// `[dns] reverse_lookups`: add an `iprev` result (PTR, then forward-confirmed) to inbound
+    /// mail's Authentication-Results. Off by default: a query per message that proves little.
+    reverse_lookups: bool,
 }
 
 /// Most parsed TXT records kept; past it, expired ones are dropped, then all.
@@ -92,6 +95,7 @@ impl Authenticator {
             inner: MessageAuthenticator(dns.resolver().clone()),
             hostname: hostname.to_string(),
             txt_cache: Arc::new(TxtCache::default()),
+            reverse_lookups: dns.reverse_lookups(),
         }
     }
 

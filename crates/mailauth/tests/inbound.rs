@@ -9,7 +9,7 @@ use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::Authenticator;
 use sealmail_mailauth::inbound::{Disposition, InboundPolicy, Verdict};
-use sealmail_testkit::dns::DnsServer;
+use sealmail_testkit::dns::{DnsServer, Rec};
 
 /// The RFC 8463 message with CRLF line endings, as it travels.
 fn signed_message() -> Result<Vec<u8>, String> {
@@ -54,10 +54,21 @@ impl World {
     }
 
     async fn check(&self, ip: [u8; 4], mail_from: &str, message: &[u8]) -> Result<Verdict, String> {
+        self.check_with(false, ip, mail_from, message).await
+    }
+
+    async fn check_with(
+        &self,
+        reverse_lookups: bool,
+        ip: [u8; 4],
+        mail_from: &str,
+        message: &[u8],
+    ) -> Result<Verdict, String> {
         let dns = Dns::new(&DnsConfig {
             nameservers: vec![self.server.addr()],
             timeout: Duration::from_millis(300),
             attempts: 1,
+            reverse_lookups,
             ..DnsConfig::default()
         })
         .map_err(|e| e.to_string())?;
@@ -157,5 +168,66 @@ async fn a_dmarc_lookup_that_times_out_is_a_temporary_failure_not_a_pass() -> Re
         verdict.disposition,
         verdict.header
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reverse_lookups_add_an_iprev_result_only_when_configured() -> Result<(), String> {
+    let world = World::new("v=DMARC1; p=none", "v=spf1 ip4:192.0.2.10 -all").await?;
+    world.server.add(
+        "10.2.0.192.in-addr.arpa",
+        Rec::Ptr("mail.football.example.com".into()),
+    );
+    // 198.51.100.7 claims the same name, whose address is not 198.51.100.7.
+    world.server.add(
+        "7.100.51.198.in-addr.arpa",
+        Rec::Ptr("mail.football.example.com".into()),
+    );
+    let message = signed_message()?;
+
+    let off = world
+        .check(SENDER_IP, "joe@football.example.com", &message)
+        .await?;
+    assert!(!has(&off.header, "iprev"), "{}", off.header);
+
+    let confirmed = world
+        .check_with(true, SENDER_IP, "joe@football.example.com", &message)
+        .await?;
+    assert!(
+        has(&confirmed.header, "iprev=pass policy.iprev=192.0.2.10"),
+        "{}",
+        confirmed.header
+    );
+    let unconfirmed = world
+        .check_with(true, OTHER_IP, "joe@football.example.com", &message)
+        .await?;
+    assert!(
+        has(&unconfirmed.header, "iprev=fail") && has(&unconfirmed.header, "policy.iprev=198.51.100.7"),
+        "{}",
+        unconfirmed.header
+    );
+    // iprev informs; it does not decide.
+    assert_eq!(confirmed.disposition, Disposition::Accept);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_without_a_header_section_is_refused() -> Result<(), String> {
+    // No header field at all: there is no From to authenticate, so nothing to deliver.
+    let world = World::new("v=DMARC1; p=none", "v=spf1 ip4:192.0.2.10 -all").await?;
+    for message in [
+        &b"\r\njust a body\r\n"[..],
+        b"no colon on this line\r\n\r\nbody\r\n",
+    ] {
+        let verdict = world
+            .check(SENDER_IP, "joe@football.example.com", message)
+            .await?;
+        assert!(
+            matches!(verdict.disposition, Disposition::Reject(ref why) if why.contains("header")),
+            "{:?}",
+            verdict.disposition
+        );
+        assert_eq!(verdict.dmarc, "permerror");
+    }
     Ok(())
 }

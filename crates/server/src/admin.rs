@@ -55,6 +55,11 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
         }
         DomainCommand::Dns { domain, check } => {
             let domain = parse_domain(&domain)?;
+            if !store.domain_exists(&domain).await? {
+                return Err(usage(format!(
+                    "domain {domain} is not served here; add it first with `sealmail domain add {domain}`"
+                )));
+            }
             let config = load_config(config_path)?;
             if check {
                 if !check_records(&config, &domain).await? {

@@ -71,29 +71,35 @@ async fn verify_in_sealmail(
 /// served by `dns`.
 async fn signed_by_dkimpy(dns: &DnsServer, message: &str, algorithm: &str) -> TestResult<Vec<u8>> {
     let testdata = sealmail_testkit::testdata();
-    let key = format!("{testdata}/dkimpy/data/test.private");
     let record = ctx(
         std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
         "test.txt",
     )?;
-    dns.add_txt("test._domainkey.example.com", record.trim());
+    let key = format!("{testdata}/dkimpy/data/test.private");
+    dkimpy_sign(dns, message, (&key, record.trim(), "test"), &[algorithm]).await
+}
+
+/// `message` signed by dkimpy for example.com with `key` = (private key file, its DNS record,
+/// selector), the record served by `dns`; `options` are the script's: algorithm, "length".
+async fn dkimpy_sign(
+    dns: &DnsServer,
+    message: &str,
+    key: (&str, &str, &str),
+    options: &[&str],
+) -> TestResult<Vec<u8>> {
+    let (key_file, record, selector) = key;
+    dns.add_txt(&format!("{selector}._domainkey.example.com"), record);
     let out = ctx(tempfile::tempdir(), "tempdir")?;
     let (source, target) = (out.path().join("in.eml"), out.path().join("out.eml"));
     ctx(std::fs::write(&source, message), "write")?;
-    let (ok, report) = dkimpy(&[
-        "sign",
-        &source.to_string_lossy(),
-        &target.to_string_lossy(),
-        &key,
-        "example.com",
-        "test",
-        algorithm,
-    ])
-    .await?;
+    let (source, target) = (source.to_string_lossy(), target.to_string_lossy());
+    let mut args = vec!["sign", &source, &target, key_file, "example.com", selector];
+    args.extend_from_slice(options);
+    let (ok, report) = dkimpy(&args).await?;
     if !ok {
         return Err(format!("dkimpy could not sign: {report}"));
     }
-    ctx(std::fs::read(&target), "read")
+    ctx(std::fs::read(&*target), "read")
 }
 
 /// Serves every TXT record of `sealmail domain dns` output in the DNS server.
@@ -141,6 +147,12 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
     }
     let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "example.test"])?;
     assert_eq!(code, 0, "{err}");
+    // A domain we do not serve has no records to publish: a typo must not print a zone.
+    let (code, out, err) = common::admin(dir.path(), &config, &["domain", "dns", "exmaple.test"])?;
+    assert!(
+        code != 0 && out.is_empty() && err.contains("not served here"),
+        "{code} {out} {err}"
+    );
     for expected in [
         "example.test.\tIN\tMX\t10 mail.example.test.",
         "example.test.\tIN\tTXT\t\"v=spf1 mx -all\"",
@@ -369,5 +381,92 @@ async fn an_rsa_sha1_signature_never_passes() -> TestResult {
         verdict.disposition,
         sealmail_mailauth::inbound::Disposition::Reject(_)
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_rsa_key_under_1024_bits_never_passes() -> TestResult {
+    // RFC 8301 3.2: verifiers must not consider signatures with keys under 1024 bits valid.
+    let dns = DnsServer::start().await?;
+    dns.add_txt("_dmarc.example.com", "v=DMARC1; p=none");
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let key = dir.path().join("small.pem");
+    let key_file = key.to_string_lossy().to_string();
+    let made = ctx(
+        tokio::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out", &key_file, "768"])
+            .output()
+            .await,
+        "openssl genrsa",
+    )?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let public = ctx(
+        tokio::process::Command::new("openssl")
+            .args(["rsa", "-in", &key_file, "-pubout", "-outform", "DER"])
+            .output()
+            .await,
+        "openssl rsa",
+    )?;
+    assert!(public.status.success());
+    use base64::Engine as _;
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(&public.stdout)
+    );
+    let message = "From: someone@example.com\r\nTo: alice@example.test\r\nSubject: small key\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <s@example.com>\r\n\r\nsigned with 768 bits\r\n";
+    let signed = dkimpy_sign(&dns, message, (&key_file, &record, "small"), &["rsa-sha256"]).await?;
+    assert!(String::from_utf8_lossy(&signed).contains("s=small"));
+    let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
+    assert!(!verdict.header.contains("dkim=pass"), "{}", verdict.header);
+    assert!(
+        verdict.header.contains("dkim=fail") && verdict.header.contains("header.s=small"),
+        "{}",
+        verdict.header
+    );
+    assert_eq!(verdict.dmarc, "fail");
+
+    // The same message with dkimpy's own 1024-bit test key passes: the size is what failed.
+    let signed = signed_by_dkimpy(&dns, message, "rsa-sha256").await?;
+    let verdict = verify_in_sealmail(&dns, "mail.example.com", "someone@example.com", &signed).await?;
+    assert!(verdict.header.contains("dkim=pass"), "{}", verdict.header);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signature_with_a_body_length_tag_does_not_pass() -> TestResult {
+    // RFC 6376 8.2: with l= anyone can append to the body (a new MIME part, a link) and keep
+    // the signature valid. We treat such signatures as neutral: they never pass and never
+    // count for DMARC, whether or not something was appended.
+    let dns = DnsServer::start().await?;
+    dns.add_txt("_dmarc.example.com", "v=DMARC1; p=reject");
+    let testdata = sealmail_testkit::testdata();
+    let record = ctx(
+        std::fs::read_to_string(format!("{testdata}/dkimpy/data/test.txt")),
+        "test.txt",
+    )?;
+    let key = format!("{testdata}/dkimpy/data/test.private");
+    let message = "From: bank@example.com\r\nTo: alice@example.test\r\nSubject: statement\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <l@example.com>\r\n\r\nYour statement is ready.\r\n";
+    let signed = dkimpy_sign(
+        &dns,
+        message,
+        (&key, record.trim(), "test"),
+        &["rsa-sha256", "length"],
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&signed).to_string();
+    assert!(
+        text.contains(" l=") || text.contains(";l="),
+        "dkimpy added no l=: {text}"
+    );
+    for candidate in [
+        text.clone(),
+        format!("{text}Click http://evil.test/login to confirm.\r\n"),
+    ] {
+        let verdict =
+            verify_in_sealmail(&dns, "mail.example.com", "bank@example.com", candidate.as_bytes()).await?;
+        assert!(!verdict.header.contains("dkim=pass"), "{}", verdict.header);
+        assert!(verdict.header.contains("dkim=neutral"), "{}", verdict.header);
+        assert_eq!(verdict.dmarc, "fail");
+    }
     Ok(())
 }

@@ -2,8 +2,9 @@
 
 verify MESSAGE DNS_HOST DNS_PORT: verifies every DKIM-Signature in MESSAGE, looking keys up in
   the test's DNS server; prints one line per signature and exits 1 unless all verify.
-sign MESSAGE_IN MESSAGE_OUT KEY_FILE DOMAIN SELECTOR [ALGORITHM]: signs with dkimpy
-  (relaxed/relaxed; rsa-sha256 unless ALGORITHM says e.g. rsa-sha1) for sealmail to verify.
+sign MESSAGE_IN MESSAGE_OUT KEY_FILE DOMAIN SELECTOR [ALGORITHM [length]]: signs with dkimpy
+  (relaxed/relaxed; rsa-sha256 unless ALGORITHM says e.g. rsa-sha1; with an l= body length tag
+  if "length" is given) for sealmail to verify.
 """
 
 import sys
@@ -37,7 +38,7 @@ def verify(path, host, port):
     return 1 if failures else 0
 
 
-def sign(source, target, key_file, domain, selector, algorithm="rsa-sha256"):
+def sign(source, target, key_file, domain, selector, algorithm="rsa-sha256", length=""):
     message = open(source, "rb").read()
     key = open(key_file, "rb").read()
     signature = dkim.sign(
@@ -48,6 +49,7 @@ def sign(source, target, key_file, domain, selector, algorithm="rsa-sha256"):
         canonicalize=(b"relaxed", b"relaxed"),
         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
         signature_algorithm=algorithm.encode(),
+        length=length == "length",
     )
     open(target, "wb").write(signature + message)
     return 0
