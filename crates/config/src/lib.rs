@@ -6,6 +6,7 @@
 //! deliberately no way to express a listener without TLS.
 //! Every key is documented, with its default, in docs/CONFIG.md.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -250,6 +251,9 @@ pub struct DnsConfig {
     pub attempts: usize,
     /// Records kept in the cache.
     pub cache_size: u64,
+    /// Whether the nameservers validate DNSSEC and their AD bit may be trusted (for DANE). Only
+    /// true for a validating resolver on this host or a link the admin controls.
+    pub trust_ad_bit: bool,
     /// Whether clients' addresses are looked up by PTR (off: it costs a query per connection
     /// and proves nothing).
     pub reverse_lookups: bool,
@@ -262,7 +266,58 @@ impl Default for DnsConfig {
             timeout: Duration::from_secs(5),
             attempts: 2,
             cache_size: 4096,
+            trust_ad_bit: false,
             reverse_lookups: false,
+        }
+    }
+}
+
+/// Outbound delivery (docs/CONFIG.md `[delivery]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// The port MX hosts are reached on (25; tests and unusual networks use others).
+    pub smtp_port: u16,
+    /// Destination domain (lower case) -> host and port, used instead of the MX lookup; every
+    /// TLS policy of the destination still applies, with the route's host as the MX host.
+    pub routes: BTreeMap<String, (String, u16)>,
+    /// Destination domains (lower case) that must get TLS with a verified certificate.
+    pub require_tls: Vec<String>,
+    /// First retry delay; each further one doubles, up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A message still undelivered this long after it was queued is bounced.
+    pub give_up: Duration,
+    /// Outbound connections at once, in all and per destination domain.
+    pub max_connections: usize,
+    pub max_connections_per_domain: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    pub connect_timeout: Duration,
+    /// How long any one SMTP reply may take (RFC 5321 4.5.3.2 allows minutes).
+    pub command_timeout: Duration,
+    /// The port MTA-STS policies are fetched from (443; tests use others).
+    pub mta_sts_port: u16,
+    /// PEM file of extra certificate authorities trusted for MX hosts and MTA-STS, in addition
+    /// to the system's.
+    pub trust_anchors: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            smtp_port: 25,
+            routes: BTreeMap::new(),
+            require_tls: Vec::new(),
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            give_up: Duration::from_secs(5 * 24 * 3600),
+            max_connections: 64,
+            max_connections_per_domain: 4,
+            max_messages_per_connection: 100,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            mta_sts_port: 443,
+            trust_anchors: None,
         }
     }
 }
@@ -308,6 +363,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub dns: DnsConfig,
     pub inbound: InboundConfig,
+    pub delivery: DeliveryConfig,
     pub server: ServerConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
@@ -338,6 +394,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     inbound: RawInbound,
+    #[serde(default)]
+    delivery: RawDelivery,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -385,12 +443,34 @@ struct RawInbound {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawDelivery {
+    smtp_port: Option<i64>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    #[serde(default)]
+    require_tls: Vec<String>,
+    retry_base_secs: Option<i64>,
+    retry_max_secs: Option<i64>,
+    give_up_secs: Option<i64>,
+    max_connections: Option<i64>,
+    max_connections_per_domain: Option<i64>,
+    max_messages_per_connection: Option<i64>,
+    connect_timeout_secs: Option<i64>,
+    command_timeout_secs: Option<i64>,
+    mta_sts_port: Option<i64>,
+    trust_anchors: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<String>,
     timeout_secs: Option<i64>,
     attempts: Option<i64>,
     cache_size: Option<i64>,
+    #[serde(default)]
+    trust_ad_bit: bool,
     #[serde(default)]
     reverse_lookups: bool,
 }
@@ -673,8 +753,10 @@ impl Config {
                 0..=10_000_000,
                 &mut problems,
             ) as u64,
+            trust_ad_bit: raw.dns.trust_ad_bit,
             reverse_lookups: raw.dns.reverse_lookups,
         };
+        let delivery = validate_delivery(&raw.delivery, &resolve, &mut problems);
 
         let d = SecurityConfig::default();
         // Up to a year.
@@ -755,6 +837,7 @@ impl Config {
                     tempfail_on_dns_error: raw.inbound.tempfail_on_dns_error.unwrap_or(true),
                     phishing_warnings: raw.inbound.phishing_warnings.unwrap_or(true),
                 },
+                delivery,
                 server: ServerConfig {
                     user: raw.server.user.clone(),
                     group: raw.server.group.clone(),
@@ -884,6 +967,124 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
 }
 
 /// A duration given in whole seconds, checked like [`positive`].
+fn validate_delivery(
+    raw: &RawDelivery,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> DeliveryConfig {
+    let d = DeliveryConfig::default();
+    let port = |key: &str, value: Option<i64>, default: u16, problems: &mut Vec<String>| {
+        positive(key, value, default as i64, 1..=65_535, problems) as u16
+    };
+    let mut routes = BTreeMap::new();
+    for (domain, target) in &raw.routes {
+        let name = match Domain::parse(domain) {
+            Ok(name) => name.as_str().to_string(),
+            Err(e) => {
+                problems.push(format!(
+                    "delivery.routes: {domain:?} is not a domain ({e}); write e.g. \"example.org\" = \"mx.example.org:25\""
+                ));
+                continue;
+            }
+        };
+        match split_host_port(target) {
+            Some(route) => {
+                routes.insert(name, route);
+            }
+            None => problems.push(format!(
+                "delivery.routes.{domain:?} = {target:?} is not HOST:PORT; write e.g. \"mx.example.org:25\" or \"[192.0.2.1]:25\""
+            )),
+        }
+    }
+    let mut require_tls = Vec::new();
+    for (i, domain) in raw.require_tls.iter().enumerate() {
+        match Domain::parse(domain) {
+            Ok(name) => require_tls.push(name.as_str().to_string()),
+            Err(e) => problems.push(format!(
+                "delivery.require_tls[{i}] = {domain:?} is not a domain ({e})"
+            )),
+        }
+    }
+    let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
+        seconds(key, value, default, 1..=31_536_000, problems)
+    };
+    let count = |key: &str, value: Option<i64>, default: usize, problems: &mut Vec<String>| {
+        positive(key, value, default as i64, 1..=100_000, problems) as usize
+    };
+    DeliveryConfig {
+        smtp_port: port("delivery.smtp_port", raw.smtp_port, d.smtp_port, problems),
+        routes,
+        require_tls,
+        retry_base: secs(
+            "delivery.retry_base_secs",
+            raw.retry_base_secs,
+            d.retry_base,
+            problems,
+        ),
+        retry_max: secs(
+            "delivery.retry_max_secs",
+            raw.retry_max_secs,
+            d.retry_max,
+            problems,
+        ),
+        give_up: secs("delivery.give_up_secs", raw.give_up_secs, d.give_up, problems),
+        max_connections: count(
+            "delivery.max_connections",
+            raw.max_connections,
+            d.max_connections,
+            problems,
+        ),
+        max_connections_per_domain: count(
+            "delivery.max_connections_per_domain",
+            raw.max_connections_per_domain,
+            d.max_connections_per_domain,
+            problems,
+        ),
+        max_messages_per_connection: count(
+            "delivery.max_messages_per_connection",
+            raw.max_messages_per_connection,
+            d.max_messages_per_connection,
+            problems,
+        ),
+        connect_timeout: secs(
+            "delivery.connect_timeout_secs",
+            raw.connect_timeout_secs,
+            d.connect_timeout,
+            problems,
+        ),
+        command_timeout: secs(
+            "delivery.command_timeout_secs",
+            raw.command_timeout_secs,
+            d.command_timeout,
+            problems,
+        ),
+        mta_sts_port: port(
+            "delivery.mta_sts_port",
+            raw.mta_sts_port,
+            d.mta_sts_port,
+            problems,
+        ),
+        trust_anchors: raw.trust_anchors.as_deref().map(resolve),
+    }
+}
+
+/// "host:port" or "[address]:port" (an IPv6 address must be bracketed).
+fn split_host_port(target: &str) -> Option<(String, u16)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return None;
+    }
+    if host.parse::<std::net::IpAddr>().is_err() && Domain::parse(host).is_err() {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
 fn seconds(
     key: &str,
     value: Option<i64>,

@@ -26,6 +26,7 @@ pub enum DnsError {
 pub struct Dns {
     resolver: TokioResolver,
     reverse_lookups: bool,
+    trust_ad_bit: bool,
 }
 
 impl Dns {
@@ -63,6 +64,7 @@ impl Dns {
         Ok(Dns {
             resolver,
             reverse_lookups: config.reverse_lookups,
+            trust_ad_bit: config.trust_ad_bit,
         })
     }
 
@@ -72,6 +74,13 @@ impl Dns {
 
     pub fn reverse_lookups(&self) -> bool {
         self.reverse_lookups
+    }
+
+    /// Whether answers with the AD bit count as DNSSEC-validated (`[dns] trust_ad_bit`): the
+    /// DNSSEC status DANE needs, taken from a validating resolver the admin trusts, as Postfix
+    /// does.
+    pub fn trust_ad_bit(&self) -> bool {
+        self.trust_ad_bit
     }
 }
 

@@ -168,31 +168,91 @@ pub async fn migrate(config_path: &Path, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn queue_list(config_path: &Path) -> anyhow::Result<()> {
+pub async fn queue(config_path: &Path, command: crate::cli::QueueCommand) -> anyhow::Result<()> {
+    use crate::cli::QueueCommand;
     let store = store_for(config_path).await?;
-    let queue = store.queue().await?;
-    if queue.is_empty() {
-        println!("the queue is empty");
-    }
-    for entry in queue {
-        let sender = if entry.sender.is_empty() {
-            "<>"
-        } else {
-            entry.sender.as_str()
-        };
-        println!(
-            "{} {} bytes from {} queued at {}",
-            entry.id, entry.size, sender, entry.created_at
-        );
-        for rcpt in entry.recipients {
-            let error = rcpt.last_error.map(|e| format!(" ({e})")).unwrap_or_default();
-            println!(
-                "  {} {} attempts={} next={}{error}",
-                rcpt.address, rcpt.status, rcpt.attempts, rcpt.next_attempt_at
-            );
+    match command {
+        QueueCommand::List => {
+            let queue = store.queue().await?;
+            if queue.is_empty() {
+                println!("the queue is empty");
+            }
+            for entry in queue {
+                print_queue_entry(&entry);
+            }
+        }
+        QueueCommand::Show { id } => {
+            let entry = store.queue_entry(id).await?.ok_or_else(|| {
+                usage(format!(
+                    "no queued message {id}; `sealmail queue list` shows the queue"
+                ))
+            })?;
+            print_queue_entry(&entry);
+            if entry.require_tls {
+                println!("  REQUIRETLS: only over verified TLS to servers that support REQUIRETLS");
+            }
+            let content = store.queued_content(id).await?;
+            let end = content
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 2)
+                .unwrap_or(content.len());
+            println!("header:");
+            print!("{}", String::from_utf8_lossy(&content[..end]));
+        }
+        QueueCommand::Retry { id } => {
+            let pending = store.retry_queued(id).await?;
+            if pending == 0 {
+                return Err(usage(format!("no pending recipient in queued message {id}")));
+            }
+            println!("{pending} recipient(s) of message {id} will be tried again now");
+        }
+        QueueCommand::Delete { id } => {
+            if !store.delete_queued(id).await? {
+                return Err(usage(format!("no queued message {id}")));
+            }
+            println!("deleted queued message {id}");
         }
     }
     Ok(())
+}
+
+fn print_queue_entry(entry: &sealmail_store::QueueEntry) {
+    let sender = if entry.sender.is_empty() {
+        "<>"
+    } else {
+        entry.sender.as_str()
+    };
+    println!(
+        "{} {} bytes from {} queued at {}",
+        entry.id,
+        entry.size,
+        sender,
+        rfc3339(entry.created_at)
+    );
+    for rcpt in &entry.recipients {
+        let error = rcpt
+            .last_error
+            .as_ref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let next = if rcpt.status == "pending" {
+            format!(" next={}", rfc3339(rcpt.next_attempt_at))
+        } else {
+            String::new()
+        };
+        println!(
+            "  {} {} attempts={}{next}{error}",
+            rcpt.address, rcpt.status, rcpt.attempts
+        );
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 fn now_unix() -> i64 {

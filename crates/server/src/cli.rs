@@ -149,6 +149,13 @@ pub enum BansCommand {
 pub enum QueueCommand {
     /// List queued messages with their recipients and state
     List,
+    /// Show one queued message: envelope, each recipient's state and last error, and its header
+    Show { id: i64 },
+    /// Try the message's pending recipients again now (a running server picks it up within
+    /// seconds)
+    Retry { id: i64 },
+    /// Remove the message from the queue without delivering it (no bounce is sent)
+    Delete { id: i64 },
 }
 
 #[derive(Subcommand)]

@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Dkim(cmd) => admin::dkim(&config_path, cmd),
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
                 Command::Security(cmd) => admin::security(&config_path, cmd).await,
-                Command::Queue(cli::QueueCommand::List) => admin::queue_list(&config_path).await,
+                Command::Queue(command) => admin::queue(&config_path, command).await,
                 Command::Migrate { dry_run } => admin::migrate(&config_path, dry_run).await,
                 Command::Backup { dir } => backup::backup(&config_path, &dir).await,
                 Command::Restore { dir } => backup::restore(&config_path, &dir).await,

@@ -125,6 +125,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR),
         &domains,
     )?);
+    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
+    let waker = delivery.clone();
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
@@ -135,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authenticator,
         signer,
         inbound,
+        on_queued: Some(Arc::new(move || waker.wake())),
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),
@@ -179,6 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
     }
+    tokio::spawn(delivery.run(shutdown.clone()));
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)

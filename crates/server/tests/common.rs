@@ -266,3 +266,19 @@ pub fn run_python_client(script: &str, instance: &Instance, out: &Path) -> TestR
 pub fn dns_section(server: SocketAddr) -> String {
     format!("[dns]\nnameservers = [\"{server}\"]\ntimeout_secs = 1\nattempts = 1\n")
 }
+
+/// Serves every TXT record of `sealmail domain dns` output in the DNS server.
+pub fn publish(dns: &sealmail_testkit::dns::DnsServer, zone: &str) {
+    for line in zone.lines().filter(|l| !l.starts_with(';')) {
+        let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        if let [name, "IN", "TXT", value] = fields.as_slice() {
+            let strings: Vec<Vec<u8>> = value
+                .split('"')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s.as_bytes().to_vec())
+                .collect();
+            dns.add(name, sealmail_testkit::dns::Rec::Txt(strings));
+        }
+    }
+}

@@ -102,22 +102,6 @@ async fn dkimpy_sign(
     ctx(std::fs::read(&*target), "read")
 }
 
-/// Serves every TXT record of `sealmail domain dns` output in the DNS server.
-fn publish(dns: &DnsServer, zone: &str) {
-    for line in zone.lines().filter(|l| !l.starts_with(';')) {
-        let fields: Vec<&str> = line.splitn(4, '\t').collect();
-        if let [name, "IN", "TXT", value] = fields.as_slice() {
-            let strings: Vec<Vec<u8>> = value
-                .split('"')
-                .enumerate()
-                .filter(|(i, _)| i % 2 == 1)
-                .map(|(_, s)| s.as_bytes().to_vec())
-                .collect();
-            dns.add(name, Rec::Txt(strings));
-        }
-    }
-}
-
 #[tokio::test]
 async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestResult {
     let dns = DnsServer::start().await?;
@@ -172,7 +156,7 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
         zone.contains("._domainkey.example.test.\tIN\tTXT\t( \"v=DKIM1; k=rsa; p="),
         "{zone}"
     );
-    publish(&dns, &zone);
+    common::publish(&dns, &zone);
     // `domain dns --check` asks the DNS server: the TXT records are there, MX and TLSA not yet.
     let check = |config: std::path::PathBuf, dir: std::path::PathBuf| async move {
         tokio::task::spawn_blocking(move || {

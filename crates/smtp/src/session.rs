@@ -41,6 +41,8 @@ pub struct SmtpContext {
     /// DKIM keys of our domains, for submission.
     pub signer: Arc<sealmail_mailauth::signing::Signer>,
     pub inbound: sealmail_mailauth::inbound::InboundPolicy,
+    /// Told after a message was queued for remote recipients (wakes the delivery scheduler).
+    pub on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// What the driver must do after a command.
@@ -90,6 +92,8 @@ struct Transaction {
     eight_bit: bool,
     dsn_ret: Option<String>,
     dsn_envid: Option<String>,
+    /// RFC 8689: the message may only travel over TLS to verified servers.
+    require_tls: bool,
     recipients: Vec<Recipient>,
     /// Chunks received so far with BDAT (RFC 3030), and the memory they hold.
     chunks: Option<Vec<u8>>,
@@ -259,6 +263,9 @@ impl Session {
         ];
         if self.tls.is_none() {
             lines.push("STARTTLS".to_string());
+        } else {
+            // RFC 8689 2: offered only once TLS protects the session.
+            lines.push("REQUIRETLS".to_string());
         }
         // RFC 4954 section 4 and RFC 8314: password mechanisms only over TLS, only for our users.
         if self.role == Role::Submission && self.tls.is_some() {
@@ -361,8 +368,14 @@ impl Session {
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return reply(555, "5.5.4", "BODY=BINARYMIME is not supported");
         }
-        if from.flags & MAIL_REQUIRETLS != 0 {
-            return reply(555, "5.5.4", "REQUIRETLS is not supported yet");
+        let require_tls = from.flags & MAIL_REQUIRETLS != 0;
+        if require_tls && self.tls.is_none() {
+            // RFC 8689 4.1: REQUIRETLS is only valid on a session protected by TLS.
+            return reply(
+                530,
+                "5.7.0",
+                "REQUIRETLS needs a TLS session; issue STARTTLS first",
+            );
         }
         if from.size > self.ctx.config.max_message_size {
             return reply(
@@ -435,6 +448,7 @@ impl Session {
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
             dsn_ret,
             dsn_envid: from.env_id,
+            require_tls,
             recipients: Vec::new(),
             chunks: None,
             chunks_reservation: None,
@@ -812,7 +826,7 @@ impl Session {
                 recipients: remote,
                 dsn_envid: transaction.dsn_envid.clone(),
                 dsn_ret: transaction.dsn_ret.clone(),
-                require_tls: false,
+                require_tls: transaction.require_tls,
             }
         });
         let size = content.len();
@@ -823,6 +837,11 @@ impl Session {
             .await
         {
             Ok(accepted) => {
+                if accepted.queue_id.is_some()
+                    && let Some(on_queued) = &self.ctx.on_queued
+                {
+                    on_queued();
+                }
                 tracing::info!(
                     id = %id,
                     peer = %self.peer,

@@ -42,6 +42,14 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "integrity check failed for queued message {id}: stored SHA-256 {expected} but the content hashes to {actual}; it is not sent"
+    )]
+    QueueIntegrity {
+        id: i64,
+        expected: String,
+        actual: String,
+    },
     #[error("{0}")]
     LimitReached(String),
     #[error("{0}")]
@@ -216,7 +224,65 @@ pub struct QueueEntry {
     pub sender: String,
     pub size: u64,
     pub created_at: i64,
+    pub require_tls: bool,
     pub recipients: Vec<QueueRecipientState>,
+}
+
+/// A queued message with those of its recipients that are due for an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueMessage {
+    pub id: i64,
+    /// Envelope sender; empty for the null sender.
+    pub sender: String,
+    pub created_at: i64,
+    pub require_tls: bool,
+    pub dsn_envid: Option<String>,
+    pub dsn_ret: Option<String>,
+    pub recipients: Vec<DueRecipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRecipient {
+    /// The recipient's row, for [`Store::record_outcomes`].
+    pub id: i64,
+    pub address: String,
+    /// Lower-case domain of `address`.
+    pub domain: String,
+    pub attempts: i64,
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    /// The receiving server accepted it; what it said.
+    Delivered(String),
+    /// Try again at `next_attempt_at` (Unix seconds); why this attempt failed.
+    Deferred { error: String, next_attempt_at: i64 },
+    /// Given up: a permanent failure or expiry; why.
+    Failed(String),
+}
+
+/// One TLS outcome of a delivery attempt, counted per day for TLS-RPT (RFC 8460).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsResult {
+    pub policy_domain: String,
+    /// `sts`, `tlsa` or `no-policy-found`.
+    pub policy_type: String,
+    pub mx_host: String,
+    /// `success` or an RFC 8460 4.3 result type such as `certificate-host-mismatch`.
+    pub result_type: String,
+    pub detail: String,
+}
+
+/// A day's count of one [`TlsResult`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsResultCount {
+    /// UTC date, YYYY-MM-DD.
+    pub day: String,
+    pub result: TlsResult,
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +367,28 @@ pub trait Store: Send + Sync {
     async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError>;
     /// The outbound queue, oldest first.
     async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
+    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError>;
+    /// Up to `limit` queued messages with a pending recipient due at `now`, oldest first, each
+    /// with only its due recipients.
+    async fn due_messages(&self, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError>;
+    /// When the next pending recipient is due, if any is pending.
+    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError>;
+    /// A queued message's content, checked against its SHA-256.
+    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError>;
+    /// Records attempt outcomes (recipient row id, outcome) of one queued message; once no
+    /// recipient is pending the message leaves the queue, in the same commit.
+    async fn record_outcomes(
+        &self,
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    ) -> Result<(), StoreError>;
+    /// Makes every pending recipient of the message due now; how many there were.
+    async fn retry_queued(&self, id: i64) -> Result<u64, StoreError>;
+    /// Removes a message from the queue without delivering it; whether it was there.
+    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
+    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;
+    /// Every counted TLS result, by day.
+    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
     /// A new mailbox; `name` must not exist yet (any case for INBOX).
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError>;

@@ -27,14 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
 mod mailboxes;
+mod queue;
 use mailboxes::{Watchers, mailbox_columns, mailbox_from_row, message_columns, message_from_row};
 
-use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, QueueRecipientState, Recipient, SecurityEvent};
+use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, Recipient, SecurityEvent};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
 };
 use crate::{Copied, FlagChange, FlagUpdate, MailboxChanges, MailboxStatus};
+use crate::{DueMessage, RecipientOutcome, TlsResult, TlsResultCount};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -119,6 +121,13 @@ enum WriteOp {
         to: MailboxId,
         remove_source: bool,
     },
+    RecordOutcomes {
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    },
+    RetryQueued(i64),
+    DeleteQueued(i64),
+    TlsResult(TlsResult),
 }
 
 impl WriteOp {
@@ -582,6 +591,16 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         } => mailboxes::copy(conn, *from, uids, *to, *remove_source)
             .await
             .map(WriteDone::Copied),
+        WriteOp::RecordOutcomes { id, outcomes } => queue::record_outcomes(conn, *id, outcomes)
+            .await
+            .map(|_| WriteDone::Unit),
+        WriteOp::RetryQueued(id) => queue::retry(conn, *id).await.map(WriteDone::Count),
+        WriteOp::DeleteQueued(id) => queue::delete(conn, *id)
+            .await
+            .map(|deleted| WriteDone::Count(u64::from(deleted))),
+        WriteOp::TlsResult(result) => queue::record_tls_result(conn, result)
+            .await
+            .map(|_| WriteDone::Unit),
         WriteOp::Accept {
             message,
             local_sha256,
@@ -875,42 +894,78 @@ impl Store for SqliteStore {
     }
 
     async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        let messages = sqlx::query(
-            "SELECT q.id, q.sender, q.created_at, b.size FROM queue_messages q JOIN blobs b ON b.id = q.blob_id ORDER BY q.id",
+        queue::entries(&self.readers, None).await
+    }
+
+    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError> {
+        Ok(queue::entries(&self.readers, Some(id)).await?.into_iter().next())
+    }
+
+    async fn due_messages(&self, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
+        queue::due(&self.readers, now, limit).await
+    }
+
+    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE status = 'pending'")
+                .fetch_one(&self.readers)
+                .await?,
         )
-        .fetch_all(&self.readers)
-        .await?;
-        let mut entries = Vec::with_capacity(messages.len());
-        for row in &messages {
-            let id: i64 = row.try_get("id")?;
-            let recipients = sqlx::query(
-                "SELECT address, status, attempts, next_attempt_at, last_error, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 ORDER BY id",
-            )
-            .bind(id)
-            .fetch_all(&self.readers)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(QueueRecipientState {
-                    address: r.try_get("address")?,
-                    status: r.try_get("status")?,
-                    attempts: r.try_get("attempts")?,
-                    next_attempt_at: r.try_get("next_attempt_at")?,
-                    last_error: r.try_get("last_error")?,
-                    dsn_notify: r.try_get("dsn_notify")?,
-                    dsn_orcpt: r.try_get("dsn_orcpt")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            entries.push(QueueEntry {
+    }
+
+    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError> {
+        let row = sqlx::query(
+            "SELECT b.sha256, b.data FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE q.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
+        let expected: Vec<u8> = row.try_get("sha256")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        let actual = sha256_hex(&data);
+        if actual.as_bytes() != expected {
+            let error = StoreError::QueueIntegrity {
                 id,
-                sender: row.try_get("sender")?,
-                size: row.try_get::<i64, _>("size")? as u64,
-                created_at: row.try_get("created_at")?,
-                recipients,
-            });
+                expected: String::from_utf8_lossy(&expected).into_owned(),
+                actual,
+            };
+            tracing::error!(error = %error, "queued message failed its integrity check");
+            return Err(error);
         }
-        Ok(entries)
+        Ok(data)
+    }
+
+    async fn record_outcomes(
+        &self,
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::RecordOutcomes { id, outcomes })
+            .await
+            .map(|_| ())
+    }
+
+    async fn retry_queued(&self, id: i64) -> Result<u64, StoreError> {
+        match self.write(WriteOp::RetryQueued(id)).await? {
+            WriteDone::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError> {
+        match self.write(WriteOp::DeleteQueued(id)).await? {
+            WriteDone::Count(n) => Ok(n > 0),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError> {
+        self.write(WriteOp::TlsResult(result)).await.map(|_| ())
+    }
+
+    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
+        queue::tls_results(&self.readers).await
     }
 
     async fn add_account(

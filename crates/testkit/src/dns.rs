@@ -70,6 +70,8 @@ struct Zone {
     timeout_prefixes: Vec<String>,
     servfail: HashSet<String>,
     secure: HashSet<String>,
+    /// TTL of every answer; `None` is 300 s. Tests that change records use 0 (not cached).
+    ttl: Option<u32>,
 }
 
 fn key(name: &str) -> String {
@@ -185,9 +187,19 @@ impl DnsServer {
         });
     }
 
-    /// Forgets every record and setting.
+    /// Forgets every record and setting (except the TTL).
     pub fn clear(&self) {
-        self.with_zone(|z| *z = Zone::default());
+        self.with_zone(|z| {
+            *z = Zone {
+                ttl: z.ttl,
+                ..Zone::default()
+            }
+        });
+    }
+
+    /// The TTL of every answer from now on (0: resolvers must not cache).
+    pub fn set_ttl(&self, ttl: u32) {
+        self.with_zone(|z| z.ttl = Some(ttl));
     }
 }
 
@@ -237,7 +249,7 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
         });
         if let Some(target) = cname {
             if let Some(rdata) = Rec::Cname(target.clone()).rdata() {
-                response.add_answer(Record::from_rdata(owner.clone(), 300, rdata));
+                response.add_answer(Record::from_rdata(owner.clone(), zone.ttl.unwrap_or(300), rdata));
             }
             name = key(&target);
             owner = Name::from_str_relaxed(format!("{name}.")).ok()?;
@@ -245,7 +257,7 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
         }
         for record in records.iter().filter(|r| r.record_type() == qtype) {
             if let Some(rdata) = record.rdata() {
-                response.add_answer(Record::from_rdata(owner.clone(), 300, rdata));
+                response.add_answer(Record::from_rdata(owner.clone(), zone.ttl.unwrap_or(300), rdata));
             }
         }
         break;

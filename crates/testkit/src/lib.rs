@@ -5,6 +5,7 @@
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
 
 pub mod dns;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

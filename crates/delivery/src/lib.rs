@@ -1,0 +1,858 @@
+//! Outbound delivery: drains the store's queue. A scheduler picks the recipients that are due,
+//! groups them by destination domain and sends each group over as few connections as it can
+//! (several messages per connection, a few connections per domain). For each domain it finds
+//! the hosts (static route or MX) and the TLS policy the domain asks for:
+//!
+//! DANE (validated TLSA records) > MTA-STS `enforce` > `[delivery] require_tls` > opportunistic.
+//!
+//! A required protection is never skipped: a host that cannot meet it is not used, and when no
+//! host can, the recipients wait for the next attempt and finally bounce with the reason.
+//! REQUIRETLS messages (RFC 8689) go only over TLS to a verified server that offers REQUIRETLS,
+//! and bounce at once otherwise. Outcomes are recorded per recipient; a message leaves the queue
+//! when every recipient has a final one, so a crash repeats at most the attempt in progress.
+
+pub mod client;
+pub mod dsn;
+pub mod mta_sts;
+pub mod route;
+pub mod verify;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use sealmail_config::DeliveryConfig;
+use sealmail_dns::Dns;
+use sealmail_store::{DueMessage, DueRecipient, NewMessage, Recipient, RecipientOutcome, Store, TlsResult};
+use sealmail_types::EmailAddress;
+
+use client::{ClientError, Reply, SmtpClient};
+use mta_sts::{MtaSts, StsMode};
+use route::{Dane, Host, RouteError};
+use verify::{Mode, PeerVerifier};
+
+/// Queued messages looked at per scheduler pass.
+const BATCH: i64 = 500;
+/// The longest the scheduler sleeps without looking at the queue.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("cannot read trust anchors from {path}: {reason}")]
+    TrustAnchors { path: String, reason: String },
+    #[error("cannot set up outbound TLS: {0}")]
+    Tls(String),
+}
+
+/// The delivery engine; clones share everything.
+#[derive(Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    dns: Dns,
+    config: DeliveryConfig,
+    hostname: String,
+    provider: Arc<CryptoProvider>,
+    pkix: Arc<WebPkiServerVerifier>,
+    mta_sts: MtaSts,
+    wake: Notify,
+    /// (queue id, domain) pairs being delivered now.
+    in_flight: Mutex<HashSet<(i64, String)>>,
+    connections: Semaphore,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A queued message's recipients at one domain, with what became of each.
+struct Job {
+    message: Arc<DueMessage>,
+    recipients: Vec<DueRecipient>,
+    outcomes: HashMap<i64, Attempt>,
+}
+
+/// One recipient's result in this attempt.
+#[derive(Debug, Clone)]
+enum Attempt {
+    Delivered(String),
+    Deferred(String),
+    /// Permanent, with its RFC 3463 status, the diagnostic and the host that said so.
+    Failed {
+        status: String,
+        text: String,
+        host: Option<String>,
+    },
+}
+
+/// What TLS a host must give.
+struct HostPolicy {
+    mode: Mode,
+    /// No plaintext, no unverified certificate unless `mode` says unauthenticated is enough.
+    tls_required: bool,
+    /// For TLS-RPT: `tlsa`, `sts` or `no-policy-found`.
+    policy_type: &'static str,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The system's certificate authorities plus `extra` (a PEM file).
+fn trust_anchors(extra: Option<&std::path::Path>) -> Result<RootCertStore, DeliveryError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra {
+        let error = |reason: String| DeliveryError::TrustAnchors {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))?;
+        let mut added = 0;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| error(e.to_string()))?)
+                .map_err(|e| error(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(error("no certificate in the file".into()));
+        }
+    }
+    Ok(roots)
+}
+
+impl Delivery {
+    pub fn new(
+        store: Arc<dyn Store>,
+        dns: Dns,
+        config: &DeliveryConfig,
+        hostname: &str,
+    ) -> Result<Delivery, DeliveryError> {
+        let provider = Arc::new(sealmail_tls::restricted_provider());
+        let roots = Arc::new(trust_anchors(config.trust_anchors.as_deref())?);
+        let pkix = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| DeliveryError::Tls(e.to_string()))?;
+        let https = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| DeliveryError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mta_sts = MtaSts::new(dns.clone(), https, config.mta_sts_port).map_err(DeliveryError::Tls)?;
+        Ok(Delivery {
+            inner: Arc::new(Inner {
+                store,
+                dns,
+                config: config.clone(),
+                hostname: hostname.to_string(),
+                provider,
+                pkix,
+                mta_sts,
+                wake: Notify::new(),
+                in_flight: Mutex::new(HashSet::new()),
+                connections: Semaphore::new(config.max_connections),
+                per_domain: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Asks the scheduler to look at the queue now (after something was queued).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs the scheduler until `shutdown`; attempts in progress are abandoned (their
+    /// recipients stay pending and are tried again after a restart).
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.schedule().await {
+                tracing::error!(error = %e, "delivery scheduler could not read the queue");
+            }
+            let wait = match self.inner.store.next_attempt_at().await {
+                Ok(Some(at)) => {
+                    Duration::from_secs((at - now_unix()).clamp(1, IDLE_WAIT.as_secs() as i64) as u64)
+                }
+                _ => IDLE_WAIT,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Starts delivery of every due recipient not already in progress.
+    async fn schedule(&self) -> Result<(), sealmail_store::StoreError> {
+        let due = self.inner.store.due_messages(now_unix(), BATCH).await?;
+        let mut by_domain: HashMap<String, Vec<Job>> = HashMap::new();
+        {
+            let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for message in due {
+                let message = Arc::new(message);
+                let mut domains: HashMap<String, Vec<DueRecipient>> = HashMap::new();
+                for recipient in &message.recipients {
+                    domains
+                        .entry(recipient.domain.clone())
+                        .or_default()
+                        .push(recipient.clone());
+                }
+                for (domain, recipients) in domains {
+                    if in_flight.insert((message.id, domain.clone())) {
+                        by_domain.entry(domain).or_default().push(Job {
+                            message: message.clone(),
+                            recipients,
+                            outcomes: HashMap::new(),
+                        });
+                    }
+                }
+            }
+        }
+        for (domain, jobs) in by_domain {
+            let this = self.clone();
+            tokio::spawn(async move { this.deliver_domain(domain, jobs).await });
+        }
+        Ok(())
+    }
+
+    fn domain_slots(&self, domain: &str) -> Arc<Semaphore> {
+        let mut slots = self.inner.per_domain.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() > 10_000 {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        slots
+            .entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.config.max_connections_per_domain)))
+            .clone()
+    }
+
+    async fn deliver_domain(&self, domain: String, jobs: Vec<Job>) {
+        let keys: Vec<(i64, String)> = jobs.iter().map(|j| (j.message.id, domain.clone())).collect();
+        let mut finished = Vec::new();
+        match route::hosts(&self.inner.dns, &self.inner.config, &domain).await {
+            Err(RouteError::Permanent { status, text }) => {
+                for mut job in jobs {
+                    for r in &job.recipients {
+                        job.outcomes.insert(
+                            r.id,
+                            Attempt::Failed {
+                                status: status.to_string(),
+                                text: text.clone(),
+                                host: None,
+                            },
+                        );
+                    }
+                    finished.push(job);
+                }
+            }
+            Err(RouteError::Temporary(text)) => {
+                for mut job in jobs {
+                    for r in &job.recipients {
+                        job.outcomes.insert(r.id, Attempt::Deferred(text.clone()));
+                    }
+                    finished.push(job);
+                }
+            }
+            Ok(hosts) => {
+                let sts = self.inner.mta_sts.lookup(&domain).await;
+                if let Some((result_type, detail)) = &sts.failure {
+                    self.tls_result(&domain, "sts", "", result_type, detail).await;
+                }
+                let hosts = Arc::new(hosts);
+                let sts = Arc::new(sts.policy);
+                let slots = self.domain_slots(&domain);
+                let mut batches = tokio::task::JoinSet::new();
+                let mut jobs = jobs.into_iter().peekable();
+                while jobs.peek().is_some() {
+                    let batch: Vec<Job> = jobs
+                        .by_ref()
+                        .take(self.inner.config.max_messages_per_connection)
+                        .collect();
+                    let (this, domain, hosts, sts, slots) = (
+                        self.clone(),
+                        domain.clone(),
+                        hosts.clone(),
+                        sts.clone(),
+                        slots.clone(),
+                    );
+                    batches.spawn(async move {
+                        let _slot = slots.acquire_owned().await;
+                        let _connection = this.inner.connections.acquire().await;
+                        this.deliver_batch(&domain, &hosts, sts.as_ref().as_deref(), batch)
+                            .await
+                    });
+                }
+                while let Some(done) = batches.join_next().await {
+                    match done {
+                        Ok(jobs) => finished.extend(jobs),
+                        Err(e) => tracing::error!(error = %e, domain, "delivery task failed"),
+                    }
+                }
+            }
+        }
+        for job in finished {
+            self.finish(job).await;
+        }
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            in_flight.remove(&key);
+        }
+    }
+
+    /// The TLS a host must give, from DANE, MTA-STS and the configuration.
+    async fn host_policy(
+        &self,
+        domain: &str,
+        host: &Host,
+        sts: Option<&mta_sts::Policy>,
+    ) -> Result<HostPolicy, String> {
+        match route::dane(&self.inner.dns, host).await {
+            Dane::Records(records) => {
+                return Ok(HostPolicy {
+                    mode: Mode::Dane(records),
+                    tls_required: true,
+                    policy_type: "tlsa",
+                });
+            }
+            Dane::Unusable => {
+                return Ok(HostPolicy {
+                    mode: Mode::Opportunistic,
+                    tls_required: true,
+                    policy_type: "tlsa",
+                });
+            }
+            Dane::Failed(reason) => {
+                self.tls_result(domain, "tlsa", &host.name, "dnssec-invalid", &reason)
+                    .await;
+                return Err(reason);
+            }
+            Dane::None => {}
+        }
+        if let Some(policy) = sts.filter(|p| p.mode == StsMode::Enforce) {
+            if !policy.allows(&host.name) {
+                let reason = format!("MX host {} is not listed in {domain}'s MTA-STS policy", host.name);
+                self.tls_result(domain, "sts", &host.name, "validation-failure", &reason)
+                    .await;
+                return Err(reason);
+            }
+            return Ok(HostPolicy {
+                mode: Mode::Pkix,
+                tls_required: true,
+                policy_type: "sts",
+            });
+        }
+        let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
+        if self.inner.config.require_tls.iter().any(|d| d == domain) {
+            return Ok(HostPolicy {
+                mode: Mode::Pkix,
+                tls_required: true,
+                policy_type: if testing { "sts" } else { "no-policy-found" },
+            });
+        }
+        Ok(HostPolicy {
+            mode: Mode::Opportunistic,
+            tls_required: false,
+            policy_type: if testing { "sts" } else { "no-policy-found" },
+        })
+    }
+
+    async fn tls_result(&self, domain: &str, policy_type: &str, host: &str, result_type: &str, detail: &str) {
+        let result = TlsResult {
+            policy_domain: domain.to_string(),
+            policy_type: policy_type.to_string(),
+            mx_host: host.to_string(),
+            result_type: result_type.to_string(),
+            detail: detail.chars().take(500).collect(),
+        };
+        if let Err(e) = self.inner.store.record_tls_result(result).await {
+            tracing::warn!(error = %e, "cannot record a TLS result");
+        }
+    }
+
+    /// Tries the hosts in order until every job has an answer from a server.
+    async fn deliver_batch(
+        &self,
+        domain: &str,
+        hosts: &[Host],
+        sts: Option<&mta_sts::Policy>,
+        mut jobs: Vec<Job>,
+    ) -> Vec<Job> {
+        let mut last_error = format!("no host of {domain} could be reached");
+        'hosts: for host in hosts {
+            let policy = match self.host_policy(domain, host, sts).await {
+                Ok(policy) => policy,
+                Err(reason) => {
+                    last_error = reason;
+                    continue;
+                }
+            };
+            for addr in &host.addrs {
+                match self.session(domain, host, *addr, &policy, &mut jobs).await {
+                    Ok(()) => break 'hosts,
+                    Err(reason) => {
+                        tracing::info!(domain, host = %host.name, %addr, reason = %reason, "delivery attempt failed");
+                        last_error = format!("{} [{}]: {reason}", host.name, addr.ip());
+                    }
+                }
+                if jobs
+                    .iter()
+                    .all(|j| j.recipients.iter().all(|r| j.outcomes.contains_key(&r.id)))
+                {
+                    break 'hosts;
+                }
+            }
+        }
+        for job in &mut jobs {
+            for r in &job.recipients {
+                job.outcomes
+                    .entry(r.id)
+                    .or_insert_with(|| Attempt::Deferred(last_error.clone()));
+            }
+        }
+        jobs
+    }
+
+    /// One connection: the TLS the policy asks for, then every job not yet answered. `Err` is a
+    /// reason to try the next address or host.
+    async fn session(
+        &self,
+        domain: &str,
+        host: &Host,
+        addr: std::net::SocketAddr,
+        policy: &HostPolicy,
+        jobs: &mut [Job],
+    ) -> Result<(), String> {
+        let config = &self.inner.config;
+        let (mut client, greeting) =
+            SmtpClient::connect(addr, config.connect_timeout, config.command_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        if greeting.code != 220 {
+            return Err(format!("greeting: {}", greeting.summary()));
+        }
+        let ehlo = client
+            .ehlo(&self.inner.hostname)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !ehlo.is_positive() {
+            return Err(format!("EHLO: {}", ehlo.summary()));
+        }
+        let mut verified = false;
+        if client.capabilities.starttls {
+            let verifier = Arc::new(PeerVerifier::new(
+                policy.mode.clone(),
+                self.inner.pkix.clone(),
+                self.inner.provider.clone(),
+            ));
+            let tls_config = ClientConfig::builder_with_provider(self.inner.provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            let name = ServerName::try_from(host.name.clone())
+                .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
+            client = match client.starttls(Arc::new(tls_config), name).await {
+                Ok(client) => client,
+                Err((_, error)) => {
+                    let check = verifier.check();
+                    let (result_type, detail) = match &check {
+                        Some(c) if !c.verified => (c.result_type, c.detail.clone()),
+                        _ => ("validation-failure", error.to_string()),
+                    };
+                    if policy.policy_type != "no-policy-found" {
+                        self.tls_result(domain, policy.policy_type, &host.name, result_type, &detail)
+                            .await;
+                    }
+                    return Err(format!("TLS: {detail}"));
+                }
+            };
+            let check = verifier.check();
+            verified = check.as_ref().is_some_and(|c| c.verified);
+            let tls = client.tls.clone();
+            tracing::info!(
+                domain,
+                host = %host.name,
+                %addr,
+                tls_version = tls.as_ref().map(|t| t.version).unwrap_or("none"),
+                cipher = tls.as_ref().map(|t| t.cipher).unwrap_or("none"),
+                verified,
+                check = check.as_ref().map(|c| c.detail.as_str()).unwrap_or(""),
+                "outbound TLS established"
+            );
+            if policy.policy_type != "no-policy-found" {
+                self.tls_result(domain, policy.policy_type, &host.name, "success", "")
+                    .await;
+            }
+            let ehlo = client
+                .ehlo(&self.inner.hostname)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !ehlo.is_positive() {
+                return Err(format!("EHLO after STARTTLS: {}", ehlo.summary()));
+            }
+        } else if policy.tls_required {
+            let reason = format!("{} does not offer STARTTLS", host.name);
+            self.tls_result(
+                domain,
+                policy.policy_type,
+                &host.name,
+                "starttls-not-supported",
+                &reason,
+            )
+            .await;
+            return Err(reason);
+        } else {
+            tracing::warn!(domain, host = %host.name, %addr, "outbound delivery without TLS: the server does not offer STARTTLS");
+        }
+
+        let mut result = Ok(());
+        for job in jobs.iter_mut() {
+            if job.recipients.iter().all(|r| job.outcomes.contains_key(&r.id)) {
+                continue;
+            }
+            if let Err(e) = self.transaction(&mut client, host, verified, job).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        if result.is_ok() {
+            client.quit().await;
+        }
+        result
+    }
+
+    /// MAIL, RCPT, DATA for one job on an open connection.
+    async fn transaction(
+        &self,
+        client: &mut SmtpClient,
+        host: &Host,
+        verified: bool,
+        job: &mut Job,
+    ) -> Result<(), ClientError> {
+        let pending: Vec<DueRecipient> = job
+            .recipients
+            .iter()
+            .filter(|r| !job.outcomes.contains_key(&r.id))
+            .cloned()
+            .collect();
+        let fail_all = |job: &mut Job, status: &str, text: String| {
+            for r in &pending {
+                job.outcomes.insert(
+                    r.id,
+                    Attempt::Failed {
+                        status: status.to_string(),
+                        text: text.clone(),
+                        host: Some(host.name.clone()),
+                    },
+                );
+            }
+        };
+        let caps = client.capabilities.clone();
+        if job.message.require_tls {
+            // RFC 8689 4.2.1: only over TLS, to a verified server that takes on the requirement.
+            let why = if client.tls.is_none() {
+                Some("the receiving server offers no TLS")
+            } else if !verified {
+                Some("the receiving server's certificate could not be verified")
+            } else if !caps.requiretls {
+                Some("the receiving server does not support REQUIRETLS")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                fail_all(job, "5.7.30", format!("REQUIRETLS: not sent: {why}"));
+                return Ok(());
+            }
+        }
+        let content = match self.inner.store.queued_content(job.message.id).await {
+            Ok(content) => content,
+            Err(e) => {
+                for r in &pending {
+                    job.outcomes.insert(r.id, Attempt::Deferred(e.to_string()));
+                }
+                return Ok(());
+            }
+        };
+        if caps.size.is_some_and(|limit| content.len() as u64 > limit) {
+            fail_all(
+                job,
+                "5.3.4",
+                format!("the message is larger than {} accepts", host.name),
+            );
+            return Ok(());
+        }
+        let eight_bit = content.iter().any(|b| *b >= 0x80);
+        let utf8_addresses = !job.message.sender.is_ascii() || pending.iter().any(|r| !r.address.is_ascii());
+        if utf8_addresses && !caps.smtputf8 {
+            fail_all(
+                job,
+                "5.6.7",
+                format!("{} does not support SMTPUTF8 addresses", host.name),
+            );
+            return Ok(());
+        }
+        if eight_bit && !caps.eight_bit_mime && !caps.smtputf8 {
+            fail_all(
+                job,
+                "5.6.3",
+                format!("{} does not accept 8-bit content", host.name),
+            );
+            return Ok(());
+        }
+
+        let mut mail = format!("MAIL FROM:<{}>", job.message.sender);
+        if eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if utf8_addresses {
+            mail.push_str(" SMTPUTF8");
+        }
+        if caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", content.len()));
+        }
+        if job.message.require_tls {
+            mail.push_str(" REQUIRETLS");
+        }
+        if caps.dsn {
+            if let Some(ret) = &job.message.dsn_ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(envid) = &job.message.dsn_envid {
+                mail.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        let rcpt_line = |r: &DueRecipient| {
+            let mut line = format!("RCPT TO:<{}>", r.address);
+            if caps.dsn {
+                if let Some(notify) = &r.dsn_notify {
+                    line.push_str(&format!(" NOTIFY={notify}"));
+                }
+                if let Some(orcpt) = &r.dsn_orcpt {
+                    line.push_str(&format!(" ORCPT={orcpt}"));
+                }
+            }
+            line
+        };
+
+        // RFC 2920: MAIL and every RCPT in one write when the server pipelines.
+        let (mail_reply, rcpt_replies) = if caps.pipelining {
+            let mut batch = format!("{mail}\r\n");
+            for r in &pending {
+                batch.push_str(&rcpt_line(r));
+                batch.push_str("\r\n");
+            }
+            client.send(batch.as_bytes()).await?;
+            let mail_reply = client.read_reply("the MAIL reply").await?;
+            let mut replies = Vec::with_capacity(pending.len());
+            for _ in &pending {
+                replies.push(client.read_reply("a RCPT reply").await?);
+            }
+            (mail_reply, replies)
+        } else {
+            let mail_reply = client.command(&mail, "the MAIL reply").await?;
+            let mut replies = Vec::new();
+            if mail_reply.is_positive() {
+                for r in &pending {
+                    replies.push(client.command(&rcpt_line(r), "a RCPT reply").await?);
+                }
+            }
+            (mail_reply, replies)
+        };
+        if !mail_reply.is_positive() {
+            self.answer_all(job, &pending, host, &mail_reply);
+            client.command("RSET", "the RSET reply").await?;
+            return Ok(());
+        }
+        let mut accepted = Vec::new();
+        for (r, reply) in pending.iter().zip(&rcpt_replies) {
+            if reply.is_positive() {
+                accepted.push(r.clone());
+            } else {
+                self.answer_all(job, std::slice::from_ref(r), host, reply);
+            }
+        }
+        if accepted.is_empty() {
+            client.command("RSET", "the RSET reply").await?;
+            return Ok(());
+        }
+        let data = client.command("DATA", "the DATA reply").await?;
+        if data.code != 354 {
+            self.answer_all(job, &accepted, host, &data);
+            client.command("RSET", "the RSET reply").await?;
+            return Ok(());
+        }
+        let reply = client.send_data(&content).await?;
+        self.answer_all(job, &accepted, host, &reply);
+        tracing::info!(
+            queue_id = job.message.id,
+            host = %host.name,
+            recipients = accepted.len(),
+            reply = %reply.summary(),
+            tls = client.tls.as_ref().map(|t| t.version).unwrap_or("none"),
+            "outbound delivery attempt answered"
+        );
+        Ok(())
+    }
+
+    fn answer_all(&self, job: &mut Job, recipients: &[DueRecipient], host: &Host, reply: &Reply) {
+        let text = reply.summary();
+        for r in recipients {
+            let attempt = if reply.is_positive() {
+                Attempt::Delivered(format!("{}: {text}", host.name))
+            } else if reply.is_permanent() {
+                Attempt::Failed {
+                    status: reply.enhanced().unwrap_or("5.0.0").to_string(),
+                    text: text.clone(),
+                    host: Some(host.name.clone()),
+                }
+            } else {
+                Attempt::Deferred(format!("{}: {text}", host.name))
+            };
+            job.outcomes.insert(r.id, attempt);
+        }
+    }
+
+    /// Records a job's outcomes: deferrals get their next time (or expire), failures a DSN.
+    async fn finish(&self, job: Job) {
+        let config = &self.inner.config;
+        let now = now_unix();
+        let mut outcomes = Vec::new();
+        let mut failed = Vec::new();
+        for r in &job.recipients {
+            let Some(attempt) = job.outcomes.get(&r.id) else {
+                continue;
+            };
+            let outcome = match attempt {
+                Attempt::Delivered(text) => {
+                    tracing::info!(queue_id = job.message.id, to = %r.address, "delivered: {text}");
+                    RecipientOutcome::Delivered(text.clone())
+                }
+                Attempt::Deferred(text) => {
+                    let delay = config
+                        .retry_base
+                        .as_secs()
+                        .saturating_mul(1u64 << r.attempts.clamp(0, 20))
+                        .min(config.retry_max.as_secs()) as i64;
+                    if now + delay - job.message.created_at > config.give_up.as_secs() as i64 {
+                        let text = format!(
+                            "gave up after {} attempts over {} hours; last error: {text}",
+                            r.attempts + 1,
+                            (now - job.message.created_at) / 3600
+                        );
+                        failed.push(dsn::Failed {
+                            address: r.address.clone(),
+                            orcpt: r.dsn_orcpt.clone(),
+                            status: "4.4.7".into(),
+                            diagnostic: text.clone(),
+                            remote_mta: None,
+                        });
+                        RecipientOutcome::Failed(text)
+                    } else {
+                        tracing::info!(queue_id = job.message.id, to = %r.address, retry_in = delay, "deferred: {text}");
+                        RecipientOutcome::Deferred {
+                            error: text.clone(),
+                            next_attempt_at: now + delay,
+                        }
+                    }
+                }
+                Attempt::Failed { status, text, host } => {
+                    failed.push(dsn::Failed {
+                        address: r.address.clone(),
+                        orcpt: r.dsn_orcpt.clone(),
+                        status: status.clone(),
+                        diagnostic: text.clone(),
+                        remote_mta: host.clone(),
+                    });
+                    RecipientOutcome::Failed(format!("{status} {text}"))
+                }
+            };
+            outcomes.push((r.id, outcome));
+        }
+        if !failed.is_empty() {
+            self.bounce(&job, &failed).await;
+        }
+        if let Err(e) = self.inner.store.record_outcomes(job.message.id, outcomes).await {
+            tracing::error!(queue_id = job.message.id, error = %e, "cannot record delivery outcomes");
+        }
+    }
+
+    /// A DSN to the sender's INBOX, if the sender is one of our accounts and asked for one.
+    /// Nothing else: queued mail comes from authenticated submission, and a bounce to any
+    /// other address would be backscatter.
+    async fn bounce(&self, job: &Job, failed: &[dsn::Failed]) {
+        let wanted: Vec<dsn::Failed> = failed
+            .iter()
+            .filter(|f| {
+                let notify = job
+                    .recipients
+                    .iter()
+                    .find(|r| r.address == f.address)
+                    .and_then(|r| r.dsn_notify.as_deref())
+                    .map(str::to_ascii_uppercase);
+                // RFC 3461 4.1: without NOTIFY, failures are reported.
+                notify.is_none_or(|n| n.contains("FAILURE"))
+            })
+            .cloned()
+            .collect();
+        if wanted.is_empty() || job.message.sender.is_empty() {
+            return;
+        }
+        let Ok(sender) = EmailAddress::parse(&job.message.sender) else {
+            return;
+        };
+        let inbox = match self.inner.store.resolve_recipient(&sender).await {
+            Ok(Recipient::Local { inbox, .. }) => inbox,
+            _ => {
+                tracing::info!(queue_id = job.message.id, sender = %sender, "no DSN: the sender is not a local account");
+                return;
+            }
+        };
+        let original = self
+            .inner
+            .store
+            .queued_content(job.message.id)
+            .await
+            .unwrap_or_default();
+        let report = dsn::build(&dsn::Report {
+            hostname: &self.inner.hostname,
+            sender: &job.message.sender,
+            envid: job.message.dsn_envid.as_deref(),
+            ret_full: job.message.dsn_ret.as_deref() == Some("FULL"),
+            arrival: job.message.created_at,
+            recipients: &wanted,
+            original: &original,
+        });
+        let stored = self
+            .inner
+            .store
+            .store_message(NewMessage {
+                content: report,
+                mailboxes: vec![inbox],
+                internal_date: now_unix(),
+                flags: Vec::new(),
+            })
+            .await;
+        match stored {
+            Ok(_) => {
+                tracing::info!(queue_id = job.message.id, sender = %sender, recipients = wanted.len(), "DSN delivered to the sender")
+            }
+            Err(e) => tracing::error!(queue_id = job.message.id, error = %e, "cannot store a DSN"),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! MTA-STS (RFC 8461): the `_mta-sts` TXT record says a policy exists and its id; the policy is
+//! fetched over HTTPS from `mta-sts.DOMAIN` (certificate verified, no redirects, 64 KiB at
+//! most) and kept until its `max_age` ends or the id changes. Host names for the fetch are
+//! resolved through sealmail's resolver, never the system's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RData;
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::mta_sts::MtaSts as StsRecord;
+use sealmail_dns::Dns;
+
+/// RFC 8461 3.3: policy bodies over 64 KiB are refused.
+const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// RFC 8461 3.2: max_age is at most a year.
+const MAX_AGE_LIMIT: u64 = 31_557_600;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+const CACHE_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StsMode {
+    Enforce,
+    Testing,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub id: String,
+    pub mode: StsMode,
+    /// Lower-case MX patterns; `*.example.com` matches one label.
+    pub mx: Vec<String>,
+    pub max_age: u64,
+    /// The policy text as an RFC 8460 `policy-string` list.
+    pub lines: Vec<String>,
+}
+
+impl Policy {
+    /// Parses a policy body (RFC 8461 3.2).
+    pub fn parse(id: &str, body: &str) -> Result<Policy, String> {
+        let (mut version, mut mode, mut max_age, mut mx, mut lines) =
+            (None, None, None, Vec::new(), Vec::new());
+        for line in body.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                return Err(format!("policy line without a key: {line:?}"));
+            };
+            let value = value.trim();
+            lines.push(format!("{}: {value}", key.trim()));
+            match key.trim() {
+                "version" => version = Some(value.to_string()),
+                "mode" => {
+                    mode = Some(match value {
+                        "enforce" => StsMode::Enforce,
+                        "testing" => StsMode::Testing,
+                        "none" => StsMode::None,
+                        other => return Err(format!("unknown mode {other:?}")),
+                    })
+                }
+                "max_age" => {
+                    max_age = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|v| *v <= MAX_AGE_LIMIT)
+                            .ok_or(format!("bad max_age {value:?}"))?,
+                    )
+                }
+                "mx" => mx.push(value.trim_end_matches('.').to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+        if version.as_deref() != Some("STSv1") {
+            return Err("version is not STSv1".into());
+        }
+        let mode = mode.ok_or("no mode")?;
+        let max_age = max_age.ok_or("no max_age")?;
+        if mode != StsMode::None && mx.is_empty() {
+            return Err("no mx".into());
+        }
+        Ok(Policy {
+            id: id.to_string(),
+            mode,
+            mx,
+            max_age,
+            lines,
+        })
+    }
+
+    /// RFC 8461 4.1: whether the MX host `host` is one the policy names.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => *pattern == host,
+        })
+    }
+}
+
+/// What discovery found, and a failure to report (TLS-RPT result type, detail) if the fetch
+/// failed.
+pub struct Lookup {
+    pub policy: Option<Arc<Policy>>,
+    pub failure: Option<(&'static str, String)>,
+}
+
+pub struct MtaSts {
+    dns: Dns,
+    http: reqwest::Client,
+    port: u16,
+    cache: Mutex<HashMap<String, (Arc<Policy>, Instant)>>,
+}
+
+struct Resolver(Dns);
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let dns = self.0.clone();
+        let host = format!("{}.", name.as_str().trim_end_matches('.'));
+        Box::pin(async move {
+            let ips = dns
+                .resolver()
+                .lookup_ip(host.as_str())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl MtaSts {
+    pub fn new(dns: Dns, tls: rustls::ClientConfig, port: u16) -> Result<MtaSts, String> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .dns_resolver(Arc::new(Resolver(dns.clone())))
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .no_proxy()
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot set up the MTA-STS client: {e}"))?;
+        Ok(MtaSts {
+            dns,
+            http,
+            port,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn cached(&self, domain: &str) -> Option<Arc<Policy>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(domain)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(policy, _)| policy.clone())
+    }
+
+    /// The policy for `domain` (RFC 8461 5.1): a cached one while its id is current, else a
+    /// fresh fetch; if the record or the fetch fails, a still valid cached policy is used.
+    pub async fn lookup(&self, domain: &str) -> Lookup {
+        let cached = self.cached(domain);
+        let id = match self.record_id(domain).await {
+            Some(id) => id,
+            None => {
+                return Lookup {
+                    policy: cached,
+                    failure: None,
+                };
+            }
+        };
+        if let Some(policy) = cached.as_ref().filter(|p| p.id == id) {
+            return Lookup {
+                policy: Some(policy.clone()),
+                failure: None,
+            };
+        }
+        match self.fetch(domain, &id).await {
+            Ok(policy) => {
+                let policy = Arc::new(policy);
+                let until = Instant::now() + Duration::from_secs(policy.max_age);
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= CACHE_MAX {
+                    let now = Instant::now();
+                    cache.retain(|_, (_, until)| *until > now);
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(domain.to_string(), (policy.clone(), until));
+                Lookup {
+                    policy: Some(policy),
+                    failure: None,
+                }
+            }
+            Err(failure) => {
+                tracing::warn!(domain, reason = %failure.1, "MTA-STS policy fetch failed");
+                Lookup {
+                    policy: cached,
+                    failure: Some(failure),
+                }
+            }
+        }
+    }
+
+    async fn record_id(&self, domain: &str) -> Option<String> {
+        let lookup = self
+            .dns
+            .resolver()
+            .txt_lookup(format!("_mta-sts.{domain}."))
+            .await
+            .ok()?;
+        // RFC 8461 3.1: exactly one record starting v=STSv1, or the domain has no policy.
+        let records: Vec<StsRecord> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect::<Vec<u8>>(),
+                ),
+                _ => None,
+            })
+            .filter(|text| text.starts_with(b"v=STSv1"))
+            .filter_map(|text| StsRecord::parse(&text).ok())
+            .collect();
+        match records.as_slice() {
+            [one] => Some(one.id.clone()),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, domain: &str, id: &str) -> Result<Policy, (&'static str, String)> {
+        let url = match self.port {
+            443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
+            port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
+        };
+        let fetch_error = |e: reqwest::Error| {
+            let text = format!("{url}: {e:?}");
+            // A certificate problem is reported as such (RFC 8460 4.3.1).
+            if text.contains("certificate") || text.contains("Certificate") {
+                ("sts-webpki-invalid", text)
+            } else {
+                ("sts-policy-fetch-error", text)
+            }
+        };
+        let mut response = self.http.get(&url).send().await.map_err(fetch_error)?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err((
+                "sts-policy-fetch-error",
+                format!("{url}: HTTP {}", response.status()),
+            ));
+        }
+        let text_plain = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
+        if !text_plain {
+            return Err(("sts-policy-invalid", format!("{url}: not text/plain")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {
+            if body.len() + chunk.len() > MAX_POLICY_BYTES {
+                return Err(("sts-policy-invalid", format!("{url}: policy over 64 KiB")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body =
+            String::from_utf8(body).map_err(|_| ("sts-policy-invalid", format!("{url}: not UTF-8")))?;
+        Policy::parse(id, &body).map_err(|e| ("sts-policy-invalid", format!("{url}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_match_mx_hosts() -> Result<(), String> {
+        let policy = Policy::parse(
+            "1",
+            "version: STSv1\r\nmode: enforce\r\nmx: mx1.b.test\r\nmx: *.b.net\r\nmax_age: 86400\r\n",
+        )?;
+        assert_eq!(policy.mode, StsMode::Enforce);
+        assert!(policy.allows("mx1.b.test") && policy.allows("MX1.B.TEST."));
+        assert!(policy.allows("anything.b.net"));
+        assert!(!policy.allows("b.net") && !policy.allows("a.b.b.net") && !policy.allows("mx2.b.test"));
+        assert!(
+            Policy::parse("1", "version: STSv1\nmode: testing\nmax_age: 5\n").is_err(),
+            "no mx"
+        );
+        assert!(Policy::parse("1", "version: STSv2\nmode: enforce\nmx: a\nmax_age: 5\n").is_err());
+        assert!(
+            Policy::parse(
+                "1",
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 99999999999\n"
+            )
+            .is_err()
+        );
+        assert!(Policy::parse("1", "version: STSv1\nmode: none\nmax_age: 5\n").is_ok());
+        Ok(())
+    }
+}

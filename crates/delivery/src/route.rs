@@ -1,0 +1,197 @@
+//! Where mail for a domain goes (RFC 5321 5.1): a static route, or the MX records in
+//! preference order (equal preferences shuffled), or the domain itself when it has no MX
+//! (implicit MX); a null MX (RFC 7505) or a domain that does not exist is a permanent failure.
+//! Also the TLSA lookup for DANE, with the AD bit of a trusted resolver as DNSSEC status.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_proto::rr::{RData, RecordType};
+use sealmail_config::DeliveryConfig;
+use sealmail_dns::Dns;
+
+use crate::verify::Tlsa;
+
+/// One host to try, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The MX host name (lower case, no trailing dot), or an address for an IP route.
+    pub name: String,
+    pub port: u16,
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No delivery is possible: bounce (with an RFC 3463 status).
+    Permanent { status: &'static str, text: String },
+    /// Try again later.
+    Temporary(String),
+}
+
+/// The hosts for `domain`, best first. Hosts whose addresses cannot be found are left out;
+/// when none is left the error says why.
+pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<Vec<Host>, RouteError> {
+    if let Some((host, port)) = config.routes.get(domain) {
+        let addrs = addresses(dns, host, *port).await?;
+        return Ok(vec![Host {
+            name: host.clone(),
+            port: *port,
+            addrs,
+        }]);
+    }
+    let port = config.smtp_port;
+    let names = match dns.resolver().mx_lookup(fqdn(domain)).await {
+        Ok(lookup) => {
+            let mut mx: Vec<(u16, String)> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((mx.preference, name(&mx.exchange.to_string()))),
+                    _ => None,
+                })
+                .collect();
+            if mx.len() == 1 && mx[0].1.is_empty() {
+                return Err(RouteError::Permanent {
+                    status: "5.1.10",
+                    text: format!("{domain} does not accept mail (null MX, RFC 7505)"),
+                });
+            }
+            mx.retain(|(_, host)| !host.is_empty());
+            shuffle_equal_preferences(&mut mx);
+            mx.into_iter().map(|(_, host)| host).collect::<Vec<_>>()
+        }
+        Err(e) if e.is_nx_domain() => {
+            return Err(RouteError::Permanent {
+                status: "5.1.2",
+                text: format!("the domain {domain} does not exist"),
+            });
+        }
+        // No MX record: the domain itself is the implicit MX (RFC 5321 5.1).
+        Err(e) if e.is_no_records_found() => vec![domain.to_string()],
+        Err(e) => {
+            return Err(RouteError::Temporary(format!(
+                "MX lookup for {domain} failed: {e}"
+            )));
+        }
+    };
+    let mut hosts = Vec::new();
+    let mut last = None;
+    for name in names {
+        match addresses(dns, &name, port).await {
+            Ok(addrs) => hosts.push(Host { name, port, addrs }),
+            Err(e) => last = Some(e),
+        }
+    }
+    match (hosts.is_empty(), last) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(RouteError::Permanent {
+            status: "5.1.2",
+            text: format!("{domain} has no mail host"),
+        }),
+        _ => Ok(hosts),
+    }
+}
+
+async fn addresses(dns: &Dns, host: &str, port: u16) -> Result<Vec<SocketAddr>, RouteError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    match dns.resolver().lookup_ip(fqdn(host)).await {
+        Ok(ips) => {
+            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            if addrs.is_empty() {
+                Err(RouteError::Permanent {
+                    status: "5.1.2",
+                    text: format!("the mail host {host} has no address"),
+                })
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(RouteError::Permanent {
+            status: "5.1.2",
+            text: format!("the mail host {host} has no address"),
+        }),
+        Err(e) => Err(RouteError::Temporary(format!(
+            "address lookup for {host} failed: {e}"
+        ))),
+    }
+}
+
+/// The DANE answer for a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dane {
+    /// No DNSSEC-validated TLSA records: DANE does not apply.
+    None,
+    /// Validated records; TLS is mandatory and the chain must match one of them.
+    Records(Vec<Tlsa>),
+    /// Validated records exist, but none is usable for SMTP: TLS is mandatory, unauthenticated
+    /// (RFC 7672 2.2).
+    Unusable,
+    /// The lookup failed: delivery to this host must wait (RFC 7672 2.2.1).
+    Failed(String),
+}
+
+/// The TLSA records of `_port._tcp.host`, if the resolver is trusted and says they are secure.
+pub async fn dane(dns: &Dns, host: &Host) -> Dane {
+    if !dns.trust_ad_bit() || host.name.parse::<IpAddr>().is_ok() {
+        return Dane::None;
+    }
+    let name = format!("_{}._tcp.{}.", host.port, host.name);
+    match dns.resolver().lookup(name.as_str(), RecordType::TLSA).await {
+        Ok(lookup) => {
+            if !lookup.message().metadata.authentic_data {
+                return Dane::None;
+            }
+            let records: Vec<Tlsa> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(t) => Some(Tlsa {
+                        usage: u8::from(t.cert_usage),
+                        selector: u8::from(t.selector),
+                        matching: u8::from(t.matching),
+                        data: t.cert_data.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let usable: Vec<Tlsa> = records.iter().filter(|t| t.usable()).cloned().collect();
+            match (records.is_empty(), usable.is_empty()) {
+                (true, _) => Dane::None,
+                (false, true) => Dane::Unusable,
+                (false, false) => Dane::Records(usable),
+            }
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Dane::None,
+        Err(e) => Dane::Failed(format!("TLSA lookup for {name} failed: {e}")),
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
+fn name(dns_name: &str) -> String {
+    dns_name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn shuffle_equal_preferences(mx: &mut [(u16, String)]) {
+    // RFC 5321 5.1: hosts of equal preference are tried in random order, spreading load.
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let mut state = u64::from_le_bytes(seed) | 1;
+    let mut keyed: Vec<(u16, u64, String)> = mx
+        .iter()
+        .map(|(pref, host)| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (*pref, state, host.clone())
+        })
+        .collect();
+    keyed.sort();
+    for (slot, (pref, _, host)) in mx.iter_mut().zip(keyed) {
+        *slot = (pref, host);
+    }
+}

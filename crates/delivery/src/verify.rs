@@ -1,0 +1,285 @@
+//! How the certificate of a receiving server is judged, per connection:
+//! - `Opportunistic` (RFC 7435): the PKIX result is recorded, not enforced.
+//! - `Pkix`: the chain must lead to a trusted root and name the MX host (MTA-STS enforce,
+//!   `require_tls`, REQUIRETLS).
+//! - `Dane` (RFC 7672): the chain must match a usable TLSA record: DANE-EE (3) matches the
+//!   leaf, with no name or expiry check; DANE-TA (2) matches a certificate of the chain, which
+//!   then serves as the only trust anchor for a normal check of the leaf and the MX host name.
+//!
+//! Whatever the mode, the handshake signature is always verified with the leaf's key, so the
+//! peer proves it holds the key of the certificate that was judged.
+
+use std::sync::{Arc, Mutex};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256, Sha512};
+
+/// A TLSA record (RFC 6698 2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+impl Tlsa {
+    /// RFC 7672 3.1.3: only DANE-TA(2) and DANE-EE(3) are used for SMTP, with known selectors
+    /// and matching types.
+    pub fn usable(&self) -> bool {
+        matches!(self.usage, 2 | 3) && matches!(self.selector, 0 | 1) && matches!(self.matching, 0..=2)
+    }
+
+    fn matches(&self, cert: &[u8]) -> bool {
+        let selected: Vec<u8> = match self.selector {
+            0 => cert.to_vec(),
+            1 => match spki(cert) {
+                Some(spki) => spki,
+                None => return false,
+            },
+            _ => return false,
+        };
+        let digest: Vec<u8> = match self.matching {
+            0 => selected,
+            1 => Sha256::digest(&selected).to_vec(),
+            2 => Sha512::digest(&selected).to_vec(),
+            _ => return false,
+        };
+        digest == self.data
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of a certificate.
+pub fn spki(cert: &[u8]) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Opportunistic,
+    Pkix,
+    /// The host's usable TLSA records (never empty).
+    Dane(Vec<Tlsa>),
+}
+
+/// What the certificate check found; `None` until the handshake got that far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertCheck {
+    pub verified: bool,
+    /// An RFC 8460 4.3 result type for a failure (`certificate-host-mismatch`, ...).
+    pub result_type: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub struct PeerVerifier {
+    mode: Mode,
+    pkix: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+    check: Mutex<Option<CertCheck>>,
+}
+
+impl PeerVerifier {
+    pub fn new(mode: Mode, pkix: Arc<WebPkiServerVerifier>, provider: Arc<CryptoProvider>) -> PeerVerifier {
+        PeerVerifier {
+            mode,
+            pkix,
+            provider,
+            check: Mutex::new(None),
+        }
+    }
+
+    pub fn check(&self) -> Option<CertCheck> {
+        self.check.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, check: CertCheck) {
+        *self.check.lock().unwrap_or_else(|p| p.into_inner()) = Some(check);
+    }
+
+    fn dane(
+        &self,
+        records: &[Tlsa],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<String, String> {
+        if records
+            .iter()
+            .any(|r| r.usage == 3 && r.matches(end_entity.as_ref()))
+        {
+            return Ok("DANE-EE match".into());
+        }
+        let mut last = "no TLSA record matches the certificate chain".to_string();
+        for anchor in intermediates.iter().chain(std::iter::once(end_entity)) {
+            if !records.iter().any(|r| r.usage == 2 && r.matches(anchor.as_ref())) {
+                continue;
+            }
+            let mut roots = RootCertStore::empty();
+            if let Err(e) = roots.add(anchor.clone().into_owned()) {
+                last = format!("the matching DANE-TA certificate is unusable as an anchor: {e}");
+                continue;
+            }
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?;
+            match verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
+                Ok(_) => return Ok("DANE-TA match".into()),
+                Err(e) => last = format!("DANE-TA matched but the chain does not verify: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The RFC 8460 result type for a failed PKIX check.
+fn result_type(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "certificate-host-mismatch",
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "certificate-expired"
+        }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "certificate-not-trusted",
+        _ => "validation-failure",
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        match &self.mode {
+            Mode::Dane(records) => match self.dane(records, end_entity, intermediates, server_name, now) {
+                Ok(detail) => {
+                    self.record(CertCheck {
+                        verified: true,
+                        result_type: "success",
+                        detail,
+                    });
+                    Ok(ServerCertVerified::assertion())
+                }
+                Err(detail) => {
+                    let detail = format!("DANE: {detail}");
+                    self.record(CertCheck {
+                        verified: false,
+                        result_type: "validation-failure",
+                        detail: detail.clone(),
+                    });
+                    Err(Error::General(detail))
+                }
+            },
+            Mode::Pkix | Mode::Opportunistic => {
+                match self
+                    .pkix
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                {
+                    Ok(verified) => {
+                        self.record(CertCheck {
+                            verified: true,
+                            result_type: "success",
+                            detail: "PKIX".into(),
+                        });
+                        Ok(verified)
+                    }
+                    Err(e) => {
+                        self.record(CertCheck {
+                            verified: false,
+                            result_type: result_type(&e),
+                            detail: e.to_string(),
+                        });
+                        match self.mode {
+                            // RFC 7435: an unauthenticated encrypted session beats plaintext.
+                            Mode::Opportunistic => Ok(ServerCertVerified::assertion()),
+                            _ => Err(e),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlsa_matching_by_selector_and_type() -> Result<(), String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = rcgen::CertificateParams::new(vec!["mx.b.test".to_string()])
+            .map_err(|e| e.to_string())?
+            .self_signed(&key)
+            .map_err(|e| e.to_string())?;
+        let der = cert.der().to_vec();
+        let spki = spki(&der).ok_or("no SPKI")?;
+        let record = |selector, matching, data: Vec<u8>| Tlsa {
+            usage: 3,
+            selector,
+            matching,
+            data,
+        };
+        assert!(record(1, 1, Sha256::digest(&spki).to_vec()).matches(&der));
+        assert!(record(0, 1, Sha256::digest(&der).to_vec()).matches(&der));
+        assert!(record(1, 2, Sha512::digest(&spki).to_vec()).matches(&der));
+        assert!(record(0, 0, der.clone()).matches(&der));
+        assert!(!record(1, 1, Sha256::digest(&der).to_vec()).matches(&der));
+        assert!(!record(1, 1, vec![0; 32]).matches(&der));
+        assert!(
+            !Tlsa {
+                usage: 1,
+                ..record(1, 1, vec![])
+            }
+            .usable()
+        );
+        assert!(record(1, 1, vec![]).usable());
+        Ok(())
+    }
+}

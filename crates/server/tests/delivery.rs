@@ -1,0 +1,590 @@
+//! Outbound delivery between two real sealmail instances on loopback: a.test (alice submits)
+//! and b.test (bob receives), with the local DNS fixture for MX/A/TXT/TLSA records, a test CA
+//! for certificates, and an HTTPS server for MTA-STS policies.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use sealmail_testkit::dns::{DnsServer, Rec};
+use sealmail_testkit::pki::{HttpsServer, TestCa};
+use sealmail_testkit::{LineClient, Sealmail, TestResult, client_config, ctx, tls_connect};
+use sha2::Digest;
+
+/// One sealmail instance serving `domain` with `users`.
+struct Node {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    process: Option<Sealmail>,
+    /// mx (STARTTLS), submission (implicit TLS), imap (implicit TLS).
+    mx: SocketAddr,
+    submission: SocketAddr,
+    imap: SocketAddr,
+    domain: String,
+    /// What a client must trust to connect: the CA, or the self-signed certificate.
+    trust: PathBuf,
+}
+
+impl Node {
+    /// Configures (not starts) a node. Its certificate for mail.DOMAIN is issued by `ca`, or
+    /// self-signed when `ca` is `None`.
+    fn new(domain: &str, users: &[&str], ca: Option<&TestCa>, extra: &str) -> TestResult<Node> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let (mx, submission, imap) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+        let config = common::config_with_users(
+            dir.path(),
+            domain,
+            users,
+            &[
+                ("mx", mx, "starttls"),
+                ("submission", submission, "implicit"),
+                ("imap", imap, "implicit"),
+            ],
+            extra,
+        )?;
+        let mut trust = dir.path().join("tls/0.pem");
+        if let Some(ca) = ca {
+            // Replace the generated self-signed certificate by one the CA issued.
+            let issued = ca.issue(&[&format!("mail.{domain}")], &dir.path().join("issued"), "mail")?;
+            ctx(
+                std::fs::copy(&issued.cert, dir.path().join("tls/0.pem")),
+                "copy cert",
+            )?;
+            ctx(
+                std::fs::copy(&issued.key, dir.path().join("tls/0.key")),
+                "copy key",
+            )?;
+            trust = dir.path().join("issued/ca.pem");
+            ca.write(&trust)?;
+        }
+        Ok(Node {
+            dir,
+            config,
+            process: None,
+            mx,
+            submission,
+            imap,
+            domain: domain.to_string(),
+            trust,
+        })
+    }
+
+    async fn start(&mut self) -> TestResult {
+        self.process = Some(common::serve(self.dir.path(), &self.config).await?);
+        Ok(())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/0.pem")
+    }
+
+    fn admin(&self, args: &[&str]) -> TestResult<String> {
+        let (code, out, err) = common::admin(self.dir.path(), &self.config, args)?;
+        if code != 0 {
+            return Err(format!("{args:?}: {err}"));
+        }
+        Ok(out)
+    }
+
+    /// `sealmail domain dns` records of this node's domain, served by `dns` (DKIM, SPF, DMARC).
+    fn publish(&self, dns: &DnsServer) -> TestResult {
+        let zone = self.admin(&["domain", "dns", &self.domain])?;
+        common::publish(dns, &zone);
+        Ok(())
+    }
+
+    /// Submits a message from `from` (a user of this node) to `to` over implicit TLS.
+    async fn submit(&self, from: &str, to: &str, subject: &str, require_tls: bool) -> TestResult {
+        let mut c = LineClient::new(
+            tls_connect(
+                self.submission,
+                client_config(&[&self.trust], rustls::DEFAULT_VERSIONS, &[])?,
+                &format!("mail.{}", self.domain),
+            )
+            .await?,
+        );
+        c.smtp_reply().await?;
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{from}\0{}", common::TEST_PASSWORD));
+        let ehlo = c.command("EHLO client.test", "250").await?;
+        assert!(
+            ehlo.contains("REQUIRETLS"),
+            "REQUIRETLS is offered over TLS: {ehlo}"
+        );
+        let requiretls = if require_tls { " REQUIRETLS" } else { "" };
+        c.dialog(&[
+            (format!("AUTH PLAIN {auth}"), "235"),
+            (format!("MAIL FROM:<{from}>{requiretls}"), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ])
+        .await?;
+        c.command(
+            &format!(
+                "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@{}>\r\n\r\nHello from {from}.\r\n.",
+                self.domain
+            ),
+            "250",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn mailbox(&self, user: &str, mailbox: &str) -> TestResult<Vec<String>> {
+        Ok(common::mailbox_contents(&self.data(), user, mailbox)
+            .await?
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect())
+    }
+
+    /// Waits until `user`'s `mailbox` holds `count` messages; returns them.
+    async fn wait_for_mail(
+        &self,
+        user: &str,
+        mailbox: &str,
+        count: usize,
+        limit: Duration,
+    ) -> TestResult<Vec<String>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let messages = self.mailbox(user, mailbox).await?;
+            if messages.len() >= count {
+                return Ok(messages);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{user} {mailbox} has {} message(s), expected {count}; queue:\n{}",
+                    messages.len(),
+                    self.admin(&["queue", "list"]).unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `queue list` output satisfies `done`; returns it.
+    async fn wait_for_queue(&self, limit: Duration, done: impl Fn(&str) -> bool) -> TestResult<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let queue = self.admin(&["queue", "list"])?;
+            if done(&queue) {
+                return Ok(queue);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("queue did not reach the expected state:\n{queue}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn queue_ids(&self) -> TestResult<Vec<String>> {
+        Ok(self
+            .admin(&["queue", "list"])?
+            .lines()
+            .filter(|l| !l.starts_with(' ') && l.contains(" bytes from "))
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect())
+    }
+}
+
+/// The sender side's `[dns]` and `[delivery]` sections: the fixture as resolver (its AD bit
+/// trusted), the receiver's mx port for MX hosts, the CA, fast retries.
+/// `more` adds `[delivery]` keys or replaces the defaults here.
+fn sender_extra(dns: &DnsServer, receiver_mx_port: u16, ca_file: &Path, more: &str) -> String {
+    let defaults = [
+        format!("smtp_port = {receiver_mx_port}"),
+        format!("trust_anchors = \"{}\"", ca_file.display()),
+        "retry_base_secs = 1".to_string(),
+        "retry_max_secs = 2".to_string(),
+        "connect_timeout_secs = 5".to_string(),
+        "command_timeout_secs = 20".to_string(),
+    ];
+    let mut delivery = String::from("[delivery]\n");
+    for line in defaults {
+        let key = line.split(' ').next().unwrap_or_default();
+        if !more.lines().any(|l| l.starts_with(&format!("{key} "))) {
+            delivery.push_str(&line);
+            delivery.push('\n');
+        }
+    }
+    delivery.push_str(more);
+    format!(
+        "{}trust_ad_bit = true\n\n{delivery}",
+        common::dns_section(dns.addr())
+    )
+}
+
+/// The DNS of both domains: MX, A, SPF and DMARC; DKIM keys come from `Node::publish`.
+fn zone(dns: &DnsServer) {
+    // These tests change records while the servers run: nothing may be cached.
+    dns.set_ttl(0);
+    for domain in ["a.test", "b.test"] {
+        dns.add_mx(domain, 10, &format!("mail.{domain}"));
+        dns.add_a(&format!("mail.{domain}"), [127, 0, 0, 1].into());
+    }
+    dns.add_txt("a.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    dns.add_txt("_dmarc.a.test", "v=DMARC1; p=reject");
+}
+
+struct World {
+    dns: DnsServer,
+    ca: TestCa,
+    ca_file: tempfile::NamedTempFile,
+    a: Node,
+    b: Node,
+}
+
+/// a.test and b.test, both started. `b_ca`: whether b's certificate is CA-issued (else
+/// self-signed, which PKIX-requiring policies must refuse).
+async fn world(b_ca: bool, a_extra: &str) -> TestResult<World> {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("sealmail delivery test CA")?;
+    let ca_file = ctx(tempfile::NamedTempFile::new(), "ca file")?;
+    ca.write(ca_file.path())?;
+    let mut b = Node::new(
+        "b.test",
+        &["bob"],
+        b_ca.then_some(&ca),
+        &common::dns_section(dns.addr()),
+    )?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&dns, b.mx.port(), ca_file.path(), a_extra),
+    )?;
+    a.publish(&dns)?;
+    b.start().await?;
+    a.start().await?;
+    Ok(World {
+        dns,
+        ca,
+        ca_file,
+        a,
+        b,
+    })
+}
+
+fn header_value<'m>(message: &'m str, name: &str) -> Option<&'m str> {
+    let header = message.split("\r\n\r\n").next()?;
+    let start = header
+        .find(&format!("\r\n{name}:"))
+        .map(|p| p + 2)
+        .or_else(|| header.starts_with(&format!("{name}:")).then_some(0))?;
+    let rest = &header[start..];
+    let end = rest
+        .match_indices("\r\n")
+        .find(|(i, _)| !rest[i + 2..].starts_with([' ', '\t']))
+        .map(|(i, _)| i)
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_from_a_reaches_b_over_verified_tls_signed_and_passing_every_check() -> TestResult {
+    let w = world(true, "").await?;
+    w.a.submit("alice@a.test", "bob@b.test", "first", false).await?;
+    let inbox =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+            .await?;
+    let message = &inbox[0];
+    let results = header_value(message, "Authentication-Results").ok_or(format!("no A-R:\n{message}"))?;
+    assert!(
+        results.starts_with("Authentication-Results: mail.b.test;"),
+        "{results}"
+    );
+    assert!(results.contains("dkim=pass"), "{results}");
+    assert!(
+        results.contains("spf=pass") && results.contains("smtp.mailfrom=alice@a.test"),
+        "{results}"
+    );
+    assert!(results.contains("dmarc=pass header.from=a.test"), "{results}");
+    // b's Received line says the hop from a was TLS (RFC 8314 tls clause).
+    let received = header_value(message, "Received").ok_or("no Received")?;
+    assert!(
+        received.contains("from mail.a.test") && received.contains("tls TLS_"),
+        "{received}"
+    );
+    assert!(message.contains("Subject: first"));
+    // a's queue is empty once b said 250.
+    w.a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
+
+    // Bob reads it over IMAP.
+    let mut imap = LineClient::new(
+        tls_connect(
+            w.b.imap,
+            client_config(&[&w.b.trust], rustls::DEFAULT_VERSIONS, &[])?,
+            "mail.b.test",
+        )
+        .await?,
+    );
+    imap.line().await?;
+    let login = imap
+        .imap("l", &format!("LOGIN bob@b.test \"{}\"", common::TEST_PASSWORD))
+        .await?;
+    assert!(login.last().is_some_and(|l| l.starts_with("l OK")), "{login:?}");
+    imap.imap("s", "SELECT INBOX").await?;
+    let fetched = imap
+        .imap("f", "FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+        .await?;
+    assert!(
+        fetched.iter().any(|l| l.contains("Subject: first")),
+        "{fetched:?}"
+    );
+
+    // The sender recorded a TLS result for b.test only if a policy applied (none here).
+    let _ = (&w.dns, &w.ca, &w.ca_file);
+    Ok(())
+}
+
+/// MTA-STS policy text for b.test.
+fn sts_policy(mode: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: mail.b.test\r\nmax_age: 86400\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_delivers() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("sealmail delivery test CA")?;
+    let certs = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = certs.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    let policy_cert = ca.issue(&["mta-sts.b.test"], certs.path(), "mta-sts")?;
+    let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
+    dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
+    dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
+
+    // b's certificate is self-signed: no CA the sender trusts vouches for it.
+    let mut b = Node::new("b.test", &["bob"], None, &common::dns_section(dns.addr()))?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(
+            &dns,
+            b.mx.port(),
+            &ca_file,
+            &format!("mta_sts_port = {}\n", https.addr.port()),
+        ),
+    )?;
+    a.publish(&dns)?;
+    b.start().await?;
+    a.start().await?;
+
+    a.submit("alice@a.test", "bob@b.test", "enforced", false).await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    assert!(queue.contains("bob@b.test pending"), "{queue}");
+    assert!(
+        queue.to_lowercase().contains("certificate"),
+        "the reason names the certificate: {queue}"
+    );
+    assert!(
+        https.requests().iter().any(|p| p == "/.well-known/mta-sts.txt"),
+        "{:?}",
+        https.requests()
+    );
+    assert!(
+        b.mailbox("bob@b.test", "INBOX").await?.is_empty(),
+        "never sent under enforce"
+    );
+
+    // The same policy in testing mode reports but delivers (a new id makes senders refetch).
+    https.set_body(&sts_policy("testing"));
+    dns.remove("_mta-sts.b.test");
+    dns.add_txt("_mta-sts.b.test", "v=STSv1; id=2");
+    let inbox = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert!(inbox[0].contains("Subject: enforced"));
+    a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
+    Ok(())
+}
+
+/// The TLSA 3 1 1 data of a PEM certificate file: SHA-256 of its SubjectPublicKeyInfo.
+fn tlsa_311(cert: &Path) -> TestResult<Vec<u8>> {
+    let der = sealmail_testkit::pem_certificate_der(cert)?;
+    let spki = sealmail_delivery::verify::spki(&der).ok_or("no SPKI")?;
+    Ok(sha2::Sha256::digest(&spki).to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("sealmail delivery test CA")?;
+    let certs = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = certs.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    // b's certificate is self-signed: only DANE can vouch for it.
+    let mut b = Node::new("b.test", &["bob"], None, &common::dns_section(dns.addr()))?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&dns, b.mx.port(), &ca_file, ""),
+    )?;
+    let tlsa_name = format!("_{}._tcp.mail.b.test", b.mx.port());
+    dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, vec![0xAB; 32]));
+    dns.secure(&tlsa_name);
+    a.publish(&dns)?;
+    b.start().await?;
+    a.start().await?;
+
+    a.submit("alice@a.test", "bob@b.test", "dane", false).await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    assert!(
+        queue.contains("bob@b.test pending") && queue.contains("DANE"),
+        "{queue}"
+    );
+    assert!(
+        b.mailbox("bob@b.test", "INBOX").await?.is_empty(),
+        "never sent on a mismatch"
+    );
+
+    // The right key: delivered, although no CA vouches for b's certificate.
+    dns.remove(&tlsa_name);
+    dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, tlsa_311(&b.cert())?));
+    let inbox = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert!(inbox[0].contains("Subject: dane"));
+
+    // The same records without the AD bit are not DANE: opportunistic TLS delivers too, and a
+    // mismatch does not matter then. (Shown by the next message going through with a wrong
+    // record that is not secure.)
+    dns.clear();
+    zone(&dns);
+    a.publish(&dns)?;
+    dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, vec![0xAB; 32]));
+    a.submit("alice@a.test", "bob@b.test", "insecure-tlsa", false)
+        .await?;
+    b.wait_for_mail("bob@b.test", "INBOX", 2, Duration::from_secs(20))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_mx_unknown_domains_and_requiretls_without_tls_bounce_with_the_reason() -> TestResult {
+    let w = world(true, "").await?;
+    // c.test says it takes no mail (RFC 7505); nowhere.test does not exist.
+    w.dns.add_mx("c.test", 0, ".");
+    w.a.submit("alice@a.test", "carol@c.test", "nullmx", false)
+        .await?;
+    w.a.submit("alice@a.test", "nobody@nowhere.test", "nxdomain", false)
+        .await?;
+    let bounces =
+        w.a.wait_for_mail("alice@a.test", "INBOX", 2, Duration::from_secs(20))
+            .await?;
+    let all = bounces.join("\n");
+    assert!(
+        all.contains("Content-Type: multipart/report; report-type=delivery-status"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Final-Recipient: rfc822; carol@c.test") && all.contains("Status: 5.1.10"),
+        "{all}"
+    );
+    assert!(all.contains("null MX"), "{all}");
+    assert!(
+        all.contains("Final-Recipient: rfc822; nobody@nowhere.test") && all.contains("does not exist"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Subject: nullmx") && all.contains("Subject: nxdomain"),
+        "original headers: {all}"
+    );
+    w.a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_refusal_is_retried_until_delivered() -> TestResult {
+    let w = world(true, "").await?;
+    // b cannot finish DMARC for a.test (its DNS times out), so it answers 451: a retries.
+    w.dns.remove("_dmarc.a.test");
+    w.dns.timeout("_dmarc.a.test");
+    w.a.submit("alice@a.test", "bob@b.test", "retried", false).await?;
+    let queue =
+        w.a.wait_for_queue(Duration::from_secs(30), |q| q.contains("attempts=2"))
+            .await?;
+    assert!(
+        queue.contains("bob@b.test pending") && queue.contains("451"),
+        "{queue}"
+    );
+    assert!(w.b.mailbox("bob@b.test", "INBOX").await?.is_empty());
+    // b's DNS recovers; the next retry gets through.
+    w.dns.clear();
+    zone(&w.dns);
+    w.a.publish(&w.dns)?;
+    let inbox =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(30))
+            .await?;
+    assert!(inbox[0].contains("Subject: retried"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_show_retry_and_delete() -> TestResult {
+    // b is configured but never started: everything for it waits in the queue.
+    let w_dns = DnsServer::start().await?;
+    zone(&w_dns);
+    let ca = TestCa::new("ca")?;
+    let certs = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = certs.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    let b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(w_dns.addr()))?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&w_dns, b.mx.port(), &ca_file, "retry_base_secs = 3600\n"),
+    )?;
+    a.publish(&w_dns)?;
+    a.start().await?;
+    a.submit("alice@a.test", "bob@b.test", "kept", false).await?;
+    a.submit("alice@a.test", "bob@b.test", "dropped", false).await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.matches("attempts=1").count() == 2)
+        .await?;
+    let ids = a.queue_ids()?;
+    assert_eq!(ids.len(), 2, "{queue}");
+    let show = a.admin(&["queue", "show", &ids[0]])?;
+    assert!(
+        show.contains("bob@b.test pending attempts=1") && show.contains("Subject: kept"),
+        "{show}"
+    );
+    assert!(
+        show.contains("DKIM-Signature:"),
+        "the queued copy is the signed one: {show}"
+    );
+
+    let deleted = a.admin(&["queue", "delete", &ids[1]])?;
+    assert!(deleted.contains("deleted"), "{deleted}");
+    assert_eq!(a.queue_ids()?, vec![ids[0].clone()]);
+    let (code, _, err) = common::admin(a.dir.path(), &a.config, &["queue", "delete", &ids[1]])?;
+    assert!(code != 0 && err.contains("no queued message"), "{err}");
+
+    // With an hour to the next attempt, only `queue retry` makes it try again now.
+    let retried = a.admin(&["queue", "retry", &ids[0]])?;
+    assert!(retried.contains("1 recipient"), "{retried}");
+    a.wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The outbound queue in the SQLite backend: what is due, attempt outcomes, retry and delete by
+//! the admin, and the per-day TLS results for TLS-RPT. A message leaves the queue in the commit
+//! that records its last recipient's final outcome, so a crash never loses one that is pending.
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+
+use crate::{
+    DueMessage, DueRecipient, QueueEntry, QueueRecipientState, RecipientOutcome, StoreError, TlsResult,
+    TlsResultCount, now_unix,
+};
+
+pub(super) async fn record_outcomes(
+    conn: &mut SqliteConnection,
+    id: i64,
+    outcomes: &[(i64, RecipientOutcome)],
+) -> Result<(), StoreError> {
+    let now = now_unix();
+    for (recipient, outcome) in outcomes {
+        let (status, error, next, final_at) = match outcome {
+            RecipientOutcome::Delivered(reply) => ("delivered", reply, None, Some(now)),
+            RecipientOutcome::Deferred {
+                error,
+                next_attempt_at,
+            } => ("pending", error, Some(*next_attempt_at), None),
+            RecipientOutcome::Failed(error) => ("failed", error, None, Some(now)),
+        };
+        sqlx::query(
+            "UPDATE queue_recipients SET status = ?1, last_error = ?2, attempts = attempts + 1, last_attempt_at = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), final_at = ?5 WHERE id = ?6 AND queue_id = ?7 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .bind(next)
+        .bind(final_at)
+        .bind(recipient)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM queue_recipients WHERE queue_id = ?1 AND status = 'pending'",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if pending == 0 {
+        delete(conn, id).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<bool, StoreError> {
+    let blob: Option<i64> = sqlx::query_scalar("DELETE FROM queue_messages WHERE id = ?1 RETURNING blob_id")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(blob) = blob else {
+        return Ok(false);
+    };
+    sqlx::query("DELETE FROM queue_recipients WHERE queue_id = ?1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    // Queued content is never shared with a mailbox copy (each has its own blob).
+    sqlx::query(
+        "DELETE FROM blobs WHERE id = ?1 AND id NOT IN (SELECT blob_id FROM messages) AND id NOT IN (SELECT blob_id FROM queue_messages)",
+    )
+    .bind(blob)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+pub(super) async fn retry(conn: &mut SqliteConnection, id: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE queue_recipients SET next_attempt_at = ?1 WHERE queue_id = ?2 AND status = 'pending'",
+    )
+    .bind(now_unix())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn record_tls_result(
+    conn: &mut SqliteConnection,
+    result: &TlsResult,
+) -> Result<(), StoreError> {
+    let day = time::OffsetDateTime::now_utc().date().to_string();
+    sqlx::query(
+        "INSERT INTO tls_results (day, policy_domain, policy_type, mx_host, result_type, detail, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1) ON CONFLICT (day, policy_domain, policy_type, mx_host, result_type) DO UPDATE SET count = count + 1, detail = excluded.detail",
+    )
+    .bind(day)
+    .bind(&result.policy_domain)
+    .bind(&result.policy_type)
+    .bind(&result.mx_host)
+    .bind(&result.result_type)
+    .bind(&result.detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn tls_results(readers: &SqlitePool) -> Result<Vec<TlsResultCount>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT day, policy_domain, policy_type, mx_host, result_type, detail, count FROM tls_results ORDER BY day, policy_domain, policy_type, mx_host, result_type",
+    )
+    .fetch_all(readers)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TlsResultCount {
+                day: r.try_get("day")?,
+                result: TlsResult {
+                    policy_domain: r.try_get("policy_domain")?,
+                    policy_type: r.try_get("policy_type")?,
+                    mx_host: r.try_get("mx_host")?,
+                    result_type: r.try_get("result_type")?,
+                    detail: r.try_get("detail")?,
+                },
+                count: r.try_get("count")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<Vec<QueueEntry>, StoreError> {
+    let messages = sqlx::query(
+        "SELECT q.id, q.sender, q.created_at, q.require_tls, b.size FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE ?1 IS NULL OR q.id = ?1 ORDER BY q.id",
+    )
+    .bind(only)
+    .fetch_all(readers)
+    .await?;
+    let mut entries = Vec::with_capacity(messages.len());
+    for row in &messages {
+        let id: i64 = row.try_get("id")?;
+        let recipients = sqlx::query(
+            "SELECT address, status, attempts, next_attempt_at, last_error, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(readers)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(QueueRecipientState {
+                address: r.try_get("address")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                next_attempt_at: r.try_get("next_attempt_at")?,
+                last_error: r.try_get("last_error")?,
+                dsn_notify: r.try_get("dsn_notify")?,
+                dsn_orcpt: r.try_get("dsn_orcpt")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        entries.push(QueueEntry {
+            id,
+            sender: row.try_get("sender")?,
+            size: row.try_get::<i64, _>("size")? as u64,
+            created_at: row.try_get("created_at")?,
+            require_tls: row.try_get("require_tls")?,
+            recipients,
+        });
+    }
+    Ok(entries)
+}
+
+pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
+    let messages = sqlx::query(
+        "SELECT id, sender, created_at, require_tls, dsn_envid, dsn_ret FROM queue_messages WHERE id IN (SELECT DISTINCT queue_id FROM queue_recipients WHERE status = 'pending' AND next_attempt_at <= ?1) ORDER BY id LIMIT ?2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(readers)
+    .await?;
+    let mut due = Vec::with_capacity(messages.len());
+    for row in &messages {
+        let id: i64 = row.try_get("id")?;
+        let recipients = sqlx::query(
+            "SELECT id, address, domain, attempts, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 AND status = 'pending' AND next_attempt_at <= ?2 ORDER BY id",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_all(readers)
+        .await?
+        .iter()
+        .map(due_recipient)
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        due.push(DueMessage {
+            id,
+            sender: row.try_get("sender")?,
+            created_at: row.try_get("created_at")?,
+            require_tls: row.try_get("require_tls")?,
+            dsn_envid: row.try_get("dsn_envid")?,
+            dsn_ret: row.try_get("dsn_ret")?,
+            recipients,
+        });
+    }
+    Ok(due)
+}
+
+fn due_recipient(r: &SqliteRow) -> Result<DueRecipient, sqlx::Error> {
+    Ok(DueRecipient {
+        id: r.try_get("id")?,
+        address: r.try_get("address")?,
+        domain: r.try_get::<String, _>("domain")?.to_ascii_lowercase(),
+        attempts: r.try_get("attempts")?,
+        dsn_notify: r.try_get("dsn_notify")?,
+        dsn_orcpt: r.try_get("dsn_orcpt")?,
+    })
+}
