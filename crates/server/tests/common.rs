@@ -147,10 +147,9 @@ pub fn write_config(
     Ok(path)
 }
 
-/// A free loopback address.
+/// A free loopback address (outside the ephemeral port range, see `testkit::free_port`).
 pub fn free_addr() -> TestResult<SocketAddr> {
-    let socket = ctx(std::net::TcpListener::bind("127.0.0.1:0"), "bind")?;
-    ctx(socket.local_addr(), "local_addr")
+    Ok(SocketAddr::from(([127, 0, 0, 1], sealmail_testkit::free_port())))
 }
 
 /// Starts `sealmail serve` with a config and waits until it serves.

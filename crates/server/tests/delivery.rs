@@ -480,7 +480,7 @@ async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn null_mx_unknown_domains_and_requiretls_without_tls_bounce_with_the_reason() -> TestResult {
+async fn null_mx_and_unknown_domains_bounce_with_the_reason() -> TestResult {
     let w = world(true, "").await?;
     // c.test says it takes no mail (RFC 7505); nowhere.test does not exist.
     w.dns.add_mx("c.test", 0, ".");
@@ -585,6 +585,200 @@ async fn queue_show_retry_and_delete() -> TestResult {
     let retried = a.admin(&["queue", "retry", &ids[0]])?;
     assert!(retried.contains("1 recipient"), "{retried}");
     a.wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    Ok(())
+}
+
+/// aiosmtpd (an independent SMTP server, from scripts/test.sh's venv) on `port`: no STARTTLS,
+/// no REQUIRETLS; it writes what it receives to the Maildir `maildir`.
+async fn plaintext_receiver(port: u16, maildir: &Path) -> TestResult<tokio::process::Child> {
+    let python = std::env::var("SEALMAIL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let child = ctx(
+        tokio::process::Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn(),
+        "aiosmtpd (scripts/test.sh installs it into .test-venv and exports SEALMAIL_PYTHON)",
+    )?;
+    sealmail_testkit::wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(20))
+        .await?;
+    Ok(child)
+}
+
+fn maildir_messages(maildir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(maildir.join(sub)) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    out.push(text);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_starttls_gets_plaintext_only_when_nothing_requires_tls() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    dns.add_a("mail.plain.test", [127, 0, 0, 1].into());
+    let ca = TestCa::new("ca")?;
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = work.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    let port = common::free_addr()?.port();
+    let maildir = work.path().join("maildir");
+    let _receiver = plaintext_receiver(port, &maildir).await?;
+    // Static routes to the receiver; strict.test also requires TLS.
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(
+            &dns,
+            25,
+            &ca_file,
+            &format!(
+                "require_tls = [\"strict.test\"]\n\n[delivery.routes]\n\"plain.test\" = \"mail.plain.test:{port}\"\n\"strict.test\" = \"mail.plain.test:{port}\"\n"
+            ),
+        ),
+    )?;
+    a.publish(&dns)?;
+    a.start().await?;
+
+    // Opportunistic (RFC 7435): no STARTTLS offered, no policy: sent in the clear.
+    a.submit("alice@a.test", "user@plain.test", "opportunistic", false)
+        .await?;
+    a.wait_for_queue(Duration::from_secs(20), |q| q.contains("the queue is empty"))
+        .await?;
+    let received = maildir_messages(&maildir);
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(received[0].contains("Subject: opportunistic") && received[0].contains("DKIM-Signature:"));
+
+    // require_tls: never in the clear; it waits and says why.
+    a.submit("alice@a.test", "user@strict.test", "strict", false)
+        .await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    assert!(
+        queue.contains("user@strict.test pending") && queue.contains("does not offer STARTTLS"),
+        "{queue}"
+    );
+
+    // REQUIRETLS: not sent, bounced at once with the reason.
+    a.submit("alice@a.test", "user@plain.test", "requiretls", true)
+        .await?;
+    let bounces = a
+        .wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert!(
+        bounces[0].contains("Final-Recipient: rfc822; user@plain.test"),
+        "{}",
+        bounces[0]
+    );
+    assert!(
+        bounces[0].contains("Status: 5.7.30") && bounces[0].contains("offers no TLS"),
+        "{}",
+        bounces[0]
+    );
+    assert_eq!(
+        maildir_messages(&maildir).len(),
+        1,
+        "the REQUIRETLS message never left"
+    );
+
+    // The refusal under require_tls is counted for TLS-RPT.
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&a.data(), 4).await,
+        "open store",
+    )?;
+    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    assert!(
+        results.iter().any(|r| r.result.policy_domain == "strict.test"
+            && r.result.result_type == "starttls-not-supported"
+            && r.count >= 1),
+        "{results:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_never_loses_queued_mail() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("ca")?;
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = work.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    let mut b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&dns, b.mx.port(), &ca_file, ""),
+    )?;
+    a.publish(&dns)?;
+    a.start().await?;
+
+    // b is down: five messages wait in a's queue; a is killed without warning.
+    for i in 0..5 {
+        a.submit("alice@a.test", "bob@b.test", &format!("waiting-{i}"), false)
+            .await?;
+    }
+    a.wait_for_queue(Duration::from_secs(20), |q| q.matches("attempts=1").count() >= 5)
+        .await?;
+    let mut process = a.process.take().ok_or("a is not running")?;
+    process.signal(nix::sys::signal::Signal::SIGKILL)?;
+    process.wait_exit(Duration::from_secs(10)).await?;
+
+    // b comes up; a restarts, and in the middle of sending twenty more, is killed again.
+    b.start().await?;
+    a.start().await?;
+    for i in 0..20 {
+        a.submit("alice@a.test", "bob@b.test", &format!("busy-{i}"), false)
+            .await?;
+    }
+    let mut process = a.process.take().ok_or("a is not running")?;
+    process.signal(nix::sys::signal::Signal::SIGKILL)?;
+    process.wait_exit(Duration::from_secs(10)).await?;
+    a.start().await?;
+
+    // Every message arrives (at least once; a repeat is allowed only for the crash window).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("waiting-{i}"))
+        .chain((0..20).map(|i| format!("busy-{i}")))
+        .collect();
+    loop {
+        let inbox = b.mailbox("bob@b.test", "INBOX").await?;
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|s| !inbox.iter().any(|m| m.contains(&format!("Subject: {s}\r\n"))))
+            .collect();
+        if missing.is_empty() {
+            assert!(
+                inbox.len() <= 25 + 20,
+                "duplicates beyond the crash window: {}",
+                inbox.len()
+            );
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "lost after kill -9: {missing:?}\n{}",
+                a.admin(&["queue", "list"])?
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.wait_for_queue(Duration::from_secs(20), |q| q.contains("the queue is empty"))
         .await?;
     Ok(())
 }

@@ -396,21 +396,43 @@ pub async fn wait_for_port(addr: SocketAddr, limit: Duration) -> TestResult {
     Err(format!("nothing listens on {addr} after {limit:?}"))
 }
 
-/// A port offset under which the quickstart ports (2143..=2993 plus offset) are free now.
-pub fn free_port_offset() -> u16 {
+/// Ports tests listen on are taken from 10000..32000, below Linux's ephemeral range
+/// (32768..60999), so that no outgoing connection (delivery, clients) can be given one of them
+/// between the check and the server's bind.
+fn random_state() -> u64 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
+    seed.wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407)
         ^ (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0));
+            .unwrap_or(0))
+}
+
+fn next_random(x: &mut u64) -> u64 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *x >> 33
+}
+
+/// A loopback port that is free now, outside the ephemeral range.
+pub fn free_port() -> u16 {
+    let mut x = random_state();
     loop {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let offset = 10_000 + ((x >> 33) % 50_000) as u16;
+        let port = 10_000 + (next_random(&mut x) % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A port offset under which the quickstart ports (2143..=2993 plus offset) are free now.
+pub fn free_port_offset() -> u16 {
+    let mut x = random_state();
+    loop {
+        // Quickstart ports plus the offset stay below 32000.
+        let offset = 8_000 + (next_random(&mut x) % 20_000) as u16;
         let free = [2525u16, 2465, 2587, 2143, 2993]
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok());
