@@ -9,8 +9,12 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # mbsync is the independent IMAP client of the IMAP tests.
 command -v mbsync >/dev/null 2>&1 || need_apt+=(isync)
+# Postfix is the reference MTA of the delivery interoperability test (its own instance; root).
+command -v postfix >/dev/null 2>&1 || need_apt+=(postfix)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
+  # Postfix's package asks how to configure the default instance: local only, no questions.
+  echo "postfix postfix/main_mailer_type select Local only" | { if [ "$(id -u)" = 0 ]; then debconf-set-selections; else sudo debconf-set-selections; fi; } || true
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
   else

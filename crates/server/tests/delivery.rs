@@ -782,3 +782,134 @@ async fn kill_9_never_loses_queued_mail() -> TestResult {
         .await?;
     Ok(())
 }
+
+/// A Postfix instance of its own (tests/interop/postfix-instance.sh; root and Debian's
+/// postfix, which scripts/test.sh installs); stopped and removed when dropped.
+struct Postfix {
+    name: String,
+    port: u16,
+}
+
+impl Postfix {
+    fn script() -> &'static str {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/postfix-instance.sh")
+    }
+
+    async fn start(port: u16, relay_domain: &str, relay_to: SocketAddr) -> TestResult<Postfix> {
+        let name = format!("sm{port}");
+        let out = ctx(
+            tokio::process::Command::new("bash")
+                .args([
+                    Self::script(),
+                    "start",
+                    &name,
+                    &port.to_string(),
+                    relay_domain,
+                    &relay_to.to_string(),
+                ])
+                .output()
+                .await,
+            "postfix-instance.sh",
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "Postfix did not start (scripts/test.sh installs postfix; the test needs root): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(Postfix { name, port })
+    }
+
+    fn maildir(&self) -> PathBuf {
+        PathBuf::from(format!("/var/lib/postfix-{}-vmail/postfix.test/carol", self.name))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(format!("/var/log/postfix-{}.log", self.name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args([Self::script(), "stop", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> TestResult {
+    // sealmail -> Postfix: a's static route for postfix.test; Postfix offers STARTTLS.
+    let port = common::free_addr()?.port();
+    let w = world(
+        true,
+        &format!("\n[delivery.routes]\n\"postfix.test\" = \"mail.postfix.test:{port}\"\n"),
+    )
+    .await?;
+    w.dns.add_a("mail.postfix.test", [127, 0, 0, 1].into());
+    let postfix = Postfix::start(port, "b.test", w.b.mx).await?;
+    let a = &w.a;
+    a.submit("alice@a.test", "carol@postfix.test", "to-postfix", false)
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        if let Some(message) = maildir_messages(&postfix.maildir()).into_iter().next() {
+            break message;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "Postfix did not store the message; queue:\n{}\nPostfix log:\n{}",
+                a.admin(&["queue", "list"])?,
+                postfix.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(delivered.contains("Subject: to-postfix") && delivered.contains("DKIM-Signature:"));
+    // Postfix's Received line (smtpd_tls_received_header) records the TLS we negotiated.
+    assert!(
+        delivered.contains("(using TLSv1.3 with cipher") || delivered.contains("(using TLSv1.2 with cipher"),
+        "{delivered}"
+    );
+    a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
+
+    // Postfix -> sealmail: Postfix relays b.test mail to b with mandatory TLS.
+    let tcp = ctx(
+        tokio::net::TcpStream::connect(("127.0.0.1", postfix.port)).await,
+        "connect to Postfix",
+    )?;
+    let mut c = LineClient::new(tcp);
+    c.smtp_reply().await?;
+    c.dialog(&[
+        ("EHLO client.postfix.test", "250"),
+        ("MAIL FROM:<dave@postfix.test>", "250"),
+        ("RCPT TO:<bob@b.test>", "250"),
+        ("DATA", "354"),
+    ])
+    .await?;
+    c.command(
+        "From: <dave@postfix.test>\r\nTo: <bob@b.test>\r\nSubject: from-postfix\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <p1@postfix.test>\r\n\r\nRelayed by Postfix.\r\n.",
+        "250",
+    )
+    .await?;
+    c.command("QUIT", "221").await?;
+    let inbox =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("{e}\nPostfix log:\n{}", postfix.log()))?;
+    let message = &inbox[0];
+    assert!(message.contains("Subject: from-postfix"), "{message}");
+    let received = header_value(message, "Received").ok_or("no Received")?;
+    assert!(
+        received.contains("from mail.postfix.test") && received.contains("tls TLS_"),
+        "{received}"
+    );
+    assert!(
+        postfix.log().contains("TLS connection established to 127.0.0.1"),
+        "Postfix logged the TLS session:\n{}",
+        postfix.log()
+    );
+    Ok(())
+}
