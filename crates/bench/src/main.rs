@@ -144,6 +144,9 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Serve an empty DNS zone (every name NXDOMAIN, instantly) on loopback until killed,
+    /// printing its address: the resolver of benchmark servers, so no query leaves the machine
+    Dns,
     /// Measure the in-process cost of a server TLS handshake, AEAD decryption and SHA-256
     Crypto {
         #[arg(long, default_value_t = 4096)]
@@ -157,6 +160,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crypto { size, iterations } => crypto(size, iterations),
+        Command::Dns => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let server = sealmail_testkit::dns::DnsServer::start()
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                println!("{}", server.addr());
+                tokio::signal::ctrl_c().await?;
+                drop(server);
+                Ok(())
+            })
+        }
         Command::Auth { size, iterations } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

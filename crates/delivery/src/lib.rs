@@ -39,10 +39,12 @@ use mta_sts::{MtaSts, StsMode};
 use route::{Dane, Host, RouteError};
 use verify::{Mode, PeerVerifier};
 
-/// Queued messages looked at per scheduler pass.
-const BATCH: i64 = 500;
-/// The longest the scheduler sleeps without looking at the queue.
-const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// Due recipients looked at per scheduler pass.
+const BATCH: i64 = 2000;
+/// How often the scheduler looks at the queue (it is woken at once for mail submitted to this
+/// process; this bounds the delay for `queue retry`/`flush` from the command line, which is
+/// another process, and for retries coming due). One indexed query each time.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -183,16 +185,10 @@ impl Delivery {
             if let Err(e) = self.schedule().await {
                 tracing::error!(error = %e, "delivery scheduler could not read the queue");
             }
-            let wait = match self.inner.store.next_attempt_at().await {
-                Ok(Some(at)) => {
-                    Duration::from_secs((at - now_unix()).clamp(1, IDLE_WAIT.as_secs() as i64) as u64)
-                }
-                _ => IDLE_WAIT,
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(IDLE_WAIT) => {}
             }
         }
     }
@@ -277,12 +273,15 @@ impl Delivery {
                 let sts = Arc::new(sts.policy);
                 let slots = self.domain_slots(&domain);
                 let mut batches = tokio::task::JoinSet::new();
+                // Spread the messages over the connections allowed, each carrying several.
+                let config = &self.inner.config;
+                let per_connection = jobs
+                    .len()
+                    .div_ceil(config.max_connections_per_domain)
+                    .clamp(1, config.max_messages_per_connection);
                 let mut jobs = jobs.into_iter().peekable();
                 while jobs.peek().is_some() {
-                    let batch: Vec<Job> = jobs
-                        .by_ref()
-                        .take(self.inner.config.max_messages_per_connection)
-                        .collect();
+                    let batch: Vec<Job> = jobs.by_ref().take(per_connection).collect();
                     let (this, domain, hosts, sts, slots) = (
                         self.clone(),
                         domain.clone(),
@@ -305,9 +304,13 @@ impl Delivery {
                 }
             }
         }
+        // Concurrently, so the store commits the outcomes together (one fsync for many).
+        let mut recording = tokio::task::JoinSet::new();
         for job in finished {
-            self.finish(job).await;
+            let this = self.clone();
+            recording.spawn(async move { this.finish(job).await });
         }
+        while recording.join_next().await.is_some() {}
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             in_flight.remove(&key);
@@ -650,20 +653,23 @@ impl Delivery {
             line
         };
 
-        // RFC 2920: MAIL and every RCPT in one write when the server pipelines.
-        let (mail_reply, rcpt_replies) = if caps.pipelining {
+        // RFC 2920: MAIL, every RCPT and DATA in one write when the server pipelines; the
+        // server refuses DATA itself when no recipient was accepted.
+        let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
             let mut batch = format!("{mail}\r\n");
             for r in &pending {
                 batch.push_str(&rcpt_line(r));
                 batch.push_str("\r\n");
             }
+            batch.push_str("DATA\r\n");
             client.send(batch.as_bytes()).await?;
             let mail_reply = client.read_reply("the MAIL reply").await?;
             let mut replies = Vec::with_capacity(pending.len());
             for _ in &pending {
                 replies.push(client.read_reply("a RCPT reply").await?);
             }
-            (mail_reply, replies)
+            let data_reply = client.read_reply("the DATA reply").await?;
+            (mail_reply, replies, Some(data_reply))
         } else {
             let mail_reply = client.command(&mail, "the MAIL reply").await?;
             let mut replies = Vec::new();
@@ -672,26 +678,34 @@ impl Delivery {
                     replies.push(client.command(&rcpt_line(r), "a RCPT reply").await?);
                 }
             }
-            (mail_reply, replies)
+            (mail_reply, replies, None)
         };
-        if !mail_reply.is_positive() {
-            self.answer_all(job, &pending, host, &mail_reply);
-            client.command("RSET", "the RSET reply").await?;
-            return Ok(());
-        }
         let mut accepted = Vec::new();
-        for (r, reply) in pending.iter().zip(&rcpt_replies) {
-            if reply.is_positive() {
-                accepted.push(r.clone());
-            } else {
-                self.answer_all(job, std::slice::from_ref(r), host, reply);
+        if mail_reply.is_positive() {
+            for (r, reply) in pending.iter().zip(&rcpt_replies) {
+                if reply.is_positive() {
+                    accepted.push(r.clone());
+                } else {
+                    self.answer_all(job, std::slice::from_ref(r), host, reply);
+                }
             }
+        } else {
+            self.answer_all(job, &pending, host, &mail_reply);
         }
         if accepted.is_empty() {
+            if data_reply.is_some_and(|d| d.code == 354) {
+                // A server that opened DATA without a recipient gets an empty message ended
+                // at once; its answer does not matter.
+                client.send(b".\r\n").await?;
+                client.read_reply("the reply to an empty message").await?;
+            }
             client.command("RSET", "the RSET reply").await?;
             return Ok(());
         }
-        let data = client.command("DATA", "the DATA reply").await?;
+        let data = match data_reply {
+            Some(reply) => reply,
+            None => client.command("DATA", "the DATA reply").await?,
+        };
         if data.code != 354 {
             self.answer_all(job, &accepted, host, &data);
             client.command("RSET", "the RSET reply").await?;

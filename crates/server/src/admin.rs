@@ -201,11 +201,15 @@ pub async fn queue(config_path: &Path, command: crate::cli::QueueCommand) -> any
             print!("{}", String::from_utf8_lossy(&content[..end]));
         }
         QueueCommand::Retry { id } => {
-            let pending = store.retry_queued(id).await?;
+            let pending = store.retry_queued(Some(id)).await?;
             if pending == 0 {
                 return Err(usage(format!("no pending recipient in queued message {id}")));
             }
             println!("{pending} recipient(s) of message {id} will be tried again now");
+        }
+        QueueCommand::Flush => {
+            let pending = store.retry_queued(None).await?;
+            println!("{pending} pending recipient(s) will be tried again now");
         }
         QueueCommand::Delete { id } => {
             if !store.delete_queued(id).await? {

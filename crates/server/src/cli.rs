@@ -156,6 +156,8 @@ pub enum QueueCommand {
     Retry { id: i64 },
     /// Remove the message from the queue without delivering it (no bounce is sent)
     Delete { id: i64 },
+    /// Try every pending recipient of every queued message again now
+    Flush,
 }
 
 #[derive(Subcommand)]

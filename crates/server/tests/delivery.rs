@@ -586,6 +586,11 @@ async fn queue_show_retry_and_delete() -> TestResult {
     assert!(retried.contains("1 recipient"), "{retried}");
     a.wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
         .await?;
+    // `queue flush` does the same for the whole queue.
+    let flushed = a.admin(&["queue", "flush"])?;
+    assert!(flushed.contains("1 pending recipient"), "{flushed}");
+    a.wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=3"))
+        .await?;
     Ok(())
 }
 

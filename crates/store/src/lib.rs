@@ -368,8 +368,8 @@ pub trait Store: Send + Sync {
     /// The outbound queue, oldest first.
     async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
     async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError>;
-    /// Up to `limit` queued messages with a pending recipient due at `now`, oldest first, each
-    /// with only its due recipients.
+    /// Queued messages with a pending recipient due at `now`, oldest first, each with only its
+    /// due recipients; at most `limit` recipients in all.
     async fn due_messages(&self, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError>;
     /// When the next pending recipient is due, if any is pending.
     async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError>;
@@ -382,8 +382,9 @@ pub trait Store: Send + Sync {
         id: i64,
         outcomes: Vec<(i64, RecipientOutcome)>,
     ) -> Result<(), StoreError>;
-    /// Makes every pending recipient of the message due now; how many there were.
-    async fn retry_queued(&self, id: i64) -> Result<u64, StoreError>;
+    /// Makes every pending recipient of the message (of every message for `None`) due now;
+    /// how many there were.
+    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError>;
     /// Removes a message from the queue without delivering it; whether it was there.
     async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
     async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;

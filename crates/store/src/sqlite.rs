@@ -125,7 +125,7 @@ enum WriteOp {
         id: i64,
         outcomes: Vec<(i64, RecipientOutcome)>,
     },
-    RetryQueued(i64),
+    RetryQueued(Option<i64>),
     DeleteQueued(i64),
     TlsResult(TlsResult),
 }
@@ -946,7 +946,7 @@ impl Store for SqliteStore {
             .map(|_| ())
     }
 
-    async fn retry_queued(&self, id: i64) -> Result<u64, StoreError> {
+    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError> {
         match self.write(WriteOp::RetryQueued(id)).await? {
             WriteDone::Count(n) => Ok(n),
             other => Err(unexpected(other)),

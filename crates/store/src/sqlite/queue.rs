@@ -72,9 +72,9 @@ pub(super) async fn delete(conn: &mut SqliteConnection, id: i64) -> Result<bool,
     Ok(true)
 }
 
-pub(super) async fn retry(conn: &mut SqliteConnection, id: i64) -> Result<u64, StoreError> {
+pub(super) async fn retry(conn: &mut SqliteConnection, id: Option<i64>) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "UPDATE queue_recipients SET next_attempt_at = ?1 WHERE queue_id = ?2 AND status = 'pending'",
+        "UPDATE queue_recipients SET next_attempt_at = ?1 WHERE (?2 IS NULL OR queue_id = ?2) AND status = 'pending'",
     )
     .bind(now_unix())
     .bind(id)
@@ -168,35 +168,31 @@ pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<V
 }
 
 pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
-    let messages = sqlx::query(
-        "SELECT id, sender, created_at, require_tls, dsn_envid, dsn_ret FROM queue_messages WHERE id IN (SELECT DISTINCT queue_id FROM queue_recipients WHERE status = 'pending' AND next_attempt_at <= ?1) ORDER BY id LIMIT ?2",
+    // One query: the scheduler runs this several times a second while mail is in flight.
+    let rows = sqlx::query(
+        "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 ORDER BY q.id, r.id LIMIT ?2",
     )
     .bind(now)
     .bind(limit)
     .fetch_all(readers)
     .await?;
-    let mut due = Vec::with_capacity(messages.len());
-    for row in &messages {
-        let id: i64 = row.try_get("id")?;
-        let recipients = sqlx::query(
-            "SELECT id, address, domain, attempts, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 AND status = 'pending' AND next_attempt_at <= ?2 ORDER BY id",
-        )
-        .bind(id)
-        .bind(now)
-        .fetch_all(readers)
-        .await?
-        .iter()
-        .map(due_recipient)
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        due.push(DueMessage {
-            id,
-            sender: row.try_get("sender")?,
-            created_at: row.try_get("created_at")?,
-            require_tls: row.try_get("require_tls")?,
-            dsn_envid: row.try_get("dsn_envid")?,
-            dsn_ret: row.try_get("dsn_ret")?,
-            recipients,
-        });
+    let mut due: Vec<DueMessage> = Vec::new();
+    for row in &rows {
+        let id: i64 = row.try_get("queue_id")?;
+        if due.last().is_none_or(|m| m.id != id) {
+            due.push(DueMessage {
+                id,
+                sender: row.try_get("sender")?,
+                created_at: row.try_get("created_at")?,
+                require_tls: row.try_get("require_tls")?,
+                dsn_envid: row.try_get("dsn_envid")?,
+                dsn_ret: row.try_get("dsn_ret")?,
+                recipients: Vec::new(),
+            });
+        }
+        if let Some(message) = due.last_mut() {
+            message.recipients.push(due_recipient(row)?);
+        }
     }
     Ok(due)
 }
