@@ -300,6 +300,20 @@ pub struct DeliveryConfig {
     /// PEM file of extra certificate authorities trusted for MX hosts and MTA-STS, in addition
     /// to the system's.
     pub trust_anchors: Option<PathBuf>,
+    /// A smarthost all outbound mail goes through instead of the destinations' MX hosts.
+    pub relay: Option<Relay>,
+}
+
+/// An authenticated smarthost (`[delivery] relay`): TLS with a verified certificate always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    /// TLS from the first byte (port 465 style) instead of STARTTLS.
+    pub implicit_tls: bool,
+    /// AUTH PLAIN user name and the file holding the password (mode 0600); no AUTH when `None`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -318,6 +332,7 @@ impl Default for DeliveryConfig {
             command_timeout: Duration::from_secs(300),
             mta_sts_port: 443,
             trust_anchors: None,
+            relay: None,
         }
     }
 }
@@ -459,6 +474,10 @@ struct RawDelivery {
     command_timeout_secs: Option<i64>,
     mta_sts_port: Option<i64>,
     trust_anchors: Option<String>,
+    relay: Option<String>,
+    relay_tls: Option<String>,
+    relay_username: Option<String>,
+    relay_password_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1065,7 +1084,50 @@ fn validate_delivery(
             problems,
         ),
         trust_anchors: raw.trust_anchors.as_deref().map(resolve),
+        relay: validate_relay(raw, resolve, problems),
     }
+}
+
+fn validate_relay(
+    raw: &RawDelivery,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<Relay> {
+    let Some(target) = &raw.relay else {
+        if raw.relay_tls.is_some() || raw.relay_username.is_some() || raw.relay_password_file.is_some() {
+            problems.push(
+                "delivery.relay_tls/relay_username/relay_password_file need delivery.relay = \"HOST:PORT\""
+                    .into(),
+            );
+        }
+        return None;
+    };
+    let Some((host, port)) = split_host_port(target) else {
+        problems.push(format!(
+            "delivery.relay = {target:?} is not HOST:PORT; write e.g. \"smtp.example.net:587\""
+        ));
+        return None;
+    };
+    let implicit_tls = match raw.relay_tls.as_deref() {
+        None | Some("starttls") => false,
+        Some("implicit") => true,
+        Some(other) => {
+            problems.push(format!(
+                "delivery.relay_tls = {other:?} is not allowed; use \"starttls\" or \"implicit\" (TLS is always required)"
+            ));
+            false
+        }
+    };
+    if raw.relay_username.is_some() != raw.relay_password_file.is_some() {
+        problems.push("delivery.relay_username and delivery.relay_password_file go together".into());
+    }
+    Some(Relay {
+        host,
+        port,
+        implicit_tls,
+        username: raw.relay_username.clone(),
+        password_file: raw.relay_password_file.as_deref().map(resolve),
+    })
 }
 
 /// "host:port" or "[address]:port" (an IPv6 address must be bracketed).

@@ -238,29 +238,39 @@ impl SmtpClient {
             ));
         }
         let inner = self.stream.into_inner();
-        let connector = TlsConnector::from(config);
-        let tls = match tokio::time::timeout(self.timeout, connector.connect(server_name, inner)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err((None, ClientError::Tls(e.to_string()))),
-            Err(_) => return Err((None, ClientError::Timeout("the TLS handshake"))),
-        };
-        let (_, session) = tls.get_ref();
-        let info = TlsInfo {
-            version: session
-                .protocol_version()
-                .map(sealmail_tls::version_name)
-                .unwrap_or("unknown"),
-            cipher: session
-                .negotiated_cipher_suite()
-                .map(sealmail_tls::suite_name)
-                .unwrap_or("unknown"),
-        };
+        let (stream, info) = handshake(inner, config, server_name, self.timeout)
+            .await
+            .map_err(|e| (None, e))?;
         Ok(SmtpClient {
-            stream: BufReader::new(Box::new(tls)),
+            stream: BufReader::new(stream),
             timeout: self.timeout,
             capabilities: Capabilities::default(),
             tls: Some(info),
         })
+    }
+
+    /// Connects with TLS from the first byte (a port 465 smarthost) and reads the greeting.
+    pub async fn connect_tls(
+        addr: std::net::SocketAddr,
+        connect_timeout: Duration,
+        timeout: Duration,
+        config: Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> Result<(SmtpClient, Reply), ClientError> {
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Connect(addr.to_string(), "timed out".into()))?
+            .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (stream, info) = handshake(Box::new(tcp), config, server_name, timeout).await?;
+        let mut client = SmtpClient {
+            stream: BufReader::new(stream),
+            timeout,
+            capabilities: Capabilities::default(),
+            tls: Some(info),
+        };
+        let greeting = client.read_reply("the greeting").await?;
+        Ok((client, greeting))
     }
 
     /// Sends the message after DATA's 354: dot-stuffed, CRLF line ends, the final dot.
@@ -291,6 +301,32 @@ impl SmtpClient {
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT", "the QUIT reply")).await;
     }
+}
+
+async fn handshake(
+    inner: Box<dyn Io>,
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+) -> Result<(Box<dyn Io>, TlsInfo), ClientError> {
+    let connector = TlsConnector::from(config);
+    let tls = match tokio::time::timeout(timeout, connector.connect(server_name, inner)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
+        Err(_) => return Err(ClientError::Timeout("the TLS handshake")),
+    };
+    let (_, session) = tls.get_ref();
+    let info = TlsInfo {
+        version: session
+            .protocol_version()
+            .map(sealmail_tls::version_name)
+            .unwrap_or("unknown"),
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(sealmail_tls::suite_name)
+            .unwrap_or("unknown"),
+    };
+    Ok((Box::new(tls), info))
 }
 
 #[cfg(test)]

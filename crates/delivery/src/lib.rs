@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore};
@@ -52,6 +53,32 @@ pub enum DeliveryError {
     TrustAnchors { path: String, reason: String },
     #[error("cannot set up outbound TLS: {0}")]
     Tls(String),
+    #[error("cannot read the relay password from {path}: {reason}")]
+    RelayPassword { path: String, reason: String },
+}
+
+/// The smarthost credentials: the password file must be private (0600) and non-empty; its
+/// first line is the password.
+fn relay_credentials(
+    config: &DeliveryConfig,
+) -> Result<Option<(String, zeroize::Zeroizing<String>)>, DeliveryError> {
+    let Some(relay) = &config.relay else {
+        return Ok(None);
+    };
+    let (Some(username), Some(path)) = (&relay.username, &relay.password_file) else {
+        return Ok(None);
+    };
+    let error = |reason: String| DeliveryError::RelayPassword {
+        path: path.display().to_string(),
+        reason,
+    };
+    sealmail_safeio::check_private(path).map_err(|e| error(format!("{e:?}; make it mode 0600")))?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?);
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(error("the file is empty".into()));
+    }
+    Ok(Some((username.clone(), zeroize::Zeroizing::new(password))))
 }
 
 /// The delivery engine; clones share everything.
@@ -73,6 +100,8 @@ struct Inner {
     in_flight: Mutex<HashSet<(i64, String)>>,
     connections: Semaphore,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The smarthost's user name and password (`[delivery] relay_username`/`_password_file`).
+    relay_credentials: Option<(String, zeroize::Zeroizing<String>)>,
 }
 
 /// A queued message's recipients at one domain, with what became of each.
@@ -102,6 +131,10 @@ struct HostPolicy {
     tls_required: bool,
     /// For TLS-RPT: `tlsa`, `sts` or `no-policy-found`.
     policy_type: &'static str,
+    /// TLS from the first byte (a port 465 smarthost).
+    implicit_tls: bool,
+    /// Authenticate with `[delivery] relay_username` (the smarthost).
+    relay_auth: bool,
 }
 
 fn now_unix() -> i64 {
@@ -169,6 +202,7 @@ impl Delivery {
                 in_flight: Mutex::new(HashSet::new()),
                 connections: Semaphore::new(config.max_connections),
                 per_domain: Mutex::new(HashMap::new()),
+                relay_credentials: relay_credentials(config)?,
             }),
         })
     }
@@ -240,7 +274,11 @@ impl Delivery {
     async fn deliver_domain(&self, domain: String, jobs: Vec<Job>) {
         let keys: Vec<(i64, String)> = jobs.iter().map(|j| (j.message.id, domain.clone())).collect();
         let mut finished = Vec::new();
-        match route::hosts(&self.inner.dns, &self.inner.config, &domain).await {
+        let hosts = match &self.inner.config.relay {
+            Some(relay) => route::relay(&self.inner.dns, relay).await,
+            None => route::hosts(&self.inner.dns, &self.inner.config, &domain).await,
+        };
+        match hosts {
             Err(RouteError::Permanent { status, text }) => {
                 for mut job in jobs {
                     for r in &job.recipients {
@@ -265,7 +303,13 @@ impl Delivery {
                 }
             }
             Ok(hosts) => {
-                let sts = self.inner.mta_sts.lookup(&domain).await;
+                let sts = match self.inner.config.relay {
+                    Some(_) => mta_sts::Lookup {
+                        policy: None,
+                        failure: None,
+                    },
+                    None => self.inner.mta_sts.lookup(&domain).await,
+                };
                 if let Some((result_type, detail)) = &sts.failure {
                     self.tls_result(&domain, "sts", "", result_type, detail).await;
                 }
@@ -324,12 +368,25 @@ impl Delivery {
         host: &Host,
         sts: Option<&mta_sts::Policy>,
     ) -> Result<HostPolicy, String> {
+        if let Some(relay) = &self.inner.config.relay {
+            // The smarthost: always TLS with a certificate valid for its name. The
+            // destination's MTA-STS and DANE are the smarthost's to enforce on the next hop.
+            return Ok(HostPolicy {
+                mode: Mode::Pkix,
+                tls_required: true,
+                policy_type: "no-policy-found",
+                implicit_tls: relay.implicit_tls,
+                relay_auth: relay.username.is_some(),
+            });
+        }
         match route::dane(&self.inner.dns, host).await {
             Dane::Records(records) => {
                 return Ok(HostPolicy {
                     mode: Mode::Dane(records),
                     tls_required: true,
                     policy_type: "tlsa",
+                    implicit_tls: false,
+                    relay_auth: false,
                 });
             }
             Dane::Unusable => {
@@ -337,6 +394,8 @@ impl Delivery {
                     mode: Mode::Opportunistic,
                     tls_required: true,
                     policy_type: "tlsa",
+                    implicit_tls: false,
+                    relay_auth: false,
                 });
             }
             Dane::Failed(reason) => {
@@ -357,6 +416,8 @@ impl Delivery {
                 mode: Mode::Pkix,
                 tls_required: true,
                 policy_type: "sts",
+                implicit_tls: false,
+                relay_auth: false,
             });
         }
         let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
@@ -365,12 +426,16 @@ impl Delivery {
                 mode: Mode::Pkix,
                 tls_required: true,
                 policy_type: if testing { "sts" } else { "no-policy-found" },
+                implicit_tls: false,
+                relay_auth: false,
             });
         }
         Ok(HostPolicy {
             mode: Mode::Opportunistic,
             tls_required: false,
             policy_type: if testing { "sts" } else { "no-policy-found" },
+            implicit_tls: false,
+            relay_auth: false,
         })
     }
 
@@ -441,10 +506,48 @@ impl Delivery {
         jobs: &mut [Job],
     ) -> Result<(), String> {
         let config = &self.inner.config;
-        let (mut client, greeting) =
-            SmtpClient::connect(addr, config.connect_timeout, config.command_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+        let verifier = Arc::new(PeerVerifier::new(
+            policy.mode.clone(),
+            self.inner.pkix.clone(),
+            self.inner.provider.clone(),
+        ));
+        let tls_config = Arc::new(
+            ClientConfig::builder_with_provider(self.inner.provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth(),
+        );
+        let name = ServerName::try_from(host.name.clone())
+            .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
+        let tls_failed = |error: ClientError| {
+            let check = verifier.check();
+            match &check {
+                Some(c) if !c.verified => (c.result_type, c.detail.clone()),
+                _ => ("validation-failure", error.to_string()),
+            }
+        };
+        let connected = if policy.implicit_tls {
+            SmtpClient::connect_tls(
+                addr,
+                config.connect_timeout,
+                config.command_timeout,
+                tls_config.clone(),
+                name.clone(),
+            )
+            .await
+        } else {
+            SmtpClient::connect(addr, config.connect_timeout, config.command_timeout).await
+        };
+        let (mut client, greeting) = match connected {
+            Ok(connected) => connected,
+            Err(error @ ClientError::Tls(_)) => {
+                let (_, detail) = tls_failed(error);
+                return Err(format!("TLS: {detail}"));
+            }
+            Err(error) => return Err(error.to_string()),
+        };
         if greeting.code != 220 {
             return Err(format!("greeting: {}", greeting.summary()));
         }
@@ -455,29 +558,11 @@ impl Delivery {
         if !ehlo.is_positive() {
             return Err(format!("EHLO: {}", ehlo.summary()));
         }
-        let mut verified = false;
-        if client.capabilities.starttls {
-            let verifier = Arc::new(PeerVerifier::new(
-                policy.mode.clone(),
-                self.inner.pkix.clone(),
-                self.inner.provider.clone(),
-            ));
-            let tls_config = ClientConfig::builder_with_provider(self.inner.provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth();
-            let name = ServerName::try_from(host.name.clone())
-                .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
-            client = match client.starttls(Arc::new(tls_config), name).await {
+        if client.tls.is_none() && client.capabilities.starttls {
+            client = match client.starttls(tls_config, name).await {
                 Ok(client) => client,
                 Err((_, error)) => {
-                    let check = verifier.check();
-                    let (result_type, detail) = match &check {
-                        Some(c) if !c.verified => (c.result_type, c.detail.clone()),
-                        _ => ("validation-failure", error.to_string()),
-                    };
+                    let (result_type, detail) = tls_failed(error);
                     if policy.policy_type != "no-policy-found" {
                         self.tls_result(domain, policy.policy_type, &host.name, result_type, &detail)
                             .await;
@@ -485,15 +570,23 @@ impl Delivery {
                     return Err(format!("TLS: {detail}"));
                 }
             };
-            let check = verifier.check();
-            verified = check.as_ref().is_some_and(|c| c.verified);
-            let tls = client.tls.clone();
+            let ehlo = client
+                .ehlo(&self.inner.hostname)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !ehlo.is_positive() {
+                return Err(format!("EHLO after STARTTLS: {}", ehlo.summary()));
+            }
+        }
+        let check = verifier.check();
+        let verified = client.tls.is_some() && check.as_ref().is_some_and(|c| c.verified);
+        if let Some(tls) = &client.tls {
             tracing::info!(
                 domain,
                 host = %host.name,
                 %addr,
-                tls_version = tls.as_ref().map(|t| t.version).unwrap_or("none"),
-                cipher = tls.as_ref().map(|t| t.cipher).unwrap_or("none"),
+                tls_version = tls.version,
+                cipher = tls.cipher,
                 verified,
                 check = check.as_ref().map(|c| c.detail.as_str()).unwrap_or(""),
                 "outbound TLS established"
@@ -501,13 +594,6 @@ impl Delivery {
             if policy.policy_type != "no-policy-found" {
                 self.tls_result(domain, policy.policy_type, &host.name, "success", "")
                     .await;
-            }
-            let ehlo = client
-                .ehlo(&self.inner.hostname)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !ehlo.is_positive() {
-                return Err(format!("EHLO after STARTTLS: {}", ehlo.summary()));
             }
         } else if policy.tls_required {
             let reason = format!("{} does not offer STARTTLS", host.name);
@@ -522,6 +608,23 @@ impl Delivery {
             return Err(reason);
         } else {
             tracing::warn!(domain, host = %host.name, %addr, "outbound delivery without TLS: the server does not offer STARTTLS");
+        }
+        if policy.relay_auth
+            && let Some(credentials) = &self.inner.relay_credentials
+        {
+            // Only here: TLS is up and the certificate verified (the relay policy is PKIX).
+            let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                "\0{}\0{}",
+                credentials.0,
+                credentials.1.as_str()
+            ));
+            let reply = client
+                .command(&format!("AUTH PLAIN {token}"), "the AUTH reply")
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply.code != 235 {
+                return Err(format!("the relay refused our credentials: {}", reply.summary()));
+            }
         }
 
         let mut result = Ok(());

@@ -92,6 +92,22 @@ pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<V
     }
 }
 
+/// The smarthost, the one host for every destination.
+pub async fn relay(dns: &Dns, relay: &sealmail_config::Relay) -> Result<Vec<Host>, RouteError> {
+    let addrs = addresses(dns, &relay.host, relay.port)
+        .await
+        .map_err(|e| match e {
+            // A smarthost that cannot be found is the admin's to fix, not the recipient's fault.
+            RouteError::Permanent { text, .. } => RouteError::Temporary(text),
+            temporary => temporary,
+        })?;
+    Ok(vec![Host {
+        name: relay.host.clone(),
+        port: relay.port,
+        addrs,
+    }])
+}
+
 async fn addresses(dns: &Dns, host: &str, port: u16) -> Result<Vec<SocketAddr>, RouteError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);

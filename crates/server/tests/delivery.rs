@@ -918,3 +918,66 @@ async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> Tes
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("ca")?;
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = work.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    // b is the smarthost: alice@a.test has an account there too.
+    let mut b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
+    b.admin(&["domain", "add", "a.test"])?;
+    b.admin(&["user", "add", "alice@a.test", "--password-stdin"])?;
+    let password_file = work.path().join("relay-password");
+    ctx(
+        sealmail_safeio::write_private(&password_file, format!("{}\n", common::TEST_PASSWORD).as_bytes()),
+        "password file",
+    )?;
+    // smtp_port 25: were the relay not used, nothing would arrive.
+    let relay = format!(
+        "relay = \"mail.b.test:{}\"\nrelay_tls = \"implicit\"\nrelay_username = \"alice@a.test\"\nrelay_password_file = \"{}\"\n",
+        b.submission.port(),
+        password_file.display()
+    );
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&dns, 25, &ca_file, &relay),
+    )?;
+    b.start().await?;
+    a.start().await?;
+    a.submit("alice@a.test", "bob@b.test", "via-smarthost", false)
+        .await?;
+    let inbox = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    let received = header_value(&inbox[0], "Received").ok_or("no Received")?;
+    // b's submission took it from a, authenticated, over TLS.
+    assert!(
+        received.contains("from mail.a.test") && received.contains("with ESMTPSA"),
+        "{received}"
+    );
+    a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
+
+    // A wrong password: nothing is sent, the message waits and says why.
+    ctx(
+        sealmail_safeio::write_private(&password_file, b"not the password\n"),
+        "password file",
+    )?;
+    let mut process = a.process.take().ok_or("a is not running")?;
+    process.signal(nix::sys::signal::Signal::SIGTERM)?;
+    process.wait_exit(Duration::from_secs(10)).await?;
+    a.start().await?;
+    a.submit("alice@a.test", "bob@b.test", "refused", false).await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=1"))
+        .await?;
+    assert!(queue.contains("refused our credentials"), "{queue}");
+    assert_eq!(b.mailbox("bob@b.test", "INBOX").await?.len(), 1);
+    Ok(())
+}
