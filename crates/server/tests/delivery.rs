@@ -236,8 +236,8 @@ fn zone(dns: &DnsServer) {
 
 struct World {
     dns: DnsServer,
-    ca: TestCa,
-    ca_file: tempfile::NamedTempFile,
+    /// The CA file a's configuration names (kept until the test ends).
+    _ca_file: tempfile::NamedTempFile,
     a: Node,
     b: Node,
 }
@@ -267,8 +267,7 @@ async fn world(b_ca: bool, a_extra: &str) -> TestResult<World> {
     a.start().await?;
     Ok(World {
         dns,
-        ca,
-        ca_file,
+        _ca_file: ca_file,
         a,
         b,
     })
@@ -342,8 +341,12 @@ async fn mail_from_a_reaches_b_over_verified_tls_signed_and_passing_every_check(
         "{fetched:?}"
     );
 
-    // The sender recorded a TLS result for b.test only if a policy applied (none here).
-    let _ = (&w.dns, &w.ca, &w.ca_file);
+    // A REQUIRETLS message takes the same way: b's certificate verifies and b offers REQUIRETLS.
+    w.a.submit("alice@a.test", "bob@b.test", "required", true).await?;
+    let inbox =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 2, Duration::from_secs(20))
+            .await?;
+    assert!(inbox.iter().any(|m| m.contains("Subject: required")));
     Ok(())
 }
 
@@ -979,5 +982,139 @@ async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> 
         .await?;
     assert!(queue.contains("refused our credentials"), "{queue}");
     assert_eq!(b.mailbox("bob@b.test", "INBOX").await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_hosts_are_tried_in_preference_order_and_a_domain_without_mx_is_its_own_mx() -> TestResult {
+    let w = world(true, "").await?;
+    // b.test's best MX (127.0.0.2) does not answer; the next one is b itself.
+    w.dns.remove("b.test");
+    w.dns.add_mx("b.test", 10, "mx-down.b.test");
+    w.dns.add_mx("b.test", 20, "mail.b.test");
+    w.dns.add_a("mx-down.b.test", [127, 0, 0, 2].into());
+    // implicit.test has no MX, only an address (RFC 5321 5.1 implicit MX); b serves it too.
+    w.dns.add_a("implicit.test", [127, 0, 0, 1].into());
+    w.b.admin(&["domain", "add", "implicit.test"])?;
+    w.b.admin(&["user", "add", "carol@implicit.test", "--password-stdin"])?;
+    w.a.submit("alice@a.test", "bob@b.test", "second-mx", false)
+        .await?;
+    w.a.submit("alice@a.test", "carol@implicit.test", "implicit-mx", false)
+        .await?;
+    let bob =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+            .await?;
+    assert!(bob[0].contains("Subject: second-mx"));
+    let carol =
+        w.b.wait_for_mail("carol@implicit.test", "INBOX", 1, Duration::from_secs(20))
+            .await?;
+    assert!(carol[0].contains("Subject: implicit-mx"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let trusted = TestCa::new("CA the sender trusts")?;
+    let private_ca = TestCa::new("b's own CA, vouched for by DANE only")?;
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = work.path().join("ca.pem");
+    trusted.write(&ca_file)?;
+    // MTA-STS enforce for b.test: on its own it would refuse b's certificate (unknown CA).
+    let policy_cert = trusted.issue(&["mta-sts.b.test"], work.path(), "mta-sts")?;
+    let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
+    dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
+    dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
+
+    let mut b = Node::new(
+        "b.test",
+        &["bob"],
+        Some(&private_ca),
+        &common::dns_section(dns.addr()),
+    )?;
+    // b presents its chain with the private CA, and DANE-TA (2 0 1) names that CA.
+    let chain_file = b.dir.path().join("tls/0.pem");
+    let mut chain = ctx(std::fs::read_to_string(&chain_file), "chain")?;
+    chain.push_str(&private_ca.pem);
+    ctx(std::fs::write(&chain_file, chain), "chain")?;
+    let ca_pem = work.path().join("private-ca.pem");
+    private_ca.write(&ca_pem)?;
+    let ca_der = sealmail_testkit::pem_certificate_der(&ca_pem)?;
+    let tlsa_name = format!("_{}._tcp.mail.b.test", b.mx.port());
+    dns.add(
+        &tlsa_name,
+        Rec::Tlsa(2, 0, 1, sha2::Sha256::digest(&ca_der).to_vec()),
+    );
+    dns.secure(&tlsa_name);
+
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&trusted),
+        &sender_extra(
+            &dns,
+            b.mx.port(),
+            &ca_file,
+            &format!("mta_sts_port = {}\n", https.addr.port()),
+        ),
+    )?;
+    a.publish(&dns)?;
+    b.start().await?;
+    a.start().await?;
+    // A REQUIRETLS message: DANE verifies b and b offers REQUIRETLS, so it may go.
+    a.submit("alice@a.test", "bob@b.test", "dane-ta", true).await?;
+    let inbox = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert!(inbox[0].contains("Subject: dane-ta"));
+    // Recorded for TLS-RPT as a TLSA success.
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&a.data(), 4).await,
+        "open store",
+    )?;
+    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    assert!(
+        results
+            .iter()
+            .any(|r| r.result.policy_type == "tlsa" && r.result.result_type == "success"),
+        "{results:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_that_cannot_be_delivered_in_time_bounces_with_the_last_error() -> TestResult {
+    let dns = DnsServer::start().await?;
+    zone(&dns);
+    let ca = TestCa::new("ca")?;
+    let work = ctx(tempfile::tempdir(), "tempdir")?;
+    let ca_file = work.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    // b is never started; a gives up after 3 seconds.
+    let b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
+    let mut a = Node::new(
+        "a.test",
+        &["alice"],
+        Some(&ca),
+        &sender_extra(&dns, b.mx.port(), &ca_file, "give_up_secs = 3\n"),
+    )?;
+    a.publish(&dns)?;
+    a.start().await?;
+    a.submit("alice@a.test", "bob@b.test", "too-late", false).await?;
+    let bounces = a
+        .wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(30))
+        .await?;
+    let dsn = &bounces[0];
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; bob@b.test") && dsn.contains("Status: 4.4.7"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("gave up after") && dsn.contains("mail.b.test"),
+        "{dsn}"
+    );
+    a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
+        .await?;
     Ok(())
 }

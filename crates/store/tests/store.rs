@@ -186,7 +186,10 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let dir = tempfile::tempdir()?;
     std::fs::copy(fixture_v1(), dir.path().join(DB_FILE))?;
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
-    assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(
+        pending.iter().map(|m| m.version).collect::<Vec<_>>(),
+        [2, 3, 4, 5]
+    );
     assert_eq!(pending[0].description, "outbound queue");
 
     let store = SqliteStore::open(dir.path(), 16).await?;
@@ -203,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        3
+        4
     );
 
     let alice = store
@@ -224,7 +227,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 4);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 5);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
