@@ -93,17 +93,32 @@ echo "== Postfix -> sealmail ($MESSAGES messages of $SIZE bytes)"
 PF_PORT=31900
 bash "$INSTANCE" start "$pf_name" $PF_PORT b.test "127.0.0.1:$R_MX" > /dev/null
 PF_CONF=/etc/postfix-$pf_name
-postconf -c "$PF_CONF" -e "defer_transports = smtp" "smtp_destination_concurrency_limit = 4"
-postfix -c "$PF_CONF" reload > /dev/null 2>&1
-smtp-source -c -s 10 -m "$MESSAGES" -l "$SIZE" -f dave@postfix.test -t bob@b.test "127.0.0.1:$PF_PORT" > /dev/null
-until [ "$(find /var/spool/postfix-$pf_name/incoming /var/spool/postfix-$pf_name/active -type f | wc -l)" = 0 ]; do sleep 0.1; done
-postconf -c "$PF_CONF" -e "defer_transports ="
-postfix -c "$PF_CONF" reload > /dev/null 2>&1
-sleep 1
-PF_PID=$(head -1 "/var/spool/postfix-$pf_name/pid/master.pid" | tr -d ' ')
-s0=$(tree_ticks "$PF_PID"); r0=$(tree_ticks "$R_PID"); t0=$(date +%s.%N)
-postqueue -c "$PF_CONF" -f
-until postqueue -c "$PF_CONF" -p | grep -q "Mail queue is empty"; do sleep 0.1; done
-t1=$(date +%s.%N); s1=$(tree_ticks "$PF_PID"); r1=$(tree_ticks "$R_PID")
-report postfix "$MESSAGES" "$(awk -v a="$t1" -v b="$t0" 'BEGIN { print a - b }')" $((s1 - s0)) $((r1 - r0))
-grep -c "TLS connection established to 127.0.0.1" "/var/log/postfix-$pf_name.log" | sed 's/^/postfix TLS connections: /'
+postconf -c "$PF_CONF" -e "smtp_destination_concurrency_limit = 4"
+# drain LABEL: release Postfix's deferred queue and time it until empty.
+drain() {
+  local pid s0 r0 t0 s1 r1 t1
+  pid=$(head -1 "/var/spool/postfix-$pf_name/pid/master.pid" | tr -d ' ')
+  s0=$(tree_ticks "$pid"); r0=$(tree_ticks "$R_PID"); t0=$(date +%s.%N)
+  postqueue -c "$PF_CONF" -f
+  until postqueue -c "$PF_CONF" -p | grep -q "Mail queue is empty"; do sleep 0.1; done
+  t1=$(date +%s.%N); s1=$(tree_ticks "$pid"); r1=$(tree_ticks "$R_PID")
+  report "$1" "$MESSAGES" "$(awk -v a="$t1" -v b="$t0" 'BEGIN { print a - b }')" $((s1 - s0)) $((r1 - r0))
+}
+# fill: queue MESSAGES messages in Postfix with delivery held.
+fill() {
+  postconf -c "$PF_CONF" -e "defer_transports = smtp"
+  postfix -c "$PF_CONF" reload > /dev/null 2>&1
+  sleep 1
+  smtp-source -c -s 10 -m "$MESSAGES" -l "$SIZE" -f dave@postfix.test -t bob@b.test "127.0.0.1:$PF_PORT" > /dev/null
+  until [ "$(find /var/spool/postfix-$pf_name/incoming /var/spool/postfix-$pf_name/active -type f | wc -l)" = 0 ]; do sleep 0.1; done
+  postconf -c "$PF_CONF" -e "defer_transports ="
+  postfix -c "$PF_CONF" reload > /dev/null 2>&1
+  sleep 1
+}
+fill
+drain postfix
+echo "== Postfix -> sealmail, TLS connection reuse on (smtp_tls_connection_reuse = yes, tlsproxy)"
+postconf -c "$PF_CONF" -e "smtp_tls_connection_reuse = yes"
+fill
+drain postfix-reuse
+grep -c "TLS connection established to 127.0.0.1" "/var/log/postfix-$pf_name.log" | sed 's/^/postfix TLS handshakes in both runs: /'

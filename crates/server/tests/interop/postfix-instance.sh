@@ -115,6 +115,7 @@ virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsproxy  unix  -       -       n       -       0       tlsproxy
 EOF
 
 # Postfix only runs alternate configuration folders the default one lists.
