@@ -775,6 +775,11 @@ impl Config {
             trust_ad_bit: raw.dns.trust_ad_bit,
             reverse_lookups: raw.dns.reverse_lookups,
         };
+        if dns.trust_ad_bit && dns.nameservers.is_empty() {
+            problems.push(
+                "dns.trust_ad_bit = true needs dns.nameservers: name the validating resolver you trust, e.g. [\"127.0.0.1\"]".to_string(),
+            );
+        }
         let delivery = validate_delivery(&raw.delivery, &resolve, &mut problems);
 
         let d = SecurityConfig::default();
@@ -1309,6 +1314,27 @@ mod tests {
                     listener("mx", "127.0.0.1:25", "starttls")
                 ),
                 "dns.timeout_secs = 0 is out of range; use a number from 1 to 60 (default 5)",
+            ),
+            (
+                format!(
+                    "{head}{}[dns]\ntrust_ad_bit = true\n",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
+                "dns.trust_ad_bit = true needs dns.nameservers: name the validating resolver you trust, e.g. [\"127.0.0.1\"]",
+            ),
+            (
+                format!(
+                    "{head}{}[delivery]\nrelay = \"smtp.example.test\"\n",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
+                "delivery.relay = \"smtp.example.test\" is not HOST:PORT; write e.g. \"smtp.example.net:587\"",
+            ),
+            (
+                format!(
+                    "{head}{}[delivery]\nrelay = \"smtp.example.test:465\"\nrelay_tls = \"none\"\n",
+                    listener("mx", "127.0.0.1:25", "starttls")
+                ),
+                "delivery.relay_tls = \"none\" is not allowed; use \"starttls\" or \"implicit\" (TLS is always required)",
             ),
             (
                 format!(

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use sealmail_config::DeliveryConfig;
 use sealmail_dns::Dns;
@@ -154,33 +155,37 @@ pub async fn dane(dns: &Dns, host: &Host) -> Dane {
         return Dane::None;
     }
     let name = format!("_{}._tcp.{}.", host.port, host.name);
-    match dns.resolver().lookup(name.as_str(), RecordType::TLSA).await {
-        Ok(lookup) => {
-            if !lookup.message().metadata.authentic_data {
-                return Dane::None;
-            }
-            let records: Vec<Tlsa> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TLSA(t) => Some(Tlsa {
-                        usage: u8::from(t.cert_usage),
-                        selector: u8::from(t.selector),
-                        matching: u8::from(t.matching),
-                        data: t.cert_data.clone(),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let usable: Vec<Tlsa> = records.iter().filter(|t| t.usable()).cloned().collect();
-            match (records.is_empty(), usable.is_empty()) {
-                (true, _) => Dane::None,
-                (false, true) => Dane::Unusable,
-                (false, false) => Dane::Records(usable),
-            }
-        }
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Dane::None,
-        Err(e) => Dane::Failed(format!("TLSA lookup for {name} failed: {e}")),
+    let answer = match dns.query_authenticated(&name, RecordType::TLSA).await {
+        Ok(answer) => answer,
+        Err(e) => return Dane::Failed(format!("TLSA lookup for {name} failed: {e}")),
+    };
+    match answer.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Dane::None,
+        code => return Dane::Failed(format!("TLSA lookup for {name} failed: {code}")),
+    }
+    // RFC 7672 2.2: only validated (secure) TLSA records are DANE.
+    if !answer.metadata.authentic_data {
+        return Dane::None;
+    }
+    let records: Vec<Tlsa> = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TLSA(t) => Some(Tlsa {
+                usage: u8::from(t.cert_usage),
+                selector: u8::from(t.selector),
+                matching: u8::from(t.matching),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let usable: Vec<Tlsa> = records.iter().filter(|t| t.usable()).cloned().collect();
+    match (records.is_empty(), usable.is_empty()) {
+        (true, _) => Dane::None,
+        (false, true) => Dane::Unusable,
+        (false, false) => Dane::Records(usable),
     }
 }
 

@@ -11,6 +11,8 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_resolver::proto::rr::{Name, RecordType};
 
 pub use hickory_resolver;
 use sealmail_config::DnsConfig;
@@ -27,6 +29,9 @@ pub struct Dns {
     resolver: TokioResolver,
     reverse_lookups: bool,
     trust_ad_bit: bool,
+    nameservers: Vec<std::net::SocketAddr>,
+    timeout: std::time::Duration,
+    attempts: usize,
 }
 
 impl Dns {
@@ -65,6 +70,9 @@ impl Dns {
             resolver,
             reverse_lookups: config.reverse_lookups,
             trust_ad_bit: config.trust_ad_bit,
+            nameservers: config.nameservers.clone(),
+            timeout: config.timeout,
+            attempts: config.attempts,
         })
     }
 
@@ -81,6 +89,107 @@ impl Dns {
     /// does.
     pub fn trust_ad_bit(&self) -> bool {
         self.trust_ad_bit
+    }
+}
+
+/// Why an authenticated query got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no nameserver is configured for DNSSEC-checked lookups; set [dns] nameservers")]
+    NoServer,
+    #[error("no answer from {0}")]
+    NoAnswer(String),
+}
+
+impl Dns {
+    /// Asks the configured nameservers directly, with the AD bit set in the query, and returns
+    /// their whole answer (its `authentic_data` flag says whether the resolver validated it).
+    ///
+    /// Why not through hickory's resolver: without its own DNSSEC validation it sends neither
+    /// AD nor DO, and a validating resolver only vouches for an answer (AD) to a client that
+    /// asked (RFC 6840 5.7); so DANE would silently never apply. Not cached: it is one query
+    /// per MX host per delivery attempt.
+    pub async fn query_authenticated(
+        &self,
+        name: &str,
+        record_type: RecordType,
+    ) -> Result<Message, QueryError> {
+        if self.nameservers.is_empty() {
+            return Err(QueryError::NoServer);
+        }
+        let qname = Name::from_ascii(name).map_err(|e| QueryError::NoAnswer(format!("{name}: {e}")))?;
+        let mut last = String::new();
+        for server in &self.nameservers {
+            for _ in 0..self.attempts.max(1) {
+                match tokio::time::timeout(self.timeout, ask(*server, &qname, record_type)).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => last = format!("{server}: {e}"),
+                    Err(_) => last = format!("{server}: timed out"),
+                }
+            }
+        }
+        Err(QueryError::NoAnswer(last))
+    }
+}
+
+/// One query over UDP, again over TCP when the answer is truncated.
+async fn ask(server: std::net::SocketAddr, name: &Name, record_type: RecordType) -> std::io::Result<Message> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut id = [0u8; 2];
+    getrandom::fill(&mut id).map_err(|e| invalid(e.to_string()))?;
+    let id = u16::from_be_bytes(id);
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.metadata.authentic_data = true;
+    query.add_query(Query::query(name.clone(), record_type));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    query.set_edns(edns);
+    let bytes = query.to_vec().map_err(|e| invalid(e.to_string()))?;
+    let matches = |answer: &Message| {
+        answer.metadata.id == id
+            && answer.metadata.message_type == MessageType::Response
+            && answer
+                .queries
+                .first()
+                .is_some_and(|q| q.name() == name && q.query_type() == record_type)
+    };
+
+    let local: std::net::SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let udp = tokio::net::UdpSocket::bind(local).await?;
+    udp.connect(server).await?;
+    udp.send(&bytes).await?;
+    let mut buf = vec![0u8; 4096];
+    let answer = loop {
+        let n = udp.recv(&mut buf).await?;
+        // Anything that is not the answer to our question is ignored (spoofing, stale replies).
+        if let Ok(answer) = Message::from_vec(&buf[..n])
+            && matches(&answer)
+        {
+            break answer;
+        }
+    };
+    if !answer.metadata.truncation {
+        return Ok(answer);
+    }
+    let mut tcp = tokio::net::TcpStream::connect(server).await?;
+    let length = u16::try_from(bytes.len()).map_err(|e| invalid(e.to_string()))?;
+    tcp.write_all(&length.to_be_bytes()).await?;
+    tcp.write_all(&bytes).await?;
+    let mut length = [0u8; 2];
+    tcp.read_exact(&mut length).await?;
+    let mut reply = vec![0u8; u16::from_be_bytes(length) as usize];
+    tcp.read_exact(&mut reply).await?;
+    let answer = Message::from_vec(&reply).map_err(|e| invalid(e.to_string()))?;
+    if matches(&answer) {
+        Ok(answer)
+    } else {
+        Err(invalid("the TCP answer does not match the question".into()))
     }
 }
 
@@ -145,6 +254,47 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let names: Vec<String> = names.answers().iter().map(|r| r.data.to_string()).collect();
         assert_eq!(names, ["mx.a.test."]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn only_queries_that_ask_for_it_get_the_ad_bit() -> Result<(), String> {
+        let server = DnsServer::start().await?;
+        let name = "_25._tcp.mx.a.test";
+        server.add(name, sealmail_testkit::dns::Rec::Tlsa(3, 1, 1, vec![7; 32]));
+        server.secure(name);
+        let dns = Dns::new(&config(&server)).map_err(|e| e.to_string())?;
+        // hickory's resolver asks without AD or DO: a validating resolver does not vouch.
+        let plain = dns
+            .resolver()
+            .lookup(format!("{name}."), RecordType::TLSA)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(!plain.message().metadata.authentic_data);
+        let asked = dns
+            .query_authenticated(&format!("{name}."), RecordType::TLSA)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(asked.metadata.authentic_data);
+        assert_eq!(asked.answers.len(), 1);
+        // Not secure: no AD even when asked; unknown: NXDOMAIN.
+        server.add(
+            "_25._tcp.mx.b.test",
+            sealmail_testkit::dns::Rec::Tlsa(3, 1, 1, vec![7; 32]),
+        );
+        let insecure = dns
+            .query_authenticated("_25._tcp.mx.b.test.", RecordType::TLSA)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(!insecure.metadata.authentic_data && insecure.answers.len() == 1);
+        let missing = dns
+            .query_authenticated("_25._tcp.nothing.a.test.", RecordType::TLSA)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            missing.metadata.response_code,
+            hickory_resolver::proto::op::ResponseCode::NXDomain
+        );
         Ok(())
     }
 

@@ -180,7 +180,8 @@ impl DnsServer {
         });
     }
 
-    /// Answers for `name` carry the AD (authentic data) bit.
+    /// Answers for `name` carry the AD (authentic data) bit, when the query asked for it (AD or
+    /// DO set), as a validating resolver's would.
     pub fn secure(&self, name: &str) {
         self.with_zone(|z| {
             z.secure.insert(key(name));
@@ -235,7 +236,10 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
         response.metadata.response_code = ResponseCode::ServFail;
         return response.to_vec().ok();
     }
-    response.metadata.authentic_data = zone.secure.contains(&name);
+    // Like a validating resolver (RFC 6840 5.7, 5.8): AD only for a client that asks for it
+    // with the AD or DO bit.
+    let asked = request.metadata.authentic_data || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    response.metadata.authentic_data = zone.secure.contains(&name) && asked;
     if !known {
         response.metadata.response_code = ResponseCode::NXDomain;
         return response.to_vec().ok();
