@@ -234,10 +234,51 @@ fn zone(dns: &DnsServer) {
     dns.add_txt("_dmarc.a.test", "v=DMARC1; p=reject");
 }
 
-struct World {
+/// The DNS fixture with both zones, a test CA the senders trust, and a folder with its file.
+struct Base {
     dns: DnsServer,
-    /// The CA file a's configuration names (kept until the test ends).
-    _ca_file: tempfile::NamedTempFile,
+    ca: TestCa,
+    work: tempfile::TempDir,
+    ca_file: PathBuf,
+}
+
+impl Base {
+    async fn new() -> TestResult<Base> {
+        let dns = DnsServer::start().await?;
+        zone(&dns);
+        let ca = TestCa::new("sealmail delivery test CA")?;
+        let work = ctx(tempfile::tempdir(), "tempdir")?;
+        let ca_file = work.path().join("ca.pem");
+        ca.write(&ca_file)?;
+        Ok(Base {
+            dns,
+            ca,
+            work,
+            ca_file,
+        })
+    }
+
+    /// b.test with bob, its certificate from `ca` (self-signed when `None`); not started.
+    fn b(&self, ca: Option<&TestCa>) -> TestResult<Node> {
+        Node::new("b.test", &["bob"], ca, &common::dns_section(self.dns.addr()))
+    }
+
+    /// a.test with alice, delivering to MX hosts on `mx_port` with `more` in `[delivery]`, its
+    /// DKIM keys published; not started.
+    fn a(&self, mx_port: u16, more: &str) -> TestResult<Node> {
+        let a = Node::new(
+            "a.test",
+            &["alice"],
+            Some(&self.ca),
+            &sender_extra(&self.dns, mx_port, &self.ca_file, more),
+        )?;
+        a.publish(&self.dns)?;
+        Ok(a)
+    }
+}
+
+struct World {
+    base: Base,
     a: Node,
     b: Node,
 }
@@ -245,32 +286,12 @@ struct World {
 /// a.test and b.test, both started. `b_ca`: whether b's certificate is CA-issued (else
 /// self-signed, which PKIX-requiring policies must refuse).
 async fn world(b_ca: bool, a_extra: &str) -> TestResult<World> {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("sealmail delivery test CA")?;
-    let ca_file = ctx(tempfile::NamedTempFile::new(), "ca file")?;
-    ca.write(ca_file.path())?;
-    let mut b = Node::new(
-        "b.test",
-        &["bob"],
-        b_ca.then_some(&ca),
-        &common::dns_section(dns.addr()),
-    )?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&dns, b.mx.port(), ca_file.path(), a_extra),
-    )?;
-    a.publish(&dns)?;
+    let base = Base::new().await?;
+    let mut b = base.b(b_ca.then_some(&base.ca))?;
+    let mut a = base.a(b.mx.port(), a_extra)?;
     b.start().await?;
     a.start().await?;
-    Ok(World {
-        dns,
-        _ca_file: ca_file,
-        a,
-        b,
-    })
+    Ok(World { base, a, b })
 }
 
 fn header_value<'m>(message: &'m str, name: &str) -> Option<&'m str> {
@@ -357,31 +378,16 @@ fn sts_policy(mode: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_delivers() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("sealmail delivery test CA")?;
-    let certs = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = certs.path().join("ca.pem");
-    ca.write(&ca_file)?;
-    let policy_cert = ca.issue(&["mta-sts.b.test"], certs.path(), "mta-sts")?;
+    let base = Base::new().await?;
+    let dns = &base.dns;
+    let policy_cert = base.ca.issue(&["mta-sts.b.test"], base.work.path(), "mta-sts")?;
     let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
     dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
     dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
 
     // b's certificate is self-signed: no CA the sender trusts vouches for it.
-    let mut b = Node::new("b.test", &["bob"], None, &common::dns_section(dns.addr()))?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(
-            &dns,
-            b.mx.port(),
-            &ca_file,
-            &format!("mta_sts_port = {}\n", https.addr.port()),
-        ),
-    )?;
-    a.publish(&dns)?;
+    let mut b = base.b(None)?;
+    let mut a = base.a(b.mx.port(), &format!("mta_sts_port = {}\n", https.addr.port()))?;
     b.start().await?;
     a.start().await?;
 
@@ -426,24 +432,14 @@ fn tlsa_311(cert: &Path) -> TestResult<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("sealmail delivery test CA")?;
-    let certs = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = certs.path().join("ca.pem");
-    ca.write(&ca_file)?;
+    let base = Base::new().await?;
+    let dns = &base.dns;
     // b's certificate is self-signed: only DANE can vouch for it.
-    let mut b = Node::new("b.test", &["bob"], None, &common::dns_section(dns.addr()))?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&dns, b.mx.port(), &ca_file, ""),
-    )?;
+    let mut b = base.b(None)?;
+    let mut a = base.a(b.mx.port(), "")?;
     let tlsa_name = format!("_{}._tcp.mail.b.test", b.mx.port());
     dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, vec![0xAB; 32]));
     dns.secure(&tlsa_name);
-    a.publish(&dns)?;
     b.start().await?;
     a.start().await?;
 
@@ -472,8 +468,8 @@ async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -
     // mismatch does not matter then. (Shown by the next message going through with a wrong
     // record that is not secure.)
     dns.clear();
-    zone(&dns);
-    a.publish(&dns)?;
+    zone(dns);
+    a.publish(dns)?;
     dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, vec![0xAB; 32]));
     a.submit("alice@a.test", "bob@b.test", "insecure-tlsa", false)
         .await?;
@@ -486,7 +482,7 @@ async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -
 async fn null_mx_and_unknown_domains_bounce_with_the_reason() -> TestResult {
     let w = world(true, "").await?;
     // c.test says it takes no mail (RFC 7505); nowhere.test does not exist.
-    w.dns.add_mx("c.test", 0, ".");
+    w.base.dns.add_mx("c.test", 0, ".");
     w.a.submit("alice@a.test", "carol@c.test", "nullmx", false)
         .await?;
     w.a.submit("alice@a.test", "nobody@nowhere.test", "nxdomain", false)
@@ -521,8 +517,8 @@ async fn null_mx_and_unknown_domains_bounce_with_the_reason() -> TestResult {
 async fn a_temporary_refusal_is_retried_until_delivered() -> TestResult {
     let w = world(true, "").await?;
     // b cannot finish DMARC for a.test (its DNS times out), so it answers 451: a retries.
-    w.dns.remove("_dmarc.a.test");
-    w.dns.timeout("_dmarc.a.test");
+    w.base.dns.remove("_dmarc.a.test");
+    w.base.dns.timeout("_dmarc.a.test");
     w.a.submit("alice@a.test", "bob@b.test", "retried", false).await?;
     let queue =
         w.a.wait_for_queue(Duration::from_secs(30), |q| q.contains("attempts=2"))
@@ -533,9 +529,9 @@ async fn a_temporary_refusal_is_retried_until_delivered() -> TestResult {
     );
     assert!(w.b.mailbox("bob@b.test", "INBOX").await?.is_empty());
     // b's DNS recovers; the next retry gets through.
-    w.dns.clear();
-    zone(&w.dns);
-    w.a.publish(&w.dns)?;
+    w.base.dns.clear();
+    zone(&w.base.dns);
+    w.a.publish(&w.base.dns)?;
     let inbox =
         w.b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(30))
             .await?;
@@ -546,20 +542,9 @@ async fn a_temporary_refusal_is_retried_until_delivered() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_show_retry_and_delete() -> TestResult {
     // b is configured but never started: everything for it waits in the queue.
-    let w_dns = DnsServer::start().await?;
-    zone(&w_dns);
-    let ca = TestCa::new("ca")?;
-    let certs = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = certs.path().join("ca.pem");
-    ca.write(&ca_file)?;
-    let b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(w_dns.addr()))?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&w_dns, b.mx.port(), &ca_file, "retry_base_secs = 3600\n"),
-    )?;
-    a.publish(&w_dns)?;
+    let base = Base::new().await?;
+    let b = base.b(Some(&base.ca))?;
+    let mut a = base.a(b.mx.port(), "retry_base_secs = 3600\n")?;
     a.start().await?;
     a.submit("alice@a.test", "bob@b.test", "kept", false).await?;
     a.submit("alice@a.test", "bob@b.test", "dropped", false).await?;
@@ -633,31 +618,19 @@ fn maildir_messages(maildir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_starttls_gets_plaintext_only_when_nothing_requires_tls() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
+    let base = Base::new().await?;
+    let (dns, work) = (&base.dns, &base.work);
     dns.add_a("mail.plain.test", [127, 0, 0, 1].into());
-    let ca = TestCa::new("ca")?;
-    let work = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = work.path().join("ca.pem");
-    ca.write(&ca_file)?;
     let port = common::free_addr()?.port();
     let maildir = work.path().join("maildir");
     let _receiver = plaintext_receiver(port, &maildir).await?;
     // Static routes to the receiver; strict.test also requires TLS.
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(
-            &dns,
-            25,
-            &ca_file,
-            &format!(
-                "require_tls = [\"strict.test\"]\n\n[delivery.routes]\n\"plain.test\" = \"mail.plain.test:{port}\"\n\"strict.test\" = \"mail.plain.test:{port}\"\n"
-            ),
+    let mut a = base.a(
+        25,
+        &format!(
+            "require_tls = [\"strict.test\"]\n\n[delivery.routes]\n\"plain.test\" = \"mail.plain.test:{port}\"\n\"strict.test\" = \"mail.plain.test:{port}\"\n"
         ),
     )?;
-    a.publish(&dns)?;
     a.start().await?;
 
     // Opportunistic (RFC 7435): no STARTTLS offered, no policy: sent in the clear.
@@ -719,20 +692,9 @@ async fn a_server_without_starttls_gets_plaintext_only_when_nothing_requires_tls
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_never_loses_queued_mail() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("ca")?;
-    let work = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = work.path().join("ca.pem");
-    ca.write(&ca_file)?;
-    let mut b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&dns, b.mx.port(), &ca_file, ""),
-    )?;
-    a.publish(&dns)?;
+    let base = Base::new().await?;
+    let mut b = base.b(Some(&base.ca))?;
+    let mut a = base.a(b.mx.port(), "")?;
     a.start().await?;
 
     // b is down: five messages wait in a's queue; a is killed without warning.
@@ -855,7 +817,7 @@ async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> Tes
         &format!("\n[delivery.routes]\n\"postfix.test\" = \"mail.postfix.test:{port}\"\n"),
     )
     .await?;
-    w.dns.add_a("mail.postfix.test", [127, 0, 0, 1].into());
+    w.base.dns.add_a("mail.postfix.test", [127, 0, 0, 1].into());
     let postfix = Postfix::start(port, "b.test", w.b.mx).await?;
     let a = &w.a;
     a.submit("alice@a.test", "carol@postfix.test", "to-postfix", false)
@@ -924,14 +886,10 @@ async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> Tes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("ca")?;
-    let work = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = work.path().join("ca.pem");
-    ca.write(&ca_file)?;
+    let base = Base::new().await?;
+    let work = &base.work;
     // b is the smarthost: alice@a.test has an account there too.
-    let mut b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
+    let mut b = base.b(Some(&base.ca))?;
     b.admin(&["domain", "add", "a.test"])?;
     b.admin(&["user", "add", "alice@a.test", "--password-stdin"])?;
     let password_file = work.path().join("relay-password");
@@ -945,12 +903,7 @@ async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> 
         b.submission.port(),
         password_file.display()
     );
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&dns, 25, &ca_file, &relay),
-    )?;
+    let mut a = base.a(25, &relay)?;
     b.start().await?;
     a.start().await?;
     a.submit("alice@a.test", "bob@b.test", "via-smarthost", false)
@@ -989,12 +942,12 @@ async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> 
 async fn mx_hosts_are_tried_in_preference_order_and_a_domain_without_mx_is_its_own_mx() -> TestResult {
     let w = world(true, "").await?;
     // b.test's best MX (127.0.0.2) does not answer; the next one is b itself.
-    w.dns.remove("b.test");
-    w.dns.add_mx("b.test", 10, "mx-down.b.test");
-    w.dns.add_mx("b.test", 20, "mail.b.test");
-    w.dns.add_a("mx-down.b.test", [127, 0, 0, 2].into());
+    w.base.dns.remove("b.test");
+    w.base.dns.add_mx("b.test", 10, "mx-down.b.test");
+    w.base.dns.add_mx("b.test", 20, "mail.b.test");
+    w.base.dns.add_a("mx-down.b.test", [127, 0, 0, 2].into());
     // implicit.test has no MX, only an address (RFC 5321 5.1 implicit MX); b serves it too.
-    w.dns.add_a("implicit.test", [127, 0, 0, 1].into());
+    w.base.dns.add_a("implicit.test", [127, 0, 0, 1].into());
     w.b.admin(&["domain", "add", "implicit.test"])?;
     w.b.admin(&["user", "add", "carol@implicit.test", "--password-stdin"])?;
     w.a.submit("alice@a.test", "bob@b.test", "second-mx", false)
@@ -1014,25 +967,16 @@ async fn mx_hosts_are_tried_in_preference_order_and_a_domain_without_mx_is_its_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let trusted = TestCa::new("CA the sender trusts")?;
+    let base = Base::new().await?;
+    let (dns, work, trusted) = (&base.dns, &base.work, &base.ca);
     let private_ca = TestCa::new("b's own CA, vouched for by DANE only")?;
-    let work = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = work.path().join("ca.pem");
-    trusted.write(&ca_file)?;
     // MTA-STS enforce for b.test: on its own it would refuse b's certificate (unknown CA).
     let policy_cert = trusted.issue(&["mta-sts.b.test"], work.path(), "mta-sts")?;
     let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
     dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
     dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
 
-    let mut b = Node::new(
-        "b.test",
-        &["bob"],
-        Some(&private_ca),
-        &common::dns_section(dns.addr()),
-    )?;
+    let mut b = base.b(Some(&private_ca))?;
     // b presents its chain with the private CA, and DANE-TA (2 0 1) names that CA.
     let chain_file = b.dir.path().join("tls/0.pem");
     let mut chain = ctx(std::fs::read_to_string(&chain_file), "chain")?;
@@ -1048,18 +992,7 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
     );
     dns.secure(&tlsa_name);
 
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&trusted),
-        &sender_extra(
-            &dns,
-            b.mx.port(),
-            &ca_file,
-            &format!("mta_sts_port = {}\n", https.addr.port()),
-        ),
-    )?;
-    a.publish(&dns)?;
+    let mut a = base.a(b.mx.port(), &format!("mta_sts_port = {}\n", https.addr.port()))?;
     b.start().await?;
     a.start().await?;
     // A REQUIRETLS message: DANE verifies b and b offers REQUIRETLS, so it may go.
@@ -1085,21 +1018,10 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_that_cannot_be_delivered_in_time_bounces_with_the_last_error() -> TestResult {
-    let dns = DnsServer::start().await?;
-    zone(&dns);
-    let ca = TestCa::new("ca")?;
-    let work = ctx(tempfile::tempdir(), "tempdir")?;
-    let ca_file = work.path().join("ca.pem");
-    ca.write(&ca_file)?;
     // b is never started; a gives up after 3 seconds.
-    let b = Node::new("b.test", &["bob"], Some(&ca), &common::dns_section(dns.addr()))?;
-    let mut a = Node::new(
-        "a.test",
-        &["alice"],
-        Some(&ca),
-        &sender_extra(&dns, b.mx.port(), &ca_file, "give_up_secs = 3\n"),
-    )?;
-    a.publish(&dns)?;
+    let base = Base::new().await?;
+    let b = base.b(Some(&base.ca))?;
+    let mut a = base.a(b.mx.port(), "give_up_secs = 3\n")?;
     a.start().await?;
     a.submit("alice@a.test", "bob@b.test", "too-late", false).await?;
     let bounces = a
