@@ -125,11 +125,7 @@ impl SmtpClient {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<(SmtpClient, Reply), ClientError> {
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Connect(addr.to_string(), "timed out".into()))?
-            .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, connect_timeout).await?;
         let mut client = SmtpClient {
             stream: BufReader::new(Box::new(tcp)),
             timeout,
@@ -257,11 +253,7 @@ impl SmtpClient {
         config: Arc<ClientConfig>,
         server_name: ServerName<'static>,
     ) -> Result<(SmtpClient, Reply), ClientError> {
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Connect(addr.to_string(), "timed out".into()))?
-            .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, connect_timeout).await?;
         let (stream, info) = handshake(Box::new(tcp), config, server_name, timeout).await?;
         let mut client = SmtpClient {
             stream: BufReader::new(stream),
@@ -301,6 +293,15 @@ impl SmtpClient {
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT", "the QUIT reply")).await;
     }
+}
+
+async fn tcp_connect(addr: std::net::SocketAddr, limit: Duration) -> Result<TcpStream, ClientError> {
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Connect(addr.to_string(), "timed out".into()))?
+        .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 async fn handshake(
