@@ -591,9 +591,18 @@ impl Delivery {
                 check = check.as_ref().map(|c| c.detail.as_str()).unwrap_or(""),
                 "outbound TLS established"
             );
-            if policy.policy_type != "no-policy-found" {
-                self.tls_result(domain, policy.policy_type, &host.name, "success", "")
-                    .await;
+            // Under an MTA-STS policy in testing mode an unverified certificate is delivered
+            // to, but reported as the failure it would be under enforce (RFC 8461 5).
+            match (&check, policy.policy_type) {
+                (_, "no-policy-found") => {}
+                (Some(c), "sts") if !c.verified => {
+                    self.tls_result(domain, "sts", &host.name, c.result_type, &c.detail)
+                        .await;
+                }
+                _ => {
+                    self.tls_result(domain, policy.policy_type, &host.name, "success", "")
+                        .await;
+                }
             }
         } else if policy.tls_required {
             let reason = format!("{} does not offer STARTTLS", host.name);

@@ -418,6 +418,18 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
         .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
         .await?;
     assert!(inbox[0].contains("Subject: enforced"));
+    // Testing mode delivered, but the unverifiable certificate is still reported, not a success.
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&a.data(), 4).await,
+        "open store",
+    )?;
+    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    assert!(
+        !results
+            .iter()
+            .any(|r| r.result.policy_domain == "b.test" && r.result.result_type == "success"),
+        "{results:?}"
+    );
     a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
         .await?;
     Ok(())
