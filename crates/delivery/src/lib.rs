@@ -188,7 +188,8 @@ impl Delivery {
             .map_err(|e| DeliveryError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mta_sts = MtaSts::new(dns.clone(), https, config.mta_sts_port).map_err(DeliveryError::Tls)?;
+        let mta_sts = MtaSts::new(dns.clone(), store.clone(), https, config.mta_sts_port)
+            .map_err(DeliveryError::Tls)?;
         Ok(Delivery {
             inner: Arc::new(Inner {
                 store,

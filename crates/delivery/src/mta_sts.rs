@@ -1,7 +1,8 @@
 //! MTA-STS (RFC 8461): the `_mta-sts` TXT record says a policy exists and its id; the policy is
 //! fetched over HTTPS from `mta-sts.DOMAIN` (certificate verified, no redirects, 64 KiB at
-//! most) and kept until its `max_age` ends or the id changes. Host names for the fetch are
-//! resolved through sealmail's resolver, never the system's.
+//! most) and kept, in memory and in the store (so a restart does not forget it), until its
+//! `max_age` ends or the id changes. Host names for the fetch are resolved through sealmail's
+//! resolver, never the system's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +13,14 @@ use hickory_proto::rr::RData;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::MtaSts as StsRecord;
 use sealmail_dns::Dns;
+use sealmail_store::Store;
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// RFC 8461 3.3: policy bodies over 64 KiB are refused.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -114,6 +123,9 @@ pub struct Lookup {
 
 pub struct MtaSts {
     dns: Dns,
+    /// Where policies are kept across restarts (RFC 8461 5.1: a cached policy stays in force
+    /// until its max_age ends, whatever happens to later fetches).
+    store: Arc<dyn Store>,
     http: reqwest::Client,
     port: u16,
     cache: Mutex<HashMap<String, (Arc<Policy>, Instant)>>,
@@ -138,7 +150,12 @@ impl reqwest::dns::Resolve for Resolver {
 }
 
 impl MtaSts {
-    pub fn new(dns: Dns, tls: rustls::ClientConfig, port: u16) -> Result<MtaSts, String> {
+    pub fn new(
+        dns: Dns,
+        store: Arc<dyn Store>,
+        tls: rustls::ClientConfig,
+        port: u16,
+    ) -> Result<MtaSts, String> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .dns_resolver(Arc::new(Resolver(dns.clone())))
@@ -150,24 +167,49 @@ impl MtaSts {
             .map_err(|e| format!("cannot set up the MTA-STS client: {e}"))?;
         Ok(MtaSts {
             dns,
+            store,
             http,
             port,
             cache: Mutex::new(HashMap::new()),
         })
     }
 
-    fn cached(&self, domain: &str) -> Option<Arc<Policy>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(domain)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(policy, _)| policy.clone())
+    /// The policy in force for `domain`: from memory, else from the store.
+    async fn cached(&self, domain: &str) -> Option<Arc<Policy>> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((policy, until)) = cache.get(domain)
+                && *until > Instant::now()
+            {
+                return Some(policy.clone());
+            }
+        }
+        let (id, body, expires_at) = self.store.mta_sts_policy(domain).await.ok()??;
+        let left = expires_at - now_unix();
+        if left <= 0 {
+            return None;
+        }
+        let policy = Arc::new(Policy::parse(&id, &body).ok()?);
+        self.remember(domain, policy.clone(), Duration::from_secs(left as u64));
+        Some(policy)
+    }
+
+    fn remember(&self, domain: &str, policy: Arc<Policy>, for_how_long: Duration) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(domain.to_string(), (policy, Instant::now() + for_how_long));
     }
 
     /// The policy for `domain` (RFC 8461 5.1): a cached one while its id is current, else a
     /// fresh fetch; if the record or the fetch fails, a still valid cached policy is used.
     pub async fn lookup(&self, domain: &str) -> Lookup {
-        let cached = self.cached(domain);
+        let cached = self.cached(domain).await;
         let id = match self.record_id(domain).await {
             Some(id) => id,
             None => {
@@ -184,18 +226,17 @@ impl MtaSts {
             };
         }
         match self.fetch(domain, &id).await {
-            Ok(policy) => {
+            Ok((policy, body)) => {
                 let policy = Arc::new(policy);
-                let until = Instant::now() + Duration::from_secs(policy.max_age);
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    let now = Instant::now();
-                    cache.retain(|_, (_, until)| *until > now);
-                    if cache.len() >= CACHE_MAX {
-                        cache.clear();
-                    }
+                self.remember(domain, policy.clone(), Duration::from_secs(policy.max_age));
+                let expires_at = now_unix() + policy.max_age as i64;
+                if let Err(e) = self
+                    .store
+                    .save_mta_sts_policy(domain, &id, &body, expires_at)
+                    .await
+                {
+                    tracing::warn!(domain, error = %e, "cannot keep the MTA-STS policy in the store");
                 }
-                cache.insert(domain.to_string(), (policy.clone(), until));
                 Lookup {
                     policy: Some(policy),
                     failure: None,
@@ -240,7 +281,8 @@ impl MtaSts {
         }
     }
 
-    async fn fetch(&self, domain: &str, id: &str) -> Result<Policy, (&'static str, String)> {
+    /// The policy and its text.
+    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), (&'static str, String)> {
         let url = match self.port {
             443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
             port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
@@ -278,7 +320,8 @@ impl MtaSts {
         }
         let body =
             String::from_utf8(body).map_err(|_| ("sts-policy-invalid", format!("{url}: not UTF-8")))?;
-        Policy::parse(id, &body).map_err(|e| ("sts-policy-invalid", format!("{url}: {e}")))
+        let policy = Policy::parse(id, &body).map_err(|e| ("sts-policy-invalid", format!("{url}: {e}")))?;
+        Ok((policy, body))
     }
 }
 

@@ -409,6 +409,49 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
         b.mailbox("bob@b.test", "INBOX").await?.is_empty(),
         "never sent under enforce"
     );
+    // Counted for TLS-RPT as an MTA-STS failure of that MX host.
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&a.data(), 4).await,
+        "open store",
+    )?;
+    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    assert!(
+        results.iter().any(|r| r.result.policy_domain == "b.test"
+            && r.result.policy_type == "sts"
+            && r.result.mx_host == "mail.b.test"
+            && r.result.result_type == "certificate-not-trusted"),
+        "{results:?}"
+    );
+    drop(store);
+
+    // The policy outlives a restart (RFC 8461 5.1): a restarted sender whose view of the
+    // policy is taken away (the TXT record gone, the policy server failing, as an attacker on
+    // the path would arrange) still enforces it until max_age ends.
+    dns.remove("_mta-sts.b.test");
+    https.set_failing(true);
+    let mut process = a.process.take().ok_or("a is not running")?;
+    process.signal(nix::sys::signal::Signal::SIGTERM)?;
+    process.wait_exit(Duration::from_secs(10)).await?;
+    a.start().await?;
+    a.admin(&["queue", "flush"])?;
+    let attempts = a.admin(&["queue", "list"])?;
+    let before: usize = attempts
+        .split("attempts=")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("no attempts in {attempts}"))?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| {
+            q.contains(&format!("attempts={}", before + 1))
+        })
+        .await?;
+    assert!(queue.to_lowercase().contains("certificate"), "{queue}");
+    assert!(
+        b.mailbox("bob@b.test", "INBOX").await?.is_empty(),
+        "still never sent"
+    );
+    https.set_failing(false);
 
     // The same policy in testing mode reports but delivers (a new id makes senders refetch).
     https.set_body(&sts_policy("testing"));

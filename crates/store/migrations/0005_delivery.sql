@@ -16,3 +16,12 @@ CREATE TABLE tls_results (
     count INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, policy_domain, policy_type, mx_host, result_type)
 );
+
+-- MTA-STS policies (RFC 8461 5.1) kept across restarts, so that a policy stays in force for
+-- its max_age even when an attacker blocks the next fetch.
+CREATE TABLE mta_sts_policies (
+    domain TEXT PRIMARY KEY,
+    policy_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    expires_at INTEGER NOT NULL     -- Unix seconds
+);

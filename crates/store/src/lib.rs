@@ -388,6 +388,15 @@ pub trait Store: Send + Sync {
     /// Removes a message from the queue without delivering it; whether it was there.
     async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
     async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;
+    /// The MTA-STS policy last fetched for `domain`: (policy id, body, expiry in Unix seconds).
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<(String, String, i64)>, StoreError>;
+    async fn save_mta_sts_policy(
+        &self,
+        domain: &str,
+        policy_id: &str,
+        body: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
     /// Every counted TLS result, by day.
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;

@@ -126,6 +126,12 @@ enum WriteOp {
         outcomes: Vec<(i64, RecipientOutcome)>,
     },
     RetryQueued(Option<i64>),
+    SaveStsPolicy {
+        domain: String,
+        policy_id: String,
+        body: String,
+        expires_at: i64,
+    },
     DeleteQueued(i64),
     TlsResult(TlsResult),
 }
@@ -595,6 +601,23 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .await
             .map(|_| WriteDone::Unit),
         WriteOp::RetryQueued(id) => queue::retry(conn, *id).await.map(WriteDone::Count),
+        WriteOp::SaveStsPolicy {
+            domain,
+            policy_id,
+            body,
+            expires_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO mta_sts_policies (domain, policy_id, body, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (domain) DO UPDATE SET policy_id = excluded.policy_id, body = excluded.body, expires_at = excluded.expires_at",
+            )
+            .bind(&*domain)
+            .bind(&*policy_id)
+            .bind(&*body)
+            .bind(*expires_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(WriteDone::Unit)
+        }
         WriteOp::DeleteQueued(id) => queue::delete(conn, *id)
             .await
             .map(|deleted| WriteDone::Count(u64::from(deleted))),
@@ -962,6 +985,31 @@ impl Store for SqliteStore {
 
     async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError> {
         self.write(WriteOp::TlsResult(result)).await.map(|_| ())
+    }
+
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<(String, String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT policy_id, body, expires_at FROM mta_sts_policies WHERE domain = ?1")
+                .bind(domain)
+                .fetch_optional(&self.readers)
+                .await?,
+        )
+    }
+
+    async fn save_mta_sts_policy(
+        &self,
+        domain: &str,
+        policy_id: &str,
+        body: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let op = WriteOp::SaveStsPolicy {
+            domain: domain.to_string(),
+            policy_id: policy_id.to_string(),
+            body: body.to_string(),
+            expires_at,
+        };
+        self.write(op).await.map(|_| ())
     }
 
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {

@@ -72,6 +72,7 @@ pub struct HttpsServer {
     pub addr: SocketAddr,
     body: Arc<Mutex<String>>,
     requests: Arc<Mutex<Vec<String>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,10 +99,12 @@ impl HttpsServer {
         let addr = ctx(listener.local_addr(), "addr")?;
         let body = Arc::new(Mutex::new(body.to_string()));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (served, seen) = (body.clone(), requests.clone());
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (served, seen, broken) = (body.clone(), requests.clone(), failing.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, served, seen) = (acceptor.clone(), served.clone(), seen.clone());
+                let (acceptor, served, seen, broken) =
+                    (acceptor.clone(), served.clone(), seen.clone(), broken.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -118,10 +121,15 @@ impl HttpsServer {
                     let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
                     seen.lock().unwrap_or_else(|p| p.into_inner()).push(path);
                     let body = served.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let response = if broken.load(std::sync::atomic::Ordering::SeqCst) {
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
                     let _ = tls.write_all(response.as_bytes()).await;
                     let _ = tls.shutdown().await;
                 });
@@ -131,12 +139,18 @@ impl HttpsServer {
             addr,
             body,
             requests,
+            failing,
             task,
         })
     }
 
     pub fn set_body(&self, body: &str) {
         *self.body.lock().unwrap_or_else(|p| p.into_inner()) = body.to_string();
+    }
+
+    /// From now on every request gets `503` (a fetch an attacker blocked, a server down).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<String> {
