@@ -832,6 +832,8 @@ impl Delivery {
             recipients = accepted.len(),
             reply = %reply.summary(),
             tls = client.tls.as_ref().map(|t| t.version).unwrap_or("none"),
+            cipher = client.tls.as_ref().map(|t| t.cipher).unwrap_or("none"),
+            verified,
             "outbound delivery attempt answered"
         );
         Ok(())

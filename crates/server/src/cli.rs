@@ -76,6 +76,12 @@ pub enum Command {
     /// Inspect the outbound queue
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Print the day's TLS reports (RFC 8460 JSON), one per recipient domain with a policy
+    TlsReport {
+        /// The UTC day, YYYY-MM-DD (default: yesterday)
+        #[arg(long)]
+        day: Option<String>,
+    },
     /// Bring the store's schema up to date (a snapshot is taken first)
     Migrate {
         /// Only list the migrations that would run

@@ -423,6 +423,29 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
         "{results:?}"
     );
     drop(store);
+    // The day's RFC 8460 report for b.test says so.
+    let day = results.first().map(|r| r.day.clone()).unwrap_or_default();
+    let report = a.admin(&["tls-report", "--day", &day])?;
+    let report: serde_json::Value = ctx(serde_json::from_str(report.trim()), "report JSON")?;
+    let policy = &report["policies"][0];
+    assert_eq!(policy["policy"]["policy-type"], "sts", "{report}");
+    assert_eq!(policy["policy"]["policy-domain"], "b.test", "{report}");
+    assert_eq!(policy["policy"]["mx-host"][0], "mail.b.test", "{report}");
+    assert!(
+        policy["policy"]["policy-string"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l == "mode: enforce")),
+        "{report}"
+    );
+    assert!(
+        policy["summary"]["total-failure-session-count"].as_i64() >= Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        policy["failure-details"][0]["result-type"], "certificate-not-trusted",
+        "{report}"
+    );
+    assert_eq!(report["date-range"]["start-datetime"], format!("{day}T00:00:00Z"));
 
     // The policy outlives a restart (RFC 8461 5.1): a restarted sender whose view of the
     // policy is taken away (the TXT record gone, the policy server failing, as an attacker on
