@@ -1,5 +1,6 @@
-//! Third-party DKIM vectors through our DKIM path (`Authenticator::dkim_results`), with their
-//! key records served by the local DNS fixture:
+//! Third-party DKIM (and mail-auth's ARC) vectors through our DKIM path
+//! (`Authenticator::dkim_results`, `arc_chain`), with their key records served by the local DNS
+//! fixture:
 //! - mail-auth's six messages (../shared/testdata/mail-auth/resources/dkim): RFC 8463's example
 //!   and real mail from ietf.org, facebookmail, topicbox and github.
 //! - Mail::DKIM's verifier corpus (../shared/testdata/mail-dkim-perl): 65 DKIM messages with the
@@ -67,6 +68,34 @@ async fn mail_auth_vectors_verify() -> Result<(), String> {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(checked, 6);
+    Ok(())
+}
+
+/// mail-auth's two real ARC chains (google.com, stalw.art): the chain passes and so does at
+/// least one DKIM signature.
+#[tokio::test]
+async fn mail_auth_arc_vectors_pass() -> Result<(), String> {
+    let dir = format!("{}/mail-auth/resources/arc", sealmail_testkit::testdata());
+    let server = DnsServer::start().await?;
+    for number in 1..=2 {
+        let text = read(&format!("{dir}/{number:03}.txt"))?;
+        let (records, message) = text
+            .split_once("\n\n")
+            .ok_or(format!("{number:03}.txt has no blank line"))?;
+        server.clear();
+        for line in records.lines() {
+            let (name, value) = line.split_once(' ').ok_or(format!("bad record line {line}"))?;
+            server.add_txt(name, value);
+        }
+        let authenticator = authenticator(&server).await?;
+        let message = crlf(message);
+        assert_eq!(authenticator.arc_chain(&message).await, "pass", "{number:03}.txt");
+        let dkim = authenticator.dkim_results(&message).await;
+        assert!(
+            dkim.iter().any(|(_, r)| *r == "pass"),
+            "{number:03}.txt: {dkim:?}"
+        );
+    }
     Ok(())
 }
 
