@@ -18,6 +18,8 @@ use tokio_rustls::TlsConnector;
 const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one multi-line reply (an EHLO reply has a few dozen at most).
 const MAX_REPLY_LINES: usize = 128;
+/// Longest reply text kept (in the queue, logs and DSNs).
+const MAX_SUMMARY: usize = 1000;
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -38,9 +40,15 @@ impl Reply {
         self.code >= 500
     }
 
-    /// "CODE text" on one line, as logs, DSNs and `queue show` print it.
+    /// "CODE text" on one line, as logs, DSNs and `queue show` print it; at most
+    /// `MAX_SUMMARY` characters, control characters blanked (a hostile server's 128 lines of
+    /// 4 KiB are not kept with every recipient).
     pub fn summary(&self) -> String {
         format!("{} {}", self.code, self.lines.join(" "))
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_SUMMARY)
+            .collect()
     }
 
     /// The enhanced status code (RFC 3463) at the start of the text, if any.
@@ -344,6 +352,20 @@ mod tests {
         assert_eq!(reply("no such user").enhanced(), None);
         assert_eq!(reply("5.1 x").enhanced(), None);
         assert_eq!(reply("7.1.1 x").enhanced(), None);
+    }
+
+    #[test]
+    fn reply_summaries_are_bounded_and_on_one_line() {
+        let reply = Reply {
+            code: 451,
+            lines: vec!["x".repeat(4000); 128],
+        };
+        assert_eq!(reply.summary().chars().count(), MAX_SUMMARY);
+        let reply = Reply {
+            code: 550,
+            lines: vec!["no\rsuch\tuser".into(), "second".into()],
+        };
+        assert_eq!(reply.summary(), "550 no such user second");
     }
 
     #[test]

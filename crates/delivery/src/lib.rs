@@ -137,6 +137,21 @@ struct HostPolicy {
     relay_auth: bool,
 }
 
+/// An attempt with its texts cut to a length the queue and DSNs keep: they can come from a
+/// remote server (a malformed reply line is quoted in the error).
+fn bounded(attempt: &Attempt) -> Attempt {
+    let cut = |text: &String| -> String { text.chars().take(1000).collect() };
+    match attempt {
+        Attempt::Delivered(text) => Attempt::Delivered(cut(text)),
+        Attempt::Deferred(text) => Attempt::Deferred(cut(text)),
+        Attempt::Failed { status, text, host } => Attempt::Failed {
+            status: status.clone(),
+            text: cut(text),
+            host: host.clone(),
+        },
+    }
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -867,6 +882,7 @@ impl Delivery {
             let Some(attempt) = job.outcomes.get(&r.id) else {
                 continue;
             };
+            let attempt = &bounded(attempt);
             let outcome = match attempt {
                 Attempt::Delivered(text) => {
                     tracing::info!(queue_id = job.message.id, to = %r.address, "delivered: {text}");

@@ -1118,3 +1118,84 @@ async fn mail_that_cannot_be_delivered_in_time_bounces_with_the_last_error() -> 
         .await?;
     Ok(())
 }
+
+/// A hostile "MX" on loopback: it answers each connection with `script` (raw bytes) and then
+/// holds the connection open until the client gives up. Stands for the network outside.
+async fn hostile_server(scripts: Vec<Vec<u8>>) -> TestResult<(u16, tokio::task::JoinHandle<()>)> {
+    let port = common::free_addr()?.port();
+    let listener = ctx(tokio::net::TcpListener::bind(("127.0.0.1", port)).await, "bind")?;
+    let task = tokio::spawn(async move {
+        let mut scripts = scripts.into_iter().cycle();
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let script = scripts.next().unwrap_or_default();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = tcp.write_all(&script).await;
+                let mut sink = vec![0u8; 4096];
+                while let Ok(n) = tcp.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_replies_defer_with_a_bounded_reason_and_the_sender_stays_sane() -> TestResult {
+    let base = Base::new().await?;
+    base.dns.add_a("mail.evil.test", [127, 0, 0, 1].into());
+    // One connection gets an endless reply line, the next a well-formed greeting refusal of
+    // 100 lines of 4000 characters (400 KB, all of it "the reason"), the next a reply that is
+    // not SMTP, the next more lines than any reply may have.
+    let mut long = Vec::new();
+    for _ in 0..100 {
+        long.extend_from_slice(format!("554-{}\r\n", "x".repeat(4000)).as_bytes());
+    }
+    long.extend_from_slice(b"554 go away\r\n");
+    let mut many = b"220 hi\r\n".to_vec();
+    for _ in 0..200 {
+        many.extend_from_slice(format!("250-{}\r\n", "y".repeat(100)).as_bytes());
+    }
+    let (port, _server) = hostile_server(vec![
+        [b"220-".as_slice(), &vec![b'A'; 100_000]].concat(),
+        long,
+        b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+        many,
+    ])
+    .await?;
+    let mut a = base.a(
+        25,
+        &format!("\n[delivery.routes]\n\"evil.test\" = \"mail.evil.test:{port}\"\n"),
+    )?;
+    a.start().await?;
+    a.submit("alice@a.test", "victim@evil.test", "hostile", false)
+        .await?;
+    // Every attempt's stored reason (the 400 KB refusal among them) stays short.
+    let longest = std::sync::atomic::AtomicUsize::new(0);
+    let refused_seen = std::sync::atomic::AtomicBool::new(false);
+    let queue = a
+        .wait_for_queue(Duration::from_secs(30), |q| {
+            longest.fetch_max(q.len(), std::sync::atomic::Ordering::SeqCst);
+            if q.contains("greeting: 554") {
+                refused_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            q.contains("attempts=5")
+        })
+        .await?;
+    assert!(queue.contains("victim@evil.test pending"), "{queue}");
+    let longest = longest.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(longest < 3000, "the stored reason is bounded: {longest} bytes");
+    assert!(
+        refused_seen.load(std::sync::atomic::Ordering::SeqCst),
+        "the long refusal was stored (cut)"
+    );
+    // The sender still delivers elsewhere: a local message and the queue listing work.
+    a.submit("alice@a.test", "alice@a.test", "still-fine", false)
+        .await?;
+    a.wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(10))
+        .await?;
+    Ok(())
+}
