@@ -12,6 +12,12 @@ use sealmail_dns::Dns;
 
 use crate::verify::Tlsa;
 
+/// MX hosts tried per attempt, and addresses per host: a domain publishing hundreds (or a
+/// hostile DNS answer) must not make one attempt last hundreds of timeouts. Postfix tries 5
+/// addresses in all by default.
+const MAX_MX_HOSTS: usize = 10;
+const MAX_ADDRESSES_PER_HOST: usize = 4;
+
 /// One host to try, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -59,7 +65,10 @@ pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<V
             }
             mx.retain(|(_, host)| !host.is_empty());
             shuffle_equal_preferences(&mut mx);
-            mx.into_iter().map(|(_, host)| host).collect::<Vec<_>>()
+            mx.into_iter()
+                .map(|(_, host)| host)
+                .take(MAX_MX_HOSTS)
+                .collect::<Vec<_>>()
         }
         Err(e) if e.is_nx_domain() => {
             return Err(RouteError::Permanent {
@@ -115,7 +124,11 @@ async fn addresses(dns: &Dns, host: &str, port: u16) -> Result<Vec<SocketAddr>, 
     }
     match dns.resolver().lookup_ip(fqdn(host)).await {
         Ok(ips) => {
-            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            let addrs: Vec<SocketAddr> = ips
+                .iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .take(MAX_ADDRESSES_PER_HOST)
+                .collect();
             if addrs.is_empty() {
                 Err(RouteError::Permanent {
                     status: "5.1.2",
@@ -214,5 +227,40 @@ fn shuffle_equal_preferences(mx: &mut [(u16, String)]) {
     keyed.sort();
     for (slot, (pref, _, host)) in mx.iter_mut().zip(keyed) {
         *slot = (pref, host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealmail_testkit::dns::DnsServer;
+
+    #[tokio::test]
+    async fn many_mx_hosts_and_addresses_are_cut_to_the_best_few() -> Result<(), String> {
+        let server = DnsServer::start().await?;
+        for i in 0..30u8 {
+            // Listed worst first: the order must come from the preferences.
+            server.add_mx("big.test", 100 - u16::from(i), &format!("mx{i}.big.test"));
+            server.add_a(&format!("mx{i}.big.test"), [192, 0, 2, i].into());
+        }
+        for i in 0..10u8 {
+            server.add_a("mx29.big.test", [198, 51, 100, i].into());
+        }
+        let dns = Dns::new(&sealmail_config::DnsConfig {
+            nameservers: vec![server.addr()],
+            timeout: std::time::Duration::from_millis(500),
+            attempts: 1,
+            ..sealmail_config::DnsConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let hosts = hosts(&dns, &DeliveryConfig::default(), "big.test")
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(hosts.len(), MAX_MX_HOSTS);
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names[0], "mx29.big.test", "{names:?}");
+        assert_eq!(names[9], "mx20.big.test", "{names:?}");
+        assert_eq!(hosts[0].addrs.len(), MAX_ADDRESSES_PER_HOST);
+        Ok(())
     }
 }
