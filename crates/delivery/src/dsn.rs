@@ -26,21 +26,12 @@ pub struct Report<'a> {
     pub original: &'a [u8],
 }
 
+/// RFC 5322 date-time, as sealmail writes it elsewhere (`Date:` of submitted mail).
 fn rfc5322_date(unix: i64) -> String {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] +0000"
-    );
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&format).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
         .unwrap_or_default()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Text for a header or a report field: one line, printable.
@@ -60,7 +51,7 @@ fn random_token() -> String {
 /// The notification message, CRLF line ends.
 pub fn build(report: &Report<'_>) -> Vec<u8> {
     let boundary = format!("sealmail-dsn-{}", random_token());
-    let now = now();
+    let now = crate::now_unix();
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",

@@ -152,7 +152,20 @@ fn bounded(attempt: &Attempt) -> Attempt {
     }
 }
 
-fn now_unix() -> i64 {
+impl HostPolicy {
+    /// A destination's MX host (not the smarthost).
+    fn mx(mode: Mode, tls_required: bool, policy_type: &'static str) -> HostPolicy {
+        HostPolicy {
+            mode,
+            tls_required,
+            policy_type,
+            implicit_tls: false,
+            relay_auth: false,
+        }
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -397,22 +410,10 @@ impl Delivery {
         }
         match route::dane(&self.inner.dns, host).await {
             Dane::Records(records) => {
-                return Ok(HostPolicy {
-                    mode: Mode::Dane(records),
-                    tls_required: true,
-                    policy_type: "tlsa",
-                    implicit_tls: false,
-                    relay_auth: false,
-                });
+                return Ok(HostPolicy::mx(Mode::Dane(records), true, "tlsa"));
             }
             Dane::Unusable => {
-                return Ok(HostPolicy {
-                    mode: Mode::Opportunistic,
-                    tls_required: true,
-                    policy_type: "tlsa",
-                    implicit_tls: false,
-                    relay_auth: false,
-                });
+                return Ok(HostPolicy::mx(Mode::Opportunistic, true, "tlsa"));
             }
             Dane::Failed(reason) => {
                 self.tls_result(domain, "tlsa", &host.name, "dnssec-invalid", &reason)
@@ -428,31 +429,21 @@ impl Delivery {
                     .await;
                 return Err(reason);
             }
-            return Ok(HostPolicy {
-                mode: Mode::Pkix,
-                tls_required: true,
-                policy_type: "sts",
-                implicit_tls: false,
-                relay_auth: false,
-            });
+            return Ok(HostPolicy::mx(Mode::Pkix, true, "sts"));
         }
         let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
         if self.inner.config.require_tls.iter().any(|d| d == domain) {
-            return Ok(HostPolicy {
-                mode: Mode::Pkix,
-                tls_required: true,
-                policy_type: if testing { "sts" } else { "no-policy-found" },
-                implicit_tls: false,
-                relay_auth: false,
-            });
+            return Ok(HostPolicy::mx(
+                Mode::Pkix,
+                true,
+                if testing { "sts" } else { "no-policy-found" },
+            ));
         }
-        Ok(HostPolicy {
-            mode: Mode::Opportunistic,
-            tls_required: false,
-            policy_type: if testing { "sts" } else { "no-policy-found" },
-            implicit_tls: false,
-            relay_auth: false,
-        })
+        Ok(HostPolicy::mx(
+            Mode::Opportunistic,
+            false,
+            if testing { "sts" } else { "no-policy-found" },
+        ))
     }
 
     async fn tls_result(&self, domain: &str, policy_type: &str, host: &str, result_type: &str, detail: &str) {

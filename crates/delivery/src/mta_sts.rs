@@ -15,12 +15,7 @@ use mail_auth::mta_sts::MtaSts as StsRecord;
 use sealmail_dns::Dns;
 use sealmail_store::Store;
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use crate::now_unix;
 
 /// RFC 8461 3.3: policy bodies over 64 KiB are refused.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
