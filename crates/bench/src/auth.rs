@@ -30,6 +30,18 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
+/// The hashing two DKIM signatures need at most: per signature the body and ~200 bytes of
+/// header.
+fn hash_like_dkim(body: &[u8]) {
+    for _ in 0..2 {
+        std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body));
+        std::hint::black_box(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &body[..200.min(body.len())],
+        ));
+    }
+}
+
 fn per_message(total: Duration, n: usize) -> f64 {
     total.as_secs_f64() * 1e6 / n as f64
 }
@@ -100,26 +112,14 @@ pub async fn run(size: usize, iterations: usize) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     for _ in 0..iterations {
-        for _ in 0..2 {
-            std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body));
-            std::hint::black_box(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                &body[..200],
-            ));
-        }
+        hash_like_dkim(&body);
         ed_public.verify(digest.as_ref(), ed_sig.as_ref())?;
         rsa_public.verify(digest.as_ref(), &rsa_sig)?;
     }
     let verify_floor = per_message(started.elapsed(), iterations);
     let started = Instant::now();
     for _ in 0..iterations {
-        for _ in 0..2 {
-            std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body));
-            std::hint::black_box(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                &body[..200],
-            ));
-        }
+        hash_like_dkim(&body);
         std::hint::black_box(ed.sign(digest.as_ref()));
         rsa.sign(&signature::RSA_PKCS1_SHA256, &rng, digest.as_ref(), &mut rsa_sig)?;
     }

@@ -3,7 +3,6 @@
 //! state must be the suite's `cv` (an empty cv means Fail), or be listed in
 //! `EXPECTED_TO_DIFFER` with the reason.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize as _;
@@ -13,6 +12,7 @@ use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::Authenticator;
 use sealmail_testkit::dns::DnsServer;
+use sealmail_testkit::suite::Tally;
 
 /// Cases where mail-auth 0.13.3 gives another state than the suite, with the reason
 /// (measured 2026-11-29: 164 of 175 pass, with our rule that rsa-sha1 never passes). The test fails if a listed case starts passing.
@@ -93,9 +93,8 @@ async fn arc_validation_suite_through_our_arc_path() -> Result<(), String> {
         cache_size: 0,
         ..DnsConfig::default()
     };
-    let mut failures = BTreeMap::new();
-    let (mut passed, mut differ, mut total) = (0, 0, 0);
-    let mut stale = Vec::new();
+    let mut tally = Tally::default();
+    let mut total = 0;
     for document in serde_yaml::Deserializer::from_str(&raw) {
         let scenario = Value::deserialize(document).map_err(|e| e.to_string())?;
         server.clear();
@@ -122,35 +121,13 @@ async fn arc_validation_suite_through_our_arc_path() -> Result<(), String> {
                 .iter()
                 .find(|(_, cases)| cases.contains(&id.as_str()))
                 .map(|(why, _)| *why);
-            if got == expected {
-                passed += 1;
-                if listed.is_some() {
-                    stale.push(id);
-                }
-            } else if let Some(why) = listed {
-                differ += 1;
-                println!("{id}: differs as expected ({why})");
-            } else {
-                failures.insert(id, format!("expected {expected}, got {got}"));
-            }
+            tally.case(&id, got == expected, listed, || {
+                format!("expected {expected}, got {got}")
+            });
         }
     }
-    println!("ARC suite: {passed} of {total} pass, {differ} listed as differing");
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "these now pass; remove them from EXPECTED_TO_DIFFER: {stale:?}"
-    );
-    assert_eq!(passed + differ, total);
+    tally.check("ARC suite");
+    assert_eq!(tally.passed + tally.differ, total);
     assert!(total >= 150, "only {total} cases found");
     Ok(())
 }

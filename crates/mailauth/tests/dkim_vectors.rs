@@ -34,23 +34,29 @@ async fn authenticator(server: &DnsServer) -> Result<Authenticator, String> {
     Ok(Authenticator::new(&dns, "mx.sealmail.test"))
 }
 
-/// mail-auth's files: "NAME TXT-VALUE" lines, a blank line, then the message.
+/// A mail-auth resource file ("NAME TXT-VALUE" lines, a blank line, then the message): its
+/// records served by `server` (and only those), its message with CRLF line ends.
+fn serve_vector(server: &DnsServer, path: &str) -> Result<Vec<u8>, String> {
+    let text = read(path)?;
+    let (records, message) = text
+        .split_once("\n\n")
+        .ok_or(format!("{path} has no blank line"))?;
+    server.clear();
+    for line in records.lines() {
+        let (name, value) = line.split_once(' ').ok_or(format!("bad record line {line}"))?;
+        server.add_txt(name, value);
+    }
+    Ok(crlf(message))
+}
+
 #[tokio::test]
 async fn mail_auth_vectors_verify() -> Result<(), String> {
     let dir = format!("{}/mail-auth/resources/dkim", sealmail_testkit::testdata());
     let server = DnsServer::start().await?;
     let (mut checked, mut failures) = (0, Vec::new());
     for number in 1..=6 {
-        let text = read(&format!("{dir}/{number:03}.txt"))?;
-        let (records, message) = text
-            .split_once("\n\n")
-            .ok_or(format!("{number:03}.txt has no blank line"))?;
-        server.clear();
-        for line in records.lines() {
-            let (name, value) = line.split_once(' ').ok_or(format!("bad record line {line}"))?;
-            server.add_txt(name, value);
-        }
-        let results = authenticator(&server).await?.dkim_results(&crlf(message)).await;
+        let message = serve_vector(&server, &format!("{dir}/{number:03}.txt"))?;
+        let results = authenticator(&server).await?.dkim_results(&message).await;
         let expected: &[&str] = match number {
             // RFC 8463 Appendix A (the Ed25519 and the RSA signature); ietf.org signs twice.
             1 | 3 => &["pass", "pass"],
@@ -78,17 +84,8 @@ async fn mail_auth_arc_vectors_pass() -> Result<(), String> {
     let dir = format!("{}/mail-auth/resources/arc", sealmail_testkit::testdata());
     let server = DnsServer::start().await?;
     for number in 1..=2 {
-        let text = read(&format!("{dir}/{number:03}.txt"))?;
-        let (records, message) = text
-            .split_once("\n\n")
-            .ok_or(format!("{number:03}.txt has no blank line"))?;
-        server.clear();
-        for line in records.lines() {
-            let (name, value) = line.split_once(' ').ok_or(format!("bad record line {line}"))?;
-            server.add_txt(name, value);
-        }
+        let message = serve_vector(&server, &format!("{dir}/{number:03}.txt"))?;
         let authenticator = authenticator(&server).await?;
-        let message = crlf(message);
         assert_eq!(authenticator.arc_chain(&message).await, "pass", "{number:03}.txt");
         let dkim = authenticator.dkim_results(&message).await;
         assert!(

@@ -3,13 +3,13 @@
 //! the same resolver set-up the server uses. Every case must pass, or be listed in `EXPECTED_TO_DIFFER`
 //! with the reason.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::{Authenticator, spf_result_name};
 use sealmail_testkit::dns::{DnsServer, Rec};
+use sealmail_testkit::suite::Tally;
 use serde::Deserialize as _;
 use serde_yaml::Value;
 
@@ -230,10 +230,7 @@ async fn rfc7208_suite_passes_through_our_spf_path() -> Result<(), String> {
         cache_size: 0,
         ..DnsConfig::default()
     };
-    let mut failures = BTreeMap::new();
-    let mut passed = 0;
-    let mut differ = 0;
-    let mut stale = Vec::new();
+    let mut tally = Tally::default();
     for document in serde_yaml::Deserializer::from_str(&raw) {
         let scenario = Value::deserialize(document).map_err(|e| e.to_string())?;
         let description = text(&scenario["description"]);
@@ -269,40 +266,15 @@ async fn rfc7208_suite_passes_through_our_spf_path() -> Result<(), String> {
             {
                 ok = false;
             }
-            if ok {
-                passed += 1;
-                if listed_as_differing(&id).is_some() {
-                    stale.push(id.clone());
-                }
-            } else if let Some(why) = listed_as_differing(&id) {
-                differ += 1;
-                println!("{id}: differs as expected ({why})");
-            } else {
-                failures.insert(
-                    id.clone(),
-                    format!(
-                        "[{description}] expected {expected:?}, got {got} (explanation {:?})",
-                        output.explanation()
-                    ),
-                );
-            }
+            tally.case(&id, ok, listed_as_differing(&id), || {
+                format!(
+                    "[{description}] expected {expected:?}, got {got} (explanation {:?})",
+                    output.explanation()
+                )
+            });
         }
     }
-    println!("RFC 7208 suite: {passed} passed, {differ} listed as differing");
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "these now pass; remove them from EXPECTED_TO_DIFFER: {stale:?}"
-    );
-    assert_eq!(passed + differ, 203, "every case of the suite ran");
+    tally.check("RFC 7208 suite");
+    assert_eq!(tally.passed + tally.differ, 203, "every case of the suite ran");
     Ok(())
 }

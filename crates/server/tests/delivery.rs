@@ -185,6 +185,15 @@ impl Node {
         }
     }
 
+    /// The TLS results (TLS-RPT counts) this node's store holds.
+    async fn tls_results(&self) -> TestResult<Vec<sealmail_store::TlsResultCount>> {
+        let store = ctx(
+            sealmail_store::SqliteStore::open(&self.data(), 4).await,
+            "open store",
+        )?;
+        ctx(sealmail_store::Store::tls_results(&store).await, "tls results")
+    }
+
     fn queue_ids(&self) -> TestResult<Vec<String>> {
         Ok(self
             .admin(&["queue", "list"])?
@@ -410,11 +419,7 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
         "never sent under enforce"
     );
     // Counted for TLS-RPT as an MTA-STS failure of that MX host.
-    let store = ctx(
-        sealmail_store::SqliteStore::open(&a.data(), 4).await,
-        "open store",
-    )?;
-    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    let results = a.tls_results().await?;
     assert!(
         results.iter().any(|r| r.result.policy_domain == "b.test"
             && r.result.policy_type == "sts"
@@ -422,7 +427,6 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
             && r.result.result_type == "certificate-not-trusted"),
         "{results:?}"
     );
-    drop(store);
     // The day's RFC 8460 report for b.test says so.
     let day = results.first().map(|r| r.day.clone()).unwrap_or_default();
     let report = a.admin(&["tls-report", "--day", &day])?;
@@ -485,11 +489,7 @@ async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_deliver
         .await?;
     assert!(inbox[0].contains("Subject: enforced"));
     // Testing mode delivered, but the unverifiable certificate is still reported, not a success.
-    let store = ctx(
-        sealmail_store::SqliteStore::open(&a.data(), 4).await,
-        "open store",
-    )?;
-    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    let results = a.tls_results().await?;
     assert!(
         !results
             .iter()
@@ -754,11 +754,7 @@ async fn a_server_without_starttls_gets_plaintext_only_when_nothing_requires_tls
     );
 
     // The refusal under require_tls is counted for TLS-RPT.
-    let store = ctx(
-        sealmail_store::SqliteStore::open(&a.data(), 4).await,
-        "open store",
-    )?;
-    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    let results = a.tls_results().await?;
     assert!(
         results.iter().any(|r| r.result.policy_domain == "strict.test"
             && r.result.result_type == "starttls-not-supported"
@@ -1080,11 +1076,7 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
         .await?;
     assert!(inbox[0].contains("Subject: dane-ta"));
     // Recorded for TLS-RPT as a TLSA success.
-    let store = ctx(
-        sealmail_store::SqliteStore::open(&a.data(), 4).await,
-        "open store",
-    )?;
-    let results = ctx(sealmail_store::Store::tls_results(&store).await, "tls results")?;
+    let results = a.tls_results().await?;
     assert!(
         results
             .iter()

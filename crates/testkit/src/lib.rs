@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod pki;
+pub mod suite;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
