@@ -978,6 +978,25 @@ async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> 
         password_file.display()
     );
     let mut a = base.a(25, &relay)?;
+    // A password file others can read: the server refuses to start and says how to fix it.
+    use std::os::unix::fs::PermissionsExt;
+    ctx(
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644)),
+        "chmod",
+    )?;
+    let refused = a
+        .start()
+        .await
+        .err()
+        .ok_or("started with a readable password file")?;
+    assert!(
+        refused.contains("relay password") && refused.contains("0600"),
+        "{refused}"
+    );
+    ctx(
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)),
+        "chmod",
+    )?;
     b.start().await?;
     a.start().await?;
     a.submit("alice@a.test", "bob@b.test", "via-smarthost", false)

@@ -512,12 +512,29 @@ impl Sealmail {
             if self.errors().contains(needle) {
                 return Ok(());
             }
+            if self.exited() {
+                return Err(format!(
+                    "{needle:?} not logged: the process exited; stderr:\n{}",
+                    self.errors()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(format!(
             "{needle:?} not logged within {limit:?}; stderr:\n{}",
             self.errors()
         ))
+    }
+
+    /// Whether the process has ended (a zombie waiting to be reaped, or gone); Linux /proc.
+    fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+            Err(_) => true,
+        }
     }
 }
 
