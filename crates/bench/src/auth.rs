@@ -4,9 +4,13 @@
 //! Verification: `Authenticator::check_inbound` on a message signed by our Signer (Ed25519 and
 //! RSA-2048), with SPF, DKIM keys and DMARC served by a local DNS server and the resolver's
 //! cache warm: SPF for HELO and MAIL FROM, both DKIM signatures, ARC, DMARC, the header.
-//! Signing: `Signer::sign` (both signatures). Floor: SHA-256 over the message twice (body hash
-//! and header hash, as DKIM does per signature, so twice for two) plus one Ed25519 and one
-//! RSA-2048 verification (or signature), with aws-lc-rs directly.
+//! Signing: `Signer::sign` (both signatures). Floor: what any DKIM verifier (or signer) must
+//! compute, with aws-lc-rs directly: SHA-256 over the body once (both signatures use
+//! relaxed/relaxed and SHA-256, so they share the body hash), SHA-256 over ~200 bytes of signed
+//! header fields per signature, one Ed25519 and one RSA-2048 verification (or signature).
+//!
+//! "Warm DNS cache" includes negative answers: the DMARC tree walk's NXDOMAIN for `_dmarc.test`
+//! is cached for its SOA's time, as a resolver caches `_dmarc.com` on the Internet.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -30,11 +34,11 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
-/// The hashing two DKIM signatures need at most: per signature the body and ~200 bytes of
-/// header.
+/// The hashing two DKIM signatures over the same body need: the body once, ~200 bytes of
+/// header per signature.
 fn hash_like_dkim(body: &[u8]) {
+    std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body));
     for _ in 0..2 {
-        std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body));
         std::hint::black_box(aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
             &body[..200.min(body.len())],

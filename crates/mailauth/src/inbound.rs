@@ -6,6 +6,7 @@
 //! - rsa-sha1 signatures never pass (RFC 8301), whatever the cryptography says: they are
 //!   reported as `dkim=policy` and left out of DMARC, and an ARC chain with an rsa-sha1 seal or
 //!   message signature fails. RSA keys under 1024 bits already fail in the cryptography layer.
+//! - At most [`MAX_DKIM_SIGNATURES`] DKIM signatures per message are checked.
 //! - DMARC `p=reject` failures are refused (550 5.7.1), `p=quarantine` failures go to Junk.
 //! - A temporary DNS failure that could change the outcome (the DMARC lookup itself, or SPF or
 //!   DKIM when DMARC did not pass) asks the sender to retry (451 4.7.x): never a silent pass.
@@ -69,6 +70,33 @@ pub struct Verdict {
     pub dmarc: &'static str,
     /// The RFC 5322.From domain DMARC was evaluated for.
     pub from_domain: String,
+}
+
+/// The most DKIM signatures checked in one message (RFC 6376 6.1 lets a verifier limit them,
+/// and 8.4 warns of messages that carry many): each costs a DNS lookup, perhaps a timeout, and
+/// a public-key operation, and a message can carry thousands. The topmost ones, the most
+/// recently added, are checked (chasquid also stops at five); the rest are reported together
+/// as one `dkim=policy`. As many malformed signatures are reported, each as `neutral`.
+pub const MAX_DKIM_SIGNATURES: usize = 5;
+
+/// Leaves at most [`MAX_DKIM_SIGNATURES`] signatures, and as many malformed ones, in
+/// `parsed`; returns how many it took out.
+fn limit_dkim_signatures(parsed: &mut AuthenticatedMessage<'_>) -> usize {
+    let mut dropped = parsed.dkim_headers.len().saturating_sub(MAX_DKIM_SIGNATURES);
+    parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+    let mut malformed = 0;
+    parsed.errors.retain(|h| {
+        if !matches!(h.header, mail_auth::Error::Dkim(_)) {
+            return true;
+        }
+        malformed += 1;
+        if malformed > MAX_DKIM_SIGNATURES {
+            dropped += 1;
+            return false;
+        }
+        true
+    });
+    dropped
 }
 
 fn dmarc_name(result: &DmarcResult) -> &'static str {
@@ -173,10 +201,12 @@ impl Authenticator {
     /// Each DKIM signature's result as Authentication-Results names it (RFC 8601 2.7.1), with
     /// its `d=` (empty when the signature could not be parsed); rsa-sha1 ones last. Signatures
     /// with `l=` never pass (`neutral`): content could be appended after the signed part.
+    /// Past [`MAX_DKIM_SIGNATURES`], one `("", "policy")` stands for the signatures not checked.
     pub async fn dkim_results(&self, message: &[u8]) -> Vec<(String, &'static str)> {
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
             return Vec::new();
         };
+        let unchecked = limit_dkim_signatures(&mut parsed);
         let (dkim, weak) = self.verify_dkim(&parsed).await;
         let mut results: Vec<(String, &'static str)> = dkim
             .iter()
@@ -201,6 +231,9 @@ impl Authenticator {
                 .filter_map(|d| d.signature())
                 .map(|s| (s.d.to_ascii_lowercase(), "policy")),
         );
+        if unchecked > 0 {
+            results.push((String::new(), "policy"));
+        }
         results
     }
 
@@ -234,7 +267,7 @@ impl Authenticator {
             Some((_, domain)) => domain.to_string(),
             None => helo.to_string(),
         };
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
             let header = AuthenticationResults::new(&self.hostname)
                 .with_spf_ehlo_result(&spf_helo, ip, helo)
                 .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
@@ -246,6 +279,7 @@ impl Authenticator {
                 from_domain: String::new(),
             };
         };
+        let unchecked = limit_dkim_signatures(&mut parsed);
         let (dkim, weak) = self.verify_dkim(&parsed).await;
         let arc = self.verify_arc(&parsed).await;
         let from_domain = parsed
@@ -274,13 +308,19 @@ impl Authenticator {
             .with_arc_result(&arc, ip)
             .with_dmarc_result(&dmarc)
             .to_header();
-        if !weak.is_empty() {
-            // Insert before the final CRLF: one `dkim=policy` per rsa-sha1 signature.
+        if !weak.is_empty() || unchecked > 0 {
+            // Insert before the final CRLF: one `dkim=policy` per rsa-sha1 signature, one for
+            // the signatures past the limit.
             results.truncate(results.trim_end_matches("\r\n").len());
             for signature in weak.iter().filter_map(|d| d.signature()) {
                 results.push_str(&format!(
                     ";\r\n\tdkim=policy reason=\"rsa-sha1 is not accepted (RFC 8301)\" header.d={}",
                     signature.d
+                ));
+            }
+            if unchecked > 0 {
+                results.push_str(&format!(
+                    ";\r\n\tdkim=policy reason=\"{unchecked} more DKIM signatures not checked (limit {MAX_DKIM_SIGNATURES})\""
                 ));
             }
             results.push_str("\r\n");

@@ -6,6 +6,8 @@
 //! - Mail::DKIM's verifier corpus (../shared/testdata/mail-dkim-perl): 65 DKIM messages with the
 //!   Perl verifier's expectations. Those are RFC 4871-era: rows it passes with rsa-sha1 or an RSA
 //!   key under 1024 bits must not pass here (RFC 8301); `weak` says which, and why.
+//! - chasquid's DKIM verifier cases (../shared/testdata/chasquid/internal/dkim/testdata), with
+//!   the two where we differ listed with the reason.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::Authenticator;
 use sealmail_testkit::dns::DnsServer;
+use sealmail_testkit::suite::Tally;
+use serde_json::Value;
 
 fn read(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
@@ -205,5 +209,133 @@ async fn mail_dkim_perl_corpus_meets_a_secure_verifier_s_expectations() -> Resul
     // are rsa-sha256 with a key of 1024 bits or more; the other 26 are exactly the rows
     // dkimpy also rejects (PROVENANCE.md).
     assert_eq!((passed, rejected_as_listed, not_passed), (4, 26, 36));
+    Ok(())
+}
+
+/// chasquid's cases where our result differs from chasquid's, and why.
+const CHASQUID_EXPECTED_TO_DIFFER: &[(&str, &str)] = &[
+    (
+        "07-algo_mismatch",
+        "the selector has two key records (k=rsa, then k=ed25519) for an Ed25519 signature: \
+         mail-auth uses the first record that parses, chasquid tries each; RFC 6376 6.1.2 allows \
+         either, and two keys under one selector is the publisher's error",
+    ),
+    (
+        "09-limited_body",
+        "an l= signature never passes here (unsigned content could follow the signed part); \
+         chasquid passes it",
+    ),
+];
+
+/// A chasquid test file; the copy keeps git's symbolic links as files holding the target's name.
+fn read_chasquid(dir: &str, file: &str) -> Result<String, String> {
+    let text = read(&format!("{dir}/{file}"))?;
+    if !text.contains('\n') && std::path::Path::new(&format!("{dir}/{text}")).is_file() {
+        return read(&format!("{dir}/{text}"));
+    }
+    Ok(text)
+}
+
+/// A result as chasquid classes it: SUCCESS, TEMPFAIL, or PERMFAIL (anything else that is not
+/// a pass: fail, permerror, neutral, policy).
+fn chasquid_state(result: &str) -> &'static str {
+    match result {
+        "pass" => "SUCCESS",
+        "temperror" => "TEMPFAIL",
+        _ => "PERMFAIL",
+    }
+}
+
+/// Each case's message, with its NAME.dns records served ("name: value", `\` continues a line;
+/// TEMPERROR answers SERVFAIL, PERMERROR is a name that does not exist), checked by our DKIM
+/// path; each signature's domain and state must be chasquid's (NAME.result), or, where chasquid
+/// refuses the message (NAME.error), nothing may pass. The order is not compared: we report
+/// malformed signatures first.
+#[tokio::test]
+async fn chasquid_cases_verify_as_chasquid_expects() -> Result<(), String> {
+    let dir = format!("{}/chasquid/internal/dkim/testdata", sealmail_testkit::testdata());
+    let server = DnsServer::start().await?;
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .filter_map(|entry| {
+            entry
+                .ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".msg")
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    let mut tally = Tally::default();
+    for name in &names {
+        server.clear();
+        if let Ok(records) = read_chasquid(&dir, &format!("{name}.dns")) {
+            for record in records.replace("\\\n", " ").split("\n\n") {
+                let Some((owner, value)) = record.split_once(':') else {
+                    continue;
+                };
+                let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
+                match value.as_str() {
+                    "TEMPERROR" => server.servfail(owner.trim()),
+                    "PERMERROR" => {}
+                    _ => server.add_txt(owner.trim(), &value),
+                }
+            }
+        }
+        let message = crlf(&read_chasquid(&dir, &format!("{name}.msg"))?);
+        let authenticator = authenticator(&server).await?;
+        let results = authenticator.dkim_results(&message).await;
+        // Signatures past our limit of five are one ("", "policy") entry; chasquid leaves them
+        // out of its results.
+        let unchecked = results.iter().any(|(d, r)| d.is_empty() && *r == "policy");
+        assert_eq!(unchecked, name == "02-too_many_headers", "{name}: {results:?}");
+        let mut got: Vec<(String, &str)> = results
+            .iter()
+            .filter(|(d, r)| !(d.is_empty() && *r == "policy"))
+            .map(|(domain, result)| (domain.clone(), chasquid_state(result)))
+            .collect();
+        got.sort();
+        let expected_error = read_chasquid(&dir, &format!("{name}.error"))
+            .map(|e| e.trim() != "<nil>")
+            .unwrap_or(false);
+        let (ok, expected) = match read_chasquid(&dir, &format!("{name}.result")) {
+            Ok(json) => {
+                let value: Value = serde_json::from_str(&json).map_err(|e| format!("{name}.result: {e}"))?;
+                let mut expected: Vec<(String, &str)> = value["Results"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| {
+                        let state = match r["State"].as_str() {
+                            Some("SUCCESS") => "SUCCESS",
+                            Some("TEMPFAIL") => "TEMPFAIL",
+                            _ => "PERMFAIL",
+                        };
+                        (
+                            r["Domain"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                            state,
+                        )
+                    })
+                    .collect();
+                expected.sort();
+                (got == expected, format!("{expected:?}"))
+            }
+            Err(_) if expected_error => (
+                got.iter().all(|(_, state)| *state != "SUCCESS"),
+                "an error, no pass".to_string(),
+            ),
+            Err(e) => return Err(format!("{name}: neither a result nor an error: {e}")),
+        };
+        let listed = CHASQUID_EXPECTED_TO_DIFFER
+            .iter()
+            .find(|(case, _)| case == name)
+            .map(|(_, why)| *why);
+        tally.case(name, ok, listed, || format!("expected {expected}, got {got:?}"));
+    }
+    tally.check("chasquid DKIM cases");
+    assert_eq!(tally.passed + tally.differ, 11, "every case ran");
+    assert_eq!(tally.differ, CHASQUID_EXPECTED_TO_DIFFER.len());
     Ok(())
 }

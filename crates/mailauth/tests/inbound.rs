@@ -64,6 +64,11 @@ impl World {
         mail_from: &str,
         message: &[u8],
     ) -> Result<Verdict, String> {
+        let authenticator = self.authenticator(reverse_lookups)?;
+        Ok(check(&authenticator, ip, mail_from, message).await)
+    }
+
+    fn authenticator(&self, reverse_lookups: bool) -> Result<Authenticator, String> {
         let dns = Dns::new(&DnsConfig {
             nameservers: vec![self.server.addr()],
             timeout: Duration::from_millis(300),
@@ -72,17 +77,20 @@ impl World {
             ..DnsConfig::default()
         })
         .map_err(|e| e.to_string())?;
-        let authenticator = Authenticator::new(&dns, "mx.sealmail.test");
-        Ok(authenticator
-            .check_inbound(
-                IpAddr::from(ip),
-                "mail.football.example.com",
-                mail_from,
-                message,
-                &InboundPolicy::default(),
-            )
-            .await)
+        Ok(Authenticator::new(&dns, "mx.sealmail.test"))
     }
+}
+
+async fn check(authenticator: &Authenticator, ip: [u8; 4], mail_from: &str, message: &[u8]) -> Verdict {
+    authenticator
+        .check_inbound(
+            IpAddr::from(ip),
+            "mail.football.example.com",
+            mail_from,
+            message,
+            &InboundPolicy::default(),
+        )
+        .await
 }
 
 fn has(header: &str, needle: &str) -> bool {
@@ -110,6 +118,30 @@ async fn a_signed_message_from_its_domain_passes_everything() -> Result<(), Stri
     assert!(h.ends_with("\r\n"));
     assert_eq!(verdict.disposition, Disposition::Accept);
     assert_eq!(verdict.dmarc, "pass");
+    Ok(())
+}
+
+/// With the cache warm, checking the next message asks DNS nothing: not for the SPF and DKIM
+/// records, and not for the names the DMARC tree walk finds empty (`_dmarc.example.com`,
+/// `_dmarc.com`), whose NXDOMAIN answers are cached for their SOA's time (RFC 2308). A query per
+/// message would cost a round trip to the resolver for every message received.
+#[tokio::test]
+async fn a_warm_cache_checks_a_message_without_asking_dns() -> Result<(), String> {
+    let world = World::new("v=DMARC1; p=reject", "v=spf1 ip4:192.0.2.10 -all").await?;
+    let authenticator = world.authenticator(false)?;
+    let message = signed_message()?;
+    let first = check(&authenticator, SENDER_IP, "joe@football.example.com", &message).await;
+    assert!(has(&first.header, "dmarc=pass"), "{}", first.header);
+    let asked = world.server.queries();
+    assert!(
+        asked >= 5,
+        "SPF x2, two DKIM keys and the DMARC walk were asked for: {asked}"
+    );
+    for _ in 0..3 {
+        let again = check(&authenticator, SENDER_IP, "joe@football.example.com", &message).await;
+        assert_eq!(again.header, first.header);
+    }
+    assert_eq!(world.server.queries(), asked, "no query once the cache is warm");
     Ok(())
 }
 
@@ -229,5 +261,46 @@ async fn a_message_without_a_header_section_is_refused() -> Result<(), String> {
         );
         assert_eq!(verdict.dmarc, "permerror");
     }
+    Ok(())
+}
+
+/// A message can carry any number of DKIM signatures, each a key lookup (perhaps a timeout) and
+/// a public-key operation; only the topmost five are checked, the rest are named in one
+/// `dkim=policy` entry.
+#[tokio::test]
+async fn only_five_dkim_signatures_are_checked() -> Result<(), String> {
+    let world = World::new("v=DMARC1; p=none", "v=spf1 ip4:192.0.2.10 -all").await?;
+    let message = String::from_utf8(signed_message()?).map_err(|e| e.to_string())?;
+    // The real Ed25519 signature (its body hash is right), re-labelled for 200 other domains
+    // whose key lookups all find nothing.
+    let start = message.find("DKIM-Signature:").ok_or("no signature")?;
+    let length = message[start..]
+        .match_indices("\r\n")
+        .map(|(i, _)| i + 2)
+        .find(|&end| !message[start + end..].starts_with([' ', '\t']))
+        .ok_or("unterminated signature")?;
+    let signature = &message[start..start + length];
+    let mut hostile = String::new();
+    for n in 0..200 {
+        hostile.push_str(&signature.replace("football.example.com", &format!("d{n}.test")));
+    }
+    hostile.push_str(&message);
+    let before = world.server.queries();
+    let verdict = world
+        .check(SENDER_IP, "joe@football.example.com", hostile.as_bytes())
+        .await?;
+    let asked = world.server.queries() - before;
+    let h = &verdict.header;
+    assert_eq!(h.matches("dkim=").count(), 6, "five checked, one summary: {h}");
+    assert!(
+        has(
+            h,
+            "dkim=policy reason=\"197 more DKIM signatures not checked (limit 5)\""
+        ),
+        "{h}"
+    );
+    // SPF (TXT and A for the HELO name, TXT for the sender), the DMARC walk (3 names) and at
+    // most five key records.
+    assert!(asked <= 12, "{asked} queries for one message");
     Ok(())
 }

@@ -4,14 +4,17 @@
 //! Besides records it can make a name time out (no answer at all), answer SERVFAIL, and mark
 //! names as DNSSEC-secure (the AD bit, which a resolver configured to trust it passes on) for
 //! the delivery issue's DANE tests. Unknown names get NXDOMAIN; a name with records but none of
-//! the asked type gets an empty NOERROR answer; CNAMEs are followed inside the zone.
+//! the asked type gets an empty NOERROR answer; CNAMEs are followed inside the zone. Both
+//! negative answers carry the zone's SOA, as an authoritative server's must (RFC 2308 3), so
+//! resolvers cache them for its TTL as they would on the Internet.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -72,6 +75,8 @@ struct Zone {
     secure: HashSet<String>,
     /// TTL of every answer; `None` is 300 s. Tests that change records use 0 (not cached).
     ttl: Option<u32>,
+    /// Queries received, over UDP and TCP, answered or not.
+    queries: AtomicUsize,
 }
 
 fn key(name: &str) -> String {
@@ -188,11 +193,12 @@ impl DnsServer {
         });
     }
 
-    /// Forgets every record and setting (except the TTL).
+    /// Forgets every record and setting (except the TTL and the query count).
     pub fn clear(&self) {
         self.with_zone(|z| {
             *z = Zone {
                 ttl: z.ttl,
+                queries: AtomicUsize::new(z.queries.load(Ordering::Relaxed)),
                 ..Zone::default()
             }
         });
@@ -202,12 +208,22 @@ impl DnsServer {
     pub fn set_ttl(&self, ttl: u32) {
         self.with_zone(|z| z.ttl = Some(ttl));
     }
+
+    /// How many queries the server has received so far.
+    pub fn queries(&self) -> usize {
+        self.zone
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .queries
+            .load(Ordering::Relaxed)
+    }
 }
 
 /// The answer to one query, or `None` for no answer (a timeout).
 fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
-    let request = Message::from_vec(request).ok()?;
     let zone = zone.read().unwrap_or_else(|p| p.into_inner());
+    zone.queries.fetch_add(1, Ordering::Relaxed);
+    let request = Message::from_vec(request).ok()?;
     let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
     response.metadata.authoritative = true;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
@@ -240,8 +256,10 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
     // with the AD or DO bit.
     let asked = request.metadata.authentic_data || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
     response.metadata.authentic_data = zone.secure.contains(&name) && asked;
+    let ttl = zone.ttl.unwrap_or(300);
     if !known {
         response.metadata.response_code = ResponseCode::NXDomain;
+        response.add_authority(zone_soa(query.name(), ttl)?);
         return response.to_vec().ok();
     }
     let mut owner = query.name().clone();
@@ -266,7 +284,38 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
         }
         break;
     }
+    if response.answers.is_empty() {
+        response.add_authority(zone_soa(query.name(), ttl)?);
+    }
     response.to_vec().ok()
+}
+
+/// The SOA a negative answer carries. Every name is served as if its top-level label were the
+/// zone (`test.` for `_dmarc.a.test.`); its TTL and MINIMUM, the negative-caching time
+/// (RFC 2308 5), are the zone's TTL.
+fn zone_soa(name: &Name, ttl: u32) -> Option<Record> {
+    let apex = match name.iter().next_back() {
+        Some(label) => Name::from_labels([label]).ok()?,
+        None => Name::root(),
+    };
+    let soa = SOA::new(
+        Name::from_labels([b"ns".as_slice()])
+            .ok()?
+            .append_domain(&apex)
+            .ok()?,
+        Name::from_labels([b"hostmaster".as_slice()])
+            .ok()?
+            .append_domain(&apex)
+            .ok()?,
+        1,
+        3600,
+        600,
+        86400,
+        ttl,
+    );
+    let mut apex = apex;
+    apex.set_fqdn(true);
+    Some(Record::from_rdata(apex, ttl, RData::SOA(soa)))
 }
 
 async fn serve_udp(socket: UdpSocket, zone: Arc<RwLock<Zone>>) {
