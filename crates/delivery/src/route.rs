@@ -2,6 +2,12 @@
 //! preference order (equal preferences shuffled), or the domain itself when it has no MX
 //! (implicit MX); a null MX (RFC 7505) or a domain that does not exist is a permanent failure.
 //! Also the TLSA lookup for DANE, with the AD bit of a trusted resolver as DNSSEC status.
+//!
+//! DANE applies only to MX host names that DNSSEC vouches for (RFC 7672 2.2.1): with
+//! `[dns] trust_ad_bit` the MX query goes to the trusted resolver with the AD bit asked for,
+//! and a host from an unvalidated answer gets no TLSA lookup. Otherwise whoever forges the MX
+//! answer could name a host of their own with TLSA records in their own signed zone, and DANE,
+//! which comes before MTA-STS, would hand them the mail that MTA-STS exists to protect.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -25,6 +31,9 @@ pub struct Host {
     pub name: String,
     pub port: u16,
     pub addrs: Vec<SocketAddr>,
+    /// The name comes from our configuration or from a DNSSEC-validated MX answer (or a
+    /// validated "no MX" for an implicit MX): only then may DANE apply to it.
+    pub name_validated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,51 +53,39 @@ pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<V
             name: host.clone(),
             port: *port,
             addrs,
+            name_validated: true,
         }]);
     }
     let port = config.smtp_port;
-    let names = match dns.resolver().mx_lookup(fqdn(domain)).await {
-        Ok(lookup) => {
-            let mut mx: Vec<(u16, String)> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((mx.preference, name(&mx.exchange.to_string()))),
-                    _ => None,
-                })
-                .collect();
-            if mx.len() == 1 && mx[0].1.is_empty() {
-                return Err(RouteError::Permanent {
-                    status: "5.1.10",
-                    text: format!("{domain} does not accept mail (null MX, RFC 7505)"),
-                });
-            }
-            mx.retain(|(_, host)| !host.is_empty());
-            shuffle_equal_preferences(&mut mx);
-            mx.into_iter()
-                .map(|(_, host)| host)
-                .take(MAX_MX_HOSTS)
-                .collect::<Vec<_>>()
-        }
-        Err(e) if e.is_nx_domain() => {
+    let (mx, name_validated) = mx_records(dns, domain).await?;
+    let names = if mx.is_empty() {
+        // No MX record: the domain itself is the implicit MX (RFC 5321 5.1).
+        vec![domain.to_string()]
+    } else {
+        let mut mx = mx;
+        if mx.len() == 1 && mx[0].1.is_empty() {
             return Err(RouteError::Permanent {
-                status: "5.1.2",
-                text: format!("the domain {domain} does not exist"),
+                status: "5.1.10",
+                text: format!("{domain} does not accept mail (null MX, RFC 7505)"),
             });
         }
-        // No MX record: the domain itself is the implicit MX (RFC 5321 5.1).
-        Err(e) if e.is_no_records_found() => vec![domain.to_string()],
-        Err(e) => {
-            return Err(RouteError::Temporary(format!(
-                "MX lookup for {domain} failed: {e}"
-            )));
-        }
+        mx.retain(|(_, host)| !host.is_empty());
+        shuffle_equal_preferences(&mut mx);
+        mx.into_iter()
+            .map(|(_, host)| host)
+            .take(MAX_MX_HOSTS)
+            .collect::<Vec<_>>()
     };
     let mut hosts = Vec::new();
     let mut last = None;
     for name in names {
         match addresses(dns, &name, port).await {
-            Ok(addrs) => hosts.push(Host { name, port, addrs }),
+            Ok(addrs) => hosts.push(Host {
+                name,
+                port,
+                addrs,
+                name_validated,
+            }),
             Err(e) => last = Some(e),
         }
     }
@@ -99,6 +96,44 @@ pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<V
             text: format!("{domain} has no mail host"),
         }),
         _ => Ok(hosts),
+    }
+}
+
+/// The MX records of `domain` as (preference, host) (empty: there are none), and whether the
+/// answer was DNSSEC-validated. With a trusted resolver the query asks it for the AD bit;
+/// otherwise it goes through the cached resolver and is never taken as validated.
+async fn mx_records(dns: &Dns, domain: &str) -> Result<(Vec<(u16, String)>, bool), RouteError> {
+    let mx_of = |records: &[hickory_proto::rr::Record]| -> Vec<(u16, String)> {
+        records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((mx.preference, name(&mx.exchange.to_string()))),
+                _ => None,
+            })
+            .collect()
+    };
+    let does_not_exist = || RouteError::Permanent {
+        status: "5.1.2",
+        text: format!("the domain {domain} does not exist"),
+    };
+    let failed =
+        |e: &dyn std::fmt::Display| RouteError::Temporary(format!("MX lookup for {domain} failed: {e}"));
+    if dns.trust_ad_bit() {
+        let answer = dns
+            .query_authenticated(&fqdn(domain), RecordType::MX)
+            .await
+            .map_err(|e| failed(&e))?;
+        return match answer.metadata.response_code {
+            ResponseCode::NoError => Ok((mx_of(&answer.answers), answer.metadata.authentic_data)),
+            ResponseCode::NXDomain => Err(does_not_exist()),
+            code => Err(failed(&code)),
+        };
+    }
+    match dns.resolver().mx_lookup(fqdn(domain)).await {
+        Ok(lookup) => Ok((mx_of(lookup.answers()), false)),
+        Err(e) if e.is_nx_domain() => Err(does_not_exist()),
+        Err(e) if e.is_no_records_found() => Ok((Vec::new(), false)),
+        Err(e) => Err(failed(&e)),
     }
 }
 
@@ -115,6 +150,7 @@ pub async fn relay(dns: &Dns, relay: &sealmail_config::Relay) -> Result<Vec<Host
         name: relay.host.clone(),
         port: relay.port,
         addrs,
+        name_validated: true,
     }])
 }
 
@@ -162,9 +198,10 @@ pub enum Dane {
     Failed(String),
 }
 
-/// The TLSA records of `_port._tcp.host`, if the resolver is trusted and says they are secure.
+/// The TLSA records of `_port._tcp.host`, if the resolver is trusted and says they are secure,
+/// and the host's name is one DNSSEC vouched for (or ours).
 pub async fn dane(dns: &Dns, host: &Host) -> Dane {
-    if !dns.trust_ad_bit() || host.name.parse::<IpAddr>().is_ok() {
+    if !dns.trust_ad_bit() || !host.name_validated || host.name.parse::<IpAddr>().is_ok() {
         return Dane::None;
     }
     let name = format!("_{}._tcp.{}.", host.port, host.name);
@@ -261,6 +298,63 @@ mod tests {
         assert_eq!(names[0], "mx29.big.test", "{names:?}");
         assert_eq!(names[9], "mx20.big.test", "{names:?}");
         assert_eq!(hosts[0].addrs.len(), MAX_ADDRESSES_PER_HOST);
+        Ok(())
+    }
+
+    /// RFC 7672 2.2.1: TLSA records are looked up only for MX hosts from a validated answer.
+    #[tokio::test]
+    async fn dane_applies_only_to_mx_hosts_dnssec_vouches_for() -> Result<(), String> {
+        let server = DnsServer::start().await?;
+        server.add_mx("signed.test", 10, "mx.signed.test");
+        server.add_mx("unsigned.test", 10, "mx.signed.test");
+        server.add_a("mx.signed.test", [192, 0, 2, 1].into());
+        server.add(
+            "_25._tcp.mx.signed.test",
+            sealmail_testkit::dns::Rec::Tlsa(3, 1, 1, vec![7; 32]),
+        );
+        for secure in ["signed.test", "_25._tcp.mx.signed.test"] {
+            server.secure(secure);
+        }
+        let config = |trust_ad_bit| sealmail_config::DnsConfig {
+            nameservers: vec![server.addr()],
+            timeout: std::time::Duration::from_millis(500),
+            attempts: 1,
+            trust_ad_bit,
+            ..sealmail_config::DnsConfig::default()
+        };
+        let route = |domain| DeliveryConfig {
+            routes: [(domain, ("mx.signed.test".to_string(), 25))]
+                .into_iter()
+                .collect(),
+            ..DeliveryConfig::default()
+        };
+        let trusted = Dns::new(&config(true)).map_err(|e| e.to_string())?;
+        let untrusted = Dns::new(&config(false)).map_err(|e| e.to_string())?;
+        for (dns, domain, config, expect_dane) in [
+            (&trusted, "signed.test", DeliveryConfig::default(), true),
+            // The same host and TLSA records, named by an MX answer DNSSEC did not vouch for.
+            (&trusted, "unsigned.test", DeliveryConfig::default(), false),
+            // A host named by our own configuration is ours to trust.
+            (
+                &trusted,
+                "unsigned.test",
+                route("unsigned.test".to_string()),
+                true,
+            ),
+            // Without a trusted resolver nothing is validated.
+            (&untrusted, "signed.test", DeliveryConfig::default(), false),
+        ] {
+            let hosts = hosts(dns, &config, domain).await.map_err(|e| format!("{e:?}"))?;
+            let host = hosts.first().ok_or("no host")?;
+            assert_eq!(host.name, "mx.signed.test");
+            let dane = dane(dns, host).await;
+            assert_eq!(
+                matches!(dane, Dane::Records(_)),
+                expect_dane,
+                "{domain} (trusted resolver: {}): {dane:?}",
+                dns.trust_ad_bit()
+            );
+        }
         Ok(())
     }
 }

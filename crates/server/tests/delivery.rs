@@ -267,6 +267,16 @@ impl Base {
         })
     }
 
+    /// An MTA-STS `enforce` policy for b.test (MX `mail.b.test`), served over HTTPS with a
+    /// certificate from the senders' CA, and its TXT record.
+    async fn mta_sts_enforce(&self) -> TestResult<HttpsServer> {
+        let policy_cert = self.ca.issue(&["mta-sts.b.test"], self.work.path(), "mta-sts")?;
+        let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
+        self.dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
+        self.dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
+        Ok(https)
+    }
+
     /// b.test with bob, its certificate from `ca` (self-signed when `None`); not started.
     fn b(&self, ca: Option<&TestCa>) -> TestResult<Node> {
         Node::new("b.test", &["bob"], ca, &common::dns_section(self.dns.addr()))
@@ -389,10 +399,7 @@ fn sts_policy(mode: &str) -> String {
 async fn mta_sts_enforce_refuses_an_unverifiable_certificate_and_testing_delivers() -> TestResult {
     let base = Base::new().await?;
     let dns = &base.dns;
-    let policy_cert = base.ca.issue(&["mta-sts.b.test"], base.work.path(), "mta-sts")?;
-    let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
-    dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
-    dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
+    let https = base.mta_sts_enforce().await?;
 
     // b's certificate is self-signed: no CA the sender trusts vouches for it.
     let mut b = base.b(None)?;
@@ -517,7 +524,9 @@ async fn dane_refuses_a_tlsa_mismatch_and_delivers_on_a_match_without_any_ca() -
     let mut a = base.a(b.mx.port(), "")?;
     let tlsa_name = format!("_{}._tcp.mail.b.test", b.mx.port());
     dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, vec![0xAB; 32]));
+    // DANE needs the MX answer validated too (RFC 7672 2.2.1).
     dns.secure(&tlsa_name);
+    dns.secure("b.test");
     b.start().await?;
     a.start().await?;
 
@@ -1061,13 +1070,10 @@ async fn mx_hosts_are_tried_in_preference_order_and_a_domain_without_mx_is_its_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> TestResult {
     let base = Base::new().await?;
-    let (dns, work, trusted) = (&base.dns, &base.work, &base.ca);
+    let (dns, work) = (&base.dns, &base.work);
     let private_ca = TestCa::new("b's own CA, vouched for by DANE only")?;
     // MTA-STS enforce for b.test: on its own it would refuse b's certificate (unknown CA).
-    let policy_cert = trusted.issue(&["mta-sts.b.test"], work.path(), "mta-sts")?;
-    let https = HttpsServer::start(&policy_cert, &sts_policy("enforce")).await?;
-    dns.add_a("mta-sts.b.test", [127, 0, 0, 1].into());
-    dns.add_txt("_mta-sts.b.test", "v=STSv1; id=1");
+    let https = base.mta_sts_enforce().await?;
 
     let mut b = base.b(Some(&private_ca))?;
     // b presents its chain with the private CA, and DANE-TA (2 0 1) names that CA.
@@ -1084,6 +1090,7 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
         Rec::Tlsa(2, 0, 1, sha2::Sha256::digest(&ca_der).to_vec()),
     );
     dns.secure(&tlsa_name);
+    dns.secure("b.test");
 
     let mut a = base.a(b.mx.port(), &format!("mta_sts_port = {}\n", https.addr.port()))?;
     b.start().await?;
@@ -1102,6 +1109,46 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
             .any(|r| r.result.policy_type == "tlsa" && r.result.result_type == "success"),
         "{results:?}"
     );
+    Ok(())
+}
+
+/// MTA-STS exists against forged MX answers. A forger who names a host of their own, with TLSA
+/// records in their own signed zone, must not get the mail through DANE (which comes before
+/// MTA-STS): DANE applies only to MX hosts from a DNSSEC-validated answer (RFC 7672 2.2.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_mx_cannot_bring_dane_in_over_mta_sts() -> TestResult {
+    let base = Base::new().await?;
+    let dns = &base.dns;
+    let https = base.mta_sts_enforce().await?;
+    // The forged, unvalidated MX answer names mx.forger.test (b itself plays the forger's
+    // server, with a self-signed certificate), whose TLSA record is validated and matches.
+    let mut b = base.b(None)?;
+    dns.remove("b.test");
+    dns.add_mx("b.test", 10, "mx.forger.test");
+    dns.add_a("mx.forger.test", [127, 0, 0, 1].into());
+    let tlsa_name = format!("_{}._tcp.mx.forger.test", b.mx.port());
+    dns.add(&tlsa_name, Rec::Tlsa(3, 1, 1, tlsa_311(&b.cert())?));
+    dns.secure(&tlsa_name);
+    let mut a = base.a(b.mx.port(), &format!("mta_sts_port = {}\n", https.addr.port()))?;
+    b.start().await?;
+    a.start().await?;
+
+    a.submit("alice@a.test", "bob@b.test", "forged-mx", false).await?;
+    let queue = a
+        .wait_for_queue(Duration::from_secs(20), |q| q.contains("attempts=2"))
+        .await?;
+    assert!(
+        queue.contains("bob@b.test pending") && queue.contains("not listed in b.test's MTA-STS policy"),
+        "MTA-STS decides, not the forger's TLSA record: {queue}"
+    );
+    assert!(b.mailbox("bob@b.test", "INBOX").await?.is_empty());
+
+    // Had DNSSEC vouched for that MX answer, DANE would apply and its record matches.
+    dns.secure("b.test");
+    let inbox = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert!(inbox[0].contains("Subject: forged-mx"));
     Ok(())
 }
 
