@@ -287,6 +287,9 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// A message still undelivered this long after it was queued is bounced.
     pub give_up: Duration,
+    /// A recipient still undelivered this long after the message was queued gets one "delayed"
+    /// notice to the sender (RFC 3464); zero: never.
+    pub delay_warning: Duration,
     /// Outbound connections at once, in all and per destination domain.
     pub max_connections: usize,
     pub max_connections_per_domain: usize,
@@ -325,6 +328,7 @@ impl Default for DeliveryConfig {
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             give_up: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: Duration::from_secs(4 * 3600),
             max_connections: 64,
             max_connections_per_domain: 4,
             max_messages_per_connection: 100,
@@ -467,6 +471,7 @@ struct RawDelivery {
     retry_base_secs: Option<i64>,
     retry_max_secs: Option<i64>,
     give_up_secs: Option<i64>,
+    delay_warning_secs: Option<i64>,
     max_connections: Option<i64>,
     max_connections_per_domain: Option<i64>,
     max_messages_per_connection: Option<i64>,
@@ -1052,6 +1057,13 @@ fn validate_delivery(
             problems,
         ),
         give_up: secs("delivery.give_up_secs", raw.give_up_secs, d.give_up, problems),
+        delay_warning: seconds(
+            "delivery.delay_warning_secs",
+            raw.delay_warning_secs,
+            d.delay_warning,
+            0..=31_536_000,
+            problems,
+        ),
         max_connections: count(
             "delivery.max_connections",
             raw.max_connections,

@@ -1,18 +1,57 @@
 //! Delivery status notifications (RFC 3464): a `multipart/report` with a human-readable part,
 //! a `message/delivery-status` part, and the original headers (or the whole message when the
-//! sender asked for RET=FULL).
+//! sender asked for RET=FULL and something failed, RFC 3461 4.3).
+
+/// What happened to a recipient (RFC 3464 2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Given up.
+    Failed,
+    /// Not delivered yet, still being tried.
+    Delayed,
+    /// Handed to a server that does not offer DSN: no further notice will come.
+    Relayed,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+
+    /// Whether the recipient's NOTIFY (RFC 3461 4.1; `None` when not given) asks for this
+    /// notice: without NOTIFY, failures and delays are reported, successes are not.
+    pub fn wanted_by(self, notify: Option<&str>) -> bool {
+        let Some(notify) = notify else {
+            return self != Action::Relayed;
+        };
+        let notify = notify.to_ascii_uppercase();
+        let keyword = match self {
+            Action::Failed => "FAILURE",
+            Action::Delayed => "DELAY",
+            Action::Relayed => "SUCCESS",
+        };
+        notify.split(',').any(|k| k.trim() == keyword)
+    }
+}
 
 /// One recipient the notification is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failed {
+pub struct Notice {
     pub address: String,
     pub orcpt: Option<String>,
+    pub action: Action,
     /// RFC 3463 status, e.g. "5.1.1".
     pub status: String,
-    /// What the receiving server said, or why we gave up.
+    /// What the receiving server said, or why we gave up or wait.
     pub diagnostic: String,
     /// The MX host that answered, if one did.
     pub remote_mta: Option<String>,
+    /// For `Delayed`: Unix seconds when we will give up.
+    pub will_retry_until: Option<i64>,
 }
 
 pub struct Report<'a> {
@@ -22,7 +61,7 @@ pub struct Report<'a> {
     pub ret_full: bool,
     /// Unix seconds when the message was queued.
     pub arrival: i64,
-    pub recipients: &'a [Failed],
+    pub recipients: &'a [Notice],
     pub original: &'a [u8],
 }
 
@@ -58,7 +97,15 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         report.hostname
     ));
     out.push_str(&format!("To: <{}>\r\n", report.sender));
-    out.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    let any = |action| report.recipients.iter().any(|n| n.action == action);
+    let subject = if any(Action::Failed) {
+        "Undelivered Mail Returned to Sender"
+    } else if any(Action::Delayed) {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Successful Mail Delivery Report"
+    };
+    out.push_str(&format!("Subject: {subject}\r\n"));
     out.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
     out.push_str(&format!(
         "Message-ID: <{}@{}>\r\n",
@@ -75,14 +122,24 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
     out.push_str(&format!(
-        "This is the mail system at {}.\r\n\r\nYour message could not be delivered to the following recipients:\r\n\r\n",
+        "This is the mail system at {}.\r\n\r\nHere is the status of your message:\r\n\r\n",
         report.hostname
     ));
-    for failed in report.recipients {
+    for notice in report.recipients {
+        let what = match notice.action {
+            Action::Failed => "could not be delivered".to_string(),
+            Action::Delayed => format!(
+                "not delivered yet; still trying until {}",
+                rfc5322_date(notice.will_retry_until.unwrap_or_default())
+            ),
+            Action::Relayed => {
+                "delivered to the receiving server, which sends no further notices".to_string()
+            }
+        };
         out.push_str(&format!(
-            "<{}>: {}\r\n",
-            failed.address,
-            one_line(&failed.diagnostic)
+            "<{}>: {what}: {}\r\n",
+            notice.address,
+            one_line(&notice.diagnostic)
         ));
     }
     out.push_str("\r\n");
@@ -95,27 +152,31 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
     }
     out.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(report.arrival)));
-    for failed in report.recipients {
+    for notice in report.recipients {
         out.push_str("\r\n");
-        if let Some(orcpt) = &failed.orcpt {
+        if let Some(orcpt) = &notice.orcpt {
             out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
         }
-        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", failed.address));
-        out.push_str("Action: failed\r\n");
-        out.push_str(&format!("Status: {}\r\n", failed.status));
-        if let Some(mta) = &failed.remote_mta {
-            out.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
+        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", notice.address));
+        out.push_str(&format!("Action: {}\r\n", notice.action.name()));
+        out.push_str(&format!("Status: {}\r\n", one_line(&notice.status)));
+        if let Some(mta) = &notice.remote_mta {
+            out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(mta)));
         }
         out.push_str(&format!(
             "Diagnostic-Code: smtp; {}\r\n",
-            one_line(&failed.diagnostic)
+            one_line(&notice.diagnostic)
         ));
         out.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc5322_date(now)));
+        if let Some(until) = notice.will_retry_until {
+            out.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
+        }
     }
     out.push_str("\r\n");
 
     let mut message = out.into_bytes();
-    let (kind, original) = if report.ret_full {
+    // RFC 3461 4.3: RET=FULL asks for the whole message in a failure notice only.
+    let (kind, original) = if report.ret_full && any(Action::Failed) {
         ("message/rfc822", report.original)
     } else {
         let end = find_header_end(report.original).unwrap_or(report.original.len());
@@ -142,12 +203,14 @@ mod tests {
     #[test]
     fn a_report_parses_as_multipart_report_with_every_field() -> Result<(), String> {
         let original = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hello\r\n\r\nsecret body\r\n";
-        let recipients = [Failed {
+        let recipients = [Notice {
             address: "bob@b.test".into(),
             orcpt: Some("rfc822;bob@b.test".into()),
+            action: Action::Failed,
             status: "5.1.1".into(),
             diagnostic: "550 5.1.1 no such user\r\nInjected: header".into(),
             remote_mta: Some("mx.b.test".into()),
+            will_retry_until: None,
         }];
         let dsn = build(&Report {
             hostname: "mail.a.test",
@@ -182,5 +245,68 @@ mod tests {
         assert!(!text.contains("\r\nInjected: header"), "{text}");
         assert!(!text.contains("secret body"), "headers only unless RET=FULL");
         Ok(())
+    }
+
+    #[test]
+    fn notify_decides_which_notices_are_sent() {
+        use Action::*;
+        for (notify, failed, delayed, relayed) in [
+            (None, true, true, false),
+            (Some("NEVER"), false, false, false),
+            (Some("SUCCESS"), false, false, true),
+            (Some("failure,delay"), true, true, false),
+            (Some("SUCCESS,FAILURE"), true, false, true),
+        ] {
+            assert_eq!(Failed.wanted_by(notify), failed, "{notify:?}");
+            assert_eq!(Delayed.wanted_by(notify), delayed, "{notify:?}");
+            assert_eq!(Relayed.wanted_by(notify), relayed, "{notify:?}");
+        }
+    }
+
+    #[test]
+    fn delay_and_relay_notices_carry_their_fields_and_never_the_body() {
+        let original = b"Subject: hello\r\n\r\nsecret body\r\n";
+        let notice = |action, status: &str, until| Notice {
+            address: "bob@b.test".into(),
+            orcpt: None,
+            action,
+            status: status.into(),
+            diagnostic: "mx.b.test: 451 4.3.0 try later".into(),
+            remote_mta: Some("mx.b.test".into()),
+            will_retry_until: until,
+        };
+        let delayed = [notice(Action::Delayed, "4.3.0", Some(1_764_432_000))];
+        let relayed = [notice(Action::Relayed, "2.0.0", None)];
+        for (recipients, subject, fields) in [
+            (
+                &delayed[..],
+                "Subject: Delayed Mail (still being retried)",
+                &["Action: delayed", "Status: 4.3.0", "Will-Retry-Until: "][..],
+            ),
+            (
+                &relayed[..],
+                "Subject: Successful Mail Delivery Report",
+                &["Action: relayed", "Status: 2.0.0", "Remote-MTA: dns; mx.b.test"][..],
+            ),
+        ] {
+            let dsn = build(&Report {
+                hostname: "mail.a.test",
+                sender: "alice@a.test",
+                envid: None,
+                ret_full: true,
+                arrival: 1_764_000_000,
+                recipients,
+                original,
+            });
+            let text = String::from_utf8_lossy(&dsn);
+            assert!(text.contains(subject), "{text}");
+            for field in fields {
+                assert!(text.contains(field), "{field} missing:\n{text}");
+            }
+            assert!(
+                !text.contains("secret body"),
+                "RET=FULL returns the body with failures only:\n{text}"
+            );
+        }
     }
 }

@@ -114,7 +114,13 @@ struct Job {
 /// One recipient's result in this attempt.
 #[derive(Debug, Clone)]
 enum Attempt {
-    Delivered(String),
+    /// Accepted by `host`, which said `text`; `dsn_passed_on`: it offers DSN and got the
+    /// recipient's NOTIFY, so any success notice is its to send (RFC 3461 5.2.2).
+    Delivered {
+        text: String,
+        host: String,
+        dsn_passed_on: bool,
+    },
     Deferred(String),
     /// Permanent, with its RFC 3463 status, the diagnostic and the host that said so.
     Failed {
@@ -142,7 +148,15 @@ struct HostPolicy {
 fn bounded(attempt: &Attempt) -> Attempt {
     let cut = |text: &String| -> String { text.chars().take(1000).collect() };
     match attempt {
-        Attempt::Delivered(text) => Attempt::Delivered(cut(text)),
+        Attempt::Delivered {
+            text,
+            host,
+            dsn_passed_on,
+        } => Attempt::Delivered {
+            text: cut(text),
+            host: host.clone(),
+            dsn_passed_on: *dsn_passed_on,
+        },
         Attempt::Deferred(text) => Attempt::Deferred(cut(text)),
         Attempt::Failed { status, text, host } => Attempt::Failed {
             status: status.clone(),
@@ -805,11 +819,11 @@ impl Delivery {
                 if reply.is_positive() {
                     accepted.push(r.clone());
                 } else {
-                    self.answer_all(job, std::slice::from_ref(r), host, reply);
+                    self.answer_all(job, std::slice::from_ref(r), host, reply, caps.dsn);
                 }
             }
         } else {
-            self.answer_all(job, &pending, host, &mail_reply);
+            self.answer_all(job, &pending, host, &mail_reply, caps.dsn);
         }
         if accepted.is_empty() {
             if data_reply.is_some_and(|d| d.code == 354) {
@@ -826,12 +840,12 @@ impl Delivery {
             None => client.command("DATA", "the DATA reply").await?,
         };
         if data.code != 354 {
-            self.answer_all(job, &accepted, host, &data);
+            self.answer_all(job, &accepted, host, &data, caps.dsn);
             client.command("RSET", "the RSET reply").await?;
             return Ok(());
         }
         let reply = client.send_data(&content).await?;
-        self.answer_all(job, &accepted, host, &reply);
+        self.answer_all(job, &accepted, host, &reply, caps.dsn);
         tracing::info!(
             queue_id = job.message.id,
             host = %host.name,
@@ -845,11 +859,16 @@ impl Delivery {
         Ok(())
     }
 
-    fn answer_all(&self, job: &mut Job, recipients: &[DueRecipient], host: &Host, reply: &Reply) {
+    /// The same reply for each of `recipients`; `dsn`: the server offers DSN.
+    fn answer_all(&self, job: &mut Job, recipients: &[DueRecipient], host: &Host, reply: &Reply, dsn: bool) {
         let text = reply.summary();
         for r in recipients {
             let attempt = if reply.is_positive() {
-                Attempt::Delivered(format!("{}: {text}", host.name))
+                Attempt::Delivered {
+                    text: format!("{}: {text}", host.name),
+                    host: host.name.clone(),
+                    dsn_passed_on: dsn,
+                }
             } else if reply.is_permanent() {
                 Attempt::Failed {
                     status: reply.enhanced().unwrap_or("5.0.0").to_string(),
@@ -863,20 +882,38 @@ impl Delivery {
         }
     }
 
-    /// Records a job's outcomes: deferrals get their next time (or expire), failures a DSN.
+    /// Records a job's outcomes: deferrals get their next time (or expire); failures, long
+    /// delays and successes at servers without DSN a notice to the sender.
     async fn finish(&self, job: Job) {
         let config = &self.inner.config;
         let now = now_unix();
+        let give_up_at = job.message.created_at + config.give_up.as_secs() as i64;
         let mut outcomes = Vec::new();
-        let mut failed = Vec::new();
+        let mut notices = Vec::new();
         for r in &job.recipients {
             let Some(attempt) = job.outcomes.get(&r.id) else {
                 continue;
             };
             let attempt = &bounded(attempt);
+            let notice = |action, status: &str, diagnostic: &str, remote_mta: Option<String>| dsn::Notice {
+                address: r.address.clone(),
+                orcpt: r.dsn_orcpt.clone(),
+                action,
+                status: status.to_string(),
+                diagnostic: diagnostic.to_string(),
+                remote_mta,
+                will_retry_until: (action == dsn::Action::Delayed).then_some(give_up_at),
+            };
             let outcome = match attempt {
-                Attempt::Delivered(text) => {
+                Attempt::Delivered {
+                    text,
+                    host,
+                    dsn_passed_on,
+                } => {
                     tracing::info!(queue_id = job.message.id, to = %r.address, "delivered: {text}");
+                    if !dsn_passed_on {
+                        notices.push(notice(dsn::Action::Relayed, "2.0.0", text, Some(host.clone())));
+                    }
                     RecipientOutcome::Delivered(text.clone())
                 }
                 Attempt::Deferred(text) => {
@@ -891,58 +928,52 @@ impl Delivery {
                             r.attempts + 1,
                             (now - job.message.created_at) / 3600
                         );
-                        failed.push(dsn::Failed {
-                            address: r.address.clone(),
-                            orcpt: r.dsn_orcpt.clone(),
-                            status: "4.4.7".into(),
-                            diagnostic: text.clone(),
-                            remote_mta: None,
-                        });
+                        notices.push(notice(dsn::Action::Failed, "4.4.7", &text, None));
                         RecipientOutcome::Failed(text)
                     } else {
                         tracing::info!(queue_id = job.message.id, to = %r.address, retry_in = delay, "deferred: {text}");
+                        // One "delayed" notice once the message has waited delay_warning.
+                        let warn = !config.delay_warning.is_zero()
+                            && !r.delay_warned
+                            && now - job.message.created_at >= config.delay_warning.as_secs() as i64;
+                        if warn {
+                            notices.push(notice(dsn::Action::Delayed, "4.0.0", text, None));
+                        }
                         RecipientOutcome::Deferred {
                             error: text.clone(),
                             next_attempt_at: now + delay,
+                            delay_warned: r.delay_warned || warn,
                         }
                     }
                 }
                 Attempt::Failed { status, text, host } => {
-                    failed.push(dsn::Failed {
-                        address: r.address.clone(),
-                        orcpt: r.dsn_orcpt.clone(),
-                        status: status.clone(),
-                        diagnostic: text.clone(),
-                        remote_mta: host.clone(),
-                    });
+                    notices.push(notice(dsn::Action::Failed, status, text, host.clone()));
                     RecipientOutcome::Failed(format!("{status} {text}"))
                 }
             };
             outcomes.push((r.id, outcome));
         }
-        if !failed.is_empty() {
-            self.bounce(&job, &failed).await;
+        if !notices.is_empty() {
+            self.notify_sender(&job, &notices).await;
         }
         if let Err(e) = self.inner.store.record_outcomes(job.message.id, outcomes).await {
             tracing::error!(queue_id = job.message.id, error = %e, "cannot record delivery outcomes");
         }
     }
 
-    /// A DSN to the sender's INBOX, if the sender is one of our accounts and asked for one.
-    /// Nothing else: queued mail comes from authenticated submission, and a bounce to any
-    /// other address would be backscatter.
-    async fn bounce(&self, job: &Job, failed: &[dsn::Failed]) {
-        let wanted: Vec<dsn::Failed> = failed
+    /// A DSN to the sender's INBOX with the notices each recipient's NOTIFY asks for, if the
+    /// sender is one of our accounts. Nothing else: queued mail comes from authenticated
+    /// submission, and a notice to any other address would be backscatter.
+    async fn notify_sender(&self, job: &Job, notices: &[dsn::Notice]) {
+        let wanted: Vec<dsn::Notice> = notices
             .iter()
-            .filter(|f| {
+            .filter(|n| {
                 let notify = job
                     .recipients
                     .iter()
-                    .find(|r| r.address == f.address)
-                    .and_then(|r| r.dsn_notify.as_deref())
-                    .map(str::to_ascii_uppercase);
-                // RFC 3461 4.1: without NOTIFY, failures are reported.
-                notify.is_none_or(|n| n.contains("FAILURE"))
+                    .find(|r| r.address == n.address)
+                    .and_then(|r| r.dsn_notify.as_deref());
+                n.action.wanted_by(notify)
             })
             .cloned()
             .collect();

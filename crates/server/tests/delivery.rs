@@ -102,6 +102,18 @@ impl Node {
 
     /// Submits a message from `from` (a user of this node) to `to` over implicit TLS.
     async fn submit(&self, from: &str, to: &str, subject: &str, require_tls: bool) -> TestResult {
+        self.submit_with(from, to, subject, require_tls, "").await
+    }
+
+    /// As `submit`, with `rcpt_params` after `RCPT TO:<to>` (e.g. " NOTIFY=SUCCESS").
+    async fn submit_with(
+        &self,
+        from: &str,
+        to: &str,
+        subject: &str,
+        require_tls: bool,
+        rcpt_params: &str,
+    ) -> TestResult {
         let mut c = LineClient::new(
             tls_connect(
                 self.submission,
@@ -122,7 +134,7 @@ impl Node {
         c.dialog(&[
             (format!("AUTH PLAIN {auth}"), "235"),
             (format!("MAIL FROM:<{from}>{requiretls}"), "250"),
-            (format!("RCPT TO:<{to}>"), "250"),
+            (format!("RCPT TO:<{to}>{rcpt_params}"), "250"),
             ("DATA".to_string(), "354"),
         ])
         .await?;
@@ -769,6 +781,107 @@ async fn a_server_without_starttls_gets_plaintext_only_when_nothing_requires_tls
             && r.result.result_type == "starttls-not-supported"
             && r.count >= 1),
         "{results:?}"
+    );
+    Ok(())
+}
+
+/// The attempts `queue list` shows for `address`, if it is pending.
+fn attempts_of(queue: &str, address: &str) -> Option<u32> {
+    queue
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{address} pending attempts=")))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+}
+
+/// RFC 3461/3464 notices beyond failures: `relayed` for NOTIFY=SUCCESS when the receiving
+/// server (aiosmtpd) offers no DSN, nothing when it does (b, which got the NOTIFY), one
+/// `delayed` notice for a recipient that waits past `delay_warning_secs`, none when its NOTIFY
+/// asks for failures only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_notices_for_delays_and_for_servers_without_dsn() -> TestResult {
+    let base = Base::new().await?;
+    let (dns, work) = (&base.dns, &base.work);
+    dns.add_a("mail.plain.test", [127, 0, 0, 1].into());
+    let port = common::free_addr()?.port();
+    let closed = common::free_addr()?.port();
+    let maildir = work.path().join("maildir");
+    let _receiver = plaintext_receiver(port, &maildir).await?;
+    let mut b = base.b(Some(&base.ca))?;
+    let mut a = base.a(
+        b.mx.port(),
+        &format!(
+            "delay_warning_secs = 1\n\n[delivery.routes]\n\"plain.test\" = \"mail.plain.test:{port}\"\n\"late.test\" = \"mail.plain.test:{closed}\"\n"
+        ),
+    )?;
+    b.start().await?;
+    a.start().await?;
+    let inbox = || a.mailbox("alice@a.test", "INBOX");
+
+    // b offers DSN: it gets NOTIFY=SUCCESS, and a sends no notice of its own.
+    a.submit_with("alice@a.test", "bob@b.test", "to-b", false, " NOTIFY=SUCCESS")
+        .await?;
+    b.wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    // aiosmtpd does not: a says the message was relayed.
+    a.submit_with(
+        "alice@a.test",
+        "user@plain.test",
+        "to-plain",
+        false,
+        " NOTIFY=SUCCESS",
+    )
+    .await?;
+    let notices = a
+        .wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(notices.len(), 1, "none for bob@b.test: {notices:?}");
+    for needed in [
+        "Subject: Successful Mail Delivery Report",
+        "Final-Recipient: rfc822; user@plain.test",
+        "Action: relayed",
+        "Status: 2.0.0",
+        "Remote-MTA: dns; mail.plain.test",
+        "Subject: to-plain",
+    ] {
+        assert!(notices[0].contains(needed), "{needed}:\n{}", notices[0]);
+    }
+
+    // A recipient that cannot be reached: one "delayed" notice, however many attempts follow;
+    // none for the recipient whose NOTIFY asks for failures only.
+    a.submit_with(
+        "alice@a.test",
+        "quiet@late.test",
+        "late-quiet",
+        false,
+        " NOTIFY=FAILURE",
+    )
+    .await?;
+    a.submit("alice@a.test", "user@late.test", "late", false).await?;
+    let notices = a
+        .wait_for_mail("alice@a.test", "INBOX", 2, Duration::from_secs(20))
+        .await?;
+    let delayed = notices
+        .iter()
+        .find(|n| n.contains("Action: delayed"))
+        .ok_or(format!("no delayed notice: {notices:?}"))?;
+    for needed in [
+        "Subject: Delayed Mail (still being retried)",
+        "Final-Recipient: rfc822; user@late.test",
+        "Will-Retry-Until: ",
+        "Subject: late",
+    ] {
+        assert!(delayed.contains(needed), "{needed}:\n{delayed}");
+    }
+    a.wait_for_queue(Duration::from_secs(30), |q| {
+        attempts_of(q, "user@late.test").is_some_and(|n| n >= 4)
+            && attempts_of(q, "quiet@late.test").is_some_and(|n| n >= 4)
+    })
+    .await?;
+    let notices = inbox().await?;
+    assert_eq!(notices.len(), 2, "one delayed notice in all: {notices:?}");
+    assert!(
+        !notices.iter().any(|n| n.contains("quiet@late.test")),
+        "{notices:?}"
     );
     Ok(())
 }

@@ -251,6 +251,8 @@ pub struct DueRecipient {
     pub attempts: i64,
     pub dsn_notify: Option<String>,
     pub dsn_orcpt: Option<String>,
+    /// The sender has had the "delayed" notice for this recipient.
+    pub delay_warned: bool,
 }
 
 /// The result of one delivery attempt for one recipient.
@@ -258,8 +260,13 @@ pub struct DueRecipient {
 pub enum RecipientOutcome {
     /// The receiving server accepted it; what it said.
     Delivered(String),
-    /// Try again at `next_attempt_at` (Unix seconds); why this attempt failed.
-    Deferred { error: String, next_attempt_at: i64 },
+    /// Try again at `next_attempt_at` (Unix seconds); why this attempt failed; whether the
+    /// sender has now had the "delayed" notice (once set, it stays set).
+    Deferred {
+        error: String,
+        next_attempt_at: i64,
+        delay_warned: bool,
+    },
     /// Given up: a permanent failure or expiry; why.
     Failed(String),
 }

@@ -17,16 +17,17 @@ pub(super) async fn record_outcomes(
 ) -> Result<(), StoreError> {
     let now = now_unix();
     for (recipient, outcome) in outcomes {
-        let (status, error, next, final_at) = match outcome {
-            RecipientOutcome::Delivered(reply) => ("delivered", reply, None, Some(now)),
+        let (status, error, next, final_at, delay_warned) = match outcome {
+            RecipientOutcome::Delivered(reply) => ("delivered", reply, None, Some(now), false),
             RecipientOutcome::Deferred {
                 error,
                 next_attempt_at,
-            } => ("pending", error, Some(*next_attempt_at), None),
-            RecipientOutcome::Failed(error) => ("failed", error, None, Some(now)),
+                delay_warned,
+            } => ("pending", error, Some(*next_attempt_at), None, *delay_warned),
+            RecipientOutcome::Failed(error) => ("failed", error, None, Some(now), false),
         };
         sqlx::query(
-            "UPDATE queue_recipients SET status = ?1, last_error = ?2, attempts = attempts + 1, last_attempt_at = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), final_at = ?5 WHERE id = ?6 AND queue_id = ?7 AND status = 'pending'",
+            "UPDATE queue_recipients SET status = ?1, last_error = ?2, attempts = attempts + 1, last_attempt_at = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), final_at = ?5, delay_warned = MAX(delay_warned, ?8) WHERE id = ?6 AND queue_id = ?7 AND status = 'pending'",
         )
         .bind(status)
         .bind(error)
@@ -35,6 +36,7 @@ pub(super) async fn record_outcomes(
         .bind(final_at)
         .bind(recipient)
         .bind(id)
+        .bind(delay_warned)
         .execute(&mut *conn)
         .await?;
     }
@@ -170,7 +172,7 @@ pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<V
 pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
     // One query: the scheduler runs this several times a second while mail is in flight.
     let rows = sqlx::query(
-        "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 ORDER BY q.id, r.id LIMIT ?2",
+        "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt, r.delay_warned FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 ORDER BY q.id, r.id LIMIT ?2",
     )
     .bind(now)
     .bind(limit)
@@ -205,5 +207,6 @@ fn due_recipient(r: &SqliteRow) -> Result<DueRecipient, sqlx::Error> {
         attempts: r.try_get("attempts")?,
         dsn_notify: r.try_get("dsn_notify")?,
         dsn_orcpt: r.try_get("dsn_orcpt")?,
+        delay_warned: r.try_get("delay_warned")?,
     })
 }
