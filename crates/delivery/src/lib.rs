@@ -12,7 +12,6 @@
 //! when every recipient has a final one, so a crash repeats at most the attempt in progress.
 
 pub mod client;
-pub mod dsn;
 pub mod mta_sts;
 pub mod route;
 pub mod verify;
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use sealmail_config::DeliveryConfig;
 use sealmail_dns::Dns;
+use sealmail_dsn as dsn;
 use sealmail_store::{DueMessage, DueRecipient, NewMessage, Recipient, RecipientOutcome, Store, TlsResult};
 use sealmail_types::EmailAddress;
 

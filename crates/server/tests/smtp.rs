@@ -149,6 +149,31 @@ async fn mx_refuses_relay_and_unknown_users_and_offers_no_auth() -> TestResult {
     Ok(())
 }
 
+/// mx does not offer DSN (it delivers or refuses before answering, and "delivered" notices
+/// would go to unverified senders), so DSN parameters are refused as unknown (RFC 5321
+/// 4.1.1.11) and the sender's server reports "relayed" to its user.
+#[tokio::test]
+async fn mx_offers_no_dsn_and_refuses_its_parameters() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    let ehlo = c.command("EHLO again.test", "250").await?;
+    assert!(!ehlo.contains("DSN"), "DSN offered on mx: {ehlo}");
+    c.command("MAIL FROM:<someone@remote.test> RET=FULL", "555 5.5.4")
+        .await?;
+    c.command("MAIL FROM:<someone@remote.test> ENVID=x1", "555 5.5.4")
+        .await?;
+    c.command("MAIL FROM:<someone@remote.test>", "250").await?;
+    c.command("RCPT TO:<alice@example.test> NOTIFY=SUCCESS", "555 5.5.4")
+        .await?;
+    c.command(
+        "RCPT TO:<alice@example.test> ORCPT=rfc822;alice@example.test",
+        "555 5.5.4",
+    )
+    .await?;
+    c.command("RCPT TO:<alice@example.test>", "250").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn submission_requires_tls_then_auth_and_refuses_spoofing() -> TestResult {
     let instance = Instance::quickstart().await?;
@@ -210,7 +235,11 @@ async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail(
         "250",
     )
     .await?;
-    c.command("RCPT TO:<bob@example.test>", "250").await?;
+    c.command(
+        "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.test",
+        "250",
+    )
+    .await?;
     c.command(
         "RCPT TO:<carol@remote.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;carol@remote.test",
         "250",
@@ -231,6 +260,28 @@ async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail(
     assert!(text.contains("\r\nDate: "), "{text}");
     assert!(text.ends_with("Subject: hello\r\n\r\nHi!\r\n"), "{text}");
 
+    // bob's NOTIFY=SUCCESS: alice has the "delivered" notice as soon as the message is accepted.
+    let inbox = mailbox_contents(&instance.data_dir(), "alice@example.test", "INBOX").await?;
+    let delivered = inbox
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .find(|m| m.contains("Action: delivered"))
+        .ok_or("no delivered notice for bob")?;
+    for needed in [
+        "Subject: Successful Mail Delivery Report",
+        "Original-Envelope-Id: env-123",
+        "Original-Recipient: rfc822;bob@example.test",
+        "Final-Recipient: rfc822; bob@example.test",
+        "Status: 2.0.0",
+        "Subject: hello",
+    ] {
+        assert!(delivered.contains(needed), "{needed}:\n{delivered}");
+    }
+    assert!(
+        !delivered.contains("Final-Recipient: rfc822; carol@remote.test"),
+        "{delivered}"
+    );
+
     // The remote copy was queued with its DSN parameters; remote.test does not exist (the
     // test's DNS knows nothing), so delivery fails for good and alice gets a DSN that carries
     // them (NOTIFY=FAILURE asked for it, ORCPT comes back as Original-Recipient).
@@ -240,7 +291,7 @@ async fn submission_stores_local_mail_with_added_headers_and_queues_remote_mail(
         if let Some(dsn) = inbox
             .iter()
             .map(|m| String::from_utf8_lossy(m).into_owned())
-            .find(|m| m.contains("report-type=delivery-status"))
+            .find(|m| m.contains("Action: failed"))
         {
             break dsn;
         }

@@ -1,6 +1,6 @@
 //! SMTP server for the `mx` and `submission` roles: RFC 5321 with STARTTLS (RFC 3207), AUTH
 //! (RFC 4954), SIZE (RFC 1870), PIPELINING (RFC 2920), 8BITMIME, SMTPUTF8 (RFC 6531),
-//! ENHANCEDSTATUSCODES (RFC 2034/3463), CHUNKING (RFC 3030) and DSN parameters (RFC 3461).
+//! ENHANCEDSTATUSCODES (RFC 2034/3463), CHUNKING (RFC 3030) and, on submission, DSN (RFC 3461).
 //!
 //! `session` decides every answer without touching a socket; this module is the driver: it
 //! reads command lines (bounded, with timeouts), DATA through the strict [`data::DataReceiver`],

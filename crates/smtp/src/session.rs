@@ -22,7 +22,9 @@ use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_identity::{Authenticated, Identity};
 use sealmail_mailauth::inbound::Disposition;
 use sealmail_net::TlsActive;
-use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Recipient as Lookup, Store};
+use sealmail_store::{
+    AcceptedMessage, LocalCopy, NewMessage, OutboundCopy, QueueRecipient, Recipient as Lookup, Store,
+};
 use sealmail_types::{AccountId, EmailAddress, MailboxId};
 
 use crate::message;
@@ -83,6 +85,9 @@ enum Target {
 struct Recipient {
     address: EmailAddress,
     target: Target,
+    /// NOTIFY and ORCPT (RFC 3461), for a local recipient's "delivered" notice.
+    dsn_notify: Option<String>,
+    dsn_orcpt: Option<String>,
 }
 
 struct Transaction {
@@ -259,8 +264,14 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
-            "DSN".to_string(),
         ];
+        // DSN (RFC 3461) on submission only: there we send every notice NOTIFY can ask for.
+        // mx delivers or refuses before its reply, so only "delivered" notices would remain, and
+        // those would go to unverified addresses; a sender's server that sees no DSN here says
+        // "relayed" to its user instead, which is the truth.
+        if self.role == Role::Submission {
+            lines.push("DSN".to_string());
+        }
         if self.tls.is_none() {
             lines.push("STARTTLS".to_string());
         } else {
@@ -368,6 +379,11 @@ impl Session {
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return reply(555, "5.5.4", "BODY=BINARYMIME is not supported");
         }
+        if self.role != Role::Submission
+            && (from.flags & (MAIL_RET_FULL | MAIL_RET_HDRS) != 0 || from.env_id.is_some())
+        {
+            return reply(555, "5.5.4", "DSN is not offered here (RET, ENVID)");
+        }
         let require_tls = from.flags & MAIL_REQUIRETLS != 0;
         if require_tls && self.tls.is_none() {
             // RFC 8689 4.1: REQUIRETLS is only valid on a session protected by TLS.
@@ -469,6 +485,12 @@ impl Session {
             // RFC 5321 4.5.3.1.10: 452 for too many recipients.
             return reply(452, "4.5.3", "Too many recipients");
         }
+        let dsn_notify = notify_text(to.flags);
+        // smtp-proto accepts only the rfc822 address type and decodes the xtext.
+        let dsn_orcpt = to.orcpt.as_ref().map(|address| format!("rfc822;{address}"));
+        if role != Role::Submission && (dsn_notify.is_some() || dsn_orcpt.is_some()) {
+            return reply(555, "5.5.4", "DSN is not offered here (NOTIFY, ORCPT)");
+        }
         if !transaction.smtputf8 && !to.address.is_ascii() {
             return reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
         }
@@ -503,9 +525,8 @@ impl Session {
             }
             (Lookup::NotLocal, Role::Submission) => Target::Remote(QueueRecipient {
                 address: address.clone(),
-                dsn_notify: notify_text(to.flags),
-                // smtp-proto accepts only the rfc822 address type and decodes the xtext.
-                dsn_orcpt: to.orcpt.map(|address| format!("rfc822;{address}")),
+                dsn_notify: dsn_notify.clone(),
+                dsn_orcpt: dsn_orcpt.clone(),
             }),
             // mx never relays.
             (Lookup::NotLocal, _) => {
@@ -538,8 +559,58 @@ impl Session {
                 );
             }
         }
-        transaction.recipients.push(Recipient { address, target });
+        transaction.recipients.push(Recipient {
+            address,
+            target,
+            dsn_notify,
+            dsn_orcpt,
+        });
         reply(250, "2.1.5", "Recipient OK")
+    }
+
+    /// The "delivered" notice (RFC 3464) for local recipients whose NOTIFY asked for it, into
+    /// the submitting user's INBOX. The message is already accepted: a failure here is logged.
+    async fn notify_delivered(
+        &self,
+        sender: &str,
+        envid: &Option<String>,
+        notices: &[sealmail_dsn::Notice],
+        original: &[u8],
+    ) {
+        let Some(auth) = &self.auth else {
+            return;
+        };
+        let inbox = match self.ctx.store.mailbox(auth.account.id, "INBOX").await {
+            Ok(Some(inbox)) => inbox.id,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "no DSN: the sender's INBOX cannot be found");
+                return;
+            }
+        };
+        let now = message::now_unix();
+        let report = sealmail_dsn::build(&sealmail_dsn::Report {
+            hostname: &self.ctx.hostname,
+            sender,
+            envid: envid.as_deref(),
+            ret_full: false,
+            arrival: now,
+            recipients: notices,
+            original,
+        });
+        let stored = self
+            .ctx
+            .store
+            .store_message(NewMessage {
+                content: report,
+                mailboxes: vec![inbox],
+                internal_date: now,
+                flags: Vec::new(),
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot store a DSN");
+        }
     }
 
     fn data(&mut self) -> Action {
@@ -764,7 +835,22 @@ impl Session {
         };
         let mut local_mailboxes = Vec::new();
         let mut remote = Vec::new();
+        let mut delivered = Vec::new();
         for rcpt in transaction.recipients {
+            if matches!(rcpt.target, Target::Local { .. })
+                && self.role == Role::Submission
+                && sealmail_dsn::Action::Delivered.wanted_by(rcpt.dsn_notify.as_deref())
+            {
+                delivered.push(sealmail_dsn::Notice {
+                    address: rcpt.address.to_string(),
+                    orcpt: rcpt.dsn_orcpt.clone(),
+                    action: sealmail_dsn::Action::Delivered,
+                    status: "2.0.0".into(),
+                    diagnostic: "250 2.0.0 message accepted".into(),
+                    remote_mta: None,
+                    will_retry_until: None,
+                });
+            }
             match rcpt.target {
                 Target::Local { account, mailbox } if to_junk => {
                     // DMARC p=quarantine: the recipient's Junk, or the INBOX if it has none.
@@ -854,6 +940,12 @@ impl Session {
                     "message accepted"
                 );
                 sealmail_net::metrics::MESSAGES_ACCEPTED.inc();
+                if !delivered.is_empty() {
+                    let mut original = added.clone();
+                    original.extend_from_slice(&content);
+                    self.notify_delivered(&sender_text, &transaction.dsn_envid, &delivered, &original)
+                        .await;
+                }
                 Reply::new(250, "2.0.0", format!("OK: message {id} accepted"))
             }
             Err(e) => {

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # A throw-away Postfix instance for sealmail's interoperability tests (root; Debian's postfix).
 #
-#   postfix-instance.sh start NAME SMTPD_PORT RELAY_DOMAIN RELAY_HOST:PORT
+#   postfix-instance.sh start NAME SMTPD_PORT RELAY_DOMAIN RELAY_HOST:PORT [RELAY_DOMAIN RELAY_HOST:PORT ...]
 #   postfix-instance.sh stop NAME
 #
 # `start` runs a separate Postfix (its own config, queue and data folders, named NAME) that
 # - listens on 127.0.0.1:SMTPD_PORT with STARTTLS offered (self-signed mail.postfix.test,
 #   TLS 1.2+), and delivers mail for carol@postfix.test into the Maildir
 #   /var/lib/postfix-NAME-vmail/postfix.test/carol/ (with a Received line naming the TLS used);
-# - relays mail for RELAY_DOMAIN, from 127.0.0.0/8 clients, to RELAY_HOST:PORT with mandatory
-#   TLS (smtp_tls_security_level = encrypt), without DNS.
+# - relays mail for each RELAY_DOMAIN, from 127.0.0.0/8 clients, to its RELAY_HOST:PORT with
+#   mandatory TLS (smtp_tls_security_level = encrypt), without DNS; its own DSNs go the same way.
 # Its log is /var/log/postfix-NAME.log. `stop` stops it and deletes its folders.
 set -euo pipefail
 
@@ -32,8 +32,8 @@ if [ "$command" = stop ]; then
 fi
 
 port=$3
-relay_domain=$4
-relay_target=$5
+shift 3
+relay_domains=""
 user=sealmail-pftest
 id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
 uid=$(id -u "$user")
@@ -47,7 +47,12 @@ openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 \
 chmod 0600 "$conf/key.pem"
 
 printf 'carol@postfix.test postfix.test/carol/\n' > "$conf/vmailbox"
-printf '%s smtp:[%s]:%s\n' "$relay_domain" "${relay_target%:*}" "${relay_target##*:}" > "$conf/transport"
+: > "$conf/transport"
+while [ $# -ge 2 ]; do
+  printf '%s smtp:[%s]:%s\n' "$1" "${2%:*}" "${2##*:}" >> "$conf/transport"
+  relay_domains="${relay_domains:+$relay_domains, }$1"
+  shift 2
+done
 
 cat > "$conf/main.cf" <<EOF
 compatibility_level = 3.6
@@ -70,7 +75,7 @@ biff = no
 smtpd_peername_lookup = no
 smtp_dns_support_level = disabled
 smtp_host_lookup = native
-relay_domains = $relay_domain
+relay_domains = $relay_domains
 transport_maps = texthash:$conf/transport
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 virtual_mailbox_domains = postfix.test

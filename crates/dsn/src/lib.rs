@@ -1,6 +1,9 @@
-//! Delivery status notifications (RFC 3464): a `multipart/report` with a human-readable part,
-//! a `message/delivery-status` part, and the original headers (or the whole message when the
-//! sender asked for RET=FULL and something failed, RFC 3461 4.3).
+//! Delivery status notifications (RFC 3464) as messages: a `multipart/report` with a
+//! human-readable part, a `message/delivery-status` part, and the original headers (or the
+//! whole message when the sender asked for RET=FULL and something failed, RFC 3461 4.3).
+//! Which notices are due is the caller's to decide: the delivery queue (failed, delayed,
+//! relayed) and submission (delivered to a local mailbox); [`Action::wanted_by`] applies the
+//! recipient's NOTIFY.
 
 /// What happened to a recipient (RFC 3464 2.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +14,8 @@ pub enum Action {
     Delayed,
     /// Handed to a server that does not offer DSN: no further notice will come.
     Relayed,
+    /// Put into the recipient's mailbox here.
+    Delivered,
 }
 
 impl Action {
@@ -19,6 +24,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Relayed => "relayed",
+            Action::Delivered => "delivered",
         }
     }
 
@@ -26,13 +32,13 @@ impl Action {
     /// notice: without NOTIFY, failures and delays are reported, successes are not.
     pub fn wanted_by(self, notify: Option<&str>) -> bool {
         let Some(notify) = notify else {
-            return self != Action::Relayed;
+            return matches!(self, Action::Failed | Action::Delayed);
         };
         let notify = notify.to_ascii_uppercase();
         let keyword = match self {
             Action::Failed => "FAILURE",
             Action::Delayed => "DELAY",
-            Action::Relayed => "SUCCESS",
+            Action::Relayed | Action::Delivered => "SUCCESS",
         };
         notify.split(',').any(|k| k.trim() == keyword)
     }
@@ -90,7 +96,9 @@ fn random_token() -> String {
 /// The notification message, CRLF line ends.
 pub fn build(report: &Report<'_>) -> Vec<u8> {
     let boundary = format!("sealmail-dsn-{}", random_token());
-    let now = crate::now_unix();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
@@ -135,6 +143,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
             Action::Relayed => {
                 "delivered to the receiving server, which sends no further notices".to_string()
             }
+            Action::Delivered => "delivered to the mailbox".to_string(),
         };
         out.push_str(&format!(
             "<{}>: {what}: {}\r\n",
@@ -260,6 +269,7 @@ mod tests {
             assert_eq!(Failed.wanted_by(notify), failed, "{notify:?}");
             assert_eq!(Delayed.wanted_by(notify), delayed, "{notify:?}");
             assert_eq!(Relayed.wanted_by(notify), relayed, "{notify:?}");
+            assert_eq!(Delivered.wanted_by(notify), relayed, "{notify:?}");
         }
     }
 
