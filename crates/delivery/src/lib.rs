@@ -14,6 +14,7 @@
 pub mod client;
 pub mod mta_sts;
 pub mod route;
+pub mod tls_rpt;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -266,6 +267,43 @@ impl Delivery {
                 _ = shutdown.cancelled() => return,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(IDLE_WAIT) => {}
+            }
+        }
+    }
+
+    /// Sends yesterday's TLS reports (RFC 8460) at start and then every hour until `shutdown`:
+    /// each domain's report goes once (the store remembers), soon after midnight UTC.
+    pub async fn send_tls_reports(
+        self,
+        from: EmailAddress,
+        sign: Arc<tls_rpt::SignReport>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let day = tls_rpt::yesterday();
+            match tls_rpt::send(
+                &*self.inner.store,
+                &self.inner.dns,
+                &self.inner.hostname,
+                &day,
+                &from,
+                &*sign,
+            )
+            .await
+            {
+                Ok(sent) => {
+                    if !sent.queued.is_empty() {
+                        self.wake();
+                    }
+                    for (domain, error) in &sent.failed {
+                        tracing::warn!(domain, day, error, "TLS report not sent; trying again in an hour");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "TLS reports could not be read"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             }
         }
     }
@@ -613,9 +651,9 @@ impl Delivery {
                 "outbound TLS established"
             );
             // Under an MTA-STS policy in testing mode an unverified certificate is delivered
-            // to, but reported as the failure it would be under enforce (RFC 8461 5).
+            // to, but reported as the failure it would be under enforce (RFC 8461 5). Without
+            // a policy, a TLS session is a "no-policy-found" success (RFC 8460 4.4).
             match (&check, policy.policy_type) {
-                (_, "no-policy-found") => {}
                 (Some(c), "sts") if !c.verified => {
                     self.tls_result(domain, "sts", &host.name, c.result_type, &c.detail)
                         .await;
@@ -1022,4 +1060,16 @@ impl Delivery {
             Err(e) => tracing::error!(queue_id = job.message.id, error = %e, "cannot store a DSN"),
         }
     }
+}
+
+/// A resolver asking only the test's DNS fixture, quickly giving up.
+#[cfg(test)]
+pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, String> {
+    Dns::new(&sealmail_config::DnsConfig {
+        nameservers: vec![server.addr()],
+        timeout: Duration::from_millis(500),
+        attempts: 1,
+        ..sealmail_config::DnsConfig::default()
+    })
+    .map_err(|e| e.to_string())
 }

@@ -283,13 +283,7 @@ mod tests {
         for i in 0..10u8 {
             server.add_a("mx29.big.test", [198, 51, 100, i].into());
         }
-        let dns = Dns::new(&sealmail_config::DnsConfig {
-            nameservers: vec![server.addr()],
-            timeout: std::time::Duration::from_millis(500),
-            attempts: 1,
-            ..sealmail_config::DnsConfig::default()
-        })
-        .map_err(|e| e.to_string())?;
+        let dns = crate::test_dns(&server)?;
         let hosts = hosts(&dns, &DeliveryConfig::default(), "big.test")
             .await
             .map_err(|e| format!("{e:?}"))?;

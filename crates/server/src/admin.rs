@@ -222,9 +222,9 @@ pub async fn queue(config_path: &Path, command: crate::cli::QueueCommand) -> any
 }
 
 /// RFC 8460 reports for one UTC day, built from the results delivery counted: one JSON
-/// document per recipient domain that had an MTA-STS or DANE policy (or a policy failure).
-/// Sending them to the domains' `rua` addresses is not done yet.
-pub async fn tls_report(config_path: &Path, day: Option<String>) -> anyhow::Result<()> {
+/// document per recipient domain that had an MTA-STS or DANE policy (or a policy failure),
+/// printed, or with `send` queued to the domains' report addresses.
+pub async fn tls_report(config_path: &Path, day: Option<String>, send: bool) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let store = open_store(&config).await?;
     let day = match day {
@@ -232,100 +232,32 @@ pub async fn tls_report(config_path: &Path, day: Option<String>) -> anyhow::Resu
             let format = time::macros::format_description!("[year]-[month]-[day]");
             time::Date::parse(&day, &format)
                 .map_err(|_| usage(format!("--day {day:?} is not a date like 2026-11-28")))?
+                .to_string()
         }
-        None => time::OffsetDateTime::now_utc()
-            .date()
-            .previous_day()
-            .unwrap_or(time::Date::MIN),
+        None => sealmail_delivery::tls_rpt::yesterday(),
     };
-    let day_text = day.to_string();
     let hostname = config.hostname.to_string();
-    let mut domains: std::collections::BTreeMap<String, Vec<sealmail_store::TlsResultCount>> =
-        Default::default();
-    for row in store.tls_results().await? {
-        if row.day == day_text {
-            domains
-                .entry(row.result.policy_domain.clone())
-                .or_default()
-                .push(row);
+    if !send {
+        for report in sealmail_delivery::tls_rpt::reports(&*store, &day, &hostname).await? {
+            println!("{}", report.json);
         }
+        return Ok(());
     }
-    for (domain, rows) in domains {
-        let mut policies = Vec::new();
-        let mut types: Vec<&str> = rows.iter().map(|r| r.result.policy_type.as_str()).collect();
-        types.dedup();
-        for policy_type in types {
-            let rows: Vec<&sealmail_store::TlsResultCount> = rows
-                .iter()
-                .filter(|r| r.result.policy_type == policy_type)
-                .collect();
-            let successes: i64 = rows
-                .iter()
-                .filter(|r| r.result.result_type == "success")
-                .map(|r| r.count)
-                .sum();
-            let failures: Vec<serde_json::Value> = rows
-                .iter()
-                .filter(|r| r.result.result_type != "success")
-                .map(|r| {
-                    serde_json::json!({
-                        "result-type": r.result.result_type,
-                        "receiving-mx-hostname": r.result.mx_host,
-                        "failed-session-count": r.count,
-                        "additional-information": r.result.detail,
-                    })
-                })
-                .collect();
-            let failed: i64 = rows
-                .iter()
-                .filter(|r| r.result.result_type != "success")
-                .map(|r| r.count)
-                .sum();
-            let policy_string: Vec<String> = match policy_type {
-                "sts" => store
-                    .mta_sts_policy(&domain)
-                    .await?
-                    .map(|(_, body, _)| {
-                        body.lines()
-                            .map(|l| l.trim_end().to_string())
-                            .filter(|l| !l.is_empty())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            let mut mx: Vec<&str> = rows
-                .iter()
-                .map(|r| r.result.mx_host.as_str())
-                .filter(|h| !h.is_empty())
-                .collect();
-            mx.sort();
-            mx.dedup();
-            policies.push(serde_json::json!({
-                "policy": {
-                    "policy-type": policy_type,
-                    "policy-string": policy_string,
-                    "policy-domain": domain,
-                    "mx-host": mx,
-                },
-                "summary": {
-                    "total-successful-session-count": successes,
-                    "total-failure-session-count": failed,
-                },
-                "failure-details": failures,
-            }));
-        }
-        let report = serde_json::json!({
-            "organization-name": hostname,
-            "date-range": {
-                "start-datetime": format!("{day_text}T00:00:00Z"),
-                "end-datetime": format!("{day_text}T23:59:59Z"),
-            },
-            "contact-info": format!("postmaster@{hostname}"),
-            "report-id": format!("{day_text}.{domain}@{hostname}"),
-            "policies": policies,
-        });
-        println!("{report}");
+    let (domains, signer) = crate::serve::load_signer(&config, &*store).await?;
+    let (from, sign) = crate::serve::tls_report_sender(&domains, &signer, &hostname)?;
+    let dns = sealmail_dns::Dns::new(&config.dns)?;
+    let sent = sealmail_delivery::tls_rpt::send(&*store, &dns, &hostname, &day, &from, &*sign).await?;
+    for (domain, to) in &sent.queued {
+        println!("{domain}: queued to {}", to.join(", "));
+    }
+    for domain in &sent.no_address {
+        println!("{domain}: publishes no report address");
+    }
+    for domain in &sent.already_sent {
+        println!("{domain}: sent before");
+    }
+    for (domain, error) in &sent.failed {
+        println!("{domain}: not sent: {error}");
     }
     Ok(())
 }

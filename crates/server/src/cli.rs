@@ -76,11 +76,16 @@ pub enum Command {
     /// Inspect the outbound queue
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Print the day's TLS reports (RFC 8460 JSON), one per recipient domain with a policy
+    /// Print the day's TLS reports (RFC 8460 JSON), one per recipient domain with a policy;
+    /// with --send, queue them to the domains' report addresses instead (once per day and
+    /// domain; the server also does this every day on its own)
     TlsReport {
         /// The UTC day, YYYY-MM-DD (default: yesterday)
         #[arg(long)]
         day: Option<String>,
+        /// Queue the reports to each domain's `_smtp._tls` rua mailto: addresses
+        #[arg(long)]
+        send: bool,
     },
     /// Bring the store's schema up to date (a snapshot is taken first)
     Migrate {

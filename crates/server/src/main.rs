@@ -55,7 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
                 Command::Security(cmd) => admin::security(&config_path, cmd).await,
                 Command::Queue(command) => admin::queue(&config_path, command).await,
-                Command::TlsReport { day } => admin::tls_report(&config_path, day).await,
+                Command::TlsReport { day, send } => admin::tls_report(&config_path, day, send).await,
                 Command::Migrate { dry_run } => admin::migrate(&config_path, dry_run).await,
                 Command::Backup { dir } => backup::backup(&config_path, &dir).await,
                 Command::Restore { dir } => backup::restore(&config_path, &dir).await,

@@ -75,6 +75,56 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     Ok(Arc::new(store))
 }
 
+/// The served domains and the DKIM signer with their keys.
+pub async fn load_signer(
+    config: &sealmail_config::Config,
+    store: &dyn sealmail_store::Store,
+) -> anyhow::Result<(Vec<String>, Arc<sealmail_mailauth::signing::Signer>)> {
+    let domains: Vec<String> = store
+        .list_domains()
+        .await?
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let signer = sealmail_mailauth::signing::Signer::load(
+        &config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR),
+        &domains,
+    )?;
+    Ok((domains, Arc::new(signer)))
+}
+
+/// Who sends our TLS reports (RFC 8460), and how they are signed: `tls-reports@` the first
+/// served domain with DKIM keys (so the report passes DMARC), else of the first served domain,
+/// else of our host name.
+pub fn tls_report_sender(
+    domains: &[String],
+    signer: &Arc<sealmail_mailauth::signing::Signer>,
+    hostname: &str,
+) -> anyhow::Result<(
+    sealmail_types::EmailAddress,
+    Arc<sealmail_delivery::tls_rpt::SignReport>,
+)> {
+    let mut sorted = domains.to_vec();
+    sorted.sort();
+    let domain = sorted
+        .iter()
+        .find(|d| signer.signs_for(d))
+        .or(sorted.first())
+        .cloned()
+        .unwrap_or_else(|| hostname.to_string());
+    let from = sealmail_types::EmailAddress::parse(&format!("tls-reports@{domain}"))
+        .map_err(|e| anyhow::anyhow!("no TLS report address for {domain}: {e}"))?;
+    let signer = signer.clone();
+    let sign = move |message: &[u8]| match signer.sign(&domain, message) {
+        Ok(headers) => headers,
+        Err(e) => {
+            tracing::error!(domain = %domain, error = %e, "TLS report not signed");
+            Vec::new()
+        }
+    };
+    Ok((from, Arc::new(sign)))
+}
+
 pub async fn serve(config_path: &Path, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let format = log_format.unwrap_or(match config.log_format {
@@ -115,17 +165,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tempfail_on_dns_error: config.inbound.tempfail_on_dns_error,
         phishing_warnings: config.inbound.phishing_warnings,
     };
-    let domains: Vec<String> = store
-        .list_domains()
-        .await?
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-    let signer = Arc::new(sealmail_mailauth::signing::Signer::load(
-        &config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR),
-        &domains,
-    )?);
+    let (domains, signer) = load_signer(&config, &*store).await?;
     let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
+    let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
@@ -182,6 +224,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
     }
+    tokio::spawn(
+        delivery
+            .clone()
+            .send_tls_reports(report_from, sign_report, shutdown.clone()),
+    );
     tokio::spawn(delivery.run(shutdown.clone()));
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");

@@ -1239,6 +1239,71 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
     Ok(())
 }
 
+/// The day's TLS report (RFC 8460) goes to the `mailto:` address b.test publishes in
+/// `_smtp._tls.b.test`, as a DKIM-signed `multipart/report` whose gzip-compressed JSON counts
+/// the day's sessions; it is sent once per day however often it is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_reports_go_to_the_published_address_once_a_day() -> TestResult {
+    let w = world(true, "").await?;
+    w.base.dns.add_txt(
+        "_smtp._tls.b.test",
+        "v=TLSRPTv1; rua=mailto:bob@b.test,https://reports.b.test/tlsrpt",
+    );
+    for i in 0..2 {
+        w.a.submit("alice@a.test", "bob@b.test", &format!("counted-{i}"), false)
+            .await?;
+    }
+    w.b.wait_for_mail("bob@b.test", "INBOX", 2, Duration::from_secs(20))
+        .await?;
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let out = w.a.admin(&["tls-report", "--send", "--day", &today])?;
+    assert!(out.contains("b.test: queued to bob@b.test"), "{out}");
+    let inbox =
+        w.b.wait_for_mail("bob@b.test", "INBOX", 3, Duration::from_secs(20))
+            .await?;
+    let report = inbox
+        .iter()
+        .find(|m| m.contains("TLS-Report-Domain: b.test"))
+        .ok_or(format!("no report: {inbox:?}"))?;
+    assert!(
+        report.contains("Subject: Report Domain: b.test Submitter: "),
+        "{report}"
+    );
+    assert!(report.contains("report-type=\"tlsrpt\""), "{report}");
+    let results = header_value(report, "Authentication-Results").ok_or("no A-R")?;
+    assert!(
+        results.contains("dkim=pass")
+            && results.contains("header.d=a.test")
+            && results.contains("dmarc=pass"),
+        "{results}"
+    );
+    // The attachment: base64 of gzip of the JSON.
+    let start = report
+        .find("Content-Type: application/tlsrpt+gzip")
+        .ok_or("no attachment")?;
+    let body = report[start..]
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or("no attachment body")?;
+    let encoded: String = body.lines().take_while(|l| !l.starts_with("--")).collect();
+    let compressed = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| e.to_string())?;
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut json)
+        .map_err(|e| e.to_string())?;
+    let json: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    let policy = &json["policies"][0];
+    assert_eq!(policy["policy"]["policy-domain"], "b.test", "{json}");
+    assert_eq!(policy["summary"]["total-successful-session-count"], 2, "{json}");
+    assert_eq!(json["date-range"]["start-datetime"], format!("{today}T00:00:00Z"));
+
+    // Asked again: not sent twice.
+    let out = w.a.admin(&["tls-report", "--send", "--day", &today])?;
+    assert!(out.contains("b.test: sent before"), "{out}");
+    Ok(())
+}
+
 /// MTA-STS exists against forged MX answers. A forger who names a host of their own, with TLSA
 /// records in their own signed zone, must not get the mail through DANE (which comes before
 /// MTA-STS): DANE applies only to MX hosts from a DNSSEC-validated answer (RFC 7672 2.2.1).

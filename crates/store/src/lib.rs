@@ -406,6 +406,9 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every counted TLS result, by day.
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
+    /// Claims the TLS report of `day` for `domain`: true the first time only, so a report is
+    /// sent once however many times (or nodes) ask.
+    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
     /// A new mailbox; `name` must not exist yet (any case for INBOX).
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError>;

@@ -134,6 +134,10 @@ enum WriteOp {
     },
     DeleteQueued(i64),
     TlsResult(TlsResult),
+    ClaimTlsReport {
+        day: String,
+        domain: String,
+    },
 }
 
 impl WriteOp {
@@ -624,6 +628,18 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::TlsResult(result) => queue::record_tls_result(conn, result)
             .await
             .map(|_| WriteDone::Unit),
+        WriteOp::ClaimTlsReport { day, domain } => {
+            let claimed = sqlx::query(
+                "INSERT INTO tls_reports_sent (day, policy_domain, sent_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&*day)
+            .bind(&*domain)
+            .bind(now_unix())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(WriteDone::Count(claimed))
+        }
         WriteOp::Accept {
             message,
             local_sha256,
@@ -1014,6 +1030,17 @@ impl Store for SqliteStore {
 
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
         queue::tls_results(&self.readers).await
+    }
+
+    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError> {
+        let op = WriteOp::ClaimTlsReport {
+            day: day.to_string(),
+            domain: domain.to_string(),
+        };
+        match self.write(op).await? {
+            WriteDone::Count(n) => Ok(n > 0),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn add_account(

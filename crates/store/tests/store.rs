@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6]
+        [2, 3, 4, 5, 6, 7]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        5
+        6
     );
 
     let alice = store
@@ -227,7 +227,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 6);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 7);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -563,5 +563,20 @@ async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> Test
         store.rename_mailbox(alice, "INBOX", "X").await,
         Err(StoreError::NotAllowed(_))
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tls_report_is_claimed_once_per_day_and_domain() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path(), 16).await?;
+    assert!(store.claim_tls_report("2026-11-28", "b.test").await?);
+    assert!(!store.claim_tls_report("2026-11-28", "b.test").await?);
+    assert!(store.claim_tls_report("2026-11-28", "c.test").await?);
+    assert!(store.claim_tls_report("2026-11-29", "b.test").await?);
+    // Kept across a restart.
+    drop(store);
+    let store = SqliteStore::open(dir.path(), 16).await?;
+    assert!(!store.claim_tls_report("2026-11-29", "b.test").await?);
     Ok(())
 }

@@ -1,0 +1,384 @@
+//! SMTP TLS reporting (RFC 8460): the daily report per recipient domain, built from the TLS
+//! results delivery counted (`tls_results`), and its sending to the `mailto:` addresses the
+//! domain publishes in `_smtp._tls.DOMAIN` (`v=TLSRPTv1; rua=...`). A report is mail like any
+//! other: it is queued, DKIM-signed by the caller, and delivered under the same TLS policies.
+//! `https:` report addresses are not used yet: they are logged and skipped.
+
+use std::io::Write as _;
+
+use mail_auth::common::parse::TxtRecordParser as _;
+use mail_auth::mta_sts::{ReportUri, TlsRpt};
+use sealmail_dns::Dns;
+use sealmail_store::{Store, StoreError, TlsResultCount};
+
+/// One domain's report for one UTC day.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub domain: String,
+    pub report_id: String,
+    /// The RFC 8460 4.4 JSON document.
+    pub json: serde_json::Value,
+}
+
+/// The reports of `day` (YYYY-MM-DD, UTC): one per recipient domain that had an MTA-STS or
+/// DANE policy, or a failure that a policy would report.
+pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec<Report>, StoreError> {
+    let mut domains: std::collections::BTreeMap<String, Vec<TlsResultCount>> = Default::default();
+    for row in store.tls_results().await? {
+        if row.day == day {
+            domains
+                .entry(row.result.policy_domain.clone())
+                .or_default()
+                .push(row);
+        }
+    }
+    let mut reports = Vec::new();
+    for (domain, rows) in domains {
+        let mut policies = Vec::new();
+        let mut types: Vec<&str> = rows.iter().map(|r| r.result.policy_type.as_str()).collect();
+        types.sort();
+        types.dedup();
+        for policy_type in types {
+            let rows: Vec<&TlsResultCount> = rows
+                .iter()
+                .filter(|r| r.result.policy_type == policy_type)
+                .collect();
+            let count = |success: bool| -> i64 {
+                rows.iter()
+                    .filter(|r| (r.result.result_type == "success") == success)
+                    .map(|r| r.count)
+                    .sum()
+            };
+            let failures: Vec<serde_json::Value> = rows
+                .iter()
+                .filter(|r| r.result.result_type != "success")
+                .map(|r| {
+                    serde_json::json!({
+                        "result-type": r.result.result_type,
+                        "receiving-mx-hostname": r.result.mx_host,
+                        "failed-session-count": r.count,
+                        "additional-information": r.result.detail,
+                    })
+                })
+                .collect();
+            let policy_string: Vec<String> = match policy_type {
+                "sts" => store
+                    .mta_sts_policy(&domain)
+                    .await?
+                    .map(|(_, body, _)| {
+                        body.lines()
+                            .map(|l| l.trim_end().to_string())
+                            .filter(|l| !l.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let mut mx: Vec<&str> = rows
+                .iter()
+                .map(|r| r.result.mx_host.as_str())
+                .filter(|h| !h.is_empty())
+                .collect();
+            mx.sort();
+            mx.dedup();
+            policies.push(serde_json::json!({
+                "policy": {
+                    "policy-type": policy_type,
+                    "policy-string": policy_string,
+                    "policy-domain": domain,
+                    "mx-host": mx,
+                },
+                "summary": {
+                    "total-successful-session-count": count(true),
+                    "total-failure-session-count": count(false),
+                },
+                "failure-details": failures,
+            }));
+        }
+        let report_id = format!("{day}.{domain}@{hostname}");
+        let json = serde_json::json!({
+            "organization-name": hostname,
+            "date-range": {
+                "start-datetime": format!("{day}T00:00:00Z"),
+                "end-datetime": format!("{day}T23:59:59Z"),
+            },
+            "contact-info": format!("postmaster@{hostname}"),
+            "report-id": report_id,
+            "policies": policies,
+        });
+        reports.push(Report {
+            domain,
+            report_id,
+            json,
+        });
+    }
+    Ok(reports)
+}
+
+/// Where `domain` wants its reports (RFC 8460 3): the `mailto:` addresses of its TLSRPT record;
+/// none when it publishes no (valid) record.
+pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Vec<String>, String> {
+    let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
+    let lookup = match dns.resolver().txt_lookup(name.as_str()).await {
+        Ok(lookup) => lookup,
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) => return Err(format!("TXT lookup for {name} failed: {e}")),
+    };
+    let mut addresses = Vec::new();
+    for record in lookup.answers() {
+        let hickory_proto::rr::RData::TXT(txt) = &record.data else {
+            continue;
+        };
+        let text: Vec<u8> = txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+        let Ok(policy) = TlsRpt::parse(&text) else {
+            continue;
+        };
+        for uri in policy.rua {
+            match uri {
+                ReportUri::Mail(address) if valid_address(&address) => addresses.push(address),
+                ReportUri::Mail(address) => {
+                    tracing::info!(domain, address = %address.escape_debug(), "TLS report address skipped: not an address")
+                }
+                ReportUri::Http(url) => {
+                    tracing::info!(domain, url = %url.escape_debug(), "TLS report by HTTPS is not supported; skipped")
+                }
+            }
+        }
+        // RFC 8460 3: more than one record is an error; the first valid one counts.
+        break;
+    }
+    addresses.truncate(MAX_REPORT_ADDRESSES);
+    Ok(addresses)
+}
+
+/// A published record may name any number of addresses; a report goes to the first few.
+const MAX_REPORT_ADDRESSES: usize = 5;
+
+fn valid_address(address: &str) -> bool {
+    sealmail_types::EmailAddress::parse(address).is_ok() && !address.contains(['\r', '\n', '<', '>', ','])
+}
+
+/// The report as mail (RFC 8460 5.3): `multipart/report; report-type="tlsrpt"` with the JSON
+/// gzip-compressed as `application/tlsrpt+gzip`, and the TLS-Report-Domain and
+/// TLS-Report-Submitter fields. No trailing signature: the caller signs it.
+pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> std::io::Result<Vec<u8>> {
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(report.json.to_string().as_bytes())?;
+    let compressed = gzip.finish()?;
+    let mut token = [0u8; 12];
+    getrandom::fill(&mut token).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let boundary = format!("sealmail-tlsrpt-{token}");
+    let day = report
+        .json
+        .pointer("/date-range/start-datetime")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .get(..10)
+        .unwrap_or_default()
+        .to_string();
+    // The file name (RFC 8460 5.3): submitter!domain!begin!end, in Unix seconds.
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let begin = time::Date::parse(&day, &format)
+        .map(|d| d.midnight().assume_utc().unix_timestamp())
+        .unwrap_or_default();
+    let end = begin + 86_399;
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let mut out = String::new();
+    out.push_str(&format!("From: <{from}>\r\n"));
+    out.push_str(&format!(
+        "To: {}\r\n",
+        to.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")
+    ));
+    out.push_str(&format!(
+        "Subject: Report Domain: {} Submitter: {submitter} Report-ID: <{}>\r\n",
+        report.domain, report.report_id
+    ));
+    out.push_str(&format!("Date: {date}\r\n"));
+    out.push_str(&format!("Message-ID: <{token}@{submitter}>\r\n"));
+    out.push_str(&format!("TLS-Report-Domain: {}\r\n", report.domain));
+    out.push_str(&format!("TLS-Report-Submitter: {submitter}\r\n"));
+    out.push_str("Auto-Submitted: auto-generated\r\n");
+    out.push_str("MIME-Version: 1.0\r\n");
+    out.push_str(&format!(
+        "Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    ));
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ));
+    out.push_str(&format!(
+        "This is an SMTP TLS report (RFC 8460) for {} from {submitter} for {day}.\r\n\r\n",
+        report.domain
+    ));
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment;\r\n\tfilename=\"{submitter}!{}!{begin}!{end}.json.gz\"\r\n\r\n",
+        report.domain
+    ));
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&compressed);
+    for line in encoded.as_bytes().chunks(76) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    Ok(out.into_bytes())
+}
+
+/// Signs a report message: returns the DKIM-Signature header fields to put before it (empty
+/// when the sending domain has no key).
+pub type SignReport = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
+/// What one [`send`] did, by domain.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Queued to these addresses.
+    pub queued: Vec<(String, Vec<String>)>,
+    /// The domain publishes no report address.
+    pub no_address: Vec<String>,
+    /// Sent before (by an earlier run or another node).
+    pub already_sent: Vec<String>,
+    /// The report address lookup failed; tried again by the next run.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Queues the reports of `day` (YYYY-MM-DD, UTC) to each domain's `mailto:` addresses, once
+/// per day and domain, from `from` (which should be an address of a domain `sign` signs for,
+/// so that the report passes DMARC).
+pub async fn send(
+    store: &dyn Store,
+    dns: &Dns,
+    hostname: &str,
+    day: &str,
+    from: &sealmail_types::EmailAddress,
+    sign: &SignReport,
+) -> Result<Sent, StoreError> {
+    let mut sent = Sent::default();
+    for report in reports(store, day, hostname).await? {
+        let domain = report.domain.clone();
+        let addresses = match report_addresses(dns, &domain).await {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                sent.failed.push((domain, e));
+                continue;
+            }
+        };
+        // Claimed before it is queued: a crash in between loses one report rather than
+        // sending it twice.
+        if !store.claim_tls_report(day, &domain).await? {
+            sent.already_sent.push(domain);
+            continue;
+        }
+        if addresses.is_empty() {
+            sent.no_address.push(domain);
+            continue;
+        }
+        let message = match message(&report, &from.to_string(), &addresses, hostname) {
+            Ok(message) => message,
+            Err(e) => {
+                sent.failed.push((domain, e.to_string()));
+                continue;
+            }
+        };
+        let mut content = sign(&message);
+        content.extend_from_slice(&message);
+        let recipients = addresses
+            .iter()
+            .filter_map(|a| sealmail_types::EmailAddress::parse(a).ok())
+            .map(|address| sealmail_store::QueueRecipient {
+                address,
+                // Nobody reads a bounce of a report.
+                dsn_notify: Some("NEVER".into()),
+                dsn_orcpt: None,
+            })
+            .collect();
+        store
+            .accept_message(sealmail_store::AcceptedMessage {
+                local: None,
+                outbound: Some(sealmail_store::OutboundCopy {
+                    content,
+                    sender: from.to_string(),
+                    recipients,
+                    dsn_envid: None,
+                    dsn_ret: None,
+                    require_tls: false,
+                }),
+            })
+            .await?;
+        tracing::info!(domain, day, to = ?addresses, "TLS report queued");
+        sent.queued.push((domain, addresses));
+    }
+    Ok(sent)
+}
+
+/// Yesterday (UTC) as YYYY-MM-DD: the day a daily run reports on.
+pub fn yesterday() -> String {
+    time::OffsetDateTime::now_utc()
+        .date()
+        .previous_day()
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealmail_testkit::dns::DnsServer;
+
+    #[tokio::test]
+    async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), String> {
+        let server = DnsServer::start().await?;
+        let many: Vec<String> = (0..8).map(|i| format!("mailto:r{i}@many.test")).collect();
+        server.add_txt(
+            "_smtp._tls.many.test",
+            &format!("v=TLSRPTv1; rua={}", many.join(",")),
+        );
+        server.add_txt(
+            "_smtp._tls.mixed.test",
+            "v=TLSRPTv1; rua=https://reports.mixed.test/v1,mailto:tls@mixed.test,mailto:not an address",
+        );
+        server.add_txt("_smtp._tls.broken.test", "v=TLSRPTv2; rua=mailto:x@broken.test");
+        let dns = crate::test_dns(&server)?;
+        let many = report_addresses(&dns, "many.test").await?;
+        assert_eq!(many.len(), MAX_REPORT_ADDRESSES);
+        assert_eq!(many[0], "r0@many.test");
+        assert_eq!(report_addresses(&dns, "mixed.test").await?, ["tls@mixed.test"]);
+        assert!(report_addresses(&dns, "broken.test").await?.is_empty());
+        assert!(report_addresses(&dns, "none.test").await?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn the_report_mail_carries_the_json_gzip_compressed() -> Result<(), String> {
+        use mail_parser::MimeHeaders as _;
+        let report = Report {
+            domain: "b.test".into(),
+            report_id: "2026-11-28.b.test@mail.a.test".into(),
+            json: serde_json::json!({"report-id": "2026-11-28.b.test@mail.a.test",
+                "date-range": {"start-datetime": "2026-11-28T00:00:00Z"}}),
+        };
+        let mail = message(&report, "tls-reports@a.test", &["r@b.test".into()], "mail.a.test")
+            .map_err(|e| e.to_string())?;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&mail)
+            .ok_or("does not parse")?;
+        assert_eq!(
+            parsed.subject(),
+            Some("Report Domain: b.test Submitter: mail.a.test Report-ID: <2026-11-28.b.test@mail.a.test>")
+        );
+        let attachment = parsed.attachment(0).ok_or("no attachment")?;
+        let mut json = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(attachment.contents()),
+            &mut json,
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(json, report.json.to_string());
+        assert_eq!(
+            attachment.attachment_name(),
+            Some("mail.a.test!b.test!1795824000!1795910399.json.gz")
+        );
+        Ok(())
+    }
+}
