@@ -281,22 +281,10 @@ impl Delivery {
     ) {
         loop {
             let day = tls_rpt::yesterday();
-            match tls_rpt::send(
-                &*self.inner.store,
-                &self.inner.dns,
-                &self.inner.hostname,
-                &day,
-                &from,
-                &*sign,
-            )
-            .await
-            {
+            match self.send_tls_reports_of(&day, &from, &*sign).await {
                 Ok(sent) => {
-                    if !sent.queued.is_empty() {
-                        self.wake();
-                    }
                     for (domain, error) in &sent.failed {
-                        tracing::warn!(domain, day, error, "TLS report not sent; trying again in an hour");
+                        tracing::warn!(domain, day, error, "TLS report not sent");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "TLS reports could not be read"),
@@ -306,6 +294,30 @@ impl Delivery {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             }
         }
+    }
+
+    /// Sends the TLS reports of `day` (YYYY-MM-DD) that have not been sent: see [`tls_rpt::send`].
+    pub async fn send_tls_reports_of(
+        &self,
+        day: &str,
+        from: &EmailAddress,
+        sign: &tls_rpt::SignReport,
+    ) -> Result<tls_rpt::Sent, sealmail_store::StoreError> {
+        let inner = &self.inner;
+        let sent = tls_rpt::send(
+            &*inner.store,
+            &inner.dns,
+            inner.mta_sts.http(),
+            &inner.hostname,
+            day,
+            from,
+            sign,
+        )
+        .await?;
+        if !sent.queued.is_empty() {
+            self.wake();
+        }
+        Ok(sent)
     }
 
     /// Starts delivery of every due recipient not already in progress.

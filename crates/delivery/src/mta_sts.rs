@@ -169,6 +169,12 @@ impl MtaSts {
         })
     }
 
+    /// The HTTPS client (our resolver and certificate checks, no redirects), also for TLS
+    /// reports.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The policy in force for `domain`: from memory, else from the store.
     async fn cached(&self, domain: &str) -> Option<Arc<Policy>> {
         {

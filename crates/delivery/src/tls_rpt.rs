@@ -1,8 +1,9 @@
 //! SMTP TLS reporting (RFC 8460): the daily report per recipient domain, built from the TLS
-//! results delivery counted (`tls_results`), and its sending to the `mailto:` addresses the
-//! domain publishes in `_smtp._tls.DOMAIN` (`v=TLSRPTv1; rua=...`). A report is mail like any
-//! other: it is queued, DKIM-signed by the caller, and delivered under the same TLS policies.
-//! `https:` report addresses are not used yet: they are logged and skipped.
+//! results delivery counted (`tls_results`), and its sending to the addresses the domain
+//! publishes in `_smtp._tls.DOMAIN` (`v=TLSRPTv1; rua=...`): to `mailto:` ones as mail like any
+//! other (queued, DKIM-signed by the caller, delivered under the same TLS policies), to
+//! `https:` ones as a POST of the gzip-compressed JSON (RFC 8460 5.4) with the MTA-STS client
+//! (certificate verified, no redirects, our resolver).
 
 use std::io::Write as _;
 
@@ -115,16 +116,23 @@ pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec
     Ok(reports)
 }
 
-/// Where `domain` wants its reports (RFC 8460 3): the `mailto:` addresses of its TLSRPT record;
-/// none when it publishes no (valid) record.
-pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Vec<String>, String> {
+/// Where a domain wants its reports.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Destinations {
+    pub mail: Vec<String>,
+    pub https: Vec<String>,
+}
+
+/// Where `domain` wants its reports (RFC 8460 3): the `mailto:` and `https:` URIs of its TLSRPT
+/// record (at most [`MAX_REPORT_ADDRESSES`] in all); none when it publishes no (valid) record.
+pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, String> {
     let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
     let lookup = match dns.resolver().txt_lookup(name.as_str()).await {
         Ok(lookup) => lookup,
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Destinations::default()),
         Err(e) => return Err(format!("TXT lookup for {name} failed: {e}")),
     };
-    let mut addresses = Vec::new();
+    let mut found = Destinations::default();
     for record in lookup.answers() {
         let hickory_proto::rr::RData::TXT(txt) = &record.data else {
             continue;
@@ -134,21 +142,25 @@ pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Vec<String>, St
             continue;
         };
         for uri in policy.rua {
+            if found.mail.len() + found.https.len() >= MAX_REPORT_ADDRESSES {
+                break;
+            }
             match uri {
-                ReportUri::Mail(address) if valid_address(&address) => addresses.push(address),
-                ReportUri::Mail(address) => {
-                    tracing::info!(domain, address = %address.escape_debug(), "TLS report address skipped: not an address")
-                }
-                ReportUri::Http(url) => {
-                    tracing::info!(domain, url = %url.escape_debug(), "TLS report by HTTPS is not supported; skipped")
+                ReportUri::Mail(address) if valid_address(&address) => found.mail.push(address),
+                ReportUri::Http(url) if valid_url(&url) => found.https.push(url),
+                ReportUri::Mail(uri) | ReportUri::Http(uri) => {
+                    tracing::info!(domain, uri = %uri.escape_debug(), "TLS report address skipped: not a mail address or https URL")
                 }
             }
         }
         // RFC 8460 3: more than one record is an error; the first valid one counts.
         break;
     }
-    addresses.truncate(MAX_REPORT_ADDRESSES);
-    Ok(addresses)
+    Ok(found)
+}
+
+fn valid_url(url: &str) -> bool {
+    url.len() <= 2048 && url.starts_with("https://") && reqwest::Url::parse(url).is_ok()
 }
 
 /// A published record may name any number of addresses; a report goes to the first few.
@@ -158,13 +170,18 @@ fn valid_address(address: &str) -> bool {
     sealmail_types::EmailAddress::parse(address).is_ok() && !address.contains(['\r', '\n', '<', '>', ','])
 }
 
+/// The report's JSON, gzip-compressed (`application/tlsrpt+gzip`).
+pub fn compressed(report: &Report) -> std::io::Result<Vec<u8>> {
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(report.json.to_string().as_bytes())?;
+    gzip.finish()
+}
+
 /// The report as mail (RFC 8460 5.3): `multipart/report; report-type="tlsrpt"` with the JSON
 /// gzip-compressed as `application/tlsrpt+gzip`, and the TLS-Report-Domain and
 /// TLS-Report-Submitter fields. No trailing signature: the caller signs it.
 pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> std::io::Result<Vec<u8>> {
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gzip.write_all(report.json.to_string().as_bytes())?;
-    let compressed = gzip.finish()?;
+    let compressed = compressed(report)?;
     let mut token = [0u8; 12];
     getrandom::fill(&mut token).map_err(|e| std::io::Error::other(e.to_string()))?;
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
@@ -235,11 +252,14 @@ pub type SignReport = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
 pub struct Sent {
     /// Queued to these addresses.
     pub queued: Vec<(String, Vec<String>)>,
+    /// Accepted (2xx) by this HTTPS address.
+    pub posted: Vec<(String, String)>,
     /// The domain publishes no report address.
     pub no_address: Vec<String>,
     /// Sent before (by an earlier run or another node).
     pub already_sent: Vec<String>,
-    /// The report address lookup failed; tried again by the next run.
+    /// The report address lookup failed (tried again by the next run), or an HTTPS address
+    /// refused the report.
     pub failed: Vec<(String, String)>,
 }
 
@@ -249,6 +269,7 @@ pub struct Sent {
 pub async fn send(
     store: &dyn Store,
     dns: &Dns,
+    http: &reqwest::Client,
     hostname: &str,
     day: &str,
     from: &sealmail_types::EmailAddress,
@@ -257,21 +278,31 @@ pub async fn send(
     let mut sent = Sent::default();
     for report in reports(store, day, hostname).await? {
         let domain = report.domain.clone();
-        let addresses = match report_addresses(dns, &domain).await {
-            Ok(addresses) => addresses,
+        let destinations = match report_addresses(dns, &domain).await {
+            Ok(destinations) => destinations,
             Err(e) => {
                 sent.failed.push((domain, e));
                 continue;
             }
         };
-        // Claimed before it is queued: a crash in between loses one report rather than
+        // Claimed before it is sent: a crash in between loses one report rather than
         // sending it twice.
         if !store.claim_tls_report(day, &domain).await? {
             sent.already_sent.push(domain);
             continue;
         }
-        if addresses.is_empty() {
+        if destinations.mail.is_empty() && destinations.https.is_empty() {
             sent.no_address.push(domain);
+            continue;
+        }
+        for url in &destinations.https {
+            match post(http, url, &report).await {
+                Ok(()) => sent.posted.push((domain.clone(), url.clone())),
+                Err(e) => sent.failed.push((domain.clone(), format!("{url}: {e}"))),
+            }
+        }
+        let addresses = destinations.mail;
+        if addresses.is_empty() {
             continue;
         }
         let message = match message(&report, &from.to_string(), &addresses, hostname) {
@@ -312,6 +343,23 @@ pub async fn send(
     Ok(sent)
 }
 
+/// POSTs the report to `url` (RFC 8460 5.4); a 2xx answer is success.
+async fn post(http: &reqwest::Client, url: &str, report: &Report) -> Result<(), String> {
+    let body = compressed(report).map_err(|e| e.to_string())?;
+    let response = http
+        .post(url)
+        .header("Content-Type", "application/tlsrpt+gzip")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {}", response.status()))
+    }
+}
+
 /// Yesterday (UTC) as YYYY-MM-DD: the day a daily run reports on.
 pub fn yesterday() -> String {
     time::OffsetDateTime::now_utc()
@@ -336,16 +384,28 @@ mod tests {
         );
         server.add_txt(
             "_smtp._tls.mixed.test",
-            "v=TLSRPTv1; rua=https://reports.mixed.test/v1,mailto:tls@mixed.test,mailto:not an address",
+            "v=TLSRPTv1; rua=https://reports.mixed.test/v1,mailto:tls@mixed.test,mailto:not an address,http://plain.mixed.test/",
         );
         server.add_txt("_smtp._tls.broken.test", "v=TLSRPTv2; rua=mailto:x@broken.test");
         let dns = crate::test_dns(&server)?;
         let many = report_addresses(&dns, "many.test").await?;
-        assert_eq!(many.len(), MAX_REPORT_ADDRESSES);
-        assert_eq!(many[0], "r0@many.test");
-        assert_eq!(report_addresses(&dns, "mixed.test").await?, ["tls@mixed.test"]);
-        assert!(report_addresses(&dns, "broken.test").await?.is_empty());
-        assert!(report_addresses(&dns, "none.test").await?.is_empty());
+        assert_eq!(many.mail.len(), MAX_REPORT_ADDRESSES);
+        assert_eq!(many.mail[0], "r0@many.test");
+        assert_eq!(
+            report_addresses(&dns, "mixed.test").await?,
+            Destinations {
+                mail: vec!["tls@mixed.test".into()],
+                https: vec!["https://reports.mixed.test/v1".into()],
+            }
+        );
+        assert_eq!(
+            report_addresses(&dns, "broken.test").await?,
+            Destinations::default()
+        );
+        assert_eq!(
+            report_addresses(&dns, "none.test").await?,
+            Destinations::default()
+        );
         Ok(())
     }
 

@@ -246,9 +246,13 @@ pub async fn tls_report(config_path: &Path, day: Option<String>, send: bool) -> 
     let (domains, signer) = crate::serve::load_signer(&config, &*store).await?;
     let (from, sign) = crate::serve::tls_report_sender(&domains, &signer, &hostname)?;
     let dns = sealmail_dns::Dns::new(&config.dns)?;
-    let sent = sealmail_delivery::tls_rpt::send(&*store, &dns, &hostname, &day, &from, &*sign).await?;
+    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns, &config.delivery, &hostname)?;
+    let sent = delivery.send_tls_reports_of(&day, &from, &*sign).await?;
     for (domain, to) in &sent.queued {
         println!("{domain}: queued to {}", to.join(", "));
+    }
+    for (domain, url) in &sent.posted {
+        println!("{domain}: posted to {url}");
     }
     for domain in &sent.no_address {
         println!("{domain}: publishes no report address");

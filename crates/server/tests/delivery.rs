@@ -1239,15 +1239,30 @@ async fn dane_ta_takes_precedence_over_mta_sts_and_requiretls_is_honoured() -> T
     Ok(())
 }
 
-/// The day's TLS report (RFC 8460) goes to the `mailto:` address b.test publishes in
-/// `_smtp._tls.b.test`, as a DKIM-signed `multipart/report` whose gzip-compressed JSON counts
-/// the day's sessions; it is sent once per day however often it is asked for.
+/// Gzip-compressed JSON, decompressed and parsed.
+fn gunzip_json(compressed: &[u8]) -> TestResult<serde_json::Value> {
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(compressed), &mut json)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&json).map_err(|e| e.to_string())
+}
+
+/// The day's TLS report (RFC 8460) goes to the addresses b.test publishes in
+/// `_smtp._tls.b.test`: by mail, as a DKIM-signed `multipart/report` whose gzip-compressed JSON
+/// counts the day's sessions, and by HTTPS POST; once per day however often it is asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_reports_go_to_the_published_address_once_a_day() -> TestResult {
+async fn tls_reports_go_to_the_published_addresses_once_a_day() -> TestResult {
     let w = world(true, "").await?;
+    let cert = w
+        .base
+        .ca
+        .issue(&["reports.b.test"], w.base.work.path(), "reports")?;
+    let https = HttpsServer::start(&cert, "thanks").await?;
+    let url = format!("https://reports.b.test:{}/tlsrpt", https.addr.port());
+    w.base.dns.add_a("reports.b.test", [127, 0, 0, 1].into());
     w.base.dns.add_txt(
         "_smtp._tls.b.test",
-        "v=TLSRPTv1; rua=mailto:bob@b.test,https://reports.b.test/tlsrpt",
+        &format!("v=TLSRPTv1; rua=mailto:bob@b.test,{url}"),
     );
     for i in 0..2 {
         w.a.submit("alice@a.test", "bob@b.test", &format!("counted-{i}"), false)
@@ -1258,6 +1273,15 @@ async fn tls_reports_go_to_the_published_address_once_a_day() -> TestResult {
     let today = time::OffsetDateTime::now_utc().date().to_string();
     let out = w.a.admin(&["tls-report", "--send", "--day", &today])?;
     assert!(out.contains("b.test: queued to bob@b.test"), "{out}");
+    assert!(out.contains(&format!("b.test: posted to {url}")), "{out}");
+    let posts = https.posts();
+    assert_eq!(posts.len(), 1, "{out}");
+    assert_eq!(posts[0].0, "/tlsrpt");
+    let posted = gunzip_json(&posts[0].1)?;
+    assert_eq!(
+        posted["policies"][0]["policy"]["policy-domain"], "b.test",
+        "{posted}"
+    );
     let inbox =
         w.b.wait_for_mail("bob@b.test", "INBOX", 3, Duration::from_secs(20))
             .await?;
@@ -1289,10 +1313,8 @@ async fn tls_reports_go_to_the_published_address_once_a_day() -> TestResult {
     let compressed = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|e| e.to_string())?;
-    let mut json = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut json)
-        .map_err(|e| e.to_string())?;
-    let json: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    let json = gunzip_json(&compressed)?;
+    assert_eq!(json, posted, "the same report both ways");
     let policy = &json["policies"][0];
     assert_eq!(policy["policy"]["policy-domain"], "b.test", "{json}");
     assert_eq!(policy["summary"]["total-successful-session-count"], 2, "{json}");
@@ -1301,6 +1323,7 @@ async fn tls_reports_go_to_the_published_address_once_a_day() -> TestResult {
     // Asked again: not sent twice.
     let out = w.a.admin(&["tls-report", "--send", "--day", &today])?;
     assert!(out.contains("b.test: sent before"), "{out}");
+    assert_eq!(https.posts().len(), 1);
     Ok(())
 }
 

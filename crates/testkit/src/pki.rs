@@ -66,12 +66,17 @@ impl TestCa {
     }
 }
 
-/// An HTTPS server answering every GET with `200 text/plain` and the current body, the way
-/// `mta-sts.DOMAIN` serves `/.well-known/mta-sts.txt`. It records the paths asked for.
+/// A POST's path and body.
+pub type Post = (String, Vec<u8>);
+
+/// An HTTPS server answering every request with `200 text/plain` and the current body, the
+/// way `mta-sts.DOMAIN` serves `/.well-known/mta-sts.txt`. It records the paths asked for, and
+/// what was POSTed (up to 1 MiB), as a TLS report receiver would get it.
 pub struct HttpsServer {
     pub addr: SocketAddr,
     body: Arc<Mutex<String>>,
     requests: Arc<Mutex<Vec<String>>>,
+    posts: Arc<Mutex<Vec<Post>>>,
     failing: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -99,12 +104,18 @@ impl HttpsServer {
         let addr = ctx(listener.local_addr(), "addr")?;
         let body = Arc::new(Mutex::new(body.to_string()));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let posts = Arc::new(Mutex::new(Vec::new()));
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (served, seen, broken) = (body.clone(), requests.clone(), failing.clone());
+        let (served, seen, posted, broken) = (body.clone(), requests.clone(), posts.clone(), failing.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, served, seen, broken) =
-                    (acceptor.clone(), served.clone(), seen.clone(), broken.clone());
+                let (acceptor, served, seen, posted, broken) = (
+                    acceptor.clone(),
+                    served.clone(),
+                    seen.clone(),
+                    posted.clone(),
+                    broken.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -117,9 +128,35 @@ impl HttpsServer {
                             Ok(n) => request.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let text = String::from_utf8_lossy(&request);
-                    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
-                    seen.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).push(path.clone());
+                    if head.starts_with("POST ") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0)
+                            .min(1 << 20);
+                        let mut body = request[end + 4..].to_vec();
+                        while body.len() < length {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => body.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        body.truncate(length);
+                        posted
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((path, body));
+                    }
                     let body = served.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let response = if broken.load(std::sync::atomic::Ordering::SeqCst) {
                         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -139,6 +176,7 @@ impl HttpsServer {
             addr,
             body,
             requests,
+            posts,
             failing,
             task,
         })
@@ -155,5 +193,10 @@ impl HttpsServer {
 
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each POST's path and body.
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
