@@ -511,6 +511,11 @@ impl Delivery {
     }
 
     async fn tls_result(&self, domain: &str, policy_type: &str, host: &str, result_type: &str, detail: &str) {
+        // Through a smarthost the sessions are with it, not with the domain's MX hosts: there
+        // is nothing to report to the domain (RFC 8460 is the smarthost's job).
+        if self.inner.config.relay.is_some() {
+            return;
+        }
         let result = TlsResult {
             policy_domain: domain.to_string(),
             policy_type: policy_type.to_string(),

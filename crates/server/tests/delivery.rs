@@ -1148,6 +1148,9 @@ async fn a_smarthost_gets_everything_over_verified_tls_with_authentication() -> 
     );
     a.wait_for_queue(Duration::from_secs(10), |q| q.contains("the queue is empty"))
         .await?;
+    // The session was with the smarthost, not with b.test's MX: nothing for b.test's TLS report.
+    let results = a.tls_results().await?;
+    assert!(results.is_empty(), "{results:?}");
 
     // A wrong password: nothing is sent, the message waits and says why.
     ctx(
