@@ -1375,6 +1375,10 @@ mod tests {
                 "limits.command_timeout_secs = -5 is out of range; use a number from 1 to 86400 (default 300)",
             ),
             (
+                format!("{}[delivery]\ndelay_warning_secs = -1\n", good()),
+                "delivery.delay_warning_secs = -1 is out of range; use a number from 0 to 31536000 (default 14400)",
+            ),
+            (
                 format!("{}[smtp]\nmax_line_length = 100\n", good()),
                 "smtp.max_line_length = 100 is out of range; use a number from 512 to 65536 (default 512)",
             ),
