@@ -279,15 +279,23 @@ impl Delivery {
         sign: Arc<tls_rpt::SignReport>,
         shutdown: CancellationToken,
     ) {
+        // The day whose reports all went: the next 23 hourly wake-ups have nothing to do and
+        // need not read the day's results or look up report addresses again.
+        let mut done: Option<String> = None;
         loop {
             let day = tls_rpt::yesterday();
-            match self.send_tls_reports_of(&day, &from, &*sign).await {
-                Ok(sent) => {
-                    for (domain, error) in &sent.failed {
-                        tracing::warn!(domain, day, error, "TLS report not sent");
+            if done.as_ref() != Some(&day) {
+                match self.send_tls_reports_of(&day, &from, &*sign).await {
+                    Ok(sent) => {
+                        for (domain, error) in &sent.failed {
+                            tracing::warn!(domain, day, error, "TLS report not sent");
+                        }
+                        if sent.failed.is_empty() {
+                            done = Some(day);
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, "TLS reports could not be read"),
                 }
-                Err(e) => tracing::error!(error = %e, "TLS reports could not be read"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -182,9 +182,7 @@ pub fn compressed(report: &Report) -> std::io::Result<Vec<u8>> {
 /// TLS-Report-Submitter fields. No trailing signature: the caller signs it.
 pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> std::io::Result<Vec<u8>> {
     let compressed = compressed(report)?;
-    let mut token = [0u8; 12];
-    getrandom::fill(&mut token).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let token = sealmail_dsn::random_token();
     let boundary = format!("sealmail-tlsrpt-{token}");
     let day = report
         .json
@@ -200,9 +198,7 @@ pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> s
         .map(|d| d.midnight().assume_utc().unix_timestamp())
         .unwrap_or_default();
     let end = begin + 86_399;
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
+    let date = sealmail_dsn::rfc5322_date(time::OffsetDateTime::now_utc().unix_timestamp());
     let mut out = String::new();
     out.push_str(&format!("From: <{from}>\r\n"));
     out.push_str(&format!(

@@ -71,8 +71,9 @@ pub struct Report<'a> {
     pub original: &'a [u8],
 }
 
-/// RFC 5322 date-time, as sealmail writes it elsewhere (`Date:` of submitted mail).
-fn rfc5322_date(unix: i64) -> String {
+/// RFC 5322 date-time, as sealmail writes it elsewhere (`Date:` of submitted mail); also for
+/// the other messages the server writes itself (TLS reports).
+pub fn rfc5322_date(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
@@ -87,7 +88,8 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-fn random_token() -> String {
+/// 24 random hex digits, for MIME boundaries and Message-IDs of generated messages.
+pub fn random_token() -> String {
     let mut bytes = [0u8; 12];
     let _ = getrandom::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
