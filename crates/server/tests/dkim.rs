@@ -300,6 +300,64 @@ async fn a_message_signed_by_dkimpy_verifies_in_sealmail() -> TestResult {
     Ok(())
 }
 
+/// A key made elsewhere (here by openssl) and put in `DATA/dkim/DOMAIN/SELECTOR.pem` by hand is
+/// read and published like ours; readable by others, it is refused with the fix.
+#[tokio::test]
+async fn a_key_imported_by_hand_is_published_and_must_be_private() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let submission = common::free_addr()?;
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &[],
+        &[("submission", submission, "implicit")],
+        "",
+    )?;
+    let key = dir.path().join("data/dkim/example.test/imported.pem");
+    let made = ctx(
+        std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .output(),
+        "openssl genpkey",
+    )?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    ctx(
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)),
+        "chmod",
+    )?;
+    let public = ctx(
+        std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&key)
+            .output(),
+        "openssl pkey",
+    )?;
+    // An Ed25519 SubjectPublicKeyInfo ends with the 32-byte key, which the record carries.
+    let raw = &public.stdout[public.stdout.len().saturating_sub(32)..];
+    let p = base64::engine::general_purpose::STANDARD.encode(raw);
+    let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "example.test"])?;
+    assert_eq!(code, 0, "{err}");
+    let record = zone
+        .lines()
+        .find(|l| l.starts_with("imported._domainkey.example.test."))
+        .ok_or(format!("not published:\n{zone}"))?;
+    assert!(
+        record.contains("k=ed25519") && record.contains(&format!("p={p}")),
+        "{record}"
+    );
+
+    ctx(
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)),
+        "chmod",
+    )?;
+    let (code, _, err) = common::admin(dir.path(), &config, &["domain", "dns", "example.test"])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("chmod 600"), "{err}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn dkim_rotate_makes_new_active_keys_and_keeps_the_old_ones_published() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
