@@ -99,6 +99,63 @@ fn limit_dkim_signatures(parsed: &mut AuthenticatedMessage<'_>) -> usize {
     dropped
 }
 
+/// The most distinct author domains evaluated in one From field; more is refused (each costs
+/// a DMARC tree walk of up to eight DNS lookups).
+pub const MAX_FROM_DOMAINS: usize = 5;
+
+/// How many header fields named From the header section holds (unfolded field names only).
+fn from_field_count(message: &[u8]) -> usize {
+    let mut count = 0;
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if line[..colon].trim_ascii_end().eq_ignore_ascii_case(b"From") {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Each distinct author domain (lower case) with the first address that names it.
+fn author_domains(parsed: &AuthenticatedMessage<'_>) -> Vec<(String, String)> {
+    let mut domains: Vec<(String, String)> = Vec::new();
+    for address in parsed.froms() {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            continue;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty() || domains.iter().any(|(d, _)| *d == domain) {
+            continue;
+        }
+        domains.push((domain, address.clone()));
+    }
+    domains
+}
+
+/// How strict the handling of one author domain's DMARC outcome is: refusal over a retry over
+/// Junk over a failure that is only marked over a pass.
+fn severity(output: &mail_auth::DmarcOutput, policy: &InboundPolicy) -> u8 {
+    match output.result() {
+        DmarcResult::Fail(_) => match output.policy() {
+            Policy::Reject if policy.dmarc_reject => 4,
+            Policy::Quarantine | Policy::Reject if policy.dmarc_quarantine => 2,
+            _ => 1,
+        },
+        DmarcResult::TempError(_) => 3,
+        DmarcResult::PermError(_) => 1,
+        DmarcResult::None => 0,
+        DmarcResult::Pass => 0,
+    }
+}
+
 fn dmarc_name(result: &DmarcResult) -> &'static str {
     match result {
         DmarcResult::Pass => "pass",
@@ -279,21 +336,71 @@ impl Authenticator {
                 from_domain: String::new(),
             };
         };
+        // RFC 5322 3.6: exactly one From field, naming at least one mailbox. mail-auth exempts
+        // a From of several domains from DMARC (and one without an address has nothing to
+        // check), which would let `From: ceo@bank.test, x@evil.test` through unchecked.
+        // A message without any From is left to DMARC's "none" (RFC 7489 6.6.1 lets receivers
+        // choose; many automated senders omit it), so nothing is claimed that needs checking.
+        let authors = author_domains(&parsed);
+        let malformed_from = match from_field_count(message) {
+            0 => None,
+            1 if authors.is_empty() => Some("its From header field names no address".to_string()),
+            1 if authors.len() > MAX_FROM_DOMAINS => Some(format!(
+                "its From header field names more than {MAX_FROM_DOMAINS} domains"
+            )),
+            1 => None,
+            _ => Some("it has more than one From header field".to_string()),
+        };
+        if let Some(why) = malformed_from {
+            let header = AuthenticationResults::new(&self.hostname)
+                .with_spf_ehlo_result(&spf_helo, ip, helo)
+                .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
+                .to_header();
+            return Verdict {
+                header,
+                disposition: Disposition::Reject(format!(
+                    "Message rejected: {why} (RFC 5322 3.6), so its author cannot be verified"
+                )),
+                dmarc: "permerror",
+                from_domain: String::new(),
+            };
+        }
         let unchecked = limit_dkim_signatures(&mut parsed);
         let (dkim, weak) = self.verify_dkim(&parsed).await;
         let arc = self.verify_arc(&parsed).await;
-        let from_domain = parsed
-            .from()
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        let dmarc = self
-            .inner
-            .verify_dmarc(
-                Parameters::new(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
-                    .with_txt_cache(&*self.txt_cache),
-            )
-            .await;
+        // RFC 7489 6.6.1: with several author domains each is evaluated on its own and the
+        // strictest outcome applies.
+        let mut evaluated = Vec::with_capacity(authors.len());
+        for (domain, address) in &authors {
+            let mut single = parsed.clone();
+            single.from = vec![address.clone()];
+            let output = self
+                .inner
+                .verify_dmarc(
+                    Parameters::new(DmarcParameters::new(&single, &dkim, &mail_from_domain, &spf_mail))
+                        .with_txt_cache(&*self.txt_cache),
+                )
+                .await;
+            evaluated.push((domain.clone(), output));
+        }
+        if evaluated.is_empty() {
+            // No From field: DMARC's own answer (none) for the message as it is.
+            let output = self
+                .inner
+                .verify_dmarc(
+                    Parameters::new(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
+                        .with_txt_cache(&*self.txt_cache),
+                )
+                .await;
+            evaluated.push((String::new(), output));
+        }
+        let strictest = evaluated
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, (_, output))| (severity(output, policy), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let (from_domain, dmarc) = evaluated.swap_remove(strictest);
 
         let mut results = AuthenticationResults::new(&self.hostname);
         if self.reverse_lookups {
@@ -305,9 +412,12 @@ impl Authenticator {
             .with_dkim_results(&dkim, parsed.from())
             .with_spf_ehlo_result(&spf_helo, ip, helo)
             .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
-            .with_arc_result(&arc, ip)
-            .with_dmarc_result(&dmarc)
-            .to_header();
+            .with_arc_result(&arc, ip);
+        results = results.with_dmarc_result(&dmarc);
+        for (_, other) in &evaluated {
+            results = results.with_dmarc_result(other);
+        }
+        let mut results = results.to_header();
         if !weak.is_empty() || unchecked > 0 {
             // Insert before the final CRLF: one `dkim=policy` per rsa-sha1 signature, one for
             // the signatures past the limit.

@@ -186,3 +186,72 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
     assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }
+
+/// RFC 7489 6.6.1 and RFC 5322 3.6: a From field naming several domains is judged by the
+/// strictest of their DMARC outcomes, and a message with two From fields, or a From without
+/// an address, is refused. mail-auth alone exempts such messages from DMARC.
+#[tokio::test]
+async fn a_from_with_several_authors_cannot_slip_past_dmarc() -> TestResult {
+    let dns = DnsServer::start().await?;
+    // Our own domain publishes p=reject; the attacker's passes SPF from where it sends.
+    dns.add_txt("_dmarc.example.test", "v=DMARC1; p=reject");
+    dns.add_txt("evil.test", "v=spf1 ip4:127.0.0.9 -all");
+    dns.add_txt("_dmarc.evil.test", "v=DMARC1; p=none");
+    dns.add_txt("other.test", "v=spf1 -all");
+
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx = common::free_addr()?;
+    let extra = common::dns_section(dns.addr());
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &[("mx", mx, "starttls")],
+        &extra,
+    )?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+    let data = dir.path().join("data");
+
+    let body = |from_lines: &str| {
+        format!("{from_lines}To: alice@example.test\r\nSubject: wire the money\r\n\r\nPlease pay.\r\n")
+    };
+    for (from_lines, what) in [
+        ("From: ceo@example.test, x@evil.test\r\n", "two author domains"),
+        ("From: x@evil.test, ceo@example.test\r\n", "our domain second"),
+        ("From: \"CEO\" <ceo@example.test>,\r\n x@evil.test\r\n", "folded"),
+        (
+            "From: x@evil.test\r\nFrom: ceo@example.test\r\n",
+            "two From fields",
+        ),
+        (
+            "From: x@evil.test\r\nfrom:ceo@example.test\r\n",
+            "two From fields, other spelling",
+        ),
+        ("From: undisclosed:;\r\n", "a From without an address"),
+    ] {
+        let reply = send(mx, &cert, ELSEWHERE, "x@evil.test", &body(from_lines)).await?;
+        assert!(reply.starts_with("550 5.7.1"), "{what}: {reply}");
+    }
+    let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
+    let junk = common::mailbox_contents(&data, "alice@example.test", "Junk").await?;
+    assert!(
+        inbox.is_empty() && junk.is_empty(),
+        "delivered: {inbox:?} {junk:?}"
+    );
+
+    // Several authors whose domains do not ask for rejection: delivered, each domain judged.
+    let reply = send(
+        mx,
+        &cert,
+        ELSEWHERE,
+        "x@evil.test",
+        &body("From: x@evil.test, y@other.test\r\n"),
+    )
+    .await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
+    let stored = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
+    assert!(stored.contains("dmarc=pass header.from=evil.test"), "{stored}");
+    Ok(())
+}
