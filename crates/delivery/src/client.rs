@@ -14,6 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use sealmail_types::line::{ProtocolLine, unsafe_content};
+
 /// Longest reply line read (RFC 5321 4.5.3.1.5 says 512; real servers send a little more).
 const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one multi-line reply (an EHLO reply has a few dozen at most).
@@ -76,6 +78,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// Nothing was sent: the line or message would have carried a bare CR, LF or NUL.
+    #[error("not sent: {0}")]
+    Unsafe(String),
 }
 
 /// What the server offered in its EHLO reply.
@@ -188,7 +193,24 @@ impl SmtpClient {
         }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    /// Several commands in one write (RFC 2920 pipelining); each goes through
+    /// [`ProtocolLine`], so a value with a line break cannot start a command of its own.
+    pub async fn send_commands(&mut self, lines: &[String]) -> Result<(), ClientError> {
+        let mut batch = String::new();
+        for line in lines {
+            let line = ProtocolLine::new(line.as_str()).map_err(|e| ClientError::Unsafe(e.to_string()))?;
+            batch.push_str(&line.to_wire());
+        }
+        self.write(batch.as_bytes()).await
+    }
+
+    /// Ends a DATA that a server opened although no recipient was accepted.
+    pub async fn end_empty_data(&mut self) -> Result<Reply, ClientError> {
+        self.write(b".\r\n").await?;
+        self.read_reply("the reply to an empty message").await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         let stream = self.stream.get_mut();
         tokio::time::timeout(self.timeout, async {
             stream.write_all(bytes).await?;
@@ -200,7 +222,8 @@ impl SmtpClient {
     }
 
     pub async fn command(&mut self, line: &str, waiting_for: &'static str) -> Result<Reply, ClientError> {
-        self.send(format!("{line}\r\n").as_bytes()).await?;
+        let line = ProtocolLine::new(line).map_err(|e| ClientError::Unsafe(e.to_string()))?;
+        self.write(line.to_wire().as_bytes()).await?;
         self.read_reply(waiting_for).await
     }
 
@@ -273,28 +296,27 @@ impl SmtpClient {
         Ok((client, greeting))
     }
 
-    /// Sends the message after DATA's 354: dot-stuffed, CRLF line ends, the final dot.
+    /// Sends the message after DATA's 354: dot-stuffed, the final dot. A message with a bare
+    /// CR, a bare LF or a NUL is refused, never repaired: the next hop could read such line
+    /// ends differently from us (SMTP smuggling), and the signature covers the bytes as they are.
     pub async fn send_data(&mut self, content: &[u8]) -> Result<Reply, ClientError> {
+        if let Some(problem) = unsafe_content(content) {
+            return Err(ClientError::Unsafe(format!("the message has {problem}")));
+        }
         let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 8);
         let mut line_start = true;
-        let mut previous = 0u8;
         for &byte in content {
             if line_start && byte == b'.' {
                 out.push(b'.');
             }
-            // Bare LF becomes CRLF (the store keeps CRLF; this guards imported content).
-            if byte == b'\n' && previous != b'\r' {
-                out.push(b'\r');
-            }
             out.push(byte);
             line_start = byte == b'\n';
-            previous = byte;
         }
         if !out.is_empty() && !out.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
-        self.send(&out).await?;
+        self.write(&out).await?;
         self.read_reply("the reply to the message").await
     }
 

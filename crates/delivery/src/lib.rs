@@ -35,6 +35,8 @@ use sealmail_dns::Dns;
 use sealmail_dsn as dsn;
 use sealmail_store::{DueMessage, DueRecipient, NewMessage, Recipient, RecipientOutcome, Store, TlsResult};
 use sealmail_types::EmailAddress;
+use sealmail_types::line::ProtocolLine;
+use sealmail_types::xtext;
 
 use client::{ClientError, Reply, SmtpClient};
 use mta_sts::{MtaSts, StsMode};
@@ -796,6 +798,16 @@ impl Delivery {
             );
             return Ok(());
         }
+        if let Some(problem) = sealmail_types::line::unsafe_content(&content) {
+            // Never repaired on the way out: the signature covers these bytes, and the next
+            // hop could split the message where we do not (SMTP smuggling).
+            fail_all(
+                job,
+                "5.6.0",
+                format!("the message has {problem} and cannot be sent as it is"),
+            );
+            return Ok(());
+        }
         let eight_bit = content.iter().any(|b| *b >= 0x80);
         let utf8_addresses = !job.message.sender.is_ascii() || pending.iter().any(|r| !r.address.is_ascii());
         if utf8_addresses && !caps.smtputf8 {
@@ -832,7 +844,7 @@ impl Delivery {
             if let Some(ret) = &job.message.dsn_ret {
                 mail.push_str(&format!(" RET={ret}"));
             }
-            if let Some(envid) = &job.message.dsn_envid {
+            if let Some(envid) = job.message.dsn_envid.as_deref().and_then(outbound_envid) {
                 mail.push_str(&format!(" ENVID={envid}"));
             }
         }
@@ -842,7 +854,7 @@ impl Delivery {
                 if let Some(notify) = &r.dsn_notify {
                     line.push_str(&format!(" NOTIFY={notify}"));
                 }
-                if let Some(orcpt) = &r.dsn_orcpt {
+                if let Some(orcpt) = r.dsn_orcpt.as_deref().and_then(outbound_orcpt) {
                     line.push_str(&format!(" ORCPT={orcpt}"));
                 }
             }
@@ -851,14 +863,23 @@ impl Delivery {
 
         // RFC 2920: MAIL, every RCPT and DATA in one write when the server pipelines; the
         // server refuses DATA itself when no recipient was accepted.
+        let envelope_error = std::iter::once(mail.clone())
+            .chain(pending.iter().map(rcpt_line))
+            .find_map(|line| ProtocolLine::new(line).err());
+        if let Some(error) = envelope_error {
+            tracing::error!(queue_id = job.message.id, %error, "a queued envelope is unfit to send");
+            fail_all(
+                job,
+                "5.6.0",
+                "the envelope holds a line break and cannot be sent".into(),
+            );
+            return Ok(());
+        }
         let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
-            let mut batch = format!("{mail}\r\n");
-            for r in &pending {
-                batch.push_str(&rcpt_line(r));
-                batch.push_str("\r\n");
-            }
-            batch.push_str("DATA\r\n");
-            client.send(batch.as_bytes()).await?;
+            let mut batch = vec![mail.clone()];
+            batch.extend(pending.iter().map(rcpt_line));
+            batch.push("DATA".to_string());
+            client.send_commands(&batch).await?;
             let mail_reply = client.read_reply("the MAIL reply").await?;
             let mut replies = Vec::with_capacity(pending.len());
             for _ in &pending {
@@ -892,8 +913,7 @@ impl Delivery {
             if data_reply.is_some_and(|d| d.code == 354) {
                 // A server that opened DATA without a recipient gets an empty message ended
                 // at once; its answer does not matter.
-                client.send(b".\r\n").await?;
-                client.read_reply("the reply to an empty message").await?;
+                client.end_empty_data().await?;
             }
             client.command("RSET", "the RSET reply").await?;
             return Ok(());
@@ -1088,6 +1108,28 @@ impl Delivery {
 }
 
 /// A resolver asking only the test's DNS fixture, quickly giving up.
+/// The ENVID to send, in xtext. Submission stores it encoded; a row from before that
+/// (decoded text) is encoded here, and one that is not printable US-ASCII is not sent at all.
+fn outbound_envid(stored: &str) -> Option<String> {
+    if xtext::is_xtext(stored) {
+        return Some(stored.to_string());
+    }
+    if !xtext::printable_ascii(stored) {
+        tracing::warn!("a queued ENVID is not printable US-ASCII; it is left out");
+        return None;
+    }
+    xtext::encode(stored)
+}
+
+/// The ORCPT to send (`rfc822;` and the address in xtext), by the same rule as ENVID.
+fn outbound_orcpt(stored: &str) -> Option<String> {
+    let (kind, address) = stored.split_once(';')?;
+    if !kind.eq_ignore_ascii_case("rfc822") {
+        return None;
+    }
+    outbound_envid(address).map(|address| format!("rfc822;{address}"))
+}
+
 #[cfg(test)]
 pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, String> {
     Dns::new(&sealmail_config::DnsConfig {
@@ -1097,4 +1139,27 @@ pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns,
         ..sealmail_config::DnsConfig::default()
     })
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_parameters_leave_as_xtext_and_never_with_a_line_break() {
+        // Stored by submission: already xtext, sent as it is.
+        assert_eq!(outbound_envid("QQ+20314+2B1").as_deref(), Some("QQ+20314+2B1"));
+        // A row queued before values were kept encoded: encoded on the way out.
+        assert_eq!(outbound_envid("hi there").as_deref(), Some("hi+20there"));
+        // A decoded line break in an old row is never sent.
+        assert_eq!(outbound_envid("x\r\nRCPT TO:<v@c.test>"), None);
+        assert_eq!(outbound_envid("x\0"), None);
+        assert_eq!(
+            outbound_orcpt("rfc822;carol+2Btag@b.test").as_deref(),
+            Some("rfc822;carol+2Btag@b.test")
+        );
+        assert_eq!(outbound_orcpt("rfc822;a\r\nDATA@b.test"), None);
+        assert_eq!(outbound_orcpt("x400;whatever"), None);
+        assert_eq!(outbound_orcpt("no type"), None);
+    }
 }

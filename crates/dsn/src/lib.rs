@@ -160,13 +160,16 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     ));
     out.push_str(&format!("Reporting-MTA: dns; {}\r\n", report.hostname));
     if let Some(envid) = report.envid {
-        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
+        // Kept as xtext in the queue; shown decoded, as Postfix does (RFC 3464 2.2.1 *text).
+        let envid = sealmail_types::xtext::decode(envid);
+        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(&envid)));
     }
     out.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(report.arrival)));
     for notice in report.recipients {
         out.push_str("\r\n");
         if let Some(orcpt) = &notice.orcpt {
-            out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
+            let orcpt = sealmail_types::xtext::decode(orcpt);
+            out.push_str(&format!("Original-Recipient: {}\r\n", one_line(&orcpt)));
         }
         out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", notice.address));
         out.push_str(&format!("Action: {}\r\n", notice.action.name()));

@@ -102,7 +102,8 @@ impl Node {
 
     /// Submits a message from `from` (a user of this node) to `to` over implicit TLS.
     async fn submit(&self, from: &str, to: &str, subject: &str, require_tls: bool) -> TestResult {
-        self.submit_with(from, to, subject, require_tls, "").await
+        let mail_params = if require_tls { " REQUIRETLS" } else { "" };
+        self.submit_with(from, to, subject, mail_params, "").await
     }
 
     /// As `submit`, with `rcpt_params` after `RCPT TO:<to>` (e.g. " NOTIFY=SUCCESS").
@@ -111,7 +112,7 @@ impl Node {
         from: &str,
         to: &str,
         subject: &str,
-        require_tls: bool,
+        mail_params: &str,
         rcpt_params: &str,
     ) -> TestResult {
         let mut c = LineClient::new(
@@ -130,10 +131,9 @@ impl Node {
             ehlo.contains("REQUIRETLS"),
             "REQUIRETLS is offered over TLS: {ehlo}"
         );
-        let requiretls = if require_tls { " REQUIRETLS" } else { "" };
         c.dialog(&[
             (format!("AUTH PLAIN {auth}"), "235"),
-            (format!("MAIL FROM:<{from}>{requiretls}"), "250"),
+            (format!("MAIL FROM:<{from}>{mail_params}"), "250"),
             (format!("RCPT TO:<{to}>{rcpt_params}"), "250"),
             ("DATA".to_string(), "354"),
         ])
@@ -820,7 +820,7 @@ async fn dsn_notices_for_delays_and_for_servers_without_dsn() -> TestResult {
         "alice@a.test",
         "user@plain.test",
         "to-plain",
-        false,
+        "",
         " NOTIFY=SUCCESS",
     )
     .await?;
@@ -844,7 +844,7 @@ async fn dsn_notices_for_delays_and_for_servers_without_dsn() -> TestResult {
         "alice@a.test",
         "quiet@late.test",
         "late-quiet",
-        false,
+        "",
         " NOTIFY=FAILURE",
     )
     .await?;
@@ -1010,12 +1010,14 @@ async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> Tes
     // Postfix relays b.test mail to b, and a.test mail (its DSNs) to a.
     let postfix = Postfix::start(port, &[("b.test", w.b.mx), ("a.test", w.a.mx)]).await?;
     let a = &w.a;
-    // Postfix offers DSN: it gets NOTIFY=SUCCESS and ORCPT, and reports the delivery itself.
+    // Postfix offers DSN: it gets NOTIFY=SUCCESS, ENVID and ORCPT, and reports the delivery
+    // itself. The ENVID holds an encoded space and "+": sent decoded, the space would end the
+    // parameter and Postfix would refuse the MAIL command.
     a.submit_with(
         "alice@a.test",
         "carol@postfix.test",
         "to-postfix",
-        false,
+        " ENVID=QQ+20314+2B1",
         " NOTIFY=SUCCESS ORCPT=rfc822;carol@postfix.test",
     )
     .await?;
@@ -1048,6 +1050,8 @@ async fn postfix_takes_our_mail_over_tls_and_relays_mail_to_us_over_tls() -> Tes
     let notice = &notices[0];
     for needed in [
         "Reporting-MTA: dns; mail.postfix.test",
+        // Postfix got the ENVID intact (it shows it decoded).
+        "Original-Envelope-Id: QQ 314+1",
         "Original-Recipient: rfc822;carol@postfix.test",
         "Action: delivered",
     ] {
@@ -1473,5 +1477,80 @@ async fn hostile_replies_defer_with_a_bounded_reason_and_the_sender_stays_sane()
         .await?;
     a.wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(10))
         .await?;
+    Ok(())
+}
+
+/// A queued message with a bare LF (or CR, or NUL) is refused by the SMTP client, never
+/// "repaired" on the way out: the signature covers the bytes, and a next hop could read such
+/// a line end as the end of the data. Queued here straight into the store, as an import or an
+/// older version could have left it; a well-formed message queued beside it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_client_refuses_to_send_bare_line_ends() -> TestResult {
+    use sealmail_store::{AcceptedMessage, OutboundCopy, QueueRecipient, Store};
+    let base = Base::new().await?;
+    base.dns.add_a("mail.plain.test", [127, 0, 0, 1].into());
+    let port = common::free_addr()?.port();
+    let maildir = base.work.path().join("maildir");
+    let _receiver = plaintext_receiver(port, &maildir).await?;
+    let mut a = base.a(
+        25,
+        &format!("\n[delivery.routes]\n\"plain.test\" = \"mail.plain.test:{port}\"\n"),
+    )?;
+    a.start().await?;
+    let store = ctx(
+        sealmail_store::SqliteStore::open(&a.data(), 4).await,
+        "open store",
+    )?;
+    let queue = |content: &[u8], to: &str| {
+        let to = sealmail_types::EmailAddress::parse(to).map_err(|e| e.to_string());
+        let content = content.to_vec();
+        let store = &store;
+        async move {
+            let accepted = AcceptedMessage {
+                local: None,
+                outbound: Some(OutboundCopy {
+                    content,
+                    sender: "alice@a.test".into(),
+                    recipients: vec![QueueRecipient {
+                        address: to?,
+                        dsn_notify: None,
+                        dsn_orcpt: None,
+                    }],
+                    // A decoded value as rows before xtext was kept encoded could hold.
+                    dsn_envid: Some("old\r\nRSET".into()),
+                    dsn_ret: None,
+                    require_tls: false,
+                }),
+            };
+            ctx(store.accept_message(accepted).await, "queue").map(|_| ())
+        }
+    };
+    queue(b"Subject: lf\r\n\r\nbare\nLF\r\n", "lf@plain.test").await?;
+    queue(b"Subject: cr\r\n\r\nbare\rCR\r\n", "cr@plain.test").await?;
+    queue(b"Subject: nul\r\n\r\na\0b\r\n", "nul@plain.test").await?;
+    queue(b"Subject: fine\r\n\r\nall good\r\n", "ok@plain.test").await?;
+    let bounces = a
+        .wait_for_mail("alice@a.test", "INBOX", 3, Duration::from_secs(30))
+        .await?;
+    for (who, problem) in [("lf", "a bare LF"), ("cr", "a bare CR"), ("nul", "a NUL byte")] {
+        let bounce = bounces
+            .iter()
+            .find(|b| b.contains(&format!("Final-Recipient: rfc822; {who}@plain.test")))
+            .ok_or(format!("no bounce for {who}: {bounces:?}"))?;
+        assert!(
+            bounce.contains("Status: 5.6.0") && bounce.contains(problem),
+            "{bounce}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let delivered = loop {
+        let delivered = maildir_messages(&maildir);
+        if !delivered.is_empty() || std::time::Instant::now() > deadline {
+            break delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0].contains("all good"), "{}", delivered[0]);
     Ok(())
 }

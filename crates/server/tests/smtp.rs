@@ -174,6 +174,48 @@ async fn mx_offers_no_dsn_and_refuses_its_parameters() -> TestResult {
     Ok(())
 }
 
+/// ENVID and ORCPT arrive as xtext; decoded, `+0D+0A` is a line break that, written into the
+/// MAIL or RCPT line sent to the next hop, would start an SMTP command of the user's choosing.
+#[tokio::test]
+async fn submission_refuses_dsn_parameters_that_decode_to_anything_but_printable_ascii() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = submission(&instance, "alice@example.test").await?;
+    for envid in [
+        "x+0D+0ARCPT+20TO:<victim@remote.test>",
+        "x+0A",
+        "x+0D",
+        "x+00",
+        "x+09",
+        "caf+C3+A9",
+        "x+7F",
+    ] {
+        c.command(
+            &format!("MAIL FROM:<alice@example.test> ENVID={envid}"),
+            "501 5.5.4",
+        )
+        .await?;
+    }
+    // A new session: each refusal counts towards the error limit.
+    let mut c = submission(&instance, "alice@example.test").await?;
+    c.command("MAIL FROM:<alice@example.test> ENVID=QQ+20314+2B1", "250")
+        .await?;
+    for orcpt in [
+        "rfc822;a+0D+0ADATA@remote.test",
+        "rfc822;a+0A@remote.test",
+        "rfc822;a+00@remote.test",
+    ] {
+        c.command(&format!("RCPT TO:<carol@remote.test> ORCPT={orcpt}"), "501 5.5.4")
+            .await?;
+    }
+    c.command(
+        "RCPT TO:<carol@remote.test> ORCPT=rfc822;carol+2Btag@remote.test",
+        "250",
+    )
+    .await?;
+    c.command("RSET", "250").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn submission_requires_tls_then_auth_and_refuses_spoofing() -> TestResult {
     let instance = Instance::quickstart().await?;
@@ -411,7 +453,7 @@ async fn bdat_chunks_are_stored_verbatim() -> TestResult {
     let instance = Instance::quickstart().await?;
     let mut c = mx(&instance).await?;
     let part1 = b"Subject: chunked\r\n\r\nline one\r\n.not stuffed\r\n";
-    let part2 = b"bare\nLF is fine in BDAT\r\n.\r\nstill data\r\n";
+    let part2 = b"no stuffing in BDAT\r\n.\r\nstill data\r\n";
     c.command("MAIL FROM:<a@remote.test>", "250").await?;
     c.command("RCPT TO:<bob@example.test>", "250").await?;
     c.send(&format!("BDAT {}\r\n", part1.len())).await?;
@@ -430,6 +472,103 @@ async fn bdat_chunks_are_stored_verbatim() -> TestResult {
     let mut expected = part1.to_vec();
     expected.extend_from_slice(part2);
     assert_eq!(original(&stored[0]), expected.as_slice());
+    Ok(())
+}
+
+/// One BDAT transaction of `chunks` on `c`; the reply to the last chunk.
+async fn bdat_exchange(c: &mut Client, chunks: &[&[u8]]) -> TestResult<String> {
+    c.command("MAIL FROM:<a@remote.test>", "250").await?;
+    c.command("RCPT TO:<bob@example.test>", "250").await?;
+    let mut reply = String::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        c.send(&format!("BDAT {}{last}\r\n", chunk.len())).await?;
+        c.send_bytes(chunk).await?;
+        reply = c.smtp_reply().await?;
+    }
+    Ok(reply)
+}
+
+#[tokio::test]
+async fn bdat_refuses_bare_cr_bare_lf_and_nul_like_data() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut c = mx(&instance).await?;
+    // Each of these would reach the next hop as a line end (or an end of data) that we did
+    // not see: smuggling through BDAT, which is not dot-stuffed.
+    let cases: [(&[&[u8]], &str); 5] = [
+        (
+            &[b"Subject: a\r\n\r\nhi\r.\rMAIL FROM:<ceo@example.test>\r\n"],
+            "550 5.5.2",
+        ),
+        (&[b"Subject: b\r\n\r\nhi\n.\nRCPT TO:<x@y.test>\r\n"], "550 5.5.2"),
+        // A CR at the end of one chunk and no LF at the start of the next.
+        (&[b"Subject: c\r\n\r\nhi\r", b"X\r\n"], "550 5.5.2"),
+        (&[b"Subject: d\r\n\r\nhi\r\n\0.\r\n"], "550 5.6.0"),
+        (&[b"Subject: e\r\n\r\nhi\r\n", b".\0\r\nforged\r\n"], "550 5.6.0"),
+    ];
+    for (chunks, expected) in cases {
+        let reply = bdat_exchange(&mut c, chunks).await?;
+        assert!(reply.starts_with(expected), "{chunks:?}: {reply}");
+        c.command("NOOP", "250").await?;
+    }
+    // DATA refuses NUL bytes the same way.
+    c.command("MAIL FROM:<a@remote.test>", "250").await?;
+    c.command("RCPT TO:<bob@example.test>", "250").await?;
+    c.command("DATA", "354").await?;
+    c.send_bytes(b"Subject: f\r\n\r\nhi\r\n.\0\r\nforged\r\n.\r\n")
+        .await?;
+    let reply = c.smtp_reply().await?;
+    assert!(reply.starts_with("550 5.6.0"), "{reply}");
+    let stored = mailbox_contents(&instance.data_dir(), "bob@example.test", "INBOX").await?;
+    assert!(stored.is_empty(), "{} message(s) stored", stored.len());
+    // A CR LF split over two chunks is fine.
+    let reply = bdat_exchange(&mut c, &[b"Subject: g\r\n\r\nhi\r", b"\nbye\r\n"]).await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stalled_bdat_transaction_gives_its_memory_back() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx_addr = common::free_addr()?;
+    let extra = "[smtp]\nmax_message_size = 65536\nmax_buffered_bytes = 65536\ndata_timeout_secs = 2\n";
+    let listeners = [("mx", mx_addr, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["bob"], &listeners, extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let open = || async {
+        let mut c = LineClient::new(ctx(TcpStream::connect(mx_addr).await, "connect")?);
+        c.smtp_reply().await?;
+        c.dialog(&[
+            ("EHLO s.test", "250"),
+            ("MAIL FROM:<x@s.test>", "250"),
+            ("RCPT TO:<bob@example.test>", "250"),
+        ])
+        .await?;
+        Ok::<_, String>(c)
+    };
+    let line = format!("{}\r\n", "x".repeat(78));
+    let chunk = format!("Subject: big\r\n\r\n{}", line.repeat(500));
+    assert!(chunk.len() > 40_000);
+    // A sends a non-final chunk of ~40 KiB and then only NOOPs, which keep its session alive.
+    let mut a = open().await?;
+    a.send(&format!("BDAT {}\r\n", chunk.len())).await?;
+    a.send(&chunk).await?;
+    assert!(a.smtp_reply().await?.starts_with("250"));
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.command("NOOP", "250").await?;
+    }
+    // Past A's deadline its chunk no longer holds the budget: B's 40 KiB fit.
+    let mut b = open().await?;
+    b.send(&format!("BDAT {} LAST\r\n", chunk.len())).await?;
+    b.send(&chunk).await?;
+    let reply = b.smtp_reply().await?;
+    assert!(reply.starts_with("250"), "B was refused: {reply}");
+    // A's transaction is over: its last chunk is read and refused, the session stays usable.
+    a.send("BDAT 5 LAST\r\nhello").await?;
+    let reply = a.smtp_reply().await?;
+    assert!(reply.starts_with("503"), "{reply}");
+    a.command("NOOP", "250").await?;
     Ok(())
 }
 

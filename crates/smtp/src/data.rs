@@ -9,6 +9,9 @@
 //! `smtpd_forbid_bare_newline = reject`). smtp-proto's receiver tolerates bare line endings,
 //! which is why this one is ours.
 //!
+//! A NUL byte (not allowed without BINARYMIME, which we do not offer) marks the message as
+//! malformed too: a receiver that strips NULs would read `\r\n.\0\r\n` as the end.
+//!
 //! It is sans-I/O: [`DataReceiver::feed`] takes whatever bytes arrived and says how many it used.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub struct Data {
     pub too_big: bool,
     /// A bare CR or bare LF was seen.
     pub bare_line_ending: bool,
+    /// A NUL byte was seen.
+    pub nul: bool,
     /// The server-wide memory budget for bodies ran out; `content` was dropped.
     pub over_budget: bool,
 }
@@ -44,6 +49,7 @@ pub struct DataReceiver {
     max_size: usize,
     too_big: bool,
     bare_line_ending: bool,
+    nul: bool,
     over_budget: bool,
 }
 
@@ -67,6 +73,7 @@ impl DataReceiver {
             max_size,
             too_big: false,
             bare_line_ending: false,
+            nul: false,
             over_budget: false,
         }
     }
@@ -99,6 +106,7 @@ impl DataReceiver {
                     .position(|&b| b == b'\r' || b == b'\n')
                     .unwrap_or(input.len() - i);
                 if run > 0 {
+                    self.nul |= input[i..i + run].contains(&0);
                     self.push(&input[i..i + run]);
                     i += run;
                     continue;
@@ -106,6 +114,7 @@ impl DataReceiver {
             }
             let b = input[i];
             i += 1;
+            self.nul |= b == 0;
             self.state = match (self.state, b) {
                 (State::LineStart, b'.') => State::Dot,
                 (State::LineStart | State::Text, b'\r') => State::Cr,
@@ -148,6 +157,7 @@ impl DataReceiver {
                         content: std::mem::take(&mut self.content),
                         too_big: self.too_big,
                         bare_line_ending: self.bare_line_ending,
+                        nul: self.nul,
                         over_budget: self.over_budget,
                     };
                     return (i, Some(data));
@@ -229,6 +239,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn nul_bytes_are_flagged_and_never_end_the_data() {
+        for (input, rest_expected) in [
+            (&b"body\r\n\0.\r\nMAIL FROM:<x@y.test>\r\n.\r\n"[..], &b""[..]),
+            (b"body\r\n.\0\r\nforged\r\n.\r\nNOOP\r\n", b"NOOP\r\n"),
+            (b"a\0b\r\n.\r\n", b""),
+        ] {
+            for step in [1, 3, 1000] {
+                let (data, rest) = receive(input, step);
+                let data = data.unwrap_or_else(|| panic!("{input:?}: no end"));
+                assert!(data.nul, "{input:?} not flagged");
+                assert_eq!(rest, rest_expected, "{input:?}");
+            }
+        }
+        let (data, _) = receive(b"clean\r\n.\r\n", 1);
+        assert!(data.is_some_and(|d| !d.nul));
     }
 
     #[test]

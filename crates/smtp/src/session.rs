@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -105,6 +106,10 @@ struct Transaction {
     chunks_reservation: Option<crate::budget::Reservation>,
     chunks_too_big: bool,
     chunks_over_budget: bool,
+    /// When a chunked transaction must have ended (`smtp.data_timeout_secs` after its first
+    /// BDAT): buffered chunks hold a share of the body budget across commands, so a client
+    /// that stops after a non-final chunk (and sends NOOPs) must not keep it for long.
+    chunks_deadline: Option<Instant>,
 }
 
 pub struct Session {
@@ -197,6 +202,7 @@ impl Session {
 
     /// Answers one command line (without its CRLF).
     pub async fn command(&mut self, line: &[u8]) -> Action {
+        self.expire_stalled_chunks();
         let mut with_crlf = Vec::with_capacity(line.len() + 2);
         with_crlf.extend_from_slice(line);
         with_crlf.extend_from_slice(b"\r\n");
@@ -384,6 +390,19 @@ impl Session {
         {
             return reply(555, "5.5.4", "DSN is not offered here (RET, ENVID)");
         }
+        // RFC 3461 4.4: ENVID is xtext of printable US-ASCII. smtp-proto decodes it; the
+        // decoded text is checked and kept re-encoded, so it can only leave encoded.
+        let dsn_envid = match from.env_id.as_deref().map(dsn_parameter) {
+            None => None,
+            Some(Some(encoded)) => Some(encoded),
+            Some(None) => {
+                return reply(
+                    501,
+                    "5.5.4",
+                    "ENVID must be xtext of printable US-ASCII (RFC 3461)",
+                );
+            }
+        };
         let require_tls = from.flags & MAIL_REQUIRETLS != 0;
         if require_tls && self.tls.is_none() {
             // RFC 8689 4.1: REQUIRETLS is only valid on a session protected by TLS.
@@ -463,13 +482,14 @@ impl Session {
             smtputf8,
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
             dsn_ret,
-            dsn_envid: from.env_id,
+            dsn_envid,
             require_tls,
             recipients: Vec::new(),
             chunks: None,
             chunks_reservation: None,
             chunks_too_big: false,
             chunks_over_budget: false,
+            chunks_deadline: None,
         });
         reply(250, "2.1.0", "Sender OK")
     }
@@ -486,11 +506,22 @@ impl Session {
             return reply(452, "4.5.3", "Too many recipients");
         }
         let dsn_notify = notify_text(to.flags);
-        // smtp-proto accepts only the rfc822 address type and decodes the xtext.
-        let dsn_orcpt = to.orcpt.as_ref().map(|address| format!("rfc822;{address}"));
-        if role != Role::Submission && (dsn_notify.is_some() || dsn_orcpt.is_some()) {
+        if role != Role::Submission && (dsn_notify.is_some() || to.orcpt.is_some()) {
             return reply(555, "5.5.4", "DSN is not offered here (NOTIFY, ORCPT)");
         }
+        // smtp-proto accepts only the rfc822 address type and decodes the xtext (RFC 3461
+        // 4.2); like ENVID, the address is checked and kept encoded.
+        let dsn_orcpt = match to.orcpt.as_deref().map(dsn_parameter) {
+            None => None,
+            Some(Some(encoded)) => Some(format!("rfc822;{encoded}")),
+            Some(None) => {
+                return reply(
+                    501,
+                    "5.5.4",
+                    "ORCPT must be xtext of printable US-ASCII (RFC 3461)",
+                );
+            }
+        };
         if !transaction.smtputf8 && !to.address.is_ascii() {
             return reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
         }
@@ -623,14 +654,31 @@ impl Session {
     }
 
     fn bdat(&mut self, size: usize, last: bool) -> Action {
+        let data_timeout = self.ctx.config.data_timeout;
         let keep = match &mut self.transaction {
             Some(t) if !t.recipients.is_empty() && !self.bdat_failed => {
                 t.chunks.get_or_insert_with(Vec::new);
+                t.chunks_deadline
+                    .get_or_insert_with(|| Instant::now() + data_timeout);
                 true
             }
             _ => false,
         };
         Action::ReceiveChunk { size, last, keep }
+    }
+
+    /// Ends a chunked transaction whose deadline passed: its chunks and their share of the
+    /// body budget are let go, and its further chunks are refused until RSET.
+    fn expire_stalled_chunks(&mut self) {
+        let stalled = self
+            .transaction
+            .as_ref()
+            .and_then(|t| t.chunks_deadline)
+            .is_some_and(|deadline| Instant::now() >= deadline);
+        if stalled {
+            tracing::info!(peer = %self.peer, "a chunked (BDAT) transaction took too long; its chunks are dropped");
+            self.transaction = None;
+        }
     }
 
     /// The answer after a BDAT chunk was read.
@@ -689,6 +737,18 @@ impl Session {
             self.transaction = None;
             return insufficient_storage();
         }
+        // BDAT's content is not dot-stuffed, but without BINARYMIME (not offered) it must
+        // still be lines ending in CRLF without NUL (RFC 3030 3): the same rules as DATA, or a
+        // chunked message could carry what DATA refuses to the next hop.
+        if let Some(problem) = sealmail_types::line::unsafe_content(&content) {
+            self.transaction = None;
+            sealmail_net::metrics::MESSAGES_REFUSED.inc();
+            return if problem.contains("NUL") {
+                nul_refused()
+            } else {
+                bare_line_ending_refused()
+            };
+        }
         self.finish_message(content).await
     }
 
@@ -708,16 +768,16 @@ impl Session {
 
     /// The answer after DATA was read to its end marker.
     pub async fn data_received(&mut self, data: crate::data::Data) -> Reply {
-        if data.bare_line_ending || data.too_big {
+        if data.bare_line_ending || data.nul || data.too_big {
             sealmail_net::metrics::MESSAGES_REFUSED.inc();
+        }
+        if data.nul {
+            self.transaction = None;
+            return nul_refused();
         }
         if data.bare_line_ending {
             self.transaction = None;
-            return Reply::new(
-                550,
-                "5.5.2",
-                "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
-            );
+            return bare_line_ending_refused();
         }
         if data.over_budget {
             self.transaction = None;
@@ -969,6 +1029,31 @@ fn insufficient_storage() -> Reply {
 fn temporary_failure(e: &sealmail_store::StoreError) -> Action {
     tracing::error!(error = %e, "store lookup failed");
     reply(451, "4.3.0", "Temporary lookup failure; try again later")
+}
+
+fn bare_line_ending_refused() -> Reply {
+    Reply::new(
+        550,
+        "5.5.2",
+        "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
+    )
+}
+
+fn nul_refused() -> Reply {
+    Reply::new(
+        550,
+        "5.6.0",
+        "Message refused: NUL bytes are not allowed (RFC 5321 section 4.1.4; no BINARYMIME)",
+    )
+}
+
+/// A decoded ENVID or ORCPT value (RFC 3461) in its canonical xtext, or None when the decoded
+/// text holds anything but printable US-ASCII (CR LF above all: it would break the line).
+fn dsn_parameter(decoded: &str) -> Option<String> {
+    if !sealmail_types::xtext::printable_ascii(decoded) {
+        return None;
+    }
+    sealmail_types::xtext::encode(decoded)
 }
 
 fn notify_text(flags: u64) -> Option<String> {

@@ -7,6 +7,9 @@
 //! - a local part may be UTF-8 (SMTPUTF8); it is stored lower-cased, because users expect
 //!   `Alice@` and `alice@` to be the same mailbox and nearly every server treats them so.
 
+pub mod line;
+pub mod xtext;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
