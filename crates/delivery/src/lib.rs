@@ -144,6 +144,11 @@ struct HostPolicy {
     implicit_tls: bool,
     /// Authenticate with `[delivery] relay_username` (the smarthost).
     relay_auth: bool,
+    /// The host's name is known to be the destination's (RFC 8689 4.2.1): configured (static
+    /// route, smarthost), from a DNSSEC-validated MX answer, or listed in the domain's MTA-STS
+    /// policy. A certificate valid for a name an attacker put in a forged MX answer proves
+    /// nothing, so REQUIRETLS needs this as well as a verified certificate.
+    name_authenticated: bool,
 }
 
 /// An attempt with its texts cut to a length the queue and DSNs keep: they can come from a
@@ -171,13 +176,14 @@ fn bounded(attempt: &Attempt) -> Attempt {
 
 impl HostPolicy {
     /// A destination's MX host (not the smarthost).
-    fn mx(mode: Mode, tls_required: bool, policy_type: &'static str) -> HostPolicy {
+    fn mx(mode: Mode, tls_required: bool, policy_type: &'static str, name_authenticated: bool) -> HostPolicy {
         HostPolicy {
             mode,
             tls_required,
             policy_type,
             implicit_tls: false,
             relay_auth: false,
+            name_authenticated,
         }
     }
 }
@@ -480,14 +486,28 @@ impl Delivery {
                 policy_type: "no-policy-found",
                 implicit_tls: relay.implicit_tls,
                 relay_auth: relay.username.is_some(),
+                name_authenticated: true,
             });
         }
+        // RFC 8689 4.2.1: the MX name is authentic when DNSSEC vouched for it (or it was
+        // configured), or when the domain's MTA-STS policy, in either mode, lists it.
+        let name_authenticated = host.name_validated || sts.is_some_and(|p| p.allows(&host.name));
         match route::dane(&self.inner.dns, host).await {
             Dane::Records(records) => {
-                return Ok(HostPolicy::mx(Mode::Dane(records), true, "tlsa"));
+                return Ok(HostPolicy::mx(
+                    Mode::Dane(records),
+                    true,
+                    "tlsa",
+                    name_authenticated,
+                ));
             }
             Dane::Unusable => {
-                return Ok(HostPolicy::mx(Mode::Opportunistic, true, "tlsa"));
+                return Ok(HostPolicy::mx(
+                    Mode::Opportunistic,
+                    true,
+                    "tlsa",
+                    name_authenticated,
+                ));
             }
             Dane::Failed(reason) => {
                 self.tls_result(domain, "tlsa", &host.name, "dnssec-invalid", &reason)
@@ -503,7 +523,7 @@ impl Delivery {
                     .await;
                 return Err(reason);
             }
-            return Ok(HostPolicy::mx(Mode::Pkix, true, "sts"));
+            return Ok(HostPolicy::mx(Mode::Pkix, true, "sts", name_authenticated));
         }
         let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
         if self.inner.config.require_tls.iter().any(|d| d == domain) {
@@ -511,12 +531,14 @@ impl Delivery {
                 Mode::Pkix,
                 true,
                 if testing { "sts" } else { "no-policy-found" },
+                name_authenticated,
             ));
         }
         Ok(HostPolicy::mx(
             Mode::Opportunistic,
             false,
             if testing { "sts" } else { "no-policy-found" },
+            name_authenticated,
         ))
     }
 
@@ -727,7 +749,11 @@ impl Delivery {
             if job.recipients.iter().all(|r| job.outcomes.contains_key(&r.id)) {
                 continue;
             }
-            if let Err(e) = self.transaction(&mut client, host, verified, job).await {
+            let requiretls_ok = verified && policy.name_authenticated;
+            if let Err(e) = self
+                .transaction(&mut client, host, verified, requiretls_ok, job)
+                .await
+            {
                 result = Err(e.to_string());
                 break;
             }
@@ -744,6 +770,7 @@ impl Delivery {
         client: &mut SmtpClient,
         host: &Host,
         verified: bool,
+        requiretls_ok: bool,
         job: &mut Job,
     ) -> Result<(), ClientError> {
         let pending: Vec<DueRecipient> = job
@@ -771,6 +798,10 @@ impl Delivery {
                 Some("the receiving server offers no TLS")
             } else if !verified {
                 Some("the receiving server's certificate could not be verified")
+            } else if !requiretls_ok {
+                Some(
+                    "the MX host name is not authenticated (no DNSSEC-validated MX answer and no MTA-STS policy listing it)",
+                )
             } else if !caps.requiretls {
                 Some("the receiving server does not support REQUIRETLS")
             } else {

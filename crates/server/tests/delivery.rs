@@ -393,12 +393,28 @@ async fn mail_from_a_reaches_b_over_verified_tls_signed_and_passing_every_check(
         "{fetched:?}"
     );
 
-    // A REQUIRETLS message takes the same way: b's certificate verifies and b offers REQUIRETLS.
+    // A REQUIRETLS message needs more than a certificate valid for the MX name: the name came
+    // from an MX answer no one vouched for, and a forged MX naming the attacker's own host
+    // (with a valid certificate for it) would pass that check (RFC 8689 4.2.1). Bounced.
     w.a.submit("alice@a.test", "bob@b.test", "required", true).await?;
+    let bounce =
+        w.a.wait_for_mail("alice@a.test", "INBOX", 1, Duration::from_secs(20))
+            .await?;
+    assert!(
+        bounce[0].contains("Status: 5.7.30") && bounce[0].contains("not authenticated"),
+        "{}",
+        bounce[0]
+    );
+    // With b.test's MX answer DNSSEC-validated, the same message takes the same way: b's
+    // certificate verifies and b offers REQUIRETLS.
+    w.base.dns.secure("b.test");
+    w.a.submit("alice@a.test", "bob@b.test", "required-2", true)
+        .await?;
     let inbox =
         w.b.wait_for_mail("bob@b.test", "INBOX", 2, Duration::from_secs(20))
             .await?;
-    assert!(inbox.iter().any(|m| m.contains("Subject: required")));
+    assert!(inbox.iter().any(|m| m.contains("Subject: required-2")));
+    assert!(!inbox.iter().any(|m| m.contains("Subject: required\r\n")));
     Ok(())
 }
 
