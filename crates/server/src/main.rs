@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod privileges;
 mod quickstart;
+mod retention;
 mod serve;
 
 use std::process::ExitCode;

@@ -230,6 +230,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .send_tls_reports(report_from, sign_report, shutdown.clone()),
     );
     tokio::spawn(delivery.run(shutdown.clone()));
+    tokio::spawn(crate::retention::run(store.clone(), shutdown.clone()));
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)

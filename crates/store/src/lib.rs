@@ -339,6 +339,48 @@ pub struct SecurityEvent {
     pub detail: Option<String>,
 }
 
+/// What [`Store::prune`] removes: every row of these kinds older than its cut-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Expunge tombstones made before this (Unix seconds).
+    pub tombstones_before: i64,
+    /// TLS results and sent-report records of days before this (`YYYY-MM-DD`).
+    pub tls_days_before: String,
+    /// MTA-STS policies whose `max_age` ended before this (Unix seconds).
+    pub sts_policies_expired_before: i64,
+}
+
+impl Retention {
+    /// Expunge tombstones: a day. IMAP sessions learn of another session's expunges from them
+    /// at their next command, and a session idle for 30 minutes is logged out (RFC 3501 5.4),
+    /// so a day is far more than any session can need; QRESYNC (which could ask later) is
+    /// not offered.
+    pub const TOMBSTONE_SECS: i64 = 24 * 3600;
+    /// TLS results: 31 days (a report covers yesterday; the rest is for `sealmail tls-report`).
+    pub const TLS_RESULT_DAYS: i64 = 31;
+
+    /// The defaults above, at `now` (Unix seconds).
+    pub fn at(now: i64) -> Retention {
+        let cut = time::OffsetDateTime::from_unix_timestamp(now - Self::TLS_RESULT_DAYS * 86_400)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let tls_days_before = format!("{:04}-{:02}-{:02}", cut.year(), u8::from(cut.month()), cut.day());
+        Retention {
+            tombstones_before: now - Self::TOMBSTONE_SECS,
+            tls_days_before,
+            sts_policies_expired_before: now,
+        }
+    }
+}
+
+/// How many rows [`Store::prune`] removed, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub tombstones: u64,
+    pub tls_results: u64,
+    pub tls_reports_sent: u64,
+    pub sts_policies: u64,
+}
+
 /// Counters that show how writes were batched into commits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -471,6 +513,9 @@ pub trait Store: Send + Sync {
     async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError>;
     /// Events at or after `since`, oldest first; `address` narrows them to one client.
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
+
+    /// Removes what has outlived its use (see [`Retention`]), in one commit.
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
 
     /// Writes a consistent copy of the whole store to `dest` (a new file), while the store is in use.
     async fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError>;

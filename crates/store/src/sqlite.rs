@@ -36,7 +36,7 @@ use crate::{
     sha256_hex,
 };
 use crate::{Copied, FlagChange, FlagUpdate, MailboxChanges, MailboxStatus};
-use crate::{DueMessage, RecipientOutcome, TlsResult, TlsResultCount};
+use crate::{DueMessage, Pruned, RecipientOutcome, Retention, TlsResult, TlsResultCount};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -55,6 +55,7 @@ pub struct Migration {
 }
 
 enum WriteOp {
+    Prune(Retention),
     AddDomain(Domain),
     RemoveDomain(Domain),
     AddAccount {
@@ -168,6 +169,7 @@ enum WriteDone {
     Flags(FlagUpdate),
     Uids(Vec<u32>),
     Copied(Copied),
+    Pruned(Pruned),
 }
 
 type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
@@ -461,6 +463,7 @@ async fn domain_id(conn: &mut SqliteConnection, domain: &Domain) -> Result<Optio
 
 async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDone, StoreError> {
     match op {
+        WriteOp::Prune(retention) => prune(conn, retention).await.map(WriteDone::Pruned),
         WriteOp::AddDomain(domain) => {
             let inserted = sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2)")
                 .bind(domain.as_str())
@@ -539,6 +542,12 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             Ok(WriteDone::Unit)
         }
         WriteOp::RemoveAccount(address) => {
+            let blobs: Vec<i64> = sqlx::query_scalar(
+                "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id JOIN accounts a ON a.id = b.account_id WHERE a.address = ?1",
+            )
+            .bind(address.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
             let removed = sqlx::query("DELETE FROM accounts WHERE address = ?1")
                 .bind(address.to_string())
                 .execute(&mut *conn)
@@ -546,7 +555,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             if removed.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("user {address}")));
             }
-            delete_orphan_blobs(conn).await?;
+            delete_unused_blobs(conn, &blobs).await?;
             Ok(WriteDone::Unit)
         }
         WriteOp::StoreMessage { message, sha256 } => {
@@ -747,6 +756,35 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
     }
 }
 
+async fn prune(conn: &mut SqliteConnection, retention: &Retention) -> Result<Pruned, StoreError> {
+    let tombstones = sqlx::query("DELETE FROM expunged WHERE at < ?1")
+        .bind(retention.tombstones_before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let tls_results = sqlx::query("DELETE FROM tls_results WHERE day < ?1")
+        .bind(&retention.tls_days_before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let tls_reports_sent = sqlx::query("DELETE FROM tls_reports_sent WHERE day < ?1")
+        .bind(&retention.tls_days_before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let sts_policies = sqlx::query("DELETE FROM mta_sts_policies WHERE expires_at < ?1")
+        .bind(retention.sts_policies_expired_before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(Pruned {
+        tombstones,
+        tls_results,
+        tls_reports_sent,
+        sts_policies,
+    })
+}
+
 async fn insert_blob(conn: &mut SqliteConnection, content: Vec<u8>, sha256: &str) -> Result<i64, StoreError> {
     let size = content.len() as i64;
     Ok(
@@ -808,12 +846,18 @@ async fn store_in_mailboxes(
     Ok(stored)
 }
 
-async fn delete_orphan_blobs(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM blobs WHERE id NOT IN (SELECT blob_id FROM messages) AND id NOT IN (SELECT blob_id FROM queue_messages)",
-    )
-    .execute(&mut *conn)
-    .await?;
+/// Removes those of `candidates` (blobs whose messages or queue entries were just deleted)
+/// that nothing uses any more. Only the candidates are looked at, each through the indexes on
+/// both blob columns: the single writer never scans every blob.
+async fn delete_unused_blobs(conn: &mut SqliteConnection, candidates: &[i64]) -> Result<(), StoreError> {
+    for blob in candidates {
+        sqlx::query(
+            "DELETE FROM blobs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_id = ?1)",
+        )
+        .bind(blob)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -844,6 +888,7 @@ fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Flags(_) => "flags",
         WriteDone::Uids(_) => "UIDs",
         WriteDone::Copied(_) => "copied messages",
+        WriteDone::Pruned(_) => "pruned rows",
     };
     StoreError::Database(sqlx::Error::Protocol(format!(
         "store writer returned {what} unexpectedly"
@@ -1030,6 +1075,13 @@ impl Store for SqliteStore {
 
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
         queue::tls_results(&self.readers).await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
+        match self.write(WriteOp::Prune(retention)).await? {
+            WriteDone::Pruned(pruned) => Ok(pruned),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError> {

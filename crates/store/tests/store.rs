@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7]
+        [2, 3, 4, 5, 6, 7, 8]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        6
+        7
     );
 
     let alice = store
@@ -227,7 +227,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 7);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 8);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -578,5 +578,108 @@ async fn a_tls_report_is_claimed_once_per_day_and_domain() -> TestResult {
     drop(store);
     let store = SqliteStore::open(dir.path(), 16).await?;
     assert!(!store.claim_tls_report("2026-11-29", "b.test").await?);
+    Ok(())
+}
+
+/// Rows in `table` of the store file in `dir`, read with a connection of our own.
+async fn count_rows(dir: &Path, table: &str) -> TestResult<i64> {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join(DB_FILE))
+        .read_only(true)
+        .connect()
+        .await?;
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut conn)
+        .await?)
+}
+
+#[tokio::test]
+async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_user() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, inbox) = store_with_alice(dir.path()).await?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let sent = store.mailbox(alice.id, "Sent").await?.ok_or("no Sent")?.id;
+    // One message in two mailboxes shares one blob; another message has its own.
+    let mut both = message("shared", inbox);
+    both.mailboxes.push(sent);
+    let stored = store.store_message(both).await?;
+    store.store_message(message("own", inbox)).await?;
+    assert_eq!(count_rows(dir.path(), "blobs").await?, 2);
+
+    // Expunged from the INBOX: its blob stays while Sent still holds the message.
+    let before = store.changes_since(inbox, 0).await?.highest_modseq;
+    store
+        .update_flags(inbox, vec![1, 2], FlagChange::Add, vec!["\\Deleted".into()], None)
+        .await?;
+    assert_eq!(store.expunge(inbox, None).await?, vec![1, 2]);
+    assert_eq!(
+        count_rows(dir.path(), "blobs").await?,
+        1,
+        "only the unshared blob went"
+    );
+    let in_sent = stored
+        .iter()
+        .find(|m| m.mailbox == sent)
+        .ok_or("no copy in Sent")?;
+    assert!(store.read_message(in_sent.id).await?.ends_with(b"shared\r\n"));
+    store
+        .update_flags(
+            sent,
+            vec![in_sent.uid],
+            FlagChange::Add,
+            vec!["\\Deleted".into()],
+            None,
+        )
+        .await?;
+    store.expunge(sent, None).await?;
+    assert_eq!(
+        count_rows(dir.path(), "blobs").await?,
+        0,
+        "the last user took it along"
+    );
+
+    // Tombstones stay while a session could ask, and go after the retention time.
+    assert_eq!(store.changes_since(inbox, before).await?.expunged, vec![1, 2]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let pruned = store.prune(sealmail_store::Retention::at(now)).await?;
+    assert_eq!(pruned.tombstones, 0, "fresh tombstones are kept");
+    assert_eq!(count_rows(dir.path(), "expunged").await?, 3);
+
+    // TLS results and sent-report records older than the retention go, recent ones stay;
+    // expired MTA-STS policies go.
+    for day in ["2026-01-01", "2026-12-01"] {
+        assert!(store.claim_tls_report(day, "b.test").await?);
+    }
+    store
+        .save_mta_sts_policy("old.test", "1", "version: STSv1", now - 10)
+        .await?;
+    store
+        .save_mta_sts_policy("live.test", "1", "version: STSv1", now + 3600)
+        .await?;
+    let later = sealmail_store::Retention::at(now + sealmail_store::Retention::TOMBSTONE_SECS + 1);
+    let cutoff = later.tls_days_before.clone();
+    assert!("2026-01-01" < cutoff.as_str(), "{cutoff}");
+    let pruned = store
+        .prune(sealmail_store::Retention {
+            tls_days_before: "2026-06-01".into(),
+            sts_policies_expired_before: now,
+            ..later
+        })
+        .await?;
+    assert_eq!(pruned.tombstones, 3);
+    assert_eq!(pruned.tls_reports_sent, 1);
+    assert_eq!(pruned.sts_policies, 1);
+    assert_eq!(count_rows(dir.path(), "expunged").await?, 0);
+    assert!(store.mta_sts_policy("live.test").await?.is_some());
+    assert!(store.mta_sts_policy("old.test").await?.is_none());
+    assert!(!store.claim_tls_report("2026-12-01", "b.test").await?, "kept");
+    assert!(store.claim_tls_report("2026-01-01", "b.test").await?, "pruned");
     Ok(())
 }

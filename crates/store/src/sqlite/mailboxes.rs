@@ -190,11 +190,15 @@ pub(super) async fn delete(
     let Some(mailbox) = find_mailbox(&mut *conn, account, name).await? else {
         return Err(StoreError::NotFound(format!("mailbox {name}")));
     };
+    let blobs: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?1")
+        .bind(mailbox.id.0)
+        .fetch_all(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM mailboxes WHERE id = ?1")
         .bind(mailbox.id.0)
         .execute(&mut *conn)
         .await?;
-    super::delete_orphan_blobs(conn).await
+    super::delete_unused_blobs(conn, &blobs).await
 }
 
 pub(super) async fn rename(
@@ -378,24 +382,29 @@ async fn remove_messages(
         return Ok(());
     }
     let modseq = next_modseq(conn, mailbox).await?;
+    let now = crate::now_unix();
+    let mut blobs = Vec::new();
     for chunk in uids.chunks(CHUNK) {
         let list = placeholders(chunk.len(), 2);
-        let sql = format!("DELETE FROM messages WHERE mailbox_id = ?1 AND uid IN ({list})");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
+        let sql = format!("DELETE FROM messages WHERE mailbox_id = ?1 AND uid IN ({list}) RETURNING blob_id");
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
         for uid in chunk {
             query = query.bind(*uid as i64);
         }
-        query.execute(&mut *conn).await?;
+        blobs.extend(query.fetch_all(&mut *conn).await?);
         for uid in chunk {
-            sqlx::query("INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?1, ?2, ?3)")
+            sqlx::query("INSERT INTO expunged (mailbox_id, uid, modseq, at) VALUES (?1, ?2, ?3, ?4)")
                 .bind(mailbox.0)
                 .bind(*uid as i64)
                 .bind(modseq)
+                .bind(now)
                 .execute(&mut *conn)
                 .await?;
         }
     }
-    super::delete_orphan_blobs(conn).await
+    blobs.sort_unstable();
+    blobs.dedup();
+    super::delete_unused_blobs(conn, &blobs).await
 }
 
 pub(super) async fn expunge(

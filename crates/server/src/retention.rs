@@ -1,0 +1,34 @@
+//! The hourly clean-up: what the store keeps only for a while (expunge tombstones, TLS
+//! results, expired MTA-STS policies) is pruned by the rules of [`sealmail_store::Retention`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealmail_store::{Retention, Store};
+use tokio_util::sync::CancellationToken;
+
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes at start and then every hour until `shutdown`.
+pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        match store.prune(Retention::at(now)).await {
+            Ok(pruned) => tracing::info!(
+                tombstones = pruned.tombstones,
+                tls_results = pruned.tls_results,
+                tls_reports_sent = pruned.tls_reports_sent,
+                mta_sts_policies = pruned.sts_policies,
+                "retention: old rows pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "retention: pruning failed; trying again in an hour"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
