@@ -154,7 +154,14 @@ struct HostPolicy {
 /// An attempt with its texts cut to a length the queue and DSNs keep: they can come from a
 /// remote server (a malformed reply line is quoted in the error).
 fn bounded(attempt: &Attempt) -> Attempt {
-    let cut = |text: &String| -> String { text.chars().take(1000).collect() };
+    // Control characters are blanked too: a certificate name in a TLS error, or a host name
+    // from DNS, can hold them, and these texts are shown by `queue show` and in logs.
+    let cut = |text: &String| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(1000)
+            .collect()
+    };
     match attempt {
         Attempt::Delivered {
             text,
@@ -553,7 +560,11 @@ impl Delivery {
             policy_type: policy_type.to_string(),
             mx_host: host.to_string(),
             result_type: result_type.to_string(),
-            detail: detail.chars().take(500).collect(),
+            detail: detail
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(500)
+                .collect(),
         };
         if let Err(e) = self.inner.store.record_tls_result(result).await {
             tracing::warn!(error = %e, "cannot record a TLS result");
@@ -1175,6 +1186,19 @@ pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempt_texts_are_bounded_and_on_one_line() {
+        let attempt = bounded(&Attempt::Deferred(format!(
+            "TLS: DnsName(\"x\r\nDATA\0\") {}",
+            "y".repeat(5000)
+        )));
+        let Attempt::Deferred(text) = attempt else {
+            panic!("kind changed");
+        };
+        assert_eq!(text.chars().count(), 1000);
+        assert!(!text.contains(['\r', '\n', '\0']), "{text}");
+    }
 
     #[test]
     fn dsn_parameters_leave_as_xtext_and_never_with_a_line_break() {

@@ -69,7 +69,9 @@ pub async fn hosts(dns: &Dns, config: &DeliveryConfig, domain: &str) -> Result<V
                 text: format!("{domain} does not accept mail (null MX, RFC 7505)"),
             });
         }
-        mx.retain(|(_, host)| !host.is_empty());
+        // A name that is not a valid host name (control characters, underscores, ...) is
+        // skipped: it would end up in TLS names, logs and DSNs.
+        mx.retain(|(_, host)| !host.is_empty() && sealmail_types::Domain::parse(host).is_ok());
         shuffle_equal_preferences(&mut mx);
         mx.into_iter()
             .map(|(_, host)| host)

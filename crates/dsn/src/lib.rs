@@ -81,11 +81,16 @@ pub fn rfc5322_date(unix: i64) -> String {
 }
 
 /// Text for a header or a report field: one line, printable.
+/// `text` on one line of at most 900 octets (RFC 5322 2.1.1 allows 998 with the field name).
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(900)
-        .collect()
+    let mut out = String::new();
+    for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > 900 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// 24 random hex digits, for MIME boundaries and Message-IDs of generated messages.
@@ -213,6 +218,13 @@ fn find_header_end(message: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_is_bounded_in_octets_and_has_no_controls() {
+        let long = "é".repeat(2000);
+        assert!(one_line(&long).len() <= 900);
+        assert_eq!(one_line("a\r\nb\0c"), "a  b c");
+    }
 
     #[test]
     fn a_report_parses_as_multipart_report_with_every_field() -> Result<(), String> {

@@ -124,20 +124,20 @@ fn from_field_count(message: &[u8]) -> usize {
     count
 }
 
-/// Each distinct author domain (lower case) with the first address that names it.
-fn author_domains(parsed: &AuthenticatedMessage<'_>) -> Vec<(String, String)> {
+/// Each distinct author domain (lower-case A-label) with the first address that names it;
+/// None when an address of the From field has no valid domain (mail-parser can leave control
+/// characters in one, which would then reach our headers and replies).
+fn author_domains(parsed: &AuthenticatedMessage<'_>) -> Option<Vec<(String, String)>> {
     let mut domains: Vec<(String, String)> = Vec::new();
     for address in parsed.froms() {
-        let Some((_, domain)) = address.rsplit_once('@') else {
-            continue;
-        };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        if domain.is_empty() || domains.iter().any(|(d, _)| *d == domain) {
+        let (_, domain) = address.rsplit_once('@')?;
+        let domain = sealmail_types::Domain::parse(domain).ok()?.as_str().to_string();
+        if domains.iter().any(|(d, _)| *d == domain) {
             continue;
         }
         domains.push((domain, address.clone()));
     }
-    domains
+    Some(domains)
 }
 
 /// How strict the handling of one author domain's DMARC outcome is: refusal over a retry over
@@ -344,8 +344,13 @@ impl Authenticator {
         let authors = author_domains(&parsed);
         let malformed_from = match from_field_count(message) {
             0 => None,
-            1 if authors.is_empty() => Some("its From header field names no address".to_string()),
-            1 if authors.len() > MAX_FROM_DOMAINS => Some(format!(
+            1 if authors.is_none() => {
+                Some("its From header field has an address without a valid domain".to_string())
+            }
+            1 if authors.as_ref().is_some_and(Vec::is_empty) => {
+                Some("its From header field names no address".to_string())
+            }
+            1 if authors.as_ref().is_some_and(|a| a.len() > MAX_FROM_DOMAINS) => Some(format!(
                 "its From header field names more than {MAX_FROM_DOMAINS} domains"
             )),
             1 => None,
@@ -370,6 +375,7 @@ impl Authenticator {
         let arc = self.verify_arc(&parsed).await;
         // RFC 7489 6.6.1: with several author domains each is evaluated on its own and the
         // strictest outcome applies.
+        let authors = authors.unwrap_or_default();
         let mut evaluated = Vec::with_capacity(authors.len());
         for (domain, address) in &authors {
             let mut single = parsed.clone();
@@ -423,9 +429,12 @@ impl Authenticator {
             // the signatures past the limit.
             results.truncate(results.trim_end_matches("\r\n").len());
             for signature in weak.iter().filter_map(|d| d.signature()) {
+                // Written by us, not by mail-auth: only a valid domain goes into our header.
+                let domain = sealmail_types::Domain::parse(&signature.d)
+                    .map(String::from)
+                    .unwrap_or_else(|_| "invalid".to_string());
                 results.push_str(&format!(
-                    ";\r\n\tdkim=policy reason=\"rsa-sha1 is not accepted (RFC 8301)\" header.d={}",
-                    signature.d
+                    ";\r\n\tdkim=policy reason=\"rsa-sha1 is not accepted (RFC 8301)\" header.d={domain}"
                 ));
             }
             if unchecked > 0 {

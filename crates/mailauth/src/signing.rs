@@ -128,7 +128,10 @@ fn read_key(path: &Path) -> Result<StoredKey, DkimError> {
     let selector = path
         .file_stem()
         .and_then(|s| s.to_str())
-        .ok_or_else(|| error("the file name is not a selector".into()))?
+        .filter(|s| is_selector(s))
+        .ok_or_else(|| {
+            error("the file name is not a selector (letters, digits and hyphens, 1 to 63 of them)".into())
+        })?
         .to_string();
     Ok(StoredKey {
         selector,
@@ -136,6 +139,14 @@ fn read_key(path: &Path) -> Result<StoredKey, DkimError> {
         pkcs8: zeroize::Zeroizing::new(key.serialize_der()),
         public,
     })
+}
+
+/// A selector that can go into a DKIM-Signature `s=` tag and a DNS label as it is.
+fn is_selector(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// Every key of a domain (what `domain dns` publishes), by selector.
@@ -274,5 +285,20 @@ impl Signer {
             headers.extend_from_slice(signature.to_header().as_bytes());
         }
         Ok(headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_are_dns_labels() {
+        for good in ["ed2026", "rsa-2026-12", "a"] {
+            assert!(is_selector(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a.b", "a;b", "a b", "s\r\nx", &"a".repeat(64)] {
+            assert!(!is_selector(bad), "{bad:?}");
+        }
     }
 }

@@ -229,6 +229,15 @@ async fn a_from_with_several_authors_cannot_slip_past_dmarc() -> TestResult {
             "two From fields, other spelling",
         ),
         ("From: undisclosed:;\r\n", "a From without an address"),
+        // mail-parser leaves the ESC of the encoded word in the domain.
+        (
+            "From: =?utf-8?q?x@exampl=1Be.test?= (Example)\r\n",
+            "a control character in the domain",
+        ),
+        (
+            "From: x@evil.test, y@bad_domain.test\r\n",
+            "an invalid author domain",
+        ),
     ] {
         let reply = send(mx, &cert, ELSEWHERE, "x@evil.test", &body(from_lines)).await?;
         assert!(reply.starts_with("550 5.7.1"), "{what}: {reply}");

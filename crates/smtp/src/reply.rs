@@ -46,7 +46,16 @@ impl Reply {
         let count = self.lines.len().max(1);
         for i in 0..count {
             let separator = if i + 1 == count { ' ' } else { '-' };
-            let text = self.lines.get(i).map(String::as_str).unwrap_or("");
+            // A reply may quote what a client or a message said: no control character of it
+            // reaches the wire (a CR LF would start a reply of its own).
+            let text: String = self
+                .lines
+                .get(i)
+                .map(String::as_str)
+                .unwrap_or("")
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
             let _ = match self.status {
                 Some(status) => write!(out, "{}{separator}{status} {text}\r\n", self.code),
                 None => write!(out, "{}{separator}{text}\r\n", self.code),
@@ -71,5 +80,13 @@ mod tests {
             b"250-mx.test\r\n250 PIPELINING\r\n"
         );
         assert_eq!(Reply::bare(354, "Go ahead").to_bytes(), b"354 Go ahead\r\n");
+    }
+
+    #[test]
+    fn quoted_control_characters_never_reach_the_wire() {
+        assert_eq!(
+            Reply::new(555, "5.5.4", "Unsupported parameter X\0\x1b\r\n250 OK").to_bytes(),
+            b"555 5.5.4 Unsupported parameter X????250 OK\r\n"
+        );
     }
 }
