@@ -408,6 +408,9 @@ pub trait Store: Send + Sync {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
 
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;
+    /// Octets of every message in the account's mailboxes (a message in two mailboxes counts
+    /// twice, as IMAP QUOTA's STORAGE does), for `limits.mailbox_quota`.
+    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError>;
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError>;
 
     /// Stores a message durably in every listed mailbox, or in none.

@@ -1179,6 +1179,16 @@ impl Store for SqliteStore {
         rows.iter().map(message_from_row).collect()
     }
 
+    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError> {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(b.size), 0) FROM mailboxes x JOIN messages m ON m.mailbox_id = x.id JOIN blobs b ON b.id = m.blob_id WHERE x.account_id = ?1",
+        )
+        .bind(account.0)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(u64::try_from(used).unwrap_or(0))
+    }
+
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError> {
         let op = WriteOp::CreateMailbox {
             account,

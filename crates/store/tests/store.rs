@@ -610,6 +610,12 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
     let stored = store.store_message(both).await?;
     store.store_message(message("own", inbox)).await?;
     assert_eq!(count_rows(dir.path(), "blobs").await?, 2);
+    let each = |body: &str| message(body, inbox).content.len() as u64;
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        2 * each("shared") + each("own"),
+        "a message in two mailboxes counts twice"
+    );
 
     // Expunged from the INBOX: its blob stays while Sent still holds the message.
     let before = store.changes_since(inbox, 0).await?.highest_modseq;
