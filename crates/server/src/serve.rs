@@ -169,13 +169,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
+    // One budget for message data in memory, whichever protocol brings it.
+    let message_budget = sealmail_net::budget::BodyBudget::new(config.smtp.max_buffered_bytes);
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
         store: store.clone(),
         identity: identity.clone(),
         guard: guard.clone(),
-        body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
+        body_budget: message_budget.clone(),
         authenticator,
         signer,
         inbound,
