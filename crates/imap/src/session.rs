@@ -24,10 +24,11 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
 use sealmail_identity::{Identity, Password};
+use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
 
-use crate::framing::Limits;
+use crate::framing::{Limits, Stage};
 use crate::list::{self, ListRequest};
 use crate::search::{self, Candidate};
 use crate::selected::{Selected, Text};
@@ -40,6 +41,8 @@ pub struct ImapContext {
     pub identity: Identity,
     pub guard: Arc<Guard>,
     pub limits: Limits,
+    /// The server-wide budget for message data in memory, shared with SMTP.
+    pub budget: BodyBudget,
     /// BAD responses in a row (no OK between them) after which the session is ended.
     pub max_errors: u32,
 }
@@ -259,6 +262,18 @@ impl Session {
         let _ = write!(Text(&mut self.out), "{tag} {status} {text}\r\n");
     }
 
+    pub fn stage(&self) -> Stage {
+        match self.account {
+            Some(_) => Stage::Authenticated,
+            None => Stage::NotAuthenticated,
+        }
+    }
+
+    /// A command that was read but cannot be taken now (NO: not the client's error).
+    pub fn decline(&mut self, tag: Option<&str>, text: &str) {
+        self.tagged(tag.unwrap_or("*"), no(text));
+    }
+
     /// A command that could not be read or decoded. Returns false when the session must end.
     pub async fn refuse(&mut self, tag: Option<&str>, text: &str) -> bool {
         self.tagged(tag.unwrap_or("*"), bad(text));
@@ -435,7 +450,9 @@ impl Session {
                 Step::Challenge(challenge) => {
                     let line = format!("+ {}\r\n", BASE64.encode(challenge));
                     conn.write_all(line.as_bytes()).await?;
-                    let response = match conn.read_line(MAX_AUTH_LINE).await? {
+                    // Still before login: the short timeout applies.
+                    let wait = self.ctx.limits.unauthenticated_idle;
+                    let response = match conn.read_line_within(MAX_AUTH_LINE, wait).await? {
                         Line::Complete(line) => line,
                         Line::TooLong(_) => return Ok(bad("SASL response too long")),
                     };

@@ -194,8 +194,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_append: config.smtp.max_message_size as u64,
             max_literal: sealmail_imap::MAX_SMALL_LITERAL,
             max_literals: sealmail_imap::MAX_LITERALS_PER_COMMAND,
+            max_command: sealmail_imap::MAX_COMMAND,
+            max_unauthenticated_literal: sealmail_imap::MAX_UNAUTHENTICATED_LITERAL,
+            max_unauthenticated_command: sealmail_imap::MAX_UNAUTHENTICATED_COMMAND,
             idle: config.limits.imap_idle_timeout,
+            // Never longer than a logged-in client's.
+            unauthenticated_idle: config
+                .limits
+                .imap_unauthenticated_timeout
+                .min(config.limits.imap_idle_timeout),
         },
+        budget: message_budget,
         max_errors: sealmail_imap::MAX_ERRORS,
     }));
     let listeners = bound
