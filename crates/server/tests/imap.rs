@@ -810,3 +810,29 @@ async fn clients_that_do_not_log_in_are_logged_out_after_the_short_timeout() -> 
     expect_ok(&logged_in.imap("n", "NOOP").await?)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn repeated_sequence_sets_get_each_message_once_and_list_patterns_past_the_caps_get_bad() -> TestResult
+{
+    let server = Server::start("").await?;
+    for i in 1..=3 {
+        server
+            .submit("bob@example.test", &format!("Subject: r{i}\r\n\r\nbody {i}"))
+            .await?;
+    }
+    let mut c = server.login("bob").await?;
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    // 10,000 times "1:*" in one command (60 KB): each message is answered once.
+    let repeated = vec!["1:*"; 10_000].join(",");
+    let fetch = c.imap("f", &format!("FETCH {repeated} (UID)")).await?;
+    expect_ok(&fetch)?;
+    assert_eq!(fetch.len(), 4, "{:?}", &fetch[..fetch.len().min(8)]);
+    let fetch = c.imap("u", &format!("UID FETCH {repeated},2 (FLAGS)")).await?;
+    assert_eq!(fetch.len(), 4, "{:?}", &fetch[..fetch.len().min(8)]);
+    let search = c.imap("q", &format!("SEARCH {repeated} BODY \"BODY 2\"")).await?;
+    assert!(has_line(&search, "* SEARCH 2"), "{search:?}");
+    // LIST patterns past the caps are refused, not run.
+    let list = c.imap("l", &format!("LIST \"\" \"{}\"", "*a".repeat(40))).await?;
+    assert!(tagged(&list).starts_with("l BAD"), "{list:?}");
+    Ok(())
+}
