@@ -836,3 +836,36 @@ async fn repeated_sequence_sets_get_each_message_once_and_list_patterns_past_the
     assert!(tagged(&list).starts_with("l BAD"), "{list:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn mailbox_names_with_control_characters_are_refused_and_never_echoed() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    // "&AA0ACg-" is CR LF in modified UTF-7; after it, a forged response.
+    let hostile = "\"&AA0ACg-* OK [ALERT] forged&AA0ACg-\"";
+    for (tag, command) in [
+        ("c", format!("CREATE {hostile}")),
+        ("d", format!("DELETE {hostile}")),
+        ("r", format!("RENAME {hostile} Other")),
+        ("s", format!("SUBSCRIBE {hostile}")),
+        ("t", format!("STATUS {hostile} (MESSAGES)")),
+        ("x", format!("SELECT {hostile}")),
+    ] {
+        let reply = c.imap(tag, &command).await?;
+        assert!(
+            tagged(&reply).starts_with(&format!("{tag} NO"))
+                || tagged(&reply).starts_with(&format!("{tag} BAD")),
+            "{command}: {reply:?}"
+        );
+        assert_eq!(reply.len(), 1, "{command}: {reply:?}");
+        // Nothing of a reply is left over for the next command.
+        assert_eq!(
+            c.imap("n", "NOOP").await?,
+            ["n OK NOOP completed"],
+            "after {command}"
+        );
+    }
+    let list = c.imap("l", "LIST \"\" *").await?;
+    assert!(!has_line(&list, "forged"), "{list:?}");
+    Ok(())
+}
