@@ -869,3 +869,17 @@ async fn mailbox_names_with_control_characters_are_refused_and_never_echoed() ->
     assert!(!has_line(&list, "forged"), "{list:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn renaming_a_non_ascii_parent_takes_its_children_along() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    // "Ärger" is "&AMQ-rger" on the wire.
+    expect_ok(&c.imap("c", "CREATE &AMQ-rger/x").await?)?;
+    expect_ok(&c.imap("r", "RENAME &AMQ-rger B").await?)?;
+    expect_ok(&c.imap("s", "SELECT B/x").await?)?;
+    let list = c.imap("l", "LIST \"\" *").await?;
+    assert!(has_line(&list, "\"B/x\""), "{list:?}");
+    assert!(!has_line(&list, "&AMQ-rger"), "{list:?}");
+    Ok(())
+}
