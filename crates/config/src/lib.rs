@@ -114,6 +114,11 @@ pub struct Limits {
     pub command_timeout: Duration,
     /// IMAP sessions idle longer than this are logged out (RFC 9051 5.4: at least 30 minutes).
     pub imap_idle_timeout: Duration,
+    /// IMAP clients that have not logged in are logged out when a command (the wait for it
+    /// included) takes longer than this: they cannot hold a connection for the 30 minutes a
+    /// logged-in client may idle. A value above `imap_idle_timeout` is cut to it (existing
+    /// configurations with a short idle timeout keep working).
+    pub imap_unauthenticated_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -127,6 +132,7 @@ impl Default for Limits {
             // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
             command_timeout: Duration::from_secs(300),
             imap_idle_timeout: Duration::from_secs(1800),
+            imap_unauthenticated_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -559,6 +565,7 @@ struct RawLimits {
     tls_handshake_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
     imap_idle_timeout_secs: Option<i64>,
+    imap_unauthenticated_timeout_secs: Option<i64>,
     shutdown_grace_secs: Option<i64>,
 }
 
@@ -979,6 +986,12 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             d.imap_idle_timeout,
             problems,
         ),
+        imap_unauthenticated_timeout: secs(
+            "limits.imap_unauthenticated_timeout_secs",
+            raw.imap_unauthenticated_timeout_secs,
+            d.imap_unauthenticated_timeout,
+            problems,
+        ),
         shutdown_grace: secs(
             "limits.shutdown_grace_secs",
             raw.shutdown_grace_secs,
@@ -1373,6 +1386,10 @@ mod tests {
             (
                 format!("{}[limits]\ncommand_timeout_secs = -5\n", good()),
                 "limits.command_timeout_secs = -5 is out of range; use a number from 1 to 86400 (default 300)",
+            ),
+            (
+                format!("{}[limits]\nimap_unauthenticated_timeout_secs = 0\n", good()),
+                "limits.imap_unauthenticated_timeout_secs = 0 is out of range; use a number from 1 to 86400 (default 60)",
             ),
             (
                 format!("{}[delivery]\ndelay_warning_secs = -1\n", good()),

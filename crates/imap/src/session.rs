@@ -24,10 +24,11 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
 use sealmail_identity::{Identity, Password};
+use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
 
-use crate::framing::Limits;
+use crate::framing::{Limits, Stage};
 use crate::list::{self, ListRequest};
 use crate::search::{self, Candidate};
 use crate::selected::{Selected, Text};
@@ -40,6 +41,8 @@ pub struct ImapContext {
     pub identity: Identity,
     pub guard: Arc<Guard>,
     pub limits: Limits,
+    /// The server-wide budget for message data in memory, shared with SMTP.
+    pub budget: BodyBudget,
     /// BAD responses in a row (no OK between them) after which the session is ended.
     pub max_errors: u32,
 }
@@ -56,8 +59,11 @@ pub enum Next {
 const FLUSH_AT: usize = 256 * 1024;
 /// Longest line of an AUTHENTICATE exchange.
 const MAX_AUTH_LINE: usize = 12 * 1024;
-/// Messages read from the store per query during FETCH.
+/// Messages read from the store per query during FETCH and SEARCH: at most this many, and at
+/// most `BATCH_BYTES` of message data (a larger message is read alone), so a batch of big
+/// messages does not sit in memory 128 at a time.
 const FETCH_BATCH: usize = 128;
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
 
@@ -143,6 +149,21 @@ fn valid_new_name(name: &str) -> bool {
         && name.split('/').count() <= 16
         && !name.split('/').any(str::is_empty)
         && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+}
+
+/// How many of the messages ahead (by their sizes) go into the next batch: at least one, at
+/// most `FETCH_BATCH`, and no more than `BATCH_BYTES` together unless the first alone is larger.
+fn batch_len(sizes: impl Iterator<Item = u64>) -> usize {
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for size in sizes.take(FETCH_BATCH) {
+        bytes = bytes.saturating_add(size);
+        if n > 0 && bytes > BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 fn section_text(section: &Option<Section<'_>>) -> String {
@@ -257,6 +278,18 @@ impl Session {
             }
         };
         let _ = write!(Text(&mut self.out), "{tag} {status} {text}\r\n");
+    }
+
+    pub fn stage(&self) -> Stage {
+        match self.account {
+            Some(_) => Stage::Authenticated,
+            None => Stage::NotAuthenticated,
+        }
+    }
+
+    /// A command that was read but cannot be taken now (NO: not the client's error).
+    pub fn decline(&mut self, tag: Option<&str>, text: &str) {
+        self.tagged(tag.unwrap_or("*"), no(text));
     }
 
     /// A command that could not be read or decoded. Returns false when the session must end.
@@ -435,7 +468,9 @@ impl Session {
                 Step::Challenge(challenge) => {
                     let line = format!("+ {}\r\n", BASE64.encode(challenge));
                     conn.write_all(line.as_bytes()).await?;
-                    let response = match conn.read_line(MAX_AUTH_LINE).await? {
+                    // Still before login: the short timeout applies.
+                    let wait = self.ctx.limits.unauthenticated_idle;
+                    let response = match conn.read_line_within(MAX_AUTH_LINE, wait).await? {
                         Line::Complete(line) => line,
                         Line::TooLong(_) => return Ok(bad("SASL response too long")),
                     };
@@ -778,7 +813,11 @@ impl Session {
             Err(e) => return store_failure(&e),
         };
         let verb = if request.lsub { "LSUB" } else { "LIST" };
-        for listed in list::respond(&request, &mailboxes) {
+        let listed = match list::respond(&request, &mailboxes) {
+            Ok(listed) => listed,
+            Err(why) => return bad(why),
+        };
+        for listed in listed {
             self.out.extend_from_slice(&listed.line);
             if let (Some(items), Some(mailbox)) = (&request.status, &listed.mailbox)
                 && let Err(e) = self.status_line(mailbox, items).await
@@ -794,13 +833,15 @@ impl Session {
         let Some(selected) = &self.selected else {
             return Err(bad("Select a mailbox first"));
         };
+        // Merged first, so a set that repeats itself costs no more than once, and the result
+        // is at most one index per message.
         if uid {
-            let max = selected.max_uid();
+            let merged = sequence::Merged::new(set, selected.max_uid());
             return Ok(selected
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| sequence::contains(set, e.uid, max))
+                .filter(|(_, e)| merged.contains(e.uid))
                 .map(|(i, _)| i)
                 .collect());
         }
@@ -808,12 +849,12 @@ impl Session {
         if !sequence::within(set, exists) {
             return Err(bad("Invalid message sequence number"));
         }
+        let merged = sequence::Merged::new(set, exists);
         let mut indices = Vec::new();
-        for (lo, hi) in sequence::ranges(set, exists) {
+        // Sorted and disjoint, each within 1..=exists (checked above).
+        for &(lo, hi) in merged.ranges() {
             indices.extend((lo as usize - 1)..(hi as usize));
         }
-        indices.sort_unstable();
-        indices.dedup();
         Ok(indices)
     }
 
@@ -1070,9 +1111,15 @@ impl Session {
             self.condstore = true;
         }
         let (max_seq, max_uid) = (selected.exists(), selected.max_uid());
+        let prepared = search::Prepared::new(criteria, max_seq, max_uid);
         let mut found = Vec::new();
         let mut highest = 0;
-        for (batch_number, batch) in selected.entries.chunks(FETCH_BATCH).enumerate() {
+        let mut start = 0;
+        while start < selected.entries.len() {
+            let rest = &selected.entries[start..];
+            let batch = &rest[..batch_len(rest.iter().map(|e| if wants_content { e.size } else { 0 }))];
+            let batch_start = start;
+            start += batch.len();
             let contents: Vec<Option<Vec<u8>>> = if wants_content {
                 let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
                 let mut contents = Vec::with_capacity(batch.len());
@@ -1097,13 +1144,14 @@ impl Session {
                 if wants_content && content.is_none() {
                     continue;
                 }
-                let seq = (batch_number * FETCH_BATCH + offset) as u32 + 1;
+                let seq = (batch_start + offset) as u32 + 1;
                 let candidate = Candidate {
                     seq,
                     entry,
                     content: content.as_deref(),
                     max_seq,
                     max_uid,
+                    prepared: &prepared,
                 };
                 let mut parsed = None;
                 if criteria
@@ -1236,10 +1284,18 @@ impl Session {
         }
         let mut vanished = false;
         // Messages are read in batches: one store query per batch instead of one per message.
-        for batch in indices.chunks(FETCH_BATCH) {
+        let mut start = 0;
+        while start < indices.len() {
             let Some(selected) = self.selected.as_ref() else {
                 break;
             };
+            let rest = &indices[start..];
+            let size_of = |&i: &usize| match (wants_content, selected.entries.get(i)) {
+                (true, Some(e)) => e.size,
+                _ => 0,
+            };
+            let batch = &rest[..batch_len(rest.iter().map(size_of))];
+            start += batch.len();
             let entries: Vec<(usize, crate::selected::Entry)> = batch
                 .iter()
                 .filter_map(|&i| selected.entries.get(i).map(|e| (i, e.clone())))
@@ -1425,5 +1481,23 @@ pub fn list_mailbox_text(pattern: &ListMailbox<'_>) -> Vec<u8> {
     match pattern {
         ListMailbox::Token(t) => t.as_ref().to_vec(),
         ListMailbox::String(s) => s.as_ref().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(batch_len(std::iter::repeat_n(100, 1000)), FETCH_BATCH);
+        assert_eq!(batch_len([3 * MIB, 3 * MIB, 3 * MIB, 1].into_iter()), 2);
+        // A message larger than the byte bound is a batch of its own, never skipped.
+        assert_eq!(batch_len([50 * MIB, 1].into_iter()), 1);
+        assert_eq!(batch_len([1, 50 * MIB].into_iter()), 1);
+        assert_eq!(batch_len(std::iter::empty()), 0);
+        // Without content to read, only the count bounds a batch.
+        assert_eq!(batch_len(std::iter::repeat_n(0, 500)), FETCH_BATCH);
     }
 }

@@ -169,13 +169,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
+    // One budget for message data in memory, whichever protocol brings it.
+    let message_budget = sealmail_net::budget::BodyBudget::new(config.smtp.max_buffered_bytes);
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
         store: store.clone(),
         identity: identity.clone(),
         guard: guard.clone(),
-        body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
+        body_budget: message_budget.clone(),
         authenticator,
         signer,
         inbound,
@@ -192,8 +194,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_append: config.smtp.max_message_size as u64,
             max_literal: sealmail_imap::MAX_SMALL_LITERAL,
             max_literals: sealmail_imap::MAX_LITERALS_PER_COMMAND,
+            max_command: sealmail_imap::MAX_COMMAND,
+            max_unauthenticated_literal: sealmail_imap::MAX_UNAUTHENTICATED_LITERAL,
+            max_unauthenticated_command: sealmail_imap::MAX_UNAUTHENTICATED_COMMAND,
             idle: config.limits.imap_idle_timeout,
+            // Never longer than a logged-in client's.
+            unauthenticated_idle: config
+                .limits
+                .imap_unauthenticated_timeout
+                .min(config.limits.imap_idle_timeout),
         },
+        budget: message_budget,
         max_errors: sealmail_imap::MAX_ERRORS,
     }));
     let listeners = bound

@@ -9,11 +9,13 @@
 //! AUTH and accepts mail only from the user's own address. A message gets `250` only after the
 //! store has made it durable.
 
-pub mod budget;
 pub mod data;
 pub mod message;
 pub mod reply;
 pub mod session;
+
+/// The budget lives in `sealmail-net` because IMAP's APPEND draws on the same one.
+pub use sealmail_net::budget;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -555,6 +555,12 @@ async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> Test
         names,
         ["Drafts", "INBOX", "Junk", "Old", "Old/2025", "Sent", "Trash"]
     );
+    // Children are found by characters, not bytes ("\u{c4}rger" is five characters, six bytes).
+    store.create_mailbox(alice, "\u{c4}rger").await?;
+    store.create_mailbox(alice, "\u{c4}rger/x").await?;
+    store.rename_mailbox(alice, "\u{c4}rger", "B").await?;
+    assert!(store.mailbox(alice, "B/x").await?.is_some());
+    assert!(store.mailbox(alice, "\u{c4}rger/x").await?.is_none());
     assert!(matches!(
         store.create_mailbox(alice, "inbox").await,
         Err(StoreError::Duplicate(_))

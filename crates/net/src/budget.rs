@@ -1,9 +1,11 @@
-//! A server-wide budget for message bodies held in memory while they are received.
+//! The one server-wide budget for message data held in memory while it is received: SMTP
+//! bodies (DATA, BDAT) and IMAP literals (APPEND) draw on the same instance.
 //!
-//! Each session is bounded by `smtp.max_message_size`, but many sessions at once could still
-//! hold far more than the machine has. Bodies reserve memory from one semaphore (in KiB units)
-//! as they grow; when the budget is spent, the message is read to its end, dropped, and answered
-//! `452 4.3.1` (try again later) instead of growing the server.
+//! Each session is bounded by its own limits (`smtp.max_message_size`, IMAP's literal limits),
+//! but many sessions at once could still hold far more than the machine has. Data reserves
+//! memory from one semaphore (in KiB units) as it arrives, never ahead of it; when the budget is
+//! spent, the protocol reads the rest, drops it, and answers "try again later" (`452 4.3.1`,
+//! `NO [LIMIT]`) instead of growing the server.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const UNIT: usize = 1024;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BodyBudget {
     units: Arc<Semaphore>,
 }
@@ -24,6 +26,12 @@ impl BodyBudget {
         }
     }
 
+    /// Bytes not reserved by anyone at this moment. A check before agreeing to receive data
+    /// (IMAP's `+`); the data still reserves as it arrives, and may find the budget spent by then.
+    pub fn available(&self) -> usize {
+        self.units.available_permits().saturating_mul(UNIT)
+    }
+
     pub fn reservation(&self) -> Reservation {
         Reservation {
             budget: self.clone(),
@@ -34,6 +42,7 @@ impl BodyBudget {
 }
 
 /// Memory reserved for one body; given back when dropped.
+#[derive(Debug)]
 pub struct Reservation {
     budget: BodyBudget,
     held: Option<OwnedSemaphorePermit>,
@@ -77,7 +86,9 @@ mod tests {
         assert!(a.grow_to(6 * UNIT));
         assert!(!b.grow_to(5 * UNIT), "over budget");
         assert!(b.grow_to(4 * UNIT));
+        assert_eq!(budget.available(), 0);
         drop(a);
+        assert_eq!(budget.available(), 6 * UNIT);
         assert!(b.grow_to(9 * UNIT), "a's share came back");
     }
 }
