@@ -107,8 +107,12 @@ pub struct CertificateFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one client may hold at once: an IPv4 address, or an IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// New connections one IP address may open per minute.
+    /// The share of `max_connections`, in percent, that the listeners of one role (mx,
+    /// submission, imap) may hold together, so that a flood on one role leaves room for the others.
+    pub max_connections_per_role_percent: u8,
+    /// New connections one IP address (IPv6: one /64) may open per minute.
     pub max_connection_rate_per_ip: u32,
     pub tls_handshake_timeout: Duration,
     pub command_timeout: Duration,
@@ -122,6 +126,7 @@ impl Default for Limits {
         Limits {
             max_connections: 2048,
             max_connections_per_ip: 32,
+            max_connections_per_role_percent: 50,
             max_connection_rate_per_ip: 600,
             tls_handshake_timeout: Duration::from_secs(30),
             // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
@@ -555,6 +560,7 @@ struct RawListener {
 struct RawLimits {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
+    max_connections_per_role_percent: Option<i64>,
     max_connection_rate_per_ip: Option<i64>,
     tls_handshake_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
@@ -954,6 +960,13 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             1..=1_000_000,
             problems,
         ) as usize,
+        max_connections_per_role_percent: positive(
+            "limits.max_connections_per_role_percent",
+            raw.max_connections_per_role_percent,
+            d.max_connections_per_role_percent as i64,
+            1..=100,
+            problems,
+        ) as u8,
         max_connection_rate_per_ip: positive(
             "limits.max_connection_rate_per_ip",
             raw.max_connection_rate_per_ip,
@@ -1369,6 +1382,10 @@ mod tests {
                     good()
                 ),
                 "limits.max_connections_per_ip = 20 is larger than limits.max_connections = 10; lower it or raise limits.max_connections",
+            ),
+            (
+                format!("{}[limits]\nmax_connections_per_role_percent = 0\n", good()),
+                "limits.max_connections_per_role_percent = 0 is out of range; use a number from 1 to 100 (default 50)",
             ),
             (
                 format!("{}[limits]\ncommand_timeout_secs = -5\n", good()),

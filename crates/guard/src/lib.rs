@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
 use sealmail_net::metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 use sealmail_tls::TlsActive;
+use sealmail_types::EmailAddress;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
 pub const REFRESH: Duration = Duration::from_secs(3);
@@ -62,17 +64,12 @@ pub fn event_json(event: &SecurityEvent) -> String {
     .to_string()
 }
 
-/// The key failures and bans are counted under: the address, or an IPv6 /64.
+/// The key failures and bans are counted under: the address, or an IPv6 /64 (the same grouping
+/// as the connection caps, `sealmail_net::client_key`).
 pub fn ban_key(ip: IpAddr) -> String {
-    match ip {
+    match sealmail_net::client_key(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let net = ipnet::Ipv6Net::new(v6, 64).map(|n| n.trunc());
-                net.map(|n| n.to_string()).unwrap_or_else(|_| v6.to_string())
-            }
-        },
+        IpAddr::V6(v6) => format!("{v6}/64"),
     }
 }
 
@@ -124,10 +121,13 @@ pub struct Guard {
     failures: Mutex<HashMap<String, VecDeque<i64>>>,
     /// (what, account) -> times of recent uses, for hourly rate limits.
     usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
-    /// Account -> recent failed logins and the earliest time its next login may be answered.
-    accounts: Mutex<HashMap<String, AccountThrottle>>,
+    /// Account (see [`throttle_key`]) -> recent failed logins and the earliest time its next
+    /// login may be answered; the least recently used is forgotten past `ACCOUNTS_TRACKED`.
+    accounts: Mutex<lru::LruCache<String, AccountThrottle>>,
     /// The first throttling delay (1 s; tests shorten it).
     throttle_unit: Duration,
+    /// The longest a login may be queued (`MAX_QUEUED_WAIT`; tests shorten it).
+    max_queued_wait: Duration,
     /// The security event log, one JSON object per line, when configured.
     log: Option<Mutex<std::fs::File>>,
 }
@@ -142,6 +142,35 @@ struct AccountThrottle {
 pub const THROTTLE_AFTER: usize = 3;
 /// The longest wait a login for a throttled account gets.
 pub const MAX_THROTTLE: Duration = Duration::from_secs(8);
+/// The longest a login may be queued behind the account's earlier ones: one that would wait
+/// longer is refused at once (a temporary failure), so thousands of parallel guesses cannot
+/// push the owner's next login hours away.
+pub const MAX_QUEUED_WAIT: Duration = MAX_THROTTLE;
+/// Accounts whose failures are remembered at most. Past it the least recently used is forgotten,
+/// so a flood of made-up names cannot wipe the record of an account under attack: every guess
+/// at that account makes it recently used again.
+const ACCOUNTS_TRACKED: NonZeroUsize = match NonZeroUsize::new(100_000) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+/// Failures kept per account: enough to reach the longest delay, bounded against floods.
+const FAILURES_KEPT: usize = THROTTLE_AFTER + 8;
+/// The one bucket shared by every user name that is not an address (no account can have one).
+const NOT_AN_ADDRESS: &str = "<not an address>";
+
+/// The account a login names, the way `Identity` reads it: `ALICE@Example.TEST.` and
+/// `alice@example.test` are one account (case, a trailing dot, IDNA), so every spelling counts
+/// against one throttle.
+pub fn throttle_key(username: &str) -> String {
+    match EmailAddress::parse(username) {
+        Ok(address) => address.to_string(),
+        Err(_) => NOT_AN_ADDRESS.to_string(),
+    }
+}
+
+/// A login refused without being checked: the account's queue is full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
 
 impl Guard {
     /// Builds the guard and loads the bans in force.
@@ -152,8 +181,9 @@ impl Guard {
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
-            accounts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
+            max_queued_wait: MAX_QUEUED_WAIT,
             log: None,
         });
         guard.refresh().await?;
@@ -309,7 +339,8 @@ impl Guard {
 
     /// Checks credentials the way every protocol must: a login the cache recalls (a correct
     /// password seen lately) goes straight through; anything else first waits out the account's
-    /// throttle (when it is under attack), then is verified; the outcome is counted and logged.
+    /// throttle (when it is under attack; a full queue is a temporary failure), then is
+    /// verified; the outcome is counted and logged.
     pub async fn login(
         &self,
         identity: &Identity,
@@ -321,7 +352,11 @@ impl Guard {
         let result = match identity.recalled_login(tls, credentials).await {
             Ok(Some(recalled)) => Ok(Some(recalled)),
             _ => {
-                self.throttle_login(&credentials.username).await;
+                if self.throttle_login(&credentials.username).await.is_err() {
+                    metrics::RATE_LIMITED.inc();
+                    tracing::info!(%ip, listener, "login refused: the account's login queue is full");
+                    return LoginOutcome::Unavailable;
+                }
                 identity.authenticate(tls, credentials).await
             }
         };
@@ -357,7 +392,7 @@ impl Guard {
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
             .await;
-        self.account_failed(&shown);
+        self.account_failed(username);
         self.score(ip, Abuse::AuthFailure).await
     }
 
@@ -365,13 +400,14 @@ impl Guard {
     /// addresses is not stopped by address bans, and locking the account would let an attacker
     /// lock the real user out; instead, after `THROTTLE_AFTER` recent failures the account's
     /// logins are answered one at a time, each after a delay that doubles with every further
-    /// failure (1 s, 2 s, 4 s, up to `MAX_THROTTLE`). Parallel guesses queue behind each other.
-    pub async fn throttle_login(&self, account: &str) {
-        let key = account.to_lowercase();
+    /// failure (1 s, 2 s, 4 s, up to `MAX_THROTTLE`). Parallel guesses queue behind each other,
+    /// up to `MAX_QUEUED_WAIT` ahead: a login that would wait longer is refused at once.
+    pub async fn throttle_login(&self, username: &str) -> Result<(), QueueFull> {
+        let key = throttle_key(username);
         let wait_until = {
             let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(entry) = accounts.get_mut(&key) else {
-                return;
+                return Ok(());
             };
             let now = now_unix();
             let window = self.config.failure_window.as_secs() as i64;
@@ -380,30 +416,31 @@ impl Guard {
             }
             let excess = entry.failures.len().saturating_sub(THROTTLE_AFTER - 1);
             if excess == 0 {
-                return;
+                return Ok(());
             }
             let delay = (self.throttle_unit * (1u32 << (excess - 1).min(10))).min(MAX_THROTTLE);
-            let start = entry.next_slot.map_or_else(tokio::time::Instant::now, |slot| {
-                slot.max(tokio::time::Instant::now())
-            });
+            let now = tokio::time::Instant::now();
+            let start = entry.next_slot.map_or(now, |slot| slot.max(now));
             let slot = start + delay;
+            if slot.duration_since(now) > self.max_queued_wait {
+                return Err(QueueFull);
+            }
             entry.next_slot = Some(slot);
             slot
         };
         tokio::time::sleep_until(wait_until).await;
+        Ok(())
     }
 
-    fn account_failed(&self, account: &str) {
+    fn account_failed(&self, username: &str) {
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if accounts.len() > 100_000 {
-            // Bounded memory against floods of made-up usernames.
-            accounts.clear();
+        let failures = &mut accounts
+            .get_or_insert_mut(throttle_key(username), AccountThrottle::default)
+            .failures;
+        failures.push_back(now_unix());
+        while failures.len() > FAILURES_KEPT {
+            failures.pop_front();
         }
-        accounts
-            .entry(account.to_lowercase())
-            .or_default()
-            .failures
-            .push_back(now_unix());
     }
 
     /// Records other abuse (a relay attempt, an unknown recipient, a session ended for
@@ -564,7 +601,8 @@ mod tests {
         let units = |elapsed: Duration| (elapsed.as_secs_f64() / UNIT.as_secs_f64()).round() as u32;
         let waited = |guard: Arc<Guard>| async move {
             let started = tokio::time::Instant::now();
-            guard.throttle_login("alice@example.test").await;
+            let turn = guard.throttle_login("alice@example.test").await;
+            assert_eq!(turn, Ok(()));
             units(started.elapsed())
         };
         assert_eq!(waited(guard.clone()).await, 0);
@@ -593,12 +631,132 @@ mod tests {
             guard.throttle_login("alice@example.test"),
             guard.throttle_login("alice@example.test")
         );
-        let _ = (a, b, c);
+        assert_eq!((a, b, c), (Ok(()), Ok(()), Ok(())));
         assert_eq!(units(started.elapsed()), 12);
         // Another account is not affected.
         let started = tokio::time::Instant::now();
-        guard.throttle_login("bob@example.test").await;
+        assert_eq!(guard.throttle_login("bob@example.test").await, Ok(()));
         assert_eq!(units(started.elapsed()), 0);
+        Ok(())
+    }
+
+    /// A guard whose throttle delays are `unit` long and whose queue reaches `max_queued_wait` ahead.
+    async fn throttled_guard(
+        dir: &std::path::Path,
+        unit: Duration,
+        max_queued_wait: Duration,
+    ) -> Result<Arc<Guard>, Box<dyn std::error::Error>> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, 16).await?);
+        let mut guard = Guard::load(SecurityConfig::default(), store).await?;
+        let only = Arc::get_mut(&mut guard).ok_or("shared")?;
+        only.throttle_unit = unit;
+        only.max_queued_wait = max_queued_wait;
+        Ok(guard)
+    }
+
+    #[test]
+    fn every_spelling_of_an_account_is_one_throttle_key() {
+        let alice = throttle_key("alice@example.test");
+        assert_eq!(alice, "alice@example.test");
+        for spelling in ["ALICE@EXAMPLE.TEST.", "Alice@Example.Test", "alice@EXAMPLE.test."] {
+            assert_eq!(throttle_key(spelling), alice, "{spelling}");
+        }
+        assert_eq!(
+            throttle_key("bücher@bücher.test"),
+            throttle_key("BÜCHER@xn--bcher-kva.test.")
+        );
+        assert_ne!(throttle_key("bob@example.test"), alice);
+        // Names that are not addresses (no account has one) share a bucket.
+        assert_eq!(throttle_key("alice"), throttle_key("not an address"));
+        assert_ne!(throttle_key("alice"), alice);
+    }
+
+    #[tokio::test]
+    async fn failures_under_any_spelling_throttle_the_account() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let guard = throttled_guard(dir.path(), Duration::from_secs(1), MAX_QUEUED_WAIT).await?;
+        for spelling in ["ALICE@EXAMPLE.TEST.", "Alice@example.test", "alice@EXAMPLE.test."] {
+            guard.account_failed(spelling);
+        }
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        assert_eq!(guard.throttle_login("alice@example.test").await, Ok(()));
+        // Virtual time; tokio's timer adds up to a millisecond.
+        assert_eq!(started.elapsed().as_secs(), 1, "alice was not throttled");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn parallel_guesses_are_refused_past_the_queue_bound_so_the_owner_waits_little()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        const UNIT: Duration = Duration::from_secs(1);
+        let bound = UNIT * 10;
+        let guard = throttled_guard(dir.path(), UNIT, bound).await?;
+        for _ in 0..5 {
+            guard.account_failed("alice@example.test");
+        }
+        // Virtual time: each wait is measured exactly.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let mut guesses = tokio::task::JoinSet::new();
+        for _ in 0..2_000 {
+            let guard = guard.clone();
+            guesses.spawn(async move {
+                let turn = guard.throttle_login("alice@example.test").await;
+                (turn, started.elapsed())
+            });
+        }
+        let (mut waited, mut refused) = (Vec::new(), 0);
+        while let Some(result) = guesses.join_next().await {
+            match result? {
+                (Ok(()), elapsed) => waited.push(elapsed),
+                (Err(QueueFull), elapsed) => {
+                    assert_eq!(elapsed, Duration::ZERO, "a refusal was not immediate");
+                    refused += 1;
+                }
+            }
+        }
+        // Whole seconds: tokio's timer adds up to a millisecond to each.
+        let mut waited: Vec<u64> = waited.iter().map(Duration::as_secs).collect();
+        waited.sort();
+        // 5 failures: 4 units each; two fit within the bound of 10 units, the rest are refused.
+        assert_eq!(waited, [4, 8]);
+        assert_eq!(refused, 1_998);
+        // The owner, arriving behind them, waits at most the bound (or is told to retry).
+        let arrived = tokio::time::Instant::now();
+        if guard.throttle_login("alice@example.test").await.is_ok() {
+            assert!(arrived.elapsed() <= bound);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_names_does_not_reset_an_account_under_attack()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let guard = throttled_guard(dir.path(), Duration::from_secs(1), MAX_QUEUED_WAIT).await?;
+        for _ in 0..THROTTLE_AFTER {
+            guard.account_failed("alice@example.test");
+        }
+        let half = ACCOUNTS_TRACKED.get() * 3 / 5;
+        for n in 0..half {
+            guard.account_failed(&format!("made-up-{n}@example.test"));
+        }
+        // The attacker keeps guessing at alice, which keeps her record recent.
+        guard.account_failed("alice@example.test");
+        for n in half..2 * half {
+            guard.account_failed(&format!("made-up-{n}@example.test"));
+        }
+        let accounts = guard.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            accounts.len() <= ACCOUNTS_TRACKED.get(),
+            "the table grew past its bound"
+        );
+        let alice = accounts
+            .peek("alice@example.test")
+            .ok_or("alice's failures were forgotten")?;
+        assert_eq!(alice.failures.len(), THROTTLE_AFTER + 1);
         Ok(())
     }
 

@@ -691,3 +691,55 @@ async fn guessing_slows_an_account_but_not_its_owner_logging_in_with_the_right_p
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn guesses_spelled_differently_count_against_the_account_and_a_full_queue_is_refused_at_once()
+-> TestResult {
+    let instance = Instance::quickstart().await?;
+    let submission = instance.addr(2465);
+    let cert = instance.cert();
+    // Three guesses at alice under other spellings (case, trailing dot), from three addresses:
+    // no address is banned, and alice's account is now throttled.
+    for (n, spelling) in [
+        "ALICE@EXAMPLE.TEST.",
+        "Alice@Example.Test.",
+        "alice@EXAMPLE.test.",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let replies = try_login([127, 0, 0, 50 + n as u8], submission, &cert, spelling, "guess").await?;
+        assert!(replies[0].starts_with("535 5.7.8"), "{spelling}: {replies:?}");
+    }
+    // Twelve parallel guesses spelled as the account is: they queue at least a second apart, and
+    // those that would wait past the bound are refused at once with a temporary failure.
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..12u8 {
+        let cert = cert.clone();
+        guesses.spawn(async move {
+            let source = [127, 0, 0, 60 + n];
+            try_login(
+                source,
+                submission,
+                &cert,
+                "alice@example.test",
+                &format!("guess {n}"),
+            )
+            .await
+        });
+    }
+    let mut refused = 0;
+    while let Some(joined) = guesses.join_next().await {
+        let replies = ctx(joined, "join")??;
+        if replies[0].starts_with("454 4.7.0") {
+            refused += 1;
+        } else {
+            assert!(replies[0].starts_with("535 5.7.8"), "{replies:?}");
+        }
+    }
+    assert!(
+        refused > 0,
+        "the guesses under other spellings did not count against alice, or her queue is unbounded"
+    );
+    Ok(())
+}
