@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
@@ -128,8 +128,8 @@ pub struct Guard {
     throttle_unit: Duration,
     /// The longest a login may be queued (`MAX_QUEUED_WAIT`; tests shorten it).
     max_queued_wait: Duration,
-    /// The security event log, one JSON object per line, when configured.
-    log: Option<Mutex<std::fs::File>>,
+    /// The security event log, one JSON object per line, once opened (`open_event_log`).
+    log: OnceLock<Mutex<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -184,34 +184,24 @@ impl Guard {
             accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
             max_queued_wait: MAX_QUEUED_WAIT,
-            log: None,
+            log: OnceLock::new(),
         });
         guard.refresh().await?;
         Ok(guard)
     }
 
-    /// Also appends every event to `path` as a JSON line (created 0600).
-    pub async fn load_with_log(
-        config: SecurityConfig,
-        store: Arc<dyn Store>,
-        path: &std::path::Path,
-    ) -> Result<Arc<Guard>, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut guard = Guard::load(config, store).await?;
-        match Arc::get_mut(&mut guard) {
-            Some(only) => only.log = Some(Mutex::new(file)),
-            None => tracing::error!("security event log not attached"),
+    /// Appends every event from now on to `path` as a JSON line (created 0600). The file is in
+    /// the data folder, which the service user can write to: open it after privileges are
+    /// dropped, and a symbolic link there is refused rather than followed.
+    pub fn open_event_log(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        let file = sealmail_safeio::open_private_append(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if self.log.set(Mutex::new(file)).is_err() {
+            tracing::warn!("the security event log was already open");
         }
-        Ok(guard)
+        Ok(())
     }
 
     /// Rereads the bans in force from the store.
@@ -319,7 +309,7 @@ impl Guard {
             detail = event.detail.as_deref().unwrap_or(""),
             "security event"
         );
-        if let Some(log) = &self.log {
+        if let Some(log) = self.log.get() {
             use std::io::Write;
             let line = event_json(&event);
             let mut file = log.lock().unwrap_or_else(|p| p.into_inner());

@@ -743,3 +743,36 @@ async fn guesses_spelled_differently_count_against_the_account_and_a_full_queue_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_link_in_place_of_the_security_event_log_is_refused_not_written_through() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let listeners = [("mx", common::free_addr()?, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, "")?;
+    // What the service user could leave in the data folder for root to write through.
+    let outside = dir.path().join("crontab");
+    ctx(std::fs::write(&outside, "untouched\n"), "write")?;
+    ctx(
+        std::os::unix::fs::symlink(&outside, dir.path().join("data/security-events.jsonl")),
+        "symlink",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let mut server = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &["--config", &config, "serve"],
+        dir.path(),
+        dir.path(),
+    )?;
+    let exit = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        matches!(exit, Ok(Some(code)) if code != 0),
+        "served with a link as its event log: {exit:?}"
+    );
+    let errors = server.errors();
+    assert!(
+        errors.contains("security-events.jsonl") && errors.contains("symbolic link"),
+        "{errors}"
+    );
+    assert_eq!(ctx(std::fs::read_to_string(&outside), "read")?, "untouched\n");
+    Ok(())
+}
