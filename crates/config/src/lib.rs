@@ -441,6 +441,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     bind: Option<String>,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -833,6 +835,15 @@ impl Config {
         let metrics_bind = match raw.metrics.bind.as_deref() {
             None => None,
             Some(text) => match text.parse::<SocketAddr>() {
+                // The endpoint has no authentication: off loopback only when asked for.
+                Ok(address) if !address.ip().is_loopback() && !raw.metrics.allow_remote => {
+                    problems.push(format!(
+                        "metrics.bind = {text:?} is not a loopback address and /metrics has no authentication; \
+                         bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true \
+                         to expose it (then firewall it to your monitoring hosts)"
+                    ));
+                    None
+                }
                 Ok(address) => Some(address),
                 Err(_) => {
                     problems.push(format!(
@@ -1282,6 +1293,30 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_on_loopback_unless_remote_access_is_asked_for() {
+        let metrics = |section: &str| {
+            Config::from_toml(
+                &format!("{}{section}", good()),
+                "test.toml",
+                Path::new("/etc/sealmail"),
+            )
+            .map(|c| c.metrics_bind)
+            .map_err(|e| e.to_string())
+        };
+        for bind in ["127.0.0.1:9125", "[::1]:9125"] {
+            assert_eq!(
+                metrics(&format!("[metrics]\nbind = \"{bind}\"\n")),
+                Ok(bind.parse().ok())
+            );
+        }
+        assert!(metrics("[metrics]\nbind = \"192.0.2.1:9125\"\n").is_err());
+        assert_eq!(
+            metrics("[metrics]\nbind = \"0.0.0.0:9125\"\nallow_remote = true\n"),
+            Ok("0.0.0.0:9125".parse().ok())
+        );
+    }
+
+    #[test]
     fn bad_configs_get_messages_that_name_key_value_and_fix() {
         let head = format!("hostname = \"mail.example.test\"\n{CERT}");
         let table: Vec<(String, &str)> = vec![
@@ -1382,6 +1417,10 @@ mod tests {
                     good()
                 ),
                 "limits.max_connections_per_ip = 20 is larger than limits.max_connections = 10; lower it or raise limits.max_connections",
+            ),
+            (
+                format!("{}[metrics]\nbind = \"0.0.0.0:9125\"\n", good()),
+                "metrics.bind = \"0.0.0.0:9125\" is not a loopback address and /metrics has no authentication; bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true to expose it (then firewall it to your monitoring hosts)",
             ),
             (
                 format!("{}[limits]\nmax_connections_per_role_percent = 0\n", good()),

@@ -591,6 +591,40 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
 }
 
 #[tokio::test]
+async fn the_metrics_endpoint_serves_a_few_connections_at_once_and_drops_silent_ones() -> TestResult {
+    use tokio::io::AsyncReadExt;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (mx, metrics) = (common::free_addr()?, common::free_addr()?);
+    let extra = format!("[metrics]\nbind = \"{metrics}\"\n");
+    let config = common::write_config(dir.path(), &[NAME], &[("mx", mx, "starttls")], &extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+
+    // Clients that connect and say nothing take every slot...
+    let mut silent = Vec::new();
+    for _ in 0..sealmail_net::metrics::MAX_CONNECTIONS {
+        silent.push(ctx(TcpStream::connect(metrics).await, "connect")?);
+    }
+    let busy = http_get(metrics, "/metrics").await?;
+    assert!(
+        busy.starts_with("HTTP/1.1 503"),
+        "a connection past the cap was served: {busy}"
+    );
+    // ...until the timeout closes them.
+    let mut first = silent.remove(0);
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), first.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "a silent client was not dropped: {read:?}"
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = http_get(metrics, "/metrics").await?;
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn started_as_root_it_refuses_to_stay_root_or_drops_to_the_configured_user() -> TestResult {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: privilege dropping needs the tests to run as root");
