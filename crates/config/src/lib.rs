@@ -213,6 +213,10 @@ pub struct SecurityConfig {
     pub trusted: Vec<IpNet>,
     /// Load balancers whose PROXY protocol headers are believed; never banned themselves.
     pub proxies: Vec<IpNet>,
+    /// How long security events, and bans that ended, are kept in the store.
+    pub event_retention: Duration,
+    /// Size past which `security-events.jsonl` is rotated to `security-events.jsonl.1`.
+    pub event_log_max_bytes: u64,
 }
 
 impl Default for SecurityConfig {
@@ -224,6 +228,8 @@ impl Default for SecurityConfig {
             max_ban: Duration::from_secs(86_400),
             trusted: Vec::new(),
             proxies: Vec::new(),
+            event_retention: Duration::from_secs(90 * 86_400),
+            event_log_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -456,6 +462,8 @@ struct RawSecurity {
     trusted: Vec<String>,
     #[serde(default)]
     proxies: Vec<String>,
+    event_retention_days: Option<i64>,
+    event_log_max_bytes: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -823,6 +831,24 @@ impl Config {
             ),
             trusted: networks("security.trusted", &raw.security.trusted, &mut problems),
             proxies: networks("security.proxies", &raw.security.proxies, &mut problems),
+            // At least a week: ban escalation looks a week back.
+            event_retention: Duration::from_secs(
+                86_400
+                    * positive(
+                        "security.event_retention_days",
+                        raw.security.event_retention_days,
+                        d.event_retention.as_secs() as i64 / 86_400,
+                        7..=3650,
+                        &mut problems,
+                    ) as u64,
+            ),
+            event_log_max_bytes: positive(
+                "security.event_log_max_bytes",
+                raw.security.event_log_max_bytes,
+                d.event_log_max_bytes as i64,
+                4096..=1 << 40,
+                &mut problems,
+            ) as u64,
         };
         if security.proxies.is_empty()
             && let Some(i) = listeners.iter().position(|l: &Listener| l.proxy_protocol)
@@ -1421,6 +1447,10 @@ mod tests {
             (
                 format!("{}[metrics]\nbind = \"0.0.0.0:9125\"\n", good()),
                 "metrics.bind = \"0.0.0.0:9125\" is not a loopback address and /metrics has no authentication; bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true to expose it (then firewall it to your monitoring hosts)",
+            ),
+            (
+                format!("{}[security]\nevent_retention_days = 1\n", good()),
+                "security.event_retention_days = 1 is out of range; use a number from 7 to 3650 (default 90)",
             ),
             (
                 format!("{}[limits]\nmax_connections_per_role_percent = 0\n", good()),

@@ -7,11 +7,18 @@
 //! whole /64. Bans live in the store so they survive restarts; each server keeps an in-memory
 //! copy (refreshed every few seconds, so `sealmail security unban` takes effect while it runs)
 //! and checks it on every accepted connection. Trusted networks are never banned.
+//!
+//! Events go to one writer task through a bounded queue (`EVENT_QUEUE`): it appends them to the
+//! event log (rotated past `security.event_log_max_bytes`) and records them in the store, a
+//! batch per group commit. A flood that fills the queue loses events, counted on `/metrics`,
+//! rather than growing memory and tasks. Events older than `security.event_retention_days`,
+//! and bans that ended that long ago, are deleted hourly.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
@@ -128,14 +135,111 @@ pub struct Guard {
     throttle_unit: Duration,
     /// The longest a login may be queued (`MAX_QUEUED_WAIT`; tests shorten it).
     max_queued_wait: Duration,
-    /// The security event log, one JSON object per line, once opened (`open_event_log`).
-    log: OnceLock<Mutex<std::fs::File>>,
+    /// The writer of security events (see the module comment).
+    events: tokio::sync::mpsc::Sender<ToWriter>,
 }
 
 #[derive(Default)]
 struct AccountThrottle {
     failures: VecDeque<i64>,
     next_slot: Option<tokio::time::Instant>,
+}
+
+/// Events waiting for the writer at most; past it new ones are dropped and counted.
+const EVENT_QUEUE: usize = 4096;
+/// Events the writer takes at once: they share one group commit in the store.
+const EVENT_BATCH: usize = 256;
+/// How often events and bans past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the event writer is asked to do.
+enum ToWriter {
+    Event(SecurityEvent),
+    /// Append events to this log from now on.
+    Log(EventLog),
+    /// Answer once everything sent before is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The event log file (one JSON object per line), rotated to `PATH.1` when it would pass `max` bytes.
+struct EventLog {
+    file: std::fs::File,
+    path: PathBuf,
+    size: u64,
+    max: u64,
+}
+
+impl EventLog {
+    fn open(path: &Path, max: u64) -> std::io::Result<EventLog> {
+        let file = sealmail_safeio::open_private_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(EventLog {
+            file,
+            path: path.to_path_buf(),
+            size,
+            max,
+        })
+    }
+
+    fn append(&mut self, line: &str) {
+        use std::io::Write;
+        let len = line.len() as u64 + 1;
+        if self.size > 0
+            && self.size + len > self.max
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, path = %self.path.display(), "could not rotate the security event log");
+        }
+        match writeln!(self.file, "{line}") {
+            Ok(()) => self.size += len,
+            Err(e) => tracing::error!(error = %e, "could not write the security event log"),
+        }
+    }
+
+    /// Renames the log to `PATH.1` (replacing the previous one) and begins a new one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = sealmail_safeio::open_private_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// The one writer of security events: appends each to the log (once it is open) and records it
+/// in the store, a batch at a time so that a batch shares one group commit. Ends when the guard
+/// is dropped.
+async fn write_events(store: Arc<dyn Store>, mut queue: tokio::sync::mpsc::Receiver<ToWriter>) {
+    let mut log: Option<EventLog> = None;
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    while queue.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        let mut commits = tokio::task::JoinSet::new();
+        let mut flushes = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                ToWriter::Event(event) => {
+                    if let Some(log) = &mut log {
+                        log.append(&event_json(&event));
+                    }
+                    let store = store.clone();
+                    commits.spawn(async move { store.record_event(event).await });
+                }
+                ToWriter::Log(opened) => log = Some(opened),
+                ToWriter::Flush(done) => flushes.push(done),
+            }
+        }
+        while let Some(committed) = commits.join_next().await {
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "could not record a security event"),
+                Err(e) => tracing::error!(error = %e, "security event task failed"),
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Failed logins on one account (from anywhere) before its logins are slowed down.
@@ -175,33 +279,51 @@ pub struct QueueFull;
 impl Guard {
     /// Builds the guard and loads the bans in force.
     pub async fn load(config: SecurityConfig, store: Arc<dyn Store>) -> Result<Arc<Guard>, StoreError> {
+        let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(write_events(store.clone(), queue));
         let guard = Arc::new(Guard {
             config,
             store,
+            events,
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
             accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
             max_queued_wait: MAX_QUEUED_WAIT,
-            log: OnceLock::new(),
         });
         guard.refresh().await?;
         Ok(guard)
     }
 
-    /// Appends every event from now on to `path` as a JSON line (created 0600). The file is in
-    /// the data folder, which the service user can write to: open it after privileges are
-    /// dropped, and a symbolic link there is refused rather than followed.
-    pub fn open_event_log(&self, path: &std::path::Path) -> Result<(), StoreError> {
-        let file = sealmail_safeio::open_private_append(path).map_err(|source| StoreError::Io {
+    /// Appends every event from now on to `path` as a JSON line (created 0600), rotated past
+    /// `security.event_log_max_bytes`. The file is in the data folder, which the service user
+    /// can write to: open it after privileges are dropped, and a symbolic link there is refused
+    /// rather than followed.
+    pub async fn open_event_log(&self, path: &Path) -> Result<(), StoreError> {
+        let log = EventLog::open(path, self.config.event_log_max_bytes).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        if self.log.set(Mutex::new(file)).is_err() {
-            tracing::warn!("the security event log was already open");
+        if self.events.send(ToWriter::Log(log)).await.is_err() {
+            tracing::error!("the security event writer is gone");
         }
         Ok(())
+    }
+
+    /// Waits until every event recorded so far is in the log and the store (at shutdown, in tests).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.events.send(ToWriter::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// Deletes events older than `security.event_retention_days` and bans that ended that long
+    /// ago; returns how many rows went.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let retention = self.config.event_retention.as_secs() as i64;
+        self.store.prune_security(now_unix() - retention).await
     }
 
     /// Rereads the bans in force from the store.
@@ -236,11 +358,23 @@ impl Guard {
         Ok(())
     }
 
-    /// Keeps the in-memory bans in step with the store until the guard is dropped.
+    /// Keeps the in-memory bans in step with the store, and prunes what is past its retention
+    /// (at once, then hourly), until the guard is dropped.
     pub fn spawn_refresh(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut pruned_at: Option<tokio::time::Instant> = None;
             loop {
+                let Some(guard) = weak.upgrade() else { return };
+                if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    match guard.prune().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "old security events and ended bans deleted"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune security events"),
+                    }
+                }
+                drop(guard);
                 tokio::time::sleep(REFRESH).await;
                 let Some(guard) = weak.upgrade() else { return };
                 if let Err(e) = guard.refresh().await {
@@ -309,22 +443,16 @@ impl Guard {
             detail = event.detail.as_deref().unwrap_or(""),
             "security event"
         );
-        if let Some(log) = self.log.get() {
-            use std::io::Write;
-            let line = event_json(&event);
-            let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(file, "{line}") {
-                tracing::error!(error = %e, "could not write the security event log");
+        // The event is a log entry: the session does not wait for its commit, and under a
+        // flood it is dropped (and counted) rather than queued without bound. Bans themselves
+        // are written before they are acted on.
+        match self.events.try_send(ToWriter::Event(event)) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => metrics::SECURITY_EVENTS_DROPPED.inc(),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the security event writer is gone; event not recorded")
             }
         }
-        // The event is a log entry: the session does not wait for its commit (it joins the
-        // next group commit). Bans themselves are written before they are acted on.
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.record_event(event).await {
-                tracing::error!(error = %e, "could not record a security event");
-            }
-        });
     }
 
     /// Checks credentials the way every protocol must: a login the cache recalls (a correct
@@ -750,6 +878,112 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn a_flood_of_events_is_bounded_and_the_drops_are_counted() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let guard = Guard::load(SecurityConfig::default(), store.clone()).await?;
+        guard.flush().await;
+        let before = metrics::SECURITY_EVENTS_DROPPED.get();
+        // Nothing here yields to the writer (a single-threaded runtime), so the queue fills up.
+        for n in 0..EVENT_QUEUE + 10 {
+            guard
+                .event(kind::RATE_LIMITED, None, None, None, Some(format!("flood {n}")))
+                .await;
+        }
+        assert!(
+            metrics::SECURITY_EVENTS_DROPPED.get() - before >= 10,
+            "no drops were counted"
+        );
+        guard.flush().await;
+        let stored = store.events(0, None).await?;
+        let flood = stored.iter().filter(|e| e.kind == kind::RATE_LIMITED).count();
+        assert_eq!(flood, EVENT_QUEUE, "the queue did not hold exactly its bound");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_event_log_is_rotated_past_its_size() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let config = SecurityConfig {
+            event_log_max_bytes: 4096,
+            ..SecurityConfig::default()
+        };
+        let guard = Guard::load(config, store).await?;
+        let path = dir.path().join("security-events.jsonl");
+        guard.open_event_log(&path).await?;
+        for n in 0..200 {
+            guard
+                .auth_succeeded(
+                    IpAddr::from([192, 0, 2, 1]),
+                    &format!("user{n}@example.test"),
+                    "imap",
+                )
+                .await;
+            if n % 50 == 0 {
+                guard.flush().await;
+            }
+        }
+        guard.flush().await;
+        let rotated = dir.path().join("security-events.jsonl.1");
+        for file in [&path, &rotated] {
+            let text = std::fs::read_to_string(file)?;
+            assert!(text.len() <= 4096, "{} is {} bytes", file.display(), text.len());
+            assert!(
+                text.lines().all(|l| l.starts_with('{') && l.ends_with('}')),
+                "a line was cut"
+            );
+        }
+        assert!(std::fs::read_to_string(&path)?.contains("user199@example.test"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn events_and_ended_bans_past_their_retention_are_pruned() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let guard = Guard::load(SecurityConfig::default(), store.clone()).await?;
+        let now = now_unix();
+        let day = 86_400;
+        let event = |at: i64, detail: &str| SecurityEvent {
+            at,
+            kind: kind::RATE_LIMITED.to_string(),
+            address: None,
+            account: None,
+            listener: None,
+            detail: Some(detail.to_string()),
+        };
+        store.record_event(event(now - 91 * day, "old")).await?;
+        store.record_event(event(now - 89 * day, "recent")).await?;
+        store
+            .add_ban("192.0.2.1", now - 91 * day, 1, "ended long ago")
+            .await?;
+        store
+            .add_ban("192.0.2.2", now - 89 * day, 1, "ended lately")
+            .await?;
+        store.add_ban("192.0.2.3", now + day, 1, "in force").await?;
+
+        assert_eq!(guard.prune().await?, 2);
+        let details: Vec<_> = store
+            .events(0, None)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.detail)
+            .collect();
+        assert_eq!(details, ["recent"]);
+        assert_eq!(
+            store.last_ban_level("192.0.2.1", 0).await?,
+            0,
+            "an old ban was kept"
+        );
+        assert_eq!(store.last_ban_level("192.0.2.2", 0).await?, 1);
+        assert_eq!(store.active_bans(now).await?.len(), 1);
+        Ok(())
+    }
+
     #[test]
     fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::from([0; 4]));
@@ -835,6 +1069,7 @@ mod tests {
         restarted.refresh().await?;
         assert!(!restarted.is_banned(attacker));
 
+        guard.flush().await;
         let events = store.events(0, Some("192.0.2.7")).await?;
         assert_eq!(events.iter().filter(|e| e.kind == kind::AUTH_FAILURE).count(), 9);
         assert_eq!(events.iter().filter(|e| e.kind == kind::BAN_ADDED).count(), 3);

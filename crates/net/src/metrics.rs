@@ -69,6 +69,10 @@ pub static ABUSE_EVENTS: Counter = Counter::new(
 );
 pub static RATE_LIMITED: Counter =
     Counter::new("sealmail_rate_limited_total", "Requests refused by a rate limit.");
+pub static SECURITY_EVENTS_DROPPED: Counter = Counter::new(
+    "sealmail_security_events_dropped_total",
+    "Security events dropped because the writer's queue was full (a flood).",
+);
 pub static MESSAGES_ACCEPTED: Counter = Counter::new(
     "sealmail_messages_accepted_total",
     "Messages accepted (250 after DATA or BDAT LAST).",
@@ -87,6 +91,7 @@ const ALL: &[&Counter] = &[
     &BANS,
     &ABUSE_EVENTS,
     &RATE_LIMITED,
+    &SECURITY_EVENTS_DROPPED,
     &MESSAGES_ACCEPTED,
     &MESSAGES_REFUSED,
 ];

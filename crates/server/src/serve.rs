@@ -217,7 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::privileges::drop_privileges(&config)?;
     // Opened as the service user: root never writes where that user could have put a link.
     let event_log = config.data_dir.join(SECURITY_LOG);
-    guard.open_event_log(&event_log).with_context(|| {
+    guard.open_event_log(&event_log).await.with_context(|| {
         format!(
             "cannot open the security event log {}; if it is a symbolic link, remove it (sealmail never follows one there)",
             event_log.display()
@@ -236,10 +236,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)
-        .with_filter(guard)
+        .with_filter(guard.clone())
         .with_proxies(config.security.proxies.clone())
         .run(listeners)
         .await;
+    // The events of the last moments are not lost with the process.
+    guard.flush().await;
     tracing::info!("sealmail stopped");
     Ok(())
 }
