@@ -84,6 +84,13 @@ fn open_dir_no_follow<Fd: AsFd, P: rustix::path::Arg>(at: Fd, path: P) -> io::Re
     Ok(rustix::fs::openat(at, path, flags, Mode::empty())?)
 }
 
+/// ENOTDIR, or ELOOP: what opening a non-folder or a link with `O_DIRECTORY | O_NOFOLLOW` gives.
+fn is_not_a_folder(e: &io::Error) -> bool {
+    [rustix::io::Errno::NOTDIR, rustix::io::Errno::LOOP]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
 /// How deep `hand_over_tree` goes; deeper folders (made by someone to exhaust file descriptors
 /// or the stack) are an error.
 const MAX_TREE_DEPTH: usize = 64;
@@ -137,8 +144,7 @@ fn hand_over_dir(
                 continue;
             }
             // Not a folder (a file, or a link to anything): handled below, as itself.
-            Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOTDIR.raw_os_error() || code == rustix::io::Errno::LOOP.raw_os_error()) =>
-                {}
+            Err(e) if is_not_a_folder(&e) => {}
             // Gone since it was listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -239,6 +245,27 @@ mod tests {
             assert!(meta.is_file(), "{} is not a plain file", path.display());
             assert_eq!(fs::read(path)?, contents);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_hand_over_refuses_a_folder_swapped_for_a_link() -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir()?;
+        if fs::metadata(root.path())?.uid() != 0 {
+            eprintln!("skipped: changing owners needs the tests to run as root");
+            return Ok(());
+        }
+        // What the walk meets when a folder it listed is replaced by a link before it gets
+        // there: each folder is opened with O_NOFOLLOW, so the link is not followed.
+        let outside = root.path().join("etc");
+        fs::create_dir(&outside)?;
+        fs::write(outside.join("shadow"), "root:secret")?;
+        let swapped = root.path().join("queue");
+        std::os::unix::fs::symlink(&outside, &swapped)?;
+        assert!(hand_over_tree(&swapped, 65534, 65534).is_err());
+        assert_eq!(fs::metadata(&outside)?.uid(), 0);
+        assert_eq!(fs::metadata(outside.join("shadow"))?.uid(), 0);
         Ok(())
     }
 
