@@ -4,7 +4,7 @@
 //! threading a handle through each constructor, and a process serves one metrics endpoint.
 //! The endpoint is off unless `[metrics] bind` is set (on loopback unless `allow_remote`); it
 //! answers `GET /metrics` and nothing else, reads at most one bounded request per connection,
-//! serves at most `MAX_CONNECTIONS` at once (more get `503` and a close), gives each
+//! serves at most `MAX_CONNECTIONS` at once (as many more get `503`, the rest a close), gives each
 //! `TIMEOUT` to send its request and as long again to take the answer, and never blocks the mail path.
 
 use std::fmt::Write as _;
@@ -110,6 +110,7 @@ pub fn render() -> String {
 /// Serves `GET /metrics` on `socket` until `shutdown`.
 pub async fn serve(socket: TcpListener, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
@@ -122,12 +123,14 @@ pub async fn serve(socket: TcpListener, shutdown: CancellationToken) {
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "metrics connection refused: too many at once");
-            tokio::spawn(async move {
-                let busy =
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                let _ = tokio::time::timeout(TIMEOUT, tcp.write_all(busy)).await;
-                let _ = tcp.shutdown().await;
-            });
+            // Told so when a refusal slot is free (its request is read first, so that closing
+            // does not reset the connection before the answer is read); past that, just closed.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(TIMEOUT, refuse(&mut tcp)).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         tokio::spawn(async move {
@@ -138,6 +141,15 @@ pub async fn serve(socket: TcpListener, shutdown: CancellationToken) {
             drop(slot);
         });
     }
+}
+
+/// Reads (up to 2 KiB of) the request and answers `503`.
+async fn refuse(tcp: &mut TcpStream) {
+    let mut request = [0u8; 2048];
+    let _ = tcp.read(&mut request).await;
+    let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let _ = tcp.write_all(busy).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// Reads one request (one read, at most 2 KiB, within `TIMEOUT`) and answers it.
