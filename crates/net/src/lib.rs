@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod proxy;
 
 pub use connection::{ConnError, Connection, ConnectionInfo, Line};
-pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind};
+pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind, client_key};
 pub use sealmail_tls::TlsActive;

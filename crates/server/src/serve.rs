@@ -34,11 +34,8 @@ pub struct DataDirLock {
 /// Locks the data folder, or says who holds it.
 pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
     let path: PathBuf = data_dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    // Never through a link the service user put there (this runs as root before the switch).
+    let file = sealmail_safeio::open_private_append(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
@@ -148,9 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let store: Arc<dyn Store> = open_store(&config).await?;
     let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
-    let event_log = config.data_dir.join(SECURITY_LOG);
-    let guard =
-        sealmail_guard::Guard::load_with_log(config.security.clone(), store.clone(), &event_log).await?;
+    let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
     guard.spawn_refresh();
 
     let bound = sealmail_net::bind(&config.listeners)
@@ -231,6 +226,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Every socket is bound: nothing below needs root.
     crate::privileges::drop_privileges(&config)?;
+    // Opened as the service user: root never writes where that user could have put a link.
+    let event_log = config.data_dir.join(SECURITY_LOG);
+    guard.open_event_log(&event_log).await.with_context(|| {
+        format!(
+            "cannot open the security event log {}; if it is a symbolic link, remove it (sealmail never follows one there)",
+            event_log.display()
+        )
+    })?;
     if let Some((address, socket)) = metrics {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
@@ -245,10 +248,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)
-        .with_filter(guard)
+        .with_filter(guard.clone())
         .with_proxies(config.security.proxies.clone())
         .run(listeners)
         .await;
+    // The events of the last moments are not lost with the process.
+    guard.flush().await;
     tracing::info!("sealmail stopped");
     Ok(())
 }
