@@ -250,7 +250,8 @@ pub async fn read_command(
 ) -> Result<Frame, ConnError> {
     let clock = Clock::new(limits, stage);
     let mut command = Vec::new();
-    let mut reservation = budget.reservation();
+    let client = conn.info().peer.ip();
+    let mut reservation = budget.reservation_for(client);
     let mut tag = None;
     let mut allowed = allowance(limits, stage, false);
     let mut append = false;
@@ -319,7 +320,7 @@ pub async fn read_command(
             if refused.is_none() {
                 // Nothing of a refused command is kept.
                 command = Vec::new();
-                reservation = budget.reservation();
+                reservation = budget.reservation_for(client);
             }
             refused = Some(problem);
             if synchronizing {
@@ -334,7 +335,7 @@ pub async fn read_command(
         }
         let held = allowed.budgeted.then_some(&mut reservation);
         if !receive_literal(conn, &mut command, length, deadline, held).await? {
-            reservation = budget.reservation();
+            reservation = budget.reservation_for(client);
             refused = Some(Refusal::OverBudget);
         }
     }

@@ -165,7 +165,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
     // One budget for message data in memory, whichever protocol brings it.
-    let message_budget = sealmail_net::budget::BodyBudget::new(config.smtp.max_buffered_bytes);
+    let message_budget = sealmail_net::budget::BodyBudget::with_client_share(
+        config.smtp.max_buffered_bytes,
+        sealmail_net::budget::client_share(config.smtp.max_buffered_bytes, config.smtp.max_message_size),
+    );
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),

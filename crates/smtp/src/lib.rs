@@ -182,7 +182,7 @@ async fn receive_data(
 ) -> Result<(data::Data, budget::Reservation), ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let mut receiver = DataReceiver::new(ctx.config.max_message_size);
-    let mut reservation = ctx.body_budget.reservation();
+    let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let input = conn.fill(left).await?;
@@ -207,7 +207,7 @@ async fn receive_chunk(
 ) -> Result<Chunk, ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let too_big = size > ctx.config.max_message_size;
-    let mut reservation = ctx.body_budget.reservation();
+    let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
     let no_memory = keep && !too_big && !reservation.grow_to(size);
     let keep = keep && !too_big && !no_memory;
     let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });

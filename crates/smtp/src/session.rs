@@ -684,6 +684,7 @@ impl Session {
     /// The answer after a BDAT chunk was read.
     pub async fn chunk_received(&mut self, chunk: Chunk, last: bool) -> Reply {
         let budget = self.ctx.body_budget.clone();
+        let peer = self.peer.ip();
         let (chunk, over_budget) = match chunk {
             Chunk::Data(bytes) => (Some(bytes), false),
             Chunk::TooBig => (None, false),
@@ -697,7 +698,7 @@ impl Session {
         let buffer = transaction.chunks.get_or_insert_with(Vec::new);
         let reservation = transaction
             .chunks_reservation
-            .get_or_insert_with(|| budget.reservation());
+            .get_or_insert_with(|| budget.reservation_for(peer));
         let received = chunk.as_ref().map(Vec::len).unwrap_or(0);
         transaction.chunks_over_budget |= over_budget;
         match chunk {
