@@ -353,6 +353,11 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
     let Token::Atom(tag) = tokens.next()? else {
         return None;
     };
+    // The tag is echoed in the tagged reply: only a tag RFC 3501 allows (no "*", "+", control
+    // characters, ...), or a reply could pass for an untagged one or a continuation.
+    if crate::framing::tag_of(command).as_deref() != Some(tag.as_str()) {
+        return None;
+    }
     let Token::Atom(verb) = tokens.next()? else {
         return None;
     };
@@ -431,6 +436,23 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extended_list_needs_a_valid_tag() {
+        assert!(parse_extended(b"a1 LIST (SUBSCRIBED) \"\" \"*\"\r\n").is_some());
+        for bad in [
+            &b"* LIST (SUBSCRIBED) \"\" \"*\"\r\n"[..],
+            b"+ LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+            b"a\x1b LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+            b"a% LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+        ] {
+            assert!(
+                parse_extended(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     fn m(pattern: &str, name: &str) -> bool {
         match Matcher::new(pattern) {
