@@ -124,6 +124,9 @@ pub struct Limits {
     /// configurations with a short idle timeout keep working).
     pub imap_unauthenticated_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Octets one account's messages may take in all (0: no limit). A full account refuses
+    /// new mail (`552 5.2.2`, IMAP `NO [OVERQUOTA]`) and reports its use over IMAP QUOTA.
+    pub mailbox_quota: u64,
 }
 
 impl Default for Limits {
@@ -139,6 +142,7 @@ impl Default for Limits {
             imap_idle_timeout: Duration::from_secs(1800),
             imap_unauthenticated_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            mailbox_quota: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -583,6 +587,7 @@ struct RawLimits {
     imap_idle_timeout_secs: Option<i64>,
     imap_unauthenticated_timeout_secs: Option<i64>,
     shutdown_grace_secs: Option<i64>,
+    mailbox_quota: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1048,6 +1053,13 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             d.shutdown_grace,
             problems,
         ),
+        mailbox_quota: positive(
+            "limits.mailbox_quota",
+            raw.mailbox_quota,
+            d.mailbox_quota as i64,
+            0..=(1 << 50),
+            problems,
+        ) as u64,
     };
     if limits.max_connections_per_ip > limits.max_connections {
         problems.push(format!(
@@ -1476,6 +1488,10 @@ mod tests {
             (
                 format!("{}[limits]\nimap_unauthenticated_timeout_secs = 0\n", good()),
                 "limits.imap_unauthenticated_timeout_secs = 0 is out of range; use a number from 1 to 86400 (default 60)",
+            ),
+            (
+                format!("{}[limits]\nmailbox_quota = -1\n", good()),
+                "limits.mailbox_quota = -1 is out of range; use a number from 0 to 1125899906842624 (default 2147483648)",
             ),
             (
                 format!("{}[delivery]\ndelay_warning_secs = -1\n", good()),

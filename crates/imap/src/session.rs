@@ -45,6 +45,8 @@ pub struct ImapContext {
     pub budget: BodyBudget,
     /// BAD responses in a row (no OK between them) after which the session is ended.
     pub max_errors: u32,
+    /// `limits.mailbox_quota`: octets one account may hold (0: no limit; RFC 9208 STORAGE).
+    pub mailbox_quota: u64,
 }
 
 /// What the driver does after a command.
@@ -252,7 +254,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -653,6 +655,9 @@ impl Session {
                 if content.is_empty() {
                     return Ok(no("An empty message cannot be appended"));
                 }
+                if let Err(done) = self.room_for(account, content.len() as u64).await {
+                    return Ok(done);
+                }
                 let flags: Vec<String> = flags.iter().filter_map(flag_name).take(MAX_FLAGS).collect();
                 let internal_date = date
                     .map(|d| d.as_ref().timestamp())
@@ -675,6 +680,33 @@ impl Session {
                     },
                     Err(e) => store_failure(&e),
                 }
+            }
+            // RFC 9208: one quota root, "", for all of an account's mailboxes.
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let Some(name) = mailbox_name(&mailbox) else {
+                    return Ok(no("[NONEXISTENT] No such mailbox"));
+                };
+                let mut line = b"* QUOTAROOT ".to_vec();
+                wire::string(&mut line, wire::encode_mailbox_name(&name).as_bytes());
+                if self.ctx.mailbox_quota > 0 {
+                    line.extend_from_slice(b" \"\"");
+                }
+                line.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(&line);
+                if let Err(done) = self.quota_response(account).await {
+                    return Ok(done);
+                }
+                ok("GETQUOTAROOT completed")
+            }
+            CommandBody::GetQuota { root } if root.as_ref().is_empty() && self.ctx.mailbox_quota > 0 => {
+                if let Err(done) = self.quota_response(account).await {
+                    return Ok(done);
+                }
+                ok("GETQUOTA completed")
+            }
+            CommandBody::GetQuota { .. } => no("[NONEXISTENT] No such quota root"),
+            CommandBody::SetQuota { .. } => {
+                no("[NOPERM] Quotas are set by the administrator (limits.mailbox_quota)")
             }
             CommandBody::Idle => {
                 *next = Next::Idle(tag.to_string());
@@ -929,6 +961,47 @@ impl Session {
         })
     }
 
+    /// Err(NO [OVERQUOTA]) when `adding` more octets would take the account past its quota.
+    async fn room_for(&self, account: sealmail_types::AccountId, adding: u64) -> Result<(), Done> {
+        let quota = self.ctx.mailbox_quota;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self
+            .ctx
+            .store
+            .account_usage(account)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        if used.saturating_add(adding) > quota {
+            return Err(no(
+                "[OVERQUOTA] The mailbox quota would be exceeded; delete some mail",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `* QUOTA "" (STORAGE used limit)` in KiB (RFC 9208 5.1), when a quota is set.
+    async fn quota_response(&mut self, account: sealmail_types::AccountId) -> Result<(), Done> {
+        let quota = self.ctx.mailbox_quota;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self
+            .ctx
+            .store
+            .account_usage(account)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        let _ = write!(
+            Text(&mut self.out),
+            "* QUOTA \"\" (STORAGE {} {})\r\n",
+            used.div_ceil(1024),
+            quota / 1024
+        );
+        Ok(())
+    }
+
     fn uids_of(&self, indices: &[usize]) -> Vec<u32> {
         match &self.selected {
             Some(s) => indices
@@ -975,6 +1048,17 @@ impl Session {
         let verb = if remove_source { "MOVE" } else { "COPY" };
         if uids.is_empty() {
             return ok(format!("{verb} completed (no messages)"));
+        }
+        if !remove_source && let (Some(selected), Some(account)) = (&self.selected, self.account_id()) {
+            // A copy adds its messages' size to the account; a move does not.
+            let adding: u64 = indices
+                .iter()
+                .filter_map(|&i| selected.entries.get(i))
+                .map(|entry| entry.size)
+                .sum();
+            if let Err(done) = self.room_for(account, adding).await {
+                return done;
+            }
         }
         let Some(selected) = self.selected.as_mut() else {
             return bad("Select a mailbox first");

@@ -180,6 +180,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         signer,
         inbound,
         on_queued: Some(Arc::new(move || waker.wake())),
+        mailbox_quota: config.limits.mailbox_quota,
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),
@@ -204,6 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         budget: message_budget,
         max_errors: sealmail_imap::MAX_ERRORS,
+        mailbox_quota: config.limits.mailbox_quota,
     }));
     let listeners = bound
         .into_iter()

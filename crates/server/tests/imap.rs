@@ -883,3 +883,87 @@ async fn renaming_a_non_ascii_parent_takes_its_children_along() -> TestResult {
     assert!(!has_line(&list, "&AMQ-rger"), "{list:?}");
     Ok(())
 }
+
+/// `limits.mailbox_quota`: a full account refuses new mail on SMTP (552 5.2.2, also for a
+/// declared SIZE that would not fit) and on IMAP APPEND and COPY (`NO [OVERQUOTA]`, MOVE still
+/// works), and IMAP QUOTA (RFC 9208) reports its use and limit in KiB.
+#[tokio::test]
+async fn a_full_mailbox_refuses_new_mail_and_reports_its_quota() -> TestResult {
+    let server = Server::start("[limits]\nmailbox_quota = 8192\n").await?;
+    let mut imap = server.login("bob").await?;
+    let capabilities = imap.imap("c", "CAPABILITY").await?;
+    assert!(has_line(&capabilities, "QUOTA=RES-STORAGE"), "{capabilities:?}");
+    let roots = imap.imap("q", "GETQUOTAROOT INBOX").await?;
+    expect_ok(&roots)?;
+    assert!(has_line(&roots, "* QUOTAROOT \"INBOX\" \"\""), "{roots:?}");
+    assert!(has_line(&roots, "* QUOTA \"\" (STORAGE 0 8)"), "{roots:?}");
+
+    // About 4.5 KiB stored (with the headers submission adds): under the quota.
+    server
+        .submit(
+            "bob@example.test",
+            &format!("Subject: one\r\n\r\n{}", "a".repeat(3000)),
+        )
+        .await?;
+    let quota = imap.imap("g", "GETQUOTA \"\"").await?;
+    expect_ok(&quota)?;
+    let used_kib: u64 = quota
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("* QUOTA \"\" (STORAGE ")?
+                .strip_suffix(" 8)")?
+                .parse()
+                .ok()
+        })
+        .ok_or(format!("no STORAGE line: {quota:?}"))?;
+    assert!((4..=6).contains(&used_kib), "{quota:?}");
+    // SMTP: a declared size that would pass the quota is refused at RCPT.
+    let mut smtp = server.connect(server.submission).await?;
+    smtp.smtp_reply().await?;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{TEST_PASSWORD}"));
+    smtp.dialog(&[
+        ("EHLO client.test".to_string(), "250"),
+        (format!("AUTH PLAIN {auth}"), "235"),
+        ("MAIL FROM:<alice@example.test> SIZE=5000".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "552 5.2.2"),
+        // alice has room.
+        ("RCPT TO:<alice@example.test>".to_string(), "250"),
+        ("RSET".to_string(), "250"),
+    ])
+    .await?;
+    // IMAP: an APPEND that would pass the quota is refused; bob still reads his mail.
+    let append = imap
+        .imap(
+            "a",
+            &format!("APPEND INBOX {{5000+}}\r\nSubject: x\r\n\r\n{}", "b".repeat(4986)),
+        )
+        .await?;
+    assert!(tagged(&append).starts_with("a NO [OVERQUOTA]"), "{append:?}");
+    imap.imap("s", "SELECT INBOX").await?;
+    // A COPY would double the message: refused; a MOVE does not add anything.
+    let copy = imap.imap("k", "COPY 1 Trash").await?;
+    assert!(tagged(&copy).starts_with("k NO [OVERQUOTA]"), "{copy:?}");
+    expect_ok(&imap.imap("m", "MOVE 1 Trash").await?)?;
+    // Fill it up: another 4.5 KiB fits (nothing declared), then the mailbox is full.
+    server
+        .submit(
+            "bob@example.test",
+            &format!("Subject: two\r\n\r\n{}", "c".repeat(3000)),
+        )
+        .await?;
+    smtp.dialog(&[
+        ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "552 5.2.2"),
+    ])
+    .await?;
+    let set = imap.imap("t", "SETQUOTA \"\" (STORAGE 100000)").await?;
+    assert!(tagged(&set).starts_with("t NO"), "{set:?}");
+    // Deleting mail makes room again.
+    imap.imap("d", "SELECT Trash").await?;
+    imap.imap("e", "STORE 1 +FLAGS (\\Deleted)").await?;
+    expect_ok(&imap.imap("x", "EXPUNGE").await?)?;
+    smtp.dialog(&[("RCPT TO:<bob@example.test>".to_string(), "250")])
+        .await?;
+    Ok(())
+}
