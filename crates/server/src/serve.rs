@@ -143,14 +143,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = CertSet::load(&config.certificates)?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
+    let bound = sealmail_net::bind(&config.listeners)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let metrics = match config.metrics_bind {
+        Some(address) => {
+            let socket = sealmail_net::metrics::bind(address)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Some((address, socket))
+        }
+        None => None,
+    };
+    let delivery_files = sealmail_delivery::DeliveryFiles::load(&config.delivery)?;
+    // Every socket is bound: nothing below needs root. The store (its database, WAL and
+    // snapshots) is opened only now, as the service user, so root never creates or follows a
+    // file where that user could have put a link.
+    crate::privileges::drop_privileges(&config)?;
     let store: Arc<dyn Store> = open_store(&config).await?;
     let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
     let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
     guard.spawn_refresh();
 
-    let bound = sealmail_net::bind(&config.listeners)
-        .await
-        .map_err(anyhow::Error::msg)?;
     let hostname = config.hostname.to_string();
     let dns = sealmail_dns::Dns::new(&config.dns)?;
     let authenticator = sealmail_mailauth::Authenticator::new(&dns, &hostname);
@@ -161,7 +175,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         phishing_warnings: config.inbound.phishing_warnings,
     };
     let (domains, signer) = load_signer(&config, &*store).await?;
-    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
+    let delivery = sealmail_delivery::Delivery::new(
+        store.clone(),
+        dns.clone(),
+        &config.delivery,
+        &hostname,
+        delivery_files,
+    )?;
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
     // One budget for message data in memory, whichever protocol brings it.
@@ -220,17 +240,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
 
     let shutdown = CancellationToken::new();
-    let metrics = match config.metrics_bind {
-        Some(address) => {
-            let socket = sealmail_net::metrics::bind(address)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            Some((address, socket))
-        }
-        None => None,
-    };
-    // Every socket is bound: nothing below needs root.
-    crate::privileges::drop_privileges(&config)?;
     // Opened as the service user: root never writes where that user could have put a link.
     let event_log = config.data_dir.join(SECURITY_LOG);
     guard.open_event_log(&event_log).await.with_context(|| {

@@ -810,3 +810,49 @@ async fn a_link_in_place_of_the_security_event_log_is_refused_not_written_throug
     assert_eq!(ctx(std::fs::read_to_string(&outside), "read")?, "untouched\n");
     Ok(())
 }
+
+/// The store is opened only after the switch to the service user: a link that user planted in
+/// the data folder (here in place of the database, which SQLite follows) cannot make root
+/// create or write a file elsewhere.
+#[tokio::test]
+async fn the_store_is_opened_as_the_service_user_so_its_links_cannot_steer_root() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("this test needs root (CI runs as root)".into());
+    }
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    ctx(
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)),
+        "chmod",
+    )?;
+    // A folder only root may write to, outside the data folder.
+    let outside = ctx(tempfile::tempdir(), "tempdir")?;
+    ctx(
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)),
+        "chmod",
+    )?;
+    let victim = outside.path().join("created-by-root");
+    let mx = common::free_addr()?;
+    let listeners = [("mx", mx, "starttls")];
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &listeners,
+        "[server]\nuser = \"nobody\"\n",
+    )?;
+    // The service user swapped the database for a link to a file root could create.
+    let database = dir.path().join("data/sealmail.db");
+    ctx(std::fs::remove_file(&database), "remove the database")?;
+    ctx(std::os::unix::fs::symlink(&victim, &database), "plant the link")?;
+    let started = common::serve(dir.path(), &config).await;
+    assert!(
+        !victim.exists(),
+        "root followed the link and created {}",
+        victim.display()
+    );
+    // As the service user the link leads nowhere it may write: the server does not start.
+    let error = started.err().ok_or("started on a store it cannot open")?;
+    assert!(error.contains("cannot open the store"), "{error}");
+    Ok(())
+}
