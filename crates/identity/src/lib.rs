@@ -16,6 +16,7 @@
 //! invalidates it at once), and failures always cost a full hash.
 
 mod hashing;
+pub mod revocation;
 pub mod sasl;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ use zeroize::Zeroizing;
 use sealmail_store::{Account, Store, StoreError};
 use sealmail_tls::TlsActive;
 use sealmail_types::{AccountId, EmailAddress};
+
+pub use revocation::{CREDENTIALS_POLL, CredentialsWatch, LoginCheck};
 
 /// OWASP password storage cheat sheet, Argon2id option 2: 19 MiB, 2 iterations, 1 lane.
 pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
@@ -196,6 +199,8 @@ pub struct Identity {
     dummy_hash: Arc<String>,
     pool: Arc<hashing::HashPool>,
     cache: Option<Arc<LoginCache>>,
+    /// What logged-in sessions watch to learn that credentials changed in the store.
+    credentials: CredentialsWatch,
 }
 
 impl Identity {
@@ -216,7 +221,22 @@ impl Identity {
             dummy_hash: Arc::new(dummy),
             pool: hashing::HashPool::new()?,
             cache,
+            credentials: CredentialsWatch::fixed(),
         })
+    }
+
+    /// Starts watching the store for credential changes (every `interval`), so that the
+    /// checks made by [`Identity::login_check`] from now on end sessions whose login no
+    /// longer stands. Servers call it once; the admin commands do not need it.
+    pub async fn watch_credentials(&mut self, interval: Duration) -> Result<(), IdentityError> {
+        self.credentials = CredentialsWatch::spawn(self.store.clone(), interval).await?;
+        Ok(())
+    }
+
+    /// What a session keeps after a successful login to learn when that login stops standing
+    /// (see [`revocation`]).
+    pub fn login_check(&self, login: &Authenticated) -> LoginCheck {
+        self.credentials.check(self.store.clone(), login)
     }
 
     pub async fn add_user(

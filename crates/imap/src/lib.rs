@@ -47,6 +47,10 @@ pub const MAX_UNAUTHENTICATED_LITERAL: u64 = 4 * 1024;
 pub const MAX_UNAUTHENTICATED_COMMAND: u64 = 16 * 1024;
 /// BAD responses in a row after which a session is ended with BYE.
 pub const MAX_ERRORS: u32 = 10;
+/// Ends a session whose login no longer stands. RFC 3501 7.1: ALERT text must be shown to the
+/// user, who needs to know why the client logs in again (or cannot).
+const LOGIN_REVOKED_BYE: &[u8] =
+    b"* BYE [ALERT] Your login is no longer valid: the password was changed or the account removed\r\n";
 
 pub struct ImapHandler {
     ctx: Arc<ImapContext>,
@@ -97,7 +101,20 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
     conn.write_all(session.greeting().as_bytes()).await?;
     loop {
         let stage = session.stage();
-        let frame = match framing::read_command(&mut conn, &ctx.limits, stage, &ctx.budget).await {
+        let read = tokio::select! {
+            biased;
+            () = session.login_revoked() => {
+                let _ = conn.write_all(LOGIN_REVOKED_BYE).await;
+                break;
+            }
+            read = framing::read_command(&mut conn, &ctx.limits, stage, &ctx.budget) => read,
+        };
+        // The poll may have moved while the command was arriving (or waiting, pipelined).
+        if session.login_revoked_now().await {
+            let _ = conn.write_all(LOGIN_REVOKED_BYE).await;
+            break;
+        }
+        let frame = match read {
             Ok(frame) => frame,
             Err(ConnError::ShuttingDown) => {
                 let _ = conn
@@ -193,6 +210,10 @@ async fn idle(
             }
             _ = &mut deadline => {
                 conn.write_all(b"* BYE Autologout; idle for too long\r\n").await?;
+                return Ok(false);
+            }
+            () = session.login_revoked() => {
+                conn.write_all(LOGIN_REVOKED_BYE).await?;
                 return Ok(false);
             }
             alive = changed => {

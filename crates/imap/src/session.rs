@@ -23,7 +23,7 @@ use imap_codec::imap_types::status::StatusDataItemName;
 
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
-use sealmail_identity::{Identity, Password};
+use sealmail_identity::{Identity, LoginCheck, Password};
 use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
@@ -76,6 +76,8 @@ pub struct Session {
     peer: SocketAddr,
     tls: Option<TlsActive>,
     account: Option<Account>,
+    /// From login on: tells when the account's password changed or the account went.
+    login_check: Option<LoginCheck>,
     pub selected: Option<Selected>,
     /// RFC 7162: once the client uses CONDSTORE, every FETCH with FLAGS also carries MODSEQ.
     condstore: bool,
@@ -223,10 +225,28 @@ impl Session {
             peer,
             tls,
             account: None,
+            login_check: None,
             selected: None,
             condstore: false,
             out: Vec::with_capacity(4096),
             errors: 0,
+        }
+    }
+
+    /// Returns once the login no longer stands (its password changed or its account was
+    /// removed); never before login. Cancel-safe, so the driver races it with reading.
+    pub async fn login_revoked(&mut self) {
+        match self.login_check.as_mut() {
+            Some(check) => check.revoked().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Before running a command: whether the login stopped standing since the last check.
+    pub async fn login_revoked_now(&mut self) -> bool {
+        match self.login_check.as_mut() {
+            Some(check) => check.revoked_now().await,
+            None => false,
         }
     }
 
@@ -439,6 +459,7 @@ impl Session {
             .await
         {
             LoginOutcome::Success(authenticated) => {
+                self.login_check = Some(ctx.identity.login_check(&authenticated));
                 self.account = Some(authenticated.account);
                 ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }

@@ -161,7 +161,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // file where that user could have put a link.
     crate::privileges::drop_privileges(&config)?;
     let store: Arc<dyn Store> = open_store(&config).await?;
-    let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
+    let mut identity =
+        sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
+    // Sessions end soon after their password changes or their account goes, even when the
+    // change comes from the admin CLI (another process): the store is polled for it.
+    identity
+        .watch_credentials(sealmail_identity::CREDENTIALS_POLL)
+        .await?;
     let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
     guard.spawn_refresh();
 

@@ -199,6 +199,86 @@ async fn two_sessions_see_each_others_flags_expunges_and_moves() -> TestResult {
     Ok(())
 }
 
+/// The words sealmail ends a session with when its login no longer stands.
+const LOGIN_REVOKED: &str = "* BYE [ALERT] Your login is no longer valid";
+
+/// Sessions of alice (one in IDLE, one idle between commands) and of bob, all logged in.
+async fn alice_twice_and_bob(server: &Server) -> TestResult<(Client, Client, Client)> {
+    let mut idling = server.login("alice").await?;
+    expect_ok(&idling.imap("s", "SELECT INBOX").await?)?;
+    idling.send("i IDLE\r\n").await?;
+    let continuation = idling.line().await?;
+    assert!(continuation.starts_with("+ "), "{continuation}");
+    let waiting = server.login("alice").await?;
+    let bob = server.login("bob").await?;
+    Ok((idling, waiting, bob))
+}
+
+/// The session is told why with BYE, then closed, within the bounded wait of `line` (10 s),
+/// without sending anything.
+async fn expect_revoked(session: &mut Client, which: &str) -> TestResult {
+    let bye = session.line().await.map_err(|e| format!("{which}: {e}"))?;
+    assert!(bye.starts_with(LOGIN_REVOKED), "{which}: {bye}");
+    assert!(session.closed().await, "{which}: still open after BYE");
+    Ok(())
+}
+
+async fn login_with(server: &Server, user: &str, password: &str) -> TestResult<Vec<String>> {
+    let mut c = server.connect(server.imap).await?;
+    c.line().await?;
+    c.imap("l", &format!("LOGIN {user}@example.test \"{password}\""))
+        .await
+}
+
+#[tokio::test]
+async fn a_password_change_by_the_cli_ends_the_accounts_sessions_within_seconds() -> TestResult {
+    let server = Server::start("").await?;
+    let (mut idling, mut waiting, mut bob) = alice_twice_and_bob(&server).await?;
+
+    // The CLI is another process: the server learns of the change through the store only.
+    let (code, out, err) = common::admin(
+        server.dir.path(),
+        &server.config,
+        &["user", "passwd", "alice@example.test"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let new_password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("new password (shown once): "))
+        .ok_or(format!("no new password in {out:?}"))?
+        .to_string();
+
+    expect_revoked(&mut idling, "alice in IDLE").await?;
+    expect_revoked(&mut waiting, "alice between commands").await?;
+    expect_ok(&bob.imap("n", "NOOP").await?)?;
+
+    // Both logins above put the old password in the login cache: it must not let it in.
+    let old = login_with(&server, "alice", TEST_PASSWORD).await?;
+    assert!(tagged(&old).contains("NO [AUTHENTICATIONFAILED]"), "{old:?}");
+    expect_ok(&login_with(&server, "alice", &new_password).await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn removing_an_account_with_the_cli_ends_its_sessions_within_seconds() -> TestResult {
+    let server = Server::start("").await?;
+    let (mut idling, mut waiting, mut bob) = alice_twice_and_bob(&server).await?;
+
+    let (code, _, err) = common::admin(
+        server.dir.path(),
+        &server.config,
+        &["user", "remove", "alice@example.test"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+
+    expect_revoked(&mut idling, "alice in IDLE").await?;
+    expect_revoked(&mut waiting, "alice between commands").await?;
+    expect_ok(&bob.imap("n", "NOOP").await?)?;
+    let gone = login_with(&server, "alice", TEST_PASSWORD).await?;
+    assert!(tagged(&gone).contains("NO [AUTHENTICATIONFAILED]"), "{gone:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn idle_sees_a_message_delivered_by_smtp_within_a_second() -> TestResult {
     let server = Server::start("").await?;

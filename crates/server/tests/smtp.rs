@@ -941,3 +941,32 @@ async fn one_client_cannot_hold_more_than_its_share_of_the_body_budget() -> Test
     assert!(first.smtp_reply().await?.starts_with("250"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_password_change_by_the_cli_closes_the_accounts_submission_sessions_with_421() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let mut alice = submission(&instance, "alice@example.test").await?;
+    let mut bob = submission(&instance, "bob@example.test").await?;
+
+    let config = instance
+        .data_dir()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, _, err) = common::run(
+        instance.root.path(),
+        &["--config", &config, "user", "passwd", "alice@example.test"],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+
+    // Unprompted, within the bounded wait of `smtp_reply` (10 s): alice sends nothing.
+    let reply = alice.smtp_reply().await?;
+    assert!(
+        reply.starts_with("421 4.7.0 ") && reply.contains("no longer valid"),
+        "{reply}"
+    );
+    assert!(alice.closed().await, "still open after 421");
+    bob.command("NOOP", "250").await?;
+    Ok(())
+}

@@ -86,7 +86,24 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
     }
     let max_line = ctx.config.max_line_length.saturating_sub(2);
     loop {
-        let line = match conn.read_line(max_line).await {
+        // An authenticated session whose password changes (or whose account goes) is closed
+        // with 421 as soon as the change is seen, not at its next command: a client idling
+        // between messages would otherwise hold the connection open on a revoked login, and
+        // RFC 5321 3.8 lets a server that must close send 421 unprompted.
+        let read = tokio::select! {
+            biased;
+            () = session.login_revoked() => {
+                let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
+                break;
+            }
+            read = conn.read_line(max_line) => read,
+        };
+        // The poll may have moved while the command was arriving (or waiting, pipelined).
+        if session.login_revoked_now().await {
+            let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
+            break;
+        }
+        let line = match read {
             Ok(Line::Complete(line)) => line,
             Ok(Line::TooLong(_)) => {
                 let too_long = session.line_too_long();
@@ -137,6 +154,11 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                     return End::Dropped(e);
                 }
                 match receive_data(ctx, &mut conn).await {
+                    // A message sent on a login revoked meanwhile is not accepted.
+                    Ok(_) if session.login_revoked_now().await => {
+                        let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
+                        break;
+                    }
                     // The reservation is held until the message is stored.
                     Ok((data, _reservation)) => session.data_received(data).await,
                     Err(ConnError::Timeout(_)) => {
@@ -149,6 +171,10 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
             }
             Action::ReceiveChunk { size, last, keep } => {
                 match receive_chunk(ctx, &mut conn, size, keep).await {
+                    Ok(_) if last && session.login_revoked_now().await => {
+                        let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
+                        break;
+                    }
                     Ok(chunk) => session.chunk_received(chunk, last).await,
                     Err(ConnError::Timeout(_)) => {
                         let bye = Reply::new(421, "4.4.2", format!("{} Timeout during BDAT", ctx.hostname));

@@ -20,7 +20,7 @@ use smtp_proto::{
 use sealmail_config::{Role, SmtpConfig};
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Mechanism};
-use sealmail_identity::{Authenticated, Identity};
+use sealmail_identity::{Authenticated, Identity, LoginCheck};
 use sealmail_mailauth::inbound::Disposition;
 use sealmail_net::TlsActive;
 use sealmail_store::{
@@ -124,6 +124,8 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     auth: Option<Authenticated>,
+    /// From AUTH on: tells when the account's password changed or the account went.
+    login_check: Option<LoginCheck>,
     transaction: Option<Transaction>,
     /// A failed BDAT transaction: further chunks are read and dropped until LAST or RSET.
     bdat_failed: bool,
@@ -146,6 +148,7 @@ impl Session {
             helo: None,
             esmtp: false,
             auth: None,
+            login_check: None,
             transaction: None,
             bdat_failed: false,
             errors: 0,
@@ -202,6 +205,36 @@ impl Session {
 
     pub fn authenticated(&self) -> Option<&Authenticated> {
         self.auth.as_ref()
+    }
+
+    /// Returns once the AUTH login no longer stands (its password changed or its account was
+    /// removed); never before AUTH. Cancel-safe, so the driver races it with reading.
+    pub async fn login_revoked(&mut self) {
+        match self.login_check.as_mut() {
+            Some(check) => check.revoked().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Before acting on a command or a message: whether the login stopped standing since the
+    /// last check.
+    pub async fn login_revoked_now(&mut self) -> bool {
+        match self.login_check.as_mut() {
+            Some(check) => check.revoked_now().await,
+            None => false,
+        }
+    }
+
+    /// The reply that ends a session whose login no longer stands.
+    pub fn login_revoked_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            format!(
+                "{} Your login is no longer valid: the password was changed or the account removed; closing connection",
+                self.ctx.hostname
+            ),
+        )
     }
 
     /// Answers one command line (without its CRLF).
@@ -360,6 +393,7 @@ impl Session {
             .await
         {
             LoginOutcome::Success(authenticated) => {
+                self.login_check = Some(ctx.identity.login_check(&authenticated));
                 self.auth = Some(authenticated);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }

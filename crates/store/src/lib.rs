@@ -405,6 +405,12 @@ pub trait Store: Send + Sync {
     /// Removes the account with its mailboxes and messages.
     async fn remove_account(&self, address: &EmailAddress) -> Result<(), StoreError>;
     async fn account(&self, address: &EmailAddress) -> Result<Option<Account>, StoreError>;
+    /// The account with this id as stored now; `None` once it was removed.
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
+    /// A number that grows whenever any account's password changes or an account is removed,
+    /// whichever process did it: one cheap read tells a server whether its logged-in sessions
+    /// need to re-check their credentials.
+    async fn credentials_generation(&self) -> Result<i64, StoreError>;
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
 
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;

@@ -1150,6 +1150,23 @@ impl Store for SqliteStore {
         row.as_ref().map(account_from_row).transpose()
     }
 
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let row = sqlx::query("SELECT id, address, password_hash FROM accounts WHERE id = ?1")
+            .bind(id.0)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn credentials_generation(&self) -> Result<i64, StoreError> {
+        // Bumped by triggers (migration 9) on every password change and account removal.
+        Ok(
+            sqlx::query_scalar("SELECT generation FROM credentials_generation WHERE id = 1")
+                .fetch_one(&self.readers)
+                .await?,
+        )
+    }
+
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
         let rows = sqlx::query("SELECT id, address, password_hash FROM accounts ORDER BY address")
             .fetch_all(&self.readers)

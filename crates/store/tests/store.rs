@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8]
+        [2, 3, 4, 5, 6, 7, 8, 9]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        7
+        8
     );
 
     let alice = store
@@ -227,7 +227,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 8);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 9);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -693,5 +693,39 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
     assert!(store.mta_sts_policy("old.test").await?.is_none());
     assert!(!store.claim_tls_report("2026-12-01", "b.test").await?, "kept");
     assert!(store.claim_tls_report("2026-01-01", "b.test").await?, "pruned");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_credentials_generation_moves_on_password_changes_and_removals_only() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _inbox) = store_with_alice(dir.path()).await?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice missing")?;
+    let start = store.credentials_generation().await?;
+
+    store
+        .add_account(&address("bob@example.test")?, "$argon2id$bob")
+        .await?;
+    assert_eq!(
+        store.credentials_generation().await?,
+        start,
+        "a new account revokes nothing"
+    );
+
+    store.set_password_hash(&alice.address, "$argon2id$new").await?;
+    let after_change = store.credentials_generation().await?;
+    assert!(after_change > start);
+    let reread = store
+        .account_by_id(alice.id)
+        .await?
+        .ok_or("alice missing by id")?;
+    assert_eq!(reread.password_hash, "$argon2id$new");
+
+    store.remove_account(&alice.address).await?;
+    assert!(store.credentials_generation().await? > after_change);
+    assert_eq!(store.account_by_id(alice.id).await?, None);
     Ok(())
 }
