@@ -20,10 +20,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const UNIT: usize = 1024;
 
+/// Room beyond one message that its command and unit rounding may need (an IMAP APPEND
+/// reserves its command line too; reservations count whole KiB).
+const SHARE_SLACK: usize = 128 * 1024;
+
 /// The largest part of the budget one client may hold: an eighth, but never less than one
-/// message of the largest size the server accepts (a client can always send one message).
+/// message of the largest size the server accepts, with its command (a client can always
+/// send one message).
 pub fn client_share(budget_bytes: usize, max_message_bytes: usize) -> usize {
-    (budget_bytes / 8).max(max_message_bytes).min(budget_bytes)
+    (budget_bytes / 8)
+        .max(max_message_bytes.saturating_add(SHARE_SLACK))
+        .min(budget_bytes)
 }
 
 #[derive(Clone, Debug)]
@@ -200,6 +207,8 @@ mod tests {
     #[test]
     fn a_client_may_always_send_one_largest_message() {
         assert_eq!(client_share(512 << 20, 50 << 20), 64 << 20);
+        assert_eq!(client_share(1 << 30, 50 << 20), 128 << 20);
+        assert_eq!(client_share(256 << 20, 50 << 20), (50 << 20) + SHARE_SLACK);
         assert_eq!(client_share(64 << 10, 64 << 10), 64 << 10);
         assert_eq!(client_share(64 << 10, 1 << 20), 64 << 10);
     }

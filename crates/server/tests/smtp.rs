@@ -903,7 +903,7 @@ async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> Tes
 async fn one_client_cannot_hold_more_than_its_share_of_the_body_budget() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx_addr = common::free_addr()?;
-    let extra = "[smtp]\nmax_message_size = 32768\nmax_buffered_bytes = 262144\n";
+    let extra = "[smtp]\nmax_message_size = 204800\nmax_buffered_bytes = 2097152\n";
     let listeners = [("mx", mx_addr, "starttls")];
     let config = common::config_with_users(dir.path(), "example.test", &["bob"], &listeners, extra)?;
     let _server = common::serve(dir.path(), &config).await?;
@@ -920,11 +920,11 @@ async fn one_client_cannot_hold_more_than_its_share_of_the_body_budget() -> Test
         Ok::<_, String>(c)
     };
     let line = format!("{}\r\n", "x".repeat(78));
-    let body = format!("Subject: big\r\n\r\n{}", line.repeat(300));
-    assert!(body.len() > 20_000 && body.len() < 32_768);
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(2300));
+    assert!(body.len() > 170_000 && body.len() < 204_800);
 
-    // 127.0.0.1 holds ~24 KiB in one session; its second session's 24 KiB would pass its
-    // 32 KiB share, though the budget (256 KiB) has room.
+    // 127.0.0.1 holds ~180 KiB in one session; its second session's 180 KiB would pass its
+    // share (one largest message and its command: 328 KiB), though the budget (2 MiB) has room.
     let mut first = open([127, 0, 0, 1]).await?;
     first.send(&body).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -968,5 +968,43 @@ async fn a_password_change_by_the_cli_closes_the_accounts_submission_sessions_wi
     );
     assert!(alice.closed().await, "still open after 421");
     bob.command("NOOP", "250").await?;
+    Ok(())
+}
+
+/// A BDAT chunk reserves memory as its bytes arrive: announcing a large chunk and sending
+/// nothing holds nothing, so others' mail still fits in the budget.
+#[tokio::test]
+async fn an_announced_chunk_holds_no_memory_before_its_bytes_arrive() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx_addr = common::free_addr()?;
+    let extra = "[smtp]\nmax_message_size = 65536\nmax_buffered_bytes = 65536\n";
+    let listeners = [("mx", mx_addr, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["bob"], &listeners, extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let open = |source: [u8; 4]| async move {
+        let mut c = LineClient::new(sealmail_testkit::tcp_from(source, mx_addr).await?);
+        c.smtp_reply().await?;
+        c.dialog(&[
+            ("EHLO s.test", "250"),
+            ("MAIL FROM:<x@s.test>", "250"),
+            ("RCPT TO:<bob@example.test>", "250"),
+        ])
+        .await?;
+        Ok::<_, String>(c)
+    };
+    let mut idle = open([127, 0, 0, 3]).await?;
+    idle.send("BDAT 60000 LAST\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let line = format!("{}\r\n", "x".repeat(78));
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(500));
+    let mut sender = open([127, 0, 0, 4]).await?;
+    sender.command("DATA", "354").await?;
+    sender.send(&format!("{body}.\r\n")).await?;
+    let reply = sender.smtp_reply().await?;
+    assert!(
+        reply.starts_with("250"),
+        "the announced chunk held the budget: {reply}"
+    );
+    drop(idle);
     Ok(())
 }

@@ -233,15 +233,22 @@ async fn receive_chunk(
 ) -> Result<Chunk, ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let too_big = size > ctx.config.max_message_size;
+    // Memory is reserved as the chunk's bytes arrive, never for its announced size: a client
+    // that announces a large chunk and sends nothing holds nothing.
     let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
-    let no_memory = keep && !too_big && !reservation.grow_to(size);
-    let keep = keep && !too_big && !no_memory;
-    let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });
+    let mut no_memory = false;
+    let mut keep = keep && !too_big;
+    let mut chunk = Vec::with_capacity(if keep { size.min(64 * 1024) } else { 0 });
     let mut left = size;
     while left > 0 {
         let wait = deadline.saturating_duration_since(Instant::now());
         let input = conn.fill(wait).await?;
         let take = input.len().min(left);
+        if keep && !reservation.grow_to(chunk.len() + take) {
+            keep = false;
+            no_memory = true;
+            chunk = Vec::new();
+        }
         if keep {
             chunk.extend_from_slice(&input[..take]);
         }
