@@ -516,7 +516,11 @@ impl Delivery {
         }
         // RFC 8689 4.2.1: the MX name is authentic when DNSSEC vouched for it (or it was
         // configured), or when the domain's MTA-STS policy, in either mode, lists it.
-        let name_authenticated = host.name_validated || sts.is_some_and(|p| p.allows(&host.name));
+        // A host named as the recipient domain itself (the implicit MX, RFC 5321 5.1) is that
+        // domain whatever DNS said, so its certificate vouches for the right name.
+        let name_authenticated = host.name_validated
+            || host.name.eq_ignore_ascii_case(domain)
+            || sts.is_some_and(|p| p.allows(&host.name));
         match route::dane(&self.inner.dns, host).await {
             Dane::Records(records) => {
                 return Ok(HostPolicy::mx(

@@ -97,10 +97,21 @@ fn refusal_text(reason: Refusal) -> (bool, &'static str) {
     }
 }
 
+/// How many unauthenticated command timeouts a client gets in all before it must have logged
+/// in: the per-command timeout alone would let a client that never logs in keep its connection
+/// with a NOOP now and then.
+const UNAUTHENTICATED_TIMEOUTS_IN_ALL: u32 = 5;
+
 async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) -> Result<(), ConnError> {
     conn.write_all(session.greeting().as_bytes()).await?;
+    let login_by =
+        tokio::time::Instant::now() + ctx.limits.unauthenticated_idle * UNAUTHENTICATED_TIMEOUTS_IN_ALL;
     loop {
         let stage = session.stage();
+        if stage == Stage::NotAuthenticated && tokio::time::Instant::now() >= login_by {
+            let _ = conn.write_all(b"* BYE Log in sooner; closing\r\n").await;
+            break;
+        }
         let read = tokio::select! {
             biased;
             () = session.login_revoked() => {

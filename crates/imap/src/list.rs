@@ -55,6 +55,9 @@ pub struct ListLine {
 pub const MAX_PATTERN: usize = 1024;
 /// Most wildcards (`*`, `%`) in one pattern.
 pub const MAX_WILDCARDS: usize = 32;
+/// Most patterns in one LIST (RFC 5258 allows a list of them): each is matched against every
+/// mailbox, so their number multiplies the cost.
+pub const MAX_PATTERNS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -194,6 +197,9 @@ pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Result<Vec<ListL
     };
     if request.reference.len() > MAX_PATTERN {
         return Err(too_complex());
+    }
+    if request.patterns.len() > MAX_PATTERNS {
+        return Err(format!("At most {MAX_PATTERNS} patterns in one LIST"));
     }
     let reference = decode(&request.reference);
     let mut patterns = Vec::with_capacity(request.patterns.len());
@@ -436,6 +442,20 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_too_many_patterns_is_refused() {
+        let request = ListRequest {
+            patterns: vec![b"%".to_vec(); MAX_PATTERNS + 1],
+            ..ListRequest::default()
+        };
+        assert!(respond(&request, &[]).is_err());
+        let request = ListRequest {
+            patterns: vec![b"%".to_vec(); MAX_PATTERNS],
+            ..ListRequest::default()
+        };
+        assert!(respond(&request, &[]).is_ok());
+    }
 
     #[test]
     fn extended_list_needs_a_valid_tag() {

@@ -152,6 +152,24 @@ impl Prepared {
     }
 }
 
+/// Most keys that read message content (BODY, TEXT, headers) in one SEARCH: each scans every
+/// message it is asked of, so their number multiplies the cost of the command.
+pub const MAX_CONTENT_KEYS: usize = 32;
+/// Most keys of any kind in one SEARCH.
+pub const MAX_KEYS: usize = 1024;
+
+/// How many keys `key` holds (itself included), and how many of them read content.
+pub fn key_counts(key: &SearchKey<'_>) -> (usize, usize) {
+    use SearchKey::*;
+    let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
+    match key {
+        And(keys) => keys.as_ref().iter().map(key_counts).fold((1, 0), add),
+        Not(k) => add((1, 0), key_counts(k)),
+        Or(a, b) => add(add((1, 0), key_counts(a)), key_counts(b)),
+        other => (1, usize::from(needs_content(other))),
+    }
+}
+
 /// Whether the key needs the message bytes.
 pub fn needs_content(key: &SearchKey<'_>) -> bool {
     use SearchKey::*;

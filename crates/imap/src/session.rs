@@ -1210,6 +1210,17 @@ impl Session {
         let Some(selected) = &self.selected else {
             return bad("Select a mailbox first");
         };
+        let (keys, content_keys) = criteria
+            .iter()
+            .map(search::key_counts)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if keys > search::MAX_KEYS || content_keys > search::MAX_CONTENT_KEYS {
+            return bad(format!(
+                "At most {} search keys, {} of them on message content (BODY, TEXT, headers)",
+                search::MAX_KEYS,
+                search::MAX_CONTENT_KEYS
+            ));
+        }
         let wants_content = criteria.iter().any(search::needs_content);
         let uses_modseq = criteria.iter().any(uses_modseq);
         if uses_modseq {

@@ -888,6 +888,25 @@ async fn clients_that_do_not_log_in_are_logged_out_after_the_short_timeout() -> 
         assert!(c.closed().await);
     }
     expect_ok(&logged_in.imap("n", "NOOP").await?)?;
+
+    // A client that keeps sending NOOPs in time but never logs in is closed after five
+    // timeouts (10 s here) in all.
+    let mut chatty = server.connect(server.imap).await?;
+    chatty.line().await?;
+    let started = std::time::Instant::now();
+    let bye = loop {
+        if started.elapsed() > Duration::from_secs(20) {
+            return Err("a client that never logs in kept its connection for 20 s".into());
+        }
+        chatty.send("n NOOP\r\n").await?;
+        let line = chatty.line().await?;
+        if line.starts_with("* BYE") {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    };
+    assert!(bye.starts_with("* BYE Log in sooner"), "{bye}");
+    assert!(started.elapsed() >= Duration::from_secs(9), "closed too early");
     Ok(())
 }
 
@@ -1045,5 +1064,31 @@ async fn a_full_mailbox_refuses_new_mail_and_reports_its_quota() -> TestResult {
     expect_ok(&imap.imap("x", "EXPUNGE").await?)?;
     smtp.dialog(&[("RCPT TO:<bob@example.test>".to_string(), "250")])
         .await?;
+    Ok(())
+}
+
+/// The number of SEARCH keys on message content and of LIST patterns is capped: each
+/// multiplies the work of one command.
+#[tokio::test]
+async fn search_and_list_refuse_commands_that_multiply_their_own_cost() -> TestResult {
+    let server = Server::start("").await?;
+    server
+        .submit("bob@example.test", "Subject: hello\r\n\r\nworld")
+        .await?;
+    let mut imap = server.login("bob").await?;
+    imap.imap("s", "SELECT INBOX").await?;
+    let keys = |n: usize| vec!["BODY o"; n].join(" ");
+    let many = imap.imap("a", &format!("SEARCH {}", keys(33))).await?;
+    assert!(tagged(&many).starts_with("a BAD"), "{many:?}");
+    let fine = imap.imap("b", &format!("SEARCH {}", keys(32))).await?;
+    expect_ok(&fine)?;
+    assert!(has_line(&fine, "* SEARCH 1"), "{fine:?}");
+    let patterns = vec!["\"%\""; 33].join(" ");
+    let list = imap.imap("c", &format!("LIST \"\" ({patterns})")).await?;
+    assert!(
+        tagged(&list).starts_with("c BAD") || tagged(&list).starts_with("c NO"),
+        "{list:?}"
+    );
+    expect_ok(&imap.imap("n", "NOOP").await?)?;
     Ok(())
 }
