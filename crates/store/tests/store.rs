@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        8
+        9
     );
 
     let alice = store
@@ -218,6 +218,11 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     assert_eq!(messages.len(), 1);
     let bytes = store.read_message(messages[0].id).await?;
     assert!(bytes.starts_with(b"From: fixture@example.test\r\n"));
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        bytes.len() as u64,
+        "schema 10 counts what was stored before it"
+    );
     // The migrated store takes new messages after the old ones.
     let added = store.store_message(message("after migration", inbox.id)).await?;
     assert_eq!(added[0].uid, messages[0].uid + 1);
@@ -227,7 +232,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 9);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 10);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -634,6 +639,11 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
         1,
         "only the unshared blob went"
     );
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        each("shared"),
+        "the copy in Sent"
+    );
     let in_sent = stored
         .iter()
         .find(|m| m.mailbox == sent)
@@ -654,6 +664,7 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
         0,
         "the last user took it along"
     );
+    assert_eq!(store.account_usage(alice.id).await?, 0);
 
     // Tombstones stay while a session could ask, and go after the retention time.
     assert_eq!(store.changes_since(inbox, before).await?.expunged, vec![1, 2]);
