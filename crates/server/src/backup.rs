@@ -223,6 +223,16 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| usage(e.to_string()))?;
 
     check_restore_data_dir(config_path, &config.data_dir)?;
+    // A configuration in place stays: a backup is data, and one rewritten by whoever could
+    // write where it was kept (the service user, if kept under DATA) must not be able to set
+    // `[server] allow_root`, a relay password file such as /etc/shadow, or anything else root
+    // acts on. The backup's configuration is put beside it for the admin to compare.
+    let current = if config_path.exists() {
+        Some(load_config(config_path)?)
+    } else {
+        None
+    };
+    let config = current.unwrap_or(config);
     if !config.data_dir.exists() {
         sealmail_safeio::create_private_dir(&config.data_dir)?;
     }
@@ -238,7 +248,18 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     let _lock = lock_data_dir(&config.data_dir).context("restore needs the server stopped")?;
-    replace_keeping_old(config_path, &config_bytes, stamp)?;
+    if config_path.exists() {
+        let mut beside = config_path.as_os_str().to_owned();
+        beside.push(format!(".from-backup-{stamp}"));
+        let beside = PathBuf::from(beside);
+        sealmail_safeio::write_private(&beside, &config_bytes)?;
+        println!(
+            "the configuration in place was kept; the backup's is in {} (compare them by hand)",
+            beside.display()
+        );
+    } else {
+        replace_keeping_old(config_path, &config_bytes, stamp)?;
+    }
 
     let db = config.data_dir.join(DB_FILE);
     if db.exists() {

@@ -588,3 +588,61 @@ async fn json_logs_are_one_object_per_line() -> TestResult {
     assert!(lines >= 2, "{logs}");
     Ok(())
 }
+
+/// Restore keeps the configuration in place: a backup rewritten by whoever could write where
+/// it was kept (manifest recomputed) cannot change what root runs with. The backup's
+/// configuration is put beside it.
+#[tokio::test]
+async fn restore_keeps_the_configuration_in_place() -> TestResult {
+    use sha2::Digest as _;
+    let (dir, config) = config_dir_with_certs_in_data()?;
+    assert_eq!(
+        run(
+            dir.path(),
+            &["--config", &config, "domain", "add", "example.test"],
+            None
+        )?
+        .0,
+        0
+    );
+    let backup = dir.path().join("backup");
+    let backup_arg = backup.to_string_lossy().into_owned();
+    assert_eq!(
+        run(dir.path(), &["--config", &config, "backup", &backup_arg], None)?.0,
+        0
+    );
+    // Tamper with the backup's configuration and make the manifest agree.
+    let tampered = format!(
+        "{}\n# rewritten by the service user\n",
+        ctx(std::fs::read_to_string(backup.join("sealmail.toml")), "read")?
+    );
+    ctx(std::fs::write(backup.join("sealmail.toml"), &tampered), "write")?;
+    let manifest = ctx(std::fs::read_to_string(backup.join("MANIFEST")), "manifest")?;
+    let sum = hex::encode(sha2::Sha256::digest(tampered.as_bytes()));
+    let manifest: String = manifest
+        .lines()
+        .map(|line| match line.split_once("  ") {
+            Some((_, "sealmail.toml")) => format!("{sum}  sealmail.toml\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    ctx(std::fs::write(backup.join("MANIFEST"), manifest), "manifest")?;
+
+    let before = ctx(std::fs::read(&config), "config")?;
+    let (code, out, err) = run(dir.path(), &["--config", &config, "restore", &backup_arg], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the configuration in place was kept"), "{out}");
+    assert_eq!(
+        ctx(std::fs::read(&config), "config")?,
+        before,
+        "the configuration was replaced"
+    );
+    let beside: Vec<_> = ctx(std::fs::read_dir(dir.path()), "dir")?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".from-backup-"))
+        .collect();
+    assert_eq!(beside.len(), 1);
+    let kept = ctx(std::fs::read_to_string(beside[0].path()), "read")?;
+    assert!(kept.contains("rewritten by the service user"));
+    Ok(())
+}
