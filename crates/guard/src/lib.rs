@@ -143,7 +143,14 @@ pub struct Guard {
 struct AccountThrottle {
     failures: VecDeque<i64>,
     next_slot: Option<tokio::time::Instant>,
+    /// Clients (an address, an IPv6 /64) that logged in to this account lately, most recent
+    /// last: their logins do not wait in the account's queue, so guesses from elsewhere
+    /// filling it cannot keep the owner out.
+    known_clients: VecDeque<IpAddr>,
 }
+
+/// Clients remembered per account for skipping its login queue.
+const KNOWN_CLIENTS: usize = 8;
 
 /// Events waiting for the writer at most; past it new ones are dropped and counted.
 const EVENT_QUEUE: usize = 4096;
@@ -470,9 +477,15 @@ impl Guard {
         let result = match identity.recalled_login(tls, credentials).await {
             Ok(Some(recalled)) => Ok(Some(recalled)),
             _ => {
-                if self.throttle_login(&credentials.username).await.is_err() {
+                if !self.known_client(&credentials.username, ip)
+                    && self.throttle_login(&credentials.username).await.is_err()
+                {
                     metrics::RATE_LIMITED.inc();
                     tracing::info!(%ip, listener, "login refused: the account's login queue is full");
+                    // A guess refused unchecked still counts against its address, so that a
+                    // client hammering a throttled account is banned instead of holding its
+                    // queue for free.
+                    self.score(ip, Abuse::AuthFailure).await;
                     return LoginOutcome::Unavailable;
                 }
                 identity.authenticate(tls, credentials).await
@@ -497,7 +510,30 @@ impl Guard {
         }
     }
 
+    /// Whether `ip` logged in to the account `username` names lately.
+    fn known_client(&self, username: &str, ip: IpAddr) -> bool {
+        let client = sealmail_net::client_key(ip);
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts
+            .get(&throttle_key(username))
+            .is_some_and(|entry| entry.known_clients.contains(&client))
+    }
+
+    fn remember_client(&self, account: &str, ip: IpAddr) {
+        let client = sealmail_net::client_key(ip);
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let known = &mut accounts
+            .get_or_insert_mut(throttle_key(account), AccountThrottle::default)
+            .known_clients;
+        known.retain(|c| *c != client);
+        known.push_back(client);
+        while known.len() > KNOWN_CLIENTS {
+            known.pop_front();
+        }
+    }
+
     pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {
+        self.remember_client(account, ip);
         metrics::AUTH_SUCCESSES.inc();
         self.event(kind::AUTH_SUCCESS, Some(ip), Some(account), Some(listener), None)
             .await;

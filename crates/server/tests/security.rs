@@ -856,3 +856,96 @@ async fn the_store_is_opened_as_the_service_user_so_its_links_cannot_steer_root(
     assert!(error.contains("cannot open the store"), "{error}");
     Ok(())
 }
+
+/// Guesses that fill a throttled account's login queue cannot keep its owner out: a client
+/// that logged in to the account lately skips the queue, and guesses refused because the queue
+/// is full count against the guessing address, which is soon banned.
+#[tokio::test]
+async fn a_flood_of_guesses_cannot_lock_the_owner_out() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (submission, mx) = (common::free_addr()?, common::free_addr()?);
+    let listeners = [("submission", submission, "implicit"), ("mx", mx, "starttls")];
+    // No login cache: the owner is not let through by a remembered password.
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &listeners,
+        "[auth]\nlogin_cache_ttl_secs = 0\n",
+    )?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+    let owner = [127, 0, 0, 70];
+    let replies = try_login(
+        owner,
+        submission,
+        &cert,
+        "alice@example.test",
+        common::TEST_PASSWORD,
+    )
+    .await?;
+    assert!(replies[0].starts_with("235"), "{replies:?}");
+    for n in 0..3u8 {
+        let replies = try_login(
+            [127, 0, 0, 71 + n],
+            submission,
+            &cert,
+            "alice@example.test",
+            "guess",
+        )
+        .await?;
+        assert!(replies[0].starts_with("535"), "{replies:?}");
+    }
+    // One address floods the throttled account with parallel guesses.
+    let attacker = [127, 0, 0, 74];
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..12u8 {
+        let cert = cert.clone();
+        guesses.spawn(async move {
+            try_login(
+                attacker,
+                submission,
+                &cert,
+                "alice@example.test",
+                &format!("guess {n}"),
+            )
+            .await
+        });
+    }
+    // While the flood fills the queue, the owner logs in at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let replies = try_login(
+        owner,
+        submission,
+        &cert,
+        "alice@example.test",
+        common::TEST_PASSWORD,
+    )
+    .await?;
+    assert!(
+        replies[0].starts_with("235"),
+        "the owner was kept out: {replies:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the owner waited in the attacker's queue: {:?}",
+        started.elapsed()
+    );
+    let mut refused = 0;
+    while let Some(joined) = guesses.join_next().await {
+        if let Ok(Ok(replies)) = joined
+            && replies[0].starts_with("454")
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the flood never filled the queue");
+    // Refused guesses counted: the attacker's address is banned.
+    let greeting = greeting_from(attacker, mx).await?;
+    assert!(
+        greeting.starts_with("421") || greeting.is_empty(),
+        "not banned: {greeting}"
+    );
+    Ok(())
+}
