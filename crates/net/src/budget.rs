@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+// A client is keyed as connection caps and bans key it (an address, an IPv6 /64).
+use crate::client_key;
+
 const UNIT: usize = 1024;
 
 /// Room beyond one message that its command and unit rounding may need (an IMAP APPEND
@@ -41,21 +44,6 @@ pub struct BodyBudget {
     /// Units held per client; an entry lives only while its client holds something, so the
     /// map is as large as the reservations in flight at most.
     held: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// The key a client's share is counted under: the address, or its /64 for IPv6 (one
-/// customer's prefix), with IPv4-mapped IPv6 taken as IPv4.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & (u128::MAX << 64);
-                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
-            }
-        },
-    }
 }
 
 impl BodyBudget {
