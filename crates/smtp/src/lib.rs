@@ -90,10 +90,22 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
         // with 421 as soon as the change is seen, not at its next command: a client idling
         // between messages would otherwise hold the connection open on a revoked login, and
         // RFC 5321 3.8 lets a server that must close send 421 unprompted.
+        // A chunked (BDAT) transaction holds its chunks' memory between commands: past its
+        // deadline a silent client is closed, as a client silent during DATA would be.
+        let chunks_deadline = session.chunks_deadline();
         let read = tokio::select! {
             biased;
             () = session.login_revoked() => {
                 let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
+                break;
+            }
+            () = until(chunks_deadline) => {
+                let bye = Reply::new(
+                    421,
+                    "4.4.2",
+                    format!("{} The chunked transaction took too long, closing connection", ctx.hostname),
+                );
+                let _ = conn.write_all(&bye.to_bytes()).await;
                 break;
             }
             read = conn.read_line(max_line) => read,
@@ -199,6 +211,14 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
     }
     conn.close().await;
     End::Quit
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads DATA to its end marker within the data timeout, never holding more than the size limit.

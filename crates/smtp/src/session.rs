@@ -723,6 +723,11 @@ impl Session {
         Action::ReceiveChunk { size, last, keep }
     }
 
+    /// When the chunked transaction in progress must have ended, if one is.
+    pub fn chunks_deadline(&self) -> Option<Instant> {
+        self.transaction.as_ref().and_then(|t| t.chunks_deadline)
+    }
+
     /// Ends a chunked transaction whose deadline passed: its chunks and their share of the
     /// body budget are let go, and its further chunks are refused until RSET.
     fn expire_stalled_chunks(&mut self) {
