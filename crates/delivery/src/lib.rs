@@ -75,6 +75,12 @@ fn relay_credentials(
         path: path.display().to_string(),
         reason,
     };
+    if let Some(link) = sealmail_safeio::untrusted_link(path).map_err(|e| error(e.to_string()))? {
+        return Err(error(format!(
+            "it is reached through {}, a symbolic link of another user; replace the link by the file",
+            link.display()
+        )));
+    }
     sealmail_safeio::check_private(path).map_err(|e| error(format!("{e:?}; make it mode 0600")))?;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?);
     let password = text.lines().next().unwrap_or_default().to_string();

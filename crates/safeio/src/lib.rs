@@ -186,6 +186,30 @@ pub enum UnsafeFile {
     Io(io::Error),
 }
 
+/// The first symbolic link on the way to `path` (itself included) that belongs to neither
+/// root nor the user we run as, if any. Read as root, a file reached through a link someone
+/// else owns is a file of their choosing (a link planted in the data folder, which the service
+/// user owns, could point at another service's private key); links root made, like certbot's
+/// `live/` ones, are fine.
+pub fn untrusted_link(path: &Path) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = std::path::absolute(path)?;
+    let me = rustix::process::geteuid().as_raw();
+    let mut so_far = PathBuf::new();
+    for component in absolute.components() {
+        so_far.push(component);
+        match fs::symlink_metadata(&so_far) {
+            Ok(meta) if meta.file_type().is_symlink() && meta.uid() != 0 && meta.uid() != me => {
+                return Ok(Some(so_far));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Checks that a secret file (a private key, a credential file) or a private folder (the data
 /// folder) gives no access to group or others.
 pub fn check_private(path: &Path) -> Result<(), UnsafeFile> {
@@ -200,6 +224,31 @@ pub fn check_private(path: &Path) -> Result<(), UnsafeFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_of_other_users_are_not_trusted() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let target = dir.path().join("secret");
+        fs::write(&target, b"x")?;
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link)?;
+        // Our own link is trusted.
+        assert_eq!(untrusted_link(&link)?, None);
+        assert_eq!(untrusted_link(&target)?, None);
+        if rustix::process::geteuid().is_root() {
+            // A link belonging to another user is not.
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                &link,
+                Some(Uid::from_raw(65534)),
+                None,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            assert_eq!(untrusted_link(&link)?, Some(link.clone()));
+            assert_eq!(untrusted_link(&link.join("below"))?, Some(link));
+        }
+        Ok(())
+    }
 
     #[test]
     fn private_files_are_0600_and_replaced_atomically() -> io::Result<()> {

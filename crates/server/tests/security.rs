@@ -949,3 +949,52 @@ async fn a_flood_of_guesses_cannot_lock_the_owner_out() -> TestResult {
     );
     Ok(())
 }
+
+/// Root reads certificate files only through links root (or the server's own user) made: a
+/// link another user planted (say the service user, in the data folder) to some root-only key
+/// is refused at start-up.
+#[tokio::test]
+async fn a_key_reached_through_another_users_link_is_refused() -> TestResult {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("this test needs root (CI runs as root)".into());
+    }
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let listeners = [("mx", common::free_addr()?, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, "")?;
+    // The real key moves to a root-only place; the configured path becomes a link to it that
+    // belongs to nobody.
+    let hidden = ctx(tempfile::tempdir(), "tempdir")?;
+    let key = dir.path().join("tls/0.key");
+    let moved = hidden.path().join("other-service.key");
+    ctx(std::fs::rename(&key, &moved), "move the key")?;
+    ctx(std::os::unix::fs::symlink(&moved, &key), "plant the link")?;
+    let nobody = ctx(nix::unistd::User::from_name("nobody"), "lookup")?.ok_or("no user nobody")?;
+    ctx(
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &key,
+            Some(nobody.uid),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ),
+        "chown the link",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let mut server = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &["--config", &config, "serve"],
+        dir.path(),
+        dir.path(),
+    )?;
+    let exit = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        matches!(exit, Ok(Some(code)) if code != 0),
+        "served through the link: {exit:?}"
+    );
+    assert!(
+        server.errors().contains("a symbolic link of another user"),
+        "{}",
+        server.errors()
+    );
+    Ok(())
+}

@@ -54,6 +54,14 @@ pub enum TlsError {
     },
     #[error("private key {path} is readable by other users (mode {mode:04o}); run `chmod 600 {path}`")]
     KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{what} file {path} is reached through {link}, a symbolic link of another user; sealmail reads it as root only through links root owns: replace the link by the file"
+    )]
+    UntrustedLink {
+        what: &'static str,
+        path: PathBuf,
+        link: PathBuf,
+    },
     #[error("certificate file {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); {detail}")]
     NoCertificate { path: PathBuf, detail: String },
     #[error("certificate file {path} cannot be parsed: {detail}")]
@@ -103,6 +111,23 @@ impl LoadedCertificate {
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    match sealmail_safeio::untrusted_link(path) {
+        Ok(None) => {}
+        Ok(Some(link)) => {
+            return Err(TlsError::UntrustedLink {
+                what,
+                path: path.to_path_buf(),
+                link,
+            });
+        }
+        Err(source) => {
+            return Err(TlsError::Unreadable {
+                what,
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
     std::fs::read(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => TlsError::Missing {
             what,
