@@ -47,6 +47,16 @@ fuzz_target!(|input: &[u8]| {
         // The end marker is the last five octets used, or ".\r\n" at the very start.
         let used_bytes = &data[..*used];
         assert!(used_bytes.ends_with(b"\r\n.\r\n") || used_bytes == b".\r\n");
+        // No earlier `CRLF.CRLF` in the raw bytes (the data starts at a line start): the end
+        // is the first one, and nothing else ends the data (no `LF.LF`, `CR.CR`, ...).
+        let mut framed = b"\r\n".to_vec();
+        framed.extend_from_slice(data);
+        let first = framed.windows(5).position(|w| w == b"\r\n.\r\n");
+        assert_eq!(
+            first.map(|p| p + 5 - 2),
+            Some(*used),
+            "the end is not the first CRLF.CRLF"
+        );
         if !result.too_big && !result.bare_line_ending && !result.nul {
             assert!(unsafe_content(&result.content).is_none());
         }
