@@ -107,14 +107,26 @@ pub struct CertificateFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one client may hold at once: an IPv4 address, or an IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// New connections one IP address may open per minute.
+    /// The share of `max_connections`, in percent, that the listeners of one role (mx,
+    /// submission, imap) may hold together, so that a flood on one role leaves room for the others.
+    pub max_connections_per_role_percent: u8,
+    /// New connections one IP address (IPv6: one /64) may open per minute.
     pub max_connection_rate_per_ip: u32,
     pub tls_handshake_timeout: Duration,
     pub command_timeout: Duration,
     /// IMAP sessions idle longer than this are logged out (RFC 9051 5.4: at least 30 minutes).
     pub imap_idle_timeout: Duration,
+    /// IMAP clients that have not logged in are logged out when a command (the wait for it
+    /// included) takes longer than this: they cannot hold a connection for the 30 minutes a
+    /// logged-in client may idle. A value above `imap_idle_timeout` is cut to it (existing
+    /// configurations with a short idle timeout keep working).
+    pub imap_unauthenticated_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Octets one account's messages may take in all (0: no limit). A full account refuses
+    /// new mail (`552 5.2.2`, IMAP `NO [OVERQUOTA]`) and reports its use over IMAP QUOTA.
+    pub mailbox_quota: u64,
 }
 
 impl Default for Limits {
@@ -122,12 +134,15 @@ impl Default for Limits {
         Limits {
             max_connections: 2048,
             max_connections_per_ip: 32,
+            max_connections_per_role_percent: 50,
             max_connection_rate_per_ip: 600,
             tls_handshake_timeout: Duration::from_secs(30),
             // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
             command_timeout: Duration::from_secs(300),
             imap_idle_timeout: Duration::from_secs(1800),
+            imap_unauthenticated_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            mailbox_quota: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -208,6 +223,10 @@ pub struct SecurityConfig {
     pub trusted: Vec<IpNet>,
     /// Load balancers whose PROXY protocol headers are believed; never banned themselves.
     pub proxies: Vec<IpNet>,
+    /// How long security events, and bans that ended, are kept in the store.
+    pub event_retention: Duration,
+    /// Size past which `security-events.jsonl` is rotated to `security-events.jsonl.1`.
+    pub event_log_max_bytes: u64,
 }
 
 impl Default for SecurityConfig {
@@ -219,6 +238,8 @@ impl Default for SecurityConfig {
             max_ban: Duration::from_secs(86_400),
             trusted: Vec::new(),
             proxies: Vec::new(),
+            event_retention: Duration::from_secs(90 * 86_400),
+            event_log_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -436,6 +457,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     bind: Option<String>,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -449,6 +472,8 @@ struct RawSecurity {
     trusted: Vec<String>,
     #[serde(default)]
     proxies: Vec<String>,
+    event_retention_days: Option<i64>,
+    event_log_max_bytes: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -555,11 +580,14 @@ struct RawListener {
 struct RawLimits {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
+    max_connections_per_role_percent: Option<i64>,
     max_connection_rate_per_ip: Option<i64>,
     tls_handshake_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
     imap_idle_timeout_secs: Option<i64>,
+    imap_unauthenticated_timeout_secs: Option<i64>,
     shutdown_grace_secs: Option<i64>,
+    mailbox_quota: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -815,6 +843,24 @@ impl Config {
             ),
             trusted: networks("security.trusted", &raw.security.trusted, &mut problems),
             proxies: networks("security.proxies", &raw.security.proxies, &mut problems),
+            // At least a week: ban escalation looks a week back.
+            event_retention: Duration::from_secs(
+                86_400
+                    * positive(
+                        "security.event_retention_days",
+                        raw.security.event_retention_days,
+                        d.event_retention.as_secs() as i64 / 86_400,
+                        7..=3650,
+                        &mut problems,
+                    ) as u64,
+            ),
+            event_log_max_bytes: positive(
+                "security.event_log_max_bytes",
+                raw.security.event_log_max_bytes,
+                d.event_log_max_bytes as i64,
+                4096..=1 << 40,
+                &mut problems,
+            ) as u64,
         };
         if security.proxies.is_empty()
             && let Some(i) = listeners.iter().position(|l: &Listener| l.proxy_protocol)
@@ -827,6 +873,15 @@ impl Config {
         let metrics_bind = match raw.metrics.bind.as_deref() {
             None => None,
             Some(text) => match text.parse::<SocketAddr>() {
+                // The endpoint has no authentication: off loopback only when asked for.
+                Ok(address) if !address.ip().is_loopback() && !raw.metrics.allow_remote => {
+                    problems.push(format!(
+                        "metrics.bind = {text:?} is not a loopback address and /metrics has no authentication; \
+                         bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true \
+                         to expose it (then firewall it to your monitoring hosts)"
+                    ));
+                    None
+                }
                 Ok(address) => Some(address),
                 Err(_) => {
                     problems.push(format!(
@@ -954,6 +1009,13 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             1..=1_000_000,
             problems,
         ) as usize,
+        max_connections_per_role_percent: positive(
+            "limits.max_connections_per_role_percent",
+            raw.max_connections_per_role_percent,
+            d.max_connections_per_role_percent as i64,
+            1..=100,
+            problems,
+        ) as u8,
         max_connection_rate_per_ip: positive(
             "limits.max_connection_rate_per_ip",
             raw.max_connection_rate_per_ip,
@@ -979,12 +1041,25 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
             d.imap_idle_timeout,
             problems,
         ),
+        imap_unauthenticated_timeout: secs(
+            "limits.imap_unauthenticated_timeout_secs",
+            raw.imap_unauthenticated_timeout_secs,
+            d.imap_unauthenticated_timeout,
+            problems,
+        ),
         shutdown_grace: secs(
             "limits.shutdown_grace_secs",
             raw.shutdown_grace_secs,
             d.shutdown_grace,
             problems,
         ),
+        mailbox_quota: positive(
+            "limits.mailbox_quota",
+            raw.mailbox_quota,
+            d.mailbox_quota as i64,
+            0..=(1 << 50),
+            problems,
+        ) as u64,
     };
     if limits.max_connections_per_ip > limits.max_connections {
         problems.push(format!(
@@ -1269,6 +1344,30 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_on_loopback_unless_remote_access_is_asked_for() {
+        let metrics = |section: &str| {
+            Config::from_toml(
+                &format!("{}{section}", good()),
+                "test.toml",
+                Path::new("/etc/sealmail"),
+            )
+            .map(|c| c.metrics_bind)
+            .map_err(|e| e.to_string())
+        };
+        for bind in ["127.0.0.1:9125", "[::1]:9125"] {
+            assert_eq!(
+                metrics(&format!("[metrics]\nbind = \"{bind}\"\n")),
+                Ok(bind.parse().ok())
+            );
+        }
+        assert!(metrics("[metrics]\nbind = \"192.0.2.1:9125\"\n").is_err());
+        assert_eq!(
+            metrics("[metrics]\nbind = \"0.0.0.0:9125\"\nallow_remote = true\n"),
+            Ok("0.0.0.0:9125".parse().ok())
+        );
+    }
+
+    #[test]
     fn bad_configs_get_messages_that_name_key_value_and_fix() {
         let head = format!("hostname = \"mail.example.test\"\n{CERT}");
         let table: Vec<(String, &str)> = vec![
@@ -1371,8 +1470,28 @@ mod tests {
                 "limits.max_connections_per_ip = 20 is larger than limits.max_connections = 10; lower it or raise limits.max_connections",
             ),
             (
+                format!("{}[metrics]\nbind = \"0.0.0.0:9125\"\n", good()),
+                "metrics.bind = \"0.0.0.0:9125\" is not a loopback address and /metrics has no authentication; bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true to expose it (then firewall it to your monitoring hosts)",
+            ),
+            (
+                format!("{}[security]\nevent_retention_days = 1\n", good()),
+                "security.event_retention_days = 1 is out of range; use a number from 7 to 3650 (default 90)",
+            ),
+            (
+                format!("{}[limits]\nmax_connections_per_role_percent = 0\n", good()),
+                "limits.max_connections_per_role_percent = 0 is out of range; use a number from 1 to 100 (default 50)",
+            ),
+            (
                 format!("{}[limits]\ncommand_timeout_secs = -5\n", good()),
                 "limits.command_timeout_secs = -5 is out of range; use a number from 1 to 86400 (default 300)",
+            ),
+            (
+                format!("{}[limits]\nimap_unauthenticated_timeout_secs = 0\n", good()),
+                "limits.imap_unauthenticated_timeout_secs = 0 is out of range; use a number from 1 to 86400 (default 60)",
+            ),
+            (
+                format!("{}[limits]\nmailbox_quota = -1\n", good()),
+                "limits.mailbox_quota = -1 is out of range; use a number from 0 to 1125899906842624 (default 2147483648)",
             ),
             (
                 format!("{}[delivery]\ndelay_warning_secs = -1\n", good()),

@@ -229,15 +229,33 @@ fn trust_anchors(extra: Option<&std::path::Path>) -> Result<RootCertStore, Deliv
     Ok(roots)
 }
 
+/// What delivery reads from files the configuration names (trust anchors, the relay
+/// password): read once at start, before the server drops its privileges, since those files
+/// may be readable by root only.
+pub struct DeliveryFiles {
+    roots: RootCertStore,
+    relay_credentials: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+impl DeliveryFiles {
+    pub fn load(config: &DeliveryConfig) -> Result<DeliveryFiles, DeliveryError> {
+        Ok(DeliveryFiles {
+            roots: trust_anchors(config.trust_anchors.as_deref())?,
+            relay_credentials: relay_credentials(config)?,
+        })
+    }
+}
+
 impl Delivery {
     pub fn new(
         store: Arc<dyn Store>,
         dns: Dns,
         config: &DeliveryConfig,
         hostname: &str,
+        files: DeliveryFiles,
     ) -> Result<Delivery, DeliveryError> {
         let provider = Arc::new(sealmail_tls::restricted_provider());
-        let roots = Arc::new(trust_anchors(config.trust_anchors.as_deref())?);
+        let roots = Arc::new(files.roots);
         let pkix = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| DeliveryError::Tls(e.to_string()))?;
@@ -261,7 +279,7 @@ impl Delivery {
                 in_flight: Mutex::new(HashSet::new()),
                 connections: Semaphore::new(config.max_connections),
                 per_domain: Mutex::new(HashMap::new()),
-                relay_credentials: relay_credentials(config)?,
+                relay_credentials: files.relay_credentials,
             }),
         })
     }

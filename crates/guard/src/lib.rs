@@ -7,9 +7,17 @@
 //! whole /64. Bans live in the store so they survive restarts; each server keeps an in-memory
 //! copy (refreshed every few seconds, so `sealmail security unban` takes effect while it runs)
 //! and checks it on every accepted connection. Trusted networks are never banned.
+//!
+//! Events go to one writer task through a bounded queue (`EVENT_QUEUE`): it appends them to the
+//! event log (rotated past `security.event_log_max_bytes`) and records them in the store, a
+//! batch per group commit. A flood that fills the queue loses events, counted on `/metrics`,
+//! rather than growing memory and tasks. Events older than `security.event_retention_days`,
+//! and bans that ended that long ago, are deleted hourly.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,6 +26,7 @@ use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
 use sealmail_net::metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 use sealmail_tls::TlsActive;
+use sealmail_types::EmailAddress;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
 pub const REFRESH: Duration = Duration::from_secs(3);
@@ -62,17 +71,12 @@ pub fn event_json(event: &SecurityEvent) -> String {
     .to_string()
 }
 
-/// The key failures and bans are counted under: the address, or an IPv6 /64.
+/// The key failures and bans are counted under: the address, or an IPv6 /64 (the same grouping
+/// as the connection caps, `sealmail_net::client_key`).
 pub fn ban_key(ip: IpAddr) -> String {
-    match ip {
+    match sealmail_net::client_key(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let net = ipnet::Ipv6Net::new(v6, 64).map(|n| n.trunc());
-                net.map(|n| n.to_string()).unwrap_or_else(|_| v6.to_string())
-            }
-        },
+        IpAddr::V6(v6) => format!("{v6}/64"),
     }
 }
 
@@ -124,12 +128,15 @@ pub struct Guard {
     failures: Mutex<HashMap<String, VecDeque<i64>>>,
     /// (what, account) -> times of recent uses, for hourly rate limits.
     usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
-    /// Account -> recent failed logins and the earliest time its next login may be answered.
-    accounts: Mutex<HashMap<String, AccountThrottle>>,
+    /// Account (see [`throttle_key`]) -> recent failed logins and the earliest time its next
+    /// login may be answered; the least recently used is forgotten past `ACCOUNTS_TRACKED`.
+    accounts: Mutex<lru::LruCache<String, AccountThrottle>>,
     /// The first throttling delay (1 s; tests shorten it).
     throttle_unit: Duration,
-    /// The security event log, one JSON object per line, when configured.
-    log: Option<Mutex<std::fs::File>>,
+    /// The longest a login may be queued (`MAX_QUEUED_WAIT`; tests shorten it).
+    max_queued_wait: Duration,
+    /// The writer of security events (see the module comment).
+    events: tokio::sync::mpsc::Sender<ToWriter>,
 }
 
 #[derive(Default)]
@@ -138,50 +145,185 @@ struct AccountThrottle {
     next_slot: Option<tokio::time::Instant>,
 }
 
+/// Events waiting for the writer at most; past it new ones are dropped and counted.
+const EVENT_QUEUE: usize = 4096;
+/// Events the writer takes at once: they share one group commit in the store.
+const EVENT_BATCH: usize = 256;
+/// How often events and bans past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the event writer is asked to do.
+enum ToWriter {
+    Event(SecurityEvent),
+    /// Append events to this log from now on.
+    Log(EventLog),
+    /// Answer once everything sent before is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The event log file (one JSON object per line), rotated to `PATH.1` when it would pass `max` bytes.
+struct EventLog {
+    file: std::fs::File,
+    path: PathBuf,
+    size: u64,
+    max: u64,
+}
+
+impl EventLog {
+    fn open(path: &Path, max: u64) -> std::io::Result<EventLog> {
+        let file = sealmail_safeio::open_private_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(EventLog {
+            file,
+            path: path.to_path_buf(),
+            size,
+            max,
+        })
+    }
+
+    fn append(&mut self, line: &str) {
+        use std::io::Write;
+        let len = line.len() as u64 + 1;
+        if self.size > 0
+            && self.size + len > self.max
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, path = %self.path.display(), "could not rotate the security event log");
+        }
+        match writeln!(self.file, "{line}") {
+            Ok(()) => self.size += len,
+            Err(e) => tracing::error!(error = %e, "could not write the security event log"),
+        }
+    }
+
+    /// Renames the log to `PATH.1` (replacing the previous one) and begins a new one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = sealmail_safeio::open_private_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// The one writer of security events: appends each to the log (once it is open) and records it
+/// in the store, a batch at a time so that a batch shares one group commit. Ends when the guard
+/// is dropped.
+async fn write_events(store: Arc<dyn Store>, mut queue: tokio::sync::mpsc::Receiver<ToWriter>) {
+    let mut log: Option<EventLog> = None;
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    while queue.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        let mut commits = tokio::task::JoinSet::new();
+        let mut flushes = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                ToWriter::Event(event) => {
+                    if let Some(log) = &mut log {
+                        log.append(&event_json(&event));
+                    }
+                    let store = store.clone();
+                    commits.spawn(async move { store.record_event(event).await });
+                }
+                ToWriter::Log(opened) => log = Some(opened),
+                ToWriter::Flush(done) => flushes.push(done),
+            }
+        }
+        while let Some(committed) = commits.join_next().await {
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "could not record a security event"),
+                Err(e) => tracing::error!(error = %e, "security event task failed"),
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// Failed logins on one account (from anywhere) before its logins are slowed down.
 pub const THROTTLE_AFTER: usize = 3;
 /// The longest wait a login for a throttled account gets.
 pub const MAX_THROTTLE: Duration = Duration::from_secs(8);
+/// The longest a login may be queued behind the account's earlier ones: one that would wait
+/// longer is refused at once (a temporary failure), so thousands of parallel guesses cannot
+/// push the owner's next login hours away.
+pub const MAX_QUEUED_WAIT: Duration = MAX_THROTTLE;
+/// Accounts whose failures are remembered at most. Past it the least recently used is forgotten,
+/// so a flood of made-up names cannot wipe the record of an account under attack: every guess
+/// at that account makes it recently used again.
+const ACCOUNTS_TRACKED: NonZeroUsize = match NonZeroUsize::new(100_000) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+/// Failures kept per account: enough to reach the longest delay, bounded against floods.
+const FAILURES_KEPT: usize = THROTTLE_AFTER + 8;
+/// The one bucket shared by every user name that is not an address (no account can have one).
+const NOT_AN_ADDRESS: &str = "<not an address>";
+
+/// The account a login names, the way `Identity` reads it: `ALICE@Example.TEST.` and
+/// `alice@example.test` are one account (case, a trailing dot, IDNA), so every spelling counts
+/// against one throttle.
+pub fn throttle_key(username: &str) -> String {
+    match EmailAddress::parse(username) {
+        Ok(address) => address.to_string(),
+        Err(_) => NOT_AN_ADDRESS.to_string(),
+    }
+}
+
+/// A login refused without being checked: the account's queue is full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
 
 impl Guard {
     /// Builds the guard and loads the bans in force.
     pub async fn load(config: SecurityConfig, store: Arc<dyn Store>) -> Result<Arc<Guard>, StoreError> {
+        let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(write_events(store.clone(), queue));
         let guard = Arc::new(Guard {
             config,
             store,
+            events,
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
-            accounts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
-            log: None,
+            max_queued_wait: MAX_QUEUED_WAIT,
         });
         guard.refresh().await?;
         Ok(guard)
     }
 
-    /// Also appends every event to `path` as a JSON line (created 0600).
-    pub async fn load_with_log(
-        config: SecurityConfig,
-        store: Arc<dyn Store>,
-        path: &std::path::Path,
-    ) -> Result<Arc<Guard>, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut guard = Guard::load(config, store).await?;
-        match Arc::get_mut(&mut guard) {
-            Some(only) => only.log = Some(Mutex::new(file)),
-            None => tracing::error!("security event log not attached"),
+    /// Appends every event from now on to `path` as a JSON line (created 0600), rotated past
+    /// `security.event_log_max_bytes`. The file is in the data folder, which the service user
+    /// can write to: open it after privileges are dropped, and a symbolic link there is refused
+    /// rather than followed.
+    pub async fn open_event_log(&self, path: &Path) -> Result<(), StoreError> {
+        let log = EventLog::open(path, self.config.event_log_max_bytes).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if self.events.send(ToWriter::Log(log)).await.is_err() {
+            tracing::error!("the security event writer is gone");
         }
-        Ok(guard)
+        Ok(())
+    }
+
+    /// Waits until every event recorded so far is in the log and the store (at shutdown, in tests).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.events.send(ToWriter::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// Deletes events older than `security.event_retention_days` and bans that ended that long
+    /// ago; returns how many rows went.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let retention = self.config.event_retention.as_secs() as i64;
+        self.store.prune_security(now_unix() - retention).await
     }
 
     /// Rereads the bans in force from the store.
@@ -216,11 +358,23 @@ impl Guard {
         Ok(())
     }
 
-    /// Keeps the in-memory bans in step with the store until the guard is dropped.
+    /// Keeps the in-memory bans in step with the store, and prunes what is past its retention
+    /// (at once, then hourly), until the guard is dropped.
     pub fn spawn_refresh(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut pruned_at: Option<tokio::time::Instant> = None;
             loop {
+                let Some(guard) = weak.upgrade() else { return };
+                if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    match guard.prune().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "old security events and ended bans deleted"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune security events"),
+                    }
+                }
+                drop(guard);
                 tokio::time::sleep(REFRESH).await;
                 let Some(guard) = weak.upgrade() else { return };
                 if let Err(e) = guard.refresh().await {
@@ -289,27 +443,22 @@ impl Guard {
             detail = event.detail.as_deref().unwrap_or(""),
             "security event"
         );
-        if let Some(log) = &self.log {
-            use std::io::Write;
-            let line = event_json(&event);
-            let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(file, "{line}") {
-                tracing::error!(error = %e, "could not write the security event log");
+        // The event is a log entry: the session does not wait for its commit, and under a
+        // flood it is dropped (and counted) rather than queued without bound. Bans themselves
+        // are written before they are acted on.
+        match self.events.try_send(ToWriter::Event(event)) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => metrics::SECURITY_EVENTS_DROPPED.inc(),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the security event writer is gone; event not recorded")
             }
         }
-        // The event is a log entry: the session does not wait for its commit (it joins the
-        // next group commit). Bans themselves are written before they are acted on.
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.record_event(event).await {
-                tracing::error!(error = %e, "could not record a security event");
-            }
-        });
     }
 
     /// Checks credentials the way every protocol must: a login the cache recalls (a correct
     /// password seen lately) goes straight through; anything else first waits out the account's
-    /// throttle (when it is under attack), then is verified; the outcome is counted and logged.
+    /// throttle (when it is under attack; a full queue is a temporary failure), then is
+    /// verified; the outcome is counted and logged.
     pub async fn login(
         &self,
         identity: &Identity,
@@ -321,7 +470,11 @@ impl Guard {
         let result = match identity.recalled_login(tls, credentials).await {
             Ok(Some(recalled)) => Ok(Some(recalled)),
             _ => {
-                self.throttle_login(&credentials.username).await;
+                if self.throttle_login(&credentials.username).await.is_err() {
+                    metrics::RATE_LIMITED.inc();
+                    tracing::info!(%ip, listener, "login refused: the account's login queue is full");
+                    return LoginOutcome::Unavailable;
+                }
                 identity.authenticate(tls, credentials).await
             }
         };
@@ -357,7 +510,7 @@ impl Guard {
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
             .await;
-        self.account_failed(&shown);
+        self.account_failed(username);
         self.score(ip, Abuse::AuthFailure).await
     }
 
@@ -365,13 +518,14 @@ impl Guard {
     /// addresses is not stopped by address bans, and locking the account would let an attacker
     /// lock the real user out; instead, after `THROTTLE_AFTER` recent failures the account's
     /// logins are answered one at a time, each after a delay that doubles with every further
-    /// failure (1 s, 2 s, 4 s, up to `MAX_THROTTLE`). Parallel guesses queue behind each other.
-    pub async fn throttle_login(&self, account: &str) {
-        let key = account.to_lowercase();
+    /// failure (1 s, 2 s, 4 s, up to `MAX_THROTTLE`). Parallel guesses queue behind each other,
+    /// up to `MAX_QUEUED_WAIT` ahead: a login that would wait longer is refused at once.
+    pub async fn throttle_login(&self, username: &str) -> Result<(), QueueFull> {
+        let key = throttle_key(username);
         let wait_until = {
             let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
             let Some(entry) = accounts.get_mut(&key) else {
-                return;
+                return Ok(());
             };
             let now = now_unix();
             let window = self.config.failure_window.as_secs() as i64;
@@ -380,30 +534,31 @@ impl Guard {
             }
             let excess = entry.failures.len().saturating_sub(THROTTLE_AFTER - 1);
             if excess == 0 {
-                return;
+                return Ok(());
             }
             let delay = (self.throttle_unit * (1u32 << (excess - 1).min(10))).min(MAX_THROTTLE);
-            let start = entry.next_slot.map_or_else(tokio::time::Instant::now, |slot| {
-                slot.max(tokio::time::Instant::now())
-            });
+            let now = tokio::time::Instant::now();
+            let start = entry.next_slot.map_or(now, |slot| slot.max(now));
             let slot = start + delay;
+            if slot.duration_since(now) > self.max_queued_wait {
+                return Err(QueueFull);
+            }
             entry.next_slot = Some(slot);
             slot
         };
         tokio::time::sleep_until(wait_until).await;
+        Ok(())
     }
 
-    fn account_failed(&self, account: &str) {
+    fn account_failed(&self, username: &str) {
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if accounts.len() > 100_000 {
-            // Bounded memory against floods of made-up usernames.
-            accounts.clear();
+        let failures = &mut accounts
+            .get_or_insert_mut(throttle_key(username), AccountThrottle::default)
+            .failures;
+        failures.push_back(now_unix());
+        while failures.len() > FAILURES_KEPT {
+            failures.pop_front();
         }
-        accounts
-            .entry(account.to_lowercase())
-            .or_default()
-            .failures
-            .push_back(now_unix());
     }
 
     /// Records other abuse (a relay attempt, an unknown recipient, a session ended for
@@ -564,7 +719,8 @@ mod tests {
         let units = |elapsed: Duration| (elapsed.as_secs_f64() / UNIT.as_secs_f64()).round() as u32;
         let waited = |guard: Arc<Guard>| async move {
             let started = tokio::time::Instant::now();
-            guard.throttle_login("alice@example.test").await;
+            let turn = guard.throttle_login("alice@example.test").await;
+            assert_eq!(turn, Ok(()));
             units(started.elapsed())
         };
         assert_eq!(waited(guard.clone()).await, 0);
@@ -593,12 +749,238 @@ mod tests {
             guard.throttle_login("alice@example.test"),
             guard.throttle_login("alice@example.test")
         );
-        let _ = (a, b, c);
+        assert_eq!((a, b, c), (Ok(()), Ok(()), Ok(())));
         assert_eq!(units(started.elapsed()), 12);
         // Another account is not affected.
         let started = tokio::time::Instant::now();
-        guard.throttle_login("bob@example.test").await;
+        assert_eq!(guard.throttle_login("bob@example.test").await, Ok(()));
         assert_eq!(units(started.elapsed()), 0);
+        Ok(())
+    }
+
+    /// A guard whose throttle delays are `unit` long and whose queue reaches `max_queued_wait` ahead.
+    async fn throttled_guard(
+        dir: &std::path::Path,
+        unit: Duration,
+        max_queued_wait: Duration,
+    ) -> Result<Arc<Guard>, Box<dyn std::error::Error>> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, 16).await?);
+        let mut guard = Guard::load(SecurityConfig::default(), store).await?;
+        let only = Arc::get_mut(&mut guard).ok_or("shared")?;
+        only.throttle_unit = unit;
+        only.max_queued_wait = max_queued_wait;
+        Ok(guard)
+    }
+
+    #[test]
+    fn every_spelling_of_an_account_is_one_throttle_key() {
+        let alice = throttle_key("alice@example.test");
+        assert_eq!(alice, "alice@example.test");
+        for spelling in ["ALICE@EXAMPLE.TEST.", "Alice@Example.Test", "alice@EXAMPLE.test."] {
+            assert_eq!(throttle_key(spelling), alice, "{spelling}");
+        }
+        assert_eq!(
+            throttle_key("bücher@bücher.test"),
+            throttle_key("BÜCHER@xn--bcher-kva.test.")
+        );
+        assert_ne!(throttle_key("bob@example.test"), alice);
+        // Names that are not addresses (no account has one) share a bucket.
+        assert_eq!(throttle_key("alice"), throttle_key("not an address"));
+        assert_ne!(throttle_key("alice"), alice);
+    }
+
+    #[tokio::test]
+    async fn failures_under_any_spelling_throttle_the_account() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let guard = throttled_guard(dir.path(), Duration::from_secs(1), MAX_QUEUED_WAIT).await?;
+        for spelling in ["ALICE@EXAMPLE.TEST.", "Alice@example.test", "alice@EXAMPLE.test."] {
+            guard.account_failed(spelling);
+        }
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        assert_eq!(guard.throttle_login("alice@example.test").await, Ok(()));
+        // Virtual time; tokio's timer adds up to a millisecond.
+        assert_eq!(started.elapsed().as_secs(), 1, "alice was not throttled");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn parallel_guesses_are_refused_past_the_queue_bound_so_the_owner_waits_little()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        const UNIT: Duration = Duration::from_secs(1);
+        let bound = UNIT * 10;
+        let guard = throttled_guard(dir.path(), UNIT, bound).await?;
+        for _ in 0..5 {
+            guard.account_failed("alice@example.test");
+        }
+        // Virtual time: each wait is measured exactly.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let mut guesses = tokio::task::JoinSet::new();
+        for _ in 0..2_000 {
+            let guard = guard.clone();
+            guesses.spawn(async move {
+                let turn = guard.throttle_login("alice@example.test").await;
+                (turn, started.elapsed())
+            });
+        }
+        let (mut waited, mut refused) = (Vec::new(), 0);
+        while let Some(result) = guesses.join_next().await {
+            match result? {
+                (Ok(()), elapsed) => waited.push(elapsed),
+                (Err(QueueFull), elapsed) => {
+                    assert_eq!(elapsed, Duration::ZERO, "a refusal was not immediate");
+                    refused += 1;
+                }
+            }
+        }
+        // Whole seconds: tokio's timer adds up to a millisecond to each.
+        let mut waited: Vec<u64> = waited.iter().map(Duration::as_secs).collect();
+        waited.sort();
+        // 5 failures: 4 units each; two fit within the bound of 10 units, the rest are refused.
+        assert_eq!(waited, [4, 8]);
+        assert_eq!(refused, 1_998);
+        // The owner, arriving behind them, waits at most the bound (or is told to retry).
+        let arrived = tokio::time::Instant::now();
+        if guard.throttle_login("alice@example.test").await.is_ok() {
+            assert!(arrived.elapsed() <= bound);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_names_does_not_reset_an_account_under_attack()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let guard = throttled_guard(dir.path(), Duration::from_secs(1), MAX_QUEUED_WAIT).await?;
+        for _ in 0..THROTTLE_AFTER {
+            guard.account_failed("alice@example.test");
+        }
+        let half = ACCOUNTS_TRACKED.get() * 3 / 5;
+        for n in 0..half {
+            guard.account_failed(&format!("made-up-{n}@example.test"));
+        }
+        // The attacker keeps guessing at alice, which keeps her record recent.
+        guard.account_failed("alice@example.test");
+        for n in half..2 * half {
+            guard.account_failed(&format!("made-up-{n}@example.test"));
+        }
+        let accounts = guard.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            accounts.len() <= ACCOUNTS_TRACKED.get(),
+            "the table grew past its bound"
+        );
+        let alice = accounts
+            .peek("alice@example.test")
+            .ok_or("alice's failures were forgotten")?;
+        assert_eq!(alice.failures.len(), THROTTLE_AFTER + 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_events_is_bounded_and_the_drops_are_counted() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let guard = Guard::load(SecurityConfig::default(), store.clone()).await?;
+        guard.flush().await;
+        let before = metrics::SECURITY_EVENTS_DROPPED.get();
+        // Nothing here yields to the writer (a single-threaded runtime), so the queue fills up.
+        for n in 0..EVENT_QUEUE + 10 {
+            guard
+                .event(kind::RATE_LIMITED, None, None, None, Some(format!("flood {n}")))
+                .await;
+        }
+        assert!(
+            metrics::SECURITY_EVENTS_DROPPED.get() - before >= 10,
+            "no drops were counted"
+        );
+        guard.flush().await;
+        let stored = store.events(0, None).await?;
+        let flood = stored.iter().filter(|e| e.kind == kind::RATE_LIMITED).count();
+        assert_eq!(flood, EVENT_QUEUE, "the queue did not hold exactly its bound");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_event_log_is_rotated_past_its_size() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let config = SecurityConfig {
+            event_log_max_bytes: 4096,
+            ..SecurityConfig::default()
+        };
+        let guard = Guard::load(config, store).await?;
+        let path = dir.path().join("security-events.jsonl");
+        guard.open_event_log(&path).await?;
+        for n in 0..200 {
+            guard
+                .auth_succeeded(
+                    IpAddr::from([192, 0, 2, 1]),
+                    &format!("user{n}@example.test"),
+                    "imap",
+                )
+                .await;
+            if n % 50 == 0 {
+                guard.flush().await;
+            }
+        }
+        guard.flush().await;
+        let rotated = dir.path().join("security-events.jsonl.1");
+        for file in [&path, &rotated] {
+            let text = std::fs::read_to_string(file)?;
+            assert!(text.len() <= 4096, "{} is {} bytes", file.display(), text.len());
+            assert!(
+                text.lines().all(|l| l.starts_with('{') && l.ends_with('}')),
+                "a line was cut"
+            );
+        }
+        assert!(std::fs::read_to_string(&path)?.contains("user199@example.test"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn events_and_ended_bans_past_their_retention_are_pruned() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
+        let guard = Guard::load(SecurityConfig::default(), store.clone()).await?;
+        let now = now_unix();
+        let day = 86_400;
+        let event = |at: i64, detail: &str| SecurityEvent {
+            at,
+            kind: kind::RATE_LIMITED.to_string(),
+            address: None,
+            account: None,
+            listener: None,
+            detail: Some(detail.to_string()),
+        };
+        store.record_event(event(now - 91 * day, "old")).await?;
+        store.record_event(event(now - 89 * day, "recent")).await?;
+        store
+            .add_ban("192.0.2.1", now - 91 * day, 1, "ended long ago")
+            .await?;
+        store
+            .add_ban("192.0.2.2", now - 89 * day, 1, "ended lately")
+            .await?;
+        store.add_ban("192.0.2.3", now + day, 1, "in force").await?;
+
+        assert_eq!(guard.prune().await?, 2);
+        let details: Vec<_> = store
+            .events(0, None)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.detail)
+            .collect();
+        assert_eq!(details, ["recent"]);
+        assert_eq!(
+            store.last_ban_level("192.0.2.1", 0).await?,
+            0,
+            "an old ban was kept"
+        );
+        assert_eq!(store.last_ban_level("192.0.2.2", 0).await?, 1);
+        assert_eq!(store.active_bans(now).await?.len(), 1);
         Ok(())
     }
 
@@ -687,6 +1069,7 @@ mod tests {
         restarted.refresh().await?;
         assert!(!restarted.is_banned(attacker));
 
+        guard.flush().await;
         let events = store.events(0, Some("192.0.2.7")).await?;
         assert_eq!(events.iter().filter(|e| e.kind == kind::AUTH_FAILURE).count(), 9);
         assert_eq!(events.iter().filter(|e| e.kind == kind::BAN_ADDED).count(), 3);

@@ -33,12 +33,18 @@ use sealmail_net::{ConnError, Connection, Handler, Line};
 pub use framing::Limits;
 pub use session::{ImapContext, Next, Session};
 
-use framing::{Frame, Refusal};
+use framing::{Frame, Refusal, Stage};
 
 /// Default limits for the command framing.
 pub const MAX_COMMAND_LINE: usize = 64 * 1024;
 pub const MAX_SMALL_LITERAL: u64 = 64 * 1024;
 pub const MAX_LITERALS_PER_COMMAND: usize = 64;
+/// Lines and literals of one command after login, besides APPEND's message.
+pub const MAX_COMMAND: u64 = 1024 * 1024;
+/// Before login a literal carries a user name or a password: 4 KiB is plenty.
+pub const MAX_UNAUTHENTICATED_LITERAL: u64 = 4 * 1024;
+/// Before login a whole command (LOGIN with two literals, AUTHENTICATE with SASL-IR) fits here.
+pub const MAX_UNAUTHENTICATED_COMMAND: u64 = 16 * 1024;
 /// BAD responses in a row after which a session is ended with BYE.
 pub const MAX_ERRORS: u32 = 10;
 
@@ -71,18 +77,27 @@ impl Handler for ImapHandler {
     }
 }
 
-fn refusal_text(reason: Refusal) -> &'static str {
+/// The tagged answer to a refused command: BAD for what the client must not send, NO for what
+/// may work later.
+fn refusal_text(reason: Refusal) -> (bool, &'static str) {
     match reason {
-        Refusal::LineTooLong => "Command line too long",
-        Refusal::LiteralTooLarge => "[TOOBIG] Literal too large",
-        Refusal::TooManyLiterals => "[LIMIT] Too many literals in one command",
+        Refusal::LineTooLong => (true, "Command line too long"),
+        Refusal::CommandTooLarge => (true, "[TOOBIG] Command too large"),
+        Refusal::LiteralTooLarge => (true, "[TOOBIG] Literal too large"),
+        Refusal::TooManyLiterals => (true, "[LIMIT] Too many literals in one command"),
+        Refusal::LoginFirst => (true, "Log in first"),
+        Refusal::OverBudget => (
+            false,
+            "[LIMIT] The server holds too much message data just now; try again later",
+        ),
     }
 }
 
 async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) -> Result<(), ConnError> {
     conn.write_all(session.greeting().as_bytes()).await?;
     loop {
-        let frame = match framing::read_command(&mut conn, &ctx.limits).await {
+        let stage = session.stage();
+        let frame = match framing::read_command(&mut conn, &ctx.limits, stage, &ctx.budget).await {
             Ok(frame) => frame,
             Err(ConnError::ShuttingDown) => {
                 let _ = conn
@@ -91,17 +106,28 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
                 break;
             }
             Err(ConnError::Timeout(_)) => {
-                let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+                let bye: &[u8] = match stage {
+                    Stage::NotAuthenticated => b"* BYE Autologout; log in sooner\r\n",
+                    Stage::Authenticated => b"* BYE Autologout; idle for too long\r\n",
+                };
+                let _ = conn.write_all(bye).await;
                 break;
             }
             Err(e) => return Err(e),
         };
         let next = match frame {
             Frame::Refused { tag, reason } => {
-                let keep_going = session.refuse(tag.as_deref(), refusal_text(reason)).await;
+                let keep_going = match refusal_text(reason) {
+                    (true, text) => session.refuse(tag.as_deref(), text).await,
+                    (false, text) => {
+                        session.decline(tag.as_deref(), text);
+                        true
+                    }
+                };
                 if keep_going { Next::Continue } else { Next::Close }
             }
-            Frame::Command(bytes) => match CommandCodec::default().decode(&bytes) {
+            // The reservation is held until the command has run.
+            Frame::Command(bytes, _reservation) => match CommandCodec::default().decode(&bytes) {
                 Ok((b"", command)) => session.execute(command, &mut conn).await?,
                 _ => match list::parse_extended(&bytes) {
                     Some((tag, request)) => {

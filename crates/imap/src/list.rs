@@ -51,68 +51,160 @@ pub struct ListLine {
     pub mailbox: Option<Mailbox>,
 }
 
-/// Wildcard match: `*` matches anything, `%` anything but the hierarchy delimiter. Dynamic
-/// programming over (pattern, name) positions, so no pattern can make it exponential.
-pub fn wildcard_match(pattern: &[char], name: &[char]) -> bool {
-    let n = name.len();
-    let mut row = vec![false; n + 1];
-    row[0] = true;
-    for pc in pattern {
-        let mut next = vec![false; n + 1];
-        match pc {
-            '*' | '%' => {
-                let mut reachable = false;
-                for j in 0..=n {
-                    reachable = reachable || row[j];
-                    next[j] = reachable;
-                    // '%' may stop before a delimiter but never span one.
-                    if *pc == '%' && j < n && name[j] == '/' {
-                        reachable = false;
+/// Longest reference, and longest pattern (reference included), in bytes.
+pub const MAX_PATTERN: usize = 1024;
+/// Most wildcards (`*`, `%`) in one pattern.
+pub const MAX_WILDCARDS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(Vec<u8>),
+    /// `*`: anything, delimiters included.
+    Any,
+    /// `%`: anything but the hierarchy delimiter.
+    AnyInLevel,
+}
+
+/// A LIST pattern compiled once per command: literal runs and wildcards (consecutive
+/// wildcards merged). Matching works on bytes, which for UTF-8 is the same as on characters:
+/// a literal run starts with a whole character, so it can only match where one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    tokens: Vec<Piece>,
+    /// Bytes the literal runs need together: a longer name is needed for any match.
+    literal_len: usize,
+}
+
+impl Pattern {
+    /// `None` when the pattern is too long or has too many wildcards.
+    pub fn new(pattern: &str) -> Option<Pattern> {
+        let wildcards = pattern.bytes().filter(|&b| b == b'*' || b == b'%').count();
+        if pattern.len() > MAX_PATTERN || wildcards > MAX_WILDCARDS {
+            return None;
+        }
+        let mut tokens: Vec<Piece> = Vec::new();
+        for b in pattern.bytes() {
+            let wildcard = match b {
+                b'*' => Some(Piece::Any),
+                b'%' => Some(Piece::AnyInLevel),
+                _ => None,
+            };
+            match (wildcard, tokens.last_mut()) {
+                (None, Some(Piece::Literal(run))) => run.push(b),
+                (None, _) => tokens.push(Piece::Literal(vec![b])),
+                // "*%", "%*" and "**" mean "*"; "%%" means "%".
+                (Some(Piece::Any), Some(last @ (Piece::Any | Piece::AnyInLevel))) => *last = Piece::Any,
+                (Some(Piece::AnyInLevel), Some(Piece::Any | Piece::AnyInLevel)) => {}
+                (Some(w), _) => tokens.push(w),
+            }
+        }
+        let literal_len = tokens
+            .iter()
+            .map(|t| match t {
+                Piece::Literal(run) => run.len(),
+                _ => 0,
+            })
+            .sum();
+        Some(Pattern { tokens, literal_len })
+    }
+
+    /// Whether `name` matches. `reach` is scratch space kept by the caller across calls, so
+    /// matching allocates nothing once it has grown to the longest name. The work is the set of
+    /// name positions each token can reach: at most (tokens + literal bytes) x name length
+    /// steps, never exponential, whatever the pattern.
+    pub fn matches(&self, name: &[u8], reach: &mut Vec<bool>) -> bool {
+        let n = name.len();
+        if self.literal_len > n {
+            return false;
+        }
+        reach.clear();
+        reach.resize(n + 1, false);
+        reach[0] = true;
+        for token in &self.tokens {
+            match token {
+                Piece::Literal(run) => {
+                    // Right to left, so a position set now is not read again for this token.
+                    for j in (0..=n).rev() {
+                        let next = reach[j] && name[j..].starts_with(run);
+                        reach[j] = false;
+                        if next {
+                            reach[j + run.len()] = true;
+                        }
+                    }
+                }
+                Piece::Any | Piece::AnyInLevel => {
+                    let mut reachable = false;
+                    for j in 0..=n {
+                        reachable = reachable || reach[j];
+                        reach[j] = reachable;
+                        // '%' may stop before a delimiter but never span one.
+                        if matches!(token, Piece::AnyInLevel) && j < n && name[j] == b'/' {
+                            reachable = false;
+                        }
                     }
                 }
             }
-            c => {
-                for j in 0..n {
-                    next[j + 1] = row[j] && name[j] == *c;
-                }
-            }
         }
-        row = next;
+        reach[n]
     }
-    row[n]
 }
 
-fn matches(pattern: &str, name: &str) -> bool {
-    let name_chars: Vec<char> = name.chars().collect();
-    let pattern_chars: Vec<char> = pattern.chars().collect();
-    if name == "INBOX" {
-        // INBOX is case-insensitive: match it against the pattern's own spelling.
-        let upper: Vec<char> = pattern.chars().map(|c| c.to_ascii_uppercase()).collect();
-        return wildcard_match(&upper, &name_chars);
+/// A pattern with INBOX's case-insensitive spelling: INBOX is matched against the pattern in
+/// upper case (RFC 3501 5.1: "INBOX" in any case means INBOX).
+struct Matcher {
+    pattern: Pattern,
+    upper: Pattern,
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> Option<Matcher> {
+        Some(Matcher {
+            pattern: Pattern::new(pattern)?,
+            upper: Pattern::new(&pattern.to_ascii_uppercase())?,
+        })
     }
-    wildcard_match(&pattern_chars, &name_chars)
+
+    fn matches(&self, name: &str, reach: &mut Vec<bool>) -> bool {
+        if name == "INBOX" {
+            return self.upper.matches(name.as_bytes(), reach);
+        }
+        self.pattern.matches(name.as_bytes(), reach)
+    }
 }
 
 fn decode(bytes: &[u8]) -> String {
     wire::decode_mailbox_name(bytes).unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
-pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Vec<ListLine> {
+/// The LIST response lines, or why the request is refused (a pattern too long or with too
+/// many wildcards).
+pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Result<Vec<ListLine>, String> {
     let verb = if request.lsub { "LSUB" } else { "LIST" };
     if request.patterns.iter().all(|p| p.is_empty()) && !request.lsub {
         // RFC 3501: an empty pattern asks for the hierarchy delimiter.
-        return vec![ListLine {
+        return Ok(vec![ListLine {
             line: b"* LIST (\\Noselect) \"/\" \"\"\r\n".to_vec(),
             mailbox: None,
-        }];
+        }]);
+    }
+    let too_complex = || {
+        format!(
+            "The reference and pattern may have at most {MAX_PATTERN} bytes and {MAX_WILDCARDS} wildcards together"
+        )
+    };
+    if request.reference.len() > MAX_PATTERN {
+        return Err(too_complex());
     }
     let reference = decode(&request.reference);
-    let patterns: Vec<String> = request
-        .patterns
-        .iter()
-        .filter(|p| p.len() <= 1024)
-        .map(|p| format!("{reference}{}", decode(p)))
-        .collect();
+    let mut patterns = Vec::with_capacity(request.patterns.len());
+    for pattern in &request.patterns {
+        if pattern.len() > MAX_PATTERN {
+            return Err(too_complex());
+        }
+        let full = format!("{reference}{}", decode(pattern));
+        patterns.push(Matcher::new(&full).ok_or_else(too_complex)?);
+    }
+    let mut reach = Vec::new();
     let names: BTreeSet<&str> = mailboxes.iter().map(|m| m.name.as_str()).collect();
     // Levels above an existing mailbox that are not mailboxes themselves.
     let mut ancestors = BTreeSet::new();
@@ -138,7 +230,7 @@ pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Vec<ListLine> {
     }
     candidates.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
     for (name, mailbox) in candidates {
-        if !patterns.iter().any(|p| matches(p, &name)) {
+        if !patterns.iter().any(|p| p.matches(&name, &mut reach)) {
             continue;
         }
         let subscribed = mailbox.is_some_and(|m| m.subscribed);
@@ -172,7 +264,7 @@ pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Vec<ListLine> {
             mailbox: mailbox.cloned(),
         });
     }
-    lines
+    Ok(lines)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +353,11 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
     let Token::Atom(tag) = tokens.next()? else {
         return None;
     };
+    // The tag is echoed in the tagged reply: only a tag RFC 3501 allows (no "*", "+", control
+    // characters, ...), or a reply could pass for an untagged one or a continuation.
+    if crate::framing::tag_of(command).as_deref() != Some(tag.as_str()) {
+        return None;
+    }
     let Token::Atom(verb) = tokens.next()? else {
         return None;
     };
@@ -340,8 +437,28 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn extended_list_needs_a_valid_tag() {
+        assert!(parse_extended(b"a1 LIST (SUBSCRIBED) \"\" \"*\"\r\n").is_some());
+        for bad in [
+            &b"* LIST (SUBSCRIBED) \"\" \"*\"\r\n"[..],
+            b"+ LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+            b"a\x1b LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+            b"a% LIST (SUBSCRIBED) \"\" \"*\"\r\n",
+        ] {
+            assert!(
+                parse_extended(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     fn m(pattern: &str, name: &str) -> bool {
-        matches(pattern, name)
+        match Matcher::new(pattern) {
+            Some(matcher) => matcher.matches(name, &mut Vec::new()),
+            None => panic!("pattern refused: {pattern}"),
+        }
     }
 
     #[test]
@@ -357,8 +474,45 @@ mod tests {
         assert!(!m("Sent", "sent"));
         assert!(m("%/%", "a/b"));
         assert!(!m("x*", "a"));
-        let long = "*".repeat(500) + "x";
-        assert!(!m(&long, &"a".repeat(300)));
+        assert!(m("*/%x", "a/b/x"), "the first '/' is not the one that matches");
+        assert!(m("Entw\u{fc}%", "Entw\u{fc}rfe"));
+        assert!(m("%\u{fc}rfe", "Entw\u{fc}rfe"));
+        assert!(!m("%/", "a/b/"));
+        assert!(m("a%%%", "abc") && m("a*%*", "a/b"));
+    }
+
+    #[test]
+    fn pathological_patterns_are_bounded_by_construction() {
+        // 32 wildcards with literals between them against a long name: the matcher walks
+        // (tokens + literal bytes) x name positions at most, and keeps no more than one flag
+        // per name position.
+        let pattern = "*a".repeat(MAX_WILDCARDS) + "b";
+        let compiled = Pattern::new(&pattern).unwrap_or_else(|| panic!("refused"));
+        assert_eq!(compiled.tokens.len(), 2 * MAX_WILDCARDS);
+        let name = "a".repeat(100_000);
+        let mut reach = Vec::new();
+        assert!(!compiled.matches(name.as_bytes(), &mut reach));
+        assert_eq!(reach.len(), name.len() + 1);
+        assert!(compiled.matches((name.clone() + "b").as_bytes(), &mut reach));
+        // A literal longer than the name is refused before any work.
+        let long = Pattern::new(&"x".repeat(1000)).unwrap_or_else(|| panic!("refused"));
+        let mut untouched = Vec::new();
+        assert!(!long.matches(b"short", &mut untouched));
+        assert!(untouched.is_empty());
+        // Past the caps the pattern is refused, not run.
+        assert!(Pattern::new(&"*".repeat(MAX_WILDCARDS + 1)).is_none());
+        assert!(Pattern::new(&"a".repeat(MAX_PATTERN + 1)).is_none());
+        let request = ListRequest {
+            reference: b"x".repeat(MAX_PATTERN + 1),
+            patterns: vec![b"*".to_vec()],
+            ..ListRequest::default()
+        };
+        assert!(respond(&request, &[]).is_err());
+        let request = ListRequest {
+            patterns: vec!["%".repeat(MAX_WILDCARDS + 1).into_bytes()],
+            ..ListRequest::default()
+        };
+        assert!(respond(&request, &[]).is_err());
     }
 
     #[test]

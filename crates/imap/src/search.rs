@@ -1,6 +1,13 @@
 //! SEARCH (RFC 3501 6.4.4) over a selected mailbox: every search key, evaluated message by
 //! message. Flags, sizes, dates and UIDs come from the session's view; header and body keys read
 //! the message (integrity-checked) only when the expression needs it.
+//!
+//! What a key costs must not grow with the message more than once: each sequence set is merged
+//! and each string case-folded once per SEARCH ([`Prepared`]), and strings are found by a
+//! case-insensitive KMP scan over the text as it is ([`Needle`]), never over a lower-cased copy
+//! of a header or body.
+
+use std::collections::HashMap;
 
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
@@ -8,7 +15,7 @@ use mail_parser::{Message, MimeHeaders, PartType};
 
 use crate::fetch::{header_end, parse};
 use crate::selected::Entry;
-use crate::sequence;
+use crate::sequence::{self, Merged};
 
 /// What a search needs to know about one message besides its metadata.
 pub struct Candidate<'a> {
@@ -18,6 +25,131 @@ pub struct Candidate<'a> {
     /// Largest sequence number and UID in the mailbox (for `*`).
     pub max_seq: u32,
     pub max_uid: u32,
+    pub prepared: &'a Prepared,
+}
+
+/// A search string, case-folded once, with its KMP failure table: finding it in a text costs
+/// one pass over the text's characters (folded one at a time) and allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needle {
+    folded: Vec<char>,
+    /// `fallback[i]`: the length of the longest proper prefix of `folded[..=i]` that is also
+    /// its suffix.
+    fallback: Vec<usize>,
+}
+
+impl Needle {
+    pub fn new(bytes: &[u8]) -> Needle {
+        let folded: Vec<char> = lossy_chars(bytes).flat_map(char::to_lowercase).collect();
+        let mut fallback = vec![0; folded.len()];
+        let mut k = 0;
+        for i in 1..folded.len() {
+            while k > 0 && folded[i] != folded[k] {
+                k = fallback[k - 1];
+            }
+            if folded[i] == folded[k] {
+                k += 1;
+            }
+            fallback[i] = k;
+        }
+        Needle { folded, fallback }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.folded.is_empty()
+    }
+
+    /// Whether the text contains the needle, ignoring case.
+    pub fn found_in(&self, text: impl Iterator<Item = char>) -> bool {
+        if self.folded.is_empty() {
+            return true;
+        }
+        let mut k = 0;
+        for c in text.flat_map(char::to_lowercase) {
+            while k > 0 && self.folded[k] != c {
+                k = self.fallback[k - 1];
+            }
+            if self.folded[k] == c {
+                k += 1;
+                if k == self.folded.len() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The characters of possibly broken UTF-8, as `String::from_utf8_lossy` would give them,
+/// without building the string.
+fn lossy_chars(bytes: &[u8]) -> impl Iterator<Item = char> + '_ {
+    bytes.utf8_chunks().flat_map(|chunk| {
+        let replacement = (!chunk.invalid().is_empty()).then_some(char::REPLACEMENT_CHARACTER);
+        chunk.valid().chars().chain(replacement)
+    })
+}
+
+/// Where a key lives in the command, which is where its prepared form is found again.
+fn address<T: ?Sized>(value: &T) -> usize {
+    std::ptr::from_ref(value).cast::<u8>() as usize
+}
+
+/// What a SEARCH works out once, before it looks at any message: each sequence set merged and
+/// each search string folded, found again by the key's address in the command.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    sets: HashMap<usize, Merged>,
+    needles: HashMap<(usize, usize), Needle>,
+}
+
+impl Prepared {
+    pub fn new(criteria: &[SearchKey<'_>], max_seq: u32, max_uid: u32) -> Prepared {
+        let mut prepared = Prepared::default();
+        for key in criteria {
+            prepared.add(key, max_seq, max_uid);
+        }
+        prepared
+    }
+
+    fn add(&mut self, key: &SearchKey<'_>, max_seq: u32, max_uid: u32) {
+        use SearchKey::*;
+        match key {
+            And(keys) => keys.as_ref().iter().for_each(|k| self.add(k, max_seq, max_uid)),
+            Not(k) => self.add(k, max_seq, max_uid),
+            Or(a, b) => {
+                self.add(a, max_seq, max_uid);
+                self.add(b, max_seq, max_uid);
+            }
+            SequenceSet(set) => {
+                self.sets.insert(address(set), Merged::new(set, max_seq));
+            }
+            Uid(set) => {
+                self.sets.insert(address(set), Merged::new(set, max_uid));
+            }
+            Bcc(s) | Body(s) | Cc(s) | From(s) | Subject(s) | Text(s) | To(s) | Header(_, s) => {
+                let bytes = s.as_ref();
+                self.needles
+                    .entry((address(bytes), bytes.len()))
+                    .or_insert_with(|| Needle::new(bytes));
+            }
+            _ => {}
+        }
+    }
+
+    fn in_set(&self, set: &SequenceSet, value: u32, max: u32) -> bool {
+        match self.sets.get(&address(set)) {
+            Some(merged) => merged.contains(value),
+            None => sequence::contains(set, value, max),
+        }
+    }
+
+    /// The prepared needle for these bytes (folded now if they were not seen before).
+    fn needle(&self, bytes: &[u8]) -> std::borrow::Cow<'_, Needle> {
+        match self.needles.get(&(address(bytes), bytes.len())) {
+            Some(needle) => std::borrow::Cow::Borrowed(needle),
+            None => std::borrow::Cow::Owned(Needle::new(bytes)),
+        }
+    }
 }
 
 /// Whether the key needs the message bytes.
@@ -37,18 +169,13 @@ fn has_flag(entry: &Entry, flag: &str) -> bool {
     entry.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
 }
 
-fn contains(haystack: &str, needle: &[u8]) -> bool {
-    let needle = String::from_utf8_lossy(needle).to_lowercase();
-    needle.is_empty() || haystack.to_lowercase().contains(&needle)
-}
-
 fn internal_day(unix: i64) -> Option<chrono::NaiveDate> {
     chrono::DateTime::from_timestamp(unix, 0).map(|t| t.date_naive())
 }
 
-/// The values of a header field, raw (unfolded) and decoded, for substring matching.
-fn header_text(message: &Message<'_>, name: &str) -> String {
-    let mut text = String::new();
+/// Whether a header field `name` is present with a value that contains the needle, raw
+/// (unfolded: line breaks skipped) or decoded.
+fn header_contains(message: &Message<'_>, name: &str, needle: &Needle) -> bool {
     for header in message.headers() {
         if !header.name.as_str().eq_ignore_ascii_case(name) {
             continue;
@@ -56,49 +183,37 @@ fn header_text(message: &Message<'_>, name: &str) -> String {
         let raw_start = header.offset_start as usize;
         let raw_end = (header.offset_end as usize).min(message.raw_message.len());
         if raw_start < raw_end {
-            text.push_str(
-                &String::from_utf8_lossy(&message.raw_message[raw_start..raw_end]).replace("\r\n", ""),
-            );
-            text.push(' ');
-        }
-        match &header.value {
-            mail_parser::HeaderValue::Text(t) => text.push_str(t),
-            mail_parser::HeaderValue::TextList(list) => text.push_str(&list.join(" ")),
-            mail_parser::HeaderValue::Address(address) => {
-                for addr in address.iter() {
-                    if let Some(name) = &addr.name {
-                        text.push_str(name);
-                        text.push(' ');
-                    }
-                    if let Some(a) = &addr.address {
-                        text.push_str(a);
-                        text.push(' ');
-                    }
-                }
+            let raw =
+                lossy_chars(&message.raw_message[raw_start..raw_end]).filter(|&c| c != '\r' && c != '\n');
+            if needle.found_in(raw) {
+                return true;
             }
-            _ => {}
         }
-        text.push('\n');
+        let decoded = match &header.value {
+            mail_parser::HeaderValue::Text(t) => needle.found_in(t.chars()),
+            mail_parser::HeaderValue::TextList(list) => list.iter().any(|t| needle.found_in(t.chars())),
+            mail_parser::HeaderValue::Address(address) => address.iter().any(|addr| {
+                addr.name.as_ref().is_some_and(|n| needle.found_in(n.chars()))
+                    || addr.address.as_ref().is_some_and(|a| needle.found_in(a.chars()))
+            }),
+            _ => false,
+        };
+        if decoded {
+            return true;
+        }
     }
-    text
+    false
 }
 
-fn body_text(message: &Message<'_>) -> String {
-    let mut text = String::new();
-    for part in &message.parts {
-        match &part.body {
-            PartType::Text(t) | PartType::Html(t) => {
-                text.push_str(t);
-                text.push('\n');
-            }
-            _ => {}
-        }
-        if let Some(name) = part.attachment_name() {
-            text.push_str(name);
-            text.push('\n');
-        }
-    }
-    text
+/// Whether a text part (decoded) or an attachment's name contains the needle.
+fn body_contains(message: &Message<'_>, needle: &Needle) -> bool {
+    message.parts.iter().any(|part| {
+        let in_text = match &part.body {
+            PartType::Text(t) | PartType::Html(t) => needle.found_in(t.chars()),
+            _ => false,
+        };
+        in_text || part.attachment_name().is_some_and(|n| needle.found_in(n.chars()))
+    })
 }
 
 /// Evaluates `key` against one message; the parsed message is made once, when first needed.
@@ -115,8 +230,8 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
         And(keys) => keys.as_ref().iter().all(|k| matches(k, c, parsed)),
         Not(k) => !matches(k, c, parsed),
         Or(a, b) => matches(a, c, parsed) || matches(b, c, parsed),
-        SequenceSet(set) => in_set(set, c.seq, c.max_seq),
-        Uid(set) => in_set(set, entry.uid, c.max_uid),
+        SequenceSet(set) => c.prepared.in_set(set, c.seq, c.max_seq),
+        Uid(set) => c.prepared.in_set(set, entry.uid, c.max_uid),
         All => true,
         Answered => has_flag(entry, "\\Answered"),
         Unanswered => !has_flag(entry, "\\Answered"),
@@ -164,29 +279,77 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
                 To(_) => "To",
                 _ => "Subject",
             };
-            message(parsed) && matches!(parsed, Some(Some(m)) if contains(&header_text(m, name), s.as_ref()))
+            let needle = c.prepared.needle(s.as_ref());
+            // An empty string matches every message, as a substring of anything.
+            needle.is_empty()
+                || (message(parsed) && matches!(parsed, Some(Some(m)) if header_contains(m, name, &needle)))
         }
         Header(field, value) => {
-            let name = String::from_utf8_lossy(field.as_ref()).into_owned();
-            message(parsed)
-                && matches!(parsed, Some(Some(m)) if {
-                    let text = header_text(m, &name);
-                    !text.is_empty() && contains(&text, value.as_ref())
-                })
+            // RFC 3501 6.4.4: an empty string matches every message with that field.
+            let Ok(name) = std::str::from_utf8(field.as_ref()) else {
+                return false;
+            };
+            let needle = c.prepared.needle(value.as_ref());
+            message(parsed) && matches!(parsed, Some(Some(m)) if header_contains(m, name, &needle))
         }
-        Body(s) => message(parsed) && matches!(parsed, Some(Some(m)) if contains(&body_text(m), s.as_ref())),
+        Body(s) => {
+            let needle = c.prepared.needle(s.as_ref());
+            needle.is_empty()
+                || (message(parsed) && matches!(parsed, Some(Some(m)) if body_contains(m, &needle)))
+        }
         Text(s) => {
-            let header = c
+            let needle = c.prepared.needle(s.as_ref());
+            let in_header = c
                 .content
-                .map(|b| String::from_utf8_lossy(&b[..header_end(b)]).into_owned())
-                .unwrap_or_default();
-            contains(&header, s.as_ref())
-                || (message(parsed) && matches!(parsed, Some(Some(m)) if contains(&body_text(m), s.as_ref())))
+                .is_some_and(|b| needle.found_in(lossy_chars(&b[..header_end(b)])));
+            in_header || (message(parsed) && matches!(parsed, Some(Some(m)) if body_contains(m, &needle)))
         }
         ModSequence { modseq, .. } => entry.modseq >= *modseq,
     }
 }
 
-fn in_set(set: &SequenceSet, value: u32, max: u32) -> bool {
-    sequence::contains(set, value, max)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needles_are_found_ignoring_case_in_one_pass() {
+        let found = |needle: &str, text: &str| Needle::new(needle.as_bytes()).found_in(text.chars());
+        assert!(found("hello", "Say HeLLo there"));
+        assert!(found("GRÜSSE", "viele grüsse"));
+        assert!(found("", "anything"));
+        assert!(!found("hello", "help"));
+        // Overlaps that a naive restart would get wrong, and the worst case for backtracking.
+        assert!(found("aab", "aaab"));
+        assert!(found("abab", "ababcabab"));
+        assert!(!found("abac", "ababab"));
+        let text = "a".repeat(200_000) + "b";
+        assert!(found(&("a".repeat(1000) + "b"), &text));
+        assert!(!found(&("a".repeat(1000) + "c"), &text));
+        // Broken UTF-8 is read as from_utf8_lossy would: U+FFFD, not an error.
+        assert!(Needle::new(b"x").found_in(lossy_chars(b"\xff\xfex")));
+        assert!(Needle::new("\u{fffd}".as_bytes()).found_in(lossy_chars(b"a\xffb")));
+    }
+
+    #[test]
+    fn a_prepared_search_merges_each_set_once() {
+        let set = match imap_codec::imap_types::sequence::SequenceSet::try_from(
+            vec!["1:*"; 5000].join(",").as_str(),
+        ) {
+            Ok(set) => set,
+            Err(e) => panic!("{e:?}"),
+        };
+        let criteria = [SearchKey::SequenceSet(set)];
+        let prepared = Prepared::new(&criteria, 100_000, 200_000);
+        assert_eq!(prepared.sets.len(), 1);
+        let SearchKey::SequenceSet(set) = &criteria[0] else {
+            panic!("not a set");
+        };
+        assert!(prepared.in_set(set, 100_000, 100_000));
+        assert!(!prepared.in_set(set, 100_001, 100_000));
+        assert_eq!(
+            prepared.sets.values().next().map(|m| m.ranges().to_vec()),
+            Some(vec![(1, 100_000)])
+        );
+    }
 }

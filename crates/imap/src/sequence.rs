@@ -1,5 +1,6 @@
-//! Sequence sets (`1:4,7,9:*`) resolved against the selected mailbox, without ever expanding a
-//! range number by number (a client may send `1:4294967295`).
+//! Sequence sets (RFC 3501 section 9, `sequence-set`: `1:4,7,9:*`) resolved against the
+//! selected mailbox, without ever expanding a range number by number (a client may send
+//! `1:4294967295`) and without letting repetition cost: `1:*,1:*,...` merges into one range.
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
@@ -22,6 +23,37 @@ pub fn ranges(set: &SequenceSet, max: u32) -> impl Iterator<Item = (u32, u32)> +
             (a.min(b), a.max(b))
         }
     })
+}
+
+/// The set's ranges sorted and merged (overlapping and adjacent ones joined): never more
+/// ranges than the set has, and usually far fewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged(Vec<(u32, u32)>);
+
+impl Merged {
+    pub fn new(set: &SequenceSet, max: u32) -> Merged {
+        let mut all: Vec<(u32, u32)> = ranges(set, max).collect();
+        all.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(all.len().min(64));
+        for (lo, hi) in all {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged.shrink_to_fit();
+        Merged(merged)
+    }
+
+    /// Binary search: O(log ranges) per number.
+    pub fn contains(&self, n: u32) -> bool {
+        let after = self.0.partition_point(|&(lo, _)| lo <= n);
+        after > 0 && self.0[after - 1].1 >= n
+    }
+
+    pub fn ranges(&self) -> &[(u32, u32)] {
+        &self.0
+    }
 }
 
 pub fn contains(set: &SequenceSet, n: u32, max: u32) -> bool {
@@ -58,6 +90,39 @@ pub fn compact(uids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(text: &str) -> SequenceSet {
+        match SequenceSet::try_from(text) {
+            Ok(set) => set,
+            Err(e) => panic!("{text}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_and_overlapping_ranges_merge_into_few() {
+        let repeated = vec!["1:*"; 10_000].join(",");
+        let merged = Merged::new(&set(&repeated), 100_000);
+        assert_eq!(merged.ranges(), [(1, 100_000)]);
+        assert!(merged.0.capacity() <= 1, "kept {} slots", merged.0.capacity());
+        let merged = Merged::new(&set("9:7,1,2,3,5:6,20,4294967295:4294967295"), 20);
+        assert_eq!(
+            merged.ranges(),
+            [(1, 3), (5, 9), (20, 20), (4294967295, 4294967295)]
+        );
+        for (n, inside) in [
+            (0, false),
+            (1, true),
+            (3, true),
+            (4, false),
+            (7, true),
+            (10, false),
+            (20, true),
+            (21, false),
+            (u32::MAX, true),
+        ] {
+            assert_eq!(merged.contains(n), inside, "{n}");
+        }
+    }
 
     #[test]
     fn compact_lists_runs_as_ranges() {

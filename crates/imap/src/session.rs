@@ -24,10 +24,11 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use sealmail_guard::{Abuse, Guard, LoginOutcome};
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
 use sealmail_identity::{Identity, Password};
+use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
 
-use crate::framing::Limits;
+use crate::framing::{Limits, Stage};
 use crate::list::{self, ListRequest};
 use crate::search::{self, Candidate};
 use crate::selected::{Selected, Text};
@@ -40,8 +41,12 @@ pub struct ImapContext {
     pub identity: Identity,
     pub guard: Arc<Guard>,
     pub limits: Limits,
+    /// The server-wide budget for message data in memory, shared with SMTP.
+    pub budget: BodyBudget,
     /// BAD responses in a row (no OK between them) after which the session is ended.
     pub max_errors: u32,
+    /// `limits.mailbox_quota`: octets one account may hold (0: no limit; RFC 9208 STORAGE).
+    pub mailbox_quota: u64,
 }
 
 /// What the driver does after a command.
@@ -56,8 +61,11 @@ pub enum Next {
 const FLUSH_AT: usize = 256 * 1024;
 /// Longest line of an AUTHENTICATE exchange.
 const MAX_AUTH_LINE: usize = 12 * 1024;
-/// Messages read from the store per query during FETCH.
+/// Messages read from the store per query during FETCH and SEARCH: at most this many, and at
+/// most `BATCH_BYTES` of message data (a larger message is read alone), so a batch of big
+/// messages does not sit in memory 128 at a time.
 const FETCH_BATCH: usize = 128;
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
 
@@ -143,6 +151,21 @@ fn valid_new_name(name: &str) -> bool {
         && name.split('/').count() <= 16
         && !name.split('/').any(str::is_empty)
         && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+}
+
+/// How many of the messages ahead (by their sizes) go into the next batch: at least one, at
+/// most `FETCH_BATCH`, and no more than `BATCH_BYTES` together unless the first alone is larger.
+fn batch_len(sizes: impl Iterator<Item = u64>) -> usize {
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for size in sizes.take(FETCH_BATCH) {
+        bytes = bytes.saturating_add(size);
+        if n > 0 && bytes > BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 fn section_text(section: &Option<Section<'_>>) -> String {
@@ -231,7 +254,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -257,6 +280,18 @@ impl Session {
             }
         };
         let _ = write!(Text(&mut self.out), "{tag} {status} {text}\r\n");
+    }
+
+    pub fn stage(&self) -> Stage {
+        match self.account {
+            Some(_) => Stage::Authenticated,
+            None => Stage::NotAuthenticated,
+        }
+    }
+
+    /// A command that was read but cannot be taken now (NO: not the client's error).
+    pub fn decline(&mut self, tag: Option<&str>, text: &str) {
+        self.tagged(tag.unwrap_or("*"), no(text));
     }
 
     /// A command that could not be read or decoded. Returns false when the session must end.
@@ -435,7 +470,9 @@ impl Session {
                 Step::Challenge(challenge) => {
                     let line = format!("+ {}\r\n", BASE64.encode(challenge));
                     conn.write_all(line.as_bytes()).await?;
-                    let response = match conn.read_line(MAX_AUTH_LINE).await? {
+                    // Still before login: the short timeout applies.
+                    let wait = self.ctx.limits.unauthenticated_idle;
+                    let response = match conn.read_line_within(MAX_AUTH_LINE, wait).await? {
                         Line::Complete(line) => line,
                         Line::TooLong(_) => return Ok(bad("SASL response too long")),
                     };
@@ -618,6 +655,9 @@ impl Session {
                 if content.is_empty() {
                     return Ok(no("An empty message cannot be appended"));
                 }
+                if let Err(done) = self.room_for(account, content.len() as u64).await {
+                    return Ok(done);
+                }
                 let flags: Vec<String> = flags.iter().filter_map(flag_name).take(MAX_FLAGS).collect();
                 let internal_date = date
                     .map(|d| d.as_ref().timestamp())
@@ -640,6 +680,33 @@ impl Session {
                     },
                     Err(e) => store_failure(&e),
                 }
+            }
+            // RFC 9208: one quota root, "", for all of an account's mailboxes.
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let Some(name) = mailbox_name(&mailbox) else {
+                    return Ok(no("[NONEXISTENT] No such mailbox"));
+                };
+                let mut line = b"* QUOTAROOT ".to_vec();
+                wire::string(&mut line, wire::encode_mailbox_name(&name).as_bytes());
+                if self.ctx.mailbox_quota > 0 {
+                    line.extend_from_slice(b" \"\"");
+                }
+                line.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(&line);
+                if let Err(done) = self.quota_response(account).await {
+                    return Ok(done);
+                }
+                ok("GETQUOTAROOT completed")
+            }
+            CommandBody::GetQuota { root } if root.as_ref().is_empty() && self.ctx.mailbox_quota > 0 => {
+                if let Err(done) = self.quota_response(account).await {
+                    return Ok(done);
+                }
+                ok("GETQUOTA completed")
+            }
+            CommandBody::GetQuota { .. } => no("[NONEXISTENT] No such quota root"),
+            CommandBody::SetQuota { .. } => {
+                no("[NOPERM] Quotas are set by the administrator (limits.mailbox_quota)")
             }
             CommandBody::Idle => {
                 *next = Next::Idle(tag.to_string());
@@ -778,7 +845,11 @@ impl Session {
             Err(e) => return store_failure(&e),
         };
         let verb = if request.lsub { "LSUB" } else { "LIST" };
-        for listed in list::respond(&request, &mailboxes) {
+        let listed = match list::respond(&request, &mailboxes) {
+            Ok(listed) => listed,
+            Err(why) => return bad(why),
+        };
+        for listed in listed {
             self.out.extend_from_slice(&listed.line);
             if let (Some(items), Some(mailbox)) = (&request.status, &listed.mailbox)
                 && let Err(e) = self.status_line(mailbox, items).await
@@ -794,13 +865,15 @@ impl Session {
         let Some(selected) = &self.selected else {
             return Err(bad("Select a mailbox first"));
         };
+        // Merged first, so a set that repeats itself costs no more than once, and the result
+        // is at most one index per message.
         if uid {
-            let max = selected.max_uid();
+            let merged = sequence::Merged::new(set, selected.max_uid());
             return Ok(selected
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| sequence::contains(set, e.uid, max))
+                .filter(|(_, e)| merged.contains(e.uid))
                 .map(|(i, _)| i)
                 .collect());
         }
@@ -808,12 +881,12 @@ impl Session {
         if !sequence::within(set, exists) {
             return Err(bad("Invalid message sequence number"));
         }
+        let merged = sequence::Merged::new(set, exists);
         let mut indices = Vec::new();
-        for (lo, hi) in sequence::ranges(set, exists) {
+        // Sorted and disjoint, each within 1..=exists (checked above).
+        for &(lo, hi) in merged.ranges() {
             indices.extend((lo as usize - 1)..(hi as usize));
         }
-        indices.sort_unstable();
-        indices.dedup();
         Ok(indices)
     }
 
@@ -888,6 +961,47 @@ impl Session {
         })
     }
 
+    /// Err(NO [OVERQUOTA]) when `adding` more octets would take the account past its quota.
+    async fn room_for(&self, account: sealmail_types::AccountId, adding: u64) -> Result<(), Done> {
+        let quota = self.ctx.mailbox_quota;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self
+            .ctx
+            .store
+            .account_usage(account)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        if used.saturating_add(adding) > quota {
+            return Err(no(
+                "[OVERQUOTA] The mailbox quota would be exceeded; delete some mail",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `* QUOTA "" (STORAGE used limit)` in KiB (RFC 9208 5.1), when a quota is set.
+    async fn quota_response(&mut self, account: sealmail_types::AccountId) -> Result<(), Done> {
+        let quota = self.ctx.mailbox_quota;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self
+            .ctx
+            .store
+            .account_usage(account)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        let _ = write!(
+            Text(&mut self.out),
+            "* QUOTA \"\" (STORAGE {} {})\r\n",
+            used.div_ceil(1024),
+            quota / 1024
+        );
+        Ok(())
+    }
+
     fn uids_of(&self, indices: &[usize]) -> Vec<u32> {
         match &self.selected {
             Some(s) => indices
@@ -934,6 +1048,17 @@ impl Session {
         let verb = if remove_source { "MOVE" } else { "COPY" };
         if uids.is_empty() {
             return ok(format!("{verb} completed (no messages)"));
+        }
+        if !remove_source && let (Some(selected), Some(account)) = (&self.selected, self.account_id()) {
+            // A copy adds its messages' size to the account; a move does not.
+            let adding: u64 = indices
+                .iter()
+                .filter_map(|&i| selected.entries.get(i))
+                .map(|entry| entry.size)
+                .sum();
+            if let Err(done) = self.room_for(account, adding).await {
+                return done;
+            }
         }
         let Some(selected) = self.selected.as_mut() else {
             return bad("Select a mailbox first");
@@ -1070,9 +1195,15 @@ impl Session {
             self.condstore = true;
         }
         let (max_seq, max_uid) = (selected.exists(), selected.max_uid());
+        let prepared = search::Prepared::new(criteria, max_seq, max_uid);
         let mut found = Vec::new();
         let mut highest = 0;
-        for (batch_number, batch) in selected.entries.chunks(FETCH_BATCH).enumerate() {
+        let mut start = 0;
+        while start < selected.entries.len() {
+            let rest = &selected.entries[start..];
+            let batch = &rest[..batch_len(rest.iter().map(|e| if wants_content { e.size } else { 0 }))];
+            let batch_start = start;
+            start += batch.len();
             let contents: Vec<Option<Vec<u8>>> = if wants_content {
                 let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
                 let mut contents = Vec::with_capacity(batch.len());
@@ -1097,13 +1228,14 @@ impl Session {
                 if wants_content && content.is_none() {
                     continue;
                 }
-                let seq = (batch_number * FETCH_BATCH + offset) as u32 + 1;
+                let seq = (batch_start + offset) as u32 + 1;
                 let candidate = Candidate {
                     seq,
                     entry,
                     content: content.as_deref(),
                     max_seq,
                     max_uid,
+                    prepared: &prepared,
                 };
                 let mut parsed = None;
                 if criteria
@@ -1236,10 +1368,18 @@ impl Session {
         }
         let mut vanished = false;
         // Messages are read in batches: one store query per batch instead of one per message.
-        for batch in indices.chunks(FETCH_BATCH) {
+        let mut start = 0;
+        while start < indices.len() {
             let Some(selected) = self.selected.as_ref() else {
                 break;
             };
+            let rest = &indices[start..];
+            let size_of = |&i: &usize| match (wants_content, selected.entries.get(i)) {
+                (true, Some(e)) => e.size,
+                _ => 0,
+            };
+            let batch = &rest[..batch_len(rest.iter().map(size_of))];
+            start += batch.len();
             let entries: Vec<(usize, crate::selected::Entry)> = batch
                 .iter()
                 .filter_map(|&i| selected.entries.get(i).map(|e| (i, e.clone())))
@@ -1425,5 +1565,23 @@ pub fn list_mailbox_text(pattern: &ListMailbox<'_>) -> Vec<u8> {
     match pattern {
         ListMailbox::Token(t) => t.as_ref().to_vec(),
         ListMailbox::String(s) => s.as_ref().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(batch_len(std::iter::repeat_n(100, 1000)), FETCH_BATCH);
+        assert_eq!(batch_len([3 * MIB, 3 * MIB, 3 * MIB, 1].into_iter()), 2);
+        // A message larger than the byte bound is a batch of its own, never skipped.
+        assert_eq!(batch_len([50 * MIB, 1].into_iter()), 1);
+        assert_eq!(batch_len([1, 50 * MIB].into_iter()), 1);
+        assert_eq!(batch_len(std::iter::empty()), 0);
+        // Without content to read, only the count bounds a batch.
+        assert_eq!(batch_len(std::iter::repeat_n(0, 500)), FETCH_BATCH);
     }
 }

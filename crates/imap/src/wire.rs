@@ -108,7 +108,9 @@ pub fn encode_mailbox_name(name: &str) -> String {
 
 /// The UTF-8 name for a name received in modified UTF-7. Only the one canonical encoding of a
 /// name is accepted: another spelling of the same name is refused rather than guessed at, so no
-/// two wire names ever reach the same mailbox by different roads.
+/// two wire names ever reach the same mailbox by different roads. A name that decodes to a
+/// control character (`&AA0ACg-` is CR LF) is refused too: no mailbox can have one, and a name
+/// is echoed in responses, where a CR LF would end the line early.
 pub fn decode_mailbox_name(wire: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(wire).ok()?;
     let mut out = String::with_capacity(text.len());
@@ -134,6 +136,9 @@ pub fn decode_mailbox_name(wire: &[u8]) -> Option<String> {
         rest = &after[end + 1..];
     }
     out.push_str(rest);
+    if out.chars().any(char::is_control) {
+        return None;
+    }
     (encode_mailbox_name(&out) == text).then_some(out)
 }
 
@@ -158,6 +163,10 @@ mod tests {
     fn non_canonical_and_broken_encodings_are_refused() {
         // "INBOX" spelled in UTF-7, an unterminated shift, 8-bit bytes, a lone surrogate.
         for wire in ["&AEkATgBCAE8AWA-", "&U,BTFw", "Entw\u{fc}rfe", "&2D0-"] {
+            assert_eq!(decode_mailbox_name(wire.as_bytes()), None, "{wire}");
+        }
+        // Control characters, encoded: CR LF, NUL, DEL, U+0085 (NEL).
+        for wire in ["&AA0ACg-", "a&AAA-b", "&AH8-", "&AIU-"] {
             assert_eq!(decode_mailbox_name(wire.as_bytes()), None, "{wire}");
         }
     }

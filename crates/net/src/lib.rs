@@ -8,11 +8,12 @@
 //! executed inside the TLS session (CVE-2011-0411 class; RFC 3207 section 4.2, RFC 3501 6.2.1).
 //! [`TlsActive`] is the proof that TLS is up; it can only be made from a completed handshake.
 
+pub mod budget;
 mod connection;
 mod listener;
 pub mod metrics;
 pub mod proxy;
 
 pub use connection::{ConnError, Connection, ConnectionInfo, Line};
-pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind};
+pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind, client_key};
 pub use sealmail_tls::TlsActive;

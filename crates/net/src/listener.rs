@@ -1,4 +1,10 @@
 //! Binding, accepting, connection caps and graceful shutdown.
+//!
+//! Caps and rates per client count an IPv4 address alone and an IPv6 address by its /64 (one
+//! host usually holds a whole /64, so counting its addresses one by one would let it take every
+//! slot); an IPv4-mapped IPv6 address counts as its IPv4 address. Each role's listeners together
+//! hold at most `limits.max_connections_per_role_percent` of `limits.max_connections`, so a flood
+//! on `mx` leaves room for submission and IMAP.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use sealmail_config::{Limits, Listener as ListenerSpec, TlsMode};
+use sealmail_config::{Limits, Listener as ListenerSpec, Role, TlsMode};
 
 use crate::connection::{Connection, ConnectionInfo, Timeouts, acceptor};
 
@@ -62,7 +68,23 @@ pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<(ListenerSpec, TcpListen
     Ok(bound)
 }
 
-/// Counts connections per client IP.
+/// The client a connection is counted against: an IPv4 address, or the /64 an IPv6 address is
+/// in (as its first address); an IPv4-mapped IPv6 address is its IPv4 address. Bans use the same
+/// grouping (`sealmail_guard::ban_key`).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// Counts connections per client (see [`client_key`]).
 #[derive(Default)]
 struct PerIp {
     counts: Mutex<HashMap<IpAddr, usize>>,
@@ -70,20 +92,21 @@ struct PerIp {
 
 struct IpSlot {
     per_ip: Arc<PerIp>,
-    ip: IpAddr,
+    key: IpAddr,
 }
 
 impl PerIp {
     fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let key = client_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_insert(0);
+        let count = counts.entry(key).or_insert(0);
         if *count >= max {
             return None;
         }
         *count += 1;
         Some(IpSlot {
             per_ip: self.clone(),
-            ip,
+            key,
         })
     }
 }
@@ -91,16 +114,16 @@ impl PerIp {
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut counts = self.per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&self.key);
             }
         }
     }
 }
 
-/// Recent connection times per client IP, for the per-minute connection rate limit.
+/// Recent connection times per client (see [`client_key`]), for the per-minute rate limit.
 #[derive(Default)]
 struct RecentConnections {
     times: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
@@ -118,7 +141,7 @@ impl RecentConnections {
         if times.len() >= RATE_TRACKED {
             times.retain(|_, t| t.back().is_some_and(|last| now.duration_since(*last) < minute));
         }
-        let recent = times.entry(ip).or_default();
+        let recent = times.entry(client_key(ip)).or_default();
         while recent.front().is_some_and(|t| now.duration_since(*t) >= minute) {
             recent.pop_front();
         }
@@ -130,6 +153,28 @@ impl RecentConnections {
     }
 }
 
+/// What an admitted connection holds until it ends: a global slot, one of its role's, and one
+/// of its client's.
+type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit, IpSlot);
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Mx => 0,
+        Role::Submission => 1,
+        Role::Imap => 2,
+    }
+}
+
+/// Connections one role's listeners may hold together: their share of the global cap, at least one.
+fn role_cap(limits: &Limits) -> usize {
+    let percent = usize::from(limits.max_connections_per_role_percent.clamp(1, 100));
+    limits
+        .max_connections
+        .saturating_mul(percent)
+        .div_ceil(100)
+        .max(1)
+}
+
 /// Runs listeners until shut down.
 pub struct Server {
     limits: Limits,
@@ -137,6 +182,8 @@ pub struct Server {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     global: Arc<Semaphore>,
+    /// Each role's share of the global cap, in `role_index` order.
+    per_role: [Arc<Semaphore>; 3],
     per_ip: Arc<PerIp>,
     rate: RecentConnections,
     filter: Option<Arc<dyn AcceptFilter>>,
@@ -146,8 +193,10 @@ pub struct Server {
 
 impl Server {
     pub fn new(limits: Limits, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) -> Server {
+        let role_cap = role_cap(&limits);
         Server {
             global: Arc::new(Semaphore::new(limits.max_connections)),
+            per_role: std::array::from_fn(|_| Arc::new(Semaphore::new(role_cap))),
             limits,
             acceptor: acceptor(tls),
             shutdown,
@@ -266,7 +315,7 @@ impl Server {
             tracing::warn!(%peer, "connection refused: per-IP connection rate limit reached");
             return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
         }
-        let Some(slots) = self.take_slots(peer) else {
+        let Some(slots) = self.take_slots(peer, spec.role) else {
             crate::metrics::CONNECTIONS_REFUSED.inc();
             return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
         };
@@ -281,10 +330,15 @@ impl Server {
         self.serve_one(info, tcp, handler).await;
     }
 
-    fn take_slots(&self, peer: SocketAddr) -> Option<(OwnedSemaphorePermit, IpSlot)> {
+    fn take_slots(&self, peer: SocketAddr, role: Role) -> Option<Slots> {
         let permit = self.global.clone().try_acquire_owned().ok();
         let Some(permit) = permit else {
             tracing::warn!(%peer, "connection refused: global connection cap reached");
+            return None;
+        };
+        let role_permit = self.per_role[role_index(role)].clone().try_acquire_owned().ok();
+        let Some(role_permit) = role_permit else {
+            tracing::warn!(%peer, %role, "connection refused: the role's share of the connection cap is reached");
             return None;
         };
         let Some(slot) = self
@@ -294,7 +348,7 @@ impl Server {
             tracing::warn!(%peer, "connection refused: per-IP connection cap reached");
             return None;
         };
-        Some((permit, slot))
+        Some((permit, role_permit, slot))
     }
 
     async fn serve_one(&self, info: ConnectionInfo, tcp: TcpStream, handler: Arc<dyn Handler>) {
@@ -329,4 +383,78 @@ async fn turn_away(mut tcp: TcpStream, reply: Option<&'static [u8]>) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.write_all(reply)).await;
     }
     let _ = tcp.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or(IpAddr::from([0u8; 4]))
+    }
+
+    #[test]
+    fn clients_are_ipv4_addresses_and_ipv6_64s() {
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("::1")), ip("::"));
+    }
+
+    #[test]
+    fn one_ipv6_64_shares_one_connection_cap() {
+        let per_ip = Arc::new(PerIp::default());
+        let first = per_ip.try_take(ip("2001:db8:1:2::1"), 2);
+        let second = per_ip.try_take(ip("2001:db8:1:2::2"), 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            per_ip.try_take(ip("2001:db8:1:2:dead:beef::3"), 2).is_none(),
+            "a third address of the same /64 got a slot"
+        );
+        assert!(
+            per_ip.try_take(ip("2001:db8:1:3::1"), 2).is_some(),
+            "another /64 was refused"
+        );
+        // Mapped IPv4 counts with the plain IPv4 address.
+        let _a = per_ip.try_take(ip("192.0.2.7"), 1);
+        assert!(per_ip.try_take(ip("::ffff:192.0.2.7"), 1).is_none());
+        drop(first);
+        assert!(
+            per_ip.try_take(ip("2001:db8:1:2::4"), 2).is_some(),
+            "a freed slot stayed taken"
+        );
+    }
+
+    #[test]
+    fn one_ipv6_64_shares_one_connection_rate() {
+        let rate = RecentConnections::default();
+        assert!(rate.admit(ip("2001:db8:1:2::1"), 2));
+        assert!(rate.admit(ip("2001:db8:1:2::2"), 2));
+        assert!(
+            !rate.admit(ip("2001:db8:1:2::3"), 2),
+            "a new address of the same /64 was not limited"
+        );
+        assert!(rate.admit(ip("2001:db8:1:3::1"), 2));
+    }
+
+    #[test]
+    fn each_role_gets_its_share_of_the_global_cap() {
+        let limits = |max_connections, max_connections_per_role_percent| Limits {
+            max_connections,
+            max_connections_per_role_percent,
+            ..Limits::default()
+        };
+        assert_eq!(role_cap(&limits(2048, 50)), 1024);
+        assert_eq!(role_cap(&limits(3, 50)), 2);
+        assert_eq!(role_cap(&limits(1, 1)), 1);
+        assert_eq!(role_cap(&limits(10, 100)), 10);
+    }
 }

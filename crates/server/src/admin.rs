@@ -246,7 +246,8 @@ pub async fn tls_report(config_path: &Path, day: Option<String>, send: bool) -> 
     let (domains, signer) = crate::serve::load_signer(&config, &*store).await?;
     let (from, sign) = crate::serve::tls_report_sender(&domains, &signer, &hostname)?;
     let dns = sealmail_dns::Dns::new(&config.dns)?;
-    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns, &config.delivery, &hostname)?;
+    let files = sealmail_delivery::DeliveryFiles::load(&config.delivery)?;
+    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns, &config.delivery, &hostname, files)?;
     let sent = delivery.send_tls_reports_of(&day, &from, &*sign).await?;
     for (domain, to) in &sent.queued {
         println!("{domain}: queued to {}", to.join(", "));

@@ -6,9 +6,13 @@
 //! Restore checks every sum first, needs the server stopped (it takes the data folder's lock),
 //! and never destroys what it replaces: the current store is snapshotted to `backups/` and
 //! replaced files are kept beside themselves as `*.pre-restore-TIME`.
+//!
+//! A backup may have been tampered with, and restore runs as root: it writes only into the data
+//! folder (the current configuration's; a backup cannot move it), and refuses, before touching
+//! anything, certificate or key paths outside it, whether by name, `..` or a symbolic link.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
 
@@ -123,6 +127,83 @@ fn replace_keeping_old(target: &Path, bytes: &[u8], stamp: u64) -> anyhow::Resul
         .with_context(|| format!("cannot write {}", target.display()))
 }
 
+/// The data folder a restore may write into: the one the current configuration names (a
+/// backup cannot move it elsewhere), or on a machine with no configuration yet the backup's,
+/// which must then be new or empty (so a crafted backup cannot aim at a folder like `/root/.ssh`).
+fn check_restore_data_dir(config_path: &Path, backup_data_dir: &Path) -> anyhow::Result<()> {
+    if config_path.exists() {
+        let current = load_config(config_path).context(
+            "the current configuration does not load; fix it, or move it away to restore as on a new machine",
+        )?;
+        if same_path(&current.data_dir, backup_data_dir) {
+            return Ok(());
+        }
+        bail!(
+            "the backup's configuration names the data folder {}, but {} names {}; restore writes only into the current data folder: set data_dir in the backup's sealmail.toml to it",
+            backup_data_dir.display(),
+            config_path.display(),
+            current.data_dir.display()
+        );
+    }
+    let empty = match std::fs::read_dir(backup_data_dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", backup_data_dir.display())));
+        }
+    };
+    if !empty {
+        bail!(
+            "the backup's configuration names the data folder {}, which is not empty and no configuration at {} names it; restore into a new folder, or put the configuration naming it there first",
+            backup_data_dir.display(),
+            config_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Refuses a file restore would write outside the data folder `data_dir`: a path with `..`, one
+/// whose deepest existing folder is outside it once links are resolved, or one that is itself a
+/// symbolic link (restore would read through it).
+fn check_inside_data_dir(data_dir: &Path, key: &str, target: &Path) -> anyhow::Result<()> {
+    let outside = || {
+        anyhow::anyhow!(
+            "the backup's configuration has {key} = {}, outside the data folder {}; restore writes only into the data folder: \
+             put the file there in the backup's sealmail.toml (and MANIFEST), or copy it from the backup by hand",
+            target.display(),
+            data_dir.display()
+        )
+    };
+    if target.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(outside());
+    }
+    let target =
+        &std::path::absolute(target).with_context(|| format!("cannot resolve {}", target.display()))?;
+    let data_dir =
+        std::fs::canonicalize(data_dir).with_context(|| format!("cannot find {}", data_dir.display()))?;
+    let mut existing: &Path = target;
+    loop {
+        match std::fs::symlink_metadata(existing) {
+            Ok(meta) if existing == target && meta.file_type().is_symlink() => return Err(outside()),
+            Ok(_) => break,
+            Err(_) => existing = existing.parent().ok_or_else(outside)?,
+        }
+    }
+    let real =
+        std::fs::canonicalize(existing).with_context(|| format!("cannot resolve {}", existing.display()))?;
+    if !real.starts_with(&data_dir) {
+        return Err(outside());
+    }
+    Ok(())
+}
+
 pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
     let names = verified_manifest(dir)?;
     for required in [DB_FILE, CONFIG_NAME] {
@@ -141,8 +222,20 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
     let config: Config = Config::from_toml(&text, &config_path.display().to_string(), base)
         .map_err(|e| usage(e.to_string()))?;
 
+    check_restore_data_dir(config_path, &config.data_dir)?;
     if !config.data_dir.exists() {
         sealmail_safeio::create_private_dir(&config.data_dir)?;
+    }
+    for (i, cert) in config.certificates.iter().enumerate() {
+        let (cert_name, key_name) = cert_names(i);
+        if names.contains(&cert_name) && names.contains(&key_name) {
+            check_inside_data_dir(
+                &config.data_dir,
+                &format!("tls.certificate[{i}].cert"),
+                &cert.cert,
+            )?;
+            check_inside_data_dir(&config.data_dir, &format!("tls.certificate[{i}].key"), &cert.key)?;
+        }
     }
     let _lock = lock_data_dir(&config.data_dir).context("restore needs the server stopped")?;
     replace_keeping_old(config_path, &config_bytes, stamp)?;

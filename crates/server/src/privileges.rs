@@ -4,12 +4,14 @@
 //!
 //! Before switching, the data folder is handed to that user (it must keep writing the store);
 //! everything else root could read (certificates elsewhere, say) was read at start-up. A
-//! certificate reload (SIGHUP) after the switch needs the files readable by the user.
+//! certificate reload (SIGHUP) after the switch needs the files readable by the user. The user
+//! could have planted links in the data folder since the last run, so the hand-over never
+//! follows one (`sealmail_safeio::hand_over_tree`).
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use nix::unistd::{Gid, Group, Uid, User, chown, getuid, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Group, Uid, User, getuid, setgid, setgroups, setuid};
 
 use sealmail_config::Config;
 
@@ -55,22 +57,66 @@ pub fn drop_privileges(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `dir` and everything in it owned by uid:gid (no symbolic links followed).
+/// Makes `dir` and everything in it owned by uid:gid, following no symbolic link inside it.
+/// The configured path itself is root's choice (it may be a link to the real folder), so it
+/// is resolved first; from there on nothing the service user wrote can lead the walk outside.
 fn hand_over(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
-    chown(dir, Some(uid), Some(gid))
+    let real = std::fs::canonicalize(dir).with_context(|| format!("cannot find {}", dir.display()))?;
+    let left_alone = sealmail_safeio::hand_over_tree(&real, uid.as_raw(), gid.as_raw())
         .with_context(|| format!("cannot hand {} to the server user", dir.display()))?;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_symlink() {
-            continue;
-        }
-        if kind.is_dir() {
-            hand_over(&entry.path(), uid, gid)?;
-        } else {
-            chown(&entry.path(), Some(uid), Some(gid))
-                .with_context(|| format!("cannot hand {} to the server user", entry.path().display()))?;
-        }
+    for path in left_alone {
+        tracing::warn!(
+            path = %path.display(),
+            "not handed to the server user: a file with several hard links (it may be a link to a file elsewhere); remove it if sealmail does not need it"
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The walk runs as root; these tests can only show anything when they do too.
+    fn as_root() -> bool {
+        Uid::effective().is_root()
+    }
+
+    #[test]
+    fn the_hand_over_does_not_follow_links_out_of_the_data_folder() -> anyhow::Result<()> {
+        if !as_root() {
+            eprintln!("skipped: changing owners needs the tests to run as root");
+            return Ok(());
+        }
+        let root = tempfile::tempdir()?;
+        let outside = root.path().join("etc");
+        std::fs::create_dir(&outside)?;
+        std::fs::write(outside.join("shadow"), "root:secret")?;
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("dkim"))?;
+        std::fs::write(data.join("dkim/key.pem"), "key")?;
+        // What the service user could plant: links to a folder and to a file outside, and a
+        // hard link to a file outside (possible where fs.protected_hardlinks is off).
+        std::os::unix::fs::symlink(&outside, data.join("backups"))?;
+        std::os::unix::fs::symlink(outside.join("shadow"), data.join("dkim/link.pem"))?;
+        std::fs::hard_link(outside.join("shadow"), data.join("hard.pem"))?;
+
+        let service = Uid::from_raw(65534);
+        hand_over(&data, service, Gid::from_raw(65534))?;
+
+        assert_eq!(std::fs::metadata(data.join("dkim/key.pem"))?.uid(), 65534);
+        assert_eq!(std::fs::metadata(&data)?.uid(), 65534);
+        assert_eq!(
+            std::fs::metadata(&outside)?.uid(),
+            0,
+            "a link to a folder was followed"
+        );
+        assert_eq!(
+            std::fs::metadata(outside.join("shadow"))?.uid(),
+            0,
+            "a link or hard link to a file outside was followed"
+        );
+        Ok(())
+    }
 }

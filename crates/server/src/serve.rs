@@ -34,11 +34,8 @@ pub struct DataDirLock {
 /// Locks the data folder, or says who holds it.
 pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
     let path: PathBuf = data_dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    // Never through a link the service user put there (this runs as root before the switch).
+    let file = sealmail_safeio::open_private_append(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
@@ -146,16 +143,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = CertSet::load(&config.certificates)?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
-    let store: Arc<dyn Store> = open_store(&config).await?;
-    let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
-    let event_log = config.data_dir.join(SECURITY_LOG);
-    let guard =
-        sealmail_guard::Guard::load_with_log(config.security.clone(), store.clone(), &event_log).await?;
-    guard.spawn_refresh();
-
     let bound = sealmail_net::bind(&config.listeners)
         .await
         .map_err(anyhow::Error::msg)?;
+    let metrics = match config.metrics_bind {
+        Some(address) => {
+            let socket = sealmail_net::metrics::bind(address)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Some((address, socket))
+        }
+        None => None,
+    };
+    let delivery_files = sealmail_delivery::DeliveryFiles::load(&config.delivery)?;
+    // Every socket is bound: nothing below needs root. The store (its database, WAL and
+    // snapshots) is opened only now, as the service user, so root never creates or follows a
+    // file where that user could have put a link.
+    crate::privileges::drop_privileges(&config)?;
+    let store: Arc<dyn Store> = open_store(&config).await?;
+    let identity = sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
+    let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
+    guard.spawn_refresh();
+
     let hostname = config.hostname.to_string();
     let dns = sealmail_dns::Dns::new(&config.dns)?;
     let authenticator = sealmail_mailauth::Authenticator::new(&dns, &hostname);
@@ -166,20 +175,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         phishing_warnings: config.inbound.phishing_warnings,
     };
     let (domains, signer) = load_signer(&config, &*store).await?;
-    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns.clone(), &config.delivery, &hostname)?;
+    let delivery = sealmail_delivery::Delivery::new(
+        store.clone(),
+        dns.clone(),
+        &config.delivery,
+        &hostname,
+        delivery_files,
+    )?;
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;
     let waker = delivery.clone();
+    // One budget for message data in memory, whichever protocol brings it.
+    let message_budget = sealmail_net::budget::BodyBudget::with_client_share(
+        config.smtp.max_buffered_bytes,
+        sealmail_net::budget::client_share(config.smtp.max_buffered_bytes, config.smtp.max_message_size),
+    );
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
         store: store.clone(),
         identity: identity.clone(),
         guard: guard.clone(),
-        body_budget: sealmail_smtp::budget::BodyBudget::new(config.smtp.max_buffered_bytes),
+        body_budget: message_budget.clone(),
         authenticator,
         signer,
         inbound,
         on_queued: Some(Arc::new(move || waker.wake())),
+        mailbox_quota: config.limits.mailbox_quota,
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),
@@ -192,9 +213,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_append: config.smtp.max_message_size as u64,
             max_literal: sealmail_imap::MAX_SMALL_LITERAL,
             max_literals: sealmail_imap::MAX_LITERALS_PER_COMMAND,
+            max_command: sealmail_imap::MAX_COMMAND,
+            max_unauthenticated_literal: sealmail_imap::MAX_UNAUTHENTICATED_LITERAL,
+            max_unauthenticated_command: sealmail_imap::MAX_UNAUTHENTICATED_COMMAND,
             idle: config.limits.imap_idle_timeout,
+            // Never longer than a logged-in client's.
+            unauthenticated_idle: config
+                .limits
+                .imap_unauthenticated_timeout
+                .min(config.limits.imap_idle_timeout),
         },
+        budget: message_budget,
         max_errors: sealmail_imap::MAX_ERRORS,
+        mailbox_quota: config.limits.mailbox_quota,
     }));
     let listeners = bound
         .into_iter()
@@ -209,17 +240,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
 
     let shutdown = CancellationToken::new();
-    let metrics = match config.metrics_bind {
-        Some(address) => {
-            let socket = sealmail_net::metrics::bind(address)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            Some((address, socket))
-        }
-        None => None,
-    };
-    // Every socket is bound: nothing below needs root.
-    crate::privileges::drop_privileges(&config)?;
+    // Opened as the service user: root never writes where that user could have put a link.
+    let event_log = config.data_dir.join(SECURITY_LOG);
+    guard.open_event_log(&event_log).await.with_context(|| {
+        format!(
+            "cannot open the security event log {}; if it is a symbolic link, remove it (sealmail never follows one there)",
+            event_log.display()
+        )
+    })?;
     if let Some((address, socket)) = metrics {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
@@ -234,10 +262,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     Server::new(config.limits.clone(), tls, shutdown)
-        .with_filter(guard)
+        .with_filter(guard.clone())
         .with_proxies(config.security.proxies.clone())
         .run(listeners)
         .await;
+    // The events of the last moments are not lost with the process.
+    guard.flush().await;
     tracing::info!("sealmail stopped");
     Ok(())
 }

@@ -23,6 +23,30 @@ fn config_dir() -> TestResult<(tempfile::TempDir, String)> {
     Ok((dir, config.to_string_lossy().into_owned()))
 }
 
+/// `config_dir` with the certificate and key inside the data folder, the only place restore
+/// writes to.
+fn config_dir_with_certs_in_data() -> TestResult<(tempfile::TempDir, String)> {
+    let (dir, config) = config_dir()?;
+    for folder in ["data", "data/tls"] {
+        ctx(
+            sealmail_safeio::create_private_dir(&dir.path().join(folder)),
+            "create data/tls",
+        )?;
+    }
+    for name in ["0.pem", "0.key"] {
+        ctx(
+            std::fs::rename(
+                dir.path().join("tls").join(name),
+                dir.path().join("data/tls").join(name),
+            ),
+            "move into data",
+        )?;
+    }
+    let text = ctx(std::fs::read_to_string(&config), "read")?.replace("\"tls/0.", "\"data/tls/0.");
+    ctx(std::fs::write(&config, text), "write")?;
+    Ok((dir, config))
+}
+
 #[test]
 fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() -> TestResult {
     let (dir, config) = config_dir()?;
@@ -210,7 +234,7 @@ fn migrate_dry_run_reports_pending_migrations_and_changes_nothing() -> TestResul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_under_write_load_restores_to_a_consistent_store() -> TestResult {
-    let (dir, config) = config_dir()?;
+    let (dir, config) = config_dir_with_certs_in_data()?;
     let sealmail = |args: &[&str], stdin: Option<&str>| {
         let mut all = vec!["--config", config.as_str()];
         all.extend_from_slice(args);
@@ -423,8 +447,91 @@ fn init_writes_a_checked_configuration_and_never_overwrites_one() -> TestResult 
 }
 
 #[tokio::test]
-async fn one_data_folder_serves_one_server_and_restore_waits_for_it_to_stop() -> TestResult {
+async fn restore_refuses_to_write_outside_the_data_folder() -> TestResult {
+    // A backup whose configuration keeps its certificate beside the configuration file, outside
+    // the data folder (a crafted backup could name /etc/cron.d/x the same way).
     let (dir, config) = config_dir()?;
+    assert_eq!(
+        run(
+            dir.path(),
+            &["--config", &config, "domain", "add", "example.test"],
+            None
+        )?
+        .0,
+        0
+    );
+    let backup = dir.path().join("backup").to_string_lossy().into_owned();
+    assert_eq!(
+        run(dir.path(), &["--config", &config, "backup", &backup], None)?.0,
+        0
+    );
+    let elsewhere = ctx(tempfile::tempdir(), "tempdir")?;
+    let new_config = elsewhere
+        .path()
+        .join("sealmail.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, _, err) = run(
+        elsewhere.path(),
+        &["--config", &new_config, "restore", &backup],
+        None,
+    )?;
+    assert_ne!(code, 0, "restore wrote a certificate outside the data folder");
+    assert!(
+        err.contains("tls.certificate[0].cert") && err.contains("outside the data folder"),
+        "{err}"
+    );
+    assert!(
+        !elsewhere.path().join("tls").exists(),
+        "something was written outside"
+    );
+    assert!(
+        !Path::new(&new_config).exists(),
+        "the configuration was replaced before the check"
+    );
+
+    // A link planted in the data folder (by its user, say) leading out of it is not followed.
+    let (dir, config) = config_dir_with_certs_in_data()?;
+    assert_eq!(
+        run(
+            dir.path(),
+            &["--config", &config, "domain", "add", "example.test"],
+            None
+        )?
+        .0,
+        0
+    );
+    let backup = dir.path().join("backup").to_string_lossy().into_owned();
+    assert_eq!(
+        run(dir.path(), &["--config", &config, "backup", &backup], None)?.0,
+        0
+    );
+    let outside = dir.path().join("outside");
+    ctx(std::fs::create_dir(&outside), "mkdir")?;
+    ctx(
+        std::fs::write(outside.join("0.pem"), "not a certificate"),
+        "write",
+    )?;
+    ctx(std::fs::remove_dir_all(dir.path().join("data/tls")), "rm")?;
+    ctx(
+        std::os::unix::fs::symlink(&outside, dir.path().join("data/tls")),
+        "symlink",
+    )?;
+    let (code, _, err) = run(dir.path(), &["--config", &config, "restore", &backup], None)?;
+    assert_ne!(code, 0, "restore followed a link out of the data folder");
+    assert!(err.contains("outside the data folder"), "{err}");
+    let left: Vec<_> = ctx(std::fs::read_dir(&outside), "read_dir")?.collect();
+    assert_eq!(left.len(), 1, "restore wrote through the link");
+    assert_eq!(
+        ctx(std::fs::read_to_string(outside.join("0.pem")), "read")?,
+        "not a certificate"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_data_folder_serves_one_server_and_restore_waits_for_it_to_stop() -> TestResult {
+    let (dir, config) = config_dir_with_certs_in_data()?;
     let mut server = common::serve(dir.path(), Path::new(&config)).await?;
     let (code, _, err) = run(dir.path(), &["--config", &config, "serve"], None)?;
     assert_ne!(code, 0);

@@ -655,3 +655,315 @@ async fn sasl_ir_login_mechanism_examine_unselect_and_check() -> TestResult {
     assert!(has_line(&fetched, "FLAGS (\\Seen)"), "{fetched:?}");
     Ok(())
 }
+
+/// The resident memory of a process, in KiB (Linux /proc).
+fn resident_kib(pid: i32) -> TestResult<u64> {
+    let status = ctx(
+        std::fs::read_to_string(format!("/proc/{pid}/status")),
+        "/proc status",
+    )?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS in /proc status".to_string())
+}
+
+impl Server {
+    /// An IMAP session over TLS from the loopback address `source` (distinct addresses keep
+    /// the per-address connection caps out of the way), greeting read.
+    async fn connect_from(&self, source: [u8; 4]) -> TestResult<Client> {
+        let config = client_config(&[&self.cert()], rustls::DEFAULT_VERSIONS, &[])?;
+        let tcp = sealmail_testkit::tcp_from(source, self.imap).await?;
+        let mut c = LineClient::new(sealmail_testkit::tls_upgrade(tcp, config, "mail.example.test").await?);
+        c.line().await?;
+        Ok(c)
+    }
+}
+
+#[tokio::test]
+async fn clients_that_have_not_logged_in_cannot_make_the_server_hold_memory() -> TestResult {
+    let server = Server::start("").await?;
+    let pid = server.process.as_ref().ok_or("no server")?.pid();
+    // One session first, so that what any session costs (TLS, tasks) is in the baseline.
+    let mut warm = server.connect_from([127, 0, 0, 9]).await?;
+    expect_ok(&warm.imap("n", "NOOP").await?)?;
+    let before = resident_kib(pid)?;
+
+    // The attack: 20 sessions from 20 addresses, none logged in, each announcing a 50 MiB
+    // APPEND. Each must be refused before "+", so no client ever sends, and the server never
+    // holds, the message.
+    let mut attackers = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..20u8 {
+        let mut c = server.connect_from([127, 0, 0, 10 + i]).await?;
+        c.send("a APPEND INBOX {52428800}\r\n").await?;
+        answers.push(c.line().await?);
+        attackers.push(c);
+    }
+    let after = resident_kib(pid)?;
+    eprintln!("server VmRSS: {before} KiB before, {after} KiB after 20 unauthenticated 50 MiB APPENDs");
+    assert!(
+        after.saturating_sub(before) < 8 * 1024,
+        "the server grew from {before} KiB to {after} KiB"
+    );
+    for answer in &answers {
+        assert!(answer.starts_with("a BAD Log in first"), "{answer}");
+    }
+    // Each session is still in step.
+    for c in &mut attackers {
+        expect_ok(&c.imap("n", "NOOP").await?)?;
+    }
+
+    // Before login a literal is for a user name or a password: 4 KiB at most, refused before
+    // "+" beyond that, and read and thrown away when it was not asked for ({n+}).
+    let mut c = server.connect_from([127, 0, 0, 40]).await?;
+    c.send("b LOGIN {52428800}\r\n").await?;
+    let refused = c.line().await?;
+    assert!(refused.starts_with("b BAD [TOOBIG]"), "{refused}");
+    c.send(&format!("d LOGIN {{5000+}}\r\n{}\r\n", "x".repeat(5000)))
+        .await?;
+    let reply = c.imap_until("d").await?;
+    assert!(tagged(&reply).starts_with("d BAD [TOOBIG]"), "{reply:?}");
+    // Small literals, but too many bytes for one command together.
+    let piece = format!("{{4000+}}\r\n{}", "y".repeat(4000));
+    c.send(&format!("e LOGIN {}\r\n", piece.repeat(5))).await?;
+    let reply = c.imap_until("e").await?;
+    assert!(tagged(&reply).starts_with("e BAD [TOOBIG]"), "{reply:?}");
+    // What LOGIN needs still works, synchronizing literals included.
+    c.send("l LOGIN {16}\r\n").await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send(&format!("bob@example.test {{{}}}\r\n", TEST_PASSWORD.len()))
+        .await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send(&format!("{TEST_PASSWORD}\r\n")).await?;
+    expect_ok(&c.imap_until("l").await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn append_draws_on_the_message_budget_smtp_uses_and_gets_no_limit_past_it() -> TestResult {
+    let server = Server::start("[smtp]\nmax_message_size = 65536\nmax_buffered_bytes = 65536\n").await?;
+    let mut imap = server.login("bob").await?;
+    let message = format!("Subject: big\r\n\r\n{}", "z".repeat(40_000 - 16));
+    assert_eq!(message.len(), 40_000);
+
+    // An SMTP session holds 40,000 bytes of a message in chunks (BDAT without LAST).
+    let mut smtp = server.connect(server.submission).await?;
+    smtp.smtp_reply().await?;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{TEST_PASSWORD}"));
+    smtp.dialog(&[
+        ("EHLO client.test".to_string(), "250"),
+        (format!("AUTH PLAIN {auth}"), "235"),
+        ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "250"),
+    ])
+    .await?;
+    smtp.send(&format!("BDAT {}\r\n{message}", message.len())).await?;
+    assert!(smtp.smtp_reply().await?.starts_with("250"));
+
+    // What is left of the 64 KiB budget cannot hold another 40,000: refused before "+" ...
+    imap.send("a APPEND INBOX {40000}\r\n").await?;
+    let refused = imap.line().await?;
+    assert!(refused.starts_with("a NO [LIMIT]"), "{refused}");
+    // ... or, sent unasked, read, dropped and refused, with the session in step.
+    imap.send(&format!("b APPEND INBOX {{40000+}}\r\n{message}\r\n"))
+        .await?;
+    let reply = imap.imap_until("b").await?;
+    assert!(tagged(&reply).starts_with("b NO [LIMIT]"), "{reply:?}");
+    expect_ok(&imap.imap("n", "NOOP").await?)?;
+
+    // The SMTP session gives its share back; now the APPEND fits.
+    smtp.command("RSET", "250").await?;
+    imap.send("c APPEND INBOX {40000}\r\n").await?;
+    assert!(imap.line().await?.starts_with("+ "));
+    imap.send(&format!("{message}\r\n")).await?;
+    let appended = imap.imap_until("c").await?;
+    assert!(tagged(&appended).starts_with("c OK [APPENDUID "), "{appended:?}");
+    let data = server.dir.path().join("data");
+    assert_eq!(
+        mailbox_contents(&data, "bob@example.test", "INBOX").await?,
+        vec![message.into_bytes()]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_that_do_not_log_in_are_logged_out_after_the_short_timeout() -> TestResult {
+    let server = Server::start("[limits]\nimap_unauthenticated_timeout_secs = 2\n").await?;
+    // Silent after the greeting.
+    let mut silent = server.connect(server.imap).await?;
+    silent.line().await?;
+    // Sending a command so slowly that it is never finished.
+    let mut slow = server.connect(server.imap).await?;
+    slow.line().await?;
+    slow.send("a LOGIN bob@example.test").await?;
+    // A logged-in session keeps the long timeout.
+    let mut logged_in = server.login("bob").await?;
+
+    for c in [&mut silent, &mut slow] {
+        let bye = c.line().await?;
+        assert!(bye.starts_with("* BYE Autologout"), "{bye}");
+        assert!(c.closed().await);
+    }
+    expect_ok(&logged_in.imap("n", "NOOP").await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_sequence_sets_get_each_message_once_and_list_patterns_past_the_caps_get_bad() -> TestResult
+{
+    let server = Server::start("").await?;
+    for i in 1..=3 {
+        server
+            .submit("bob@example.test", &format!("Subject: r{i}\r\n\r\nbody {i}"))
+            .await?;
+    }
+    let mut c = server.login("bob").await?;
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    // 10,000 times "1:*" in one command (60 KB): each message is answered once.
+    let repeated = vec!["1:*"; 10_000].join(",");
+    let fetch = c.imap("f", &format!("FETCH {repeated} (UID)")).await?;
+    expect_ok(&fetch)?;
+    assert_eq!(fetch.len(), 4, "{:?}", &fetch[..fetch.len().min(8)]);
+    let fetch = c.imap("u", &format!("UID FETCH {repeated},2 (FLAGS)")).await?;
+    assert_eq!(fetch.len(), 4, "{:?}", &fetch[..fetch.len().min(8)]);
+    let search = c.imap("q", &format!("SEARCH {repeated} BODY \"BODY 2\"")).await?;
+    assert!(has_line(&search, "* SEARCH 2"), "{search:?}");
+    // LIST patterns past the caps are refused, not run.
+    let list = c.imap("l", &format!("LIST \"\" \"{}\"", "*a".repeat(40))).await?;
+    assert!(tagged(&list).starts_with("l BAD"), "{list:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mailbox_names_with_control_characters_are_refused_and_never_echoed() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    // "&AA0ACg-" is CR LF in modified UTF-7; after it, a forged response.
+    let hostile = "\"&AA0ACg-* OK [ALERT] forged&AA0ACg-\"";
+    for (tag, command) in [
+        ("c", format!("CREATE {hostile}")),
+        ("d", format!("DELETE {hostile}")),
+        ("r", format!("RENAME {hostile} Other")),
+        ("s", format!("SUBSCRIBE {hostile}")),
+        ("t", format!("STATUS {hostile} (MESSAGES)")),
+        ("x", format!("SELECT {hostile}")),
+    ] {
+        let reply = c.imap(tag, &command).await?;
+        assert!(
+            tagged(&reply).starts_with(&format!("{tag} NO"))
+                || tagged(&reply).starts_with(&format!("{tag} BAD")),
+            "{command}: {reply:?}"
+        );
+        assert_eq!(reply.len(), 1, "{command}: {reply:?}");
+        // Nothing of a reply is left over for the next command.
+        assert_eq!(
+            c.imap("n", "NOOP").await?,
+            ["n OK NOOP completed"],
+            "after {command}"
+        );
+    }
+    let list = c.imap("l", "LIST \"\" *").await?;
+    assert!(!has_line(&list, "forged"), "{list:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn renaming_a_non_ascii_parent_takes_its_children_along() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    // "Ärger" is "&AMQ-rger" on the wire.
+    expect_ok(&c.imap("c", "CREATE &AMQ-rger/x").await?)?;
+    expect_ok(&c.imap("r", "RENAME &AMQ-rger B").await?)?;
+    expect_ok(&c.imap("s", "SELECT B/x").await?)?;
+    let list = c.imap("l", "LIST \"\" *").await?;
+    assert!(has_line(&list, "\"B/x\""), "{list:?}");
+    assert!(!has_line(&list, "&AMQ-rger"), "{list:?}");
+    Ok(())
+}
+
+/// `limits.mailbox_quota`: a full account refuses new mail on SMTP (552 5.2.2, also for a
+/// declared SIZE that would not fit) and on IMAP APPEND and COPY (`NO [OVERQUOTA]`, MOVE still
+/// works), and IMAP QUOTA (RFC 9208) reports its use and limit in KiB.
+#[tokio::test]
+async fn a_full_mailbox_refuses_new_mail_and_reports_its_quota() -> TestResult {
+    let server = Server::start("[limits]\nmailbox_quota = 8192\n").await?;
+    let mut imap = server.login("bob").await?;
+    let capabilities = imap.imap("c", "CAPABILITY").await?;
+    assert!(has_line(&capabilities, "QUOTA=RES-STORAGE"), "{capabilities:?}");
+    let roots = imap.imap("q", "GETQUOTAROOT INBOX").await?;
+    expect_ok(&roots)?;
+    assert!(has_line(&roots, "* QUOTAROOT \"INBOX\" \"\""), "{roots:?}");
+    assert!(has_line(&roots, "* QUOTA \"\" (STORAGE 0 8)"), "{roots:?}");
+
+    // About 4.5 KiB stored (with the headers submission adds): under the quota.
+    server
+        .submit(
+            "bob@example.test",
+            &format!("Subject: one\r\n\r\n{}", "a".repeat(3000)),
+        )
+        .await?;
+    let quota = imap.imap("g", "GETQUOTA \"\"").await?;
+    expect_ok(&quota)?;
+    let used_kib: u64 = quota
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("* QUOTA \"\" (STORAGE ")?
+                .strip_suffix(" 8)")?
+                .parse()
+                .ok()
+        })
+        .ok_or(format!("no STORAGE line: {quota:?}"))?;
+    assert!((4..=6).contains(&used_kib), "{quota:?}");
+    // SMTP: a declared size that would pass the quota is refused at RCPT.
+    let mut smtp = server.connect(server.submission).await?;
+    smtp.smtp_reply().await?;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{TEST_PASSWORD}"));
+    smtp.dialog(&[
+        ("EHLO client.test".to_string(), "250"),
+        (format!("AUTH PLAIN {auth}"), "235"),
+        ("MAIL FROM:<alice@example.test> SIZE=5000".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "552 5.2.2"),
+        // alice has room.
+        ("RCPT TO:<alice@example.test>".to_string(), "250"),
+        ("RSET".to_string(), "250"),
+    ])
+    .await?;
+    // IMAP: an APPEND that would pass the quota is refused; bob still reads his mail.
+    let append = imap
+        .imap(
+            "a",
+            &format!("APPEND INBOX {{5000+}}\r\nSubject: x\r\n\r\n{}", "b".repeat(4986)),
+        )
+        .await?;
+    assert!(tagged(&append).starts_with("a NO [OVERQUOTA]"), "{append:?}");
+    imap.imap("s", "SELECT INBOX").await?;
+    // A COPY would double the message: refused; a MOVE does not add anything.
+    let copy = imap.imap("k", "COPY 1 Trash").await?;
+    assert!(tagged(&copy).starts_with("k NO [OVERQUOTA]"), "{copy:?}");
+    expect_ok(&imap.imap("m", "MOVE 1 Trash").await?)?;
+    // Fill it up: another 4.5 KiB fits (nothing declared), then the mailbox is full.
+    server
+        .submit(
+            "bob@example.test",
+            &format!("Subject: two\r\n\r\n{}", "c".repeat(3000)),
+        )
+        .await?;
+    smtp.dialog(&[
+        ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+        ("RCPT TO:<bob@example.test>".to_string(), "552 5.2.2"),
+    ])
+    .await?;
+    let set = imap.imap("t", "SETQUOTA \"\" (STORAGE 100000)").await?;
+    assert!(tagged(&set).starts_with("t NO"), "{set:?}");
+    // Deleting mail makes room again.
+    imap.imap("d", "SELECT Trash").await?;
+    imap.imap("e", "STORE 1 +FLAGS (\\Deleted)").await?;
+    expect_ok(&imap.imap("x", "EXPUNGE").await?)?;
+    smtp.dialog(&[("RCPT TO:<bob@example.test>".to_string(), "250")])
+        .await?;
+    Ok(())
+}

@@ -543,7 +543,9 @@ async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TestResult<LineClien
 async fn connection_caps_apply_per_ip_and_globally() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let addr = free_addr()?;
-    let limits = "[limits]\nmax_connections = 3\nmax_connections_per_ip = 2\n";
+    // One role may hold every slot here, so that the global cap is what is reached.
+    let limits =
+        "[limits]\nmax_connections = 3\nmax_connections_per_ip = 2\nmax_connections_per_role_percent = 100\n";
     let config = write_config(dir.path(), &["mail.a.test"], &[("mx", addr, "starttls")], limits)?;
     let _server = serve(dir.path(), &config).await?;
 
@@ -575,6 +577,38 @@ async fn connection_caps_apply_per_ip_and_globally() -> TestResult {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c2 = connect_from([127, 0, 0, 3], addr).await?;
     assert!(c2.smtp_reply().await?.starts_with("220 "));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_on_one_role_leaves_room_for_the_others() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (mx, imap) = (free_addr()?, free_addr()?);
+    // The default share is half the global cap: mx may hold 2 of these 4 slots.
+    let limits = "[limits]\nmax_connections = 4\nmax_connections_per_ip = 4\n";
+    let listeners = [("mx", mx, "starttls"), ("imap", imap, "starttls")];
+    let config = write_config(dir.path(), &["mail.a.test"], &listeners, limits)?;
+    let _server = serve(dir.path(), &config).await?;
+
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for n in 1..=4u8 {
+        let mut c = connect_from([127, 0, 0, n], mx).await?;
+        let greeting = c.smtp_reply().await?;
+        if greeting.starts_with("421 4.7.0") {
+            refused += 1;
+        } else {
+            assert!(greeting.starts_with("220 "), "{greeting}");
+        }
+        flood.push(c);
+    }
+    assert_eq!(refused, 2, "mx took more than its share of the connection cap");
+    let mut reader = connect_from([127, 0, 0, 9], imap).await?;
+    let greeting = reader.line().await?;
+    assert!(
+        greeting.starts_with("* OK"),
+        "IMAP was starved by the mx flood: {greeting}"
+    );
     Ok(())
 }
 

@@ -591,6 +591,40 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
 }
 
 #[tokio::test]
+async fn the_metrics_endpoint_serves_a_few_connections_at_once_and_drops_silent_ones() -> TestResult {
+    use tokio::io::AsyncReadExt;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (mx, metrics) = (common::free_addr()?, common::free_addr()?);
+    let extra = format!("[metrics]\nbind = \"{metrics}\"\n");
+    let config = common::write_config(dir.path(), &[NAME], &[("mx", mx, "starttls")], &extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+
+    // Clients that connect and say nothing take every slot...
+    let mut silent = Vec::new();
+    for _ in 0..sealmail_net::metrics::MAX_CONNECTIONS {
+        silent.push(ctx(TcpStream::connect(metrics).await, "connect")?);
+    }
+    let busy = http_get(metrics, "/metrics").await?;
+    assert!(
+        busy.starts_with("HTTP/1.1 503"),
+        "a connection past the cap was served: {busy}"
+    );
+    // ...until the timeout closes them.
+    let mut first = silent.remove(0);
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), first.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "a silent client was not dropped: {read:?}"
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = http_get(metrics, "/metrics").await?;
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn started_as_root_it_refuses_to_stay_root_or_drops_to_the_configured_user() -> TestResult {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: privilege dropping needs the tests to run as root");
@@ -689,5 +723,136 @@ async fn guessing_slows_an_account_but_not_its_owner_logging_in_with_the_right_p
         waited < Duration::from_millis(1000),
         "the owner was throttled: {waited:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn guesses_spelled_differently_count_against_the_account_and_a_full_queue_is_refused_at_once()
+-> TestResult {
+    let instance = Instance::quickstart().await?;
+    let submission = instance.addr(2465);
+    let cert = instance.cert();
+    // Three guesses at alice under other spellings (case, trailing dot), from three addresses:
+    // no address is banned, and alice's account is now throttled.
+    for (n, spelling) in [
+        "ALICE@EXAMPLE.TEST.",
+        "Alice@Example.Test.",
+        "alice@EXAMPLE.test.",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let replies = try_login([127, 0, 0, 50 + n as u8], submission, &cert, spelling, "guess").await?;
+        assert!(replies[0].starts_with("535 5.7.8"), "{spelling}: {replies:?}");
+    }
+    // Twelve parallel guesses spelled as the account is: they queue at least a second apart, and
+    // those that would wait past the bound are refused at once with a temporary failure.
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..12u8 {
+        let cert = cert.clone();
+        guesses.spawn(async move {
+            let source = [127, 0, 0, 60 + n];
+            try_login(
+                source,
+                submission,
+                &cert,
+                "alice@example.test",
+                &format!("guess {n}"),
+            )
+            .await
+        });
+    }
+    let mut refused = 0;
+    while let Some(joined) = guesses.join_next().await {
+        let replies = ctx(joined, "join")??;
+        if replies[0].starts_with("454 4.7.0") {
+            refused += 1;
+        } else {
+            assert!(replies[0].starts_with("535 5.7.8"), "{replies:?}");
+        }
+    }
+    assert!(
+        refused > 0,
+        "the guesses under other spellings did not count against alice, or her queue is unbounded"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_link_in_place_of_the_security_event_log_is_refused_not_written_through() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let listeners = [("mx", common::free_addr()?, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["alice"], &listeners, "")?;
+    // What the service user could leave in the data folder for root to write through.
+    let outside = dir.path().join("crontab");
+    ctx(std::fs::write(&outside, "untouched\n"), "write")?;
+    ctx(
+        std::os::unix::fs::symlink(&outside, dir.path().join("data/security-events.jsonl")),
+        "symlink",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let mut server = sealmail_testkit::Sealmail::spawn(
+        common::bin(),
+        &["--config", &config, "serve"],
+        dir.path(),
+        dir.path(),
+    )?;
+    let exit = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        matches!(exit, Ok(Some(code)) if code != 0),
+        "served with a link as its event log: {exit:?}"
+    );
+    let errors = server.errors();
+    assert!(
+        errors.contains("security-events.jsonl") && errors.contains("symbolic link"),
+        "{errors}"
+    );
+    assert_eq!(ctx(std::fs::read_to_string(&outside), "read")?, "untouched\n");
+    Ok(())
+}
+
+/// The store is opened only after the switch to the service user: a link that user planted in
+/// the data folder (here in place of the database, which SQLite follows) cannot make root
+/// create or write a file elsewhere.
+#[tokio::test]
+async fn the_store_is_opened_as_the_service_user_so_its_links_cannot_steer_root() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("this test needs root (CI runs as root)".into());
+    }
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    ctx(
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)),
+        "chmod",
+    )?;
+    // A folder only root may write to, outside the data folder.
+    let outside = ctx(tempfile::tempdir(), "tempdir")?;
+    ctx(
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)),
+        "chmod",
+    )?;
+    let victim = outside.path().join("created-by-root");
+    let mx = common::free_addr()?;
+    let listeners = [("mx", mx, "starttls")];
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &listeners,
+        "[server]\nuser = \"nobody\"\n",
+    )?;
+    // The service user swapped the database for a link to a file root could create.
+    let database = dir.path().join("data/sealmail.db");
+    ctx(std::fs::remove_file(&database), "remove the database")?;
+    ctx(std::os::unix::fs::symlink(&victim, &database), "plant the link")?;
+    let started = common::serve(dir.path(), &config).await;
+    assert!(
+        !victim.exists(),
+        "root followed the link and created {}",
+        victim.display()
+    );
+    // As the service user the link leads nowhere it may write: the server does not start.
+    let error = started.err().ok_or("started on a store it cannot open")?;
+    assert!(error.contains("cannot open the store"), "{error}");
     Ok(())
 }

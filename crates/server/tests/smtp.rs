@@ -895,3 +895,49 @@ async fn bodies_in_flight_share_a_memory_budget_and_the_excess_gets_452() -> Tes
     );
     Ok(())
 }
+
+/// One client (here one loopback address) holds at most its share of the body budget (an
+/// eighth, but at least one largest message): its second body in flight gets 452 while
+/// another address still gets its message through.
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_its_share_of_the_body_budget() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx_addr = common::free_addr()?;
+    let extra = "[smtp]\nmax_message_size = 32768\nmax_buffered_bytes = 262144\n";
+    let listeners = [("mx", mx_addr, "starttls")];
+    let config = common::config_with_users(dir.path(), "example.test", &["bob"], &listeners, extra)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let open = |source: [u8; 4]| async move {
+        let mut c = LineClient::new(sealmail_testkit::tcp_from(source, mx_addr).await?);
+        c.smtp_reply().await?;
+        c.dialog(&[
+            ("EHLO s.test", "250"),
+            ("MAIL FROM:<x@s.test>", "250"),
+            ("RCPT TO:<bob@example.test>", "250"),
+            ("DATA", "354"),
+        ])
+        .await?;
+        Ok::<_, String>(c)
+    };
+    let line = format!("{}\r\n", "x".repeat(78));
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(300));
+    assert!(body.len() > 20_000 && body.len() < 32_768);
+
+    // 127.0.0.1 holds ~24 KiB in one session; its second session's 24 KiB would pass its
+    // 32 KiB share, though the budget (256 KiB) has room.
+    let mut first = open([127, 0, 0, 1]).await?;
+    first.send(&body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = open([127, 0, 0, 1]).await?;
+    second.send(&format!("{body}.\r\n")).await?;
+    let refused = second.smtp_reply().await?;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    // Another client is not affected.
+    let mut other = open([127, 0, 0, 2]).await?;
+    other.send(&format!("{body}.\r\n")).await?;
+    let accepted = other.smtp_reply().await?;
+    assert!(accepted.starts_with("250"), "{accepted}");
+    first.send(".\r\n").await?;
+    assert!(first.smtp_reply().await?.starts_with("250"));
+    Ok(())
+}

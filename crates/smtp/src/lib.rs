@@ -9,11 +9,13 @@
 //! AUTH and accepts mail only from the user's own address. A message gets `250` only after the
 //! store has made it durable.
 
-pub mod budget;
 pub mod data;
 pub mod message;
 pub mod reply;
 pub mod session;
+
+/// The budget lives in `sealmail-net` because IMAP's APPEND draws on the same one.
+pub use sealmail_net::budget;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -180,7 +182,7 @@ async fn receive_data(
 ) -> Result<(data::Data, budget::Reservation), ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let mut receiver = DataReceiver::new(ctx.config.max_message_size);
-    let mut reservation = ctx.body_budget.reservation();
+    let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let input = conn.fill(left).await?;
@@ -205,7 +207,7 @@ async fn receive_chunk(
 ) -> Result<Chunk, ConnError> {
     let deadline = Instant::now() + ctx.config.data_timeout;
     let too_big = size > ctx.config.max_message_size;
-    let mut reservation = ctx.body_budget.reservation();
+    let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
     let no_memory = keep && !too_big && !reservation.grow_to(size);
     let keep = keep && !too_big && !no_memory;
     let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });

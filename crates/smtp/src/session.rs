@@ -46,6 +46,8 @@ pub struct SmtpContext {
     pub inbound: sealmail_mailauth::inbound::InboundPolicy,
     /// Told after a message was queued for remote recipients (wakes the delivery scheduler).
     pub on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// `limits.mailbox_quota`: octets one account may hold (0: no limit).
+    pub mailbox_quota: u64,
 }
 
 /// What the driver must do after a command.
@@ -110,6 +112,8 @@ struct Transaction {
     /// BDAT): buffered chunks hold a share of the body budget across commands, so a client
     /// that stops after a non-final chunk (and sends NOOPs) must not keep it for long.
     chunks_deadline: Option<Instant>,
+    /// The size the client declared with MAIL's SIZE (RFC 1870), 0 when none.
+    declared_size: u64,
 }
 
 pub struct Session {
@@ -490,6 +494,7 @@ impl Session {
             chunks_too_big: false,
             chunks_over_budget: false,
             chunks_deadline: None,
+            declared_size: from.size as u64,
         });
         reply(250, "2.1.0", "Sender OK")
     }
@@ -537,10 +542,27 @@ impl Session {
             Err(e) => return temporary_failure(&e),
         };
         let target = match (recipient, role) {
-            (Lookup::Local { account, inbox }, _) => Target::Local {
-                account,
-                mailbox: inbox,
-            },
+            (Lookup::Local { account, inbox }, _) => {
+                let quota = self.ctx.mailbox_quota;
+                if quota > 0 {
+                    let used = match store.account_usage(account).await {
+                        Ok(used) => used,
+                        Err(e) => return temporary_failure(&e),
+                    };
+                    // RFC 1870 6.1 / RFC 3463 5.2.2: full now, or full with the declared size.
+                    if used >= quota || used.saturating_add(transaction.declared_size) > quota {
+                        return reply(
+                            552,
+                            "5.2.2",
+                            format!("Mailbox full: {address} is over its storage quota"),
+                        );
+                    }
+                }
+                Target::Local {
+                    account,
+                    mailbox: inbox,
+                }
+            }
             (Lookup::UnknownUser, _) => {
                 let detail = format!("RCPT TO:<{address}>");
                 if self
@@ -684,6 +706,7 @@ impl Session {
     /// The answer after a BDAT chunk was read.
     pub async fn chunk_received(&mut self, chunk: Chunk, last: bool) -> Reply {
         let budget = self.ctx.body_budget.clone();
+        let peer = self.peer.ip();
         let (chunk, over_budget) = match chunk {
             Chunk::Data(bytes) => (Some(bytes), false),
             Chunk::TooBig => (None, false),
@@ -697,7 +720,7 @@ impl Session {
         let buffer = transaction.chunks.get_or_insert_with(Vec::new);
         let reservation = transaction
             .chunks_reservation
-            .get_or_insert_with(|| budget.reservation());
+            .get_or_insert_with(|| budget.reservation_for(peer));
         let received = chunk.as_ref().map(Vec::len).unwrap_or(0);
         transaction.chunks_over_budget |= over_budget;
         match chunk {

@@ -408,6 +408,9 @@ pub trait Store: Send + Sync {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
 
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;
+    /// Octets of every message in the account's mailboxes (a message in two mailboxes counts
+    /// twice, as IMAP QUOTA's STORAGE does), for `limits.mailbox_quota`.
+    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError>;
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError>;
 
     /// Stores a message durably in every listed mailbox, or in none.
@@ -511,6 +514,9 @@ pub trait Store: Send + Sync {
     /// Lifts every ban of `address`; returns how many were in force.
     async fn lift_bans(&self, address: &str, now: i64) -> Result<u64, StoreError>;
     async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError>;
+    /// Deletes security events from before `before` and bans (lifted or not) that ended before
+    /// it; returns how many rows went.
+    async fn prune_security(&self, before: i64) -> Result<u64, StoreError>;
     /// Events at or after `since`, oldest first; `address` narrows them to one client.
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
 

@@ -87,6 +87,9 @@ enum WriteOp {
         now: i64,
     },
     Event(SecurityEvent),
+    PruneSecurity {
+        before: i64,
+    },
     CreateMailbox {
         account: AccountId,
         name: String,
@@ -571,9 +574,10 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .await?;
             Ok(WriteDone::Stored(stored))
         }
-        WriteOp::AddBan { .. } | WriteOp::LiftBans { .. } | WriteOp::Event(_) => {
-            apply_security(conn, op).await
-        }
+        WriteOp::AddBan { .. }
+        | WriteOp::LiftBans { .. }
+        | WriteOp::Event(_)
+        | WriteOp::PruneSecurity { .. } => apply_security(conn, op).await,
         WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
             .await
             .map(WriteDone::Mailbox),
@@ -735,6 +739,17 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
                     .execute(&mut *conn)
                     .await?;
             Ok(WriteDone::Count(lifted.rows_affected()))
+        }
+        WriteOp::PruneSecurity { before } => {
+            let events = sqlx::query("DELETE FROM security_events WHERE at < ?1")
+                .bind(*before)
+                .execute(&mut *conn)
+                .await?;
+            let bans = sqlx::query("DELETE FROM bans WHERE until < ?1")
+                .bind(*before)
+                .execute(&mut *conn)
+                .await?;
+            Ok(WriteDone::Count(events.rows_affected() + bans.rows_affected()))
         }
         WriteOp::Event(event) => {
             sqlx::query(
@@ -1179,6 +1194,16 @@ impl Store for SqliteStore {
         rows.iter().map(message_from_row).collect()
     }
 
+    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError> {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(b.size), 0) FROM mailboxes x JOIN messages m ON m.mailbox_id = x.id JOIN blobs b ON b.id = m.blob_id WHERE x.account_id = ?1",
+        )
+        .bind(account.0)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(u64::try_from(used).unwrap_or(0))
+    }
+
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError> {
         let op = WriteOp::CreateMailbox {
             account,
@@ -1383,6 +1408,13 @@ impl Store for SqliteStore {
 
     async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError> {
         self.write(WriteOp::Event(event)).await.map(|_| ())
+    }
+
+    async fn prune_security(&self, before: i64) -> Result<u64, StoreError> {
+        match self.write(WriteOp::PruneSecurity { before }).await? {
+            WriteDone::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError> {

@@ -555,6 +555,12 @@ async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> Test
         names,
         ["Drafts", "INBOX", "Junk", "Old", "Old/2025", "Sent", "Trash"]
     );
+    // Children are found by characters, not bytes ("\u{c4}rger" is five characters, six bytes).
+    store.create_mailbox(alice, "\u{c4}rger").await?;
+    store.create_mailbox(alice, "\u{c4}rger/x").await?;
+    store.rename_mailbox(alice, "\u{c4}rger", "B").await?;
+    assert!(store.mailbox(alice, "B/x").await?.is_some());
+    assert!(store.mailbox(alice, "\u{c4}rger/x").await?.is_none());
     assert!(matches!(
         store.create_mailbox(alice, "inbox").await,
         Err(StoreError::Duplicate(_))
@@ -610,6 +616,12 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
     let stored = store.store_message(both).await?;
     store.store_message(message("own", inbox)).await?;
     assert_eq!(count_rows(dir.path(), "blobs").await?, 2);
+    let each = |body: &str| message(body, inbox).content.len() as u64;
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        2 * each("shared") + each("own"),
+        "a message in two mailboxes counts twice"
+    );
 
     // Expunged from the INBOX: its blob stays while Sent still holds the message.
     let before = store.changes_since(inbox, 0).await?.highest_modseq;

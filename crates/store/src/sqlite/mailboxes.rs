@@ -223,8 +223,9 @@ pub(super) async fn rename(
             "a mailbox cannot be moved below itself".into(),
         ));
     }
-    // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x".
-    let prefix_len = from.len() as i64;
+    // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x". SQLite's
+    // substr() counts characters in text, not bytes: "Ärger" is 5 long, not 6.
+    let prefix_len = from.chars().count() as i64;
     sqlx::query(
         "UPDATE mailboxes SET name = ?3 || substr(name, ?4 + 1) \
          WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
