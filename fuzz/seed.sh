@@ -57,6 +57,8 @@ for cmd in ["a1 LIST \"\" \"*\"\r\n", "a2 LIST (SUBSCRIBED) \"\" (\"INBOX*\" \"%
             "b2 SEARCH CHARSET UTF-8 OR UNSEEN SUBJECT x UID 1:*\r\n", "b3 STATUS INBOX (MESSAGES UIDNEXT)\r\n", "b4 AUTHENTICATE PLAIN\r\n",
             "b5 LIST \"\" ((((((x))))))\r\n", "b6 COPY 1,2,3 \"Sent Items\"\r\n", "b7 ENABLE QRESYNC\r\n"]:
     put("imap_command", cmd)
+for pattern_name in [b"*\0a/b/c", b"%/%\0a/b", b"a*b%c\0axxbyc", b"INBOX*\0INBOX.x", b"*%*%\0///"]:
+    put("imap_command", pattern_name)
 for name in ["INBOX", "&AOk-t&AOk-", "&-", "a&-b", "&ZeVnLIqe-", "&2D3eAA-", "Sent Items", "&AGE-", "&Jjo-!", "&U,BTFw-"]:
     put("imap_mutf7", name)
 sig = b"\r\n\r\n\x00\r\nQUIT\n"

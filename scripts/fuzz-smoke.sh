@@ -11,7 +11,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 start=$(date +%s)
-cargo fuzz build -s none -a
+cargo fuzz build -O -s none
 built=$(date +%s)
 ./seed.sh >/dev/null
 bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
