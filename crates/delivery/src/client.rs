@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -96,7 +98,7 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    fn from_ehlo(reply: &Reply) -> Capabilities {
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
         let mut caps = Capabilities::default();
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
@@ -156,41 +158,7 @@ impl SmtpClient {
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, ClientError> {
-        let mut lines = Vec::new();
-        let mut code = 0;
-        loop {
-            let mut line = Vec::new();
-            let read = (&mut self.stream)
-                .take(MAX_REPLY_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .await
-                .map_err(|e| ClientError::Io(e.to_string()))?;
-            if read == 0 {
-                return Err(ClientError::Io("the server closed the connection".into()));
-            }
-            if line.last() != Some(&b'\n') {
-                return Err(ClientError::Protocol("reply line too long".into()));
-            }
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\r', '\n']);
-            let bytes = line.as_bytes();
-            if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                return Err(ClientError::Protocol(format!("malformed reply line {line:?}")));
-            }
-            let this_code: u16 = line[..3].parse().unwrap_or(0);
-            if !(200..600).contains(&this_code) || (code != 0 && this_code != code) {
-                return Err(ClientError::Protocol(format!("malformed reply line {line:?}")));
-            }
-            code = this_code;
-            let more = bytes.get(3) == Some(&b'-');
-            lines.push(line.get(4..).unwrap_or_default().to_string());
-            if !more {
-                return Ok(Reply { code, lines });
-            }
-            if lines.len() >= MAX_REPLY_LINES {
-                return Err(ClientError::Protocol("reply has too many lines".into()));
-            }
-        }
+        read_reply_from(&mut self.stream).await
     }
 
     /// Several commands in one write (RFC 2920 pipelining); each goes through
@@ -303,19 +271,7 @@ impl SmtpClient {
         if let Some(problem) = unsafe_content(content) {
             return Err(ClientError::Unsafe(format!("the message has {problem}")));
         }
-        let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 8);
-        let mut line_start = true;
-        for &byte in content {
-            if line_start && byte == b'.' {
-                out.push(b'.');
-            }
-            out.push(byte);
-            line_start = byte == b'\n';
-        }
-        if !out.is_empty() && !out.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
+        let out = dot_stuff(content);
         self.write(&out).await?;
         self.read_reply("the reply to the message").await
     }
@@ -323,6 +279,66 @@ impl SmtpClient {
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT", "the QUIT reply")).await;
     }
+}
+
+/// Reads one reply (RFC 5321 4.2: one or more lines with the same code, the last one with a
+/// space after the code) from any buffered reader, with the line length and count limits.
+/// Public so the fuzz target can drive it over an in-memory reader.
+pub async fn read_reply_from<R: AsyncBufRead + Unpin>(stream: &mut R) -> Result<Reply, ClientError> {
+    let mut lines = Vec::new();
+    let mut code = 0;
+    loop {
+        let mut line = Vec::new();
+        let read = (&mut *stream)
+            .take(MAX_REPLY_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        if read == 0 {
+            return Err(ClientError::Io("the server closed the connection".into()));
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(ClientError::Protocol("reply line too long".into()));
+        }
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches(['\r', '\n']);
+        let bytes = line.as_bytes();
+        if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+            return Err(ClientError::Protocol(format!("malformed reply line {line:?}")));
+        }
+        let this_code: u16 = line[..3].parse().unwrap_or(0);
+        if !(200..600).contains(&this_code) || (code != 0 && this_code != code) {
+            return Err(ClientError::Protocol(format!("malformed reply line {line:?}")));
+        }
+        code = this_code;
+        let more = bytes.get(3) == Some(&b'-');
+        lines.push(line.get(4..).unwrap_or_default().to_string());
+        if !more {
+            return Ok(Reply { code, lines });
+        }
+        if lines.len() >= MAX_REPLY_LINES {
+            return Err(ClientError::Protocol("reply has too many lines".into()));
+        }
+    }
+}
+
+/// `content` as DATA sends it (RFC 5321 4.5.2): a dot at a line start doubled, a final CRLF
+/// when missing, then the end marker `.CRLF`. The caller has refused unsafe content first.
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 8);
+    let mut line_start = true;
+    for &byte in content {
+        if line_start && byte == b'.' {
+            out.push(b'.');
+        }
+        out.push(byte);
+        line_start = byte == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 async fn tcp_connect(addr: std::net::SocketAddr, limit: Duration) -> Result<TcpStream, ClientError> {
@@ -363,6 +379,31 @@ async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn replies_are_read_from_any_buffered_reader() {
+        let mut input: &[u8] = b"250-mx.example\r\n250 PIPELINING\r\n550 5.1.1 no\r\n";
+        let first = read_reply_from(&mut input).await.map_err(|e| e.to_string());
+        assert_eq!(
+            first,
+            Ok(Reply {
+                code: 250,
+                lines: vec!["mx.example".into(), "PIPELINING".into()]
+            })
+        );
+        let second = read_reply_from(&mut input).await.map_err(|e| e.to_string());
+        assert_eq!(second.map(|r| r.code), Ok(550));
+        assert!(read_reply_from(&mut input).await.is_err());
+        let mut mixed: &[u8] = b"250-a\r\n251 b\r\n";
+        assert!(read_reply_from(&mut mixed).await.is_err());
+    }
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_and_ends_the_data() {
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
+    }
 
     #[test]
     fn enhanced_codes_are_recognised_only_when_well_formed() {

@@ -132,31 +132,38 @@ pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, S
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Destinations::default()),
         Err(e) => return Err(format!("TXT lookup for {name} failed: {e}")),
     };
-    let mut found = Destinations::default();
     for record in lookup.answers() {
         let hickory_proto::rr::RData::TXT(txt) = &record.data else {
             continue;
         };
         let text: Vec<u8> = txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
-        let Ok(policy) = TlsRpt::parse(&text) else {
+        let Some(found) = destinations(domain, &text) else {
             continue;
         };
-        for uri in policy.rua {
-            if found.mail.len() + found.https.len() >= MAX_REPORT_ADDRESSES {
-                break;
-            }
-            match uri {
-                ReportUri::Mail(address) if valid_address(&address) => found.mail.push(address),
-                ReportUri::Http(url) if valid_url(&url) => found.https.push(url),
-                ReportUri::Mail(uri) | ReportUri::Http(uri) => {
-                    tracing::info!(domain, uri = %uri.escape_debug(), "TLS report address skipped: not a mail address or https URL")
-                }
+        // RFC 8460 3: more than one record is an error; the first valid one counts.
+        return Ok(found);
+    }
+    Ok(Destinations::default())
+}
+
+/// The report destinations of one TLSRPT TXT record's text, or `None` when it is not a valid
+/// record. `domain` is only for the log.
+pub fn destinations(domain: &str, record: &[u8]) -> Option<Destinations> {
+    let policy = TlsRpt::parse(record).ok()?;
+    let mut found = Destinations::default();
+    for uri in policy.rua {
+        if found.mail.len() + found.https.len() >= MAX_REPORT_ADDRESSES {
+            break;
+        }
+        match uri {
+            ReportUri::Mail(address) if valid_address(&address) => found.mail.push(address),
+            ReportUri::Http(url) if valid_url(&url) => found.https.push(url),
+            ReportUri::Mail(uri) | ReportUri::Http(uri) => {
+                tracing::info!(domain, uri = %uri.escape_debug(), "TLS report address skipped: not a mail address or https URL")
             }
         }
-        // RFC 8460 3: more than one record is an error; the first valid one counts.
-        break;
     }
-    Ok(found)
+    Some(found)
 }
 
 fn valid_url(url: &str) -> bool {
@@ -369,6 +376,26 @@ pub fn yesterday() -> String {
 mod tests {
     use super::*;
     use sealmail_testkit::dns::DnsServer;
+
+    #[test]
+    fn destinations_of_one_record() {
+        let found = destinations(
+            "example.org",
+            b"v=TLSRPTv1; rua=mailto:tls@example.org,https://r.example.org/v1",
+        );
+        assert_eq!(
+            found,
+            Some(Destinations {
+                mail: vec!["tls@example.org".into()],
+                https: vec!["https://r.example.org/v1".into()],
+            })
+        );
+        assert_eq!(destinations("example.org", b"v=spf1 -all"), None);
+        assert_eq!(
+            destinations("example.org", b"v=TLSRPTv1; rua=mailto:a@b>,http://x.example/"),
+            Some(Destinations::default())
+        );
+    }
 
     #[tokio::test]
     async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), String> {

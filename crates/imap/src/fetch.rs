@@ -423,6 +423,29 @@ mod tests {
 
     const NESTED: &[u8] = b"From: a@b.test\r\nSubject: t\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.test\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\n--YY\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--YY\r\nContent-Type: text/html\r\n\r\n<b>x</b>\r\n--YY--\r\n\r\n--XX--\r\nepilogue\r\n";
 
+    /// Found by the `mime_fetch` fuzz target: nested message/rfc822 parts after a boundary
+    /// with no line break made mail-parser 0.11.9 hit its `debug_assert!(false, "Invalid part
+    /// ID, could not find multipart.")`, a panic in every debug build (release builds compile
+    /// it out). The workspace turns mail-parser's debug assertions off, as in the release; the
+    /// message must give a BODYSTRUCTURE, an ENVELOPE and its sections without panicking.
+    #[test]
+    fn fuzz_crash_nested_rfc822_after_a_glued_boundary() {
+        const CRASH: &[u8] = b"Content-Type:multipart;boundary=foo bar\n\n--foo barContent-Type:message/rfc822\n\nContent-Type:message/rfc822\n\n\n--foo bar--";
+        let message = parse(CRASH);
+        let Some(message) = message else {
+            return;
+        };
+        let mut out = Vec::new();
+        envelope(&mut out, &message);
+        assert!(out.starts_with(b"("));
+        out.clear();
+        body_structure(&mut out, CRASH, &message, 0, true, 0);
+        assert!(out.starts_with(b"("));
+        for path in [&[1][..], &[1, 1], &[2]] {
+            let _ = section(CRASH, Some(&Section::Part(part(path))));
+        }
+    }
+
     fn part(path: &[u32]) -> Part {
         let parts: Vec<NonZeroU32> = path.iter().filter_map(|&n| NonZeroU32::new(n)).collect();
         Part(parts.try_into().unwrap_or_else(|_| unreachable!()))
