@@ -982,11 +982,11 @@ impl Session {
         })
     }
 
-    /// Err(NO [OVERQUOTA]) when `adding` more octets would take the account past its quota.
-    async fn room_for(&self, account: sealmail_types::AccountId, adding: u64) -> Result<(), Done> {
+    /// The account's quota and what it uses now, when a quota is set.
+    async fn quota_and_use(&self, account: sealmail_types::AccountId) -> Result<Option<(u64, u64)>, Done> {
         let quota = self.ctx.mailbox_quota;
         if quota == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let used = self
             .ctx
@@ -994,26 +994,24 @@ impl Session {
             .account_usage(account)
             .await
             .map_err(|e| store_failure(&e))?;
-        if used.saturating_add(adding) > quota {
-            return Err(no(
+        Ok(Some((quota, used)))
+    }
+
+    /// Err(NO [OVERQUOTA]) when `adding` more octets would take the account past its quota.
+    async fn room_for(&self, account: sealmail_types::AccountId, adding: u64) -> Result<(), Done> {
+        match self.quota_and_use(account).await? {
+            Some((quota, used)) if used.saturating_add(adding) > quota => Err(no(
                 "[OVERQUOTA] The mailbox quota would be exceeded; delete some mail",
-            ));
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// `* QUOTA "" (STORAGE used limit)` in KiB (RFC 9208 5.1), when a quota is set.
     async fn quota_response(&mut self, account: sealmail_types::AccountId) -> Result<(), Done> {
-        let quota = self.ctx.mailbox_quota;
-        if quota == 0 {
+        let Some((quota, used)) = self.quota_and_use(account).await? else {
             return Ok(());
-        }
-        let used = self
-            .ctx
-            .store
-            .account_usage(account)
-            .await
-            .map_err(|e| store_failure(&e))?;
+        };
         let _ = write!(
             Text(&mut self.out),
             "* QUOTA \"\" (STORAGE {} {})\r\n",
