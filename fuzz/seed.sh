@@ -79,6 +79,22 @@ for data in ["QQ+2B314", "a+2Bb+3Dc", "rfc822;user+40example.org", "user@example
              "line\r\nnext", "Subject: x\r\n\r\nbody\r\n", "b\u00fccher.example", "xn--bcher-kva.example"]:
     put("xtext_line", data)
 put("mime_fetch", b"Subject: hi\r\n\r\nbody\r\n")
+# imap_framing: a stage byte (even: before login, odd: after), then the client's bytes.
+for stage in [b"\x00", b"\x01"]:
+    for session in [b"a1 LOGIN {5}\r\nalice {6}\r\nsecret\r\na2 NOOP\r\n", b"b1 APPEND INBOX (\\Seen) {3+}\r\nabc\r\n",
+                    b"c1 APPEND INBOX {20}\r\nSubject: x\r\n\r\nbody\r\n\r\nc2 LOGOUT\r\n", b"d1 LOGIN {99999}\r\n",
+                    b"e1 SEARCH TEXT {2+}\r\nab TEXT {2+}\r\ncd TEXT {2+}\r\nef TEXT {2+}\r\ngh TEXT {2+}\r\nij\r\n",
+                    b"f1 NOOP\nf2 NOOP\r\n" + b"x" * 300 + b"\r\nf3 NOOP\r\n", b"+ {1}\r\n\r\n"]:
+        put("imap_framing", stage + session)
+# smtp_bdat: a chunk count byte, then per chunk a 16-bit little-endian size and a keep flag,
+# then the octets on the wire.
+def bdat(chunks, wire):
+    header = bytes([len(chunks) - 1]) + b"".join(n.to_bytes(2, "little") + bytes([keep]) for n, keep in chunks)
+    put("smtp_bdat", header + wire)
+bdat([(20, 1)], b"Subject: x\r\n\r\nbody\r\nQUIT\r\n")
+bdat([(9, 1), (11, 1)], b"Subject: x\r\r\nbody\r\n")
+bdat([(3000, 1), (5000, 1), (10, 0)], b"a" * 8010 + b"BDAT 1 LAST\r\n")
+bdat([(4, 1), (100, 1)], b"ab\0\n")
 
 # --- Third-party seeds from the shared test data ----------------------------------------
 if not testdata.is_dir():

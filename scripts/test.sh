@@ -11,6 +11,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v mbsync >/dev/null 2>&1 || need_apt+=(isync)
 # Postfix is the reference MTA of the delivery interoperability test (its own instance; root).
 command -v postfix >/dev/null 2>&1 || need_apt+=(postfix)
+# testssl.sh is the independent TLS scanner of the listener tests.
+command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need_apt+=(testssl.sh)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Postfix's package asks how to configure the default instance: local only, no questions.

@@ -88,9 +88,11 @@ fn now_unix() -> i64 {
 }
 
 /// Abuse that counts toward a ban, with its weight: an authentication failure, a relay attempt
-/// and a session ended for protocol errors count 2 points; an unknown recipient and a failed
-/// TLS handshake 1, so that harvesting or handshake garbage needs twice as many tries as
-/// password guessing (and a client with an old TLS stack that retries a few times is spared).
+/// and a session ended for protocol errors count 4 points; an unknown recipient 2, so that
+/// harvesting needs twice as many tries as password guessing; TLS handshake garbage sent after
+/// our key share 1 (a quarter of a failed login). A handshake that fails at the client's hello
+/// or before it, or a client that hangs up after our ServerHello, is not abuse at all: health
+/// checks and TLS scanners do that (`sealmail_net::ConnError::is_handshake_garbage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abuse {
     AuthFailure,
@@ -103,8 +105,9 @@ pub enum Abuse {
 impl Abuse {
     fn points(self) -> usize {
         match self {
-            Abuse::UnknownRecipient | Abuse::TlsGarbage => 1,
-            Abuse::AuthFailure | Abuse::RelayAttempt | Abuse::ProtocolErrors => 2,
+            Abuse::TlsGarbage => 1,
+            Abuse::UnknownRecipient => 2,
+            Abuse::AuthFailure | Abuse::RelayAttempt | Abuse::ProtocolErrors => 4,
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 
 use sealmail_config::{Role, TlsMode};
@@ -28,10 +28,42 @@ pub enum ConnError {
     ShuttingDown,
     #[error("TLS is already active")]
     AlreadyTls,
+    #[error("TLS is not available on this connection")]
+    NoTls,
+    /// The handshake failed after the client's hello was accepted: we had done our part of the
+    /// key exchange. A client that closes then is a prober (a scanner reads our ServerHello and
+    /// hangs up); one that sends garbage is worse ([`ConnError::is_handshake_garbage`]).
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+    /// The handshake failed at or before the client's hello (nothing sent, an unreadable hello,
+    /// no version, cipher suite or group in common): it cost us no key exchange.
+    #[error("TLS handshake refused at the client's hello: {0}")]
+    HelloRefused(std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ConnError {
+    /// Whether this is a handshake that went wrong after our key share in a way no honest
+    /// client or scanner causes: a malformed or unexpected message, a record that does not
+    /// decrypt. A client that just closes the connection (scanners do, after reading our
+    /// ServerHello) is not garbage; the per-address connection rate limits stop floods of those.
+    pub fn is_handshake_garbage(&self) -> bool {
+        let ConnError::Handshake(e) = self else {
+            return false;
+        };
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return false;
+        };
+        // An alert is the client's considered refusal (say, of our certificate), not garbage.
+        !matches!(
+            tls,
+            rustls::Error::PeerIncompatible(_) | rustls::Error::AlertReceived(_)
+        )
+    }
 }
 
 /// Facts about a connection that do not change during it.
@@ -56,9 +88,14 @@ pub enum Line {
     TooLong(Vec<u8>),
 }
 
+/// Any byte stream a [`Connection`] can run over besides a socket (tests, fuzzing).
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Other(Box<dyn ByteStream>),
 }
 
 impl AsyncRead for Stream {
@@ -70,6 +107,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -79,18 +117,21 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -108,7 +149,8 @@ pub struct Connection {
     /// Replies held back while the client has more pipelined commands waiting (RFC 2920).
     pending: Vec<u8>,
     tls: Option<TlsActive>,
-    acceptor: TlsAcceptor,
+    /// None on a connection over another stream: STARTTLS is not possible there.
+    acceptor: Option<TlsAcceptor>,
     timeouts: Timeouts,
     shutdown: CancellationToken,
 }
@@ -126,7 +168,7 @@ impl Connection {
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Plain(tcp)),
             pending: Vec::new(),
             tls: None,
-            acceptor,
+            acceptor: Some(acceptor),
             timeouts,
             shutdown,
         }
@@ -146,10 +188,34 @@ impl Connection {
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
             pending: Vec::new(),
             tls: Some(active),
-            acceptor,
+            acceptor: Some(acceptor),
             timeouts,
             shutdown,
         })
+    }
+
+    /// A plaintext connection over any byte stream, with the same buffering, limits and
+    /// deadlines as one over a socket; [`Connection::start_tls`] refuses on it. It lets the
+    /// protocol readers (IMAP framing, BDAT chunks) be driven without a socket: by tests and
+    /// by the fuzz targets (docs/FUZZING.md).
+    pub fn over_stream(
+        info: ConnectionInfo,
+        stream: impl ByteStream + 'static,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Connection {
+        Connection {
+            info,
+            stream: BufReader::with_capacity(READ_BUFFER, Stream::Other(Box::new(stream))),
+            pending: Vec::new(),
+            tls: None,
+            acceptor: None,
+            timeouts: Timeouts {
+                handshake: command_timeout,
+                command: command_timeout,
+            },
+            shutdown,
+        }
     }
 
     pub fn info(&self) -> &ConnectionInfo {
@@ -172,6 +238,9 @@ impl Connection {
         if self.tls.is_some() {
             return Err(ConnError::AlreadyTls);
         }
+        let Some(acceptor) = self.acceptor.take() else {
+            return Err(ConnError::NoTls);
+        };
         self.flush_pending().await?;
         let pipelined = self.stream.buffer().len();
         if pipelined > 0 {
@@ -183,15 +252,15 @@ impl Connection {
         }
         // into_inner() drops the read buffer, and with it anything pipelined after STARTTLS.
         let Stream::Plain(tcp) = self.stream.into_inner() else {
-            return Err(ConnError::AlreadyTls);
+            return Err(ConnError::NoTls);
         };
-        let (tls, active) = handshake(&self.acceptor, tcp, self.timeouts.handshake).await?;
+        let (tls, active) = handshake(&acceptor, tcp, self.timeouts.handshake).await?;
         Ok(Connection {
             info: self.info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
             pending: Vec::new(),
             tls: Some(active),
-            acceptor: self.acceptor,
+            acceptor: Some(acceptor),
             timeouts: self.timeouts,
             shutdown: self.shutdown,
         })
@@ -298,25 +367,43 @@ impl Connection {
     }
 }
 
+/// The TLS handshake in two steps, so that a failure can be told apart by what it cost: first
+/// the client's hello is read and parsed (a client that sends nothing, or garbage, costs us
+/// nothing), then rustls answers it; a hello we have nothing in common with is refused before
+/// any key exchange (rustls's `PeerIncompatible`). Only what fails after that is
+/// [`ConnError::Handshake`].
 async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     limit: Duration,
 ) -> Result<(TlsStream<TcpStream>, TlsActive), ConnError> {
-    let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        failed => {
-            crate::metrics::TLS_HANDSHAKE_FAILURES.inc();
-            return Err(match failed {
-                Ok(Err(e)) => ConnError::Handshake(e),
-                _ => ConnError::Timeout(limit),
-            });
+    let deadline = tokio::time::Instant::now() + limit;
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let result = match tokio::time::timeout_at(deadline, hello).await {
+        Err(_) => Err(ConnError::Timeout(limit)),
+        Ok(Err(e)) => Err(ConnError::HelloRefused(e)),
+        Ok(Ok(start)) => {
+            match tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone())).await {
+                Err(_) => Err(ConnError::Timeout(limit)),
+                Ok(Err(e)) if is_hello_refusal(&e) => Err(ConnError::HelloRefused(e)),
+                Ok(Err(e)) => Err(ConnError::Handshake(e)),
+                Ok(Ok(tls)) => Ok(tls),
+            }
         }
     };
+    let tls = result.inspect_err(|_| crate::metrics::TLS_HANDSHAKE_FAILURES.inc())?;
     let active = TlsActive::from_session(tls.get_ref().1).ok_or_else(|| {
         ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
     })?;
     Ok((tls, active))
+}
+
+/// rustls refused the hello itself: no version, cipher suite, group or signature scheme in
+/// common (it answers with an alert, before any key share of ours).
+fn is_hello_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::PeerIncompatible(_)))
 }
 
 /// Reads up to and including '\n'; keeps at most `max` octets of content. A longer line is
@@ -419,5 +506,31 @@ mod tests {
     async fn an_unterminated_line_ends_as_closed_without_growing() {
         let got = lines(&vec![b'a'; 100_000], 10).await;
         assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_any_stream_reads_bounded_lines_and_refuses_starttls() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let info = ConnectionInfo {
+            peer: SocketAddr::from(([127, 0, 0, 2], 40000)),
+            local: SocketAddr::from(([127, 0, 0, 1], 143)),
+            role: Role::Imap,
+            tls_mode: TlsMode::StartTls,
+        };
+        let mut conn =
+            Connection::over_stream(info, server, Duration::from_secs(5), CancellationToken::new());
+        let sent = client.write_all(b"a NOOP\r\nb LOGOUT and more\r\n").await;
+        assert!(sent.is_ok());
+        assert_eq!(
+            conn.read_line(64).await.ok(),
+            Some(Line::Complete(b"a NOOP".to_vec()))
+        );
+        assert_eq!(
+            conn.read_line(8).await.ok(),
+            Some(Line::TooLong(b"b LOGOUT and more".to_vec()))
+        );
+        assert!(conn.reply(b"* OK\r\n").await.is_ok());
+        assert!(matches!(conn.start_tls().await, Err(ConnError::NoTls)));
     }
 }

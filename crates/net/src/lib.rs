@@ -14,6 +14,6 @@ mod listener;
 pub mod metrics;
 pub mod proxy;
 
-pub use connection::{ConnError, Connection, ConnectionInfo, Line};
+pub use connection::{ByteStream, ConnError, Connection, ConnectionInfo, Line};
 pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind, client_key};
 pub use sealmail_tls::TlsActive;

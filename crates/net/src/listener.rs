@@ -39,7 +39,10 @@ pub trait Handler: Send + Sync + 'static {
 pub trait AcceptFilter: Send + Sync + 'static {
     fn refuse(&self, ip: std::net::IpAddr) -> bool;
 
-    /// Told when a client's TLS handshake on an implicit-TLS listener fails.
+    /// Told when a client's TLS handshake on an implicit-TLS listener fails with garbage after
+    /// our key share ([`crate::ConnError::is_handshake_garbage`]); failures at the hello, a
+    /// connection closed without a word, and a prober that hangs up after our ServerHello are
+    /// not abuse (load balancers, monitoring and TLS scanners do exactly that).
     fn tls_failed(self: Arc<Self>, _ip: std::net::IpAddr, _listener: &'static str) {}
 }
 
@@ -366,7 +369,7 @@ impl Server {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        if let Some(filter) = &self.filter {
+                        if let (Some(filter), true) = (&self.filter, e.is_handshake_garbage()) {
                             filter.clone().tls_failed(peer.ip(), role);
                         }
                         return;

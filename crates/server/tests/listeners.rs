@@ -819,3 +819,71 @@ async fn slow_senders_are_cut_off_at_the_timeout_however_they_drip() -> TestResu
     );
     Ok(())
 }
+
+/// testssl.sh (an independent TLS scanner) against the quickstart's implicit-TLS submission
+/// port: it makes hundreds of handshakes that fail by design (old versions, weak suites, a
+/// ServerHello read and the connection dropped) and must still finish with every section
+/// filled in, because those failures are not abuse (the intrusion prevention does not ban it).
+/// `--nodns none`: testssl asks no DNS server (the machine's resolver is off limits in tests).
+#[tokio::test]
+async fn testssl_completes_every_section_without_getting_banned() -> TestResult {
+    let instance = Instance::quickstart().await?;
+    let target = instance.addr(SUBMISSION_TLS);
+    let program = ["testssl", "testssl.sh"]
+        .into_iter()
+        .find(|p| std::process::Command::new(p).arg("--version").output().is_ok())
+        .ok_or("testssl.sh is not installed (Debian package testssl.sh; scripts/test.sh installs it)")?;
+    let output = tokio::process::Command::new(program)
+        .args(["--quiet", "--color", "0", "--warnings", "off", "--nodns", "none"])
+        .args(["--ip", "127.0.0.1", &target.to_string()])
+        .output();
+    let output = ctx(
+        tokio::time::timeout(Duration::from_secs(600), output).await,
+        "testssl took over 10 minutes",
+    )?;
+    let output = ctx(output, "testssl")?;
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    for expected in [
+        // Protocols.
+        " SSLv3      not offered (OK)",
+        " TLS 1      not offered",
+        " TLS 1.1    not offered",
+        " TLS 1.2    offered (OK)",
+        " TLS 1.3    offered (OK)",
+        // Cipher categories and forward secrecy.
+        " Obsolete CBC ciphers (AES, ARIA etc.)         not offered",
+        " Strong encryption (AEAD ciphers)              offered (OK)",
+        " PFS is offered (OK)",
+        // Server defaults: it could read the certificate.
+        " Common Name (CN)             mail.example.test",
+        // Vulnerabilities.
+        " Heartbleed (CVE-2014-0160)                not vulnerable (OK)",
+        " Secure Renegotiation (RFC 5746)           supported (OK)",
+        // Every suite we offer, listed.
+        "TLS_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        // Client simulations connect.
+        " Thunderbird (91.9)           TLSv1.3",
+        " Android 6.0                  TLSv1.2",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} missing from testssl's report:\n{report}"
+        );
+    }
+    for failure in [
+        "No server cerificate could be retrieved",
+        "Handshake error",
+        "couldn't connect",
+    ] {
+        assert!(
+            !report.contains(failure),
+            "{failure:?} in testssl's report:\n{report}"
+        );
+    }
+    // Not banned: a normal client from the same address is served.
+    let mut c = plain(instance.addr(MX)).await?;
+    let greeting = c.line().await?;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    Ok(())
+}

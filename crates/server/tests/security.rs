@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use nix::sys::signal::Signal;
 use rustls::version::TLS13;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{Instance, credentials};
@@ -347,12 +348,18 @@ async fn directory_harvesting_and_relay_probing_lead_to_a_ban() -> TestResult {
     // Relay attempts count like failed logins: 5 ban.
     assert_eq!(probe_recipients([127, 0, 0, 7], mx, "elsewhere.test").await?, 5);
     assert!(greeting_from([127, 0, 0, 7], mx).await?.starts_with("421 4.7.0"));
-    // TLS handshake garbage on an implicit-TLS port counts one point a try: 10 ban.
+    // TLS handshake garbage after our key share on an implicit-TLS port counts a quarter of a
+    // failed login: 20 ban.
     let submission = instance.addr(2465);
-    let garbage = sealmail_testkit::client_hello(sealmail_testkit::TLS1_0, &[0xc009], NAME);
-    for _ in 0..10 {
+    let hello = sealmail_testkit::client_hello(sealmail_testkit::TLS1_2, &[0xc02b], NAME);
+    for _ in 0..20 {
         let mut tcp = tcp_from([127, 0, 0, 11], submission).await?;
-        sealmail_testkit::send_client_hello(&mut tcp, &garbage).await?;
+        let answer = sealmail_testkit::send_client_hello(&mut tcp, &hello).await?;
+        assert_eq!(answer, sealmail_testkit::HelloAnswer::ServerHello);
+        // Application data in the middle of the handshake.
+        ctx(tcp.write_all(b"\x17\x03\x03\x00\x05hello").await, "garbage")?;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     while !greeting_from([127, 0, 0, 11], mx).await?.starts_with("421 4.7.0") {
@@ -375,6 +382,80 @@ async fn directory_harvesting_and_relay_probing_lead_to_a_ban() -> TestResult {
         events.contains("\"kind\":\"unknown_recipient\"") && events.contains("\"kind\":\"relay_denied\""),
         "{events}"
     );
+    Ok(())
+}
+
+/// Health checks and TLS scanners fail handshakes by design: a TCP connect and close, a hello
+/// with only old versions or suites, something that is not TLS, a hello whose ServerHello is
+/// read and then the connection dropped. None of it costs more than one key exchange, so none
+/// of it counts toward a ban (the connection rate limit stops floods).
+#[tokio::test]
+async fn failed_handshakes_of_scanners_and_health_checks_do_not_ban() -> TestResult {
+    use sealmail_testkit::{HelloAnswer, TLS1_0, TLS1_2, client_hello, send_client_hello};
+    let instance = Instance::quickstart().await?;
+    let source = [127, 0, 0, 12];
+    let old_version = client_hello(TLS1_0, &[0xc009], NAME);
+    let no_common_suite = client_hello(TLS1_2, &[0x009c, 0x002f], NAME);
+    let good = client_hello(TLS1_2, &[0xc02b], NAME);
+    let mut failures = 0;
+    for port in [2465, 2993] {
+        let addr = instance.addr(port);
+        for _ in 0..4 {
+            for hello in [&old_version, &no_common_suite] {
+                let mut tcp = tcp_from(source, addr).await?;
+                let answer = send_client_hello(&mut tcp, hello).await?;
+                assert!(
+                    matches!(answer, HelloAnswer::Alert(_) | HelloAnswer::Closed),
+                    "{answer:?}"
+                );
+                failures += 1;
+            }
+            // Not TLS at all.
+            let mut tcp = tcp_from(source, addr).await?;
+            ctx(tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await, "http")?;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+            failures += 1;
+            // A TCP health check: connect, close.
+            drop(tcp_from(source, addr).await?);
+            failures += 1;
+            // A scanner: reads our ServerHello, hangs up.
+            let mut tcp = tcp_from(source, addr).await?;
+            assert_eq!(
+                send_client_hello(&mut tcp, &good).await?,
+                HelloAnswer::ServerHello
+            );
+            drop(tcp);
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 40);
+    // Twice more of the cheap kinds, to reach 60 and more.
+    for _ in 0..10 {
+        for hello in [&old_version, &no_common_suite] {
+            let mut tcp = tcp_from(source, instance.addr(2465)).await?;
+            send_client_hello(&mut tcp, hello).await?;
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 60);
+    // Give the guard time to act on any of it, then log in from the same address.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        greeting_from(source, instance.addr(2525))
+            .await?
+            .starts_with("220 ")
+    );
+    let passwords = credentials(&instance)?;
+    let replies = try_login(
+        source,
+        instance.addr(2465),
+        &instance.cert(),
+        "alice@example.test",
+        &passwords["alice@example.test"],
+    )
+    .await?;
+    assert!(replies[0].starts_with("235 "), "{replies:?}");
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub mod session;
 pub use sealmail_net::budget;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -182,7 +182,11 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                 }
             }
             Action::ReceiveChunk { size, last, keep } => {
-                match receive_chunk(ctx, &mut conn, size, keep).await {
+                let limits = ChunkLimits {
+                    max_message_size: ctx.config.max_message_size,
+                    timeout: ctx.config.data_timeout,
+                };
+                match receive_chunk(&mut conn, size, keep, limits, &ctx.body_budget).await {
                     Ok(_) if last && session.login_revoked_now().await => {
                         let _ = conn.write_all(&session.login_revoked_reply().to_bytes()).await;
                         break;
@@ -243,19 +247,30 @@ async fn receive_data(
     }
 }
 
+/// The bounds of one BDAT chunk read.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    /// A chunk larger than this alone is read and dropped ([`Chunk::TooBig`]).
+    pub max_message_size: usize,
+    /// The whole chunk must arrive within this.
+    pub timeout: Duration,
+}
+
 /// Reads exactly `size` octets of a BDAT chunk (RFC 3030: the server reads a chunk even when it
 /// refuses it, to stay in step); keeps them only when `keep` and within the size limit.
-async fn receive_chunk(
-    ctx: &SmtpContext,
+/// Public so that the BDAT fuzz target drives it over an in-memory stream (docs/FUZZING.md).
+pub async fn receive_chunk(
     conn: &mut Connection,
     size: usize,
     keep: bool,
+    limits: ChunkLimits,
+    body_budget: &budget::BodyBudget,
 ) -> Result<Chunk, ConnError> {
-    let deadline = Instant::now() + ctx.config.data_timeout;
-    let too_big = size > ctx.config.max_message_size;
+    let deadline = Instant::now() + limits.timeout;
+    let too_big = size > limits.max_message_size;
     // Memory is reserved as the chunk's bytes arrive, never for its announced size: a client
     // that announces a large chunk and sends nothing holds nothing.
-    let mut reservation = ctx.body_budget.reservation_for(conn.info().peer.ip());
+    let mut reservation = body_budget.reservation_for(conn.info().peer.ip());
     let mut no_memory = false;
     let mut keep = keep && !too_big;
     let mut chunk = Vec::with_capacity(if keep { size.min(64 * 1024) } else { 0 });
