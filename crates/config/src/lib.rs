@@ -369,6 +369,8 @@ pub struct InboundConfig {
     pub dmarc_quarantine: bool,
     pub tempfail_on_dns_error: bool,
     pub phishing_warnings: bool,
+    /// Also put the warning as a line at the top of the message text (alters the message).
+    pub phishing_notice_in_body: bool,
 }
 
 impl Default for InboundConfig {
@@ -378,6 +380,7 @@ impl Default for InboundConfig {
             dmarc_quarantine: true,
             tempfail_on_dns_error: true,
             phishing_warnings: true,
+            phishing_notice_in_body: false,
         }
     }
 }
@@ -483,6 +486,7 @@ struct RawInbound {
     dmarc_quarantine: Option<bool>,
     tempfail_on_dns_error: Option<bool>,
     phishing_warnings: Option<bool>,
+    phishing_notice_in_body: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -920,6 +924,7 @@ impl Config {
                     dmarc_quarantine: raw.inbound.dmarc_quarantine.unwrap_or(true),
                     tempfail_on_dns_error: raw.inbound.tempfail_on_dns_error.unwrap_or(true),
                     phishing_warnings: raw.inbound.phishing_warnings.unwrap_or(true),
+                    phishing_notice_in_body: raw.inbound.phishing_notice_in_body.unwrap_or(false),
                 },
                 delivery,
                 server: ServerConfig {

@@ -34,8 +34,12 @@ pub struct InboundPolicy {
     pub dmarc_quarantine: bool,
     /// Answer 451 when a DNS failure could have changed the verdict.
     pub tempfail_on_dns_error: bool,
-    /// Mark suspicious mail (DMARC failure, look-alike sender) with a visible warning.
+    /// Mark suspicious mail (DMARC failure, look-alike sender): an `X-Sealmail-Warning`
+    /// header and the IMAP keyword `$Phishing`.
     pub phishing_warnings: bool,
+    /// Also insert the warning as a line at the top of the text (alters the message, and so
+    /// breaks the sender's DKIM signature for anyone who checks it later).
+    pub phishing_notice_in_body: bool,
 }
 
 impl Default for InboundPolicy {
@@ -45,6 +49,7 @@ impl Default for InboundPolicy {
             dmarc_quarantine: true,
             tempfail_on_dns_error: true,
             phishing_warnings: true,
+            phishing_notice_in_body: false,
         }
     }
 }

@@ -1,8 +1,18 @@
 //! Phishing signals for mail from outside: a From domain that failed DMARC, a From domain that
-//! imitates one of ours (confusable characters, one character changed, added or swapped), and a
-//! display name that borrows one of our names while the address is elsewhere. Users cannot be
-//! trained for every trick, so such mail gets a visible warning: an `X-Sealmail-Warning` header
-//! and a one-line notice at the top of the first plain-text part.
+//! imitates one of ours (confusable characters, or one character changed, added or swapped in
+//! a name long enough for that to be a trick), and a display name that borrows one of our names
+//! while the address is elsewhere. Users cannot be trained for every trick, so such mail is
+//! marked where clients show it: an `X-Sealmail-Warning` header and the IMAP keyword
+//! [`KEYWORD`]. The message itself is not altered unless the administrator asks for a notice
+//! in the text: that would break the sender's DKIM signature for anyone who checks it later.
+
+/// The IMAP keyword of suspected phishing (RFC 9051 2.3.2), which clients show.
+pub const KEYWORD: &str = "$Phishing";
+
+/// Labels shorter than this are not look-alikes when one character differs: short names are
+/// one edit away from many honest names (`a.test`/`b.test`, `hp.com`/`hq.com`). Lookalikes
+/// made of confusable characters are caught at any length.
+const MIN_LABEL_FOR_ONE_EDIT: usize = 5;
 
 /// Characters that look like Latin letters or digits, mapped to what they imitate (a small
 /// table in the spirit of Unicode's confusables for the letters domains use).
@@ -61,6 +71,27 @@ fn within_one_edit(a: &[char], b: &[char]) -> bool {
     }
 }
 
+/// Whether `from` imitates `ours` (both Unicode, lowercase): the same skeleton though spelled
+/// differently, or one edit apart in a label of ours long enough for that to be a trick.
+fn imitates(from: &str, ours: &str) -> bool {
+    let (from_skeleton, our_skeleton) = (skeleton(from), skeleton(ours));
+    if from_skeleton == our_skeleton {
+        return from != ours;
+    }
+    let from_labels: Vec<&str> = from_skeleton.split('.').collect();
+    let our_labels: Vec<&str> = our_skeleton.split('.').collect();
+    if from_labels.len() != our_labels.len() {
+        return false;
+    }
+    let mut differing = from_labels.iter().zip(&our_labels).filter(|(a, b)| a != b);
+    let (Some((from_label, our_label)), None) = (differing.next(), differing.next()) else {
+        return false;
+    };
+    let a: Vec<char> = from_label.chars().collect();
+    let b: Vec<char> = our_label.chars().collect();
+    b.len() >= MIN_LABEL_FOR_ONE_EDIT && within_one_edit(&a, &b)
+}
+
 fn unicode_domain(domain: &str) -> String {
     let (unicode, result) = idna::domain_to_unicode(domain);
     if result.is_ok() {
@@ -83,10 +114,9 @@ pub fn warnings(from_domain: &str, display_name: Option<&str>, dmarc: &str, ours
     }
     let is_ours = ours.iter().any(|d| d.eq_ignore_ascii_case(&from_domain));
     if !is_ours && !from_domain.is_empty() {
-        let from_skeleton: Vec<char> = skeleton(&shown).chars().collect();
+        let from_unicode = shown.to_lowercase();
         for our in ours {
-            let our_skeleton: Vec<char> = skeleton(&unicode_domain(our)).chars().collect();
-            if within_one_edit(&from_skeleton, &our_skeleton) {
+            if imitates(&from_unicode, &unicode_domain(our).to_lowercase()) {
                 out.push(format!(
                     "The sender's domain {shown} ({from_domain}) imitates {our}, but it is not {our}"
                 ));
@@ -118,16 +148,22 @@ pub fn from_display_name(message: &[u8]) -> Option<String> {
     from.name.as_ref().map(|n| n.to_string())
 }
 
-/// The message with the warnings added: `X-Sealmail-Warning` headers at the top, and a notice
-/// line at the start of the first text/plain part whose transfer encoding lets plain ASCII be
-/// inserted (7bit, 8bit, quoted-printable; a base64 part is left as it is).
-pub fn add_warnings(message: &[u8], warnings: &[String]) -> Vec<u8> {
+/// The message with the warnings added: `X-Sealmail-Warning` headers at the top (a header
+/// added above the others does not break DKIM signatures), and, when `notice_in_body`, a
+/// notice line at the start of the first text/plain part whose transfer encoding lets plain
+/// ASCII be inserted (7bit, 8bit, quoted-printable; a base64 part is left as it is).
+pub fn add_warnings(message: &[u8], warnings: &[String], notice_in_body: bool) -> Vec<u8> {
     if warnings.is_empty() {
         return message.to_vec();
     }
     let mut headers = String::new();
     for warning in warnings {
         headers.push_str(&format!("X-Sealmail-Warning: {warning}\r\n"));
+    }
+    if !notice_in_body {
+        let mut out = headers.into_bytes();
+        out.extend_from_slice(message);
+        return out;
     }
     let notice = format!(
         "[sealmail warning: {}]\r\n\r\n",
@@ -195,6 +231,63 @@ mod tests {
         }
     }
 
+    fn flagged(from: &str, our: &str) -> bool {
+        !warnings(from, None, "pass", &[our.to_string()]).is_empty()
+    }
+
+    #[test]
+    fn one_edit_in_a_short_name_is_not_a_look_alike_but_confusables_are() {
+        // Honest neighbours, both ways round.
+        for (a, b) in [
+            ("a.test", "b.test"),
+            ("hp.com", "hq.com"),
+            ("ibm.com", "ibn.com"),
+            ("bank.com", "bonk.com"),
+            ("sap.com", "sas.com"),
+            ("gmx.de", "gmx.at"),
+            ("web.de", "wbe.de"),
+            ("example.test", "example.org"),
+        ] {
+            assert!(!flagged(a, b) && !flagged(b, a), "{a} / {b}");
+        }
+        // Real-world imitations of long enough names.
+        for (imitation, real) in [
+            ("paypa1.com", "paypal.com"),
+            ("paypai.com", "paypal.com"),
+            ("rnicrosoft.com", "microsoft.com"),
+            ("micosoft.com", "microsoft.com"),
+            ("gooogle.com", "google.com"),
+            ("arnazon.com", "amazon.com"),
+            ("amazno.com", "amazon.com"),
+            ("appie.com", "apple.com"),
+            ("linkedln.com", "linkedin.com"),
+            ("vvells.com", "wells.com"),
+        ] {
+            assert!(flagged(imitation, real), "{imitation} imitates {real}");
+        }
+        // Confusables are caught in short names too, in Unicode or A-label form.
+        for (imitation, real) in [
+            ("h\u{0440}.com", "hp.com"), // Cyrillic er
+            ("xn--h-5tb.com", "hp.com"),
+            ("\u{0430}.test", "a.test"),   // Cyrillic a
+            ("ib\u{043c}.com", "ibm.com"), // Cyrillic em
+            ("0vh.com", "ovh.com"),
+        ] {
+            assert!(flagged(imitation, real), "{imitation} imitates {real}");
+        }
+    }
+
+    #[test]
+    fn by_default_only_a_header_is_added_and_the_message_is_unchanged() {
+        let message = b"From: x@elsewhere.test\r\nDKIM-Signature: v=1; d=elsewhere.test\r\n\r\nhello\r\n";
+        let warned = add_warnings(message, &["careful".into()], false);
+        assert_eq!(
+            warned,
+            [b"X-Sealmail-Warning: careful\r\n".as_slice(), message].concat()
+        );
+        assert_eq!(add_warnings(message, &[], true), message.to_vec());
+    }
+
     #[test]
     fn borrowed_display_names_and_dmarc_failures_are_flagged() {
         let found = warnings("elsewhere.test", Some("Example IT Support"), "none", &ours());
@@ -209,7 +302,7 @@ mod tests {
     #[test]
     fn the_notice_goes_into_the_first_plain_text_part_only() {
         let message = b"From: x@elsewhere.test\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B\r\nContent-Type: text/html\r\n\r\n<p>hello</p>\r\n--B--\r\n";
-        let warned = String::from_utf8_lossy(&add_warnings(message, &["careful".into()])).into_owned();
+        let warned = String::from_utf8_lossy(&add_warnings(message, &["careful".into()], true)).into_owned();
         assert!(
             warned.starts_with("X-Sealmail-Warning: careful\r\nFrom: x@elsewhere.test\r\n"),
             "{warned}"
@@ -220,7 +313,7 @@ mod tests {
         );
         assert_eq!(warned.matches("[sealmail warning").count(), 1);
         let base64 = b"From: x@e.test\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n";
-        let warned = String::from_utf8_lossy(&add_warnings(base64, &["careful".into()])).into_owned();
+        let warned = String::from_utf8_lossy(&add_warnings(base64, &["careful".into()], true)).into_owned();
         assert!(
             warned.ends_with("\r\n\r\naGVsbG8=\r\n") && !warned.contains("[sealmail"),
             "{warned}"

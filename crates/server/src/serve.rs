@@ -179,6 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dmarc_quarantine: config.inbound.dmarc_quarantine,
         tempfail_on_dns_error: config.inbound.tempfail_on_dns_error,
         phishing_warnings: config.inbound.phishing_warnings,
+        phishing_notice_in_body: config.inbound.phishing_notice_in_body,
     };
     let (domains, signer) = load_signer(&config, &*store).await?;
     let delivery = sealmail_delivery::Delivery::new(

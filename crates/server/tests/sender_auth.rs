@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rustls::version::TLS13;
 use sealmail_testkit::dns::DnsServer;
-use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tcp_from, tls_upgrade};
+use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tcp_from, tls_connect, tls_upgrade};
 
 fn read(path: &str) -> TestResult<String> {
     let path = format!("{}/{path}", sealmail_testkit::testdata());
@@ -72,12 +72,13 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
 
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx = common::free_addr()?;
+    let imap_addr = common::free_addr()?;
     let extra = common::dns_section(dns.addr());
     let config = common::config_with_users(
         dir.path(),
         "example.test",
         &["alice"],
-        &[("mx", mx, "starttls")],
+        &[("mx", mx, "starttls"), ("imap", imap_addr, "implicit")],
         &extra,
     )?;
     let _server = common::serve(dir.path(), &config).await?;
@@ -152,10 +153,9 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
         ),
         "{last}"
     );
-    assert!(
-        last.contains("\r\n\r\n[sealmail warning: The sender's domain relaxed.test"),
-        "{last}"
-    );
+    // Marked, not altered: the text is as sent.
+    assert!(last.ends_with("\r\nSubject: r\r\n\r\nhello\r\n"), "{last}");
+    assert!(!last.contains("[sealmail warning"), "{last}");
 
     // 4b. A look-alike of our own domain with our name in the display name: marked twice.
     let lookalike = "From: Example IT Support <help@examp1e.test>\r\nTo: alice@example.test\r\nSubject: reset your password\r\n\r\nClick here.\r\n";
@@ -173,9 +173,39 @@ async fn mx_authenticates_senders_and_applies_their_dmarc_policies() -> TestResu
         last.contains("X-Sealmail-Warning: The sender's name mentions example.test"),
         "{last}"
     );
+    assert!(last.ends_with(lookalike), "the message was altered: {last}");
+    // Clients see the keyword $Phishing (RFC 9051 2.3.2) on both marked messages, and in FLAGS.
+    let mut imap = LineClient::new(
+        tls_connect(
+            imap_addr,
+            client_config(&[&cert], &[&TLS13], &[])?,
+            "mail.example.test",
+        )
+        .await?,
+    );
+    imap.line().await?;
+    imap.imap(
+        "a",
+        &format!("LOGIN alice@example.test \"{}\"", common::TEST_PASSWORD),
+    )
+    .await?;
+    let selected = imap.imap("b", "SELECT INBOX").await?;
     assert!(
-        last.ends_with("\r\n\r\n[sealmail warning: The sender's domain examp1e.test (examp1e.test) imitates example.test, but it is not example.test / The sender's name mentions example.test, but the message comes from examp1e.test]\r\n\r\nClick here.\r\n"),
-        "{last}"
+        selected
+            .iter()
+            .any(|l| l.starts_with("* FLAGS (") && l.contains("$Phishing")),
+        "{selected:?}"
+    );
+    let fetched = imap.imap("c", "FETCH 1:* (FLAGS)").await?;
+    let marked: Vec<&String> = fetched.iter().filter(|l| l.contains("$Phishing")).collect();
+    assert_eq!(
+        marked.len(),
+        2,
+        "the DMARC failure and the look-alike: {fetched:?}"
+    );
+    assert!(
+        marked[0].starts_with("* 2 FETCH") && marked[1].starts_with("* 3 FETCH"),
+        "{fetched:?}"
     );
 
     // 5. The DMARC lookup times out: try again later, never a silent pass.
@@ -262,5 +292,37 @@ async fn a_from_with_several_authors_cannot_slip_past_dmarc() -> TestResult {
     let inbox = common::mailbox_contents(&data, "alice@example.test", "INBOX").await?;
     let stored = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
     assert!(stored.contains("dmarc=pass header.from=evil.test"), "{stored}");
+    Ok(())
+}
+
+/// `[inbound] phishing_notice_in_body = true`: the warning is also a line at the top of the
+/// text, for administrators whose users' clients show neither headers nor keywords.
+#[tokio::test]
+async fn the_notice_in_the_text_is_an_option() -> TestResult {
+    let dns = DnsServer::start().await?;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let mx = common::free_addr()?;
+    let extra = format!(
+        "{}[inbound]\nphishing_notice_in_body = true\n",
+        common::dns_section(dns.addr())
+    );
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &[("mx", mx, "starttls")],
+        &extra,
+    )?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let cert = dir.path().join("tls/0.pem");
+    let lookalike = "From: help@examp1e.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nClick here.\r\n";
+    let reply = send(mx, &cert, ELSEWHERE, "help@examp1e.test", lookalike).await?;
+    assert!(reply.starts_with("250"), "{reply}");
+    let inbox = common::mailbox_contents(&dir.path().join("data"), "alice@example.test", "INBOX").await?;
+    let last = String::from_utf8_lossy(inbox.last().ok_or("nothing stored")?).into_owned();
+    assert!(
+        last.ends_with("\r\n\r\n[sealmail warning: The sender's domain examp1e.test (examp1e.test) imitates example.test, but it is not example.test]\r\n\r\nClick here.\r\n"),
+        "{last}"
+    );
     Ok(())
 }

@@ -906,6 +906,7 @@ impl Session {
         // results that claim to be ours are removed first (RFC 8601 5).
         let mut authentication = Vec::new();
         let mut to_junk = false;
+        let mut local_flags = Vec::new();
         let content = if self.role == Role::Mx {
             let mut content =
                 match sealmail_mailauth::inbound::strip_forged_results(&content, &self.ctx.hostname) {
@@ -948,7 +949,9 @@ impl Session {
                 );
                 if !warnings.is_empty() {
                     tracing::info!(id = %id, warnings = ?warnings, "message marked as suspicious");
-                    content = sealmail_mailauth::phishing::add_warnings(&content, &warnings);
+                    let notice = self.ctx.inbound.phishing_notice_in_body;
+                    content = sealmail_mailauth::phishing::add_warnings(&content, &warnings, notice);
+                    local_flags.push(sealmail_mailauth::phishing::KEYWORD.to_string());
                 }
             }
             content
@@ -1022,6 +1025,7 @@ impl Session {
             LocalCopy {
                 content: copy,
                 mailboxes: local_mailboxes,
+                flags: local_flags,
                 internal_date: message::now_unix(),
             }
         });

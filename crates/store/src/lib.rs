@@ -185,6 +185,8 @@ pub struct AcceptedMessage {
 pub struct LocalCopy {
     pub content: Vec<u8>,
     pub mailboxes: Vec<MailboxId>,
+    /// Flags every copy starts with (a keyword such as `$Phishing`).
+    pub flags: Vec<String>,
     /// Unix seconds.
     pub internal_date: i64,
 }

@@ -664,9 +664,15 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             };
             if let (Some(local), Some(sha256)) = (message.local.as_mut(), local_sha256.as_ref()) {
                 let content = std::mem::take(&mut local.content);
-                accepted.stored =
-                    store_in_mailboxes(conn, content, sha256, &local.mailboxes, local.internal_date, &[])
-                        .await?;
+                accepted.stored = store_in_mailboxes(
+                    conn,
+                    content,
+                    sha256,
+                    &local.mailboxes,
+                    local.internal_date,
+                    &local.flags,
+                )
+                .await?;
             }
             if let (Some(outbound), Some(sha256)) = (message.outbound.as_mut(), outbound_sha256.as_ref()) {
                 let content = std::mem::take(&mut outbound.content);
