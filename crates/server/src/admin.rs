@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use sealmail_config::{Role, TlsMode};
 use sealmail_identity::{Identity, Password, generate_password};
 use sealmail_store::{SqliteStore, Store};
 use sealmail_types::{Domain, EmailAddress};
@@ -388,7 +389,7 @@ pub async fn security(config_path: &Path, command: crate::cli::SecurityCommand) 
 struct Published {
     name: String,
     kind: &'static str,
-    /// MX: "PREF HOST."; TXT: the text; TLSA: "3 1 1 HEX".
+    /// MX: "PREF HOST."; TXT: the text; TLSA: "3 1 1 HEX"; SRV: "PRIORITY WEIGHT PORT HOST.".
     value: String,
 }
 
@@ -405,6 +406,28 @@ fn expected_records(
         record(format!("{domain}."), "MX", format!("10 {host}.")),
         record(format!("{domain}."), "TXT", "v=spf1 mx -all".into()),
     ];
+    // The HELO name gets its own SPF record (RFC 7208 2.3), so receivers can give
+    // `spf=pass smtp.helo=HOST`. When the host name is the domain itself, the domain's record
+    // covers it (a second SPF record at one name would be a permerror).
+    if !host.as_str().eq_ignore_ascii_case(domain.as_str()) {
+        records.push(record(format!("{host}."), "TXT", "v=spf1 a -all".into()));
+    }
+    // Where mail clients find us (RFC 6186, RFC 8314 5.1): implicit TLS is preferred (priority
+    // 0) over STARTTLS (10); only services that have a listener are published.
+    for (service, role, tls, priority) in [
+        ("_submissions", Role::Submission, TlsMode::Implicit, 0),
+        ("_submission", Role::Submission, TlsMode::StartTls, 10),
+        ("_imaps", Role::Imap, TlsMode::Implicit, 0),
+        ("_imap", Role::Imap, TlsMode::StartTls, 10),
+    ] {
+        if let Some(listener) = config.listeners.iter().find(|l| l.role == role && l.tls == tls) {
+            records.push(record(
+                format!("{service}._tcp.{domain}."),
+                "SRV",
+                format!("{priority} 1 {} {host}.", listener.bind.port()),
+            ));
+        }
+    }
     for key in sealmail_mailauth::signing::published_keys(&dkim_dir, domain.as_str())? {
         records.push(record(
             format!("{}._domainkey.{domain}.", key.selector),
@@ -477,6 +500,7 @@ async fn check_records(config: &sealmail_config::Config, domain: &Domain) -> any
         let kind = match r.kind {
             "MX" => RecordType::MX,
             "TLSA" => RecordType::TLSA,
+            "SRV" => RecordType::SRV,
             _ => RecordType::TXT,
         };
         let found: Vec<String> = match dns.resolver().lookup(r.name.as_str(), kind).await {
@@ -494,6 +518,13 @@ async fn check_records(config: &sealmail_config::Config, domain: &Domain) -> any
                         "{} {}",
                         mx.preference,
                         mx.exchange.to_ascii().to_ascii_lowercase()
+                    )),
+                    RData::SRV(srv) => Some(format!(
+                        "{} {} {} {}",
+                        srv.priority,
+                        srv.weight,
+                        srv.port,
+                        srv.target.to_ascii().to_ascii_lowercase()
                     )),
                     RData::TLSA(tlsa) => Some(format!(
                         "{} {} {} {}",

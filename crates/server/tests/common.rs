@@ -266,10 +266,19 @@ pub fn dns_section(server: SocketAddr) -> String {
     format!("[dns]\nnameservers = [\"{server}\"]\ntimeout_secs = 1\nattempts = 1\n")
 }
 
-/// Serves every TXT record of `sealmail domain dns` output in the DNS server.
+/// Serves every TXT and SRV record of `sealmail domain dns` output in the DNS server.
 pub fn publish(dns: &sealmail_testkit::dns::DnsServer, zone: &str) {
     for line in zone.lines().filter(|l| !l.starts_with(';')) {
         let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        if let [name, "IN", "SRV", value] = fields.as_slice() {
+            let parts: Vec<&str> = value.split(' ').collect();
+            if let [priority, weight, port, target] = parts.as_slice()
+                && let (Ok(priority), Ok(weight), Ok(port)) = (priority.parse(), weight.parse(), port.parse())
+            {
+                let srv = sealmail_testkit::dns::Rec::Srv(priority, weight, port, target.to_string());
+                dns.add(name, srv);
+            }
+        }
         if let [name, "IN", "TXT", value] = fields.as_slice() {
             let strings: Vec<Vec<u8>> = value
                 .split('"')

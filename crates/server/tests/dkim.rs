@@ -144,9 +144,23 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
         "_mta-sts.example.test.\tIN\tTXT\t\"v=STSv1; id=",
         "_smtp._tls.example.test.\tIN\tTXT\t\"v=TLSRPTv1; rua=mailto:postmaster@example.test\"",
         "_25._tcp.mail.example.test.\tIN\tTLSA\t3 1 1 ",
+        // The HELO name's own SPF record (RFC 7208 2.3).
+        "mail.example.test.\tIN\tTXT\t\"v=spf1 a -all\"",
         "; MTA-STS policy",
     ] {
         assert!(zone.contains(expected), "{expected:?} missing from:\n{zone}");
+    }
+    // Client autoconfiguration (RFC 6186, RFC 8314): only the listeners there are.
+    let srv = format!(
+        "_submissions._tcp.example.test.\tIN\tSRV\t0 1 {} mail.example.test.",
+        submission.port()
+    );
+    assert!(zone.contains(&srv), "{srv:?} missing from:\n{zone}");
+    for absent in ["_submission._tcp.", "_imaps._tcp.", "_imap._tcp."] {
+        assert!(
+            !zone.contains(absent),
+            "{absent} published without a listener:\n{zone}"
+        );
     }
     assert!(
         zone.contains("._domainkey.example.test.\tIN\tTXT\t\"v=DKIM1; k=ed25519; p="),
@@ -169,6 +183,11 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
     assert_ne!(code, 0, "{report}");
     assert!(report.contains("example.test.\tMX\tmissing"), "{report}");
     assert!(report.contains("_dmarc.example.test.\tTXT\tok"), "{report}");
+    assert!(
+        report.contains("_submissions._tcp.example.test.\tSRV\tok"),
+        "{report}"
+    );
+    assert!(report.contains("mail.example.test.\tTXT\tok"), "{report}");
     assert_eq!(
         report.matches("._domainkey.example.test.\tTXT\tok").count(),
         2,

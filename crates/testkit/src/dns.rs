@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, SRV, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -32,6 +32,8 @@ pub enum Rec {
     Ptr(String),
     /// usage, selector, matching type, data
     Tlsa(u8, u8, u8, Vec<u8>),
+    /// priority, weight, port, target
+    Srv(u16, u16, u16, String),
 }
 
 impl Rec {
@@ -44,6 +46,7 @@ impl Rec {
             Rec::Cname(_) => RecordType::CNAME,
             Rec::Ptr(_) => RecordType::PTR,
             Rec::Tlsa(..) => RecordType::TLSA,
+            Rec::Srv(..) => RecordType::SRV,
         }
     }
 
@@ -62,6 +65,9 @@ impl Rec {
                 (*matching).into(),
                 data.clone(),
             )),
+            Rec::Srv(priority, weight, port, target) => {
+                RData::SRV(SRV::new(*priority, *weight, *port, name(target)?))
+            }
         })
     }
 }
