@@ -10,8 +10,9 @@
 //! greeting, the read-execute-write loop, STARTTLS, IDLE and the ends of a session.
 //!
 //! Before TLS only CAPABILITY, NOOP, LOGOUT, ID and STARTTLS are useful: LOGINDISABLED is
-//! advertised and LOGIN/AUTHENTICATE answer `NO [PRIVACYREQUIRED]`. `\Recent` is not kept
-//! (RFC 9051 dropped it): RECENT is always 0.
+//! advertised and LOGIN/AUTHENTICATE answer `NO [PRIVACYREQUIRED]`. `\Recent` is kept as RFC
+//! 3501 2.3.2 says (each new message is recent in the first session to learn of it; see
+//! `selected`), since we advertise IMAP4rev1.
 
 pub mod fetch;
 pub mod framing;

@@ -26,6 +26,8 @@ pub struct Candidate<'a> {
     pub max_seq: u32,
     pub max_uid: u32,
     pub prepared: &'a Prepared,
+    /// Whether the message is `\Recent` in this session.
+    pub recent: bool,
 }
 
 /// A search string, case-folded once, with its KMP failure table: finding it in a text costs
@@ -263,9 +265,10 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
         Unseen => !has_flag(entry, "\\Seen"),
         Keyword(k) => has_flag(entry, k.as_ref()),
         Unkeyword(k) => !has_flag(entry, k.as_ref()),
-        // \Recent is never set here (see the crate documentation): no message is new or recent.
-        New | Recent => false,
-        Old => true,
+        Recent => c.recent,
+        // RFC 3501 6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT.
+        New => c.recent && !has_flag(entry, "\\Seen"),
+        Old => !c.recent,
         Larger(n) => entry.size > u64::from(*n),
         Smaller(n) => entry.size < u64::from(*n),
         Before(d) => internal_day(entry.internal_date).is_some_and(|day| day < *d.as_ref()),

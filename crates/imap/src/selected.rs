@@ -2,10 +2,15 @@
 //! + 1), each message's flags, and the mod-sequence up to which it has heard of every change.
 //!
 //! Other sessions and SMTP delivery change the mailbox underneath; [`Selected::sync`] asks the
-//! store what changed after `known_modseq` and tells the client (EXPUNGE, FETCH FLAGS, EXISTS)
-//! at the moments RFC 3501 section 7 allows.
+//! store what changed after `known_modseq` and tells the client (EXPUNGE, FETCH FLAGS, EXISTS,
+//! RECENT) at the moments RFC 3501 section 7 allows.
+//!
+//! It also owns two things RFC 3501 asks of a selected mailbox: which messages are `\Recent`
+//! in this session (claimed from the store, so each new message is recent in exactly one
+//! session, see [`Store::claim_recent`]), and the keywords the client was told of in `FLAGS`:
+//! a keyword is never shown in a FETCH before a `* FLAGS` that lists it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use tokio::sync::watch;
@@ -38,10 +43,17 @@ impl From<StoredMessage> for Entry {
     }
 }
 
+/// The system flags a client may set (RFC 3501 2.3.2; `\Recent` is the server's).
+pub const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
 pub struct Selected {
     pub mailbox: Mailbox,
     pub read_only: bool,
     pub entries: Vec<Entry>,
+    /// UIDs that are `\Recent` in this session.
+    recent: HashSet<u32>,
+    /// The keywords of the last `* FLAGS` the client got, in that order.
+    keywords: Vec<String>,
     pub known_modseq: u64,
     /// Wakes when the mailbox changes (IDLE waits on it).
     pub watch: watch::Receiver<()>,
@@ -56,14 +68,90 @@ impl Selected {
         let mut watch = store.watch_mailbox(mailbox.id);
         watch.mark_unchanged();
         let snapshot = store.changes_since(mailbox.id, 0).await?;
-        Ok(Selected {
+        let entries: Vec<Entry> = snapshot.changed.into_iter().map(Entry::from).collect();
+        let max_uid = entries.last().map_or(0, |e| e.uid);
+        // EXAMINE does not change \Recent (RFC 3501 6.3.2): it sees what nobody claimed yet.
+        let mark = store.claim_recent(mailbox.id, max_uid, !read_only).await?;
+        let recent = entries.iter().map(|e| e.uid).filter(|&uid| uid > mark).collect();
+        let mut selected = Selected {
             mailbox,
             read_only,
-            entries: snapshot.changed.into_iter().map(Entry::from).collect(),
+            entries,
+            recent,
+            keywords: Vec::new(),
             known_modseq: snapshot.highest_modseq,
             watch,
             own_changes: HashMap::new(),
-        })
+        };
+        selected.keywords = selected.keywords_in_use();
+        Ok(selected)
+    }
+
+    /// Every keyword some message here carries, in order of first use.
+    fn keywords_in_use(&self) -> Vec<String> {
+        let mut keywords: Vec<String> = Vec::new();
+        for flag in self.entries.iter().flat_map(|e| &e.flags) {
+            if !flag.starts_with('\\') && !keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
+                keywords.push(flag.clone());
+            }
+        }
+        keywords
+    }
+
+    /// `* FLAGS` and `* OK [PERMANENTFLAGS]` with the keywords in use (SELECT, and again
+    /// whenever a new keyword appears).
+    pub fn write_flags(&self, out: &mut Vec<u8>) {
+        let mut extra = String::new();
+        for keyword in &self.keywords {
+            extra.push(' ');
+            extra.push_str(keyword);
+        }
+        let mut text = Text(out);
+        let _ = write!(text, "* FLAGS ({SYSTEM_FLAGS}{extra})\r\n");
+        if self.read_only {
+            let _ = write!(text, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+        } else {
+            let _ = write!(
+                text,
+                "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{extra} \\*)] Flags permitted\r\n"
+            );
+        }
+    }
+
+    /// Sends a new `* FLAGS` if a message now carries a keyword the client was not told of.
+    /// Call before writing any FETCH that shows flags.
+    pub fn announce_new_keywords(&mut self, out: &mut Vec<u8>) {
+        let in_use = self.keywords_in_use();
+        let new = in_use
+            .iter()
+            .any(|k| !self.keywords.iter().any(|known| known.eq_ignore_ascii_case(k)));
+        if new {
+            // Keywords no longer used stay listed: a client may still hold them.
+            for keyword in in_use {
+                if !self
+                    .keywords
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(&keyword))
+                {
+                    self.keywords.push(keyword);
+                }
+            }
+            self.write_flags(out);
+        }
+    }
+
+    /// Messages `\Recent` in this session.
+    pub fn recent_count(&self) -> usize {
+        self.recent.len()
+    }
+
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.contains(&uid)
+    }
+
+    /// A message's flags as the client sees them: `\Recent` first when it is recent here.
+    pub fn write_flag_list(&self, out: &mut Vec<u8>, uid: u32, flags: &[String]) {
+        wire::flag_list_of(out, flags, self.is_recent(uid));
     }
 
     pub fn exists(&self) -> u32 {
@@ -95,6 +183,7 @@ impl Selected {
         for uid in uids {
             if let Some(index) = self.index_of_uid(*uid) {
                 self.entries.remove(index);
+                self.recent.remove(uid);
                 let _ = write!(Text(out), "* {} EXPUNGE\r\n", index + 1);
             }
         }
@@ -125,6 +214,9 @@ impl Selected {
         }
         self.remove_own(&expunged, out);
         let mut added = 0;
+        // Flag changes are written after any new `* FLAGS` they need.
+        let mut fetches = Vec::new();
+        let max_before = self.max_uid();
         for message in changes.changed {
             if message.uid > self.max_uid() {
                 self.entries.push(Entry::from(message));
@@ -140,16 +232,38 @@ impl Selected {
             entry.flags = message.flags;
             entry.modseq = message.modseq;
             if changed && !reported {
-                let _ = write!(Text(out), "* {} FETCH (UID {} FLAGS ", index + 1, entry.uid);
-                wire::flag_list(out, &entry.flags);
-                if condstore {
-                    let _ = write!(Text(out), " MODSEQ ({})", entry.modseq);
-                }
-                out.extend_from_slice(b")\r\n");
+                fetches.push(index);
             }
         }
         if added > 0 {
-            let _ = write!(Text(out), "* {} EXISTS\r\n* 0 RECENT\r\n", self.entries.len());
+            let max_uid = self.max_uid();
+            let mark = store
+                .claim_recent(self.mailbox.id, max_uid, !self.read_only)
+                .await?;
+            self.recent.extend(
+                self.entries
+                    .iter()
+                    .map(|e| e.uid)
+                    .filter(|&uid| uid > max_before && uid > mark),
+            );
+        }
+        self.announce_new_keywords(out);
+        for index in fetches {
+            let entry = &self.entries[index];
+            let _ = write!(Text(out), "* {} FETCH (UID {} FLAGS ", index + 1, entry.uid);
+            self.write_flag_list(out, entry.uid, &entry.flags);
+            if condstore {
+                let _ = write!(Text(out), " MODSEQ ({})", entry.modseq);
+            }
+            out.extend_from_slice(b")\r\n");
+        }
+        if added > 0 {
+            let _ = write!(
+                Text(out),
+                "* {} EXISTS\r\n* {} RECENT\r\n",
+                self.entries.len(),
+                self.recent.len()
+            );
         }
         self.own_changes.clear();
         self.known_modseq = changes.highest_modseq;

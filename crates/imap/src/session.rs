@@ -69,8 +69,6 @@ const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
 
-const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
-
 pub struct Session {
     ctx: Arc<ImapContext>,
     peer: SocketAddr,
@@ -125,6 +123,8 @@ fn flag_name(flag: &Flag<'_>) -> Option<String> {
         Flag::Draft => Some("\\Draft".into()),
         Flag::Flagged => Some("\\Flagged".into()),
         Flag::Seen => Some("\\Seen".into()),
+        // A keyword named NIL would read as NIL in a FLAGS response.
+        Flag::Keyword(k) if k.as_ref().eq_ignore_ascii_case("NIL") => None,
         Flag::Keyword(k) => Some(k.as_ref().to_string()),
         // \Recent and unknown system flags cannot be set by a client.
         Flag::Extension(_) => None,
@@ -769,19 +769,6 @@ impl Session {
             Ok(selected) => selected,
             Err(e) => return store_failure(&e),
         };
-        let mut keywords: Vec<&str> = Vec::new();
-        for entry in &selected.entries {
-            for flag in &entry.flags {
-                if !flag.starts_with('\\') && !keywords.contains(&flag.as_str()) && keywords.len() < 256 {
-                    keywords.push(flag);
-                }
-            }
-        }
-        let extra = if keywords.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", keywords.join(" "))
-        };
         let first_unseen = selected
             .entries
             .iter()
@@ -790,17 +777,14 @@ impl Session {
             .mailbox
             .uid_next
             .max(selected.max_uid().saturating_add(1));
+        selected.write_flags(&mut self.out);
         let mut text = Text(&mut self.out);
-        let _ = write!(text, "* FLAGS ({SYSTEM_FLAGS}{extra})\r\n");
-        if read_only {
-            let _ = write!(text, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-        } else {
-            let _ = write!(
-                text,
-                "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{extra} \\*)] Flags permitted\r\n"
-            );
-        }
-        let _ = write!(text, "* {} EXISTS\r\n* 0 RECENT\r\n", selected.exists());
+        let _ = write!(
+            text,
+            "* {} EXISTS\r\n* {} RECENT\r\n",
+            selected.exists(),
+            selected.recent_count()
+        );
         if let Some(index) = first_unseen {
             let _ = write!(text, "* OK [UNSEEN {}] First unseen message\r\n", index + 1);
         }
@@ -839,7 +823,7 @@ impl Session {
         for item in items {
             match item {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", status.messages)),
-                StatusDataItemName::Recent => parts.push("RECENT 0".to_string()),
+                StatusDataItemName::Recent => parts.push(format!("RECENT {}", status.recent)),
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", status.uid_next)),
                 StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", status.uid_validity)),
                 StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", status.unseen)),
@@ -1156,10 +1140,15 @@ impl Session {
             Ok(update) => update,
             Err(e) => return store_failure(&e),
         };
+        let mut shown = Vec::with_capacity(update.messages.len());
         for message in &update.messages {
-            let Some(index) = selected.apply_own_flags(message) else {
-                continue;
-            };
+            if let Some(index) = selected.apply_own_flags(message) {
+                shown.push((index, message));
+            }
+        }
+        // A keyword new to the mailbox is announced before any FETCH shows it.
+        selected.announce_new_keywords(&mut self.out);
+        for (index, message) in shown {
             if matches!(response, StoreResponse::Silent) && !self.condstore {
                 continue;
             }
@@ -1170,7 +1159,7 @@ impl Session {
             }
             if !matches!(response, StoreResponse::Silent) {
                 self.out.extend_from_slice(b"FLAGS ");
-                wire::flag_list(&mut self.out, &message.flags);
+                selected.write_flag_list(&mut self.out, message.uid, &message.flags);
                 if self.condstore {
                     self.out.push(b' ');
                 }
@@ -1266,6 +1255,7 @@ impl Session {
                     max_seq,
                     max_uid,
                     prepared: &prepared,
+                    recent: selected.is_recent(entry.uid),
                 };
                 let mut parsed = None;
                 if criteria
@@ -1465,6 +1455,7 @@ impl Session {
         include_flags: bool,
     ) {
         let condstore = self.condstore;
+        let recent = self.selected.as_ref().is_some_and(|s| s.is_recent(entry.uid));
         let out = &mut self.out;
         let _ = write!(Text(out), "* {} FETCH (", index + 1);
         let mut parsed: Option<Option<mail_parser::Message<'_>>> = None;
@@ -1488,7 +1479,7 @@ impl Session {
                 }
                 MessageDataItemName::Flags => {
                     out.extend_from_slice(b"FLAGS ");
-                    wire::flag_list(out, &entry.flags);
+                    wire::flag_list_of(out, &entry.flags, recent);
                     if condstore && !modseq_written && !items.contains(&MessageDataItemName::ModSeq) {
                         let _ = write!(Text(out), " MODSEQ ({})", entry.modseq);
                         modseq_written = true;

@@ -36,9 +36,17 @@ pub fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 }
 
 pub fn flag_list(out: &mut Vec<u8>, flags: &[String]) {
+    flag_list_of(out, flags, false);
+}
+
+/// A flag list with `\Recent` first when `recent` (the flag is the server's, never stored).
+pub fn flag_list_of(out: &mut Vec<u8>, flags: &[String], recent: bool) {
     out.push(b'(');
+    if recent {
+        out.extend_from_slice(b"\\Recent");
+    }
     for (i, flag) in flags.iter().enumerate() {
-        if i > 0 {
+        if i > 0 || recent {
             out.push(b' ');
         }
         out.extend_from_slice(flag.as_bytes());

@@ -149,7 +149,11 @@ async fn two_sessions_see_each_others_flags_expunges_and_moves() -> TestResult {
 
     // A flags message 2: B hears about it on its next command.
     let stored = a.imap("a1", "STORE 2 +FLAGS (\\Flagged)").await?;
-    assert!(has_line(&stored, "* 2 FETCH (FLAGS (\\Flagged))"), "{stored:?}");
+    // A selected first: the messages are recent in A only.
+    assert!(
+        has_line(&stored, "* 2 FETCH (FLAGS (\\Recent \\Flagged))"),
+        "{stored:?}"
+    );
     let noop = b.imap("b1", "NOOP").await?;
     assert!(has_line(&noop, "* 2 FETCH (UID 2 FLAGS (\\Flagged))"), "{noop:?}");
     // A does not hear its own change twice.
@@ -301,16 +305,128 @@ async fn idle_sees_a_message_delivered_by_smtp_within_a_second() -> TestResult {
             "EXISTS came {:?} after the 250",
             seen - accepted
         );
-        assert_eq!(idle.line().await?, "* 0 RECENT");
+        // The IDLE session is the first to learn of each message: recent here.
+        assert_eq!(idle.line().await?, format!("* {round} RECENT"));
     }
     // Flag changes by another session also arrive during IDLE.
     let mut other = server.login("bob").await?;
     expect_ok(&other.imap("s", "SELECT INBOX").await?)?;
     expect_ok(&other.imap("f", "STORE 2 +FLAGS (\\Seen)").await?)?;
-    assert_eq!(idle.line().await?, "* 2 FETCH (UID 2 FLAGS (\\Seen))");
+    assert_eq!(idle.line().await?, "* 2 FETCH (UID 2 FLAGS (\\Recent \\Seen))");
     idle.send("DONE\r\n").await?;
     assert_eq!(idle.line().await?, "i OK IDLE terminated");
     expect_ok(&idle.imap("n", "NOOP").await?)?;
+    Ok(())
+}
+
+fn index_of(reply: &[String], needle: &str) -> Option<usize> {
+    reply.iter().position(|l| l.contains(needle))
+}
+
+/// RFC 3501 2.3.2: a new message is `\Recent` in the first session to learn of it and in no
+/// other; EXAMINE and STATUS look without taking; SEARCH RECENT/NEW/OLD agree; a copy is
+/// recent in its new mailbox.
+#[tokio::test]
+async fn recent_belongs_to_the_first_session_that_sees_a_message() -> TestResult {
+    let server = Server::start("").await?;
+    for n in 1..=2 {
+        server
+            .submit("bob@example.test", &format!("Subject: m{n}\r\n\r\nhello"))
+            .await?;
+    }
+    let mut a = server.login("bob").await?;
+    let status = a.imap("s1", "STATUS INBOX (MESSAGES RECENT)").await?;
+    assert!(has_line(&status, "(MESSAGES 2 RECENT 2)"), "{status:?}");
+    let examined = a.imap("e", "EXAMINE INBOX").await?;
+    assert!(has_line(&examined, "* 2 RECENT"), "{examined:?}");
+    expect_ok(&a.imap("u", "UNSELECT").await?)?;
+    let selected = a.imap("s2", "SELECT INBOX").await?;
+    assert!(
+        has_line(&selected, "* 2 RECENT"),
+        "EXAMINE took nothing: {selected:?}"
+    );
+    let fetched = a.imap("f1", "FETCH 1:* (FLAGS)").await?;
+    assert!(has_line(&fetched, "* 1 FETCH (FLAGS (\\Recent))"), "{fetched:?}");
+    assert!(has_line(&a.imap("r1", "SEARCH RECENT").await?, "* SEARCH 1 2"));
+    expect_ok(&a.imap("st", "STORE 1 +FLAGS.SILENT (\\Seen)").await?)?;
+    assert!(has_line(&a.imap("r2", "SEARCH NEW").await?, "* SEARCH 2"));
+    let old = a.imap("r3", "SEARCH OLD").await?;
+    assert!(old.iter().any(|l| l == "* SEARCH"), "{old:?}");
+
+    // A second session: nothing is recent for it.
+    let mut b = server.login("bob").await?;
+    let selected = b.imap("s", "SELECT INBOX").await?;
+    assert!(has_line(&selected, "* 0 RECENT"), "{selected:?}");
+    let fetched = b.imap("f", "FETCH 1:* (FLAGS)").await?;
+    assert!(!has_line(&fetched, "\\Recent"), "{fetched:?}");
+    let status = b.imap("st", "STATUS INBOX (RECENT)").await?;
+    assert!(has_line(&status, "(RECENT 0)"), "{status:?}");
+
+    // A new message goes to whichever session hears of it first: here b.
+    server
+        .submit("bob@example.test", "Subject: m3\r\n\r\nhello")
+        .await?;
+    let noop = b.imap("n", "NOOP").await?;
+    assert!(
+        has_line(&noop, "* 3 EXISTS") && has_line(&noop, "* 1 RECENT"),
+        "{noop:?}"
+    );
+    let noop = a.imap("n", "NOOP").await?;
+    assert!(
+        has_line(&noop, "* 3 EXISTS") && has_line(&noop, "* 2 RECENT"),
+        "{noop:?}"
+    );
+    assert!(has_line(&b.imap("r", "SEARCH RECENT").await?, "* SEARCH 3"));
+
+    // A copy is recent in the mailbox it lands in, for the next session there.
+    expect_ok(&a.imap("c", "COPY 1 Trash").await?)?;
+    let status = a.imap("t", "STATUS Trash (RECENT)").await?;
+    assert!(has_line(&status, "(RECENT 1)"), "{status:?}");
+    let selected = b.imap("t", "SELECT Trash").await?;
+    assert!(has_line(&selected, "* 1 RECENT"), "{selected:?}");
+    Ok(())
+}
+
+/// A keyword new to the mailbox is announced with `* FLAGS` (and PERMANENTFLAGS) to every
+/// session before any FETCH shows it; a keyword named NIL cannot be set.
+#[tokio::test]
+async fn a_new_keyword_is_announced_in_flags_before_any_fetch_shows_it() -> TestResult {
+    let server = Server::start("").await?;
+    server
+        .submit("bob@example.test", "Subject: k\r\n\r\nhello")
+        .await?;
+    let mut a = server.login("bob").await?;
+    let mut b = server.login("bob").await?;
+    expect_ok(&a.imap("s", "SELECT INBOX").await?)?;
+    let selected = b.imap("s", "SELECT INBOX").await?;
+    assert!(!has_line(&selected, "$Important"), "{selected:?}");
+
+    let stored = b.imap("k", "STORE 1 +FLAGS ($Important)").await?;
+    let flags = index_of(&stored, "* FLAGS (").ok_or(format!("no FLAGS: {stored:?}"))?;
+    let fetch = index_of(&stored, "* 1 FETCH").ok_or(format!("no FETCH: {stored:?}"))?;
+    assert!(
+        flags < fetch && stored[flags].contains("$Important"),
+        "{stored:?}"
+    );
+    assert!(
+        has_line(&stored, "[PERMANENTFLAGS (")
+            && stored
+                .iter()
+                .any(|l| l.contains("PERMANENTFLAGS") && l.contains("$Important")),
+        "{stored:?}"
+    );
+
+    let noop = a.imap("n", "NOOP").await?;
+    let flags = index_of(&noop, "* FLAGS (").ok_or(format!("no FLAGS: {noop:?}"))?;
+    let fetch = index_of(&noop, "* 1 FETCH").ok_or(format!("no FETCH: {noop:?}"))?;
+    assert!(flags < fetch && noop[flags].contains("$Important"), "{noop:?}");
+    assert!(noop[fetch].contains("$Important"), "{noop:?}");
+    // Once announced, not again.
+    let again = b.imap("k2", "STORE 1 -FLAGS ($Important)").await?;
+    assert!(!has_line(&again, "* FLAGS ("), "{again:?}");
+
+    let nil = b.imap("nil", "STORE 1 +FLAGS (NIL)").await?;
+    assert!(tagged(&nil).starts_with("nil NO"), "{nil:?}");
     Ok(())
 }
 
@@ -722,7 +838,8 @@ async fn sasl_ir_login_mechanism_examine_unselect_and_check() -> TestResult {
     assert!(tagged(&c.imap("f", "STORE 1 +FLAGS (\\Flagged)").await?).starts_with("f NO [READ-ONLY]"));
     assert!(tagged(&c.imap("g", "EXPUNGE").await?).starts_with("g NO [READ-ONLY]"));
     let fetched = c.imap("h", "FETCH 1 (BODY[TEXT] FLAGS)").await?;
-    assert!(has_line(&fetched, "FLAGS ()"), "{fetched:?}");
+    // Recent (no session took it yet: EXAMINE only looks), and not \Seen.
+    assert!(has_line(&fetched, "FLAGS (\\Recent)"), "{fetched:?}");
     expect_ok(&c.imap("i", "CHECK").await?)?;
     expect_ok(&c.imap("j", "UNSELECT").await?)?;
     assert!(
@@ -732,7 +849,7 @@ async fn sasl_ir_login_mechanism_examine_unselect_and_check() -> TestResult {
     // Read-write again: BODY[] now sets \Seen.
     expect_ok(&c.imap("m", "SELECT INBOX").await?)?;
     let fetched = c.imap("n", "FETCH 1 (BODY[TEXT])").await?;
-    assert!(has_line(&fetched, "FLAGS (\\Seen)"), "{fetched:?}");
+    assert!(has_line(&fetched, "FLAGS (\\Recent \\Seen)"), "{fetched:?}");
     Ok(())
 }
 

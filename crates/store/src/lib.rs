@@ -95,6 +95,8 @@ pub struct Mailbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailboxStatus {
     pub messages: u32,
+    /// Messages no session has seen yet (recent for the next one to select the mailbox).
+    pub recent: u32,
     pub unseen: u32,
     pub deleted: u32,
     /// Total octets of the messages.
@@ -476,6 +478,12 @@ pub trait Store: Send + Sync {
         subscribed: bool,
     ) -> Result<(), StoreError>;
     async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError>;
+    /// IMAP `\Recent` (RFC 3501 2.3.2): the messages with UIDs above the mailbox's mark are
+    /// recent for the first session to learn of them. With `claim`, raises the mark to `up_to`
+    /// (a read-write session takes them); without, only reads it (EXAMINE). Returns the mark
+    /// as it was: this session's recent messages are the UIDs above it, up to `up_to`. One
+    /// write, so two sessions never both get a message as recent.
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: u32, claim: bool) -> Result<u32, StoreError>;
     /// What changed after `modseq` (new messages, flag changes, expunges), in one snapshot.
     /// From 0 it is every message, without expunges (nothing was seen before them).
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError>;

@@ -108,6 +108,10 @@ enum WriteOp {
         name: String,
         subscribed: bool,
     },
+    ClaimRecent {
+        mailbox: MailboxId,
+        up_to: u32,
+    },
     UpdateFlags {
         mailbox: MailboxId,
         uids: Vec<u32>,
@@ -594,6 +598,9 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         } => mailboxes::set_subscribed(conn, *account, name, *subscribed)
             .await
             .map(|_| WriteDone::Unit),
+        WriteOp::ClaimRecent { mailbox, up_to } => mailboxes::claim_recent(conn, *mailbox, *up_to)
+            .await
+            .map(|before| WriteDone::Count(u64::from(before))),
         WriteOp::UpdateFlags {
             mailbox,
             uids,
@@ -1270,6 +1277,16 @@ impl Store for SqliteStore {
 
     async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError> {
         mailboxes::status(&self.readers, mailbox).await
+    }
+
+    async fn claim_recent(&self, mailbox: MailboxId, up_to: u32, claim: bool) -> Result<u32, StoreError> {
+        if !claim {
+            return mailboxes::recent_mark(&self.readers, mailbox).await;
+        }
+        match self.write(WriteOp::ClaimRecent { mailbox, up_to }).await? {
+            WriteDone::Count(before) => Ok(u32::try_from(before).unwrap_or(u32::MAX)),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError> {

@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        9
+        10
     );
 
     let alice = store
@@ -223,6 +223,12 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
         bytes.len() as u64,
         "schema 10 counts what was stored before it"
     );
+    // Schema 11: what was stored before is not recent for anyone.
+    assert_eq!(store.mailbox_status(inbox.id).await?.recent, 0);
+    assert_eq!(
+        store.claim_recent(inbox.id, messages[0].uid, true).await?,
+        messages[0].uid
+    );
     // The migrated store takes new messages after the old ones.
     let added = store.store_message(message("after migration", inbox.id)).await?;
     assert_eq!(added[0].uid, messages[0].uid + 1);
@@ -232,7 +238,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 10);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 11);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -433,6 +439,31 @@ async fn make_v1_fixture() -> TestResult {
         .execute(&mut conn)
         .await?;
     sqlx::query("VACUUM").execute(&mut conn).await?;
+    Ok(())
+}
+
+/// RFC 3501 2.3.2: a message is recent for exactly one session, the first to claim it.
+#[tokio::test]
+async fn recent_messages_are_claimed_once_and_only_by_a_read_write_claim() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, inbox) = store_with_alice(dir.path()).await?;
+    for body in ["one", "two"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
+    // EXAMINE reads the mark and claims nothing.
+    assert_eq!(store.claim_recent(inbox, 2, false).await?, 0);
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
+    // The first read-write session gets UIDs 1 and 2; the next one gets none of them.
+    assert_eq!(store.claim_recent(inbox, 2, true).await?, 0);
+    assert_eq!(store.claim_recent(inbox, 2, true).await?, 2);
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 0);
+    // A later message is recent for whoever claims it first; a claim never lowers the mark.
+    store.store_message(message("three", inbox)).await?;
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 1);
+    assert_eq!(store.claim_recent(inbox, 1, true).await?, 2);
+    assert_eq!(store.claim_recent(inbox, 3, true).await?, 2);
+    assert_eq!(store.claim_recent(inbox, 3, true).await?, 3);
     Ok(())
 }
 

@@ -262,6 +262,37 @@ pub(super) async fn set_subscribed(
     Ok(())
 }
 
+/// Raises the mailbox's `\Recent` mark to `up_to` (never lowers it); returns the mark before.
+pub(super) async fn claim_recent(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    up_to: u32,
+) -> Result<u32, StoreError> {
+    // The writer runs one operation at a time, so reading then raising is one step for
+    // every other session.
+    let before = recent_mark(&mut *conn, mailbox).await?;
+    if up_to > before {
+        sqlx::query("UPDATE mailboxes SET recent_uid = ?2 WHERE id = ?1")
+            .bind(mailbox.0)
+            .bind(i64::from(up_to))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(before)
+}
+
+pub(super) async fn recent_mark<'e>(
+    executor: impl SqliteExecutor<'e>,
+    mailbox: MailboxId,
+) -> Result<u32, StoreError> {
+    let mark: Option<i64> = sqlx::query_scalar("SELECT recent_uid FROM mailboxes WHERE id = ?1")
+        .bind(mailbox.0)
+        .fetch_optional(executor)
+        .await?;
+    let mark = mark.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
+    Ok(u32::try_from(mark).unwrap_or(0))
+}
+
 /// Flag lists are kept in the order given, without duplicates (system flags compare without
 /// regard to case, as RFC 3501 says flags do).
 fn apply_change(current: &[String], change: FlagChange, flags: &[String]) -> Vec<String> {
@@ -491,6 +522,7 @@ pub(super) async fn status<'e>(
     let row = sqlx::query(
         "SELECT mb.uid_next, mb.uid_validity, mb.highest_modseq, \
            COUNT(m.id) AS messages, \
+           COALESCE(SUM(CASE WHEN m.uid > mb.recent_uid THEN 1 ELSE 0 END), 0) AS recent, \
            COALESCE(SUM(CASE WHEN instr(' ' || m.flags || ' ', ' \\Seen ') = 0 THEN 1 ELSE 0 END), 0) AS unseen, \
            COALESCE(SUM(CASE WHEN instr(' ' || m.flags || ' ', ' \\Deleted ') > 0 THEN 1 ELSE 0 END), 0) AS deleted, \
            COALESCE(SUM(b.size), 0) AS size \
@@ -503,6 +535,7 @@ pub(super) async fn status<'e>(
     .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
     Ok(MailboxStatus {
         messages: row.try_get::<i64, _>("messages")? as u32,
+        recent: row.try_get::<i64, _>("recent")? as u32,
         unseen: row.try_get::<i64, _>("unseen")? as u32,
         deleted: row.try_get::<i64, _>("deleted")? as u32,
         size: row.try_get::<i64, _>("size")? as u64,
