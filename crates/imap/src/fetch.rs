@@ -111,11 +111,18 @@ fn slice(bytes: &[u8], start: u32, end: u32) -> &[u8] {
     &bytes[start..end]
 }
 
-fn root_header_and_text<'b>(bytes: &'b [u8], message: &Message<'_>) -> (&'b [u8], &'b [u8]) {
+/// The header and text of the message embedded in the message/rfc822 part `container`. The
+/// text runs to the end of the container, not of the embedded root part: mail-parser ends a
+/// multipart root at its closing boundary, which would cut off the epilogue.
+fn embedded_header_and_text<'b>(
+    bytes: &'b [u8],
+    container: &MessagePart<'_>,
+    message: &Message<'_>,
+) -> (&'b [u8], &'b [u8]) {
     match message.parts.first() {
         Some(root) => (
             slice(bytes, root.offset_header, root.offset_body),
-            slice(bytes, root.offset_body, root.offset_end),
+            slice(bytes, root.offset_body, root.offset_end.max(container.offset_end)),
         ),
         None => (&[], &[]),
     }
@@ -158,7 +165,7 @@ pub fn section(bytes: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
             if !matches!(found.part.body, PartType::Message(_)) {
                 return None;
             }
-            let (header, text) = root_header_and_text(bytes, found.message);
+            let (header, text) = embedded_header_and_text(bytes, found.part, found.message);
             Some(match section {
                 Section::Header(_) => header.to_vec(),
                 Section::HeaderFields(_, names) => header_fields(header, names.as_ref(), false),
@@ -201,11 +208,23 @@ fn address(out: &mut Vec<u8>, name: Option<&str>, address: Option<&str>) {
         out,
         name.map(|n| display_name(n).into_owned().into_bytes()).as_deref(),
     );
-    out.extend_from_slice(b" NIL ");
     let (local, host) = match address.and_then(|a| a.rsplit_once('@')) {
         Some((local, host)) => (Some(local), Some(host)),
         None => (address, None),
     };
+    // A NIL host marks a group (RFC 3501 7.4.2): an address missing its parts (a display name
+    // alone, a local part alone) gets placeholders instead, as Dovecot writes them, so that it
+    // cannot be read as the start or end of a group.
+    let host = host.filter(|h| !h.is_empty()).or(Some("MISSING_DOMAIN"));
+    let local = local.filter(|l| !l.is_empty()).or(Some("MISSING_MAILBOX"));
+    // An obsolete source route (RFC 5322 4.4, `<@route:user@domain>`) is the at-domain-list.
+    let (route, local) = match local.and_then(|l| l.strip_prefix('@')?.rsplit_once(':')) {
+        Some((route, local)) => (Some(format!("@{route}")), Some(local)),
+        None => (None, local),
+    };
+    out.push(b' ');
+    nstring(out, route.as_deref().map(str::as_bytes));
+    out.push(b' ');
     nstring(out, local.map(str::as_bytes));
     out.push(b' ');
     nstring(out, host.map(str::as_bytes));
@@ -503,5 +522,144 @@ mod tests {
             text,
             "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 2)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 181 (NIL \"inner\" ((NIL NIL \"c\" \"d.test\")) ((NIL NIL \"c\" \"d.test\")) ((NIL NIL \"c\" \"d.test\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 10 1)(\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 8 1) \"ALTERNATIVE\") 13) \"MIXED\")"
         );
+    }
+
+    fn envelope_of(message: &str) -> String {
+        let message = message.replace('\n', "\r\n");
+        let mut out = Vec::new();
+        if let Some(parsed) = parse(message.as_bytes()) {
+            envelope(&mut out, &parsed);
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// RFC 3501 7.4.2: groups are a start marker (NIL NIL "name" NIL), the members and an end
+    /// marker (NIL NIL NIL NIL); a comment after an address is its name; a source route is the
+    /// at-domain-list; an empty Sender or Reply-To is the From.
+    #[test]
+    fn envelopes_mark_groups_routes_and_names_as_rfc_3501_says() {
+        const HEAD: &str = "Date: Sat, 01 Feb 2007 01:02:03 +0200\n";
+        let user = |name: &str| format!("(({name} NIL \"user\" \"domain\"))");
+        let got = envelope_of(&format!(
+            "{HEAD}From: user@domain (Real Name)\nTo: group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\n\nbody\n"
+        ));
+        let real = user("\"Real Name\"");
+        assert_eq!(
+            got,
+            format!(
+                "(\"Sat, 01 Feb 2007 01:02:03 +0200\" NIL {real} {real} {real} ((NIL NIL \"group\" NIL)(NIL NIL \"g1\" \"d1.org\")(NIL NIL \"g2\" \"d2.org\")(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL \"g3\" \"d3.org\")(NIL NIL NIL NIL)) NIL NIL NIL NIL)"
+            )
+        );
+        let got = envelope_of(&format!(
+            "{HEAD}From: user@domain (Real Name)\nSender: \nReply-To: \n\nbody\n"
+        ));
+        assert_eq!(
+            got,
+            format!("(\"Sat, 01 Feb 2007 01:02:03 +0200\" NIL {real} {real} {real} NIL NIL NIL NIL NIL)")
+        );
+        let got = envelope_of(&format!("{HEAD}From: <@route:user@domain>\n\nbody\n"));
+        let routed = "((NIL \"@route\" \"user\" \"domain\"))";
+        assert_eq!(
+            got,
+            format!(
+                "(\"Sat, 01 Feb 2007 01:02:03 +0200\" NIL {routed} {routed} {routed} NIL NIL NIL NIL NIL)"
+            )
+        );
+        // An empty group, and a group whose only member is a display name without an address.
+        let got = envelope_of(&format!(
+            "{HEAD}From: user@domain\nTo: undisclosed-recipients:;\nCc: team: \"Just A Name\";\n\nbody\n"
+        ));
+        assert!(
+            got.contains(" ((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) "),
+            "{got}"
+        );
+        assert!(
+            got.contains(" ((NIL NIL \"team\" NIL)(\"Just A Name\" NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\")(NIL NIL NIL NIL)) "),
+            "{got}"
+        );
+        // A bare word (mail-parser reads it as a display name) is never a group marker either.
+        let got = envelope_of(&format!("{HEAD}From: user@domain\nTo: localonly\n\nbody\n"));
+        assert!(
+            got.contains(" ((\"localonly\" NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\")) "),
+            "{got}"
+        );
+    }
+
+    /// The TEXT of a message/rfc822 part is that message's body to the end of the part,
+    /// epilogue included.
+    #[test]
+    fn the_text_of_an_embedded_message_keeps_its_epilogue() {
+        let message = "From: a@b.test\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.test\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\npre\r\n--YY\r\nContent-Type: text/plain\r\n\r\ninner\r\n--YY--\r\ninner epilogue\r\n\r\n--XX--\r\n";
+        let body = "pre\r\n--YY\r\nContent-Type: text/plain\r\n\r\ninner\r\n--YY--\r\ninner epilogue\r\n";
+        assert_eq!(
+            text(section(
+                message.as_bytes(),
+                Some(&Section::Text(Some(part(&[1]))))
+            )),
+            body
+        );
+        assert_eq!(
+            text(section(
+                message.as_bytes(),
+                Some(&Section::Header(Some(part(&[1]))))
+            )),
+            "From: c@d.test\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\n"
+        );
+    }
+
+    /// A message whose whole body is a message/rfc822 (twice nested): every section of the
+    /// embedded messages runs to the end of the stored bytes, trailing empty lines included.
+    #[test]
+    fn sections_of_messages_that_are_message_rfc822_all_the_way_down() {
+        let sub = "From: sub@domain.org\r\nSubject: submsg\r\n\r\nHello world\r\n\r\n";
+        let middle = format!("From: user2@domain.org\r\nContent-Type: message/rfc822\r\n\r\n{sub}");
+        let whole = format!(
+            "From: user@domain.org\r\nMime-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n{middle}"
+        );
+        let get = |s: Section<'_>| text(section(whole.as_bytes(), Some(&s)));
+        assert_eq!(get(Section::Text(None)), middle);
+        assert_eq!(get(Section::Part(part(&[1]))), middle);
+        assert_eq!(
+            get(Section::Header(Some(part(&[1])))),
+            "From: user2@domain.org\r\nContent-Type: message/rfc822\r\n\r\n"
+        );
+        assert_eq!(get(Section::Text(Some(part(&[1])))), sub);
+        assert_eq!(get(Section::Part(part(&[1, 1]))), sub);
+        assert_eq!(
+            get(Section::Header(Some(part(&[1, 1])))),
+            "From: sub@domain.org\r\nSubject: submsg\r\n\r\n"
+        );
+        assert_eq!(get(Section::Text(Some(part(&[1, 1])))), "Hello world\r\n\r\n");
+        assert_eq!(get(Section::Part(part(&[1, 1, 1]))), "Hello world\r\n\r\n");
+    }
+
+    /// A message/rfc822 whose embedded message is a multipart/digest with a prologue, boundary
+    /// lines with trailing white space, and an epilogue.
+    #[test]
+    fn an_embedded_digest_keeps_its_prologue_and_epilogue() {
+        let inner_text = "prologue\r\n\r\n--foo \r\n\r\nFrom: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n\r\n--foo \r\nX-Mime: m2 header\r\n\r\nFrom: m2@example.com\r\nSubject: m2\r\n\r\nm2 body\r\n\r\n--foo--\r\n\r\nepilogue\r\n";
+        let inner_header = "From: sub@domain.org\r\nSubject: submsg\r\nContent-Type: multipart/digest; boundary=\"foo\"\r\n\r\n";
+        let whole = format!(
+            "From: user@domain.org\r\nMime-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n{inner_header}{inner_text}"
+        );
+        let get = |s: Section<'_>| text(section(whole.as_bytes(), Some(&s)));
+        assert_eq!(
+            get(Section::Part(part(&[1]))),
+            format!("{inner_header}{inner_text}")
+        );
+        assert_eq!(get(Section::Header(Some(part(&[1])))), inner_header);
+        assert_eq!(get(Section::Text(Some(part(&[1])))), inner_text);
+        assert_eq!(
+            get(Section::Part(part(&[1, 1]))),
+            "From: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n"
+        );
+        assert_eq!(get(Section::Mime(part(&[1, 1]))), "\r\n");
+        assert_eq!(
+            get(Section::Header(Some(part(&[1, 1])))),
+            "From: m1@example.com\r\nSubject: m1\r\n\r\n"
+        );
+        assert_eq!(get(Section::Text(Some(part(&[1, 1])))), "m1 body\r\n");
+        assert_eq!(get(Section::Mime(part(&[1, 2]))), "X-Mime: m2 header\r\n\r\n");
+        assert_eq!(get(Section::Text(Some(part(&[1, 2])))), "m2 body\r\n");
     }
 }
