@@ -1,12 +1,13 @@
 //! LIST and LSUB (RFC 3501 6.3.8-9) with what clients rely on around them: SPECIAL-USE
-//! attributes (RFC 6154), CHILDREN attributes (RFC 3348), and the basics of the extended
-//! syntax (RFC 5258: selection options SUBSCRIBED and SPECIAL-USE, return options SUBSCRIBED,
-//! CHILDREN, SPECIAL-USE and STATUS from RFC 5819).
+//! attributes (RFC 6154), CHILDREN attributes (RFC 3348), and the extended syntax (RFC 5258:
+//! selection options SUBSCRIBED, RECURSIVEMATCH (with CHILDINFO) and SPECIAL-USE, return
+//! options SUBSCRIBED, CHILDREN, SPECIAL-USE and STATUS from RFC 5819). Subscriptions belong
+//! to names, so a deleted mailbox that is still subscribed is listed as `\NonExistent`.
 //!
 //! imap-codec decodes only the RFC 3501 form of LIST, so the extended form is parsed here by a
 //! small tokenizer; it is tried only after imap-codec has refused a LIST command.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
@@ -21,6 +22,9 @@ pub struct ListRequest {
     pub patterns: Vec<Vec<u8>>,
     pub lsub: bool,
     pub subscribed_only: bool,
+    /// RFC 5258 RECURSIVEMATCH: also list a matching parent of a subscribed name the patterns
+    /// do not match, with CHILDINFO. Only with SUBSCRIBED.
+    pub recursive_match: bool,
     pub special_use_only: bool,
     pub return_subscribed: bool,
     pub status: Option<Vec<StatusDataItemName>>,
@@ -180,8 +184,13 @@ fn decode(bytes: &[u8]) -> String {
 }
 
 /// The LIST response lines, or why the request is refused (a pattern too long or with too
-/// many wildcards).
-pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Result<Vec<ListLine>, String> {
+/// many wildcards). `subscriptions` are the names subscribed to, which may include mailboxes
+/// deleted since (RFC 3501 6.3.6).
+pub fn respond(
+    request: &ListRequest,
+    mailboxes: &[Mailbox],
+    subscriptions: &[String],
+) -> Result<Vec<ListLine>, String> {
     let verb = if request.lsub { "LSUB" } else { "LIST" };
     if request.patterns.iter().all(|p| p.is_empty()) && !request.lsub {
         // RFC 3501: an empty pattern asks for the hierarchy delimiter.
@@ -211,59 +220,105 @@ pub fn respond(request: &ListRequest, mailboxes: &[Mailbox]) -> Result<Vec<ListL
         patterns.push(Matcher::new(&full).ok_or_else(too_complex)?);
     }
     let mut reach = Vec::new();
-    let names: BTreeSet<&str> = mailboxes.iter().map(|m| m.name.as_str()).collect();
-    // Levels above an existing mailbox that are not mailboxes themselves.
-    let mut ancestors = BTreeSet::new();
-    for name in &names {
+    let mut matched = |name: &str| patterns.iter().any(|p| p.matches(name, &mut reach));
+    let existing: BTreeMap<&str, &Mailbox> = mailboxes.iter().map(|m| (m.name.as_str(), m)).collect();
+    let subscribed: BTreeSet<&str> = subscriptions.iter().map(String::as_str).collect();
+    // Subscribed names no pattern matches: a parent of one is listed for it with \Noselect
+    // (LSUB, RFC 3501 6.3.9) or CHILDINFO (RECURSIVEMATCH, RFC 5258 3.5).
+    let unmatched_subscribed: BTreeSet<&str> = if request.lsub || request.recursive_match {
+        subscribed.iter().copied().filter(|n| !matched(n)).collect()
+    } else {
+        BTreeSet::new()
+    };
+    let below = |set: &BTreeSet<&str>, name: &str| {
+        let prefix = format!("{name}/");
+        set.range(prefix.as_str()..)
+            .next()
+            .is_some_and(|n| n.starts_with(&prefix))
+    };
+    let existing_names: BTreeSet<&str> = existing.keys().copied().collect();
+    let has_children = |name: &str| below(&existing_names, name);
+    // Every name that could be listed: mailboxes, the levels above them, subscribed names and
+    // the levels above those.
+    let mut candidates: BTreeSet<&str> = existing_names.clone();
+    candidates.extend(subscribed.iter().copied());
+    for name in existing_names.iter().chain(subscribed.iter()) {
         let mut end = 0;
         while let Some(i) = name[end..].find('/') {
-            let prefix = &name[..end + i];
-            if !names.contains(prefix) {
-                ancestors.insert(prefix.to_string());
-            }
+            candidates.insert(&name[..end + i]);
             end += i + 1;
         }
     }
-    let has_children = |name: &str| {
-        let prefix = format!("{name}/");
-        names.iter().any(|n| n.starts_with(&prefix))
-    };
+    let mut ordered: Vec<&str> = candidates.into_iter().collect();
+    ordered.sort_by_key(|name| *name != "INBOX");
     let mut lines = Vec::new();
-    let mut candidates: Vec<(String, Option<&Mailbox>)> =
-        mailboxes.iter().map(|m| (m.name.clone(), Some(m))).collect();
-    if !request.subscribed_only && !request.special_use_only && !request.lsub {
-        candidates.extend(ancestors.into_iter().map(|a| (a, None)));
-    }
-    candidates.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
-    for (name, mailbox) in candidates {
-        if !patterns.iter().any(|p| p.matches(&name, &mut reach)) {
+    for name in ordered {
+        if !matched(name) {
             continue;
         }
-        let subscribed = mailbox.is_some_and(|m| m.subscribed);
-        if (request.lsub || request.subscribed_only) && !subscribed {
-            continue;
-        }
+        let mailbox = existing.get(name).copied();
+        let is_subscribed = subscribed.contains(name);
         let special = mailbox.and_then(|m| m.special_use.as_deref());
+        let mut attributes: Vec<&str> = Vec::new();
+        let mut child_info = false;
+        if request.lsub {
+            if !is_subscribed && !below(&unmatched_subscribed, name) {
+                continue;
+            }
+            // LSUB predates CHILDREN: only \Noselect, for a name that is not a mailbox or not
+            // itself subscribed.
+            if mailbox.is_none() || !is_subscribed {
+                attributes.push("\\Noselect");
+            }
+        } else if request.subscribed_only {
+            if is_subscribed {
+                if mailbox.is_none() {
+                    attributes.push("\\NonExistent");
+                }
+                attributes.push("\\Subscribed");
+            } else if request.recursive_match && below(&unmatched_subscribed, name) {
+                child_info = true;
+                if mailbox.is_none() {
+                    attributes.push("\\Noselect");
+                }
+            } else {
+                continue;
+            }
+            if mailbox.is_some() || has_children(name) {
+                attributes.push(if has_children(name) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+            }
+        } else {
+            // Plain LIST: mailboxes and the levels above them.
+            if mailbox.is_none() && !has_children(name) {
+                continue;
+            }
+            if mailbox.is_none() {
+                attributes.push("\\Noselect");
+            }
+            attributes.push(if has_children(name) {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            });
+            if request.return_subscribed && is_subscribed {
+                attributes.push("\\Subscribed");
+            }
+        }
         if request.special_use_only && special.is_none() {
             continue;
-        }
-        let mut attributes: Vec<&str> = Vec::new();
-        if mailbox.is_none() {
-            attributes.push("\\Noselect");
-        }
-        attributes.push(if has_children(&name) {
-            "\\HasChildren"
-        } else {
-            "\\HasNoChildren"
-        });
-        if (request.return_subscribed || request.subscribed_only) && subscribed {
-            attributes.push("\\Subscribed");
         }
         if let Some(special) = special {
             attributes.push(special);
         }
         let mut line = format!("* {verb} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-        wire::string(&mut line, wire::encode_mailbox_name(&name).as_bytes());
+        wire::string(&mut line, wire::encode_mailbox_name(name).as_bytes());
+        if child_info {
+            line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+        }
         line.extend_from_slice(b"\r\n");
         lines.push(ListLine {
             line,
@@ -378,7 +433,8 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
             match option.to_ascii_uppercase().as_str() {
                 "SUBSCRIBED" => request.subscribed_only = true,
                 "SPECIAL-USE" => request.special_use_only = true,
-                "RECURSIVEMATCH" | "REMOTE" => {}
+                "RECURSIVEMATCH" => request.recursive_match = true,
+                "REMOTE" => {}
                 _ => return None,
             }
         }
@@ -436,6 +492,10 @@ pub fn parse_extended(command: &[u8]) -> Option<(String, ListRequest)> {
     if tokens.next().is_some() {
         return None;
     }
+    // RFC 5258 3.1: RECURSIVEMATCH alone (or with only REMOTE) is a syntax error.
+    if request.recursive_match && !request.subscribed_only {
+        return None;
+    }
     Some((tag, request))
 }
 
@@ -449,12 +509,12 @@ mod tests {
             patterns: vec![b"%".to_vec(); MAX_PATTERNS + 1],
             ..ListRequest::default()
         };
-        assert!(respond(&request, &[]).is_err());
+        assert!(respond(&request, &[], &[]).is_err());
         let request = ListRequest {
             patterns: vec![b"%".to_vec(); MAX_PATTERNS],
             ..ListRequest::default()
         };
-        assert!(respond(&request, &[]).is_ok());
+        assert!(respond(&request, &[], &[]).is_ok());
     }
 
     #[test]
@@ -527,12 +587,12 @@ mod tests {
             patterns: vec![b"*".to_vec()],
             ..ListRequest::default()
         };
-        assert!(respond(&request, &[]).is_err());
+        assert!(respond(&request, &[], &[]).is_err());
         let request = ListRequest {
             patterns: vec!["%".repeat(MAX_WILDCARDS + 1).into_bytes()],
             ..ListRequest::default()
         };
-        assert!(respond(&request, &[]).is_err());
+        assert!(respond(&request, &[], &[]).is_err());
     }
 
     #[test]
@@ -552,5 +612,171 @@ mod tests {
         assert!(parse_extended(b"a1 LIST \"\" \"*\" EXTRA\r\n").is_none());
         assert!(parse_extended(b"a1 LIST ((((((x)))))) \"\" \"*\"\r\n").is_none());
         Ok(())
+    }
+
+    /// The mailboxes of imaptest's `listext` scenario (prefix `t`): created, some subscribed,
+    /// `t/test6` subscribed and then deleted.
+    fn listext() -> (Vec<Mailbox>, Vec<String>) {
+        use sealmail_types::{AccountId, MailboxId};
+        let names = [
+            "t",
+            "t/test1",
+            "t/test2",
+            "t/test2/test1",
+            "t/test3",
+            "t/test4/test5",
+            "t/test4/test52",
+            "t/test7/test7",
+            "t/test8/test8",
+            "t/test8/test9",
+        ];
+        let mailboxes = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Mailbox {
+                id: MailboxId(i as i64 + 1),
+                account: AccountId(1),
+                name: name.to_string(),
+                special_use: None,
+                uid_validity: 1,
+                uid_next: 1,
+                subscribed: false,
+                highest_modseq: 0,
+            })
+            .collect();
+        let subscribed = [
+            "t/test1",
+            "t/test2/test1",
+            "t/test6",
+            "t/test7/test7",
+            "t/test8/test8",
+            "t/test8/test9",
+        ];
+        (mailboxes, subscribed.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn lines(command: &str, lsub: bool) -> Vec<String> {
+        let (mailboxes, subscribed) = listext();
+        let request = if lsub {
+            let (reference, pattern) = command.split_once(' ').unwrap_or(("", command));
+            ListRequest {
+                reference: reference.trim_matches('"').as_bytes().to_vec(),
+                patterns: vec![pattern.as_bytes().to_vec()],
+                lsub: true,
+                ..ListRequest::default()
+            }
+        } else {
+            match parse_extended(format!("a LIST {command}\r\n").as_bytes()) {
+                Some((_, request)) => request,
+                None => return vec!["BAD".to_string()],
+            }
+        };
+        respond(&request, &mailboxes, &subscribed)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| String::from_utf8_lossy(&l.line).trim_end().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn recursivematch_needs_subscribed_and_unknown_options_are_bad() {
+        for bad in [
+            "(RECURSIVEMATCH) \"\" \"\"",
+            "(RECURSIVEMATCH REMOTE) \"\" \"\"",
+            "(imaptest) \"\" \"\"",
+            "\"\" \"\" RETURN (imaptest)",
+        ] {
+            assert_eq!(lines(bad, false), ["BAD"], "{bad}");
+        }
+        assert_ne!(lines("(REMOTE) \"\" %", false), ["BAD"]);
+    }
+
+    /// RFC 5258 with imaptest's expectations: a deleted mailbox stays subscribed and is
+    /// \NonExistent; RECURSIVEMATCH gives CHILDINFO to a parent only for a subscribed child
+    /// the patterns do not match themselves.
+    #[test]
+    fn subscribed_selection_recursivematch_and_childinfo() {
+        let got = lines("(SUBSCRIBED) \"\" t/*", false);
+        assert!(
+            got.contains(&"* LIST (\\NonExistent \\Subscribed) \"/\" \"t/test6\"".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test1\"".to_string()),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 6, "only the subscribed names: {got:?}");
+
+        let got = lines(
+            "(SUBSCRIBED RECURSIVEMATCH) \"\" t/test2% RETURN (CHILDREN)",
+            false,
+        );
+        assert_eq!(
+            got,
+            ["* LIST (\\HasChildren) \"/\" \"t/test2\" (\"CHILDINFO\" (\"SUBSCRIBED\"))"]
+        );
+
+        let got = lines("(SUBSCRIBED RECURSIVEMATCH) \"\" *test7", false);
+        assert_eq!(
+            got,
+            ["* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test7/test7\""],
+            "the child is listed itself: no CHILDINFO"
+        );
+
+        let got = lines("(SUBSCRIBED RECURSIVEMATCH) \"\" *test8", false);
+        assert_eq!(
+            got,
+            [
+                "* LIST (\\Noselect \\HasChildren) \"/\" \"t/test8\" (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+                "* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test8/test8\"",
+            ],
+            "CHILDINFO for t/test8/test9, which *test8 does not match"
+        );
+
+        let got = lines("(SUBSCRIBED RECURSIVEMATCH) \"\" (t/test2 t/test2/test1)", false);
+        assert_eq!(
+            got,
+            ["* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test2/test1\""]
+        );
+
+        let got = lines("\"\" t/% RETURN (CHILDREN SUBSCRIBED)", false);
+        assert!(
+            got.contains(&"* LIST (\\HasNoChildren \\Subscribed) \"/\" \"t/test1\"".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"* LIST (\\HasChildren) \"/\" \"t/test2\"".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"* LIST (\\Noselect \\HasChildren) \"/\" \"t/test4\"".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|l| l.contains("test6")),
+            "a deleted mailbox is not listed without SUBSCRIBED: {got:?}"
+        );
+    }
+
+    /// RFC 3501 6.3.9: LSUB with % lists a parent that is not itself subscribed, but has a
+    /// subscribed child, with \Noselect; a deleted but subscribed mailbox is listed too.
+    #[test]
+    fn lsub_lists_unsubscribed_parents_of_subscribed_children_as_noselect() {
+        let got = lines("\"\" t/%", true);
+        assert_eq!(
+            got,
+            [
+                "* LSUB () \"/\" \"t/test1\"",
+                "* LSUB (\\Noselect) \"/\" \"t/test2\"",
+                "* LSUB (\\Noselect) \"/\" \"t/test6\"",
+                "* LSUB (\\Noselect) \"/\" \"t/test7\"",
+                "* LSUB (\\Noselect) \"/\" \"t/test8\"",
+            ]
+        );
+        let got = lines("\"\" *test1", true);
+        assert_eq!(
+            got,
+            ["* LSUB () \"/\" \"t/test1\"", "* LSUB () \"/\" \"t/test2/test1\""]
+        );
     }
 }

@@ -849,8 +849,12 @@ impl Session {
             Ok(m) => m,
             Err(e) => return store_failure(&e),
         };
+        let subscriptions = match self.ctx.store.subscriptions(account).await {
+            Ok(s) => s,
+            Err(e) => return store_failure(&e),
+        };
         let verb = if request.lsub { "LSUB" } else { "LIST" };
-        let listed = match list::respond(&request, &mailboxes) {
+        let listed = match list::respond(&request, &mailboxes, &subscriptions) {
             Ok(listed) => listed,
             Err(why) => return bad(why),
         };

@@ -430,6 +430,57 @@ async fn a_new_keyword_is_announced_in_flags_before_any_fetch_shows_it() -> Test
     Ok(())
 }
 
+/// RFC 5258 and RFC 3501 6.3.6/6.3.9 over the wire: a deleted mailbox stays subscribed and
+/// is listed as \NonExistent; RECURSIVEMATCH without SUBSCRIBED is BAD and with it gives
+/// CHILDINFO; LSUB % shows an unsubscribed parent of a subscribed child as \Noselect.
+#[tokio::test]
+async fn list_extended_and_lsub_follow_subscriptions_of_deleted_and_nested_mailboxes() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    for name in ["p", "p/kept", "p/gone", "p/deep", "p/deep/child"] {
+        expect_ok(&c.imap("c", &format!("CREATE {name}")).await?)?;
+    }
+    for name in ["p/kept", "p/gone", "p/deep/child"] {
+        expect_ok(&c.imap("s", &format!("SUBSCRIBE {name}")).await?)?;
+    }
+    expect_ok(&c.imap("d", "DELETE p/gone").await?)?;
+    let listed = c.imap("l1", "LIST (SUBSCRIBED) \"\" p/*").await?;
+    assert!(
+        has_line(&listed, "* LIST (\\NonExistent \\Subscribed) \"/\" \"p/gone\""),
+        "{listed:?}"
+    );
+    assert!(
+        has_line(&listed, "* LIST (\\Subscribed \\HasNoChildren) \"/\" \"p/kept\""),
+        "{listed:?}"
+    );
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    let bad = c.imap("l2", "LIST (RECURSIVEMATCH) \"\" p/*").await?;
+    assert!(tagged(&bad).starts_with("l2 BAD"), "{bad:?}");
+    let recursive = c.imap("l3", "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" p/%").await?;
+    assert!(
+        has_line(
+            &recursive,
+            "* LIST (\\HasChildren) \"/\" \"p/deep\" (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{recursive:?}"
+    );
+    let lsub = c.imap("l4", "LSUB \"\" p/%").await?;
+    assert!(
+        has_line(&lsub, "* LSUB (\\Noselect) \"/\" \"p/deep\""),
+        "{lsub:?}"
+    );
+    assert!(
+        has_line(&lsub, "* LSUB (\\Noselect) \"/\" \"p/gone\""),
+        "{lsub:?}"
+    );
+    assert!(has_line(&lsub, "* LSUB () \"/\" \"p/kept\""), "{lsub:?}");
+    // Unsubscribing the deleted name ends it.
+    expect_ok(&c.imap("u", "UNSUBSCRIBE p/gone").await?)?;
+    let listed = c.imap("l5", "LIST (SUBSCRIBED) \"\" p/*").await?;
+    assert!(!has_line(&listed, "p/gone"), "{listed:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_user_can_never_reach_another_users_mailboxes() -> TestResult {
     let server = Server::start("").await?;

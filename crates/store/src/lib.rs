@@ -149,6 +149,8 @@ pub struct Copied {
 
 /// Most mailboxes one account may have (a bound on what a client can make us store).
 pub const MAX_MAILBOXES_PER_ACCOUNT: i64 = 1000;
+/// Subscribed names one account may keep (they outlive deleted mailboxes).
+pub const MAX_SUBSCRIPTIONS_PER_ACCOUNT: i64 = 2000;
 
 /// A message to store into one or more mailboxes, all or nothing.
 #[derive(Debug, Clone)]
@@ -478,6 +480,8 @@ pub trait Store: Send + Sync {
         subscribed: bool,
     ) -> Result<(), StoreError>;
     async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError>;
+    /// The names the account subscribed to, including those of mailboxes deleted since.
+    async fn subscriptions(&self, account: AccountId) -> Result<Vec<String>, StoreError>;
     /// IMAP `\Recent` (RFC 3501 2.3.2): the messages with UIDs above the mailbox's mark are
     /// recent for the first session to learn of them. With `claim`, raises the mark to `up_to`
     /// (a read-write session takes them); without, only reads it (EXAMINE). Returns the mark

@@ -534,6 +534,11 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
                 .bind(uid_validity)
                 .execute(&mut *conn)
                 .await?;
+                sqlx::query("INSERT INTO subscriptions (account_id, name) VALUES (?1, ?2)")
+                    .bind(id)
+                    .bind(*name)
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok(WriteDone::Account(AccountId(id)))
         }
@@ -1277,6 +1282,10 @@ impl Store for SqliteStore {
 
     async fn mailbox_status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError> {
         mailboxes::status(&self.readers, mailbox).await
+    }
+
+    async fn subscriptions(&self, account: AccountId) -> Result<Vec<String>, StoreError> {
+        mailboxes::subscriptions(&self.readers, account).await
     }
 
     async fn claim_recent(&self, mailbox: MailboxId, up_to: u32, claim: bool) -> Result<u32, StoreError> {

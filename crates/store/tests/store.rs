@@ -188,7 +188,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -206,7 +206,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        10
+        11
     );
 
     let alice = store
@@ -229,6 +229,13 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
         store.claim_recent(inbox.id, messages[0].uid, true).await?,
         messages[0].uid
     );
+    // Schema 12: the subscriptions of the default mailboxes are kept.
+    assert!(
+        store
+            .subscriptions(alice.id)
+            .await?
+            .contains(&"INBOX".to_string())
+    );
     // The migrated store takes new messages after the old ones.
     let added = store.store_message(message("after migration", inbox.id)).await?;
     assert_eq!(added[0].uid, messages[0].uid + 1);
@@ -238,7 +245,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 11);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 12);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -531,6 +538,46 @@ async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> 
             .changed
             .is_empty()
     );
+    Ok(())
+}
+
+/// RFC 3501 6.3.6: a subscription belongs to the name. CREATE does not subscribe, DELETE does
+/// not unsubscribe, RENAME takes the subscriptions along.
+#[tokio::test]
+async fn subscriptions_outlive_their_mailboxes_and_follow_renames() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _) = store_with_alice(dir.path()).await?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    let subscribed = |list: Vec<String>, name: &str| list.iter().any(|n| n == name);
+    let created = store.create_mailbox(alice, "Lists").await?;
+    assert!(!created.subscribed && !subscribed(store.subscriptions(alice).await?, "Lists"));
+    store.set_subscribed(alice, "Lists", true).await?;
+    store.create_mailbox(alice, "Lists/rust").await?;
+    store.set_subscribed(alice, "Lists/rust", true).await?;
+    store.rename_mailbox(alice, "Lists", "Groups").await?;
+    let now = store.subscriptions(alice).await?;
+    assert!(
+        subscribed(now.clone(), "Groups") && subscribed(now.clone(), "Groups/rust"),
+        "{now:?}"
+    );
+    assert!(!subscribed(now, "Lists"));
+    store.delete_mailbox(alice, "Groups/rust").await?;
+    assert!(
+        subscribed(store.subscriptions(alice).await?, "Groups/rust"),
+        "DELETE keeps it"
+    );
+    // Re-created, it is subscribed again; unsubscribing a deleted name works.
+    assert!(store.create_mailbox(alice, "Groups/rust").await?.subscribed);
+    store.delete_mailbox(alice, "Groups/rust").await?;
+    store.set_subscribed(alice, "Groups/rust", false).await?;
+    assert!(!subscribed(store.subscriptions(alice).await?, "Groups/rust"));
+    // A name neither existing nor subscribed cannot be subscribed or unsubscribed.
+    assert!(store.set_subscribed(alice, "Nowhere", true).await.is_err());
+    assert!(store.set_subscribed(alice, "Nowhere", false).await.is_err());
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use sealmail_types::{AccountId, MailboxId, MessageId};
 
 use crate::{
-    Copied, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, Mailbox, MailboxChanges, MailboxStatus,
-    MessageFlags, StoreError, StoredMessage,
+    Copied, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT, Mailbox,
+    MailboxChanges, MailboxStatus, MessageFlags, StoreError, StoredMessage,
 };
 
 // Column lists as macros so queries stay `&'static str` (sqlx only takes dynamic SQL through
@@ -166,8 +166,10 @@ pub(super) async fn create(
         )));
     }
     let uid_validity = next_uid_validity(conn, now).await?;
+    // CREATE does not subscribe (RFC 3501 6.3.3); a name still subscribed from before is.
     let row = sqlx::query(concat!(
-        "INSERT INTO mailboxes (account_id, name, uid_validity) VALUES (?1, ?2, ?3) RETURNING ",
+        "INSERT INTO mailboxes (account_id, name, uid_validity, subscribed) VALUES (?1, ?2, ?3, \
+         EXISTS (SELECT 1 FROM subscriptions WHERE account_id = ?1 AND name = ?2)) RETURNING ",
         mailbox_columns!(),
         ""
     ))
@@ -242,24 +244,86 @@ pub(super) async fn rename(
         }
         other => other.into(),
     })?;
+    // Subscriptions go along with the mailboxes; one the new name already had stays.
+    sqlx::query(
+        "UPDATE OR REPLACE subscriptions SET name = ?3 || substr(name, ?4 + 1) \
+         WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
+    )
+    .bind(account.0)
+    .bind(from)
+    .bind(to)
+    .bind(prefix_len)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
+/// Subscribes to an existing mailbox, or unsubscribes a name (which may no longer exist: a
+/// deleted mailbox stays subscribed until then, RFC 3501 6.3.6).
 pub(super) async fn set_subscribed(
     conn: &mut SqliteConnection,
     account: AccountId,
     name: &str,
     subscribed: bool,
 ) -> Result<(), StoreError> {
-    let Some(mailbox) = find_mailbox(&mut *conn, account, name).await? else {
-        return Err(StoreError::NotFound(format!("mailbox {name}")));
-    };
-    sqlx::query("UPDATE mailboxes SET subscribed = ?2 WHERE id = ?1")
-        .bind(mailbox.id.0)
-        .bind(subscribed)
+    let mailbox = find_mailbox(&mut *conn, account, name).await?;
+    let name = mailbox.as_ref().map_or(name, |m| m.name.as_str());
+    if subscribed {
+        let Some(mailbox) = &mailbox else {
+            return Err(StoreError::NotFound(format!("mailbox {name}")));
+        };
+        // Names outlive their mailboxes here: bounded, so create-subscribe-delete cycles
+        // cannot grow the table without end.
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions WHERE account_id = ?1")
+            .bind(account.0)
+            .fetch_one(&mut *conn)
+            .await?;
+        if count >= MAX_SUBSCRIPTIONS_PER_ACCOUNT {
+            return Err(StoreError::LimitReached(format!(
+                "an account may have at most {MAX_SUBSCRIPTIONS_PER_ACCOUNT} subscriptions; unsubscribe some"
+            )));
+        }
+        sqlx::query("INSERT INTO subscriptions (account_id, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(account.0)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE mailboxes SET subscribed = 1 WHERE id = ?1")
+            .bind(mailbox.id.0)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    let removed = sqlx::query("DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2")
+        .bind(account.0)
+        .bind(name)
         .execute(&mut *conn)
-        .await?;
-    Ok(())
+        .await?
+        .rows_affected();
+    match mailbox {
+        Some(mailbox) => {
+            sqlx::query("UPDATE mailboxes SET subscribed = 0 WHERE id = ?1")
+                .bind(mailbox.id.0)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+        None if removed > 0 => Ok(()),
+        None => Err(StoreError::NotFound(format!("mailbox {name}"))),
+    }
+}
+
+/// The names an account subscribed to, whether their mailboxes exist or not.
+pub(super) async fn subscriptions<'e>(
+    executor: impl SqliteExecutor<'e>,
+    account: AccountId,
+) -> Result<Vec<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM subscriptions WHERE account_id = ?1 ORDER BY name")
+            .bind(account.0)
+            .fetch_all(executor)
+            .await?,
+    )
 }
 
 /// Raises the mailbox's `\Recent` mark to `up_to` (never lowers it); returns the mark before.
