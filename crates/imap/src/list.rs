@@ -402,6 +402,7 @@ fn status_item(name: &str) -> Option<StatusDataItemName> {
         "UNSEEN" => StatusDataItemName::Unseen,
         "DELETED" => StatusDataItemName::Deleted,
         "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
+        "SIZE" => StatusDataItemName::Size,
         _ => return None,
     })
 }

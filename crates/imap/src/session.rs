@@ -274,7 +274,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE CONDSTORE QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -829,6 +829,8 @@ impl Session {
                 StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", status.unseen)),
                 StatusDataItemName::Deleted => parts.push(format!("DELETED {}", status.deleted)),
                 StatusDataItemName::DeletedStorage => parts.push("DELETED-STORAGE 0".to_string()),
+                // RFC 8438: the mailbox's total size in octets.
+                StatusDataItemName::Size => parts.push(format!("SIZE {}", status.size)),
                 StatusDataItemName::HighestModSeq => {
                     self.condstore = true;
                     parts.push(format!("HIGHESTMODSEQ {}", status.highest_modseq));

@@ -335,8 +335,14 @@ async fn recent_belongs_to_the_first_session_that_sees_a_message() -> TestResult
             .await?;
     }
     let mut a = server.login("bob").await?;
-    let status = a.imap("s1", "STATUS INBOX (MESSAGES RECENT)").await?;
-    assert!(has_line(&status, "(MESSAGES 2 RECENT 2)"), "{status:?}");
+    let status = a.imap("s1", "STATUS INBOX (MESSAGES RECENT SIZE)").await?;
+    assert!(has_line(&status, "(MESSAGES 2 RECENT 2 SIZE "), "{status:?}");
+    // STATUS=SIZE (RFC 8438) is the sum of the messages' RFC822.SIZE.
+    let size: u64 = status[0]
+        .rsplit("SIZE ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').parse().ok())
+        .ok_or(format!("no SIZE: {status:?}"))?;
     let examined = a.imap("e", "EXAMINE INBOX").await?;
     assert!(has_line(&examined, "* 2 RECENT"), "{examined:?}");
     expect_ok(&a.imap("u", "UNSELECT").await?)?;
@@ -347,6 +353,13 @@ async fn recent_belongs_to_the_first_session_that_sees_a_message() -> TestResult
     );
     let fetched = a.imap("f1", "FETCH 1:* (FLAGS)").await?;
     assert!(has_line(&fetched, "* 1 FETCH (FLAGS (\\Recent))"), "{fetched:?}");
+    let sizes = a.imap("z", "FETCH 1:* (RFC822.SIZE)").await?;
+    let total: u64 = sizes
+        .iter()
+        .filter_map(|l| l.split("RFC822.SIZE ").nth(1))
+        .filter_map(|n| n.trim_end_matches(')').parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, size, "{sizes:?}");
     assert!(has_line(&a.imap("r1", "SEARCH RECENT").await?, "* SEARCH 1 2"));
     expect_ok(&a.imap("st", "STORE 1 +FLAGS.SILENT (\\Seen)").await?)?;
     assert!(has_line(&a.imap("r2", "SEARCH NEW").await?, "* SEARCH 2"));
