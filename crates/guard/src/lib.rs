@@ -91,8 +91,10 @@ fn now_unix() -> i64 {
 /// and a session ended for protocol errors count 4 points; an unknown recipient 2, so that
 /// harvesting needs twice as many tries as password guessing; TLS handshake garbage sent after
 /// our key share 1 (a quarter of a failed login). A handshake that fails at the client's hello
-/// or before it, or a client that hangs up after our ServerHello, is not abuse at all: health
-/// checks and TLS scanners do that (`sealmail_net::ConnError::is_handshake_garbage`).
+/// or before it costs us no key exchange and is not abuse at all: health checks and TLS
+/// scanners do that. A client that hangs up after our ServerHello, or never finishes, cost us
+/// one: scanners do that too (testssl.sh about 40 times a run), so such handshakes count only
+/// in tens ([`ABANDONED_PER_POINT`]): 200 within the window ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abuse {
     AuthFailure,
@@ -100,12 +102,20 @@ pub enum Abuse {
     UnknownRecipient,
     ProtocolErrors,
     TlsGarbage,
+    /// [`ABANDONED_PER_POINT`] TLS handshakes abandoned after our key share.
+    TlsAbandoned,
 }
+
+/// How many TLS handshakes abandoned after our key share make one point.
+pub const ABANDONED_PER_POINT: u32 = 10;
+
+/// Clients tracked for abandoned handshakes before old windows are swept.
+const ABANDONED_SWEEP_AT: usize = 4096;
 
 impl Abuse {
     fn points(self) -> usize {
         match self {
-            Abuse::TlsGarbage => 1,
+            Abuse::TlsGarbage | Abuse::TlsAbandoned => 1,
             Abuse::UnknownRecipient => 2,
             Abuse::AuthFailure | Abuse::RelayAttempt | Abuse::ProtocolErrors => 4,
         }
@@ -117,7 +127,7 @@ impl Abuse {
             Abuse::RelayAttempt => kind::RELAY_DENIED,
             Abuse::UnknownRecipient => kind::UNKNOWN_RECIPIENT,
             Abuse::ProtocolErrors => kind::PROTOCOL_ERRORS,
-            Abuse::TlsGarbage => kind::TLS_FAILURE,
+            Abuse::TlsGarbage | Abuse::TlsAbandoned => kind::TLS_FAILURE,
         }
     }
 }
@@ -129,6 +139,8 @@ pub struct Guard {
     bans: RwLock<HashMap<String, i64>>,
     /// Ban key -> times of recent failures.
     failures: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Ban key -> (start of its window, TLS handshakes abandoned in it).
+    abandoned: Mutex<HashMap<String, (i64, u32)>>,
     /// (what, account) -> times of recent uses, for hourly rate limits.
     usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
     /// Account (see [`throttle_key`]) -> recent failed logins and the earliest time its next
@@ -297,6 +309,7 @@ impl Guard {
             events,
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
             accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
@@ -542,6 +555,34 @@ impl Guard {
             .await;
     }
 
+    /// Records a TLS handshake abandoned after our key share (a hang-up, a timeout, an alert);
+    /// every [`ABANDONED_PER_POINT`]th within the window scores a point.
+    pub async fn tls_abandoned(&self, ip: IpAddr, listener: &str) -> Option<Ban> {
+        if self.is_trusted(ip) {
+            return None;
+        }
+        let now = now_unix();
+        let window = self.config.failure_window.as_secs() as i64;
+        let count = {
+            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            // Swept when the map doubles, so many clients cost amortized O(1) each.
+            if abandoned.len() >= ABANDONED_SWEEP_AT && abandoned.len().is_power_of_two() {
+                abandoned.retain(|_, (start, _)| now - *start < window);
+            }
+            let entry = abandoned.entry(ban_key(ip)).or_insert((now, 0));
+            if now - entry.0 >= window {
+                *entry = (now, 0);
+            }
+            entry.1 += 1;
+            entry.1
+        };
+        if count % ABANDONED_PER_POINT != 0 {
+            return None;
+        }
+        let detail = format!("{count} TLS handshakes abandoned after our key share");
+        self.abuse(ip, Abuse::TlsAbandoned, listener, &detail).await
+    }
+
     /// Records a failed authentication; returns the ban it caused, if any. The username is
     /// recorded as given (never the password).
     pub async fn auth_failed(&self, ip: IpAddr, username: &str, listener: &str) -> Option<Ban> {
@@ -738,6 +779,12 @@ impl sealmail_net::AcceptFilter for Guard {
         tokio::spawn(async move {
             self.abuse(ip, Abuse::TlsGarbage, listener, "TLS handshake failed")
                 .await;
+        });
+    }
+
+    fn tls_abandoned(self: Arc<Self>, ip: IpAddr, listener: &'static str) {
+        tokio::spawn(async move {
+            Guard::tls_abandoned(&self, ip, listener).await;
         });
     }
 }

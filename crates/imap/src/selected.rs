@@ -46,14 +46,22 @@ impl From<StoredMessage> for Entry {
 /// The system flags a client may set (RFC 3501 2.3.2; `\Recent` is the server's).
 pub const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
+/// Most keywords a mailbox lists in `* FLAGS`. Past it STORE refuses new keywords, and
+/// PERMANENTFLAGS no longer offers `\*` (RFC 3501 7.1); a keyword beyond it that arrived by
+/// APPEND is not shown, so a FETCH never shows one the client was not told of, and the FLAGS
+/// line and the work to keep it stay bounded.
+pub const MAX_KEYWORDS: usize = 256;
+
 pub struct Selected {
     pub mailbox: Mailbox,
     pub read_only: bool,
     pub entries: Vec<Entry>,
     /// UIDs that are `\Recent` in this session.
     recent: HashSet<u32>,
-    /// The keywords of the last `* FLAGS` the client got, in that order.
+    /// The keywords of the last `* FLAGS` the client got, in that order (at most
+    /// [`MAX_KEYWORDS`]), and the same in lower case for lookups.
     keywords: Vec<String>,
+    known_keywords: HashSet<String>,
     pub known_modseq: u64,
     /// Wakes when the mailbox changes (IDLE waits on it).
     pub watch: watch::Receiver<()>,
@@ -79,23 +87,42 @@ impl Selected {
             entries,
             recent,
             keywords: Vec::new(),
+            known_keywords: HashSet::new(),
             known_modseq: snapshot.highest_modseq,
             watch,
             own_changes: HashMap::new(),
         };
-        selected.keywords = selected.keywords_in_use();
+        let all: Vec<String> = selected.entries.iter().flat_map(|e| e.flags.clone()).collect();
+        selected.learn_keywords(&all);
         Ok(selected)
     }
 
-    /// Every keyword some message here carries, in order of first use.
-    fn keywords_in_use(&self) -> Vec<String> {
-        let mut keywords: Vec<String> = Vec::new();
-        for flag in self.entries.iter().flat_map(|e| &e.flags) {
-            if !flag.starts_with('\\') && !keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
-                keywords.push(flag.clone());
+    /// Adds the keywords among `flags` the client was not told of (up to [`MAX_KEYWORDS`]);
+    /// true when there were any. Costs one hash lookup per flag.
+    fn learn_keywords(&mut self, flags: &[String]) -> bool {
+        let mut learned = false;
+        for flag in flags {
+            if flag.starts_with('\\') || self.keywords.len() >= MAX_KEYWORDS {
+                continue;
+            }
+            if self.known_keywords.insert(flag.to_ascii_lowercase()) {
+                self.keywords.push(flag.clone());
+                learned = true;
             }
         }
-        keywords
+        learned
+    }
+
+    /// Whether setting `flags` stays within [`MAX_KEYWORDS`] keywords.
+    pub fn keywords_fit(&self, flags: &[String]) -> bool {
+        let mut new: HashSet<String> = HashSet::new();
+        for flag in flags.iter().filter(|f| !f.starts_with('\\')) {
+            let lower = flag.to_ascii_lowercase();
+            if !self.known_keywords.contains(&lower) {
+                new.insert(lower);
+            }
+        }
+        self.keywords.len() + new.len() <= MAX_KEYWORDS
     }
 
     /// `* FLAGS` and `* OK [PERMANENTFLAGS]` with the keywords in use (SELECT, and again
@@ -111,31 +138,31 @@ impl Selected {
         if self.read_only {
             let _ = write!(text, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
         } else {
+            let more = if self.keywords.len() < MAX_KEYWORDS {
+                " \\*"
+            } else {
+                ""
+            };
             let _ = write!(
                 text,
-                "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{extra} \\*)] Flags permitted\r\n"
+                "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{extra}{more})] Flags permitted\r\n"
             );
         }
     }
 
-    /// Sends a new `* FLAGS` if a message now carries a keyword the client was not told of.
-    /// Call before writing any FETCH that shows flags.
-    pub fn announce_new_keywords(&mut self, out: &mut Vec<u8>) {
-        let in_use = self.keywords_in_use();
-        let new = in_use
-            .iter()
-            .any(|k| !self.keywords.iter().any(|known| known.eq_ignore_ascii_case(k)));
-        if new {
+    /// Sends a new `* FLAGS` if `flags` (of messages that just changed or arrived) hold a
+    /// keyword the client was not told of. Call before writing any FETCH that shows them.
+    pub fn announce_new_keywords<'f>(
+        &mut self,
+        out: &mut Vec<u8>,
+        flags: impl IntoIterator<Item = &'f [String]>,
+    ) {
+        let mut learned = false;
+        for list in flags {
+            learned |= self.learn_keywords(list);
+        }
+        if learned {
             // Keywords no longer used stay listed: a client may still hold them.
-            for keyword in in_use {
-                if !self
-                    .keywords
-                    .iter()
-                    .any(|known| known.eq_ignore_ascii_case(&keyword))
-                {
-                    self.keywords.push(keyword);
-                }
-            }
             self.write_flags(out);
         }
     }
@@ -151,7 +178,16 @@ impl Selected {
 
     /// A message's flags as the client sees them: `\Recent` first when it is recent here.
     pub fn write_flag_list(&self, out: &mut Vec<u8>, uid: u32, flags: &[String]) {
-        wire::flag_list_of(out, flags, self.is_recent(uid));
+        wire::flag_list_of(out, &self.shown_flags(flags), self.is_recent(uid));
+    }
+
+    /// The flags a client may see: system flags and the keywords it was told of.
+    pub fn shown_flags(&self, flags: &[String]) -> Vec<String> {
+        flags
+            .iter()
+            .filter(|f| f.starts_with('\\') || self.known_keywords.contains(&f.to_ascii_lowercase()))
+            .cloned()
+            .collect()
     }
 
     pub fn exists(&self) -> u32 {
@@ -247,7 +283,14 @@ impl Selected {
                     .filter(|&uid| uid > max_before && uid > mark),
             );
         }
-        self.announce_new_keywords(out);
+        // Only the messages that changed or arrived can bring a new keyword.
+        let arrived = self.entries.len() - added;
+        let changed: Vec<Vec<String>> = fetches
+            .iter()
+            .map(|&i| self.entries[i].flags.clone())
+            .chain(self.entries[arrived..].iter().map(|e| e.flags.clone()))
+            .collect();
+        self.announce_new_keywords(out, changed.iter().map(Vec::as_slice));
         for index in fetches {
             let entry = &self.entries[index];
             let _ = write!(Text(out), "* {} FETCH (UID {} FLAGS ", index + 1, entry.uid);

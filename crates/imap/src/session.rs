@@ -1137,6 +1137,12 @@ impl Session {
         let Some(selected) = self.selected.as_mut() else {
             return bad("Select a mailbox first");
         };
+        if change != FlagChange::Remove && !selected.keywords_fit(&names) {
+            return no(format!(
+                "[LIMIT] A mailbox may use at most {} keywords",
+                crate::selected::MAX_KEYWORDS
+            ));
+        }
         let update = match self
             .ctx
             .store
@@ -1153,7 +1159,7 @@ impl Session {
             }
         }
         // A keyword new to the mailbox is announced before any FETCH shows it.
-        selected.announce_new_keywords(&mut self.out);
+        selected.announce_new_keywords(&mut self.out, update.messages.iter().map(|m| m.flags.as_slice()));
         for (index, message) in shown {
             if matches!(response, StoreResponse::Silent) && !self.condstore {
                 continue;
@@ -1462,6 +1468,10 @@ impl Session {
     ) {
         let condstore = self.condstore;
         let recent = self.selected.as_ref().is_some_and(|s| s.is_recent(entry.uid));
+        let flags = match &self.selected {
+            Some(selected) => selected.shown_flags(&entry.flags),
+            None => entry.flags.clone(),
+        };
         let out = &mut self.out;
         let _ = write!(Text(out), "* {} FETCH (", index + 1);
         let mut parsed: Option<Option<mail_parser::Message<'_>>> = None;
@@ -1485,7 +1495,7 @@ impl Session {
                 }
                 MessageDataItemName::Flags => {
                     out.extend_from_slice(b"FLAGS ");
-                    wire::flag_list_of(out, &entry.flags, recent);
+                    wire::flag_list_of(out, &flags, recent);
                     if condstore && !modseq_written && !items.contains(&MessageDataItemName::ModSeq) {
                         let _ = write!(Text(out), " MODSEQ ({})", entry.modseq);
                         modseq_written = true;

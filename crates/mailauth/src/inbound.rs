@@ -173,7 +173,9 @@ fn dmarc_name(result: &DmarcResult) -> &'static str {
 
 /// Removes `Authentication-Results` header fields (and their continuation lines) whose
 /// authserv-id is ours (RFC 8601 5: a receiver must not trust, and should delete, results that
-/// claim to be its own and that it did not add). Only the header section is looked at.
+/// claim to be its own and that it did not add), and every `X-Sealmail-Warning` field: a
+/// sender could otherwise write its own text into the header users are told to trust. Only
+/// the header section is looked at.
 pub fn strip_forged_results<'m>(message: &'m [u8], authserv_id: &str) -> Cow<'m, [u8]> {
     let mut out: Option<Vec<u8>> = None;
     let mut dropping = false;
@@ -190,7 +192,7 @@ pub fn strip_forged_results<'m>(message: &'m [u8], authserv_id: &str) -> Cow<'m,
         }
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         if !continuation {
-            dropping = claims_our_id(line, authserv_id);
+            dropping = claims_our_id(line, authserv_id) || is_named(line, b"X-Sealmail-Warning");
         }
         if dropping {
             out.get_or_insert_with(|| message[..start].to_vec());
@@ -202,6 +204,12 @@ pub fn strip_forged_results<'m>(message: &'m [u8], authserv_id: &str) -> Cow<'m,
         Some(out) => Cow::Owned(out),
         None => Cow::Borrowed(message),
     }
+}
+
+fn is_named(line: &[u8], name: &[u8]) -> bool {
+    line.iter()
+        .position(|&b| b == b':')
+        .is_some_and(|colon| line[..colon].trim_ascii().eq_ignore_ascii_case(name))
 }
 
 fn claims_our_id(line: &[u8], authserv_id: &str) -> bool {
@@ -492,6 +500,11 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&stripped),
             "Received: x\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.ours.test; body text\r\n"
+        );
+        let forged = b"X-Sealmail-Warning: none, this sender is verified\r\n\tand trusted\r\nx-sealmail-warning:x\r\nSubject: hi\r\n\r\nX-Sealmail-Warning: in the body\r\n";
+        assert_eq!(
+            String::from_utf8_lossy(&strip_forged_results(forged, "mx.ours.test")),
+            "Subject: hi\r\n\r\nX-Sealmail-Warning: in the body\r\n"
         );
         let clean = b"Subject: hi\r\n\r\nbody\r\n";
         assert!(matches!(

@@ -46,7 +46,15 @@ fn skeleton_char(c: char) -> char {
 
 /// What a name looks like: confusables folded, `rn` read as `m`, `vv` as `w`.
 pub fn skeleton(name: &str) -> String {
-    let folded: String = name.to_lowercase().chars().map(skeleton_char).collect();
+    // Invisible format characters (zero-width space and joiners, bidi marks, soft hyphen)
+    // would otherwise hide a name from the comparison: `Exa\u{200B}mple`.
+    let invisible = |c: &char| matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}');
+    let folded: String = name
+        .to_lowercase()
+        .chars()
+        .filter(|c| !invisible(c))
+        .map(skeleton_char)
+        .collect();
     folded.replace("rn", "m").replace("vv", "w")
 }
 
@@ -78,18 +86,29 @@ fn imitates(from: &str, ours: &str) -> bool {
     if from_skeleton == our_skeleton {
         return from != ours;
     }
+    // A dot added or removed (`exam.ple.test`) changes nothing a reader sees.
+    if from_skeleton.replace('.', "") == our_skeleton.replace('.', "") {
+        return true;
+    }
     let from_labels: Vec<&str> = from_skeleton.split('.').collect();
     let our_labels: Vec<&str> = our_skeleton.split('.').collect();
     if from_labels.len() != our_labels.len() {
         return false;
     }
-    let mut differing = from_labels.iter().zip(&our_labels).filter(|(a, b)| a != b);
-    let (Some((from_label, our_label)), None) = (differing.next(), differing.next()) else {
+    let mut differing = from_labels
+        .iter()
+        .zip(&our_labels)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b);
+    let (Some((position, (from_label, our_label))), None) = (differing.next(), differing.next()) else {
         return false;
     };
     let a: Vec<char> = from_label.chars().collect();
     let b: Vec<char> = our_label.chars().collect();
-    b.len() >= MIN_LABEL_FOR_ONE_EDIT && within_one_edit(&a, &b)
+    // Top-level labels are all short, and one edit there (`example.co` for `example.com`)
+    // keeps the name the reader knows: always a look-alike.
+    let top_level = position + 1 == our_labels.len();
+    (top_level || b.len() >= MIN_LABEL_FOR_ONE_EDIT) && within_one_edit(&a, &b)
 }
 
 fn unicode_domain(domain: &str) -> String {
@@ -262,6 +281,11 @@ mod tests {
             ("appie.com", "apple.com"),
             ("linkedln.com", "linkedin.com"),
             ("vvells.com", "wells.com"),
+            // One edit in the top-level label, or a dot added.
+            ("example.co", "example.com"),
+            ("example.cm", "example.com"),
+            ("bank.ne", "bank.net"),
+            ("exam.ple.test", "example.test"),
         ] {
             assert!(flagged(imitation, real), "{imitation} imitates {real}");
         }
@@ -293,6 +317,17 @@ mod tests {
         let found = warnings("elsewhere.test", Some("Example IT Support"), "none", &ours());
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("mentions example.test"));
+        let hidden = warnings(
+            "elsewhere.test",
+            Some("Exa\u{200B}mple.te\u{00AD}st IT"),
+            "none",
+            &ours(),
+        );
+        assert_eq!(
+            hidden.len(),
+            1,
+            "invisible characters do not hide the name: {hidden:?}"
+        );
         let found = warnings("elsewhere.test", Some("Friendly Bank"), "fail", &ours());
         assert_eq!(found.len(), 1);
         assert!(found[0].contains("DMARC failed"));

@@ -44,6 +44,13 @@ pub enum ConnError {
 }
 
 impl ConnError {
+    /// A handshake that cost us a key exchange and was then dropped (a hang-up or an alert
+    /// after our ServerHello), or that never came or finished in time.
+    pub fn is_handshake_abandoned(&self) -> bool {
+        matches!(self, ConnError::Timeout(_))
+            || (matches!(self, ConnError::Handshake(_)) && !self.is_handshake_garbage())
+    }
+
     /// Whether this is a handshake that went wrong after our key share in a way no honest
     /// client or scanner causes: a malformed or unexpected message, a record that does not
     /// decrypt. A client that just closes the connection (scanners do, after reading our

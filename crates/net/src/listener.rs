@@ -44,6 +44,11 @@ pub trait AcceptFilter: Send + Sync + 'static {
     /// connection closed without a word, and a prober that hangs up after our ServerHello are
     /// not abuse (load balancers, monitoring and TLS scanners do exactly that).
     fn tls_failed(self: Arc<Self>, _ip: std::net::IpAddr, _listener: &'static str) {}
+
+    /// Told when a client's TLS handshake on an implicit-TLS listener was abandoned after our
+    /// key share, or never came ([`crate::ConnError::is_handshake_abandoned`]): cheap for the
+    /// client, a key exchange for us; counted lightly.
+    fn tls_abandoned(self: Arc<Self>, _ip: std::net::IpAddr, _listener: &'static str) {}
 }
 
 /// A listening socket with the protocol that serves it.
@@ -369,8 +374,12 @@ impl Server {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        if let (Some(filter), true) = (&self.filter, e.is_handshake_garbage()) {
-                            filter.clone().tls_failed(peer.ip(), role);
+                        if let Some(filter) = &self.filter {
+                            if e.is_handshake_garbage() {
+                                filter.clone().tls_failed(peer.ip(), role);
+                            } else if e.is_handshake_abandoned() {
+                                filter.clone().tls_abandoned(peer.ip(), role);
+                            }
                         }
                         return;
                     }

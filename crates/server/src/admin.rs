@@ -62,14 +62,21 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
                 )));
             }
             let config = load_config(config_path)?;
+            // The host name's own SPF record, unless the host name is a domain served here:
+            // then its own `domain dns` gives it one, and two SPF records at one name are a
+            // permerror (RFC 7208 4.5).
+            let helo_spf = match Domain::parse(config.hostname.as_str()) {
+                Ok(host) => !store.domain_exists(&host).await?,
+                Err(_) => false,
+            };
             if check {
-                if !check_records(&config, &domain).await? {
+                if !check_records(&config, &domain, helo_spf).await? {
                     anyhow::bail!(
                         "some records are missing or differ; publish what `sealmail domain dns {domain}` prints"
                     );
                 }
             } else {
-                print!("{}", dns_records(&config, &domain)?);
+                print!("{}", dns_records(&config, &domain, helo_spf)?);
             }
         }
         DomainCommand::List => {
@@ -398,6 +405,7 @@ struct Published {
 fn expected_records(
     config: &sealmail_config::Config,
     domain: &Domain,
+    helo_spf: bool,
 ) -> anyhow::Result<(Vec<Published>, String)> {
     let host = &config.hostname;
     let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
@@ -407,9 +415,8 @@ fn expected_records(
         record(format!("{domain}."), "TXT", "v=spf1 mx -all".into()),
     ];
     // The HELO name gets its own SPF record (RFC 7208 2.3), so receivers can give
-    // `spf=pass smtp.helo=HOST`. When the host name is the domain itself, the domain's record
-    // covers it (a second SPF record at one name would be a permerror).
-    if !host.as_str().eq_ignore_ascii_case(domain.as_str()) {
+    // `spf=pass smtp.helo=HOST`, unless the host name is a domain served here (see the caller).
+    if helo_spf && !host.as_str().eq_ignore_ascii_case(domain.as_str()) {
         records.push(record(format!("{host}."), "TXT", "v=spf1 a -all".into()));
     }
     // Where mail clients find us (RFC 6186, RFC 8314 5.1): implicit TLS is preferred (priority
@@ -466,9 +473,9 @@ fn expected_records(
 }
 
 /// The zone-file lines a domain should publish.
-fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<String> {
+fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let (records, policy) = expected_records(config, domain)?;
+    let (records, policy) = expected_records(config, domain, helo_spf)?;
     let mut out = String::new();
     writeln!(out, "; DNS records for {domain} (sealmail)")?;
     for r in &records {
@@ -491,9 +498,13 @@ fn dns_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Res
 
 /// Asks DNS (through `[dns]`) for every record `domain dns` prints; one line per record: ok,
 /// missing or differs. False when any is not ok.
-async fn check_records(config: &sealmail_config::Config, domain: &Domain) -> anyhow::Result<bool> {
+async fn check_records(
+    config: &sealmail_config::Config,
+    domain: &Domain,
+    helo_spf: bool,
+) -> anyhow::Result<bool> {
     use sealmail_dns::hickory_resolver::proto::rr::{RData, RecordType};
-    let (records, _) = expected_records(config, domain)?;
+    let (records, _) = expected_records(config, domain, helo_spf)?;
     let dns = sealmail_dns::Dns::new(&config.dns)?;
     let mut all_ok = true;
     for r in &records {

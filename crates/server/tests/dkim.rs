@@ -162,6 +162,21 @@ async fn submitted_mail_is_dkim_signed_twice_and_both_verifiers_agree() -> TestR
             "{absent} published without a listener:\n{zone}"
         );
     }
+    // When the host name is itself a domain served here, it gets its SPF record from its own
+    // `domain dns`: a second one at that name would be a permerror.
+    let scratch = ctx(tempfile::tempdir(), "tempdir")?;
+    let other = common::config_with_users(
+        scratch.path(),
+        "example.test",
+        &[],
+        &[("submission", submission, "implicit")],
+        &extra,
+    )?;
+    let (code, _, err) = common::admin(scratch.path(), &other, &["domain", "add", "mail.example.test"])?;
+    assert_eq!(code, 0, "{err}");
+    let (_, other_zone, _) = common::admin(scratch.path(), &other, &["domain", "dns", "example.test"])?;
+    assert!(other_zone.contains("_dmarc.example.test."), "{other_zone}");
+    assert!(!other_zone.contains("v=spf1 a -all"), "{other_zone}");
     assert!(
         zone.contains("._domainkey.example.test.\tIN\tTXT\t\"v=DKIM1; k=ed25519; p="),
         "{zone}"

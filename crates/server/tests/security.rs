@@ -456,6 +456,38 @@ async fn failed_handshakes_of_scanners_and_health_checks_do_not_ban() -> TestRes
     )
     .await?;
     assert!(replies[0].starts_with("235 "), "{replies:?}");
+
+    // Each abandoned handshake cost us a key exchange: they count in tens, and 200 within the
+    // window ban (testssl.sh abandons about 40 a run).
+    let hammer = [127, 0, 0, 13];
+    for _ in 0..199 {
+        let mut tcp = tcp_from(hammer, instance.addr(2465)).await?;
+        assert_eq!(
+            send_client_hello(&mut tcp, &good).await?,
+            HelloAnswer::ServerHello
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        greeting_from(hammer, instance.addr(2525))
+            .await?
+            .starts_with("220 "),
+        "199 do not ban"
+    );
+    let mut tcp = tcp_from(hammer, instance.addr(2465)).await?;
+    assert_eq!(
+        send_client_hello(&mut tcp, &good).await?,
+        HelloAnswer::ServerHello
+    );
+    drop(tcp);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !greeting_from(hammer, instance.addr(2525))
+        .await?
+        .starts_with("421 4.7.0")
+    {
+        assert!(Instant::now() < deadline, "200 abandoned handshakes did not ban");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 

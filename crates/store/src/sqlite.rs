@@ -1289,8 +1289,11 @@ impl Store for SqliteStore {
     }
 
     async fn claim_recent(&self, mailbox: MailboxId, up_to: u32, claim: bool) -> Result<u32, StoreError> {
-        if !claim {
-            return mailboxes::recent_mark(&self.readers, mailbox).await;
+        let mark = mailboxes::recent_mark(&self.readers, mailbox).await?;
+        // Nothing to take: no write (a client looping SELECT would otherwise occupy the
+        // writer). The writer reads the mark again, so a claim racing this one is still exact.
+        if !claim || up_to <= mark {
+            return Ok(mark);
         }
         match self.write(WriteOp::ClaimRecent { mailbox, up_to }).await? {
             WriteDone::Count(before) => Ok(u32::try_from(before).unwrap_or(u32::MAX)),
