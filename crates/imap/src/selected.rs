@@ -55,6 +55,8 @@ pub const MAX_KEYWORDS: usize = 256;
 pub struct Selected {
     pub mailbox: Mailbox,
     pub read_only: bool,
+    /// RFC 7162 QRESYNC is enabled: expunges are reported as `* VANISHED`.
+    pub qresync: bool,
     pub entries: Vec<Entry>,
     /// UIDs that are `\Recent` in this session.
     recent: HashSet<u32>,
@@ -84,6 +86,7 @@ impl Selected {
         let mut selected = Selected {
             mailbox,
             read_only,
+            qresync: false,
             entries,
             recent,
             keywords: Vec::new(),
@@ -216,13 +219,54 @@ impl Selected {
 
     /// Removes messages this session expunged (or moved away) and reports each one.
     pub fn remove_own(&mut self, uids: &[u32], out: &mut Vec<u8>) {
+        let mut vanished = Vec::new();
         for uid in uids {
             if let Some(index) = self.index_of_uid(*uid) {
                 self.entries.remove(index);
                 self.recent.remove(uid);
-                let _ = write!(Text(out), "* {} EXPUNGE\r\n", index + 1);
+                if self.qresync {
+                    vanished.push(*uid);
+                } else {
+                    let _ = write!(Text(out), "* {} EXPUNGE\r\n", index + 1);
+                }
             }
         }
+        if !vanished.is_empty() {
+            // RFC 7162 3.2.10: with QRESYNC, expunges are told by UID.
+            vanished.sort_unstable();
+            let _ = write!(
+                Text(out),
+                "* VANISHED {}\r\n",
+                crate::sequence::compact(&vanished)
+            );
+        }
+    }
+
+    /// The UIDs within `ranges` (sorted, disjoint) that no message here has, as ranges: what
+    /// QRESYNC reports as `VANISHED (EARLIER)`. It may name UIDs the client never knew, which
+    /// RFC 7162 3.2.10 allows, and it needs no expunge history: always complete.
+    pub fn missing_uids(&self, ranges: &[(u32, u32)]) -> Vec<(u32, u32)> {
+        let mut missing = Vec::new();
+        for &(lo, hi) in ranges {
+            let mut next = Some(lo);
+            let start = self.entries.partition_point(|e| e.uid < lo);
+            for entry in &self.entries[start..] {
+                let Some(from) = next else { break };
+                if entry.uid > hi {
+                    break;
+                }
+                if entry.uid > from {
+                    missing.push((from, entry.uid - 1));
+                }
+                next = entry.uid.checked_add(1);
+            }
+            if let Some(from) = next
+                && from <= hi
+            {
+                missing.push((from, hi));
+            }
+        }
+        missing
     }
 
     /// Tells the client what changed since it last heard. With `allow_expunge` false (during

@@ -67,6 +67,21 @@ pub fn within(set: &SequenceSet, max: u32) -> bool {
 }
 
 /// `1:3,5` style text of sorted UIDs, for COPYUID and APPENDUID.
+/// Sorted, disjoint ranges written as a sequence set (`1:3,7`).
+pub fn ranges_text(ranges: &[(u32, u32)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}:{hi}")
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
 pub fn compact(uids: &[u32]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;

@@ -79,6 +79,9 @@ pub struct Session {
     pub selected: Option<Selected>,
     /// RFC 7162: once the client uses CONDSTORE, every FETCH with FLAGS also carries MODSEQ.
     condstore: bool,
+    /// RFC 7162 QRESYNC, enabled with ENABLE: VANISHED instead of EXPUNGE, SELECT (QRESYNC),
+    /// UID FETCH (VANISHED).
+    qresync: bool,
     pub out: Vec<u8>,
     errors: u32,
 }
@@ -228,6 +231,7 @@ impl Session {
             login_check: None,
             selected: None,
             condstore: false,
+            qresync: false,
             out: Vec::with_capacity(4096),
             errors: 0,
         }
@@ -274,7 +278,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE CONDSTORE QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -543,6 +547,12 @@ impl Session {
                         self.condstore = true;
                         enabled.push("CONDSTORE");
                     }
+                    // QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
+                    if capability.to_string().eq_ignore_ascii_case("QRESYNC") && !self.qresync {
+                        self.qresync = true;
+                        self.condstore = true;
+                        enabled.push("QRESYNC");
+                    }
                 }
                 let _ = write!(Text(&mut self.out), "* ENABLED {}\r\n", enabled.join(" "));
                 ok("ENABLE completed")
@@ -757,6 +767,18 @@ impl Session {
         if parameters.iter().any(|p| matches!(p, SelectParameter::CondStore)) {
             self.condstore = true;
         }
+        let resync = parameters.iter().find_map(|p| match p {
+            SelectParameter::QResync {
+                uid_validity,
+                mod_sequence_value,
+                known_uids,
+                ..
+            } => Some((uid_validity.get(), mod_sequence_value.get(), known_uids.clone())),
+            SelectParameter::CondStore => None,
+        });
+        if resync.is_some() && !self.qresync {
+            return bad("QRESYNC must be enabled first (ENABLE QRESYNC)");
+        }
         let Some(name) = mailbox_name(mailbox) else {
             return no("[NONEXISTENT] No such mailbox");
         };
@@ -765,7 +787,7 @@ impl Session {
             Ok(None) => return no("[NONEXISTENT] No such mailbox"),
             Err(e) => return store_failure(&e),
         };
-        let selected = match Selected::open(self.ctx.store.as_ref(), found, read_only).await {
+        let mut selected = match Selected::open(self.ctx.store.as_ref(), found, read_only).await {
             Ok(selected) => selected,
             Err(e) => return store_failure(&e),
         };
@@ -805,6 +827,44 @@ impl Session {
             self.out.extend_from_slice(&name_out);
             self.out.extend_from_slice(b"\r\n");
         }
+        // RFC 7162 3.2.5: what changed since the client's mod-sequence, if its UIDs still hold.
+        if let Some((uid_validity, since, known)) = resync
+            && uid_validity == selected.mailbox.uid_validity
+        {
+            let last = uid_next.saturating_sub(1);
+            let ranges = match &known {
+                Some(known) => crate::sequence::Merged::new(known, last).ranges().to_vec(),
+                None if last > 0 => vec![(1, last)],
+                None => Vec::new(),
+            };
+            let ranges: Vec<(u32, u32)> = ranges
+                .into_iter()
+                .filter(|&(lo, _)| lo <= last)
+                .map(|(lo, hi)| (lo, hi.min(last)))
+                .collect();
+            let vanished = selected.missing_uids(&ranges);
+            if !vanished.is_empty() {
+                let _ = write!(
+                    Text(&mut self.out),
+                    "* VANISHED (EARLIER) {}\r\n",
+                    crate::sequence::ranges_text(&vanished)
+                );
+            }
+            let in_known = |uid: u32| ranges.iter().any(|&(lo, hi)| lo <= uid && uid <= hi);
+            for (index, entry) in selected.entries.iter().enumerate() {
+                if entry.modseq > since && (known.is_none() || in_known(entry.uid)) {
+                    let _ = write!(
+                        Text(&mut self.out),
+                        "* {} FETCH (UID {} FLAGS ",
+                        index + 1,
+                        entry.uid
+                    );
+                    selected.write_flag_list(&mut self.out, entry.uid, &entry.flags);
+                    let _ = write!(Text(&mut self.out), " MODSEQ ({}))\r\n", entry.modseq);
+                }
+            }
+        }
+        selected.qresync = self.qresync;
         self.selected = Some(selected);
         if read_only {
             ok("[READ-ONLY] EXAMINE completed")
@@ -1330,6 +1390,34 @@ impl Session {
             FetchModifier::ChangedSince(n) => Some(n.get()),
             FetchModifier::Vanished => None,
         });
+        // RFC 7162 3.2.6: UID FETCH (CHANGEDSINCE n VANISHED) also names the UIDs of the set
+        // that are gone, once QRESYNC is enabled.
+        if modifiers.contains(&FetchModifier::Vanished) {
+            if !uid || changed_since.is_none() || !self.qresync {
+                return Ok(bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC"));
+            }
+            if let Some(selected) = &self.selected {
+                let last = selected
+                    .mailbox
+                    .uid_next
+                    .max(selected.max_uid().saturating_add(1))
+                    .saturating_sub(1);
+                let ranges = crate::sequence::Merged::new(set, last).ranges().to_vec();
+                let ranges: Vec<(u32, u32)> = ranges
+                    .into_iter()
+                    .filter(|&(lo, _)| lo <= last)
+                    .map(|(lo, hi)| (lo, hi.min(last)))
+                    .collect();
+                let vanished = selected.missing_uids(&ranges);
+                if !vanished.is_empty() {
+                    let _ = write!(
+                        Text(&mut self.out),
+                        "* VANISHED (EARLIER) {}\r\n",
+                        crate::sequence::ranges_text(&vanished)
+                    );
+                }
+            }
+        }
         if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
             self.condstore = true;
         }

@@ -516,6 +516,106 @@ async fn list_extended_and_lsub_follow_subscriptions_of_deleted_and_nested_mailb
     Ok(())
 }
 
+fn number_after(reply: &[String], key: &str) -> TestResult<u64> {
+    reply
+        .iter()
+        .find_map(|l| l.split(key).nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("no {key} in {reply:?}"))
+}
+
+/// RFC 7162 QRESYNC: enabled, expunges are VANISHED; SELECT (QRESYNC ...) and
+/// UID FETCH (CHANGEDSINCE n VANISHED) tell a returning client what went and what changed.
+#[tokio::test]
+async fn qresync_reports_vanished_messages_and_changes_since_a_modseq() -> TestResult {
+    let server = Server::start("").await?;
+    for n in 1..=3 {
+        server
+            .submit("bob@example.test", &format!("Subject: q{n}\r\n\r\nhello"))
+            .await?;
+    }
+    let mut a = server.login("bob").await?;
+    let early = a.imap("q0", "SELECT INBOX (QRESYNC (1 1))").await?;
+    assert!(
+        tagged(&early).starts_with("q0 BAD"),
+        "QRESYNC before ENABLE: {early:?}"
+    );
+    let enabled = a.imap("e", "ENABLE QRESYNC").await?;
+    assert!(has_line(&enabled, "* ENABLED QRESYNC"), "{enabled:?}");
+    let selected = a.imap("s", "SELECT INBOX").await?;
+    let validity = number_after(&selected, "UIDVALIDITY ")?;
+    let before = number_after(&selected, "HIGHESTMODSEQ ")?;
+    let mut other = server.login("bob").await?;
+    expect_ok(&other.imap("s", "SELECT INBOX").await?)?;
+
+    expect_ok(&a.imap("f", "STORE 2 +FLAGS.SILENT (\\Seen)").await?)?;
+    expect_ok(&a.imap("d", "STORE 1 +FLAGS.SILENT (\\Deleted)").await?)?;
+    let expunged = a.imap("x", "EXPUNGE").await?;
+    assert!(
+        has_line(&expunged, "* VANISHED 1") && !has_line(&expunged, "EXPUNGE\r"),
+        "{expunged:?}"
+    );
+    assert!(!expunged.iter().any(|l| l.ends_with(" EXPUNGE")), "{expunged:?}");
+    // A session without QRESYNC still gets EXPUNGE.
+    let noop = other.imap("n", "NOOP").await?;
+    assert!(has_line(&noop, "* 1 EXPUNGE"), "{noop:?}");
+
+    // A client coming back with what it knew: UID 1 is gone, UID 2 changed, UID 3 did not.
+    let mut back = server.login("bob").await?;
+    expect_ok(&back.imap("e", "ENABLE QRESYNC").await?)?;
+    let resync = back
+        .imap("s", &format!("SELECT INBOX (QRESYNC ({validity} {before}))"))
+        .await?;
+    assert!(has_line(&resync, "* VANISHED (EARLIER) 1"), "{resync:?}");
+    assert!(
+        resync
+            .iter()
+            .any(|l| l.starts_with("* 1 FETCH (UID 2 FLAGS (\\Seen) MODSEQ (")),
+        "{resync:?}"
+    );
+    assert!(!has_line(&resync, "UID 3"), "{resync:?}");
+    // Known UIDs narrow it: 2:3 lost nothing.
+    let narrow = back
+        .imap("s2", &format!("SELECT INBOX (QRESYNC ({validity} {before} 2:3))"))
+        .await?;
+    assert!(!has_line(&narrow, "VANISHED"), "{narrow:?}");
+    // Another UIDVALIDITY: nothing is resynchronized.
+    let stale = back
+        .imap(
+            "s3",
+            &format!("SELECT INBOX (QRESYNC ({} {before}))", validity + 1),
+        )
+        .await?;
+    assert!(
+        !has_line(&stale, "VANISHED") && !has_line(&stale, "FETCH"),
+        "{stale:?}"
+    );
+
+    let fetched = back
+        .imap(
+            "u",
+            &format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {before} VANISHED)"),
+        )
+        .await?;
+    assert!(has_line(&fetched, "* VANISHED (EARLIER) 1"), "{fetched:?}");
+    assert!(
+        has_line(&fetched, "UID 2") && !has_line(&fetched, "UID 3"),
+        "{fetched:?}"
+    );
+    let plain = back
+        .imap(
+            "p",
+            &format!("FETCH 1:* (FLAGS) (CHANGEDSINCE {before} VANISHED)"),
+        )
+        .await?;
+    assert!(
+        tagged(&plain).starts_with("p BAD"),
+        "VANISHED needs UID FETCH: {plain:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_user_can_never_reach_another_users_mailboxes() -> TestResult {
     let server = Server::start("").await?;
