@@ -180,6 +180,46 @@ pub fn section(bytes: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
     }
 }
 
+/// A part whose Content-Transfer-Encoding BINARY cannot undo (RFC 3516 `UNKNOWN-CTE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEncoding;
+
+/// RFC 3516 `BINARY[part]`: the part's body with its Content-Transfer-Encoding undone (base64,
+/// quoted-printable; 7bit, 8bit and binary are as stored). The whole message (`BINARY[]`) and
+/// multipart or message/rfc822 parts are as BODY gives them, since they are not encoded
+/// themselves. `None` when there is no such part.
+pub fn binary_section(
+    bytes: &[u8],
+    path: &[std::num::NonZeroU32],
+) -> Result<Option<Vec<u8>>, UnknownEncoding> {
+    if path.is_empty() {
+        return Ok(Some(bytes.to_vec()));
+    }
+    let Some(message) = parse(bytes) else {
+        return Ok(None);
+    };
+    let Some(found) = locate(&message, path) else {
+        return Ok(None);
+    };
+    let raw = slice(bytes, found.part.offset_body, found.part.offset_end);
+    if matches!(found.part.body, PartType::Multipart(_) | PartType::Message(_)) {
+        return Ok(Some(raw.to_vec()));
+    }
+    use mail_parser::MimeHeaders as _;
+    let encoding = found
+        .part
+        .content_transfer_encoding()
+        .map(|e| e.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let decoded = match encoding.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Some(raw.to_vec()),
+        "base64" => mail_parser::decoders::base64::base64_decode(raw),
+        "quoted-printable" => mail_parser::decoders::quoted_printable::quoted_printable_decode(raw),
+        _ => None,
+    };
+    decoded.map(Some).ok_or(UnknownEncoding)
+}
+
 /// Header values as IMAP clients expect them in an ENVELOPE: the raw text, unfolded.
 fn raw_header(message: &Message<'_>, name: &str) -> Option<Vec<u8>> {
     message.header_raw(name).map(|raw| {
@@ -661,5 +701,22 @@ mod tests {
         assert_eq!(get(Section::Text(Some(part(&[1, 1])))), "m1 body\r\n");
         assert_eq!(get(Section::Mime(part(&[1, 2]))), "X-Mime: m2 header\r\n\r\n");
         assert_eq!(get(Section::Text(Some(part(&[1, 2])))), "m2 body\r\n");
+    }
+
+    /// RFC 3516: BINARY undoes base64 and quoted-printable, leaves 7bit/8bit as stored, gives
+    /// containers as BODY does, and refuses an encoding it cannot undo.
+    #[test]
+    fn binary_sections_undo_the_transfer_encoding() {
+        let message = "From: a@b.test\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n--B\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\ncaf=C3=A9 =\r\nsoft\r\n--B\r\nContent-Type: text/plain\r\n\r\nplain\r\n--B\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n--B--\r\n";
+        let get = |path: &[u32]| binary_section(message.as_bytes(), part(path).0.as_ref());
+        assert_eq!(get(&[1]), Ok(Some(vec![0, 1, 2, 255])));
+        assert_eq!(get(&[2]), Ok(Some("café soft".as_bytes().to_vec())));
+        assert_eq!(get(&[3]), Ok(Some(b"plain".to_vec())));
+        assert_eq!(get(&[4]), Err(UnknownEncoding));
+        assert_eq!(get(&[9]), Ok(None));
+        assert_eq!(
+            binary_section(message.as_bytes(), &[]),
+            Ok(Some(message.as_bytes().to_vec()))
+        );
     }
 }

@@ -82,6 +82,8 @@ pub struct Session {
     /// RFC 7162 QRESYNC, enabled with ENABLE: VANISHED instead of EXPUNGE, SELECT (QRESYNC),
     /// UID FETCH (VANISHED).
     qresync: bool,
+    /// Set by a FETCH BINARY of a part whose encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
+    unknown_encoding: bool,
     pub out: Vec<u8>,
     errors: u32,
 }
@@ -173,6 +175,10 @@ fn batch_len(sizes: impl Iterator<Item = u64>) -> usize {
     n
 }
 
+fn section_path(path: &[std::num::NonZeroU32]) -> String {
+    path.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+}
+
 fn section_text(section: &Option<Section<'_>>) -> String {
     fn part(p: &imap_codec::imap_types::fetch::Part) -> String {
         p.0.as_ref()
@@ -232,6 +238,7 @@ impl Session {
             selected: None,
             condstore: false,
             qresync: false,
+            unknown_encoding: false,
             out: Vec::with_capacity(4096),
             errors: 0,
         }
@@ -278,7 +285,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -680,8 +687,12 @@ impl Session {
                 };
                 let content = match &message {
                     LiteralOrLiteral8::Literal(literal) => literal.as_ref().to_vec(),
-                    // Our framing never reads a literal8 (no BINARY), but refuse it plainly.
-                    LiteralOrLiteral8::Literal8(_) => return Ok(bad("BINARY is not supported")),
+                    // RFC 3516 4.4: binary content (a NUL) is not stored here; a literal8
+                    // without one is an ordinary message.
+                    LiteralOrLiteral8::Literal8(literal8) if literal8.data.contains(&0) => {
+                        return Ok(no("[UNKNOWN-CTE] Binary content (NUL octets) is not stored here"));
+                    }
+                    LiteralOrLiteral8::Literal8(literal8) => literal8.data.to_vec(),
                 };
                 if content.is_empty() {
                     return Ok(no("An empty message cannot be appended"));
@@ -1375,14 +1386,6 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
-        if items.iter().any(|i| {
-            matches!(
-                i,
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
-            )
-        }) {
-            return Ok(bad("BINARY is not supported"));
-        }
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -1429,6 +1432,8 @@ impl Session {
                 i,
                 MessageDataItemName::Body
                     | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
                     | MessageDataItemName::BodyStructure
                     | MessageDataItemName::Envelope
                     | MessageDataItemName::Rfc822
@@ -1440,6 +1445,7 @@ impl Session {
             matches!(
                 i,
                 MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Binary { peek: false, .. }
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Text
             )
@@ -1541,6 +1547,8 @@ impl Session {
         }
         Ok(if vanished {
             no("[EXPUNGEISSUED] Some messages were expunged meanwhile")
+        } else if std::mem::take(&mut self.unknown_encoding) {
+            no("[UNKNOWN-CTE] A part's Content-Transfer-Encoding is not one BINARY can undo")
         } else {
             ok("FETCH completed")
         })
@@ -1555,6 +1563,7 @@ impl Session {
         include_flags: bool,
     ) {
         let condstore = self.condstore;
+        let mut unknown_encoding = false;
         let recent = self.selected.as_ref().is_some_and(|s| s.is_recent(entry.uid));
         let flags = match &self.selected {
             Some(selected) => selected.shown_flags(&entry.flags),
@@ -1658,11 +1667,44 @@ impl Session {
                         }
                     }
                 }
-                // Refused with BAD before any output (BINARY is not offered).
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {}
+                MessageDataItemName::Binary { section, partial, .. } => {
+                    let path = section_path(section);
+                    let data = fetch::binary_section(content.unwrap_or_default(), section);
+                    let _ = write!(Text(out), "BINARY[{path}]");
+                    match data {
+                        // RFC 3516: the fetch fails with NO [UNKNOWN-CTE] (see `fetch`).
+                        Err(fetch::UnknownEncoding) => {
+                            out.extend_from_slice(b" NIL");
+                            unknown_encoding = true;
+                        }
+                        Ok(data) => {
+                            let data = data.unwrap_or_default();
+                            match partial {
+                                Some((origin, length)) => {
+                                    let start = (*origin as usize).min(data.len());
+                                    let end = start.saturating_add(length.get() as usize).min(data.len());
+                                    let _ = write!(Text(out), "<{origin}> ");
+                                    wire::literal_or_8(out, &data[start..end]);
+                                }
+                                None => {
+                                    out.push(b' ');
+                                    wire::literal_or_8(out, &data);
+                                }
+                            }
+                        }
+                    }
+                }
+                MessageDataItemName::BinarySize { section } => {
+                    let size = fetch::binary_section(content.unwrap_or_default(), section)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |d| d.len());
+                    let _ = write!(Text(out), "BINARY.SIZE[{}] {size}", section_path(section));
+                }
             }
         }
         out.extend_from_slice(b")\r\n");
+        self.unknown_encoding |= unknown_encoding;
     }
 }
 

@@ -27,6 +27,15 @@ pub fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A literal, or a literal8 (`~{n}`, RFC 3516) when the bytes hold a NUL, which a literal may
+/// not carry.
+pub fn literal_or_8(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.contains(&0) {
+        out.push(b'~');
+    }
+    literal(out, bytes);
+}
+
 /// NIL for `None`, else a string.
 pub fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {

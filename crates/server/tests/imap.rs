@@ -616,6 +616,38 @@ async fn qresync_reports_vanished_messages_and_changes_since_a_modseq() -> TestR
     Ok(())
 }
 
+/// RFC 3516: APPEND takes a literal8; binary content (a NUL) is refused with UNKNOWN-CTE, as
+/// is a FETCH BINARY of a part in an encoding BINARY cannot undo.
+#[tokio::test]
+async fn binary_append_and_unknown_transfer_encodings() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    let text = b"Subject: eight\r\n\r\ncaf\xc3\xa9\r\n";
+    c.send(&format!("a APPEND INBOX ~{{{}}}\r\n", text.len())).await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send_bytes(text).await?;
+    c.send("\r\n").await?;
+    let appended = c.imap_until("a").await?;
+    expect_ok(&appended)?;
+    let nul = b"Subject: nul\r\n\r\na\0b\r\n";
+    c.send(&format!("b APPEND INBOX ~{{{}}}\r\n", nul.len())).await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send_bytes(nul).await?;
+    c.send("\r\n").await?;
+    let refused = c.imap_until("b").await?;
+    assert!(tagged(&refused).starts_with("b NO [UNKNOWN-CTE]"), "{refused:?}");
+
+    let uu = "Subject: uu\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n--B--\r\n";
+    c.send(&format!("c APPEND INBOX {{{}+}}\r\n{uu}\r\n", uu.len()))
+        .await?;
+    expect_ok(&c.imap_until("c").await?)?;
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    let fetched = c.imap("f", "FETCH 2 (BINARY.PEEK[1])").await?;
+    assert!(tagged(&fetched).starts_with("f NO [UNKNOWN-CTE]"), "{fetched:?}");
+    assert!(has_line(&fetched, "BINARY[1] NIL"), "{fetched:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_user_can_never_reach_another_users_mailboxes() -> TestResult {
     let server = Server::start("").await?;

@@ -199,6 +199,30 @@ data = ok(m.uid("FETCH", uid.group(1).decode(), "(FLAGS INTERNALDATE BODY.PEEK[]
 check(data[0][1] == appended, "appended bytes come back exactly")
 check(b"\\Draft" in data[0][0] and b'"14-Nov-2023 22:13:20 +0000"' in data[0][0], f"flags/date kept: {data[0][0]}")
 
+# BINARY (RFC 3516): the attachment's bytes with base64 undone, its decoded size, and a
+# literal8 for content holding NUL; BINARY.PEEK leaves \Seen alone, BINARY sets it.
+caps = ok(m.capability(), "CAPABILITY")[0]
+check(b" BINARY " in caps, f"BINARY advertised: {caps}")
+attachment = bytes([0, 1, 2, 255]) + b"binary attachment"
+with_attachment = EmailMessage(policy=SMTP_POLICY)
+with_attachment["From"], with_attachment["To"], with_attachment["Subject"] = BOB, BOB, "bytes"
+with_attachment.set_content("see attached")
+with_attachment.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="a.bin")
+raw = with_attachment.as_bytes()
+check(b"Content-Transfer-Encoding: base64" in raw, "the attachment travels in base64")
+typ, data = m.append("Drafts", "()", None, raw)
+check(typ == "OK", f"APPEND with attachment: {typ} {data}")
+ok(m.select("Drafts"), "SELECT Drafts")
+count = ok(m.search(None, "ALL"), "SEARCH Drafts")[0].split()[-1].decode()
+data = ok(m.fetch(count, "(BINARY.PEEK[2] BINARY.SIZE[2] FLAGS)"), "FETCH BINARY.PEEK")
+check(data[0][1] == attachment, f"BINARY[2] is the decoded attachment: {data}")
+check(b"~{21}" in data[0][0], f"a literal8 for bytes with NUL: {data[0][0]}")
+rest = b"".join(x if isinstance(x, bytes) else x[0] for x in data[1:])
+check(b"BINARY.SIZE[2] 21" in rest and b"\\Seen" not in rest, f"size, and no \\Seen yet: {rest}")
+data = ok(m.fetch(count, "(BINARY[1] FLAGS)"), "FETCH BINARY")
+check(data[0][1].rstrip(b"\r\n") == b"see attached", f"BINARY[1]: {data}")
+check(b"\\Seen" in b"".join(x if isinstance(x, bytes) else x[0] for x in data[1:]), f"BINARY sets \\Seen: {data}")
+
 # EXPUNGE and UID EXPUNGE.
 ok(m.select("INBOX"), "SELECT INBOX")
 ok(m.store("1:2", "+FLAGS.SILENT", "(\\Deleted)"), "STORE \\Deleted")
