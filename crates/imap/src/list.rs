@@ -28,6 +28,8 @@ pub struct ListRequest {
     pub special_use_only: bool,
     pub return_subscribed: bool,
     pub status: Option<Vec<StatusDataItemName>>,
+    /// Names are UTF-8 both ways (RFC 6855 UTF8=ACCEPT), not modified UTF-7.
+    pub utf8: bool,
 }
 
 impl ListRequest {
@@ -179,8 +181,8 @@ impl Matcher {
     }
 }
 
-fn decode(bytes: &[u8]) -> String {
-    wire::decode_mailbox_name(bytes).unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
+fn decode(bytes: &[u8], utf8: bool) -> String {
+    wire::name_from_wire(bytes, utf8).unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// The LIST response lines, or why the request is refused (a pattern too long or with too
@@ -210,13 +212,13 @@ pub fn respond(
     if request.patterns.len() > MAX_PATTERNS {
         return Err(format!("At most {MAX_PATTERNS} patterns in one LIST"));
     }
-    let reference = decode(&request.reference);
+    let reference = decode(&request.reference, request.utf8);
     let mut patterns = Vec::with_capacity(request.patterns.len());
     for pattern in &request.patterns {
         if pattern.len() > MAX_PATTERN {
             return Err(too_complex());
         }
-        let full = format!("{reference}{}", decode(pattern));
+        let full = format!("{reference}{}", decode(pattern, request.utf8));
         patterns.push(Matcher::new(&full).ok_or_else(too_complex)?);
     }
     let mut reach = Vec::new();
@@ -315,7 +317,7 @@ pub fn respond(
             attributes.push(special);
         }
         let mut line = format!("* {verb} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-        wire::string(&mut line, wire::encode_mailbox_name(name).as_bytes());
+        wire::string(&mut line, wire::name_to_wire(name, request.utf8).as_bytes());
         if child_info {
             line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
         }

@@ -14,6 +14,7 @@ use imap_codec::imap_types::command::{Command, CommandBody, FetchModifier, Selec
 use imap_codec::imap_types::core::{AString, Charset};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::extensions::utf8::Utf8Kind;
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
@@ -82,6 +83,8 @@ pub struct Session {
     /// RFC 7162 QRESYNC, enabled with ENABLE: VANISHED instead of EXPUNGE, SELECT (QRESYNC),
     /// UID FETCH (VANISHED).
     qresync: bool,
+    /// RFC 6855 UTF8=ACCEPT, enabled with ENABLE: mailbox names are UTF-8 both ways.
+    utf8: bool,
     /// Set by a FETCH BINARY of a part whose encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
     unknown_encoding: bool,
     pub out: Vec<u8>,
@@ -143,10 +146,10 @@ fn astring_text(s: &AString<'_>) -> Option<String> {
 /// Mailbox names are the client's own (UTF-8 inside, modified UTF-7 on the wire). Every name
 /// is looked up inside the logged-in account only: there is no syntax for another user's
 /// mailbox, so no name can reach one.
-pub fn mailbox_name(mailbox: &WireMailbox<'_>) -> Option<String> {
+pub fn mailbox_name(mailbox: &WireMailbox<'_>, utf8: bool) -> Option<String> {
     match mailbox {
         WireMailbox::Inbox => Some("INBOX".to_string()),
-        WireMailbox::Other(other) => wire::decode_mailbox_name(other.as_ref()),
+        WireMailbox::Other(other) => wire::name_from_wire(other.as_ref(), utf8),
     }
 }
 
@@ -238,6 +241,7 @@ impl Session {
             selected: None,
             condstore: false,
             qresync: false,
+            utf8: false,
             unknown_encoding: false,
             out: Vec::with_capacity(4096),
             errors: 0,
@@ -285,7 +289,7 @@ impl Session {
             return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -554,6 +558,10 @@ impl Session {
                         self.condstore = true;
                         enabled.push("CONDSTORE");
                     }
+                    if matches!(capability, CapabilityEnable::Utf8(Utf8Kind::Accept)) && !self.utf8 {
+                        self.utf8 = true;
+                        enabled.push("UTF8=ACCEPT");
+                    }
                     // QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
                     if capability.to_string().eq_ignore_ascii_case("QRESYNC") && !self.qresync {
                         self.qresync = true;
@@ -572,7 +580,7 @@ impl Session {
             CommandBody::Select { mailbox, parameters } => self.select(&mailbox, false, &parameters).await,
             CommandBody::Examine { mailbox, parameters } => self.select(&mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } => {
-                let Some(name) = mailbox_name(&mailbox) else {
+                let Some(name) = mailbox_name(&mailbox, self.utf8) else {
                     return Ok(no("[CANNOT] Mailbox name is not valid modified UTF-7"));
                 };
                 let name = name.trim_end_matches('/').to_string();
@@ -598,7 +606,7 @@ impl Session {
                     Err(e) => store_failure(&e),
                 }
             }
-            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
+            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox, self.utf8) {
                 None => no("[NONEXISTENT] No such mailbox"),
                 Some(name) => {
                     if self.selected.as_ref().is_some_and(|s| s.mailbox.name == name) {
@@ -610,29 +618,31 @@ impl Session {
                     }
                 }
             },
-            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
-                (Some(from), Some(to)) => {
-                    let to = to.trim_end_matches('/').to_string();
-                    if !valid_new_name(&to) {
-                        return Ok(no("[CANNOT] The new name is not a valid mailbox name"));
-                    }
-                    match store.rename_mailbox(account, &from, &to).await {
-                        Ok(()) => {
-                            if let Some(selected) = self.selected.as_mut()
-                                && selected.mailbox.name == from
-                            {
-                                selected.mailbox.name = to;
-                            }
-                            ok("RENAME completed")
+            CommandBody::Rename { from, to } => {
+                match (mailbox_name(&from, self.utf8), mailbox_name(&to, self.utf8)) {
+                    (Some(from), Some(to)) => {
+                        let to = to.trim_end_matches('/').to_string();
+                        if !valid_new_name(&to) {
+                            return Ok(no("[CANNOT] The new name is not a valid mailbox name"));
                         }
-                        Err(e) => store_failure(&e),
+                        match store.rename_mailbox(account, &from, &to).await {
+                            Ok(()) => {
+                                if let Some(selected) = self.selected.as_mut()
+                                    && selected.mailbox.name == from
+                                {
+                                    selected.mailbox.name = to;
+                                }
+                                ok("RENAME completed")
+                            }
+                            Err(e) => store_failure(&e),
+                        }
                     }
+                    _ => no("[NONEXISTENT] No such mailbox"),
                 }
-                _ => no("[NONEXISTENT] No such mailbox"),
-            },
+            }
             CommandBody::Subscribe { ref mailbox } | CommandBody::Unsubscribe { ref mailbox } => {
                 let subscribe = matches!(body, CommandBody::Subscribe { .. });
-                match mailbox_name(mailbox) {
+                match mailbox_name(mailbox, self.utf8) {
                     None => no("[NONEXISTENT] No such mailbox"),
                     Some(name) => match store.set_subscribed(account, &name, subscribe).await {
                         Ok(()) => ok(if subscribe {
@@ -659,7 +669,7 @@ impl Session {
                 self.list(request).await
             }
             CommandBody::Status { mailbox, item_names } => {
-                let Some(name) = mailbox_name(&mailbox) else {
+                let Some(name) = mailbox_name(&mailbox, self.utf8) else {
                     return Ok(no("[NONEXISTENT] No such mailbox"));
                 };
                 match self.find_mailbox(&name).await {
@@ -677,7 +687,7 @@ impl Session {
                 date,
                 message,
             } => {
-                let Some(name) = mailbox_name(&mailbox) else {
+                let Some(name) = mailbox_name(&mailbox, self.utf8) else {
                     return Ok(no("[TRYCREATE] No such mailbox"));
                 };
                 let target = match self.find_mailbox(&name).await {
@@ -725,11 +735,11 @@ impl Session {
             }
             // RFC 9208: one quota root, "", for all of an account's mailboxes.
             CommandBody::GetQuotaRoot { mailbox } => {
-                let Some(name) = mailbox_name(&mailbox) else {
+                let Some(name) = mailbox_name(&mailbox, self.utf8) else {
                     return Ok(no("[NONEXISTENT] No such mailbox"));
                 };
                 let mut line = b"* QUOTAROOT ".to_vec();
-                wire::string(&mut line, wire::encode_mailbox_name(&name).as_bytes());
+                wire::string(&mut line, wire::name_to_wire(&name, self.utf8).as_bytes());
                 if self.ctx.mailbox_quota > 0 {
                     line.extend_from_slice(b" \"\"");
                 }
@@ -790,7 +800,7 @@ impl Session {
         if resync.is_some() && !self.qresync {
             return bad("QRESYNC must be enabled first (ENABLE QRESYNC)");
         }
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.utf8) else {
             return no("[NONEXISTENT] No such mailbox");
         };
         let found = match self.find_mailbox(&name).await {
@@ -833,7 +843,7 @@ impl Session {
             let mut name_out = Vec::new();
             wire::string(
                 &mut name_out,
-                wire::encode_mailbox_name(&selected.mailbox.name).as_bytes(),
+                wire::name_to_wire(&selected.mailbox.name, self.utf8).as_bytes(),
             );
             self.out.extend_from_slice(&name_out);
             self.out.extend_from_slice(b"\r\n");
@@ -909,12 +919,16 @@ impl Session {
             }
         }
         self.out.extend_from_slice(b"* STATUS ");
-        wire::string(&mut self.out, wire::encode_mailbox_name(&mailbox.name).as_bytes());
+        wire::string(
+            &mut self.out,
+            wire::name_to_wire(&mailbox.name, self.utf8).as_bytes(),
+        );
         let _ = write!(Text(&mut self.out), " ({})\r\n", parts.join(" "));
         Ok(())
     }
 
-    async fn list(&mut self, request: ListRequest) -> Done {
+    async fn list(&mut self, mut request: ListRequest) -> Done {
+        request.utf8 = self.utf8;
         let Some(account) = self.account_id() else {
             return bad("Log in first");
         };
@@ -1116,7 +1130,7 @@ impl Session {
             Ok(i) => i,
             Err(done) => return done,
         };
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.utf8) else {
             return no("[TRYCREATE] No such mailbox");
         };
         let target = match self.find_mailbox(&name).await {

@@ -128,6 +128,25 @@ pub fn encode_mailbox_name(name: &str) -> String {
 /// two wire names ever reach the same mailbox by different roads. A name that decodes to a
 /// control character (`&AA0ACg-` is CR LF) is refused too: no mailbox can have one, and a name
 /// is echoed in responses, where a CR LF would end the line early.
+/// A mailbox name as the client sent it: UTF-8 once it enabled UTF8=ACCEPT (RFC 6855 3, where
+/// `&` is just a character), else modified UTF-7. Control characters are refused either way.
+pub fn name_from_wire(wire: &[u8], utf8: bool) -> Option<String> {
+    if !utf8 {
+        return decode_mailbox_name(wire);
+    }
+    let name = std::str::from_utf8(wire).ok()?;
+    (!name.chars().any(char::is_control)).then(|| name.to_string())
+}
+
+/// A mailbox name for the client: UTF-8 after UTF8=ACCEPT, else modified UTF-7.
+pub fn name_to_wire(name: &str, utf8: bool) -> String {
+    if utf8 {
+        name.to_string()
+    } else {
+        encode_mailbox_name(name)
+    }
+}
+
 pub fn decode_mailbox_name(wire: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(wire).ok()?;
     let mut out = String::with_capacity(text.len());
