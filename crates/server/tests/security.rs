@@ -655,11 +655,24 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
     ])
     .await?;
 
-    // TLS garbage on the implicit-TLS port is counted and logged.
-    let mut garbage = ctx(TcpStream::connect(submission).await, "connect")?;
+    // A hello we refuse is counted (no event: scanners would flood the log); garbage after
+    // our key share is counted and logged.
+    let mut legacy_client = ctx(TcpStream::connect(submission).await, "connect")?;
     let legacy = sealmail_testkit::client_hello(sealmail_testkit::TLS1_0, &[0xc009], NAME);
-    sealmail_testkit::send_client_hello(&mut garbage, &legacy).await?;
-    drop(garbage);
+    sealmail_testkit::send_client_hello(&mut legacy_client, &legacy).await?;
+    drop(legacy_client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = ctx(
+        std::fs::read_to_string(dir.path().join("data/security-events.jsonl")),
+        "log",
+    )?;
+    assert!(!log.contains("\"kind\":\"tls_failure\""), "{log}");
+    let mut garbage = ctx(TcpStream::connect(submission).await, "connect")?;
+    let hello = sealmail_testkit::client_hello(sealmail_testkit::TLS1_2, &[0xc02b], NAME);
+    sealmail_testkit::send_client_hello(&mut garbage, &hello).await?;
+    ctx(garbage.write_all(b"\x17\x03\x03\x00\x05hello").await, "garbage")?;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = ctx(
         std::fs::read_to_string(dir.path().join("data/security-events.jsonl")),
@@ -670,7 +683,7 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
     let response = http_get(metrics, "/metrics").await?;
     assert_eq!(
         counter(&response, "sealmail_tls_handshake_failures_total"),
-        Some(1),
+        Some(2),
         "{response}"
     );
     assert!(
@@ -692,10 +705,10 @@ async fn the_metrics_endpoint_counts_logins_abuse_and_messages() -> TestResult {
         Some(1),
         "{response}"
     );
-    // Two logins and the TLS garbage.
+    // Two logins, the refused hello and the TLS garbage.
     assert_eq!(
         counter(&response, "sealmail_connections_accepted_total"),
-        Some(3),
+        Some(4),
         "{response}"
     );
     assert!(response.contains("# TYPE sealmail_bans_total counter"));
