@@ -14,6 +14,7 @@
 //! 3501 2.3.2 says (each new message is recent in the first session to learn of it; see
 //! `selected`), since we advertise IMAP4rev1.
 
+pub mod esearch;
 pub mod fetch;
 pub mod framing;
 pub mod list;
@@ -156,22 +157,33 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
                 if keep_going { Next::Continue } else { Next::Close }
             }
             // The reservation is held until the command has run.
-            Frame::Command(bytes, _reservation) => match CommandCodec::default().decode(&bytes) {
-                Ok((b"", command)) => session.execute(command, &mut conn).await?,
-                _ => match list::parse_extended(&bytes) {
-                    Some((tag, request)) => {
-                        session::run_list(&mut session, &tag, request).await;
-                        Next::Continue
+            Frame::Command(bytes, _reservation) => {
+                let (bytes, search_return) = match esearch::strip_return(&bytes) {
+                    Some((stripped, options)) => (stripped, Some(options)),
+                    None => (bytes, None),
+                };
+                match CommandCodec::default().decode(&bytes) {
+                    Ok((b"", command)) => {
+                        session.search_return = search_return;
+                        let next = session.execute(command, &mut conn).await;
+                        session.search_return = None;
+                        next?
                     }
-                    None => {
-                        let tag = framing::tag_of(&bytes);
-                        let keep_going = session
-                            .refuse(tag.as_deref(), "Syntax error or unknown command")
-                            .await;
-                        if keep_going { Next::Continue } else { Next::Close }
-                    }
-                },
-            },
+                    _ => match list::parse_extended(&bytes) {
+                        Some((tag, request)) => {
+                            session::run_list(&mut session, &tag, request).await;
+                            Next::Continue
+                        }
+                        None => {
+                            let tag = framing::tag_of(&bytes);
+                            let keep_going = session
+                                .refuse(tag.as_deref(), "Syntax error or unknown command")
+                                .await;
+                            if keep_going { Next::Continue } else { Next::Close }
+                        }
+                    },
+                }
+            }
         };
         if !session.out.is_empty() {
             conn.write_all(&session.out).await?;

@@ -57,6 +57,8 @@ pub struct Selected {
     pub read_only: bool,
     /// RFC 7162 QRESYNC is enabled: expunges are reported as `* VANISHED`.
     pub qresync: bool,
+    /// IMAP4rev2 is enabled: no `\Recent` and no `* n RECENT` (RFC 9051 removed them).
+    pub rev2: bool,
     pub entries: Vec<Entry>,
     /// UIDs that are `\Recent` in this session.
     recent: HashSet<u32>,
@@ -87,6 +89,7 @@ impl Selected {
             mailbox,
             read_only,
             qresync: false,
+            rev2: false,
             entries,
             recent,
             keywords: Vec::new(),
@@ -176,7 +179,7 @@ impl Selected {
     }
 
     pub fn is_recent(&self, uid: u32) -> bool {
-        self.recent.contains(&uid)
+        !self.rev2 && self.recent.contains(&uid)
     }
 
     /// A message's flags as the client sees them: `\Recent` first when it is recent here.
@@ -345,12 +348,10 @@ impl Selected {
             out.extend_from_slice(b")\r\n");
         }
         if added > 0 {
-            let _ = write!(
-                Text(out),
-                "* {} EXISTS\r\n* {} RECENT\r\n",
-                self.entries.len(),
-                self.recent.len()
-            );
+            let _ = write!(Text(out), "* {} EXISTS\r\n", self.entries.len());
+            if !self.rev2 {
+                let _ = write!(Text(out), "* {} RECENT\r\n", self.recent.len());
+            }
         }
         self.own_changes.clear();
         self.known_modseq = changes.highest_modseq;

@@ -85,6 +85,13 @@ pub struct Session {
     qresync: bool,
     /// RFC 6855 UTF8=ACCEPT, enabled with ENABLE: mailbox names are UTF-8 both ways.
     utf8: bool,
+    /// RFC 9051 IMAP4rev2, enabled with ENABLE: ESEARCH for every SEARCH, no \Recent, UTF-8
+    /// mailbox names.
+    rev2: bool,
+    /// The RETURN options the driver took off a `SEARCH RETURN (...)` (see `esearch`).
+    pub search_return: Option<Result<crate::esearch::ReturnOptions, crate::esearch::ReturnError>>,
+    /// The tag of the command being run (ESEARCH names it).
+    current_tag: String,
     /// Set by a FETCH BINARY of a part whose encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
     unknown_encoding: bool,
     pub out: Vec<u8>,
@@ -242,6 +249,9 @@ impl Session {
             condstore: false,
             qresync: false,
             utf8: false,
+            rev2: false,
+            search_return: None,
+            current_tag: String::new(),
             unknown_encoding: false,
             out: Vec::with_capacity(4096),
             errors: 0,
@@ -283,13 +293,14 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         if self.tls.is_none() {
-            return "IMAP4rev1 STARTTLS LOGINDISABLED".to_string();
+            return "IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED".to_string();
         }
         if self.account.is_none() {
-            return "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN".to_string();
+            return "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN"
+                .to_string();
         }
         format!(
-            "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT ESEARCH CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -363,6 +374,7 @@ impl Session {
     /// Runs one command; its responses are in `out`.
     pub async fn execute(&mut self, command: Command<'_>, conn: &mut Connection) -> Result<Next, ConnError> {
         let tag = command.tag.as_ref().to_string();
+        self.current_tag.clone_from(&tag);
         let mut next = Next::Continue;
         // RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH by sequence number.
         let mut allow_expunge = true;
@@ -557,6 +569,12 @@ impl Session {
                     if matches!(capability, CapabilityEnable::CondStore) {
                         self.condstore = true;
                         enabled.push("CONDSTORE");
+                    }
+                    if capability.to_string().eq_ignore_ascii_case("IMAP4rev2") && !self.rev2 {
+                        // RFC 9051: mailbox names are UTF-8, SEARCH answers with ESEARCH.
+                        self.rev2 = true;
+                        self.utf8 = true;
+                        enabled.push("IMAP4rev2");
                     }
                     if matches!(capability, CapabilityEnable::Utf8(Utf8Kind::Accept)) && !self.utf8 {
                         self.utf8 = true;
@@ -820,14 +838,13 @@ impl Session {
             .mailbox
             .uid_next
             .max(selected.max_uid().saturating_add(1));
+        selected.rev2 = self.rev2;
         selected.write_flags(&mut self.out);
         let mut text = Text(&mut self.out);
-        let _ = write!(
-            text,
-            "* {} EXISTS\r\n* {} RECENT\r\n",
-            selected.exists(),
-            selected.recent_count()
-        );
+        let _ = write!(text, "* {} EXISTS\r\n", selected.exists());
+        if !self.rev2 {
+            let _ = write!(text, "* {} RECENT\r\n", selected.recent_count());
+        }
         if let Some(index) = first_unseen {
             let _ = write!(text, "* OK [UNSEEN {}] First unseen message\r\n", index + 1);
         }
@@ -1363,6 +1380,28 @@ impl Session {
                     highest = highest.max(entry.modseq);
                 }
             }
+        }
+        let options = match self.search_return.take() {
+            Some(Ok(options)) => Some(options),
+            Some(Err(crate::esearch::ReturnError::Save)) => {
+                return bad("SEARCH RETURN (SAVE) is not supported (no SEARCHRES)");
+            }
+            Some(Err(crate::esearch::ReturnError::Unknown(option))) => {
+                return bad(format!("Unknown SEARCH RETURN option {option}"));
+            }
+            // IMAP4rev2: every SEARCH answers with ESEARCH (RFC 9051 6.4.4).
+            None if self.rev2 => Some(crate::esearch::ReturnOptions {
+                all: true,
+                ..crate::esearch::ReturnOptions::default()
+            }),
+            None => None,
+        };
+        if let Some(options) = options {
+            found.sort_unstable();
+            let modseq = uses_modseq.then_some(highest);
+            let line = crate::esearch::response(&self.current_tag, uid, options, &found, modseq);
+            self.out.extend_from_slice(line.as_bytes());
+            return ok("SEARCH completed");
         }
         let mut text = Text(&mut self.out);
         let _ = write!(text, "* SEARCH");

@@ -648,6 +648,70 @@ async fn binary_append_and_unknown_transfer_encodings() -> TestResult {
     Ok(())
 }
 
+/// RFC 4731 ESEARCH in IMAP4rev1, and IMAP4rev2 (RFC 9051) once enabled: ESEARCH for every
+/// SEARCH, no \Recent or RECENT, UTF-8 mailbox names.
+#[tokio::test]
+async fn esearch_and_imap4rev2() -> TestResult {
+    let server = Server::start("").await?;
+    for n in 1..=3 {
+        server
+            .submit("bob@example.test", &format!("Subject: r{n}\r\n\r\nhello"))
+            .await?;
+    }
+    let mut a = server.login("bob").await?;
+    let caps = a.imap("c", "CAPABILITY").await?;
+    assert!(
+        has_line(&caps, " IMAP4rev1 IMAP4rev2 ") && has_line(&caps, " ESEARCH "),
+        "{caps:?}"
+    );
+    expect_ok(&a.imap("s", "SELECT INBOX").await?)?;
+    let found = a.imap("s1", "UID SEARCH RETURN (MIN MAX COUNT) ALL").await?;
+    assert!(
+        has_line(&found, "* ESEARCH (TAG \"s1\") UID MIN 1 MAX 3 COUNT 3"),
+        "{found:?}"
+    );
+    expect_ok(&a.imap("st", "STORE 2 +FLAGS.SILENT (\\Seen)").await?)?;
+    let found = a.imap("s2", "SEARCH RETURN () UNSEEN").await?;
+    assert!(has_line(&found, "* ESEARCH (TAG \"s2\") ALL 1,3"), "{found:?}");
+    let none = a
+        .imap("s3", "SEARCH RETURN (COUNT) SUBJECT nothing-like-this")
+        .await?;
+    assert!(has_line(&none, "* ESEARCH (TAG \"s3\") COUNT 0"), "{none:?}");
+    let save = a.imap("s4", "SEARCH RETURN (SAVE) ALL").await?;
+    assert!(tagged(&save).starts_with("s4 BAD"), "{save:?}");
+    let plain = a.imap("s5", "SEARCH UNSEEN").await?;
+    assert!(
+        has_line(&plain, "* SEARCH 1 3"),
+        "rev1 SEARCH unchanged: {plain:?}"
+    );
+
+    let mut b = server.login("bob").await?;
+    let enabled = b.imap("e", "ENABLE IMAP4rev2").await?;
+    assert!(has_line(&enabled, "* ENABLED IMAP4rev2"), "{enabled:?}");
+    server
+        .submit("bob@example.test", "Subject: r4\r\n\r\nhello")
+        .await?;
+    let selected = b.imap("s", "SELECT INBOX").await?;
+    assert!(
+        has_line(&selected, "* 4 EXISTS") && !has_line(&selected, "RECENT"),
+        "{selected:?}"
+    );
+    let fetched = b.imap("f", "FETCH 4 (FLAGS)").await?;
+    assert!(
+        has_line(&fetched, "* 4 FETCH (FLAGS ())"),
+        "no \\Recent in IMAP4rev2: {fetched:?}"
+    );
+    let found = b.imap("s2", "SEARCH UNSEEN").await?;
+    assert!(has_line(&found, "* ESEARCH (TAG \"s2\") ALL 1,3:4"), "{found:?}");
+    expect_ok(&b.imap("c", "CREATE \"Réunions\"").await?)?;
+    let listed = b.imap("l", "LIST \"\" \"R*\"").await?;
+    assert!(
+        has_line(&listed, "Réunions"),
+        "UTF-8 names in IMAP4rev2: {listed:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_user_can_never_reach_another_users_mailboxes() -> TestResult {
     let server = Server::start("").await?;

@@ -46,7 +46,7 @@ async fn imap_to_starttls(addr: SocketAddr) -> TestResult<TcpStream> {
     let mut c = plain(addr).await?;
     let greeting = c.line().await?;
     assert!(
-        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED]"),
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED]"),
         "{greeting}"
     );
     c.send("a1 STARTTLS\r\n").await?;
