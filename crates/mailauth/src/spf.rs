@@ -141,9 +141,10 @@ pub async fn check_host<D: SpfDns>(
         ptr: None,
     };
     let (result, explanation) = match eval.check(domain.to_string()).await {
-        Ok(Outcome { result, exp: Some((exp, d)) }) if result == SpfResult::Fail => {
-            (result, eval.explain(&exp, &d).await)
-        }
+        Ok(Outcome {
+            result,
+            exp: Some((exp, d)),
+        }) if result == SpfResult::Fail => (result, eval.explain(&exp, &d).await),
         Ok(outcome) => (outcome.result, None),
         Err(Abort::Temp) => (SpfResult::TempError, None),
         Err(Abort::Perm) => (SpfResult::PermError, None),
@@ -226,9 +227,7 @@ struct SyntaxError(&'static str);
 /// Whether a TXT record is an SPF record: "v=spf1" then a space or the end (4.5; ABNF
 /// strings are case-insensitive, RFC 5234 2.3).
 fn is_spf_record(txt: &[u8]) -> bool {
-    txt.len() >= 6
-        && txt[..6].eq_ignore_ascii_case(b"v=spf1")
-        && (txt.len() == 6 || txt[6] == b' ')
+    txt.len() >= 6 && txt[..6].eq_ignore_ascii_case(b"v=spf1") && (txt.len() == 6 || txt[6] == b' ')
 }
 
 fn parse_record(txt: &[u8]) -> Result<Record, SyntaxError> {
@@ -447,9 +446,7 @@ fn parse_macro_string(s: &str, explanation: bool) -> Result<MacroString, SyntaxE
             Some(b'_') => literal.push(' '),
             Some(b'-') => literal.push_str("%20"),
             Some(b'{') => {
-                let close = s[i + 2..]
-                    .find('}')
-                    .ok_or(SyntaxError("unterminated macro"))?;
+                let close = s[i + 2..].find('}').ok_or(SyntaxError("unterminated macro"))?;
                 let body = &s[i + 2..i + 2 + close];
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal)));
@@ -478,11 +475,7 @@ fn parse_macro_body(body: &str, explanation: bool) -> Result<Part, SyntaxError> 
     let bytes = body.as_bytes();
     let letter = *bytes.first().ok_or(SyntaxError("empty macro"))?;
     let lower = letter.to_ascii_lowercase();
-    let allowed: &[u8] = if explanation {
-        b"slodiphvcrt"
-    } else {
-        b"slodiphv"
-    };
+    let allowed: &[u8] = if explanation { b"slodiphvcrt" } else { b"slodiphv" };
     if !allowed.contains(&lower) {
         return Err(SyntaxError("unknown macro letter"));
     }
@@ -567,9 +560,9 @@ fn is_valid_identity(domain: &str) -> bool {
     }
     let labels: Vec<&str> = name.split('.').collect();
     labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b > b' ' && b != 0x7f)
-        })
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b > b' ' && b != 0x7f))
         && labels
             .last()
             .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
@@ -996,7 +989,10 @@ fn name_text(name: &Name) -> String {
 }
 
 fn answer<T>(
-    result: Result<sealmail_dns::hickory_resolver::lookup::Lookup, sealmail_dns::hickory_resolver::net::NetError>,
+    result: Result<
+        sealmail_dns::hickory_resolver::lookup::Lookup,
+        sealmail_dns::hickory_resolver::net::NetError,
+    >,
     pick: impl Fn(&RData) -> Option<T>,
 ) -> Answer<T> {
     match result {
@@ -1053,5 +1049,482 @@ impl SpfDns for ResolverDns<'_> {
             RData::PTR(ptr) => Some(name_text(&ptr.0)),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A zone in memory: what the evaluator sees, without sockets.
+    #[derive(Default)]
+    struct Zone {
+        txt: HashMap<String, Vec<String>>,
+        a: HashMap<String, Vec<Ipv4Addr>>,
+        aaaa: HashMap<String, Vec<Ipv6Addr>>,
+        mx: HashMap<String, Vec<String>>,
+        ptr: HashMap<IpAddr, Vec<String>>,
+        /// Names whose every query fails (a timeout).
+        broken: Vec<String>,
+        queries: AtomicUsize,
+    }
+
+    impl Zone {
+        fn txt(mut self, name: &str, text: &str) -> Self {
+            self.txt.entry(name.into()).or_default().push(text.into());
+            self
+        }
+        fn a(mut self, name: &str, ip: [u8; 4]) -> Self {
+            self.a.entry(name.into()).or_default().push(ip.into());
+            self
+        }
+        fn aaaa(mut self, name: &str, ip: &str) -> Self {
+            if let Ok(ip) = ip.parse() {
+                self.aaaa.entry(name.into()).or_default().push(ip);
+            }
+            self
+        }
+        fn mx(mut self, name: &str, host: &str) -> Self {
+            self.mx.entry(name.into()).or_default().push(host.into());
+            self
+        }
+        fn ptr(mut self, ip: &str, name: &str) -> Self {
+            if let Ok(ip) = ip.parse() {
+                self.ptr.entry(ip).or_default().push(name.into());
+            }
+            self
+        }
+        fn look<T: Clone>(&self, map: &HashMap<String, Vec<T>>, name: &str) -> Answer<T> {
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            let name = name.to_ascii_lowercase();
+            if self.broken.contains(&name) {
+                return Err(DnsFailure("timeout".into()));
+            }
+            Ok(map.get(&name).cloned().unwrap_or_default())
+        }
+    }
+
+    impl SpfDns for Zone {
+        async fn txt(&self, name: &str) -> Answer<Vec<u8>> {
+            self.look(&self.txt, name)
+                .map(|v| v.into_iter().map(String::into_bytes).collect())
+        }
+        async fn a(&self, name: &str) -> Answer<Ipv4Addr> {
+            self.look(&self.a, name)
+        }
+        async fn aaaa(&self, name: &str) -> Answer<Ipv6Addr> {
+            self.look(&self.aaaa, name)
+        }
+        async fn mx(&self, name: &str) -> Answer<String> {
+            self.look(&self.mx, name)
+        }
+        async fn ptr(&self, ip: IpAddr) -> Answer<String> {
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            Ok(self.ptr.get(&ip).cloned().unwrap_or_default())
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    async fn mail_from(zone: &Zone, client: &str, sender: &str) -> SpfCheck {
+        check_mail_from(zone, ip(client), "mail.helo.test", sender, "mx.ours.test").await
+    }
+
+    #[test]
+    fn record_syntax_follows_rfc_7208_exactly() {
+        let ok = [
+            "v=spf1",
+            "V=SPF1 -ALL",
+            "v=spf1  a  mx  -all ",
+            "v=spf1 a/24//64 mx//0 a:%{d}.x.test/0",
+            "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 ip6:::1.1.1.1/0",
+            "v=spf1 include:_spf.a.test exists:%{ir}.%{v}._spf.%{d2} ?all",
+            "v=spf1 ptr ptr:a.test. redirect=_spf.a.test exp=why.%{d}",
+            "v=spf1 moo.cow-far_out=man:dog/cat a:foo.xn--zckzah a:foo:bar/baz.a.test",
+            "v=spf1 a:macro%%x%_y%-z.a.test exists:%{l2r+-}.u.%{D2}",
+        ];
+        for record in ok {
+            assert!(parse_record(record.as_bytes()).is_ok(), "{record}");
+        }
+        let permerror = [
+            "v=spf1 a/33",
+            "v=spf1 a//129",
+            "v=spf1 a/24/64",
+            "v=spf1 ip4:1.2.3.4/032",
+            "v=spf1 ip4:1.2.3.4//32",
+            "v=spf1 ip4:1.2.3",
+            "v=spf1 ip6::CAFE::BABE",
+            "v=spf1 -all.",
+            "v=spf1 -all:x.test",
+            "v=spf1 ptr/0",
+            "v=spf1 include",
+            "v=spf1 include:",
+            "v=spf1 include:a.test/24",
+            "v=spf1 exists:a.test/24",
+            "v=spf1 a:foo-bar",
+            "v=spf1 a:museum.",
+            "v=spf1 a:111.222.33.44",
+            "v=spf1 a:example.-com",
+            "v=spf1 a:example.com:8080",
+            "v=spf1 a:x.test\tmx",
+            "v=spf1 a:x.test\rptr",
+            "v=spf1 ip4:192.0.2.5\n include:x.test",
+            "v=spf1 a:caf\u{e9}.test",
+            "v=spf1 redirect=a.test redirect=b.test",
+            "v=spf1 exp=a.test exp=b.test",
+            "v=spf1 exp=",
+            "v=spf1 redirect=-all",
+            "v=spf1 redirect:a.test",
+            "v=spf1 =all",
+            "v=spf1 1up=foo",
+            "v=spf1 foo=%abc",
+            "v=spf1 moo.cow/far_out=man:dog/cat",
+            "v=spf1 exists:%(ir).sbl.test",
+            "v=spf1 exists:foo%.sbl.test",
+            "v=spf1 exists:%{d0}.test",
+            "v=spf1 exists:%{x}.test",
+            "v=spf1 exp=%{r}.test",
+            "v=spf1 a:%{c}.test",
+            "v=spf1 a:%{d}.test%{l",
+        ];
+        for record in permerror {
+            assert!(parse_record(record.as_bytes()).is_err(), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn only_v_spf1_then_space_or_end_is_a_record() {
+        assert!(is_spf_record(b"v=spf1"));
+        assert!(is_spf_record(b"V=Spf1 -all"));
+        assert!(!is_spf_record(b"v=spf10"));
+        assert!(!is_spf_record(b"v=spf1mx"));
+        assert!(!is_spf_record(b" v=spf1"));
+        assert!(!is_spf_record(b"spf2.0/pra"));
+    }
+
+    #[test]
+    fn parsing_is_bounded() {
+        let long = format!("v=spf1 {}", "ip4:192.0.2.1 ".repeat(MAX_RECORD_LEN / 14 + 1));
+        assert!(parse_record(long.as_bytes()).is_err(), "record length");
+        let many = format!("v=spf1{}", " ?all".repeat(MAX_TERMS + 1));
+        assert!(many.len() <= MAX_RECORD_LEN);
+        assert!(parse_record(many.as_bytes()).is_err(), "term count");
+        // A huge transformer count is capped, not an overflow.
+        assert!(parse_record(b"v=spf1 exists:%{d99999999999999999999999}.a.test").is_ok());
+    }
+
+    /// RFC 7208 7.4's examples, sender strong-bad@email.example.com, client 192.0.2.3 and
+    /// 2001:db8::cb01.
+    #[tokio::test]
+    async fn macros_expand_as_in_the_rfc_examples() {
+        let zone = Zone::default();
+        let cases = [
+            ("%{s}", "strong-bad@email.example.com"),
+            ("%{o}", "email.example.com"),
+            ("%{d}", "email.example.com"),
+            ("%{d4}", "email.example.com"),
+            ("%{d3}", "email.example.com"),
+            ("%{d2}", "example.com"),
+            ("%{d1}", "com"),
+            ("%{dr}", "com.example.email"),
+            ("%{d2r}", "example.email"),
+            ("%{l}", "strong-bad"),
+            ("%{l-}", "strong.bad"),
+            ("%{lr}", "strong-bad"),
+            ("%{lr-}", "bad.strong"),
+            ("%{l1r-}", "strong"),
+            ("%{ir}.%{v}._spf.%{d2}", "3.2.0.192.in-addr._spf.example.com"),
+            ("%{lr-}.lp._spf.%{d2}", "bad.strong.lp._spf.example.com"),
+            (
+                "%{lr-}.lp.%{ir}.%{v}._spf.%{d2}",
+                "bad.strong.lp.3.2.0.192.in-addr._spf.example.com",
+            ),
+            (
+                "%{ir}.%{v}.%{l1r-}.lp._spf.%{d2}",
+                "3.2.0.192.in-addr.strong.lp._spf.example.com",
+            ),
+            (
+                "%{d2}.trusted-domains.example.net",
+                "example.com.trusted-domains.example.net",
+            ),
+            ("%{L}%%%_%-", "strong-bad% %20"),
+        ];
+        for (spec, expected) in cases {
+            let mut eval = evaluator(&zone, "192.0.2.3", "strong-bad", "email.example.com");
+            let parsed = parse_macro_string(spec, false);
+            let got = match parsed {
+                Ok(parsed) => eval.expand(&parsed, "email.example.com").await.ok(),
+                Err(_) => None,
+            };
+            assert_eq!(got.as_deref(), Some(expected), "{spec}");
+        }
+        let mut eval = evaluator(&zone, "2001:db8::cb01", "strong-bad", "email.example.com");
+        let spec = parse_macro_string("%{ir}.%{v}._spf.%{d2}", false);
+        let got = match spec {
+            Ok(spec) => eval.expand(&spec, "email.example.com").await.ok(),
+            Err(_) => None,
+        };
+        assert_eq!(
+            got.as_deref(),
+            Some("1.0.B.C.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2.ip6._spf.example.com")
+        );
+        // Upper-case letters URL-escape (7.3).
+        let mut eval = evaluator(&zone, "192.0.2.3", "~jack&jill=up", "a.test");
+        let spec = parse_macro_string("%{L}", false);
+        let got = match spec {
+            Ok(spec) => eval.expand(&spec, "a.test").await.ok(),
+            Err(_) => None,
+        };
+        assert_eq!(got.as_deref(), Some("~jack%26jill%3Dup"));
+    }
+
+    fn evaluator<'z>(zone: &'z Zone, client: &str, local: &str, domain: &str) -> Evaluator<'z, Zone> {
+        Evaluator {
+            dns: zone,
+            ip: ip(client),
+            original_ip: ip(client),
+            local: local.into(),
+            sender_domain: domain.into(),
+            helo: "mail.helo.test".into(),
+            receiver: "mx.ours.test".into(),
+            lookups: 0,
+            voids: 0,
+            ptr: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expansion_too_long_is_permerror_not_unbounded_work() {
+        // Each %{s} is four octets of record and up to 300 of expansion.
+        let record = format!("v=spf1 exists:{}.a.test -all", "%{s}".repeat(900));
+        let zone = Zone::default().txt("a.test", &record);
+        let sender = format!("{}@a.test", "x".repeat(290));
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", &sender).await.result,
+            SpfResult::PermError
+        );
+    }
+
+    #[test]
+    fn over_long_names_lose_labels_from_the_left() {
+        let long = format!("{}a.test", "abcdefghi.".repeat(30));
+        let name = query_name(&long).unwrap_or_default();
+        assert!(
+            name.len() <= 253 && name.ends_with(".a.test") && name.starts_with("abcdefghi."),
+            "{name}"
+        );
+        assert_eq!(query_name("a..b.test"), None);
+        assert_eq!(query_name(&format!("{}.test", "x".repeat(64))), None);
+        assert_eq!(query_name("a.test."), Some("a.test".into()));
+    }
+
+    #[tokio::test]
+    async fn identities_that_are_not_domains_are_none() {
+        let zone = Zone::default();
+        for sender in ["x@[192.0.2.1]", "x@a...test", "x@single", "x@192.0.2.1"] {
+            let check = mail_from(&zone, "192.0.2.1", sender).await;
+            assert_eq!(check.result, SpfResult::None, "{sender}");
+        }
+        let helo = check_helo(&zone, ip("192.0.2.1"), "[192.0.2.1]", "mx.ours.test").await;
+        assert_eq!(helo.result, SpfResult::None);
+        assert_eq!(zone.queries.load(Ordering::Relaxed), 0, "nothing asked DNS");
+    }
+
+    #[tokio::test]
+    async fn results_and_records() {
+        let zone = Zone::default()
+            .txt("pass.test", "v=spf1 ip4:192.0.2.0/24 -all")
+            .txt("two.test", "v=spf1 -all")
+            .txt("two.test", "V=SPF1 +all")
+            .txt("other.test", "something else")
+            .txt("other.test", "v=spf1 ~all")
+            .txt("empty.test", "v=spf1");
+        let cases = [
+            ("x@pass.test", "192.0.2.9", SpfResult::Pass),
+            ("x@pass.test", "198.51.100.1", SpfResult::Fail),
+            ("x@two.test", "192.0.2.9", SpfResult::PermError),
+            ("x@other.test", "192.0.2.9", SpfResult::SoftFail),
+            ("x@empty.test", "192.0.2.9", SpfResult::Neutral),
+            ("x@nothing.test", "192.0.2.9", SpfResult::None),
+        ];
+        for (sender, client, expected) in cases {
+            assert_eq!(
+                mail_from(&zone, client, sender).await.result,
+                expected,
+                "{sender}"
+            );
+        }
+        let mut broken = Zone::default();
+        broken.broken.push("down.test".into());
+        assert_eq!(
+            mail_from(&broken, "192.0.2.9", "x@down.test").await.result,
+            SpfResult::TempError
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_mapped_client_is_an_ipv4_client() {
+        let zone = Zone::default()
+            .txt("a.test", "v=spf1 ip6:::ffff:0:0/96 ip4:192.0.2.1 -all")
+            .txt("b.test", "v=spf1 a -all")
+            .a("b.test", [192, 0, 2, 1])
+            .aaaa("b.test", "::ffff:192.0.2.1");
+        for domain in ["a.test", "b.test"] {
+            let check = mail_from(&zone, "::ffff:192.0.2.1", &format!("x@{domain}")).await;
+            assert_eq!(check.result, SpfResult::Pass, "{domain}");
+        }
+        let zone = Zone::default().txt("c.test", "v=spf1 ip6:::/0 -all");
+        assert_eq!(
+            mail_from(&zone, "::ffff:192.0.2.1", "x@c.test").await.result,
+            SpfResult::Fail
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ten_lookup_and_two_void_limits() {
+        let ten = format!("v=spf1 {}ip4:192.0.2.1 -all", "a ".repeat(10));
+        let eleven = format!("v=spf1 {}ip4:192.0.2.1 -all", "a ".repeat(11));
+        let zone = Zone::default()
+            .txt("ten.test", &ten)
+            .a("ten.test", [198, 51, 100, 1])
+            .txt("eleven.test", &eleven)
+            .a("eleven.test", [198, 51, 100, 1])
+            .txt("void2.test", "v=spf1 a:n1.test a:n2.test ?all")
+            .txt("void3.test", "v=spf1 a:n1.test a:n2.test a:n3.test ?all");
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@ten.test").await.result,
+            SpfResult::Pass
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@eleven.test").await.result,
+            SpfResult::PermError
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@void2.test").await.result,
+            SpfResult::Neutral
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@void3.test").await.result,
+            SpfResult::PermError
+        );
+    }
+
+    #[tokio::test]
+    async fn include_and_redirect_loops_end_at_the_limit() {
+        let zone = Zone::default()
+            .txt("loop.test", "v=spf1 include:loop.test -all")
+            .txt("redir.test", "v=spf1 redirect=%{d}");
+        for sender in ["x@loop.test", "x@redir.test"] {
+            let check = mail_from(&zone, "192.0.2.1", sender).await;
+            assert_eq!(check.result, SpfResult::PermError, "{sender}");
+        }
+        // Two evaluations of at most eleven TXT queries each.
+        assert!(zone.queries.load(Ordering::Relaxed) <= 22);
+    }
+
+    #[tokio::test]
+    async fn include_and_redirect_semantics() {
+        let zone = Zone::default()
+            .txt("inc.test", "v=spf1 include:fail.test include:none.test ?all")
+            .txt("fail.test", "v=spf1 -all")
+            .txt("temp.test", "v=spf1 include:down.test -all")
+            .txt("redir.test", "v=spf1 redirect=none.test")
+            .txt("redir2.test", "v=spf1 ip4:192.0.2.1 redirect=fail.test");
+        let mut zone = zone;
+        zone.broken.push("down.test".into());
+        // An included fail does not match; an include of a domain without SPF is permerror.
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@inc.test").await.result,
+            SpfResult::PermError
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@temp.test").await.result,
+            SpfResult::TempError
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@redir.test").await.result,
+            SpfResult::PermError
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@redir2.test").await.result,
+            SpfResult::Pass
+        );
+        assert_eq!(
+            mail_from(&zone, "192.0.2.2", "x@redir2.test").await.result,
+            SpfResult::Fail
+        );
+    }
+
+    #[tokio::test]
+    async fn mx_and_ptr_limits() {
+        let mut zone = Zone::default()
+            .txt("mx.test", "v=spf1 mx -all")
+            .txt("ptr.test", "v=spf1 ptr -all");
+        for i in 0..11 {
+            zone = zone.mx("mx.test", &format!("h{i}.mx.test"));
+        }
+        zone = zone.a("h10.mx.test", [192, 0, 2, 1]);
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@mx.test").await.result,
+            SpfResult::PermError
+        );
+        // Only the first ten PTR names are validated: the eleventh does not count.
+        for i in 0..10 {
+            zone = zone.ptr("192.0.2.1", &format!("h{i}.other.test"));
+        }
+        zone = zone
+            .ptr("192.0.2.1", "host.ptr.test")
+            .a("host.ptr.test", [192, 0, 2, 1]);
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@ptr.test").await.result,
+            SpfResult::Fail
+        );
+    }
+
+    #[tokio::test]
+    async fn ptr_needs_a_name_that_resolves_back() {
+        let zone = Zone::default()
+            .txt("a.test", "v=spf1 ptr -all exp=why.a.test")
+            .txt("why.a.test", "%{c} is not %{p}; ask %{l}")
+            .ptr("192.0.2.1", "mail.A.test")
+            .a("mail.a.test", [192, 0, 2, 1])
+            .ptr("192.0.2.2", "liar.a.test")
+            .a("liar.a.test", [198, 51, 100, 1]);
+        assert_eq!(
+            mail_from(&zone, "192.0.2.1", "x@a.test").await.result,
+            SpfResult::Pass
+        );
+        let check = mail_from(&zone, "192.0.2.2", "x@a.test").await;
+        assert_eq!(check.result, SpfResult::Fail);
+        assert_eq!(
+            check.explanation.as_deref(),
+            Some("192.0.2.2 is not unknown; ask x")
+        );
+    }
+
+    #[tokio::test]
+    async fn explanations_only_for_a_clean_single_record() {
+        let zone = Zone::default()
+            .txt("one.test", "v=spf1 -all exp=e.one.test")
+            .txt("e.one.test", "Not from %{i}, %{l}")
+            .txt("two.test", "v=spf1 -all exp=e.two.test")
+            .txt("e.two.test", "a")
+            .txt("e.two.test", "b")
+            .txt("bad.test", "v=spf1 -all exp=e.bad.test")
+            .txt("e.bad.test", "the %{x}-files")
+            .txt("soft.test", "v=spf1 ~all exp=e.one.test");
+        let check = mail_from(&zone, "192.0.2.1", "@one.test").await;
+        assert_eq!(
+            check.explanation.as_deref(),
+            Some("Not from 192.0.2.1, postmaster")
+        );
+        for sender in ["x@two.test", "x@bad.test", "x@soft.test"] {
+            let check = mail_from(&zone, "192.0.2.1", sender).await;
+            assert_eq!(check.explanation, None, "{sender}");
+        }
     }
 }
