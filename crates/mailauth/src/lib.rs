@@ -1,11 +1,13 @@
-//! Sender authentication. The checks themselves are mail-auth's (SPF RFC 7208, DKIM RFC 6376 /
-//! RFC 8463, DMARC, ARC); this crate owns how sealmail calls them: always through the one
-//! resolver of `sealmail-dns` (so tests and admins control every lookup), with sealmail's host
-//! name as the SPF "host domain", and results in sealmail's own terms.
+//! Sender authentication. SPF (RFC 7208) is our own strict evaluator (`spf.rs`: mail-auth's
+//! is lenient where the RFC says permerror); DKIM (RFC 6376 / RFC 8463), DMARC and ARC are
+//! mail-auth's. This crate owns how sealmail runs them: always through the one resolver of
+//! `sealmail-dns` (so tests and admins control every lookup), with sealmail's host name as the
+//! SPF "host domain", and results in sealmail's own terms.
 
 pub mod inbound;
 pub mod phishing;
 pub mod signing;
+pub mod spf;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -14,8 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, Parameters, ResolverCache, SpfOutput, SpfResult, Txt};
+use mail_auth::{MessageAuthenticator, ResolverCache, SpfOutput, SpfResult, Txt};
 use sealmail_dns::Dns;
 
 pub use mail_auth;
@@ -99,36 +100,22 @@ impl Authenticator {
         }
     }
 
-    /// SPF for the HELO/EHLO identity (RFC 7208 2.3).
+    /// SPF for the HELO/EHLO identity (RFC 7208 2.3), by our evaluator (`spf.rs`).
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfOutput {
-        self.inner
-            .verify_spf(
-                Parameters::new(SpfParameters::verify_ehlo(ip, helo, &self.hostname))
-                    .with_txt_cache(&*self.txt_cache),
-            )
-            .await
+        let dns = spf::ResolverDns(&self.inner.0);
+        spf::check_helo(&dns, ip, helo, &self.hostname).await.to_output()
     }
 
     /// SPF for the MAIL FROM identity (RFC 7208 2.4); an empty reverse path is checked as
     /// postmaster@HELO, as the RFC says.
     pub async fn spf_mail_from(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
-        if sender.is_empty() {
+        let dns = spf::ResolverDns(&self.inner.0);
+        let check = if sender.is_empty() {
             let postmaster = format!("postmaster@{helo}");
-            return self
-                .inner
-                .verify_spf(SpfParameters::verify_mail_from(
-                    ip,
-                    helo,
-                    &self.hostname,
-                    &postmaster,
-                ))
-                .await;
-        }
-        self.inner
-            .verify_spf(
-                Parameters::new(SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender))
-                    .with_txt_cache(&*self.txt_cache),
-            )
-            .await
+            spf::check_mail_from(&dns, ip, helo, &postmaster, &self.hostname).await
+        } else {
+            spf::check_mail_from(&dns, ip, helo, sender, &self.hostname).await
+        };
+        check.to_output()
     }
 }

@@ -51,7 +51,7 @@ impl Rec {
     }
 
     fn rdata(&self) -> Option<RData> {
-        let name = |n: &str| Name::from_str_relaxed(format!("{}.", n.trim_end_matches('.'))).ok();
+        let name = |n: &str| wire_name(n);
         Some(match self {
             Rec::A(ip) => RData::A(A(*ip)),
             Rec::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
@@ -83,6 +83,27 @@ struct Zone {
     ttl: Option<u32>,
     /// Queries received, over UDP and TCP, answered or not.
     queries: AtomicUsize,
+}
+
+/// A zone name as DNS carries it. Names that are not host names (the RFC 7208 suite has
+/// `foo:bar/baz.example.com` and labels with spaces, which SPF macros can produce) are taken
+/// label by label as raw octets.
+fn wire_name(name: &str) -> Option<Name> {
+    let name = name.trim_end_matches('.');
+    Name::from_str_relaxed(format!("{name}.")).ok().or_else(|| {
+        let mut raw = Name::from_labels(name.split('.').map(str::as_bytes)).ok()?;
+        raw.set_fqdn(true);
+        Some(raw)
+    })
+}
+
+/// A queried name as text: its labels' octets joined with dots, unescaped, so it matches the
+/// names the zone was given.
+fn name_text(name: &Name) -> String {
+    name.iter()
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn key(name: &str) -> String {
@@ -240,7 +261,7 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
         return response.to_vec().ok();
     };
     response.add_query(query.clone());
-    let mut name = key(&query.name().to_ascii());
+    let mut name = key(&name_text(query.name()));
     let qtype = query.query_type();
     let known = zone.records.contains_key(&name);
     let has_type = zone
@@ -280,7 +301,7 @@ fn answer(zone: &RwLock<Zone>, request: &[u8]) -> Option<Vec<u8>> {
                 response.add_answer(Record::from_rdata(owner.clone(), zone.ttl.unwrap_or(300), rdata));
             }
             name = key(&target);
-            owner = Name::from_str_relaxed(format!("{name}.")).ok()?;
+            owner = wire_name(&name)?;
             continue;
         }
         for record in records.iter().filter(|r| r.record_type() == qtype) {
