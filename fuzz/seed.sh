@@ -86,6 +86,13 @@ for stage in [b"\x00", b"\x01"]:
                     b"e1 SEARCH TEXT {2+}\r\nab TEXT {2+}\r\ncd TEXT {2+}\r\nef TEXT {2+}\r\ngh TEXT {2+}\r\nij\r\n",
                     b"f1 NOOP\nf2 NOOP\r\n" + b"x" * 300 + b"\r\nf3 NOOP\r\n", b"+ {1}\r\n\r\n"]:
         put("imap_framing", stage + session)
+# spf_eval: a client-address byte, then records separated by newlines.
+for records in [b"v=spf1 ip4:192.0.2.0/24 -all", b"v=spf1 include:a.example.org ~all\nv=spf1 a mx -all",
+                b"v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} redirect=_spf.example.org\nv=spf1 ptr ?all",
+                b"v=spf1 -all exp=explain.%{d}\nSee %{i} %{s} %{h} %{p} for why",
+                b"v=spf1 include:x include:y include:z\nv=spf1 include:example.org\nv=spf1 redirect=q"]:
+    for first in [b"\x00", b"\x01", b"\x02"]:
+        put("spf_eval", first + records)
 # smtp_bdat: a chunk count byte, then per chunk a 16-bit little-endian size and a keep flag,
 # then the octets on the wire.
 def bdat(chunks, wire):
@@ -140,6 +147,13 @@ for f in sorted((testdata / "chasquid/internal/dkim/testdata").glob("*.dns")):
 for f in sorted((testdata / "mail-auth/resources/spf").glob("*")):
     for value in re.findall(r"(v=spf1[^\n']*)", f.read_text(errors="replace"))[:20]:
         put("dns_txt", value.strip().strip('"'))
+# The RFC 7208 suite's records, each scenario's together (its first record first), for spf_eval.
+suite = testdata / "spf-rfc7208/rfc7208-tests.yml"
+if suite.exists():
+    for scenario in suite.read_text(errors="replace").split("\n---"):
+        records = [r.strip().strip('"').strip("'") for r in re.findall(r"(v=spf1[^\n]*)", scenario)]
+        if records:
+            put("spf_eval", b"\x00" + "\n".join(records[:16]).encode())
 fake = testdata / "mail-dkim-perl/t/FAKE_DNS.dat"
 if fake.exists():
     for line in fake.read_text(errors="replace").splitlines():

@@ -64,6 +64,10 @@ pub const MAX_WILDCARDS: usize = 32;
 /// Most patterns in one LIST (RFC 5258 allows a list of them): each is matched against every
 /// mailbox, so their number multiplies the cost.
 pub const MAX_PATTERNS: usize = 32;
+/// Most matching steps one LIST may take (names x pattern work, see [`Pattern::matches`]):
+/// long names, many of them and many long patterns multiply; past this the LIST is refused
+/// instead of occupying a worker for seconds. Everyday LISTs take a few thousand.
+pub const MAX_LIST_WORK: u64 = 200_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -115,6 +119,11 @@ impl Pattern {
             })
             .sum();
         Some(Pattern { tokens, literal_len })
+    }
+
+    /// The most steps [`Pattern::matches`] takes on a name of `len` bytes.
+    fn cost(&self, len: usize) -> u64 {
+        (len as u64 + 1) * (self.tokens.len() + self.literal_len) as u64
     }
 
     /// Whether `name` matches. `reach` is scratch space kept by the caller across calls, so
@@ -222,7 +231,15 @@ pub fn respond(
         patterns.push(Matcher::new(&full).ok_or_else(too_complex)?);
     }
     let mut reach = Vec::new();
-    let mut matched = |name: &str| patterns.iter().any(|p| p.matches(name, &mut reach));
+    let mut work: u64 = 0;
+    let mut too_costly = false;
+    let mut matched = |name: &str| {
+        patterns.iter().any(|p| {
+            work += p.pattern.cost(name.len()) * 2;
+            too_costly |= work > MAX_LIST_WORK;
+            !too_costly && p.matches(name, &mut reach)
+        })
+    };
     let existing: BTreeMap<&str, &Mailbox> = mailboxes.iter().map(|m| (m.name.as_str(), m)).collect();
     let subscribed: BTreeSet<&str> = subscriptions.iter().map(String::as_str).collect();
     // Subscribed names no pattern matches: a parent of one is listed for it with \Noselect
@@ -326,6 +343,9 @@ pub fn respond(
             line,
             mailbox: mailbox.cloned(),
         });
+    }
+    if too_costly {
+        return Err("This LIST would take too long; use fewer or shorter patterns".to_string());
     }
     Ok(lines)
 }
@@ -781,5 +801,36 @@ mod tests {
             got,
             ["* LSUB () \"/\" \"t/test1\"", "* LSUB () \"/\" \"t/test2/test1\""]
         );
+    }
+
+    /// Many long names against many long patterns that almost match: refused once the work
+    /// passes MAX_LIST_WORK, instead of running for seconds.
+    #[test]
+    fn a_list_that_would_take_too_long_is_refused() {
+        use sealmail_types::{AccountId, MailboxId};
+        let mailboxes: Vec<Mailbox> = (0..1000)
+            .map(|i| Mailbox {
+                id: MailboxId(i + 1),
+                account: AccountId(1),
+                name: format!("{i:04}{}", "a".repeat(250)),
+                special_use: None,
+                uid_validity: 1,
+                uid_next: 1,
+                subscribed: false,
+                highest_modseq: 0,
+            })
+            .collect();
+        let pattern = format!("*{}b*", "a".repeat(900));
+        let request = ListRequest {
+            patterns: vec![pattern.into_bytes(); 32],
+            ..ListRequest::default()
+        };
+        assert!(respond(&request, &mailboxes, &[]).is_err());
+        // The same names with one short pattern are fine.
+        let request = ListRequest {
+            patterns: vec![b"00*".to_vec()],
+            ..ListRequest::default()
+        };
+        assert_eq!(respond(&request, &mailboxes, &[]).map(|l| l.len()), Ok(100));
     }
 }

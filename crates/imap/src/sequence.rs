@@ -66,7 +66,6 @@ pub fn within(set: &SequenceSet, max: u32) -> bool {
     ranges(set, max).all(|(lo, hi)| lo >= 1 && hi <= max)
 }
 
-/// `1:3,5` style text of sorted UIDs, for COPYUID and APPENDUID.
 /// Sorted, disjoint ranges written as a sequence set (`1:3,7`).
 pub fn ranges_text(ranges: &[(u32, u32)]) -> String {
     let parts: Vec<String> = ranges
@@ -82,6 +81,7 @@ pub fn ranges_text(ranges: &[(u32, u32)]) -> String {
     parts.join(",")
 }
 
+/// `1:3,5` style text of sorted UIDs, for COPYUID and APPENDUID.
 pub fn compact(uids: &[u32]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;

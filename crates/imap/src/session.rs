@@ -69,6 +69,9 @@ const FETCH_BATCH: usize = 128;
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
+/// Most items in one FETCH, and most of them that copy message bytes (body sections).
+const MAX_FETCH_ITEMS: usize = 64;
+const MAX_FETCH_SECTIONS: usize = 8;
 
 pub struct Session {
     ctx: Arc<ImapContext>,
@@ -167,7 +170,9 @@ fn valid_new_name(name: &str) -> bool {
         && name.len() <= 255
         && name.split('/').count() <= 16
         && !name.split('/').any(str::is_empty)
-        && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+        && !name
+            .chars()
+            .any(|c| wire::unfit_in_name(c) || c == '*' || c == '%')
 }
 
 /// How many of the messages ahead (by their sizes) go into the next batch: at least one, at
@@ -875,9 +880,10 @@ impl Session {
                 None if last > 0 => vec![(1, last)],
                 None => Vec::new(),
             };
+            // UID 0 does not exist: an empty mailbox (last 0) has nothing to report.
             let ranges: Vec<(u32, u32)> = ranges
                 .into_iter()
-                .filter(|&(lo, _)| lo <= last)
+                .filter(|&(lo, _)| lo >= 1 && lo <= last)
                 .map(|(lo, hi)| (lo, hi.min(last)))
                 .collect();
             let vanished = selected.missing_uids(&ranges);
@@ -888,7 +894,11 @@ impl Session {
                     crate::sequence::ranges_text(&vanished)
                 );
             }
-            let in_known = |uid: u32| ranges.iter().any(|&(lo, hi)| lo <= uid && uid <= hi);
+            // Sorted and disjoint: a binary search per message.
+            let in_known = |uid: u32| {
+                let i = ranges.partition_point(|&(_, hi)| hi < uid);
+                ranges.get(i).is_some_and(|&(lo, _)| lo <= uid)
+            };
             for (index, entry) in selected.entries.iter().enumerate() {
                 if entry.modseq > since && (known.is_none() || in_known(entry.uid)) {
                     let _ = write!(
@@ -1302,6 +1312,19 @@ impl Session {
     }
 
     async fn search(&mut self, charset: Option<&Charset<'_>>, criteria: &[SearchKey<'_>], uid: bool) -> Done {
+        // A RETURN clause we refuse is refused before any searching.
+        match &self.search_return {
+            Some(Err(crate::esearch::ReturnError::Save)) => {
+                self.search_return = None;
+                return bad("SEARCH RETURN (SAVE) is not supported (no SEARCHRES)");
+            }
+            Some(Err(crate::esearch::ReturnError::Unknown(option))) => {
+                let text = format!("Unknown SEARCH RETURN option {option}");
+                self.search_return = None;
+                return bad(text);
+            }
+            _ => {}
+        }
         if let Some(charset) = charset {
             let name = charset.as_ref();
             if !name.eq_ignore_ascii_case("UTF-8") && !name.eq_ignore_ascii_case("US-ASCII") {
@@ -1427,7 +1450,7 @@ impl Session {
             Ok(i) => i,
             Err(done) => return Ok(done),
         };
-        let mut items = match items {
+        let items = match items {
             // RFC 3501 6.4.5 (Macro::expand borrows the macro, which this match consumes).
             MacroOrMessageDataItemNames::Macro(m) => {
                 use MessageDataItemName::*;
@@ -1439,6 +1462,37 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
+        // Each item that copies message bytes is built in memory for every message before it is
+        // sent: the same item twice is sent once, and only a few such items are taken at a time.
+        if items.len() > MAX_FETCH_ITEMS {
+            return Ok(bad(format!("At most {MAX_FETCH_ITEMS} FETCH items")));
+        }
+        let mut unique = Vec::with_capacity(items.len());
+        for item in items {
+            if !unique.contains(&item) {
+                unique.push(item);
+            }
+        }
+        let mut items = unique;
+        let copies = items
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { .. }
+                        | MessageDataItemName::Binary { .. }
+                        | MessageDataItemName::BinarySize { .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                        | MessageDataItemName::Rfc822Header
+                )
+            })
+            .count();
+        if copies > MAX_FETCH_SECTIONS {
+            return Ok(bad(format!(
+                "At most {MAX_FETCH_SECTIONS} body sections (BODY[], BINARY[], RFC822...) in one FETCH"
+            )));
+        }
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -1461,7 +1515,7 @@ impl Session {
                 let ranges = crate::sequence::Merged::new(set, last).ranges().to_vec();
                 let ranges: Vec<(u32, u32)> = ranges
                     .into_iter()
-                    .filter(|&(lo, _)| lo <= last)
+                    .filter(|&(lo, _)| lo >= 1 && lo <= last)
                     .map(|(lo, hi)| (lo, hi.min(last)))
                     .collect();
                 let vanished = selected.missing_uids(&ranges);

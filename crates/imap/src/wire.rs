@@ -123,19 +123,30 @@ pub fn encode_mailbox_name(name: &str) -> String {
     out
 }
 
-/// The UTF-8 name for a name received in modified UTF-7. Only the one canonical encoding of a
-/// name is accepted: another spelling of the same name is refused rather than guessed at, so no
-/// two wire names ever reach the same mailbox by different roads. A name that decodes to a
-/// control character (`&AA0ACg-` is CR LF) is refused too: no mailbox can have one, and a name
-/// is echoed in responses, where a CR LF would end the line early.
 /// A mailbox name as the client sent it: UTF-8 once it enabled UTF8=ACCEPT (RFC 6855 3, where
-/// `&` is just a character), else modified UTF-7. Control characters are refused either way.
+/// `&` is just a character), else modified UTF-7. Characters [`unfit_in_name`] are refused
+/// either way.
 pub fn name_from_wire(wire: &[u8], utf8: bool) -> Option<String> {
     if !utf8 {
         return decode_mailbox_name(wire);
     }
     let name = std::str::from_utf8(wire).ok()?;
-    (!name.chars().any(char::is_control)).then(|| name.to_string())
+    (!name.chars().any(unfit_in_name)).then(|| name.to_string())
+}
+
+/// Characters no mailbox name may hold: controls, and invisible format characters (zero-width
+/// ones, bidi overrides and isolates, line and paragraph separators, the BOM) that would let two
+/// names look the same or a name look like another.
+pub fn unfit_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 /// A mailbox name for the client: UTF-8 after UTF8=ACCEPT, else modified UTF-7.
@@ -147,6 +158,12 @@ pub fn name_to_wire(name: &str, utf8: bool) -> String {
     }
 }
 
+/// The UTF-8 name for a name received in modified UTF-7. Only the one canonical encoding of a
+/// name is accepted: another spelling of the same name is refused rather than guessed at, so no
+/// two wire names ever reach the same mailbox by different roads. A name that decodes to a
+/// control character (`&AA0ACg-` is CR LF) or another [`unfit_in_name`] is refused too: no
+/// mailbox can have one, and a name is echoed in responses, where a CR LF would end the line
+/// early.
 pub fn decode_mailbox_name(wire: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(wire).ok()?;
     let mut out = String::with_capacity(text.len());
@@ -172,7 +189,7 @@ pub fn decode_mailbox_name(wire: &[u8]) -> Option<String> {
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    if out.chars().any(char::is_control) {
+    if out.chars().any(unfit_in_name) {
         return None;
     }
     (encode_mailbox_name(&out) == text).then_some(out)

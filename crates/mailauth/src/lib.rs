@@ -103,19 +103,37 @@ impl Authenticator {
     /// SPF for the HELO/EHLO identity (RFC 7208 2.3), by our evaluator (`spf.rs`).
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfOutput {
         let dns = spf::ResolverDns(&self.inner.0);
-        spf::check_helo(&dns, ip, helo, &self.hostname).await.to_output()
+        within_spf_deadline(helo, spf::check_helo(&dns, ip, helo, &self.hostname)).await
     }
 
     /// SPF for the MAIL FROM identity (RFC 7208 2.4); an empty reverse path is checked as
     /// postmaster@HELO, as the RFC says.
     pub async fn spf_mail_from(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
         let dns = spf::ResolverDns(&self.inner.0);
-        let check = if sender.is_empty() {
-            let postmaster = format!("postmaster@{helo}");
-            spf::check_mail_from(&dns, ip, helo, &postmaster, &self.hostname).await
+        let sender = if sender.is_empty() {
+            format!("postmaster@{helo}")
         } else {
-            spf::check_mail_from(&dns, ip, helo, sender, &self.hostname).await
+            sender.to_string()
         };
-        check.to_output()
+        let domain = sender
+            .rsplit_once('@')
+            .map_or(sender.as_str(), |(_, d)| d)
+            .to_string();
+        within_spf_deadline(
+            &domain,
+            spf::check_mail_from(&dns, ip, helo, &sender, &self.hostname),
+        )
+        .await
+    }
+}
+
+/// RFC 7208 4.6.4: the whole evaluation gets a time limit, not only each query; past it the
+/// result is temperror (the sender may try again).
+pub const SPF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn within_spf_deadline(domain: &str, check: impl Future<Output = spf::SpfCheck>) -> SpfOutput {
+    match tokio::time::timeout(SPF_DEADLINE, check).await {
+        Ok(check) => check.to_output(),
+        Err(_) => SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError),
     }
 }

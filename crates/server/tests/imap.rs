@@ -709,6 +709,19 @@ async fn esearch_and_imap4rev2() -> TestResult {
         has_line(&listed, "Réunions"),
         "UTF-8 names in IMAP4rev2: {listed:?}"
     );
+    // Invisible characters would let two names look alike: refused.
+    let hidden = b.imap("h", "CREATE \"R\u{200B}éunions\"").await?;
+    assert!(tagged(&hidden).starts_with("h NO"), "{hidden:?}");
+    // The same section twice is one; more than 8 that copy message bytes is too many.
+    let twice = b.imap("t", "FETCH 1 (BODY.PEEK[TEXT] BODY.PEEK[TEXT])").await?;
+    assert_eq!(
+        twice.iter().filter(|l| l.contains("BODY[TEXT]")).count(),
+        1,
+        "{twice:?}"
+    );
+    let sections: Vec<String> = (1..=9).map(|i| format!("BODY.PEEK[{i}]")).collect();
+    let many = b.imap("m", &format!("FETCH 1 ({})", sections.join(" "))).await?;
+    assert!(tagged(&many).starts_with("m BAD"), "{many:?}");
     Ok(())
 }
 

@@ -541,6 +541,33 @@ async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> 
     Ok(())
 }
 
+/// RENAME keeps every name it makes within CREATE's limits (255 bytes, 16 levels): renaming a
+/// parent below a long name, again and again, cannot grow names without end.
+#[tokio::test]
+async fn a_rename_that_would_make_a_name_too_long_or_too_deep_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _) = store_with_alice(dir.path()).await?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    let long = "x".repeat(200);
+    store.create_mailbox(alice, "t").await?;
+    store.create_mailbox(alice, &format!("t/{long}")).await?;
+    let refused = store.rename_mailbox(alice, "t", &"y".repeat(100)).await;
+    assert!(matches!(refused, Err(StoreError::LimitReached(_))), "{refused:?}");
+    let deep = (0..16).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+    let refused = store.rename_mailbox(alice, "t", &deep).await;
+    assert!(
+        matches!(refused, Err(StoreError::LimitReached(_))),
+        "too deep: {refused:?}"
+    );
+    store.rename_mailbox(alice, "t", "u").await?;
+    assert!(store.mailbox(alice, &format!("u/{long}")).await?.is_some());
+    Ok(())
+}
+
 /// RFC 3501 6.3.6: a subscription belongs to the name. CREATE does not subscribe, DELETE does
 /// not unsubscribe, RENAME takes the subscriptions along.
 #[tokio::test]

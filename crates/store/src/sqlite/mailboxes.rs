@@ -228,6 +228,28 @@ pub(super) async fn rename(
     // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x". SQLite's
     // substr() counts characters in text, not bytes: "Ärger" is 5 long, not 6.
     let prefix_len = from.chars().count() as i64;
+    // Every name the rename makes, subscriptions included, stays within the limits CREATE
+    // enforces: otherwise renaming a parent below a long name, again and again, grows names
+    // without end.
+    let (longest, deepest): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT MAX(length(CAST(n AS BLOB))), MAX(length(n) - length(replace(n, '/', ''))) FROM ( \
+           SELECT ?3 || substr(name, ?4 + 1) AS n FROM mailboxes \
+             WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/') \
+           UNION ALL \
+           SELECT ?3 || substr(name, ?4 + 1) AS n FROM subscriptions \
+             WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/'))",
+    )
+    .bind(account.0)
+    .bind(from)
+    .bind(to)
+    .bind(prefix_len)
+    .fetch_one(&mut *conn)
+    .await?;
+    if longest.unwrap_or(0) > MAX_NAME_BYTES || deepest.unwrap_or(0) >= MAX_NAME_LEVELS {
+        return Err(StoreError::LimitReached(format!(
+            "a mailbox name below {to} would be longer than {MAX_NAME_BYTES} bytes or {MAX_NAME_LEVELS} levels"
+        )));
+    }
     sqlx::query(
         "UPDATE mailboxes SET name = ?3 || substr(name, ?4 + 1) \
          WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
@@ -257,6 +279,11 @@ pub(super) async fn rename(
     .await?;
     Ok(())
 }
+
+/// The longest mailbox name, in bytes, and the most levels one may have (IMAP CREATE checks
+/// the same for a new name).
+pub const MAX_NAME_BYTES: i64 = 255;
+pub const MAX_NAME_LEVELS: i64 = 16;
 
 /// Subscribes to an existing mailbox, or unsubscribes a name (which may no longer exist: a
 /// deleted mailbox stays subscribed until then, RFC 3501 6.3.6).
