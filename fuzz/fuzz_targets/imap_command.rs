@@ -105,6 +105,15 @@ fuzz_target!(|command: &[u8]| {
         assert!(command.ends_with(&rest[rest.len().saturating_sub(2)..]));
         let _ = CommandCodec::default().decode(&rest);
     }
+    // APPEND ... UTF8 (literal8): the data item's wrapping is removed, nothing else.
+    if let Some(rest) = sealmail_imap::esearch::strip_utf8_append(command) {
+        assert!(rest.len() + 7 == command.len(), "exactly \"UTF8 (\" and \")\" go");
+        let _ = CommandCodec::default().decode(&rest);
+    }
+    // `$` (SEARCHRES) written out: the rest of the command is kept.
+    if let Some(rest) = sealmail_imap::esearch::substitute_saved(command, |_, _| "1:3".to_string()) {
+        assert!(rest.len() >= command.len() && rest.ends_with(&command[command.len().saturating_sub(1)..]));
+    }
     let names: [&[u8]; 4] = [b"INBOX", b"a/b/c", b"&AOk-t&AOk-/x", b"Sent Items"];
     if let Some((_tag, request)) = list::parse_extended(command) {
         for pattern in &request.patterns {

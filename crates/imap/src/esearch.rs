@@ -1,5 +1,5 @@
 //! `SEARCH RETURN (...)` (RFC 4731 ESEARCH, required by IMAP4rev2) and the `* ESEARCH`
-//! response. imap-codec 2.0.0-alpha.10 decodes only the RFC 3501 SEARCH, so the return
+//! response, and APPEND's `UTF8 (...)` data item (RFC 6855 4). imap-codec 2.0.0-alpha.10 decodes only the RFC 3501 SEARCH, so the return
 //! options are taken off the command here, before decoding; the rest of the command is left
 //! exactly as it was (literals included) for imap-codec.
 
@@ -10,23 +10,28 @@ pub struct ReturnOptions {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// RFC 5182 SEARCHRES: keep the result for `$`.
+    pub save: bool,
 }
 
 impl ReturnOptions {
-    /// RFC 4731 3.1: `RETURN ()` means ALL.
+    /// RFC 4731 3.1: `RETURN ()` means ALL (SAVE alone returns nothing, RFC 5182 2.1).
     fn or_all(mut self) -> ReturnOptions {
-        if !(self.min || self.max || self.all || self.count) {
+        if !(self.min || self.max || self.all || self.count || self.save) {
             self.all = true;
         }
         self
+    }
+
+    /// Whether an `* ESEARCH` response is sent at all.
+    pub fn answers(&self) -> bool {
+        self.min || self.max || self.all || self.count
     }
 }
 
 /// Why a RETURN clause is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReturnError {
-    /// SAVE (RFC 5182 SEARCHRES) is not supported.
-    Save,
     Unknown(String),
 }
 
@@ -65,7 +70,7 @@ pub fn strip_return(command: &[u8]) -> Option<(Vec<u8>, Result<ReturnOptions, Re
             b"MAX" => options.max = true,
             b"ALL" => options.all = true,
             b"COUNT" => options.count = true,
-            b"SAVE" => error = Some(ReturnError::Save),
+            b"SAVE" => options.save = true,
             other => {
                 error.get_or_insert(ReturnError::Unknown(
                     String::from_utf8_lossy(other).chars().take(32).collect(),
@@ -79,6 +84,60 @@ pub fn strip_return(command: &[u8]) -> Option<(Vec<u8>, Result<ReturnOptions, Re
     let mut stripped = command[..consumed].to_vec();
     stripped.extend_from_slice(&command[clause_end + skip_space..]);
     Some((stripped, error.map_or(Ok(options.or_all()), Err)))
+}
+
+/// The command with every `$` (RFC 5182: the saved search result) on its first line, outside
+/// quoted strings, replaced by what `replacement` gives for the command's verb and form (UID or
+/// not). `None` when the first line has no `$` standing alone.
+pub fn substitute_saved(
+    command: &[u8],
+    mut replacement: impl FnMut(&str, bool) -> String,
+) -> Option<Vec<u8>> {
+    let line_end = command.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    let line = &command[..line_end];
+    let mut words = line.split(|&b| b == b' ');
+    let _tag = words.next()?;
+    let mut verb = words.next()?;
+    let uid = verb.eq_ignore_ascii_case(b"UID");
+    if uid {
+        verb = words.next()?;
+    }
+    let verb = String::from_utf8_lossy(verb).to_ascii_uppercase();
+    let mut out = Vec::with_capacity(command.len() + 64);
+    let mut quoted = false;
+    let mut found = false;
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        if quoted {
+            out.push(b);
+            if b == b'\\' && i + 1 < line.len() {
+                out.push(line[i + 1]);
+                i += 2;
+                continue;
+            }
+            quoted = b != b'"';
+        } else if b == b'"' {
+            quoted = true;
+            out.push(b);
+        } else if b == b'$'
+            && i > 0
+            // Inside parentheses only in SEARCH (`OR ($ x)`): elsewhere `($)` is a flag list.
+            && (line[i - 1] == b' ' || (line[i - 1] == b'(' && verb == "SEARCH"))
+            && matches!(line.get(i + 1), None | Some(b' ' | b')'))
+        {
+            out.extend_from_slice(replacement(&verb, uid).as_bytes());
+            found = true;
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    if !found {
+        return None;
+    }
+    out.extend_from_slice(&command[line_end..]);
+    Some(out)
 }
 
 /// `* ESEARCH (TAG "tag") [UID] ...` for the numbers found (ascending).
@@ -104,6 +163,45 @@ pub fn response(tag: &str, uid: bool, options: ReturnOptions, found: &[u32], mod
     }
     out.push_str("\r\n");
     out
+}
+
+/// If `command` is an APPEND whose message is given as `UTF8 (literal8)` (RFC 6855 4), the
+/// command with the message as a plain literal8, which imap-codec decodes. The `UTF8 (` must
+/// end the first line before the literal's length, and `)` must follow the literal's octets and
+/// end the command.
+pub fn strip_utf8_append(command: &[u8]) -> Option<Vec<u8>> {
+    let line_end = command.windows(2).position(|w| w == b"\r\n")?;
+    let line = &command[..line_end];
+    let mut words = line.split(|&b| b == b' ');
+    let _tag = words.next()?;
+    if !words.next()?.eq_ignore_ascii_case(b"APPEND") {
+        return None;
+    }
+    // "... UTF8 (~{n}" or "... UTF8 (~{n+}"
+    let open = line.iter().rposition(|&b| b == b'(')?;
+    let before = &line[..open];
+    if before.len() < 5 || !before[before.len() - 5..].eq_ignore_ascii_case(b"UTF8 ") {
+        return None;
+    }
+    let announcement = &line[open + 1..];
+    let digits = announcement.strip_prefix(b"~{")?.strip_suffix(b"}")?;
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let length: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let data_start = line_end + 2;
+    let data_end = data_start.checked_add(length)?;
+    if command.get(data_end..)? != b")\r\n" {
+        return None;
+    }
+    let mut out = Vec::with_capacity(command.len());
+    out.extend_from_slice(&line[..before.len() - 5]);
+    out.extend_from_slice(announcement);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&command[data_start..data_end]);
+    out.extend_from_slice(b"\r\n");
+    Some(out)
 }
 
 #[cfg(test)]
@@ -137,7 +235,10 @@ mod tests {
         );
         assert_eq!(
             strip_return(b"c SEARCH RETURN (SAVE) ALL\r\n").map(|r| r.1),
-            Some(Err(ReturnError::Save))
+            Some(Ok(ReturnOptions {
+                save: true,
+                ..ReturnOptions::default()
+            }))
         );
         assert!(matches!(
             strip_return(b"c SEARCH RETURN (PARTIAL 1:5) ALL\r\n").map(|r| r.1),
@@ -145,6 +246,39 @@ mod tests {
         ));
         assert_eq!(strip_return(b"d SEARCH ALL\r\n"), None);
         assert_eq!(strip_return(b"d FETCH 1 RETURN (x)\r\n"), None);
+    }
+
+    #[test]
+    fn an_append_of_utf8_data_becomes_a_plain_literal8() {
+        let command = b"a APPEND INBOX (\\Seen) UTF8 (~{4}\r\nab\xc3\xa9)\r\n";
+        assert_eq!(
+            strip_utf8_append(command).as_deref(),
+            Some(b"a APPEND INBOX (\\Seen) ~{4}\r\nab\xc3\xa9\r\n".as_slice())
+        );
+        // No closing parenthesis right after the octets, or a literal of another length: not it.
+        assert_eq!(strip_utf8_append(b"a APPEND INBOX UTF8 (~{5}\r\nabcde\r\n"), None);
+        assert_eq!(
+            strip_utf8_append(b"a APPEND INBOX UTF8 (~{4}\r\nabcde)\r\n"),
+            None
+        );
+        assert_eq!(strip_utf8_append(b"a APPEND INBOX ~{5}\r\nabcde\r\n"), None);
+        assert_eq!(strip_utf8_append(b"a SEARCH UTF8 (~{1}\r\na)\r\n"), None);
+    }
+
+    #[test]
+    fn the_saved_result_marker_is_replaced_outside_quoted_strings() {
+        let replace = |verb: &str, uid: bool| format!("<{verb}{}>", if uid { " uid" } else { "" });
+        assert_eq!(
+            substitute_saved(b"a FETCH $ (FLAGS)\r\n", replace).as_deref(),
+            Some(b"a FETCH <FETCH> (FLAGS)\r\n".as_slice())
+        );
+        assert_eq!(
+            substitute_saved(b"a UID SEARCH OR $ SUBJECT \"a $ b\"\r\n", replace).as_deref(),
+            Some(b"a UID SEARCH OR <SEARCH uid> SUBJECT \"a $ b\"\r\n".as_slice())
+        );
+        assert_eq!(substitute_saved(b"a SEARCH SUBJECT \"$\"\r\n", replace), None);
+        assert_eq!(substitute_saved(b"a SEARCH SUBJECT x$y\r\n", replace), None);
+        assert_eq!(substitute_saved(b"a STORE 1 +FLAGS ($)\r\n", replace), None);
     }
 
     #[test]
@@ -161,8 +295,8 @@ mod tests {
         let every = ReturnOptions {
             min: true,
             max: true,
-            all: false,
             count: true,
+            ..ReturnOptions::default()
         };
         assert_eq!(
             response("t", false, every, &[4, 9], Some(12)),

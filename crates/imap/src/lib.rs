@@ -162,11 +162,26 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
                     Some((stripped, options)) => (stripped, Some(options)),
                     None => (bytes, None),
                 };
+                let (bytes, utf8_append) = match esearch::strip_utf8_append(&bytes) {
+                    Some(stripped) => (stripped, true),
+                    None => (bytes, false),
+                };
+                // RFC 5182: `$` is the saved search result, written out before decoding.
+                let bytes = if session.selected.is_some() {
+                    esearch::substitute_saved(&bytes, |verb, uid| {
+                        session.saved_result_text(verb, uid).unwrap_or_default()
+                    })
+                    .unwrap_or(bytes)
+                } else {
+                    bytes
+                };
                 match CommandCodec::default().decode(&bytes) {
                     Ok((b"", command)) => {
                         session.search_return = search_return;
+                        session.utf8_append = utf8_append;
                         let next = session.execute(command, &mut conn).await;
                         session.search_return = None;
+                        session.utf8_append = false;
                         next?
                     }
                     _ => match list::parse_extended(&bytes) {

@@ -93,6 +93,13 @@ pub struct Session {
     rev2: bool,
     /// The RETURN options the driver took off a `SEARCH RETURN (...)` (see `esearch`).
     pub search_return: Option<Result<crate::esearch::ReturnOptions, crate::esearch::ReturnError>>,
+    /// The APPEND being run gave its message as `UTF8 (...)` (RFC 6855 4; see `esearch`).
+    pub utf8_append: bool,
+    /// RFC 5182 SEARCHRES: the UIDs of the last `SEARCH RETURN (SAVE)`, which `$` names;
+    /// emptied when the mailbox is closed.
+    saved: Vec<u32>,
+    /// `$` named the empty saved result in a command by sequence number: it does nothing.
+    pub dollar_empty: bool,
     /// The tag of the command being run (ESEARCH names it).
     current_tag: String,
     /// Set by a FETCH BINARY of a part whose encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
@@ -256,6 +263,9 @@ impl Session {
             utf8: false,
             rev2: false,
             search_return: None,
+            saved: Vec::new(),
+            dollar_empty: false,
+            utf8_append: false,
             current_tag: String::new(),
             unknown_encoding: false,
             out: Vec::with_capacity(4096),
@@ -296,6 +306,45 @@ impl Session {
         }
     }
 
+    /// What `$` stands for in a command with `verb` (by UID or not), RFC 5182: in SEARCH a UID
+    /// key; elsewhere the saved messages' UIDs or sequence numbers. `None` without a mailbox.
+    /// The empty result is a UID no message has, or, by sequence number, a placeholder with
+    /// `dollar_empty` set so the command does nothing.
+    pub fn saved_result_text(&mut self, verb: &str, uid: bool) -> Option<String> {
+        let selected = self.selected.as_ref()?;
+        let uids: Vec<u32> = self
+            .saved
+            .iter()
+            .copied()
+            .filter(|&u| selected.index_of_uid(u).is_some())
+            .collect();
+        if verb == "SEARCH" {
+            let set = if uids.is_empty() {
+                "4294967295".to_string()
+            } else {
+                sequence::compact(&uids)
+            };
+            return Some(format!("UID {set}"));
+        }
+        if uid {
+            return Some(if uids.is_empty() {
+                "4294967295".to_string()
+            } else {
+                sequence::compact(&uids)
+            });
+        }
+        let mut seqs: Vec<u32> = uids
+            .iter()
+            .filter_map(|&u| selected.index_of_uid(u).map(|i| i as u32 + 1))
+            .collect();
+        seqs.sort_unstable();
+        if seqs.is_empty() {
+            self.dollar_empty = true;
+            return Some("1".to_string());
+        }
+        Some(sequence::compact(&seqs))
+    }
+
     pub fn capabilities(&self) -> String {
         if self.tls.is_none() {
             return "IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED".to_string();
@@ -305,7 +354,7 @@ impl Session {
                 .to_string();
         }
         format!(
-            "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT ESEARCH CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
+            "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT ESEARCH SEARCHRES CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
             self.ctx.limits.max_append.min(u64::from(u32::MAX))
         )
     }
@@ -383,7 +432,17 @@ impl Session {
         let mut next = Next::Continue;
         // RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH by sequence number.
         let mut allow_expunge = true;
+        let dollar_empty = std::mem::take(&mut self.dollar_empty);
         let done = match command.body {
+            // RFC 5182: `$` named an empty result; by sequence number there is nothing to do.
+            CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. }
+                if dollar_empty =>
+            {
+                ok("Completed; $ names no message")
+            }
             CommandBody::Capability => {
                 let caps = self.capabilities();
                 let _ = write!(Text(&mut self.out), "* CAPABILITY {caps}\r\n");
@@ -718,6 +777,9 @@ impl Session {
                     Ok(None) => return Ok(no("[TRYCREATE] No such mailbox")),
                     Err(e) => return Ok(store_failure(&e)),
                 };
+                if self.utf8_append && !self.utf8 {
+                    return Ok(bad("APPEND ... UTF8 (...) needs ENABLE UTF8=ACCEPT first"));
+                }
                 let content = match &message {
                     LiteralOrLiteral8::Literal(literal) => literal.as_ref().to_vec(),
                     // RFC 3516 4.4: binary content (a NUL) is not stored here; a literal8
@@ -803,6 +865,7 @@ impl Session {
         read_only: bool,
         parameters: &[SelectParameter],
     ) -> Done {
+        self.saved.clear();
         if self.selected.take().is_some() {
             // RFC 7162 3.2.11: the previous mailbox is closed.
             self.out
@@ -1023,6 +1086,7 @@ impl Session {
             CommandBody::Check => ok("CHECK completed"),
             CommandBody::Unselect => {
                 self.selected = None;
+                self.saved.clear();
                 ok("UNSELECT completed")
             }
             CommandBody::Close => {
@@ -1030,6 +1094,7 @@ impl Session {
                     return Ok(store_failure(&e));
                 }
                 self.selected = None;
+                self.saved.clear();
                 ok("CLOSE completed")
             }
             CommandBody::Expunge | CommandBody::ExpungeUid { .. } if read_only => {
@@ -1313,17 +1378,10 @@ impl Session {
 
     async fn search(&mut self, charset: Option<&Charset<'_>>, criteria: &[SearchKey<'_>], uid: bool) -> Done {
         // A RETURN clause we refuse is refused before any searching.
-        match &self.search_return {
-            Some(Err(crate::esearch::ReturnError::Save)) => {
-                self.search_return = None;
-                return bad("SEARCH RETURN (SAVE) is not supported (no SEARCHRES)");
-            }
-            Some(Err(crate::esearch::ReturnError::Unknown(option))) => {
-                let text = format!("Unknown SEARCH RETURN option {option}");
-                self.search_return = None;
-                return bad(text);
-            }
-            _ => {}
+        if let Some(Err(crate::esearch::ReturnError::Unknown(option))) = &self.search_return {
+            let text = format!("Unknown SEARCH RETURN option {option}");
+            self.search_return = None;
+            return bad(text);
         }
         if let Some(charset) = charset {
             let name = charset.as_ref();
@@ -1353,6 +1411,7 @@ impl Session {
         let (max_seq, max_uid) = (selected.exists(), selected.max_uid());
         let prepared = search::Prepared::new(criteria, max_seq, max_uid);
         let mut found = Vec::new();
+        let mut found_uids = Vec::new();
         let mut highest = 0;
         let mut start = 0;
         while start < selected.entries.len() {
@@ -1400,15 +1459,13 @@ impl Session {
                     .all(|key| search::matches(key, &candidate, &mut parsed))
                 {
                     found.push(if uid { entry.uid } else { seq });
+                    found_uids.push(entry.uid);
                     highest = highest.max(entry.modseq);
                 }
             }
         }
         let options = match self.search_return.take() {
             Some(Ok(options)) => Some(options),
-            Some(Err(crate::esearch::ReturnError::Save)) => {
-                return bad("SEARCH RETURN (SAVE) is not supported (no SEARCHRES)");
-            }
             Some(Err(crate::esearch::ReturnError::Unknown(option))) => {
                 return bad(format!("Unknown SEARCH RETURN option {option}"));
             }
@@ -1421,6 +1478,26 @@ impl Session {
         };
         if let Some(options) = options {
             found.sort_unstable();
+            if options.save {
+                // RFC 5182 2.1: with MIN or MAX alone, only those are saved.
+                found_uids.sort_unstable();
+                self.saved = if (options.min || options.max) && !options.all && !options.count {
+                    let mut kept = Vec::new();
+                    if let (true, Some(&min)) = (options.min, found_uids.first()) {
+                        kept.push(min);
+                    }
+                    if let (true, Some(&max)) = (options.max, found_uids.last()) {
+                        kept.push(max);
+                    }
+                    kept.dedup();
+                    kept
+                } else {
+                    found_uids
+                };
+            }
+            if !options.answers() {
+                return ok("SEARCH completed, result saved");
+            }
             let modseq = uses_modseq.then_some(highest);
             let line = crate::esearch::response(&self.current_tag, uid, options, &found, modseq);
             self.out.extend_from_slice(line.as_bytes());

@@ -677,8 +677,32 @@ async fn esearch_and_imap4rev2() -> TestResult {
         .imap("s3", "SEARCH RETURN (COUNT) SUBJECT nothing-like-this")
         .await?;
     assert!(has_line(&none, "* ESEARCH (TAG \"s3\") COUNT 0"), "{none:?}");
-    let save = a.imap("s4", "SEARCH RETURN (SAVE) ALL").await?;
-    assert!(tagged(&save).starts_with("s4 BAD"), "{save:?}");
+    // SEARCHRES (RFC 5182): SAVE keeps the result for `$`, by sequence number or UID.
+    let save = a.imap("s4", "SEARCH RETURN (SAVE) UNSEEN").await?;
+    assert!(
+        tagged(&save).starts_with("s4 OK") && !has_line(&save, "ESEARCH"),
+        "{save:?}"
+    );
+    let fetched = a.imap("s6", "FETCH $ (UID)").await?;
+    assert!(
+        has_line(&fetched, "* 1 FETCH (UID 1)") && has_line(&fetched, "* 3 FETCH (UID 3)"),
+        "{fetched:?}"
+    );
+    assert!(!has_line(&fetched, "* 2 FETCH"), "{fetched:?}");
+    let again = a.imap("s7", "UID SEARCH RETURN (ALL) OR $ SUBJECT r2").await?;
+    assert!(
+        has_line(&again, "* ESEARCH (TAG \"s7\") UID ALL 1:3"),
+        "{again:?}"
+    );
+    let empty = a
+        .imap("s8", "SEARCH RETURN (SAVE) SUBJECT nothing-like-this")
+        .await?;
+    expect_ok(&empty)?;
+    let nothing = a.imap("s9", "FETCH $ (FLAGS)").await?;
+    assert!(
+        tagged(&nothing).starts_with("s9 OK") && !has_line(&nothing, "FETCH ("),
+        "{nothing:?}"
+    );
     let plain = a.imap("s5", "SEARCH UNSEEN").await?;
     assert!(
         has_line(&plain, "* SEARCH 1 3"),
@@ -722,6 +746,42 @@ async fn esearch_and_imap4rev2() -> TestResult {
     let sections: Vec<String> = (1..=9).map(|i| format!("BODY.PEEK[{i}]")).collect();
     let many = b.imap("m", &format!("FETCH 1 ({})", sections.join(" "))).await?;
     assert!(tagged(&many).starts_with("m BAD"), "{many:?}");
+    Ok(())
+}
+
+/// RFC 6855 4: APPEND's `UTF8 (literal8)` data item, for messages with UTF-8 headers, once
+/// UTF8=ACCEPT is enabled (BAD before).
+#[tokio::test]
+async fn append_takes_utf8_data_after_enable_utf8_accept() -> TestResult {
+    let server = Server::start("").await?;
+    let mut c = server.login("bob").await?;
+    let message = "From: Zoë <zoe@example.test>\r\nSubject: Grüße\r\n\r\nhallo\r\n";
+    let append = |tag: &str| format!("{tag} APPEND INBOX UTF8 (~{{{}}}\r\n", message.len());
+    c.send(&append("a")).await?;
+    let early = c.line().await?;
+    if early.starts_with("+ ") {
+        c.send(&format!("{message})\r\n")).await?;
+        let refused = c.imap_until("a").await?;
+        assert!(tagged(&refused).starts_with("a BAD"), "{refused:?}");
+    } else {
+        assert!(early.starts_with("a BAD"), "{early}");
+    }
+    expect_ok(&c.imap("e", "ENABLE UTF8=ACCEPT").await?)?;
+    c.send(&append("b")).await?;
+    assert!(c.line().await?.starts_with("+ "));
+    c.send(&format!("{message})\r\n")).await?;
+    let appended = c.imap_until("b").await?;
+    expect_ok(&appended)?;
+    expect_ok(&c.imap("s", "SELECT INBOX").await?)?;
+    let fetched = c.imap("f", "FETCH 1 (BODY.PEEK[])").await?;
+    assert!(
+        has_line(&fetched, "Subject: Grüße") && has_line(&fetched, "hallo"),
+        "{fetched:?}"
+    );
+    assert!(
+        !has_line(&fetched, "UTF8 ("),
+        "the data item is not stored: {fetched:?}"
+    );
     Ok(())
 }
 
