@@ -86,6 +86,9 @@ pub fn strip_return(command: &[u8]) -> Option<(Vec<u8>, Result<ReturnOptions, Re
     Some((stripped, error.map_or(Ok(options.or_all()), Err)))
 }
 
+/// Most `$` one command may use.
+pub const MAX_SAVED_REFERENCES: usize = 4;
+
 /// The command with every `$` (RFC 5182: the saved search result) on its first line, outside
 /// quoted strings, replaced by what `replacement` gives for the command's verb and form (UID or
 /// not). `None` when the first line has no `$` standing alone.
@@ -106,6 +109,7 @@ pub fn substitute_saved(
     let mut out = Vec::with_capacity(command.len() + 64);
     let mut quoted = false;
     let mut found = false;
+    let mut substitutions = 0;
     let mut i = 0;
     while i < line.len() {
         let b = line[i];
@@ -126,6 +130,12 @@ pub fn substitute_saved(
             && (line[i - 1] == b' ' || (line[i - 1] == b'(' && verb == "SEARCH"))
             && matches!(line.get(i + 1), None | Some(b' ' | b')'))
         {
+            // Each `$` may stand for a long set: a few per command, or the command is left
+            // as it is (imap-codec then refuses the `$`).
+            substitutions += 1;
+            if substitutions > MAX_SAVED_REFERENCES {
+                return None;
+            }
             out.extend_from_slice(replacement(&verb, uid).as_bytes());
             found = true;
         } else {
@@ -279,6 +289,11 @@ mod tests {
         assert_eq!(substitute_saved(b"a SEARCH SUBJECT \"$\"\r\n", replace), None);
         assert_eq!(substitute_saved(b"a SEARCH SUBJECT x$y\r\n", replace), None);
         assert_eq!(substitute_saved(b"a STORE 1 +FLAGS ($)\r\n", replace), None);
+        assert_eq!(
+            substitute_saved(b"a SEARCH $ $ $ $ $\r\n", replace),
+            None,
+            "at most 4"
+        );
     }
 
     #[test]
