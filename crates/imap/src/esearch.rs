@@ -89,61 +89,127 @@ pub fn strip_return(command: &[u8]) -> Option<(Vec<u8>, Result<ReturnOptions, Re
 /// Most `$` one command may use.
 pub const MAX_SAVED_REFERENCES: usize = 4;
 
-/// The command with every `$` (RFC 5182: the saved search result) on its first line, outside
-/// quoted strings, replaced by what `replacement` gives for the command's verb and form (UID or
-/// not). `None` when the first line has no `$` standing alone.
+/// Where a `$` stands in a command, which decides what it is written out as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedUse {
+    /// The message set of `[UID] FETCH/STORE/COPY/MOVE` or `UID EXPUNGE` (its first argument).
+    Set { uid: bool },
+    /// A search key of SEARCH; `after_uid` when it follows the key word `UID` (`UID $`).
+    SearchKey { after_uid: bool },
+}
+
+/// Search keys whose next word is their argument (a `$` there is that argument: a keyword, a
+/// string, a number), not a message set.
+const KEYS_WITH_ARGUMENT: &[&str] = &[
+    "BCC",
+    "BEFORE",
+    "BODY",
+    "CC",
+    "FROM",
+    "KEYWORD",
+    "LARGER",
+    "ON",
+    "SENTBEFORE",
+    "SENTON",
+    "SENTSINCE",
+    "SINCE",
+    "SMALLER",
+    "SUBJECT",
+    "TEXT",
+    "TO",
+    "UNKEYWORD",
+    "CHARSET",
+    "MODSEQ",
+    "HEADER",
+    "OLDER",
+    "YOUNGER",
+];
+
+/// The command with each `$` (RFC 5182: the saved search result) that stands where a message
+/// set may, on the first line and outside quoted strings, replaced by what `replacement` gives
+/// for its use; `None` to leave the command as it is (no such `$`, more than
+/// [`MAX_SAVED_REFERENCES`], or `replacement` gave `None`). Only sequence-set positions are
+/// touched: a `$` that is a keyword, a mailbox name or a search string stays what it is.
 pub fn substitute_saved(
     command: &[u8],
-    mut replacement: impl FnMut(&str, bool) -> String,
+    mut replacement: impl FnMut(SavedUse) -> Option<String>,
 ) -> Option<Vec<u8>> {
     let line_end = command.iter().position(|&b| b == b'\r' || b == b'\n')?;
     let line = &command[..line_end];
-    let mut words = line.split(|&b| b == b' ');
-    let _tag = words.next()?;
-    let mut verb = words.next()?;
-    let uid = verb.eq_ignore_ascii_case(b"UID");
+    let words: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let mut at = 1;
+    let uid = words.get(at)?.eq_ignore_ascii_case(b"UID");
     if uid {
-        verb = words.next()?;
+        at += 1;
     }
-    let verb = String::from_utf8_lossy(verb).to_ascii_uppercase();
-    let mut out = Vec::with_capacity(command.len() + 64);
-    let mut quoted = false;
-    let mut found = false;
+    let verb = String::from_utf8_lossy(words.get(at)?).to_ascii_uppercase();
+    let mut out: Vec<u8> = Vec::with_capacity(command.len() + 64);
     let mut substitutions = 0;
-    let mut i = 0;
-    while i < line.len() {
-        let b = line[i];
-        if quoted {
-            out.push(b);
-            if b == b'\\' && i + 1 < line.len() {
-                out.push(line[i + 1]);
-                i += 2;
-                continue;
-            }
-            quoted = b != b'"';
-        } else if b == b'"' {
-            quoted = true;
-            out.push(b);
-        } else if b == b'$'
-            && i > 0
-            // Inside parentheses only in SEARCH (`OR ($ x)`): elsewhere `($)` is a flag list.
-            && (line[i - 1] == b' ' || (line[i - 1] == b'(' && verb == "SEARCH"))
-            && matches!(line.get(i + 1), None | Some(b' ' | b')'))
-        {
-            // Each `$` may stand for a long set: a few per command, or the command is left
-            // as it is (imap-codec then refuses the `$`).
-            substitutions += 1;
-            if substitutions > MAX_SAVED_REFERENCES {
+    match verb.as_str() {
+        "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE" => {
+            if words.get(at + 1) != Some(&&b"$"[..]) || (verb == "EXPUNGE" && !uid) {
                 return None;
             }
-            out.extend_from_slice(replacement(&verb, uid).as_bytes());
-            found = true;
-        } else {
-            out.push(b);
+            let text = replacement(SavedUse::Set { uid })?;
+            let prefix: usize = words[..=at].iter().map(|w| w.len() + 1).sum();
+            out.extend_from_slice(&line[..prefix]);
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(&line[prefix + 1..]);
+            substitutions = 1;
         }
-        i += 1;
+        "SEARCH" => {
+            let mut quoted = false;
+            let mut i = 0;
+            while i < line.len() {
+                let b = line[i];
+                if quoted {
+                    out.push(b);
+                    if b == b'\\' && i + 1 < line.len() {
+                        out.push(line[i + 1]);
+                        i += 2;
+                        continue;
+                    }
+                    quoted = b != b'"';
+                } else if b == b'"' {
+                    quoted = true;
+                    out.push(b);
+                } else if b == b'$'
+                    && i > 0
+                    && matches!(line[i - 1], b' ' | b'(')
+                    && matches!(line.get(i + 1), None | Some(b' ' | b')'))
+                {
+                    let before = &line[..i];
+                    let mut previous = before
+                        .split(|&c| c == b' ' || c == b'(')
+                        .rev()
+                        .filter(|w| !w.is_empty());
+                    let word1 = previous
+                        .next()
+                        .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase());
+                    let word2 = previous
+                        .next()
+                        .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase());
+                    let is_argument = word1.as_deref().is_some_and(|w| KEYS_WITH_ARGUMENT.contains(&w))
+                        || word2.as_deref() == Some("HEADER");
+                    if is_argument {
+                        out.push(b);
+                    } else {
+                        substitutions += 1;
+                        if substitutions > MAX_SAVED_REFERENCES {
+                            return None;
+                        }
+                        let after_uid = word1.as_deref() == Some("UID");
+                        out.extend_from_slice(replacement(SavedUse::SearchKey { after_uid })?.as_bytes());
+                    }
+                } else {
+                    out.push(b);
+                }
+                i += 1;
+            }
+        }
+        _ => return None,
     }
-    if !found {
+    if substitutions == 0 {
         return None;
     }
     out.extend_from_slice(&command[line_end..]);
@@ -276,24 +342,42 @@ mod tests {
     }
 
     #[test]
-    fn the_saved_result_marker_is_replaced_outside_quoted_strings() {
-        let replace = |verb: &str, uid: bool| format!("<{verb}{}>", if uid { " uid" } else { "" });
+    fn the_saved_result_marker_is_replaced_only_where_a_message_set_stands() {
+        let replace = |use_: SavedUse| {
+            Some(match use_ {
+                SavedUse::Set { uid: true } => "U".to_string(),
+                SavedUse::Set { uid: false } => "S".to_string(),
+                SavedUse::SearchKey { after_uid: true } => "K".to_string(),
+                SavedUse::SearchKey { after_uid: false } => "UID K".to_string(),
+            })
+        };
+        let sub = |c: &[u8]| substitute_saved(c, replace).map(|v| String::from_utf8_lossy(&v).into_owned());
         assert_eq!(
-            substitute_saved(b"a FETCH $ (FLAGS)\r\n", replace).as_deref(),
-            Some(b"a FETCH <FETCH> (FLAGS)\r\n".as_slice())
+            sub(b"a FETCH $ (FLAGS)\r\n").as_deref(),
+            Some("a FETCH S (FLAGS)\r\n")
         );
         assert_eq!(
-            substitute_saved(b"a UID SEARCH OR $ SUBJECT \"a $ b\"\r\n", replace).as_deref(),
-            Some(b"a UID SEARCH OR <SEARCH uid> SUBJECT \"a $ b\"\r\n".as_slice())
+            sub(b"a UID STORE $ +FLAGS (\\Seen $)\r\n").as_deref(),
+            Some("a UID STORE U +FLAGS (\\Seen $)\r\n")
         );
-        assert_eq!(substitute_saved(b"a SEARCH SUBJECT \"$\"\r\n", replace), None);
-        assert_eq!(substitute_saved(b"a SEARCH SUBJECT x$y\r\n", replace), None);
-        assert_eq!(substitute_saved(b"a STORE 1 +FLAGS ($)\r\n", replace), None);
         assert_eq!(
-            substitute_saved(b"a SEARCH $ $ $ $ $\r\n", replace),
+            sub(b"a UID EXPUNGE $\r\n").as_deref(),
+            Some("a UID EXPUNGE U\r\n")
+        );
+        assert_eq!(sub(b"a COPY 1:5 $\r\n"), None, "a mailbox named $");
+        assert_eq!(sub(b"a DELETE $\r\n"), None);
+        assert_eq!(
+            sub(b"a UID SEARCH OR $ SUBJECT \"a $ b\" UID $\r\n").as_deref(),
+            Some("a UID SEARCH OR UID K SUBJECT \"a $ b\" UID K\r\n")
+        );
+        assert_eq!(
+            sub(b"a SEARCH KEYWORD $ SUBJECT $ HEADER $ $\r\n"),
             None,
-            "at most 4"
+            "arguments stay"
         );
+        assert_eq!(sub(b"a SEARCH SUBJECT x$y\r\n"), None);
+        assert_eq!(sub(b"a SEARCH $ $ $ $ $\r\n"), None, "at most 4");
+        assert_eq!(substitute_saved(b"a FETCH $ (FLAGS)\r\n", |_| None), None);
     }
 
     #[test]

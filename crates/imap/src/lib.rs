@@ -166,22 +166,33 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
                     Some(stripped) => (stripped, true),
                     None => (bytes, false),
                 };
-                // RFC 5182: `$` is the saved search result, written out before decoding.
-                let bytes = if session.selected.is_some() {
-                    esearch::substitute_saved(&bytes, |verb, uid| {
-                        session.saved_result_text(verb, uid).unwrap_or_default()
-                    })
-                    .unwrap_or(bytes)
-                } else {
-                    bytes
+                // RFC 5182: `$` is the saved search result, written out before decoding. Whether
+                // it named no message belongs to this command only.
+                let mut dollar_empty = false;
+                let substituted = match session.selected {
+                    Some(_) => esearch::substitute_saved(&bytes, |use_| {
+                        let (text, empty) = session.saved_result_text(use_)?;
+                        dollar_empty |= empty && matches!(use_, esearch::SavedUse::Set { .. });
+                        Some(text)
+                    }),
+                    None => None,
+                };
+                let bytes = match substituted {
+                    Some(rewritten) => rewritten,
+                    None => {
+                        dollar_empty = false;
+                        bytes
+                    }
                 };
                 match CommandCodec::default().decode(&bytes) {
                     Ok((b"", command)) => {
                         session.search_return = search_return;
                         session.utf8_append = utf8_append;
+                        session.dollar_empty = dollar_empty;
                         let next = session.execute(command, &mut conn).await;
                         session.search_return = None;
                         session.utf8_append = false;
+                        session.dollar_empty = false;
                         next?
                     }
                     _ => match list::parse_extended(&bytes) {

@@ -69,6 +69,9 @@ const FETCH_BATCH: usize = 128;
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Most flags one message may carry (a bound on what STORE can make us keep).
 const MAX_FLAGS: usize = 64;
+/// Longest text `$` may be written out as (a saved result of many scattered messages): past
+/// it the command is left with its `$`, which imap-codec refuses.
+const MAX_SAVED_TEXT: usize = 64 * 1024;
 /// Most items in one FETCH, and most of them that copy message bytes (body sections).
 const MAX_FETCH_ITEMS: usize = 64;
 const MAX_FETCH_SECTIONS: usize = 8;
@@ -98,7 +101,8 @@ pub struct Session {
     /// RFC 5182 SEARCHRES: the UIDs of the last `SEARCH RETURN (SAVE)`, which `$` names;
     /// emptied when the mailbox is closed.
     saved: Vec<u32>,
-    /// `$` named the empty saved result in a command by sequence number: it does nothing.
+    /// `$` named the empty saved result in this command's message set: it does nothing. Set by
+    /// the driver for one command only.
     pub dollar_empty: bool,
     /// The tag of the command being run (ESEARCH names it).
     current_tag: String,
@@ -306,43 +310,49 @@ impl Session {
         }
     }
 
-    /// What `$` stands for in a command with `verb` (by UID or not), RFC 5182: in SEARCH a UID
-    /// key; elsewhere the saved messages' UIDs or sequence numbers. `None` without a mailbox.
-    /// The empty result is a UID no message has, or, by sequence number, a placeholder with
-    /// `dollar_empty` set so the command does nothing.
-    pub fn saved_result_text(&mut self, verb: &str, uid: bool) -> Option<String> {
+    /// What `$` is written out as (RFC 5182), and whether it names no message: in SEARCH a
+    /// UID key (`NOT ALL` when empty), elsewhere the saved messages' UIDs or sequence numbers
+    /// (a placeholder when empty: the caller makes the command do nothing). `None` without a
+    /// mailbox, or when the set would take more than [`MAX_SAVED_TEXT`] to write out.
+    pub fn saved_result_text(&self, use_: crate::esearch::SavedUse) -> Option<(String, bool)> {
+        use crate::esearch::SavedUse;
         let selected = self.selected.as_ref()?;
-        let uids: Vec<u32> = self
-            .saved
-            .iter()
-            .copied()
-            .filter(|&u| selected.index_of_uid(u).is_some())
-            .collect();
-        if verb == "SEARCH" {
-            let set = if uids.is_empty() {
-                "4294967295".to_string()
-            } else {
-                sequence::compact(&uids)
-            };
-            return Some(format!("UID {set}"));
-        }
-        if uid {
-            return Some(if uids.is_empty() {
-                "4294967295".to_string()
-            } else {
-                sequence::compact(&uids)
+        let mut numbers: Vec<u32> = match use_ {
+            SavedUse::Set { uid: false } => self
+                .saved
+                .iter()
+                .filter_map(|&u| selected.index_of_uid(u).map(|i| i as u32 + 1))
+                .collect(),
+            _ => self
+                .saved
+                .iter()
+                .copied()
+                .filter(|&u| selected.index_of_uid(u).is_some())
+                .collect(),
+        };
+        numbers.sort_unstable();
+        if numbers.is_empty() {
+            return Some(match use_ {
+                SavedUse::SearchKey { after_uid: false } => ("NOT ALL".to_string(), true),
+                // `UID NOT ALL` would not parse: a UID beyond the mailbox's, matched by nothing.
+                SavedUse::SearchKey { after_uid: true } => {
+                    let past = selected
+                        .mailbox
+                        .uid_next
+                        .max(selected.max_uid().saturating_add(1));
+                    (past.to_string(), true)
+                }
+                SavedUse::Set { .. } => ("1".to_string(), true),
             });
         }
-        let mut seqs: Vec<u32> = uids
-            .iter()
-            .filter_map(|&u| selected.index_of_uid(u).map(|i| i as u32 + 1))
-            .collect();
-        seqs.sort_unstable();
-        if seqs.is_empty() {
-            self.dollar_empty = true;
-            return Some("1".to_string());
+        let set = sequence::compact(&numbers);
+        if set.len() > MAX_SAVED_TEXT {
+            return None;
         }
-        Some(sequence::compact(&seqs))
+        Some(match use_ {
+            SavedUse::SearchKey { after_uid: false } => (format!("UID {set}"), false),
+            _ => (set, false),
+        })
     }
 
     pub fn capabilities(&self) -> String {
@@ -439,6 +449,7 @@ impl Session {
             | CommandBody::Store { .. }
             | CommandBody::Copy { .. }
             | CommandBody::Move { .. }
+            | CommandBody::ExpungeUid { .. }
                 if dollar_empty =>
             {
                 ok("Completed; $ names no message")
@@ -693,6 +704,7 @@ impl Session {
                 Some(name) => {
                     if self.selected.as_ref().is_some_and(|s| s.mailbox.name == name) {
                         self.selected = None;
+                        self.saved.clear();
                     }
                     match store.delete_mailbox(account, &name).await {
                         Ok(()) => ok("DELETE completed"),

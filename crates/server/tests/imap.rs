@@ -703,6 +703,14 @@ async fn esearch_and_imap4rev2() -> TestResult {
         tagged(&nothing).starts_with("s9 OK") && !has_line(&nothing, "FETCH ("),
         "{nothing:?}"
     );
+    // An empty `$` in a command that then fails to parse does not make the next one a no-op.
+    let broken = a.imap("s10", "FETCH $ (BOGUS)").await?;
+    assert!(tagged(&broken).starts_with("s10 BAD"), "{broken:?}");
+    let stored = a.imap("s11", "STORE 1 +FLAGS (\\Flagged)").await?;
+    assert!(has_line(&stored, "\\Flagged"), "the STORE ran: {stored:?}");
+    // `$` as a keyword is not the saved result.
+    let keyword = a.imap("s12", "SEARCH KEYWORD $").await?;
+    assert!(tagged(&keyword).starts_with("s12 OK"), "{keyword:?}");
     let plain = a.imap("s5", "SEARCH UNSEEN").await?;
     assert!(
         has_line(&plain, "* SEARCH 1 3"),
