@@ -245,6 +245,31 @@ impl Selected {
         }
     }
 
+    /// `* VANISHED (EARLIER)` for the UIDs within `ranges` (sorted, disjoint; clipped to
+    /// 1..=`last`, since UID 0 does not exist) that no message here has, if there are any.
+    /// Returns the clipped ranges.
+    pub fn write_vanished_earlier(
+        &self,
+        ranges: Vec<(u32, u32)>,
+        last: u32,
+        out: &mut Vec<u8>,
+    ) -> Vec<(u32, u32)> {
+        let ranges: Vec<(u32, u32)> = ranges
+            .into_iter()
+            .filter(|&(lo, _)| lo >= 1 && lo <= last)
+            .map(|(lo, hi)| (lo, hi.min(last)))
+            .collect();
+        let vanished = self.missing_uids(&ranges);
+        if !vanished.is_empty() {
+            let _ = write!(
+                Text(out),
+                "* VANISHED (EARLIER) {}\r\n",
+                crate::sequence::ranges_text(&vanished)
+            );
+        }
+        ranges
+    }
+
     /// The UIDs within `ranges` (sorted, disjoint) that no message here has, as ranges: what
     /// QRESYNC reports as `VANISHED (EARLIER)`. It may name UIDs the client never knew, which
     /// RFC 7162 3.2.10 allows, and it needs no expunge history: always complete.

@@ -955,20 +955,7 @@ impl Session {
                 None if last > 0 => vec![(1, last)],
                 None => Vec::new(),
             };
-            // UID 0 does not exist: an empty mailbox (last 0) has nothing to report.
-            let ranges: Vec<(u32, u32)> = ranges
-                .into_iter()
-                .filter(|&(lo, _)| lo >= 1 && lo <= last)
-                .map(|(lo, hi)| (lo, hi.min(last)))
-                .collect();
-            let vanished = selected.missing_uids(&ranges);
-            if !vanished.is_empty() {
-                let _ = write!(
-                    Text(&mut self.out),
-                    "* VANISHED (EARLIER) {}\r\n",
-                    crate::sequence::ranges_text(&vanished)
-                );
-            }
+            let ranges = selected.write_vanished_earlier(ranges, last, &mut self.out);
             // Sorted and disjoint: a binary search per message.
             let in_known = |uid: u32| {
                 let i = ranges.partition_point(|&(_, hi)| hi < uid);
@@ -1602,19 +1589,7 @@ impl Session {
                     .max(selected.max_uid().saturating_add(1))
                     .saturating_sub(1);
                 let ranges = crate::sequence::Merged::new(set, last).ranges().to_vec();
-                let ranges: Vec<(u32, u32)> = ranges
-                    .into_iter()
-                    .filter(|&(lo, _)| lo >= 1 && lo <= last)
-                    .map(|(lo, hi)| (lo, hi.min(last)))
-                    .collect();
-                let vanished = selected.missing_uids(&ranges);
-                if !vanished.is_empty() {
-                    let _ = write!(
-                        Text(&mut self.out),
-                        "* VANISHED (EARLIER) {}\r\n",
-                        crate::sequence::ranges_text(&vanished)
-                    );
-                }
+                selected.write_vanished_earlier(ranges, last, &mut self.out);
             }
         }
         if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
