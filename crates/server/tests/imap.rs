@@ -437,6 +437,24 @@ async fn a_new_keyword_is_announced_in_flags_before_any_fetch_shows_it() -> Test
     // Once announced, not again.
     let again = b.imap("k2", "STORE 1 -FLAGS ($Important)").await?;
     assert!(!has_line(&again, "* FLAGS ("), "{again:?}");
+    // APPEND with a new keyword: announced to a session with the mailbox selected before the
+    // new message, and to the appending session itself.
+    let note = "Subject: n\r\n\r\nnote\r\n";
+    let appended = a
+        .imap(
+            "ap",
+            &format!("APPEND INBOX ($Later) {{{}+}}\r\n{note}", note.len()),
+        )
+        .await?;
+    expect_ok(&appended)?;
+    assert!(
+        has_line(&appended, "* FLAGS (") && has_line(&appended, "$Later"),
+        "{appended:?}"
+    );
+    let noop = b.imap("n2", "NOOP").await?;
+    let flags = index_of(&noop, "* FLAGS (").ok_or(format!("no FLAGS: {noop:?}"))?;
+    let exists = index_of(&noop, "* 2 EXISTS").ok_or(format!("no EXISTS: {noop:?}"))?;
+    assert!(flags < exists && noop[flags].contains("$Later"), "{noop:?}");
 
     let nil = b.imap("nil", "STORE 1 +FLAGS (NIL)").await?;
     assert!(tagged(&nil).starts_with("nil NO"), "{nil:?}");
@@ -449,11 +467,11 @@ async fn a_new_keyword_is_announced_in_flags_before_any_fetch_shows_it() -> Test
             .await?;
         assert!(tagged(&reply).starts_with("many OK") || batch == 3, "{reply:?}");
         if batch == 3 {
-            // 1 ($Important) + 192 + 64 would be 257.
+            // 2 ($Important, $Later) + 192 + 64 would be 258.
             assert!(tagged(&reply).starts_with("many NO [LIMIT]"), "{reply:?}");
         }
     }
-    let reply = b.imap("fill", "STORE 1 FLAGS (k3_0 k3_1 k3_2 k3_3 k3_4 k3_5 k3_6 k3_7 k3_8 k3_9 k3_10 k3_11 k3_12 k3_13 k3_14 k3_15 k3_16 k3_17 k3_18 k3_19 k3_20 k3_21 k3_22 k3_23 k3_24 k3_25 k3_26 k3_27 k3_28 k3_29 k3_30 k3_31 k3_32 k3_33 k3_34 k3_35 k3_36 k3_37 k3_38 k3_39 k3_40 k3_41 k3_42 k3_43 k3_44 k3_45 k3_46 k3_47 k3_48 k3_49 k3_50 k3_51 k3_52 k3_53 k3_54 k3_55 k3_56 k3_57 k3_58 k3_59 k3_60 k3_61 k3_62)").await?;
+    let reply = b.imap("fill", "STORE 1 FLAGS (k3_0 k3_1 k3_2 k3_3 k3_4 k3_5 k3_6 k3_7 k3_8 k3_9 k3_10 k3_11 k3_12 k3_13 k3_14 k3_15 k3_16 k3_17 k3_18 k3_19 k3_20 k3_21 k3_22 k3_23 k3_24 k3_25 k3_26 k3_27 k3_28 k3_29 k3_30 k3_31 k3_32 k3_33 k3_34 k3_35 k3_36 k3_37 k3_38 k3_39 k3_40 k3_41 k3_42 k3_43 k3_44 k3_45 k3_46 k3_47 k3_48 k3_49 k3_50 k3_51 k3_52 k3_53 k3_54 k3_55 k3_56 k3_57 k3_58 k3_59 k3_60 k3_61)").await?;
     assert!(tagged(&reply).starts_with("fill OK"), "{reply:?}");
     let permanent = reply
         .iter()
