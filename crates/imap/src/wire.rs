@@ -44,10 +44,6 @@ pub fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
-pub fn flag_list(out: &mut Vec<u8>, flags: &[String]) {
-    flag_list_of(out, flags, false);
-}
-
 /// A flag list with `\Recent` first when `recent` (the flag is the server's, never stored).
 pub fn flag_list_of(out: &mut Vec<u8>, flags: &[String], recent: bool) {
     out.push(b'(');
