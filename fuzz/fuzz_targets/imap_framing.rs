@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use sealmail_config::{Role, TlsMode};
 use sealmail_imap::framing::{Frame, Limits, Stage, read_command};
 use sealmail_net::budget::BodyBudget;
-use sealmail_net::{ConnError, Connection, ConnectionInfo};
+use sealmail_net::{ConnError, Connection, ConnectionInfo, Timeouts};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -108,7 +108,13 @@ fuzz_target!(|input: &[u8]| {
             tls_mode: TlsMode::StartTls,
         };
         let mut conn =
-            Connection::over_stream(info, server, Duration::from_secs(5), CancellationToken::new());
+            Connection::over_stream(
+                info,
+                server,
+                None,
+                Timeouts::uniform(Duration::from_secs(5)),
+                CancellationToken::new(),
+            );
         let budget = BodyBudget::with_client_share(BUDGET, BUDGET / 2);
         let mut frames = 0usize;
         loop {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use sealmail_config::{Role, TlsMode};
 use sealmail_net::budget::BodyBudget;
-use sealmail_net::{ConnError, Connection, ConnectionInfo};
+use sealmail_net::{ConnError, Connection, ConnectionInfo, Timeouts};
 use sealmail_smtp::session::Chunk;
 use sealmail_smtp::{ChunkLimits, receive_chunk};
 use sealmail_types::line::unsafe_content;
@@ -71,7 +71,13 @@ fuzz_target!(|input: &[u8]| {
             tls_mode: TlsMode::StartTls,
         };
         let mut conn =
-            Connection::over_stream(info, server, Duration::from_secs(5), CancellationToken::new());
+            Connection::over_stream(
+                info,
+                server,
+                None,
+                Timeouts::uniform(Duration::from_secs(5)),
+                CancellationToken::new(),
+            );
         let budget = BodyBudget::with_client_share(BUDGET, SHARE);
         let limits = ChunkLimits {
             max_message_size: MAX_MESSAGE,

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use sealmail_config::DeliveryConfig;
 use sealmail_dns::Dns;
 use sealmail_dsn as dsn;
-use sealmail_store::{DueMessage, DueRecipient, NewMessage, Recipient, RecipientOutcome, Store, TlsResult};
+use sealmail_store::{DueMessage, DueRecipient, RecipientOutcome, Store, TlsResult};
 use sealmail_types::EmailAddress;
 use sealmail_types::line::ProtocolLine;
 use sealmail_types::xtext;
@@ -201,12 +201,7 @@ impl HostPolicy {
     }
 }
 
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use sealmail_types::clock::now_unix;
 
 /// The system's certificate authorities plus `extra` (a PEM file).
 fn trust_anchors(extra: Option<&std::path::Path>) -> Result<RootCertStore, DeliveryError> {
@@ -1133,23 +1128,13 @@ impl Delivery {
         if wanted.is_empty() || job.message.sender.is_empty() {
             return;
         }
-        let Ok(sender) = EmailAddress::parse(&job.message.sender) else {
-            return;
-        };
-        let inbox = match self.inner.store.resolve_recipient(&sender).await {
-            Ok(Recipient::Local { inbox, .. }) => inbox,
-            _ => {
-                tracing::info!(queue_id = job.message.id, sender = %sender, "no DSN: the sender is not a local account");
-                return;
-            }
-        };
         let original = self
             .inner
             .store
             .queued_content(job.message.id)
             .await
             .unwrap_or_default();
-        let report = dsn::build(&dsn::Report {
+        let report = dsn::Report {
             hostname: &self.inner.hostname,
             sender: &job.message.sender,
             envid: job.message.dsn_envid.as_deref(),
@@ -1157,20 +1142,14 @@ impl Delivery {
             arrival: job.message.created_at,
             recipients: &wanted,
             original: &original,
-        });
-        let stored = self
-            .inner
-            .store
-            .store_message(NewMessage {
-                content: report,
-                mailboxes: vec![inbox],
-                internal_date: now_unix(),
-                flags: Vec::new(),
-            })
-            .await;
-        match stored {
-            Ok(_) => {
-                tracing::info!(queue_id = job.message.id, sender = %sender, recipients = wanted.len(), "DSN delivered to the sender")
+        };
+        let sender = &job.message.sender;
+        match dsn::deliver_to_sender(self.inner.store.as_ref(), &report).await {
+            Ok(true) => {
+                tracing::info!(queue_id = job.message.id, %sender, recipients = wanted.len(), "DSN delivered to the sender")
+            }
+            Ok(false) => {
+                tracing::info!(queue_id = job.message.id, %sender, "no DSN: the sender is not a local account")
             }
             Err(e) => tracing::error!(queue_id = job.message.id, error = %e, "cannot store a DSN"),
         }

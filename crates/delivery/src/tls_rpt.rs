@@ -189,7 +189,7 @@ pub fn compressed(report: &Report) -> std::io::Result<Vec<u8>> {
 /// TLS-Report-Submitter fields. No trailing signature: the caller signs it.
 pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> std::io::Result<Vec<u8>> {
     let compressed = compressed(report)?;
-    let token = sealmail_dsn::random_token();
+    let token = sealmail_dsn::random_token().map_err(std::io::Error::other)?;
     let boundary = format!("sealmail-tlsrpt-{token}");
     let day = report
         .json

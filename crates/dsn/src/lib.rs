@@ -3,7 +3,13 @@
 //! whole message when the sender asked for RET=FULL and something failed, RFC 3461 4.3).
 //! Which notices are due is the caller's to decide: the delivery queue (failed, delayed,
 //! relayed) and submission (delivered to a local mailbox); [`Action::wanted_by`] applies the
-//! recipient's NOTIFY.
+//! recipient's NOTIFY. A notice goes to the sender's INBOX here ([`deliver_to_sender`]), the
+//! one place that does so.
+
+use sealmail_store::{NewMessage, Recipient, Store, StoreError};
+use sealmail_types::EmailAddress;
+use sealmail_types::clock::now_unix;
+use sealmail_types::token::NoRandomness;
 
 /// What happened to a recipient (RFC 3464 2.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,18 +100,14 @@ fn one_line(text: &str) -> String {
 }
 
 /// 24 random hex digits, for MIME boundaries and Message-IDs of generated messages.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 12];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub fn random_token() -> Result<String, NoRandomness> {
+    sealmail_types::token::random_hex(12)
 }
 
 /// The notification message, CRLF line ends.
-pub fn build(report: &Report<'_>) -> Vec<u8> {
-    let boundary = format!("sealmail-dsn-{}", random_token());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
+    let boundary = format!("sealmail-dsn-{}", random_token()?);
+    let now = now_unix();
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
@@ -124,7 +126,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
     out.push_str(&format!(
         "Message-ID: <{}@{}>\r\n",
-        random_token(),
+        random_token()?,
         report.hostname
     ));
     out.push_str("Auto-Submitted: auto-replied\r\n");
@@ -207,7 +209,38 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         message.extend_from_slice(b"\r\n");
     }
     message.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    message
+    Ok(message)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DsnError {
+    #[error(transparent)]
+    Randomness(#[from] NoRandomness),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Builds the notice and stores it in the sender's INBOX, if the sender is one of our
+/// accounts; returns whether it was stored. A notice to any other address is not sent: mail
+/// that gets notices here comes from our own users (submission), and notices mailed to an
+/// address someone else wrote into MAIL FROM would be backscatter.
+pub async fn deliver_to_sender(store: &dyn Store, report: &Report<'_>) -> Result<bool, DsnError> {
+    let Ok(sender) = EmailAddress::parse(report.sender) else {
+        return Ok(false);
+    };
+    let Recipient::Local { inbox, .. } = store.resolve_recipient(&sender).await? else {
+        return Ok(false);
+    };
+    let content = build(report)?;
+    store
+        .store_message(NewMessage {
+            content,
+            mailboxes: vec![inbox],
+            internal_date: now_unix(),
+            flags: Vec::new(),
+        })
+        .await?;
+    Ok(true)
 }
 
 /// Offset just past the header section's last CRLF (before the blank line).
@@ -246,7 +279,8 @@ mod tests {
             arrival: 1_764_000_000,
             recipients: &recipients,
             original,
-        });
+        })
+        .map_err(|e| e.to_string())?;
         use mail_parser::MimeHeaders;
         let parsed = mail_parser::MessageParser::default()
             .parse(&dsn)
@@ -291,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn delay_and_relay_notices_carry_their_fields_and_never_the_body() {
+    fn delay_and_relay_notices_carry_their_fields_and_never_the_body() -> Result<(), String> {
         let original = b"Subject: hello\r\n\r\nsecret body\r\n";
         let notice = |action, status: &str, until| Notice {
             address: "bob@b.test".into(),
@@ -324,7 +358,8 @@ mod tests {
                 arrival: 1_764_000_000,
                 recipients,
                 original,
-            });
+            })
+            .map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&dsn);
             assert!(text.contains(subject), "{text}");
             for field in fields {
@@ -335,5 +370,6 @@ mod tests {
                 "RET=FULL returns the body with failures only:\n{text}"
             );
         }
+        Ok(())
     }
 }

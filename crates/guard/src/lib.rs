@@ -14,6 +14,8 @@
 //! rather than growing memory and tasks. Events older than `security.event_retention_days`,
 //! and bans that ended that long ago, are deleted hourly.
 
+pub mod access;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -25,8 +27,9 @@ use sealmail_config::SecurityConfig;
 use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
 use sealmail_net::metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
-use sealmail_tls::TlsActive;
 use sealmail_types::EmailAddress;
+use sealmail_types::clock::now_unix;
+use sealmail_types::proof::TlsActive;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
 pub const REFRESH: Duration = Duration::from_secs(3);
@@ -78,13 +81,6 @@ pub fn ban_key(ip: IpAddr) -> String {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("{v6}/64"),
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Abuse that counts toward a ban, with its weight: an authentication failure, a relay attempt

@@ -32,7 +32,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::Zeroizing;
 
 use sealmail_store::{Account, Store, StoreError};
-use sealmail_tls::TlsActive;
+pub use sealmail_types::proof::Authenticated;
+use sealmail_types::proof::TlsActive;
 use sealmail_types::{AccountId, EmailAddress};
 
 pub use revocation::{CREDENTIALS_POLL, CredentialsWatch, LoginCheck};
@@ -134,13 +135,6 @@ pub fn generate_password() -> Result<Password, IdentityError> {
         }
     }
     Ok(Password(out))
-}
-
-/// Proof that a session has authenticated as `account`. Only [`Identity::authenticate`] makes it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Authenticated {
-    pub account: Account,
 }
 
 /// Recently verified logins, keyed by HMAC-SHA256(process key, address NUL password).
@@ -280,7 +274,7 @@ impl Identity {
         Ok(self
             .verify_password(&address, &credentials.password)
             .await?
-            .map(|account| Authenticated { account }))
+            .map(Authenticated::verified))
     }
 
     /// The account, when these exact credentials logged in successfully within the login
@@ -306,7 +300,7 @@ impl Identity {
         };
         Ok(cache
             .recalls(&fingerprint, &account.password_hash)
-            .then_some(Authenticated { account }))
+            .then_some(Authenticated::verified(account)))
     }
 
     /// Costs what a real verification costs, so that failures all take the same time.

@@ -155,7 +155,7 @@ mod tests {
             .verify_password(address, &password)
             .await?
             .ok_or("login refused")?;
-        Ok(Authenticated { account })
+        Ok(Authenticated::verified(account))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,9 +22,10 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use sealmail_guard::{Abuse, Guard, LoginOutcome};
+use sealmail_guard::access::{AbuseReporting, LoginWatch, Logins};
+use sealmail_guard::{Abuse, LoginOutcome};
+use sealmail_identity::Password;
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
-use sealmail_identity::{Identity, LoginCheck, Password};
 use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
@@ -39,8 +40,10 @@ use crate::{fetch, sequence, wire};
 pub struct ImapContext {
     pub hostname: String,
     pub store: Arc<dyn Store>,
-    pub identity: Identity,
-    pub guard: Arc<Guard>,
+    /// Credentials checked under intrusion prevention.
+    pub logins: Arc<dyn Logins>,
+    /// Where floods of bad commands are scored.
+    pub abuse: Arc<dyn AbuseReporting>,
     pub limits: Limits,
     /// The server-wide budget for message data in memory, shared with SMTP.
     pub budget: BodyBudget,
@@ -82,7 +85,7 @@ pub struct Session {
     tls: Option<TlsActive>,
     account: Option<Account>,
     /// From login on: tells when the account's password changed or the account went.
-    login_check: Option<LoginCheck>,
+    login_check: Option<Box<dyn LoginWatch>>,
     pub selected: Option<Selected>,
     /// RFC 7162: once the client uses CONDSTORE, every FETCH with FLAGS also carries MODSEQ.
     condstore: bool,
@@ -416,8 +419,8 @@ impl Session {
         }
         self.out.extend_from_slice(b"* BYE Too many errors\r\n");
         self.ctx
-            .guard
-            .abuse(
+            .abuse
+            .report(
                 self.peer.ip(),
                 Abuse::ProtocolErrors,
                 "imap",
@@ -555,13 +558,9 @@ impl Session {
             return no("[PRIVACYREQUIRED] Use STARTTLS first");
         };
         let ctx = self.ctx.clone();
-        match ctx
-            .guard
-            .login(&ctx.identity, &tls, self.peer.ip(), "imap", &credentials)
-            .await
-        {
+        match ctx.logins.login(&tls, self.peer.ip(), "imap", &credentials).await {
             LoginOutcome::Success(authenticated) => {
-                self.login_check = Some(ctx.identity.login_check(&authenticated));
+                self.login_check = Some(ctx.logins.watch(&authenticated));
                 self.account = Some(authenticated.account);
                 ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }

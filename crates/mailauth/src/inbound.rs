@@ -65,6 +65,33 @@ pub enum Disposition {
     TempFail(String),
 }
 
+/// The inbound verdict as an SMTP session needs it (its unit tests use a fake).
+#[async_trait::async_trait]
+pub trait InboundVerdicts: Send + Sync {
+    async fn verdict(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+        policy: &InboundPolicy,
+    ) -> Verdict;
+}
+
+#[async_trait::async_trait]
+impl InboundVerdicts for Authenticator {
+    async fn verdict(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+        policy: &InboundPolicy,
+    ) -> Verdict {
+        self.check_inbound(ip, helo, mail_from, message, policy).await
+    }
+}
+
 /// The outcome of the inbound checks.
 #[derive(Debug, Clone)]
 pub struct Verdict {

@@ -288,6 +288,24 @@ impl Signer {
     }
 }
 
+/// DKIM signing as a submission session needs it (its unit tests use a fake).
+pub trait MessageSigning: Send + Sync {
+    /// Whether mail from `domain` is signed here.
+    fn signs_for(&self, domain: &str) -> bool;
+    /// The DKIM-Signature header fields for `message` (headers and body) as `domain`.
+    fn sign(&self, domain: &str, message: &[u8]) -> Result<Vec<u8>, DkimError>;
+}
+
+impl MessageSigning for Signer {
+    fn signs_for(&self, domain: &str) -> bool {
+        Signer::signs_for(self, domain)
+    }
+
+    fn sign(&self, domain: &str, message: &[u8]) -> Result<Vec<u8>, DkimError> {
+        Signer::sign(self, domain, message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -904,10 +904,7 @@ impl<'d, D: SpfDns> Evaluator<'d, D> {
                         b'h' => self.helo.clone(),
                         b'c' => self.original_ip.to_string(),
                         b'r' => self.receiver.clone(),
-                        b't' => std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs().to_string())
-                            .unwrap_or_default(),
+                        b't' => sealmail_types::clock::now_unix().to_string(),
                         _ => return Err(Abort::Perm),
                     };
                     if value.len() > MAX_EXPANSION {

@@ -7,13 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 
 use sealmail_config::{Role, TlsMode};
-use sealmail_tls::TlsActive;
+use sealmail_types::proof::TlsActive;
 
 /// Bytes read from the socket at a time; also the most a client can make us buffer ahead.
 const READ_BUFFER: usize = 8 * 1024;
@@ -95,14 +94,16 @@ pub enum Line {
     TooLong(Vec<u8>),
 }
 
-/// Any byte stream a [`Connection`] can run over besides a socket (tests, fuzzing).
+/// Any byte stream a [`Connection`] can run over: a TCP socket, or (in tests and fuzzing) one
+/// end of `tokio::io::duplex`. Sessions cannot tell them apart, TLS included.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 
+type AnyStream = Box<dyn ByteStream>;
+
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    Other(Box<dyn ByteStream>),
+    Plain(AnyStream),
+    Tls(Box<TlsStream<AnyStream>>),
 }
 
 impl AsyncRead for Stream {
@@ -112,9 +113,8 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Plain(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Other(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -122,32 +122,41 @@ impl AsyncRead for Stream {
 impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Plain(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Other(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Plain(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Other(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Plain(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Other(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 /// Timeouts that apply to one connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub struct Timeouts {
+    /// For the whole TLS handshake, the client's hello included.
     pub handshake: Duration,
+    /// For each command line, literal or chunk, and each write.
     pub command: Duration,
+}
+
+impl Timeouts {
+    /// The same limit for the handshake and each command (tests, fuzzing).
+    pub fn uniform(limit: Duration) -> Timeouts {
+        Timeouts {
+            handshake: limit,
+            command: limit,
+        }
+    }
 }
 
 pub struct Connection {
@@ -156,40 +165,45 @@ pub struct Connection {
     /// Replies held back while the client has more pipelined commands waiting (RFC 2920).
     pending: Vec<u8>,
     tls: Option<TlsActive>,
-    /// None on a connection over another stream: STARTTLS is not possible there.
+    /// None where STARTTLS is not possible (a connection made without a TLS configuration).
     acceptor: Option<TlsAcceptor>,
     timeouts: Timeouts,
     shutdown: CancellationToken,
 }
 
 impl Connection {
-    pub(crate) fn plain(
+    /// A plaintext connection over any byte stream; with a TLS configuration the client may
+    /// upgrade it ([`Connection::start_tls`]), without one STARTTLS is refused. The listener
+    /// makes its STARTTLS connections with this; tests and the fuzz targets drive sessions
+    /// over `tokio::io::duplex` with the same buffering, limits and deadlines.
+    pub fn over_stream(
         info: ConnectionInfo,
-        tcp: TcpStream,
-        acceptor: TlsAcceptor,
+        stream: impl ByteStream + 'static,
+        tls: Option<Arc<rustls::ServerConfig>>,
         timeouts: Timeouts,
         shutdown: CancellationToken,
     ) -> Connection {
         Connection {
             info,
-            stream: BufReader::with_capacity(READ_BUFFER, Stream::Plain(tcp)),
+            stream: BufReader::with_capacity(READ_BUFFER, Stream::Plain(Box::new(stream))),
             pending: Vec::new(),
             tls: None,
-            acceptor: Some(acceptor),
+            acceptor: tls.map(TlsAcceptor::from),
             timeouts,
             shutdown,
         }
     }
 
-    /// Runs the TLS handshake on a fresh TCP connection (implicit TLS).
-    pub(crate) async fn implicit_tls(
+    /// Runs the TLS handshake first, on a fresh stream (implicit TLS).
+    pub async fn implicit_tls(
         info: ConnectionInfo,
-        tcp: TcpStream,
-        acceptor: TlsAcceptor,
+        stream: impl ByteStream + 'static,
+        tls: Arc<rustls::ServerConfig>,
         timeouts: Timeouts,
         shutdown: CancellationToken,
     ) -> Result<Connection, ConnError> {
-        let (tls, active) = handshake(&acceptor, tcp, timeouts.handshake).await?;
+        let acceptor = TlsAcceptor::from(tls);
+        let (tls, active) = handshake(&acceptor, Box::new(stream), timeouts.handshake).await?;
         Ok(Connection {
             info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
@@ -199,30 +213,6 @@ impl Connection {
             timeouts,
             shutdown,
         })
-    }
-
-    /// A plaintext connection over any byte stream, with the same buffering, limits and
-    /// deadlines as one over a socket; [`Connection::start_tls`] refuses on it. It lets the
-    /// protocol readers (IMAP framing, BDAT chunks) be driven without a socket: by tests and
-    /// by the fuzz targets (docs/FUZZING.md).
-    pub fn over_stream(
-        info: ConnectionInfo,
-        stream: impl ByteStream + 'static,
-        command_timeout: Duration,
-        shutdown: CancellationToken,
-    ) -> Connection {
-        Connection {
-            info,
-            stream: BufReader::with_capacity(READ_BUFFER, Stream::Other(Box::new(stream))),
-            pending: Vec::new(),
-            tls: None,
-            acceptor: None,
-            timeouts: Timeouts {
-                handshake: command_timeout,
-                command: command_timeout,
-            },
-            shutdown,
-        }
     }
 
     pub fn info(&self) -> &ConnectionInfo {
@@ -258,10 +248,10 @@ impl Connection {
             );
         }
         // into_inner() drops the read buffer, and with it anything pipelined after STARTTLS.
-        let Stream::Plain(tcp) = self.stream.into_inner() else {
+        let Stream::Plain(plain) = self.stream.into_inner() else {
             return Err(ConnError::NoTls);
         };
-        let (tls, active) = handshake(&acceptor, tcp, self.timeouts.handshake).await?;
+        let (tls, active) = handshake(&acceptor, plain, self.timeouts.handshake).await?;
         Ok(Connection {
             info: self.info,
             stream: BufReader::with_capacity(READ_BUFFER, Stream::Tls(Box::new(tls))),
@@ -381,11 +371,11 @@ impl Connection {
 /// [`ConnError::Handshake`].
 async fn handshake(
     acceptor: &TlsAcceptor,
-    tcp: TcpStream,
+    stream: AnyStream,
     limit: Duration,
-) -> Result<(TlsStream<TcpStream>, TlsActive), ConnError> {
+) -> Result<(TlsStream<AnyStream>, TlsActive), ConnError> {
     let deadline = tokio::time::Instant::now() + limit;
-    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let result = match tokio::time::timeout_at(deadline, hello).await {
         Err(_) => Err(ConnError::Timeout(limit)),
         Ok(Err(e)) => Err(ConnError::HelloRefused(e)),
@@ -465,11 +455,6 @@ async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Line::Complete(line))
 }
 
-/// Keeps the acceptor type nameable in signatures of this crate.
-pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
-    TlsAcceptor::from(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,8 +510,13 @@ mod tests {
             role: Role::Imap,
             tls_mode: TlsMode::StartTls,
         };
-        let mut conn =
-            Connection::over_stream(info, server, Duration::from_secs(5), CancellationToken::new());
+        let mut conn = Connection::over_stream(
+            info,
+            server,
+            None,
+            Timeouts::uniform(Duration::from_secs(5)),
+            CancellationToken::new(),
+        );
         let sent = client.write_all(b"a NOOP\r\nb LOGOUT and more\r\n").await;
         assert!(sent.is_ok());
         assert_eq!(
@@ -539,5 +529,112 @@ mod tests {
         );
         assert!(conn.reply(b"* OK\r\n").await.is_ok());
         assert!(matches!(conn.start_tls().await, Err(ConnError::NoTls)));
+    }
+
+    fn test_info(tls_mode: TlsMode) -> ConnectionInfo {
+        ConnectionInfo {
+            peer: SocketAddr::from(([127, 0, 0, 2], 40000)),
+            local: SocketAddr::from(([127, 0, 0, 1], 587)),
+            role: Role::Submission,
+            tls_mode,
+        }
+    }
+
+    /// STARTTLS over a duplex: the real handshake with the listeners' TLS policy, the proof
+    /// made, and what the client pipelined after STARTTLS thrown away, not read in TLS.
+    #[tokio::test]
+    async fn starttls_over_a_duplex_discards_pipelined_bytes_and_proves_tls() -> Result<(), String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (server_tls, client_tls) = sealmail_testkit::pki::tls_pair(dir.path(), "mail.example.test")?;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Connection::over_stream(
+            test_info(TlsMode::StartTls),
+            server,
+            Some(server_tls),
+            Timeouts::uniform(Duration::from_secs(5)),
+            CancellationToken::new(),
+        );
+        let mut client = client;
+        client
+            .write_all(b"STARTTLS\r\nINJECTED\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            conn.read_line(64).await.ok(),
+            Some(Line::Complete(b"STARTTLS".to_vec()))
+        );
+        assert!(conn.tls().is_none());
+        conn.reply(b"220 go ahead\r\n").await.map_err(|e| e.to_string())?;
+        let upgrade = tokio::spawn(conn.start_tls());
+        // The client reads the go-ahead, then shakes hands.
+        let mut go_ahead = [0u8; 14];
+        client
+            .read_exact(&mut go_ahead)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(&go_ahead, b"220 go ahead\r\n");
+        let mut tls_client = sealmail_testkit::tls_upgrade(client, client_tls, "mail.example.test").await?;
+        let mut conn = upgrade
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let proof = conn.tls().ok_or("no TlsActive after the handshake")?;
+        assert!(proof.version == "TLSv1.3" || proof.version == "TLSv1.2");
+        assert_eq!(proof.server_name.as_deref(), Some("mail.example.test"));
+        tls_client
+            .write_all(b"EHLO inside\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        tls_client.flush().await.map_err(|e| e.to_string())?;
+        // The first line read inside TLS is the client's, not the injected one.
+        assert_eq!(
+            conn.read_line(64).await.ok(),
+            Some(Line::Complete(b"EHLO inside".to_vec()))
+        );
+        assert!(matches!(conn.start_tls().await, Err(ConnError::AlreadyTls)));
+        Ok(())
+    }
+
+    /// Implicit TLS over a duplex; a client that offers only TLS 1.1 is refused at its hello.
+    #[tokio::test]
+    async fn implicit_tls_over_a_duplex_refuses_old_versions_at_the_hello() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (server_tls, client_tls) = sealmail_testkit::pki::tls_pair(dir.path(), "mail.example.test")?;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let accept = tokio::spawn(Connection::implicit_tls(
+            test_info(TlsMode::Implicit),
+            server,
+            server_tls.clone(),
+            Timeouts::uniform(Duration::from_secs(5)),
+            CancellationToken::new(),
+        ));
+        let _tls_client = sealmail_testkit::tls_upgrade(client, client_tls, "mail.example.test").await?;
+        let conn = accept
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        assert!(conn.tls().is_some());
+
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let accept = tokio::spawn(Connection::implicit_tls(
+            test_info(TlsMode::Implicit),
+            server,
+            server_tls,
+            Timeouts::uniform(Duration::from_secs(5)),
+            CancellationToken::new(),
+        ));
+        let hello = sealmail_testkit::client_hello(sealmail_testkit::TLS1_1, &[0xc02f], "mail.example.test");
+        let answer = sealmail_testkit::send_client_hello(&mut client, &hello).await?;
+        assert!(
+            matches!(answer, sealmail_testkit::HelloAnswer::Alert(_)),
+            "{answer:?}"
+        );
+        let refused = accept.await.map_err(|e| e.to_string())?;
+        assert!(
+            matches!(refused, Err(ConnError::HelloRefused(_))),
+            "a TLS 1.1 hello must be refused before any key exchange"
+        );
+        Ok(())
     }
 }

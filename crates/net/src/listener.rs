@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use sealmail_config::{Limits, Listener as ListenerSpec, Role, TlsMode};
 
-use crate::connection::{Connection, ConnectionInfo, Timeouts, acceptor};
+use crate::connection::{Connection, ConnectionInfo, Timeouts};
 
 /// A protocol that serves connections.
 #[async_trait::async_trait]
@@ -186,7 +185,7 @@ fn role_cap(limits: &Limits) -> usize {
 /// Runs listeners until shut down.
 pub struct Server {
     limits: Limits,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     global: Arc<Semaphore>,
@@ -206,7 +205,7 @@ impl Server {
             global: Arc::new(Semaphore::new(limits.max_connections)),
             per_role: std::array::from_fn(|_| Arc::new(Semaphore::new(role_cap))),
             limits,
-            acceptor: acceptor(tls),
+            tls,
             shutdown,
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
@@ -368,9 +367,11 @@ impl Server {
         let peer = info.peer;
         let role = info.role.as_str();
         let conn = match info.tls_mode {
-            TlsMode::StartTls => Connection::plain(info, tcp, self.acceptor.clone(), timeouts, shutdown),
+            TlsMode::StartTls => {
+                Connection::over_stream(info, tcp, Some(self.tls.clone()), timeouts, shutdown)
+            }
             TlsMode::Implicit => {
-                match Connection::implicit_tls(info, tcp, self.acceptor.clone(), timeouts, shutdown).await {
+                match Connection::implicit_tls(info, tcp, self.tls.clone(), timeouts, shutdown).await {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");

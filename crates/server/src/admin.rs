@@ -1,5 +1,6 @@
 //! Administration commands: `config check`, `domain`, `user`, `migrate`.
 
+use sealmail_types::clock::now_unix;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
@@ -311,13 +312,6 @@ fn rfc3339(unix: i64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix.to_string())
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// "1700000000" (unix time) or an age: "90s", "30m", "12h", "7d".

@@ -36,10 +36,7 @@ fn cert_names(i: usize) -> (String, String) {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    sealmail_types::clock::now_unix().max(0) as u64
 }
 
 pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {

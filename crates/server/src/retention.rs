@@ -12,10 +12,7 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// Prunes at start and then every hour until `shutdown`.
 pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
     loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = sealmail_types::clock::now_unix();
         match store.prune(Retention::at(now)).await {
             Ok(pruned) => tracing::info!(
                 tombstones = pruned.tombstones,

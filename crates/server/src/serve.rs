@@ -196,15 +196,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.smtp.max_buffered_bytes,
         sealmail_net::budget::client_share(config.smtp.max_buffered_bytes, config.smtp.max_message_size),
     );
+    let logins: Arc<dyn sealmail_guard::access::Logins> = Arc::new(
+        sealmail_guard::access::GuardedLogins::new(guard.clone(), identity.clone()),
+    );
     let smtp: Arc<dyn Handler> = Arc::new(sealmail_smtp::SmtpHandler::new(sealmail_smtp::SmtpContext {
         hostname: hostname.clone(),
         config: config.smtp.clone(),
         store: store.clone(),
-        identity: identity.clone(),
-        guard: guard.clone(),
+        logins: logins.clone(),
+        abuse: guard.clone(),
         body_budget: message_budget.clone(),
-        authenticator,
-        signer,
+        verdicts: Arc::new(authenticator),
+        signer: signer.clone(),
         inbound,
         on_queued: Some(Arc::new(move || waker.wake())),
         mailbox_quota: config.limits.mailbox_quota,
@@ -212,8 +215,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),
         store: store.clone(),
-        identity,
-        guard: guard.clone(),
+        logins,
+        abuse: guard.clone(),
         limits: sealmail_imap::Limits {
             max_line: sealmail_imap::MAX_COMMAND_LINE,
             // APPEND takes what SMTP would accept.

@@ -10,7 +10,10 @@
 //! store has made it durable.
 
 pub mod data;
+#[cfg(test)]
+mod fakes;
 pub mod message;
+pub mod pipeline;
 pub mod reply;
 pub mod session;
 

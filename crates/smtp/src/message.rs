@@ -13,24 +13,8 @@ use sealmail_types::EmailAddress;
 use crate::reply::Reply;
 
 /// A random message id for logs, the Received line and added Message-IDs.
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 9];
-    // getrandom only fails when the OS has no randomness source; a time-based id still works.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&(now_nanos() as u64).to_le_bytes());
-    }
-    hex::encode(bytes)
-}
-
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-pub fn now_unix() -> i64 {
-    (now_nanos() / 1_000_000_000) as i64
+pub fn new_id() -> Result<String, sealmail_types::token::NoRandomness> {
+    sealmail_types::token::random_hex(9)
 }
 
 /// The current time as an RFC 5322 date-time.

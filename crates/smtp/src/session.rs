@@ -18,17 +18,19 @@ use smtp_proto::{
 };
 
 use sealmail_config::{Role, SmtpConfig};
-use sealmail_guard::{Abuse, Guard, LoginOutcome};
+use sealmail_guard::Abuse;
+use sealmail_guard::LoginOutcome;
+use sealmail_guard::access::{AbuseReporting, LoginWatch, Logins};
 use sealmail_identity::sasl::{self, Mechanism};
-use sealmail_identity::{Authenticated, Identity, LoginCheck};
-use sealmail_mailauth::inbound::Disposition;
-use sealmail_net::TlsActive;
-use sealmail_store::{
-    AcceptedMessage, LocalCopy, NewMessage, OutboundCopy, QueueRecipient, Recipient as Lookup, Store,
-};
+use sealmail_mailauth::inbound::{InboundPolicy, InboundVerdicts};
+use sealmail_mailauth::signing::MessageSigning;
+use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Recipient as Lookup, Store};
+use sealmail_types::clock::now_unix;
+use sealmail_types::proof::{Authenticated, TlsActive};
 use sealmail_types::{AccountId, EmailAddress, MailboxId};
 
 use crate::message;
+use crate::pipeline::{self, Draft, Envelope, Services};
 use crate::reply::Reply;
 
 /// What the server shares with every SMTP session.
@@ -36,14 +38,17 @@ pub struct SmtpContext {
     pub hostname: String,
     pub config: SmtpConfig,
     pub store: Arc<dyn Store>,
-    pub identity: Identity,
-    pub guard: Arc<Guard>,
+    /// Credentials checked under intrusion prevention.
+    pub logins: Arc<dyn Logins>,
+    /// Where unknown recipients, relay attempts and error floods are scored, and hourly
+    /// sending allowances are kept.
+    pub abuse: Arc<dyn AbuseReporting>,
     pub body_budget: crate::budget::BodyBudget,
     /// Sender authentication for mail received on `mx`.
-    pub authenticator: sealmail_mailauth::Authenticator,
+    pub verdicts: Arc<dyn InboundVerdicts>,
     /// DKIM keys of our domains, for submission.
-    pub signer: Arc<sealmail_mailauth::signing::Signer>,
-    pub inbound: sealmail_mailauth::inbound::InboundPolicy,
+    pub signer: Arc<dyn MessageSigning>,
+    pub inbound: InboundPolicy,
     /// Told after a message was queued for remote recipients (wakes the delivery scheduler).
     pub on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
     /// `limits.mailbox_quota`: octets one account may hold (0: no limit).
@@ -125,7 +130,7 @@ pub struct Session {
     esmtp: bool,
     auth: Option<Authenticated>,
     /// From AUTH on: tells when the account's password changed or the account went.
-    login_check: Option<LoginCheck>,
+    login_check: Option<Box<dyn LoginWatch>>,
     transaction: Option<Transaction>,
     /// A failed BDAT transaction: further chunks are read and dropped until LAST or RSET.
     bdat_failed: bool,
@@ -178,9 +183,9 @@ impl Session {
             return None;
         }
         let detail = format!("{} errors in one session", self.errors);
-        let guard = &self.ctx.guard;
-        guard
-            .abuse(self.peer.ip(), Abuse::ProtocolErrors, self.role.as_str(), &detail)
+        self.ctx
+            .abuse
+            .report(self.peer.ip(), Abuse::ProtocolErrors, self.role.as_str(), &detail)
             .await;
         Some(Reply::new(
             421,
@@ -382,18 +387,12 @@ impl Session {
         };
         let ctx = &self.ctx;
         match ctx
-            .guard
-            .login(
-                &ctx.identity,
-                tls,
-                self.peer.ip(),
-                self.role.as_str(),
-                &credentials,
-            )
+            .logins
+            .login(tls, self.peer.ip(), self.role.as_str(), &credentials)
             .await
         {
             LoginOutcome::Success(authenticated) => {
-                self.login_check = Some(ctx.identity.login_check(&authenticated));
+                self.login_check = Some(ctx.logins.watch(&authenticated));
                 self.auth = Some(authenticated);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }
@@ -492,7 +491,7 @@ impl Session {
             let per_hour = self.ctx.config.messages_per_hour;
             if !self
                 .ctx
-                .guard
+                .abuse
                 .take_hourly(
                     "messages",
                     &account,
@@ -601,10 +600,9 @@ impl Session {
                 let detail = format!("RCPT TO:<{address}>");
                 if self
                     .ctx
-                    .guard
-                    .abuse(self.peer.ip(), Abuse::UnknownRecipient, role.as_str(), &detail)
+                    .abuse
+                    .report(self.peer.ip(), Abuse::UnknownRecipient, role.as_str(), &detail)
                     .await
-                    .is_some()
                 {
                     self.banned = true;
                 }
@@ -620,10 +618,9 @@ impl Session {
                 let detail = format!("RCPT TO:<{address}>");
                 if self
                     .ctx
-                    .guard
-                    .abuse(self.peer.ip(), Abuse::RelayAttempt, role.as_str(), &detail)
+                    .abuse
+                    .report(self.peer.ip(), Abuse::RelayAttempt, role.as_str(), &detail)
                     .await
-                    .is_some()
                 {
                     self.banned = true;
                 }
@@ -634,8 +631,9 @@ impl Session {
         if let Some(auth) = &self.auth {
             let account = auth.account.address.to_string();
             let per_hour = self.ctx.config.recipients_per_hour;
-            let guard = &self.ctx.guard;
-            if !guard
+            if !self
+                .ctx
+                .abuse
                 .take_hourly("recipients", &account, 1, per_hour, self.peer.ip(), role.as_str())
                 .await
             {
@@ -664,38 +662,16 @@ impl Session {
         notices: &[sealmail_dsn::Notice],
         original: &[u8],
     ) {
-        let Some(auth) = &self.auth else {
-            return;
-        };
-        let inbox = match self.ctx.store.mailbox(auth.account.id, "INBOX").await {
-            Ok(Some(inbox)) => inbox.id,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "no DSN: the sender's INBOX cannot be found");
-                return;
-            }
-        };
-        let now = message::now_unix();
-        let report = sealmail_dsn::build(&sealmail_dsn::Report {
+        let report = sealmail_dsn::Report {
             hostname: &self.ctx.hostname,
             sender,
             envid: envid.as_deref(),
             ret_full: false,
-            arrival: now,
+            arrival: now_unix(),
             recipients: notices,
             original,
-        });
-        let stored = self
-            .ctx
-            .store
-            .store_message(NewMessage {
-                content: report,
-                mailboxes: vec![inbox],
-                internal_date: now,
-                flags: Vec::new(),
-            })
-            .await;
-        if let Err(e) = stored {
+        };
+        if let Err(e) = sealmail_dsn::deliver_to_sender(self.ctx.store.as_ref(), &report).await {
             tracing::error!(error = %e, "cannot store a DSN");
         }
     }
@@ -859,30 +835,51 @@ impl Session {
         self.finish_message(data.content).await
     }
 
-    /// Checks, adds trace headers, and stores the message durably before saying 250.
+    /// Runs the role's stages, routes the recipients, adds the trace, and stores the message
+    /// durably before saying 250.
     async fn finish_message(&mut self, content: Vec<u8>) -> Reply {
         let Some(transaction) = self.transaction.take() else {
             return Reply::new(503, "5.5.1", "Need MAIL first");
         };
-        let id = message::new_id();
-        let mut added = Vec::new();
-        if let Some(auth) = &self.auth {
-            match message::check_submission(&content, &auth.account.address) {
-                Ok(missing) => {
-                    if missing.message_id {
-                        added.extend_from_slice(
-                            format!("Message-ID: <{id}@{}>\r\n", self.ctx.hostname).as_bytes(),
-                        );
-                    }
-                    if missing.date {
-                        added.extend_from_slice(format!("Date: {}\r\n", message::rfc5322_now()).as_bytes());
-                    }
-                }
-                Err(refusal) => return refusal,
+        let id = match message::new_id() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "no message id");
+                return Reply::new(451, "4.3.0", "Temporary local problem; try again later");
             }
+        };
+        let sender_text = transaction
+            .sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut draft = Draft::new(id, content);
+        let services = Services {
+            store: self.ctx.store.as_ref(),
+            verdicts: self.ctx.verdicts.as_ref(),
+            signer: self.ctx.signer.as_ref(),
+            policy: &self.ctx.inbound,
+        };
+        let envelope = Envelope {
+            client: self.peer.ip(),
+            helo: self.helo.as_deref().unwrap_or(""),
+            sender: &sender_text,
+            account: self.auth.as_ref().map(|auth| &auth.account.address),
+            hostname: &self.ctx.hostname,
+        };
+        let stages = match self.role {
+            Role::Mx => pipeline::INBOUND,
+            Role::Submission | Role::Imap => pipeline::SUBMISSION,
+        };
+        if let Err(refusal) = pipeline::run(stages, &services, &envelope, &mut draft).await {
+            return refusal;
         }
-        let single_rcpt = match transaction.recipients.as_slice() {
-            [only] => Some(&only.address),
+        let routed = match self.route(transaction.recipients, draft.to_junk).await {
+            Ok(routed) => routed,
+            Err(reply) => return reply,
+        };
+        let single_rcpt = match routed.addresses.as_slice() {
+            [only] => Some(only),
             _ => None,
         };
         let received = message::received_header(&message::Trace {
@@ -893,155 +890,30 @@ impl Session {
             tls: self.tls.as_ref(),
             authenticated: self.auth.is_some(),
             smtputf8: transaction.smtputf8,
-            id: &id,
+            id: &draft.id,
             single_recipient: single_rcpt,
         });
-
-        let sender_text = transaction
-            .sender
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        // Mail from other servers is checked (SPF, DKIM, ARC, DMARC) before it is accepted;
-        // results that claim to be ours are removed first (RFC 8601 5).
-        let mut authentication = Vec::new();
-        let mut to_junk = false;
-        let mut local_flags = Vec::new();
-        let content = if self.role == Role::Mx {
-            let mut content =
-                match sealmail_mailauth::inbound::strip_forged_results(&content, &self.ctx.hostname) {
-                    std::borrow::Cow::Borrowed(_) => content,
-                    std::borrow::Cow::Owned(stripped) => stripped,
-                };
-            let verdict = self
-                .ctx
-                .authenticator
-                .check_inbound(
-                    self.peer.ip(),
-                    self.helo.as_deref().unwrap_or(""),
-                    &sender_text,
-                    &content,
-                    &self.ctx.inbound,
-                )
-                .await;
-            tracing::info!(id = %id, peer = %self.peer, from_domain = %verdict.from_domain, dmarc = verdict.dmarc, disposition = ?verdict.disposition, "sender authentication");
-            match verdict.disposition {
-                Disposition::Accept => {}
-                Disposition::Junk => to_junk = true,
-                Disposition::Reject(why) => return Reply::new(550, "5.7.1", why),
-                Disposition::TempFail(why) => return Reply::new(451, "4.7.1", why),
-            }
-            authentication = verdict.header.into_bytes();
-            if self.ctx.inbound.phishing_warnings {
-                let ours: Vec<String> = match self.ctx.store.list_domains().await {
-                    Ok(domains) => domains.iter().map(|d| d.to_string()).collect(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "store lookup failed");
-                        return Reply::new(451, "4.3.0", "Temporary lookup failure; try again later");
-                    }
-                };
-                let name = sealmail_mailauth::phishing::from_display_name(&content);
-                let warnings = sealmail_mailauth::phishing::warnings(
-                    &verdict.from_domain,
-                    name.as_deref(),
-                    verdict.dmarc,
-                    &ours,
-                );
-                if !warnings.is_empty() {
-                    tracing::info!(id = %id, warnings = ?warnings, "message marked as suspicious");
-                    let notice = self.ctx.inbound.phishing_notice_in_body;
-                    content = sealmail_mailauth::phishing::add_warnings(&content, &warnings, notice);
-                    local_flags.push(sealmail_mailauth::phishing::KEYWORD.to_string());
-                }
-            }
-            content
-        } else {
-            content
-        };
-        let mut local_mailboxes = Vec::new();
-        let mut remote = Vec::new();
-        let mut delivered = Vec::new();
-        for rcpt in transaction.recipients {
-            if matches!(rcpt.target, Target::Local { .. })
-                && self.role == Role::Submission
-                && sealmail_dsn::Action::Delivered.wanted_by(rcpt.dsn_notify.as_deref())
-            {
-                delivered.push(sealmail_dsn::Notice {
-                    address: rcpt.address.to_string(),
-                    orcpt: rcpt.dsn_orcpt.clone(),
-                    action: sealmail_dsn::Action::Delivered,
-                    status: "2.0.0".into(),
-                    diagnostic: "250 2.0.0 message accepted".into(),
-                    remote_mta: None,
-                    will_retry_until: None,
-                });
-            }
-            match rcpt.target {
-                Target::Local { account, mailbox } if to_junk => {
-                    // DMARC p=quarantine: the recipient's Junk, or the INBOX if it has none.
-                    match self.ctx.store.mailbox(account, "Junk").await {
-                        Ok(Some(junk)) => local_mailboxes.push(junk.id),
-                        Ok(None) => local_mailboxes.push(mailbox),
-                        Err(e) => {
-                            tracing::error!(error = %e, "store lookup failed");
-                            return Reply::new(451, "4.3.0", "Temporary lookup failure; try again later");
-                        }
-                    }
-                }
-                Target::Local { mailbox, .. } => local_mailboxes.push(mailbox),
-                Target::Remote(queued) => remote.push(queued),
-            }
-        }
-        // Submission: sign as the user's domain (Ed25519 and RSA) over what we send, including
-        // the Message-ID and Date we added.
-        let mut signatures = Vec::new();
-        if let Some(auth) = &self.auth {
-            let domain = auth.account.address.domain().as_str().to_string();
-            if self.ctx.signer.signs_for(&domain) {
-                let mut signed = added.clone();
-                signed.extend_from_slice(&content);
-                match self.ctx.signer.sign(&domain, &signed) {
-                    Ok(headers) => signatures = headers,
-                    Err(e) => {
-                        tracing::error!(id = %id, error = %e, "DKIM signing failed");
-                        return Reply::new(
-                            451,
-                            "4.7.0",
-                            "Temporary failure signing the message; try again later",
-                        );
-                    }
-                }
-            }
-        }
-        let mut trace = authentication;
-        trace.extend_from_slice(received.as_bytes());
-        trace.extend_from_slice(&signatures);
-        trace.extend_from_slice(&added);
-        let local = (!local_mailboxes.is_empty()).then(|| {
+        let with_trace = draft.assemble(&received);
+        let local = (!routed.mailboxes.is_empty()).then(|| {
             // RFC 5321 4.4: the delivering server adds Return-Path.
             let mut copy = format!("Return-Path: <{sender_text}>\r\n").into_bytes();
-            copy.extend_from_slice(&trace);
-            copy.extend_from_slice(&content);
+            copy.extend_from_slice(&with_trace);
             LocalCopy {
                 content: copy,
-                mailboxes: local_mailboxes,
-                flags: local_flags,
-                internal_date: message::now_unix(),
+                mailboxes: routed.mailboxes,
+                flags: draft.flags.clone(),
+                internal_date: now_unix(),
             }
         });
-        let outbound = (!remote.is_empty()).then(|| {
-            let mut copy = trace.clone();
-            copy.extend_from_slice(&content);
-            OutboundCopy {
-                content: copy,
-                sender: sender_text.clone(),
-                recipients: remote,
-                dsn_envid: transaction.dsn_envid.clone(),
-                dsn_ret: transaction.dsn_ret.clone(),
-                require_tls: transaction.require_tls,
-            }
+        let outbound = (!routed.remote.is_empty()).then(|| OutboundCopy {
+            content: with_trace,
+            sender: sender_text.clone(),
+            recipients: routed.remote,
+            dsn_envid: transaction.dsn_envid.clone(),
+            dsn_ret: transaction.dsn_ret.clone(),
+            require_tls: transaction.require_tls,
         });
-        let size = content.len();
+        let size = draft.content.len();
         match self
             .ctx
             .store
@@ -1055,7 +927,7 @@ impl Session {
                     on_queued();
                 }
                 tracing::info!(
-                    id = %id,
+                    id = %draft.id,
                     peer = %self.peer,
                     from = %sender_text,
                     size,
@@ -1066,16 +938,19 @@ impl Session {
                     "message accepted"
                 );
                 sealmail_net::metrics::MESSAGES_ACCEPTED.inc();
-                if !delivered.is_empty() {
-                    let mut original = added.clone();
-                    original.extend_from_slice(&content);
-                    self.notify_delivered(&sender_text, &transaction.dsn_envid, &delivered, &original)
-                        .await;
+                if !routed.delivered.is_empty() {
+                    self.notify_delivered(
+                        &sender_text,
+                        &transaction.dsn_envid,
+                        &routed.delivered,
+                        &draft.authored(),
+                    )
+                    .await;
                 }
-                Reply::new(250, "2.0.0", format!("OK: message {id} accepted"))
+                Reply::new(250, "2.0.0", format!("OK: message {} accepted", draft.id))
             }
             Err(e) => {
-                tracing::error!(id = %id, error = %e, "message could not be stored");
+                tracing::error!(id = %draft.id, error = %e, "message could not be stored");
                 Reply::new(
                     451,
                     "4.3.0",
@@ -1084,6 +959,55 @@ impl Session {
             }
         }
     }
+
+    /// Where each recipient's copy goes: a local mailbox (Junk when DMARC asked for
+    /// quarantine and the recipient has one), or the queue; and which "delivered" notices
+    /// submission owes.
+    async fn route(&self, recipients: Vec<Recipient>, to_junk: bool) -> Result<Routed, Reply> {
+        let mut routed = Routed::default();
+        for rcpt in recipients {
+            if matches!(rcpt.target, Target::Local { .. })
+                && self.role == Role::Submission
+                && sealmail_dsn::Action::Delivered.wanted_by(rcpt.dsn_notify.as_deref())
+            {
+                routed.delivered.push(sealmail_dsn::Notice {
+                    address: rcpt.address.to_string(),
+                    orcpt: rcpt.dsn_orcpt.clone(),
+                    action: sealmail_dsn::Action::Delivered,
+                    status: "2.0.0".into(),
+                    diagnostic: "250 2.0.0 message accepted".into(),
+                    remote_mta: None,
+                    will_retry_until: None,
+                });
+            }
+            routed.addresses.push(rcpt.address);
+            match rcpt.target {
+                Target::Local { account, mailbox } if to_junk => {
+                    // DMARC p=quarantine: the recipient's Junk, or the INBOX if it has none.
+                    match self.ctx.store.mailbox(account, "Junk").await {
+                        Ok(Some(junk)) => routed.mailboxes.push(junk.id),
+                        Ok(None) => routed.mailboxes.push(mailbox),
+                        Err(e) => {
+                            tracing::error!(error = %e, "store lookup failed");
+                            return Err(pipeline::lookup_failure());
+                        }
+                    }
+                }
+                Target::Local { mailbox, .. } => routed.mailboxes.push(mailbox),
+                Target::Remote(queued) => routed.remote.push(queued),
+            }
+        }
+        Ok(routed)
+    }
+}
+
+/// The recipients of one message, sorted by where their copies go.
+#[derive(Default)]
+struct Routed {
+    addresses: Vec<EmailAddress>,
+    mailboxes: Vec<MailboxId>,
+    remote: Vec<QueueRecipient>,
+    delivered: Vec<sealmail_dsn::Notice>,
 }
 
 fn insufficient_storage() -> Reply {
@@ -1157,5 +1081,337 @@ fn parse_error(e: smtp_proto::Error) -> Action {
         Error::NeedsMoreData { .. } | Error::ResponseTooLong | Error::InvalidResponse { .. } => {
             reply(500, "5.5.2", "Syntax error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{self, FakeAbuse, FakeLogins, FakeSigner, FakeVerdicts, TestResult, ctx};
+    use sealmail_guard::Abuse;
+    use sealmail_mailauth::inbound::Disposition;
+    use sealmail_store::SqliteStore;
+
+    struct World {
+        _dir: tempfile::TempDir,
+        store: Arc<SqliteStore>,
+        abuse: Arc<FakeAbuse>,
+        ctx: Arc<SmtpContext>,
+    }
+
+    async fn world(disposition: Disposition, abuse: FakeAbuse) -> TestResult<World> {
+        world_with(disposition, abuse, 3).await
+    }
+
+    async fn world_with(disposition: Disposition, abuse: FakeAbuse, max_errors: u32) -> TestResult<World> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let store = fakes::store(dir.path()).await?;
+        let abuse = Arc::new(abuse);
+        let config = SmtpConfig {
+            max_errors,
+            max_recipients: 2,
+            ..SmtpConfig::default()
+        };
+        let ctx = Arc::new(SmtpContext {
+            hostname: "mx.a.test".into(),
+            config,
+            store: store.clone(),
+            logins: Arc::new(FakeLogins {
+                store: store.clone(),
+                ban_after: 3,
+                failures: std::sync::Mutex::new(0),
+            }),
+            abuse: abuse.clone(),
+            body_budget: crate::budget::BodyBudget::new(1 << 20),
+            verdicts: Arc::new(FakeVerdicts::new(disposition)),
+            signer: Arc::new(FakeSigner::default()),
+            inbound: InboundPolicy::default(),
+            on_queued: None,
+            mailbox_quota: 0,
+        });
+        Ok(World {
+            _dir: dir,
+            store,
+            abuse,
+            ctx,
+        })
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 7], 40000))
+    }
+
+    /// What the driver would send or do for an action: the reply's first line, or a marker.
+    fn shown(action: &Action) -> String {
+        let first_line = |reply: &Reply| {
+            let bytes = reply.to_bytes();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            text.lines().next().unwrap_or_default().to_string()
+        };
+        match action {
+            Action::Reply(reply) => first_line(reply),
+            Action::StartTls(reply) => format!("STARTTLS {}", first_line(reply)),
+            Action::Close(reply) => format!("CLOSE {}", first_line(reply)),
+            Action::ReceiveData => "DATA".into(),
+            Action::ReceiveChunk { size, last, keep } => format!("CHUNK {size} {last} {keep}"),
+            Action::Authenticate(..) => "AUTHENTICATE".into(),
+        }
+    }
+
+    /// Runs command lines and checks that each answer starts with the expected text.
+    async fn dialog(session: &mut Session, steps: &[(&str, &str)]) {
+        for (line, expected) in steps {
+            let action = session.command(line.as_bytes()).await;
+            let got = shown(&action);
+            assert!(
+                got.starts_with(expected),
+                "{line:?}: expected {expected:?}, got {got:?}"
+            );
+            if let Action::Reply(reply) | Action::Close(reply) = &action {
+                session.count_error(reply).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn mx_dialog_follows_rfc_5321_state_rules() -> TestResult {
+        let w = world_with(Disposition::Accept, FakeAbuse::default(), 100).await?;
+        let mut session = Session::new(w.ctx.clone(), Role::Mx, peer(), None);
+        assert_eq!(session.greeting().code, 220);
+        dialog(
+            &mut session,
+            &[
+                ("MAIL FROM:<bob@b.test>", "503 5.5.1"),
+                ("RCPT TO:<alice@a.test>", "503 5.5.1"),
+                ("EHLO client.b.test", "250-mx.a.test"),
+                ("DATA", "503 5.5.1"),
+                ("AUTH PLAIN AGFsaWNl", "503 5.5.1"),
+                ("MAIL FROM:<bob@b.test> ENVID=x", "555 5.5.4"),
+                ("MAIL FROM:<bob@b.test>", "250 2.1.0"),
+                ("MAIL FROM:<bob@b.test>", "503 5.5.1"),
+                ("DATA", "554 5.5.1"),
+                ("RCPT TO:<alice@a.test> NOTIFY=SUCCESS", "555 5.5.4"),
+                ("RCPT TO:<Alice@A.TEST>", "250 2.1.5"),
+                ("RCPT TO:<alice@a.test>", "250 2.1.5 Recipient OK (duplicate"),
+                ("BDAT 10 LAST", "CHUNK 10 true true"),
+                ("RSET", "250 2.0.0"),
+                ("DATA", "503 5.5.1"),
+                ("VRFY alice", "252 2.5.0"),
+                ("STARTTLS", "STARTTLS 220 2.0.0"),
+                ("QUIT", "CLOSE 221 2.0.0"),
+            ],
+        )
+        .await;
+        assert!(w.abuse.kinds().is_empty(), "nothing here is abuse");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn mx_never_relays_and_scores_unknown_users_and_relay_attempts() -> TestResult {
+        let abuse = FakeAbuse {
+            ban_at: Some(2),
+            ..FakeAbuse::default()
+        };
+        let w = world(Disposition::Accept, abuse).await?;
+        let mut session = Session::new(w.ctx.clone(), Role::Mx, peer(), None);
+        dialog(
+            &mut session,
+            &[
+                ("EHLO client.b.test", "250"),
+                ("MAIL FROM:<bob@b.test>", "250"),
+                ("RCPT TO:<nobody@a.test>", "550 5.1.1"),
+                ("RCPT TO:<carol@c.test>", "550 5.7.1 Relaying denied"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            w.abuse.kinds(),
+            vec![Abuse::UnknownRecipient, Abuse::RelayAttempt]
+        );
+        // The second report banned the client: the session ends after that reply.
+        let bye = session
+            .count_error(&Reply::new(250, "2.0.0", "OK"))
+            .await
+            .ok_or("a banned client must be told goodbye")?;
+        assert_eq!((bye.code, bye.status), (421, Some("4.7.0")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn too_many_errors_end_the_session_and_are_reported() -> TestResult {
+        let w = world(Disposition::Accept, FakeAbuse::default()).await?;
+        let mut session = Session::new(w.ctx.clone(), Role::Mx, peer(), None);
+        let mut bye = None;
+        for _ in 0..3 {
+            let action = session.command(b"FOO").await;
+            let Action::Reply(reply) = action else {
+                return Err("an unknown command gets a reply".into());
+            };
+            assert_eq!(reply.code, 500);
+            bye = session.count_error(&reply).await;
+        }
+        let bye = bye.ok_or("the third error ends the session (max_errors = 3)")?;
+        assert_eq!(bye.code, 421);
+        assert_eq!(w.abuse.kinds(), vec![Abuse::ProtocolErrors]);
+        Ok(())
+    }
+
+    async fn deliver_over_mx(w: &World, message: &[u8]) -> TestResult<Reply> {
+        let mut session = Session::new(w.ctx.clone(), Role::Mx, peer(), None);
+        dialog(
+            &mut session,
+            &[
+                ("EHLO client.b.test", "250"),
+                ("MAIL FROM:<bob@b.test>", "250"),
+                ("RCPT TO:<alice@a.test>", "250"),
+                ("DATA", "DATA"),
+            ],
+        )
+        .await;
+        Ok(session
+            .data_received(crate::data::Data {
+                content: message.to_vec(),
+                too_big: false,
+                bare_line_ending: false,
+                nul: false,
+                over_budget: false,
+            })
+            .await)
+    }
+
+    async fn stored_in(w: &World, mailbox: &str) -> TestResult<Vec<String>> {
+        let alice = ctx(EmailAddress::parse(fakes::ALICE), "address")?;
+        let account = ctx(w.store.account(&alice).await, "account")?.ok_or("no alice")?;
+        let Some(mailbox) = ctx(w.store.mailbox(account.id, mailbox).await, "mailbox")? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for message in ctx(w.store.messages(mailbox.id).await, "list")? {
+            let content = ctx(w.store.read_message(message.id).await, "read")?;
+            out.push(String::from_utf8_lossy(&content).into_owned());
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn accepted_mail_is_stored_with_its_trace_and_quarantine_goes_to_junk() -> TestResult {
+        let message = b"From: bob@b.test\r\nSubject: hello\r\n\r\nhi alice\r\n";
+        let w = world(Disposition::Accept, FakeAbuse::default()).await?;
+        let reply = deliver_over_mx(&w, message).await?;
+        assert_eq!(reply.code, 250);
+        let inbox = stored_in(&w, "INBOX").await?;
+        assert_eq!(inbox.len(), 1);
+        let stored = &inbox[0];
+        assert!(stored.starts_with("Return-Path: <bob@b.test>\r\nAuthentication-Results: mx.a.test; dmarc=pass (fake)\r\nReceived: from client.b.test"), "{stored}");
+        assert!(stored.ends_with("\r\n\r\nhi alice\r\n"));
+
+        let w = world(Disposition::Junk, FakeAbuse::default()).await?;
+        assert_eq!(deliver_over_mx(&w, message).await?.code, 250);
+        assert!(stored_in(&w, "INBOX").await?.is_empty());
+        assert_eq!(stored_in(&w, "Junk").await?.len(), 1);
+
+        let w = world(Disposition::Reject("DMARC policy".into()), FakeAbuse::default()).await?;
+        let reply = deliver_over_mx(&w, message).await?;
+        assert_eq!((reply.code, reply.status), (550, Some("5.7.1")));
+        assert!(stored_in(&w, "INBOX").await?.is_empty());
+        Ok(())
+    }
+
+    /// The whole driver over a duplex: STARTTLS with the listeners' TLS policy, AUTH only
+    /// inside TLS, a submitted message signed and stored, and the "delivered" notice asked
+    /// for with NOTIFY in the sender's INBOX.
+    #[tokio::test]
+    async fn submission_over_a_duplex_with_starttls_auth_and_a_delivered_notice() -> TestResult {
+        use base64::Engine as _;
+        use sealmail_net::{Connection, ConnectionInfo, Handler as _, Timeouts};
+        use sealmail_testkit::LineClient;
+
+        let w = world_with(Disposition::Accept, FakeAbuse::default(), 100).await?;
+        let certs = ctx(tempfile::tempdir(), "tempdir")?;
+        let (server_tls, client_tls) = sealmail_testkit::pki::tls_pair(certs.path(), "mx.a.test")?;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let info = ConnectionInfo {
+            peer: peer(),
+            local: SocketAddr::from(([192, 0, 2, 1], 587)),
+            role: Role::Submission,
+            tls_mode: sealmail_config::TlsMode::StartTls,
+        };
+        let conn = Connection::over_stream(
+            info,
+            server,
+            Some(server_tls),
+            Timeouts::uniform(std::time::Duration::from_secs(10)),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let handler = crate::SmtpHandler { ctx: w.ctx.clone() };
+        let served = tokio::spawn(async move { handler.handle(conn).await });
+
+        let mut plain = LineClient::new(client);
+        assert!(plain.line().await?.starts_with("220 mx.a.test"));
+        plain.send("EHLO client.a.test\r\n").await?;
+        let ehlo = plain.smtp_reply().await?;
+        assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+        plain
+            .dialog(&[
+                (
+                    "AUTH PLAIN AGFsaWNlQGEudGVzdABjb3JyZWN0IGhvcnNlIGJhdHRlcnk=",
+                    "530",
+                ),
+                ("STARTTLS", "220"),
+            ])
+            .await?;
+        let tls = sealmail_testkit::tls_upgrade(plain.into_inner(), client_tls, "mx.a.test").await?;
+        let mut client = LineClient::new(tls);
+        client.send("EHLO client.a.test\r\n").await?;
+        let ehlo = client.smtp_reply().await?;
+        assert!(
+            ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+            "{ehlo}"
+        );
+        let plain_auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "\0{}\0{}",
+            fakes::ALICE,
+            fakes::ALICE_PASSWORD
+        ));
+        client
+            .dialog(&[
+                ("MAIL FROM:<alice@a.test>", "530"),
+                ("AUTH PLAIN AGFsaWNlQGEudGVzdAB3cm9uZw==", "535"),
+                (format!("AUTH PLAIN {plain_auth}").as_str(), "235"),
+                ("MAIL FROM:<bob@a.test>", "553"),
+                ("MAIL FROM:<alice@a.test>", "250"),
+                ("RCPT TO:<alice@a.test> NOTIFY=SUCCESS", "250"),
+                ("DATA", "354"),
+            ])
+            .await?;
+        client
+            .command(
+                "From: alice@a.test\r\nSubject: note to self\r\n\r\nhello\r\n.",
+                "250",
+            )
+            .await?;
+        client.command("QUIT", "221").await?;
+        ctx(served.await, "session task")?;
+
+        let inbox = stored_in(&w, "INBOX").await?;
+        assert_eq!(inbox.len(), 2, "the message and its delivered notice");
+        let message = inbox
+            .iter()
+            .find(|m| m.contains("Subject: note to self"))
+            .ok_or("the message is not stored")?;
+        assert!(
+            message.contains("DKIM-Signature: v=1; d=a.test; fake\r\nMessage-ID: <"),
+            "{message}"
+        );
+        assert!(
+            message.contains("with ESMTPSA (TLSv1."),
+            "the Received line names TLS: {message}"
+        );
+        let notice = inbox
+            .iter()
+            .find(|m| m.contains("multipart/report"))
+            .ok_or("no delivered notice")?;
+        assert!(notice.contains("Action: delivered"), "{notice}");
+        Ok(())
     }
 }

@@ -71,12 +71,8 @@ pub enum StoreError {
     WriterGone,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub id: AccountId,
-    pub address: EmailAddress,
-    pub password_hash: String,
-}
+/// Accounts are a store row that the proof of a login carries; the type lives with the proof.
+pub use sealmail_types::proof::Account;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
@@ -554,9 +550,4 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use sealmail_types::clock::now_unix;

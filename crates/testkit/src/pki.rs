@@ -66,6 +66,31 @@ impl TestCa {
     }
 }
 
+/// The server configuration every sealmail listener uses (`sealmail_tls::server_config`),
+/// serving a certificate for `name` from a new test CA (files in `dir`), and a client that
+/// trusts exactly that CA: what a session test over `tokio::io::duplex` needs for real TLS.
+pub fn tls_pair(dir: &Path, name: &str) -> TestResult<(Arc<ServerConfig>, Arc<rustls::ClientConfig>)> {
+    let ca = TestCa::new("sealmail test CA")?;
+    let issued = ca.issue(&[name], dir, "server")?;
+    let ca_file = dir.join("ca.pem");
+    ca.write(&ca_file)?;
+    let files = sealmail_config::CertificateFiles {
+        cert: issued.cert,
+        key: issued.key,
+    };
+    let set = ctx(sealmail_tls::CertSet::load(&[files]), "load certificate")?;
+    let server = ctx(
+        sealmail_tls::server_config(sealmail_tls::CertResolver::new(set)),
+        "server config",
+    )?;
+    let client = crate::client_config(
+        &[&ca_file],
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[],
+    )?;
+    Ok((server, client))
+}
+
 /// A POST's path and body.
 pub type Post = (String, Vec<u8>);
 

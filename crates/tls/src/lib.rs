@@ -102,11 +102,7 @@ pub struct LoadedCertificate {
 
 impl LoadedCertificate {
     pub fn is_expired(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.not_after < now
+        self.not_after < sealmail_types::clock::now_unix()
     }
 }
 
@@ -344,44 +340,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
-/// Proof that a connection runs over TLS, with what was negotiated. The only way to get one
-/// is [`TlsActive::from_session`] on a rustls session whose handshake is complete, so code that
-/// takes `&TlsActive` (password authentication, for one) cannot be reached in plaintext.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct TlsActive {
-    pub version: &'static str,
-    pub cipher: &'static str,
-    pub server_name: Option<String>,
-}
-
-impl TlsActive {
-    /// `None` while the handshake is still running.
-    pub fn from_session(session: &rustls::ServerConnection) -> Option<TlsActive> {
-        if session.is_handshaking() {
-            return None;
-        }
-        Some(TlsActive {
-            version: version_name(session.protocol_version()?),
-            cipher: suite_name(session.negotiated_cipher_suite()?),
-            server_name: session.server_name().map(str::to_string),
-        })
-    }
-}
-
-/// "TLSv1.3" / "TLSv1.2", as Postfix writes it in Received headers and logs.
-pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
-    match version {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-        _ => "TLS(other)",
-    }
-}
-
-/// The IANA name of a negotiated suite, e.g. "TLS13_AES_256_GCM_SHA384".
-pub fn suite_name(suite: SupportedCipherSuite) -> &'static str {
-    suite.suite().as_str().unwrap_or("unknown")
-}
+pub use sealmail_types::proof::{suite_name, version_name};
 
 #[cfg(test)]
 mod tests {
