@@ -3,11 +3,13 @@
 //! NAMESPACE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED/LIST-STATUS basics, CONDSTORE,
 //! APPENDLIMIT).
 //!
-//! Layers: [`framing`] reads one whole command off the connection with limits; imap-codec
-//! decodes it; [`session`] runs it against the store. Unlike SMTP the session is not
-//! socket-free: nearly every IMAP command is store I/O, and FETCH streams its output, so it
-//! writes to the connection itself when its output grows large. This file is the driver: the
-//! greeting, the read-execute-write loop, STARTTLS, IDLE and the ends of a session.
+//! Layers: [`framing`] reads one whole command off the connection with limits; [`session`]
+//! decodes it (imap-codec, with the rewrites of [`esearch`] and [`list`]'s extended syntax) and
+//! runs it against the store, its commands in `session/commands/` by concern. The session never
+//! touches the socket: its responses go to `session.out`, which this driver sends, and what
+//! cannot wait for the end of a command (FETCH batches, AUTHENTICATE) goes through the
+//! `session::Client` trait the driver implements. This file is the driver: the greeting, the
+//! read-run-write loop, STARTTLS, IDLE and the ends of a session.
 //!
 //! Before TLS only CAPABILITY, NOOP, LOGOUT, ID and STARTTLS are useful: LOGINDISABLED is
 //! advertised and LOGIN/AUTHENTICATE answer `NO [PRIVACYREQUIRED]`. `\Recent` is kept as RFC
@@ -27,15 +29,12 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::CommandCodec;
-use imap_codec::decode::Decoder;
-
 use sealmail_net::{ConnError, Connection, Handler, Line};
 
 pub use framing::Limits;
 pub use session::{ImapContext, Next, Session};
 
-use framing::{Frame, Refusal, Stage};
+use framing::Stage;
 
 /// Default limits for the command framing.
 pub const MAX_COMMAND_LINE: usize = 64 * 1024;
@@ -80,22 +79,6 @@ impl Handler for ImapHandler {
 
     fn banned_reply(&self) -> &'static [u8] {
         b"* BYE [UNAVAILABLE] Access denied for this address; try again later\r\n"
-    }
-}
-
-/// The tagged answer to a refused command: BAD for what the client must not send, NO for what
-/// may work later.
-fn refusal_text(reason: Refusal) -> (bool, &'static str) {
-    match reason {
-        Refusal::LineTooLong => (true, "Command line too long"),
-        Refusal::CommandTooLarge => (true, "[TOOBIG] Command too large"),
-        Refusal::LiteralTooLarge => (true, "[TOOBIG] Literal too large"),
-        Refusal::TooManyLiterals => (true, "[LIMIT] Too many literals in one command"),
-        Refusal::LoginFirst => (true, "Log in first"),
-        Refusal::OverBudget => (
-            false,
-            "[LIMIT] The server holds too much message data just now; try again later",
-        ),
     }
 }
 
@@ -145,72 +128,7 @@ async fn serve(ctx: &ImapContext, mut conn: Connection, mut session: Session) ->
             }
             Err(e) => return Err(e),
         };
-        let next = match frame {
-            Frame::Refused { tag, reason } => {
-                let keep_going = match refusal_text(reason) {
-                    (true, text) => session.refuse(tag.as_deref(), text).await,
-                    (false, text) => {
-                        session.decline(tag.as_deref(), text);
-                        true
-                    }
-                };
-                if keep_going { Next::Continue } else { Next::Close }
-            }
-            // The reservation is held until the command has run.
-            Frame::Command(bytes, _reservation) => {
-                let (bytes, search_return) = match esearch::strip_return(&bytes) {
-                    Some((stripped, options)) => (stripped, Some(options)),
-                    None => (bytes, None),
-                };
-                let (bytes, utf8_append) = match esearch::strip_utf8_append(&bytes) {
-                    Some(stripped) => (stripped, true),
-                    None => (bytes, false),
-                };
-                // RFC 5182: `$` is the saved search result, written out before decoding. Whether
-                // it named no message belongs to this command only.
-                let mut dollar_empty = false;
-                let substituted = match session.selected {
-                    Some(_) => esearch::substitute_saved(&bytes, |use_| {
-                        let (text, empty) = session.saved_result_text(use_)?;
-                        dollar_empty |= empty && matches!(use_, esearch::SavedUse::Set { .. });
-                        Some(text)
-                    }),
-                    None => None,
-                };
-                let bytes = match substituted {
-                    Some(rewritten) => rewritten,
-                    None => {
-                        dollar_empty = false;
-                        bytes
-                    }
-                };
-                match CommandCodec::default().decode(&bytes) {
-                    Ok((b"", command)) => {
-                        session.search_return = search_return;
-                        session.utf8_append = utf8_append;
-                        session.dollar_empty = dollar_empty;
-                        let next = session.execute(command, &mut conn).await;
-                        session.search_return = None;
-                        session.utf8_append = false;
-                        session.dollar_empty = false;
-                        next?
-                    }
-                    _ => match list::parse_extended(&bytes) {
-                        Some((tag, request)) => {
-                            session::run_list(&mut session, &tag, request).await;
-                            Next::Continue
-                        }
-                        None => {
-                            let tag = framing::tag_of(&bytes);
-                            let keep_going = session
-                                .refuse(tag.as_deref(), "Syntax error or unknown command")
-                                .await;
-                            if keep_going { Next::Continue } else { Next::Close }
-                        }
-                    },
-                }
-            }
-        };
+        let next = session.frame(frame, &mut conn).await?;
         if !session.out.is_empty() {
             conn.write_all(&session.out).await?;
             session.out.clear();

@@ -5,6 +5,7 @@
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
 
 pub mod dns;
+pub mod fakes;
 pub mod pki;
 pub mod suite;
 
