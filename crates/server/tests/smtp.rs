@@ -805,12 +805,14 @@ fn go_string(literal: &str) -> Result<Vec<u8>, String> {
 #[tokio::test]
 async fn chasquid_fuzz_seeds_get_protocol_replies_and_leave_the_server_healthy() -> TestResult {
     let instance = Instance::quickstart().await?;
-    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/testdata/chasquid/internal/smtpsrv/testdata/fuzz/FuzzConnection");
-    let Ok(entries) = std::fs::read_dir(&seeds) else {
-        eprintln!("skipped: {} not present", seeds.display());
-        return Ok(());
-    };
+    let seeds = std::path::Path::new(&sealmail_testkit::testdata())
+        .join("chasquid/internal/smtpsrv/testdata/fuzz/FuzzConnection");
+    let entries = std::fs::read_dir(&seeds).map_err(|e| {
+        format!(
+            "chasquid's SMTP fuzz seeds are missing at {} (set SEALMAIL_TESTDATA to the shared testdata): {e}",
+            seeds.display()
+        )
+    })?;
     let mut replayed = 0;
     for entry in entries {
         let path = ctx(entry, "dir entry")?.path();
