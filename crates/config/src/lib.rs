@@ -1840,4 +1840,97 @@ mod tests {
             );
         }
     }
+
+    /// How docs/CONFIG.md writes a key's default (its default cell may add words after it).
+    fn default_in_docs(kind: &Kind) -> String {
+        match *kind {
+            Kind::Required => "required".into(),
+            Kind::Optional => "none".into(),
+            Kind::Text(text) => format!("`{text:?}`"),
+            Kind::Flag(flag) => format!("`{flag}`"),
+            Kind::Number { default, .. } => format!("`{default}`"),
+            Kind::List => "`[]`".into(),
+            Kind::Table => "`{}`".into(),
+        }
+    }
+
+    /// The heading of docs/CONFIG.md that documents a section.
+    fn heading_of(section: &str) -> String {
+        match section {
+            "" => "Top level".into(),
+            "listener" | "tls.certificate" => format!("`[[{section}]]`"),
+            _ => format!("`[{section}]`"),
+        }
+    }
+
+    #[test]
+    fn docs_config_md_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut sections: Vec<&str> = KEYS.iter().map(|key| split(key.name).0).collect();
+        sections.dedup();
+        let headings: Vec<(String, &str)> = sections.iter().map(|s| (heading_of(s), *s)).collect();
+
+        // Every key row (a first cell in backticks) with its section, name and default cell.
+        let mut rows: Vec<(Option<&str>, &str, &str)> = Vec::new();
+        let mut section = None;
+        for line in text.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                section = headings
+                    .iter()
+                    .find(|(h, _)| heading == h || heading.starts_with(&format!("{h} ")))
+                    .map(|(_, s)| *s);
+            } else if line.starts_with("| `") {
+                let mut cells = line.split('|').skip(1).map(str::trim);
+                let name = cells.next().unwrap_or_default().trim_matches('`');
+                rows.push((section, name, cells.next().unwrap_or_default()));
+            }
+        }
+
+        let mut problems = Vec::new();
+        for key in KEYS {
+            let (section, name) = split(key.name);
+            let heading = heading_of(section);
+            let default = default_in_docs(&key.kind);
+            let found: Vec<_> = rows
+                .iter()
+                .filter(|(s, n, _)| *s == Some(section) && *n == name)
+                .collect();
+            match found.as_slice() {
+                [] => problems.push(format!(
+                    "{} has no row under \"## {heading}\"; add `{name}` with its default {default}",
+                    key.name
+                )),
+                [(_, _, cell)] if !cell.contains(&default) => problems.push(format!(
+                    "{}: the default cell {cell:?} does not say {default}, the default in the code",
+                    key.name
+                )),
+                [_] => {}
+                _ => problems.push(format!(
+                    "{} has {} rows under \"## {heading}\"",
+                    key.name,
+                    found.len()
+                )),
+            }
+        }
+        for (section, name, _) in &rows {
+            match section {
+                None => problems.push(format!(
+                    "`{name}` is under a heading that names no section with keys"
+                )),
+                Some(section) if !KEYS.iter().any(|key| split(key.name) == (section, name)) => {
+                    problems.push(format!(
+                        "`{name}` under \"## {}\" is not a key sealmail reads; remove it or declare it",
+                        heading_of(section)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/CONFIG.md disagrees with the code:\n{}",
+            problems.join("\n")
+        );
+    }
 }
