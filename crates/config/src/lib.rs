@@ -431,33 +431,42 @@ pub struct Config {
 // the same names, which a test holds to `KEYS`, and another test holds docs/CONFIG.md to them.
 
 /// A key of the file; `name` is dotted as in messages (`limits.max_connections`), and keys of
-/// the arrays of tables are named after the array (`listener.role`).
-struct Key {
+/// the arrays of tables are named after the array (`listener.role`). `T` says what it holds and
+/// so which reads it has: reading a key as something it was not declared as does not compile.
+struct Key<T> {
     name: &'static str,
-    kind: Kind,
+    kind: T,
 }
 
-/// What a key holds and what it is when the file leaves it out.
-enum Kind {
-    /// A string the file must give.
-    Required,
-    /// A string; left out, the setting is off.
-    Optional,
-    /// A string, this one when left out.
-    Text(&'static str),
-    Flag(bool),
-    /// A whole number from `min` to `max`: a count, a size, or a duration in the unit the key's
-    /// name ends with (`_secs`, `_days`).
-    Number {
-        default: i64,
-        min: i64,
-        max: i64,
-    },
-    /// A list of strings, empty when left out.
-    List,
-    /// A table of strings, empty when left out.
-    Table,
+/// A string the file must give.
+struct Required;
+
+/// A string; left out, the setting is off.
+struct Optional;
+
+/// A string, `default` when left out.
+struct Text {
+    default: &'static str,
 }
+
+/// A flag, `default` when left out.
+struct Flag {
+    default: bool,
+}
+
+/// A whole number from `min` to `max`: a count, a size, or a duration in the unit the key's
+/// name ends with (`_secs`, `_days`).
+struct Number {
+    default: i64,
+    min: i64,
+    max: i64,
+}
+
+/// A list of strings, empty when left out.
+struct List;
+
+/// A table of strings, empty when left out.
+struct Table;
 
 const DAY: i64 = 86_400;
 const YEAR: i64 = 365 * DAY;
@@ -465,80 +474,85 @@ const KIB: i64 = 1024;
 const MIB: i64 = 1024 * KIB;
 const GIB: i64 = 1024 * MIB;
 
-impl Key {
-    const fn new(name: &'static str, kind: Kind) -> Key {
-        Key { name, kind }
+impl Key<Required> {
+    const fn required(name: &'static str) -> Self {
+        Key { name, kind: Required }
+    }
+}
+
+impl Key<Optional> {
+    const fn optional(name: &'static str) -> Self {
+        Key { name, kind: Optional }
+    }
+}
+
+impl Key<List> {
+    const fn list(name: &'static str) -> Self {
+        Key { name, kind: List }
+    }
+}
+
+impl Key<Table> {
+    const fn table(name: &'static str) -> Self {
+        Key { name, kind: Table }
+    }
+}
+
+impl Key<Text> {
+    const fn text(name: &'static str, default: &'static str) -> Self {
+        Key {
+            name,
+            kind: Text { default },
+        }
     }
 
-    const fn required(name: &'static str) -> Key {
-        Key::new(name, Kind::Required)
+    fn read_text<'a>(&self, value: Option<&'a str>) -> &'a str {
+        value.unwrap_or(self.kind.default)
+    }
+}
+
+impl Key<Flag> {
+    const fn flag(name: &'static str, default: bool) -> Self {
+        Key {
+            name,
+            kind: Flag { default },
+        }
     }
 
-    const fn optional(name: &'static str) -> Key {
-        Key::new(name, Kind::Optional)
+    fn default_flag(&self) -> bool {
+        self.kind.default
     }
 
-    const fn text(name: &'static str, default: &'static str) -> Key {
-        Key::new(name, Kind::Text(default))
+    fn read_flag(&self, value: Option<bool>) -> bool {
+        value.unwrap_or(self.kind.default)
     }
+}
 
-    const fn flag(name: &'static str, default: bool) -> Key {
-        Key::new(name, Kind::Flag(default))
-    }
-
-    const fn number(name: &'static str, default: i64, range: RangeInclusive<i64>) -> Key {
+impl Key<Number> {
+    const fn number(name: &'static str, default: i64, range: RangeInclusive<i64>) -> Self {
         let (min, max) = (*range.start(), *range.end());
-        Key::new(name, Kind::Number { default, min, max })
-    }
-
-    const fn list(name: &'static str) -> Key {
-        Key::new(name, Kind::List)
-    }
-
-    const fn table(name: &'static str) -> Key {
-        Key::new(name, Kind::Table)
-    }
-
-    /// Default, least and greatest value of a number key.
-    fn bounds(&self) -> (i64, i64, i64) {
-        match self.kind {
-            Kind::Number { default, min, max } => (default, min, max),
-            // The code reads a key as something it was not declared as: every load of a file
-            // gets here, so the crate's own tests find it.
-            _ => unreachable!("{} is not declared as a number", self.name),
+        Key {
+            name,
+            kind: Number { default, min, max },
         }
     }
 
     fn default_number(&self) -> i64 {
-        self.bounds().0
+        self.kind.default
     }
 
     fn default_secs(&self) -> Duration {
-        Duration::from_secs(self.default_number() as u64)
+        Duration::from_secs(self.kind.default as u64)
     }
 
     fn default_days(&self) -> Duration {
-        Duration::from_secs(self.default_number() as u64 * DAY as u64)
-    }
-
-    fn default_flag(&self) -> bool {
-        match self.kind {
-            Kind::Flag(default) => default,
-            _ => unreachable!("{} is not declared as a flag", self.name),
-        }
-    }
-
-    fn default_text(&self) -> &'static str {
-        match self.kind {
-            Kind::Text(default) => default,
-            _ => unreachable!("{} is not declared as a text with a default", self.name),
-        }
+        Duration::from_secs(self.kind.default as u64 * DAY as u64)
     }
 
     /// The number the file gives, else the default; one out of range is reported, with the
     /// range and the default, and replaced by the default so that checking can go on.
     fn read_number(&self, value: Option<i64>, problems: &mut Vec<String>) -> i64 {
-        let (default, min, max) = self.bounds();
+        let Number { default, min, max } = self.kind;
         match value {
             None => default,
             Some(v) if (min..=max).contains(&v) => v,
@@ -559,280 +573,326 @@ impl Key {
     fn read_days(&self, value: Option<i64>, problems: &mut Vec<String>) -> Duration {
         Duration::from_secs(self.read_number(value, problems) as u64 * DAY as u64)
     }
-
-    fn read_flag(&self, value: Option<bool>) -> bool {
-        value.unwrap_or(self.default_flag())
-    }
-
-    fn read_text<'a>(&self, value: Option<&'a str>) -> &'a str {
-        value.unwrap_or(self.default_text())
-    }
 }
 
 // Top level.
 /// The server's fully qualified host name: greetings, and certificates made by `init`.
-const HOSTNAME: Key = Key::required("hostname");
+const HOSTNAME: Key<Required> = Key::required("hostname");
 /// The folder of the store, the snapshots and the lock file.
-const DATA_DIR: Key = Key::text("data_dir", ".");
+const DATA_DIR: Key<Text> = Key::text("data_dir", ".");
 
 // [[tls.certificate]]: at least one.
 /// PEM certificate chain, leaf first.
-const CERTIFICATE_CERT: Key = Key::required("tls.certificate.cert");
+const CERTIFICATE_CERT: Key<Required> = Key::required("tls.certificate.cert");
 /// PEM private key; must not be readable by group or others.
-const CERTIFICATE_KEY: Key = Key::required("tls.certificate.key");
+const CERTIFICATE_KEY: Key<Required> = Key::required("tls.certificate.key");
 
 // [[listener]]: at least one.
 /// What the listener serves: "mx", "submission" or "imap".
-const LISTENER_ROLE: Key = Key::required("listener.role");
+const LISTENER_ROLE: Key<Required> = Key::required("listener.role");
 /// IP address and port.
-const LISTENER_BIND: Key = Key::required("listener.bind");
+const LISTENER_BIND: Key<Required> = Key::required("listener.bind");
 /// "starttls" or "implicit"; there is no plaintext mode.
-const LISTENER_TLS: Key = Key::required("listener.tls");
+const LISTENER_TLS: Key<Required> = Key::required("listener.tls");
 /// When not empty, only clients in these networks may connect.
-const LISTENER_ALLOW: Key = Key::list("listener.allow");
+const LISTENER_ALLOW: Key<List> = Key::list("listener.allow");
 /// Clients in these networks are refused; deny wins over allow.
-const LISTENER_DENY: Key = Key::list("listener.deny");
+const LISTENER_DENY: Key<List> = Key::list("listener.deny");
 /// Connections from `security.proxies` start with a PROXY protocol header.
-const LISTENER_PROXY_PROTOCOL: Key = Key::flag("listener.proxy_protocol", false);
+const LISTENER_PROXY_PROTOCOL: Key<Flag> = Key::flag("listener.proxy_protocol", false);
 
 // [limits]
 /// Connections open at once, all listeners together.
-const LIMITS_MAX_CONNECTIONS: Key = Key::number("limits.max_connections", 2048, 1..=1_000_000);
+const LIMITS_MAX_CONNECTIONS: Key<Number> = Key::number("limits.max_connections", 2048, 1..=1_000_000);
 /// Connections open at once from one IPv4 address or IPv6 /64.
-const LIMITS_MAX_CONNECTIONS_PER_IP: Key = Key::number("limits.max_connections_per_ip", 32, 1..=1_000_000);
+const LIMITS_MAX_CONNECTIONS_PER_IP: Key<Number> =
+    Key::number("limits.max_connections_per_ip", 32, 1..=1_000_000);
 /// The share of `max_connections`, in percent, that the listeners of one role may hold.
-const LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT: Key =
+const LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT: Key<Number> =
     Key::number("limits.max_connections_per_role_percent", 50, 1..=100);
 /// New connections one IPv4 address or IPv6 /64 may open per minute.
-const LIMITS_MAX_CONNECTION_RATE_PER_IP: Key =
+const LIMITS_MAX_CONNECTION_RATE_PER_IP: Key<Number> =
     Key::number("limits.max_connection_rate_per_ip", 600, 1..=10_000_000);
 /// Time a client has to complete a TLS handshake.
-const LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS: Key = Key::number("limits.tls_handshake_timeout_secs", 30, 1..=DAY);
+const LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS: Key<Number> =
+    Key::number("limits.tls_handshake_timeout_secs", 30, 1..=DAY);
 /// Time an IMAP client may stay silent (RFC 9051 5.4: at least 30 minutes).
-const LIMITS_IMAP_IDLE_TIMEOUT_SECS: Key = Key::number("limits.imap_idle_timeout_secs", 1800, 1..=DAY);
+const LIMITS_IMAP_IDLE_TIMEOUT_SECS: Key<Number> =
+    Key::number("limits.imap_idle_timeout_secs", 1800, 1..=DAY);
 /// Time an IMAP client that has not logged in has for each command, the wait included.
-const LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS: Key =
+const LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS: Key<Number> =
     Key::number("limits.imap_unauthenticated_timeout_secs", 60, 1..=DAY);
 /// Time a client has to send each command line (RFC 5321 4.5.3.2.7: at least 5 minutes).
-const LIMITS_COMMAND_TIMEOUT_SECS: Key = Key::number("limits.command_timeout_secs", 300, 1..=DAY);
+const LIMITS_COMMAND_TIMEOUT_SECS: Key<Number> = Key::number("limits.command_timeout_secs", 300, 1..=DAY);
 /// Octets one account's messages may take in all; 0 means no limit.
-const LIMITS_MAILBOX_QUOTA: Key = Key::number("limits.mailbox_quota", 2 * GIB, 0..=(1 << 50));
+const LIMITS_MAILBOX_QUOTA: Key<Number> = Key::number("limits.mailbox_quota", 2 * GIB, 0..=(1 << 50));
 /// On SIGTERM or SIGINT, time sessions get to finish before they are closed.
-const LIMITS_SHUTDOWN_GRACE_SECS: Key = Key::number("limits.shutdown_grace_secs", 30, 1..=DAY);
+const LIMITS_SHUTDOWN_GRACE_SECS: Key<Number> = Key::number("limits.shutdown_grace_secs", 30, 1..=DAY);
 
 // [smtp]
 /// Largest message accepted, in octets (SMTP SIZE, IMAP APPENDLIMIT).
-const SMTP_MAX_MESSAGE_SIZE: Key = Key::number("smtp.max_message_size", 50 * MIB, KIB..=GIB);
+const SMTP_MAX_MESSAGE_SIZE: Key<Number> = Key::number("smtp.max_message_size", 50 * MIB, KIB..=GIB);
 /// Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100).
-const SMTP_MAX_RECIPIENTS: Key = Key::number("smtp.max_recipients", 100, 1..=100_000);
+const SMTP_MAX_RECIPIENTS: Key<Number> = Key::number("smtp.max_recipients", 100, 1..=100_000);
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4: 512).
-const SMTP_MAX_LINE_LENGTH: Key = Key::number("smtp.max_line_length", 512, 512..=65_536);
+const SMTP_MAX_LINE_LENGTH: Key<Number> = Key::number("smtp.max_line_length", 512, 512..=65_536);
 /// Error replies after which the session is closed.
-const SMTP_MAX_ERRORS: Key = Key::number("smtp.max_errors", 10, 1..=1000);
+const SMTP_MAX_ERRORS: Key<Number> = Key::number("smtp.max_errors", 10, 1..=1000);
 /// Time for the whole DATA or BDAT transfer of one message (RFC 5321 4.5.3.2.6: 10 minutes).
-const SMTP_DATA_TIMEOUT_SECS: Key = Key::number("smtp.data_timeout_secs", 600, 1..=DAY);
+const SMTP_DATA_TIMEOUT_SECS: Key<Number> = Key::number("smtp.data_timeout_secs", 600, 1..=DAY);
 /// Messages one authenticated account may start per hour.
-const SMTP_MESSAGES_PER_HOUR: Key = Key::number("smtp.messages_per_hour", 500, 1..=10_000_000);
+const SMTP_MESSAGES_PER_HOUR: Key<Number> = Key::number("smtp.messages_per_hour", 500, 1..=10_000_000);
 /// Message data all sessions together may hold in memory while receiving it.
-const SMTP_MAX_BUFFERED_BYTES: Key = Key::number("smtp.max_buffered_bytes", 512 * MIB, KIB..=1024 * GIB);
+const SMTP_MAX_BUFFERED_BYTES: Key<Number> =
+    Key::number("smtp.max_buffered_bytes", 512 * MIB, KIB..=1024 * GIB);
 /// Recipients one authenticated account may address per hour.
-const SMTP_RECIPIENTS_PER_HOUR: Key = Key::number("smtp.recipients_per_hour", 2000, 1..=10_000_000);
+const SMTP_RECIPIENTS_PER_HOUR: Key<Number> = Key::number("smtp.recipients_per_hour", 2000, 1..=10_000_000);
 
 // [auth]
 /// How long a successful password login is remembered; 0 turns the cache off.
-const AUTH_LOGIN_CACHE_TTL_SECS: Key = Key::number("auth.login_cache_ttl_secs", 300, 0..=DAY);
+const AUTH_LOGIN_CACHE_TTL_SECS: Key<Number> = Key::number("auth.login_cache_ttl_secs", 300, 0..=DAY);
 
 // [dns]
 /// Servers to ask; empty means the system's (/etc/resolv.conf).
-const DNS_NAMESERVERS: Key = Key::list("dns.nameservers");
+const DNS_NAMESERVERS: Key<List> = Key::list("dns.nameservers");
 /// How long one query waits for an answer.
-const DNS_TIMEOUT_SECS: Key = Key::number("dns.timeout_secs", 5, 1..=60);
+const DNS_TIMEOUT_SECS: Key<Number> = Key::number("dns.timeout_secs", 5, 1..=60);
 /// Tries per server before a lookup is a temporary error.
-const DNS_ATTEMPTS: Key = Key::number("dns.attempts", 2, 1..=10);
+const DNS_ATTEMPTS: Key<Number> = Key::number("dns.attempts", 2, 1..=10);
 /// Records kept in the cache; 0 turns it off.
-const DNS_CACHE_SIZE: Key = Key::number("dns.cache_size", 4096, 0..=10_000_000);
+const DNS_CACHE_SIZE: Key<Number> = Key::number("dns.cache_size", 4096, 0..=10_000_000);
 /// Trust the AD bit: the nameservers validate DNSSEC (needed for DANE).
-const DNS_TRUST_AD_BIT: Key = Key::flag("dns.trust_ad_bit", false);
+const DNS_TRUST_AD_BIT: Key<Flag> = Key::flag("dns.trust_ad_bit", false);
 /// Look clients' addresses up by PTR (informational only).
-const DNS_REVERSE_LOOKUPS: Key = Key::flag("dns.reverse_lookups", false);
+const DNS_REVERSE_LOOKUPS: Key<Flag> = Key::flag("dns.reverse_lookups", false);
 
 // [delivery]
 /// The port of MX hosts.
-const DELIVERY_SMTP_PORT: Key = Key::number("delivery.smtp_port", 25, 1..=65_535);
+const DELIVERY_SMTP_PORT: Key<Number> = Key::number("delivery.smtp_port", 25, 1..=65_535);
 /// "DOMAIN" = "HOST:PORT" used instead of the MX lookup.
-const DELIVERY_ROUTES: Key = Key::table("delivery.routes");
+const DELIVERY_ROUTES: Key<Table> = Key::table("delivery.routes");
 /// Destination domains that always need TLS with a verified certificate.
-const DELIVERY_REQUIRE_TLS: Key = Key::list("delivery.require_tls");
+const DELIVERY_REQUIRE_TLS: Key<List> = Key::list("delivery.require_tls");
 /// The first retry's delay; each further one doubles.
-const DELIVERY_RETRY_BASE_SECS: Key = Key::number("delivery.retry_base_secs", 60, 1..=YEAR);
+const DELIVERY_RETRY_BASE_SECS: Key<Number> = Key::number("delivery.retry_base_secs", 60, 1..=YEAR);
 /// The longest delay between two attempts.
-const DELIVERY_RETRY_MAX_SECS: Key = Key::number("delivery.retry_max_secs", 3600, 1..=YEAR);
+const DELIVERY_RETRY_MAX_SECS: Key<Number> = Key::number("delivery.retry_max_secs", 3600, 1..=YEAR);
 /// A recipient still undelivered this long after the message was queued bounces.
-const DELIVERY_GIVE_UP_SECS: Key = Key::number("delivery.give_up_secs", 5 * DAY, 1..=YEAR);
+const DELIVERY_GIVE_UP_SECS: Key<Number> = Key::number("delivery.give_up_secs", 5 * DAY, 1..=YEAR);
 /// A recipient still undelivered this long gets the sender one "delayed" notice; 0: never.
-const DELIVERY_DELAY_WARNING_SECS: Key = Key::number("delivery.delay_warning_secs", 4 * 3600, 0..=YEAR);
+const DELIVERY_DELAY_WARNING_SECS: Key<Number> =
+    Key::number("delivery.delay_warning_secs", 4 * 3600, 0..=YEAR);
 /// Outbound connections at once.
-const DELIVERY_MAX_CONNECTIONS: Key = Key::number("delivery.max_connections", 64, 1..=100_000);
+const DELIVERY_MAX_CONNECTIONS: Key<Number> = Key::number("delivery.max_connections", 64, 1..=100_000);
 /// Outbound connections at once to one destination domain.
-const DELIVERY_MAX_CONNECTIONS_PER_DOMAIN: Key =
+const DELIVERY_MAX_CONNECTIONS_PER_DOMAIN: Key<Number> =
     Key::number("delivery.max_connections_per_domain", 4, 1..=100_000);
 /// Messages sent over one connection before it is closed.
-const DELIVERY_MAX_MESSAGES_PER_CONNECTION: Key =
+const DELIVERY_MAX_MESSAGES_PER_CONNECTION: Key<Number> =
     Key::number("delivery.max_messages_per_connection", 100, 1..=100_000);
 /// How long a TCP connection may take.
-const DELIVERY_CONNECT_TIMEOUT_SECS: Key = Key::number("delivery.connect_timeout_secs", 30, 1..=YEAR);
+const DELIVERY_CONNECT_TIMEOUT_SECS: Key<Number> = Key::number("delivery.connect_timeout_secs", 30, 1..=YEAR);
 /// How long any one reply may take (RFC 5321 4.5.3.2).
-const DELIVERY_COMMAND_TIMEOUT_SECS: Key = Key::number("delivery.command_timeout_secs", 300, 1..=YEAR);
+const DELIVERY_COMMAND_TIMEOUT_SECS: Key<Number> =
+    Key::number("delivery.command_timeout_secs", 300, 1..=YEAR);
 /// The port MTA-STS policies are fetched from.
-const DELIVERY_MTA_STS_PORT: Key = Key::number("delivery.mta_sts_port", 443, 1..=65_535);
+const DELIVERY_MTA_STS_PORT: Key<Number> = Key::number("delivery.mta_sts_port", 443, 1..=65_535);
 /// PEM file of extra certificate authorities for MX hosts and MTA-STS.
-const DELIVERY_TRUST_ANCHORS: Key = Key::optional("delivery.trust_anchors");
+const DELIVERY_TRUST_ANCHORS: Key<Optional> = Key::optional("delivery.trust_anchors");
 /// "HOST:PORT" of a smarthost that takes all outbound mail.
-const DELIVERY_RELAY: Key = Key::optional("delivery.relay");
+const DELIVERY_RELAY: Key<Optional> = Key::optional("delivery.relay");
 /// How the smarthost's TLS starts: "starttls" or "implicit".
-const DELIVERY_RELAY_TLS: Key = Key::text("delivery.relay_tls", "starttls");
+const DELIVERY_RELAY_TLS: Key<Text> = Key::text("delivery.relay_tls", "starttls");
 /// AUTH PLAIN user name at the smarthost.
-const DELIVERY_RELAY_USERNAME: Key = Key::optional("delivery.relay_username");
+const DELIVERY_RELAY_USERNAME: Key<Optional> = Key::optional("delivery.relay_username");
 /// File holding that password (mode 0600).
-const DELIVERY_RELAY_PASSWORD_FILE: Key = Key::optional("delivery.relay_password_file");
+const DELIVERY_RELAY_PASSWORD_FILE: Key<Optional> = Key::optional("delivery.relay_password_file");
 
 // [inbound]
 /// Refuse mail that fails DMARC under p=reject.
-const INBOUND_DMARC_REJECT: Key = Key::flag("inbound.dmarc_reject", true);
+const INBOUND_DMARC_REJECT: Key<Flag> = Key::flag("inbound.dmarc_reject", true);
 /// Deliver mail that fails DMARC under p=quarantine to Junk.
-const INBOUND_DMARC_QUARANTINE: Key = Key::flag("inbound.dmarc_quarantine", true);
+const INBOUND_DMARC_QUARANTINE: Key<Flag> = Key::flag("inbound.dmarc_quarantine", true);
 /// Mark mail that may be phishing with a header and the $Phishing keyword.
-const INBOUND_PHISHING_WARNINGS: Key = Key::flag("inbound.phishing_warnings", true);
+const INBOUND_PHISHING_WARNINGS: Key<Flag> = Key::flag("inbound.phishing_warnings", true);
 /// Also put the warning at the top of the message text (alters the message).
-const INBOUND_PHISHING_NOTICE_IN_BODY: Key = Key::flag("inbound.phishing_notice_in_body", false);
+const INBOUND_PHISHING_NOTICE_IN_BODY: Key<Flag> = Key::flag("inbound.phishing_notice_in_body", false);
 /// Answer 451 when a DNS failure could change the verdict.
-const INBOUND_TEMPFAIL_ON_DNS_ERROR: Key = Key::flag("inbound.tempfail_on_dns_error", true);
+const INBOUND_TEMPFAIL_ON_DNS_ERROR: Key<Flag> = Key::flag("inbound.tempfail_on_dns_error", true);
 
 // [security]
 /// Failed logins from one IPv4 address or IPv6 /64 within the window that ban it.
-const SECURITY_AUTH_FAILURES: Key = Key::number("security.auth_failures", 5, 1..=10_000);
+const SECURITY_AUTH_FAILURES: Key<Number> = Key::number("security.auth_failures", 5, 1..=10_000);
 /// The sliding window those failures are counted in.
-const SECURITY_FAILURE_WINDOW_SECS: Key = Key::number("security.failure_window_secs", 600, 1..=YEAR);
+const SECURITY_FAILURE_WINDOW_SECS: Key<Number> = Key::number("security.failure_window_secs", 600, 1..=YEAR);
 /// Length of a first ban; each further ban within a week doubles it.
-const SECURITY_BAN_SECS: Key = Key::number("security.ban_secs", 900, 1..=YEAR);
+const SECURITY_BAN_SECS: Key<Number> = Key::number("security.ban_secs", 900, 1..=YEAR);
 /// The longest a ban can grow.
-const SECURITY_MAX_BAN_SECS: Key = Key::number("security.max_ban_secs", DAY, 1..=YEAR);
+const SECURITY_MAX_BAN_SECS: Key<Number> = Key::number("security.max_ban_secs", DAY, 1..=YEAR);
 /// Networks never banned.
-const SECURITY_TRUSTED: Key = Key::list("security.trusted");
+const SECURITY_TRUSTED: Key<List> = Key::list("security.trusted");
 /// Load balancers whose PROXY protocol headers are believed.
-const SECURITY_PROXIES: Key = Key::list("security.proxies");
+const SECURITY_PROXIES: Key<List> = Key::list("security.proxies");
 /// How long security events and ended bans are kept; at least a week, since ban escalation
 /// looks a week back.
-const SECURITY_EVENT_RETENTION_DAYS: Key = Key::number("security.event_retention_days", 90, 7..=3650);
+const SECURITY_EVENT_RETENTION_DAYS: Key<Number> = Key::number("security.event_retention_days", 90, 7..=3650);
 /// Size past which security-events.jsonl is rotated.
-const SECURITY_EVENT_LOG_MAX_BYTES: Key =
+const SECURITY_EVENT_LOG_MAX_BYTES: Key<Number> =
     Key::number("security.event_log_max_bytes", 64 * MIB, 4 * KIB..=1024 * GIB);
 
 // [server]
 /// Started as root, switch to this user right after binding the listeners.
-const SERVER_USER: Key = Key::optional("server.user");
+const SERVER_USER: Key<Optional> = Key::optional("server.user");
 /// The group to switch to; left out, the user's primary group.
-const SERVER_GROUP: Key = Key::optional("server.group");
+const SERVER_GROUP: Key<Optional> = Key::optional("server.group");
 /// Keep running as root when no user is set.
-const SERVER_ALLOW_ROOT: Key = Key::flag("server.allow_root", false);
+const SERVER_ALLOW_ROOT: Key<Flag> = Key::flag("server.allow_root", false);
 
 // [metrics]
 /// Address of the Prometheus endpoint; left out, there is none.
-const METRICS_BIND: Key = Key::optional("metrics.bind");
+const METRICS_BIND: Key<Optional> = Key::optional("metrics.bind");
 /// Let `bind` name an address other than loopback.
-const METRICS_ALLOW_REMOTE: Key = Key::flag("metrics.allow_remote", false);
+const METRICS_ALLOW_REMOTE: Key<Flag> = Key::flag("metrics.allow_remote", false);
 
 // [store]
 /// Most writes one commit (one fsync) may carry.
-const STORE_GROUP_COMMIT_MAX_BATCH: Key = Key::number("store.group_commit_max_batch", 256, 1..=100_000);
+const STORE_GROUP_COMMIT_MAX_BATCH: Key<Number> =
+    Key::number("store.group_commit_max_batch", 256, 1..=100_000);
 
 // [log]
 /// "human" or "json" (JSON lines).
-const LOG_FORMAT: Key = Key::text("log.format", "human");
+const LOG_FORMAT: Key<Text> = Key::text("log.format", "human");
+
+/// Any key, whatever it holds.
+enum AnyKey {
+    Required(&'static Key<Required>),
+    Optional(&'static Key<Optional>),
+    Text(&'static Key<Text>),
+    Flag(&'static Key<Flag>),
+    Number(&'static Key<Number>),
+    List(&'static Key<List>),
+    Table(&'static Key<Table>),
+}
+
+impl AnyKey {
+    const fn name(&self) -> &'static str {
+        match *self {
+            AnyKey::Required(key) => key.name,
+            AnyKey::Optional(key) => key.name,
+            AnyKey::Text(key) => key.name,
+            AnyKey::Flag(key) => key.name,
+            AnyKey::Number(key) => key.name,
+            AnyKey::List(key) => key.name,
+            AnyKey::Table(key) => key.name,
+        }
+    }
+}
 
 /// Every key, in the order docs/CONFIG.md lists them.
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "only the tests read the whole list; the server reads each key through its constant"
-    )
-)]
-const KEYS: &[Key] = &[
-    HOSTNAME,
-    DATA_DIR,
-    CERTIFICATE_CERT,
-    CERTIFICATE_KEY,
-    LISTENER_ROLE,
-    LISTENER_BIND,
-    LISTENER_TLS,
-    LISTENER_ALLOW,
-    LISTENER_DENY,
-    LISTENER_PROXY_PROTOCOL,
-    LIMITS_MAX_CONNECTIONS,
-    LIMITS_MAX_CONNECTIONS_PER_IP,
-    LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT,
-    LIMITS_MAX_CONNECTION_RATE_PER_IP,
-    LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS,
-    LIMITS_IMAP_IDLE_TIMEOUT_SECS,
-    LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS,
-    LIMITS_COMMAND_TIMEOUT_SECS,
-    LIMITS_MAILBOX_QUOTA,
-    LIMITS_SHUTDOWN_GRACE_SECS,
-    SMTP_MAX_MESSAGE_SIZE,
-    SMTP_MAX_RECIPIENTS,
-    SMTP_MAX_LINE_LENGTH,
-    SMTP_MAX_ERRORS,
-    SMTP_DATA_TIMEOUT_SECS,
-    SMTP_MESSAGES_PER_HOUR,
-    SMTP_MAX_BUFFERED_BYTES,
-    SMTP_RECIPIENTS_PER_HOUR,
-    AUTH_LOGIN_CACHE_TTL_SECS,
-    DNS_NAMESERVERS,
-    DNS_TIMEOUT_SECS,
-    DNS_ATTEMPTS,
-    DNS_CACHE_SIZE,
-    DNS_TRUST_AD_BIT,
-    DNS_REVERSE_LOOKUPS,
-    DELIVERY_SMTP_PORT,
-    DELIVERY_ROUTES,
-    DELIVERY_REQUIRE_TLS,
-    DELIVERY_RETRY_BASE_SECS,
-    DELIVERY_RETRY_MAX_SECS,
-    DELIVERY_GIVE_UP_SECS,
-    DELIVERY_DELAY_WARNING_SECS,
-    DELIVERY_MAX_CONNECTIONS,
-    DELIVERY_MAX_CONNECTIONS_PER_DOMAIN,
-    DELIVERY_MAX_MESSAGES_PER_CONNECTION,
-    DELIVERY_CONNECT_TIMEOUT_SECS,
-    DELIVERY_COMMAND_TIMEOUT_SECS,
-    DELIVERY_MTA_STS_PORT,
-    DELIVERY_TRUST_ANCHORS,
-    DELIVERY_RELAY,
-    DELIVERY_RELAY_TLS,
-    DELIVERY_RELAY_USERNAME,
-    DELIVERY_RELAY_PASSWORD_FILE,
-    INBOUND_DMARC_REJECT,
-    INBOUND_DMARC_QUARANTINE,
-    INBOUND_PHISHING_WARNINGS,
-    INBOUND_PHISHING_NOTICE_IN_BODY,
-    INBOUND_TEMPFAIL_ON_DNS_ERROR,
-    SECURITY_AUTH_FAILURES,
-    SECURITY_FAILURE_WINDOW_SECS,
-    SECURITY_BAN_SECS,
-    SECURITY_MAX_BAN_SECS,
-    SECURITY_TRUSTED,
-    SECURITY_PROXIES,
-    SECURITY_EVENT_RETENTION_DAYS,
-    SECURITY_EVENT_LOG_MAX_BYTES,
-    SERVER_USER,
-    SERVER_GROUP,
-    SERVER_ALLOW_ROOT,
-    METRICS_BIND,
-    METRICS_ALLOW_REMOTE,
-    STORE_GROUP_COMMIT_MAX_BATCH,
-    LOG_FORMAT,
+const KEYS: &[AnyKey] = &[
+    AnyKey::Required(&HOSTNAME),
+    AnyKey::Text(&DATA_DIR),
+    AnyKey::Required(&CERTIFICATE_CERT),
+    AnyKey::Required(&CERTIFICATE_KEY),
+    AnyKey::Required(&LISTENER_ROLE),
+    AnyKey::Required(&LISTENER_BIND),
+    AnyKey::Required(&LISTENER_TLS),
+    AnyKey::List(&LISTENER_ALLOW),
+    AnyKey::List(&LISTENER_DENY),
+    AnyKey::Flag(&LISTENER_PROXY_PROTOCOL),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS_PER_IP),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT),
+    AnyKey::Number(&LIMITS_MAX_CONNECTION_RATE_PER_IP),
+    AnyKey::Number(&LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_IMAP_IDLE_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_COMMAND_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_MAILBOX_QUOTA),
+    AnyKey::Number(&LIMITS_SHUTDOWN_GRACE_SECS),
+    AnyKey::Number(&SMTP_MAX_MESSAGE_SIZE),
+    AnyKey::Number(&SMTP_MAX_RECIPIENTS),
+    AnyKey::Number(&SMTP_MAX_LINE_LENGTH),
+    AnyKey::Number(&SMTP_MAX_ERRORS),
+    AnyKey::Number(&SMTP_DATA_TIMEOUT_SECS),
+    AnyKey::Number(&SMTP_MESSAGES_PER_HOUR),
+    AnyKey::Number(&SMTP_MAX_BUFFERED_BYTES),
+    AnyKey::Number(&SMTP_RECIPIENTS_PER_HOUR),
+    AnyKey::Number(&AUTH_LOGIN_CACHE_TTL_SECS),
+    AnyKey::List(&DNS_NAMESERVERS),
+    AnyKey::Number(&DNS_TIMEOUT_SECS),
+    AnyKey::Number(&DNS_ATTEMPTS),
+    AnyKey::Number(&DNS_CACHE_SIZE),
+    AnyKey::Flag(&DNS_TRUST_AD_BIT),
+    AnyKey::Flag(&DNS_REVERSE_LOOKUPS),
+    AnyKey::Number(&DELIVERY_SMTP_PORT),
+    AnyKey::Table(&DELIVERY_ROUTES),
+    AnyKey::List(&DELIVERY_REQUIRE_TLS),
+    AnyKey::Number(&DELIVERY_RETRY_BASE_SECS),
+    AnyKey::Number(&DELIVERY_RETRY_MAX_SECS),
+    AnyKey::Number(&DELIVERY_GIVE_UP_SECS),
+    AnyKey::Number(&DELIVERY_DELAY_WARNING_SECS),
+    AnyKey::Number(&DELIVERY_MAX_CONNECTIONS),
+    AnyKey::Number(&DELIVERY_MAX_CONNECTIONS_PER_DOMAIN),
+    AnyKey::Number(&DELIVERY_MAX_MESSAGES_PER_CONNECTION),
+    AnyKey::Number(&DELIVERY_CONNECT_TIMEOUT_SECS),
+    AnyKey::Number(&DELIVERY_COMMAND_TIMEOUT_SECS),
+    AnyKey::Number(&DELIVERY_MTA_STS_PORT),
+    AnyKey::Optional(&DELIVERY_TRUST_ANCHORS),
+    AnyKey::Optional(&DELIVERY_RELAY),
+    AnyKey::Text(&DELIVERY_RELAY_TLS),
+    AnyKey::Optional(&DELIVERY_RELAY_USERNAME),
+    AnyKey::Optional(&DELIVERY_RELAY_PASSWORD_FILE),
+    AnyKey::Flag(&INBOUND_DMARC_REJECT),
+    AnyKey::Flag(&INBOUND_DMARC_QUARANTINE),
+    AnyKey::Flag(&INBOUND_PHISHING_WARNINGS),
+    AnyKey::Flag(&INBOUND_PHISHING_NOTICE_IN_BODY),
+    AnyKey::Flag(&INBOUND_TEMPFAIL_ON_DNS_ERROR),
+    AnyKey::Number(&SECURITY_AUTH_FAILURES),
+    AnyKey::Number(&SECURITY_FAILURE_WINDOW_SECS),
+    AnyKey::Number(&SECURITY_BAN_SECS),
+    AnyKey::Number(&SECURITY_MAX_BAN_SECS),
+    AnyKey::List(&SECURITY_TRUSTED),
+    AnyKey::List(&SECURITY_PROXIES),
+    AnyKey::Number(&SECURITY_EVENT_RETENTION_DAYS),
+    AnyKey::Number(&SECURITY_EVENT_LOG_MAX_BYTES),
+    AnyKey::Optional(&SERVER_USER),
+    AnyKey::Optional(&SERVER_GROUP),
+    AnyKey::Flag(&SERVER_ALLOW_ROOT),
+    AnyKey::Optional(&METRICS_BIND),
+    AnyKey::Flag(&METRICS_ALLOW_REMOTE),
+    AnyKey::Number(&STORE_GROUP_COMMIT_MAX_BATCH),
+    AnyKey::Text(&LOG_FORMAT),
 ];
+
+/// The first key declared with a default outside its range, or under a name already taken.
+const fn misdeclared(keys: &[AnyKey]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < keys.len() {
+        if let AnyKey::Number(key) = keys[i]
+            && (key.kind.default < key.kind.min || key.kind.default > key.kind.max)
+        {
+            return Some(key.name);
+        }
+        let mut j = i + 1;
+        while j < keys.len() {
+            // Names are lower case: ignoring case also catches a near-duplicate.
+            if keys[i].name().eq_ignore_ascii_case(keys[j].name()) {
+                return Some(keys[j].name());
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+// Evaluated as the crate compiles: a misdeclared key fails the build, with its name, instead of
+// giving a `Default` impl a value that validation would refuse. It also keeps `KEYS` in use
+// outside the tests.
+const _: () = if let Some(name) = misdeclared(KEYS) {
+    panic!("{}", name)
+};
 
 // Serde reads the file into these, refusing unknown keys; every field is a key declared above, or a
 // section. Defaults are not given here but by the declarations.
@@ -1813,7 +1873,7 @@ mod tests {
         ];
         for (section, fields) in structs {
             assert!(!fields.is_empty(), "no fields found for [{section}]");
-            let keys = KEYS.iter().map(|key| split(key.name));
+            let keys = KEYS.iter().map(|key| split(key.name()));
             let subsections = structs
                 .iter()
                 .filter(|(s, _)| !s.is_empty())
@@ -1832,25 +1892,25 @@ mod tests {
             );
         }
         for key in KEYS {
-            let section = split(key.name).0;
+            let section = split(key.name()).0;
             assert!(
                 structs.iter().any(|(s, _)| *s == section),
                 "{} is declared in a section serde does not read",
-                key.name
+                key.name()
             );
         }
     }
 
     /// How docs/CONFIG.md writes a key's default (its default cell may add words after it).
-    fn default_in_docs(kind: &Kind) -> String {
-        match *kind {
-            Kind::Required => "required".into(),
-            Kind::Optional => "none".into(),
-            Kind::Text(text) => format!("`{text:?}`"),
-            Kind::Flag(flag) => format!("`{flag}`"),
-            Kind::Number { default, .. } => format!("`{default}`"),
-            Kind::List => "`[]`".into(),
-            Kind::Table => "`{}`".into(),
+    fn default_in_docs(key: &AnyKey) -> String {
+        match *key {
+            AnyKey::Required(_) => "required".into(),
+            AnyKey::Optional(_) => "none".into(),
+            AnyKey::Text(key) => format!("`{:?}`", key.kind.default),
+            AnyKey::Flag(key) => format!("`{}`", key.kind.default),
+            AnyKey::Number(key) => format!("`{}`", key.kind.default),
+            AnyKey::List(_) => "`[]`".into(),
+            AnyKey::Table(_) => "`{}`".into(),
         }
     }
 
@@ -1867,7 +1927,7 @@ mod tests {
     fn docs_config_md_lists_every_key_with_its_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut sections: Vec<&str> = KEYS.iter().map(|key| split(key.name).0).collect();
+        let mut sections: Vec<&str> = KEYS.iter().map(|key| split(key.name()).0).collect();
         sections.dedup();
         let headings: Vec<(String, &str)> = sections.iter().map(|s| (heading_of(s), *s)).collect();
 
@@ -1889,9 +1949,9 @@ mod tests {
 
         let mut problems = Vec::new();
         for key in KEYS {
-            let (section, name) = split(key.name);
+            let (section, name) = split(key.name());
             let heading = heading_of(section);
-            let default = default_in_docs(&key.kind);
+            let default = default_in_docs(key);
             let found: Vec<_> = rows
                 .iter()
                 .filter(|(s, n, _)| *s == Some(section) && *n == name)
@@ -1899,16 +1959,16 @@ mod tests {
             match found.as_slice() {
                 [] => problems.push(format!(
                     "{} has no row under \"## {heading}\"; add `{name}` with its default {default}",
-                    key.name
+                    key.name()
                 )),
                 [(_, _, cell)] if !cell.contains(&default) => problems.push(format!(
                     "{}: the default cell {cell:?} does not say {default}, the default in the code",
-                    key.name
+                    key.name()
                 )),
                 [_] => {}
                 _ => problems.push(format!(
                     "{} has {} rows under \"## {heading}\"",
-                    key.name,
+                    key.name(),
                     found.len()
                 )),
             }
@@ -1918,12 +1978,11 @@ mod tests {
                 None => problems.push(format!(
                     "`{name}` is under a heading that names no section with keys"
                 )),
-                Some(section) if !KEYS.iter().any(|key| split(key.name) == (section, name)) => {
-                    problems.push(format!(
+                Some(section) if !KEYS.iter().any(|key| split(key.name()) == (section, name)) => problems
+                    .push(format!(
                         "`{name}` under \"## {}\" is not a key sealmail reads; remove it or declare it",
                         heading_of(section)
-                    ))
-                }
+                    )),
                 Some(_) => {}
             }
         }
