@@ -4,11 +4,15 @@
 //! but keep enumerated values as strings; [`Config::from_toml`] then turns them into typed values,
 //! so that every mistake is reported in our words: the key, the bad value, and the fix. There is
 //! deliberately no way to express a listener without TLS.
-//! Every key is documented, with its default, in docs/CONFIG.md.
+//!
+//! Every key is declared once, as a `Key` constant with its default (and range, for numbers);
+//! validation and the `Default` impls read those, and tests hold both the `Raw*` structs and
+//! docs/CONFIG.md, where every key is documented with its default, to them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,17 +136,16 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 2048,
-            max_connections_per_ip: 32,
-            max_connections_per_role_percent: 50,
-            max_connection_rate_per_ip: 600,
-            tls_handshake_timeout: Duration::from_secs(30),
-            // RFC 5321 section 4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
-            command_timeout: Duration::from_secs(300),
-            imap_idle_timeout: Duration::from_secs(1800),
-            imap_unauthenticated_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(30),
-            mailbox_quota: 2 * 1024 * 1024 * 1024,
+            max_connections: LIMITS_MAX_CONNECTIONS.default_number() as usize,
+            max_connections_per_ip: LIMITS_MAX_CONNECTIONS_PER_IP.default_number() as usize,
+            max_connections_per_role_percent: LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT.default_number() as u8,
+            max_connection_rate_per_ip: LIMITS_MAX_CONNECTION_RATE_PER_IP.default_number() as u32,
+            tls_handshake_timeout: LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS.default_secs(),
+            command_timeout: LIMITS_COMMAND_TIMEOUT_SECS.default_secs(),
+            imap_idle_timeout: LIMITS_IMAP_IDLE_TIMEOUT_SECS.default_secs(),
+            imap_unauthenticated_timeout: LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS.default_secs(),
+            shutdown_grace: LIMITS_SHUTDOWN_GRACE_SECS.default_secs(),
+            mailbox_quota: LIMITS_MAILBOX_QUOTA.default_number() as u64,
         }
     }
 }
@@ -156,7 +159,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            group_commit_max_batch: 256,
+            group_commit_max_batch: STORE_GROUP_COMMIT_MAX_BATCH.default_number() as usize,
         }
     }
 }
@@ -186,21 +189,20 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
-            max_message_size: 50 * 1024 * 1024,
-            max_recipients: 100,
-            max_line_length: 512,
-            max_errors: 10,
-            // RFC 5321 4.5.3.2.6: 10 minutes for the data termination.
-            data_timeout: Duration::from_secs(600),
-            messages_per_hour: 500,
-            recipients_per_hour: 2000,
-            max_buffered_bytes: 512 * 1024 * 1024,
+            max_message_size: SMTP_MAX_MESSAGE_SIZE.default_number() as usize,
+            max_recipients: SMTP_MAX_RECIPIENTS.default_number() as usize,
+            max_line_length: SMTP_MAX_LINE_LENGTH.default_number() as usize,
+            max_errors: SMTP_MAX_ERRORS.default_number() as u32,
+            data_timeout: SMTP_DATA_TIMEOUT_SECS.default_secs(),
+            messages_per_hour: SMTP_MESSAGES_PER_HOUR.default_number() as u32,
+            recipients_per_hour: SMTP_RECIPIENTS_PER_HOUR.default_number() as u32,
+            max_buffered_bytes: SMTP_MAX_BUFFERED_BYTES.default_number() as usize,
         }
     }
 }
 
 /// Who the server runs as.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Started as root, switch to this user right after binding the listeners.
     pub user: Option<String>,
@@ -208,6 +210,16 @@ pub struct ServerConfig {
     pub group: Option<String>,
     /// Keep running as root when no user is set (refused otherwise).
     pub allow_root: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            user: None,
+            group: None,
+            allow_root: SERVER_ALLOW_ROOT.default_flag(),
+        }
+    }
 }
 
 /// Intrusion prevention.
@@ -232,14 +244,14 @@ pub struct SecurityConfig {
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
-            auth_failures: 5,
-            failure_window: Duration::from_secs(600),
-            ban: Duration::from_secs(900),
-            max_ban: Duration::from_secs(86_400),
+            auth_failures: SECURITY_AUTH_FAILURES.default_number() as u32,
+            failure_window: SECURITY_FAILURE_WINDOW_SECS.default_secs(),
+            ban: SECURITY_BAN_SECS.default_secs(),
+            max_ban: SECURITY_MAX_BAN_SECS.default_secs(),
             trusted: Vec::new(),
             proxies: Vec::new(),
-            event_retention: Duration::from_secs(90 * 86_400),
-            event_log_max_bytes: 64 * 1024 * 1024,
+            event_retention: SECURITY_EVENT_RETENTION_DAYS.default_days(),
+            event_log_max_bytes: SECURITY_EVENT_LOG_MAX_BYTES.default_number() as u64,
         }
     }
 }
@@ -255,7 +267,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            login_cache_ttl: Duration::from_secs(300),
+            login_cache_ttl: AUTH_LOGIN_CACHE_TTL_SECS.default_secs(),
         }
     }
 }
@@ -284,11 +296,11 @@ impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             nameservers: Vec::new(),
-            timeout: Duration::from_secs(5),
-            attempts: 2,
-            cache_size: 4096,
-            trust_ad_bit: false,
-            reverse_lookups: false,
+            timeout: DNS_TIMEOUT_SECS.default_secs(),
+            attempts: DNS_ATTEMPTS.default_number() as usize,
+            cache_size: DNS_CACHE_SIZE.default_number() as u64,
+            trust_ad_bit: DNS_TRUST_AD_BIT.default_flag(),
+            reverse_lookups: DNS_REVERSE_LOOKUPS.default_flag(),
         }
     }
 }
@@ -343,19 +355,19 @@ pub struct Relay {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
-            smtp_port: 25,
+            smtp_port: DELIVERY_SMTP_PORT.default_number() as u16,
             routes: BTreeMap::new(),
             require_tls: Vec::new(),
-            retry_base: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
-            give_up: Duration::from_secs(5 * 24 * 3600),
-            delay_warning: Duration::from_secs(4 * 3600),
-            max_connections: 64,
-            max_connections_per_domain: 4,
-            max_messages_per_connection: 100,
-            connect_timeout: Duration::from_secs(30),
-            command_timeout: Duration::from_secs(300),
-            mta_sts_port: 443,
+            retry_base: DELIVERY_RETRY_BASE_SECS.default_secs(),
+            retry_max: DELIVERY_RETRY_MAX_SECS.default_secs(),
+            give_up: DELIVERY_GIVE_UP_SECS.default_secs(),
+            delay_warning: DELIVERY_DELAY_WARNING_SECS.default_secs(),
+            max_connections: DELIVERY_MAX_CONNECTIONS.default_number() as usize,
+            max_connections_per_domain: DELIVERY_MAX_CONNECTIONS_PER_DOMAIN.default_number() as usize,
+            max_messages_per_connection: DELIVERY_MAX_MESSAGES_PER_CONNECTION.default_number() as usize,
+            connect_timeout: DELIVERY_CONNECT_TIMEOUT_SECS.default_secs(),
+            command_timeout: DELIVERY_COMMAND_TIMEOUT_SECS.default_secs(),
+            mta_sts_port: DELIVERY_MTA_STS_PORT.default_number() as u16,
             trust_anchors: None,
             relay: None,
         }
@@ -376,11 +388,11 @@ pub struct InboundConfig {
 impl Default for InboundConfig {
     fn default() -> Self {
         InboundConfig {
-            dmarc_reject: true,
-            dmarc_quarantine: true,
-            tempfail_on_dns_error: true,
-            phishing_warnings: true,
-            phishing_notice_in_body: false,
+            dmarc_reject: INBOUND_DMARC_REJECT.default_flag(),
+            dmarc_quarantine: INBOUND_DMARC_QUARANTINE.default_flag(),
+            tempfail_on_dns_error: INBOUND_TEMPFAIL_ON_DNS_ERROR.default_flag(),
+            phishing_warnings: INBOUND_PHISHING_WARNINGS.default_flag(),
+            phishing_notice_in_body: INBOUND_PHISHING_NOTICE_IN_BODY.default_flag(),
         }
     }
 }
@@ -413,12 +425,483 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+// The keys of the file. Each is declared here and nowhere else: its dotted name, what it holds,
+// its default and, for numbers, the values allowed; the doc line says what it is for. Validation
+// and the `Default` impls above read these declarations; the `Raw*` structs below only give serde
+// the same names, which a test holds to `KEYS`, and another test holds docs/CONFIG.md to them.
+
+/// A key of the file; `name` is dotted as in messages (`limits.max_connections`), and keys of
+/// the arrays of tables are named after the array (`listener.role`). `T` says what it holds and
+/// so which reads it has: reading a key as something it was not declared as does not compile.
+struct Key<T> {
+    name: &'static str,
+    kind: T,
+}
+
+/// A string the file must give.
+struct Required;
+
+/// A string; left out, the setting is off.
+struct Optional;
+
+/// A string, `default` when left out.
+struct Text {
+    default: &'static str,
+}
+
+/// A flag, `default` when left out.
+struct Flag {
+    default: bool,
+}
+
+/// A whole number from `min` to `max`: a count, a size, or a duration in the unit the key's
+/// name ends with (`_secs`, `_days`).
+struct Number {
+    default: i64,
+    min: i64,
+    max: i64,
+}
+
+/// A list of strings, empty when left out.
+struct List;
+
+/// A table of strings, empty when left out.
+struct Table;
+
+const DAY: i64 = 86_400;
+const YEAR: i64 = 365 * DAY;
+const KIB: i64 = 1024;
+const MIB: i64 = 1024 * KIB;
+const GIB: i64 = 1024 * MIB;
+
+impl Key<Required> {
+    const fn required(name: &'static str) -> Self {
+        Key { name, kind: Required }
+    }
+}
+
+impl Key<Optional> {
+    const fn optional(name: &'static str) -> Self {
+        Key { name, kind: Optional }
+    }
+}
+
+impl Key<List> {
+    const fn list(name: &'static str) -> Self {
+        Key { name, kind: List }
+    }
+}
+
+impl Key<Table> {
+    const fn table(name: &'static str) -> Self {
+        Key { name, kind: Table }
+    }
+}
+
+impl Key<Text> {
+    const fn text(name: &'static str, default: &'static str) -> Self {
+        Key {
+            name,
+            kind: Text { default },
+        }
+    }
+
+    fn read_text<'a>(&self, value: Option<&'a str>) -> &'a str {
+        value.unwrap_or(self.kind.default)
+    }
+}
+
+impl Key<Flag> {
+    const fn flag(name: &'static str, default: bool) -> Self {
+        Key {
+            name,
+            kind: Flag { default },
+        }
+    }
+
+    fn default_flag(&self) -> bool {
+        self.kind.default
+    }
+
+    fn read_flag(&self, value: Option<bool>) -> bool {
+        value.unwrap_or(self.kind.default)
+    }
+}
+
+impl Key<Number> {
+    const fn number(name: &'static str, default: i64, range: RangeInclusive<i64>) -> Self {
+        let (min, max) = (*range.start(), *range.end());
+        Key {
+            name,
+            kind: Number { default, min, max },
+        }
+    }
+
+    fn default_number(&self) -> i64 {
+        self.kind.default
+    }
+
+    fn default_secs(&self) -> Duration {
+        Duration::from_secs(self.kind.default as u64)
+    }
+
+    fn default_days(&self) -> Duration {
+        Duration::from_secs(self.kind.default as u64 * DAY as u64)
+    }
+
+    /// The number the file gives, else the default; one out of range is reported, with the
+    /// range and the default, and replaced by the default so that checking can go on.
+    fn read_number(&self, value: Option<i64>, problems: &mut Vec<String>) -> i64 {
+        let Number { default, min, max } = self.kind;
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                problems.push(format!(
+                    "{} = {v} is out of range; use a number from {min} to {max} (default {default})",
+                    self.name
+                ));
+                default
+            }
+        }
+    }
+
+    fn read_secs(&self, value: Option<i64>, problems: &mut Vec<String>) -> Duration {
+        Duration::from_secs(self.read_number(value, problems) as u64)
+    }
+
+    fn read_days(&self, value: Option<i64>, problems: &mut Vec<String>) -> Duration {
+        Duration::from_secs(self.read_number(value, problems) as u64 * DAY as u64)
+    }
+}
+
+// Top level.
+/// The server's fully qualified host name: greetings, and certificates made by `init`.
+const HOSTNAME: Key<Required> = Key::required("hostname");
+/// The folder of the store, the snapshots and the lock file.
+const DATA_DIR: Key<Text> = Key::text("data_dir", ".");
+
+// [[tls.certificate]]: at least one.
+/// PEM certificate chain, leaf first.
+const CERTIFICATE_CERT: Key<Required> = Key::required("tls.certificate.cert");
+/// PEM private key; must not be readable by group or others.
+const CERTIFICATE_KEY: Key<Required> = Key::required("tls.certificate.key");
+
+// [[listener]]: at least one.
+/// What the listener serves: "mx", "submission" or "imap".
+const LISTENER_ROLE: Key<Required> = Key::required("listener.role");
+/// IP address and port.
+const LISTENER_BIND: Key<Required> = Key::required("listener.bind");
+/// "starttls" or "implicit"; there is no plaintext mode.
+const LISTENER_TLS: Key<Required> = Key::required("listener.tls");
+/// When not empty, only clients in these networks may connect.
+const LISTENER_ALLOW: Key<List> = Key::list("listener.allow");
+/// Clients in these networks are refused; deny wins over allow.
+const LISTENER_DENY: Key<List> = Key::list("listener.deny");
+/// Connections from `security.proxies` start with a PROXY protocol header.
+const LISTENER_PROXY_PROTOCOL: Key<Flag> = Key::flag("listener.proxy_protocol", false);
+
+// [limits]
+/// Connections open at once, all listeners together.
+const LIMITS_MAX_CONNECTIONS: Key<Number> = Key::number("limits.max_connections", 2048, 1..=1_000_000);
+/// Connections open at once from one IPv4 address or IPv6 /64.
+const LIMITS_MAX_CONNECTIONS_PER_IP: Key<Number> =
+    Key::number("limits.max_connections_per_ip", 32, 1..=1_000_000);
+/// The share of `max_connections`, in percent, that the listeners of one role may hold.
+const LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT: Key<Number> =
+    Key::number("limits.max_connections_per_role_percent", 50, 1..=100);
+/// New connections one IPv4 address or IPv6 /64 may open per minute.
+const LIMITS_MAX_CONNECTION_RATE_PER_IP: Key<Number> =
+    Key::number("limits.max_connection_rate_per_ip", 600, 1..=10_000_000);
+/// Time a client has to complete a TLS handshake.
+const LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS: Key<Number> =
+    Key::number("limits.tls_handshake_timeout_secs", 30, 1..=DAY);
+/// Time an IMAP client may stay silent (RFC 9051 5.4: at least 30 minutes).
+const LIMITS_IMAP_IDLE_TIMEOUT_SECS: Key<Number> =
+    Key::number("limits.imap_idle_timeout_secs", 1800, 1..=DAY);
+/// Time an IMAP client that has not logged in has for each command, the wait included.
+const LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS: Key<Number> =
+    Key::number("limits.imap_unauthenticated_timeout_secs", 60, 1..=DAY);
+/// Time a client has to send each command line (RFC 5321 4.5.3.2.7: at least 5 minutes).
+const LIMITS_COMMAND_TIMEOUT_SECS: Key<Number> = Key::number("limits.command_timeout_secs", 300, 1..=DAY);
+/// Octets one account's messages may take in all; 0 means no limit.
+const LIMITS_MAILBOX_QUOTA: Key<Number> = Key::number("limits.mailbox_quota", 2 * GIB, 0..=(1 << 50));
+/// On SIGTERM or SIGINT, time sessions get to finish before they are closed.
+const LIMITS_SHUTDOWN_GRACE_SECS: Key<Number> = Key::number("limits.shutdown_grace_secs", 30, 1..=DAY);
+
+// [smtp]
+/// Largest message accepted, in octets (SMTP SIZE, IMAP APPENDLIMIT).
+const SMTP_MAX_MESSAGE_SIZE: Key<Number> = Key::number("smtp.max_message_size", 50 * MIB, KIB..=GIB);
+/// Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100).
+const SMTP_MAX_RECIPIENTS: Key<Number> = Key::number("smtp.max_recipients", 100, 1..=100_000);
+/// Longest command line, CRLF included (RFC 5321 4.5.3.1.4: 512).
+const SMTP_MAX_LINE_LENGTH: Key<Number> = Key::number("smtp.max_line_length", 512, 512..=65_536);
+/// Error replies after which the session is closed.
+const SMTP_MAX_ERRORS: Key<Number> = Key::number("smtp.max_errors", 10, 1..=1000);
+/// Time for the whole DATA or BDAT transfer of one message (RFC 5321 4.5.3.2.6: 10 minutes).
+const SMTP_DATA_TIMEOUT_SECS: Key<Number> = Key::number("smtp.data_timeout_secs", 600, 1..=DAY);
+/// Messages one authenticated account may start per hour.
+const SMTP_MESSAGES_PER_HOUR: Key<Number> = Key::number("smtp.messages_per_hour", 500, 1..=10_000_000);
+/// Message data all sessions together may hold in memory while receiving it.
+const SMTP_MAX_BUFFERED_BYTES: Key<Number> =
+    Key::number("smtp.max_buffered_bytes", 512 * MIB, KIB..=1024 * GIB);
+/// Recipients one authenticated account may address per hour.
+const SMTP_RECIPIENTS_PER_HOUR: Key<Number> = Key::number("smtp.recipients_per_hour", 2000, 1..=10_000_000);
+
+// [auth]
+/// How long a successful password login is remembered; 0 turns the cache off.
+const AUTH_LOGIN_CACHE_TTL_SECS: Key<Number> = Key::number("auth.login_cache_ttl_secs", 300, 0..=DAY);
+
+// [dns]
+/// Servers to ask; empty means the system's (/etc/resolv.conf).
+const DNS_NAMESERVERS: Key<List> = Key::list("dns.nameservers");
+/// How long one query waits for an answer.
+const DNS_TIMEOUT_SECS: Key<Number> = Key::number("dns.timeout_secs", 5, 1..=60);
+/// Tries per server before a lookup is a temporary error.
+const DNS_ATTEMPTS: Key<Number> = Key::number("dns.attempts", 2, 1..=10);
+/// Records kept in the cache; 0 turns it off.
+const DNS_CACHE_SIZE: Key<Number> = Key::number("dns.cache_size", 4096, 0..=10_000_000);
+/// Trust the AD bit: the nameservers validate DNSSEC (needed for DANE).
+const DNS_TRUST_AD_BIT: Key<Flag> = Key::flag("dns.trust_ad_bit", false);
+/// Look clients' addresses up by PTR (informational only).
+const DNS_REVERSE_LOOKUPS: Key<Flag> = Key::flag("dns.reverse_lookups", false);
+
+// [delivery]
+/// The port of MX hosts.
+const DELIVERY_SMTP_PORT: Key<Number> = Key::number("delivery.smtp_port", 25, 1..=65_535);
+/// "DOMAIN" = "HOST:PORT" used instead of the MX lookup.
+const DELIVERY_ROUTES: Key<Table> = Key::table("delivery.routes");
+/// Destination domains that always need TLS with a verified certificate.
+const DELIVERY_REQUIRE_TLS: Key<List> = Key::list("delivery.require_tls");
+/// The first retry's delay; each further one doubles.
+const DELIVERY_RETRY_BASE_SECS: Key<Number> = Key::number("delivery.retry_base_secs", 60, 1..=YEAR);
+/// The longest delay between two attempts.
+const DELIVERY_RETRY_MAX_SECS: Key<Number> = Key::number("delivery.retry_max_secs", 3600, 1..=YEAR);
+/// A recipient still undelivered this long after the message was queued bounces.
+const DELIVERY_GIVE_UP_SECS: Key<Number> = Key::number("delivery.give_up_secs", 5 * DAY, 1..=YEAR);
+/// A recipient still undelivered this long gets the sender one "delayed" notice; 0: never.
+const DELIVERY_DELAY_WARNING_SECS: Key<Number> =
+    Key::number("delivery.delay_warning_secs", 4 * 3600, 0..=YEAR);
+/// Outbound connections at once.
+const DELIVERY_MAX_CONNECTIONS: Key<Number> = Key::number("delivery.max_connections", 64, 1..=100_000);
+/// Outbound connections at once to one destination domain.
+const DELIVERY_MAX_CONNECTIONS_PER_DOMAIN: Key<Number> =
+    Key::number("delivery.max_connections_per_domain", 4, 1..=100_000);
+/// Messages sent over one connection before it is closed.
+const DELIVERY_MAX_MESSAGES_PER_CONNECTION: Key<Number> =
+    Key::number("delivery.max_messages_per_connection", 100, 1..=100_000);
+/// How long a TCP connection may take.
+const DELIVERY_CONNECT_TIMEOUT_SECS: Key<Number> = Key::number("delivery.connect_timeout_secs", 30, 1..=YEAR);
+/// How long any one reply may take (RFC 5321 4.5.3.2).
+const DELIVERY_COMMAND_TIMEOUT_SECS: Key<Number> =
+    Key::number("delivery.command_timeout_secs", 300, 1..=YEAR);
+/// The port MTA-STS policies are fetched from.
+const DELIVERY_MTA_STS_PORT: Key<Number> = Key::number("delivery.mta_sts_port", 443, 1..=65_535);
+/// PEM file of extra certificate authorities for MX hosts and MTA-STS.
+const DELIVERY_TRUST_ANCHORS: Key<Optional> = Key::optional("delivery.trust_anchors");
+/// "HOST:PORT" of a smarthost that takes all outbound mail.
+const DELIVERY_RELAY: Key<Optional> = Key::optional("delivery.relay");
+/// How the smarthost's TLS starts: "starttls" or "implicit".
+const DELIVERY_RELAY_TLS: Key<Text> = Key::text("delivery.relay_tls", "starttls");
+/// AUTH PLAIN user name at the smarthost.
+const DELIVERY_RELAY_USERNAME: Key<Optional> = Key::optional("delivery.relay_username");
+/// File holding that password (mode 0600).
+const DELIVERY_RELAY_PASSWORD_FILE: Key<Optional> = Key::optional("delivery.relay_password_file");
+
+// [inbound]
+/// Refuse mail that fails DMARC under p=reject.
+const INBOUND_DMARC_REJECT: Key<Flag> = Key::flag("inbound.dmarc_reject", true);
+/// Deliver mail that fails DMARC under p=quarantine to Junk.
+const INBOUND_DMARC_QUARANTINE: Key<Flag> = Key::flag("inbound.dmarc_quarantine", true);
+/// Mark mail that may be phishing with a header and the $Phishing keyword.
+const INBOUND_PHISHING_WARNINGS: Key<Flag> = Key::flag("inbound.phishing_warnings", true);
+/// Also put the warning at the top of the message text (alters the message).
+const INBOUND_PHISHING_NOTICE_IN_BODY: Key<Flag> = Key::flag("inbound.phishing_notice_in_body", false);
+/// Answer 451 when a DNS failure could change the verdict.
+const INBOUND_TEMPFAIL_ON_DNS_ERROR: Key<Flag> = Key::flag("inbound.tempfail_on_dns_error", true);
+
+// [security]
+/// Failed logins from one IPv4 address or IPv6 /64 within the window that ban it.
+const SECURITY_AUTH_FAILURES: Key<Number> = Key::number("security.auth_failures", 5, 1..=10_000);
+/// The sliding window those failures are counted in.
+const SECURITY_FAILURE_WINDOW_SECS: Key<Number> = Key::number("security.failure_window_secs", 600, 1..=YEAR);
+/// Length of a first ban; each further ban within a week doubles it.
+const SECURITY_BAN_SECS: Key<Number> = Key::number("security.ban_secs", 900, 1..=YEAR);
+/// The longest a ban can grow.
+const SECURITY_MAX_BAN_SECS: Key<Number> = Key::number("security.max_ban_secs", DAY, 1..=YEAR);
+/// Networks never banned.
+const SECURITY_TRUSTED: Key<List> = Key::list("security.trusted");
+/// Load balancers whose PROXY protocol headers are believed.
+const SECURITY_PROXIES: Key<List> = Key::list("security.proxies");
+/// How long security events and ended bans are kept; at least a week, since ban escalation
+/// looks a week back.
+const SECURITY_EVENT_RETENTION_DAYS: Key<Number> = Key::number("security.event_retention_days", 90, 7..=3650);
+/// Size past which security-events.jsonl is rotated.
+const SECURITY_EVENT_LOG_MAX_BYTES: Key<Number> =
+    Key::number("security.event_log_max_bytes", 64 * MIB, 4 * KIB..=1024 * GIB);
+
+// [server]
+/// Started as root, switch to this user right after binding the listeners.
+const SERVER_USER: Key<Optional> = Key::optional("server.user");
+/// The group to switch to; left out, the user's primary group.
+const SERVER_GROUP: Key<Optional> = Key::optional("server.group");
+/// Keep running as root when no user is set.
+const SERVER_ALLOW_ROOT: Key<Flag> = Key::flag("server.allow_root", false);
+
+// [metrics]
+/// Address of the Prometheus endpoint; left out, there is none.
+const METRICS_BIND: Key<Optional> = Key::optional("metrics.bind");
+/// Let `bind` name an address other than loopback.
+const METRICS_ALLOW_REMOTE: Key<Flag> = Key::flag("metrics.allow_remote", false);
+
+// [store]
+/// Most writes one commit (one fsync) may carry.
+const STORE_GROUP_COMMIT_MAX_BATCH: Key<Number> =
+    Key::number("store.group_commit_max_batch", 256, 1..=100_000);
+
+// [log]
+/// "human" or "json" (JSON lines).
+const LOG_FORMAT: Key<Text> = Key::text("log.format", "human");
+
+/// Any key, whatever it holds.
+enum AnyKey {
+    Required(&'static Key<Required>),
+    Optional(&'static Key<Optional>),
+    Text(&'static Key<Text>),
+    Flag(&'static Key<Flag>),
+    Number(&'static Key<Number>),
+    List(&'static Key<List>),
+    Table(&'static Key<Table>),
+}
+
+impl AnyKey {
+    const fn name(&self) -> &'static str {
+        match *self {
+            AnyKey::Required(key) => key.name,
+            AnyKey::Optional(key) => key.name,
+            AnyKey::Text(key) => key.name,
+            AnyKey::Flag(key) => key.name,
+            AnyKey::Number(key) => key.name,
+            AnyKey::List(key) => key.name,
+            AnyKey::Table(key) => key.name,
+        }
+    }
+}
+
+/// Every key, in the order docs/CONFIG.md lists them.
+const KEYS: &[AnyKey] = &[
+    AnyKey::Required(&HOSTNAME),
+    AnyKey::Text(&DATA_DIR),
+    AnyKey::Required(&CERTIFICATE_CERT),
+    AnyKey::Required(&CERTIFICATE_KEY),
+    AnyKey::Required(&LISTENER_ROLE),
+    AnyKey::Required(&LISTENER_BIND),
+    AnyKey::Required(&LISTENER_TLS),
+    AnyKey::List(&LISTENER_ALLOW),
+    AnyKey::List(&LISTENER_DENY),
+    AnyKey::Flag(&LISTENER_PROXY_PROTOCOL),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS_PER_IP),
+    AnyKey::Number(&LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT),
+    AnyKey::Number(&LIMITS_MAX_CONNECTION_RATE_PER_IP),
+    AnyKey::Number(&LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_IMAP_IDLE_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_COMMAND_TIMEOUT_SECS),
+    AnyKey::Number(&LIMITS_MAILBOX_QUOTA),
+    AnyKey::Number(&LIMITS_SHUTDOWN_GRACE_SECS),
+    AnyKey::Number(&SMTP_MAX_MESSAGE_SIZE),
+    AnyKey::Number(&SMTP_MAX_RECIPIENTS),
+    AnyKey::Number(&SMTP_MAX_LINE_LENGTH),
+    AnyKey::Number(&SMTP_MAX_ERRORS),
+    AnyKey::Number(&SMTP_DATA_TIMEOUT_SECS),
+    AnyKey::Number(&SMTP_MESSAGES_PER_HOUR),
+    AnyKey::Number(&SMTP_MAX_BUFFERED_BYTES),
+    AnyKey::Number(&SMTP_RECIPIENTS_PER_HOUR),
+    AnyKey::Number(&AUTH_LOGIN_CACHE_TTL_SECS),
+    AnyKey::List(&DNS_NAMESERVERS),
+    AnyKey::Number(&DNS_TIMEOUT_SECS),
+    AnyKey::Number(&DNS_ATTEMPTS),
+    AnyKey::Number(&DNS_CACHE_SIZE),
+    AnyKey::Flag(&DNS_TRUST_AD_BIT),
+    AnyKey::Flag(&DNS_REVERSE_LOOKUPS),
+    AnyKey::Number(&DELIVERY_SMTP_PORT),
+    AnyKey::Table(&DELIVERY_ROUTES),
+    AnyKey::List(&DELIVERY_REQUIRE_TLS),
+    AnyKey::Number(&DELIVERY_RETRY_BASE_SECS),
+    AnyKey::Number(&DELIVERY_RETRY_MAX_SECS),
+    AnyKey::Number(&DELIVERY_GIVE_UP_SECS),
+    AnyKey::Number(&DELIVERY_DELAY_WARNING_SECS),
+    AnyKey::Number(&DELIVERY_MAX_CONNECTIONS),
+    AnyKey::Number(&DELIVERY_MAX_CONNECTIONS_PER_DOMAIN),
+    AnyKey::Number(&DELIVERY_MAX_MESSAGES_PER_CONNECTION),
+    AnyKey::Number(&DELIVERY_CONNECT_TIMEOUT_SECS),
+    AnyKey::Number(&DELIVERY_COMMAND_TIMEOUT_SECS),
+    AnyKey::Number(&DELIVERY_MTA_STS_PORT),
+    AnyKey::Optional(&DELIVERY_TRUST_ANCHORS),
+    AnyKey::Optional(&DELIVERY_RELAY),
+    AnyKey::Text(&DELIVERY_RELAY_TLS),
+    AnyKey::Optional(&DELIVERY_RELAY_USERNAME),
+    AnyKey::Optional(&DELIVERY_RELAY_PASSWORD_FILE),
+    AnyKey::Flag(&INBOUND_DMARC_REJECT),
+    AnyKey::Flag(&INBOUND_DMARC_QUARANTINE),
+    AnyKey::Flag(&INBOUND_PHISHING_WARNINGS),
+    AnyKey::Flag(&INBOUND_PHISHING_NOTICE_IN_BODY),
+    AnyKey::Flag(&INBOUND_TEMPFAIL_ON_DNS_ERROR),
+    AnyKey::Number(&SECURITY_AUTH_FAILURES),
+    AnyKey::Number(&SECURITY_FAILURE_WINDOW_SECS),
+    AnyKey::Number(&SECURITY_BAN_SECS),
+    AnyKey::Number(&SECURITY_MAX_BAN_SECS),
+    AnyKey::List(&SECURITY_TRUSTED),
+    AnyKey::List(&SECURITY_PROXIES),
+    AnyKey::Number(&SECURITY_EVENT_RETENTION_DAYS),
+    AnyKey::Number(&SECURITY_EVENT_LOG_MAX_BYTES),
+    AnyKey::Optional(&SERVER_USER),
+    AnyKey::Optional(&SERVER_GROUP),
+    AnyKey::Flag(&SERVER_ALLOW_ROOT),
+    AnyKey::Optional(&METRICS_BIND),
+    AnyKey::Flag(&METRICS_ALLOW_REMOTE),
+    AnyKey::Number(&STORE_GROUP_COMMIT_MAX_BATCH),
+    AnyKey::Text(&LOG_FORMAT),
+];
+
+/// The first key declared with a default outside its range, or under a name already taken.
+const fn misdeclared(keys: &[AnyKey]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < keys.len() {
+        if let AnyKey::Number(key) = keys[i]
+            && (key.kind.default < key.kind.min || key.kind.default > key.kind.max)
+        {
+            return Some(key.name);
+        }
+        let mut j = i + 1;
+        while j < keys.len() {
+            // Names are lower case: ignoring case also catches a near-duplicate.
+            if keys[i].name().eq_ignore_ascii_case(keys[j].name()) {
+                return Some(keys[j].name());
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+// Evaluated as the crate compiles: a misdeclared key fails the build, with its name, instead of
+// giving a `Default` impl a value that validation would refuse. It also keeps `KEYS` in use
+// outside the tests.
+const _: () = if let Some(name) = misdeclared(KEYS) {
+    panic!("{}", name)
+};
+
+// Serde reads the file into these, refusing unknown keys; every field is a key declared above, or a
+// section. Defaults are not given here but by the declarations.
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     hostname: String,
-    #[serde(default = "default_data_dir")]
-    data_dir: String,
+    data_dir: Option<String>,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
@@ -452,16 +935,14 @@ struct RawConfig {
 struct RawServer {
     user: Option<String>,
     group: Option<String>,
-    #[serde(default)]
-    allow_root: bool,
+    allow_root: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     bind: Option<String>,
-    #[serde(default)]
-    allow_remote: bool,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -522,10 +1003,8 @@ struct RawDns {
     timeout_secs: Option<i64>,
     attempts: Option<i64>,
     cache_size: Option<i64>,
-    #[serde(default)]
-    trust_ad_bit: bool,
-    #[serde(default)]
-    reverse_lookups: bool,
+    trust_ad_bit: Option<bool>,
+    reverse_lookups: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -545,10 +1024,6 @@ struct RawSmtp {
     messages_per_hour: Option<i64>,
     recipients_per_hour: Option<i64>,
     max_buffered_bytes: Option<i64>,
-}
-
-fn default_data_dir() -> String {
-    ".".to_string()
 }
 
 #[derive(Deserialize, Default)]
@@ -575,8 +1050,7 @@ struct RawListener {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
-    #[serde(default)]
-    proxy_protocol: bool,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -644,7 +1118,7 @@ impl Config {
                 p => base.join(p),
             }
         };
-        let data_dir = resolve(&raw.data_dir);
+        let data_dir = resolve(DATA_DIR.read_text(raw.data_dir.as_deref()));
 
         if raw.tls.certificate.is_empty() {
             problems.push(
@@ -685,73 +1159,22 @@ impl Config {
         let limits = validate_limits(&raw.limits, &mut problems);
 
         let store = StoreConfig {
-            group_commit_max_batch: positive(
-                "store.group_commit_max_batch",
-                raw.store.group_commit_max_batch,
-                StoreConfig::default().group_commit_max_batch as i64,
-                1..=100_000,
-                &mut problems,
-            ) as usize,
+            group_commit_max_batch: STORE_GROUP_COMMIT_MAX_BATCH
+                .read_number(raw.store.group_commit_max_batch, &mut problems)
+                as usize,
         };
 
-        let d = SmtpConfig::default();
+        let r = &raw.smtp;
+        let p = &mut problems;
         let smtp = SmtpConfig {
-            max_message_size: positive(
-                "smtp.max_message_size",
-                raw.smtp.max_message_size,
-                d.max_message_size as i64,
-                1024..=1024 * 1024 * 1024,
-                &mut problems,
-            ) as usize,
-            max_recipients: positive(
-                "smtp.max_recipients",
-                raw.smtp.max_recipients,
-                d.max_recipients as i64,
-                1..=100_000,
-                &mut problems,
-            ) as usize,
-            max_line_length: positive(
-                "smtp.max_line_length",
-                raw.smtp.max_line_length,
-                d.max_line_length as i64,
-                512..=65_536,
-                &mut problems,
-            ) as usize,
-            max_errors: positive(
-                "smtp.max_errors",
-                raw.smtp.max_errors,
-                d.max_errors as i64,
-                1..=1000,
-                &mut problems,
-            ) as u32,
-            data_timeout: seconds(
-                "smtp.data_timeout_secs",
-                raw.smtp.data_timeout_secs,
-                d.data_timeout,
-                1..=86_400,
-                &mut problems,
-            ),
-            messages_per_hour: positive(
-                "smtp.messages_per_hour",
-                raw.smtp.messages_per_hour,
-                d.messages_per_hour as i64,
-                1..=10_000_000,
-                &mut problems,
-            ) as u32,
-            recipients_per_hour: positive(
-                "smtp.recipients_per_hour",
-                raw.smtp.recipients_per_hour,
-                d.recipients_per_hour as i64,
-                1..=10_000_000,
-                &mut problems,
-            ) as u32,
-            max_buffered_bytes: positive(
-                "smtp.max_buffered_bytes",
-                raw.smtp.max_buffered_bytes,
-                d.max_buffered_bytes as i64,
-                1024..=1024 * 1024 * 1024 * 1024,
-                &mut problems,
-            ) as usize,
+            max_message_size: SMTP_MAX_MESSAGE_SIZE.read_number(r.max_message_size, p) as usize,
+            max_recipients: SMTP_MAX_RECIPIENTS.read_number(r.max_recipients, p) as usize,
+            max_line_length: SMTP_MAX_LINE_LENGTH.read_number(r.max_line_length, p) as usize,
+            max_errors: SMTP_MAX_ERRORS.read_number(r.max_errors, p) as u32,
+            data_timeout: SMTP_DATA_TIMEOUT_SECS.read_secs(r.data_timeout_secs, p),
+            messages_per_hour: SMTP_MESSAGES_PER_HOUR.read_number(r.messages_per_hour, p) as u32,
+            recipients_per_hour: SMTP_RECIPIENTS_PER_HOUR.read_number(r.recipients_per_hour, p) as u32,
+            max_buffered_bytes: SMTP_MAX_BUFFERED_BYTES.read_number(r.max_buffered_bytes, p) as usize,
         };
         if smtp.max_buffered_bytes < smtp.max_message_size {
             problems.push(format!(
@@ -761,16 +1184,10 @@ impl Config {
         }
 
         let auth = AuthConfig {
-            login_cache_ttl: seconds(
-                "auth.login_cache_ttl_secs",
-                raw.auth.login_cache_ttl_secs,
-                AuthConfig::default().login_cache_ttl,
-                0..=86_400,
-                &mut problems,
-            ),
+            login_cache_ttl: AUTH_LOGIN_CACHE_TTL_SECS
+                .read_secs(raw.auth.login_cache_ttl_secs, &mut problems),
         };
 
-        let dd = DnsConfig::default();
         let mut nameservers = Vec::new();
         for (i, server) in raw.dns.nameservers.iter().enumerate() {
             // "192.0.2.53" means port 53; "127.0.0.1:5353" and "[::1]:53" name the port.
@@ -788,29 +1205,11 @@ impl Config {
         }
         let dns = DnsConfig {
             nameservers,
-            timeout: seconds(
-                "dns.timeout_secs",
-                raw.dns.timeout_secs,
-                dd.timeout,
-                1..=60,
-                &mut problems,
-            ),
-            attempts: positive(
-                "dns.attempts",
-                raw.dns.attempts,
-                dd.attempts as i64,
-                1..=10,
-                &mut problems,
-            ) as usize,
-            cache_size: positive(
-                "dns.cache_size",
-                raw.dns.cache_size,
-                dd.cache_size as i64,
-                0..=10_000_000,
-                &mut problems,
-            ) as u64,
-            trust_ad_bit: raw.dns.trust_ad_bit,
-            reverse_lookups: raw.dns.reverse_lookups,
+            timeout: DNS_TIMEOUT_SECS.read_secs(raw.dns.timeout_secs, &mut problems),
+            attempts: DNS_ATTEMPTS.read_number(raw.dns.attempts, &mut problems) as usize,
+            cache_size: DNS_CACHE_SIZE.read_number(raw.dns.cache_size, &mut problems) as u64,
+            trust_ad_bit: DNS_TRUST_AD_BIT.read_flag(raw.dns.trust_ad_bit),
+            reverse_lookups: DNS_REVERSE_LOOKUPS.read_flag(raw.dns.reverse_lookups),
         };
         if dns.trust_ad_bit && dns.nameservers.is_empty() {
             problems.push(
@@ -819,52 +1218,17 @@ impl Config {
         }
         let delivery = validate_delivery(&raw.delivery, &resolve, &mut problems);
 
-        let d = SecurityConfig::default();
-        // Up to a year.
-        let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
-            seconds(key, value, default, 1..=31_536_000, problems)
-        };
+        let r = &raw.security;
+        let p = &mut problems;
         let security = SecurityConfig {
-            auth_failures: positive(
-                "security.auth_failures",
-                raw.security.auth_failures,
-                d.auth_failures as i64,
-                1..=10_000,
-                &mut problems,
-            ) as u32,
-            failure_window: secs(
-                "security.failure_window_secs",
-                raw.security.failure_window_secs,
-                d.failure_window,
-                &mut problems,
-            ),
-            ban: secs("security.ban_secs", raw.security.ban_secs, d.ban, &mut problems),
-            max_ban: secs(
-                "security.max_ban_secs",
-                raw.security.max_ban_secs,
-                d.max_ban,
-                &mut problems,
-            ),
-            trusted: networks("security.trusted", &raw.security.trusted, &mut problems),
-            proxies: networks("security.proxies", &raw.security.proxies, &mut problems),
-            // At least a week: ban escalation looks a week back.
-            event_retention: Duration::from_secs(
-                86_400
-                    * positive(
-                        "security.event_retention_days",
-                        raw.security.event_retention_days,
-                        d.event_retention.as_secs() as i64 / 86_400,
-                        7..=3650,
-                        &mut problems,
-                    ) as u64,
-            ),
-            event_log_max_bytes: positive(
-                "security.event_log_max_bytes",
-                raw.security.event_log_max_bytes,
-                d.event_log_max_bytes as i64,
-                4096..=1 << 40,
-                &mut problems,
-            ) as u64,
+            auth_failures: SECURITY_AUTH_FAILURES.read_number(r.auth_failures, p) as u32,
+            failure_window: SECURITY_FAILURE_WINDOW_SECS.read_secs(r.failure_window_secs, p),
+            ban: SECURITY_BAN_SECS.read_secs(r.ban_secs, p),
+            max_ban: SECURITY_MAX_BAN_SECS.read_secs(r.max_ban_secs, p),
+            trusted: networks("security.trusted", &r.trusted, p),
+            proxies: networks("security.proxies", &r.proxies, p),
+            event_retention: SECURITY_EVENT_RETENTION_DAYS.read_days(r.event_retention_days, p),
+            event_log_max_bytes: SECURITY_EVENT_LOG_MAX_BYTES.read_number(r.event_log_max_bytes, p) as u64,
         };
         if security.proxies.is_empty()
             && let Some(i) = listeners.iter().position(|l: &Listener| l.proxy_protocol)
@@ -878,7 +1242,10 @@ impl Config {
             None => None,
             Some(text) => match text.parse::<SocketAddr>() {
                 // The endpoint has no authentication: off loopback only when asked for.
-                Ok(address) if !address.ip().is_loopback() && !raw.metrics.allow_remote => {
+                Ok(address)
+                    if !address.ip().is_loopback()
+                        && !METRICS_ALLOW_REMOTE.read_flag(raw.metrics.allow_remote) =>
+                {
                     problems.push(format!(
                         "metrics.bind = {text:?} is not a loopback address and /metrics has no authentication; \
                          bind it to 127.0.0.1 or [::1] (e.g. \"127.0.0.1:9125\"), or set metrics.allow_remote = true \
@@ -896,10 +1263,10 @@ impl Config {
             },
         };
 
-        let log_format = match raw.log.format.as_deref() {
-            None | Some("human") => LogFormat::Human,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
+        let log_format = match LOG_FORMAT.read_text(raw.log.format.as_deref()) {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
                 problems.push(format!(
                     "log.format = {other:?} is not a log format; use \"human\" or \"json\""
                 ));
@@ -920,17 +1287,19 @@ impl Config {
                 security,
                 dns,
                 inbound: InboundConfig {
-                    dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(true),
-                    dmarc_quarantine: raw.inbound.dmarc_quarantine.unwrap_or(true),
-                    tempfail_on_dns_error: raw.inbound.tempfail_on_dns_error.unwrap_or(true),
-                    phishing_warnings: raw.inbound.phishing_warnings.unwrap_or(true),
-                    phishing_notice_in_body: raw.inbound.phishing_notice_in_body.unwrap_or(false),
+                    dmarc_reject: INBOUND_DMARC_REJECT.read_flag(raw.inbound.dmarc_reject),
+                    dmarc_quarantine: INBOUND_DMARC_QUARANTINE.read_flag(raw.inbound.dmarc_quarantine),
+                    tempfail_on_dns_error: INBOUND_TEMPFAIL_ON_DNS_ERROR
+                        .read_flag(raw.inbound.tempfail_on_dns_error),
+                    phishing_warnings: INBOUND_PHISHING_WARNINGS.read_flag(raw.inbound.phishing_warnings),
+                    phishing_notice_in_body: INBOUND_PHISHING_NOTICE_IN_BODY
+                        .read_flag(raw.inbound.phishing_notice_in_body),
                 },
                 delivery,
                 server: ServerConfig {
                     user: raw.server.user.clone(),
                     group: raw.server.group.clone(),
-                    allow_root: raw.server.allow_root,
+                    allow_root: SERVER_ALLOW_ROOT.read_flag(raw.server.allow_root),
                 },
                 metrics_bind,
                 log_format,
@@ -989,82 +1358,28 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         tls,
         allow,
         deny,
-        proxy_protocol: l.proxy_protocol,
+        proxy_protocol: LISTENER_PROXY_PROTOCOL.read_flag(l.proxy_protocol),
     })
 }
 
 fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
-    let d = Limits::default();
-    // Up to a day.
-    let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
-        seconds(key, value, default, 1..=86_400, problems)
-    };
+    let p = &mut *problems;
     let limits = Limits {
-        max_connections: positive(
-            "limits.max_connections",
-            raw.max_connections,
-            d.max_connections as i64,
-            1..=1_000_000,
-            problems,
-        ) as usize,
-        max_connections_per_ip: positive(
-            "limits.max_connections_per_ip",
-            raw.max_connections_per_ip,
-            d.max_connections_per_ip as i64,
-            1..=1_000_000,
-            problems,
-        ) as usize,
-        max_connections_per_role_percent: positive(
-            "limits.max_connections_per_role_percent",
-            raw.max_connections_per_role_percent,
-            d.max_connections_per_role_percent as i64,
-            1..=100,
-            problems,
-        ) as u8,
-        max_connection_rate_per_ip: positive(
-            "limits.max_connection_rate_per_ip",
-            raw.max_connection_rate_per_ip,
-            d.max_connection_rate_per_ip as i64,
-            1..=10_000_000,
-            problems,
-        ) as u32,
-        tls_handshake_timeout: secs(
-            "limits.tls_handshake_timeout_secs",
-            raw.tls_handshake_timeout_secs,
-            d.tls_handshake_timeout,
-            problems,
-        ),
-        command_timeout: secs(
-            "limits.command_timeout_secs",
-            raw.command_timeout_secs,
-            d.command_timeout,
-            problems,
-        ),
-        imap_idle_timeout: secs(
-            "limits.imap_idle_timeout_secs",
-            raw.imap_idle_timeout_secs,
-            d.imap_idle_timeout,
-            problems,
-        ),
-        imap_unauthenticated_timeout: secs(
-            "limits.imap_unauthenticated_timeout_secs",
-            raw.imap_unauthenticated_timeout_secs,
-            d.imap_unauthenticated_timeout,
-            problems,
-        ),
-        shutdown_grace: secs(
-            "limits.shutdown_grace_secs",
-            raw.shutdown_grace_secs,
-            d.shutdown_grace,
-            problems,
-        ),
-        mailbox_quota: positive(
-            "limits.mailbox_quota",
-            raw.mailbox_quota,
-            d.mailbox_quota as i64,
-            0..=(1 << 50),
-            problems,
-        ) as u64,
+        max_connections: LIMITS_MAX_CONNECTIONS.read_number(raw.max_connections, p) as usize,
+        max_connections_per_ip: LIMITS_MAX_CONNECTIONS_PER_IP.read_number(raw.max_connections_per_ip, p)
+            as usize,
+        max_connections_per_role_percent: LIMITS_MAX_CONNECTIONS_PER_ROLE_PERCENT
+            .read_number(raw.max_connections_per_role_percent, p)
+            as u8,
+        max_connection_rate_per_ip: LIMITS_MAX_CONNECTION_RATE_PER_IP
+            .read_number(raw.max_connection_rate_per_ip, p) as u32,
+        tls_handshake_timeout: LIMITS_TLS_HANDSHAKE_TIMEOUT_SECS.read_secs(raw.tls_handshake_timeout_secs, p),
+        command_timeout: LIMITS_COMMAND_TIMEOUT_SECS.read_secs(raw.command_timeout_secs, p),
+        imap_idle_timeout: LIMITS_IMAP_IDLE_TIMEOUT_SECS.read_secs(raw.imap_idle_timeout_secs, p),
+        imap_unauthenticated_timeout: LIMITS_IMAP_UNAUTHENTICATED_TIMEOUT_SECS
+            .read_secs(raw.imap_unauthenticated_timeout_secs, p),
+        shutdown_grace: LIMITS_SHUTDOWN_GRACE_SECS.read_secs(raw.shutdown_grace_secs, p),
+        mailbox_quota: LIMITS_MAILBOX_QUOTA.read_number(raw.mailbox_quota, p) as u64,
     };
     if limits.max_connections_per_ip > limits.max_connections {
         problems.push(format!(
@@ -1075,16 +1390,11 @@ fn validate_limits(raw: &RawLimits, problems: &mut Vec<String>) -> Limits {
     limits
 }
 
-/// A duration given in whole seconds, checked like [`positive`].
 fn validate_delivery(
     raw: &RawDelivery,
     resolve: &dyn Fn(&str) -> PathBuf,
     problems: &mut Vec<String>,
 ) -> DeliveryConfig {
-    let d = DeliveryConfig::default();
-    let port = |key: &str, value: Option<i64>, default: u16, problems: &mut Vec<String>| {
-        positive(key, value, default as i64, 1..=65_535, problems) as u16
-    };
     let mut routes = BTreeMap::new();
     for (domain, target) in &raw.routes {
         let name = match Domain::parse(domain) {
@@ -1114,72 +1424,23 @@ fn validate_delivery(
             )),
         }
     }
-    let secs = |key: &str, value: Option<i64>, default: Duration, problems: &mut Vec<String>| {
-        seconds(key, value, default, 1..=31_536_000, problems)
-    };
-    let count = |key: &str, value: Option<i64>, default: usize, problems: &mut Vec<String>| {
-        positive(key, value, default as i64, 1..=100_000, problems) as usize
-    };
+    let p = &mut *problems;
     DeliveryConfig {
-        smtp_port: port("delivery.smtp_port", raw.smtp_port, d.smtp_port, problems),
+        smtp_port: DELIVERY_SMTP_PORT.read_number(raw.smtp_port, p) as u16,
         routes,
         require_tls,
-        retry_base: secs(
-            "delivery.retry_base_secs",
-            raw.retry_base_secs,
-            d.retry_base,
-            problems,
-        ),
-        retry_max: secs(
-            "delivery.retry_max_secs",
-            raw.retry_max_secs,
-            d.retry_max,
-            problems,
-        ),
-        give_up: secs("delivery.give_up_secs", raw.give_up_secs, d.give_up, problems),
-        delay_warning: seconds(
-            "delivery.delay_warning_secs",
-            raw.delay_warning_secs,
-            d.delay_warning,
-            0..=31_536_000,
-            problems,
-        ),
-        max_connections: count(
-            "delivery.max_connections",
-            raw.max_connections,
-            d.max_connections,
-            problems,
-        ),
-        max_connections_per_domain: count(
-            "delivery.max_connections_per_domain",
-            raw.max_connections_per_domain,
-            d.max_connections_per_domain,
-            problems,
-        ),
-        max_messages_per_connection: count(
-            "delivery.max_messages_per_connection",
-            raw.max_messages_per_connection,
-            d.max_messages_per_connection,
-            problems,
-        ),
-        connect_timeout: secs(
-            "delivery.connect_timeout_secs",
-            raw.connect_timeout_secs,
-            d.connect_timeout,
-            problems,
-        ),
-        command_timeout: secs(
-            "delivery.command_timeout_secs",
-            raw.command_timeout_secs,
-            d.command_timeout,
-            problems,
-        ),
-        mta_sts_port: port(
-            "delivery.mta_sts_port",
-            raw.mta_sts_port,
-            d.mta_sts_port,
-            problems,
-        ),
+        retry_base: DELIVERY_RETRY_BASE_SECS.read_secs(raw.retry_base_secs, p),
+        retry_max: DELIVERY_RETRY_MAX_SECS.read_secs(raw.retry_max_secs, p),
+        give_up: DELIVERY_GIVE_UP_SECS.read_secs(raw.give_up_secs, p),
+        delay_warning: DELIVERY_DELAY_WARNING_SECS.read_secs(raw.delay_warning_secs, p),
+        max_connections: DELIVERY_MAX_CONNECTIONS.read_number(raw.max_connections, p) as usize,
+        max_connections_per_domain: DELIVERY_MAX_CONNECTIONS_PER_DOMAIN
+            .read_number(raw.max_connections_per_domain, p) as usize,
+        max_messages_per_connection: DELIVERY_MAX_MESSAGES_PER_CONNECTION
+            .read_number(raw.max_messages_per_connection, p) as usize,
+        connect_timeout: DELIVERY_CONNECT_TIMEOUT_SECS.read_secs(raw.connect_timeout_secs, p),
+        command_timeout: DELIVERY_COMMAND_TIMEOUT_SECS.read_secs(raw.command_timeout_secs, p),
+        mta_sts_port: DELIVERY_MTA_STS_PORT.read_number(raw.mta_sts_port, p) as u16,
         trust_anchors: raw.trust_anchors.as_deref().map(resolve),
         relay: validate_relay(raw, resolve, problems),
     }
@@ -1205,10 +1466,10 @@ fn validate_relay(
         ));
         return None;
     };
-    let implicit_tls = match raw.relay_tls.as_deref() {
-        None | Some("starttls") => false,
-        Some("implicit") => true,
-        Some(other) => {
+    let implicit_tls = match DELIVERY_RELAY_TLS.read_text(raw.relay_tls.as_deref()) {
+        "starttls" => false,
+        "implicit" => true,
+        other => {
             problems.push(format!(
                 "delivery.relay_tls = {other:?} is not allowed; use \"starttls\" or \"implicit\" (TLS is always required)"
             ));
@@ -1242,37 +1503,6 @@ fn split_host_port(target: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_ascii_lowercase(), port))
-}
-
-fn seconds(
-    key: &str,
-    value: Option<i64>,
-    default: Duration,
-    range: std::ops::RangeInclusive<i64>,
-    problems: &mut Vec<String>,
-) -> Duration {
-    Duration::from_secs(positive(key, value, default.as_secs() as i64, range, problems) as u64)
-}
-
-fn positive(
-    key: &str,
-    value: Option<i64>,
-    default: i64,
-    range: std::ops::RangeInclusive<i64>,
-    problems: &mut Vec<String>,
-) -> i64 {
-    match value {
-        None => default,
-        Some(v) if range.contains(&v) => v,
-        Some(v) => {
-            problems.push(format!(
-                "{key} = {v} is out of range; use a number from {} to {} (default {default})",
-                range.start(),
-                range.end()
-            ));
-            default
-        }
-    }
 }
 
 /// Parses a list of networks ("192.0.2.0/24", "2001:db8::/48") or single addresses.
@@ -1583,5 +1813,183 @@ mod tests {
         );
         let message = error_of(&text);
         assert_eq!(message.lines().count(), 2, "{message}");
+    }
+
+    /// A dotted key name split into its section ("" at the top level) and its name there.
+    fn split(name: &str) -> (&str, &str) {
+        name.rsplit_once('.').unwrap_or(("", name))
+    }
+
+    /// The names serde accepts in the struct `T`: its derived code hands them to the deserializer.
+    fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+        use serde::de::{Error, Visitor};
+        struct Fields(&'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = fields;
+                Err(Error::custom("only the names were wanted"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+                option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+                ignored_any
+            }
+        }
+        let mut fields = Fields(&[]);
+        let _ = T::deserialize(&mut fields);
+        fields.0
+    }
+
+    #[test]
+    fn serde_reads_exactly_the_declared_keys() {
+        // Each struct serde reads, with the section it reads: its fields must be the keys declared
+        // in that section and the sections within it, so that a key cannot be accepted without a
+        // declaration (and so a default and a row in docs/CONFIG.md), nor declared but refused.
+        let structs: &[(&str, &[&str])] = &[
+            ("", fields_of::<RawConfig>()),
+            ("tls", fields_of::<RawTls>()),
+            ("tls.certificate", fields_of::<RawCertificate>()),
+            ("listener", fields_of::<RawListener>()),
+            ("limits", fields_of::<RawLimits>()),
+            ("smtp", fields_of::<RawSmtp>()),
+            ("auth", fields_of::<RawAuth>()),
+            ("dns", fields_of::<RawDns>()),
+            ("delivery", fields_of::<RawDelivery>()),
+            ("inbound", fields_of::<RawInbound>()),
+            ("security", fields_of::<RawSecurity>()),
+            ("server", fields_of::<RawServer>()),
+            ("metrics", fields_of::<RawMetrics>()),
+            ("store", fields_of::<RawStore>()),
+            ("log", fields_of::<RawLog>()),
+        ];
+        for (section, fields) in structs {
+            assert!(!fields.is_empty(), "no fields found for [{section}]");
+            let keys = KEYS.iter().map(|key| split(key.name()));
+            let subsections = structs
+                .iter()
+                .filter(|(s, _)| !s.is_empty())
+                .map(|(s, _)| split(s));
+            let mut expected: Vec<&str> = keys
+                .chain(subsections)
+                .filter(|(s, _)| s == section)
+                .map(|(_, name)| name)
+                .collect();
+            let mut fields = fields.to_vec();
+            expected.sort_unstable();
+            fields.sort_unstable();
+            assert_eq!(
+                fields, expected,
+                "serde's fields and the declared keys of [{section}]"
+            );
+        }
+        for key in KEYS {
+            let section = split(key.name()).0;
+            assert!(
+                structs.iter().any(|(s, _)| *s == section),
+                "{} is declared in a section serde does not read",
+                key.name()
+            );
+        }
+    }
+
+    /// How docs/CONFIG.md writes a key's default (its default cell may add words after it).
+    fn default_in_docs(key: &AnyKey) -> String {
+        match *key {
+            AnyKey::Required(_) => "required".into(),
+            AnyKey::Optional(_) => "none".into(),
+            AnyKey::Text(key) => format!("`{:?}`", key.kind.default),
+            AnyKey::Flag(key) => format!("`{}`", key.kind.default),
+            AnyKey::Number(key) => format!("`{}`", key.kind.default),
+            AnyKey::List(_) => "`[]`".into(),
+            AnyKey::Table(_) => "`{}`".into(),
+        }
+    }
+
+    /// The heading of docs/CONFIG.md that documents a section.
+    fn heading_of(section: &str) -> String {
+        match section {
+            "" => "Top level".into(),
+            "listener" | "tls.certificate" => format!("`[[{section}]]`"),
+            _ => format!("`[{section}]`"),
+        }
+    }
+
+    #[test]
+    fn docs_config_md_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut sections: Vec<&str> = KEYS.iter().map(|key| split(key.name()).0).collect();
+        sections.dedup();
+        let headings: Vec<(String, &str)> = sections.iter().map(|s| (heading_of(s), *s)).collect();
+
+        // Every key row (a first cell in backticks) with its section, name and default cell.
+        let mut rows: Vec<(Option<&str>, &str, &str)> = Vec::new();
+        let mut section = None;
+        for line in text.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                section = headings
+                    .iter()
+                    .find(|(h, _)| heading == h || heading.starts_with(&format!("{h} ")))
+                    .map(|(_, s)| *s);
+            } else if line.starts_with("| `") {
+                let mut cells = line.split('|').skip(1).map(str::trim);
+                let name = cells.next().unwrap_or_default().trim_matches('`');
+                rows.push((section, name, cells.next().unwrap_or_default()));
+            }
+        }
+
+        let mut problems = Vec::new();
+        for key in KEYS {
+            let (section, name) = split(key.name());
+            let heading = heading_of(section);
+            let default = default_in_docs(key);
+            let found: Vec<_> = rows
+                .iter()
+                .filter(|(s, n, _)| *s == Some(section) && *n == name)
+                .collect();
+            match found.as_slice() {
+                [] => problems.push(format!(
+                    "{} has no row under \"## {heading}\"; add `{name}` with its default {default}",
+                    key.name()
+                )),
+                [(_, _, cell)] if !cell.contains(&default) => problems.push(format!(
+                    "{}: the default cell {cell:?} does not say {default}, the default in the code",
+                    key.name()
+                )),
+                [_] => {}
+                _ => problems.push(format!(
+                    "{} has {} rows under \"## {heading}\"",
+                    key.name(),
+                    found.len()
+                )),
+            }
+        }
+        for (section, name, _) in &rows {
+            match section {
+                None => problems.push(format!(
+                    "`{name}` is under a heading that names no section with keys"
+                )),
+                Some(section) if !KEYS.iter().any(|key| split(key.name()) == (section, name)) => problems
+                    .push(format!(
+                        "`{name}` under \"## {}\" is not a key sealmail reads; remove it or declare it",
+                        heading_of(section)
+                    )),
+                Some(_) => {}
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/CONFIG.md disagrees with the code:\n{}",
+            problems.join("\n")
+        );
     }
 }
