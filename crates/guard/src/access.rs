@@ -36,6 +36,24 @@ pub trait LoginWatch: Send + Sync {
     async fn revoked_now(&mut self) -> bool;
 }
 
+/// A session's watch before it has logged in is none: nothing to revoke.
+#[async_trait::async_trait]
+impl LoginWatch for Option<Box<dyn LoginWatch>> {
+    async fn revoked(&mut self) {
+        match self {
+            Some(watch) => watch.revoked().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn revoked_now(&mut self) -> bool {
+        match self {
+            Some(watch) => watch.revoked_now().await,
+            None => false,
+        }
+    }
+}
+
 /// Abuse a session saw, and allowances it spends.
 #[async_trait::async_trait]
 pub trait AbuseReporting: Send + Sync {

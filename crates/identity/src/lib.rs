@@ -274,7 +274,7 @@ impl Identity {
         Ok(self
             .verify_password(&address, &credentials.password)
             .await?
-            .map(Authenticated::verified))
+            .map(Authenticated::from_verified_credentials))
     }
 
     /// The account, when these exact credentials logged in successfully within the login
@@ -300,7 +300,7 @@ impl Identity {
         };
         Ok(cache
             .recalls(&fingerprint, &account.password_hash)
-            .then_some(Authenticated::verified(account)))
+            .then_some(Authenticated::from_verified_credentials(account)))
     }
 
     /// Costs what a real verification costs, so that failures all take the same time.

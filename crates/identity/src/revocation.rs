@@ -155,7 +155,7 @@ mod tests {
             .verify_password(address, &password)
             .await?
             .ok_or("login refused")?;
-        Ok(Authenticated::verified(account))
+        Ok(Authenticated::from_verified_credentials(account))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

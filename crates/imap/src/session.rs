@@ -333,18 +333,12 @@ impl Session {
     /// Returns once the login no longer stands (its password changed or its account was
     /// removed); never before login. Cancel-safe, so the driver races it with reading.
     pub async fn login_revoked(&mut self) {
-        match self.login_check.as_mut() {
-            Some(check) => check.revoked().await,
-            None => std::future::pending().await,
-        }
+        self.login_check.revoked().await
     }
 
     /// Before running a command: whether the login stopped standing since the last check.
     pub async fn login_revoked_now(&mut self) -> bool {
-        match self.login_check.as_mut() {
-            Some(check) => check.revoked_now().await,
-            None => false,
-        }
+        self.login_check.revoked_now().await
     }
 
     pub fn set_tls(&mut self, tls: Option<TlsActive>) {
@@ -484,7 +478,9 @@ impl Session {
     /// imap-codec decodes (after the rewrites of `esearch` for what it cannot parse), or an
     /// extended LIST, which `list` parses itself. Responses are in `out`.
     pub async fn frame(&mut self, frame: Frame, client: &mut dyn Client) -> Result<Next, ConnError> {
-        let bytes = match frame {
+        // The reservation (the budget share the command's literals hold) is bound here, so it
+        // is given back only when this function returns, after the command has run.
+        let (bytes, _reservation) = match frame {
             Frame::Refused { tag, reason } => {
                 let keep_going = match refusal_text(reason) {
                     (true, text) => self.refuse(tag.as_deref(), text).await,
@@ -495,8 +491,7 @@ impl Session {
                 };
                 return Ok(if keep_going { Next::Continue } else { Next::Close });
             }
-            // The reservation is held until the command has run.
-            Frame::Command(bytes, _reservation) => bytes,
+            Frame::Command(bytes, reservation) => (bytes, reservation),
         };
         let (bytes, search_return) = match esearch::strip_return(&bytes) {
             Some((stripped, options)) => (stripped, Some(options)),
@@ -672,6 +667,20 @@ impl Session {
 
     fn account_id(&self) -> Option<sealmail_types::AccountId> {
         self.account.as_ref().map(|a| a.id)
+    }
+
+    /// The account's mailbox a command names, or the NO the command ends with: `missing` is
+    /// the response text for a name that is not there (`[TRYCREATE] ...` for a target,
+    /// `[NONEXISTENT] ...` otherwise).
+    async fn named_mailbox(&self, mailbox: &WireMailbox<'_>, missing: &str) -> Result<Mailbox, Done> {
+        let Some(name) = mailbox_name(mailbox, self.utf8) else {
+            return Err(no(missing));
+        };
+        match self.find_mailbox(&name).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(no(missing)),
+            Err(e) => Err(store_failure(&e)),
+        }
     }
 
     async fn find_mailbox(&self, name: &str) -> Result<Option<Mailbox>, StoreError> {

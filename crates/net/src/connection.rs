@@ -389,7 +389,7 @@ async fn handshake(
         }
     };
     let tls = result.inspect_err(|_| crate::metrics::TLS_HANDSHAKE_FAILURES.inc())?;
-    let active = TlsActive::from_session(tls.get_ref().1).ok_or_else(|| {
+    let active = TlsActive::from_completed_handshake(tls.get_ref().1).ok_or_else(|| {
         ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
     })?;
     Ok((tls, active))

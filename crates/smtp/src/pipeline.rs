@@ -54,16 +54,19 @@ impl Draft {
         }
     }
 
-    /// The message as stored or sent: our fields above the author's, in the order a reader
-    /// of the trace expects (newest first: RFC 5321 4.4, RFC 8601 5), then the message.
-    pub fn assemble(&self, received: &str) -> Vec<u8> {
+    /// The message as stored or sent, after `first` (a Return-Path): our fields above the
+    /// author's, in the order a reader of the trace expects (newest first: RFC 5321 4.4,
+    /// RFC 8601 5), then the message. One allocation of the final size.
+    pub fn assemble(&self, first: &[u8], received: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            self.authentication.len()
+            first.len()
+                + self.authentication.len()
                 + received.len()
                 + self.signatures.len()
                 + self.added.len()
                 + self.content.len(),
         );
+        out.extend_from_slice(first);
         out.extend_from_slice(&self.authentication);
         out.extend_from_slice(received.as_bytes());
         out.extend_from_slice(&self.signatures);
@@ -220,9 +223,15 @@ async fn mark_phishing(services: &Services<'_>, draft: &mut Draft) -> Result<(),
     Ok(())
 }
 
+/// Submission stages need the logged-in user; without one (which MAIL already refuses) the
+/// message is refused rather than passed unchecked.
+fn no_user() -> Reply {
+    Reply::new(530, "5.7.0", "Authentication required")
+}
+
 fn check_submission(envelope: &Envelope<'_>, draft: &mut Draft) -> Result<(), Reply> {
     let Some(account) = envelope.account else {
-        return Ok(());
+        return Err(no_user());
     };
     let missing = message::check_submission(&draft.content, account)?;
     if missing.message_id {
@@ -240,7 +249,7 @@ fn check_submission(envelope: &Envelope<'_>, draft: &mut Draft) -> Result<(), Re
 
 fn sign_dkim(services: &Services<'_>, envelope: &Envelope<'_>, draft: &mut Draft) -> Result<(), Reply> {
     let Some(account) = envelope.account else {
-        return Ok(());
+        return Err(no_user());
     };
     let domain = account.domain().as_str();
     if !services.signer.signs_for(domain) {
@@ -313,7 +322,7 @@ mod tests {
         let seen = verdicts.seen.lock().map_err(|e| e.to_string())?.clone();
         assert_eq!(seen.len(), 1);
         assert!(!String::from_utf8_lossy(&seen[0]).contains("(forged)"));
-        let stored = String::from_utf8_lossy(&draft.assemble("Received: x\r\n")).into_owned();
+        let stored = String::from_utf8_lossy(&draft.assemble(b"", "Received: x\r\n")).into_owned();
         assert!(
             stored.starts_with("Authentication-Results: mx.a.test; dmarc=pass (fake)\r\nReceived: x\r\n")
         );
@@ -375,8 +384,26 @@ mod tests {
             verdicts.seen.lock().map_err(|e| e.to_string())?.is_empty(),
             "submission is not checked like mail from strangers"
         );
-        let sent = String::from_utf8_lossy(&draft.assemble("Received: x\r\n")).into_owned();
+        let sent = String::from_utf8_lossy(&draft.assemble(b"", "Received: x\r\n")).into_owned();
         assert!(sent.starts_with("Received: x\r\nDKIM-Signature: v=1; d=a.test; fake\r\nMessage-ID: "));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn submission_without_a_user_is_refused_not_passed_unchecked() -> TestResult {
+        let verdicts = FakeVerdicts::new(Disposition::Accept);
+        let signer = FakeSigner::default();
+        let content = "From: ceo@a.test\r\n\r\nbody\r\n";
+        let (result, _) = run_with(SUBMISSION, &verdicts, &signer, None, content).await?;
+        let reply = result
+            .err()
+            .ok_or("a submission without a user must be refused")?;
+        assert_eq!((reply.code, reply.status), (530, Some("5.7.0")));
+        for stage in SUBMISSION {
+            let (result, _) = run_with(&[*stage], &verdicts, &signer, None, content).await?;
+            assert!(result.is_err(), "{stage:?} passed a message without a user");
+        }
+        assert!(signer.signed.lock().map_err(|e| e.to_string())?.is_empty());
         Ok(())
     }
 

@@ -215,19 +215,13 @@ impl Session {
     /// Returns once the AUTH login no longer stands (its password changed or its account was
     /// removed); never before AUTH. Cancel-safe, so the driver races it with reading.
     pub async fn login_revoked(&mut self) {
-        match self.login_check.as_mut() {
-            Some(check) => check.revoked().await,
-            None => std::future::pending().await,
-        }
+        self.login_check.revoked().await
     }
 
     /// Before acting on a command or a message: whether the login stopped standing since the
     /// last check.
     pub async fn login_revoked_now(&mut self) -> bool {
-        match self.login_check.as_mut() {
-            Some(check) => check.revoked_now().await,
-            None => false,
-        }
+        self.login_check.revoked_now().await
     }
 
     /// The reply that ends a session whose login no longer stands.
@@ -657,14 +651,18 @@ impl Session {
     /// the submitting user's INBOX. The message is already accepted: a failure here is logged.
     async fn notify_delivered(
         &self,
-        sender: &str,
         envid: &Option<String>,
         notices: &[sealmail_dsn::Notice],
         original: &[u8],
     ) {
+        // Only for the logged-in user, to their own address (MAIL FROM is theirs).
+        let Some(auth) = &self.auth else {
+            return;
+        };
+        let sender = auth.account.address.to_string();
         let report = sealmail_dsn::Report {
             hostname: &self.ctx.hostname,
-            sender,
+            sender: &sender,
             envid: envid.as_deref(),
             ret_full: false,
             arrival: now_unix(),
@@ -869,7 +867,9 @@ impl Session {
         };
         let stages = match self.role {
             Role::Mx => pipeline::INBOUND,
-            Role::Submission | Role::Imap => pipeline::SUBMISSION,
+            Role::Submission => pipeline::SUBMISSION,
+            // An SMTP session is never made for the IMAP role; refuse rather than guess.
+            Role::Imap => return Reply::new(451, "4.3.0", "Temporary local problem; try again later"),
         };
         if let Err(refusal) = pipeline::run(stages, &services, &envelope, &mut draft).await {
             return refusal;
@@ -893,20 +893,17 @@ impl Session {
             id: &draft.id,
             single_recipient: single_rcpt,
         });
-        let with_trace = draft.assemble(&received);
-        let local = (!routed.mailboxes.is_empty()).then(|| {
+        // Each copy is assembled once at its final size; the draft is not needed after that
+        // unless a "delivered" notice quotes it.
+        let local = (!routed.mailboxes.is_empty()).then(|| LocalCopy {
             // RFC 5321 4.4: the delivering server adds Return-Path.
-            let mut copy = format!("Return-Path: <{sender_text}>\r\n").into_bytes();
-            copy.extend_from_slice(&with_trace);
-            LocalCopy {
-                content: copy,
-                mailboxes: routed.mailboxes,
-                flags: draft.flags.clone(),
-                internal_date: now_unix(),
-            }
+            content: draft.assemble(format!("Return-Path: <{sender_text}>\r\n").as_bytes(), &received),
+            mailboxes: routed.mailboxes,
+            flags: draft.flags.clone(),
+            internal_date: now_unix(),
         });
         let outbound = (!routed.remote.is_empty()).then(|| OutboundCopy {
-            content: with_trace,
+            content: draft.assemble(b"", &received),
             sender: sender_text.clone(),
             recipients: routed.remote,
             dsn_envid: transaction.dsn_envid.clone(),
@@ -914,6 +911,9 @@ impl Session {
             require_tls: transaction.require_tls,
         });
         let size = draft.content.len();
+        let authored = (!routed.delivered.is_empty()).then(|| draft.authored());
+        let id = std::mem::take(&mut draft.id);
+        drop(draft);
         match self
             .ctx
             .store
@@ -927,7 +927,7 @@ impl Session {
                     on_queued();
                 }
                 tracing::info!(
-                    id = %draft.id,
+                    id = %id,
                     peer = %self.peer,
                     from = %sender_text,
                     size,
@@ -938,19 +938,14 @@ impl Session {
                     "message accepted"
                 );
                 sealmail_net::metrics::MESSAGES_ACCEPTED.inc();
-                if !routed.delivered.is_empty() {
-                    self.notify_delivered(
-                        &sender_text,
-                        &transaction.dsn_envid,
-                        &routed.delivered,
-                        &draft.authored(),
-                    )
-                    .await;
+                if let Some(authored) = authored {
+                    self.notify_delivered(&transaction.dsn_envid, &routed.delivered, &authored)
+                        .await;
                 }
-                Reply::new(250, "2.0.0", format!("OK: message {} accepted", draft.id))
+                Reply::new(250, "2.0.0", format!("OK: message {id} accepted"))
             }
             Err(e) => {
-                tracing::error!(id = %draft.id, error = %e, "message could not be stored");
+                tracing::error!(id = %id, error = %e, "message could not be stored");
                 Reply::new(
                     451,
                     "4.3.0",

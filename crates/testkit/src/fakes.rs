@@ -48,7 +48,7 @@ impl Logins for FakeLogins {
                 return LoginOutcome::Unavailable;
             };
             return match self.store.account(&address).await {
-                Ok(Some(account)) => LoginOutcome::Success(Authenticated::verified(account)),
+                Ok(Some(account)) => LoginOutcome::Success(Authenticated::from_verified_credentials(account)),
                 _ => LoginOutcome::Unavailable,
             };
         }

@@ -5,6 +5,7 @@
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
 
 pub mod dns;
+#[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod pki;
 pub mod suite;

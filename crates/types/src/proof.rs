@@ -20,7 +20,7 @@ pub struct TlsActive {
 impl TlsActive {
     /// `None` while the handshake is still running. Only `net` calls this, when its handshake
     /// has completed.
-    pub fn from_session(session: &rustls::ServerConnection) -> Option<TlsActive> {
+    pub fn from_completed_handshake(session: &rustls::ServerConnection) -> Option<TlsActive> {
         if session.is_handshaking() {
             return None;
         }
@@ -64,7 +64,7 @@ pub struct Authenticated {
 
 impl Authenticated {
     /// Only `identity` calls this, after it has verified the account's credentials.
-    pub fn verified(account: Account) -> Authenticated {
+    pub fn from_verified_credentials(account: Account) -> Authenticated {
         Authenticated { account }
     }
 }

@@ -15,17 +15,23 @@ use sealmail_testkit::{TestResult, ctx};
 use crate::framing::{Frame, Limits, Refusal};
 use crate::session::{Client, ImapContext, Next, Session};
 
-/// Lines the client will send inside a command, and what the session sent along the way.
+/// Lines the client will send inside a command, and what the session sent along the way;
+/// with a budget, how much of it was free at each send.
 #[derive(Default)]
 struct Script {
     lines: VecDeque<Vec<u8>>,
     sent: Vec<u8>,
+    budget: Option<BodyBudget>,
+    free_at_send: Vec<usize>,
 }
 
 #[async_trait::async_trait]
 impl Client for Script {
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         self.sent.extend_from_slice(bytes);
+        if let Some(budget) = &self.budget {
+            self.free_at_send.push(budget.available());
+        }
         Ok(())
     }
 
@@ -39,6 +45,7 @@ impl Client for Script {
 
 struct World {
     _dir: tempfile::TempDir,
+    store: Arc<sealmail_store::SqliteStore>,
     abuse: Arc<FakeAbuse>,
     ctx: Arc<ImapContext>,
     budget: BodyBudget,
@@ -53,7 +60,7 @@ async fn world(max_errors: u32) -> TestResult<World> {
         hostname: "imap.a.test".into(),
         store: store.clone(),
         logins: Arc::new(FakeLogins {
-            store,
+            store: store.clone(),
             ban_after: 3,
             failures: std::sync::Mutex::new(0),
         }),
@@ -75,6 +82,7 @@ async fn world(max_errors: u32) -> TestResult<World> {
     });
     Ok(World {
         _dir: dir,
+        store,
         abuse,
         ctx,
         budget,
@@ -166,6 +174,56 @@ async fn an_over_budget_refusal_is_a_no_not_the_clients_error() -> TestResult {
     );
     assert!(String::from_utf8_lossy(&session.out).starts_with("a NO [LIMIT]"));
     assert!(w.abuse.kinds().is_empty());
+    Ok(())
+}
+
+/// A command's literals hold their share of the message budget until the command has run:
+/// a FETCH that streams (it sends along the way) still finds the share taken.
+#[tokio::test]
+async fn a_commands_budget_share_is_held_while_it_runs() -> TestResult {
+    use sealmail_store::{NewMessage, Store};
+    let w = world(10).await?;
+    let alice = ctx(sealmail_types::EmailAddress::parse(fakes::ALICE), "address")?;
+    let account = ctx(w.store.account(&alice).await, "account")?.ok_or("no alice")?;
+    let inbox = ctx(w.store.mailbox(account.id, "INBOX").await, "inbox")?.ok_or("no INBOX")?;
+    // Past the 256 KiB at which FETCH sends what it has.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(300 * 1024));
+    ctx(
+        w.store
+            .store_message(NewMessage {
+                content: big.into_bytes(),
+                mailboxes: vec![inbox.id],
+                internal_date: 0,
+                flags: Vec::new(),
+            })
+            .await,
+        "store",
+    )?;
+    let mut session = Session::new(w.ctx.clone(), peer(), None);
+    // As after a login (the fake's login needs TLS, which this socket-free test has not).
+    session.account = Some(account);
+    run(&w, &mut session, "a SELECT INBOX").await?;
+    let before = w.budget.available();
+    let mut reservation = w.budget.reservation();
+    assert!(reservation.grow_to(4096));
+    let frame = Frame::Command(b"b FETCH 1 BODY.PEEK[]\r\n".to_vec(), reservation);
+    let mut script = Script {
+        budget: Some(w.budget.clone()),
+        ..Script::default()
+    };
+    let next = ctx(session.frame(frame, &mut script).await, "fetch")?;
+    assert!(matches!(next, Next::Continue));
+    assert!(!script.free_at_send.is_empty(), "the FETCH did not stream");
+    assert!(
+        script.free_at_send.iter().all(|&free| free == before - 4096),
+        "the share was given back while the command ran: {:?} free, {before} before",
+        script.free_at_send
+    );
+    assert_eq!(
+        w.budget.available(),
+        before,
+        "the share is given back after the command"
+    );
     Ok(())
 }
 

@@ -27,13 +27,9 @@ impl Session {
             Ok(i) => i,
             Err(done) => return done,
         };
-        let Some(name) = mailbox_name(mailbox, self.utf8) else {
-            return no("[TRYCREATE] No such mailbox");
-        };
-        let target = match self.find_mailbox(&name).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return no("[TRYCREATE] No such mailbox"),
-            Err(e) => return store_failure(&e),
+        let target = match self.named_mailbox(mailbox, "[TRYCREATE] No such mailbox").await {
+            Ok(found) => found,
+            Err(done) => return done,
         };
         let uids = self.uids_of(&indices);
         let verb = if remove_source { "MOVE" } else { "COPY" };

@@ -130,13 +130,9 @@ impl Session {
             return bad("Log in first");
         };
         let store = self.ctx.store.clone();
-        let Some(name) = mailbox_name(mailbox, self.utf8) else {
-            return no("[TRYCREATE] No such mailbox");
-        };
-        let target = match self.find_mailbox(&name).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return no("[TRYCREATE] No such mailbox"),
-            Err(e) => return store_failure(&e),
+        let target = match self.named_mailbox(mailbox, "[TRYCREATE] No such mailbox").await {
+            Ok(found) => found,
+            Err(done) => return done,
         };
         if self.utf8_append && !self.utf8 {
             return bad("APPEND ... UTF8 (...) needs ENABLE UTF8=ACCEPT first");

@@ -30,13 +30,9 @@ impl Session {
         if resync.is_some() && !self.qresync {
             return bad("QRESYNC must be enabled first (ENABLE QRESYNC)");
         }
-        let Some(name) = mailbox_name(mailbox, self.utf8) else {
-            return no("[NONEXISTENT] No such mailbox");
-        };
-        let found = match self.find_mailbox(&name).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return no("[NONEXISTENT] No such mailbox"),
-            Err(e) => return store_failure(&e),
+        let found = match self.named_mailbox(mailbox, "[NONEXISTENT] No such mailbox").await {
+            Ok(found) => found,
+            Err(done) => return done,
         };
         let mut selected = match Selected::open(self.ctx.store.as_ref(), found, read_only).await {
             Ok(selected) => selected,
