@@ -41,7 +41,8 @@ use sealmail_types::xtext;
 use client::{ClientError, Reply, SmtpClient};
 use mta_sts::{MtaSts, StsMode};
 use route::{Dane, Host, RouteError};
-use verify::{Mode, PeerVerifier};
+use tls_rpt::{Outcome, PolicyType, ResultType};
+use verify::{CertCheck, Mode, PeerVerifier};
 
 /// Due recipients looked at per scheduler pass.
 const BATCH: i64 = 2000;
@@ -144,8 +145,8 @@ struct HostPolicy {
     mode: Mode,
     /// No plaintext, no unverified certificate unless `mode` says unauthenticated is enough.
     tls_required: bool,
-    /// For TLS-RPT: `tlsa`, `sts` or `no-policy-found`.
-    policy_type: &'static str,
+    /// What TLS-RPT counts the host's sessions under.
+    policy_type: PolicyType,
     /// TLS from the first byte (a port 465 smarthost).
     implicit_tls: bool,
     /// Authenticate with `[delivery] relay_username` (the smarthost).
@@ -189,7 +190,7 @@ fn bounded(attempt: &Attempt) -> Attempt {
 
 impl HostPolicy {
     /// A destination's MX host (not the smarthost).
-    fn mx(mode: Mode, tls_required: bool, policy_type: &'static str, name_authenticated: bool) -> HostPolicy {
+    fn mx(mode: Mode, tls_required: bool, policy_type: PolicyType, name_authenticated: bool) -> HostPolicy {
         HostPolicy {
             mode,
             tls_required,
@@ -446,7 +447,14 @@ impl Delivery {
                     None => self.inner.mta_sts.lookup(&domain).await,
                 };
                 if let Some((result_type, detail)) = &sts.failure {
-                    self.tls_result(&domain, "sts", "", result_type, detail).await;
+                    self.tls_result(
+                        &domain,
+                        PolicyType::Sts,
+                        "",
+                        Outcome::Failure(*result_type),
+                        detail,
+                    )
+                    .await;
                 }
                 let hosts = Arc::new(hosts);
                 let sts = Arc::new(sts.policy);
@@ -509,7 +517,7 @@ impl Delivery {
             return Ok(HostPolicy {
                 mode: Mode::Pkix,
                 tls_required: true,
-                policy_type: "no-policy-found",
+                policy_type: PolicyType::NoPolicyFound,
                 implicit_tls: relay.implicit_tls,
                 relay_auth: relay.username.is_some(),
                 name_authenticated: true,
@@ -527,7 +535,7 @@ impl Delivery {
                 return Ok(HostPolicy::mx(
                     Mode::Dane(records),
                     true,
-                    "tlsa",
+                    PolicyType::Tlsa,
                     name_authenticated,
                 ));
             }
@@ -535,13 +543,19 @@ impl Delivery {
                 return Ok(HostPolicy::mx(
                     Mode::Opportunistic,
                     true,
-                    "tlsa",
+                    PolicyType::Tlsa,
                     name_authenticated,
                 ));
             }
             Dane::Failed(reason) => {
-                self.tls_result(domain, "tlsa", &host.name, "dnssec-invalid", &reason)
-                    .await;
+                self.tls_result(
+                    domain,
+                    PolicyType::Tlsa,
+                    &host.name,
+                    Outcome::Failure(ResultType::DnssecInvalid),
+                    &reason,
+                )
+                .await;
                 return Err(reason);
             }
             Dane::None => {}
@@ -549,40 +563,60 @@ impl Delivery {
         if let Some(policy) = sts.filter(|p| p.mode == StsMode::Enforce) {
             if !policy.allows(&host.name) {
                 let reason = format!("MX host {} is not listed in {domain}'s MTA-STS policy", host.name);
-                self.tls_result(domain, "sts", &host.name, "validation-failure", &reason)
-                    .await;
+                self.tls_result(
+                    domain,
+                    PolicyType::Sts,
+                    &host.name,
+                    Outcome::Failure(ResultType::ValidationFailure),
+                    &reason,
+                )
+                .await;
                 return Err(reason);
             }
-            return Ok(HostPolicy::mx(Mode::Pkix, true, "sts", name_authenticated));
-        }
-        let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
-        if self.inner.config.require_tls.iter().any(|d| d == domain) {
             return Ok(HostPolicy::mx(
                 Mode::Pkix,
                 true,
-                if testing { "sts" } else { "no-policy-found" },
+                PolicyType::Sts,
                 name_authenticated,
             ));
+        }
+        // Under a testing policy sessions are still reported as the policy's (RFC 8461 5).
+        let policy_type = if sts.is_some_and(|p| p.mode == StsMode::Testing) {
+            PolicyType::Sts
+        } else {
+            PolicyType::NoPolicyFound
+        };
+        if self.inner.config.require_tls.iter().any(|d| d == domain) {
+            return Ok(HostPolicy::mx(Mode::Pkix, true, policy_type, name_authenticated));
         }
         Ok(HostPolicy::mx(
             Mode::Opportunistic,
             false,
-            if testing { "sts" } else { "no-policy-found" },
+            policy_type,
             name_authenticated,
         ))
     }
 
-    async fn tls_result(&self, domain: &str, policy_type: &str, host: &str, result_type: &str, detail: &str) {
+    /// Counts one session (or policy fetch) for `domain`'s TLS report.
+    async fn tls_result(
+        &self,
+        domain: &str,
+        policy_type: PolicyType,
+        host: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) {
         // Through a smarthost the sessions are with it, not with the domain's MX hosts: there
         // is nothing to report to the domain (RFC 8460 is the smarthost's job).
         if self.inner.config.relay.is_some() {
             return;
         }
+        // Stored as the RFC 8460 spellings: the rows are text, and go into reports as they are.
         let result = TlsResult {
             policy_domain: domain.to_string(),
-            policy_type: policy_type.to_string(),
+            policy_type: policy_type.as_str().to_string(),
             mx_host: host.to_string(),
-            result_type: result_type.to_string(),
+            result_type: outcome.as_str().to_string(),
             detail: detail
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
@@ -663,12 +697,12 @@ impl Delivery {
         );
         let name = ServerName::try_from(host.name.clone())
             .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
-        let tls_failed = |error: ClientError| {
-            let check = verifier.check();
-            match &check {
-                Some(c) if !c.verified => (c.result_type, c.detail.clone()),
-                _ => ("validation-failure", error.to_string()),
-            }
+        let tls_failed = |error: ClientError| match verifier.check() {
+            Some(CertCheck {
+                failure: Some(result_type),
+                detail,
+            }) => (result_type, detail),
+            _ => (ResultType::ValidationFailure, error.to_string()),
         };
         let connected = if policy.implicit_tls {
             SmtpClient::connect_tls(
@@ -705,9 +739,15 @@ impl Delivery {
                 Ok(client) => client,
                 Err((_, error)) => {
                     let (result_type, detail) = tls_failed(error);
-                    if policy.policy_type != "no-policy-found" {
-                        self.tls_result(domain, policy.policy_type, &host.name, result_type, &detail)
-                            .await;
+                    if policy.policy_type != PolicyType::NoPolicyFound {
+                        self.tls_result(
+                            domain,
+                            policy.policy_type,
+                            &host.name,
+                            Outcome::Failure(result_type),
+                            &detail,
+                        )
+                        .await;
                     }
                     return Err(format!("TLS: {detail}"));
                 }
@@ -721,7 +761,7 @@ impl Delivery {
             }
         }
         let check = verifier.check();
-        let verified = client.tls.is_some() && check.as_ref().is_some_and(|c| c.verified);
+        let verified = client.tls.is_some() && check.as_ref().is_some_and(CertCheck::verified);
         if let Some(tls) = &client.tls {
             tracing::info!(
                 domain,
@@ -737,12 +777,24 @@ impl Delivery {
             // to, but reported as the failure it would be under enforce (RFC 8461 5). Without
             // a policy, a TLS session is a "no-policy-found" success (RFC 8460 4.4).
             match (&check, policy.policy_type) {
-                (Some(c), "sts") if !c.verified => {
-                    self.tls_result(domain, "sts", &host.name, c.result_type, &c.detail)
-                        .await;
+                (
+                    Some(CertCheck {
+                        failure: Some(result_type),
+                        detail,
+                    }),
+                    PolicyType::Sts,
+                ) => {
+                    self.tls_result(
+                        domain,
+                        PolicyType::Sts,
+                        &host.name,
+                        Outcome::Failure(*result_type),
+                        detail,
+                    )
+                    .await;
                 }
                 _ => {
-                    self.tls_result(domain, policy.policy_type, &host.name, "success", "")
+                    self.tls_result(domain, policy.policy_type, &host.name, Outcome::Success, "")
                         .await;
                 }
             }
@@ -752,7 +804,7 @@ impl Delivery {
                 domain,
                 policy.policy_type,
                 &host.name,
-                "starttls-not-supported",
+                Outcome::Failure(ResultType::StarttlsNotSupported),
                 &reason,
             )
             .await;

@@ -16,6 +16,7 @@ use sealmail_dns::Dns;
 use sealmail_store::Store;
 
 use crate::now_unix;
+use crate::tls_rpt::ResultType;
 
 /// RFC 8461 3.3: policy bodies over 64 KiB are refused.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -113,7 +114,7 @@ impl Policy {
 /// failed.
 pub struct Lookup {
     pub policy: Option<Arc<Policy>>,
-    pub failure: Option<(&'static str, String)>,
+    pub failure: Option<(ResultType, String)>,
 }
 
 pub struct MtaSts {
@@ -283,7 +284,7 @@ impl MtaSts {
     }
 
     /// The policy and its text.
-    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), (&'static str, String)> {
+    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), (ResultType, String)> {
         let url = match self.port {
             443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
             port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
@@ -292,15 +293,15 @@ impl MtaSts {
             let text = format!("{url}: {e:?}");
             // A certificate problem is reported as such (RFC 8460 4.3.1).
             if text.contains("certificate") || text.contains("Certificate") {
-                ("sts-webpki-invalid", text)
+                (ResultType::StsWebpkiInvalid, text)
             } else {
-                ("sts-policy-fetch-error", text)
+                (ResultType::StsPolicyFetchError, text)
             }
         };
         let mut response = self.http.get(&url).send().await.map_err(fetch_error)?;
         if response.status() != reqwest::StatusCode::OK {
             return Err((
-                "sts-policy-fetch-error",
+                ResultType::StsPolicyFetchError,
                 format!("{url}: HTTP {}", response.status()),
             ));
         }
@@ -310,18 +311,19 @@ impl MtaSts {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
         if !text_plain {
-            return Err(("sts-policy-invalid", format!("{url}: not text/plain")));
+            return Err((ResultType::StsPolicyInvalid, format!("{url}: not text/plain")));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {
             if body.len() + chunk.len() > MAX_POLICY_BYTES {
-                return Err(("sts-policy-invalid", format!("{url}: policy over 64 KiB")));
+                return Err((ResultType::StsPolicyInvalid, format!("{url}: policy over 64 KiB")));
             }
             body.extend_from_slice(&chunk);
         }
-        let body =
-            String::from_utf8(body).map_err(|_| ("sts-policy-invalid", format!("{url}: not UTF-8")))?;
-        let policy = Policy::parse(id, &body).map_err(|e| ("sts-policy-invalid", format!("{url}: {e}")))?;
+        let body = String::from_utf8(body)
+            .map_err(|_| (ResultType::StsPolicyInvalid, format!("{url}: not UTF-8")))?;
+        let policy =
+            Policy::parse(id, &body).map_err(|e| (ResultType::StsPolicyInvalid, format!("{url}: {e}")))?;
         Ok((policy, body))
     }
 }

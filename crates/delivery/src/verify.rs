@@ -18,6 +18,8 @@ use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, Sign
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::tls_rpt::ResultType;
+
 /// A TLSA record (RFC 6698 2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tlsa {
@@ -70,10 +72,15 @@ pub enum Mode {
 /// What the certificate check found; `None` until the handshake got that far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertCheck {
-    pub verified: bool,
-    /// An RFC 8460 4.3 result type for a failure (`certificate-host-mismatch`, ...).
-    pub result_type: &'static str,
+    /// `None` when the certificate passed; else how TLS-RPT counts its failure.
+    pub failure: Option<ResultType>,
     pub detail: String,
+}
+
+impl CertCheck {
+    pub fn verified(&self) -> bool {
+        self.failure.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -140,16 +147,16 @@ impl PeerVerifier {
 }
 
 /// The RFC 8460 result type for a failed PKIX check.
-fn result_type(error: &Error) -> &'static str {
+fn result_type(error: &Error) -> ResultType {
     match error {
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "certificate-host-mismatch",
+        ) => ResultType::CertificateHostMismatch,
         Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
-            "certificate-expired"
+            ResultType::CertificateExpired
         }
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "certificate-not-trusted",
-        _ => "validation-failure",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => ResultType::CertificateNotTrusted,
+        _ => ResultType::ValidationFailure,
     }
 }
 
@@ -166,8 +173,7 @@ impl ServerCertVerifier for PeerVerifier {
             Mode::Dane(records) => match self.dane(records, end_entity, intermediates, server_name, now) {
                 Ok(detail) => {
                     self.record(CertCheck {
-                        verified: true,
-                        result_type: "success",
+                        failure: None,
                         detail,
                     });
                     Ok(ServerCertVerified::assertion())
@@ -175,8 +181,7 @@ impl ServerCertVerifier for PeerVerifier {
                 Err(detail) => {
                     let detail = format!("DANE: {detail}");
                     self.record(CertCheck {
-                        verified: false,
-                        result_type: "validation-failure",
+                        failure: Some(ResultType::ValidationFailure),
                         detail: detail.clone(),
                     });
                     Err(Error::General(detail))
@@ -189,16 +194,14 @@ impl ServerCertVerifier for PeerVerifier {
                 {
                     Ok(verified) => {
                         self.record(CertCheck {
-                            verified: true,
-                            result_type: "success",
+                            failure: None,
                             detail: "PKIX".into(),
                         });
                         Ok(verified)
                     }
                     Err(e) => {
                         self.record(CertCheck {
-                            verified: false,
-                            result_type: result_type(&e),
+                            failure: Some(result_type(&e)),
                             detail: e.to_string(),
                         });
                         match self.mode {
