@@ -25,6 +25,7 @@ const MAX_AGE_LIMIT: u64 = 31_557_600;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 const CACHE_MAX: usize = 10_000;
 
+/// A policy's `mode` (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StsMode {
     Enforce,
@@ -32,41 +33,98 @@ pub enum StsMode {
     None,
 }
 
+impl StsMode {
+    fn parse(value: &str) -> Option<StsMode> {
+        match value {
+            "enforce" => Some(StsMode::Enforce),
+            "testing" => Some(StsMode::Testing),
+            "none" => Some(StsMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// One `mx` line of a policy, lower case and without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxPattern {
+    /// That host only.
+    Host(String),
+    /// `*.` and a domain: a host one label below it (RFC 8461 4.1: the wildcard stands for the
+    /// left-most label only).
+    Wildcard(String),
+}
+
+impl MxPattern {
+    /// Any value is taken: one that is no host name matches no MX host.
+    fn parse(value: &str) -> MxPattern {
+        let value = value.trim_end_matches('.').to_ascii_lowercase();
+        match value.strip_prefix("*.") {
+            Some(suffix) => MxPattern::Wildcard(suffix.to_string()),
+            None => MxPattern::Host(value),
+        }
+    }
+
+    /// `host` lower case, without a trailing dot.
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            MxPattern::Host(name) => name == host,
+            MxPattern::Wildcard(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        }
+    }
+}
+
+/// Why a policy body was refused. The text goes into the TLS report's failure detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy line without a key: {0:?}")]
+    NoKey(String),
+    #[error("unknown mode {0:?}")]
+    UnknownMode(String),
+    /// Not a number, or over a year.
+    #[error("bad max_age {0:?}")]
+    BadMaxAge(String),
+    #[error("version is not STSv1")]
+    Version,
+    #[error("no mode")]
+    NoMode,
+    #[error("no max_age")]
+    NoMaxAge,
+    /// A mode other than `none` with no `mx` line would allow no host at all.
+    #[error("no mx")]
+    NoMx,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub id: String,
     pub mode: StsMode,
-    /// Lower-case MX patterns; `*.example.com` matches one label.
-    pub mx: Vec<String>,
+    pub mx: Vec<MxPattern>,
+    /// Seconds, at most a year (RFC 8461 3.2).
     pub max_age: u64,
-    /// The policy text as an RFC 8460 `policy-string` list.
-    pub lines: Vec<String>,
 }
 
 impl Policy {
-    /// Parses a policy body (RFC 8461 3.2).
-    pub fn parse(id: &str, body: &str) -> Result<Policy, String> {
-        let (mut version, mut mode, mut max_age, mut mx, mut lines) =
-            (None, None, None, Vec::new(), Vec::new());
+    /// Parses a policy body (RFC 8461 3.2). Fields it does not know are skipped; of a field
+    /// given twice (other than `mx`) the last one counts.
+    pub fn parse(id: &str, body: &str) -> Result<Policy, PolicyError> {
+        let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
         for line in body.lines() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
                 continue;
             }
             let Some((key, value)) = line.split_once(':') else {
-                return Err(format!("policy line without a key: {line:?}"));
+                return Err(PolicyError::NoKey(line.to_string()));
             };
             let value = value.trim();
-            lines.push(format!("{}: {value}", key.trim()));
             match key.trim() {
-                "version" => version = Some(value.to_string()),
+                "version" => version = Some(value),
                 "mode" => {
-                    mode = Some(match value {
-                        "enforce" => StsMode::Enforce,
-                        "testing" => StsMode::Testing,
-                        "none" => StsMode::None,
-                        other => return Err(format!("unknown mode {other:?}")),
-                    })
+                    mode = Some(
+                        StsMode::parse(value).ok_or_else(|| PolicyError::UnknownMode(value.to_string()))?,
+                    )
                 }
                 "max_age" => {
                     max_age = Some(
@@ -74,39 +132,33 @@ impl Policy {
                             .parse::<u64>()
                             .ok()
                             .filter(|v| *v <= MAX_AGE_LIMIT)
-                            .ok_or(format!("bad max_age {value:?}"))?,
+                            .ok_or_else(|| PolicyError::BadMaxAge(value.to_string()))?,
                     )
                 }
-                "mx" => mx.push(value.trim_end_matches('.').to_ascii_lowercase()),
+                "mx" => mx.push(MxPattern::parse(value)),
                 _ => {}
             }
         }
-        if version.as_deref() != Some("STSv1") {
-            return Err("version is not STSv1".into());
+        if version != Some("STSv1") {
+            return Err(PolicyError::Version);
         }
-        let mode = mode.ok_or("no mode")?;
-        let max_age = max_age.ok_or("no max_age")?;
+        let mode = mode.ok_or(PolicyError::NoMode)?;
+        let max_age = max_age.ok_or(PolicyError::NoMaxAge)?;
         if mode != StsMode::None && mx.is_empty() {
-            return Err("no mx".into());
+            return Err(PolicyError::NoMx);
         }
         Ok(Policy {
             id: id.to_string(),
             mode,
             mx,
             max_age,
-            lines,
         })
     }
 
     /// RFC 8461 4.1: whether the MX host `host` is one the policy names.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => *pattern == host,
-        })
+        self.mx.iter().any(|pattern| pattern.matches(&host))
     }
 }
 
@@ -333,28 +385,83 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policies_parse_and_match_mx_hosts() -> Result<(), String> {
+    fn policies_parse_and_match_mx_hosts() -> Result<(), PolicyError> {
         let policy = Policy::parse(
             "1",
             "version: STSv1\r\nmode: enforce\r\nmx: mx1.b.test\r\nmx: *.b.net\r\nmax_age: 86400\r\n",
         )?;
         assert_eq!(policy.mode, StsMode::Enforce);
+        assert_eq!(policy.max_age, 86400);
+        assert_eq!(
+            policy.mx,
+            [
+                MxPattern::Host("mx1.b.test".into()),
+                MxPattern::Wildcard("b.net".into())
+            ]
+        );
         assert!(policy.allows("mx1.b.test") && policy.allows("MX1.B.TEST."));
         assert!(policy.allows("anything.b.net"));
         assert!(!policy.allows("b.net") && !policy.allows("a.b.b.net") && !policy.allows("mx2.b.test"));
-        assert!(
-            Policy::parse("1", "version: STSv1\nmode: testing\nmax_age: 5\n").is_err(),
-            "no mx"
-        );
-        assert!(Policy::parse("1", "version: STSv2\nmode: enforce\nmx: a\nmax_age: 5\n").is_err());
-        assert!(
-            Policy::parse(
-                "1",
-                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 99999999999\n"
-            )
-            .is_err()
-        );
         assert!(Policy::parse("1", "version: STSv1\nmode: none\nmax_age: 5\n").is_ok());
+        // Unknown fields are skipped; the last of a repeated field counts.
+        let policy = Policy::parse(
+            "2",
+            "version: STSv1\nmode: enforce\nmode: testing\nmx: MX.B.Test.\nfuture: x\nmax_age: 5\n",
+        )?;
+        assert_eq!(policy.mode, StsMode::Testing);
+        assert_eq!(policy.mx, [MxPattern::Host("mx.b.test".into())]);
         Ok(())
+    }
+
+    /// Each refusal, with the text a TLS report carries.
+    #[test]
+    fn policies_are_refused_with_the_reason() {
+        let refused = |body: &str| Policy::parse("1", body).err().map(|e| e.to_string());
+        for (body, reason) in [
+            ("version: STSv1\nmode: testing\nmax_age: 5\n", "no mx"),
+            (
+                "version: STSv2\nmode: enforce\nmx: a\nmax_age: 5\n",
+                "version is not STSv1",
+            ),
+            ("mode: enforce\nmx: a\nmax_age: 5\n", "version is not STSv1"),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 99999999999\n",
+                "bad max_age \"99999999999\"",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 31557601\n",
+                "bad max_age \"31557601\"",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n",
+                "bad max_age \"-1\"",
+            ),
+            (
+                "version: STSv1\nmode: Enforce\nmx: a\nmax_age: 5\n",
+                "unknown mode \"Enforce\"",
+            ),
+            (
+                "version: STSv1\nmode enforce\nmx: a\nmax_age: 5\n",
+                "policy line without a key: \"mode enforce\"",
+            ),
+            ("version: STSv1\nmx: a\nmax_age: 5\n", "no mode"),
+            ("version: STSv1\nmode: enforce\nmx: a\n", "no max_age"),
+            ("", "version is not STSv1"),
+        ] {
+            assert_eq!(refused(body).as_deref(), Some(reason), "{body:?}");
+        }
+        assert!(Policy::parse("1", "version: STSv1\nmode: enforce\nmx: a\nmax_age: 31557600\n").is_ok());
+    }
+
+    #[test]
+    fn mx_patterns_match_one_label_under_a_wildcard() {
+        let wildcard = MxPattern::parse("*.B.Net.");
+        assert_eq!(wildcard, MxPattern::Wildcard("b.net".into()));
+        assert!(wildcard.matches("mx.b.net"));
+        assert!(!wildcard.matches("b.net") && !wildcard.matches(".b.net") && !wildcard.matches("a.mx.b.net"));
+        let host = MxPattern::parse("mx.b.net");
+        assert!(host.matches("mx.b.net") && !host.matches("x.mx.b.net"));
+        // A value that is no host name is kept, and matches nothing real.
+        assert_eq!(MxPattern::parse("*."), MxPattern::Host("*".into()));
     }
 }
