@@ -267,7 +267,7 @@ impl Delivery {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mta_sts = MtaSts::new(dns.clone(), store.clone(), https, config.mta_sts_port)
-            .map_err(DeliveryError::Tls)?;
+            .map_err(|e| DeliveryError::Tls(e.to_string()))?;
         Ok(Delivery {
             inner: Arc::new(Inner {
                 store,
@@ -446,13 +446,13 @@ impl Delivery {
                     },
                     None => self.inner.mta_sts.lookup(&domain).await,
                 };
-                if let Some((result_type, detail)) = &sts.failure {
+                if let Some(failure) = &sts.failure {
                     self.tls_result(
                         &domain,
                         PolicyType::Sts,
                         "",
-                        Outcome::Failure(*result_type),
-                        detail,
+                        Outcome::Failure(failure.result_type()),
+                        &failure.to_string(),
                     )
                     .await;
                 }

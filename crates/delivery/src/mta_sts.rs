@@ -162,11 +162,61 @@ impl Policy {
     }
 }
 
-/// What discovery found, and a failure to report (TLS-RPT result type, detail) if the fetch
-/// failed.
+/// Why no policy could be fetched. The text is the TLS report's failure detail and starts
+/// with the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No answer, or the answer broke off (connection, certificate, timeout). Shown with
+    /// `{:?}`, whose chain of causes names the certificate problem that Display leaves out.
+    #[error("{url}: {error:?}")]
+    Request { url: String, error: reqwest::Error },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url}: not text/plain")]
+    NotTextPlain { url: String },
+    #[error("{url}: policy over 64 KiB")]
+    TooLarge { url: String },
+    #[error("{url}: not UTF-8")]
+    NotUtf8 { url: String },
+    #[error("{url}: {error}")]
+    Invalid { url: String, error: PolicyError },
+}
+
+impl FetchError {
+    /// How TLS-RPT counts the failure (RFC 8460 4.3.2.2).
+    pub fn result_type(&self) -> ResultType {
+        match self {
+            // reqwest has no certificate error kind of its own: a certificate problem is
+            // recognised in the text of its causes, to be reported as such.
+            FetchError::Request { .. } => {
+                let text = self.to_string();
+                if text.contains("certificate") || text.contains("Certificate") {
+                    ResultType::StsWebpkiInvalid
+                } else {
+                    ResultType::StsPolicyFetchError
+                }
+            }
+            FetchError::Status { .. } => ResultType::StsPolicyFetchError,
+            FetchError::NotTextPlain { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::NotUtf8 { .. }
+            | FetchError::Invalid { .. } => ResultType::StsPolicyInvalid,
+        }
+    }
+}
+
+/// The HTTPS client for policies could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the MTA-STS client: {0}")]
+pub struct SetupError(reqwest::Error);
+
+/// What discovery found, and why the fetch failed if it did (to report).
 pub struct Lookup {
     pub policy: Option<Arc<Policy>>,
-    pub failure: Option<(ResultType, String)>,
+    pub failure: Option<FetchError>,
 }
 
 pub struct MtaSts {
@@ -203,7 +253,7 @@ impl MtaSts {
         store: Arc<dyn Store>,
         tls: rustls::ClientConfig,
         port: u16,
-    ) -> Result<MtaSts, String> {
+    ) -> Result<MtaSts, SetupError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .dns_resolver(Arc::new(Resolver(dns.clone())))
@@ -212,7 +262,7 @@ impl MtaSts {
             .no_proxy()
             .timeout(FETCH_TIMEOUT)
             .build()
-            .map_err(|e| format!("cannot set up the MTA-STS client: {e}"))?;
+            .map_err(SetupError)?;
         Ok(MtaSts {
             dns,
             store,
@@ -297,7 +347,7 @@ impl MtaSts {
                 }
             }
             Err(failure) => {
-                tracing::warn!(domain, reason = %failure.1, "MTA-STS policy fetch failed");
+                tracing::warn!(domain, reason = %failure, "MTA-STS policy fetch failed");
                 Lookup {
                     policy: cached,
                     failure: Some(failure),
@@ -336,26 +386,19 @@ impl MtaSts {
     }
 
     /// The policy and its text.
-    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), (ResultType, String)> {
+    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), FetchError> {
         let url = match self.port {
             443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
             port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
         };
-        let fetch_error = |e: reqwest::Error| {
-            let text = format!("{url}: {e:?}");
-            // A certificate problem is reported as such (RFC 8460 4.3.1).
-            if text.contains("certificate") || text.contains("Certificate") {
-                (ResultType::StsWebpkiInvalid, text)
-            } else {
-                (ResultType::StsPolicyFetchError, text)
-            }
+        let request_failed = |error| FetchError::Request {
+            url: url.clone(),
+            error,
         };
-        let mut response = self.http.get(&url).send().await.map_err(fetch_error)?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err((
-                ResultType::StsPolicyFetchError,
-                format!("{url}: HTTP {}", response.status()),
-            ));
+        let mut response = self.http.get(&url).send().await.map_err(request_failed)?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(FetchError::Status { url, status });
         }
         let text_plain = response
             .headers()
@@ -363,20 +406,22 @@ impl MtaSts {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
         if !text_plain {
-            return Err((ResultType::StsPolicyInvalid, format!("{url}: not text/plain")));
+            return Err(FetchError::NotTextPlain { url });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {
+        while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
             if body.len() + chunk.len() > MAX_POLICY_BYTES {
-                return Err((ResultType::StsPolicyInvalid, format!("{url}: policy over 64 KiB")));
+                return Err(FetchError::TooLarge { url });
             }
             body.extend_from_slice(&chunk);
         }
-        let body = String::from_utf8(body)
-            .map_err(|_| (ResultType::StsPolicyInvalid, format!("{url}: not UTF-8")))?;
-        let policy =
-            Policy::parse(id, &body).map_err(|e| (ResultType::StsPolicyInvalid, format!("{url}: {e}")))?;
-        Ok((policy, body))
+        let Ok(body) = String::from_utf8(body) else {
+            return Err(FetchError::NotUtf8 { url });
+        };
+        match Policy::parse(id, &body) {
+            Ok(policy) => Ok((policy, body)),
+            Err(error) => Err(FetchError::Invalid { url, error }),
+        }
     }
 }
 
@@ -451,6 +496,48 @@ mod tests {
             assert_eq!(refused(body).as_deref(), Some(reason), "{body:?}");
         }
         assert!(Policy::parse("1", "version: STSv1\nmode: enforce\nmx: a\nmax_age: 31557600\n").is_ok());
+    }
+
+    /// The detail and result type a failed fetch is reported with.
+    #[test]
+    fn fetch_failures_say_where_and_what() {
+        let url = || "https://mta-sts.b.test/.well-known/mta-sts.txt".to_string();
+        for (failure, detail, result_type) in [
+            (
+                FetchError::Status {
+                    url: url(),
+                    status: reqwest::StatusCode::NOT_FOUND,
+                },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: HTTP 404 Not Found",
+                ResultType::StsPolicyFetchError,
+            ),
+            (
+                FetchError::NotTextPlain { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: not text/plain",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::TooLarge { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: policy over 64 KiB",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::NotUtf8 { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: not UTF-8",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::Invalid {
+                    url: url(),
+                    error: PolicyError::NoMx,
+                },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: no mx",
+                ResultType::StsPolicyInvalid,
+            ),
+        ] {
+            assert_eq!(failure.to_string(), detail);
+            assert_eq!(failure.result_type(), result_type, "{detail}");
+        }
     }
 
     #[test]
