@@ -140,6 +140,47 @@ enum Attempt {
     },
 }
 
+/// Why a host is not tried in this attempt. The text is the recipients' deferral reason
+/// when no other host answers, and the TLS report's detail.
+#[derive(Debug, thiserror::Error)]
+enum HostRefused {
+    /// DANE may apply and cannot be known: the host must wait (RFC 7672 2.2.1).
+    #[error("{0}")]
+    TlsaLookup(String),
+    /// MTA-STS `enforce` allows only the hosts its policy lists.
+    #[error("MX host {host} is not listed in {domain}'s MTA-STS policy")]
+    NotInStsPolicy { host: String, domain: String },
+}
+
+/// Why a connection ended before every job had an answer: the next address or host is tried.
+/// The text is logged, and is the recipients' deferral reason after the host and address.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    TlsSetup(rustls::Error),
+    #[error("{host} is not a valid TLS name: {error}")]
+    TlsName {
+        host: String,
+        error: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// The handshake failed; the detail is the certificate check's when it got that far.
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Client(ClientError),
+    #[error("greeting: {}", .0.summary())]
+    Greeting(Reply),
+    #[error("EHLO: {}", .0.summary())]
+    Ehlo(Reply),
+    #[error("EHLO after STARTTLS: {}", .0.summary())]
+    EhloAfterStarttls(Reply),
+    /// TLS was required (DANE, MTA-STS, `require_tls`, the smarthost); the host name is told.
+    #[error("{0} does not offer STARTTLS")]
+    NoStarttls(String),
+    #[error("the relay refused our credentials: {}", .0.summary())]
+    RelayRefused(Reply),
+}
+
 /// What TLS a host must give.
 struct HostPolicy {
     mode: Mode,
@@ -510,7 +551,7 @@ impl Delivery {
         domain: &str,
         host: &Host,
         sts: Option<&mta_sts::Policy>,
-    ) -> Result<HostPolicy, String> {
+    ) -> Result<HostPolicy, HostRefused> {
         if let Some(relay) = &self.inner.config.relay {
             // The smarthost: always TLS with a certificate valid for its name. The
             // destination's MTA-STS and DANE are the smarthost's to enforce on the next hop.
@@ -556,22 +597,25 @@ impl Delivery {
                     &reason,
                 )
                 .await;
-                return Err(reason);
+                return Err(HostRefused::TlsaLookup(reason));
             }
             Dane::None => {}
         }
         if let Some(policy) = sts.filter(|p| p.mode == StsMode::Enforce) {
             if !policy.allows(&host.name) {
-                let reason = format!("MX host {} is not listed in {domain}'s MTA-STS policy", host.name);
+                let refused = HostRefused::NotInStsPolicy {
+                    host: host.name.clone(),
+                    domain: domain.to_string(),
+                };
                 self.tls_result(
                     domain,
                     PolicyType::Sts,
                     &host.name,
                     Outcome::Failure(ResultType::ValidationFailure),
-                    &reason,
+                    &refused.to_string(),
                 )
                 .await;
-                return Err(reason);
+                return Err(refused);
             }
             return Ok(HostPolicy::mx(
                 Mode::Pkix,
@@ -640,8 +684,8 @@ impl Delivery {
         'hosts: for host in hosts {
             let policy = match self.host_policy(domain, host, sts).await {
                 Ok(policy) => policy,
-                Err(reason) => {
-                    last_error = reason;
+                Err(refused) => {
+                    last_error = refused.to_string();
                     continue;
                 }
             };
@@ -680,7 +724,7 @@ impl Delivery {
         addr: std::net::SocketAddr,
         policy: &HostPolicy,
         jobs: &mut [Job],
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let config = &self.inner.config;
         let verifier = Arc::new(PeerVerifier::new(
             policy.mode.clone(),
@@ -690,13 +734,15 @@ impl Delivery {
         let tls_config = Arc::new(
             ClientConfig::builder_with_provider(self.inner.provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| e.to_string())?
+                .map_err(SessionError::TlsSetup)?
                 .dangerous()
                 .with_custom_certificate_verifier(verifier.clone())
                 .with_no_client_auth(),
         );
-        let name = ServerName::try_from(host.name.clone())
-            .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
+        let name = ServerName::try_from(host.name.clone()).map_err(|error| SessionError::TlsName {
+            host: host.name.clone(),
+            error,
+        })?;
         let tls_failed = |error: ClientError| match verifier.check() {
             Some(CertCheck {
                 failure: Some(result_type),
@@ -720,19 +766,19 @@ impl Delivery {
             Ok(connected) => connected,
             Err(error @ ClientError::Tls(_)) => {
                 let (_, detail) = tls_failed(error);
-                return Err(format!("TLS: {detail}"));
+                return Err(SessionError::Tls(detail));
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(SessionError::Client(error)),
         };
         if greeting.code != 220 {
-            return Err(format!("greeting: {}", greeting.summary()));
+            return Err(SessionError::Greeting(greeting));
         }
         let ehlo = client
             .ehlo(&self.inner.hostname)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SessionError::Client)?;
         if !ehlo.is_positive() {
-            return Err(format!("EHLO: {}", ehlo.summary()));
+            return Err(SessionError::Ehlo(ehlo));
         }
         if client.tls.is_none() && client.capabilities.starttls {
             client = match client.starttls(tls_config, name).await {
@@ -749,15 +795,15 @@ impl Delivery {
                         )
                         .await;
                     }
-                    return Err(format!("TLS: {detail}"));
+                    return Err(SessionError::Tls(detail));
                 }
             };
             let ehlo = client
                 .ehlo(&self.inner.hostname)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SessionError::Client)?;
             if !ehlo.is_positive() {
-                return Err(format!("EHLO after STARTTLS: {}", ehlo.summary()));
+                return Err(SessionError::EhloAfterStarttls(ehlo));
             }
         }
         let check = verifier.check();
@@ -799,16 +845,16 @@ impl Delivery {
                 }
             }
         } else if policy.tls_required {
-            let reason = format!("{} does not offer STARTTLS", host.name);
+            let refused = SessionError::NoStarttls(host.name.clone());
             self.tls_result(
                 domain,
                 policy.policy_type,
                 &host.name,
                 Outcome::Failure(ResultType::StarttlsNotSupported),
-                &reason,
+                &refused.to_string(),
             )
             .await;
-            return Err(reason);
+            return Err(refused);
         } else {
             tracing::warn!(domain, host = %host.name, %addr, "outbound delivery without TLS: the server does not offer STARTTLS");
         }
@@ -824,9 +870,9 @@ impl Delivery {
             let reply = client
                 .command(&format!("AUTH PLAIN {token}"), "the AUTH reply")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SessionError::Client)?;
             if reply.code != 235 {
-                return Err(format!("the relay refused our credentials: {}", reply.summary()));
+                return Err(SessionError::RelayRefused(reply));
             }
         }
 
@@ -840,7 +886,7 @@ impl Delivery {
                 .transaction(&mut client, host, verified, requiretls_ok, job)
                 .await
             {
-                result = Err(e.to_string());
+                result = Err(SessionError::Client(e));
                 break;
             }
         }
@@ -1257,6 +1303,57 @@ mod tests {
         };
         assert_eq!(text.chars().count(), 1000);
         assert!(!text.contains(['\r', '\n', '\0']), "{text}");
+    }
+
+    /// These texts are deferral reasons (shown by `queue show`, in DSNs) and TLS report details.
+    #[test]
+    fn host_and_session_failures_keep_their_texts() {
+        let reply = |code, text: &str| Reply {
+            code,
+            lines: vec![text.to_string()],
+        };
+        assert_eq!(
+            HostRefused::NotInStsPolicy {
+                host: "mx.forger.test".into(),
+                domain: "b.test".into()
+            }
+            .to_string(),
+            "MX host mx.forger.test is not listed in b.test's MTA-STS policy"
+        );
+        assert_eq!(
+            HostRefused::TlsaLookup("TLSA lookup for _25._tcp.mx.b.test. failed: SERVFAIL".into())
+                .to_string(),
+            "TLSA lookup for _25._tcp.mx.b.test. failed: SERVFAIL"
+        );
+        for (error, text) in [
+            (
+                SessionError::Tls("DANE: no TLSA record matches the certificate chain".into()),
+                "TLS: DANE: no TLSA record matches the certificate chain",
+            ),
+            (
+                SessionError::Client(ClientError::Timeout("the EHLO reply")),
+                "timed out waiting for the EHLO reply",
+            ),
+            (
+                SessionError::Greeting(reply(554, "go away")),
+                "greeting: 554 go away",
+            ),
+            (SessionError::Ehlo(reply(500, "what")), "EHLO: 500 what"),
+            (
+                SessionError::EhloAfterStarttls(reply(421, "bye")),
+                "EHLO after STARTTLS: 421 bye",
+            ),
+            (
+                SessionError::NoStarttls("mx.strict.test".into()),
+                "mx.strict.test does not offer STARTTLS",
+            ),
+            (
+                SessionError::RelayRefused(reply(535, "5.7.8 no")),
+                "the relay refused our credentials: 535 5.7.8 no",
+            ),
+        ] {
+            assert_eq!(error.to_string(), text);
+        }
     }
 
     #[test]
