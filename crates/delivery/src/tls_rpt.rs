@@ -251,14 +251,22 @@ pub struct Destinations {
     pub https: Vec<String>,
 }
 
+/// The TLSRPT record could not be looked up: the report waits for the next run.
+#[derive(Debug, thiserror::Error)]
+#[error("TXT lookup for {name} failed: {error}")]
+pub struct LookupError {
+    name: String,
+    error: hickory_resolver::net::NetError,
+}
+
 /// Where `domain` wants its reports (RFC 8460 3): the `mailto:` and `https:` URIs of its TLSRPT
 /// record (at most [`MAX_REPORT_ADDRESSES`] in all); none when it publishes no (valid) record.
-pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, String> {
+pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, LookupError> {
     let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
     let lookup = match dns.resolver().txt_lookup(name.as_str()).await {
         Ok(lookup) => lookup,
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Destinations::default()),
-        Err(e) => return Err(format!("TXT lookup for {name} failed: {e}")),
+        Err(error) => return Err(LookupError { name, error }),
     };
     for record in lookup.answers() {
         let hickory_proto::rr::RData::TXT(txt) = &record.data else {
@@ -412,7 +420,7 @@ pub async fn send(
         let destinations = match report_addresses(dns, &domain).await {
             Ok(destinations) => destinations,
             Err(e) => {
-                sent.failed.push((domain, e));
+                sent.failed.push((domain, e.to_string()));
                 continue;
             }
         };
@@ -474,20 +482,32 @@ pub async fn send(
     Ok(sent)
 }
 
+/// Why an HTTPS address did not take a report; told after the URL in [`Sent::failed`].
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("{0}")]
+    Compress(std::io::Error),
+    #[error("{0}")]
+    Request(reqwest::Error),
+    /// Anything but 2xx.
+    #[error("answered {0}")]
+    Refused(reqwest::StatusCode),
+}
+
 /// POSTs the report to `url` (RFC 8460 5.4); a 2xx answer is success.
-async fn post(http: &reqwest::Client, url: &str, report: &Report) -> Result<(), String> {
-    let body = compressed(report).map_err(|e| e.to_string())?;
+async fn post(http: &reqwest::Client, url: &str, report: &Report) -> Result<(), PostError> {
+    let body = compressed(report).map_err(PostError::Compress)?;
     let response = http
         .post(url)
         .header("Content-Type", "application/tlsrpt+gzip")
         .body(body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(PostError::Request)?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("answered {}", response.status()))
+        Err(PostError::Refused(response.status()))
     }
 }
 
@@ -591,6 +611,14 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_post_says_what_the_server_answered() {
+        assert_eq!(
+            PostError::Refused(reqwest::StatusCode::FORBIDDEN).to_string(),
+            "answered 403 Forbidden"
+        );
+    }
+
+    #[test]
     fn destinations_of_one_record() {
         let found = destinations(
             "example.org",
@@ -611,7 +639,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), String> {
+    async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), Box<dyn std::error::Error>> {
         let server = DnsServer::start().await?;
         let many: Vec<String> = (0..8).map(|i| format!("mailto:r{i}@many.test")).collect();
         server.add_txt(
@@ -646,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn the_report_mail_carries_the_json_gzip_compressed() -> Result<(), String> {
+    fn the_report_mail_carries_the_json_gzip_compressed() -> Result<(), Box<dyn std::error::Error>> {
         use mail_parser::MimeHeaders as _;
         let report = Report {
             domain: "b.test".into(),
@@ -654,8 +682,7 @@ mod tests {
             json: serde_json::json!({"report-id": "2026-11-28.b.test@mail.a.test",
                 "date-range": {"start-datetime": "2026-11-28T00:00:00Z"}}),
         };
-        let mail = message(&report, "tls-reports@a.test", &["r@b.test".into()], "mail.a.test")
-            .map_err(|e| e.to_string())?;
+        let mail = message(&report, "tls-reports@a.test", &["r@b.test".into()], "mail.a.test")?;
         let parsed = mail_parser::MessageParser::default()
             .parse(&mail)
             .ok_or("does not parse")?;
@@ -668,8 +695,7 @@ mod tests {
         std::io::Read::read_to_string(
             &mut flate2::read::GzDecoder::new(attachment.contents()),
             &mut json,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         assert_eq!(json, report.json.to_string());
         assert_eq!(
             attachment.attachment_name(),
