@@ -1254,7 +1254,6 @@ impl Delivery {
     }
 }
 
-/// A resolver asking only the test's DNS fixture, quickly giving up.
 /// The ENVID to send, in xtext. Submission stores it encoded; a row from before that
 /// (decoded text) is encoded here, and one that is not printable US-ASCII is not sent at all.
 fn outbound_envid(stored: &str) -> Option<String> {
@@ -1277,15 +1276,15 @@ fn outbound_orcpt(stored: &str) -> Option<String> {
     outbound_envid(address).map(|address| format!("rfc822;{address}"))
 }
 
+/// A resolver asking only the test's DNS fixture, quickly giving up.
 #[cfg(test)]
-pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, String> {
+pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, sealmail_dns::DnsError> {
     Dns::new(&sealmail_config::DnsConfig {
         nameservers: vec![server.addr()],
         timeout: Duration::from_millis(500),
         attempts: 1,
         ..sealmail_config::DnsConfig::default()
     })
-    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
