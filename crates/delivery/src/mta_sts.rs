@@ -75,6 +75,16 @@ impl MxPattern {
     }
 }
 
+/// As the policy has it (lower case, no trailing dot).
+impl std::fmt::Display for MxPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MxPattern::Host(name) => f.write_str(name),
+            MxPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
 /// Why a policy body was refused. The text goes into the TLS report's failure detail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -550,5 +560,16 @@ mod tests {
         assert!(host.matches("mx.b.net") && !host.matches("x.mx.b.net"));
         // A value that is no host name is kept, and matches nothing real.
         assert_eq!(MxPattern::parse("*."), MxPattern::Host("*".into()));
+        // Written back as the policy has it (the fuzz target feeds these to `allows`).
+        assert_eq!(wildcard.to_string(), "*.b.net");
+        assert_eq!(host.to_string(), "mx.b.net");
+        let policy = Policy {
+            id: "1".into(),
+            mode: StsMode::Enforce,
+            mx: vec![wildcard, host],
+            max_age: 1,
+        };
+        // `*` is a label like any other to a wildcard.
+        assert!(policy.mx.iter().all(|mx| policy.allows(&mx.to_string())));
     }
 }
