@@ -41,7 +41,8 @@ use sealmail_types::xtext;
 use client::{ClientError, Reply, SmtpClient};
 use mta_sts::{MtaSts, StsMode};
 use route::{Dane, Host, RouteError};
-use verify::{Mode, PeerVerifier};
+use tls_rpt::{Outcome, PolicyType, ResultType};
+use verify::{CertCheck, Mode, PeerVerifier};
 
 /// Due recipients looked at per scheduler pass.
 const BATCH: i64 = 2000;
@@ -139,13 +140,54 @@ enum Attempt {
     },
 }
 
+/// Why a host is not tried in this attempt. The text is the recipients' deferral reason
+/// when no other host answers, and the TLS report's detail.
+#[derive(Debug, thiserror::Error)]
+enum HostRefused {
+    /// DANE may apply and cannot be known: the host must wait (RFC 7672 2.2.1).
+    #[error("{0}")]
+    TlsaLookup(String),
+    /// MTA-STS `enforce` allows only the hosts its policy lists.
+    #[error("MX host {host} is not listed in {domain}'s MTA-STS policy")]
+    NotInStsPolicy { host: String, domain: String },
+}
+
+/// Why a connection ended before every job had an answer: the next address or host is tried.
+/// The text is logged, and is the recipients' deferral reason after the host and address.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    TlsSetup(rustls::Error),
+    #[error("{host} is not a valid TLS name: {error}")]
+    TlsName {
+        host: String,
+        error: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// The handshake failed; the detail is the certificate check's when it got that far.
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Client(ClientError),
+    #[error("greeting: {}", .0.summary())]
+    Greeting(Reply),
+    #[error("EHLO: {}", .0.summary())]
+    Ehlo(Reply),
+    #[error("EHLO after STARTTLS: {}", .0.summary())]
+    EhloAfterStarttls(Reply),
+    /// TLS was required (DANE, MTA-STS, `require_tls`, the smarthost); the host name is told.
+    #[error("{0} does not offer STARTTLS")]
+    NoStarttls(String),
+    #[error("the relay refused our credentials: {}", .0.summary())]
+    RelayRefused(Reply),
+}
+
 /// What TLS a host must give.
 struct HostPolicy {
     mode: Mode,
     /// No plaintext, no unverified certificate unless `mode` says unauthenticated is enough.
     tls_required: bool,
-    /// For TLS-RPT: `tlsa`, `sts` or `no-policy-found`.
-    policy_type: &'static str,
+    /// What TLS-RPT counts the host's sessions under.
+    policy_type: PolicyType,
     /// TLS from the first byte (a port 465 smarthost).
     implicit_tls: bool,
     /// Authenticate with `[delivery] relay_username` (the smarthost).
@@ -189,7 +231,7 @@ fn bounded(attempt: &Attempt) -> Attempt {
 
 impl HostPolicy {
     /// A destination's MX host (not the smarthost).
-    fn mx(mode: Mode, tls_required: bool, policy_type: &'static str, name_authenticated: bool) -> HostPolicy {
+    fn mx(mode: Mode, tls_required: bool, policy_type: PolicyType, name_authenticated: bool) -> HostPolicy {
         HostPolicy {
             mode,
             tls_required,
@@ -266,7 +308,7 @@ impl Delivery {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mta_sts = MtaSts::new(dns.clone(), store.clone(), https, config.mta_sts_port)
-            .map_err(DeliveryError::Tls)?;
+            .map_err(|e| DeliveryError::Tls(e.to_string()))?;
         Ok(Delivery {
             inner: Arc::new(Inner {
                 store,
@@ -445,8 +487,15 @@ impl Delivery {
                     },
                     None => self.inner.mta_sts.lookup(&domain).await,
                 };
-                if let Some((result_type, detail)) = &sts.failure {
-                    self.tls_result(&domain, "sts", "", result_type, detail).await;
+                if let Some(failure) = &sts.failure {
+                    self.tls_result(
+                        &domain,
+                        PolicyType::Sts,
+                        "",
+                        Outcome::Failure(failure.result_type()),
+                        &failure.to_string(),
+                    )
+                    .await;
                 }
                 let hosts = Arc::new(hosts);
                 let sts = Arc::new(sts.policy);
@@ -502,14 +551,14 @@ impl Delivery {
         domain: &str,
         host: &Host,
         sts: Option<&mta_sts::Policy>,
-    ) -> Result<HostPolicy, String> {
+    ) -> Result<HostPolicy, HostRefused> {
         if let Some(relay) = &self.inner.config.relay {
             // The smarthost: always TLS with a certificate valid for its name. The
             // destination's MTA-STS and DANE are the smarthost's to enforce on the next hop.
             return Ok(HostPolicy {
                 mode: Mode::Pkix,
                 tls_required: true,
-                policy_type: "no-policy-found",
+                policy_type: PolicyType::NoPolicyFound,
                 implicit_tls: relay.implicit_tls,
                 relay_auth: relay.username.is_some(),
                 name_authenticated: true,
@@ -527,7 +576,7 @@ impl Delivery {
                 return Ok(HostPolicy::mx(
                     Mode::Dane(records),
                     true,
-                    "tlsa",
+                    PolicyType::Tlsa,
                     name_authenticated,
                 ));
             }
@@ -535,54 +584,83 @@ impl Delivery {
                 return Ok(HostPolicy::mx(
                     Mode::Opportunistic,
                     true,
-                    "tlsa",
+                    PolicyType::Tlsa,
                     name_authenticated,
                 ));
             }
             Dane::Failed(reason) => {
-                self.tls_result(domain, "tlsa", &host.name, "dnssec-invalid", &reason)
-                    .await;
-                return Err(reason);
+                self.tls_result(
+                    domain,
+                    PolicyType::Tlsa,
+                    &host.name,
+                    Outcome::Failure(ResultType::DnssecInvalid),
+                    &reason,
+                )
+                .await;
+                return Err(HostRefused::TlsaLookup(reason));
             }
             Dane::None => {}
         }
         if let Some(policy) = sts.filter(|p| p.mode == StsMode::Enforce) {
             if !policy.allows(&host.name) {
-                let reason = format!("MX host {} is not listed in {domain}'s MTA-STS policy", host.name);
-                self.tls_result(domain, "sts", &host.name, "validation-failure", &reason)
-                    .await;
-                return Err(reason);
+                let refused = HostRefused::NotInStsPolicy {
+                    host: host.name.clone(),
+                    domain: domain.to_string(),
+                };
+                self.tls_result(
+                    domain,
+                    PolicyType::Sts,
+                    &host.name,
+                    Outcome::Failure(ResultType::ValidationFailure),
+                    &refused.to_string(),
+                )
+                .await;
+                return Err(refused);
             }
-            return Ok(HostPolicy::mx(Mode::Pkix, true, "sts", name_authenticated));
-        }
-        let testing = sts.is_some_and(|p| p.mode == StsMode::Testing);
-        if self.inner.config.require_tls.iter().any(|d| d == domain) {
             return Ok(HostPolicy::mx(
                 Mode::Pkix,
                 true,
-                if testing { "sts" } else { "no-policy-found" },
+                PolicyType::Sts,
                 name_authenticated,
             ));
+        }
+        // Under a testing policy sessions are still reported as the policy's (RFC 8461 5).
+        let policy_type = if sts.is_some_and(|p| p.mode == StsMode::Testing) {
+            PolicyType::Sts
+        } else {
+            PolicyType::NoPolicyFound
+        };
+        if self.inner.config.require_tls.iter().any(|d| d == domain) {
+            return Ok(HostPolicy::mx(Mode::Pkix, true, policy_type, name_authenticated));
         }
         Ok(HostPolicy::mx(
             Mode::Opportunistic,
             false,
-            if testing { "sts" } else { "no-policy-found" },
+            policy_type,
             name_authenticated,
         ))
     }
 
-    async fn tls_result(&self, domain: &str, policy_type: &str, host: &str, result_type: &str, detail: &str) {
+    /// Counts one session (or policy fetch) for `domain`'s TLS report.
+    async fn tls_result(
+        &self,
+        domain: &str,
+        policy_type: PolicyType,
+        host: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) {
         // Through a smarthost the sessions are with it, not with the domain's MX hosts: there
         // is nothing to report to the domain (RFC 8460 is the smarthost's job).
         if self.inner.config.relay.is_some() {
             return;
         }
+        // Stored as the RFC 8460 spellings: the rows are text, and go into reports as they are.
         let result = TlsResult {
             policy_domain: domain.to_string(),
-            policy_type: policy_type.to_string(),
+            policy_type: policy_type.as_str().to_string(),
             mx_host: host.to_string(),
-            result_type: result_type.to_string(),
+            result_type: outcome.as_str().to_string(),
             detail: detail
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
@@ -606,8 +684,8 @@ impl Delivery {
         'hosts: for host in hosts {
             let policy = match self.host_policy(domain, host, sts).await {
                 Ok(policy) => policy,
-                Err(reason) => {
-                    last_error = reason;
+                Err(refused) => {
+                    last_error = refused.to_string();
                     continue;
                 }
             };
@@ -646,7 +724,7 @@ impl Delivery {
         addr: std::net::SocketAddr,
         policy: &HostPolicy,
         jobs: &mut [Job],
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let config = &self.inner.config;
         let verifier = Arc::new(PeerVerifier::new(
             policy.mode.clone(),
@@ -656,19 +734,21 @@ impl Delivery {
         let tls_config = Arc::new(
             ClientConfig::builder_with_provider(self.inner.provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| e.to_string())?
+                .map_err(SessionError::TlsSetup)?
                 .dangerous()
                 .with_custom_certificate_verifier(verifier.clone())
                 .with_no_client_auth(),
         );
-        let name = ServerName::try_from(host.name.clone())
-            .map_err(|e| format!("{} is not a valid TLS name: {e}", host.name))?;
-        let tls_failed = |error: ClientError| {
-            let check = verifier.check();
-            match &check {
-                Some(c) if !c.verified => (c.result_type, c.detail.clone()),
-                _ => ("validation-failure", error.to_string()),
-            }
+        let name = ServerName::try_from(host.name.clone()).map_err(|error| SessionError::TlsName {
+            host: host.name.clone(),
+            error,
+        })?;
+        let tls_failed = |error: ClientError| match verifier.check() {
+            Some(CertCheck {
+                failure: Some(result_type),
+                detail,
+            }) => (result_type, detail),
+            _ => (ResultType::ValidationFailure, error.to_string()),
         };
         let connected = if policy.implicit_tls {
             SmtpClient::connect_tls(
@@ -686,42 +766,48 @@ impl Delivery {
             Ok(connected) => connected,
             Err(error @ ClientError::Tls(_)) => {
                 let (_, detail) = tls_failed(error);
-                return Err(format!("TLS: {detail}"));
+                return Err(SessionError::Tls(detail));
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(SessionError::Client(error)),
         };
         if greeting.code != 220 {
-            return Err(format!("greeting: {}", greeting.summary()));
+            return Err(SessionError::Greeting(greeting));
         }
         let ehlo = client
             .ehlo(&self.inner.hostname)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SessionError::Client)?;
         if !ehlo.is_positive() {
-            return Err(format!("EHLO: {}", ehlo.summary()));
+            return Err(SessionError::Ehlo(ehlo));
         }
         if client.tls.is_none() && client.capabilities.starttls {
             client = match client.starttls(tls_config, name).await {
                 Ok(client) => client,
                 Err((_, error)) => {
                     let (result_type, detail) = tls_failed(error);
-                    if policy.policy_type != "no-policy-found" {
-                        self.tls_result(domain, policy.policy_type, &host.name, result_type, &detail)
-                            .await;
+                    if policy.policy_type != PolicyType::NoPolicyFound {
+                        self.tls_result(
+                            domain,
+                            policy.policy_type,
+                            &host.name,
+                            Outcome::Failure(result_type),
+                            &detail,
+                        )
+                        .await;
                     }
-                    return Err(format!("TLS: {detail}"));
+                    return Err(SessionError::Tls(detail));
                 }
             };
             let ehlo = client
                 .ehlo(&self.inner.hostname)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SessionError::Client)?;
             if !ehlo.is_positive() {
-                return Err(format!("EHLO after STARTTLS: {}", ehlo.summary()));
+                return Err(SessionError::EhloAfterStarttls(ehlo));
             }
         }
         let check = verifier.check();
-        let verified = client.tls.is_some() && check.as_ref().is_some_and(|c| c.verified);
+        let verified = client.tls.is_some() && check.as_ref().is_some_and(CertCheck::verified);
         if let Some(tls) = &client.tls {
             tracing::info!(
                 domain,
@@ -737,26 +823,38 @@ impl Delivery {
             // to, but reported as the failure it would be under enforce (RFC 8461 5). Without
             // a policy, a TLS session is a "no-policy-found" success (RFC 8460 4.4).
             match (&check, policy.policy_type) {
-                (Some(c), "sts") if !c.verified => {
-                    self.tls_result(domain, "sts", &host.name, c.result_type, &c.detail)
-                        .await;
+                (
+                    Some(CertCheck {
+                        failure: Some(result_type),
+                        detail,
+                    }),
+                    PolicyType::Sts,
+                ) => {
+                    self.tls_result(
+                        domain,
+                        PolicyType::Sts,
+                        &host.name,
+                        Outcome::Failure(*result_type),
+                        detail,
+                    )
+                    .await;
                 }
                 _ => {
-                    self.tls_result(domain, policy.policy_type, &host.name, "success", "")
+                    self.tls_result(domain, policy.policy_type, &host.name, Outcome::Success, "")
                         .await;
                 }
             }
         } else if policy.tls_required {
-            let reason = format!("{} does not offer STARTTLS", host.name);
+            let refused = SessionError::NoStarttls(host.name.clone());
             self.tls_result(
                 domain,
                 policy.policy_type,
                 &host.name,
-                "starttls-not-supported",
-                &reason,
+                Outcome::Failure(ResultType::StarttlsNotSupported),
+                &refused.to_string(),
             )
             .await;
-            return Err(reason);
+            return Err(refused);
         } else {
             tracing::warn!(domain, host = %host.name, %addr, "outbound delivery without TLS: the server does not offer STARTTLS");
         }
@@ -772,9 +870,9 @@ impl Delivery {
             let reply = client
                 .command(&format!("AUTH PLAIN {token}"), "the AUTH reply")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SessionError::Client)?;
             if reply.code != 235 {
-                return Err(format!("the relay refused our credentials: {}", reply.summary()));
+                return Err(SessionError::RelayRefused(reply));
             }
         }
 
@@ -788,7 +886,7 @@ impl Delivery {
                 .transaction(&mut client, host, verified, requiretls_ok, job)
                 .await
             {
-                result = Err(e.to_string());
+                result = Err(SessionError::Client(e));
                 break;
             }
         }
@@ -1156,7 +1254,6 @@ impl Delivery {
     }
 }
 
-/// A resolver asking only the test's DNS fixture, quickly giving up.
 /// The ENVID to send, in xtext. Submission stores it encoded; a row from before that
 /// (decoded text) is encoded here, and one that is not printable US-ASCII is not sent at all.
 fn outbound_envid(stored: &str) -> Option<String> {
@@ -1179,15 +1276,15 @@ fn outbound_orcpt(stored: &str) -> Option<String> {
     outbound_envid(address).map(|address| format!("rfc822;{address}"))
 }
 
+/// A resolver asking only the test's DNS fixture, quickly giving up.
 #[cfg(test)]
-pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, String> {
+pub(crate) fn test_dns(server: &sealmail_testkit::dns::DnsServer) -> Result<Dns, sealmail_dns::DnsError> {
     Dns::new(&sealmail_config::DnsConfig {
         nameservers: vec![server.addr()],
         timeout: Duration::from_millis(500),
         attempts: 1,
         ..sealmail_config::DnsConfig::default()
     })
-    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1205,6 +1302,57 @@ mod tests {
         };
         assert_eq!(text.chars().count(), 1000);
         assert!(!text.contains(['\r', '\n', '\0']), "{text}");
+    }
+
+    /// These texts are deferral reasons (shown by `queue show`, in DSNs) and TLS report details.
+    #[test]
+    fn host_and_session_failures_keep_their_texts() {
+        let reply = |code, text: &str| Reply {
+            code,
+            lines: vec![text.to_string()],
+        };
+        assert_eq!(
+            HostRefused::NotInStsPolicy {
+                host: "mx.forger.test".into(),
+                domain: "b.test".into()
+            }
+            .to_string(),
+            "MX host mx.forger.test is not listed in b.test's MTA-STS policy"
+        );
+        assert_eq!(
+            HostRefused::TlsaLookup("TLSA lookup for _25._tcp.mx.b.test. failed: SERVFAIL".into())
+                .to_string(),
+            "TLSA lookup for _25._tcp.mx.b.test. failed: SERVFAIL"
+        );
+        for (error, text) in [
+            (
+                SessionError::Tls("DANE: no TLSA record matches the certificate chain".into()),
+                "TLS: DANE: no TLSA record matches the certificate chain",
+            ),
+            (
+                SessionError::Client(ClientError::Timeout("the EHLO reply")),
+                "timed out waiting for the EHLO reply",
+            ),
+            (
+                SessionError::Greeting(reply(554, "go away")),
+                "greeting: 554 go away",
+            ),
+            (SessionError::Ehlo(reply(500, "what")), "EHLO: 500 what"),
+            (
+                SessionError::EhloAfterStarttls(reply(421, "bye")),
+                "EHLO after STARTTLS: 421 bye",
+            ),
+            (
+                SessionError::NoStarttls("mx.strict.test".into()),
+                "mx.strict.test does not offer STARTTLS",
+            ),
+            (
+                SessionError::RelayRefused(reply(535, "5.7.8 no")),
+                "the relay refused our credentials: 535 5.7.8 no",
+            ),
+        ] {
+            assert_eq!(error.to_string(), text);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use sealmail_dns::Dns;
 use sealmail_store::Store;
 
 use crate::now_unix;
+use crate::tls_rpt::ResultType;
 
 /// RFC 8461 3.3: policy bodies over 64 KiB are refused.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -24,6 +25,7 @@ const MAX_AGE_LIMIT: u64 = 31_557_600;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 const CACHE_MAX: usize = 10_000;
 
+/// A policy's `mode` (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StsMode {
     Enforce,
@@ -31,41 +33,108 @@ pub enum StsMode {
     None,
 }
 
+impl StsMode {
+    fn parse(value: &str) -> Option<StsMode> {
+        match value {
+            "enforce" => Some(StsMode::Enforce),
+            "testing" => Some(StsMode::Testing),
+            "none" => Some(StsMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// One `mx` line of a policy, lower case and without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxPattern {
+    /// That host only.
+    Host(String),
+    /// `*.` and a domain: a host one label below it (RFC 8461 4.1: the wildcard stands for the
+    /// left-most label only).
+    Wildcard(String),
+}
+
+impl MxPattern {
+    /// Any value is taken: one that is no host name matches no MX host.
+    fn parse(value: &str) -> MxPattern {
+        let value = value.trim_end_matches('.').to_ascii_lowercase();
+        match value.strip_prefix("*.") {
+            Some(suffix) => MxPattern::Wildcard(suffix.to_string()),
+            None => MxPattern::Host(value),
+        }
+    }
+
+    /// `host` lower case, without a trailing dot.
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            MxPattern::Host(name) => name == host,
+            MxPattern::Wildcard(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        }
+    }
+}
+
+/// As the policy has it (lower case, no trailing dot).
+impl std::fmt::Display for MxPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MxPattern::Host(name) => f.write_str(name),
+            MxPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// Why a policy body was refused. The text goes into the TLS report's failure detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy line without a key: {0:?}")]
+    NoKey(String),
+    #[error("unknown mode {0:?}")]
+    UnknownMode(String),
+    /// Not a number, or over a year.
+    #[error("bad max_age {0:?}")]
+    BadMaxAge(String),
+    #[error("version is not STSv1")]
+    Version,
+    #[error("no mode")]
+    NoMode,
+    #[error("no max_age")]
+    NoMaxAge,
+    /// A mode other than `none` with no `mx` line would allow no host at all.
+    #[error("no mx")]
+    NoMx,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub id: String,
     pub mode: StsMode,
-    /// Lower-case MX patterns; `*.example.com` matches one label.
-    pub mx: Vec<String>,
+    pub mx: Vec<MxPattern>,
+    /// Seconds, at most a year (RFC 8461 3.2).
     pub max_age: u64,
-    /// The policy text as an RFC 8460 `policy-string` list.
-    pub lines: Vec<String>,
 }
 
 impl Policy {
-    /// Parses a policy body (RFC 8461 3.2).
-    pub fn parse(id: &str, body: &str) -> Result<Policy, String> {
-        let (mut version, mut mode, mut max_age, mut mx, mut lines) =
-            (None, None, None, Vec::new(), Vec::new());
+    /// Parses a policy body (RFC 8461 3.2). Fields it does not know are skipped; of a field
+    /// given twice (other than `mx`) the last one counts.
+    pub fn parse(id: &str, body: &str) -> Result<Policy, PolicyError> {
+        let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
         for line in body.lines() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
                 continue;
             }
             let Some((key, value)) = line.split_once(':') else {
-                return Err(format!("policy line without a key: {line:?}"));
+                return Err(PolicyError::NoKey(line.to_string()));
             };
             let value = value.trim();
-            lines.push(format!("{}: {value}", key.trim()));
             match key.trim() {
-                "version" => version = Some(value.to_string()),
+                "version" => version = Some(value),
                 "mode" => {
-                    mode = Some(match value {
-                        "enforce" => StsMode::Enforce,
-                        "testing" => StsMode::Testing,
-                        "none" => StsMode::None,
-                        other => return Err(format!("unknown mode {other:?}")),
-                    })
+                    mode = Some(
+                        StsMode::parse(value).ok_or_else(|| PolicyError::UnknownMode(value.to_string()))?,
+                    )
                 }
                 "max_age" => {
                     max_age = Some(
@@ -73,47 +142,91 @@ impl Policy {
                             .parse::<u64>()
                             .ok()
                             .filter(|v| *v <= MAX_AGE_LIMIT)
-                            .ok_or(format!("bad max_age {value:?}"))?,
+                            .ok_or_else(|| PolicyError::BadMaxAge(value.to_string()))?,
                     )
                 }
-                "mx" => mx.push(value.trim_end_matches('.').to_ascii_lowercase()),
+                "mx" => mx.push(MxPattern::parse(value)),
                 _ => {}
             }
         }
-        if version.as_deref() != Some("STSv1") {
-            return Err("version is not STSv1".into());
+        if version != Some("STSv1") {
+            return Err(PolicyError::Version);
         }
-        let mode = mode.ok_or("no mode")?;
-        let max_age = max_age.ok_or("no max_age")?;
+        let mode = mode.ok_or(PolicyError::NoMode)?;
+        let max_age = max_age.ok_or(PolicyError::NoMaxAge)?;
         if mode != StsMode::None && mx.is_empty() {
-            return Err("no mx".into());
+            return Err(PolicyError::NoMx);
         }
         Ok(Policy {
             id: id.to_string(),
             mode,
             mx,
             max_age,
-            lines,
         })
     }
 
     /// RFC 8461 4.1: whether the MX host `host` is one the policy names.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => *pattern == host,
-        })
+        self.mx.iter().any(|pattern| pattern.matches(&host))
     }
 }
 
-/// What discovery found, and a failure to report (TLS-RPT result type, detail) if the fetch
-/// failed.
+/// Why no policy could be fetched. The text is the TLS report's failure detail and starts
+/// with the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No answer, or the answer broke off (connection, certificate, timeout). Shown with
+    /// `{:?}`, whose chain of causes names the certificate problem that Display leaves out.
+    #[error("{url}: {error:?}")]
+    Request { url: String, error: reqwest::Error },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url}: not text/plain")]
+    NotTextPlain { url: String },
+    #[error("{url}: policy over 64 KiB")]
+    TooLarge { url: String },
+    #[error("{url}: not UTF-8")]
+    NotUtf8 { url: String },
+    #[error("{url}: {error}")]
+    Invalid { url: String, error: PolicyError },
+}
+
+impl FetchError {
+    /// How TLS-RPT counts the failure (RFC 8460 4.3.2.2).
+    pub fn result_type(&self) -> ResultType {
+        match self {
+            // reqwest has no certificate error kind of its own: a certificate problem is
+            // recognised in the text of its causes, to be reported as such.
+            FetchError::Request { .. } => {
+                let text = self.to_string();
+                if text.contains("certificate") || text.contains("Certificate") {
+                    ResultType::StsWebpkiInvalid
+                } else {
+                    ResultType::StsPolicyFetchError
+                }
+            }
+            FetchError::Status { .. } => ResultType::StsPolicyFetchError,
+            FetchError::NotTextPlain { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::NotUtf8 { .. }
+            | FetchError::Invalid { .. } => ResultType::StsPolicyInvalid,
+        }
+    }
+}
+
+/// The HTTPS client for policies could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the MTA-STS client: {0}")]
+pub struct SetupError(reqwest::Error);
+
+/// What discovery found, and why the fetch failed if it did (to report).
 pub struct Lookup {
     pub policy: Option<Arc<Policy>>,
-    pub failure: Option<(&'static str, String)>,
+    pub failure: Option<FetchError>,
 }
 
 pub struct MtaSts {
@@ -150,7 +263,7 @@ impl MtaSts {
         store: Arc<dyn Store>,
         tls: rustls::ClientConfig,
         port: u16,
-    ) -> Result<MtaSts, String> {
+    ) -> Result<MtaSts, SetupError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .dns_resolver(Arc::new(Resolver(dns.clone())))
@@ -159,7 +272,7 @@ impl MtaSts {
             .no_proxy()
             .timeout(FETCH_TIMEOUT)
             .build()
-            .map_err(|e| format!("cannot set up the MTA-STS client: {e}"))?;
+            .map_err(SetupError)?;
         Ok(MtaSts {
             dns,
             store,
@@ -244,7 +357,7 @@ impl MtaSts {
                 }
             }
             Err(failure) => {
-                tracing::warn!(domain, reason = %failure.1, "MTA-STS policy fetch failed");
+                tracing::warn!(domain, reason = %failure, "MTA-STS policy fetch failed");
                 Lookup {
                     policy: cached,
                     failure: Some(failure),
@@ -283,26 +396,19 @@ impl MtaSts {
     }
 
     /// The policy and its text.
-    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), (&'static str, String)> {
+    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), FetchError> {
         let url = match self.port {
             443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
             port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
         };
-        let fetch_error = |e: reqwest::Error| {
-            let text = format!("{url}: {e:?}");
-            // A certificate problem is reported as such (RFC 8460 4.3.1).
-            if text.contains("certificate") || text.contains("Certificate") {
-                ("sts-webpki-invalid", text)
-            } else {
-                ("sts-policy-fetch-error", text)
-            }
+        let request_failed = |error| FetchError::Request {
+            url: url.clone(),
+            error,
         };
-        let mut response = self.http.get(&url).send().await.map_err(fetch_error)?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err((
-                "sts-policy-fetch-error",
-                format!("{url}: HTTP {}", response.status()),
-            ));
+        let mut response = self.http.get(&url).send().await.map_err(request_failed)?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(FetchError::Status { url, status });
         }
         let text_plain = response
             .headers()
@@ -310,19 +416,22 @@ impl MtaSts {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
         if !text_plain {
-            return Err(("sts-policy-invalid", format!("{url}: not text/plain")));
+            return Err(FetchError::NotTextPlain { url });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {
+        while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
             if body.len() + chunk.len() > MAX_POLICY_BYTES {
-                return Err(("sts-policy-invalid", format!("{url}: policy over 64 KiB")));
+                return Err(FetchError::TooLarge { url });
             }
             body.extend_from_slice(&chunk);
         }
-        let body =
-            String::from_utf8(body).map_err(|_| ("sts-policy-invalid", format!("{url}: not UTF-8")))?;
-        let policy = Policy::parse(id, &body).map_err(|e| ("sts-policy-invalid", format!("{url}: {e}")))?;
-        Ok((policy, body))
+        let Ok(body) = String::from_utf8(body) else {
+            return Err(FetchError::NotUtf8 { url });
+        };
+        match Policy::parse(id, &body) {
+            Ok(policy) => Ok((policy, body)),
+            Err(error) => Err(FetchError::Invalid { url, error }),
+        }
     }
 }
 
@@ -331,28 +440,136 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policies_parse_and_match_mx_hosts() -> Result<(), String> {
+    fn policies_parse_and_match_mx_hosts() -> Result<(), PolicyError> {
         let policy = Policy::parse(
             "1",
             "version: STSv1\r\nmode: enforce\r\nmx: mx1.b.test\r\nmx: *.b.net\r\nmax_age: 86400\r\n",
         )?;
         assert_eq!(policy.mode, StsMode::Enforce);
+        assert_eq!(policy.max_age, 86400);
+        assert_eq!(
+            policy.mx,
+            [
+                MxPattern::Host("mx1.b.test".into()),
+                MxPattern::Wildcard("b.net".into())
+            ]
+        );
         assert!(policy.allows("mx1.b.test") && policy.allows("MX1.B.TEST."));
         assert!(policy.allows("anything.b.net"));
         assert!(!policy.allows("b.net") && !policy.allows("a.b.b.net") && !policy.allows("mx2.b.test"));
-        assert!(
-            Policy::parse("1", "version: STSv1\nmode: testing\nmax_age: 5\n").is_err(),
-            "no mx"
-        );
-        assert!(Policy::parse("1", "version: STSv2\nmode: enforce\nmx: a\nmax_age: 5\n").is_err());
-        assert!(
-            Policy::parse(
-                "1",
-                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 99999999999\n"
-            )
-            .is_err()
-        );
         assert!(Policy::parse("1", "version: STSv1\nmode: none\nmax_age: 5\n").is_ok());
+        // Unknown fields are skipped; the last of a repeated field counts.
+        let policy = Policy::parse(
+            "2",
+            "version: STSv1\nmode: enforce\nmode: testing\nmx: MX.B.Test.\nfuture: x\nmax_age: 5\n",
+        )?;
+        assert_eq!(policy.mode, StsMode::Testing);
+        assert_eq!(policy.mx, [MxPattern::Host("mx.b.test".into())]);
         Ok(())
+    }
+
+    /// Each refusal, with the text a TLS report carries.
+    #[test]
+    fn policies_are_refused_with_the_reason() {
+        let refused = |body: &str| Policy::parse("1", body).err().map(|e| e.to_string());
+        for (body, reason) in [
+            ("version: STSv1\nmode: testing\nmax_age: 5\n", "no mx"),
+            (
+                "version: STSv2\nmode: enforce\nmx: a\nmax_age: 5\n",
+                "version is not STSv1",
+            ),
+            ("mode: enforce\nmx: a\nmax_age: 5\n", "version is not STSv1"),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 99999999999\n",
+                "bad max_age \"99999999999\"",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: 31557601\n",
+                "bad max_age \"31557601\"",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n",
+                "bad max_age \"-1\"",
+            ),
+            (
+                "version: STSv1\nmode: Enforce\nmx: a\nmax_age: 5\n",
+                "unknown mode \"Enforce\"",
+            ),
+            (
+                "version: STSv1\nmode enforce\nmx: a\nmax_age: 5\n",
+                "policy line without a key: \"mode enforce\"",
+            ),
+            ("version: STSv1\nmx: a\nmax_age: 5\n", "no mode"),
+            ("version: STSv1\nmode: enforce\nmx: a\n", "no max_age"),
+            ("", "version is not STSv1"),
+        ] {
+            assert_eq!(refused(body).as_deref(), Some(reason), "{body:?}");
+        }
+        assert!(Policy::parse("1", "version: STSv1\nmode: enforce\nmx: a\nmax_age: 31557600\n").is_ok());
+    }
+
+    /// The detail and result type a failed fetch is reported with.
+    #[test]
+    fn fetch_failures_say_where_and_what() {
+        let url = || "https://mta-sts.b.test/.well-known/mta-sts.txt".to_string();
+        for (failure, detail, result_type) in [
+            (
+                FetchError::Status {
+                    url: url(),
+                    status: reqwest::StatusCode::NOT_FOUND,
+                },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: HTTP 404 Not Found",
+                ResultType::StsPolicyFetchError,
+            ),
+            (
+                FetchError::NotTextPlain { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: not text/plain",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::TooLarge { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: policy over 64 KiB",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::NotUtf8 { url: url() },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: not UTF-8",
+                ResultType::StsPolicyInvalid,
+            ),
+            (
+                FetchError::Invalid {
+                    url: url(),
+                    error: PolicyError::NoMx,
+                },
+                "https://mta-sts.b.test/.well-known/mta-sts.txt: no mx",
+                ResultType::StsPolicyInvalid,
+            ),
+        ] {
+            assert_eq!(failure.to_string(), detail);
+            assert_eq!(failure.result_type(), result_type, "{detail}");
+        }
+    }
+
+    #[test]
+    fn mx_patterns_match_one_label_under_a_wildcard() {
+        let wildcard = MxPattern::parse("*.B.Net.");
+        assert_eq!(wildcard, MxPattern::Wildcard("b.net".into()));
+        assert!(wildcard.matches("mx.b.net"));
+        assert!(!wildcard.matches("b.net") && !wildcard.matches(".b.net") && !wildcard.matches("a.mx.b.net"));
+        let host = MxPattern::parse("mx.b.net");
+        assert!(host.matches("mx.b.net") && !host.matches("x.mx.b.net"));
+        // A value that is no host name is kept, and matches nothing real.
+        assert_eq!(MxPattern::parse("*."), MxPattern::Host("*".into()));
+        // Written back as the policy has it (the fuzz target feeds these to `allows`).
+        assert_eq!(wildcard.to_string(), "*.b.net");
+        assert_eq!(host.to_string(), "mx.b.net");
+        let policy = Policy {
+            id: "1".into(),
+            mode: StsMode::Enforce,
+            mx: vec![wildcard, host],
+            max_age: 1,
+        };
+        // `*` is a label like any other to a wildcard.
+        assert!(policy.mx.iter().all(|mx| policy.allows(&mx.to_string())));
     }
 }

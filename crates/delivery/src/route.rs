@@ -275,7 +275,7 @@ mod tests {
     use sealmail_testkit::dns::DnsServer;
 
     #[tokio::test]
-    async fn many_mx_hosts_and_addresses_are_cut_to_the_best_few() -> Result<(), String> {
+    async fn many_mx_hosts_and_addresses_are_cut_to_the_best_few() -> Result<(), Box<dyn std::error::Error>> {
         let server = DnsServer::start().await?;
         for i in 0..30u8 {
             // Listed worst first: the order must come from the preferences.
@@ -299,7 +299,7 @@ mod tests {
 
     /// RFC 7672 2.2.1: TLSA records are looked up only for MX hosts from a validated answer.
     #[tokio::test]
-    async fn dane_applies_only_to_mx_hosts_dnssec_vouches_for() -> Result<(), String> {
+    async fn dane_applies_only_to_mx_hosts_dnssec_vouches_for() -> Result<(), Box<dyn std::error::Error>> {
         let server = DnsServer::start().await?;
         server.add_mx("signed.test", 10, "mx.signed.test");
         server.add_mx("unsigned.test", 10, "mx.signed.test");
@@ -324,8 +324,8 @@ mod tests {
                 .collect(),
             ..DeliveryConfig::default()
         };
-        let trusted = Dns::new(&config(true)).map_err(|e| e.to_string())?;
-        let untrusted = Dns::new(&config(false)).map_err(|e| e.to_string())?;
+        let trusted = Dns::new(&config(true))?;
+        let untrusted = Dns::new(&config(false))?;
         for (dns, domain, config, expect_dane) in [
             (&trusted, "signed.test", DeliveryConfig::default(), true),
             // The same host and TLSA records, named by an MX answer DNSSEC did not vouch for.

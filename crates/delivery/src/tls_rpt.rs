@@ -12,6 +12,129 @@ use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use sealmail_dns::Dns;
 use sealmail_store::{Store, StoreError, TlsResultCount};
 
+/// RFC 8460 4.4 `policy-type`: the policy a session was held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyType {
+    /// MTA-STS (RFC 8461).
+    Sts,
+    /// DANE (RFC 7672).
+    Tlsa,
+    NoPolicyFound,
+}
+
+impl PolicyType {
+    pub const ALL: [PolicyType; 3] = [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound];
+
+    /// The RFC 8460 spelling, as stored and as the report's JSON carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyType::Sts => "sts",
+            PolicyType::Tlsa => "tlsa",
+            PolicyType::NoPolicyFound => "no-policy-found",
+        }
+    }
+
+    /// The type a stored row names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<PolicyType> {
+        PolicyType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for PolicyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RFC 8460 4.3 `result-type`: why a session (or a policy fetch) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResultType {
+    // 4.3.1: negotiation failures.
+    StarttlsNotSupported,
+    CertificateHostMismatch,
+    CertificateExpired,
+    CertificateNotTrusted,
+    ValidationFailure,
+    // 4.3.2.1: DANE.
+    TlsaInvalid,
+    DnssecInvalid,
+    DaneRequired,
+    // 4.3.2.2: MTA-STS.
+    StsPolicyFetchError,
+    StsPolicyInvalid,
+    StsWebpkiInvalid,
+}
+
+impl ResultType {
+    pub const ALL: [ResultType; 11] = [
+        ResultType::StarttlsNotSupported,
+        ResultType::CertificateHostMismatch,
+        ResultType::CertificateExpired,
+        ResultType::CertificateNotTrusted,
+        ResultType::ValidationFailure,
+        ResultType::TlsaInvalid,
+        ResultType::DnssecInvalid,
+        ResultType::DaneRequired,
+        ResultType::StsPolicyFetchError,
+        ResultType::StsPolicyInvalid,
+        ResultType::StsWebpkiInvalid,
+    ];
+
+    /// The RFC 8460 spelling, as stored and as the report's JSON carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultType::StarttlsNotSupported => "starttls-not-supported",
+            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
+            ResultType::CertificateExpired => "certificate-expired",
+            ResultType::CertificateNotTrusted => "certificate-not-trusted",
+            ResultType::ValidationFailure => "validation-failure",
+            ResultType::TlsaInvalid => "tlsa-invalid",
+            ResultType::DnssecInvalid => "dnssec-invalid",
+            ResultType::DaneRequired => "dane-required",
+            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+            ResultType::StsPolicyInvalid => "sts-policy-invalid",
+            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ResultType> {
+        ResultType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ResultType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one session counts as in the day's results. RFC 8460 names only failures; the store
+/// keeps a success as `success` in the same column, so that one row kind counts both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    Failure(ResultType),
+}
+
+impl Outcome {
+    const SUCCESS: &'static str = "success";
+
+    /// The text the store keeps.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => Outcome::SUCCESS,
+            Outcome::Failure(result_type) => result_type.as_str(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text {
+            Outcome::SUCCESS => Some(Outcome::Success),
+            _ => ResultType::parse(text).map(Outcome::Failure),
+        }
+    }
+}
+
 /// One domain's report for one UTC day.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -33,6 +156,11 @@ pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec
                 .push(row);
         }
     }
+    // Rows stay text here: a row whose types this version does not know (written by another
+    // version) is still counted and reported as it was stored.
+    fn success(row: &TlsResultCount) -> bool {
+        Outcome::parse(&row.result.result_type) == Some(Outcome::Success)
+    }
     let mut reports = Vec::new();
     for (domain, rows) in domains {
         let mut policies = Vec::new();
@@ -44,15 +172,15 @@ pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec
                 .iter()
                 .filter(|r| r.result.policy_type == policy_type)
                 .collect();
-            let count = |success: bool| -> i64 {
+            let count = |wanted: bool| -> i64 {
                 rows.iter()
-                    .filter(|r| (r.result.result_type == "success") == success)
+                    .filter(|r| success(r) == wanted)
                     .map(|r| r.count)
                     .sum()
             };
             let failures: Vec<serde_json::Value> = rows
                 .iter()
-                .filter(|r| r.result.result_type != "success")
+                .filter(|r| !success(r))
                 .map(|r| {
                     serde_json::json!({
                         "result-type": r.result.result_type,
@@ -62,8 +190,8 @@ pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec
                     })
                 })
                 .collect();
-            let policy_string: Vec<String> = match policy_type {
-                "sts" => store
+            let policy_string: Vec<String> = match PolicyType::parse(policy_type) {
+                Some(PolicyType::Sts) => store
                     .mta_sts_policy(&domain)
                     .await?
                     .map(|(_, body, _)| {
@@ -123,14 +251,22 @@ pub struct Destinations {
     pub https: Vec<String>,
 }
 
+/// The TLSRPT record could not be looked up: the report waits for the next run.
+#[derive(Debug, thiserror::Error)]
+#[error("TXT lookup for {name} failed: {error}")]
+pub struct LookupError {
+    name: String,
+    error: hickory_resolver::net::NetError,
+}
+
 /// Where `domain` wants its reports (RFC 8460 3): the `mailto:` and `https:` URIs of its TLSRPT
 /// record (at most [`MAX_REPORT_ADDRESSES`] in all); none when it publishes no (valid) record.
-pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, String> {
+pub async fn report_addresses(dns: &Dns, domain: &str) -> Result<Destinations, LookupError> {
     let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
     let lookup = match dns.resolver().txt_lookup(name.as_str()).await {
         Ok(lookup) => lookup,
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Destinations::default()),
-        Err(e) => return Err(format!("TXT lookup for {name} failed: {e}")),
+        Err(error) => return Err(LookupError { name, error }),
     };
     for record in lookup.answers() {
         let hickory_proto::rr::RData::TXT(txt) = &record.data else {
@@ -284,7 +420,7 @@ pub async fn send(
         let destinations = match report_addresses(dns, &domain).await {
             Ok(destinations) => destinations,
             Err(e) => {
-                sent.failed.push((domain, e));
+                sent.failed.push((domain, e.to_string()));
                 continue;
             }
         };
@@ -346,20 +482,32 @@ pub async fn send(
     Ok(sent)
 }
 
+/// Why an HTTPS address did not take a report; told after the URL in [`Sent::failed`].
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("{0}")]
+    Compress(std::io::Error),
+    #[error("{0}")]
+    Request(reqwest::Error),
+    /// Anything but 2xx.
+    #[error("answered {0}")]
+    Refused(reqwest::StatusCode),
+}
+
 /// POSTs the report to `url` (RFC 8460 5.4); a 2xx answer is success.
-async fn post(http: &reqwest::Client, url: &str, report: &Report) -> Result<(), String> {
-    let body = compressed(report).map_err(|e| e.to_string())?;
+async fn post(http: &reqwest::Client, url: &str, report: &Report) -> Result<(), PostError> {
+    let body = compressed(report).map_err(PostError::Compress)?;
     let response = http
         .post(url)
         .header("Content-Type", "application/tlsrpt+gzip")
         .body(body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(PostError::Request)?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("answered {}", response.status()))
+        Err(PostError::Refused(response.status()))
     }
 }
 
@@ -376,6 +524,99 @@ pub fn yesterday() -> String {
 mod tests {
     use super::*;
     use sealmail_testkit::dns::DnsServer;
+
+    #[test]
+    fn types_are_spelt_as_rfc_8460_and_read_back() {
+        let policy_types: Vec<&str> = PolicyType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(policy_types, ["sts", "tlsa", "no-policy-found"]);
+        let result_types: Vec<&str> = ResultType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            result_types,
+            [
+                "starttls-not-supported",
+                "certificate-host-mismatch",
+                "certificate-expired",
+                "certificate-not-trusted",
+                "validation-failure",
+                "tlsa-invalid",
+                "dnssec-invalid",
+                "dane-required",
+                "sts-policy-fetch-error",
+                "sts-policy-invalid",
+                "sts-webpki-invalid",
+            ]
+        );
+        for t in PolicyType::ALL {
+            assert_eq!(PolicyType::parse(t.as_str()), Some(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        for t in ResultType::ALL {
+            assert_eq!(ResultType::parse(t.as_str()), Some(t));
+            assert_eq!(Outcome::parse(t.as_str()), Some(Outcome::Failure(t)));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        assert_eq!(Outcome::Success.as_str(), "success");
+        assert_eq!(Outcome::parse("success"), Some(Outcome::Success));
+        // Exact spellings only, as stored.
+        for unknown in ["STS", "sts ", "no_policy_found", ""] {
+            assert_eq!(PolicyType::parse(unknown), None, "{unknown:?}");
+        }
+        for unknown in ["Success", "success ", "certificate_expired", "sts"] {
+            assert_eq!(Outcome::parse(unknown), None, "{unknown:?}");
+        }
+    }
+
+    /// Rows are read back as stored: the types this version writes, and any other text.
+    #[tokio::test]
+    async fn reports_count_stored_rows_by_their_text() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = sealmail_store::SqliteStore::open(dir.path(), 16).await?;
+        let row = |policy_type: &str, result_type: &str| sealmail_store::TlsResult {
+            policy_domain: "b.test".into(),
+            policy_type: policy_type.into(),
+            mx_host: "mx.b.test".into(),
+            result_type: result_type.into(),
+            detail: "why".into(),
+        };
+        for outcome in [
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Failure(ResultType::CertificateExpired),
+        ] {
+            store
+                .record_tls_result(row(PolicyType::Sts.as_str(), outcome.as_str()))
+                .await?;
+        }
+        // Types that some other version wrote.
+        store
+            .record_tls_result(row("future-policy", "future-failure"))
+            .await?;
+        let day = store.tls_results().await?.first().ok_or("no row")?.day.clone();
+        let reports = reports(&store, &day, "mail.a.test").await?;
+        let [report] = reports.as_slice() else {
+            return Err(format!("one report expected: {reports:?}").into());
+        };
+        let policies = &report.json["policies"];
+        assert_eq!(policies[0]["policy"]["policy-type"], "future-policy");
+        assert_eq!(policies[0]["summary"]["total-failure-session-count"], 1);
+        assert_eq!(policies[0]["failure-details"][0]["result-type"], "future-failure");
+        assert_eq!(policies[1]["policy"]["policy-type"], "sts");
+        assert_eq!(policies[1]["summary"]["total-successful-session-count"], 2);
+        assert_eq!(policies[1]["summary"]["total-failure-session-count"], 1);
+        assert_eq!(
+            policies[1]["failure-details"][0]["result-type"],
+            "certificate-expired"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_post_says_what_the_server_answered() {
+        assert_eq!(
+            PostError::Refused(reqwest::StatusCode::FORBIDDEN).to_string(),
+            "answered 403 Forbidden"
+        );
+    }
 
     #[test]
     fn destinations_of_one_record() {
@@ -398,7 +639,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), String> {
+    async fn report_addresses_are_the_record_s_valid_mailto_uris() -> Result<(), Box<dyn std::error::Error>> {
         let server = DnsServer::start().await?;
         let many: Vec<String> = (0..8).map(|i| format!("mailto:r{i}@many.test")).collect();
         server.add_txt(
@@ -433,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn the_report_mail_carries_the_json_gzip_compressed() -> Result<(), String> {
+    fn the_report_mail_carries_the_json_gzip_compressed() -> Result<(), Box<dyn std::error::Error>> {
         use mail_parser::MimeHeaders as _;
         let report = Report {
             domain: "b.test".into(),
@@ -441,8 +682,7 @@ mod tests {
             json: serde_json::json!({"report-id": "2026-11-28.b.test@mail.a.test",
                 "date-range": {"start-datetime": "2026-11-28T00:00:00Z"}}),
         };
-        let mail = message(&report, "tls-reports@a.test", &["r@b.test".into()], "mail.a.test")
-            .map_err(|e| e.to_string())?;
+        let mail = message(&report, "tls-reports@a.test", &["r@b.test".into()], "mail.a.test")?;
         let parsed = mail_parser::MessageParser::default()
             .parse(&mail)
             .ok_or("does not parse")?;
@@ -455,8 +695,7 @@ mod tests {
         std::io::Read::read_to_string(
             &mut flate2::read::GzDecoder::new(attachment.contents()),
             &mut json,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         assert_eq!(json, report.json.to_string());
         assert_eq!(
             attachment.attachment_name(),

@@ -18,6 +18,8 @@ use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, Sign
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::tls_rpt::ResultType;
+
 /// A TLSA record (RFC 6698 2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tlsa {
@@ -70,10 +72,29 @@ pub enum Mode {
 /// What the certificate check found; `None` until the handshake got that far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertCheck {
-    pub verified: bool,
-    /// An RFC 8460 4.3 result type for a failure (`certificate-host-mismatch`, ...).
-    pub result_type: &'static str,
+    /// `None` when the certificate passed; else how TLS-RPT counts its failure.
+    pub failure: Option<ResultType>,
     pub detail: String,
+}
+
+impl CertCheck {
+    pub fn verified(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Why a chain failed DANE. The text follows `DANE: ` in logs, deferral reasons and TLS
+/// reports.
+#[derive(Debug, thiserror::Error)]
+enum DaneFailure {
+    #[error("no TLSA record matches the certificate chain")]
+    NoMatch,
+    #[error("the matching DANE-TA certificate is unusable as an anchor: {0}")]
+    UnusableAnchor(Error),
+    #[error("{0}")]
+    Verifier(rustls::client::VerifierBuilderError),
+    #[error("DANE-TA matched but the chain does not verify: {0}")]
+    Chain(Error),
 }
 
 #[derive(Debug)]
@@ -109,30 +130,31 @@ impl PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         now: UnixTime,
-    ) -> Result<String, String> {
+    ) -> Result<&'static str, DaneFailure> {
         if records
             .iter()
             .any(|r| r.usage == 3 && r.matches(end_entity.as_ref()))
         {
-            return Ok("DANE-EE match".into());
+            return Ok("DANE-EE match");
         }
-        let mut last = "no TLSA record matches the certificate chain".to_string();
+        // Of several matching anchors, the last one's failure is told.
+        let mut last = DaneFailure::NoMatch;
         for anchor in intermediates.iter().chain(std::iter::once(end_entity)) {
             if !records.iter().any(|r| r.usage == 2 && r.matches(anchor.as_ref())) {
                 continue;
             }
             let mut roots = RootCertStore::empty();
             if let Err(e) = roots.add(anchor.clone().into_owned()) {
-                last = format!("the matching DANE-TA certificate is unusable as an anchor: {e}");
+                last = DaneFailure::UnusableAnchor(e);
                 continue;
             }
             let verifier =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(DaneFailure::Verifier)?;
             match verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
-                Ok(_) => return Ok("DANE-TA match".into()),
-                Err(e) => last = format!("DANE-TA matched but the chain does not verify: {e}"),
+                Ok(_) => return Ok("DANE-TA match"),
+                Err(e) => last = DaneFailure::Chain(e),
             }
         }
         Err(last)
@@ -140,16 +162,16 @@ impl PeerVerifier {
 }
 
 /// The RFC 8460 result type for a failed PKIX check.
-fn result_type(error: &Error) -> &'static str {
+fn result_type(error: &Error) -> ResultType {
     match error {
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "certificate-host-mismatch",
+        ) => ResultType::CertificateHostMismatch,
         Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
-            "certificate-expired"
+            ResultType::CertificateExpired
         }
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "certificate-not-trusted",
-        _ => "validation-failure",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => ResultType::CertificateNotTrusted,
+        _ => ResultType::ValidationFailure,
     }
 }
 
@@ -166,17 +188,15 @@ impl ServerCertVerifier for PeerVerifier {
             Mode::Dane(records) => match self.dane(records, end_entity, intermediates, server_name, now) {
                 Ok(detail) => {
                     self.record(CertCheck {
-                        verified: true,
-                        result_type: "success",
-                        detail,
+                        failure: None,
+                        detail: detail.into(),
                     });
                     Ok(ServerCertVerified::assertion())
                 }
                 Err(detail) => {
                     let detail = format!("DANE: {detail}");
                     self.record(CertCheck {
-                        verified: false,
-                        result_type: "validation-failure",
+                        failure: Some(ResultType::ValidationFailure),
                         detail: detail.clone(),
                     });
                     Err(Error::General(detail))
@@ -189,16 +209,14 @@ impl ServerCertVerifier for PeerVerifier {
                 {
                     Ok(verified) => {
                         self.record(CertCheck {
-                            verified: true,
-                            result_type: "success",
+                            failure: None,
                             detail: "PKIX".into(),
                         });
                         Ok(verified)
                     }
                     Err(e) => {
                         self.record(CertCheck {
-                            verified: false,
-                            result_type: result_type(&e),
+                            failure: Some(result_type(&e)),
                             detail: e.to_string(),
                         });
                         match self.mode {
@@ -252,12 +270,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tlsa_matching_by_selector_and_type() -> Result<(), String> {
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let cert = rcgen::CertificateParams::new(vec!["mx.b.test".to_string()])
-            .map_err(|e| e.to_string())?
-            .self_signed(&key)
-            .map_err(|e| e.to_string())?;
+    fn tlsa_matching_by_selector_and_type() -> Result<(), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["mx.b.test".to_string()])?.self_signed(&key)?;
         let der = cert.der().to_vec();
         let spki = spki(&der).ok_or("no SPKI")?;
         let record = |selector, matching, data: Vec<u8>| Tlsa {
@@ -280,6 +295,54 @@ mod tests {
             .usable()
         );
         assert!(record(1, 1, vec![]).usable());
+        Ok(())
+    }
+
+    /// What a DANE check records: the text is the deferral reason and the TLS report detail.
+    #[test]
+    fn dane_checks_are_recorded_with_their_reason() -> Result<(), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["mx.b.test".to_string()])?.self_signed(&key)?;
+        let der = CertificateDer::from(cert.der().to_vec());
+        let spki = spki(&der).ok_or("no SPKI")?;
+        let provider = Arc::new(sealmail_tls::restricted_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(der.clone())?;
+        let pkix = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+        let name = ServerName::try_from("mx.b.test")?;
+        let check = |data: Vec<u8>| {
+            let tlsa = Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data,
+            };
+            let verifier = PeerVerifier::new(Mode::Dane(vec![tlsa]), pkix.clone(), provider.clone());
+            let verified = verifier
+                .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+                .is_ok();
+            (verified, verifier.check())
+        };
+        assert_eq!(
+            check(Sha256::digest(&spki).to_vec()),
+            (
+                true,
+                Some(CertCheck {
+                    failure: None,
+                    detail: "DANE-EE match".into()
+                })
+            )
+        );
+        assert_eq!(
+            check(vec![0; 32]),
+            (
+                false,
+                Some(CertCheck {
+                    failure: Some(ResultType::ValidationFailure),
+                    detail: "DANE: no TLSA record matches the certificate chain".into()
+                })
+            )
+        );
         Ok(())
     }
 }
