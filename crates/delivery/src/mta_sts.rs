@@ -4,16 +4,16 @@
 //! `max_age` ends or the id changes. Host names for the fetch are resolved through sealmail's
 //! resolver, never the system's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::rr::RData;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::MtaSts as StsRecord;
 use sealmail_dns::Dns;
 use sealmail_store::Store;
+use sealmail_types::cache::ExpiringCache;
 
 use crate::now_unix;
 use crate::tls_rpt::ResultType;
@@ -23,7 +23,8 @@ const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// RFC 8461 3.2: max_age is at most a year.
 const MAX_AGE_LIMIT: u64 = 31_557_600;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-const CACHE_MAX: usize = 10_000;
+/// Policies kept in memory; past it, the cache evicts the least used (the store keeps them all).
+const CACHE_MAX: u64 = 10_000;
 
 /// A policy's `mode` (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +237,7 @@ pub struct MtaSts {
     store: Arc<dyn Store>,
     http: reqwest::Client,
     port: u16,
-    cache: Mutex<HashMap<String, (Arc<Policy>, Instant)>>,
+    cache: ExpiringCache<String, Arc<Policy>>,
 }
 
 struct Resolver(Dns);
@@ -278,7 +279,7 @@ impl MtaSts {
             store,
             http,
             port,
-            cache: Mutex::new(HashMap::new()),
+            cache: ExpiringCache::new(CACHE_MAX),
         })
     }
 
@@ -290,13 +291,8 @@ impl MtaSts {
 
     /// The policy in force for `domain`: from memory, else from the store.
     async fn cached(&self, domain: &str) -> Option<Arc<Policy>> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((policy, until)) = cache.get(domain)
-                && *until > Instant::now()
-            {
-                return Some(policy.clone());
-            }
+        if let Some(policy) = self.cache.get(domain) {
+            return Some(policy);
         }
         let (id, body, expires_at) = self.store.mta_sts_policy(domain).await.ok()??;
         let left = expires_at - now_unix();
@@ -309,15 +305,7 @@ impl MtaSts {
     }
 
     fn remember(&self, domain: &str, policy: Arc<Policy>, for_how_long: Duration) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(domain.to_string(), (policy, Instant::now() + for_how_long));
+        self.cache.insert_for(domain.to_string(), policy, for_how_long);
     }
 
     /// The policy for `domain` (RFC 8461 5.1): a cached one while its id is current, else a

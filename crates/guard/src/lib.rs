@@ -30,6 +30,7 @@ use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;
 use sealmail_types::proof::TlsActive;
+use sealmail_types::rate::SlidingWindow;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
 pub const REFRESH: Duration = Duration::from_secs(3);
@@ -138,7 +139,7 @@ pub struct Guard {
     /// Ban key -> (start of its window, TLS handshakes abandoned in it).
     abandoned: Mutex<HashMap<String, (i64, u32)>>,
     /// (what, account) -> times of recent uses, for hourly rate limits.
-    usage: Mutex<HashMap<(&'static str, String), VecDeque<i64>>>,
+    usage: SlidingWindow<(&'static str, String)>,
     /// Account (see [`throttle_key`]) -> recent failed logins and the earliest time its next
     /// login may be answered; the least recently used is forgotten past `ACCOUNTS_TRACKED`.
     accounts: Mutex<lru::LruCache<String, AccountThrottle>>,
@@ -268,6 +269,10 @@ pub const MAX_THROTTLE: Duration = Duration::from_secs(8);
 /// longer is refused at once (a temporary failure), so thousands of parallel guesses cannot
 /// push the owner's next login hours away.
 pub const MAX_QUEUED_WAIT: Duration = MAX_THROTTLE;
+/// (allowance, account) pairs whose hourly use is tracked before those quiet for an hour are
+/// forgotten; only logged-in accounts have an allowance, so this is a bound on accounts.
+const USAGE_TRACKED: usize = 100_000;
+
 /// Accounts whose failures are remembered at most. Past it the least recently used is forgotten,
 /// so a flood of made-up names cannot wipe the record of an account under attack: every guess
 /// at that account makes it recently used again.
@@ -306,7 +311,7 @@ impl Guard {
             bans: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashMap::new()),
-            usage: Mutex::new(HashMap::new()),
+            usage: SlidingWindow::new(Duration::from_secs(3600), USAGE_TRACKED),
             accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
             max_queued_wait: MAX_QUEUED_WAIT,
@@ -737,19 +742,7 @@ impl Guard {
         ip: IpAddr,
         listener: &str,
     ) -> bool {
-        let now = now_unix();
-        let allowed = {
-            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-            let times = usage.entry((what, account.to_string())).or_default();
-            while times.front().is_some_and(|t| now - t >= 3600) {
-                times.pop_front();
-            }
-            let fits = times.len() + count as usize <= per_hour as usize;
-            if fits {
-                times.extend(std::iter::repeat_n(now, count as usize));
-            }
-            fits
-        };
+        let allowed = self.usage.take((what, account.to_string()), count, per_hour);
         if !allowed {
             metrics::RATE_LIMITED.inc();
             let detail = format!("{what} per hour limit of {per_hour} reached");

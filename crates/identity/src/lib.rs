@@ -19,10 +19,9 @@ mod hashing;
 pub mod revocation;
 pub mod sasl;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -32,6 +31,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::Zeroizing;
 
 use sealmail_store::{Account, Store, StoreError};
+use sealmail_types::cache::ExpiringCache;
 pub use sealmail_types::proof::Authenticated;
 use sealmail_types::proof::TlsActive;
 use sealmail_types::{AccountId, EmailAddress};
@@ -137,15 +137,16 @@ pub fn generate_password() -> Result<Password, IdentityError> {
     Ok(Password(out))
 }
 
-/// Recently verified logins, keyed by HMAC-SHA256(process key, address NUL password).
+/// Recently verified logins, keyed by HMAC-SHA256(process key, address NUL password), with the
+/// password hash they were verified against.
 struct LoginCache {
     key: [u8; 32],
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    entries: ExpiringCache<[u8; 32], Arc<str>>,
 }
 
-/// Most remembered logins; past it, expired ones are dropped, then all.
-const LOGIN_CACHE_MAX: usize = 10_000;
+/// Most remembered logins; past it, the cache evicts the least used.
+const LOGIN_CACHE_MAX: u64 = 10_000;
 
 impl LoginCache {
     fn new(ttl: Duration) -> Result<LoginCache, IdentityError> {
@@ -154,7 +155,7 @@ impl LoginCache {
         Ok(LoginCache {
             key,
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: ExpiringCache::new(LOGIN_CACHE_MAX),
         })
     }
 
@@ -168,20 +169,14 @@ impl LoginCache {
 
     /// True when this address and password were verified against exactly `stored_hash` lately.
     fn recalls(&self, fingerprint: &[u8; 32], stored_hash: &str) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(entries.get(fingerprint), Some((hash, expires)) if hash == stored_hash && *expires > Instant::now())
+        self.entries
+            .get(fingerprint)
+            .is_some_and(|hash| *hash == *stored_hash)
     }
 
     fn remember(&self, fingerprint: [u8; 32], stored_hash: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= LOGIN_CACHE_MAX {
-            let now = Instant::now();
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= LOGIN_CACHE_MAX {
-                entries.clear();
-            }
-        }
-        entries.insert(fingerprint, (stored_hash.to_string(), Instant::now() + self.ttl));
+        self.entries
+            .insert_for(fingerprint, Arc::from(stored_hash), self.ttl);
     }
 }
 
@@ -463,6 +458,7 @@ mod cache_tests {
     use super::*;
     use sealmail_store::SqliteStore;
     use sealmail_types::Domain;
+    use std::time::Instant;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_login_cache_remembers_successes_only_until_the_password_changes()
@@ -477,11 +473,7 @@ mod cache_tests {
 
         assert!(identity.verify_password(&alice, &old).await?.is_some());
         let cache = identity.cache.clone().ok_or("no cache")?;
-        assert_eq!(
-            cache.entries.lock().map(|e| e.len()).unwrap_or(0),
-            1,
-            "success remembered"
-        );
+        assert_eq!(cache.entries.len(), 1, "success remembered");
         // A cached login is answered without Argon2: much faster than a full verification.
         let started = Instant::now();
         for _ in 0..20 {
@@ -496,7 +488,7 @@ mod cache_tests {
         // Failures are never remembered and always fail.
         let wrong = Password::new("not the password at all".to_string());
         assert!(identity.verify_password(&alice, &wrong).await?.is_none());
-        assert_eq!(cache.entries.lock().map(|e| e.len()).unwrap_or(0), 1);
+        assert_eq!(cache.entries.len(), 1);
 
         // A password change (here through another Identity, as the admin CLI does) ends the
         // cached login at once.

@@ -10,14 +10,14 @@ pub mod signing;
 pub mod spf;
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mail_auth::{MessageAuthenticator, ResolverCache, SpfOutput, SpfResult, Txt};
 use sealmail_dns::Dns;
+use sealmail_types::cache::ExpiringCache;
 
 pub use mail_auth;
 
@@ -34,14 +34,19 @@ pub struct Authenticator {
     reverse_lookups: bool,
 }
 
-/// Most parsed TXT records kept; past it, expired ones are dropped, then all.
-const TXT_CACHE_MAX: usize = 10_000;
+/// Most parsed TXT records kept; past it, the cache evicts the least used.
+const TXT_CACHE_MAX: u64 = 10_000;
 
 /// TXT records already parsed (SPF policies, DKIM keys, DMARC policies), kept until their DNS
 /// TTL ends. The resolver caches the answer; this also saves parsing it (and, for DKIM, the
 /// public key) for every message.
-#[derive(Default)]
-pub struct TxtCache(Mutex<HashMap<Box<str>, (Txt, Instant)>>);
+pub struct TxtCache(ExpiringCache<Box<str>, Txt>);
+
+impl Default for TxtCache {
+    fn default() -> TxtCache {
+        TxtCache(ExpiringCache::new(TXT_CACHE_MAX))
+    }
+}
 
 impl ResolverCache<Box<str>, Txt> for TxtCache {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
@@ -49,10 +54,7 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(value, _)| value.clone())
+        self.0.get(name)
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<Txt>
@@ -60,20 +62,11 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(name).map(|(value, _)| value)
+        self.0.remove(name)
     }
 
     fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= TXT_CACHE_MAX {
-            let now = Instant::now();
-            map.retain(|_, (_, until)| *until > now);
-            if map.len() >= TXT_CACHE_MAX {
-                map.clear();
-            }
-        }
-        map.insert(key, (value, valid_until));
+        self.0.insert(key, value, valid_until);
     }
 }
 

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use sealmail_config::{Limits, Listener as ListenerSpec, Role, TlsMode};
+use sealmail_types::rate::SlidingWindow;
 
 use crate::connection::{Connection, ConnectionInfo, Timeouts};
 
@@ -131,32 +133,21 @@ impl Drop for IpSlot {
 }
 
 /// Recent connection times per client (see [`client_key`]), for the per-minute rate limit.
-#[derive(Default)]
-struct RecentConnections {
-    times: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
-}
+struct RecentConnections(SlidingWindow<IpAddr>);
 
 /// Addresses remembered at most; past it, addresses quiet for a minute are forgotten.
 const RATE_TRACKED: usize = 100_000;
 
+impl Default for RecentConnections {
+    fn default() -> RecentConnections {
+        RecentConnections(SlidingWindow::new(Duration::from_secs(60), RATE_TRACKED))
+    }
+}
+
 impl RecentConnections {
     /// Records a connection from `ip`; false when it is over `per_minute`.
     fn admit(&self, ip: IpAddr, per_minute: u32) -> bool {
-        let now = std::time::Instant::now();
-        let minute = std::time::Duration::from_secs(60);
-        let mut times = self.times.lock().unwrap_or_else(|p| p.into_inner());
-        if times.len() >= RATE_TRACKED {
-            times.retain(|_, t| t.back().is_some_and(|last| now.duration_since(*last) < minute));
-        }
-        let recent = times.entry(client_key(ip)).or_default();
-        while recent.front().is_some_and(|t| now.duration_since(*t) >= minute) {
-            recent.pop_front();
-        }
-        if recent.len() >= per_minute as usize {
-            return false;
-        }
-        recent.push_back(now);
-        true
+        self.0.take(client_key(ip), 1, per_minute)
     }
 }
 

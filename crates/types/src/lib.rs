@@ -7,9 +7,11 @@
 //! - a local part may be UTF-8 (SMTPUTF8); it is stored lower-cased, because users expect
 //!   `Alice@` and `alice@` to be the same mailbox and nearly every server treats them so.
 
+pub mod cache;
 pub mod clock;
 pub mod line;
 pub mod proof;
+pub mod rate;
 pub mod token;
 pub mod xtext;
 
