@@ -189,8 +189,23 @@ fn has_flag(entry: &Entry, flag: &str) -> bool {
     entry.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
 }
 
-fn internal_day(unix: i64) -> Option<chrono::NaiveDate> {
-    chrono::DateTime::from_timestamp(unix, 0).map(|t| t.date_naive())
+/// Days since 1970-01-01 (UTC) of a Unix time: what SEARCH compares internal dates by.
+fn unix_day(unix: i64) -> i64 {
+    unix.div_euclid(86_400)
+}
+
+/// The day number (as [`unix_day`]) of a SEARCH date. imap-codec hands dates over as chrono
+/// values; this is the one place they are read, so our own code counts time with `time` only.
+fn search_day(date: &imap_codec::imap_types::datetime::NaiveDate) -> Option<i64> {
+    let midnight = date.as_ref().and_hms_opt(0, 0, 0)?;
+    Some(unix_day(midnight.and_utc().timestamp()))
+}
+
+/// The day number (as [`unix_day`]) of a message's Date: header, as written (its own zone).
+fn sent_day(date: &mail_parser::DateTime) -> Option<i64> {
+    let month = time::Month::try_from(date.month).ok()?;
+    let day = time::Date::from_calendar_date(i32::from(date.year), month, date.day).ok()?;
+    Some(unix_day(day.midnight().assume_utc().unix_timestamp()))
 }
 
 /// Whether a header field `name` is present with a value that contains the needle, raw
@@ -271,9 +286,9 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
         Old => !c.recent,
         Larger(n) => entry.size > u64::from(*n),
         Smaller(n) => entry.size < u64::from(*n),
-        Before(d) => internal_day(entry.internal_date).is_some_and(|day| day < *d.as_ref()),
-        On(d) => internal_day(entry.internal_date).is_some_and(|day| day == *d.as_ref()),
-        Since(d) => internal_day(entry.internal_date).is_some_and(|day| day >= *d.as_ref()),
+        Before(d) => search_day(d).is_some_and(|day| unix_day(entry.internal_date) < day),
+        On(d) => search_day(d).is_some_and(|day| unix_day(entry.internal_date) == day),
+        Since(d) => search_day(d).is_some_and(|day| unix_day(entry.internal_date) >= day),
         SentBefore(d) | SentOn(d) | SentSince(d) => {
             if !message(parsed) {
                 return false;
@@ -281,15 +296,13 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
             let Some(Some(m)) = parsed.as_ref() else {
                 return false;
             };
-            let Some(sent) = m.date().and_then(|dt| {
-                chrono::NaiveDate::from_ymd_opt(i32::from(dt.year), u32::from(dt.month), u32::from(dt.day))
-            }) else {
+            let (Some(sent), Some(day)) = (m.date().and_then(sent_day), search_day(d)) else {
                 return false;
             };
             match key {
-                SentBefore(_) => sent < *d.as_ref(),
-                SentOn(_) => sent == *d.as_ref(),
-                _ => sent >= *d.as_ref(),
+                SentBefore(_) => sent < day,
+                SentOn(_) => sent == day,
+                _ => sent >= day,
             }
         }
         Bcc(s) | Cc(s) | From(s) | To(s) | Subject(s) => {
@@ -332,6 +345,60 @@ pub fn matches<'c>(key: &SearchKey<'_>, c: &Candidate<'c>, parsed: &mut Option<O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The date of `SEARCH <key> <date>` as imap-codec hands it over.
+    fn search_date(command: &str) -> imap_codec::imap_types::datetime::NaiveDate {
+        use imap_codec::decode::Decoder;
+        use imap_codec::imap_types::command::CommandBody;
+        let line = format!("a SEARCH {command}\r\n");
+        let parsed = imap_codec::CommandCodec::default().decode(line.as_bytes());
+        let Ok((
+            _,
+            imap_codec::imap_types::command::Command {
+                body: CommandBody::Search { criteria, .. },
+                ..
+            },
+        )) = parsed
+        else {
+            panic!("{command}: not a SEARCH");
+        };
+        match criteria.as_ref().first() {
+            Some(SearchKey::Since(d) | SearchKey::SentOn(d)) => d.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dates_compare_as_utc_days_for_internal_dates_and_as_written_for_sent_dates() {
+        let december_4 = 1_796_342_400; // 2026-12-04T00:00:00Z
+        let day = search_day(&search_date("SINCE 4-Dec-2026"));
+        assert_eq!(day, Some(unix_day(december_4)));
+        assert_eq!(
+            Some(unix_day(december_4 - 1) + 1),
+            day,
+            "the second before is the day before"
+        );
+        assert_eq!(
+            Some(unix_day(december_4 + 86_399)),
+            day,
+            "the last second is the same day"
+        );
+        assert_eq!(unix_day(-1), -1, "before 1970 rounds down");
+        let sent = mail_parser::DateTime {
+            year: 2026,
+            month: 12,
+            day: 4,
+            hour: 23,
+            minute: 59,
+            second: 59,
+            tz_before_gmt: true,
+            tz_hour: 11,
+            tz_minute: 0,
+        };
+        assert_eq!(sent_day(&sent), search_day(&search_date("SENTON 4-Dec-2026")));
+        let impossible = mail_parser::DateTime { month: 13, ..sent };
+        assert_eq!(sent_day(&impossible), None);
+    }
 
     #[test]
     fn needles_are_found_ignoring_case_in_one_pass() {
