@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
 use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
-use sealmail_net::metrics;
+use sealmail_metrics as metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;

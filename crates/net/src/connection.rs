@@ -388,7 +388,7 @@ async fn handshake(
             }
         }
     };
-    let tls = result.inspect_err(|_| crate::metrics::TLS_HANDSHAKE_FAILURES.inc())?;
+    let tls = result.inspect_err(|_| sealmail_metrics::TLS_HANDSHAKE_FAILURES.inc())?;
     let active = TlsActive::from_completed_handshake(tls.get_ref().1).ok_or_else(|| {
         ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
     })?;

@@ -13,7 +13,6 @@
 pub mod budget;
 mod connection;
 mod listener;
-pub mod metrics;
 pub mod proxy;
 
 pub use connection::{ByteStream, ConnError, Connection, ConnectionInfo, Line, Timeouts};

@@ -304,17 +304,17 @@ impl Server {
         let plaintext_first = spec.tls == TlsMode::StartTls;
         let refused = !spec.permits(peer.ip()) || self.filter.as_ref().is_some_and(|f| f.refuse(peer.ip()));
         if refused {
-            crate::metrics::CONNECTIONS_REFUSED.inc();
+            sealmail_metrics::CONNECTIONS_REFUSED.inc();
             tracing::debug!(%peer, "connection refused: address not allowed or banned");
             return turn_away(tcp, plaintext_first.then_some(handler.banned_reply())).await;
         }
         if !self.rate.admit(peer.ip(), self.limits.max_connection_rate_per_ip) {
-            crate::metrics::CONNECTIONS_REFUSED.inc();
+            sealmail_metrics::CONNECTIONS_REFUSED.inc();
             tracing::warn!(%peer, "connection refused: per-IP connection rate limit reached");
             return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
         }
         let Some(slots) = self.take_slots(peer, spec.role) else {
-            crate::metrics::CONNECTIONS_REFUSED.inc();
+            sealmail_metrics::CONNECTIONS_REFUSED.inc();
             return turn_away(tcp, plaintext_first.then_some(handler.busy_reply())).await;
         };
         let info = ConnectionInfo {
@@ -324,7 +324,7 @@ impl Server {
             tls_mode: spec.tls,
         };
         let _slots = slots;
-        crate::metrics::CONNECTIONS_ACCEPTED.inc();
+        sealmail_metrics::CONNECTIONS_ACCEPTED.inc();
         self.serve_one(info, tcp, handler).await;
     }
 

@@ -148,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let metrics = match config.metrics_bind {
         Some(address) => {
-            let socket = sealmail_net::metrics::bind(address)
+            let socket = sealmail_metrics::bind(address)
                 .await
                 .map_err(anyhow::Error::msg)?;
             Some((address, socket))
@@ -260,7 +260,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     if let Some((address, socket)) = metrics {
         tracing::info!(%address, "metrics endpoint listening");
-        tokio::spawn(sealmail_net::metrics::serve(socket, shutdown.clone()));
+        tokio::spawn(sealmail_metrics::serve(socket, shutdown.clone()));
     }
     tokio::spawn(
         delivery

@@ -598,7 +598,8 @@ async fn http_get(addr: SocketAddr, path: &str) -> TestResult<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = ctx(TcpStream::connect(addr).await, "connect")?;
     ctx(
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        // One request, read to the end: the endpoint keeps a connection alive unless told not to.
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
             .await,
         "send",
     )?;
@@ -727,7 +728,7 @@ async fn the_metrics_endpoint_serves_a_few_connections_at_once_and_drops_silent_
 
     // Clients that connect and say nothing take every slot...
     let mut silent = Vec::new();
-    for _ in 0..sealmail_net::metrics::MAX_CONNECTIONS {
+    for _ in 0..sealmail_metrics::MAX_CONNECTIONS {
         silent.push(ctx(TcpStream::connect(metrics).await, "connect")?);
     }
     let busy = http_get(metrics, "/metrics").await?;

@@ -778,7 +778,7 @@ impl Session {
         // chunked message could carry what DATA refuses to the next hop.
         if let Some(problem) = sealmail_types::line::unsafe_content(&content) {
             self.transaction = None;
-            sealmail_net::metrics::MESSAGES_REFUSED.inc();
+            sealmail_metrics::MESSAGES_REFUSED.inc();
             return if problem.contains("NUL") {
                 nul_refused()
             } else {
@@ -805,7 +805,7 @@ impl Session {
     /// The answer after DATA was read to its end marker.
     pub async fn data_received(&mut self, data: crate::data::Data) -> Reply {
         if data.bare_line_ending || data.nul || data.too_big {
-            sealmail_net::metrics::MESSAGES_REFUSED.inc();
+            sealmail_metrics::MESSAGES_REFUSED.inc();
         }
         if data.nul {
             self.transaction = None;
@@ -937,7 +937,7 @@ impl Session {
                     tls = self.tls.as_ref().map(|t| t.version).unwrap_or("none"),
                     "message accepted"
                 );
-                sealmail_net::metrics::MESSAGES_ACCEPTED.inc();
+                sealmail_metrics::MESSAGES_ACCEPTED.inc();
                 if let Some(authored) = authored {
                     self.notify_delivered(&transaction.dsn_envid, &routed.delivered, &authored)
                         .await;
@@ -1006,7 +1006,7 @@ struct Routed {
 }
 
 fn insufficient_storage() -> Reply {
-    sealmail_net::metrics::MESSAGES_REFUSED.inc();
+    sealmail_metrics::MESSAGES_REFUSED.inc();
     tracing::warn!("message refused: the memory budget for message bodies is spent");
     Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
 }

@@ -1,0 +1,170 @@
+//! The process-wide counters and the Prometheus `/metrics` endpoint that shows them.
+//!
+//! The counters are process-wide statics (prometheus-client counters, one atomic each): every
+//! part of the server counts into them with one line, `sealmail_metrics::BANS.inc()`, without
+//! threading a handle through each constructor, and a process serves one metrics endpoint.
+//! They are registered once, in registration order, in a `prometheus_client` registry that
+//! [`render`] encodes in the Prometheus text format (version 0.0.4): the names, help texts and
+//! types that scrapers and dashboards have always read. The endpoint itself is [`endpoint`].
+
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::registry::Registry;
+
+pub use endpoint::{Limits, MAX_CONNECTIONS, TIMEOUT, bind, serve, serve_with};
+
+/// The `Content-Type` of what [`render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// A monotonically increasing counter: a prometheus-client counter (one shared atomic) whose
+/// `inc` returns nothing, so that counting stays one statement anywhere, closures included.
+#[derive(Debug, Default)]
+pub struct Counter(prometheus_client::metrics::counter::Counter);
+
+impl Counter {
+    /// Counts one.
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// Declares each counter as a static and registers them all, in this order, in [`REGISTRY`].
+/// A name is given without its `_total` and a help text without its final period: the encoder
+/// adds both.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $counter:ident = $name:literal, $help:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub static $counter: LazyLock<Counter> = LazyLock::new(Counter::default);
+        )*
+
+        /// Every counter, under its exposition name.
+        static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+            let mut registry = Registry::default();
+            $(registry.register($name, $help, $counter.0.clone());)*
+            registry
+        });
+    };
+}
+
+counters! {
+    /// `sealmail_connections_accepted_total`
+    CONNECTIONS_ACCEPTED = "sealmail_connections_accepted", "Connections accepted and served";
+    /// `sealmail_connections_refused_total`
+    CONNECTIONS_REFUSED = "sealmail_connections_refused",
+        "Connections refused at accept time (banned, not allowed, or over a cap)";
+    /// `sealmail_tls_handshake_failures_total`
+    TLS_HANDSHAKE_FAILURES = "sealmail_tls_handshake_failures", "TLS handshakes that failed or timed out";
+    /// `sealmail_auth_successes_total`
+    AUTH_SUCCESSES = "sealmail_auth_successes", "Successful logins";
+    /// `sealmail_auth_failures_total`
+    AUTH_FAILURES = "sealmail_auth_failures", "Failed logins";
+    /// `sealmail_bans_total`
+    BANS = "sealmail_bans", "Bans added";
+    /// `sealmail_abuse_events_total`
+    ABUSE_EVENTS = "sealmail_abuse_events",
+        "Relay attempts, unknown recipients and sessions closed for errors";
+    /// `sealmail_rate_limited_total`
+    RATE_LIMITED = "sealmail_rate_limited", "Requests refused by a rate limit";
+    /// `sealmail_security_events_dropped_total`
+    SECURITY_EVENTS_DROPPED = "sealmail_security_events_dropped",
+        "Security events dropped because the writer's queue was full (a flood)";
+    /// `sealmail_messages_accepted_total`
+    MESSAGES_ACCEPTED = "sealmail_messages_accepted", "Messages accepted (250 after DATA or BDAT LAST)";
+    /// `sealmail_messages_refused_total`
+    MESSAGES_REFUSED = "sealmail_messages_refused", "Messages refused at the end of DATA or BDAT";
+}
+
+/// The exposition text, in the Prometheus text format ([`CONTENT_TYPE`]).
+pub fn render() -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &REGISTRY)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition as the hand-written encoder wrote it before prometheus-client: scrapers
+    /// and dashboards read these names and help texts, so they may not change.
+    const BEFORE: &[(&str, &str, &LazyLock<Counter>)] = &[
+        (
+            "sealmail_connections_accepted_total",
+            "Connections accepted and served.",
+            &CONNECTIONS_ACCEPTED,
+        ),
+        (
+            "sealmail_connections_refused_total",
+            "Connections refused at accept time (banned, not allowed, or over a cap).",
+            &CONNECTIONS_REFUSED,
+        ),
+        (
+            "sealmail_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+            &TLS_HANDSHAKE_FAILURES,
+        ),
+        (
+            "sealmail_auth_successes_total",
+            "Successful logins.",
+            &AUTH_SUCCESSES,
+        ),
+        ("sealmail_auth_failures_total", "Failed logins.", &AUTH_FAILURES),
+        ("sealmail_bans_total", "Bans added.", &BANS),
+        (
+            "sealmail_abuse_events_total",
+            "Relay attempts, unknown recipients and sessions closed for errors.",
+            &ABUSE_EVENTS,
+        ),
+        (
+            "sealmail_rate_limited_total",
+            "Requests refused by a rate limit.",
+            &RATE_LIMITED,
+        ),
+        (
+            "sealmail_security_events_dropped_total",
+            "Security events dropped because the writer's queue was full (a flood).",
+            &SECURITY_EVENTS_DROPPED,
+        ),
+        (
+            "sealmail_messages_accepted_total",
+            "Messages accepted (250 after DATA or BDAT LAST).",
+            &MESSAGES_ACCEPTED,
+        ),
+        (
+            "sealmail_messages_refused_total",
+            "Messages refused at the end of DATA or BDAT.",
+            &MESSAGES_REFUSED,
+        ),
+    ];
+
+    #[test]
+    fn the_exposition_keeps_every_name_help_text_and_type() -> Result<(), std::fmt::Error> {
+        // Only this test counts in this binary, so the values are known.
+        for (n, (_, _, counter)) in BEFORE.iter().enumerate() {
+            for _ in 0..=n {
+                counter.inc();
+            }
+        }
+        let mut expected = String::new();
+        for (n, (name, help, _)) in BEFORE.iter().enumerate() {
+            expected.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                n + 1
+            ));
+        }
+        assert_eq!(render()?, expected);
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+        Ok(())
+    }
+}
