@@ -767,6 +767,8 @@ mod tests {
             text.text_contents()
                 .is_some_and(|t| t.contains("SMTP TLS report"))
         );
+        // Short lines: sent as they are, and saying so.
+        assert_eq!(text.content_transfer_encoding(), Some("7bit"));
         let gzip = parsed.part(*gzip).ok_or("no report part")?;
         let kind = gzip.content_type().ok_or("no type")?;
         assert_eq!(
