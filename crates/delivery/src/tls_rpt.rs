@@ -3,12 +3,16 @@
 //! publishes in `_smtp._tls.DOMAIN` (`v=TLSRPTv1; rua=...`): to `mailto:` ones as mail like any
 //! other (queued, DKIM-signed by the caller, delivered under the same TLS policies), to
 //! `https:` ones as a POST of the gzip-compressed JSON (RFC 8460 5.4) with the MTA-STS client
-//! (certificate verified, no redirects, our resolver).
+//! (certificate verified, no redirects, our resolver). The mail's MIME structure is
+//! mail-builder's, in the frame of `sealmail_dsn::generated_message`.
 
 use std::io::Write as _;
 
 use mail_auth::common::parse::TxtRecordParser as _;
 use mail_auth::mta_sts::{ReportUri, TlsRpt};
+use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::mime::MimePart;
 use sealmail_dns::Dns;
 use sealmail_store::{Store, StoreError, TlsResultCount};
 
@@ -321,12 +325,12 @@ pub fn compressed(report: &Report) -> std::io::Result<Vec<u8>> {
 }
 
 /// The report as mail (RFC 8460 5.3): `multipart/report; report-type="tlsrpt"` with the JSON
-/// gzip-compressed as `application/tlsrpt+gzip`, and the TLS-Report-Domain and
-/// TLS-Report-Submitter fields. No trailing signature: the caller signs it.
+/// gzip-compressed as `application/tlsrpt+gzip` (base64, named
+/// `submitter!domain!begin!end.json.gz`), and the TLS-Report-Domain and TLS-Report-Submitter
+/// fields. No trailing signature: the caller signs it.
 pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> std::io::Result<Vec<u8>> {
     let compressed = compressed(report)?;
     let token = sealmail_dsn::random_token().map_err(std::io::Error::other)?;
-    let boundary = format!("sealmail-tlsrpt-{token}");
     let day = report
         .json
         .pointer("/date-range/start-datetime")
@@ -341,45 +345,41 @@ pub fn message(report: &Report, from: &str, to: &[String], submitter: &str) -> s
         .map(|d| d.midnight().assume_utc().unix_timestamp())
         .unwrap_or_default();
     let end = begin + 86_399;
-    let date = sealmail_dsn::rfc5322_date(time::OffsetDateTime::now_utc().unix_timestamp());
-    let mut out = String::new();
-    out.push_str(&format!("From: <{from}>\r\n"));
-    out.push_str(&format!(
-        "To: {}\r\n",
-        to.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")
-    ));
-    out.push_str(&format!(
-        "Subject: Report Domain: {} Submitter: {submitter} Report-ID: <{}>\r\n",
-        report.domain, report.report_id
-    ));
-    out.push_str(&format!("Date: {date}\r\n"));
-    out.push_str(&format!("Message-ID: <{token}@{submitter}>\r\n"));
-    out.push_str(&format!("TLS-Report-Domain: {}\r\n", report.domain));
-    out.push_str(&format!("TLS-Report-Submitter: {submitter}\r\n"));
-    out.push_str("Auto-Submitted: auto-generated\r\n");
-    out.push_str("MIME-Version: 1.0\r\n");
-    out.push_str(&format!(
-        "Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n\r\n"
-    ));
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ));
-    out.push_str(&format!(
-        "This is an SMTP TLS report (RFC 8460) for {} from {submitter} for {day}.\r\n\r\n",
+    let filename = format!("{submitter}!{}!{begin}!{end}.json.gz", report.domain);
+    // Short lines: mail-builder sends them as they are (7bit) rather than quoted-printable.
+    let text = format!(
+        "This is an SMTP TLS report (RFC 8460).\r\n\r\nPolicy domain: {}\r\nSubmitter: {submitter}\r\nDay (UTC): {day}\r\n",
         report.domain
-    ));
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment;\r\n\tfilename=\"{submitter}!{}!{begin}!{end}.json.gz\"\r\n\r\n",
-        report.domain
-    ));
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&compressed);
-    for line in encoded.as_bytes().chunks(76) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push_str("\r\n");
-    }
-    out.push_str(&format!("--{boundary}--\r\n"));
-    Ok(out.into_bytes())
+    );
+    // Our random boundary: mail-builder's own is derived from the clock.
+    let body = MimePart::new(
+        ContentType::new("multipart/report")
+            .attribute("report-type", "tlsrpt")
+            .attribute("boundary", format!("sealmail-tlsrpt-{token}")),
+        vec![
+            MimePart::new("text/plain", text),
+            MimePart::new("application/tlsrpt+gzip", compressed).attachment(filename),
+        ],
+    );
+    let to = Address::new_list(to.iter().map(|a| Address::from(a.as_str())).collect());
+    sealmail_dsn::generated_message(
+        sealmail_dsn::Generated {
+            from: Address::from(from),
+            to,
+            subject: format!(
+                "Report Domain: {} Submitter: {submitter} Report-ID: <{}>",
+                report.domain, report.report_id
+            ),
+            id_domain: submitter,
+            auto_submitted: "auto-generated",
+        },
+        vec![
+            ("TLS-Report-Domain", report.domain.clone()),
+            ("TLS-Report-Submitter", submitter.to_string()),
+        ],
+        body,
+    )
+    .map_err(std::io::Error::other)
 }
 
 /// Signs a report message: returns the DKIM-Signature header fields to put before it (empty
@@ -701,6 +701,89 @@ mod tests {
             attachment.attachment_name(),
             Some("mail.a.test!b.test!1795824000!1795910399.json.gz")
         );
+        Ok(())
+    }
+
+    /// RFC 8460 5.3: a `multipart/report; report-type="tlsrpt"` of a text part and the
+    /// base64 `application/tlsrpt+gzip` report, with TLS-Report-Domain, TLS-Report-Submitter
+    /// and the fields of a message the server writes itself; CRLF lines of at most 998 octets.
+    #[test]
+    fn the_report_mail_is_a_tlsrpt_report_with_the_rfc_8460_fields() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use mail_parser::MimeHeaders as _;
+        let domain = format!("{}.b.test", "long-label".repeat(5));
+        let report = Report {
+            domain: domain.clone(),
+            report_id: format!("2026-11-28.{domain}@mail.a.test"),
+            json: serde_json::json!({"date-range": {"start-datetime": "2026-11-28T00:00:00Z"},
+                "policies": [{"summary": {"total-successful-session-count": 3}}]}),
+        };
+        let to = ["r@b.test".to_string(), "s@b.test".to_string()];
+        let mail = message(&report, "tls-reports@a.test", &to, "mail.a.test")?;
+        assert!(mail.ends_with(b"\r\n"));
+        for line in mail.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r\n").ok_or("a line without CRLF")?;
+            assert!(!line.contains(&b'\r') && line.len() <= 998, "{line:?}");
+        }
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&mail)
+            .ok_or("does not parse")?;
+        let kind = parsed.content_type().ok_or("no content type")?;
+        let kind = (kind.ctype(), kind.subtype(), kind.attribute("report-type"));
+        assert_eq!(kind, ("multipart", Some("report"), Some("tlsrpt")));
+        let field = |name| parsed.header_raw(name).map(str::trim);
+        assert_eq!(field("TLS-Report-Domain"), Some(domain.as_str()));
+        assert_eq!(field("TLS-Report-Submitter"), Some("mail.a.test"));
+        assert_eq!(field("Auto-Submitted"), Some("auto-generated"));
+        assert_eq!(
+            parsed.subject(),
+            Some(
+                format!(
+                    "Report Domain: {domain} Submitter: mail.a.test Report-ID: <{}>",
+                    report.report_id
+                )
+                .as_str()
+            )
+        );
+        let from = parsed.from().and_then(|a| a.first()).ok_or("no From")?;
+        assert_eq!(from.address(), Some("tls-reports@a.test"));
+        let recipients: Vec<Option<&str>> = parsed.to().ok_or("no To")?.iter().map(|a| a.address()).collect();
+        assert_eq!(recipients, [Some("r@b.test"), Some("s@b.test")]);
+        assert!(
+            parsed.message_id().is_some_and(|id| id.ends_with("@mail.a.test")),
+            "{:?}",
+            parsed.message_id()
+        );
+        let date = parsed.date().ok_or("no Date")?.to_timestamp();
+        assert!((time::OffsetDateTime::now_utc().unix_timestamp() - date).abs() < 60);
+
+        let ids = parsed.root_part().sub_parts().ok_or("not multipart")?;
+        let [text, gzip] = ids else {
+            return Err(format!("two parts expected: {ids:?}").into());
+        };
+        let text = parsed.part(*text).ok_or("no text part")?;
+        assert_eq!(text.content_type().map(|t| t.ctype()), Some("text"));
+        assert!(
+            text.text_contents()
+                .is_some_and(|t| t.contains("SMTP TLS report"))
+        );
+        // Short lines: sent as they are, and saying so.
+        assert_eq!(text.content_transfer_encoding(), Some("7bit"));
+        let gzip = parsed.part(*gzip).ok_or("no report part")?;
+        let kind = gzip.content_type().ok_or("no type")?;
+        assert_eq!(
+            (kind.ctype(), kind.subtype()),
+            ("application", Some("tlsrpt+gzip"))
+        );
+        assert_eq!(gzip.content_transfer_encoding(), Some("base64"));
+        assert_eq!(gzip.content_disposition().map(|d| d.ctype()), Some("attachment"));
+        assert_eq!(
+            gzip.attachment_name(),
+            Some(format!("mail.a.test!{domain}!1795824000!1795910399.json.gz").as_str())
+        );
+        let mut json = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gzip.contents()), &mut json)?;
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&json)?, report.json);
         Ok(())
     }
 }

@@ -5,7 +5,16 @@
 //! relayed) and submission (delivered to a local mailbox); [`Action::wanted_by`] applies the
 //! recipient's NOTIFY. A notice goes to the sender's INBOX here ([`deliver_to_sender`]), the
 //! one place that does so.
+//!
+//! Also owns the frame of every message the server writes itself ([`generated_message`]: the
+//! header fields, the MIME structure through mail-builder), which the TLS reports of the
+//! delivery crate use too.
 
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
 use sealmail_store::{NewMessage, Recipient, Store, StoreError};
 use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;
@@ -77,8 +86,8 @@ pub struct Report<'a> {
     pub original: &'a [u8],
 }
 
-/// RFC 5322 date-time, as sealmail writes it elsewhere (`Date:` of submitted mail); also for
-/// the other messages the server writes itself (TLS reports).
+/// RFC 5322 date-time, as sealmail writes it elsewhere (`Date:` of submitted mail): the dates
+/// of a notice's report fields (RFC 3464 2.2.5, 2.3.7).
 pub fn rfc5322_date(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -104,16 +113,60 @@ pub fn random_token() -> Result<String, NoRandomness> {
     sealmail_types::token::random_hex(12)
 }
 
+/// What a message the server writes itself says about itself: see [`generated_message`].
+pub struct Generated<'x> {
+    pub from: Address<'x>,
+    pub to: Address<'x>,
+    pub subject: String,
+    /// The right-hand side of the Message-ID.
+    pub id_domain: &'x str,
+    /// RFC 3834 5: `auto-replied` (a notice about a message) or `auto-generated` (a report).
+    pub auto_submitted: &'static str,
+}
+
+/// A message the server writes itself (a notice, a TLS report), CRLF line ends: From, To,
+/// Subject, Date (now), Message-ID (random digits at `id_domain`), Auto-Submitted and
+/// `extra` header fields, then `body` (whose Content-Type field comes with it).
+///
+/// The Subject goes out as a raw field, only folded: mail-builder's `Text` turns any value
+/// longer than 77 octets into RFC 2047 encoded-words, and a report's subject (RFC 8460 5.3)
+/// is longer and meant to be read as it is.
+pub fn generated_message<'x>(
+    head: Generated<'x>,
+    extra: Vec<(&'x str, String)>,
+    body: MimePart<'x>,
+) -> Result<Vec<u8>, NoRandomness> {
+    let mut message = MessageBuilder::new()
+        .from(head.from)
+        .to(head.to)
+        .header("Subject", Raw::new(head.subject))
+        .date(Date::new(now_unix()))
+        .message_id(format!("{}@{}", random_token()?, head.id_domain))
+        .header("Auto-Submitted", Raw::new(head.auto_submitted));
+    for (name, value) in extra {
+        // Raw: not encoded; a line break in `value` becomes a fold, never a field of its own.
+        message = message.header(name, Raw::new(value));
+    }
+    let mut out = Vec::new();
+    message.body(body).serialize(&mut out);
+    Ok(out)
+}
+
+/// A part whose body goes out byte for byte, with the transfer encoding that says what it
+/// holds (7bit, or 8bit for UTF-8). mail-builder would pick quoted-printable or base64 for
+/// lines past 77 octets; `message/rfc822` may not be encoded that way (RFC 2046 5.2.1),
+/// `message/delivery-status` is registered as 7bit (RFC 3464 6.2), and `text/rfc822-headers`
+/// is the header section as it was (RFC 6522). A declared encoding makes mail-builder write
+/// the body as given.
+fn verbatim_part<'x>(content_type: &'x str, body: Vec<u8>) -> MimePart<'x> {
+    let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
+    MimePart::new(content_type, body).transfer_encoding(encoding)
+}
+
 /// The notification message, CRLF line ends.
 pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
     let boundary = format!("sealmail-dsn-{}", random_token()?);
     let now = now_unix();
-    let mut out = String::new();
-    out.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
-        report.hostname
-    ));
-    out.push_str(&format!("To: <{}>\r\n", report.sender));
     let any = |action| report.recipients.iter().any(|n| n.action == action);
     let subject = if any(Action::Failed) {
         "Undelivered Mail Returned to Sender"
@@ -122,26 +175,11 @@ pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
     } else {
         "Successful Mail Delivery Report"
     };
-    out.push_str(&format!("Subject: {subject}\r\n"));
-    out.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
-    out.push_str(&format!(
-        "Message-ID: <{}@{}>\r\n",
-        random_token()?,
-        report.hostname
-    ));
-    out.push_str("Auto-Submitted: auto-replied\r\n");
-    out.push_str("MIME-Version: 1.0\r\n");
-    out.push_str(&format!(
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
-    ));
 
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ));
-    out.push_str(&format!(
+    let mut text = format!(
         "This is the mail system at {}.\r\n\r\nHere is the status of your message:\r\n\r\n",
         report.hostname
-    ));
+    );
     for notice in report.recipients {
         let what = match notice.action {
             Action::Failed => "could not be delivered".to_string(),
@@ -154,48 +192,42 @@ pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
             }
             Action::Delivered => "delivered to the mailbox".to_string(),
         };
-        out.push_str(&format!(
+        text.push_str(&format!(
             "<{}>: {what}: {}\r\n",
             notice.address,
             one_line(&notice.diagnostic)
         ));
     }
-    out.push_str("\r\n");
 
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-    ));
-    out.push_str(&format!("Reporting-MTA: dns; {}\r\n", report.hostname));
+    let mut status = format!("Reporting-MTA: dns; {}\r\n", report.hostname);
     if let Some(envid) = report.envid {
         // Kept as xtext in the queue; shown decoded, as Postfix does (RFC 3464 2.2.1 *text).
         let envid = sealmail_types::xtext::decode(envid);
-        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(&envid)));
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(&envid)));
     }
-    out.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(report.arrival)));
+    status.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(report.arrival)));
     for notice in report.recipients {
-        out.push_str("\r\n");
+        status.push_str("\r\n");
         if let Some(orcpt) = &notice.orcpt {
             let orcpt = sealmail_types::xtext::decode(orcpt);
-            out.push_str(&format!("Original-Recipient: {}\r\n", one_line(&orcpt)));
+            status.push_str(&format!("Original-Recipient: {}\r\n", one_line(&orcpt)));
         }
-        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", notice.address));
-        out.push_str(&format!("Action: {}\r\n", notice.action.name()));
-        out.push_str(&format!("Status: {}\r\n", one_line(&notice.status)));
+        status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", notice.address));
+        status.push_str(&format!("Action: {}\r\n", notice.action.name()));
+        status.push_str(&format!("Status: {}\r\n", one_line(&notice.status)));
         if let Some(mta) = &notice.remote_mta {
-            out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(mta)));
+            status.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(mta)));
         }
-        out.push_str(&format!(
+        status.push_str(&format!(
             "Diagnostic-Code: smtp; {}\r\n",
             one_line(&notice.diagnostic)
         ));
-        out.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc5322_date(now)));
+        status.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc5322_date(now)));
         if let Some(until) = notice.will_retry_until {
-            out.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
+            status.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
         }
     }
-    out.push_str("\r\n");
 
-    let mut message = out.into_bytes();
     // RFC 3461 4.3: RET=FULL asks for the whole message in a failure notice only.
     let (kind, original) = if report.ret_full && any(Action::Failed) {
         ("message/rfc822", report.original)
@@ -203,13 +235,32 @@ pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
         let end = find_header_end(report.original).unwrap_or(report.original.len());
         ("text/rfc822-headers", &report.original[..end])
     };
-    message.extend_from_slice(format!("--{boundary}\r\nContent-Type: {kind}\r\n\r\n").as_bytes());
-    message.extend_from_slice(original);
-    if !original.ends_with(b"\r\n") {
-        message.extend_from_slice(b"\r\n");
-    }
-    message.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    Ok(message)
+
+    // A raw Content-Type: mail-builder quotes every parameter value, and the field is written
+    // as Postfix writes it, `report-type=delivery-status` (a token needs no quotes). The
+    // boundary is ours, random: mail-builder's own is derived from the clock, and the original
+    // message (the sender's text) goes inside this one.
+    let content_type = format!("multipart/report; report-type=delivery-status; boundary=\"{boundary}\"");
+    let body = MimePart::raw(vec![
+        MimePart::new("text/plain", text),
+        verbatim_part("message/delivery-status", status.into_bytes()),
+        verbatim_part(kind, original.to_vec()),
+    ])
+    .header("Content-Type", Raw::new(content_type));
+    generated_message(
+        Generated {
+            from: Address::new_address(
+                Some("Mail Delivery System"),
+                format!("MAILER-DAEMON@{}", report.hostname),
+            ),
+            to: Address::new_address(None::<&str>, report.sender),
+            subject: subject.to_string(),
+            id_domain: report.hostname,
+            auto_submitted: "auto-replied",
+        },
+        Vec::new(),
+        body,
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +421,217 @@ mod tests {
                 "RET=FULL returns the body with failures only:\n{text}"
             );
         }
+        Ok(())
+    }
+
+    /// Every line ends in CRLF and is at most 998 octets long (RFC 5322 2.1.1, 2.3).
+    fn assert_wire_form(message: &[u8]) {
+        assert!(message.ends_with(b"\r\n"));
+        for line in message.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            assert!(!line.contains(&b'\r'), "a bare CR");
+            assert!(line.len() <= 998, "a line of {} octets", line.len());
+        }
+        let bare_lf = message
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || message[i - 1] != b'\r'));
+        assert!(!bare_lf, "a bare LF");
+    }
+
+    /// The parts of a parsed multipart message: content type and subtype, and the part.
+    fn parts<'m>(
+        parsed: &'m mail_parser::Message<'m>,
+    ) -> Result<Vec<(String, &'m mail_parser::MessagePart<'m>)>, String> {
+        use mail_parser::MimeHeaders as _;
+        let ids = parsed.root_part().sub_parts().ok_or("not multipart")?;
+        let mut parts = Vec::new();
+        for &id in ids {
+            let part = parsed.part(id).ok_or("a missing part")?;
+            let kind = part.content_type().ok_or("a part without a type")?;
+            let kind = format!("{}/{}", kind.ctype(), kind.subtype().unwrap_or_default());
+            parts.push((kind, part));
+        }
+        Ok(parts)
+    }
+
+    fn report<'a>(recipients: &'a [Notice], original: &'a [u8], ret_full: bool) -> Report<'a> {
+        Report {
+            hostname: "mail.a.test",
+            sender: "alice@a.test",
+            envid: Some("env-1"),
+            ret_full,
+            arrival: 1_764_000_000,
+            recipients,
+            original,
+        }
+    }
+
+    fn notice(address: &str, action: Action, status: &str, diagnostic: &str) -> Notice {
+        Notice {
+            address: address.into(),
+            orcpt: None,
+            action,
+            status: status.into(),
+            diagnostic: diagnostic.into(),
+            remote_mta: None,
+            will_retry_until: (action == Action::Delayed).then_some(1_764_432_000),
+        }
+    }
+
+    /// RFC 3464 2 and RFC 6522: `multipart/report; report-type=delivery-status` of three parts,
+    /// the human-readable text, the `message/delivery-status` fields (per message, then one
+    /// group per recipient) and the original header section; with the header fields of a
+    /// message the server writes itself (RFC 3834 5 Auto-Submitted).
+    #[test]
+    fn the_notice_is_a_three_part_report_with_a_field_group_per_recipient() -> Result<(), String> {
+        use mail_parser::MimeHeaders as _;
+        let original = b"From: alice@a.test\r\nSubject: hello\r\n\r\nsecret body\r\n";
+        let recipients = [
+            Notice {
+                orcpt: Some("rfc822;bob@b.test".into()),
+                remote_mta: Some("mx.b.test".into()),
+                ..notice("bob@b.test", Action::Failed, "5.1.1", "550 5.1.1 no such user")
+            },
+            notice("carol@c.test", Action::Delayed, "4.4.1", "connection refused"),
+        ];
+        let dsn = build(&report(&recipients, original, false)).map_err(|e| e.to_string())?;
+        assert_wire_form(&dsn);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&dsn)
+            .ok_or("the DSN does not parse")?;
+        let content_type = parsed.content_type().ok_or("no content type")?;
+        assert_eq!(
+            (content_type.ctype(), content_type.subtype()),
+            ("multipart", Some("report"))
+        );
+        assert_eq!(content_type.attribute("report-type"), Some("delivery-status"));
+        assert_eq!(
+            parsed.header_raw("Auto-Submitted").map(str::trim),
+            Some("auto-replied")
+        );
+        assert_eq!(parsed.subject(), Some("Undelivered Mail Returned to Sender"));
+        let from = parsed.from().and_then(|a| a.first()).ok_or("no From")?;
+        assert_eq!(from.address(), Some("MAILER-DAEMON@mail.a.test"));
+        assert_eq!(from.name(), Some("Mail Delivery System"));
+        let to = parsed.to().and_then(|a| a.first()).ok_or("no To")?;
+        assert_eq!(to.address(), Some("alice@a.test"));
+        assert!(
+            parsed.message_id().is_some_and(|id| id.ends_with("@mail.a.test")),
+            "{:?}",
+            parsed.message_id()
+        );
+        let date = parsed.date().ok_or("no Date")?.to_timestamp();
+        assert!((now_unix() - date).abs() < 60, "{date}");
+
+        let parts = parts(&parsed)?;
+        let kinds: Vec<&str> = parts.iter().map(|(kind, _)| kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+        );
+        let text = parts[0].1.text_contents().ok_or("no text")?;
+        assert!(text.contains("<bob@b.test>: could not be delivered: 550 5.1.1 no such user"));
+        assert!(text.contains("<carol@c.test>: not delivered yet"), "{text}");
+
+        // The fields, as a machine reads them: 7bit, one group per recipient (RFC 3464 2.1).
+        let status = parts[1].1;
+        assert_eq!(status.content_transfer_encoding(), Some("7bit"));
+        let status = std::str::from_utf8(status.contents()).map_err(|e| e.to_string())?;
+        let groups: Vec<&str> = status.trim_end().split("\r\n\r\n").collect();
+        let [message, bob, carol] = groups[..] else {
+            return Err(format!("three field groups expected:\n{status}"));
+        };
+        assert!(
+            message.starts_with("Reporting-MTA: dns; mail.a.test\r\n"),
+            "{message}"
+        );
+        assert!(message.contains("Original-Envelope-Id: env-1\r\n"), "{message}");
+        assert!(
+            message.contains("Arrival-Date: Mon, 24 Nov 2025 16:00:00 +0000"),
+            "{message}"
+        );
+        for (group, fields) in [
+            (
+                bob,
+                &[
+                    "Original-Recipient: rfc822;bob@b.test",
+                    "Final-Recipient: rfc822; bob@b.test",
+                    "Action: failed",
+                    "Status: 5.1.1",
+                    "Remote-MTA: dns; mx.b.test",
+                    "Diagnostic-Code: smtp; 550 5.1.1 no such user",
+                    "Last-Attempt-Date: ",
+                ][..],
+            ),
+            (
+                carol,
+                &[
+                    "Final-Recipient: rfc822; carol@c.test",
+                    "Action: delayed",
+                    "Status: 4.4.1",
+                    "Diagnostic-Code: smtp; connection refused",
+                    "Will-Retry-Until: Sat, 29 Nov 2025 16:00:00 +0000",
+                ][..],
+            ),
+        ] {
+            let lines: Vec<&str> = group.split("\r\n").collect();
+            for field in fields {
+                assert!(
+                    lines.iter().any(|l| l.starts_with(field)),
+                    "{field} missing:\n{group}"
+                );
+            }
+        }
+
+        let headers = parts[2].1;
+        assert_eq!(headers.contents(), b"From: alice@a.test\r\nSubject: hello\r\n");
+        Ok(())
+    }
+
+    /// RET=FULL and a failure: the whole message comes back as `message/rfc822`, byte for byte
+    /// and never encoded (RFC 2046 5.2.1), 8bit when it is UTF-8.
+    #[test]
+    fn ret_full_returns_the_message_itself_unencoded() -> Result<(), String> {
+        use mail_parser::MimeHeaders as _;
+        let original =
+            "Subject: héllo\r\n\r\nsecret bödy, a long line: ".to_string() + &"x".repeat(200) + "\r\n";
+        let recipients = [notice("bob@b.test", Action::Failed, "5.1.1", "no such user")];
+        let dsn = build(&report(&recipients, original.as_bytes(), true)).map_err(|e| e.to_string())?;
+        assert_wire_form(&dsn);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&dsn)
+            .ok_or("the DSN does not parse")?;
+        let parts = parts(&parsed)?;
+        let (kind, returned) = parts.get(2).ok_or("no third part")?;
+        assert_eq!(kind, "message/rfc822");
+        assert_eq!(returned.content_transfer_encoding(), Some("8bit"));
+        assert_eq!(returned.contents(), original.as_bytes());
+        let inner = returned.message().ok_or("not a message")?;
+        assert_eq!(inner.subject(), Some("héllo"));
+        Ok(())
+    }
+
+    /// A diagnostic at its longest (bounded by `one_line`) keeps every line within 998
+    /// octets; the fields stay unencoded and say 8bit when the server answered in UTF-8.
+    #[test]
+    fn long_and_utf8_diagnostics_stay_readable_within_the_line_limit() -> Result<(), String> {
+        use mail_parser::MimeHeaders as _;
+        let diagnostic = "550 ".to_string() + &"ü".repeat(3000);
+        let recipients = [notice("bob@b.test", Action::Failed, "5.0.0", &diagnostic)];
+        let dsn = build(&report(&recipients, b"Subject: x\r\n\r\n", false)).map_err(|e| e.to_string())?;
+        assert_wire_form(&dsn);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&dsn)
+            .ok_or("the DSN does not parse")?;
+        let parts = parts(&parsed)?;
+        let status = parts.get(1).ok_or("no status part")?.1;
+        assert_eq!(status.content_transfer_encoding(), Some("8bit"));
+        let status = std::str::from_utf8(status.contents()).map_err(|e| e.to_string())?;
+        assert!(status.contains("Diagnostic-Code: smtp; 550 üüü"), "{status}");
+        // The text part is mail-builder's to encode; it reads back as written.
+        let text = parts[0].1.text_contents().ok_or("no text")?;
+        assert!(text.contains(&one_line(&diagnostic)), "{text}");
         Ok(())
     }
 }
