@@ -10,11 +10,13 @@
 //! header fields, the MIME structure through mail-builder), which the TLS reports of the
 //! delivery crate use too.
 
+use std::borrow::Cow;
+
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::raw::Raw;
-use mail_builder::mime::MimePart;
+use mail_builder::mime::{BodyPart, MimePart};
 use sealmail_store::{NewMessage, Recipient, Store, StoreError};
 use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;
@@ -158,9 +160,11 @@ pub fn generated_message<'x>(
 /// `message/delivery-status` is registered as 7bit (RFC 3464 6.2), and `text/rfc822-headers`
 /// is the header section as it was (RFC 6522). A declared encoding makes mail-builder write
 /// the body as given.
-fn verbatim_part<'x>(content_type: &'x str, body: Vec<u8>) -> MimePart<'x> {
+fn verbatim_part<'x>(content_type: &'x str, body: impl Into<Cow<'x, [u8]>>) -> MimePart<'x> {
+    // Borrowed where it can be: the returned original may be as large as any message.
+    let body = body.into();
     let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
-    MimePart::new(content_type, body).transfer_encoding(encoding)
+    MimePart::new(content_type, BodyPart::Binary(body)).transfer_encoding(encoding)
 }
 
 /// The notification message, CRLF line ends.
@@ -244,7 +248,7 @@ pub fn build(report: &Report<'_>) -> Result<Vec<u8>, NoRandomness> {
     let body = MimePart::raw(vec![
         MimePart::new("text/plain", text),
         verbatim_part("message/delivery-status", status.into_bytes()),
-        verbatim_part(kind, original.to_vec()),
+        verbatim_part(kind, original),
     ])
     .header("Content-Type", Raw::new(content_type));
     generated_message(

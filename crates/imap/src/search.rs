@@ -201,11 +201,29 @@ fn search_day(date: &imap_codec::imap_types::datetime::NaiveDate) -> Option<i64>
     Some(unix_day(midnight.and_utc().timestamp()))
 }
 
-/// The day number (as [`unix_day`]) of a message's Date: header, as written (its own zone).
+/// The day number (as [`unix_day`]) of a message's Date: header, as written (its own zone);
+/// None for a date that does not exist. Any year mail-parser reads (up to 65535) counts:
+/// `time` stops at 9999, so this is the civil-from-days arithmetic (H. Hinnant's) in i64.
 fn sent_day(date: &mail_parser::DateTime) -> Option<i64> {
-    let month = time::Month::try_from(date.month).ok()?;
-    let day = time::Date::from_calendar_date(i32::from(date.year), month, date.day).ok()?;
-    Some(unix_day(day.midnight().assume_utc().unix_timestamp()))
+    let (year, month, day) = (i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) {
+        return None;
+    }
+    // Years start in March here, so that the leap day is the last day of a year.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some(era * 146_097 + day_of_era - 719_468)
 }
 
 /// Whether a header field `name` is present with a value that contains the needle, raw
@@ -398,6 +416,37 @@ mod tests {
         assert_eq!(sent_day(&sent), search_day(&search_date("SENTON 4-Dec-2026")));
         let impossible = mail_parser::DateTime { month: 13, ..sent };
         assert_eq!(sent_day(&impossible), None);
+        let day = |year, month, day| {
+            sent_day(&mail_parser::DateTime {
+                year,
+                month,
+                day,
+                ..sent
+            })
+        };
+        assert_eq!(day(1970, 1, 1), Some(0));
+        assert_eq!(day(1969, 12, 31), Some(-1));
+        assert_eq!(day(2000, 3, 1), Some(11_017));
+        assert_eq!(day(2024, 2, 29).zip(day(2024, 3, 1)).map(|(a, b)| b - a), Some(1));
+        assert_eq!(day(2023, 2, 29), None, "not a leap year");
+        assert_eq!(day(1900, 2, 29), None, "not a leap year");
+        assert_eq!(day(2026, 4, 31), None);
+        assert_eq!(day(2026, 1, 0), None);
+        // Years past 9999 still count (a sender cannot make a message drop out of SENTSINCE).
+        assert!(day(20_000, 1, 1) > day(9999, 12, 31));
+        assert_eq!(day(65_535, 12, 31).map(|d| d > 0), Some(true));
+        // Every day of a few years is one more than the day before.
+        let mut previous = day(1999, 12, 31);
+        for year in 2000..2005 {
+            for month in 1..=12 {
+                for d in 1..=31 {
+                    if let Some(this) = day(year, month, d) {
+                        assert_eq!(previous.map(|p| p + 1), Some(this), "{year}-{month}-{d}");
+                        previous = Some(this);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
