@@ -243,7 +243,7 @@ pub struct DueMessage {
     pub recipients: Vec<DueRecipient>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueRecipient {
     /// The recipient's row, for [`Store::record_outcomes`].
     pub id: i64,
@@ -274,7 +274,7 @@ pub enum RecipientOutcome {
 }
 
 /// One TLS outcome of a delivery attempt, counted per day for TLS-RPT (RFC 8460).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TlsResult {
     pub policy_domain: String,
     /// `sts`, `tlsa` or `no-policy-found`.
@@ -286,15 +286,16 @@ pub struct TlsResult {
 }
 
 /// A day's count of one [`TlsResult`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TlsResultCount {
     /// UTC date, YYYY-MM-DD.
     pub day: String,
+    #[sqlx(flatten)]
     pub result: TlsResult,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct QueueRecipientState {
     pub address: String,
     pub status: String,
@@ -319,7 +320,7 @@ pub enum Recipient {
 }
 
 /// A ban of a client address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Ban {
     pub id: i64,
     /// An IP address, or an IPv6 network in CIDR form.
@@ -331,7 +332,7 @@ pub struct Ban {
 }
 
 /// One entry of the security event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SecurityEvent {
     pub at: i64,
     pub kind: String,

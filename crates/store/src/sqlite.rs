@@ -21,14 +21,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
 mod mailboxes;
 mod queue;
-use mailboxes::{Watchers, mailbox_columns, mailbox_from_row, message_columns, message_from_row};
+use mailboxes::{MailboxRow, Watchers, mailbox_columns};
 
 use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, Recipient, SecurityEvent};
 use crate::{
@@ -507,7 +507,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
                 return Err(StoreError::UnknownDomain(address.domain().clone()));
             };
             let now = now_unix();
-            let inserted = sqlx::query(
+            let inserted: Result<i64, _> = sqlx::query_scalar(
                 "INSERT INTO accounts (domain_id, address, password_hash, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
             )
             .bind(domain)
@@ -516,11 +516,11 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .bind(now)
             .fetch_one(&mut *conn)
             .await;
-            let id: i64 = match inserted {
+            let id = match inserted {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(StoreError::Duplicate(format!("user {address}")));
                 }
-                other => other?.try_get("id")?,
+                other => other?,
             };
             // RFC 3501 2.3.1.1: a UIDVALIDITY that never repeats for a re-created mailbox.
             let uid_validity = mailboxes::next_uid_validity(conn, now).await?;
@@ -928,14 +928,25 @@ fn unexpected(done: WriteDone) -> StoreError {
     )))
 }
 
-fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Account, StoreError> {
-    let address: String = row.try_get("address")?;
-    Ok(Account {
-        id: AccountId(row.try_get("id")?),
-        address: EmailAddress::parse(&address)
-            .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
-        password_hash: row.try_get("password_hash")?,
-    })
+/// An `accounts` row as SQLite stores it; the address is parsed again on the way out.
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    id: i64,
+    address: String,
+    password_hash: String,
+}
+
+impl TryFrom<AccountRow> for Account {
+    type Error = StoreError;
+
+    fn try_from(row: AccountRow) -> Result<Account, StoreError> {
+        Ok(Account {
+            id: AccountId(row.id),
+            address: EmailAddress::parse(&row.address)
+                .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+            password_hash: row.password_hash,
+        })
+    }
 }
 
 #[async_trait]
@@ -969,7 +980,7 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Recipient, StoreError> {
-        let row = sqlx::query(
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT a.id AS account_id, m.id AS inbox_id FROM domains d \
              LEFT JOIN accounts a ON a.domain_id = d.id AND a.address = ?2 \
              LEFT JOIN mailboxes m ON m.account_id = a.id AND m.name = 'INBOX' \
@@ -979,11 +990,9 @@ impl Store for SqliteStore {
         .bind(address.to_string())
         .fetch_optional(&self.readers)
         .await?;
-        let Some(row) = row else {
+        let Some((account, inbox)) = row else {
             return Ok(Recipient::NotLocal);
         };
-        let account: Option<i64> = row.try_get("account_id")?;
-        let inbox: Option<i64> = row.try_get("inbox_id")?;
         Ok(match (account, inbox) {
             (Some(account), Some(inbox)) => Recipient::Local {
                 account: AccountId(account),
@@ -1031,15 +1040,13 @@ impl Store for SqliteStore {
     }
 
     async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError> {
-        let row = sqlx::query(
+        let (expected, data): (Vec<u8>, Vec<u8>) = sqlx::query_as(
             "SELECT b.sha256, b.data FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE q.id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.readers)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
-        let expected: Vec<u8> = row.try_get("sha256")?;
-        let data: Vec<u8> = row.try_get("data")?;
         let actual = sha256_hex(&data);
         if actual.as_bytes() != expected {
             let error = StoreError::QueueIntegrity {
@@ -1161,19 +1168,21 @@ impl Store for SqliteStore {
     }
 
     async fn account(&self, address: &EmailAddress) -> Result<Option<Account>, StoreError> {
-        let row = sqlx::query("SELECT id, address, password_hash FROM accounts WHERE address = ?1")
-            .bind(address.to_string())
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(account_from_row).transpose()
+        let row: Option<AccountRow> =
+            sqlx::query_as("SELECT id, address, password_hash FROM accounts WHERE address = ?1")
+                .bind(address.to_string())
+                .fetch_optional(&self.readers)
+                .await?;
+        row.map(Account::try_from).transpose()
     }
 
     async fn account_by_id(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        let row = sqlx::query("SELECT id, address, password_hash FROM accounts WHERE id = ?1")
-            .bind(id.0)
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(account_from_row).transpose()
+        let row: Option<AccountRow> =
+            sqlx::query_as("SELECT id, address, password_hash FROM accounts WHERE id = ?1")
+                .bind(id.0)
+                .fetch_optional(&self.readers)
+                .await?;
+        row.map(Account::try_from).transpose()
     }
 
     async fn credentials_generation(&self) -> Result<i64, StoreError> {
@@ -1186,14 +1195,15 @@ impl Store for SqliteStore {
     }
 
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
-        let rows = sqlx::query("SELECT id, address, password_hash FROM accounts ORDER BY address")
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(account_from_row).collect()
+        let rows: Vec<AccountRow> =
+            sqlx::query_as("SELECT id, address, password_hash FROM accounts ORDER BY address")
+                .fetch_all(&self.readers)
+                .await?;
+        rows.into_iter().map(Account::try_from).collect()
     }
 
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
-        let rows = sqlx::query(concat!(
+        let rows: Vec<MailboxRow> = sqlx::query_as(concat!(
             "SELECT ",
             mailbox_columns!(),
             " FROM mailboxes WHERE account_id = ?1 ORDER BY id"
@@ -1201,7 +1211,7 @@ impl Store for SqliteStore {
         .bind(account.0)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(mailbox_from_row).collect()
+        Ok(rows.into_iter().map(Mailbox::from).collect())
     }
 
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
@@ -1218,15 +1228,7 @@ impl Store for SqliteStore {
     }
 
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid"
-        ))
-        .bind(mailbox.0)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(message_from_row).collect()
+        mailboxes::all_messages(&self.readers, mailbox).await
     }
 
     async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError> {
@@ -1371,12 +1373,12 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT m.id, b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id IN ({list})"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(id.0);
             }
-            for row in query.fetch_all(&self.readers).await? {
-                found.insert(row.try_get("id")?, (row.try_get("sha256")?, row.try_get("data")?));
+            for (id, sha256, data) in query.fetch_all(&self.readers).await? {
+                found.insert(id, (sha256, data));
             }
         }
         Ok(messages
@@ -1389,15 +1391,14 @@ impl Store for SqliteStore {
     }
 
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError> {
-        let row = sqlx::query(
+        let (expected, data): (Vec<u8>, Vec<u8>) = sqlx::query_as(
             "SELECT b.sha256, b.data FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.id = ?1",
         )
         .bind(message.0)
         .fetch_optional(&self.readers)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
-        let expected: Vec<u8> = row.try_get("sha256")?;
-        verified(message, &expected, row.try_get("data")?)
+        verified(message, &expected, data)
     }
 
     async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError> {
@@ -1414,24 +1415,12 @@ impl Store for SqliteStore {
     }
 
     async fn active_bans(&self, now: i64) -> Result<Vec<Ban>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, address, created_at, until, level, reason FROM bans WHERE lifted = 0 AND until > ?1 ORDER BY id",
         )
         .bind(now)
         .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Ban {
-                    id: r.try_get("id")?,
-                    address: r.try_get("address")?,
-                    created_at: r.try_get("created_at")?,
-                    until: r.try_get("until")?,
-                    level: r.try_get("level")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     async fn last_ban_level(&self, address: &str, since: i64) -> Result<i64, StoreError> {
@@ -1469,26 +1458,14 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT at, kind, address, account, listener, detail FROM security_events \
              WHERE at >= ?1 AND (?2 IS NULL OR address = ?2) ORDER BY id",
         )
         .bind(since)
         .bind(address)
         .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SecurityEvent {
-                    at: r.try_get("at")?,
-                    kind: r.try_get("kind")?,
-                    address: r.try_get("address")?,
-                    account: r.try_get("account")?,
-                    listener: r.try_get("listener")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     async fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {

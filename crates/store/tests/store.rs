@@ -845,3 +845,204 @@ async fn the_credentials_generation_moves_on_password_changes_and_removals_only(
     assert_eq!(store.account_by_id(alice.id).await?, None);
     Ok(())
 }
+
+/// Every read the store maps from rows, checked field by field against what was written:
+/// recipients, the outbound queue and its due recipients, bans, security events, TLS results
+/// and message bytes.
+#[tokio::test]
+async fn what_is_written_reads_back_field_by_field() -> TestResult {
+    use sealmail_store::{
+        AcceptedMessage, DueMessage, DueRecipient, OutboundCopy, QueueEntry, QueueRecipient,
+        QueueRecipientState, Recipient, RecipientOutcome, SecurityEvent, TlsResult, TlsResultCount,
+    };
+    let dir = tempfile::tempdir()?;
+    let (store, inbox) = store_with_alice(dir.path()).await?;
+
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    assert_eq!(
+        store.resolve_recipient(&address("alice@example.test")?).await?,
+        Recipient::Local {
+            account: alice.id,
+            inbox
+        }
+    );
+    assert_eq!(
+        store.resolve_recipient(&address("bob@example.test")?).await?,
+        Recipient::UnknownUser
+    );
+    assert_eq!(
+        store.resolve_recipient(&address("bob@elsewhere.test")?).await?,
+        Recipient::NotLocal
+    );
+    assert_eq!(store.list_accounts().await?, vec![alice.clone()]);
+    assert_eq!(store.account_by_id(alice.id).await?, Some(alice));
+
+    let stored = store.store_message(message("one", inbox)).await?;
+    let ids: Vec<_> = stored.iter().map(|m| m.id).collect();
+    let read = store
+        .read_messages(&[ids[0], sealmail_types::MessageId(999_999)])
+        .await?;
+    assert_eq!(read[0].as_ref().ok(), Some(&message("one", inbox).content));
+    assert!(matches!(read[1], Err(StoreError::NotFound(_))));
+    assert_eq!(store.messages(inbox).await?, stored);
+
+    let outbound = OutboundCopy {
+        content: b"Subject: out\r\n\r\nbody\r\n".to_vec(),
+        sender: "alice@example.test".into(),
+        recipients: vec![
+            QueueRecipient {
+                address: address("carol@remote.test")?,
+                dsn_notify: Some("SUCCESS,FAILURE".into()),
+                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            },
+            QueueRecipient {
+                address: address("dave@other.test")?,
+                dsn_notify: None,
+                dsn_orcpt: None,
+            },
+        ],
+        dsn_envid: Some("env-1".into()),
+        dsn_ret: Some("HDRS".into()),
+        require_tls: true,
+    };
+    let accepted = store
+        .accept_message(AcceptedMessage {
+            local: None,
+            outbound: Some(outbound.clone()),
+        })
+        .await?;
+    let id = accepted.queue_id.ok_or("not queued")?;
+    assert_eq!(store.queued_content(id).await?, outbound.content);
+
+    let due = store.due_messages(i64::MAX, 10).await?;
+    let [
+        DueMessage {
+            id: due_id,
+            sender,
+            created_at,
+            require_tls: true,
+            dsn_envid,
+            dsn_ret,
+            recipients,
+        },
+    ] = due.as_slice()
+    else {
+        return Err(format!("{due:?}").into());
+    };
+    assert_eq!((*due_id, sender.as_str()), (id, "alice@example.test"));
+    assert_eq!(
+        (dsn_envid.as_deref(), dsn_ret.as_deref()),
+        (Some("env-1"), Some("HDRS"))
+    );
+    let [carol, dave] = recipients.as_slice() else {
+        return Err(format!("{recipients:?}").into());
+    };
+    assert_eq!(
+        carol,
+        &DueRecipient {
+            id: carol.id,
+            address: "carol@remote.test".into(),
+            domain: "remote.test".into(),
+            attempts: 0,
+            dsn_notify: Some("SUCCESS,FAILURE".into()),
+            dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            delay_warned: false,
+        }
+    );
+    assert_eq!(
+        (dave.domain.as_str(), dave.dsn_notify.as_deref()),
+        ("other.test", None)
+    );
+    assert_eq!(store.due_messages(i64::MAX, 1).await?[0].recipients.len(), 1);
+
+    let outcome = RecipientOutcome::Deferred {
+        error: "451 later".into(),
+        next_attempt_at: created_at + 600,
+        delay_warned: true,
+    };
+    store.record_outcomes(id, vec![(dave.id, outcome)]).await?;
+    let entry = store.queue_entry(id).await?.ok_or("no entry")?;
+    let expected = QueueEntry {
+        id,
+        sender: "alice@example.test".into(),
+        size: outbound.content.len() as u64,
+        created_at: *created_at,
+        require_tls: true,
+        recipients: vec![
+            QueueRecipientState {
+                address: "carol@remote.test".into(),
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: *created_at,
+                last_error: None,
+                dsn_notify: Some("SUCCESS,FAILURE".into()),
+                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            },
+            QueueRecipientState {
+                address: "dave@other.test".into(),
+                status: "pending".into(),
+                attempts: 1,
+                next_attempt_at: created_at + 600,
+                last_error: Some("451 later".into()),
+                dsn_notify: None,
+                dsn_orcpt: None,
+            },
+        ],
+    };
+    assert_eq!(entry, expected);
+    assert_eq!(store.queue().await?, vec![expected]);
+    assert_eq!(store.queue_entry(id + 1).await?, None);
+
+    let ban = store.add_ban("192.0.2.7", 2_000, 2, "password guessing").await?;
+    assert_eq!(
+        (ban.address.as_str(), ban.until, ban.level, ban.reason.as_str()),
+        ("192.0.2.7", 2_000, 2, "password guessing")
+    );
+    store.add_ban("192.0.2.8", 500, 1, "spent").await?;
+    assert_eq!(store.active_bans(1_000).await?, vec![ban.clone()]);
+
+    let event = SecurityEvent {
+        at: 1_234,
+        kind: "login-failed".into(),
+        address: Some("192.0.2.7".into()),
+        account: Some("alice@example.test".into()),
+        listener: None,
+        detail: Some("wrong password".into()),
+    };
+    store.record_event(event.clone()).await?;
+    store
+        .record_event(SecurityEvent {
+            address: Some("192.0.2.9".into()),
+            ..event.clone()
+        })
+        .await?;
+    assert_eq!(store.events(0, Some("192.0.2.7")).await?, vec![event.clone()]);
+    assert_eq!(store.events(0, None).await?.len(), 2);
+    assert!(store.events(1_235, None).await?.is_empty());
+
+    let result = TlsResult {
+        policy_domain: "remote.test".into(),
+        policy_type: "sts".into(),
+        mx_host: "mx.remote.test".into(),
+        result_type: "success".into(),
+        detail: "".into(),
+    };
+    store.record_tls_result(result.clone()).await?;
+    store.record_tls_result(result.clone()).await?;
+    let counts = store.tls_results().await?;
+    let [
+        TlsResultCount {
+            day,
+            result: got,
+            count: 2,
+        },
+    ] = counts.as_slice()
+    else {
+        return Err(format!("{counts:?}").into());
+    };
+    assert_eq!((day.len(), got), (10, &result));
+    Ok(())
+}

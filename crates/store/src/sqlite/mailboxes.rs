@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{Row, SqliteExecutor};
+use sqlx::SqliteExecutor;
+use sqlx::sqlite::SqliteConnection;
 use tokio::sync::watch;
 
 use sealmail_types::{AccountId, MailboxId, MessageId};
@@ -31,37 +31,63 @@ macro_rules! message_columns {
         "m.id, m.mailbox_id, m.uid, m.flags, m.internal_date, m.modseq, b.size, b.sha256"
     };
 }
-pub(super) use message_columns;
 
-pub(super) fn mailbox_from_row(row: &SqliteRow) -> Result<Mailbox, StoreError> {
-    Ok(Mailbox {
-        id: MailboxId(row.try_get("id")?),
-        account: AccountId(row.try_get("account_id")?),
-        name: row.try_get("name")?,
-        special_use: row.try_get("special_use")?,
-        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
-        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
-        subscribed: row.try_get::<i64, _>("subscribed")? != 0,
-        highest_modseq: row.try_get::<i64, _>("highest_modseq")? as u64,
-    })
+/// A row of [`mailbox_columns`], as SQLite stores it (INTEGER columns are i64).
+#[derive(sqlx::FromRow)]
+pub(super) struct MailboxRow {
+    id: i64,
+    account_id: i64,
+    name: String,
+    special_use: Option<String>,
+    uid_validity: i64,
+    uid_next: i64,
+    subscribed: i64,
+    highest_modseq: i64,
 }
 
-pub(super) fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
-    let sha: Vec<u8> = row.try_get("sha256")?;
-    Ok(StoredMessage {
-        id: MessageId(row.try_get("id")?),
-        mailbox: MailboxId(row.try_get("mailbox_id")?),
-        uid: row.try_get::<i64, _>("uid")? as u32,
-        size: row.try_get::<i64, _>("size")? as u64,
-        sha256: String::from_utf8_lossy(&sha).into_owned(),
-        internal_date: row.try_get("internal_date")?,
-        flags: flags_of(&row.try_get::<String, _>("flags")?),
-        modseq: row.try_get::<i64, _>("modseq")? as u64,
-    })
+impl From<MailboxRow> for Mailbox {
+    fn from(row: MailboxRow) -> Mailbox {
+        Mailbox {
+            id: MailboxId(row.id),
+            account: AccountId(row.account_id),
+            name: row.name,
+            special_use: row.special_use,
+            uid_validity: row.uid_validity as u32,
+            uid_next: row.uid_next as u32,
+            subscribed: row.subscribed != 0,
+            highest_modseq: row.highest_modseq as u64,
+        }
+    }
 }
 
-pub(super) fn flags_of(text: &str) -> Vec<String> {
-    text.split_ascii_whitespace().map(str::to_string).collect()
+/// A row of [`message_columns`], as SQLite stores it.
+#[derive(sqlx::FromRow)]
+pub(super) struct MessageRow {
+    id: i64,
+    mailbox_id: i64,
+    uid: i64,
+    /// Space-separated, in the order they were set.
+    flags: String,
+    internal_date: i64,
+    modseq: i64,
+    size: i64,
+    /// Lower-case hex, stored as bytes.
+    sha256: Vec<u8>,
+}
+
+impl From<MessageRow> for StoredMessage {
+    fn from(row: MessageRow) -> StoredMessage {
+        StoredMessage {
+            id: MessageId(row.id),
+            mailbox: MailboxId(row.mailbox_id),
+            uid: row.uid as u32,
+            size: row.size as u64,
+            sha256: String::from_utf8_lossy(&row.sha256).into_owned(),
+            internal_date: row.internal_date,
+            flags: row.flags.split_ascii_whitespace().map(str::to_string).collect(),
+            modseq: row.modseq as u64,
+        }
+    }
 }
 
 /// Wakes the sessions watching a mailbox after a commit that changed it.
@@ -135,7 +161,7 @@ pub(super) async fn find_mailbox<'e>(
     name: &str,
 ) -> Result<Option<Mailbox>, StoreError> {
     let name = if is_inbox(name) { "INBOX" } else { name };
-    let row = sqlx::query(concat!(
+    let row: Option<MailboxRow> = sqlx::query_as(concat!(
         "SELECT ",
         mailbox_columns!(),
         " FROM mailboxes WHERE account_id = ?1 AND name = ?2"
@@ -144,7 +170,23 @@ pub(super) async fn find_mailbox<'e>(
     .bind(name)
     .fetch_optional(executor)
     .await?;
-    row.as_ref().map(mailbox_from_row).transpose()
+    Ok(row.map(Mailbox::from))
+}
+
+/// Every message of the mailbox, in UID order.
+pub(super) async fn all_messages<'e>(
+    executor: impl SqliteExecutor<'e>,
+    mailbox: MailboxId,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let rows: Vec<MessageRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid"
+    ))
+    .bind(mailbox.0)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(StoredMessage::from).collect())
 }
 
 pub(super) async fn create(
@@ -167,7 +209,7 @@ pub(super) async fn create(
     }
     let uid_validity = next_uid_validity(conn, now).await?;
     // CREATE does not subscribe (RFC 3501 6.3.3); a name still subscribed from before is.
-    let row = sqlx::query(concat!(
+    let row: MailboxRow = sqlx::query_as(concat!(
         "INSERT INTO mailboxes (account_id, name, uid_validity, subscribed) VALUES (?1, ?2, ?3, \
          EXISTS (SELECT 1 FROM subscriptions WHERE account_id = ?1 AND name = ?2)) RETURNING ",
         mailbox_columns!(),
@@ -178,7 +220,7 @@ pub(super) async fn create(
     .bind(uid_validity)
     .fetch_one(&mut *conn)
     .await?;
-    mailbox_from_row(&row)
+    Ok(row.into())
 }
 
 pub(super) async fn delete(
@@ -440,13 +482,17 @@ async fn messages_with_uids(
             ),
             placeholders(chunk.len(), 2)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
+        let mut query = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql)).bind(mailbox.0);
         for uid in chunk {
             query = query.bind(*uid as i64);
         }
-        for row in query.fetch_all(&mut *conn).await? {
-            out.push(message_from_row(&row)?);
-        }
+        out.extend(
+            query
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(StoredMessage::from),
+        );
     }
     out.sort_by_key(|m| m.uid);
     Ok(out)
@@ -537,18 +583,7 @@ pub(super) async fn expunge(
 ) -> Result<Vec<u32>, StoreError> {
     let candidates = match uids {
         Some(uids) => messages_with_uids(conn, mailbox, uids).await?,
-        None => {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages m JOIN blobs b ON b.id = m.blob_id \
-                 WHERE m.mailbox_id = ?1 ORDER BY m.uid"
-            ))
-            .bind(mailbox.0)
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.iter().map(message_from_row).collect::<Result<_, _>>()?
-        }
+        None => all_messages(&mut *conn, mailbox).await?,
     };
     let deleted: Vec<u32> = candidates
         .into_iter()
@@ -606,11 +641,39 @@ pub(super) async fn copy(
     Ok(copied)
 }
 
+/// The row [`status`] reads: the mailbox's counters and the counts over its messages.
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    messages: i64,
+    recent: i64,
+    unseen: i64,
+    deleted: i64,
+    size: i64,
+    uid_next: i64,
+    uid_validity: i64,
+    highest_modseq: i64,
+}
+
+impl From<StatusRow> for MailboxStatus {
+    fn from(row: StatusRow) -> MailboxStatus {
+        MailboxStatus {
+            messages: row.messages as u32,
+            recent: row.recent as u32,
+            unseen: row.unseen as u32,
+            deleted: row.deleted as u32,
+            size: row.size as u64,
+            uid_next: row.uid_next as u32,
+            uid_validity: row.uid_validity as u32,
+            highest_modseq: row.highest_modseq as u64,
+        }
+    }
+}
+
 pub(super) async fn status<'e>(
     executor: impl SqliteExecutor<'e>,
     mailbox: MailboxId,
 ) -> Result<MailboxStatus, StoreError> {
-    let row = sqlx::query(
+    let row: StatusRow = sqlx::query_as(
         "SELECT mb.uid_next, mb.uid_validity, mb.highest_modseq, \
            COUNT(m.id) AS messages, \
            COALESCE(SUM(CASE WHEN m.uid > mb.recent_uid THEN 1 ELSE 0 END), 0) AS recent, \
@@ -624,16 +687,7 @@ pub(super) async fn status<'e>(
     .fetch_optional(executor)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
-    Ok(MailboxStatus {
-        messages: row.try_get::<i64, _>("messages")? as u32,
-        recent: row.try_get::<i64, _>("recent")? as u32,
-        unseen: row.try_get::<i64, _>("unseen")? as u32,
-        deleted: row.try_get::<i64, _>("deleted")? as u32,
-        size: row.try_get::<i64, _>("size")? as u64,
-        uid_next: row.try_get::<i64, _>("uid_next")? as u32,
-        uid_validity: row.try_get::<i64, _>("uid_validity")? as u32,
-        highest_modseq: row.try_get::<i64, _>("highest_modseq")? as u64,
-    })
+    Ok(row.into())
 }
 
 pub(super) async fn changes_since(
@@ -650,7 +704,7 @@ pub(super) async fn changes_since(
             .fetch_optional(&mut *conn)
             .await?;
         let highest = highest.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
-        let rows = sqlx::query(concat!(
+        let rows: Vec<MessageRow> = sqlx::query_as(concat!(
             "SELECT ",
             message_columns!(),
             " FROM messages m JOIN blobs b ON b.id = m.blob_id \
@@ -660,7 +714,7 @@ pub(super) async fn changes_since(
         .bind(modseq as i64)
         .fetch_all(&mut *conn)
         .await?;
-        let changed = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        let changed = rows.into_iter().map(StoredMessage::from).collect();
         // From zero (a SELECT) nobody can need to hear of an expunge: skip the tombstones.
         let mut expunged: Vec<u32> = if modseq == 0 {
             Vec::new()

@@ -2,8 +2,7 @@
 //! the admin, and the per-day TLS results for TLS-RPT. A message leaves the queue in the commit
 //! that records its last recipient's final outcome, so a crash never loses one that is pending.
 
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
 use crate::{
     DueMessage, DueRecipient, QueueEntry, QueueRecipientState, RecipientOutcome, StoreError, TlsResult,
@@ -105,73 +104,66 @@ pub(super) async fn record_tls_result(
 }
 
 pub(super) async fn tls_results(readers: &SqlitePool) -> Result<Vec<TlsResultCount>, StoreError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT day, policy_domain, policy_type, mx_host, result_type, detail, count FROM tls_results ORDER BY day, policy_domain, policy_type, mx_host, result_type",
     )
     .fetch_all(readers)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(TlsResultCount {
-                day: r.try_get("day")?,
-                result: TlsResult {
-                    policy_domain: r.try_get("policy_domain")?,
-                    policy_type: r.try_get("policy_type")?,
-                    mx_host: r.try_get("mx_host")?,
-                    result_type: r.try_get("result_type")?,
-                    detail: r.try_get("detail")?,
-                },
-                count: r.try_get("count")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    .await?)
+}
+
+/// A `queue_messages` row with its size, as [`entries`] reads it.
+#[derive(sqlx::FromRow)]
+struct QueuedRow {
+    id: i64,
+    sender: String,
+    created_at: i64,
+    require_tls: bool,
+    size: i64,
 }
 
 pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<Vec<QueueEntry>, StoreError> {
-    let messages = sqlx::query(
+    let messages: Vec<QueuedRow> = sqlx::query_as(
         "SELECT q.id, q.sender, q.created_at, q.require_tls, b.size FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE ?1 IS NULL OR q.id = ?1 ORDER BY q.id",
     )
     .bind(only)
     .fetch_all(readers)
     .await?;
     let mut entries = Vec::with_capacity(messages.len());
-    for row in &messages {
-        let id: i64 = row.try_get("id")?;
-        let recipients = sqlx::query(
+    for row in messages {
+        let recipients: Vec<QueueRecipientState> = sqlx::query_as(
             "SELECT address, status, attempts, next_attempt_at, last_error, dsn_notify, dsn_orcpt FROM queue_recipients WHERE queue_id = ?1 ORDER BY id",
         )
-        .bind(id)
+        .bind(row.id)
         .fetch_all(readers)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(QueueRecipientState {
-                address: r.try_get("address")?,
-                status: r.try_get("status")?,
-                attempts: r.try_get("attempts")?,
-                next_attempt_at: r.try_get("next_attempt_at")?,
-                last_error: r.try_get("last_error")?,
-                dsn_notify: r.try_get("dsn_notify")?,
-                dsn_orcpt: r.try_get("dsn_orcpt")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .await?;
         entries.push(QueueEntry {
-            id,
-            sender: row.try_get("sender")?,
-            size: row.try_get::<i64, _>("size")? as u64,
-            created_at: row.try_get("created_at")?,
-            require_tls: row.try_get("require_tls")?,
+            id: row.id,
+            sender: row.sender,
+            size: row.size as u64,
+            created_at: row.created_at,
+            require_tls: row.require_tls,
             recipients,
         });
     }
     Ok(entries)
 }
 
+/// A due recipient with its message's columns, as [`due`] reads it.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    queue_id: i64,
+    sender: String,
+    created_at: i64,
+    require_tls: bool,
+    dsn_envid: Option<String>,
+    dsn_ret: Option<String>,
+    #[sqlx(flatten)]
+    recipient: DueRecipient,
+}
+
 pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
     // One query: the scheduler runs this several times a second while mail is in flight.
-    let rows = sqlx::query(
+    let rows: Vec<DueRow> = sqlx::query_as(
         "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt, r.delay_warned FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 ORDER BY q.id, r.id LIMIT ?2",
     )
     .bind(now)
@@ -179,34 +171,24 @@ pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Ve
     .fetch_all(readers)
     .await?;
     let mut due: Vec<DueMessage> = Vec::new();
-    for row in &rows {
-        let id: i64 = row.try_get("queue_id")?;
-        if due.last().is_none_or(|m| m.id != id) {
+    for row in rows {
+        if due.last().is_none_or(|m| m.id != row.queue_id) {
             due.push(DueMessage {
-                id,
-                sender: row.try_get("sender")?,
-                created_at: row.try_get("created_at")?,
-                require_tls: row.try_get("require_tls")?,
-                dsn_envid: row.try_get("dsn_envid")?,
-                dsn_ret: row.try_get("dsn_ret")?,
+                id: row.queue_id,
+                sender: row.sender,
+                created_at: row.created_at,
+                require_tls: row.require_tls,
+                dsn_envid: row.dsn_envid,
+                dsn_ret: row.dsn_ret,
                 recipients: Vec::new(),
             });
         }
         if let Some(message) = due.last_mut() {
-            message.recipients.push(due_recipient(row)?);
+            let mut recipient = row.recipient;
+            // The column has the domain as queued; DueRecipient promises it in lower case.
+            recipient.domain.make_ascii_lowercase();
+            message.recipients.push(recipient);
         }
     }
     Ok(due)
-}
-
-fn due_recipient(r: &SqliteRow) -> Result<DueRecipient, sqlx::Error> {
-    Ok(DueRecipient {
-        id: r.try_get("id")?,
-        address: r.try_get("address")?,
-        domain: r.try_get::<String, _>("domain")?.to_ascii_lowercase(),
-        attempts: r.try_get("attempts")?,
-        dsn_notify: r.try_get("dsn_notify")?,
-        dsn_orcpt: r.try_get("dsn_orcpt")?,
-        delay_warned: r.try_get("delay_warned")?,
-    })
 }
