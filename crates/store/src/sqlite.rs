@@ -909,6 +909,17 @@ fn verified(message: MessageId, expected: &[u8], data: Vec<u8>) -> Result<Vec<u8
     Ok(data)
 }
 
+/// The value a write's answer carries, when the answer is `$variant`, the one that write gives
+/// (anything else is a bug in the writer, reported as an error rather than a panic).
+macro_rules! done_as {
+    ($done:expr, $variant:path) => {
+        match $done {
+            $variant(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
 fn unexpected(done: WriteDone) -> StoreError {
     let what = match done {
         WriteDone::Unit => "nothing",
@@ -1006,17 +1017,12 @@ impl Store for SqliteStore {
         // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
         let local_sha256 = message.local.as_ref().map(|l| sha256_hex(&l.content));
         let outbound_sha256 = message.outbound.as_ref().map(|o| sha256_hex(&o.content));
-        match self
-            .write(WriteOp::Accept {
-                message,
-                local_sha256,
-                outbound_sha256,
-            })
-            .await?
-        {
-            WriteDone::Accepted(accepted) => Ok(accepted),
-            other => Err(unexpected(other)),
-        }
+        let op = WriteOp::Accept {
+            message,
+            local_sha256,
+            outbound_sha256,
+        };
+        done_as!(self.write(op).await?, WriteDone::Accepted)
     }
 
     async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
@@ -1071,17 +1077,11 @@ impl Store for SqliteStore {
     }
 
     async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError> {
-        match self.write(WriteOp::RetryQueued(id)).await? {
-            WriteDone::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(WriteOp::RetryQueued(id)).await?, WriteDone::Count)
     }
 
     async fn delete_queued(&self, id: i64) -> Result<bool, StoreError> {
-        match self.write(WriteOp::DeleteQueued(id)).await? {
-            WriteDone::Count(n) => Ok(n > 0),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(WriteOp::DeleteQueued(id)).await?, WriteDone::Count).map(|n| n > 0)
     }
 
     async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError> {
@@ -1118,10 +1118,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
-        match self.write(WriteOp::Prune(retention)).await? {
-            WriteDone::Pruned(pruned) => Ok(pruned),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(WriteOp::Prune(retention)).await?, WriteDone::Pruned)
     }
 
     async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError> {
@@ -1129,10 +1126,7 @@ impl Store for SqliteStore {
             day: day.to_string(),
             domain: domain.to_string(),
         };
-        match self.write(op).await? {
-            WriteDone::Count(n) => Ok(n > 0),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
     }
 
     async fn add_account(
@@ -1140,16 +1134,11 @@ impl Store for SqliteStore {
         address: &EmailAddress,
         password_hash: &str,
     ) -> Result<AccountId, StoreError> {
-        match self
-            .write(WriteOp::AddAccount {
-                address: address.clone(),
-                hash: password_hash.to_string(),
-            })
-            .await?
-        {
-            WriteDone::Account(id) => Ok(id),
-            other => Err(unexpected(other)),
-        }
+        let op = WriteOp::AddAccount {
+            address: address.clone(),
+            hash: password_hash.to_string(),
+        };
+        done_as!(self.write(op).await?, WriteDone::Account)
     }
 
     async fn set_password_hash(&self, address: &EmailAddress, password_hash: &str) -> Result<(), StoreError> {
@@ -1221,10 +1210,10 @@ impl Store for SqliteStore {
     async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError> {
         // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
         let sha256 = sha256_hex(&message.content);
-        match self.write(WriteOp::StoreMessage { message, sha256 }).await? {
-            WriteDone::Stored(stored) => Ok(stored),
-            other => Err(unexpected(other)),
-        }
+        done_as!(
+            self.write(WriteOp::StoreMessage { message, sha256 }).await?,
+            WriteDone::Stored
+        )
     }
 
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
@@ -1245,10 +1234,7 @@ impl Store for SqliteStore {
             account,
             name: name.to_string(),
         };
-        match self.write(op).await? {
-            WriteDone::Mailbox(mailbox) => Ok(mailbox),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(op).await?, WriteDone::Mailbox)
     }
 
     async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
@@ -1297,10 +1283,11 @@ impl Store for SqliteStore {
         if !claim || up_to <= mark {
             return Ok(mark);
         }
-        match self.write(WriteOp::ClaimRecent { mailbox, up_to }).await? {
-            WriteDone::Count(before) => Ok(u32::try_from(before).unwrap_or(u32::MAX)),
-            other => Err(unexpected(other)),
-        }
+        done_as!(
+            self.write(WriteOp::ClaimRecent { mailbox, up_to }).await?,
+            WriteDone::Count
+        )
+        .map(|before| u32::try_from(before).unwrap_or(u32::MAX))
     }
 
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError> {
@@ -1323,17 +1310,14 @@ impl Store for SqliteStore {
             flags,
             unchanged_since,
         };
-        match self.write(op).await? {
-            WriteDone::Flags(update) => Ok(update),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(op).await?, WriteDone::Flags)
     }
 
     async fn expunge(&self, mailbox: MailboxId, uids: Option<Vec<u32>>) -> Result<Vec<u32>, StoreError> {
-        match self.write(WriteOp::Expunge { mailbox, uids }).await? {
-            WriteDone::Uids(uids) => Ok(uids),
-            other => Err(unexpected(other)),
-        }
+        done_as!(
+            self.write(WriteOp::Expunge { mailbox, uids }).await?,
+            WriteDone::Uids
+        )
     }
 
     async fn copy_messages(
@@ -1349,10 +1333,7 @@ impl Store for SqliteStore {
             to,
             remove_source,
         };
-        match self.write(op).await? {
-            WriteDone::Copied(copied) => Ok(copied),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(op).await?, WriteDone::Copied)
     }
 
     fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()> {
@@ -1408,10 +1389,7 @@ impl Store for SqliteStore {
             level,
             reason: reason.to_string(),
         };
-        match self.write(op).await? {
-            WriteDone::Ban(ban) => Ok(ban),
-            other => Err(unexpected(other)),
-        }
+        done_as!(self.write(op).await?, WriteDone::Ban)
     }
 
     async fn active_bans(&self, now: i64) -> Result<Vec<Ban>, StoreError> {
@@ -1434,16 +1412,11 @@ impl Store for SqliteStore {
     }
 
     async fn lift_bans(&self, address: &str, now: i64) -> Result<u64, StoreError> {
-        match self
-            .write(WriteOp::LiftBans {
-                address: address.to_string(),
-                now,
-            })
-            .await?
-        {
-            WriteDone::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
+        let op = WriteOp::LiftBans {
+            address: address.to_string(),
+            now,
+        };
+        done_as!(self.write(op).await?, WriteDone::Count)
     }
 
     async fn record_event(&self, event: SecurityEvent) -> Result<(), StoreError> {
@@ -1451,10 +1424,10 @@ impl Store for SqliteStore {
     }
 
     async fn prune_security(&self, before: i64) -> Result<u64, StoreError> {
-        match self.write(WriteOp::PruneSecurity { before }).await? {
-            WriteDone::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
+        done_as!(
+            self.write(WriteOp::PruneSecurity { before }).await?,
+            WriteDone::Count
+        )
     }
 
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError> {

@@ -150,6 +150,24 @@ pub(super) async fn next_uid_validity(conn: &mut SqliteConnection, now: i64) -> 
     Ok(next)
 }
 
+/// Refuses one more row of a kind a client makes the account keep once it has `max` of them
+/// (`count` counts them for account `?1`): a bound on what a client can make us store.
+async fn ensure_room(
+    conn: &mut SqliteConnection,
+    count: &'static str,
+    account: AccountId,
+    max: i64,
+    what: &str,
+) -> Result<(), StoreError> {
+    let have: i64 = sqlx::query_scalar(count).bind(account.0).fetch_one(conn).await?;
+    if have >= max {
+        return Err(StoreError::LimitReached(format!(
+            "an account may have at most {max} {what}"
+        )));
+    }
+    Ok(())
+}
+
 fn is_inbox(name: &str) -> bool {
     name.eq_ignore_ascii_case("INBOX")
 }
@@ -198,15 +216,14 @@ pub(super) async fn create(
     if is_inbox(name) || find_mailbox(&mut *conn, account, name).await?.is_some() {
         return Err(StoreError::Duplicate(format!("mailbox {name}")));
     }
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1")
-        .bind(account.0)
-        .fetch_one(&mut *conn)
-        .await?;
-    if count >= MAX_MAILBOXES_PER_ACCOUNT {
-        return Err(StoreError::LimitReached(format!(
-            "an account may have at most {MAX_MAILBOXES_PER_ACCOUNT} mailboxes"
-        )));
-    }
+    ensure_room(
+        &mut *conn,
+        "SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1",
+        account,
+        MAX_MAILBOXES_PER_ACCOUNT,
+        "mailboxes",
+    )
+    .await?;
     let uid_validity = next_uid_validity(conn, now).await?;
     // CREATE does not subscribe (RFC 3501 6.3.3); a name still subscribed from before is.
     let row: MailboxRow = sqlx::query_as(concat!(
@@ -292,14 +309,18 @@ pub(super) async fn rename(
             "a mailbox name below {to} would be longer than {MAX_NAME_BYTES} bytes or {MAX_NAME_LEVELS} levels"
         )));
     }
-    sqlx::query(
+    // Both statements take ?1 the account, ?2 the old name, ?3 the new one, ?4 prefix_len.
+    let rename_below = |sql| {
+        sqlx::query(sql)
+            .bind(account.0)
+            .bind(from)
+            .bind(to)
+            .bind(prefix_len)
+    };
+    rename_below(
         "UPDATE mailboxes SET name = ?3 || substr(name, ?4 + 1) \
          WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
     )
-    .bind(account.0)
-    .bind(from)
-    .bind(to)
-    .bind(prefix_len)
     .execute(&mut *conn)
     .await
     .map_err(|e| match e {
@@ -309,14 +330,10 @@ pub(super) async fn rename(
         other => other.into(),
     })?;
     // Subscriptions go along with the mailboxes; one the new name already had stays.
-    sqlx::query(
+    rename_below(
         "UPDATE OR REPLACE subscriptions SET name = ?3 || substr(name, ?4 + 1) \
          WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, ?4 + 1) = ?2 || '/')",
     )
-    .bind(account.0)
-    .bind(from)
-    .bind(to)
-    .bind(prefix_len)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -343,15 +360,14 @@ pub(super) async fn set_subscribed(
         };
         // Names outlive their mailboxes here: bounded, so create-subscribe-delete cycles
         // cannot grow the table without end.
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions WHERE account_id = ?1")
-            .bind(account.0)
-            .fetch_one(&mut *conn)
-            .await?;
-        if count >= MAX_SUBSCRIPTIONS_PER_ACCOUNT {
-            return Err(StoreError::LimitReached(format!(
-                "an account may have at most {MAX_SUBSCRIPTIONS_PER_ACCOUNT} subscriptions; unsubscribe some"
-            )));
-        }
+        ensure_room(
+            &mut *conn,
+            "SELECT COUNT(*) FROM subscriptions WHERE account_id = ?1",
+            account,
+            MAX_SUBSCRIPTIONS_PER_ACCOUNT,
+            "subscriptions; unsubscribe some",
+        )
+        .await?;
         sqlx::query("INSERT INTO subscriptions (account_id, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .bind(account.0)
             .bind(name)
