@@ -30,9 +30,9 @@ fuzz_target!(|bytes: &[u8]| {
     let mut out = Vec::new();
     fetch::envelope(&mut out, &message);
     out.clear();
-    fetch::body_structure(&mut out, bytes, &message, 0, false, 0);
+    fetch::body_structure(&mut out, bytes, &message, false);
     out.clear();
-    fetch::body_structure(&mut out, bytes, &message, 0, true, 0);
+    fetch::body_structure(&mut out, bytes, &message, true);
     let mut sections: Vec<Section<'_>> = vec![Section::Header(None), Section::Text(None)];
     if let Ok(list) = Vec1::try_from(names.clone()) {
         sections.push(Section::HeaderFields(None, list.clone()));

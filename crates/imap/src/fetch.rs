@@ -394,17 +394,10 @@ fn language(out: &mut Vec<u8>, part: &MessagePart<'_>) {
 /// part is shown as an empty text part.
 pub const MAX_STRUCTURE_PARTS: usize = 1000;
 
-/// BODY (`extensible` false) or BODYSTRUCTURE (true) of one part, recursively.
-pub fn body_structure(
-    out: &mut Vec<u8>,
-    bytes: &[u8],
-    message: &Message<'_>,
-    part_id: usize,
-    extensible: bool,
-    depth: usize,
-) {
+/// BODY (`extensible` false) or BODYSTRUCTURE (true) of the whole message.
+pub fn body_structure(out: &mut Vec<u8>, bytes: &[u8], message: &Message<'_>, extensible: bool) {
     let mut parts_left = MAX_STRUCTURE_PARTS;
-    structure_of(out, bytes, message, part_id, extensible, depth, &mut parts_left);
+    structure_of(out, bytes, message, 0, extensible, 0, &mut parts_left);
 }
 
 /// An empty text part, where RFC 3501 needs a part and there is none to show.
@@ -541,7 +534,7 @@ mod tests {
         envelope(&mut out, &message);
         assert!(out.starts_with(b"("));
         out.clear();
-        body_structure(&mut out, CRASH, &message, 0, true, 0);
+        body_structure(&mut out, CRASH, &message, true);
         assert!(out.starts_with(b"("));
         for path in [&[1][..], &[1, 1], &[2]] {
             let _ = section(CRASH, Some(&Section::Part(part(path))));
@@ -599,7 +592,7 @@ mod tests {
     fn bodystructure_of_a_nested_message() {
         let message = parse(NESTED).unwrap_or_else(|| unreachable!());
         let mut out = Vec::new();
-        body_structure(&mut out, NESTED, &message, 0, false, 0);
+        body_structure(&mut out, NESTED, &message, false);
         let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(
             text,
@@ -772,7 +765,7 @@ mod tests {
         let message = parse(bytes).ok_or("mail-parser gives up on it")?;
         for extensible in [false, true] {
             let mut out = Vec::new();
-            body_structure(&mut out, bytes, &message, 0, extensible, 0);
+            body_structure(&mut out, bytes, &message, extensible);
             let described = out.windows(2).filter(|w| w == b"(\"").count();
             assert!(
                 described <= 2 * MAX_STRUCTURE_PARTS,

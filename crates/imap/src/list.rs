@@ -678,6 +678,10 @@ mod tests {
         (mailboxes, subscribed.iter().map(|s| s.to_string()).collect())
     }
 
+    fn assert_listed(got: &[String], line: &str) {
+        assert!(got.iter().any(|l| l == line), "{line} not in {got:?}");
+    }
+
     fn lines(command: &str, lsub: bool) -> Vec<String> {
         let (mailboxes, subscribed) = listext();
         let request = if lsub {
@@ -720,14 +724,8 @@ mod tests {
     #[test]
     fn subscribed_selection_recursivematch_and_childinfo() {
         let got = lines("(SUBSCRIBED) \"\" t/*", false);
-        assert!(
-            got.contains(&"* LIST (\\NonExistent \\Subscribed) \"/\" \"t/test6\"".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test1\"".to_string()),
-            "{got:?}"
-        );
+        assert_listed(&got, "* LIST (\\NonExistent \\Subscribed) \"/\" \"t/test6\"");
+        assert_listed(&got, "* LIST (\\Subscribed \\HasNoChildren) \"/\" \"t/test1\"");
         assert_eq!(got.len(), 6, "only the subscribed names: {got:?}");
 
         let got = lines(
@@ -763,18 +761,9 @@ mod tests {
         );
 
         let got = lines("\"\" t/% RETURN (CHILDREN SUBSCRIBED)", false);
-        assert!(
-            got.contains(&"* LIST (\\HasNoChildren \\Subscribed) \"/\" \"t/test1\"".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"* LIST (\\HasChildren) \"/\" \"t/test2\"".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"* LIST (\\Noselect \\HasChildren) \"/\" \"t/test4\"".to_string()),
-            "{got:?}"
-        );
+        assert_listed(&got, "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"t/test1\"");
+        assert_listed(&got, "* LIST (\\HasChildren) \"/\" \"t/test2\"");
+        assert_listed(&got, "* LIST (\\Noselect \\HasChildren) \"/\" \"t/test4\"");
         assert!(
             !got.iter().any(|l| l.contains("test6")),
             "a deleted mailbox is not listed without SUBSCRIBED: {got:?}"

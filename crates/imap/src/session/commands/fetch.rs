@@ -313,9 +313,9 @@ impl Session {
                     match (&parsed, item) {
                         (Some(Some(m)), MessageDataItemName::Envelope) => fetch::envelope(out, m),
                         (Some(Some(m)), MessageDataItemName::Body) => {
-                            fetch::body_structure(out, bytes, m, 0, false, 0)
+                            fetch::body_structure(out, bytes, m, false)
                         }
-                        (Some(Some(m)), _) => fetch::body_structure(out, bytes, m, 0, true, 0),
+                        (Some(Some(m)), _) => fetch::body_structure(out, bytes, m, true),
                         (_, MessageDataItemName::Envelope) => {
                             out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
                         }
@@ -326,18 +326,8 @@ impl Session {
                     let bytes = content.unwrap_or_default();
                     let data = fetch::section(bytes, section.as_ref()).unwrap_or_default();
                     let _ = write!(Text(out), "BODY[{}]", section_text(section));
-                    match partial {
-                        Some((origin, length)) => {
-                            let start = (*origin as usize).min(data.len());
-                            let end = start.saturating_add(length.get() as usize).min(data.len());
-                            let _ = write!(Text(out), "<{origin}> ");
-                            wire::literal(out, &data[start..end]);
-                        }
-                        None => {
-                            out.push(b' ');
-                            wire::literal(out, &data);
-                        }
-                    }
+                    let data = partial_of(out, &data, partial);
+                    wire::literal(out, data);
                 }
                 MessageDataItemName::Binary { section, partial, .. } => {
                     let path = section_path(section);
@@ -351,18 +341,8 @@ impl Session {
                         }
                         Ok(data) => {
                             let data = data.unwrap_or_default();
-                            match partial {
-                                Some((origin, length)) => {
-                                    let start = (*origin as usize).min(data.len());
-                                    let end = start.saturating_add(length.get() as usize).min(data.len());
-                                    let _ = write!(Text(out), "<{origin}> ");
-                                    wire::literal_or_8(out, &data[start..end]);
-                                }
-                                None => {
-                                    out.push(b' ');
-                                    wire::literal_or_8(out, &data);
-                                }
-                            }
+                            let data = partial_of(out, &data, partial);
+                            wire::literal_or_8(out, data);
                         }
                     }
                 }
@@ -377,5 +357,26 @@ impl Session {
         }
         out.extend_from_slice(b")\r\n");
         self.unknown_encoding |= unknown_encoding;
+    }
+}
+
+/// The octets of `data` a `<origin.length>` partial asks for (all of them without one), after
+/// writing what stands between the section and its literal: `<origin> `, or a space.
+fn partial_of<'d>(
+    out: &mut Vec<u8>,
+    data: &'d [u8],
+    partial: &Option<(u32, std::num::NonZeroU32)>,
+) -> &'d [u8] {
+    match partial {
+        Some((origin, length)) => {
+            let start = (*origin as usize).min(data.len());
+            let end = start.saturating_add(length.get() as usize).min(data.len());
+            let _ = write!(Text(out), "<{origin}> ");
+            &data[start..end]
+        }
+        None => {
+            out.push(b' ');
+            data
+        }
     }
 }
