@@ -233,8 +233,7 @@ impl Identity {
         address: &EmailAddress,
         password: &Password,
     ) -> Result<AccountId, IdentityError> {
-        check_new_password(password)?;
-        let hash = self.hash_off_thread(password.clone()).await?;
+        let hash = self.hash_new_password(password).await?;
         Ok(self.store.add_account(address, &hash).await?)
     }
 
@@ -243,9 +242,14 @@ impl Identity {
         address: &EmailAddress,
         password: &Password,
     ) -> Result<(), IdentityError> {
-        check_new_password(password)?;
-        let hash = self.hash_off_thread(password.clone()).await?;
+        let hash = self.hash_new_password(password).await?;
         Ok(self.store.set_password_hash(address, &hash).await?)
+    }
+
+    /// The hash to store for a password a user is given, once it passes the rules for new ones.
+    async fn hash_new_password(&self, password: &Password) -> Result<String, IdentityError> {
+        check_new_password(password)?;
+        self.hash_off_thread(password.clone()).await
     }
 
     /// Checks credentials from a SASL exchange; only over TLS (the `TlsActive` proof).

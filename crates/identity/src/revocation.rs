@@ -146,6 +146,18 @@ mod tests {
     use sealmail_store::SqliteStore;
     use sealmail_types::{Domain, EmailAddress};
 
+    /// A store in `dir` serving example.test, and an identity over it that polls the
+    /// credentials generation every 50 ms.
+    async fn watched_identity(
+        dir: &std::path::Path,
+    ) -> Result<(Arc<dyn Store>, Identity), Box<dyn std::error::Error>> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, 16).await?);
+        store.add_domain(&Domain::parse("example.test")?).await?;
+        let mut identity = Identity::new(store.clone())?;
+        identity.watch_credentials(Duration::from_millis(50)).await?;
+        Ok((store, identity))
+    }
+
     async fn login(
         identity: &Identity,
         address: &EmailAddress,
@@ -162,10 +174,7 @@ mod tests {
     async fn a_check_ends_only_the_logins_whose_credential_changed_in_the_store()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
-        store.add_domain(&Domain::parse("example.test")?).await?;
-        let mut identity = Identity::new(store.clone())?;
-        identity.watch_credentials(Duration::from_millis(50)).await?;
+        let (_store, identity) = watched_identity(dir.path()).await?;
         let password = Password::new("a long enough password".to_string());
         let (alice, bob) = (
             EmailAddress::parse("alice@example.test")?,
@@ -199,10 +208,7 @@ mod tests {
     async fn a_password_changed_during_login_is_caught_by_the_first_check()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 16).await?);
-        store.add_domain(&Domain::parse("example.test")?).await?;
-        let mut identity = Identity::new(store.clone())?;
-        identity.watch_credentials(Duration::from_millis(50)).await?;
+        let (store, identity) = watched_identity(dir.path()).await?;
         let alice = EmailAddress::parse("alice@example.test")?;
         let password = Password::new("a long enough password".to_string());
         identity.add_user(&alice, &password).await?;

@@ -94,6 +94,35 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
     Ok(())
 }
 
+/// The password `user add` and `user passwd` set: read from standard input, or generated here.
+struct NewPassword {
+    password: Password,
+    generated: bool,
+}
+
+impl NewPassword {
+    fn read_or_generate(from_stdin: bool) -> anyhow::Result<NewPassword> {
+        Ok(match from_stdin {
+            true => NewPassword {
+                password: password_from_stdin()?,
+                generated: false,
+            },
+            false => NewPassword {
+                password: generate_password()?,
+                generated: true,
+            },
+        })
+    }
+
+    /// Prints a generated password (once, after the change it is for succeeded): nobody else
+    /// knows it. One read from standard input is never echoed.
+    fn show_if_generated(&self, label: &str) {
+        if self.generated {
+            println!("{label} (shown once): {}", self.password.expose());
+        }
+    }
+}
+
 /// Reads one line from standard input as a password (the line ending is not part of it).
 fn password_from_stdin() -> anyhow::Result<Password> {
     let mut line = zeroize::Zeroizing::new(String::new());
@@ -117,15 +146,10 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
             password_stdin,
         } => {
             let address = parse_address(&address)?;
-            let (password, generated) = match password_stdin {
-                true => (password_from_stdin()?, false),
-                false => (generate_password()?, true),
-            };
-            identity.add_user(&address, &password).await?;
+            let password = NewPassword::read_or_generate(password_stdin)?;
+            identity.add_user(&address, &password.password).await?;
             println!("added user {address}");
-            if generated {
-                println!("password (shown once): {}", password.expose());
-            }
+            password.show_if_generated("password");
         }
         UserCommand::List => {
             for account in store.list_accounts().await? {
@@ -142,15 +166,10 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
             password_stdin,
         } => {
             let address = parse_address(&address)?;
-            let (password, generated) = match password_stdin {
-                true => (password_from_stdin()?, false),
-                false => (generate_password()?, true),
-            };
-            identity.set_password(&address, &password).await?;
+            let password = NewPassword::read_or_generate(password_stdin)?;
+            identity.set_password(&address, &password.password).await?;
             println!("password changed for {address}");
-            if generated {
-                println!("new password (shown once): {}", password.expose());
-            }
+            password.show_if_generated("new password");
         }
     }
     Ok(())
