@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 use mail_auth::{SpfOutput, SpfResult};
 use sealmail_dns::hickory_resolver::TokioResolver;
-use sealmail_dns::hickory_resolver::proto::rr::{Name, RData};
+use sealmail_dns::hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 /// The longest SPF record we parse (after joining its strings). Real records stay well under
 /// 1 KiB (a DNS answer over UDP is 512 to 1232 octets); anything longer is refused with
@@ -1000,45 +1000,53 @@ fn answer<T>(
     }
 }
 
-impl SpfDns for ResolverDns<'_> {
-    async fn txt(&self, name: &str) -> Answer<Vec<u8>> {
+impl ResolverDns<'_> {
+    /// The records of one type at an SPF name, as `pick` takes them from the answer; a name
+    /// DNS cannot carry has none.
+    async fn records<T>(
+        &self,
+        name: &str,
+        record_type: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Answer<T> {
         let Some(name) = dns_name(name) else {
             return Ok(Vec::new());
         };
-        answer(self.0.txt_lookup(name).await, |data| match data {
+        answer(self.0.lookup(name, record_type).await, pick)
+    }
+}
+
+impl SpfDns for ResolverDns<'_> {
+    async fn txt(&self, name: &str) -> Answer<Vec<u8>> {
+        self.records(name, RecordType::TXT, |data| match data {
             RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
             _ => None,
         })
+        .await
     }
 
     async fn a(&self, name: &str) -> Answer<Ipv4Addr> {
-        let Some(name) = dns_name(name) else {
-            return Ok(Vec::new());
-        };
-        answer(self.0.ipv4_lookup(name).await, |data| match data {
+        self.records(name, RecordType::A, |data| match data {
             RData::A(a) => Some(a.0),
             _ => None,
         })
+        .await
     }
 
     async fn aaaa(&self, name: &str) -> Answer<Ipv6Addr> {
-        let Some(name) = dns_name(name) else {
-            return Ok(Vec::new());
-        };
-        answer(self.0.ipv6_lookup(name).await, |data| match data {
+        self.records(name, RecordType::AAAA, |data| match data {
             RData::AAAA(aaaa) => Some(aaaa.0),
             _ => None,
         })
+        .await
     }
 
     async fn mx(&self, name: &str) -> Answer<String> {
-        let Some(name) = dns_name(name) else {
-            return Ok(Vec::new());
-        };
-        answer(self.0.mx_lookup(name).await, |data| match data {
+        self.records(name, RecordType::MX, |data| match data {
             RData::MX(mx) => Some(name_text(&mx.exchange)),
             _ => None,
         })
+        .await
     }
 
     async fn ptr(&self, ip: IpAddr) -> Answer<String> {
