@@ -715,6 +715,22 @@ impl Delivery {
         jobs
     }
 
+    /// EHLO with our name; a refusal ends the session with the error `refused` makes of it.
+    async fn ehlo(
+        &self,
+        client: &mut SmtpClient,
+        refused: fn(Reply) -> SessionError,
+    ) -> Result<(), SessionError> {
+        let ehlo = client
+            .ehlo(&self.inner.hostname)
+            .await
+            .map_err(SessionError::Client)?;
+        match ehlo.is_positive() {
+            true => Ok(()),
+            false => Err(refused(ehlo)),
+        }
+    }
+
     /// One connection: the TLS the policy asks for, then every job not yet answered. `Err` is a
     /// reason to try the next address or host.
     async fn session(
@@ -773,13 +789,7 @@ impl Delivery {
         if greeting.code != 220 {
             return Err(SessionError::Greeting(greeting));
         }
-        let ehlo = client
-            .ehlo(&self.inner.hostname)
-            .await
-            .map_err(SessionError::Client)?;
-        if !ehlo.is_positive() {
-            return Err(SessionError::Ehlo(ehlo));
-        }
+        self.ehlo(&mut client, SessionError::Ehlo).await?;
         if client.tls.is_none() && client.capabilities.starttls {
             client = match client.starttls(tls_config, name).await {
                 Ok(client) => client,
@@ -798,13 +808,7 @@ impl Delivery {
                     return Err(SessionError::Tls(detail));
                 }
             };
-            let ehlo = client
-                .ehlo(&self.inner.hostname)
-                .await
-                .map_err(SessionError::Client)?;
-            if !ehlo.is_positive() {
-                return Err(SessionError::EhloAfterStarttls(ehlo));
-            }
+            self.ehlo(&mut client, SessionError::EhloAfterStarttls).await?;
         }
         let check = verifier.check();
         let verified = client.tls.is_some() && check.as_ref().is_some_and(CertCheck::verified);

@@ -591,15 +591,7 @@ impl Session {
                 }
             }
             (Lookup::UnknownUser, _) => {
-                let detail = format!("RCPT TO:<{address}>");
-                if self
-                    .ctx
-                    .abuse
-                    .report(self.peer.ip(), Abuse::UnknownRecipient, role.as_str(), &detail)
-                    .await
-                {
-                    self.banned = true;
-                }
+                self.report_recipient(Abuse::UnknownRecipient, &address).await;
                 return reply(550, "5.1.1", format!("No such user here: {address}"));
             }
             (Lookup::NotLocal, Role::Submission) => Target::Remote(QueueRecipient {
@@ -609,15 +601,7 @@ impl Session {
             }),
             // mx never relays.
             (Lookup::NotLocal, _) => {
-                let detail = format!("RCPT TO:<{address}>");
-                if self
-                    .ctx
-                    .abuse
-                    .report(self.peer.ip(), Abuse::RelayAttempt, role.as_str(), &detail)
-                    .await
-                {
-                    self.banned = true;
-                }
+                self.report_recipient(Abuse::RelayAttempt, &address).await;
                 let refusal = format!("Relaying denied: {} is not served here", address.domain());
                 return reply(550, "5.7.1", refusal);
             }
@@ -645,6 +629,20 @@ impl Session {
             dsn_orcpt,
         });
         reply(250, "2.1.5", "Recipient OK")
+    }
+
+    /// Scores a refused RCPT against the client; once that bans it, the session ends after
+    /// the refusal (see [`Session::count_error`]).
+    async fn report_recipient(&mut self, abuse: Abuse, address: &EmailAddress) {
+        let detail = format!("RCPT TO:<{address}>");
+        if self
+            .ctx
+            .abuse
+            .report(self.peer.ip(), abuse, self.role.as_str(), &detail)
+            .await
+        {
+            self.banned = true;
+        }
     }
 
     /// The "delivered" notice (RFC 3464) for local recipients whose NOTIFY asked for it, into
