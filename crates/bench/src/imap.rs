@@ -19,12 +19,75 @@ use tokio_rustls::client::TlsStream;
 
 type Stream = BufReader<TlsStream<TcpStream>>;
 
+/// The server under test: where it listens, its TLS name and certificate, whom to log in as.
+#[derive(clap::Args)]
 pub struct Target {
+    /// Implicit-TLS address
+    #[arg(long)]
     pub addr: SocketAddr,
+    #[arg(long, default_value = "mail.example.test")]
     pub server_name: String,
+    /// PEM file with the certificate to trust
+    #[arg(long)]
     pub ca: PathBuf,
+    /// The user to log in as
+    #[arg(long)]
     pub user: String,
+    #[arg(long)]
     pub password: String,
+}
+
+impl Target {
+    /// A client configuration pinned to the certificates in the --ca file, which never resumes
+    /// a session (every connection makes a full handshake).
+    pub fn pinned_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        sealmail_testkit::pinned_client_config(&self.ca).map_err(anyhow::Error::msg)
+    }
+}
+
+/// The server's processes whose memory is measured, and the name the report gives them.
+#[derive(clap::Args)]
+pub struct Measured {
+    /// Process names (comm) whose resident memory is summed
+    #[arg(long, value_delimiter = ',')]
+    pub server_processes: Vec<String>,
+    /// A label for the report
+    #[arg(long, default_value = "server")]
+    pub label: String,
+}
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[command(flatten)]
+    pub measured: Measured,
+}
+
+#[derive(clap::Args)]
+pub struct IdleArgs {
+    /// Every session watches the INBOX of the target's user.
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Implicit-TLS submission address for the deliveries
+    #[arg(long)]
+    pub submission: SocketAddr,
+    #[arg(long)]
+    pub sender: String,
+    #[arg(long)]
+    pub sender_password: String,
+    #[arg(long, default_value_t = 5)]
+    pub deliveries: usize,
+    #[command(flatten)]
+    pub measured: Measured,
 }
 
 async fn connect(
@@ -130,15 +193,18 @@ fn message(i: usize, size: usize, user: &str) -> Vec<u8> {
     m
 }
 
-pub async fn fetch(
-    target: Target,
-    messages: usize,
-    size: usize,
-    rounds: usize,
-    server_processes: Vec<String>,
-    label: String,
-) -> anyhow::Result<()> {
-    let config = sealmail_testkit::pinned_client_config(&target.ca).map_err(anyhow::Error::msg)?;
+pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let FetchArgs {
+        target,
+        messages,
+        size,
+        rounds,
+        measured: Measured {
+            server_processes,
+            label,
+        },
+    } = args;
+    let config = target.pinned_config()?;
     let target = Arc::new(target);
     let mut s = connect(&target, config.clone(), None).await?;
     login(&mut s, &target).await?;
@@ -239,18 +305,20 @@ fn pss_of(names: &[String]) -> u64 {
     crate::memory_of(names, "smaps_rollup", "Pss:")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn idle(
-    target: Target,
-    sessions: usize,
-    submission: SocketAddr,
-    sender: String,
-    sender_password: String,
-    deliveries: usize,
-    server_processes: Vec<String>,
-    label: String,
-) -> anyhow::Result<()> {
-    let config = sealmail_testkit::pinned_client_config(&target.ca).map_err(anyhow::Error::msg)?;
+pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let IdleArgs {
+        target,
+        sessions,
+        submission,
+        sender,
+        sender_password,
+        deliveries,
+        measured: Measured {
+            server_processes,
+            label,
+        },
+    } = args;
+    let config = target.pinned_config()?;
     let target = Arc::new(target);
     let (rss0, pss0) = (crate::rss_of(&server_processes), pss_of(&server_processes));
     let started = Instant::now();
@@ -332,7 +400,7 @@ pub async fn idle(
         rss1.saturating_sub(rss0) as f64 / opened.max(1) as f64,
         pss1.saturating_sub(pss0) as f64 / opened.max(1) as f64
     );
-    let smtp_config = sealmail_testkit::pinned_client_config(&target.ca).map_err(anyhow::Error::msg)?;
+    let smtp_config = target.pinned_config()?;
     let mut all = Vec::new();
     for delivery in 0..deliveries {
         let accepted = submit(

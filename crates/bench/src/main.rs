@@ -43,86 +43,11 @@ enum Command {
     },
     /// FETCH throughput (whole messages, headers only) over one TLS session on a mailbox of
     /// N messages (filled with APPEND first when it has fewer)
-    ImapFetch {
-        #[arg(long)]
-        addr: std::net::SocketAddr,
-        #[arg(long, default_value = "mail.example.test")]
-        server_name: String,
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long, default_value_t = 10_000)]
-        messages: usize,
-        #[arg(long, default_value_t = 4096)]
-        size: usize,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, value_delimiter = ',')]
-        server_processes: Vec<String>,
-        #[arg(long, default_value = "server")]
-        label: String,
-    },
+    ImapFetch(imap::FetchArgs),
     /// Memory per IDLE session and the time until every IDLE session sees a delivered message
-    ImapIdle {
-        /// Implicit-TLS IMAP address
-        #[arg(long)]
-        addr: std::net::SocketAddr,
-        #[arg(long, default_value = "mail.example.test")]
-        server_name: String,
-        #[arg(long)]
-        ca: PathBuf,
-        /// The user whose INBOX every session watches
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long, default_value_t = 1000)]
-        sessions: usize,
-        /// Implicit-TLS submission address for the deliveries
-        #[arg(long)]
-        submission: std::net::SocketAddr,
-        #[arg(long)]
-        sender: String,
-        #[arg(long)]
-        sender_password: String,
-        #[arg(long, default_value_t = 5)]
-        deliveries: usize,
-        #[arg(long, value_delimiter = ',')]
-        server_processes: Vec<String>,
-        #[arg(long, default_value = "server")]
-        label: String,
-    },
+    ImapIdle(imap::IdleArgs),
     /// Submit messages over implicit TLS with AUTH, one connection per message
-    Smtp {
-        #[arg(long)]
-        addr: std::net::SocketAddr,
-        #[arg(long, default_value = "mail.example.test")]
-        server_name: String,
-        /// PEM file with the certificate to trust
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long)]
-        to: String,
-        #[arg(long, default_value_t = 20)]
-        sessions: usize,
-        #[arg(long, default_value_t = 50)]
-        messages_per_session: usize,
-        #[arg(long, default_value_t = 4096)]
-        size: usize,
-        /// Process names (comm) whose resident memory is summed for the peak RSS
-        #[arg(long, value_delimiter = ',')]
-        server_processes: Vec<String>,
-        /// A label for the report
-        #[arg(long, default_value = "server")]
-        label: String,
-    },
+    Smtp(SmtpArgs),
     /// Intrusion prevention costs: refusing a banned address vs a TLS handshake, and login
     /// latency with and without a flood of failed logins from other addresses
     Security {
@@ -156,6 +81,23 @@ enum Command {
     },
 }
 
+/// What `smtp` submits, to whom and how often.
+#[derive(clap::Args)]
+struct SmtpArgs {
+    #[command(flatten)]
+    target: imap::Target,
+    #[arg(long)]
+    to: String,
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
+    #[arg(long, default_value_t = 50)]
+    messages_per_session: usize,
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    #[command(flatten)]
+    measured: imap::Measured,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -184,71 +126,17 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(security(cli.command))
         }
-        Command::Smtp { .. } => {
+        Command::Smtp(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(smtp(cli.command))
+            runtime.block_on(smtp(args))
         }
-        Command::ImapFetch {
-            addr,
-            server_name,
-            ca,
-            user,
-            password,
-            messages,
-            size,
-            rounds,
-            server_processes,
-            label,
-        } => {
+        Command::ImapFetch(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let target = imap::Target {
-                addr,
-                server_name,
-                ca,
-                user,
-                password,
-            };
-            runtime.block_on(imap::fetch(
-                target,
-                messages,
-                size,
-                rounds,
-                server_processes,
-                label,
-            ))
+            runtime.block_on(imap::fetch(args))
         }
-        Command::ImapIdle {
-            addr,
-            server_name,
-            ca,
-            user,
-            password,
-            sessions,
-            submission,
-            sender,
-            sender_password,
-            deliveries,
-            server_processes,
-            label,
-        } => {
+        Command::ImapIdle(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let target = imap::Target {
-                addr,
-                server_name,
-                ca,
-                user,
-                password,
-            };
-            runtime.block_on(imap::idle(
-                target,
-                sessions,
-                submission,
-                sender,
-                sender_password,
-                deliveries,
-                server_processes,
-                label,
-            ))
+            runtime.block_on(imap::idle(args))
         }
     }
 }
@@ -388,25 +276,26 @@ fn body(from: &str, to: &str, size: usize) -> Vec<u8> {
     body
 }
 
-async fn smtp(command: Command) -> anyhow::Result<()> {
-    let Command::Smtp {
-        addr,
-        server_name,
-        ca,
-        user,
-        password,
+async fn smtp(args: SmtpArgs) -> anyhow::Result<()> {
+    let config = args.target.pinned_config()?;
+    let SmtpArgs {
+        target:
+            imap::Target {
+                addr,
+                server_name,
+                user,
+                password,
+                ..
+            },
         to,
         sessions,
         messages_per_session,
         size,
-        server_processes,
-        label,
-    } = command
-    else {
-        bail!("not the smtp command");
-    };
-    // Pinned to the --ca file, a full handshake for every connection (no resumption).
-    let config = sealmail_testkit::pinned_client_config(&ca).map_err(anyhow::Error::msg)?;
+        measured: imap::Measured {
+            server_processes,
+            label,
+        },
+    } = args;
     let job = Arc::new(Job {
         addr,
         server_name: ServerName::try_from(server_name)?,
