@@ -640,7 +640,6 @@ mod tests {
     /// The mailboxes of imaptest's `listext` scenario (prefix `t`): created, some subscribed,
     /// `t/test6` subscribed and then deleted.
     fn listext() -> (Vec<Mailbox>, Vec<String>) {
-        use sealmail_types::{AccountId, MailboxId};
         let names = [
             "t",
             "t/test1",
@@ -656,16 +655,7 @@ mod tests {
         let mailboxes = names
             .iter()
             .enumerate()
-            .map(|(i, name)| Mailbox {
-                id: MailboxId(i as i64 + 1),
-                account: AccountId(1),
-                name: name.to_string(),
-                special_use: None,
-                uid_validity: 1,
-                uid_next: 1,
-                subscribed: false,
-                highest_modseq: 0,
-            })
+            .map(|(i, name)| mailbox(i as i64 + 1, name.to_string()))
             .collect();
         let subscribed = [
             "t/test1",
@@ -676,6 +666,21 @@ mod tests {
             "t/test8/test9",
         ];
         (mailboxes, subscribed.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// An empty mailbox of account 1.
+    fn mailbox(id: i64, name: String) -> Mailbox {
+        use sealmail_types::{AccountId, MailboxId};
+        Mailbox {
+            id: MailboxId(id),
+            account: AccountId(1),
+            name,
+            special_use: None,
+            uid_validity: 1,
+            uid_next: 1,
+            subscribed: false,
+            highest_modseq: 0,
+        }
     }
 
     fn assert_listed(got: &[String], line: &str) {
@@ -796,18 +801,8 @@ mod tests {
     /// passes MAX_LIST_WORK, instead of running for seconds.
     #[test]
     fn a_list_that_would_take_too_long_is_refused() {
-        use sealmail_types::{AccountId, MailboxId};
         let mailboxes: Vec<Mailbox> = (0..1000)
-            .map(|i| Mailbox {
-                id: MailboxId(i + 1),
-                account: AccountId(1),
-                name: format!("{i:04}{}", "a".repeat(250)),
-                special_use: None,
-                uid_validity: 1,
-                uid_next: 1,
-                subscribed: false,
-                highest_modseq: 0,
-            })
+            .map(|i| mailbox(i + 1, format!("{i:04}{}", "a".repeat(250))))
             .collect();
         let pattern = format!("*{}b*", "a".repeat(900));
         let request = ListRequest {
