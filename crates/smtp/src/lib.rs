@@ -83,6 +83,13 @@ async fn send(conn: &mut Connection, session: &mut Session, reply: &Reply) -> Re
     Ok(true)
 }
 
+/// Tells the client the server is closing the connection (RFC 5321 3.8), as well as it still
+/// can: a client that is already gone cannot be told, and the connection ends either way.
+async fn say_421(conn: &mut Connection, ctx: &SmtpContext, code: &'static str, text: &str) {
+    let bye = Reply::new(421, code, format!("{} {text}", ctx.hostname));
+    let _ = conn.write_all(&bye.to_bytes()).await;
+}
+
 async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) -> End {
     if let Err(e) = conn.write_all(&session.greeting().to_bytes()).await {
         return End::Dropped(e);
@@ -103,12 +110,7 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                 break;
             }
             () = until(chunks_deadline) => {
-                let bye = Reply::new(
-                    421,
-                    "4.4.2",
-                    format!("{} The chunked transaction took too long, closing connection", ctx.hostname),
-                );
-                let _ = conn.write_all(&bye.to_bytes()).await;
+                say_421(&mut conn, ctx, "4.4.2", "The chunked transaction took too long, closing connection").await;
                 break;
             }
             read = conn.read_line(max_line) => read,
@@ -129,17 +131,11 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                 }
             }
             Err(ConnError::ShuttingDown) => {
-                let bye = Reply::new(421, "4.3.2", format!("{} Service shutting down", ctx.hostname));
-                let _ = conn.write_all(&bye.to_bytes()).await;
+                say_421(&mut conn, ctx, "4.3.2", "Service shutting down").await;
                 break;
             }
             Err(ConnError::Timeout(_)) => {
-                let bye = Reply::new(
-                    421,
-                    "4.4.2",
-                    format!("{} Timeout, closing connection", ctx.hostname),
-                );
-                let _ = conn.write_all(&bye.to_bytes()).await;
+                say_421(&mut conn, ctx, "4.4.2", "Timeout, closing connection").await;
                 break;
             }
             Err(e) => return End::Dropped(e),
@@ -177,8 +173,7 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                     // The reservation is held until the message is stored.
                     Ok((data, _reservation)) => session.data_received(data).await,
                     Err(ConnError::Timeout(_)) => {
-                        let bye = Reply::new(421, "4.4.2", format!("{} Timeout during DATA", ctx.hostname));
-                        let _ = conn.write_all(&bye.to_bytes()).await;
+                        say_421(&mut conn, ctx, "4.4.2", "Timeout during DATA").await;
                         break;
                     }
                     Err(e) => return End::Dropped(e),
@@ -196,8 +191,7 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                     }
                     Ok(chunk) => session.chunk_received(chunk, last).await,
                     Err(ConnError::Timeout(_)) => {
-                        let bye = Reply::new(421, "4.4.2", format!("{} Timeout during BDAT", ctx.hostname));
-                        let _ = conn.write_all(&bye.to_bytes()).await;
+                        say_421(&mut conn, ctx, "4.4.2", "Timeout during BDAT").await;
                         break;
                     }
                     Err(e) => return End::Dropped(e),
