@@ -60,17 +60,21 @@ pub trait AbuseReporting: Send + Sync {
     /// Records the abuse and scores it against the client; true when that banned the client.
     async fn report(&self, client: IpAddr, abuse: Abuse, listener: &str, detail: &str) -> bool;
 
-    /// Takes `count` units of the hourly allowance `what` of `account`; false (taking nothing)
-    /// when that would pass `per_hour`.
-    async fn take_hourly(
-        &self,
-        what: &'static str,
-        account: &str,
-        count: u32,
-        per_hour: u32,
-        client: IpAddr,
-        listener: &str,
-    ) -> bool;
+    /// Takes the units of an hourly allowance; false (taking nothing) when that would pass
+    /// its limit.
+    async fn take_hourly(&self, usage: HourlyUse<'_>) -> bool;
+}
+
+/// A use of an hourly allowance: `count` units of `what` (e.g. "messages") by `account`, which
+/// may use at most `per_hour`; `client` and `listener` say where, for the event it may record.
+#[derive(Debug, Clone, Copy)]
+pub struct HourlyUse<'a> {
+    pub what: &'static str,
+    pub account: &'a str,
+    pub count: u32,
+    pub per_hour: u32,
+    pub client: IpAddr,
+    pub listener: &'a str,
 }
 
 /// The server's [`Logins`]: `Identity` verifies, the [`Guard`] throttles, counts and bans.
@@ -121,15 +125,7 @@ impl AbuseReporting for Guard {
         self.abuse(client, abuse, listener, detail).await.is_some()
     }
 
-    async fn take_hourly(
-        &self,
-        what: &'static str,
-        account: &str,
-        count: u32,
-        per_hour: u32,
-        client: IpAddr,
-        listener: &str,
-    ) -> bool {
-        Guard::take_hourly(self, what, account, count, per_hour, client, listener).await
+    async fn take_hourly(&self, usage: HourlyUse<'_>) -> bool {
+        Guard::take_hourly(self, usage).await
     }
 }

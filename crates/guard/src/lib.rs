@@ -730,25 +730,24 @@ impl Guard {
 }
 
 impl Guard {
-    /// Takes `count` units of the hourly allowance `what` (e.g. "messages") of `account`;
-    /// returns false, records a `rate_limited` event and takes nothing when that would exceed
-    /// `per_hour`.
-    pub async fn take_hourly(
-        &self,
-        what: &'static str,
-        account: &str,
-        count: u32,
-        per_hour: u32,
-        ip: IpAddr,
-        listener: &str,
-    ) -> bool {
+    /// Takes the units of an hourly allowance; returns false, records a `rate_limited` event
+    /// and takes nothing when that would exceed its limit.
+    pub async fn take_hourly(&self, usage: access::HourlyUse<'_>) -> bool {
+        let access::HourlyUse {
+            what,
+            account,
+            count,
+            per_hour,
+            client,
+            listener,
+        } = usage;
         let allowed = self.usage.take((what, account.to_string()), count, per_hour);
         if !allowed {
             metrics::RATE_LIMITED.inc();
             let detail = format!("{what} per hour limit of {per_hour} reached");
             self.event(
                 kind::RATE_LIMITED,
-                Some(ip),
+                Some(client),
                 Some(account),
                 Some(listener),
                 Some(detail),

@@ -20,7 +20,7 @@ use smtp_proto::{
 use sealmail_config::{Role, SmtpConfig};
 use sealmail_guard::Abuse;
 use sealmail_guard::LoginOutcome;
-use sealmail_guard::access::{AbuseReporting, LoginWatch, Logins};
+use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginWatch, Logins};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_mailauth::inbound::{InboundPolicy, InboundVerdicts};
 use sealmail_mailauth::signing::MessageSigning;
@@ -480,28 +480,15 @@ impl Session {
                 None => return reply(553, "5.7.1", "The null sender is not allowed for users"),
             }
         }
-        if let Some(auth) = &self.auth {
-            let account = auth.account.address.to_string();
-            let per_hour = self.ctx.config.messages_per_hour;
-            if !self
-                .ctx
-                .abuse
-                .take_hourly(
-                    "messages",
-                    &account,
-                    1,
-                    per_hour,
-                    self.peer.ip(),
-                    self.role.as_str(),
-                )
-                .await
-            {
-                return reply(
-                    451,
-                    "4.7.1",
-                    "Too many messages from this account in the last hour; try again later",
-                );
-            }
+        if !self
+            .spend_hourly("messages", self.ctx.config.messages_per_hour)
+            .await
+        {
+            return reply(
+                451,
+                "4.7.1",
+                "Too many messages from this account in the last hour; try again later",
+            );
         }
         let dsn_ret = match from.flags {
             f if f & MAIL_RET_FULL != 0 => Some("FULL".to_string()),
@@ -606,22 +593,19 @@ impl Session {
                 return reply(550, "5.7.1", refusal);
             }
         };
-        if let Some(auth) = &self.auth {
-            let account = auth.account.address.to_string();
-            let per_hour = self.ctx.config.recipients_per_hour;
-            if !self
-                .ctx
-                .abuse
-                .take_hourly("recipients", &account, 1, per_hour, self.peer.ip(), role.as_str())
-                .await
-            {
-                return reply(
-                    451,
-                    "4.7.1",
-                    "Too many recipients from this account in the last hour; try again later",
-                );
-            }
+        if !self
+            .spend_hourly("recipients", self.ctx.config.recipients_per_hour)
+            .await
+        {
+            return reply(
+                451,
+                "4.7.1",
+                "Too many recipients from this account in the last hour; try again later",
+            );
         }
+        let Some(transaction) = self.transaction.as_mut() else {
+            return reply(503, "5.5.1", "Need MAIL before RCPT");
+        };
         transaction.recipients.push(Recipient {
             address,
             target,
@@ -629,6 +613,22 @@ impl Session {
             dsn_orcpt,
         });
         reply(250, "2.1.5", "Recipient OK")
+    }
+
+    /// Spends one unit of the logged-in account's hourly allowance `what`; true without a login
+    /// (MX sessions have no account to count against).
+    async fn spend_hourly(&self, what: &'static str, per_hour: u32) -> bool {
+        let Some(auth) = &self.auth else { return true };
+        let account = auth.account.address.to_string();
+        let usage = HourlyUse {
+            what,
+            account: &account,
+            count: 1,
+            per_hour,
+            client: self.peer.ip(),
+            listener: self.role.as_str(),
+        };
+        self.ctx.abuse.take_hourly(usage).await
     }
 
     /// Scores a refused RCPT against the client; once that bans it, the session ends after

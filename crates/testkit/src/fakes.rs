@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use sealmail_guard::access::{AbuseReporting, LoginWatch, Logins};
+use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginWatch, Logins};
 use sealmail_guard::{Abuse, LoginOutcome};
 use sealmail_identity::sasl::Credentials;
 use sealmail_store::{SqliteStore, Store};
@@ -100,15 +100,8 @@ impl AbuseReporting for FakeAbuse {
         self.ban_at.is_some_and(|at| reports.len() >= at)
     }
 
-    async fn take_hourly(
-        &self,
-        _what: &'static str,
-        _account: &str,
-        count: u32,
-        _per_hour: u32,
-        _client: IpAddr,
-        _listener: &str,
-    ) -> bool {
+    async fn take_hourly(&self, usage: HourlyUse<'_>) -> bool {
+        let count = usage.count;
         let mut left = self.hourly_left.lock().unwrap_or_else(|p| p.into_inner());
         match left.as_mut() {
             None => true,
