@@ -20,7 +20,7 @@ use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::Authenticator;
-use sealmail_mailauth::inbound::InboundPolicy;
+use sealmail_mailauth::inbound::{Arrival, InboundPolicy};
 use sealmail_mailauth::signing::{self, Signer};
 use sealmail_testkit::dns::DnsServer;
 
@@ -83,10 +83,12 @@ pub async fn run(size: usize, iterations: usize) -> anyhow::Result<()> {
     message.extend_from_slice(&body);
 
     // Verification, after one pass to warm the cache.
-    let ip = IpAddr::from([192, 0, 2, 1]);
-    let first = authenticator
-        .check_inbound(ip, "mail.bench.test", "alice@bench.test", &message, &policy)
-        .await;
+    let arrival = Arrival {
+        client: IpAddr::from([192, 0, 2, 1]),
+        helo: "mail.bench.test",
+        mail_from: "alice@bench.test",
+    };
+    let first = authenticator.check_inbound(arrival, &message, &policy).await;
     anyhow::ensure!(
         first.header.matches("dkim=pass").count() == 2 && first.header.contains("dmarc=pass"),
         "the benchmark message does not verify: {}",
@@ -94,9 +96,7 @@ pub async fn run(size: usize, iterations: usize) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     for _ in 0..iterations {
-        let verdict = authenticator
-            .check_inbound(ip, "mail.bench.test", "alice@bench.test", &message, &policy)
-            .await;
+        let verdict = authenticator.check_inbound(arrival, &message, &policy).await;
         std::hint::black_box(verdict);
     }
     let verify_cost = per_message(started.elapsed(), iterations);

@@ -199,11 +199,9 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
         messages,
         size,
         rounds,
-        measured: Measured {
-            server_processes,
-            label,
-        },
+        measured,
     } = args;
+    let (server_processes, label) = (measured.server_processes, measured.label);
     let config = target.pinned_config()?;
     let target = Arc::new(target);
     let mut s = connect(&target, config.clone(), None).await?;
@@ -313,11 +311,9 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         sender,
         sender_password,
         deliveries,
-        measured: Measured {
-            server_processes,
-            label,
-        },
+        measured,
     } = args;
+    let (server_processes, label) = (measured.server_processes, measured.label);
     let config = target.pinned_config()?;
     let target = Arc::new(target);
     let (rss0, pss0) = (crate::rss_of(&server_processes), pss_of(&server_processes));

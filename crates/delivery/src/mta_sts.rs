@@ -12,7 +12,7 @@ use hickory_proto::rr::RData;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::MtaSts as StsRecord;
 use sealmail_dns::Dns;
-use sealmail_store::Store;
+use sealmail_store::{Store, StoredStsPolicy};
 use sealmail_types::cache::ExpiringCache;
 
 use crate::now_unix;
@@ -294,7 +294,12 @@ impl MtaSts {
         if let Some(policy) = self.cache.get(domain) {
             return Some(policy);
         }
-        let (id, body, expires_at) = self.store.mta_sts_policy(domain).await.ok()??;
+        let StoredStsPolicy {
+            policy_id: id,
+            body,
+            expires_at,
+            ..
+        } = self.store.mta_sts_policy(domain).await.ok()??;
         let left = expires_at - now_unix();
         if left <= 0 {
             return None;
@@ -332,11 +337,13 @@ impl MtaSts {
                 let policy = Arc::new(policy);
                 self.remember(domain, policy.clone(), Duration::from_secs(policy.max_age));
                 let expires_at = now_unix() + policy.max_age as i64;
-                if let Err(e) = self
-                    .store
-                    .save_mta_sts_policy(domain, &id, &body, expires_at)
-                    .await
-                {
+                let stored = StoredStsPolicy {
+                    domain: domain.to_string(),
+                    policy_id: id.clone(),
+                    body: body.clone(),
+                    expires_at,
+                };
+                if let Err(e) = self.store.save_mta_sts_policy(stored).await {
                     tracing::warn!(domain, error = %e, "cannot keep the MTA-STS policy in the store");
                 }
                 Lookup {

@@ -198,8 +198,10 @@ pub async fn reports(store: &dyn Store, day: &str, hostname: &str) -> Result<Vec
                 Some(PolicyType::Sts) => store
                     .mta_sts_policy(&domain)
                     .await?
-                    .map(|(_, body, _)| {
-                        body.lines()
+                    .map(|policy| {
+                        policy
+                            .body
+                            .lines()
                             .map(|l| l.trim_end().to_string())
                             .filter(|l| !l.is_empty())
                             .collect()

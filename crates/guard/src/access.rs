@@ -12,16 +12,19 @@ use sealmail_types::proof::{Authenticated, TlsActive};
 
 use crate::{Abuse, Guard, LoginOutcome};
 
+/// A login: credentials from a client over TLS, on a listener (named in events).
+#[derive(Clone, Copy)]
+pub struct LoginAttempt<'a> {
+    pub tls: &'a TlsActive,
+    pub client: IpAddr,
+    pub listener: &'a str,
+    pub credentials: &'a Credentials,
+}
+
 /// Checking credentials, with everything intrusion prevention does around it.
 #[async_trait::async_trait]
 pub trait Logins: Send + Sync {
-    async fn login(
-        &self,
-        tls: &TlsActive,
-        client: IpAddr,
-        listener: &str,
-        credentials: &Credentials,
-    ) -> LoginOutcome;
+    async fn login(&self, attempt: LoginAttempt<'_>) -> LoginOutcome;
 
     /// The watch a session holds from a successful login on.
     fn watch(&self, login: &Authenticated) -> Box<dyn LoginWatch>;
@@ -91,16 +94,8 @@ impl GuardedLogins {
 
 #[async_trait::async_trait]
 impl Logins for GuardedLogins {
-    async fn login(
-        &self,
-        tls: &TlsActive,
-        client: IpAddr,
-        listener: &str,
-        credentials: &Credentials,
-    ) -> LoginOutcome {
-        self.guard
-            .login(&self.identity, tls, client, listener, credentials)
-            .await
+    async fn login(&self, attempt: LoginAttempt<'_>) -> LoginOutcome {
+        self.guard.login(&self.identity, attempt).await
     }
 
     fn watch(&self, login: &Authenticated) -> Box<dyn LoginWatch> {

@@ -24,12 +24,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sealmail_config::SecurityConfig;
-use sealmail_identity::{Authenticated, Identity, sasl::Credentials};
+use sealmail_identity::{Authenticated, Identity};
 use sealmail_metrics as metrics;
 use sealmail_store::{Ban, SecurityEvent, Store, StoreError};
 use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;
-use sealmail_types::proof::TlsActive;
 use sealmail_types::rate::SlidingWindow;
 
 /// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
@@ -483,14 +482,13 @@ impl Guard {
     /// password seen lately) goes straight through; anything else first waits out the account's
     /// throttle (when it is under attack; a full queue is a temporary failure), then is
     /// verified; the outcome is counted and logged.
-    pub async fn login(
-        &self,
-        identity: &Identity,
-        tls: &TlsActive,
-        ip: IpAddr,
-        listener: &str,
-        credentials: &Credentials,
-    ) -> LoginOutcome {
+    pub async fn login(&self, identity: &Identity, attempt: access::LoginAttempt<'_>) -> LoginOutcome {
+        let access::LoginAttempt {
+            tls,
+            client: ip,
+            listener,
+            credentials,
+        } = attempt;
         let result = match identity.recalled_login(tls, credentials).await {
             Ok(Some(recalled)) => Ok(Some(recalled)),
             _ => {

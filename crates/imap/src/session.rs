@@ -24,7 +24,7 @@ use imap_codec::imap_types::status::StatusDataItemName;
 
 use imap_codec::CommandCodec;
 use imap_codec::decode::Decoder;
-use sealmail_guard::access::{AbuseReporting, LoginWatch, Logins};
+use sealmail_guard::access::{AbuseReporting, LoginAttempt, LoginWatch, Logins};
 use sealmail_guard::{Abuse, LoginOutcome};
 use sealmail_identity::Password;
 use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
@@ -33,7 +33,7 @@ use sealmail_net::{ConnError, Connection, Line, TlsActive};
 
 use crate::esearch;
 use crate::framing::{Frame, Refusal};
-use sealmail_store::{Account, FlagChange, Mailbox, NewMessage, Store, StoreError};
+use sealmail_store::{Account, CopyMessages, FlagChange, Mailbox, NewMessage, SetFlags, Store, StoreError};
 
 use crate::framing::{Limits, Stage};
 use crate::list::{self, ListRequest};

@@ -65,30 +65,25 @@ pub enum Disposition {
     TempFail(String),
 }
 
+/// Where a message came from: the client's address, the name it gave in HELO/EHLO, and the
+/// MAIL FROM address (empty for `<>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub client: IpAddr,
+    pub helo: &'a str,
+    pub mail_from: &'a str,
+}
+
 /// The inbound verdict as an SMTP session needs it (its unit tests use a fake).
 #[async_trait::async_trait]
 pub trait InboundVerdicts: Send + Sync {
-    async fn verdict(
-        &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-        message: &[u8],
-        policy: &InboundPolicy,
-    ) -> Verdict;
+    async fn verdict(&self, arrival: Arrival<'_>, message: &[u8], policy: &InboundPolicy) -> Verdict;
 }
 
 #[async_trait::async_trait]
 impl InboundVerdicts for Authenticator {
-    async fn verdict(
-        &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-        message: &[u8],
-        policy: &InboundPolicy,
-    ) -> Verdict {
-        self.check_inbound(ip, helo, mail_from, message, policy).await
+    async fn verdict(&self, arrival: Arrival<'_>, message: &[u8], policy: &InboundPolicy) -> Verdict {
+        self.check_inbound(arrival, message, policy).await
     }
 }
 
@@ -347,34 +342,37 @@ impl Authenticator {
         }
     }
 
-    /// Runs every check on a message received on `mx` from `ip`, which said `helo` and gave
-    /// `mail_from` (empty for `<>`). `message` is the message as received, without our trace
-    /// headers, with forged results already stripped.
+    /// Runs every check on a message received on `mx` (see [`Arrival`]). `message` is the
+    /// message as received, without our trace headers, with forged results already stripped.
     pub async fn check_inbound(
         &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
+        arrival: Arrival<'_>,
         message: &[u8],
         policy: &InboundPolicy,
     ) -> Verdict {
+        let Arrival {
+            client: ip,
+            helo,
+            mail_from,
+        } = arrival;
         let spf_helo = self.spf_helo(ip, helo).await;
         let spf_mail = self.spf_mail_from(ip, helo, mail_from).await;
         let mail_from_domain = match mail_from.rsplit_once('@') {
             Some((_, domain)) => domain.to_string(),
             None => helo.to_string(),
         };
-        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
-            let header = AuthenticationResults::new(&self.hostname)
+        // Refused before DKIM and DMARC ran: the header has the SPF results.
+        let refused = |why: String| Verdict {
+            header: AuthenticationResults::new(&self.hostname)
                 .with_spf_ehlo_result(&spf_helo, ip, helo)
                 .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
-                .to_header();
-            return Verdict {
-                header,
-                disposition: Disposition::Reject("The message header cannot be parsed".into()),
-                dmarc: "permerror",
-                from_domain: String::new(),
-            };
+                .to_header(),
+            disposition: Disposition::Reject(why),
+            dmarc: "permerror",
+            from_domain: String::new(),
+        };
+        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
+            return refused("The message header cannot be parsed".into());
         };
         // RFC 5322 3.6: exactly one From field, naming at least one mailbox. mail-auth exempts
         // a From of several domains from DMARC (and one without an address has nothing to
@@ -397,48 +395,37 @@ impl Authenticator {
             _ => Some("it has more than one From header field".to_string()),
         };
         if let Some(why) = malformed_from {
-            let header = AuthenticationResults::new(&self.hostname)
-                .with_spf_ehlo_result(&spf_helo, ip, helo)
-                .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
-                .to_header();
-            return Verdict {
-                header,
-                disposition: Disposition::Reject(format!(
-                    "Message rejected: {why} (RFC 5322 3.6), so its author cannot be verified"
-                )),
-                dmarc: "permerror",
-                from_domain: String::new(),
-            };
+            return refused(format!(
+                "Message rejected: {why} (RFC 5322 3.6), so its author cannot be verified"
+            ));
         }
         let unchecked = limit_dkim_signatures(&mut parsed);
         let (dkim, weak) = self.verify_dkim(&parsed).await;
         let arc = self.verify_arc(&parsed).await;
         // RFC 7489 6.6.1: with several author domains each is evaluated on its own and the
         // strictest outcome applies.
-        let authors = authors.unwrap_or_default();
-        let mut evaluated = Vec::with_capacity(authors.len());
-        for (domain, address) in &authors {
-            let mut single = parsed.clone();
-            single.from = vec![address.clone()];
+        // No From field: DMARC's own answer (none) for the message as it is.
+        let evaluate: Vec<(String, AuthenticatedMessage<'_>)> = match authors {
+            Some(authors) if !authors.is_empty() => authors
+                .into_iter()
+                .map(|(domain, address)| {
+                    let mut single = parsed.clone();
+                    single.from = vec![address];
+                    (domain, single)
+                })
+                .collect(),
+            _ => vec![(String::new(), parsed.clone())],
+        };
+        let mut evaluated = Vec::with_capacity(evaluate.len());
+        for (domain, message) in &evaluate {
             let output = self
                 .inner
                 .verify_dmarc(
-                    Parameters::new(DmarcParameters::new(&single, &dkim, &mail_from_domain, &spf_mail))
+                    Parameters::new(DmarcParameters::new(message, &dkim, &mail_from_domain, &spf_mail))
                         .with_txt_cache(&*self.txt_cache),
                 )
                 .await;
             evaluated.push((domain.clone(), output));
-        }
-        if evaluated.is_empty() {
-            // No From field: DMARC's own answer (none) for the message as it is.
-            let output = self
-                .inner
-                .verify_dmarc(
-                    Parameters::new(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf_mail))
-                        .with_txt_cache(&*self.txt_cache),
-                )
-                .await;
-            evaluated.push((String::new(), output));
         }
         let strictest = evaluated
             .iter()

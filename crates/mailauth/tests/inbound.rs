@@ -8,7 +8,7 @@ use std::time::Duration;
 use sealmail_config::DnsConfig;
 use sealmail_dns::Dns;
 use sealmail_mailauth::Authenticator;
-use sealmail_mailauth::inbound::{Disposition, InboundPolicy, Verdict};
+use sealmail_mailauth::inbound::{Arrival, Disposition, InboundPolicy, Verdict};
 use sealmail_testkit::dns::{DnsServer, Rec};
 
 /// The RFC 8463 message with CRLF line endings, as it travels.
@@ -84,9 +84,11 @@ impl World {
 async fn check(authenticator: &Authenticator, ip: [u8; 4], mail_from: &str, message: &[u8]) -> Verdict {
     authenticator
         .check_inbound(
-            IpAddr::from(ip),
-            "mail.football.example.com",
-            mail_from,
+            Arrival {
+                client: IpAddr::from(ip),
+                helo: "mail.football.example.com",
+                mail_from,
+            },
             message,
             &InboundPolicy::default(),
         )

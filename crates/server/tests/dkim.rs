@@ -58,9 +58,11 @@ async fn verify_in_sealmail(
     let authenticator = sealmail_mailauth::Authenticator::new(&resolver, "mx.receiver.test");
     Ok(authenticator
         .check_inbound(
-            IpAddr::from([192, 0, 2, 1]),
-            helo,
-            mail_from,
+            sealmail_mailauth::inbound::Arrival {
+                client: IpAddr::from([192, 0, 2, 1]),
+                helo,
+                mail_from,
+            },
             message,
             &sealmail_mailauth::inbound::InboundPolicy::default(),
         )

@@ -1,10 +1,9 @@
 //! Fakes of what only an SMTP session depends on (inbound verdicts, DKIM signing); the
 //! shared ones (logins, abuse reporting, a real store) are `sealmail_testkit::fakes`.
 
-use std::net::IpAddr;
 use std::sync::Mutex;
 
-use sealmail_mailauth::inbound::{Disposition, InboundPolicy, InboundVerdicts, Verdict};
+use sealmail_mailauth::inbound::{Arrival, Disposition, InboundPolicy, InboundVerdicts, Verdict};
 use sealmail_mailauth::signing::{DkimError, MessageSigning};
 pub use sealmail_testkit::fakes::*;
 pub use sealmail_testkit::{TestResult, ctx};
@@ -30,14 +29,7 @@ impl FakeVerdicts {
 
 #[async_trait::async_trait]
 impl InboundVerdicts for FakeVerdicts {
-    async fn verdict(
-        &self,
-        _ip: IpAddr,
-        _helo: &str,
-        _mail_from: &str,
-        message: &[u8],
-        _policy: &InboundPolicy,
-    ) -> Verdict {
+    async fn verdict(&self, _: Arrival<'_>, message: &[u8], _: &InboundPolicy) -> Verdict {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())

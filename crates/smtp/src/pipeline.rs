@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use sealmail_mailauth::inbound::{Disposition, InboundPolicy, InboundVerdicts, strip_forged_results};
+use sealmail_mailauth::inbound::{
+    Arrival, Disposition, InboundPolicy, InboundVerdicts, strip_forged_results,
+};
 use sealmail_mailauth::phishing;
 use sealmail_mailauth::signing::MessageSigning;
 use sealmail_store::Store;
@@ -97,6 +99,17 @@ pub struct Envelope<'a> {
     pub hostname: &'a str,
 }
 
+impl<'a> Envelope<'a> {
+    /// Where the message came from, as sender authentication reads it.
+    pub fn arrival(&self) -> Arrival<'a> {
+        Arrival {
+            client: self.client,
+            helo: self.helo,
+            mail_from: self.sender,
+        }
+    }
+}
+
 /// What the stages may use besides the draft.
 pub struct Services<'a> {
     pub store: &'a dyn Store,
@@ -175,13 +188,7 @@ async fn authenticate_sender(
 ) -> Result<(), Reply> {
     let verdict = services
         .verdicts
-        .verdict(
-            envelope.client,
-            envelope.helo,
-            envelope.sender,
-            &draft.content,
-            services.policy,
-        )
+        .verdict(envelope.arrival(), &draft.content, services.policy)
         .await;
     tracing::info!(id = %draft.id, client = %envelope.client, from_domain = %verdict.from_domain, dmarc = verdict.dmarc, disposition = ?verdict.disposition, "sender authentication");
     match verdict.disposition {

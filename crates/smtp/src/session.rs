@@ -20,7 +20,7 @@ use smtp_proto::{
 use sealmail_config::{Role, SmtpConfig};
 use sealmail_guard::Abuse;
 use sealmail_guard::LoginOutcome;
-use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginWatch, Logins};
+use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginAttempt, LoginWatch, Logins};
 use sealmail_identity::sasl::{self, Mechanism};
 use sealmail_mailauth::inbound::{InboundPolicy, InboundVerdicts};
 use sealmail_mailauth::signing::MessageSigning;
@@ -382,7 +382,12 @@ impl Session {
         let ctx = &self.ctx;
         match ctx
             .logins
-            .login(tls, self.peer.ip(), self.role.as_str(), &credentials)
+            .login(LoginAttempt {
+                tls,
+                client: self.peer.ip(),
+                listener: self.role.as_str(),
+                credentials: &credentials,
+            })
             .await
         {
             LoginOutcome::Success(authenticated) => {

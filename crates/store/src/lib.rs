@@ -128,12 +128,43 @@ pub struct MessageFlags {
     pub modseq: u64,
 }
 
+/// A STORE: `change` of `flags` on the messages of `mailbox` with these UIDs (missing UIDs are
+/// skipped), only on those not modified since `unchanged_since` when given (RFC 7162).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetFlags {
+    pub mailbox: MailboxId,
+    pub uids: Vec<u32>,
+    pub change: FlagChange,
+    pub flags: Vec<String>,
+    pub unchanged_since: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlagUpdate {
     /// Every message asked for that still exists, with its flags now (changed or not).
     pub messages: Vec<MessageFlags>,
     /// RFC 7162 UNCHANGEDSINCE: UIDs left alone because they changed after the given modseq.
     pub modified: Vec<u32>,
+}
+
+/// A COPY (flags and internal date kept) of the messages of `from` with these UIDs to `to`;
+/// with `remove_source` it is a MOVE, done in the same commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyMessages {
+    pub from: MailboxId,
+    pub uids: Vec<u32>,
+    pub to: MailboxId,
+    pub remove_source: bool,
+}
+
+/// An MTA-STS policy as fetched for `domain` (RFC 8461 5.1: kept across restarts until it
+/// expires): its id from the TXT record, its text, and its expiry in Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredStsPolicy {
+    pub domain: String,
+    pub policy_id: String,
+    pub body: String,
+    pub expires_at: i64,
 }
 
 /// Result of COPY or MOVE: the destination's UIDVALIDITY and (source UID, new UID) pairs.
@@ -449,15 +480,10 @@ pub trait Store: Send + Sync {
     /// Removes a message from the queue without delivering it; whether it was there.
     async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
     async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;
-    /// The MTA-STS policy last fetched for `domain`: (policy id, body, expiry in Unix seconds).
-    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<(String, String, i64)>, StoreError>;
-    async fn save_mta_sts_policy(
-        &self,
-        domain: &str,
-        policy_id: &str,
-        body: &str,
-        expires_at: i64,
-    ) -> Result<(), StoreError>;
+    /// The MTA-STS policy last fetched for `domain`.
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError>;
+    /// Keeps `policy` as the one last fetched for its domain (replacing the one before).
+    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError>;
     /// Every counted TLS result, by day.
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
     /// Claims the TLS report of `day` for `domain`: true the first time only, so a report is
@@ -488,27 +514,13 @@ pub trait Store: Send + Sync {
     /// What changed after `modseq` (new messages, flag changes, expunges), in one snapshot.
     /// From 0 it is every message, without expunges (nothing was seen before them).
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError>;
-    /// Changes the flags of the messages with these UIDs (missing UIDs are skipped).
-    async fn update_flags(
-        &self,
-        mailbox: MailboxId,
-        uids: Vec<u32>,
-        change: FlagChange,
-        flags: Vec<String>,
-        unchanged_since: Option<u64>,
-    ) -> Result<FlagUpdate, StoreError>;
+    /// Changes the flags of messages (see [`SetFlags`]).
+    async fn update_flags(&self, request: SetFlags) -> Result<FlagUpdate, StoreError>;
     /// Removes the messages flagged `\Deleted` (only those among `uids` when given); returns
     /// the UIDs removed.
     async fn expunge(&self, mailbox: MailboxId, uids: Option<Vec<u32>>) -> Result<Vec<u32>, StoreError>;
-    /// Copies messages (flags and internal date kept) to `to`; with `remove_source` it is a
-    /// MOVE, done in the same commit.
-    async fn copy_messages(
-        &self,
-        from: MailboxId,
-        uids: Vec<u32>,
-        to: MailboxId,
-        remove_source: bool,
-    ) -> Result<Copied, StoreError>;
+    /// Copies or moves messages (see [`CopyMessages`]).
+    async fn copy_messages(&self, request: CopyMessages) -> Result<Copied, StoreError>;
     /// A receiver that wakes after every committed change to the mailbox (new mail from SMTP,
     /// another session's flags or expunges). It carries no data: ask [`Store::changes_since`].
     fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()>;

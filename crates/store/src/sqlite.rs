@@ -35,8 +35,8 @@ use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
     sha256_hex,
 };
-use crate::{Copied, FlagChange, FlagUpdate, MailboxChanges, MailboxStatus};
-use crate::{DueMessage, Pruned, RecipientOutcome, Retention, TlsResult, TlsResultCount};
+use crate::{Copied, CopyMessages, FlagUpdate, MailboxChanges, MailboxStatus, SetFlags};
+use crate::{DueMessage, Pruned, RecipientOutcome, Retention, StoredStsPolicy, TlsResult, TlsResultCount};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -112,34 +112,18 @@ enum WriteOp {
         mailbox: MailboxId,
         up_to: u32,
     },
-    UpdateFlags {
-        mailbox: MailboxId,
-        uids: Vec<u32>,
-        change: FlagChange,
-        flags: Vec<String>,
-        unchanged_since: Option<u64>,
-    },
+    UpdateFlags(SetFlags),
     Expunge {
         mailbox: MailboxId,
         uids: Option<Vec<u32>>,
     },
-    Copy {
-        from: MailboxId,
-        uids: Vec<u32>,
-        to: MailboxId,
-        remove_source: bool,
-    },
+    Copy(CopyMessages),
     RecordOutcomes {
         id: i64,
         outcomes: Vec<(i64, RecipientOutcome)>,
     },
     RetryQueued(Option<i64>),
-    SaveStsPolicy {
-        domain: String,
-        policy_id: String,
-        body: String,
-        expires_at: i64,
-    },
+    SaveStsPolicy(StoredStsPolicy),
     DeleteQueued(i64),
     TlsResult(TlsResult),
     ClaimTlsReport {
@@ -158,8 +142,10 @@ impl WriteOp {
                     into.extend(local.mailboxes.iter().map(|m| m.0));
                 }
             }
-            WriteOp::UpdateFlags { mailbox, .. } | WriteOp::Expunge { mailbox, .. } => into.push(mailbox.0),
-            WriteOp::Copy { from, to, .. } => into.extend([from.0, to.0]),
+            WriteOp::UpdateFlags(SetFlags { mailbox, .. }) | WriteOp::Expunge { mailbox, .. } => {
+                into.push(mailbox.0)
+            }
+            WriteOp::Copy(CopyMessages { from, to, .. }) => into.extend([from.0, to.0]),
             _ => {}
         }
     }
@@ -606,36 +592,21 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::ClaimRecent { mailbox, up_to } => mailboxes::claim_recent(conn, *mailbox, *up_to)
             .await
             .map(|before| WriteDone::Count(u64::from(before))),
-        WriteOp::UpdateFlags {
-            mailbox,
-            uids,
-            change,
-            flags,
-            unchanged_since,
-        } => mailboxes::update_flags(conn, *mailbox, uids, *change, flags, *unchanged_since)
-            .await
-            .map(WriteDone::Flags),
+        WriteOp::UpdateFlags(request) => mailboxes::update_flags(conn, request).await.map(WriteDone::Flags),
         WriteOp::Expunge { mailbox, uids } => mailboxes::expunge(conn, *mailbox, uids.as_deref())
             .await
             .map(WriteDone::Uids),
-        WriteOp::Copy {
-            from,
-            uids,
-            to,
-            remove_source,
-        } => mailboxes::copy(conn, *from, uids, *to, *remove_source)
-            .await
-            .map(WriteDone::Copied),
+        WriteOp::Copy(request) => mailboxes::copy(conn, request).await.map(WriteDone::Copied),
         WriteOp::RecordOutcomes { id, outcomes } => queue::record_outcomes(conn, *id, outcomes)
             .await
             .map(|_| WriteDone::Unit),
         WriteOp::RetryQueued(id) => queue::retry(conn, *id).await.map(WriteDone::Count),
-        WriteOp::SaveStsPolicy {
+        WriteOp::SaveStsPolicy(StoredStsPolicy {
             domain,
             policy_id,
             body,
             expires_at,
-        } => {
+        }) => {
             sqlx::query(
                 "INSERT INTO mta_sts_policies (domain, policy_id, body, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (domain) DO UPDATE SET policy_id = excluded.policy_id, body = excluded.body, expires_at = excluded.expires_at",
             )
@@ -1088,29 +1059,17 @@ impl Store for SqliteStore {
         self.write(WriteOp::TlsResult(result)).await.map(|_| ())
     }
 
-    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<(String, String, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT policy_id, body, expires_at FROM mta_sts_policies WHERE domain = ?1")
-                .bind(domain)
-                .fetch_optional(&self.readers)
-                .await?,
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT domain, policy_id, body, expires_at FROM mta_sts_policies WHERE domain = ?1",
         )
+        .bind(domain)
+        .fetch_optional(&self.readers)
+        .await?)
     }
 
-    async fn save_mta_sts_policy(
-        &self,
-        domain: &str,
-        policy_id: &str,
-        body: &str,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let op = WriteOp::SaveStsPolicy {
-            domain: domain.to_string(),
-            policy_id: policy_id.to_string(),
-            body: body.to_string(),
-            expires_at,
-        };
-        self.write(op).await.map(|_| ())
+    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError> {
+        self.write(WriteOp::SaveStsPolicy(policy)).await.map(|_| ())
     }
 
     async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
@@ -1295,22 +1254,8 @@ impl Store for SqliteStore {
         mailboxes::changes_since(&mut conn, mailbox, modseq).await
     }
 
-    async fn update_flags(
-        &self,
-        mailbox: MailboxId,
-        uids: Vec<u32>,
-        change: FlagChange,
-        flags: Vec<String>,
-        unchanged_since: Option<u64>,
-    ) -> Result<FlagUpdate, StoreError> {
-        let op = WriteOp::UpdateFlags {
-            mailbox,
-            uids,
-            change,
-            flags,
-            unchanged_since,
-        };
-        done_as!(self.write(op).await?, WriteDone::Flags)
+    async fn update_flags(&self, request: SetFlags) -> Result<FlagUpdate, StoreError> {
+        done_as!(self.write(WriteOp::UpdateFlags(request)).await?, WriteDone::Flags)
     }
 
     async fn expunge(&self, mailbox: MailboxId, uids: Option<Vec<u32>>) -> Result<Vec<u32>, StoreError> {
@@ -1320,20 +1265,8 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn copy_messages(
-        &self,
-        from: MailboxId,
-        uids: Vec<u32>,
-        to: MailboxId,
-        remove_source: bool,
-    ) -> Result<Copied, StoreError> {
-        let op = WriteOp::Copy {
-            from,
-            uids,
-            to,
-            remove_source,
-        };
-        done_as!(self.write(op).await?, WriteDone::Copied)
+    async fn copy_messages(&self, request: CopyMessages) -> Result<Copied, StoreError> {
+        done_as!(self.write(WriteOp::Copy(request)).await?, WriteDone::Copied)
     }
 
     fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()> {

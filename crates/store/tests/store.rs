@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sealmail_store::{DB_FILE, FlagChange, NewMessage, SqliteStore, Store, StoreError, StoredMessage};
+use sealmail_store::{
+    CopyMessages, DB_FILE, FlagChange, NewMessage, SetFlags, SqliteStore, Store, StoreError, StoredMessage,
+    StoredStsPolicy,
+};
 use sealmail_types::{Domain, EmailAddress, MailboxId};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -497,24 +500,36 @@ async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> 
     // Flags: only real changes take a new mod-sequence; UNCHANGEDSINCE protects later changes.
     let seen = vec!["\\Seen".to_string()];
     let update = store
-        .update_flags(inbox, vec![2, 3, 99], FlagChange::Add, seen.clone(), None)
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![2, 3, 99],
+            change: FlagChange::Add,
+            flags: seen.clone(),
+            unchanged_since: None,
+        })
         .await?;
     assert_eq!(update.messages.len(), 2, "UID 99 does not exist and is skipped");
     let changes = store.changes_since(inbox, after_new).await?;
     assert_eq!(changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(changes.changed[0].flags, seen);
     let unchanged = store
-        .update_flags(inbox, vec![2], FlagChange::Add, seen.clone(), None)
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![2],
+            change: FlagChange::Add,
+            flags: seen.clone(),
+            unchanged_since: None,
+        })
         .await?;
     assert_eq!(unchanged.messages[0].modseq, changes.changed[0].modseq);
     let refused = store
-        .update_flags(
-            inbox,
-            vec![1, 2],
-            FlagChange::Replace,
-            vec!["\\Flagged".into()],
-            Some(after_new),
-        )
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 2],
+            change: FlagChange::Replace,
+            flags: vec!["\\Flagged".into()],
+            unchanged_since: Some(after_new),
+        })
         .await?;
     assert_eq!(refused.modified, [2]);
     assert_eq!(refused.messages.len(), 1);
@@ -523,7 +538,13 @@ async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> 
     let before_expunge = store.changes_since(inbox, 0).await?.highest_modseq;
     let deleted = vec!["\\Deleted".to_string()];
     store
-        .update_flags(inbox, vec![1, 3], FlagChange::Add, deleted, None)
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 3],
+            change: FlagChange::Add,
+            flags: deleted,
+            unchanged_since: None,
+        })
         .await?;
     assert_eq!(store.expunge(inbox, Some(vec![3])).await?, [3]);
     assert_eq!(store.expunge(inbox, None).await?, [1]);
@@ -621,10 +642,24 @@ async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> Test
         store.store_message(message(body, inbox)).await?;
     }
     let archive = store.create_mailbox(alice, "Archive").await?;
-    let copied = store.copy_messages(inbox, vec![1, 3], archive.id, false).await?;
+    let copied = store
+        .copy_messages(CopyMessages {
+            from: inbox,
+            uids: vec![1, 3],
+            to: archive.id,
+            remove_source: false,
+        })
+        .await?;
     assert_eq!(copied.uids, [(1, 1), (3, 2)]);
     assert_eq!(copied.uid_validity, archive.uid_validity);
-    let moved = store.copy_messages(inbox, vec![2], archive.id, true).await?;
+    let moved = store
+        .copy_messages(CopyMessages {
+            from: inbox,
+            uids: vec![2],
+            to: archive.id,
+            remove_source: true,
+        })
+        .await?;
     assert_eq!(moved.uids, [(2, 3)]);
     assert_eq!(store.messages(inbox).await?.len(), 2);
     let status = store.mailbox_status(archive.id).await?;
@@ -736,7 +771,13 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
     // Expunged from the INBOX: its blob stays while Sent still holds the message.
     let before = store.changes_since(inbox, 0).await?.highest_modseq;
     store
-        .update_flags(inbox, vec![1, 2], FlagChange::Add, vec!["\\Deleted".into()], None)
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 2],
+            change: FlagChange::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
         .await?;
     assert_eq!(store.expunge(inbox, None).await?, vec![1, 2]);
     assert_eq!(
@@ -755,13 +796,13 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
         .ok_or("no copy in Sent")?;
     assert!(store.read_message(in_sent.id).await?.ends_with(b"shared\r\n"));
     store
-        .update_flags(
-            sent,
-            vec![in_sent.uid],
-            FlagChange::Add,
-            vec!["\\Deleted".into()],
-            None,
-        )
+        .update_flags(SetFlags {
+            mailbox: sent,
+            uids: vec![in_sent.uid],
+            change: FlagChange::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
         .await?;
     store.expunge(sent, None).await?;
     assert_eq!(
@@ -786,10 +827,20 @@ async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_use
         assert!(store.claim_tls_report(day, "b.test").await?);
     }
     store
-        .save_mta_sts_policy("old.test", "1", "version: STSv1", now - 10)
+        .save_mta_sts_policy(StoredStsPolicy {
+            domain: "old.test".into(),
+            policy_id: "1".into(),
+            body: "version: STSv1".into(),
+            expires_at: now - 10,
+        })
         .await?;
     store
-        .save_mta_sts_policy("live.test", "1", "version: STSv1", now + 3600)
+        .save_mta_sts_policy(StoredStsPolicy {
+            domain: "live.test".into(),
+            policy_id: "1".into(),
+            body: "version: STSv1".into(),
+            expires_at: now + 3600,
+        })
         .await?;
     let later = sealmail_store::Retention::at(now + sealmail_store::Retention::TOMBSTONE_SECS + 1);
     let cutoff = later.tls_days_before.clone();

@@ -5,11 +5,10 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginWatch, Logins};
+use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginAttempt, LoginWatch, Logins};
 use sealmail_guard::{Abuse, LoginOutcome};
-use sealmail_identity::sasl::Credentials;
 use sealmail_store::{SqliteStore, Store};
-use sealmail_types::proof::{Authenticated, TlsActive};
+use sealmail_types::proof::Authenticated;
 use sealmail_types::{Domain, EmailAddress};
 
 use crate::{TestResult, ctx};
@@ -36,13 +35,8 @@ pub struct FakeLogins {
 
 #[async_trait::async_trait]
 impl Logins for FakeLogins {
-    async fn login(
-        &self,
-        _tls: &TlsActive,
-        _client: IpAddr,
-        _listener: &str,
-        credentials: &Credentials,
-    ) -> LoginOutcome {
+    async fn login(&self, attempt: LoginAttempt<'_>) -> LoginOutcome {
+        let credentials = attempt.credentials;
         if credentials.username == ALICE && credentials.password.expose() == ALICE_PASSWORD {
             let Ok(address) = EmailAddress::parse(ALICE) else {
                 return LoginOutcome::Unavailable;

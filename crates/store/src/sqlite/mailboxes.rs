@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use sealmail_types::{AccountId, MailboxId, MessageId};
 
 use crate::{
-    Copied, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT, Mailbox,
-    MailboxChanges, MailboxStatus, MessageFlags, StoreError, StoredMessage,
+    Copied, CopyMessages, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT,
+    Mailbox, MailboxChanges, MailboxStatus, MessageFlags, SetFlags, StoreError, StoredMessage,
 };
 
 // Column lists as macros so queries stay `&'static str` (sqlx only takes dynamic SQL through
@@ -516,12 +516,15 @@ async fn messages_with_uids(
 
 pub(super) async fn update_flags(
     conn: &mut SqliteConnection,
-    mailbox: MailboxId,
-    uids: &[u32],
-    change: FlagChange,
-    flags: &[String],
-    unchanged_since: Option<u64>,
+    request: &SetFlags,
 ) -> Result<FlagUpdate, StoreError> {
+    let SetFlags {
+        mailbox,
+        ref uids,
+        change,
+        ref flags,
+        unchanged_since,
+    } = *request;
     let current = messages_with_uids(conn, mailbox, uids).await?;
     let mut update = FlagUpdate::default();
     let mut modseq: Option<i64> = None;
@@ -610,13 +613,13 @@ pub(super) async fn expunge(
     Ok(deleted)
 }
 
-pub(super) async fn copy(
-    conn: &mut SqliteConnection,
-    from: MailboxId,
-    uids: &[u32],
-    to: MailboxId,
-    remove_source: bool,
-) -> Result<Copied, StoreError> {
+pub(super) async fn copy(conn: &mut SqliteConnection, request: &CopyMessages) -> Result<Copied, StoreError> {
+    let CopyMessages {
+        from,
+        ref uids,
+        to,
+        remove_source,
+    } = *request;
     let source = messages_with_uids(conn, from, uids).await?;
     let (uid_validity,): (i64,) = sqlx::query_as("SELECT uid_validity FROM mailboxes WHERE id = ?1")
         .bind(to.0)

@@ -10,7 +10,16 @@ impl Session {
             return no("[PRIVACYREQUIRED] Use STARTTLS first");
         };
         let ctx = self.ctx.clone();
-        match ctx.logins.login(&tls, self.peer.ip(), "imap", &credentials).await {
+        match ctx
+            .logins
+            .login(LoginAttempt {
+                tls: &tls,
+                client: self.peer.ip(),
+                listener: "imap",
+                credentials: &credentials,
+            })
+            .await
+        {
             LoginOutcome::Success(authenticated) => {
                 self.login_check = Some(ctx.logins.watch(&authenticated));
                 self.account = Some(authenticated.account);

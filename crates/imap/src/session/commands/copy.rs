@@ -53,7 +53,12 @@ impl Session {
         match self
             .ctx
             .store
-            .copy_messages(selected.mailbox.id, uids, target.id, remove_source)
+            .copy_messages(CopyMessages {
+                from: selected.mailbox.id,
+                uids,
+                to: target.id,
+                remove_source,
+            })
             .await
         {
             Ok(copied) => {

@@ -145,13 +145,13 @@ impl Session {
                 match self
                     .ctx
                     .store
-                    .update_flags(
-                        selected.mailbox.id,
-                        unseen,
-                        FlagChange::Add,
-                        vec!["\\Seen".into()],
-                        None,
-                    )
+                    .update_flags(SetFlags {
+                        mailbox: selected.mailbox.id,
+                        uids: unseen,
+                        change: FlagChange::Add,
+                        flags: vec!["\\Seen".into()],
+                        unchanged_since: None,
+                    })
                     .await
                 {
                     Ok(update) => {

@@ -49,7 +49,13 @@ impl Session {
         let update = match self
             .ctx
             .store
-            .update_flags(selected.mailbox.id, uids, change, names, unchanged_since)
+            .update_flags(SetFlags {
+                mailbox: selected.mailbox.id,
+                uids,
+                change,
+                flags: names,
+                unchanged_since,
+            })
             .await
         {
             Ok(update) => update,
