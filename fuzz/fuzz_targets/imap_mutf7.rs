@@ -1,11 +1,12 @@
 //! Fuzz target: IMAP mailbox names in modified UTF-7 (RFC 3501 5.1.3):
 //! `sealmail_imap::wire::decode_mailbox_name` accepts only the canonical encoding, so whatever
-//! it decodes must encode back to the same bytes; and any name without a control character
-//! encodes to something that decodes back to it (one with a control character is refused).
+//! it decodes must encode back to the same bytes; and any name without a character unfit in a
+//! name (`wire::unfit_in_name`: controls, invisible format characters) encodes to something
+//! that decodes back to it (one with such a character is refused).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealmail_imap::wire::{decode_mailbox_name, encode_mailbox_name};
+use sealmail_imap::wire::{decode_mailbox_name, encode_mailbox_name, unfit_in_name};
 
 fuzz_target!(|input: &[u8]| {
     if let Some(name) = decode_mailbox_name(input) {
@@ -18,8 +19,9 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(name) = std::str::from_utf8(input) {
         let encoded = encode_mailbox_name(name);
         assert!(encoded.is_ascii());
-        // A name with a control character is refused (no mailbox can have one).
-        let expected = (!name.chars().any(char::is_control)).then_some(name);
+        // A name with a control or invisible format character is refused (no mailbox can
+        // have one).
+        let expected = (!name.chars().any(unfit_in_name)).then_some(name);
         assert_eq!(decode_mailbox_name(encoded.as_bytes()).as_deref(), expected);
     }
 });
