@@ -485,15 +485,11 @@ impl Session {
                 None => return reply(553, "5.7.1", "The null sender is not allowed for users"),
             }
         }
-        if !self
+        if let Err(refusal) = self
             .spend_hourly("messages", self.ctx.config.messages_per_hour)
             .await
         {
-            return reply(
-                451,
-                "4.7.1",
-                "Too many messages from this account in the last hour; try again later",
-            );
+            return refusal;
         }
         let dsn_ret = match from.flags {
             f if f & MAIL_RET_FULL != 0 => Some("FULL".to_string()),
@@ -598,15 +594,11 @@ impl Session {
                 return reply(550, "5.7.1", refusal);
             }
         };
-        if !self
+        if let Err(refusal) = self
             .spend_hourly("recipients", self.ctx.config.recipients_per_hour)
             .await
         {
-            return reply(
-                451,
-                "4.7.1",
-                "Too many recipients from this account in the last hour; try again later",
-            );
+            return refusal;
         }
         let Some(transaction) = self.transaction.as_mut() else {
             return reply(503, "5.5.1", "Need MAIL before RCPT");
@@ -620,10 +612,10 @@ impl Session {
         reply(250, "2.1.5", "Recipient OK")
     }
 
-    /// Spends one unit of the logged-in account's hourly allowance `what`; true without a login
-    /// (MX sessions have no account to count against).
-    async fn spend_hourly(&self, what: &'static str, per_hour: u32) -> bool {
-        let Some(auth) = &self.auth else { return true };
+    /// Spends one unit of the logged-in account's hourly allowance `what`, or gives the 451 that
+    /// refuses it; nothing to spend without a login (MX sessions have no account to count against).
+    async fn spend_hourly(&self, what: &'static str, per_hour: u32) -> Result<(), Action> {
+        let Some(auth) = &self.auth else { return Ok(()) };
         let account = auth.account.address.to_string();
         let usage = HourlyUse {
             what,
@@ -633,7 +625,14 @@ impl Session {
             client: self.peer.ip(),
             listener: self.role.as_str(),
         };
-        self.ctx.abuse.take_hourly(usage).await
+        if self.ctx.abuse.take_hourly(usage).await {
+            return Ok(());
+        }
+        Err(reply(
+            451,
+            "4.7.1",
+            format!("Too many {what} from this account in the last hour; try again later"),
+        ))
     }
 
     /// Scores a refused RCPT against the client; once that bans it, the session ends after
