@@ -210,6 +210,9 @@ pub struct ServerConfig {
     pub group: Option<String>,
     /// Keep running as root when no user is set (refused otherwise).
     pub allow_root: bool,
+    /// This node's name among the nodes sharing one store (docs/CLUSTER.md): in logs,
+    /// `Received` headers, metrics, security events and queue leases.
+    pub node_name: String,
 }
 
 impl Default for ServerConfig {
@@ -218,6 +221,7 @@ impl Default for ServerConfig {
             user: None,
             group: None,
             allow_root: SERVER_ALLOW_ROOT.default_flag(),
+            node_name: machine_host_name(),
         }
     }
 }
@@ -338,6 +342,9 @@ pub struct DeliveryConfig {
     pub trust_anchors: Option<PathBuf>,
     /// A smarthost all outbound mail goes through instead of the destinations' MX hosts.
     pub relay: Option<Relay>,
+    /// How long a node holds the due recipients it took before another node may take them
+    /// (docs/CLUSTER.md): longer than any one attempt can last.
+    pub lease: Duration,
 }
 
 /// An authenticated smarthost (`[delivery] relay`): TLS with a verified certificate always.
@@ -370,6 +377,7 @@ impl Default for DeliveryConfig {
             mta_sts_port: DELIVERY_MTA_STS_PORT.default_number() as u16,
             trust_anchors: None,
             relay: None,
+            lease: DELIVERY_LEASE_SECS.default_secs(),
         }
     }
 }
@@ -695,6 +703,9 @@ const DELIVERY_CONNECT_TIMEOUT_SECS: Key<Number> = Key::number("delivery.connect
 /// How long any one reply may take (RFC 5321 4.5.3.2).
 const DELIVERY_COMMAND_TIMEOUT_SECS: Key<Number> =
     Key::number("delivery.command_timeout_secs", 300, 1..=YEAR);
+/// How long a node holds the queue recipients it took (an attempt's connect, every command
+/// and the data all fit well within it with the default timeouts).
+const DELIVERY_LEASE_SECS: Key<Number> = Key::number("delivery.lease_secs", 1800, 5..=YEAR);
 /// The port MTA-STS policies are fetched from.
 const DELIVERY_MTA_STS_PORT: Key<Number> = Key::number("delivery.mta_sts_port", 443, 1..=65_535);
 /// PEM file of extra certificate authorities for MX hosts and MTA-STS.
@@ -747,6 +758,26 @@ const SERVER_USER: Key<Optional> = Key::optional("server.user");
 const SERVER_GROUP: Key<Optional> = Key::optional("server.group");
 /// Keep running as root when no user is set.
 const SERVER_ALLOW_ROOT: Key<Flag> = Key::flag("server.allow_root", false);
+/// This node's name; left out, the machine's host name.
+const SERVER_NODE_NAME: Key<Optional> = Key::optional("server.node_name");
+
+/// The machine's host name (the kernel's), or "sealmail" when it cannot be read.
+fn machine_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "sealmail".to_string())
+}
+
+/// A node name is shown in headers and logs and keys queue leases: printable ASCII words.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 // [metrics]
 /// Address of the Prometheus endpoint; left out, there is none.
@@ -838,6 +869,7 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Number(&DELIVERY_CONNECT_TIMEOUT_SECS),
     AnyKey::Number(&DELIVERY_COMMAND_TIMEOUT_SECS),
     AnyKey::Number(&DELIVERY_MTA_STS_PORT),
+    AnyKey::Number(&DELIVERY_LEASE_SECS),
     AnyKey::Optional(&DELIVERY_TRUST_ANCHORS),
     AnyKey::Optional(&DELIVERY_RELAY),
     AnyKey::Text(&DELIVERY_RELAY_TLS),
@@ -859,6 +891,7 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Optional(&SERVER_USER),
     AnyKey::Optional(&SERVER_GROUP),
     AnyKey::Flag(&SERVER_ALLOW_ROOT),
+    AnyKey::Optional(&SERVER_NODE_NAME),
     AnyKey::Optional(&METRICS_BIND),
     AnyKey::Flag(&METRICS_ALLOW_REMOTE),
     AnyKey::Number(&STORE_GROUP_COMMIT_MAX_BATCH),
@@ -936,6 +969,7 @@ struct RawServer {
     user: Option<String>,
     group: Option<String>,
     allow_root: Option<bool>,
+    node_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -988,6 +1022,7 @@ struct RawDelivery {
     connect_timeout_secs: Option<i64>,
     command_timeout_secs: Option<i64>,
     mta_sts_port: Option<i64>,
+    lease_secs: Option<i64>,
     trust_anchors: Option<String>,
     relay: Option<String>,
     relay_tls: Option<String>,
@@ -1274,6 +1309,16 @@ impl Config {
             }
         };
 
+        let node_name = match raw.server.node_name.as_deref() {
+            Some(name) if !valid_node_name(name) => {
+                problems.push(format!(
+                    "{} = {name:?} is not a node name; use letters, digits, '-', '_' and '.' (at most 64), e.g. \"mail1\"",
+                    SERVER_NODE_NAME.name
+                ));
+                None
+            }
+            other => other.map(str::to_string),
+        };
         match hostname {
             Some(hostname) if problems.is_empty() => Ok(Config {
                 hostname,
@@ -1300,6 +1345,7 @@ impl Config {
                     user: raw.server.user.clone(),
                     group: raw.server.group.clone(),
                     allow_root: SERVER_ALLOW_ROOT.read_flag(raw.server.allow_root),
+                    node_name: node_name.unwrap_or_else(machine_host_name),
                 },
                 metrics_bind,
                 log_format,
@@ -1442,6 +1488,7 @@ fn validate_delivery(
         command_timeout: DELIVERY_COMMAND_TIMEOUT_SECS.read_secs(raw.command_timeout_secs, p),
         mta_sts_port: DELIVERY_MTA_STS_PORT.read_number(raw.mta_sts_port, p) as u16,
         trust_anchors: raw.trust_anchors.as_deref().map(resolve),
+        lease: DELIVERY_LEASE_SECS.read_secs(raw.lease_secs, p),
         relay: validate_relay(raw, resolve, problems),
     }
 }

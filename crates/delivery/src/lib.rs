@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use sealmail_config::DeliveryConfig;
 use sealmail_dns::Dns;
 use sealmail_dsn as dsn;
-use sealmail_store::{DueMessage, DueRecipient, RecipientOutcome, Store, TlsResult};
+use sealmail_store::{DueMessage, DueRecipient, QueueLease, RecipientOutcome, Store, TlsResult};
 use sealmail_types::EmailAddress;
 use sealmail_types::line::ProtocolLine;
 use sealmail_types::xtext;
@@ -102,12 +102,16 @@ struct Inner {
     dns: Dns,
     config: DeliveryConfig,
     hostname: String,
+    /// `server.node_name`: the holder of this node's queue leases.
+    node: String,
     provider: Arc<CryptoProvider>,
     pkix: Arc<WebPkiServerVerifier>,
     mta_sts: MtaSts,
     wake: Notify,
-    /// (queue id, domain) pairs being delivered now.
-    in_flight: Mutex<HashSet<(i64, String)>>,
+    /// Recipient rows being delivered now. The store's lease keeps other nodes (and this one)
+    /// from taking them again; this keeps this node from starting a second attempt when a
+    /// lease ran out while the first is still under way.
+    in_flight: Mutex<HashSet<i64>>,
     connections: Semaphore,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// The smarthost's user name and password (`[delivery] relay_username`/`_password_file`).
@@ -295,6 +299,7 @@ impl Delivery {
         dns: Dns,
         config: &DeliveryConfig,
         hostname: &str,
+        node: &str,
         files: DeliveryFiles,
     ) -> Result<Delivery, DeliveryError> {
         let provider = Arc::new(sealmail_tls::restricted_provider());
@@ -315,6 +320,7 @@ impl Delivery {
                 dns,
                 config: config.clone(),
                 hostname: hostname.to_string(),
+                node: node.to_string(),
                 provider,
                 pkix,
                 mta_sts,
@@ -335,6 +341,12 @@ impl Delivery {
     /// Runs the scheduler until `shutdown`; attempts in progress are abandoned (their
     /// recipients stay pending and are tried again after a restart).
     pub async fn run(self, shutdown: CancellationToken) {
+        // Whatever this node leased before it (re)started is no longer in flight.
+        match self.inner.store.release_leases(&self.inner.node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(recipients = n, "queue leases of an earlier run released"),
+            Err(e) => tracing::error!(error = %e, "could not release this node's earlier queue leases"),
+        }
         loop {
             if let Err(e) = self.schedule().await {
                 tracing::error!(error = %e, "delivery scheduler could not read the queue");
@@ -406,7 +418,12 @@ impl Delivery {
 
     /// Starts delivery of every due recipient not already in progress.
     async fn schedule(&self) -> Result<(), sealmail_store::StoreError> {
-        let due = self.inner.store.due_messages(now_unix(), BATCH).await?;
+        let now = now_unix();
+        let lease = QueueLease {
+            holder: self.inner.node.clone(),
+            until: now.saturating_add(self.inner.config.lease.as_secs() as i64),
+        };
+        let due = self.inner.store.due_messages(now, BATCH, &lease).await?;
         let mut by_domain: HashMap<String, Vec<Job>> = HashMap::new();
         {
             let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,19 +431,19 @@ impl Delivery {
                 let message = Arc::new(message);
                 let mut domains: HashMap<String, Vec<DueRecipient>> = HashMap::new();
                 for recipient in &message.recipients {
-                    domains
-                        .entry(recipient.domain.clone())
-                        .or_default()
-                        .push(recipient.clone());
+                    if in_flight.insert(recipient.id) {
+                        domains
+                            .entry(recipient.domain.clone())
+                            .or_default()
+                            .push(recipient.clone());
+                    }
                 }
                 for (domain, recipients) in domains {
-                    if in_flight.insert((message.id, domain.clone())) {
-                        by_domain.entry(domain).or_default().push(Job {
-                            message: message.clone(),
-                            recipients,
-                            outcomes: HashMap::new(),
-                        });
-                    }
+                    by_domain.entry(domain).or_default().push(Job {
+                        message: message.clone(),
+                        recipients,
+                        outcomes: HashMap::new(),
+                    });
                 }
             }
         }
@@ -449,7 +466,10 @@ impl Delivery {
     }
 
     async fn deliver_domain(&self, domain: String, jobs: Vec<Job>) {
-        let keys: Vec<(i64, String)> = jobs.iter().map(|j| (j.message.id, domain.clone())).collect();
+        let keys: Vec<i64> = jobs
+            .iter()
+            .flat_map(|j| j.recipients.iter().map(|r| r.id))
+            .collect();
         let mut finished = Vec::new();
         let hosts = match &self.inner.config.relay {
             Some(relay) => route::relay(&self.inner.dns, relay).await,

@@ -525,6 +525,7 @@ pub fn yesterday() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sealmail_store::ReportStore;
     use sealmail_testkit::dns::DnsServer;
 
     #[test]

@@ -456,6 +456,7 @@ impl Guard {
             account: account.map(str::to_string),
             listener: listener.map(str::to_string),
             detail,
+            node: None,
         };
         tracing::info!(
             target: "security",
@@ -1027,6 +1028,7 @@ mod tests {
             account: None,
             listener: None,
             detail: Some(detail.to_string()),
+            node: None,
         };
         store.record_event(event(now - 91 * day, "old")).await?;
         store.record_event(event(now - 89 * day, "recent")).await?;

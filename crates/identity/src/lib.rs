@@ -405,7 +405,7 @@ mod tests {
 #[cfg(test)]
 mod store_tests {
     use super::*;
-    use sealmail_store::SqliteStore;
+    use sealmail_store::{AccountStore, SqliteStore};
     use sealmail_types::Domain;
 
     #[tokio::test]
@@ -460,7 +460,7 @@ mod store_tests {
 #[cfg(test)]
 mod cache_tests {
     use super::*;
-    use sealmail_store::SqliteStore;
+    use sealmail_store::{AccountStore, SqliteStore};
     use sealmail_types::Domain;
     use std::time::Instant;
 

@@ -143,7 +143,7 @@ impl LoginCheck {
 mod tests {
     use super::*;
     use crate::{Identity, Password};
-    use sealmail_store::SqliteStore;
+    use sealmail_store::{AccountStore, SqliteStore};
     use sealmail_types::{Domain, EmailAddress};
 
     /// A store in `dir` serving example.test, and an identity over it that polls the

@@ -1,5 +1,6 @@
 //! Administration commands: `config check`, `domain`, `user`, `migrate`.
 
+use sealmail_store::{AccountStore, QueueStore};
 use sealmail_types::clock::now_unix;
 use std::io::BufRead;
 use std::path::Path;
@@ -275,7 +276,14 @@ pub async fn tls_report(config_path: &Path, day: Option<String>, send: bool) -> 
     let (from, sign) = crate::serve::tls_report_sender(&domains, &signer, &hostname)?;
     let dns = sealmail_dns::Dns::new(&config.dns)?;
     let files = sealmail_delivery::DeliveryFiles::load(&config.delivery)?;
-    let delivery = sealmail_delivery::Delivery::new(store.clone(), dns, &config.delivery, &hostname, files)?;
+    let delivery = sealmail_delivery::Delivery::new(
+        store.clone(),
+        dns,
+        &config.delivery,
+        &hostname,
+        &config.server.node_name,
+        files,
+    )?;
     let sent = delivery.send_tls_reports_of(&day, &from, &*sign).await?;
     for (domain, to) in &sent.queued {
         println!("{domain}: queued to {}", to.join(", "));

@@ -187,6 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dns.clone(),
         &config.delivery,
         &hostname,
+        &config.server.node_name,
         delivery_files,
     )?;
     let (report_from, sign_report) = tls_report_sender(&domains, &signer, &hostname)?;

@@ -3,12 +3,13 @@
 
 mod common;
 
+use sealmail_store::{AccountStore, MailStore};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use common::{free_addr, run, write_config};
-use sealmail_store::{DB_FILE, NewMessage, SqliteStore, Store};
+use sealmail_store::{DB_FILE, NewMessage, SqliteStore};
 use sealmail_testkit::{TestResult, ctx};
 use sealmail_types::EmailAddress;
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use sealmail_store::{AccountStore, MailStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,7 +178,6 @@ pub fn credentials(instance: &Instance) -> TestResult<std::collections::HashMap<
 
 /// The messages in a user's mailbox, read from the running instance's store.
 pub async fn mailbox_contents(data_dir: &Path, user: &str, mailbox: &str) -> TestResult<Vec<Vec<u8>>> {
-    use sealmail_store::Store;
     let store = ctx(
         sealmail_store::SqliteStore::open(data_dir, 16).await,
         "open store",

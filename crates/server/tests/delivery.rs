@@ -4,6 +4,7 @@
 
 mod common;
 
+use sealmail_store::MailStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -203,7 +204,10 @@ impl Node {
             sealmail_store::SqliteStore::open(&self.data(), 4).await,
             "open store",
         )?;
-        ctx(sealmail_store::Store::tls_results(&store).await, "tls results")
+        ctx(
+            sealmail_store::ReportStore::tls_results(&store).await,
+            "tls results",
+        )
     }
 
     fn queue_ids(&self) -> TestResult<Vec<String>> {
@@ -1502,7 +1506,7 @@ async fn hostile_replies_defer_with_a_bounded_reason_and_the_sender_stays_sane()
 /// older version could have left it; a well-formed message queued beside it is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smtp_client_refuses_to_send_bare_line_ends() -> TestResult {
-    use sealmail_store::{AcceptedMessage, OutboundCopy, QueueRecipient, Store};
+    use sealmail_store::{AcceptedMessage, OutboundCopy, QueueRecipient};
     let base = Base::new().await?;
     base.dns.add_a("mail.plain.test", [127, 0, 0, 1].into());
     let port = common::free_addr()?.port();

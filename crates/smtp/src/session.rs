@@ -1087,7 +1087,7 @@ mod tests {
     use crate::fakes::{self, FakeAbuse, FakeLogins, FakeSigner, FakeVerdicts, TestResult, ctx};
     use sealmail_guard::Abuse;
     use sealmail_mailauth::inbound::Disposition;
-    use sealmail_store::SqliteStore;
+    use sealmail_store::{AccountStore, MailStore, SqliteStore};
 
     struct World {
         _dir: tempfile::TempDir,

@@ -7,12 +7,17 @@
 //! - every message's SHA-256 is recorded when it is stored and checked whenever it is read:
 //!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
 
+mod postgres;
+mod rows;
 mod sqlite;
+mod watchers;
+mod write;
 
 use async_trait::async_trait;
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
+pub use postgres::{DEFAULT_SCHEMA, PgOptions, PgStore, PgTls};
 pub use sqlite::{DB_FILE, Migration, SqliteStore};
 
 /// The mailboxes every account gets, with their RFC 6154 special-use attributes.
@@ -363,7 +368,7 @@ pub struct Ban {
 }
 
 /// One entry of the security event log.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct SecurityEvent {
     pub at: i64,
     pub kind: String,
@@ -371,6 +376,17 @@ pub struct SecurityEvent {
     pub account: Option<String>,
     pub listener: Option<String>,
     pub detail: Option<String>,
+    /// The node (`server.node_name`) that saw it.
+    pub node: Option<String>,
+}
+
+/// Who takes due queue recipients, and until when (see [`QueueStore::due_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLease {
+    /// The node's name (`server.node_name`).
+    pub holder: String,
+    /// Unix seconds.
+    pub until: i64,
 }
 
 /// What [`Store::prune`] removes: every row of these kinds older than its cut-off.
@@ -422,8 +438,9 @@ pub struct CommitStats {
     pub commits: u64,
 }
 
+/// Domains and accounts: who is served here and how they log in.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait AccountStore: Send + Sync {
     async fn add_domain(&self, domain: &Domain) -> Result<(), StoreError>;
     /// Refuses while the domain still has accounts.
     async fn remove_domain(&self, domain: &Domain) -> Result<(), StoreError>;
@@ -431,7 +448,6 @@ pub trait Store: Send + Sync {
     async fn domain_exists(&self, domain: &Domain) -> Result<bool, StoreError>;
     /// Whether `address` is a local user, and its INBOX, in one lookup (SMTP RCPT).
     async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Recipient, StoreError>;
-
     /// Creates the account and its [`DEFAULT_MAILBOXES`]; the domain must exist.
     async fn add_account(&self, address: &EmailAddress, password_hash: &str)
     -> Result<AccountId, StoreError>;
@@ -446,49 +462,20 @@ pub trait Store: Send + Sync {
     /// need to re-check their credentials.
     async fn credentials_generation(&self) -> Result<i64, StoreError>;
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
-
-    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;
     /// Octets of every message in the account's mailboxes (a message in two mailboxes counts
     /// twice, as IMAP QUOTA's STORAGE does), for `limits.mailbox_quota`.
     async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError>;
-    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError>;
+}
 
+/// Mailboxes and messages: what SMTP accepts and IMAP serves.
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError>;
+    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError>;
     /// Stores a message durably in every listed mailbox, or in none.
     async fn store_message(&self, message: NewMessage) -> Result<Vec<StoredMessage>, StoreError>;
     /// Stores an accepted message's local copy and queues its outbound copy, atomically.
     async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError>;
-    /// The outbound queue, oldest first.
-    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
-    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError>;
-    /// Queued messages with a pending recipient due at `now`, oldest first, each with only its
-    /// due recipients; at most `limit` recipients in all.
-    async fn due_messages(&self, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError>;
-    /// When the next pending recipient is due, if any is pending.
-    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError>;
-    /// A queued message's content, checked against its SHA-256.
-    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError>;
-    /// Records attempt outcomes (recipient row id, outcome) of one queued message; once no
-    /// recipient is pending the message leaves the queue, in the same commit.
-    async fn record_outcomes(
-        &self,
-        id: i64,
-        outcomes: Vec<(i64, RecipientOutcome)>,
-    ) -> Result<(), StoreError>;
-    /// Makes every pending recipient of the message (of every message for `None`) due now;
-    /// how many there were.
-    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError>;
-    /// Removes a message from the queue without delivering it; whether it was there.
-    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
-    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;
-    /// The MTA-STS policy last fetched for `domain`.
-    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError>;
-    /// Keeps `policy` as the one last fetched for its domain (replacing the one before).
-    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError>;
-    /// Every counted TLS result, by day.
-    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
-    /// Claims the TLS report of `day` for `domain`: true the first time only, so a report is
-    /// sent once however many times (or nodes) ask.
-    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError>;
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError>;
     /// A new mailbox; `name` must not exist yet (any case for INBOX).
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError>;
@@ -524,7 +511,6 @@ pub trait Store: Send + Sync {
     /// A receiver that wakes after every committed change to the mailbox (new mail from SMTP,
     /// another session's flags or expunges). It carries no data: ask [`Store::changes_since`].
     fn watch_mailbox(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<()>;
-
     /// Several messages' bytes in one query (FETCH of many messages), each checked like
     /// [`Store::read_message`]; in the order asked, with a result per message.
     async fn read_messages(
@@ -533,7 +519,48 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError>;
     /// The message's bytes, after checking them against the SHA-256 recorded when it was stored.
     async fn read_message(&self, message: MessageId) -> Result<Vec<u8>, StoreError>;
+}
 
+/// The outbound queue: what delivery sends, shared by every node.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// The outbound queue, oldest first.
+    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
+    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError>;
+    /// Takes the pending recipients due at `now` that no node holds a lease on (at most
+    /// `limit`), leases them to `lease.holder` until `lease.until`, and returns them by message,
+    /// oldest first. Until the lease ends or [`QueueStore::record_outcomes`] ends it, no other
+    /// call returns them: with several nodes, each recipient is attempted by one at a time.
+    async fn due_messages(
+        &self,
+        now: i64,
+        limit: i64,
+        lease: &QueueLease,
+    ) -> Result<Vec<DueMessage>, StoreError>;
+    /// Ends every lease `holder` has (a node starting again holds nothing in flight); how many.
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError>;
+    /// When the next pending recipient is due, if any is pending.
+    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError>;
+    /// A queued message's content, checked against its SHA-256.
+    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError>;
+    /// Records attempt outcomes (recipient row id, outcome) of one queued message; once no
+    /// recipient is pending the message leaves the queue, in the same commit.
+    async fn record_outcomes(
+        &self,
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    ) -> Result<(), StoreError>;
+    /// Makes every pending recipient of the message (of every message for `None`) due now;
+    /// how many there were.
+    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError>;
+    /// Removes a message from the queue without delivering it; whether it was there.
+    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError>;
+}
+
+/// Intrusion prevention: bans, abuse counts, hourly allowances and the security event log,
+/// seen by every node that shares the store.
+#[async_trait]
+pub trait SecurityStore: Send + Sync {
     /// Records a ban; returns it with its id.
     async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError>;
     /// Bans still in force at `now`.
@@ -546,16 +573,48 @@ pub trait Store: Send + Sync {
     /// Deletes security events from before `before` and bans (lifted or not) that ended before
     /// it; returns how many rows went.
     async fn prune_security(&self, before: i64) -> Result<u64, StoreError>;
+    /// Adds `points` of abuse for `key` at `at`, forgets the key's points from before `since`,
+    /// and returns the key's points since then (those of every node sharing the store).
+    async fn add_abuse_points(&self, key: &str, at: i64, points: i64, since: i64) -> Result<i64, StoreError>;
+    /// Spends `amount` of the hourly allowance `key` if what was spent in the hour before `at`
+    /// plus `amount` stays within `per_hour`; whether it was spent. Atomic across nodes.
+    async fn take_hourly_use(
+        &self,
+        key: &str,
+        at: i64,
+        amount: i64,
+        per_hour: i64,
+    ) -> Result<bool, StoreError>;
+    /// Whether other nodes may share this store (PostgreSQL): then abuse counts and hourly
+    /// allowances must be kept in it rather than in each node's memory.
+    fn shared_by_nodes(&self) -> bool;
     /// Events at or after `since`, oldest first; `address` narrows them to one client.
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
+}
 
+/// What delivery keeps for reports and policies: TLS results (RFC 8460), MTA-STS policies,
+/// and the clean-up of what has outlived its use.
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError>;
+    /// The MTA-STS policy last fetched for `domain`.
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError>;
+    /// Keeps `policy` as the one last fetched for its domain (replacing the one before).
+    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError>;
+    /// Every counted TLS result, by day.
+    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError>;
+    /// Claims the TLS report of `day` for `domain`: true the first time only, so a report is
+    /// sent once however many times (or nodes) ask.
+    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError>;
     /// Removes what has outlived its use (see [`Retention`]), in one commit.
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
-
-    /// Writes a consistent copy of the whole store to `dest` (a new file), while the store is in use.
-    async fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError>;
-    fn commit_stats(&self) -> CommitStats;
 }
+
+/// Everything a server needs of its store, by concern. Backend-only operations (SQLite's
+/// snapshots and commit statistics) are the backends' own methods, not part of it.
+pub trait Store: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore {}
+
+impl<T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + ?Sized> Store for T {}
 
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -28,13 +28,17 @@ use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
 mod mailboxes;
 mod queue;
-use mailboxes::{MailboxRow, Watchers, mailbox_columns};
+
+use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
+use crate::watchers::Watchers;
+use crate::write::{Reply, WriteDone, WriteOp, done_as, unexpected};
 
 use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, Recipient, SecurityEvent};
 use crate::{
-    Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, Store, StoreError, StoredMessage, now_unix,
+    Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, StoreError, StoredMessage, now_unix,
     sha256_hex,
 };
+use crate::{AccountStore, MailStore, QueueLease, QueueStore, ReportStore, SecurityStore};
 use crate::{Copied, CopyMessages, FlagUpdate, MailboxChanges, MailboxStatus, SetFlags};
 use crate::{DueMessage, Pruned, RecipientOutcome, Retention, StoredStsPolicy, TlsResult, TlsResultCount};
 
@@ -45,7 +49,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
 const WRITE_QUEUE: usize = 4096;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A schema migration, as `sealmail migrate --dry-run` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,119 +57,6 @@ pub struct Migration {
     pub version: i64,
     pub description: String,
 }
-
-enum WriteOp {
-    Prune(Retention),
-    AddDomain(Domain),
-    RemoveDomain(Domain),
-    AddAccount {
-        address: EmailAddress,
-        hash: String,
-    },
-    SetPassword {
-        address: EmailAddress,
-        hash: String,
-    },
-    RemoveAccount(EmailAddress),
-    StoreMessage {
-        message: NewMessage,
-        sha256: String,
-    },
-    Accept {
-        message: AcceptedMessage,
-        local_sha256: Option<String>,
-        outbound_sha256: Option<String>,
-    },
-    AddBan {
-        address: String,
-        until: i64,
-        level: i64,
-        reason: String,
-    },
-    LiftBans {
-        address: String,
-        now: i64,
-    },
-    Event(SecurityEvent),
-    PruneSecurity {
-        before: i64,
-    },
-    CreateMailbox {
-        account: AccountId,
-        name: String,
-    },
-    DeleteMailbox {
-        account: AccountId,
-        name: String,
-    },
-    RenameMailbox {
-        account: AccountId,
-        from: String,
-        to: String,
-    },
-    Subscribe {
-        account: AccountId,
-        name: String,
-        subscribed: bool,
-    },
-    ClaimRecent {
-        mailbox: MailboxId,
-        up_to: u32,
-    },
-    UpdateFlags(SetFlags),
-    Expunge {
-        mailbox: MailboxId,
-        uids: Option<Vec<u32>>,
-    },
-    Copy(CopyMessages),
-    RecordOutcomes {
-        id: i64,
-        outcomes: Vec<(i64, RecipientOutcome)>,
-    },
-    RetryQueued(Option<i64>),
-    SaveStsPolicy(StoredStsPolicy),
-    DeleteQueued(i64),
-    TlsResult(TlsResult),
-    ClaimTlsReport {
-        day: String,
-        domain: String,
-    },
-}
-
-impl WriteOp {
-    /// The mailboxes whose watchers must be woken once this write is committed.
-    fn touched_mailboxes(&self, into: &mut Vec<i64>) {
-        match self {
-            WriteOp::StoreMessage { message, .. } => into.extend(message.mailboxes.iter().map(|m| m.0)),
-            WriteOp::Accept { message, .. } => {
-                if let Some(local) = &message.local {
-                    into.extend(local.mailboxes.iter().map(|m| m.0));
-                }
-            }
-            WriteOp::UpdateFlags(SetFlags { mailbox, .. }) | WriteOp::Expunge { mailbox, .. } => {
-                into.push(mailbox.0)
-            }
-            WriteOp::Copy(CopyMessages { from, to, .. }) => into.extend([from.0, to.0]),
-            _ => {}
-        }
-    }
-}
-
-enum WriteDone {
-    Unit,
-    Account(AccountId),
-    Stored(Vec<StoredMessage>),
-    Accepted(Accepted),
-    Ban(Ban),
-    Count(u64),
-    Mailbox(Mailbox),
-    Flags(FlagUpdate),
-    Uids(Vec<u32>),
-    Copied(Copied),
-    Pruned(Pruned),
-}
-
-type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
 
 #[derive(Default)]
 struct Counters {
@@ -572,7 +463,9 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::AddBan { .. }
         | WriteOp::LiftBans { .. }
         | WriteOp::Event(_)
-        | WriteOp::PruneSecurity { .. } => apply_security(conn, op).await,
+        | WriteOp::PruneSecurity { .. }
+        | WriteOp::AddAbusePoints { .. }
+        | WriteOp::TakeHourlyUse { .. } => apply_security(conn, op).await,
         WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
             .await
             .map(WriteDone::Mailbox),
@@ -597,6 +490,10 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .await
             .map(WriteDone::Uids),
         WriteOp::Copy(request) => mailboxes::copy(conn, request).await.map(WriteDone::Copied),
+        WriteOp::ClaimDue { now, limit, lease } => queue::claim_due(conn, *now, *limit, lease)
+            .await
+            .map(WriteDone::Due),
+        WriteOp::ReleaseLeases(holder) => queue::release_leases(conn, holder).await.map(WriteDone::Count),
         WriteOp::RecordOutcomes { id, outcomes } => queue::record_outcomes(conn, *id, outcomes)
             .await
             .map(|_| WriteDone::Unit),
@@ -738,11 +635,74 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
                 .bind(*before)
                 .execute(&mut *conn)
                 .await?;
-            Ok(WriteDone::Count(events.rows_affected() + bans.rows_affected()))
+            // Counting windows are an hour or less: what is older counts for nothing.
+            let hour_ago = now_unix() - 3600;
+            let points = sqlx::query("DELETE FROM abuse_points WHERE at < ?1")
+                .bind(hour_ago.min(*before))
+                .execute(&mut *conn)
+                .await?;
+            let used = sqlx::query("DELETE FROM hourly_use WHERE at < ?1")
+                .bind(hour_ago)
+                .execute(&mut *conn)
+                .await?;
+            Ok(WriteDone::Count(
+                events.rows_affected() + bans.rows_affected() + points.rows_affected() + used.rows_affected(),
+            ))
+        }
+        WriteOp::AddAbusePoints {
+            key,
+            at,
+            points,
+            since,
+        } => {
+            sqlx::query("DELETE FROM abuse_points WHERE key = ?1 AND at < ?2")
+                .bind(key.as_str())
+                .bind(*since)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("INSERT INTO abuse_points (key, at, points) VALUES (?1, ?2, ?3)")
+                .bind(key.as_str())
+                .bind(*at)
+                .bind(*points)
+                .execute(&mut *conn)
+                .await?;
+            let total: i64 =
+                sqlx::query_scalar("SELECT COALESCE(SUM(points), 0) FROM abuse_points WHERE key = ?1")
+                    .bind(key.as_str())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            Ok(WriteDone::Count(total.max(0) as u64))
+        }
+        WriteOp::TakeHourlyUse {
+            key,
+            at,
+            amount,
+            per_hour,
+        } => {
+            sqlx::query("DELETE FROM hourly_use WHERE key = ?1 AND at <= ?2")
+                .bind(key.as_str())
+                .bind(*at - 3600)
+                .execute(&mut *conn)
+                .await?;
+            let spent: i64 =
+                sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM hourly_use WHERE key = ?1")
+                    .bind(key.as_str())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if spent.saturating_add(*amount) > *per_hour {
+                return Ok(WriteDone::Taken(false));
+            }
+            sqlx::query("INSERT INTO hourly_use (key, at, amount) VALUES (?1, ?2, ?3)")
+                .bind(key.as_str())
+                .bind(*at)
+                .bind(*amount)
+                .execute(&mut *conn)
+                .await?;
+            Ok(WriteDone::Taken(true))
         }
         WriteOp::Event(event) => {
             sqlx::query(
-                "INSERT INTO security_events (at, kind, address, account, listener, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO security_events (at, kind, address, account, listener, detail, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .bind(event.at)
             .bind(&event.kind)
@@ -750,6 +710,7 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
             .bind(&event.account)
             .bind(&event.listener)
             .bind(&event.detail)
+            .bind(&event.node)
             .execute(&mut *conn)
             .await?;
             Ok(WriteDone::Unit)
@@ -880,59 +841,8 @@ fn verified(message: MessageId, expected: &[u8], data: Vec<u8>) -> Result<Vec<u8
     Ok(data)
 }
 
-/// The value a write's answer carries, when the answer is `$variant`, the one that write gives
-/// (anything else is a bug in the writer, reported as an error rather than a panic).
-macro_rules! done_as {
-    ($done:expr, $variant:path) => {
-        match $done {
-            $variant(value) => Ok(value),
-            other => Err(unexpected(other)),
-        }
-    };
-}
-
-fn unexpected(done: WriteDone) -> StoreError {
-    let what = match done {
-        WriteDone::Unit => "nothing",
-        WriteDone::Account(_) => "an account",
-        WriteDone::Stored(_) => "stored messages",
-        WriteDone::Accepted(_) => "an accepted message",
-        WriteDone::Ban(_) => "a ban",
-        WriteDone::Count(_) => "a count",
-        WriteDone::Mailbox(_) => "a mailbox",
-        WriteDone::Flags(_) => "flags",
-        WriteDone::Uids(_) => "UIDs",
-        WriteDone::Copied(_) => "copied messages",
-        WriteDone::Pruned(_) => "pruned rows",
-    };
-    StoreError::Database(sqlx::Error::Protocol(format!(
-        "store writer returned {what} unexpectedly"
-    )))
-}
-
-/// An `accounts` row as SQLite stores it; the address is parsed again on the way out.
-#[derive(sqlx::FromRow)]
-struct AccountRow {
-    id: i64,
-    address: String,
-    password_hash: String,
-}
-
-impl TryFrom<AccountRow> for Account {
-    type Error = StoreError;
-
-    fn try_from(row: AccountRow) -> Result<Account, StoreError> {
-        Ok(Account {
-            id: AccountId(row.id),
-            address: EmailAddress::parse(&row.address)
-                .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
-            password_hash: row.password_hash,
-        })
-    }
-}
-
 #[async_trait]
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     async fn add_domain(&self, domain: &Domain) -> Result<(), StoreError> {
         self.write(WriteOp::AddDomain(domain.clone())).await.map(|_| ())
     }
@@ -982,110 +892,6 @@ impl Store for SqliteStore {
             },
             _ => Recipient::UnknownUser,
         })
-    }
-
-    async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError> {
-        // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
-        let local_sha256 = message.local.as_ref().map(|l| sha256_hex(&l.content));
-        let outbound_sha256 = message.outbound.as_ref().map(|o| sha256_hex(&o.content));
-        let op = WriteOp::Accept {
-            message,
-            local_sha256,
-            outbound_sha256,
-        };
-        done_as!(self.write(op).await?, WriteDone::Accepted)
-    }
-
-    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        queue::entries(&self.readers, None).await
-    }
-
-    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError> {
-        Ok(queue::entries(&self.readers, Some(id)).await?.into_iter().next())
-    }
-
-    async fn due_messages(&self, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
-        queue::due(&self.readers, now, limit).await
-    }
-
-    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE status = 'pending'")
-                .fetch_one(&self.readers)
-                .await?,
-        )
-    }
-
-    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError> {
-        let (expected, data): (Vec<u8>, Vec<u8>) = sqlx::query_as(
-            "SELECT b.sha256, b.data FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE q.id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.readers)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
-        let actual = sha256_hex(&data);
-        if actual.as_bytes() != expected {
-            let error = StoreError::QueueIntegrity {
-                id,
-                expected: String::from_utf8_lossy(&expected).into_owned(),
-                actual,
-            };
-            tracing::error!(error = %error, "queued message failed its integrity check");
-            return Err(error);
-        }
-        Ok(data)
-    }
-
-    async fn record_outcomes(
-        &self,
-        id: i64,
-        outcomes: Vec<(i64, RecipientOutcome)>,
-    ) -> Result<(), StoreError> {
-        self.write(WriteOp::RecordOutcomes { id, outcomes })
-            .await
-            .map(|_| ())
-    }
-
-    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError> {
-        done_as!(self.write(WriteOp::RetryQueued(id)).await?, WriteDone::Count)
-    }
-
-    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError> {
-        done_as!(self.write(WriteOp::DeleteQueued(id)).await?, WriteDone::Count).map(|n| n > 0)
-    }
-
-    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError> {
-        self.write(WriteOp::TlsResult(result)).await.map(|_| ())
-    }
-
-    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT domain, policy_id, body, expires_at FROM mta_sts_policies WHERE domain = ?1",
-        )
-        .bind(domain)
-        .fetch_optional(&self.readers)
-        .await?)
-    }
-
-    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError> {
-        self.write(WriteOp::SaveStsPolicy(policy)).await.map(|_| ())
-    }
-
-    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
-        queue::tls_results(&self.readers).await
-    }
-
-    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
-        done_as!(self.write(WriteOp::Prune(retention)).await?, WriteDone::Pruned)
-    }
-
-    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError> {
-        let op = WriteOp::ClaimTlsReport {
-            day: day.to_string(),
-            domain: domain.to_string(),
-        };
-        done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
     }
 
     async fn add_account(
@@ -1150,6 +956,30 @@ impl Store for SqliteStore {
         rows.into_iter().map(Account::try_from).collect()
     }
 
+    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError> {
+        // Kept by the triggers of schema 10: one row read, however large the mailboxes.
+        let used: Option<i64> = sqlx::query_scalar("SELECT used_bytes FROM accounts WHERE id = ?1")
+            .bind(account.0)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl MailStore for SqliteStore {
+    async fn accept_message(&self, message: AcceptedMessage) -> Result<Accepted, StoreError> {
+        // Hash here, in the caller's task, so that hashing runs in parallel outside the writer.
+        let local_sha256 = message.local.as_ref().map(|l| sha256_hex(&l.content));
+        let outbound_sha256 = message.outbound.as_ref().map(|o| sha256_hex(&o.content));
+        let op = WriteOp::Accept {
+            message,
+            local_sha256,
+            outbound_sha256,
+        };
+        done_as!(self.write(op).await?, WriteDone::Accepted)
+    }
+
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
         let rows: Vec<MailboxRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -1177,15 +1007,6 @@ impl Store for SqliteStore {
 
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
         mailboxes::all_messages(&self.readers, mailbox).await
-    }
-
-    async fn account_usage(&self, account: AccountId) -> Result<u64, StoreError> {
-        // Kept by the triggers of schema 10: one row read, however large the mailboxes.
-        let used: Option<i64> = sqlx::query_scalar("SELECT used_bytes FROM accounts WHERE id = ?1")
-            .bind(account.0)
-            .fetch_optional(&self.readers)
-            .await?;
-        Ok(used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0))
     }
 
     async fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox, StoreError> {
@@ -1314,7 +1135,89 @@ impl Store for SqliteStore {
         .ok_or_else(|| StoreError::NotFound(format!("message {}", message.0)))?;
         verified(message, &expected, data)
     }
+}
 
+#[async_trait]
+impl QueueStore for SqliteStore {
+    async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        queue::entries(&self.readers, None).await
+    }
+
+    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError> {
+        Ok(queue::entries(&self.readers, Some(id)).await?.into_iter().next())
+    }
+
+    async fn due_messages(
+        &self,
+        now: i64,
+        limit: i64,
+        lease: &QueueLease,
+    ) -> Result<Vec<DueMessage>, StoreError> {
+        let op = WriteOp::ClaimDue {
+            now,
+            limit,
+            lease: lease.clone(),
+        };
+        done_as!(self.write(op).await?, WriteDone::Due)
+    }
+
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {
+        done_as!(
+            self.write(WriteOp::ReleaseLeases(holder.to_string())).await?,
+            WriteDone::Count
+        )
+    }
+
+    async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE status = 'pending'")
+                .fetch_one(&self.readers)
+                .await?,
+        )
+    }
+
+    async fn queued_content(&self, id: i64) -> Result<Vec<u8>, StoreError> {
+        let (expected, data): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+            "SELECT b.sha256, b.data FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE q.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
+        let actual = sha256_hex(&data);
+        if actual.as_bytes() != expected {
+            let error = StoreError::QueueIntegrity {
+                id,
+                expected: String::from_utf8_lossy(&expected).into_owned(),
+                actual,
+            };
+            tracing::error!(error = %error, "queued message failed its integrity check");
+            return Err(error);
+        }
+        Ok(data)
+    }
+
+    async fn record_outcomes(
+        &self,
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::RecordOutcomes { id, outcomes })
+            .await
+            .map(|_| ())
+    }
+
+    async fn retry_queued(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        done_as!(self.write(WriteOp::RetryQueued(id)).await?, WriteDone::Count)
+    }
+
+    async fn delete_queued(&self, id: i64) -> Result<bool, StoreError> {
+        done_as!(self.write(WriteOp::DeleteQueued(id)).await?, WriteDone::Count).map(|n| n > 0)
+    }
+}
+
+#[async_trait]
+impl SecurityStore for SqliteStore {
     async fn add_ban(&self, address: &str, until: i64, level: i64, reason: &str) -> Result<Ban, StoreError> {
         let op = WriteOp::AddBan {
             address: address.to_string(),
@@ -1363,9 +1266,39 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn add_abuse_points(&self, key: &str, at: i64, points: i64, since: i64) -> Result<i64, StoreError> {
+        let op = WriteOp::AddAbusePoints {
+            key: key.to_string(),
+            at,
+            points,
+            since,
+        };
+        done_as!(self.write(op).await?, WriteDone::Count).map(|n| n as i64)
+    }
+
+    async fn take_hourly_use(
+        &self,
+        key: &str,
+        at: i64,
+        amount: i64,
+        per_hour: i64,
+    ) -> Result<bool, StoreError> {
+        let op = WriteOp::TakeHourlyUse {
+            key: key.to_string(),
+            at,
+            amount,
+            per_hour,
+        };
+        done_as!(self.write(op).await?, WriteDone::Taken)
+    }
+
+    fn shared_by_nodes(&self) -> bool {
+        false
+    }
+
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT at, kind, address, account, listener, detail FROM security_events \
+            "SELECT at, kind, address, account, listener, detail, node FROM security_events \
              WHERE at >= ?1 AND (?2 IS NULL OR address = ?2) ORDER BY id",
         )
         .bind(since)
@@ -1373,13 +1306,53 @@ impl Store for SqliteStore {
         .fetch_all(&self.readers)
         .await?)
     }
+}
 
-    async fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+#[async_trait]
+impl ReportStore for SqliteStore {
+    async fn record_tls_result(&self, result: TlsResult) -> Result<(), StoreError> {
+        self.write(WriteOp::TlsResult(result)).await.map(|_| ())
+    }
+
+    async fn mta_sts_policy(&self, domain: &str) -> Result<Option<StoredStsPolicy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT domain, policy_id, body, expires_at FROM mta_sts_policies WHERE domain = ?1",
+        )
+        .bind(domain)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn save_mta_sts_policy(&self, policy: StoredStsPolicy) -> Result<(), StoreError> {
+        self.write(WriteOp::SaveStsPolicy(policy)).await.map(|_| ())
+    }
+
+    async fn tls_results(&self) -> Result<Vec<TlsResultCount>, StoreError> {
+        queue::tls_results(&self.readers).await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
+        done_as!(self.write(WriteOp::Prune(retention)).await?, WriteDone::Pruned)
+    }
+
+    async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError> {
+        let op = WriteOp::ClaimTlsReport {
+            day: day.to_string(),
+            domain: domain.to_string(),
+        };
+        done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
+    }
+}
+
+impl SqliteStore {
+    /// Writes a consistent copy of the whole store to `dest` (a new file), while the store is in use.
+    pub async fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
         let mut conn = self.readers.acquire().await?;
         vacuum_into(&mut conn, dest).await
     }
 
-    fn commit_stats(&self) -> CommitStats {
+    /// How writes were batched into commits.
+    pub fn commit_stats(&self) -> CommitStats {
         CommitStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sealmail_store::{
-    CopyMessages, DB_FILE, FlagChange, NewMessage, SetFlags, SqliteStore, Store, StoreError, StoredMessage,
-    StoredStsPolicy,
+    AccountStore, CopyMessages, DB_FILE, FlagChange, MailStore, NewMessage, QueueLease, QueueStore,
+    ReportStore, SecurityStore, SetFlags, SqliteStore, StoreError, StoredMessage, StoredStsPolicy,
 };
 use sealmail_types::{Domain, EmailAddress, MailboxId};
 
@@ -30,6 +30,14 @@ async fn store_with_alice(dir: &Path) -> TestResult<(SqliteStore, MailboxId)> {
         .await?;
     let inbox = store.mailbox(alice, "INBOX").await?.ok_or("no INBOX")?;
     Ok((store, inbox.id))
+}
+
+/// A lease for `holder` that outlasts any test.
+fn lease(holder: &str) -> QueueLease {
+    QueueLease {
+        holder: holder.into(),
+        until: i64::MAX,
+    }
 }
 
 fn message(body: &str, mailbox: MailboxId) -> NewMessage {
@@ -968,7 +976,7 @@ async fn what_is_written_reads_back_field_by_field() -> TestResult {
     let id = accepted.queue_id.ok_or("not queued")?;
     assert_eq!(store.queued_content(id).await?, outbound.content);
 
-    let due = store.due_messages(i64::MAX, 10).await?;
+    let due = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
     let [
         DueMessage {
             id: due_id,
@@ -1007,7 +1015,12 @@ async fn what_is_written_reads_back_field_by_field() -> TestResult {
         (dave.domain.as_str(), dave.dsn_notify.as_deref()),
         ("other.test", None)
     );
-    assert_eq!(store.due_messages(i64::MAX, 1).await?[0].recipients.len(), 1);
+    assert_eq!(
+        store.due_messages(i64::MAX, 1, &lease("node-a")).await?[0]
+            .recipients
+            .len(),
+        1
+    );
 
     let outcome = RecipientOutcome::Deferred {
         error: "451 later".into(),
@@ -1062,6 +1075,7 @@ async fn what_is_written_reads_back_field_by_field() -> TestResult {
         account: Some("alice@example.test".into()),
         listener: None,
         detail: Some("wrong password".into()),
+        node: Some("node-a".into()),
     };
     store.record_event(event.clone()).await?;
     store

@@ -2,12 +2,13 @@
 //! real SQLite store in a temporary folder (cheap to run for real), for the unit tests of the
 //! SMTP and IMAP sessions.
 
+use sealmail_store::AccountStore;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginAttempt, LoginWatch, Logins};
 use sealmail_guard::{Abuse, LoginOutcome};
-use sealmail_store::{SqliteStore, Store};
+use sealmail_store::SqliteStore;
 use sealmail_types::proof::Authenticated;
 use sealmail_types::{Domain, EmailAddress};
 

@@ -181,7 +181,7 @@ async fn an_over_budget_refusal_is_a_no_not_the_clients_error() -> TestResult {
 /// a FETCH that streams (it sends along the way) still finds the share taken.
 #[tokio::test]
 async fn a_commands_budget_share_is_held_while_it_runs() -> TestResult {
-    use sealmail_store::{NewMessage, Store};
+    use sealmail_store::{AccountStore, MailStore, NewMessage};
     let w = world(10).await?;
     let alice = ctx(sealmail_types::EmailAddress::parse(fakes::ALICE), "address")?;
     let account = ctx(w.store.account(&alice).await, "account")?.ok_or("no alice")?;

@@ -2,122 +2,17 @@
 //! copy/move, and the change log (mod-sequences and expunge tombstones) that lets every session
 //! see what the others did.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use sqlx::SqliteExecutor;
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::watch;
 
-use sealmail_types::{AccountId, MailboxId, MessageId};
+use sealmail_types::{AccountId, MailboxId};
+
+use crate::rows::{MailboxRow, MessageRow, StatusRow, mailbox_columns, message_columns};
 
 use crate::{
     Copied, CopyMessages, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT,
     Mailbox, MailboxChanges, MailboxStatus, MessageFlags, SetFlags, StoreError, StoredMessage,
 };
-
-// Column lists as macros so queries stay `&'static str` (sqlx only takes dynamic SQL through
-// an explicit AssertSqlSafe).
-macro_rules! mailbox_columns {
-    () => {
-        "id, account_id, name, special_use, uid_validity, uid_next, subscribed, highest_modseq"
-    };
-}
-pub(super) use mailbox_columns;
-
-/// Message columns; the query must join `messages m` with `blobs b`.
-macro_rules! message_columns {
-    () => {
-        "m.id, m.mailbox_id, m.uid, m.flags, m.internal_date, m.modseq, b.size, b.sha256"
-    };
-}
-
-/// A row of [`mailbox_columns`], as SQLite stores it (INTEGER columns are i64).
-#[derive(sqlx::FromRow)]
-pub(super) struct MailboxRow {
-    id: i64,
-    account_id: i64,
-    name: String,
-    special_use: Option<String>,
-    uid_validity: i64,
-    uid_next: i64,
-    subscribed: i64,
-    highest_modseq: i64,
-}
-
-impl From<MailboxRow> for Mailbox {
-    fn from(row: MailboxRow) -> Mailbox {
-        Mailbox {
-            id: MailboxId(row.id),
-            account: AccountId(row.account_id),
-            name: row.name,
-            special_use: row.special_use,
-            uid_validity: row.uid_validity as u32,
-            uid_next: row.uid_next as u32,
-            subscribed: row.subscribed != 0,
-            highest_modseq: row.highest_modseq as u64,
-        }
-    }
-}
-
-/// A row of [`message_columns`], as SQLite stores it.
-#[derive(sqlx::FromRow)]
-pub(super) struct MessageRow {
-    id: i64,
-    mailbox_id: i64,
-    uid: i64,
-    /// Space-separated, in the order they were set.
-    flags: String,
-    internal_date: i64,
-    modseq: i64,
-    size: i64,
-    /// Lower-case hex, stored as bytes.
-    sha256: Vec<u8>,
-}
-
-impl From<MessageRow> for StoredMessage {
-    fn from(row: MessageRow) -> StoredMessage {
-        StoredMessage {
-            id: MessageId(row.id),
-            mailbox: MailboxId(row.mailbox_id),
-            uid: row.uid as u32,
-            size: row.size as u64,
-            sha256: String::from_utf8_lossy(&row.sha256).into_owned(),
-            internal_date: row.internal_date,
-            flags: row.flags.split_ascii_whitespace().map(str::to_string).collect(),
-            modseq: row.modseq as u64,
-        }
-    }
-}
-
-/// Wakes the sessions watching a mailbox after a commit that changed it.
-#[derive(Default)]
-pub(super) struct Watchers(Mutex<HashMap<i64, watch::Sender<()>>>);
-
-impl Watchers {
-    pub(super) fn subscribe(&self, mailbox: MailboxId) -> watch::Receiver<()> {
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.entry(mailbox.0)
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe()
-    }
-
-    pub(super) fn notify(&self, mailboxes: &[i64]) {
-        if mailboxes.is_empty() {
-            return;
-        }
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for id in mailboxes {
-            if let Some(sender) = map.get(id) {
-                if sender.receiver_count() == 0 {
-                    map.remove(id);
-                } else {
-                    sender.send_replace(());
-                }
-            }
-        }
-    }
-}
 
 /// Takes the mailbox's next mod-sequence.
 pub(super) async fn next_modseq(conn: &mut SqliteConnection, mailbox: MailboxId) -> Result<i64, StoreError> {
@@ -658,34 +553,6 @@ pub(super) async fn copy(conn: &mut SqliteConnection, request: &CopyMessages) ->
         remove_messages(conn, from, &moved).await?;
     }
     Ok(copied)
-}
-
-/// The row [`status`] reads: the mailbox's counters and the counts over its messages.
-#[derive(sqlx::FromRow)]
-struct StatusRow {
-    messages: i64,
-    recent: i64,
-    unseen: i64,
-    deleted: i64,
-    size: i64,
-    uid_next: i64,
-    uid_validity: i64,
-    highest_modseq: i64,
-}
-
-impl From<StatusRow> for MailboxStatus {
-    fn from(row: StatusRow) -> MailboxStatus {
-        MailboxStatus {
-            messages: row.messages as u32,
-            recent: row.recent as u32,
-            unseen: row.unseen as u32,
-            deleted: row.deleted as u32,
-            size: row.size as u64,
-            uid_next: row.uid_next as u32,
-            uid_validity: row.uid_validity as u32,
-            highest_modseq: row.highest_modseq as u64,
-        }
-    }
 }
 
 pub(super) async fn status<'e>(

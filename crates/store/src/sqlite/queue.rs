@@ -4,8 +4,10 @@
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
+use crate::rows::{DueRow, QueuedRow};
+
 use crate::{
-    DueMessage, DueRecipient, QueueEntry, QueueRecipientState, RecipientOutcome, StoreError, TlsResult,
+    DueMessage, QueueEntry, QueueLease, QueueRecipientState, RecipientOutcome, StoreError, TlsResult,
     TlsResultCount, now_unix,
 };
 
@@ -26,7 +28,7 @@ pub(super) async fn record_outcomes(
             RecipientOutcome::Failed(error) => ("failed", error, None, Some(now), false),
         };
         sqlx::query(
-            "UPDATE queue_recipients SET status = ?1, last_error = ?2, attempts = attempts + 1, last_attempt_at = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), final_at = ?5, delay_warned = MAX(delay_warned, ?8) WHERE id = ?6 AND queue_id = ?7 AND status = 'pending'",
+            "UPDATE queue_recipients SET status = ?1, last_error = ?2, attempts = attempts + 1, last_attempt_at = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), final_at = ?5, delay_warned = MAX(delay_warned, ?8), lease_until = 0, leased_by = NULL WHERE id = ?6 AND queue_id = ?7 AND status = 'pending'",
         )
         .bind(status)
         .bind(error)
@@ -111,16 +113,6 @@ pub(super) async fn tls_results(readers: &SqlitePool) -> Result<Vec<TlsResultCou
     .await?)
 }
 
-/// A `queue_messages` row with its size, as [`entries`] reads it.
-#[derive(sqlx::FromRow)]
-struct QueuedRow {
-    id: i64,
-    sender: String,
-    created_at: i64,
-    require_tls: bool,
-    size: i64,
-}
-
 pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<Vec<QueueEntry>, StoreError> {
     let messages: Vec<QueuedRow> = sqlx::query_as(
         "SELECT q.id, q.sender, q.created_at, q.require_tls, b.size FROM queue_messages q JOIN blobs b ON b.id = q.blob_id WHERE ?1 IS NULL OR q.id = ?1 ORDER BY q.id",
@@ -148,28 +140,45 @@ pub(super) async fn entries(readers: &SqlitePool, only: Option<i64>) -> Result<V
     Ok(entries)
 }
 
-/// A due recipient with its message's columns, as [`due`] reads it.
-#[derive(sqlx::FromRow)]
-struct DueRow {
-    queue_id: i64,
-    sender: String,
-    created_at: i64,
-    require_tls: bool,
-    dsn_envid: Option<String>,
-    dsn_ret: Option<String>,
-    #[sqlx(flatten)]
-    recipient: DueRecipient,
-}
-
-pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Vec<DueMessage>, StoreError> {
+/// Takes the due recipients no lease holds and leases them (the single writer runs this, so
+/// reading then leasing is one step for everyone else).
+pub(super) async fn claim_due(
+    conn: &mut SqliteConnection,
+    now: i64,
+    limit: i64,
+    lease: &QueueLease,
+) -> Result<Vec<DueMessage>, StoreError> {
     // One query: the scheduler runs this several times a second while mail is in flight.
     let rows: Vec<DueRow> = sqlx::query_as(
-        "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt, r.delay_warned FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 ORDER BY q.id, r.id LIMIT ?2",
+        "SELECT q.id AS queue_id, q.sender, q.created_at, q.require_tls, q.dsn_envid, q.dsn_ret, r.id, r.address, r.domain, r.attempts, r.dsn_notify, r.dsn_orcpt, r.delay_warned FROM queue_recipients r JOIN queue_messages q ON q.id = r.queue_id WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 AND r.lease_until <= ?1 ORDER BY q.id, r.id LIMIT ?2",
     )
     .bind(now)
     .bind(limit)
-    .fetch_all(readers)
+    .fetch_all(&mut *conn)
     .await?;
+    for row in &rows {
+        sqlx::query("UPDATE queue_recipients SET lease_until = ?2, leased_by = ?3 WHERE id = ?1")
+            .bind(row.recipient.id)
+            .bind(lease.until)
+            .bind(&lease.holder)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(group_due(rows))
+}
+
+pub(super) async fn release_leases(conn: &mut SqliteConnection, holder: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE queue_recipients SET lease_until = 0, leased_by = NULL WHERE leased_by = ?1 AND status = 'pending'",
+    )
+    .bind(holder)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Due rows (ordered by message) as one [`DueMessage`] per message.
+fn group_due(rows: Vec<DueRow>) -> Vec<DueMessage> {
     let mut due: Vec<DueMessage> = Vec::new();
     for row in rows {
         if due.last().is_none_or(|m| m.id != row.queue_id) {
@@ -190,5 +199,5 @@ pub(super) async fn due(readers: &SqlitePool, now: i64, limit: i64) -> Result<Ve
             message.recipients.push(recipient);
         }
     }
-    Ok(due)
+    due
 }

@@ -1,0 +1,154 @@
+//! Rows as both backends read them (sqlx's `FromRow` is generic over the database), and how
+//! they become the store's types. Integer columns are i64 in both; SQLite reads its 0/1 flag
+//! columns as `bool` too.
+
+use sealmail_types::{AccountId, EmailAddress, MailboxId, MessageId};
+
+use crate::{Account, DueRecipient, Mailbox, MailboxStatus, StoreError, StoredMessage};
+
+// Column lists as macros so queries stay `&'static str` (sqlx only takes dynamic SQL through
+// an explicit AssertSqlSafe).
+macro_rules! mailbox_columns {
+    () => {
+        "id, account_id, name, special_use, uid_validity, uid_next, subscribed, highest_modseq"
+    };
+}
+pub(crate) use mailbox_columns;
+
+/// Message columns; the query must join `messages m` with `blobs b`.
+macro_rules! message_columns {
+    () => {
+        "m.id, m.mailbox_id, m.uid, m.flags, m.internal_date, m.modseq, b.size, b.sha256"
+    };
+}
+pub(crate) use message_columns;
+
+/// A row of [`mailbox_columns`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct MailboxRow {
+    pub(crate) id: i64,
+    pub(crate) account_id: i64,
+    pub(crate) name: String,
+    pub(crate) special_use: Option<String>,
+    pub(crate) uid_validity: i64,
+    pub(crate) uid_next: i64,
+    pub(crate) subscribed: bool,
+    pub(crate) highest_modseq: i64,
+}
+
+impl From<MailboxRow> for Mailbox {
+    fn from(row: MailboxRow) -> Mailbox {
+        Mailbox {
+            id: MailboxId(row.id),
+            account: AccountId(row.account_id),
+            name: row.name,
+            special_use: row.special_use,
+            uid_validity: row.uid_validity as u32,
+            uid_next: row.uid_next as u32,
+            subscribed: row.subscribed,
+            highest_modseq: row.highest_modseq as u64,
+        }
+    }
+}
+
+/// A row of [`message_columns`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct MessageRow {
+    pub(crate) id: i64,
+    pub(crate) mailbox_id: i64,
+    pub(crate) uid: i64,
+    /// Space-separated, in the order they were set.
+    pub(crate) flags: String,
+    pub(crate) internal_date: i64,
+    pub(crate) modseq: i64,
+    pub(crate) size: i64,
+    /// Lower-case hex, stored as bytes.
+    pub(crate) sha256: Vec<u8>,
+}
+
+impl From<MessageRow> for StoredMessage {
+    fn from(row: MessageRow) -> StoredMessage {
+        StoredMessage {
+            id: MessageId(row.id),
+            mailbox: MailboxId(row.mailbox_id),
+            uid: row.uid as u32,
+            size: row.size as u64,
+            sha256: String::from_utf8_lossy(&row.sha256).into_owned(),
+            internal_date: row.internal_date,
+            flags: row.flags.split_ascii_whitespace().map(str::to_string).collect(),
+            modseq: row.modseq as u64,
+        }
+    }
+}
+
+/// The row [`status`] reads: the mailbox's counters and the counts over its messages.
+#[derive(sqlx::FromRow)]
+pub(crate) struct StatusRow {
+    pub(crate) messages: i64,
+    pub(crate) recent: i64,
+    pub(crate) unseen: i64,
+    pub(crate) deleted: i64,
+    pub(crate) size: i64,
+    pub(crate) uid_next: i64,
+    pub(crate) uid_validity: i64,
+    pub(crate) highest_modseq: i64,
+}
+
+impl From<StatusRow> for MailboxStatus {
+    fn from(row: StatusRow) -> MailboxStatus {
+        MailboxStatus {
+            messages: row.messages as u32,
+            recent: row.recent as u32,
+            unseen: row.unseen as u32,
+            deleted: row.deleted as u32,
+            size: row.size as u64,
+            uid_next: row.uid_next as u32,
+            uid_validity: row.uid_validity as u32,
+            highest_modseq: row.highest_modseq as u64,
+        }
+    }
+}
+
+/// An `accounts` row; the address is parsed again on the way out.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AccountRow {
+    pub(crate) id: i64,
+    pub(crate) address: String,
+    pub(crate) password_hash: String,
+}
+
+impl TryFrom<AccountRow> for Account {
+    type Error = StoreError;
+
+    fn try_from(row: AccountRow) -> Result<Account, StoreError> {
+        Ok(Account {
+            id: AccountId(row.id),
+            address: EmailAddress::parse(&row.address)
+                .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+            password_hash: row.password_hash,
+        })
+    }
+}
+
+/// A `queue_messages` row with its size, as [`entries`] reads it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct QueuedRow {
+    pub(crate) id: i64,
+    pub(crate) sender: String,
+    pub(crate) created_at: i64,
+    pub(crate) require_tls: bool,
+    pub(crate) size: i64,
+}
+
+/// A due recipient with its message's columns, as [`due`] reads it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DueRow {
+    pub(crate) queue_id: i64,
+    pub(crate) sender: String,
+    pub(crate) created_at: i64,
+    pub(crate) require_tls: bool,
+    pub(crate) dsn_envid: Option<String>,
+    pub(crate) dsn_ret: Option<String>,
+    #[sqlx(flatten)]
+    pub(crate) recipient: DueRecipient,
+}

@@ -1,0 +1,179 @@
+//! The writes both backends share: one value per write (carried to SQLite's single writer, or
+//! run in its own transaction by PostgreSQL), and the answer each gives.
+
+use tokio::sync::oneshot;
+
+use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
+
+use crate::{
+    Accepted, AcceptedMessage, Ban, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox, NewMessage,
+    Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags, StoreError, StoredMessage,
+    StoredStsPolicy, TlsResult,
+};
+
+pub(crate) enum WriteOp {
+    Prune(Retention),
+    AddDomain(Domain),
+    RemoveDomain(Domain),
+    AddAccount {
+        address: EmailAddress,
+        hash: String,
+    },
+    SetPassword {
+        address: EmailAddress,
+        hash: String,
+    },
+    RemoveAccount(EmailAddress),
+    StoreMessage {
+        message: NewMessage,
+        sha256: String,
+    },
+    Accept {
+        message: AcceptedMessage,
+        local_sha256: Option<String>,
+        outbound_sha256: Option<String>,
+    },
+    AddBan {
+        address: String,
+        until: i64,
+        level: i64,
+        reason: String,
+    },
+    LiftBans {
+        address: String,
+        now: i64,
+    },
+    Event(SecurityEvent),
+    PruneSecurity {
+        before: i64,
+    },
+    CreateMailbox {
+        account: AccountId,
+        name: String,
+    },
+    DeleteMailbox {
+        account: AccountId,
+        name: String,
+    },
+    RenameMailbox {
+        account: AccountId,
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        account: AccountId,
+        name: String,
+        subscribed: bool,
+    },
+    ClaimRecent {
+        mailbox: MailboxId,
+        up_to: u32,
+    },
+    UpdateFlags(SetFlags),
+    Expunge {
+        mailbox: MailboxId,
+        uids: Option<Vec<u32>>,
+    },
+    Copy(CopyMessages),
+    RecordOutcomes {
+        id: i64,
+        outcomes: Vec<(i64, RecipientOutcome)>,
+    },
+    RetryQueued(Option<i64>),
+    SaveStsPolicy(StoredStsPolicy),
+    DeleteQueued(i64),
+    TlsResult(TlsResult),
+    ClaimTlsReport {
+        day: String,
+        domain: String,
+    },
+    ClaimDue {
+        now: i64,
+        limit: i64,
+        lease: QueueLease,
+    },
+    ReleaseLeases(String),
+    AddAbusePoints {
+        key: String,
+        at: i64,
+        points: i64,
+        since: i64,
+    },
+    TakeHourlyUse {
+        key: String,
+        at: i64,
+        amount: i64,
+        per_hour: i64,
+    },
+}
+
+impl WriteOp {
+    /// The mailboxes whose watchers must be woken once this write is committed.
+    pub(crate) fn touched_mailboxes(&self, into: &mut Vec<i64>) {
+        match self {
+            WriteOp::StoreMessage { message, .. } => into.extend(message.mailboxes.iter().map(|m| m.0)),
+            WriteOp::Accept { message, .. } => {
+                if let Some(local) = &message.local {
+                    into.extend(local.mailboxes.iter().map(|m| m.0));
+                }
+            }
+            WriteOp::UpdateFlags(SetFlags { mailbox, .. }) | WriteOp::Expunge { mailbox, .. } => {
+                into.push(mailbox.0)
+            }
+            WriteOp::Copy(CopyMessages { from, to, .. }) => into.extend([from.0, to.0]),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) enum WriteDone {
+    Unit,
+    Account(AccountId),
+    Stored(Vec<StoredMessage>),
+    Accepted(Accepted),
+    Ban(Ban),
+    Count(u64),
+    Mailbox(Mailbox),
+    Flags(FlagUpdate),
+    Uids(Vec<u32>),
+    Copied(Copied),
+    Pruned(Pruned),
+    Due(Vec<DueMessage>),
+    Taken(bool),
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
+
+/// The value a write's answer carries, when the answer is `$variant`, the one that write gives
+/// (anything else is a bug in the writer, reported as an error rather than a panic).
+macro_rules! done_as {
+    ($done:expr, $variant:path) => {
+        match $done {
+            $variant(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
+pub(crate) fn unexpected(done: WriteDone) -> StoreError {
+    let what = match done {
+        WriteDone::Unit => "nothing",
+        WriteDone::Account(_) => "an account",
+        WriteDone::Stored(_) => "stored messages",
+        WriteDone::Accepted(_) => "an accepted message",
+        WriteDone::Ban(_) => "a ban",
+        WriteDone::Count(_) => "a count",
+        WriteDone::Mailbox(_) => "a mailbox",
+        WriteDone::Flags(_) => "flags",
+        WriteDone::Uids(_) => "UIDs",
+        WriteDone::Copied(_) => "copied messages",
+        WriteDone::Pruned(_) => "pruned rows",
+        WriteDone::Due(_) => "due recipients",
+        WriteDone::Taken(_) => "an allowance",
+    };
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "store writer returned {what} unexpectedly"
+    )))
+}
+
+pub(crate) use done_as;
