@@ -31,8 +31,9 @@ use sealmail_types::EmailAddress;
 use sealmail_types::clock::now_unix;
 use sealmail_types::rate::SlidingWindow;
 
-/// How often a running server rereads the bans (to see `security unban` and other nodes' bans).
-pub const REFRESH: Duration = Duration::from_secs(3);
+/// How often a running server rereads the bans (to see `security unban` and, with several
+/// nodes on one store, a ban another node made: within this and a query's time, under 3 s).
+pub const REFRESH: Duration = Duration::from_secs(1);
 /// How far back an earlier ban makes the next one longer.
 const REPEAT_WINDOW_SECS: i64 = 7 * 86_400;
 
@@ -148,6 +149,8 @@ pub struct Guard {
     max_queued_wait: Duration,
     /// The writer of security events (see the module comment).
     events: tokio::sync::mpsc::Sender<ToWriter>,
+    /// `server.node_name`, recorded with every event.
+    node: Option<String>,
 }
 
 #[derive(Default)]
@@ -301,6 +304,15 @@ pub struct QueueFull;
 impl Guard {
     /// Builds the guard and loads the bans in force.
     pub async fn load(config: SecurityConfig, store: Arc<dyn Store>) -> Result<Arc<Guard>, StoreError> {
+        Guard::load_for_node(config, store, None).await
+    }
+
+    /// [`Guard::load`] for the node named `node` (`server.node_name`): its events carry the name.
+    pub async fn load_for_node(
+        config: SecurityConfig,
+        store: Arc<dyn Store>,
+        node: Option<String>,
+    ) -> Result<Arc<Guard>, StoreError> {
         let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         tokio::spawn(write_events(store.clone(), queue));
         let guard = Arc::new(Guard {
@@ -314,6 +326,7 @@ impl Guard {
             accounts: Mutex::new(lru::LruCache::new(ACCOUNTS_TRACKED)),
             throttle_unit: Duration::from_secs(1),
             max_queued_wait: MAX_QUEUED_WAIT,
+            node,
         });
         guard.refresh().await?;
         Ok(guard)
@@ -456,7 +469,7 @@ impl Guard {
             account: account.map(str::to_string),
             listener: listener.map(str::to_string),
             detail,
-            node: None,
+            node: self.node.clone(),
         };
         tracing::info!(
             target: "security",
@@ -664,9 +677,24 @@ impl Guard {
         }
         let key = ban_key(ip);
         let now = now_unix();
-        let count = {
+        let window = self.config.failure_window.as_secs() as i64;
+        // Several nodes on one store count together, so guesses spread over them add up.
+        let shared = match self.store.shared_by_nodes() {
+            false => None,
+            true => match self
+                .store
+                .add_abuse_points(&key, now, abuse.points() as i64, now - window + 1)
+                .await
+            {
+                Ok(points) => Some(points.max(0) as usize),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not count abuse in the store; counting on this node");
+                    None
+                }
+            },
+        };
+        let count = shared.unwrap_or_else(|| {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let window = self.config.failure_window.as_secs() as i64;
             failures.retain(|_, times| times.back().is_some_and(|t| now - t < window));
             let times = failures.entry(key.clone()).or_default();
             times.extend(std::iter::repeat_n(now, abuse.points()));
@@ -674,7 +702,7 @@ impl Guard {
                 times.pop_front();
             }
             times.len()
-        };
+        });
         let threshold = self.config.auth_failures as usize * Abuse::AuthFailure.points();
         if count < threshold {
             return None;
@@ -740,7 +768,21 @@ impl Guard {
             client,
             listener,
         } = usage;
-        let allowed = self.usage.take((what, account.to_string()), count, per_hour);
+        let allowed = match self.store.shared_by_nodes() {
+            false => self.usage.take((what, account.to_string()), count, per_hour),
+            // Several nodes on one store: the allowance is spent in the store, once for all.
+            true => {
+                let key = format!("{what}:{account}");
+                let taken = self
+                    .store
+                    .take_hourly_use(&key, now_unix(), count as i64, per_hour as i64)
+                    .await;
+                taken.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not spend an hourly allowance in the store; refused");
+                    false
+                })
+            }
+        };
         if !allowed {
             metrics::RATE_LIMITED.inc();
             let detail = format!("{what} per hour limit of {per_hour} reached");
@@ -1010,6 +1052,93 @@ mod tests {
             );
         }
         assert!(std::fs::read_to_string(&path)?.contains("user199@example.test"));
+        Ok(())
+    }
+
+    /// Two nodes sharing one PostgreSQL store: guesses spread over both count together, the ban
+    /// one makes refuses the address on the other within 3 s, per-account hourly allowances are
+    /// spent once for both, and each event names the node that saw it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_sharing_a_store_count_ban_and_limit_together() -> Result<(), Box<dyn std::error::Error>> {
+        let schema = sealmail_testkit::postgres::TestSchema::new().await?;
+        let mut options = sealmail_store::PgOptions::new(&schema.url);
+        options.schema = Some(schema.name.clone());
+        let config = SecurityConfig {
+            auth_failures: 4,
+            ..SecurityConfig::default()
+        };
+        let store_a: Arc<dyn Store> = Arc::new(sealmail_store::PgStore::open(&options).await?);
+        let store_b: Arc<dyn Store> = Arc::new(sealmail_store::PgStore::open(&options).await?);
+        let node_a = Guard::load_for_node(config.clone(), store_a.clone(), Some("node-a".into())).await?;
+        let node_b = Guard::load_for_node(config, store_b.clone(), Some("node-b".into())).await?;
+        node_b.spawn_refresh();
+        let attacker: IpAddr = "192.0.2.77".parse()?;
+
+        // Two guesses on each node: four in all, which is the threshold.
+        assert!(
+            node_a
+                .auth_failed(attacker, "alice@example.test", "imap")
+                .await
+                .is_none()
+        );
+        assert!(
+            node_b
+                .auth_failed(attacker, "alice@example.test", "imap")
+                .await
+                .is_none()
+        );
+        assert!(
+            node_a
+                .auth_failed(attacker, "alice@example.test", "imap")
+                .await
+                .is_none()
+        );
+        let ban = node_b
+            .auth_failed(attacker, "alice@example.test", "imap")
+            .await
+            .ok_or("four guesses over two nodes made no ban")?;
+        assert_eq!(ban.address, "192.0.2.77");
+        assert!(node_b.is_banned(attacker));
+
+        // A ban made through node B (another attacker) reaches node A's refresh.
+        node_a.spawn_refresh();
+        let other: IpAddr = "192.0.2.78".parse()?;
+        for _ in 0..4 {
+            node_b.auth_failed(other, "bob@example.test", "smtp").await;
+        }
+        assert!(node_b.is_banned(other));
+        let made = std::time::Instant::now();
+        while !node_a.is_banned(other) {
+            if made.elapsed() > Duration::from_secs(3) {
+                return Err("node A did not see node B's ban within 3 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // An hourly allowance of 5 messages: 3 on A and 2 on B use it up; a 6th is refused
+        // on either.
+        let usage = |count| access::HourlyUse {
+            what: "messages",
+            account: "carol@example.test",
+            count,
+            per_hour: 5,
+            client: IpAddr::from([192, 0, 2, 1]),
+            listener: "submission",
+        };
+        assert!(node_a.take_hourly(usage(3)).await);
+        assert!(node_b.take_hourly(usage(2)).await);
+        assert!(!node_a.take_hourly(usage(1)).await);
+        assert!(!node_b.take_hourly(usage(1)).await);
+
+        node_a.flush().await;
+        node_b.flush().await;
+        let events = store_a.events(0, Some("192.0.2.77")).await?;
+        let nodes: std::collections::BTreeSet<_> = events.iter().filter_map(|e| e.node.clone()).collect();
+        assert_eq!(
+            nodes.into_iter().collect::<Vec<_>>(),
+            ["node-a", "node-b"],
+            "{events:?}"
+        );
         Ok(())
     }
 

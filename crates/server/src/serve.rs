@@ -168,7 +168,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     identity
         .watch_credentials(sealmail_identity::CREDENTIALS_POLL)
         .await?;
-    let guard = sealmail_guard::Guard::load(config.security.clone(), store.clone()).await?;
+    let guard = sealmail_guard::Guard::load_for_node(
+        config.security.clone(),
+        store.clone(),
+        Some(config.server.node_name.clone()),
+    )
+    .await?;
     guard.spawn_refresh();
 
     let hostname = config.hostname.to_string();

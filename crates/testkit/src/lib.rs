@@ -8,6 +8,7 @@ pub mod dns;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod pki;
+pub mod postgres;
 pub mod suite;
 
 use std::net::SocketAddr;
