@@ -34,13 +34,17 @@ if ! "$venv/bin/python" -c 'import dkim, dns.resolver, nacl, aiosmtpd' >/dev/nul
 fi
 SEALMAIL_PYTHON="$(pwd)/$venv/bin/python"
 export SEALMAIL_PYTHON
+# PostgreSQL for the store tests on both backends: the machine's, or one started for this run.
+stop_test_postgres() { :; }
+# shellcheck source=scripts/test-postgres.sh
+source scripts/test-postgres.sh
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; stop_test_postgres' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # A few seconds of fuzzing per parser that reads network input (docs/FUZZING.md).
