@@ -93,6 +93,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy this (stopped) SQLite installation into an empty PostgreSQL schema and check the
+    /// copy: row counts and every message's SHA-256 (docs/CLUSTER.md)
+    MigrateStore(MigrateStoreArgs),
     /// Write a consistent copy of store, keys and configuration to DIR (safe while serving)
     Backup { dir: PathBuf },
     /// Restore a backup made by `sealmail backup` (stop the server first)
@@ -114,6 +117,26 @@ pub struct QuickstartArgs {
     /// e.g. 127.0.0.1:5353
     #[arg(long)]
     pub nameserver: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct MigrateStoreArgs {
+    /// The PostgreSQL to copy into: postgres://USER@HOST:PORT/DATABASE (no password here)
+    #[arg(long)]
+    pub to: String,
+    /// The schema to copy into (created if missing; must have no rows) [default: public]
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// File holding the PostgreSQL password (mode 0600)
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// TLS to PostgreSQL: disable, prefer, require, verify-ca or verify-full (required off
+    /// loopback)
+    #[arg(long, default_value = "verify-full")]
+    pub tls: String,
+    /// PEM file of the CA that issued the PostgreSQL server's certificate
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -4,6 +4,7 @@
 mod admin;
 mod backup;
 mod cli;
+mod migrate_store;
 mod privileges;
 mod quickstart;
 mod retention;
@@ -58,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Queue(command) => admin::queue(&config_path, command).await,
                 Command::TlsReport { day, send } => admin::tls_report(&config_path, day, send).await,
                 Command::Migrate { dry_run } => admin::migrate(&config_path, dry_run).await,
+                Command::MigrateStore(args) => migrate_store::run(&config_path, args).await,
                 Command::Backup { dir } => backup::backup(&config_path, &dir).await,
                 Command::Restore { dir } => backup::restore(&config_path, &dir).await,
                 Command::Serve | Command::Quickstart(_) => Ok(()),

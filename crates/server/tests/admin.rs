@@ -647,3 +647,92 @@ async fn restore_keeps_the_configuration_in_place() -> TestResult {
     assert!(kept.contains("rewritten by the service user"));
     Ok(())
 }
+
+/// `sealmail migrate-store`: a populated SQLite installation moves into a fresh PostgreSQL
+/// schema with its users, mailboxes and messages byte for byte; a second run is refused and
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_copies_an_installation_into_postgres_and_refuses_twice() -> TestResult {
+    use sealmail_store::{PgOptions, PgStore};
+    let (dir, config) = config_dir()?;
+    for (args, what) in [
+        (&["domain", "add", "example.test"][..], "domain add"),
+        (
+            &["user", "add", "alice@example.test", "--password-stdin"][..],
+            "user add",
+        ),
+    ] {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        let (code, _, err) = run(dir.path(), &full, Some("a long enough password\n"))?;
+        assert_eq!(code, 0, "{what}: {err}");
+    }
+    let data = dir.path().join("data");
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|n| format!("Subject: {n}\r\n\r\nGr\u{fc}\u{df}e {n}\r\n").into_bytes())
+        .collect();
+    {
+        let store = ctx(SqliteStore::open(&data, 16).await, "open")?;
+        let alice = ctx(
+            store
+                .account(&ctx(EmailAddress::parse("alice@example.test"), "address")?)
+                .await,
+            "account",
+        )?
+        .ok_or("no alice")?;
+        let inbox = ctx(store.mailbox(alice.id, "INBOX").await, "mailbox")?.ok_or("no INBOX")?;
+        for body in &bodies {
+            let message = NewMessage {
+                content: body.clone(),
+                mailboxes: vec![inbox.id],
+                internal_date: 1_700_000_000,
+                flags: vec!["\\Seen".into()],
+            };
+            ctx(store.store_message(message).await, "store")?;
+        }
+        store.close().await;
+    }
+
+    let schema = ctx(sealmail_testkit::postgres::TestSchema::new().await, "schema")?;
+    let args = [
+        "--config",
+        config.as_str(),
+        "migrate-store",
+        "--to",
+        schema.url.as_str(),
+        "--schema",
+        schema.name.as_str(),
+    ];
+    let (code, out, err) = run(dir.path(), &args, None)?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("every row count matches and 5 blobs' SHA-256 were checked"),
+        "{out}"
+    );
+    assert!(err.contains("messages: 5 rows"), "{err}");
+
+    let mut options = PgOptions::new(&schema.url);
+    options.schema = Some(schema.name.clone());
+    let postgres = ctx(PgStore::open(&options).await, "open postgres")?;
+    let alice = ctx(
+        postgres
+            .account(&ctx(EmailAddress::parse("alice@example.test"), "address")?)
+            .await,
+        "account",
+    )?
+    .ok_or("alice was not copied")?;
+    assert!(alice.password_hash.starts_with("$argon2id$"));
+    let inbox = ctx(postgres.mailbox(alice.id, "INBOX").await, "mailbox")?.ok_or("no INBOX")?;
+    let mut read = Vec::new();
+    for message in ctx(postgres.messages(inbox.id).await, "messages")? {
+        assert_eq!(message.flags, ["\\Seen"]);
+        read.push(ctx(postgres.read_message(message.id).await, "read")?);
+    }
+    assert_eq!(read, bodies);
+
+    let (code, _, err) = run(dir.path(), &args, None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
+    assert_eq!(ctx(postgres.messages(inbox.id).await, "messages")?.len(), 5);
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! - every message's SHA-256 is recorded when it is stored and checked whenever it is read:
 //!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
 
+mod copy;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
+pub use copy::{CopyReport, Progress, copy_sqlite_to_postgres, verify as verify_copy};
 pub use postgres::{DEFAULT_SCHEMA, PgOptions, PgStore, PgTls};
 pub use sqlite::{DB_FILE, Migration, SqliteStore};
 

@@ -198,6 +198,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The readers' pool, for copying whole tables (`crate::copy`).
+    pub(crate) fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
     async fn write(&self, op: WriteOp) -> Result<WriteDone, StoreError> {
         let (reply, done) = oneshot::channel();
         self.writer
