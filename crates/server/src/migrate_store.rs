@@ -32,11 +32,7 @@ pub async fn run(config_path: &Path, args: MigrateStoreArgs) -> anyhow::Result<(
         let mut err = std::io::stderr().lock();
         if on_terminal {
             let width = 30u64;
-            let filled = if p.total == 0 {
-                width
-            } else {
-                p.done * width / p.total
-            };
+            let filled = (p.done * width).checked_div(p.total).unwrap_or(width);
             let _ = write!(
                 err,
                 "\r{:<18} [{}{}] {}/{}",
