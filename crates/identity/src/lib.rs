@@ -506,6 +506,35 @@ mod cache_tests {
         Ok(())
     }
 
+    /// Two nodes on one PostgreSQL store, each with its own login cache: a password changed
+    /// through node B ends node A's remembered login at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_password_change_on_another_node_ends_the_remembered_login()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let schema = sealmail_testkit::postgres::TestSchema::new().await?;
+        let mut options = sealmail_store::PgOptions::new(&schema.url);
+        options.schema = Some(schema.name.clone());
+        let store_a = Arc::new(sealmail_store::PgStore::open(&options).await?);
+        let store_b = Arc::new(sealmail_store::PgStore::open(&options).await?);
+        store_a.add_domain(&Domain::parse("example.test")?).await?;
+        let node_a = Identity::with_login_cache(store_a, Duration::from_secs(600))?;
+        let node_b = Identity::with_login_cache(store_b, Duration::from_secs(600))?;
+        let alice = EmailAddress::parse("alice@example.test")?;
+        let old = Password::new("the first long password".to_string());
+        node_a.add_user(&alice, &old).await?;
+        assert!(node_a.verify_password(&alice, &old).await?.is_some());
+        assert_eq!(node_a.cache.as_ref().ok_or("no cache")?.entries.len(), 1);
+
+        let new = Password::new("the second long password".to_string());
+        node_b.set_password(&alice, &new).await?;
+        assert!(
+            node_a.verify_password(&alice, &old).await?.is_none(),
+            "node A still accepts the old password"
+        );
+        assert!(node_a.verify_password(&alice, &new).await?.is_some());
+        Ok(())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_concurrent_logins_are_all_answered_by_the_bounded_pool()
     -> Result<(), Box<dyn std::error::Error>> {
