@@ -44,8 +44,12 @@ use route::{Dane, Host, RouteError};
 use tls_rpt::{Outcome, PolicyType, ResultType};
 use verify::{CertCheck, Mode, PeerVerifier};
 
-/// Due recipients looked at per scheduler pass.
+/// Due recipients taken per scheduler pass.
 const BATCH: i64 = 2000;
+/// Due recipients taken per pass when other nodes share the queue: a node takes a share it
+/// starts on at once and comes back for more (every pass, a few times a second), so the nodes
+/// split a large queue between them rather than the first to look leasing all of it.
+const SHARED_BATCH: i64 = 100;
 /// How often the scheduler looks at the queue (it is woken at once for mail submitted to this
 /// process; this bounds the delay for `queue retry`/`flush` from the command line, which is
 /// another process, and for retries coming due). One indexed query each time.
@@ -423,7 +427,11 @@ impl Delivery {
             holder: self.inner.node.clone(),
             until: now.saturating_add(self.inner.config.lease.as_secs() as i64),
         };
-        let due = self.inner.store.due_messages(now, BATCH, &lease).await?;
+        let batch = match self.inner.store.shared_by_nodes() {
+            true => SHARED_BATCH,
+            false => BATCH,
+        };
+        let due = self.inner.store.due_messages(now, batch, &lease).await?;
         let mut by_domain: HashMap<String, Vec<Job>> = HashMap::new();
         {
             let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
