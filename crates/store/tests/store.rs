@@ -267,6 +267,8 @@ on_both_backends!(
     abuse_points_add_up_within_the_window_and_older_ones_are_forgotten,
     hourly_use_is_refused_past_the_allowance_until_an_hour_passed,
     security_events_keep_the_node_that_saw_them,
+    the_queue_is_retried_deleted_and_emptied_by_final_outcomes,
+    bans_are_lifted_escalated_and_pruned,
 );
 
 // ---- Conformance tests: what every backend promises ----
@@ -1122,6 +1124,109 @@ async fn security_events_keep_the_node_that_saw_them(backend: Backend) -> TestRe
         store.events(11, None).await?,
         [seen_by(Some("node-b"), 11), seen_by(None, 12)]
     );
+    Ok(())
+}
+
+async fn the_queue_is_retried_deleted_and_emptied_by_final_outcomes(backend: Backend) -> TestResult {
+    use sealmail_store::RecipientOutcome;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    assert_eq!(store.next_attempt_at().await?, None);
+    let first = queue_for_two(store).await?;
+    let second = queue_for_two(store).await?;
+    let queued_at = store.next_attempt_at().await?.ok_or("nothing pending")?;
+
+    // Deferred far ahead, then made due again by the admin.
+    let due = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
+    let later = RecipientOutcome::Deferred {
+        error: "451 later".into(),
+        next_attempt_at: queued_at + 86_400,
+        delay_warned: false,
+    };
+    for message in &due {
+        let outcomes = message.recipients.iter().map(|r| (r.id, later.clone())).collect();
+        store.record_outcomes(message.id, outcomes).await?;
+    }
+    assert_eq!(store.next_attempt_at().await?, Some(queued_at + 86_400));
+    assert_eq!(store.retry_queued(Some(first)).await?, 2);
+    assert!(store.next_attempt_at().await? < Some(queued_at + 86_400));
+    assert_eq!(store.retry_queued(None).await?, 4);
+
+    // Final outcomes for every recipient take the message out of the queue, with its blob.
+    let rows = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
+    let recipients: Vec<i64> = rows
+        .iter()
+        .filter(|m| m.id == first)
+        .flat_map(|m| m.recipients.iter().map(|r| r.id))
+        .collect();
+    assert_eq!(recipients.len(), 2);
+    let blobs_before = test.count_rows("blobs").await?;
+    store
+        .record_outcomes(
+            first,
+            vec![
+                (recipients[0], RecipientOutcome::Delivered("250 ok".into())),
+                (recipients[1], RecipientOutcome::Failed("550 no".into())),
+            ],
+        )
+        .await?;
+    assert_eq!(store.queue_entry(first).await?, None);
+    assert_eq!(test.count_rows("blobs").await?, blobs_before - 1);
+
+    // The admin deletes the other one; a second delete finds nothing.
+    assert!(store.delete_queued(second).await?);
+    assert!(!store.delete_queued(second).await?);
+    assert!(store.queue().await?.is_empty());
+    assert_eq!(store.next_attempt_at().await?, None);
+    assert_eq!(test.count_rows("blobs").await?, 0);
+    assert!(matches!(
+        store.queued_content(second).await,
+        Err(StoreError::NotFound(_))
+    ));
+    Ok(())
+}
+
+async fn bans_are_lifted_escalated_and_pruned(backend: Backend) -> TestResult {
+    use sealmail_store::SecurityEvent;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    let now = 10_000;
+    let first = store.add_ban("192.0.2.7", now + 100, 1, "guessing").await?;
+    let second = store.add_ban("192.0.2.7", now + 200, 2, "guessing again").await?;
+    store.add_ban("192.0.2.8", now + 100, 1, "other").await?;
+    assert!(second.id > first.id);
+    assert_eq!(store.last_ban_level("192.0.2.7", 0).await?, 2);
+    assert_eq!(store.last_ban_level("192.0.2.9", 0).await?, 0);
+    assert_eq!(store.active_bans(now).await?.len(), 3);
+
+    assert_eq!(store.lift_bans("192.0.2.7", now).await?, 2);
+    assert_eq!(store.lift_bans("192.0.2.7", now).await?, 0, "already lifted");
+    let active: Vec<String> = store
+        .active_bans(now)
+        .await?
+        .into_iter()
+        .map(|b| b.address)
+        .collect();
+    assert_eq!(active, ["192.0.2.8"]);
+    assert_eq!(
+        store.last_ban_level("192.0.2.7", 0).await?,
+        2,
+        "lifted bans still count for escalation"
+    );
+
+    for at in [now - 10, now + 200] {
+        store
+            .record_event(SecurityEvent {
+                at,
+                kind: "ban".into(),
+                ..SecurityEvent::default()
+            })
+            .await?;
+    }
+    // Before now + 150: the older event and the two bans that ended at now + 100.
+    assert_eq!(store.prune_security(now + 150).await?, 3);
+    assert_eq!(store.events(0, None).await?.len(), 1);
+    assert_eq!(store.last_ban_level("192.0.2.7", 0).await?, 2);
     Ok(())
 }
 
