@@ -1160,7 +1160,7 @@ impl MailStore for PgStore {
         let mut found: std::collections::HashMap<i64, (Vec<u8>, Vec<u8>)> = std::collections::HashMap::new();
         for chunk in messages.chunks(500) {
             let list = (0..chunk.len())
-                .map(|i| format!("?{}", i + 1))
+                .map(|i| format!("${}", i + 1))
                 .collect::<Vec<_>>()
                 .join(",");
             // Only numbered placeholders are formatted into the SQL.

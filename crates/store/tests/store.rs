@@ -1,13 +1,20 @@
-//! The SQLite store against a real database file: integrity on read, group commit, migrations
-//! from an empty store and from a store made by schema version 1, snapshots under write load,
-//! and durability of acknowledged writes across SIGKILL.
+//! The store test suite. The conformance tests (what the `Store` trait promises) are written
+//! once against `&dyn Store` and run on both backends: SQLite in a temporary directory and
+//! PostgreSQL in a fresh schema of its own, dropped after the test. The rest is SQLite's own:
+//! integrity of a file corrupted on disk, group commit, migrations from an empty store and
+//! from a store made by schema version 1, snapshots under write load, and durability of
+//! acknowledged writes across SIGKILL. PostgreSQL's own: integrity of a blob changed behind the
+//! store's back, UIDs under concurrent writers on one and on two nodes, and LISTEN/NOTIFY.
+//!
+//! The PostgreSQL tests connect to `SEALMAIL_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and fail, never skip, when it is not reachable.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sealmail_store::{
-    AccountStore, CopyMessages, DB_FILE, FlagChange, MailStore, NewMessage, QueueLease, QueueStore,
-    ReportStore, SecurityStore, SetFlags, SqliteStore, StoreError, StoredMessage, StoredStsPolicy,
+    AccountStore, CopyMessages, DB_FILE, FlagChange, MailStore, NewMessage, PgOptions, PgStore, QueueLease,
+    SetFlags, SqliteStore, Store, StoreError, StoredMessage, StoredStsPolicy,
 };
 use sealmail_types::{Domain, EmailAddress, MailboxId};
 
@@ -21,15 +28,187 @@ fn address(s: &str) -> TestResult<EmailAddress> {
     Ok(EmailAddress::parse(s)?)
 }
 
+/// The backend a conformance test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the PostgreSQL tests connect.
+fn postgres_url() -> String {
+    std::env::var("SEALMAIL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A schema name no other test (or earlier run) uses: `t_` and 16 hex digits.
+fn fresh_schema_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    format!("t_{}", &sealmail_store::sha256_hex(seed.as_bytes())[..16])
+}
+
+/// A PostgreSQL schema that exists for one test: dropped with everything in it when the guard
+/// goes, also when the test failed or panicked. Drop cannot await, and the test's runtime may
+/// be unwinding, so the drop runs on a thread of its own with its own runtime.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl SchemaGuard {
+    fn options(&self, max_connections: u32) -> PgOptions {
+        let mut options = PgOptions::new(&self.url);
+        options.schema = Some(self.schema.clone());
+        options.max_connections = max_connections;
+        options
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A connection of the dropped store may still end a transaction; wait for
+                // it a while rather than forever.
+                sqlx::query("SET lock_timeout = '20s'")
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test schema {}: {e}", self.schema),
+            Err(_) => eprintln!("dropping test schema {} panicked", self.schema),
+        }
+    }
+}
+
+/// What a conformance test needs beyond the store itself: how to reopen it and how to count
+/// rows behind its back. Fields drop in order: the store before its directory or schema.
+struct TestStore {
+    store: Arc<dyn Store>,
+    place: Place,
+}
+
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres(SchemaGuard),
+}
+
+/// Opens a PostgreSQL store, failing with a message that says what to do when the server
+/// is not there.
+async fn open_postgres(guard: &SchemaGuard, max_connections: u32) -> TestResult<PgStore> {
+    PgStore::open(&guard.options(max_connections))
+        .await
+        .map_err(|e| {
+            format!(
+                "PostgreSQL at {} is not usable for the store tests ({e}); start it, or point SEALMAIL_TEST_POSTGRES at one",
+                guard.url
+            )
+            .into()
+        })
+}
+
+impl TestStore {
+    async fn open(backend: Backend) -> TestResult<TestStore> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let store = SqliteStore::open(dir.path(), 256).await?;
+                Ok(TestStore {
+                    store: Arc::new(store),
+                    place: Place::Sqlite(dir),
+                })
+            }
+            Backend::Postgres => {
+                let guard = SchemaGuard {
+                    url: postgres_url(),
+                    schema: fresh_schema_name(),
+                };
+                let store = open_postgres(&guard, 4).await?;
+                Ok(TestStore {
+                    store: Arc::new(store),
+                    place: Place::Postgres(guard),
+                })
+            }
+        }
+    }
+
+    /// Closes the store and opens it again on the same data, as a restart does.
+    async fn reopen(self) -> TestResult<TestStore> {
+        let TestStore { store, place } = self;
+        // The old store must be gone (with SQLite's file lock) before the new one opens.
+        drop(store);
+        let store: Arc<dyn Store> = match &place {
+            Place::Sqlite(dir) => Arc::new(SqliteStore::open(dir.path(), 256).await?),
+            Place::Postgres(guard) => Arc::new(open_postgres(guard, 4).await?),
+        };
+        Ok(TestStore { store, place })
+    }
+
+    /// Rows in `table`, read with a connection of our own.
+    async fn count_rows(&self, table: &str) -> TestResult<i64> {
+        match &self.place {
+            Place::Sqlite(dir) => count_sqlite_rows(dir.path(), table).await,
+            Place::Postgres(guard) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&guard.url).await?;
+                let sql = format!("SELECT COUNT(*) FROM {}.{table}", guard.schema);
+                Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await?)
+            }
+        }
+    }
+}
+
 /// A store with one domain and the account alice@example.test; returns alice's INBOX.
-async fn store_with_alice(dir: &Path) -> TestResult<(SqliteStore, MailboxId)> {
-    let store = SqliteStore::open(dir, 256).await?;
+async fn with_alice(backend: Backend) -> TestResult<(TestStore, MailboxId)> {
+    let test = TestStore::open(backend).await?;
+    let inbox = add_alice(&*test.store).await?;
+    Ok((test, inbox))
+}
+
+/// Adds the domain example.test and the account alice@example.test; returns alice's INBOX.
+async fn add_alice(store: &dyn Store) -> TestResult<MailboxId> {
     store.add_domain(&domain("example.test")?).await?;
     let alice = store
         .add_account(&address("alice@example.test")?, "$argon2id$fake")
         .await?;
-    let inbox = store.mailbox(alice, "INBOX").await?.ok_or("no INBOX")?;
-    Ok((store, inbox.id))
+    Ok(store.mailbox(alice, "INBOX").await?.ok_or("no INBOX")?.id)
+}
+
+/// A SQLite store with alice, for the tests of SQLite's own behaviour.
+async fn store_with_alice(dir: &Path) -> TestResult<(SqliteStore, MailboxId)> {
+    let store = SqliteStore::open(dir, 256).await?;
+    let inbox = add_alice(&store).await?;
+    Ok((store, inbox))
 }
 
 /// A lease for `holder` that outlasts any test.
@@ -49,10 +228,54 @@ fn message(body: &str, mailbox: MailboxId) -> NewMessage {
     }
 }
 
-#[tokio::test]
-async fn accounts_get_default_mailboxes_and_clear_errors() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, _) = store_with_alice(dir.path()).await?;
+/// Runs each conformance test (an `async fn(Backend) -> TestResult` of this file) once per
+/// backend, as `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() -> super::TestResult {
+                    super::$test(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() -> super::TestResult {
+                    super::$test(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    accounts_get_default_mailboxes_and_clear_errors,
+    messages_round_trip_byte_for_byte_with_increasing_uids,
+    recent_messages_are_claimed_once_and_only_by_a_read_write_claim,
+    changes_since_reports_new_messages_flag_changes_and_expunges_once,
+    a_rename_that_would_make_a_name_too_long_or_too_deep_is_refused,
+    subscriptions_outlive_their_mailboxes_and_follow_renames,
+    copy_move_and_mailbox_management_keep_uids_and_validity_right,
+    a_tls_report_is_claimed_once_per_day_and_domain,
+    retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_user,
+    the_credentials_generation_moves_on_password_changes_and_removals_only,
+    what_is_written_reads_back_field_by_field,
+    due_messages_are_leased_to_one_holder_until_the_lease_ends,
+    abuse_points_add_up_within_the_window_and_older_ones_are_forgotten,
+    hourly_use_is_refused_past_the_allowance_until_an_hour_passed,
+    security_events_keep_the_node_that_saw_them,
+    the_queue_is_retried_deleted_and_emptied_by_final_outcomes,
+    bans_are_lifted_escalated_and_pruned,
+);
+
+// ---- Conformance tests: what every backend promises ----
+
+async fn accounts_get_default_mailboxes_and_clear_errors(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
     let alice = store
         .account(&address("ALICE@Example.test")?)
         .await?
@@ -95,10 +318,9 @@ async fn accounts_get_default_mailboxes_and_clear_errors() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn messages_round_trip_byte_for_byte_with_increasing_uids() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
+async fn messages_round_trip_byte_for_byte_with_increasing_uids(backend: Backend) -> TestResult {
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
     let eight_bit = "Grüße, ünïcödé and a NUL-free 8-bit body".to_string();
     let first = store.store_message(message(&eight_bit, inbox)).await?;
     let second = store.store_message(message("second", inbox)).await?;
@@ -110,6 +332,1050 @@ async fn messages_round_trip_byte_for_byte_with_increasing_uids() -> TestResult 
     assert_eq!(listed, [first[0].clone(), second[0].clone()]);
     Ok(())
 }
+
+/// RFC 3501 2.3.2: a message is recent for exactly one session, the first to claim it.
+async fn recent_messages_are_claimed_once_and_only_by_a_read_write_claim(backend: Backend) -> TestResult {
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+    for body in ["one", "two"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
+    // EXAMINE reads the mark and claims nothing.
+    assert_eq!(store.claim_recent(inbox, 2, false).await?, 0);
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
+    // The first read-write session gets UIDs 1 and 2; the next one gets none of them.
+    assert_eq!(store.claim_recent(inbox, 2, true).await?, 0);
+    assert_eq!(store.claim_recent(inbox, 2, true).await?, 2);
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 0);
+    // A later message is recent for whoever claims it first; a claim never lowers the mark.
+    store.store_message(message("three", inbox)).await?;
+    assert_eq!(store.mailbox_status(inbox).await?.recent, 1);
+    assert_eq!(store.claim_recent(inbox, 1, true).await?, 2);
+    assert_eq!(store.claim_recent(inbox, 3, true).await?, 2);
+    assert_eq!(store.claim_recent(inbox, 3, true).await?, 3);
+    Ok(())
+}
+
+async fn changes_since_reports_new_messages_flag_changes_and_expunges_once(backend: Backend) -> TestResult {
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+    let start = store.changes_since(inbox, 0).await?.highest_modseq;
+    let mut watch = store.watch_mailbox(inbox);
+    watch.mark_unchanged();
+    for body in ["one", "two", "three"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    assert!(watch.has_changed()?, "a commit to the mailbox wakes its watchers");
+
+    let changes = store.changes_since(inbox, start).await?;
+    assert_eq!(
+        changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let after_new = changes.highest_modseq;
+    assert!(after_new > start);
+
+    // Flags: only real changes take a new mod-sequence; UNCHANGEDSINCE protects later changes.
+    let seen = vec!["\\Seen".to_string()];
+    let update = store
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![2, 3, 99],
+            change: FlagChange::Add,
+            flags: seen.clone(),
+            unchanged_since: None,
+        })
+        .await?;
+    assert_eq!(update.messages.len(), 2, "UID 99 does not exist and is skipped");
+    let changes = store.changes_since(inbox, after_new).await?;
+    assert_eq!(changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(changes.changed[0].flags, seen);
+    let unchanged = store
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![2],
+            change: FlagChange::Add,
+            flags: seen.clone(),
+            unchanged_since: None,
+        })
+        .await?;
+    assert_eq!(unchanged.messages[0].modseq, changes.changed[0].modseq);
+    let refused = store
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 2],
+            change: FlagChange::Replace,
+            flags: vec!["\\Flagged".into()],
+            unchanged_since: Some(after_new),
+        })
+        .await?;
+    assert_eq!(refused.modified, [2]);
+    assert_eq!(refused.messages.len(), 1);
+
+    // Expunge removes only \Deleted messages (and only those asked for) and leaves tombstones.
+    let before_expunge = store.changes_since(inbox, 0).await?.highest_modseq;
+    let deleted = vec!["\\Deleted".to_string()];
+    store
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 3],
+            change: FlagChange::Add,
+            flags: deleted,
+            unchanged_since: None,
+        })
+        .await?;
+    assert_eq!(store.expunge(inbox, Some(vec![3])).await?, [3]);
+    assert_eq!(store.expunge(inbox, None).await?, [1]);
+    let changes = store.changes_since(inbox, before_expunge).await?;
+    assert_eq!(changes.expunged, [1, 3]);
+    let left: Vec<u32> = store.messages(inbox).await?.iter().map(|m| m.uid).collect();
+    assert_eq!(left, [2]);
+    assert!(
+        store
+            .changes_since(inbox, changes.highest_modseq)
+            .await?
+            .changed
+            .is_empty()
+    );
+    Ok(())
+}
+
+/// RENAME keeps every name it makes within CREATE's limits (255 bytes, 16 levels): renaming a
+/// parent below a long name, again and again, cannot grow names without end.
+async fn a_rename_that_would_make_a_name_too_long_or_too_deep_is_refused(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    let long = "x".repeat(200);
+    store.create_mailbox(alice, "t").await?;
+    store.create_mailbox(alice, &format!("t/{long}")).await?;
+    let refused = store.rename_mailbox(alice, "t", &"y".repeat(100)).await;
+    assert!(matches!(refused, Err(StoreError::LimitReached(_))), "{refused:?}");
+    let deep = (0..16).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+    let refused = store.rename_mailbox(alice, "t", &deep).await;
+    assert!(
+        matches!(refused, Err(StoreError::LimitReached(_))),
+        "too deep: {refused:?}"
+    );
+    store.rename_mailbox(alice, "t", "u").await?;
+    assert!(store.mailbox(alice, &format!("u/{long}")).await?.is_some());
+    Ok(())
+}
+
+/// RFC 3501 6.3.6: a subscription belongs to the name. CREATE does not subscribe, DELETE does
+/// not unsubscribe, RENAME takes the subscriptions along.
+async fn subscriptions_outlive_their_mailboxes_and_follow_renames(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    let subscribed = |list: Vec<String>, name: &str| list.iter().any(|n| n == name);
+    let created = store.create_mailbox(alice, "Lists").await?;
+    assert!(!created.subscribed && !subscribed(store.subscriptions(alice).await?, "Lists"));
+    store.set_subscribed(alice, "Lists", true).await?;
+    store.create_mailbox(alice, "Lists/rust").await?;
+    store.set_subscribed(alice, "Lists/rust", true).await?;
+    store.rename_mailbox(alice, "Lists", "Groups").await?;
+    let now = store.subscriptions(alice).await?;
+    assert!(
+        subscribed(now.clone(), "Groups") && subscribed(now.clone(), "Groups/rust"),
+        "{now:?}"
+    );
+    assert!(!subscribed(now, "Lists"));
+    store.delete_mailbox(alice, "Groups/rust").await?;
+    assert!(
+        subscribed(store.subscriptions(alice).await?, "Groups/rust"),
+        "DELETE keeps it"
+    );
+    // Re-created, it is subscribed again; unsubscribing a deleted name works.
+    assert!(store.create_mailbox(alice, "Groups/rust").await?.subscribed);
+    store.delete_mailbox(alice, "Groups/rust").await?;
+    store.set_subscribed(alice, "Groups/rust", false).await?;
+    assert!(!subscribed(store.subscriptions(alice).await?, "Groups/rust"));
+    // A name neither existing nor subscribed cannot be subscribed or unsubscribed.
+    assert!(store.set_subscribed(alice, "Nowhere", true).await.is_err());
+    assert!(store.set_subscribed(alice, "Nowhere", false).await.is_err());
+    Ok(())
+}
+
+async fn copy_move_and_mailbox_management_keep_uids_and_validity_right(backend: Backend) -> TestResult {
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice")?
+        .id;
+    for body in ["a", "b", "c"] {
+        store.store_message(message(body, inbox)).await?;
+    }
+    let archive = store.create_mailbox(alice, "Archive").await?;
+    let copied = store
+        .copy_messages(CopyMessages {
+            from: inbox,
+            uids: vec![1, 3],
+            to: archive.id,
+            remove_source: false,
+        })
+        .await?;
+    assert_eq!(copied.uids, [(1, 1), (3, 2)]);
+    assert_eq!(copied.uid_validity, archive.uid_validity);
+    let moved = store
+        .copy_messages(CopyMessages {
+            from: inbox,
+            uids: vec![2],
+            to: archive.id,
+            remove_source: true,
+        })
+        .await?;
+    assert_eq!(moved.uids, [(2, 3)]);
+    assert_eq!(store.messages(inbox).await?.len(), 2);
+    let status = store.mailbox_status(archive.id).await?;
+    assert_eq!((status.messages, status.unseen, status.uid_next), (3, 3, 4));
+    // The copies are the same bytes (they share the blob), in copy order.
+    let mut copies = Vec::new();
+    for m in store.messages(archive.id).await? {
+        copies.push(store.read_message(m.id).await?);
+    }
+    assert!(
+        copies[0].ends_with(b"\r\na\r\n")
+            && copies[1].ends_with(b"\r\nc\r\n")
+            && copies[2].ends_with(b"\r\nb\r\n")
+    );
+    // Deleting the mailbox leaves the INBOX originals readable.
+    store.delete_mailbox(alice, "Archive").await?;
+    for m in store.messages(inbox).await? {
+        store.read_message(m.id).await?;
+    }
+    assert!(matches!(
+        store.delete_mailbox(alice, "INBOX").await,
+        Err(StoreError::NotAllowed(_))
+    ));
+
+    // A re-created mailbox never reuses a UIDVALIDITY; renames carry children along.
+    let again = store.create_mailbox(alice, "Archive").await?;
+    assert_ne!(again.uid_validity, archive.uid_validity);
+    store.create_mailbox(alice, "Archive/2025").await?;
+    store.rename_mailbox(alice, "Archive", "Old").await?;
+    let mut names: Vec<String> = store
+        .mailboxes(alice)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["Drafts", "INBOX", "Junk", "Old", "Old/2025", "Sent", "Trash"]
+    );
+    // Children are found by characters, not bytes ("\u{c4}rger" is five characters, six bytes).
+    store.create_mailbox(alice, "\u{c4}rger").await?;
+    store.create_mailbox(alice, "\u{c4}rger/x").await?;
+    store.rename_mailbox(alice, "\u{c4}rger", "B").await?;
+    assert!(store.mailbox(alice, "B/x").await?.is_some());
+    assert!(store.mailbox(alice, "\u{c4}rger/x").await?.is_none());
+    assert!(matches!(
+        store.create_mailbox(alice, "inbox").await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert!(matches!(
+        store.rename_mailbox(alice, "INBOX", "X").await,
+        Err(StoreError::NotAllowed(_))
+    ));
+    Ok(())
+}
+
+async fn a_tls_report_is_claimed_once_per_day_and_domain(backend: Backend) -> TestResult {
+    let test = TestStore::open(backend).await?;
+    let store = test.store.clone();
+    assert!(store.claim_tls_report("2026-11-28", "b.test").await?);
+    assert!(!store.claim_tls_report("2026-11-28", "b.test").await?);
+    assert!(store.claim_tls_report("2026-11-28", "c.test").await?);
+    assert!(store.claim_tls_report("2026-11-29", "b.test").await?);
+    // Kept across a restart.
+    drop(store);
+    let test = test.reopen().await?;
+    assert!(!test.store.claim_tls_report("2026-11-29", "b.test").await?);
+    Ok(())
+}
+
+async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_user(
+    backend: Backend,
+) -> TestResult {
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let sent = store.mailbox(alice.id, "Sent").await?.ok_or("no Sent")?.id;
+    // One message in two mailboxes shares one blob; another message has its own.
+    let mut both = message("shared", inbox);
+    both.mailboxes.push(sent);
+    let stored = store.store_message(both).await?;
+    store.store_message(message("own", inbox)).await?;
+    assert_eq!(test.count_rows("blobs").await?, 2);
+    let each = |body: &str| message(body, inbox).content.len() as u64;
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        2 * each("shared") + each("own"),
+        "a message in two mailboxes counts twice"
+    );
+
+    // Expunged from the INBOX: its blob stays while Sent still holds the message.
+    let before = store.changes_since(inbox, 0).await?.highest_modseq;
+    store
+        .update_flags(SetFlags {
+            mailbox: inbox,
+            uids: vec![1, 2],
+            change: FlagChange::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
+        .await?;
+    assert_eq!(store.expunge(inbox, None).await?, vec![1, 2]);
+    assert_eq!(test.count_rows("blobs").await?, 1, "only the unshared blob went");
+    assert_eq!(
+        store.account_usage(alice.id).await?,
+        each("shared"),
+        "the copy in Sent"
+    );
+    let in_sent = stored
+        .iter()
+        .find(|m| m.mailbox == sent)
+        .ok_or("no copy in Sent")?;
+    assert!(store.read_message(in_sent.id).await?.ends_with(b"shared\r\n"));
+    store
+        .update_flags(SetFlags {
+            mailbox: sent,
+            uids: vec![in_sent.uid],
+            change: FlagChange::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
+        .await?;
+    store.expunge(sent, None).await?;
+    assert_eq!(test.count_rows("blobs").await?, 0, "the last user took it along");
+    assert_eq!(store.account_usage(alice.id).await?, 0);
+
+    // Tombstones stay while a session could ask, and go after the retention time.
+    assert_eq!(store.changes_since(inbox, before).await?.expunged, vec![1, 2]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let pruned = store.prune(sealmail_store::Retention::at(now)).await?;
+    assert_eq!(pruned.tombstones, 0, "fresh tombstones are kept");
+    assert_eq!(test.count_rows("expunged").await?, 3);
+
+    // TLS results and sent-report records older than the retention go, recent ones stay;
+    // expired MTA-STS policies go.
+    for day in ["2026-01-01", "2026-12-01"] {
+        assert!(store.claim_tls_report(day, "b.test").await?);
+    }
+    store
+        .save_mta_sts_policy(StoredStsPolicy {
+            domain: "old.test".into(),
+            policy_id: "1".into(),
+            body: "version: STSv1".into(),
+            expires_at: now - 10,
+        })
+        .await?;
+    store
+        .save_mta_sts_policy(StoredStsPolicy {
+            domain: "live.test".into(),
+            policy_id: "1".into(),
+            body: "version: STSv1".into(),
+            expires_at: now + 3600,
+        })
+        .await?;
+    let later = sealmail_store::Retention::at(now + sealmail_store::Retention::TOMBSTONE_SECS + 1);
+    let cutoff = later.tls_days_before.clone();
+    assert!("2026-01-01" < cutoff.as_str(), "{cutoff}");
+    let pruned = store
+        .prune(sealmail_store::Retention {
+            tls_days_before: "2026-06-01".into(),
+            sts_policies_expired_before: now,
+            ..later
+        })
+        .await?;
+    assert_eq!(pruned.tombstones, 3);
+    assert_eq!(pruned.tls_reports_sent, 1);
+    assert_eq!(pruned.sts_policies, 1);
+    assert_eq!(test.count_rows("expunged").await?, 0);
+    assert!(store.mta_sts_policy("live.test").await?.is_some());
+    assert!(store.mta_sts_policy("old.test").await?.is_none());
+    assert!(!store.claim_tls_report("2026-12-01", "b.test").await?, "kept");
+    assert!(store.claim_tls_report("2026-01-01", "b.test").await?, "pruned");
+    Ok(())
+}
+
+async fn the_credentials_generation_moves_on_password_changes_and_removals_only(
+    backend: Backend,
+) -> TestResult {
+    let (test, _inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("alice missing")?;
+    let start = store.credentials_generation().await?;
+
+    store
+        .add_account(&address("bob@example.test")?, "$argon2id$bob")
+        .await?;
+    assert_eq!(
+        store.credentials_generation().await?,
+        start,
+        "a new account revokes nothing"
+    );
+
+    store.set_password_hash(&alice.address, "$argon2id$new").await?;
+    let after_change = store.credentials_generation().await?;
+    assert!(after_change > start);
+    let reread = store
+        .account_by_id(alice.id)
+        .await?
+        .ok_or("alice missing by id")?;
+    assert_eq!(reread.password_hash, "$argon2id$new");
+
+    store.remove_account(&alice.address).await?;
+    assert!(store.credentials_generation().await? > after_change);
+    assert_eq!(store.account_by_id(alice.id).await?, None);
+    Ok(())
+}
+
+/// Every read the store maps from rows, checked field by field against what was written:
+/// recipients, the outbound queue and its due recipients, bans, security events, TLS results
+/// and message bytes.
+async fn what_is_written_reads_back_field_by_field(backend: Backend) -> TestResult {
+    use sealmail_store::{
+        AcceptedMessage, DueMessage, DueRecipient, OutboundCopy, QueueEntry, QueueRecipient,
+        QueueRecipientState, Recipient, RecipientOutcome, SecurityEvent, TlsResult, TlsResultCount,
+    };
+    let (test, inbox) = with_alice(backend).await?;
+    let store = &*test.store;
+
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    assert_eq!(
+        store.resolve_recipient(&address("alice@example.test")?).await?,
+        Recipient::Local {
+            account: alice.id,
+            inbox
+        }
+    );
+    assert_eq!(
+        store.resolve_recipient(&address("bob@example.test")?).await?,
+        Recipient::UnknownUser
+    );
+    assert_eq!(
+        store.resolve_recipient(&address("bob@elsewhere.test")?).await?,
+        Recipient::NotLocal
+    );
+    assert_eq!(store.list_accounts().await?, vec![alice.clone()]);
+    assert_eq!(store.account_by_id(alice.id).await?, Some(alice));
+
+    let stored = store.store_message(message("one", inbox)).await?;
+    let ids: Vec<_> = stored.iter().map(|m| m.id).collect();
+    let read = store
+        .read_messages(&[ids[0], sealmail_types::MessageId(999_999)])
+        .await?;
+    assert_eq!(read[0].as_ref().ok(), Some(&message("one", inbox).content));
+    assert!(matches!(read[1], Err(StoreError::NotFound(_))));
+    assert_eq!(store.messages(inbox).await?, stored);
+
+    let outbound = OutboundCopy {
+        content: b"Subject: out\r\n\r\nbody\r\n".to_vec(),
+        sender: "alice@example.test".into(),
+        recipients: vec![
+            QueueRecipient {
+                address: address("carol@remote.test")?,
+                dsn_notify: Some("SUCCESS,FAILURE".into()),
+                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            },
+            QueueRecipient {
+                address: address("dave@other.test")?,
+                dsn_notify: None,
+                dsn_orcpt: None,
+            },
+        ],
+        dsn_envid: Some("env-1".into()),
+        dsn_ret: Some("HDRS".into()),
+        require_tls: true,
+    };
+    let accepted = store
+        .accept_message(AcceptedMessage {
+            local: None,
+            outbound: Some(outbound.clone()),
+        })
+        .await?;
+    let id = accepted.queue_id.ok_or("not queued")?;
+    assert_eq!(store.queued_content(id).await?, outbound.content);
+
+    let due = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
+    let [
+        DueMessage {
+            id: due_id,
+            sender,
+            created_at,
+            require_tls: true,
+            dsn_envid,
+            dsn_ret,
+            recipients,
+        },
+    ] = due.as_slice()
+    else {
+        return Err(format!("{due:?}").into());
+    };
+    assert_eq!((*due_id, sender.as_str()), (id, "alice@example.test"));
+    assert_eq!(
+        (dsn_envid.as_deref(), dsn_ret.as_deref()),
+        (Some("env-1"), Some("HDRS"))
+    );
+    let [carol, dave] = recipients.as_slice() else {
+        return Err(format!("{recipients:?}").into());
+    };
+    assert_eq!(
+        carol,
+        &DueRecipient {
+            id: carol.id,
+            address: "carol@remote.test".into(),
+            domain: "remote.test".into(),
+            attempts: 0,
+            dsn_notify: Some("SUCCESS,FAILURE".into()),
+            dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            delay_warned: false,
+        }
+    );
+    assert_eq!(
+        (dave.domain.as_str(), dave.dsn_notify.as_deref()),
+        ("other.test", None)
+    );
+    assert_eq!(
+        store.due_messages(i64::MAX, 1, &lease("node-a")).await?[0]
+            .recipients
+            .len(),
+        1
+    );
+
+    let outcome = RecipientOutcome::Deferred {
+        error: "451 later".into(),
+        next_attempt_at: created_at + 600,
+        delay_warned: true,
+    };
+    store.record_outcomes(id, vec![(dave.id, outcome)]).await?;
+    let entry = store.queue_entry(id).await?.ok_or("no entry")?;
+    let expected = QueueEntry {
+        id,
+        sender: "alice@example.test".into(),
+        size: outbound.content.len() as u64,
+        created_at: *created_at,
+        require_tls: true,
+        recipients: vec![
+            QueueRecipientState {
+                address: "carol@remote.test".into(),
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: *created_at,
+                last_error: None,
+                dsn_notify: Some("SUCCESS,FAILURE".into()),
+                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
+            },
+            QueueRecipientState {
+                address: "dave@other.test".into(),
+                status: "pending".into(),
+                attempts: 1,
+                next_attempt_at: created_at + 600,
+                last_error: Some("451 later".into()),
+                dsn_notify: None,
+                dsn_orcpt: None,
+            },
+        ],
+    };
+    assert_eq!(entry, expected);
+    assert_eq!(store.queue().await?, vec![expected]);
+    assert_eq!(store.queue_entry(id + 1).await?, None);
+
+    let ban = store.add_ban("192.0.2.7", 2_000, 2, "password guessing").await?;
+    assert_eq!(
+        (ban.address.as_str(), ban.until, ban.level, ban.reason.as_str()),
+        ("192.0.2.7", 2_000, 2, "password guessing")
+    );
+    store.add_ban("192.0.2.8", 500, 1, "spent").await?;
+    assert_eq!(store.active_bans(1_000).await?, vec![ban.clone()]);
+
+    let event = SecurityEvent {
+        at: 1_234,
+        kind: "login-failed".into(),
+        address: Some("192.0.2.7".into()),
+        account: Some("alice@example.test".into()),
+        listener: None,
+        detail: Some("wrong password".into()),
+        node: Some("node-a".into()),
+    };
+    store.record_event(event.clone()).await?;
+    store
+        .record_event(SecurityEvent {
+            address: Some("192.0.2.9".into()),
+            ..event.clone()
+        })
+        .await?;
+    assert_eq!(store.events(0, Some("192.0.2.7")).await?, vec![event.clone()]);
+    assert_eq!(store.events(0, None).await?.len(), 2);
+    assert!(store.events(1_235, None).await?.is_empty());
+
+    let result = TlsResult {
+        policy_domain: "remote.test".into(),
+        policy_type: "sts".into(),
+        mx_host: "mx.remote.test".into(),
+        result_type: "success".into(),
+        detail: "".into(),
+    };
+    store.record_tls_result(result.clone()).await?;
+    store.record_tls_result(result.clone()).await?;
+    let counts = store.tls_results().await?;
+    let [
+        TlsResultCount {
+            day,
+            result: got,
+            count: 2,
+        },
+    ] = counts.as_slice()
+    else {
+        return Err(format!("{counts:?}").into());
+    };
+    assert_eq!((day.len(), got), (10, &result));
+    Ok(())
+}
+
+/// A message queued for two remote recipients; its queue id.
+async fn queue_for_two(store: &dyn Store) -> TestResult<i64> {
+    use sealmail_store::{AcceptedMessage, OutboundCopy, QueueRecipient};
+    let recipient = |a: &str| -> TestResult<QueueRecipient> {
+        Ok(QueueRecipient {
+            address: address(a)?,
+            dsn_notify: None,
+            dsn_orcpt: None,
+        })
+    };
+    let accepted = store
+        .accept_message(AcceptedMessage {
+            local: None,
+            outbound: Some(OutboundCopy {
+                content: b"Subject: out\r\n\r\nbody\r\n".to_vec(),
+                sender: "alice@example.test".into(),
+                recipients: vec![recipient("carol@remote.test")?, recipient("dave@other.test")?],
+                dsn_envid: None,
+                dsn_ret: None,
+                require_tls: false,
+            }),
+        })
+        .await?;
+    Ok(accepted.queue_id.ok_or("not queued")?)
+}
+
+/// The recipient row ids `due` holds, in order.
+fn due_recipient_ids(due: &[sealmail_store::DueMessage]) -> Vec<i64> {
+    due.iter()
+        .flat_map(|m| m.recipients.iter().map(|r| r.id))
+        .collect()
+}
+
+async fn due_messages_are_leased_to_one_holder_until_the_lease_ends(backend: Backend) -> TestResult {
+    use sealmail_store::RecipientOutcome;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    let id = queue_for_two(store).await?;
+    // Queued "now"; every call below is at a later, explicit time.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        + 10;
+    let held = |holder: &str, until: i64| QueueLease {
+        holder: holder.into(),
+        until,
+    };
+
+    let first = store.due_messages(t0, 10, &held("node-a", t0 + 60)).await?;
+    let both = due_recipient_ids(&first);
+    assert_eq!((first.len(), both.len()), (1, 2), "{first:?}");
+    assert_eq!(first[0].id, id);
+    assert!(
+        store
+            .due_messages(t0 + 1, 10, &held("node-b", t0 + 100))
+            .await?
+            .is_empty(),
+        "another holder gets nothing while the lease lasts"
+    );
+    assert!(
+        store
+            .due_messages(t0 + 1, 10, &held("node-a", t0 + 100))
+            .await?
+            .is_empty(),
+        "nor does the holder itself: it already has them"
+    );
+
+    // Once the lease ended, they are due again (now leased to node-b).
+    let again = store.due_messages(t0 + 61, 10, &held("node-b", t0 + 200)).await?;
+    assert_eq!(due_recipient_ids(&again), both);
+
+    // An outcome ends the lease of its recipient: deferred, it is due again when it says.
+    let deferred = RecipientOutcome::Deferred {
+        error: "451 later".into(),
+        next_attempt_at: t0 + 62,
+        delay_warned: false,
+    };
+    store.record_outcomes(id, vec![(both[0], deferred)]).await?;
+    let retried = store.due_messages(t0 + 63, 10, &held("node-a", t0 + 300)).await?;
+    assert_eq!(
+        due_recipient_ids(&retried),
+        [both[0]],
+        "the other is still node-b's"
+    );
+
+    // Releasing frees only that holder's leases.
+    assert_eq!(store.release_leases("node-b").await?, 1);
+    assert_eq!(store.release_leases("node-b").await?, 0);
+    let freed = store.due_messages(t0 + 64, 10, &held("node-c", t0 + 400)).await?;
+    assert_eq!(due_recipient_ids(&freed), [both[1]], "node-a's lease stands");
+    assert_eq!(store.release_leases("node-a").await?, 1);
+    Ok(())
+}
+
+async fn abuse_points_add_up_within_the_window_and_older_ones_are_forgotten(backend: Backend) -> TestResult {
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    assert_eq!(store.add_abuse_points("192.0.2.1", 100, 2, 0).await?, 2);
+    assert_eq!(store.add_abuse_points("192.0.2.1", 110, 3, 0).await?, 5);
+    assert_eq!(
+        store.add_abuse_points("192.0.2.2", 110, 7, 0).await?,
+        7,
+        "each key counts alone"
+    );
+    // The window moved past the first points: they no longer count.
+    assert_eq!(store.add_abuse_points("192.0.2.1", 200, 1, 105).await?, 4);
+    // Forgotten points stay forgotten, even for a wider window later.
+    assert_eq!(store.add_abuse_points("192.0.2.1", 201, 1, 0).await?, 5);
+    assert_eq!(store.add_abuse_points("192.0.2.2", 300, 1, 0).await?, 8);
+    Ok(())
+}
+
+async fn hourly_use_is_refused_past_the_allowance_until_an_hour_passed(backend: Backend) -> TestResult {
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    let start = 1_000_000;
+    assert!(store.take_hourly_use("alice", start, 3, 5).await?);
+    assert!(store.take_hourly_use("alice", start + 100, 2, 5).await?);
+    assert!(
+        !store.take_hourly_use("alice", start + 200, 1, 5).await?,
+        "5 of 5 spent"
+    );
+    assert!(
+        store.take_hourly_use("bob", start + 200, 5, 5).await?,
+        "each key has its own allowance"
+    );
+    assert!(
+        !store.take_hourly_use("alice", start + 3599, 1, 5).await?,
+        "not yet an hour"
+    );
+    // An hour after the first use, its 3 are back; the 2 spent later are not.
+    assert!(store.take_hourly_use("alice", start + 3601, 3, 5).await?);
+    assert!(!store.take_hourly_use("alice", start + 3602, 1, 5).await?);
+    // A refused request spends nothing.
+    assert!(store.take_hourly_use("alice", start + 3701, 2, 5).await?);
+    Ok(())
+}
+
+async fn security_events_keep_the_node_that_saw_them(backend: Backend) -> TestResult {
+    use sealmail_store::SecurityEvent;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    let seen_by = |node: Option<&str>, at: i64| SecurityEvent {
+        at,
+        kind: "ban".into(),
+        address: Some("192.0.2.3".into()),
+        node: node.map(str::to_string),
+        ..SecurityEvent::default()
+    };
+    store.record_event(seen_by(Some("node-a"), 10)).await?;
+    store.record_event(seen_by(Some("node-b"), 11)).await?;
+    store.record_event(seen_by(None, 12)).await?;
+    let nodes: Vec<Option<String>> = store
+        .events(0, Some("192.0.2.3"))
+        .await?
+        .into_iter()
+        .map(|e| e.node)
+        .collect();
+    assert_eq!(
+        nodes,
+        [Some("node-a".to_string()), Some("node-b".to_string()), None]
+    );
+    assert_eq!(
+        store.events(11, None).await?,
+        [seen_by(Some("node-b"), 11), seen_by(None, 12)]
+    );
+    Ok(())
+}
+
+async fn the_queue_is_retried_deleted_and_emptied_by_final_outcomes(backend: Backend) -> TestResult {
+    use sealmail_store::RecipientOutcome;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    assert_eq!(store.next_attempt_at().await?, None);
+    let first = queue_for_two(store).await?;
+    let second = queue_for_two(store).await?;
+    let queued_at = store.next_attempt_at().await?.ok_or("nothing pending")?;
+
+    // Deferred far ahead, then made due again by the admin.
+    let due = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
+    let later = RecipientOutcome::Deferred {
+        error: "451 later".into(),
+        next_attempt_at: queued_at + 86_400,
+        delay_warned: false,
+    };
+    for message in &due {
+        let outcomes = message.recipients.iter().map(|r| (r.id, later.clone())).collect();
+        store.record_outcomes(message.id, outcomes).await?;
+    }
+    assert_eq!(store.next_attempt_at().await?, Some(queued_at + 86_400));
+    assert_eq!(store.retry_queued(Some(first)).await?, 2);
+    assert!(store.next_attempt_at().await? < Some(queued_at + 86_400));
+    assert_eq!(store.retry_queued(None).await?, 4);
+
+    // Final outcomes for every recipient take the message out of the queue, with its blob.
+    let rows = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
+    let recipients: Vec<i64> = rows
+        .iter()
+        .filter(|m| m.id == first)
+        .flat_map(|m| m.recipients.iter().map(|r| r.id))
+        .collect();
+    assert_eq!(recipients.len(), 2);
+    let blobs_before = test.count_rows("blobs").await?;
+    store
+        .record_outcomes(
+            first,
+            vec![
+                (recipients[0], RecipientOutcome::Delivered("250 ok".into())),
+                (recipients[1], RecipientOutcome::Failed("550 no".into())),
+            ],
+        )
+        .await?;
+    assert_eq!(store.queue_entry(first).await?, None);
+    assert_eq!(test.count_rows("blobs").await?, blobs_before - 1);
+
+    // The admin deletes the other one; a second delete finds nothing.
+    assert!(store.delete_queued(second).await?);
+    assert!(!store.delete_queued(second).await?);
+    assert!(store.queue().await?.is_empty());
+    assert_eq!(store.next_attempt_at().await?, None);
+    assert_eq!(test.count_rows("blobs").await?, 0);
+    assert!(matches!(
+        store.queued_content(second).await,
+        Err(StoreError::NotFound(_))
+    ));
+    Ok(())
+}
+
+async fn bans_are_lifted_escalated_and_pruned(backend: Backend) -> TestResult {
+    use sealmail_store::SecurityEvent;
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    let now = 10_000;
+    let first = store.add_ban("192.0.2.7", now + 100, 1, "guessing").await?;
+    let second = store.add_ban("192.0.2.7", now + 200, 2, "guessing again").await?;
+    store.add_ban("192.0.2.8", now + 100, 1, "other").await?;
+    assert!(second.id > first.id);
+    assert_eq!(store.last_ban_level("192.0.2.7", 0).await?, 2);
+    assert_eq!(store.last_ban_level("192.0.2.9", 0).await?, 0);
+    assert_eq!(store.active_bans(now).await?.len(), 3);
+
+    assert_eq!(store.lift_bans("192.0.2.7", now).await?, 2);
+    assert_eq!(store.lift_bans("192.0.2.7", now).await?, 0, "already lifted");
+    let active: Vec<String> = store
+        .active_bans(now)
+        .await?
+        .into_iter()
+        .map(|b| b.address)
+        .collect();
+    assert_eq!(active, ["192.0.2.8"]);
+    assert_eq!(
+        store.last_ban_level("192.0.2.7", 0).await?,
+        2,
+        "lifted bans still count for escalation"
+    );
+
+    for at in [now - 10, now + 200] {
+        store
+            .record_event(SecurityEvent {
+                at,
+                kind: "ban".into(),
+                ..SecurityEvent::default()
+            })
+            .await?;
+    }
+    // Before now + 150: the older event and the two bans that ended at now + 100.
+    assert_eq!(store.prune_security(now + 150).await?, 3);
+    assert_eq!(store.events(0, None).await?.len(), 1);
+    assert_eq!(store.last_ban_level("192.0.2.7", 0).await?, 2);
+    Ok(())
+}
+
+// ---- PostgreSQL's own: several writers and several nodes on one schema ----
+
+/// A PostgreSQL test store with alice; the schema guard is reachable for direct SQL.
+async fn postgres_with_alice() -> TestResult<(TestStore, MailboxId)> {
+    with_alice(Backend::Postgres).await
+}
+
+impl TestStore {
+    /// The PostgreSQL schema under this store (for SQL behind its back).
+    fn schema(&self) -> TestResult<&SchemaGuard> {
+        match &self.place {
+            Place::Postgres(guard) => Ok(guard),
+            Place::Sqlite(_) => Err("not a PostgreSQL store".into()),
+        }
+    }
+
+    /// Another PostgreSQL store on the same schema: a second node.
+    async fn second_node(&self) -> TestResult<PgStore> {
+        open_postgres(self.schema()?, 8).await
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_blob_changed_behind_the_store_is_detected_on_read() -> TestResult {
+    use sqlx::Connection;
+    let (test, inbox) = postgres_with_alice().await?;
+    let store = &*test.store;
+    let bad = store
+        .store_message(message("changed behind our back", inbox))
+        .await?;
+    let good = store.store_message(message("untouched", inbox)).await?;
+    let queued = queue_for_two(store).await?;
+
+    // Flip one bit of one byte, as a broken disk or a careless admin would.
+    let schema = &test.schema()?.schema;
+    let mut conn = sqlx::PgConnection::connect(&test.schema()?.url).await?;
+    for (table, id) in [("messages", bad[0].id.0), ("queue_messages", queued)] {
+        let sql = format!(
+            "UPDATE {schema}.blobs SET data = set_byte(data, 20, get_byte(data, 20) # 32) \
+             WHERE id = (SELECT blob_id FROM {schema}.{table} WHERE id = $1)"
+        );
+        let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .execute(&mut conn)
+            .await?;
+        assert_eq!(changed.rows_affected(), 1);
+    }
+
+    match store.read_message(bad[0].id).await {
+        Err(StoreError::Integrity { expected, actual, .. }) => {
+            assert_eq!(expected, bad[0].sha256);
+            assert_ne!(actual, expected);
+        }
+        other => panic!("corruption not detected by read_message: {other:?}"),
+    }
+    let read = store.read_messages(&[bad[0].id, good[0].id]).await?;
+    assert!(
+        matches!(read[0], Err(StoreError::Integrity { .. })),
+        "read_messages: {:?}",
+        read[0]
+    );
+    assert_eq!(
+        read[1].as_ref().ok(),
+        Some(&message("untouched", inbox).content),
+        "other messages are still served"
+    );
+    match store.queued_content(queued).await {
+        Err(StoreError::QueueIntegrity { id, .. }) => assert_eq!(id, queued),
+        other => panic!("corruption not detected by queued_content: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Stores `per_task` messages from each store in `stores` (one task per entry), all at once,
+/// into `inbox`; the UIDs they got.
+async fn store_concurrently(
+    stores: Vec<Arc<dyn Store>>,
+    inbox: MailboxId,
+    per_task: usize,
+) -> TestResult<Vec<u32>> {
+    let mut tasks = Vec::new();
+    for (task, store) in stores.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut uids = Vec::new();
+            for n in 0..per_task {
+                let stored = store
+                    .store_message(message(&format!("task {task} message {n}"), inbox))
+                    .await?;
+                uids.extend(stored.iter().map(|m| m.uid));
+            }
+            Ok::<_, StoreError>(uids)
+        }));
+    }
+    let mut uids = Vec::new();
+    for task in tasks {
+        uids.extend(task.await??);
+    }
+    uids.sort_unstable();
+    Ok(uids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writers_get_distinct_uids_without_gaps() -> TestResult {
+    let (test, inbox) = postgres_with_alice().await?;
+    let stores = vec![test.store.clone(); 8];
+    let uids = store_concurrently(stores, inbox, 25).await?;
+    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    let status = test.store.mailbox_status(inbox).await?;
+    assert_eq!((status.messages, status.uid_next), (200, 201));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_nodes_writing_one_mailbox_get_distinct_uids_without_gaps() -> TestResult {
+    let (test, inbox) = postgres_with_alice().await?;
+    let other: Arc<dyn Store> = Arc::new(test.second_node().await?);
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(test.store.clone());
+        stores.push(other.clone());
+    }
+    let uids = store_concurrently(stores, inbox, 25).await?;
+    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    // Both nodes see every message, in UID order.
+    let seen: Vec<u32> = other.messages(inbox).await?.iter().map(|m| m.uid).collect();
+    assert_eq!(seen, uids);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_a_watcher_on_one_node_wakes_when_another_node_stores() -> TestResult {
+    let (test, inbox) = postgres_with_alice().await?;
+    let node_b = test.second_node().await?;
+    let mut watch = node_b.watch_mailbox(inbox);
+    watch.mark_unchanged();
+    test.store
+        .store_message(message("hello from node a", inbox))
+        .await?;
+    tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed())
+        .await
+        .map_err(|_| "node B's watcher did not wake within 1 s of node A's commit")??;
+    assert_eq!(node_b.messages(inbox).await?.len(), 1);
+    Ok(())
+}
+
+// ---- SQLite's own: its file, its commits, its migrations and snapshots ----
 
 /// Finds `needle` in a file and flips one byte of it, as a failing disk would.
 fn corrupt_on_disk(path: &Path, needle: &[u8]) -> TestResult {
@@ -199,7 +1465,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -217,7 +1483,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     std::fs::copy(snapshots[0].path(), snapshot_dir.path().join(DB_FILE))?;
     assert_eq!(
         SqliteStore::pending_migrations(snapshot_dir.path()).await?.len(),
-        11
+        12
     );
 
     let alice = store
@@ -256,7 +1522,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 12);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 13);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -460,288 +1726,8 @@ async fn make_v1_fixture() -> TestResult {
     Ok(())
 }
 
-/// RFC 3501 2.3.2: a message is recent for exactly one session, the first to claim it.
-#[tokio::test]
-async fn recent_messages_are_claimed_once_and_only_by_a_read_write_claim() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
-    for body in ["one", "two"] {
-        store.store_message(message(body, inbox)).await?;
-    }
-    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
-    // EXAMINE reads the mark and claims nothing.
-    assert_eq!(store.claim_recent(inbox, 2, false).await?, 0);
-    assert_eq!(store.mailbox_status(inbox).await?.recent, 2);
-    // The first read-write session gets UIDs 1 and 2; the next one gets none of them.
-    assert_eq!(store.claim_recent(inbox, 2, true).await?, 0);
-    assert_eq!(store.claim_recent(inbox, 2, true).await?, 2);
-    assert_eq!(store.mailbox_status(inbox).await?.recent, 0);
-    // A later message is recent for whoever claims it first; a claim never lowers the mark.
-    store.store_message(message("three", inbox)).await?;
-    assert_eq!(store.mailbox_status(inbox).await?.recent, 1);
-    assert_eq!(store.claim_recent(inbox, 1, true).await?, 2);
-    assert_eq!(store.claim_recent(inbox, 3, true).await?, 2);
-    assert_eq!(store.claim_recent(inbox, 3, true).await?, 3);
-    Ok(())
-}
-
-#[tokio::test]
-async fn changes_since_reports_new_messages_flag_changes_and_expunges_once() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
-    let start = store.changes_since(inbox, 0).await?.highest_modseq;
-    let mut watch = store.watch_mailbox(inbox);
-    watch.mark_unchanged();
-    for body in ["one", "two", "three"] {
-        store.store_message(message(body, inbox)).await?;
-    }
-    assert!(watch.has_changed()?, "a commit to the mailbox wakes its watchers");
-
-    let changes = store.changes_since(inbox, start).await?;
-    assert_eq!(
-        changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
-    let after_new = changes.highest_modseq;
-    assert!(after_new > start);
-
-    // Flags: only real changes take a new mod-sequence; UNCHANGEDSINCE protects later changes.
-    let seen = vec!["\\Seen".to_string()];
-    let update = store
-        .update_flags(SetFlags {
-            mailbox: inbox,
-            uids: vec![2, 3, 99],
-            change: FlagChange::Add,
-            flags: seen.clone(),
-            unchanged_since: None,
-        })
-        .await?;
-    assert_eq!(update.messages.len(), 2, "UID 99 does not exist and is skipped");
-    let changes = store.changes_since(inbox, after_new).await?;
-    assert_eq!(changes.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
-    assert_eq!(changes.changed[0].flags, seen);
-    let unchanged = store
-        .update_flags(SetFlags {
-            mailbox: inbox,
-            uids: vec![2],
-            change: FlagChange::Add,
-            flags: seen.clone(),
-            unchanged_since: None,
-        })
-        .await?;
-    assert_eq!(unchanged.messages[0].modseq, changes.changed[0].modseq);
-    let refused = store
-        .update_flags(SetFlags {
-            mailbox: inbox,
-            uids: vec![1, 2],
-            change: FlagChange::Replace,
-            flags: vec!["\\Flagged".into()],
-            unchanged_since: Some(after_new),
-        })
-        .await?;
-    assert_eq!(refused.modified, [2]);
-    assert_eq!(refused.messages.len(), 1);
-
-    // Expunge removes only \Deleted messages (and only those asked for) and leaves tombstones.
-    let before_expunge = store.changes_since(inbox, 0).await?.highest_modseq;
-    let deleted = vec!["\\Deleted".to_string()];
-    store
-        .update_flags(SetFlags {
-            mailbox: inbox,
-            uids: vec![1, 3],
-            change: FlagChange::Add,
-            flags: deleted,
-            unchanged_since: None,
-        })
-        .await?;
-    assert_eq!(store.expunge(inbox, Some(vec![3])).await?, [3]);
-    assert_eq!(store.expunge(inbox, None).await?, [1]);
-    let changes = store.changes_since(inbox, before_expunge).await?;
-    assert_eq!(changes.expunged, [1, 3]);
-    let left: Vec<u32> = store.messages(inbox).await?.iter().map(|m| m.uid).collect();
-    assert_eq!(left, [2]);
-    assert!(
-        store
-            .changes_since(inbox, changes.highest_modseq)
-            .await?
-            .changed
-            .is_empty()
-    );
-    Ok(())
-}
-
-/// RENAME keeps every name it makes within CREATE's limits (255 bytes, 16 levels): renaming a
-/// parent below a long name, again and again, cannot grow names without end.
-#[tokio::test]
-async fn a_rename_that_would_make_a_name_too_long_or_too_deep_is_refused() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, _) = store_with_alice(dir.path()).await?;
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("alice")?
-        .id;
-    let long = "x".repeat(200);
-    store.create_mailbox(alice, "t").await?;
-    store.create_mailbox(alice, &format!("t/{long}")).await?;
-    let refused = store.rename_mailbox(alice, "t", &"y".repeat(100)).await;
-    assert!(matches!(refused, Err(StoreError::LimitReached(_))), "{refused:?}");
-    let deep = (0..16).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
-    let refused = store.rename_mailbox(alice, "t", &deep).await;
-    assert!(
-        matches!(refused, Err(StoreError::LimitReached(_))),
-        "too deep: {refused:?}"
-    );
-    store.rename_mailbox(alice, "t", "u").await?;
-    assert!(store.mailbox(alice, &format!("u/{long}")).await?.is_some());
-    Ok(())
-}
-
-/// RFC 3501 6.3.6: a subscription belongs to the name. CREATE does not subscribe, DELETE does
-/// not unsubscribe, RENAME takes the subscriptions along.
-#[tokio::test]
-async fn subscriptions_outlive_their_mailboxes_and_follow_renames() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, _) = store_with_alice(dir.path()).await?;
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("alice")?
-        .id;
-    let subscribed = |list: Vec<String>, name: &str| list.iter().any(|n| n == name);
-    let created = store.create_mailbox(alice, "Lists").await?;
-    assert!(!created.subscribed && !subscribed(store.subscriptions(alice).await?, "Lists"));
-    store.set_subscribed(alice, "Lists", true).await?;
-    store.create_mailbox(alice, "Lists/rust").await?;
-    store.set_subscribed(alice, "Lists/rust", true).await?;
-    store.rename_mailbox(alice, "Lists", "Groups").await?;
-    let now = store.subscriptions(alice).await?;
-    assert!(
-        subscribed(now.clone(), "Groups") && subscribed(now.clone(), "Groups/rust"),
-        "{now:?}"
-    );
-    assert!(!subscribed(now, "Lists"));
-    store.delete_mailbox(alice, "Groups/rust").await?;
-    assert!(
-        subscribed(store.subscriptions(alice).await?, "Groups/rust"),
-        "DELETE keeps it"
-    );
-    // Re-created, it is subscribed again; unsubscribing a deleted name works.
-    assert!(store.create_mailbox(alice, "Groups/rust").await?.subscribed);
-    store.delete_mailbox(alice, "Groups/rust").await?;
-    store.set_subscribed(alice, "Groups/rust", false).await?;
-    assert!(!subscribed(store.subscriptions(alice).await?, "Groups/rust"));
-    // A name neither existing nor subscribed cannot be subscribed or unsubscribed.
-    assert!(store.set_subscribed(alice, "Nowhere", true).await.is_err());
-    assert!(store.set_subscribed(alice, "Nowhere", false).await.is_err());
-    Ok(())
-}
-
-#[tokio::test]
-async fn copy_move_and_mailbox_management_keep_uids_and_validity_right() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("alice")?
-        .id;
-    for body in ["a", "b", "c"] {
-        store.store_message(message(body, inbox)).await?;
-    }
-    let archive = store.create_mailbox(alice, "Archive").await?;
-    let copied = store
-        .copy_messages(CopyMessages {
-            from: inbox,
-            uids: vec![1, 3],
-            to: archive.id,
-            remove_source: false,
-        })
-        .await?;
-    assert_eq!(copied.uids, [(1, 1), (3, 2)]);
-    assert_eq!(copied.uid_validity, archive.uid_validity);
-    let moved = store
-        .copy_messages(CopyMessages {
-            from: inbox,
-            uids: vec![2],
-            to: archive.id,
-            remove_source: true,
-        })
-        .await?;
-    assert_eq!(moved.uids, [(2, 3)]);
-    assert_eq!(store.messages(inbox).await?.len(), 2);
-    let status = store.mailbox_status(archive.id).await?;
-    assert_eq!((status.messages, status.unseen, status.uid_next), (3, 3, 4));
-    // The copies are the same bytes (they share the blob), in copy order.
-    let mut copies = Vec::new();
-    for m in store.messages(archive.id).await? {
-        copies.push(store.read_message(m.id).await?);
-    }
-    assert!(
-        copies[0].ends_with(b"\r\na\r\n")
-            && copies[1].ends_with(b"\r\nc\r\n")
-            && copies[2].ends_with(b"\r\nb\r\n")
-    );
-    // Deleting the mailbox leaves the INBOX originals readable.
-    store.delete_mailbox(alice, "Archive").await?;
-    for m in store.messages(inbox).await? {
-        store.read_message(m.id).await?;
-    }
-    assert!(matches!(
-        store.delete_mailbox(alice, "INBOX").await,
-        Err(StoreError::NotAllowed(_))
-    ));
-
-    // A re-created mailbox never reuses a UIDVALIDITY; renames carry children along.
-    let again = store.create_mailbox(alice, "Archive").await?;
-    assert_ne!(again.uid_validity, archive.uid_validity);
-    store.create_mailbox(alice, "Archive/2025").await?;
-    store.rename_mailbox(alice, "Archive", "Old").await?;
-    let mut names: Vec<String> = store
-        .mailboxes(alice)
-        .await?
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        ["Drafts", "INBOX", "Junk", "Old", "Old/2025", "Sent", "Trash"]
-    );
-    // Children are found by characters, not bytes ("\u{c4}rger" is five characters, six bytes).
-    store.create_mailbox(alice, "\u{c4}rger").await?;
-    store.create_mailbox(alice, "\u{c4}rger/x").await?;
-    store.rename_mailbox(alice, "\u{c4}rger", "B").await?;
-    assert!(store.mailbox(alice, "B/x").await?.is_some());
-    assert!(store.mailbox(alice, "\u{c4}rger/x").await?.is_none());
-    assert!(matches!(
-        store.create_mailbox(alice, "inbox").await,
-        Err(StoreError::Duplicate(_))
-    ));
-    assert!(matches!(
-        store.rename_mailbox(alice, "INBOX", "X").await,
-        Err(StoreError::NotAllowed(_))
-    ));
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_tls_report_is_claimed_once_per_day_and_domain() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path(), 16).await?;
-    assert!(store.claim_tls_report("2026-11-28", "b.test").await?);
-    assert!(!store.claim_tls_report("2026-11-28", "b.test").await?);
-    assert!(store.claim_tls_report("2026-11-28", "c.test").await?);
-    assert!(store.claim_tls_report("2026-11-29", "b.test").await?);
-    // Kept across a restart.
-    drop(store);
-    let store = SqliteStore::open(dir.path(), 16).await?;
-    assert!(!store.claim_tls_report("2026-11-29", "b.test").await?);
-    Ok(())
-}
-
 /// Rows in `table` of the store file in `dir`, read with a connection of our own.
-async fn count_rows(dir: &Path, table: &str) -> TestResult<i64> {
+async fn count_sqlite_rows(dir: &Path, table: &str) -> TestResult<i64> {
     use sqlx::ConnectOptions;
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(dir.join(DB_FILE))
@@ -752,362 +1738,4 @@ async fn count_rows(dir: &Path, table: &str) -> TestResult<i64> {
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(&mut conn)
         .await?)
-}
-
-#[tokio::test]
-async fn retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_user() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("no alice")?;
-    let sent = store.mailbox(alice.id, "Sent").await?.ok_or("no Sent")?.id;
-    // One message in two mailboxes shares one blob; another message has its own.
-    let mut both = message("shared", inbox);
-    both.mailboxes.push(sent);
-    let stored = store.store_message(both).await?;
-    store.store_message(message("own", inbox)).await?;
-    assert_eq!(count_rows(dir.path(), "blobs").await?, 2);
-    let each = |body: &str| message(body, inbox).content.len() as u64;
-    assert_eq!(
-        store.account_usage(alice.id).await?,
-        2 * each("shared") + each("own"),
-        "a message in two mailboxes counts twice"
-    );
-
-    // Expunged from the INBOX: its blob stays while Sent still holds the message.
-    let before = store.changes_since(inbox, 0).await?.highest_modseq;
-    store
-        .update_flags(SetFlags {
-            mailbox: inbox,
-            uids: vec![1, 2],
-            change: FlagChange::Add,
-            flags: vec!["\\Deleted".into()],
-            unchanged_since: None,
-        })
-        .await?;
-    assert_eq!(store.expunge(inbox, None).await?, vec![1, 2]);
-    assert_eq!(
-        count_rows(dir.path(), "blobs").await?,
-        1,
-        "only the unshared blob went"
-    );
-    assert_eq!(
-        store.account_usage(alice.id).await?,
-        each("shared"),
-        "the copy in Sent"
-    );
-    let in_sent = stored
-        .iter()
-        .find(|m| m.mailbox == sent)
-        .ok_or("no copy in Sent")?;
-    assert!(store.read_message(in_sent.id).await?.ends_with(b"shared\r\n"));
-    store
-        .update_flags(SetFlags {
-            mailbox: sent,
-            uids: vec![in_sent.uid],
-            change: FlagChange::Add,
-            flags: vec!["\\Deleted".into()],
-            unchanged_since: None,
-        })
-        .await?;
-    store.expunge(sent, None).await?;
-    assert_eq!(
-        count_rows(dir.path(), "blobs").await?,
-        0,
-        "the last user took it along"
-    );
-    assert_eq!(store.account_usage(alice.id).await?, 0);
-
-    // Tombstones stay while a session could ask, and go after the retention time.
-    assert_eq!(store.changes_since(inbox, before).await?.expunged, vec![1, 2]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs() as i64;
-    let pruned = store.prune(sealmail_store::Retention::at(now)).await?;
-    assert_eq!(pruned.tombstones, 0, "fresh tombstones are kept");
-    assert_eq!(count_rows(dir.path(), "expunged").await?, 3);
-
-    // TLS results and sent-report records older than the retention go, recent ones stay;
-    // expired MTA-STS policies go.
-    for day in ["2026-01-01", "2026-12-01"] {
-        assert!(store.claim_tls_report(day, "b.test").await?);
-    }
-    store
-        .save_mta_sts_policy(StoredStsPolicy {
-            domain: "old.test".into(),
-            policy_id: "1".into(),
-            body: "version: STSv1".into(),
-            expires_at: now - 10,
-        })
-        .await?;
-    store
-        .save_mta_sts_policy(StoredStsPolicy {
-            domain: "live.test".into(),
-            policy_id: "1".into(),
-            body: "version: STSv1".into(),
-            expires_at: now + 3600,
-        })
-        .await?;
-    let later = sealmail_store::Retention::at(now + sealmail_store::Retention::TOMBSTONE_SECS + 1);
-    let cutoff = later.tls_days_before.clone();
-    assert!("2026-01-01" < cutoff.as_str(), "{cutoff}");
-    let pruned = store
-        .prune(sealmail_store::Retention {
-            tls_days_before: "2026-06-01".into(),
-            sts_policies_expired_before: now,
-            ..later
-        })
-        .await?;
-    assert_eq!(pruned.tombstones, 3);
-    assert_eq!(pruned.tls_reports_sent, 1);
-    assert_eq!(pruned.sts_policies, 1);
-    assert_eq!(count_rows(dir.path(), "expunged").await?, 0);
-    assert!(store.mta_sts_policy("live.test").await?.is_some());
-    assert!(store.mta_sts_policy("old.test").await?.is_none());
-    assert!(!store.claim_tls_report("2026-12-01", "b.test").await?, "kept");
-    assert!(store.claim_tls_report("2026-01-01", "b.test").await?, "pruned");
-    Ok(())
-}
-
-#[tokio::test]
-async fn the_credentials_generation_moves_on_password_changes_and_removals_only() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (store, _inbox) = store_with_alice(dir.path()).await?;
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("alice missing")?;
-    let start = store.credentials_generation().await?;
-
-    store
-        .add_account(&address("bob@example.test")?, "$argon2id$bob")
-        .await?;
-    assert_eq!(
-        store.credentials_generation().await?,
-        start,
-        "a new account revokes nothing"
-    );
-
-    store.set_password_hash(&alice.address, "$argon2id$new").await?;
-    let after_change = store.credentials_generation().await?;
-    assert!(after_change > start);
-    let reread = store
-        .account_by_id(alice.id)
-        .await?
-        .ok_or("alice missing by id")?;
-    assert_eq!(reread.password_hash, "$argon2id$new");
-
-    store.remove_account(&alice.address).await?;
-    assert!(store.credentials_generation().await? > after_change);
-    assert_eq!(store.account_by_id(alice.id).await?, None);
-    Ok(())
-}
-
-/// Every read the store maps from rows, checked field by field against what was written:
-/// recipients, the outbound queue and its due recipients, bans, security events, TLS results
-/// and message bytes.
-#[tokio::test]
-async fn what_is_written_reads_back_field_by_field() -> TestResult {
-    use sealmail_store::{
-        AcceptedMessage, DueMessage, DueRecipient, OutboundCopy, QueueEntry, QueueRecipient,
-        QueueRecipientState, Recipient, RecipientOutcome, SecurityEvent, TlsResult, TlsResultCount,
-    };
-    let dir = tempfile::tempdir()?;
-    let (store, inbox) = store_with_alice(dir.path()).await?;
-
-    let alice = store
-        .account(&address("alice@example.test")?)
-        .await?
-        .ok_or("no alice")?;
-    assert_eq!(
-        store.resolve_recipient(&address("alice@example.test")?).await?,
-        Recipient::Local {
-            account: alice.id,
-            inbox
-        }
-    );
-    assert_eq!(
-        store.resolve_recipient(&address("bob@example.test")?).await?,
-        Recipient::UnknownUser
-    );
-    assert_eq!(
-        store.resolve_recipient(&address("bob@elsewhere.test")?).await?,
-        Recipient::NotLocal
-    );
-    assert_eq!(store.list_accounts().await?, vec![alice.clone()]);
-    assert_eq!(store.account_by_id(alice.id).await?, Some(alice));
-
-    let stored = store.store_message(message("one", inbox)).await?;
-    let ids: Vec<_> = stored.iter().map(|m| m.id).collect();
-    let read = store
-        .read_messages(&[ids[0], sealmail_types::MessageId(999_999)])
-        .await?;
-    assert_eq!(read[0].as_ref().ok(), Some(&message("one", inbox).content));
-    assert!(matches!(read[1], Err(StoreError::NotFound(_))));
-    assert_eq!(store.messages(inbox).await?, stored);
-
-    let outbound = OutboundCopy {
-        content: b"Subject: out\r\n\r\nbody\r\n".to_vec(),
-        sender: "alice@example.test".into(),
-        recipients: vec![
-            QueueRecipient {
-                address: address("carol@remote.test")?,
-                dsn_notify: Some("SUCCESS,FAILURE".into()),
-                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
-            },
-            QueueRecipient {
-                address: address("dave@other.test")?,
-                dsn_notify: None,
-                dsn_orcpt: None,
-            },
-        ],
-        dsn_envid: Some("env-1".into()),
-        dsn_ret: Some("HDRS".into()),
-        require_tls: true,
-    };
-    let accepted = store
-        .accept_message(AcceptedMessage {
-            local: None,
-            outbound: Some(outbound.clone()),
-        })
-        .await?;
-    let id = accepted.queue_id.ok_or("not queued")?;
-    assert_eq!(store.queued_content(id).await?, outbound.content);
-
-    let due = store.due_messages(i64::MAX, 10, &lease("node-a")).await?;
-    let [
-        DueMessage {
-            id: due_id,
-            sender,
-            created_at,
-            require_tls: true,
-            dsn_envid,
-            dsn_ret,
-            recipients,
-        },
-    ] = due.as_slice()
-    else {
-        return Err(format!("{due:?}").into());
-    };
-    assert_eq!((*due_id, sender.as_str()), (id, "alice@example.test"));
-    assert_eq!(
-        (dsn_envid.as_deref(), dsn_ret.as_deref()),
-        (Some("env-1"), Some("HDRS"))
-    );
-    let [carol, dave] = recipients.as_slice() else {
-        return Err(format!("{recipients:?}").into());
-    };
-    assert_eq!(
-        carol,
-        &DueRecipient {
-            id: carol.id,
-            address: "carol@remote.test".into(),
-            domain: "remote.test".into(),
-            attempts: 0,
-            dsn_notify: Some("SUCCESS,FAILURE".into()),
-            dsn_orcpt: Some("rfc822;carol@remote.test".into()),
-            delay_warned: false,
-        }
-    );
-    assert_eq!(
-        (dave.domain.as_str(), dave.dsn_notify.as_deref()),
-        ("other.test", None)
-    );
-    assert_eq!(
-        store.due_messages(i64::MAX, 1, &lease("node-a")).await?[0]
-            .recipients
-            .len(),
-        1
-    );
-
-    let outcome = RecipientOutcome::Deferred {
-        error: "451 later".into(),
-        next_attempt_at: created_at + 600,
-        delay_warned: true,
-    };
-    store.record_outcomes(id, vec![(dave.id, outcome)]).await?;
-    let entry = store.queue_entry(id).await?.ok_or("no entry")?;
-    let expected = QueueEntry {
-        id,
-        sender: "alice@example.test".into(),
-        size: outbound.content.len() as u64,
-        created_at: *created_at,
-        require_tls: true,
-        recipients: vec![
-            QueueRecipientState {
-                address: "carol@remote.test".into(),
-                status: "pending".into(),
-                attempts: 0,
-                next_attempt_at: *created_at,
-                last_error: None,
-                dsn_notify: Some("SUCCESS,FAILURE".into()),
-                dsn_orcpt: Some("rfc822;carol@remote.test".into()),
-            },
-            QueueRecipientState {
-                address: "dave@other.test".into(),
-                status: "pending".into(),
-                attempts: 1,
-                next_attempt_at: created_at + 600,
-                last_error: Some("451 later".into()),
-                dsn_notify: None,
-                dsn_orcpt: None,
-            },
-        ],
-    };
-    assert_eq!(entry, expected);
-    assert_eq!(store.queue().await?, vec![expected]);
-    assert_eq!(store.queue_entry(id + 1).await?, None);
-
-    let ban = store.add_ban("192.0.2.7", 2_000, 2, "password guessing").await?;
-    assert_eq!(
-        (ban.address.as_str(), ban.until, ban.level, ban.reason.as_str()),
-        ("192.0.2.7", 2_000, 2, "password guessing")
-    );
-    store.add_ban("192.0.2.8", 500, 1, "spent").await?;
-    assert_eq!(store.active_bans(1_000).await?, vec![ban.clone()]);
-
-    let event = SecurityEvent {
-        at: 1_234,
-        kind: "login-failed".into(),
-        address: Some("192.0.2.7".into()),
-        account: Some("alice@example.test".into()),
-        listener: None,
-        detail: Some("wrong password".into()),
-        node: Some("node-a".into()),
-    };
-    store.record_event(event.clone()).await?;
-    store
-        .record_event(SecurityEvent {
-            address: Some("192.0.2.9".into()),
-            ..event.clone()
-        })
-        .await?;
-    assert_eq!(store.events(0, Some("192.0.2.7")).await?, vec![event.clone()]);
-    assert_eq!(store.events(0, None).await?.len(), 2);
-    assert!(store.events(1_235, None).await?.is_empty());
-
-    let result = TlsResult {
-        policy_domain: "remote.test".into(),
-        policy_type: "sts".into(),
-        mx_host: "mx.remote.test".into(),
-        result_type: "success".into(),
-        detail: "".into(),
-    };
-    store.record_tls_result(result.clone()).await?;
-    store.record_tls_result(result.clone()).await?;
-    let counts = store.tls_results().await?;
-    let [
-        TlsResultCount {
-            day,
-            result: got,
-            count: 2,
-        },
-    ] = counts.as_slice()
-    else {
-        return Err(format!("{counts:?}").into());
-    };
-    assert_eq!((day.len(), got), (10, &result));
-    Ok(())
 }

@@ -180,8 +180,9 @@ pub(super) async fn rename(
             "a mailbox cannot be moved below itself".into(),
         ));
     }
-    // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x". SQLite's
-    // substr() counts characters in text, not bytes: "Ärger" is 5 long, not 6.
+    // The mailbox and everything below it: "a" -> "b" also makes "a/x" into "b/x". substr()
+    // counts characters in text, not bytes: "Ärger" is 5 long, not 6. (PostgreSQL before 16
+    // wants the subquery below named: `AS renamed`.)
     let prefix_len = from.chars().count() as i64;
     // Every name the rename makes, subscriptions included, stays within the limits CREATE
     // enforces: otherwise renaming a parent below a long name, again and again, grows names
@@ -192,7 +193,7 @@ pub(super) async fn rename(
              WHERE account_id = $1 AND (name = $2 OR substr(name, 1, ($4 + 1)::INT) = $2 || '/') \
            UNION ALL \
            SELECT $3 || substr(name, ($4 + 1)::INT) AS n FROM subscriptions \
-             WHERE account_id = $1 AND (name = $2 OR substr(name, 1, ($4 + 1)::INT) = $2 || '/'))",
+             WHERE account_id = $1 AND (name = $2 OR substr(name, 1, ($4 + 1)::INT) = $2 || '/')) AS renamed",
     )
     .bind(account.0)
     .bind(from)

@@ -89,7 +89,7 @@ pub(super) async fn retry(conn: &mut PgConnection, id: Option<i64>) -> Result<u6
 pub(super) async fn record_tls_result(conn: &mut PgConnection, result: &TlsResult) -> Result<(), StoreError> {
     let day = time::OffsetDateTime::now_utc().date().to_string();
     sqlx::query(
-        "INSERT INTO tls_results (day, policy_domain, policy_type, mx_host, result_type, detail, count) VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, policy_domain, policy_type, mx_host, result_type) DO UPDATE SET count = count + 1, detail = excluded.detail",
+        "INSERT INTO tls_results (day, policy_domain, policy_type, mx_host, result_type, detail, count) VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, policy_domain, policy_type, mx_host, result_type) DO UPDATE SET count = tls_results.count + 1, detail = excluded.detail",
     )
     .bind(day)
     .bind(&result.policy_domain)
