@@ -114,6 +114,13 @@ pub struct QuickstartArgs {
     /// e.g. 127.0.0.1:5353
     #[arg(long)]
     pub nameserver: Option<std::net::SocketAddr>,
+    /// Store URL written to [store] url, e.g. postgres://sealmail@127.0.0.1:5432/mail
+    /// (default: SQLite in the data folder); a password goes in [store] password_file
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// PostgreSQL schema written to [store] schema (with --store-url)
+    #[arg(long, requires = "store_url")]
+    pub store_schema: Option<String>,
 }
 
 #[derive(Args)]
@@ -133,6 +140,13 @@ pub struct InitArgs {
     /// IP address the standard listeners bind to (ports 25, 465, 587, 143, 993)
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,
+    /// Store URL written to [store] url, e.g. postgres://sealmail@127.0.0.1:5432/mail
+    /// (default: SQLite in the data folder); a password goes in [store] password_file
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// PostgreSQL schema written to [store] schema (with --store-url)
+    #[arg(long, requires = "store_url")]
+    pub store_schema: Option<String>,
 }
 
 #[derive(Subcommand)]
