@@ -191,6 +191,8 @@ pub async fn serve(config_path: &Path, log_format: Option<LogFormatArg>) -> anyh
 
 /// Runs a validated configuration until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::cli::set_log_node(&config.server.node_name);
+    sealmail_metrics::set_node_name(&config.server.node_name);
     if !config.data_dir.exists() {
         sealmail_safeio::create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
@@ -270,6 +272,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inbound,
         on_queued: Some(Arc::new(move || waker.wake())),
         mailbox_quota: config.limits.mailbox_quota,
+        node_name: config.server.node_name.clone(),
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),

@@ -19,7 +19,12 @@ struct SchemaGuard(String);
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")
-            .args([PG_URL, "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)])
+            .args([
+                PG_URL,
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            ])
             .status();
     }
 }
@@ -55,7 +60,10 @@ fn send_over_smtp(address: std::net::SocketAddr, from: &str, to: &str, body: &st
         (format!("MAIL FROM:<{from}>\r\n"), "250"),
         (format!("RCPT TO:<{to}>\r\n"), "250"),
         ("DATA\r\n".to_string(), "354"),
-        (format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: pg\r\n\r\n{body}\r\n.\r\n"), "250"),
+        (
+            format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: pg\r\n\r\n{body}\r\n.\r\n"),
+            "250",
+        ),
         ("QUIT\r\n".to_string(), "221"),
     ] {
         ctx(writer.write_all(command.as_bytes()), "write")?;
@@ -85,7 +93,11 @@ async fn a_message_received_over_smtp_lands_in_the_postgres_store() -> TestResul
     let (code, out, err) = common::admin(dir.path(), &config, &["migrate", "--dry-run"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("up to date"), "{out}");
-    let (code, _, err) = common::admin(dir.path(), &config, &["backup", &dir.path().join("b").display().to_string()])?;
+    let (code, _, err) = common::admin(
+        dir.path(),
+        &config,
+        &["backup", &dir.path().join("b").display().to_string()],
+    )?;
     assert_ne!(code, 0);
     assert!(err.contains("pg_dump"), "{err}");
 
@@ -93,9 +105,11 @@ async fn a_message_received_over_smtp_lands_in_the_postgres_store() -> TestResul
     let body = format!("hello from {schema}");
     let sent = {
         let body = body.clone();
-        tokio::task::spawn_blocking(move || send_over_smtp(mx, "bob@sender.test", "alice@example.test", &body))
-            .await
-            .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || {
+            send_over_smtp(mx, "bob@sender.test", "alice@example.test", &body)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     };
     sent?;
     drop(server);
@@ -104,7 +118,10 @@ async fn a_message_received_over_smtp_lands_in_the_postgres_store() -> TestResul
     options.schema = Some(schema.clone());
     options.tls = PgTls::Disable;
     let store = ctx(PgStore::open(&options).await, "open the PostgreSQL store")?;
-    let alice = ctx(sealmail_types::EmailAddress::parse("alice@example.test"), "address")?;
+    let alice = ctx(
+        sealmail_types::EmailAddress::parse("alice@example.test"),
+        "address",
+    )?;
     let account = ctx(store.account(&alice).await, "account")?.ok_or("alice is not in the store")?;
     let inbox = ctx(store.mailbox(account.id, "INBOX").await, "mailbox")?.ok_or("no INBOX")?;
     let messages = ctx(store.messages(inbox.id).await, "messages")?;
