@@ -124,8 +124,13 @@ fn pg_tls(tls: StoreTls) -> PgTls {
     }
 }
 
-/// Opens whichever store the configuration selects.
+/// Opens whichever store the configuration selects. The data folder is made too: on
+/// PostgreSQL the store does not make it, yet DKIM keys and logs still live there.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.data_dir.exists() {
+        sealmail_safeio::create_private_dir(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+    }
     StoreLocation::of(config)?.open().await
 }
 
