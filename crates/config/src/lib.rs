@@ -152,15 +152,113 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Most writes that one commit (one fsync) may carry.
+    /// Where the store lives: SQLite in the data folder, or PostgreSQL.
+    pub backend: StoreBackend,
+    /// Most writes that one commit (one fsync) may carry (SQLite).
     pub group_commit_max_batch: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: StoreBackend::Sqlite,
             group_commit_max_batch: STORE_GROUP_COMMIT_MAX_BATCH.default_number() as usize,
         }
+    }
+}
+
+/// Which database holds the store (`store.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// `sealmail.db` in the data folder: one node.
+    Sqlite,
+    /// A PostgreSQL database, which several nodes may share (docs/CLUSTER.md).
+    Postgres(PgSettings),
+}
+
+/// How to reach the PostgreSQL store; the password is not here but in `password_file`, read
+/// only when connecting, so that no copy of the configuration carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
+    pub url: String,
+    /// The schema of sealmail's tables; `None`: `public`.
+    pub schema: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub tls: StoreTls,
+    /// PEM file of the CA that issued the server's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Connections one node opens at most.
+    pub max_connections: u32,
+}
+
+impl PgSettings {
+    /// The password in `password_file`: the file must be private (mode 0600 or stricter), as a
+    /// password others can read is no secret; one trailing line break is not part of it.
+    pub fn read_password(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let shown = path.display();
+        match sealmail_safeio::check_private(path) {
+            Ok(()) => {}
+            Err(sealmail_safeio::UnsafeFile::TooOpen { mode }) => {
+                return Err(format!(
+                    "{} {shown} is readable by other users (mode {mode:04o}); run `chmod 600 {shown}`",
+                    STORE_PASSWORD_FILE.name
+                ));
+            }
+            Err(sealmail_safeio::UnsafeFile::Io(e)) => {
+                return Err(format!("cannot read {} {shown}: {e}", STORE_PASSWORD_FILE.name));
+            }
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {} {shown}: {e}", STORE_PASSWORD_FILE.name))?;
+        let password = text
+            .strip_suffix('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .unwrap_or(&text);
+        if password.is_empty() {
+            return Err(format!(
+                "{} {shown} is empty; write the password in it",
+                STORE_PASSWORD_FILE.name
+            ));
+        }
+        Ok(Some(password.to_string()))
+    }
+}
+
+/// How the connection to PostgreSQL is protected: libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl StoreTls {
+    const ALL: [StoreTls; 5] = [
+        StoreTls::Disable,
+        StoreTls::Prefer,
+        StoreTls::Require,
+        StoreTls::VerifyCa,
+        StoreTls::VerifyFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreTls::Disable => "disable",
+            StoreTls::Prefer => "prefer",
+            StoreTls::Require => "require",
+            StoreTls::VerifyCa => "verify-ca",
+            StoreTls::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StoreTls> {
+        StoreTls::ALL.into_iter().find(|mode| mode.as_str() == text)
     }
 }
 
@@ -790,6 +888,19 @@ const METRICS_ALLOW_REMOTE: Key<Flag> = Key::flag("metrics.allow_remote", false)
 const STORE_GROUP_COMMIT_MAX_BATCH: Key<Number> =
     Key::number("store.group_commit_max_batch", 256, 1..=100_000);
 
+/// Where the store is: left out, SQLite in the data folder; or "postgres://USER@HOST/DB".
+const STORE_URL: Key<Optional> = Key::optional("store.url");
+/// The PostgreSQL schema of sealmail's tables; left out, "public".
+const STORE_SCHEMA: Key<Optional> = Key::optional("store.schema");
+/// File holding the PostgreSQL password (mode 0600); never in the URL.
+const STORE_PASSWORD_FILE: Key<Optional> = Key::optional("store.password_file");
+/// PostgreSQL connection protection, as libpq's sslmode.
+const STORE_TLS: Key<Text> = Key::text("store.tls", "verify-full");
+/// PEM file of the CA that issued the PostgreSQL server's certificate.
+const STORE_TLS_CA: Key<Optional> = Key::optional("store.tls_ca");
+/// PostgreSQL connections one node opens at most.
+const STORE_MAX_CONNECTIONS: Key<Number> = Key::number("store.max_connections", 16, 2..=10_000);
+
 // [log]
 /// "human" or "json" (JSON lines).
 const LOG_FORMAT: Key<Text> = Key::text("log.format", "human");
@@ -894,6 +1005,12 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Optional(&SERVER_NODE_NAME),
     AnyKey::Optional(&METRICS_BIND),
     AnyKey::Flag(&METRICS_ALLOW_REMOTE),
+    AnyKey::Optional(&STORE_URL),
+    AnyKey::Optional(&STORE_SCHEMA),
+    AnyKey::Optional(&STORE_PASSWORD_FILE),
+    AnyKey::Text(&STORE_TLS),
+    AnyKey::Optional(&STORE_TLS_CA),
+    AnyKey::Number(&STORE_MAX_CONNECTIONS),
     AnyKey::Number(&STORE_GROUP_COMMIT_MAX_BATCH),
     AnyKey::Text(&LOG_FORMAT),
 ];
@@ -1106,6 +1223,12 @@ struct RawLimits {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
+    url: Option<String>,
+    schema: Option<String>,
+    password_file: Option<String>,
+    tls: Option<String>,
+    tls_ca: Option<String>,
+    max_connections: Option<i64>,
     group_commit_max_batch: Option<i64>,
 }
 
@@ -1194,6 +1317,7 @@ impl Config {
         let limits = validate_limits(&raw.limits, &mut problems);
 
         let store = StoreConfig {
+            backend: validate_store_backend(&raw.store, &data_dir, &resolve, &mut problems),
             group_commit_max_batch: STORE_GROUP_COMMIT_MAX_BATCH
                 .read_number(raw.store.group_commit_max_batch, &mut problems)
                 as usize,
@@ -1353,6 +1477,94 @@ impl Config {
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
+}
+
+/// The file name of the SQLite store in the data folder.
+const SQLITE_FILE: &str = "sealmail.db";
+
+/// `store.url` and the keys that only PostgreSQL reads. A password in the URL is refused: the
+/// configuration is copied into backups and shown in support requests, the password file is not.
+fn validate_store_backend(
+    raw: &RawStore,
+    data_dir: &Path,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> StoreBackend {
+    let postgres_only = [
+        (STORE_SCHEMA.name, raw.schema.is_some()),
+        (STORE_PASSWORD_FILE.name, raw.password_file.is_some()),
+        (STORE_TLS.name, raw.tls.is_some()),
+        (STORE_TLS_CA.name, raw.tls_ca.is_some()),
+        (STORE_MAX_CONNECTIONS.name, raw.max_connections.is_some()),
+    ];
+    let url = match raw.url.as_deref() {
+        None => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url),
+        Some(url) => {
+            // SQLite is the data folder's file: naming it is allowed, naming another is not.
+            let sqlite_path = url.strip_prefix("sqlite://").map(resolve);
+            if sqlite_path.as_deref() != Some(data_dir.join(SQLITE_FILE).as_path()) {
+                problems.push(format!(
+                    "{} = {url:?} is not a store this server can open; leave it out (SQLite in data_dir), \
+                     use \"sqlite://DATA_DIR/{SQLITE_FILE}\", or \"postgres://USER@HOST:PORT/DATABASE\"",
+                    STORE_URL.name
+                ));
+            }
+            None
+        }
+    };
+    let Some(url) = url else {
+        for (name, given) in postgres_only {
+            if given {
+                problems.push(format!(
+                    "{name} is for a PostgreSQL store; set store.url = \"postgres://USER@HOST:PORT/DATABASE\" or remove it"
+                ));
+            }
+        }
+        return StoreBackend::Sqlite;
+    };
+    if url_has_password(url) {
+        problems.push(format!(
+            "{} holds a password; remove it from the URL and put it in a file named by {} (mode 0600)",
+            STORE_URL.name, STORE_PASSWORD_FILE.name
+        ));
+    }
+    let tls_text = STORE_TLS.read_text(raw.tls.as_deref());
+    let tls = StoreTls::parse(tls_text).unwrap_or_else(|| {
+        let names: Vec<String> = StoreTls::ALL
+            .iter()
+            .map(|m| format!("{:?}", m.as_str()))
+            .collect();
+        problems.push(format!(
+            "{} = {tls_text:?} is not a TLS mode; use one of {} (default \"verify-full\")",
+            STORE_TLS.name,
+            names.join(", ")
+        ));
+        StoreTls::VerifyFull
+    });
+    StoreBackend::Postgres(PgSettings {
+        url: url.to_string(),
+        schema: raw.schema.clone(),
+        password_file: raw.password_file.as_deref().map(resolve),
+        tls,
+        tls_ca: raw.tls_ca.as_deref().map(resolve),
+        max_connections: STORE_MAX_CONNECTIONS.read_number(raw.max_connections, problems) as u32,
+    })
+}
+
+/// Whether a PostgreSQL URL carries a password, as `user:secret@` or as a `password=` parameter.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let in_user_info = authority
+        .rsplit_once('@')
+        .is_some_and(|(user_info, _)| user_info.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
+    });
+    in_user_info || in_query
 }
 
 fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
@@ -2038,5 +2250,124 @@ mod tests {
             "docs/CONFIG.md disagrees with the code:\n{}",
             problems.join("\n")
         );
+    }
+
+    fn store_of(section: &str) -> Result<StoreConfig, String> {
+        Config::from_toml(
+            &format!("{}[store]\n{section}", good()),
+            "test.toml",
+            Path::new("/etc/sealmail"),
+        )
+        .map(|config| config.store)
+        .map_err(|e| e.to_string())
+    }
+
+    fn pg_settings_of(section: &str) -> PgSettings {
+        match store_of(section) {
+            Ok(StoreConfig {
+                backend: StoreBackend::Postgres(settings),
+                ..
+            }) => settings,
+            other => panic!("not a PostgreSQL store: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_in_the_data_folder_unless_a_url_names_postgres() {
+        assert_eq!(store_of(""), Ok(StoreConfig::default()));
+        assert_eq!(
+            store_of("url = \"sqlite:///etc/sealmail/sealmail.db\"\n").map(|s| s.backend),
+            Ok(StoreBackend::Sqlite)
+        );
+        assert_eq!(
+            store_of("url = \"sqlite://sealmail.db\"\n").map(|s| s.backend),
+            Ok(StoreBackend::Sqlite)
+        );
+        let elsewhere = store_of("url = \"sqlite:///tmp/other.db\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(elsewhere.contains("store.url"), "{elsewhere}");
+        let settings = pg_settings_of("url = \"postgres://sealmail@db.example.test/mail\"\n");
+        assert_eq!(
+            settings,
+            PgSettings {
+                url: "postgres://sealmail@db.example.test/mail".into(),
+                schema: None,
+                password_file: None,
+                tls: StoreTls::VerifyFull,
+                tls_ca: None,
+                max_connections: 16,
+            }
+        );
+        let settings = pg_settings_of(
+            "url = \"postgresql://sealmail@db/mail\"\nschema = \"node_a\"\npassword_file = \"pg-pass\"\ntls_ca = \"ca.pem\"\nmax_connections = 40\n",
+        );
+        assert_eq!(settings.schema.as_deref(), Some("node_a"));
+        assert_eq!(
+            settings.password_file,
+            Some(PathBuf::from("/etc/sealmail/pg-pass"))
+        );
+        assert_eq!(settings.tls_ca, Some(PathBuf::from("/etc/sealmail/ca.pem")));
+        assert_eq!(settings.max_connections, 40);
+    }
+
+    #[test]
+    fn postgres_keys_without_a_postgres_url_are_refused() {
+        let error = store_of("schema = \"sealmail\"\n").err().unwrap_or_default();
+        assert!(
+            error.contains("store.schema is for a PostgreSQL store"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_store_url_is_refused_naming_the_password_file() {
+        for url in [
+            "postgres://sealmail:secret@db/mail",
+            "postgres://db/mail?user=sealmail&password=secret",
+        ] {
+            let error = store_of(&format!("url = {url:?}\n")).err().unwrap_or_default();
+            assert!(error.contains("store.password_file"), "{url}: {error}");
+            assert!(!error.contains("secret"), "the password is repeated: {error}");
+        }
+        // A colon in the host part is a port, not a password.
+        assert!(store_of("url = \"postgres://sealmail@db:5432/mail\"\n").is_ok());
+    }
+
+    #[test]
+    fn store_tls_takes_the_sslmode_values() {
+        for mode in StoreTls::ALL {
+            let settings = pg_settings_of(&format!(
+                "url = \"postgres://u@db/m\"\ntls = {:?}\n",
+                mode.as_str()
+            ));
+            assert_eq!(settings.tls, mode);
+        }
+        let error = store_of("url = \"postgres://u@db/m\"\ntls = \"on\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("store.tls = \"on\""), "{error}");
+        assert!(error.contains("verify-full"), "{error}");
+    }
+
+    #[test]
+    fn the_store_password_file_must_be_private() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pg-pass");
+        std::fs::write(&path, "s3cret\n")?;
+        let settings = PgSettings {
+            password_file: Some(path.clone()),
+            ..pg_settings_of("url = \"postgres://u@db/m\"\n")
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+        let refusal = settings.read_password().err().unwrap_or_default();
+        assert!(refusal.contains("chmod 600"), "{refusal}");
+        assert!(!refusal.contains("s3cret"), "{refusal}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        assert_eq!(settings.read_password(), Ok(Some("s3cret".to_string())));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+        assert_eq!(settings.read_password(), Ok(Some("s3cret".to_string())));
+        Ok(())
     }
 }

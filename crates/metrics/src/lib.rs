@@ -85,10 +85,33 @@ counters! {
     MESSAGES_REFUSED = "sealmail_messages_refused", "Messages refused at the end of DATA or BDAT";
 }
 
+/// `server.node_name`, set once at start-up: every scrape says which node it came from.
+static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this node in the exposition (`sealmail_node_info{node="NAME"} 1`); later calls are
+/// ignored, as a process is one node.
+pub fn set_node_name(name: &str) {
+    let _ = NODE_NAME.set(name.to_string());
+}
+
+/// The info gauge naming the node; node names are checked words, but quotes and backslashes
+/// are escaped all the same, as the text format asks.
+fn node_info(name: &str) -> String {
+    let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "# HELP sealmail_node_info The node that serves this endpoint (server.node_name).\n\
+         # TYPE sealmail_node_info gauge\n\
+         sealmail_node_info{{node=\"{escaped}\"}} 1\n"
+    )
+}
+
 /// The exposition text, in the Prometheus text format ([`CONTENT_TYPE`]).
 pub fn render() -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_text::encode(&mut out, &REGISTRY)?;
+    if let Some(name) = NODE_NAME.get() {
+        out.push_str(&node_info(name));
+    }
     Ok(out)
 }
 
@@ -166,5 +189,15 @@ mod tests {
         assert_eq!(render()?, expected);
         assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
         Ok(())
+    }
+
+    #[test]
+    fn the_node_info_gauge_names_the_node() {
+        assert_eq!(
+            node_info("mail1"),
+            "# HELP sealmail_node_info The node that serves this endpoint (server.node_name).\n\
+             # TYPE sealmail_node_info gauge\nsealmail_node_info{node=\"mail1\"} 1\n"
+        );
+        assert!(node_info("a\"b").contains("node=\"a\\\"b\""));
     }
 }

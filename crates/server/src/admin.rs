@@ -1,6 +1,5 @@
 //! Administration commands: `config check`, `domain`, `user`, `migrate`.
 
-use sealmail_store::{AccountStore, QueueStore};
 use sealmail_types::clock::now_unix;
 use std::io::BufRead;
 use std::path::Path;
@@ -10,7 +9,7 @@ use anyhow::Context;
 
 use sealmail_config::{Role, TlsMode};
 use sealmail_identity::{Identity, Password, generate_password};
-use sealmail_store::{SqliteStore, Store};
+use sealmail_store::{PgStore, SqliteStore, Store};
 use sealmail_types::{Domain, EmailAddress};
 
 use crate::cli::{DkimCommand, DomainCommand, UserCommand, usage};
@@ -38,7 +37,7 @@ fn parse_address(input: &str) -> anyhow::Result<EmailAddress> {
     EmailAddress::parse(input).map_err(|e| usage(format!("{input:?} is not a valid address: {e}")))
 }
 
-async fn store_for(config_path: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+async fn store_for(config_path: &Path) -> anyhow::Result<Arc<dyn Store>> {
     let config = load_config(config_path)?;
     open_store(&config).await
 }
@@ -178,7 +177,16 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
 
 pub async fn migrate(config_path: &Path, dry_run: bool) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
-    let pending = SqliteStore::pending_migrations(&config.data_dir).await?;
+    let (pending, before_migrating) = match crate::serve::StoreLocation::of(&config)? {
+        crate::serve::StoreLocation::Sqlite { data_dir, .. } => (
+            SqliteStore::pending_migrations(&data_dir).await?,
+            "a snapshot is written to backups/ before migrations run",
+        ),
+        crate::serve::StoreLocation::Postgres(options) => (
+            PgStore::pending_migrations(&options).await?,
+            "take a pg_dump of the database before migrating; it is the way back",
+        ),
+    };
     if pending.is_empty() {
         println!("the store is up to date");
         return Ok(());
@@ -188,7 +196,7 @@ pub async fn migrate(config_path: &Path, dry_run: bool) -> anyhow::Result<()> {
         println!("{verb} migration {} {}", m.version, m.description);
     }
     if dry_run {
-        println!("(dry run: nothing changed; a snapshot is written to backups/ before migrations run)");
+        println!("(dry run: nothing changed; {before_migrating})");
         return Ok(());
     }
     let _lock = crate::serve::lock_data_dir(&config.data_dir)?;

@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use sealmail_config::Config;
+use sealmail_config::{Config, StoreBackend};
 use sealmail_store::{DB_FILE, SqliteStore};
 
 use crate::cli::usage;
@@ -39,8 +39,24 @@ fn now() -> u64 {
     sealmail_types::clock::now_unix().max(0) as u64
 }
 
+/// `backup` and `restore` copy the SQLite file; a PostgreSQL store is the database's to back up.
+fn refuse_postgres(config: &Config, what: &str, tool: &str) -> anyhow::Result<()> {
+    if let StoreBackend::Postgres(settings) = &config.store.backend {
+        let schema = settings
+            .schema
+            .as_deref()
+            .unwrap_or(sealmail_store::DEFAULT_SCHEMA);
+        return Err(usage(format!(
+            "the store is in PostgreSQL ({}, schema {schema}); `sealmail {what}` handles only a SQLite store: use {tool} (e.g. `pg_dump --schema={schema} --format=custom`), and copy the configuration, certificates and data folder yourself",
+            settings.url
+        )));
+    }
+    Ok(())
+}
+
 pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    refuse_postgres(&config, "backup", "pg_dump")?;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(usage(format!(
             "{} is not empty; back up into a new folder",
@@ -202,6 +218,9 @@ fn check_inside_data_dir(data_dir: &Path, key: &str, target: &Path) -> anyhow::R
 }
 
 pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
+    if let Ok(current) = load_config(config_path) {
+        refuse_postgres(&current, "restore", "pg_restore")?;
+    }
     let names = verified_manifest(dir)?;
     for required in [DB_FILE, CONFIG_NAME] {
         if !names.iter().any(|n| n == required) {

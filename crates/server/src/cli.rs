@@ -117,6 +117,13 @@ pub struct QuickstartArgs {
     /// e.g. 127.0.0.1:5353
     #[arg(long)]
     pub nameserver: Option<std::net::SocketAddr>,
+    /// Store URL written to [store] url, e.g. postgres://sealmail@127.0.0.1:5432/mail
+    /// (default: SQLite in the data folder); a password goes in [store] password_file
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// PostgreSQL schema written to [store] schema (with --store-url)
+    #[arg(long, requires = "store_url")]
+    pub store_schema: Option<String>,
 }
 
 #[derive(Args)]
@@ -156,6 +163,13 @@ pub struct InitArgs {
     /// IP address the standard listeners bind to (ports 25, 465, 587, 143, 993)
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,
+    /// Store URL written to [store] url, e.g. postgres://sealmail@127.0.0.1:5432/mail
+    /// (default: SQLite in the data folder); a password goes in [store] password_file
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// PostgreSQL schema written to [store] schema (with --store-url)
+    #[arg(long, requires = "store_url")]
+    pub store_schema: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -247,7 +261,9 @@ pub enum UserCommand {
     },
 }
 
-/// Sets up tracing on standard error. `RUST_LOG` refines the level (default `info`).
+/// Sets up tracing on standard error. `RUST_LOG` refines the level (default `info`). Every
+/// line names the node (`node=NAME`, or a `node` member in JSON) once [`set_log_node`] was
+/// called, so that the logs of a cluster can be merged.
 pub fn init_logging(format: LogFormatArg) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -256,7 +272,85 @@ pub fn init_logging(format: LogFormatArg) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormatArg::Human => builder.try_init(),
-        LogFormatArg::Json => builder.json().try_init(),
+        LogFormatArg::Human => builder
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format(),
+                json: false,
+            })
+            .try_init(),
+        LogFormatArg::Json => builder
+            .json()
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format().json(),
+                json: true,
+            })
+            .try_init(),
     };
+}
+
+/// `server.node_name`, known once the configuration is read (after logging started).
+static LOG_NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this node in every later log line.
+pub fn set_log_node(name: &str) {
+    let _ = LOG_NODE.set(name.to_string());
+}
+
+/// An event format that puts the node's name in front of what `inner` writes.
+struct WithNode<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(node) = LOG_NODE.get() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if !self.json {
+            write!(writer, "node={node} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        writer.write_str(&with_json_node(&line, node))
+    }
+}
+
+/// A JSON log line with a `node` member first.
+fn with_json_node(line: &str, node: &str) -> String {
+    let name = serde_json::Value::String(node.to_string());
+    match line.strip_prefix('{') {
+        Some(rest) if rest.starts_with('}') => format!("{{\"node\":{name}{rest}"),
+        Some(rest) => format!("{{\"node\":{name},{rest}"),
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_json_node;
+
+    #[test]
+    fn json_log_lines_get_the_node_first() {
+        assert_eq!(
+            with_json_node("{\"level\":\"INFO\"}\n", "mail1"),
+            "{\"node\":\"mail1\",\"level\":\"INFO\"}\n"
+        );
+        assert_eq!(with_json_node("{}", "a"), "{\"node\":\"a\"}");
+    }
 }

@@ -111,7 +111,7 @@ pub async fn init(config_path: &Path, args: InitArgs) -> anyhow::Result<()> {
         args.bind,
         STANDARD_LISTENERS,
         0,
-    )?;
+    )? + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), false)?;
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
     sealmail_safeio::create_private_dir(&config.data_dir)
@@ -131,6 +131,23 @@ pub async fn init(config_path: &Path, args: InitArgs) -> anyhow::Result<()> {
         config_path.display()
     );
     Ok(())
+}
+
+/// The `[store]` section for `--store-url` and `--store-schema`; none for the SQLite default.
+/// A local test installation (`quickstart`) talks to a PostgreSQL server on this machine,
+/// often without TLS: it asks for TLS when offered, which the store allows on loopback only.
+fn store_section(url: Option<&str>, schema: Option<&str>, local_test: bool) -> anyhow::Result<String> {
+    let Some(url) = url else {
+        return Ok(String::new());
+    };
+    let mut text = format!("\n[store]\nurl = {url:?}\n");
+    if let Some(schema) = schema {
+        writeln!(text, "schema = {schema:?}")?;
+    }
+    if local_test && (url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        writeln!(text, "tls = \"prefer\"")?;
+    }
+    Ok(text)
 }
 
 fn absolute(path: &Path) -> anyhow::Result<String> {
@@ -176,6 +193,7 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         QUICKSTART_LISTENERS,
         args.port_offset,
     )? + quickstart_server_section()
+        + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), true)?
         + &args
             .nameserver
             .map(|addr| format!("\n[dns]\nnameservers = [\"{addr}\"]\n"))

@@ -9,9 +9,9 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use sealmail_config::{Config, LogFormat, Role};
+use sealmail_config::{Config, LogFormat, Role, StoreBackend, StoreTls};
 use sealmail_net::{BoundListener, Handler, Server};
-use sealmail_store::{SqliteStore, Store};
+use sealmail_store::{PgOptions, PgStore, PgTls, SqliteStore, Store};
 use sealmail_tls::{CertResolver, CertSet};
 
 use crate::cli::{LogFormatArg, init_logging, usage};
@@ -65,11 +65,73 @@ fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
-    let store = SqliteStore::open(&config.data_dir, config.store.group_commit_max_batch)
-        .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    Ok(Arc::new(store))
+/// The store the configuration names, with what connecting needs read beforehand: the
+/// PostgreSQL password file may be readable by root only, so `serve` reads it before dropping
+/// privileges and connects after.
+pub enum StoreLocation {
+    Sqlite {
+        data_dir: PathBuf,
+        group_commit_max_batch: usize,
+    },
+    Postgres(PgOptions),
+}
+
+impl StoreLocation {
+    pub fn of(config: &Config) -> anyhow::Result<StoreLocation> {
+        Ok(match &config.store.backend {
+            StoreBackend::Sqlite => StoreLocation::Sqlite {
+                data_dir: config.data_dir.clone(),
+                group_commit_max_batch: config.store.group_commit_max_batch,
+            },
+            StoreBackend::Postgres(settings) => StoreLocation::Postgres(PgOptions {
+                url: settings.url.clone(),
+                schema: settings.schema.clone(),
+                password: settings.read_password().map_err(usage)?,
+                tls: pg_tls(settings.tls),
+                tls_ca: settings.tls_ca.clone(),
+                max_connections: settings.max_connections,
+            }),
+        })
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            StoreLocation::Sqlite {
+                data_dir,
+                group_commit_max_batch,
+            } => Arc::new(
+                SqliteStore::open(data_dir, *group_commit_max_batch)
+                    .await
+                    .with_context(|| format!("cannot open the store in {}", data_dir.display()))?,
+            ),
+            // The URL holds no password (the configuration refuses one), so it may be shown.
+            StoreLocation::Postgres(options) => Arc::new(
+                PgStore::open(options)
+                    .await
+                    .with_context(|| format!("cannot open the PostgreSQL store {}", options.url))?,
+            ),
+        })
+    }
+}
+
+fn pg_tls(tls: StoreTls) -> PgTls {
+    match tls {
+        StoreTls::Disable => PgTls::Disable,
+        StoreTls::Prefer => PgTls::Prefer,
+        StoreTls::Require => PgTls::Require,
+        StoreTls::VerifyCa => PgTls::VerifyCa,
+        StoreTls::VerifyFull => PgTls::VerifyFull,
+    }
+}
+
+/// Opens whichever store the configuration selects. The data folder is made too: on
+/// PostgreSQL the store does not make it, yet DKIM keys and logs still live there.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.data_dir.exists() {
+        sealmail_safeio::create_private_dir(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+    }
+    StoreLocation::of(config)?.open().await
 }
 
 /// The served domains and the DKIM signer with their keys.
@@ -134,6 +196,8 @@ pub async fn serve(config_path: &Path, log_format: Option<LogFormatArg>) -> anyh
 
 /// Runs a validated configuration until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::cli::set_log_node(&config.server.node_name);
+    sealmail_metrics::set_node_name(&config.server.node_name);
     if !config.data_dir.exists() {
         sealmail_safeio::create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
@@ -156,11 +220,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let delivery_files = sealmail_delivery::DeliveryFiles::load(&config.delivery)?;
+    let store_location = StoreLocation::of(&config)?;
     // Every socket is bound: nothing below needs root. The store (its database, WAL and
     // snapshots) is opened only now, as the service user, so root never creates or follows a
     // file where that user could have put a link.
     crate::privileges::drop_privileges(&config)?;
-    let store: Arc<dyn Store> = open_store(&config).await?;
+    let store: Arc<dyn Store> = store_location.open().await?;
     let mut identity =
         sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
     // Sessions end soon after their password changes or their account goes, even when the
@@ -217,6 +282,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inbound,
         on_queued: Some(Arc::new(move || waker.wake())),
         mailbox_quota: config.limits.mailbox_quota,
+        node_name: config.server.node_name.clone(),
     }));
     let imap: Arc<dyn Handler> = Arc::new(sealmail_imap::ImapHandler::new(sealmail_imap::ImapContext {
         hostname: hostname.clone(),

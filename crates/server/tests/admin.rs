@@ -734,5 +734,29 @@ async fn migrate_store_copies_an_installation_into_postgres_and_refuses_twice() 
     assert_ne!(code, 0);
     assert!(err.contains("is not empty"), "{err}");
     assert_eq!(ctx(postgres.messages(inbox.id).await, "messages")?.len(), 5);
+#[test]
+fn init_with_a_store_url_writes_it_into_the_store_section() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let url = "sqlite://sealmail-data/sealmail.db";
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "init",
+            "--hostname",
+            "mail.example.org",
+            "--bind",
+            "127.0.0.1",
+            "--store-url",
+            url,
+        ],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let text = ctx(
+        std::fs::read_to_string(dir.path().join("sealmail.toml")),
+        "config",
+    )?;
+    assert!(text.contains(&format!("[store]\nurl = {url:?}\n")), "{text}");
+    assert_eq!(run(dir.path(), &["config", "check"], None)?.0, 0);
     Ok(())
 }

@@ -95,6 +95,8 @@ pub struct Trace<'a> {
     pub smtputf8: bool,
     pub id: &'a str,
     pub single_recipient: Option<&'a EmailAddress>,
+    /// `server.node_name`: which node of a cluster took the message, for whoever traces it.
+    pub node: &'a str,
 }
 
 /// The Received header, folded, ending with CRLF.
@@ -124,8 +126,8 @@ pub fn received_header(trace: &Trace<'_>) -> String {
         std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
     };
     let mut header = format!(
-        "Received: from {helo} ({literal})\r\n\tby {} (sealmail) with {protocol}",
-        trace.hostname
+        "Received: from {helo} ({literal})\r\n\tby {} (sealmail node {}) with {protocol}",
+        trace.hostname, trace.node
     );
     if let Some(tls) = trace.tls {
         // RFC 8314 section 4.3: the "tls" clause names the cipher suite (IANA name).
@@ -203,8 +205,9 @@ mod tests {
             smtputf8: false,
             id: "abc",
             single_recipient: Some(&alice()),
+            node: "mail1",
         });
-        assert!(header.starts_with("Received: from client evilX-Injected: 1 ([127.0.0.2])\r\n\tby mail.example.test (sealmail) with ESMTP\r\n\tid abc\r\n\tfor <alice@example.test>;\r\n\t"), "{header}");
+        assert!(header.starts_with("Received: from client evilX-Injected: 1 ([127.0.0.2])\r\n\tby mail.example.test (sealmail node mail1) with ESMTP\r\n\tid abc\r\n\tfor <alice@example.test>;\r\n\t"), "{header}");
         assert_eq!(
             header.matches("\r\n").count(),
             5,

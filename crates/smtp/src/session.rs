@@ -53,6 +53,8 @@ pub struct SmtpContext {
     pub on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
     /// `limits.mailbox_quota`: octets one account may hold (0: no limit).
     pub mailbox_quota: u64,
+    /// `server.node_name`, named in the `Received` header.
+    pub node_name: String,
 }
 
 /// What the driver must do after a command.
@@ -894,6 +896,7 @@ impl Session {
             smtputf8: transaction.smtputf8,
             id: &draft.id,
             single_recipient: single_rcpt,
+            node: &self.ctx.node_name,
         });
         // Each copy is assembled once at its final size; the draft is not needed after that
         // unless a "delivered" notice quotes it.
@@ -1125,6 +1128,7 @@ mod tests {
             inbound: InboundPolicy::default(),
             on_queued: None,
             mailbox_quota: 0,
+            node_name: "node-a".into(),
         });
         Ok(World {
             _dir: dir,
