@@ -71,6 +71,7 @@ pub fn event_json(event: &SecurityEvent) -> String {
         "account": event.account,
         "listener": event.listener,
         "detail": event.detail,
+        "node": event.node,
     })
     .to_string()
 }

@@ -734,6 +734,9 @@ async fn migrate_store_copies_an_installation_into_postgres_and_refuses_twice() 
     assert_ne!(code, 0);
     assert!(err.contains("is not empty"), "{err}");
     assert_eq!(ctx(postgres.messages(inbox.id).await, "messages")?.len(), 5);
+    Ok(())
+}
+
 #[test]
 fn init_with_a_store_url_writes_it_into_the_store_section() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;

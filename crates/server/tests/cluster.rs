@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sealmail_store::{
-    AcceptedMessage, AccountStore, MailStore, OutboundCopy, PgOptions, PgStore, QueueRecipient, QueueStore,
+    AcceptedMessage, MailStore, OutboundCopy, PgOptions, PgStore, QueueRecipient, QueueStore,
 };
 use sealmail_testkit::postgres::TestSchema;
 use sealmail_testkit::{LineClient, TestResult, client_config, ctx, tcp_from, tls_connect, tls_upgrade};
@@ -27,7 +27,6 @@ type Client = LineClient<tokio_rustls::client::TlsStream<TcpStream>>;
 struct Node {
     dir: tempfile::TempDir,
     config: PathBuf,
-    mx: SocketAddr,
     submission: SocketAddr,
     imap: SocketAddr,
     process: Option<sealmail_testkit::Sealmail>,
@@ -61,7 +60,6 @@ impl Node {
         Ok(Node {
             dir,
             config,
-            mx,
             submission,
             imap,
             process: None,
@@ -85,14 +83,16 @@ impl Node {
         )?;
         for file in ["0.pem", "0.key"] {
             ctx(
-                std::fs::copy(first.dir.path().join("tls").join(file), dir.path().join("tls").join(file)),
+                std::fs::copy(
+                    first.dir.path().join("tls").join(file),
+                    dir.path().join("tls").join(file),
+                ),
                 "copy the certificate",
             )?;
         }
         Ok(Node {
             dir,
             config,
-            mx,
             submission,
             imap,
             process: None,
@@ -110,14 +110,19 @@ impl Node {
 
     async fn connect(&self, addr: SocketAddr) -> TestResult<Client> {
         let config = client_config(&[&self.cert()], rustls::DEFAULT_VERSIONS, &[])?;
-        Ok(LineClient::new(tls_connect(addr, config, "mail.example.test").await?))
+        Ok(LineClient::new(
+            tls_connect(addr, config, "mail.example.test").await?,
+        ))
     }
 
     async fn login(&self, user: &str) -> TestResult<Client> {
         let mut c = self.connect(self.imap).await?;
         c.line().await?;
         let reply = c
-            .imap("l", &format!("LOGIN {user}@example.test \"{}\"", common::TEST_PASSWORD))
+            .imap(
+                "l",
+                &format!("LOGIN {user}@example.test \"{}\"", common::TEST_PASSWORD),
+            )
             .await?;
         expect_ok(&reply)?;
         Ok(c)
@@ -208,7 +213,10 @@ async fn mail_through_one_node_is_read_on_the_other_and_wakes_its_idle_sessions(
         String::from_utf8_lossy(&on_b)
     );
     let text = String::from_utf8_lossy(&on_b);
-    assert!(text.contains("sealmail node node-a"), "node A's Received header: {text}");
+    assert!(
+        text.contains("sealmail node node-a"),
+        "node A's Received header: {text}"
+    );
     Ok(())
 }
 
@@ -221,7 +229,10 @@ async fn concurrent_appends_on_both_nodes_get_distinct_increasing_uids() -> Test
     b.start().await?;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let mut sessions = Vec::new();
-    for (n, node) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+    for (n, node) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
         sessions.push(tokio::spawn(async move {
             let mut c = node.login("alice").await?;
             let mut uids = Vec::new();
@@ -270,10 +281,17 @@ async fn a_ban_made_through_one_node_refuses_the_address_on_the_other() -> TestR
     let tls = client_config(&[&a.cert()], rustls::DEFAULT_VERSIONS, &[])?;
     let attacker = [127, 0, 0, 9];
     for _ in 0..2 {
-        let stream = tls_upgrade(tcp_from(attacker, a.imap).await?, tls.clone(), "mail.example.test").await?;
+        let stream = tls_upgrade(
+            tcp_from(attacker, a.imap).await?,
+            tls.clone(),
+            "mail.example.test",
+        )
+        .await?;
         let mut c = LineClient::new(stream);
         c.line().await?;
-        let reply = c.imap("l", "LOGIN alice@example.test \"not the password\"").await?;
+        let reply = c
+            .imap("l", "LOGIN alice@example.test \"not the password\"")
+            .await?;
         assert!(reply.last().is_some_and(|l| l.starts_with("l NO")), "{reply:?}");
     }
     let banned = Instant::now();
@@ -298,7 +316,10 @@ async fn a_ban_made_through_one_node_refuses_the_address_on_the_other() -> TestR
     expect_ok(&c.imap("n", "NOOP").await?)?;
     let (code, out, _) = common::admin(b.dir.path(), &b.config, &["security", "events"])?;
     assert_eq!(code, 0);
-    assert!(out.contains("node-a"), "events name the node that saw them: {out}");
+    assert!(
+        out.contains("node-a"),
+        "events name the node that saw them: {out}"
+    );
     Ok(())
 }
 
@@ -306,7 +327,13 @@ async fn a_ban_made_through_one_node_refuses_the_address_on_the_other() -> TestR
 async fn receiver() -> TestResult<(tempfile::TempDir, PathBuf, SocketAddr, sealmail_testkit::Sealmail)> {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let mx = common::free_addr()?;
-    let config = common::config_with_users(dir.path(), "remote.test", &["carol"], &[("mx", mx, "starttls")], "")?;
+    let config = common::config_with_users(
+        dir.path(),
+        "remote.test",
+        &["carol"],
+        &[("mx", mx, "starttls")],
+        "",
+    )?;
     let process = common::serve(dir.path(), &config).await?;
     Ok((dir, config, mx, process))
 }
@@ -404,7 +431,13 @@ async fn a_thousand_queued_messages_are_delivered_once_by_both_nodes() -> TestRe
     a.start().await?;
     b.start().await?;
 
-    let seen = wait_delivered(&store, &receiver_dir.path().join("data"), 1000, Duration::from_secs(240)).await?;
+    let seen = wait_delivered(
+        &store,
+        &receiver_dir.path().join("data"),
+        1000,
+        Duration::from_secs(240),
+    )
+    .await?;
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     assert_eq!(seen.len(), 1000);
@@ -430,19 +463,29 @@ async fn a_node_killed_mid_delivery_leaves_its_work_to_the_other_after_the_lease
     // Node A alone takes the first recipients and is killed as soon as it has delivered one.
     a.start().await?;
     let process = a.process.as_ref().ok_or("node A is not running")?;
-    process.wait_for_log("delivered: ", Duration::from_secs(60)).await?;
+    process
+        .wait_for_log("delivered: ", Duration::from_secs(60))
+        .await?;
     process.signal(nix::sys::signal::Signal::SIGKILL)?;
     let leased: i64 = ctx(
-        sqlx::query_scalar("SELECT COUNT(*) FROM queue_recipients WHERE leased_by = 'node-a' AND status = 'pending'")
-            .fetch_one(store.pool())
-            .await,
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM queue_recipients WHERE leased_by = 'node-a' AND status = 'pending'",
+        )
+        .fetch_one(store.pool())
+        .await,
         "leases",
     )?;
     assert!(leased > 0, "node A held no leases when it was killed");
 
     let killed = Instant::now();
     b.start().await?;
-    let seen = wait_delivered(&store, &receiver_dir.path().join("data"), 300, Duration::from_secs(120)).await?;
+    let seen = wait_delivered(
+        &store,
+        &receiver_dir.path().join("data"),
+        300,
+        Duration::from_secs(120),
+    )
+    .await?;
     assert_eq!(seen.len(), 300, "a message was lost");
     assert!(
         killed.elapsed() >= Duration::from_secs(3),

@@ -1,7 +1,6 @@
 //! The server on a PostgreSQL store: configured by `[store] url`, administered and served as on
-//! SQLite. Needs the PostgreSQL server of the development machines and CI (127.0.0.1:5432,
-//! trust authentication, database `test`); each run works in a schema of its own, dropped at
-//! the end.
+//! SQLite. Needs a PostgreSQL server (`SEALMAIL_TEST_POSTGRES`; scripts/test.sh makes sure one
+//! answers); each run works in a schema of its own, dropped at the end.
 
 mod common;
 
@@ -10,32 +9,6 @@ use std::net::TcpStream;
 
 use sealmail_store::{AccountStore, MailStore, PgOptions, PgStore, PgTls};
 use sealmail_testkit::{TestResult, ctx};
-
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// Drops the test's schema however the test ends.
-struct SchemaGuard(String);
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                PG_URL,
-                "-q",
-                "-c",
-                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
-            ])
-            .status();
-    }
-}
-
-fn fresh_schema() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("sealmail_test_{}_{nanos}", std::process::id())
-}
 
 /// One plain SMTP transaction; every reply must be positive.
 fn send_over_smtp(address: std::net::SocketAddr, from: &str, to: &str, body: &str) -> TestResult {
@@ -76,10 +49,13 @@ fn send_over_smtp(address: std::net::SocketAddr, from: &str, to: &str, body: &st
 #[tokio::test]
 async fn a_message_received_over_smtp_lands_in_the_postgres_store() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
-    let schema = fresh_schema();
-    let _drop_schema = SchemaGuard(schema.clone());
+    let fixture = sealmail_testkit::postgres::TestSchema::new().await?;
+    let schema = fixture.name.clone();
     let mx = common::free_addr()?;
-    let store_section = format!("\n[store]\nurl = {PG_URL:?}\nschema = {schema:?}\ntls = \"disable\"\n");
+    let store_section = format!(
+        "\n[store]\nurl = {:?}\nschema = {schema:?}\ntls = \"disable\"\n",
+        fixture.url
+    );
     let config = common::config_with_users(
         dir.path(),
         "example.test",
@@ -114,7 +90,7 @@ async fn a_message_received_over_smtp_lands_in_the_postgres_store() -> TestResul
     sent?;
     drop(server);
 
-    let mut options = PgOptions::new(PG_URL);
+    let mut options = PgOptions::new(&fixture.url);
     options.schema = Some(schema.clone());
     options.tls = PgTls::Disable;
     let store = ctx(PgStore::open(&options).await, "open the PostgreSQL store")?;

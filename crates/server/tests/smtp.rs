@@ -123,7 +123,9 @@ async fn mx_delivers_8bit_mail_byte_for_byte_with_trace_headers() -> TestResult 
         assert!(text.contains(result), "{result} missing: {text}");
     }
     assert!(
-        text.contains("\r\nReceived: from sender.test ([127.0.0.1])\r\n\tby mail.example.test (sealmail node "),
+        text.contains(
+            "\r\nReceived: from sender.test ([127.0.0.1])\r\n\tby mail.example.test (sealmail node "
+        ),
         "{text}"
     );
     assert!(String::from_utf8_lossy(message).contains("\tfor <alice@example.test>;"));
