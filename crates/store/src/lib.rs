@@ -1,8 +1,12 @@
-//! Where everything sealmail must not lose lives: domains, accounts, mailboxes, messages.
+//! Where everything sealmail must not lose lives: domains, accounts, mailboxes, messages, the
+//! outbound queue, bans and the security log.
 //!
-//! Protocol code talks to the [`Store`] trait only, so the backend can change (SQLite embedded
-//! by default; PostgreSQL for several nodes, later) without touching it. Every backend promises:
-//! - a write that returned `Ok` is durable (fsynced);
+//! Protocol code talks to the [`Store`] trait only (the sum of [`AccountStore`], [`MailStore`],
+//! [`QueueStore`], [`SecurityStore`] and [`ReportStore`]), so the backend can change without
+//! touching it: [`SqliteStore`], one file, embedded, the default; [`PgStore`], PostgreSQL, for
+//! several nodes sharing one installation (docs/CLUSTER.md). Every backend promises:
+//! - a write that returned `Ok` is durable (committed: fsynced by SQLite, and by PostgreSQL as
+//!   far as its `synchronous_commit` promises);
 //! - concurrent writes share commits (group commit), so N writers do not cost N fsyncs;
 //! - every message's SHA-256 is recorded when it is stored and checked whenever it is read:
 //!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
