@@ -859,12 +859,13 @@ const SERVER_ALLOW_ROOT: Key<Flag> = Key::flag("server.allow_root", false);
 /// This node's name; left out, the machine's host name.
 const SERVER_NODE_NAME: Key<Optional> = Key::optional("server.node_name");
 
-/// The machine's host name (the kernel's), or "sealmail" when it cannot be read.
+/// The machine's host name (the kernel's), or "sealmail" when it cannot be read or is not a
+/// valid node name (it goes into headers and logs).
 fn machine_host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
+        .filter(|name| valid_node_name(name))
         .unwrap_or_else(|| "sealmail".to_string())
 }
 

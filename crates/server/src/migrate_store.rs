@@ -13,6 +13,9 @@ use crate::serve::load_config;
 
 pub async fn run(config_path: &Path, args: MigrateStoreArgs) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    // The data folder's lock: a server still serving this installation (or a restore) would
+    // change it under the copy.
+    let _lock = crate::serve::lock_data_dir(&config.data_dir)?;
     let tls = PgTls::parse(&args.tls).ok_or_else(|| {
         usage(format!(
             "--tls {:?}: use disable, prefer, require, verify-ca or verify-full",

@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
-use sqlx::postgres::PgArguments;
-use sqlx::sqlite::SqliteRow;
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Arguments, Row};
 
 use crate::{PgOptions, PgStore, SqliteStore, StoreError, sha256_hex};
@@ -230,8 +230,10 @@ const SINGLE_ROWS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Rows per page: blobs are whole messages, so a page is bounded by count, not bytes.
-const PAGE: i64 = 32;
+/// Rows per page.
+const PAGE: i64 = 256;
+/// Blobs per page: whole messages (up to `smtp.max_message_size` each), so few at a time.
+const BLOB_PAGE: i64 = 4;
 
 /// How far the copy is: `table`, `done` of `total` rows.
 pub struct Progress<'a> {
@@ -274,14 +276,15 @@ async fn copy_all(
     destination: &PgStore,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<CopyReport, StoreError> {
-    let readers = source.readers();
-    let pool = destination.pool();
+    // One read transaction: every table is read from the same snapshot, whatever else writes.
+    let mut snapshot = source.readers().begin().await?;
+    let mut tx = destination.pool().begin().await?;
     for table in TABLES {
         let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {}",
             table.name
         )))
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
         if rows > 0 {
             return Err(StoreError::NotAllowed(format!(
@@ -292,14 +295,14 @@ async fn copy_all(
         }
     }
     let mut report = CopyReport::default();
-    let mut tx = pool.begin().await?;
     for table in TABLES {
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {}",
             table.name
         )))
-        .fetch_one(readers)
+        .fetch_one(&mut *snapshot)
         .await?;
+        let page_size = if table.name == "blobs" { BLOB_PAGE } else { PAGE };
         let total = total.max(0) as u64;
         let names: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
         let key = table.page_by.unwrap_or("rowid");
@@ -325,8 +328,8 @@ async fn copy_all(
         loop {
             let page: Vec<SqliteRow> = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
                 .bind(after)
-                .bind(PAGE)
-                .fetch_all(readers)
+                .bind(page_size)
+                .fetch_all(&mut *snapshot)
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.try_get("page_key")?;
@@ -359,13 +362,19 @@ async fn copy_all(
         report.tables.push((table.name.to_string(), done));
     }
     for (read, write) in SINGLE_ROWS {
-        let value: Option<i64> = sqlx::query_scalar(*read).fetch_optional(readers).await?;
+        let value: Option<i64> = sqlx::query_scalar(*read).fetch_optional(&mut *snapshot).await?;
         if let Some(value) = value {
             sqlx::query(*write).bind(value).execute(&mut *tx).await?;
         }
     }
+    // Leases named the old installation's process: the new nodes take everything afresh.
+    sqlx::query("UPDATE queue_recipients SET lease_until = 0, leased_by = NULL")
+        .execute(&mut *tx)
+        .await?;
+    // Checked before COMMIT: a copy that fails its check leaves nothing behind.
+    report.blobs_verified = verify(&mut snapshot, &mut tx, &report).await?;
     tx.commit().await?;
-    report.blobs_verified = verify(source, destination, &report).await?;
+    let _ = snapshot.rollback().await;
     Ok(report)
 }
 
@@ -405,20 +414,18 @@ fn bind_column(
 /// Checks the copy: the same row counts in both stores, and every blob in PostgreSQL hashes to
 /// the SHA-256 SQLite recorded for it (which SQLite's own bytes must match too). Returns how
 /// many blobs were checked.
-pub async fn verify(
-    source: &SqliteStore,
-    destination: &PgStore,
+async fn verify(
+    source: &mut SqliteConnection,
+    destination: &mut PgConnection,
     report: &CopyReport,
 ) -> Result<u64, StoreError> {
-    let readers = source.readers();
-    let pool = destination.pool();
     for (table, copied) in &report.tables {
         let count = format!("SELECT COUNT(*) FROM {table}");
         let here: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
-            .fetch_one(readers)
+            .fetch_one(&mut *source)
             .await?;
         let there: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
-            .fetch_one(pool)
+            .fetch_one(&mut *destination)
             .await?;
         if here != there || there.max(0) as u64 != *copied {
             return Err(StoreError::NotAllowed(format!(
@@ -432,15 +439,15 @@ pub async fn verify(
         let page: Vec<(i64, Vec<u8>, Vec<u8>)> =
             sqlx::query_as("SELECT id, sha256, data FROM blobs WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after)
-                .bind(PAGE)
-                .fetch_all(pool)
+                .bind(BLOB_PAGE)
+                .fetch_all(&mut *destination)
                 .await?;
         let Some(last) = page.last() else { break };
         after = last.0;
         for (id, copied_sha256, data) in page {
             let recorded: Vec<u8> = sqlx::query_scalar("SELECT sha256 FROM blobs WHERE id = ?1")
                 .bind(id)
-                .fetch_one(readers)
+                .fetch_one(&mut *source)
                 .await?;
             let actual = sha256_hex(&data);
             if actual.as_bytes() != recorded || copied_sha256 != recorded {

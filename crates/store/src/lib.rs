@@ -22,7 +22,7 @@ use async_trait::async_trait;
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-pub use copy::{CopyReport, Progress, copy_sqlite_to_postgres, verify as verify_copy};
+pub use copy::{CopyReport, Progress, copy_sqlite_to_postgres};
 pub use postgres::{DEFAULT_SCHEMA, PgOptions, PgStore, PgTls};
 pub use sqlite::{DB_FILE, Migration, SqliteStore};
 

@@ -58,9 +58,11 @@ pub enum PgTls {
     Prefer,
     /// TLS, certificate not verified (loopback only).
     Require,
-    /// TLS with a certificate issued by the CA (`ssl_root_cert`), whatever its name.
+    /// TLS with a certificate from a trusted CA, whatever its name: loopback only, since the
+    /// trusted CAs include the public ones (sqlx adds `tls_ca` to the WebPKI roots), and any
+    /// name would do.
     VerifyCa,
-    /// TLS with a certificate issued by the CA for the host name connected to.
+    /// TLS with a certificate for the host name connected to, from `tls_ca` or a public CA.
     VerifyFull,
 }
 
@@ -76,13 +78,14 @@ impl PgTls {
         })
     }
 
-    fn verifies(self) -> bool {
-        matches!(self, PgTls::VerifyCa | PgTls::VerifyFull)
+    /// Proves the server to a client on another machine: only a certificate for its name does.
+    fn proves_remote_server(self) -> bool {
+        self == PgTls::VerifyFull
     }
 }
 
 /// Where the store is and how to reach it (`[store]` in the configuration).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgres://user@host:port/database`, without a password.
     pub url: String,
@@ -95,6 +98,19 @@ pub struct PgOptions {
     pub tls_ca: Option<PathBuf>,
     /// Connections this node opens at most (one more listens for changes).
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("schema", &self.schema)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl PgOptions {
@@ -137,9 +153,9 @@ impl PgOptions {
             options = options.password(password);
         }
         let local = is_loopback_host(options.get_host());
-        if !local && !self.tls.verifies() {
+        if !local && !self.tls.proves_remote_server() {
             return refuse(format!(
-                "the PostgreSQL server {} is not on this machine: store.tls must be \"verify-full\" or \"verify-ca\" (with store.tls_ca), so the connection is encrypted and the server proven",
+                "the PostgreSQL server {} is not on this machine: store.tls must be \"verify-full\" (with store.tls_ca for a private CA), so the connection is encrypted and the server proven by a certificate for its name",
                 options.get_host()
             ));
         }
@@ -650,6 +666,12 @@ async fn apply_security(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDo
             reason,
         } => {
             let now = now_unix();
+            // The ban answers the points counted so far: counting starts again from nothing,
+            // as it does in a single node's memory.
+            sqlx::query("DELETE FROM abuse_points WHERE key = $1")
+                .bind(address.as_str())
+                .execute(&mut *conn)
+                .await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO bans (address, created_at, until, level, reason) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
@@ -687,10 +709,11 @@ async fn apply_security(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDo
                 .bind(*before)
                 .execute(&mut *conn)
                 .await?;
-            // Counting windows are an hour or less: what is older counts for nothing.
+            // Abuse points of keys that were never counted again (which would have removed
+            // them) go with the events; hourly allowances are over after an hour.
             let hour_ago = now_unix() - 3600;
             let points = sqlx::query("DELETE FROM abuse_points WHERE at < $1")
-                .bind(hour_ago.min(*before))
+                .bind(*before)
                 .execute(&mut *conn)
                 .await?;
             let used = sqlx::query("DELETE FROM hourly_use WHERE at < $1")
@@ -831,6 +854,12 @@ async fn store_in_mailboxes(
     flags: &[String],
 ) -> Result<Vec<StoredMessage>, StoreError> {
     let size = content.len() as u64;
+    // Every mailbox's row is locked in id order before any is updated: two messages to the
+    // same recipients in another order cannot deadlock.
+    let mut ids: Vec<i64> = mailboxes.iter().map(|m| m.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    mailboxes::lock_mailboxes(conn, &ids).await?;
     let blob = insert_blob(conn, content, sha256).await?;
     let flag_text = flags.join(" ");
     let mut stored = Vec::with_capacity(mailboxes.len());
@@ -874,6 +903,12 @@ async fn store_in_mailboxes(
 /// that nothing uses any more. Only the candidates are looked at, each through the indexes on
 /// both blob columns: the single writer never scans every blob.
 async fn delete_unused_blobs(conn: &mut PgConnection, candidates: &[i64]) -> Result<(), StoreError> {
+    // Locked first (in id order): two transactions that each drop one of a blob's last two
+    // references take turns, so the second sees the first's delete and removes the blob.
+    sqlx::query("SELECT id FROM blobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(candidates)
+        .execute(&mut *conn)
+        .await?;
     for blob in candidates {
         sqlx::query(
             "DELETE FROM blobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = $1) AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_id = $1)",
@@ -1130,8 +1165,13 @@ impl MailStore for PgStore {
     }
 
     async fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<MailboxChanges, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        mailboxes::changes_since(&mut conn, mailbox, modseq).await
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let changes = mailboxes::changes_since(&mut *tx, mailbox, modseq).await?;
+        tx.commit().await?;
+        Ok(changes)
     }
 
     async fn update_flags(&self, request: SetFlags) -> Result<FlagUpdate, StoreError> {
@@ -1400,5 +1440,74 @@ impl ReportStore for PgStore {
             domain: domain.to_string(),
         };
         done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(url: &str, tls: PgTls, schema: Option<&str>) -> bool {
+        let mut options = PgOptions::new(url);
+        options.tls = tls;
+        options.schema = schema.map(str::to_string);
+        matches!(options.connect_options(), Err(StoreError::NotAllowed(_)))
+    }
+
+    #[test]
+    fn connections_that_would_weaken_the_store_are_refused() {
+        // A password in the URL, in either spelling.
+        assert!(refused("postgres://u:secret@127.0.0.1/db", PgTls::Disable, None));
+        assert!(refused(
+            "postgres://u@127.0.0.1/db?password=secret",
+            PgTls::Disable,
+            None
+        ));
+        // Another machine: only a certificate for its name proves it.
+        for tls in [PgTls::Disable, PgTls::Prefer, PgTls::Require, PgTls::VerifyCa] {
+            assert!(refused("postgres://u@db.example.org/db", tls, None), "{tls:?}");
+            assert!(
+                refused("postgres://u@127.0.0.1/db?host=db.example.org", tls, None),
+                "{tls:?}"
+            );
+        }
+        assert!(!refused(
+            "postgres://u@db.example.org/db",
+            PgTls::VerifyFull,
+            None
+        ));
+        // Loopback and sockets may go without TLS.
+        for url in [
+            "postgres://u@127.0.0.1/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]/db",
+        ] {
+            assert!(!refused(url, PgTls::Disable, None), "{url}");
+        }
+        // Schema names are plain identifiers (they are formatted into CREATE SCHEMA).
+        assert!(refused(
+            "postgres://u@127.0.0.1/db",
+            PgTls::Disable,
+            Some("a; DROP TABLE x")
+        ));
+        assert!(refused(
+            "postgres://u@127.0.0.1/db",
+            PgTls::Disable,
+            Some("Mixed")
+        ));
+        assert!(!refused(
+            "postgres://u@127.0.0.1/db",
+            PgTls::Disable,
+            Some("node_1")
+        ));
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let mut options = PgOptions::new("postgres://u@127.0.0.1/db");
+        options.password = Some("hunter2-secret".into());
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -603,6 +603,12 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
             reason,
         } => {
             let now = now_unix();
+            // The ban answers the points counted so far: counting starts again from nothing,
+            // as it does in a single node's memory.
+            sqlx::query("DELETE FROM abuse_points WHERE key = ?1")
+                .bind(address.as_str())
+                .execute(&mut *conn)
+                .await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO bans (address, created_at, until, level, reason) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
             )
@@ -640,10 +646,11 @@ async fn apply_security(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result
                 .bind(*before)
                 .execute(&mut *conn)
                 .await?;
-            // Counting windows are an hour or less: what is older counts for nothing.
+            // Abuse points of keys that were never counted again (which would have removed
+            // them) go with the events; hourly allowances are over after an hour.
             let hour_ago = now_unix() - 3600;
             let points = sqlx::query("DELETE FROM abuse_points WHERE at < ?1")
-                .bind(hour_ago.min(*before))
+                .bind(*before)
                 .execute(&mut *conn)
                 .await?;
             let used = sqlx::query("DELETE FROM hourly_use WHERE at < ?1")

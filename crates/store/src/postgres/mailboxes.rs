@@ -132,7 +132,14 @@ pub(super) async fn create(
     .bind(name)
     .bind(uid_validity)
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Another node created the same name at the same moment.
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Duplicate(format!("mailbox {name}"))
+        }
+        other => other.into(),
+    })?;
     Ok(row.into())
 }
 
@@ -592,10 +599,8 @@ pub(super) async fn changes_since(
     modseq: u64,
 ) -> Result<MailboxChanges, StoreError> {
     // One read transaction: the rows and HIGHESTMODSEQ come from the same snapshot, so nothing
-    // committed in between can be skipped.
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
-        .await?;
+    // committed in between can be skipped. The caller's sqlx transaction rolls back if this
+    // future is dropped, so a pooled connection never keeps a stale snapshot.
     let result = async {
         let highest: Option<i64> = sqlx::query_scalar("SELECT highest_modseq FROM mailboxes WHERE id = $1")
             .bind(mailbox.0)
@@ -635,6 +640,5 @@ pub(super) async fn changes_since(
         })
     }
     .await;
-    let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
     result
 }

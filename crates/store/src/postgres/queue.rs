@@ -16,6 +16,12 @@ pub(super) async fn record_outcomes(
     id: i64,
     outcomes: &[(i64, RecipientOutcome)],
 ) -> Result<(), StoreError> {
+    // The message's row is locked first: outcomes for its other recipients (another domain,
+    // another node) wait, so the last one to commit sees no recipient pending and removes it.
+    sqlx::query("SELECT id FROM queue_messages WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     let now = now_unix();
     for (recipient, outcome) in outcomes {
         let (status, error, next, final_at, delay_warned) = match outcome {
@@ -67,7 +73,7 @@ pub(super) async fn delete(conn: &mut PgConnection, id: i64) -> Result<bool, Sto
         .await?;
     // Queued content is never shared with a mailbox copy (each has its own blob).
     sqlx::query(
-        "DELETE FROM blobs WHERE id = $1 AND id NOT IN (SELECT blob_id FROM messages) AND id NOT IN (SELECT blob_id FROM queue_messages)",
+        "DELETE FROM blobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = $1) AND NOT EXISTS (SELECT 1 FROM queue_messages WHERE blob_id = $1)",
     )
     .bind(blob)
     .execute(&mut *conn)
