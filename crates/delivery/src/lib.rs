@@ -351,12 +351,16 @@ impl Delivery {
             Ok(n) => tracing::info!(recipients = n, "queue leases of an earlier run released"),
             Err(e) => tracing::error!(error = %e, "could not release this node's earlier queue leases"),
         }
+        let renewing = tokio::spawn(self.clone().renew_leases(shutdown.clone()));
         loop {
             if let Err(e) = self.schedule().await {
                 tracing::error!(error = %e, "delivery scheduler could not read the queue");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    renewing.abort();
+                    return;
+                }
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(IDLE_WAIT) => {}
             }
@@ -420,6 +424,40 @@ impl Delivery {
         Ok(sent)
     }
 
+    /// Keeps this node's leases of the recipients it is working on from ending while their
+    /// attempts run (waiting for a connection slot, a slow server): renewed every third of
+    /// `delivery.lease_secs`, so only a node that stopped loses its work to another.
+    async fn renew_leases(self, shutdown: CancellationToken) {
+        let lease = self.inner.config.lease;
+        let every = (lease / 3).max(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let working: Vec<i64> = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            if working.is_empty() {
+                continue;
+            }
+            let until = now_unix().saturating_add(lease.as_secs() as i64);
+            if let Err(e) = self
+                .inner
+                .store
+                .renew_leases(&self.inner.node, &working, until)
+                .await
+            {
+                tracing::warn!(error = %e, "could not renew queue leases");
+            }
+        }
+    }
+
     /// Starts delivery of every due recipient not already in progress.
     async fn schedule(&self) -> Result<(), sealmail_store::StoreError> {
         let now = now_unix();
@@ -428,9 +466,21 @@ impl Delivery {
             until: now.saturating_add(self.inner.config.lease.as_secs() as i64),
         };
         let batch = match self.inner.store.shared_by_nodes() {
-            true => SHARED_BATCH,
+            // Only what this node will start on soon: the rest stays for the other nodes.
+            true => {
+                let in_flight = self
+                    .inner
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len();
+                SHARED_BATCH.saturating_sub(in_flight as i64)
+            }
             false => BATCH,
         };
+        if batch == 0 {
+            return Ok(());
+        }
         let due = self.inner.store.due_messages(now, batch, &lease).await?;
         let mut by_domain: HashMap<String, Vec<Job>> = HashMap::new();
         {

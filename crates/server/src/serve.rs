@@ -226,6 +226,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // file where that user could have put a link.
     crate::privileges::drop_privileges(&config)?;
     let store: Arc<dyn Store> = store_location.open().await?;
+    // This process is the node `server.node_name` until it ends (PostgreSQL refuses a name a
+    // running node holds; SQLite ends the queue leases an earlier run left).
+    store
+        .register_node(&config.server.node_name)
+        .await
+        .with_context(|| format!("cannot run as node {:?}", config.server.node_name))?;
     let mut identity =
         sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
     // Sessions end soon after their password changes or their account goes, even when the

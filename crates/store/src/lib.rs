@@ -545,6 +545,14 @@ pub trait QueueStore: Send + Sync {
     ) -> Result<Vec<DueMessage>, StoreError>;
     /// Ends every lease `holder` has (a node starting again holds nothing in flight); how many.
     async fn release_leases(&self, holder: &str) -> Result<u64, StoreError>;
+    /// Extends `holder`'s leases of these recipients (still pending) to `until`, while their
+    /// attempt runs; how many it still held.
+    async fn renew_leases(&self, holder: &str, recipients: &[i64], until: i64) -> Result<u64, StoreError>;
+    /// Makes this process the node `name` for as long as it runs: on PostgreSQL, refuses a name
+    /// another running node holds (queue leases are named after nodes, so two nodes of one name
+    /// would take each other's work); on SQLite, whose file one process owns, ends every lease
+    /// an earlier run left.
+    async fn register_node(&self, name: &str) -> Result<(), StoreError>;
     /// When the next pending recipient is due, if any is pending.
     async fn next_attempt_at(&self) -> Result<Option<i64>, StoreError>;
     /// A queued message's content, checked against its SHA-256.

@@ -215,6 +215,10 @@ fn is_loopback_host(host: &str) -> bool {
 
 pub struct PgStore {
     pool: PgPool,
+    /// How to open a connection of its own (the node-name lock).
+    connect: PgConnectOptions,
+    /// The connection holding this node's name (see `register_node`).
+    node_lock: tokio::sync::Mutex<Option<PgConnection>>,
     /// The NOTIFY channel of this schema's mailbox changes.
     channel: String,
     schema: String,
@@ -261,7 +265,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
         let channel = format!("sealmail_{schema}");
         let watchers = Arc::new(Watchers::default());
@@ -270,6 +274,8 @@ impl PgStore {
         let task = tokio::spawn(listen(listener, watchers.clone()));
         Ok(PgStore {
             pool,
+            connect,
+            node_lock: tokio::sync::Mutex::new(None),
             channel,
             schema,
             watchers,
@@ -564,6 +570,16 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
             .await
             .map(WriteDone::Due),
         WriteOp::ReleaseLeases(holder) => queue::release_leases(conn, holder).await.map(WriteDone::Count),
+        WriteOp::ReleaseAllLeases => Err(StoreError::NotAllowed(
+            "other nodes' leases are theirs to end".into(),
+        )),
+        WriteOp::RenewLeases {
+            holder,
+            recipients,
+            until,
+        } => queue::renew_leases(conn, holder, recipients, *until)
+            .await
+            .map(WriteDone::Count),
         WriteOp::RecordOutcomes { id, outcomes } => queue::record_outcomes(conn, *id, outcomes)
             .await
             .map(|_| WriteDone::Unit),
@@ -1169,7 +1185,7 @@ impl MailStore for PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let changes = mailboxes::changes_since(&mut *tx, mailbox, modseq).await?;
+        let changes = mailboxes::changes_since(&mut tx, mailbox, modseq).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -1258,6 +1274,33 @@ impl QueueStore for PgStore {
             lease: lease.clone(),
         };
         done_as!(self.write(op).await?, WriteDone::Due)
+    }
+
+    async fn renew_leases(&self, holder: &str, recipients: &[i64], until: i64) -> Result<u64, StoreError> {
+        let op = WriteOp::RenewLeases {
+            holder: holder.to_string(),
+            recipients: recipients.to_vec(),
+            until,
+        };
+        done_as!(self.write(op).await?, WriteDone::Count)
+    }
+
+    async fn register_node(&self, name: &str) -> Result<(), StoreError> {
+        // A session-level advisory lock on a connection of its own, held while the process
+        // runs: a second process with the same name finds it taken.
+        let mut conn = self.connect.connect().await?;
+        let key = format!("sealmail node {} {name}", self.schema);
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(&key)
+            .fetch_one(&mut conn)
+            .await?;
+        if !taken {
+            return Err(StoreError::NotAllowed(format!(
+                "another running node is named {name:?} on this store; give every node its own server.node_name"
+            )));
+        }
+        *self.node_lock.lock().await = Some(conn);
+        Ok(())
     }
 
     async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {

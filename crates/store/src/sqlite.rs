@@ -499,6 +499,14 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             .await
             .map(WriteDone::Due),
         WriteOp::ReleaseLeases(holder) => queue::release_leases(conn, holder).await.map(WriteDone::Count),
+        WriteOp::ReleaseAllLeases => queue::release_all_leases(conn).await.map(WriteDone::Count),
+        WriteOp::RenewLeases {
+            holder,
+            recipients,
+            until,
+        } => queue::renew_leases(conn, holder, recipients, *until)
+            .await
+            .map(WriteDone::Count),
         WriteOp::RecordOutcomes { id, outcomes } => queue::record_outcomes(conn, *id, outcomes)
             .await
             .map(|_| WriteDone::Unit),
@@ -1171,6 +1179,21 @@ impl QueueStore for SqliteStore {
             lease: lease.clone(),
         };
         done_as!(self.write(op).await?, WriteDone::Due)
+    }
+
+    async fn renew_leases(&self, holder: &str, recipients: &[i64], until: i64) -> Result<u64, StoreError> {
+        let op = WriteOp::RenewLeases {
+            holder: holder.to_string(),
+            recipients: recipients.to_vec(),
+            until,
+        };
+        done_as!(self.write(op).await?, WriteDone::Count)
+    }
+
+    async fn register_node(&self, _name: &str) -> Result<(), StoreError> {
+        // The data folder's lock makes this the only process on the file: every lease is left
+        // over from an earlier run, whatever name it had then.
+        self.write(WriteOp::ReleaseAllLeases).await.map(|_| ())
     }
 
     async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {

@@ -93,6 +93,13 @@ pub(crate) enum WriteOp {
         lease: QueueLease,
     },
     ReleaseLeases(String),
+    /// SQLite only: one process owns the file.
+    ReleaseAllLeases,
+    RenewLeases {
+        holder: String,
+        recipients: Vec<i64>,
+        until: i64,
+    },
     AddAbusePoints {
         key: String,
         at: i64,

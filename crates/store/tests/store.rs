@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sealmail_store::{
     AccountStore, CopyMessages, DB_FILE, FlagChange, MailStore, NewMessage, PgOptions, PgStore, QueueLease,
-    SetFlags, SqliteStore, Store, StoreError, StoredMessage, StoredStsPolicy,
+    QueueStore, SetFlags, SqliteStore, Store, StoreError, StoredMessage, StoredStsPolicy,
 };
 use sealmail_types::{Domain, EmailAddress, MailboxId};
 
@@ -264,6 +264,7 @@ on_both_backends!(
     the_credentials_generation_moves_on_password_changes_and_removals_only,
     what_is_written_reads_back_field_by_field,
     due_messages_are_leased_to_one_holder_until_the_lease_ends,
+    renewed_leases_hold_past_their_first_end_and_only_for_their_holder,
     abuse_points_add_up_within_the_window_and_older_ones_are_forgotten,
     hourly_use_is_refused_past_the_allowance_until_an_hour_passed,
     security_events_keep_the_node_that_saw_them,
@@ -1052,6 +1053,41 @@ async fn due_messages_are_leased_to_one_holder_until_the_lease_ends(backend: Bac
     Ok(())
 }
 
+async fn renewed_leases_hold_past_their_first_end_and_only_for_their_holder(backend: Backend) -> TestResult {
+    let test = TestStore::open(backend).await?;
+    let store = &*test.store;
+    queue_for_two(store).await?;
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        + 10;
+    let held = |holder: &str, until: i64| QueueLease {
+        holder: holder.into(),
+        until,
+    };
+    let taken = due_recipient_ids(&store.due_messages(t0, 10, &held("node-a", t0 + 60)).await?);
+    assert_eq!(taken.len(), 2);
+    // Another holder cannot renew what it does not hold; the holder can.
+    assert_eq!(store.renew_leases("node-b", &taken, t0 + 500).await?, 0);
+    assert_eq!(store.renew_leases("node-a", &taken, t0 + 500).await?, 2);
+    assert!(
+        store
+            .due_messages(t0 + 61, 10, &held("node-b", t0 + 600))
+            .await?
+            .is_empty(),
+        "a renewed lease still holds past its first end"
+    );
+    assert_eq!(
+        due_recipient_ids(
+            &store
+                .due_messages(t0 + 501, 10, &held("node-b", t0 + 600))
+                .await?
+        ),
+        taken
+    );
+    Ok(())
+}
+
 async fn abuse_points_add_up_within_the_window_and_older_ones_are_forgotten(backend: Backend) -> TestResult {
     let test = TestStore::open(backend).await?;
     let store = &*test.store;
@@ -1372,6 +1408,42 @@ async fn postgres_a_watcher_on_one_node_wakes_when_another_node_stores() -> Test
         .await
         .map_err(|_| "node B's watcher did not wake within 1 s of node A's commit")??;
     assert_eq!(node_b.messages(inbox).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_a_node_name_is_held_by_one_running_node() -> TestResult {
+    let (test, _) = postgres_with_alice().await?;
+    let node_b = test.second_node().await?;
+    test.store.register_node("mail1").await?;
+    let again = node_b.register_node("mail1").await;
+    assert!(
+        matches!(&again, Err(StoreError::NotAllowed(why)) if why.contains("mail1")),
+        "{again:?}"
+    );
+    node_b.register_node("mail2").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_registering_the_node_ends_every_lease_an_earlier_run_left() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _) = store_with_alice(dir.path()).await?;
+    queue_for_two(&store).await?;
+    let taken = store
+        .due_messages(i64::MAX - 1, 10, &lease("old-host-name"))
+        .await?;
+    assert_eq!(due_recipient_ids(&taken).len(), 2);
+    assert!(
+        store
+            .due_messages(i64::MAX - 1, 10, &lease("new-name"))
+            .await?
+            .is_empty()
+    );
+    // A restart under another name: nothing stays held by the process that is gone.
+    store.register_node("new-name").await?;
+    let free = store.due_messages(i64::MAX - 1, 10, &lease("new-name")).await?;
+    assert_eq!(due_recipient_ids(&free), due_recipient_ids(&taken));
     Ok(())
 }
 

@@ -601,7 +601,7 @@ pub(super) async fn changes_since(
     // One read transaction: the rows and HIGHESTMODSEQ come from the same snapshot, so nothing
     // committed in between can be skipped. The caller's sqlx transaction rolls back if this
     // future is dropped, so a pooled connection never keeps a stale snapshot.
-    let result = async {
+    async {
         let highest: Option<i64> = sqlx::query_scalar("SELECT highest_modseq FROM mailboxes WHERE id = $1")
             .bind(mailbox.0)
             .fetch_optional(&mut *conn)
@@ -639,6 +639,5 @@ pub(super) async fn changes_since(
             expunged,
         })
     }
-    .await;
-    result
+    .await
 }

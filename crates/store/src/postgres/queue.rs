@@ -171,6 +171,23 @@ pub(super) async fn claim_due(
     Ok(group_due(rows))
 }
 
+pub(super) async fn renew_leases(
+    conn: &mut PgConnection,
+    holder: &str,
+    recipients: &[i64],
+    until: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE queue_recipients SET lease_until = $3 WHERE id = ANY($1) AND leased_by = $2 AND status = 'pending'",
+    )
+    .bind(recipients)
+    .bind(holder)
+    .bind(until)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 pub(super) async fn release_leases(conn: &mut PgConnection, holder: &str) -> Result<u64, StoreError> {
     Ok(sqlx::query(
         "UPDATE queue_recipients SET lease_until = 0, leased_by = NULL WHERE leased_by = $1 AND status = 'pending'",

@@ -167,6 +167,36 @@ pub(super) async fn claim_due(
     Ok(group_due(rows))
 }
 
+pub(super) async fn renew_leases(
+    conn: &mut SqliteConnection,
+    holder: &str,
+    recipients: &[i64],
+    until: i64,
+) -> Result<u64, StoreError> {
+    let mut renewed = 0;
+    for id in recipients {
+        renewed += sqlx::query(
+            "UPDATE queue_recipients SET lease_until = ?3 WHERE id = ?1 AND leased_by = ?2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(holder)
+        .bind(until)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(renewed)
+}
+
+pub(super) async fn release_all_leases(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE queue_recipients SET lease_until = 0, leased_by = NULL WHERE leased_by IS NOT NULL",
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 pub(super) async fn release_leases(conn: &mut SqliteConnection, holder: &str) -> Result<u64, StoreError> {
     Ok(sqlx::query(
         "UPDATE queue_recipients SET lease_until = 0, leased_by = NULL WHERE leased_by = ?1 AND status = 'pending'",
