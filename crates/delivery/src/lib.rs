@@ -359,6 +359,11 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     renewing.abort();
+                    // The attempts under way are abandoned: other nodes may take them now
+                    // rather than after the lease.
+                    if let Err(e) = self.inner.store.release_leases(&self.inner.node).await {
+                        tracing::warn!(error = %e, "could not release this node's queue leases");
+                    }
                     return;
                 }
                 _ = self.inner.wake.notified() => {}
