@@ -96,7 +96,8 @@ pub struct PgOptions {
     pub tls: PgTls,
     /// PEM file of the CA that issued the server's certificate (for `verify-ca`/`verify-full`).
     pub tls_ca: Option<PathBuf>,
-    /// Connections this node opens at most (one more listens for changes).
+    /// Connections this node opens at most for its work (two more: one listens for changes,
+    /// one holds the node's name).
     pub max_connections: u32,
 }
 
@@ -262,8 +263,9 @@ impl PgStore {
         MIGRATOR.run(&mut conn).await?;
         drop(conn);
 
+        // One more than asked for: the listener keeps one of the pool's connections for good.
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            .max_connections(options.max_connections.max(2) + 1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.clone())
             .await?;
