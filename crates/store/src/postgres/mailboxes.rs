@@ -7,11 +7,12 @@ use sqlx::postgres::PgConnection;
 
 use sealmail_types::{AccountId, MailboxId};
 
+use crate::mailbox_rules::{MAX_NAME_BYTES, MAX_NAME_LEVELS, apply_change, is_inbox};
 use crate::rows::{MailboxRow, MessageRow, StatusRow, mailbox_columns, message_columns};
 
 use crate::{
-    Copied, CopyMessages, FlagChange, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT,
-    Mailbox, MailboxChanges, MailboxStatus, MessageFlags, SetFlags, StoreError, StoredMessage,
+    Copied, CopyMessages, FlagUpdate, MAX_MAILBOXES_PER_ACCOUNT, MAX_SUBSCRIPTIONS_PER_ACCOUNT, Mailbox,
+    MailboxChanges, MailboxStatus, MessageFlags, SetFlags, StoreError, StoredMessage,
 };
 
 /// Takes the mailbox's next mod-sequence.
@@ -62,10 +63,6 @@ async fn ensure_room(
         )));
     }
     Ok(())
-}
-
-fn is_inbox(name: &str) -> bool {
-    name.eq_ignore_ascii_case("INBOX")
 }
 
 /// The account's mailbox of that name (INBOX in any case).
@@ -250,11 +247,6 @@ pub(super) async fn rename(
     Ok(())
 }
 
-/// The longest mailbox name, in bytes, and the most levels one may have (IMAP CREATE checks
-/// the same for a new name).
-pub const MAX_NAME_BYTES: i64 = 255;
-pub const MAX_NAME_LEVELS: i64 = 16;
-
 /// Subscribes to an existing mailbox, or unsubscribes a name (which may no longer exist: a
 /// deleted mailbox stays subscribed until then, RFC 3501 6.3.6).
 pub(super) async fn set_subscribed(
@@ -356,37 +348,6 @@ pub(super) async fn recent_mark<'e>(
         .await?;
     let mark = mark.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", mailbox.0)))?;
     Ok(u32::try_from(mark).unwrap_or(0))
-}
-
-/// Flag lists are kept in the order given, without duplicates (system flags compare without
-/// regard to case, as RFC 3501 says flags do).
-fn apply_change(current: &[String], change: FlagChange, flags: &[String]) -> Vec<String> {
-    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-    match change {
-        FlagChange::Replace => {
-            let mut out: Vec<String> = Vec::with_capacity(flags.len());
-            for f in flags {
-                if !out.iter().any(|o| same(o, f)) {
-                    out.push(f.clone());
-                }
-            }
-            out
-        }
-        FlagChange::Add => {
-            let mut out = current.to_vec();
-            for f in flags {
-                if !out.iter().any(|o| same(o, f)) {
-                    out.push(f.clone());
-                }
-            }
-            out
-        }
-        FlagChange::Remove => current
-            .iter()
-            .filter(|c| !flags.iter().any(|f| same(c, f)))
-            .cloned()
-            .collect(),
-    }
 }
 
 /// UIDs as PostgreSQL takes them in one array parameter.
