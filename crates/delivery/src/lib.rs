@@ -122,6 +122,26 @@ struct Inner {
     relay_credentials: Option<(String, zeroize::Zeroizing<String>)>,
 }
 
+/// The recipients one `deliver_domain` works on, taken out of `in_flight` when it ends.
+struct InFlight {
+    delivery: Delivery,
+    keys: Vec<i64>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .delivery
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            in_flight.remove(key);
+        }
+    }
+}
+
 /// A queued message's recipients at one domain, with what became of each.
 struct Job {
     message: Arc<DueMessage>,
@@ -358,12 +378,9 @@ impl Delivery {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
+                    // Leases are left to run out: attempts may still finish during the grace
+                    // period, and releasing them now would let another node send them again.
                     renewing.abort();
-                    // The attempts under way are abandoned: other nodes may take them now
-                    // rather than after the lease.
-                    if let Err(e) = self.inner.store.release_leases(&self.inner.node).await {
-                        tracing::warn!(error = %e, "could not release this node's queue leases");
-                    }
                     return;
                 }
                 _ = self.inner.wake.notified() => {}
@@ -529,10 +546,15 @@ impl Delivery {
     }
 
     async fn deliver_domain(&self, domain: String, jobs: Vec<Job>) {
-        let keys: Vec<i64> = jobs
-            .iter()
-            .flat_map(|j| j.recipients.iter().map(|r| r.id))
-            .collect();
+        // Removed from `in_flight` when this ends, however it ends (a panic included): a key
+        // left behind would be renewed for ever and never retried.
+        let _working = InFlight {
+            delivery: self.clone(),
+            keys: jobs
+                .iter()
+                .flat_map(|j| j.recipients.iter().map(|r| r.id))
+                .collect(),
+        };
         let mut finished = Vec::new();
         let hosts = match &self.inner.config.relay {
             Some(relay) => route::relay(&self.inner.dns, relay).await,
@@ -622,10 +644,6 @@ impl Delivery {
             recording.spawn(async move { this.finish(job).await });
         }
         while recording.join_next().await.is_some() {}
-        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            in_flight.remove(&key);
-        }
     }
 
     /// The TLS a host must give, from DANE, MTA-STS and the configuration.

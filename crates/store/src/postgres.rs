@@ -218,8 +218,8 @@ pub struct PgStore {
     pool: PgPool,
     /// How to open a connection of its own (the node-name lock).
     connect: PgConnectOptions,
-    /// The connection holding this node's name (see `register_node`).
-    node_lock: tokio::sync::Mutex<Option<PgConnection>>,
+    /// The task holding this node's name (see `register_node`).
+    node_lock: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The NOTIFY channel of this schema's mailbox changes.
     channel: String,
     schema: String,
@@ -230,6 +230,67 @@ pub struct PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(keeper) = self.node_lock.get_mut().take() {
+            keeper.abort();
+        }
+    }
+}
+
+/// Advisory lock namespaces (the two-key form keeps them apart from each other).
+const LOCKS_NODE_NAME: i32 = 0x5345_4e01;
+const LOCKS_HOURLY_USE: i32 = 0x5345_4e02;
+
+/// Takes the session-level lock of a node name on a connection of its own, which keeps it;
+/// `None` when a running node holds it. The connection notices a dead peer within a minute
+/// (TCP keepalives), so a crashed machine's name is free again soon.
+async fn lock_node_name(connect: &PgConnectOptions, key: &str) -> Result<Option<PgConnection>, StoreError> {
+    let mut conn = connect.connect().await?;
+    sqlx::query("SET tcp_keepalives_idle = 30")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SET tcp_keepalives_interval = 10")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SET tcp_keepalives_count = 3")
+        .execute(&mut conn)
+        .await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($2, hashtext($1))")
+        .bind(key)
+        .bind(LOCKS_NODE_NAME)
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(taken.then_some(conn))
+}
+
+/// Holds the node name while the process runs: checks the lock's connection every few seconds
+/// and, when it was lost (a PostgreSQL restart or failover), takes the lock again; if another
+/// node took the name meanwhile, says so loudly and keeps trying.
+async fn keep_node_name(connect: PgConnectOptions, key: String, conn: PgConnection) {
+    let mut held = Some(conn);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(conn) = held.as_mut()
+            && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
+        {
+            continue;
+        }
+        held = match lock_node_name(&connect, &key).await {
+            Ok(Some(conn)) => {
+                tracing::warn!(lock = key, "the node name's lock was lost and is held again");
+                Some(conn)
+            }
+            Ok(None) => {
+                tracing::error!(
+                    lock = key,
+                    "another node took this node's name; give every node its own server.node_name"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the node name's lock again; retrying");
+                None
+            }
+        };
     }
 }
 
@@ -775,8 +836,9 @@ async fn apply_security(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDo
         } => {
             // Nodes spending the same allowance at once take turns: the sum and the insert
             // must not interleave.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            sqlx::query("SELECT pg_advisory_xact_lock($2, hashtext($1))")
                 .bind(key.as_str())
+                .bind(LOCKS_HOURLY_USE)
                 .execute(&mut *conn)
                 .await?;
             sqlx::query("DELETE FROM hourly_use WHERE key = $1 AND at <= $2")
@@ -1288,20 +1350,16 @@ impl QueueStore for PgStore {
     }
 
     async fn register_node(&self, name: &str) -> Result<(), StoreError> {
-        // A session-level advisory lock on a connection of its own, held while the process
-        // runs: a second process with the same name finds it taken.
-        let mut conn = self.connect.connect().await?;
         let key = format!("sealmail node {} {name}", self.schema);
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(&key)
-            .fetch_one(&mut conn)
-            .await?;
-        if !taken {
-            return Err(StoreError::NotAllowed(format!(
+        let conn = lock_node_name(&self.connect, &key).await?.ok_or_else(|| {
+            StoreError::NotAllowed(format!(
                 "another running node is named {name:?} on this store; give every node its own server.node_name"
-            )));
+            ))
+        })?;
+        let keeper = tokio::spawn(keep_node_name(self.connect.clone(), key, conn));
+        if let Some(old) = self.node_lock.lock().await.replace(keeper) {
+            old.abort();
         }
-        *self.node_lock.lock().await = Some(conn);
         Ok(())
     }
 
