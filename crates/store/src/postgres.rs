@@ -571,6 +571,15 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
             Ok(WriteDone::Unit)
         }
         WriteOp::RemoveAccount(address) => {
+            // The account's mailboxes are locked (in id order) before their blobs are listed,
+            // so no message stored meanwhile leaves a blob behind.
+            let mailboxes: Vec<i64> = sqlx::query_scalar(
+                "SELECT b.id FROM mailboxes b JOIN accounts a ON a.id = b.account_id WHERE a.address = $1 ORDER BY b.id",
+            )
+            .bind(address.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+            mailboxes::lock_mailboxes(conn, &mailboxes).await?;
             let blobs: Vec<i64> = sqlx::query_scalar(
                 "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id JOIN accounts a ON a.id = b.account_id WHERE a.address = $1",
             )

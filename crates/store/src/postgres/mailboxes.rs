@@ -151,6 +151,9 @@ pub(super) async fn delete(
     let Some(mailbox) = find_mailbox(&mut *conn, account, name).await? else {
         return Err(StoreError::NotFound(format!("mailbox {name}")));
     };
+    // Locked before its blobs are listed: a message another node is storing into it either
+    // committed before (and is listed) or waits and then finds the mailbox gone.
+    lock_mailboxes(conn, &[mailbox.id.0]).await?;
     let blobs: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = $1")
         .bind(mailbox.id.0)
         .fetch_all(&mut *conn)
