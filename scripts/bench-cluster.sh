@@ -52,7 +52,7 @@ second_node() {
 import re, sys
 path, shift, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 text = open(path).read()
-text = re.sub(r'127\.0\.0\.1:(\d+)', lambda m: f"127.0.0.1:{int(m.group(1)) + shift}", text)
+text = re.sub(r'bind = "127\.0\.0\.1:(\d+)"', lambda m: f'bind = "127.0.0.1:{int(m.group(1)) + shift}"', text)
 text = text.replace('[server]\n', f'[server]\nnode_name = "{name}"\n', 1) if '[server]\n' in text else text + f'\n[server]\nnode_name = "{name}"\n'
 open(path, 'w').write(text)
 PY
