@@ -405,6 +405,9 @@ pub struct Retention {
     pub tls_days_before: String,
     /// MTA-STS policies whose `max_age` ended before this (Unix seconds).
     pub sts_policies_expired_before: i64,
+    /// Revocations of client certificates that expired before this (Unix seconds): an expired
+    /// certificate is refused anyway.
+    pub revoked_certs_expired_before: i64,
 }
 
 impl Retention {
@@ -425,6 +428,7 @@ impl Retention {
             tombstones_before: now - Self::TOMBSTONE_SECS,
             tls_days_before,
             sts_policies_expired_before: now,
+            revoked_certs_expired_before: now,
         }
     }
 }
@@ -436,6 +440,7 @@ pub struct Pruned {
     pub tls_results: u64,
     pub tls_reports_sent: u64,
     pub sts_policies: u64,
+    pub revoked_certs: u64,
 }
 
 /// Counters that show how writes were batched into commits.
@@ -625,11 +630,150 @@ pub trait ReportStore: Send + Sync {
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
 }
 
+/// An app password as the store keeps it (the password itself only as its Argon2id hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPassword {
+    pub id: i64,
+    pub account: AccountId,
+    pub name: String,
+    /// The password's first group, in clear: narrows a login to one hash to check.
+    pub lookup: String,
+    pub password_hash: String,
+    /// Comma-separated protocols it may be used on (`imap`, `smtp`).
+    pub scopes: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub last_used_from: Option<String>,
+}
+
+/// A new app password for [`CredentialStore::add_app_password`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAppPassword {
+    pub account: AccountId,
+    pub name: String,
+    pub lookup: String,
+    pub password_hash: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+}
+
+/// An account's TOTP second factor: pending until confirmed with a code, then active.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mfa {
+    /// The TOTP secret, sealed under the server's key file (never stored in clear).
+    pub sealed_secret: Vec<u8>,
+    pub active: bool,
+    /// The last TOTP time step accepted: a later code must be of a later step.
+    pub last_step: i64,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    /// One-time recovery codes not used yet.
+    pub recovery_codes_left: u32,
+}
+
+impl std::fmt::Debug for Mfa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mfa")
+            .field("active", &self.active)
+            .field("last_step", &self.last_step)
+            .field("recovery_codes_left", &self.recovery_codes_left)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client certificate registered to an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Lower-case hex SHA-256 of the certificate's DER encoding.
+    pub fingerprint: String,
+    pub account: AccountId,
+    pub subject: String,
+    pub not_after: i64,
+    /// Issued by the internal client CA (`sealmail ca issue`), not added from a file.
+    pub issued_here: bool,
+    pub added_at: i64,
+}
+
+/// Credentials beyond the account password: SCRAM verifiers, app passwords, the TOTP second
+/// factor and its recovery codes, client certificates. Every change that can end a login
+/// moves [`AccountStore::credentials_generation`].
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// The account's SCRAM-SHA-256 verifier (RFC 5803 text), if one was made since the last
+    /// password change.
+    async fn scram_verifier(&self, account: AccountId) -> Result<Option<String>, StoreError>;
+    /// Stores the verifier made from the password whose Argon2id hash is `password_hash`; does
+    /// nothing (false) when the password changed meanwhile.
+    async fn set_scram_verifier(
+        &self,
+        account: AccountId,
+        password_hash: &str,
+        verifier: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Refuses a name the account already uses ([`StoreError::Duplicate`]).
+    async fn add_app_password(&self, new: NewAppPassword) -> Result<i64, StoreError>;
+    async fn app_passwords(&self, account: AccountId) -> Result<Vec<AppPassword>, StoreError>;
+    /// The account's app passwords whose first group is `lookup`.
+    async fn app_password_candidates(
+        &self,
+        account: AccountId,
+        lookup: &str,
+    ) -> Result<Vec<AppPassword>, StoreError>;
+    async fn app_password(&self, id: i64) -> Result<Option<AppPassword>, StoreError>;
+    /// Deletes it, so every session it opened ends; [`StoreError::NotFound`] if there is none.
+    async fn revoke_app_password(&self, account: AccountId, name: &str) -> Result<(), StoreError>;
+    /// Records a successful use (time and client address), for `app-password list`.
+    async fn note_app_password_use(&self, id: i64, at: i64, from: &str) -> Result<(), StoreError>;
+
+    /// Starts (or restarts) an enrolment with a new sealed secret; refused while MFA is active.
+    async fn start_mfa(&self, account: AccountId, sealed_secret: Vec<u8>) -> Result<(), StoreError>;
+    /// Activates a pending enrolment whose code of time step `step` was given, replacing the
+    /// recovery codes; false when there is no pending enrolment.
+    async fn activate_mfa(
+        &self,
+        account: AccountId,
+        step: i64,
+        recovery_code_hashes: Vec<String>,
+    ) -> Result<bool, StoreError>;
+    /// Removes the second factor and its recovery codes; false when there was none.
+    async fn disable_mfa(&self, account: AccountId) -> Result<bool, StoreError>;
+    async fn mfa(&self, account: AccountId) -> Result<Option<Mfa>, StoreError>;
+    /// Takes TOTP time step `step` for an active factor: true only when it is later than every
+    /// step taken before, so a code (and its step) is accepted once, on every node.
+    async fn use_totp_step(&self, account: AccountId, step: i64) -> Result<bool, StoreError>;
+    /// Uses a recovery code (by hash): true the first time only.
+    async fn use_recovery_code(&self, account: AccountId, code_hash: &str) -> Result<bool, StoreError>;
+
+    /// Registers a certificate to an account; a fingerprint registered before or revoked is
+    /// refused ([`StoreError::Duplicate`]).
+    async fn add_client_cert(&self, cert: ClientCert) -> Result<(), StoreError>;
+    async fn client_certs(&self, account: AccountId) -> Result<Vec<ClientCert>, StoreError>;
+    async fn client_cert(&self, fingerprint: &str) -> Result<Option<ClientCert>, StoreError>;
+    /// Removes the certificate from the account and revokes it for good.
+    async fn remove_client_cert(&self, account: AccountId, fingerprint: &str) -> Result<(), StoreError>;
+    async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError>;
+    /// Every registered fingerprint and every revoked one (what the TLS layer checks handshakes
+    /// against).
+    async fn known_client_certs(&self) -> Result<KnownClientCerts, StoreError>;
+}
+
+/// Fingerprints the TLS layer needs at handshake time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownClientCerts {
+    pub registered: Vec<String>,
+    pub revoked: Vec<String>,
+}
+
 /// Everything a server needs of its store, by concern. Backend-only operations (SQLite's
 /// snapshots and commit statistics) are the backends' own methods, not part of it.
-pub trait Store: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore {}
+pub trait Store: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore {}
 
-impl<T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + ?Sized> Store for T {}
+impl<T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore + ?Sized> Store
+    for T
+{
+}
 
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {

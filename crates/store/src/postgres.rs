@@ -28,6 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
 mod mailboxes;
+mod credentials;
 mod queue;
 
 use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
@@ -560,7 +561,7 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
             Ok(WriteDone::Account(AccountId(id)))
         }
         WriteOp::SetPassword { address, hash } => {
-            let updated = sqlx::query("UPDATE accounts SET password_hash = $1 WHERE address = $2")
+            let updated = sqlx::query("UPDATE accounts SET password_hash = $1, scram_sha256 = NULL WHERE address = $2")
                 .bind(hash.as_str())
                 .bind(address.to_string())
                 .execute(&mut *conn)
@@ -571,6 +572,7 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
             Ok(WriteDone::Unit)
         }
         WriteOp::RemoveAccount(address) => {
+            credentials::revoke_account_certs(conn, &address.to_string()).await?;
             // The account's mailboxes are locked (in id order) before their blobs are listed,
             // so no message stored meanwhile leaves a blob behind.
             let mailboxes: Vec<i64> = sqlx::query_scalar(
@@ -614,6 +616,7 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
         | WriteOp::PruneSecurity { .. }
         | WriteOp::AddAbusePoints { .. }
         | WriteOp::TakeHourlyUse { .. } => apply_security(conn, op).await,
+        WriteOp::Credentials(op) => credentials::apply(conn, op).await,
         WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
             .await
             .map(WriteDone::Mailbox),
@@ -913,11 +916,13 @@ async fn prune(conn: &mut PgConnection, retention: &Retention) -> Result<Pruned,
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    let revoked_certs = credentials::prune_revoked(conn, retention.revoked_certs_expired_before).await?;
     Ok(Pruned {
         tombstones,
         tls_results,
         tls_reports_sent,
         sts_policies,
+        revoked_certs,
     })
 }
 

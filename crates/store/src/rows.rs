@@ -152,3 +152,83 @@ pub(crate) struct DueRow {
     #[sqlx(flatten)]
     pub(crate) recipient: DueRecipient,
 }
+
+/// An `app_passwords` row, all columns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AppPasswordRow {
+    pub(crate) id: i64,
+    pub(crate) account_id: i64,
+    pub(crate) name: String,
+    pub(crate) lookup: String,
+    pub(crate) password_hash: String,
+    pub(crate) scopes: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) last_used_from: Option<String>,
+}
+
+impl From<AppPasswordRow> for crate::AppPassword {
+    fn from(row: AppPasswordRow) -> crate::AppPassword {
+        crate::AppPassword {
+            id: row.id,
+            account: AccountId(row.account_id),
+            name: row.name,
+            lookup: row.lookup,
+            password_hash: row.password_hash,
+            scopes: row.scopes,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+            last_used_from: row.last_used_from,
+        }
+    }
+}
+
+/// An `mfa` row with the count of its unused recovery codes.
+#[derive(sqlx::FromRow)]
+pub(crate) struct MfaRow {
+    pub(crate) sealed_secret: Vec<u8>,
+    pub(crate) active: bool,
+    pub(crate) last_step: i64,
+    pub(crate) created_at: i64,
+    pub(crate) activated_at: Option<i64>,
+    pub(crate) recovery_codes_left: i64,
+}
+
+impl From<MfaRow> for crate::Mfa {
+    fn from(row: MfaRow) -> crate::Mfa {
+        crate::Mfa {
+            sealed_secret: row.sealed_secret,
+            active: row.active,
+            last_step: row.last_step,
+            created_at: row.created_at,
+            activated_at: row.activated_at,
+            recovery_codes_left: u32::try_from(row.recovery_codes_left).unwrap_or(0),
+        }
+    }
+}
+
+/// A `client_certs` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClientCertRow {
+    pub(crate) fingerprint: String,
+    pub(crate) account_id: i64,
+    pub(crate) subject: String,
+    pub(crate) not_after: i64,
+    pub(crate) issued_here: bool,
+    pub(crate) added_at: i64,
+}
+
+impl From<ClientCertRow> for crate::ClientCert {
+    fn from(row: ClientCertRow) -> crate::ClientCert {
+        crate::ClientCert {
+            fingerprint: row.fingerprint,
+            account: AccountId(row.account_id),
+            subject: row.subject,
+            not_after: row.not_after,
+            issued_here: row.issued_here,
+            added_at: row.added_at,
+        }
+    }
+}

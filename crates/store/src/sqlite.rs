@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
 mod mailboxes;
+mod credentials;
 mod queue;
 
 use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
@@ -425,7 +426,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             Ok(WriteDone::Account(AccountId(id)))
         }
         WriteOp::SetPassword { address, hash } => {
-            let updated = sqlx::query("UPDATE accounts SET password_hash = ?1 WHERE address = ?2")
+            let updated = sqlx::query("UPDATE accounts SET password_hash = ?1, scram_sha256 = NULL WHERE address = ?2")
                 .bind(hash.as_str())
                 .bind(address.to_string())
                 .execute(&mut *conn)
@@ -436,6 +437,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             Ok(WriteDone::Unit)
         }
         WriteOp::RemoveAccount(address) => {
+            credentials::revoke_account_certs(conn, &address.to_string()).await?;
             let blobs: Vec<i64> = sqlx::query_scalar(
                 "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id JOIN accounts a ON a.id = b.account_id WHERE a.address = ?1",
             )
@@ -471,6 +473,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         | WriteOp::PruneSecurity { .. }
         | WriteOp::AddAbusePoints { .. }
         | WriteOp::TakeHourlyUse { .. } => apply_security(conn, op).await,
+        WriteOp::Credentials(op) => credentials::apply(conn, op).await,
         WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
             .await
             .map(WriteDone::Mailbox),
@@ -762,11 +765,13 @@ async fn prune(conn: &mut SqliteConnection, retention: &Retention) -> Result<Pru
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    let revoked_certs = credentials::prune_revoked(conn, retention.revoked_certs_expired_before).await?;
     Ok(Pruned {
         tombstones,
         tls_results,
         tls_reports_sent,
         sts_policies,
+        revoked_certs,
     })
 }
 

@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
 
 use crate::{
-    Accepted, AcceptedMessage, Ban, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox, NewMessage,
+    Accepted, AcceptedMessage, Ban, ClientCert, NewAppPassword, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox, NewMessage,
     Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags, StoreError, StoredMessage,
     StoredStsPolicy, TlsResult,
 };
@@ -111,6 +111,49 @@ pub(crate) enum WriteOp {
         at: i64,
         amount: i64,
         per_hour: i64,
+    },
+    Credentials(CredentialWrite),
+}
+
+/// The writes of [`crate::CredentialStore`].
+pub(crate) enum CredentialWrite {
+    SetScram {
+        account: AccountId,
+        password_hash: String,
+        verifier: String,
+    },
+    AddAppPassword(NewAppPassword),
+    RevokeAppPassword {
+        account: AccountId,
+        name: String,
+    },
+    AppPasswordUsed {
+        id: i64,
+        at: i64,
+        from: String,
+    },
+    StartMfa {
+        account: AccountId,
+        sealed_secret: Vec<u8>,
+    },
+    ActivateMfa {
+        account: AccountId,
+        step: i64,
+        recovery_code_hashes: Vec<String>,
+    },
+    DisableMfa(AccountId),
+    UseTotpStep {
+        account: AccountId,
+        step: i64,
+    },
+    UseRecoveryCode {
+        account: AccountId,
+        code_hash: String,
+    },
+    AddClientCert(ClientCert),
+    RemoveClientCert {
+        account: AccountId,
+        fingerprint: String,
     },
 }
 

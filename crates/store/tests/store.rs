@@ -270,6 +270,10 @@ on_both_backends!(
     security_events_keep_the_node_that_saw_them,
     the_queue_is_retried_deleted_and_emptied_by_final_outcomes,
     bans_are_lifted_escalated_and_pruned,
+    scram_verifiers_follow_the_password_they_were_made_from,
+    app_passwords_are_found_by_lookup_listed_used_and_revoked,
+    a_totp_step_and_a_recovery_code_are_taken_once,
+    client_certificates_are_registered_and_stay_revoked,
 );
 
 // ---- Conformance tests: what every backend promises ----
@@ -1810,4 +1814,169 @@ async fn count_sqlite_rows(dir: &Path, table: &str) -> TestResult<i64> {
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(&mut conn)
         .await?)
+}
+
+// ---- Credentials beyond the password (schema 14) ----
+
+async fn scram_verifiers_follow_the_password_they_were_made_from(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    assert_eq!(store.scram_verifier(alice.id).await?, None);
+    assert!(
+        !store.set_scram_verifier(alice.id, "$argon2id$other", "SCRAM-SHA-256$x").await?,
+        "a verifier of another password is not stored"
+    );
+    assert!(store.set_scram_verifier(alice.id, &alice.password_hash, "SCRAM-SHA-256$a").await?);
+    assert_eq!(store.scram_verifier(alice.id).await?.as_deref(), Some("SCRAM-SHA-256$a"));
+    let before = store.credentials_generation().await?;
+    store.set_password_hash(&alice.address, "$argon2id$new").await?;
+    assert_eq!(store.scram_verifier(alice.id).await?, None, "a password change clears it");
+    assert!(store.credentials_generation().await? > before);
+    Ok(())
+}
+
+async fn app_passwords_are_found_by_lookup_listed_used_and_revoked(backend: Backend) -> TestResult {
+    use sealmail_store::NewAppPassword;
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let new = |name: &str, lookup: &str| NewAppPassword {
+        account: alice.id,
+        name: name.to_string(),
+        lookup: lookup.to_string(),
+        password_hash: format!("$argon2id${name}"),
+        scopes: "imap".to_string(),
+        expires_at: Some(2_000_000_000),
+    };
+    let phone = store.add_app_password(new("phone", "abcde")).await?;
+    store.add_app_password(new("laptop", "fghij")).await?;
+    let dup = store.add_app_password(new("phone", "zzzzz")).await;
+    assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+
+    let listed = store.app_passwords(alice.id).await?;
+    assert_eq!(
+        listed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["laptop", "phone"]
+    );
+    let candidates = store.app_password_candidates(alice.id, "abcde").await?;
+    assert_eq!(candidates.len(), 1);
+    let found = &candidates[0];
+    assert_eq!(
+        (found.id, found.name.as_str(), found.password_hash.as_str(), found.scopes.as_str()),
+        (phone, "phone", "$argon2id$phone", "imap")
+    );
+    assert_eq!((found.expires_at, found.last_used_at), (Some(2_000_000_000), None));
+
+    let before = store.credentials_generation().await?;
+    store.note_app_password_use(phone, 1_700_000_000, "127.0.0.2").await?;
+    let used = store.app_password(phone).await?.ok_or("phone gone")?;
+    assert_eq!(
+        (used.last_used_at, used.last_used_from.as_deref()),
+        (Some(1_700_000_000), Some("127.0.0.2"))
+    );
+    assert_eq!(store.credentials_generation().await?, before, "a use revokes nothing");
+
+    store.revoke_app_password(alice.id, "phone").await?;
+    assert!(store.credentials_generation().await? > before, "revocation ends its sessions");
+    assert_eq!(store.app_password(phone).await?, None);
+    let again = store.revoke_app_password(alice.id, "phone").await;
+    assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
+    Ok(())
+}
+
+async fn a_totp_step_and_a_recovery_code_are_taken_once(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    assert!(store.mfa(alice.id).await?.is_none());
+    store.start_mfa(alice.id, vec![1, 2, 3]).await?;
+    let pending = store.mfa(alice.id).await?.ok_or("no enrolment")?;
+    assert!(!pending.active);
+    assert_eq!(pending.sealed_secret, vec![1, 2, 3]);
+    assert!(!store.use_totp_step(alice.id, 100).await?, "a pending factor takes no step");
+    assert!(!store.use_recovery_code(alice.id, "h1").await?);
+
+    let before = store.credentials_generation().await?;
+    let codes = vec!["h1".to_string(), "h2".to_string()];
+    assert!(store.activate_mfa(alice.id, 100, codes.clone()).await?);
+    assert!(!store.activate_mfa(alice.id, 101, codes).await?, "already active");
+    assert!(store.credentials_generation().await? > before, "activation re-checks sessions");
+    let active = store.mfa(alice.id).await?.ok_or("gone")?;
+    assert!(active.active);
+    assert_eq!((active.last_step, active.recovery_codes_left), (100, 2));
+    let restart = store.start_mfa(alice.id, vec![9]).await;
+    assert!(matches!(restart, Err(StoreError::NotAllowed(_))), "{restart:?}");
+
+    assert!(!store.use_totp_step(alice.id, 100).await?, "the confirming step is used");
+    assert!(store.use_totp_step(alice.id, 101).await?);
+    assert!(!store.use_totp_step(alice.id, 101).await?, "a replayed step");
+    assert!(!store.use_totp_step(alice.id, 99).await?, "an earlier step");
+    assert!(store.use_recovery_code(alice.id, "h2").await?);
+    assert!(!store.use_recovery_code(alice.id, "h2").await?, "a recovery code works once");
+    assert!(!store.use_recovery_code(alice.id, "nope").await?);
+    assert_eq!(store.mfa(alice.id).await?.ok_or("gone")?.recovery_codes_left, 1);
+
+    assert!(store.disable_mfa(alice.id).await?);
+    assert!(!store.disable_mfa(alice.id).await?);
+    assert!(store.mfa(alice.id).await?.is_none());
+    assert_eq!(test.count_rows("recovery_codes").await?, 0);
+    Ok(())
+}
+
+async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -> TestResult {
+    use sealmail_store::{ClientCert, KnownClientCerts, Retention};
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let now = sealmail_types::clock::now_unix();
+    let cert = |fingerprint: &str, not_after: i64| ClientCert {
+        fingerprint: fingerprint.to_string(),
+        account: alice.id,
+        subject: "CN=alice@example.test".to_string(),
+        not_after,
+        issued_here: true,
+        added_at: 0,
+    };
+    store.add_client_cert(cert("aa", now + 86_400)).await?;
+    store.add_client_cert(cert("bb", now + 86_400)).await?;
+    store.add_client_cert(cert("cc", now + 86_400)).await?;
+    let dup = store.add_client_cert(cert("aa", now)).await;
+    assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
+    let found = store.client_cert("aa").await?.ok_or("aa missing")?;
+    assert_eq!(
+        (found.account, found.subject.as_str(), found.not_after, found.issued_here),
+        (alice.id, "CN=alice@example.test", now + 86_400, true)
+    );
+    assert!(found.added_at >= now);
+    assert_eq!(store.client_certs(alice.id).await?.len(), 3);
+
+    let before = store.credentials_generation().await?;
+    store.remove_client_cert(alice.id, "aa").await?;
+    assert!(store.credentials_generation().await? > before);
+    assert!(store.is_cert_revoked("aa").await?);
+    assert!(!store.is_cert_revoked("bb").await?);
+    let readd = store.add_client_cert(cert("aa", now + 86_400)).await;
+    assert!(matches!(readd, Err(StoreError::Duplicate(_))), "a revoked one comes back: {readd:?}");
+    let missing = store.remove_client_cert(alice.id, "zz").await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+
+    // An account's removal revokes its certificates, so a new account of the same address
+    // does not inherit them.
+    store.remove_account(&alice.address).await?;
+    let known = store.known_client_certs().await?;
+    let mut revoked = known.revoked.clone();
+    revoked.sort();
+    assert_eq!(
+        (known.registered.clone(), revoked),
+        (Vec::<String>::new(), vec!["aa".to_string(), "bb".to_string(), "cc".to_string()])
+    );
+    assert_ne!(known, KnownClientCerts::default());
+
+    // Revocations are kept while the certificate could still be presented.
+    let pruned = store.prune(Retention::at(now)).await?;
+    assert_eq!(pruned.revoked_certs, 0);
+    let pruned = store.prune(Retention::at(now + 2 * 86_400)).await?;
+    assert_eq!(pruned.revoked_certs, 3);
+    Ok(())
 }
