@@ -88,6 +88,31 @@ pub struct Listener {
     pub deny: Vec<IpNet>,
     /// Connections from `security.proxies` start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// Whether clients are asked for a certificate (mutual TLS, SASL EXTERNAL).
+    pub client_cert: ClientCertMode,
+}
+
+/// A listener's `client_cert`: whether the TLS handshake asks the client for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCertMode {
+    /// Not asked for.
+    #[default]
+    Off,
+    /// Asked for; a client without one still connects (and logs in otherwise).
+    Optional,
+    /// A handshake without a certificate we accept fails.
+    Required,
+}
+
+impl ClientCertMode {
+    pub fn parse(text: &str) -> Option<ClientCertMode> {
+        match text {
+            "off" => Some(ClientCertMode::Off),
+            "optional" => Some(ClientCertMode::Optional),
+            "required" => Some(ClientCertMode::Required),
+            _ => None,
+        }
+    }
 }
 
 impl Listener {
@@ -364,12 +389,25 @@ pub struct AuthConfig {
     /// How long a successful login is remembered so that reconnecting clients skip Argon2;
     /// zero turns the cache off.
     pub login_cache_ttl: Duration,
+    /// For accounts with a second factor: accept the account password followed by a current
+    /// code (for clients that keep one secret only).
+    pub password_with_code: bool,
+    /// Offer SCRAM-SHA-256 and SCRAM-SHA-256-PLUS.
+    pub scram: bool,
+    /// PEM file of CAs whose client certificates are accepted besides the internal client CA's.
+    pub client_ca: Option<PathBuf>,
+    /// The key TOTP secrets are sealed under; `None`: `mfa.key` in the data folder.
+    pub mfa_key_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             login_cache_ttl: AUTH_LOGIN_CACHE_TTL_SECS.default_secs(),
+            password_with_code: AUTH_PASSWORD_WITH_CODE.default_flag(),
+            scram: AUTH_SCRAM.default_flag(),
+            client_ca: None,
+            mfa_key_file: None,
         }
     }
 }
@@ -706,6 +744,8 @@ const LISTENER_ALLOW: Key<List> = Key::list("listener.allow");
 const LISTENER_DENY: Key<List> = Key::list("listener.deny");
 /// Connections from `security.proxies` start with a PROXY protocol header.
 const LISTENER_PROXY_PROTOCOL: Key<Flag> = Key::flag("listener.proxy_protocol", false);
+/// "off", "optional" or "required": whether the handshake asks for a client certificate.
+const LISTENER_CLIENT_CERT: Key<Text> = Key::text("listener.client_cert", "off");
 
 // [limits]
 /// Connections open at once, all listeners together.
@@ -757,6 +797,14 @@ const SMTP_RECIPIENTS_PER_HOUR: Key<Number> = Key::number("smtp.recipients_per_h
 // [auth]
 /// How long a successful password login is remembered; 0 turns the cache off.
 const AUTH_LOGIN_CACHE_TTL_SECS: Key<Number> = Key::number("auth.login_cache_ttl_secs", 300, 0..=DAY);
+/// Accept "password" + current TOTP code from accounts with a second factor.
+const AUTH_PASSWORD_WITH_CODE: Key<Flag> = Key::flag("auth.password_with_code", false);
+/// Offer SCRAM-SHA-256(-PLUS).
+const AUTH_SCRAM: Key<Flag> = Key::flag("auth.scram", true);
+/// PEM CAs whose client certificates are accepted (besides the internal client CA).
+const AUTH_CLIENT_CA: Key<Optional> = Key::optional("auth.client_ca");
+/// The key file TOTP secrets are sealed under (0600); default `mfa.key` in the data folder.
+const AUTH_MFA_KEY_FILE: Key<Optional> = Key::optional("auth.mfa_key_file");
 
 // [dns]
 /// Servers to ask; empty means the system's (/etc/resolv.conf).
@@ -962,6 +1010,11 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Number(&SMTP_MAX_BUFFERED_BYTES),
     AnyKey::Number(&SMTP_RECIPIENTS_PER_HOUR),
     AnyKey::Number(&AUTH_LOGIN_CACHE_TTL_SECS),
+    AnyKey::Flag(&AUTH_PASSWORD_WITH_CODE),
+    AnyKey::Flag(&AUTH_SCRAM),
+    AnyKey::Optional(&AUTH_CLIENT_CA),
+    AnyKey::Optional(&AUTH_MFA_KEY_FILE),
+    AnyKey::Text(&LISTENER_CLIENT_CERT),
     AnyKey::List(&DNS_NAMESERVERS),
     AnyKey::Number(&DNS_TIMEOUT_SECS),
     AnyKey::Number(&DNS_ATTEMPTS),
@@ -1164,6 +1217,10 @@ struct RawDns {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     login_cache_ttl_secs: Option<i64>,
+    password_with_code: Option<bool>,
+    scram: Option<bool>,
+    client_ca: Option<String>,
+    mfa_key_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1204,6 +1261,7 @@ struct RawListener {
     #[serde(default)]
     deny: Vec<String>,
     proxy_protocol: Option<bool>,
+    client_cert: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1346,6 +1404,10 @@ impl Config {
         let auth = AuthConfig {
             login_cache_ttl: AUTH_LOGIN_CACHE_TTL_SECS
                 .read_secs(raw.auth.login_cache_ttl_secs, &mut problems),
+            password_with_code: AUTH_PASSWORD_WITH_CODE.read_flag(raw.auth.password_with_code),
+            scram: AUTH_SCRAM.read_flag(raw.auth.scram),
+            client_ca: raw.auth.client_ca.as_deref().map(resolve),
+            mfa_key_file: raw.auth.mfa_key_file.as_deref().map(resolve),
         };
 
         let mut nameservers = Vec::new();
@@ -1606,6 +1668,13 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         )
     })?;
     let mut problems = Vec::new();
+    let client_cert_text = LISTENER_CLIENT_CERT.read_text(l.client_cert.as_deref());
+    let client_cert = ClientCertMode::parse(client_cert_text).unwrap_or_else(|| {
+        problems.push(format!(
+            "listener[{i}].client_cert = {client_cert_text:?} is not a mode; use \"off\", \"optional\" or \"required\" (default \"off\")"
+        ));
+        ClientCertMode::Off
+    });
     let allow = networks(&format!("listener[{i}].allow"), &l.allow, &mut problems);
     let deny = networks(&format!("listener[{i}].deny"), &l.deny, &mut problems);
     if !problems.is_empty() {
@@ -1618,6 +1687,7 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         allow,
         deny,
         proxy_protocol: LISTENER_PROXY_PROTOCOL.read_flag(l.proxy_protocol),
+        client_cert,
     })
 }
 
@@ -2032,6 +2102,7 @@ mod tests {
             allow: vec![parse("192.0.2.0/24")],
             deny: vec![parse("192.0.2.66/32")],
             proxy_protocol: false,
+            client_cert: ClientCertMode::Off,
         };
         assert!(listener.permits("192.0.2.10".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));
         assert!(!listener.permits("192.0.2.66".parse().unwrap_or(std::net::IpAddr::from([0; 4]))));

@@ -502,33 +502,75 @@ impl Guard {
             tls,
             client: ip,
             listener,
+            protocol,
             credentials,
         } = attempt;
-        let result = match identity.recalled_login(tls, credentials).await {
+        let result = match identity.recalled_login(tls, credentials, protocol, ip).await {
             Ok(Some(recalled)) => Ok(Some(recalled)),
             _ => {
-                if !self.known_client(&credentials.username, ip)
-                    && self.throttle_login(&credentials.username).await.is_err()
-                {
-                    metrics::RATE_LIMITED.inc();
-                    tracing::info!(%ip, listener, "login refused: the account's login queue is full");
-                    // A guess refused unchecked still counts against its address, so that a
-                    // client hammering a throttled account is banned instead of holding its
-                    // queue for free.
-                    self.score(ip, Abuse::AuthFailure).await;
+                if self.wait_for_turn(&credentials.username, ip).await.is_err() {
                     return LoginOutcome::Unavailable;
                 }
-                identity.authenticate(tls, credentials).await
+                identity.authenticate(tls, credentials, protocol, ip).await
             }
         };
+        let context = access::LoginContext {
+            tls,
+            client: ip,
+            listener,
+        };
+        self.settle(context, result, &credentials.username, None).await
+    }
+
+    /// Before a login from `ip` to the account `username` names is checked: waits out the
+    /// account's throttle when it is under attack, unless `ip` logged in to it lately. A full
+    /// queue refuses the login (a temporary failure), and still counts against the address, so
+    /// that a client hammering a throttled account is banned instead of holding its queue for
+    /// free.
+    pub(crate) async fn wait_for_turn(&self, username: &str, ip: IpAddr) -> Result<(), QueueFull> {
+        if self.known_client(username, ip) {
+            return Ok(());
+        }
+        let waited = self.throttle_login(username).await;
+        if waited.is_err() {
+            metrics::RATE_LIMITED.inc();
+            tracing::info!(%ip, "login refused: the account's login queue is full");
+            self.score(ip, Abuse::AuthFailure).await;
+        }
+        waited
+    }
+
+    /// Counts and logs how a login ended, whatever the mechanism: a success names the credential
+    /// used (account password, app password NAME, certificate FINGERPRINT, SCRAM); a failure
+    /// counts toward a ban like a wrong password.
+    pub(crate) async fn settle(
+        &self,
+        context: access::LoginContext<'_>,
+        result: Result<Option<Authenticated>, sealmail_identity::IdentityError>,
+        username: &str,
+        detail: Option<String>,
+    ) -> LoginOutcome {
+        let access::LoginContext {
+            client: ip, listener, ..
+        } = context;
         match result {
             Ok(Some(authenticated)) => {
                 let user = authenticated.account.address.to_string();
-                self.auth_succeeded(ip, &user, listener).await;
+                let used = authenticated.credential.to_string();
+                self.remember_client(&user, ip);
+                metrics::AUTH_SUCCESSES.inc();
+                self.event(
+                    kind::AUTH_SUCCESS,
+                    Some(ip),
+                    Some(&user),
+                    Some(listener),
+                    Some(used),
+                )
+                .await;
                 LoginOutcome::Success(authenticated)
             }
             Ok(None) => {
-                let banned = self.auth_failed(ip, &credentials.username, listener).await;
+                let banned = self.auth_failed_with(ip, username, listener, detail).await;
                 LoginOutcome::Failed {
                     banned: banned.is_some(),
                 }
@@ -600,9 +642,21 @@ impl Guard {
     /// Records a failed authentication; returns the ban it caused, if any. The username is
     /// recorded as given (never the password).
     pub async fn auth_failed(&self, ip: IpAddr, username: &str, listener: &str) -> Option<Ban> {
+        self.auth_failed_with(ip, username, listener, None).await
+    }
+
+    /// [`Guard::auth_failed`] with what went wrong, for the event (e.g. a SCRAM channel
+    /// binding mismatch).
+    pub async fn auth_failed_with(
+        &self,
+        ip: IpAddr,
+        username: &str,
+        listener: &str,
+        detail: Option<String>,
+    ) -> Option<Ban> {
         metrics::AUTH_FAILURES.inc();
         let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
-        self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), None)
+        self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), detail)
             .await;
         self.account_failed(username);
         self.score(ip, Abuse::AuthFailure).await

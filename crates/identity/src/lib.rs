@@ -15,9 +15,14 @@
 //! an entry is used only while the account's stored hash is unchanged (a password change
 //! invalidates it at once), and failures always cost a full hash.
 
+pub mod credentials;
 mod hashing;
+mod login;
 pub mod revocation;
 pub mod sasl;
+pub mod scram;
+pub mod sealing;
+pub mod totp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,10 +38,12 @@ use zeroize::Zeroizing;
 use sealmail_store::{Account, Store, StoreError};
 use sealmail_types::cache::ExpiringCache;
 pub use sealmail_types::proof::Authenticated;
-use sealmail_types::proof::TlsActive;
 use sealmail_types::{AccountId, EmailAddress};
 
+pub use credentials::{Enrolment, MfaStatus, Protocol, Scopes};
+pub use login::{AuthPolicy, ScramPending};
 pub use revocation::{CREDENTIALS_POLL, CredentialsWatch, LoginCheck};
+pub use sealmail_types::proof::Credential;
 
 /// OWASP password storage cheat sheet, Argon2id option 2: 19 MiB, 2 iterations, 1 lane.
 pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
@@ -77,6 +84,14 @@ pub enum IdentityError {
     Hash(String),
     #[error("too many logins are being checked; try again later")]
     Busy,
+    #[error("no key to seal second-factor secrets with is loaded (auth.mfa_key_file)")]
+    NoSealingKey,
+    #[error("second-factor secret: {0}")]
+    Sealing(String),
+    #[error("{0}")]
+    Mfa(&'static str),
+    #[error("{0:?} is not a usable name: 1 to 64 characters, no commas or control characters")]
+    BadName(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -190,6 +205,11 @@ pub struct Identity {
     cache: Option<Arc<LoginCache>>,
     /// What logged-in sessions watch to learn that credentials changed in the store.
     credentials: CredentialsWatch,
+    /// The key TOTP secrets are sealed under; `None` where no second factor can be used.
+    sealing: Option<Arc<sealing::SealingKey>>,
+    policy: AuthPolicy,
+    /// Makes the decoy SCRAM salts of unknown users (stable for this process).
+    scram_decoy_secret: [u8; 32],
 }
 
 impl Identity {
@@ -205,13 +225,34 @@ impl Identity {
             true => None,
             false => Some(Arc::new(LoginCache::new(ttl)?)),
         };
+        let mut scram_decoy_secret = [0u8; 32];
+        getrandom::fill(&mut scram_decoy_secret).map_err(|e| IdentityError::Hash(e.to_string()))?;
         Ok(Identity {
             store,
             dummy_hash: Arc::new(dummy),
             pool: hashing::HashPool::new()?,
             cache,
             credentials: CredentialsWatch::fixed(),
+            sealing: None,
+            policy: AuthPolicy::default(),
+            scram_decoy_secret,
         })
+    }
+
+    /// Second factors need the key their secrets are sealed under.
+    pub fn with_sealing_key(mut self, key: sealing::SealingKey) -> Identity {
+        self.sealing = Some(Arc::new(key));
+        self
+    }
+
+    /// The installation's choices (`[auth]`).
+    pub fn with_policy(mut self, policy: AuthPolicy) -> Identity {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> AuthPolicy {
+        self.policy
     }
 
     /// Starts watching the store for credential changes (every `interval`), so that the
@@ -234,7 +275,9 @@ impl Identity {
         password: &Password,
     ) -> Result<AccountId, IdentityError> {
         let hash = self.hash_new_password(password).await?;
-        Ok(self.store.add_account(address, &hash).await?)
+        let id = self.store.add_account(address, &hash).await?;
+        self.store_scram_verifier(id, &hash, password).await?;
+        Ok(id)
     }
 
     pub async fn set_password(
@@ -243,63 +286,37 @@ impl Identity {
         password: &Password,
     ) -> Result<(), IdentityError> {
         let hash = self.hash_new_password(password).await?;
-        Ok(self.store.set_password_hash(address, &hash).await?)
+        self.store.set_password_hash(address, &hash).await?;
+        if let Some(account) = self.store.account(address).await? {
+            self.store_scram_verifier(account.id, &hash, password).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the SCRAM-SHA-256 verifier of `password` (PBKDF2, off the runtime) and stores it
+    /// while the account's password is still the one hashed as `password_hash`.
+    pub(crate) async fn store_scram_verifier(
+        &self,
+        account: AccountId,
+        password_hash: &str,
+        password: &Password,
+    ) -> Result<(), IdentityError> {
+        let password = password.clone();
+        let verifier = self
+            .pool
+            .run(move |_| scram::Verifier::derive(password.expose(), scram::ITERATIONS))
+            .await?
+            .map_err(|e| IdentityError::Hash(format!("{e:?}")))?;
+        self.store
+            .set_scram_verifier(account, password_hash, &verifier.encode())
+            .await?;
+        Ok(())
     }
 
     /// The hash to store for a password a user is given, once it passes the rules for new ones.
     async fn hash_new_password(&self, password: &Password) -> Result<String, IdentityError> {
         check_new_password(password)?;
         self.hash_off_thread(password.clone()).await
-    }
-
-    /// Checks credentials from a SASL exchange; only over TLS (the `TlsActive` proof).
-    /// A username that is not an address, an authorization identity other than the user
-    /// (no proxy authorization), or a wrong password all fail the same way.
-    pub async fn authenticate(
-        &self,
-        _over: &TlsActive,
-        credentials: &sasl::Credentials,
-    ) -> Result<Option<Authenticated>, IdentityError> {
-        let Ok(address) = EmailAddress::parse(&credentials.username) else {
-            self.spend_one_hash(&credentials.password).await;
-            return Ok(None);
-        };
-        if let Some(authzid) = &credentials.authorize_as
-            && EmailAddress::parse(authzid).ok().as_ref() != Some(&address)
-        {
-            self.spend_one_hash(&credentials.password).await;
-            return Ok(None);
-        }
-        Ok(self
-            .verify_password(&address, &credentials.password)
-            .await?
-            .map(Authenticated::from_verified_credentials))
-    }
-
-    /// The account, when these exact credentials logged in successfully within the login
-    /// cache's lifetime and the account's password has not changed since; no hashing, no wait.
-    /// Lets a user's known-good login skip per-account throttling caused by someone else's
-    /// guessing (only correct passwords are ever remembered).
-    pub async fn recalled_login(
-        &self,
-        _over: &TlsActive,
-        credentials: &sasl::Credentials,
-    ) -> Result<Option<Authenticated>, IdentityError> {
-        let (Some(cache), Ok(address)) = (&self.cache, EmailAddress::parse(&credentials.username)) else {
-            return Ok(None);
-        };
-        if credentials.authorize_as.is_some() {
-            return Ok(None);
-        }
-        let Some(fingerprint) = cache.fingerprint(&address, &credentials.password) else {
-            return Ok(None);
-        };
-        let Some(account) = self.store.account(&address).await? else {
-            return Ok(None);
-        };
-        Ok(cache
-            .recalls(&fingerprint, &account.password_hash)
-            .then_some(Authenticated::from_verified_credentials(account)))
     }
 
     /// Costs what a real verification costs, so that failures all take the same time.

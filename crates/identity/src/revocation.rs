@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use sealmail_store::Store;
 
-use crate::{Authenticated, IdentityError};
+use crate::{Authenticated, Credential, IdentityError};
 
 /// How often each server reads the store's credentials generation.
 pub const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
@@ -129,13 +129,33 @@ impl LoginCheck {
         }
     }
 
-    /// The login stands while its account exists with the very password hash it logged in
-    /// against. The fingerprint is the credential that was used, not the account: when app
-    /// passwords arrive, `Authenticated` records which one was used and this checks that it
-    /// still exists unchanged, so revoking one ends only the sessions it opened.
+    /// The login stands while the credential it used still stands: the account exists with
+    /// the very password hash it logged in against (and, for the password alone or SCRAM, no
+    /// second factor was turned on since); an app password still exists unchanged and
+    /// unexpired; a certificate is not revoked. Revoking one app password ends only the
+    /// sessions it opened.
     async fn still_valid(&self) -> Result<bool, IdentityError> {
-        let stored = self.store.account_by_id(self.login.account.id).await?;
-        Ok(stored.is_some_and(|account| account.password_hash == self.login.account.password_hash))
+        let Some(account) = self.store.account_by_id(self.login.account.id).await? else {
+            return Ok(false);
+        };
+        let password_unchanged = account.password_hash == self.login.account.password_hash;
+        let mfa_active =
+            || async { Ok::<_, IdentityError>(self.store.mfa(account.id).await?.is_some_and(|m| m.active)) };
+        Ok(match &self.login.credential {
+            Credential::AccountPassword | Credential::Scram => password_unchanged && !mfa_active().await?,
+            Credential::AccountPasswordWithCode => password_unchanged,
+            Credential::AppPassword {
+                id, password_hash, ..
+            } => {
+                let now = sealmail_types::clock::now_unix();
+                self.store.app_password(*id).await?.is_some_and(|app| {
+                    app.account == account.id
+                        && app.password_hash == *password_hash
+                        && app.expires_at.is_none_or(|at| at > now)
+                })
+            }
+            Credential::Certificate { fingerprint } => !self.store.is_cert_revoked(fingerprint).await?,
+        })
     }
 }
 

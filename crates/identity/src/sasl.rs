@@ -15,6 +15,12 @@ pub const MAX_RESPONSE: usize = 4096;
 pub enum Mechanism {
     Plain,
     Login,
+    /// RFC 4422 appendix A: the TLS client certificate.
+    External,
+    /// RFC 7677.
+    ScramSha256,
+    /// RFC 7677 with channel binding (RFC 5929, RFC 9266).
+    ScramSha256Plus,
 }
 
 impl Mechanism {
@@ -22,6 +28,9 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
+            Mechanism::External => "EXTERNAL",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
         }
     }
 
@@ -30,8 +39,26 @@ impl Mechanism {
         match name.to_ascii_uppercase().as_str() {
             "PLAIN" => Some(Mechanism::Plain),
             "LOGIN" => Some(Mechanism::Login),
+            "EXTERNAL" => Some(Mechanism::External),
+            "SCRAM-SHA-256" => Some(Mechanism::ScramSha256),
+            "SCRAM-SHA-256-PLUS" => Some(Mechanism::ScramSha256Plus),
             _ => None,
         }
+    }
+
+    /// The mechanisms to advertise on a TLS session, strongest first: SCRAM when the
+    /// installation offers it, EXTERNAL only when the session carries an accepted client
+    /// certificate, then the password mechanisms.
+    pub fn offered(scram: bool, client_certificate: bool) -> Vec<Mechanism> {
+        let mut offered = Vec::new();
+        if scram {
+            offered.extend([Mechanism::ScramSha256Plus, Mechanism::ScramSha256]);
+        }
+        if client_certificate {
+            offered.push(Mechanism::External);
+        }
+        offered.extend(PASSWORD_MECHANISMS);
+        offered
     }
 }
 
@@ -72,14 +99,20 @@ pub struct Exchange {
 impl Exchange {
     /// Starts an exchange. `initial` is the initial response (SASL-IR, RFC 4959 / RFC 4954),
     /// already decoded; `Some(empty)` is an empty initial response.
+    /// Only the password mechanisms (PLAIN, LOGIN) run here; the others need the server's
+    /// state (`guard::access::sasl_login` drives them).
     pub fn start(mechanism: Mechanism, initial: Option<&[u8]>) -> (Exchange, Step) {
         let mut exchange = Exchange {
             state: match mechanism {
                 Mechanism::Plain => State::Plain,
                 Mechanism::Login => State::LoginUsername,
+                _ => State::Finished,
             },
         };
         let step = match (mechanism, initial) {
+            (Mechanism::External | Mechanism::ScramSha256 | Mechanism::ScramSha256Plus, _) => {
+                Step::Malformed("not a password mechanism")
+            }
             (Mechanism::Plain, Some(response)) if !response.is_empty() => exchange.respond(response),
             (Mechanism::Plain, _) => Step::Challenge(Vec::new()),
             (Mechanism::Login, Some(response)) if !response.is_empty() => exchange.respond(response),

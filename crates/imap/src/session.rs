@@ -27,7 +27,7 @@ use imap_codec::decode::Decoder;
 use sealmail_guard::access::{AbuseReporting, LoginAttempt, LoginWatch, Logins};
 use sealmail_guard::{Abuse, LoginOutcome};
 use sealmail_identity::Password;
-use sealmail_identity::sasl::{self, Credentials, Mechanism, Step};
+use sealmail_identity::sasl::{Credentials, Mechanism};
 use sealmail_net::budget::BodyBudget;
 use sealmail_net::{ConnError, Connection, Line, TlsActive};
 
@@ -407,8 +407,13 @@ impl Session {
             return "IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED".to_string();
         }
         if self.account.is_none() {
-            return "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE AUTH=PLAIN AUTH=LOGIN"
-                .to_string();
+            let mut caps = "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE".to_string();
+            let certificate = self.tls.as_ref().is_some_and(|t| t.client_certificate.is_some());
+            for mechanism in Mechanism::offered(self.ctx.logins.scram_enabled(), certificate) {
+                caps.push_str(" AUTH=");
+                caps.push_str(mechanism.name());
+            }
+            return caps;
         }
         format!(
             "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY UTF8=ACCEPT ESEARCH SEARCHRES CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE APPENDLIMIT={}",
@@ -613,13 +618,18 @@ impl Session {
                 mechanism,
                 initial_response,
             } => {
+                let certificate = self.tls.as_ref().is_some_and(|t| t.client_certificate.is_some());
+                let offered = Mechanism::offered(self.ctx.logins.scram_enabled(), certificate);
                 let mechanism = match mechanism {
                     AuthMechanism::Plain => Some(Mechanism::Plain),
                     AuthMechanism::Login => Some(Mechanism::Login),
-                    _ => None,
-                };
+                    AuthMechanism::ScramSha256 => Some(Mechanism::ScramSha256),
+                    AuthMechanism::ScramSha256Plus => Some(Mechanism::ScramSha256Plus),
+                    other => Mechanism::from_name(other.as_ref()),
+                }
+                .filter(|m| offered.contains(m));
                 match mechanism {
-                    None => no("Unsupported mechanism; use PLAIN or LOGIN"),
+                    None => no("Unsupported mechanism; see the AUTH= capabilities"),
                     Some(mechanism) => {
                         let initial = initial_response.map(|r| r.declassify().to_vec());
                         self.authenticate(client, mechanism, initial.as_deref(), &mut next)

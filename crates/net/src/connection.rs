@@ -380,18 +380,35 @@ async fn handshake(
         Err(_) => Err(ConnError::Timeout(limit)),
         Ok(Err(e)) => Err(ConnError::HelloRefused(e)),
         Ok(Ok(start)) => {
+            // The certificate rustls will present is the one our resolver picks for this hello
+            // (it is deterministic), hashed now for `tls-server-end-point`.
+            let end_point = acceptor
+                .config()
+                .cert_resolver
+                .resolve(start.client_hello())
+                .and_then(|key| {
+                    key.cert
+                        .first()
+                        .map(|leaf| sealmail_tls::channel::server_end_point(leaf))
+                });
             match tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone())).await {
                 Err(_) => Err(ConnError::Timeout(limit)),
                 Ok(Err(e)) if is_hello_refusal(&e) => Err(ConnError::HelloRefused(e)),
                 Ok(Err(e)) => Err(ConnError::Handshake(e)),
-                Ok(Ok(tls)) => Ok(tls),
+                Ok(Ok(tls)) => Ok((tls, end_point)),
             }
         }
     };
-    let tls = result.inspect_err(|_| sealmail_metrics::TLS_HANDSHAKE_FAILURES.inc())?;
-    let active = TlsActive::from_completed_handshake(tls.get_ref().1).ok_or_else(|| {
-        ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
-    })?;
+    let (tls, end_point) = result.inspect_err(|_| sealmail_metrics::TLS_HANDSHAKE_FAILURES.inc())?;
+    let session = tls.get_ref().1;
+    let client_certificate = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| sealmail_tls::channel::client_certificate(leaf.as_ref()));
+    let active =
+        TlsActive::from_completed_handshake(session, end_point, client_certificate).ok_or_else(|| {
+            ConnError::Handshake(std::io::Error::other("handshake reported complete but is not"))
+        })?;
     Ok((tls, active))
 }
 

@@ -16,5 +16,5 @@ mod listener;
 pub mod proxy;
 
 pub use connection::{ByteStream, ConnError, Connection, ConnectionInfo, Line, Timeouts};
-pub use listener::{AcceptFilter, BoundListener, Handler, Server, bind, client_key};
+pub use listener::{AcceptFilter, BoundListener, ClientAuthConfigs, Handler, Server, bind, client_key};
 pub use sealmail_types::proof::TlsActive;

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use sealmail_config::{Limits, Listener as ListenerSpec, Role, TlsMode};
+use sealmail_config::{ClientCertMode, Limits, Listener as ListenerSpec, Role, TlsMode};
 use sealmail_types::rate::SlidingWindow;
 
 use crate::connection::{Connection, ConnectionInfo, Timeouts};
@@ -173,10 +173,20 @@ fn role_cap(limits: &Limits) -> usize {
         .max(1)
 }
 
+/// The server's TLS configuration with client certificates asked for, as a listener's
+/// `client_cert` chooses.
+pub struct ClientAuthConfigs {
+    pub optional: Arc<rustls::ServerConfig>,
+    pub required: Arc<rustls::ServerConfig>,
+}
+
 /// Runs listeners until shut down.
 pub struct Server {
     limits: Limits,
     tls: Arc<rustls::ServerConfig>,
+    /// For listeners with `client_cert = "optional"` and `"required"`: the same configuration,
+    /// asking for client certificates.
+    client_auth: Option<ClientAuthConfigs>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     global: Arc<Semaphore>,
@@ -197,12 +207,28 @@ impl Server {
             per_role: std::array::from_fn(|_| Arc::new(Semaphore::new(role_cap))),
             limits,
             tls,
+            client_auth: None,
             shutdown,
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
             rate: RecentConnections::default(),
             filter: None,
             proxies: Vec::new(),
+        }
+    }
+
+    /// Serves listeners that ask for client certificates with these configurations.
+    pub fn with_client_auth(mut self, configs: ClientAuthConfigs) -> Server {
+        self.client_auth = Some(configs);
+        self
+    }
+
+    /// The TLS configuration of a listener with this `client_cert` mode.
+    fn tls_for(&self, mode: ClientCertMode) -> Arc<rustls::ServerConfig> {
+        match (mode, &self.client_auth) {
+            (ClientCertMode::Optional, Some(configs)) => configs.optional.clone(),
+            (ClientCertMode::Required, Some(configs)) => configs.required.clone(),
+            _ => self.tls.clone(),
         }
     }
 
@@ -325,7 +351,8 @@ impl Server {
         };
         let _slots = slots;
         sealmail_metrics::CONNECTIONS_ACCEPTED.inc();
-        self.serve_one(info, tcp, handler).await;
+        let tls = self.tls_for(spec.client_cert);
+        self.serve_one(info, tcp, handler, tls).await;
     }
 
     fn take_slots(&self, peer: SocketAddr, role: Role) -> Option<Slots> {
@@ -349,7 +376,13 @@ impl Server {
         Some((permit, role_permit, slot))
     }
 
-    async fn serve_one(&self, info: ConnectionInfo, tcp: TcpStream, handler: Arc<dyn Handler>) {
+    async fn serve_one(
+        &self,
+        info: ConnectionInfo,
+        tcp: TcpStream,
+        handler: Arc<dyn Handler>,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
         let timeouts = Timeouts {
             handshake: self.limits.tls_handshake_timeout,
             command: self.limits.command_timeout,
@@ -358,25 +391,21 @@ impl Server {
         let peer = info.peer;
         let role = info.role.as_str();
         let conn = match info.tls_mode {
-            TlsMode::StartTls => {
-                Connection::over_stream(info, tcp, Some(self.tls.clone()), timeouts, shutdown)
-            }
-            TlsMode::Implicit => {
-                match Connection::implicit_tls(info, tcp, self.tls.clone(), timeouts, shutdown).await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        if let Some(filter) = &self.filter {
-                            if e.is_handshake_garbage() {
-                                filter.clone().tls_failed(peer.ip(), role);
-                            } else if e.is_handshake_abandoned() {
-                                filter.clone().tls_abandoned(peer.ip(), role);
-                            }
+            TlsMode::StartTls => Connection::over_stream(info, tcp, Some(tls), timeouts, shutdown),
+            TlsMode::Implicit => match Connection::implicit_tls(info, tcp, tls, timeouts, shutdown).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    if let Some(filter) = &self.filter {
+                        if e.is_handshake_garbage() {
+                            filter.clone().tls_failed(peer.ip(), role);
+                        } else if e.is_handshake_abandoned() {
+                            filter.clone().tls_abandoned(peer.ip(), role);
                         }
-                        return;
                     }
+                    return;
                 }
-            }
+            },
         };
         handler.handle(conn).await;
     }

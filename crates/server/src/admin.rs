@@ -161,6 +161,11 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
             store.remove_account(&address).await?;
             println!("removed user {address} and all their mail");
         }
+        UserCommand::Mfa(command) => return crate::credentials::mfa(config_path, command).await,
+        UserCommand::AppPassword(command) => {
+            return crate::credentials::app_password(config_path, command).await;
+        }
+        UserCommand::Cert(command) => return crate::credentials::cert(config_path, command).await,
         UserCommand::Passwd {
             address,
             password_stdin,

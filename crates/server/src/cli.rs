@@ -70,6 +70,9 @@ pub enum Command {
     /// DKIM signing keys
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// The internal client certificate authority (mutual TLS, S/MIME)
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Intrusion prevention: bans and the security event log
     #[command(subcommand)]
     Security(SecurityCommand),
@@ -258,6 +261,78 @@ pub enum UserCommand {
         /// Read the password from the first line of standard input
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// TOTP second factor (RFC 6238)
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+    /// Passwords per device or program, scoped and revocable
+    #[command(subcommand, name = "app-password")]
+    AppPassword(AppPasswordCommand),
+    /// Client certificates registered to a user (mutual TLS, SASL EXTERNAL)
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MfaCommand {
+    /// Start an enrolment: prints the otpauth:// URI and a QR code for an authenticator app
+    Enable { address: String },
+    /// Activate the enrolment with a current code (or the code on standard input); prints 10
+    /// one-time recovery codes once
+    Confirm { address: String, code: Option<String> },
+    /// Remove the second factor and its recovery codes
+    Disable { address: String },
+    /// Whether the user has a second factor, and how many recovery codes are left
+    Status { address: String },
+}
+
+#[derive(Subcommand)]
+pub enum AppPasswordCommand {
+    /// Make an app password; prints it once, alone on the last line
+    Add {
+        address: String,
+        name: String,
+        /// Protocols it may be used on: imap, smtp or imap,smtp
+        #[arg(long, default_value = "imap,smtp")]
+        scope: String,
+        /// Validity, e.g. 90d, 12h (default: no expiry)
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Name, scope, created, expires and last use (time and address) of each
+    List { address: String },
+    /// Revoke it: refused at once, and the sessions it opened end
+    Revoke { address: String, name: String },
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Register a certificate (PEM or DER file) to the user
+    Add {
+        address: String,
+        file: std::path::PathBuf,
+    },
+    /// The user's certificates: fingerprint, subject, expiry
+    List { address: String },
+    /// Remove and revoke a certificate (by SHA-256 fingerprint)
+    Remove { address: String, fingerprint: String },
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Make the internal client CA (in the data folder's client-ca/, key 0600)
+    Init,
+    /// Issue a client certificate for ADDRESS: cert.pem, key.pem and a password-protected
+    /// cert.p12 (for mail clients; also S/MIME); prints the .p12 password once, alone on the
+    /// last line
+    Issue {
+        address: String,
+        /// Where to write the files [default: ./ADDRESS]
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Days of validity
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod backup;
 mod cli;
+mod credentials;
 mod migrate_store;
 mod privileges;
 mod quickstart;
@@ -55,6 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
                 Command::Dkim(cmd) => admin::dkim(&config_path, cmd),
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
+                Command::Ca(cmd) => credentials::ca(&config_path, cmd).await,
                 Command::Security(cmd) => admin::security(&config_path, cmd).await,
                 Command::Queue(command) => admin::queue(&config_path, command).await,
                 Command::TlsReport { day, send } => admin::tls_report(&config_path, day, send).await,

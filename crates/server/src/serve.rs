@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use sealmail_config::{Config, LogFormat, Role, StoreBackend, StoreTls};
 use sealmail_net::{BoundListener, Handler, Server};
 use sealmail_store::{PgOptions, PgStore, PgTls, SqliteStore, Store};
+use sealmail_tls::client_auth::ClientCertTrust;
 use sealmail_tls::{CertResolver, CertSet};
 
 use crate::cli::{LogFormatArg, init_logging, usage};
@@ -207,6 +208,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = CertSet::load(&config.certificates)?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
+    let client_auth = client_auth(&config, &resolver)?;
+    // Read (or made) before privileges drop, like every other secret file.
+    let mfa_key =
+        sealmail_identity::sealing::SealingKey::load(&crate::credentials::mfa_key_path(&config), true)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the second-factor key {}: {e}",
+                    crate::credentials::mfa_key_path(&config).display()
+                )
+            })?;
     let bound = sealmail_net::bind(&config.listeners)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -233,7 +244,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot run as node {:?}", config.server.node_name))?;
     let mut identity =
-        sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?;
+        sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?
+            .with_sealing_key(mfa_key)
+            .with_policy(sealmail_identity::AuthPolicy {
+                password_with_code: config.auth.password_with_code,
+                scram: config.auth.scram,
+            });
     // Sessions end soon after their password changes or their account goes, even when the
     // change comes from the admin CLI (another process): the store is polled for it.
     identity
@@ -349,7 +365,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::retention::run(store.clone(), shutdown.clone()));
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
-    Server::new(config.limits.clone(), tls, shutdown)
+    let mut server = Server::new(config.limits.clone(), tls, shutdown.clone());
+    if let Some((configs, trust)) = client_auth {
+        refresh_client_certs(&trust, store.as_ref()).await?;
+        tokio::spawn(keep_client_certs_fresh(trust, store.clone(), shutdown));
+        server = server.with_client_auth(configs);
+    }
+    server
         .with_filter(guard.clone())
         .with_proxies(config.security.proxies.clone())
         .run(listeners)
@@ -386,4 +408,77 @@ fn spawn_signal_handlers(
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// The TLS configurations of listeners that ask for client certificates, and the trust they
+/// share: the internal client CA (`sealmail ca init`) and `auth.client_ca`; `None` when no
+/// listener asks.
+fn client_auth(
+    config: &Config,
+    resolver: &Arc<CertResolver>,
+) -> anyhow::Result<Option<(sealmail_net::ClientAuthConfigs, Arc<ClientCertTrust>)>> {
+    if config
+        .listeners
+        .iter()
+        .all(|l| l.client_cert == sealmail_config::ClientCertMode::Off)
+    {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    let internal = config
+        .data_dir
+        .join(crate::credentials::CLIENT_CA_DIR)
+        .join(sealmail_tls::client_ca::CA_CERT_FILE);
+    if internal.exists() {
+        files.push(internal);
+    }
+    files.extend(config.auth.client_ca.clone());
+    let trust = ClientCertTrust::new(ClientCertTrust::load_anchors(&files)?)?;
+    let config_for = |mode| {
+        sealmail_tls::client_auth::server_config_with_clients(
+            resolver.clone(),
+            sealmail_tls::client_auth::client_verifier(trust.clone(), mode),
+        )
+    };
+    let configs = sealmail_net::ClientAuthConfigs {
+        optional: config_for(sealmail_config::ClientCertMode::Optional)?,
+        required: config_for(sealmail_config::ClientCertMode::Required)?,
+    };
+    Ok(Some((configs, trust)))
+}
+
+/// Gives the handshakes the fingerprints registered and revoked in the store.
+async fn refresh_client_certs(trust: &ClientCertTrust, store: &dyn Store) -> anyhow::Result<()> {
+    let known = store.known_client_certs().await?;
+    trust.set_known(
+        known.registered.into_iter().collect(),
+        known.revoked.into_iter().collect(),
+    );
+    Ok(())
+}
+
+/// Rereads the registered and revoked fingerprints whenever credentials change (a revocation
+/// refuses the next handshake; sessions it opened end through their login checks).
+async fn keep_client_certs_fresh(
+    trust: Arc<ClientCertTrust>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
+    let mut seen = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sealmail_identity::CREDENTIALS_POLL) => {}
+        }
+        let Ok(generation) = store.credentials_generation().await else {
+            continue;
+        };
+        if seen == Some(generation) {
+            continue;
+        }
+        match refresh_client_certs(&trust, store.as_ref()).await {
+            Ok(()) => seen = Some(generation),
+            Err(e) => tracing::warn!(error = %e, "could not reread the client certificates"),
+        }
+    }
 }

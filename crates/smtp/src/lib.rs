@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use sealmail_identity::sasl;
+use sealmail_guard::access::{SaslAnswer, SaslChannel};
 use sealmail_net::{ConnError, Connection, Handler, Line};
 
 use crate::data::DataReceiver;
@@ -197,8 +197,9 @@ async fn serve(ctx: &SmtpContext, mut conn: Connection, mut session: Session) ->
                     Err(e) => return End::Dropped(e),
                 }
             }
-            Action::Authenticate(exchange, step) => {
-                match authenticate(&mut conn, &mut session, exchange, step).await {
+            Action::Authenticate(mechanism, initial) => {
+                let mut channel = SmtpSasl { conn: &mut conn };
+                match session.run_auth(mechanism, initial, &mut channel).await {
                     Ok(reply) => reply,
                     Err(e) => return End::Dropped(e),
                 }
@@ -295,44 +296,29 @@ pub async fn receive_chunk(
     })
 }
 
-/// Runs a SASL exchange: 334 challenges, base64 responses, "*" cancels (RFC 4954 section 4).
-async fn authenticate(
-    conn: &mut Connection,
-    session: &mut Session,
-    mut exchange: sasl::Exchange,
-    mut step: sasl::Step,
-) -> Result<Reply, ConnError> {
-    loop {
-        match step {
-            sasl::Step::Done(credentials) => return Ok(session.check_credentials(credentials).await),
-            sasl::Step::Malformed(why) => {
-                return Ok(Reply::new(501, "5.5.2", format!("Authentication failed: {why}")));
-            }
-            sasl::Step::Challenge(challenge) => {
-                conn.write_all(format!("334 {}\r\n", BASE64.encode(challenge)).as_bytes())
-                    .await?;
-                let line = match conn.read_line(MAX_AUTH_LINE).await? {
-                    Line::Complete(line) => line,
-                    Line::TooLong(_) => {
-                        return Ok(Reply::new(
-                            500,
-                            "5.5.6",
-                            "Authentication exchange line is too long",
-                        ));
-                    }
-                };
-                if line == b"*" {
-                    return Ok(Reply::new(501, "5.0.0", "Authentication cancelled"));
-                }
-                let Ok(response) = BASE64.decode(&line) else {
-                    return Ok(Reply::new(
-                        501,
-                        "5.5.2",
-                        "Invalid base64 in authentication response",
-                    ));
-                };
-                step = exchange.respond(&response);
-            }
+/// SASL challenges as 334 replies, answers as base64 lines; "*" cancels (RFC 4954 section 4).
+struct SmtpSasl<'a> {
+    conn: &'a mut Connection,
+}
+
+#[async_trait::async_trait]
+impl SaslChannel for SmtpSasl<'_> {
+    type Error = ConnError;
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<SaslAnswer, ConnError> {
+        self.conn
+            .write_all(format!("334 {}\r\n", BASE64.encode(data)).as_bytes())
+            .await?;
+        let line = match self.conn.read_line(MAX_AUTH_LINE).await? {
+            Line::Complete(line) => line,
+            Line::TooLong(_) => return Ok(SaslAnswer::Invalid("Authentication exchange line is too long")),
+        };
+        if line == b"*" {
+            return Ok(SaslAnswer::Cancelled);
         }
+        Ok(match BASE64.decode(&line) {
+            Ok(response) => SaslAnswer::Data(response),
+            Err(_) => SaslAnswer::Invalid("Invalid base64 in authentication response"),
+        })
     }
 }

@@ -12,16 +12,19 @@ use std::time::Instant;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
-    MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
-    RCPT_NOTIFY_SUCCESS, Request,
+    AUTH_EXTERNAL, AUTH_LOGIN, AUTH_PLAIN, AUTH_SCRAM_SHA_256, AUTH_SCRAM_SHA_256_PLUS, MAIL_BODY_8BITMIME,
+    MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY,
+    RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
 };
 
 use sealmail_config::{Role, SmtpConfig};
 use sealmail_guard::Abuse;
 use sealmail_guard::LoginOutcome;
-use sealmail_guard::access::{AbuseReporting, HourlyUse, LoginAttempt, LoginWatch, Logins};
-use sealmail_identity::sasl::{self, Mechanism};
+use sealmail_guard::access::{
+    AbuseReporting, HourlyUse, LoginContext, LoginWatch, Logins, SaslChannel, SaslEnd, sasl_login,
+};
+use sealmail_identity::Protocol;
+use sealmail_identity::sasl::Mechanism;
 use sealmail_mailauth::inbound::{InboundPolicy, InboundVerdicts};
 use sealmail_mailauth::signing::MessageSigning;
 use sealmail_store::{AcceptedMessage, LocalCopy, OutboundCopy, QueueRecipient, Recipient as Lookup, Store};
@@ -73,7 +76,8 @@ pub enum Action {
         keep: bool,
     },
     /// Run a SASL exchange starting with this step.
-    Authenticate(sasl::Exchange, sasl::Step),
+    /// Run a SASL exchange of this mechanism, with the decoded initial response if any.
+    Authenticate(Mechanism, Option<Vec<u8>>),
 }
 
 /// A BDAT chunk as the driver read it.
@@ -324,7 +328,7 @@ impl Session {
         }
         // RFC 4954 section 4 and RFC 8314: password mechanisms only over TLS, only for our users.
         if self.role == Role::Submission && self.tls.is_some() {
-            let names: Vec<&str> = sasl::PASSWORD_MECHANISMS.iter().map(|m| m.name()).collect();
+            let names: Vec<&str> = self.offered_mechanisms().iter().map(|m| m.name()).collect();
             lines.push(format!("AUTH {}", names.join(" ")));
         }
         lines.push("HELP".to_string());
@@ -359,9 +363,15 @@ impl Session {
             return reply(503, "5.5.1", "AUTH is not allowed during a mail transaction");
         }
         let mechanism = match mechanism {
-            AUTH_PLAIN => Mechanism::Plain,
-            AUTH_LOGIN => Mechanism::Login,
-            _ => return reply(504, "5.5.4", "Mechanism not supported; use PLAIN or LOGIN"),
+            AUTH_PLAIN => Some(Mechanism::Plain),
+            AUTH_LOGIN => Some(Mechanism::Login),
+            AUTH_EXTERNAL => Some(Mechanism::External),
+            AUTH_SCRAM_SHA_256 => Some(Mechanism::ScramSha256),
+            AUTH_SCRAM_SHA_256_PLUS => Some(Mechanism::ScramSha256Plus),
+            _ => None,
+        };
+        let Some(mechanism) = mechanism.filter(|m| self.offered_mechanisms().contains(m)) else {
+            return reply(504, "5.5.4", "Mechanism not supported; see the AUTH line of EHLO");
         };
         // RFC 4954 section 4: "=" is an empty initial response.
         let initial = match initial {
@@ -372,26 +382,53 @@ impl Session {
                 Err(_) => return reply(501, "5.5.2", "Initial response is not valid base64"),
             },
         };
-        let (exchange, step) = sasl::Exchange::start(mechanism, initial.as_deref());
-        Action::Authenticate(exchange, step)
+        Action::Authenticate(mechanism, initial)
     }
 
-    /// Finishes AUTH with the credentials the exchange produced.
-    pub async fn check_credentials(&mut self, credentials: sasl::Credentials) -> Reply {
-        let Some(tls) = &self.tls else {
-            return Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+    /// The SASL mechanisms this session offers (RFC 4954): SCRAM when enabled, EXTERNAL when
+    /// the client presented an accepted certificate, PLAIN and LOGIN.
+    fn offered_mechanisms(&self) -> Vec<Mechanism> {
+        let certificate = self.tls.as_ref().is_some_and(|t| t.client_certificate.is_some());
+        Mechanism::offered(self.ctx.logins.scram_enabled(), certificate)
+    }
+
+    /// Runs the SASL exchange AUTH asked for over `channel`, and answers it.
+    pub async fn run_auth<C: SaslChannel>(
+        &mut self,
+        mechanism: Mechanism,
+        initial: Option<Vec<u8>>,
+        channel: &mut C,
+    ) -> Result<Reply, C::Error> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"));
         };
-        let ctx = &self.ctx;
-        match ctx
-            .logins
-            .login(LoginAttempt {
-                tls,
-                client: self.peer.ip(),
-                listener: self.role.as_str(),
-                credentials: &credentials,
-            })
-            .await
-        {
+        let ctx = self.ctx.clone();
+        let context = LoginContext {
+            tls: &tls,
+            client: self.peer.ip(),
+            listener: self.role.as_str(),
+        };
+        let end = sasl_login(
+            ctx.logins.as_ref(),
+            context,
+            Protocol::Smtp,
+            mechanism,
+            initial,
+            channel,
+        )
+        .await?;
+        Ok(match end {
+            SaslEnd::Done(outcome) => self.finish_login(outcome),
+            SaslEnd::Malformed(why) => Reply::new(501, "5.5.2", format!("Authentication failed: {why}")),
+            SaslEnd::Cancelled => Reply::new(501, "5.0.0", "Authentication cancelled"),
+            SaslEnd::Invalid(why) => Reply::new(501, "5.5.2", why),
+        })
+    }
+
+    /// The reply to a finished login, and the session's state after it.
+    fn finish_login(&mut self, outcome: LoginOutcome) -> Reply {
+        let ctx = self.ctx.clone();
+        match outcome {
             LoginOutcome::Success(authenticated) => {
                 self.login_check = Some(ctx.logins.watch(&authenticated));
                 self.auth = Some(authenticated);

@@ -768,7 +768,10 @@ pub struct KnownClientCerts {
 
 /// Everything a server needs of its store, by concern. Backend-only operations (SQLite's
 /// snapshots and commit statistics) are the backends' own methods, not part of it.
-pub trait Store: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore {}
+pub trait Store:
+    AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore
+{
+}
 
 impl<T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore + ?Sized> Store
     for T

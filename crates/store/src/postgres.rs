@@ -27,8 +27,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-mod mailboxes;
 mod credentials;
+mod mailboxes;
 mod queue;
 
 use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
@@ -561,11 +561,12 @@ async fn apply(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteDone, Store
             Ok(WriteDone::Account(AccountId(id)))
         }
         WriteOp::SetPassword { address, hash } => {
-            let updated = sqlx::query("UPDATE accounts SET password_hash = $1, scram_sha256 = NULL WHERE address = $2")
-                .bind(hash.as_str())
-                .bind(address.to_string())
-                .execute(&mut *conn)
-                .await?;
+            let updated =
+                sqlx::query("UPDATE accounts SET password_hash = $1, scram_sha256 = NULL WHERE address = $2")
+                    .bind(hash.as_str())
+                    .bind(address.to_string())
+                    .execute(&mut *conn)
+                    .await?;
             if updated.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("user {address}")));
             }

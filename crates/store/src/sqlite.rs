@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
-mod mailboxes;
 mod credentials;
+mod mailboxes;
 mod queue;
 
 use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
@@ -426,11 +426,12 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
             Ok(WriteDone::Account(AccountId(id)))
         }
         WriteOp::SetPassword { address, hash } => {
-            let updated = sqlx::query("UPDATE accounts SET password_hash = ?1, scram_sha256 = NULL WHERE address = ?2")
-                .bind(hash.as_str())
-                .bind(address.to_string())
-                .execute(&mut *conn)
-                .await?;
+            let updated =
+                sqlx::query("UPDATE accounts SET password_hash = ?1, scram_sha256 = NULL WHERE address = ?2")
+                    .bind(hash.as_str())
+                    .bind(address.to_string())
+                    .execute(&mut *conn)
+                    .await?;
             if updated.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("user {address}")));
             }

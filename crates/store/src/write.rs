@@ -6,9 +6,9 @@ use tokio::sync::oneshot;
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
 
 use crate::{
-    Accepted, AcceptedMessage, Ban, ClientCert, NewAppPassword, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox, NewMessage,
-    Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags, StoreError, StoredMessage,
-    StoredStsPolicy, TlsResult,
+    Accepted, AcceptedMessage, Ban, ClientCert, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox,
+    NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags,
+    StoreError, StoredMessage, StoredStsPolicy, TlsResult,
 };
 
 pub(crate) enum WriteOp {

@@ -1821,17 +1821,33 @@ async fn count_sqlite_rows(dir: &Path, table: &str) -> TestResult<i64> {
 async fn scram_verifiers_follow_the_password_they_were_made_from(backend: Backend) -> TestResult {
     let (test, _) = with_alice(backend).await?;
     let store = &*test.store;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     assert_eq!(store.scram_verifier(alice.id).await?, None);
     assert!(
-        !store.set_scram_verifier(alice.id, "$argon2id$other", "SCRAM-SHA-256$x").await?,
+        !store
+            .set_scram_verifier(alice.id, "$argon2id$other", "SCRAM-SHA-256$x")
+            .await?,
         "a verifier of another password is not stored"
     );
-    assert!(store.set_scram_verifier(alice.id, &alice.password_hash, "SCRAM-SHA-256$a").await?);
-    assert_eq!(store.scram_verifier(alice.id).await?.as_deref(), Some("SCRAM-SHA-256$a"));
+    assert!(
+        store
+            .set_scram_verifier(alice.id, &alice.password_hash, "SCRAM-SHA-256$a")
+            .await?
+    );
+    assert_eq!(
+        store.scram_verifier(alice.id).await?.as_deref(),
+        Some("SCRAM-SHA-256$a")
+    );
     let before = store.credentials_generation().await?;
     store.set_password_hash(&alice.address, "$argon2id$new").await?;
-    assert_eq!(store.scram_verifier(alice.id).await?, None, "a password change clears it");
+    assert_eq!(
+        store.scram_verifier(alice.id).await?,
+        None,
+        "a password change clears it"
+    );
     assert!(store.credentials_generation().await? > before);
     Ok(())
 }
@@ -1840,7 +1856,10 @@ async fn app_passwords_are_found_by_lookup_listed_used_and_revoked(backend: Back
     use sealmail_store::NewAppPassword;
     let (test, _) = with_alice(backend).await?;
     let store = &*test.store;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     let new = |name: &str, lookup: &str| NewAppPassword {
         account: alice.id,
         name: name.to_string(),
@@ -1863,22 +1882,39 @@ async fn app_passwords_are_found_by_lookup_listed_used_and_revoked(backend: Back
     assert_eq!(candidates.len(), 1);
     let found = &candidates[0];
     assert_eq!(
-        (found.id, found.name.as_str(), found.password_hash.as_str(), found.scopes.as_str()),
+        (
+            found.id,
+            found.name.as_str(),
+            found.password_hash.as_str(),
+            found.scopes.as_str()
+        ),
         (phone, "phone", "$argon2id$phone", "imap")
     );
-    assert_eq!((found.expires_at, found.last_used_at), (Some(2_000_000_000), None));
+    assert_eq!(
+        (found.expires_at, found.last_used_at),
+        (Some(2_000_000_000), None)
+    );
 
     let before = store.credentials_generation().await?;
-    store.note_app_password_use(phone, 1_700_000_000, "127.0.0.2").await?;
+    store
+        .note_app_password_use(phone, 1_700_000_000, "127.0.0.2")
+        .await?;
     let used = store.app_password(phone).await?.ok_or("phone gone")?;
     assert_eq!(
         (used.last_used_at, used.last_used_from.as_deref()),
         (Some(1_700_000_000), Some("127.0.0.2"))
     );
-    assert_eq!(store.credentials_generation().await?, before, "a use revokes nothing");
+    assert_eq!(
+        store.credentials_generation().await?,
+        before,
+        "a use revokes nothing"
+    );
 
     store.revoke_app_password(alice.id, "phone").await?;
-    assert!(store.credentials_generation().await? > before, "revocation ends its sessions");
+    assert!(
+        store.credentials_generation().await? > before,
+        "revocation ends its sessions"
+    );
     assert_eq!(store.app_password(phone).await?, None);
     let again = store.revoke_app_password(alice.id, "phone").await;
     assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
@@ -1888,32 +1924,47 @@ async fn app_passwords_are_found_by_lookup_listed_used_and_revoked(backend: Back
 async fn a_totp_step_and_a_recovery_code_are_taken_once(backend: Backend) -> TestResult {
     let (test, _) = with_alice(backend).await?;
     let store = &*test.store;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     assert!(store.mfa(alice.id).await?.is_none());
     store.start_mfa(alice.id, vec![1, 2, 3]).await?;
     let pending = store.mfa(alice.id).await?.ok_or("no enrolment")?;
     assert!(!pending.active);
     assert_eq!(pending.sealed_secret, vec![1, 2, 3]);
-    assert!(!store.use_totp_step(alice.id, 100).await?, "a pending factor takes no step");
+    assert!(
+        !store.use_totp_step(alice.id, 100).await?,
+        "a pending factor takes no step"
+    );
     assert!(!store.use_recovery_code(alice.id, "h1").await?);
 
     let before = store.credentials_generation().await?;
     let codes = vec!["h1".to_string(), "h2".to_string()];
     assert!(store.activate_mfa(alice.id, 100, codes.clone()).await?);
     assert!(!store.activate_mfa(alice.id, 101, codes).await?, "already active");
-    assert!(store.credentials_generation().await? > before, "activation re-checks sessions");
+    assert!(
+        store.credentials_generation().await? > before,
+        "activation re-checks sessions"
+    );
     let active = store.mfa(alice.id).await?.ok_or("gone")?;
     assert!(active.active);
     assert_eq!((active.last_step, active.recovery_codes_left), (100, 2));
     let restart = store.start_mfa(alice.id, vec![9]).await;
     assert!(matches!(restart, Err(StoreError::NotAllowed(_))), "{restart:?}");
 
-    assert!(!store.use_totp_step(alice.id, 100).await?, "the confirming step is used");
+    assert!(
+        !store.use_totp_step(alice.id, 100).await?,
+        "the confirming step is used"
+    );
     assert!(store.use_totp_step(alice.id, 101).await?);
     assert!(!store.use_totp_step(alice.id, 101).await?, "a replayed step");
     assert!(!store.use_totp_step(alice.id, 99).await?, "an earlier step");
     assert!(store.use_recovery_code(alice.id, "h2").await?);
-    assert!(!store.use_recovery_code(alice.id, "h2").await?, "a recovery code works once");
+    assert!(
+        !store.use_recovery_code(alice.id, "h2").await?,
+        "a recovery code works once"
+    );
     assert!(!store.use_recovery_code(alice.id, "nope").await?);
     assert_eq!(store.mfa(alice.id).await?.ok_or("gone")?.recovery_codes_left, 1);
 
@@ -1928,7 +1979,10 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
     use sealmail_store::{ClientCert, KnownClientCerts, Retention};
     let (test, _) = with_alice(backend).await?;
     let store = &*test.store;
-    let alice = store.account(&address("alice@example.test")?).await?.ok_or("no alice")?;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
     let now = sealmail_types::clock::now_unix();
     let cert = |fingerprint: &str, not_after: i64| ClientCert {
         fingerprint: fingerprint.to_string(),
@@ -1945,7 +1999,12 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
     assert!(matches!(dup, Err(StoreError::Duplicate(_))), "{dup:?}");
     let found = store.client_cert("aa").await?.ok_or("aa missing")?;
     assert_eq!(
-        (found.account, found.subject.as_str(), found.not_after, found.issued_here),
+        (
+            found.account,
+            found.subject.as_str(),
+            found.not_after,
+            found.issued_here
+        ),
         (alice.id, "CN=alice@example.test", now + 86_400, true)
     );
     assert!(found.added_at >= now);
@@ -1957,7 +2016,10 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
     assert!(store.is_cert_revoked("aa").await?);
     assert!(!store.is_cert_revoked("bb").await?);
     let readd = store.add_client_cert(cert("aa", now + 86_400)).await;
-    assert!(matches!(readd, Err(StoreError::Duplicate(_))), "a revoked one comes back: {readd:?}");
+    assert!(
+        matches!(readd, Err(StoreError::Duplicate(_))),
+        "a revoked one comes back: {readd:?}"
+    );
     let missing = store.remove_client_cert(alice.id, "zz").await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
 
@@ -1969,7 +2031,10 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
     revoked.sort();
     assert_eq!(
         (known.registered.clone(), revoked),
-        (Vec::<String>::new(), vec!["aa".to_string(), "bb".to_string(), "cc".to_string()])
+        (
+            Vec::<String>::new(),
+            vec!["aa".to_string(), "bb".to_string(), "cc".to_string()]
+        )
     );
     assert_ne!(known, KnownClientCerts::default());
 

@@ -8,7 +8,12 @@
 //!   flight keep theirs.
 //! - Loading fails with a message that names the file and the fix for a missing, unreadable,
 //!   unparsable or mismatched certificate or key, and for a private key readable by others.
+//! - Client certificates (mutual TLS): [`client_auth`] decides which are accepted, [`client_ca`]
+//!   is the server's own CA that issues them; [`channel`] computes channel bindings.
 
+pub mod channel;
+pub mod client_auth;
+pub mod client_ca;
 pub mod selfsigned;
 
 use std::collections::HashMap;
@@ -80,6 +85,10 @@ pub enum TlsError {
     Generate(String),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("client CA file {path} {detail}")]
+    ClientCaFile { path: PathBuf, detail: String },
+    #[error("the client CA certificates cannot be used: {0}")]
+    ClientAnchors(String),
 }
 
 /// The crypto provider restricted to [`ALLOWED_CIPHER_SUITES`].

@@ -15,19 +15,75 @@ pub struct TlsActive {
     pub version: &'static str,
     pub cipher: &'static str,
     pub server_name: Option<String>,
+    /// The certificate the client presented, which the listener's verifier accepted.
+    pub client_certificate: Option<ClientCertificate>,
+    /// What SCRAM-PLUS binds its exchange to (RFC 5056).
+    pub channel_bindings: ChannelBindingData,
 }
+
+/// A client's certificate as the handshake accepted it (the leaf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// Lower-case hex SHA-256 of the DER encoding.
+    pub fingerprint: String,
+    /// Its rfc822Name subject alternative names and subject emailAddress, as written.
+    pub emails: Vec<String>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Channel bindings of one TLS session.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ChannelBindingData {
+    /// RFC 9266 `tls-exporter`: 32 octets exported with the label "EXPORTER-Channel-Binding".
+    /// Only for TLS 1.3: with TLS 1.2 it is safe only with the extended master secret, which
+    /// rustls does not report.
+    pub tls_exporter: Option<Vec<u8>>,
+    /// RFC 5929 `tls-server-end-point`: the hash of the certificate this server presented.
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ChannelBindingData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBindingData")
+            .field("tls_exporter", &self.tls_exporter.is_some())
+            .field("tls_server_end_point", &self.tls_server_end_point.is_some())
+            .finish()
+    }
+}
+
+/// The label of RFC 9266 section 2.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 
 impl TlsActive {
     /// `None` while the handshake is still running. Only `net` calls this, when its handshake
-    /// has completed.
-    pub fn from_completed_handshake(session: &rustls::ServerConnection) -> Option<TlsActive> {
+    /// has completed; it passes the hash of the certificate it presented (`tls-server-end-point`)
+    /// and the facts of the client's certificate, if one was accepted.
+    pub fn from_completed_handshake(
+        session: &rustls::ServerConnection,
+        tls_server_end_point: Option<Vec<u8>>,
+        client_certificate: Option<ClientCertificate>,
+    ) -> Option<TlsActive> {
         if session.is_handshaking() {
             return None;
         }
+        let version = session.protocol_version()?;
+        let tls_exporter = match version {
+            rustls::ProtocolVersion::TLSv1_3 => session
+                .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+                .ok()
+                .map(|bytes| bytes.to_vec()),
+            _ => None,
+        };
         Some(TlsActive {
-            version: version_name(session.protocol_version()?),
+            version: version_name(version),
             cipher: suite_name(session.negotiated_cipher_suite()?),
             server_name: session.server_name().map(str::to_string),
+            client_certificate,
+            channel_bindings: ChannelBindingData {
+                tls_exporter,
+                tls_server_end_point,
+            },
         })
     }
 }
@@ -55,16 +111,56 @@ pub struct Account {
     pub password_hash: String,
 }
 
+/// Which credential a login used: named in security events, and what decides whether the
+/// login still stands later (revoking an app password ends only the sessions it opened).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    AccountPassword,
+    /// The account password followed by a current TOTP or recovery code
+    /// (`auth.password_with_code`).
+    AccountPasswordWithCode,
+    AppPassword {
+        id: i64,
+        name: String,
+        password_hash: String,
+    },
+    Certificate {
+        fingerprint: String,
+    },
+    Scram,
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::AccountPassword => f.write_str("account password"),
+            Credential::AccountPasswordWithCode => f.write_str("account password and code"),
+            Credential::AppPassword { name, .. } => write!(f, "app password {name}"),
+            Credential::Certificate { fingerprint } => write!(f, "certificate {fingerprint}"),
+            Credential::Scram => f.write_str("SCRAM"),
+        }
+    }
+}
+
 /// Proof that a session has authenticated as `account`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Authenticated {
     pub account: Account,
+    pub credential: Credential,
 }
 
 impl Authenticated {
-    /// Only `identity` calls this, after it has verified the account's credentials.
+    /// Only `identity` calls this, after it has verified the account's password.
     pub fn from_verified_credentials(account: Account) -> Authenticated {
-        Authenticated { account }
+        Authenticated {
+            account,
+            credential: Credential::AccountPassword,
+        }
+    }
+
+    /// Only `identity` calls this, after it has verified `credential`.
+    pub fn with_verified_credential(account: Account, credential: Credential) -> Authenticated {
+        Authenticated { account, credential }
     }
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 const MAKERS: &[(&str, &str)] = &[
     ("from_completed_handshake", "net"),
     ("from_verified_credentials", "identity"),
+    ("with_verified_credential", "identity"),
 ];
 
 /// Files allowed to name every maker: the definitions, and test-only fakes outside `src/`

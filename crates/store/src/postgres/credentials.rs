@@ -154,10 +154,11 @@ pub(super) async fn apply(conn: &mut PgConnection, op: &CredentialWrite) -> Resu
             Ok(WriteDone::Taken(used.rows_affected() == 1))
         }
         CredentialWrite::AddClientCert(cert) => {
-            let revoked: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = $1")
-                .bind(&cert.fingerprint)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let revoked: Option<i64> =
+                sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = $1")
+                    .bind(&cert.fingerprint)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if revoked.is_some() {
                 return Err(StoreError::Duplicate(format!(
                     "certificate {} (it was revoked)",
@@ -238,10 +239,11 @@ pub(super) async fn prune_revoked(conn: &mut PgConnection, now: i64) -> Result<u
 #[async_trait]
 impl CredentialStore for PgStore {
     async fn scram_verifier(&self, account: AccountId) -> Result<Option<String>, StoreError> {
-        let verifier: Option<Option<String>> = sqlx::query_scalar("SELECT scram_sha256 FROM accounts WHERE id = $1")
-            .bind(account.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let verifier: Option<Option<String>> =
+            sqlx::query_scalar("SELECT scram_sha256 FROM accounts WHERE id = $1")
+                .bind(account.0)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(verifier.flatten())
     }
 
@@ -395,10 +397,11 @@ impl CredentialStore for PgStore {
     }
 
     async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = $1")
-            .bind(fingerprint)
-            .fetch_optional(&self.pool)
-            .await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 

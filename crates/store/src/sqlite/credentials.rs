@@ -14,7 +14,10 @@ use crate::{
     AppPassword, ClientCert, CredentialStore, KnownClientCerts, Mfa, NewAppPassword, StoreError, now_unix,
 };
 
-pub(super) async fn apply(conn: &mut SqliteConnection, op: &CredentialWrite) -> Result<WriteDone, StoreError> {
+pub(super) async fn apply(
+    conn: &mut SqliteConnection,
+    op: &CredentialWrite,
+) -> Result<WriteDone, StoreError> {
     match op {
         CredentialWrite::SetScram {
             account,
@@ -155,10 +158,11 @@ pub(super) async fn apply(conn: &mut SqliteConnection, op: &CredentialWrite) -> 
             Ok(WriteDone::Taken(used.rows_affected() == 1))
         }
         CredentialWrite::AddClientCert(cert) => {
-            let revoked: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = ?1")
-                .bind(&cert.fingerprint)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let revoked: Option<i64> =
+                sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = ?1")
+                    .bind(&cert.fingerprint)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if revoked.is_some() {
                 return Err(StoreError::Duplicate(format!(
                     "certificate {} (it was revoked)",
@@ -214,7 +218,10 @@ async fn revoke(conn: &mut SqliteConnection, fingerprint: &str, not_after: i64) 
 
 /// Before an account is removed: its certificates stay refused, even if the address is given
 /// to a new account later (a trusted CA's certificate would map to it again).
-pub(super) async fn revoke_account_certs(conn: &mut SqliteConnection, address: &str) -> Result<(), StoreError> {
+pub(super) async fn revoke_account_certs(
+    conn: &mut SqliteConnection,
+    address: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO revoked_certs (fingerprint, not_after, revoked_at)
          SELECT c.fingerprint, c.not_after, ?2 FROM client_certs c JOIN accounts a ON a.id = c.account_id WHERE a.address = ?1
@@ -239,10 +246,11 @@ pub(super) async fn prune_revoked(conn: &mut SqliteConnection, now: i64) -> Resu
 #[async_trait]
 impl CredentialStore for SqliteStore {
     async fn scram_verifier(&self, account: AccountId) -> Result<Option<String>, StoreError> {
-        let verifier: Option<Option<String>> = sqlx::query_scalar("SELECT scram_sha256 FROM accounts WHERE id = ?1")
-            .bind(account.0)
-            .fetch_optional(&self.readers)
-            .await?;
+        let verifier: Option<Option<String>> =
+            sqlx::query_scalar("SELECT scram_sha256 FROM accounts WHERE id = ?1")
+                .bind(account.0)
+                .fetch_optional(&self.readers)
+                .await?;
         Ok(verifier.flatten())
     }
 
@@ -396,10 +404,11 @@ impl CredentialStore for SqliteStore {
     }
 
     async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = ?1")
-            .bind(fingerprint)
-            .fetch_optional(&self.readers)
-            .await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT revoked_at FROM revoked_certs WHERE fingerprint = ?1")
+                .bind(fingerprint)
+                .fetch_optional(&self.readers)
+                .await?;
         Ok(found.is_some())
     }
 
