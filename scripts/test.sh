@@ -25,12 +25,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # dkimpy (with dnspython) is the independent DKIM implementation the DKIM tests run against.
 venv=.test-venv
-if ! "$venv/bin/python" -c 'import dkim, dns.resolver, nacl, aiosmtpd' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import dkim, dns.resolver, nacl, aiosmtpd, scramp' >/dev/null 2>&1; then
   python3 -m venv "$venv" >/dev/null 2>&1 || {
     if [ "$(id -u)" = 0 ]; then apt-get install -y -qq python3-venv; else sudo apt-get install -y -qq python3-venv; fi
     python3 -m venv "$venv"
   }
-  "$venv/bin/pip" install -q --disable-pip-version-check dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2 aiosmtpd==1.4.6
+  "$venv/bin/pip" install -q --disable-pip-version-check dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2 aiosmtpd==1.4.6 scramp==1.5.0
 fi
 SEALMAIL_PYTHON="$(pwd)/$venv/bin/python"
 export SEALMAIL_PYTHON
