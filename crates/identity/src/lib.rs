@@ -301,6 +301,9 @@ impl Identity {
         password_hash: &str,
         password: &Password,
     ) -> Result<(), IdentityError> {
+        if !self.policy.scram {
+            return Ok(());
+        }
         let password = password.clone();
         let verifier = self
             .pool

@@ -138,8 +138,9 @@ fn password_from_stdin() -> anyhow::Result<Password> {
 }
 
 pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = store_for(config_path).await?;
-    let identity = Identity::new(store.clone())?;
+    let config = load_config(config_path)?;
+    let store: Arc<dyn Store> = open_store(&config).await?;
+    let identity = Identity::new(store.clone())?.with_policy(crate::credentials::auth_policy(&config));
     match command {
         UserCommand::Add {
             address,

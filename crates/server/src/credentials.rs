@@ -32,6 +32,14 @@ pub fn mfa_key_path(config: &Config) -> PathBuf {
         .unwrap_or_else(|| config.data_dir.join(MFA_KEY_FILE))
 }
 
+/// The installation's login choices (`[auth]`), for the server and the admin commands alike.
+pub fn auth_policy(config: &Config) -> sealmail_identity::AuthPolicy {
+    sealmail_identity::AuthPolicy {
+        password_with_code: config.auth.password_with_code,
+        scram: config.auth.scram,
+    }
+}
+
 fn parse_address(input: &str) -> anyhow::Result<EmailAddress> {
     EmailAddress::parse(input).map_err(|e| usage(format!("{input:?} is not a valid address: {e}")))
 }
@@ -39,7 +47,7 @@ fn parse_address(input: &str) -> anyhow::Result<EmailAddress> {
 async fn identity_for(config: &Config, create_key: bool) -> anyhow::Result<Identity> {
     let store = open_store(config).await?;
     let path = mfa_key_path(config);
-    let identity = Identity::new(store)?;
+    let identity = Identity::new(store)?.with_policy(auth_policy(config));
     Ok(match SealingKey::load(&path, create_key) {
         Ok(key) => identity.with_sealing_key(key),
         Err(sealmail_identity::sealing::SealingError::Missing(_)) => identity,

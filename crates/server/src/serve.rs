@@ -246,10 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut identity =
         sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?
             .with_sealing_key(mfa_key)
-            .with_policy(sealmail_identity::AuthPolicy {
-                password_with_code: config.auth.password_with_code,
-                scram: config.auth.scram,
-            });
+            .with_policy(crate::credentials::auth_policy(&config));
     // Sessions end soon after their password changes or their account goes, even when the
     // change comes from the admin CLI (another process): the store is polled for it.
     identity
