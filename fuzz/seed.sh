@@ -50,6 +50,10 @@ for data in [b"Subject: x\r\n\r\nbody\r\n.\r\n", b".\r\n", b"..a\r\n.\r\nQUIT\r\
 for data in [b"\x02\x00alice\x00secret", b"\x00", b"\x02YWxpY2UAc2VjcmV0\n", b"\x01\nYWxpY2U=\nc2VjcmV0",
              b"\x00\nAGFsaWNlAHNlY3JldA==", b"\x03YWxpY2U=\nc2VjcmV0\nx"]:
     put("sasl", data)
+for data in [b"\x00n,,n=user,r=rOprNGfwEbeRWgbNEkqO\nc=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+             b"\x01p=tls-exporter,,n=a@b.test,r=abc\nc=cD10bHMtZXhwb3J0ZXIsLAcHBwc=,r=abc,p=AAAA",
+             b"\x01p=tls-server-end-point,a=x@y.test,n=x@y.test,r=n\n", b"\x02y,,n=u,r=r\n", b"\x00n,,n==2C=3D,r=r,m=x\n"]:
+    put("scram", data)
 for cmd in ["a1 LIST \"\" \"*\"\r\n", "a2 LIST (SUBSCRIBED) \"\" (\"INBOX*\" \"%\") RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n",
             "a3 FETCH 1:*,7 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)] BODY[1.2.MIME] BODYSTRUCTURE)\r\n",
             "a4 UID STORE 2:4 +FLAGS.SILENT (\\Seen)\r\n", "a5 SELECT &AOk-t&AOk-\r\n", "a6 LOGIN {5}\r\nalice {6+}\r\nsecret\r\n",
