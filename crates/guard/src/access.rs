@@ -330,7 +330,18 @@ pub async fn sasl_login<C: SaslChannel>(
                 ScramStart::Challenge(server_first, pending) => (server_first, pending),
                 ScramStart::Refused(outcome) => return Ok(SaslEnd::Done(outcome)),
             };
-            let client_final = data!(channel.challenge(&server_first).await?);
+            // A client that walks away after seeing the salt still counts as a failed login:
+            // otherwise probing challenges (which accounts exist?) would be free.
+            let client_final = match channel.challenge(&server_first).await? {
+                SaslAnswer::Data(data) => data,
+                other => {
+                    let _ = logins.scram_finish(context, pending, b"").await;
+                    return Ok(match other {
+                        SaslAnswer::Invalid(why) => SaslEnd::Invalid(why),
+                        _ => SaslEnd::Cancelled,
+                    });
+                }
+            };
             let (outcome, server_final) = logins.scram_finish(context, pending, &client_final).await;
             if let (LoginOutcome::Success(_), Some(server_final)) = (&outcome, server_final) {
                 // RFC 5802 5: the server's signature goes to the client as a last challenge,

@@ -299,7 +299,15 @@ impl Identity {
         }
         let code = normalise_code(code);
         if code.len() == totp::DIGITS as usize {
-            let secret = self.open_secret(account, &mfa.sealed_secret)?;
+            // A secret that does not open (another node's key file, a lost key) must look and
+            // count like a wrong code: an error here would tell a right password from a wrong one.
+            let secret = match self.open_secret(account, &mfa.sealed_secret) {
+                Ok(secret) => secret,
+                Err(e) => {
+                    tracing::error!(error = %e, "a second-factor secret does not open; is auth.mfa_key_file the same on every node?");
+                    return Ok(false);
+                }
+            };
             return match totp::matching_step(&secret, &code, now_unix()) {
                 Some(step) => Ok(self.store.use_totp_step(account, step).await?),
                 None => Ok(false),

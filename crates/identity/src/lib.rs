@@ -241,6 +241,9 @@ impl Identity {
 
     /// Second factors need the key their secrets are sealed under.
     pub fn with_sealing_key(mut self, key: sealing::SealingKey) -> Identity {
+        // SCRAM decoys must be the same on every node and after a restart, or comparing
+        // challenges over time or across nodes would tell real accounts from unknown ones.
+        self.scram_decoy_secret = key.derive(b"sealmail SCRAM decoy salts");
         self.sealing = Some(Arc::new(key));
         self
     }

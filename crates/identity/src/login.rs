@@ -249,13 +249,36 @@ impl Identity {
         let account = match self.store.client_cert(&cert.fingerprint).await? {
             Some(registered) => self.store.account_by_id(registered.account).await?,
             None => {
-                let mut found = None;
-                for email in &cert.emails {
-                    if let Ok(address) = EmailAddress::parse(email)
-                        && let Some(account) = self.store.account(&address).await?
-                    {
-                        found = Some(account);
-                        break;
+                // A certificate of a trusted CA names its account by its one ASCII rfc822Name
+                // (IA5String; Unicode case folding could map a look-alike onto a real name).
+                let [email] = cert.emails.as_slice() else {
+                    return Ok(None);
+                };
+                let Some(address) = email
+                    .is_ascii()
+                    .then(|| EmailAddress::parse(email).ok())
+                    .flatten()
+                else {
+                    return Ok(None);
+                };
+                let found = self.store.account(&address).await?;
+                if let Some(account) = &found {
+                    // Registered at first use, so `user cert list` shows it, `user cert remove`
+                    // revokes it, and the account's removal revokes it for good.
+                    let registered = self
+                        .store
+                        .add_client_cert(sealmail_store::ClientCert {
+                            fingerprint: cert.fingerprint.clone(),
+                            account: account.id,
+                            subject: format!("emailAddress={address}"),
+                            not_after: cert.not_after,
+                            issued_here: false,
+                            added_at: now_unix(),
+                        })
+                        .await;
+                    match registered {
+                        Ok(()) | Err(sealmail_store::StoreError::Duplicate(_)) => {}
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 found
@@ -293,10 +316,14 @@ impl Identity {
         };
         let first = scram::client_first(client_first, plus, true, &bindings)?;
         let username = first.username().to_string();
-        let account = match EmailAddress::parse(&username) {
-            Ok(address) => self.store.account(&address).await.ok().flatten(),
-            Err(_) => None,
+        let address = EmailAddress::parse(&username).ok();
+        let account = match &address {
+            Some(address) => self.store.account(address).await.ok().flatten(),
+            None => None,
         };
+        // The decoy is keyed by the name as accounts are looked up (two spellings of one
+        // unknown address get one salt, as two spellings of a real one do).
+        let canonical = address.map(|a| a.to_string()).unwrap_or_else(|| username.clone());
         let authzid_ok = first.authzid().is_none_or(|authzid| {
             EmailAddress::parse(authzid).ok().as_ref() == account.as_ref().map(|a| &a.address)
         });
@@ -311,7 +338,7 @@ impl Identity {
         }
         let (account, verifier) = match usable {
             Some((account, verifier)) => (Some(account), verifier),
-            None => (None, scram::Verifier::decoy(&username, &self.scram_decoy_secret)),
+            None => (None, scram::Verifier::decoy(&canonical, &self.scram_decoy_secret)),
         };
         let (message, server_first) = first.challenge(&verifier);
         Ok((

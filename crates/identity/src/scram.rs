@@ -151,7 +151,9 @@ impl Verifier {
         }
         // RFC 5802 2.2: Normalize(str) is SASLprep with stored-string rules; clients such as
         // Python's scramp and libpq apply it too, so the same text gives the same keys.
-        let prepared = stringprep::saslprep(password).map_err(|e| ScramError::Saslprep(e.to_string()))?;
+        // Its error names the offending character: a piece of the password, never to be shown.
+        let prepared = stringprep::saslprep(password)
+            .map_err(|_| ScramError::Saslprep("the password has characters SASLprep prohibits".into()))?;
         let prepared = Zeroizing::new(prepared.into_owned());
         let keys = Keys::from_password(prepared.as_bytes(), salt, iterations);
         Ok(Verifier {

@@ -131,6 +131,20 @@ impl SealingKey {
     }
 
     /// `plaintext` sealed with a new random nonce, `context` bound as associated data.
+    /// A secret for another purpose, derived from this key (HMAC-SHA-256 of `label`), so that
+    /// every node holding the key file derives the same one.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        match <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.key.as_ref()) {
+            Ok(mut mac) => {
+                mac.update(label);
+                mac.finalize().into_bytes().into()
+            }
+            // HMAC takes keys of any length; this arm is never reached.
+            Err(_) => [0u8; 32],
+        }
+    }
+
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, SealingError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| SealingError::Random(e.to_string()))?;

@@ -57,22 +57,17 @@ async fn identity_for(config: &Config, create_key: bool) -> anyhow::Result<Ident
 
 /// "90d", "12h", "30m": seconds.
 fn parse_duration(text: &str) -> anyhow::Result<i64> {
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let unit = match unit {
-        "d" => 86_400,
-        "h" => 3600,
-        "m" => 60,
-        _ => {
-            return Err(usage(format!(
-                "{text:?} is not a duration; use e.g. 90d, 12h or 30m"
-            )));
-        }
+    let refuse = || usage(format!("{text:?} is not a duration; use e.g. 90d, 12h or 30m"));
+    let mut chars = text.chars();
+    let unit = match chars.next_back() {
+        Some('d') => 86_400,
+        Some('h') => 3600,
+        Some('m') => 60,
+        _ => return Err(refuse()),
     };
-    match number.parse::<i64>() {
+    match chars.as_str().parse::<i64>() {
         Ok(n) if n > 0 && n <= 100 * 365 => Ok(n * unit),
-        _ => Err(usage(format!(
-            "{text:?} is not a duration; use e.g. 90d, 12h or 30m"
-        ))),
+        _ => Err(refuse()),
     }
 }
 
@@ -270,6 +265,9 @@ pub async fn ca(config_path: &Path, command: CaCommand) -> anyhow::Result<()> {
             let address = parse_address(&address)?;
             let ca = ClientCa::load(&dir).map_err(|e| usage(format!("{e}; run `sealmail ca init` first")))?;
             let identity = identity_for(&config, false).await?;
+            // No certificate for an address without an account: it would log in as whoever
+            // gets the address later, unregistered and so unrevocable.
+            identity.client_certs(&address).await?;
             let out = out.unwrap_or_else(|| PathBuf::from(address.to_string()));
             let issued = ca.issue(&address.to_string(), days)?;
             client_ca::write_issued(&out, &issued)?;

@@ -209,15 +209,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let client_auth = client_auth(&config, &resolver)?;
-    // Read (or made) before privileges drop, like every other secret file.
-    let mfa_key =
-        sealmail_identity::sealing::SealingKey::load(&crate::credentials::mfa_key_path(&config), true)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the second-factor key {}: {e}",
-                    crate::credentials::mfa_key_path(&config).display()
-                )
-            })?;
+    let mfa_key = load_mfa_key(&config)?;
+
     let bound = sealmail_net::bind(&config.listeners)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -245,8 +238,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run as node {:?}", config.server.node_name))?;
     let mut identity =
         sealmail_identity::Identity::with_login_cache(store.clone(), config.auth.login_cache_ttl)?
-            .with_sealing_key(mfa_key)
             .with_policy(crate::credentials::auth_policy(&config));
+    if let Some(key) = mfa_key {
+        identity = identity.with_sealing_key(key);
+    }
     // Sessions end soon after their password changes or their account goes, even when the
     // change comes from the admin CLI (another process): the store is polled for it.
     identity
@@ -477,5 +472,27 @@ async fn keep_client_certs_fresh(
             Ok(()) => seen = Some(generation),
             Err(e) => tracing::warn!(error = %e, "could not reread the client certificates"),
         }
+    }
+}
+
+/// The key TOTP secrets are sealed under, read before privileges drop like every other secret
+/// file. A single node (SQLite) makes it at its first start; nodes sharing PostgreSQL never do,
+/// since a node with a key of its own could open none of the secrets the others sealed: the
+/// key is copied to every node (docs/CLUSTER.md), and a node without it logs in no account that
+/// has a second factor until it has the file.
+fn load_mfa_key(config: &Config) -> anyhow::Result<Option<sealmail_identity::sealing::SealingKey>> {
+    use sealmail_identity::sealing::{SealingError, SealingKey};
+    let path = crate::credentials::mfa_key_path(config);
+    let create = matches!(config.store.backend, StoreBackend::Sqlite);
+    match SealingKey::load(&path, create) {
+        Ok(key) => Ok(Some(key)),
+        Err(SealingError::Missing(_)) => {
+            tracing::warn!(
+                path = %path.display(),
+                "no second-factor key: accounts with a second factor cannot log in on this node; copy auth.mfa_key_file from the node that made it"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!("the second-factor key {}: {e}", path.display())),
     }
 }

@@ -44,7 +44,10 @@ async fn submission(instance: &Instance, user: &str) -> TestResult<Client> {
     let mut c = LineClient::new(tls);
     c.smtp_reply().await?;
     let ehlo = c.command("EHLO client.test", "250").await?;
-    assert!(ehlo.contains("AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN"), "{ehlo}");
+    assert!(
+        ehlo.contains("AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN"),
+        "{ehlo}"
+    );
     let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     c.command(&format!("AUTH PLAIN {token}"), "235 2.7.0").await?;
     Ok(c)

@@ -1992,7 +1992,12 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
         issued_here: true,
         added_at: 0,
     };
+    let unregistered = store.credentials_generation().await?;
     store.add_client_cert(cert("aa", now + 86_400)).await?;
+    assert!(
+        store.credentials_generation().await? > unregistered,
+        "running servers must learn of a new registration"
+    );
     store.add_client_cert(cert("bb", now + 86_400)).await?;
     store.add_client_cert(cert("cc", now + 86_400)).await?;
     let dup = store.add_client_cert(cert("aa", now)).await;

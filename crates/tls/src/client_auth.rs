@@ -295,11 +295,19 @@ pub fn server_config_with_clients(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(Arc::new(restricted_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let asks = verifier.is_some();
     let builder = match verifier {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    Ok(Arc::new(builder.with_cert_resolver(resolver)))
+    let mut config = builder.with_cert_resolver(resolver);
+    if asks {
+        // A resumed session keeps the certificate of its first handshake without checking it
+        // again: a certificate revoked (or expired) since would pass for the ticket's lifetime.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -58,5 +58,7 @@ CREATE TRIGGER mfa_removed AFTER DELETE ON mfa
     FOR EACH ROW EXECUTE FUNCTION bump_credentials_generation();
 CREATE TRIGGER client_cert_revoked AFTER INSERT ON revoked_certs
     FOR EACH ROW EXECUTE FUNCTION bump_credentials_generation();
+CREATE TRIGGER client_cert_added AFTER INSERT ON client_certs
+    FOR EACH ROW EXECUTE FUNCTION bump_credentials_generation();
 CREATE TRIGGER client_cert_removed AFTER DELETE ON client_certs
     FOR EACH ROW EXECUTE FUNCTION bump_credentials_generation();

@@ -62,7 +62,8 @@ CREATE TABLE revoked_certs (
     revoked_at INTEGER NOT NULL
 );
 
--- Every change that can end a login bumps the credentials generation (schema 9).
+-- Every change that can end a login bumps the credentials generation (schema 9), and so does
+-- a certificate's registration (running servers reread which ones the handshake accepts).
 CREATE TRIGGER app_password_revoked AFTER DELETE ON app_passwords
 BEGIN
     UPDATE credentials_generation SET generation = generation + 1 WHERE id = 1;
@@ -80,6 +81,10 @@ BEGIN
     UPDATE credentials_generation SET generation = generation + 1 WHERE id = 1;
 END;
 CREATE TRIGGER client_cert_revoked AFTER INSERT ON revoked_certs
+BEGIN
+    UPDATE credentials_generation SET generation = generation + 1 WHERE id = 1;
+END;
+CREATE TRIGGER client_cert_added AFTER INSERT ON client_certs
 BEGIN
     UPDATE credentials_generation SET generation = generation + 1 WHERE id = 1;
 END;
