@@ -51,7 +51,7 @@ pub const MAX_ERRORS: u32 = 10;
 /// Ends a session whose login no longer stands. RFC 3501 7.1: ALERT text must be shown to the
 /// user, who needs to know why the client logs in again (or cannot).
 const LOGIN_REVOKED_BYE: &[u8] =
-    b"* BYE [ALERT] Your login is no longer valid: the password was changed or the account removed\r\n";
+    b"* BYE [ALERT] Your login is no longer valid: the credential it used was changed or revoked, or the account removed\r\n";
 
 pub struct ImapHandler {
     ctx: Arc<ImapContext>,

@@ -236,7 +236,7 @@ impl Session {
             421,
             "4.7.0",
             format!(
-                "{} Your login is no longer valid: the password was changed or the account removed; closing connection",
+                "{} Your login is no longer valid: the credential it used was changed or revoked, or the account removed; closing connection",
                 self.ctx.hostname
             ),
         )
