@@ -763,3 +763,72 @@ fn init_with_a_store_url_writes_it_into_the_store_section() -> TestResult {
     assert_eq!(run(dir.path(), &["config", "check"], None)?.0, 0);
     Ok(())
 }
+
+#[test]
+fn app_password_expiry_is_listed_and_bad_durations_are_usage_errors() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let config = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice"],
+        &[("mx", free_addr()?, "starttls")],
+        "",
+    )?;
+    let sealmail = |args: &[&str]| common::admin(dir.path(), &config, args);
+    let add = |name: &str, option: &str, value: &str| {
+        sealmail(&[
+            "user",
+            "app-password",
+            "add",
+            "alice@example.test",
+            name,
+            option,
+            value,
+        ])
+    };
+    let list = || -> TestResult<Vec<Vec<String>>> {
+        let (code, out, err) = sealmail(&["user", "app-password", "list", "alice@example.test"])?;
+        assert_eq!(code, 0, "{err}");
+        Ok(out
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect())
+    };
+
+    let before = time::OffsetDateTime::now_utc();
+    let (code, out, err) = add("quarterly", "--expires", "90d")?;
+    let after = time::OffsetDateTime::now_utc();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().last().is_some_and(|l| l.len() >= 16), "{out}");
+    let rows = list()?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let expires = rows[0].get(3).ok_or(format!("no EXPIRES column: {rows:?}"))?;
+    let expires = ctx(
+        time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339),
+        expires,
+    )?;
+    let ninety = time::Duration::days(90);
+    // Whole seconds are stored, so the listed time may be up to a second before `before`.
+    assert!(
+        expires >= before + ninety - time::Duration::seconds(1) && expires <= after + ninety,
+        "expires {expires}, made between {before} and {after}"
+    );
+
+    // A zero, a unit that is not one of d/h/m (also past a multi-byte character, where slicing
+    // by bytes would panic) and a protocol without app passwords are the user's mistakes.
+    for (option, value) in [
+        ("--expires", "0d"),
+        ("--expires", "9é"),
+        ("--expires", "12x"),
+        ("--scope", "pop3"),
+    ] {
+        let (code, out, err) = add("refused", option, value)?;
+        assert_eq!(code, 2, "{option} {value}: {out}{err}");
+        assert!(!err.is_empty(), "{option} {value}: no explanation");
+    }
+    let rows = list()?;
+    assert_eq!(rows.len(), 1, "a refused add left an app password: {rows:?}");
+    assert_eq!(rows[0].first().map(String::as_str), Some("quarterly"));
+    Ok(())
+}

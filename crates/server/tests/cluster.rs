@@ -2,7 +2,8 @@
 //! PostgreSQL schema (docs/CLUSTER.md): mail submitted on one is read on the other byte for
 //! byte, IDLE on one sees mail delivered through the other within a second, concurrent APPENDs
 //! on both get distinct increasing UIDs, a ban made through one refuses the address on the
-//! other, a large queue is delivered by both with each message once, and a node killed with
+//! other, an app password revoked through one node is refused and its sessions end on
+//! both, a large queue is delivered by both with each message once, and a node killed with
 //! SIGKILL mid-delivery leaves its work to the other after the lease.
 
 mod common;
@@ -116,16 +117,34 @@ impl Node {
     }
 
     async fn login(&self, user: &str) -> TestResult<Client> {
+        self.login_with(user, common::TEST_PASSWORD)
+            .await?
+            .map_err(|reply| format!("LOGIN {user}: {reply:?}"))
+    }
+
+    /// IMAP LOGIN with `password`: the session when it is accepted, the replies when not.
+    async fn login_with(&self, user: &str, password: &str) -> TestResult<Result<Client, Vec<String>>> {
         let mut c = self.connect(self.imap).await?;
         c.line().await?;
         let reply = c
-            .imap(
-                "l",
-                &format!("LOGIN {user}@example.test \"{}\"", common::TEST_PASSWORD),
-            )
+            .imap("l", &format!("LOGIN {user}@example.test \"{password}\""))
             .await?;
-        expect_ok(&reply)?;
-        Ok(c)
+        Ok(match expect_ok(&reply) {
+            Ok(()) => Ok(c),
+            Err(_) => Err(reply),
+        })
+    }
+
+    /// `sealmail --config NODE-CONFIG ARGS` must succeed; its standard output.
+    fn cli(&self, args: &[&str]) -> TestResult<String> {
+        let (code, out, err) = common::admin(self.dir.path(), &self.config, args)?;
+        if code != 0 {
+            return Err(format!(
+                "{args:?} through {}: exit {code}: {out}{err}",
+                self.config.display()
+            ));
+        }
+        Ok(out)
     }
 
     /// Submits `message` from alice to `to` on the submission port, with AUTH over TLS.
@@ -320,6 +339,69 @@ async fn a_ban_made_through_one_node_refuses_the_address_on_the_other() -> TestR
         out.contains("node-a"),
         "events name the node that saw them: {out}"
     );
+    Ok(())
+}
+
+/// Reads until the session is ended (a BYE and EOF, or EOF at once), failing when it is still
+/// up at `deadline`.
+async fn ended_by(session: &mut Client, deadline: Instant, what: &str) -> TestResult {
+    loop {
+        match tokio::time::timeout_at(deadline.into(), session.line()).await {
+            Err(_) => return Err(format!("{what} still open at the deadline")),
+            Ok(Err(_)) => return Ok(()),
+            Ok(Ok(line)) if line.starts_with("* BYE") => {}
+            Ok(Ok(line)) => return Err(format!("{what}: unexpected line before the end: {line}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_password_revoked_through_one_node_is_refused_and_its_sessions_end_on_both() -> TestResult {
+    let schema = TestSchema::new().await?;
+    let mut a = Node::first(&schema, "").await?;
+    let mut b = Node::another(&a, &schema, "node-b", "").await?;
+    a.start().await?;
+    b.start().await?;
+
+    let out = a.cli(&["user", "app-password", "add", "alice@example.test", "phone"])?;
+    let phone = out.lines().last().ok_or("no output")?.trim().to_string();
+    let mut held = Vec::new();
+    for node in [&a, &b] {
+        let mut session = node
+            .login_with("alice", &phone)
+            .await?
+            .map_err(|reply| format!("app password LOGIN: {reply:?}"))?;
+        expect_ok(&session.imap("s", "SELECT INBOX").await?)?;
+        held.push(session);
+        // A second login is answered from the node's login cache, which must not outlive the
+        // revocation below.
+        let cached = node.login_with("alice", &phone).await?;
+        assert!(cached.is_ok(), "second login with the app password refused");
+    }
+    let mut with_password = a.login("alice").await?;
+    expect_ok(&with_password.imap("s", "SELECT INBOX").await?)?;
+
+    let out = b.cli(&["user", "app-password", "revoke", "alice@example.test", "phone"])?;
+    assert!(out.contains("revoked"), "{out}");
+    let revoked = Instant::now();
+    for (name, node) in [("node A", &a), ("node B", &b)] {
+        match node.login_with("alice", &phone).await? {
+            Ok(_) => return Err(format!("{name} took the revoked app password")),
+            Err(reply) => assert!(
+                reply.last().is_some_and(|l| l.starts_with("l NO")),
+                "{name}: {reply:?}"
+            ),
+        }
+    }
+
+    // The credentials generation is polled every 2 s; 6 s leaves room for a lookup on a busy
+    // machine.
+    let deadline = revoked + Duration::from_secs(6);
+    for (session, name) in held.iter_mut().zip(["node A", "node B"]) {
+        ended_by(session, deadline, &format!("the app password session on {name}")).await?;
+    }
+    expect_ok(&with_password.imap("n", "NOOP").await?)
+        .map_err(|e| format!("the account password session ended too: {e}"))?;
     Ok(())
 }
 

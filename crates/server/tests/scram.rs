@@ -2,7 +2,8 @@
 //! `sealmail serve`: Python's scramp over imaplib and smtplib with tls-server-end-point
 //! (RFC 5929), and a client written here from the RFCs with tls-exporter (RFC 9266); neither
 //! shares code with the server. Covers advertising, `[auth] scram = false`, verifiers made at
-//! `user add`, MFA turning SCRAM off, and failures recorded and counted toward bans.
+//! `user add`, rewritten by `user passwd` and made at a password login for accounts without
+//! one, MFA turning SCRAM off, and failures recorded and counted toward bans.
 
 mod common;
 
@@ -702,5 +703,105 @@ async fn scram_failures_ban_the_address_like_wrong_passwords() -> TestResult {
     .await
     .map_err(|_| "login from a bystander timed out".to_string())??;
     assert!(end.ok() && end.verified, "{end:?}");
+    Ok(())
+}
+
+/// `sealmail user passwd ADDRESS --password-stdin` with `password`.
+fn passwd(server: &Server, address: &str, password: &str) -> TestResult {
+    let config = server.config.to_string_lossy().into_owned();
+    let (code, out, err) = common::run(
+        server.dir.path(),
+        &["--config", &config, "user", "passwd", address, "--password-stdin"],
+        Some(&format!("{password}\n")),
+    )?;
+    if code != 0 {
+        return Err(format!("user passwd: exit {code}: {out}{err}"));
+    }
+    Ok(())
+}
+
+/// The stored SCRAM verifier of each of `addresses`, read from the SQLite file in `data`.
+async fn stored_verifiers(data: &Path, addresses: &[&str]) -> TestResult<Vec<Option<String>>> {
+    use sealmail_store::{AccountStore, CredentialStore};
+    let store = ctx(sealmail_store::SqliteStore::open(data, 16).await, "open store")?;
+    let mut verifiers = Vec::new();
+    for address in addresses {
+        let address = ctx(sealmail_types::EmailAddress::parse(address), "address")?;
+        let account = ctx(store.account(&address).await, "account")?.ok_or("no account")?;
+        verifiers.push(ctx(store.scram_verifier(account.id).await, "verifier")?);
+    }
+    Ok(verifiers)
+}
+
+#[tokio::test]
+async fn the_scram_verifier_follows_a_password_change() -> TestResult {
+    let server = Server::start("").await?;
+    server.scramp("imap", ALICE, PASSWORD, SCRAM, "none")?.assert_ok();
+
+    let new = "another long enough password";
+    passwd(&server, ALICE, new)?;
+    server
+        .scramp("imap", ALICE, PASSWORD, SCRAM, "none")?
+        .assert_refused();
+    server
+        .scramp("imap", ALICE, PASSWORD, PLUS, "tls-server-end-point")?
+        .assert_refused();
+    // Made by passwd itself: this is the first login since, and it is a SCRAM one.
+    server.scramp("imap", ALICE, new, SCRAM, "none")?.assert_ok();
+    server
+        .scramp("smtp", ALICE, new, PLUS, "tls-server-end-point")?
+        .assert_ok();
+    server.scramp("imap", BOB, PASSWORD, SCRAM, "none")?.assert_ok();
+    drop(server);
+
+    // Users made while SCRAM is off get no verifier; turned on, a password login makes one.
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (imap, imap_starttls, submission) =
+        (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+    let listeners = [
+        ("imap", imap, "implicit"),
+        ("imap", imap_starttls, "starttls"),
+        ("submission", submission, "implicit"),
+    ];
+    let off = common::config_with_users(
+        dir.path(),
+        "example.test",
+        &["alice", "bob"],
+        &listeners,
+        "[auth]\nscram = false\n",
+    )?;
+    let data = dir.path().join("data");
+    assert_eq!(stored_verifiers(&data, &[ALICE, BOB]).await?, [None, None]);
+    let text = ctx(std::fs::read_to_string(&off), "read config")?;
+    let config = dir.path().join("scram-on.toml");
+    ctx(
+        std::fs::write(&config, text.replace("scram = false", "scram = true")),
+        "write config",
+    )?;
+    let process = common::serve(dir.path(), &config).await?;
+    let server = Server {
+        dir,
+        config,
+        imap,
+        imap_starttls,
+        submission,
+        _process: process,
+    };
+    server
+        .scramp("imap", ALICE, PASSWORD, SCRAM, "none")?
+        .assert_refused();
+
+    let (mut c, _) = imap_tls(&server, [127, 0, 0, 1], &TLS13).await?;
+    let login = c.imap("l", &format!("LOGIN {ALICE} \"{PASSWORD}\"")).await?;
+    assert!(login.last().is_some_and(|l| l.starts_with("l OK")), "{login:?}");
+    let verifiers = stored_verifiers(&data, &[ALICE, BOB]).await?;
+    assert!(
+        verifiers[0].is_some() && verifiers[1].is_none(),
+        "only alice logged in with her password: {verifiers:?}"
+    );
+    server.scramp("imap", ALICE, PASSWORD, SCRAM, "none")?.assert_ok();
+    server
+        .scramp("imap", BOB, PASSWORD, SCRAM, "none")?
+        .assert_refused();
     Ok(())
 }
