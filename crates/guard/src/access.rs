@@ -332,7 +332,14 @@ pub async fn sasl_login<C: SaslChannel>(
             };
             // A client that walks away after seeing the salt still counts as a failed login:
             // otherwise probing challenges (which accounts exist?) would be free.
-            let client_final = match channel.challenge(&server_first).await? {
+            let answer = match channel.challenge(&server_first).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let _ = logins.scram_finish(context, pending, b"").await;
+                    return Err(e);
+                }
+            };
+            let client_final = match answer {
                 SaslAnswer::Data(data) => data,
                 other => {
                     let _ = logins.scram_finish(context, pending, b"").await;

@@ -277,7 +277,17 @@ impl Identity {
                         })
                         .await;
                     match registered {
-                        Ok(()) | Err(sealmail_store::StoreError::Duplicate(_)) => {}
+                        Ok(()) => {}
+                        // Registered meanwhile (a login in parallel, or an admin): go on only
+                        // if to this account and not revoked.
+                        Err(sealmail_store::StoreError::Duplicate(_)) => {
+                            let now_registered = self.store.client_cert(&cert.fingerprint).await?;
+                            if now_registered.is_none_or(|c| c.account != account.id)
+                                || self.store.is_cert_revoked(&cert.fingerprint).await?
+                            {
+                                return Ok(None);
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -327,17 +337,21 @@ impl Identity {
         let authzid_ok = first.authzid().is_none_or(|authzid| {
             EmailAddress::parse(authzid).ok().as_ref() == account.as_ref().map(|a| &a.address)
         });
-        let mut usable = None;
+        // The challenge depends on the username only: an account with a verifier always shows
+        // its real salt, even when this exchange cannot succeed (another authzid, a second
+        // factor), so comparing challenges tells nothing; those fail at the proof instead.
+        let mut real = None;
         if let Some(account) = account
-            && authzid_ok
-            && !self.mfa_active(account.id).await.unwrap_or(true)
             && let Ok(Some(text)) = self.store.scram_verifier(account.id).await
             && let Some(verifier) = scram::Verifier::parse(&text)
         {
-            usable = Some((account, verifier));
+            real = Some((account, verifier));
         }
-        let (account, verifier) = match usable {
-            Some((account, verifier)) => (Some(account), verifier),
+        let (account, verifier) = match real {
+            Some((account, verifier)) => {
+                let allowed = authzid_ok && !self.mfa_active(account.id).await.unwrap_or(true);
+                (allowed.then_some(account), verifier)
+            }
             None => (None, scram::Verifier::decoy(&canonical, &self.scram_decoy_secret)),
         };
         let (message, server_first) = first.challenge(&verifier);

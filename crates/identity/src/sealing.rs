@@ -130,7 +130,6 @@ impl SealingKey {
         Ok(LessSafeKey::new(unbound))
     }
 
-    /// `plaintext` sealed with a new random nonce, `context` bound as associated data.
     /// A secret for another purpose, derived from this key (HMAC-SHA-256 of `label`), so that
     /// every node holding the key file derives the same one.
     pub fn derive(&self, label: &[u8]) -> [u8; 32] {
@@ -145,6 +144,7 @@ impl SealingKey {
         }
     }
 
+    /// `plaintext` sealed with a new random nonce, `context` bound as associated data.
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, SealingError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| SealingError::Random(e.to_string()))?;

@@ -80,7 +80,11 @@ fn date(unix: i64) -> String {
 
 pub async fn mfa(config_path: &Path, command: MfaCommand) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
-    let identity = identity_for(&config, matches!(command, MfaCommand::Enable { .. })).await?;
+    // Only a single node makes the key here; on PostgreSQL a key made on one host would not be
+    // the other nodes' (docs/CLUSTER.md says how to make it once and copy it).
+    let create_key = matches!(command, MfaCommand::Enable { .. })
+        && matches!(config.store.backend, sealmail_config::StoreBackend::Sqlite);
+    let identity = identity_for(&config, create_key).await?;
     match command {
         MfaCommand::Enable { address } => {
             let address = parse_address(&address)?;
@@ -270,7 +274,8 @@ pub async fn ca(config_path: &Path, command: CaCommand) -> anyhow::Result<()> {
             identity.client_certs(&address).await?;
             let out = out.unwrap_or_else(|| PathBuf::from(address.to_string()));
             let issued = ca.issue(&address.to_string(), days)?;
-            client_ca::write_issued(&out, &issued)?;
+            // Registered before any file exists: no certificate of ours is ever left unknown
+            // to the store (it could not be revoked).
             identity
                 .add_client_cert(
                     &address,
@@ -280,6 +285,7 @@ pub async fn ca(config_path: &Path, command: CaCommand) -> anyhow::Result<()> {
                     true,
                 )
                 .await?;
+            client_ca::write_issued(&out, &issued)?;
             println!(
                 "issued a certificate for {address} (SHA-256 {}, expires {}) in {}: cert.pem, key.pem, cert.p12",
                 issued.fingerprint,

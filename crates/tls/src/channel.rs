@@ -37,13 +37,6 @@ pub fn client_certificate(certificate_der: &[u8]) -> Option<ClientCertificate> {
             }
         }
     }
-    for email in cert.subject().iter_email() {
-        if let Ok(email) = email.as_str()
-            && !emails.iter().any(|known| known.eq_ignore_ascii_case(email))
-        {
-            emails.push(email.to_string());
-        }
-    }
     Some(ClientCertificate {
         fingerprint: hex_lower(&sha2::Sha256::digest(certificate_der)),
         emails,
