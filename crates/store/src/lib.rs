@@ -12,6 +12,7 @@
 //!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
 
 mod copy;
+mod credentials;
 mod mailbox_rules;
 mod postgres;
 mod rows;
