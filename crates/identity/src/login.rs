@@ -181,6 +181,7 @@ impl Identity {
                 id: app.id,
                 name: app.name.clone(),
                 password_hash: app.password_hash.clone(),
+                expires_at: app.expires_at,
             },
         )))
     }
@@ -306,6 +307,7 @@ impl Identity {
             account,
             Credential::Certificate {
                 fingerprint: cert.fingerprint.clone(),
+                not_after: cert.not_after,
             },
         )))
     }

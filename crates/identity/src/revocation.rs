@@ -102,16 +102,48 @@ impl LoginCheck {
                     }
                 }
             }
-            if self.generation.changed().await.is_err() {
-                // The watch task is gone: no more news, so nothing more to wait for.
-                std::future::pending::<()>().await;
+            let expiry = self.expiry();
+            tokio::select! {
+                changed = self.generation.changed() => {
+                    if changed.is_err() {
+                        // The watch task is gone: no more news but the expiry to wait for.
+                        self.expiry().await;
+                        return;
+                    }
+                }
+                () = expiry => return,
             }
         }
+    }
+
+    /// Completes when the credential expires by itself; never for one without an end.
+    fn expiry(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let left = self
+            .login
+            .credential
+            .expires_at()
+            .map(|at| at.saturating_sub(sealmail_types::clock::now_unix()).max(0) as u64);
+        async move {
+            match left {
+                Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs)).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.login
+            .credential
+            .expires_at()
+            .is_some_and(|at| at <= sealmail_types::clock::now_unix())
     }
 
     /// Before a command: true when the generation moved since the last check and the login no
     /// longer stands. A failed lookup lets the command run (and is retried at the next one).
     pub async fn revoked_now(&mut self) -> bool {
+        if self.expired() {
+            return true;
+        }
         let now = *self.generation.borrow();
         if self.checked == Some(now) {
             return false;
@@ -135,6 +167,9 @@ impl LoginCheck {
     /// unexpired; a certificate is not revoked. Revoking one app password ends only the
     /// sessions it opened.
     async fn still_valid(&self) -> Result<bool, IdentityError> {
+        if self.expired() {
+            return Ok(false);
+        }
         let Some(account) = self.store.account_by_id(self.login.account.id).await? else {
             return Ok(false);
         };
@@ -154,7 +189,7 @@ impl LoginCheck {
                         && app.expires_at.is_none_or(|at| at > now)
                 })
             }
-            Credential::Certificate { fingerprint } => !self.store.is_cert_revoked(fingerprint).await?,
+            Credential::Certificate { fingerprint, .. } => !self.store.is_cert_revoked(fingerprint).await?,
         })
     }
 }
@@ -245,6 +280,49 @@ mod tests {
 
         let mut check = identity.login_check(&login);
         assert!(check.revoked_now().await, "a stale login passed its first check");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_ends_when_its_app_password_expires_without_any_change_in_the_store()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (store, identity) = watched_identity(dir.path()).await?;
+        let alice = EmailAddress::parse("alice@example.test")?;
+        identity
+            .add_user(&alice, &Password::new("a long enough password".to_string()))
+            .await?;
+        let account = store.account(&alice).await?.ok_or("alice missing")?;
+        let soon = sealmail_types::clock::now_unix() + 2;
+        let id = store
+            .add_app_password(sealmail_store::NewAppPassword {
+                account: account.id,
+                name: "phone".into(),
+                lookup: "abcde".into(),
+                password_hash: "$argon2id$x".into(),
+                scopes: "imap".into(),
+                expires_at: Some(soon),
+            })
+            .await?;
+        let login = Authenticated::with_verified_credential(
+            account,
+            Credential::AppPassword {
+                id,
+                name: "phone".into(),
+                password_hash: "$argon2id$x".into(),
+                expires_at: Some(soon),
+            },
+        );
+        let mut check = identity.login_check(&login);
+        assert!(!check.revoked_now().await, "valid before its expiry");
+        let before = store.credentials_generation().await?;
+        tokio::time::timeout(Duration::from_secs(6), check.revoked()).await?;
+        assert_eq!(
+            store.credentials_generation().await?,
+            before,
+            "ended by the clock alone"
+        );
+        assert!(check.revoked_now().await);
         Ok(())
     }
 }

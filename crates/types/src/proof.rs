@@ -123,11 +123,27 @@ pub enum Credential {
         id: i64,
         name: String,
         password_hash: String,
+        /// Unix seconds.
+        expires_at: Option<i64>,
     },
     Certificate {
         fingerprint: String,
+        /// Unix seconds.
+        not_after: i64,
     },
     Scram,
+}
+
+impl Credential {
+    /// When the credential stops being valid by itself (an app password's expiry, a
+    /// certificate's end of validity): a session it opened ends then.
+    pub fn expires_at(&self) -> Option<i64> {
+        match self {
+            Credential::AppPassword { expires_at, .. } => *expires_at,
+            Credential::Certificate { not_after, .. } => Some(*not_after),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Credential {
@@ -136,7 +152,7 @@ impl std::fmt::Display for Credential {
             Credential::AccountPassword => f.write_str("account password"),
             Credential::AccountPasswordWithCode => f.write_str("account password and code"),
             Credential::AppPassword { name, .. } => write!(f, "app password {name}"),
-            Credential::Certificate { fingerprint } => write!(f, "certificate {fingerprint}"),
+            Credential::Certificate { fingerprint, .. } => write!(f, "certificate {fingerprint}"),
             Credential::Scram => f.write_str("SCRAM"),
         }
     }
