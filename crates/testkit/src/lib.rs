@@ -420,12 +420,21 @@ fn next_random(x: &mut u64) -> u64 {
     *x >> 33
 }
 
-/// A loopback port that is free now, outside the ephemeral range.
+/// Ports this process handed out already: a port is free until its test binds it, so two
+/// calls in a row must never return the same one (they did, and a test's two listeners
+/// collided).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A loopback port that is free now, outside the ephemeral range, and not handed out before
+/// by this process.
 pub fn free_port() -> u16 {
     let mut x = random_state();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let port = 10_000 + (next_random(&mut x) % 22_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
