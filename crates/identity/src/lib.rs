@@ -270,6 +270,12 @@ impl Identity {
 
     /// What a session keeps after a successful login to learn when that login stops standing
     /// (see [`revocation`]).
+    /// Wakes whenever credentials changed in the store (the one poll of the credentials
+    /// generation this server runs; see [`Identity::watch_credentials`]).
+    pub fn credential_changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.credentials.changes()
+    }
+
     pub fn login_check(&self, login: &Authenticated) -> LoginCheck {
         self.credentials.check(self.store.clone(), login)
     }

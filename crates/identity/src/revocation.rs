@@ -59,6 +59,11 @@ impl CredentialsWatch {
         CredentialsWatch { generation }
     }
 
+    /// The generation as published: changes whenever a credential changed in the store.
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.generation.clone()
+    }
+
     /// The check a session holds from a successful login on.
     pub fn check(&self, store: Arc<dyn Store>, login: &Authenticated) -> LoginCheck {
         LoginCheck {

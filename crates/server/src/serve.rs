@@ -360,7 +360,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new(config.limits.clone(), tls, shutdown.clone());
     if let Some((configs, trust)) = client_auth {
         refresh_client_certs(&trust, store.as_ref()).await?;
-        tokio::spawn(keep_client_certs_fresh(trust, store.clone(), shutdown));
+        tokio::spawn(keep_client_certs_fresh(
+            trust,
+            store.clone(),
+            identity.credential_changes(),
+            shutdown,
+        ));
         server = server.with_client_auth(configs);
     }
     server
@@ -450,27 +455,28 @@ async fn refresh_client_certs(trust: &ClientCertTrust, store: &dyn Store) -> any
 }
 
 /// Rereads the registered and revoked fingerprints whenever credentials change (a revocation
-/// refuses the next handshake; sessions it opened end through their login checks).
+/// refuses the next handshake; sessions it opened end through their login checks). It follows
+/// the identity's poll of the credentials generation rather than polling again.
 async fn keep_client_certs_fresh(
     trust: Arc<ClientCertTrust>,
     store: Arc<dyn Store>,
+    mut changes: tokio::sync::watch::Receiver<i64>,
     shutdown: CancellationToken,
 ) {
-    let mut seen = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(sealmail_identity::CREDENTIALS_POLL) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
-        let Ok(generation) = store.credentials_generation().await else {
-            continue;
-        };
-        if seen == Some(generation) {
-            continue;
-        }
-        match refresh_client_certs(&trust, store.as_ref()).await {
-            Ok(()) => seen = Some(generation),
-            Err(e) => tracing::warn!(error = %e, "could not reread the client certificates"),
+        if let Err(e) = refresh_client_certs(&trust, store.as_ref()).await {
+            tracing::warn!(error = %e, "could not reread the client certificates");
+            // Tried again after a pause, change or not.
+            tokio::time::sleep(sealmail_identity::CREDENTIALS_POLL).await;
+            changes.mark_changed();
         }
     }
 }

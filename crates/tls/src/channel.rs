@@ -38,14 +38,10 @@ pub fn client_certificate(certificate_der: &[u8]) -> Option<ClientCertificate> {
         }
     }
     Some(ClientCertificate {
-        fingerprint: hex_lower(&sha2::Sha256::digest(certificate_der)),
+        fingerprint: crate::client_ca::fingerprint(certificate_der),
         emails,
         not_after: cert.validity().not_after.timestamp(),
     })
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
