@@ -19,7 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use sealmail_types::Domain;
+use sealmail_types::{Domain, EmailAddress};
 
 /// Errors found in a configuration file; each message names the key, the value and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,11 @@ pub enum Role {
     Submission,
     /// Lets our users read their mail (ports 143 and 993).
     Imap,
+    /// HTTPS (port 443): MTA-STS policies, client autoconfiguration, a setup page, and ACME
+    /// TLS-ALPN-01 challenges.
+    Https,
+    /// Plain HTTP (port 80): ACME HTTP-01 challenges and a redirect to HTTPS, nothing else.
+    Http,
 }
 
 impl Role {
@@ -49,6 +54,8 @@ impl Role {
             Role::Mx => "mx",
             Role::Submission => "submission",
             Role::Imap => "imap",
+            Role::Https => "https",
+            Role::Http => "http",
         }
     }
 }
@@ -59,13 +66,16 @@ impl fmt::Display for Role {
     }
 }
 
-/// How a listener starts TLS. Plaintext is not representable.
+/// How a listener starts TLS. Plaintext is representable only for the `http` role, which
+/// answers ACME HTTP-01 challenges and redirects everything else to HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// Plaintext greeting, then the STARTTLS command (RFC 3207, RFC 3501 section 6.2.1).
     StartTls,
     /// TLS from the first byte (RFC 8314).
     Implicit,
+    /// No TLS: the `http` role only (validation refuses it anywhere else).
+    None,
 }
 
 impl TlsMode {
@@ -73,6 +83,7 @@ impl TlsMode {
         match self {
             TlsMode::StartTls => "starttls",
             TlsMode::Implicit => "implicit",
+            TlsMode::None => "none",
         }
     }
 }
@@ -548,6 +559,68 @@ pub enum LogFormat {
     Json,
 }
 
+/// The MTA-STS policy (RFC 8461) the `https` listener serves for every domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaStsConfig {
+    /// `None`: `testing` while the host's certificate is self-signed, `enforce` once a CA issued it.
+    pub mode: Option<MtaStsMode>,
+    pub max_age: Duration,
+    /// MX host names the policy lists besides `hostname` (other nodes of a cluster).
+    pub mx: Vec<String>,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            mode: None,
+            max_age: MTA_STS_MAX_AGE_SECS.default_secs(),
+            mx: Vec::new(),
+        }
+    }
+}
+
+/// An MTA-STS policy mode (RFC 8461 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtaStsMode {
+    Enforce,
+    Testing,
+    None,
+}
+
+impl MtaStsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtaStsMode::Enforce => "enforce",
+            MtaStsMode::Testing => "testing",
+            MtaStsMode::None => "none",
+        }
+    }
+}
+
+/// How the ACME server checks that we hold a name (RFC 8737, RFC 8555 8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on the `https` listener.
+    TlsAlpn01,
+    /// Answered on the `http` listener (port 80).
+    Http01,
+}
+
+/// `[acme]`: certificates from a CA by themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The ACME directory URL (https).
+    pub directory: String,
+    /// `mailto:` addresses the CA may write to.
+    pub contact: Vec<String>,
+    /// PEM roots trusted for the ACME server instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// A next key made by `cert rollover` is switched to by itself after this long; zero: only
+    /// when asked (`cert rollover --switch`).
+    pub rollover_wait: Duration,
+}
+
 /// A validated configuration. Relative paths have been resolved against the config file's folder.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -566,6 +639,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
+    pub mta_sts: MtaStsConfig,
+    /// Off when `None` (no `[acme] directory`).
+    pub acme: Option<AcmeConfig>,
     pub log_format: LogFormat,
 }
 
@@ -932,6 +1008,26 @@ const METRICS_BIND: Key<Optional> = Key::optional("metrics.bind");
 /// Let `bind` name an address other than loopback.
 const METRICS_ALLOW_REMOTE: Key<Flag> = Key::flag("metrics.allow_remote", false);
 
+// [mta_sts]
+/// "enforce", "testing" or "none"; left out: testing until the certificate is CA-issued.
+const MTA_STS_MODE: Key<Optional> = Key::optional("mta_sts.mode");
+/// How long senders may cache the policy.
+const MTA_STS_MAX_AGE_SECS: Key<Number> = Key::number("mta_sts.max_age_secs", 7 * DAY, DAY..=31_557_600);
+/// MX host names listed besides `hostname`.
+const MTA_STS_MX: Key<List> = Key::list("mta_sts.mx");
+
+// [acme]
+/// ACME directory URL; left out, no ACME.
+const ACME_DIRECTORY: Key<Optional> = Key::optional("acme.directory");
+/// Contact addresses for the CA.
+const ACME_CONTACT: Key<List> = Key::list("acme.contact");
+/// PEM roots trusted for the ACME server.
+const ACME_CA_FILE: Key<Optional> = Key::optional("acme.ca_file");
+/// "tls-alpn-01" or "http-01".
+const ACME_CHALLENGE: Key<Text> = Key::text("acme.challenge", "tls-alpn-01");
+/// Days after which a prepared next key is switched to by itself; 0: only when asked.
+const ACME_ROLLOVER_WAIT_DAYS: Key<Number> = Key::number("acme.rollover_wait_days", 0, 0..=365);
+
 // [store]
 /// Most writes one commit (one fsync) may carry.
 const STORE_GROUP_COMMIT_MAX_BATCH: Key<Number> =
@@ -1059,6 +1155,14 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Optional(&SERVER_NODE_NAME),
     AnyKey::Optional(&METRICS_BIND),
     AnyKey::Flag(&METRICS_ALLOW_REMOTE),
+    AnyKey::Optional(&MTA_STS_MODE),
+    AnyKey::Number(&MTA_STS_MAX_AGE_SECS),
+    AnyKey::List(&MTA_STS_MX),
+    AnyKey::Optional(&ACME_DIRECTORY),
+    AnyKey::List(&ACME_CONTACT),
+    AnyKey::Optional(&ACME_CA_FILE),
+    AnyKey::Text(&ACME_CHALLENGE),
+    AnyKey::Number(&ACME_ROLLOVER_WAIT_DAYS),
     AnyKey::Optional(&STORE_URL),
     AnyKey::Optional(&STORE_SCHEMA),
     AnyKey::Optional(&STORE_PASSWORD_FILE),
@@ -1129,6 +1233,10 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    mta_sts: RawMtaSts,
+    #[serde(default)]
+    acme: RawAcme,
+    #[serde(default)]
     server: RawServer,
     #[serde(default)]
     log: RawLog,
@@ -1141,6 +1249,26 @@ struct RawServer {
     group: Option<String>,
     allow_root: Option<bool>,
     node_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMtaSts {
+    mode: Option<String>,
+    max_age_secs: Option<i64>,
+    #[serde(default)]
+    mx: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    #[serde(default)]
+    contact: Vec<String>,
+    ca_file: Option<String>,
+    challenge: Option<String>,
+    rollover_wait_days: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1485,6 +1613,9 @@ impl Config {
             },
         };
 
+        let mta_sts = validate_mta_sts(&raw.mta_sts, &mut problems);
+        let acme = validate_acme(&raw.acme, &listeners, &resolve, &mut problems);
+
         let log_format = match LOG_FORMAT.read_text(raw.log.format.as_deref()) {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -1535,6 +1666,8 @@ impl Config {
                     node_name: node_name.unwrap_or_else(machine_host_name),
                 },
                 metrics_bind,
+                mta_sts,
+                acme,
                 log_format,
             }),
             _ => Err(ConfigError::Invalid(problems)),
@@ -1635,13 +1768,27 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         "mx" => Role::Mx,
         "submission" => Role::Submission,
         "imap" => Role::Imap,
+        "https" => Role::Https,
+        "http" => Role::Http,
         other => {
             return Err(format!(
-                "listener[{i}].role = {other:?} is not a role; use \"mx\", \"submission\" or \"imap\""
+                "listener[{i}].role = {other:?} is not a role; use \"mx\", \"submission\", \"imap\", \"https\" or \"http\""
             ));
         }
     };
     let tls = match (role, l.tls.as_str()) {
+        (Role::Https, "implicit") => TlsMode::Implicit,
+        (Role::Https, other) => {
+            return Err(format!(
+                "listener[{i}].tls = {other:?} is not allowed for role \"https\"; use \"implicit\""
+            ));
+        }
+        (Role::Http, "none") => TlsMode::None,
+        (Role::Http, other) => {
+            return Err(format!(
+                "listener[{i}].tls = {other:?} is not allowed for role \"http\"; use \"none\" (it serves only ACME challenges and redirects to HTTPS)"
+            ));
+        }
         (Role::Mx, "starttls") => TlsMode::StartTls,
         (Role::Mx, "implicit") => {
             return Err(format!(
@@ -1688,6 +1835,102 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         deny,
         proxy_protocol: LISTENER_PROXY_PROTOCOL.read_flag(l.proxy_protocol),
         client_cert,
+    })
+}
+
+fn validate_mta_sts(raw: &RawMtaSts, problems: &mut Vec<String>) -> MtaStsConfig {
+    let mode = match raw.mode.as_deref() {
+        None => None,
+        Some("enforce") => Some(MtaStsMode::Enforce),
+        Some("testing") => Some(MtaStsMode::Testing),
+        Some("none") => Some(MtaStsMode::None),
+        Some(other) => {
+            problems.push(format!(
+                "{} = {other:?} is not a mode; use \"enforce\", \"testing\" or \"none\" (left out: \"testing\" until the certificate is from a CA, then \"enforce\")",
+                MTA_STS_MODE.name
+            ));
+            None
+        }
+    };
+    let mut mx = Vec::new();
+    for name in &raw.mx {
+        // A policy `mx` line is a host name or `*.` and a host name (RFC 8461 3.2).
+        let host = name.strip_prefix("*.").unwrap_or(name);
+        match Domain::parse(host) {
+            Ok(_) if host.contains('.') => mx.push(name.to_ascii_lowercase()),
+            _ => problems.push(format!(
+                "{} has {name:?}, which is not a host name; list names like \"mx2.example.org\" or \"*.example.org\"",
+                MTA_STS_MX.name
+            )),
+        }
+    }
+    MtaStsConfig {
+        mode,
+        max_age: MTA_STS_MAX_AGE_SECS.read_secs(raw.max_age_secs, problems),
+        mx,
+    }
+}
+
+fn validate_acme(
+    raw: &RawAcme,
+    listeners: &[Listener],
+    resolve: &dyn Fn(&str) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<AcmeConfig> {
+    let Some(directory) = raw.directory.as_deref() else {
+        if raw.ca_file.is_some() || !raw.contact.is_empty() || raw.challenge.is_some() {
+            problems.push(format!(
+                "[acme] is configured without {}; add the CA's directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+                ACME_DIRECTORY.name
+            ));
+        }
+        return None;
+    };
+    if !directory.starts_with("https://") {
+        problems.push(format!(
+            "{} = {directory:?} is not an https URL; use e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+            ACME_DIRECTORY.name
+        ));
+    }
+    let mut contact = Vec::new();
+    for entry in &raw.contact {
+        let address = entry.strip_prefix("mailto:").unwrap_or(entry);
+        match EmailAddress::parse(address) {
+            Ok(_) => contact.push(format!("mailto:{address}")),
+            Err(_) => problems.push(format!(
+                "{} has {entry:?}, which is not an email address; use e.g. \"mailto:admin@example.org\"",
+                ACME_CONTACT.name
+            )),
+        }
+    }
+    let challenge = match ACME_CHALLENGE.read_text(raw.challenge.as_deref()) {
+        "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+        "http-01" => AcmeChallenge::Http01,
+        other => {
+            problems.push(format!(
+                "{} = {other:?} is not a challenge type; use \"tls-alpn-01\" (on the https listener) or \"http-01\" (on an http listener)",
+                ACME_CHALLENGE.name
+            ));
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    let (role, port) = match challenge {
+        AcmeChallenge::TlsAlpn01 => (Role::Https, 443),
+        AcmeChallenge::Http01 => (Role::Http, 80),
+    };
+    if !listeners.iter().any(|l| l.role == role) {
+        problems.push(format!(
+            "{} = {:?} needs a listener with role = \"{role}\" (port {port}, where the CA checks it); add one",
+            ACME_CHALLENGE.name,
+            ACME_CHALLENGE.read_text(raw.challenge.as_deref())
+        ));
+    }
+    Some(AcmeConfig {
+        directory: directory.to_string(),
+        contact,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        challenge,
+        rollover_wait: ACME_ROLLOVER_WAIT_DAYS.read_days(raw.rollover_wait_days, problems),
     })
 }
 
@@ -1958,8 +2201,44 @@ mod tests {
                 "listener[0].tls = \"implicit\" is not allowed for role \"mx\"; other mail servers connect in plaintext and upgrade, use \"starttls\"",
             ),
             (
+                format!("{head}{}", listener("https", "127.0.0.1:443", "starttls")),
+                "listener[0].tls = \"starttls\" is not allowed for role \"https\"; use \"implicit\"",
+            ),
+            (
+                format!("{head}{}", listener("http", "127.0.0.1:80", "implicit")),
+                "listener[0].tls = \"implicit\" is not allowed for role \"http\"; use \"none\" (it serves only ACME challenges and redirects to HTTPS)",
+            ),
+            (
+                format!(
+                    "{head}{}[acme]\ndirectory = \"https://acme.example/dir\"\nchallenge = \"http-01\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "acme.challenge = \"http-01\" needs a listener with role = \"http\" (port 80, where the CA checks it); add one",
+            ),
+            (
+                format!(
+                    "{head}{}[acme]\ndirectory = \"http://acme.example/dir\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "acme.directory = \"http://acme.example/dir\" is not an https URL; use e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+            ),
+            (
+                format!(
+                    "{head}{}[acme]\ncontact = [\"mailto:admin@example.test\"]\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "[acme] is configured without acme.directory; add the CA's directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+            ),
+            (
+                format!(
+                    "{head}{}[mta_sts]\nmode = \"strict\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "mta_sts.mode = \"strict\" is not a mode; use \"enforce\", \"testing\" or \"none\" (left out: \"testing\" until the certificate is from a CA, then \"enforce\")",
+            ),
+            (
                 format!("{head}{}", listener("pop3", "127.0.0.1:110", "starttls")),
-                "listener[0].role = \"pop3\" is not a role; use \"mx\", \"submission\" or \"imap\"",
+                "listener[0].role = \"pop3\" is not a role; use \"mx\", \"submission\", \"imap\", \"https\" or \"http\"",
             ),
             (
                 format!("{head}{}", listener("mx", "localhost:25", "starttls")),
@@ -2199,6 +2478,8 @@ mod tests {
             ("security", fields_of::<RawSecurity>()),
             ("server", fields_of::<RawServer>()),
             ("metrics", fields_of::<RawMetrics>()),
+            ("mta_sts", fields_of::<RawMtaSts>()),
+            ("acme", fields_of::<RawAcme>()),
             ("store", fields_of::<RawStore>()),
             ("log", fields_of::<RawLog>()),
         ];

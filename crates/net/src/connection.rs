@@ -357,6 +357,21 @@ impl Connection {
             .map_err(ConnError::Io)
     }
 
+    /// The application protocol agreed in the TLS handshake (ALPN), if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self.stream.get_ref() {
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+            Stream::Plain(_) => None,
+        }
+    }
+
+    /// The byte stream, for a protocol driven by a library of its own (HTTP, by hyper), with
+    /// whatever the client already sent still buffered in front of it. Replies queued and not
+    /// yet written are lost: call it before writing any.
+    pub fn into_stream(self) -> impl ByteStream + 'static {
+        self.stream
+    }
+
     /// Closes the connection cleanly (TLS close_notify where TLS is active).
     pub async fn close(mut self) {
         let _ = self.flush_pending().await;

@@ -160,6 +160,8 @@ fn role_index(role: Role) -> usize {
         Role::Mx => 0,
         Role::Submission => 1,
         Role::Imap => 2,
+        // Both web roles share one share: `http` only redirects and answers ACME.
+        Role::Https | Role::Http => 3,
     }
 }
 
@@ -187,11 +189,13 @@ pub struct Server {
     /// For listeners with `client_cert = "optional"` and `"required"`: the same configuration,
     /// asking for client certificates.
     client_auth: Option<ClientAuthConfigs>,
+    /// Roles served with a configuration of their own (`https`: its ALPN protocols).
+    role_tls: HashMap<Role, Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     global: Arc<Semaphore>,
     /// Each role's share of the global cap, in `role_index` order.
-    per_role: [Arc<Semaphore>; 3],
+    per_role: [Arc<Semaphore>; 4],
     per_ip: Arc<PerIp>,
     rate: RecentConnections,
     filter: Option<Arc<dyn AcceptFilter>>,
@@ -208,6 +212,7 @@ impl Server {
             limits,
             tls,
             client_auth: None,
+            role_tls: HashMap::new(),
             shutdown,
             sessions: TaskTracker::new(),
             per_ip: Arc::default(),
@@ -223,8 +228,20 @@ impl Server {
         self
     }
 
-    /// The TLS configuration of a listener with this `client_cert` mode.
-    fn tls_for(&self, mode: ClientCertMode) -> Arc<rustls::ServerConfig> {
+    /// Serves the listeners of `role` with this configuration (unless they ask for client
+    /// certificates).
+    pub fn with_role_tls(mut self, role: Role, config: Arc<rustls::ServerConfig>) -> Server {
+        self.role_tls.insert(role, config);
+        self
+    }
+
+    /// The TLS configuration of a listener of this role with this `client_cert` mode.
+    fn tls_for(&self, role: Role, mode: ClientCertMode) -> Arc<rustls::ServerConfig> {
+        if mode == ClientCertMode::Off
+            && let Some(config) = self.role_tls.get(&role)
+        {
+            return config.clone();
+        }
         match (mode, &self.client_auth) {
             (ClientCertMode::Optional, Some(configs)) => configs.optional.clone(),
             (ClientCertMode::Required, Some(configs)) => configs.required.clone(),
@@ -351,7 +368,7 @@ impl Server {
         };
         let _slots = slots;
         sealmail_metrics::CONNECTIONS_ACCEPTED.inc();
-        let tls = self.tls_for(spec.client_cert);
+        let tls = self.tls_for(spec.role, spec.client_cert);
         self.serve_one(info, tcp, handler, tls).await;
     }
 
@@ -392,6 +409,7 @@ impl Server {
         let role = info.role.as_str();
         let conn = match info.tls_mode {
             TlsMode::StartTls => Connection::over_stream(info, tcp, Some(tls), timeouts, shutdown),
+            TlsMode::None => Connection::over_stream(info, tcp, None, timeouts, shutdown),
             TlsMode::Implicit => match Connection::implicit_tls(info, tcp, tls, timeouts, shutdown).await {
                 Ok(conn) => conn,
                 Err(e) => {

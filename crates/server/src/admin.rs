@@ -482,14 +482,18 @@ fn expected_records(
         "TXT",
         format!("v=DMARC1; p=reject; rua=mailto:postmaster@{domain}"),
     ));
-    // MTA-STS (RFC 8461): the id changes whenever the policy does; the policy names our MX.
-    let policy = format!("version: STSv1\r\nmode: enforce\r\nmx: {host}\r\nmax_age: 604800\r\n");
-    let id = &sealmail_store::sha256_hex(policy.as_bytes())[..16];
+    // MTA-STS (RFC 8461): the policy the https listener serves; its id changes with its text.
+    let policy = mta_sts_policy(config)?;
     records.push(record(
         format!("_mta-sts.{domain}."),
         "TXT",
-        format!("v=STSv1; id={id}"),
+        format!("v=STSv1; id={}", policy.id()),
     ));
+    // The names the https listener answers for this domain: the MTA-STS policy, Thunderbird's
+    // autoconfig and Microsoft's Autodiscover. A CNAME to our host also covers its AAAA.
+    for site in ["mta-sts", "autoconfig", "autodiscover"] {
+        records.push(record(format!("{site}.{domain}."), "CNAME", format!("{host}.")));
+    }
     records.push(record(
         format!("_smtp._tls.{domain}."),
         "TXT",
@@ -504,7 +508,24 @@ fn expected_records(
             format!("3 1 1 {}", sealmail_store::sha256_hex(&der)),
         ));
     }
-    Ok((records, policy))
+    Ok((records, policy.text()))
+}
+
+/// The MTA-STS policy as the server serves it: the mode follows the certificate served for
+/// the host name (the first configured one), unless `[mta_sts] mode` says otherwise.
+fn mta_sts_policy(config: &sealmail_config::Config) -> anyhow::Result<sealmail_web::policy::MtaStsPolicy> {
+    let set = sealmail_tls::CertSet::load(&config.certificates)?;
+    let resolver = sealmail_tls::CertResolver::new(set);
+    let serving = resolver.serving(config.hostname.as_str());
+    let ca_issued = serving
+        .cert
+        .first()
+        .is_some_and(|leaf| sealmail_web::policy::ca_issued(leaf.as_ref()));
+    Ok(sealmail_web::policy::MtaStsPolicy::new(
+        &config.mta_sts,
+        config.hostname.as_str(),
+        ca_issued,
+    ))
 }
 
 /// The zone-file lines a domain should publish.
@@ -521,9 +542,15 @@ fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool
         };
         writeln!(out, "{}\tIN\t{}\t{value}", r.name, r.kind)?;
     }
+    if !config.listeners.iter().any(|l| l.role == Role::Https) {
+        writeln!(
+            out,
+            "; No https listener is configured: add one (role = \"https\", port 443) to serve the MTA-STS policy and client autoconfiguration."
+        )?;
+    }
     writeln!(
         out,
-        "; MTA-STS policy, to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt:"
+        "; MTA-STS policy, served at https://mta-sts.{domain}/.well-known/mta-sts.txt:"
     )?;
     for line in policy.lines() {
         writeln!(out, ";   {line}")?;
@@ -547,6 +574,7 @@ async fn check_records(
             "MX" => RecordType::MX,
             "TLSA" => RecordType::TLSA,
             "SRV" => RecordType::SRV,
+            "CNAME" => RecordType::CNAME,
             _ => RecordType::TXT,
         };
         let found: Vec<String> = match dns.resolver().lookup(r.name.as_str(), kind).await {
@@ -565,6 +593,7 @@ async fn check_records(
                         mx.preference,
                         mx.exchange.to_ascii().to_ascii_lowercase()
                     )),
+                    RData::CNAME(cname) => Some(cname.0.to_ascii().to_ascii_lowercase()),
                     RData::SRV(srv) => Some(format!(
                         "{} {} {} {}",
                         srv.priority,

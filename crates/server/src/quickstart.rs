@@ -28,6 +28,7 @@ const QUICKSTART_LISTENERS: &[(&str, &str, u16)] = &[
     ("submission", "starttls", 2587),
     ("imap", "starttls", 2143),
     ("imap", "implicit", 2993),
+    ("https", "implicit", 2443),
 ];
 /// The standard ports `init` configures (RFC 5321, RFC 8314, RFC 9051).
 const STANDARD_LISTENERS: &[(&str, &str, u16)] = &[
@@ -36,6 +37,7 @@ const STANDARD_LISTENERS: &[(&str, &str, u16)] = &[
     ("submission", "starttls", 587),
     ("imap", "starttls", 143),
     ("imap", "implicit", 993),
+    ("https", "implicit", 443),
 ];
 
 /// The text of a new configuration file. Paths are written as given (relative paths are

@@ -323,12 +323,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_errors: sealmail_imap::MAX_ERRORS,
         mailbox_quota: config.limits.mailbox_quota,
     }));
+    let web: Arc<dyn Handler> = Arc::new(sealmail_web::WebHandler::new(sealmail_web::WebContext {
+        hostname: config.hostname.clone(),
+        store: store.clone(),
+        mta_sts: config.mta_sts.clone(),
+        endpoints: sealmail_web::autoconfig::Endpoints::from_listeners(&config.hostname, &config.listeners),
+        certificates: resolver.clone(),
+        http01: None,
+        https_port: config
+            .listeners
+            .iter()
+            .find(|l| l.role == Role::Https)
+            .map(|l| l.bind.port()),
+    }));
     let listeners = bound
         .into_iter()
         .map(|(spec, socket)| BoundListener {
             handler: match spec.role {
                 Role::Mx | Role::Submission => smtp.clone(),
                 Role::Imap => imap.clone(),
+                Role::Https | Role::Http => web.clone(),
             },
             spec,
             socket,
@@ -357,7 +371,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::retention::run(store.clone(), shutdown.clone()));
     spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
-    let mut server = Server::new(config.limits.clone(), tls, shutdown.clone());
+    let https_tls = sealmail_web::https_tls(&tls);
+    let mut server =
+        Server::new(config.limits.clone(), tls, shutdown.clone()).with_role_tls(Role::Https, https_tls);
     if let Some((configs, trust)) = client_auth {
         refresh_client_certs(&trust, store.as_ref()).await?;
         tokio::spawn(keep_client_certs_fresh(

@@ -42,9 +42,9 @@ pub fn run(cwd: &Path, args: &[&str], stdin: Option<&str>) -> TestResult<(i32, S
     ))
 }
 
-/// The quickstart's five ports, in its order: mx, submission/implicit, submission/starttls,
-/// imap/starttls, imap/implicit.
-pub const QUICKSTART_PORTS: [u16; 5] = [2525, 2465, 2587, 2143, 2993];
+/// The quickstart's six ports, in its order: mx, submission/implicit, submission/starttls,
+/// imap/starttls, imap/implicit, https.
+pub const QUICKSTART_PORTS: [u16; 6] = [2525, 2465, 2587, 2143, 2993, 2443];
 
 pub struct Instance {
     pub process: Sealmail,
@@ -278,6 +278,9 @@ pub fn publish(dns: &sealmail_testkit::dns::DnsServer, zone: &str) {
                 let srv = sealmail_testkit::dns::Rec::Srv(priority, weight, port, target.to_string());
                 dns.add(name, srv);
             }
+        }
+        if let [name, "IN", "CNAME", target] = fields.as_slice() {
+            dns.add(name, sealmail_testkit::dns::Rec::Cname(target.to_string()));
         }
         if let [name, "IN", "TXT", value] = fields.as_slice() {
             let strings: Vec<Vec<u8>> = value

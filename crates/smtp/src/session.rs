@@ -909,8 +909,10 @@ impl Session {
         let stages = match self.role {
             Role::Mx => pipeline::INBOUND,
             Role::Submission => pipeline::SUBMISSION,
-            // An SMTP session is never made for the IMAP role; refuse rather than guess.
-            Role::Imap => return Reply::new(451, "4.3.0", "Temporary local problem; try again later"),
+            // An SMTP session is never made for other roles; refuse rather than guess.
+            Role::Imap | Role::Https | Role::Http => {
+                return Reply::new(451, "4.3.0", "Temporary local problem; try again later");
+            }
         };
         if let Err(refusal) = pipeline::run(stages, &services, &envelope, &mut draft).await {
             return refusal;

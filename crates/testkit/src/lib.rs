@@ -440,13 +440,13 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A port offset under which the quickstart ports (2143..=2993 plus offset) are free now.
+/// A port offset under which the quickstart ports (2080..=2993 plus offset) are free now.
 pub fn free_port_offset() -> u16 {
     let mut x = random_state();
     loop {
         // Quickstart ports plus the offset stay below 32000.
         let offset = 8_000 + (next_random(&mut x) % 20_000) as u16;
-        let free = [2525u16, 2465, 2587, 2143, 2993]
+        let free = [2525u16, 2465, 2587, 2143, 2993, 2443, 2080]
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok());
         if free {

@@ -332,6 +332,11 @@ impl CertResolver {
         self.current.store(Arc::new(set));
         Ok(())
     }
+
+    /// The certificate a handshake naming `name` gets now.
+    pub fn serving(&self, name: &str) -> Arc<CertifiedKey> {
+        self.current.load().select(Some(name))
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
