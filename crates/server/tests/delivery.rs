@@ -20,10 +20,11 @@ struct Node {
     dir: tempfile::TempDir,
     config: PathBuf,
     process: Option<Sealmail>,
-    /// mx (STARTTLS), submission (implicit TLS), imap (implicit TLS).
+    /// mx (STARTTLS), submission (implicit TLS), imap (implicit TLS), https.
     mx: SocketAddr,
     submission: SocketAddr,
     imap: SocketAddr,
+    https: SocketAddr,
     domain: String,
     /// What a client must trust to connect: the CA, or the self-signed certificate.
     trust: PathBuf,
@@ -35,6 +36,7 @@ impl Node {
     fn new(domain: &str, users: &[&str], ca: Option<&TestCa>, extra: &str) -> TestResult<Node> {
         let dir = ctx(tempfile::tempdir(), "tempdir")?;
         let (mx, submission, imap) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+        let https = common::free_addr()?;
         let config = common::config_with_users(
             dir.path(),
             domain,
@@ -43,13 +45,15 @@ impl Node {
                 ("mx", mx, "starttls"),
                 ("submission", submission, "implicit"),
                 ("imap", imap, "implicit"),
+                ("https", https, "implicit"),
             ],
             extra,
         )?;
         let mut trust = dir.path().join("tls/0.pem");
         if let Some(ca) = ca {
             // Replace the generated self-signed certificate by one the CA issued.
-            let issued = ca.issue(&[&format!("mail.{domain}")], &dir.path().join("issued"), "mail")?;
+            let (host, policy_host) = (format!("mail.{domain}"), format!("mta-sts.{domain}"));
+            let issued = ca.issue(&[&host, &policy_host], &dir.path().join("issued"), "mail")?;
             ctx(
                 std::fs::copy(&issued.cert, dir.path().join("tls/0.pem")),
                 "copy cert",
@@ -68,6 +72,7 @@ impl Node {
             mx,
             submission,
             imap,
+            https,
             domain: domain.to_string(),
             trust,
         })
@@ -425,6 +430,36 @@ async fn mail_from_a_reaches_b_over_verified_tls_signed_and_passing_every_check(
 /// MTA-STS policy text for b.test.
 fn sts_policy(mode: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: mail.b.test\r\nmax_age: 86400\r\n")
+}
+
+/// The policy a sealmail receiver serves on its `https` listener, fetched by a sealmail sender
+/// through the records `domain dns` printed, enforced, and counted for TLS-RPT as an MTA-STS
+/// success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealmail_receivers_own_mta_sts_policy_is_fetched_and_enforced() -> TestResult {
+    let base = Base::new().await?;
+    let mut b = base.b(Some(&base.ca))?;
+    // `_mta-sts.b.test` (its id) and `mta-sts.b.test` (a CNAME to mail.b.test), as printed.
+    b.publish(&base.dns)?;
+    let mut a = base.a(b.mx.port(), &format!("mta_sts_port = {}\n", b.https.port()))?;
+    b.start().await?;
+    a.start().await?;
+
+    a.submit("alice@a.test", "bob@b.test", "under b's own policy", false)
+        .await?;
+    let delivered = b
+        .wait_for_mail("bob@b.test", "INBOX", 1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(delivered.len(), 1);
+    let results = a.tls_results().await?;
+    assert!(
+        results.iter().any(|r| r.result.policy_domain == "b.test"
+            && r.result.policy_type == "sts"
+            && r.result.mx_host == "mail.b.test"
+            && r.result.result_type == "success"),
+        "{results:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

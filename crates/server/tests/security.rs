@@ -101,6 +101,14 @@ async fn brute_force_bans_the_address_not_its_neighbours_and_the_ban_outlives_a_
         sealmail_testkit::HelloAnswer::Closed,
         "a banned client got a TLS handshake"
     );
+    // The https listener refuses it the same way.
+    let mut https = tcp_from(attacker, instance.addr(2443)).await?;
+    let answer = sealmail_testkit::send_client_hello(&mut https, &hello).await?;
+    assert_eq!(
+        answer,
+        sealmail_testkit::HelloAnswer::Closed,
+        "a banned client got a TLS handshake on https"
+    );
 
     // The bystander is unaffected.
     let ok = try_login(
