@@ -60,6 +60,8 @@ pub mod kind {
     pub const PROTOCOL_ERRORS: &str = "protocol_errors";
     pub const TLS_FAILURE: &str = "tls_failure";
     pub const BAN_EXPIRED: &str = "ban_expired";
+    /// A served certificate expires within 14 days and nothing has renewed it.
+    pub const CERTIFICATE_EXPIRING: &str = "certificate_expiring";
 }
 
 /// One event as a JSON object (the event log's line format and `security events` output).
@@ -602,6 +604,13 @@ impl Guard {
         while known.len() > KNOWN_CLIENTS {
             known.pop_front();
         }
+    }
+
+    /// Records that a served certificate expires soon (`detail` names it and when).
+    pub async fn certificate_expiring(&self, detail: String) {
+        metrics::CERTIFICATE_EXPIRY_WARNINGS.inc();
+        self.event(kind::CERTIFICATE_EXPIRING, None, None, None, Some(detail))
+            .await;
     }
 
     pub async fn auth_succeeded(&self, ip: IpAddr, account: &str, listener: &str) {

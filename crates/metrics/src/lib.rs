@@ -76,6 +76,9 @@ counters! {
         "Relay attempts, unknown recipients and sessions closed for errors";
     /// `sealmail_rate_limited_total`
     RATE_LIMITED = "sealmail_rate_limited", "Requests refused by a rate limit";
+    /// `sealmail_certificate_expiry_warnings_total`
+    CERTIFICATE_EXPIRY_WARNINGS = "sealmail_certificate_expiry_warnings",
+        "Checks that found a served certificate expiring within 14 days";
     /// `sealmail_security_events_dropped_total`
     SECURITY_EVENTS_DROPPED = "sealmail_security_events_dropped",
         "Security events dropped because the writer's queue was full (a flood)";

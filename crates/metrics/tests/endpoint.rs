@@ -169,6 +169,7 @@ async fn the_counters_appear_under_their_names_with_their_values() -> TestResult
         "sealmail_abuse_events_total",
         "sealmail_rate_limited_total",
         "sealmail_security_events_dropped_total",
+        "sealmail_certificate_expiry_warnings_total",
         "sealmail_messages_accepted_total",
         "sealmail_messages_refused_total",
     ] {

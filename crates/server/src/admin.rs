@@ -500,7 +500,7 @@ fn expected_records(
         format!("v=TLSRPTv1; rua=mailto:postmaster@{domain}"),
     ));
     // DANE (RFC 7672): 3 1 1 = the SHA-256 of the current certificate's public key.
-    if let Some(files) = config.certificates.first() {
+    if let Some(files) = crate::certs::served_files(config).first() {
         let der = sealmail_tls::leaf_spki(&files.cert)?;
         records.push(record(
             format!("_25._tcp.{host}."),
@@ -514,7 +514,7 @@ fn expected_records(
 /// The MTA-STS policy as the server serves it: the mode follows the certificate served for
 /// the host name (the first configured one), unless `[mta_sts] mode` says otherwise.
 fn mta_sts_policy(config: &sealmail_config::Config) -> anyhow::Result<sealmail_web::policy::MtaStsPolicy> {
-    let set = sealmail_tls::CertSet::load(&config.certificates)?;
+    let set = sealmail_tls::CertSet::load(&crate::certs::served_files(config))?;
     let resolver = sealmail_tls::CertResolver::new(set);
     let serving = resolver.serving(config.hostname.as_str());
     let ca_issued = serving

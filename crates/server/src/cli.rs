@@ -73,6 +73,9 @@ pub enum Command {
     /// The internal client certificate authority (mutual TLS, S/MIME)
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The server's certificates: status, and DANE-safe key rollover (docs/WEB.md)
+    #[command(subcommand)]
+    Cert(ServerCertCommand),
     /// Intrusion prevention: bans and the security event log
     #[command(subcommand)]
     Security(SecurityCommand),
@@ -103,6 +106,12 @@ pub enum Command {
     Backup { dir: PathBuf },
     /// Restore a backup made by `sealmail backup` (stop the server first)
     Restore { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum ServerCertCommand {
+    /// Every certificate served: names, issuer, expiry, and what renews it
+    Status,
 }
 
 #[derive(Args)]

@@ -3,6 +3,7 @@
 
 mod admin;
 mod backup;
+mod certs;
 mod cli;
 mod credentials;
 mod migrate_store;
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Dkim(cmd) => admin::dkim(&config_path, cmd),
                 Command::User(cmd) => admin::user(&config_path, cmd).await,
                 Command::Ca(cmd) => credentials::ca(&config_path, cmd).await,
+                Command::Cert(cmd) => certs::command(&config_path, cmd).await,
                 Command::Security(cmd) => admin::security(&config_path, cmd).await,
                 Command::Queue(command) => admin::queue(&config_path, command).await,
                 Command::TlsReport { day, send } => admin::tls_report(&config_path, day, send).await,

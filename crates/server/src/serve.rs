@@ -205,7 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     check_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let certs = CertSet::load(&config.certificates)?;
+    let certs = CertSet::load(&crate::certs::served_files(&config))?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let client_auth = client_auth(&config, &resolver)?;
@@ -369,7 +369,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(delivery.run(shutdown.clone()));
     tokio::spawn(crate::retention::run(store.clone(), shutdown.clone()));
-    spawn_signal_handlers(shutdown.clone(), resolver, config.certificates.clone())?;
+    let served = {
+        let config = config.clone();
+        move || crate::certs::served_files(&config)
+    };
+    tokio::spawn(crate::certs::watch_expiry(
+        served.clone(),
+        guard.clone(),
+        shutdown.clone(),
+    ));
+    spawn_signal_handlers(shutdown.clone(), resolver, served)?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     let https_tls = sealmail_web::https_tls(&tls);
     let mut server =
@@ -398,14 +407,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn spawn_signal_handlers(
     shutdown: CancellationToken,
     resolver: Arc<CertResolver>,
-    certificates: Vec<sealmail_config::CertificateFiles>,
+    certificates: impl Fn() -> Vec<sealmail_config::CertificateFiles> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match resolver.reload(&certificates) {
+            match resolver.reload(&certificates()) {
                 Ok(()) => tracing::info!("certificates reloaded; new connections use them"),
                 Err(e) => {
                     tracing::error!(error = %e, "certificate reload failed; still serving the previous certificates")

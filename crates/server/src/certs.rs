@@ -1,0 +1,166 @@
+//! The certificates the listeners serve: which files (the ACME certificate first, when there is
+//! one, then `[[tls.certificate]]`), `sealmail cert status`, and the hourly check that warns when
+//! one expires within 14 days.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealmail_config::{CertificateFiles, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Where ACME keeps its account, key and certificate, in the data folder.
+pub const ACME_DIR: &str = "acme";
+/// A certificate expiring within this long, still served, is a security event.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// The same certificate is warned about at most this often.
+const WARN_EVERY: i64 = 86_400;
+
+/// The ACME certificate's files (which may not exist yet).
+pub fn acme_files(data_dir: &Path) -> CertificateFiles {
+    let dir = data_dir.join(ACME_DIR);
+    CertificateFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    }
+}
+
+/// The files served, in order of preference: the ACME certificate when `[acme]` is on and it
+/// has been issued, then the configured ones (the first of all is the default for unknown names).
+pub fn served_files(config: &Config) -> Vec<CertificateFiles> {
+    let mut files = Vec::new();
+    if config.acme.is_some() {
+        let acme = acme_files(&config.data_dir);
+        if acme.cert.exists() {
+            files.push(acme);
+        }
+    }
+    files.extend(config.certificates.iter().cloned());
+    files
+}
+
+/// What `cert status` tells of one certificate.
+struct Facts {
+    names: Vec<String>,
+    issuer: String,
+    not_after: i64,
+}
+
+fn facts(file: &Path) -> anyhow::Result<Facts> {
+    use x509_parser::prelude::*;
+    let pem = std::fs::read(file)?;
+    use rustls_pki_types::pem::PemObject as _;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", file.display()))??;
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(Facts {
+        names,
+        issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// `sealmail cert status`: every certificate served, its names, issuer, expiry and what renews it.
+pub fn status(config: &Config) -> anyhow::Result<()> {
+    let now = sealmail_types::clock::now_unix();
+    let acme = acme_files(&config.data_dir);
+    if config.acme.is_some() && !acme.cert.exists() {
+        println!(
+            "certificate {} (not issued yet: the server obtains it from [acme] directory at start)",
+            acme.cert.display()
+        );
+    }
+    for files in served_files(config) {
+        let facts = facts(&files.cert)?;
+        let left = facts.not_after - now;
+        println!("certificate {}", files.cert.display());
+        println!("  names: {}", facts.names.join(", "));
+        println!("  issuer: {}", facts.issuer);
+        println!(
+            "  expires: {} ({})",
+            date(facts.not_after),
+            if left < 0 {
+                "EXPIRED".to_string()
+            } else {
+                format!("{} days", left / 86_400)
+            }
+        );
+        let renewal = match &config.acme {
+            Some(acme_config) if files == acme => format!(
+                "acme ({}), by the server itself",
+                match acme_config.challenge {
+                    sealmail_config::AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+                    sealmail_config::AcmeChallenge::Http01 => "http-01",
+                }
+            ),
+            _ => "by hand: replace the files and send SIGHUP".to_string(),
+        };
+        println!("  renewal: {renewal}");
+        if left < EXPIRY_WARNING.as_secs() as i64 {
+            println!("  WARNING: expires within 14 days");
+        }
+    }
+    Ok(())
+}
+
+/// Checks the served certificates every hour; one that expires within 14 days (so renewal, if
+/// any, has not replaced it) is logged as an error, counted and recorded as a security event,
+/// at most once a day per file.
+pub async fn watch_expiry(
+    files: impl Fn() -> Vec<CertificateFiles> + Send + 'static,
+    guard: Arc<sealmail_guard::Guard>,
+    shutdown: CancellationToken,
+) {
+    let mut warned: HashMap<PathBuf, i64> = HashMap::new();
+    loop {
+        let now = sealmail_types::clock::now_unix();
+        for file in files() {
+            let Ok(facts) = facts(&file.cert) else { continue };
+            let left = facts.not_after - now;
+            let recently = warned.get(&file.cert).is_some_and(|at| now - at < WARN_EVERY);
+            if left < EXPIRY_WARNING.as_secs() as i64 && !recently {
+                warned.insert(file.cert.clone(), now);
+                let detail = format!(
+                    "certificate {} for {} expires {} ({} days)",
+                    file.cert.display(),
+                    facts.names.join(", "),
+                    date(facts.not_after),
+                    left / 86_400
+                );
+                tracing::error!(%detail, "CERTIFICATE EXPIRES SOON and has not been renewed");
+                guard.certificate_expiring(detail).await;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `sealmail cert ...`.
+pub async fn command(config_path: &Path, command: crate::cli::ServerCertCommand) -> anyhow::Result<()> {
+    let config = crate::serve::load_config(config_path)?;
+    match command {
+        crate::cli::ServerCertCommand::Status => status(&config),
+    }
+}
