@@ -401,6 +401,9 @@ impl Acme {
                 if let Ok(state) = authz.refresh().await {
                     for c in &state.challenges {
                         if let Some(problem) = &c.error {
+                            let problem = problem.to_string();
+                            // The order's error often repeats its challenge's.
+                            why.retain(|w| w != &problem && !w.ends_with(&problem));
                             why.push(format!("{name}: {problem}"));
                         }
                     }
@@ -509,7 +512,8 @@ impl Acme {
             let wait = match self.obtain(&names).await {
                 Ok(_) => {
                     failures = 0;
-                    continue;
+                    // Never order twice in a row at once, whatever the CA's window says.
+                    schedule::MIN_RENEWAL_GAP
                 }
                 Err(_) => {
                     failures = failures.saturating_add(1);

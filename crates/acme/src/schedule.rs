@@ -9,6 +9,8 @@ pub const EXPIRY_ALARM_SECS: i64 = 14 * 86_400;
 pub const BACKOFF_START: Duration = Duration::from_secs(60);
 /// Retries never wait longer than this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+/// After a successful order the loop waits at least this long before the next.
+pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(60);
 /// The loop wakes at least this often to look again (ARI windows may move, RFC 9773 4.3).
 pub const RECHECK: Duration = Duration::from_secs(6 * 3600);
 
