@@ -409,7 +409,11 @@ impl Acme {
                     }
                 }
             }
-            return Err(AcmeError::Challenge(why.join("; ")));
+            return Err(AcmeError::Challenge(format!(
+                "for {}: {}",
+                names.join(", "),
+                why.join("; ")
+            )));
         }
         drop(guard);
 

@@ -232,6 +232,23 @@ async fn http_responder(port: u16, challenges: Arc<Challenges>, wrong: Arc<Atomi
     })))
 }
 
+/// Writes over cert.pem a certificate for `key.pem` from 20 days ago to 5 days ahead: its two
+/// thirds have passed, and it ends within the 14-day alarm.
+fn install_due_certificate(data: &Path) -> R {
+    let key_pem = std::fs::read_to_string(data.join("acme/key.pem"))?;
+    let key = rcgen::KeyPair::from_pem(&key_pem)?;
+    let mut params = rcgen::CertificateParams::new(names())?;
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - Duration::from_secs(20 * 86_400)).into();
+    params.not_after = (now + Duration::from_secs(5 * 86_400)).into();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "due for renewal");
+    let due = params.self_signed(&key)?;
+    std::fs::write(data.join("acme/cert.pem"), due.pem())?;
+    Ok(())
+}
+
 /// A server's worth of pieces: a resolver with a boot certificate, the ACME client, the
 /// challenge listeners, and a count of reloads.
 struct Setup {
@@ -495,17 +512,24 @@ async fn a_failing_challenge_leaves_the_certificate_and_says_why() -> R {
     assert!(text.contains("nowhere.sealmail.test"), "{text}");
     assert_eq!(s.cert_pem()?, before);
 
-    // TLS-ALPN-01 where the name points at an address nobody listens on.
-    s.pebble.dns.remove(NAME);
-    s.pebble.dns.add_a(NAME, Ipv4Addr::new(127, 0, 0, 2));
+    // TLS-ALPN-01 for a name pointing at an address nobody listens on. (A name of its own:
+    // the orders above may leave a valid authorization for NAME, which a CA may reuse.)
+    let unreachable = "unreachable.sealmail.test";
+    s.pebble.dns.add_a(unreachable, Ipv4Addr::new(127, 0, 0, 2));
     let e = s
         .acme(s.settings(Challenge::TlsAlpn01))
-        .obtain(&names())
+        .obtain(&[unreachable.to_string()])
         .await
         .err()
-        .ok_or("a challenge nobody answered passed")?;
+        .ok_or_else(|| {
+            format!(
+                "a challenge nobody answered passed; pebble log:\n{}",
+                s.pebble.log()
+            )
+        })?;
     eprintln!("nobody listening: {e}");
-    assert!(e.to_string().contains(NAME), "{e}");
+    assert!(e.to_string().contains(unreachable), "{e}");
+    assert!(e.to_string().contains("Failed to connect"), "{e}");
     assert_eq!(s.cert_pem()?, before);
     assert_eq!(
         s.reloads.load(Ordering::SeqCst),
@@ -524,19 +548,7 @@ async fn the_renewal_loop_renews_a_due_certificate_with_the_same_key() -> R {
     let acme = s.acme(s.settings(Challenge::Http01));
     let first = acme.obtain(&names()).await?;
 
-    // Replace cert.pem by one for the same key whose two-thirds point has passed (and which
-    // ends within the 14-day alarm).
-    let key_pem = std::fs::read_to_string(s.data.path().join("acme/key.pem"))?;
-    let key = rcgen::KeyPair::from_pem(&key_pem)?;
-    let mut params = rcgen::CertificateParams::new(names())?;
-    let now = std::time::SystemTime::now();
-    params.not_before = (now - Duration::from_secs(20 * 86_400)).into();
-    params.not_after = (now + Duration::from_secs(5 * 86_400)).into();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "due for renewal");
-    let due = params.self_signed(&key)?;
-    std::fs::write(s.data.path().join("acme/cert.pem"), due.pem())?;
+    install_due_certificate(s.data.path())?;
 
     let shutdown = CancellationToken::new();
     let reloads = s.reloads.load(Ordering::SeqCst);
@@ -558,6 +570,35 @@ async fn the_renewal_loop_renews_a_due_certificate_with_the_same_key() -> R {
     // Renewed and not due: the loop sleeps until shutdown.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.cert_pem()?, renewed, "no renewal while not due");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_renewal_failing_near_the_end_rings_the_alarm_and_keeps_the_certificate() -> R {
+    let Some(s) = setup().await? else {
+        return Ok(());
+    };
+    let acme = s.acme(s.settings(Challenge::Http01));
+    acme.obtain(&names()).await?;
+    install_due_certificate(s.data.path())?;
+    let before = s.cert_pem()?;
+    s.wrong_http.store(true, Ordering::SeqCst);
+    let alarms = sealmail_acme::EXPIRY_ALARMS.load(Ordering::SeqCst);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(acme.run(names(), shutdown.clone()));
+    let mut rang = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if sealmail_acme::EXPIRY_ALARMS.load(Ordering::SeqCst) > alarms {
+            rang = true;
+            break;
+        }
+    }
+    assert!(rang, "no alarm; pebble log:\n{}", s.pebble.log());
+    assert_eq!(s.cert_pem()?, before, "the old certificate stays in service");
+    // Backing off (a minute first): it stops at shutdown.
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), run).await??;
     Ok(())
