@@ -340,10 +340,32 @@ impl Acme {
 
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(server("new order"))?;
+        // RFC 9773 section 5: an order renewing the current certificate names it, when the
+        // CA offers ARI. Should the CA refuse that (say, it was replaced already), order anew.
+        let replaces = read_leaf(&self.paths.cert)
+            .ok()
+            .flatten()
+            .filter(|leaf| leaf.covers(&names))
+            .and_then(|leaf| CertificateIdentifier::try_from(&leaf.der).ok())
+            .map(CertificateIdentifier::into_owned);
+        let replacing = match replaces {
+            Some(id) => match account.new_order(&NewOrder::new(&identifiers).replaces(id)).await {
+                Ok(order) => Some(order),
+                Err(instant_acme::Error::Unsupported(_)) => None,
+                Err(e) => {
+                    tracing::debug!(error = %with_sources(&e), "ACME order naming the replaced certificate refused; ordering without");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut order = match replacing {
+            Some(order) => order,
+            None => account
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map_err(server("new order"))?,
+        };
 
         let mut guard = ChallengeGuard::new(&self.challenges);
         let kind = match self.settings.challenge {
@@ -472,7 +494,7 @@ impl Acme {
 
     /// When the certificate for `names` should be renewed (unix seconds): now when there is
     /// no valid one or a pending rollover key has waited long enough.
-    async fn due(&self, names: &[String]) -> i64 {
+    async fn due(&self, names: &[String], jitter: f64) -> i64 {
         let now = now_unix();
         let Some(leaf) = self.valid_leaf(names) else {
             return now;
@@ -483,7 +505,6 @@ impl Acme {
             return now;
         }
         let ari = self.ari_window(&leaf).await;
-        let jitter = f64::from(random_u32()) / f64::from(u32::MAX);
         let due = schedule::renewal_due(leaf.not_before, leaf.not_after, ari, jitter);
         let _ = sealmail_safeio::write_public(&self.paths.next_renewal, due.to_string().as_bytes());
         due
@@ -502,9 +523,11 @@ impl Acme {
             }
         };
         let mut failures = 0u32;
+        // Where in an ARI window to renew, drawn once (RFC 9773 section 4.2).
+        let jitter = f64::from(random_u32()) / f64::from(u32::MAX);
         loop {
             let now = now_unix();
-            let due = self.due(&names).await;
+            let due = self.due(&names, jitter).await;
             if due > now {
                 let wait = schedule::sleep_until(now, due);
                 tracing::debug!(due, "next ACME renewal");
