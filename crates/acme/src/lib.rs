@@ -663,4 +663,33 @@ mod tests {
         assert!(normalize_names(&["-a.b".into()]).is_err());
         Ok(())
     }
+
+    #[test]
+    fn an_issued_chain_must_hold_our_key_and_every_name() -> Result<(), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let other = rcgen::KeyPair::generate()?;
+        let names = vec!["mail.a.test".to_string(), "imap.a.test".to_string()];
+        let cert = rcgen::CertificateParams::new(names.clone())?.self_signed(&key)?;
+        let pem = cert.pem();
+        let leaf = check_chain(pem.as_bytes(), &files::spki_of(&key), &names)?;
+        assert_eq!(leaf.names, names);
+        let not_ours = check_chain(pem.as_bytes(), &files::spki_of(&other), &names)
+            .err()
+            .ok_or("another key was accepted")?;
+        assert!(not_ours.to_string().contains("not ours"), "{not_ours}");
+        let more = vec!["smtp.a.test".to_string()];
+        let missing = check_chain(pem.as_bytes(), &files::spki_of(&key), &more)
+            .err()
+            .ok_or("a missing name was accepted")?;
+        assert!(missing.to_string().contains("smtp.a.test"), "{missing}");
+        assert!(check_chain(b"junk", &files::spki_of(&key), &names).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn status_of_a_folder_without_acme_is_empty() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        assert!(status(dir.path())?.is_empty());
+        Ok(())
+    }
 }
