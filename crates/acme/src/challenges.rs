@@ -23,6 +23,9 @@ pub struct Challenges {
     resolver: Option<Arc<CertResolver>>,
 }
 
+/// The path prefix of HTTP-01 requests (RFC 8555 section 8.3).
+pub const HTTP_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// Whether `token` is a plausible ACME token: base64url characters only, bounded length.
 pub fn valid_token(token: &str) -> bool {
     !token.is_empty()
@@ -49,6 +52,12 @@ impl Challenges {
         }
         let map = self.http.lock().unwrap_or_else(|e| e.into_inner());
         map.get(token).cloned()
+    }
+
+    /// The answer for a request path (`/.well-known/acme-challenge/{token}`, no query);
+    /// `None` for any other path or an unknown token (answer 404).
+    pub fn http_answer_for_path(&self, path: &str) -> Option<String> {
+        self.http_answer(path.strip_prefix(HTTP_CHALLENGE_PREFIX)?)
     }
 
     /// How many HTTP-01 answers are held (tests and status).
@@ -159,6 +168,17 @@ mod tests {
             assert_eq!(challenges.http_answer("tok_1").as_deref(), Some("tok_1.thumb"));
             assert_eq!(challenges.http_answer("tok_2"), None);
             assert_eq!(challenges.http_answer("tok/1"), None);
+            assert_eq!(
+                challenges
+                    .http_answer_for_path("/.well-known/acme-challenge/tok_1")
+                    .as_deref(),
+                Some("tok_1.thumb")
+            );
+            assert_eq!(challenges.http_answer_for_path("/tok_1"), None);
+            assert_eq!(
+                challenges.http_answer_for_path("/.well-known/acme-challenge/tok_1?x"),
+                None
+            );
             assert!(guard.alpn("mail.a.test", &[0; 32]).is_err(), "no resolver");
         }
         assert_eq!(challenges.http_answer("tok_1"), None);

@@ -22,7 +22,13 @@ use sealmail_tls::{ACME_TLS_ALPN, CertResolver, CertSet};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const PEBBLE: &str = "/usr/bin/pebble";
+/// Pebble's program, found on PATH (Debian's package installs it there).
+fn pebble_program() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("pebble"))
+        .find(|candidate| candidate.is_file())
+}
 const NAME: &str = "mail.sealmail.test";
 
 /// Aborts a spawned task when the test ends.
@@ -62,10 +68,10 @@ impl Pebble {
 }
 
 async fn start_pebble() -> R<Option<Pebble>> {
-    if !Path::new(PEBBLE).exists() {
-        eprintln!("SKIPPED: {PEBBLE} is not installed (apt-get install pebble); the ACME tests did not run");
+    let Some(program) = pebble_program() else {
+        eprintln!("SKIPPED: pebble is not installed (apt-get install pebble); the ACME tests did not run");
         return Ok(None);
-    }
+    };
     let dir = tempfile::tempdir()?;
     // Pebble's API certificate: a CA of ours and a leaf for 127.0.0.1.
     let ca_key = rcgen::KeyPair::generate()?;
@@ -107,7 +113,7 @@ async fn start_pebble() -> R<Option<Pebble>> {
     let dns = DnsServer::start().await?;
     dns.add_a(NAME, Ipv4Addr::LOCALHOST);
     let log = std::fs::File::create(dir.path().join("pebble.log"))?;
-    let child = tokio::process::Command::new(PEBBLE)
+    let child = tokio::process::Command::new(&program)
         .arg("-config")
         .arg(&config_path)
         .arg("-dnsserver")
@@ -210,9 +216,7 @@ async fn http_responder(port: u16, challenges: Arc<Challenges>, wrong: Arc<Atomi
                 }
                 let text = String::from_utf8_lossy(&head);
                 let path = text.split_whitespace().nth(1).unwrap_or("");
-                let answer = path
-                    .strip_prefix("/.well-known/acme-challenge/")
-                    .and_then(|token| challenges.http_answer(token));
+                let answer = challenges.http_answer_for_path(path);
                 let response = match answer {
                     Some(_) if wrong.load(Ordering::SeqCst) => {
                         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nwrong".to_string()
