@@ -30,6 +30,7 @@ fn pebble_program() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 const NAME: &str = "mail.sealmail.test";
+const SECOND: &str = "imap.sealmail.test";
 
 /// Aborts a spawned task when the test ends.
 struct Task(tokio::task::JoinHandle<()>);
@@ -112,6 +113,7 @@ async fn start_pebble() -> R<Option<Pebble>> {
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
     let dns = DnsServer::start().await?;
     dns.add_a(NAME, Ipv4Addr::LOCALHOST);
+    dns.add_a(SECOND, Ipv4Addr::LOCALHOST);
     let log = std::fs::File::create(dir.path().join("pebble.log"))?;
     let child = tokio::process::Command::new(&program)
         .arg("-config")
@@ -418,15 +420,22 @@ async fn http_01_obtains_a_certificate() -> R {
         return Ok(());
     };
     let acme = s.acme(s.settings(Challenge::Http01));
-    let got = match acme.obtain(&names()).await {
+    // Two names, one certificate; names are taken in any case, with a final dot.
+    let both = vec![NAME.to_string(), format!("{}.", SECOND.to_uppercase())];
+    let got = match acme.obtain(&both).await {
         Ok(got) => got,
         Err(e) => return Err(format!("{e}\npebble log:\n{}", s.pebble.log()).into()),
     };
-    assert_eq!(got.names, names());
+    assert_eq!(got.names, vec![NAME.to_string(), SECOND.to_string()]);
     assert_eq!(s.reloads.load(Ordering::SeqCst), 1);
     assert_eq!(s.challenges.http_len(), 0, "answers end with the order");
     let root = s.pebble.root().await?;
-    served_leaf(s.pebble.tls_port, &root, NAME).await?;
+    let first = served_leaf(s.pebble.tls_port, &root, NAME).await?;
+    let second = served_leaf(s.pebble.tls_port, &root, SECOND).await?;
+    assert_eq!(first, second);
+    let mut listed = sealmail_acme::status(s.data.path())?[0].names.clone();
+    listed.sort();
+    assert_eq!(listed, vec![SECOND.to_string(), NAME.to_string()]);
     Ok(())
 }
 
