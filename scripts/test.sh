@@ -13,6 +13,8 @@ command -v mbsync >/dev/null 2>&1 || need_apt+=(isync)
 command -v postfix >/dev/null 2>&1 || need_apt+=(postfix)
 # testssl.sh is the independent TLS scanner of the listener tests.
 command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need_apt+=(testssl.sh)
+# Pebble is the ACME server the ACME tests obtain certificates from (crates/acme/tests/pebble.rs).
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Postfix's package asks how to configure the default instance: local only, no questions.

@@ -8,6 +8,9 @@
 //!   flight keep theirs.
 //! - Loading fails with a message that names the file and the fix for a missing, unreadable,
 //!   unparsable or mismatched certificate or key, and for a private key readable by others.
+//! - ACME TLS-ALPN-01 (RFC 8737): a handshake offering ALPN [`ACME_TLS_ALPN`] is answered only
+//!   with the challenge certificate set for its SNI name ([`CertResolver::set_alpn_challenge`],
+//!   made by [`alpn_challenge_key`]), never with a real certificate; without one it fails.
 //! - Client certificates (mutual TLS): [`client_auth`] decides which are accepted, [`client_ca`]
 //!   is the server's own CA that issues them; [`channel`] computes channel bindings.
 
@@ -18,7 +21,7 @@ pub mod selfsigned;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -313,17 +316,75 @@ impl CertSet {
     }
 }
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737 section 6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// At most this many TLS-ALPN-01 challenge certificates are held at once.
+pub const MAX_ALPN_CHALLENGES: usize = 256;
+
+/// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737 section 3): self-signed, a fresh
+/// ECDSA P-256 key, the one DNS name in the subjectAltName, and the critical `acmeIdentifier`
+/// extension holding `key_authorization_sha256`, the SHA-256 of the key authorization.
+pub fn alpn_challenge_key(
+    name: &str,
+    key_authorization_sha256: &[u8; 32],
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let generate_error = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(generate_error)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(
+            key_authorization_sha256,
+        ));
+    let key = rcgen::KeyPair::generate().map_err(generate_error)?;
+    let cert = params.self_signed(&key).map_err(generate_error)?;
+    let key_der =
+        PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let signing_key = restricted_provider().key_provider.load_private_key(key_der)?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key)))
+}
+
 /// Chooses the certificate for each handshake by SNI; reloadable while the server runs.
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertSet>,
+    /// TLS-ALPN-01 challenge certificates by lower-case name; served only on `acme-tls/1`.
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+fn normalized(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl CertResolver {
     pub fn new(set: CertSet) -> Arc<CertResolver> {
         Arc::new(CertResolver {
             current: ArcSwap::from_pointee(set),
+            alpn_challenges: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Serves `key` to `acme-tls/1` handshakes for `name` until [`Self::clear_alpn_challenge`].
+    /// Refused (false) when [`MAX_ALPN_CHALLENGES`] other names already have one.
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) -> bool {
+        let mut map = self.alpn_challenges.write().unwrap_or_else(|e| e.into_inner());
+        let name = normalized(name);
+        if !map.contains_key(&name) && map.len() >= MAX_ALPN_CHALLENGES {
+            return false;
+        }
+        map.insert(name, key);
+        true
+    }
+
+    pub fn clear_alpn_challenge(&self, name: &str) {
+        let mut map = self.alpn_challenges.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&normalized(name));
+    }
+
+    fn alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let map = self.alpn_challenges.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&normalized(name)).cloned()
     }
 
     /// Loads the files again and swaps them in; on any error the old set stays in service.
@@ -341,6 +402,14 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = client_hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // RFC 8737 section 3: only the challenge certificate, and only for its name; a
+            // validation handshake never gets a real certificate.
+            return self.alpn_challenge(client_hello.server_name()?);
+        }
         Some(self.current.load().select(client_hello.server_name()))
     }
 }
@@ -459,6 +528,126 @@ mod tests {
         );
         assert!(same(&set.select(Some("other.test")), &a_key));
         assert!(same(&set.select(None), &a_key));
+        Ok(())
+    }
+
+    /// Records the leaf certificate the server sent and accepts it (the tests judge it).
+    #[derive(Debug, Default)]
+    struct Recorder {
+        leaf: std::sync::Mutex<Option<Vec<u8>>>,
+    }
+
+    impl rustls::client::danger::ServerCertVerifier for Recorder {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            if let Ok(mut leaf) = self.leaf.lock() {
+                *leaf = Some(end_entity.to_vec());
+            }
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            restricted_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// One in-memory handshake; the leaf the client saw, or the error.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let recorder = Arc::new(Recorder::default());
+        let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(restricted_provider()))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(recorder.clone())
+            .with_no_client_auth();
+        client_config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            rustls_pki_types::ServerName::try_from(name.to_string())?,
+        )?;
+        let mut server = rustls::ServerConnection::new(server)?;
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf)?;
+            server.read_tls(&mut buf.as_slice())?;
+            server.process_new_packets()?;
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf)?;
+            client.read_tls(&mut buf.as_slice())?;
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        let leaf = recorder
+            .leaf
+            .lock()
+            .map_err(|_| "poisoned")?
+            .clone()
+            .ok_or("no certificate was received")?;
+        Ok(leaf)
+    }
+
+    #[test]
+    fn acme_tls_alpn_gets_only_the_challenge_certificate() -> Result<(), Box<dyn std::error::Error>> {
+        use x509_parser::prelude::*;
+        let dir = tempfile::tempdir()?;
+        let a = files_in(dir.path(), "a");
+        selfsigned::generate(&["mail.a.test".to_string()], &a, 365)?;
+        let resolver = CertResolver::new(CertSet::load(std::slice::from_ref(&a))?);
+        let digest = [7u8; 32];
+        assert!(resolver.set_alpn_challenge("Mail.A.Test.", alpn_challenge_key("mail.a.test", &digest)?));
+        let mut config = (*server_config(resolver.clone())?).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        let config = Arc::new(config);
+
+        let leaf = handshake(config.clone(), "mail.a.test", &[ACME_TLS_ALPN])?;
+        let (_, cert) = X509Certificate::from_der(&leaf)?;
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .ok_or("no acmeIdentifier extension")?;
+        assert!(ext.critical);
+        // OCTET STRING, 32 bytes, the digest.
+        assert_eq!(ext.value, [&[0x04, 0x20][..], &digest[..]].concat());
+
+        let normal = load_certificate(&a)?.key.cert[0].to_vec();
+        assert_eq!(handshake(config.clone(), "mail.a.test", &[])?, normal);
+        assert_eq!(handshake(config.clone(), "mail.a.test", &[b"http/1.1"])?, normal);
+
+        assert!(
+            handshake(config.clone(), "other.a.test", &[ACME_TLS_ALPN]).is_err(),
+            "acme-tls/1 for a name without a challenge fails"
+        );
+        resolver.clear_alpn_challenge("mail.a.test");
+        assert!(handshake(config, "mail.a.test", &[ACME_TLS_ALPN]).is_err());
         Ok(())
     }
 
