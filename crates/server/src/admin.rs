@@ -508,6 +508,17 @@ fn expected_records(
             format!("3 1 1 {}", sealmail_store::sha256_hex(&der)),
         ));
     }
+    // During a DANE-safe rollover (RFC 7671 8.1) the next key is published beside the current
+    // one, before any certificate carries it.
+    if config.acme.is_some()
+        && let Some(next) = sealmail_acme::rollover::next_spki_sha256(&config.data_dir)?
+    {
+        records.push(record(
+            format!("_25._tcp.{host}."),
+            "TLSA",
+            format!("3 1 1 {next}"),
+        ));
+    }
     Ok((records, policy.text()))
 }
 

@@ -115,6 +115,17 @@ pub fn status(config: &Config) -> anyhow::Result<()> {
             _ => "by hand: replace the files and send SIGHUP".to_string(),
         };
         println!("  renewal: {renewal}");
+        if config.acme.is_some() && files == acme {
+            for acme_status in sealmail_acme::status(&config.data_dir)? {
+                if let Some(due) = acme_status.next_renewal {
+                    println!("  next renewal: {}", date(due));
+                }
+                println!("  key: TLSA 3 1 1 {}", acme_status.key_spki_sha256);
+                if let Some(next) = acme_status.next_key_spki_sha256 {
+                    println!("  next key: TLSA 3 1 1 {next} (switch with `sealmail cert rollover --switch`)");
+                }
+            }
+        }
         if left < EXPIRY_WARNING.as_secs() as i64 {
             println!("  WARNING: expires within 14 days");
         }
@@ -162,5 +173,126 @@ pub async fn command(config_path: &Path, command: crate::cli::ServerCertCommand)
     let config = crate::serve::load_config(config_path)?;
     match command {
         crate::cli::ServerCertCommand::Status => status(&config),
+        crate::cli::ServerCertCommand::Rollover { switch } => rollover(&config, switch),
     }
+}
+
+/// The marker `cert rollover --switch` leaves for the running server.
+pub const SWITCH_REQUEST: &str = "switch-requested";
+/// How often the server looks for the marker.
+const SWITCH_POLL: Duration = Duration::from_secs(2);
+
+/// The names the ACME certificate covers: the host name, and `mta-sts.D`, `autoconfig.D` and
+/// `autodiscover.D` of every served domain (what `domain dns` asks to point at us).
+pub fn acme_names(config: &Config, domains: &[String]) -> Vec<String> {
+    let mut names = vec![config.hostname.to_string()];
+    for domain in domains {
+        for site in ["mta-sts", "autoconfig", "autodiscover"] {
+            names.push(format!("{site}.{domain}"));
+        }
+    }
+    names
+}
+
+fn acme_settings(acme: &sealmail_config::AcmeConfig, data_dir: &Path) -> sealmail_acme::AcmeSettings {
+    let mut settings = sealmail_acme::AcmeSettings::new(acme.directory.clone(), data_dir);
+    settings.contact = acme.contact.clone();
+    settings.ca_file = acme.ca_file.clone();
+    settings.challenge = match acme.challenge {
+        sealmail_config::AcmeChallenge::TlsAlpn01 => sealmail_acme::Challenge::TlsAlpn01,
+        sealmail_config::AcmeChallenge::Http01 => sealmail_acme::Challenge::Http01,
+    };
+    // Zero: only when asked; the crate switches once the wait has passed.
+    settings.rollover_wait = if acme.rollover_wait.is_zero() {
+        Duration::MAX
+    } else {
+        acme.rollover_wait
+    };
+    settings
+}
+
+/// Keeps the ACME certificate in service: obtains and renews it (`sealmail_acme::Acme::run`),
+/// reloading every listener's certificates after each success, and switches to the next key
+/// when `cert rollover --switch` asks.
+pub fn spawn_acme(
+    config: &Config,
+    domains: &[String],
+    challenges: Arc<sealmail_acme::Challenges>,
+    resolver: Arc<sealmail_tls::CertResolver>,
+    shutdown: CancellationToken,
+) {
+    let Some(acme) = &config.acme else { return };
+    let names = acme_names(config, domains);
+    let reload: sealmail_acme::ReloadFn = {
+        let config = config.clone();
+        Arc::new(move || {
+            resolver
+                .reload(&served_files(&config))
+                .map_err(|e| e.to_string())?;
+            tracing::info!("ACME certificate installed; new connections on every listener use it");
+            Ok(())
+        })
+    };
+    let settings = acme_settings(acme, &config.data_dir);
+    let renewer = sealmail_acme::Acme::new(settings.clone(), challenges.clone(), reload.clone());
+    tokio::spawn(renewer.run(names.clone(), shutdown.clone()));
+    let switcher = sealmail_acme::Acme::new(settings, challenges, reload);
+    let marker = config.data_dir.join(ACME_DIR).join(SWITCH_REQUEST);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SWITCH_POLL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            if !marker.exists() {
+                continue;
+            }
+            // Taken away first: a failed switch is asked for again, never retried in a loop.
+            let _ = std::fs::remove_file(&marker);
+            match switcher.switch_key(&names).await {
+                Ok(obtained) => tracing::info!(
+                    key = %obtained.key_spki_sha256,
+                    "switched to the next key: the certificate now served has it; remove the old TLSA record"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "the switch to the next key failed; the current key stays in service")
+                }
+            }
+        }
+    });
+}
+
+/// `sealmail cert rollover [--switch]`.
+fn rollover(config: &Config, switch: bool) -> anyhow::Result<()> {
+    if config.acme.is_none() {
+        anyhow::bail!(
+            "cert rollover needs [acme]: certificates made elsewhere change keys when you replace them"
+        );
+    }
+    let dir = config.data_dir.join(ACME_DIR);
+    let pending = sealmail_acme::rollover::pending(&config.data_dir)?;
+    if switch {
+        let Some(pending) = pending else {
+            anyhow::bail!("no next key is prepared; run `sealmail cert rollover` first");
+        };
+        sealmail_safeio::write_private(&dir.join(SWITCH_REQUEST), b"")?;
+        println!(
+            "asked the running server to switch to the next key (TLSA 3 1 1 {}); it orders a certificate for it within seconds",
+            pending.spki_sha256
+        );
+        return Ok(());
+    }
+    let next = sealmail_acme::rollover::prepare(&config.data_dir)?;
+    let host = &config.hostname;
+    println!("next key prepared; publish its TLSA record next to the current one:");
+    println!("_25._tcp.{host}.\tIN\tTLSA\t3 1 1 {next}");
+    println!(
+        "then, once the record's TTL has passed everywhere, run `sealmail cert rollover --switch`{}",
+        if config.acme.as_ref().is_some_and(|a| !a.rollover_wait.is_zero()) {
+            " (or wait for acme.rollover_wait_days)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

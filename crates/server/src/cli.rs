@@ -112,6 +112,13 @@ pub enum Command {
 pub enum ServerCertCommand {
     /// Every certificate served: names, issuer, expiry, and what renews it
     Status,
+    /// Make the next ACME key (its TLSA record is printed to publish beside the current one);
+    /// with --switch, have the running server move to it
+    Rollover {
+        /// Switch to the prepared key now (the server orders a certificate for it)
+        #[arg(long)]
+        switch: bool,
+    },
 }
 
 #[derive(Args)]

@@ -323,13 +323,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_errors: sealmail_imap::MAX_ERRORS,
         mailbox_quota: config.limits.mailbox_quota,
     }));
+    let acme_challenges = config
+        .acme
+        .as_ref()
+        .map(|_| sealmail_acme::Challenges::new(Some(resolver.clone())));
     let web: Arc<dyn Handler> = Arc::new(sealmail_web::WebHandler::new(sealmail_web::WebContext {
         hostname: config.hostname.clone(),
         store: store.clone(),
         mta_sts: config.mta_sts.clone(),
         endpoints: sealmail_web::autoconfig::Endpoints::from_listeners(&config.hostname, &config.listeners),
         certificates: resolver.clone(),
-        http01: None,
+        http01: acme_challenges
+            .clone()
+            .map(|c| Arc::new(AcmeAnswers(c)) as Arc<dyn sealmail_web::Http01Answers>),
         https_port: config
             .listeners
             .iter()
@@ -378,6 +384,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         guard.clone(),
         shutdown.clone(),
     ));
+    if let Some(challenges) = acme_challenges {
+        crate::certs::spawn_acme(&config, &domains, challenges, resolver.clone(), shutdown.clone());
+    }
     spawn_signal_handlers(shutdown.clone(), resolver, served)?;
     tracing::info!(hostname = %hostname, data_dir = %config.data_dir.display(), "sealmail ready");
     let https_tls = sealmail_web::https_tls(&tls);
@@ -402,6 +411,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     guard.flush().await;
     tracing::info!("sealmail stopped");
     Ok(())
+}
+
+/// The `http` listener's answers to ACME HTTP-01 challenges.
+struct AcmeAnswers(Arc<sealmail_acme::Challenges>);
+
+impl sealmail_web::Http01Answers for AcmeAnswers {
+    fn answer(&self, token: &str) -> Option<String> {
+        self.0.http_answer(token)
+    }
 }
 
 fn spawn_signal_handlers(

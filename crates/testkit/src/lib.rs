@@ -7,6 +7,7 @@
 pub mod dns;
 #[cfg(feature = "fakes")]
 pub mod fakes;
+pub mod pebble;
 pub mod pki;
 pub mod postgres;
 pub mod suite;

@@ -46,8 +46,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request head read (hyper's smallest read buffer).
 const MAX_REQUEST_HEAD: usize = 8192;
-/// The ALPN protocol of ACME TLS-ALPN-01 validation handshakes (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+use sealmail_tls::ACME_TLS_ALPN;
 /// HSTS for a year on every HTTPS answer; not for subdomains, which are not all ours.
 const HSTS: &str = "max-age=31536000";
 
