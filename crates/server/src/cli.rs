@@ -126,7 +126,7 @@ pub struct QuickstartArgs {
     /// Folder for configuration, certificate, store and credentials
     #[arg(long, default_value = "sealmail-data")]
     pub data_dir: PathBuf,
-    /// Added to every listener port (2525, 2465, 2587, 2143, 2993)
+    /// Added to every listener port (2525, 2465, 2587, 2143, 2993, 2443; 2080 with --acme-challenge http-01)
     #[arg(long, default_value_t = 0)]
     pub port_offset: u16,
     /// Mail domain; users are alice@DOMAIN and bob@DOMAIN, the certificate is for mail.DOMAIN
@@ -143,6 +143,27 @@ pub struct QuickstartArgs {
     /// PostgreSQL schema written to [store] schema (with --store-url)
     #[arg(long, requires = "store_url")]
     pub store_schema: Option<String>,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// `[acme]` written by `init` and `quickstart` (docs/WEB.md).
+#[derive(Args, Debug, Clone)]
+pub struct AcmeArgs {
+    /// ACME directory URL written to [acme] directory, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory (default: no ACME)
+    #[arg(long)]
+    pub acme_directory: Option<String>,
+    /// Contact address for the CA (repeatable), written to [acme] contact
+    #[arg(long, requires = "acme_directory")]
+    pub acme_contact: Vec<String>,
+    /// "tls-alpn-01" (on the https listener) or "http-01" (adds the http listener: port 80,
+    /// or 2080 plus the offset for quickstart)
+    #[arg(long, requires = "acme_directory", default_value = "tls-alpn-01")]
+    pub acme_challenge: String,
+    /// PEM roots trusted for the ACME server, written to [acme] ca_file
+    #[arg(long, requires = "acme_directory")]
+    pub acme_ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -189,6 +210,8 @@ pub struct InitArgs {
     /// PostgreSQL schema written to [store] schema (with --store-url)
     #[arg(long, requires = "store_url")]
     pub store_schema: Option<String>,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 }
 
 #[derive(Subcommand)]

@@ -40,6 +40,32 @@ const STANDARD_LISTENERS: &[(&str, &str, u16)] = &[
     ("https", "implicit", 443),
 ];
 
+/// The `[acme]` section the arguments ask for (empty without `--acme-directory`), and whether
+/// it needs the `http` listener.
+fn acme_section(args: &crate::cli::AcmeArgs) -> anyhow::Result<(String, bool)> {
+    let Some(directory) = &args.acme_directory else {
+        return Ok((String::new(), false));
+    };
+    let http = match args.acme_challenge.as_str() {
+        "tls-alpn-01" => false,
+        "http-01" => true,
+        other => {
+            return Err(usage(format!(
+                "--acme-challenge {other:?}: use \"tls-alpn-01\" or \"http-01\""
+            )));
+        }
+    };
+    let mut text = format!("\n[acme]\ndirectory = {directory:?}\n");
+    if !args.acme_contact.is_empty() {
+        writeln!(text, "contact = {:?}", args.acme_contact)?;
+    }
+    writeln!(text, "challenge = {:?}", args.acme_challenge)?;
+    if let Some(ca_file) = &args.acme_ca_file {
+        writeln!(text, "ca_file = {:?}", absolute(ca_file)?)?;
+    }
+    Ok((text, http))
+}
+
 /// The text of a new configuration file. Paths are written as given (relative paths are
 /// relative to the configuration file's folder).
 fn config_text(
@@ -105,15 +131,14 @@ pub async fn init(config_path: &Path, args: InitArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    let text = config_text(
-        &hostname,
-        &data_dir,
-        &cert,
-        &key,
-        args.bind,
-        STANDARD_LISTENERS,
-        0,
-    )? + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), false)?;
+    let (acme, http) = acme_section(&args.acme)?;
+    let mut listeners = STANDARD_LISTENERS.to_vec();
+    if http {
+        listeners.push(("http", "none", 80));
+    }
+    let text = config_text(&hostname, &data_dir, &cert, &key, args.bind, &listeners, 0)?
+        + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), false)?
+        + &acme;
     write_config(config_path, &text)?;
     let config = Config::load(config_path).map_err(|e| usage(e.to_string()))?;
     sealmail_safeio::create_private_dir(&config.data_dir)
@@ -186,15 +211,21 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         Domain::parse(&format!("mail.{domain}")).map_err(|e| usage(format!("--domain {domain}: {e}")))?;
     sealmail_safeio::create_private_dir(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let (acme, http) = acme_section(&args.acme)?;
+    let mut listeners = QUICKSTART_LISTENERS.to_vec();
+    if http {
+        listeners.push(("http", "none", 2080));
+    }
     let text = config_text(
         &hostname,
         ".",
         "tls/cert.pem",
         "tls/key.pem",
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        QUICKSTART_LISTENERS,
+        &listeners,
         args.port_offset,
     )? + quickstart_server_section()
+        + &acme
         + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), true)?
         + &args
             .nameserver

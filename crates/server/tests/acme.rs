@@ -387,3 +387,56 @@ async fn a_failing_challenge_keeps_the_old_certificate_and_logs_why() -> TestRes
     assert_eq!(leaf, configured);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_with_http_01_listens_on_2080_plus_the_offset_and_gets_its_certificate() -> TestResult {
+    let offset = sealmail_testkit::free_port_offset();
+    let Some(pebble) = Pebble::start(&NAMES, 2080 + offset, sealmail_testkit::free_port()).await? else {
+        return Ok(());
+    };
+    let root_dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let (offset_arg, nameserver) = (
+        offset.to_string(),
+        sealmail_testkit::dns::empty_server()?.to_string(),
+    );
+    let ca_file = pebble.api_ca.to_string_lossy().into_owned();
+    let directory = pebble.directory();
+    let process = Sealmail::spawn(
+        common::bin(),
+        &[
+            "quickstart",
+            "--port-offset",
+            &offset_arg,
+            "--nameserver",
+            &nameserver,
+            "--acme-directory",
+            &directory,
+            "--acme-challenge",
+            "http-01",
+            "--acme-ca-file",
+            &ca_file,
+            "--acme-contact",
+            "mailto:admin@example.test",
+        ],
+        root_dir.path(),
+        root_dir.path(),
+    )?;
+    process
+        .wait_for_log("ACME certificate installed", Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("{e}\npebble:\n{}", pebble.log()))?;
+    let listening = process.output();
+    assert!(
+        listening.contains(&format!("http 127.0.0.1:{} (none)", 2080 + offset))
+            && listening.contains(&format!("https 127.0.0.1:{} (implicit)", 2443 + offset)),
+        "{listening}"
+    );
+    let root = pebble_root(&pebble, root_dir.path()).await?;
+    let https = SocketAddr::from(([127, 0, 0, 1], 2443 + offset));
+    let leaf = served_leaf(https, &root, "mta-sts.example.test").await?;
+    assert!(issuer_and_end(&leaf)?.0.contains("Pebble"));
+    let imaps = SocketAddr::from(([127, 0, 0, 1], 2993 + offset));
+    let leaf = served_leaf(imaps, &root, HOST).await?;
+    assert!(issuer_and_end(&leaf)?.0.contains("Pebble"));
+    Ok(())
+}

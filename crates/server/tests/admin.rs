@@ -395,9 +395,11 @@ fn init_writes_a_checked_configuration_and_never_overwrites_one() -> TestResult 
         "127.0.0.1:587",
         "127.0.0.1:143",
         "127.0.0.1:993",
+        "role = \"https\"\nbind = \"127.0.0.1:443\"",
     ] {
         assert!(text.contains(port), "{port} missing:\n{text}");
     }
+    assert!(!text.contains("[acme]") && !text.contains(":80\""), "{text}");
     let key = dir.path().join("sealmail-data/tls/key.pem");
     assert_eq!(
         ctx(std::fs::metadata(&key), "key")?.permissions().mode() & 0o777,
@@ -444,6 +446,55 @@ fn init_writes_a_checked_configuration_and_never_overwrites_one() -> TestResult 
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("self-signed"), "{out}");
     assert!(!other.path().join("sealmail-data/tls").exists());
+
+    // ACME by HTTP-01: the [acme] section and the http listener on port 80.
+    let acme = ctx(tempfile::tempdir(), "tempdir")?;
+    let (code, _, err) = run(
+        acme.path(),
+        &[
+            "init",
+            "--hostname",
+            "mail.example.org",
+            "--acme-directory",
+            "https://acme-v02.api.letsencrypt.org/directory",
+            "--acme-contact",
+            "mailto:admin@example.org",
+            "--acme-challenge",
+            "http-01",
+        ],
+        None,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let text = ctx(
+        std::fs::read_to_string(acme.path().join("sealmail.toml")),
+        "config",
+    )?;
+    for expected in [
+        "role = \"http\"\nbind = \"0.0.0.0:80\"\ntls = \"none\"",
+        "[acme]\ndirectory = \"https://acme-v02.api.letsencrypt.org/directory\"\ncontact = [\"mailto:admin@example.org\"]\nchallenge = \"http-01\"",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    assert_eq!(run(acme.path(), &["config", "check"], None)?.0, 0);
+    let wrong = ctx(tempfile::tempdir(), "tempdir")?;
+    let (code, _, err) = run(
+        wrong.path(),
+        &[
+            "init",
+            "--hostname",
+            "h.example.org",
+            "--acme-directory",
+            "https://a/d",
+            "--acme-challenge",
+            "dns-01",
+        ],
+        None,
+    )?;
+    assert!(
+        code == 2 && err.contains("--acme-challenge \"dns-01\""),
+        "{code} {err}"
+    );
+    assert!(!wrong.path().join("sealmail.toml").exists());
     Ok(())
 }
 
