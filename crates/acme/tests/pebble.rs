@@ -3,8 +3,7 @@
 //! server. Skipped, saying so, only when pebble is not installed.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,18 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use sealmail_acme::{Acme, AcmeSettings, Challenge, Challenges, ReloadFn, rollover};
 use sealmail_config::CertificateFiles;
-use sealmail_testkit::dns::DnsServer;
+use sealmail_testkit::pebble::Pebble;
 use sealmail_tls::{ACME_TLS_ALPN, CertResolver, CertSet};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Pebble's program, found on PATH (Debian's package installs it there).
-fn pebble_program() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("pebble"))
-        .find(|candidate| candidate.is_file())
-}
 const NAME: &str = "mail.sealmail.test";
 const SECOND: &str = "imap.sealmail.test";
 
@@ -38,115 +30,6 @@ impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-struct Pebble {
-    _child: tokio::process::Child,
-    dir: tempfile::TempDir,
-    acme_port: u16,
-    mgmt_port: u16,
-    http_port: u16,
-    tls_port: u16,
-    /// The CA that signed pebble's own API certificate.
-    api_ca: PathBuf,
-    dns: DnsServer,
-}
-
-impl Pebble {
-    fn directory(&self) -> String {
-        format!("https://127.0.0.1:{}/dir", self.acme_port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-
-    /// Pebble's issuing root, from its management port.
-    async fn root(&self) -> R<CertificateDer<'static>> {
-        let body = https_get(&self.api_ca, self.mgmt_port, "/roots/0").await?;
-        Ok(CertificateDer::from_pem_slice(body.as_bytes())?)
-    }
-}
-
-async fn start_pebble() -> R<Option<Pebble>> {
-    let Some(program) = pebble_program() else {
-        eprintln!("SKIPPED: pebble is not installed (apt-get install pebble); the ACME tests did not run");
-        return Ok(None);
-    };
-    let dir = tempfile::tempdir()?;
-    // Pebble's API certificate: a CA of ours and a leaf for 127.0.0.1.
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pebble API test CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate()?;
-    let leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
-    let api_ca = dir.path().join("api-ca.pem");
-    std::fs::write(&api_ca, ca.pem())?;
-    std::fs::write(dir.path().join("api-cert.pem"), leaf.pem())?;
-    std::fs::write(dir.path().join("api-key.pem"), leaf_key.serialize_pem())?;
-
-    let (acme_port, mgmt_port, http_port, tls_port) = (
-        sealmail_testkit::free_port(),
-        sealmail_testkit::free_port(),
-        sealmail_testkit::free_port(),
-        sealmail_testkit::free_port(),
-    );
-    let config = serde_json::json!({
-        "pebble": {
-            "listenAddress": format!("127.0.0.1:{acme_port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-            "certificate": dir.path().join("api-cert.pem"),
-            "privateKey": dir.path().join("api-key.pem"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false
-        }
-    });
-    let config_path = dir.path().join("pebble.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
-    let dns = DnsServer::start().await?;
-    dns.add_a(NAME, Ipv4Addr::LOCALHOST);
-    dns.add_a(SECOND, Ipv4Addr::LOCALHOST);
-    let log = std::fs::File::create(dir.path().join("pebble.log"))?;
-    let child = tokio::process::Command::new(&program)
-        .arg("-config")
-        .arg(&config_path)
-        .arg("-dnsserver")
-        .arg(dns.addr().to_string())
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        .env("PEBBLE_AUTHZREUSE", "0")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pebble = Pebble {
-        _child: child,
-        dir,
-        acme_port,
-        mgmt_port,
-        http_port,
-        tls_port,
-        api_ca,
-        dns,
-    };
-    for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", acme_port)).await.is_ok()
-            && TcpStream::connect(("127.0.0.1", mgmt_port)).await.is_ok()
-        {
-            return Ok(Some(pebble));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("pebble did not start: {}", pebble.log()).into())
 }
 
 fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> R<Arc<rustls::ClientConfig>> {
@@ -161,24 +44,6 @@ fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> R<Arc<rus
             .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
-}
-
-/// A plain HTTP/1.0 GET over TLS (no chunked bodies), trusting only `ca`.
-async fn https_get(ca: &Path, port: u16, path: &str) -> R<String> {
-    let ca = CertificateDer::from_pem_file(ca)?;
-    let connector = tokio_rustls::TlsConnector::from(client_config(&[ca], &[])?);
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut tls = connector.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
-    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8(response)?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("GET {path}: {head}").into());
-    }
-    Ok(body.to_string())
 }
 
 /// The TLS listener of the test: the real server configuration over `CertResolver`, offering
@@ -300,7 +165,8 @@ impl Setup {
 }
 
 async fn setup() -> R<Option<Setup>> {
-    let Some(pebble) = start_pebble().await? else {
+    let ports = (sealmail_testkit::free_port(), sealmail_testkit::free_port());
+    let Some(pebble) = Pebble::start(&[NAME, SECOND], ports.0, ports.1).await? else {
         return Ok(None);
     };
     let data = tempfile::tempdir()?;
@@ -379,7 +245,7 @@ async fn tls_alpn_01_obtains_a_certificate_the_listener_serves() -> R {
         (not_after - not_before) / 86_400
     );
 
-    let directory = https_get(&s.pebble.api_ca, s.pebble.acme_port, "/dir").await?;
+    let directory = s.pebble.api_get(s.pebble.acme_port, "/dir").await?;
     eprintln!(
         "pebble's directory offers renewalInfo (ARI): {}",
         directory.contains("renewalInfo")

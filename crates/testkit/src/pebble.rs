@@ -136,8 +136,14 @@ impl Pebble {
         ctx(CertificateDer::from_pem_slice(body.as_bytes()), "root PEM")
     }
 
-    /// A GET on the management port (HTTP/1.0 over TLS, trusting only the API CA).
+    /// A GET on the management port.
     pub async fn management_get(&self, path: &str) -> TestResult<String> {
+        self.api_get(self.mgmt_port, path).await
+    }
+
+    /// A GET on one of pebble's ports (HTTP/1.0 over TLS, trusting only the API CA); the body
+    /// of a 200 answer.
+    pub async fn api_get(&self, port: u16, path: &str) -> TestResult<String> {
         let ca = ctx(CertificateDer::from_pem_file(&self.api_ca), "API CA")?;
         let mut roots = rustls::RootCertStore::empty();
         ctx(roots.add(ca), "root")?;
@@ -148,7 +154,7 @@ impl Pebble {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = ctx(TcpStream::connect(("127.0.0.1", self.mgmt_port)).await, "connect")?;
+        let tcp = ctx(TcpStream::connect(("127.0.0.1", port)).await, "connect")?;
         let name = ctx(ServerName::try_from("127.0.0.1"), "name")?;
         let mut tls = ctx(connector.connect(name, tcp).await, "TLS")?;
         ctx(
