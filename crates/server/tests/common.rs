@@ -293,3 +293,14 @@ pub fn publish(dns: &sealmail_testkit::dns::DnsServer, zone: &str) {
         }
     }
 }
+
+/// Replaces the first certificate `write_config` generated (`tls/0`) by one `ca` issues for
+/// `names`; returns the CA's file, for clients to trust.
+pub fn install_issued(dir: &Path, ca: &sealmail_testkit::pki::TestCa, names: &[&str]) -> TestResult<PathBuf> {
+    let issued = ca.issue(names, &dir.join("issued"), "issued")?;
+    ctx(std::fs::copy(&issued.cert, dir.join("tls/0.pem")), "copy cert")?;
+    ctx(std::fs::copy(&issued.key, dir.join("tls/0.key")), "copy key")?;
+    let trust = dir.join("issued/ca.pem");
+    ca.write(&trust)?;
+    Ok(trust)
+}

@@ -53,17 +53,7 @@ impl Node {
         if let Some(ca) = ca {
             // Replace the generated self-signed certificate by one the CA issued.
             let (host, policy_host) = (format!("mail.{domain}"), format!("mta-sts.{domain}"));
-            let issued = ca.issue(&[&host, &policy_host], &dir.path().join("issued"), "mail")?;
-            ctx(
-                std::fs::copy(&issued.cert, dir.path().join("tls/0.pem")),
-                "copy cert",
-            )?;
-            ctx(
-                std::fs::copy(&issued.key, dir.path().join("tls/0.key")),
-                "copy key",
-            )?;
-            trust = dir.path().join("issued/ca.pem");
-            ca.write(&trust)?;
+            trust = common::install_issued(dir.path(), ca, &[&host, &policy_host])?;
         }
         Ok(Node {
             dir,

@@ -113,17 +113,7 @@ async fn site(extra: &str) -> TestResult<Site> {
         "autodiscover.example.test",
         "other.test",
     ];
-    let issued = ca.issue(&names, &dir.path().join("issued"), "web")?;
-    ctx(
-        std::fs::copy(&issued.cert, dir.path().join("tls/0.pem")),
-        "copy cert",
-    )?;
-    ctx(
-        std::fs::copy(&issued.key, dir.path().join("tls/0.key")),
-        "copy key",
-    )?;
-    let ca_file = dir.path().join("issued/ca.pem");
-    ca.write(&ca_file)?;
+    let ca_file = common::install_issued(dir.path(), &ca, &names)?;
     let process = common::serve(dir.path(), &config).await?;
     Ok(Site {
         dir: dir.path().to_path_buf(),
