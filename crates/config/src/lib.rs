@@ -1822,6 +1822,13 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         ));
         ClientCertMode::Off
     });
+    if matches!(role, Role::Https | Role::Http) && client_cert != ClientCertMode::Off {
+        // ACME validators and mail clients looking for their settings have no certificate,
+        // and the client-certificate configurations carry no ALPN for TLS-ALPN-01.
+        problems.push(format!(
+            "listener[{i}].client_cert = {client_cert_text:?} is not allowed for role \"{role}\"; remove it (web listeners never ask for client certificates)"
+        ));
+    }
     let allow = networks(&format!("listener[{i}].allow"), &l.allow, &mut problems);
     let deny = networks(&format!("listener[{i}].deny"), &l.deny, &mut problems);
     if !problems.is_empty() {
@@ -2235,6 +2242,13 @@ mod tests {
                     listener("https", "127.0.0.1:443", "implicit")
                 ),
                 "mta_sts.mode = \"strict\" is not a mode; use \"enforce\", \"testing\" or \"none\" (left out: \"testing\" until the certificate is from a CA, then \"enforce\")",
+            ),
+            (
+                format!(
+                    "{head}{}client_cert = \"optional\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "listener[0].client_cert = \"optional\" is not allowed for role \"https\"; remove it (web listeners never ask for client certificates)",
             ),
             (
                 format!("{head}{}", listener("pop3", "127.0.0.1:110", "starttls")),

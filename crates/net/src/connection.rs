@@ -428,11 +428,18 @@ async fn handshake(
 }
 
 /// rustls refused the hello itself: no version, cipher suite, group or signature scheme in
-/// common (it answers with an alert, before any key share of ours).
+/// common, no application protocol (ALPN) in common, or no certificate for what it asks (an
+/// `acme-tls/1` hello for a name with no challenge under way); it answers with an alert, before
+/// any key share of ours. Browsers offering only `h2` and late ACME validators are not abuse.
 fn is_hello_refusal(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| matches!(tls, rustls::Error::PeerIncompatible(_)))
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol
+            ) || matches!(tls, rustls::Error::General(text) if text.contains("no server certificate"))
+        })
 }
 
 /// Reads up to and including '\n'; keeps at most `max` octets of content. A longer line is

@@ -528,14 +528,10 @@ fn mta_sts_policy(config: &sealmail_config::Config) -> anyhow::Result<sealmail_w
     let set = sealmail_tls::CertSet::load(&crate::certs::served_files(config))?;
     let resolver = sealmail_tls::CertResolver::new(set);
     let serving = resolver.serving(config.hostname.as_str());
-    let ca_issued = serving
-        .cert
-        .first()
-        .is_some_and(|leaf| sealmail_web::policy::ca_issued(leaf.as_ref()));
-    Ok(sealmail_web::policy::MtaStsPolicy::new(
+    Ok(sealmail_web::policy::MtaStsPolicy::for_certificate(
         &config.mta_sts,
         config.hostname.as_str(),
-        ca_issued,
+        &serving,
     ))
 }
 

@@ -262,6 +262,25 @@ pub fn spawn_acme(
     });
 }
 
+/// Files root made in `DATA/acme` go to the owner of the data folder (the service user the
+/// server switched to), or the running server could not read the next key or take the marker.
+fn give_to_data_owner(config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(&config.data_dir)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    let left_alone =
+        sealmail_safeio::hand_over_tree(&config.data_dir.join(ACME_DIR), owner.uid(), owner.gid())?;
+    for path in left_alone {
+        tracing::warn!(path = %path.display(), "left alone: not handed to the data folder's owner");
+    }
+    Ok(())
+}
+
 /// `sealmail cert rollover [--switch]`.
 fn rollover(config: &Config, switch: bool) -> anyhow::Result<()> {
     if config.acme.is_none() {
@@ -276,6 +295,7 @@ fn rollover(config: &Config, switch: bool) -> anyhow::Result<()> {
             anyhow::bail!("no next key is prepared; run `sealmail cert rollover` first");
         };
         sealmail_safeio::write_private(&dir.join(SWITCH_REQUEST), b"")?;
+        give_to_data_owner(config)?;
         println!(
             "asked the running server to switch to the next key (TLSA 3 1 1 {}); it orders a certificate for it within seconds",
             pending.spki_sha256
@@ -283,6 +303,7 @@ fn rollover(config: &Config, switch: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let next = sealmail_acme::rollover::prepare(&config.data_dir)?;
+    give_to_data_owner(config)?;
     let host = &config.hostname;
     println!("next key prepared; publish its TLSA record next to the current one:");
     println!("_25._tcp.{host}.\tIN\tTLSA\t3 1 1 {next}");

@@ -435,3 +435,44 @@ async fn names_and_paths_we_do_not_serve_get_404_and_nothing_else() -> TestResul
     assert_eq!((challenge.status, challenge.body.as_str()), (404, ""));
     Ok(())
 }
+
+/// Clients the https listener cannot serve (a browser offering only HTTP/2, an ACME validator
+/// arriving when no challenge is under way) are refused at their hello and never banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_we_cannot_serve_are_refused_without_counting_toward_a_ban() -> TestResult {
+    let site = site("").await?;
+    let client = [127, 0, 0, 2];
+    for alpn in [b"h2".as_slice(), b"acme-tls/1".as_slice()] {
+        let mut config = (*sealmail_testkit::client_config(
+            &[site.ca.as_path()],
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+            &[],
+        )?)
+        .clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let config = std::sync::Arc::new(config);
+        for _ in 0..30 {
+            let tcp = sealmail_testkit::tcp_from(client, site.https).await?;
+            let refused = sealmail_testkit::tls_upgrade(tcp, config.clone(), "mta-sts.example.test").await;
+            assert!(refused.is_err(), "{:?} was served", String::from_utf8_lossy(alpn));
+        }
+    }
+    let url = format!(
+        "https://mta-sts.example.test:{}/.well-known/mta-sts.txt",
+        site.https.port()
+    );
+    let fetched = curl(
+        &url,
+        "mta-sts.example.test",
+        site.https.port(),
+        &site.ca,
+        &["--interface", "127.0.0.2"],
+    )?;
+    assert_eq!(fetched.status, 200, "the address was banned");
+    let (_, events, _) = common::admin(&site.dir, &site.config, &["security", "events", "--since", "1h"])?;
+    assert!(
+        !events.contains("ban_added") && !events.contains("tls_failure"),
+        "{events}"
+    );
+    Ok(())
+}

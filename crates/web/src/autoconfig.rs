@@ -23,11 +23,27 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// The IMAP and submission listeners any client may use: not those limited to some
+    /// networks (`allow`), asking for a client certificate, or behind a proxy (their port is
+    /// not the one clients reach); and not those on loopback while the role has others.
     pub fn from_listeners(host: &Domain, listeners: &[Listener]) -> Endpoints {
+        let usable = |l: &&Listener| {
+            matches!(l.role, Role::Imap | Role::Submission)
+                && matches!(l.tls, TlsMode::Implicit | TlsMode::StartTls)
+                && l.allow.is_empty()
+                && l.client_cert != sealmail_config::ClientCertMode::Required
+                && !l.proxy_protocol
+        };
+        let public = |role: Role| {
+            listeners
+                .iter()
+                .filter(usable)
+                .any(|l| l.role == role && !l.bind.ip().is_loopback())
+        };
         let mut list: Vec<Endpoint> = listeners
             .iter()
-            .filter(|l| matches!(l.role, Role::Imap | Role::Submission))
-            .filter(|l| matches!(l.tls, TlsMode::Implicit | TlsMode::StartTls))
+            .filter(usable)
+            .filter(|l| !(l.bind.ip().is_loopback() && public(l.role)))
             .map(|l| Endpoint {
                 role: l.role,
                 port: l.bind.port(),
@@ -161,6 +177,36 @@ mod tests {
         );
         let ports: Vec<u16> = endpoints.list.iter().map(|e| e.port).collect();
         assert_eq!(ports, [993, 143, 465, 587]);
+        // Restricted, certificate-only, proxied and (beside public ones) loopback listeners
+        // are not for every client.
+        let public = |port: u16| Listener {
+            bind: std::net::SocketAddr::from(([192, 0, 2, 1], port)),
+            ..listener(Role::Imap, port, TlsMode::Implicit)
+        };
+        let restricted = Listener {
+            allow: vec!["10.0.0.0/8".parse()?],
+            ..public(9931)
+        };
+        let certificate_only = Listener {
+            client_cert: sealmail_config::ClientCertMode::Required,
+            ..public(9932)
+        };
+        let proxied = Listener {
+            proxy_protocol: true,
+            ..public(9933)
+        };
+        let filtered = Endpoints::from_listeners(
+            &host,
+            &[
+                public(993),
+                restricted,
+                certificate_only,
+                proxied,
+                listener(Role::Imap, 1993, TlsMode::Implicit),
+            ],
+        );
+        let ports: Vec<u16> = filtered.list.iter().map(|e| e.port).collect();
+        assert_eq!(ports, [993]);
         let xml = thunderbird(&Domain::parse("example.org")?, &endpoints);
         let imaps = xml.find("<port>993</port>").ok_or("no 993")?;
         let imap = xml.find("<port>143</port>").ok_or("no 143")?;

@@ -74,11 +74,7 @@ impl WebContext {
     /// The MTA-STS policy as it stands now (the certificate may have changed).
     pub fn policy(&self) -> MtaStsPolicy {
         let serving = self.certificates.serving(self.hostname.as_str());
-        let ca_issued = serving
-            .cert
-            .first()
-            .is_some_and(|leaf| policy::ca_issued(leaf.as_ref()));
-        MtaStsPolicy::new(&self.mta_sts, self.hostname.as_str(), ca_issued)
+        MtaStsPolicy::for_certificate(&self.mta_sts, self.hostname.as_str(), &serving)
     }
 }
 
