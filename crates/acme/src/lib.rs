@@ -168,11 +168,16 @@ struct StoredAccount {
     credentials: AccountCredentials,
 }
 
+/// The ACME client of one data folder. Clones share one order lock: two orders (say the
+/// renewal loop's and a key switch asked for from another task) never run at once, so they
+/// cannot overwrite each other's `cert.pem` or challenge answers.
+#[derive(Clone)]
 pub struct Acme {
     settings: AcmeSettings,
     paths: AcmePaths,
     challenges: Arc<Challenges>,
     reload: ReloadFn,
+    order_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Acme {
@@ -225,6 +230,7 @@ impl Acme {
             paths,
             challenges,
             reload,
+            order_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -241,15 +247,18 @@ impl Acme {
 
     /// As [`Self::obtain`], switching to the pending rollover key now (refused without one).
     pub async fn switch_key(&self, names: &[String]) -> Result<Obtained, AcmeError> {
-        if !self.paths.next_key.exists() {
-            return Err(AcmeError::Config(
-                "no key rollover is pending; prepare one first".into(),
-            ));
-        }
         self.obtain_logged(names, true).await
     }
 
     async fn obtain_logged(&self, names: &[String], switch_now: bool) -> Result<Obtained, AcmeError> {
+        // One order at a time across all clones; held until this one has ended (the time
+        // limit below counts from when the lock is held).
+        let _order = self.order_lock.lock().await;
+        if switch_now && !self.paths.next_key.exists() {
+            return Err(AcmeError::Config(
+                "no key rollover is pending; prepare one first".into(),
+            ));
+        }
         let limit = self.settings.order_timeout;
         let result = match tokio::time::timeout(limit, self.order(names, switch_now)).await {
             Ok(result) => result,
@@ -683,6 +692,25 @@ mod tests {
             .ok_or("a missing name was accepted")?;
         assert!(missing.to_string().contains("smtp.a.test"), "{missing}");
         assert!(check_chain(b"junk", &files::spki_of(&key), &names).is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_order_lock() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let acme = Acme::new(
+            AcmeSettings::new("https://acme.invalid/dir", dir.path()),
+            Challenges::new(None),
+            Arc::new(|| Ok(())),
+        );
+        let other = acme.clone();
+        let held = acme.order_lock.lock().await;
+        assert!(
+            other.order_lock.try_lock().is_err(),
+            "a clone ordered beside the first"
+        );
+        drop(held);
+        assert!(other.order_lock.try_lock().is_ok());
         Ok(())
     }
 
