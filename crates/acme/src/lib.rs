@@ -532,12 +532,15 @@ impl Acme {
             }
         };
         let mut failures = 0u32;
+        // Successful orders since a due time last lay in the future (schedule::gap_after_renewal).
+        let mut in_a_row = 0u32;
         // Where in an ARI window to renew, drawn once (RFC 9773 section 4.2).
         let jitter = f64::from(random_u32()) / f64::from(u32::MAX);
         loop {
             let now = now_unix();
             let due = self.due(&names, jitter).await;
             if due > now {
+                in_a_row = 0;
                 let wait = schedule::sleep_until(now, due);
                 tracing::debug!(due, "next ACME renewal");
                 tokio::select! {
@@ -548,8 +551,18 @@ impl Acme {
             let wait = match self.obtain(&names).await {
                 Ok(_) => {
                     failures = 0;
-                    // Never order twice in a row at once, whatever the CA's window says.
-                    schedule::MIN_RENEWAL_GAP
+                    in_a_row = in_a_row.saturating_add(1);
+                    // Never order twice in a row at once, whatever the CA's window says; a
+                    // certificate due again at once is renewed ever less often.
+                    let gap = schedule::gap_after_renewal(in_a_row);
+                    if in_a_row > 1 {
+                        tracing::warn!(
+                            renewals_in_a_row = in_a_row,
+                            wait_secs = gap.as_secs(),
+                            "the new ACME certificate is due for renewal at once again (the CA's renewal window lies in the past?); waiting longer each time"
+                        );
+                    }
+                    gap
                 }
                 Err(_) => {
                     failures = failures.saturating_add(1);

@@ -33,8 +33,8 @@ pub fn two_thirds(not_before: i64, not_after: i64) -> i64 {
 pub fn renewal_due(not_before: i64, not_after: i64, ari: Option<AriWindow>, jitter: f64) -> i64 {
     match ari {
         Some(w) if w.end >= w.start => {
-            let span = (w.end - w.start) as f64;
-            w.start + (span * jitter.clamp(0.0, 1.0)) as i64
+            let span = w.end.saturating_sub(w.start) as f64;
+            w.start.saturating_add((span * jitter.clamp(0.0, 1.0)) as i64)
         }
         _ => two_thirds(not_before, not_after),
     }
@@ -45,6 +45,15 @@ pub fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     let secs = BACKOFF_START.as_secs().saturating_mul(1u64 << doublings);
     Duration::from_secs(secs).min(BACKOFF_MAX)
+}
+
+/// How long the loop waits after a successful order, `in_a_row` being the successful orders
+/// since a due time last lay in the future (1 = this one; the loop resets the count whenever
+/// the next due time lies ahead). A certificate that is due again at once (an ARI
+/// window in the past, a CA issuing short certificates) is renewed ever less often: one
+/// minute, doubling to six hours, instead of every minute forever.
+pub fn gap_after_renewal(in_a_row: u32) -> Duration {
+    backoff(in_a_row).max(MIN_RENEWAL_GAP)
 }
 
 /// Whether a certificate ending at `not_after` is close enough to its end to raise the alarm.
@@ -100,6 +109,22 @@ mod tests {
         );
         assert_eq!(backoff(0).as_secs(), 60);
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn renewals_due_again_at_once_back_off() {
+        // Due again at once after every order: the gaps grow to six hours.
+        let gaps: Vec<u64> = (1..=12).map(|n| gap_after_renewal(n).as_secs()).collect();
+        assert_eq!(
+            gaps,
+            vec![
+                60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600, 21600, 21600
+            ]
+        );
+        // The first order after a due time in the future (count reset) waits the minimum.
+        assert_eq!(gap_after_renewal(1), MIN_RENEWAL_GAP);
+        assert_eq!(gap_after_renewal(0), MIN_RENEWAL_GAP);
+        assert_eq!(gap_after_renewal(u32::MAX), BACKOFF_MAX);
     }
 
     #[test]
