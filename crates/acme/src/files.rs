@@ -242,6 +242,35 @@ pub(crate) fn parse_chain(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, L
     Ok((chain, leaf))
 }
 
+/// Checks that each certificate of `chain` (leaf first) is signed by the next one's key and
+/// names it as its issuer. The last one is not checked: the clients trust it, or not.
+pub(crate) fn verify_links(chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    use x509_parser::prelude::*;
+    let parsed = chain
+        .iter()
+        .map(|der| X509Certificate::from_der(der.as_ref()).map(|(_, cert)| cert))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    for (i, pair) in parsed.windows(2).enumerate() {
+        let [cert, issuer] = pair else { continue };
+        if cert.issuer() != issuer.subject() {
+            return Err(format!(
+                "certificate {i} of the chain is issued by {}, but the next one is {}",
+                cert.issuer(),
+                issuer.subject()
+            ));
+        }
+        cert.verify_signature(Some(issuer.public_key())).map_err(|e| {
+            format!(
+                "certificate {i} of the chain ({}) is not signed by the next one ({}): {e}",
+                cert.subject(),
+                issuer.subject()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The leaf of `cert.pem`, if there is one that parses.
 pub(crate) fn read_leaf(path: &Path) -> Result<Option<Leaf>, AcmeError> {
     let pem = match std::fs::read(path) {

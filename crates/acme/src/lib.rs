@@ -593,10 +593,11 @@ fn random_u32() -> u32 {
     getrandom::u32().unwrap_or(u32::MAX / 2)
 }
 
-/// The checks before an issued chain replaces `cert.pem`: it parses, its leaf holds our key,
-/// names every one of `names`, and is valid now.
+/// The checks before an issued chain replaces `cert.pem`: it parses, each certificate is
+/// signed by the next, its leaf holds our key, names every one of `names`, and is valid now.
 fn check_chain(pem: &[u8], our_spki: &[u8], names: &[String]) -> Result<Leaf, AcmeError> {
-    let (_, leaf) = parse_chain(pem).map_err(AcmeError::Check)?;
+    let (chain, leaf) = parse_chain(pem).map_err(AcmeError::Check)?;
+    files::verify_links(&chain).map_err(AcmeError::Check)?;
     if leaf.spki != our_spki {
         return Err(AcmeError::Check("its key is not ours".into()));
     }
@@ -705,6 +706,47 @@ mod tests {
             .ok_or("a missing name was accepted")?;
         assert!(missing.to_string().contains("smtp.a.test"), "{missing}");
         assert!(check_chain(b"junk", &files::spki_of(&key), &names).is_err());
+        Ok(())
+    }
+
+    /// A CA and an intermediate it signed, as rcgen issuers, with their certificates.
+    fn ca_and_intermediate(
+        cn: &str,
+    ) -> Result<(rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>), Box<dyn std::error::Error>>
+    {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let ca = ca_params.self_signed(&ca_key)?;
+        Ok((ca, rcgen::Issuer::new(ca_params, ca_key)))
+    }
+
+    #[test]
+    fn an_issued_chain_must_link_by_signatures() -> Result<(), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let names = vec!["mail.a.test".to_string()];
+        let (intermediate, issuer) = ca_and_intermediate("intermediate")?;
+        let leaf = rcgen::CertificateParams::new(names.clone())?.signed_by(&key, &issuer)?;
+        let good = format!("{}{}", leaf.pem(), intermediate.pem());
+        check_chain(good.as_bytes(), &files::spki_of(&key), &names)?;
+
+        // Another CA of the same name signed the leaf: the link does not verify.
+        let (_, impostor) = ca_and_intermediate("intermediate")?;
+        let forged = rcgen::CertificateParams::new(names.clone())?.signed_by(&key, &impostor)?;
+        let bad = format!("{}{}", forged.pem(), intermediate.pem());
+        let e = check_chain(bad.as_bytes(), &files::spki_of(&key), &names)
+            .err()
+            .ok_or("a leaf the intermediate did not sign was accepted")?;
+        assert!(e.to_string().contains("not signed by the next"), "{e}");
+
+        // An intermediate of another name.
+        let (other, _) = ca_and_intermediate("someone else")?;
+        let wrong = format!("{}{}", leaf.pem(), other.pem());
+        let e = check_chain(wrong.as_bytes(), &files::spki_of(&key), &names)
+            .err()
+            .ok_or("a chain with a foreign intermediate was accepted")?;
+        assert!(e.to_string().contains("issued by"), "{e}");
         Ok(())
     }
 
