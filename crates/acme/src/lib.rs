@@ -72,6 +72,12 @@ pub enum AcmeError {
     Protocol(String),
     #[error("ACME challenge failed: {0}")]
     Challenge(String),
+    /// The order failed because these names' challenges failed (name, why).
+    #[error("ACME challenge failed: {detail}")]
+    NamesFailed {
+        failed: Vec<(String, String)>,
+        detail: String,
+    },
     #[error("the issued certificate was refused: {0}")]
     Check(String),
     #[error("the ACME order did not finish within {0:?}")]
@@ -194,9 +200,6 @@ fn normalize_names(names: &[String]) -> Result<Vec<String>, AcmeError> {
     if names.is_empty() {
         return Err(AcmeError::Config("no names to obtain a certificate for".into()));
     }
-    if names.len() > MAX_NAMES {
-        return Err(AcmeError::Config(format!("more than {MAX_NAMES} names")));
-    }
     let mut out: Vec<String> = Vec::new();
     for name in names {
         let n = name.trim_end_matches('.').to_ascii_lowercase();
@@ -218,6 +221,14 @@ fn normalize_names(names: &[String]) -> Result<Vec<String>, AcmeError> {
         if !out.contains(&n) {
             out.push(n);
         }
+    }
+    if out.len() > MAX_NAMES {
+        let left_out = out.split_off(MAX_NAMES);
+        tracing::warn!(
+            max = MAX_NAMES,
+            left_out = ?left_out,
+            "more names than one ACME certificate may hold; these are left out"
+        );
     }
     Ok(out)
 }
@@ -278,6 +289,32 @@ impl Acme {
             }
         }
         result
+    }
+
+    /// Obtains a certificate for `names`; when the order fails only because some names'
+    /// challenges failed, orders again at once without those (always keeping the first name,
+    /// the host name), saying which were dropped and why.
+    async fn obtain_dropping_failed(&self, names: &[String]) -> Result<Obtained, AcmeError> {
+        let mut wanted = names.to_vec();
+        loop {
+            let failed = match self.obtain(&wanted).await {
+                Err(AcmeError::NamesFailed { failed, detail }) => (failed, detail),
+                other => return other,
+            };
+            let (failed, detail) = failed;
+            let rest = names_without(&wanted, &failed);
+            let Some(rest) = rest else {
+                return Err(AcmeError::NamesFailed { failed, detail });
+            };
+            for (name, why) in &failed {
+                tracing::warn!(
+                    name = %name,
+                    reason = %why,
+                    "ACME: this name's challenge failed; ordering the certificate without it (the next renewal tries it again)"
+                );
+            }
+            wanted = rest;
+        }
     }
 
     /// The account for the configured directory: the stored one, or a new one (then stored).
@@ -386,18 +423,18 @@ impl Acme {
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz.map_err(server("authorization fetch"))?;
                 let name = authz.identifier().to_string();
+                let name_failed = |why: String| AcmeError::NamesFailed {
+                    failed: vec![(name.to_ascii_lowercase(), why.clone())],
+                    detail: format!("for {name}: {why}"),
+                };
                 match authz.status {
                     AuthorizationStatus::Valid => continue,
                     AuthorizationStatus::Pending => {}
-                    other => {
-                        return Err(AcmeError::Challenge(format!(
-                            "the authorization for {name} is {other:?}"
-                        )));
-                    }
+                    other => return Err(name_failed(format!("the authorization is {other:?}"))),
                 }
-                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
-                    AcmeError::Challenge(format!("the CA offers no {kind:?} challenge for {name}"))
-                })?;
+                let Some(mut challenge) = authz.challenge(kind.clone()) else {
+                    return Err(name_failed(format!("the CA offers no {kind:?} challenge")));
+                };
                 let key_authorization = challenge.key_authorization();
                 match self.settings.challenge {
                     Challenge::Http01 => guard.http(&challenge.token, key_authorization.as_str())?,
@@ -426,25 +463,39 @@ impl Acme {
         if let Some(failed) = failed {
             // Say why: each authorization's challenge errors.
             let mut why = vec![failed];
+            let mut failed_names: Vec<(String, String)> = Vec::new();
             let mut authorizations = order.authorizations();
             while let Some(Ok(mut authz)) = authorizations.next().await {
                 let name = authz.identifier().to_string();
                 if let Ok(state) = authz.refresh().await {
+                    let mut problems = Vec::new();
                     for c in &state.challenges {
                         if let Some(problem) = &c.error {
                             let problem = problem.to_string();
                             // The order's error often repeats its challenge's.
                             why.retain(|w| w != &problem && !w.ends_with(&problem));
                             why.push(format!("{name}: {problem}"));
+                            problems.push(problem);
                         }
+                    }
+                    if state.status == AuthorizationStatus::Invalid || !problems.is_empty() {
+                        let problem = if problems.is_empty() {
+                            "the authorization is invalid".to_string()
+                        } else {
+                            problems.join("; ")
+                        };
+                        failed_names.push((name.to_ascii_lowercase(), problem));
                     }
                 }
             }
-            return Err(AcmeError::Challenge(format!(
-                "for {}: {}",
-                names.join(", "),
-                why.join("; ")
-            )));
+            let detail = format!("for {}: {}", names.join(", "), why.join("; "));
+            if failed_names.is_empty() {
+                return Err(AcmeError::Challenge(detail));
+            }
+            return Err(AcmeError::NamesFailed {
+                failed: failed_names,
+                detail,
+            });
         }
         drop(guard);
 
@@ -531,6 +582,9 @@ impl Acme {
                 return;
             }
         };
+        // The names the certificate in service has to hold for the loop to leave it be: all,
+        // or those left once the failing ones were dropped.
+        let mut covered = names.clone();
         let mut failures = 0u32;
         // Successful orders since a due time last lay in the future (schedule::gap_after_renewal).
         let mut in_a_row = 0u32;
@@ -538,7 +592,7 @@ impl Acme {
         let jitter = f64::from(random_u32()) / f64::from(u32::MAX);
         loop {
             let now = now_unix();
-            let due = self.due(&names, jitter).await;
+            let due = self.due(&covered, jitter).await;
             if due > now {
                 in_a_row = 0;
                 let wait = schedule::sleep_until(now, due);
@@ -548,8 +602,11 @@ impl Acme {
                     () = tokio::time::sleep(wait) => continue,
                 }
             }
-            let wait = match self.obtain(&names).await {
-                Ok(_) => {
+            let wait = match self.obtain_dropping_failed(&names).await {
+                Ok(got) => {
+                    // A certificate without some names serves until the next renewal, which
+                    // tries them all again.
+                    covered = got.names;
                     failures = 0;
                     in_a_row = in_a_row.saturating_add(1);
                     // Never order twice in a row at once, whatever the CA's window says; a
@@ -587,6 +644,21 @@ impl Acme {
             }
         }
     }
+}
+
+/// `wanted` without the `failed` names, when ordering again without them makes sense: the
+/// first name (the host name) did not fail, and some but not all others did.
+fn names_without(wanted: &[String], failed: &[(String, String)]) -> Option<Vec<String>> {
+    let first = wanted.first()?;
+    let has_failed = |n: &String| {
+        let n = n.trim_end_matches('.').to_ascii_lowercase();
+        failed.iter().any(|(f, _)| *f == n)
+    };
+    if has_failed(first) {
+        return None;
+    }
+    let rest: Vec<String> = wanted.iter().filter(|n| !has_failed(n)).cloned().collect();
+    (rest.len() < wanted.len()).then_some(rest)
 }
 
 fn random_u32() -> u32 {
@@ -684,7 +756,49 @@ mod tests {
         assert!(normalize_names(&["localhost".into()]).is_err());
         assert!(normalize_names(&["a..b".into()]).is_err());
         assert!(normalize_names(&["-a.b".into()]).is_err());
+        // Too many: the first MAX_NAMES are kept, the host name first.
+        let many: Vec<String> = (0..MAX_NAMES + 5).map(|i| format!("n{i}.a.test")).collect();
+        let kept = normalize_names(&many)?;
+        assert_eq!(kept.len(), MAX_NAMES);
+        assert_eq!(kept.first().map(String::as_str), Some("n0.a.test"));
+        assert_eq!(kept.last(), many.get(MAX_NAMES - 1));
         Ok(())
+    }
+
+    #[test]
+    fn failed_names_are_dropped_but_never_the_first() {
+        let wanted: Vec<String> = ["mail.a.test", "mta-sts.a.test", "autoconfig.a.test"]
+            .map(String::from)
+            .to_vec();
+        let failed = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), "no DNS".to_string()))
+                .collect()
+        };
+        assert_eq!(
+            names_without(&wanted, &failed(&["mta-sts.a.test"])),
+            Some(vec!["mail.a.test".to_string(), "autoconfig.a.test".to_string()])
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["mail.a.test"])),
+            None,
+            "the host name failed"
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["mail.a.test", "mta-sts.a.test"])),
+            None
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["other.a.test"])),
+            None,
+            "nothing to drop"
+        );
+        assert_eq!(names_without(&[], &failed(&["x.a.test"])), None);
+        assert_eq!(
+            names_without(&wanted, &failed(&["mta-sts.a.test", "autoconfig.a.test"])),
+            Some(vec!["mail.a.test".to_string()])
+        );
     }
 
     #[test]
