@@ -680,7 +680,7 @@ fn check_chain(pem: &[u8], our_spki: &[u8], names: &[String]) -> Result<Leaf, Ac
         )));
     }
     let now = now_unix();
-    if leaf.not_after <= now || leaf.not_before > now + 3600 {
+    if leaf.not_after <= now || leaf.not_before > now.saturating_add(3600) {
         return Err(AcmeError::Check(format!(
             "it is not valid now (from {} to {})",
             leaf.not_before, leaf.not_after

@@ -136,6 +136,23 @@ mod tests {
     }
 
     #[test]
+    fn extreme_values_from_the_network_do_not_panic() {
+        let w = AriWindow {
+            start: i64::MIN,
+            end: i64::MAX,
+        };
+        for jitter in [0.0, 0.5, 1.0, f64::NAN, f64::INFINITY] {
+            let _ = renewal_due(i64::MIN, i64::MAX, Some(w), jitter);
+        }
+        assert!(two_thirds(i64::MIN, i64::MAX) < 0, "saturated lifetime");
+        assert_eq!(two_thirds(i64::MAX, i64::MIN), i64::MAX);
+        assert_eq!(sleep_until(i64::MIN, i64::MAX), RECHECK);
+        assert_eq!(sleep_until(i64::MAX, i64::MIN), Duration::ZERO);
+        assert!(expiry_alarm(i64::MAX, i64::MIN));
+        assert!(!expiry_alarm(i64::MIN, i64::MAX));
+    }
+
+    #[test]
     fn sleeps_are_capped() {
         assert_eq!(sleep_until(100, 50), Duration::ZERO);
         assert_eq!(sleep_until(0, 60), Duration::from_secs(60));
