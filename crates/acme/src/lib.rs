@@ -574,6 +574,9 @@ impl Acme {
     /// there is none valid, renews at the ARI time or at two thirds of the lifetime, retries
     /// with back-off (1 minute doubling to 6 hours) while the old certificate stays served,
     /// and rings the alarm ([`EXPIRY_ALARMS`], `tracing::error!`) within 14 days of its end.
+    /// Names whose challenges fail are left out of that order (never the first, the host
+    /// name) and tried again at the next renewal; beyond [`MAX_NAMES`] the first ones are kept.
+    /// A certificate due again right after its order is renewed ever less often.
     pub async fn run(self, names: Vec<String>, shutdown: CancellationToken) {
         let names = match normalize_names(&names) {
             Ok(names) => names,
