@@ -72,6 +72,12 @@ pub enum AcmeError {
     Protocol(String),
     #[error("ACME challenge failed: {0}")]
     Challenge(String),
+    /// The order failed because these names' challenges failed (name, why).
+    #[error("ACME challenge failed: {detail}")]
+    NamesFailed {
+        failed: Vec<(String, String)>,
+        detail: String,
+    },
     #[error("the issued certificate was refused: {0}")]
     Check(String),
     #[error("the ACME order did not finish within {0:?}")]
@@ -168,11 +174,16 @@ struct StoredAccount {
     credentials: AccountCredentials,
 }
 
+/// The ACME client of one data folder. Clones share one order lock: two orders (say the
+/// renewal loop's and a key switch asked for from another task) never run at once, so they
+/// cannot overwrite each other's `cert.pem` or challenge answers.
+#[derive(Clone)]
 pub struct Acme {
     settings: AcmeSettings,
     paths: AcmePaths,
     challenges: Arc<Challenges>,
     reload: ReloadFn,
+    order_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Acme {
@@ -188,9 +199,6 @@ impl std::fmt::Debug for Acme {
 fn normalize_names(names: &[String]) -> Result<Vec<String>, AcmeError> {
     if names.is_empty() {
         return Err(AcmeError::Config("no names to obtain a certificate for".into()));
-    }
-    if names.len() > MAX_NAMES {
-        return Err(AcmeError::Config(format!("more than {MAX_NAMES} names")));
     }
     let mut out: Vec<String> = Vec::new();
     for name in names {
@@ -214,6 +222,14 @@ fn normalize_names(names: &[String]) -> Result<Vec<String>, AcmeError> {
             out.push(n);
         }
     }
+    if out.len() > MAX_NAMES {
+        let left_out = out.split_off(MAX_NAMES);
+        tracing::warn!(
+            max = MAX_NAMES,
+            left_out = ?left_out,
+            "more names than one ACME certificate may hold; these are left out"
+        );
+    }
     Ok(out)
 }
 
@@ -225,6 +241,7 @@ impl Acme {
             paths,
             challenges,
             reload,
+            order_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -241,15 +258,18 @@ impl Acme {
 
     /// As [`Self::obtain`], switching to the pending rollover key now (refused without one).
     pub async fn switch_key(&self, names: &[String]) -> Result<Obtained, AcmeError> {
-        if !self.paths.next_key.exists() {
-            return Err(AcmeError::Config(
-                "no key rollover is pending; prepare one first".into(),
-            ));
-        }
         self.obtain_logged(names, true).await
     }
 
     async fn obtain_logged(&self, names: &[String], switch_now: bool) -> Result<Obtained, AcmeError> {
+        // One order at a time across all clones; held until this one has ended (the time
+        // limit below counts from when the lock is held).
+        let _order = self.order_lock.lock().await;
+        if switch_now && !self.paths.next_key.exists() {
+            return Err(AcmeError::Config(
+                "no key rollover is pending; prepare one first".into(),
+            ));
+        }
         let limit = self.settings.order_timeout;
         let result = match tokio::time::timeout(limit, self.order(names, switch_now)).await {
             Ok(result) => result,
@@ -269,6 +289,32 @@ impl Acme {
             }
         }
         result
+    }
+
+    /// Obtains a certificate for `names`; when the order fails only because some names'
+    /// challenges failed, orders again at once without those (always keeping the first name,
+    /// the host name), saying which were dropped and why.
+    async fn obtain_dropping_failed(&self, names: &[String]) -> Result<Obtained, AcmeError> {
+        let mut wanted = names.to_vec();
+        loop {
+            let failed = match self.obtain(&wanted).await {
+                Err(AcmeError::NamesFailed { failed, detail }) => (failed, detail),
+                other => return other,
+            };
+            let (failed, detail) = failed;
+            let rest = names_without(&wanted, &failed);
+            let Some(rest) = rest else {
+                return Err(AcmeError::NamesFailed { failed, detail });
+            };
+            for (name, why) in &failed {
+                tracing::warn!(
+                    name = %name,
+                    reason = %why,
+                    "ACME: this name's challenge failed; ordering the certificate without it (the next renewal tries it again)"
+                );
+            }
+            wanted = rest;
+        }
     }
 
     /// The account for the configured directory: the stored one, or a new one (then stored).
@@ -377,18 +423,18 @@ impl Acme {
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz.map_err(server("authorization fetch"))?;
                 let name = authz.identifier().to_string();
+                let name_failed = |why: String| AcmeError::NamesFailed {
+                    failed: vec![(name.to_ascii_lowercase(), why.clone())],
+                    detail: format!("for {name}: {why}"),
+                };
                 match authz.status {
                     AuthorizationStatus::Valid => continue,
                     AuthorizationStatus::Pending => {}
-                    other => {
-                        return Err(AcmeError::Challenge(format!(
-                            "the authorization for {name} is {other:?}"
-                        )));
-                    }
+                    other => return Err(name_failed(format!("the authorization is {other:?}"))),
                 }
-                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
-                    AcmeError::Challenge(format!("the CA offers no {kind:?} challenge for {name}"))
-                })?;
+                let Some(mut challenge) = authz.challenge(kind.clone()) else {
+                    return Err(name_failed(format!("the CA offers no {kind:?} challenge")));
+                };
                 let key_authorization = challenge.key_authorization();
                 match self.settings.challenge {
                     Challenge::Http01 => guard.http(&challenge.token, key_authorization.as_str())?,
@@ -417,25 +463,39 @@ impl Acme {
         if let Some(failed) = failed {
             // Say why: each authorization's challenge errors.
             let mut why = vec![failed];
+            let mut failed_names: Vec<(String, String)> = Vec::new();
             let mut authorizations = order.authorizations();
             while let Some(Ok(mut authz)) = authorizations.next().await {
                 let name = authz.identifier().to_string();
                 if let Ok(state) = authz.refresh().await {
+                    let mut problems = Vec::new();
                     for c in &state.challenges {
                         if let Some(problem) = &c.error {
                             let problem = problem.to_string();
                             // The order's error often repeats its challenge's.
                             why.retain(|w| w != &problem && !w.ends_with(&problem));
                             why.push(format!("{name}: {problem}"));
+                            problems.push(problem);
                         }
+                    }
+                    if state.status == AuthorizationStatus::Invalid || !problems.is_empty() {
+                        let problem = if problems.is_empty() {
+                            "the authorization is invalid".to_string()
+                        } else {
+                            problems.join("; ")
+                        };
+                        failed_names.push((name.to_ascii_lowercase(), problem));
                     }
                 }
             }
-            return Err(AcmeError::Challenge(format!(
-                "for {}: {}",
-                names.join(", "),
-                why.join("; ")
-            )));
+            let detail = format!("for {}: {}", names.join(", "), why.join("; "));
+            if failed_names.is_empty() {
+                return Err(AcmeError::Challenge(detail));
+            }
+            return Err(AcmeError::NamesFailed {
+                failed: failed_names,
+                detail,
+            });
         }
         drop(guard);
 
@@ -514,6 +574,9 @@ impl Acme {
     /// there is none valid, renews at the ARI time or at two thirds of the lifetime, retries
     /// with back-off (1 minute doubling to 6 hours) while the old certificate stays served,
     /// and rings the alarm ([`EXPIRY_ALARMS`], `tracing::error!`) within 14 days of its end.
+    /// Names whose challenges fail are left out of that order (never the first, the host
+    /// name) and tried again at the next renewal; beyond [`MAX_NAMES`] the first ones are kept.
+    /// A certificate due again right after its order is renewed ever less often.
     pub async fn run(self, names: Vec<String>, shutdown: CancellationToken) {
         let names = match normalize_names(&names) {
             Ok(names) => names,
@@ -522,13 +585,19 @@ impl Acme {
                 return;
             }
         };
+        // The names the certificate in service has to hold for the loop to leave it be: all,
+        // or those left once the failing ones were dropped.
+        let mut covered = names.clone();
         let mut failures = 0u32;
+        // Successful orders since a due time last lay in the future (schedule::gap_after_renewal).
+        let mut in_a_row = 0u32;
         // Where in an ARI window to renew, drawn once (RFC 9773 section 4.2).
         let jitter = f64::from(random_u32()) / f64::from(u32::MAX);
         loop {
             let now = now_unix();
-            let due = self.due(&names, jitter).await;
+            let due = self.due(&covered, jitter).await;
             if due > now {
+                in_a_row = 0;
                 let wait = schedule::sleep_until(now, due);
                 tracing::debug!(due, "next ACME renewal");
                 tokio::select! {
@@ -536,11 +605,24 @@ impl Acme {
                     () = tokio::time::sleep(wait) => continue,
                 }
             }
-            let wait = match self.obtain(&names).await {
-                Ok(_) => {
+            let wait = match self.obtain_dropping_failed(&names).await {
+                Ok(got) => {
+                    // A certificate without some names serves until the next renewal, which
+                    // tries them all again.
+                    covered = got.names;
                     failures = 0;
-                    // Never order twice in a row at once, whatever the CA's window says.
-                    schedule::MIN_RENEWAL_GAP
+                    in_a_row = in_a_row.saturating_add(1);
+                    // Never order twice in a row at once, whatever the CA's window says; a
+                    // certificate due again at once is renewed ever less often.
+                    let gap = schedule::gap_after_renewal(in_a_row);
+                    if in_a_row > 1 {
+                        tracing::warn!(
+                            renewals_in_a_row = in_a_row,
+                            wait_secs = gap.as_secs(),
+                            "the new ACME certificate is due for renewal at once again (the CA's renewal window lies in the past?); waiting longer each time"
+                        );
+                    }
+                    gap
                 }
                 Err(_) => {
                     failures = failures.saturating_add(1);
@@ -567,14 +649,30 @@ impl Acme {
     }
 }
 
+/// `wanted` without the `failed` names, when ordering again without them makes sense: the
+/// first name (the host name) did not fail, and some but not all others did.
+fn names_without(wanted: &[String], failed: &[(String, String)]) -> Option<Vec<String>> {
+    let first = wanted.first()?;
+    let has_failed = |n: &String| {
+        let n = n.trim_end_matches('.').to_ascii_lowercase();
+        failed.iter().any(|(f, _)| *f == n)
+    };
+    if has_failed(first) {
+        return None;
+    }
+    let rest: Vec<String> = wanted.iter().filter(|n| !has_failed(n)).cloned().collect();
+    (rest.len() < wanted.len()).then_some(rest)
+}
+
 fn random_u32() -> u32 {
     getrandom::u32().unwrap_or(u32::MAX / 2)
 }
 
-/// The checks before an issued chain replaces `cert.pem`: it parses, its leaf holds our key,
-/// names every one of `names`, and is valid now.
+/// The checks before an issued chain replaces `cert.pem`: it parses, each certificate is
+/// signed by the next, its leaf holds our key, names every one of `names`, and is valid now.
 fn check_chain(pem: &[u8], our_spki: &[u8], names: &[String]) -> Result<Leaf, AcmeError> {
-    let (_, leaf) = parse_chain(pem).map_err(AcmeError::Check)?;
+    let (chain, leaf) = parse_chain(pem).map_err(AcmeError::Check)?;
+    files::verify_links(&chain).map_err(AcmeError::Check)?;
     if leaf.spki != our_spki {
         return Err(AcmeError::Check("its key is not ours".into()));
     }
@@ -585,7 +683,7 @@ fn check_chain(pem: &[u8], our_spki: &[u8], names: &[String]) -> Result<Leaf, Ac
         )));
     }
     let now = now_unix();
-    if leaf.not_after <= now || leaf.not_before > now + 3600 {
+    if leaf.not_after <= now || leaf.not_before > now.saturating_add(3600) {
         return Err(AcmeError::Check(format!(
             "it is not valid now (from {} to {})",
             leaf.not_before, leaf.not_after
@@ -661,7 +759,49 @@ mod tests {
         assert!(normalize_names(&["localhost".into()]).is_err());
         assert!(normalize_names(&["a..b".into()]).is_err());
         assert!(normalize_names(&["-a.b".into()]).is_err());
+        // Too many: the first MAX_NAMES are kept, the host name first.
+        let many: Vec<String> = (0..MAX_NAMES + 5).map(|i| format!("n{i}.a.test")).collect();
+        let kept = normalize_names(&many)?;
+        assert_eq!(kept.len(), MAX_NAMES);
+        assert_eq!(kept.first().map(String::as_str), Some("n0.a.test"));
+        assert_eq!(kept.last(), many.get(MAX_NAMES - 1));
         Ok(())
+    }
+
+    #[test]
+    fn failed_names_are_dropped_but_never_the_first() {
+        let wanted: Vec<String> = ["mail.a.test", "mta-sts.a.test", "autoconfig.a.test"]
+            .map(String::from)
+            .to_vec();
+        let failed = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), "no DNS".to_string()))
+                .collect()
+        };
+        assert_eq!(
+            names_without(&wanted, &failed(&["mta-sts.a.test"])),
+            Some(vec!["mail.a.test".to_string(), "autoconfig.a.test".to_string()])
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["mail.a.test"])),
+            None,
+            "the host name failed"
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["mail.a.test", "mta-sts.a.test"])),
+            None
+        );
+        assert_eq!(
+            names_without(&wanted, &failed(&["other.a.test"])),
+            None,
+            "nothing to drop"
+        );
+        assert_eq!(names_without(&[], &failed(&["x.a.test"])), None);
+        assert_eq!(
+            names_without(&wanted, &failed(&["mta-sts.a.test", "autoconfig.a.test"])),
+            Some(vec!["mail.a.test".to_string()])
+        );
     }
 
     #[test]
@@ -683,6 +823,66 @@ mod tests {
             .ok_or("a missing name was accepted")?;
         assert!(missing.to_string().contains("smtp.a.test"), "{missing}");
         assert!(check_chain(b"junk", &files::spki_of(&key), &names).is_err());
+        Ok(())
+    }
+
+    /// A CA and an intermediate it signed, as rcgen issuers, with their certificates.
+    fn ca_and_intermediate(
+        cn: &str,
+    ) -> Result<(rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>), Box<dyn std::error::Error>>
+    {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let ca = ca_params.self_signed(&ca_key)?;
+        Ok((ca, rcgen::Issuer::new(ca_params, ca_key)))
+    }
+
+    #[test]
+    fn an_issued_chain_must_link_by_signatures() -> Result<(), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let names = vec!["mail.a.test".to_string()];
+        let (intermediate, issuer) = ca_and_intermediate("intermediate")?;
+        let leaf = rcgen::CertificateParams::new(names.clone())?.signed_by(&key, &issuer)?;
+        let good = format!("{}{}", leaf.pem(), intermediate.pem());
+        check_chain(good.as_bytes(), &files::spki_of(&key), &names)?;
+
+        // Another CA of the same name signed the leaf: the link does not verify.
+        let (_, impostor) = ca_and_intermediate("intermediate")?;
+        let forged = rcgen::CertificateParams::new(names.clone())?.signed_by(&key, &impostor)?;
+        let bad = format!("{}{}", forged.pem(), intermediate.pem());
+        let e = check_chain(bad.as_bytes(), &files::spki_of(&key), &names)
+            .err()
+            .ok_or("a leaf the intermediate did not sign was accepted")?;
+        assert!(e.to_string().contains("not signed by the next"), "{e}");
+
+        // An intermediate of another name.
+        let (other, _) = ca_and_intermediate("someone else")?;
+        let wrong = format!("{}{}", leaf.pem(), other.pem());
+        let e = check_chain(wrong.as_bytes(), &files::spki_of(&key), &names)
+            .err()
+            .ok_or("a chain with a foreign intermediate was accepted")?;
+        assert!(e.to_string().contains("issued by"), "{e}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_order_lock() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let acme = Acme::new(
+            AcmeSettings::new("https://acme.invalid/dir", dir.path()),
+            Challenges::new(None),
+            Arc::new(|| Ok(())),
+        );
+        let other = acme.clone();
+        let held = acme.order_lock.lock().await;
+        assert!(
+            other.order_lock.try_lock().is_err(),
+            "a clone ordered beside the first"
+        );
+        drop(held);
+        assert!(other.order_lock.try_lock().is_ok());
         Ok(())
     }
 

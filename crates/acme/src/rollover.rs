@@ -69,8 +69,11 @@ pub(crate) fn complete(paths: &AcmePaths) -> Result<(), AcmeError> {
     sealmail_safeio::sync_dir(&paths.dir).map_err(io_error(&paths.dir))
 }
 
-/// Finishes a switch a crash interrupted: `cert.pem` already holds the next key's certificate.
-pub(crate) fn finish_interrupted(paths: &AcmePaths) -> Result<(), AcmeError> {
+/// Finishes a switch a crash interrupted: when `cert.pem` already holds the certificate for
+/// `next-key.pem`'s key, `next-key.pem` becomes `key.pem`, so the pair matches again. Call it
+/// before loading `cert.pem` and `key.pem`; it does nothing when no rollover is pending, none
+/// was interrupted, or the folder does not exist.
+pub fn finish_interrupted(paths: &AcmePaths) -> Result<(), AcmeError> {
     let Some(next) = crate::files::read_key(&paths.next_key)? else {
         return Ok(());
     };
@@ -95,6 +98,35 @@ mod tests {
         assert!(should_switch(t0, t0 + Duration::from_secs(3600), wait, true));
         assert!(should_switch(t0, t0 + wait, wait, false));
         assert!(!should_switch(t0 + wait, t0, wait, false), "future mtime");
+    }
+
+    #[test]
+    fn finishing_an_interrupted_switch() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = AcmePaths::new(&dir.path().join("nothing-here"));
+        finish_interrupted(&paths)?;
+        assert!(!paths.dir.exists(), "nothing created");
+
+        let paths = AcmePaths::new(dir.path());
+        paths.create_dir()?;
+        finish_interrupted(&paths)?;
+        let key = create_key(&paths.key)?;
+        let cert = rcgen::CertificateParams::new(vec!["mail.a.test".to_string()])?.self_signed(&key)?;
+        std::fs::write(&paths.cert, cert.pem())?;
+        finish_interrupted(&paths)?;
+        let next = prepare(dir.path())?;
+        // Pending, cert.pem still for key.pem: nothing to finish.
+        finish_interrupted(&paths)?;
+        assert_eq!(next_spki_sha256(dir.path())?, Some(next.clone()));
+
+        // The crash: cert.pem for the next key written, the rename not done.
+        let next_key = crate::files::read_key(&paths.next_key)?.ok_or("no next key")?;
+        let cert = rcgen::CertificateParams::new(vec!["mail.a.test".to_string()])?.self_signed(&next_key)?;
+        std::fs::write(&paths.cert, cert.pem())?;
+        finish_interrupted(&paths)?;
+        assert_eq!(current_spki_sha256(dir.path())?, Some(next));
+        assert_eq!(pending(dir.path())?, None);
+        Ok(())
     }
 
     #[test]

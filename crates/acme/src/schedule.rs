@@ -33,8 +33,8 @@ pub fn two_thirds(not_before: i64, not_after: i64) -> i64 {
 pub fn renewal_due(not_before: i64, not_after: i64, ari: Option<AriWindow>, jitter: f64) -> i64 {
     match ari {
         Some(w) if w.end >= w.start => {
-            let span = (w.end - w.start) as f64;
-            w.start + (span * jitter.clamp(0.0, 1.0)) as i64
+            let span = w.end.saturating_sub(w.start) as f64;
+            w.start.saturating_add((span * jitter.clamp(0.0, 1.0)) as i64)
         }
         _ => two_thirds(not_before, not_after),
     }
@@ -45,6 +45,15 @@ pub fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     let secs = BACKOFF_START.as_secs().saturating_mul(1u64 << doublings);
     Duration::from_secs(secs).min(BACKOFF_MAX)
+}
+
+/// How long the loop waits after a successful order, `in_a_row` being the successful orders
+/// since a due time last lay in the future (1 = this one; the loop resets the count whenever
+/// the next due time lies ahead). A certificate that is due again at once (an ARI
+/// window in the past, a CA issuing short certificates) is renewed ever less often: one
+/// minute, doubling to six hours, instead of every minute forever.
+pub fn gap_after_renewal(in_a_row: u32) -> Duration {
+    backoff(in_a_row).max(MIN_RENEWAL_GAP)
 }
 
 /// Whether a certificate ending at `not_after` is close enough to its end to raise the alarm.
@@ -103,11 +112,44 @@ mod tests {
     }
 
     #[test]
+    fn renewals_due_again_at_once_back_off() {
+        // Due again at once after every order: the gaps grow to six hours.
+        let gaps: Vec<u64> = (1..=12).map(|n| gap_after_renewal(n).as_secs()).collect();
+        assert_eq!(
+            gaps,
+            vec![
+                60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600, 21600, 21600
+            ]
+        );
+        // The first order after a due time in the future (count reset) waits the minimum.
+        assert_eq!(gap_after_renewal(1), MIN_RENEWAL_GAP);
+        assert_eq!(gap_after_renewal(0), MIN_RENEWAL_GAP);
+        assert_eq!(gap_after_renewal(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
     fn the_alarm_rings_within_fourteen_days() {
         assert!(!expiry_alarm(0, 15 * DAY));
         assert!(expiry_alarm(0, 14 * DAY));
         assert!(expiry_alarm(0, DAY));
         assert!(expiry_alarm(10 * DAY, DAY), "expired");
+    }
+
+    #[test]
+    fn extreme_values_from_the_network_do_not_panic() {
+        let w = AriWindow {
+            start: i64::MIN,
+            end: i64::MAX,
+        };
+        for jitter in [0.0, 0.5, 1.0, f64::NAN, f64::INFINITY] {
+            let _ = renewal_due(i64::MIN, i64::MAX, Some(w), jitter);
+        }
+        assert!(two_thirds(i64::MIN, i64::MAX) < 0, "saturated lifetime");
+        assert_eq!(two_thirds(i64::MAX, i64::MIN), i64::MAX);
+        assert_eq!(sleep_until(i64::MIN, i64::MAX), RECHECK);
+        assert_eq!(sleep_until(i64::MAX, i64::MIN), Duration::ZERO);
+        assert!(expiry_alarm(i64::MAX, i64::MIN));
+        assert!(!expiry_alarm(i64::MIN, i64::MAX));
     }
 
     #[test]

@@ -482,3 +482,45 @@ async fn a_renewal_failing_near_the_end_rings_the_alarm_and_keeps_the_certificat
     tokio::time::timeout(Duration::from_secs(5), run).await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_renewal_loop_drops_a_failing_name_but_keeps_the_host_name() -> R {
+    let Some(s) = setup().await? else {
+        return Ok(());
+    };
+    let acme = s.acme(s.settings(Challenge::Http01));
+    // The middle name is unknown to pebble's DNS: its challenge fails.
+    let wanted = vec![
+        NAME.to_string(),
+        "nowhere.sealmail.test".to_string(),
+        SECOND.to_string(),
+    ];
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(acme.clone().run(wanted, shutdown.clone()));
+    let mut issued = None;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.reloads.load(Ordering::SeqCst) > 0 {
+            issued = Some(sealmail_acme::status(s.data.path())?);
+            break;
+        }
+    }
+    let status = issued.ok_or_else(|| format!("no certificate; pebble log:\n{}", s.pebble.log()))?;
+    let mut listed = status.first().ok_or("no status")?.names.clone();
+    listed.sort();
+    assert_eq!(listed, vec![SECOND.to_string(), NAME.to_string()]);
+    // The reduced certificate is not due at once: no further order.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.reloads.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run).await??;
+
+    // When the first name (the host name) fails, nothing is issued without it.
+    let e = acme
+        .obtain(&["nowhere.sealmail.test".to_string(), NAME.to_string()])
+        .await
+        .err()
+        .ok_or("an unresolvable first name was accepted")?;
+    assert!(e.to_string().contains("nowhere.sealmail.test"), "{e}");
+    Ok(())
+}
