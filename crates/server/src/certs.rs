@@ -41,6 +41,39 @@ pub fn served_files(config: &Config) -> Vec<CertificateFiles> {
     files
 }
 
+/// The certificates to serve at start. With `[acme]`: a key switch a crash interrupted is
+/// finished first, and the first ACME key is seeded from the configured certificate's key (so
+/// the published `TLSA 3 1 1` record stays right when the first ACME certificate comes); an
+/// ACME pair that still does not load is logged and left out (renewal replaces it), so the
+/// configured certificates are served rather than none.
+pub fn load_served(config: &Config) -> anyhow::Result<sealmail_tls::CertSet> {
+    if config.acme.is_some() {
+        let paths = sealmail_acme::AcmePaths::new(&config.data_dir);
+        if let Err(error) = sealmail_acme::rollover::finish_interrupted(&paths) {
+            tracing::error!(%error, "cannot finish an interrupted ACME key switch");
+        }
+        if let Some(configured) = config.certificates.first() {
+            match sealmail_acme::files::seed_key(&paths, &configured.key) {
+                Ok(true) => tracing::info!(
+                    from = %configured.key.display(),
+                    "the ACME certificate will keep the configured certificate's key (its TLSA record stays valid)"
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "cannot seed the ACME key; a new one will be made"),
+            }
+        }
+    }
+    let files = served_files(config);
+    match sealmail_tls::CertSet::load(&files) {
+        Ok(set) => Ok(set),
+        Err(error) if config.acme.is_some() && files.len() > config.certificates.len() => {
+            tracing::error!(%error, "the ACME certificate cannot be served; serving the configured certificates until renewal replaces it");
+            Ok(sealmail_tls::CertSet::load(&config.certificates)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// What `cert status` tells of one certificate.
 struct Facts {
     names: Vec<String>,
@@ -234,9 +267,10 @@ pub fn spawn_acme(
         })
     };
     let settings = acme_settings(acme, &config.data_dir);
-    let renewer = sealmail_acme::Acme::new(settings.clone(), challenges.clone(), reload.clone());
-    tokio::spawn(renewer.run(names.clone(), shutdown.clone()));
-    let switcher = sealmail_acme::Acme::new(settings, challenges, reload);
+    // Clones share one order lock: a switch and a renewal never order at once.
+    let renewer = sealmail_acme::Acme::new(settings, challenges, reload);
+    let switcher = renewer.clone();
+    tokio::spawn(supervise_renewal(renewer, names.clone(), shutdown.clone()));
     let marker = config.data_dir.join(ACME_DIR).join(SWITCH_REQUEST);
     tokio::spawn(async move {
         loop {
@@ -279,6 +313,24 @@ fn give_to_data_owner(config: &Config) -> anyhow::Result<()> {
         tracing::warn!(path = %path.display(), "left alone: not handed to the data folder's owner");
     }
     Ok(())
+}
+
+/// Runs the renewal loop, starting it again a minute after it panicked: nothing an ACME
+/// server says may end renewal for good.
+async fn supervise_renewal(acme: sealmail_acme::Acme, names: Vec<String>, shutdown: CancellationToken) {
+    loop {
+        let run = tokio::spawn(acme.clone().run(names.clone(), shutdown.clone()));
+        match run.await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%error, "the ACME renewal loop failed; starting it again in a minute");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// `sealmail cert rollover [--switch]`.

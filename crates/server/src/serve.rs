@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use sealmail_config::{Config, LogFormat, Role, StoreBackend, StoreTls};
 use sealmail_net::{BoundListener, Handler, Server};
 use sealmail_store::{PgOptions, PgStore, PgTls, SqliteStore, Store};
+use sealmail_tls::CertResolver;
 use sealmail_tls::client_auth::ClientCertTrust;
-use sealmail_tls::{CertResolver, CertSet};
 
 use crate::cli::{LogFormatArg, init_logging, usage};
 
@@ -205,7 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     check_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let certs = CertSet::load(&crate::certs::served_files(&config))?;
+    let certs = crate::certs::load_served(&config)?;
     let resolver = CertResolver::new(certs);
     let tls = sealmail_tls::server_config(resolver.clone())?;
     let client_auth = client_auth(&config, &resolver)?;

@@ -205,7 +205,12 @@ fn base64_lines(der: &[u8]) -> String {
 /// Replaces `cert.pem` by a certificate for the same key and names, issued by a CA of the
 /// test, whose two-thirds point has passed (valid from 60 days ago to tomorrow): due.
 fn install_due_certificate(server: &Server) -> TestResult {
-    let key_pem = ctx(std::fs::read_to_string(server.acme_file("key.pem")), "key.pem")?;
+    install_due_certificate_for(server, "key.pem")
+}
+
+/// As `install_due_certificate`, for the key in `key_file` of `DATA/acme`.
+fn install_due_certificate_for(server: &Server, key_file: &str) -> TestResult {
+    let key_pem = ctx(std::fs::read_to_string(server.acme_file(key_file)), "key")?;
     let key = ctx(rcgen::KeyPair::from_pem(&key_pem), "key")?;
     let ca_key = ctx(rcgen::KeyPair::generate(), "CA key")?;
     let mut ca_params = ctx(rcgen::CertificateParams::new(Vec::<String>::new()), "params")?;
@@ -259,8 +264,9 @@ async fn tls_alpn_01_certificate_is_served_everywhere_renewed_with_its_key_and_r
     let (issuer, first_end) = issuer_and_end(&leaf)?;
     assert!(issuer.contains("Pebble"), "{issuer}");
 
-    // The TLSA record is the ACME key's now, and the status says who renews it.
-    assert_ne!(server.tlsa()?, self_signed_tlsa);
+    // The first ACME certificate kept the configured certificate's key: the published TLSA
+    // record did not change. The status says who renews it.
+    assert_eq!(self_signed_tlsa, vec![key_hash.clone()]);
     assert_eq!(server.tlsa()?, vec![key_hash.clone()]);
     let status = server.admin(&["cert", "status"])?;
     assert!(
@@ -311,6 +317,26 @@ async fn tls_alpn_01_certificate_is_served_everywhere_renewed_with_its_key_and_r
         next
     );
     assert_eq!(server.tlsa()?, vec![next]);
+
+    // A crash in the middle of a switch (the certificate for the next key written, the key
+    // not yet renamed) does not keep the server from starting: the switch is finished.
+    let prepared = server.admin(&["cert", "rollover"])?;
+    let third = prepared
+        .lines()
+        .find_map(|l| l.split("3 1 1 ").nth(1))
+        .ok_or(format!("no TLSA in {prepared}"))?
+        .to_string();
+    server.stop().await?;
+    install_due_certificate_for(&server, "next-key.pem")?;
+    server.start().await?;
+    // Served at once (finished before loading), then renewed since it was due.
+    assert!(!server.acme_file("next-key.pem").exists());
+    server
+        .wait_for("ACME certificate installed", 1, Duration::from_secs(60))
+        .await?;
+    assert_eq!(spki_hash(&served_leaf(server.imaps, &root, HOST).await?)?, third);
+    assert!(!server.acme_file("next-key.pem").exists());
+    assert_eq!(server.tlsa()?, vec![third]);
     Ok(())
 }
 
