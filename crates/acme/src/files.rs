@@ -28,6 +28,8 @@ pub struct AcmePaths {
     pub next_key: PathBuf,
     /// Unix seconds of the next renewal the loop chose: `next-renewal`.
     pub next_renewal: PathBuf,
+    /// The names the last order left out because their challenges failed, one a line.
+    pub dropped: PathBuf,
 }
 
 impl AcmePaths {
@@ -39,6 +41,7 @@ impl AcmePaths {
             cert: dir.join("cert.pem"),
             next_key: dir.join("next-key.pem"),
             next_renewal: dir.join("next-renewal"),
+            dropped: dir.join("dropped"),
             dir,
         }
     }

@@ -81,25 +81,29 @@ impl AcmeHttp {
 }
 
 /// A `Retry-After` in seconds above a day becomes a day (a huge one would make instant-acme's
-/// `SystemTime::now() + secs` panic); a date stays (it cannot overflow).
+/// `SystemTime::now() + secs` panic). It is read as instant-acme reads it (`u64::from_str`
+/// after trimming, which takes a leading `+`); anything else, a date included, is removed, so
+/// instant-acme falls back to its own pacing.
 fn clamp_retry_after(headers: &mut http::HeaderMap) {
     let Some(value) = headers.get(http::header::RETRY_AFTER) else {
         return;
     };
-    let Ok(text) = value.to_str() else {
-        headers.remove(http::header::RETRY_AFTER);
-        return;
-    };
-    let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        let too_long = text
-            .parse::<u64>()
-            .map_or(true, |secs| secs > MAX_RETRY_AFTER_SECS);
-        if too_long {
+    let seconds = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match seconds {
+        Some(secs) if secs <= MAX_RETRY_AFTER_SECS => {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        Some(_) => {
             headers.insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from(MAX_RETRY_AFTER_SECS),
             );
+        }
+        None => {
+            headers.remove(http::header::RETRY_AFTER);
         }
     }
 }
@@ -224,28 +228,22 @@ mod tests {
         );
 
         let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("99999999999999999999999"),
-        );
-        clamp_retry_after(&mut headers);
-        assert_eq!(
-            headers.get(http::header::RETRY_AFTER).map(|v| v.as_bytes()),
-            Some(&b"86400"[..])
-        );
-        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("120"));
-        clamp_retry_after(&mut headers);
-        assert_eq!(
-            headers.get(http::header::RETRY_AFTER).map(|v| v.as_bytes()),
-            Some(&b"120"[..])
-        );
-        let date = "Fri, 31 Dec 1999 23:59:59 GMT";
-        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(date));
-        clamp_retry_after(&mut headers);
-        assert_eq!(
-            headers.get(http::header::RETRY_AFTER).map(|v| v.as_bytes()),
-            Some(date.as_bytes())
-        );
+        let mut clamped = |value: &'static str| {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(value));
+            clamp_retry_after(&mut headers);
+            headers
+                .get(http::header::RETRY_AFTER)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        // As instant-acme reads it: u64::from_str takes a leading '+'.
+        assert_eq!(clamped("+18446744073709551615").as_deref(), Some("86400"));
+        assert_eq!(clamped(" 18446744073709551615 ").as_deref(), Some("86400"));
+        assert_eq!(clamped("+120").as_deref(), Some("120"));
+        assert_eq!(clamped("120").as_deref(), Some("120"));
+        // What instant-acme would not read as seconds is taken away, dates included.
+        assert_eq!(clamped("99999999999999999999999"), None);
+        assert_eq!(clamped("Fri, 31 Dec 1999 23:59:59 GMT"), None);
+        assert_eq!(clamped("-1"), None);
         Ok(())
     }
 

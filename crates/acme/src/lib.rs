@@ -570,6 +570,42 @@ impl Acme {
         due
     }
 
+    /// The names the certificate in service must hold: `names` less those the last order
+    /// dropped for failing (`DATA/acme/dropped`), so that a restart does not order at once for a
+    /// name that fails again (the CAs' failed-validation and duplicate limits); the next
+    /// scheduled renewal tries them all.
+    fn remembered_coverage(&self, names: &[String]) -> Vec<String> {
+        let dropped: Vec<String> = std::fs::read_to_string(&self.paths.dropped)
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        let covered: Vec<String> = names.iter().filter(|n| !dropped.contains(n)).cloned().collect();
+        // Never without the host name (the first).
+        if covered.first() == names.first() {
+            covered
+        } else {
+            names.to_vec()
+        }
+    }
+
+    fn remember_coverage(&self, names: &[String], covered: &[String]) {
+        let dropped: Vec<&str> = names
+            .iter()
+            .filter(|n| !covered.contains(n))
+            .map(String::as_str)
+            .collect();
+        let result = if dropped.is_empty() {
+            match std::fs::remove_file(&self.paths.dropped) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            sealmail_safeio::write_public(&self.paths.dropped, dropped.join("\n").as_bytes())
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot record the names left out of the ACME certificate");
+        }
+    }
+
     /// Keeps a certificate for `names` in service until `shutdown`: obtains one at once when
     /// there is none valid, renews at the ARI time or at two thirds of the lifetime, retries
     /// with back-off (1 minute doubling to 6 hours) while the old certificate stays served,
@@ -587,7 +623,7 @@ impl Acme {
         };
         // The names the certificate in service has to hold for the loop to leave it be: all,
         // or those left once the failing ones were dropped.
-        let mut covered = names.clone();
+        let mut covered = self.remembered_coverage(&names);
         let mut failures = 0u32;
         // Successful orders since a due time last lay in the future (schedule::gap_after_renewal).
         let mut in_a_row = 0u32;
@@ -610,6 +646,7 @@ impl Acme {
                     // A certificate without some names serves until the next renewal, which
                     // tries them all again.
                     covered = got.names;
+                    self.remember_coverage(&names, &covered);
                     failures = 0;
                     in_a_row = in_a_row.saturating_add(1);
                     // Never order twice in a row at once, whatever the CA's window says; a
@@ -672,6 +709,11 @@ fn random_u32() -> u32 {
 /// signed by the next, its leaf holds our key, names every one of `names`, and is valid now.
 fn check_chain(pem: &[u8], our_spki: &[u8], names: &[String]) -> Result<Leaf, AcmeError> {
     let (chain, leaf) = parse_chain(pem).map_err(AcmeError::Check)?;
+    // A CA always sends its intermediate: a lone leaf cannot be checked and clients could not
+    // build the chain.
+    if chain.len() < 2 {
+        return Err(AcmeError::Check("the chain holds no issuer certificate".into()));
+    }
     files::verify_links(&chain).map_err(AcmeError::Check)?;
     if leaf.spki != our_spki {
         return Err(AcmeError::Check("its key is not ours".into()));
@@ -809,8 +851,21 @@ mod tests {
         let key = rcgen::KeyPair::generate()?;
         let other = rcgen::KeyPair::generate()?;
         let names = vec!["mail.a.test".to_string(), "imap.a.test".to_string()];
-        let cert = rcgen::CertificateParams::new(names.clone())?.self_signed(&key)?;
-        let pem = cert.pem();
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "issuer");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = rcgen::CertificateParams::new(names.clone())?.signed_by(&key, &issuer)?;
+        // A lone leaf is refused: no issuer to check it against, nothing for clients either.
+        let alone = check_chain(cert.pem().as_bytes(), &files::spki_of(&key), &names)
+            .err()
+            .ok_or("a lone leaf was accepted")?;
+        assert!(alone.to_string().contains("no issuer certificate"), "{alone}");
+        let pem = cert.pem() + &ca.pem();
         let leaf = check_chain(pem.as_bytes(), &files::spki_of(&key), &names)?;
         assert_eq!(leaf.names, names);
         let not_ours = check_chain(pem.as_bytes(), &files::spki_of(&other), &names)

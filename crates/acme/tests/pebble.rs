@@ -468,7 +468,7 @@ async fn a_renewal_failing_near_the_end_rings_the_alarm_and_keeps_the_certificat
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(acme.run(names(), shutdown.clone()));
     let mut rang = false;
-    for _ in 0..300 {
+    for _ in 0..600 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if sealmail_acme::EXPIRY_ALARMS.load(Ordering::SeqCst) > alarms {
             rang = true;

@@ -76,9 +76,6 @@ counters! {
         "Relay attempts, unknown recipients and sessions closed for errors";
     /// `sealmail_rate_limited_total`
     RATE_LIMITED = "sealmail_rate_limited", "Requests refused by a rate limit";
-    /// `sealmail_certificate_expiry_warnings_total`
-    CERTIFICATE_EXPIRY_WARNINGS = "sealmail_certificate_expiry_warnings",
-        "Checks that found a served certificate expiring within 14 days";
     /// `sealmail_security_events_dropped_total`
     SECURITY_EVENTS_DROPPED = "sealmail_security_events_dropped",
         "Security events dropped because the writer's queue was full (a flood)";
@@ -86,6 +83,9 @@ counters! {
     MESSAGES_ACCEPTED = "sealmail_messages_accepted", "Messages accepted (250 after DATA or BDAT LAST)";
     /// `sealmail_messages_refused_total`
     MESSAGES_REFUSED = "sealmail_messages_refused", "Messages refused at the end of DATA or BDAT";
+    /// `sealmail_certificate_expiry_warnings_total`
+    CERTIFICATE_EXPIRY_WARNINGS = "sealmail_certificate_expiry_warnings",
+        "Checks that found a served certificate expiring within 14 days";
 }
 
 /// `server.node_name`, set once at start-up: every scrape says which node it came from.
@@ -171,6 +171,12 @@ mod tests {
             "sealmail_messages_refused_total",
             "Messages refused at the end of DATA or BDAT.",
             &MESSAGES_REFUSED,
+        ),
+        // Counters added later come after these, so the order above never changes.
+        (
+            "sealmail_certificate_expiry_warnings_total",
+            "Checks that found a served certificate expiring within 14 days.",
+            &CERTIFICATE_EXPIRY_WARNINGS,
         ),
     ];
 

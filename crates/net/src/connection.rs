@@ -394,6 +394,13 @@ async fn handshake(
     let result = match tokio::time::timeout_at(deadline, hello).await {
         Err(_) => Err(ConnError::Timeout(limit)),
         Ok(Err(e)) => Err(ConnError::HelloRefused(e)),
+        Ok(Ok(start)) if !alpn_in_common(&start.client_hello(), &acceptor.config().alpn_protocols) => {
+            // rustls would refuse this only after its TLS 1.3 key exchange: refuse it now.
+            drop(start);
+            Err(ConnError::HelloRefused(std::io::Error::other(
+                "no application protocol (ALPN) in common",
+            )))
+        }
         Ok(Ok(start)) => {
             // The certificate rustls will present is the one our resolver picks for this hello
             // (it is deterministic), hashed now for `tls-server-end-point`.
@@ -427,18 +434,27 @@ async fn handshake(
     Ok((tls, active))
 }
 
-/// rustls refused the hello itself: no version, cipher suite, group or signature scheme in
-/// common, no application protocol (ALPN) in common, or no certificate for what it asks (an
-/// `acme-tls/1` hello for a name with no challenge under way); it answers with an alert, before
-/// any key share of ours. Browsers offering only `h2` and late ACME validators are not abuse.
+/// Whether a listener with `ours` (ALPN) can serve a hello: it offers no ALPN, we have none
+/// (mail listeners), or one protocol is in both lists (as rustls decides, RFC 7301 3.2).
+fn alpn_in_common(hello: &rustls::server::ClientHello<'_>, ours: &[Vec<u8>]) -> bool {
+    let Some(mut offered) = hello.alpn() else {
+        return true;
+    };
+    ours.is_empty() || offered.any(|protocol| ours.iter().any(|o| o.as_slice() == protocol))
+}
+
+/// rustls refused the hello itself, before any key share of ours: no version, cipher suite,
+/// group or signature scheme in common, or no certificate for what it asks (our resolver runs
+/// before the key exchange: an `acme-tls/1` hello for a name with no challenge under way).
+/// Late ACME validators and clients of the wrong protocol are not abuse. (rustls reports the
+/// resolver's refusal only as this `General` text; a test in crates/server/tests/web.rs holds
+/// it to that.)
 fn is_hello_refusal(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|tls| {
-            matches!(
-                tls,
-                rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol
-            ) || matches!(tls, rustls::Error::General(text) if text.contains("no server certificate"))
+            matches!(tls, rustls::Error::PeerIncompatible(_))
+                || matches!(tls, rustls::Error::General(text) if text.contains("no server certificate"))
         })
 }
 

@@ -41,36 +41,43 @@ pub fn served_files(config: &Config) -> Vec<CertificateFiles> {
     files
 }
 
-/// The certificates to serve at start. With `[acme]`: a key switch a crash interrupted is
-/// finished first, and the first ACME key is seeded from the configured certificate's key (so
-/// the published `TLSA 3 1 1` record stays right when the first ACME certificate comes); an
-/// ACME pair that still does not load is logged and left out (renewal replaces it), so the
-/// configured certificates are served rather than none.
+/// The certificates to serve at start (read as root: configured keys may be root's). An ACME
+/// pair that does not load (a key switch a crash interrupted, say) is logged and left out, so
+/// the configured certificates are served rather than none; `spawn_acme` repairs it and
+/// reloads once the server runs as the service user.
 pub fn load_served(config: &Config) -> anyhow::Result<sealmail_tls::CertSet> {
-    if config.acme.is_some() {
-        let paths = sealmail_acme::AcmePaths::new(&config.data_dir);
-        if let Err(error) = sealmail_acme::rollover::finish_interrupted(&paths) {
-            tracing::error!(%error, "cannot finish an interrupted ACME key switch");
-        }
-        if let Some(configured) = config.certificates.first() {
-            match sealmail_acme::files::seed_key(&paths, &configured.key) {
-                Ok(true) => tracing::info!(
-                    from = %configured.key.display(),
-                    "the ACME certificate will keep the configured certificate's key (its TLSA record stays valid)"
-                ),
-                Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "cannot seed the ACME key; a new one will be made"),
-            }
-        }
-    }
     let files = served_files(config);
     match sealmail_tls::CertSet::load(&files) {
         Ok(set) => Ok(set),
         Err(error) if config.acme.is_some() && files.len() > config.certificates.len() => {
-            tracing::error!(%error, "the ACME certificate cannot be served; serving the configured certificates until renewal replaces it");
+            tracing::error!(%error, "the ACME certificate cannot be served now; serving the configured certificates until it is repaired or renewed");
             Ok(sealmail_tls::CertSet::load(&config.certificates)?)
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Repairs and prepares the ACME files, as the service user (never as root: the folder is
+/// the service user's, so root must not read or move what it holds): finishes a key switch a
+/// crash interrupted, and seeds the first ACME key from the configured certificate's key when
+/// the service user can read it (so the published `TLSA 3 1 1` record stays right when the
+/// first ACME certificate comes).
+fn prepare_acme_files(config: &Config) {
+    let paths = sealmail_acme::AcmePaths::new(&config.data_dir);
+    if let Err(error) = sealmail_acme::rollover::finish_interrupted(&paths) {
+        tracing::error!(%error, "cannot finish an interrupted ACME key switch");
+    }
+    if let Some(configured) = config.certificates.first() {
+        match sealmail_acme::files::seed_key(&paths, &configured.key) {
+            Ok(true) => tracing::info!(
+                from = %configured.key.display(),
+                "the ACME certificate will keep the configured certificate's key (its TLSA record stays valid)"
+            ),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot seed the ACME key from the configured one; a new key will be made")
+            }
+        }
     }
 }
 
@@ -256,6 +263,10 @@ pub fn spawn_acme(
 ) {
     let Some(acme) = &config.acme else { return };
     let names = acme_names(config, domains);
+    prepare_acme_files(config);
+    if let Err(error) = resolver.reload(&served_files(config)) {
+        tracing::error!(%error, "the ACME certificate cannot be served yet; renewal will replace it");
+    }
     let reload: sealmail_acme::ReloadFn = {
         let config = config.clone();
         Arc::new(move || {
@@ -283,13 +294,21 @@ pub fn spawn_acme(
             }
             // Taken away first: a failed switch is asked for again, never retried in a loop.
             let _ = std::fs::remove_file(&marker);
-            match switcher.switch_key(&names).await {
-                Ok(obtained) => tracing::info!(
+            // In a task of its own, so that a panic in the ACME client ends only this switch.
+            let switch = tokio::spawn({
+                let (switcher, names) = (switcher.clone(), names.clone());
+                async move { switcher.switch_key(&names).await }
+            });
+            match switch.await {
+                Ok(Ok(obtained)) => tracing::info!(
                     key = %obtained.key_spki_sha256,
                     "switched to the next key: the certificate now served has it; remove the old TLSA record"
                 ),
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "the switch to the next key failed; the current key stays in service")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the switch to the next key failed; the current key stays in service")
                 }
             }
         }
