@@ -41,20 +41,15 @@ pub fn served_files(config: &Config) -> Vec<CertificateFiles> {
     files
 }
 
-/// The certificates to serve at start (read as root: configured keys may be root's). An ACME
-/// pair that does not load (a key switch a crash interrupted, say) is logged and left out, so
-/// the configured certificates are served rather than none; `spawn_acme` repairs it and
-/// reloads once the server runs as the service user.
+/// The certificates to serve at start, read as root (configured keys may be root's): the
+/// configured ones only when `[acme]` is on, since `DATA/acme` belongs to the service user and
+/// root must not read what it holds; `spawn_acme` repairs the ACME files and reloads with the
+/// ACME certificate first once the server runs as that user, before any connection is served.
 pub fn load_served(config: &Config) -> anyhow::Result<sealmail_tls::CertSet> {
-    let files = served_files(config);
-    match sealmail_tls::CertSet::load(&files) {
-        Ok(set) => Ok(set),
-        Err(error) if config.acme.is_some() && files.len() > config.certificates.len() => {
-            tracing::error!(%error, "the ACME certificate cannot be served now; serving the configured certificates until it is repaired or renewed");
-            Ok(sealmail_tls::CertSet::load(&config.certificates)?)
-        }
-        Err(error) => Err(error.into()),
+    if config.acme.is_some() {
+        return Ok(sealmail_tls::CertSet::load(&config.certificates)?);
     }
+    Ok(sealmail_tls::CertSet::load(&served_files(config))?)
 }
 
 /// Repairs and prepares the ACME files, as the service user (never as root: the folder is
@@ -265,7 +260,12 @@ pub fn spawn_acme(
     let names = acme_names(config, domains);
     prepare_acme_files(config);
     if let Err(error) = resolver.reload(&served_files(config)) {
-        tracing::error!(%error, "the ACME certificate cannot be served yet; renewal will replace it");
+        // Set aside, so that the renewal loop (which sees no certificate now) orders at once;
+        // the configured certificates are served meanwhile.
+        let cert = acme_files(&config.data_dir).cert;
+        let aside = cert.with_extension("pem.unusable");
+        let moved = std::fs::rename(&cert, &aside);
+        tracing::error!(%error, set_aside = moved.is_ok(), "the ACME certificate cannot be served; serving the configured certificates and ordering a new one");
     }
     let reload: sealmail_acme::ReloadFn = {
         let config = config.clone();

@@ -336,7 +336,24 @@ async fn tls_alpn_01_certificate_is_served_everywhere_renewed_with_its_key_and_r
         .await?;
     assert_eq!(spki_hash(&served_leaf(server.imaps, &root, HOST).await?)?, third);
     assert!(!server.acme_file("next-key.pem").exists());
-    assert_eq!(server.tlsa()?, vec![third]);
+    assert_eq!(server.tlsa()?, vec![third.clone()]);
+
+    // A certificate that does not go with the key (damaged by hand, say) is set aside at start
+    // and a new one is ordered at once; the configured certificate is served meanwhile.
+    server.stop().await?;
+    let stranger = server.dir.path().join("stranger.key");
+    ctx(
+        std::fs::write(&stranger, ctx(rcgen::KeyPair::generate(), "key")?.serialize_pem()),
+        "write",
+    )?;
+    ctx(std::fs::copy(&stranger, server.acme_file("stranger.pem")), "copy")?;
+    install_due_certificate_for(&server, "stranger.pem")?;
+    server.start().await?;
+    server
+        .wait_for("ACME certificate installed", 1, Duration::from_secs(60))
+        .await?;
+    assert!(server.acme_file("cert.pem.unusable").exists());
+    assert_eq!(spki_hash(&served_leaf(server.imaps, &root, HOST).await?)?, third);
     Ok(())
 }
 
