@@ -1,8 +1,7 @@
 //! `sealmail backup DIR` and `sealmail restore DIR`.
 //!
 //! A backup is a folder holding a consistent snapshot of the store (SQLite `VACUUM INTO`, safe
-//! while the server writes), the configuration file, every certificate and key it names, the
-//! keys kept in the data folder (DKIM, ACME, the client CA, the TOTP sealing key), and a
+//! while the server writes), the configuration file, every certificate and key it names, and a
 //! `MANIFEST` of SHA-256 sums written last: a backup without a MANIFEST is incomplete.
 //! Restore checks every sum first, needs the server stopped (it takes the data folder's lock),
 //! and never destroys what it replaces: the current store is snapshotted to `backups/` and
@@ -30,66 +29,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
-}
-
-/// Folders of the data folder whose files are keys the store does not hold: DKIM keys, the
-/// ACME account and certificate keys, the internal client CA. Kept in a backup as
-/// `data/FOLDER/...`, and the TOTP sealing key as `data/mfa.key`.
-const KEY_FOLDERS: [&str; 3] = ["dkim", "acme", "client-ca"];
-const MFA_KEY: &str = "mfa.key";
-/// How deep key folders go (`dkim/DOMAIN/SELECTOR.pem`).
-const KEY_DEPTH: usize = 3;
-
-/// The key files of the data folder, as paths relative to it: regular files only (a link is
-/// never followed or kept).
-fn data_key_files(data_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    fn walk(data_dir: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-        let dir = data_dir.join(rel);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display()))),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            let child = rel.join(entry.file_name());
-            if kind.is_file() {
-                out.push(child);
-            } else if kind.is_dir() && depth < KEY_DEPTH {
-                walk(data_dir, &child, depth + 1, out)?;
-            }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    for folder in KEY_FOLDERS {
-        if std::fs::symlink_metadata(data_dir.join(folder)).is_ok_and(|m| m.is_dir()) {
-            walk(data_dir, Path::new(folder), 1, &mut files)?;
-        }
-    }
-    if std::fs::symlink_metadata(data_dir.join(MFA_KEY)).is_ok_and(|m| m.is_file()) {
-        files.push(PathBuf::from(MFA_KEY));
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// The data-folder path a backup name `data/...` restores to, if it is one restore may write:
-/// plain names only, under a key folder (or the MFA key), no deeper than they are made.
-fn data_key_target(name: &str) -> Option<PathBuf> {
-    let rel = Path::new(name.strip_prefix("data/")?);
-    let parts: Vec<&std::ffi::OsStr> = rel
-        .components()
-        .map(|c| match c {
-            Component::Normal(part) => Some(part),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    let first = parts.first()?.to_str()?;
-    let allowed = (KEY_FOLDERS.contains(&first) && (2..=KEY_DEPTH + 1).contains(&parts.len()))
-        || (first == MFA_KEY && parts.len() == 1);
-    allowed.then(|| rel.to_path_buf())
 }
 
 fn cert_names(i: usize) -> (String, String) {
@@ -146,12 +85,6 @@ pub async fn backup(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
         copy(&cert.cert, &cert_name)?;
         copy(&cert.key, &key_name)?;
         files.extend([cert_name, key_name]);
-    }
-
-    for rel in data_key_files(&config.data_dir)? {
-        let name = format!("data/{}", rel.display());
-        copy(&config.data_dir.join(&rel), &name)?;
-        files.push(name);
     }
 
     let mut manifest = String::new();
@@ -330,17 +263,6 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
             check_inside_data_dir(&config.data_dir, &format!("tls.certificate[{i}].key"), &cert.key)?;
         }
     }
-    let mut data_keys = Vec::new();
-    for name in names.iter().filter(|n| n.starts_with("data/")) {
-        let rel = data_key_target(name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the backup holds {name:?}, which is not a key restore writes; nothing was restored"
-            )
-        })?;
-        let target = config.data_dir.join(&rel);
-        check_inside_data_dir(&config.data_dir, name, &target)?;
-        data_keys.push((name.clone(), target));
-    }
     let _lock = lock_data_dir(&config.data_dir).context("restore needs the server stopped")?;
     if config_path.exists() {
         let mut beside = config_path.as_os_str().to_owned();
@@ -380,13 +302,6 @@ pub async fn restore(config_path: &Path, dir: &Path) -> anyhow::Result<()> {
             replace_keeping_old(&cert.cert, &std::fs::read(dir.join(&cert_name))?, stamp)?;
             replace_keeping_old(&cert.key, &std::fs::read(dir.join(&key_name))?, stamp)?;
         }
-    }
-    for (name, target) in &data_keys {
-        if let Some(parent) = target.parent() {
-            sealmail_safeio::create_private_dir(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        replace_keeping_old(target, &std::fs::read(dir.join(name))?, stamp)?;
     }
     // Opening checks the schema (and migrates an older backup, snapshot first).
     SqliteStore::open(&config.data_dir, config.store.group_commit_max_batch).await?;
