@@ -105,14 +105,9 @@ fn server(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {
     }
 }
 
-/// Which challenge proves control of each name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
-    /// RFC 8737: the CA connects to port 443 offering ALPN `acme-tls/1`.
-    TlsAlpn01,
-    /// RFC 8555 section 8.3: the CA fetches `http://NAME/.well-known/acme-challenge/TOKEN`.
-    Http01,
-}
+/// Which challenge proves control of each name: the configuration's own type (`[acme]
+/// challenge`), so the server hands it over as it is.
+pub use sealmail_config::AcmeChallenge as Challenge;
 
 #[derive(Debug, Clone)]
 pub struct AcmeSettings {

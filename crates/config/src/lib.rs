@@ -600,10 +600,21 @@ impl MtaStsMode {
 /// How the ACME server checks that we hold a name (RFC 8737, RFC 8555 8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcmeChallenge {
-    /// Answered on the `https` listener.
+    /// RFC 8737: the CA connects to the `https` listener offering ALPN `acme-tls/1`.
     TlsAlpn01,
-    /// Answered on the `http` listener (port 80).
+    /// RFC 8555 8.3: the CA fetches `http://NAME/.well-known/acme-challenge/TOKEN` from the
+    /// `http` listener (port 80).
     Http01,
+}
+
+impl AcmeChallenge {
+    /// The name `[acme] challenge` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
 }
 
 /// `[acme]`: certificates from a CA by themselves.

@@ -10,21 +10,14 @@ use std::time::Duration;
 use sealmail_config::{CertificateFiles, Config};
 use tokio_util::sync::CancellationToken;
 
-/// Where ACME keeps its account, key and certificate, in the data folder.
-pub const ACME_DIR: &str = "acme";
-/// A certificate expiring within this long, still served, is a security event.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+/// How often the served certificates are checked for their end.
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// The same certificate is warned about at most this often.
 const WARN_EVERY: i64 = 86_400;
 
 /// The ACME certificate's files (which may not exist yet).
 pub fn acme_files(data_dir: &Path) -> CertificateFiles {
-    let dir = data_dir.join(ACME_DIR);
-    CertificateFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    }
+    sealmail_acme::AcmePaths::new(data_dir).certificate_files()
 }
 
 /// The files served, in order of preference: the ACME certificate when `[acme]` is on and it
@@ -76,35 +69,10 @@ fn prepare_acme_files(config: &Config) {
     }
 }
 
-/// What `cert status` tells of one certificate.
-struct Facts {
-    names: Vec<String>,
-    issuer: String,
-    not_after: i64,
-}
-
-fn facts(file: &Path) -> anyhow::Result<Facts> {
-    use x509_parser::prelude::*;
-    let pem = std::fs::read(file)?;
-    use rustls_pki_types::pem::PemObject as _;
-    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", file.display()))??;
-    let (_, cert) =
-        X509Certificate::from_der(leaf.as_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
-                names.push(dns.to_ascii_lowercase());
-            }
-        }
-    }
-    Ok(Facts {
-        names,
-        issuer: cert.issuer().to_string(),
-        not_after: cert.validity().not_after.timestamp(),
-    })
+/// What `cert status` and the expiry watch read of one certificate file (its leaf).
+fn facts(file: &Path) -> anyhow::Result<sealmail_acme::CertStatus> {
+    sealmail_acme::certificate_status(file, false)?
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", file.display()))
 }
 
 fn date(unix: i64) -> String {
@@ -140,13 +108,9 @@ pub fn status(config: &Config) -> anyhow::Result<()> {
             }
         );
         let renewal = match &config.acme {
-            Some(acme_config) if files == acme => format!(
-                "acme ({}), by the server itself",
-                match acme_config.challenge {
-                    sealmail_config::AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
-                    sealmail_config::AcmeChallenge::Http01 => "http-01",
-                }
-            ),
+            Some(acme_config) if files == acme => {
+                format!("acme ({}), by the server itself", acme_config.challenge.as_str())
+            }
             _ => "by hand: replace the files and send SIGHUP".to_string(),
         };
         println!("  renewal: {renewal}");
@@ -161,7 +125,7 @@ pub fn status(config: &Config) -> anyhow::Result<()> {
                 }
             }
         }
-        if left < EXPIRY_WARNING.as_secs() as i64 {
+        if sealmail_acme::schedule::expiry_alarm(now, facts.not_after) {
             println!("  WARNING: expires within 14 days");
         }
     }
@@ -183,7 +147,7 @@ pub async fn watch_expiry(
             let Ok(facts) = facts(&file.cert) else { continue };
             let left = facts.not_after - now;
             let recently = warned.get(&file.cert).is_some_and(|at| now - at < WARN_EVERY);
-            if left < EXPIRY_WARNING.as_secs() as i64 && !recently {
+            if sealmail_acme::schedule::expiry_alarm(now, facts.not_after) && !recently {
                 warned.insert(file.cert.clone(), now);
                 let detail = format!(
                     "certificate {} for {} expires {} ({} days)",
@@ -233,10 +197,7 @@ fn acme_settings(acme: &sealmail_config::AcmeConfig, data_dir: &Path) -> sealmai
     let mut settings = sealmail_acme::AcmeSettings::new(acme.directory.clone(), data_dir);
     settings.contact = acme.contact.clone();
     settings.ca_file = acme.ca_file.clone();
-    settings.challenge = match acme.challenge {
-        sealmail_config::AcmeChallenge::TlsAlpn01 => sealmail_acme::Challenge::TlsAlpn01,
-        sealmail_config::AcmeChallenge::Http01 => sealmail_acme::Challenge::Http01,
-    };
+    settings.challenge = acme.challenge;
     // Zero: only when asked; the crate switches once the wait has passed.
     settings.rollover_wait = if acme.rollover_wait.is_zero() {
         Duration::MAX
@@ -282,7 +243,9 @@ pub fn spawn_acme(
     let renewer = sealmail_acme::Acme::new(settings, challenges, reload);
     let switcher = renewer.clone();
     tokio::spawn(supervise_renewal(renewer, names.clone(), shutdown.clone()));
-    let marker = config.data_dir.join(ACME_DIR).join(SWITCH_REQUEST);
+    let marker = sealmail_acme::AcmePaths::new(&config.data_dir)
+        .dir
+        .join(SWITCH_REQUEST);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -326,8 +289,11 @@ fn give_to_data_owner(config: &Config) -> anyhow::Result<()> {
     if owner.uid() == 0 {
         return Ok(());
     }
-    let left_alone =
-        sealmail_safeio::hand_over_tree(&config.data_dir.join(ACME_DIR), owner.uid(), owner.gid())?;
+    let left_alone = sealmail_safeio::hand_over_tree(
+        &sealmail_acme::AcmePaths::new(&config.data_dir).dir,
+        owner.uid(),
+        owner.gid(),
+    )?;
     for path in left_alone {
         tracing::warn!(path = %path.display(), "left alone: not handed to the data folder's owner");
     }
@@ -359,7 +325,7 @@ fn rollover(config: &Config, switch: bool) -> anyhow::Result<()> {
             "cert rollover needs [acme]: certificates made elsewhere change keys when you replace them"
         );
     }
-    let dir = config.data_dir.join(ACME_DIR);
+    let dir = sealmail_acme::AcmePaths::new(&config.data_dir).dir;
     let pending = sealmail_acme::rollover::pending(&config.data_dir)?;
     if switch {
         let Some(pending) = pending else {

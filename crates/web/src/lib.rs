@@ -181,22 +181,26 @@ enum Site {
     Domain(Domain),
 }
 
+/// Whether `domain` is served here; a store error counts as not (logged).
+async fn serves(context: &WebContext, domain: &Domain) -> bool {
+    match context.store.domain_exists(domain).await {
+        Ok(served) => served,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the served domains");
+            false
+        }
+    }
+}
+
 async fn site_of(context: &WebContext, host: &Domain) -> Option<Site> {
     if *host == context.hostname {
         return Some(Site::Host);
     }
     let served = |name: &str| {
-        let name = name.to_string();
+        let domain = Domain::parse(name).ok();
         async move {
-            let domain = Domain::parse(&name).ok()?;
-            match context.store.domain_exists(&domain).await {
-                Ok(true) => Some(domain),
-                Ok(false) => None,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the served domains");
-                    None
-                }
-            }
+            let domain = domain?;
+            serves(context, &domain).await.then_some(domain)
         }
     };
     let text = host.as_str();
@@ -333,10 +337,7 @@ async fn asked_domain(context: &WebContext, request: &Request<Incoming>) -> Opti
     let value = value.replace("%40", "@");
     let address = sealmail_types::EmailAddress::parse(&value).ok()?;
     let domain = address.domain().clone();
-    match context.store.domain_exists(&domain).await {
-        Ok(true) => Some(domain),
-        _ => None,
-    }
+    serves(context, &domain).await.then_some(domain)
 }
 
 async fn autodiscover_answer(context: &WebContext, request: Request<Incoming>) -> Answer {
@@ -350,14 +351,14 @@ async fn autodiscover_answer(context: &WebContext, request: Request<Incoming>) -
     let Some(address) = autoconfig::autodiscover_address(&body) else {
         return not_found();
     };
-    match context.store.domain_exists(address.domain()).await {
-        Ok(true) => answer(
-            StatusCode::OK,
-            Some("application/xml; charset=utf-8"),
-            autoconfig::autodiscover(&address, &context.endpoints),
-        ),
-        _ => not_found(),
+    if !serves(context, address.domain()).await {
+        return not_found();
     }
+    answer(
+        StatusCode::OK,
+        Some("application/xml; charset=utf-8"),
+        autoconfig::autodiscover(&address, &context.endpoints),
+    )
 }
 
 async fn http_answer(context: &WebContext, request: &Request<Incoming>) -> Answer {
