@@ -611,6 +611,21 @@ pub trait SecurityStore: Send + Sync {
     fn shared_by_nodes(&self) -> bool;
     /// Events at or after `since`, oldest first; `address` narrows them to one client.
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
+    /// The newest events (at most `limit`, newest first) that match `filter`: what a page can
+    /// show without reading an attack's worth of rows.
+    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
+}
+
+/// Which events [`SecurityStore::recent_events`] returns; `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// At or after this (Unix seconds).
+    pub since: i64,
+    pub kind: Option<String>,
+    /// The client's IP address, as recorded.
+    pub address: Option<String>,
+    /// The account, as recorded (an address, or the user name a failed login gave).
+    pub account: Option<String>,
 }
 
 /// What delivery keeps for reports and policies: TLS results (RFC 8460), MTA-STS policies,

@@ -35,7 +35,7 @@ use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
 use crate::watchers::Watchers;
 use crate::write::{WriteDone, WriteOp, done_as, unexpected};
 
-use crate::{Accepted, AcceptedMessage, Ban, Migration, QueueEntry, Recipient, SecurityEvent};
+use crate::{Accepted, AcceptedMessage, Ban, EventFilter, Migration, QueueEntry, Recipient, SecurityEvent};
 use crate::{
     Account, DEFAULT_MAILBOXES, Mailbox, NewMessage, StoreError, StoredMessage, now_unix, sha256_hex,
 };
@@ -1520,6 +1520,21 @@ impl SecurityStore for PgStore {
         )
         .bind(since)
         .bind(address)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at, kind, address, account, listener, detail, node FROM security_events \
+             WHERE at >= $1 AND ($2::TEXT IS NULL OR kind = $2) AND ($3::TEXT IS NULL OR address = $3) \
+             AND ($4::TEXT IS NULL OR account = $4) ORDER BY id DESC LIMIT $5",
+        )
+        .bind(filter.since)
+        .bind(filter.kind.as_deref())
+        .bind(filter.address.as_deref())
+        .bind(filter.account.as_deref())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }

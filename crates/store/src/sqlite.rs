@@ -34,7 +34,7 @@ use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
 use crate::watchers::Watchers;
 use crate::write::{Reply, WriteDone, WriteOp, done_as, unexpected};
 
-use crate::{Accepted, AcceptedMessage, Ban, QueueEntry, Recipient, SecurityEvent};
+use crate::{Accepted, AcceptedMessage, Ban, EventFilter, QueueEntry, Recipient, SecurityEvent};
 use crate::{
     Account, CommitStats, DEFAULT_MAILBOXES, Mailbox, NewMessage, StoreError, StoredMessage, now_unix,
     sha256_hex,
@@ -1344,6 +1344,21 @@ impl SecurityStore for SqliteStore {
         )
         .bind(since)
         .bind(address)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at, kind, address, account, listener, detail, node FROM security_events \
+             WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR address = ?3) \
+             AND (?4 IS NULL OR account = ?4) ORDER BY id DESC LIMIT ?5",
+        )
+        .bind(filter.since)
+        .bind(filter.kind.as_deref())
+        .bind(filter.address.as_deref())
+        .bind(filter.account.as_deref())
+        .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await?)
     }
