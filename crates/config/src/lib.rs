@@ -579,6 +579,14 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// The web pages (`[web]`): the account pages and the admin console on the `https` listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebConfig {
+    /// The bind address of the one `https` listener that serves the admin console; `None`:
+    /// every `https` listener does.
+    pub admin_listener: Option<SocketAddr>,
+}
+
 /// An MTA-STS policy mode (RFC 8461 3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtaStsMode {
@@ -651,6 +659,7 @@ pub struct Config {
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_bind: Option<SocketAddr>,
     pub mta_sts: MtaStsConfig,
+    pub web: WebConfig,
     /// Off when `None` (no `[acme] directory`).
     pub acme: Option<AcmeConfig>,
     pub log_format: LogFormat,
@@ -1027,6 +1036,11 @@ const MTA_STS_MAX_AGE_SECS: Key<Number> = Key::number("mta_sts.max_age_secs", 7 
 /// MX host names listed besides `hostname`.
 const MTA_STS_MX: Key<List> = Key::list("mta_sts.mx");
 
+// [web]
+/// The `bind` of the `https` listener that alone serves the admin console (e.g. one on
+/// loopback or a management network); left out, every `https` listener serves it.
+const WEB_ADMIN_LISTENER: Key<Optional> = Key::optional("web.admin_listener");
+
 // [acme]
 /// ACME directory URL; left out, no ACME.
 const ACME_DIRECTORY: Key<Optional> = Key::optional("acme.directory");
@@ -1169,6 +1183,7 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Optional(&MTA_STS_MODE),
     AnyKey::Number(&MTA_STS_MAX_AGE_SECS),
     AnyKey::List(&MTA_STS_MX),
+    AnyKey::Optional(&WEB_ADMIN_LISTENER),
     AnyKey::Optional(&ACME_DIRECTORY),
     AnyKey::List(&ACME_CONTACT),
     AnyKey::Optional(&ACME_CA_FILE),
@@ -1246,6 +1261,8 @@ struct RawConfig {
     #[serde(default)]
     mta_sts: RawMtaSts,
     #[serde(default)]
+    web: RawWeb,
+    #[serde(default)]
     acme: RawAcme,
     #[serde(default)]
     server: RawServer,
@@ -1269,6 +1286,12 @@ struct RawMtaSts {
     max_age_secs: Option<i64>,
     #[serde(default)]
     mx: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    admin_listener: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1625,6 +1648,7 @@ impl Config {
         };
 
         let mta_sts = validate_mta_sts(&raw.mta_sts, &mut problems);
+        let web = validate_web(&raw.web, &listeners, &mut problems);
         let acme = validate_acme(&raw.acme, &listeners, &resolve, &mut problems);
 
         let log_format = match LOG_FORMAT.read_text(raw.log.format.as_deref()) {
@@ -1678,6 +1702,7 @@ impl Config {
                 },
                 metrics_bind,
                 mta_sts,
+                web,
                 acme,
                 log_format,
             }),
@@ -1854,6 +1879,30 @@ fn validate_listener(i: usize, l: &RawListener) -> Result<Listener, String> {
         proxy_protocol: LISTENER_PROXY_PROTOCOL.read_flag(l.proxy_protocol),
         client_cert,
     })
+}
+
+fn validate_web(raw: &RawWeb, listeners: &[Listener], problems: &mut Vec<String>) -> WebConfig {
+    let admin_listener = match raw.admin_listener.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(bind) if listeners.iter().any(|l| l.role == Role::Https && l.bind == bind) => Some(bind),
+            Ok(_) => {
+                problems.push(format!(
+                    "{} = {text:?} is not the bind of an https listener; add [[listener]] role = \"https\", bind = {text:?}, tls = \"implicit\" or name one that exists",
+                    WEB_ADMIN_LISTENER.name
+                ));
+                None
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "{} = {text:?} is not an IP address with a port; use e.g. \"127.0.0.1:8443\"",
+                    WEB_ADMIN_LISTENER.name
+                ));
+                None
+            }
+        },
+    };
+    WebConfig { admin_listener }
 }
 
 fn validate_mta_sts(raw: &RawMtaSts, problems: &mut Vec<String>) -> MtaStsConfig {

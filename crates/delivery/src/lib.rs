@@ -1262,6 +1262,7 @@ impl Delivery {
                     dsn_passed_on,
                 } => {
                     tracing::info!(queue_id = job.message.id, to = %r.address, "delivered: {text}");
+                    sealmail_metrics::MESSAGES_DELIVERED.inc();
                     if !dsn_passed_on {
                         notices.push(notice(dsn::Action::Relayed, "2.0.0", text, Some(host.clone())));
                     }
@@ -1280,6 +1281,7 @@ impl Delivery {
                             (now - job.message.created_at) / 3600
                         );
                         notices.push(notice(dsn::Action::Failed, "4.4.7", &text, None));
+                        sealmail_metrics::MESSAGES_BOUNCED.inc();
                         RecipientOutcome::Failed(text)
                     } else {
                         tracing::info!(queue_id = job.message.id, to = %r.address, retry_in = delay, "deferred: {text}");
@@ -1299,6 +1301,7 @@ impl Delivery {
                 }
                 Attempt::Failed { status, text, host } => {
                     notices.push(notice(dsn::Action::Failed, status, text, host.clone()));
+                    sealmail_metrics::MESSAGES_BOUNCED.inc();
                     RecipientOutcome::Failed(format!("{status} {text}"))
                 }
             };

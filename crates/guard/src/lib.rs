@@ -62,6 +62,10 @@ pub mod kind {
     pub const BAN_EXPIRED: &str = "ban_expired";
     /// A served certificate expires within 14 days and nothing has renewed it.
     pub const CERTIFICATE_EXPIRING: &str = "certificate_expiring";
+    /// An admin changed something through the admin console (sealmail-web).
+    pub const ADMIN_ACTION: &str = "admin_action";
+    /// A user changed their own credentials or sessions on the account page (sealmail-web).
+    pub const ACCOUNT_CHANGE: &str = "account_change";
 }
 
 /// One event as a JSON object (the event log's line format and `security events` output).
@@ -529,7 +533,7 @@ impl Guard {
     /// queue refuses the login (a temporary failure), and still counts against the address, so
     /// that a client hammering a throttled account is banned instead of holding its queue for
     /// free.
-    pub(crate) async fn wait_for_turn(&self, username: &str, ip: IpAddr) -> Result<(), QueueFull> {
+    pub async fn wait_for_turn(&self, username: &str, ip: IpAddr) -> Result<(), QueueFull> {
         if self.known_client(username, ip) {
             return Ok(());
         }
@@ -604,6 +608,28 @@ impl Guard {
         while known.len() > KNOWN_CLIENTS {
             known.pop_front();
         }
+    }
+
+    /// A login succeeded with `credential` (what it used, e.g. `password+totp`), from a
+    /// protocol that checks credentials itself (the web pages).
+    pub async fn login_succeeded(&self, ip: IpAddr, account: &str, listener: &str, credential: &str) {
+        self.remember_client(account, ip);
+        metrics::AUTH_SUCCESSES.inc();
+        self.event(
+            kind::AUTH_SUCCESS,
+            Some(ip),
+            Some(account),
+            Some(listener),
+            Some(credential.to_string()),
+        )
+        .await;
+    }
+
+    /// Records a change made on the web pages: `kind` is [`kind::ADMIN_ACTION`] or
+    /// [`kind::ACCOUNT_CHANGE`], `account` who made it, `detail` what was done.
+    pub async fn change_made(&self, kind: &'static str, ip: IpAddr, account: &str, detail: String) {
+        self.event(kind, Some(ip), Some(account), Some("https"), Some(detail))
+            .await;
     }
 
     /// Records that a served certificate expires soon (`detail` names it and when).

@@ -290,7 +290,7 @@ impl Identity {
 
     /// Whether `code` is a second factor of the account now: a current TOTP code of a step not
     /// used before, or an unused recovery code. Either is used up by this call.
-    pub(crate) async fn second_factor(&self, account: AccountId, code: &str) -> Result<bool, IdentityError> {
+    pub async fn second_factor(&self, account: AccountId, code: &str) -> Result<bool, IdentityError> {
         let Some(mfa) = self.store.mfa(account).await? else {
             return Ok(false);
         };
@@ -320,7 +320,7 @@ impl Identity {
     }
 
     /// Whether the account has an active second factor.
-    pub(crate) async fn mfa_active(&self, account: AccountId) -> Result<bool, IdentityError> {
+    pub async fn mfa_active(&self, account: AccountId) -> Result<bool, IdentityError> {
         Ok(self.store.mfa(account).await?.is_some_and(|m| m.active))
     }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod history;
 
 use std::sync::LazyLock;
 
@@ -17,6 +18,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 
 pub use endpoint::{Limits, MAX_CONNECTIONS, TIMEOUT, bind, serve, serve_with};
+pub use history::{History, MAX_TLS_PAIRS, spawn_sampler, tls_seen};
 
 /// The `Content-Type` of what [`render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -86,6 +88,10 @@ counters! {
     /// `sealmail_certificate_expiry_warnings_total`
     CERTIFICATE_EXPIRY_WARNINGS = "sealmail_certificate_expiry_warnings",
         "Checks that found a served certificate expiring within 14 days";
+    /// `sealmail_messages_delivered_total`
+    MESSAGES_DELIVERED = "sealmail_messages_delivered", "Recipients delivered to a remote server";
+    /// `sealmail_messages_bounced_total`
+    MESSAGES_BOUNCED = "sealmail_messages_bounced", "Recipients that failed permanently";
 }
 
 /// `server.node_name`, set once at start-up: every scrape says which node it came from.
@@ -177,6 +183,16 @@ mod tests {
             "sealmail_certificate_expiry_warnings_total",
             "Checks that found a served certificate expiring within 14 days.",
             &CERTIFICATE_EXPIRY_WARNINGS,
+        ),
+        (
+            "sealmail_messages_delivered_total",
+            "Recipients delivered to a remote server.",
+            &MESSAGES_DELIVERED,
+        ),
+        (
+            "sealmail_messages_bounced_total",
+            "Recipients that failed permanently.",
+            &MESSAGES_BOUNCED,
         ),
     ];
 

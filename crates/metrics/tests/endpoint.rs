@@ -172,6 +172,8 @@ async fn the_counters_appear_under_their_names_with_their_values() -> TestResult
         "sealmail_certificate_expiry_warnings_total",
         "sealmail_messages_accepted_total",
         "sealmail_messages_refused_total",
+        "sealmail_messages_delivered_total",
+        "sealmail_messages_bounced_total",
     ] {
         assert!(
             response.body.contains(&format!("# TYPE {name} counter\n")),

@@ -423,6 +423,17 @@ async fn handshake(
     };
     let (tls, end_point) = result.inspect_err(|_| sealmail_metrics::TLS_HANDSHAKE_FAILURES.inc())?;
     let session = tls.get_ref().1;
+    if let (Some(version), Some(suite)) = (session.protocol_version(), session.negotiated_cipher_suite()) {
+        let suite = suite.suite();
+        sealmail_metrics::tls_seen(
+            &version
+                .as_str()
+                .map_or_else(|| format!("{version:?}"), str::to_string),
+            &suite
+                .as_str()
+                .map_or_else(|| format!("{suite:?}"), str::to_string),
+        );
+    }
     let client_certificate = session
         .peer_certificates()
         .and_then(|chain| chain.first())

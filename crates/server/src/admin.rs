@@ -1,6 +1,7 @@
 //! Administration commands: `config check`, `domain`, `user`, `migrate`.
 
 use sealmail_types::clock::now_unix;
+use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use sealmail_identity::{Identity, Password, generate_password};
 use sealmail_store::{PgStore, SqliteStore, Store};
 use sealmail_types::{Domain, EmailAddress};
 
-use crate::cli::{DkimCommand, DomainCommand, UserCommand, usage};
+use crate::cli::{AdminRole, DkimCommand, DomainCommand, UserCommand, usage};
 use crate::serve::{load_config, open_store};
 
 pub fn config_check(config_path: &Path) -> anyhow::Result<()> {
@@ -47,13 +48,15 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
     match command {
         DomainCommand::Add { domain } => {
             let domain = parse_domain(&domain)?;
-            store.add_domain(&domain).await?;
-            println!("added domain {domain}");
             let config = load_config(config_path)?;
+            add_domain(&config, &*store, &domain).await?;
+            println!("added domain {domain}");
             let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
-            if sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
-                make_dkim_keys(&dkim_dir, &domain)?;
-            }
+            let selectors = sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str());
+            println!(
+                "DKIM keys (selectors {}); publish them with: sealmail domain dns {domain}",
+                selectors.join(", ")
+            );
         }
         DomainCommand::Dns { domain, check } => {
             let domain = parse_domain(&domain)?;
@@ -63,15 +66,13 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
                 )));
             }
             let config = load_config(config_path)?;
-            // The host name's own SPF record, unless the host name is a domain served here:
-            // then its own `domain dns` gives it one, and two SPF records at one name are a
-            // permerror (RFC 7208 4.5).
-            let helo_spf = match Domain::parse(config.hostname.as_str()) {
-                Ok(host) => !store.domain_exists(&host).await?,
-                Err(_) => false,
-            };
+            let helo_spf = helo_spf(&config, &*store).await?;
             if check {
-                if !check_records(&config, &domain, helo_spf).await? {
+                let found = found_records(&config, &domain, helo_spf).await?;
+                for (name, kind, status) in &found {
+                    println!("{name}\t{kind}\t{status}");
+                }
+                if found.iter().any(|(_, _, status)| status != "ok") {
                     anyhow::bail!(
                         "some records are missing or differ; publish what `sealmail domain dns {domain}` prints"
                     );
@@ -92,6 +93,26 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// Starts serving `domain`, with DKIM keys of its own (signing with them from the next start).
+pub(crate) async fn add_domain(config: &sealmail_config::Config, store: &dyn Store, domain: &Domain) -> anyhow::Result<()> {
+    store.add_domain(domain).await?;
+    let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+    if sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
+        new_dkim_keys(&dkim_dir, domain)?;
+    }
+    Ok(())
+}
+
+/// Whether `domain dns` lists the host name's own SPF record: not when the host name is a
+/// domain served here, as its own `domain dns` gives it one, and two SPF records at one name
+/// are a permerror (RFC 7208 4.5).
+pub(crate) async fn helo_spf(config: &sealmail_config::Config, store: &dyn Store) -> anyhow::Result<bool> {
+    Ok(match Domain::parse(config.hostname.as_str()) {
+        Ok(host) => !store.domain_exists(&host).await?,
+        Err(_) => false,
+    })
 }
 
 /// The password `user add` and `user passwd` set: read from standard input, or generated here.
@@ -145,16 +166,38 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
         UserCommand::Add {
             address,
             password_stdin,
+            admin,
         } => {
             let address = parse_address(&address)?;
             let password = NewPassword::read_or_generate(password_stdin)?;
             identity.add_user(&address, &password.password).await?;
             println!("added user {address}");
+            if admin {
+                store.set_admin(&address, true).await.with_context(|| {
+                    format!("user {address} was added, but not as an admin; run `sealmail user admin {address} on`")
+                })?;
+                println!("{address} is now an admin");
+            }
             password.show_if_generated("password");
         }
         UserCommand::List => {
+            let admins: BTreeSet<EmailAddress> = store.admins().await?.into_iter().collect();
             for account in store.list_accounts().await? {
-                println!("{}", account.address);
+                if admins.contains(&account.address) {
+                    println!("{} admin", account.address);
+                } else {
+                    println!("{}", account.address);
+                }
+            }
+        }
+        UserCommand::Admin { address, role } => {
+            let address = parse_address(&address)?;
+            let admin = role == AdminRole::On;
+            store.set_admin(&address, admin).await?;
+            if admin {
+                println!("{address} is now an admin");
+            } else {
+                println!("{address} is no longer an admin");
             }
         }
         UserCommand::Remove { address } => {
@@ -175,6 +218,14 @@ pub async fn user(config_path: &Path, command: UserCommand) -> anyhow::Result<()
             let password = NewPassword::read_or_generate(password_stdin)?;
             identity.set_password(&address, &password.password).await?;
             println!("password changed for {address}");
+            // Like IMAP and SMTP sessions (schema 9), the browsers signed in with the old
+            // password are signed out.
+            if let Some(account) = store.account(&address).await? {
+                let ended = store.end_web_sessions(account.id, None).await?;
+                if ended > 0 {
+                    println!("ended {ended} web session(s) of {address}");
+                }
+            }
             password.show_if_generated("new password");
         }
     }
@@ -536,7 +587,7 @@ fn mta_sts_policy(config: &sealmail_config::Config) -> anyhow::Result<sealmail_w
 }
 
 /// The zone-file lines a domain should publish.
-fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool) -> anyhow::Result<String> {
+pub(crate) fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let (records, policy) = expected_records(config, domain, helo_spf)?;
     let mut out = String::new();
@@ -565,17 +616,17 @@ fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool
     Ok(out)
 }
 
-/// Asks DNS (through `[dns]`) for every record `domain dns` prints; one line per record: ok,
-/// missing or differs. False when any is not ok.
-async fn check_records(
+/// Asks DNS (through `[dns]`) for every record `domain dns` prints: name, type and `ok`,
+/// `missing` or `differs: ...` of each.
+pub(crate) async fn found_records(
     config: &sealmail_config::Config,
     domain: &Domain,
     helo_spf: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Vec<(String, String, String)>> {
     use sealmail_dns::hickory_resolver::proto::rr::{RData, RecordType};
     let (records, _) = expected_records(config, domain, helo_spf)?;
     let dns = sealmail_dns::Dns::new(&config.dns)?;
-    let mut all_ok = true;
+    let mut checked = Vec::new();
     for r in &records {
         let kind = match r.kind {
             "MX" => RecordType::MX,
@@ -637,15 +688,13 @@ async fn check_records(
         let status = if same_kind.iter().any(|f| **f == r.value) {
             "ok".to_string()
         } else if same_kind.is_empty() {
-            all_ok = false;
             "missing".to_string()
         } else {
-            all_ok = false;
             format!("differs: found {same_kind:?}")
         };
-        println!("{}\t{}\t{status}", r.name, r.kind);
+        checked.push((r.name.clone(), r.kind.to_string(), status));
     }
-    Ok(all_ok)
+    Ok(checked)
 }
 
 /// A TXT value in zone-file syntax: quoted strings of at most 255 bytes each.
@@ -664,14 +713,19 @@ fn zone_txt(value: &str) -> String {
 
 /// New DKIM keys for `domain`, named after this month, made the active ones.
 fn make_dkim_keys(dkim_dir: &Path, domain: &Domain) -> anyhow::Result<()> {
-    let now = time::OffsetDateTime::now_utc();
-    let period = format!("{:04}{:02}", now.year(), u8::from(now.month()));
-    let selectors = sealmail_mailauth::signing::generate(dkim_dir, domain.as_str(), &period)?;
+    let selectors = new_dkim_keys(dkim_dir, domain)?;
     println!(
         "DKIM keys made (selectors {}); publish them with: sealmail domain dns {domain}",
         selectors.join(", ")
     );
     Ok(())
+}
+
+/// Makes new DKIM keys for `domain` (selectors named for this month); their selectors.
+pub(crate) fn new_dkim_keys(dkim_dir: &Path, domain: &Domain) -> anyhow::Result<Vec<String>> {
+    let now = time::OffsetDateTime::now_utc();
+    let period = format!("{:04}{:02}", now.year(), u8::from(now.month()));
+    Ok(sealmail_mailauth::signing::generate(dkim_dir, domain.as_str(), &period)?)
 }
 
 pub fn dkim(config_path: &Path, command: DkimCommand) -> anyhow::Result<()> {

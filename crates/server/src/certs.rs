@@ -84,21 +84,29 @@ fn date(unix: i64) -> String {
 
 /// `sealmail cert status`: every certificate served, its names, issuer, expiry and what renews it.
 pub fn status(config: &Config) -> anyhow::Result<()> {
+    print!("{}", status_text(config)?);
+    Ok(())
+}
+
+/// What `cert status` prints (also the admin console's certificates page).
+pub fn status_text(config: &Config) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let now = sealmail_types::clock::now_unix();
     let acme = acme_files(&config.data_dir);
     if config.acme.is_some() && !acme.cert.exists() {
-        println!(
+        writeln!(out, 
             "certificate {} (not issued yet: the server obtains it from [acme] directory at start)",
             acme.cert.display()
-        );
+        )?;
     }
     for files in served_files(config) {
         let facts = facts(&files.cert)?;
         let left = facts.not_after - now;
-        println!("certificate {}", files.cert.display());
-        println!("  names: {}", facts.names.join(", "));
-        println!("  issuer: {}", facts.issuer);
-        println!(
+        writeln!(out, "certificate {}", files.cert.display())?;
+        writeln!(out, "  names: {}", facts.names.join(", "))?;
+        writeln!(out, "  issuer: {}", facts.issuer)?;
+        writeln!(out, 
             "  expires: {} ({})",
             date(facts.not_after),
             if left < 0 {
@@ -106,30 +114,30 @@ pub fn status(config: &Config) -> anyhow::Result<()> {
             } else {
                 format!("{} days", left / 86_400)
             }
-        );
+        )?;
         let renewal = match &config.acme {
             Some(acme_config) if files == acme => {
                 format!("acme ({}), by the server itself", acme_config.challenge.as_str())
             }
             _ => "by hand: replace the files and send SIGHUP".to_string(),
         };
-        println!("  renewal: {renewal}");
+        writeln!(out, "  renewal: {renewal}")?;
         if config.acme.is_some() && files == acme {
             for acme_status in sealmail_acme::status(&config.data_dir)? {
                 if let Some(due) = acme_status.next_renewal {
-                    println!("  next renewal: {}", date(due));
+                    writeln!(out, "  next renewal: {}", date(due))?;
                 }
-                println!("  key: TLSA 3 1 1 {}", acme_status.key_spki_sha256);
+                writeln!(out, "  key: TLSA 3 1 1 {}", acme_status.key_spki_sha256)?;
                 if let Some(next) = acme_status.next_key_spki_sha256 {
-                    println!("  next key: TLSA 3 1 1 {next} (switch with `sealmail cert rollover --switch`)");
+                    writeln!(out, "  next key: TLSA 3 1 1 {next} (switch with `sealmail cert rollover --switch`)")?;
                 }
             }
         }
         if sealmail_acme::schedule::expiry_alarm(now, facts.not_after) {
-            println!("  WARNING: expires within 14 days");
+            writeln!(out, "  WARNING: expires within 14 days")?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Checks the served certificates every hour; one that expires within 14 days (so renewal, if

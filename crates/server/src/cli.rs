@@ -289,9 +289,14 @@ pub enum UserCommand {
         /// Read the password from the first line of standard input
         #[arg(long)]
         password_stdin: bool,
+        /// Give the new user the admin role (the web admin console)
+        #[arg(long)]
+        admin: bool,
     },
-    /// List users
+    /// List users; admins are marked `admin`
     List,
+    /// Grant (on) or take (off) the admin role: who may use the web admin console
+    Admin { address: String, role: AdminRole },
     /// Delete a user with all their mail
     Remove { address: String },
     /// Set a new password; prints a generated one unless --password-stdin is given
@@ -310,6 +315,13 @@ pub enum UserCommand {
     /// Client certificates registered to a user (mutual TLS, SASL EXTERNAL)
     #[command(subcommand)]
     Cert(CertCommand),
+}
+
+/// `user admin ADDRESS on|off`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdminRole {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]

@@ -5,6 +5,7 @@ mod admin;
 mod backup;
 mod certs;
 mod cli;
+mod console;
 mod credentials;
 mod migrate_store;
 mod privileges;

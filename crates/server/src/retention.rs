@@ -1,5 +1,6 @@
 //! The hourly clean-up: what the store keeps only for a while (expunge tombstones, TLS
-//! results, expired MTA-STS policies) is pruned by the rules of [`sealmail_store::Retention`].
+//! results, expired MTA-STS policies, revocations of expired certificates, expired web
+//! sessions) is pruned by the rules of [`sealmail_store::Retention`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
                 tls_results = pruned.tls_results,
                 tls_reports_sent = pruned.tls_reports_sent,
                 mta_sts_policies = pruned.sts_policies,
+                revoked_certs = pruned.revoked_certs,
+                web_sessions = pruned.web_sessions,
                 "retention: old rows pruned"
             ),
             Err(e) => tracing::warn!(error = %e, "retention: pruning failed; trying again in an hour"),

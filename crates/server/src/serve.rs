@@ -341,6 +341,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .find(|l| l.role == Role::Https)
             .map(|l| l.bind.port()),
+        pages: Some(sealmail_web::pages::Pages {
+            identity: Arc::new(identity.clone()),
+            guard: guard.clone(),
+            console: Arc::new(crate::console::ServerConsole {
+                config: Arc::new(config.clone()),
+                store: store.clone(),
+                identity: identity.clone(),
+            }),
+            admin_listener: config.web.admin_listener,
+        }),
     }));
     let listeners = bound
         .into_iter()
@@ -368,6 +378,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "metrics endpoint listening");
         tokio::spawn(sealmail_metrics::serve(socket, shutdown.clone()));
     }
+    // The console's charts read this history whether or not /metrics is served.
+    sealmail_metrics::spawn_sampler(shutdown.clone());
     tokio::spawn(
         delivery
             .clone()

@@ -200,6 +200,93 @@ async fn domains_and_users_are_managed_from_the_command_line() -> TestResult {
     Ok(())
 }
 
+/// `user add --admin`, `user admin ADDRESS on|off` and how `user list` shows admins; a
+/// password change from the command line signs the user's browsers out.
+#[tokio::test]
+async fn the_admin_role_is_granted_and_taken_from_the_command_line() -> TestResult {
+    use sealmail_store::{WebSession, WebStore};
+    let (dir, config) = config_dir()?;
+    let sealmail = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        run(dir.path(), &all, stdin)
+    };
+    assert_eq!(sealmail(&["domain", "add", "example.test"], None)?.0, 0);
+    let (code, out, err) = sealmail(
+        &["user", "add", "alice@example.test", "--password-stdin", "--admin"],
+        Some("correct horse battery\n"),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("added user alice@example.test"), "{out}");
+    let (code, _, err) = sealmail(
+        &["user", "add", "bob@example.test", "--password-stdin"],
+        Some("another long password\n"),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = sealmail(&["user", "list"], None)?;
+    assert_eq!(out, "alice@example.test admin\nbob@example.test\n");
+
+    let (code, out, err) = sealmail(&["user", "admin", "Bob@example.test", "on"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "bob@example.test is now an admin\n");
+    let (code, out, err) = sealmail(&["user", "admin", "alice@example.test", "off"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "alice@example.test is no longer an admin\n");
+    let (_, out, _) = sealmail(&["user", "list"], None)?;
+    assert_eq!(out, "alice@example.test\nbob@example.test admin\n");
+
+    let (code, out, err) = sealmail(&["user", "admin", "carol@example.test", "on"], None)?;
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("user carol@example.test does not exist"), "{err}");
+    let (code, _, err) = sealmail(&["user", "admin", "bob@example.test", "maybe"], None)?;
+    assert_eq!(code, 2, "{err}");
+    let (_, out, _) = sealmail(&["user", "list"], None)?;
+    assert_eq!(
+        out, "alice@example.test\nbob@example.test admin\n",
+        "nothing changed"
+    );
+
+    // Bob is signed in to the web pages in two browsers; `user passwd` ends both.
+    let data_dir = ctx(sealmail_config::Config::load(Path::new(&config)), "config")?.data_dir;
+    let store = ctx(SqliteStore::open(&data_dir, 16).await, "open")?;
+    let bob = ctx(
+        store
+            .account(&ctx(EmailAddress::parse("bob@example.test"), "address")?)
+            .await,
+        "account",
+    )?
+    .ok_or("no bob")?;
+    let now = sealmail_types::clock::now_unix();
+    for id in ["0a", "0b"] {
+        let session = WebSession {
+            id_hash: id.to_string(),
+            account: bob.id,
+            credential: "password".to_string(),
+            client_address: "192.0.2.1".to_string(),
+            user_agent: "Test/1.0".to_string(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + 3600,
+        };
+        ctx(store.add_web_session(session).await, "add session")?;
+    }
+    store.close().await;
+    let (code, out, err) = sealmail(
+        &["user", "passwd", "bob@example.test", "--password-stdin"],
+        Some("bob's new long password\n"),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ended 2 web session(s) of bob@example.test"),
+        "{out}"
+    );
+    let store = ctx(SqliteStore::open(&data_dir, 16).await, "open")?;
+    assert!(ctx(store.web_sessions(bob.id, now).await, "sessions")?.is_empty());
+    store.close().await;
+    Ok(())
+}
+
 #[test]
 fn migrate_dry_run_reports_pending_migrations_and_changes_nothing() -> TestResult {
     let (dir, config) = config_dir()?;

@@ -356,14 +356,26 @@ for p in root.findall(".//r:Protocol", ns):
     )?;
     assert_eq!(fetched.status, 413);
 
-    // The page to type the settings by hand.
-    let page = site.get(HOST, "/")?;
+    // The page to type the settings by hand: on the host name under /setup (its / is the
+    // login form), on autoconfig.DOMAIN at /.
+    let page = site.get(HOST, "/setup")?;
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     for port in [site.imaps.port(), site.submissions.port(), site.submission.port()] {
         assert!(page.body.contains(&format!("<td>{port}</td>")), "{}", page.body);
     }
-    assert!(!page.body.contains("<script"), "{}", page.body);
+    assert!(!page.body.contains("<script>"), "no inline script: {}", page.body);
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|csp| csp.starts_with("default-src 'self';") && !csp.contains("unsafe")),
+        "{:?}",
+        page.headers
+    );
+    let page = site.get("autoconfig.example.test", "/")?;
+    assert_eq!(page.status, 200);
+    for port in [site.imaps.port(), site.submissions.port(), site.submission.port()] {
+        assert!(page.body.contains(&format!("<td>{port}</td>")), "{}", page.body);
+    }
     assert_eq!(
         page.header("content-security-policy"),
         Some("default-src 'none'; frame-ancestors 'none'")

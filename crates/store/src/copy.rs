@@ -4,7 +4,7 @@
 //! recorded when it was accepted, in both stores. A blob already corrupt in SQLite stops the
 //! copy (it is not carried over as good), and nothing is copied into a schema that has rows.
 //!
-//! The tables are listed here with their columns' types (the schema at migration 13); a
+//! The tables are listed here with their columns' types (the schema at migration 15); a
 //! migration that adds a table or column must add it here too, which the tests check by
 //! comparing every table of both schemas.
 
@@ -57,6 +57,7 @@ const TABLES: &[Table] = &[
             ("password_hash", Text),
             ("created_at", Int),
             ("scram_sha256", OptText),
+            ("admin", Bool),
         ],
         page_by: Some("id"),
         identity: true,
@@ -269,6 +270,22 @@ const TABLES: &[Table] = &[
     Table {
         name: "revoked_certs",
         columns: &[("fingerprint", Text), ("not_after", Int), ("revoked_at", Int)],
+        page_by: Some("rowid"),
+        identity: false,
+    },
+    // Copied like the rest: whoever is signed in to the web pages stays so on the new store.
+    Table {
+        name: "web_sessions",
+        columns: &[
+            ("id_hash", Text),
+            ("account_id", Int),
+            ("credential", Text),
+            ("client_address", Text),
+            ("user_agent", Text),
+            ("created_at", Int),
+            ("last_seen_at", Int),
+            ("expires_at", Int),
+        ],
         page_by: Some("rowid"),
         identity: false,
     },

@@ -2,7 +2,8 @@
 //! outbound queue, bans and the security log.
 //!
 //! Protocol code talks to the [`Store`] trait only (the sum of [`AccountStore`], [`MailStore`],
-//! [`QueueStore`], [`SecurityStore`] and [`ReportStore`]), so the backend can change without
+//! [`QueueStore`], [`SecurityStore`], [`ReportStore`], [`CredentialStore`] and [`WebStore`]),
+//! so the backend can change without
 //! touching it: [`SqliteStore`], one file, embedded, the default; [`PgStore`], PostgreSQL, for
 //! several nodes sharing one installation (docs/CLUSTER.md). Every backend promises:
 //! - a write that returned `Ok` is durable (committed: fsynced by SQLite, and by PostgreSQL as
@@ -18,6 +19,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 mod watchers;
+mod web;
 mod write;
 
 use async_trait::async_trait;
@@ -409,6 +411,8 @@ pub struct Retention {
     /// Revocations of client certificates that expired before this (Unix seconds): an expired
     /// certificate is refused anyway.
     pub revoked_certs_expired_before: i64,
+    /// Web sessions that expired before this (Unix seconds): a lookup ignores them already.
+    pub web_sessions_expired_before: i64,
 }
 
 impl Retention {
@@ -430,6 +434,7 @@ impl Retention {
             tls_days_before,
             sts_policies_expired_before: now,
             revoked_certs_expired_before: now,
+            web_sessions_expired_before: now,
         }
     }
 }
@@ -442,6 +447,7 @@ pub struct Pruned {
     pub tls_reports_sent: u64,
     pub sts_policies: u64,
     pub revoked_certs: u64,
+    pub web_sessions: u64,
 }
 
 /// Counters that show how writes were batched into commits.
@@ -782,15 +788,59 @@ pub struct KnownClientCerts {
     pub revoked: Vec<String>,
 }
 
+/// A signed-in session of the web pages (sealmail-web). Only the SHA-256 of the cookie is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// Lower-case hex SHA-256 of the cookie's value.
+    pub id_hash: String,
+    pub account: AccountId,
+    /// What the login used, e.g. "password", "password+totp", "password+recovery code".
+    pub credential: String,
+    pub client_address: String,
+    pub user_agent: String,
+    /// Unix seconds, as the three below.
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+}
+
+/// Sessions one account keeps at most (see [`WebStore::add_web_session`]): a bound on what
+/// logins, or a stolen password, can make us store.
+pub const MAX_WEB_SESSIONS: usize = 20;
+
+/// Browser sessions of the web pages and who may use the admin console.
+#[async_trait]
+pub trait WebStore: Send + Sync {
+    /// Stores a new session; an account keeps at most `MAX_WEB_SESSIONS` (20): the ones last seen longest ago are ended.
+    async fn add_web_session(&self, session: WebSession) -> Result<(), StoreError>;
+    /// The session, if it exists and `expires_at > now`.
+    async fn web_session(&self, id_hash: &str, now: i64) -> Result<Option<WebSession>, StoreError>;
+    /// Notes a request: sets last_seen_at and expires_at (only if the session still exists and is unexpired).
+    async fn touch_web_session(&self, id_hash: &str, now: i64, expires_at: i64) -> Result<(), StoreError>;
+    /// Ends one session; whether it existed.
+    async fn end_web_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+    /// Ends every session of the account except `keep` (log out everywhere, a password change); how many ended.
+    async fn end_web_sessions(&self, account: AccountId, keep: Option<&str>) -> Result<u64, StoreError>;
+    /// The account's unexpired sessions, newest first.
+    async fn web_sessions(&self, account: AccountId, now: i64) -> Result<Vec<WebSession>, StoreError>;
+    /// Grants or takes the admin role; `StoreError::NotFound` when there is no such account.
+    async fn set_admin(&self, address: &EmailAddress, admin: bool) -> Result<(), StoreError>;
+    /// Whether the account has the admin role (false for an account that does not exist).
+    async fn is_admin(&self, account: AccountId) -> Result<bool, StoreError>;
+    /// Addresses of the accounts with the admin role, sorted.
+    async fn admins(&self) -> Result<Vec<EmailAddress>, StoreError>;
+}
+
 /// Everything a server needs of its store, by concern. Backend-only operations (SQLite's
 /// snapshots and commit statistics) are the backends' own methods, not part of it.
 pub trait Store:
-    AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore
+    AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore + WebStore
 {
 }
 
-impl<T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore + ?Sized> Store
-    for T
+impl<
+    T: AccountStore + MailStore + QueueStore + SecurityStore + ReportStore + CredentialStore + WebStore + ?Sized,
+> Store for T
 {
 }
 

@@ -232,3 +232,31 @@ impl From<ClientCertRow> for crate::ClientCert {
         }
     }
 }
+
+/// A `web_sessions` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct WebSessionRow {
+    pub(crate) id_hash: String,
+    pub(crate) account_id: i64,
+    pub(crate) credential: String,
+    pub(crate) client_address: String,
+    pub(crate) user_agent: String,
+    pub(crate) created_at: i64,
+    pub(crate) last_seen_at: i64,
+    pub(crate) expires_at: i64,
+}
+
+impl From<WebSessionRow> for crate::WebSession {
+    fn from(row: WebSessionRow) -> crate::WebSession {
+        crate::WebSession {
+            id_hash: row.id_hash,
+            account: AccountId(row.account_id),
+            credential: row.credential,
+            client_address: row.client_address,
+            user_agent: row.user_agent,
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+            expires_at: row.expires_at,
+        }
+    }
+}

@@ -29,6 +29,7 @@ use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 mod credentials;
 mod mailboxes;
 mod queue;
+mod web;
 
 use crate::rows::{AccountRow, MailboxRow, mailbox_columns};
 use crate::watchers::Watchers;
@@ -475,6 +476,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         | WriteOp::AddAbusePoints { .. }
         | WriteOp::TakeHourlyUse { .. } => apply_security(conn, op).await,
         WriteOp::Credentials(op) => credentials::apply(conn, op).await,
+        WriteOp::Web(op) => web::apply(conn, op).await,
         WriteOp::CreateMailbox { account, name } => mailboxes::create(conn, *account, name, now_unix())
             .await
             .map(WriteDone::Mailbox),
@@ -767,12 +769,14 @@ async fn prune(conn: &mut SqliteConnection, retention: &Retention) -> Result<Pru
         .await?
         .rows_affected();
     let revoked_certs = credentials::prune_revoked(conn, retention.revoked_certs_expired_before).await?;
+    let web_sessions = web::prune_expired(conn, retention.web_sessions_expired_before).await?;
     Ok(Pruned {
         tombstones,
         tls_results,
         tls_reports_sent,
         sts_policies,
         revoked_certs,
+        web_sessions,
     })
 }
 

@@ -8,7 +8,7 @@ use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
 use crate::{
     Accepted, AcceptedMessage, Ban, ClientCert, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox,
     NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags,
-    StoreError, StoredMessage, StoredStsPolicy, TlsResult,
+    StoreError, StoredMessage, StoredStsPolicy, TlsResult, WebSession,
 };
 
 pub(crate) enum WriteOp {
@@ -113,6 +113,7 @@ pub(crate) enum WriteOp {
         per_hour: i64,
     },
     Credentials(CredentialWrite),
+    Web(WebWrite),
 }
 
 /// The writes of [`crate::CredentialStore`].
@@ -154,6 +155,25 @@ pub(crate) enum CredentialWrite {
     RemoveClientCert {
         account: AccountId,
         fingerprint: String,
+    },
+}
+
+/// The writes of [`crate::WebStore`].
+pub(crate) enum WebWrite {
+    AddSession(WebSession),
+    TouchSession {
+        id_hash: String,
+        now: i64,
+        expires_at: i64,
+    },
+    EndSession(String),
+    EndSessions {
+        account: AccountId,
+        keep: Option<String>,
+    },
+    SetAdmin {
+        address: EmailAddress,
+        admin: bool,
     },
 }
 

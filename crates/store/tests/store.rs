@@ -274,6 +274,11 @@ on_both_backends!(
     app_passwords_are_found_by_lookup_listed_used_and_revoked,
     a_totp_step_and_a_recovery_code_are_taken_once,
     client_certificates_are_registered_and_stay_revoked,
+    web_sessions_are_found_until_they_expire_and_touched_only_while_live,
+    web_sessions_end_one_by_one_or_all_but_the_one_kept,
+    an_account_keeps_at_most_twenty_web_sessions_dropping_the_least_recently_seen,
+    web_sessions_go_with_their_account_and_expired_ones_are_pruned,
+    the_admin_role_is_granted_taken_and_listed,
 );
 
 // ---- Conformance tests: what every backend promises ----
@@ -1541,7 +1546,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -1598,7 +1603,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 14);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 15);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -2048,5 +2053,271 @@ async fn client_certificates_are_registered_and_stay_revoked(backend: Backend) -
     assert_eq!(pruned.revoked_certs, 0);
     let pruned = store.prune(Retention::at(now + 2 * 86_400)).await?;
     assert_eq!(pruned.revoked_certs, 3);
+    Ok(())
+}
+
+// ---- Web sessions and the admin role (schema 15) ----
+
+/// A session of `account` made at `at`, for an hour.
+fn web_session(id: &str, account: sealmail_types::AccountId, at: i64) -> sealmail_store::WebSession {
+    sealmail_store::WebSession {
+        id_hash: sealmail_store::sha256_hex(id.as_bytes()),
+        account,
+        credential: "password+totp".to_string(),
+        client_address: "192.0.2.1".to_string(),
+        user_agent: "Test/1.0".to_string(),
+        created_at: at,
+        last_seen_at: at,
+        expires_at: at + 3600,
+    }
+}
+
+async fn web_sessions_are_found_until_they_expire_and_touched_only_while_live(
+    backend: Backend,
+) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let t = 1_700_000_000;
+    let session = web_session("cookie-1", alice.id, t);
+    store.add_web_session(session.clone()).await?;
+    let again = store.add_web_session(session.clone()).await;
+    assert!(matches!(again, Err(StoreError::Duplicate(_))), "{again:?}");
+
+    assert_eq!(
+        store.web_session(&session.id_hash, t + 10).await?,
+        Some(session.clone()),
+        "every field reads back"
+    );
+    assert_eq!(
+        store.web_session(&session.id_hash, t + 3600).await?,
+        None,
+        "expired at expires_at"
+    );
+    assert_eq!(store.web_session("no such hash", t).await?, None);
+
+    // A touch moves last_seen_at and expires_at, so the session outlives its first hour.
+    store
+        .touch_web_session(&session.id_hash, t + 1800, t + 5400)
+        .await?;
+    let touched = store
+        .web_session(&session.id_hash, t + 3600)
+        .await?
+        .ok_or("the touched session expired")?;
+    assert_eq!(
+        (touched.created_at, touched.last_seen_at, touched.expires_at),
+        (t, t + 1800, t + 5400)
+    );
+    // An expired session is not brought back by a touch.
+    store
+        .touch_web_session(&session.id_hash, t + 5400, t + 9000)
+        .await?;
+    assert_eq!(store.web_session(&session.id_hash, t + 5400).await?, None);
+    assert_eq!(
+        store
+            .web_session(&session.id_hash, t + 5399)
+            .await?
+            .map(|s| s.expires_at),
+        Some(t + 5400),
+        "the late touch changed nothing"
+    );
+    // A touch of a session that does not exist is no error and makes none.
+    store.touch_web_session("gone", t, t + 3600).await?;
+    assert_eq!(store.web_session("gone", t).await?, None);
+    Ok(())
+}
+
+async fn web_sessions_end_one_by_one_or_all_but_the_one_kept(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let bob = store
+        .add_account(&address("bob@example.test")?, "$argon2id$bob")
+        .await?;
+    let t = 1_700_000_000;
+    for (n, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        store
+            .add_web_session(web_session(id, alice.id, t + n as i64))
+            .await?;
+    }
+    store.add_web_session(web_session("bob's", bob, t)).await?;
+    let hash = |id: &str| sealmail_store::sha256_hex(id.as_bytes());
+
+    let listed = store.web_sessions(alice.id, t).await?;
+    assert_eq!(
+        listed.iter().map(|s| s.id_hash.clone()).collect::<Vec<_>>(),
+        [hash("d"), hash("c"), hash("b"), hash("a")],
+        "newest first, only alice's"
+    );
+    assert!(
+        store.web_sessions(alice.id, t + 3600).await?.is_empty(),
+        "all expired"
+    );
+
+    assert!(store.end_web_session(&hash("a")).await?);
+    assert!(!store.end_web_session(&hash("a")).await?, "ended already");
+    assert_eq!(store.web_session(&hash("a"), t).await?, None);
+
+    // Log out everywhere else: b and d end, c (this browser) stays, bob's is not alice's.
+    assert_eq!(store.end_web_sessions(alice.id, Some(&hash("c"))).await?, 2);
+    assert_eq!(
+        store
+            .web_sessions(alice.id, t)
+            .await?
+            .iter()
+            .map(|s| s.id_hash.clone())
+            .collect::<Vec<_>>(),
+        [hash("c")]
+    );
+    assert_eq!(store.end_web_sessions(alice.id, None).await?, 1);
+    assert!(store.web_sessions(alice.id, t).await?.is_empty());
+    assert_eq!(store.end_web_sessions(alice.id, None).await?, 0);
+    assert!(store.web_session(&hash("bob's"), t).await?.is_some());
+    Ok(())
+}
+
+async fn an_account_keeps_at_most_twenty_web_sessions_dropping_the_least_recently_seen(
+    backend: Backend,
+) -> TestResult {
+    use sealmail_store::MAX_WEB_SESSIONS;
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let bob = store
+        .add_account(&address("bob@example.test")?, "$argon2id$bob")
+        .await?;
+    store.add_web_session(web_session("bob's", bob, 1_000)).await?;
+    let t = 1_700_000_000;
+    let id = |n: usize| format!("s{n}");
+    let hash = |n: usize| sealmail_store::sha256_hex(id(n).as_bytes());
+    for n in 0..MAX_WEB_SESSIONS {
+        store
+            .add_web_session(web_session(&id(n), alice.id, t + n as i64))
+            .await?;
+    }
+    // s0 is the oldest but was used last; s1 is now the one seen longest ago.
+    store.touch_web_session(&hash(0), t + 100, t + 3700).await?;
+    assert_eq!(store.web_sessions(alice.id, t).await?.len(), MAX_WEB_SESSIONS);
+
+    store
+        .add_web_session(web_session(&id(MAX_WEB_SESSIONS), alice.id, t + 200))
+        .await?;
+    let kept = store.web_sessions(alice.id, t).await?;
+    assert_eq!(kept.len(), MAX_WEB_SESSIONS);
+    assert!(!kept.iter().any(|s| s.id_hash == hash(1)), "s1 was ended");
+    for n in [0, 2, MAX_WEB_SESSIONS] {
+        assert!(kept.iter().any(|s| s.id_hash == hash(n)), "s{n} was kept");
+    }
+
+    // The new session is kept even when the clock makes it look the least recent.
+    store
+        .add_web_session(web_session(&id(MAX_WEB_SESSIONS + 1), alice.id, t - 500))
+        .await?;
+    let kept = store.web_sessions(alice.id, 0).await?;
+    assert_eq!(kept.len(), MAX_WEB_SESSIONS);
+    assert!(kept.iter().any(|s| s.id_hash == hash(MAX_WEB_SESSIONS + 1)));
+    assert!(!kept.iter().any(|s| s.id_hash == hash(2)), "s2 was ended");
+    assert_eq!(
+        test.count_rows("web_sessions").await?,
+        MAX_WEB_SESSIONS as i64 + 1
+    );
+    assert!(
+        store
+            .web_session(&sealmail_store::sha256_hex(b"bob's"), 1_000)
+            .await?
+            .is_some(),
+        "another account's sessions do not count"
+    );
+    Ok(())
+}
+
+async fn web_sessions_go_with_their_account_and_expired_ones_are_pruned(backend: Backend) -> TestResult {
+    use sealmail_store::Retention;
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let bob_address = address("bob@example.test")?;
+    let bob = store.add_account(&bob_address, "$argon2id$bob").await?;
+    let now = sealmail_types::clock::now_unix();
+    // Two of alice's expired an hour ago and a minute ago; one is live.
+    store
+        .add_web_session(web_session("old", alice.id, now - 2 * 3600))
+        .await?;
+    store
+        .add_web_session(web_session("recent", alice.id, now - 3660))
+        .await?;
+    store.add_web_session(web_session("live", alice.id, now)).await?;
+    store.add_web_session(web_session("bob 1", bob, now)).await?;
+    store.add_web_session(web_session("bob 2", bob, now)).await?;
+
+    store.remove_account(&bob_address).await?;
+    assert_eq!(
+        test.count_rows("web_sessions").await?,
+        3,
+        "bob's sessions went with him"
+    );
+    assert!(store.web_sessions(bob, 0).await?.is_empty());
+
+    let pruned = store.prune(Retention::at(now)).await?;
+    assert_eq!(pruned.web_sessions, 2);
+    assert_eq!(test.count_rows("web_sessions").await?, 1);
+    let left = store.web_sessions(alice.id, now).await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id_hash, sealmail_store::sha256_hex(b"live"));
+    assert_eq!(store.prune(Retention::at(now)).await?.web_sessions, 0);
+    assert_eq!(store.prune(Retention::at(now + 3601)).await?.web_sessions, 1);
+    Ok(())
+}
+
+async fn the_admin_role_is_granted_taken_and_listed(backend: Backend) -> TestResult {
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let bob_address = address("bob@example.test")?;
+    let bob = store.add_account(&bob_address, "$argon2id$bob").await?;
+    assert!(!store.is_admin(alice.id).await?, "no one is an admin at first");
+    assert!(store.admins().await?.is_empty());
+
+    store.set_admin(&bob_address, true).await?;
+    store.set_admin(&alice.address, true).await?;
+    store.set_admin(&alice.address, true).await?;
+    assert!(store.is_admin(alice.id).await?);
+    assert!(store.is_admin(bob).await?);
+    assert_eq!(
+        store.admins().await?,
+        vec![alice.address.clone(), bob_address.clone()]
+    );
+
+    let before = store.credentials_generation().await?;
+    store.set_admin(&bob_address, false).await?;
+    assert!(!store.is_admin(bob).await?);
+    assert!(store.is_admin(alice.id).await?, "alice keeps hers");
+    assert_eq!(store.admins().await?, vec![alice.address.clone()]);
+    assert_eq!(store.credentials_generation().await?, before, "not a credential");
+
+    let unknown = store.set_admin(&address("carol@example.test")?, true).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{unknown:?}");
+    assert!(!store.is_admin(sealmail_types::AccountId(i64::MAX)).await?);
+
+    // A removed admin is no admin, and a new account of the same address does not inherit it.
+    store.remove_account(&alice.address).await?;
+    assert!(store.admins().await?.is_empty());
+    let new_alice = store.add_account(&alice.address, "$argon2id$new").await?;
+    assert!(!store.is_admin(new_alice).await?);
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Helpers for sealmail's tests and benchmarks (never linked into the server): TLS clients that trust a given
 //! certificate, hand-made ClientHello records for refused protocol versions and suites, a
 //! process wrapper that runs the real `sealmail` binary, line-based protocol clients, and a
-//! local DNS server ([`dns`]).
+//! local DNS server ([`dns`]), and headless Chromium over WebDriver ([`browser`]).
 //! Test code may fail loudly, so helpers return `Result<_, String>` with a readable reason.
 
+pub mod browser;
 pub mod dns;
 #[cfg(feature = "fakes")]
 pub mod fakes;

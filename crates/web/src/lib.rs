@@ -15,7 +15,10 @@
 //! [`CONNECTION_TIMEOUT`]; the only body ever read is an Autodiscover request, at most 8 KiB.
 
 pub mod autoconfig;
+pub mod chart;
 pub mod page;
+pub mod pages;
+pub mod qr;
 pub mod policy;
 
 use std::convert::Infallible;
@@ -68,6 +71,8 @@ pub struct WebContext {
     pub http01: Option<Arc<dyn Http01Answers>>,
     /// The port of the `https` listener, for redirects from `http`.
     pub https_port: Option<u16>,
+    /// The account pages and admin console on the host name; `None` serves neither.
+    pub pages: Option<pages::Pages>,
 }
 
 impl WebContext {
@@ -109,6 +114,10 @@ impl Handler for WebHandler {
         }
         let secure = conn.tls().is_some();
         let peer = conn.info().peer;
+        let visit = pages::Visit {
+            peer: peer.ip(),
+            local: conn.info().local,
+        };
         let shutdown = conn.shutdown_signal().clone();
         let context = self.context.clone();
         let mut http = http1::Builder::new();
@@ -117,7 +126,7 @@ impl Handler for WebHandler {
             .max_buf_size(MAX_REQUEST_HEAD);
         let service = service_fn(move |request: Request<Incoming>| {
             let context = context.clone();
-            async move { Ok::<_, Infallible>(respond(&context, secure, request).await) }
+            async move { Ok::<_, Infallible>(respond(&context, secure, visit, request).await) }
         });
         let served = http.serve_connection(TokioIo::new(conn.into_stream()), service);
         let mut served = std::pin::pin!(served);
@@ -235,10 +244,10 @@ fn not_found() -> Answer {
     answer(StatusCode::NOT_FOUND, None, Bytes::new())
 }
 
-async fn respond(context: &WebContext, secure: bool, request: Request<Incoming>) -> Answer {
+async fn respond(context: &WebContext, secure: bool, visit: pages::Visit, request: Request<Incoming>) -> Answer {
     let head_only = request.method() == Method::HEAD;
     let mut response = if secure {
-        https_answer(context, request).await
+        https_answer(context, visit, request).await
     } else {
         http_answer(context, &request).await
     };
@@ -250,10 +259,12 @@ async fn respond(context: &WebContext, secure: bool, request: Request<Incoming>)
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if head_only {
@@ -271,7 +282,7 @@ const AUTOCONFIG_PATH: &str = "/mail/config-v1.1.xml";
 const WELL_KNOWN_AUTOCONFIG_PATH: &str = "/.well-known/autoconfig/mail/config-v1.1.xml";
 const AUTODISCOVER_PATH: &str = "/autodiscover/autodiscover.xml";
 
-async fn https_answer(context: &WebContext, request: Request<Incoming>) -> Answer {
+async fn https_answer(context: &WebContext, visit: pages::Visit, request: Request<Incoming>) -> Answer {
     let Some(host) = host_of(&request) else {
         return not_found();
     };
@@ -279,6 +290,15 @@ async fn https_answer(context: &WebContext, request: Request<Incoming>) -> Answe
         return not_found();
     };
     let path = request.uri().path().to_string();
+    let request = match (&site, &context.pages) {
+        (Site::Host, Some(pages)) if pages::serves_path(&path) => {
+            return match pages::answer(context, pages, visit, request).await {
+                Some(answer) => answer,
+                None => not_found(),
+            };
+        }
+        _ => request,
+    };
     match (&site, path.as_str()) {
         (Site::MtaSts(_), MTA_STS_PATH) if is_get(&request) => answer(
             StatusCode::OK,

@@ -1,0 +1,80 @@
+//! The admin console's view of what only the server binary knows (`sealmail_web::pages::Console`):
+//! the DNS records of `domain dns`, their live check, the certificates of `cert status`, and
+//! adding a domain with its DKIM keys, each the same code as the CLI command.
+
+use std::sync::Arc;
+
+use sealmail_config::Config;
+use sealmail_identity::Identity;
+use sealmail_store::Store;
+use sealmail_types::{Domain, EmailAddress};
+use sealmail_web::pages::IssuedClientCertificate;
+
+/// Client certificates issued from the account page are valid this long (`ca issue`'s default).
+const CLIENT_CERT_DAYS: u32 = 365;
+
+pub struct ServerConsole {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub identity: Identity,
+}
+
+#[async_trait::async_trait]
+impl sealmail_web::pages::Console for ServerConsole {
+    async fn dns_records(&self, domain: &Domain) -> Result<String, String> {
+        let helo_spf = crate::admin::helo_spf(&self.config, &*self.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::admin::dns_records(&self.config, domain, helo_spf).map_err(|e| e.to_string())
+    }
+
+    async fn check_dns(&self, domain: &Domain) -> Result<Vec<(String, String, String)>, String> {
+        let helo_spf = crate::admin::helo_spf(&self.config, &*self.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::admin::found_records(&self.config, domain, helo_spf)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn certificate_status(&self) -> Result<String, String> {
+        crate::certs::status_text(&self.config).map_err(|e| e.to_string())
+    }
+
+    async fn add_domain(&self, domain: &Domain) -> Result<(), String> {
+        crate::admin::add_domain(&self.config, &*self.store, domain)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn rotate_dkim(&self, domain: &Domain) -> Result<Vec<String>, String> {
+        let dkim_dir = self.config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+        crate::admin::new_dkim_keys(&dkim_dir, domain).map_err(|e| e.to_string())
+    }
+
+    async fn issue_client_certificate(&self, address: &EmailAddress) -> Result<IssuedClientCertificate, String> {
+        let dir = self.config.data_dir.join(crate::credentials::CLIENT_CA_DIR);
+        let ca = sealmail_tls::client_ca::ClientCa::load(&dir)
+            .map_err(|e| format!("the client certificate authority is not set up ({e}); an admin runs `sealmail ca init`"))?;
+        let issued = ca
+            .issue(&address.to_string(), CLIENT_CERT_DAYS)
+            .map_err(|e| e.to_string())?;
+        // Registered before it is handed out: no certificate of ours is unknown to the store.
+        self.identity
+            .add_client_cert(
+                address,
+                &issued.fingerprint,
+                &format!("CN={address}"),
+                issued.not_after,
+                true,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(IssuedClientCertificate {
+            p12: issued.p12,
+            password: issued.p12_password.to_string(),
+            fingerprint: issued.fingerprint,
+            not_after: issued.not_after,
+        })
+    }
+}

@@ -1,0 +1,549 @@
+//! The account pages and the admin console in a real browser (Debian's Chromium, driven over
+//! WebDriver by `sealmail_testkit::browser`), and the same pages attacked with curl and raw
+//! clients: XSS in what senders and clients choose, CSRF, session fixation, brute force.
+//! Screenshots of every page are left in `target/web-screenshots/`.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::Engine;
+use sealmail_testkit::browser::Browser;
+use sealmail_testkit::pki::TestCa;
+use sealmail_testkit::{LineClient, TestResult, ctx};
+
+const DOMAIN: &str = "example.test";
+const HOST: &str = "mail.example.test";
+const SESSION: &str = "__Host-sealmail-session";
+
+/// An anyhow result (the browser's) as a test result.
+fn b<T>(result: anyhow::Result<T>) -> TestResult<T> {
+    result.map_err(|e| format!("{e:#}"))
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    _process: sealmail_testkit::Sealmail,
+    ca: PathBuf,
+    https: SocketAddr,
+    /// A second https listener, the only one with the admin console (`[web] admin_listener`).
+    admin_https: SocketAddr,
+    imaps: SocketAddr,
+    submissions: SocketAddr,
+}
+
+impl Site {
+    async fn start(extra: &str) -> TestResult<Site> {
+        Site::start_with(extra, false).await
+    }
+
+    async fn start_with(extra: &str, admin_listener: bool) -> TestResult<Site> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let (https, imaps, submissions) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+        let admin_https = SocketAddr::from(([127, 0, 0, 5], common::free_addr()?.port()));
+        let mut listeners = vec![
+            ("https", https, "implicit"),
+            ("imap", imaps, "implicit"),
+            ("submission", submissions, "implicit"),
+        ];
+        let mut extra = extra.to_string();
+        if admin_listener {
+            listeners.push(("https", admin_https, "implicit"));
+            extra.push_str(&format!("\n[web]\nadmin_listener = \"{admin_https}\"\n"));
+        }
+        let config = common::config_with_users(dir.path(), DOMAIN, &["alice", "bob"], &listeners, &extra)?;
+        let (code, _, err) = common::admin(dir.path(), &config, &["ca", "init"])?;
+        if code != 0 {
+            return Err(format!("ca init: {err}"));
+        }
+        let (code, _, err) = common::admin(
+            dir.path(),
+            &config,
+            &["user", "add", "admin@example.test", "--password-stdin", "--admin"],
+        )?;
+        if code != 0 {
+            return Err(format!("user add --admin: {err}"));
+        }
+        let ca = TestCa::new("pages test CA")?;
+        let ca_file = common::install_issued(dir.path(), &ca, &[HOST])?;
+        let process = common::serve(dir.path(), &config).await?;
+        Ok(Site {
+            dir,
+            config,
+            _process: process,
+            ca: ca_file,
+            https,
+            admin_https,
+            imaps,
+            submissions,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{HOST}:{}{path}", self.https.port())
+    }
+
+    async fn browser(&self) -> TestResult<Browser> {
+        b(Browser::start_resolving(&[(HOST, IpAddr::from([127, 0, 0, 1]))]).await)
+    }
+
+    fn tls(&self) -> TestResult<Arc<rustls::ClientConfig>> {
+        sealmail_testkit::client_config(&[&self.ca], &[&rustls::version::TLS13], &[])
+    }
+
+    /// IMAP LOGIN over implicit TLS: whether it was accepted.
+    async fn imap_login(&self, user: &str, password: &str) -> TestResult<bool> {
+        let tls = sealmail_testkit::tls_connect(self.imaps, self.tls()?, HOST).await?;
+        let mut c = LineClient::new(tls);
+        c.line().await?;
+        let reply = c.imap("l", &format!("LOGIN {user} \"{password}\"")).await?;
+        Ok(reply.last().is_some_and(|l| l.starts_with("l OK")))
+    }
+
+    /// Submits a message from alice over implicit TLS.
+    async fn submit(&self, to: &str, message: &str) -> TestResult {
+        let tls = sealmail_testkit::tls_connect(self.submissions, self.tls()?, HOST).await?;
+        let mut c = LineClient::new(tls);
+        c.smtp_reply().await?;
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0alice@example.test\0{}", common::TEST_PASSWORD));
+        c.dialog(&[
+            ("EHLO client.test".to_string(), "250"),
+            (format!("AUTH PLAIN {auth}"), "235"),
+            ("MAIL FROM:<alice@example.test>".to_string(), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ])
+        .await?;
+        c.command(&format!("{message}\r\n."), "250").await?;
+        Ok(())
+    }
+
+    /// curl with our name resolved and our CA trusted: (status, body).
+    fn curl(&self, path: &str, extra: &[&str], from: &str) -> TestResult<(u16, String, String)> {
+        curl(&self.url(path), self.https.port(), &self.ca, extra, from)
+    }
+}
+
+fn curl(url: &str, port: u16, ca: &Path, extra: &[&str], from: &str) -> TestResult<(u16, String, String)> {
+    let resolve = format!("{HOST}:{port}:127.0.0.1");
+    let output = ctx(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-D", "-", "--interface", from, "--resolve", &resolve, "--cacert"])
+            .arg(ca)
+            .args(extra)
+            .arg(url)
+            .output(),
+        "curl",
+    )?;
+    if !output.status.success() {
+        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status")?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// The value of the hidden field `name` in a page.
+fn hidden(page: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker)? + marker.len();
+    let end = page[start..].find('"')? + start;
+    Some(page[start..end].to_string())
+}
+
+/// A cookie's value from response headers.
+fn set_cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .filter_map(|c| c.split(';').next())
+        .filter_map(|c| c.split_once('='))
+        .find(|(n, v)| *n == name && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
+/// RFC 4648 base32 without padding, as in otpauth URIs.
+fn base32_decode(text: &str) -> TestResult<Vec<u8>> {
+    let mut bits: u64 = 0;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim_end_matches('=').chars() {
+        let value = match c {
+            'A'..='Z' => c as u64 - 'A' as u64,
+            '2'..='7' => c as u64 - '2' as u64 + 26,
+            _ => return Err(format!("not base32: {c:?}")),
+        };
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The TOTP code of `secret` at the current step plus `ahead`.
+fn totp_code(secret: &[u8], ahead: i64) -> String {
+    let step = sealmail_identity::totp::step_at(sealmail_types::clock::now_unix()) + ahead;
+    sealmail_identity::totp::hotp(secret, step as u64, 6)
+}
+
+async fn log_in(browser: &Browser, site: &Site, user: &str, password: &str) -> TestResult {
+    b(browser.goto(&site.url("/")).await)?;
+    b(browser.fill("#username", user).await)?;
+    b(browser.fill("#password", password).await)?;
+    b(browser.click("#login").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> TestResult {
+    let site = Site::start("").await?;
+    let browser = site.browser().await?;
+    b(browser.goto(&site.url("/")).await)?;
+    b(browser.screenshot("login").await)?;
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    assert_eq!(b(browser.text("#who").await)?, "alice@example.test");
+    b(browser.screenshot("account").await)?;
+    let cookies = b(browser.cookies().await)?;
+    let session = cookies.iter().find(|c| c.name == SESSION).ok_or("no session cookie")?;
+    assert!(session.http_only && session.secure, "{session:?}");
+    assert_eq!(session.same_site.as_deref(), Some("Strict"));
+    assert!(session.domain.as_deref().is_none_or(|d| !d.starts_with('.')), "{session:?}");
+
+    // TOTP: the QR code is drawn, the key read off the page, a computed code turns it on.
+    b(browser.click("#mfa-start").await)?;
+    let svg = b(browser.page_source().await)?;
+    assert!(svg.contains("<svg") && svg.contains("<path"), "no QR code drawn");
+    b(browser.screenshot("enrol-totp").await)?;
+    let secret = base32_decode(&b(browser.text("#totp-secret").await)?)?;
+    b(browser.fill("#code", &totp_code(&secret, 0)).await)?;
+    b(browser.click("#confirm").await)?;
+    let page = b(browser.page_source().await)?;
+    let recovery_codes = page.matches("class=\"secret\"").count();
+    assert_eq!(recovery_codes, 10, "recovery codes shown once");
+    b(browser.screenshot("recovery-codes").await)?;
+    b(browser.click("#done").await)?;
+    assert!(b(browser.text("#mfa-status").await)?.starts_with("On since"));
+
+    // Out, and in again: the password alone is not enough; a fresh code is.
+    b(browser.click("#logout").await)?;
+    assert!(b(browser.page_source().await)?.contains("id=\"login\""));
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    assert!(b(browser.page_source().await)?.contains("id=\"verify\""), "second factor asked");
+    assert!(!b(browser.cookies().await)?.iter().any(|c| c.name == SESSION), "no session before the code");
+    b(browser.screenshot("second-factor").await)?;
+    b(browser.fill("#code", "000000").await)?;
+    b(browser.click("#verify").await)?;
+    assert!(b(browser.text("#error").await)?.contains("not right"));
+    // The enrolment used this step's code; the next step's is within the window.
+    b(browser.fill("#code", &totp_code(&secret, 1)).await)?;
+    b(browser.click("#verify").await)?;
+    assert_eq!(b(browser.text("#who").await)?, "alice@example.test");
+
+    // With a second factor, mail programs need an app password.
+    assert!(!site.imap_login("alice@example.test", common::TEST_PASSWORD).await?);
+    b(browser.fill("#app-name", "phone").await)?;
+    b(browser.click("#app-add").await)?;
+    let app_password = b(browser.text("#secret-1").await)?;
+    b(browser.screenshot("app-password").await)?;
+    assert!(site.imap_login("alice@example.test", &app_password).await?, "the app password works over IMAP");
+    b(browser.click("#done").await)?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("<td>phone</td>"), "listed");
+    assert!(page.contains("from 127.0.0.1"), "its last use is shown with the address");
+    // The account's own events name the credential each login used.
+    assert!(page.contains("password+totp"), "{page}");
+    b(browser.click("button.revoke").await)?;
+    assert!(b(browser.text("#message").await)?.contains("revoked"));
+    assert!(!site.imap_login("alice@example.test", &app_password).await?, "revoked: refused");
+
+    // A client certificate from the internal CA: a .p12 OpenSSL opens with the password shown.
+    b(browser.click("#cert-issue").await)?;
+    let p12_password = b(browser.text("#secret-1").await)?;
+    let fingerprint = b(browser.text("#cert-fingerprint").await)?;
+    let link = b(browser
+        .client()
+        .find(fantoccini::Locator::Css("#p12"))
+        .await
+        .map_err(anyhow::Error::from))?;
+    let href = b(link.attr("href").await.map_err(anyhow::Error::from))?.ok_or("no href")?;
+    let encoded = href.split_once("base64,").ok_or("not a data URL")?.1;
+    let p12 = ctx(base64::engine::general_purpose::STANDARD.decode(encoded), "base64")?;
+    let p12_file = site.dir.path().join("alice.p12");
+    ctx(std::fs::write(&p12_file, &p12), "write p12")?;
+    let opened = ctx(
+        Command::new("openssl")
+            .args(["pkcs12", "-noout", "-passin"])
+            .arg(format!("pass:{p12_password}"))
+            .arg("-in")
+            .arg(&p12_file)
+            .output(),
+        "openssl pkcs12",
+    )?;
+    assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
+    b(browser.screenshot("client-certificate").await)?;
+    b(browser.click("#done").await)?;
+    assert!(b(browser.text("#certificates").await)?.contains(&fingerprint));
+
+    // Log out everywhere ends this session too: the cookie opens nothing any more.
+    let cookie = b(browser.cookies().await)?
+        .into_iter()
+        .find(|c| c.name == SESSION)
+        .ok_or("no session cookie")?;
+    b(browser.click("#logout-everywhere").await)?;
+    let header = format!("Cookie: {SESSION}={}", cookie.value);
+    let (_, _, body) = site.curl("/", &["-H", &header], "127.0.0.1")?;
+    assert!(body.contains("id=\"login\""), "the old session is gone: {body}");
+    b(browser.close().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -> TestResult {
+    // remote.test's MX is an address where nothing listens: its mail stays queued.
+    let dns = sealmail_testkit::dns::DnsServer::start().await?;
+    dns.add_mx("remote.test", 10, "mx.remote.test");
+    dns.add_a("mx.remote.test", std::net::Ipv4Addr::new(127, 0, 0, 9));
+    let free = common::free_addr()?.port();
+    let extra = format!(
+        "[security]\nauth_failures = 3\nban_secs = 600\n[delivery]\nsmtp_port = {free}\n{}",
+        common::dns_section(dns.addr())
+    );
+    let site = Site::start(&extra).await?;
+    // A queued message for a domain nobody answers for (the test DNS knows nothing), with a
+    // subject and display name that try to run script in the console.
+    site.submit(
+        "someone@remote.test",
+        "From: \"<img src=x onerror=alert(1)>\" <alice@example.test>\r\nTo: someone@remote.test\r\nSubject: <script>alert(2)</script>\r\n\r\nhello",
+    )
+    .await?;
+    // A client that guesses passwords over IMAP from 127.0.0.2 until it is banned.
+    for _ in 0..3 {
+        let tcp = sealmail_testkit::tcp_from([127, 0, 0, 2], site.imaps).await?;
+        if let Ok(tls) = sealmail_testkit::tls_upgrade(tcp, site.tls()?, HOST).await {
+            let mut c = LineClient::new(tls);
+            c.line().await?;
+            let _ = c.imap("l", "LOGIN \"<b>bold</b>@example.test\" wrong").await;
+        }
+    }
+    let banned = sealmail_testkit::tcp_from([127, 0, 0, 2], site.imaps).await?;
+    assert!(sealmail_testkit::tls_upgrade(banned, site.tls()?, HOST).await.is_err(), "banned");
+
+    let browser = site.browser().await?;
+    // Alice is not an admin: the console is not hers.
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    b(browser.goto(&site.url("/admin")).await)?;
+    assert!(b(browser.page_source().await)?.contains("for admins"));
+    b(browser.click("#logout").await)?;
+
+    log_in(&browser, &site, "admin@example.test", common::TEST_PASSWORD).await?;
+    b(browser.click("#nav-admin").await)?;
+    b(browser.screenshot("admin-overview").await)?;
+
+    // Users: add carol; the password shown once logs in over IMAP.
+    b(browser.goto(&site.url("/admin/users")).await)?;
+    b(browser.fill("#new-address", "carol@example.test").await)?;
+    b(browser.click("#user-add").await)?;
+    let password = b(browser.text("#secret-1").await)?;
+    assert!(site.imap_login("carol@example.test", &password).await?);
+    b(browser.goto(&site.url("/admin/users")).await)?;
+    assert!(b(browser.text("#users").await)?.contains("carol@example.test"));
+    b(browser.screenshot("admin-users").await)?;
+
+    // Bans: the ban is shown with the failures that caused it (the guessed name escaped), and
+    // lifted from the page.
+    b(browser.goto(&site.url("/admin/bans")).await)?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("127.0.0.2"), "{page}");
+    assert!(page.contains("&lt;b&gt;bold&lt;/b&gt;"), "escaped: {page}");
+    assert!(!page.contains("<b>bold</b>"));
+    b(browser.screenshot("admin-bans").await)?;
+    b(browser.click("button.unban").await)?;
+    assert!(b(browser.text("#message").await)?.contains("Lifted 1 ban"));
+    let tcp = sealmail_testkit::tcp_from([127, 0, 0, 2], site.imaps).await?;
+    let mut deadline = 0;
+    let mut tls = sealmail_testkit::tls_upgrade(tcp, site.tls()?, HOST).await;
+    while tls.is_err() && deadline < 30 {
+        // Bans are reread within a second.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let tcp = sealmail_testkit::tcp_from([127, 0, 0, 2], site.imaps).await?;
+        tls = sealmail_testkit::tls_upgrade(tcp, site.tls()?, HOST).await;
+        deadline += 1;
+    }
+    assert!(tls.is_ok(), "unbanned");
+
+    // Queue: the message is there, its header shown escaped; retry and delete work.
+    b(browser.goto(&site.url("/admin/queue")).await)?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("someone@remote.test"), "{page}");
+    b(browser.click("a.show").await)?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("&lt;script&gt;alert(2)&lt;/script&gt;"), "{page}");
+    assert!(!page.contains("<script>alert"));
+    assert!(!page.contains("<img src=x"));
+    // No script ran: a pending alert would make WebDriver refuse the next command.
+    assert!(browser.client().get_alert_text().await.is_err(), "an alert opened");
+    b(browser.screenshot("admin-queue").await)?;
+    b(browser.click("button.retry").await)?;
+    assert!(b(browser.text("#message").await)?.contains("retried"));
+    b(browser.click("button.delete").await)?;
+    assert!(b(browser.text("#message").await)?.contains("deleted"));
+    assert!(b(browser.page_source().await)?.contains("queue-empty"));
+
+    // Every admin action is a security event, and the events page filters.
+    b(browser.goto(&site.url("/admin/events?kind=admin_action")).await)?;
+    let events = b(browser.text("#events").await)?;
+    for action in ["added user carol@example.test", "lifted 1 ban(s)", "retried queued message", "deleted queued message"] {
+        assert!(events.contains(action), "{action}: {events}");
+    }
+    assert!(!events.contains("auth_failure"), "filtered: {events}");
+    b(browser.screenshot("admin-events").await)?;
+    for (path, name) in [("/admin/domains", "admin-domains"), ("/admin/certificates", "admin-certificates")] {
+        b(browser.goto(&site.url(path)).await)?;
+        b(browser.screenshot(name).await)?;
+    }
+    b(browser.goto(&site.url("/admin/domains")).await)?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("_mta-sts.example.test") && page.contains("v=DMARC1"), "{page}");
+    let selectors_before = page.matches("._domainkey.example.test").count();
+    b(browser.click("button.rotate-dkim").await)?;
+    assert!(b(browser.text("#message").await)?.contains("New DKIM keys"));
+    let page = b(browser.page_source().await)?;
+    assert!(
+        page.matches("._domainkey.example.test").count() > selectors_before,
+        "the new keys' records are listed beside the old ones"
+    );
+    b(browser.goto(&site.url("/admin/certificates")).await)?;
+    assert!(b(browser.text("#cert-status").await)?.contains(HOST));
+    b(browser.close().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refused() -> TestResult {
+    let site = Site::start("[security]\nauth_failures = 3\nban_secs = 600\n").await?;
+    // A login through curl: the form's token comes with its cookie.
+    let (status, head, page) = site.curl("/", &[], "127.0.0.1")?;
+    assert_eq!(status, 200);
+    assert!(head.contains("default-src 'self'"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-frame-options: deny"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("referrer-policy: no-referrer"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("strict-transport-security"), "{head}");
+    let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    let login_header = format!("Cookie: __Host-sealmail-login={login_cookie}");
+    let form = format!("username=alice%40example.test&password={}", common::TEST_PASSWORD.replace(' ', "+"));
+
+    // Without the token, or with another cookie's, the login form is refused.
+    let (status, _, _) = site.curl("/login", &["-H", &login_header, "--data", &form], "127.0.0.1")?;
+    assert_eq!(status, 403);
+    // A session id planted before login (fixation) is not the one after it, and opens nothing.
+    let planted = "A".repeat(43);
+    let both = format!("{login_header}; {SESSION}={planted}");
+    let (status, head, _) = site.curl(
+        "/login",
+        &["-H", &both, "--data", &format!("{form}&csrf={token}")],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200);
+    let session = set_cookie(&head, SESSION).ok_or("no session cookie")?;
+    assert_ne!(session, planted);
+    let planted_header = format!("Cookie: {SESSION}={planted}");
+    let (_, _, body) = site.curl("/", &["-H", &planted_header], "127.0.0.1")?;
+    assert!(body.contains("id=\"login\""), "the planted id is not a session");
+    // The login form's own cookie is no session either.
+    let (_, _, body) = site.curl("/", &["-H", &format!("Cookie: {SESSION}={login_cookie}")], "127.0.0.1")?;
+    assert!(body.contains("id=\"login\""));
+
+    // Signed in, a form without its token (what another site would send) changes nothing.
+    let session_header = format!("Cookie: {SESSION}={session}");
+    let (status, _, body) = site.curl(
+        "/account/app-passwords/add",
+        &["-H", &session_header, "--data", "name=evil&scope=imap&days="],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 403, "{body}");
+    let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
+    assert!(!account.contains("<td>evil</td>"));
+    let token = hidden(&account, "csrf").ok_or("no csrf field")?;
+    let (status, _, body) = site.curl(
+        "/account/app-passwords/add",
+        &["-H", &session_header, "--data", &format!("name=laptop&scope=imap&days=&csrf={token}")],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200, "{body}");
+    // A user is no admin.
+    let (status, _, _) = site.curl("/admin/users", &["-H", &session_header], "127.0.0.1")?;
+    assert_eq!(status, 403);
+
+    // Brute force on the login form is banned like IMAP: after 3 failures the address is refused.
+    for _ in 0..3 {
+        let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
+        let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+        let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+        let (status, _, _) = site.curl(
+            "/login",
+            &[
+                "-H",
+                &format!("Cookie: __Host-sealmail-login={cookie}"),
+                "--data",
+                &format!("username=alice%40example.test&password=guess&csrf={token}"),
+            ],
+            "127.0.0.3",
+        )?;
+        assert_eq!(status, 401);
+    }
+    assert!(site.curl("/", &[], "127.0.0.3").is_err(), "the guessing address is banned");
+    assert!(site.curl("/", &[], "127.0.0.1").is_ok(), "others are not");
+    let (code, out, _) = common::admin(site.dir.path(), &site.config, &["security", "bans", "list"])?;
+    assert_eq!(code, 0);
+    assert!(out.contains("127.0.0.3"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_answers_only_on_the_admin_listener() -> TestResult {
+    let site = Site::start_with("", true).await?;
+    let (_, head, page) = site.curl("/", &[], "127.0.0.1")?;
+    let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    let form = format!(
+        "username=admin%40example.test&password={}&csrf={token}",
+        common::TEST_PASSWORD.replace(' ', "+")
+    );
+    let (status, head, _) = site.curl(
+        "/login",
+        &["-H", &format!("Cookie: __Host-sealmail-login={cookie}"), "--data", &form],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200);
+    let session = format!("Cookie: {SESSION}={}", set_cookie(&head, SESSION).ok_or("no session")?);
+    // The account page is everywhere; the console only on the admin listener.
+    let (status, _, body) = site.curl("/", &["-H", &session], "127.0.0.1")?;
+    assert_eq!(status, 200);
+    assert!(body.contains("admin@example.test"));
+    let (status, _, body) = site.curl("/admin/users", &["-H", &session], "127.0.0.1")?;
+    assert_eq!((status, body.as_str()), (404, ""));
+    let admin_url = format!("https://{HOST}:{}/admin/users", site.admin_https.port());
+    let resolve = format!("{HOST}:{}:127.0.0.5", site.admin_https.port());
+    let (status, _, body) = curl(
+        &admin_url,
+        site.admin_https.port(),
+        &site.ca,
+        &["--resolve", &resolve, "-H", &session],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("alice@example.test"), "{body}");
+    Ok(())
+}

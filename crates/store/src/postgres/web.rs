@@ -1,0 +1,14 @@
+//! PostgreSQL side of [`WebStore`]: the statements and methods of `crate::web`, each write in
+//! the transaction `PgStore::write` opened.
+
+use async_trait::async_trait;
+
+use sealmail_types::{AccountId, EmailAddress};
+
+use super::{PgStore, is_unique_violation};
+use crate::rows::WebSessionRow;
+use crate::web::web_backend;
+use crate::write::{WebWrite, WriteDone, WriteOp, done_as, unexpected};
+use crate::{MAX_WEB_SESSIONS, StoreError, WebSession, WebStore};
+
+web_backend!(PgStore, sqlx::postgres::PgConnection, pool);

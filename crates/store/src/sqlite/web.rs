@@ -1,0 +1,14 @@
+//! SQLite side of [`WebStore`]: the statements and methods of `crate::web`, over the single
+//! writer's connection and the read pool.
+
+use async_trait::async_trait;
+
+use sealmail_types::{AccountId, EmailAddress};
+
+use super::{SqliteStore, is_unique_violation};
+use crate::rows::WebSessionRow;
+use crate::web::web_backend;
+use crate::write::{WebWrite, WriteDone, WriteOp, done_as, unexpected};
+use crate::{MAX_WEB_SESSIONS, StoreError, WebSession, WebStore};
+
+web_backend!(SqliteStore, sqlx::sqlite::SqliteConnection, readers);

@@ -1,0 +1,367 @@
+//! The self-service account page: password, second factor, app passwords, sessions, the
+//! account's own security events, and the settings a mail client needs.
+
+use hyper::StatusCode;
+use hyper::header;
+
+use sealmail_config::Role;
+use sealmail_guard::kind;
+use sealmail_identity::{MfaStatus, Password, Scopes};
+use sealmail_store::EventFilter;
+use sealmail_types::clock::now_unix;
+
+use super::views::{self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, Row, SessionRow, SetupPage, ShownOncePage, render};
+use super::{Answer, Form, Pages, SignedIn, Visit, session, when};
+use crate::WebContext;
+
+/// Events shown on the account page.
+const ACCOUNT_EVENTS: u32 = 50;
+
+/// The account page, with `message` on top.
+pub async fn overview(context: &WebContext, pages: &Pages, user: &SignedIn, message: Option<&str>) -> Answer {
+    overview_with(context, pages, user, message, None, StatusCode::OK).await
+}
+
+async fn overview_with(
+    context: &WebContext,
+    pages: &Pages,
+    user: &SignedIn,
+    message: Option<&str>,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Answer {
+    let address = &user.account.address;
+    let now = now_unix();
+    let mfa_status = pages.identity.mfa_status(address).await;
+    let (mfa, mfa_active) = match mfa_status {
+        Ok(MfaStatus::Active {
+            since,
+            recovery_codes_left,
+        }) => (
+            format!("On since {} ({recovery_codes_left} recovery codes left).", when(since)),
+            true,
+        ),
+        Ok(MfaStatus::Pending) => ("Set-up started but not finished.".to_string(), false),
+        Ok(MfaStatus::Off) => ("Off: your password alone logs in.".to_string(), false),
+        Err(error) => {
+            tracing::error!(%error, "cannot read the second factor");
+            ("Unknown (try again later).".to_string(), false)
+        }
+    };
+    let app_passwords = pages
+        .identity
+        .app_passwords(address)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| AppPasswordRow {
+            name: p.name,
+            scopes: p.scopes,
+            created: when(p.created_at),
+            expires: p.expires_at.map_or("never".to_string(), when),
+            last_used: match (p.last_used_at, p.last_used_from) {
+                (Some(at), Some(from)) => format!("{} from {from}", when(at)),
+                (Some(at), None) => when(at),
+                _ => "never".to_string(),
+            },
+        })
+        .collect();
+    let sessions = context
+        .store
+        .web_sessions(user.account.id, now)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.credential != session::PENDING_CREDENTIAL)
+        .map(|s| SessionRow {
+            this_one: s.id_hash == user.session.id_hash,
+            started: when(s.created_at),
+            last_seen: when(s.last_seen_at),
+            address: s.client_address,
+            agent: s.user_agent,
+            credential: s.credential,
+        })
+        .collect();
+    let filter = EventFilter {
+        since: now - 7 * 86_400,
+        account: Some(address.to_string()),
+        ..EventFilter::default()
+    };
+    let events = context
+        .store
+        .recent_events(&filter, ACCOUNT_EVENTS)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(event_row)
+        .collect();
+    let certificates = pages
+        .identity
+        .client_certs(address)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| Row {
+            cells: vec![c.fingerprint, c.subject, when(c.not_after)],
+        })
+        .collect();
+    render(
+        &AccountPage {
+            chrome: Chrome::signed("Your account", user)
+                .with_message(message)
+                .with_error(error),
+            csrf: user.csrf(),
+            mfa,
+            mfa_active,
+            app_passwords,
+            sessions,
+            events,
+            certificates,
+        },
+        status,
+    )
+}
+
+pub(crate) fn event_row(e: sealmail_store::SecurityEvent) -> EventRow {
+    EventRow {
+        at: when(e.at),
+        kind: e.kind,
+        address: e.address.unwrap_or_default(),
+        account: e.account.unwrap_or_default(),
+        listener: e.listener.unwrap_or_default(),
+        detail: e.detail.unwrap_or_default(),
+    }
+}
+
+/// `GET /setup`: the settings to type into a mail client, the user's own when signed in.
+pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
+    let endpoints = context
+        .endpoints
+        .list
+        .iter()
+        .map(|e| EndpointRow {
+            service: match e.role {
+                Role::Imap => "Incoming mail (IMAP)".to_string(),
+                _ => "Outgoing mail (SMTP submission)".to_string(),
+            },
+            host: context.endpoints.host.clone(),
+            port: e.port,
+            security: if e.implicit { "SSL/TLS" } else { "STARTTLS" }.to_string(),
+        })
+        .collect();
+    let (chrome, address, domain) = match &user {
+        Some(user) => (
+            Chrome::signed("Mail client settings", user),
+            user.account.address.to_string(),
+            user.account.address.domain().to_string(),
+        ),
+        None => (Chrome::public("Mail client settings"), String::new(), String::new()),
+    };
+    render(
+        &SetupPage {
+            chrome,
+            address,
+            endpoints,
+            domain,
+        },
+        StatusCode::OK,
+    )
+}
+
+/// A form posted to `/account/...`, its CSRF token already checked.
+pub async fn action(
+    context: &WebContext,
+    pages: &Pages,
+    visit: Visit,
+    user: &SignedIn,
+    path: &str,
+    form: Form,
+) -> Answer {
+    let address = &user.account.address;
+    let record = |detail: String| async move {
+        pages
+            .guard
+            .change_made(kind::ACCOUNT_CHANGE, visit.peer, &user.account.address.to_string(), detail)
+            .await;
+    };
+    match path {
+        "/account/logout" => {
+            let _ = context.store.end_web_session(&user.session.id_hash).await;
+            logged_out("You are logged out.")
+        }
+        "/account/logout-everywhere" => {
+            let ended = context
+                .store
+                .end_web_sessions(user.account.id, None)
+                .await
+                .unwrap_or(0);
+            record(format!("logged out everywhere ({ended} sessions)")).await;
+            logged_out("You are logged out everywhere.")
+        }
+        "/account/password" => {
+            let current = Password::new(form.get("current").to_string());
+            if !matches!(pages.identity.verify_password(address, &current).await, Ok(Some(_))) {
+                pages
+                    .guard
+                    .auth_failed_with(visit.peer, &address.to_string(), super::LISTENER, Some("wrong current password".into()))
+                    .await;
+                return overview_with(context, pages, user, None, Some("The current password is not right."), StatusCode::UNAUTHORIZED).await;
+            }
+            if form.get("new") != form.get("again") {
+                return overview_with(context, pages, user, None, Some("The new passwords differ."), StatusCode::BAD_REQUEST).await;
+            }
+            let new = Password::new(form.get("new").to_string());
+            match pages.identity.set_password(address, &new).await {
+                Ok(()) => {
+                    let ended = context
+                        .store
+                        .end_web_sessions(user.account.id, Some(&user.session.id_hash))
+                        .await
+                        .unwrap_or(0);
+                    record(format!("password changed; {ended} other sessions ended")).await;
+                    overview(context, pages, user, Some("Password changed; your other sessions were logged out.")).await
+                }
+                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            }
+        }
+        "/account/mfa/start" => match pages.identity.enable_mfa(address, context.hostname.as_str()).await {
+            Ok(enrolment) => {
+                let secret = secret_of(&enrolment.uri).unwrap_or_default();
+                let qr_svg = match crate::qr::qr_svg(&enrolment.uri) {
+                    Ok(svg) => svg,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot draw a QR code");
+                        String::new()
+                    }
+                };
+                render(
+                    &EnrolPage {
+                        chrome: Chrome::signed("Set up an authenticator app", user),
+                        csrf: user.csrf(),
+                        qr_svg,
+                        secret,
+                        uri: enrolment.uri.to_string(),
+                    },
+                    StatusCode::OK,
+                )
+            }
+            Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+        },
+        "/account/mfa/confirm" => match pages.identity.confirm_mfa(address, form.get("code")).await {
+            Ok(codes) => {
+                record("second factor turned on".to_string()).await;
+                render(
+                    &ShownOncePage {
+                        chrome: Chrome::signed("Second factor on", user),
+                        intro: "Your recovery codes: each logs in once in place of a code, if you lose the app. Keep them somewhere safe.".to_string(),
+                        secrets: codes.iter().map(|c| c.to_string()).collect(),
+                    },
+                    StatusCode::OK,
+                )
+            }
+            Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+        },
+        "/account/mfa/disable" => {
+            let password = Password::new(form.get("password").to_string());
+            if !matches!(pages.identity.verify_password(address, &password).await, Ok(Some(_))) {
+                pages
+                    .guard
+                    .auth_failed_with(visit.peer, &address.to_string(), super::LISTENER, Some("wrong current password".into()))
+                    .await;
+                return overview_with(context, pages, user, None, Some("The password is not right."), StatusCode::UNAUTHORIZED).await;
+            }
+            match pages.identity.disable_mfa(address).await {
+                Ok(_) => {
+                    record("second factor turned off".to_string()).await;
+                    overview(context, pages, user, Some("The second factor is off.")).await
+                }
+                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            }
+        }
+        "/account/app-passwords/add" => {
+            let name = form.get("name").trim().to_string();
+            let Some(scopes) = Scopes::parse(form.get("scope")) else {
+                return overview_with(context, pages, user, None, Some("Choose what the password is for."), StatusCode::BAD_REQUEST).await;
+            };
+            let days = form.get("days").trim();
+            let expires_at = match days {
+                "" => None,
+                text => match text.parse::<u16>() {
+                    Ok(days) if days > 0 => Some(now_unix() + i64::from(days) * 86_400),
+                    _ => {
+                        return overview_with(context, pages, user, None, Some("Days must be a number from 1 to 65535."), StatusCode::BAD_REQUEST).await;
+                    }
+                },
+            };
+            match pages.identity.add_app_password(address, &name, scopes, expires_at).await {
+                Ok(password) => {
+                    record(format!("app password {name} created")).await;
+                    render(
+                        &ShownOncePage {
+                            chrome: Chrome::signed("App password created", user),
+                            intro: format!("The app password \u{201c}{name}\u{201d}: type it into the device in place of your password."),
+                            secrets: vec![password.expose().to_string()],
+                        },
+                        StatusCode::OK,
+                    )
+                }
+                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            }
+        }
+        "/account/app-passwords/revoke" => {
+            let name = form.get("name").to_string();
+            match pages.identity.revoke_app_password(address, &name).await {
+                Ok(()) => {
+                    record(format!("app password {name} revoked")).await;
+                    overview(context, pages, user, Some("App password revoked; sessions it opened end now.")).await
+                }
+                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            }
+        }
+        "/account/certificates/issue" => match pages.console.issue_client_certificate(address).await {
+            Ok(issued) => {
+                record(format!("client certificate {} issued", issued.fingerprint)).await;
+                use base64::Engine;
+                render(
+                    &IssuedPage {
+                        chrome: Chrome::signed("Client certificate issued", user),
+                        address: address.to_string(),
+                        fingerprint: issued.fingerprint,
+                        until: when(issued.not_after),
+                        password: issued.password,
+                        file_name: format!(
+                            "{}.p12",
+                            address
+                                .local_part()
+                                .chars()
+                                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                                .collect::<String>()
+                        ),
+                        p12_base64: base64::engine::general_purpose::STANDARD.encode(&issued.p12),
+                    },
+                    StatusCode::OK,
+                )
+            }
+            Err(error) => overview_with(context, pages, user, None, Some(&error), StatusCode::BAD_REQUEST).await,
+        },
+        _ => views::message_page("Not found", "No such page.", StatusCode::NOT_FOUND),
+    }
+}
+
+/// The login form after a log-out, with the session cookie removed.
+fn logged_out(message: &str) -> Answer {
+    let mut response = super::login_page_with(Some(message), None, StatusCode::OK);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::clear_cookie(session::SESSION_COOKIE));
+    response
+}
+
+/// The base32 secret of an otpauth URI, to type by hand.
+fn secret_of(uri: &str) -> Option<String> {
+    let query = uri.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("secret="))
+        .map(str::to_string)
+}

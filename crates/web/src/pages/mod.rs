@@ -1,0 +1,575 @@
+//! The pages people use in a browser, on the host name over HTTPS: a self-service account page
+//! for every user ([`account`]) and an admin console for accounts with the admin role
+//! ([`admin`]); docs/WEB.md says what each offers.
+//!
+//! Everything is a plain HTML form posted back to us (the pages work without JavaScript; one
+//! small script adds copy buttons). Templates are askama's, which escape every value unless a
+//! template says otherwise, and only SVG we drew ourselves is inserted as is. Sessions live in
+//! the store ([`session`]), so every node sharing it knows them and "log out everywhere" ends
+//! them everywhere. Logins go through intrusion prevention like IMAP and SMTP logins: failures
+//! count toward a ban of the client's address and throttle the account.
+
+pub mod account;
+pub mod admin;
+pub mod session;
+mod views;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use sealmail_guard::Guard;
+use sealmail_identity::{Identity, Password};
+use sealmail_store::{Account, WebSession};
+use sealmail_types::clock::now_unix;
+use sealmail_types::{Domain, EmailAddress};
+
+use crate::WebContext;
+use session::{
+    ABSOLUTE_SECS, IDLE_SECS, LOGIN_COOKIE, PENDING_COOKIE, PENDING_CREDENTIAL, PENDING_SECS, SESSION_COOKIE,
+};
+
+/// The listener name in security events of logins through the pages.
+pub const LISTENER: &str = "https";
+/// The largest form body read before login (user name, password, a token)...
+const MAX_LOGIN_FORM: usize = 2048;
+/// ...and after it.
+const MAX_FORM: usize = 16 * 1024;
+/// Fields a form may have.
+const MAX_FIELDS: usize = 16;
+/// A request's last-seen time is written at most this often.
+const TOUCH_EVERY_SECS: i64 = 60;
+/// The CSP of pages: our own stylesheet, script and inline SVG, nothing inline, nothing else.
+const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// What the admin console needs of the server beyond the store: the parts of the CLI that
+/// live in the server binary (DNS records, certificates, the client CA).
+#[async_trait::async_trait]
+pub trait Console: Send + Sync + 'static {
+    /// The zone-file text `sealmail domain dns DOMAIN` prints.
+    async fn dns_records(&self, domain: &Domain) -> Result<String, String>;
+    /// What `sealmail domain dns DOMAIN --check` finds: name, type and status of each record.
+    async fn check_dns(&self, domain: &Domain) -> Result<Vec<(String, String, String)>, String>;
+    /// What `sealmail cert status` prints.
+    fn certificate_status(&self) -> Result<String, String>;
+    /// What `sealmail domain add DOMAIN` does: the domain, and DKIM keys for it.
+    async fn add_domain(&self, domain: &Domain) -> Result<(), String>;
+    /// What `sealmail dkim rotate DOMAIN` does: new keys, signing from the next start; their
+    /// selectors.
+    async fn rotate_dkim(&self, domain: &Domain) -> Result<Vec<String>, String>;
+    /// What `sealmail ca issue ADDRESS` does: a client certificate from the internal CA,
+    /// registered to the account.
+    async fn issue_client_certificate(&self, address: &EmailAddress) -> Result<IssuedClientCertificate, String>;
+}
+
+/// A client certificate just issued, as a PKCS#12 file and its password (shown once).
+pub struct IssuedClientCertificate {
+    pub p12: Vec<u8>,
+    pub password: String,
+    pub fingerprint: String,
+    pub not_after: i64,
+}
+
+/// What the pages work with, besides the web context.
+pub struct Pages {
+    pub identity: Arc<Identity>,
+    pub guard: Arc<Guard>,
+    pub console: Arc<dyn Console>,
+    /// When set, the admin console answers only on the `https` listener bound here
+    /// (`[web] admin_listener`); elsewhere its paths are unknown (404).
+    pub admin_listener: Option<SocketAddr>,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Visit {
+    pub peer: IpAddr,
+    pub local: SocketAddr,
+}
+
+pub(crate) type Answer = Response<Full<Bytes>>;
+
+/// A signed-in user.
+pub struct SignedIn {
+    pub account: Account,
+    pub session: WebSession,
+    /// The session cookie's value: forms carry its CSRF token.
+    cookie: String,
+    pub admin: bool,
+}
+
+impl SignedIn {
+    pub fn csrf(&self) -> String {
+        session::csrf_token("session", &self.cookie)
+    }
+}
+
+/// A posted form's fields (at most [`MAX_FIELDS`]; the first of a repeated name counts).
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map_or("", |(_, value)| value.as_str())
+    }
+}
+
+/// Whether `path` belongs to the pages (on the host name, they answer it or say 404).
+pub(crate) fn serves_path(path: &str) -> bool {
+    matches!(path, "/" | "/setup" | "/login" | "/login/code")
+        || ["/static/", "/account/", "/admin/"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        || path == "/admin"
+}
+
+/// The charts of the admin overview, over the last 24 hours or the last 7 days (`week`), from
+/// what this process has counted since it started (`sealmail_metrics::history`).
+pub(crate) fn charts(now: i64, week: bool) -> Vec<String> {
+    use crate::chart::{Series, bar_chart, table_bars};
+    let history = sealmail_metrics::history::History::global();
+    let hours = if week { 7 * 24 } else { 24 };
+    let series = |name: &str| history.series(name, hours, now);
+    let (messages_in, messages_out, refusals) = (series("messages_in"), series("messages_out"), series("refusals"));
+    let (logins, failures, bans) = (series("logins"), series("login_failures"), series("bans"));
+    let tls = history.tls_seen(hours, now);
+    let mut versions: Vec<(String, u64)> = Vec::new();
+    for (version, _, count) in &tls {
+        match versions.iter_mut().find(|(v, _)| v == version) {
+            Some((_, total)) => *total += count,
+            None => versions.push((version.clone(), *count)),
+        }
+    }
+    versions.sort_by(|a, b| b.1.cmp(&a.1));
+    let suites: Vec<(String, u64)> = tls
+        .iter()
+        .map(|(version, suite, count)| (format!("{suite} ({version})"), *count))
+        .collect();
+    vec![
+        bar_chart(
+            "Messages per hour",
+            &[
+                Series { label: "received", points: &messages_in },
+                Series { label: "delivered out", points: &messages_out },
+                Series { label: "refused", points: &refusals },
+            ],
+            640,
+            260,
+        ),
+        bar_chart(
+            "Logins per hour",
+            &[
+                Series { label: "logins", points: &logins },
+                Series { label: "failures", points: &failures },
+            ],
+            640,
+            260,
+        ),
+        bar_chart("Bans per hour", &[Series { label: "bans", points: &bans }], 640, 260),
+        table_bars("TLS versions seen", &versions, 640),
+        table_bars("Cipher suites seen", &suites, 640),
+    ]
+}
+
+/// The page for `request`, when its path is one of the pages'; `None` leaves it to the rest of
+/// the site.
+pub(crate) async fn answer(
+    context: &WebContext,
+    pages: &Pages,
+    visit: Visit,
+    request: Request<Incoming>,
+) -> Option<Answer> {
+    let path = request.uri().path().to_string();
+    let get = matches!(*request.method(), Method::GET | Method::HEAD);
+    let post = request.method() == Method::POST;
+    let answer = match path.as_str() {
+        "/static/sealmail.css" if get => asset("text/css; charset=utf-8", include_str!("../../static/sealmail.css")),
+        "/static/sealmail.js" if get => asset(
+            "text/javascript; charset=utf-8",
+            include_str!("../../static/sealmail.js"),
+        ),
+        "/" if get => match signed_in(context, pages, &request, visit).await {
+            Ok(Some(user)) => account::overview(context, pages, &user, None).await,
+            Ok(None) => login_page(None, StatusCode::OK),
+            Err(answer) => answer,
+        },
+        "/setup" if get => account::setup_page(context, signed_in(context, pages, &request, visit).await.ok().flatten()),
+        "/login" if post => login(context, pages, visit, request).await,
+        "/login/code" if post => second_factor(context, pages, visit, request).await,
+        p if p.starts_with("/account/") && post => {
+            let user = match signed_in(context, pages, &request, visit).await {
+                Ok(Some(user)) => user,
+                Ok(None) => return Some(login_page(Some("Your session has ended; log in again."), StatusCode::FORBIDDEN)),
+                Err(answer) => return Some(answer),
+            };
+            let form = match signed_form(request, &user).await {
+                Ok(form) => form,
+                Err(answer) => return Some(answer),
+            };
+            account::action(context, pages, visit, &user, &path, form).await
+        }
+        p if p == "/admin" || p.starts_with("/admin/") => {
+            if pages.admin_listener.is_some_and(|only| only != visit.local) {
+                return None;
+            }
+            let user = match signed_in(context, pages, &request, visit).await {
+                Ok(Some(user)) if user.admin => user,
+                Ok(Some(_)) => return Some(views::message_page("Not allowed", "This page is for admins.", StatusCode::FORBIDDEN)),
+                Ok(None) => return Some(login_page(Some("Log in first."), StatusCode::FORBIDDEN)),
+                Err(answer) => return Some(answer),
+            };
+            if get {
+                let query = request.uri().query().unwrap_or("").to_string();
+                admin::page(context, pages, &user, &path, &query).await
+            } else if post {
+                let form = match signed_form(request, &user).await {
+                    Ok(form) => form,
+                    Err(answer) => return Some(answer),
+                };
+                admin::action(context, pages, visit, &user, &path, form).await
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some(with_page_headers(answer))
+}
+
+fn asset(kind: &'static str, text: &'static str) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+/// Pages are never cached and may use our own stylesheet and script.
+fn with_page_headers(mut response: Answer) -> Answer {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An HTML page.
+pub(crate) fn html(status: StatusCode, body: String) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// The login form, with a fresh login cookie for its CSRF token.
+fn login_page(error: Option<&str>, status: StatusCode) -> Answer {
+    login_page_with(None, error, status)
+}
+
+fn login_page_with(message: Option<&str>, error: Option<&str>, status: StatusCode) -> Answer {
+    let Some(value) = session::new_cookie_value() else {
+        return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let csrf = session::csrf_token("login", &value);
+    let mut response = views::login(&csrf, message, error, status);
+    if let Some(cookie) = session::set_cookie(LOGIN_COOKIE, &value, ABSOLUTE_SECS) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Reads a form body of at most `limit` bytes.
+async fn read_form(request: Request<Incoming>, limit: usize) -> Result<Form, Answer> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(views::message_page("Bad request", "Expected a form.", StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Err(views::message_page("Too large", "The form is too large.", StatusCode::PAYLOAD_TOO_LARGE));
+        }
+    };
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&body)
+        .take(MAX_FIELDS)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    Ok(Form(fields))
+}
+
+/// A signed-in user's form, once its CSRF token is the session's.
+async fn signed_form(request: Request<Incoming>, user: &SignedIn) -> Result<Form, Answer> {
+    let form = read_form(request, MAX_FORM).await?;
+    if !session::csrf_matches("session", &user.cookie, form.get("csrf")) {
+        return Err(views::message_page(
+            "Refused",
+            "The form was not sent from this site's page (missing or wrong CSRF token).",
+            StatusCode::FORBIDDEN,
+        ));
+    }
+    Ok(form)
+}
+
+/// The signed-in user of the request's session cookie, if any; the session's expiry moves on.
+async fn signed_in(
+    context: &WebContext,
+    pages: &Pages,
+    request: &Request<Incoming>,
+    _visit: Visit,
+) -> Result<Option<SignedIn>, Answer> {
+    let Some(cookie) = session::cookie(request.headers(), SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let now = now_unix();
+    let unavailable = |error: &dyn std::fmt::Display| {
+        tracing::error!(%error, "cannot read a web session");
+        views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let hash = session::cookie_hash(&cookie);
+    let stored = context.store.web_session(&hash, now).await.map_err(|e| unavailable(&e))?;
+    let Some(stored) = stored.filter(|s| s.credential != PENDING_CREDENTIAL) else {
+        return Ok(None);
+    };
+    let Some(account) = context
+        .store
+        .account_by_id(stored.account)
+        .await
+        .map_err(|e| unavailable(&e))?
+    else {
+        return Ok(None);
+    };
+    if now - stored.last_seen_at >= TOUCH_EVERY_SECS {
+        let expires = (now + IDLE_SECS).min(stored.created_at + ABSOLUTE_SECS);
+        if let Err(error) = context.store.touch_web_session(&hash, now, expires).await {
+            tracing::warn!(%error, "cannot note a web session's use");
+        }
+    }
+    let admin = context.store.is_admin(account.id).await.map_err(|e| unavailable(&e))?;
+    let _ = pages;
+    Ok(Some(SignedIn {
+        account,
+        session: stored,
+        cookie,
+        admin,
+    }))
+}
+
+fn user_agent(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
+}
+
+/// Stores a new session for `account` and answers with its cookie set and the account page.
+async fn start_session(
+    context: &WebContext,
+    pages: &Pages,
+    visit: Visit,
+    account: Account,
+    credential: &str,
+    user_agent: String,
+) -> Answer {
+    let now = now_unix();
+    let Some(cookie) = session::new_cookie_value() else {
+        return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let stored = WebSession {
+        id_hash: session::cookie_hash(&cookie),
+        account: account.id,
+        credential: credential.to_string(),
+        client_address: visit.peer.to_string(),
+        user_agent,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + IDLE_SECS,
+    };
+    if let Err(error) = context.store.add_web_session(stored.clone()).await {
+        tracing::error!(%error, "cannot store a web session");
+        return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+    }
+    pages
+        .guard
+        .login_succeeded(visit.peer, &account.address.to_string(), LISTENER, credential)
+        .await;
+    let admin = context.store.is_admin(account.id).await.unwrap_or(false);
+    let user = SignedIn {
+        account,
+        session: stored,
+        cookie: cookie.clone(),
+        admin,
+    };
+    let mut response = account::overview(context, pages, &user, Some("You are logged in.")).await;
+    let headers = response.headers_mut();
+    if let Some(value) = session::set_cookie(SESSION_COOKIE, &cookie, ABSOLUTE_SECS) {
+        headers.append(header::SET_COOKIE, value);
+    }
+    headers.append(header::SET_COOKIE, session::clear_cookie(LOGIN_COOKIE));
+    headers.append(header::SET_COOKIE, session::clear_cookie(PENDING_COOKIE));
+    response
+}
+
+const LOGIN_FAILED: &str = "Wrong address or password.";
+
+/// `POST /login`: the password; then the account page, or the second-factor form.
+async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Request<Incoming>) -> Answer {
+    let login_cookie = session::cookie(request.headers(), LOGIN_COOKIE);
+    let agent = user_agent(&request);
+    let form = match read_form(request, MAX_LOGIN_FORM).await {
+        Ok(form) => form,
+        Err(answer) => return answer,
+    };
+    let Some(login_cookie) = login_cookie.filter(|c| session::csrf_matches("login", c, form.get("csrf"))) else {
+        return login_page(Some("The login form had expired; try again."), StatusCode::FORBIDDEN);
+    };
+    let _ = login_cookie;
+    let username = form.get("username").trim().to_string();
+    let password = Password::new(form.get("password").to_string());
+    if pages.guard.wait_for_turn(&username, visit.peer).await.is_err() {
+        return login_page(Some("Too many attempts; try again later."), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let account = match EmailAddress::parse(&username) {
+        Ok(address) => match pages.identity.verify_password(&address, &password).await {
+            Ok(account) => account,
+            Err(error) => {
+                tracing::error!(%error, "a web login could not be checked");
+                return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+            }
+        },
+        Err(_) => None,
+    };
+    let Some(account) = account else {
+        pages.guard.auth_failed(visit.peer, &username, LISTENER).await;
+        return login_page(Some(LOGIN_FAILED), StatusCode::UNAUTHORIZED);
+    };
+    match pages.identity.mfa_active(account.id).await {
+        Ok(false) => start_session(context, pages, visit, account, "password", agent).await,
+        Ok(true) => pending_second_factor(context, visit, account, agent).await,
+        Err(error) => {
+            tracing::error!(%error, "a web login could not be checked");
+            views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
+
+/// The password was right and the account has a second factor: a short-lived half session,
+/// and the form for the code.
+async fn pending_second_factor(context: &WebContext, visit: Visit, account: Account, agent: String) -> Answer {
+    let now = now_unix();
+    let Some(cookie) = session::new_cookie_value() else {
+        return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let pending = WebSession {
+        id_hash: session::cookie_hash(&cookie),
+        account: account.id,
+        credential: PENDING_CREDENTIAL.to_string(),
+        client_address: visit.peer.to_string(),
+        user_agent: agent,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + PENDING_SECS,
+    };
+    if let Err(error) = context.store.add_web_session(pending).await {
+        tracing::error!(%error, "cannot store a web session");
+        return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let mut response = views::code_form(&session::csrf_token("pending", &cookie), None, StatusCode::OK);
+    if let Some(value) = session::set_cookie(PENDING_COOKIE, &cookie, PENDING_SECS) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /login/code`: a TOTP code or a recovery code after the password.
+async fn second_factor(context: &WebContext, pages: &Pages, visit: Visit, request: Request<Incoming>) -> Answer {
+    let pending_cookie = session::cookie(request.headers(), PENDING_COOKIE);
+    let agent = user_agent(&request);
+    let form = match read_form(request, MAX_LOGIN_FORM).await {
+        Ok(form) => form,
+        Err(answer) => return answer,
+    };
+    let Some(cookie) = pending_cookie.filter(|c| session::csrf_matches("pending", c, form.get("csrf"))) else {
+        return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN);
+    };
+    let hash = session::cookie_hash(&cookie);
+    let pending = match context.store.web_session(&hash, now_unix()).await {
+        Ok(Some(pending)) if pending.credential == PENDING_CREDENTIAL => pending,
+        Ok(_) => return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN),
+        Err(error) => {
+            tracing::error!(%error, "cannot read a web session");
+            return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let account = match context.store.account_by_id(pending.account).await {
+        Ok(Some(account)) => account,
+        _ => return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN),
+    };
+    let address = account.address.to_string();
+    if pages.guard.wait_for_turn(&address, visit.peer).await.is_err() {
+        return views::code_form(
+            &session::csrf_token("pending", &cookie),
+            Some("Too many attempts; try again later."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let code: String = form.get("code").chars().filter(|c| !c.is_whitespace()).take(64).collect();
+    match pages.identity.second_factor(account.id, &code).await {
+        Ok(true) => {
+            let _ = context.store.end_web_session(&hash).await;
+            let credential = if code.len() == 6 {
+                "password+totp"
+            } else {
+                "password+recovery code"
+            };
+            start_session(context, pages, visit, account, credential, agent).await
+        }
+        Ok(false) => {
+            pages
+                .guard
+                .auth_failed_with(visit.peer, &address, LISTENER, Some("wrong second factor".to_string()))
+                .await;
+            views::code_form(
+                &session::csrf_token("pending", &cookie),
+                Some("That code is not right (or was used already)."),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Err(error) => {
+            tracing::error!(%error, "a second factor could not be checked");
+            views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
+
+/// Formats a Unix time for a page: `2026-12-05 11:50 UTC`.
+pub(crate) fn when(unix: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(unix) else {
+        return unix.to_string();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
+}
