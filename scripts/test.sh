@@ -15,6 +15,8 @@ command -v postfix >/dev/null 2>&1 || need_apt+=(postfix)
 command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need_apt+=(testssl.sh)
 # Pebble is the ACME server the ACME tests obtain certificates from (crates/acme/tests/pebble.rs).
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+# Headless Chromium, driven over WebDriver by chromedriver, runs the web pages' browser tests.
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   # Postfix's package asks how to configure the default instance: local only, no questions.

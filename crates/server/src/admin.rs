@@ -96,7 +96,11 @@ pub async fn domain(config_path: &Path, command: DomainCommand) -> anyhow::Resul
 }
 
 /// Starts serving `domain`, with DKIM keys of its own (signing with them from the next start).
-pub(crate) async fn add_domain(config: &sealmail_config::Config, store: &dyn Store, domain: &Domain) -> anyhow::Result<()> {
+pub(crate) async fn add_domain(
+    config: &sealmail_config::Config,
+    store: &dyn Store,
+    domain: &Domain,
+) -> anyhow::Result<()> {
     store.add_domain(domain).await?;
     let dkim_dir = config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
     if sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
@@ -587,7 +591,11 @@ fn mta_sts_policy(config: &sealmail_config::Config) -> anyhow::Result<sealmail_w
 }
 
 /// The zone-file lines a domain should publish.
-pub(crate) fn dns_records(config: &sealmail_config::Config, domain: &Domain, helo_spf: bool) -> anyhow::Result<String> {
+pub(crate) fn dns_records(
+    config: &sealmail_config::Config,
+    domain: &Domain,
+    helo_spf: bool,
+) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let (records, policy) = expected_records(config, domain, helo_spf)?;
     let mut out = String::new();
@@ -725,7 +733,11 @@ fn make_dkim_keys(dkim_dir: &Path, domain: &Domain) -> anyhow::Result<()> {
 pub(crate) fn new_dkim_keys(dkim_dir: &Path, domain: &Domain) -> anyhow::Result<Vec<String>> {
     let now = time::OffsetDateTime::now_utc();
     let period = format!("{:04}{:02}", now.year(), u8::from(now.month()));
-    Ok(sealmail_mailauth::signing::generate(dkim_dir, domain.as_str(), &period)?)
+    Ok(sealmail_mailauth::signing::generate(
+        dkim_dir,
+        domain.as_str(),
+        &period,
+    )?)
 }
 
 pub fn dkim(config_path: &Path, command: DkimCommand) -> anyhow::Result<()> {

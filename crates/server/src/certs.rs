@@ -95,7 +95,8 @@ pub fn status_text(config: &Config) -> anyhow::Result<String> {
     let now = sealmail_types::clock::now_unix();
     let acme = acme_files(&config.data_dir);
     if config.acme.is_some() && !acme.cert.exists() {
-        writeln!(out, 
+        writeln!(
+            out,
             "certificate {} (not issued yet: the server obtains it from [acme] directory at start)",
             acme.cert.display()
         )?;
@@ -106,7 +107,8 @@ pub fn status_text(config: &Config) -> anyhow::Result<String> {
         writeln!(out, "certificate {}", files.cert.display())?;
         writeln!(out, "  names: {}", facts.names.join(", "))?;
         writeln!(out, "  issuer: {}", facts.issuer)?;
-        writeln!(out, 
+        writeln!(
+            out,
             "  expires: {} ({})",
             date(facts.not_after),
             if left < 0 {
@@ -129,7 +131,10 @@ pub fn status_text(config: &Config) -> anyhow::Result<String> {
                 }
                 writeln!(out, "  key: TLSA 3 1 1 {}", acme_status.key_spki_sha256)?;
                 if let Some(next) = acme_status.next_key_spki_sha256 {
-                    writeln!(out, "  next key: TLSA 3 1 1 {next} (switch with `sealmail cert rollover --switch`)")?;
+                    writeln!(
+                        out,
+                        "  next key: TLSA 3 1 1 {next} (switch with `sealmail cert rollover --switch`)"
+                    )?;
                 }
             }
         }

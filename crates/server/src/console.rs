@@ -52,10 +52,14 @@ impl sealmail_web::pages::Console for ServerConsole {
         crate::admin::new_dkim_keys(&dkim_dir, domain).map_err(|e| e.to_string())
     }
 
-    async fn issue_client_certificate(&self, address: &EmailAddress) -> Result<IssuedClientCertificate, String> {
+    async fn issue_client_certificate(
+        &self,
+        address: &EmailAddress,
+    ) -> Result<IssuedClientCertificate, String> {
         let dir = self.config.data_dir.join(crate::credentials::CLIENT_CA_DIR);
-        let ca = sealmail_tls::client_ca::ClientCa::load(&dir)
-            .map_err(|e| format!("the client certificate authority is not set up ({e}); an admin runs `sealmail ca init`"))?;
+        let ca = sealmail_tls::client_ca::ClientCa::load(&dir).map_err(|e| {
+            format!("the client certificate authority is not set up ({e}); an admin runs `sealmail ca init`")
+        })?;
         let issued = ca
             .issue(&address.to_string(), CLIENT_CERT_DAYS)
             .map_err(|e| e.to_string())?;

@@ -133,7 +133,18 @@ fn curl(url: &str, port: u16, ca: &Path, extra: &[&str], from: &str) -> TestResu
     let resolve = format!("{HOST}:{port}:127.0.0.1");
     let output = ctx(
         Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-D", "-", "--interface", from, "--resolve", &resolve, "--cacert"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+                "--interface",
+                from,
+                "--resolve",
+                &resolve,
+                "--cacert",
+            ])
             .arg(ca)
             .args(extra)
             .arg(url)
@@ -165,7 +176,10 @@ fn hidden(page: &str, name: &str) -> Option<String> {
 /// A cookie's value from response headers.
 fn set_cookie(head: &str, name: &str) -> Option<String> {
     head.lines()
-        .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
         .filter_map(|c| c.split(';').next())
         .filter_map(|c| c.split_once('='))
         .find(|(n, v)| *n == name && !v.is_empty())
@@ -217,15 +231,24 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     assert_eq!(b(browser.text("#who").await)?, "alice@example.test");
     b(browser.screenshot("account").await)?;
     let cookies = b(browser.cookies().await)?;
-    let session = cookies.iter().find(|c| c.name == SESSION).ok_or("no session cookie")?;
+    let session = cookies
+        .iter()
+        .find(|c| c.name == SESSION)
+        .ok_or("no session cookie")?;
     assert!(session.http_only && session.secure, "{session:?}");
     assert_eq!(session.same_site.as_deref(), Some("Strict"));
-    assert!(session.domain.as_deref().is_none_or(|d| !d.starts_with('.')), "{session:?}");
+    assert!(
+        session.domain.as_deref().is_none_or(|d| !d.starts_with('.')),
+        "{session:?}"
+    );
 
     // TOTP: the QR code is drawn, the key read off the page, a computed code turns it on.
     b(browser.click("#mfa-start").await)?;
     let svg = b(browser.page_source().await)?;
-    assert!(svg.contains("<svg") && svg.contains("<path"), "no QR code drawn");
+    assert!(
+        svg.contains("<svg") && svg.contains("<path"),
+        "no QR code drawn: {svg}"
+    );
     b(browser.screenshot("enrol-totp").await)?;
     let secret = base32_decode(&b(browser.text("#totp-secret").await)?)?;
     b(browser.fill("#code", &totp_code(&secret, 0)).await)?;
@@ -241,8 +264,14 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     b(browser.click("#logout").await)?;
     assert!(b(browser.page_source().await)?.contains("id=\"login\""));
     log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
-    assert!(b(browser.page_source().await)?.contains("id=\"verify\""), "second factor asked");
-    assert!(!b(browser.cookies().await)?.iter().any(|c| c.name == SESSION), "no session before the code");
+    assert!(
+        b(browser.page_source().await)?.contains("id=\"verify\""),
+        "second factor asked"
+    );
+    assert!(
+        !b(browser.cookies().await)?.iter().any(|c| c.name == SESSION),
+        "no session before the code"
+    );
     b(browser.screenshot("second-factor").await)?;
     b(browser.fill("#code", "000000").await)?;
     b(browser.click("#verify").await)?;
@@ -253,21 +282,34 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     assert_eq!(b(browser.text("#who").await)?, "alice@example.test");
 
     // With a second factor, mail programs need an app password.
-    assert!(!site.imap_login("alice@example.test", common::TEST_PASSWORD).await?);
+    assert!(
+        !site
+            .imap_login("alice@example.test", common::TEST_PASSWORD)
+            .await?
+    );
     b(browser.fill("#app-name", "phone").await)?;
     b(browser.click("#app-add").await)?;
     let app_password = b(browser.text("#secret-1").await)?;
     b(browser.screenshot("app-password").await)?;
-    assert!(site.imap_login("alice@example.test", &app_password).await?, "the app password works over IMAP");
+    assert!(
+        site.imap_login("alice@example.test", &app_password).await?,
+        "the app password works over IMAP"
+    );
     b(browser.click("#done").await)?;
     let page = b(browser.page_source().await)?;
     assert!(page.contains("<td>phone</td>"), "listed");
-    assert!(page.contains("from 127.0.0.1"), "its last use is shown with the address");
+    assert!(
+        page.contains("from 127.0.0.1"),
+        "its last use is shown with the address"
+    );
     // The account's own events name the credential each login used.
     assert!(page.contains("password+totp"), "{page}");
     b(browser.click("button.revoke").await)?;
     assert!(b(browser.text("#message").await)?.contains("revoked"));
-    assert!(!site.imap_login("alice@example.test", &app_password).await?, "revoked: refused");
+    assert!(
+        !site.imap_login("alice@example.test", &app_password).await?,
+        "revoked: refused"
+    );
 
     // A client certificate from the internal CA: a .p12 OpenSSL opens with the password shown.
     b(browser.click("#cert-issue").await)?;
@@ -280,7 +322,10 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
         .map_err(anyhow::Error::from))?;
     let href = b(link.attr("href").await.map_err(anyhow::Error::from))?.ok_or("no href")?;
     let encoded = href.split_once("base64,").ok_or("not a data URL")?.1;
-    let p12 = ctx(base64::engine::general_purpose::STANDARD.decode(encoded), "base64")?;
+    let p12 = ctx(
+        base64::engine::general_purpose::STANDARD.decode(encoded),
+        "base64",
+    )?;
     let p12_file = site.dir.path().join("alice.p12");
     ctx(std::fs::write(&p12_file, &p12), "write p12")?;
     let opened = ctx(
@@ -292,7 +337,11 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
             .output(),
         "openssl pkcs12",
     )?;
-    assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
     b(browser.screenshot("client-certificate").await)?;
     b(browser.click("#done").await)?;
     assert!(b(browser.text("#certificates").await)?.contains(&fingerprint));
@@ -338,7 +387,12 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
         }
     }
     let banned = sealmail_testkit::tcp_from([127, 0, 0, 2], site.imaps).await?;
-    assert!(sealmail_testkit::tls_upgrade(banned, site.tls()?, HOST).await.is_err(), "banned");
+    assert!(
+        sealmail_testkit::tls_upgrade(banned, site.tls()?, HOST)
+            .await
+            .is_err(),
+        "banned"
+    );
 
     let browser = site.browser().await?;
     // Alice is not an admin: the console is not hers.
@@ -349,6 +403,14 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
 
     log_in(&browser, &site, "admin@example.test", common::TEST_PASSWORD).await?;
     b(browser.click("#nav-admin").await)?;
+    // Charts of what this server saw: the failed and good logins, TLS 1.3 handshakes.
+    let page = b(browser.page_source().await)?;
+    assert!(
+        page.contains("Logins per hour") && page.contains("class=\"bar\""),
+        "{page}"
+    );
+    assert!(page.contains("TLSv1_3") || page.contains("TLS13"), "{page}");
+    assert!(!page.contains("style="), "no inline style");
     b(browser.screenshot("admin-overview").await)?;
 
     // Users: add carol; the password shown once logs in over IMAP.
@@ -393,7 +455,10 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     assert!(!page.contains("<script>alert"));
     assert!(!page.contains("<img src=x"));
     // No script ran: a pending alert would make WebDriver refuse the next command.
-    assert!(browser.client().get_alert_text().await.is_err(), "an alert opened");
+    assert!(
+        browser.client().get_alert_text().await.is_err(),
+        "an alert opened"
+    );
     b(browser.screenshot("admin-queue").await)?;
     b(browser.click("button.retry").await)?;
     assert!(b(browser.text("#message").await)?.contains("retried"));
@@ -404,18 +469,29 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     // Every admin action is a security event, and the events page filters.
     b(browser.goto(&site.url("/admin/events?kind=admin_action")).await)?;
     let events = b(browser.text("#events").await)?;
-    for action in ["added user carol@example.test", "lifted 1 ban(s)", "retried queued message", "deleted queued message"] {
+    for action in [
+        "added user carol@example.test",
+        "lifted 1 ban(s)",
+        "retried queued message",
+        "deleted queued message",
+    ] {
         assert!(events.contains(action), "{action}: {events}");
     }
     assert!(!events.contains("auth_failure"), "filtered: {events}");
     b(browser.screenshot("admin-events").await)?;
-    for (path, name) in [("/admin/domains", "admin-domains"), ("/admin/certificates", "admin-certificates")] {
+    for (path, name) in [
+        ("/admin/domains", "admin-domains"),
+        ("/admin/certificates", "admin-certificates"),
+    ] {
         b(browser.goto(&site.url(path)).await)?;
         b(browser.screenshot(name).await)?;
     }
     b(browser.goto(&site.url("/admin/domains")).await)?;
     let page = b(browser.page_source().await)?;
-    assert!(page.contains("_mta-sts.example.test") && page.contains("v=DMARC1"), "{page}");
+    assert!(
+        page.contains("_mta-sts.example.test") && page.contains("v=DMARC1"),
+        "{page}"
+    );
     let selectors_before = page.matches("._domainkey.example.test").count();
     b(browser.click("button.rotate-dkim").await)?;
     assert!(b(browser.text("#message").await)?.contains("New DKIM keys"));
@@ -436,13 +512,25 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     let (status, head, page) = site.curl("/", &[], "127.0.0.1")?;
     assert_eq!(status, 200);
     assert!(head.contains("default-src 'self'"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-frame-options: deny"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("referrer-policy: no-referrer"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("strict-transport-security"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-frame-options: deny"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("referrer-policy: no-referrer"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("strict-transport-security"),
+        "{head}"
+    );
     let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
     let token = hidden(&page, "csrf").ok_or("no csrf field")?;
     let login_header = format!("Cookie: __Host-sealmail-login={login_cookie}");
-    let form = format!("username=alice%40example.test&password={}", common::TEST_PASSWORD.replace(' ', "+"));
+    let form = format!(
+        "username=alice%40example.test&password={}",
+        common::TEST_PASSWORD.replace(' ', "+")
+    );
 
     // Without the token, or with another cookie's, the login form is refused.
     let (status, _, _) = site.curl("/login", &["-H", &login_header, "--data", &form], "127.0.0.1")?;
@@ -462,7 +550,11 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     let (_, _, body) = site.curl("/", &["-H", &planted_header], "127.0.0.1")?;
     assert!(body.contains("id=\"login\""), "the planted id is not a session");
     // The login form's own cookie is no session either.
-    let (_, _, body) = site.curl("/", &["-H", &format!("Cookie: {SESSION}={login_cookie}")], "127.0.0.1")?;
+    let (_, _, body) = site.curl(
+        "/",
+        &["-H", &format!("Cookie: {SESSION}={login_cookie}")],
+        "127.0.0.1",
+    )?;
     assert!(body.contains("id=\"login\""));
 
     // Signed in, a form without its token (what another site would send) changes nothing.
@@ -478,7 +570,12 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     let token = hidden(&account, "csrf").ok_or("no csrf field")?;
     let (status, _, body) = site.curl(
         "/account/app-passwords/add",
-        &["-H", &session_header, "--data", &format!("name=laptop&scope=imap&days=&csrf={token}")],
+        &[
+            "-H",
+            &session_header,
+            "--data",
+            &format!("name=laptop&scope=imap&days=&csrf={token}"),
+        ],
         "127.0.0.1",
     )?;
     assert_eq!(status, 200, "{body}");
@@ -503,7 +600,10 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
         )?;
         assert_eq!(status, 401);
     }
-    assert!(site.curl("/", &[], "127.0.0.3").is_err(), "the guessing address is banned");
+    assert!(
+        site.curl("/", &[], "127.0.0.3").is_err(),
+        "the guessing address is banned"
+    );
     assert!(site.curl("/", &[], "127.0.0.1").is_ok(), "others are not");
     let (code, out, _) = common::admin(site.dir.path(), &site.config, &["security", "bans", "list"])?;
     assert_eq!(code, 0);
@@ -523,11 +623,19 @@ async fn the_admin_console_answers_only_on_the_admin_listener() -> TestResult {
     );
     let (status, head, _) = site.curl(
         "/login",
-        &["-H", &format!("Cookie: __Host-sealmail-login={cookie}"), "--data", &form],
+        &[
+            "-H",
+            &format!("Cookie: __Host-sealmail-login={cookie}"),
+            "--data",
+            &form,
+        ],
         "127.0.0.1",
     )?;
     assert_eq!(status, 200);
-    let session = format!("Cookie: {SESSION}={}", set_cookie(&head, SESSION).ok_or("no session")?);
+    let session = format!(
+        "Cookie: {SESSION}={}",
+        set_cookie(&head, SESSION).ok_or("no session")?
+    );
     // The account page is everywhere; the console only on the admin listener.
     let (status, _, body) = site.curl("/", &["-H", &session], "127.0.0.1")?;
     assert_eq!(status, 200);

@@ -619,7 +619,8 @@ pub trait SecurityStore: Send + Sync {
     async fn events(&self, since: i64, address: Option<&str>) -> Result<Vec<SecurityEvent>, StoreError>;
     /// The newest events (at most `limit`, newest first) that match `filter`: what a page can
     /// show without reading an attack's worth of rows.
-    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
+    async fn recent_events(&self, filter: &EventFilter, limit: u32)
+    -> Result<Vec<SecurityEvent>, StoreError>;
 }
 
 /// Which events [`SecurityStore::recent_events`] returns; `None` matches anything.

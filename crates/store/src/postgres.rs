@@ -1528,7 +1528,11 @@ impl SecurityStore for PgStore {
         .await?)
     }
 
-    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+    async fn recent_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT at, kind, address, account, listener, detail, node FROM security_events \
              WHERE at >= $1 AND ($2::TEXT IS NULL OR kind = $2) AND ($3::TEXT IS NULL OR address = $3) \

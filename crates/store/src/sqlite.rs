@@ -1352,7 +1352,11 @@ impl SecurityStore for SqliteStore {
         .await?)
     }
 
-    async fn recent_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+    async fn recent_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT at, kind, address, account, listener, detail, node FROM security_events \
              WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR address = ?3) \

@@ -1,14 +1,15 @@
 //! `sealmail migrate-store`'s engine: a populated SQLite installation copied into a fresh
 //! PostgreSQL schema reads back the same through the `Store` trait (accounts, mailboxes, UIDs,
-//! flags, mod-sequences, bytes, the queue, bans, events), new rows continue after the copied
-//! ids and UIDs, a schema with rows is refused, and a blob corrupt in SQLite stops the copy.
+//! flags, mod-sequences, bytes, the queue, bans, events, admins, web sessions), new rows
+//! continue after the copied ids and UIDs, a schema with rows is refused, and a blob corrupt in
+//! SQLite stops the copy.
 
 use std::path::Path;
 
 use sealmail_store::{
     AcceptedMessage, AccountStore, CopyMessages, FlagChange, MailStore, NewMessage, OutboundCopy, PgOptions,
     PgStore, QueueRecipient, ReportStore, SecurityEvent, SecurityStore, SetFlags, SqliteStore, Store,
-    StoreError, StoredStsPolicy, TlsResult, copy_sqlite_to_postgres,
+    StoreError, StoredStsPolicy, TlsResult, WebSession, WebStore, copy_sqlite_to_postgres,
 };
 use sealmail_testkit::postgres::TestSchema;
 use sealmail_types::{Domain, EmailAddress, MailboxId};
@@ -120,6 +121,20 @@ async fn populate(dir: &Path) -> TestResult<()> {
             expires_at: i64::MAX / 2,
         })
         .await?;
+    // Bob is an admin signed in to the web pages.
+    store.set_admin(&address("bob@example.test")?, true).await?;
+    store
+        .add_web_session(WebSession {
+            id_hash: sealmail_store::sha256_hex(b"cookie"),
+            account: bob,
+            credential: "password+totp".into(),
+            client_address: "192.0.2.9".into(),
+            user_agent: "Test/1.0".into(),
+            created_at: 1_700_000_000,
+            last_seen_at: 1_700_000_100,
+            expires_at: i64::MAX / 2,
+        })
+        .await?;
     store.close().await;
     Ok(())
 }
@@ -141,6 +156,8 @@ async fn contents(store: &dyn Store) -> TestResult<Vec<String>> {
             }
         }
         out.push(format!("{:?}", store.subscriptions(account.id).await?));
+        out.push(format!("admin {}", store.is_admin(account.id).await?));
+        out.push(format!("{:?}", store.web_sessions(account.id, 0).await?));
     }
     out.push(format!("{:?}", store.queue().await?));
     for entry in store.queue().await? {
@@ -151,6 +168,7 @@ async fn contents(store: &dyn Store) -> TestResult<Vec<String>> {
     out.push(format!("{:?}", store.tls_results().await?));
     out.push(format!("{:?}", store.mta_sts_policy("remote.test").await?));
     out.push(format!("generation {}", store.credentials_generation().await?));
+    out.push(format!("admins {:?}", store.admins().await?));
     Ok(out)
 }
 
@@ -177,6 +195,12 @@ async fn a_copied_installation_reads_back_the_same_and_goes_on() -> TestResult {
     let postgres = PgStore::open(&options(&schema)).await?;
     let before = contents(&sqlite).await?;
     assert_eq!(contents(&postgres).await?, before);
+    assert_eq!(postgres.admins().await?, vec![address("bob@example.test")?]);
+    let session = postgres
+        .web_session(&sealmail_store::sha256_hex(b"cookie"), 1_700_000_000)
+        .await?
+        .ok_or("the web session was not copied")?;
+    assert_eq!(session.last_seen_at, 1_700_000_100);
 
     // New rows continue after the copied ones: the next UID, a fresh account id.
     let alice = postgres

@@ -944,6 +944,39 @@ async fn what_is_written_reads_back_field_by_field(backend: Backend) -> TestResu
     assert_eq!(store.events(0, None).await?.len(), 2);
     assert!(store.events(1_235, None).await?.is_empty());
 
+    // The newest first, narrowed by kind, client address and account, and never more than asked.
+    let later = SecurityEvent {
+        at: 1_300,
+        kind: "admin_action".into(),
+        account: Some("admin@example.test".into()),
+        ..event.clone()
+    };
+    store.record_event(later.clone()).await?;
+    let everything = sealmail_store::EventFilter::default();
+    let newest = store.recent_events(&everything, 10).await?;
+    assert_eq!(newest.len(), 3);
+    assert_eq!(newest[0], later);
+    assert_eq!(store.recent_events(&everything, 1).await?, vec![later.clone()]);
+    let by_kind = sealmail_store::EventFilter {
+        kind: Some("login-failed".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.recent_events(&by_kind, 10).await?.len(), 2);
+    let by_address_and_account = sealmail_store::EventFilter {
+        address: Some("192.0.2.7".into()),
+        account: Some("alice@example.test".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.recent_events(&by_address_and_account, 10).await?,
+        vec![event.clone()]
+    );
+    let since = sealmail_store::EventFilter {
+        since: 1_250,
+        ..Default::default()
+    };
+    assert_eq!(store.recent_events(&since, 10).await?, vec![later.clone()]);
+
     let result = TlsResult {
         policy_domain: "remote.test".into(),
         policy_type: "sts".into(),
@@ -2155,8 +2188,13 @@ async fn web_sessions_end_one_by_one_or_all_but_the_one_kept(backend: Backend) -
         [hash("d"), hash("c"), hash("b"), hash("a")],
         "newest first, only alice's"
     );
+    assert_eq!(
+        store.web_sessions(alice.id, t + 3601).await?.len(),
+        2,
+        "a and b expired"
+    );
     assert!(
-        store.web_sessions(alice.id, t + 3600).await?.is_empty(),
+        store.web_sessions(alice.id, t + 3603).await?.is_empty(),
         "all expired"
     );
 

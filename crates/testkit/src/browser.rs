@@ -111,29 +111,48 @@ impl Browser {
 
     /// Loads `url` and waits for the page to load.
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
-        self.client().goto(url).await.with_context(|| format!("goto {url}"))
+        self.client()
+            .goto(url)
+            .await
+            .with_context(|| format!("goto {url}"))
     }
 
     /// The URL of the page shown now (after redirects).
     pub async fn current_url(&self) -> anyhow::Result<String> {
-        Ok(self.client().current_url().await.context("current URL")?.to_string())
+        Ok(self
+            .client()
+            .current_url()
+            .await
+            .context("current URL")?
+            .to_string())
     }
 
     /// Replaces the text of the field matching `css` with `text`, as typed keys.
     pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
         let field = self.find(css).await?;
         field.clear().await.with_context(|| format!("clear {css}"))?;
-        field.send_keys(text).await.with_context(|| format!("type into {css}"))
+        field
+            .send_keys(text)
+            .await
+            .with_context(|| format!("type into {css}"))
     }
 
     /// Clicks the element matching `css` (a submit button waits for the next page to load).
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        self.find(css).await?.click().await.with_context(|| format!("click {css}"))
+        self.find(css)
+            .await?
+            .click()
+            .await
+            .with_context(|| format!("click {css}"))
     }
 
     /// The rendered text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> anyhow::Result<String> {
-        self.find(css).await?.text().await.with_context(|| format!("text of {css}"))
+        self.find(css)
+            .await?
+            .text()
+            .await
+            .with_context(|| format!("text of {css}"))
     }
 
     /// The page's HTML as the browser has it now (scripts' changes included).
@@ -161,7 +180,11 @@ impl Browser {
     /// Saves what the window shows as `target/web-screenshots/NAME.png` (for people to look
     /// at) and returns its path.
     pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             bail!("screenshot name {name:?}: letters, digits, - and _ only");
         }
         let png = self.client().screenshot().await.context("screenshot")?;
@@ -175,7 +198,12 @@ impl Browser {
     /// Ends the WebDriver session (Chromium exits), then chromedriver.
     pub async fn close(mut self) -> anyhow::Result<()> {
         // A clone is a handle to the same session; the one left in `self` is dropped after.
-        let ended = self.client.clone().close().await.context("end the WebDriver session");
+        let ended = self
+            .client
+            .clone()
+            .close()
+            .await
+            .context("end the WebDriver session");
         if let Some(mut driver) = self.driver.take() {
             kill_group(&driver);
             // Reaped here so no zombie is left behind.
@@ -263,7 +291,9 @@ fn capabilities(profile: &Path, names: &[(&str, IpAddr)]) -> anyhow::Result<fant
     ];
     let mut chrome_options = serde_json::json!({ "args": args });
     if let Some(binary) = std::env::var_os("SEALMAIL_CHROMIUM") {
-        let binary = binary.into_string().map_err(|b| anyhow!("SEALMAIL_CHROMIUM {b:?}: not UTF-8"))?;
+        let binary = binary
+            .into_string()
+            .map_err(|b| anyhow!("SEALMAIL_CHROMIUM {b:?}: not UTF-8"))?;
         chrome_options["binary"] = serde_json::Value::String(binary);
     }
     let capabilities = serde_json::json!({
@@ -282,9 +312,9 @@ async fn wait_until_ready(port: u16) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = String::from("no answer");
     while start.elapsed() < DRIVER_START {
-        match status(port).await {
-            Ok(body) if body.contains("\"ready\":true") => return Ok(()),
-            Ok(body) => last = body,
+        match ready(port).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "not ready".to_string(),
             Err(e) => last = format!("{e:#}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -292,15 +322,29 @@ async fn wait_until_ready(port: u16) -> anyhow::Result<()> {
     bail!("chromedriver on port {port} not ready after {DRIVER_START:?}: {last}")
 }
 
-/// GET /status, the whole answer.
-async fn status(port: u16) -> anyhow::Result<String> {
+/// Whether GET /status says `"ready": true`. chromedriver keeps the connection open despite
+/// `Connection: close`, so the answer is read only until it says so.
+async fn ready(port: u16) -> anyhow::Result<bool> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream
         .write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await?;
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
-    Ok(String::from_utf8_lossy(&answer).replace(char::is_whitespace, ""))
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) => 0,
+        };
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).replace(char::is_whitespace, "");
+        if text.contains("\"ready\":true") {
+            return Ok(true);
+        }
+        if n == 0 || answer.len() > 65_536 {
+            return Ok(false);
+        }
+    }
 }
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when absolute (a relative one is relative to
@@ -313,7 +357,10 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     let exe = std::env::current_exe().context("current exe")?;
-    if let Some(target) = exe.ancestors().find(|a| a.file_name().is_some_and(|n| n == "target")) {
+    if let Some(target) = exe
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "target"))
+    {
         return Ok(target.to_path_buf());
     }
     let bin_dir = exe.parent().context("test binary without a folder")?;

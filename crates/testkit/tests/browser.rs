@@ -30,7 +30,11 @@ async fn serve(listener: TcpListener) -> anyhow::Result<()> {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let length = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(str::to_string)
+                        })
                         .and_then(|v| v.trim().parse::<usize>().ok())
                         .unwrap_or(0);
                     if body.len() >= length {
@@ -81,7 +85,10 @@ async fn fills_a_form_and_reads_the_answer() -> anyhow::Result<()> {
             bail!("page source without the answer");
         }
         let cookies = browser.cookies().await?;
-        let session = cookies.iter().find(|c| c.name == "session").context("no session cookie")?;
+        let session = cookies
+            .iter()
+            .find(|c| c.name == "session")
+            .context("no session cookie")?;
         if session.value != "abc" || !session.http_only || session.same_site.as_deref() != Some("Strict") {
             bail!("cookie {session:?}");
         }

@@ -18,8 +18,8 @@ pub mod autoconfig;
 pub mod chart;
 pub mod page;
 pub mod pages;
-pub mod qr;
 pub mod policy;
+pub mod qr;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -244,7 +244,12 @@ fn not_found() -> Answer {
     answer(StatusCode::NOT_FOUND, None, Bytes::new())
 }
 
-async fn respond(context: &WebContext, secure: bool, visit: pages::Visit, request: Request<Incoming>) -> Answer {
+async fn respond(
+    context: &WebContext,
+    secure: bool,
+    visit: pages::Visit,
+    request: Request<Incoming>,
+) -> Answer {
     let head_only = request.method() == Method::HEAD;
     let mut response = if secure {
         https_answer(context, visit, request).await

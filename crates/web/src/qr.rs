@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn is_one_svg_element_with_size_and_label() -> Result<(), QrError> {
         let svg = qr_svg(URI)?;
-        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+        assert!(
+            svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+            "{svg}"
+        );
         assert!(svg.ends_with("</svg>"));
         assert_eq!(svg.matches("<svg").count(), 1);
         assert!(svg.contains("width=\"240\" height=\"240\""));
@@ -109,13 +112,18 @@ mod tests {
     #[test]
     fn carries_nothing_of_the_secret_uri() -> Result<(), QrError> {
         let svg = qr_svg(URI)?;
-        for part in ["otpauth", "JBSWY3DP", "alice", "example", "secret", "issuer", "sealmail"] {
+        for part in [
+            "otpauth", "JBSWY3DP", "alice", "example", "secret", "issuer", "sealmail",
+        ] {
             assert!(!svg.contains(part), "{part} in {svg}");
         }
         // Outside the fixed frame there are only digits and path commands.
         let d = svg.split(" d=\"").nth(1).unwrap_or_default();
         let d = d.split('"').next().unwrap_or_default();
-        assert!(d.chars().all(|c| c.is_ascii_digit() || "Mhvz -".contains(c)), "{d}");
+        assert!(
+            d.chars().all(|c| c.is_ascii_digit() || "Mhvz -".contains(c)),
+            "{d}"
+        );
         Ok(())
     }
 

@@ -10,7 +10,10 @@ use sealmail_identity::{MfaStatus, Password, Scopes};
 use sealmail_store::EventFilter;
 use sealmail_types::clock::now_unix;
 
-use super::views::{self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, Row, SessionRow, SetupPage, ShownOncePage, render};
+use super::views::{
+    self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, Row, SessionRow,
+    SetupPage, ShownOncePage, render,
+};
 use super::{Answer, Form, Pages, SignedIn, Visit, session, when};
 use crate::WebContext;
 
@@ -38,7 +41,10 @@ async fn overview_with(
             since,
             recovery_codes_left,
         }) => (
-            format!("On since {} ({recovery_codes_left} recovery codes left).", when(since)),
+            format!(
+                "On since {} ({recovery_codes_left} recovery codes left).",
+                when(since)
+            ),
             true,
         ),
         Ok(MfaStatus::Pending) => ("Set-up started but not finished.".to_string(), false),
@@ -155,7 +161,11 @@ pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
             user.account.address.to_string(),
             user.account.address.domain().to_string(),
         ),
-        None => (Chrome::public("Mail client settings"), String::new(), String::new()),
+        None => (
+            Chrome::public("Mail client settings"),
+            String::new(),
+            String::new(),
+        ),
     };
     render(
         &SetupPage {
@@ -181,7 +191,12 @@ pub async fn action(
     let record = |detail: String| async move {
         pages
             .guard
-            .change_made(kind::ACCOUNT_CHANGE, visit.peer, &user.account.address.to_string(), detail)
+            .change_made(
+                kind::ACCOUNT_CHANGE,
+                visit.peer,
+                &user.account.address.to_string(),
+                detail,
+            )
             .await;
     };
     match path {
@@ -200,15 +215,39 @@ pub async fn action(
         }
         "/account/password" => {
             let current = Password::new(form.get("current").to_string());
-            if !matches!(pages.identity.verify_password(address, &current).await, Ok(Some(_))) {
+            if !matches!(
+                pages.identity.verify_password(address, &current).await,
+                Ok(Some(_))
+            ) {
                 pages
                     .guard
-                    .auth_failed_with(visit.peer, &address.to_string(), super::LISTENER, Some("wrong current password".into()))
+                    .auth_failed_with(
+                        visit.peer,
+                        &address.to_string(),
+                        super::LISTENER,
+                        Some("wrong current password".into()),
+                    )
                     .await;
-                return overview_with(context, pages, user, None, Some("The current password is not right."), StatusCode::UNAUTHORIZED).await;
+                return overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("The current password is not right."),
+                    StatusCode::UNAUTHORIZED,
+                )
+                .await;
             }
             if form.get("new") != form.get("again") {
-                return overview_with(context, pages, user, None, Some("The new passwords differ."), StatusCode::BAD_REQUEST).await;
+                return overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("The new passwords differ."),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await;
             }
             let new = Password::new(form.get("new").to_string());
             match pages.identity.set_password(address, &new).await {
@@ -219,12 +258,32 @@ pub async fn action(
                         .await
                         .unwrap_or(0);
                     record(format!("password changed; {ended} other sessions ended")).await;
-                    overview(context, pages, user, Some("Password changed; your other sessions were logged out.")).await
+                    overview(
+                        context,
+                        pages,
+                        user,
+                        Some("Password changed; your other sessions were logged out."),
+                    )
+                    .await
                 }
-                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+                Err(error) => {
+                    overview_with(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&error.to_string()),
+                        StatusCode::BAD_REQUEST,
+                    )
+                    .await
+                }
             }
         }
-        "/account/mfa/start" => match pages.identity.enable_mfa(address, context.hostname.as_str()).await {
+        "/account/mfa/start" => match pages
+            .identity
+            .enable_mfa(address, context.hostname.as_str())
+            .await
+        {
             Ok(enrolment) => {
                 let secret = secret_of(&enrolment.uri).unwrap_or_default();
                 let qr_svg = match crate::qr::qr_svg(&enrolment.uri) {
@@ -245,7 +304,17 @@ pub async fn action(
                     StatusCode::OK,
                 )
             }
-            Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            Err(error) => {
+                overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some(&error.to_string()),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await
+            }
         },
         "/account/mfa/confirm" => match pages.identity.confirm_mfa(address, form.get("code")).await {
             Ok(codes) => {
@@ -259,29 +328,73 @@ pub async fn action(
                     StatusCode::OK,
                 )
             }
-            Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+            Err(error) => {
+                overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some(&error.to_string()),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await
+            }
         },
         "/account/mfa/disable" => {
             let password = Password::new(form.get("password").to_string());
-            if !matches!(pages.identity.verify_password(address, &password).await, Ok(Some(_))) {
+            if !matches!(
+                pages.identity.verify_password(address, &password).await,
+                Ok(Some(_))
+            ) {
                 pages
                     .guard
-                    .auth_failed_with(visit.peer, &address.to_string(), super::LISTENER, Some("wrong current password".into()))
+                    .auth_failed_with(
+                        visit.peer,
+                        &address.to_string(),
+                        super::LISTENER,
+                        Some("wrong current password".into()),
+                    )
                     .await;
-                return overview_with(context, pages, user, None, Some("The password is not right."), StatusCode::UNAUTHORIZED).await;
+                return overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("The password is not right."),
+                    StatusCode::UNAUTHORIZED,
+                )
+                .await;
             }
             match pages.identity.disable_mfa(address).await {
                 Ok(_) => {
                     record("second factor turned off".to_string()).await;
                     overview(context, pages, user, Some("The second factor is off.")).await
                 }
-                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+                Err(error) => {
+                    overview_with(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&error.to_string()),
+                        StatusCode::BAD_REQUEST,
+                    )
+                    .await
+                }
             }
         }
         "/account/app-passwords/add" => {
             let name = form.get("name").trim().to_string();
             let Some(scopes) = Scopes::parse(form.get("scope")) else {
-                return overview_with(context, pages, user, None, Some("Choose what the password is for."), StatusCode::BAD_REQUEST).await;
+                return overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("Choose what the password is for."),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await;
             };
             let days = form.get("days").trim();
             let expires_at = match days {
@@ -289,23 +402,47 @@ pub async fn action(
                 text => match text.parse::<u16>() {
                     Ok(days) if days > 0 => Some(now_unix() + i64::from(days) * 86_400),
                     _ => {
-                        return overview_with(context, pages, user, None, Some("Days must be a number from 1 to 65535."), StatusCode::BAD_REQUEST).await;
+                        return overview_with(
+                            context,
+                            pages,
+                            user,
+                            None,
+                            Some("Days must be a number from 1 to 65535."),
+                            StatusCode::BAD_REQUEST,
+                        )
+                        .await;
                     }
                 },
             };
-            match pages.identity.add_app_password(address, &name, scopes, expires_at).await {
+            match pages
+                .identity
+                .add_app_password(address, &name, scopes, expires_at)
+                .await
+            {
                 Ok(password) => {
                     record(format!("app password {name} created")).await;
                     render(
                         &ShownOncePage {
                             chrome: Chrome::signed("App password created", user),
-                            intro: format!("The app password \u{201c}{name}\u{201d}: type it into the device in place of your password."),
+                            intro: format!(
+                                "The app password \u{201c}{name}\u{201d}: type it into the device in place of your password."
+                            ),
                             secrets: vec![password.expose().to_string()],
                         },
                         StatusCode::OK,
                     )
                 }
-                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+                Err(error) => {
+                    overview_with(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&error.to_string()),
+                        StatusCode::BAD_REQUEST,
+                    )
+                    .await
+                }
             }
         }
         "/account/app-passwords/revoke" => {
@@ -313,9 +450,25 @@ pub async fn action(
             match pages.identity.revoke_app_password(address, &name).await {
                 Ok(()) => {
                     record(format!("app password {name} revoked")).await;
-                    overview(context, pages, user, Some("App password revoked; sessions it opened end now.")).await
+                    overview(
+                        context,
+                        pages,
+                        user,
+                        Some("App password revoked; sessions it opened end now."),
+                    )
+                    .await
                 }
-                Err(error) => overview_with(context, pages, user, None, Some(&error.to_string()), StatusCode::BAD_REQUEST).await,
+                Err(error) => {
+                    overview_with(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&error.to_string()),
+                        StatusCode::BAD_REQUEST,
+                    )
+                    .await
+                }
             }
         }
         "/account/certificates/issue" => match pages.console.issue_client_certificate(address).await {
@@ -334,7 +487,11 @@ pub async fn action(
                             address
                                 .local_part()
                                 .chars()
-                                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                                    c
+                                } else {
+                                    '_'
+                                })
                                 .collect::<String>()
                         ),
                         p12_base64: base64::engine::general_purpose::STANDARD.encode(&issued.p12),
@@ -342,7 +499,9 @@ pub async fn action(
                     StatusCode::OK,
                 )
             }
-            Err(error) => overview_with(context, pages, user, None, Some(&error), StatusCode::BAD_REQUEST).await,
+            Err(error) => {
+                overview_with(context, pages, user, None, Some(&error), StatusCode::BAD_REQUEST).await
+            }
         },
         _ => views::message_page("Not found", "No such page.", StatusCode::NOT_FOUND),
     }

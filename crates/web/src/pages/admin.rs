@@ -12,8 +12,8 @@ use sealmail_types::{Domain, EmailAddress};
 
 use super::account::event_row;
 use super::views::{
-    self, AdminBans, AdminCertificates, AdminDomains, AdminEvents, AdminOverview, AdminQueue, AdminUsers, BanRow,
-    Chrome, DomainRow, QueueRow, Row, ShownOncePage, UserRow, render,
+    self, AdminBans, AdminCertificates, AdminDomains, AdminEvents, AdminOverview, AdminQueue, AdminUsers,
+    BanRow, Chrome, DomainRow, QueueRow, Row, ShownOncePage, UserRow, render,
 };
 use super::{Answer, Form, Pages, SignedIn, Visit, when};
 use crate::WebContext;
@@ -26,6 +26,9 @@ const BAN_EVENTS_SHOWN: u32 = 20;
 const BAN_CAUSE_WINDOW: i64 = 3600;
 /// The largest part of a queued message's header shown.
 const HEADER_SHOWN: usize = 16 * 1024;
+
+/// What `domain dns --check` found for a domain: name, type and status of each record.
+type DnsCheck = (Domain, Vec<(String, String, String)>);
 
 /// A `GET` of an admin page.
 pub async fn page(context: &WebContext, pages: &Pages, user: &SignedIn, path: &str, query: &str) -> Answer {
@@ -40,7 +43,17 @@ pub async fn page(context: &WebContext, pages: &Pages, user: &SignedIn, path: &s
         "/admin/users" => users(context, pages, user, None, None).await,
         "/admin/queue" => queue(context, user, param("show").parse().ok(), None, None).await,
         "/admin/bans" => bans(context, user, None, None).await,
-        "/admin/events" => events(context, user, param("kind"), param("address"), param("account"), param("hours")).await,
+        "/admin/events" => {
+            events(
+                context,
+                user,
+                param("kind"),
+                param("address"),
+                param("account"),
+                param("hours"),
+            )
+            .await
+        }
         "/admin/domains" => domains(context, pages, user, None, None, None).await,
         "/admin/certificates" => render(
             &AdminCertificates {
@@ -65,7 +78,12 @@ pub async fn action(
     let record = |detail: String| async move {
         pages
             .guard
-            .change_made(kind::ADMIN_ACTION, visit.peer, &user.account.address.to_string(), detail)
+            .change_made(
+                kind::ADMIN_ACTION,
+                visit.peer,
+                &user.account.address.to_string(),
+                detail,
+            )
             .await;
     };
     match path {
@@ -84,8 +102,17 @@ pub async fn action(
             if admin && let Err(error) = context.store.set_admin(&address, true).await {
                 return users(context, pages, user, None, Some(&error.to_string())).await;
             }
-            record(format!("added user {address}{}", if admin { " (admin)" } else { "" })).await;
-            shown_once(user, "User added", &format!("The password of {address}:"), password.expose())
+            record(format!(
+                "added user {address}{}",
+                if admin { " (admin)" } else { "" }
+            ))
+            .await;
+            shown_once(
+                user,
+                "User added",
+                &format!("The password of {address}:"),
+                password.expose(),
+            )
         }
         "/admin/users/password" => {
             let Ok(address) = EmailAddress::parse(form.get("address")) else {
@@ -102,7 +129,12 @@ pub async fn action(
                 let _ = context.store.end_web_sessions(account.id, None).await;
             }
             record(format!("set a new password for {address}")).await;
-            shown_once(user, "New password", &format!("The new password of {address}:"), password.expose())
+            shown_once(
+                user,
+                "New password",
+                &format!("The new password of {address}:"),
+                password.expose(),
+            )
         }
         "/admin/users/mfa-off" => {
             let Ok(address) = EmailAddress::parse(form.get("address")) else {
@@ -111,7 +143,14 @@ pub async fn action(
             match pages.identity.disable_mfa(&address).await {
                 Ok(_) => {
                     record(format!("removed the second factor of {address}")).await;
-                    users(context, pages, user, Some(&format!("The second factor of {address} is off.")), None).await
+                    users(
+                        context,
+                        pages,
+                        user,
+                        Some(&format!("The second factor of {address} is off.")),
+                        None,
+                    )
+                    .await
                 }
                 Err(error) => users(context, pages, user, None, Some(&error.to_string())).await,
             }
@@ -121,15 +160,36 @@ pub async fn action(
                 return users(context, pages, user, None, Some("No such user.")).await;
             };
             if form.get("confirm").trim() != address.to_string() {
-                return users(context, pages, user, None, Some("Type the address to confirm removing it.")).await;
+                return users(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("Type the address to confirm removing it."),
+                )
+                .await;
             }
             if address == user.account.address {
-                return users(context, pages, user, None, Some("You cannot remove yourself here.")).await;
+                return users(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("You cannot remove yourself here."),
+                )
+                .await;
             }
             match context.store.remove_account(&address).await {
                 Ok(()) => {
                     record(format!("removed user {address}")).await;
-                    users(context, pages, user, Some(&format!("Removed {address} and all their mail.")), None).await
+                    users(
+                        context,
+                        pages,
+                        user,
+                        Some(&format!("Removed {address} and all their mail.")),
+                        None,
+                    )
+                    .await
                 }
                 Err(error) => users(context, pages, user, None, Some(&error.to_string())).await,
             }
@@ -150,7 +210,16 @@ pub async fn action(
                     record(format!("{what} queued message {id}")).await;
                     queue(context, user, None, Some(&format!("Message {id} {what}.")), None).await
                 }
-                Ok(false) => queue(context, user, None, None, Some(&format!("Message {id} is not queued."))).await,
+                Ok(false) => {
+                    queue(
+                        context,
+                        user,
+                        None,
+                        None,
+                        Some(&format!("Message {id} is not queued.")),
+                    )
+                    .await
+                }
                 Err(error) => queue(context, user, None, None, Some(&error.to_string())).await,
             }
         }
@@ -163,26 +232,56 @@ pub async fn action(
             match pages.guard.unban(ip).await {
                 Ok(lifted) => {
                     record(format!("lifted {lifted} ban(s) of {text}")).await;
-                    bans(context, user, Some(&format!("Lifted {lifted} ban(s) of {text}.")), None).await
+                    bans(
+                        context,
+                        user,
+                        Some(&format!("Lifted {lifted} ban(s) of {text}.")),
+                        None,
+                    )
+                    .await
                 }
                 Err(error) => bans(context, user, None, Some(&error.to_string())).await,
             }
         }
         "/admin/domains/add" => {
             let Ok(domain) = Domain::parse(form.get("domain").trim()) else {
-                return domains(context, pages, user, None, None, Some("That is not a domain name.")).await;
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That is not a domain name."),
+                )
+                .await;
             };
             match pages.console.add_domain(&domain).await {
                 Ok(()) => {
                     record(format!("added domain {domain}")).await;
-                    domains(context, pages, user, None, Some(&format!("Added {domain}; publish its records.")), None).await
+                    domains(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&format!("Added {domain}; publish its records.")),
+                        None,
+                    )
+                    .await
                 }
                 Err(error) => domains(context, pages, user, None, None, Some(&error)).await,
             }
         }
         "/admin/domains/rotate-dkim" => {
             let Ok(domain) = Domain::parse(form.get("domain")) else {
-                return domains(context, pages, user, None, None, Some("That is not a domain name.")).await;
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That is not a domain name."),
+                )
+                .await;
             };
             match pages.console.rotate_dkim(&domain).await {
                 Ok(selectors) => {
@@ -198,7 +297,15 @@ pub async fn action(
         }
         "/admin/domains/check" => {
             let Ok(domain) = Domain::parse(form.get("domain")) else {
-                return domains(context, pages, user, None, None, Some("That is not a domain name.")).await;
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That is not a domain name."),
+                )
+                .await;
             };
             match pages.console.check_dns(&domain).await {
                 Ok(found) => domains(context, pages, user, Some((domain, found)), None, None).await,
@@ -234,16 +341,28 @@ async fn overview(context: &WebContext, pages: &Pages, user: &SignedIn, period: 
     let count = |n: Result<usize, sealmail_store::StoreError>| n.map_or("?".to_string(), |n| n.to_string());
     let facts = vec![
         Row {
-            cells: vec!["Domains".into(), count(context.store.list_domains().await.map(|d| d.len()))],
+            cells: vec![
+                "Domains".into(),
+                count(context.store.list_domains().await.map(|d| d.len())),
+            ],
         },
         Row {
-            cells: vec!["Users".into(), count(context.store.list_accounts().await.map(|a| a.len()))],
+            cells: vec![
+                "Users".into(),
+                count(context.store.list_accounts().await.map(|a| a.len())),
+            ],
         },
         Row {
-            cells: vec!["Queued messages".into(), count(context.store.queue().await.map(|q| q.len()))],
+            cells: vec![
+                "Queued messages".into(),
+                count(context.store.queue().await.map(|q| q.len())),
+            ],
         },
         Row {
-            cells: vec!["Bans in force".into(), count(context.store.active_bans(now).await.map(|b| b.len()))],
+            cells: vec![
+                "Bans in force".into(),
+                count(context.store.active_bans(now).await.map(|b| b.len())),
+            ],
         },
     ];
     let _ = pages;
@@ -288,7 +407,9 @@ async fn users(
     }
     render(
         &AdminUsers {
-            chrome: Chrome::signed("Users", user).with_message(message).with_error(error),
+            chrome: Chrome::signed("Users", user)
+                .with_message(message)
+                .with_error(error),
             csrf: user.csrf(),
             users: rows,
         },
@@ -345,7 +466,9 @@ async fn queue(
     };
     render(
         &AdminQueue {
-            chrome: Chrome::signed("Queue", user).with_message(message).with_error(error),
+            chrome: Chrome::signed("Queue", user)
+                .with_message(message)
+                .with_error(error),
             csrf: user.csrf(),
             entries,
             header,
@@ -391,7 +514,9 @@ async fn bans(context: &WebContext, user: &SignedIn, message: Option<&str>, erro
     }
     render(
         &AdminBans {
-            chrome: Chrome::signed("Bans", user).with_message(message).with_error(error),
+            chrome: Chrome::signed("Bans", user)
+                .with_message(message)
+                .with_error(error),
             csrf: user.csrf(),
             bans: rows,
         },
@@ -407,7 +532,11 @@ async fn events(
     account: String,
     hours: String,
 ) -> Answer {
-    let hours = hours.parse::<i64>().ok().filter(|h| (1..=24 * 31).contains(h)).unwrap_or(24);
+    let hours = hours
+        .parse::<i64>()
+        .ok()
+        .filter(|h| (1..=24 * 31).contains(h))
+        .unwrap_or(24);
     let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let filter = EventFilter {
         since: now_unix() - hours * 3600,
@@ -440,7 +569,7 @@ async fn domains(
     context: &WebContext,
     pages: &Pages,
     user: &SignedIn,
-    checked: Option<(Domain, Vec<(String, String, String)>)>,
+    checked: Option<DnsCheck>,
     message: Option<&str>,
     error: Option<&str>,
 ) -> Answer {
@@ -464,7 +593,9 @@ async fn domains(
     }
     render(
         &AdminDomains {
-            chrome: Chrome::signed("Domains", user).with_message(message).with_error(error),
+            chrome: Chrome::signed("Domains", user)
+                .with_message(message)
+                .with_error(error),
             csrf: user.csrf(),
             domains: rows,
         },

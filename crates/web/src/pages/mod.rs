@@ -45,7 +45,8 @@ const MAX_FIELDS: usize = 16;
 /// A request's last-seen time is written at most this often.
 const TOUCH_EVERY_SECS: i64 = 60;
 /// The CSP of pages: our own stylesheet, script and inline SVG, nothing inline, nothing else.
-const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const PAGE_CSP: &str =
+    "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the admin console needs of the server beyond the store: the parts of the CLI that
 /// live in the server binary (DNS records, certificates, the client CA).
@@ -64,7 +65,10 @@ pub trait Console: Send + Sync + 'static {
     async fn rotate_dkim(&self, domain: &Domain) -> Result<Vec<String>, String>;
     /// What `sealmail ca issue ADDRESS` does: a client certificate from the internal CA,
     /// registered to the account.
-    async fn issue_client_certificate(&self, address: &EmailAddress) -> Result<IssuedClientCertificate, String>;
+    async fn issue_client_certificate(
+        &self,
+        address: &EmailAddress,
+    ) -> Result<IssuedClientCertificate, String>;
 }
 
 /// A client certificate just issued, as a PKCS#12 file and its password (shown once).
@@ -135,9 +139,12 @@ pub(crate) fn serves_path(path: &str) -> bool {
 pub(crate) fn charts(now: i64, week: bool) -> Vec<String> {
     use crate::chart::{Series, bar_chart, table_bars};
     let history = sealmail_metrics::history::History::global();
+    // Up to the minute: what the sampler has not folded in yet is shown too.
+    history.sample(now);
     let hours = if week { 7 * 24 } else { 24 };
     let series = |name: &str| history.series(name, hours, now);
-    let (messages_in, messages_out, refusals) = (series("messages_in"), series("messages_out"), series("refusals"));
+    let (messages_in, messages_out, refusals) =
+        (series("messages_in"), series("messages_out"), series("refusals"));
     let (logins, failures, bans) = (series("logins"), series("login_failures"), series("bans"));
     let tls = history.tls_seen(hours, now);
     let mut versions: Vec<(String, u64)> = Vec::new();
@@ -147,7 +154,7 @@ pub(crate) fn charts(now: i64, week: bool) -> Vec<String> {
             None => versions.push((version.clone(), *count)),
         }
     }
-    versions.sort_by(|a, b| b.1.cmp(&a.1));
+    versions.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     let suites: Vec<(String, u64)> = tls
         .iter()
         .map(|(version, suite, count)| (format!("{suite} ({version})"), *count))
@@ -156,9 +163,18 @@ pub(crate) fn charts(now: i64, week: bool) -> Vec<String> {
         bar_chart(
             "Messages per hour",
             &[
-                Series { label: "received", points: &messages_in },
-                Series { label: "delivered out", points: &messages_out },
-                Series { label: "refused", points: &refusals },
+                Series {
+                    label: "received",
+                    points: &messages_in,
+                },
+                Series {
+                    label: "delivered out",
+                    points: &messages_out,
+                },
+                Series {
+                    label: "refused",
+                    points: &refusals,
+                },
             ],
             640,
             260,
@@ -166,13 +182,27 @@ pub(crate) fn charts(now: i64, week: bool) -> Vec<String> {
         bar_chart(
             "Logins per hour",
             &[
-                Series { label: "logins", points: &logins },
-                Series { label: "failures", points: &failures },
+                Series {
+                    label: "logins",
+                    points: &logins,
+                },
+                Series {
+                    label: "failures",
+                    points: &failures,
+                },
             ],
             640,
             260,
         ),
-        bar_chart("Bans per hour", &[Series { label: "bans", points: &bans }], 640, 260),
+        bar_chart(
+            "Bans per hour",
+            &[Series {
+                label: "bans",
+                points: &bans,
+            }],
+            640,
+            260,
+        ),
         table_bars("TLS versions seen", &versions, 640),
         table_bars("Cipher suites seen", &suites, 640),
     ]
@@ -186,11 +216,23 @@ pub(crate) async fn answer(
     visit: Visit,
     request: Request<Incoming>,
 ) -> Option<Answer> {
+    route(context, pages, visit, request).await.map(with_page_headers)
+}
+
+async fn route(
+    context: &WebContext,
+    pages: &Pages,
+    visit: Visit,
+    request: Request<Incoming>,
+) -> Option<Answer> {
     let path = request.uri().path().to_string();
     let get = matches!(*request.method(), Method::GET | Method::HEAD);
     let post = request.method() == Method::POST;
     let answer = match path.as_str() {
-        "/static/sealmail.css" if get => asset("text/css; charset=utf-8", include_str!("../../static/sealmail.css")),
+        "/static/sealmail.css" if get => asset(
+            "text/css; charset=utf-8",
+            include_str!("../../static/sealmail.css"),
+        ),
         "/static/sealmail.js" if get => asset(
             "text/javascript; charset=utf-8",
             include_str!("../../static/sealmail.js"),
@@ -200,13 +242,21 @@ pub(crate) async fn answer(
             Ok(None) => login_page(None, StatusCode::OK),
             Err(answer) => answer,
         },
-        "/setup" if get => account::setup_page(context, signed_in(context, pages, &request, visit).await.ok().flatten()),
+        "/setup" if get => account::setup_page(
+            context,
+            signed_in(context, pages, &request, visit).await.ok().flatten(),
+        ),
         "/login" if post => login(context, pages, visit, request).await,
         "/login/code" if post => second_factor(context, pages, visit, request).await,
         p if p.starts_with("/account/") && post => {
             let user = match signed_in(context, pages, &request, visit).await {
                 Ok(Some(user)) => user,
-                Ok(None) => return Some(login_page(Some("Your session has ended; log in again."), StatusCode::FORBIDDEN)),
+                Ok(None) => {
+                    return Some(login_page(
+                        Some("Your session has ended; log in again."),
+                        StatusCode::FORBIDDEN,
+                    ));
+                }
                 Err(answer) => return Some(answer),
             };
             let form = match signed_form(request, &user).await {
@@ -221,7 +271,14 @@ pub(crate) async fn answer(
             }
             let user = match signed_in(context, pages, &request, visit).await {
                 Ok(Some(user)) if user.admin => user,
-                Ok(Some(_)) => return Some(views::message_page("Not allowed", "This page is for admins.", StatusCode::FORBIDDEN)),
+                Ok(Some(user)) => {
+                    return Some(views::signed_message_page(
+                        &user,
+                        "Not allowed",
+                        "This page is for admins.",
+                        StatusCode::FORBIDDEN,
+                    ));
+                }
                 Ok(None) => return Some(login_page(Some("Log in first."), StatusCode::FORBIDDEN)),
                 Err(answer) => return Some(answer),
             };
@@ -240,7 +297,7 @@ pub(crate) async fn answer(
         }
         _ => return None,
     };
-    Some(with_page_headers(answer))
+    Some(answer)
 }
 
 fn asset(kind: &'static str, text: &'static str) -> Answer {
@@ -254,7 +311,10 @@ fn asset(kind: &'static str, text: &'static str) -> Answer {
 /// Pages are never cached and may use our own stylesheet and script.
 fn with_page_headers(mut response: Answer) -> Answer {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -295,12 +355,20 @@ async fn read_form(request: Request<Incoming>, limit: usize) -> Result<Form, Ans
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !is_form {
-        return Err(views::message_page("Bad request", "Expected a form.", StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        return Err(views::message_page(
+            "Bad request",
+            "Expected a form.",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ));
     }
     let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            return Err(views::message_page("Too large", "The form is too large.", StatusCode::PAYLOAD_TOO_LARGE));
+            return Err(views::message_page(
+                "Too large",
+                "The form is too large.",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ));
         }
     };
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body)
@@ -339,7 +407,11 @@ async fn signed_in(
         views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
     };
     let hash = session::cookie_hash(&cookie);
-    let stored = context.store.web_session(&hash, now).await.map_err(|e| unavailable(&e))?;
+    let stored = context
+        .store
+        .web_session(&hash, now)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let Some(stored) = stored.filter(|s| s.credential != PENDING_CREDENTIAL) else {
         return Ok(None);
     };
@@ -357,7 +429,11 @@ async fn signed_in(
             tracing::warn!(%error, "cannot note a web session's use");
         }
     }
-    let admin = context.store.is_admin(account.id).await.map_err(|e| unavailable(&e))?;
+    let admin = context
+        .store
+        .is_admin(account.id)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let _ = pages;
     Ok(Some(SignedIn {
         account,
@@ -437,21 +513,32 @@ async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Reque
         Ok(form) => form,
         Err(answer) => return answer,
     };
-    let Some(login_cookie) = login_cookie.filter(|c| session::csrf_matches("login", c, form.get("csrf"))) else {
-        return login_page(Some("The login form had expired; try again."), StatusCode::FORBIDDEN);
+    let Some(login_cookie) = login_cookie.filter(|c| session::csrf_matches("login", c, form.get("csrf")))
+    else {
+        return login_page(
+            Some("The login form had expired; try again."),
+            StatusCode::FORBIDDEN,
+        );
     };
     let _ = login_cookie;
     let username = form.get("username").trim().to_string();
     let password = Password::new(form.get("password").to_string());
     if pages.guard.wait_for_turn(&username, visit.peer).await.is_err() {
-        return login_page(Some("Too many attempts; try again later."), StatusCode::TOO_MANY_REQUESTS);
+        return login_page(
+            Some("Too many attempts; try again later."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
     }
     let account = match EmailAddress::parse(&username) {
         Ok(address) => match pages.identity.verify_password(&address, &password).await {
             Ok(account) => account,
             Err(error) => {
                 tracing::error!(%error, "a web login could not be checked");
-                return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
+                return views::message_page(
+                    "Unavailable",
+                    "Try again later.",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
             }
         },
         Err(_) => None,
@@ -472,7 +559,12 @@ async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Reque
 
 /// The password was right and the account has a second factor: a short-lived half session,
 /// and the form for the code.
-async fn pending_second_factor(context: &WebContext, visit: Visit, account: Account, agent: String) -> Answer {
+async fn pending_second_factor(
+    context: &WebContext,
+    visit: Visit,
+    account: Account,
+    agent: String,
+) -> Answer {
     let now = now_unix();
     let Some(cookie) = session::new_cookie_value() else {
         return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
@@ -499,14 +591,20 @@ async fn pending_second_factor(context: &WebContext, visit: Visit, account: Acco
 }
 
 /// `POST /login/code`: a TOTP code or a recovery code after the password.
-async fn second_factor(context: &WebContext, pages: &Pages, visit: Visit, request: Request<Incoming>) -> Answer {
+async fn second_factor(
+    context: &WebContext,
+    pages: &Pages,
+    visit: Visit,
+    request: Request<Incoming>,
+) -> Answer {
     let pending_cookie = session::cookie(request.headers(), PENDING_COOKIE);
     let agent = user_agent(&request);
     let form = match read_form(request, MAX_LOGIN_FORM).await {
         Ok(form) => form,
         Err(answer) => return answer,
     };
-    let Some(cookie) = pending_cookie.filter(|c| session::csrf_matches("pending", c, form.get("csrf"))) else {
+    let Some(cookie) = pending_cookie.filter(|c| session::csrf_matches("pending", c, form.get("csrf")))
+    else {
         return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN);
     };
     let hash = session::cookie_hash(&cookie);
@@ -530,7 +628,12 @@ async fn second_factor(context: &WebContext, pages: &Pages, visit: Visit, reques
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
-    let code: String = form.get("code").chars().filter(|c| !c.is_whitespace()).take(64).collect();
+    let code: String = form
+        .get("code")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(64)
+        .collect();
     match pages.identity.second_factor(account.id, &code).await {
         Ok(true) => {
             let _ = context.store.end_web_session(&hash).await;
@@ -544,7 +647,12 @@ async fn second_factor(context: &WebContext, pages: &Pages, visit: Visit, reques
         Ok(false) => {
             pages
                 .guard
-                .auth_failed_with(visit.peer, &address, LISTENER, Some("wrong second factor".to_string()))
+                .auth_failed_with(
+                    visit.peer,
+                    &address,
+                    LISTENER,
+                    Some("wrong second factor".to_string()),
+                )
                 .await;
             views::code_form(
                 &session::csrf_token("pending", &cookie),

@@ -108,13 +108,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={a}; x=y")).unwrap_or(HeaderValue::from_static("")),
+            HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={a}; x=y"))
+                .unwrap_or(HeaderValue::from_static("")),
         );
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some(a.as_str()));
         assert_eq!(cookie(&headers, PENDING_COOKIE), None);
         let mut forged = HeaderMap::new();
-        forged.insert(header::COOKIE, HeaderValue::from_static("__Host-sealmail-session=short"));
-        assert_eq!(cookie(&forged, SESSION_COOKIE), None, "a value not shaped like ours is ignored");
+        forged.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sealmail-session=short"),
+        );
+        assert_eq!(
+            cookie(&forged, SESSION_COOKIE),
+            None,
+            "a value not shaped like ours is ignored"
+        );
     }
 
     #[test]

@@ -66,6 +66,17 @@ pub struct MessagePage {
     pub text: String,
 }
 
+/// A message for a signed-in user (the page keeps its navigation and log-out button).
+pub fn signed_message_page(user: &SignedIn, title: &str, text: &str, status: StatusCode) -> Answer {
+    render(
+        &MessagePage {
+            chrome: Chrome::signed(title, user),
+            text: text.to_string(),
+        },
+        status,
+    )
+}
+
 pub fn message_page(title: &str, text: &str, status: StatusCode) -> Answer {
     render(
         &MessagePage {
