@@ -2298,6 +2298,20 @@ mod tests {
             ),
             (
                 format!(
+                    "{head}{}[web]\nadmin_listener = \"127.0.0.1:8443\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "web.admin_listener = \"127.0.0.1:8443\" is not the bind of an https listener; add [[listener]] role = \"https\", bind = \"127.0.0.1:8443\", tls = \"implicit\" or name one that exists",
+            ),
+            (
+                format!(
+                    "{head}{}[web]\nadmin_listener = \"localhost\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "web.admin_listener = \"localhost\" is not an IP address with a port; use e.g. \"127.0.0.1:8443\"",
+            ),
+            (
+                format!(
                     "{head}{}[mta_sts]\nmode = \"strict\"\n",
                     listener("https", "127.0.0.1:443", "implicit")
                 ),
@@ -2553,6 +2567,7 @@ mod tests {
             ("server", fields_of::<RawServer>()),
             ("metrics", fields_of::<RawMetrics>()),
             ("mta_sts", fields_of::<RawMtaSts>()),
+            ("web", fields_of::<RawWeb>()),
             ("acme", fields_of::<RawAcme>()),
             ("store", fields_of::<RawStore>()),
             ("log", fields_of::<RawLog>()),

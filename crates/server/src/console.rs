@@ -49,7 +49,12 @@ impl sealmail_web::pages::Console for ServerConsole {
 
     async fn rotate_dkim(&self, domain: &Domain) -> Result<Vec<String>, String> {
         let dkim_dir = self.config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
-        crate::admin::new_dkim_keys(&dkim_dir, domain).map_err(|e| e.to_string())
+        let domain = domain.clone();
+        // An RSA key takes a while: off the runtime, which serves every connection.
+        tokio::task::spawn_blocking(move || crate::admin::new_dkim_keys(&dkim_dir, &domain))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn issue_client_certificate(
@@ -57,12 +62,16 @@ impl sealmail_web::pages::Console for ServerConsole {
         address: &EmailAddress,
     ) -> Result<IssuedClientCertificate, String> {
         let dir = self.config.data_dir.join(crate::credentials::CLIENT_CA_DIR);
-        let ca = sealmail_tls::client_ca::ClientCa::load(&dir).map_err(|e| {
-            format!("the client certificate authority is not set up ({e}); an admin runs `sealmail ca init`")
-        })?;
-        let issued = ca
-            .issue(&address.to_string(), CLIENT_CERT_DAYS)
-            .map_err(|e| e.to_string())?;
+        let name = address.to_string();
+        // Key generation takes a while: off the runtime, which serves every connection.
+        let issued = tokio::task::spawn_blocking(move || {
+            let ca = sealmail_tls::client_ca::ClientCa::load(&dir).map_err(|e| {
+                format!("the client certificate authority is not usable ({e}); see `sealmail ca init`")
+            })?;
+            ca.issue(&name, CLIENT_CERT_DAYS).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         // Registered before it is handed out: no certificate of ours is unknown to the store.
         self.identity
             .add_client_cert(

@@ -243,6 +243,11 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     );
 
     // TOTP: the QR code is drawn, the key read off the page, a computed code turns it on.
+    // Changes that outlive the session need the password again.
+    b(browser.fill("#mfa-start-password", "not the password").await)?;
+    b(browser.click("#mfa-start").await)?;
+    assert!(b(browser.text("#error").await)?.contains("not right"));
+    b(browser.fill("#mfa-start-password", common::TEST_PASSWORD).await)?;
     b(browser.click("#mfa-start").await)?;
     let svg = b(browser.page_source().await)?;
     assert!(
@@ -275,7 +280,10 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     b(browser.screenshot("second-factor").await)?;
     b(browser.fill("#code", "000000").await)?;
     b(browser.click("#verify").await)?;
+    // A wrong code ends that login: the password must come again before the next code.
     assert!(b(browser.text("#error").await)?.contains("not right"));
+    assert!(b(browser.page_source().await)?.contains("id=\"login\""));
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
     // The enrolment used this step's code; the next step's is within the window.
     b(browser.fill("#code", &totp_code(&secret, 1)).await)?;
     b(browser.click("#verify").await)?;
@@ -288,6 +296,7 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
             .await?
     );
     b(browser.fill("#app-name", "phone").await)?;
+    b(browser.fill("#app-password-confirm", common::TEST_PASSWORD).await)?;
     b(browser.click("#app-add").await)?;
     let app_password = b(browser.text("#secret-1").await)?;
     b(browser.screenshot("app-password").await)?;
@@ -312,6 +321,7 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     );
 
     // A client certificate from the internal CA: a .p12 OpenSSL opens with the password shown.
+    b(browser.fill("#cert-password", common::TEST_PASSWORD).await)?;
     b(browser.click("#cert-issue").await)?;
     let p12_password = b(browser.text("#secret-1").await)?;
     let fingerprint = b(browser.text("#cert-fingerprint").await)?;
@@ -568,13 +578,30 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
     assert!(!account.contains("<td>evil</td>"));
     let token = hidden(&account, "csrf").ok_or("no csrf field")?;
+    // With the token but without the password (a stolen session), nothing lasting is made.
+    let (status, _, _) = site.curl(
+        "/account/app-passwords/add",
+        &[
+            "-H",
+            &session_header,
+            "--data",
+            &format!("name=stolen&scope=imap&days=&csrf={token}&password=guess"),
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 401);
+    let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
+    assert!(!account.contains("<td>stolen</td>"));
     let (status, _, body) = site.curl(
         "/account/app-passwords/add",
         &[
             "-H",
             &session_header,
             "--data",
-            &format!("name=laptop&scope=imap&days=&csrf={token}"),
+            &format!(
+                "name=laptop&scope=imap&days=&csrf={token}&password={}",
+                common::TEST_PASSWORD.replace(' ', "+")
+            ),
         ],
         "127.0.0.1",
     )?;
@@ -584,11 +611,11 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     assert_eq!(status, 403);
 
     // Brute force on the login form is banned like IMAP: after 3 failures the address is refused.
-    for _ in 0..3 {
+    for attempt in 1..=3 {
         let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
         let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
         let token = hidden(&page, "csrf").ok_or("no csrf field")?;
-        let (status, _, _) = site.curl(
+        let (status, head, _) = site.curl(
             "/login",
             &[
                 "-H",
@@ -598,7 +625,13 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
             ],
             "127.0.0.3",
         )?;
-        assert_eq!(status, 401);
+        if attempt < 3 {
+            assert_eq!(status, 401);
+        } else {
+            // The failure that bans says so and closes the connection it came on.
+            assert_eq!(status, 403);
+            assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        }
     }
     assert!(
         site.curl("/", &[], "127.0.0.3").is_err(),

@@ -633,6 +633,8 @@ pub struct EventFilter {
     pub address: Option<String>,
     /// The account, as recorded (an address, or the user name a failed login gave).
     pub account: Option<String>,
+    /// At or before this (Unix seconds).
+    pub until: Option<i64>,
 }
 
 /// What delivery keeps for reports and policies: TLS results (RFC 8460), MTA-STS policies,
@@ -808,11 +810,18 @@ pub struct WebSession {
 /// Sessions one account keeps at most (see [`WebStore::add_web_session`]): a bound on what
 /// logins, or a stolen password, can make us store.
 pub const MAX_WEB_SESSIONS: usize = 20;
+/// Logins an account may have waiting for their second factor at once (oldest end first).
+pub const MAX_PENDING_WEB_SESSIONS: usize = 5;
+/// The `credential` of a session whose password was right and whose second factor is still to
+/// come: not signed in, and outside the cap of signed-in sessions.
+pub const WEB_SESSION_PENDING: &str = "pending second factor";
 
 /// Browser sessions of the web pages and who may use the admin console.
 #[async_trait]
 pub trait WebStore: Send + Sync {
-    /// Stores a new session; an account keeps at most `MAX_WEB_SESSIONS` (20): the ones last seen longest ago are ended.
+    /// Stores a new session; an account keeps at most `MAX_WEB_SESSIONS` (20) signed-in sessions
+    /// and `MAX_PENDING_WEB_SESSIONS` (5) waiting for a second factor: of each kind, the ones
+    /// last seen longest ago are ended.
     async fn add_web_session(&self, session: WebSession) -> Result<(), StoreError>;
     /// The session, if it exists and `expires_at > now`.
     async fn web_session(&self, id_hash: &str, now: i64) -> Result<Option<WebSession>, StoreError>;

@@ -1360,13 +1360,14 @@ impl SecurityStore for SqliteStore {
         Ok(sqlx::query_as(
             "SELECT at, kind, address, account, listener, detail, node FROM security_events \
              WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR address = ?3) \
-             AND (?4 IS NULL OR account = ?4) ORDER BY id DESC LIMIT ?5",
+             AND (?4 IS NULL OR account = ?4) AND (?6 IS NULL OR at <= ?6) ORDER BY id DESC LIMIT ?5",
         )
         .bind(filter.since)
         .bind(filter.kind.as_deref())
         .bind(filter.address.as_deref())
         .bind(filter.account.as_deref())
         .bind(i64::from(limit))
+        .bind(filter.until)
         .fetch_all(&self.readers)
         .await?)
     }

@@ -6,7 +6,8 @@
 //!
 //! Expanded where these names are in scope: `async_trait`, `AccountId`, `EmailAddress`,
 //! `is_unique_violation`, `WebSessionRow`, `WebWrite`, `WriteDone`, `WriteOp`, `done_as`,
-//! `unexpected`, `MAX_WEB_SESSIONS`, `StoreError`, `WebSession`, `WebStore`.
+//! `unexpected`, `MAX_WEB_SESSIONS`, `MAX_PENDING_WEB_SESSIONS`, `WEB_SESSION_PENDING`,
+//! `StoreError`, `WebSession`, `WebStore`.
 
 /// `$store`: the backend's store type; `$conn`: its connection type; `$readers`: the field of
 /// `$store` that reads go through.
@@ -36,16 +37,22 @@ macro_rules! web_backend {
                         other => other?,
                     };
                     // In the same commit, so no moment sees more than the cap. The new session
-                    // is kept whatever the clock says of the others.
-                    let others = MAX_WEB_SESSIONS.saturating_sub(1) as i64;
+                    // is kept whatever the clock says of the others. Logins still waiting for
+                    // their second factor have a cap of their own, so that someone who knows
+                    // only the password cannot push the owner's sessions out.
+                    let pending = session.credential == WEB_SESSION_PENDING;
+                    let cap = if pending { MAX_PENDING_WEB_SESSIONS } else { MAX_WEB_SESSIONS };
+                    let others = cap.saturating_sub(1) as i64;
                     let ended = sqlx::query(
-                        "DELETE FROM web_sessions WHERE account_id = $1 AND id_hash <> $2 AND id_hash NOT IN (
-                             SELECT id_hash FROM web_sessions WHERE account_id = $1 AND id_hash <> $2
+                        "DELETE FROM web_sessions WHERE account_id = $1 AND id_hash <> $2 AND (credential = $4) = $5 AND id_hash NOT IN (
+                             SELECT id_hash FROM web_sessions WHERE account_id = $1 AND id_hash <> $2 AND (credential = $4) = $5
                              ORDER BY last_seen_at DESC, created_at DESC, id_hash LIMIT $3)",
                     )
                     .bind(session.account.0)
                     .bind(&session.id_hash)
                     .bind(others)
+                    .bind(WEB_SESSION_PENDING)
+                    .bind(pending)
                     .execute(&mut *conn)
                     .await?;
                     Ok(WriteDone::Count(ended.rows_affected()))

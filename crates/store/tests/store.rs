@@ -277,6 +277,7 @@ on_both_backends!(
     web_sessions_are_found_until_they_expire_and_touched_only_while_live,
     web_sessions_end_one_by_one_or_all_but_the_one_kept,
     an_account_keeps_at_most_twenty_web_sessions_dropping_the_least_recently_seen,
+    logins_waiting_for_a_second_factor_never_push_out_signed_in_sessions,
     web_sessions_go_with_their_account_and_expired_ones_are_pruned,
     the_admin_role_is_granted_taken_and_listed,
 );
@@ -2217,6 +2218,47 @@ async fn web_sessions_end_one_by_one_or_all_but_the_one_kept(backend: Backend) -
     assert!(store.web_sessions(alice.id, t).await?.is_empty());
     assert_eq!(store.end_web_sessions(alice.id, None).await?, 0);
     assert!(store.web_session(&hash("bob's"), t).await?.is_some());
+    Ok(())
+}
+
+async fn logins_waiting_for_a_second_factor_never_push_out_signed_in_sessions(
+    backend: Backend,
+) -> TestResult {
+    use sealmail_store::{MAX_PENDING_WEB_SESSIONS, MAX_WEB_SESSIONS, WEB_SESSION_PENDING};
+    let (test, _) = with_alice(backend).await?;
+    let store = &*test.store;
+    let alice = store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?;
+    let t = 1_700_000_000;
+    for n in 0..MAX_WEB_SESSIONS {
+        store
+            .add_web_session(web_session(&format!("full{n}"), alice.id, t + n as i64))
+            .await?;
+    }
+    // Someone who knows only the password starts many logins, each newer than every session.
+    for n in 0..MAX_PENDING_WEB_SESSIONS + 3 {
+        let mut pending = web_session(&format!("pending{n}"), alice.id, t + 1_000 + n as i64);
+        pending.credential = WEB_SESSION_PENDING.to_string();
+        store.add_web_session(pending).await?;
+    }
+    let live = store.web_sessions(alice.id, t).await?;
+    let full = live
+        .iter()
+        .filter(|s| s.credential != WEB_SESSION_PENDING)
+        .count();
+    let pending = live.len() - full;
+    assert_eq!(full, MAX_WEB_SESSIONS, "every signed-in session is kept");
+    assert_eq!(
+        pending, MAX_PENDING_WEB_SESSIONS,
+        "waiting logins have their own cap"
+    );
+    let newest_pending =
+        sealmail_store::sha256_hex(format!("pending{}", MAX_PENDING_WEB_SESSIONS + 2).as_bytes());
+    assert!(live.iter().any(|s| s.id_hash == newest_pending));
+    let oldest_pending = sealmail_store::sha256_hex(b"pending0");
+    assert!(!live.iter().any(|s| s.id_hash == oldest_pending));
     Ok(())
 }
 

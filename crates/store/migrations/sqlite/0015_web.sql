@@ -23,3 +23,6 @@ CREATE TABLE web_sessions (
 );
 CREATE INDEX web_sessions_account ON web_sessions(account_id);
 CREATE INDEX web_sessions_expires ON web_sessions(expires_at);
+
+-- The account page shows an account's own security events: found by account, newest first.
+CREATE INDEX security_events_account ON security_events(account, at);

@@ -9,6 +9,8 @@ use super::{SqliteStore, is_unique_violation};
 use crate::rows::WebSessionRow;
 use crate::web::web_backend;
 use crate::write::{WebWrite, WriteDone, WriteOp, done_as, unexpected};
-use crate::{MAX_WEB_SESSIONS, StoreError, WebSession, WebStore};
+use crate::{
+    MAX_PENDING_WEB_SESSIONS, MAX_WEB_SESSIONS, StoreError, WEB_SESSION_PENDING, WebSession, WebStore,
+};
 
 web_backend!(SqliteStore, sqlx::sqlite::SqliteConnection, readers);

@@ -14,7 +14,7 @@ use super::views::{
     self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, Row, SessionRow,
     SetupPage, ShownOncePage, render,
 };
-use super::{Answer, Form, Pages, SignedIn, Visit, session, when};
+use super::{Answer, Form, Pages, Reauthentication, SignedIn, Visit, session, when};
 use crate::WebContext;
 
 /// Events shown on the account page.
@@ -30,7 +30,7 @@ async fn overview_with(
     pages: &Pages,
     user: &SignedIn,
     message: Option<&str>,
-    error: Option<&str>,
+    error: Option<String>,
     status: StatusCode,
 ) -> Answer {
     let address = &user.account.address;
@@ -115,7 +115,7 @@ async fn overview_with(
         &AccountPage {
             chrome: Chrome::signed("Your account", user)
                 .with_message(message)
-                .with_error(error),
+                .with_error(error.as_deref()),
             csrf: user.csrf(),
             mfa,
             mfa_active,
@@ -178,6 +178,10 @@ pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
     )
 }
 
+/// Client certificates an account may have before issuing another is refused (an admin
+/// removes old ones with `sealmail user cert remove`).
+const MAX_CLIENT_CERTS: usize = 10;
+
 /// A form posted to `/account/...`, its CSRF token already checked.
 pub async fn action(
     context: &WebContext,
@@ -199,6 +203,39 @@ pub async fn action(
             )
             .await;
     };
+    let failed =
+        |text: String| overview_with(context, pages, user, None, Some(text), StatusCode::BAD_REQUEST);
+    // Changes that outlive this session need the password again (a stolen session cannot make
+    // them); logging out does not.
+    let needs_password = !matches!(
+        path,
+        "/account/logout"
+            | "/account/logout-everywhere"
+            | "/account/mfa/confirm"
+            | "/account/app-passwords/revoke"
+    );
+    if needs_password {
+        let field = if path == "/account/password" {
+            "current"
+        } else {
+            "password"
+        };
+        match super::reauthenticate(pages, visit, user, form.get(field)).await {
+            Reauthentication::Confirmed => {}
+            Reauthentication::Refused => {
+                return overview_with(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some("The password is not right.".to_string()),
+                    StatusCode::UNAUTHORIZED,
+                )
+                .await;
+            }
+            Reauthentication::Stop(answer) => return answer,
+        }
+    }
     match path {
         "/account/logout" => {
             let _ = context.store.end_web_session(&user.session.id_hash).await;
@@ -214,40 +251,8 @@ pub async fn action(
             logged_out("You are logged out everywhere.")
         }
         "/account/password" => {
-            let current = Password::new(form.get("current").to_string());
-            if !matches!(
-                pages.identity.verify_password(address, &current).await,
-                Ok(Some(_))
-            ) {
-                pages
-                    .guard
-                    .auth_failed_with(
-                        visit.peer,
-                        &address.to_string(),
-                        super::LISTENER,
-                        Some("wrong current password".into()),
-                    )
-                    .await;
-                return overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some("The current password is not right."),
-                    StatusCode::UNAUTHORIZED,
-                )
-                .await;
-            }
             if form.get("new") != form.get("again") {
-                return overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some("The new passwords differ."),
-                    StatusCode::BAD_REQUEST,
-                )
-                .await;
+                return failed("The new passwords differ.".to_string()).await;
             }
             let new = Password::new(form.get("new").to_string());
             match pages.identity.set_password(address, &new).await {
@@ -266,17 +271,7 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => {
-                    overview_with(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&error.to_string()),
-                        StatusCode::BAD_REQUEST,
-                    )
-                    .await
-                }
+                Err(error) => failed(super::user_error(&error)).await,
             }
         }
         "/account/mfa/start" => match pages
@@ -304,17 +299,7 @@ pub async fn action(
                     StatusCode::OK,
                 )
             }
-            Err(error) => {
-                overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some(&error.to_string()),
-                    StatusCode::BAD_REQUEST,
-                )
-                .await
-            }
+            Err(error) => failed(super::user_error(&error)).await,
         },
         "/account/mfa/confirm" => match pages.identity.confirm_mfa(address, form.get("code")).await {
             Ok(codes) => {
@@ -328,90 +313,25 @@ pub async fn action(
                     StatusCode::OK,
                 )
             }
-            Err(error) => {
-                overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some(&error.to_string()),
-                    StatusCode::BAD_REQUEST,
-                )
-                .await
-            }
+            Err(error) => failed(super::user_error(&error)).await,
         },
-        "/account/mfa/disable" => {
-            let password = Password::new(form.get("password").to_string());
-            if !matches!(
-                pages.identity.verify_password(address, &password).await,
-                Ok(Some(_))
-            ) {
-                pages
-                    .guard
-                    .auth_failed_with(
-                        visit.peer,
-                        &address.to_string(),
-                        super::LISTENER,
-                        Some("wrong current password".into()),
-                    )
-                    .await;
-                return overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some("The password is not right."),
-                    StatusCode::UNAUTHORIZED,
-                )
-                .await;
+        "/account/mfa/disable" => match pages.identity.disable_mfa(address).await {
+            Ok(_) => {
+                record("second factor turned off".to_string()).await;
+                overview(context, pages, user, Some("The second factor is off.")).await
             }
-            match pages.identity.disable_mfa(address).await {
-                Ok(_) => {
-                    record("second factor turned off".to_string()).await;
-                    overview(context, pages, user, Some("The second factor is off.")).await
-                }
-                Err(error) => {
-                    overview_with(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&error.to_string()),
-                        StatusCode::BAD_REQUEST,
-                    )
-                    .await
-                }
-            }
-        }
+            Err(error) => failed(super::user_error(&error)).await,
+        },
         "/account/app-passwords/add" => {
             let name = form.get("name").trim().to_string();
             let Some(scopes) = Scopes::parse(form.get("scope")) else {
-                return overview_with(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some("Choose what the password is for."),
-                    StatusCode::BAD_REQUEST,
-                )
-                .await;
+                return failed("Choose what the password is for.".to_string()).await;
             };
-            let days = form.get("days").trim();
-            let expires_at = match days {
+            let expires_at = match form.get("days").trim() {
                 "" => None,
                 text => match text.parse::<u16>() {
                     Ok(days) if days > 0 => Some(now_unix() + i64::from(days) * 86_400),
-                    _ => {
-                        return overview_with(
-                            context,
-                            pages,
-                            user,
-                            None,
-                            Some("Days must be a number from 1 to 65535."),
-                            StatusCode::BAD_REQUEST,
-                        )
-                        .await;
-                    }
+                    _ => return failed("Days must be a number from 1 to 65535.".to_string()).await,
                 },
             };
             match pages
@@ -432,17 +352,7 @@ pub async fn action(
                         StatusCode::OK,
                     )
                 }
-                Err(error) => {
-                    overview_with(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&error.to_string()),
-                        StatusCode::BAD_REQUEST,
-                    )
-                    .await
-                }
+                Err(error) => failed(super::user_error(&error)).await,
             }
         }
         "/account/app-passwords/revoke" => {
@@ -458,51 +368,51 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => {
-                    overview_with(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&error.to_string()),
-                        StatusCode::BAD_REQUEST,
+                Err(error) => failed(super::user_error(&error)).await,
+            }
+        }
+        "/account/certificates/issue" => {
+            let registered = pages.identity.client_certs(address).await.map_or(0, |c| c.len());
+            if registered >= MAX_CLIENT_CERTS {
+                return failed(format!(
+                    "You have {registered} certificates; ask an admin to remove old ones before issuing another."
+                ))
+                .await;
+            }
+            match pages.console.issue_client_certificate(address).await {
+                Ok(issued) => {
+                    record(format!("client certificate {} issued", issued.fingerprint)).await;
+                    use base64::Engine;
+                    render(
+                        &IssuedPage {
+                            chrome: Chrome::signed("Client certificate issued", user),
+                            address: address.to_string(),
+                            fingerprint: issued.fingerprint,
+                            until: when(issued.not_after),
+                            password: issued.password,
+                            file_name: format!(
+                                "{}.p12",
+                                address
+                                    .local_part()
+                                    .chars()
+                                    .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                                        c
+                                    } else {
+                                        '_'
+                                    })
+                                    .collect::<String>()
+                            ),
+                            p12_base64: base64::engine::general_purpose::STANDARD.encode(&issued.p12),
+                        },
+                        StatusCode::OK,
                     )
-                    .await
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot issue a client certificate");
+                    failed("Certificates cannot be issued here now; ask an admin.".to_string()).await
                 }
             }
         }
-        "/account/certificates/issue" => match pages.console.issue_client_certificate(address).await {
-            Ok(issued) => {
-                record(format!("client certificate {} issued", issued.fingerprint)).await;
-                use base64::Engine;
-                render(
-                    &IssuedPage {
-                        chrome: Chrome::signed("Client certificate issued", user),
-                        address: address.to_string(),
-                        fingerprint: issued.fingerprint,
-                        until: when(issued.not_after),
-                        password: issued.password,
-                        file_name: format!(
-                            "{}.p12",
-                            address
-                                .local_part()
-                                .chars()
-                                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                                    c
-                                } else {
-                                    '_'
-                                })
-                                .collect::<String>()
-                        ),
-                        p12_base64: base64::engine::general_purpose::STANDARD.encode(&issued.p12),
-                    },
-                    StatusCode::OK,
-                )
-            }
-            Err(error) => {
-                overview_with(context, pages, user, None, Some(&error), StatusCode::BAD_REQUEST).await
-            }
-        },
         _ => views::message_page("Not found", "No such page.", StatusCode::NOT_FOUND),
     }
 }

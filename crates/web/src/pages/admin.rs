@@ -22,6 +22,10 @@ use crate::WebContext;
 const EVENTS_SHOWN: u32 = 200;
 /// Events shown under each ban at most.
 const BAN_EVENTS_SHOWN: u32 = 20;
+/// Bans shown at most (the newest); the CLI lists them all.
+const BANS_SHOWN: usize = 100;
+/// Queued messages shown at most.
+const QUEUE_SHOWN: usize = 200;
 /// How far back before a ban its events are looked for.
 const BAN_CAUSE_WINDOW: i64 = 3600;
 /// The largest part of a queued message's header shown.
@@ -129,6 +133,16 @@ pub async fn action(
                 let _ = context.store.end_web_sessions(account.id, None).await;
             }
             record(format!("set a new password for {address}")).await;
+            // The user sees it among their own events too.
+            pages
+                .guard
+                .change_made(
+                    kind::ACCOUNT_CHANGE,
+                    visit.peer,
+                    &address.to_string(),
+                    format!("new password set by the admin {}", user.account.address),
+                )
+                .await;
             shown_once(
                 user,
                 "New password",
@@ -143,6 +157,15 @@ pub async fn action(
             match pages.identity.disable_mfa(&address).await {
                 Ok(_) => {
                     record(format!("removed the second factor of {address}")).await;
+                    pages
+                        .guard
+                        .change_made(
+                            kind::ACCOUNT_CHANGE,
+                            visit.peer,
+                            &address.to_string(),
+                            format!("second factor removed by the admin {}", user.account.address),
+                        )
+                        .await;
                     users(
                         context,
                         pages,
@@ -283,6 +306,17 @@ pub async fn action(
                 )
                 .await;
             };
+            if !context.store.domain_exists(&domain).await.unwrap_or(false) {
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That domain is not served here."),
+                )
+                .await;
+            }
             match pages.console.rotate_dkim(&domain).await {
                 Ok(selectors) => {
                     record(format!("new DKIM keys for {domain}: {}", selectors.join(", "))).await;
@@ -430,6 +464,7 @@ async fn queue(
         .await
         .unwrap_or_default()
         .into_iter()
+        .take(QUEUE_SHOWN)
         .map(|q| QueueRow {
             id: q.id,
             sender: q.sender,
@@ -479,31 +514,36 @@ async fn queue(
 
 async fn bans(context: &WebContext, user: &SignedIn, message: Option<&str>, error: Option<&str>) -> Answer {
     let mut rows = Vec::new();
-    for ban in context.store.active_bans(now_unix()).await.unwrap_or_default() {
-        // Every ban is explainable: the events from its address in the hour before it.
-        let since = ban.created_at - BAN_CAUSE_WINDOW;
-        let mut causes = Vec::new();
-        for event in context
+    let all = context.store.active_bans(now_unix()).await.unwrap_or_default();
+    let hidden = all.len().saturating_sub(BANS_SHOWN);
+    for ban in all.into_iter().take(BANS_SHOWN) {
+        // Every ban is explainable: the events from its address in the hour before it. An
+        // IPv4 ban names the address events record; an IPv6 ban names its /64, so its events
+        // are picked out here.
+        let single = !ban.address.contains('/');
+        let filter = EventFilter {
+            since: ban.created_at - BAN_CAUSE_WINDOW,
+            until: Some(ban.created_at),
+            address: single.then(|| ban.address.clone()),
+            ..EventFilter::default()
+        };
+        let limit = if single { BAN_EVENTS_SHOWN } else { EVENTS_SHOWN };
+        let causes: Vec<_> = context
             .store
-            .recent_events(
-                &EventFilter {
-                    since,
-                    ..EventFilter::default()
-                },
-                EVENTS_SHOWN * 5,
-            )
+            .recent_events(&filter, limit)
             .await
             .unwrap_or_default()
-        {
-            let from_it = event
-                .address
-                .as_deref()
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                .is_some_and(|ip| sealmail_guard::ban_key(ip) == ban.address);
-            if from_it && event.at <= ban.created_at && causes.len() < BAN_EVENTS_SHOWN as usize {
-                causes.push(event_row(event));
-            }
-        }
+            .into_iter()
+            .filter(|event| {
+                event
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| sealmail_guard::ban_key(ip) == ban.address)
+            })
+            .take(BAN_EVENTS_SHOWN as usize)
+            .map(event_row)
+            .collect();
         rows.push(BanRow {
             address: ban.address,
             until: when(ban.until),
@@ -512,10 +552,13 @@ async fn bans(context: &WebContext, user: &SignedIn, message: Option<&str>, erro
             events: causes,
         });
     }
+    let more = (hidden > 0)
+        .then(|| format!("{hidden} more bans are in force; `sealmail security bans list` lists them all."));
+    let message = message.map(str::to_string).or(more);
     render(
         &AdminBans {
             chrome: Chrome::signed("Bans", user)
-                .with_message(message)
+                .with_message(message.as_deref())
                 .with_error(error),
             csrf: user.csrf(),
             bans: rows,
@@ -543,6 +586,7 @@ async fn events(
         kind: nonempty(&kind),
         address: nonempty(&address),
         account: nonempty(&account),
+        until: None,
     };
     let rows = context
         .store

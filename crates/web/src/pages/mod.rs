@@ -521,6 +521,9 @@ async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Reque
         );
     };
     let _ = login_cookie;
+    if pages.guard.is_banned(visit.peer) {
+        return banned();
+    }
     let username = form.get("username").trim().to_string();
     let password = Password::new(form.get("password").to_string());
     if pages.guard.wait_for_turn(&username, visit.peer).await.is_err() {
@@ -544,8 +547,10 @@ async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Reque
         Err(_) => None,
     };
     let Some(account) = account else {
-        pages.guard.auth_failed(visit.peer, &username, LISTENER).await;
-        return login_page(Some(LOGIN_FAILED), StatusCode::UNAUTHORIZED);
+        return match pages.guard.auth_failed(visit.peer, &username, LISTENER).await {
+            Some(_) => banned(),
+            None => login_page(Some(LOGIN_FAILED), StatusCode::UNAUTHORIZED),
+        };
     };
     match pages.identity.mfa_active(account.id).await {
         Ok(false) => start_session(context, pages, visit, account, "password", agent).await,
@@ -607,6 +612,9 @@ async fn second_factor(
     else {
         return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN);
     };
+    if pages.guard.is_banned(visit.peer) {
+        return banned();
+    }
     let hash = session::cookie_hash(&cookie);
     let pending = match context.store.web_session(&hash, now_unix()).await {
         Ok(Some(pending)) if pending.credential == PENDING_CREDENTIAL => pending,
@@ -645,7 +653,10 @@ async fn second_factor(
             start_session(context, pages, visit, account, credential, agent).await
         }
         Ok(false) => {
-            pages
+            // One code per password: guessing codes costs a password check each time, under
+            // the account's throttle, and every wrong code is an event on the owner's page.
+            let _ = context.store.end_web_session(&hash).await;
+            let ban = pages
                 .guard
                 .auth_failed_with(
                     visit.peer,
@@ -654,15 +665,122 @@ async fn second_factor(
                     Some("wrong second factor".to_string()),
                 )
                 .await;
-            views::code_form(
-                &session::csrf_token("pending", &cookie),
-                Some("That code is not right (or was used already)."),
-                StatusCode::UNAUTHORIZED,
-            )
+            let mut response = match ban {
+                Some(_) => banned(),
+                None => login_page(
+                    Some("That code is not right (or was used already); log in again."),
+                    StatusCode::UNAUTHORIZED,
+                ),
+            };
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, session::clear_cookie(PENDING_COOKIE));
+            response
         }
         Err(error) => {
             tracing::error!(%error, "a second factor could not be checked");
             views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
+
+/// An answer after which the connection closes: a banned client keeps no open connection to
+/// go on guessing through (bans are otherwise checked when a connection is accepted).
+fn closing(mut response: Answer) -> Answer {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The answer for a client banned while its connection was open.
+fn banned() -> Answer {
+    closing(views::message_page(
+        "Refused",
+        "Too many failed attempts from your address; try again later.",
+        StatusCode::FORBIDDEN,
+    ))
+}
+
+/// How checking the signed-in user's password again ended.
+pub(crate) enum Reauthentication {
+    Confirmed,
+    /// Wrong (counted toward a ban like a failed login).
+    Refused,
+    /// The page to answer with instead: the client is banned, or the check could not be made.
+    Stop(Answer),
+}
+
+/// Checks the password a form carries before a change that outlives the session (an app
+/// password, a second factor, a certificate, a new password): a stolen session alone cannot
+/// make them. The account's throttle and the address's ban count apply as at login.
+pub(crate) async fn reauthenticate(
+    pages: &Pages,
+    visit: Visit,
+    user: &SignedIn,
+    password: &str,
+) -> Reauthentication {
+    if pages.guard.is_banned(visit.peer) {
+        return Reauthentication::Stop(banned());
+    }
+    let address = user.account.address.to_string();
+    if pages.guard.wait_for_turn(&address, visit.peer).await.is_err() {
+        return Reauthentication::Stop(views::signed_message_page(
+            user,
+            "Busy",
+            "Too many attempts on this account; try again later.",
+            StatusCode::TOO_MANY_REQUESTS,
+        ));
+    }
+    let password = Password::new(password.to_string());
+    match pages
+        .identity
+        .verify_password(&user.account.address, &password)
+        .await
+    {
+        Ok(Some(account)) if account.id == user.account.id => Reauthentication::Confirmed,
+        Ok(_) => {
+            let ban = pages
+                .guard
+                .auth_failed_with(
+                    visit.peer,
+                    &address,
+                    LISTENER,
+                    Some("wrong current password".into()),
+                )
+                .await;
+            match ban {
+                Some(_) => Reauthentication::Stop(banned()),
+                None => Reauthentication::Refused,
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "a password could not be checked");
+            Reauthentication::Stop(views::message_page(
+                "Unavailable",
+                "Try again later.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ))
+        }
+    }
+}
+
+/// What a user is told of a failed change: the rule it broke, or that something went wrong
+/// (the details go to the log, not to the page).
+pub(crate) fn user_error(error: &sealmail_identity::IdentityError) -> String {
+    use sealmail_identity::IdentityError;
+    use sealmail_store::StoreError;
+    match error {
+        IdentityError::PasswordTooShort
+        | IdentityError::PasswordTooLong
+        | IdentityError::Mfa(_)
+        | IdentityError::BadName(_)
+        | IdentityError::Store(
+            StoreError::Duplicate(_) | StoreError::NotFound(_) | StoreError::NotAllowed(_),
+        ) => error.to_string(),
+        other => {
+            tracing::error!(error = %other, "a change on the account page failed");
+            "That did not work; try again later.".to_string()
         }
     }
 }

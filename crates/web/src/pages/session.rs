@@ -26,7 +26,7 @@ pub const ABSOLUTE_SECS: i64 = 12 * 3600;
 /// Time to type the second factor after the password.
 pub const PENDING_SECS: i64 = 5 * 60;
 /// The `credential` of a stored session that is only half logged in (password, no code yet).
-pub const PENDING_CREDENTIAL: &str = "pending second factor";
+pub const PENDING_CREDENTIAL: &str = sealmail_store::WEB_SESSION_PENDING;
 /// A cookie value is 32 bytes, 43 characters of base64url; anything else is not ours.
 const COOKIE_VALUE_LEN: usize = 43;
 
