@@ -66,6 +66,8 @@ pub mod kind {
     pub const ADMIN_ACTION: &str = "admin_action";
     /// A user changed their own credentials or sessions on the account page (sealmail-web).
     pub const ACCOUNT_CHANGE: &str = "account_change";
+    /// A web login's password was right; its second factor is still to come.
+    pub const SECOND_FACTOR_PENDING: &str = "second_factor_pending";
 }
 
 /// One event as a JSON object (the event log's line format and `security events` output).

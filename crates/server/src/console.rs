@@ -17,6 +17,20 @@ pub struct ServerConsole {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub identity: Identity,
+    /// One key generation at a time (RSA keys take a while): many requests at once queue here
+    /// instead of taking every core.
+    pub keygen: tokio::sync::Semaphore,
+}
+
+impl ServerConsole {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, identity: Identity) -> ServerConsole {
+        ServerConsole {
+            config,
+            store,
+            identity,
+            keygen: tokio::sync::Semaphore::new(1),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -42,14 +56,18 @@ impl sealmail_web::pages::Console for ServerConsole {
     }
 
     async fn add_domain(&self, domain: &Domain) -> Result<(), String> {
-        crate::admin::add_domain(&self.config, &*self.store, domain)
-            .await
-            .map_err(|e| e.to_string())
+        self.store.add_domain(domain).await.map_err(|e| e.to_string())?;
+        let dkim_dir = self.config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
+        if !sealmail_mailauth::signing::active_selectors(&dkim_dir, domain.as_str()).is_empty() {
+            return Ok(());
+        }
+        self.rotate_dkim(domain).await.map(|_| ())
     }
 
     async fn rotate_dkim(&self, domain: &Domain) -> Result<Vec<String>, String> {
         let dkim_dir = self.config.data_dir.join(sealmail_mailauth::signing::DKIM_DIR);
         let domain = domain.clone();
+        let _turn = self.keygen.acquire().await.map_err(|e| e.to_string())?;
         // An RSA key takes a while: off the runtime, which serves every connection.
         tokio::task::spawn_blocking(move || crate::admin::new_dkim_keys(&dkim_dir, &domain))
             .await
@@ -61,6 +79,19 @@ impl sealmail_web::pages::Console for ServerConsole {
         &self,
         address: &EmailAddress,
     ) -> Result<IssuedClientCertificate, String> {
+        let _turn = self.keygen.acquire().await.map_err(|e| e.to_string())?;
+        // Counted again in turn, so requests at once cannot pass the cap together.
+        let registered = self
+            .identity
+            .client_certs(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        if registered.len() >= sealmail_web::pages::account::MAX_CLIENT_CERTS {
+            return Err(format!(
+                "{address} has {} client certificates already",
+                registered.len()
+            ));
+        }
         let dir = self.config.data_dir.join(crate::credentials::CLIENT_CA_DIR);
         let name = address.to_string();
         // Key generation takes a while: off the runtime, which serves every connection.

@@ -344,11 +344,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pages: Some(sealmail_web::pages::Pages {
             identity: Arc::new(identity.clone()),
             guard: guard.clone(),
-            console: Arc::new(crate::console::ServerConsole {
-                config: Arc::new(config.clone()),
-                store: store.clone(),
-                identity: identity.clone(),
-            }),
+            console: Arc::new(crate::console::ServerConsole::new(
+                Arc::new(config.clone()),
+                store.clone(),
+                identity.clone(),
+            )),
             admin_listener: config.web.admin_listener,
         }),
     }));

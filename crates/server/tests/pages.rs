@@ -214,6 +214,22 @@ fn totp_code(secret: &[u8], ahead: i64) -> String {
     sealmail_identity::totp::hotp(secret, step as u64, 6)
 }
 
+/// Waits (up to 10 s) until the element matching `css` holds `needle`: a click on a submit
+/// button may return before the next page has replaced the last one.
+async fn until_text(browser: &Browser, css: &str, needle: &str) -> TestResult<String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        if let Ok(text) = browser.text(css).await {
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            last = text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(format!("{css} never held {needle:?}; last: {last:?}"))
+}
+
 async fn log_in(browser: &Browser, site: &Site, user: &str, password: &str) -> TestResult {
     b(browser.goto(&site.url("/")).await)?;
     b(browser.fill("#username", user).await)?;
@@ -246,9 +262,10 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     // Changes that outlive the session need the password again.
     b(browser.fill("#mfa-start-password", "not the password").await)?;
     b(browser.click("#mfa-start").await)?;
-    assert!(b(browser.text("#error").await)?.contains("not right"));
+    until_text(&browser, "#error", "not right").await?;
     b(browser.fill("#mfa-start-password", common::TEST_PASSWORD).await)?;
     b(browser.click("#mfa-start").await)?;
+    until_text(&browser, "h1", "Set up an authenticator app").await?;
     let svg = b(browser.page_source().await)?;
     assert!(
         svg.contains("<svg") && svg.contains("<path"),
@@ -257,22 +274,23 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     b(browser.screenshot("enrol-totp").await)?;
     let secret = base32_decode(&b(browser.text("#totp-secret").await)?)?;
     b(browser.fill("#code", &totp_code(&secret, 0)).await)?;
+    b(browser.fill("#confirm-password", common::TEST_PASSWORD).await)?;
     b(browser.click("#confirm").await)?;
+    until_text(&browser, "h1", "Second factor on").await?;
     let page = b(browser.page_source().await)?;
     let recovery_codes = page.matches("class=\"secret\"").count();
     assert_eq!(recovery_codes, 10, "recovery codes shown once");
     b(browser.screenshot("recovery-codes").await)?;
     b(browser.click("#done").await)?;
-    assert!(b(browser.text("#mfa-status").await)?.starts_with("On since"));
+    until_text(&browser, "#mfa-status", "On since").await?;
 
     // Out, and in again: the password alone is not enough; a fresh code is.
     b(browser.click("#logout").await)?;
-    assert!(b(browser.page_source().await)?.contains("id=\"login\""));
+    until_text(&browser, "h1", "Log in").await?;
     log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
-    assert!(
-        b(browser.page_source().await)?.contains("id=\"verify\""),
-        "second factor asked"
-    );
+    until_text(&browser, "h1", "Second factor").await?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("id=\"verify\""), "second factor asked: {page}");
     assert!(
         !b(browser.cookies().await)?.iter().any(|c| c.name == SESSION),
         "no session before the code"
@@ -281,13 +299,21 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     b(browser.fill("#code", "000000").await)?;
     b(browser.click("#verify").await)?;
     // A wrong code ends that login: the password must come again before the next code.
-    assert!(b(browser.text("#error").await)?.contains("not right"));
+    until_text(&browser, "#error", "not right").await?;
     assert!(b(browser.page_source().await)?.contains("id=\"login\""));
     log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    until_text(&browser, "h1", "Second factor").await?;
     // The enrolment used this step's code; the next step's is within the window.
     b(browser.fill("#code", &totp_code(&secret, 1)).await)?;
     b(browser.click("#verify").await)?;
     assert_eq!(b(browser.text("#who").await)?, "alice@example.test");
+
+    // The client settings, with this user's address.
+    b(browser.goto(&site.url("/setup")).await)?;
+    assert_eq!(b(browser.text("#setup-user").await)?, "alice@example.test");
+    assert!(b(browser.text("#endpoints").await)?.contains(&site.imaps.port().to_string()));
+    b(browser.screenshot("setup").await)?;
+    b(browser.goto(&site.url("/")).await)?;
 
     // With a second factor, mail programs need an app password.
     assert!(
@@ -305,6 +331,7 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
         "the app password works over IMAP"
     );
     b(browser.click("#done").await)?;
+    until_text(&browser, "#app-passwords", "phone").await?;
     let page = b(browser.page_source().await)?;
     assert!(page.contains("<td>phone</td>"), "listed");
     assert!(
@@ -407,12 +434,16 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     let browser = site.browser().await?;
     // Alice is not an admin: the console is not hers.
     log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    until_text(&browser, "#who", "alice@example.test").await?;
     b(browser.goto(&site.url("/admin")).await)?;
-    assert!(b(browser.page_source().await)?.contains("for admins"));
+    until_text(&browser, "#text", "for admins").await?;
     b(browser.click("#logout").await)?;
+    until_text(&browser, "h1", "Log in").await?;
 
     log_in(&browser, &site, "admin@example.test", common::TEST_PASSWORD).await?;
+    until_text(&browser, "#who", "admin@example.test").await?;
     b(browser.click("#nav-admin").await)?;
+    until_text(&browser, "h1", "Admin").await?;
     // Charts of what this server saw: the failed and good logins, TLS 1.3 handshakes.
     let page = b(browser.page_source().await)?;
     assert!(
@@ -460,6 +491,7 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     let page = b(browser.page_source().await)?;
     assert!(page.contains("someone@remote.test"), "{page}");
     b(browser.click("a.show").await)?;
+    until_text(&browser, "#queue-header", "Subject").await?;
     let page = b(browser.page_source().await)?;
     assert!(page.contains("&lt;script&gt;alert(2)&lt;/script&gt;"), "{page}");
     assert!(!page.contains("<script>alert"));
@@ -473,7 +505,7 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     b(browser.click("button.retry").await)?;
     assert!(b(browser.text("#message").await)?.contains("retried"));
     b(browser.click("button.delete").await)?;
-    assert!(b(browser.text("#message").await)?.contains("deleted"));
+    until_text(&browser, "#message", "deleted").await?;
     assert!(b(browser.page_source().await)?.contains("queue-empty"));
 
     // Every admin action is a security event, and the events page filters.
@@ -510,8 +542,40 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
         page.matches("._domainkey.example.test").count() > selectors_before,
         "the new keys' records are listed beside the old ones"
     );
+    // The live check asks the test's DNS server, which has none of the records.
+    b(browser.click("button.check").await)?;
+    let checked = b(browser.text("table.dns-check").await)?;
+    assert!(
+        checked.contains("_dmarc.example.test") && checked.contains("missing"),
+        "{checked}"
+    );
+    b(browser.screenshot("admin-domains-checked").await)?;
     b(browser.goto(&site.url("/admin/certificates")).await)?;
     assert!(b(browser.text("#cert-status").await)?.contains(HOST));
+
+    // Removing a user needs the address typed again.
+    b(browser.goto(&site.url("/admin/users")).await)?;
+    let remove_carol = "//tr[td[text()='carol@example.test']]";
+    let row = b(browser
+        .client()
+        .find(fantoccini::Locator::XPath(remove_carol))
+        .await
+        .map_err(anyhow::Error::from))?;
+    let confirm = b(row
+        .find(fantoccini::Locator::Css("input[name=confirm]"))
+        .await
+        .map_err(anyhow::Error::from))?;
+    b(confirm
+        .send_keys("carol@example.test")
+        .await
+        .map_err(anyhow::Error::from))?;
+    let button = b(row
+        .find(fantoccini::Locator::Css("button.remove"))
+        .await
+        .map_err(anyhow::Error::from))?;
+    b(button.click().await.map_err(anyhow::Error::from))?;
+    assert!(b(browser.text("#message").await)?.contains("Removed carol@example.test"));
+    assert!(!site.imap_login("carol@example.test", &password).await?);
     b(browser.close().await)
 }
 
@@ -609,6 +673,36 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     // A user is no admin.
     let (status, _, _) = site.curl("/admin/users", &["-H", &session_header], "127.0.0.1")?;
     assert_eq!(status, 403);
+    // An enrolment started with the password cannot be finished without it (a stolen session
+    // cannot turn on a second factor of its own choosing), even with the right code.
+    let password_field = format!("password={}", common::TEST_PASSWORD.replace(' ', "+"));
+    let (status, _, page) = site.curl(
+        "/account/mfa/start",
+        &[
+            "-H",
+            &session_header,
+            "--data",
+            &format!("csrf={token}&{password_field}"),
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200);
+    let secret_start = page.find("id=\"totp-secret\">").ok_or("no key shown")? + "id=\"totp-secret\">".len();
+    let secret_end = page[secret_start..].find('<').ok_or("no key end")? + secret_start;
+    let secret = base32_decode(&page[secret_start..secret_end])?;
+    let (status, _, _) = site.curl(
+        "/account/mfa/confirm",
+        &[
+            "-H",
+            &session_header,
+            "--data",
+            &format!("csrf={token}&code={}", totp_code(&secret, 0)),
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 401);
+    let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
+    assert!(account.contains("Set-up started but not finished"), "{account}");
 
     // Brute force on the login form is banned like IMAP: after 3 failures the address is refused.
     for attempt in 1..=3 {
@@ -686,5 +780,58 @@ async fn the_admin_console_answers_only_on_the_admin_listener() -> TestResult {
     )?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("alice@example.test"), "{body}");
+
+    // A login older than 10 minutes may still retry the queue, but not hand out credentials.
+    let token = hidden(&body, "csrf").ok_or("no csrf field")?;
+    let aged = ctx(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute('UPDATE web_sessions SET created_at = created_at - 3600'); db.commit()",
+            ])
+            .arg(site.dir.path().join("data/sealmail.db"))
+            .status(),
+        "python3 sqlite3",
+    )?;
+    assert!(aged.success());
+    let add_url = format!("https://{HOST}:{}/admin/users/add", site.admin_https.port());
+    let (status, _, body) = curl(
+        &add_url,
+        site.admin_https.port(),
+        &site.ca,
+        &[
+            "--resolve",
+            &resolve,
+            "-H",
+            &session,
+            "--data",
+            &format!("csrf={token}&address=mallory%40example.test&admin=on"),
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("log in again"), "{body}");
+    let (_, out, _) = common::admin(site.dir.path(), &site.config, &["user", "list"])?;
+    assert!(!out.contains("mallory"), "{out}");
+    let retry_url = format!("https://{HOST}:{}/admin/queue/retry", site.admin_https.port());
+    let (status, _, body) = curl(
+        &retry_url,
+        site.admin_https.port(),
+        &site.ca,
+        &[
+            "--resolve",
+            &resolve,
+            "-H",
+            &session,
+            "--data",
+            &format!("csrf={token}&id=12345"),
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(
+        status, 400,
+        "an operational change goes through (to the queue's own answer): {body}"
+    );
+    assert!(body.contains("is not queued"), "{body}");
     Ok(())
 }

@@ -180,7 +180,7 @@ pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
 
 /// Client certificates an account may have before issuing another is refused (an admin
 /// removes old ones with `sealmail user cert remove`).
-const MAX_CLIENT_CERTS: usize = 10;
+pub const MAX_CLIENT_CERTS: usize = 10;
 
 /// A form posted to `/account/...`, its CSRF token already checked.
 pub async fn action(
@@ -209,10 +209,7 @@ pub async fn action(
     // them); logging out does not.
     let needs_password = !matches!(
         path,
-        "/account/logout"
-            | "/account/logout-everywhere"
-            | "/account/mfa/confirm"
-            | "/account/app-passwords/revoke"
+        "/account/logout" | "/account/logout-everywhere" | "/account/app-passwords/revoke"
     );
     if needs_password {
         let field = if path == "/account/password" {
@@ -372,7 +369,11 @@ pub async fn action(
             }
         }
         "/account/certificates/issue" => {
-            let registered = pages.identity.client_certs(address).await.map_or(0, |c| c.len());
+            let registered = pages
+                .identity
+                .client_certs(address)
+                .await
+                .map_or(usize::MAX, |c| c.len());
             if registered >= MAX_CLIENT_CERTS {
                 return failed(format!(
                     "You have {registered} certificates; ask an admin to remove old ones before issuing another."

@@ -90,6 +90,24 @@ pub async fn action(
             )
             .await;
     };
+    // A session left open or stolen cannot hand out or remove credentials: those changes need
+    // a login from the last few minutes.
+    let sensitive = matches!(
+        path,
+        "/admin/users/add"
+            | "/admin/users/password"
+            | "/admin/users/mfa-off"
+            | "/admin/users/remove"
+            | "/admin/domains/add"
+    );
+    if sensitive && !super::recently_logged_in(user) {
+        return views::signed_message_page(
+            user,
+            "Log in again",
+            "Changes to accounts and domains need a login from the last 10 minutes: log out, log in again, and repeat the change.",
+            StatusCode::FORBIDDEN,
+        );
+    }
     match path {
         "/admin/users/add" => {
             let Ok(address) = EmailAddress::parse(form.get("address").trim()) else {
@@ -97,14 +115,37 @@ pub async fn action(
             };
             let password = match generate_password() {
                 Ok(password) => password,
-                Err(error) => return users(context, pages, user, None, Some(&error.to_string())).await,
+                Err(error) => {
+                    return users(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&super::user_error(&error)),
+                    )
+                    .await;
+                }
             };
             if let Err(error) = pages.identity.add_user(&address, &password).await {
-                return users(context, pages, user, None, Some(&error.to_string())).await;
+                return users(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some(&super::user_error(&error)),
+                )
+                .await;
             }
             let admin = form.get("admin") == "on";
             if admin && let Err(error) = context.store.set_admin(&address, true).await {
-                return users(context, pages, user, None, Some(&error.to_string())).await;
+                return users(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some(&super::user_error(&error.into())),
+                )
+                .await;
             }
             record(format!(
                 "added user {address}{}",
@@ -124,10 +165,26 @@ pub async fn action(
             };
             let password = match generate_password() {
                 Ok(password) => password,
-                Err(error) => return users(context, pages, user, None, Some(&error.to_string())).await,
+                Err(error) => {
+                    return users(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&super::user_error(&error)),
+                    )
+                    .await;
+                }
             };
             if let Err(error) = pages.identity.set_password(&address, &password).await {
-                return users(context, pages, user, None, Some(&error.to_string())).await;
+                return users(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    Some(&super::user_error(&error)),
+                )
+                .await;
             }
             if let Ok(Some(account)) = context.store.account(&address).await {
                 let _ = context.store.end_web_sessions(account.id, None).await;
@@ -175,7 +232,16 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => users(context, pages, user, None, Some(&error.to_string())).await,
+                Err(error) => {
+                    users(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&super::user_error(&error)),
+                    )
+                    .await
+                }
             }
         }
         "/admin/users/remove" => {
@@ -214,7 +280,16 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => users(context, pages, user, None, Some(&error.to_string())).await,
+                Err(error) => {
+                    users(
+                        context,
+                        pages,
+                        user,
+                        None,
+                        Some(&super::user_error(&error.into())),
+                    )
+                    .await
+                }
             }
         }
         "/admin/queue/retry" | "/admin/queue/delete" => {
@@ -243,7 +318,7 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => queue(context, user, None, None, Some(&error.to_string())).await,
+                Err(error) => queue(context, user, None, None, Some(&super::user_error(&error.into()))).await,
             }
         }
         "/admin/bans/unban" => {
@@ -263,7 +338,7 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => bans(context, user, None, Some(&error.to_string())).await,
+                Err(error) => bans(context, user, None, Some(&super::user_error(&error.into()))).await,
             }
         }
         "/admin/domains/add" => {

@@ -125,6 +125,12 @@ impl Form {
     }
 }
 
+/// Whether a connection accepted on `local` came through the listener bound to `bind` (which
+/// may be a wildcard address).
+fn is_listener(bind: SocketAddr, local: SocketAddr) -> bool {
+    bind.port() == local.port() && (bind.ip() == local.ip() || bind.ip().is_unspecified())
+}
+
 /// Whether `path` belongs to the pages (on the host name, they answer it or say 404).
 pub(crate) fn serves_path(path: &str) -> bool {
     matches!(path, "/" | "/setup" | "/login" | "/login/code")
@@ -248,6 +254,12 @@ async fn route(
         ),
         "/login" if post => login(context, pages, visit, request).await,
         "/login/code" if post => second_factor(context, pages, visit, request).await,
+        p if (p.starts_with("/account/") || p.starts_with("/admin"))
+            && post
+            && pages.guard.is_banned(visit.peer) =>
+        {
+            banned()
+        }
         p if p.starts_with("/account/") && post => {
             let user = match signed_in(context, pages, &request, visit).await {
                 Ok(Some(user)) => user,
@@ -266,7 +278,10 @@ async fn route(
             account::action(context, pages, visit, &user, &path, form).await
         }
         p if p == "/admin" || p.starts_with("/admin/") => {
-            if pages.admin_listener.is_some_and(|only| only != visit.local) {
+            if pages
+                .admin_listener
+                .is_some_and(|only| !is_listener(only, visit.local))
+            {
                 return None;
             }
             let user = match signed_in(context, pages, &request, visit).await {
@@ -554,7 +569,19 @@ async fn login(context: &WebContext, pages: &Pages, visit: Visit, request: Reque
     };
     match pages.identity.mfa_active(account.id).await {
         Ok(false) => start_session(context, pages, visit, account, "password", agent).await,
-        Ok(true) => pending_second_factor(context, visit, account, agent).await,
+        Ok(true) => {
+            // The owner learns that someone has the password, whatever happens next.
+            pages
+                .guard
+                .change_made(
+                    sealmail_guard::kind::SECOND_FACTOR_PENDING,
+                    visit.peer,
+                    &account.address.to_string(),
+                    "password accepted; waiting for the second factor".to_string(),
+                )
+                .await;
+            pending_second_factor(context, visit, account, agent).await
+        }
         Err(error) => {
             tracing::error!(%error, "a web login could not be checked");
             views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
@@ -617,7 +644,13 @@ async fn second_factor(
     }
     let hash = session::cookie_hash(&cookie);
     let pending = match context.store.web_session(&hash, now_unix()).await {
-        Ok(Some(pending)) if pending.credential == PENDING_CREDENTIAL => pending,
+        // Taken before the code is checked: parallel guesses on one half login get one code.
+        Ok(Some(pending))
+            if pending.credential == PENDING_CREDENTIAL
+                && matches!(context.store.end_web_session(&hash).await, Ok(true)) =>
+        {
+            pending
+        }
         Ok(_) => return login_page(Some("The login had expired; start again."), StatusCode::FORBIDDEN),
         Err(error) => {
             tracing::error!(%error, "cannot read a web session");
@@ -644,7 +677,6 @@ async fn second_factor(
         .collect();
     match pages.identity.second_factor(account.id, &code).await {
         Ok(true) => {
-            let _ = context.store.end_web_session(&hash).await;
             let credential = if code.len() == 6 {
                 "password+totp"
             } else {
@@ -653,9 +685,9 @@ async fn second_factor(
             start_session(context, pages, visit, account, credential, agent).await
         }
         Ok(false) => {
-            // One code per password: guessing codes costs a password check each time, under
-            // the account's throttle, and every wrong code is an event on the owner's page.
-            let _ = context.store.end_web_session(&hash).await;
+            // One code per password (the half login is gone already): guessing codes costs a
+            // password check each time, under the account's throttle, and every wrong code is
+            // an event on the owner's page.
             let ban = pages
                 .guard
                 .auth_failed_with(
@@ -763,6 +795,15 @@ pub(crate) async fn reauthenticate(
             ))
         }
     }
+}
+
+/// How recent an admin's login must be for changes to accounts and domains.
+pub(crate) const RECENT_LOGIN_SECS: i64 = 10 * 60;
+
+/// Whether the session's login is recent enough for an admin change that hands out or removes
+/// credentials (a session left open or stolen later cannot).
+pub(crate) fn recently_logged_in(user: &SignedIn) -> bool {
+    now_unix() - user.session.created_at <= RECENT_LOGIN_SECS
 }
 
 /// What a user is told of a failed change: the rule it broke, or that something went wrong
