@@ -165,6 +165,75 @@ fn curl(url: &str, port: u16, ca: &Path, extra: &[&str], from: &str) -> TestResu
     Ok((status, head.to_string(), body.to_string()))
 }
 
+/// A connection from 127.0.0.3, kept alive, with the login form read over it: the connection,
+/// the Host header, the login cookie and the form's token.
+async fn open_login_form(
+    site: &Site,
+) -> TestResult<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+    String,
+    String,
+)> {
+    let tls = sealmail_testkit::tcp_from([127, 0, 0, 3], site.https).await?;
+    let mut kept = sealmail_testkit::tls_upgrade(tls, site.tls()?, HOST).await?;
+    let host_header = format!("{HOST}:{}", site.https.port());
+    let (head, page) = http_exchange(
+        &mut kept,
+        &format!("GET / HTTP/1.1\r\nHost: {host_header}\r\n\r\n"),
+    )
+    .await?;
+    let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    Ok((kept, host_header, cookie, token))
+}
+
+/// One HTTP/1.1 request on a kept-alive connection: the response's head and body (by its
+/// Content-Length).
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> TestResult<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ctx(stream.write_all(request.as_bytes()).await, "send request")?;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = ctx(
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .map_err(|_| "response timed out".to_string())?,
+            "read response",
+        )?;
+        if n == 0 {
+            return Err("connection closed before a response".into());
+        }
+        received.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .ok_or("no content-length")?;
+    while received.len() < head_end + length {
+        let n = ctx(stream.read(&mut buffer).await, "read body")?;
+        if n == 0 {
+            return Err("connection closed in the body".into());
+        }
+        received.extend_from_slice(&buffer[..n]);
+    }
+    let body = String::from_utf8_lossy(&received[head_end..head_end + length]).into_owned();
+    Ok((head, body))
+}
+
 /// The value of the hidden field `name` in a page.
 fn hidden(page: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
@@ -705,7 +774,11 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     assert!(account.contains("Set-up started but not finished"), "{account}");
 
     // Brute force on the login form is banned like IMAP: after 3 failures the address is refused.
+    let mut kept_open = None;
     for attempt in 1..=3 {
+        if attempt == 3 {
+            kept_open = Some(open_login_form(&site).await?);
+        }
         let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
         let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
         let token = hidden(&page, "csrf").ok_or("no csrf field")?;
@@ -732,6 +805,22 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
         "the guessing address is banned"
     );
     assert!(site.curl("/", &[], "127.0.0.1").is_ok(), "others are not");
+    // The connection opened before the ban gets no further login, not even with the password.
+    let (mut kept, host_header, kept_cookie, kept_token) = kept_open.ok_or("no kept connection")?;
+    let body = format!(
+        "username=alice%40example.test&password={}&csrf={kept_token}",
+        common::TEST_PASSWORD.replace(' ', "+")
+    );
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {host_header}\r\nCookie: __Host-sealmail-login={kept_cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (head, _) = http_exchange(&mut kept, &request).await?;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(
+        set_cookie(&head, SESSION).is_none(),
+        "no session for a banned address: {head}"
+    );
     let (code, out, _) = common::admin(site.dir.path(), &site.config, &["security", "bans", "list"])?;
     assert_eq!(code, 0);
     assert!(out.contains("127.0.0.3"), "{out}");

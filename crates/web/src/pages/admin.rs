@@ -116,25 +116,11 @@ pub async fn action(
             let password = match generate_password() {
                 Ok(password) => password,
                 Err(error) => {
-                    return users(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&super::user_error(&error)),
-                    )
-                    .await;
+                    return users(context, pages, user, None, Some(&super::user_error(&error))).await;
                 }
             };
             if let Err(error) = pages.identity.add_user(&address, &password).await {
-                return users(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some(&super::user_error(&error)),
-                )
-                .await;
+                return users(context, pages, user, None, Some(&super::user_error(&error))).await;
             }
             let admin = form.get("admin") == "on";
             if admin && let Err(error) = context.store.set_admin(&address, true).await {
@@ -166,25 +152,11 @@ pub async fn action(
             let password = match generate_password() {
                 Ok(password) => password,
                 Err(error) => {
-                    return users(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&super::user_error(&error)),
-                    )
-                    .await;
+                    return users(context, pages, user, None, Some(&super::user_error(&error))).await;
                 }
             };
             if let Err(error) = pages.identity.set_password(&address, &password).await {
-                return users(
-                    context,
-                    pages,
-                    user,
-                    None,
-                    Some(&super::user_error(&error)),
-                )
-                .await;
+                return users(context, pages, user, None, Some(&super::user_error(&error))).await;
             }
             if let Ok(Some(account)) = context.store.account(&address).await {
                 let _ = context.store.end_web_sessions(account.id, None).await;
@@ -232,16 +204,7 @@ pub async fn action(
                     )
                     .await
                 }
-                Err(error) => {
-                    users(
-                        context,
-                        pages,
-                        user,
-                        None,
-                        Some(&super::user_error(&error)),
-                    )
-                    .await
-                }
+                Err(error) => users(context, pages, user, None, Some(&super::user_error(&error))).await,
             }
         }
         "/admin/users/remove" => {
