@@ -30,21 +30,8 @@ pub struct Series<'a> {
     pub points: &'a [(i64, u64)],
 }
 
-/// Escapes text for SVG (XML) content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Text in an SVG is escaped as in the autoconfig documents (XML content and attributes).
+pub use crate::autoconfig::escape;
 
 /// The opening of an SVG of the given size, named by `title` for screen readers.
 fn open(out: &mut String, title: &str, width: u32, height: u32) {
