@@ -648,6 +648,134 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     b(browser.close().await)
 }
 
+/// Logs `user` in through curl from 127.0.0.1: the session cookie's value.
+fn curl_log_in(site: &Site, user: &str) -> TestResult<String> {
+    let (_, head, page) = site.curl("/", &[], "127.0.0.1")?;
+    let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    let form = format!(
+        "username={}&password={}&csrf={token}",
+        user.replace('@', "%40"),
+        common::TEST_PASSWORD.replace(' ', "+")
+    );
+    let (status, head, _) = site.curl(
+        "/login",
+        &[
+            "-H",
+            &format!("Cookie: __Host-sealmail-login={login_cookie}"),
+            "--data",
+            &form,
+        ],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200);
+    set_cookie(&head, SESSION).ok_or_else(|| "no session cookie".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_user_downloads_an_apple_profile_signed_with_the_server_certificate() -> TestResult {
+    let site = Site::start("").await?;
+    let profile = site.dir.path().join("mail.mobileconfig");
+    let profile_arg = profile.to_string_lossy().into_owned();
+    // Not without a session: the address is the account's, known only once logged in.
+    let (status, _, body) = site.curl("/setup/apple.mobileconfig", &[], "127.0.0.1")?;
+    assert_eq!(status, 403);
+    assert!(body.contains("id=\"login\""), "{body}");
+
+    let session = curl_log_in(&site, "alice@example.test")?;
+    let session_header = format!("Cookie: {SESSION}={session}");
+    let (_, _, setup) = site.curl("/setup", &["-H", &session_header], "127.0.0.1")?;
+    assert!(setup.contains("href=\"/setup/apple.mobileconfig\""), "{setup}");
+    let (status, head, _) = site.curl(
+        "/setup/apple.mobileconfig",
+        &["-H", &session_header, "-o", &profile_arg],
+        "127.0.0.1",
+    )?;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-apple-aspen-config"),
+        "{head}"
+    );
+
+    // OpenSSL, an independent CMS implementation, verifies the signature against the CA that
+    // issued the served certificate, and gives back the signed property list.
+    let content = site.dir.path().join("profile.plist");
+    let signers = site.dir.path().join("signers.pem");
+    let verify = |input: &Path| {
+        ctx(
+            Command::new("openssl")
+                .args([
+                    "cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any", "-in",
+                ])
+                .arg(input)
+                .arg("-CAfile")
+                .arg(&site.ca)
+                .arg("-out")
+                .arg(&content)
+                .arg("-signer")
+                .arg(&signers)
+                .output(),
+            "openssl cms -verify",
+        )
+    };
+    let verified = verify(&profile)?;
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // The signer is the host's certificate.
+    let names = ctx(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&signers)
+            .output(),
+        "openssl x509",
+    )?;
+    assert!(String::from_utf8_lossy(&names.stdout).contains(HOST));
+
+    // Python's plistlib reads the settings: the account, our host, the TLS ports, no password.
+    let python = std::env::var("SEALMAIL_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = "import plistlib, sys
+p = plistlib.load(open(sys.argv[1], 'rb'))
+a = p['PayloadContent'][0]
+print(p['PayloadType'], a['PayloadType'], a['EmailAddress'], a['IncomingMailServerUsername'])
+print(a['IncomingMailServerHostName'], a['IncomingMailServerPortNumber'], a['IncomingMailServerUseSSL'])
+print(a['OutgoingMailServerHostName'], a['OutgoingMailServerPortNumber'], a['OutgoingMailServerUseSSL'])
+print(sorted(k for k in a if 'Password' in k and k != 'OutgoingPasswordSameAsIncomingPassword'))";
+    let read = ctx(
+        Command::new(python).args(["-c", script]).arg(&content).output(),
+        "python plistlib",
+    )?;
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "Configuration com.apple.mail.managed alice@example.test alice@example.test".to_string(),
+            format!("{HOST} {} True", site.imaps.port()),
+            format!("{HOST} {} True", site.submissions.port()),
+            "[]".to_string(),
+        ]
+    );
+
+    // A profile changed on the way does not verify.
+    let mut bytes = ctx(std::fs::read(&profile), "read profile")?;
+    let at = bytes
+        .windows(b"alice@example.test".len())
+        .position(|w| w == b"alice@example.test")
+        .ok_or("address not in the profile")?;
+    bytes[at] = b'm';
+    let forged = site.dir.path().join("forged.mobileconfig");
+    ctx(std::fs::write(&forged, &bytes), "write forged")?;
+    assert!(!verify(&forged)?.status.success(), "a changed profile verified");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refused() -> TestResult {
     let site = Site::start("[security]\nauth_failures = 3\nban_secs = 600\n").await?;

@@ -13,11 +13,13 @@
 //!   made by [`alpn_challenge_key`]), never with a real certificate; without one it fails.
 //! - Client certificates (mutual TLS): [`client_auth`] decides which are accepted, [`client_ca`]
 //!   is the server's own CA that issues them; [`channel`] computes channel bindings.
+//! - [`signed_data`] signs content (Apple configuration profiles) with a served certificate.
 
 pub mod channel;
 pub mod client_auth;
 pub mod client_ca;
 pub mod selfsigned;
+pub mod signed_data;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

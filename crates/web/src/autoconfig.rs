@@ -104,6 +104,86 @@ pub fn thunderbird(domain: &Domain, endpoints: &Endpoints) -> String {
     xml
 }
 
+/// An Apple configuration profile (`.mobileconfig`, a property list) with one mail account
+/// for `address`: the first IMAP and the first submission endpoint (implicit TLS first), the
+/// address as the login name, the password left for the device to ask (a profile is a file
+/// people keep; no secret goes in it). `None` without an IMAP or a submission endpoint.
+///
+/// The identifiers are derived from the host name and the address, so a profile downloaded
+/// again replaces the one installed instead of adding a second account.
+pub fn apple_profile(address: &EmailAddress, endpoints: &Endpoints) -> Option<String> {
+    let incoming = endpoints.of(Role::Imap).next()?;
+    let outgoing = endpoints.of(Role::Submission).next()?;
+    let host = escape(&endpoints.host);
+    let login = escape(&address.to_string());
+    let domain = escape(address.domain().as_str());
+    let reversed: Vec<&str> = endpoints.host.split('.').rev().collect();
+    let identifier = escape(&format!("{}.sealmail.{}", reversed.join("."), address));
+    let uuid = |part: &str| stable_uuid(&format!("{}\n{address}\n{part}", endpoints.host));
+    let (profile_uuid, account_uuid) = (uuid("profile"), uuid("account"));
+    Some(format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>PayloadContent</key>
+  <array>
+    <dict>
+      <key>EmailAccountDescription</key><string>{login}</string>
+      <key>EmailAccountType</key><string>EmailTypeIMAP</string>
+      <key>EmailAddress</key><string>{login}</string>
+      <key>IncomingMailServerAuthentication</key><string>EmailAuthPassword</string>
+      <key>IncomingMailServerHostName</key><string>{host}</string>
+      <key>IncomingMailServerPortNumber</key><integer>{incoming_port}</integer>
+      <key>IncomingMailServerUseSSL</key><true/>
+      <key>IncomingMailServerUsername</key><string>{login}</string>
+      <key>OutgoingMailServerAuthentication</key><string>EmailAuthPassword</string>
+      <key>OutgoingMailServerHostName</key><string>{host}</string>
+      <key>OutgoingMailServerPortNumber</key><integer>{outgoing_port}</integer>
+      <key>OutgoingMailServerUseSSL</key><true/>
+      <key>OutgoingMailServerUsername</key><string>{login}</string>
+      <key>OutgoingPasswordSameAsIncomingPassword</key><true/>
+      <key>PayloadDisplayName</key><string>{login}</string>
+      <key>PayloadIdentifier</key><string>{identifier}.account</string>
+      <key>PayloadType</key><string>com.apple.mail.managed</string>
+      <key>PayloadUUID</key><string>{account_uuid}</string>
+      <key>PayloadVersion</key><integer>1</integer>
+    </dict>
+  </array>
+  <key>PayloadDescription</key><string>The mail account {login} on {host}</string>
+  <key>PayloadDisplayName</key><string>Mail: {login}</string>
+  <key>PayloadIdentifier</key><string>{identifier}</string>
+  <key>PayloadOrganization</key><string>{domain}</string>
+  <key>PayloadRemovalDisallowed</key><false/>
+  <key>PayloadType</key><string>Configuration</string>
+  <key>PayloadUUID</key><string>{profile_uuid}</string>
+  <key>PayloadVersion</key><integer>1</integer>
+</dict>
+</plist>
+"#,
+        incoming_port = incoming.port,
+        outgoing_port = outgoing.port,
+    ))
+}
+
+/// A UUID made from `name` (RFC 9562 version 8, "custom": the first 122 bits of its SHA-256).
+fn stable_uuid(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&Sha256::digest(name.as_bytes())[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode_upper(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// The largest Autodiscover request read.
 pub const MAX_AUTODISCOVER_REQUEST: usize = 8 * 1024;
 
@@ -212,6 +292,44 @@ mod tests {
         let imap = xml.find("<port>143</port>").ok_or("no 143")?;
         assert!(imaps < imap);
         assert!(!xml.contains("<port>25</port>") && !xml.contains("plain"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_apple_profile_names_the_first_tls_endpoints_and_no_secret()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let host = Domain::parse("mail.example.org")?;
+        let endpoints = Endpoints::from_listeners(
+            &host,
+            &[
+                listener(Role::Submission, 587, TlsMode::StartTls),
+                listener(Role::Submission, 465, TlsMode::Implicit),
+                listener(Role::Imap, 993, TlsMode::Implicit),
+            ],
+        );
+        let address = EmailAddress::parse("a&b@example.org")?;
+        let profile = apple_profile(&address, &endpoints).ok_or("no profile")?;
+        assert!(profile.contains("<key>IncomingMailServerPortNumber</key><integer>993</integer>"));
+        assert!(profile.contains("<key>OutgoingMailServerPortNumber</key><integer>465</integer>"));
+        assert!(profile.contains("<string>a&amp;b@example.org</string>"));
+        assert!(
+            !profile.contains("Password</key><string>"),
+            "no password in a profile"
+        );
+        // Downloaded again, it has the same identifiers (it replaces the installed one).
+        assert_eq!(Some(profile.clone()), apple_profile(&address, &endpoints));
+        let other = apple_profile(&EmailAddress::parse("c@example.org")?, &endpoints).ok_or("none")?;
+        let uuid = |p: &str| {
+            p.split("<key>PayloadUUID</key><string>")
+                .nth(2)
+                .map(|r| r[..36].to_string())
+        };
+        assert_ne!(uuid(&profile), uuid(&other));
+        assert_eq!(uuid(&profile).map(|u| u.as_bytes()[14]), Some(b'8'));
+        // Without an IMAP endpoint there is no account to describe.
+        let only_submission =
+            Endpoints::from_listeners(&host, &[listener(Role::Submission, 465, TlsMode::Implicit)]);
+        assert!(apple_profile(&address, &only_submission).is_none());
         Ok(())
     }
 

@@ -178,6 +178,49 @@ pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
     )
 }
 
+/// `GET /setup/apple.mobileconfig`: the signed-in user's account as an Apple configuration
+/// profile, signed (CMS) with the certificate served for the host name, so the device shows it
+/// as verified when that certificate chains to a CA it trusts.
+pub fn apple_profile(context: &WebContext, user: &SignedIn) -> Answer {
+    let address = &user.account.address;
+    let Some(profile) = crate::autoconfig::apple_profile(address, &context.endpoints) else {
+        return views::signed_message_page(
+            user,
+            "No profile",
+            "This server has no IMAP or no submission listener that every client may use.",
+            StatusCode::NOT_FOUND,
+        );
+    };
+    let serving = context.certificates.serving(context.hostname.as_str());
+    let signed = match sealmail_tls::signed_data::sign_attached(
+        profile.as_bytes(),
+        &serving,
+        std::time::SystemTime::now(),
+    ) {
+        Ok(signed) => signed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot sign the configuration profile");
+            return views::signed_message_page(
+                user,
+                "No profile",
+                "The profile cannot be signed with this server's certificate; the settings above work by hand.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
+    };
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(signed)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-apple-aspen-config"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        header::HeaderValue::from_static("attachment; filename=\"mail.mobileconfig\""),
+    );
+    response
+}
+
 /// Client certificates an account may have before issuing another is refused (an admin
 /// removes old ones with `sealmail user cert remove`).
 pub const MAX_CLIENT_CERTS: usize = 10;

@@ -133,10 +133,12 @@ fn is_listener(bind: SocketAddr, local: SocketAddr) -> bool {
 
 /// Whether `path` belongs to the pages (on the host name, they answer it or say 404).
 pub(crate) fn serves_path(path: &str) -> bool {
-    matches!(path, "/" | "/setup" | "/login" | "/login/code")
-        || ["/static/", "/account/", "/admin/"]
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
+    matches!(
+        path,
+        "/" | "/setup" | "/setup/apple.mobileconfig" | "/login" | "/login/code"
+    ) || ["/static/", "/account/", "/admin/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
         || path == "/admin"
 }
 
@@ -252,6 +254,11 @@ async fn route(
             context,
             signed_in(context, pages, &request, visit).await.ok().flatten(),
         ),
+        "/setup/apple.mobileconfig" if get => match signed_in(context, pages, &request, visit).await {
+            Ok(Some(user)) => account::apple_profile(context, &user),
+            Ok(None) => login_page(Some("Log in first."), StatusCode::FORBIDDEN),
+            Err(answer) => answer,
+        },
         "/login" if post => login(context, pages, visit, request).await,
         "/login/code" if post => second_factor(context, pages, visit, request).await,
         p if (p.starts_with("/account/") || p.starts_with("/admin"))
