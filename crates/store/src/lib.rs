@@ -816,7 +816,35 @@ pub const MAX_PENDING_WEB_SESSIONS: usize = 5;
 /// come: not signed in, and outside the cap of signed-in sessions.
 pub const WEB_SESSION_PENDING: &str = "pending second factor";
 
-/// Browser sessions of the web pages and who may use the admin console.
+/// Security keys (WebAuthn credentials) an account may register.
+pub const MAX_SECURITY_KEYS: usize = 10;
+/// The longest credential id WebAuthn allows, in bytes.
+pub(crate) const MAX_CREDENTIAL_ID_LEN: usize = 1023;
+/// The longest public key (DER SubjectPublicKeyInfo) the store keeps, in bytes.
+pub(crate) const MAX_SECURITY_KEY_PUBLIC_KEY_LEN: usize = 2048;
+/// The longest name of a security key, in characters.
+pub(crate) const MAX_SECURITY_KEY_NAME_CHARS: usize = 64;
+
+/// A WebAuthn credential (security key or passkey) registered as a second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityKey {
+    /// Row id; ignored when adding.
+    pub id: i64,
+    pub account: AccountId,
+    /// The credential id the authenticator chose (at most 1023 bytes, WebAuthn).
+    pub credential_id: Vec<u8>,
+    /// The credential's public key as a DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// The name the user gave it (at most 64 characters).
+    pub name: String,
+    /// The authenticator's signature counter last seen (0 when it keeps none).
+    pub sign_count: u32,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Browser sessions of the web pages, the security keys of their second factor, and who may
+/// use the admin console.
 #[async_trait]
 pub trait WebStore: Send + Sync {
     /// Stores a new session; an account keeps at most `MAX_WEB_SESSIONS` (20) signed-in sessions
@@ -839,6 +867,31 @@ pub trait WebStore: Send + Sync {
     async fn is_admin(&self, account: AccountId) -> Result<bool, StoreError>;
     /// Addresses of the accounts with the admin role, sorted.
     async fn admins(&self) -> Result<Vec<EmailAddress>, StoreError>;
+
+    /// Registers a security key (its `id` is ignored) and returns its row id; `Ok(None)`, with
+    /// nothing stored, when the account has `MAX_SECURITY_KEYS` (10) already or the credential
+    /// id is registered already (to any account). The count and the insert are one step, so
+    /// concurrent adds never pass the cap. A credential id over 1023 bytes, a public key over
+    /// 2048 bytes or a name over 64 characters is refused ([`StoreError::NotAllowed`]), and so
+    /// is an account that does not exist ([`StoreError::NotFound`]).
+    async fn add_security_key(&self, key: SecurityKey) -> Result<Option<i64>, StoreError>;
+    /// The account's security keys, oldest first.
+    async fn security_keys(&self, account: AccountId) -> Result<Vec<SecurityKey>, StoreError>;
+    /// Records a successful use of the account's key `credential_id` at `at`: sets its
+    /// sign_count and last_used_at, only if `sign_count` is above the one stored (or both are
+    /// 0, an authenticator that keeps no counter). One atomic update, so of two uses with the
+    /// same counter only one is taken (a replay, or a cloned authenticator); whether it was.
+    async fn security_key_used(
+        &self,
+        account: AccountId,
+        credential_id: &[u8],
+        sign_count: u32,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Removes the account's key of row id `id` (never another account's); whether it existed.
+    async fn remove_security_key(&self, account: AccountId, id: i64) -> Result<bool, StoreError>;
+    /// Removes every security key of the account; how many.
+    async fn remove_security_keys(&self, account: AccountId) -> Result<u64, StoreError>;
 }
 
 /// Everything a server needs of its store, by concern. Backend-only operations (SQLite's

@@ -260,3 +260,32 @@ impl From<WebSessionRow> for crate::WebSession {
         }
     }
 }
+
+/// A `security_keys` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecurityKeyRow {
+    pub(crate) id: i64,
+    pub(crate) account_id: i64,
+    pub(crate) credential_id: Vec<u8>,
+    pub(crate) public_key: Vec<u8>,
+    pub(crate) name: String,
+    pub(crate) sign_count: i64,
+    pub(crate) created_at: i64,
+    pub(crate) last_used_at: Option<i64>,
+}
+
+impl From<SecurityKeyRow> for crate::SecurityKey {
+    fn from(row: SecurityKeyRow) -> crate::SecurityKey {
+        crate::SecurityKey {
+            id: row.id,
+            account: AccountId(row.account_id),
+            credential_id: row.credential_id,
+            public_key: row.public_key,
+            name: row.name,
+            // Only a u32 is ever stored; anything else fails closed (no later count is higher).
+            sign_count: u32::try_from(row.sign_count).unwrap_or(u32::MAX),
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        }
+    }
+}

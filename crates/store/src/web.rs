@@ -5,14 +5,16 @@
 //! transaction per write).
 //!
 //! Expanded where these names are in scope: `async_trait`, `AccountId`, `EmailAddress`,
-//! `is_unique_violation`, `WebSessionRow`, `WebWrite`, `WriteDone`, `WriteOp`, `done_as`,
-//! `unexpected`, `MAX_WEB_SESSIONS`, `MAX_PENDING_WEB_SESSIONS`, `WEB_SESSION_PENDING`,
-//! `StoreError`, `WebSession`, `WebStore`.
+//! `is_unique_violation`, `SecurityKeyRow`, `WebSessionRow`, `WebWrite`, `WriteDone`, `WriteOp`,
+//! `done_as`, `unexpected`, `MAX_WEB_SESSIONS`, `MAX_PENDING_WEB_SESSIONS`, `WEB_SESSION_PENDING`,
+//! `MAX_SECURITY_KEYS`, `SecurityKey`, `StoreError`, `WebSession`, `WebStore`.
 
 /// `$store`: the backend's store type; `$conn`: its connection type; `$readers`: the field of
-/// `$store` that reads go through.
+/// `$store` that reads go through; `$lock_account`: a statement that finds account `$1` and,
+/// where writers run in parallel (PostgreSQL), locks its row to the end of the transaction (so
+/// the adds of one account's security keys take turns, and its cap holds).
 macro_rules! web_backend {
-    ($store:ident, $conn:ty, $readers:ident) => {
+    ($store:ident, $conn:ty, $readers:ident, $lock_account:literal) => {
         pub(super) async fn apply(conn: &mut $conn, op: &WebWrite) -> Result<WriteDone, StoreError> {
             match op {
                 WebWrite::AddSession(session) => {
@@ -108,6 +110,71 @@ macro_rules! web_backend {
                         _ => Ok(WriteDone::Unit),
                     }
                 }
+                WebWrite::AddSecurityKey(key) => {
+                    let found: Option<i64> = sqlx::query_scalar($lock_account)
+                        .bind(key.account.0)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if found.is_none() {
+                        return Err(StoreError::NotFound(format!("account {}", key.account.0)));
+                    }
+                    // Counted and inserted in one statement, under the account's lock: never
+                    // more than the cap. A credential id registered already (to any account)
+                    // inserts nothing, and is no error that would end the transaction.
+                    let id: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO security_keys (account_id, credential_id, public_key, name, sign_count, created_at, last_used_at)
+                         SELECT $1, $2, $3, $4, $5, $6, $7
+                         WHERE (SELECT COUNT(*) FROM security_keys WHERE account_id = $1) < $8
+                         ON CONFLICT (credential_id) DO NOTHING
+                         RETURNING id",
+                    )
+                    .bind(key.account.0)
+                    .bind(&key.credential_id)
+                    .bind(&key.public_key)
+                    .bind(&key.name)
+                    .bind(i64::from(key.sign_count))
+                    .bind(key.created_at)
+                    .bind(key.last_used_at)
+                    .bind(MAX_SECURITY_KEYS as i64)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    Ok(WriteDone::Added(id))
+                }
+                WebWrite::SecurityKeyUsed {
+                    account,
+                    credential_id,
+                    sign_count,
+                    at,
+                } => {
+                    // One statement: of two uses with the same counter, the second finds the
+                    // counter moved on (PostgreSQL re-checks the row it waited for).
+                    let updated = sqlx::query(
+                        "UPDATE security_keys SET sign_count = $1, last_used_at = $2
+                         WHERE account_id = $3 AND credential_id = $4 AND (sign_count < $1 OR (sign_count = 0 AND $1 = 0))",
+                    )
+                    .bind(i64::from(*sign_count))
+                    .bind(at)
+                    .bind(account.0)
+                    .bind(credential_id)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(WriteDone::Taken(updated.rows_affected() > 0))
+                }
+                WebWrite::RemoveSecurityKey { account, id } => {
+                    let removed = sqlx::query("DELETE FROM security_keys WHERE id = $1 AND account_id = $2")
+                        .bind(id)
+                        .bind(account.0)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(WriteDone::Taken(removed.rows_affected() > 0))
+                }
+                WebWrite::RemoveSecurityKeys(account) => {
+                    let removed = sqlx::query("DELETE FROM security_keys WHERE account_id = $1")
+                        .bind(account.0)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(WriteDone::Count(removed.rows_affected()))
+                }
             }
         }
 
@@ -199,7 +266,75 @@ macro_rules! web_backend {
                     })
                     .collect()
             }
+
+            async fn add_security_key(&self, key: SecurityKey) -> Result<Option<i64>, StoreError> {
+                check_security_key(&key)?;
+                done_as!(self.write(WriteOp::Web(WebWrite::AddSecurityKey(key))).await?, WriteDone::Added)
+            }
+
+            async fn security_keys(&self, account: AccountId) -> Result<Vec<SecurityKey>, StoreError> {
+                let rows: Vec<SecurityKeyRow> = sqlx::query_as(
+                    "SELECT id, account_id, credential_id, public_key, name, sign_count, created_at, last_used_at
+                     FROM security_keys WHERE account_id = $1 ORDER BY created_at, id",
+                )
+                .bind(account.0)
+                .fetch_all(&self.$readers)
+                .await?;
+                Ok(rows.into_iter().map(SecurityKey::from).collect())
+            }
+
+            async fn security_key_used(
+                &self,
+                account: AccountId,
+                credential_id: &[u8],
+                sign_count: u32,
+                at: i64,
+            ) -> Result<bool, StoreError> {
+                let op = WebWrite::SecurityKeyUsed {
+                    account,
+                    credential_id: credential_id.to_vec(),
+                    sign_count,
+                    at,
+                };
+                done_as!(self.write(WriteOp::Web(op)).await?, WriteDone::Taken)
+            }
+
+            async fn remove_security_key(&self, account: AccountId, id: i64) -> Result<bool, StoreError> {
+                let op = WebWrite::RemoveSecurityKey { account, id };
+                done_as!(self.write(WriteOp::Web(op)).await?, WriteDone::Taken)
+            }
+
+            async fn remove_security_keys(&self, account: AccountId) -> Result<u64, StoreError> {
+                let op = WebWrite::RemoveSecurityKeys(account);
+                done_as!(self.write(WriteOp::Web(op)).await?, WriteDone::Count)
+            }
         }
     };
 }
 pub(crate) use web_backend;
+
+/// Refuses a key whose fields are longer than WebAuthn allows or the store keeps.
+pub(crate) fn check_security_key(key: &crate::SecurityKey) -> Result<(), crate::StoreError> {
+    use crate::{
+        MAX_CREDENTIAL_ID_LEN, MAX_SECURITY_KEY_NAME_CHARS, MAX_SECURITY_KEY_PUBLIC_KEY_LEN, StoreError,
+    };
+    if key.credential_id.len() > MAX_CREDENTIAL_ID_LEN {
+        return Err(StoreError::NotAllowed(format!(
+            "a security key's credential id may be at most {MAX_CREDENTIAL_ID_LEN} bytes, not {}",
+            key.credential_id.len()
+        )));
+    }
+    if key.public_key.len() > MAX_SECURITY_KEY_PUBLIC_KEY_LEN {
+        return Err(StoreError::NotAllowed(format!(
+            "a security key's public key may be at most {MAX_SECURITY_KEY_PUBLIC_KEY_LEN} bytes, not {}",
+            key.public_key.len()
+        )));
+    }
+    let name_chars = key.name.chars().count();
+    if name_chars > MAX_SECURITY_KEY_NAME_CHARS {
+        return Err(StoreError::NotAllowed(format!(
+            "a security key's name may be at most {MAX_SECURITY_KEY_NAME_CHARS} characters, not {name_chars}"
+        )));
+    }
+    Ok(())
+}

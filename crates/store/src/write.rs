@@ -7,8 +7,8 @@ use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
 
 use crate::{
     Accepted, AcceptedMessage, Ban, ClientCert, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox,
-    NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SetFlags,
-    StoreError, StoredMessage, StoredStsPolicy, TlsResult, WebSession,
+    NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SecurityKey,
+    SetFlags, StoreError, StoredMessage, StoredStsPolicy, TlsResult, WebSession,
 };
 
 pub(crate) enum WriteOp {
@@ -175,6 +175,18 @@ pub(crate) enum WebWrite {
         address: EmailAddress,
         admin: bool,
     },
+    AddSecurityKey(SecurityKey),
+    SecurityKeyUsed {
+        account: AccountId,
+        credential_id: Vec<u8>,
+        sign_count: u32,
+        at: i64,
+    },
+    RemoveSecurityKey {
+        account: AccountId,
+        id: i64,
+    },
+    RemoveSecurityKeys(AccountId),
 }
 
 impl WriteOp {
@@ -210,6 +222,8 @@ pub(crate) enum WriteDone {
     Pruned(Pruned),
     Due(Vec<DueMessage>),
     Taken(bool),
+    /// The row id of what was added, `None` when nothing was.
+    Added(Option<i64>),
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<WriteDone, StoreError>>;
@@ -240,6 +254,7 @@ pub(crate) fn unexpected(done: WriteDone) -> StoreError {
         WriteDone::Pruned(_) => "pruned rows",
         WriteDone::Due(_) => "due recipients",
         WriteDone::Taken(_) => "an allowance",
+        WriteDone::Added(_) => "a row id",
     };
     StoreError::Database(sqlx::Error::Protocol(format!(
         "store writer returned {what} unexpectedly"

@@ -1,6 +1,6 @@
 //! `sealmail migrate-store`'s engine: a populated SQLite installation copied into a fresh
 //! PostgreSQL schema reads back the same through the `Store` trait (accounts, mailboxes, UIDs,
-//! flags, mod-sequences, bytes, the queue, bans, events, admins, web sessions), new rows
+//! flags, mod-sequences, bytes, the queue, bans, events, admins, web sessions, security keys), new rows
 //! continue after the copied ids and UIDs, a schema with rows is refused, and a blob corrupt in
 //! SQLite stops the copy.
 
@@ -8,8 +8,8 @@ use std::path::Path;
 
 use sealmail_store::{
     AcceptedMessage, AccountStore, CopyMessages, FlagChange, MailStore, NewMessage, OutboundCopy, PgOptions,
-    PgStore, QueueRecipient, ReportStore, SecurityEvent, SecurityStore, SetFlags, SqliteStore, Store,
-    StoreError, StoredStsPolicy, TlsResult, WebSession, WebStore, copy_sqlite_to_postgres,
+    PgStore, QueueRecipient, ReportStore, SecurityEvent, SecurityKey, SecurityStore, SetFlags, SqliteStore,
+    Store, StoreError, StoredStsPolicy, TlsResult, WebSession, WebStore, copy_sqlite_to_postgres,
 };
 use sealmail_testkit::postgres::TestSchema;
 use sealmail_types::{Domain, EmailAddress, MailboxId};
@@ -135,6 +135,39 @@ async fn populate(dir: &Path) -> TestResult<()> {
             expires_at: i64::MAX / 2,
         })
         .await?;
+    // Alice has two security keys, one used (its counter must come along), one not.
+    store
+        .add_security_key(SecurityKey {
+            id: 0,
+            account: alice,
+            credential_id: vec![1; 64],
+            public_key: vec![0x30, 0x59, 1],
+            name: "desk key".into(),
+            sign_count: 0,
+            created_at: 1_700_000_000,
+            last_used_at: None,
+        })
+        .await?
+        .ok_or("key refused")?;
+    store
+        .add_security_key(SecurityKey {
+            id: 0,
+            account: alice,
+            credential_id: vec![2; 16],
+            public_key: vec![0x30, 0x59, 2],
+            name: "phone passkey".into(),
+            sign_count: 0,
+            created_at: 1_700_000_001,
+            last_used_at: None,
+        })
+        .await?
+        .ok_or("key refused")?;
+    if !store
+        .security_key_used(alice, &[1; 64], 41, 1_700_000_200)
+        .await?
+    {
+        return Err("the key's use was not taken".into());
+    }
     store.close().await;
     Ok(())
 }
@@ -158,6 +191,7 @@ async fn contents(store: &dyn Store) -> TestResult<Vec<String>> {
         out.push(format!("{:?}", store.subscriptions(account.id).await?));
         out.push(format!("admin {}", store.is_admin(account.id).await?));
         out.push(format!("{:?}", store.web_sessions(account.id, 0).await?));
+        out.push(format!("{:?}", store.security_keys(account.id).await?));
     }
     out.push(format!("{:?}", store.queue().await?));
     for entry in store.queue().await? {
@@ -229,6 +263,40 @@ async fn a_copied_installation_reads_back_the_same_and_goes_on() -> TestResult {
         .max()
         .unwrap_or(0);
     assert!(carol.0 > highest, "{carol:?} reuses a copied id");
+
+    // The copied keys are alice's, with their counters: a replayed use is still refused, and a
+    // new key continues after the copied ids.
+    let keys = postgres.security_keys(alice.id).await?;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].sign_count, keys[0].last_used_at),
+        (41, Some(1_700_000_200))
+    );
+    assert!(
+        !postgres
+            .security_key_used(alice.id, &[1; 64], 41, 1_700_001_000)
+            .await?
+    );
+    assert!(
+        postgres
+            .security_key_used(alice.id, &[1; 64], 42, 1_700_001_000)
+            .await?
+    );
+    let highest_key = keys.iter().map(|k| k.id).max().unwrap_or(0);
+    let new_key = postgres
+        .add_security_key(SecurityKey {
+            id: 0,
+            account: carol,
+            credential_id: vec![3; 16],
+            public_key: vec![0x30],
+            name: "new".into(),
+            sign_count: 0,
+            created_at: 1_700_001_000,
+            last_used_at: None,
+        })
+        .await?
+        .ok_or("key refused")?;
+    assert!(new_key > highest_key, "{new_key} reuses a copied key id");
 
     // A second copy into the same schema is refused, and changes nothing.
     let again = copy_sqlite_to_postgres(dir.path(), &options(&schema), &mut |_| {}).await;

@@ -280,6 +280,12 @@ on_both_backends!(
     logins_waiting_for_a_second_factor_never_push_out_signed_in_sessions,
     web_sessions_go_with_their_account_and_expired_ones_are_pruned,
     the_admin_role_is_granted_taken_and_listed,
+    security_keys_are_listed_oldest_first_and_a_credential_id_is_registered_once,
+    security_keys_with_too_long_fields_are_refused,
+    an_account_keeps_at_most_ten_security_keys,
+    concurrent_adds_of_security_keys_never_pass_the_cap,
+    a_security_key_use_is_taken_only_with_a_higher_counter,
+    security_keys_are_removed_one_by_one_all_at_once_and_with_their_account,
 );
 
 // ---- Conformance tests: what every backend promises ----
@@ -1580,7 +1586,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -1637,7 +1643,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 15);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 16);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());
@@ -2399,5 +2405,409 @@ async fn the_admin_role_is_granted_taken_and_listed(backend: Backend) -> TestRes
     assert!(store.admins().await?.is_empty());
     let new_alice = store.add_account(&alice.address, "$argon2id$new").await?;
     assert!(!store.is_admin(new_alice).await?);
+    Ok(())
+}
+
+// ---- Security keys (WebAuthn second factor, schema 16) ----
+
+/// Key `n` of `account`, registered at `at`: credential id 32 bytes of `n`.
+fn security_key(account: sealmail_types::AccountId, n: u8, at: i64) -> sealmail_store::SecurityKey {
+    sealmail_store::SecurityKey {
+        id: 0,
+        account,
+        credential_id: vec![n; 32],
+        public_key: vec![0x30, 0x59, n],
+        name: format!("key {n}"),
+        sign_count: 0,
+        created_at: at,
+        last_used_at: None,
+    }
+}
+
+/// A store with alice and bob; returns it with their account ids.
+async fn with_alice_and_bob(
+    backend: Backend,
+) -> TestResult<(TestStore, sealmail_types::AccountId, sealmail_types::AccountId)> {
+    let (test, _) = with_alice(backend).await?;
+    let alice = test
+        .store
+        .account(&address("alice@example.test")?)
+        .await?
+        .ok_or("no alice")?
+        .id;
+    let bob = test
+        .store
+        .add_account(&address("bob@example.test")?, "$argon2id$bob")
+        .await?;
+    Ok((test, alice, bob))
+}
+
+async fn security_keys_are_listed_oldest_first_and_a_credential_id_is_registered_once(
+    backend: Backend,
+) -> TestResult {
+    let (test, alice, bob) = with_alice_and_bob(backend).await?;
+    let store = &*test.store;
+    let t = 1_700_000_000;
+    assert!(store.security_keys(alice).await?.is_empty());
+
+    let before = store.credentials_generation().await?;
+    let mut newer = security_key(alice, 1, t + 10);
+    newer.sign_count = 7;
+    newer.last_used_at = Some(t + 20);
+    newer.id = 12_345; // ignored
+    let newer_id = store
+        .add_security_key(newer.clone())
+        .await?
+        .ok_or("key 1 refused")?;
+    let older = security_key(alice, 2, t);
+    let older_id = store
+        .add_security_key(older.clone())
+        .await?
+        .ok_or("key 2 refused")?;
+    assert_ne!(newer_id, older_id);
+    assert!(
+        store.credentials_generation().await? > before,
+        "a new second factor can end logins"
+    );
+
+    let listed = store.security_keys(alice).await?;
+    assert_eq!(
+        listed,
+        vec![
+            sealmail_store::SecurityKey {
+                id: older_id,
+                ..older.clone()
+            },
+            sealmail_store::SecurityKey {
+                id: newer_id,
+                ..newer.clone()
+            },
+        ],
+        "every field reads back, oldest first"
+    );
+    assert!(store.security_keys(bob).await?.is_empty());
+
+    // A credential id registered already is refused, for the same account or another.
+    let mut again = security_key(alice, 1, t + 30);
+    again.name = "another name".into();
+    assert_eq!(store.add_security_key(again).await?, None);
+    assert_eq!(store.add_security_key(security_key(bob, 2, t + 30)).await?, None);
+    assert!(store.security_keys(bob).await?.is_empty());
+    assert_eq!(test.count_rows("security_keys").await?, 2);
+    // Bob's own key is his.
+    let bobs = store
+        .add_security_key(security_key(bob, 3, t))
+        .await?
+        .ok_or("bob's key refused")?;
+    assert_eq!(
+        store
+            .security_keys(bob)
+            .await?
+            .iter()
+            .map(|k| k.id)
+            .collect::<Vec<_>>(),
+        [bobs]
+    );
+
+    // No account, no key.
+    let nobody = store
+        .add_security_key(security_key(sealmail_types::AccountId(i64::MAX), 9, t))
+        .await;
+    assert!(matches!(nobody, Err(StoreError::NotFound(_))), "{nobody:?}");
+
+    // Kept across a restart.
+    let test = test.reopen().await?;
+    assert_eq!(test.store.security_keys(alice).await?.len(), 2);
+    Ok(())
+}
+
+async fn security_keys_with_too_long_fields_are_refused(backend: Backend) -> TestResult {
+    let (test, alice, _) = with_alice_and_bob(backend).await?;
+    let store = &*test.store;
+    let t = 1_700_000_000;
+
+    let mut key = security_key(alice, 1, t);
+    key.credential_id = vec![1; 1024];
+    let refused = store.add_security_key(key).await;
+    assert!(matches!(refused, Err(StoreError::NotAllowed(_))), "{refused:?}");
+    let mut key = security_key(alice, 1, t);
+    key.public_key = vec![1; 2049];
+    let refused = store.add_security_key(key).await;
+    assert!(matches!(refused, Err(StoreError::NotAllowed(_))), "{refused:?}");
+    let mut key = security_key(alice, 1, t);
+    key.name = "é".repeat(65);
+    let refused = store.add_security_key(key).await;
+    assert!(matches!(refused, Err(StoreError::NotAllowed(_))), "{refused:?}");
+    assert_eq!(test.count_rows("security_keys").await?, 0);
+
+    // The longest of each is kept whole (64 characters of two bytes each).
+    let mut key = security_key(alice, 1, t);
+    key.credential_id = vec![1; 1023];
+    key.public_key = vec![2; 2048];
+    key.name = "é".repeat(64);
+    let id = store.add_security_key(key.clone()).await?.ok_or("refused")?;
+    assert_eq!(
+        store.security_keys(alice).await?,
+        vec![sealmail_store::SecurityKey { id, ..key }]
+    );
+    Ok(())
+}
+
+async fn an_account_keeps_at_most_ten_security_keys(backend: Backend) -> TestResult {
+    use sealmail_store::MAX_SECURITY_KEYS;
+    let (test, alice, bob) = with_alice_and_bob(backend).await?;
+    let store = &*test.store;
+    let t = 1_700_000_000;
+    assert_eq!(MAX_SECURITY_KEYS, 10);
+    let mut ids = Vec::new();
+    for n in 0..MAX_SECURITY_KEYS as u8 {
+        ids.push(
+            store
+                .add_security_key(security_key(alice, n, t + i64::from(n)))
+                .await?
+                .ok_or("refused under the cap")?,
+        );
+    }
+    assert_eq!(
+        store.add_security_key(security_key(alice, 100, t + 100)).await?,
+        None,
+        "the eleventh is refused"
+    );
+    assert_eq!(store.security_keys(alice).await?.len(), MAX_SECURITY_KEYS);
+    assert!(
+        store.add_security_key(security_key(bob, 100, t)).await?.is_some(),
+        "another account's cap is its own"
+    );
+    // One removed makes room for one.
+    assert!(store.remove_security_key(alice, ids[0]).await?);
+    assert!(
+        store
+            .add_security_key(security_key(alice, 101, t + 101))
+            .await?
+            .is_some()
+    );
+    assert_eq!(
+        store.add_security_key(security_key(alice, 102, t + 102)).await?,
+        None
+    );
+    assert_eq!(
+        test.count_rows("security_keys").await?,
+        MAX_SECURITY_KEYS as i64 + 1
+    );
+    Ok(())
+}
+
+async fn concurrent_adds_of_security_keys_never_pass_the_cap(backend: Backend) -> TestResult {
+    use sealmail_store::MAX_SECURITY_KEYS;
+    let (test, alice, _) = with_alice_and_bob(backend).await?;
+    let t = 1_700_000_000;
+    let adds: Vec<_> = (0..12u8)
+        .map(|n| {
+            let store = test.store.clone();
+            tokio::spawn(async move { store.add_security_key(security_key(alice, n, t)).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for add in adds {
+        if add.await??.is_some() {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, MAX_SECURITY_KEYS);
+    assert_eq!(test.store.security_keys(alice).await?.len(), MAX_SECURITY_KEYS);
+    assert_eq!(test.count_rows("security_keys").await?, MAX_SECURITY_KEYS as i64);
+
+    // The same credential id added in parallel by two accounts is stored once.
+    let (test, alice, bob) = with_alice_and_bob(backend).await?;
+    let adds: Vec<_> = [alice, bob, alice, bob]
+        .into_iter()
+        .map(|account| {
+            let store = test.store.clone();
+            tokio::spawn(async move { store.add_security_key(security_key(account, 7, t)).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for add in adds {
+        if add.await??.is_some() {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(test.count_rows("security_keys").await?, 1);
+    Ok(())
+}
+
+async fn a_security_key_use_is_taken_only_with_a_higher_counter(backend: Backend) -> TestResult {
+    let (test, alice, bob) = with_alice_and_bob(backend).await?;
+    let store = &*test.store;
+    let t = 1_700_000_000;
+    let mut counting = security_key(alice, 1, t);
+    counting.sign_count = 5;
+    store.add_security_key(counting.clone()).await?.ok_or("refused")?;
+    let counterless = security_key(alice, 2, t + 1);
+    store
+        .add_security_key(counterless.clone())
+        .await?
+        .ok_or("refused")?;
+    let find = |keys: Vec<sealmail_store::SecurityKey>, n: u8| {
+        keys.into_iter()
+            .find(|k| k.credential_id == vec![n; 32])
+            .ok_or("key missing")
+    };
+
+    let generation = store.credentials_generation().await?;
+    assert!(
+        store
+            .security_key_used(alice, &counting.credential_id, 6, t + 100)
+            .await?
+    );
+    let key = find(store.security_keys(alice).await?, 1)?;
+    assert_eq!((key.sign_count, key.last_used_at), (6, Some(t + 100)));
+    assert_eq!(
+        store.credentials_generation().await?,
+        generation,
+        "a use ends no login"
+    );
+
+    // The same counter again, or a lower one: a replay or a clone, refused and nothing changes.
+    for count in [6, 5, 0] {
+        assert!(
+            !store
+                .security_key_used(alice, &counting.credential_id, count, t + 200)
+                .await?,
+            "counter {count} taken after 6"
+        );
+    }
+    let key = find(store.security_keys(alice).await?, 1)?;
+    assert_eq!((key.sign_count, key.last_used_at), (6, Some(t + 100)));
+
+    // The largest counter is kept as it is.
+    assert!(
+        store
+            .security_key_used(alice, &counting.credential_id, u32::MAX, t + 300)
+            .await?
+    );
+    assert_eq!(find(store.security_keys(alice).await?, 1)?.sign_count, u32::MAX);
+    assert!(
+        !store
+            .security_key_used(alice, &counting.credential_id, u32::MAX, t + 301)
+            .await?
+    );
+
+    // An authenticator without a counter: 0 after 0 is taken, each time.
+    assert!(
+        store
+            .security_key_used(alice, &counterless.credential_id, 0, t + 400)
+            .await?
+    );
+    assert!(
+        store
+            .security_key_used(alice, &counterless.credential_id, 0, t + 401)
+            .await?
+    );
+    let key = find(store.security_keys(alice).await?, 2)?;
+    assert_eq!((key.sign_count, key.last_used_at), (0, Some(t + 401)));
+    // Once it counts, it must go on counting.
+    assert!(
+        store
+            .security_key_used(alice, &counterless.credential_id, 1, t + 500)
+            .await?
+    );
+    assert!(
+        !store
+            .security_key_used(alice, &counterless.credential_id, 0, t + 501)
+            .await?
+    );
+
+    // Another account, or a credential id not registered, is no use.
+    assert!(
+        !store
+            .security_key_used(bob, &counting.credential_id, 1_000, t + 600)
+            .await?
+    );
+    assert!(!store.security_key_used(alice, &[9; 32], 1_000, t + 600).await?);
+    assert_eq!(
+        find(store.security_keys(alice).await?, 2)?.last_used_at,
+        Some(t + 500)
+    );
+
+    // Two uses with the same counter at once: one is taken.
+    let uses: Vec<_> = (0..2)
+        .map(|_| {
+            let store = test.store.clone();
+            let credential_id = counterless.credential_id.clone();
+            tokio::spawn(async move { store.security_key_used(alice, &credential_id, 2, t + 700).await })
+        })
+        .collect();
+    let mut taken = 0;
+    for used in uses {
+        if used.await?? {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 1);
+    Ok(())
+}
+
+async fn security_keys_are_removed_one_by_one_all_at_once_and_with_their_account(
+    backend: Backend,
+) -> TestResult {
+    let (test, alice, bob) = with_alice_and_bob(backend).await?;
+    let store = &*test.store;
+    let t = 1_700_000_000;
+    let mut alices = Vec::new();
+    for n in 0..3u8 {
+        alices.push(
+            store
+                .add_security_key(security_key(alice, n, t + i64::from(n)))
+                .await?
+                .ok_or("refused")?,
+        );
+    }
+    let bobs = store
+        .add_security_key(security_key(bob, 10, t))
+        .await?
+        .ok_or("refused")?;
+    store
+        .add_security_key(security_key(bob, 11, t))
+        .await?
+        .ok_or("refused")?;
+
+    // Alice cannot remove bob's key.
+    assert!(!store.remove_security_key(alice, bobs).await?);
+    assert_eq!(store.security_keys(bob).await?.len(), 2);
+
+    let generation = store.credentials_generation().await?;
+    assert!(store.remove_security_key(alice, alices[1]).await?);
+    assert!(
+        !store.remove_security_key(alice, alices[1]).await?,
+        "removed already"
+    );
+    assert!(store.credentials_generation().await? > generation);
+    assert_eq!(
+        store
+            .security_keys(alice)
+            .await?
+            .iter()
+            .map(|k| k.id)
+            .collect::<Vec<_>>(),
+        [alices[0], alices[2]]
+    );
+    // A removed key's credential id may be registered again (to anyone).
+    let again = store
+        .add_security_key(security_key(bob, 1, t + 10))
+        .await?
+        .ok_or("refused")?;
+    assert!(!alices.contains(&again), "a removed key's id is not given again");
+
+    assert_eq!(store.remove_security_keys(alice).await?, 2);
+    assert_eq!(store.remove_security_keys(alice).await?, 0);
+    assert!(store.security_keys(alice).await?.is_empty());
+    assert_eq!(store.security_keys(bob).await?.len(), 3);
+
+    // Bob's keys go with his account.
+    store.remove_account(&address("bob@example.test")?).await?;
+    assert!(store.security_keys(bob).await?.is_empty());
+    assert_eq!(test.count_rows("security_keys").await?, 0);
     Ok(())
 }

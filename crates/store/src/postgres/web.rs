@@ -6,11 +6,17 @@ use async_trait::async_trait;
 use sealmail_types::{AccountId, EmailAddress};
 
 use super::{PgStore, is_unique_violation};
-use crate::rows::WebSessionRow;
-use crate::web::web_backend;
+use crate::rows::{SecurityKeyRow, WebSessionRow};
+use crate::web::{check_security_key, web_backend};
 use crate::write::{WebWrite, WriteDone, WriteOp, done_as, unexpected};
 use crate::{
-    MAX_PENDING_WEB_SESSIONS, MAX_WEB_SESSIONS, StoreError, WEB_SESSION_PENDING, WebSession, WebStore,
+    MAX_PENDING_WEB_SESSIONS, MAX_SECURITY_KEYS, MAX_WEB_SESSIONS, SecurityKey, StoreError,
+    WEB_SESSION_PENDING, WebSession, WebStore,
 };
 
-web_backend!(PgStore, sqlx::postgres::PgConnection, pool);
+web_backend!(
+    PgStore,
+    sqlx::postgres::PgConnection,
+    pool,
+    "SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+);
