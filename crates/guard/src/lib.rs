@@ -543,7 +543,7 @@ impl Guard {
         if waited.is_err() {
             metrics::RATE_LIMITED.inc();
             tracing::info!(%ip, "login refused: the account's login queue is full");
-            self.score(ip, Abuse::AuthFailure).await;
+            self.score(ip, Abuse::AuthFailure, Some(username)).await;
         }
         waited
     }
@@ -696,7 +696,7 @@ impl Guard {
         self.event(kind::AUTH_FAILURE, Some(ip), Some(&shown), Some(listener), detail)
             .await;
         self.account_failed(username);
-        self.score(ip, Abuse::AuthFailure).await
+        self.score(ip, Abuse::AuthFailure, Some(&shown)).await
     }
 
     /// Waits before a login attempt on `account` may be checked. Guessing spread over many
@@ -758,12 +758,14 @@ impl Guard {
             Some(detail.to_string()),
         )
         .await;
-        self.score(ip, abuse).await
+        self.score(ip, abuse, None).await
     }
 
     /// Adds the abuse's points to the address's recent score; bans at the threshold
     /// (`auth_failures` authentication failures, or the same number of points otherwise).
-    async fn score(&self, ip: IpAddr, abuse: Abuse) -> Option<Ban> {
+    /// `account` is the login that failed, if one did: the ban's event names it, so the
+    /// account's owner sees the ban among the account's events.
+    async fn score(&self, ip: IpAddr, abuse: Abuse, account: Option<&str>) -> Option<Ban> {
         if self.is_trusted(ip) {
             return None;
         }
@@ -812,11 +814,12 @@ impl Guard {
                 "{count} authentication failures within {:?}",
                 self.config.failure_window
             ),
+            account,
         )
         .await
     }
 
-    async fn ban(&self, key: &str, ip: IpAddr, now: i64, reason: &str) -> Option<Ban> {
+    async fn ban(&self, key: &str, ip: IpAddr, now: i64, reason: &str, account: Option<&str>) -> Option<Ban> {
         let previous = self
             .store
             .last_ban_level(key, now - REPEAT_WINDOW_SECS)
@@ -836,7 +839,7 @@ impl Guard {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key.to_string(), until);
                 let detail = format!("{reason}; banned for {length} s (level {level})");
-                self.event(kind::BAN_ADDED, Some(ip), None, None, Some(detail))
+                self.event(kind::BAN_ADDED, Some(ip), account, None, Some(detail))
                     .await;
                 Some(ban)
             }
@@ -1368,6 +1371,13 @@ mod tests {
         let events = store.events(0, Some("192.0.2.7")).await?;
         assert_eq!(events.iter().filter(|e| e.kind == kind::AUTH_FAILURE).count(), 9);
         assert_eq!(events.iter().filter(|e| e.kind == kind::BAN_ADDED).count(), 3);
+        // Each ban names the account whose failed login caused it (its owner sees the ban).
+        let banned_for: Vec<Option<&str>> = events
+            .iter()
+            .filter(|e| e.kind == kind::BAN_ADDED)
+            .map(|e| e.account.as_deref())
+            .collect();
+        assert_eq!(banned_for, [Some("bob@example.test"), Some("x"), Some("x")]);
         Ok(())
     }
 }

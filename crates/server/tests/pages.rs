@@ -235,6 +235,18 @@ async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// The value of the hidden field `name` in a page.
+/// The value of the first attribute `name` in `page`.
+fn attribute(page: &str, name: &str) -> Option<String> {
+    let start = page.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = page[start..].find('"')? + start;
+    Some(page[start..end].to_string())
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
 fn hidden(page: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page.find(&marker)? + marker.len();
@@ -306,6 +318,144 @@ async fn log_in(browser: &Browser, site: &Site, user: &str, password: &str) -> T
     b(browser.click("#login").await)
 }
 
+/// Sets up TOTP from the account page (the QR code drawn, the key read off the page, a
+/// computed code), with screenshots when `screenshots`: the secret.
+async fn enrol_totp(browser: &Browser, screenshots: bool) -> TestResult<Vec<u8>> {
+    b(browser.fill("#mfa-start-password", common::TEST_PASSWORD).await)?;
+    b(browser.click("#mfa-start").await)?;
+    until_text(browser, "h1", "Set up an authenticator app").await?;
+    let svg = b(browser.page_source().await)?;
+    assert!(
+        svg.contains("<svg") && svg.contains("<path"),
+        "no QR code drawn: {svg}"
+    );
+    if screenshots {
+        b(browser.screenshot("enrol-totp").await)?;
+    }
+    let secret = base32_decode(&b(browser.text("#totp-secret").await)?)?;
+    b(browser.fill("#code", &totp_code(&secret, 0)).await)?;
+    b(browser.fill("#confirm-password", common::TEST_PASSWORD).await)?;
+    b(browser.click("#confirm").await)?;
+    until_text(browser, "h1", "Second factor on").await?;
+    let page = b(browser.page_source().await)?;
+    let recovery_codes = page.matches("class=\"secret\"").count();
+    assert_eq!(recovery_codes, 10, "recovery codes shown once");
+    if screenshots {
+        b(browser.screenshot("recovery-codes").await)?;
+    }
+    b(browser.click("#done").await)?;
+    until_text(browser, "#mfa-status", "On since").await?;
+    Ok(secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_adds_a_security_key_and_logs_in_with_it_in_a_browser() -> TestResult {
+    let site = Site::start("").await?;
+    let browser = site.browser().await?;
+    let authenticator = b(browser.add_virtual_authenticator().await)?;
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    until_text(&browser, "#who", "alice@example.test").await?;
+    // A key stands in for the code of a second factor: none to add before there is one.
+    assert!(!b(browser.page_source().await)?.contains("id=\"add-key\""));
+    enrol_totp(&browser, false).await?;
+
+    // Adding a key outlives the session: the password is asked (the key answered, but no key
+    // is stored without it).
+    b(browser.fill("#key-name", "desk key").await)?;
+    b(browser.fill("#key-password", "not the password").await)?;
+    b(browser.click("#add-key").await)?;
+    until_text(&browser, "#error", "not right").await?;
+    assert!(!b(browser.text("#security-keys").await)?.contains("desk key"));
+    b(browser.fill("#key-name", "desk key").await)?;
+    b(browser.fill("#key-password", common::TEST_PASSWORD).await)?;
+    b(browser.click("#add-key").await)?;
+    until_text(&browser, "#message", "Security key added").await?;
+    assert!(b(browser.text("#security-keys").await)?.contains("desk key"));
+    b(browser.screenshot("security-key-added").await)?;
+    let held = b(browser.virtual_credentials(&authenticator).await)?;
+    // The first (refused) ceremony made a credential on the key too; the account has one.
+    assert!(!held.is_empty(), "the authenticator made a credential");
+
+    // Out, and in with the password and the key (no code typed).
+    b(browser.click("#logout").await)?;
+    until_text(&browser, "h1", "Log in").await?;
+    log_in(&browser, &site, "alice@example.test", common::TEST_PASSWORD).await?;
+    until_text(&browser, "h1", "Second factor").await?;
+    b(browser.screenshot("second-factor-key").await)?;
+    b(browser.click("#use-key").await)?;
+    until_text(&browser, "#who", "alice@example.test").await?;
+    until_text(&browser, "#events", "password+security key").await?;
+    let page = b(browser.page_source().await)?;
+    assert!(page.contains("desk key"), "{page}");
+    let counters: Vec<i64> = b(browser.virtual_credentials(&authenticator).await)?
+        .iter()
+        .filter_map(|c| c.get("signCount").and_then(serde_json::Value::as_i64))
+        .collect();
+    assert!(
+        counters.iter().any(|&count| count >= 2),
+        "the key signed: {counters:?}"
+    );
+
+    // A forged answer (right challenge and credential id, no key's signature), sent with curl
+    // for a half login of its own: refused, and that half login is spent.
+    let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
+    let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    let (status, head, page) = site.curl(
+        "/login",
+        &[
+            "-H",
+            &format!("Cookie: __Host-sealmail-login={login_cookie}"),
+            "--data",
+            &format!(
+                "username=alice%40example.test&password={}&csrf={token}",
+                common::TEST_PASSWORD.replace(' ', "+")
+            ),
+        ],
+        "127.0.0.3",
+    )?;
+    assert_eq!(status, 200);
+    let pending = set_cookie(&head, "__Host-sealmail-pending").ok_or("no half login")?;
+    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
+    let challenge = attribute(&page, "data-challenge").ok_or("no key challenge offered")?;
+    let allowed = attribute(&page, "data-allow").ok_or("no key offered")?;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let client_data = format!(
+        r#"{{"type":"webauthn.get","challenge":"{challenge}","origin":"https://{HOST}:{}"}}"#,
+        site.https.port()
+    );
+    let mut authenticator_data = sha256(HOST.as_bytes());
+    authenticator_data.extend_from_slice(&[0x01, 0, 0, 0x10, 0]);
+    let forged = format!(
+        "csrf={token}&credential_id={allowed}&client_data={}&authenticator_data={}&signature={}",
+        b64(client_data.as_bytes()),
+        b64(&authenticator_data),
+        b64(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01]),
+    );
+    let pending_header = format!("Cookie: __Host-sealmail-pending={pending}");
+    let (status, _, body) = site.curl(
+        "/login/key",
+        &["-H", &pending_header, "--data", &forged],
+        "127.0.0.3",
+    )?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("security key was not accepted"), "{body}");
+    let (status, _, _) = site.curl(
+        "/login/key",
+        &["-H", &pending_header, "--data", &forged],
+        "127.0.0.3",
+    )?;
+    assert_eq!(status, 403, "the half login was used up");
+
+    // Turning the second factor off removes the keys.
+    b(browser.fill("#mfa-password", common::TEST_PASSWORD).await)?;
+    b(browser.click("#mfa-disable").await)?;
+    until_text(&browser, "#message", "off").await?;
+    until_text(&browser, "#events", "1 security keys removed").await?;
+    assert!(!b(browser.page_source().await)?.contains("desk key</td>"));
+    b(browser.close().await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> TestResult {
     let site = Site::start("").await?;
@@ -332,26 +482,7 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
     b(browser.fill("#mfa-start-password", "not the password").await)?;
     b(browser.click("#mfa-start").await)?;
     until_text(&browser, "#error", "not right").await?;
-    b(browser.fill("#mfa-start-password", common::TEST_PASSWORD).await)?;
-    b(browser.click("#mfa-start").await)?;
-    until_text(&browser, "h1", "Set up an authenticator app").await?;
-    let svg = b(browser.page_source().await)?;
-    assert!(
-        svg.contains("<svg") && svg.contains("<path"),
-        "no QR code drawn: {svg}"
-    );
-    b(browser.screenshot("enrol-totp").await)?;
-    let secret = base32_decode(&b(browser.text("#totp-secret").await)?)?;
-    b(browser.fill("#code", &totp_code(&secret, 0)).await)?;
-    b(browser.fill("#confirm-password", common::TEST_PASSWORD).await)?;
-    b(browser.click("#confirm").await)?;
-    until_text(&browser, "h1", "Second factor on").await?;
-    let page = b(browser.page_source().await)?;
-    let recovery_codes = page.matches("class=\"secret\"").count();
-    assert_eq!(recovery_codes, 10, "recovery codes shown once");
-    b(browser.screenshot("recovery-codes").await)?;
-    b(browser.click("#done").await)?;
-    until_text(&browser, "#mfa-status", "On since").await?;
+    let secret = enrol_totp(&browser, true).await?;
 
     // Out, and in again: the password alone is not enough; a fresh code is.
     b(browser.click("#logout").await)?;
@@ -952,6 +1083,13 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     let (code, out, _) = common::admin(site.dir.path(), &site.config, &["security", "bans", "list"])?;
     assert_eq!(code, 0);
     assert!(out.contains("127.0.0.3"), "{out}");
+    // The owner of the guessed account sees the ban among the account's events.
+    let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
+    let events = account.split("id=\"events\"").nth(1).ok_or("no events")?;
+    assert!(
+        events.contains("ban_added") && events.contains("127.0.0.3"),
+        "{events}"
+    );
     Ok(())
 }
 

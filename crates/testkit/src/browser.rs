@@ -117,6 +117,40 @@ impl Browser {
             .with_context(|| format!("goto {url}"))
     }
 
+    /// Adds a virtual authenticator (WebDriver's WebAuthn extension): a CTAP2 USB security key
+    /// that is always touched and verifies the user, so the page's WebAuthn calls succeed
+    /// without a person. Its id.
+    pub async fn add_virtual_authenticator(&self) -> anyhow::Result<String> {
+        let answer = self
+            .client()
+            .issue_cmd(WebAuthnCommand::AddAuthenticator)
+            .await
+            .context("add a virtual authenticator")?;
+        answer
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no authenticator id in {answer}"))
+    }
+
+    /// The credentials the virtual authenticator `id` holds, with their signature counters.
+    pub async fn virtual_credentials(&self, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let answer = self
+            .client()
+            .issue_cmd(WebAuthnCommand::Credentials(id.to_string()))
+            .await
+            .context("read the virtual authenticator's credentials")?;
+        Ok(answer.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Removes the virtual authenticator `id` (the key is unplugged).
+    pub async fn remove_virtual_authenticator(&self, id: &str) -> anyhow::Result<()> {
+        self.client()
+            .issue_cmd(WebAuthnCommand::Remove(id.to_string()))
+            .await
+            .context("remove the virtual authenticator")?;
+        Ok(())
+    }
+
     /// The URL of the page shown now (after redirects).
     pub async fn current_url(&self) -> anyhow::Result<String> {
         Ok(self
@@ -373,4 +407,48 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .context("no target folder above the test binary")
+}
+
+/// Commands of WebDriver's WebAuthn extension (W3C WebAuthn Level 2, 11.3), which fantoccini
+/// does not wrap.
+#[derive(Debug)]
+enum WebAuthnCommand {
+    AddAuthenticator,
+    Credentials(String),
+    Remove(String),
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for WebAuthnCommand {
+    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
+        let session = session_id.unwrap_or_default();
+        let path = match self {
+            WebAuthnCommand::AddAuthenticator => format!("session/{session}/webauthn/authenticator"),
+            WebAuthnCommand::Credentials(id) => {
+                format!("session/{session}/webauthn/authenticator/{id}/credentials")
+            }
+            WebAuthnCommand::Remove(id) => format!("session/{session}/webauthn/authenticator/{id}"),
+        };
+        base_url.join(&path)
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        match self {
+            WebAuthnCommand::AddAuthenticator => (
+                http::Method::POST,
+                Some(
+                    serde_json::json!({
+                        "protocol": "ctap2",
+                        "transport": "usb",
+                        "hasResidentKey": true,
+                        "hasUserVerification": true,
+                        "isUserConsenting": true,
+                        "isUserVerified": true,
+                    })
+                    .to_string(),
+                ),
+            ),
+            WebAuthnCommand::Credentials(_) => (http::Method::GET, None),
+            WebAuthnCommand::Remove(_) => (http::Method::DELETE, None),
+        }
+    }
 }

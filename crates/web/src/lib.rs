@@ -20,6 +20,7 @@ pub mod page;
 pub mod pages;
 pub mod policy;
 pub mod qr;
+pub mod webauthn;
 
 use std::convert::Infallible;
 use std::sync::Arc;

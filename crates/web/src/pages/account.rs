@@ -11,11 +11,13 @@ use sealmail_store::EventFilter;
 use sealmail_types::clock::now_unix;
 
 use super::views::{
-    self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, Row, SessionRow,
-    SetupPage, ShownOncePage, render,
+    self, AccountPage, AppPasswordRow, Chrome, EndpointRow, EnrolPage, EventRow, IssuedPage, KeyRegistration,
+    Row, SecurityKeyRow, SessionRow, SetupPage, ShownOncePage, render,
 };
 use super::{Answer, Form, Pages, Reauthentication, SignedIn, Visit, session, when};
 use crate::WebContext;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Events shown on the account page.
 const ACCOUNT_EVENTS: u32 = 50;
@@ -111,6 +113,32 @@ async fn overview_with(
             cells: vec![c.fingerprint, c.subject, when(c.not_after)],
         })
         .collect();
+    let keys = context
+        .store
+        .security_keys(user.account.id)
+        .await
+        .unwrap_or_default();
+    let exclude = keys
+        .iter()
+        .map(|k| URL_SAFE_NO_PAD.encode(&k.credential_id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let security_keys = keys
+        .into_iter()
+        .map(|k| SecurityKeyRow {
+            id: k.id,
+            name: k.name,
+            added: when(k.created_at),
+            last_used: k.last_used_at.map_or("never".to_string(), when),
+        })
+        .collect();
+    let key_registration = KeyRegistration {
+        challenge: crate::webauthn::challenge(KEY_REGISTRATION, user.cookie()),
+        rp_id: context.hostname.to_string(),
+        user_id: webauthn_user_id(user.account.id),
+        user_name: address.to_string(),
+        exclude,
+    };
     render(
         &AccountPage {
             chrome: Chrome::signed("Your account", user)
@@ -123,9 +151,31 @@ async fn overview_with(
             sessions,
             events,
             certificates,
+            security_keys,
+            key_registration,
         },
         status,
     )
+}
+
+/// The label of the registration challenge (bound to the session cookie).
+const KEY_REGISTRATION: &str = "register";
+
+/// The WebAuthn user handle of an account: opaque, 16 bytes (not the address: authenticators
+/// may show or keep it).
+fn webauthn_user_id(account: sealmail_types::AccountId) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("sealmail webauthn user\0{}", account.0).as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// A base64url form field, decoded when at most `limit` bytes.
+fn base64url_field(form: &Form, name: &str, limit: usize) -> Option<Vec<u8>> {
+    let text = form.get(name);
+    if text.is_empty() || text.len() > limit.div_ceil(3) * 4 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 pub(crate) fn event_row(e: sealmail_store::SecurityEvent) -> EventRow {
@@ -252,7 +302,10 @@ pub async fn action(
     // them); logging out does not.
     let needs_password = !matches!(
         path,
-        "/account/logout" | "/account/logout-everywhere" | "/account/app-passwords/revoke"
+        "/account/logout"
+            | "/account/logout-everywhere"
+            | "/account/app-passwords/revoke"
+            | "/account/security-keys/remove"
     );
     if needs_password {
         let field = if path == "/account/password" {
@@ -357,11 +410,45 @@ pub async fn action(
         },
         "/account/mfa/disable" => match pages.identity.disable_mfa(address).await {
             Ok(_) => {
-                record("second factor turned off".to_string()).await;
+                // Keys stand in for the code only while there is a second factor.
+                let removed = match context.store.remove_security_keys(user.account.id).await {
+                    Ok(removed) => removed,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot remove security keys");
+                        0
+                    }
+                };
+                record(format!(
+                    "second factor turned off ({removed} security keys removed)"
+                ))
+                .await;
                 overview(context, pages, user, Some("The second factor is off.")).await
             }
             Err(error) => failed(super::user_error(&error)).await,
         },
+        "/account/security-keys/add" => add_security_key(context, pages, user, &form, record).await,
+        "/account/security-keys/remove" => {
+            let id = form.get("id").parse::<i64>().unwrap_or(0);
+            let name = context
+                .store
+                .security_keys(user.account.id)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|k| k.id == id)
+                .map(|k| k.name);
+            match context.store.remove_security_key(user.account.id, id).await {
+                Ok(true) => {
+                    record(format!("security key {} removed", name.unwrap_or_default())).await;
+                    overview(context, pages, user, Some("Security key removed.")).await
+                }
+                Ok(false) => failed("No such security key.".to_string()).await,
+                Err(error) => {
+                    tracing::error!(%error, "cannot remove a security key");
+                    failed("Try again later.".to_string()).await
+                }
+            }
+        }
         "/account/app-passwords/add" => {
             let name = form.get("name").trim().to_string();
             let Some(scopes) = Scopes::parse(form.get("scope")) else {
@@ -458,6 +545,98 @@ pub async fn action(
             }
         }
         _ => views::message_page("Not found", "No such page.", StatusCode::NOT_FOUND),
+    }
+}
+
+/// `POST /account/security-keys/add`: the authenticator's answer to the registration the
+/// page asked for, checked (`crate::webauthn`), stored under the name given.
+async fn add_security_key<F, Fut>(
+    context: &WebContext,
+    pages: &Pages,
+    user: &SignedIn,
+    form: &Form,
+    record: F,
+) -> Answer
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use crate::webauthn::{self, Expected, MAX_CREDENTIAL_ID, MAX_PUBLIC_KEY, Registration};
+    let failed = |text: &str| {
+        overview_with(
+            context,
+            pages,
+            user,
+            None,
+            Some(text.to_string()),
+            StatusCode::BAD_REQUEST,
+        )
+    };
+    if !matches!(
+        pages.identity.mfa_status(&user.account.address).await,
+        Ok(MfaStatus::Active { .. })
+    ) {
+        return failed("Turn the second factor on first: a key stands in for its code.").await;
+    }
+    let name = form.get("name").trim().to_string();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return failed("Give the key a name of 1 to 64 characters.").await;
+    }
+    let fields = (
+        base64url_field(form, "credential_id", MAX_CREDENTIAL_ID),
+        base64url_field(form, "client_data", 4096),
+        base64url_field(form, "authenticator_data", 2048),
+        base64url_field(form, "public_key", MAX_PUBLIC_KEY),
+    );
+    let (Some(credential_id), Some(client_data_json), Some(authenticator_data), Some(public_key)) = fields
+    else {
+        return failed("The key's answer did not arrive; try again (the page needs JavaScript for keys).")
+            .await;
+    };
+    let challenge = webauthn::challenge(KEY_REGISTRATION, user.cookie());
+    let expected = Expected {
+        rp_id: context.hostname.as_str(),
+        challenge: &challenge,
+    };
+    let response = Registration {
+        credential_id,
+        client_data_json,
+        authenticator_data,
+        public_key,
+    };
+    let credential = match webauthn::verify_registration(&response, &expected) {
+        Ok(credential) => credential,
+        Err(error) => {
+            tracing::info!(%error, "security key registration refused");
+            return failed(&format!("The key was not added: {error}.")).await;
+        }
+    };
+    let key = sealmail_store::SecurityKey {
+        id: 0,
+        account: user.account.id,
+        credential_id: credential.credential_id,
+        public_key: credential.public_key,
+        name: name.clone(),
+        sign_count: credential.sign_count,
+        created_at: now_unix(),
+        last_used_at: None,
+    };
+    match context.store.add_security_key(key).await {
+        Ok(Some(_)) => {
+            record(format!("security key {name} added")).await;
+            overview(context, pages, user, Some("Security key added.")).await
+        }
+        Ok(None) => {
+            failed(&format!(
+                "Not added: the key is registered already, or the account has {} keys.",
+                sealmail_store::MAX_SECURITY_KEYS
+            ))
+            .await
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot store a security key");
+            failed("Try again later.").await
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use sealmail_guard::Guard;
 use sealmail_identity::{Identity, Password};
 use sealmail_store::{Account, WebSession};
 use sealmail_types::clock::now_unix;
-use sealmail_types::{Domain, EmailAddress};
+use sealmail_types::{AccountId, Domain, EmailAddress};
 
 use crate::WebContext;
 use session::{
@@ -38,6 +38,8 @@ use session::{
 pub const LISTENER: &str = "https";
 /// The largest form body read before login (user name, password, a token)...
 const MAX_LOGIN_FORM: usize = 2048;
+/// ...the answer of a security key at login (a credential id may have 1023 bytes)...
+const MAX_KEY_LOGIN_FORM: usize = 4096;
 /// ...and after it.
 const MAX_FORM: usize = 16 * 1024;
 /// Fields a form may have.
@@ -111,6 +113,11 @@ impl SignedIn {
     pub fn csrf(&self) -> String {
         session::csrf_token("session", &self.cookie)
     }
+
+    /// The session cookie's value (WebAuthn registration challenges are bound to it).
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
+    }
 }
 
 /// A posted form's fields (at most [`MAX_FIELDS`]; the first of a repeated name counts).
@@ -135,7 +142,7 @@ fn is_listener(bind: SocketAddr, local: SocketAddr) -> bool {
 pub(crate) fn serves_path(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/setup" | "/setup/apple.mobileconfig" | "/login" | "/login/code"
+        "/" | "/setup" | "/setup/apple.mobileconfig" | "/login" | "/login/code" | "/login/key"
     ) || ["/static/", "/account/", "/admin/"]
         .iter()
         .any(|prefix| path.starts_with(prefix))
@@ -260,7 +267,7 @@ async fn route(
             Err(answer) => answer,
         },
         "/login" if post => login(context, pages, visit, request).await,
-        "/login/code" if post => second_factor(context, pages, visit, request).await,
+        "/login/code" | "/login/key" if post => second_factor(context, pages, visit, request).await,
         p if (p.starts_with("/account/") || p.starts_with("/admin"))
             && post
             && pages.guard.is_banned(visit.peer) =>
@@ -622,23 +629,36 @@ async fn pending_second_factor(
         tracing::error!(%error, "cannot store a web session");
         return views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE);
     }
-    let mut response = views::code_form(&session::csrf_token("pending", &cookie), None, StatusCode::OK);
+    let key = key_login(context, account.id, &cookie).await;
+    let mut response = views::code_form(
+        &session::csrf_token("pending", &cookie),
+        key,
+        None,
+        StatusCode::OK,
+    );
     if let Some(value) = session::set_cookie(PENDING_COOKIE, &cookie, PENDING_SECS) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
 }
 
-/// `POST /login/code`: a TOTP code or a recovery code after the password.
+/// `POST /login/code` (a TOTP code or a recovery code) and `POST /login/key` (a security
+/// key's answer) after the password.
 async fn second_factor(
     context: &WebContext,
     pages: &Pages,
     visit: Visit,
     request: Request<Incoming>,
 ) -> Answer {
+    let by_key = request.uri().path() == "/login/key";
     let pending_cookie = session::cookie(request.headers(), PENDING_COOKIE);
     let agent = user_agent(&request);
-    let form = match read_form(request, MAX_LOGIN_FORM).await {
+    let limit = if by_key {
+        MAX_KEY_LOGIN_FORM
+    } else {
+        MAX_LOGIN_FORM
+    };
+    let form = match read_form(request, limit).await {
         Ok(form) => form,
         Err(answer) => return answer,
     };
@@ -670,28 +690,36 @@ async fn second_factor(
     };
     let address = account.address.to_string();
     if pages.guard.wait_for_turn(&address, visit.peer).await.is_err() {
-        return views::code_form(
-            &session::csrf_token("pending", &cookie),
+        return login_page(
             Some("Too many attempts; try again later."),
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
-    let code: String = form
-        .get("code")
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .take(64)
-        .collect();
-    match pages.identity.second_factor(account.id, &code).await {
-        Ok(true) => {
-            let credential = if code.len() == 6 {
-                "password+totp"
-            } else {
-                "password+recovery code"
-            };
-            start_session(context, pages, visit, account, credential, agent).await
-        }
-        Ok(false) => {
+    let checked = if by_key {
+        security_key_login(context, account.id, &cookie, &form).await
+    } else {
+        let code: String = form
+            .get("code")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .take(64)
+            .collect();
+        pages
+            .identity
+            .second_factor(account.id, &code)
+            .await
+            .map(|right| {
+                right.then_some(if code.len() == 6 {
+                    "password+totp"
+                } else {
+                    "password+recovery code"
+                })
+            })
+            .map_err(|error| error.to_string())
+    };
+    match checked {
+        Ok(Some(credential)) => start_session(context, pages, visit, account, credential, agent).await,
+        Ok(None) => {
             // One code per password (the half login is gone already): guessing codes costs a
             // password check each time, under the account's throttle, and every wrong code is
             // an event on the owner's page.
@@ -701,13 +729,24 @@ async fn second_factor(
                     visit.peer,
                     &address,
                     LISTENER,
-                    Some("wrong second factor".to_string()),
+                    Some(
+                        if by_key {
+                            "security key refused"
+                        } else {
+                            "wrong second factor"
+                        }
+                        .to_string(),
+                    ),
                 )
                 .await;
             let mut response = match ban {
                 Some(_) => banned(),
                 None => login_page(
-                    Some("That code is not right (or was used already); log in again."),
+                    Some(if by_key {
+                        "The security key was not accepted; log in again."
+                    } else {
+                        "That code is not right (or was used already); log in again."
+                    }),
                     StatusCode::UNAUTHORIZED,
                 ),
             };
@@ -721,6 +760,91 @@ async fn second_factor(
             views::message_page("Unavailable", "Try again later.", StatusCode::SERVICE_UNAVAILABLE)
         }
     }
+}
+
+/// The label of the login challenge (bound to the half login's cookie, which is used once).
+const KEY_LOGIN: &str = "login";
+
+/// What the second-factor page offers for the account's security keys; `None` without keys.
+async fn key_login(context: &WebContext, account: AccountId, cookie: &str) -> Option<views::KeyLogin> {
+    use base64::Engine;
+    let keys = context.store.security_keys(account).await.ok()?;
+    if keys.is_empty() {
+        return None;
+    }
+    Some(views::KeyLogin {
+        challenge: crate::webauthn::challenge(KEY_LOGIN, cookie),
+        rp_id: context.hostname.to_string(),
+        allow: keys
+            .iter()
+            .map(|k| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&k.credential_id))
+            .collect::<Vec<_>>()
+            .join(","),
+    })
+}
+
+/// Checks a security key's answer for the half login of `cookie`: the credential to record
+/// (`password+security key`) when it is one of the account's keys, signed our challenge, and
+/// its counter moved on (the store compares and sets it in one step).
+async fn security_key_login(
+    context: &WebContext,
+    account: AccountId,
+    cookie: &str,
+    form: &Form,
+) -> Result<Option<&'static str>, String> {
+    use crate::webauthn::{self, Assertion, Expected, MAX_CREDENTIAL_ID};
+    use base64::Engine;
+    let field = |name: &str, limit: usize| {
+        let text = form.get(name);
+        (!text.is_empty() && text.len() <= limit.div_ceil(3) * 4)
+            .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok())
+            .flatten()
+    };
+    let (Some(credential_id), Some(client_data_json), Some(authenticator_data), Some(signature)) = (
+        field("credential_id", MAX_CREDENTIAL_ID),
+        field("client_data", 1024),
+        field("authenticator_data", 512),
+        field("signature", 1024),
+    ) else {
+        return Ok(None);
+    };
+    let keys = context
+        .store
+        .security_keys(account)
+        .await
+        .map_err(|error| error.to_string())?;
+    let Some(key) = keys.into_iter().find(|k| k.credential_id == credential_id) else {
+        return Ok(None);
+    };
+    let challenge = webauthn::challenge(KEY_LOGIN, cookie);
+    let expected = Expected {
+        rp_id: context.hostname.as_str(),
+        challenge: &challenge,
+    };
+    let assertion = Assertion {
+        credential_id,
+        client_data_json,
+        authenticator_data,
+        signature,
+    };
+    let sign_count = match webauthn::verify_assertion(&assertion, &key.public_key, &expected) {
+        Ok(count) => count,
+        Err(error) => {
+            tracing::info!(%error, "security key refused");
+            return Ok(None);
+        }
+    };
+    let recorded = context
+        .store
+        .security_key_used(account, &key.credential_id, sign_count, now_unix())
+        .await
+        .map_err(|error| error.to_string())?;
+    if !recorded {
+        // A counter that did not move on: a replayed answer or a cloned key.
+        tracing::warn!(key = %key.name, sign_count, "security key counter did not increase");
+        return Ok(None);
+    }
+    Ok(Some("password+security key"))
 }
 
 /// An answer after which the connection closes: a banned client keeps no open connection to

@@ -109,16 +109,45 @@ pub fn login(csrf: &str, message: Option<&str>, error: Option<&str>, status: Sta
 pub struct CodePage {
     pub chrome: Chrome,
     pub csrf: String,
+    /// What the security key button asks for, when the account has keys.
+    pub key: Option<KeyLogin>,
 }
 
-pub fn code_form(csrf: &str, error: Option<&str>, status: StatusCode) -> Answer {
+/// A WebAuthn authentication the second-factor page offers (sealmail.js runs it).
+pub struct KeyLogin {
+    pub challenge: String,
+    pub rp_id: String,
+    /// The account's credential ids, base64url, comma-separated.
+    pub allow: String,
+}
+
+pub fn code_form(csrf: &str, key: Option<KeyLogin>, error: Option<&str>, status: StatusCode) -> Answer {
     render(
         &CodePage {
             chrome: Chrome::public("Second factor").with_error(error),
             csrf: csrf.to_string(),
+            key,
         },
         status,
     )
+}
+
+/// A WebAuthn registration the account page offers (sealmail.js runs it).
+pub struct KeyRegistration {
+    pub challenge: String,
+    pub rp_id: String,
+    /// The user handle (base64url): not the address, which the authenticator need not keep.
+    pub user_id: String,
+    pub user_name: String,
+    /// The credential ids registered already (base64url, comma-separated): not made twice.
+    pub exclude: String,
+}
+
+pub struct SecurityKeyRow {
+    pub id: i64,
+    pub name: String,
+    pub added: String,
+    pub last_used: String,
 }
 
 /// One row of a table of facts.
@@ -170,6 +199,8 @@ pub struct AccountPage {
     pub sessions: Vec<SessionRow>,
     pub events: Vec<EventRow>,
     pub certificates: Vec<Row>,
+    pub security_keys: Vec<SecurityKeyRow>,
+    pub key_registration: KeyRegistration,
 }
 
 #[derive(Template)]
