@@ -543,7 +543,8 @@ impl Guard {
         if waited.is_err() {
             metrics::RATE_LIMITED.inc();
             tracing::info!(%ip, "login refused: the account's login queue is full");
-            self.score(ip, Abuse::AuthFailure, Some(username)).await;
+            let shown: String = username.chars().filter(|c| !c.is_control()).take(100).collect();
+            self.score(ip, Abuse::AuthFailure, Some(&shown)).await;
         }
         waited
     }

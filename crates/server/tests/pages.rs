@@ -311,6 +311,21 @@ async fn until_text(browser: &Browser, css: &str, needle: &str) -> TestResult<St
     Err(format!("{css} never held {needle:?}; last: {last:?}"))
 }
 
+/// Reloads the account page (up to 10 s) until its events hold `needle`: events are written
+/// in the background.
+async fn until_event(browser: &Browser, site: &Site, needle: &str) -> TestResult {
+    let mut last = String::new();
+    for _ in 0..50 {
+        b(browser.goto(&site.url("/")).await)?;
+        last = b(browser.text("#events").await)?;
+        if last.contains(needle) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(format!("the events never held {needle:?}; last: {last:?}"))
+}
+
 async fn log_in(browser: &Browser, site: &Site, user: &str, password: &str) -> TestResult {
     b(browser.goto(&site.url("/")).await)?;
     b(browser.fill("#username", user).await)?;
@@ -384,7 +399,7 @@ async fn a_user_adds_a_security_key_and_logs_in_with_it_in_a_browser() -> TestRe
     b(browser.screenshot("second-factor-key").await)?;
     b(browser.click("#use-key").await)?;
     until_text(&browser, "#who", "alice@example.test").await?;
-    until_text(&browser, "#events", "password+security key").await?;
+    until_event(&browser, &site, "password+security key").await?;
     let page = b(browser.page_source().await)?;
     assert!(page.contains("desk key"), "{page}");
     let counters: Vec<i64> = b(browser.virtual_credentials(&authenticator).await)?
@@ -451,7 +466,7 @@ async fn a_user_adds_a_security_key_and_logs_in_with_it_in_a_browser() -> TestRe
     b(browser.fill("#mfa-password", common::TEST_PASSWORD).await)?;
     b(browser.click("#mfa-disable").await)?;
     until_text(&browser, "#message", "off").await?;
-    until_text(&browser, "#events", "1 security keys removed").await?;
+    until_event(&browser, &site, "1 security keys removed").await?;
     assert!(!b(browser.page_source().await)?.contains("desk key</td>"));
     b(browser.close().await)
 }
@@ -589,6 +604,7 @@ async fn a_user_logs_in_enrols_totp_and_manages_app_passwords_in_a_browser() -> 
         .find(|c| c.name == SESSION)
         .ok_or("no session cookie")?;
     b(browser.click("#logout-everywhere").await)?;
+    until_text(&browser, "h1", "Log in").await?;
     let header = format!("Cookie: {SESSION}={}", cookie.value);
     let (_, _, body) = site.curl("/", &["-H", &header], "127.0.0.1")?;
     assert!(body.contains("id=\"login\""), "the old session is gone: {body}");
@@ -1084,8 +1100,19 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
     assert_eq!(code, 0);
     assert!(out.contains("127.0.0.3"), "{out}");
     // The owner of the guessed account sees the ban among the account's events.
-    let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
-    let events = account.split("id=\"events\"").nth(1).ok_or("no events")?;
+    let mut events = String::new();
+    for _ in 0..50 {
+        let (_, _, account) = site.curl("/", &["-H", &session_header], "127.0.0.1")?;
+        events = account
+            .split("id=\"events\"")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        if events.contains("ban_added") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(
         events.contains("ban_added") && events.contains("127.0.0.3"),
         "{events}"

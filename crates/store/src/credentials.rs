@@ -124,6 +124,11 @@ macro_rules! credential_backend {
                         .bind(account.0)
                         .execute(&mut *conn)
                         .await?;
+                    // Security keys stand in for the code: without a second factor, none.
+                    sqlx::query("DELETE FROM security_keys WHERE account_id = $1")
+                        .bind(account.0)
+                        .execute(&mut *conn)
+                        .await?;
                     let removed = sqlx::query("DELETE FROM mfa WHERE account_id = $1")
                         .bind(account.0)
                         .execute(&mut *conn)

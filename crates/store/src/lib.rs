@@ -762,7 +762,8 @@ pub trait CredentialStore: Send + Sync {
         step: i64,
         recovery_code_hashes: Vec<String>,
     ) -> Result<bool, StoreError>;
-    /// Removes the second factor and its recovery codes; false when there was none.
+    /// Removes the second factor, its recovery codes and the security keys that stand in for
+    /// its code; false when there was no second factor.
     async fn disable_mfa(&self, account: AccountId) -> Result<bool, StoreError>;
     async fn mfa(&self, account: AccountId) -> Result<Option<Mfa>, StoreError>;
     /// Takes TOTP time step `step` for an active factor: true only when it is later than every

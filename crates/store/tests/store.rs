@@ -2805,6 +2805,15 @@ async fn security_keys_are_removed_one_by_one_all_at_once_and_with_their_account
     assert!(store.security_keys(alice).await?.is_empty());
     assert_eq!(store.security_keys(bob).await?.len(), 3);
 
+    // Keys stand in for a second factor's code: turning it off (from any page or the CLI)
+    // removes them in the same write.
+    store.disable_mfa(bob).await?;
+    assert!(store.security_keys(bob).await?.is_empty());
+    store
+        .add_security_key(security_key(bob, 12, t + 20))
+        .await?
+        .ok_or("refused")?;
+
     // Bob's keys go with his account.
     store.remove_account(&address("bob@example.test")?).await?;
     assert!(store.security_keys(bob).await?.is_empty());

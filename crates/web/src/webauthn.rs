@@ -51,7 +51,7 @@ pub enum WebauthnError {
     WrongRelyingParty,
     #[error("the authenticator did not see the user")]
     UserNotPresent,
-    #[error("the credential's key is of a kind not accepted (P-256, Ed25519 or RSA of 2048 bits or more)")]
+    #[error("the credential's key is of a kind not accepted (P-256, Ed25519 or RSA)")]
     UnsupportedKey,
     #[error("the signature does not verify")]
     BadSignature,
@@ -75,6 +75,10 @@ pub struct Expected<'a> {
     pub rp_id: &'a str,
     /// The challenge sent ([`challenge`]).
     pub challenge: &'a str,
+    /// The ports an origin may name: the listener's the page came from (an origin without a
+    /// port is 443, which a port forward may map to it). Another service on our host name
+    /// and another port is another origin.
+    pub ports: &'a [u16],
 }
 
 /// A registration's response, as the page's script sends it (decoded from base64url).
@@ -128,14 +132,18 @@ fn check_client_data(json: &[u8], kind: &str, expected: &Expected) -> Result<(),
     if data.challenge != expected.challenge {
         return Err(WebauthnError::WrongChallenge);
     }
-    let origin_host = data
+    let origin = data
         .origin
         .strip_prefix("https://")
         .map(|rest| match rest.rsplit_once(':') {
-            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-            _ => rest,
+            Some((host, port)) => (host, port.parse::<u16>().ok()),
+            None => (rest, Some(443)),
         });
-    if data.cross_origin || !origin_host.is_some_and(|host| host.eq_ignore_ascii_case(expected.rp_id)) {
+    let ours = origin.is_some_and(|(host, port)| {
+        host.eq_ignore_ascii_case(expected.rp_id)
+            && port.is_some_and(|port| port == 443 || expected.ports.contains(&port))
+    });
+    if data.cross_origin || !ours {
         return Err(WebauthnError::WrongOrigin);
     }
     Ok(())
@@ -348,6 +356,7 @@ mod tests {
         let expected = Expected {
             rp_id: RP,
             challenge: &challenge,
+            ports: &[8443],
         };
         for alg in [
             &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -389,6 +398,7 @@ mod tests {
         let expected = Expected {
             rp_id: RP,
             challenge: &challenge,
+            ports: &[8443],
         };
         let authenticator = Authenticator::new(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let data = || authenticator.authenticator_data(RP, 0x01, 1, false);
@@ -430,6 +440,14 @@ mod tests {
             ),
             (
                 client_data("webauthn.get", &challenge, "http://mail.example.test"),
+                WebauthnError::WrongOrigin,
+            ),
+            (
+                client_data("webauthn.get", &challenge, "https://mail.example.test:9443"),
+                WebauthnError::WrongOrigin,
+            ),
+            (
+                client_data("webauthn.get", &challenge, "https://mail.example.test:"),
                 WebauthnError::WrongOrigin,
             ),
             (
@@ -483,6 +501,7 @@ mod tests {
         let expected = Expected {
             rp_id: RP,
             challenge: &challenge,
+            ports: &[8443],
         };
         let authenticator = Authenticator::new(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let client = client_data("webauthn.create", &challenge, "https://mail.example.test");

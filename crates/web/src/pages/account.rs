@@ -231,7 +231,7 @@ pub fn setup_page(context: &WebContext, user: Option<SignedIn>) -> Answer {
 /// `GET /setup/apple.mobileconfig`: the signed-in user's account as an Apple configuration
 /// profile, signed (CMS) with the certificate served for the host name, so the device shows it
 /// as verified when that certificate chains to a CA it trusts.
-pub fn apple_profile(context: &WebContext, user: &SignedIn) -> Answer {
+pub async fn apple_profile(context: &WebContext, user: &SignedIn) -> Answer {
     let address = &user.account.address;
     let Some(profile) = crate::autoconfig::apple_profile(address, &context.endpoints) else {
         return views::signed_message_page(
@@ -242,11 +242,14 @@ pub fn apple_profile(context: &WebContext, user: &SignedIn) -> Answer {
         );
     };
     let serving = context.certificates.serving(context.hostname.as_str());
-    let signed = match sealmail_tls::signed_data::sign_attached(
-        profile.as_bytes(),
-        &serving,
-        std::time::SystemTime::now(),
-    ) {
+    // An RSA signature takes milliseconds: off the runtime, like other key operations.
+    let signing = tokio::task::spawn_blocking(move || {
+        sealmail_tls::signed_data::sign_attached(profile.as_bytes(), &serving, std::time::SystemTime::now())
+            .map_err(|error| error.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| Err(error.to_string()));
+    let signed = match signing {
         Ok(signed) => signed,
         Err(error) => {
             tracing::warn!(%error, "cannot sign the configuration profile");
@@ -408,25 +411,24 @@ pub async fn action(
             }
             Err(error) => failed(super::user_error(&error)).await,
         },
-        "/account/mfa/disable" => match pages.identity.disable_mfa(address).await {
-            Ok(_) => {
-                // Keys stand in for the code only while there is a second factor.
-                let removed = match context.store.remove_security_keys(user.account.id).await {
-                    Ok(removed) => removed,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot remove security keys");
-                        0
-                    }
-                };
-                record(format!(
-                    "second factor turned off ({removed} security keys removed)"
-                ))
-                .await;
-                overview(context, pages, user, Some("The second factor is off.")).await
+        "/account/mfa/disable" => {
+            let keys = context
+                .store
+                .security_keys(user.account.id)
+                .await
+                .map_or(0, |keys| keys.len());
+            // The store removes the security keys with the second factor.
+            match pages.identity.disable_mfa(address).await {
+                Ok(_) => {
+                    record(format!("second factor turned off ({keys} security keys removed)")).await;
+                    overview(context, pages, user, Some("The second factor is off.")).await
+                }
+                Err(error) => failed(super::user_error(&error)).await,
             }
-            Err(error) => failed(super::user_error(&error)).await,
-        },
-        "/account/security-keys/add" => add_security_key(context, pages, user, &form, record).await,
+        }
+        "/account/security-keys/add" => {
+            add_security_key(context, pages, user, visit.local.port(), &form, record).await
+        }
         "/account/security-keys/remove" => {
             let id = form.get("id").parse::<i64>().unwrap_or(0);
             let name = context
@@ -554,6 +556,7 @@ async fn add_security_key<F, Fut>(
     context: &WebContext,
     pages: &Pages,
     user: &SignedIn,
+    port: u16,
     form: &Form,
     record: F,
 ) -> Answer
@@ -597,6 +600,7 @@ where
     let expected = Expected {
         rp_id: context.hostname.as_str(),
         challenge: &challenge,
+        ports: &[port],
     };
     let response = Registration {
         credential_id,

@@ -262,7 +262,7 @@ async fn route(
             signed_in(context, pages, &request, visit).await.ok().flatten(),
         ),
         "/setup/apple.mobileconfig" if get => match signed_in(context, pages, &request, visit).await {
-            Ok(Some(user)) => account::apple_profile(context, &user),
+            Ok(Some(user)) => account::apple_profile(context, &user).await,
             Ok(None) => login_page(Some("Log in first."), StatusCode::FORBIDDEN),
             Err(answer) => answer,
         },
@@ -696,7 +696,7 @@ async fn second_factor(
         );
     }
     let checked = if by_key {
-        security_key_login(context, account.id, &cookie, &form).await
+        security_key_login(context, pages, visit, &account, &cookie, &form).await
     } else {
         let code: String = form
             .get("code")
@@ -788,7 +788,9 @@ async fn key_login(context: &WebContext, account: AccountId, cookie: &str) -> Op
 /// its counter moved on (the store compares and sets it in one step).
 async fn security_key_login(
     context: &WebContext,
-    account: AccountId,
+    pages: &Pages,
+    visit: Visit,
+    account: &Account,
     cookie: &str,
     form: &Form,
 ) -> Result<Option<&'static str>, String> {
@@ -808,9 +810,15 @@ async fn security_key_login(
     ) else {
         return Ok(None);
     };
+    // Keys stand in for the code only while the second factor is on.
+    match pages.identity.mfa_status(&account.address).await {
+        Ok(sealmail_identity::MfaStatus::Active { .. }) => {}
+        Ok(_) => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    }
     let keys = context
         .store
-        .security_keys(account)
+        .security_keys(account.id)
         .await
         .map_err(|error| error.to_string())?;
     let Some(key) = keys.into_iter().find(|k| k.credential_id == credential_id) else {
@@ -820,6 +828,7 @@ async fn security_key_login(
     let expected = Expected {
         rp_id: context.hostname.as_str(),
         challenge: &challenge,
+        ports: &[visit.local.port()],
     };
     let assertion = Assertion {
         credential_id,
@@ -836,7 +845,7 @@ async fn security_key_login(
     };
     let recorded = context
         .store
-        .security_key_used(account, &key.credential_id, sign_count, now_unix())
+        .security_key_used(account.id, &key.credential_id, sign_count, now_unix())
         .await
         .map_err(|error| error.to_string())?;
     if !recorded {
