@@ -413,22 +413,8 @@ async fn a_user_adds_a_security_key_and_logs_in_with_it_in_a_browser() -> TestRe
 
     // A forged answer (right challenge and credential id, no key's signature), sent with curl
     // for a half login of its own: refused, and that half login is spent.
-    let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
-    let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
-    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
-    let (status, head, page) = site.curl(
-        "/login",
-        &[
-            "-H",
-            &format!("Cookie: __Host-sealmail-login={login_cookie}"),
-            "--data",
-            &format!(
-                "username=alice%40example.test&password={}&csrf={token}",
-                common::TEST_PASSWORD.replace(' ', "+")
-            ),
-        ],
-        "127.0.0.3",
-    )?;
+    let (status, head, page) =
+        curl_post_login(&site, "127.0.0.3", "alice@example.test", common::TEST_PASSWORD)?;
     assert_eq!(status, 200);
     let pending = set_cookie(&head, "__Host-sealmail-pending").ok_or("no half login")?;
     let token = hidden(&page, "csrf").ok_or("no csrf field")?;
@@ -795,17 +781,18 @@ async fn an_admin_adds_a_user_unbans_an_address_and_retries_a_queued_message() -
     b(browser.close().await)
 }
 
-/// Logs `user` in through curl from 127.0.0.1: the session cookie's value.
-fn curl_log_in(site: &Site, user: &str) -> TestResult<String> {
-    let (_, head, page) = site.curl("/", &[], "127.0.0.1")?;
+/// Opens the login form with curl from `from` and posts `user` and `password` with its
+/// token: the answer's (status, head, page).
+fn curl_post_login(site: &Site, from: &str, user: &str, password: &str) -> TestResult<(u16, String, String)> {
+    let (_, head, page) = site.curl("/", &[], from)?;
     let login_cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
     let token = hidden(&page, "csrf").ok_or("no csrf field")?;
     let form = format!(
         "username={}&password={}&csrf={token}",
         user.replace('@', "%40"),
-        common::TEST_PASSWORD.replace(' ', "+")
+        password.replace(' ', "+")
     );
-    let (status, head, _) = site.curl(
+    site.curl(
         "/login",
         &[
             "-H",
@@ -813,8 +800,13 @@ fn curl_log_in(site: &Site, user: &str) -> TestResult<String> {
             "--data",
             &form,
         ],
-        "127.0.0.1",
-    )?;
+        from,
+    )
+}
+
+/// Logs `user` in through curl from 127.0.0.1: the session cookie's value.
+fn curl_log_in(site: &Site, user: &str) -> TestResult<String> {
+    let (status, head, _) = curl_post_login(site, "127.0.0.1", user, common::TEST_PASSWORD)?;
     assert_eq!(status, 200);
     set_cookie(&head, SESSION).ok_or_else(|| "no session cookie".to_string())
 }
@@ -1054,19 +1046,7 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
         if attempt == 3 {
             kept_open = Some(open_login_form(&site).await?);
         }
-        let (_, head, page) = site.curl("/", &[], "127.0.0.3")?;
-        let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
-        let token = hidden(&page, "csrf").ok_or("no csrf field")?;
-        let (status, head, _) = site.curl(
-            "/login",
-            &[
-                "-H",
-                &format!("Cookie: __Host-sealmail-login={cookie}"),
-                "--data",
-                &format!("username=alice%40example.test&password=guess&csrf={token}"),
-            ],
-            "127.0.0.3",
-        )?;
+        let (status, head, _) = curl_post_login(&site, "127.0.0.3", "alice@example.test", "guess")?;
         if attempt < 3 {
             assert_eq!(status, 401);
         } else {
@@ -1123,23 +1103,7 @@ async fn forms_without_their_token_fixed_sessions_and_guessed_passwords_are_refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_console_answers_only_on_the_admin_listener() -> TestResult {
     let site = Site::start_with("", true).await?;
-    let (_, head, page) = site.curl("/", &[], "127.0.0.1")?;
-    let cookie = set_cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
-    let token = hidden(&page, "csrf").ok_or("no csrf field")?;
-    let form = format!(
-        "username=admin%40example.test&password={}&csrf={token}",
-        common::TEST_PASSWORD.replace(' ', "+")
-    );
-    let (status, head, _) = site.curl(
-        "/login",
-        &[
-            "-H",
-            &format!("Cookie: __Host-sealmail-login={cookie}"),
-            "--data",
-            &form,
-        ],
-        "127.0.0.1",
-    )?;
+    let (status, head, _) = curl_post_login(&site, "127.0.0.1", "admin@example.test", common::TEST_PASSWORD)?;
     assert_eq!(status, 200);
     let session = format!(
         "Cookie: {SESSION}={}",
