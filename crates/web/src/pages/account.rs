@@ -169,15 +169,6 @@ fn webauthn_user_id(account: sealmail_types::AccountId) -> String {
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
-/// A base64url form field, decoded when at most `limit` bytes.
-fn base64url_field(form: &Form, name: &str, limit: usize) -> Option<Vec<u8>> {
-    let text = form.get(name);
-    if text.is_empty() || text.len() > limit.div_ceil(3) * 4 {
-        return None;
-    }
-    URL_SAFE_NO_PAD.decode(text).ok()
-}
-
 pub(crate) fn event_row(e: sealmail_store::SecurityEvent) -> EventRow {
     EventRow {
         at: when(e.at),
@@ -586,10 +577,10 @@ where
         return failed("Give the key a name of 1 to 64 characters.").await;
     }
     let fields = (
-        base64url_field(form, "credential_id", MAX_CREDENTIAL_ID),
-        base64url_field(form, "client_data", 4096),
-        base64url_field(form, "authenticator_data", 2048),
-        base64url_field(form, "public_key", MAX_PUBLIC_KEY),
+        super::base64url_field(form, "credential_id", MAX_CREDENTIAL_ID),
+        super::base64url_field(form, "client_data", 4096),
+        super::base64url_field(form, "authenticator_data", 2048),
+        super::base64url_field(form, "public_key", MAX_PUBLIC_KEY),
     );
     let (Some(credential_id), Some(client_data_json), Some(authenticator_data), Some(public_key)) = fields
     else {

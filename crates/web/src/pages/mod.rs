@@ -762,6 +762,16 @@ async fn second_factor(
     }
 }
 
+/// A base64url form field (WebAuthn answers), decoded when it holds at most `limit` bytes.
+pub(crate) fn base64url_field(form: &Form, name: &str, limit: usize) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = form.get(name);
+    if text.is_empty() || text.len() > limit.div_ceil(3) * 4 {
+        return None;
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+}
+
 /// The label of the login challenge (bound to the half login's cookie, which is used once).
 const KEY_LOGIN: &str = "login";
 
@@ -795,13 +805,7 @@ async fn security_key_login(
     form: &Form,
 ) -> Result<Option<&'static str>, String> {
     use crate::webauthn::{self, Assertion, Expected, MAX_CREDENTIAL_ID};
-    use base64::Engine;
-    let field = |name: &str, limit: usize| {
-        let text = form.get(name);
-        (!text.is_empty() && text.len() <= limit.div_ceil(3) * 4)
-            .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok())
-            .flatten()
-    };
+    let field = |name: &str, limit: usize| base64url_field(form, name, limit);
     let (Some(credential_id), Some(client_data_json), Some(authenticator_data), Some(signature)) = (
         field("credential_id", MAX_CREDENTIAL_ID),
         field("client_data", 1024),
