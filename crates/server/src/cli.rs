@@ -102,10 +102,32 @@ pub enum Command {
     /// Copy this (stopped) SQLite installation into an empty PostgreSQL schema and check the
     /// copy: row counts and every message's SHA-256 (docs/CLUSTER.md)
     MigrateStore(MigrateStoreArgs),
+    /// Grade a domain's email security by pillar and say how to fix each finding (any domain,
+    /// ours or not; docs/CHECK-JSON.md)
+    Check(CheckArgs),
     /// Write a consistent copy of store, keys and configuration to DIR (safe while serving)
     Backup { dir: PathBuf },
     /// Restore a backup made by `sealmail backup` (stop the server first)
     Restore { dir: PathBuf },
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The domain to check
+    pub domain: String,
+    /// `text` (grouped by pillar, coloured on a terminal) or `json` (docs/CHECK-JSON.md)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Exit with status 1 when the grade is below this one (A, B, C, D or F)
+    #[arg(long, value_name = "GRADE")]
+    pub fail_under: Option<String>,
+    /// DNS server to ask (IP or IP:PORT; repeatable); default: `[dns] nameservers` of the
+    /// configuration if there is one, else the system's
+    #[arg(long, value_name = "ADDR")]
+    pub nameserver: Vec<String>,
+    /// DKIM selector whose key to check (repeatable)
+    #[arg(long, value_name = "SELECTOR")]
+    pub dkim_selector: Vec<String>,
 }
 
 #[derive(Subcommand)]

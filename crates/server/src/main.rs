@@ -4,6 +4,7 @@
 mod admin;
 mod backup;
 mod certs;
+mod check;
 mod cli;
 mod console;
 mod credentials;
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::TlsReport { day, send } => admin::tls_report(&config_path, day, send).await,
                 Command::Migrate { dry_run } => admin::migrate(&config_path, dry_run).await,
                 Command::MigrateStore(args) => migrate_store::run(&config_path, args).await,
+                Command::Check(args) => check::run(&config_path, args).await,
                 Command::Backup { dir } => backup::backup(&config_path, &dir).await,
                 Command::Restore { dir } => backup::restore(&config_path, &dir).await,
                 Command::Serve | Command::Quickstart(_) => Ok(()),

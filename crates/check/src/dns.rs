@@ -1,0 +1,847 @@
+//! The checks of a domain's published records: MX (and null MX, RFC 7505), SPF (RFC 7208:
+//! one record, valid terms, at most 10 DNS-querying terms, ending in `-all`), also for the MX
+//! host names (their HELO names), DMARC (RFC 7489: policy, `pct`, `rua`), DKIM keys of given
+//! selectors (RSA of 2048 bits or more, or Ed25519), the MTA-STS (RFC 8461) and TLS-RPT
+//! (RFC 8460) records, and the client SRV records (RFC 6186, RFC 8314).
+//!
+//! SPF records are read term by term here rather than with mail-auth's parser: the check needs
+//! the lookup count of every include and redirect, and mail-auth evaluates a record for one
+//! sender without reporting that count.
+
+use std::time::Duration;
+
+use hickory_proto::rr::{RData, RecordType};
+use sealmail_dns::Dns;
+
+use crate::report::{Check, Pillar, Status};
+
+/// The longest one lookup may take, whatever the resolver's own timeouts.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// DNS-querying SPF terms allowed in one evaluation (RFC 7208 4.6.4).
+pub const SPF_LOOKUP_LIMIT: usize = 10;
+/// MX hosts whose SPF (as HELO names) is checked.
+const MAX_HELO_HOSTS: usize = 5;
+
+/// What a lookup found.
+enum Found<T> {
+    Records(Vec<T>),
+    /// NXDOMAIN or no record of the type.
+    Nothing,
+    /// The lookup failed or timed out: nothing can be said of the record.
+    Failed(String),
+}
+
+async fn lookup(dns: &Dns, name: &str, kind: RecordType) -> Found<RData> {
+    let name = format!("{}.", name.trim_end_matches('.'));
+    match tokio::time::timeout(LOOKUP_TIMEOUT, dns.resolver().lookup(name.as_str(), kind)).await {
+        Ok(Ok(lookup)) => Found::Records(lookup.answers().iter().map(|r| r.data.clone()).collect()),
+        Ok(Err(e)) if e.is_nx_domain() || e.is_no_records_found() => Found::Nothing,
+        Ok(Err(e)) => Found::Failed(e.to_string()),
+        Err(_) => Found::Failed(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())),
+    }
+}
+
+/// The TXT records at `name`, each as its strings joined.
+async fn txt(dns: &Dns, name: &str) -> Found<String> {
+    match lookup(dns, name, RecordType::TXT).await {
+        Found::Records(records) => {
+            let texts: Vec<String> = records
+                .iter()
+                .filter_map(|data| match data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part).into_owned())
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            if texts.is_empty() {
+                Found::Nothing
+            } else {
+                Found::Records(texts)
+            }
+        }
+        Found::Nothing => Found::Nothing,
+        Found::Failed(why) => Found::Failed(why),
+    }
+}
+
+/// The records of `texts` that start with `tag` (case-insensitive), e.g. `v=spf1`.
+fn tagged<'a>(texts: &'a [String], tag: &str) -> Vec<&'a String> {
+    texts
+        .iter()
+        .filter(|t| {
+            t.get(..tag.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(tag))
+                && t[tag.len()..].chars().next().is_none_or(|c| c == ' ' || c == ';')
+        })
+        .collect()
+}
+
+fn unchecked(id: &str, pillar: Pillar, what: &str, why: &str) -> Check {
+    Check::new(
+        id,
+        pillar,
+        Status::Warn,
+        format!("{what} could not be looked up ({why})"),
+    )
+    .with_fix("check that the domain's nameservers answer, then run the check again")
+}
+
+/// Every DNS check of `domain`; `dkim_selectors` are the DKIM selectors to look up.
+pub async fn check_domain(dns: &Dns, domain: &str, dkim_selectors: &[String]) -> Vec<Check> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut checks = Vec::new();
+    let mx_hosts = check_mx(dns, &domain, &mut checks).await;
+    let receives_mail = mx_hosts.as_ref().is_none_or(|hosts| !hosts.is_empty());
+    checks.extend(check_spf(dns, &domain).await);
+    for host in mx_hosts.iter().flatten().take(MAX_HELO_HOSTS) {
+        checks.push(check_helo_spf(dns, host).await);
+    }
+    checks.extend(check_dmarc(dns, &domain).await);
+    for selector in dkim_selectors {
+        checks.push(check_dkim(dns, &domain, selector).await);
+    }
+    if receives_mail {
+        checks.push(check_mta_sts_record(dns, &domain).await);
+        checks.push(check_tls_rpt(dns, &domain).await);
+        checks.extend(check_srv(dns, &domain).await);
+    }
+    checks
+}
+
+/// The MX check; the MX host names, or `None` when they could not be looked up (an empty
+/// list is a null MX: the domain takes no mail).
+async fn check_mx(dns: &Dns, domain: &str, checks: &mut Vec<Check>) -> Option<Vec<String>> {
+    let records = match lookup(dns, domain, RecordType::MX).await {
+        Found::Records(records) => records,
+        Found::Nothing => {
+            checks.push(
+                Check::new(
+                    "mx",
+                    Pillar::ProtocolSupport,
+                    Status::Fail,
+                    "no MX record: senders fall back to the domain's address, if it has one",
+                )
+                .with_fix(format!(
+                    "publish `{domain}. MX 10 mail.{domain}.` (or `{domain}. MX 0 .` if the domain takes no mail)"
+                )),
+            );
+            return None;
+        }
+        Found::Failed(why) => {
+            checks.push(unchecked("mx", Pillar::ProtocolSupport, "the MX records", &why));
+            return None;
+        }
+    };
+    let mut hosts: Vec<(u16, String)> = records
+        .iter()
+        .filter_map(|data| match data {
+            RData::MX(mx) => Some((
+                mx.preference,
+                mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+            )),
+            _ => None,
+        })
+        .collect();
+    hosts.sort();
+    if hosts.len() == 1 && hosts[0].1.is_empty() {
+        checks.push(Check::new(
+            "mx",
+            Pillar::ProtocolSupport,
+            Status::Info,
+            "null MX (RFC 7505): the domain takes no mail",
+        ));
+        return Some(Vec::new());
+    }
+    if hosts.iter().any(|(_, host)| host.is_empty()) {
+        checks.push(
+            Check::new(
+                "mx",
+                Pillar::ProtocolSupport,
+                Status::Fail,
+                "a null MX (`0 .`) among other MX records",
+            )
+            .with_fix("remove the `MX 0 .` record, or all the others (RFC 7505 3)"),
+        );
+    } else {
+        let listed: Vec<String> = hosts.iter().map(|(p, h)| format!("{p} {h}")).collect();
+        checks.push(Check::new(
+            "mx",
+            Pillar::ProtocolSupport,
+            Status::Pass,
+            format!("MX: {}", listed.join(", ")),
+        ));
+    }
+    Some(
+        hosts
+            .into_iter()
+            .map(|(_, h)| h)
+            .filter(|h| !h.is_empty())
+            .collect(),
+    )
+}
+
+/// What one SPF record says.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SpfRecord {
+    /// Domains of `include:` terms.
+    includes: Vec<String>,
+    redirect: Option<String>,
+    /// `a`, `mx`, `ptr`, `exists`, `include` and `redirect` terms: each costs a lookup.
+    lookups: usize,
+    /// The qualifier of `all` (`+`, `-`, `~`, `?`), if the record has an `all`.
+    all: Option<char>,
+    uses_ptr: bool,
+}
+
+/// The terms of an SPF record (after `v=spf1`), or the first term that is not valid.
+fn parse_spf(record: &str) -> Result<SpfRecord, String> {
+    let mut spf = SpfRecord::default();
+    for term in record.split_ascii_whitespace().skip(1) {
+        let lower = term.to_ascii_lowercase();
+        if let Some((name, value)) = lower.split_once('=')
+            && !name.contains(':')
+            && !name.contains('/')
+        {
+            match name {
+                "redirect" => {
+                    spf.lookups += 1;
+                    spf.redirect = Some(value.to_string());
+                }
+                "exp" => {}
+                // Unknown modifiers are ignored (RFC 7208 6), if they are well formed.
+                _ if name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {}
+                _ => return Err(term.to_string()),
+            }
+            continue;
+        }
+        let (qualifier, mechanism) = match lower.chars().next() {
+            Some(q @ ('+' | '-' | '~' | '?')) => (q, &lower[1..]),
+            _ => ('+', lower.as_str()),
+        };
+        let (name, argument) = match mechanism.find([':', '/']) {
+            Some(at) => (&mechanism[..at], Some(&mechanism[at..])),
+            None => (mechanism, None),
+        };
+        match name {
+            "all" if argument.is_none() => spf.all = Some(qualifier),
+            "include" => {
+                let target = argument
+                    .and_then(|a| a.strip_prefix(':'))
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| term.to_string())?;
+                spf.lookups += 1;
+                spf.includes.push(target.to_string());
+            }
+            "a" | "mx" => spf.lookups += 1,
+            "ptr" => {
+                spf.lookups += 1;
+                spf.uses_ptr = true;
+            }
+            "exists" if argument.is_some_and(|a| a.len() > 1) => spf.lookups += 1,
+            "ip4" | "ip6" if argument.is_some_and(|a| a.starts_with(':') && a.len() > 1) => {}
+            _ => return Err(term.to_string()),
+        }
+    }
+    Ok(spf)
+}
+
+/// The SPF record of `domain`, when it has exactly one.
+async fn spf_record(dns: &Dns, domain: &str) -> Result<String, String> {
+    match txt(dns, domain).await {
+        Found::Records(texts) => {
+            let spf = tagged(&texts, "v=spf1");
+            match spf.as_slice() {
+                [one] => Ok((*one).clone()),
+                [] => Err("no SPF record".to_string()),
+                more => Err(format!("{} SPF records", more.len())),
+            }
+        }
+        Found::Nothing => Err("no SPF record".to_string()),
+        Found::Failed(why) => Err(format!("lookup failed: {why}")),
+    }
+}
+
+/// The lookups an evaluation of `domain`'s record may make, following includes and redirects
+/// (counting stops past the limit, so loops end).
+async fn count_lookups(dns: &Dns, record: &SpfRecord) -> Result<usize, String> {
+    let mut total = record.lookups;
+    let mut pending: Vec<String> = record.includes.iter().chain(&record.redirect).cloned().collect();
+    while let Some(target) = pending.pop() {
+        if total > SPF_LOOKUP_LIMIT {
+            break;
+        }
+        if target.contains('%') {
+            // A macro is expanded per sender: its record cannot be counted here.
+            continue;
+        }
+        let text = spf_record(dns, &target)
+            .await
+            .map_err(|why| format!("{target}: {why}"))?;
+        let inner = parse_spf(&text).map_err(|term| format!("{target}: `{term}` is not valid"))?;
+        total += inner.lookups;
+        pending.extend(inner.includes.into_iter().chain(inner.redirect));
+    }
+    Ok(total)
+}
+
+async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
+    let id = "spf";
+    let auth = Pillar::Authentication;
+    let fix_publish =
+        format!("publish `{domain}. TXT \"v=spf1 mx -all\"` (the hosts that send for the domain, then -all)");
+    let text = match spf_record(dns, domain).await {
+        Ok(text) => text,
+        Err(why) if why.starts_with("lookup failed") => {
+            return vec![unchecked(id, auth, "the SPF record", &why)];
+        }
+        Err(why) if why == "no SPF record" => {
+            return vec![
+                Check::new(
+                    id,
+                    auth,
+                    Status::Fail,
+                    "no SPF record: anyone may send as the domain",
+                )
+                .with_fix(fix_publish),
+            ];
+        }
+        Err(why) => {
+            return vec![
+                Check::new(
+                    id,
+                    auth,
+                    Status::Fail,
+                    format!("{why}: receivers treat that as a permanent error (RFC 7208 4.5)"),
+                )
+                .with_fix("merge them into one `v=spf1 ... -all` record"),
+            ];
+        }
+    };
+    let record = match parse_spf(&text) {
+        Ok(record) => record,
+        Err(term) => {
+            return vec![
+                Check::new(
+                    id,
+                    auth,
+                    Status::Fail,
+                    format!("`{text}`: `{term}` is not a valid term"),
+                )
+                .with_fix("correct or remove that term (RFC 7208 5, 6)"),
+            ];
+        }
+    };
+    let mut checks = Vec::new();
+    let ending = match (record.all, &record.redirect) {
+        (Some('-'), _) => Check::new(id, auth, Status::Pass, format!("`{text}` ends in -all")),
+        (Some('~'), _) => Check::new(
+            id,
+            auth,
+            Status::Warn,
+            format!("`{text}` ends in ~all: mail from other hosts is only marked"),
+        )
+        .with_fix("end the record in -all once every sending host is listed"),
+        (Some(q), _) => Check::new(
+            id,
+            auth,
+            Status::Fail,
+            format!(
+                "`{text}` ends in {}all: any host may send as the domain",
+                if q == '+' { "+" } else { "?" }
+            ),
+        )
+        .with_fix(format!("replace `{q}all` by `-all`").replace("+all", "all")),
+        (None, Some(target)) => Check::new(id, auth, Status::Pass, format!("`{text}` redirects to {target}")),
+        (None, None) => Check::new(
+            id,
+            auth,
+            Status::Fail,
+            format!("`{text}` has no `all`: other hosts get a neutral result"),
+        )
+        .with_fix("end the record in -all"),
+    };
+    checks.push(ending);
+    if record.uses_ptr {
+        checks.push(
+            Check::new(
+                "spf-ptr",
+                auth,
+                Status::Warn,
+                "the record uses `ptr`, which is slow and unreliable (RFC 7208 5.5: SHOULD NOT)",
+            )
+            .with_fix("list the sending hosts with ip4:, ip6:, a or mx instead of ptr"),
+        );
+    }
+    checks.push(match count_lookups(dns, &record).await {
+        Ok(count) if count > SPF_LOOKUP_LIMIT => Check::new(
+            "spf-lookups",
+            auth,
+            Status::Fail,
+            format!("evaluating the record takes more than {SPF_LOOKUP_LIMIT} DNS lookups ({count} counted): receivers give a permanent error"),
+        )
+        .with_fix("replace include: terms by the ip4:/ip6: ranges they stand for, or drop unused ones"),
+        Ok(count) => Check::new(
+            "spf-lookups",
+            auth,
+            Status::Pass,
+            format!("{count} of at most {SPF_LOOKUP_LIMIT} DNS lookups"),
+        ),
+        Err(why) => Check::new(
+            "spf-lookups",
+            auth,
+            Status::Fail,
+            format!("an included record does not work: {why}"),
+        )
+        .with_fix("correct or remove that include"),
+    });
+    checks
+}
+
+/// A mail host's own SPF record (its HELO name), which receivers check for bounces.
+async fn check_helo_spf(dns: &Dns, host: &str) -> Check {
+    let id = format!("spf-helo:{host}");
+    match spf_record(dns, host).await {
+        Ok(text) => match parse_spf(&text) {
+            Ok(record) if record.all == Some('-') => {
+                Check::new(&id, Pillar::Authentication, Status::Pass, format!("`{text}`"))
+            }
+            _ => Check::new(
+                &id,
+                Pillar::Authentication,
+                Status::Warn,
+                format!("`{text}` does not end in -all"),
+            )
+            .with_fix(format!("publish `{host}. TXT \"v=spf1 a -all\"`")),
+        },
+        Err(why) if why.starts_with("lookup failed") => {
+            unchecked(&id, Pillar::Authentication, "the host's SPF record", &why)
+        }
+        Err(why) => Check::new(
+            &id,
+            Pillar::Authentication,
+            Status::Warn,
+            format!("{why} for the mail host {host} (its HELO name)"),
+        )
+        .with_fix(format!("publish `{host}. TXT \"v=spf1 a -all\"`")),
+    }
+}
+
+/// The tags of a `k=v; k=v` record, names lower-cased.
+fn tags(record: &str) -> Vec<(String, String)> {
+    record
+        .split(';')
+        .filter_map(|part| part.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+fn tag<'a>(tags: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    tags.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn check_dmarc(dns: &Dns, domain: &str) -> Vec<Check> {
+    let auth = Pillar::Authentication;
+    let name = format!("_dmarc.{domain}");
+    let publish = format!("publish `{name}. TXT \"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{domain}\"`");
+    let texts = match txt(dns, &name).await {
+        Found::Records(texts) => texts,
+        Found::Nothing => {
+            return vec![
+                Check::new(
+                    "dmarc",
+                    auth,
+                    Status::Fail,
+                    "no DMARC record: receivers apply no policy to mail that fails SPF and DKIM",
+                )
+                .with_fix(publish),
+            ];
+        }
+        Found::Failed(why) => return vec![unchecked("dmarc", auth, "the DMARC record", &why)],
+    };
+    let records = tagged(&texts, "v=DMARC1");
+    let text = match records.as_slice() {
+        [one] => *one,
+        [] => {
+            return vec![
+                Check::new(
+                    "dmarc",
+                    auth,
+                    Status::Fail,
+                    format!("no valid DMARC record at {name}"),
+                )
+                .with_fix(publish),
+            ];
+        }
+        more => {
+            return vec![
+                Check::new(
+                    "dmarc",
+                    auth,
+                    Status::Fail,
+                    format!(
+                        "{} DMARC records: receivers use none (RFC 7489 6.6.3)",
+                        more.len()
+                    ),
+                )
+                .with_fix("keep one"),
+            ];
+        }
+    };
+    let tags = tags(text);
+    let mut checks = vec![match tag(&tags, "p").map(str::to_ascii_lowercase).as_deref() {
+        Some("reject") => Check::new("dmarc", auth, Status::Pass, format!("`{text}`: p=reject")),
+        Some("quarantine") => Check::new(
+            "dmarc",
+            auth,
+            Status::Pass,
+            format!("`{text}`: p=quarantine (failing mail goes to spam)"),
+        ),
+        Some("none") => Check::new(
+            "dmarc",
+            auth,
+            Status::Warn,
+            format!("`{text}`: p=none only monitors; forged mail is delivered"),
+        )
+        .with_fix(format!(
+            "once the reports show only your own mail passing, publish `{name}. TXT \"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{domain}\"`"
+        )),
+        _ => Check::new(
+            "dmarc",
+            auth,
+            Status::Fail,
+            format!("`{text}` has no valid p= policy"),
+        )
+        .with_fix(publish.clone()),
+    }];
+    if let Some(pct) = tag(&tags, "pct")
+        && pct.parse::<u8>().map_or(true, |p| p < 100)
+    {
+        checks.push(
+            Check::new(
+                "dmarc-pct",
+                auth,
+                Status::Warn,
+                format!("pct={pct}: the policy applies to part of the failing mail only"),
+            )
+            .with_fix("remove pct= (the default is 100)"),
+        );
+    }
+    checks.push(match tag(&tags, "rua") {
+        Some(rua) if rua.to_ascii_lowercase().contains("mailto:") => Check::new(
+            "dmarc-reports",
+            auth,
+            Status::Pass,
+            format!("aggregate reports go to {rua}"),
+        ),
+        _ => Check::new(
+            "dmarc-reports",
+            auth,
+            Status::Warn,
+            "no rua=: nobody learns who sends as the domain",
+        )
+        .with_fix(format!(
+            "add `rua=mailto:dmarc-reports@{domain}` to the DMARC record"
+        )),
+    });
+    checks
+}
+
+/// The bits of an RSA key published in a DKIM record (`p=`): SubjectPublicKeyInfo or bare
+/// RSAPublicKey DER. A few DER lengths and tags are all that is read; a crate for two
+/// INTEGERs would be more than the reading.
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    fn element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = data.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (length, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 3 || rest.len() < count {
+                return None;
+            }
+            let length = rest[..count].iter().fold(0usize, |n, b| n << 8 | usize::from(*b));
+            (length, &rest[count..])
+        };
+        (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+    }
+    let (tag, body, _) = element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (first_tag, first, rest) = element(body)?;
+    let modulus = if first_tag == 0x30 {
+        // SubjectPublicKeyInfo: algorithm, then a BIT STRING holding RSAPublicKey.
+        let (bits_tag, bits, _) = element(rest)?;
+        let (&unused, key) = bits.split_first()?;
+        if bits_tag != 0x03 || unused != 0 {
+            return None;
+        }
+        let (tag, sequence, _) = element(key)?;
+        let (n_tag, n, _) = element(sequence).filter(|_| tag == 0x30)?;
+        (n_tag == 0x02).then_some(n)?
+    } else if first_tag == 0x02 {
+        first
+    } else {
+        return None;
+    };
+    let significant: &[u8] = match modulus.iter().position(|b| *b != 0) {
+        Some(at) => &modulus[at..],
+        None => return Some(0),
+    };
+    Some(significant.len() * 8 - significant[0].leading_zeros() as usize)
+}
+
+async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
+    let id = format!("dkim:{selector}");
+    let name = format!("{selector}._domainkey.{domain}");
+    let texts = match txt(dns, &name).await {
+        Found::Records(texts) => texts,
+        Found::Nothing => {
+            return Check::new(
+                &id,
+                Pillar::Integrity,
+                Status::Fail,
+                format!("no DKIM key at {name}"),
+            )
+            .with_fix(format!(
+                "publish the selector's key (for a sealmail domain: `sealmail domain dns {domain}` prints it)"
+            ));
+        }
+        Found::Failed(why) => return unchecked(&id, Pillar::Integrity, "the DKIM key", &why),
+    };
+    let Some(text) = texts.iter().find(|t| t.contains("p=")) else {
+        return Check::new(
+            &id,
+            Pillar::Integrity,
+            Status::Fail,
+            format!("{name} holds no DKIM key (p=)"),
+        )
+        .with_fix("publish `v=DKIM1; k=rsa; p=BASE64-KEY` there");
+    };
+    let tags = tags(text);
+    let key_type = tag(&tags, "k").unwrap_or("rsa").to_ascii_lowercase();
+    let key: String = tag(&tags, "p")
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    if key.is_empty() {
+        return Check::new(
+            &id,
+            Pillar::Integrity,
+            Status::Info,
+            "the key is revoked (empty p=)",
+        );
+    }
+    use base64::Engine;
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&key) else {
+        return Check::new(&id, Pillar::Integrity, Status::Fail, "p= is not base64")
+            .with_fix("publish the key's base64 text");
+    };
+    match key_type.as_str() {
+        "ed25519" if der.len() == 32 => {
+            Check::new(&id, Pillar::Integrity, Status::Pass, "Ed25519 key (RFC 8463)")
+        }
+        "rsa" => match rsa_bits(&der) {
+            Some(bits) if bits >= 2048 => {
+                Check::new(&id, Pillar::Integrity, Status::Pass, format!("RSA key of {bits} bits"))
+            }
+            Some(bits) => Check::new(
+                &id,
+                Pillar::Integrity,
+                Status::Fail,
+                format!("RSA key of {bits} bits: under 2048 bits, signatures can be forged"),
+            )
+            .with_fix(format!(
+                "make a 2048-bit key (for a sealmail domain: `sealmail dkim rotate {domain}`) and publish it under a new selector"
+            )),
+            None => Check::new(&id, Pillar::Integrity, Status::Fail, "p= is not an RSA public key")
+                .with_fix("publish the key as base64 DER (SubjectPublicKeyInfo)"),
+        },
+        other => Check::new(
+            &id,
+            Pillar::Integrity,
+            Status::Fail,
+            format!("key type k={other} with a key of {} bytes is not one receivers check", der.len()),
+        )
+        .with_fix("publish an RSA (2048 bits or more) or Ed25519 key"),
+    }
+}
+
+async fn check_mta_sts_record(dns: &Dns, domain: &str) -> Check {
+    let name = format!("_mta-sts.{domain}");
+    match txt(dns, &name).await {
+        Found::Records(texts) => match tagged(&texts, "v=STSv1").as_slice() {
+            [one] if tags(one).iter().any(|(k, v)| k == "id" && !v.is_empty()) => Check::new(
+                "mta-sts-record",
+                Pillar::Encryption,
+                Status::Pass,
+                format!("`{one}`"),
+            ),
+            _ => Check::new(
+                "mta-sts-record",
+                Pillar::Encryption,
+                Status::Fail,
+                format!("{name} holds no single valid `v=STSv1; id=...` record"),
+            )
+            .with_fix(format!("publish one `{name}. TXT \"v=STSv1; id=20260101\"`")),
+        },
+        Found::Nothing => Check::new(
+            "mta-sts-record",
+            Pillar::Encryption,
+            Status::Warn,
+            "no MTA-STS: senders fall back to plaintext when STARTTLS is stripped",
+        )
+        .with_fix(format!(
+            "serve a policy at https://mta-sts.{domain}/.well-known/mta-sts.txt and publish `{name}. TXT \"v=STSv1; id=20260101\"` (sealmail serves the policy: docs/WEB.md)"
+        )),
+        Found::Failed(why) => unchecked("mta-sts-record", Pillar::Encryption, "the MTA-STS record", &why),
+    }
+}
+
+async fn check_tls_rpt(dns: &Dns, domain: &str) -> Check {
+    let name = format!("_smtp._tls.{domain}");
+    let fix = format!("publish `{name}. TXT \"v=TLSRPTv1; rua=mailto:tls-reports@{domain}\"`");
+    match txt(dns, &name).await {
+        Found::Records(texts) => match tagged(&texts, "v=TLSRPTv1").as_slice() {
+            [one] if tag(&tags(one), "rua").is_some() => {
+                Check::new("tls-rpt", Pillar::Encryption, Status::Pass, format!("`{one}`"))
+            }
+            _ => Check::new(
+                "tls-rpt",
+                Pillar::Encryption,
+                Status::Warn,
+                format!("{name} holds no single valid TLS-RPT record"),
+            )
+            .with_fix(fix),
+        },
+        Found::Nothing => Check::new(
+            "tls-rpt",
+            Pillar::Encryption,
+            Status::Warn,
+            "no TLS-RPT record: senders cannot report TLS failures to you",
+        )
+        .with_fix(fix),
+        Found::Failed(why) => unchecked("tls-rpt", Pillar::Encryption, "the TLS-RPT record", &why),
+    }
+}
+
+/// RFC 6186 SRV records for mail clients: one for submission and one for IMAP (implicit TLS
+/// preferred, RFC 8314).
+async fn check_srv(dns: &Dns, domain: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (id, names) in [
+        ("srv-submission", ["_submissions._tcp", "_submission._tcp"]),
+        ("srv-imap", ["_imaps._tcp", "_imap._tcp"]),
+    ] {
+        let mut found = Vec::new();
+        let mut failed = None;
+        for prefix in names {
+            let name = format!("{prefix}.{domain}");
+            match lookup(dns, &name, RecordType::SRV).await {
+                Found::Records(records) => {
+                    for data in records {
+                        if let RData::SRV(srv) = data {
+                            found.push(format!(
+                                "{prefix} {}:{}",
+                                srv.target.to_ascii().trim_end_matches('.'),
+                                srv.port
+                            ));
+                        }
+                    }
+                }
+                Found::Nothing => {}
+                Found::Failed(why) => failed = Some(why),
+            }
+        }
+        checks.push(match (found.is_empty(), failed) {
+            (false, _) => Check::new(id, Pillar::ProtocolSupport, Status::Pass, found.join(", ")),
+            (true, Some(why)) => unchecked(id, Pillar::ProtocolSupport, "the SRV records", &why),
+            (true, None) => Check::new(
+                id,
+                Pillar::ProtocolSupport,
+                Status::Warn,
+                format!(
+                    "no {} SRV record: mail clients must be told the server by hand",
+                    names[0]
+                ),
+            )
+            .with_fix(format!(
+                "publish `{}.{domain}. SRV 0 1 {} mail.{domain}.`",
+                names[0],
+                if id == "srv-imap" { 993 } else { 465 }
+            )),
+        });
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spf_terms_are_read_and_counted() {
+        let record = parse_spf(
+            "v=spf1 ip4:192.0.2.0/24 a mx:example.org include:_spf.example.net ptr exists:%{i}.x.example redirect=other.example -all",
+        );
+        assert_eq!(
+            record,
+            Ok(SpfRecord {
+                includes: vec!["_spf.example.net".to_string()],
+                redirect: Some("other.example".to_string()),
+                lookups: 6,
+                all: Some('-'),
+                uses_ptr: true,
+            })
+        );
+        assert_eq!(parse_spf("v=spf1 ~all").map(|r| r.all), Ok(Some('~')));
+        assert_eq!(parse_spf("v=spf1 +all").map(|r| r.all), Ok(Some('+')));
+        assert_eq!(parse_spf("v=spf1 all").map(|r| r.all), Ok(Some('+')));
+        assert_eq!(parse_spf("v=spf1 ip4 -all"), Err("ip4".to_string()));
+        assert_eq!(parse_spf("v=spf1 include: -all"), Err("include:".to_string()));
+        assert_eq!(parse_spf("v=spf1 foo:bar -all"), Err("foo:bar".to_string()));
+        assert!(parse_spf("v=spf1 unknown-mod=1 -all").is_ok());
+    }
+
+    #[test]
+    fn rsa_key_sizes_are_read_from_either_encoding() {
+        fn spki_of(modulus_bytes: usize) -> Vec<u8> {
+            // RSAPublicKey { n (with a leading 0), e }, in a SubjectPublicKeyInfo.
+            let mut n = vec![0x02, 0x82];
+            n.extend_from_slice(&((modulus_bytes + 1) as u16).to_be_bytes());
+            n.push(0);
+            n.push(0xc1);
+            n.extend(std::iter::repeat_n(0x55, modulus_bytes - 1));
+            let e = [0x02, 0x03, 0x01, 0x00, 0x01];
+            let mut rsa = vec![0x30, 0x82];
+            rsa.extend_from_slice(&((n.len() + e.len()) as u16).to_be_bytes());
+            rsa.extend(n);
+            rsa.extend(e);
+            let mut bits = vec![0x03, 0x82];
+            bits.extend_from_slice(&((rsa.len() + 1) as u16).to_be_bytes());
+            bits.push(0);
+            bits.extend(&rsa);
+            let algorithm = [
+                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+            ];
+            let mut spki = vec![0x30, 0x82];
+            spki.extend_from_slice(&((algorithm.len() + bits.len()) as u16).to_be_bytes());
+            spki.extend(algorithm);
+            spki.extend(bits);
+            spki
+        }
+        assert_eq!(rsa_bits(&spki_of(256)), Some(2048));
+        assert_eq!(rsa_bits(&spki_of(128)), Some(1024));
+        assert_eq!(rsa_bits(b"\x30\x05\x02\x03\x01\x00"), None);
+        assert_eq!(rsa_bits(b"\x30\x82\xff\xff"), None);
+        assert_eq!(rsa_bits(b""), None);
+    }
+}

@@ -1,0 +1,239 @@
+//! `sealmail check DOMAIN` against domains published on the local DNS test server: a domain
+//! with every record right, and deliberately weak ones, each giving its documented finding
+//! and fix; the JSON of docs/CHECK-JSON.md and `--fail-under`.
+
+mod common;
+
+use std::process::Command;
+
+use sealmail_testkit::dns::{DnsServer, Rec};
+use sealmail_testkit::{TestResult, ctx};
+
+/// A DKIM `p=` value: the base64 SubjectPublicKeyInfo of a new RSA key of `bits`, made by
+/// OpenSSL.
+fn dkim_key(dir: &std::path::Path, bits: u32) -> TestResult<String> {
+    let key = dir.join(format!("rsa{bits}.pem"));
+    let made = ctx(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+            .arg(format!("rsa_keygen_bits:{bits}"))
+            .arg("-out")
+            .arg(&key)
+            .output(),
+        "openssl genpkey",
+    )?;
+    if !made.status.success() {
+        return Err(String::from_utf8_lossy(&made.stderr).into_owned());
+    }
+    let public = ctx(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&key)
+            .output(),
+        "openssl pkey",
+    )?;
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::STANDARD.encode(public.stdout))
+}
+
+/// Every record a well-run domain publishes.
+fn publish_good(dns: &DnsServer, domain: &str, dkim: &str) {
+    let host = format!("mail.{domain}");
+    dns.add_mx(domain, 10, &host);
+    dns.add_txt(domain, "v=spf1 mx -all");
+    dns.add_txt(domain, "google-site-verification=unrelated");
+    dns.add_txt(&host, "v=spf1 a -all");
+    dns.add_txt(
+        &format!("_dmarc.{domain}"),
+        &format!("v=DMARC1; p=reject; rua=mailto:dmarc@{domain}"),
+    );
+    dns.add_txt(
+        &format!("s1._domainkey.{domain}"),
+        &format!("v=DKIM1; k=rsa; p={dkim}"),
+    );
+    dns.add_txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=20261205");
+    dns.add_txt(
+        &format!("_smtp._tls.{domain}"),
+        &format!("v=TLSRPTv1; rua=mailto:tls@{domain}"),
+    );
+    dns.add(
+        &format!("_submissions._tcp.{domain}"),
+        Rec::Srv(0, 1, 465, host.clone()),
+    );
+    dns.add(&format!("_imaps._tcp.{domain}"), Rec::Srv(0, 1, 993, host));
+}
+
+/// `sealmail check` with the test DNS server: (exit code, stdout, stderr).
+fn check(dir: &std::path::Path, dns: &DnsServer, args: &[&str]) -> TestResult<(i32, String, String)> {
+    let server = dns.addr().to_string();
+    let mut all = vec!["check", "--nameserver", server.as_str()];
+    all.extend_from_slice(args);
+    common::run(dir, &all, None)
+}
+
+fn json_check(dir: &std::path::Path, dns: &DnsServer, args: &[&str]) -> TestResult<serde_json::Value> {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = check(dir, dns, &all)?;
+    if code != 0 {
+        return Err(format!("check {args:?}: {code} {err}"));
+    }
+    ctx(serde_json::from_str(&out), "the JSON report")
+}
+
+/// The check `id` of a JSON report.
+fn finding<'a>(report: &'a serde_json::Value, id: &str) -> TestResult<&'a serde_json::Value> {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["id"] == id))
+        .ok_or_else(|| format!("no check {id} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_with_every_record_right_grades_a() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    publish_good(&dns, "good.test", &dkim_key(dir.path(), 2048)?);
+    let report = json_check(dir.path(), &dns, &["good.test", "--dkim-selector", "s1"])?;
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["domain"], "good.test");
+    assert_eq!(report["grade"], "A", "{report:#}");
+    let checks = report["checks"].as_array().ok_or("no checks")?;
+    assert!(checks.iter().all(|c| c["status"] == "PASS"), "{report:#}");
+    for id in [
+        "mx",
+        "spf",
+        "spf-lookups",
+        "spf-helo:mail.good.test",
+        "dmarc",
+        "dmarc-reports",
+        "dkim:s1",
+        "mta-sts-record",
+        "tls-rpt",
+        "srv-submission",
+        "srv-imap",
+    ] {
+        finding(&report, id)?;
+    }
+    assert_eq!(finding(&report, "dkim:s1")?["detail"], "RSA key of 2048 bits");
+    assert_eq!(
+        finding(&report, "spf-lookups")?["detail"],
+        "1 of at most 10 DNS lookups"
+    );
+    for check in checks {
+        for key in ["id", "pillar", "status", "detail", "fix"] {
+            assert!(check.get(key).is_some(), "{key} in {check}");
+        }
+    }
+    // The same as text, grouped by pillar; no colour when not on a terminal; --fail-under A holds.
+    let (code, text, err) = check(dir.path(), &dns, &["good.test", "--fail-under", "A"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(text.starts_with("Mail security of good.test\n"), "{text}");
+    assert!(
+        text.contains("\nAuthentication\n  PASS spf: `v=spf1 mx -all` ends in -all"),
+        "{text}"
+    );
+    assert!(text.contains("grade A"), "{text}");
+    assert!(!text.contains('\x1b'));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_records_give_their_findings_and_fixes() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    // +all, DMARC p=none at pct=50 without reports, a 1024-bit DKIM key, no TLS-RPT, no SRV.
+    dns.add_mx("weak.test", 10, "mx.weak.test");
+    dns.add_txt("weak.test", "v=spf1 mx +all");
+    dns.add_txt("_dmarc.weak.test", "v=DMARC1; p=none; pct=50");
+    let small = dkim_key(dir.path(), 1024)?;
+    dns.add_txt("old._domainkey.weak.test", &format!("v=DKIM1; p={small}"));
+    let report = json_check(dir.path(), &dns, &["weak.test", "--dkim-selector", "old"])?;
+    let spf = finding(&report, "spf")?;
+    assert_eq!(spf["status"], "FAIL", "{spf}");
+    assert_eq!(spf["pillar"], "authentication");
+    assert!(spf["fix"].as_str().is_some_and(|f| f.contains("-all")), "{spf}");
+    let dmarc = finding(&report, "dmarc")?;
+    assert_eq!(dmarc["status"], "WARN");
+    assert!(
+        dmarc["fix"].as_str().is_some_and(|f| f.contains("p=reject")),
+        "{dmarc}"
+    );
+    assert_eq!(finding(&report, "dmarc-pct")?["status"], "WARN");
+    assert_eq!(finding(&report, "dmarc-reports")?["status"], "WARN");
+    let dkim = finding(&report, "dkim:old")?;
+    assert_eq!(dkim["status"], "FAIL");
+    assert_eq!(
+        dkim["detail"],
+        "RSA key of 1024 bits: under 2048 bits, signatures can be forged"
+    );
+    assert_eq!(finding(&report, "tls-rpt")?["status"], "WARN");
+    assert_eq!(finding(&report, "mta-sts-record")?["status"], "WARN");
+    assert_eq!(finding(&report, "srv-imap")?["status"], "WARN");
+    // The mail host has no SPF record of its own (its HELO name).
+    assert_eq!(finding(&report, "spf-helo:mx.weak.test")?["status"], "WARN");
+    assert_ne!(report["grade"], "A");
+    // Below --fail-under: exit status 1, and why.
+    let (code, _, err) = check(dir.path(), &dns, &["weak.test", "--fail-under", "B"])?;
+    assert_eq!(code, 1);
+    assert!(err.contains("is below --fail-under B"), "{err}");
+    let (code, _, err) = check(dir.path(), &dns, &["weak.test", "--fail-under", "E"])?;
+    assert_eq!(code, 2, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spf_past_ten_lookups_missing_records_and_failed_lookups_are_findings() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    // Eleven includes, each a record of its own.
+    let includes: Vec<String> = (1..=11).map(|n| format!("include:_spf{n}.many.test")).collect();
+    dns.add_txt("many.test", &format!("v=spf1 {} -all", includes.join(" ")));
+    for n in 1..=11 {
+        dns.add_txt(&format!("_spf{n}.many.test"), "v=spf1 ip4:192.0.2.1 -all");
+    }
+    dns.add_mx("many.test", 0, ".");
+    let report = json_check(dir.path(), &dns, &["many.test"])?;
+    let lookups = finding(&report, "spf-lookups")?;
+    assert_eq!(lookups["status"], "FAIL", "{lookups}");
+    assert!(
+        lookups["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("11 counted")),
+        "{lookups}"
+    );
+    // A null MX takes no mail: no MTA-STS or client records are asked of it.
+    assert_eq!(finding(&report, "mx")?["status"], "INFO");
+    assert!(finding(&report, "tls-rpt").is_err());
+    // Two SPF records, no DMARC, and a DMARC lookup that fails: findings, not a crash.
+    dns.add_txt("two.test", "v=spf1 -all");
+    dns.add_txt("two.test", "v=spf1 mx -all");
+    dns.servfail("_dmarc.two.test");
+    let report = json_check(dir.path(), &dns, &["two.test"])?;
+    let spf = finding(&report, "spf")?;
+    assert_eq!(spf["status"], "FAIL");
+    assert!(
+        spf["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("2 SPF records")),
+        "{spf}"
+    );
+    let dmarc = finding(&report, "dmarc")?;
+    assert_eq!(dmarc["status"], "WARN");
+    assert!(
+        dmarc["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("could not be looked up")),
+        "{dmarc}"
+    );
+    assert_eq!(finding(&report, "mx")?["status"], "FAIL");
+    let report = json_check(dir.path(), &dns, &["nothing.test"])?;
+    assert_eq!(finding(&report, "dmarc")?["status"], "FAIL");
+    assert!(
+        finding(&report, "dmarc")?["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("_dmarc.nothing.test. TXT \"v=DMARC1; p=reject")),
+        "{report:#}"
+    );
+    Ok(())
+}
