@@ -90,8 +90,34 @@ fn unchecked(id: &str, pillar: Pillar, what: &str, why: &str) -> Check {
     .with_fix("check that the domain's nameservers answer, then run the check again")
 }
 
-/// Every DNS check of `domain`; `dkim_selectors` are the DKIM selectors to look up.
-pub async fn check_domain(dns: &Dns, domain: &str, dkim_selectors: &[String]) -> Vec<Check> {
+/// What a check is asked to look at beyond the domain's own records.
+#[derive(Default)]
+pub struct Options {
+    /// DKIM selectors whose keys to check.
+    pub dkim_selectors: Vec<String>,
+    /// The port MTA-STS policies are fetched from (443 unless a test installation says).
+    pub https_port: Option<u16>,
+    /// The HTTPS client for the MTA-STS policy (certificates checked against the system's
+    /// roots and `--ca-file`); `None` leaves the policy unfetched.
+    pub http: Option<reqwest::Client>,
+}
+
+/// The HTTPS client for MTA-STS policies: TLS 1.2 and 1.3 with our cipher suites, the
+/// system's certificate authorities and those of `ca_file`, our resolver, no redirects.
+pub fn https_client(dns: &Dns, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let roots = sealmail_delivery::trust_anchors(ca_file).map_err(|e| e.to_string())?;
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(sealmail_tls::restricted_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    sealmail_delivery::mta_sts::policy_client(dns, tls).map_err(|e| e.to_string())
+}
+
+/// Every DNS check of `domain`, and the MTA-STS policy its record announces.
+pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> Vec<Check> {
+    let dkim_selectors = &options.dkim_selectors;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let mut checks = Vec::new();
     let mx_hosts = check_mx(dns, &domain, &mut checks).await;
@@ -105,7 +131,12 @@ pub async fn check_domain(dns: &Dns, domain: &str, dkim_selectors: &[String]) ->
         checks.push(check_dkim(dns, &domain, selector).await);
     }
     if receives_mail {
-        checks.push(check_mta_sts_record(dns, &domain).await);
+        let (record, id) = check_mta_sts_record(dns, &domain).await;
+        checks.push(record);
+        if let (Some(id), Some(http)) = (id, &options.http) {
+            let port = options.https_port.unwrap_or(443);
+            checks.extend(check_mta_sts_policy(http, &domain, port, &id, mx_hosts.as_deref()).await);
+        }
         checks.push(check_tls_rpt(dns, &domain).await);
         checks.extend(check_srv(dns, &domain).await);
     }
@@ -675,35 +706,155 @@ async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
     }
 }
 
-async fn check_mta_sts_record(dns: &Dns, domain: &str) -> Check {
+/// The MTA-STS record check, and the record's id when there is a valid one.
+async fn check_mta_sts_record(dns: &Dns, domain: &str) -> (Check, Option<String>) {
     let name = format!("_mta-sts.{domain}");
     match txt(dns, &name).await {
         Found::Records(texts) => match tagged(&texts, "v=STSv1").as_slice() {
-            [one] if tags(one).iter().any(|(k, v)| k == "id" && !v.is_empty()) => Check::new(
-                "mta-sts-record",
-                Pillar::Encryption,
-                Status::Pass,
-                format!("`{one}`"),
+            [one] => match tag(&tags(one), "id").filter(|id| !id.is_empty()) {
+                Some(id) => (
+                    Check::new("mta-sts-record", Pillar::Encryption, Status::Pass, format!("`{one}`")),
+                    Some(id.to_string()),
+                ),
+                None => (
+                    Check::new(
+                        "mta-sts-record",
+                        Pillar::Encryption,
+                        Status::Fail,
+                        format!("`{one}` has no id"),
+                    )
+                    .with_fix(format!("publish `{name}. TXT \"v=STSv1; id=20260101\"`")),
+                    None,
+                ),
+            },
+            _ => (
+                Check::new(
+                    "mta-sts-record",
+                    Pillar::Encryption,
+                    Status::Fail,
+                    format!("{name} holds no single valid `v=STSv1; id=...` record"),
+                )
+                .with_fix(format!("publish one `{name}. TXT \"v=STSv1; id=20260101\"`")),
+                None,
             ),
-            _ => Check::new(
+        },
+        Found::Nothing => (
+            Check::new(
                 "mta-sts-record",
                 Pillar::Encryption,
-                Status::Fail,
-                format!("{name} holds no single valid `v=STSv1; id=...` record"),
+                Status::Warn,
+                "no MTA-STS: senders fall back to plaintext when STARTTLS is stripped",
             )
-            .with_fix(format!("publish one `{name}. TXT \"v=STSv1; id=20260101\"`")),
-        },
-        Found::Nothing => Check::new(
-            "mta-sts-record",
-            Pillar::Encryption,
-            Status::Warn,
-            "no MTA-STS: senders fall back to plaintext when STARTTLS is stripped",
-        )
-        .with_fix(format!(
-            "serve a policy at https://mta-sts.{domain}/.well-known/mta-sts.txt and publish `{name}. TXT \"v=STSv1; id=20260101\"` (sealmail serves the policy: docs/WEB.md)"
-        )),
-        Found::Failed(why) => unchecked("mta-sts-record", Pillar::Encryption, "the MTA-STS record", &why),
+            .with_fix(format!(
+                "serve a policy at https://mta-sts.{domain}/.well-known/mta-sts.txt and publish `{name}. TXT \"v=STSv1; id=20260101\"` (sealmail serves the policy: docs/WEB.md)"
+            )),
+            None,
+        ),
+        Found::Failed(why) => (
+            unchecked("mta-sts-record", Pillar::Encryption, "the MTA-STS record", &why),
+            None,
+        ),
     }
+}
+
+/// A policy's `max_age` under this is too short to protect anything between visits.
+const MIN_MAX_AGE: u64 = 86_400;
+
+/// The MTA-STS policy (RFC 8461 3.2, 3.3): fetched over HTTPS with a valid certificate, its
+/// mode, whether its `mx` patterns cover every MX host, and its max_age.
+async fn check_mta_sts_policy(
+    http: &reqwest::Client,
+    domain: &str,
+    port: u16,
+    id: &str,
+    mx_hosts: Option<&[String]>,
+) -> Vec<Check> {
+    use sealmail_delivery::mta_sts::{StsMode, fetch_policy};
+    let enc = Pillar::Encryption;
+    let policy = match fetch_policy(http, domain, port, id).await {
+        Ok((policy, _)) => policy,
+        Err(error) => {
+            let why = match error.result_type() {
+                sealmail_delivery::tls_rpt::ResultType::StsWebpkiInvalid => {
+                    format!("its server's certificate is not valid or not trusted ({error})")
+                }
+                _ => error.to_string(),
+            };
+            return vec![
+                Check::new(
+                    "mta-sts-policy",
+                    enc,
+                    Status::Fail,
+                    format!("the policy announced by the record cannot be used: {why}"),
+                )
+                .with_fix(format!(
+                    "serve `version: STSv1`, `mode: enforce`, one `mx:` line per MX host and `max_age: 604800` as text/plain at https://mta-sts.{domain}/.well-known/mta-sts.txt, with a certificate valid for mta-sts.{domain}"
+                )),
+            ];
+        }
+    };
+    let mut checks = vec![match policy.mode {
+        StsMode::Enforce => Check::new("mta-sts-policy", enc, Status::Pass, "mode: enforce"),
+        StsMode::Testing => Check::new(
+            "mta-sts-policy",
+            enc,
+            Status::Warn,
+            "mode: testing: senders report failures but still deliver without TLS",
+        )
+        .with_fix("set `mode: enforce` once the TLS reports show no failures (sealmail: `[mta_sts] mode = \"enforce\"`)"),
+        StsMode::None => Check::new(
+            "mta-sts-policy",
+            enc,
+            Status::Warn,
+            "mode: none: the policy is withdrawn",
+        )
+        .with_fix("set `mode: enforce`"),
+    }];
+    if policy.mode != StsMode::None {
+        let uncovered: Vec<&String> = mx_hosts
+            .unwrap_or_default()
+            .iter()
+            .filter(|host| !policy.allows(host))
+            .collect();
+        checks.push(if uncovered.is_empty() {
+            Check::new("mta-sts-mx", enc, Status::Pass, "the policy's mx lines cover every MX host")
+        } else {
+            let names: Vec<&str> = uncovered.iter().map(|h| h.as_str()).collect();
+            Check::new(
+                "mta-sts-mx",
+                enc,
+                Status::Fail,
+                format!("the policy does not name the MX host(s) {}: senders that enforce it cannot deliver there", names.join(", ")),
+            )
+            .with_fix(
+                names
+                    .iter()
+                    .map(|host| format!("add `mx: {host}` to the policy"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        });
+    }
+    checks.push(if policy.max_age < MIN_MAX_AGE {
+        Check::new(
+            "mta-sts-max-age",
+            enc,
+            Status::Warn,
+            format!(
+                "max_age: {} s: senders forget the policy within a day",
+                policy.max_age
+            ),
+        )
+        .with_fix("set `max_age: 604800` (a week) or more")
+    } else {
+        Check::new(
+            "mta-sts-max-age",
+            enc,
+            Status::Pass,
+            format!("max_age: {} s", policy.max_age),
+        )
+    });
+    checks
 }
 
 async fn check_tls_rpt(dns: &Dns, domain: &str) -> Check {

@@ -274,7 +274,7 @@ impl HostPolicy {
 pub(crate) use sealmail_types::clock::now_unix;
 
 /// The system's certificate authorities plus `extra` (a PEM file).
-fn trust_anchors(extra: Option<&std::path::Path>) -> Result<RootCertStore, DeliveryError> {
+pub fn trust_anchors(extra: Option<&std::path::Path>) -> Result<RootCertStore, DeliveryError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

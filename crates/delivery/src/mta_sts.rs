@@ -265,15 +265,7 @@ impl MtaSts {
         tls: rustls::ClientConfig,
         port: u16,
     ) -> Result<MtaSts, SetupError> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .dns_resolver(Arc::new(Resolver(dns.clone())))
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
-            .no_proxy()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(SetupError)?;
+        let http = policy_client(&dns, tls)?;
         Ok(MtaSts {
             dns,
             store,
@@ -392,41 +384,67 @@ impl MtaSts {
 
     /// The policy and its text.
     async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), FetchError> {
-        let url = match self.port {
-            443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
-            port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
-        };
-        let request_failed = |error| FetchError::Request {
-            url: url.clone(),
-            error,
-        };
-        let mut response = self.http.get(&url).send().await.map_err(request_failed)?;
-        let status = response.status();
-        if status != reqwest::StatusCode::OK {
-            return Err(FetchError::Status { url, status });
+        fetch_policy(&self.http, domain, self.port, id).await
+    }
+}
+
+/// The HTTPS client for policies (and TLS reports): our resolver, the certificate checks of
+/// `tls`, no redirects, no proxy, [`FETCH_TIMEOUT`].
+pub fn policy_client(dns: &Dns, tls: rustls::ClientConfig) -> Result<reqwest::Client, SetupError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .dns_resolver(Arc::new(Resolver(dns.clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true)
+        .no_proxy()
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .map_err(SetupError)
+}
+
+/// Fetches `domain`'s policy from `https://mta-sts.DOMAIN[:port]/.well-known/mta-sts.txt`
+/// (RFC 8461 3.3: status 200, text/plain, at most 64 KiB): the policy (with the id `id` of
+/// its TXT record) and its text.
+pub async fn fetch_policy(
+    http: &reqwest::Client,
+    domain: &str,
+    port: u16,
+    id: &str,
+) -> Result<(Policy, String), FetchError> {
+    let url = match port {
+        443 => format!("https://mta-sts.{domain}/.well-known/mta-sts.txt"),
+        port => format!("https://mta-sts.{domain}:{port}/.well-known/mta-sts.txt"),
+    };
+    let request_failed = |error| FetchError::Request {
+        url: url.clone(),
+        error,
+    };
+    let mut response = http.get(&url).send().await.map_err(request_failed)?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        return Err(FetchError::Status { url, status });
+    }
+    let text_plain = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
+    if !text_plain {
+        return Err(FetchError::NotTextPlain { url });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
+        if body.len() + chunk.len() > MAX_POLICY_BYTES {
+            return Err(FetchError::TooLarge { url });
         }
-        let text_plain = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
-        if !text_plain {
-            return Err(FetchError::NotTextPlain { url });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
-            if body.len() + chunk.len() > MAX_POLICY_BYTES {
-                return Err(FetchError::TooLarge { url });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let Ok(body) = String::from_utf8(body) else {
-            return Err(FetchError::NotUtf8 { url });
-        };
-        match Policy::parse(id, &body) {
-            Ok(policy) => Ok((policy, body)),
-            Err(error) => Err(FetchError::Invalid { url, error }),
-        }
+        body.extend_from_slice(&chunk);
+    }
+    let Ok(body) = String::from_utf8(body) else {
+        return Err(FetchError::NotUtf8 { url });
+    };
+    match Policy::parse(id, &body) {
+        Ok(policy) => Ok((policy, body)),
+        Err(error) => Err(FetchError::Invalid { url, error }),
     }
 }
 

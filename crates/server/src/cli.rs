@@ -128,6 +128,13 @@ pub struct CheckArgs {
     /// DKIM selector whose key to check (repeatable)
     #[arg(long, value_name = "SELECTOR")]
     pub dkim_selector: Vec<String>,
+    /// Ports of a test installation, `NAME=PORT[,NAME=PORT...]`; this version reads `https`
+    /// (where the MTA-STS policy is fetched; default 443)
+    #[arg(long, value_name = "NAME=PORT,...")]
+    pub port: Option<String>,
+    /// Trust the certificate authorities in this PEM file besides the system's
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
