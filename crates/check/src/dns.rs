@@ -68,14 +68,26 @@ async fn txt(dns: &Dns, name: &str) -> Found<String> {
     }
 }
 
-/// The records of `texts` that start with `tag` (case-insensitive), e.g. `v=spf1`.
+/// The records of `texts` that start with `tag` (case-insensitive), e.g. `v=DMARC1`, followed
+/// by the end, spaces or `;` (an SPF record's version is followed by a space or nothing:
+/// RFC 7208 4.5, so `v=spf1;` is no SPF record).
 fn tagged<'a>(texts: &'a [String], tag: &str) -> Vec<&'a String> {
+    let spf = tag.eq_ignore_ascii_case("v=spf1");
     texts
         .iter()
         .filter(|t| {
-            t.get(..tag.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(tag))
-                && t[tag.len()..].chars().next().is_none_or(|c| c == ' ' || c == ';')
+            let Some(rest) = t
+                .get(..tag.len())
+                .filter(|head| head.eq_ignore_ascii_case(tag))
+                .map(|_| &t[tag.len()..])
+            else {
+                return false;
+            };
+            match rest.chars().next() {
+                None | Some(' ') => true,
+                Some(';') => !spf,
+                Some(_) => false,
+            }
         })
         .collect()
 }
@@ -88,6 +100,7 @@ fn unchecked(id: &str, pillar: Pillar, what: &str, why: &str) -> Check {
         format!("{what} could not be looked up ({why})"),
     )
     .with_fix("check that the domain's nameservers answer, then run the check again")
+    .incomplete()
 }
 
 /// What a check is asked to look at beyond the domain's own records.
@@ -141,6 +154,13 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> Vec<Che
         checks.extend(check_srv(dns, &domain).await);
     }
     checks
+}
+
+/// The MX host names of `domain`, most preferred first; none for a null MX or when they
+/// cannot be looked up (the `mx` check reports why).
+pub async fn mx_host_names(dns: &Dns, domain: &str) -> Vec<String> {
+    let mut ignored = Vec::new();
+    check_mx(dns, domain, &mut ignored).await.unwrap_or_default()
 }
 
 /// The MX check; the MX host names, or `None` when they could not be looked up (an empty
@@ -260,7 +280,12 @@ fn parse_spf(record: &str) -> Result<SpfRecord, String> {
             None => (mechanism, None),
         };
         match name {
-            "all" if argument.is_none() => spf.all = Some(qualifier),
+            // Evaluation stops at the first `all` (RFC 7208 4.6.2): later terms never count.
+            "all" if argument.is_none() => {
+                if spf.all.is_none() {
+                    spf.all = Some(qualifier);
+                }
+            }
             "include" => {
                 let target = argument
                     .and_then(|a| a.strip_prefix(':'))
@@ -298,27 +323,72 @@ async fn spf_record(dns: &Dns, domain: &str) -> Result<String, String> {
     }
 }
 
-/// The lookups an evaluation of `domain`'s record may make, following includes and redirects
-/// (counting stops past the limit, so loops end).
-async fn count_lookups(dns: &Dns, record: &SpfRecord) -> Result<usize, String> {
-    let mut total = record.lookups;
-    let mut pending: Vec<String> = record.includes.iter().chain(&record.redirect).cloned().collect();
-    while let Some(target) = pending.pop() {
-        if total > SPF_LOOKUP_LIMIT {
+/// What following a record's includes and redirect found.
+#[derive(Debug, Default)]
+struct Followed {
+    /// DNS lookups an evaluation may make (counting stops past the limit, so loops end).
+    lookups: usize,
+    /// The `all` qualifier the redirect chain ends in, when the record redirects.
+    redirect_all: Option<char>,
+    /// Included domains whose own record passes every host (`+all`): an include of one passes
+    /// everyone too.
+    permissive_includes: Vec<String>,
+}
+
+/// Follows `record`'s includes and redirect (RFC 7208 5.2, 6.1), counting lookups.
+async fn follow(dns: &Dns, record: &SpfRecord) -> Result<Followed, FollowError> {
+    let mut followed = Followed {
+        lookups: record.lookups,
+        ..Followed::default()
+    };
+    // (domain, reached by the top record's redirect chain, reached through an include)
+    let mut pending: Vec<(String, bool)> = record.includes.iter().map(|d| (d.clone(), false)).collect();
+    // A redirect is used only when the record has no `all` (RFC 7208 6.1).
+    if record.all.is_none()
+        && let Some(target) = &record.redirect
+    {
+        pending.push((target.clone(), true));
+    }
+    while let Some((target, via_redirect)) = pending.pop() {
+        if followed.lookups > SPF_LOOKUP_LIMIT {
             break;
         }
         if target.contains('%') {
-            // A macro is expanded per sender: its record cannot be counted here.
+            // A macro is expanded per sender: its record cannot be followed here.
             continue;
         }
-        let text = spf_record(dns, &target)
-            .await
-            .map_err(|why| format!("{target}: {why}"))?;
-        let inner = parse_spf(&text).map_err(|term| format!("{target}: `{term}` is not valid"))?;
-        total += inner.lookups;
-        pending.extend(inner.includes.into_iter().chain(inner.redirect));
+        let text = match spf_record(dns, &target).await {
+            Ok(text) => text,
+            Err(why) if why.starts_with("lookup failed") => {
+                return Err(FollowError::Lookup(format!("{target}: {why}")));
+            }
+            Err(why) => return Err(FollowError::Broken(format!("{target}: {why}"))),
+        };
+        let inner = parse_spf(&text)
+            .map_err(|term| FollowError::Broken(format!("{target}: `{term}` is not valid")))?;
+        followed.lookups += inner.lookups;
+        if via_redirect && inner.all.is_some() {
+            followed.redirect_all = inner.all;
+        }
+        if !via_redirect && inner.all == Some('+') {
+            followed.permissive_includes.push(target.clone());
+        }
+        pending.extend(inner.includes.iter().map(|d| (d.clone(), false)));
+        if inner.all.is_none()
+            && let Some(next) = inner.redirect
+        {
+            pending.push((next, via_redirect));
+        }
     }
-    Ok(total)
+    Ok(followed)
+}
+
+#[derive(Debug)]
+enum FollowError {
+    /// A lookup failed: nothing can be said.
+    Lookup(String),
+    /// An included or redirected-to domain has no valid record: receivers give an error.
+    Broken(String),
 }
 
 async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
@@ -368,14 +438,24 @@ async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
             ];
         }
     };
+    let followed = follow(dns, &record).await;
+    // A redirect's ending is the record's own when it has no `all` (RFC 7208 6.1).
+    let redirected = match (&followed, record.all, &record.redirect) {
+        (Ok(f), None, Some(target)) => f.redirect_all.map(|q| (q, target.as_str())),
+        _ => None,
+    };
+    let all = record.all.or(redirected.map(|(q, _)| q));
+    let through = redirected.map_or(String::new(), |(_, target)| {
+        format!(" (through the redirect to {target})")
+    });
     let mut checks = Vec::new();
-    let ending = match (record.all, &record.redirect) {
-        (Some('-'), _) => Check::new(id, auth, Status::Pass, format!("`{text}` ends in -all")),
+    let ending = match (all, &record.redirect) {
+        (Some('-'), _) => Check::new(id, auth, Status::Pass, format!("`{text}` ends in -all{through}")),
         (Some('~'), _) => Check::new(
             id,
             auth,
             Status::Warn,
-            format!("`{text}` ends in ~all: mail from other hosts is only marked"),
+            format!("`{text}` ends in ~all{through}: mail from other hosts is only marked"),
         )
         .with_fix("end the record in -all once every sending host is listed"),
         (Some(q), _) => Check::new(
@@ -383,12 +463,18 @@ async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
             auth,
             Status::Fail,
             format!(
-                "`{text}` ends in {}all: any host may send as the domain",
+                "`{text}` ends in {}all{through}: any host may send as the domain",
                 if q == '+' { "+" } else { "?" }
             ),
         )
         .with_fix(format!("replace `{q}all` by `-all`").replace("+all", "all")),
-        (None, Some(target)) => Check::new(id, auth, Status::Pass, format!("`{text}` redirects to {target}")),
+        (None, Some(target)) => Check::new(
+            id,
+            auth,
+            Status::Warn,
+            format!("`{text}` redirects to {target}, whose ending could not be read"),
+        )
+        .with_fix(format!("check the SPF record of {target}")),
         (None, None) => Check::new(
             id,
             auth,
@@ -398,6 +484,22 @@ async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
         .with_fix("end the record in -all"),
     };
     checks.push(ending);
+    if let Ok(f) = &followed
+        && !f.permissive_includes.is_empty()
+    {
+        checks.push(
+            Check::new(
+                "spf-include",
+                auth,
+                Status::Fail,
+                format!(
+                    "included record(s) of {} end in +all: every host passes through them",
+                    f.permissive_includes.join(", ")
+                ),
+            )
+            .with_fix("remove those include: terms, or have their owners end them in -all"),
+        );
+    }
     if record.uses_ptr {
         checks.push(
             Check::new(
@@ -409,21 +511,22 @@ async fn check_spf(dns: &Dns, domain: &str) -> Vec<Check> {
             .with_fix("list the sending hosts with ip4:, ip6:, a or mx instead of ptr"),
         );
     }
-    checks.push(match count_lookups(dns, &record).await {
-        Ok(count) if count > SPF_LOOKUP_LIMIT => Check::new(
+    checks.push(match followed {
+        Ok(f) if f.lookups > SPF_LOOKUP_LIMIT => Check::new(
             "spf-lookups",
             auth,
             Status::Fail,
-            format!("evaluating the record takes more than {SPF_LOOKUP_LIMIT} DNS lookups ({count} counted): receivers give a permanent error"),
+            format!("evaluating the record takes more than {SPF_LOOKUP_LIMIT} DNS lookups ({} counted): receivers give a permanent error", f.lookups),
         )
         .with_fix("replace include: terms by the ip4:/ip6: ranges they stand for, or drop unused ones"),
-        Ok(count) => Check::new(
+        Ok(f) => Check::new(
             "spf-lookups",
             auth,
             Status::Pass,
-            format!("{count} of at most {SPF_LOOKUP_LIMIT} DNS lookups"),
+            format!("{} of at most {SPF_LOOKUP_LIMIT} DNS lookups", f.lookups),
         ),
-        Err(why) => Check::new(
+        Err(FollowError::Lookup(why)) => unchecked("spf-lookups", auth, "an included SPF record", &why),
+        Err(FollowError::Broken(why)) => Check::new(
             "spf-lookups",
             auth,
             Status::Fail,
@@ -810,12 +913,10 @@ async fn check_mta_sts_policy(
         )
         .with_fix("set `mode: enforce`"),
     }];
-    if policy.mode != StsMode::None {
-        let uncovered: Vec<&String> = mx_hosts
-            .unwrap_or_default()
-            .iter()
-            .filter(|host| !policy.allows(host))
-            .collect();
+    if policy.mode != StsMode::None
+        && let Some(mx_hosts) = mx_hosts
+    {
+        let uncovered: Vec<&String> = mx_hosts.iter().filter(|host| !policy.allows(host)).collect();
         checks.push(if uncovered.is_empty() {
             Check::new("mta-sts-mx", enc, Status::Pass, "the policy's mx lines cover every MX host")
         } else {
@@ -960,6 +1061,11 @@ mod tests {
         assert_eq!(parse_spf("v=spf1 include: -all"), Err("include:".to_string()));
         assert_eq!(parse_spf("v=spf1 foo:bar -all"), Err("foo:bar".to_string()));
         assert!(parse_spf("v=spf1 unknown-mod=1 -all").is_ok());
+        // Evaluation stops at the first `all`.
+        assert_eq!(parse_spf("v=spf1 +all -all").map(|r| r.all), Ok(Some('+')));
+        let texts = ["v=spf1; -all", "v=spf10 -all", "V=SPF1 -all", "v=DMARC1;p=none"].map(String::from);
+        assert_eq!(tagged(&texts, "v=spf1"), [&texts[2]]);
+        assert_eq!(tagged(&texts, "v=DMARC1"), [&texts[3]]);
     }
 
     #[test]

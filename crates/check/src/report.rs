@@ -73,6 +73,9 @@ pub struct Check {
     pub status: Status,
     pub detail: String,
     pub fix: Option<String>,
+    /// The check could not be made (a lookup failed): the report cannot be an A.
+    #[serde(skip)]
+    pub incomplete: bool,
 }
 
 impl Check {
@@ -83,7 +86,14 @@ impl Check {
             status,
             detail: detail.into(),
             fix: None,
+            incomplete: false,
         }
+    }
+
+    /// Marks a check that could not be made.
+    pub fn incomplete(mut self) -> Check {
+        self.incomplete = true;
+        self
     }
 
     pub fn with_fix(mut self, fix: impl Into<String>) -> Check {
@@ -103,10 +113,11 @@ pub enum Grade {
 }
 
 impl Grade {
-    /// The grade of `score` (0-100); any FAIL keeps a report below A.
-    pub fn of(score: u32, fails: usize) -> Grade {
+    /// The grade of `score` (0-100); any FAIL, or any check that could not be made
+    /// (`blockers`), keeps a report below A.
+    pub fn of(score: u32, blockers: usize) -> Grade {
         match score {
-            90.. if fails == 0 => Grade::A,
+            90.. if blockers == 0 => Grade::A,
             75.. => Grade::B,
             60.. => Grade::C,
             40.. => Grade::D,
@@ -163,7 +174,7 @@ impl Report {
             domain: domain.to_string(),
             checked_at,
             score,
-            grade: Grade::of(score, fails),
+            grade: Grade::of(score, fails + checks.iter().filter(|c| c.incomplete).count()),
             checks,
         }
     }
@@ -197,12 +208,18 @@ impl Report {
             }
             let _ = writeln!(out, "\n{}", pillar.title());
             for check in checks {
-                let _ = writeln!(out, "  {} {}: {}", paint(check.status), check.id, check.detail);
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {}",
+                    paint(check.status),
+                    printable(&check.id),
+                    printable(&check.detail)
+                );
                 if let Some(fix) = &check.fix
                     && matches!(check.status, Status::Warn | Status::Fail)
                 {
                     for line in fix.lines() {
-                        let _ = writeln!(out, "       fix: {line}");
+                        let _ = writeln!(out, "       fix: {}", printable(line));
                     }
                 }
             }
@@ -222,6 +239,21 @@ impl Report {
     }
 }
 
+/// Text from the checked domain (DNS records, greetings) made safe for a terminal: control
+/// and bidirectional-override characters shown as `\u{..}`, so a record cannot move the
+/// cursor, recolour the report or fake lines of it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +268,9 @@ mod tests {
         assert_eq!((report.score, report.grade), (100, Grade::A));
         let report = Report::new("example.org", 0, vec![check(Status::Warn), check(Status::Warn)]);
         assert_eq!((report.score, report.grade), (92, Grade::A));
+        // A check that could not be made is no A either.
+        let report = Report::new("example.org", 0, vec![check(Status::Warn).incomplete()]);
+        assert_eq!((report.score, report.grade), (96, Grade::B));
         // One FAIL is never an A, whatever the score.
         let report = Report::new("example.org", 0, vec![check(Status::Fail)]);
         assert_eq!((report.score, report.grade), (85, Grade::B));
@@ -276,5 +311,25 @@ mod tests {
         );
         assert!(!text.contains("never shown") && !text.contains('\x1b'));
         assert!(report.text(true).contains("\x1b[31mFAIL"));
+        // What a hostile record holds cannot drive the terminal or fake report lines.
+        let hostile = Report::new(
+            "example.org",
+            0,
+            vec![Check::new(
+                "dmarc",
+                Pillar::Authentication,
+                Status::Pass,
+                "x\x1b]0;pwn\x07\r\n  PASS spf: ok\u{202e}",
+            )],
+        );
+        let text = hostile.text(false);
+        assert!(
+            !text.contains('\x1b') && !text.contains('\r') && !text.contains('\u{202e}'),
+            "{text}"
+        );
+        assert!(
+            text.contains("x\\u{1b}]0;pwn\\u{7}\\u{d}\\u{a}  PASS spf: ok\\u{202e}"),
+            "{text}"
+        );
     }
 }

@@ -34,19 +34,33 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
             .map(|text| nameserver(text))
             .collect::<Result<_, _>>()?;
     }
-    let https_port = match &args.port {
-        Some(text) => https_port(text)?,
-        None => None,
+    let ports = match &args.port {
+        Some(text) => {
+            sealmail_check::servers::Ports::parse(text).map_err(|e| UsageError(format!("--port {e}")))?
+        }
+        None => sealmail_check::servers::Ports::default(),
     };
     let dns = sealmail_dns::Dns::new(&dns_config)?;
     let options = sealmail_check::dns::Options {
         dkim_selectors: args.dkim_selector.clone(),
-        https_port,
+        https_port: Some(ports.https),
         http: Some(
             sealmail_check::dns::https_client(&dns, args.ca_file.as_deref()).map_err(anyhow::Error::msg)?,
         ),
     };
-    let checks = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
+    let mut checks = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
+    let mx_hosts = sealmail_check::dns::mx_host_names(&dns, domain.as_str()).await;
+    let roots = sealmail_delivery::trust_anchors(args.ca_file.as_deref())?;
+    checks.extend(
+        sealmail_check::servers::check_servers(
+            &dns,
+            &mx_hosts,
+            &args.host,
+            ports,
+            std::sync::Arc::new(roots),
+        )
+        .await,
+    );
     let report = Report::new(domain.as_str(), sealmail_types::clock::now_unix(), checks);
     if args.format == "json" {
         println!("{}", report.json());
@@ -73,28 +87,4 @@ fn nameserver(text: &str) -> Result<SocketAddr, UsageError> {
                 "--nameserver {text}: give an IP address, optionally with :PORT"
             ))
         })
-}
-
-/// The `https` port of `--port NAME=PORT,...`; names this version does not check yet are
-/// refused rather than ignored.
-fn https_port(text: &str) -> Result<Option<u16>, UsageError> {
-    let mut https = None;
-    for pair in text.split(',').filter(|p| !p.is_empty()) {
-        let (name, port) = pair
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--port {pair}: give NAME=PORT")))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| UsageError(format!("--port {pair}: {port} is not a port")))?;
-        match name {
-            "https" => https = Some(port),
-            "smtp" | "submissions" | "submission" | "imaps" | "imap" => {
-                return Err(UsageError(format!(
-                    "--port {name}: this version does not connect to mail servers yet (docs/CHECK-JSON.md)"
-                )));
-            }
-            other => return Err(UsageError(format!("--port {other}: not a port name"))),
-        }
-    }
-    Ok(https)
 }

@@ -128,10 +128,14 @@ pub struct CheckArgs {
     /// DKIM selector whose key to check (repeatable)
     #[arg(long, value_name = "SELECTOR")]
     pub dkim_selector: Vec<String>,
-    /// Ports of a test installation, `NAME=PORT[,NAME=PORT...]`; this version reads `https`
-    /// (where the MTA-STS policy is fetched; default 443)
+    /// Ports of a test installation, `NAME=PORT[,NAME=PORT...]` with the names smtp (25),
+    /// submissions (465), submission (587), imaps (993), imap (143) and https (443)
     #[arg(long, value_name = "NAME=PORT,...")]
     pub port: Option<String>,
+    /// A host whose submission and IMAP ports to check too (repeatable); the MX hosts' SMTP
+    /// port is always checked
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
     /// Trust the certificate authorities in this PEM file besides the system's
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,

@@ -120,17 +120,20 @@ fn finding<'a>(report: &'a serde_json::Value, id: &str) -> TestResult<&'a serde_
 async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
     let dns = DnsServer::start().await?;
-    // sealmail serves good.test's MTA-STS policy.
-    let https = common::free_addr()?;
+    // sealmail serves good.test's mail and its MTA-STS policy; the STARTTLS client ports are
+    // closed (free ports nothing listens on).
+    let (https, mx) = (common::free_addr()?, common::free_addr()?);
+    let (submissions, imaps) = (common::free_addr()?, common::free_addr()?);
+    let (submission, imap) = (common::free_addr()?, common::free_addr()?);
     let config = common::config_with_users(
         dir.path(),
         "good.test",
         &["alice"],
         &[
             ("https", https, "implicit"),
-            ("mx", common::free_addr()?, "starttls"),
-            ("submission", common::free_addr()?, "implicit"),
-            ("imap", common::free_addr()?, "implicit"),
+            ("mx", mx, "starttls"),
+            ("submission", submissions, "implicit"),
+            ("imap", imaps, "implicit"),
         ],
         "[mta_sts]\nmode = \"enforce\"\nmax_age_secs = 604800\n",
     )?;
@@ -142,9 +145,26 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
     assert_eq!(code, 0, "{err}");
     let selectors = publish_zone(&dns, &zone)?;
     assert_eq!(selectors.len(), 2, "an RSA and an Ed25519 key: {zone}");
-    let port = format!("https={}", https.port());
+    dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
+    let port = format!(
+        "https={},smtp={},submissions={},imaps={},submission={},imap={}",
+        https.port(),
+        mx.port(),
+        submissions.port(),
+        imaps.port(),
+        submission.port(),
+        imap.port()
+    );
     let ca_arg = ca_file.to_string_lossy().into_owned();
-    let mut args = vec!["good.test", "--port", port.as_str(), "--ca-file", ca_arg.as_str()];
+    let mut args = vec![
+        "good.test",
+        "--port",
+        port.as_str(),
+        "--ca-file",
+        ca_arg.as_str(),
+        "--host",
+        "mail.good.test",
+    ];
     for selector in &selectors {
         args.extend(["--dkim-selector", selector.as_str()]);
     }
@@ -153,7 +173,27 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
     assert_eq!(report["domain"], "good.test");
     assert_eq!(report["grade"], "A", "{report:#}");
     let checks = report["checks"].as_array().ok_or("no checks")?;
-    assert!(checks.iter().all(|c| c["status"] == "PASS"), "{report:#}");
+    // Everything passes; the closed STARTTLS client ports are only noted.
+    for check in checks {
+        let closed = check["id"] == format!("reachable:mail.good.test:{}", submission.port())
+            || check["id"] == format!("reachable:mail.good.test:{}", imap.port());
+        let expected = if closed { "INFO" } else { "PASS" };
+        assert_eq!(check["status"], expected, "{check}");
+    }
+    // The server checks ran: the MX over STARTTLS, implicit TLS on submissions and IMAP.
+    for (id, port) in [
+        ("starttls", mx),
+        ("tls", mx),
+        ("certificate", mx),
+        ("tls-legacy", mx),
+        ("auth-before-tls", mx),
+        ("banner", mx),
+        ("tls", submissions),
+        ("certificate", imaps),
+        ("tls-legacy", imaps),
+    ] {
+        finding(&report, &format!("{id}:mail.good.test:{}", port.port()))?;
+    }
     for id in [
         "mx",
         "spf",
@@ -275,7 +315,45 @@ async fn spf_past_ten_lookups_missing_records_and_failed_lookups_are_findings() 
             .is_some_and(|d| d.contains("11 counted")),
         "{lookups}"
     );
+    // Includes are followed: four of three lookups each pass the limit, though the record
+    // itself has four terms; an include loop ends at the limit.
+    let chain: Vec<String> = (1..=4).map(|n| format!("include:_s{n}.chain.test")).collect();
+    dns.add_txt("chain.test", &format!("v=spf1 {} -all", chain.join(" ")));
+    for n in 1..=4 {
+        dns.add_txt(
+            &format!("_s{n}.chain.test"),
+            "v=spf1 a mx a:relay.chain.test -all",
+        );
+    }
+    let report = json_check(dir.path(), &dns, &["chain.test"])?;
+    let lookups = finding(&report, "spf-lookups")?;
+    assert_eq!(lookups["status"], "FAIL", "{lookups}");
+    dns.add_txt("loop.test", "v=spf1 include:loop2.test -all");
+    dns.add_txt("loop2.test", "v=spf1 include:loop.test -all");
+    let report = json_check(dir.path(), &dns, &["loop.test"])?;
+    assert_eq!(finding(&report, "spf-lookups")?["status"], "FAIL");
+    // What a redirect or an include leads to is judged too; so is the first `all`.
+    dns.add_txt("open.test", "v=spf1 +all");
+    dns.add_txt("redirect.test", "v=spf1 redirect=open.test");
+    let spf = json_check(dir.path(), &dns, &["redirect.test"])?;
+    let spf = finding(&spf, "spf")?;
+    assert_eq!(spf["status"], "FAIL", "{spf}");
+    assert!(
+        spf["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("through the redirect to open.test")),
+        "{spf}"
+    );
+    dns.add_txt("incl.test", "v=spf1 include:open.test -all");
+    let report = json_check(dir.path(), &dns, &["incl.test"])?;
+    assert_eq!(finding(&report, "spf")?["status"], "PASS");
+    assert_eq!(finding(&report, "spf-include")?["status"], "FAIL");
+    dns.add_txt("first.test", "v=spf1 +all -all");
+    let report = json_check(dir.path(), &dns, &["first.test"])?;
+    assert_eq!(finding(&report, "spf")?["status"], "FAIL");
+
     // A null MX takes no mail: no MTA-STS or client records are asked of it.
+    let report = json_check(dir.path(), &dns, &["many.test"])?;
     assert_eq!(finding(&report, "mx")?["status"], "INFO");
     assert!(finding(&report, "tls-rpt").is_err());
     // Two SPF records, no DMARC, and a DMARC lookup that fails: findings, not a crash.
@@ -369,8 +447,176 @@ async fn the_mta_sts_policy_is_fetched_and_must_cover_every_mx_host() -> TestRes
             .is_some_and(|d| d.contains("certificate is not valid or not trusted")),
         "{policy}"
     );
-    // Ports this version does not use yet are refused, not ignored.
-    let (code, _, err) = check(dir.path(), &dns, &["example.test", "--port", "smtp=2525"])?;
+    // A port name that is not one is refused, not ignored.
+    let (code, _, err) = check(dir.path(), &dns, &["example.test", "--port", "pop3=110"])?;
     assert_eq!(code, 2, "{err}");
+    Ok(())
+}
+
+/// An OpenSSL test server (`openssl s_server`) on `port` with `cert` and `key` and `extra`
+/// options; killed when dropped.
+struct OpenSslServer(std::process::Child);
+
+impl OpenSslServer {
+    async fn start(
+        port: u16,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &[&str],
+    ) -> TestResult<OpenSslServer> {
+        let child = ctx(
+            Command::new("openssl")
+                .args(["s_server", "-quiet", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(cert)
+                .arg("-key")
+                .arg(key)
+                .args(extra)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn(),
+            "openssl s_server",
+        )?;
+        let server = OpenSslServer(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(server);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(format!("openssl s_server did not listen on {port}"))
+    }
+}
+
+impl Drop for OpenSslServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plaintext SMTP server that names its software and version, offers AUTH and no
+/// STARTTLS: what a forgotten old MX looks like. Serves until the test ends.
+async fn plaintext_smtp() -> TestResult<u16> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = ctx(tokio::net::TcpListener::bind("127.0.0.1:0").await, "bind")?;
+    let port = ctx(listener.local_addr(), "addr")?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write
+                    .write_all(b"220 old.weak.test ESMTP Postfix 2.11.3 (Ubuntu)\r\n")
+                    .await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.to_ascii_uppercase().starts_with("EHLO") {
+                        b"250-old.weak.test\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+                    } else {
+                        b"502 5.5.2 no\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    let ca = sealmail_testkit::pki::TestCa::new("weak servers CA")?;
+    let ca_file = dir.path().join("ca.pem");
+    ca.write(&ca_file)?;
+    // The MX: plaintext only, AUTH before TLS, a version in its greeting.
+    let smtp = plaintext_smtp().await?;
+    dns.add_mx("weak.test", 10, "old.weak.test");
+    dns.add_a("old.weak.test", std::net::Ipv4Addr::LOCALHOST);
+    // legacy.weak.test: implicit TLS on "submissions" with TLS 1.0 only (Debian's OpenSSL at
+    // security level 0), and on "imaps" a certificate for another name.
+    dns.add_a("legacy.weak.test", std::net::Ipv4Addr::LOCALHOST);
+    let right = ca.issue(&["legacy.weak.test"], &dir.path().join("right"), "cert")?;
+    let wrong = ca.issue(&["elsewhere.test"], &dir.path().join("wrong"), "cert")?;
+    let (tls1_port, wrong_port) = (common::free_addr()?.port(), common::free_addr()?.port());
+    let (closed1, closed2) = (common::free_addr()?.port(), common::free_addr()?.port());
+    let _tls1 = OpenSslServer::start(
+        tls1_port,
+        &right.cert,
+        &right.key,
+        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    )
+    .await?;
+    let _wrong = OpenSslServer::start(wrong_port, &wrong.cert, &wrong.key, &[]).await?;
+    let ports =
+        format!("smtp={smtp},submissions={tls1_port},imaps={wrong_port},submission={closed1},imap={closed2}");
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &[
+            "weak.test",
+            "--port",
+            &ports,
+            "--ca-file",
+            &ca_arg,
+            "--host",
+            "legacy.weak.test",
+        ],
+    )?;
+    let mx = |id: &str| finding(&report, &format!("{id}:old.weak.test:{smtp}"));
+    let starttls = mx("starttls")?;
+    assert_eq!(starttls["status"], "FAIL", "{starttls}");
+    assert_eq!(starttls["pillar"], "encryption");
+    assert!(
+        starttls["fix"].as_str().is_some_and(|f| f.contains("STARTTLS")),
+        "{starttls}"
+    );
+    assert_eq!(mx("auth-before-tls")?["status"], "FAIL");
+    let banner = mx("banner")?;
+    assert_eq!(banner["status"], "WARN", "{banner}");
+    assert!(
+        banner["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("postfix 2.11.3")),
+        "{banner}"
+    );
+
+    let legacy = |id: &str, port: u16| finding(&report, &format!("{id}:legacy.weak.test:{port}"));
+    let old = legacy("tls-legacy", tls1_port)?;
+    assert_eq!(old["status"], "FAIL", "{old}");
+    assert_eq!(old["detail"], "accepts TLS 1.0 (deprecated by RFC 8996)");
+    assert!(
+        old["fix"].as_str().is_some_and(|f| f.contains("TLSv1.2")),
+        "{old}"
+    );
+    assert_eq!(legacy("tls", tls1_port)?["status"], "FAIL");
+    let name = legacy("certificate", wrong_port)?;
+    assert_eq!(name["status"], "FAIL", "{name}");
+    assert_eq!(
+        name["detail"],
+        "the certificate is not valid for legacy.weak.test"
+    );
+    assert_eq!(legacy("tls", wrong_port)?["status"], "PASS");
+    assert_eq!(legacy("tls-legacy", wrong_port)?["status"], "PASS");
+    assert_eq!(legacy("reachable", closed1)?["status"], "INFO");
+    // Without our CA the right-name certificate is from an unknown authority.
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &["weak.test", "--port", &ports, "--host", "legacy.weak.test"],
+    )?;
+    let unknown = finding(&report, &format!("certificate:legacy.weak.test:{wrong_port}"))?;
+    assert!(
+        unknown["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not from a trusted authority") || d.contains("not valid for")),
+        "{unknown}"
+    );
     Ok(())
 }

@@ -199,57 +199,8 @@ pub async fn tls_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     )
 }
 
-/// TLS record and handshake versions: 0x0301 = TLS 1.0, 0x0302 = 1.1, 0x0303 = 1.2.
-pub const TLS1_0: u16 = 0x0301;
-pub const TLS1_1: u16 = 0x0302;
-pub const TLS1_2: u16 = 0x0303;
-
-/// Builds a ClientHello record offering `version` (in the legacy version field, without a
-/// supported_versions extension) and `suites`, with the extensions a TLS 1.2 server needs for
-/// ECDHE (SNI, groups, point formats, signature algorithms).
-pub fn client_hello(version: u16, suites: &[u16], server_name: &str) -> Vec<u8> {
-    let mut ext = Vec::new();
-    let mut push_ext = |kind: u16, body: &[u8]| {
-        ext.extend_from_slice(&kind.to_be_bytes());
-        ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        ext.extend_from_slice(body);
-    };
-    let name = server_name.as_bytes();
-    let mut sni = Vec::new();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    push_ext(0x0000, &sni);
-    push_ext(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // x25519, secp256r1
-    push_ext(0x000b, &[0x01, 0x00]); // uncompressed points
-    push_ext(
-        0x000d,
-        &[0x00, 0x08, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03],
-    );
-
-    let mut body = Vec::new();
-    body.extend_from_slice(&version.to_be_bytes());
-    body.extend_from_slice(&[0x42; 32]); // random
-    body.push(0); // session id
-    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
-    for s in suites {
-        body.extend_from_slice(&s.to_be_bytes());
-    }
-    body.extend_from_slice(&[1, 0]); // compression: null
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-
-    let mut handshake = vec![1]; // client_hello
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-
-    let mut record = vec![0x16];
-    record.extend_from_slice(&version.min(TLS1_2).to_be_bytes());
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
-}
+/// Raw ClientHellos for TLS 1.0 and 1.1, which rustls cannot send: `sealmail check`'s.
+pub use sealmail_check::tls::{TLS1_0, TLS1_1, TLS1_2, client_hello};
 
 /// What a server sent back to a ClientHello.
 #[derive(Debug, PartialEq, Eq)]

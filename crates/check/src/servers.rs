@@ -1,0 +1,940 @@
+//! The checks that connect to a domain's mail servers: every MX host on the SMTP port
+//! (STARTTLS), and the hosts given with `--host` on the submission and IMAP ports (implicit TLS
+//! and STARTTLS). Each is reached, its greeting read (no software version in it), its
+//! capabilities read (STARTTLS offered; no AUTH and IMAP LOGINDISABLED before TLS), and its TLS
+//! looked at: the version and suite rustls negotiates, the certificate (chain against the
+//! system's roots and `--ca-file`, name, days left, key size), and whether TLS 1.0 or 1.1 is
+//! accepted, probed with a raw ClientHello since rustls cannot speak them.
+//!
+//! Every read is bounded (line length, line count, time): a server that says too much or
+//! nothing is a finding, never a hang.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sealmail_dns::Dns;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::report::{Check, Pillar, Status};
+
+/// The longest a connection attempt, a read, or a TLS handshake may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest protocol line read, and the most lines of one reply.
+const MAX_LINE: usize = 2048;
+const MAX_REPLY_LINES: usize = 100;
+/// Days before expiry from which a certificate is a WARN.
+const EXPIRY_WARN_DAYS: i64 = 14;
+
+/// The ports checked (`--port NAME=PORT,...` changes them for test installations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub smtp: u16,
+    pub submissions: u16,
+    pub submission: u16,
+    pub imaps: u16,
+    pub imap: u16,
+    pub https: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Ports {
+        Ports {
+            smtp: 25,
+            submissions: 465,
+            submission: 587,
+            imaps: 993,
+            imap: 143,
+            https: 443,
+        }
+    }
+}
+
+impl Ports {
+    /// `NAME=PORT[,NAME=PORT...]` over the defaults.
+    pub fn parse(text: &str) -> Result<Ports, String> {
+        let mut ports = Ports::default();
+        for pair in text.split(',').filter(|p| !p.is_empty()) {
+            let (name, port) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair}: give NAME=PORT"))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{pair}: {port} is not a port"))?;
+            let slot = match name {
+                "smtp" => &mut ports.smtp,
+                "submissions" => &mut ports.submissions,
+                "submission" => &mut ports.submission,
+                "imaps" => &mut ports.imaps,
+                "imap" => &mut ports.imap,
+                "https" => &mut ports.https,
+                other => {
+                    return Err(format!(
+                        "{other} is not a port name (smtp, submissions, submission, imaps, imap, https)"
+                    ));
+                }
+            };
+            *slot = port;
+        }
+        Ok(ports)
+    }
+}
+
+/// How a service starts TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    SmtpStarttls,
+    ImapStarttls,
+    Implicit,
+}
+
+/// One service to look at.
+struct Target<'a> {
+    host: &'a str,
+    port: u16,
+    start: Start,
+    /// MX hosts must answer; a client port that is closed is only noted.
+    required: bool,
+}
+
+impl Target<'_> {
+    fn id(&self, check: &str) -> String {
+        format!("{check}:{}:{}", self.host, self.port)
+    }
+}
+
+/// Every server check: `mx_hosts` on the SMTP port, `hosts` on the client ports.
+pub async fn check_servers(
+    dns: &Dns,
+    mx_hosts: &[String],
+    hosts: &[String],
+    ports: Ports,
+    roots: Arc<RootCertStore>,
+) -> Vec<Check> {
+    let mut targets = Vec::new();
+    for host in mx_hosts {
+        targets.push(Target {
+            host,
+            port: ports.smtp,
+            start: Start::SmtpStarttls,
+            required: true,
+        });
+    }
+    for host in hosts {
+        for (port, start) in [
+            (ports.submissions, Start::Implicit),
+            (ports.submission, Start::SmtpStarttls),
+            (ports.imaps, Start::Implicit),
+            (ports.imap, Start::ImapStarttls),
+        ] {
+            targets.push(Target {
+                host,
+                port,
+                start,
+                required: false,
+            });
+        }
+    }
+    let mut checks = Vec::new();
+    for target in &targets {
+        checks.extend(check_target(dns, target, roots.clone()).await);
+    }
+    checks
+}
+
+async fn address(dns: &Dns, host: &str) -> Result<std::net::IpAddr, String> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    let name = format!("{}.", host.trim_end_matches('.'));
+    match tokio::time::timeout(STEP_TIMEOUT, dns.resolver().lookup_ip(name.as_str())).await {
+        Ok(Ok(ips)) => ips.iter().next().ok_or_else(|| "no address".to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no DNS answer in time".to_string()),
+    }
+}
+
+/// A plain connection with bounded line reads.
+struct Plain {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Plain {
+    async fn connect(addr: SocketAddr) -> Result<Plain, String> {
+        match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => Ok(Plain {
+                stream,
+                buffer: Vec::new(),
+            }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", STEP_TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn line(&mut self) -> Result<String, String> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            if self.buffer.len() > MAX_LINE {
+                return Err(format!("a line longer than {MAX_LINE} bytes"));
+            }
+            let mut chunk = [0u8; 1024];
+            let read = tokio::time::timeout(STEP_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| format!("no answer within {} s", STEP_TIMEOUT.as_secs()))?
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Err("the server closed the connection".to_string());
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// An SMTP reply: its code and the text of its lines.
+    async fn smtp_reply(&mut self) -> Result<(u16, Vec<String>), String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| format!("not an SMTP reply: {}", shown(&line)))?;
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.get(4..).unwrap_or("").to_string());
+            if last {
+                return Ok((code, lines));
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(format!("a reply of more than {MAX_REPLY_LINES} lines"));
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), String> {
+        let data = format!("{line}\r\n");
+        tokio::time::timeout(STEP_TIMEOUT, self.stream.write_all(data.as_bytes()))
+            .await
+            .map_err(|_| "the server does not read".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The IMAP lines up to the tagged reply of `tag`: untagged lines and the tagged one.
+    async fn imap_reply(&mut self, tag: &str) -> Result<(Vec<String>, String), String> {
+        let mut untagged = Vec::new();
+        loop {
+            let line = self.line().await?;
+            if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
+                return Ok((untagged, rest.to_string()));
+            }
+            untagged.push(line);
+            if untagged.len() >= MAX_REPLY_LINES {
+                return Err(format!("more than {MAX_REPLY_LINES} lines"));
+            }
+        }
+    }
+}
+
+/// Text from a server, safe to print: control characters shown as `?`, at most 200 chars.
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Known mail software names; a version number next to one in a greeting tells an attacker
+/// which exploits to try.
+const SOFTWARE: &[&str] = &[
+    "postfix",
+    "exim",
+    "sendmail",
+    "microsoft",
+    "exchange",
+    "haraka",
+    "opensmtpd",
+    "dovecot",
+    "courier",
+    "zimbra",
+    "qmail",
+    "sealmail",
+    "stalwart",
+    "maddy",
+    "cyrus",
+    "mailenable",
+    "mdaemon",
+    "hmailserver",
+    "axigen",
+    "kerio",
+    "smartermail",
+    "icewarp",
+];
+
+/// The software and version a greeting discloses, if it does.
+fn disclosed_version(greeting: &str) -> Option<String> {
+    let lower = greeting.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ';' || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (i, word) in words.iter().enumerate() {
+        let Some(name) = SOFTWARE.iter().find(|name| word.starts_with(**name)) else {
+            continue;
+        };
+        // "Postfix 3.7.1", "Exim/4.96", "sendmail 8.15.2", "Version: 15.2".
+        let after = word.get(name.len()..).unwrap_or("");
+        let candidates = [
+            after.trim_start_matches(['/', '-']),
+            words.get(i + 1).copied().unwrap_or(""),
+            words.get(i + 2).copied().unwrap_or(""),
+        ];
+        if let Some(version) = candidates.iter().find(|c| looks_like_version(c)) {
+            return Some(format!("{name} {version}"));
+        }
+    }
+    None
+}
+
+fn looks_like_version(text: &str) -> bool {
+    let text = text.trim_start_matches('v');
+    let mut parts = text.split('.');
+    let first = parts.next().unwrap_or("");
+    let second = parts.next().unwrap_or("");
+    !first.is_empty()
+        && first.bytes().all(|b| b.is_ascii_digit())
+        && second.bytes().next().is_some_and(|b| b.is_ascii_digit())
+}
+
+async fn check_target(dns: &Dns, target: &Target<'_>, roots: Arc<RootCertStore>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let reach_id = target.id("reachable");
+    let ip = match address(dns, target.host).await {
+        Ok(ip) => ip,
+        Err(why) => {
+            checks.push(
+                Check::new(
+                    &reach_id,
+                    Pillar::ProtocolSupport,
+                    if target.required {
+                        Status::Fail
+                    } else {
+                        Status::Info
+                    },
+                    format!("{} has no address ({why})", target.host),
+                )
+                .with_fix(format!("publish an A or AAAA record for {}", target.host)),
+            );
+            return checks;
+        }
+    };
+    let addr = SocketAddr::new(ip, target.port);
+    let plain = match Plain::connect(addr).await {
+        Ok(plain) => plain,
+        Err(why) => {
+            let (status, fix) = if target.required {
+                (
+                    Status::Fail,
+                    format!("let the internet reach {addr} (firewall, listener)"),
+                )
+            } else {
+                (Status::Info, String::new())
+            };
+            let mut check = Check::new(
+                &reach_id,
+                Pillar::ProtocolSupport,
+                status,
+                format!("{addr} cannot be reached: {why}"),
+            );
+            if target.required {
+                check = check.with_fix(fix);
+            }
+            checks.push(check);
+            return checks;
+        }
+    };
+    checks.push(Check::new(
+        &reach_id,
+        Pillar::ProtocolSupport,
+        Status::Pass,
+        format!("{addr} answers"),
+    ));
+    let stream = match preamble(plain, target, &mut checks).await {
+        Some(stream) => stream,
+        None => return checks,
+    };
+    checks.extend(modern_tls(stream, target, roots).await);
+    checks.extend(legacy_tls(addr, target).await);
+    checks
+}
+
+/// The plaintext part: greeting, capabilities, STARTTLS; the stream ready for a TLS
+/// ClientHello, or `None` (with the findings) when TLS cannot start.
+async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>) -> Option<TcpStream> {
+    let failed = |checks: &mut Vec<Check>, what: &str, why: String| {
+        checks.push(
+            Check::new(
+                &target.id("protocol"),
+                Pillar::ProtocolSupport,
+                Status::Fail,
+                format!("{what}: {why}"),
+            )
+            .with_fix("check the server's log for why the session failed"),
+        );
+    };
+    match target.start {
+        Start::Implicit => Some(plain.stream),
+        Start::SmtpStarttls => {
+            let greeting = match plain.smtp_reply().await {
+                Ok((220, lines)) => lines.join(" "),
+                Ok((code, lines)) => {
+                    failed(
+                        checks,
+                        "the greeting",
+                        format!("{code} {}", shown(&lines.join(" "))),
+                    );
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "the greeting", why);
+                    return None;
+                }
+            };
+            checks.push(banner_check(target, &greeting));
+            if let Err(why) = plain.send("EHLO check.sealmail.invalid").await {
+                failed(checks, "EHLO", why);
+                return None;
+            }
+            let capabilities: Vec<String> = match plain.smtp_reply().await {
+                Ok((250, lines)) => lines
+                    .iter()
+                    .skip(1)
+                    .map(|l| l.split_whitespace().next().unwrap_or("").to_ascii_uppercase())
+                    .collect(),
+                Ok((code, lines)) => {
+                    failed(checks, "EHLO", format!("{code} {}", shown(&lines.join(" "))));
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "EHLO", why);
+                    return None;
+                }
+            };
+            checks.push(if capabilities.iter().any(|c| c == "AUTH") {
+                Check::new(
+                    &target.id("auth-before-tls"),
+                    Pillar::Confidentiality,
+                    Status::Fail,
+                    "AUTH is offered before STARTTLS: passwords may cross in plaintext",
+                )
+                .with_fix("offer AUTH only after STARTTLS (Postfix: smtpd_tls_auth_only = yes; sealmail never offers it)")
+            } else {
+                Check::new(
+                    &target.id("auth-before-tls"),
+                    Pillar::Confidentiality,
+                    Status::Pass,
+                    "no AUTH before STARTTLS",
+                )
+            });
+            if !capabilities.iter().any(|c| c == "STARTTLS") {
+                checks.push(
+                    Check::new(
+                        &target.id("starttls"),
+                        Pillar::Encryption,
+                        Status::Fail,
+                        "STARTTLS is not offered: mail to this server travels in plaintext",
+                    )
+                    .with_fix("configure a certificate and offer STARTTLS (Postfix: smtpd_tls_security_level = may)"),
+                );
+                return None;
+            }
+            if let Err(why) = plain.send("STARTTLS").await {
+                failed(checks, "STARTTLS", why);
+                return None;
+            }
+            match plain.smtp_reply().await {
+                Ok((220, _)) => {}
+                Ok((code, lines)) => {
+                    checks.push(
+                        Check::new(
+                            &target.id("starttls"),
+                            Pillar::Encryption,
+                            Status::Fail,
+                            format!(
+                                "STARTTLS is offered but refused: {code} {}",
+                                shown(&lines.join(" "))
+                            ),
+                        )
+                        .with_fix("check the server's TLS configuration (certificate and key readable)"),
+                    );
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "STARTTLS", why);
+                    return None;
+                }
+            }
+            checks.push(Check::new(
+                &target.id("starttls"),
+                Pillar::Encryption,
+                Status::Pass,
+                "STARTTLS offered",
+            ));
+            plain.buffer.is_empty().then_some(plain.stream).or_else(|| {
+                // Bytes after the 220 would be read as TLS: the injection RFC 3207 forbids.
+                failed(
+                    checks,
+                    "STARTTLS",
+                    "the server sent data after its 220 reply".to_string(),
+                );
+                None
+            })
+        }
+        Start::ImapStarttls => {
+            let greeting = match plain.line().await {
+                Ok(line) if line.starts_with("* OK") => line,
+                Ok(line) => {
+                    failed(checks, "the greeting", shown(&line));
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "the greeting", why);
+                    return None;
+                }
+            };
+            checks.push(banner_check(target, &greeting));
+            if let Err(why) = plain.send("c1 CAPABILITY").await {
+                failed(checks, "CAPABILITY", why);
+                return None;
+            }
+            let capabilities: Vec<String> = match plain.imap_reply("c1").await {
+                Ok((lines, status)) if status.starts_with("OK") => lines
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("* CAPABILITY "))
+                    .flat_map(|l| l.split_whitespace())
+                    .map(str::to_ascii_uppercase)
+                    .collect(),
+                Ok((_, status)) => {
+                    failed(checks, "CAPABILITY", shown(&status));
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "CAPABILITY", why);
+                    return None;
+                }
+            };
+            checks.push(if capabilities.iter().any(|c| c == "LOGINDISABLED") {
+                Check::new(
+                    &target.id("auth-before-tls"),
+                    Pillar::Confidentiality,
+                    Status::Pass,
+                    "LOGINDISABLED before STARTTLS",
+                )
+            } else {
+                Check::new(
+                    &target.id("auth-before-tls"),
+                    Pillar::Confidentiality,
+                    Status::Fail,
+                    "LOGIN is allowed before STARTTLS (no LOGINDISABLED): passwords may cross in plaintext",
+                )
+                .with_fix("refuse LOGIN before TLS (Dovecot: disable_plaintext_auth = yes)")
+            });
+            if !capabilities.iter().any(|c| c == "STARTTLS") {
+                checks.push(
+                    Check::new(
+                        &target.id("starttls"),
+                        Pillar::Encryption,
+                        Status::Fail,
+                        "STARTTLS is not offered",
+                    )
+                    .with_fix("offer STARTTLS, or close this port and use implicit TLS on 993"),
+                );
+                return None;
+            }
+            if let Err(why) = plain.send("c2 STARTTLS").await {
+                failed(checks, "STARTTLS", why);
+                return None;
+            }
+            match plain.imap_reply("c2").await {
+                Ok((_, status)) if status.starts_with("OK") => {}
+                Ok((_, status)) => {
+                    failed(checks, "STARTTLS", shown(&status));
+                    return None;
+                }
+                Err(why) => {
+                    failed(checks, "STARTTLS", why);
+                    return None;
+                }
+            }
+            checks.push(Check::new(
+                &target.id("starttls"),
+                Pillar::Encryption,
+                Status::Pass,
+                "STARTTLS offered",
+            ));
+            plain.buffer.is_empty().then_some(plain.stream)
+        }
+    }
+}
+
+fn banner_check(target: &Target<'_>, greeting: &str) -> Check {
+    match disclosed_version(greeting) {
+        Some(version) => Check::new(
+            &target.id("banner"),
+            Pillar::ServerSecurity,
+            Status::Warn,
+            format!(
+                "the greeting names the software and its version ({version}): `{}`",
+                shown(greeting)
+            ),
+        )
+        .with_fix("leave the version out of the greeting (Postfix: smtpd_banner = $myhostname ESMTP)"),
+        None => Check::new(
+            &target.id("banner"),
+            Pillar::ServerSecurity,
+            Status::Pass,
+            "the greeting names no software version",
+        ),
+    }
+}
+
+/// Checks the chain with webpki and remembers the outcome, then lets the handshake go on, so
+/// that a server with a bad certificate is still looked at (and the certificate reported).
+#[derive(Debug)]
+struct Recorder {
+    webpki: Arc<WebPkiServerVerifier>,
+    outcome: Mutex<Option<Verification>>,
+}
+
+/// The chain a server presented, and what webpki said of it.
+type Verification = (Vec<CertificateDer<'static>>, Result<(), rustls::Error>);
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map(|_| ());
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((chain, result));
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// The TLS handshake rustls makes (1.2 or 1.3, forward-secret AEAD only): the version and
+/// suite, and the certificate.
+async fn modern_tls(stream: TcpStream, target: &Target<'_>, roots: Arc<RootCertStore>) -> Vec<Check> {
+    let provider = Arc::new(sealmail_tls::restricted_provider());
+    let webpki = match WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build() {
+        Ok(webpki) => webpki,
+        Err(e) => {
+            return vec![Check::new(
+                &target.id("tls"),
+                Pillar::Encryption,
+                Status::Fail,
+                format!("no verifier: {e}"),
+            )];
+        }
+    };
+    let recorder = Arc::new(Recorder {
+        webpki,
+        outcome: Mutex::new(None),
+    });
+    let config = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(builder) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(recorder.clone())
+            .with_no_client_auth(),
+        Err(e) => {
+            return vec![Check::new(
+                &target.id("tls"),
+                Pillar::Encryption,
+                Status::Fail,
+                e.to_string(),
+            )];
+        }
+    };
+    let Ok(name) = ServerName::try_from(target.host.to_string()) else {
+        return vec![Check::new(
+            &target.id("tls"),
+            Pillar::Encryption,
+            Status::Fail,
+            "not a host name",
+        )];
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return vec![
+                Check::new(
+                    &target.id("tls"),
+                    Pillar::Encryption,
+                    Status::Fail,
+                    format!("no TLS 1.2 or 1.3 handshake with a forward-secret AEAD suite: {e}"),
+                )
+                .with_fix("allow TLS 1.2 and 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305"),
+            ];
+        }
+        Err(_) => {
+            return vec![Check::new(
+                &target.id("tls"),
+                Pillar::Encryption,
+                Status::Fail,
+                format!(
+                    "the TLS handshake did not finish within {} s",
+                    STEP_TIMEOUT.as_secs()
+                ),
+            )];
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2",
+        _ => "TLS",
+    };
+    let suite = session
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let mut checks = vec![Check::new(
+        &target.id("tls"),
+        Pillar::Encryption,
+        Status::Pass,
+        format!("{version}, {suite} (forward secret, AEAD)"),
+    )];
+    let outcome = recorder.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((chain, result)) = outcome {
+        checks.push(certificate_check(target, &chain, result));
+    }
+    checks
+}
+
+fn certificate_check(
+    target: &Target<'_>,
+    chain: &[CertificateDer<'static>],
+    result: Result<(), rustls::Error>,
+) -> Check {
+    use rustls::CertificateError;
+    let id = target.id("certificate");
+    let Some(leaf) = chain.first() else {
+        return Check::new(&id, Pillar::Encryption, Status::Fail, "no certificate");
+    };
+    let renew = "renew it (sealmail: ACME renews by itself, `sealmail cert status` shows it)";
+    let facts = sealmail_tls::client_ca::certificate_facts_der(leaf.as_ref());
+    let days_left = facts
+        .as_ref()
+        .map(|f| (f.not_after - sealmail_types_now()) / 86_400)
+        .unwrap_or(0);
+    let key = key_description(leaf.as_ref());
+    match result {
+        Ok(()) if key.1 => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Fail,
+            format!("valid for {}, but its {} is too weak", target.host, key.0),
+        )
+        .with_fix("issue a certificate with an RSA key of 2048 bits or more, or an ECDSA key"),
+        Ok(()) if days_left < EXPIRY_WARN_DAYS => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Warn,
+            format!("valid for {}, expires in {days_left} days", target.host),
+        )
+        .with_fix(renew),
+        Ok(()) => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Pass,
+            format!("valid for {}, {} days left, {}", target.host, days_left, key.0),
+        ),
+        Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
+        | Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })) => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Fail,
+            "the certificate has expired",
+        )
+        .with_fix(renew),
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+        | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+            Check::new(
+                &id,
+                Pillar::Encryption,
+                Status::Fail,
+                format!("the certificate is not valid for {}", target.host),
+            )
+            .with_fix(format!("issue a certificate that names {}", target.host))
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Fail,
+            "the certificate is not from a trusted authority (self-signed, or the chain is incomplete)",
+        )
+        .with_fix("use a certificate from a public CA (sealmail: [acme]) and serve the whole chain"),
+        Err(other) => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Fail,
+            format!("the certificate is not valid: {other}"),
+        )
+        .with_fix(renew),
+    }
+}
+
+fn sealmail_types_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The certificate's key, for people, and whether it is too weak (RSA under 2048 bits).
+fn key_description(der: &[u8]) -> (String, bool) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    use x509_parser::public_key::PublicKey;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return ("key of an unreadable kind".to_string(), false);
+    };
+    match cert.public_key().parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            let bits = rsa.key_size();
+            (format!("RSA key of {bits} bits"), bits < 2048)
+        }
+        Ok(PublicKey::EC(point)) => (format!("EC key of {} bits", point.key_size()), false),
+        Ok(_) | Err(_) => ("key".to_string(), false),
+    }
+}
+
+/// TLS 1.0 and 1.1 (RFC 8996 deprecates them): a raw ClientHello offering only that version,
+/// on a fresh connection through the same preamble; a ServerHello at that version means the
+/// server accepts it.
+async fn legacy_tls(addr: SocketAddr, target: &Target<'_>) -> Vec<Check> {
+    let mut accepted = Vec::new();
+    for version in [crate::tls::TLS1_0, crate::tls::TLS1_1] {
+        let Ok(plain) = Plain::connect(addr).await else {
+            continue;
+        };
+        let mut ignored = Vec::new();
+        let Some(mut stream) = preamble(plain, target, &mut ignored).await else {
+            continue;
+        };
+        let hello = crate::tls::client_hello(version, crate::tls::LEGACY_SUITES, target.host);
+        // The version the ServerHello chose (a server asked for 1.1 may settle on 1.0).
+        if let Ok(crate::tls::HelloAnswer::ServerHello(chosen)) =
+            crate::tls::send_client_hello(&mut stream, &hello, STEP_TIMEOUT).await
+            && chosen <= version
+        {
+            let chosen = if chosen == crate::tls::TLS1_1 {
+                "TLS 1.1"
+            } else {
+                "TLS 1.0"
+            };
+            if !accepted.contains(&chosen) {
+                accepted.push(chosen);
+            }
+        }
+    }
+    let id = target.id("tls-legacy");
+    if accepted.is_empty() {
+        vec![Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Pass,
+            "TLS 1.0 and 1.1 are refused",
+        )]
+    } else {
+        vec![
+            Check::new(
+                &id,
+                Pillar::Encryption,
+                Status::Fail,
+                format!("accepts {} (deprecated by RFC 8996)", accepted.join(" and ")),
+            )
+            .with_fix("allow only TLS 1.2 and 1.3 (Postfix: smtpd_tls_protocols = >=TLSv1.2; OpenSSL: MinProtocol = TLSv1.2)"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greetings_that_name_a_version_are_found() {
+        assert_eq!(
+            disclosed_version("mx.example.org ESMTP Postfix 3.7.11 (Debian)"),
+            Some("postfix 3.7.11".to_string())
+        );
+        assert_eq!(
+            disclosed_version("mail.example.org ESMTP Exim 4.96 Mon, 1 Dec 2026"),
+            Some("exim 4.96".to_string())
+        );
+        assert_eq!(
+            disclosed_version("* OK [CAPABILITY IMAP4rev1] Dovecot/2.3.19 ready."),
+            Some("dovecot 2.3.19".to_string())
+        );
+        assert_eq!(
+            disclosed_version("mx.example.org ESMTP Postfix (Debian/GNU)"),
+            None
+        );
+        assert_eq!(disclosed_version("mail.example.test ESMTP sealmail"), None);
+        assert_eq!(disclosed_version("mx ESMTP 10.2.3.4 ready"), None);
+    }
+
+    #[test]
+    fn ports_are_read_over_the_defaults() {
+        let ports = Ports::parse("smtp=2525,imaps=2993").unwrap_or(Ports {
+            smtp: 0,
+            ..Ports::default()
+        });
+        assert_eq!((ports.smtp, ports.imaps, ports.submission), (2525, 2993, 587));
+        assert!(Ports::parse("pop3=110").is_err());
+        assert!(Ports::parse("smtp=0").is_err());
+        assert!(Ports::parse("smtp").is_err());
+    }
+}
