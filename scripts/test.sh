@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The system's certificate authorities (sealmail check, delivery and ACME tests load them).
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # mbsync is the independent IMAP client of the IMAP tests.
 command -v mbsync >/dev/null 2>&1 || need_apt+=(isync)

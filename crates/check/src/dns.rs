@@ -128,8 +128,10 @@ pub fn https_client(dns: &Dns, ca_file: Option<&std::path::Path>) -> Result<reqw
     sealmail_delivery::mta_sts::policy_client(dns, tls).map_err(|e| e.to_string())
 }
 
-/// Every DNS check of `domain`, and the MTA-STS policy its record announces.
-pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> Vec<Check> {
+/// Every DNS check of `domain`, and the MTA-STS policy its record announces; with the MX host
+/// names found (most preferred first; none for a null MX or a failed lookup), for the server
+/// checks.
+pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> (Vec<Check>, Vec<String>) {
     let dkim_selectors = &options.dkim_selectors;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let mut checks = Vec::new();
@@ -153,14 +155,7 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> Vec<Che
         checks.push(check_tls_rpt(dns, &domain).await);
         checks.extend(check_srv(dns, &domain).await);
     }
-    checks
-}
-
-/// The MX host names of `domain`, most preferred first; none for a null MX or when they
-/// cannot be looked up (the `mx` check reports why).
-pub async fn mx_host_names(dns: &Dns, domain: &str) -> Vec<String> {
-    let mut ignored = Vec::new();
-    check_mx(dns, domain, &mut ignored).await.unwrap_or_default()
+    (checks, mx_hosts.unwrap_or_default())
 }
 
 /// The MX check; the MX host names, or `None` when they could not be looked up (an empty

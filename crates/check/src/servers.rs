@@ -25,6 +25,12 @@ use crate::report::{Check, Pillar, Status};
 
 /// The longest a connection attempt, a read, or a TLS handshake may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest one connection may be used, however its server dribbles its bytes.
+pub const CONNECTION_BUDGET: Duration = Duration::from_secs(60);
+/// The longest all checks of one server may take (three connections).
+pub const TARGET_BUDGET: Duration = Duration::from_secs(150);
+/// MX hosts checked (the most preferred first); the rest are named in a finding.
+pub const MAX_MX_CHECKED: usize = 10;
 /// The longest protocol line read, and the most lines of one reply.
 const MAX_LINE: usize = 2048;
 const MAX_REPLY_LINES: usize = 100;
@@ -96,21 +102,23 @@ enum Start {
 }
 
 /// One service to look at.
-struct Target<'a> {
-    host: &'a str,
+#[derive(Clone)]
+struct Target {
+    host: String,
     port: u16,
     start: Start,
     /// MX hosts must answer; a client port that is closed is only noted.
     required: bool,
 }
 
-impl Target<'_> {
+impl Target {
     fn id(&self, check: &str) -> String {
         format!("{check}:{}:{}", self.host, self.port)
     }
 }
 
-/// Every server check: `mx_hosts` on the SMTP port, `hosts` on the client ports.
+/// Every server check: `mx_hosts` (most preferred first) on the SMTP port, `hosts` on the
+/// client ports. The servers are looked at in parallel, each within [`TARGET_BUDGET`].
 pub async fn check_servers(
     dns: &Dns,
     mx_hosts: &[String],
@@ -118,15 +126,35 @@ pub async fn check_servers(
     ports: Ports,
     roots: Arc<RootCertStore>,
 ) -> Vec<Check> {
-    let mut targets = Vec::new();
+    let mut checks = Vec::new();
+    let mut mx: Vec<&String> = Vec::new();
     for host in mx_hosts {
-        targets.push(Target {
-            host,
+        if !mx.contains(&host) {
+            mx.push(host);
+        }
+    }
+    if mx.len() > MAX_MX_CHECKED {
+        let rest: Vec<&str> = mx[MAX_MX_CHECKED..].iter().map(|h| h.as_str()).collect();
+        checks.push(Check::new(
+            "mx-not-checked",
+            Pillar::ProtocolSupport,
+            Status::Info,
+            format!(
+                "only the {MAX_MX_CHECKED} most preferred MX hosts were checked; not: {}",
+                rest.join(", ")
+            ),
+        ));
+        mx.truncate(MAX_MX_CHECKED);
+    }
+    let mut targets: Vec<Target> = mx
+        .iter()
+        .map(|host| Target {
+            host: host.to_string(),
             port: ports.smtp,
             start: Start::SmtpStarttls,
             required: true,
-        });
-    }
+        })
+        .collect();
     for host in hosts {
         for (port, start) in [
             (ports.submissions, Start::Implicit),
@@ -135,17 +163,44 @@ pub async fn check_servers(
             (ports.imap, Start::ImapStarttls),
         ] {
             targets.push(Target {
-                host,
+                host: host.clone(),
                 port,
                 start,
                 required: false,
             });
         }
     }
-    let mut checks = Vec::new();
-    for target in &targets {
-        checks.extend(check_target(dns, target, roots.clone()).await);
+    let mut running = tokio::task::JoinSet::new();
+    for (order, target) in targets.into_iter().enumerate() {
+        let (dns, roots) = (dns.clone(), roots.clone());
+        running.spawn(async move {
+            let found = match tokio::time::timeout(TARGET_BUDGET, check_target(&dns, &target, roots)).await {
+                Ok(found) => found,
+                Err(_) => vec![
+                    Check::new(
+                        &target.id("protocol"),
+                        Pillar::ProtocolSupport,
+                        Status::Fail,
+                        format!(
+                            "the checks of this server did not finish within {} s",
+                            TARGET_BUDGET.as_secs()
+                        ),
+                    )
+                    .with_fix("check why the server answers so slowly"),
+                ],
+            };
+            (order, found)
+        });
     }
+    let mut results: Vec<(usize, Vec<Check>)> = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        if let Ok(result) = joined {
+            results.push(result);
+        }
+    }
+    // The report lists servers in a fixed order, whichever finished first.
+    results.sort_by_key(|(order, _)| *order);
+    checks.extend(results.into_iter().flat_map(|(_, found)| found));
     checks
 }
 
@@ -161,10 +216,11 @@ async fn address(dns: &Dns, host: &str) -> Result<std::net::IpAddr, String> {
     }
 }
 
-/// A plain connection with bounded line reads.
+/// A plain connection with bounded line reads, all within one deadline.
 struct Plain {
     stream: TcpStream,
     buffer: Vec<u8>,
+    deadline: tokio::time::Instant,
 }
 
 impl Plain {
@@ -173,6 +229,7 @@ impl Plain {
             Ok(Ok(stream)) => Ok(Plain {
                 stream,
                 buffer: Vec::new(),
+                deadline: tokio::time::Instant::now() + CONNECTION_BUDGET,
             }),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {} s", STEP_TIMEOUT.as_secs())),
@@ -189,9 +246,16 @@ impl Plain {
                 return Err(format!("a line longer than {MAX_LINE} bytes"));
             }
             let mut chunk = [0u8; 1024];
-            let read = tokio::time::timeout(STEP_TIMEOUT, self.stream.read(&mut chunk))
+            let until = self.deadline.min(tokio::time::Instant::now() + STEP_TIMEOUT);
+            let read = tokio::time::timeout_at(until, self.stream.read(&mut chunk))
                 .await
-                .map_err(|_| format!("no answer within {} s", STEP_TIMEOUT.as_secs()))?
+                .map_err(|_| {
+                    format!(
+                        "no complete answer in time ({} s a step, {} s a connection)",
+                        STEP_TIMEOUT.as_secs(),
+                        CONNECTION_BUDGET.as_secs()
+                    )
+                })?
                 .map_err(|e| e.to_string())?;
             if read == 0 {
                 return Err("the server closed the connection".to_string());
@@ -222,7 +286,8 @@ impl Plain {
 
     async fn send(&mut self, line: &str) -> Result<(), String> {
         let data = format!("{line}\r\n");
-        tokio::time::timeout(STEP_TIMEOUT, self.stream.write_all(data.as_bytes()))
+        let until = self.deadline.min(tokio::time::Instant::now() + STEP_TIMEOUT);
+        tokio::time::timeout_at(until, self.stream.write_all(data.as_bytes()))
             .await
             .map_err(|_| "the server does not read".to_string())?
             .map_err(|e| e.to_string())
@@ -234,7 +299,7 @@ impl Plain {
         loop {
             let line = self.line().await?;
             if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
-                return Ok((untagged, rest.to_string()));
+                return Ok((untagged, rest.to_ascii_uppercase()));
             }
             untagged.push(line);
             if untagged.len() >= MAX_REPLY_LINES {
@@ -294,14 +359,18 @@ fn disclosed_version(greeting: &str) -> Option<String> {
         let after = word.get(name.len()..).unwrap_or("");
         let candidates = [
             after.trim_start_matches(['/', '-']),
-            words.get(i + 1).copied().unwrap_or(""),
-            words.get(i + 2).copied().unwrap_or(""),
+            words.get(i + 1).copied().unwrap_or("").trim_matches(['[', ']']),
+            words.get(i + 2).copied().unwrap_or("").trim_matches(['[', ']']),
         ];
         if let Some(version) = candidates.iter().find(|c| looks_like_version(c)) {
             return Some(format!("{name} {version}"));
         }
     }
-    None
+    // "..., Version: 6.0.3790.1830" (Microsoft, MailEnable).
+    words
+        .windows(2)
+        .find(|pair| pair[0].trim_end_matches(':') == "version" && looks_like_version(pair[1]))
+        .map(|pair| format!("version {}", pair[1]))
 }
 
 fn looks_like_version(text: &str) -> bool {
@@ -314,10 +383,10 @@ fn looks_like_version(text: &str) -> bool {
         && second.bytes().next().is_some_and(|b| b.is_ascii_digit())
 }
 
-async fn check_target(dns: &Dns, target: &Target<'_>, roots: Arc<RootCertStore>) -> Vec<Check> {
+async fn check_target(dns: &Dns, target: &Target, roots: Arc<RootCertStore>) -> Vec<Check> {
     let mut checks = Vec::new();
     let reach_id = target.id("reachable");
-    let ip = match address(dns, target.host).await {
+    let ip = match address(dns, &target.host).await {
         Ok(ip) => ip,
         Err(why) => {
             checks.push(
@@ -378,7 +447,7 @@ async fn check_target(dns: &Dns, target: &Target<'_>, roots: Arc<RootCertStore>)
 
 /// The plaintext part: greeting, capabilities, STARTTLS; the stream ready for a TLS
 /// ClientHello, or `None` (with the findings) when TLS cannot start.
-async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>) -> Option<TcpStream> {
+async fn preamble(mut plain: Plain, target: &Target, checks: &mut Vec<Check>) -> Option<TcpStream> {
     let failed = |checks: &mut Vec<Check>, what: &str, why: String| {
         checks.push(
             Check::new(
@@ -428,7 +497,7 @@ async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>
                     return None;
                 }
             };
-            checks.push(if capabilities.iter().any(|c| c == "AUTH") {
+            checks.push(if capabilities.iter().any(|c| c == "AUTH" || c.starts_with("AUTH=")) {
                 Check::new(
                     &target.id("auth-before-tls"),
                     Pillar::Confidentiality,
@@ -500,7 +569,7 @@ async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>
         }
         Start::ImapStarttls => {
             let greeting = match plain.line().await {
-                Ok(line) if line.starts_with("* OK") => line,
+                Ok(line) if line.to_ascii_uppercase().starts_with("* OK") => line,
                 Ok(line) => {
                     failed(checks, "the greeting", shown(&line));
                     return None;
@@ -518,9 +587,9 @@ async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>
             let capabilities: Vec<String> = match plain.imap_reply("c1").await {
                 Ok((lines, status)) if status.starts_with("OK") => lines
                     .iter()
-                    .filter_map(|l| l.strip_prefix("* CAPABILITY "))
-                    .flat_map(|l| l.split_whitespace())
-                    .map(str::to_ascii_uppercase)
+                    .map(|l| l.to_ascii_uppercase())
+                    .filter_map(|l| l.strip_prefix("* CAPABILITY ").map(str::to_string))
+                    .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                     .collect(),
                 Ok((_, status)) => {
                     failed(checks, "CAPABILITY", shown(&status));
@@ -580,12 +649,19 @@ async fn preamble(mut plain: Plain, target: &Target<'_>, checks: &mut Vec<Check>
                 Status::Pass,
                 "STARTTLS offered",
             ));
-            plain.buffer.is_empty().then_some(plain.stream)
+            plain.buffer.is_empty().then_some(plain.stream).or_else(|| {
+                failed(
+                    checks,
+                    "STARTTLS",
+                    "the server sent data after its OK".to_string(),
+                );
+                None
+            })
         }
     }
 }
 
-fn banner_check(target: &Target<'_>, greeting: &str) -> Check {
+fn banner_check(target: &Target, greeting: &str) -> Check {
     match disclosed_version(greeting) {
         Some(version) => Check::new(
             &target.id("banner"),
@@ -663,7 +739,7 @@ impl ServerCertVerifier for Recorder {
 
 /// The TLS handshake rustls makes (1.2 or 1.3, forward-secret AEAD only): the version and
 /// suite, and the certificate.
-async fn modern_tls(stream: TcpStream, target: &Target<'_>, roots: Arc<RootCertStore>) -> Vec<Check> {
+async fn modern_tls(stream: TcpStream, target: &Target, roots: Arc<RootCertStore>) -> Vec<Check> {
     let provider = Arc::new(sealmail_tls::restricted_provider());
     let webpki = match WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build() {
         Ok(webpki) => webpki,
@@ -748,14 +824,20 @@ async fn modern_tls(stream: TcpStream, target: &Target<'_>, roots: Arc<RootCertS
         format!("{version}, {suite} (forward secret, AEAD)"),
     )];
     let outcome = recorder.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some((chain, result)) = outcome {
-        checks.push(certificate_check(target, &chain, result));
-    }
+    checks.push(match outcome {
+        Some((chain, result)) => certificate_check(target, &chain, result),
+        None => Check::new(
+            &target.id("certificate"),
+            Pillar::Encryption,
+            Status::Fail,
+            "the handshake finished without a certificate to check",
+        ),
+    });
     checks
 }
 
 fn certificate_check(
-    target: &Target<'_>,
+    target: &Target,
     chain: &[CertificateDer<'static>],
     result: Result<(), rustls::Error>,
 ) -> Check {
@@ -765,12 +847,7 @@ fn certificate_check(
         return Check::new(&id, Pillar::Encryption, Status::Fail, "no certificate");
     };
     let renew = "renew it (sealmail: ACME renews by itself, `sealmail cert status` shows it)";
-    let facts = sealmail_tls::client_ca::certificate_facts_der(leaf.as_ref());
-    let days_left = facts
-        .as_ref()
-        .map(|f| (f.not_after - sealmail_types_now()) / 86_400)
-        .unwrap_or(0);
-    let key = key_description(leaf.as_ref());
+    let (key, days_left) = leaf_facts(leaf.as_ref());
     match result {
         Ok(()) if key.1 => Check::new(
             &id,
@@ -779,18 +856,27 @@ fn certificate_check(
             format!("valid for {}, but its {} is too weak", target.host, key.0),
         )
         .with_fix("issue a certificate with an RSA key of 2048 bits or more, or an ECDSA key"),
-        Ok(()) if days_left < EXPIRY_WARN_DAYS => Check::new(
+        Ok(()) if days_left.is_some_and(|days| days < EXPIRY_WARN_DAYS) => Check::new(
             &id,
             Pillar::Encryption,
             Status::Warn,
-            format!("valid for {}, expires in {days_left} days", target.host),
+            format!(
+                "valid for {}, expires in {} days",
+                target.host,
+                days_left.unwrap_or(0)
+            ),
         )
         .with_fix(renew),
         Ok(()) => Check::new(
             &id,
             Pillar::Encryption,
             Status::Pass,
-            format!("valid for {}, {} days left, {}", target.host, days_left, key.0),
+            format!(
+                "valid for {}, {} days left, {}",
+                target.host,
+                days_left.map_or("unknown".to_string(), |d| d.to_string()),
+                key.0
+            ),
         ),
         Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
         | Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })) => Check::new(
@@ -827,67 +913,71 @@ fn certificate_check(
     }
 }
 
-fn sealmail_types_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// The certificate's key, for people, and whether it is too weak (RSA under 2048 bits).
-fn key_description(der: &[u8]) -> (String, bool) {
+/// The certificate's key (for people, and whether it is too weak: RSA under 2048 bits) and
+/// its days left, when it can be read.
+fn leaf_facts(der: &[u8]) -> ((String, bool), Option<i64>) {
     use x509_parser::prelude::{FromDer, X509Certificate};
     use x509_parser::public_key::PublicKey;
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return ("key of an unreadable kind".to_string(), false);
+        return (("key of an unreadable kind".to_string(), false), None);
     };
-    match cert.public_key().parsed() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days_left = (cert.validity().not_after.timestamp() - now) / 86_400;
+    let key = match cert.public_key().parsed() {
         Ok(PublicKey::RSA(rsa)) => {
             let bits = rsa.key_size();
             (format!("RSA key of {bits} bits"), bits < 2048)
         }
         Ok(PublicKey::EC(point)) => (format!("EC key of {} bits", point.key_size()), false),
         Ok(_) | Err(_) => ("key".to_string(), false),
-    }
+    };
+    (key, Some(days_left))
 }
 
 /// TLS 1.0 and 1.1 (RFC 8996 deprecates them): a raw ClientHello offering only that version,
 /// on a fresh connection through the same preamble; a ServerHello at that version means the
 /// server accepts it.
-async fn legacy_tls(addr: SocketAddr, target: &Target<'_>) -> Vec<Check> {
+async fn legacy_tls(addr: SocketAddr, target: &Target) -> Vec<Check> {
+    use crate::tls::HelloAnswer;
     let mut accepted = Vec::new();
+    let mut unprobed = Vec::new();
     for version in [crate::tls::TLS1_0, crate::tls::TLS1_1] {
+        let label = if version == crate::tls::TLS1_0 {
+            "TLS 1.0"
+        } else {
+            "TLS 1.1"
+        };
         let Ok(plain) = Plain::connect(addr).await else {
+            unprobed.push(label);
             continue;
         };
         let mut ignored = Vec::new();
         let Some(mut stream) = preamble(plain, target, &mut ignored).await else {
+            unprobed.push(label);
             continue;
         };
-        let hello = crate::tls::client_hello(version, crate::tls::LEGACY_SUITES, target.host);
-        // The version the ServerHello chose (a server asked for 1.1 may settle on 1.0).
-        if let Ok(crate::tls::HelloAnswer::ServerHello(chosen)) =
-            crate::tls::send_client_hello(&mut stream, &hello, STEP_TIMEOUT).await
-            && chosen <= version
-        {
-            let chosen = if chosen == crate::tls::TLS1_1 {
-                "TLS 1.1"
-            } else {
-                "TLS 1.0"
-            };
-            if !accepted.contains(&chosen) {
-                accepted.push(chosen);
+        let hello = crate::tls::client_hello(version, crate::tls::LEGACY_SUITES, &target.host);
+        match crate::tls::send_client_hello(&mut stream, &hello, STEP_TIMEOUT).await {
+            // The version the ServerHello chose (a server asked for 1.1 may settle on 1.0).
+            Ok(HelloAnswer::ServerHello(chosen)) if chosen <= version => {
+                let chosen = match chosen {
+                    crate::tls::TLS1_1 => "TLS 1.1",
+                    crate::tls::TLS1_0 => "TLS 1.0",
+                    _ => "SSL 3.0",
+                };
+                if !accepted.contains(&chosen) {
+                    accepted.push(chosen);
+                }
             }
+            // An alert, a higher version, or the connection closed: refused.
+            Ok(HelloAnswer::ServerHello(_) | HelloAnswer::Alert(_) | HelloAnswer::Closed) => {}
+            Ok(HelloAnswer::Other) | Err(_) => unprobed.push(label),
         }
     }
     let id = target.id("tls-legacy");
-    if accepted.is_empty() {
-        vec![Check::new(
-            &id,
-            Pillar::Encryption,
-            Status::Pass,
-            "TLS 1.0 and 1.1 are refused",
-        )]
-    } else {
+    if !accepted.is_empty() {
         vec![
             Check::new(
                 &id,
@@ -897,6 +987,23 @@ async fn legacy_tls(addr: SocketAddr, target: &Target<'_>) -> Vec<Check> {
             )
             .with_fix("allow only TLS 1.2 and 1.3 (Postfix: smtpd_tls_protocols = >=TLSv1.2; OpenSSL: MinProtocol = TLSv1.2)"),
         ]
+    } else if !unprobed.is_empty() {
+        vec![Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Info,
+            format!(
+                "{} could not be probed (no connection, or no clear answer)",
+                unprobed.join(" and ")
+            ),
+        )]
+    } else {
+        vec![Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Pass,
+            "TLS 1.0 and 1.1 are refused",
+        )]
     }
 }
 
@@ -924,6 +1031,14 @@ mod tests {
         );
         assert_eq!(disclosed_version("mail.example.test ESMTP sealmail"), None);
         assert_eq!(disclosed_version("mx ESMTP 10.2.3.4 ready"), None);
+        assert_eq!(
+            disclosed_version("mx Microsoft ESMTP MAIL Service, Version: 6.0.3790.1830 ready"),
+            Some("version 6.0.3790.1830".to_string())
+        );
+        assert_eq!(
+            disclosed_version("mx ESMTP Postfix [3.7.1]"),
+            Some("postfix 3.7.1".to_string())
+        );
     }
 
     #[test]

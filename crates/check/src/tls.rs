@@ -11,8 +11,8 @@ pub const TLS1_0: u16 = 0x0301;
 pub const TLS1_1: u16 = 0x0302;
 pub const TLS1_2: u16 = 0x0303;
 
-/// Suites a TLS 1.0/1.1 server would pick from: ECDHE and RSA key exchange with AES-CBC and
-/// 3DES, as old clients offered them.
+/// Suites a TLS 1.0/1.1 server would pick from: ECDHE, DHE and RSA key exchange with AES-CBC,
+/// 3DES and RC4, as old clients offered them (the probe never finishes a handshake).
 pub const LEGACY_SUITES: &[u16] = &[
     0xc013, // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA
     0xc014, // TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA
@@ -21,6 +21,10 @@ pub const LEGACY_SUITES: &[u16] = &[
     0x002f, // TLS_RSA_WITH_AES_128_CBC_SHA
     0x0035, // TLS_RSA_WITH_AES_256_CBC_SHA
     0x000a, // TLS_RSA_WITH_3DES_EDE_CBC_SHA
+    0x0033, // TLS_DHE_RSA_WITH_AES_128_CBC_SHA
+    0x0039, // TLS_DHE_RSA_WITH_AES_256_CBC_SHA
+    0x0005, // TLS_RSA_WITH_RC4_128_SHA
+    0x0004, // TLS_RSA_WITH_RC4_128_MD5
 ];
 
 /// Builds a ClientHello record offering `version` (in the legacy version field, without a

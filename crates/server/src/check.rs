@@ -48,9 +48,13 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
             sealmail_check::dns::https_client(&dns, args.ca_file.as_deref()).map_err(anyhow::Error::msg)?,
         ),
     };
-    let mut checks = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
-    let mx_hosts = sealmail_check::dns::mx_host_names(&dns, domain.as_str()).await;
     let roots = sealmail_delivery::trust_anchors(args.ca_file.as_deref())?;
+    if roots.is_empty() {
+        anyhow::bail!(
+            "no certificate authority to check certificates against: the system has none (install ca-certificates) and no --ca-file was given"
+        );
+    }
+    let (mut checks, mx_hosts) = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
     checks.extend(
         sealmail_check::servers::check_servers(
             &dns,
