@@ -449,15 +449,7 @@ async fn check_target(dns: &Dns, target: &Target, roots: Arc<RootCertStore>) -> 
 /// ClientHello, or `None` (with the findings) when TLS cannot start.
 async fn preamble(mut plain: Plain, target: &Target, checks: &mut Vec<Check>) -> Option<TcpStream> {
     let failed = |checks: &mut Vec<Check>, what: &str, why: String| {
-        checks.push(
-            Check::new(
-                &target.id("protocol"),
-                Pillar::ProtocolSupport,
-                Status::Fail,
-                format!("{what}: {why}"),
-            )
-            .with_fix("check the server's log for why the session failed"),
-        );
+        checks.push(protocol_failure(target, what, &why));
     };
     match target.start {
         Start::Implicit => Some(plain.stream),
@@ -551,21 +543,7 @@ async fn preamble(mut plain: Plain, target: &Target, checks: &mut Vec<Check>) ->
                     return None;
                 }
             }
-            checks.push(Check::new(
-                &target.id("starttls"),
-                Pillar::Encryption,
-                Status::Pass,
-                "STARTTLS offered",
-            ));
-            plain.buffer.is_empty().then_some(plain.stream).or_else(|| {
-                // Bytes after the 220 would be read as TLS: the injection RFC 3207 forbids.
-                failed(
-                    checks,
-                    "STARTTLS",
-                    "the server sent data after its 220 reply".to_string(),
-                );
-                None
-            })
+            started_tls(plain, target, checks, "220 reply")
         }
         Start::ImapStarttls => {
             let greeting = match plain.line().await {
@@ -643,22 +621,40 @@ async fn preamble(mut plain: Plain, target: &Target, checks: &mut Vec<Check>) ->
                     return None;
                 }
             }
-            checks.push(Check::new(
-                &target.id("starttls"),
-                Pillar::Encryption,
-                Status::Pass,
-                "STARTTLS offered",
-            ));
-            plain.buffer.is_empty().then_some(plain.stream).or_else(|| {
-                failed(
-                    checks,
-                    "STARTTLS",
-                    "the server sent data after its OK".to_string(),
-                );
-                None
-            })
+            started_tls(plain, target, checks, "OK")
         }
     }
+}
+
+/// STARTTLS was accepted: the stream for the handshake, unless the server sent bytes after its
+/// `reply`, which would be read as TLS (the injection RFC 3207 forbids).
+fn started_tls(plain: Plain, target: &Target, checks: &mut Vec<Check>, reply: &str) -> Option<TcpStream> {
+    checks.push(Check::new(
+        &target.id("starttls"),
+        Pillar::Encryption,
+        Status::Pass,
+        "STARTTLS offered",
+    ));
+    if plain.buffer.is_empty() {
+        return Some(plain.stream);
+    }
+    checks.push(protocol_failure(
+        target,
+        "STARTTLS",
+        &format!("the server sent data after its {reply}"),
+    ));
+    None
+}
+
+/// A session that did not go as its protocol says.
+fn protocol_failure(target: &Target, what: &str, why: &str) -> Check {
+    Check::new(
+        &target.id("protocol"),
+        Pillar::ProtocolSupport,
+        Status::Fail,
+        format!("{what}: {why}"),
+    )
+    .with_fix("check the server's log for why the session failed")
 }
 
 fn banner_check(target: &Target, greeting: &str) -> Check {
