@@ -161,37 +161,38 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> (Vec<Ch
 /// The MX check; the MX host names, or `None` when they could not be looked up (an empty
 /// list is a null MX: the domain takes no mail).
 async fn check_mx(dns: &Dns, domain: &str, checks: &mut Vec<Check>) -> Option<Vec<String>> {
-    let records = match lookup(dns, domain, RecordType::MX).await {
-        Found::Records(records) => records,
-        Found::Nothing => {
-            checks.push(
-                Check::new(
-                    "mx",
-                    Pillar::ProtocolSupport,
-                    Status::Fail,
-                    "no MX record: senders fall back to the domain's address, if it has one",
-                )
-                .with_fix(format!(
-                    "publish `{domain}. MX 10 mail.{domain}.` (or `{domain}. MX 0 .` if the domain takes no mail)"
+    // An answer without MX data (a CNAME, say) is no MX record either.
+    let mut hosts: Vec<(u16, String)> = match lookup(dns, domain, RecordType::MX).await {
+        Found::Records(records) => records
+            .iter()
+            .filter_map(|data| match data {
+                RData::MX(mx) => Some((
+                    mx.preference,
+                    mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
                 )),
-            );
-            return None;
-        }
+                _ => None,
+            })
+            .collect(),
+        Found::Nothing => Vec::new(),
         Found::Failed(why) => {
             checks.push(unchecked("mx", Pillar::ProtocolSupport, "the MX records", &why));
             return None;
         }
     };
-    let mut hosts: Vec<(u16, String)> = records
-        .iter()
-        .filter_map(|data| match data {
-            RData::MX(mx) => Some((
-                mx.preference,
-                mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+    if hosts.is_empty() {
+        checks.push(
+            Check::new(
+                "mx",
+                Pillar::ProtocolSupport,
+                Status::Fail,
+                "no MX record: senders fall back to the domain's address, if it has one",
+            )
+            .with_fix(format!(
+                "publish `{domain}. MX 10 mail.{domain}.` (or `{domain}. MX 0 .` if the domain takes no mail)"
             )),
-            _ => None,
-        })
-        .collect();
+        );
+        return None;
+    }
     hosts.sort();
     if hosts.len() == 1 && hosts[0].1.is_empty() {
         checks.push(Check::new(
