@@ -14,6 +14,7 @@ use hickory_proto::rr::{RData, RecordType};
 use sealmail_dns::Dns;
 
 use crate::report::{Check, Pillar, Status};
+use crate::servers::{ClientServer, Service};
 
 /// The longest one lookup may take, whatever the resolver's own timeouts.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +109,9 @@ fn unchecked(id: &str, pillar: Pillar, what: &str, why: &str) -> Check {
 pub struct Options {
     /// DKIM selectors whose keys to check.
     pub dkim_selectors: Vec<String>,
+    /// The (domain, selector) of each DKIM signature of a sample message (`--message`), from
+    /// [`dkim_signers`]; `None` when no message was given.
+    pub message_signers: Option<Vec<(String, String)>>,
     /// The port MTA-STS policies are fetched from (443 unless a test installation says).
     pub https_port: Option<u16>,
     /// The HTTPS client for the MTA-STS policy (certificates checked against the system's
@@ -128,13 +132,21 @@ pub fn https_client(dns: &Dns, ca_file: Option<&std::path::Path>) -> Result<reqw
     sealmail_delivery::mta_sts::policy_client(dns, tls).map_err(|e| e.to_string())
 }
 
-/// Every DNS check of `domain`, and the MTA-STS policy its record announces; with the MX host
-/// names found (most preferred first; none for a null MX or a failed lookup), for the server
-/// checks.
-pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> (Vec<Check>, Vec<String>) {
+/// What the DNS checks found: the findings, and the servers for the server checks.
+pub struct DomainFindings {
+    pub checks: Vec<Check>,
+    /// The MX host names, most preferred first; none for a null MX or a failed lookup.
+    pub mx_hosts: Vec<String>,
+    /// The submission and IMAP servers the SRV records name.
+    pub client_servers: Vec<ClientServer>,
+}
+
+/// Every DNS check of `domain`, and the MTA-STS policy its record announces.
+pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> DomainFindings {
     let dkim_selectors = &options.dkim_selectors;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let mut checks = Vec::new();
+    let mut client_servers = Vec::new();
     let mx_hosts = check_mx(dns, &domain, &mut checks).await;
     let receives_mail = mx_hosts.as_ref().is_none_or(|hosts| !hosts.is_empty());
     checks.extend(check_spf(dns, &domain).await);
@@ -142,8 +154,17 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> (Vec<Ch
         checks.push(check_helo_spf(dns, host).await);
     }
     checks.extend(check_dmarc(dns, &domain).await);
+    checks.push(check_caa(dns, &domain).await);
+    let mut keys_checked: Vec<(String, String)> = Vec::new();
     for selector in dkim_selectors {
-        checks.push(check_dkim(dns, &domain, selector).await);
+        let selector = selector.to_ascii_lowercase();
+        if !keys_checked.contains(&(domain.clone(), selector.clone())) {
+            checks.push(check_dkim(dns, &domain, &selector, &format!("dkim:{selector}")).await);
+            keys_checked.push((domain.clone(), selector));
+        }
+    }
+    if let Some(signers) = &options.message_signers {
+        checks.extend(check_message_signers(dns, &domain, signers, &mut keys_checked).await);
     }
     if receives_mail {
         let (record, id) = check_mta_sts_record(dns, &domain).await;
@@ -153,9 +174,104 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> (Vec<Ch
             checks.extend(check_mta_sts_policy(http, &domain, port, &id, mx_hosts.as_deref()).await);
         }
         checks.push(check_tls_rpt(dns, &domain).await);
-        checks.extend(check_srv(dns, &domain).await);
+        let (found, servers) = check_srv(dns, &domain).await;
+        checks.extend(found);
+        client_servers = servers;
     }
-    (checks, mx_hosts.unwrap_or_default())
+    DomainFindings {
+        checks,
+        mx_hosts: mx_hosts.unwrap_or_default(),
+        client_servers,
+    }
+}
+
+/// CAA (RFC 8659): which certificate authorities may issue certificates for the domain's
+/// names. The relevant record set is the closest one walking up from the domain (3), so a
+/// parent's records count; the walk stops above the domain's last two labels.
+async fn check_caa(dns: &Dns, domain: &str) -> Check {
+    let id = "caa";
+    let labels: Vec<&str> = domain.split('.').collect();
+    for start in 0..labels.len().saturating_sub(1).min(10) {
+        let name = labels[start..].join(".");
+        let records: Vec<hickory_proto::rr::rdata::CAA> = match lookup(dns, &name, RecordType::CAA).await {
+            Found::Records(records) => records
+                .into_iter()
+                .filter_map(|data| match data {
+                    RData::CAA(caa) => Some(caa),
+                    _ => None,
+                })
+                .collect(),
+            Found::Nothing => continue,
+            Found::Failed(why) => {
+                return unchecked(
+                    id,
+                    Pillar::Authentication,
+                    &format!("the CAA records of {name}"),
+                    &why,
+                );
+            }
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let at = if name == domain {
+            format!("at {name}")
+        } else {
+            format!("inherited from {name}")
+        };
+        let known = [
+            "issue",
+            "issuewild",
+            "iodef",
+            "contactemail",
+            "contactphone",
+            "issuemail",
+            "issuevmc",
+        ];
+        if let Some(unknown) = records
+            .iter()
+            .find(|r| r.issuer_critical && !known.iter().any(|k| r.tag.eq_ignore_ascii_case(k)))
+        {
+            return Check::new(
+                id,
+                Pillar::Authentication,
+                Status::Warn,
+                format!(
+                    "CAA {at} has the critical tag {:?}, which CAs do not know: none will issue a certificate",
+                    unknown.tag
+                ),
+            )
+            .with_fix(format!("remove the critical flag (128) from the {} CAA record of {name}", unknown.tag));
+        }
+        let issuers: Vec<String> = records
+            .iter()
+            .filter(|r| r.tag.eq_ignore_ascii_case("issue"))
+            .map(|r| {
+                let value = String::from_utf8_lossy(&r.value);
+                let issuer = value.split(';').next().unwrap_or("").trim();
+                if issuer.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    issuer.to_string()
+                }
+            })
+            .collect();
+        let detail = if issuers.is_empty() {
+            format!("CAA {at} (no `issue` record: any CA may issue, within the other tags)")
+        } else {
+            format!("CAA {at}: certificates only from {}", issuers.join(", "))
+        };
+        return Check::new(id, Pillar::Authentication, Status::Pass, detail);
+    }
+    Check::new(
+        id,
+        Pillar::Authentication,
+        Status::Warn,
+        format!("no CAA record for {domain}: any certificate authority may issue certificates for its names"),
+    )
+    .with_fix(format!(
+        "publish `{domain}. IN CAA 0 issue \"CA-DOMAIN\"` naming the CA of your certificates, e.g. `{domain}. IN CAA 0 issue \"letsencrypt.org\"`"
+    ))
 }
 
 /// The MX check; the MX host names, or `None` when they could not be looked up (an empty
@@ -728,14 +844,15 @@ fn rsa_bits(der: &[u8]) -> Option<usize> {
     Some(significant.len() * 8 - significant[0].leading_zeros() as usize)
 }
 
-async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
-    let id = format!("dkim:{selector}");
+/// The `dkim:SELECTOR` finding of the key at `SELECTOR._domainkey.DOMAIN`, with `id`
+/// naming the signing domain too when it is not the checked domain.
+async fn check_dkim(dns: &Dns, domain: &str, selector: &str, id: &str) -> Check {
     let name = format!("{selector}._domainkey.{domain}");
     let texts = match txt(dns, &name).await {
         Found::Records(texts) => texts,
         Found::Nothing => {
             return Check::new(
-                &id,
+                id,
                 Pillar::Integrity,
                 Status::Fail,
                 format!("no DKIM key at {name}"),
@@ -744,11 +861,11 @@ async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
                 "publish the selector's key (for a sealmail domain: `sealmail domain dns {domain}` prints it)"
             ));
         }
-        Found::Failed(why) => return unchecked(&id, Pillar::Integrity, "the DKIM key", &why),
+        Found::Failed(why) => return unchecked(id, Pillar::Integrity, "the DKIM key", &why),
     };
     let Some(text) = texts.iter().find(|t| t.contains("p=")) else {
         return Check::new(
-            &id,
+            id,
             Pillar::Integrity,
             Status::Fail,
             format!("{name} holds no DKIM key (p=)"),
@@ -764,7 +881,7 @@ async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
         .collect();
     if key.is_empty() {
         return Check::new(
-            &id,
+            id,
             Pillar::Integrity,
             Status::Info,
             "the key is revoked (empty p=)",
@@ -772,19 +889,19 @@ async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
     }
     use base64::Engine;
     let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&key) else {
-        return Check::new(&id, Pillar::Integrity, Status::Fail, "p= is not base64")
+        return Check::new(id, Pillar::Integrity, Status::Fail, "p= is not base64")
             .with_fix("publish the key's base64 text");
     };
     match key_type.as_str() {
         "ed25519" if der.len() == 32 => {
-            Check::new(&id, Pillar::Integrity, Status::Pass, "Ed25519 key (RFC 8463)")
+            Check::new(id, Pillar::Integrity, Status::Pass, "Ed25519 key (RFC 8463)")
         }
         "rsa" => match rsa_bits(&der) {
             Some(bits) if bits >= 2048 => {
-                Check::new(&id, Pillar::Integrity, Status::Pass, format!("RSA key of {bits} bits"))
+                Check::new(id, Pillar::Integrity, Status::Pass, format!("RSA key of {bits} bits"))
             }
             Some(bits) => Check::new(
-                &id,
+                id,
                 Pillar::Integrity,
                 Status::Fail,
                 format!("RSA key of {bits} bits: under 2048 bits, signatures can be forged"),
@@ -792,11 +909,11 @@ async fn check_dkim(dns: &Dns, domain: &str, selector: &str) -> Check {
             .with_fix(format!(
                 "make a 2048-bit key (for a sealmail domain: `sealmail dkim rotate {domain}`) and publish it under a new selector"
             )),
-            None => Check::new(&id, Pillar::Integrity, Status::Fail, "p= is not an RSA public key")
+            None => Check::new(id, Pillar::Integrity, Status::Fail, "p= is not an RSA public key")
                 .with_fix("publish the key as base64 DER (SubjectPublicKeyInfo)"),
         },
         other => Check::new(
-            &id,
+            id,
             Pillar::Integrity,
             Status::Fail,
             format!("key type k={other} with a key of {} bytes is not one receivers check", der.len()),
@@ -983,25 +1100,131 @@ async fn check_tls_rpt(dns: &Dns, domain: &str) -> Check {
 
 /// RFC 6186 SRV records for mail clients: one for submission and one for IMAP (implicit TLS
 /// preferred, RFC 8314).
-async fn check_srv(dns: &Dns, domain: &str) -> Vec<Check> {
+/// The (d=, s=) of every DKIM-Signature header of `message` that parses, lowercased, at most
+/// [`MAX_MESSAGE_SIGNATURES`]; mail-auth reads the headers (unfolding, tag lists).
+pub fn dkim_signers(message: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let parsed = mail_auth::AuthenticatedMessage::parse(message)
+        .ok_or("not a message: no header section could be read")?;
+    let mut signers: Vec<(String, String)> = Vec::new();
+    for header in &parsed.dkim_headers {
+        let signer = (
+            header.header.d.trim_end_matches('.').to_ascii_lowercase(),
+            header.header.s.to_ascii_lowercase(),
+        );
+        if !signers.contains(&signer) {
+            signers.push(signer);
+        }
+        if signers.len() == MAX_MESSAGE_SIGNATURES {
+            break;
+        }
+    }
+    Ok(signers)
+}
+
+/// DKIM signatures of a sample message whose keys are checked.
+pub const MAX_MESSAGE_SIGNATURES: usize = 10;
+
+/// The `dkim-message` finding (is the sample message signed, by a domain DMARC aligns with
+/// `domain`?) and the key of every signature's selector not checked already.
+async fn check_message_signers(
+    dns: &Dns,
+    domain: &str,
+    signers: &[(String, String)],
+    keys_checked: &mut Vec<(String, String)>,
+) -> Vec<Check> {
     let mut checks = Vec::new();
+    let listed: Vec<String> = signers.iter().map(|(d, s)| format!("d={d} s={s}")).collect();
+    // Relaxed alignment (RFC 7489 3.1.1) compares organizational domains; a signer that is the
+    // domain, a subdomain or a parent of it is aligned for the common case of one registered
+    // domain. Signers that are unrelated names are never aligned.
+    let related = |d: &str| {
+        d == domain
+            || d.ends_with(&format!(".{domain}"))
+            || (d.contains('.') && domain.ends_with(&format!(".{d}")))
+    };
+    let aligned = signers.iter().any(|(d, _)| related(d));
+    checks.push(if signers.is_empty() {
+        Check::new(
+            "dkim-message",
+            Pillar::Integrity,
+            Status::Fail,
+            "the sample message carries no DKIM signature",
+        )
+        .with_fix(format!(
+            "sign outgoing mail of {domain} with DKIM (sealmail signs by itself: `sealmail domain dns {domain}` prints the key to publish)"
+        ))
+    } else if aligned {
+        Check::new(
+            "dkim-message",
+            Pillar::Integrity,
+            Status::Pass,
+            format!("the sample message is signed: {}", listed.join(", ")),
+        )
+    } else {
+        Check::new(
+            "dkim-message",
+            Pillar::Integrity,
+            Status::Warn,
+            format!(
+                "the sample message is signed only by other domains ({}): no signature DMARC aligns with {domain}",
+                listed.join(", ")
+            ),
+        )
+        .with_fix(format!("sign the mail of {domain} with d={domain}"))
+    });
+    for (signer, selector) in signers {
+        if !related(signer) || keys_checked.contains(&(signer.clone(), selector.clone())) {
+            continue;
+        }
+        let id = if signer == domain {
+            format!("dkim:{selector}")
+        } else {
+            format!("dkim:{selector}@{signer}")
+        };
+        checks.push(check_dkim(dns, signer, selector, &id).await);
+        keys_checked.push((signer.clone(), selector.clone()));
+    }
+    checks
+}
+
+/// The RFC 6186 / RFC 8314 SRV records of the client services; with the servers they name
+/// (a target of `.` says the service is not offered: RFC 6186 3.4), for the server checks.
+async fn check_srv(dns: &Dns, domain: &str) -> (Vec<Check>, Vec<ClientServer>) {
+    let mut checks = Vec::new();
+    let mut servers = Vec::new();
     for (id, names) in [
-        ("srv-submission", ["_submissions._tcp", "_submission._tcp"]),
-        ("srv-imap", ["_imaps._tcp", "_imap._tcp"]),
+        (
+            "srv-submission",
+            [
+                ("_submissions._tcp", Service::Submissions),
+                ("_submission._tcp", Service::Submission),
+            ],
+        ),
+        (
+            "srv-imap",
+            [("_imaps._tcp", Service::Imaps), ("_imap._tcp", Service::Imap)],
+        ),
     ] {
         let mut found = Vec::new();
         let mut failed = None;
-        for prefix in names {
+        for (prefix, service) in names {
             let name = format!("{prefix}.{domain}");
             match lookup(dns, &name, RecordType::SRV).await {
                 Found::Records(records) => {
                     for data in records {
                         if let RData::SRV(srv) = data {
-                            found.push(format!(
-                                "{prefix} {}:{}",
-                                srv.target.to_ascii().trim_end_matches('.'),
-                                srv.port
-                            ));
+                            let host = srv.target.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                            if host.is_empty() {
+                                found.push(format!("{prefix} not offered"));
+                                continue;
+                            }
+                            found.push(format!("{prefix} {host}:{}", srv.port));
+                            servers.push(ClientServer {
+                                service,
+                                host,
+                                port: srv.port,
+                                published: true,
+                            });
                         }
                     }
                 }
@@ -1018,17 +1241,17 @@ async fn check_srv(dns: &Dns, domain: &str) -> Vec<Check> {
                 Status::Warn,
                 format!(
                     "no {} SRV record: mail clients must be told the server by hand",
-                    names[0]
+                    names[0].0
                 ),
             )
             .with_fix(format!(
                 "publish `{}.{domain}. SRV 0 1 {} mail.{domain}.`",
-                names[0],
+                names[0].0,
                 if id == "srv-imap" { 993 } else { 465 }
             )),
         });
     }
-    checks
+    (checks, servers)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The checks that connect to a domain's mail servers: every MX host on the SMTP port
-//! (STARTTLS), and the hosts given with `--host` on the submission and IMAP ports (implicit TLS
-//! and STARTTLS). Each is reached, its greeting read (no software version in it), its
+//! (STARTTLS), and the submission and IMAP servers the domain's SRV records name or that are
+//! given with `--host` (implicit TLS and STARTTLS). Each is reached, its greeting read (no software version in it), its
 //! capabilities read (STARTTLS offered; no AUTH and IMAP LOGINDISABLED before TLS), and its TLS
 //! looked at: the version and suite rustls negotiates, the certificate (chain against the
 //! system's roots and `--ca-file`, name, days left, key size), and whether TLS 1.0 or 1.1 is
@@ -31,6 +31,8 @@ pub const CONNECTION_BUDGET: Duration = Duration::from_secs(60);
 pub const TARGET_BUDGET: Duration = Duration::from_secs(150);
 /// MX hosts checked (the most preferred first); the rest are named in a finding.
 pub const MAX_MX_CHECKED: usize = 10;
+/// Submission and IMAP servers checked (SRV records, then `--host`); the rest likewise.
+pub const MAX_CLIENT_SERVERS: usize = 16;
 /// The longest protocol line read, and the most lines of one reply.
 const MAX_LINE: usize = 2048;
 const MAX_REPLY_LINES: usize = 100;
@@ -93,6 +95,62 @@ impl Ports {
     }
 }
 
+/// A client service (RFC 6186, RFC 8314).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Submission over implicit TLS (465).
+    Submissions,
+    /// Submission with STARTTLS (587).
+    Submission,
+    /// IMAP over implicit TLS (993).
+    Imaps,
+    /// IMAP with STARTTLS (143).
+    Imap,
+}
+
+impl Service {
+    fn start(self) -> Start {
+        match self {
+            Service::Submissions | Service::Imaps => Start::Implicit,
+            Service::Submission => Start::SmtpStarttls,
+            Service::Imap => Start::ImapStarttls,
+        }
+    }
+}
+
+/// A submission or IMAP server to check: from the domain's SRV records, or a `--host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientServer {
+    pub service: Service,
+    pub host: String,
+    pub port: u16,
+    /// Named by an SRV record: it must answer (a `--host` port that is closed is only noted).
+    pub published: bool,
+}
+
+impl ClientServer {
+    /// The four client services of each of `hosts`, on `ports`.
+    pub fn on_hosts(hosts: &[String], ports: Ports) -> Vec<ClientServer> {
+        hosts
+            .iter()
+            .flat_map(|host| {
+                [
+                    (Service::Submissions, ports.submissions),
+                    (Service::Submission, ports.submission),
+                    (Service::Imaps, ports.imaps),
+                    (Service::Imap, ports.imap),
+                ]
+                .map(|(service, port)| ClientServer {
+                    service,
+                    host: host.trim_end_matches('.').to_ascii_lowercase(),
+                    port,
+                    published: false,
+                })
+            })
+            .collect()
+    }
+}
+
 /// How a service starts TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {
@@ -107,8 +165,11 @@ struct Target {
     host: String,
     port: u16,
     start: Start,
-    /// MX hosts must answer; a client port that is closed is only noted.
+    /// MX hosts and published client servers must answer; a `--host` port that is closed is
+    /// only noted.
     required: bool,
+    /// An MX host: its TLSA records are checked against its certificate.
+    mx: bool,
 }
 
 impl Target {
@@ -117,13 +178,14 @@ impl Target {
     }
 }
 
-/// Every server check: `mx_hosts` (most preferred first) on the SMTP port, `hosts` on the
-/// client ports. The servers are looked at in parallel, each within [`TARGET_BUDGET`].
+/// Every server check: `mx_hosts` (most preferred first) on `smtp_port`, and the client
+/// servers (from SRV records and `--host`; at most [`MAX_CLIENT_SERVERS`], duplicates once).
+/// The servers are looked at in parallel, each within [`TARGET_BUDGET`].
 pub async fn check_servers(
     dns: &Dns,
     mx_hosts: &[String],
-    hosts: &[String],
-    ports: Ports,
+    clients: &[ClientServer],
+    smtp_port: u16,
     roots: Arc<RootCertStore>,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -150,26 +212,46 @@ pub async fn check_servers(
         .iter()
         .map(|host| Target {
             host: host.to_string(),
-            port: ports.smtp,
+            port: smtp_port,
             start: Start::SmtpStarttls,
             required: true,
+            mx: true,
         })
         .collect();
-    for host in hosts {
-        for (port, start) in [
-            (ports.submissions, Start::Implicit),
-            (ports.submission, Start::SmtpStarttls),
-            (ports.imaps, Start::Implicit),
-            (ports.imap, Start::ImapStarttls),
-        ] {
-            targets.push(Target {
-                host: host.clone(),
-                port,
-                start,
-                required: false,
-            });
+    let mut client_targets: Vec<Target> = Vec::new();
+    for client in clients {
+        let target = Target {
+            host: client.host.clone(),
+            port: client.port,
+            start: client.service.start(),
+            required: client.published,
+            mx: false,
+        };
+        match client_targets
+            .iter_mut()
+            .find(|t| t.host == target.host && t.port == target.port)
+        {
+            Some(known) => known.required |= target.required,
+            None => client_targets.push(target),
         }
     }
+    if client_targets.len() > MAX_CLIENT_SERVERS {
+        let rest: Vec<String> = client_targets[MAX_CLIENT_SERVERS..]
+            .iter()
+            .map(|t| format!("{}:{}", t.host, t.port))
+            .collect();
+        checks.push(Check::new(
+            "clients-not-checked",
+            Pillar::ProtocolSupport,
+            Status::Info,
+            format!(
+                "only {MAX_CLIENT_SERVERS} submission and IMAP servers were checked; not: {}",
+                rest.join(", ")
+            ),
+        ));
+        client_targets.truncate(MAX_CLIENT_SERVERS);
+    }
+    targets.extend(client_targets);
     let mut running = tokio::task::JoinSet::new();
     for (order, target) in targets.into_iter().enumerate() {
         let (dns, roots) = (dns.clone(), roots.clone());
@@ -436,12 +518,17 @@ async fn check_target(dns: &Dns, target: &Target, roots: Arc<RootCertStore>) -> 
         Status::Pass,
         format!("{addr} answers"),
     ));
-    let stream = match preamble(plain, target, &mut checks).await {
-        Some(stream) => stream,
-        None => return checks,
-    };
-    checks.extend(modern_tls(stream, target, roots).await);
-    checks.extend(legacy_tls(addr, target).await);
+    let mut presented = None;
+    if let Some(stream) = preamble(plain, target, &mut checks).await {
+        let (found, chain) = modern_tls(stream, target, roots).await;
+        checks.extend(found);
+        presented = chain;
+        checks.extend(legacy_tls(addr, target).await);
+    }
+    if target.mx {
+        let answer = crate::dane::lookup(dns, &target.host).await;
+        checks.push(crate::dane::check(&target.host, answer, presented.as_deref()));
+    }
     checks
 }
 
@@ -734,18 +821,25 @@ impl ServerCertVerifier for Recorder {
 }
 
 /// The TLS handshake rustls makes (1.2 or 1.3, forward-secret AEAD only): the version and
-/// suite, and the certificate.
-async fn modern_tls(stream: TcpStream, target: &Target, roots: Arc<RootCertStore>) -> Vec<Check> {
+/// suite, and the certificate; with the chain the server presented (for the DANE check).
+async fn modern_tls(
+    stream: TcpStream,
+    target: &Target,
+    roots: Arc<RootCertStore>,
+) -> (Vec<Check>, Option<Vec<CertificateDer<'static>>>) {
     let provider = Arc::new(sealmail_tls::restricted_provider());
     let webpki = match WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build() {
         Ok(webpki) => webpki,
         Err(e) => {
-            return vec![Check::new(
-                &target.id("tls"),
-                Pillar::Encryption,
-                Status::Fail,
-                format!("no verifier: {e}"),
-            )];
+            return (
+                vec![Check::new(
+                    &target.id("tls"),
+                    Pillar::Encryption,
+                    Status::Fail,
+                    format!("no verifier: {e}"),
+                )],
+                None,
+            );
         }
     };
     let recorder = Arc::new(Recorder {
@@ -760,47 +854,59 @@ async fn modern_tls(stream: TcpStream, target: &Target, roots: Arc<RootCertStore
             .with_custom_certificate_verifier(recorder.clone())
             .with_no_client_auth(),
         Err(e) => {
-            return vec![Check::new(
-                &target.id("tls"),
-                Pillar::Encryption,
-                Status::Fail,
-                e.to_string(),
-            )];
+            return (
+                vec![Check::new(
+                    &target.id("tls"),
+                    Pillar::Encryption,
+                    Status::Fail,
+                    e.to_string(),
+                )],
+                None,
+            );
         }
     };
     let Ok(name) = ServerName::try_from(target.host.to_string()) else {
-        return vec![Check::new(
-            &target.id("tls"),
-            Pillar::Encryption,
-            Status::Fail,
-            "not a host name",
-        )];
+        return (
+            vec![Check::new(
+                &target.id("tls"),
+                Pillar::Encryption,
+                Status::Fail,
+                "not a host name",
+            )],
+            None,
+        );
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let handshake = tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            return vec![
-                Check::new(
+            return (
+                vec![
+                    Check::new(
+                        &target.id("tls"),
+                        Pillar::Encryption,
+                        Status::Fail,
+                        format!("no TLS 1.2 or 1.3 handshake with a forward-secret AEAD suite: {e}"),
+                    )
+                    .with_fix("allow TLS 1.2 and 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305"),
+                ],
+                None,
+            );
+        }
+        Err(_) => {
+            return (
+                vec![Check::new(
                     &target.id("tls"),
                     Pillar::Encryption,
                     Status::Fail,
-                    format!("no TLS 1.2 or 1.3 handshake with a forward-secret AEAD suite: {e}"),
-                )
-                .with_fix("allow TLS 1.2 and 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305"),
-            ];
-        }
-        Err(_) => {
-            return vec![Check::new(
-                &target.id("tls"),
-                Pillar::Encryption,
-                Status::Fail,
-                format!(
-                    "the TLS handshake did not finish within {} s",
-                    STEP_TIMEOUT.as_secs()
-                ),
-            )];
+                    format!(
+                        "the TLS handshake did not finish within {} s",
+                        STEP_TIMEOUT.as_secs()
+                    ),
+                )],
+                None,
+            );
         }
     };
     let (_, session) = tls.get_ref();
@@ -820,16 +926,22 @@ async fn modern_tls(stream: TcpStream, target: &Target, roots: Arc<RootCertStore
         format!("{version}, {suite} (forward secret, AEAD)"),
     )];
     let outcome = recorder.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
-    checks.push(match outcome {
-        Some((chain, result)) => certificate_check(target, &chain, result),
-        None => Check::new(
-            &target.id("certificate"),
-            Pillar::Encryption,
-            Status::Fail,
-            "the handshake finished without a certificate to check",
-        ),
-    });
-    checks
+    let chain = match outcome {
+        Some((chain, result)) => {
+            checks.push(certificate_check(target, &chain, result));
+            Some(chain)
+        }
+        None => {
+            checks.push(Check::new(
+                &target.id("certificate"),
+                Pillar::Encryption,
+                Status::Fail,
+                "the handshake finished without a certificate to check",
+            ));
+            None
+        }
+    };
+    (checks, chain)
 }
 
 fn certificate_check(

@@ -86,7 +86,7 @@ impl CertCheck {
 /// Why a chain failed DANE. The text follows `DANE: ` in logs, deferral reasons and TLS
 /// reports.
 #[derive(Debug, thiserror::Error)]
-enum DaneFailure {
+pub enum DaneFailure {
     #[error("no TLSA record matches the certificate chain")]
     NoMatch,
     #[error("the matching DANE-TA certificate is unusable as an anchor: {0}")]
@@ -131,34 +131,55 @@ impl PeerVerifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<&'static str, DaneFailure> {
-        if records
-            .iter()
-            .any(|r| r.usage == 3 && r.matches(end_entity.as_ref()))
-        {
-            return Ok("DANE-EE match");
-        }
-        // Of several matching anchors, the last one's failure is told.
-        let mut last = DaneFailure::NoMatch;
-        for anchor in intermediates.iter().chain(std::iter::once(end_entity)) {
-            if !records.iter().any(|r| r.usage == 2 && r.matches(anchor.as_ref())) {
-                continue;
-            }
-            let mut roots = RootCertStore::empty();
-            if let Err(e) = roots.add(anchor.clone().into_owned()) {
-                last = DaneFailure::UnusableAnchor(e);
-                continue;
-            }
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                    .build()
-                    .map_err(DaneFailure::Verifier)?;
-            match verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
-                Ok(_) => return Ok("DANE-TA match"),
-                Err(e) => last = DaneFailure::Chain(e),
-            }
-        }
-        Err(last)
+        dane_match(
+            records,
+            end_entity,
+            intermediates,
+            server_name,
+            now,
+            &self.provider,
+        )
     }
+}
+
+/// Whether a chain matches usable TLSA records (RFC 7672 3.1): a DANE-EE record matching the
+/// end-entity certificate (names and dates not checked), or a DANE-TA record matching one of
+/// the chain's certificates, which then must verify the chain for `server_name`. Also used by
+/// `sealmail check` to judge the TLSA records an MX host publishes.
+pub fn dane_match(
+    records: &[Tlsa],
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+    provider: &Arc<CryptoProvider>,
+) -> Result<&'static str, DaneFailure> {
+    if records
+        .iter()
+        .any(|r| r.usage == 3 && r.matches(end_entity.as_ref()))
+    {
+        return Ok("DANE-EE match");
+    }
+    // Of several matching anchors, the last one's failure is told.
+    let mut last = DaneFailure::NoMatch;
+    for anchor in intermediates.iter().chain(std::iter::once(end_entity)) {
+        if !records.iter().any(|r| r.usage == 2 && r.matches(anchor.as_ref())) {
+            continue;
+        }
+        let mut roots = RootCertStore::empty();
+        if let Err(e) = roots.add(anchor.clone().into_owned()) {
+            last = DaneFailure::UnusableAnchor(e);
+            continue;
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(DaneFailure::Verifier)?;
+        match verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
+            Ok(_) => return Ok("DANE-TA match"),
+            Err(e) => last = DaneFailure::Chain(e),
+        }
+    }
+    Err(last)
 }
 
 /// The RFC 8460 result type for a failed PKIX check.

@@ -40,9 +40,14 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
         }
         None => sealmail_check::servers::Ports::default(),
     };
+    let message_signers = match &args.message {
+        Some(path) => Some(message_signers(path)?),
+        None => None,
+    };
     let dns = sealmail_dns::Dns::new(&dns_config)?;
     let options = sealmail_check::dns::Options {
         dkim_selectors: args.dkim_selector.clone(),
+        message_signers,
         https_port: Some(ports.https),
         http: Some(
             sealmail_check::dns::https_client(&dns, args.ca_file.as_deref()).map_err(anyhow::Error::msg)?,
@@ -54,13 +59,16 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
             "no certificate authority to check certificates against: the system has none (install ca-certificates) and no --ca-file was given"
         );
     }
-    let (mut checks, mx_hosts) = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
+    let found = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
+    let mut checks = found.checks;
+    let mut clients = found.client_servers;
+    clients.extend(sealmail_check::servers::ClientServer::on_hosts(&args.host, ports));
     checks.extend(
         sealmail_check::servers::check_servers(
             &dns,
-            &mx_hosts,
-            &args.host,
-            ports,
+            &found.mx_hosts,
+            &clients,
+            ports.smtp,
             std::sync::Arc::new(roots),
         )
         .await,
@@ -81,6 +89,29 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The largest sample message read: headers are what matter, and mail servers refuse more.
+const MAX_MESSAGE_BYTES: u64 = 64 << 20;
+
+fn message_signers(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::Read;
+    let mut message = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("--message {}", path.display()))?
+        .take(MAX_MESSAGE_BYTES + 1)
+        .read_to_end(&mut message)
+        .with_context(|| format!("--message {}", path.display()))?;
+    if message.len() as u64 > MAX_MESSAGE_BYTES {
+        return Err(UsageError(format!(
+            "--message {}: over {} MiB, not a message",
+            path.display(),
+            MAX_MESSAGE_BYTES >> 20
+        ))
+        .into());
+    }
+    sealmail_check::dns::dkim_signers(&message)
+        .map_err(|e| UsageError(format!("--message {}: {e}", path.display())).into())
 }
 
 fn nameserver(text: &str) -> Result<SocketAddr, UsageError> {

@@ -128,12 +128,16 @@ pub struct CheckArgs {
     /// DKIM selector whose key to check (repeatable)
     #[arg(long, value_name = "SELECTOR")]
     pub dkim_selector: Vec<String>,
+    /// A message sent from the domain (as received, headers and body): its DKIM signatures
+    /// are looked at and their selectors' keys checked
+    #[arg(long, value_name = "FILE")]
+    pub message: Option<PathBuf>,
     /// Ports of a test installation, `NAME=PORT[,NAME=PORT...]` with the names smtp (25),
     /// submissions (465), submission (587), imaps (993), imap (143) and https (443)
     #[arg(long, value_name = "NAME=PORT,...")]
     pub port: Option<String>,
     /// A host whose submission and IMAP ports to check too (repeatable); the MX hosts' SMTP
-    /// port is always checked
+    /// port and the servers of the domain's SRV records are always checked
     #[arg(long, value_name = "HOST")]
     pub host: Vec<String>,
     /// Trust the certificate authorities in this PEM file besides the system's

@@ -82,8 +82,23 @@ fn publish_zone(dns: &DnsServer, zone: &str) -> TestResult<Vec<String>> {
                 );
             }
             "CNAME" => dns.add_a(name, std::net::Ipv4Addr::LOCALHOST),
-            // DANE is not checked yet.
-            "TLSA" => {}
+            // Published in a signed zone: the test DNS server sets the AD bit for it.
+            "TLSA" => {
+                let parts: Vec<&str> = value.split(' ').collect();
+                let [usage, selector, matching, data] = parts.as_slice() else {
+                    return Err(format!("TLSA: {value}"));
+                };
+                dns.add(
+                    name,
+                    Rec::Tlsa(
+                        ctx(usage.parse(), "usage")?,
+                        ctx(selector.parse(), "selector")?,
+                        ctx(matching.parse(), "matching type")?,
+                        ctx(hex::decode(data), "TLSA data")?,
+                    ),
+                );
+                dns.secure(name);
+            }
             other => return Err(format!("unexpected record type {other}")),
         }
     }
@@ -148,6 +163,24 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
     let selectors = publish_zone(&dns, &zone)?;
     assert_eq!(selectors.len(), 2, "an RSA and an Ed25519 key: {zone}");
     dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
+    // CAA is not in that zone: which CA issues is the admin's choice.
+    dns.add(
+        "good.test",
+        Rec::Caa(0, "issue".into(), "check-ca.example".into()),
+    );
+    // A message as sealmail signs it (only the signature's d= and s= are read).
+    let message = dir.path().join("message.eml");
+    ctx(
+        std::fs::write(
+            &message,
+            format!(
+                "DKIM-Signature: v=1; a=ed25519-sha256; d=good.test; s={};\r\n\tc=relaxed/relaxed; h=from:to:subject; bh=AAAA; b=AAAA\r\nFrom: alice@good.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhi\r\n",
+                selectors.first().ok_or("no selector")?
+            ),
+        ),
+        "write the message",
+    )?;
+    let message_arg = message.to_string_lossy().into_owned();
     let port = format!(
         "https={},smtp={},submissions={},imaps={},submission={},imap={}",
         https.port(),
@@ -158,14 +191,15 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
         imap.port()
     );
     let ca_arg = ca_file.to_string_lossy().into_owned();
+    // No --host: the submission and IMAP servers are those of the SRV records.
     let mut args = vec![
         "good.test",
         "--port",
         port.as_str(),
         "--ca-file",
         ca_arg.as_str(),
-        "--host",
-        "mail.good.test",
+        "--message",
+        message_arg.as_str(),
     ];
     for selector in &selectors {
         args.extend(["--dkim-selector", selector.as_str()]);
@@ -212,9 +246,22 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
         "tls-rpt",
         "srv-submission",
         "srv-imap",
+        "caa",
+        "dkim-message",
     ] {
         finding(&report, id)?;
     }
+    let dane = finding(&report, "dane:mail.good.test")?;
+    assert!(
+        dane["detail"].as_str().is_some_and(|d| d
+            .starts_with("DNSSEC-validated TLSA records at _25._tcp.mail.good.test (3 1 1)")
+            && d.ends_with("matches (DANE-EE match)")),
+        "{dane}"
+    );
+    assert_eq!(
+        finding(&report, "caa")?["detail"],
+        "CAA at good.test: certificates only from check-ca.example"
+    );
     let details: Vec<&str> = selectors
         .iter()
         .map(|s| finding(&report, &format!("dkim:{s}")).map(|c| c["detail"].as_str().unwrap_or_default()))
@@ -289,7 +336,55 @@ async fn weak_records_give_their_findings_and_fixes() -> TestResult {
     assert_eq!(finding(&report, "srv-imap")?["status"], "WARN");
     // The mail host has no SPF record of its own (its HELO name).
     assert_eq!(finding(&report, "spf-helo:mx.weak.test")?["status"], "WARN");
+    let caa = finding(&report, "caa")?;
+    assert_eq!(caa["status"], "WARN", "{caa}");
+    assert!(
+        caa["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("`weak.test. IN CAA 0 issue \"CA-DOMAIN\"`")),
+        "{caa}"
+    );
     assert_ne!(report["grade"], "A");
+
+    // A sample message: its signatures' keys are checked (the 1024-bit one of weak.test's
+    // subdomain, which DMARC aligns; not that of an unrelated signer), and a message without
+    // any signature is a finding.
+    dns.add_txt("new._domainkey.news.weak.test", &format!("v=DKIM1; p={small}"));
+    let signed = dir.path().join("signed.eml");
+    ctx(
+        std::fs::write(
+            &signed,
+            "DKIM-Signature: v=1; a=rsa-sha256; d=news.weak.test; s=new; h=from;\r\n bh=AAAA; b=AAAA\r\nDKIM-Signature: v=1; a=rsa-sha256; d=esp.example; s=esp; h=from; bh=AAAA; b=AAAA\r\nFrom: a@news.weak.test\r\n\r\nbody\r\n",
+        ),
+        "write",
+    )?;
+    let unsigned = dir.path().join("unsigned.eml");
+    ctx(
+        std::fs::write(&unsigned, "From: a@weak.test\r\nSubject: x\r\n\r\nbody\r\n"),
+        "write",
+    )?;
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &["weak.test", "--message", &signed.to_string_lossy()],
+    )?;
+    let signer = finding(&report, "dkim:new@news.weak.test")?;
+    assert_eq!(signer["status"], "FAIL", "{signer}");
+    assert_eq!(finding(&report, "dkim-message")?["status"], "PASS");
+    assert!(finding(&report, "dkim:esp@esp.example").is_err(), "{report:#}");
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &["weak.test", "--message", &unsigned.to_string_lossy()],
+    )?;
+    let unsigned_finding = finding(&report, "dkim-message")?;
+    assert_eq!(unsigned_finding["status"], "FAIL", "{unsigned_finding}");
+    assert!(
+        unsigned_finding["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("sign outgoing mail of weak.test")),
+        "{unsigned_finding}"
+    );
     // Below --fail-under: exit status 1, and why.
     let (code, _, err) = check(dir.path(), &dns, &["weak.test", "--fail-under", "B"])?;
     assert_eq!(code, 1);
@@ -557,6 +652,15 @@ async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
     )
     .await?;
     let _wrong = OpenSslServer::start(wrong_port, &wrong.cert, &wrong.key, &[]).await?;
+    // expired.weak.test, named by an SRV record with its own port: an expired certificate.
+    let expired = ca.issue_expired(&["expired.weak.test"], &dir.path().join("expired"), "cert")?;
+    let expired_port = common::free_addr()?.port();
+    let _expired = OpenSslServer::start(expired_port, &expired.cert, &expired.key, &[]).await?;
+    dns.add_a("expired.weak.test", std::net::Ipv4Addr::LOCALHOST);
+    dns.add(
+        "_submissions._tcp.weak.test",
+        Rec::Srv(0, 1, expired_port, "expired.weak.test".into()),
+    );
     let ports =
         format!("smtp={smtp},submissions={tls1_port},imaps={wrong_port},submission={closed1},imap={closed2}");
     let ca_arg = ca_file.to_string_lossy().into_owned();
@@ -609,6 +713,17 @@ async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
     assert_eq!(legacy("tls", wrong_port)?["status"], "PASS");
     assert_eq!(legacy("tls-legacy", wrong_port)?["status"], "PASS");
     assert_eq!(legacy("reachable", closed1)?["status"], "INFO");
+    let gone = finding(&report, &format!("certificate:expired.weak.test:{expired_port}"))?;
+    assert_eq!(gone["status"], "FAIL", "{gone}");
+    assert_eq!(gone["detail"], "the certificate has expired");
+    assert!(
+        gone["fix"].as_str().is_some_and(|f| f.starts_with("renew it")),
+        "{gone}"
+    );
+    assert_eq!(
+        finding(&report, &format!("tls:expired.weak.test:{expired_port}"))?["status"],
+        "PASS"
+    );
     // Without our CA the certificate is from an unknown authority (the chain is checked first).
     let report = json_check(
         dir.path(),
@@ -619,6 +734,112 @@ async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
     assert_eq!(
         unknown["detail"],
         "the certificate is not from a trusted authority (self-signed, or the chain is incomplete)"
+    );
+    Ok(())
+}
+
+/// DANE: each MX host's TLSA records at `_25._tcp.HOST`, judged by whether the resolver vouches
+/// for them (the AD bit) and against the certificate the host presents on the SMTP port; every
+/// record that should change comes with the exact record to publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsa_records_are_checked_against_the_certificate_each_mx_presents() -> TestResult {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    let mx = common::free_addr()?;
+    let config =
+        common::config_with_users(dir.path(), "dane.test", &["alice"], &[("mx", mx, "starttls")], "")?;
+    let ca = sealmail_testkit::pki::TestCa::new("DANE test CA")?;
+    let hosts = [
+        "matching.dane.test",
+        "wrong.dane.test",
+        "unsigned.dane.test",
+        "unusable.dane.test",
+        "absent.dane.test",
+        "broken.dane.test",
+    ];
+    let ca_file = common::install_issued(dir.path(), &ca, &hosts)?;
+    let _server = common::serve(dir.path(), &config).await?;
+    // The SHA-256 of the served certificate's key: the data of a `3 1 1` record.
+    let leaf = ctx(
+        rustls_pki_types::CertificateDer::from_pem_file(dir.path().join("tls/0.pem")),
+        "the served certificate",
+    )?;
+    let (_, parsed) = ctx(x509_parser::parse_x509_certificate(&leaf), "parse it")?;
+    let digest = sha2::Sha256::digest(parsed.tbs_certificate.subject_pki.raw).to_vec();
+    for (preference, host) in hosts.iter().enumerate() {
+        dns.add_mx("dane.test", preference as u16, host);
+        dns.add_a(host, std::net::Ipv4Addr::LOCALHOST);
+    }
+    let tlsa = |host: &str, record: Rec, signed: bool| {
+        let name = format!("_25._tcp.{host}");
+        dns.add(&name, record);
+        if signed {
+            dns.secure(&name);
+        }
+    };
+    tlsa("matching.dane.test", Rec::Tlsa(3, 1, 1, digest.clone()), true);
+    tlsa("wrong.dane.test", Rec::Tlsa(3, 1, 1, vec![7; 32]), true);
+    tlsa("unsigned.dane.test", Rec::Tlsa(3, 1, 1, digest.clone()), false);
+    // PKIX-EE (1) is not for SMTP (RFC 7672 3.1.3).
+    tlsa("unusable.dane.test", Rec::Tlsa(1, 1, 1, digest.clone()), true);
+    dns.servfail("_25._tcp.broken.dane.test");
+    let ports = format!("smtp={}", mx.port());
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &[
+            "dane.test",
+            "--port",
+            &ports,
+            "--ca-file",
+            &ca_file.to_string_lossy(),
+        ],
+    )?;
+    let dane = |host: &str| finding(&report, &format!("dane:{host}"));
+    let record = format!("3 1 1 {}", hex::encode(&digest));
+    let fix_publishes = |check: &serde_json::Value, host: &str| {
+        check["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains(&format!("`_25._tcp.{host}. IN TLSA {record}`")))
+    };
+
+    let matching = dane("matching.dane.test")?;
+    assert_eq!(matching["status"], "PASS", "{matching}");
+    assert_eq!(matching["pillar"], "authentication");
+    let wrong = dane("wrong.dane.test")?;
+    assert_eq!(wrong["status"], "FAIL", "{wrong}");
+    assert!(
+        wrong["detail"]
+            .as_str()
+            .is_some_and(|d| d
+                .contains("does not match its TLSA records (no TLSA record matches the certificate chain)")),
+        "{wrong}"
+    );
+    assert!(fix_publishes(wrong, "wrong.dane.test"), "{wrong}");
+    let unsigned = dane("unsigned.dane.test")?;
+    assert_eq!(unsigned["status"], "WARN", "{unsigned}");
+    assert!(
+        unsigned["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("did not say they are DNSSEC-validated")
+                && d.ends_with("(they would match: DANE-EE match)")),
+        "{unsigned}"
+    );
+    let unusable = dane("unusable.dane.test")?;
+    assert_eq!(unusable["status"], "FAIL", "{unusable}");
+    assert!(fix_publishes(unusable, "unusable.dane.test"), "{unusable}");
+    let absent = dane("absent.dane.test")?;
+    assert_eq!(absent["status"], "WARN", "{absent}");
+    assert!(fix_publishes(absent, "absent.dane.test"), "{absent}");
+    let broken = dane("broken.dane.test")?;
+    assert_eq!(broken["status"], "FAIL", "{broken}");
+    assert!(
+        broken["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed (Server Failure)")),
+        "{broken}"
     );
     Ok(())
 }

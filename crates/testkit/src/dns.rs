@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, SRV, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, PTR, SOA, SRV, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -34,6 +34,8 @@ pub enum Rec {
     Tlsa(u8, u8, u8, Vec<u8>),
     /// priority, weight, port, target
     Srv(u16, u16, u16, String),
+    /// flags, tag, value (e.g. `0 issue "letsencrypt.org"`)
+    Caa(u8, String, String),
 }
 
 impl Rec {
@@ -47,6 +49,7 @@ impl Rec {
             Rec::Ptr(_) => RecordType::PTR,
             Rec::Tlsa(..) => RecordType::TLSA,
             Rec::Srv(..) => RecordType::SRV,
+            Rec::Caa(..) => RecordType::CAA,
         }
     }
 
@@ -67,6 +70,16 @@ impl Rec {
             )),
             Rec::Srv(priority, weight, port, target) => {
                 RData::SRV(SRV::new(*priority, *weight, *port, name(target)?))
+            }
+            Rec::Caa(flags, tag, value) => {
+                // The fields are set directly: the value stays the raw bytes the test gave,
+                // also when it is not what an `issue` value should be.
+                let mut caa = CAA::new_issue(false, None, Vec::new());
+                caa.issuer_critical = flags & 0x80 != 0;
+                caa.reserved_flags = flags & 0x7f;
+                caa.tag = tag.clone();
+                caa.value = value.as_bytes().to_vec();
+                RData::CAA(caa)
             }
         })
     }

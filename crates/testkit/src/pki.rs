@@ -46,8 +46,27 @@ impl TestCa {
 
     /// A certificate for `names`, written to `DIR/STEM.pem` and `DIR/STEM.key` (0600).
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> TestResult<Issued> {
+        self.issue_with(names, dir, stem, |_| {})
+    }
+
+    /// Like [`TestCa::issue`], valid only during 2020: an expired certificate.
+    pub fn issue_expired(&self, names: &[&str], dir: &Path, stem: &str) -> TestResult<Issued> {
+        self.issue_with(names, dir, stem, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> TestResult<Issued> {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = ctx(CertificateParams::new(names), "params")?;
+        let mut params = ctx(CertificateParams::new(names), "params")?;
+        adjust(&mut params);
         let key = ctx(KeyPair::generate(), "key")?;
         let cert = ctx(params.signed_by(&key, &self.issuer), "sign")?;
         let issued = Issued {
