@@ -843,3 +843,204 @@ async fn tlsa_records_are_checked_against_the_certificate_each_mx_presents() -> 
     );
     Ok(())
 }
+
+/// testssl.sh's JSON findings by id, for one server (`--ip 127.0.0.1 HOST:PORT`, `-p -f -S`:
+/// protocols, forward secrecy, the certificate; `--nodns none`: it asks no DNS server).
+async fn testssl(
+    dir: &std::path::Path,
+    host: &str,
+    port: u16,
+    ca_file: &str,
+) -> TestResult<serde_json::Map<String, serde_json::Value>> {
+    let program = ["testssl", "testssl.sh"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .ok_or("testssl.sh is not installed (Debian package testssl.sh; scripts/test.sh installs it)")?;
+    let json = dir.join(format!("testssl-{host}-{port}.json"));
+    let run = tokio::process::Command::new(program)
+        .args(["--quiet", "--color", "0", "--warnings", "off", "--nodns", "none"])
+        .args(["-p", "-f", "-S", "--add-ca", ca_file, "--jsonfile"])
+        .arg(&json)
+        .args(["--ip", "127.0.0.1", &format!("{host}:{port}")])
+        .current_dir(dir)
+        .output();
+    let output = ctx(
+        tokio::time::timeout(std::time::Duration::from_secs(300), run).await,
+        "testssl took over 5 minutes",
+    )?;
+    ctx(output, "testssl")?;
+    let findings: Vec<serde_json::Value> = ctx(
+        serde_json::from_slice(&ctx(std::fs::read(&json), "testssl's JSON file")?),
+        "testssl's JSON",
+    )?;
+    let mut by_id = serde_json::Map::new();
+    for finding in findings {
+        if let Some(id) = finding["id"].as_str() {
+            by_id.insert(id.to_string(), finding["finding"].clone());
+        }
+    }
+    Ok(by_id)
+}
+
+/// Where `sealmail check` and testssl.sh disagree about one server's TLS: the versions
+/// accepted (TLS 1.0 and 1.1 probed raw by us; 1.2 and 1.3 through rustls, which takes the
+/// highest), and the certificate (trusted chain, expired, key size).
+fn disagreements(
+    report: &serde_json::Value,
+    host: &str,
+    port: u16,
+    theirs: &serde_json::Map<String, serde_json::Value>,
+) -> TestResult<Vec<String>> {
+    let text = |id: &str| theirs.get(id).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let offered = |id: &str| text(id).starts_with("offered");
+    let ours = |id: &str| finding(report, &format!("{id}:{host}:{port}"));
+    let mut differ = Vec::new();
+    let legacy = ours("tls-legacy")?;
+    for (id, name) in [("TLS1", "TLS 1.0"), ("TLS1_1", "TLS 1.1")] {
+        let we_say =
+            legacy["status"] == "FAIL" && legacy["detail"].as_str().is_some_and(|d| d.contains(name));
+        if we_say != offered(id) {
+            differ.push(format!("{name}: testssl {:?}, we {legacy}", text(id)));
+        }
+    }
+    let tls = ours("tls")?;
+    let ours_version = tls["detail"].as_str().unwrap_or("");
+    let expected = if offered("TLS1_3") {
+        Some("TLS 1.3")
+    } else if offered("TLS1_2") {
+        Some("TLS 1.2")
+    } else {
+        None
+    };
+    match expected {
+        Some(version) if tls["status"] != "PASS" || !ours_version.starts_with(version) => {
+            differ.push(format!("testssl: {version} offered; we: {tls}"));
+        }
+        None if tls["status"] != "FAIL" => {
+            differ.push(format!("testssl: neither TLS 1.2 nor 1.3; we: {tls}"));
+        }
+        _ => {}
+    }
+    if let Ok(certificate) = ours("certificate") {
+        let detail = certificate["detail"].as_str().unwrap_or("");
+        let expired = text("cert_expirationStatus").contains("expired");
+        if expired != (detail == "the certificate has expired") {
+            differ.push(format!(
+                "expiry: testssl {:?}, we {detail:?}",
+                text("cert_expirationStatus")
+            ));
+        }
+        // testssl's chain verdict includes expiry (`failed (expired).`); ours names expiry
+        // apart from an unknown authority.
+        let chain = text("cert_chain_of_trust");
+        let unknown_authority = chain.starts_with("failed") && !chain.contains("expired");
+        let untrusted = detail.starts_with("the certificate is not from a trusted authority");
+        if unknown_authority != untrusted {
+            differ.push(format!(
+                "trust: testssl {:?}, we {detail:?}",
+                text("cert_chain_of_trust")
+            ));
+        }
+        // testssl says `RSA 2048 bits` or `EC 256 bits`; a valid certificate's detail names
+        // its key the same way.
+        if certificate["status"] == "PASS" {
+            let their_key = text("cert_keySize");
+            let (kind, bits) = their_key.split_once(' ').unwrap_or(("", ""));
+            let bits = bits.split(' ').next().unwrap_or("");
+            if !detail.ends_with(&format!("{kind} key of {bits} bits")) {
+                differ.push(format!("key: testssl {their_key:?}, we {detail:?}"));
+            }
+        }
+    }
+    Ok(differ)
+}
+
+/// The TLS findings of `sealmail check` agree with those of testssl.sh (an independent
+/// scanner) on the same ports: a TLS 1.0-only server, a modern one with an expired
+/// certificate, and sealmail's own implicit-TLS submission port. The servers are named by SRV
+/// records, so each is checked on its own port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_findings_agree_with_testssl() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    let (mx, submissions) = (common::free_addr()?, common::free_addr()?);
+    let config = common::config_with_users(
+        dir.path(),
+        "agree.test",
+        &["alice"],
+        &[("mx", mx, "starttls"), ("submission", submissions, "implicit")],
+        "",
+    )?;
+    let ca = sealmail_testkit::pki::TestCa::new("agreement CA")?;
+    let ca_file = common::install_issued(dir.path(), &ca, &["mail.agree.test"])?;
+    let _server = common::serve(dir.path(), &config).await?;
+    let legacy = ca.issue(&["legacy.agree.test"], &dir.path().join("legacy"), "cert")?;
+    let expired = ca.issue_expired(&["expired.agree.test"], &dir.path().join("expired"), "cert")?;
+    let (legacy_port, expired_port) = (common::free_addr()?.port(), common::free_addr()?.port());
+    let _legacy = OpenSslServer::start(
+        legacy_port,
+        &legacy.cert,
+        &legacy.key,
+        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    )
+    .await?;
+    let _expired = OpenSslServer::start(expired_port, &expired.cert, &expired.key, &[]).await?;
+    dns.add_mx("agree.test", 10, "mail.agree.test");
+    let servers = [
+        ("legacy.agree.test", legacy_port),
+        ("expired.agree.test", expired_port),
+        ("mail.agree.test", submissions.port()),
+    ];
+    for (host, port) in servers {
+        dns.add_a(host, std::net::Ipv4Addr::LOCALHOST);
+        dns.add(
+            "_submissions._tcp.agree.test",
+            Rec::Srv(0, 1, port, host.to_string()),
+        );
+    }
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let ports = format!("smtp={}", mx.port());
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &["agree.test", "--port", &ports, "--ca-file", &ca_arg],
+    )?;
+    // The three scans run at once (each is mostly waiting on its handshakes).
+    let mut scans = tokio::task::JoinSet::new();
+    for (host, port) in servers {
+        let (dir, ca) = (dir.path().to_path_buf(), ca_arg.clone());
+        scans.spawn(async move { (host, port, testssl(&dir, host, port, &ca).await) });
+    }
+    let mut differ = Vec::new();
+    while let Some(scan) = scans.join_next().await {
+        let (host, port, theirs) = ctx(scan, "testssl task")?;
+        let theirs = theirs?;
+        // testssl read each server: a certificate, and every protocol probed.
+        for id in ["TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cert_keySize"] {
+            assert!(
+                theirs
+                    .get(id)
+                    .is_some_and(|v| v.as_str().is_some_and(|t| !t.is_empty())),
+                "testssl has no {id} for {host}:{port}: {theirs:?}"
+            );
+        }
+        differ.extend(disagreements(&report, host, port, &theirs)?);
+    }
+    assert!(differ.is_empty(), "{differ:#?}\n{report:#}");
+    // What each server is: the comparison covered an accepting and a refusing answer of each.
+    let status = |id: &str, host: &str, port: u16| {
+        finding(&report, &format!("{id}:{host}:{port}")).map(|c| c["status"].clone())
+    };
+    assert_eq!(status("tls-legacy", "legacy.agree.test", legacy_port)?, "FAIL");
+    assert_eq!(status("tls", "legacy.agree.test", legacy_port)?, "FAIL");
+    assert_eq!(status("certificate", "expired.agree.test", expired_port)?, "FAIL");
+    assert_eq!(
+        status("tls-legacy", "mail.agree.test", submissions.port())?,
+        "PASS"
+    );
+    assert_eq!(
+        status("certificate", "mail.agree.test", submissions.port())?,
+        "PASS"
+    );
+    Ok(())
+}
