@@ -596,6 +596,32 @@ impl Drop for OpenSslServer {
     }
 }
 
+/// A hostile SMTP server on `ip:port`: it accepts connections and then either says nothing
+/// (`flood` false) or sends bytes without end and without a line break (`flood` true).
+async fn hostile_smtp(ip: [u8; 4], port: u16, flood: bool) -> TestResult {
+    use tokio::io::AsyncWriteExt;
+    let listener = ctx(
+        tokio::net::TcpListener::bind(std::net::SocketAddr::from((ip, port))).await,
+        "bind",
+    )?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if flood {
+                    let junk = [b'A'; 4096];
+                    while stream.write_all(&junk).await.is_ok() {}
+                } else {
+                    // Hold the connection open until the peer gives up.
+                    let mut sink = [0u8; 64];
+                    use tokio::io::AsyncReadExt;
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
 /// A plaintext SMTP server that names its software and version, offers AUTH and no
 /// STARTTLS: what a forgotten old MX looks like. Serves until the test ends.
 async fn plaintext_smtp() -> TestResult<u16> {
@@ -637,6 +663,14 @@ async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
     let smtp = plaintext_smtp().await?;
     dns.add_mx("weak.test", 10, "old.weak.test");
     dns.add_a("old.weak.test", std::net::Ipv4Addr::LOCALHOST);
+    // Two hostile MX hosts on the same port of other loopback addresses: one never greets,
+    // one sends an endless line.
+    hostile_smtp([127, 0, 0, 2], smtp, false).await?;
+    hostile_smtp([127, 0, 0, 3], smtp, true).await?;
+    dns.add_mx("weak.test", 20, "silent.weak.test");
+    dns.add_a("silent.weak.test", std::net::Ipv4Addr::new(127, 0, 0, 2));
+    dns.add_mx("weak.test", 30, "flood.weak.test");
+    dns.add_a("flood.weak.test", std::net::Ipv4Addr::new(127, 0, 0, 3));
     // legacy.weak.test: implicit TLS on "submissions" with TLS 1.0 only (Debian's OpenSSL at
     // security level 0), and on "imaps" a certificate for another name.
     dns.add_a("legacy.weak.test", std::net::Ipv4Addr::LOCALHOST);
@@ -693,6 +727,20 @@ async fn weak_servers_give_their_findings_and_fixes() -> TestResult {
             .as_str()
             .is_some_and(|d| d.contains("postfix 2.11.3")),
         "{banner}"
+    );
+
+    // Bounded however a server behaves: a step that gets no answer in time, and a line past
+    // the limit, are findings.
+    let silent = finding(&report, &format!("protocol:silent.weak.test:{smtp}"))?;
+    assert_eq!(silent["status"], "FAIL", "{silent}");
+    assert_eq!(
+        silent["detail"],
+        "the greeting: no complete answer in time (15 s a step, 60 s a connection)"
+    );
+    let flood = finding(&report, &format!("protocol:flood.weak.test:{smtp}"))?;
+    assert_eq!(
+        flood["detail"], "the greeting: a line longer than 2048 bytes",
+        "{flood}"
     );
 
     let legacy = |id: &str, port: u16| finding(&report, &format!("{id}:legacy.weak.test:{port}"));
