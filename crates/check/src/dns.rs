@@ -695,20 +695,34 @@ async fn check_dmarc(dns: &Dns, domain: &str) -> Vec<Check> {
     let auth = Pillar::Authentication;
     let name = format!("_dmarc.{domain}");
     let publish = format!("publish `{name}. TXT \"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{domain}\"`");
-    let texts = match txt(dns, &name).await {
-        Found::Records(texts) => texts,
-        Found::Nothing => {
-            return vec![
-                Check::new(
-                    "dmarc",
-                    auth,
-                    Status::Fail,
-                    "no DMARC record: receivers apply no policy to mail that fails SPF and DKIM",
-                )
-                .with_fix(publish),
-            ];
-        }
+    let (texts, inherited) = match txt(dns, &name).await {
+        Found::Records(texts) => (texts, None),
+        Found::Nothing => match parent_dmarc(dns, domain).await {
+            Ok(Some((parent, texts))) => (texts, Some(parent)),
+            Ok(None) => {
+                return vec![
+                    Check::new(
+                        "dmarc",
+                        auth,
+                        Status::Fail,
+                        "no DMARC record: receivers apply no policy to mail that fails SPF and DKIM",
+                    )
+                    .with_fix(publish),
+                ];
+            }
+            Err(why) => return vec![unchecked("dmarc", auth, "the DMARC record", &why)],
+        },
         Found::Failed(why) => return vec![unchecked("dmarc", auth, "the DMARC record", &why)],
+    };
+    // A subdomain without a record of its own gets its parent's subdomain policy (`sp=`,
+    // else `p=`): RFC 7489 6.6.3.
+    let (policy_tag, name) = match &inherited {
+        Some(parent) => ("sp", format!("_dmarc.{parent}")),
+        None => ("p", name),
+    };
+    let from = match &inherited {
+        Some(parent) => format!(" (inherited from _dmarc.{parent}: its subdomain policy applies)"),
+        None => String::new(),
     };
     let records = tagged(&texts, "v=DMARC1");
     let text = match records.as_slice() {
@@ -740,19 +754,23 @@ async fn check_dmarc(dns: &Dns, domain: &str) -> Vec<Check> {
         }
     };
     let tags = tags(text);
-    let mut checks = vec![match tag(&tags, "p").map(str::to_ascii_lowercase).as_deref() {
-        Some("reject") => Check::new("dmarc", auth, Status::Pass, format!("`{text}`: p=reject")),
+    let (used, policy) = match tag(&tags, policy_tag) {
+        Some(policy) => (policy_tag, Some(policy)),
+        None => ("p", tag(&tags, "p")),
+    };
+    let mut checks = vec![match policy.map(str::to_ascii_lowercase).as_deref() {
+        Some("reject") => Check::new("dmarc", auth, Status::Pass, format!("`{text}`: {used}=reject{from}")),
         Some("quarantine") => Check::new(
             "dmarc",
             auth,
             Status::Pass,
-            format!("`{text}`: p=quarantine (failing mail goes to spam)"),
+            format!("`{text}`: {used}=quarantine (failing mail goes to spam){from}"),
         ),
         Some("none") => Check::new(
             "dmarc",
             auth,
             Status::Warn,
-            format!("`{text}`: p=none only monitors; forged mail is delivered"),
+            format!("`{text}`: {used}=none only monitors; forged mail is delivered{from}"),
         )
         .with_fix(format!(
             "once the reports show only your own mail passing, publish `{name}. TXT \"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{domain}\"`"
@@ -796,6 +814,24 @@ async fn check_dmarc(dns: &Dns, domain: &str) -> Vec<Check> {
         )),
     });
     checks
+}
+
+/// The DMARC record of the closest parent of `domain` that has one (below the top-level
+/// domain, at most 5 levels up): receivers use a parent's record for a subdomain without its
+/// own (RFC 7489 6.6.3 by organizational domain; the DMARCbis tree walk likewise).
+async fn parent_dmarc(dns: &Dns, domain: &str) -> Result<Option<(String, Vec<String>)>, String> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    for start in 1..labels.len().saturating_sub(1).min(6) {
+        let parent = labels[start..].join(".");
+        match txt(dns, &format!("_dmarc.{parent}")).await {
+            Found::Records(texts) if !tagged(&texts, "v=DMARC1").is_empty() => {
+                return Ok(Some((parent, texts)));
+            }
+            Found::Records(_) | Found::Nothing => {}
+            Found::Failed(why) => return Err(why),
+        }
+    }
+    Ok(None)
 }
 
 /// The bits of an RSA key published in a DKIM record (`p=`): SubjectPublicKeyInfo or bare

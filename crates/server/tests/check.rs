@@ -377,6 +377,18 @@ async fn weak_records_give_their_findings_and_fixes() -> TestResult {
         &dns,
         &["weak.test", "--message", &unsigned.to_string_lossy()],
     )?;
+    // A subdomain without a DMARC record of its own gets its parent's subdomain policy.
+    dns.add_mx("sub.strict.test", 10, "mx.weak.test");
+    dns.add_txt(
+        "_dmarc.strict.test",
+        "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@strict.test",
+    );
+    let inherited = json_check(dir.path(), &dns, &["sub.strict.test"])?;
+    assert_eq!(
+        finding(&inherited, "dmarc")?["detail"],
+        "`v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@strict.test`: sp=quarantine (failing mail goes to spam) (inherited from _dmarc.strict.test: its subdomain policy applies)"
+    );
+    assert_eq!(finding(&inherited, "dmarc-reports")?["status"], "PASS");
     let unsigned_finding = finding(&report, "dkim-message")?;
     assert_eq!(unsigned_finding["status"], "FAIL", "{unsigned_finding}");
     assert!(
