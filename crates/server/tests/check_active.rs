@@ -2,7 +2,7 @@
 //! passes every probe and still greets and logs in the probing address afterwards (one run
 //! must not get it banned); a deliberately weak fake server (an open relay for the percent
 //! hack, bare LF taken as the end of data, commands sent with STARTTLS answered inside TLS,
-//! AUTH evaluated in plaintext) gets each documented FAIL and fix; `--active` without
+//! AUTH and IMAP LOGIN evaluated in plaintext) gets each documented FAIL and fix; `--active` without
 //! `--i-run-this-server` is a usage error that sends nothing.
 
 mod common;
@@ -256,6 +256,52 @@ async fn weak_session(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) ->
     }
 }
 
+/// The same flaws in IMAP: LOGIN checked without TLS (and always failing), and what came
+/// with STARTTLS answered after it.
+async fn weak_imap_session(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) -> std::io::Result<()> {
+    let mut conn = Conn::Plain(stream);
+    let mut buffer: Vec<u8> = Vec::new();
+    conn.write(b"* OK weak IMAP ready\r\n").await?;
+    loop {
+        let Some(end) = buffer.iter().position(|b| *b == b'\n') else {
+            let mut chunk = [0u8; 4096];
+            let read = conn.read(&mut chunk).await?;
+            if read == 0 || buffer.len() > 65_536 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            continue;
+        };
+        let line: Vec<u8> = buffer.drain(..=end).collect();
+        let line = String::from_utf8_lossy(&line).trim_end().to_string();
+        let mut words = line.split_whitespace();
+        let (tag, command) = (
+            words.next().unwrap_or("*"),
+            words.next().unwrap_or("").to_ascii_uppercase(),
+        );
+        let reply = match command.as_str() {
+            "CAPABILITY" => format!("* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\n{tag} OK done\r\n"),
+            "LOGIN" => format!("{tag} NO [AUTHENTICATIONFAILED] invalid credentials\r\n"),
+            "NOOP" => format!("{tag} OK NOOP done\r\n"),
+            "STARTTLS" => {
+                conn.write(format!("{tag} OK begin TLS\r\n").as_bytes()).await?;
+                let Conn::Plain(tcp) = std::mem::replace(&mut conn, Conn::Gone) else {
+                    return Ok(());
+                };
+                conn = Conn::Tls(Box::new(acceptor.accept(tcp).await?));
+                continue;
+            }
+            "LOGOUT" => {
+                conn.write(format!("* BYE\r\n{tag} OK bye\r\n").as_bytes())
+                    .await?;
+                return Ok(());
+            }
+            _ => format!("{tag} BAD no\r\n"),
+        };
+        conn.write(reply.as_bytes()).await?;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weak_server_gets_each_finding_and_its_fix() -> TestResult {
     let dir = ctx(tempfile::tempdir(), "tempdir")?;
@@ -264,17 +310,24 @@ async fn a_weak_server_gets_each_finding_and_its_fix() -> TestResult {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = ctx(tokio::net::TcpListener::bind("127.0.0.1:0").await, "bind")?;
     let smtp = ctx(listener.local_addr(), "addr")?.port();
+    let imap_listener = ctx(tokio::net::TcpListener::bind("127.0.0.1:0").await, "bind")?;
+    let imap = ctx(imap_listener.local_addr(), "addr")?.port();
+    let imap_acceptor = acceptor.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(weak_session(stream, acceptor.clone()));
         }
     });
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = imap_listener.accept().await {
+            tokio::spawn(weak_imap_session(stream, imap_acceptor.clone()));
+        }
+    });
     dns.add_mx("weak.test", 10, "mx.weak.test");
     dns.add_a("mx.weak.test", std::net::Ipv4Addr::LOCALHOST);
+    let submission = closed()?;
     let ports = format!(
-        "smtp={smtp},submission={},imap={},submissions={},imaps={},https={}",
-        closed()?,
-        closed()?,
+        "smtp={smtp},submission={submission},imap={imap},submissions={},imaps={},https={}",
         closed()?,
         closed()?,
         closed()?
@@ -282,7 +335,15 @@ async fn a_weak_server_gets_each_finding_and_its_fix() -> TestResult {
     let report = json_check(
         dir.path(),
         &dns,
-        &["weak.test", "--active", "--i-run-this-server", "--port", &ports],
+        &[
+            "weak.test",
+            "--active",
+            "--i-run-this-server",
+            "--port",
+            &ports,
+            "--host",
+            "mx.weak.test",
+        ],
     )?;
     let mx = |id: &str| finding(&report, &format!("{id}:mx.weak.test:{smtp}"));
     let fix = |check: &serde_json::Value| check["fix"].as_str().unwrap_or_default().to_string();
@@ -325,6 +386,19 @@ async fn a_weak_server_gets_each_finding_and_its_fix() -> TestResult {
     assert_eq!(auth["status"], "FAIL", "{auth}");
     assert!(detail(auth).contains("535"), "{auth}");
     assert!(fix(auth).contains("smtpd_tls_auth_only = yes"), "{auth}");
+
+    // IMAP: LOGIN evaluated before TLS, the tagged NOOP answered inside TLS.
+    let imap_check = |id: &str| finding(&report, &format!("{id}:mx.weak.test:{imap}"));
+    let login = imap_check("plaintext-auth")?;
+    assert_eq!(login["status"], "FAIL", "{login}");
+    assert!(detail(login).contains("AUTHENTICATIONFAILED"), "{login}");
+    assert!(fix(login).contains("disable_plaintext_auth"), "{login}");
+    let injection = imap_check("starttls-injection")?;
+    assert_eq!(injection["status"], "FAIL", "{injection}");
+    assert!(detail(injection).contains("(`p3 OK NOOP done`)"), "{injection}");
+    // A port that is closed is not probed, and says so.
+    let closed_port = finding(&report, &format!("active:mx.weak.test:{submission}"))?;
+    assert_eq!(closed_port["status"], "INFO", "{closed_port}");
     assert_ne!(report["grade"], "A");
     Ok(())
 }
