@@ -350,14 +350,7 @@ async fn plaintext_login_imap(addr: SocketAddr, target: &Target) -> Check {
         Ok(answer) => answer,
         Err(why) => return not_probed(&id, Pillar::ServerSecurity, &why),
     };
-    let said = format!("{} {}", untagged.join(" "), status).to_ascii_uppercase();
-    let refused_for_tls = said.contains("PRIVACYREQUIRED")
-        || ["TLS", "SSL", "SECURE", "PLAINTEXT", "ENCRYPT"]
-            .iter()
-            .any(|word| said.contains(word));
-    let evaluated = status.starts_with("OK")
-        || status.contains("AUTHENTICATIONFAILED")
-        || (status.starts_with("NO") && !refused_for_tls);
+    let evaluated = login_evaluated(&untagged, &status);
     if evaluated {
         Check::new(
             &id,
@@ -380,6 +373,25 @@ async fn plaintext_login_imap(addr: SocketAddr, target: &Target) -> Check {
             &format!("LOGIN got no clear answer: `{}`", shown(&status)),
         )
     }
+}
+
+/// Whether an IMAP server checked a LOGIN sent before TLS, from its tagged reply `status`
+/// (upper case, without the tag) and the untagged lines before it: `OK` or `NO
+/// [AUTHENTICATIONFAILED]` say it did; `NO [PRIVACYREQUIRED]`, or a `NO` whose text or alerts
+/// name TLS or plaintext (Dovecot's older wording), say it refused; `BAD` is a refusal too.
+fn login_evaluated(untagged: &[String], status: &str) -> bool {
+    // Not a CAPABILITY line: its STARTTLS would read as a refusal naming TLS.
+    let alerts: Vec<&String> = untagged
+        .iter()
+        .filter(|l| !l.to_ascii_uppercase().starts_with("* CAPABILITY"))
+        .collect();
+    let said = format!("{alerts:?} {status}").to_ascii_uppercase();
+    let refused_for_tls = ["PRIVACYREQUIRED", "TLS", "SSL", "SECURE", "PLAINTEXT", "ENCRYPT"]
+        .iter()
+        .any(|word| said.contains(word));
+    status.starts_with("OK")
+        || status.contains("AUTHENTICATIONFAILED")
+        || (status.starts_with("NO") && !refused_for_tls)
 }
 
 /// An IMAP connection past its `* OK` greeting.
@@ -621,6 +633,8 @@ enum RelayAnswer {
     /// 2xx to RCPT: it would relay.
     Accepted(String),
     Refused,
+    /// The sender was refused (5xx to MAIL): nothing relayed, but the recipient not tried.
+    SenderRefused,
     /// 4xx (greylisting, a temporary failure): it may relay later.
     Deferred(String),
     /// The attempt could not be made.
@@ -688,7 +702,7 @@ async fn relay_session(addr: SocketAddr, sender: &str, tries: &[RelayTry]) -> Ve
         // A server that refuses the sender relays nothing for it.
         Ok((code, _)) if (500..600).contains(&code) => {
             quit(plain).await;
-            return all(&|| RelayAnswer::Refused);
+            return all(&|| RelayAnswer::SenderRefused);
         }
         Ok((code, lines)) => {
             quit(plain).await;
@@ -731,7 +745,10 @@ async fn open_relay(addr: SocketAddr, target: &Target, domain: &str) -> Check {
             let tried = format!("<{}> from <{sender}> ({})", relay.address, relay.label);
             match answer {
                 RelayAnswer::Accepted(reply) => accepted.push(format!("{tried}: {reply}")),
-                RelayAnswer::Refused => refused.push(relay.label),
+                RelayAnswer::Refused => refused.push(relay.label.to_string()),
+                RelayAnswer::SenderRefused => {
+                    refused.push(format!("{} (the sender was refused)", relay.label))
+                }
                 RelayAnswer::Deferred(reply) => unclear.push(format!("{tried}: {reply}")),
                 RelayAnswer::Unprobed(why) => unclear.push(format!("{tried}: {why}")),
             }
@@ -946,6 +963,38 @@ async fn smuggling(addr: SocketAddr, target: &Target, domain: &str) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imap_login_replies_are_told_apart() {
+        let none: Vec<String> = Vec::new();
+        let dovecot_alert = vec![
+            "* BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, but your client did it anyway.".to_string(),
+        ];
+        for (untagged, status, evaluated) in [
+            // sealmail, Dovecot 2.3, Dovecot 2.2's wording, Cyrus with LOGINDISABLED.
+            (&none, "NO [PRIVACYREQUIRED] USE STARTTLS FIRST", false),
+            (
+                &dovecot_alert,
+                "NO [PRIVACYREQUIRED] PLAINTEXT AUTHENTICATION DISALLOWED",
+                false,
+            ),
+            (
+                &none,
+                "NO PLAINTEXT AUTHENTICATION DISALLOWED ON NON-SECURE (SSL/TLS) CONNECTIONS.",
+                false,
+            ),
+            (&none, "BAD LOGIN NOT SUPPORTED", false),
+            // Checked: the password crossed in plaintext.
+            (&none, "NO [AUTHENTICATIONFAILED] AUTHENTICATION FAILED.", true),
+            (&none, "NO LOGIN FAILED", true),
+            (&none, "OK LOGGED IN", true),
+        ] {
+            assert_eq!(login_evaluated(untagged, status), evaluated, "{status}");
+        }
+        // A CAPABILITY line naming STARTTLS is no refusal.
+        let capability = vec!["* CAPABILITY IMAP4rev1 STARTTLS".to_string()];
+        assert!(login_evaluated(&capability, "NO LOGIN FAILED"));
+    }
 
     #[test]
     fn the_relay_plan_tries_each_sender_and_trick_once_within_a_sealmail_ban_budget() {
