@@ -888,8 +888,15 @@ async fn smuggling(addr: SocketAddr, target: &Target, domain: &str) -> Check {
         Err(why) => Err(why),
     };
     if let Err(why) = accepted {
-        return not_probed(&id, Pillar::ServerSecurity, &format!("{why}; the probe needs postmaster@{domain}, which every mail server must accept (RFC 5321 4.5.1)"))
-            .with_fix(format!("accept mail for postmaster@{domain} (sealmail: sealmail user add postmaster@{domain})"));
+        if !why.starts_with("RCPT") {
+            return not_probed(&id, Pillar::ServerSecurity, &why);
+        }
+        let why = format!(
+            "{why}; the probe needs postmaster@{domain}, which every mail server must accept (RFC 5321 4.5.1)"
+        );
+        return not_probed(&id, Pillar::ServerSecurity, &why).with_fix(format!(
+            "accept mail for postmaster@{domain} (sealmail: sealmail user add postmaster@{domain})"
+        ));
     }
     let mut running = tokio::task::JoinSet::new();
     for (order, (label, ending)) in FALSE_ENDINGS.into_iter().enumerate() {

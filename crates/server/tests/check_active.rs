@@ -3,7 +3,8 @@
 //! must not get it banned); a deliberately weak fake server (an open relay for the percent
 //! hack, bare LF taken as the end of data, commands sent with STARTTLS answered inside TLS,
 //! AUTH and IMAP LOGIN evaluated in plaintext) gets each documented FAIL and fix; `--active` without
-//! `--i-run-this-server` is a usage error that sends nothing.
+//! `--i-run-this-server` is a usage error that sends nothing; a server without postmaster is
+//! told so by the smuggling probe, which asked for it once.
 
 mod common;
 
@@ -166,6 +167,66 @@ async fn a_sealmail_server_passes_every_probe_and_does_not_ban_the_prober() -> T
     let mut imap = LineClient::new(ctx(TcpStream::connect(imap).await, "connect imap")?);
     let greeting = imap.line().await?;
     assert!(greeting.starts_with("* OK"), "{greeting}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postmaster_the_smuggling_probe_says_so_after_one_try() -> TestResult {
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    let mx = common::free_addr()?;
+    let config =
+        common::config_with_users(dir.path(), "bare.test", &["alice"], &[("mx", mx, "starttls")], "")?;
+    let _server = common::serve(dir.path(), &config).await?;
+    dns.add_mx("bare.test", 10, "mail.bare.test");
+    dns.add_a("mail.bare.test", std::net::Ipv4Addr::LOCALHOST);
+    let ports = format!(
+        "smtp={},submission={},imap={},submissions={},imaps={},https={}",
+        mx.port(),
+        closed()?,
+        closed()?,
+        closed()?,
+        closed()?,
+        closed()?
+    );
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &["bare.test", "--active", "--i-run-this-server", "--port", &ports],
+    )?;
+    let smuggling = finding(&report, &format!("smtp-smuggling:mail.bare.test:{}", mx.port()))?;
+    assert_eq!(smuggling["status"], "INFO", "{smuggling}");
+    assert!(
+        smuggling["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("RFC 5321 4.5.1")),
+        "{smuggling}"
+    );
+    assert!(
+        smuggling["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("sealmail user add postmaster@bare.test")),
+        "{smuggling}"
+    );
+    // An INFO that could not be made keeps the grade below A.
+    assert_ne!(report["grade"], "A");
+    // postmaster was asked for once, not once per false ending: one unknown recipient counted.
+    // Events are written in batches: wait for the relay attempts, the last probes' events.
+    let mut events = String::new();
+    for _ in 0..50 {
+        let (code, out, err) = common::admin(dir.path(), &config, &["security", "events"])?;
+        assert_eq!(code, 0, "{err}");
+        events = out;
+        if events.matches("relay_denied").count() >= 2 && events.contains("postmaster@bare.test") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        events.matches("RCPT TO:<postmaster@bare.test>").count(),
+        1,
+        "{events}"
+    );
     Ok(())
 }
 
