@@ -20,7 +20,8 @@
 //! most 18 points in all), no connection gets near 10 errors,
 //! the AUTH probe stops where a server that refuses plaintext passwords refuses it (no
 //! password check, no authentication failure), and servers sharing one address and port are
-//! probed once. Every connection is bounded like those of [`crate::servers`], and all probes
+//! probed once. Two MX addresses of one sealmail server (or cluster) still add up: that, and a
+//! second run within the window, can ban (docs/CHECK-JSON.md says so). Every connection is bounded like those of [`crate::servers`], and all probes
 //! of one server together by [`TARGET_BUDGET`].
 
 use std::net::SocketAddr;
