@@ -285,7 +285,10 @@ async fn plaintext_auth_smtp(addr: SocketAddr, target: &Target) -> Check {
             &id,
             Pillar::ServerSecurity,
             Status::Fail,
-            format!("a password is taken before STARTTLS, in plaintext: {reply}"),
+            format!(
+                "a password is taken before STARTTLS, in plaintext: {reply}{}",
+                loopback_note(addr)
+            ),
         )
         .with_fix(
             "take passwords only after STARTTLS (Postfix: smtpd_tls_auth_only = yes; Exim: server_advertise_condition = ${if def:tls_in_cipher}; sealmail does by default)",
@@ -334,6 +337,15 @@ async fn ask_auth(plain: &mut Plain, command: &str) -> Result<(u16, Vec<String>)
 /// IMAP LOGIN before STARTTLS with a bogus credential: `NO [AUTHENTICATIONFAILED]` (or OK)
 /// means the password was checked, so it could have crossed in plaintext; `BAD`, `NO
 /// [PRIVACYREQUIRED]` or a refusal naming TLS means it was not (RFC 9051 6.2.3, LOGINDISABLED).
+/// Said of a password taken in plaintext over loopback, which some servers trust.
+fn loopback_note(addr: SocketAddr) -> &'static str {
+    if addr.ip().is_loopback() {
+        " (probed over loopback: Dovecot and some other servers treat local connections as secure, so probe from another host to see what remote clients get)"
+    } else {
+        ""
+    }
+}
+
 async fn plaintext_login_imap(addr: SocketAddr, target: &Target) -> Check {
     let id = target.id("plaintext-auth");
     let mut plain = match imap_start(addr).await {
@@ -357,7 +369,11 @@ async fn plaintext_login_imap(addr: SocketAddr, target: &Target) -> Check {
             &id,
             Pillar::ServerSecurity,
             Status::Fail,
-            format!("LOGIN before STARTTLS is evaluated, so passwords cross in plaintext: `{}`", shown(&status)),
+            format!(
+                "LOGIN before STARTTLS is evaluated, so passwords cross in plaintext: `{}`{}",
+                shown(&status),
+                loopback_note(addr)
+            ),
         )
         .with_fix("refuse LOGIN and AUTHENTICATE before TLS (Dovecot: ssl = required, or disable_plaintext_auth = yes; sealmail does by default)")
     } else if status.starts_with("NO") || status.starts_with("BAD") {
@@ -454,6 +470,8 @@ enum Injected {
     Answered(String),
     /// Nothing within [`INJECTION_WAIT`], or the connection closed.
     Silent,
+    /// The connection closed instead of the handshake.
+    Closed,
     /// The handshake failed (why): nothing can be said.
     NoTls(String),
 }
@@ -477,6 +495,18 @@ async fn read_inside_tls(stream: TcpStream, host: &str) -> Injected {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let mut tls = match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
         Ok(Ok(tls)) => tls,
+        // Closed before any TLS answer: the server dropped a client that pipelined after
+        // STARTTLS (Dovecot does), which is a refusal. A TLS mismatch ends in an alert instead.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            return Injected::Closed;
+        }
         Ok(Err(e)) => return Injected::NoTls(e.to_string()),
         Err(_) => return Injected::NoTls(format!("no handshake within {} s", STEP_TIMEOUT.as_secs())),
     };
@@ -508,6 +538,12 @@ fn injection_check(target: &Target, injected: Injected, command: &str) -> Check 
             Pillar::Encryption,
             Status::Pass,
             format!("`{command}`, sent in plaintext with STARTTLS, was not answered inside TLS"),
+        ),
+        Injected::Closed => Check::new(
+            &id,
+            Pillar::Encryption,
+            Status::Pass,
+            format!("`{command}`, sent in plaintext with STARTTLS, made the server close the connection instead of starting TLS"),
         ),
         Injected::NoTls(why) => Check::new(
             &id,
