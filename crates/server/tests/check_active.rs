@@ -492,3 +492,61 @@ async fn active_without_i_run_this_server_is_a_usage_error_that_sends_nothing() 
     assert_eq!(dns.queries(), 0, "a DNS lookup was made");
     Ok(())
 }
+
+/// The reference peer of `../shared/peers/setup-postfix-dovecot.sh` (Postfix 3.7 with
+/// `smtpd_forbid_bare_newline = yes`, no `mynetworks`, AUTH only after TLS on submission;
+/// Dovecot, which closes a connection that pipelines after STARTTLS), when it runs: real,
+/// well-configured servers pass the probes too. Skipped (and said so) when the peer does not
+/// listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_and_dovecot_pass_every_probe_when_the_peer_runs() -> TestResult {
+    let smtp = std::net::SocketAddr::from(([127, 0, 0, 1], 12525));
+    if TcpStream::connect(smtp).await.is_err() {
+        eprintln!("skipped: no Postfix peer on {smtp} (../shared/peers/setup-postfix-dovecot.sh)");
+        return Ok(());
+    }
+    let dir = ctx(tempfile::tempdir(), "tempdir")?;
+    let dns = DnsServer::start().await?;
+    dns.add_mx("example.test", 10, "mail.example.test");
+    dns.add_a("mail.example.test", std::net::Ipv4Addr::LOCALHOST);
+    let ports = format!(
+        "smtp=12525,submissions=12465,submission=12587,imaps=12993,imap=12143,https={}",
+        closed()?
+    );
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &[
+            "example.test",
+            "--active",
+            "--i-run-this-server",
+            "--port",
+            &ports,
+            "--host",
+            "mail.example.test",
+        ],
+    )?;
+    for (id, port) in [
+        ("plaintext-auth", 12525),
+        ("starttls-injection", 12525),
+        ("open-relay", 12525),
+        ("smtp-smuggling", 12525),
+        ("plaintext-auth", 12587),
+        ("starttls-injection", 12587),
+        ("starttls-injection", 12143),
+    ] {
+        let found = finding(&report, &format!("{id}:mail.example.test:{port}"))?;
+        assert_eq!(found["status"], "PASS", "{found}");
+    }
+    // Dovecot treats connections from loopback as secure and checks LOGIN there: what this
+    // client gets is a FAIL, said to be one of loopback.
+    let login = finding(&report, "plaintext-auth:mail.example.test:12143")?;
+    assert_eq!(login["status"], "FAIL", "{login}");
+    assert!(
+        login["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("probed over loopback")),
+        "{login}"
+    );
+    Ok(())
+}
