@@ -286,7 +286,7 @@ pub async fn check_servers(
     checks
 }
 
-async fn address(dns: &Dns, host: &str) -> Result<std::net::IpAddr, String> {
+pub(crate) async fn address(dns: &Dns, host: &str) -> Result<std::net::IpAddr, String> {
     if let Ok(ip) = host.parse() {
         return Ok(ip);
     }
@@ -299,14 +299,14 @@ async fn address(dns: &Dns, host: &str) -> Result<std::net::IpAddr, String> {
 }
 
 /// A plain connection with bounded line reads, all within one deadline.
-struct Plain {
-    stream: TcpStream,
-    buffer: Vec<u8>,
+pub(crate) struct Plain {
+    pub(crate) stream: TcpStream,
+    pub(crate) buffer: Vec<u8>,
     deadline: tokio::time::Instant,
 }
 
 impl Plain {
-    async fn connect(addr: SocketAddr) -> Result<Plain, String> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Plain, String> {
         match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => Ok(Plain {
                 stream,
@@ -318,7 +318,7 @@ impl Plain {
         }
     }
 
-    async fn line(&mut self) -> Result<String, String> {
+    pub(crate) async fn line(&mut self) -> Result<String, String> {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
@@ -347,7 +347,7 @@ impl Plain {
     }
 
     /// An SMTP reply: its code and the text of its lines.
-    async fn smtp_reply(&mut self) -> Result<(u16, Vec<String>), String> {
+    pub(crate) async fn smtp_reply(&mut self) -> Result<(u16, Vec<String>), String> {
         let mut lines = Vec::new();
         loop {
             let line = self.line().await?;
@@ -366,7 +366,7 @@ impl Plain {
         }
     }
 
-    async fn send(&mut self, line: &str) -> Result<(), String> {
+    pub(crate) async fn send(&mut self, line: &str) -> Result<(), String> {
         let data = format!("{line}\r\n");
         let until = self.deadline.min(tokio::time::Instant::now() + STEP_TIMEOUT);
         tokio::time::timeout_at(until, self.stream.write_all(data.as_bytes()))
@@ -376,7 +376,7 @@ impl Plain {
     }
 
     /// The IMAP lines up to the tagged reply of `tag`: untagged lines and the tagged one.
-    async fn imap_reply(&mut self, tag: &str) -> Result<(Vec<String>, String), String> {
+    pub(crate) async fn imap_reply(&mut self, tag: &str) -> Result<(Vec<String>, String), String> {
         let mut untagged = Vec::new();
         loop {
             let line = self.line().await?;
@@ -392,7 +392,7 @@ impl Plain {
 }
 
 /// Text from a server, safe to print: control characters shown as `?`, at most 200 chars.
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     text.chars()
         .take(200)
         .map(|c| if c.is_control() { '?' } else { c })

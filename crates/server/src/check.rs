@@ -11,6 +11,14 @@ use sealmail_check::{Grade, Report};
 use crate::cli::{CheckArgs, UsageError};
 
 pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
+    // Refused before any lookup or connection: the probes try attacks, and an operator who
+    // did not mean them against this server must not have sent any.
+    if args.active && !args.i_run_this_server {
+        return Err(UsageError(
+            "--active tries attacks (open relaying, SMTP smuggling, STARTTLS injection, plaintext passwords) and is only for servers you run: add --i-run-this-server if you run this domain's servers".to_string(),
+        )
+        .into());
+    }
     let fail_under = match &args.fail_under {
         Some(text) => Some(
             Grade::parse(text)
@@ -73,6 +81,18 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
         )
         .await,
     );
+    if args.active {
+        checks.extend(
+            sealmail_check::active::probe_servers(
+                &dns,
+                domain.as_str(),
+                &found.mx_hosts,
+                &clients,
+                ports.smtp,
+            )
+            .await,
+        );
+    }
     let report = Report::new(domain.as_str(), sealmail_types::clock::now_unix(), checks);
     if args.format == "json" {
         println!("{}", report.json());

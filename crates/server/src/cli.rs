@@ -143,6 +143,13 @@ pub struct CheckArgs {
     /// Trust the certificate authorities in this PEM file besides the system's
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+    /// Also try attacks on the servers: open relaying, SMTP smuggling, STARTTLS command
+    /// injection, passwords in plaintext. Only for servers you run: needs --i-run-this-server
+    #[arg(long)]
+    pub active: bool,
+    /// Confirms that the servers --active probes are yours to probe
+    #[arg(long)]
+    pub i_run_this_server: bool,
 }
 
 #[derive(Subcommand)]
