@@ -644,20 +644,21 @@ fn metric_value(body: &str, name: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Waits up to a minute for the metric `name` to satisfy `wanted`: the last `/metrics` answer.
+/// Waits up to `limit` for the metric `name` to satisfy `wanted`: the last `/metrics` answer.
 async fn wait_for_metric(
     address: std::net::SocketAddr,
     name: &str,
     wanted: impl Fn(u32) -> bool,
+    limit: std::time::Duration,
 ) -> TestResult<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + limit;
     loop {
         let body = metrics_of(address).await?;
         if metric_value(&body, name).is_some_and(&wanted) {
             return Ok(body);
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("{name} not as wanted within a minute:\n{body}"));
+            return Err(format!("{name} not as wanted within {limit:?}:\n{body}"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
@@ -706,39 +707,142 @@ fn cookie(head: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// The admin console's domains page, logged in as `user` through the login form.
-fn admin_domains_page(host: &str, port: u16, ca: &std::path::Path, user: &str) -> TestResult<String> {
-    let (head, page) = curl_https(host, port, ca, "/", &[])?;
-    let login = cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
-    let marker = "name=\"csrf\" value=\"";
-    let start = page.find(marker).ok_or("no csrf field")? + marker.len();
-    let token = &page[start..start + page[start..].find('"').ok_or("csrf")?];
-    let form = format!(
-        "username={}&password={}&csrf={token}",
-        user.replace('@', "%40"),
-        common::TEST_PASSWORD.replace(' ', "+")
-    );
-    let (head, _) = curl_https(
-        host,
-        port,
-        ca,
-        "/login",
-        &[
-            "-H",
-            &format!("Cookie: __Host-sealmail-login={login}"),
-            "--data",
-            &form,
-        ],
-    )?;
-    let session = cookie(&head, "__Host-sealmail-session").ok_or_else(|| format!("not logged in: {head}"))?;
-    let (_, page) = curl_https(
-        host,
-        port,
-        ca,
-        "/admin/domains",
-        &["-H", &format!("Cookie: __Host-sealmail-session={session}")],
-    )?;
-    Ok(page)
+/// The value of the hidden form field `name` in a page.
+fn hidden_field(page: &str, name: &str) -> TestResult<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).ok_or_else(|| format!("no {name} field"))? + marker.len();
+    let end = page[start..].find('"').ok_or("unterminated field")? + start;
+    Ok(page[start..end].to_string())
+}
+
+/// good.test served by a sealmail instance, every record of `sealmail domain dns` published on
+/// the test DNS server, and the server's own check every `interval_secs` (`[check]`) through
+/// that server, on the instance's ports (`[check] ports`), trusting the test CA (`[delivery]
+/// trust_anchors`); admin@good.test has the admin role.
+struct GoodInstance {
+    dir: tempfile::TempDir,
+    dns: DnsServer,
+    config: std::path::PathBuf,
+    server: sealmail_testkit::Sealmail,
+    https: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    ca_file: std::path::PathBuf,
+}
+
+impl GoodInstance {
+    async fn start(interval_secs: u32) -> TestResult<GoodInstance> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let dns = DnsServer::start().await?;
+        // Records change under the tests: answers are not cached.
+        dns.set_ttl(1);
+        let (https, mx) = (common::free_addr()?, common::free_addr()?);
+        let (submissions, imaps) = (common::free_addr()?, common::free_addr()?);
+        let (submission, imap, metrics) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+        let ports = format!(
+            "https={},smtp={},submissions={},imaps={},submission={},imap={}",
+            https.port(),
+            mx.port(),
+            submissions.port(),
+            imaps.port(),
+            submission.port(),
+            imap.port()
+        );
+        let extra = format!(
+            "[mta_sts]\nmode = \"enforce\"\nmax_age_secs = 604800\n\
+             [check]\ninterval_secs = {interval_secs}\nports = \"{ports}\"\n\
+             [delivery]\ntrust_anchors = \"issued/ca.pem\"\n\
+             [metrics]\nbind = \"{metrics}\"\n\
+             {}cache_size = 0\n",
+            common::dns_section(dns.addr())
+        );
+        let config = common::config_with_users(
+            dir.path(),
+            "good.test",
+            &["alice"],
+            &[
+                ("https", https, "implicit"),
+                ("mx", mx, "starttls"),
+                ("submission", submissions, "implicit"),
+                ("imap", imaps, "implicit"),
+                ("submission", submission, "starttls"),
+                ("imap", imap, "starttls"),
+            ],
+            &extra,
+        )?;
+        let (code, _, err) = common::admin(
+            dir.path(),
+            &config,
+            &["user", "add", "admin@good.test", "--password-stdin", "--admin"],
+        )?;
+        if code != 0 {
+            return Err(format!("user add --admin: {err}"));
+        }
+        let ca = sealmail_testkit::pki::TestCa::new("daily check test CA")?;
+        let ca_file = common::install_issued(dir.path(), &ca, &["mail.good.test", "mta-sts.good.test"])?;
+        // Every record published before the server starts, so its first check finds them all.
+        let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "good.test"])?;
+        if code != 0 {
+            return Err(format!("domain dns: {err}"));
+        }
+        publish_zone(&dns, &zone)?;
+        dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
+        let server = common::serve(dir.path(), &config).await?;
+        Ok(GoodInstance {
+            dir,
+            dns,
+            config,
+            server,
+            https,
+            metrics,
+            ca_file,
+        })
+    }
+
+    /// curl on the https listener: (head, body).
+    fn curl(&self, path: &str, extra: &[&str]) -> TestResult<(String, String)> {
+        curl_https("mail.good.test", self.https.port(), &self.ca_file, path, extra)
+    }
+
+    /// Logs admin@good.test in through the login form: the session's Cookie header.
+    fn admin_session(&self) -> TestResult<String> {
+        let (head, page) = self.curl("/", &[])?;
+        let login = cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+        let form = format!(
+            "username=admin%40good.test&password={}&csrf={}",
+            common::TEST_PASSWORD.replace(' ', "+"),
+            hidden_field(&page, "csrf")?
+        );
+        let (head, _) = self.curl(
+            "/login",
+            &[
+                "-H",
+                &format!("Cookie: __Host-sealmail-login={login}"),
+                "--data",
+                &form,
+            ],
+        )?;
+        let session =
+            cookie(&head, "__Host-sealmail-session").ok_or_else(|| format!("not logged in: {head}"))?;
+        Ok(format!("Cookie: __Host-sealmail-session={session}"))
+    }
+
+    /// The admin console's domains page.
+    fn domains_page(&self) -> TestResult<String> {
+        let session = self.admin_session()?;
+        Ok(self.curl("/admin/domains", &["-H", &session])?.1)
+    }
+
+    /// Waits up to `limit_secs` for the grade gauge to satisfy `wanted`.
+    async fn wait_for_grade(&self, wanted: impl Fn(u32) -> bool, limit_secs: u64) -> TestResult<String> {
+        let limit = std::time::Duration::from_secs(limit_secs);
+        wait_for_metric(
+            self.metrics,
+            "sealmail_check_grade{domain=\"good.test\"}",
+            wanted,
+            limit,
+        )
+        .await
+    }
 }
 
 /// The server checks its own domains by itself (`[check]`, here every 3 s instead of daily),
@@ -747,72 +851,20 @@ fn admin_domains_page(host: &str, port: u16, ca: &std::path::Path, user: &str) -
 /// lowers it at the next run, which is a `check_grade_dropped` security event and a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_grades_its_own_domains_and_records_a_drop() -> TestResult {
-    let dir = ctx(tempfile::tempdir(), "tempdir")?;
-    let dns = DnsServer::start().await?;
-    // Records change under the test: answers are not cached.
-    dns.set_ttl(1);
-    let (https, mx) = (common::free_addr()?, common::free_addr()?);
-    let (submissions, imaps) = (common::free_addr()?, common::free_addr()?);
-    let (submission, imap, metrics) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
-    let ports = format!(
-        "https={},smtp={},submissions={},imaps={},submission={},imap={}",
-        https.port(),
-        mx.port(),
-        submissions.port(),
-        imaps.port(),
-        submission.port(),
-        imap.port()
-    );
-    let extra = format!(
-        "[mta_sts]\nmode = \"enforce\"\nmax_age_secs = 604800\n\
-         [check]\ninterval_secs = 3\nports = \"{ports}\"\n\
-         [delivery]\ntrust_anchors = \"issued/ca.pem\"\n\
-         [metrics]\nbind = \"{metrics}\"\n\
-         {}cache_size = 0\n",
-        common::dns_section(dns.addr())
-    );
-    let config = common::config_with_users(
-        dir.path(),
-        "good.test",
-        &["alice"],
-        &[
-            ("https", https, "implicit"),
-            ("mx", mx, "starttls"),
-            ("submission", submissions, "implicit"),
-            ("imap", imaps, "implicit"),
-            ("submission", submission, "starttls"),
-            ("imap", imap, "starttls"),
-        ],
-        &extra,
-    )?;
-    let (code, _, err) = common::admin(
-        dir.path(),
-        &config,
-        &["user", "add", "admin@good.test", "--password-stdin", "--admin"],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    let ca = sealmail_testkit::pki::TestCa::new("daily check test CA")?;
-    let ca_file = common::install_issued(dir.path(), &ca, &["mail.good.test", "mta-sts.good.test"])?;
-    // Every record published before the server starts, so its first check finds them all.
-    let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "good.test"])?;
-    assert_eq!(code, 0, "{err}");
-    publish_zone(&dns, &zone)?;
-    dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
-    let server = common::serve(dir.path(), &config).await?;
-
-    let body = wait_for_metric(metrics, "sealmail_check_grade{domain=\"good.test\"}", |g| g > 0).await?;
+    let good = GoodInstance::start(3).await?;
+    let body = good.wait_for_grade(|g| g > 0, 60).await?;
     assert_eq!(
         metric_value(&body, "sealmail_check_grade{domain=\"good.test\"}"),
         Some(4),
         "an A, as `sealmail check` gives it: {body}\n{}",
-        server.errors()
+        good.server.errors()
     );
     assert_eq!(
         metric_value(&body, "sealmail_check_score{domain=\"good.test\"}"),
         Some(100),
         "{body}"
     );
-    let page = admin_domains_page("mail.good.test", https.port(), &ca_file, "admin@good.test")?;
+    let page = good.domains_page()?;
     assert!(
         page.contains("grade <strong class=\"grade\">A</strong>, score 100/100"),
         "{page}"
@@ -823,17 +875,21 @@ async fn the_server_grades_its_own_domains_and_records_a_drop() -> TestResult {
     );
 
     // DMARC goes: the next run grades lower.
-    dns.remove("_dmarc.good.test");
-    let body = wait_for_metric(metrics, "sealmail_check_grade{domain=\"good.test\"}", |g| g < 4).await?;
+    good.dns.remove("_dmarc.good.test");
+    let body = good.wait_for_grade(|g| g < 4, 60).await?;
     let score = metric_value(&body, "sealmail_check_score{domain=\"good.test\"}").ok_or("no score")?;
     assert!(score < 100, "{body}");
-    server
+    good.server
         .wait_for_log(
             "daily check: the grade of a served domain dropped",
             std::time::Duration::from_secs(10),
         )
         .await?;
-    let (code, events, err) = common::admin(dir.path(), &config, &["security", "events", "--since", "1h"])?;
+    let (code, events, err) = common::admin(
+        good.dir.path(),
+        &good.config,
+        &["security", "events", "--since", "1h"],
+    )?;
     assert_eq!(code, 0, "{err}");
     let dropped: Vec<&str> = events
         .lines()
@@ -846,7 +902,7 @@ async fn the_server_grades_its_own_domains_and_records_a_drop() -> TestResult {
         dropped[0]
     );
     // The console shows the new grade and the finding with its fix.
-    let page = admin_domains_page("mail.good.test", https.port(), &ca_file, "admin@good.test")?;
+    let page = good.domains_page()?;
     assert!(!page.contains("class=\"grade\">A<"), "{page}");
     assert!(page.contains(&format!("score {score}/100")), "{page}");
     assert!(page.contains("<td>FAIL</td><td>dmarc</td>"), "{page}");
@@ -859,5 +915,53 @@ async fn the_server_grades_its_own_domains_and_records_a_drop() -> TestResult {
         page.contains("v=DMARC1; p=reject") && !page.contains("TXT \"v=DMARC1"),
         "{page}"
     );
+    Ok(())
+}
+
+/// "Check security now" in the admin console checks a domain at once, though its daily check
+/// is not due (the first round of a week's interval waits minutes after start); the form
+/// needs the page's CSRF token like every admin form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_checks_a_domain_now() -> TestResult {
+    let good = GoodInstance::start(604_800).await?;
+    let session = good.admin_session()?;
+    let (_, page) = good.curl("/admin/domains", &["-H", &session])?;
+    assert!(page.contains("Daily check: not yet made."), "{page}");
+    let csrf = hidden_field(&page, "csrf")?;
+    // Without the token: refused, nothing checked.
+    let (head, _) = good.curl(
+        "/admin/domains/grade",
+        &["-H", &session, "--data", "domain=good.test"],
+    )?;
+    assert!(head.lines().next().is_some_and(|l| l.contains(" 403")), "{head}");
+    let (_, page) = good.curl(
+        "/admin/domains/grade",
+        &["-H", &session, "--data", &format!("domain=good.test&csrf={csrf}")],
+    )?;
+    assert!(page.contains("Checking good.test"), "{page}");
+    // Well before the first daily round could come (a minute after start at the earliest).
+    let body = good.wait_for_grade(|g| g > 0, 30).await?;
+    assert_eq!(
+        metric_value(&body, "sealmail_check_grade{domain=\"good.test\"}"),
+        Some(4),
+        "{body}\n{}",
+        good.server.errors()
+    );
+    let (_, page) = good.curl("/admin/domains", &["-H", &session])?;
+    assert!(
+        page.contains("grade <strong class=\"grade\">A</strong>, score 100/100"),
+        "{page}"
+    );
+    // A domain not served here is not checked.
+    let (_, page) = good.curl(
+        "/admin/domains/grade",
+        &[
+            "-H",
+            &session,
+            "--data",
+            &format!("domain=other.test&csrf={csrf}"),
+        ],
+    )?;
+    assert!(page.contains("That domain is not served here."), "{page}");
     Ok(())
 }
