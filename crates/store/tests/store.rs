@@ -648,6 +648,24 @@ async fn a_daily_check_is_claimed_by_one_node_recorded_and_pruned(backend: Backe
             .claim_domain_check("a.test", "n1", now - day, now, now + 600)
             .await?
     );
+    // Nodes asking at once: one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_domain_check("race.test", &format!("r{n}"), now - day, now, now + 600)
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        if racer.await?? {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one node claims a domain");
     // A claim that lapsed (its node died mid-check) is taken over.
     assert!(
         store
@@ -701,7 +719,8 @@ async fn a_daily_check_is_claimed_by_one_node_recorded_and_pruned(backend: Backe
             .await?
     );
     let later = sealmail_store::Retention::at(now + 800 + 31 * day);
-    assert_eq!(store.prune(later.clone()).await?.domain_checks, 2);
+    // a.test, b.test, and race.test, whose winner never recorded and whose claim lapsed.
+    assert_eq!(store.prune(later.clone()).await?.domain_checks, 3);
     assert!(store.domain_checks().await?.is_empty());
     assert_eq!(
         test.count_rows("domain_checks").await?,
