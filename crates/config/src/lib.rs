@@ -587,6 +587,30 @@ pub struct WebConfig {
     pub admin_listener: Option<SocketAddr>,
 }
 
+/// The server's check of its own domains (`[check]`): `sealmail check` of every served domain,
+/// graded and recorded once per `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub daily: bool,
+    pub interval: Duration,
+    /// `NAME=PORT,...` over the standard ports (25, 465, 587, 993, 143, 443), in the syntax of
+    /// `sealmail check --port`; `None`: the standard ports.
+    pub ports: Option<String>,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            daily: CHECK_DAILY.default_flag(),
+            interval: CHECK_INTERVAL_SECS.default_secs(),
+            ports: None,
+        }
+    }
+}
+
+/// The names `check.ports` may give, as `sealmail check --port` takes them.
+pub const CHECK_PORT_NAMES: [&str; 6] = ["smtp", "submissions", "submission", "imaps", "imap", "https"];
+
 /// An MTA-STS policy mode (RFC 8461 3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtaStsMode {
@@ -660,6 +684,7 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     pub mta_sts: MtaStsConfig,
     pub web: WebConfig,
+    pub check: CheckConfig,
     /// Off when `None` (no `[acme] directory`).
     pub acme: Option<AcmeConfig>,
     pub log_format: LogFormat,
@@ -1041,6 +1066,14 @@ const MTA_STS_MX: Key<List> = Key::list("mta_sts.mx");
 /// loopback or a management network); left out, every `https` listener serves it.
 const WEB_ADMIN_LISTENER: Key<Optional> = Key::optional("web.admin_listener");
 
+// [check]
+/// Check every served domain (`sealmail check`) once per interval, and record the grade.
+const CHECK_DAILY: Key<Flag> = Key::flag("check.daily", true);
+/// How often each domain is checked (a day; shorter for tests).
+const CHECK_INTERVAL_SECS: Key<Number> = Key::number("check.interval_secs", DAY, 1..=7 * DAY);
+/// `NAME=PORT,...` the check connects to instead of the standard ports.
+const CHECK_PORTS: Key<Optional> = Key::optional("check.ports");
+
 // [acme]
 /// ACME directory URL; left out, no ACME.
 const ACME_DIRECTORY: Key<Optional> = Key::optional("acme.directory");
@@ -1184,6 +1217,9 @@ const KEYS: &[AnyKey] = &[
     AnyKey::Number(&MTA_STS_MAX_AGE_SECS),
     AnyKey::List(&MTA_STS_MX),
     AnyKey::Optional(&WEB_ADMIN_LISTENER),
+    AnyKey::Flag(&CHECK_DAILY),
+    AnyKey::Number(&CHECK_INTERVAL_SECS),
+    AnyKey::Optional(&CHECK_PORTS),
     AnyKey::Optional(&ACME_DIRECTORY),
     AnyKey::List(&ACME_CONTACT),
     AnyKey::Optional(&ACME_CA_FILE),
@@ -1262,6 +1298,8 @@ struct RawConfig {
     mta_sts: RawMtaSts,
     #[serde(default)]
     web: RawWeb,
+    #[serde(default)]
+    check: RawCheck,
     #[serde(default)]
     acme: RawAcme,
     #[serde(default)]
@@ -1451,6 +1489,14 @@ struct RawStore {
     tls_ca: Option<String>,
     max_connections: Option<i64>,
     group_commit_max_batch: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    daily: Option<bool>,
+    interval_secs: Option<i64>,
+    ports: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1649,6 +1695,7 @@ impl Config {
 
         let mta_sts = validate_mta_sts(&raw.mta_sts, &mut problems);
         let web = validate_web(&raw.web, &listeners, &mut problems);
+        let check = validate_check(&raw.check, &mut problems);
         let acme = validate_acme(&raw.acme, &listeners, &resolve, &mut problems);
 
         let log_format = match LOG_FORMAT.read_text(raw.log.format.as_deref()) {
@@ -1703,6 +1750,7 @@ impl Config {
                 metrics_bind,
                 mta_sts,
                 web,
+                check,
                 acme,
                 log_format,
             }),
@@ -1903,6 +1951,28 @@ fn validate_web(raw: &RawWeb, listeners: &[Listener], problems: &mut Vec<String>
         },
     };
     WebConfig { admin_listener }
+}
+
+fn validate_check(raw: &RawCheck, problems: &mut Vec<String>) -> CheckConfig {
+    if let Some(text) = &raw.ports {
+        for pair in text.split(',').filter(|p| !p.is_empty()) {
+            let valid = pair.split_once('=').is_some_and(|(name, port)| {
+                CHECK_PORT_NAMES.contains(&name) && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !valid {
+                problems.push(format!(
+                    "{} has {pair:?}; give NAME=PORT pairs separated by commas, NAME one of {}, e.g. \"smtp=2525,submissions=2465\"",
+                    CHECK_PORTS.name,
+                    CHECK_PORT_NAMES.join(", ")
+                ));
+            }
+        }
+    }
+    CheckConfig {
+        daily: CHECK_DAILY.read_flag(raw.daily),
+        interval: CHECK_INTERVAL_SECS.read_secs(raw.interval_secs, problems),
+        ports: raw.ports.clone().filter(|p| !p.is_empty()),
+    }
 }
 
 fn validate_mta_sts(raw: &RawMtaSts, problems: &mut Vec<String>) -> MtaStsConfig {
@@ -2312,6 +2382,20 @@ mod tests {
             ),
             (
                 format!(
+                    "{head}{}[check]\nports = \"smtp=2525,pop3=110\"\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "check.ports has \"pop3=110\"; give NAME=PORT pairs separated by commas, NAME one of smtp, submissions, submission, imaps, imap, https, e.g. \"smtp=2525,submissions=2465\"",
+            ),
+            (
+                format!(
+                    "{head}{}[check]\ninterval_secs = 0\n",
+                    listener("https", "127.0.0.1:443", "implicit")
+                ),
+                "check.interval_secs = 0 is out of range; use a number from 1 to 604800 (default 86400)",
+            ),
+            (
+                format!(
                     "{head}{}[mta_sts]\nmode = \"strict\"\n",
                     listener("https", "127.0.0.1:443", "implicit")
                 ),
@@ -2568,6 +2652,7 @@ mod tests {
             ("metrics", fields_of::<RawMetrics>()),
             ("mta_sts", fields_of::<RawMtaSts>()),
             ("web", fields_of::<RawWeb>()),
+            ("check", fields_of::<RawCheck>()),
             ("acme", fields_of::<RawAcme>()),
             ("store", fields_of::<RawStore>()),
             ("log", fields_of::<RawLog>()),

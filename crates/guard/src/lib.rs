@@ -62,6 +62,8 @@ pub mod kind {
     pub const BAN_EXPIRED: &str = "ban_expired";
     /// A served certificate expires within 14 days and nothing has renewed it.
     pub const CERTIFICATE_EXPIRING: &str = "certificate_expiring";
+    /// The daily check of a served domain (`sealmail check`) graded it lower than the last.
+    pub const CHECK_GRADE_DROPPED: &str = "check_grade_dropped";
     /// An admin changed something through the admin console (sealmail-web).
     pub const ADMIN_ACTION: &str = "admin_action";
     /// A user changed their own credentials or sessions on the account page (sealmail-web).
@@ -639,6 +641,13 @@ impl Guard {
     pub async fn certificate_expiring(&self, detail: String) {
         metrics::CERTIFICATE_EXPIRY_WARNINGS.inc();
         self.event(kind::CERTIFICATE_EXPIRING, None, None, None, Some(detail))
+            .await;
+    }
+
+    /// Records that the daily check of a served domain graded it lower than the check before
+    /// (`detail` names the domain, both grades and the failing checks).
+    pub async fn check_grade_dropped(&self, detail: String) {
+        self.event(kind::CHECK_GRADE_DROPPED, None, None, None, Some(detail))
             .await;
     }
 

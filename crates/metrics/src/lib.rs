@@ -114,10 +114,53 @@ fn node_info(name: &str) -> String {
     )
 }
 
+/// The last daily check of each served domain: its score (0-100) and grade (A = 4 down to
+/// F = 0), by domain. Gauges by domain are written here rather than as a prometheus-client
+/// family, which would print its help text before any domain was checked, and so change the
+/// exposition that the counters' test holds fixed.
+static CHECK_RESULTS: std::sync::Mutex<std::collections::BTreeMap<String, (u32, u32)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Sets `sealmail_check_score{domain="DOMAIN"}` and `sealmail_check_grade{domain="DOMAIN"}`.
+pub fn set_check_result(domain: &str, score: u32, grade: u32) {
+    let mut results = CHECK_RESULTS.lock().unwrap_or_else(|p| p.into_inner());
+    results.insert(domain.to_string(), (score, grade));
+}
+
+/// Forgets the domains not in `served` (removed since their last check).
+pub fn keep_check_results(served: &[String]) {
+    let mut results = CHECK_RESULTS.lock().unwrap_or_else(|p| p.into_inner());
+    results.retain(|domain, _| served.contains(domain));
+}
+
+/// The two check gauges of `results`, nothing before the first check.
+fn check_gauges(results: &std::collections::BTreeMap<String, (u32, u32)>) -> String {
+    if results.is_empty() {
+        return String::new();
+    }
+    let mut score = String::from(
+        "# HELP sealmail_check_score Score (0-100) of the last daily check of the domain.\n\
+         # TYPE sealmail_check_score gauge\n",
+    );
+    let mut grade = String::from(
+        "# HELP sealmail_check_grade Grade of the last daily check of the domain: A 4, B 3, C 2, D 1, F 0.\n\
+         # TYPE sealmail_check_grade gauge\n",
+    );
+    for (domain, (points, letter)) in results.iter() {
+        let domain = domain.replace('\\', "\\\\").replace('"', "\\\"");
+        score.push_str(&format!("sealmail_check_score{{domain=\"{domain}\"}} {points}\n"));
+        grade.push_str(&format!("sealmail_check_grade{{domain=\"{domain}\"}} {letter}\n"));
+    }
+    score + &grade
+}
+
 /// The exposition text, in the Prometheus text format ([`CONTENT_TYPE`]).
 pub fn render() -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_text::encode(&mut out, &REGISTRY)?;
+    out.push_str(&check_gauges(
+        &CHECK_RESULTS.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
     if let Some(name) = NODE_NAME.get() {
         out.push_str(&node_info(name));
     }
@@ -214,6 +257,26 @@ mod tests {
         assert_eq!(render()?, expected);
         assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
         Ok(())
+    }
+
+    #[test]
+    fn the_check_gauges_show_each_domain_checked() {
+        // Not through the process-wide results: the exposition test beside this one
+        // expects none.
+        assert_eq!(check_gauges(&Default::default()), "");
+        let results: std::collections::BTreeMap<String, (u32, u32)> =
+            [("b.example", (70, 2)), ("a.example", (100, 4))]
+                .into_iter()
+                .map(|(domain, result)| (domain.to_string(), result))
+                .collect();
+        let text = check_gauges(&results);
+        assert!(text.contains("# TYPE sealmail_check_score gauge\nsealmail_check_score{domain=\"a.example\"} 100\nsealmail_check_score{domain=\"b.example\"} 70\n"), "{text}");
+        assert!(
+            text.contains(
+                "sealmail_check_grade{domain=\"a.example\"} 4\nsealmail_check_grade{domain=\"b.example\"} 2\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use sealmail_check::{Grade, Report};
+use sealmail_check::Grade;
 
 use crate::cli::{CheckArgs, UsageError};
 
@@ -53,47 +53,21 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
         None => None,
     };
     let dns = sealmail_dns::Dns::new(&dns_config)?;
-    let options = sealmail_check::dns::Options {
+    let settings = sealmail_check::Settings {
         dkim_selectors: args.dkim_selector.clone(),
         message_signers,
-        https_port: Some(ports.https),
-        http: Some(
-            sealmail_check::dns::https_client(&dns, args.ca_file.as_deref()).map_err(anyhow::Error::msg)?,
-        ),
+        hosts: args.host.clone(),
+        active: args.active,
+        ports,
+        ca_file: args.ca_file.clone(),
     };
-    let roots = sealmail_delivery::trust_anchors(args.ca_file.as_deref())?;
-    if roots.is_empty() {
-        anyhow::bail!(
-            "no certificate authority to check certificates against: the system has none (install ca-certificates) and no --ca-file was given"
-        );
-    }
-    let found = sealmail_check::dns::check_domain(&dns, domain.as_str(), &options).await;
-    let mut checks = found.checks;
-    let mut clients = found.client_servers;
-    clients.extend(sealmail_check::servers::ClientServer::on_hosts(&args.host, ports));
-    checks.extend(
-        sealmail_check::servers::check_servers(
-            &dns,
-            &found.mx_hosts,
-            &clients,
-            ports.smtp,
-            std::sync::Arc::new(roots),
-        )
-        .await,
-    );
-    if args.active {
-        checks.extend(
-            sealmail_check::active::probe_servers(
-                &dns,
-                domain.as_str(),
-                &found.mx_hosts,
-                &clients,
-                ports.smtp,
-            )
-            .await,
-        );
-    }
-    let report = Report::new(domain.as_str(), sealmail_types::clock::now_unix(), checks);
+    let report = sealmail_check::check(
+        &dns,
+        domain.as_str(),
+        &settings,
+        sealmail_types::clock::now_unix(),
+    )
+    .await?;
     if args.format == "json" {
         println!("{}", report.json());
     } else {

@@ -1,6 +1,7 @@
 //! The admin console's view of what only the server binary knows (`sealmail_web::pages::Console`):
-//! the DNS records of `domain dns`, their live check, the certificates of `cert status`, and
-//! adding a domain with its DKIM keys, each the same code as the CLI command.
+//! the DNS records of `domain dns`, their live check, the certificates of `cert status`,
+//! adding a domain with its DKIM keys, each the same code as the CLI command, and a check of a
+//! domain now by the daily check's own code.
 
 use std::sync::Arc;
 
@@ -20,6 +21,9 @@ pub struct ServerConsole {
     /// One key generation at a time (RSA keys take a while): many requests at once queue here
     /// instead of taking every core.
     pub keygen: tokio::sync::Semaphore,
+    /// The daily check of the served domains, for "Check now"; `None` when `[check] daily`
+    /// is off.
+    pub daily_check: Option<Arc<crate::daily_check::DailyCheck>>,
 }
 
 impl ServerConsole {
@@ -29,7 +33,16 @@ impl ServerConsole {
             store,
             identity,
             keygen: tokio::sync::Semaphore::new(1),
+            daily_check: None,
         }
+    }
+
+    pub fn with_daily_check(
+        mut self,
+        daily_check: Option<Arc<crate::daily_check::DailyCheck>>,
+    ) -> ServerConsole {
+        self.daily_check = daily_check;
+        self
     }
 }
 
@@ -49,6 +62,13 @@ impl sealmail_web::pages::Console for ServerConsole {
         crate::admin::found_records(&self.config, domain, helo_spf)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn check_now(&self, domain: &Domain) -> Result<(), String> {
+        match &self.daily_check {
+            Some(daily) => daily.check_now(domain.to_string()),
+            None => Err("The daily check is off ([check] daily = false in the configuration).".to_string()),
+        }
     }
 
     fn certificate_status(&self) -> Result<String, String> {

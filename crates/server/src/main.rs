@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod console;
 mod credentials;
+mod daily_check;
 mod migrate_store;
 mod privileges;
 mod quickstart;

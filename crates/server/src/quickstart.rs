@@ -225,6 +225,7 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
         &listeners,
         args.port_offset,
     )? + quickstart_server_section()
+        + QUICKSTART_CHECK_SECTION
         + &acme
         + &store_section(args.store_url.as_deref(), args.store_schema.as_deref(), true)?
         + &args
@@ -280,6 +281,10 @@ async fn create(args: &QuickstartArgs, domain: &Domain, config_path: &Path) -> a
 
 /// The `[server]` section for a quickstart started as root: a local test installation keeps
 /// running as whoever started it, and says so in its configuration.
+/// A local test installation's domain is published nowhere (its ports are offset, its
+/// certificate self-signed): a daily check would only record an F, so quickstart turns it off.
+const QUICKSTART_CHECK_SECTION: &str = "\n# A local test installation: its domain is not published, so nothing to check daily.\n[check]\ndaily = false\n";
+
 fn quickstart_server_section() -> &'static str {
     if nix::unistd::Uid::effective().is_root() {
         "\n# quickstart was run as root; a real installation sets user = \"an unprivileged account\" instead.\n[server]\nallow_root = true\n"

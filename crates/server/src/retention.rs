@@ -1,6 +1,6 @@
 //! The hourly clean-up: what the store keeps only for a while (expunge tombstones, TLS
 //! results, expired MTA-STS policies, revocations of expired certificates, expired web
-//! sessions) is pruned by the rules of [`sealmail_store::Retention`].
+//! sessions, daily checks of domains no longer checked) is pruned by the rules of [`sealmail_store::Retention`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
                 mta_sts_policies = pruned.sts_policies,
                 revoked_certs = pruned.revoked_certs,
                 web_sessions = pruned.web_sessions,
+                domain_checks = pruned.domain_checks,
                 "retention: old rows pruned"
             ),
             Err(e) => tracing::warn!(error = %e, "retention: pruning failed; trying again in an hour"),

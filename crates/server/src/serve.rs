@@ -327,6 +327,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .acme
         .as_ref()
         .map(|_| sealmail_acme::Challenges::new(Some(resolver.clone())));
+    let daily_check =
+        crate::daily_check::DailyCheck::from_config(&config, store.clone(), guard.clone(), dns.clone())?
+            .map(Arc::new);
     let web: Arc<dyn Handler> = Arc::new(sealmail_web::WebHandler::new(sealmail_web::WebContext {
         hostname: config.hostname.clone(),
         store: store.clone(),
@@ -344,11 +347,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pages: Some(sealmail_web::pages::Pages {
             identity: Arc::new(identity.clone()),
             guard: guard.clone(),
-            console: Arc::new(crate::console::ServerConsole::new(
-                Arc::new(config.clone()),
-                store.clone(),
-                identity.clone(),
-            )),
+            console: Arc::new(
+                crate::console::ServerConsole::new(Arc::new(config.clone()), store.clone(), identity.clone())
+                    .with_daily_check(daily_check.clone()),
+            ),
             admin_listener: config.web.admin_listener,
         }),
     }));
@@ -387,6 +389,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(delivery.run(shutdown.clone()));
     tokio::spawn(crate::retention::run(store.clone(), shutdown.clone()));
+    if let Some(daily) = &daily_check {
+        tokio::spawn(daily.clone().run(shutdown.clone()));
+    }
     let served = {
         let config = config.clone();
         move || crate::certs::served_files(&config)

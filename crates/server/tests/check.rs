@@ -1104,3 +1104,347 @@ async fn the_tls_findings_agree_with_testssl() -> TestResult {
     );
     Ok(())
 }
+
+/// A plain HTTP GET of the metrics endpoint (HTTP/1.1, `Connection: close`): the body.
+async fn metrics_of(address: std::net::SocketAddr) -> TestResult<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = ctx(
+        tokio::net::TcpStream::connect(address).await,
+        "connect to /metrics",
+    )?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    ctx(tcp.write_all(request.as_bytes()).await, "write")?;
+    let mut answer = String::new();
+    ctx(tcp.read_to_string(&mut answer).await, "read")?;
+    Ok(answer)
+}
+
+/// The value of the metric line `name` (with its labels) in a `/metrics` answer.
+fn metric_value(body: &str, name: &str) -> Option<u32> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits up to `limit` for the metric `name` to satisfy `wanted`: the last `/metrics` answer.
+async fn wait_for_metric(
+    address: std::net::SocketAddr,
+    name: &str,
+    wanted: impl Fn(u32) -> bool,
+    limit: std::time::Duration,
+) -> TestResult<String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let body = metrics_of(address).await?;
+        if metric_value(&body, name).is_some_and(&wanted) {
+            return Ok(body);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{name} not as wanted within {limit:?}:\n{body}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// curl over https to `host` on `port` (resolved to 127.0.0.1, `ca` trusted): (head, body).
+fn curl_https(
+    host: &str,
+    port: u16,
+    ca: &std::path::Path,
+    path: &str,
+    extra: &[&str],
+) -> TestResult<(String, String)> {
+    let output = ctx(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-D", "-", "--resolve"])
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(ca)
+            .args(extra)
+            .arg(format!("https://{host}:{port}{path}"))
+            .output(),
+        "curl",
+    )?;
+    if !output.status.success() {
+        return Err(format!(
+            "curl {path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    Ok((head.to_string(), body.to_string()))
+}
+
+/// A cookie's value from response headers.
+fn cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .filter_map(|c| c.split(';').next())
+        .filter_map(|c| c.split_once('='))
+        .find(|(n, v)| *n == name && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
+/// The value of the hidden form field `name` in a page.
+fn hidden_field(page: &str, name: &str) -> TestResult<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).ok_or_else(|| format!("no {name} field"))? + marker.len();
+    let end = page[start..].find('"').ok_or("unterminated field")? + start;
+    Ok(page[start..end].to_string())
+}
+
+/// good.test served by a sealmail instance, every record of `sealmail domain dns` published on
+/// the test DNS server, and the server's own check every `interval_secs` (`[check]`) through
+/// that server, on the instance's ports (`[check] ports`), trusting the test CA (`[delivery]
+/// trust_anchors`); admin@good.test has the admin role.
+struct GoodInstance {
+    dir: tempfile::TempDir,
+    dns: DnsServer,
+    config: std::path::PathBuf,
+    server: sealmail_testkit::Sealmail,
+    https: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    ca_file: std::path::PathBuf,
+}
+
+impl GoodInstance {
+    async fn start(interval_secs: u32) -> TestResult<GoodInstance> {
+        let dir = ctx(tempfile::tempdir(), "tempdir")?;
+        let dns = DnsServer::start().await?;
+        // Records change under the tests: answers are not cached.
+        dns.set_ttl(1);
+        let (https, mx) = (common::free_addr()?, common::free_addr()?);
+        let (submissions, imaps) = (common::free_addr()?, common::free_addr()?);
+        let (submission, imap, metrics) = (common::free_addr()?, common::free_addr()?, common::free_addr()?);
+        let ports = format!(
+            "https={},smtp={},submissions={},imaps={},submission={},imap={}",
+            https.port(),
+            mx.port(),
+            submissions.port(),
+            imaps.port(),
+            submission.port(),
+            imap.port()
+        );
+        let extra = format!(
+            "[mta_sts]\nmode = \"enforce\"\nmax_age_secs = 604800\n\
+             [check]\ninterval_secs = {interval_secs}\nports = \"{ports}\"\n\
+             [delivery]\ntrust_anchors = \"issued/ca.pem\"\n\
+             [metrics]\nbind = \"{metrics}\"\n\
+             {}cache_size = 0\n",
+            common::dns_section(dns.addr())
+        );
+        let config = common::config_with_users(
+            dir.path(),
+            "good.test",
+            &["alice"],
+            &[
+                ("https", https, "implicit"),
+                ("mx", mx, "starttls"),
+                ("submission", submissions, "implicit"),
+                ("imap", imaps, "implicit"),
+                ("submission", submission, "starttls"),
+                ("imap", imap, "starttls"),
+            ],
+            &extra,
+        )?;
+        let (code, _, err) = common::admin(
+            dir.path(),
+            &config,
+            &["user", "add", "admin@good.test", "--password-stdin", "--admin"],
+        )?;
+        if code != 0 {
+            return Err(format!("user add --admin: {err}"));
+        }
+        let ca = sealmail_testkit::pki::TestCa::new("daily check test CA")?;
+        let ca_file = common::install_issued(dir.path(), &ca, &["mail.good.test", "mta-sts.good.test"])?;
+        // Every record published before the server starts, so its first check finds them all.
+        let (code, zone, err) = common::admin(dir.path(), &config, &["domain", "dns", "good.test"])?;
+        if code != 0 {
+            return Err(format!("domain dns: {err}"));
+        }
+        publish_zone(&dns, &zone)?;
+        dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
+        dns.add("good.test", Rec::Caa(0, "issue".into(), "check-ca.example".into()));
+        let server = common::serve(dir.path(), &config).await?;
+        Ok(GoodInstance {
+            dir,
+            dns,
+            config,
+            server,
+            https,
+            metrics,
+            ca_file,
+        })
+    }
+
+    /// curl on the https listener: (head, body).
+    fn curl(&self, path: &str, extra: &[&str]) -> TestResult<(String, String)> {
+        curl_https("mail.good.test", self.https.port(), &self.ca_file, path, extra)
+    }
+
+    /// Logs admin@good.test in through the login form: the session's Cookie header.
+    fn admin_session(&self) -> TestResult<String> {
+        let (head, page) = self.curl("/", &[])?;
+        let login = cookie(&head, "__Host-sealmail-login").ok_or("no login cookie")?;
+        let form = format!(
+            "username=admin%40good.test&password={}&csrf={}",
+            common::TEST_PASSWORD.replace(' ', "+"),
+            hidden_field(&page, "csrf")?
+        );
+        let (head, _) = self.curl(
+            "/login",
+            &[
+                "-H",
+                &format!("Cookie: __Host-sealmail-login={login}"),
+                "--data",
+                &form,
+            ],
+        )?;
+        let session =
+            cookie(&head, "__Host-sealmail-session").ok_or_else(|| format!("not logged in: {head}"))?;
+        Ok(format!("Cookie: __Host-sealmail-session={session}"))
+    }
+
+    /// The admin console's domains page.
+    fn domains_page(&self) -> TestResult<String> {
+        let session = self.admin_session()?;
+        Ok(self.curl("/admin/domains", &["-H", &session])?.1)
+    }
+
+    /// Waits up to `limit_secs` for the grade gauge to satisfy `wanted`.
+    async fn wait_for_grade(&self, wanted: impl Fn(u32) -> bool, limit_secs: u64) -> TestResult<String> {
+        let limit = std::time::Duration::from_secs(limit_secs);
+        wait_for_metric(
+            self.metrics,
+            "sealmail_check_grade{domain=\"good.test\"}",
+            wanted,
+            limit,
+        )
+        .await
+    }
+}
+
+/// The server checks its own domains by itself (`[check]`, here every 3 s instead of daily),
+/// through its `[dns]` resolver, on the ports of `[check] ports` and with `[delivery]
+/// trust_anchors`: the grade shows on /metrics and in the admin console; a record taken away
+/// lowers it at the next run, which is a `check_grade_dropped` security event and a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_grades_its_own_domains_and_records_a_drop() -> TestResult {
+    let good = GoodInstance::start(3).await?;
+    let body = good.wait_for_grade(|g| g > 0, 60).await?;
+    assert_eq!(
+        metric_value(&body, "sealmail_check_grade{domain=\"good.test\"}"),
+        Some(4),
+        "an A, as `sealmail check` gives it: {body}\n{}",
+        good.server.errors()
+    );
+    assert_eq!(
+        metric_value(&body, "sealmail_check_score{domain=\"good.test\"}"),
+        Some(100),
+        "{body}"
+    );
+    let page = good.domains_page()?;
+    assert!(
+        page.contains("grade <strong class=\"grade\">A</strong>, score 100/100"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<table class=\"findings\">"),
+        "no findings: {page}"
+    );
+
+    // DMARC goes: the next run grades lower.
+    good.dns.remove("_dmarc.good.test");
+    let body = good.wait_for_grade(|g| g < 4, 60).await?;
+    let score = metric_value(&body, "sealmail_check_score{domain=\"good.test\"}").ok_or("no score")?;
+    assert!(score < 100, "{body}");
+    good.server
+        .wait_for_log(
+            "daily check: the grade of a served domain dropped",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    let (code, events, err) = common::admin(
+        good.dir.path(),
+        &good.config,
+        &["security", "events", "--since", "1h"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let dropped: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"check_grade_dropped\""))
+        .collect();
+    assert_eq!(dropped.len(), 1, "one drop, however many runs since: {events}");
+    assert!(
+        dropped[0].contains("domain good.test: grade A -> ") && dropped[0].contains("fail: dmarc"),
+        "{}",
+        dropped[0]
+    );
+    // The console shows the new grade and the finding with its fix.
+    let page = good.domains_page()?;
+    assert!(!page.contains("class=\"grade\">A<"), "{page}");
+    assert!(page.contains(&format!("score {score}/100")), "{page}");
+    assert!(page.contains("<td>FAIL</td><td>dmarc</td>"), "{page}");
+    assert!(
+        page.contains("_dmarc.good.test"),
+        "the fix names the record: {page}"
+    );
+    // Text from DNS is escaped: the record's quotes are entities, not markup.
+    assert!(
+        page.contains("v=DMARC1; p=reject") && !page.contains("TXT \"v=DMARC1"),
+        "{page}"
+    );
+    Ok(())
+}
+
+/// "Check security now" in the admin console checks a domain at once, though its daily check
+/// is not due (the first round of a week's interval waits minutes after start); the form
+/// needs the page's CSRF token like every admin form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_checks_a_domain_now() -> TestResult {
+    let good = GoodInstance::start(604_800).await?;
+    let session = good.admin_session()?;
+    let (_, page) = good.curl("/admin/domains", &["-H", &session])?;
+    assert!(page.contains("Daily check: not yet made."), "{page}");
+    let csrf = hidden_field(&page, "csrf")?;
+    // Without the token: refused, nothing checked.
+    let (head, _) = good.curl(
+        "/admin/domains/grade",
+        &["-H", &session, "--data", "domain=good.test"],
+    )?;
+    assert!(head.lines().next().is_some_and(|l| l.contains(" 403")), "{head}");
+    let (_, page) = good.curl(
+        "/admin/domains/grade",
+        &["-H", &session, "--data", &format!("domain=good.test&csrf={csrf}")],
+    )?;
+    assert!(page.contains("Checking good.test"), "{page}");
+    // Well before the first daily round could come (a minute after start at the earliest).
+    let body = good.wait_for_grade(|g| g > 0, 30).await?;
+    assert_eq!(
+        metric_value(&body, "sealmail_check_grade{domain=\"good.test\"}"),
+        Some(4),
+        "{body}\n{}",
+        good.server.errors()
+    );
+    let (_, page) = good.curl("/admin/domains", &["-H", &session])?;
+    assert!(
+        page.contains("grade <strong class=\"grade\">A</strong>, score 100/100"),
+        "{page}"
+    );
+    // A domain not served here is not checked.
+    let (_, page) = good.curl(
+        "/admin/domains/grade",
+        &[
+            "-H",
+            &session,
+            "--data",
+            &format!("domain=other.test&csrf={csrf}"),
+        ],
+    )?;
+    assert!(page.contains("That domain is not served here."), "{page}");
+    Ok(())
+}

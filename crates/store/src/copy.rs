@@ -4,7 +4,7 @@
 //! recorded when it was accepted, in both stores. A blob already corrupt in SQLite stops the
 //! copy (it is not carried over as good), and nothing is copied into a schema that has rows.
 //!
-//! The tables are listed here with their columns' types (the schema at migration 16); a
+//! The tables are listed here with their columns' types (the schema at migration 17); a
 //! migration that adds a table or column must add it here too, which the tests check by
 //! comparing every table of both schemas.
 
@@ -304,6 +304,22 @@ const TABLES: &[Table] = &[
         ],
         page_by: Some("id"),
         identity: true,
+    },
+    // The last daily check of each domain: a drop of the grade is still seen after the move.
+    Table {
+        name: "domain_checks",
+        columns: &[
+            ("domain", Text),
+            ("checked_at", Int),
+            ("grade", OptText),
+            ("score", OptInt),
+            ("report", OptText),
+            ("node", OptText),
+            ("claimed_by", OptText),
+            ("claimed_until", Int),
+        ],
+        page_by: Some("rowid"),
+        identity: false,
     },
 ];
 

@@ -12,6 +12,7 @@
 //! - every message's SHA-256 is recorded when it is stored and checked whenever it is read:
 //!   a mismatch is [`StoreError::Integrity`], never corrupted bytes served as good.
 
+mod checks;
 mod copy;
 mod credentials;
 mod mailbox_rules;
@@ -180,6 +181,22 @@ pub struct StoredStsPolicy {
     pub policy_id: String,
     pub body: String,
     pub expires_at: i64,
+}
+
+/// The last daily check of a served domain (`sealmail check`, run by the server itself).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DomainCheck {
+    pub domain: String,
+    /// Unix seconds.
+    pub checked_at: i64,
+    /// The letter grade, `A` to `F`.
+    pub grade: String,
+    /// 0 to 100.
+    pub score: i64,
+    /// The whole report as JSON (docs/CHECK-JSON.md).
+    pub report: String,
+    /// The node that made the check (`server.node_name`).
+    pub node: String,
 }
 
 /// Result of COPY or MOVE: the destination's UIDVALIDITY and (source UID, new UID) pairs.
@@ -413,6 +430,8 @@ pub struct Retention {
     pub revoked_certs_expired_before: i64,
     /// Web sessions that expired before this (Unix seconds): a lookup ignores them already.
     pub web_sessions_expired_before: i64,
+    /// Daily checks of domains last checked (and claimed) before this (Unix seconds).
+    pub domain_checks_before: i64,
 }
 
 impl Retention {
@@ -423,6 +442,9 @@ impl Retention {
     pub const TOMBSTONE_SECS: i64 = 24 * 3600;
     /// TLS results: 31 days (a report covers yesterday; the rest is for `sealmail tls-report`).
     pub const TLS_RESULT_DAYS: i64 = 31;
+    /// Daily checks: 30 days. A served domain is checked every day, so only the row of a
+    /// domain no longer served (or of a server whose daily check is off) gets this old.
+    pub const DOMAIN_CHECK_DAYS: i64 = 30;
 
     /// The defaults above, at `now` (Unix seconds).
     pub fn at(now: i64) -> Retention {
@@ -435,6 +457,7 @@ impl Retention {
             sts_policies_expired_before: now,
             revoked_certs_expired_before: now,
             web_sessions_expired_before: now,
+            domain_checks_before: now - Self::DOMAIN_CHECK_DAYS * 86_400,
         }
     }
 }
@@ -448,6 +471,7 @@ pub struct Pruned {
     pub sts_policies: u64,
     pub revoked_certs: u64,
     pub web_sessions: u64,
+    pub domain_checks: u64,
 }
 
 /// Counters that show how writes were batched into commits.
@@ -651,6 +675,22 @@ pub trait ReportStore: Send + Sync {
     /// Claims the TLS report of `day` for `domain`: true the first time only, so a report is
     /// sent once however many times (or nodes) ask.
     async fn claim_tls_report(&self, day: &str, domain: &str) -> Result<bool, StoreError>;
+    /// Claims the next daily check of `domain` for `node` until `until`: true when its last
+    /// check finished at or before `due_before` (or there is none) and no other node's claim
+    /// holds past `now`, so of the nodes that ask at once one wins. [`ReportStore::record_domain_check`]
+    /// ends the claim; a node that never records holds it only until `until`.
+    async fn claim_domain_check(
+        &self,
+        domain: &str,
+        node: &str,
+        due_before: i64,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Keeps `check` as its domain's last (replacing the one before) and ends the claim.
+    async fn record_domain_check(&self, check: DomainCheck) -> Result<(), StoreError>;
+    /// The last finished check of every domain, by domain.
+    async fn domain_checks(&self) -> Result<Vec<DomainCheck>, StoreError>;
     /// Removes what has outlived its use (see [`Retention`]), in one commit.
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
 }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId, MessageId};
 
+mod checks;
 mod credentials;
 mod mailboxes;
 mod queue;
@@ -42,7 +43,9 @@ use crate::{
 };
 use crate::{AccountStore, MailStore, QueueLease, QueueStore, ReportStore, SecurityStore};
 use crate::{Copied, CopyMessages, FlagUpdate, MailboxChanges, MailboxStatus, SetFlags};
-use crate::{DueMessage, Pruned, RecipientOutcome, Retention, StoredStsPolicy, TlsResult, TlsResultCount};
+use crate::{
+    DomainCheck, DueMessage, Pruned, RecipientOutcome, Retention, StoredStsPolicy, TlsResult, TlsResultCount,
+};
 
 /// The database file's name inside the data folder.
 pub const DB_FILE: &str = "sealmail.db";
@@ -540,6 +543,16 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<WriteDon
         WriteOp::TlsResult(result) => queue::record_tls_result(conn, result)
             .await
             .map(|_| WriteDone::Unit),
+        WriteOp::ClaimDomainCheck {
+            domain,
+            node,
+            due_before,
+            now,
+            until,
+        } => checks::claim(conn, domain, node, *due_before, *now, *until)
+            .await
+            .map(WriteDone::Count),
+        WriteOp::RecordDomainCheck(check) => checks::record(conn, check).await.map(|()| WriteDone::Unit),
         WriteOp::ClaimTlsReport { day, domain } => {
             let claimed = sqlx::query(
                 "INSERT INTO tls_reports_sent (day, policy_domain, sent_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
@@ -770,6 +783,7 @@ async fn prune(conn: &mut SqliteConnection, retention: &Retention) -> Result<Pru
         .rows_affected();
     let revoked_certs = credentials::prune_revoked(conn, retention.revoked_certs_expired_before).await?;
     let web_sessions = web::prune_expired(conn, retention.web_sessions_expired_before).await?;
+    let domain_checks = checks::prune(conn, retention.domain_checks_before).await?;
     Ok(Pruned {
         tombstones,
         tls_results,
@@ -777,6 +791,7 @@ async fn prune(conn: &mut SqliteConnection, retention: &Retention) -> Result<Pru
         sts_policies,
         revoked_certs,
         web_sessions,
+        domain_checks,
     })
 }
 
@@ -1406,6 +1421,32 @@ impl ReportStore for SqliteStore {
             domain: domain.to_string(),
         };
         done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
+    }
+
+    async fn claim_domain_check(
+        &self,
+        domain: &str,
+        node: &str,
+        due_before: i64,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let op = WriteOp::ClaimDomainCheck {
+            domain: domain.to_string(),
+            node: node.to_string(),
+            due_before,
+            now,
+            until,
+        };
+        done_as!(self.write(op).await?, WriteDone::Count).map(|n| n > 0)
+    }
+
+    async fn record_domain_check(&self, check: DomainCheck) -> Result<(), StoreError> {
+        self.write(WriteOp::RecordDomainCheck(check)).await.map(|_| ())
+    }
+
+    async fn domain_checks(&self) -> Result<Vec<DomainCheck>, StoreError> {
+        checks::list(&self.readers).await
     }
 }
 

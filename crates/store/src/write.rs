@@ -6,9 +6,9 @@ use tokio::sync::oneshot;
 use sealmail_types::{AccountId, Domain, EmailAddress, MailboxId};
 
 use crate::{
-    Accepted, AcceptedMessage, Ban, ClientCert, Copied, CopyMessages, DueMessage, FlagUpdate, Mailbox,
-    NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent, SecurityKey,
-    SetFlags, StoreError, StoredMessage, StoredStsPolicy, TlsResult, WebSession,
+    Accepted, AcceptedMessage, Ban, ClientCert, Copied, CopyMessages, DomainCheck, DueMessage, FlagUpdate,
+    Mailbox, NewAppPassword, NewMessage, Pruned, QueueLease, RecipientOutcome, Retention, SecurityEvent,
+    SecurityKey, SetFlags, StoreError, StoredMessage, StoredStsPolicy, TlsResult, WebSession,
 };
 
 pub(crate) enum WriteOp {
@@ -87,6 +87,14 @@ pub(crate) enum WriteOp {
         day: String,
         domain: String,
     },
+    ClaimDomainCheck {
+        domain: String,
+        node: String,
+        due_before: i64,
+        now: i64,
+        until: i64,
+    },
+    RecordDomainCheck(DomainCheck),
     ClaimDue {
         now: i64,
         limit: i64,

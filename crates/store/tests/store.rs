@@ -260,6 +260,7 @@ on_both_backends!(
     subscriptions_outlive_their_mailboxes_and_follow_renames,
     copy_move_and_mailbox_management_keep_uids_and_validity_right,
     a_tls_report_is_claimed_once_per_day_and_domain,
+    a_daily_check_is_claimed_by_one_node_recorded_and_pruned,
     retention_prunes_what_outlived_its_use_and_blobs_go_with_their_last_user,
     the_credentials_generation_moves_on_password_changes_and_removals_only,
     what_is_written_reads_back_field_by_field,
@@ -621,6 +622,116 @@ async fn a_tls_report_is_claimed_once_per_day_and_domain(backend: Backend) -> Te
     drop(store);
     let test = test.reopen().await?;
     assert!(!test.store.claim_tls_report("2026-11-29", "b.test").await?);
+    Ok(())
+}
+
+async fn a_daily_check_is_claimed_by_one_node_recorded_and_pruned(backend: Backend) -> TestResult {
+    use sealmail_store::DomainCheck;
+    let test = TestStore::open(backend).await?;
+    let store = test.store.clone();
+    let now = 1_800_000_000;
+    let day = 86_400;
+    // Never checked: the first node to ask claims it; the other node does not while the
+    // claim holds, the claimant may ask again.
+    assert!(
+        store
+            .claim_domain_check("a.test", "n1", now - day, now, now + 600)
+            .await?
+    );
+    assert!(
+        !store
+            .claim_domain_check("a.test", "n2", now - day, now, now + 600)
+            .await?
+    );
+    assert!(
+        store
+            .claim_domain_check("a.test", "n1", now - day, now, now + 600)
+            .await?
+    );
+    // Nodes asking at once: one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_domain_check("race.test", &format!("r{n}"), now - day, now, now + 600)
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        if racer.await?? {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one node claims a domain");
+    // A claim that lapsed (its node died mid-check) is taken over.
+    assert!(
+        store
+            .claim_domain_check("a.test", "n2", now - day, now + 601, now + 1200)
+            .await?
+    );
+    assert!(store.domain_checks().await?.is_empty(), "nothing finished yet");
+    let check = |domain: &str, at: i64, grade: &str, score: i64| DomainCheck {
+        domain: domain.into(),
+        checked_at: at,
+        grade: grade.into(),
+        score,
+        report: format!("{{\"grade\":\"{grade}\"}}"),
+        node: "n2".into(),
+    };
+    store
+        .record_domain_check(check("a.test", now + 700, "A", 100))
+        .await?;
+    // Recorded, and the claim ended; not due again until a day after.
+    assert!(
+        !store
+            .claim_domain_check("a.test", "n1", now + 700 - day - 1, now + 701, now + 1300)
+            .await?
+    );
+    assert!(
+        store
+            .claim_domain_check("a.test", "n1", now + 700, now + 701, now + 1300)
+            .await?
+    );
+    store
+        .record_domain_check(check("a.test", now + 800, "C", 70))
+        .await?;
+    store
+        .record_domain_check(check("b.test", now + 800, "B", 85))
+        .await?;
+    // Kept across a restart, one row per domain (the last), by domain.
+    drop(store);
+    let test = test.reopen().await?;
+    let store = test.store.clone();
+    assert_eq!(
+        store.domain_checks().await?,
+        vec![
+            check("a.test", now + 800, "C", 70),
+            check("b.test", now + 800, "B", 85)
+        ]
+    );
+    // Pruned once not checked for 30 days; a live claim keeps its row.
+    assert!(
+        store
+            .claim_domain_check("c.test", "n1", now, now, i64::MAX)
+            .await?
+    );
+    let later = sealmail_store::Retention::at(now + 800 + 31 * day);
+    // a.test, b.test, and race.test, whose winner never recorded and whose claim lapsed.
+    assert_eq!(store.prune(later.clone()).await?.domain_checks, 3);
+    assert!(store.domain_checks().await?.is_empty());
+    assert_eq!(
+        test.count_rows("domain_checks").await?,
+        1,
+        "the claimed one stays"
+    );
+    let fresh = sealmail_store::Retention::at(now + 800);
+    store
+        .record_domain_check(check("b.test", now + 800, "B", 85))
+        .await?;
+    assert_eq!(store.prune(fresh).await?.domain_checks, 0);
     Ok(())
 }
 
@@ -1586,7 +1697,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
     let pending = SqliteStore::pending_migrations(dir.path()).await?;
     assert_eq!(
         pending.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
     );
     assert_eq!(pending[0].description, "outbound queue");
 
@@ -1643,7 +1754,7 @@ async fn a_store_made_by_schema_v1_migrates_with_a_snapshot_and_keeps_its_data()
 #[tokio::test]
 async fn an_empty_store_gets_every_migration_without_a_snapshot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 16);
+    assert_eq!(SqliteStore::pending_migrations(dir.path()).await?.len(), 17);
     SqliteStore::open(dir.path(), 16).await?;
     assert!(SqliteStore::pending_migrations(dir.path()).await?.is_empty());
     assert!(!dir.path().join("backups").exists());

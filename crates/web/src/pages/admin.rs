@@ -13,7 +13,7 @@ use sealmail_types::{Domain, EmailAddress};
 use super::account::event_row;
 use super::views::{
     self, AdminBans, AdminCertificates, AdminDomains, AdminEvents, AdminOverview, AdminQueue, AdminUsers,
-    BanRow, Chrome, DomainRow, QueueRow, Row, ShownOncePage, UserRow, render,
+    BanRow, Chrome, DomainRow, FindingRow, GradeView, QueueRow, Row, ShownOncePage, UserRow, render,
 };
 use super::{Answer, Form, Pages, SignedIn, Visit, when};
 use crate::WebContext;
@@ -367,6 +367,39 @@ pub async fn action(
                 Err(error) => domains(context, pages, user, None, None, Some(&error)).await,
             }
         }
+        "/admin/domains/grade" => {
+            let Ok(domain) = Domain::parse(form.get("domain")) else {
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That is not a domain name."),
+                )
+                .await;
+            };
+            if !context.store.domain_exists(&domain).await.unwrap_or(false) {
+                return domains(
+                    context,
+                    pages,
+                    user,
+                    None,
+                    None,
+                    Some("That domain is not served here."),
+                )
+                .await;
+            }
+            match pages.console.check_now(&domain) {
+                Ok(()) => {
+                    let text = format!(
+                        "Checking {domain}: the grade and findings below change when the check ends (a minute or two; reload the page)."
+                    );
+                    domains(context, pages, user, None, Some(&text), None).await
+                }
+                Err(error) => domains(context, pages, user, None, None, Some(&error)).await,
+            }
+        }
         "/admin/domains/check" => {
             let Ok(domain) = Domain::parse(form.get("domain")) else {
                 return domains(
@@ -656,6 +689,14 @@ async fn domains(
     error: Option<&str>,
 ) -> Answer {
     let mut rows = Vec::new();
+    let mut graded: std::collections::HashMap<String, sealmail_store::DomainCheck> = context
+        .store
+        .domain_checks()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.domain.clone(), c))
+        .collect();
     for domain in context.store.list_domains().await.unwrap_or_default() {
         let records = pages.console.dns_records(&domain).await.unwrap_or_else(|e| e);
         let check = match &checked {
@@ -671,6 +712,7 @@ async fn domains(
             name: domain.to_string(),
             records,
             check,
+            graded: graded.remove(domain.as_str()).map(grade_view),
         });
     }
     render(
@@ -683,4 +725,32 @@ async fn domains(
         },
         status_of(error),
     )
+}
+
+/// The last daily check as the domains page shows it: the report's WARN and FAIL findings
+/// (FAIL first) with their fixes, read by the names of docs/CHECK-JSON.md.
+fn grade_view(check: sealmail_store::DomainCheck) -> GradeView {
+    let report: serde_json::Value = serde_json::from_str(&check.report).unwrap_or_default();
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
+    let mut findings: Vec<FindingRow> = report["checks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["status"] == "FAIL" || c["status"] == "WARN")
+        .map(|c| FindingRow {
+            status: text(&c["status"]),
+            id: text(&c["id"]),
+            detail: text(&c["detail"]),
+            fix: text(&c["fix"]),
+        })
+        .collect();
+    findings.sort_by_key(|f| f.status != "FAIL");
+    GradeView {
+        grade: check.grade,
+        score: check.score,
+        when: when(check.checked_at),
+        node: check.node,
+        findings,
+    }
 }

@@ -60,6 +60,9 @@ pub trait Console: Send + Sync + 'static {
     async fn check_dns(&self, domain: &Domain) -> Result<Vec<(String, String, String)>, String>;
     /// What `sealmail cert status` prints.
     fn certificate_status(&self) -> Result<String, String>;
+    /// Starts the server's check of `domain` (`sealmail check`, as the daily one), in the
+    /// background: its result replaces the domain's last when it ends.
+    fn check_now(&self, domain: &Domain) -> Result<(), String>;
     /// What `sealmail domain add DOMAIN` does: the domain, and DKIM keys for it.
     async fn add_domain(&self, domain: &Domain) -> Result<(), String>;
     /// What `sealmail dkim rotate DOMAIN` does: new keys, signing from the next start; their

@@ -302,6 +302,27 @@ pub struct DomainRow {
     pub name: String,
     pub records: String,
     pub check: Vec<Row>,
+    /// The last daily check of the domain, when one has finished.
+    pub graded: Option<GradeView>,
+}
+
+/// The last daily check of a domain (`sealmail check`, run by the server): its grade and
+/// every WARN and FAIL with its fix.
+pub struct GradeView {
+    pub grade: String,
+    pub score: i64,
+    pub when: String,
+    pub node: String,
+    pub findings: Vec<FindingRow>,
+}
+
+/// One WARN or FAIL of a check. Text from the checked domain's DNS records and servers:
+/// escaped like everything else the templates show.
+pub struct FindingRow {
+    pub status: String,
+    pub id: String,
+    pub detail: String,
+    pub fix: String,
 }
 
 #[derive(Template)]
