@@ -26,7 +26,15 @@ pub enum TlsaAnswer {
     Records { records: Vec<Tlsa>, validated: bool },
     /// SERVFAIL, another error code, or no answer in time.
     Failed(String),
+    /// Not asked: no nameserver to ask with the AD bit (none configured, none in the system's
+    /// configuration).
+    Unasked(String),
 }
+
+/// TLSA records judged for one host; a real one has a few (current and next key).
+const MAX_TLSA_RECORDS: usize = 16;
+/// Certificates of a presented chain compared with them.
+const MAX_CHAIN: usize = 10;
 
 /// The TLSA records of `_25._tcp.host`, asked with the AD bit set (a validating resolver only
 /// vouches for an answer to a client that asks: RFC 6840 5.7).
@@ -39,6 +47,7 @@ pub async fn lookup(dns: &Dns, host: &str) -> TlsaAnswer {
     .await
     {
         Ok(Ok(answer)) => answer,
+        Ok(Err(e @ sealmail_dns::QueryError::NoServer)) => return TlsaAnswer::Unasked(e.to_string()),
         Ok(Err(e)) => return TlsaAnswer::Failed(e.to_string()),
         Err(_) => {
             return TlsaAnswer::Failed(format!(
@@ -64,6 +73,7 @@ pub async fn lookup(dns: &Dns, host: &str) -> TlsaAnswer {
             }),
             _ => None,
         })
+        .take(MAX_TLSA_RECORDS)
         .collect();
     if records.is_empty() {
         return TlsaAnswer::None;
@@ -86,9 +96,65 @@ fn record_for(host: &str, leaf: &CertificateDer<'_>) -> Option<String> {
     Some(format!("{}. IN TLSA 3 1 1 {digest}", tlsa_name(host)))
 }
 
+/// Whether the domain's MX answer was DNSSEC-validated: senders look up TLSA records only for
+/// MX hosts from a validated answer (RFC 7672 2.2.1).
+pub async fn mx_validated(dns: &Dns, domain: &str) -> Option<bool> {
+    let asked = tokio::time::timeout(
+        crate::dns::LOOKUP_TIMEOUT,
+        dns.query_authenticated(&format!("{}.", domain.trim_end_matches('.')), RecordType::MX),
+    )
+    .await;
+    match asked {
+        Ok(Ok(answer)) if answer.metadata.response_code == ResponseCode::NoError => {
+            Some(answer.metadata.authentic_data)
+        }
+        _ => None,
+    }
+}
+
 /// The `dane:HOST` finding: `chain` is what the host presented on the SMTP port (end entity
-/// first), `None` when no TLS handshake got that far.
-pub fn check(host: &str, answer: TlsaAnswer, chain: Option<&[CertificateDer<'static>]>) -> Check {
+/// first), `None` when no TLS handshake got that far; `mx_validated` whether the MX answer
+/// naming the host was DNSSEC-validated (`None`: unknown). Where DANE cannot apply because the
+/// MX answer is not validated, what the TLSA records would mean is said in a WARN.
+pub fn check(
+    host: &str,
+    answer: TlsaAnswer,
+    chain: Option<&[CertificateDer<'static>]>,
+    mx_validated: Option<bool>,
+    domain: &str,
+) -> Check {
+    let judged = judge(host, answer, chain);
+    match mx_validated {
+        Some(true) => judged,
+        _ if judged.status == Status::Warn && judged.detail.starts_with("no TLSA record") => judged,
+        Some(false) => Check::new(
+            &judged.id,
+            Pillar::Authentication,
+            Status::Warn,
+            format!(
+                "the MX records of {domain} are not DNSSEC-validated, so senders do not use DANE for {host} (RFC 7672 2.2.1); its TLSA records: {}",
+                judged.detail
+            ),
+        )
+        .with_fix(format!(
+            "sign the zone of {domain} with DNSSEC{}",
+            judged.fix.as_deref().map(|f| format!("; then: {f}")).unwrap_or_default()
+        )),
+        None => Check::new(
+            &judged.id,
+            Pillar::Authentication,
+            Status::Warn,
+            format!(
+                "whether the MX records of {domain} are DNSSEC-validated is unknown (the AD-bit query failed); its TLSA records: {}",
+                judged.detail
+            ),
+        )
+        .with_fix("check again with a validating resolver (--nameserver)")
+        .incomplete(),
+    }
+}
+
+fn judge(host: &str, answer: TlsaAnswer, chain: Option<&[CertificateDer<'static>]>) -> Check {
     let id = format!("dane:{host}");
     let name = tlsa_name(host);
     let publish = |why: &str| match chain
@@ -124,6 +190,16 @@ pub fn check(host: &str, answer: TlsaAnswer, chain: Option<&[CertificateDer<'sta
                 "make the nameservers of {host} answer TLSA queries (NOERROR or NXDOMAIN), signed"
             ));
         }
+        TlsaAnswer::Unasked(why) => {
+            return Check::new(
+                &id,
+                Pillar::Authentication,
+                Status::Warn,
+                format!("the TLSA records at {name} could not be asked for with their DNSSEC status ({why})"),
+            )
+            .with_fix("give a validating resolver with --nameserver (or [dns] nameservers)")
+            .incomplete();
+        }
         TlsaAnswer::Records { records, validated } => (records, validated),
     };
     let listed: Vec<String> = records
@@ -132,7 +208,7 @@ pub fn check(host: &str, answer: TlsaAnswer, chain: Option<&[CertificateDer<'sta
         .collect();
     let usable: Vec<Tlsa> = records.iter().filter(|r| r.usable()).cloned().collect();
     let matched = chain.and_then(|chain| {
-        let (leaf, intermediates) = chain.split_first()?;
+        let (leaf, intermediates) = chain[..chain.len().min(MAX_CHAIN)].split_first()?;
         let server_name = ServerName::try_from(host.trim_end_matches('.').to_string()).ok()?;
         let provider = Arc::new(sealmail_tls::restricted_provider());
         Some(
@@ -207,5 +283,59 @@ pub fn check(host: &str, answer: TlsaAnswer, chain: Option<&[CertificateDer<'sta
             ),
         )
         .incomplete(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_nameserver_to_ask_leaves_the_check_incomplete_not_failed() {
+        let check = check(
+            "mx.example.org",
+            TlsaAnswer::Unasked("no nameserver".into()),
+            None,
+            Some(true),
+            "example.org",
+        );
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.incomplete, "{check:?}");
+    }
+
+    #[test]
+    fn records_of_a_host_from_an_unvalidated_mx_answer_pass_nothing() {
+        let records = TlsaAnswer::Records {
+            records: vec![Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![7; 32],
+            }],
+            validated: true,
+        };
+        let check = check("mx.example.org", records, None, Some(false), "example.org");
+        assert_eq!(check.status, Status::Warn);
+        assert!(
+            check
+                .detail
+                .starts_with("the MX records of example.org are not DNSSEC-validated")
+        );
+        // Unknown MX status: the grade cannot be an A.
+        let unknown = check_unknown();
+        assert!(
+            unknown.incomplete && unknown.status == Status::Warn,
+            "{unknown:?}"
+        );
+    }
+
+    fn check_unknown() -> Check {
+        check(
+            "mx.example.org",
+            TlsaAnswer::Failed("SERVFAIL".into()),
+            None,
+            None,
+            "example.org",
+        )
     }
 }

@@ -109,9 +109,9 @@ fn unchecked(id: &str, pillar: Pillar, what: &str, why: &str) -> Check {
 pub struct Options {
     /// DKIM selectors whose keys to check.
     pub dkim_selectors: Vec<String>,
-    /// The (domain, selector) of each DKIM signature of a sample message (`--message`), from
-    /// [`dkim_signers`]; `None` when no message was given.
-    pub message_signers: Option<Vec<(String, String)>>,
+    /// A sample message sent from the domain (`--message`): its DKIM signatures are verified
+    /// and their selectors' keys checked.
+    pub message: Option<std::sync::Arc<[u8]>>,
     /// The port MTA-STS policies are fetched from (443 unless a test installation says).
     pub https_port: Option<u16>,
     /// The HTTPS client for the MTA-STS policy (certificates checked against the system's
@@ -139,6 +139,9 @@ pub struct DomainFindings {
     pub mx_hosts: Vec<String>,
     /// The submission and IMAP servers the SRV records name.
     pub client_servers: Vec<ClientServer>,
+    /// Whether the resolver said the MX answer is DNSSEC-validated (`None`: it could not be
+    /// asked), which decides whether DANE applies to the MX hosts.
+    pub mx_validated: Option<bool>,
 }
 
 /// Every DNS check of `domain`, and the MTA-STS policy its record announces.
@@ -163,8 +166,8 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> DomainF
             keys_checked.push((domain.clone(), selector));
         }
     }
-    if let Some(signers) = &options.message_signers {
-        checks.extend(check_message_signers(dns, &domain, signers, &mut keys_checked).await);
+    if let Some(message) = &options.message {
+        checks.extend(check_message(dns, &domain, message, &mut keys_checked).await);
     }
     if receives_mail {
         let (record, id) = check_mta_sts_record(dns, &domain).await;
@@ -178,10 +181,15 @@ pub async fn check_domain(dns: &Dns, domain: &str, options: &Options) -> DomainF
         checks.extend(found);
         client_servers = servers;
     }
+    let mx_validated = match &mx_hosts {
+        Some(hosts) if !hosts.is_empty() => crate::dane::mx_validated(dns, &domain).await,
+        _ => None,
+    };
     DomainFindings {
         checks,
         mx_hosts: mx_hosts.unwrap_or_default(),
         client_servers,
+        mx_validated,
     }
 }
 
@@ -256,12 +264,34 @@ async fn check_caa(dns: &Dns, domain: &str) -> Check {
                 }
             })
             .collect();
-        let detail = if issuers.is_empty() {
-            format!("CAA {at} (no `issue` record: any CA may issue, within the other tags)")
-        } else {
-            format!("CAA {at}: certificates only from {}", issuers.join(", "))
-        };
-        return Check::new(id, Pillar::Authentication, Status::Pass, detail);
+        if issuers.is_empty() {
+            return Check::new(
+                id,
+                Pillar::Authentication,
+                Status::Warn,
+                format!("CAA {at} has no `issue` record: any certificate authority may issue"),
+            )
+            .with_fix(format!(
+                "add `{name}. IN CAA 0 issue \"CA-DOMAIN\"` naming the CA of your certificates"
+            ));
+        }
+        if issuers.iter().all(|issuer| issuer == "nobody") {
+            return Check::new(
+                id,
+                Pillar::Authentication,
+                Status::Warn,
+                format!("CAA {at} lets no certificate authority issue: certificates for the mail host names cannot be renewed"),
+            )
+            .with_fix(format!(
+                "replace `issue \";\"` with `{name}. IN CAA 0 issue \"CA-DOMAIN\"` naming the CA of your certificates (if the domain's own names need none, publish that at the mail host names)"
+            ));
+        }
+        return Check::new(
+            id,
+            Pillar::Authentication,
+            Status::Pass,
+            format!("CAA {at}: certificates only from {}", issuers.join(", ")),
+        );
     }
     Check::new(
         id,
@@ -1160,42 +1190,83 @@ pub fn dkim_signers(message: &[u8]) -> Result<Vec<(String, String)>, String> {
 /// DKIM signatures of a sample message whose keys are checked.
 pub const MAX_MESSAGE_SIGNATURES: usize = 10;
 
-/// The `dkim-message` finding (is the sample message signed, by a domain DMARC aligns with
-/// `domain`?) and the key of every signature's selector not checked already.
-async fn check_message_signers(
+/// Whether `signer` (a DKIM `d=`) is aligned with `domain` for DMARC in relaxed mode (RFC 7489
+/// 3.1.1): the same name, a subdomain of it, or a parent of it that publishes the DMARC record
+/// `domain` is judged by (`dmarc_at`: so a public suffix like `co.uk` never counts, as it
+/// publishes none). Organizational domains are not computed from the public suffix list.
+fn aligned(signer: &str, domain: &str, dmarc_at: Option<&str>) -> bool {
+    signer == domain
+        || signer.ends_with(&format!(".{domain}"))
+        || dmarc_at.is_some_and(|at| at == signer && domain.ends_with(&format!(".{signer}")))
+}
+
+/// The `dkim-message` finding (does the sample message carry a signature that verifies, by a
+/// domain DMARC aligns with `domain`?) and the key of every aligned signer's selector not
+/// checked already. Verification is mail-auth's, as for inbound mail.
+async fn check_message(
     dns: &Dns,
     domain: &str,
-    signers: &[(String, String)],
+    message: &[u8],
     keys_checked: &mut Vec<(String, String)>,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
-    let listed: Vec<String> = signers.iter().map(|(d, s)| format!("d={d} s={s}")).collect();
-    // Relaxed alignment (RFC 7489 3.1.1) compares organizational domains; a signer that is the
-    // domain, a subdomain or a parent of it is aligned for the common case of one registered
-    // domain. Signers that are unrelated names are never aligned.
-    let related = |d: &str| {
-        d == domain
-            || d.ends_with(&format!(".{domain}"))
-            || (d.contains('.') && domain.ends_with(&format!(".{d}")))
+    let signers = match dkim_signers(message) {
+        Ok(signers) => signers,
+        Err(why) => {
+            return vec![
+                Check::new(
+                    "dkim-message",
+                    Pillar::Integrity,
+                    Status::Fail,
+                    format!("the sample message: {why}"),
+                )
+                .with_fix("give the whole message as received, headers first"),
+            ];
+        }
     };
-    let aligned = signers.iter().any(|(d, _)| related(d));
+    let dmarc_at = dmarc_location(dns, domain).await;
+    let authenticator = sealmail_mailauth::Authenticator::new(dns, "check.sealmail.invalid");
+    let results = tokio::time::timeout(LOOKUP_TIMEOUT * 2, authenticator.dkim_results(message))
+        .await
+        .unwrap_or_default();
+    let listed: Vec<String> = results
+        .iter()
+        .filter(|(d, _)| !d.is_empty())
+        .map(|(d, result)| format!("d={d} {result}"))
+        .collect();
+    let is_aligned = |d: &str| aligned(d, domain, dmarc_at.as_deref());
+    let passing = results
+        .iter()
+        .any(|(d, result)| *result == "pass" && is_aligned(d));
+    let aligned_present = signers.iter().any(|(d, _)| is_aligned(d));
     checks.push(if signers.is_empty() {
         Check::new(
             "dkim-message",
             Pillar::Integrity,
             Status::Fail,
-            "the sample message carries no DKIM signature",
+            "the sample message carries no DKIM signature (none that could be read)",
         )
         .with_fix(format!(
             "sign outgoing mail of {domain} with DKIM (sealmail signs by itself: `sealmail domain dns {domain}` prints the key to publish)"
         ))
-    } else if aligned {
+    } else if passing {
         Check::new(
             "dkim-message",
             Pillar::Integrity,
             Status::Pass,
-            format!("the sample message is signed: {}", listed.join(", ")),
+            format!("the sample message's DKIM signatures: {}", listed.join(", ")),
         )
+    } else if aligned_present {
+        Check::new(
+            "dkim-message",
+            Pillar::Integrity,
+            Status::Fail,
+            format!(
+                "no DKIM signature of the sample message by {domain} verifies ({}): receivers treat it as unsigned",
+                listed.join(", ")
+            ),
+        )
+        .with_fix("give the message exactly as received (nothing re-encoded after signing), and check that the published key is the signing key")
     } else {
         Check::new(
             "dkim-message",
@@ -1208,8 +1279,8 @@ async fn check_message_signers(
         )
         .with_fix(format!("sign the mail of {domain} with d={domain}"))
     });
-    for (signer, selector) in signers {
-        if !related(signer) || keys_checked.contains(&(signer.clone(), selector.clone())) {
+    for (signer, selector) in &signers {
+        if !is_aligned(signer) || keys_checked.contains(&(signer.clone(), selector.clone())) {
             continue;
         }
         let id = if signer == domain {
@@ -1222,6 +1293,21 @@ async fn check_message_signers(
     }
     checks
 }
+
+/// Where `domain`'s DMARC record is: the domain itself or the closest parent with one.
+async fn dmarc_location(dns: &Dns, domain: &str) -> Option<String> {
+    match txt(dns, &format!("_dmarc.{domain}")).await {
+        Found::Records(texts) if !tagged(&texts, "v=DMARC1").is_empty() => Some(domain.to_string()),
+        _ => parent_dmarc(dns, domain)
+            .await
+            .ok()
+            .flatten()
+            .map(|(parent, _)| parent),
+    }
+}
+
+/// SRV records of one name looked at; a real one has one or two.
+const MAX_SRV_RECORDS: usize = 8;
 
 /// The RFC 6186 / RFC 8314 SRV records of the client services; with the servers they name
 /// (a target of `.` says the service is not offered: RFC 6186 3.4), for the server checks.
@@ -1247,7 +1333,7 @@ async fn check_srv(dns: &Dns, domain: &str) -> (Vec<Check>, Vec<ClientServer>) {
             let name = format!("{prefix}.{domain}");
             match lookup(dns, &name, RecordType::SRV).await {
                 Found::Records(records) => {
-                    for data in records {
+                    for data in records.into_iter().take(MAX_SRV_RECORDS) {
                         if let RData::SRV(srv) = data {
                             let host = srv.target.to_ascii().trim_end_matches('.').to_ascii_lowercase();
                             if host.is_empty() {
@@ -1321,6 +1407,18 @@ mod tests {
         let texts = ["v=spf1; -all", "v=spf10 -all", "V=SPF1 -all", "v=DMARC1;p=none"].map(String::from);
         assert_eq!(tagged(&texts, "v=spf1"), [&texts[2]]);
         assert_eq!(tagged(&texts, "v=DMARC1"), [&texts[3]]);
+    }
+
+    #[test]
+    fn a_signer_is_aligned_when_it_is_the_domain_below_it_or_where_its_dmarc_record_is() {
+        assert!(aligned("example.org", "example.org", Some("example.org")));
+        assert!(aligned("news.example.org", "example.org", Some("example.org")));
+        assert!(aligned("example.org", "shop.example.org", Some("example.org")));
+        // A parent that is not where the DMARC record is: a public suffix, say.
+        assert!(!aligned("co.uk", "shop.co.uk", Some("shop.co.uk")));
+        assert!(!aligned("co.uk", "shop.co.uk", None));
+        assert!(!aligned("example.net", "example.org", Some("example.org")));
+        assert!(!aligned("evilexample.org", "example.org", Some("example.org")));
     }
 
     #[test]

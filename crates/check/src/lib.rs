@@ -29,9 +29,9 @@ pub use report::{Check, Grade, Pillar, Report, Status};
 pub struct Settings {
     /// DKIM selectors whose keys to check.
     pub dkim_selectors: Vec<String>,
-    /// The (domain, selector) of each DKIM signature of a sample message
-    /// ([`dns::dkim_signers`]); `None` when no message was given.
-    pub message_signers: Option<Vec<(String, String)>>,
+    /// A sample message sent from the domain: its DKIM signatures are verified and their
+    /// selectors' keys checked; `None` when no message was given.
+    pub message: Option<Arc<[u8]>>,
     /// Hosts whose submission and IMAP ports are checked besides the servers of the domain's
     /// SRV records; the MX hosts' SMTP port always is.
     pub hosts: Vec<String>,
@@ -76,7 +76,7 @@ pub async fn check(
 ) -> Result<Report, SetupError> {
     let options = dns::Options {
         dkim_selectors: settings.dkim_selectors.clone(),
-        message_signers: settings.message_signers.clone(),
+        message: settings.message.clone(),
         https_port: Some(settings.ports.https),
         http: Some(dns::https_client(dns, settings.ca_file.as_deref()).map_err(SetupError::TrustAnchors)?),
     };
@@ -92,7 +92,9 @@ pub async fn check(
     checks.extend(
         servers::check_servers(
             dns,
+            domain,
             &found.mx_hosts,
+            found.mx_validated,
             &clients,
             settings.ports.smtp,
             Arc::new(roots),

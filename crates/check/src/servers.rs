@@ -168,8 +168,9 @@ struct Target {
     /// MX hosts and published client servers must answer; a `--host` port that is closed is
     /// only noted.
     required: bool,
-    /// An MX host: its TLSA records are checked against its certificate.
-    mx: bool,
+    /// An MX host: its TLSA records are checked against its certificate, knowing the domain
+    /// and whether its MX answer was DNSSEC-validated.
+    mx: Option<(String, Option<bool>)>,
 }
 
 impl Target {
@@ -183,7 +184,9 @@ impl Target {
 /// The servers are looked at in parallel, each within [`TARGET_BUDGET`].
 pub async fn check_servers(
     dns: &Dns,
+    domain: &str,
     mx_hosts: &[String],
+    mx_validated: Option<bool>,
     clients: &[ClientServer],
     smtp_port: u16,
     roots: Arc<RootCertStore>,
@@ -215,7 +218,7 @@ pub async fn check_servers(
             port: smtp_port,
             start: Start::SmtpStarttls,
             required: true,
-            mx: true,
+            mx: Some((domain.to_string(), mx_validated)),
         })
         .collect();
     let mut client_targets: Vec<Target> = Vec::new();
@@ -225,7 +228,7 @@ pub async fn check_servers(
             port: client.port,
             start: client.service.start(),
             required: client.published,
-            mx: false,
+            mx: None,
         };
         match client_targets
             .iter_mut()
@@ -466,6 +469,29 @@ fn looks_like_version(text: &str) -> bool {
 }
 
 async fn check_target(dns: &Dns, target: &Target, roots: Arc<RootCertStore>) -> Vec<Check> {
+    let mut presented = None;
+    let mut checks = connect_and_check(dns, target, roots, &mut presented).await;
+    // Also for an MX host that cannot be reached: its TLSA records are still what senders see.
+    if let Some((domain, mx_validated)) = &target.mx {
+        let answer = crate::dane::lookup(dns, &target.host).await;
+        checks.push(crate::dane::check(
+            &target.host,
+            answer,
+            presented.as_deref(),
+            *mx_validated,
+            domain,
+        ));
+    }
+    checks
+}
+
+/// The checks over the network; `presented` gets the chain the server's TLS presented.
+async fn connect_and_check(
+    dns: &Dns,
+    target: &Target,
+    roots: Arc<RootCertStore>,
+    presented: &mut Option<Vec<CertificateDer<'static>>>,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let reach_id = target.id("reachable");
     let ip = match address(dns, &target.host).await {
@@ -518,16 +544,11 @@ async fn check_target(dns: &Dns, target: &Target, roots: Arc<RootCertStore>) -> 
         Status::Pass,
         format!("{addr} answers"),
     ));
-    let mut presented = None;
     if let Some(stream) = preamble(plain, target, &mut checks).await {
         let (found, chain) = modern_tls(stream, target, roots).await;
         checks.extend(found);
-        presented = chain;
+        *presented = chain;
         checks.extend(legacy_tls(addr, target).await);
-    }
-    if target.mx {
-        let answer = crate::dane::lookup(dns, &target.host).await;
-        checks.push(crate::dane::check(&target.host, answer, presented.as_deref()));
     }
     checks
 }

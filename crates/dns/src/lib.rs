@@ -66,11 +66,29 @@ impl Dns {
             .with_options(options)
             .build()
             .map_err(|e| DnsError::Setup(e.to_string()))?;
+        // Without configured nameservers, DNSSEC-checked queries go to the system's (the first
+        // UDP port of each), as the resolver's own lookups do.
+        let nameservers = if config.nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map(|(system, _)| {
+                    system
+                        .name_servers()
+                        .iter()
+                        .map(|server| {
+                            let port = server.connections.first().map_or(53, |c| c.port);
+                            std::net::SocketAddr::new(server.ip, port)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            config.nameservers.clone()
+        };
         Ok(Dns {
             resolver,
             reverse_lookups: config.reverse_lookups,
             trust_ad_bit: config.trust_ad_bit,
-            nameservers: config.nameservers.clone(),
+            nameservers,
             timeout: config.timeout,
             attempts: config.attempts,
         })

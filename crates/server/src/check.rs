@@ -48,14 +48,14 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
         }
         None => sealmail_check::servers::Ports::default(),
     };
-    let message_signers = match &args.message {
-        Some(path) => Some(message_signers(path)?),
+    let message = match &args.message {
+        Some(path) => Some(read_message(path)?),
         None => None,
     };
     let dns = sealmail_dns::Dns::new(&dns_config)?;
     let settings = sealmail_check::Settings {
         dkim_selectors: args.dkim_selector.clone(),
-        message_signers,
+        message,
         hosts: args.host.clone(),
         active: args.active,
         ports,
@@ -88,24 +88,26 @@ pub async fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<()> {
 /// The largest sample message read: headers are what matter, and mail servers refuse more.
 const MAX_MESSAGE_BYTES: u64 = 64 << 20;
 
-fn message_signers(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+/// The sample message of `--message`: every problem with the file is a usage error.
+fn read_message(path: &Path) -> Result<std::sync::Arc<[u8]>, UsageError> {
     use std::io::Read;
+    let unreadable = |e: std::io::Error| UsageError(format!("--message {}: {e}", path.display()));
     let mut message = Vec::new();
     std::fs::File::open(path)
-        .with_context(|| format!("--message {}", path.display()))?
+        .map_err(unreadable)?
         .take(MAX_MESSAGE_BYTES + 1)
         .read_to_end(&mut message)
-        .with_context(|| format!("--message {}", path.display()))?;
+        .map_err(unreadable)?;
     if message.len() as u64 > MAX_MESSAGE_BYTES {
         return Err(UsageError(format!(
             "--message {}: over {} MiB, not a message",
             path.display(),
             MAX_MESSAGE_BYTES >> 20
-        ))
-        .into());
+        )));
     }
     sealmail_check::dns::dkim_signers(&message)
-        .map_err(|e| UsageError(format!("--message {}: {e}", path.display())).into())
+        .map_err(|e| UsageError(format!("--message {}: {e}", path.display())))?;
+    Ok(message.into())
 }
 
 fn nameserver(text: &str) -> Result<SocketAddr, UsageError> {

@@ -79,7 +79,7 @@ impl DailyCheck {
             interval: config.check.interval,
             settings: sealmail_check::Settings {
                 dkim_selectors: Vec::new(),
-                message_signers: None,
+                message: None,
                 hosts: vec![config.hostname.to_string()],
                 // Our own attacks would count toward our own bans; the admin runs them by hand.
                 active: false,

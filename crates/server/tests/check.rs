@@ -168,18 +168,19 @@ async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult 
         "good.test",
         Rec::Caa(0, "issue".into(), "check-ca.example".into()),
     );
-    // A message as sealmail signs it (only the signature's d= and s= are read).
-    let message = dir.path().join("message.eml");
-    ctx(
-        std::fs::write(
-            &message,
-            format!(
-                "DKIM-Signature: v=1; a=ed25519-sha256; d=good.test; s={};\r\n\tc=relaxed/relaxed; h=from:to:subject; bh=AAAA; b=AAAA\r\nFrom: alice@good.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhi\r\n",
-                selectors.first().ok_or("no selector")?
-            ),
-        ),
-        "write the message",
+    // The zone is signed: the MX answer is DNSSEC-validated, so DANE applies.
+    dns.secure("good.test");
+    // A message signed with the domain's keys, as sealmail signs outgoing mail.
+    let body = "From: alice@good.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhi\r\n";
+    let signer = ctx(
+        sealmail_mailauth::signing::Signer::load(&dir.path().join("data/dkim"), &["good.test".to_string()]),
+        "load the DKIM keys",
     )?;
+    let mut signed = ctx(signer.sign("good.test", body.as_bytes()), "sign")?;
+    assert!(!signed.is_empty(), "no DKIM keys for good.test");
+    signed.extend_from_slice(body.as_bytes());
+    let message = dir.path().join("message.eml");
+    ctx(std::fs::write(&message, &signed), "write the message")?;
     let message_arg = message.to_string_lossy().into_owned();
     let port = format!(
         "https={},smtp={},submissions={},imaps={},submission={},imap={}",
@@ -370,7 +371,15 @@ async fn weak_records_give_their_findings_and_fixes() -> TestResult {
     )?;
     let signer = finding(&report, "dkim:new@news.weak.test")?;
     assert_eq!(signer["status"], "FAIL", "{signer}");
-    assert_eq!(finding(&report, "dkim-message")?["status"], "PASS");
+    // Its signature is made up: it does not verify, which receivers take as unsigned.
+    let made_up = finding(&report, "dkim-message")?;
+    assert_eq!(made_up["status"], "FAIL", "{made_up}");
+    assert!(
+        made_up["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("no DKIM signature of the sample message by weak.test verifies")),
+        "{made_up}"
+    );
     assert!(finding(&report, "dkim:esp@esp.example").is_err(), "{report:#}");
     let report = json_check(
         dir.path(),
@@ -832,6 +841,7 @@ async fn tlsa_records_are_checked_against_the_certificate_each_mx_presents() -> 
         dns.add_mx("dane.test", preference as u16, host);
         dns.add_a(host, std::net::Ipv4Addr::LOCALHOST);
     }
+    dns.secure("dane.test");
     let tlsa = |host: &str, record: Rec, signed: bool| {
         let name = format!("_25._tcp.{host}");
         dns.add(&name, record);
@@ -900,6 +910,34 @@ async fn tlsa_records_are_checked_against_the_certificate_each_mx_presents() -> 
             .as_str()
             .is_some_and(|d| d.contains("failed (Server Failure)")),
         "{broken}"
+    );
+    // The same matching host named by an MX answer DNSSEC did not vouch for: senders do not
+    // look up its TLSA records, so its records pass nothing (RFC 7672 2.2.1).
+    dns.add_mx("unsigned-mx.test", 10, "matching.dane.test");
+    let report = json_check(
+        dir.path(),
+        &dns,
+        &[
+            "unsigned-mx.test",
+            "--port",
+            &ports,
+            "--ca-file",
+            &ca_file.to_string_lossy(),
+        ],
+    )?;
+    let unvouched = finding(&report, "dane:matching.dane.test")?;
+    assert_eq!(unvouched["status"], "WARN", "{unvouched}");
+    assert!(
+        unvouched["detail"].as_str().is_some_and(|d| d.starts_with(
+            "the MX records of unsigned-mx.test are not DNSSEC-validated, so senders do not use DANE"
+        )),
+        "{unvouched}"
+    );
+    assert!(
+        unvouched["fix"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sign the zone of unsigned-mx.test")),
+        "{unvouched}"
     );
     Ok(())
 }
@@ -1268,7 +1306,11 @@ impl GoodInstance {
         }
         publish_zone(&dns, &zone)?;
         dns.add_a("mail.good.test", std::net::Ipv4Addr::LOCALHOST);
-        dns.add("good.test", Rec::Caa(0, "issue".into(), "check-ca.example".into()));
+        dns.add(
+            "good.test",
+            Rec::Caa(0, "issue".into(), "check-ca.example".into()),
+        );
+        dns.secure("good.test");
         let server = common::serve(dir.path(), &config).await?;
         Ok(GoodInstance {
             dir,
