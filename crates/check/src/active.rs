@@ -552,7 +552,8 @@ fn injection_check(target: &Target, injected: Injected, command: &str) -> Check 
             Pillar::Encryption,
             Status::Info,
             format!("no TLS handshake after STARTTLS with a pipelined command ({why}): the server may have refused the command, or speaks no TLS rustls does"),
-        ),
+        )
+        .incomplete(),
     }
 }
 
@@ -778,13 +779,17 @@ async fn open_relay(addr: SocketAddr, target: &Target, domain: &str) -> Check {
     let mut accepted = Vec::new();
     let mut unclear = Vec::new();
     let mut refused = Vec::new();
+    let mut recipient_answered = false;
     for (sender, tries) in relay_plan(domain) {
         let answers = relay_session(addr, &sender, &tries).await;
         for (relay, answer) in tries.iter().zip(answers) {
             let tried = format!("<{}> from <{sender}> ({})", relay.address, relay.label);
             match answer {
                 RelayAnswer::Accepted(reply) => accepted.push(format!("{tried}: {reply}")),
-                RelayAnswer::Refused => refused.push(relay.label.to_string()),
+                RelayAnswer::Refused => {
+                    recipient_answered = true;
+                    refused.push(relay.label.to_string())
+                }
                 RelayAnswer::SenderRefused => {
                     refused.push(format!("{} (the sender was refused)", relay.label))
                 }
@@ -814,6 +819,19 @@ async fn open_relay(addr: SocketAddr, target: &Target, domain: &str) -> Check {
             format!(
                 "no relay attempt accepted, but some had no clear answer: {}",
                 unclear.join("; ")
+            ),
+        )
+        .incomplete()
+    } else if !recipient_answered {
+        // Every sender refused at MAIL (a blocklist of this address, say): no recipient was
+        // ever tried, so nothing is known of relaying.
+        Check::new(
+            &id,
+            Pillar::ServerSecurity,
+            Status::Info,
+            format!(
+                "not probed: every sender was refused before a recipient could be tried: {}",
+                refused.join("; ")
             ),
         )
         .incomplete()
@@ -906,7 +924,24 @@ async fn smuggle(addr: SocketAddr, domain: &str, label: &str, ending: &[u8]) -> 
         Ok(Ok((code, lines))) if (400..500).contains(&code) => {
             Smuggled::EndedDeferred(reply_text(code, &lines))
         }
-        Ok(_) | Err(_) => Smuggled::NotEnded,
+        // A server still reading data says nothing; a rejection here may only be the message
+        // refused (a DMARC milter, say) after the false ending ended the data. Whether the
+        // server went back to reading commands tells: a NOOP answered means it did (no
+        // ending above followed by `NOOP<CRLF>` makes a real end of data).
+        Ok(Ok((code, lines))) => {
+            let rejected = reply_text(code, &lines);
+            let answered = match plain.send("NOOP").await {
+                Ok(()) => tokio::time::timeout(SMUGGLING_WAIT, plain.smtp_reply()).await,
+                Err(_) => return Smuggled::NotEnded,
+            };
+            match answered {
+                Ok(Ok((noop, _))) if (200..300).contains(&noop) => {
+                    Smuggled::Ended(format!("{rejected}, then NOOP answered: it read commands"))
+                }
+                _ => Smuggled::NotEnded,
+            }
+        }
+        Ok(Err(_)) | Err(_) => Smuggled::NotEnded,
     }
 }
 

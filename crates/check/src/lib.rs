@@ -102,8 +102,10 @@ pub async fn check(
         .await,
     );
     if settings.active {
-        checks
-            .extend(active::probe_servers(dns, domain, &found.mx_hosts, &clients, settings.ports.smtp).await);
+        // Only the MX hosts and the hosts the user named: SRV records may name a provider's
+        // servers, which `--i-run-this-server` does not speak for.
+        let named = servers::ClientServer::on_hosts(&settings.hosts, settings.ports);
+        checks.extend(active::probe_servers(dns, domain, &found.mx_hosts, &named, settings.ports.smtp).await);
     }
     Ok(Report::new(domain, checked_at, checks))
 }

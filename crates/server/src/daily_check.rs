@@ -138,6 +138,9 @@ impl DailyCheck {
             if let Some(check) = last.get(domain) {
                 show(domain, check.score, Grade::parse(&check.grade));
             }
+            // The turn first, then the claim: a claim must not age while a "Check now" of
+            // another domain runs, or another node could claim the domain too.
+            let _turn = self.running.lock().await;
             let now = sealmail_types::clock::now_unix();
             // Due when the last check is about an interval old: half a wake early rather than a
             // whole wake late, so the time of day stays put.
@@ -154,8 +157,11 @@ impl DailyCheck {
                     continue;
                 }
             }
-            let previous = last.remove(domain);
-            let _turn = self.running.lock().await;
+            // Read again after claiming: a "Check now" may have recorded a newer result.
+            let previous = match self.store.domain_checks().await {
+                Ok(checks) => checks.into_iter().find(|c| &c.domain == domain),
+                Err(_) => last.remove(domain),
+            };
             self.check(domain, previous).await;
         }
     }

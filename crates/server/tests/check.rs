@@ -1477,6 +1477,22 @@ async fn the_admin_console_checks_a_domain_now() -> TestResult {
         page.contains("grade <strong class=\"grade\">A</strong>, score 100/100"),
         "{page}"
     );
+    // Making the server connect out is an admin action, recorded.
+    let mut events = String::new();
+    for _ in 0..50 {
+        let (code, out, err) = common::admin(good.dir.path(), &good.config, &["security", "events"])?;
+        assert_eq!(code, 0, "{err}");
+        events = out;
+        if events.contains("started a security check of good.test") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(events.contains("admin_action"), "{events}");
+    assert!(
+        events.contains("started a security check of good.test"),
+        "{events}"
+    );
     // A domain not served here is not checked.
     let (_, page) = good.curl(
         "/admin/domains/grade",

@@ -265,6 +265,7 @@ async fn weak_session(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) ->
     let mut conn = Conn::Plain(stream);
     let mut buffer: Vec<u8> = Vec::new();
     let mut in_data = false;
+    let mut message = String::new();
     conn.write(b"220 weak.test ESMTP\r\n").await?;
     loop {
         let Some(end) = buffer.iter().position(|b| *b == b'\n') else {
@@ -281,9 +282,17 @@ async fn weak_session(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) ->
             .trim_end_matches(['\r', '\n'])
             .to_string();
         if in_data {
+            message.push_str(&line);
             if line == "." {
                 in_data = false;
-                conn.write(b"250 2.0.0 queued\r\n").await?;
+                // The <LF>.<LF> probe's message it refuses (as a DMARC milter would a
+                // message from a foreign address), after taking its ending as the end of data.
+                if message.contains("took <LF>.<LF> as") {
+                    conn.write(b"550 5.7.1 rejected by DMARC policy\r\n").await?;
+                } else {
+                    conn.write(b"250 2.0.0 queued\r\n").await?;
+                }
+                message.clear();
             }
             continue;
         }
@@ -428,6 +437,11 @@ async fn a_weak_server_gets_each_finding_and_its_fix() -> TestResult {
     for taken in ["<LF>.<LF>", "<CRLF>.<LF>", "<LF>.<CRLF>"] {
         assert!(detail(smuggling).contains(taken), "{taken}: {smuggling}");
     }
+    // A rejection after a false ending is no defence when the server then reads commands.
+    assert!(
+        detail(smuggling).contains("550 5.7.1 rejected by DMARC policy, then NOOP answered"),
+        "{smuggling}"
+    );
     // A bare CR or a NUL does not end a line for this server.
     for kept in ["<CR>.<CR>", "<CRLF>.<CR>", "<NUL>"] {
         assert!(!detail(smuggling).contains(kept), "{kept}: {smuggling}");

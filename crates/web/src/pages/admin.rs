@@ -392,6 +392,8 @@ pub async fn action(
             }
             match pages.console.check_now(&domain) {
                 Ok(()) => {
+                    // It makes the server connect out to the domain's servers: audited.
+                    record(format!("started a security check of {domain}")).await;
                     let text = format!(
                         "Checking {domain}: the grade and findings below change when the check ends (a minute or two; reload the page)."
                     );
