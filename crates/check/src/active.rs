@@ -81,8 +81,8 @@ impl Target {
 
 /// Every active probe of `domain`'s servers: `mx_hosts` (most preferred first, the first
 /// [`MAX_MX_CHECKED`] as in [`crate::servers::check_servers`]) on `smtp_port`, and the
-/// submission and IMAP STARTTLS servers among `clients` (those of the SRV records and of
-/// `--host`). Servers are probed in parallel, each within [`TARGET_BUDGET`]; an address and
+/// submission and IMAP STARTTLS servers among `clients` (the caller passes only those the
+/// user named with `--host`). Servers are probed in parallel, each within [`TARGET_BUDGET`]; an address and
 /// port shared by several names is probed once.
 pub async fn probe_servers(
     dns: &Dns,

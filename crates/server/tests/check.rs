@@ -105,31 +105,7 @@ fn publish_zone(dns: &DnsServer, zone: &str) -> TestResult<Vec<String>> {
     Ok(selectors)
 }
 
-/// `sealmail check` with the test DNS server: (exit code, stdout, stderr).
-fn check(dir: &std::path::Path, dns: &DnsServer, args: &[&str]) -> TestResult<(i32, String, String)> {
-    let server = dns.addr().to_string();
-    let mut all = vec!["check", "--nameserver", server.as_str()];
-    all.extend_from_slice(args);
-    common::run(dir, &all, None)
-}
-
-fn json_check(dir: &std::path::Path, dns: &DnsServer, args: &[&str]) -> TestResult<serde_json::Value> {
-    let mut all = vec!["--format", "json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = check(dir, dns, &all)?;
-    if code != 0 {
-        return Err(format!("check {args:?}: {code} {err}"));
-    }
-    ctx(serde_json::from_str(&out), "the JSON report")
-}
-
-/// The check `id` of a JSON report.
-fn finding<'a>(report: &'a serde_json::Value, id: &str) -> TestResult<&'a serde_json::Value> {
-    report["checks"]
-        .as_array()
-        .and_then(|checks| checks.iter().find(|c| c["id"] == id))
-        .ok_or_else(|| format!("no check {id} in {report}"))
-}
+use common::{check, finding, json_check};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealmail_domain_with_every_record_published_grades_a() -> TestResult {

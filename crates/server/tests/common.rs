@@ -304,3 +304,38 @@ pub fn install_issued(dir: &Path, ca: &sealmail_testkit::pki::TestCa, names: &[&
     ca.write(&trust)?;
     Ok(trust)
 }
+
+/// `sealmail check` asking the test DNS server `dns`: (exit code, stdout, stderr).
+pub fn check(
+    dir: &Path,
+    dns: &sealmail_testkit::dns::DnsServer,
+    args: &[&str],
+) -> TestResult<(i32, String, String)> {
+    let server = dns.addr().to_string();
+    let mut all = vec!["check", "--nameserver", server.as_str()];
+    all.extend_from_slice(args);
+    run(dir, &all, None)
+}
+
+/// `sealmail check --format json`, which must exit 0: its report.
+pub fn json_check(
+    dir: &Path,
+    dns: &sealmail_testkit::dns::DnsServer,
+    args: &[&str],
+) -> TestResult<serde_json::Value> {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = check(dir, dns, &all)?;
+    if code != 0 {
+        return Err(format!("check {args:?}: {code} {err}"));
+    }
+    ctx(serde_json::from_str(&out), "the JSON report")
+}
+
+/// The check `id` of a JSON report.
+pub fn finding<'a>(report: &'a serde_json::Value, id: &str) -> TestResult<&'a serde_json::Value> {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["id"] == id))
+        .ok_or_else(|| format!("no check {id} in {report:#}"))
+}
