@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::report::{Check, Pillar, Status};
-use crate::servers::{ClientServer, MAX_MX_CHECKED, Plain, STEP_TIMEOUT, TARGET_BUDGET, address, shown};
+use crate::servers::{ClientServer, Plain, STEP_TIMEOUT, TARGET_BUDGET, address, shown};
 
 /// The outside world of the relay probes: a reserved name that can never be delivered to.
 const OUTSIDE: &str = "relay-test.invalid";
@@ -80,7 +80,7 @@ impl Target {
 }
 
 /// Every active probe of `domain`'s servers: `mx_hosts` (most preferred first, the first
-/// [`MAX_MX_CHECKED`] as in [`crate::servers::check_servers`]) on `smtp_port`, and the
+/// [`crate::servers::MAX_MX_CHECKED`] as in [`crate::servers::check_servers`]) on `smtp_port`, and the
 /// submission and IMAP STARTTLS servers among `clients` (the caller passes only those the
 /// user named with `--host`). Servers are probed in parallel, each within [`TARGET_BUDGET`]; an address and
 /// port shared by several names is probed once.
@@ -91,12 +91,7 @@ pub async fn probe_servers(
     clients: &[ClientServer],
     smtp_port: u16,
 ) -> Vec<Check> {
-    let mut mx: Vec<&String> = Vec::new();
-    for host in mx_hosts {
-        if !mx.contains(&host) && mx.len() < MAX_MX_CHECKED {
-            mx.push(host);
-        }
-    }
+    let (mx, _) = crate::servers::distinct_mx(mx_hosts);
     let mut targets: Vec<Target> = mx
         .iter()
         .map(|host| Target {
@@ -354,10 +349,7 @@ async fn plaintext_login_imap(addr: SocketAddr, target: &Target) -> Check {
         Ok(plain) => plain,
         Err(why) => return not_probed(&id, Pillar::ServerSecurity, &why),
     };
-    let answer = match plain.send("p1 LOGIN check-probe.invalid x").await {
-        Ok(()) => plain.imap_reply("p1").await,
-        Err(why) => Err(why),
-    };
+    let answer = plain.imap_command("p1", "LOGIN check-probe.invalid x").await;
     if plain.send("p2 LOGOUT").await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), plain.imap_reply("p2")).await;
     }
@@ -609,10 +601,7 @@ async fn injection_imap(addr: SocketAddr, target: &Target) -> Check {
         Ok(plain) => plain,
         Err(why) => return not_probed(&id, Pillar::Encryption, &why),
     };
-    let capabilities = match plain.send("p1 CAPABILITY").await {
-        Ok(()) => plain.imap_reply("p1").await,
-        Err(why) => Err(why),
-    };
+    let capabilities = plain.imap_command("p1", "CAPABILITY").await;
     let offered = match capabilities {
         Ok((lines, _)) => lines
             .iter()
@@ -733,10 +722,7 @@ async fn relay_session(addr: SocketAddr, sender: &str, tries: &[RelayTry]) -> Ve
         Ok((plain, _)) => plain,
         Err(why) => return all(&|| RelayAnswer::Unprobed(why.clone())),
     };
-    let mail = match plain.send(&format!("MAIL FROM:<{sender}>")).await {
-        Ok(()) => plain.smtp_reply().await,
-        Err(why) => Err(why),
-    };
+    let mail = plain.smtp_command(&format!("MAIL FROM:<{sender}>")).await;
     match mail {
         Ok((code, _)) if (200..300).contains(&code) => {}
         // A server that refuses the sender relays nothing for it.
@@ -753,10 +739,7 @@ async fn relay_session(addr: SocketAddr, sender: &str, tries: &[RelayTry]) -> Ve
     }
     let mut answers = Vec::new();
     for relay in tries {
-        let rcpt = match plain.send(&format!("RCPT TO:<{}>", relay.address)).await {
-            Ok(()) => plain.smtp_reply().await,
-            Err(why) => Err(why),
-        };
+        let rcpt = plain.smtp_command(&format!("RCPT TO:<{}>", relay.address)).await;
         answers.push(match rcpt {
             Ok((code, lines)) if (200..300).contains(&code) => {
                 RelayAnswer::Accepted(reply_text(code, &lines))
@@ -897,10 +880,7 @@ async fn smuggle(addr: SocketAddr, domain: &str, label: &str, ending: &[u8]) -> 
         quit(plain).await;
         return Smuggled::Unprobed(why);
     }
-    let data = match plain.send("DATA").await {
-        Ok(()) => plain.smtp_reply().await,
-        Err(why) => Err(why),
-    };
+    let data = plain.smtp_command("DATA").await;
     match data {
         Ok((354, _)) => {}
         Ok((code, lines)) => {

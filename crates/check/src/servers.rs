@@ -179,6 +179,19 @@ impl Target {
     }
 }
 
+/// The MX hosts checked (each once, the [`MAX_MX_CHECKED`] most preferred first) and those
+/// left out.
+pub(crate) fn distinct_mx(mx_hosts: &[String]) -> (Vec<&String>, Vec<&String>) {
+    let mut mx: Vec<&String> = Vec::new();
+    for host in mx_hosts {
+        if !mx.contains(&host) {
+            mx.push(host);
+        }
+    }
+    let rest = mx.split_off(mx.len().min(MAX_MX_CHECKED));
+    (mx, rest)
+}
+
 /// Every server check: `mx_hosts` (most preferred first) on `smtp_port`, and the client
 /// servers (from SRV records and `--host`; at most [`MAX_CLIENT_SERVERS`], duplicates once).
 /// The servers are looked at in parallel, each within [`TARGET_BUDGET`].
@@ -192,14 +205,9 @@ pub async fn check_servers(
     roots: Arc<RootCertStore>,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut mx: Vec<&String> = Vec::new();
-    for host in mx_hosts {
-        if !mx.contains(&host) {
-            mx.push(host);
-        }
-    }
-    if mx.len() > MAX_MX_CHECKED {
-        let rest: Vec<&str> = mx[MAX_MX_CHECKED..].iter().map(|h| h.as_str()).collect();
+    let (mx, rest) = distinct_mx(mx_hosts);
+    if !rest.is_empty() {
+        let rest: Vec<&str> = rest.iter().map(|h| h.as_str()).collect();
         checks.push(Check::new(
             "mx-not-checked",
             Pillar::ProtocolSupport,
@@ -209,7 +217,6 @@ pub async fn check_servers(
                 rest.join(", ")
             ),
         ));
-        mx.truncate(MAX_MX_CHECKED);
     }
     let mut targets: Vec<Target> = mx
         .iter()
@@ -367,6 +374,22 @@ impl Plain {
                 return Err(format!("a reply of more than {MAX_REPLY_LINES} lines"));
             }
         }
+    }
+
+    /// Sends `line` and reads its SMTP reply.
+    pub(crate) async fn smtp_command(&mut self, line: &str) -> Result<(u16, Vec<String>), String> {
+        self.send(line).await?;
+        self.smtp_reply().await
+    }
+
+    /// Sends `TAG COMMAND` and reads the lines up to its tagged reply.
+    pub(crate) async fn imap_command(
+        &mut self,
+        tag: &str,
+        command: &str,
+    ) -> Result<(Vec<String>, String), String> {
+        self.send(&format!("{tag} {command}")).await?;
+        self.imap_reply(tag).await
     }
 
     pub(crate) async fn send(&mut self, line: &str) -> Result<(), String> {
