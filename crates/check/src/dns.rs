@@ -1226,9 +1226,15 @@ async fn check_message(
     };
     let dmarc_at = dmarc_location(dns, domain).await;
     let authenticator = sealmail_mailauth::Authenticator::new(dns, "check.sealmail.invalid");
-    let results = tokio::time::timeout(LOOKUP_TIMEOUT * 2, authenticator.dkim_results(message))
-        .await
-        .unwrap_or_default();
+    let Ok(results) = tokio::time::timeout(LOOKUP_TIMEOUT * 2, authenticator.dkim_results(message)).await
+    else {
+        return vec![unchecked(
+            "dkim-message",
+            Pillar::Integrity,
+            "the keys of the sample message's signatures",
+            &format!("no answer within {} s", (LOOKUP_TIMEOUT * 2).as_secs()),
+        )];
+    };
     let listed: Vec<String> = results
         .iter()
         .filter(|(d, _)| !d.is_empty())
@@ -1255,6 +1261,17 @@ async fn check_message(
             Pillar::Integrity,
             Status::Pass,
             format!("the sample message's DKIM signatures: {}", listed.join(", ")),
+        )
+    } else if results
+        .iter()
+        .any(|(d, result)| *result == "temperror" && is_aligned(d))
+    {
+        // A key that could not be looked up says nothing of the signature.
+        unchecked(
+            "dkim-message",
+            Pillar::Integrity,
+            "the key of an aligned signature of the sample message",
+            "temperror",
         )
     } else if aligned_present {
         Check::new(

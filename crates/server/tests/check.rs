@@ -362,6 +362,36 @@ async fn weak_records_give_their_findings_and_fixes() -> TestResult {
         &dns,
         &["weak.test", "--message", &unsigned.to_string_lossy()],
     )?;
+    // A signature whose key cannot be looked up is not a failed signature: the check could
+    // not be made.
+    dns.servfail("flaky._domainkey.weak.test");
+    let flaky = dir.path().join("flaky.eml");
+    // The right body hash (simple canonicalization), so that the key is looked up.
+    let body_hash = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"body\r\n"))
+    };
+    ctx(
+        std::fs::write(
+            &flaky,
+            format!(
+                "DKIM-Signature: v=1; a=rsa-sha256; d=weak.test; s=flaky; h=from; bh={body_hash}; b=AAAA\r\nFrom: a@weak.test\r\n\r\nbody\r\n"
+            ),
+        ),
+        "write",
+    )?;
+    let flaky_report = json_check(
+        dir.path(),
+        &dns,
+        &["weak.test", "--message", &flaky.to_string_lossy()],
+    )?;
+    let unknown = finding(&flaky_report, "dkim-message")?;
+    assert_eq!(unknown["status"], "WARN", "{unknown}");
+    assert_eq!(
+        unknown["detail"],
+        "the key of an aligned signature of the sample message could not be looked up (temperror)"
+    );
     // A subdomain without a DMARC record of its own gets its parent's subdomain policy.
     dns.add_mx("sub.strict.test", 10, "mx.weak.test");
     dns.add_txt(
